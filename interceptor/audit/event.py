@@ -1,0 +1,46 @@
+"""The audit record and the one interface every sink implements.
+
+Handlers call `await sink.write(event)` and must not release a result to the client
+before it returns in strict mode; if it raises AuditUnavailable the operation is
+denied (fail closed). Values are masked before an event is built: a sink writes
+what it is given.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+
+class AuditUnavailable(RuntimeError):
+    """The record could not be made durable; the caller must deny the operation."""
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    kind: str  # connection | connect_denied | statement | approval | identity | policy | daemon
+    agent: str | None = None
+    decision: str | None = None  # allow | deny | approve | error
+    rule: str | None = None
+    reason: str | None = None
+    resource: str | None = None
+    flow_id: str | None = None
+    process: dict[str, Any] | None = None
+    identity: dict[str, Any] | None = None
+    operation: dict[str, Any] | None = None
+    outcome: dict[str, Any] | None = None
+    time: float = field(default_factory=time.time)
+    event_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class AuditSink(Protocol):
+    async def write(self, event: AuditEvent) -> None:
+        """Return once the event is as durable as the sink's mode promises."""
+
+    async def close(self) -> None:
+        """Flush what is pending and release the store."""

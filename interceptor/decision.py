@@ -1,0 +1,49 @@
+"""What the policy answers. Every decision names the rule that made it, for audit."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class Verdict(enum.StrEnum):
+    ALLOW = "allow"
+    DENY = "deny"
+    APPROVE = "approve"  # hold for just-in-time human approval
+
+
+@dataclass(frozen=True, slots=True)
+class MaskSpec:
+    """Mask these result columns (qualified `schema.table.column` patterns) and/or any
+    value the named classifiers recognise, in the given style."""
+
+    columns: tuple[str, ...] = ()
+    classifiers: tuple[str, ...] = ()
+    style: str = "redact"  # redact | partial | hash | null
+    rule: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalSpec:
+    approver_groups: tuple[str, ...]
+    grant: str = "one-shot"  # one-shot | time-boxed
+    grant_seconds: int = 0  # for time-boxed grants
+    timeout_seconds: int = 300  # how long a request waits before it is denied
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    verdict: Verdict
+    rule: str  # the rule's name; "default-deny" when no rule matched
+    reason: str = ""
+    masks: tuple[MaskSpec, ...] = ()
+    approval: ApprovalSpec | None = None
+    details: tuple[dict[str, object], ...] = field(default=())  # per statement, for audit
+
+    @property
+    def allowed(self) -> bool:
+        return self.verdict is Verdict.ALLOW
+
+    @classmethod
+    def deny(cls, rule: str, reason: str) -> "Decision":
+        return cls(Verdict.DENY, rule, reason)

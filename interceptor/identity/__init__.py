@@ -1,0 +1,5 @@
+"""Who an agent is: identities validated from Okta (OIDC) tokens."""
+
+from interceptor.identity.model import Identity
+
+__all__ = ["Identity"]
