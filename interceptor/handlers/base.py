@@ -1,0 +1,59 @@
+"""The one small interface between the enforcer and a protocol handler.
+
+The enforcer accepts a diverted connection, attributes it (FlowContext), checks that the
+agent may open it at all, and hands the connected client socket to the handler of the
+resource's protocol. The handler turns bytes into operations, asks `services.decide`,
+reports through `services.audit`, and owns both sockets until the flow ends.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from interceptor.audit.event import AuditEvent, AuditSink
+from interceptor.decision import Decision
+from interceptor.flow import FlowContext
+from interceptor.identity.model import Identity
+from interceptor.operations import Operation, Request, Subject
+
+
+@dataclass(slots=True)
+class Services:
+    """What the daemon lends a handler for one flow."""
+
+    decide: Callable[[Request], Decision]
+    audit: AuditSink
+    identity: Callable[[], Identity | None]  # the agent's identity now (None: refuse)
+    resource: Any  # interceptor.policy ResourceSpec of the flow's resource
+    credentials: Callable[[], Awaitable[dict[str, str]]]  # upstream secrets, resolved on demand
+    approvals: Any = None  # interceptor.approvals broker, when the daemon has one
+
+    def request(self, flow: FlowContext, operation: Operation, **labels: str) -> Request:
+        subject = Subject(flow.agent, self.identity(), flow.process.exe, flow.process.uid)
+        return Request(subject, flow.resource or "", operation, dict(flow.labels, **labels))
+
+    def event(self, flow: FlowContext, kind: str, decision: Decision | None = None, **fields: Any) -> AuditEvent:
+        """An audit event carrying the flow's who and where, so handlers only add the what."""
+        identity = self.identity()
+        return AuditEvent(
+            kind=kind,
+            agent=flow.agent,
+            decision=decision.verdict.value if decision else fields.pop("decision", None),
+            rule=decision.rule if decision else fields.pop("rule", None),
+            reason=decision.reason if decision else fields.pop("reason", None),
+            resource=flow.resource,
+            flow_id=flow.flow_id,
+            process=flow.process.summary(),
+            identity=identity.summary() if identity else None,
+            **fields,
+        )
+
+
+class Handler(Protocol):
+    protocol: str
+
+    async def serve(self, flow: FlowContext, client: socket.socket, services: Services) -> None:
+        """Serve one attributed client connection until it ends; never raise for bad input."""
