@@ -1,0 +1,216 @@
+"""Thin loader for bpf/redirect.c: compile with bcc, fill the maps, attach at the cgroup-v2
+root (ALLOW_MULTI, replacing what a previous daemon left), and read origins and denials.
+
+Programs stay attached when the daemon exits or dies: agents' connects then land on a
+closed loopback port and are refused. Only `uninstall()` detaches them.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import socket
+import threading
+from pathlib import Path
+from typing import Callable
+
+from interceptor.redirect import DENY_REASONS, DenyEvent, Origin, mapped, unmap
+from interceptor.redirect import libbpf
+from interceptor.redirect.plan import RedirectPlan
+
+log = logging.getLogger(__name__)
+
+BPF_SOURCE = Path(__file__).resolve().parent.parent.parent / "bpf" / "redirect.c"
+SO_NETNS_COOKIE = 71
+
+# (program name in redirect.c, attach type); the name prefix marks our programs in the kernel.
+PROGRAMS = (
+    ("icpt_connect4", libbpf.CGROUP_INET4_CONNECT),
+    ("icpt_connect6", libbpf.CGROUP_INET6_CONNECT),
+    ("icpt_sendmsg4", libbpf.CGROUP_UDP4_SENDMSG),
+    ("icpt_sendmsg6", libbpf.CGROUP_UDP6_SENDMSG),
+    ("icpt_sockops", libbpf.CGROUP_SOCK_OPS),
+)
+PREFIX = "icpt_"
+
+
+class _DenyEvent(ctypes.Structure):
+    """struct deny_event of bpf/redirect.h (bcc cannot infer ring buffer record types)."""
+
+    _fields_ = [("addr", ctypes.c_ubyte * 16), ("port", ctypes.c_uint16), ("family", ctypes.c_uint16),
+                ("tgid", ctypes.c_uint32), ("uid", ctypes.c_uint32), ("agent", ctypes.c_uint32),
+                ("resource", ctypes.c_uint32), ("reason", ctypes.c_uint32), ("protocol", ctypes.c_uint32),
+                ("cgroup_id", ctypes.c_uint64)]
+
+
+class BpfUnavailable(RuntimeError):
+    """BPF cannot be used here; the message says what is missing and how to get it."""
+
+
+def bpf_source() -> Path:
+    """bpf/ ships next to the package in a checkout and under share/ when installed."""
+    for candidate in (BPF_SOURCE, Path("/usr/local/share/interceptor/bpf/redirect.c"),
+                      Path("/opt/interceptor/bpf/redirect.c")):
+        if candidate.exists():
+            return candidate
+    raise BpfUnavailable(f"BPF source redirect.c not found (looked at {BPF_SOURCE})")
+
+
+def compile_programs():  # -> bcc.BPF
+    try:
+        from bcc import BPF
+    except ImportError as exc:
+        raise BpfUnavailable("python bcc module missing: apt-get install python3-bpfcc "
+                             "(and use a venv with --system-site-packages)") from exc
+    source = bpf_source()
+    try:
+        return BPF(src_file=str(source).encode(), cflags=[f"-I{source.parent}", "-Wno-macro-redefined"])
+    except Exception as exc:  # bcc raises bare Exception for missing headers / compile errors
+        raise BpfUnavailable(f"bcc could not compile {source.name}: {exc}. Kernel headers must be at "
+                             f"/lib/modules/{os.uname().release}/build (scripts/install.sh links Debian's)") from exc
+
+
+def host_netns_cookie() -> int:
+    with socket.socket() as s:
+        return int.from_bytes(s.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8), "little")
+
+
+def detach_all(cgroup_root: Path) -> int:
+    """Detach every interceptor program from the root; returns how many were removed."""
+    removed = 0
+    fd = os.open(cgroup_root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _, attach_type in PROGRAMS:
+            for prog_id, name in libbpf.attached_programs(fd, attach_type):
+                if name.startswith(PREFIX):
+                    libbpf.detach(prog_id, fd, attach_type)
+                    removed += 1
+    finally:
+        os.close(fd)
+    return removed
+
+
+class BpfRedirect:
+    mode = "bpf"
+
+    def __init__(self, cgroup_root: Path) -> None:
+        self.cgroup_root = cgroup_root
+        self.bpf = compile_programs()
+        self._funcs = {}
+        for name, attach_type in PROGRAMS:
+            prog_type = self.bpf.SOCK_OPS if attach_type == libbpf.CGROUP_SOCK_OPS else self.bpf.CGROUP_SOCK_ADDR
+            kwargs = {} if prog_type == self.bpf.SOCK_OPS else {"attach_type": attach_type}
+            self._funcs[name] = self.bpf.load_func(name.encode(), prog_type, **kwargs)
+        self.flows = self.bpf["flows"]
+        self._attached = False
+        self._poller: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    # -- maps ---------------------------------------------------------------------------
+
+    def apply(self, plan: RedirectPlan) -> None:
+        """Fill the maps from the plan (new entries first, stale ones removed after), then
+        attach on first use: the kernel never sees a half-filled policy."""
+        cfg = self.bpf["config"]
+        value = cfg.Leaf()
+        value.enforcer_port = plan.enforcer_port
+        value.refuse_port = plan.refuse_port
+        value.daemon_tgid = plan.daemon_tgid
+        value.host_netns = host_netns_cookie()
+        cfg[ctypes.c_int(0)] = value
+
+        agents = self.bpf["agents"]
+        for entry in plan.agents:
+            agents[ctypes.c_int(entry.index)] = agents.Leaf(int(entry.unprotected_allow))
+
+        cgroup_ids = {os.stat(plan.managed_root).st_ino: 0}
+        for entry in plan.agents:
+            for path in entry.cgroup_paths:
+                cgroup_ids[os.stat(path).st_ino] = entry.index
+        self._sync(self.bpf["agent_cgroups"], {ctypes.c_uint64(k).value: v for k, v in cgroup_ids.items()},
+                   lambda t, k: t.Key(k), lambda t, v: t.Leaf(v))
+        uids = {uid: entry.index for entry in plan.agents for uid in entry.uids}
+        self._sync(self.bpf["agent_uids"], uids, lambda t, k: t.Key(k), lambda t, v: t.Leaf(v))
+        self._sync(self.bpf["dests"], {self._dest_key_tuple(d): d.resource_index for d in plan.dests},
+                   self._dest_key, lambda t, v: t.Leaf(v))
+        self._sync(self.bpf["access"], {pair: 1 for pair in plan.access},
+                   lambda t, k: t.Key(*k), lambda t, v: t.Leaf(v))
+        if not self._attached:
+            self._attach()
+
+    @staticmethod
+    def _dest_key_tuple(d) -> tuple[int, int, bytes]:
+        prefix = d.network.prefixlen + (96 if d.network.version == 4 else 0)
+        return (32 + prefix, d.port, mapped(str(d.network.network_address)))
+
+    @staticmethod
+    def _dest_key(table, k: tuple[int, int, bytes]):
+        key = table.Key()
+        key.prefixlen, key.port = k[0], k[1]
+        ctypes.memmove(key.addr, k[2], 16)
+        return key
+
+    @staticmethod
+    def _sync(table, wanted: dict, make_key, make_leaf) -> None:
+        for k, v in wanted.items():
+            table[make_key(table, k)] = make_leaf(table, v)
+        wanted_keys = {bytes(make_key(table, k)) for k in wanted}
+        for key in list(table.keys()):
+            if bytes(key) not in wanted_keys:
+                del table[key]
+
+    # -- attach -------------------------------------------------------------------------
+
+    def _attach(self) -> None:
+        fd = os.open(self.cgroup_root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for name, attach_type in PROGRAMS:
+                ours = [pid for pid, pname in libbpf.attached_programs(fd, attach_type) if pname == name]
+                replace = ours[0] if ours else None
+                libbpf.attach(self._funcs[name].fd, fd, attach_type, replace_id=replace)
+                for stale in ours[1:]:
+                    libbpf.detach(stale, fd, attach_type)
+                log.info("%s %s at %s", "replaced" if replace else "attached", name, self.cgroup_root)
+        finally:
+            os.close(fd)
+        self._attached = True
+
+    # -- the enforcer's questions --------------------------------------------------------
+
+    def origin(self, peer: tuple[str, int], local_port: int) -> Origin | None:
+        key = self.flows.Key()
+        ctypes.memmove(key.addr, mapped(peer[0]), 16)
+        key.sport, key.dport, key.pad = peer[1], local_port, 0
+        try:
+            o = self.flows[key]
+        except KeyError:
+            return None
+        del self.flows[key]
+        return Origin(unmap(bytes(o.addr)), o.port, o.tgid, o.uid, o.gid, o.agent, o.resource, o.cgroup_id)
+
+    def on_deny(self, callback: Callable[[DenyEvent], None]) -> None:
+        table = self.bpf["deny_events"]
+
+        def decode(_ctx, data, _size) -> None:
+            ev = ctypes.cast(data, ctypes.POINTER(_DenyEvent)).contents
+            callback(DenyEvent(unmap(bytes(ev.addr)), ev.port, ev.tgid, ev.uid, ev.agent, ev.resource,
+                               DENY_REASONS.get(ev.reason, f"reason {ev.reason}"),
+                               "udp" if ev.protocol == socket.IPPROTO_UDP else "tcp"))
+
+        table.open_ring_buffer(decode)
+        self._poller = threading.Thread(target=self._poll, name="bpf-deny-events", daemon=True)
+        self._poller.start()
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self.bpf.ring_buffer_poll(200)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._poller:
+            self._poller.join(timeout=2)
+
+    def uninstall(self) -> None:
+        self.close()
+        detach_all(self.cgroup_root)
