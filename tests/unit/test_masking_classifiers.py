@@ -1,0 +1,96 @@
+"""Classifiers find real secrets (checksums included) and leave ordinary values alone."""
+
+import pytest
+
+from interceptor.masking import api_key, card, classify, email, iban, national_id
+
+
+def found(classifier, text: str) -> list[str]:
+    value = text.encode()
+    return [value[start:end].decode() for start, end in classifier(value)]
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("card 4111 1111 1111 1111 ok", ["4111 1111 1111 1111"]),
+        ("4111-1111-1111-1111", ["4111-1111-1111-1111"]),
+        ("amex 378282246310005.", ["378282246310005"]),
+        ("4111 1111 1111 1112", []),  # Luhn fails
+        ("order 123456789012", []),  # too short
+        ("id 941111111111111111112", []),  # inside a longer number
+    ],
+)
+def test_card_numbers_need_luhn(text, expected):
+    assert found(card, text) == expected
+
+
+def test_email_addresses():
+    assert found(email, "mail ada.lovelace+x@mail.example.co.uk, bob@ex.io") == ["ada.lovelace+x@mail.example.co.uk", "bob@ex.io"]
+    assert found(email, "user@localhost and @handle") == []
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("ssn 123-45-6789", ["123-45-6789"]),
+        ("ssn 000-45-6789 666-45-6789 912-45-6789 123-00-6789", []),  # never issued
+        ("nino AB 12 34 56 C and QQ123456C", ["AB 12 34 56 C"]),  # QQ prefix is invalid
+        ("nino GB123456A", []),
+        ("sin 130 692 544", ["130 692 544"]),
+        ("sin 046 454 286", []),  # 0 is never issued
+        ("sin 130 692 545", []),  # Luhn fails
+        ("phone 555-123-4567", []),
+    ],
+)
+def test_national_ids(text, expected):
+    assert found(national_id, text) == expected
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("pay DE89370400440532013000 now", ["DE89370400440532013000"]),
+        ("GB82 WEST 1234 5698 7654 32", ["GB82 WEST 1234 5698 7654 32"]),
+        ("DE89 3704 0044 0532 0130 00 THEN", ["DE89 3704 0044 0532 0130 00"]),
+        ("DE89370400440532013001", []),  # mod-97 fails
+        ("AB12 CDEF GHIJ KLMN", []),
+    ],
+)
+def test_iban_mod97(text, expected):
+    assert found(iban, text) == expected
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "AKIAIOSFODNN7EXAMPLE",
+        "ghp_" + "a1B2c3D4e5F6g7H8i9J0" * 2,
+        "xoxb-123456789012-abcdefABCDEF",
+        "sk_live_4eC39HqLyjWDarjtT1zdp7dc",
+        "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhZGEifQ.dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk",
+        "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+        "Q2hhbmdlTWUhIDEyMzQ1Njc4OTBhYmNkZWZnaGlqa2xtbm9w",
+    ],
+)
+def test_api_keys_found(token):
+    assert found(api_key, f"key {token} x") == [token]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "internationalization_and_localization_settings",
+        "0000000000000000000000000000000000000000000000",
+        "/usr/share/doc/python3/changelog.Debian.gz",
+        "short AKIA123",
+    ],
+)
+def test_api_key_ignores_ordinary_strings(text):
+    assert found(api_key, text) == []
+
+
+def test_classify_names_each_span_and_fuses_overlaps():
+    value = b"card 4111111111111111 mail a@b.io"
+    assert classify(value, ("card", "email")) == [(5, 21, "card"), (27, 33, "email")]
+    assert classify(b"nothing here", ("card", "email", "national_id", "iban", "api_key")) == []
