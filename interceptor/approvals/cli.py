@@ -1,0 +1,94 @@
+"""`interceptor approvals list | approve ID [--for 15m] | deny ID --reason TEXT`.
+
+Commands talk to the daemon through `ctx.obj["control"]`, a control-socket client with
+`call(method, **params) -> dict`; the daemon's broker decides and says who may.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import Any
+
+import click
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> int:
+    """'90s', '15m', '2h', '1d' or plain seconds, as seconds."""
+    match = re.fullmatch(r"\s*(\d+)\s*([smhd]?)\s*", text.lower())
+    if not match or int(match.group(1)) == 0:
+        raise click.BadParameter(f"{text!r} is not a positive duration like 90s, 15m, 2h or 1d")
+    return int(match.group(1)) * _UNITS[match.group(2) or "s"]
+
+
+def _call(ctx: click.Context, method: str, **params: Any) -> dict[str, Any]:
+    client = (ctx.obj or {}).get("control")
+    if client is None:
+        raise click.ClickException("no control connection to the interceptor daemon")
+    result: dict[str, Any] = client.call(method, **params)
+    if "error" in result:
+        raise click.ClickException(str(result["error"]))
+    return result
+
+
+def _when(timestamp: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp)) if timestamp else "-"
+
+
+def _operation(operation: dict[str, Any]) -> str:
+    shown = {k: v for k, v in operation.items() if k != "kind" and v not in (None, "")}
+    text = " ".join(str(v) for v in shown.values())
+    return f"{operation.get('kind')}: {text[:60] + '...' if len(text) > 63 else text}"
+
+
+@click.group("approvals")
+def approvals() -> None:
+    """Just-in-time approval of held operations."""
+
+
+@approvals.command("list")
+@click.option("--all", "show_all", is_flag=True, help="Include decided and expired requests.")
+@click.option("--json", "as_json", is_flag=True, help="Print the requests as JSON.")
+@click.pass_context
+def list_requests(ctx: click.Context, show_all: bool, as_json: bool) -> None:
+    """Requests waiting for a decision (or all of them)."""
+    requests = _call(ctx, "approvals.list", pending_only=not show_all)["requests"]
+    if as_json:
+        click.echo(json.dumps(requests, indent=2, sort_keys=True))
+        return
+    if not requests:
+        click.echo("no pending approval requests" if not show_all else "no approval requests")
+        return
+    click.echo(f"{'ID':8}  {'STATE':8}  {'EXPIRES':19}  {'AGENT':12}  {'REQUESTER':20}  {'RESOURCE':16}  {'RULE':16}  OPERATION")
+    for r in requests:
+        requester = r["requester_user"] or r["requester"] or "-"
+        click.echo(
+            f"{r['request_id']:8}  {r['state']:8}  {_when(r['expires_at']):19}  {r['agent']:12.12}  "
+            f"{requester:20.20}  {r['resource']:16.16}  {r['rule']:16.16}  {_operation(r['operation'])}"
+        )
+
+
+@approvals.command("approve")
+@click.argument("request_id")
+@click.option("--for", "duration", metavar="DURATION", help="Also allow identical operations for this long (e.g. 15m).")
+@click.pass_context
+def approve(ctx: click.Context, request_id: str, duration: str | None) -> None:
+    """Approve a held operation."""
+    for_seconds = parse_duration(duration) if duration is not None else None
+    request = _call(ctx, "approvals.approve", request_id=request_id, for_seconds=for_seconds)["request"]
+    until = f" (identical operations allowed until {_when(request['granted_until'])})" if request["granted_until"] else ""
+    glass = " as break-glass root" if request["break_glass"] else ""
+    click.echo(f"approved {request['request_id']}{glass}{until}")
+
+
+@approvals.command("deny")
+@click.argument("request_id")
+@click.option("--reason", required=True, help="Why; recorded in the audit log and sent to the requester.")
+@click.pass_context
+def deny(ctx: click.Context, request_id: str, reason: str) -> None:
+    """Deny a held operation."""
+    request = _call(ctx, "approvals.deny", request_id=request_id, reason=reason)["request"]
+    click.echo(f"denied {request['request_id']}: {request['decision_reason']}")
