@@ -1,11 +1,226 @@
-"""The `interceptor` command line."""
+"""The `interceptor` command line: the daemon, agents, and the control socket's client.
+
+Human-readable tables by default, `--json` everywhere output is data; exit status 0 on
+success, 1 on a refused or failed operation, 2 on a usage error (click's).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pwd
+import sys
+from pathlib import Path
+from typing import Any
 
 import click
 
 from interceptor import __version__
+from interceptor.config import ConfigError, Settings, load_settings
+from interceptor.control import ControlClient, ControlError
+
+
+def _settings(ctx: click.Context) -> Settings:
+    return ctx.obj["settings"]
+
+
+def _client(ctx: click.Context) -> ControlClient:
+    return ctx.obj["control"]
+
+
+def emit(data: Any, as_json: bool, human) -> None:
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str))
+    else:
+        human(data)
+
+
+def table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    if not rows:
+        click.echo("(none)")
+        return
+    cells = [[str(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    click.echo("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)).rstrip())
+    for row in cells:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+
+
+def call(ctx: click.Context, method: str, **params: Any) -> Any:
+    try:
+        return _client(ctx).call(method, **params)
+    except ControlError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 @click.group()
 @click.version_option(__version__, prog_name="interceptor")
-def main() -> None:
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), envvar="INTERCEPTOR_CONFIG",
+              help="Daemon settings file [default: /etc/interceptor/interceptor.yaml if present].")
+@click.pass_context
+def main(ctx: click.Context, config_path: Path | None) -> None:
     """Least-privilege access for AI agents, enforced on this host."""
+    try:
+        settings = load_settings(config_path)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    ctx.obj = {"settings": settings, "control": ControlClient(settings.control_socket)}
+
+
+@main.command()
+@click.option("--policy", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Policy file [default: the settings' policy, else the shipped policy/default.yaml].")
+@click.option("--redirect", type=click.Choice(["bpf", "iptables", "auto"]), help="Override the redirect mode.")
+@click.option("--log-level", default="INFO", show_default=True)
+@click.pass_context
+def run(ctx: click.Context, policy: Path | None, redirect: str | None, log_level: str) -> None:
+    """Run the daemon in the foreground (what the systemd unit starts)."""
+    from dataclasses import replace
+
+    from interceptor import daemon
+    from interceptor.logs import setup_logging
+
+    settings = _settings(ctx)
+    if policy:
+        settings = replace(settings, policy=policy.resolve())
+    if redirect:
+        settings = replace(settings, redirect=redirect)
+    setup_logging(log_level)
+    try:
+        daemon.run(settings)
+    except Exception as exc:
+        logging.getLogger("interceptor").error("daemon failed to start: %s", exc)
+        raise click.ClickException(str(exc)) from exc
+
+
+@main.command(name="exec", context_settings={"ignore_unknown_options": True})
+@click.option("--agent", required=True, help="Agent name from the policy.")
+@click.option("--user", help="Run the command as this user (after joining the agent's cgroup).")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def exec_(agent: str, user: str | None, command: tuple[str, ...]) -> None:
+    """Run COMMAND as agent AGENT: it and everything it starts are diverted to the enforcer."""
+    from interceptor.redirect import cgroups
+
+    mount = cgroups.find_mount()
+    path = cgroups.agent_cgroup(mount, agent) if mount else None
+    if path is None or not path.is_dir():
+        raise click.ClickException(
+            f"agent {agent!r} is not known to the daemon (no cgroup {path or '<cgroup2>/interceptor/' + agent}): "
+            "start the daemon with a policy that names this agent")
+    try:
+        cgroups.join(path)
+    except PermissionError as exc:
+        raise click.ClickException(f"cannot join {path}: run as root (sudo interceptor exec ...)") from exc
+    if user:
+        entry = pwd.getpwnam(user)
+        os.initgroups(entry.pw_name, entry.pw_gid)
+        os.setgid(entry.pw_gid)
+        os.setuid(entry.pw_uid)
+        os.environ.update(HOME=entry.pw_dir, USER=entry.pw_name, LOGNAME=entry.pw_name)
+    try:
+        os.execvp(command[0], list(command))
+    except OSError as exc:
+        raise click.ClickException(f"{command[0]}: {exc.strerror}") from exc
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+def doctor(as_json: bool) -> None:
+    """Check every kernel feature and component the daemon needs."""
+    from dataclasses import asdict
+
+    from interceptor.doctor import run_checks, verdict
+
+    checks = run_checks()
+    ok, summary = verdict(checks)
+    if as_json:
+        click.echo(json.dumps({"ok": ok, "summary": summary, "checks": [asdict(c) for c in checks]}, indent=2))
+    else:
+        for c in checks:
+            click.echo(f"{'ok  ' if c.ok else 'FAIL'}  {c.name}: {c.detail}")
+            if not c.ok and c.fix:
+                click.echo(f"      fix: {c.fix}")
+        click.echo(summary)
+    sys.exit(0 if ok else 1)
+
+
+@main.command()
+@click.pass_context
+def uninstall(ctx: click.Context) -> None:
+    """Remove every BPF program, iptables rule and managed cgroup. Agents are then no longer diverted."""
+    from interceptor.redirect import cgroups
+    from interceptor.redirect.bpf import detach_all
+    from interceptor.redirect.iptables import IptablesRedirect
+
+    try:
+        _client(ctx).call("status")
+    except ControlError:
+        pass
+    else:
+        raise click.ClickException("the daemon is running: stop it first (systemctl stop interceptor)")
+    mount = cgroups.find_mount()
+    removed = 0
+    if mount:
+        try:
+            removed = detach_all(mount)
+        except OSError as exc:
+            click.echo(f"warning: could not query BPF programs: {exc}", err=True)
+        IptablesRedirect(mount).uninstall()
+        busy = cgroups.remove_managed(mount)
+        if busy:
+            click.echo(f"agent cgroups still holding processes (left in place): {', '.join(busy)}")
+    click.echo(f"removed {removed} BPF program(s) and all interceptor iptables rules")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """The daemon, its redirect mode, agents with identities, resources and policy version."""
+    data = call(ctx, "status")
+
+    def human(d: dict[str, Any]) -> None:
+        click.echo(f"interceptor {d['version']}  pid {d['pid']}  up {d['uptime_s']}s  redirect {d['redirect']}")
+        click.echo(f"policy {d['policy']['version']}  ({d['policy']['path']})  sessions {d['sessions']}")
+        click.echo("\nagents:")
+        table([{"name": a["name"], "unprotected": a["unprotected"],
+                "subject": (a["identity"] or {}).get("subject", "-"),
+                "groups": ",".join((a["identity"] or {}).get("groups", [])) or "-",
+                "expires": (a["identity"] or {}).get("expires_at", "-")} for a in d["agents"]],
+              ["name", "unprotected", "subject", "groups", "expires"])
+        click.echo("\nresources:")
+        table([{"name": r["name"], "protocol": r["protocol"], "addresses": " ".join(r["addresses"])}
+               for r in d["resources"]], ["name", "protocol", "addresses"])
+
+    emit(data, as_json, human)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def sessions(ctx: click.Context, as_json: bool) -> None:
+    """Live connections: agent, pid, exe, identity, resource, bytes, age."""
+    data = call(ctx, "sessions")
+    emit(data, as_json, lambda rows: table(
+        [dict(r, subject=(r.get("identity") or {}).get("subject", "-")) for r in rows],
+        ["flow_id", "agent", "pid", "exe", "subject", "resource", "bytes_up", "bytes_down", "age_s"]))
+
+
+def _register_groups() -> None:
+    """Command groups that live next to the code they drive."""
+    from interceptor.policy.cli import policy
+
+    @policy.command()
+    @click.argument("file", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+    @click.option("--json", "as_json", is_flag=True)
+    @click.pass_context
+    def reload(ctx: click.Context, file: Path | None, as_json: bool) -> None:
+        """Swap the daemon's policy atomically; a bad file is rejected and the old policy stays."""
+        result = call(ctx, "policy.reload", path=str(file.resolve()) if file else None)
+        emit(result, as_json, lambda r: click.echo(f"policy {r['version']} loaded from {r['path']}"))
+
+    main.add_command(policy)
+
+
+_register_groups()

@@ -35,15 +35,17 @@ class Services:
         subject = Subject(flow.agent, self.identity(), flow.process.exe, flow.process.uid)
         return Request(subject, flow.resource or "", operation, dict(flow.labels, **labels))
 
-    def event(self, flow: FlowContext, kind: str, decision: Decision | None = None, **fields: Any) -> AuditEvent:
+    def event(self, flow: FlowContext, kind: str, decision: Decision | None = None, *,
+              verdict: str | None = None, rule: str | None = None, reason: str | None = None,
+              **fields: Any) -> AuditEvent:
         """An audit event carrying the flow's who and where, so handlers only add the what."""
         identity = self.identity()
         return AuditEvent(
             kind=kind,
             agent=flow.agent,
-            decision=decision.verdict.value if decision else fields.pop("decision", None),
-            rule=decision.rule if decision else fields.pop("rule", None),
-            reason=decision.reason if decision else fields.pop("reason", None),
+            decision=decision.verdict.value if decision else verdict,
+            rule=decision.rule if decision else rule,
+            reason=decision.reason if decision else reason,
             resource=flow.resource,
             flow_id=flow.flow_id,
             process=flow.process.summary(),

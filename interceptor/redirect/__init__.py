@@ -1,12 +1,13 @@
 """Diverting agents' connections to the enforcer: BPF cgroup hooks, iptables as fallback.
 
 Both backends take a RedirectPlan, and answer the enforcer's one question after accept():
-where was this connection going, and who opened it (`origin(peer, local)`).
+where was this connection going, and who opened it (`origin(conn)`).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import socket
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
@@ -36,6 +37,7 @@ class Origin:
     agent_index: int
     resource_index: int
     cgroup_id: int
+    connect_ns: int  # CLOCK_BOOTTIME at connect(): a process started later is not the one that connected
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +58,7 @@ class Redirect(Protocol):
     def apply(self, plan: RedirectPlan) -> None:
         """Install or update everything the plan says; atomically where the backend can."""
 
-    def origin(self, peer: tuple[str, int], local_port: int) -> Origin | None:
+    def origin(self, conn: socket.socket) -> Origin | None:
         """The origin of an accepted connection, consumed (None: not diverted; close it)."""
 
     def on_deny(self, callback: Callable[[DenyEvent], None]) -> None:

@@ -178,16 +178,18 @@ class BpfRedirect:
 
     # -- the enforcer's questions --------------------------------------------------------
 
-    def origin(self, peer: tuple[str, int], local_port: int) -> Origin | None:
+    def origin(self, conn: socket.socket) -> Origin | None:
+        peer, local = conn.getpeername(), conn.getsockname()
         key = self.flows.Key()
         ctypes.memmove(key.addr, mapped(peer[0]), 16)
-        key.sport, key.dport, key.pad = peer[1], local_port, 0
+        key.sport, key.dport, key.pad = peer[1], local[1], 0
         try:
             o = self.flows[key]
         except KeyError:
             return None
         del self.flows[key]
-        return Origin(unmap(bytes(o.addr)), o.port, o.tgid, o.uid, o.gid, o.agent, o.resource, o.cgroup_id)
+        return Origin(unmap(bytes(o.addr)), o.port, o.tgid, o.uid, o.gid, o.agent, o.resource, o.cgroup_id,
+                      o.ktime_ns)
 
     def on_deny(self, callback: Callable[[DenyEvent], None]) -> None:
         table = self.bpf["deny_events"]

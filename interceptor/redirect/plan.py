@@ -41,3 +41,56 @@ class RedirectPlan:
             if agent.index == index:
                 return agent.name
         return None
+
+
+class PlanError(ValueError):
+    pass
+
+
+class Indexer:
+    """Stable small integers for names across reloads: a connect() recorded under the old
+    policy still names the same agent or resource when the enforcer accepts it."""
+
+    def __init__(self, first: int = 1) -> None:
+        self._next = first
+        self._ids: dict[str, int] = {}
+
+    def __call__(self, name: str) -> int:
+        if name not in self._ids:
+            self._ids[name] = self._next
+            self._next += 1
+        return self._ids[name]
+
+
+def resolve_host(hostname: str) -> list[Network]:
+    """Every address a hostname has now, as host networks (empty when it does not resolve)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(hostname, None, proto=socket.IPPROTO_TCP)
+    except socket.gaierror:
+        return []
+    return sorted({ipaddress.ip_network(info[4][0].split("%", 1)[0]) for info in infos}, key=str)
+
+
+def build_plan(policy, may_connect, *, managed_root: str, agent_paths: dict[str, list[str]],
+               enforcer_port: int, refuse_port: int, daemon_tgid: int, agents_ix: Indexer,
+               resources_ix: Indexer, resolve=resolve_host) -> RedirectPlan:
+    """The kernel's view of a policy. `may_connect(agent, resource) -> bool` is the policy's
+    connection-level answer for the agent's current identity."""
+    agents = []
+    for name, spec in sorted(policy.agents.items()):
+        if 0 in spec.uids:
+            raise PlanError(f"agent {name}: uid 0 cannot be an agent (root can remove any enforcement)")
+        agents.append(AgentEntry(agents_ix(name), name, tuple(agent_paths[name]), tuple(spec.uids),
+                                 spec.unprotected == "allow"))
+    dests, names = [], {}
+    for name, spec in sorted(policy.resources.items()):
+        index = resources_ix(name)
+        names[index] = name
+        for address in spec.addresses:
+            networks = [address.network] if address.network is not None else resolve(address.hostname)
+            dests.extend(DestEntry(net, address.port, index) for net in networks)
+    access = frozenset((a.index, r) for a in agents for r, rname in names.items() if may_connect(a.name, rname))
+    return RedirectPlan(enforcer_port, refuse_port, daemon_tgid, managed_root, tuple(agents), tuple(dests),
+                        access, names)

@@ -1,0 +1,102 @@
+"""Daemon settings (/etc/interceptor/interceptor.yaml): where things live and how the daemon
+runs. Who may do what (agents, resources, rules) is the policy's business, not this file's.
+
+Every problem is reported as `file:line:col: message`; unknown keys are errors, because a
+misspelt security setting silently ignored is worse than a daemon that refuses to start.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_PATH = Path("/etc/interceptor/interceptor.yaml")
+SHIPPED_POLICY = Path(__file__).resolve().parent.parent / "policy" / "default.yaml"
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    policy: Path = SHIPPED_POLICY
+    redirect: str = "auto"  # bpf | iptables | auto (bpf, else iptables with a warning)
+    enforcer_port: int = 999  # privileged on purpose: while the daemon is down nobody else can bind it
+    refuse_port: int = 998  # bound, never listening: denied connects get ECONNREFUSED
+    state_dir: Path = Path("/var/lib/interceptor")
+    control_socket: Path = Path("/run/interceptor/control.sock")
+    admin_group: str | None = None
+    audit: dict[str, Any] = field(default_factory=lambda: {"store": "sqlite", "durability": "strict"})
+    approvals: dict[str, Any] = field(default_factory=dict)
+    metrics_listen: str | None = None
+    source: str = "<defaults>"
+
+
+_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "policy": str, "redirect": str, "enforcer_port": int, "refuse_port": int, "state_dir": str,
+    "control_socket": str, "admin_group": (str, type(None)), "audit": dict, "approvals": dict,
+    "metrics_listen": (str, type(None)),
+}
+
+
+def _where(path: str, node: yaml.Node) -> str:
+    return f"{path}:{node.start_mark.line + 1}:{node.start_mark.column + 1}"
+
+
+def load_settings(path: Path | str | None = None) -> Settings:
+    """Settings from `path`, or the defaults when no file exists at the default path."""
+    if path is None:
+        if not DEFAULT_PATH.exists():
+            return Settings()
+        path = DEFAULT_PATH
+    path = str(path)
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else path
+        raise ConfigError(f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from exc
+    if root is None:
+        return Settings(source=path)
+    if not isinstance(root, yaml.MappingNode):
+        raise ConfigError(f"{_where(path, root)}: expected a mapping of settings")
+    values: dict[str, Any] = {}
+    errors = []
+    for key_node, value_node in root.value:
+        key = key_node.value
+        if key not in _FIELDS:
+            errors.append(f"{_where(path, key_node)}: unknown setting {key!r} (known: {', '.join(sorted(_FIELDS))})")
+            continue
+        value = yaml.safe_load(yaml.serialize(value_node))
+        if not isinstance(value, _FIELDS[key]) or isinstance(value, bool) and _FIELDS[key] is int:
+            errors.append(f"{_where(path, value_node)}: {key} has the wrong type ({type(value).__name__})")
+            continue
+        values[key] = (value, value_node)
+    errors += _check(path, values)
+    if errors:
+        raise ConfigError("\n".join(errors))
+    plain = {k: v for k, (v, _) in values.items()}
+    base = Path(path).parent
+    for key in ("policy", "state_dir", "control_socket"):
+        if key in plain:
+            plain[key] = (base / plain[key]) if not os.path.isabs(plain[key]) else Path(plain[key])
+    return Settings(**plain, source=path)
+
+
+def _check(path: str, values: dict[str, tuple[Any, yaml.Node]]) -> list[str]:
+    errors = []
+    if "redirect" in values and values["redirect"][0] not in ("bpf", "iptables", "auto"):
+        errors.append(f"{_where(path, values['redirect'][1])}: redirect must be bpf, iptables or auto")
+    for key in ("enforcer_port", "refuse_port"):
+        if key in values and not 1 <= values[key][0] <= 65535:
+            errors.append(f"{_where(path, values[key][1])}: {key} must be a port number (1-65535)")
+    return errors

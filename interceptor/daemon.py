@@ -1,0 +1,248 @@
+"""The daemon: load settings and policy, install the redirect, run the enforcer and the
+control socket, and swap the policy atomically on reload.
+
+Stopping the daemon (or its death) leaves the kernel hooks in place on purpose: agents are
+refused until a daemon is back. Only `interceptor uninstall` removes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from interceptor import __version__
+from interceptor.audit.event import AuditEvent, AuditUnavailable
+from interceptor.config import Settings
+from interceptor.control import ControlServer
+from interceptor.decision import Verdict
+from interceptor.enforcer.server import Enforcer, Snapshot
+from interceptor.operations import Request, Subject, TcpConnect
+from interceptor.redirect import DenyEvent, Redirect, cgroups
+from interceptor.redirect.plan import Indexer, PlanError, build_plan
+
+log = logging.getLogger(__name__)
+
+HOSTNAME_REFRESH_S = 30.0
+
+
+def open_redirect(mode: str, mount: Path) -> Redirect:
+    """BPF unless told otherwise; `auto` falls back to iptables with a warning."""
+    from interceptor.redirect.bpf import BpfRedirect, BpfUnavailable
+    from interceptor.redirect.iptables import IptablesRedirect
+
+    if mode == "iptables":
+        return IptablesRedirect(mount)
+    try:
+        return BpfRedirect(mount)
+    except (BpfUnavailable, OSError) as exc:
+        if mode == "bpf":
+            raise
+        log.warning("BPF unavailable (%s); falling back to iptables redirection", exc)
+        return IptablesRedirect(mount)
+
+
+def sd_notify(message: str) -> None:
+    """Tell systemd (Type=notify) how we are doing; a no-op outside systemd."""
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return
+    if path.startswith("@"):
+        path = "\0" + path[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.sendto(message.encode(), path)
+
+
+class Daemon:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.mount = cgroups.ensure_mount()
+        self.agents_ix = Indexer()
+        self.resources_ix = Indexer()
+        self.started = time.time()
+        self.snapshot: Snapshot | None = None
+        self.redirect: Redirect | None = None
+        self.identities: Any = None
+        self.audit: Any = None
+        self.enforcer: Enforcer | None = None
+        self.control: ControlServer | None = None
+        self._stopping = asyncio.Event()
+
+    # -- policy ---------------------------------------------------------------------------
+
+    def load(self, path: Path) -> Snapshot:
+        """Parse and plan a policy without touching the running one (PolicyError, PlanError,
+        CgroupError on bad input)."""
+        from interceptor.policy import PolicyEngine, load_policy
+
+        policy = load_policy(path)
+        engine = PolicyEngine(policy)
+        managed = cgroups.ensure_agent_cgroups(self.mount, sorted(policy.agents))
+        agent_paths = {name: [str(managed[name])] + [str(cgroups.resolve(self.mount, c)) for c in spec.cgroups]
+                       for name, spec in policy.agents.items()}
+
+        def may_connect(agent: str, resource: str) -> bool:
+            request = Request(Subject(agent, self.identity(agent)), resource, TcpConnect())
+            return engine.decide(request).verdict is not Verdict.DENY
+
+        plan = build_plan(policy, may_connect, managed_root=str(cgroups.managed_root(self.mount)),
+                          agent_paths=agent_paths, enforcer_port=self.settings.enforcer_port,
+                          refuse_port=self.settings.refuse_port, daemon_tgid=os.getpid(),
+                          agents_ix=self.agents_ix, resources_ix=self.resources_ix)
+        return Snapshot(policy, engine, plan)
+
+    def identity(self, agent: str):
+        return self.identities.current(agent) if self.identities else None
+
+    def identity_required(self, agent: str) -> bool:
+        spec = self.snapshot.policy.agents.get(agent) if self.snapshot else None
+        return bool(spec and spec.identity and spec.identity.get("source", "none") != "none")
+
+    async def reload(self, path: str | None = None, **_: Any) -> dict[str, Any]:
+        """Swap in a new policy; on any error the old one stays and the error is returned."""
+        target = Path(path) if path else self.settings.policy
+        snapshot = await asyncio.to_thread(self.load, target)
+        self.redirect.apply(snapshot.plan)
+        old = self.snapshot
+        self.snapshot = snapshot
+        await self._audit(AuditEvent(kind="policy", decision="allow", rule="reload",
+                                     operation={"path": str(target), "old_version": old.policy.version if old else None,
+                                                "new_version": snapshot.policy.version}))
+        log.info("policy %s loaded from %s", snapshot.policy.version, target)
+        return {"version": snapshot.policy.version, "path": str(target)}
+
+    async def _refresh_loop(self) -> None:
+        """Re-resolve hostnames and identities' effect on access; re-apply when it changed."""
+        while not self._stopping.is_set():
+            try:
+                await asyncio.wait_for(self._stopping.wait(), HOSTNAME_REFRESH_S)
+            except asyncio.TimeoutError:
+                pass
+            if self._stopping.is_set():
+                return
+            try:
+                fresh = await asyncio.to_thread(self.load, Path(self.settings.policy))
+            except Exception as exc:  # keep the running plan; the file may be mid-edit
+                log.warning("periodic refresh skipped: %s", exc)
+                continue
+            if fresh.plan != self.snapshot.plan and fresh.policy.version == self.snapshot.policy.version:
+                self.redirect.apply(fresh.plan)
+                self.snapshot = fresh
+
+    # -- audit ------------------------------------------------------------------------------
+
+    async def _audit(self, event: AuditEvent) -> None:
+        try:
+            await self.audit.write(event)
+        except AuditUnavailable as exc:
+            log.error("audit unavailable: %s (event %s %s)", exc, event.kind, event.event_id)
+
+    def _on_deny(self, event: DenyEvent) -> None:
+        """Called from the BPF ring-buffer thread."""
+        snap = self.snapshot
+        record = AuditEvent(kind="connect_denied", agent=snap.plan.agent_name(event.agent_index) if snap else None,
+                            decision="deny", rule="kernel", reason=event.reason,
+                            resource=snap.plan.resource_names.get(event.resource_index) if snap else None,
+                            process={"pid": event.tgid, "uid": event.uid},
+                            operation={"protocol": event.protocol, "dst": f"{event.dst_ip}:{event.dst_port}"})
+        asyncio.run_coroutine_threadsafe(self._audit(record), self._loop)
+
+    # -- control ------------------------------------------------------------------------------
+
+    def status(self, **_: Any) -> dict[str, Any]:
+        snap = self.snapshot
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "uptime_s": round(time.time() - self.started, 1),
+            "redirect": self.redirect.mode,
+            "cgroup_root": str(self.mount),
+            "policy": {"version": snap.policy.version, "path": str(self.settings.policy)},
+            "agents": [{"name": a.name, "cgroups": list(a.cgroup_paths), "uids": list(a.uids),
+                        "unprotected": "allow" if a.unprotected_allow else "deny",
+                        "identity": self._identity_status(a.name)} for a in snap.plan.agents],
+            "resources": [{"name": name, "protocol": spec.protocol,
+                           "addresses": [str(d.network) + (f":{d.port}" if d.port else "")
+                                         for d in snap.plan.dests if snap.plan.resource_names[d.resource_index] == name]}
+                          for name, spec in sorted(snap.policy.resources.items())],
+            "sessions": len(self.enforcer.sessions),
+        }
+
+    def _identity_status(self, agent: str) -> dict[str, Any] | None:
+        identity = self.identity(agent)
+        return identity.summary() if identity else None
+
+    def sessions(self, **_: Any) -> list[dict[str, Any]]:
+        now = time.time()
+        return [{"flow_id": s.flow.flow_id, "agent": s.flow.agent, "pid": s.flow.process.tgid,
+                 "exe": s.flow.process.exe, "resource": s.flow.resource, "dst": str(s.flow.original_dst),
+                 "identity": self._identity_status(s.flow.agent), "bytes_up": s.bytes_up,
+                 "bytes_down": s.bytes_down, "age_s": round(now - s.started, 1)}
+                for s in self.enforcer.sessions.values()]
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        from interceptor.audit import open_sink
+
+        self._loop = asyncio.get_running_loop()
+        self.settings.state_dir.mkdir(parents=True, exist_ok=True)
+        audit_settings = dict(self.settings.audit)
+        audit_settings.setdefault("path", str(self.settings.state_dir / "audit.db"))
+        self.audit = open_sink(audit_settings)
+        self.snapshot = await asyncio.to_thread(self.load, Path(self.settings.policy))
+        self.redirect = open_redirect(self.settings.redirect, self.mount)
+        self.enforcer = Enforcer(self.redirect, self.audit, lambda: self.snapshot, self.identity,
+                                 self.identity_required, self._credentials)
+        await self.enforcer.start(self.settings.enforcer_port, self.settings.refuse_port)
+        self.redirect.apply(self.snapshot.plan)
+        self.redirect.on_deny(self._on_deny)
+        self.control = ControlServer(self.settings.control_socket,
+                                     {"status": self.status, "sessions": self.sessions,
+                                      "policy.reload": self.reload},
+                                     self.settings.admin_group)
+        await self.control.start()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._loop.add_signal_handler(sig, self._stopping.set)
+        self._loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self._reload_logged()))
+        await self._audit(AuditEvent(kind="daemon", decision="allow", rule="start",
+                                     operation={"version": __version__, "redirect": self.redirect.mode,
+                                                "policy": self.snapshot.policy.version}))
+        log.info("interceptor %s ready: redirect=%s enforcer=:%d policy=%s", __version__, self.redirect.mode,
+                 self.settings.enforcer_port, self.snapshot.policy.version)
+        sd_notify("READY=1")
+        refresher = asyncio.ensure_future(self._refresh_loop())
+        await self._stopping.wait()
+        sd_notify("STOPPING=1")
+        refresher.cancel()
+        await self.control.stop()
+        await self.enforcer.stop()
+        self.redirect.close()
+        await self._audit(AuditEvent(kind="daemon", decision="allow", rule="stop"))
+        await self.audit.close()
+
+    async def _reload_logged(self) -> None:
+        try:
+            await self.reload()
+        except Exception as exc:
+            log.error("reload rejected, old policy kept: %s", exc)
+
+    async def _credentials(self, resource: str) -> dict[str, str]:
+        from interceptor.secrets import resolve_credentials
+
+        spec = self.snapshot.policy.resources[resource]
+        return await resolve_credentials(spec.credentials)
+
+
+def run(settings: Settings) -> None:
+    import uvloop
+
+    uvloop.run(Daemon(settings).run())
+
+
+__all__ = ["Daemon", "run", "open_redirect", "PlanError"]

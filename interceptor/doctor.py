@@ -1,0 +1,140 @@
+"""`interceptor doctor`: every kernel feature and component the daemon needs, checked for
+real (a BPF program is compiled and loaded, an iptables rule is listed), each failure with
+what it is and how to fix it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+    needed_for: str = "daemon"  # daemon | bpf | iptables | optional
+
+
+def _root() -> Check:
+    ok = os.geteuid() == 0
+    return Check("root privileges", ok, "running as root" if ok else f"running as uid {os.geteuid()}",
+                 "run as root (sudo): loading BPF programs and cgroup attach need CAP_BPF and CAP_NET_ADMIN")
+
+
+def _cgroup2() -> Check:
+    from interceptor.redirect.cgroups import FALLBACK_MOUNT, find_mount
+
+    mount = find_mount()
+    if mount:
+        return Check("cgroup v2", True, f"mounted at {mount}")
+    ok = Path("/proc/filesystems").read_text().find("cgroup2") >= 0
+    return Check("cgroup v2", ok, f"not mounted; the daemon mounts it at {FALLBACK_MOUNT}" if ok
+                 else "the kernel does not support cgroup2", "a kernel built with CONFIG_CGROUPS and cgroup v2")
+
+
+def _btf() -> Check:
+    ok = Path("/sys/kernel/btf/vmlinux").exists()
+    return Check("BTF", ok, "/sys/kernel/btf/vmlinux present" if ok else "no /sys/kernel/btf/vmlinux",
+                 "a kernel built with CONFIG_DEBUG_INFO_BTF=y", needed_for="optional")
+
+
+def _headers() -> Check:
+    build = Path(f"/lib/modules/{os.uname().release}/build")
+    source = os.environ.get("BCC_KERNEL_SOURCE")
+    ok = build.exists() or bool(source and Path(source).exists())
+    detail = f"{build} -> {build.resolve()}" if build.exists() else (f"BCC_KERNEL_SOURCE={source}" if ok else
+                                                                      f"{build} missing")
+    return Check("kernel headers for bcc", ok, detail,
+                 "run scripts/install.sh: it installs linux-headers-amd64 and links the nearest Debian headers "
+                 "when this kernel has no headers package", needed_for="bpf")
+
+
+def _bcc_module() -> Check:
+    try:
+        import bcc  # noqa: F401
+    except ImportError as exc:
+        return Check("python bcc", False, str(exc), "apt-get install python3-bpfcc; the venv needs "
+                     "--system-site-packages (scripts/install.sh does this)", needed_for="bpf")
+    return Check("python bcc", True, f"bcc {getattr(bcc, '__version__', '')} from {Path(bcc.__file__).parent}",
+                 needed_for="bpf")
+
+
+def _bpf_load() -> Check:
+    from interceptor.redirect import libbpf
+    from interceptor.redirect.bpf import PROGRAMS, BpfUnavailable, compile_programs
+
+    try:
+        bpf = compile_programs()
+        for name, attach_type in PROGRAMS:
+            if attach_type == libbpf.CGROUP_SOCK_OPS:
+                bpf.load_func(name.encode(), bpf.SOCK_OPS)
+            else:
+                bpf.load_func(name.encode(), bpf.CGROUP_SOCK_ADDR, attach_type=attach_type)
+        bpf.cleanup()
+    except (BpfUnavailable, Exception) as exc:  # bcc raises bare Exception on verifier errors
+        return Check("BPF programs compile and load", False, str(exc).splitlines()[0][:300],
+                     "see the kernel headers and python bcc checks above; the kernel needs BPF_SYSCALL, "
+                     "CGROUP_BPF and BPF_JIT", needed_for="bpf")
+    return Check("BPF programs compile and load", True,
+                 f"{len(PROGRAMS)} programs (connect4/6, sendmsg4/6, sockops) verified by the kernel", needed_for="bpf")
+
+
+def _libbpf() -> Check:
+    from interceptor.redirect import libbpf
+
+    try:
+        libbpf.lib()
+    except OSError as exc:
+        return Check("libbpf", False, str(exc), "apt-get install libbpf1", needed_for="bpf")
+    return Check("libbpf", True, "libbpf.so loaded (attach/replace/query)", needed_for="bpf")
+
+
+def _iptables() -> Check:
+    missing = [t for t in ("iptables", "ip6tables", "iptables-restore", "ip6tables-restore") if not shutil.which(t)]
+    if missing:
+        return Check("iptables fallback", False, f"missing {', '.join(missing)}", "apt-get install iptables",
+                     needed_for="iptables")
+    for argv in (["iptables", "-w", "-t", "nat", "-S", "OUTPUT"], ["iptables", "-m", "cgroup", "--help"]):
+        result = subprocess.run(argv, capture_output=True, text=True)
+        if result.returncode != 0:
+            return Check("iptables fallback", False, f"{' '.join(argv)}: {result.stderr.strip()[:200]}",
+                         "the kernel needs netfilter nat, REDIRECT, conntrack and xt_cgroup", needed_for="iptables")
+    return Check("iptables fallback", True, "nat table, REDIRECT and cgroup match available", needed_for="iptables")
+
+
+def _node() -> Check:
+    ok = shutil.which("node") is not None
+    return Check("node (local dev OpenID provider)", ok, shutil.which("node") or "not found",
+                 "apt-get install nodejs npm (only for the demo's local issuer)", needed_for="optional")
+
+
+CHECKS: tuple[Callable[[], Check], ...] = (_root, _cgroup2, _btf, _headers, _bcc_module, _libbpf, _bpf_load,
+                                           _iptables, _node)
+
+
+def run_checks() -> list[Check]:
+    results = []
+    for check in CHECKS:
+        try:
+            results.append(check())
+        except Exception as exc:  # a check that crashes is a failed check, with its reason
+            results.append(Check(check.__name__.strip("_"), False, f"check failed: {exc}"))
+    return results
+
+
+def verdict(checks: list[Check]) -> tuple[bool, str]:
+    """Can the daemon run, and with which redirect?"""
+    failed = {c.needed_for for c in checks if not c.ok}
+    if "daemon" in failed:
+        return False, "the daemon cannot run"
+    if "bpf" not in failed:
+        return True, "ready: BPF redirection"
+    if "iptables" not in failed:
+        return True, "degraded: BPF unavailable, the daemon will use the iptables fallback"
+    return False, "neither BPF nor iptables redirection is available"

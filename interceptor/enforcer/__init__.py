@@ -1,0 +1,1 @@
+"""The userspace enforcer: accepts diverted connections, attributes them, hands them to handlers."""

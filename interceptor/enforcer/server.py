@@ -1,0 +1,187 @@
+"""Accept diverted connections, attribute them, check the connection-level policy and hand
+them to the resource's protocol handler. Anything that cannot be attributed is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import logging
+import socket
+import struct
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from interceptor.audit.event import AuditEvent, AuditSink, AuditUnavailable
+from interceptor.decision import Decision, Verdict
+from interceptor.enforcer.attribution import AttributionError, attribute
+from interceptor.flow import Endpoint, FlowContext
+from interceptor.handlers import Services, handler_for
+from interceptor.identity.model import Identity
+from interceptor.operations import Request, Subject, TcpConnect
+from interceptor.redirect import Origin, Redirect, RedirectPlan
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Session:
+    """A live flow, for `interceptor sessions`."""
+
+    flow: FlowContext
+    started: float = field(default_factory=time.time)
+    bytes_up: int = 0
+    bytes_down: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything a reload swaps at once: in-flight flows see the new policy at their next
+    operation, never a mix of two."""
+
+    policy: Any  # interceptor.policy.Policy
+    engine: Any  # interceptor.policy.PolicyEngine
+    plan: RedirectPlan
+
+
+def _reset(sock: socket.socket) -> None:
+    """Close with RST so the client sees the refusal at once, not an orderly EOF."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    finally:
+        sock.close()
+
+
+def _listen(host: str, port: int, backlog: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    sock.bind((host, port))
+    if backlog:
+        sock.listen(backlog)
+    sock.setblocking(False)
+    return sock
+
+
+class Enforcer:
+    def __init__(self, redirect: Redirect, audit: AuditSink, snapshot: Callable[[], Snapshot],
+                 identity: Callable[[str], Identity | None], identity_required: Callable[[str], bool],
+                 credentials: Callable[[str], Any], approvals: Any = None) -> None:
+        self.redirect = redirect
+        self.audit = audit
+        self.snapshot = snapshot
+        self.identity = identity
+        self.identity_required = identity_required
+        self.credentials = credentials
+        self.approvals = approvals
+        self.sessions: dict[str, Session] = {}
+        self._sockets: list[socket.socket] = []
+        self._tasks: set[asyncio.Task] = set()
+
+    async def start(self, port: int, refuse_port: int) -> None:
+        for host in ("127.0.0.1", "::1"):
+            listener = _listen(host, port, 4096)
+            self._sockets.append(listener)
+            self._spawn(self._accept_loop(listener, port))
+            # Bound but never listening: connects refused in the kernel land here and get RST.
+            self._sockets.append(_listen(host, refuse_port, 0))
+
+    async def stop(self) -> None:
+        for sock in self._sockets:
+            sock.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _accept_loop(self, listener: socket.socket, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, peer = await loop.sock_accept(listener)
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.error("accept: %s; backing off", exc)
+                    await asyncio.sleep(0.1)
+                    continue
+                raise
+            self._spawn(self._serve(conn, peer, port))
+
+    async def _refuse(self, conn: socket.socket, event: AuditEvent) -> None:
+        _reset(conn)
+        try:
+            await self.audit.write(event)
+        except AuditUnavailable as exc:
+            log.error("audit unavailable while refusing a flow: %s", exc)
+
+    async def _serve(self, conn: socket.socket, peer: tuple, port: int) -> None:
+        origin = self.redirect.origin(conn)
+        if origin is None:
+            await self._refuse(conn, AuditEvent(kind="connection", decision="deny", rule="no-origin",
+                                                reason=f"no origin record for {peer[0]}:{peer[1]} (not diverted by "
+                                                       "the kernel, or dialed directly)"))
+            return
+        snap = self.snapshot()
+        agent = snap.plan.agent_name(origin.agent_index)
+        resource = snap.plan.resource_names.get(origin.resource_index)
+        try:
+            process = attribute(origin)
+        except AttributionError as exc:
+            await self._refuse(conn, AuditEvent(kind="connection", agent=agent, resource=resource, decision="deny",
+                                                rule="attribution", reason=str(exc),
+                                                operation={"dst": f"{origin.dst_ip}:{origin.dst_port}"}))
+            return
+        flow = FlowContext(uuid.uuid4().hex[:16], agent or "", process,
+                           Endpoint(origin.dst_ip, origin.dst_port),
+                           Endpoint(ipaddress.ip_address(peer[0]), peer[1]), resource)
+        refusal = self._connection_refusal(snap, flow, origin)
+        if refusal is not None:
+            await self._refuse(conn, refusal)
+            return
+        spec = snap.policy.resources[resource]
+        services = Services(
+            decide=lambda request: self.snapshot().engine.decide(request),
+            audit=self.audit,
+            identity=lambda: self.identity(flow.agent),
+            resource=spec,
+            credentials=lambda: self.credentials(resource),
+            approvals=self.approvals,
+        )
+        session = Session(flow)
+        self.sessions[flow.flow_id] = session
+        try:
+            await handler_for(spec.protocol).serve(flow, conn, services)
+        except Exception:
+            log.exception("handler %s failed for flow %s", spec.protocol, flow.flow_id)
+            conn.close()
+        finally:
+            del self.sessions[flow.flow_id]
+
+    def _connection_refusal(self, snap: Snapshot, flow: FlowContext, origin: Origin) -> AuditEvent | None:
+        """None when the flow may proceed; otherwise the audit record of why not."""
+        base = dict(kind="connection", agent=flow.agent or None, resource=flow.resource, flow_id=flow.flow_id,
+                    process=flow.process.summary(), operation={"dst": str(flow.original_dst)})
+        if not flow.agent or not flow.resource or flow.resource not in snap.policy.resources:
+            return AuditEvent(decision="deny", rule="stale-plan",
+                              reason="agent or resource no longer in the policy", **base)
+        identity = self.identity(flow.agent)
+        if identity is None and self.identity_required(flow.agent):
+            return AuditEvent(decision="deny", rule="identity", reason="agent has no valid identity", **base)
+        if identity is not None and identity.expired():
+            return AuditEvent(decision="deny", rule="identity", reason="agent identity expired",
+                              identity=identity.summary(), **base)
+        request = Request(Subject(flow.agent, identity, flow.process.exe, origin.uid), flow.resource, TcpConnect())
+        decision: Decision = snap.engine.decide(request)
+        if decision.verdict is Verdict.DENY:
+            return AuditEvent(decision="deny", rule=decision.rule, reason=decision.reason,
+                              identity=identity.summary() if identity else None, **base)
+        return None

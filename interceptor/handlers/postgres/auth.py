@@ -1,0 +1,170 @@
+"""Logging in to the upstream server with the resource's credentials, sans-IO.
+
+The agent never authenticates upstream: the enforcer does, with whatever method the
+server asks for (SCRAM-SHA-256, md5 or cleartext), and verifies the server's SCRAM
+signature so a server that does not know the password cannot fake a login.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+
+from interceptor.handlers.postgres.codec import (
+    HEADER,
+    INT32,
+    MAX_MESSAGE,
+    ProtocolViolation,
+    Reader,
+    cstr,
+    frame_length,
+    message,
+    read_fields,
+)
+
+AUTH_OK, AUTH_CLEARTEXT, AUTH_MD5, AUTH_SASL, AUTH_SASL_CONTINUE, AUTH_SASL_FINAL = 0, 3, 5, 10, 11, 12
+SCRAM = "SCRAM-SHA-256"
+
+
+class LoginError(RuntimeError):
+    """The upstream login failed; the message is safe to show the agent."""
+
+
+def md5_password(user: str, password: str, salt: bytes) -> bytes:
+    inner = hashlib.md5(password.encode() + user.encode()).hexdigest()
+    return b"md5" + hashlib.md5(inner.encode() + salt).hexdigest().encode()
+
+
+class ScramClient:
+    """RFC 5802 / 7677 client side, without channel binding (gs2 header 'n,,')."""
+
+    def __init__(self, password: str, nonce: str | None = None) -> None:
+        self.password = password.encode()
+        self.nonce = nonce or base64.b64encode(secrets.token_bytes(18)).decode()
+        self.first_bare = f"n=,r={self.nonce}"
+        self._server_signature: bytes | None = None
+        self.verified = False
+
+    def first(self) -> bytes:
+        return b"n,," + self.first_bare.encode()
+
+    def final(self, server_first: bytes) -> bytes:
+        attrs = _scram_attributes(server_first)
+        nonce, salt, iterations = attrs.get("r", ""), attrs.get("s"), attrs.get("i", "")
+        if not nonce.startswith(self.nonce) or len(nonce) == len(self.nonce):
+            raise LoginError("upstream SCRAM exchange failed: the server nonce does not extend ours")
+        if salt is None or not iterations.isdigit() or int(iterations) < 1:
+            raise LoginError("upstream SCRAM exchange failed: malformed server-first-message")
+        salted = hashlib.pbkdf2_hmac("sha256", self.password, base64.b64decode(salt), int(iterations))
+        client_key = hmac.digest(salted, b"Client Key", "sha256")
+        without_proof = f"c=biws,r={nonce}"
+        auth_message = f"{self.first_bare},{server_first.decode()},{without_proof}".encode()
+        signature = hmac.digest(hashlib.sha256(client_key).digest(), auth_message, "sha256")
+        proof = bytes(a ^ b for a, b in zip(client_key, signature))
+        server_key = hmac.digest(salted, b"Server Key", "sha256")
+        self._server_signature = hmac.digest(server_key, auth_message, "sha256")
+        return f"{without_proof},p={base64.b64encode(proof).decode()}".encode()
+
+    def verify(self, server_final: bytes) -> None:
+        attrs = _scram_attributes(server_final)
+        if "e" in attrs:
+            raise LoginError(f"upstream SCRAM exchange failed: {attrs['e']}")
+        expected = self._server_signature
+        if expected is None or not hmac.compare_digest(base64.b64decode(attrs.get("v", "")), expected):
+            raise LoginError("upstream SCRAM exchange failed: the server's signature is wrong")
+        self.verified = True
+
+
+def _scram_attributes(data: bytes) -> dict[str, str]:
+    try:
+        parts = data.decode().split(",")
+    except UnicodeDecodeError:
+        raise LoginError("upstream SCRAM exchange failed: message is not UTF-8") from None
+    return {part[0]: part[2:] for part in parts if len(part) >= 2 and part[1] == "="}
+
+
+class UpstreamLogin:
+    """Feed it the server's bytes; it answers authentication requests and collects what
+    the client must see afterwards (ParameterStatus, notices), the backend key and the
+    first transaction status. `done` once ReadyForQuery arrived."""
+
+    def __init__(self, user: str, password: str, scram_nonce: str | None = None) -> None:
+        self.user = user
+        self.password = password
+        self._scram_nonce = scram_nonce
+        self._scram: ScramClient | None = None
+        self._buffer = b""
+        self.forward: list[bytes] = []  # ParameterStatus / NoticeResponse messages, as sent
+        self.backend_key: tuple[int, bytes] | None = None
+        self.status: bytes | None = None
+        self.authenticated = False
+
+    @property
+    def done(self) -> bool:
+        return self.status is not None
+
+    def receive(self, data: bytes) -> list[bytes]:
+        """The replies to send upstream for `data`; raises LoginError or ProtocolViolation."""
+        self._buffer += data
+        replies: list[bytes] = []
+        while not self.done and len(self._buffer) >= 5:
+            kind, length = HEADER.unpack_from(self._buffer, 0)
+            frame_length(length, MAX_MESSAGE, "upstream message")
+            if len(self._buffer) < length + 1:
+                break
+            frame, self._buffer = self._buffer[: length + 1], self._buffer[length + 1:]
+            replies.extend(self._handle(kind, frame, frame[5:]))
+        return replies
+
+    @property
+    def leftover(self) -> bytes:
+        """Bytes after ReadyForQuery (none from a well-behaved server)."""
+        return self._buffer
+
+    def _handle(self, kind: bytes, frame: bytes, body: bytes) -> list[bytes]:
+        if kind == b"R":
+            return self._authenticate(body)
+        if kind == b"E":
+            fields = read_fields(body)
+            raise LoginError(f"upstream login failed: {fields.get('M', 'error')} ({fields.get('C', '?')})")
+        if not self.authenticated and kind != b"N":
+            raise ProtocolViolation(f"upstream sent {kind!r} before authentication completed")
+        if kind in (b"S", b"N"):
+            self.forward.append(frame)
+        elif kind == b"K":
+            if not 8 <= len(body) <= 260:
+                raise ProtocolViolation(f"upstream BackendKeyData of {len(body)} bytes")
+            self.backend_key = (INT32.unpack_from(body, 0)[0], body[4:])
+        elif kind == b"Z":
+            self.status = body[:1]
+        elif kind != b"v":
+            raise ProtocolViolation(f"unexpected upstream message {kind!r} during login")
+        return []
+
+    def _authenticate(self, body: bytes) -> list[bytes]:
+        reader = Reader(body, "Authentication")
+        code = reader.int32()
+        if code == AUTH_OK:
+            if self._scram is not None and not self._scram.verified:
+                raise LoginError("upstream accepted SCRAM without finishing it; refusing the server")
+            self.authenticated = True
+            return []
+        if code == AUTH_CLEARTEXT:
+            return [message(b"p", cstr(self.password))]
+        if code == AUTH_MD5:
+            return [message(b"p", md5_password(self.user, self.password, body[4:8]) + b"\0")]
+        if code == AUTH_SASL:
+            mechanisms = [m.decode(errors="replace") for m in body[4:].split(b"\0") if m]
+            if SCRAM not in mechanisms:
+                raise LoginError(f"upstream offers SASL mechanisms {mechanisms}; only {SCRAM} is supported")
+            self._scram = ScramClient(self.password, self._scram_nonce)
+            first = self._scram.first()
+            return [message(b"p", cstr(SCRAM) + INT32.pack(len(first)) + first)]
+        if code == AUTH_SASL_CONTINUE and self._scram is not None:
+            return [message(b"p", self._scram.final(body[4:]))]
+        if code == AUTH_SASL_FINAL and self._scram is not None:
+            self._scram.verify(body[4:])
+            return []
+        raise LoginError(f"upstream asks for authentication method {code}, which the enforcer does not support")

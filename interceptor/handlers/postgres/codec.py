@@ -1,0 +1,319 @@
+"""PostgreSQL wire protocol v3: frames, the few message bodies the enforcer reads, and
+the messages it writes. Pure functions over bytes; no I/O.
+
+Regular frames are a type byte, an Int32 length that counts itself, then the body.
+Startup-phase frames (StartupMessage, SSLRequest, GSSENCRequest, CancelRequest) have no
+type byte. Lengths are checked before anything is buffered, so a hostile length never
+makes the enforcer allocate.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+INT16 = struct.Struct("!h")
+INT32 = struct.Struct("!i")
+UINT32 = struct.Struct("!I")
+HEADER = struct.Struct("!ci")
+
+PROTOCOL_3_0 = 3 << 16
+PROTOCOL_3_2 = (3 << 16) | 2
+SSL_REQUEST = 80877103
+GSSENC_REQUEST = 80877104
+CANCEL_REQUEST = 80877102
+
+MAX_STARTUP = 10_000  # PostgreSQL's own limit for a startup packet
+MAX_MESSAGE = (1 << 30) - 1  # PostgreSQL's PQ_LARGE_MESSAGE_LIMIT
+MAX_CANCEL_KEY = 256  # protocol 3.2: the secret key is at most 256 bytes
+
+FRONTEND_TYPES = frozenset(b"BCcdDEfFHPpQSX")
+
+
+class ProtocolViolation(ValueError):
+    """The peer sent something that is not valid PostgreSQL protocol; the message says what."""
+
+
+@dataclass(frozen=True, slots=True)
+class StartupPacket:
+    """A StartupMessage: protocol version and its parameters, in the client's order."""
+
+    version: int
+    params: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class SpecialRequest:
+    """SSLRequest or GSSENCRequest: the client asks for an encrypted channel."""
+
+    code: int
+
+
+@dataclass(frozen=True, slots=True)
+class CancelPacket:
+    pid: int
+    secret: bytes
+
+
+def frame_length(length: int, limit: int, what: str) -> int:
+    """`length` (as sent, counting itself) when acceptable, else ProtocolViolation."""
+    if length < 4:
+        raise ProtocolViolation(f"{what} has invalid length {length} (at least 4)")
+    if length > limit:
+        raise ProtocolViolation(f"{what} of {length} bytes exceeds the limit of {limit}")
+    return length
+
+
+def split_startup(buffer: bytes) -> tuple[bytes, bytes] | None:
+    """(packet body, rest) once a whole startup-phase packet is buffered, else None."""
+    if len(buffer) < 4:
+        return None
+    (length,) = INT32.unpack_from(buffer, 0)
+    frame_length(length, MAX_STARTUP, "startup packet")
+    if length < 8:
+        raise ProtocolViolation(f"startup packet of {length} bytes has no protocol code")
+    if len(buffer) < length:
+        return None
+    return buffer[4:length], buffer[length:]
+
+
+def parse_startup(body: bytes) -> StartupPacket | SpecialRequest | CancelPacket:
+    """Classify a startup-phase packet body (after its length)."""
+    (code,) = INT32.unpack_from(body, 0)
+    if code in (SSL_REQUEST, GSSENC_REQUEST):
+        if len(body) != 4:
+            raise ProtocolViolation("SSL/GSSENC request with trailing bytes")
+        return SpecialRequest(code)
+    if code == CANCEL_REQUEST:
+        secret = body[8:]
+        if len(body) < 12 or len(secret) > MAX_CANCEL_KEY:
+            raise ProtocolViolation(f"cancel request with a {len(secret)}-byte key (4 to {MAX_CANCEL_KEY})")
+        (pid,) = INT32.unpack_from(body, 4)
+        return CancelPacket(pid, bytes(secret))
+    if code >> 16 != 3:
+        raise ProtocolViolation(f"unsupported frontend protocol {code >> 16}.{code & 0xFFFF}: only 3.x is spoken")
+    return StartupPacket(code, _startup_params(body[4:]))
+
+
+def _startup_params(data: bytes) -> dict[str, str]:
+    if not data.endswith(b"\0"):
+        raise ProtocolViolation("startup parameters are not NUL-terminated")
+    parts = data[:-1].split(b"\0")
+    if parts[-1] == b"":
+        parts.pop()
+    if len(parts) % 2:
+        raise ProtocolViolation("startup parameter without a value")
+    params: dict[str, str] = {}
+    for i in range(0, len(parts), 2):
+        name, value = text(parts[i], "startup parameter name"), text(parts[i + 1], "startup parameter value")
+        if not name:
+            raise ProtocolViolation("empty startup parameter name")
+        params[name] = value
+    return params
+
+
+def text(data: bytes | memoryview, what: str) -> str:
+    """Decode UTF-8 or raise a ProtocolViolation naming the field."""
+    try:
+        return bytes(data).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProtocolViolation(f"{what} is not valid UTF-8 (byte {exc.start})") from None
+
+
+class Reader:
+    """Sequential reads of a message body, failing with ProtocolViolation when it is short."""
+
+    __slots__ = ("data", "pos", "what")
+
+    def __init__(self, data: bytes | memoryview, what: str) -> None:
+        self.data = bytes(data)
+        self.pos = 0
+        self.what = what
+
+    def cstring(self) -> str:
+        end = self.data.find(b"\0", self.pos)
+        if end < 0:
+            raise ProtocolViolation(f"{self.what}: unterminated string")
+        value = text(self.data[self.pos:end], self.what)
+        self.pos = end + 1
+        return value
+
+    def int16(self) -> int:
+        return self._unpack(INT16)
+
+    def int32(self) -> int:
+        return self._unpack(INT32)
+
+    def uint32(self) -> int:
+        return self._unpack(UINT32)
+
+    def byte(self) -> int:
+        if self.pos >= len(self.data):
+            raise ProtocolViolation(f"{self.what}: truncated")
+        self.pos += 1
+        return self.data[self.pos - 1]
+
+    def skip(self, count: int) -> None:
+        if count < 0 or self.pos + count > len(self.data):
+            raise ProtocolViolation(f"{self.what}: field of {count} bytes overruns the message")
+        self.pos += count
+
+    def _unpack(self, fmt: struct.Struct) -> int:
+        if self.pos + fmt.size > len(self.data):
+            raise ProtocolViolation(f"{self.what}: truncated")
+        (value,) = fmt.unpack_from(self.data, self.pos)
+        self.pos += fmt.size
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class Parse:
+    statement: str
+    query: str
+
+
+@dataclass(frozen=True, slots=True)
+class Bind:
+    portal: str
+    statement: str
+    parameters: int
+    result_formats: tuple[int, ...]
+
+
+def read_query(body: bytes | memoryview) -> str:
+    data = bytes(body)
+    if not data.endswith(b"\0"):
+        raise ProtocolViolation("Query: unterminated string")
+    return text(data[:-1], "Query")
+
+
+def read_parse(body: bytes | memoryview) -> Parse:
+    reader = Reader(body, "Parse")
+    return Parse(reader.cstring(), reader.cstring())
+
+
+def read_bind(body: bytes | memoryview) -> Bind:
+    reader = Reader(body, "Bind")
+    portal, statement = reader.cstring(), reader.cstring()
+    reader.skip(2 * reader.int16())
+    parameters = reader.int16()
+    for _ in range(parameters):
+        length = reader.int32()
+        if length > 0:
+            reader.skip(length)
+    formats = tuple(reader.int16() for _ in range(reader.int16()))
+    return Bind(portal, statement, parameters, formats)
+
+
+def read_target(body: bytes | memoryview, what: str) -> tuple[str, str]:
+    """Describe / Close: ('S' or 'P', name)."""
+    reader = Reader(body, what)
+    kind = chr(reader.byte())
+    if kind not in "SP":
+        raise ProtocolViolation(f"{what}: target type {kind!r} is neither 'S' nor 'P'")
+    return kind, reader.cstring()
+
+
+def read_execute(body: bytes | memoryview) -> str:
+    return Reader(body, "Execute").cstring()
+
+
+def read_fields(body: bytes | memoryview) -> dict[str, str]:
+    """ErrorResponse / NoticeResponse fields by their code letter."""
+    fields: dict[str, str] = {}
+    for part in bytes(body).split(b"\0"):
+        if part:
+            fields[chr(part[0])] = part[1:].decode("utf-8", "replace")
+    return fields
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    name: str
+    table_oid: int
+    attnum: int
+    type_oid: int
+    format: int
+
+
+def read_row_description(body: bytes | memoryview) -> tuple[Column, ...]:
+    reader = Reader(body, "RowDescription")
+    columns = []
+    for _ in range(reader.int16()):
+        name = reader.cstring()
+        table_oid = reader.uint32()
+        attnum = reader.int16()
+        type_oid = reader.uint32()
+        reader.skip(6)  # type size, type modifier
+        columns.append(Column(name, table_oid, attnum, type_oid, reader.int16()))
+    return tuple(columns)
+
+
+def command_rows(tag: str) -> int | None:
+    """Rows a CommandComplete tag reports ('SELECT 3', 'INSERT 0 1', 'COPY 7'), None if none."""
+    last = tag.rsplit(" ", 1)[-1]
+    return int(last) if last.isdigit() and " " in tag else None
+
+
+# ---- building messages -------------------------------------------------------------
+
+
+def message(kind: bytes, body: bytes = b"") -> bytes:
+    return kind + INT32.pack(len(body) + 4) + body
+
+
+def cstr(value: str) -> bytes:
+    return value.encode() + b"\0"
+
+
+def error_response(code: str, message_text: str, *, severity: str = "ERROR", detail: str = "",
+                   hint: str = "", notice: bool = False) -> bytes:
+    fields = [b"S" + cstr(severity), b"V" + cstr(severity), b"C" + cstr(code), b"M" + cstr(message_text)]
+    if detail:
+        fields.append(b"D" + cstr(detail))
+    if hint:
+        fields.append(b"H" + cstr(hint))
+    return message(b"N" if notice else b"E", b"".join(fields) + b"\0")
+
+
+def ready_for_query(status: bytes) -> bytes:
+    return message(b"Z", status)
+
+
+def authentication_ok() -> bytes:
+    return message(b"R", INT32.pack(0))
+
+
+def backend_key_data(pid: int, secret: bytes) -> bytes:
+    return message(b"K", INT32.pack(pid) + secret)
+
+
+def negotiate_protocol_version(minor: int, unrecognized: list[str]) -> bytes:
+    body = INT32.pack(minor) + INT32.pack(len(unrecognized)) + b"".join(cstr(name) for name in unrecognized)
+    return message(b"v", body)
+
+
+def startup_message(params: dict[str, str], version: int = PROTOCOL_3_0) -> bytes:
+    body = INT32.pack(version) + b"".join(cstr(k) + cstr(v) for k, v in params.items()) + b"\0"
+    return INT32.pack(len(body) + 4) + body
+
+
+def special_request(code: int) -> bytes:
+    return INT32.pack(8) + INT32.pack(code)
+
+
+def cancel_request(pid: int, secret: bytes) -> bytes:
+    body = INT32.pack(CANCEL_REQUEST) + INT32.pack(pid) + secret
+    return INT32.pack(len(body) + 4) + body
+
+
+def query(sql: str) -> bytes:
+    return message(b"Q", cstr(sql))
+
+
+def parse(statement: str, sql: str) -> bytes:
+    return message(b"P", cstr(statement) + cstr(sql) + INT16.pack(0))
+
+
+def terminate() -> bytes:
+    return message(b"X")

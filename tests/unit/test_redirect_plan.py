@@ -1,0 +1,66 @@
+import ipaddress
+from pathlib import Path
+
+from interceptor.redirect import mapped, unmap
+from interceptor.redirect.iptables import IptablesRedirect
+from interceptor.redirect.plan import AgentEntry, DestEntry, Indexer, RedirectPlan
+
+ROOT = Path("/sys/fs/cgroup")
+
+
+def plan(unprotected_allow: bool = False) -> RedirectPlan:
+    return RedirectPlan(
+        enforcer_port=999, refuse_port=998, daemon_tgid=1, managed_root=str(ROOT / "interceptor"),
+        agents=(AgentEntry(1, "analytics", (str(ROOT / "interceptor/analytics"), str(ROOT / "system.slice/a.service")),
+                           (1500,), unprotected_allow),),
+        dests=(DestEntry(ipaddress.ip_network("10.0.0.5/32"), 5432, 1),
+               DestEntry(ipaddress.ip_network("10.1.0.0/16"), 0, 2),
+               DestEntry(ipaddress.ip_network("2001:db8::1/128"), 5432, 1)),
+        access=frozenset({(1, 1)}), resource_names={1: "db", 2: "net"})
+
+
+def test_indexer_is_stable_across_reloads():
+    ix = Indexer()
+    assert (ix("b"), ix("a"), ix("b")) == (1, 2, 1)
+
+
+def test_address_mapping_round_trips():
+    assert mapped("10.0.0.5") == b"\0" * 10 + b"\xff\xff" + bytes([10, 0, 0, 5])
+    assert unmap(mapped("10.0.0.5")) == ipaddress.ip_address("10.0.0.5")
+    assert unmap(mapped("2001:db8::1")) == ipaddress.ip_address("2001:db8::1")
+    assert unmap(mapped("::ffff:10.0.0.5")) == ipaddress.ip_address("10.0.0.5")
+
+
+def test_plan_names():
+    assert plan().agent_name(1) == "analytics"
+    assert plan().agent_name(7) is None
+
+
+def test_iptables_rules_redirect_allowed_and_refuse_the_rest():
+    rules = IptablesRedirect(ROOT)._rules(plan(), 4).splitlines()
+    # agent matchers: its own cgroups and uid first, then the managed parent (unassigned)
+    jumps = [r for r in rules if r.startswith("-A ICPT_OUT")]
+    assert jumps == [
+        "-A ICPT_OUT -p tcp -m cgroup --path interceptor/analytics -j ICPT_A1",
+        "-A ICPT_OUT -p tcp -m cgroup --path system.slice/a.service -j ICPT_A1",
+        "-A ICPT_OUT -p tcp -m owner --uid-owner 1500 -j ICPT_A1",
+        "-A ICPT_OUT -p tcp -m cgroup --path interceptor -j ICPT_A0",
+    ]
+    agent = [r for r in rules if r.startswith("-A ICPT_A1 ")]
+    assert "-A ICPT_A1 -p tcp -d 10.0.0.5/32 --dport 5432 -j REDIRECT --to-ports 999" in agent
+    assert "-A ICPT_A1 -p tcp -d 10.1.0.0/16  -j REDIRECT --to-ports 998" in agent  # no access: refused
+    assert agent[0].startswith("-A ICPT_A1 -p tcp -d 127.0.0.0/8 -m multiport --dports 999,998")
+    assert agent[-1] == "-A ICPT_A1 -p tcp -j REDIRECT --to-ports 998"  # unprotected: deny
+    assert not any("2001:db8" in r for r in rules)  # IPv6 goes to ip6tables
+    unassigned = [r for r in rules if r.startswith("-A ICPT_A0 ")]
+    assert not any("--to-ports 999" in r for r in unassigned if "127.0.0.0/8" not in r)
+
+
+def test_iptables_unprotected_allow_and_udp():
+    rules = IptablesRedirect(ROOT)._rules(plan(unprotected_allow=True), 6).splitlines()
+    agent = [r for r in rules if r.startswith("-A ICPT_A1 ")]
+    assert "-A ICPT_A1 -p tcp -d 2001:db8::1/128 --dport 5432 -j REDIRECT --to-ports 999" in agent
+    assert agent[-1] != "-A ICPT_A1 -p tcp -j REDIRECT --to-ports 998"
+    udp = [r for r in rules if r.startswith("-A ICPT_U1 ")]
+    assert udp == ["-A ICPT_U1 -p udp -d 2001:db8::1/128 --dport 5432 -j REJECT",
+                   "-A ICPT_U1 -p udp --dport 53 -j RETURN"]
