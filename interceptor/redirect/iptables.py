@@ -22,7 +22,8 @@ from interceptor.redirect import DenyEvent, Origin
 from interceptor.redirect.plan import RedirectPlan
 
 SO_ORIGINAL_DST = 80
-TCP_ESTABLISHED = 1
+# Any state but LISTEN: an agent may have half-closed already when the enforcer looks.
+DIAG_STATES = 0xFFF & ~(1 << 10)
 CHAIN_OUT = "ICPT_OUT"
 CHAIN_UDP = "ICPT_UDP"
 CHAIN_PREFIX = "ICPT_"
@@ -45,7 +46,7 @@ def original_dst(conn: socket.socket) -> tuple[ipaddress.IPv4Address | ipaddress
             raw = conn.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
             port, = struct.unpack_from("!H", raw, 2)
             return ipaddress.IPv4Address(raw[4:8]), port
-        raw = conn.getsockopt(socket.SOL_IPV6, SO_ORIGINAL_DST, 28)
+        raw = conn.getsockopt(socket.IPPROTO_IPV6, SO_ORIGINAL_DST, 28)
         port, = struct.unpack_from("!H", raw, 2)
         return ipaddress.IPv6Address(raw[8:24]), port
     except OSError:
@@ -171,7 +172,7 @@ class IptablesRedirect:
         diag_family = socket.AF_INET if peer_ip.version == 4 else socket.AF_INET6
         with DiagSocket() as diag:
             diag.bind()
-            for entry in diag.get_sock_stats(family=diag_family, states=1 << TCP_ESTABLISHED):
+            for entry in diag.get_sock_stats(family=diag_family, states=DIAG_STATES):
                 if (entry["idiag_sport"] == peer[1] and ipaddress.ip_address(entry["idiag_src"]) == peer_ip
                         and entry["idiag_dport"] == dst[1] and ipaddress.ip_address(entry["idiag_dst"]) == dst[0]):
                     cgroup_id = dict(entry["attrs"]).get("INET_DIAG_CGROUP_ID", 0)
