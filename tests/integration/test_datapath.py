@@ -1,0 +1,230 @@
+"""The kernel data path end to end: real BPF programs (or iptables rules), the real daemon,
+a "remote" host in a network namespace, and agents started with `interceptor exec`.
+
+Run once per redirect mode; what differs between them is asserted explicitly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from scapy.all import AsyncSniffer
+
+from daemon import AGENT_CLIENT, INTERCEPTOR, Daemon, detach_everything, direct
+
+PYTHON_EXE = os.path.realpath(sys.executable)
+
+
+def policy_text(remote) -> str:
+    return f"""
+agents:
+  tcpagent:
+    unprotected: deny
+  openagent:
+    unprotected: allow
+  blocked:
+    unprotected: deny
+resources:
+  echo:
+    protocol: tcp
+    addresses: ["{remote.ip4}:{remote.port}", "[{remote.ip6}]:{remote.port}"]
+rules:
+  - name: agents-reach-echo
+    match:
+      agents: [tcpagent, openagent]
+      resources: [echo]
+    allow: {{}}
+"""
+
+
+@pytest.fixture(scope="module", params=["bpf", "iptables"])
+def daemon(request, remote, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp(f"daemon-{request.param}")
+    policy = workdir / "policy.yaml"
+    policy.write_text(policy_text(remote))
+    d = Daemon(workdir, policy, redirect=request.param)
+    d.start()
+    yield d
+    d.stop()
+    detach_everything()
+
+
+def sniff(remote, action, port: int | None = None) -> list:
+    """Packets on the veth to the remote server's port while `action` runs."""
+    port = port or remote.port
+    started = []
+    sniffer = AsyncSniffer(iface=remote.host_if, filter=f"tcp port {port} or udp port {port}", store=True,
+                           started_callback=lambda: started.append(True))
+    sniffer.start()
+    deadline = time.monotonic() + 5
+    while not started and time.monotonic() < deadline:
+        time.sleep(0.01)
+    result = action()
+    time.sleep(0.3)
+    packets = sniffer.stop()
+    return result, list(packets or [])
+
+
+def through_enforcer(result: dict) -> bool:
+    """The server saw a different connection than the one the agent opened."""
+    seen_ip, seen_port = result["seen_by_server"]
+    return int(seen_port) != result["local"][1]
+
+
+def connection_event(daemon: Daemon, pid: int) -> dict:
+    return daemon.wait_for_event(lambda e: e.get("kind") == "connection" and (e.get("process") or {}).get("pid") == pid
+                                 and e.get("decision") == "allow")
+
+
+def test_agent_goes_through_enforcer_non_agent_goes_direct(daemon, remote):
+    result = daemon.agent("tcpagent", remote.ip4, str(remote.port))
+    assert result["ok"], result
+    assert result["echo"] == "ping"
+    assert through_enforcer(result), result
+    if daemon.redirect == "bpf":
+        assert result["local"][0] == "127.0.0.1"  # the kernel rewrote the destination to the enforcer
+    event = connection_event(daemon, result["pid"])
+    assert event["agent"] == "tcpagent"
+    assert event["process"]["exe"] == PYTHON_EXE
+    assert event["operation"]["dst"] == f"{remote.ip4}:{remote.port}"
+    assert event["outcome"]["bytes_up"] == 4 and event["outcome"]["bytes_down"] > 4
+
+    plain = direct(remote.ip4, remote.port)
+    assert plain["ok"] and not through_enforcer(plain), plain
+
+
+def test_policy_deny_refuses_at_connect_and_no_packet_leaves(daemon, remote):
+    result, packets = sniff(remote, lambda: daemon.agent("blocked", remote.ip4, str(remote.port)))
+    assert result["error"] == "ECONNREFUSED", result
+    assert packets == []
+    if daemon.redirect == "bpf":  # iptables refuses in the kernel without telling user space
+        event = daemon.wait_for_event(lambda e: e.get("kind") == "connect_denied" and e["process"]["pid"] == result["pid"])
+        assert event["agent"] == "blocked" and event["resource"] == "echo"
+        assert event["reason"].startswith("policy")
+
+
+def test_unprotected_destinations_follow_the_agent_setting(daemon, remote):
+    other = remote.port + 1  # the remote listens only on `port`; nothing is a resource here
+    denied, packets = sniff(remote, lambda: daemon.agent("tcpagent", remote.ip4, str(other)), port=other)
+    assert denied["error"] == "ECONNREFUSED" and packets == []
+    allowed, packets = sniff(remote, lambda: daemon.agent("openagent", remote.ip4, str(other)), port=other)
+    assert allowed["error"] == "ECONNREFUSED"  # refused by the remote host itself: the SYN went out
+    assert packets, "an agent with unprotected: allow must reach other destinations directly"
+
+
+def test_ipv6_and_v4_mapped(daemon, remote):
+    v6 = daemon.agent("tcpagent", remote.ip6, str(remote.port))
+    assert v6["ok"] and through_enforcer(v6), v6
+    mapped = daemon.agent("tcpagent", f"::ffff:{remote.ip4}", str(remote.port), "--family", "6")
+    assert mapped["ok"] and through_enforcer(mapped), mapped
+    blocked = daemon.agent("blocked", f"::ffff:{remote.ip4}", str(remote.port), "--family", "6")
+    assert blocked["error"] == "ECONNREFUSED", "v4-mapped addresses must not bypass IPv4 policy"
+
+
+def test_grandchild_is_covered(daemon, remote):
+    result = daemon.agent("tcpagent", "--spawn-grandchild", remote.ip4, str(remote.port))
+    assert result["grandchild"] and result["ok"] and through_enforcer(result), result
+    assert connection_event(daemon, result["pid"])["agent"] == "tcpagent"
+
+
+def test_dialing_the_enforcer_directly_is_refused(daemon):
+    for host in ("127.0.0.1", "::1"):
+        result = daemon.agent("openagent", host, "999")
+        assert result["ok"] is False, result
+
+
+def test_udp_to_a_resource_is_refused(daemon, remote):
+    code = ("import socket,errno\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
+            f"try:\n s.sendto(b'x',('{remote.ip4}',{remote.port})); print('sent')\n"
+            "except OSError as e: print(errno.errorcode[e.errno])")
+    out, packets = sniff(remote, lambda: subprocess.run(
+        [INTERCEPTOR, "exec", "--agent", "openagent", "--", sys.executable, "-c", code],
+        capture_output=True, text=True).stdout.strip())
+    assert out == "EPERM"
+    assert packets == []
+
+
+def test_socket_created_before_joining_the_cgroup(daemon, remote):
+    """BPF decides at connect() by the task's cgroup: a socket made before joining is
+    diverted. iptables matches the socket's cgroup, fixed at creation: it goes direct."""
+    cgroup = Path(json.loads(daemon.cli("status", "--json").stdout)["cgroup_root"]) / "interceptor" / "tcpagent"
+    code = (f"import socket,os,json\ns=socket.socket()\n"
+            f"open('{cgroup}/cgroup.procs','w').write(str(os.getpid()))\n"
+            f"s.connect(('{remote.ip4}',{remote.port}))\n"
+            "print(json.dumps([s.getsockname()[1], int(s.recv(64).split()[1])]))")
+    local_port, seen_port = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True,
+                                                      text=True, check=True).stdout)
+    if daemon.redirect == "bpf":
+        assert local_port != seen_port
+    else:
+        assert local_port == seen_port
+
+
+def test_connection_established_before_joining_keeps_its_path(daemon, remote):
+    cgroup = Path(json.loads(daemon.cli("status", "--json").stdout)["cgroup_root"]) / "interceptor" / "tcpagent"
+    code = (f"import socket,os\ns=socket.create_connection(('{remote.ip4}',{remote.port}))\n"
+            "banner=s.recv(64)\n"
+            f"open('{cgroup}/cgroup.procs','w').write(str(os.getpid()))\n"
+            "s.sendall(b'after'); print(s.recv(64).decode())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "after"
+
+
+def test_killed_daemon_fails_closed_and_agents_recover_without_restart(daemon, remote):
+    agent = daemon.long_lived_agent("tcpagent")
+    try:
+        assert agent.connect(remote.ip4, remote.port)["ok"]
+        daemon.kill(signal.SIGKILL)
+        result, packets = sniff(remote, lambda: agent.connect(remote.ip4, remote.port))
+        assert result["error"] == "ECONNREFUSED", result
+        assert packets == [], "with the daemon dead, no packet from the agent may reach the remote host"
+        plain = direct(remote.ip4, remote.port)
+        assert plain["ok"], "non-agents are never affected"
+        daemon.start()
+        again = agent.connect(remote.ip4, remote.port)
+        assert again["ok"] and through_enforcer(again), again
+    finally:
+        agent.close()
+
+
+def test_bad_policy_is_rejected_with_file_and_line_and_old_policy_stays(daemon, remote, tmp_path):
+    before = daemon.call("status")["policy"]["version"]
+    cases = {
+        "unknown key": policy_text(remote).replace("    unprotected: allow", "    unprotected: allow\n    colour: red"),
+        "bad address": policy_text(remote).replace(f'"{remote.ip4}:{remote.port}"', '"10.300.0.1:7000"'),
+        "missing agent": policy_text(remote).replace("agents: [tcpagent, openagent]", "agents: [tcpagent, ghost]"),
+    }
+    for name, text in cases.items():
+        bad = tmp_path / f"{name.replace(' ', '_')}.yaml"
+        bad.write_text(text)
+        result = daemon.cli("policy", "reload", str(bad), check=False)
+        assert result.returncode != 0, name
+        assert f"{bad}:" in result.stderr, f"{name}: error must name the file and line: {result.stderr}"
+        assert daemon.call("status")["policy"]["version"] == before
+    assert daemon.agent("tcpagent", remote.ip4, str(remote.port))["ok"]
+
+
+def test_sessions_and_status(daemon, remote):
+    status = json.loads(daemon.cli("status", "--json").stdout)
+    assert status["redirect"] == daemon.redirect
+    assert {a["name"] for a in status["agents"]} == {"tcpagent", "openagent", "blocked"}
+    agent = daemon.long_lived_agent("tcpagent")
+    try:
+        code = (f"import socket,time\ns=socket.create_connection(('{remote.ip4}',{remote.port}))\n"
+                "s.recv(64); print('open', flush=True); time.sleep(5)")
+        holder = subprocess.Popen([INTERCEPTOR, "exec", "--agent", "tcpagent", "--", sys.executable, "-c", code],
+                                  stdout=subprocess.PIPE, text=True)
+        assert holder.stdout.readline().strip() == "open"
+        sessions = json.loads(daemon.cli("sessions", "--json").stdout)
+        assert any(s["pid"] == holder.pid and s["agent"] == "tcpagent" for s in sessions), sessions
+        holder.kill()
+    finally:
+        agent.close()
