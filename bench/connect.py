@@ -46,6 +46,7 @@ def _probe(cgroup: Path, host: str, port: int, count: int, mode: str) -> list[in
 
 def policy(port: int) -> str:
     return f"""
+version: 1
 agents:
   bench:
     unprotected: allow
@@ -55,10 +56,10 @@ resources:
     addresses: ["{RESOURCE_IP}:{port}"]
 rules:
   - name: bench-may-connect
-    match:
-      agents: [bench]
-      resources: [bench-echo]
-    allow: {{}}
+    effect: allow
+    agents: [bench]
+    resources: [bench-echo]
+    tcp: true
 """
 
 

@@ -1,13 +1,12 @@
 """Upstream credentials, resolved when a handler needs them and never handed to agents.
 
 Sources: a file only root may read (YAML/JSON mapping or `user:password`), environment
-variables of the daemon, or a command (e.g. a vault CLI) printing a JSON object.
+variables of the daemon, or a command (e.g. a vault CLI) printing the same on stdout.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import stat
 from pathlib import Path
@@ -20,15 +19,8 @@ class SecretError(RuntimeError):
     """The credentials cannot be had; the message never contains a secret."""
 
 
-def _from_file(path: Path) -> dict[str, str]:
-    try:
-        info = path.stat()
-    except OSError as exc:
-        raise SecretError(f"credentials file {path}: {exc.strerror}") from exc
-    if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO) or info.st_uid != 0:
-        raise SecretError(f"credentials file {path} must be owned by root with mode 0600 "
-                          f"(is uid {info.st_uid}, mode {stat.S_IMODE(info.st_mode):o})")
-    text = path.read_text()
+def _parse(text: str, where: str) -> dict[str, str]:
+    """A YAML/JSON mapping (user, password, ...) or one line `user:password`."""
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError:
@@ -39,14 +31,24 @@ def _from_file(path: Path) -> dict[str, str]:
     if ":" in line and "\n" not in line:
         user, password = line.split(":", 1)
         return {"user": user, "password": password}
-    raise SecretError(f"credentials file {path}: expected a mapping (user:, password:) or one line user:password")
+    raise SecretError(f"{where}: expected a mapping (user:, password:) or one line user:password")
 
 
-def _from_env(names: dict[str, str]) -> dict[str, str]:
-    missing = [var for var in names.values() if var not in os.environ]
-    if missing:
-        raise SecretError(f"credentials: environment variable(s) {', '.join(missing)} not set in the daemon")
-    return {key: os.environ[var] for key, var in names.items()}
+def _from_file(path: Path) -> dict[str, str]:
+    try:
+        info = path.stat()
+    except OSError as exc:
+        raise SecretError(f"credentials file {path}: {exc.strerror}") from exc
+    if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO) or info.st_uid != os.geteuid():
+        raise SecretError(f"credentials file {path} must be owned by the daemon's user (root) with mode 0600 "
+                          f"(is uid {info.st_uid}, mode {stat.S_IMODE(info.st_mode):o})")
+    return _parse(path.read_text(), f"credentials file {path}")
+
+
+def _from_env(name: str) -> dict[str, str]:
+    if name not in os.environ:
+        raise SecretError(f"credentials: environment variable {name} is not set in the daemon")
+    return _parse(os.environ[name], f"credentials variable {name}")
 
 
 async def _from_command(argv: list[str]) -> dict[str, str]:
@@ -55,13 +57,7 @@ async def _from_command(argv: list[str]) -> dict[str, str]:
     out, _ = await proc.communicate()
     if proc.returncode != 0:
         raise SecretError(f"credentials command {argv[0]} exited with status {proc.returncode}")
-    try:
-        data = json.loads(out)
-    except ValueError as exc:
-        raise SecretError(f"credentials command {argv[0]} did not print a JSON object") from exc
-    if not isinstance(data, dict):
-        raise SecretError(f"credentials command {argv[0]} did not print a JSON object")
-    return {str(k): str(v) for k, v in data.items()}
+    return _parse(out.decode(errors="replace"), f"credentials command {argv[0]}")
 
 
 async def resolve_credentials(source: dict[str, Any] | None) -> dict[str, str]:
@@ -71,8 +67,7 @@ async def resolve_credentials(source: dict[str, Any] | None) -> dict[str, str]:
     if kind == "file":
         return await asyncio.to_thread(_from_file, Path(source["path"]))
     if kind == "env":
-        names = {k: v for k, v in source.items() if k != "from"}
-        return _from_env(names)
+        return _from_env(source["name"])
     if kind == "command":
         return await _from_command(list(source["argv"]))
     raise SecretError(f"unknown credentials source {kind!r} (file, env or command)")

@@ -25,6 +25,7 @@ PYTHON_EXE = os.path.realpath(sys.executable)
 
 def policy_text(remote) -> str:
     return f"""
+version: 1
 agents:
   tcpagent:
     unprotected: deny
@@ -38,10 +39,10 @@ resources:
     addresses: ["{remote.ip4}:{remote.port}", "[{remote.ip6}]:{remote.port}"]
 rules:
   - name: agents-reach-echo
-    match:
-      agents: [tcpagent, openagent]
-      resources: [echo]
-    allow: {{}}
+    effect: allow
+    agents: [tcpagent, openagent]
+    resources: [echo]
+    tcp: true
 """
 
 
