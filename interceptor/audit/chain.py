@@ -1,0 +1,204 @@
+"""The hash chain, sans-IO: linking events into records and proving a stored chain.
+
+Each record covers the previous record's hash, so editing, deleting or reordering any
+record breaks every later link. Stores only persist `Record`s and hand them back in
+storage order; everything that decides whether a chain is intact lives here.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+GENESIS = "0" * 64
+
+
+def _jsonable(value: Any) -> Any:
+    """JSON form of values events may carry that json does not know (sets, bytes, enums, paths)."""
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=str)
+    if isinstance(value, (bytes, bytearray)):
+        return value.decode("utf-8", "backslashreplace")
+    if isinstance(value, enum.Enum):
+        return value.value
+    return str(value)
+
+
+def normalize(value: Any) -> Any:
+    """Plain JSON values (dict/list/str/number/bool/None) that survive a store round trip unchanged."""
+    try:
+        return json.loads(json.dumps(value, default=_jsonable, allow_nan=False))
+    except ValueError as exc:
+        raise ValueError(f"audit event is not representable as JSON: {exc}") from exc
+
+
+def canonical_json(value: Any) -> str:
+    """One text per value: sorted keys, no spaces, UTF-8; what the hash covers."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def record_hash(prev_hash: str, chain_id: str, seq: int, event: dict[str, Any]) -> str:
+    body = canonical_json({"chain_id": chain_id, "seq": seq, "event": event})
+    return hashlib.sha256((prev_hash + body).encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One chained audit record: the event plus its place in its chain."""
+
+    chain_id: str
+    seq: int
+    prev_hash: str
+    hash: str
+    event: dict[str, Any]
+
+    @property
+    def event_id(self) -> str | None:
+        return self.event.get("event_id")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"chain_id": self.chain_id, "seq": self.seq, "prev_hash": self.prev_hash, "hash": self.hash,
+                "event": self.event}
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """Where a chain ends: the seq and hash of its last record."""
+
+    seq: int = 0
+    hash: str = GENESIS
+
+
+def link(head: Head, chain_id: str, events: Iterable[dict[str, Any]]) -> tuple[list[Record], Head]:
+    """Chain normalized events after `head`; returns the records and the new head."""
+    records = []
+    for event in events:
+        seq = head.seq + 1
+        digest = record_hash(head.hash, chain_id, seq, event)
+        records.append(Record(chain_id, seq, head.hash, digest, event))
+        head = Head(seq, digest)
+    return records, head
+
+
+class Problem(enum.StrEnum):
+    EDITED = "edited"
+    DELETED = "deleted"
+    REORDERED = "reordered"
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyResult:
+    ok: bool
+    records_checked: int
+    chains: int = 0
+    chain_id: str | None = None
+    first_bad: int | None = None  # seq of the first record found edited, deleted or out of place
+    event_id: str | None = None
+    problem: Problem | None = None
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "records_checked": self.records_checked, "chains": self.chains,
+                "chain_id": self.chain_id, "first_bad": self.first_bad, "event_id": self.event_id,
+                "problem": self.problem.value if self.problem else None, "detail": self.detail}
+
+
+@dataclass(slots=True)
+class _ChainState:
+    head: Head
+    last: Record | None = None
+    gap: Record | None = None  # the record after a missing seq, until we know deleted or reordered
+    missing: int = 0
+    bad: VerifyResult | None = None
+
+
+def _bad(record: Record, problem: Problem, detail: str) -> VerifyResult:
+    return VerifyResult(False, 0, chain_id=record.chain_id, first_bad=record.seq, event_id=record.event_id,
+                        problem=problem, detail=detail)
+
+
+def _check(state: _ChainState, record: Record) -> VerifyResult | None:
+    """Check the next record of a chain in storage order; the first problem found, if any."""
+    if state.gap is not None:
+        if record.seq == state.missing:
+            gap = state.gap
+            return _bad(gap, Problem.REORDERED,
+                        f"seq {gap.seq} is stored before seq {state.missing}, out of chain order")
+        return None
+    expected = state.head.seq + 1
+    if record_hash(record.prev_hash, record.chain_id, record.seq, record.event) != record.hash:
+        return _bad(record, Problem.EDITED, f"seq {record.seq} does not match its hash")
+    if record.seq < expected:
+        return _bad(record, Problem.REORDERED, f"seq {record.seq} is stored after seq {state.head.seq}")
+    if record.seq > expected:
+        state.gap, state.missing = record, expected
+        return None
+    if record.prev_hash != state.head.hash:
+        culprit = state.last or record
+        return _bad(culprit, Problem.EDITED,
+                    f"seq {record.seq} does not cover the hash of seq {state.head.seq}: that record was changed")
+    state.head, state.last = Head(record.seq, record.hash), record
+    return None
+
+
+def _gap_result(state: _ChainState) -> VerifyResult:
+    gap = state.gap
+    assert gap is not None
+    return VerifyResult(False, 0, chain_id=gap.chain_id, first_bad=state.missing, event_id=None,
+                        problem=Problem.DELETED,
+                        detail=f"seq {state.missing} is missing (the next stored record is seq {gap.seq}, "
+                               f"event {gap.event_id})")
+
+
+def _tail_result(chain_id: str, state: _ChainState, stored: Head) -> VerifyResult | None:
+    """Compare the chain's end with the head the store kept beside it (catches a truncated tail)."""
+    end = state.head
+    if stored.seq > end.seq:
+        return VerifyResult(False, 0, chain_id=chain_id, first_bad=end.seq + 1, problem=Problem.DELETED,
+                            detail=f"records {end.seq + 1}..{stored.seq} are missing from the end of the chain")
+    if stored != end:
+        return VerifyResult(False, 0, chain_id=chain_id, first_bad=stored.seq,
+                            event_id=state.last.event_id if state.last and state.last.seq == stored.seq else None,
+                            problem=Problem.EDITED,
+                            detail=f"the chain head says seq {stored.seq} hash {stored.hash[:16]}…, "
+                                   f"the records end at seq {end.seq} hash {end.hash[:16]}…")
+    return None
+
+
+def verify_records(records: Iterable[Record], heads: dict[str, Head] | None = None) -> VerifyResult:
+    """Prove every chain in `records` (given in storage order) and name the first bad record.
+
+    `heads` is what the store recorded as each chain's end, when it keeps one; without it a
+    deleted tail cannot be told from a chain that simply ends there.
+    """
+    chains: dict[str, _ChainState] = {}
+    checked = 0
+    first: VerifyResult | None = None
+    for record in records:
+        checked += 1
+        state = chains.setdefault(record.chain_id, _ChainState(Head()))
+        if state.bad is not None:
+            continue
+        state.bad = _check(state, record)
+        if state.bad is not None and first is None:
+            first = state.bad
+    for chain_id, state in chains.items():
+        if state.bad is None and state.gap is not None:
+            state.bad = _gap_result(state)
+        if state.bad is None and heads is not None:
+            state.bad = _tail_result(chain_id, state, heads.get(chain_id, Head()))
+        if state.bad is not None and first is None:
+            first = state.bad
+    for chain_id, stored in (heads or {}).items():
+        if chain_id not in chains and stored.seq > 0 and first is None:
+            first = VerifyResult(False, 0, chain_id=chain_id, first_bad=1, problem=Problem.DELETED,
+                                 detail=f"all {stored.seq} records of chain {chain_id} are missing")
+    if first is None:
+        return VerifyResult(True, checked, len(chains))
+    return VerifyResult(False, checked, len(chains), first.chain_id, first.first_bad, first.event_id,
+                        first.problem, first.detail)
+

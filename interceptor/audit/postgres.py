@@ -1,0 +1,74 @@
+"""The fleet store: the same records in a central PostgreSQL, one chain per daemon.
+
+Many hosts share the tables; each daemon appends only to its own chain (`chain_id`,
+default the hostname) and holds a session advisory lock on it, so two daemons configured
+with the same chain id cannot interleave and break each other's chain. A group is one
+transaction; with PostgreSQL's default synchronous_commit its COMMIT is durable.
+"""
+
+from __future__ import annotations
+
+import psycopg
+
+from interceptor.audit.chain import Head, Record
+from interceptor.audit.sink import Chunk
+from interceptor.audit.sql import POSTGRES, SqlReader, chunk_rows, record_rows
+
+_SCHEMA_LOCK = 0x6175646974  # "audit": serializes CREATE ... IF NOT EXISTS between daemons
+
+
+class ChainBusy(RuntimeError):
+    pass
+
+
+class PostgresBackend:
+    def __init__(self, dsn: str, connect_timeout: int = 5) -> None:
+        self.dsn = dsn
+        self.connect_timeout = connect_timeout
+        self._conn: psycopg.AsyncConnection | None = None
+
+    async def _connect(self, chain_id: str) -> psycopg.AsyncConnection:
+        await self.close()
+        conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True, connect_timeout=self.connect_timeout)
+        try:
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+                for statement in POSTGRES.schema():
+                    await conn.execute(statement)
+            row = await (await conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (chain_id,))).fetchone()
+            if not row or not row[0]:
+                raise ChainBusy(f"audit chain {chain_id!r} is held by another daemon; give each daemon its own chain_id")
+        except BaseException:
+            await conn.close()
+            raise
+        self._conn = conn
+        return conn
+
+    async def recover(self, chain_id: str, event_ids: list[str]) -> tuple[Head, set[str]]:
+        conn = await self._connect(chain_id)
+        row = await (await conn.execute(POSTGRES.select_head(), (chain_id,))).fetchone()
+        stored: set[str] = set()
+        if event_ids:
+            cursor = await conn.execute(POSTGRES.select_stored(len(event_ids)), (chain_id, *event_ids))
+            stored = {r[0] for r in await cursor.fetchall()}
+        return (Head(row[0], row[1]) if row else Head()), stored
+
+    async def append(self, records: list[Record], chunks: list[Chunk], head: Head) -> None:
+        if self._conn is None or self._conn.broken or self._conn.closed:
+            raise psycopg.OperationalError("no connection to the audit database")
+        async with self._conn.transaction():
+            async with self._conn.cursor() as cursor:
+                if records:
+                    await cursor.executemany(POSTGRES.insert_record(), record_rows(records))
+                    await cursor.execute(POSTGRES.upsert_head(), (records[0].chain_id, head.seq, head.hash))
+                if chunks:
+                    await cursor.executemany(POSTGRES.insert_chunk(), chunk_rows(chunks))
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            await conn.close()
+
+
+def open_reader(dsn: str) -> SqlReader:
+    return SqlReader(psycopg.connect(dsn, autocommit=True, connect_timeout=10), POSTGRES)

@@ -1,0 +1,231 @@
+"""The sink every store shares: one writer task, group commit, fail closed, never drop.
+
+`write` masks and normalizes the event and queues it. One writer task drains the queue,
+chains a group of events after the store's head and appends them in one transaction. In
+`strict` mode `write` returns only after the group holding its event is committed; in
+`batched` mode it returns once queued and the group is flushed within `batch_ms`. When the
+store fails, strict writers get AuditUnavailable with the reason, batched records and
+captured bytes stay queued and are retried, and new writes are refused until the store
+works again, so every operation is denied rather than left unrecorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from interceptor.audit.chain import Head, Record, link, normalize
+from interceptor.audit.event import AuditEvent, AuditUnavailable
+from interceptor.audit.scrub import scrub
+
+log = logging.getLogger("interceptor.audit")
+
+DIRECTIONS = ("up", "down")  # up: client to server, down: server to client
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """Bytes of one session as the client saw them (after masking), for pcap export."""
+
+    flow_id: str
+    direction: str
+    ts: float
+    data: bytes
+
+
+class Backend(Protocol):
+    """A store the writer appends to; all calls come from the single writer task."""
+
+    async def recover(self, chain_id: str, event_ids: list[str]) -> tuple[Head, set[str]]:
+        """(Re)open the store: the chain's head and which of `event_ids` it already holds
+        (a commit whose answer was lost may have landed)."""
+
+    async def append(self, records: list[Record], chunks: list[Chunk], head: Head) -> None:
+        """Store records, chunks and the new head atomically and durably."""
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SinkOptions:
+    chain_id: str = field(default_factory=socket.gethostname)
+    durability: str = "strict"  # strict | batched
+    batch_ms: int = 50
+    max_queue: int = 100_000
+    max_batch: int = 1000
+    retry_ms: int = 1000
+    capture: bool = False  # whether handlers should record session bytes (write_session_bytes)
+
+    def __post_init__(self) -> None:
+        if self.durability not in ("strict", "batched"):
+            raise ValueError(f"audit durability must be strict or batched, not {self.durability!r}")
+        if not self.chain_id:
+            raise ValueError("audit chain_id must not be empty")
+        for name in ("batch_ms", "max_queue", "max_batch", "retry_ms"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name == "batch_ms" else 1):
+                raise ValueError(f"audit {name} must be a positive integer, not {value!r}")
+        if not isinstance(self.capture, bool):
+            raise ValueError(f"audit capture must be true or false, not {self.capture!r}")
+
+
+@dataclass(slots=True, eq=False)
+class _Item:
+    event: dict[str, Any] | None = None
+    chunk: Chunk | None = None
+    done: asyncio.Future[None] | None = None  # strict writes wait on this
+
+
+class ChainedSink:
+    """An AuditSink over any Backend (see the module docstring for the guarantees)."""
+
+    def __init__(self, backend: Backend, options: SinkOptions) -> None:
+        self.backend = backend
+        self.options = options
+        self._queue: deque[_Item] = deque()
+        self._wake = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._head: Head | None = None
+        self._failing: str | None = None
+        self._retry_at = 0.0
+        self._closing = False
+        self._written = 0
+        self._failed = 0
+        self._groups = 0
+        self._latency_ms = 0.0
+
+    @property
+    def capture(self) -> bool:
+        """Handlers ask this before calling write_session_bytes (off unless configured)."""
+        return self.options.capture
+
+    @property
+    def strict(self) -> bool:
+        return self.options.durability == "strict"
+
+    async def write(self, event: AuditEvent) -> None:
+        try:
+            body = scrub(normalize(event.to_dict()))
+        except ValueError as exc:
+            raise AuditUnavailable(str(exc)) from exc
+        done = asyncio.get_running_loop().create_future() if self.strict else None
+        self._enqueue(_Item(event=body, done=done))
+        if done is not None:
+            await asyncio.shield(done)
+
+    async def write_session_bytes(self, flow_id: str, direction: str, data: bytes, ts: float | None = None) -> None:
+        """Queue bytes of a captured session; refused (AuditUnavailable) like a write when the store fails."""
+        if direction not in DIRECTIONS:
+            raise ValueError(f"session direction must be one of {DIRECTIONS}, not {direction!r}")
+        self._enqueue(_Item(chunk=Chunk(flow_id, direction, time.time() if ts is None else ts, bytes(data))))
+
+    def _enqueue(self, item: _Item) -> None:
+        if self._closing:
+            raise AuditUnavailable("audit sink is closed")
+        if self._failing is not None and (not self.strict or self._queue or time.monotonic() < self._retry_at):
+            raise AuditUnavailable(f"audit store is failing: {self._failing}")
+        if len(self._queue) >= self.options.max_queue:
+            raise AuditUnavailable(f"audit queue is full ({len(self._queue)} records not yet written)")
+        self._queue.append(item)
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(self._run(), name="audit-writer")
+        self._wake.set()
+
+    def stats(self) -> dict[str, Any]:
+        return {"durability": self.options.durability, "chain_id": self.options.chain_id,
+                "queue_depth": len(self._queue), "written": self._written, "failed": self._failed,
+                "groups": self._groups, "last_write_latency_ms": round(self._latency_ms, 3),
+                "failing": self._failing, "head_seq": self._head.seq if self._head else None}
+
+    async def close(self, timeout: float = 10.0) -> None:
+        """Flush the queue (for up to `timeout` seconds while the store fails) and close the store."""
+        self._closing = True
+        self._wake.set()
+        if self._writer is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._writer), timeout)
+            except TimeoutError:
+                self._writer.cancel()
+                self._abandon()
+        await self.backend.close()
+
+    def _abandon(self) -> None:
+        """The store stayed down through close: put what is left into the log rather than lose it silently."""
+        left = list(self._queue)
+        self._queue.clear()
+        log.error("audit store failing at shutdown (%s): %d queued records follow in this log", self._failing, len(left))
+        for item in left:
+            if item.event is not None:
+                log.error("unwritten audit record: %s", item.event)
+            if item.done is not None and not item.done.done():
+                item.done.set_exception(AuditUnavailable("audit sink closed before the record was written"))
+
+    async def _run(self) -> None:
+        while self._queue or not self._closing:
+            if not self._queue:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            if not self.strict and not self._closing and self._failing is None:
+                await asyncio.sleep(self.options.batch_ms / 1000)
+            if not await self._commit(list(self._queue)[: self.options.max_batch]):
+                await asyncio.sleep(self.options.retry_ms / 1000)
+
+    async def _commit(self, group: list[_Item]) -> bool:
+        """Append one group; on failure fail its strict writers and keep the rest queued."""
+        started = time.perf_counter()
+        chain_id = self.options.chain_id
+        try:
+            if self._head is None or self._failing is not None:
+                ids = [item.event["event_id"] for item in group if item.event is not None]
+                self._head, stored = await self.backend.recover(chain_id, ids)
+                group = self._drop_stored(group, stored)
+            events = [item.event for item in group if item.event is not None]
+            records, head = link(self._head, chain_id, events)
+            await self.backend.append(records, [item.chunk for item in group if item.chunk is not None], head)
+        except Exception as exc:  # any store error: fail closed, never crash the writer
+            self._failed_group(group, f"{type(exc).__name__}: {exc}".strip())
+            return False
+        self._head = head
+        if self._failing is not None:
+            log.warning("audit store recovered: writing again")
+        self._failing = None
+        self._latency_ms = (time.perf_counter() - started) * 1000
+        self._groups += 1
+        self._written += len(records)
+        for _ in group:
+            item = self._queue.popleft()
+            if item.done is not None and not item.done.done():
+                item.done.set_result(None)
+        return True
+
+    def _drop_stored(self, group: list[_Item], stored: set[str]) -> list[_Item]:
+        """Items whose record already landed (lost commit answer) are done; return the rest."""
+        if not stored:
+            return group
+        keep = []
+        for item in group:
+            if item.event is not None and item.event["event_id"] in stored:
+                self._queue.remove(item)
+                if item.done is not None and not item.done.done():
+                    item.done.set_result(None)
+            else:
+                keep.append(item)
+        return keep
+
+    def _failed_group(self, group: list[_Item], reason: str) -> None:
+        if reason != self._failing:
+            log.error("audit store failing, operations are denied until it recovers: %s", reason)
+        self._failing = reason
+        self._retry_at = time.monotonic() + self.options.retry_ms / 1000
+        self._failed += sum(1 for item in group if item.event is not None)
+        for item in group:
+            if item.done is not None:
+                self._queue.remove(item)
+                if not item.done.done():
+                    item.done.set_exception(AuditUnavailable(f"audit record not written: {reason}"))

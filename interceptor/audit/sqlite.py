@@ -1,0 +1,90 @@
+"""The embedded store: one SQLite file in WAL mode under /var/lib/interceptor.
+
+Strict durability uses synchronous=FULL (each group commit is fsynced before writers are
+released); batched uses NORMAL (fsync at checkpoints; a daemon crash loses nothing, a power
+loss at most the last groups). `max_mb` caps the file so a full audit store denies
+operations instead of filling the disk the host needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+from pathlib import Path
+
+from interceptor.audit.chain import Head, Record
+from interceptor.audit.sink import Chunk
+from interceptor.audit.sql import SQLITE, SqlReader, chunk_rows, record_rows
+
+
+def connect(path: str | Path, *, durability: str = "strict", max_mb: int | None = None,
+            create: bool = True) -> sqlite3.Connection:
+    """A connection with the audit schema; `create=False` refuses a missing file (readers)."""
+    path = Path(path)
+    if not create and not path.exists():
+        raise FileNotFoundError(f"no audit store at {path}")
+    if create:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={'FULL' if durability == 'strict' else 'NORMAL'}")
+    if max_mb is not None:
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        conn.execute(f"PRAGMA max_page_count={max(1, int(max_mb * 1024 * 1024 // page_size))}")
+    if create:
+        for statement in SQLITE.schema():
+            conn.execute(statement)
+        os.chmod(path, 0o640)
+    return conn
+
+
+class SqliteBackend:
+    """Backend for ChainedSink; blocking SQLite calls run in a worker thread, one at a time."""
+
+    def __init__(self, path: str | Path, durability: str = "strict", max_mb: int | None = None) -> None:
+        self.path = Path(path)
+        self.durability = durability
+        self.max_mb = max_mb
+        self._conn: sqlite3.Connection | None = None
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._conn = connect(self.path, durability=self.durability, max_mb=self.max_mb)
+        return self._conn
+
+    def _recover(self, chain_id: str, event_ids: list[str]) -> tuple[Head, set[str]]:
+        conn = self._connection()
+        row = conn.execute(SQLITE.select_head(), (chain_id,)).fetchone()
+        stored = {r[0] for r in conn.execute(SQLITE.select_stored(len(event_ids)), (chain_id, *event_ids))} \
+            if event_ids else set()
+        return (Head(row[0], row[1]) if row else Head()), stored
+
+    def _append(self, records: list[Record], chunks: list[Chunk], head: Head) -> None:
+        conn = self._connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(SQLITE.insert_record(), record_rows(records))
+            conn.executemany(SQLITE.insert_chunk(), chunk_rows(chunks))
+            if records:
+                conn.execute(SQLITE.upsert_head(), (records[0].chain_id, head.seq, head.hash))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    async def recover(self, chain_id: str, event_ids: list[str]) -> tuple[Head, set[str]]:
+        return await asyncio.to_thread(self._recover, chain_id, event_ids)
+
+    async def append(self, records: list[Record], chunks: list[Chunk], head: Head) -> None:
+        await asyncio.to_thread(self._append, records, chunks, head)
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def open_reader(path: str | Path) -> SqlReader:
+    return SqlReader(connect(path, create=False), SQLITE)
