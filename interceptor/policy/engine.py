@@ -1,0 +1,357 @@
+"""Judge a Request against a Policy (sans-IO): default deny, explicit deny wins, then
+approve, then allow; every Decision names the rule that made it.
+
+SQL: every statement of a query is judged on its own and the query gets the most
+restrictive verdict (deny > approve > allow); `Decision.details` holds one dict per
+statement for audit: kind, tables, actions, columns, functions, verdict, rule, reason, and
+`masked_outputs` - the result columns (position, name, source columns) whose values derive
+from masked columns, so the postgres handler can mask computed columns too.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from typing import Any
+
+from interceptor.decision import ApprovalSpec, Decision, MaskSpec, Verdict
+from interceptor.operations import (
+    HttpRequest, KubernetesRequest, Request, SqlQuery, SshCommand, Subject, TcpConnect,
+)
+from interceptor.policy.model import Policy, Rule, globs
+from interceptor.policy.sql import DEFAULT_SCHEMA, Action, ColumnRef, SchemaCatalog, Statement, analyse
+
+DEFAULT_DENY = "default-deny"
+TRANSACTION_RULE = "builtin-transaction-control"
+DANGEROUS_RULE = "builtin-dangerous-functions"
+UNPARSED_RULE = "sql-not-understood"
+OPAQUE_RULE = "sql-opaque-statement"
+MASK_FAILSAFE_RULE = "mask-fail-closed"
+
+# Functions that reach outside the query's tables: files, programs, other servers, other
+# sessions, settings. Denied unless an allow/approve rule names them in `sql.functions`.
+DANGEROUS_FUNCTIONS = frozenset({
+    "pg_read_file", "pg_read_binary_file", "pg_ls_dir", "pg_stat_file", "pg_ls_logdir", "pg_ls_waldir",
+    "pg_ls_tmpdir", "pg_ls_archive_statusdir", "lo_import", "lo_export", "lo_from_bytea", "lo_put", "lo_unlink",
+    "lo_create", "lo_open", "lowrite", "loread", "dblink", "dblink_exec", "dblink_connect", "dblink_send_query",
+    "dblink_open", "dblink_connect_u", "pg_terminate_backend", "pg_cancel_backend", "pg_reload_conf",
+    "pg_rotate_logfile", "set_config", "pg_promote", "pg_switch_wal", "pg_create_restore_point",
+    "pg_backup_start", "pg_backup_stop", "pg_start_backup", "pg_stop_backup", "pg_sleep", "pg_sleep_for",
+    "pg_sleep_until", "pg_advisory_lock", "pg_advisory_xact_lock", "query_to_xml", "query_to_xml_and_xmlschema",
+    "cursor_to_xml", "table_to_xml", "database_to_xml", "schema_to_xml", "pg_logical_emit_message",
+    "pg_create_logical_replication_slot", "pg_create_physical_replication_slot", "pg_drop_replication_slot",
+    "pg_replication_origin_create", "pg_file_write", "pg_file_rename", "pg_file_unlink", "pg_logdir_ls",
+    "pg_import_system_collations", "txid_current", "pg_notify", "nextval", "setval",
+})
+DDL_KINDS = frozenset({"create", "alter", "drop", "comment", "grant", "revoke", "truncate"})
+_RANK = {Verdict.ALLOW: 0, Verdict.APPROVE: 1, Verdict.DENY: 2}
+_EFFECT_VERDICT = {"deny": Verdict.DENY, "approve": Verdict.APPROVE, "allow": Verdict.ALLOW}
+
+
+@dataclass(frozen=True, slots=True)
+class _Judgement:
+    verdict: Verdict
+    rule: str
+    reason: str
+    approval: ApprovalSpec | None = None
+
+
+class PolicyEngine:
+    """Decisions for one policy version; cheap to build, so a reload builds a new one."""
+
+    def __init__(self, policy: Policy, catalog: SchemaCatalog | None = None, cache_size: int = 10000) -> None:
+        self.policy = policy
+        self.catalog = catalog
+        self.cache_size = cache_size
+        self._cache: OrderedDict[tuple, Decision] = OrderedDict()
+
+    def decide(self, request: Request) -> Decision:
+        """The answer for one request; never raises on bad input (it denies)."""
+        if request.resource not in self.policy.resources:
+            return Decision.deny(DEFAULT_DENY, f"unknown resource {request.resource!r}")
+        if request.subject.agent not in self.policy.agents:
+            return Decision.deny(DEFAULT_DENY, f"unknown agent {request.subject.agent!r}")
+        operation = request.operation
+        if isinstance(operation, TcpConnect):
+            return self._tcp(request)
+        if isinstance(operation, SqlQuery):
+            key = (self.policy.version, request.subject, request.resource, operation.text, operation.database,
+                   request.labels.get("search_path"), getattr(self.catalog, "version", None))
+            cached = self._cache.get(key)
+            if cached is not None:
+                self._cache.move_to_end(key)
+                return cached
+            decision = self._sql(request, operation)
+            self._cache[key] = decision
+            if len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+            return decision
+        if isinstance(operation, (HttpRequest, KubernetesRequest, SshCommand)):
+            return self._simple(request)
+        return Decision.deny(DEFAULT_DENY, f"unknown operation type {type(operation).__name__}")
+
+    # -- who -----------------------------------------------------------------------------
+
+    def _rules(self, request: Request, operation: str) -> list[Rule]:
+        return [r for r in self.policy.rules if r.operation in (None, operation) and _applies(r, request, False)]
+
+    # -- connections ---------------------------------------------------------------------
+
+    def _tcp(self, request: Request) -> Decision:
+        """May the agent open a connection at all: yes when some rule could allow or approve
+        an operation on the resource, unless a deny rule covers every operation or tcp.
+        Process conditions the request cannot answer (exe/uid None, as when the redirect
+        plan is built per agent) are taken as possibly met; the enforcer asks again with them."""
+        rules = [r for r in self.policy.rules if _applies(r, request, lenient=True)]
+        for rule in rules:
+            if rule.effect == "deny" and rule.operation in (None, "tcp"):
+                return Decision.deny(rule.name, rule.reason or "connection denied")
+        tcp_rules = [r for r in rules if r.operation == "tcp" and r.effect in ("allow", "approve")]
+        tcp_rules.sort(key=lambda r: r.effect != "allow")
+        if tcp_rules:
+            rule = tcp_rules[0]
+            return Decision(_EFFECT_VERDICT[rule.effect], rule.name, rule.reason, approval=rule.approval)
+        for rule in rules:
+            if rule.effect in ("allow", "approve"):
+                return Decision(Verdict.ALLOW, rule.name, "connection allowed: the rule allows operations on it")
+        return Decision.deny(DEFAULT_DENY, "no rule allows this agent to reach this resource")
+
+    # -- http, kubernetes, ssh -----------------------------------------------------------
+
+    def _simple(self, request: Request) -> Decision:
+        operation = request.operation
+        kind = "kubernetes" if isinstance(operation, KubernetesRequest) else operation.kind
+        rules = [r for r in self._rules(request, kind) if _operation_matches(r, operation)]
+        judgement = _pick(rules, f"no rule allows this {kind} operation")
+        masks = ()
+        if judgement.verdict is not Verdict.DENY:
+            masks = tuple(MaskSpec((), m.mask.classifiers, m.mask.style, m.name)
+                          for m in rules if m.effect == "mask" and m.mask.classifiers)
+        return Decision(judgement.verdict, judgement.rule, judgement.reason, masks, judgement.approval)
+
+    # -- sql -----------------------------------------------------------------------------
+
+    def _sql(self, request: Request, query: SqlQuery) -> Decision:
+        path = tuple(s.strip() for s in request.labels.get("search_path", DEFAULT_SCHEMA).split(",") if s.strip())
+        statements = analyse(query.text, path or (DEFAULT_SCHEMA,), self.catalog)
+        rules = self._rules(request, "sql")
+        worst: _Judgement | None = None
+        masks: list[MaskSpec] = []
+        details: list[dict[str, object]] = []
+        for statement in statements:
+            judgement, statement_masks, masked_outputs = self._statement(statement, rules)
+            detail: dict[str, object] = {**statement.summary(), "verdict": judgement.verdict.value,
+                                         "rule": judgement.rule, "reason": judgement.reason}
+            if masked_outputs:
+                detail["masked_outputs"] = masked_outputs
+            if statement.search_path is not None:
+                detail["search_path"] = ",".join(statement.search_path)
+            details.append(detail)
+            masks.extend(m for m in statement_masks if m not in masks)
+            if worst is None or _RANK[judgement.verdict] > _RANK[worst.verdict]:
+                worst = judgement
+        return Decision(worst.verdict, worst.rule, worst.reason,
+                        tuple(masks) if worst.verdict is not Verdict.DENY else (), worst.approval, tuple(details))
+
+    def _statement(self, statement: Statement, rules: list[Rule]) -> tuple[_Judgement, list[MaskSpec], list[dict]]:
+        if statement.error is not None:
+            return _Judgement(Verdict.DENY, UNPARSED_RULE, f"not understood, denied: {statement.error}"), [], []
+        if statement.kind == "empty":
+            return _Judgement(Verdict.ALLOW, "empty-query", "no statement"), [], []
+        if statement.opaque:
+            return self._opaque(statement, rules), [], []
+        if statement.kind == "transaction":
+            denied = [r for r in rules if r.effect == "deny" and r.sql and _explicit_kind(r, "transaction")]
+            if denied:
+                return _Judgement(Verdict.DENY, denied[0].name, denied[0].reason or "transaction control denied"), [], []
+            return _Judgement(Verdict.ALLOW, TRANSACTION_RULE, "transaction control is allowed by default"), [], []
+        judgements = [self._action(action, rules) for action in statement.actions]
+        judgements += [self._function(name, statement, rules) for name in sorted(statement.functions)]
+        worst = max(judgements, key=lambda j: _RANK[j.verdict])
+        if worst.verdict is Verdict.DENY:
+            return worst, [], []
+        masks, outputs, refusal = _masks(statement, [r for r in rules if r.effect == "mask"
+                                                     and _mask_rule_applies(r, statement)])
+        if refusal is not None:
+            return refusal, [], []
+        return worst, masks, outputs
+
+    def _opaque(self, statement: Statement, rules: list[Rule]) -> _Judgement:
+        """sqlglot could not see inside: only a rule that names this kind (and nothing about
+        tables, columns or functions, which cannot be checked) may decide it."""
+        named = [r for r in rules if r.effect != "mask" and r.sql is not None and _explicit_kind(r, statement.kind)
+                 and r.sql.tables is None and r.sql.columns is None and r.sql.functions is None]
+        blanket = [r for r in rules if r.effect == "deny" and r.sql is None]
+        judgement = _pick(blanket + named, "")
+        if judgement.rule == DEFAULT_DENY:
+            return _Judgement(Verdict.DENY, OPAQUE_RULE, f"{statement.kind.upper()} statements are opaque to the "
+                              f"analyser; denied unless a rule names kind {statement.kind!r}")
+        return judgement
+
+    def _action(self, action: Action, rules: list[Rule]) -> _Judgement:
+        matching = [r for r in rules if r.effect != "mask" and _action_matches(r, action)]
+        where = f" on {action.table[0]}.{action.table[1]}" if action.table else ""
+        return _pick(matching, f"no rule allows {action.kind}{where}")
+
+    def _function(self, name: str, statement: Statement, rules: list[Rule]) -> _Judgement:
+        matching = [r for r in rules if r.effect != "mask" and r.sql is not None and r.sql.functions is not None
+                    and globs(r.sql.functions, name) and _kind_ok(r.sql.kinds, statement.kind)]
+        judgement = _pick(matching, "")
+        if judgement.rule != DEFAULT_DENY:
+            return judgement
+        if name in DANGEROUS_FUNCTIONS:
+            return _Judgement(Verdict.DENY, DANGEROUS_RULE, f"function {name}() is on the dangerous list; "
+                              "allow it explicitly with sql.functions")
+        return _Judgement(Verdict.ALLOW, "", "")
+
+
+def _pick(rules: list[Rule], default_reason: str) -> _Judgement:
+    """Explicit deny wins, then approve, then allow; nothing: default deny."""
+    for effect in ("deny", "approve", "allow"):
+        for rule in rules:
+            if rule.effect == effect:
+                return _Judgement(_EFFECT_VERDICT[effect], rule.name, rule.reason or f"{effect} by rule {rule.name}",
+                                  rule.approval)
+    return _Judgement(Verdict.DENY, DEFAULT_DENY, default_reason)
+
+
+def _applies(rule: Rule, request: Request, lenient: bool) -> bool:
+    if rule.agents is not None and request.subject.agent not in rule.agents:
+        return False
+    if rule.resources is not None and request.resource not in rule.resources:
+        return False
+    return rule.subjects is None or _subject_matches(rule, request.subject, lenient)
+
+
+def _subject_matches(rule: Rule, subject: Subject, lenient: bool) -> bool:
+    match = rule.subjects
+    identity = subject.identity
+    if any(v is not None for v in (match.groups, match.scopes, match.subject, match.client_id)):
+        if identity is None:
+            return False
+        if match.groups is not None and not any(globs(match.groups, g) for g in identity.groups):
+            return False
+        if match.scopes is not None and not any(globs(match.scopes, s) for s in identity.scopes):
+            return False
+        if not globs(match.subject, identity.subject) or not globs(match.client_id, identity.client_id):
+            return False
+    if match.exe is not None and not (subject.exe is None and lenient) and not globs(match.exe, subject.exe):
+        return False
+    if match.uid is not None and not (subject.uid is None and lenient) and subject.uid not in match.uid:
+        return False
+    return True
+
+
+def _operation_matches(rule: Rule, operation: Any) -> bool:
+    if isinstance(operation, HttpRequest) and rule.http is not None:
+        m = rule.http
+        return (globs(m.methods, operation.method.upper()) and globs(m.hosts, operation.host.lower())
+                and globs(m.paths, operation.path))
+    if isinstance(operation, KubernetesRequest) and rule.kubernetes is not None:
+        m = rule.kubernetes
+        return (globs(m.verbs, operation.verb) and globs(m.resources, operation.resource)
+                and globs(m.api_groups, operation.api_group) and globs(m.subresources, operation.subresource)
+                and globs(m.namespaces, operation.namespace) and globs(m.names, operation.name))
+    if isinstance(operation, SshCommand) and rule.ssh is not None:
+        return _ssh_command_matches(rule.ssh.commands, operation.command) and globs(rule.ssh.users, operation.user)
+    return rule.operation is None
+
+
+_SHELL_META = set(";&|`$()<>\n\\'\"*?[]{}!#~")
+
+
+def _ssh_command_matches(patterns: tuple[str, ...] | None, command: str) -> bool:
+    """A glob never stands for shell syntax: `systemctl restart *` must not match
+    `systemctl restart x; rm -rf /`. Commands with shell metacharacters match only exactly."""
+    if patterns is None:
+        return True
+    if _SHELL_META & set(command):
+        return command in patterns
+    return globs(patterns, command)
+
+
+def _explicit_kind(rule: Rule, kind: str) -> bool:
+    return rule.sql is not None and rule.sql.kinds is not None and kind in rule.sql.kinds
+
+
+def _kind_ok(kinds: tuple[str, ...] | None, kind: str) -> bool:
+    return kinds is None or kind in kinds or "*" in kinds or (kind in DDL_KINDS and "ddl" in kinds)
+
+
+def _action_matches(rule: Rule, action: Action) -> bool:
+    """Does `rule` cover this action? Rules about functions only judge function calls."""
+    if rule.sql is None:
+        return rule.operation is None
+    m = rule.sql
+    if m.functions is not None or not _kind_ok(m.kinds, action.kind):
+        return False
+    deny = rule.effect == "deny"
+    if m.tables is not None:
+        if action.table is None:
+            if deny or action.kind != "select":
+                return False
+        elif not any(fnmatchcase(action.table[0], s) and fnmatchcase(action.table[1], t) for s, t in m.tables):
+            return False
+    if m.columns is None or action.table is None:
+        return True
+    if action.columns is None:
+        return deny  # which columns is unknown: a deny rule about columns must hold
+    hits = [_column_matches(m.columns, action.table, c) for c in action.columns]
+    return any(hits) if deny else all(hits)
+
+
+def _column_matches(patterns: tuple[str, ...], table: tuple[str, str], column: str) -> bool:
+    for pattern in patterns:
+        parts = pattern.split(".")
+        if len(parts) == 1 and fnmatchcase(column, pattern):
+            return True
+        if len(parts) == 3 and all(fnmatchcase(v, p) for v, p in zip((*table, column), parts)):
+            return True
+    return False
+
+
+def _mask_rule_applies(rule: Rule, statement: Statement) -> bool:
+    if rule.operation not in (None, "sql"):
+        return False
+    if rule.sql is None:
+        return True
+    probe = Rule(rule.name, "allow", sql=rule.sql, operation="sql")
+    return any(_action_matches(probe, a) for a in statement.actions)
+
+
+def _ref_masked(pattern: tuple[str, str, str], ref: ColumnRef) -> bool:
+    """A `*` ref (columns unknown) may be any column of its table."""
+    schema, table, column = ref
+    return (fnmatchcase(schema, pattern[0]) and fnmatchcase(table, pattern[1])
+            and (column == "*" or fnmatchcase(column, pattern[2])))
+
+
+def _masks(statement: Statement, rules: list[Rule]) -> tuple[list[MaskSpec], list[dict], _Judgement | None]:
+    """The masks a statement's results need, the result columns they cover, or a refusal
+    when masking cannot be guaranteed (masked column filtered on, or columns unknown)."""
+    specs: list[MaskSpec] = []
+    outputs: dict[int, dict[str, Any]] = {}
+    for rule in rules:
+        patterns = rule.mask.columns
+        for ref in sorted(statement.filters):
+            if any(_ref_masked(p, ref) for p in patterns):
+                what = ".".join(ref) if ref[2] != "*" else f"{ref[0]}.{ref[1]} (whole rows)"
+                return [], [], _Judgement(Verdict.DENY, rule.name, f"masked column {what} is used outside the "
+                                          "result columns (WHERE, JOIN, ORDER BY, a write or a copy) and would leak")
+        columns: set[str] = set()
+        for output in statement.outputs:
+            hit = sorted(r for r in output.sources if any(_ref_masked(p, r) for p in patterns))
+            if any(r[2] == "*" for r in hit):
+                unknown = next(r for r in hit if r[2] == "*")
+                return [], [], _Judgement(Verdict.DENY, MASK_FAILSAFE_RULE, f"schema of {unknown[0]}.{unknown[1]} "
+                                          f"is unknown: cannot tell which result columns rule {rule.name} must mask")
+            if hit:
+                columns.update(".".join(r) for r in hit)
+                entry = outputs.setdefault(output.position, {"position": output.position, "name": output.name,
+                                                              "columns": [], "rules": []})
+                entry["columns"] = sorted(set(entry["columns"]) | {".".join(r) for r in hit})
+                entry["rules"].append(rule.name)
+        if columns or rule.mask.classifiers:
+            specs.append(MaskSpec(tuple(sorted(columns)), rule.mask.classifiers, rule.mask.style, rule.name))
+    return specs, [outputs[p] for p in sorted(outputs)], None

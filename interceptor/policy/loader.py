@@ -1,0 +1,283 @@
+"""Load a policy file: YAML -> JSON Schema -> semantic checks -> immutable Policy.
+
+Every problem is reported as `file:line:col: what is wrong`, using the YAML node marks,
+and all problems of a file are reported together, so one `policy check` run shows them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import re
+from functools import lru_cache
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import jsonschema
+import yaml
+
+from interceptor.decision import ApprovalSpec
+from interceptor.policy.model import (
+    OPERATION_KEYS, AddressSpec, AgentSpec, HttpMatch, KubernetesMatch, MaskRule, Policy, ResourceSpec, Rule,
+    SqlMatch, SshMatch, SubjectMatch,
+)
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent.parent / "policy" / "schema.json"
+_PROTOCOL_OF_MATCH = {"sql": ("postgres",), "http": ("http",), "kubernetes": ("kubernetes",), "ssh": ("ssh",)}
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+Mark = tuple[int, int]  # 1-based line, column
+
+
+class PolicyError(ValueError):
+    """A policy that must not be used; str() is one `file:line:col: message` per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+@lru_cache(maxsize=1)
+def schema() -> dict[str, Any]:
+    return json.loads(SCHEMA_PATH.read_text())
+
+
+def load_policy(path: str | Path) -> Policy:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PolicyError([f"{path}:1:1: cannot read the policy: {exc}"]) from None
+    return load_policy_text(text, str(path))
+
+
+def load_policy_text(text: str, filename: str = "<string>") -> Policy:
+    data, marks = compose(text, filename)
+    problems = [f"{filename}:{line}:{col}: {message}" for (line, col), message in _validate(data, marks)]
+    if problems:
+        raise PolicyError(problems)
+    builder = _Builder(filename, marks)
+    policy = builder.build(data)
+    if builder.problems:
+        raise PolicyError(builder.problems)
+    return policy
+
+
+def compose(text: str, filename: str) -> tuple[Any, dict[tuple, Mark]]:
+    """YAML to plain data plus the position of every value, keyed by its path."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{mark.line + 1}:{mark.column + 1}" if mark else "1:1"
+        raise PolicyError([f"{filename}:{where}: invalid YAML: {exc.problem or exc}"]) from None
+    except yaml.YAMLError as exc:
+        raise PolicyError([f"{filename}:1:1: invalid YAML: {exc}"]) from None
+    if node is None:
+        raise PolicyError([f"{filename}:1:1: empty policy (expected a mapping with version, resources, agents, rules)"])
+    marks: dict[tuple, Mark] = {}
+    problems: list[str] = []
+    data = _convert(node, (), marks, problems, filename)
+    if problems:
+        raise PolicyError(problems)
+    return data, marks
+
+
+def _convert(node: yaml.Node, path: tuple, marks: dict[tuple, Mark], problems: list[str], filename: str) -> Any:
+    marks[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+    if isinstance(node, yaml.MappingNode):
+        result: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = _scalar(key_node)
+            if key in result:
+                problems.append(f"{filename}:{key_node.start_mark.line + 1}:{key_node.start_mark.column + 1}: "
+                                f"duplicate key {key!r}")
+                continue
+            marks[(*path, key, "<key>")] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+            result[key] = _convert(value_node, (*path, key), marks, problems, filename)
+        return result
+    if isinstance(node, yaml.SequenceNode):
+        return [_convert(item, (*path, i), marks, problems, filename) for i, item in enumerate(node.value)]
+    return _scalar(node)
+
+
+def _scalar(node: yaml.Node) -> Any:
+    loader = yaml.SafeLoader("")
+    try:
+        return loader.construct_object(node, deep=True)
+    finally:
+        loader.dispose()
+
+
+def _mark(marks: dict[tuple, Mark], path: tuple) -> Mark:
+    while path not in marks:
+        path = path[:-1]
+    return marks[path]
+
+
+def _validate(data: Any, marks: dict[tuple, Mark]) -> list[tuple[Mark, str]]:
+    validator = jsonschema.Draft202012Validator(schema())
+    found = []
+    for error in sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path))):
+        path = tuple(error.absolute_path)
+        if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+            allowed = sorted(error.schema.get("properties", {}))
+            for key in error.instance:
+                if key not in error.schema.get("properties", {}):
+                    where = ", ".join(allowed) if allowed else "none"
+                    found.append((_mark(marks, (*path, key, "<key>")), f"unknown key {key!r} (expected one of: {where})"))
+            continue
+        found.append((_mark(marks, path), _describe(error, path)))
+    return found
+
+
+def _describe(error: jsonschema.ValidationError, path: tuple) -> str:
+    where = "/".join(map(str, path)) or "top level"
+    if error.validator == "oneOf" and isinstance(error.instance, dict):
+        return f"{where}: expected one of {{from: file, path: /abs/path}}, {{from: env, name: VAR}}, " \
+               f"{{from: command, argv: [...]}}"
+    if error.validator in ("if", "then", "else", "not"):
+        return f"{where}: 'approval' is required with (and only with) effect approve, 'mask' with effect mask"
+    return f"{where}: {error.message}"
+
+
+class _Builder:
+    def __init__(self, filename: str, marks: dict[tuple, Mark]) -> None:
+        self.filename = filename
+        self.marks = marks
+        self.problems: list[str] = []
+
+    def problem(self, path: tuple, message: str) -> None:
+        line, col = _mark(self.marks, path)
+        self.problems.append(f"{self.filename}:{line}:{col}: {message}")
+
+    def build(self, data: dict[str, Any]) -> Policy:
+        resources = {name: self.resource(name, spec) for name, spec in data["resources"].items()}
+        agents = {name: self.agent(name, spec) for name, spec in data["agents"].items()}
+        names: set[str] = set()
+        rules = []
+        for index, raw in enumerate(data["rules"]):
+            path = ("rules", index)
+            if raw["name"] in names:
+                self.problem((*path, "name"), f"duplicate rule name {raw['name']!r}")
+            names.add(raw["name"])
+            rules.append(self.rule(path, raw, resources, agents))
+        canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+        version = hashlib.sha256(canonical.encode()).hexdigest()[:12]
+        return Policy(version, MappingProxyType(resources), MappingProxyType(agents), tuple(rules), self.filename)
+
+    def resource(self, name: str, spec: dict[str, Any]) -> ResourceSpec:
+        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", name):
+            self.problem(("resources", name, "<key>"), f"bad resource name {name!r} (letters, digits, _ . -)")
+        addresses = []
+        for i, text in enumerate(spec["addresses"]):
+            try:
+                addresses.append(parse_address(text))
+            except ValueError as exc:
+                self.problem(("resources", name, "addresses", i), str(exc))
+        return ResourceSpec(name, spec["protocol"], tuple(addresses), spec.get("credentials"),
+                            dict(spec.get("options") or {}))
+
+    def agent(self, name: str, spec: dict[str, Any]) -> AgentSpec:
+        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", name):
+            self.problem(("agents", name, "<key>"), f"bad agent name {name!r} (letters, digits, _ . -)")
+        for i, cgroup in enumerate(spec.get("cgroups", ())):
+            if ".." in cgroup.split("/") or "\0" in cgroup:
+                self.problem(("agents", name, "cgroups", i), f"bad cgroup path {cgroup!r} (no '..' components)")
+        return AgentSpec(name, tuple(c.strip("/") for c in spec.get("cgroups", ())), tuple(spec.get("uids", ())),
+                         spec.get("identity"), spec.get("unprotected", "deny"))
+
+    def rule(self, path: tuple, raw: dict[str, Any], resources: dict[str, ResourceSpec],
+             agents: dict[str, AgentSpec]) -> Rule:
+        for key, known in (("agents", agents), ("resources", resources)):
+            for i, name in enumerate(raw.get(key, ())):
+                if name not in known:
+                    self.problem((*path, key, i), f"unknown {key[:-1]} {name!r} (defined: {', '.join(sorted(known)) or 'none'})")
+        operations = [k for k in OPERATION_KEYS if k in raw]
+        if len(operations) > 1:
+            self.problem((*path, operations[1], "<key>"), f"a rule matches one kind of operation; got {', '.join(operations)}")
+        operation = operations[0] if operations else None
+        if operation in _PROTOCOL_OF_MATCH:
+            wanted = _PROTOCOL_OF_MATCH[operation]
+            for name in raw.get("resources", ()) or ():
+                if name in resources and resources[name].protocol not in wanted:
+                    self.problem((*path, operation, "<key>"), f"{operation} rule on resource {name!r} whose "
+                                 f"protocol is {resources[name].protocol}")
+        if raw["effect"] == "mask" and operation not in (None, "sql", "http"):
+            self.problem((*path, operation, "<key>"), "mask rules apply to sql or http operations")
+        return Rule(
+            name=raw["name"], effect=raw["effect"], reason=raw.get("reason", ""),
+            agents=_tuple(raw.get("agents")), resources=_tuple(raw.get("resources")),
+            subjects=SubjectMatch(**{k: _tuple(v) for k, v in raw["subjects"].items()}) if "subjects" in raw else None,
+            operation=operation,
+            sql=self.sql(path, raw["sql"]) if "sql" in raw else None,
+            http=HttpMatch(**{k: _tuple(v) for k, v in raw["http"].items()}) if "http" in raw else None,
+            kubernetes=KubernetesMatch(**{k: _tuple(v) for k, v in raw["kubernetes"].items()}) if "kubernetes" in raw else None,
+            ssh=SshMatch(**{k: _tuple(v) for k, v in raw["ssh"].items()}) if "ssh" in raw else None,
+            approval=_approval(raw["approval"]) if "approval" in raw else None,
+            mask=self.mask(path, raw["mask"]) if "mask" in raw else None,
+        )
+
+    def sql(self, path: tuple, raw: dict[str, Any]) -> SqlMatch:
+        tables = None
+        if "tables" in raw:
+            tables = []
+            for i, pattern in enumerate(raw["tables"]):
+                parts = pattern.split(".")
+                if len(parts) != 2 or not all(parts):
+                    self.problem((*path, "sql", "tables", i), f"table pattern {pattern!r}: expected schema.table "
+                                 "(globs allowed, e.g. sales.* or public.orders)")
+                    continue
+                tables.append((parts[0], parts[1]))
+            tables = tuple(tables)
+        for i, pattern in enumerate(raw.get("columns", ())):
+            if len(pattern.split(".")) not in (1, 3):
+                self.problem((*path, "sql", "columns", i), f"column pattern {pattern!r}: expected column or "
+                             "schema.table.column")
+        return SqlMatch(kinds=_tuple(k.lower() for k in raw["kinds"]) if "kinds" in raw else None, tables=tables,
+                        columns=_tuple(raw.get("columns")),
+                        functions=_tuple(f.lower() for f in raw["functions"]) if "functions" in raw else None)
+
+    def mask(self, path: tuple, raw: dict[str, Any]) -> MaskRule:
+        columns = []
+        for i, pattern in enumerate(raw.get("columns", ())):
+            parts = pattern.split(".")
+            if len(parts) != 3 or not all(parts):
+                self.problem((*path, "mask", "columns", i), f"mask column {pattern!r}: expected schema.table.column")
+                continue
+            columns.append((parts[0], parts[1], parts[2]))
+        return MaskRule(tuple(columns), tuple(raw.get("classifiers", ())), raw.get("style", "redact"))
+
+
+def _tuple(values: Any) -> tuple | None:
+    return None if values is None else tuple(values)
+
+
+def _approval(raw: dict[str, Any]) -> ApprovalSpec:
+    grant = raw.get("grant", "one-shot")
+    return ApprovalSpec(tuple(raw["groups"]), grant, raw.get("grant_seconds", 3600 if grant == "time-boxed" else 0),
+                        raw.get("timeout_seconds", 300))
+
+
+def parse_address(text: str) -> AddressSpec:
+    """`10.0.0.5:5432`, `db.example.com:5432`, `[2001:db8::1]:5432`, `10.1.0.0/16:443`."""
+    if text.startswith("["):
+        host, sep, port_text = text[1:].partition("]:")
+        if not sep:
+            raise ValueError(f"address {text!r}: expected [ipv6]:port")
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep or ":" in host:
+            raise ValueError(f"address {text!r}: expected host:port, ip:port, cidr:port or [ipv6]:port")
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError(f"address {text!r}: port {port_text!r} out of range (expected 1-65535)")
+    port = int(port_text)
+    try:
+        return AddressSpec(ipaddress.ip_network(host, strict=True), None, port)
+    except ValueError as exc:
+        if re.fullmatch(r"[0-9.:/a-fA-F]+", host) and (host[:1].isdigit() or ":" in host or "/" in host):
+            raise ValueError(f"address {text!r}: bad IP address or network {host!r} ({exc})") from None
+    if not _HOSTNAME.match(host):
+        raise ValueError(f"address {text!r}: bad hostname {host!r}")
+    return AddressSpec(None, host.lower(), port)

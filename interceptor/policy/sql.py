@@ -1,0 +1,770 @@
+"""What a SQL string would do, statement by statement (sans-IO, postgres dialect).
+
+The analyser turns text into `Statement` values: the kinds of action each statement takes
+on which tables and columns, the functions it calls, and which output columns derive from
+which base columns. It never decides; the engine judges the result. Anything it does not
+fully understand comes back with `error` set, and the engine denies it.
+
+Writes hidden in reads are reported as the writes they are: DML inside a CTE or a
+subquery, SELECT ... INTO (a `create`), SELECT ... FOR UPDATE/SHARE (an `update` on the
+locked tables), COPY to or from a program or a server file, EXPLAIN ANALYZE (the inner
+statement runs, so it is analysed as if it were sent alone).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from sqlglot import exp
+from sqlglot.dialects.postgres import Postgres
+from sqlglot.errors import SqlglotError
+from sqlglot.tokens import Token, TokenType
+
+# sqlglot logs a warning for every statement it keeps as an opaque Command; the analyser
+# reports those itself (as opaque kinds), so the warning is noise in the daemon's log.
+logging.getLogger("sqlglot").setLevel(logging.ERROR)
+
+DIALECT = Postgres()
+DEFAULT_SCHEMA = "public"
+Table = tuple[str, str]  # (schema, name), identifiers already case-folded as postgres does
+ColumnRef = tuple[str, str, str]  # (schema, table, column); column "*" = all, unknown which
+
+# Statements sqlglot keeps opaque, by first keyword(s): the analyser cannot see what they
+# touch, so the engine denies them unless a rule names the kind explicitly.
+_COMMAND_KINDS = {
+    "CALL": "call", "DO": "do", "VACUUM": "vacuum", "RESET": "reset", "SHOW": "show",
+    "PREPARE": "prepare", "EXECUTE": "execute", "DEALLOCATE": "deallocate", "LOCK": "lock",
+    "REFRESH": "refresh", "REINDEX": "reindex", "FETCH": "fetch", "MOVE": "fetch",
+    "DECLARE": "declare", "CLOSE": "close", "LISTEN": "listen", "UNLISTEN": "listen",
+    "NOTIFY": "notify", "DISCARD": "discard", "CHECKPOINT": "checkpoint", "CLUSTER": "cluster",
+    "LOAD": "load", "IMPORT": "import", "SECURITY": "security_label", "REASSIGN": "reassign",
+}
+_TRANSACTION_WORDS = {"BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT", "SAVEPOINT", "RELEASE"}
+_EXPLAIN_OPTIONS = {"ANALYZE", "ANALYSE", "VERBOSE"}
+
+_STATEMENT_KINDS: dict[type, str] = {
+    exp.Select: "select", exp.Union: "select", exp.Intersect: "select", exp.Except: "select",
+    exp.Values: "select", exp.Insert: "insert", exp.Update: "update", exp.Delete: "delete",
+    exp.Merge: "merge", exp.TruncateTable: "truncate", exp.Copy: "copy", exp.Create: "create",
+    exp.Drop: "drop", exp.Alter: "alter", exp.Grant: "grant", exp.Revoke: "revoke",
+    exp.Comment: "comment", exp.Analyze: "analyze",
+    exp.Transaction: "transaction", exp.Commit: "transaction", exp.Rollback: "transaction",
+}
+_WRITE_KINDS = {exp.Insert: "insert", exp.Update: "update", exp.Delete: "delete", exp.Merge: "merge"}
+_QUERY_NODES = (exp.Select, exp.Update, exp.Delete, exp.Insert, exp.Merge)
+_RESULT_NODES = (exp.Select, exp.SetOperation, exp.Values, exp.Insert, exp.Update, exp.Delete, exp.Merge)
+
+
+class SchemaCatalog(Protocol):
+    """Column names of the tables the analyser meets (the postgres handler reads them from
+    the database). None means unknown: `*` cannot be expanded for that table."""
+
+    def columns(self, schema: str, table: str) -> Sequence[str] | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """One thing a statement does to one table (table None: touches no table)."""
+
+    kind: str
+    table: Table | None = None
+    columns: frozenset[str] | None = frozenset()  # None: all columns, which unknown
+
+
+@dataclass(frozen=True, slots=True)
+class OutputColumn:
+    """One result column and the base columns its values derive from."""
+
+    position: int
+    name: str
+    sources: frozenset[ColumnRef]
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    text: str
+    kind: str
+    actions: tuple[Action, ...] = ()
+    functions: frozenset[str] = frozenset()
+    outputs: tuple[OutputColumn, ...] = ()
+    filters: frozenset[ColumnRef] = frozenset()  # base columns used outside result columns
+    opaque: bool = False  # sqlglot kept it as an uninterpreted Command
+    error: str | None = None  # not understood: must be denied
+    search_path: tuple[str, ...] | None = None  # the statement sets search_path to this
+
+    def summary(self) -> dict[str, object]:
+        """The audit view of the analysis."""
+        return {
+            "kind": self.kind,
+            "tables": sorted({qualified(a.table) for a in self.actions if a.table}),
+            "actions": sorted({f"{a.kind}:{qualified(a.table) if a.table else '-'}" for a in self.actions}),
+            "columns": sorted(f"{qualified(a.table)}.{c}" for a in self.actions if a.table
+                              for c in (a.columns if a.columns is not None else ("*",))),
+            "functions": sorted(self.functions),
+            **({"error": self.error} if self.error else {}),
+        }
+
+
+def qualified(table: Table) -> str:
+    return f"{table[0]}.{table[1]}"
+
+
+def analyse(text: str, search_path: Sequence[str] = (DEFAULT_SCHEMA,),
+            catalog: SchemaCatalog | None = None) -> tuple[Statement, ...]:
+    """Every statement of `text`, in order. A SET search_path changes how later statements
+    of the same string resolve unqualified names, as it would on the server."""
+    try:
+        tokens = DIALECT.tokenize(text)
+    except SqlglotError as exc:
+        return (Statement(text, "unknown", error=f"cannot tokenize: {_first_line(exc)}"),)
+    statements = []
+    path = tuple(search_path) or (DEFAULT_SCHEMA,)
+    for chunk in _split(tokens):
+        statement = _analyse_chunk(text, chunk, path, catalog)
+        path = statement.search_path or path
+        statements.append(statement)
+    if not statements:
+        return (Statement(text, "empty"),)
+    return tuple(statements)
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _split(tokens: list[Token]) -> Iterator[list[Token]]:
+    chunk: list[Token] = []
+    for token in tokens:
+        if token.token_type == TokenType.SEMICOLON:
+            if chunk:
+                yield chunk
+            chunk = []
+        else:
+            chunk.append(token)
+    if chunk:
+        yield chunk
+
+
+def _chunk_text(text: str, chunk: list[Token]) -> str:
+    return text[chunk[0].start:chunk[-1].end + 1]
+
+
+def _analyse_chunk(text: str, chunk: list[Token], path: tuple[str, ...],
+                   catalog: SchemaCatalog | None) -> Statement:
+    source = _chunk_text(text, chunk)
+    first = chunk[0].text.upper()
+    if first == "EXPLAIN":
+        return _explain(source, chunk, path, catalog)
+    if _unicode_identifier(chunk):
+        return Statement(source, "unknown", error='U&"..." identifiers with unicode escapes are not supported')
+    if first in _TRANSACTION_WORDS:
+        return _transaction(source, chunk)
+    if first == "SET":
+        return _set(source, chunk)
+    try:
+        tree = DIALECT.parser().parse(chunk, text)[0]
+    except SqlglotError as exc:
+        return Statement(source, "unknown", error=f"cannot parse: {_first_line(exc)}")
+    if isinstance(tree, exp.Command) or first in _COMMAND_KINDS:
+        kind = _COMMAND_KINDS.get(first, first.lower())
+        return Statement(source, kind, opaque=True)
+    kind = _STATEMENT_KINDS.get(type(tree))
+    if kind is None:
+        return Statement(source, "unknown", error=f"unsupported statement ({first} ...)")
+    try:
+        return _Analysis(tree, path, catalog).statement(source, kind)
+    except _Unsupported as exc:
+        return Statement(source, kind, error=str(exc))
+
+
+def _explain(source: str, chunk: list[Token], path: tuple[str, ...], catalog: SchemaCatalog | None) -> Statement:
+    """EXPLAIN [ANALYZE] [VERBOSE] | EXPLAIN (options) stmt: judged as the inner statement,
+    since with ANALYZE it runs (and without, it is never more than that). sqlglot's tokenizer
+    hands the rest of the statement over as one raw string token."""
+    if len(chunk) != 2 or chunk[1].token_type != TokenType.STRING:
+        return Statement(source, "unknown", error="EXPLAIN without a statement")
+    inner_text = chunk[1].text
+    try:
+        rest = DIALECT.tokenize(inner_text)
+    except SqlglotError as exc:
+        return Statement(source, "unknown", error=f"cannot tokenize: {_first_line(exc)}")
+    if rest and rest[0].token_type == TokenType.L_PAREN:
+        depth = 0
+        for index, token in enumerate(rest):
+            depth += {TokenType.L_PAREN: 1, TokenType.R_PAREN: -1}.get(token.token_type, 0)
+            if depth == 0:
+                rest = rest[index + 1:]
+                break
+    while rest and rest[0].text.upper() in _EXPLAIN_OPTIONS:
+        rest = rest[1:]
+    if not rest:
+        return Statement(source, "unknown", error="EXPLAIN without a statement")
+    inner = _analyse_chunk(inner_text, rest, path, catalog)
+    return Statement(source, inner.kind, inner.actions, inner.functions, inner.outputs,
+                     inner.filters, inner.opaque, inner.error, inner.search_path)
+
+
+def _unicode_identifier(chunk: list[Token]) -> bool:
+    """U&"..." names an identifier with escapes that sqlglot reads as `U & "..."`."""
+    return any(
+        a.text.upper() == "U" and b.token_type == TokenType.AMP and a.end + 1 == b.start
+        and c.token_type == TokenType.IDENTIFIER and b.end + 1 == c.start
+        for a, b, c in zip(chunk, chunk[1:], chunk[2:])
+    )
+
+
+def _words(chunk: list[Token]) -> list[str]:
+    return [token.text.upper() for token in chunk]
+
+
+def _transaction(source: str, chunk: list[Token]) -> Statement:
+    """Transaction control, checked word by word: sqlglot parses some of it as nonsense
+    (SAVEPOINT s becomes an alias), so nothing but these exact shapes is accepted."""
+    words = _words(chunk)
+    simple = {("BEGIN",), ("COMMIT",), ("END",), ("ROLLBACK",), ("ABORT",)}
+    shapes_ok = (
+        tuple(w for w in words if w not in {"WORK", "TRANSACTION", "AND", "NO", "CHAIN"}) in simple
+        or (words[0] in {"SAVEPOINT", "RELEASE", "ROLLBACK"} and len(chunk) >= 2
+            and words[-1] not in {"SAVEPOINT", "TO"}
+            and all(w in {"SAVEPOINT", "TO", "WORK", "TRANSACTION", "RELEASE", "ROLLBACK"} for w in words[:-1])
+            and chunk[-1].token_type in (TokenType.VAR, TokenType.IDENTIFIER))
+        or (words[0] in {"BEGIN", "START"} and _transaction_modes(words[1:]))
+    )
+    if not shapes_ok:
+        return Statement(source, "unknown", error=f"unsupported transaction statement ({' '.join(words[:3])} ...)")
+    return Statement(source, "transaction")
+
+
+def _transaction_modes(words: list[str]) -> bool:
+    allowed = {"WORK", "TRANSACTION", "ISOLATION", "LEVEL", "SERIALIZABLE", "REPEATABLE", "READ", "COMMITTED",
+               "UNCOMMITTED", "WRITE", "ONLY", "NOT", "DEFERRABLE", ","}
+    return all(w in allowed for w in words)
+
+
+def _set(source: str, chunk: list[Token]) -> Statement:
+    """SET: `set_role` for ROLE / SESSION AUTHORIZATION (identity changes), `set` otherwise;
+    a search_path change is parsed so later statements resolve names as the server will."""
+    words = _words(chunk)
+    body = words[1:]
+    if body and body[0] in {"SESSION", "LOCAL"}:
+        body = body[1:]
+    if body and (body[0] == "ROLE" or body[:1] == ["AUTHORIZATION"]):
+        return Statement(source, "set_role", opaque=True)
+    if body and body[0] == "SEARCH_PATH":
+        tokens = [t for t in chunk[len(words) - len(body) + 1:]]
+        if tokens and tokens[0].text.upper() in {"TO", "="}:
+            tokens = tokens[1:]
+        path = _search_path_value(tokens)
+        if path is None:
+            return Statement(source, "set", error="cannot read the new search_path")
+        return Statement(source, "set", search_path=path)
+    return Statement(source, "set")
+
+
+def _search_path_value(tokens: list[Token]) -> tuple[str, ...] | None:
+    names, expect_name = [], True
+    for token in tokens:
+        if expect_name and token.token_type in (TokenType.VAR, TokenType.STRING, TokenType.IDENTIFIER):
+            quoted = token.token_type != TokenType.VAR
+            names.append(token.text if quoted else token.text.lower())
+            expect_name = False
+        elif not expect_name and token.token_type == TokenType.COMMA:
+            expect_name = True
+        else:
+            return None
+    return tuple(names) if names and not expect_name else None
+
+
+class _Unsupported(Exception):
+    """A construct the analyser does not model; the statement is denied."""
+
+
+def _ident(node: exp.Expr | None) -> str | None:
+    """An identifier as postgres sees it: folded to lower case unless quoted."""
+    if node is None:
+        return None
+    if isinstance(node, exp.Identifier):
+        return node.this if node.quoted else node.this.lower()
+    if isinstance(node, exp.Star):
+        return "*"
+    raise _Unsupported(f"unsupported name expression: {node.sql(dialect=DIALECT)[:60]}")
+
+
+@dataclass(slots=True)
+class _Source:
+    """What a name in FROM stands for: a base table, or a derived query (CTE/subquery)."""
+
+    table: Table | None = None
+    query: exp.Expr | None = None
+    columns: tuple[str, ...] | None = None  # column aliases (t AS x(a, b))
+
+
+@dataclass(slots=True)
+class _Analysis:
+    tree: exp.Expr
+    path: tuple[str, ...]
+    catalog: SchemaCatalog | None
+    actions: list[Action] = field(default_factory=list)
+    targets: set[int] = field(default_factory=set)  # ids of Table nodes that are write targets
+    reads: dict[Table, set[str] | None] = field(default_factory=dict)
+    visiting: set[int] = field(default_factory=set)  # queries being expanded (recursive CTEs)
+
+    def statement(self, source: str, kind: str) -> Statement:
+        self._writes()
+        functions = frozenset(self._functions())
+        if isinstance(self.tree, _RESULT_NODES):
+            outputs, filters = self._outputs(), self._filters()
+            self._record_reads(self.tree)
+        else:
+            # DDL and COPY move whole rows where no result column can be masked: every
+            # column they read counts as used outside a result column.
+            outputs, filters = (), frozenset()
+        for table_node in self.tree.find_all(exp.Table):
+            if id(table_node) in self.targets:
+                continue
+            table = self._base_table(table_node)
+            if table is not None and not isinstance(self.tree, _RESULT_NODES):
+                self.reads[table] = None
+                filters |= {(*table, "*")}
+            elif table is not None:
+                self.reads.setdefault(table, set())
+        for table, cols in self.reads.items():
+            self.actions.append(Action("select", table, None if cols is None else frozenset(cols)))
+        if not self.actions:
+            self.actions.append(Action(kind))
+        return Statement(source, kind, tuple(dict.fromkeys(self.actions)), functions, outputs, filters)
+
+    # -- names ---------------------------------------------------------------------------
+
+    def _table_of(self, node: exp.Table) -> Table:
+        if node.args.get("catalog") is not None:
+            raise _Unsupported(f"three-part table name {node.sql(dialect=DIALECT)} (cross-database)")
+        name = _ident(node.this) if isinstance(node.this, exp.Identifier) else None
+        if name is None:
+            raise _Unsupported(f"unsupported table expression: {node.sql(dialect=DIALECT)[:60]}")
+        schema = _ident(node.args.get("db"))
+        return (schema, name) if schema else (self._resolve_schema(name), name)
+
+    def _resolve_schema(self, name: str) -> str:
+        """Unqualified names: the first schema of the search path (pg_catalog first, as the
+        server does) that the catalog knows has the table; else the first schema listed."""
+        path = self.path if "pg_catalog" in self.path else ("pg_catalog", *self.path)
+        if self.catalog is not None:
+            for schema in path:
+                if self.catalog.columns(schema, name) is not None:
+                    return schema
+        return self.path[0]
+
+    def _is_cte(self, node: exp.Table) -> bool:
+        if node.args.get("db") is not None or not isinstance(node.this, exp.Identifier):
+            return False
+        name = _ident(node.this)
+        for ancestor in _ancestors(node):
+            with_ = ancestor.args.get("with_") if isinstance(ancestor, exp.Expr) else None
+            if with_ is not None and any(_ident(cte.args["alias"].this) == name for cte in with_.expressions):
+                return True
+        return False
+
+    def _base_table(self, node: exp.Table) -> Table | None:
+        """The base table a FROM item names; None for CTE references and table functions."""
+        if not isinstance(node.this, exp.Identifier):
+            if isinstance(node.this, exp.Func):
+                return None
+            raise _Unsupported(f"unsupported FROM item: {node.sql(dialect=DIALECT)[:60]}")
+        return None if self._is_cte(node) else self._table_of(node)
+
+    def _known_columns(self, table: Table) -> tuple[str, ...] | None:
+        if self.catalog is None:
+            return None
+        found = self.catalog.columns(*table)
+        return tuple(found) if found is not None else None
+
+    # -- writes --------------------------------------------------------------------------
+
+    def _target(self, kind: str, node: exp.Expr | None, columns: frozenset[str] | None = None) -> None:
+        if isinstance(node, exp.Schema):
+            columns = frozenset(_ident(c) for c in node.expressions)
+            node = node.this
+        if isinstance(node, exp.Table) and node.this is None:
+            self.targets.add(id(node))  # CREATE SCHEMA s and the like: no table involved
+            self.actions.append(Action(kind))
+        elif isinstance(node, exp.Table):
+            self.targets.add(id(node))
+            table = self._base_table(node)
+            if table is None:
+                raise _Unsupported(f"{kind} target is not a table: {node.sql(dialect=DIALECT)[:60]}")
+            self.actions.append(Action(kind, table, columns))
+        else:
+            self.actions.append(Action(kind))
+
+    def _writes(self) -> None:
+        for node in self.tree.walk():
+            kind = _WRITE_KINDS.get(type(node))
+            if kind is not None and isinstance(node.parent, exp.When):
+                merge = next(a for a in _ancestors(node) if isinstance(a, exp.Merge))
+                self.actions.append(Action(kind, self._table_of(_unwrap(merge.this)), None))
+            elif kind == "update":
+                cols = frozenset(_column_name(eq.this) for eq in node.expressions)
+                self._target("update", node.this, cols)
+            elif kind == "insert":
+                self._target("insert", node.this, None)
+                conflict = node.args.get("conflict")
+                if conflict is not None and conflict.expressions:
+                    cols = frozenset(_column_name(eq.this) for eq in conflict.expressions)
+                    self.actions.append(Action("update", self.actions[-1].table, cols))
+            elif kind is not None:
+                self._target(kind, node.this, None)
+            elif isinstance(node, exp.Select):
+                self._select_side_effects(node)
+            elif isinstance(node, (exp.Create, exp.Drop, exp.Alter, exp.TruncateTable, exp.Copy,
+                                   exp.Grant, exp.Revoke, exp.Comment, exp.Analyze)):
+                self._ddl(node)
+
+    def _select_side_effects(self, node: exp.Select) -> None:
+        into = node.args.get("into")
+        if into is not None:
+            self._target("create", into.this)
+        for lock in node.args.get("locks") or ():
+            locked = list(lock.expressions) or [t for t in _direct_tables(node)]
+            for table_node in locked:
+                table = self._base_table(table_node) if isinstance(table_node, exp.Table) else None
+                if table is not None:
+                    self.actions.append(Action("update", table, frozenset()))
+
+    def _ddl(self, node: exp.Expr) -> None:
+        if isinstance(node, exp.Copy):
+            self._copy(node)
+        elif isinstance(node, exp.Create):
+            target = node.this
+            if isinstance(target, (exp.UserDefinedFunction, exp.Schema)):
+                target = target.this
+            elif isinstance(target, exp.Index):
+                target = target.args.get("table")
+            self._target("create", target)
+        elif isinstance(node, exp.Drop):
+            for table_node in node.args.get("tables") or [node.this]:
+                self._target("drop", table_node)
+        elif isinstance(node, exp.TruncateTable):
+            for table_node in node.expressions:
+                self._target("truncate", table_node)
+        elif isinstance(node, exp.Alter):
+            self._target("alter", node.this)
+        else:
+            tables = list(node.find_all(exp.Table))
+            for table_node in tables:
+                self._target(_STATEMENT_KINDS[type(node)], table_node)
+            if not tables:
+                self._target(_STATEMENT_KINDS[type(node)], None)
+
+    def _copy(self, node: exp.Copy) -> None:
+        files = node.args.get("files") or []
+        names = {f.this.upper() for f in files if isinstance(f, exp.Identifier) and not f.quoted}
+        if "PROGRAM" in names:
+            kind = "copy_program"
+        elif names & {"STDIN", "STDOUT"} and len(files) == 1:
+            kind = "copy"
+        else:
+            kind = "copy_file"
+        if node.args.get("kind"):  # COPY ... FROM: rows written into the table
+            self._target(kind, node.this)
+            self.actions.append(Action("insert", self.actions[-1].table, self.actions[-1].columns))
+        else:  # COPY ... TO: the table (or query) is read like any other
+            self.actions.append(Action(kind))
+
+    # -- functions -----------------------------------------------------------------------
+
+    def _functions(self) -> Iterator[str]:
+        for node in self.tree.walk():
+            if isinstance(node, exp.Anonymous):
+                yield str(node.this).lower()
+            elif isinstance(node, exp.Func) and not isinstance(node, exp.Column):
+                yield type(node).sql_names()[0].lower() if type(node).sql_names() else type(node).key
+
+    # -- columns -------------------------------------------------------------------------
+
+    def _sources(self, query: exp.Expr) -> dict[str, _Source]:
+        """Names visible as FROM items in `query`, alias -> what it stands for."""
+        sources: dict[str, _Source] = {}
+        for item in _direct_from_items(query):
+            alias_node = item.args.get("alias")
+            alias_cols = tuple(_ident(c) for c in alias_node.columns) if alias_node is not None and alias_node.columns else None
+            alias = _ident(alias_node.this) if alias_node is not None and alias_node.this else None
+            if isinstance(item, exp.Table):
+                if not isinstance(item.this, exp.Identifier):
+                    sources[alias or str(item.this.sql()).lower()] = _Source(columns=alias_cols)
+                    continue
+                name = _ident(item.this)
+                if self._is_cte(item):
+                    sources[alias or name] = _Source(query=_cte_query(item, name), columns=alias_cols)
+                else:
+                    sources[alias or name] = _Source(table=self._table_of(item), columns=alias_cols)
+            elif isinstance(item, exp.Subquery):
+                sources[alias or ""] = _Source(query=item.this, columns=alias_cols)
+            else:
+                sources[alias or ""] = _Source(columns=alias_cols)
+        return sources
+
+    def _resolve(self, column: exp.Column) -> set[ColumnRef]:
+        """The base columns a column reference reads (following CTEs and subqueries)."""
+        name = _column_name(column)
+        qualifier = _ident(column.args.get("table")) if column.args.get("table") else None
+        if column.args.get("db") is not None:
+            qualifier_table = (_ident(column.args["db"]), qualifier)
+            return {(*qualifier_table, name)}
+        for query in _enclosing_queries(column):
+            sources = self._sources(query)
+            if qualifier is not None:
+                if qualifier in sources:
+                    return self._from_source(sources[qualifier], name)
+                by_table = [s for s in sources.values() if s.table and s.table[1] == qualifier]
+                if by_table:
+                    return self._from_source(by_table[0], name)
+                continue
+            candidates = [s for s in sources.values() if self._may_have(s, name)]
+            if candidates:
+                found: set[ColumnRef] = set()
+                for source in candidates:
+                    found |= self._from_source(source, name)
+                return found
+        return set()
+
+    def _may_have(self, source: _Source, name: str) -> bool:
+        if source.columns is not None:
+            return name in source.columns
+        if source.table is not None:
+            known = self._known_columns(source.table)
+            return known is None or name in known
+        if source.query is not None:
+            names = _projection_names(source.query)
+            return names is None or name in names
+        return False
+
+    def _from_source(self, source: _Source, name: str) -> set[ColumnRef]:
+        if source.table is not None:
+            if source.columns is not None and name in source.columns:
+                known = self._known_columns(source.table)
+                if known is None or len(known) <= source.columns.index(name):
+                    return {(*source.table, "*")}
+                name = known[source.columns.index(name)]
+            return {(*source.table, name)}
+        if source.query is not None:
+            return self._projection_sources(source.query, name)
+        return set()
+
+    def _projection_sources(self, query: exp.Expr, name: str) -> set[ColumnRef]:
+        found: set[ColumnRef] = set()
+        for column_name, sources in self._query_columns(query):
+            if column_name in (name, "*"):
+                found |= sources
+        return found
+
+    def _query_columns(self, query: exp.Expr) -> list[tuple[str, set[ColumnRef]]]:
+        """A query's result columns in order, each with the base columns it derives from
+        (every branch of a UNION contributes by position; a recursive CTE's self-reference
+        adds nothing its base branch did not)."""
+        if id(query) in self.visiting:
+            return []
+        self.visiting.add(id(query))
+        try:
+            branches = [self._projections(select) for select in _selects(query)]
+        finally:
+            self.visiting.discard(id(query))
+        columns = branches[0]
+        for branch in branches[1:]:
+            for position, (_, sources) in enumerate(branch[:len(columns)]):
+                columns[position][1].update(sources)
+        return columns
+
+    def _projections(self, select: exp.Expr) -> list[tuple[str, set[ColumnRef]]]:
+        if isinstance(select, (exp.Insert, exp.Update, exp.Delete, exp.Merge)):
+            returning = select.args.get("returning")
+            projections = list(returning.expressions) if returning is not None else []
+        else:
+            projections = list(select.expressions)
+        columns: list[tuple[str, set[ColumnRef]]] = []
+        for projection in projections:
+            if _is_star(projection):
+                columns.extend(self._star_columns(select, projection))
+            else:
+                columns.append((projection.alias_or_name or "?column?", self._expression_sources(projection)))
+        return columns
+
+    def _star_columns(self, select: exp.Expr, star: exp.Expr) -> list[tuple[str, set[ColumnRef]]]:
+        """What `*` or `t.*` expands to; a table the catalog does not know stays one `*`."""
+        qualifier = _ident(star.args.get("table")) if isinstance(star, exp.Column) and star.args.get("table") else None
+        columns: list[tuple[str, set[ColumnRef]]] = []
+        for alias, source in self._sources(select).items():
+            if qualifier is not None and alias != qualifier:
+                continue
+            if source.table is not None:
+                known = self._known_columns(source.table)
+                if known is None:
+                    columns.append(("*", {(*source.table, "*")}))
+                else:
+                    columns.extend((c, {(*source.table, c)}) for c in known)
+            elif source.query is not None:
+                columns.extend(self._query_columns(source.query))
+        return columns
+
+    def _star_sources(self, select: exp.Expr, star: exp.Expr) -> set[ColumnRef]:
+        return {ref for _, sources in self._star_columns(select, star) for ref in sources}
+
+    def _expression_sources(self, node: exp.Expr) -> set[ColumnRef]:
+        found: set[ColumnRef] = set()
+        for column in node.find_all(exp.Column):
+            found |= self._star_sources(_enclosing_queries(column)[0], column) if column.is_star else self._resolve(column)
+        for star in node.find_all(exp.Star):
+            if not isinstance(star.parent, (exp.Column, exp.Count)):
+                found |= self._star_sources(_enclosing_queries(star)[0], star)
+        return found
+
+    def _outputs(self) -> tuple[OutputColumn, ...]:
+        """Result columns of the statement (a query's projections, or DML's RETURNING)."""
+        columns = self._query_columns(self.tree) if not isinstance(self.tree, exp.Values) else []
+        return tuple(OutputColumn(position, name, frozenset(sources))
+                     for position, (name, sources) in enumerate(columns))
+
+    def _record_reads(self, root: exp.Expr) -> None:
+        """Every column reference anywhere adds to the columns read of its base table."""
+        for column in root.find_all(exp.Column):
+            refs = (self._star_sources(_enclosing_queries(column)[0], column) if column.is_star
+                    else self._resolve(column))
+            self._add_reads(refs)
+        for star in root.find_all(exp.Star):
+            if not isinstance(star.parent, (exp.Column, exp.Count)):
+                self._add_reads(self._star_sources(_enclosing_queries(star)[0], star))
+
+    def _add_reads(self, refs: set[ColumnRef]) -> None:
+        for schema, table, column in refs:
+            current = self.reads.setdefault((schema, table), set())
+            if column == "*" or current is None:
+                self.reads[(schema, table)] = None
+            else:
+                current.add(column)
+
+    def _filters(self) -> frozenset[ColumnRef]:
+        """Base columns used anywhere but a result column: WHERE, JOIN, ORDER BY, SET values...
+        A masked column used there would leak through the rows chosen, so the engine refuses."""
+        found: set[ColumnRef] = set()
+        for column in self.tree.find_all(exp.Column):
+            if not _in_projection(column):
+                found |= self._resolve(column)
+        return frozenset(found)
+
+
+def _column_name(node: exp.Expr) -> str:
+    if isinstance(node, exp.Column):
+        return _ident(node.this)
+    if isinstance(node, exp.Identifier):
+        return _ident(node)
+    raise _Unsupported(f"unsupported column expression: {node.sql(dialect=DIALECT)[:60]}")
+
+
+def _is_star(node: exp.Expr) -> bool:
+    return isinstance(node, exp.Star) or (isinstance(node, exp.Column) and node.is_star)
+
+
+def _ancestors(node: exp.Expr) -> Iterator[exp.Expr]:
+    parent = node.parent
+    while parent is not None:
+        yield parent
+        parent = parent.parent
+
+
+def _enclosing_queries(node: exp.Expr) -> list[exp.Expr]:
+    found = [a for a in _ancestors(node) if isinstance(a, _QUERY_NODES)]
+    if not found:
+        raise _Unsupported(f"column outside any query: {node.sql(dialect=DIALECT)[:60]}")
+    return found
+
+
+def _cte_query(node: exp.Table, name: str) -> exp.Expr:
+    for ancestor in _ancestors(node):
+        with_ = ancestor.args.get("with_")
+        if with_ is not None:
+            for cte in with_.expressions:
+                if _ident(cte.args["alias"].this) == name:
+                    return cte.this
+    raise _Unsupported(f"CTE {name} not found")
+
+
+def _direct_from_items(query: exp.Expr) -> list[exp.Expr]:
+    """FROM and JOIN items that belong to `query` itself (for DML also the target)."""
+    items: list[exp.Expr] = []
+    if isinstance(query, (exp.Update, exp.Delete, exp.Merge)) and query.this is not None:
+        items.append(_unwrap(query.this))
+    for key in ("from_", "using"):
+        clause = query.args.get(key)
+        if isinstance(clause, exp.From):
+            items.append(clause.this)
+        elif isinstance(clause, list):
+            items.extend(clause)
+        elif isinstance(clause, exp.Expr):
+            items.append(clause)
+    items.extend(join.this for join in query.args.get("joins") or ())
+    return [i.this if isinstance(i, exp.Lateral) else i for i in items]
+
+
+def _unwrap(node: exp.Expr) -> exp.Expr:
+    return node.this if isinstance(node, exp.Schema) else node
+
+
+def _direct_tables(query: exp.Expr) -> list[exp.Expr]:
+    return [i for i in _direct_from_items(query) if isinstance(i, exp.Table)]
+
+
+def _selects(query: exp.Expr) -> list[exp.Expr]:
+    """The SELECTs whose projections name a query's columns (each branch of a UNION)."""
+    if isinstance(query, exp.SetOperation):
+        return _selects(query.this) + _selects(query.expression)
+    if isinstance(query, exp.Subquery):
+        return _selects(query.this)
+    return [query]
+
+
+def _projection_names(query: exp.Expr) -> tuple[str, ...] | None:
+    selects = _selects(query)
+    first = selects[0]
+    if isinstance(first, (exp.Insert, exp.Update, exp.Delete, exp.Merge)):
+        returning = first.args.get("returning")
+        projections = list(returning.expressions) if returning is not None else []
+    else:
+        projections = list(first.expressions)
+    if any(_is_star(p) for p in projections):
+        return None
+    return tuple(p.alias_or_name for p in projections)
+
+
+def _in_projection(node: exp.Expr) -> bool:
+    """True when a column's value reaches the client only as a result column: it sits in a
+    SELECT list or RETURNING whose query is the statement's result, a FROM-derived table
+    (whose own uses are checked through lineage) or a scalar subquery in such a list."""
+    child = node
+    for parent in _ancestors(node):
+        if isinstance(parent, exp.Returning):
+            return _flows_out(parent.parent)
+        if isinstance(parent, exp.Select):
+            return child.arg_key == "expressions" and _flows_out(parent)
+        if isinstance(parent, _QUERY_NODES):
+            return False
+        child = parent
+    return False
+
+
+def _flows_out(query: exp.Expr) -> bool:
+    parent = query.parent
+    if parent is None:
+        return True
+    if isinstance(parent, exp.SetOperation):
+        return _flows_out(parent)
+    if isinstance(parent, exp.Subquery):
+        holder = parent.parent
+        if isinstance(holder, (exp.From, exp.Join)):
+            return True
+        return _in_projection(parent)
+    if isinstance(parent, exp.CTE):
+        return True
+    return False
