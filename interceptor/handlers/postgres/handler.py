@@ -145,10 +145,15 @@ class _CancelTarget:
     agent: str
 
 
+def resource_option(resource: Any, name: str) -> Any:
+    """A protocol option of the resource (`options:` in the policy), None when absent."""
+    return (getattr(resource, "options", None) or {}).get(name)
+
+
 def upstream_tls(resource: Any) -> tuple[ssl.SSLContext | None, str | None]:
-    """TLS to the server when the resource asks: `tls: {ca: path, server_name: ...}` verifies
-    against that CA, `tls: true` against the system store; never unverified."""
-    tls = getattr(resource, "tls", None)
+    """TLS to the server when the resource's options ask: `tls: {ca: path, server_name: ...}`
+    verifies against that CA, `tls: true` against the system store; never unverified."""
+    tls = resource_option(resource, "tls")
     if not tls:
         return None, None
     options = tls if isinstance(tls, Mapping) else {}
@@ -223,7 +228,7 @@ class PostgresHandler:
                 credentials = await services.credentials()
             except Exception as exc:  # any secrets failure refuses the login
                 raise Refused("28000", f"credentials for resource {flow.resource!r} are unavailable: {exc}") from None
-            patterns = getattr(services.resource, "databases", None)
+            patterns = resource_option(services.resource, "databases")
             if not database_allowed(startup.database, tuple(patterns) if patterns else None,
                                     credentials.get("database")):
                 raise Refused("42501", f"database {startup.database!r} is not allowed for agent {flow.agent!r} "

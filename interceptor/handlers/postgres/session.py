@@ -200,6 +200,7 @@ class _Stream:
         self.pos = 0
         self.out = 0
         self.skip = 0
+        self.start = 0  # where the frame last returned by next() begins
         self.pieces: list[bytes | memoryview] = []
 
     def feed(self, data: bytes) -> None:
@@ -233,8 +234,8 @@ class _Stream:
                                         f"limit of {self.limit}")
             if end > size:
                 return None
-            start, self.pos = self.pos, end
-            return kind, start, end
+            self.start, self.pos = self.pos, end
+            return kind, self.start, end
 
     def at_boundary(self) -> bool:
         return self.skip == 0
@@ -451,7 +452,10 @@ class ProxySession:
             return self._fatal(out, stream, "08P01", f"upstream: {exc}")
         except ValueError as exc:  # a value that cannot be masked safely: never forward it
             return self._fatal(out, stream, "42501", f"result withheld: {exc}")
-        _send(out, CLIENT, stream.take())
+        pieces = stream.take()
+        if self._to_client and stream.at_boundary():
+            pieces += self._take_inserts()
+        _send(out, CLIENT, pieces)
         return out
 
     def _server_frame(self, frame: tuple[int, int, int], out: list[Command]) -> None:
@@ -596,7 +600,7 @@ class ProxySession:
     def _fatal(self, out: list[Command], stream: _Stream, code: str, message: str) -> list[Command]:
         """Bad input: tell the client why (at a frame boundary when possible) and close."""
         self.closed = True
-        pieces = self._server.take() if stream is self._server else []
+        pieces = self._server.cut(self._server.start) if stream is self._server else []
         if self._server.at_boundary():
             pieces = pieces + [codec.error_response(code, message, severity="FATAL")]
         _send(out, CLIENT, pieces)

@@ -1,0 +1,304 @@
+"""ProxySession driven directly: client and server bytes in, commands out."""
+
+import pytest
+
+from interceptor.decision import ApprovalSpec, Decision, MaskSpec, Verdict
+from interceptor.handlers.postgres import codec
+from interceptor.handlers.postgres.codec import INT16, INT32
+from interceptor.handlers.postgres.session import (
+    Audit,
+    Close,
+    Hold,
+    ProxySession,
+    Refused,
+    ResolveTables,
+    Send,
+    accept_startup,
+    database_allowed,
+    redact_literals,
+)
+
+NONCE = "n0nce"
+SENTINEL = f"interceptor_denied_{NONCE}"
+
+
+def decide(text: str) -> Decision:
+    """A small real policy: no DROP, approval for DELETE, mask users, everything else allowed."""
+    lowered = text.lower()
+    if "drop" in lowered:
+        return Decision.deny("no-drop", "DROP is never allowed")
+    if "delete" in lowered:
+        return Decision(Verdict.APPROVE, "prod-deletes", "deletes need a DBA", approval=ApprovalSpec(("dba",)))
+    if "users" in lowered:
+        return Decision(Verdict.ALLOW, "masked-users", masks=(MaskSpec(columns=("public.users.email",)),))
+    return Decision(Verdict.ALLOW, "reads")
+
+
+def session(**kwargs) -> ProxySession:
+    return ProxySession(judge=decide, database="app", nonce=NONCE, clock=lambda: 100.0, **kwargs)
+
+
+def sent(commands, to: str) -> bytes:
+    return b"".join(bytes(piece) for c in commands if isinstance(c, Send) and c.to == to for piece in c.data)
+
+
+def audits(commands) -> list[Audit]:
+    return [c for c in commands if isinstance(c, Audit)]
+
+
+def frames(data: bytes) -> list[tuple[bytes, bytes]]:
+    out, pos = [], 0
+    while pos < len(data):
+        length = INT32.unpack_from(data, pos + 1)[0]
+        out.append((data[pos:pos + 1], data[pos + 5:pos + 1 + length]))
+        pos += 1 + length
+    return out
+
+
+def msg(kind: bytes, body: bytes = b"") -> bytes:
+    return codec.message(kind, body)
+
+
+def syntax_error(token: str) -> bytes:
+    return codec.error_response("42601", f'syntax error at or near "{token}"')
+
+
+def data_row(*values: bytes) -> bytes:
+    return msg(b"D", INT16.pack(len(values)) + b"".join(INT32.pack(len(v)) + v for v in values))
+
+
+def row_description(*columns: tuple[str, int, int]) -> bytes:
+    body = INT16.pack(len(columns))
+    for name, table, attnum in columns:
+        body += name.encode() + b"\0" + INT32.pack(table) + INT16.pack(attnum) + INT32.pack(25) + INT16.pack(-1) \
+            + INT32.pack(-1) + INT16.pack(0)
+    return msg(b"T", body)
+
+
+def extended(name: str, sql: str) -> bytes:
+    bind = msg(b"B", b"\0" + name.encode() + b"\0" + INT16.pack(0) + INT16.pack(0) + INT16.pack(0))
+    return codec.parse(name, sql) + bind + msg(b"D", b"P\0") + msg(b"E", b"\0" + INT32.pack(0)) + msg(b"S")
+
+
+def test_allowed_query_is_forwarded_unchanged_and_audited_before_ready_for_query():
+    s = session()
+    assert sent(s.from_client(codec.query("SELECT 1")), "server") == codec.query("SELECT 1")
+    reply = row_description(("x", 0, 0)) + data_row(b"1") + msg(b"C", b"SELECT 1\0") + codec.ready_for_query(b"I")
+    commands = s.from_server(reply)
+    assert sent(commands, "client") == reply
+    audit_at = next(i for i, c in enumerate(commands) if isinstance(c, Audit))
+    assert sent(commands[audit_at + 1:], "client") == codec.ready_for_query(b"I")
+    [record] = audits(commands)
+    assert record.decision.rule == "reads"
+    assert record.operation == {"protocol": "postgres", "database": "app", "via": "simple", "statement": "SELECT ?"}
+    assert record.outcome["rows"] == 1 and record.outcome["command"] == "SELECT 1"
+
+
+def test_denied_query_sends_the_sentinel_and_rewrites_its_error():
+    s = session()
+    upstream = sent(s.from_client(codec.query("DROP TABLE t")), "server")
+    assert upstream == codec.query(SENTINEL)
+    commands = s.from_server(syntax_error(SENTINEL) + codec.ready_for_query(b"E"))
+    [(kind, body), ready] = frames(sent(commands, "client"))
+    fields = codec.read_fields(body)
+    assert kind == b"E" and fields["C"] == "42501" and "'no-drop'" in fields["M"]
+    assert ready == (b"Z", b"E")  # status exactly as the server reports it
+    [record] = audits(commands)
+    assert record.decision.verdict is Verdict.DENY and "DROP is never allowed" in record.outcome["error"]
+    assert s.status == b"E"
+
+
+def test_real_errors_are_not_rewritten():
+    s = session()
+    s.from_client(codec.query("DROP TABLE t"))
+    other = syntax_error("DROPP")
+    assert frames(sent(s.from_server(other + codec.ready_for_query(b"I")), "client"))[0] == (b"E", other[5:])
+
+
+def test_extended_pipeline_denial_skips_to_sync_with_one_ready_for_query():
+    s = session()
+    client = extended("", "SELECT 1") + extended("s2", "DROP TABLE t") + extended("", "SELECT 2")
+    upstream = frames(sent(s.from_client(client), "server"))
+    parses = [codec.read_parse(body) for kind, body in upstream if kind == b"P"]
+    assert parses == [codec.Parse("", "SELECT 1"), codec.Parse("s2", SENTINEL), codec.Parse("", "SELECT 2")]
+    assert [k for k, _ in upstream].count(b"S") == 3
+    server = (msg(b"1") + msg(b"2") + msg(b"n") + data_row(b"1") + msg(b"C", b"SELECT 1\0")
+              + codec.ready_for_query(b"I")
+              + syntax_error(SENTINEL) + codec.ready_for_query(b"I")
+              + msg(b"1") + msg(b"2") + msg(b"n") + data_row(b"2") + msg(b"C", b"SELECT 1\0")
+              + codec.ready_for_query(b"I"))
+    commands = s.from_server(server)
+    to_client = frames(sent(commands, "client"))
+    errors = [codec.read_fields(body) for kind, body in to_client if kind == b"E"]
+    assert [e["C"] for e in errors] == ["42501"]
+    assert [k for k, _ in to_client].count(b"Z") == 3
+    assert [(a.operation["statement"], a.decision.rule) for a in audits(commands)] == [
+        ("SELECT ?", "reads"), ("DROP TABLE t", "no-drop"), ("SELECT ?", "reads")]
+
+
+def test_denial_inside_a_pipeline_after_a_real_error_keeps_the_real_error():
+    s = session()
+    s.from_client(extended("", "SELECT nope") + extended("", "DROP TABLE t"))
+    server = syntax_error("nope") + codec.ready_for_query(b"I") + syntax_error(SENTINEL) + codec.ready_for_query(b"I")
+    commands = s.from_server(server)
+    codes = [codec.read_fields(b)["C"] for k, b in frames(sent(commands, "client")) if k == b"E"]
+    assert codes == ["42601", "42501"]
+    assert [a.outcome["error"] is not None for a in audits(commands)] == [True]
+
+
+def test_approval_holds_the_statement_and_later_bytes_until_answered():
+    s = session()
+    commands = s.from_client(codec.query("SELECT 1") + codec.query("DELETE FROM t") + codec.query("SELECT 2"))
+    assert sent(commands, "server") == codec.query("SELECT 1")
+    [hold] = [c for c in commands if isinstance(c, Hold)]
+    assert hold.text == "DELETE FROM t" and hold.decision.verdict is Verdict.APPROVE
+    assert s.from_client(b"") == []  # still held
+    notice = frames(sent(s.waiting_notice("ABCD1234", 300), "client"))
+    assert notice[0][0] == b"N" and "ABCD1234" in codec.read_fields(notice[0][1])["M"]
+    resumed = s.approval(True, "ABCD1234", "ok", "bob")
+    assert sent(resumed, "server") == codec.query("DELETE FROM t") + codec.query("SELECT 2")
+
+
+def test_rejected_approval_becomes_a_denial():
+    s = session()
+    s.from_client(codec.query("DELETE FROM t"))
+    assert sent(s.approval(False, "ABCD1234", "expired"), "server") == codec.query(SENTINEL)
+    commands = s.from_server(syntax_error(SENTINEL) + codec.ready_for_query(b"I"))
+    [record] = audits(commands)
+    assert record.outcome["approval"] == {"approved": False, "request_id": "ABCD1234", "approver": None,
+                                          "reason": "expired"}
+    assert "expired" in codec.read_fields(frames(sent(commands, "client"))[0][1])["M"]
+
+
+def test_notice_waits_for_a_server_frame_boundary():
+    s = session()
+    s.from_client(codec.query("SELECT 1") + codec.query("DELETE FROM t"))
+    row = data_row(b"x" * 1000)
+    first = s.from_server(row_description(("x", 0, 0)) + row[:500])
+    assert s.waiting_notice("R1", 60) == []  # mid-DataRow: inserting now would corrupt the stream
+    rest = s.from_server(row[500:])
+    stream = sent(first, "client") + sent(rest, "client")
+    kinds = [k for k, _ in frames(stream)]
+    assert kinds == [b"T", b"D", b"N"]
+
+
+def test_large_rows_stream_in_pieces_without_buffering():
+    s = session()
+    s.from_client(codec.query("SELECT big"))
+    row = data_row(b"y" * 1_000_000)
+    forwarded = b""
+    for i in range(0, len(row), 65536):
+        forwarded += sent(s.from_server(row[i:i + 65536]), "client")
+        assert len(s._server.data) <= 65536  # only the latest chunk is held
+    assert forwarded == row
+
+
+def test_masked_columns_resolve_tables_then_rewrite_rows():
+    calls = []
+
+    def factory(specs, columns, names):
+        calls.append(names)
+        index = names.index("public.users.email")
+        return lambda body: body.tobytes().replace(b"alice@example.com", b"****").replace(
+            INT32.pack(17) + b"****", INT32.pack(4) + b"****") if index == 1 else None
+
+    s = session(mask_factory=factory)
+    s.from_client(codec.query("SELECT id, email FROM users"))
+    head = row_description(("id", 16400, 1), ("email", 16400, 2))
+    commands = s.from_server(head + data_row(b"1", b"alice@example.com"))
+    assert commands == [ResolveTables((16400,))]
+    resumed = s.learn_tables({16400: {1: "public.users.id", 2: "public.users.email"}})
+    resumed += s.from_server(msg(b"C", b"SELECT 1\0") + codec.ready_for_query(b"I"))
+    assert calls == [("public.users.id", "public.users.email")]
+    out = sent(resumed, "client")
+    assert b"alice" not in out and frames(out)[1] == (b"D", data_row(b"1", b"****")[5:])
+
+
+def test_masking_failure_withholds_the_row_and_closes():
+    def factory(specs, columns, names):
+        def refuse(body):
+            raise ValueError("cannot mask binary int")
+        return refuse
+
+    s = session(mask_factory=factory)
+    s.from_client(codec.query("SELECT * FROM users"))
+    s.from_server(row_description(("email", 0, 0)))
+    commands = s.from_server(data_row(b"secret@example.com"))
+    out = sent(commands, "client")
+    assert b"secret" not in out and "result withheld" in codec.read_fields(frames(out)[0][1])["M"]
+    assert isinstance(commands[-1], Close)
+
+
+def test_masks_without_a_masker_fail_closed():
+    s = session()
+    s.from_client(codec.query("SELECT * FROM users"))
+    s.from_server(row_description(("email", 0, 0)))
+    commands = s.from_server(data_row(b"secret@example.com"))
+    assert b"secret" not in sent(commands, "client") and isinstance(commands[-1], Close)
+
+
+@pytest.mark.parametrize("data, problem", [
+    (b"Y" + INT32.pack(4), "invalid frontend message type 'Y'"),
+    (b"Q" + INT32.pack(0), "invalid length 0"),
+    (b"Q" + INT32.pack(2**31 - 1), "invalid length"),
+    (codec.query("SELECT '\udcff'".encode("utf-8", "surrogateescape").decode("latin-1")), None),
+    (b"Q" + INT32.pack(12) + b"SELECT\xff\0", "not valid UTF-8"),
+])
+def test_bad_client_input_gets_an_error_and_a_close(data, problem):
+    s = session()
+    commands = s.from_client(data)
+    if problem is None:  # latin-1 round trip above is valid UTF-8 text: forwarded
+        assert sent(commands, "server") == data
+        return
+    [(kind, body)] = frames(sent(commands, "client"))
+    assert kind == b"E" and problem in codec.read_fields(body)["M"]
+    assert codec.read_fields(body)["S"] == "FATAL" and isinstance(commands[-1], Close)
+    assert sent(commands, "server") == b""
+
+
+def test_fastpath_function_call_is_denied_through_the_server():
+    s = session()
+    assert sent(s.from_client(msg(b"F", INT32.pack(764) + INT16.pack(0))), "server") == codec.query(SENTINEL)
+
+
+def test_policy_failure_denies():
+    s = ProxySession(judge=lambda text: 1 / 0, database="app", nonce=NONCE)
+    assert sent(s.from_client(codec.query("SELECT 1")), "server") == codec.query(SENTINEL)
+
+
+def test_copy_data_from_the_client_streams():
+    s = session()
+    s.from_client(codec.query("COPY t FROM STDIN"))
+    chunk = msg(b"d", b"z" * 200_000)
+    out = sent(s.from_client(chunk[:70_000]), "server") + sent(s.from_client(chunk[70_000:]), "server")
+    assert out == chunk
+
+
+def test_terminate_is_forwarded_and_closes():
+    commands = session().from_client(msg(b"X"))
+    assert sent(commands, "server") == msg(b"X") and isinstance(commands[-1], Close)
+
+
+def test_startup_checks():
+    ok = accept_startup(codec.StartupPacket(codec.PROTOCOL_3_2, {"user": "a", "application_name": "x"}))
+    assert (ok.user, ok.database, ok.params, ok.minor, ok.greeting) == ("a", "a", {"application_name": "x"}, 2, b"")
+    newer = accept_startup(codec.StartupPacket((3 << 16) | 5, {"user": "a", "_pq_.thing": "1"}))
+    assert newer.greeting == codec.negotiate_protocol_version(2, ["_pq_.thing"]) and newer.minor == 2
+    with pytest.raises(Refused, match="no PostgreSQL user name"):
+        accept_startup(codec.StartupPacket(codec.PROTOCOL_3_0, {"database": "app"}))
+    with pytest.raises(Refused, match="replication"):
+        accept_startup(codec.StartupPacket(codec.PROTOCOL_3_0, {"user": "a", "replication": "database"}))
+    with pytest.raises(Refused, match="options"):
+        accept_startup(codec.StartupPacket(codec.PROTOCOL_3_0, {"user": "a", "options": "-c role=x"}))
+
+
+def test_database_allowance():
+    assert database_allowed("app", ("app", "reports_*"), None)
+    assert database_allowed("reports_2024", ("app", "reports_*"), "app")
+    assert not database_allowed("postgres", ("app",), None)
+    assert database_allowed("app", None, "app") and not database_allowed("other", None, "app")
+
+
+def test_literals_are_redacted_for_audit():
+    assert redact_literals("SELECT * FROM t1 WHERE a = 'x''y' AND b = 42 AND c = $$z$$ AND d = 1.5e3") == \
+        "SELECT * FROM t1 WHERE a = ? AND b = ? AND c = ? AND d = ?"
