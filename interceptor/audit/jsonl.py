@@ -8,7 +8,6 @@ acknowledged) is cut off when the file is reopened.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import logging
@@ -19,7 +18,7 @@ from typing import Any
 
 from interceptor.audit.chain import Head, Record, canonical_json
 from interceptor.audit.query import Query, matches
-from interceptor.audit.sink import Chunk
+from interceptor.audit.sink import Chunk, SerialThread
 
 log = logging.getLogger("interceptor.audit")
 
@@ -68,6 +67,7 @@ class JsonlBackend:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._fd: int | None = None
+        self._thread = SerialThread()
 
     def _open(self) -> int:
         if self._fd is None:
@@ -98,16 +98,19 @@ class JsonlBackend:
             raise OSError(f"short write to {self.path}: {written} of {len(data)} bytes")
         os.fsync(fd)
 
-    async def recover(self, chain_id: str, event_ids: list[str]) -> tuple[Head, set[str]]:
-        return await asyncio.to_thread(self._recover, chain_id, event_ids)
-
-    async def append(self, records: list[Record], chunks: list[Chunk], head: Head) -> None:
-        await asyncio.to_thread(self._append, records, chunks)
-
-    async def close(self) -> None:
+    def _close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+    async def recover(self, chain_id: str, event_ids: list[str]) -> tuple[Head, set[str]]:
+        return await self._thread.call(self._recover, chain_id, event_ids)
+
+    async def append(self, records: list[Record], chunks: list[Chunk], head: Head) -> None:
+        await self._thread.call(self._append, records, chunks)
+
+    async def close(self) -> None:
+        await self._thread.call(self._close)
 
 
 class JsonlReader:

@@ -12,12 +12,16 @@ works again, so every operation is denied rather than left unrecorded.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import socket
 import time
 from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from interceptor.audit.chain import Head, Record, link, normalize
 from interceptor.audit.event import AuditEvent, AuditUnavailable
@@ -49,6 +53,20 @@ class Backend(Protocol):
         """Store records, chunks and the new head atomically and durably."""
 
     async def close(self) -> None: ...
+
+
+T = TypeVar("T")
+
+
+class SerialThread:
+    """One worker thread for a blocking store: calls (close included) never overlap, so a
+    connection or file descriptor is never closed under a write still in flight."""
+
+    def __init__(self) -> None:
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="audit-store")
+
+    async def call(self, function: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(function, *args))
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +155,7 @@ class ChainedSink:
         self._wake.set()
 
     def stats(self) -> dict[str, Any]:
+        """For metrics: queue_depth is the backlog not yet durable; failed counts records in failed commits."""
         return {"durability": self.options.durability, "chain_id": self.options.chain_id,
                 "queue_depth": len(self._queue), "written": self._written, "failed": self._failed,
                 "groups": self._groups, "last_write_latency_ms": round(self._latency_ms, 3),
@@ -174,7 +193,9 @@ class ChainedSink:
             if not self.strict and not self._closing and self._failing is None:
                 await asyncio.sleep(self.options.batch_ms / 1000)
             if not await self._commit(list(self._queue)[: self.options.max_batch]):
-                await asyncio.sleep(self.options.retry_ms / 1000)
+                self._wake.clear()  # retry after retry_ms, or at once when closing or a probe arrives
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.options.retry_ms / 1000)
 
     async def _commit(self, group: list[_Item]) -> bool:
         """Append one group; on failure fail its strict writers and keep the rest queued."""

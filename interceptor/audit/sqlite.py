@@ -8,13 +8,12 @@ operations instead of filling the disk the host needs.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sqlite3
 from pathlib import Path
 
 from interceptor.audit.chain import Head, Record
-from interceptor.audit.sink import Chunk
+from interceptor.audit.sink import Chunk, SerialThread
 from interceptor.audit.sql import SQLITE, SqlReader, chunk_rows, record_rows
 
 
@@ -47,6 +46,7 @@ class SqliteBackend:
         self.durability = durability
         self.max_mb = max_mb
         self._conn: sqlite3.Connection | None = None
+        self._thread = SerialThread()
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -74,16 +74,19 @@ class SqliteBackend:
                 conn.execute("ROLLBACK")
             raise
 
-    async def recover(self, chain_id: str, event_ids: list[str]) -> tuple[Head, set[str]]:
-        return await asyncio.to_thread(self._recover, chain_id, event_ids)
-
-    async def append(self, records: list[Record], chunks: list[Chunk], head: Head) -> None:
-        await asyncio.to_thread(self._append, records, chunks, head)
-
-    async def close(self) -> None:
+    def _close(self) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+    async def recover(self, chain_id: str, event_ids: list[str]) -> tuple[Head, set[str]]:
+        return await self._thread.call(self._recover, chain_id, event_ids)
+
+    async def append(self, records: list[Record], chunks: list[Chunk], head: Head) -> None:
+        await self._thread.call(self._append, records, chunks, head)
+
+    async def close(self) -> None:
+        await self._thread.call(self._close)
 
 
 def open_reader(path: str | Path) -> SqlReader:

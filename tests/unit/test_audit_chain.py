@@ -1,0 +1,102 @@
+"""The hash chain, driven directly: link events, tamper with records, verify names the damage."""
+
+from dataclasses import replace
+
+import pytest
+
+from interceptor.audit.chain import (GENESIS, Head, Problem, canonical_json, link, normalize, record_hash,
+                                     verify_records)
+
+
+def _chain(count: int, chain_id: str = "host-a", head: Head = Head()):
+    events = [normalize({"kind": "statement", "event_id": f"{chain_id}-{n}", "n": n}) for n in range(count)]
+    return link(head, chain_id, events)
+
+
+def test_linked_records_cover_their_predecessor():
+    records, head = _chain(3)
+    assert [r.seq for r in records] == [1, 2, 3]
+    assert records[0].prev_hash == GENESIS
+    assert records[1].prev_hash == records[0].hash and records[2].prev_hash == records[1].hash
+    assert head == Head(3, records[2].hash)
+    assert records[0].hash == record_hash(GENESIS, "host-a", 1, records[0].event)
+
+
+def test_intact_chains_verify():
+    a, head_a = _chain(5, "host-a")
+    b, head_b = _chain(4, "host-b")
+    interleaved = [a[0], b[0], a[1], a[2], b[1], b[2], a[3], b[3], a[4]]
+    result = verify_records(interleaved, {"host-a": head_a, "host-b": head_b})
+    assert result.ok and result.records_checked == 9 and result.chains == 2
+
+
+def test_empty_store_verifies():
+    assert verify_records([], {}).ok
+
+
+def test_edited_record_is_named():
+    records, head = _chain(5)
+    records[2] = replace(records[2], event={**records[2].event, "n": 99})
+    result = verify_records(records, {"host-a": head})
+    assert (result.ok, result.problem, result.first_bad, result.event_id) == (False, Problem.EDITED, 3, "host-a-2")
+
+
+def test_edit_with_recomputed_hash_is_named_by_its_successor():
+    records, head = _chain(5)
+    forged = {**records[1].event, "n": 42}
+    records[1] = replace(records[1], event=forged, hash=record_hash(records[1].prev_hash, "host-a", 2, forged))
+    result = verify_records(records, {"host-a": head})
+    assert (result.problem, result.first_bad, result.event_id) == (Problem.EDITED, 2, "host-a-1")
+
+
+def test_deleted_record_is_named():
+    records, head = _chain(6)
+    del records[3]
+    result = verify_records(records, {"host-a": head})
+    assert (result.problem, result.first_bad) == (Problem.DELETED, 4)
+    assert "seq 5" in result.detail
+
+
+def test_deleted_tail_is_caught_by_the_head():
+    records, head = _chain(6)
+    assert verify_records(records[:4]).ok  # without a head a shorter chain looks whole
+    result = verify_records(records[:4], {"host-a": head})
+    assert (result.problem, result.first_bad) == (Problem.DELETED, 5)
+
+
+def test_whole_chain_deleted_is_caught_by_the_head():
+    _, head = _chain(3)
+    result = verify_records([], {"host-a": head})
+    assert (result.ok, result.problem, result.chain_id) == (False, Problem.DELETED, "host-a")
+
+
+def test_swapped_records_are_reordered():
+    records, head = _chain(6)
+    records[2], records[3] = records[3], records[2]
+    result = verify_records(records, {"host-a": head})
+    assert (result.problem, result.first_bad, result.event_id) == (Problem.REORDERED, 4, "host-a-3")
+
+
+def test_record_moved_to_the_end_is_reordered():
+    records, head = _chain(6)
+    records.append(records.pop(1))
+    result = verify_records(records, {"host-a": head})
+    assert result.problem is Problem.REORDERED
+
+
+def test_chain_continues_from_a_head():
+    first, head = _chain(3)
+    more, head = _chain(2, head=head)
+    assert [r.seq for r in more] == [4, 5]
+    assert verify_records(first + more, {"host-a": head}).ok
+
+
+def test_normalize_makes_values_round_trip():
+    value = normalize({"groups": frozenset({"b", "a"}), "raw": b"\x00ok", "nested": {"t": (1, 2)}})
+    assert value == {"groups": ["a", "b"], "raw": "\x00ok", "nested": {"t": [1, 2]}}
+    assert canonical_json({"b": 1, "a": "é"}) == '{"a":"é","b":1}'
+
+
+def test_non_finite_numbers_are_refused_clearly():
+    with pytest.raises(ValueError, match="not representable as JSON"):
+        normalize({"latency": float("nan")})

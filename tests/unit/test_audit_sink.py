@@ -1,0 +1,215 @@
+"""The group-commit sink over real SQLite and JSONL stores: durability modes, failure, masking."""
+
+import asyncio
+import sqlite3
+
+import pytest
+
+from interceptor.audit import AuditEvent, AuditUnavailable, Query, open_sink, open_store, verify
+
+
+def _event(n: int, **fields) -> AuditEvent:
+    return AuditEvent(kind="statement", agent="bot", decision="allow", resource="orders-db",
+                      identity={"subject": "alice@example.com"}, operation={"sql": f"SELECT {n}"}, **fields)
+
+
+def _settings(tmp_path, store: str, **extra) -> dict:
+    path = tmp_path / ("audit.jsonl" if store == "jsonl" else "audit.db")
+    return {"store": store, "path": str(path), "chain_id": "host-a", **extra}
+
+
+@pytest.mark.parametrize("store", ["sqlite", "jsonl"])
+def test_strict_writes_are_stored_chained_and_grouped(tmp_path, store):
+    settings = _settings(tmp_path, store)
+
+    async def run():
+        sink = open_sink(settings)
+        events = [_event(n) for n in range(200)]
+        await asyncio.gather(*(sink.write(event) for event in events))
+        stats = sink.stats()
+        await sink.close()
+        return events, stats
+
+    events, stats = asyncio.run(run())
+    assert stats["written"] == 200 and stats["queue_depth"] == 0 and stats["failing"] is None
+    assert stats["groups"] < 200  # concurrent writers shared commits
+    reader = open_store(settings["path"])
+    stored = reader.search(Query())
+    assert [r.event_id for _, r in stored] == [e.event_id for e in events]
+    assert [r.seq for _, r in stored] == list(range(1, 201))
+    assert verify(reader).ok
+
+
+@pytest.mark.parametrize("store", ["sqlite", "jsonl"])
+def test_a_reopened_sink_continues_its_chain(tmp_path, store):
+    settings = _settings(tmp_path, store)
+
+    async def session(n: int):
+        sink = open_sink(settings)
+        for i in range(n):
+            await sink.write(_event(i))
+        await sink.close()
+
+    asyncio.run(session(3))
+    asyncio.run(session(2))
+    reader = open_store(settings["path"])
+    assert [r.seq for _, r in reader.records()] == [1, 2, 3, 4, 5]
+    assert verify(reader).records_checked == 5 and verify(reader).ok
+
+
+def test_batched_write_returns_once_queued_and_close_flushes(tmp_path):
+    settings = _settings(tmp_path, "sqlite", durability="batched", batch_ms=10_000)
+
+    async def run():
+        sink = open_sink(settings)
+        await sink.write(_event(1))
+        queued = sink.stats()["queue_depth"]
+        await sink.close()
+        return queued, sink.stats()
+
+    queued, after = asyncio.run(run())
+    assert queued == 1
+    assert after["written"] == 1 and after["queue_depth"] == 0
+    assert len(open_store(settings["path"]).search(Query())) == 1
+
+
+def test_full_store_fails_closed_and_keeps_what_was_written(tmp_path):
+    settings = _settings(tmp_path, "sqlite", max_mb=1, retry_ms=60_000)
+    big = "x" * 20_000
+
+    async def run():
+        sink = open_sink(settings)
+        written = []
+        with pytest.raises(AuditUnavailable, match="full") as refused:
+            for n in range(1000):
+                event = _event(n, reason=big + str(n))
+                await sink.write(event)
+                written.append(event.event_id)
+        with pytest.raises(AuditUnavailable, match="failing"):
+            await sink.write(_event(-1))  # refused at once while the store is failing
+        stats = sink.stats()
+        await sink.close()
+        return written, stats, refused.value
+
+    written, stats, refused = asyncio.run(run())
+    assert written and stats["failed"] >= 1 and "full" in stats["failing"]
+    assert "not written" in str(refused)
+    reader = open_store(settings["path"])
+    assert [r.event_id for _, r in reader.records()] == written
+    assert verify(reader).ok
+
+
+async def _until(condition, what: str) -> None:
+    """Wait (bounded) for the writer task to reach a state; fail naming it otherwise."""
+    for _ in range(1000):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"audit writer never reached: {what}")
+
+
+def test_batched_backlog_is_kept_and_written_when_the_store_recovers(tmp_path):
+    settings = _settings(tmp_path, "sqlite", durability="batched", batch_ms=0, max_mb=1, retry_ms=20)
+
+    async def run():
+        sink = open_sink(settings)
+        accepted = [_event(n, reason="y" * 20_000 + str(n)) for n in range(100)]  # 2 MB for a 1 MB store
+        for event in accepted:
+            await sink.write(event)
+        await _until(lambda: sink.stats()["failing"], "store failing")
+        with pytest.raises(AuditUnavailable, match="full"):
+            await sink.write(_event(-1))
+        failing = sink.stats()
+        await sink.backend.close()
+        sink.backend.max_mb = 100  # the operator made room; the writer's retry reopens the store
+        await _until(lambda: sink.stats()["queue_depth"] == 0, "backlog written")
+        await sink.close()
+        return [e.event_id for e in accepted], failing, sink.stats()
+
+    accepted, failing, after = asyncio.run(run())
+    assert failing["queue_depth"] >= 1
+    assert after["failing"] is None and after["written"] == 100
+    reader = open_store(settings["path"])
+    assert [r.event_id for _, r in reader.records()] == accepted
+    assert verify(reader).ok
+
+
+def test_secrets_are_masked_before_they_are_stored(tmp_path):
+    settings = _settings(tmp_path, "sqlite")
+
+    async def run():
+        sink = open_sink(settings)
+        await sink.write(AuditEvent(kind="statement", operation={"sql": "CREATE ROLE x PASSWORD 'hunter2'"},
+                                    outcome={"password": "hunter2"}))
+        await sink.close()
+
+    asyncio.run(run())
+    raw = (tmp_path / "audit.db").read_bytes() + (tmp_path / "audit.db-wal").read_bytes() \
+        if (tmp_path / "audit.db-wal").exists() else (tmp_path / "audit.db").read_bytes()
+    assert b"hunter2" not in raw
+    event = open_store(settings["path"]).search(Query())[0][1].event
+    assert event["operation"]["sql"] == "CREATE ROLE x PASSWORD '[REDACTED]'"
+
+
+def test_unrepresentable_event_is_refused_not_crashed(tmp_path):
+    async def run():
+        sink = open_sink(_settings(tmp_path, "sqlite"))
+        try:
+            await sink.write(AuditEvent(kind="statement", outcome={"ms": float("inf")}))
+        finally:
+            await sink.close()
+
+    with pytest.raises(AuditUnavailable, match="not representable"):
+        asyncio.run(run())
+
+
+def test_session_bytes_are_stored_per_flow(tmp_path):
+    settings = _settings(tmp_path, "sqlite", capture=True)
+
+    async def run():
+        sink = open_sink(settings)
+        assert sink.capture
+        await sink.write_session_bytes("flow-1", "up", b"Q\x00", ts=1.0)
+        await sink.write_session_bytes("flow-2", "up", b"other", ts=1.5)
+        await sink.write_session_bytes("flow-1", "down", b"T\x01", ts=2.0)
+        with pytest.raises(ValueError, match="direction"):
+            await sink.write_session_bytes("flow-1", "sideways", b"")
+        await sink.close()
+
+    asyncio.run(run())
+    chunks = open_store(settings["path"]).chunks("flow-1")
+    assert [(c.direction, c.ts, c.data) for c in chunks] == [("up", 1.0, b"Q\x00"), ("down", 2.0, b"T\x01")]
+
+
+def test_derived_columns_cannot_be_edited_apart_from_the_event(tmp_path):
+    settings = _settings(tmp_path, "sqlite")
+
+    async def run():
+        sink = open_sink(settings)
+        await sink.write(_event(1))
+        await sink.close()
+
+    asyncio.run(run())
+    with sqlite3.connect(settings["path"]) as conn, pytest.raises(sqlite3.OperationalError, match="generated"):
+        conn.execute("UPDATE audit_records SET decision = 'deny'")
+
+
+@pytest.mark.parametrize("settings, problem", [
+    ({"store": "mysql"}, "store must be one of"),
+    ({"store": "sqlite", "durability": "eventually"}, "durability must be strict or batched"),
+    ({"store": "sqlite", "batch_ms": -5}, "batch_ms must be a positive integer"),
+    ({"store": "sqlite", "dsn": "x"}, "unknown audit settings for store sqlite: dsn"),
+    ({"store": "postgres"}, "needs a dsn"),
+    ({"store": "jsonl"}, "needs a path"),
+    ({"store": "sqlite", "capture": "yes"}, "capture must be true or false"),
+])
+def test_bad_settings_are_named(settings, problem):
+    with pytest.raises(ValueError, match=problem):
+        open_sink(settings)
+
+
+def test_chain_id_defaults_to_the_hostname_and_accepts_host_id(tmp_path):
+    import socket
+
+    assert open_sink({"path": str(tmp_path / "a.db")}).options.chain_id == socket.gethostname()
+    assert open_sink({"path": str(tmp_path / "a.db"), "host_id": "web-7"}).options.chain_id == "web-7"
