@@ -149,7 +149,7 @@ class PolicyEngine:
                 detail["search_path"] = ",".join(statement.search_path)
             details.append(detail)
             masks.extend(m for m in statement_masks if m not in masks)
-            if worst is None or _RANK[judgement.verdict] > _RANK[worst.verdict]:
+            if worst is None or _severity(judgement) > _severity(worst):
                 worst = judgement
         return Decision(worst.verdict, worst.rule, worst.reason,
                         tuple(masks) if worst.verdict is not Verdict.DENY else (), worst.approval, tuple(details))
@@ -168,7 +168,9 @@ class PolicyEngine:
             return _Judgement(Verdict.ALLOW, TRANSACTION_RULE, "transaction control is allowed by default"), [], []
         judgements = [self._action(action, rules) for action in statement.actions]
         judgements += [self._function(name, statement, rules) for name in sorted(statement.functions)]
-        worst = max(judgements, key=lambda j: _RANK[j.verdict])
+        if not judgements:
+            return _Judgement(Verdict.DENY, UNPARSED_RULE, f"{statement.kind}: nothing the analyser can judge"), [], []
+        worst = max(judgements, key=_severity)
         if worst.verdict is Verdict.DENY:
             return worst, [], []
         masks, outputs, refusal = _masks(statement, [r for r in rules if r.effect == "mask"
@@ -204,6 +206,11 @@ class PolicyEngine:
             return _Judgement(Verdict.DENY, DANGEROUS_RULE, f"function {name}() is on the dangerous list; "
                               "allow it explicitly with sql.functions")
         return _Judgement(Verdict.ALLOW, "", "")
+
+
+def _severity(judgement: _Judgement) -> tuple[int, bool]:
+    """Most restrictive first; among denials an explicit rule is named over default-deny."""
+    return _RANK[judgement.verdict], judgement.rule != DEFAULT_DENY
 
 
 def _pick(rules: list[Rule], default_reason: str) -> _Judgement:

