@@ -44,11 +44,11 @@ def default_store(config: Path = CONFIG) -> str:
     return str(Path(state_dir) / "audit.db") if state_dir else str(DEFAULT_PATH)
 
 
-def parse_time(text: str) -> float:
+def parse_time(text: str, now: float | None = None) -> float:
     """Epoch seconds, ISO 8601 (`2024-05-01T12:00:00Z`; no zone: local time) or an age (`15m`, `2h`, `7d`)."""
     relative = _RELATIVE.match(text.strip())
     if relative:
-        return time.time() - float(relative.group(1)) * _UNITS[relative.group(2)]
+        return (time.time() if now is None else now) - float(relative.group(1)) * _UNITS[relative.group(2)]
     try:
         return float(text)
     except ValueError:
