@@ -171,7 +171,12 @@ def _analyse_chunk(text: str, chunk: list[Token], path: tuple[str, ...],
     except SqlglotError as exc:
         return Statement(source, "unknown", error=f"cannot parse: {_first_line(exc)}")
     if isinstance(tree, exp.Command):
-        return Statement(source, first.lower(), opaque=True)
+        # CREATE ROLE, ALTER SYSTEM, CREATE EXTENSION...: named by two words, so a rule
+        # allowing `create` never covers them by accident.
+        body = tree.expression
+        rest = (body.name if isinstance(body, exp.Expr) else str(body or "")).split()
+        kind = f"{first.lower()}_{rest[0].lower()}" if first in {"CREATE", "ALTER", "DROP"} and rest else first.lower()
+        return Statement(source, kind, opaque=True)
     kind = _STATEMENT_KINDS.get(type(tree))
     if kind is None:
         return Statement(source, "unknown", error=f"unsupported statement ({first} ...)")
@@ -179,6 +184,8 @@ def _analyse_chunk(text: str, chunk: list[Token], path: tuple[str, ...],
         return _Analysis(tree, path, catalog).statement(source, kind)
     except _Unsupported as exc:
         return Statement(source, kind, error=str(exc))
+    except Exception as exc:  # an AST shape the analyser never met: fail closed, never crash
+        return Statement(source, kind, error=f"analyser failed ({type(exc).__name__}: {exc})")
 
 
 def _explain(source: str, chunk: list[Token], path: tuple[str, ...], catalog: SchemaCatalog | None) -> Statement:

@@ -104,7 +104,17 @@ DENIED = {
     "MERGE INTO orders o USING customers c ON o.id = c.id WHEN MATCHED THEN DELETE": "default-deny",
     "GRANT ALL ON orders TO public": "default-deny",
     "LOCK TABLE orders": "sql-opaque-statement",
+    "CREATE ROLE x SUPERUSER": "sql-opaque-statement",
+    "ALTER SYSTEM SET fsync = off": "sql-opaque-statement",
 }
+
+
+def test_opaque_create_is_not_covered_by_a_create_rule():
+    text = POLICY + "  - {name: may-create, effect: allow, sql: {kinds: [create]}}\n"
+    engine = PolicyEngine(load_policy_text(text, "create.yaml"), Catalog())
+    assert decide(engine, "CREATE TABLE public.t (a int)").verdict is Verdict.ALLOW
+    denied = decide(engine, "CREATE ROLE x SUPERUSER")
+    assert denied.verdict is Verdict.DENY and denied.details[0]["kind"] == "create_role"
 
 
 @pytest.mark.parametrize("text", ALLOWED)
