@@ -137,7 +137,8 @@ class ChainedSink:
             await asyncio.shield(done)
 
     async def write_session_bytes(self, flow_id: str, direction: str, data: bytes, ts: float | None = None) -> None:
-        """Queue bytes of a captured session; refused (AuditUnavailable) like a write when the store fails."""
+        """Queue bytes of a captured session, exactly as the client saw them (after masking);
+        refused (AuditUnavailable) like a write when the store fails or the queue is full."""
         if direction not in DIRECTIONS:
             raise ValueError(f"session direction must be one of {DIRECTIONS}, not {direction!r}")
         self._enqueue(_Item(chunk=Chunk(flow_id, direction, time.time() if ts is None else ts, bytes(data))))
@@ -152,6 +153,7 @@ class ChainedSink:
         self._queue.append(item)
         if self._writer is None:
             self._writer = asyncio.get_running_loop().create_task(self._run(), name="audit-writer")
+            self._writer.add_done_callback(self._writer_ended)
         self._wake.set()
 
     def stats(self) -> dict[str, Any]:
@@ -172,6 +174,15 @@ class ChainedSink:
                 self._writer.cancel()
                 self._abandon()
         await self.backend.close()
+
+    def _writer_ended(self, task: asyncio.Task[None]) -> None:
+        """A writer that died of a bug must not leave strict writers waiting forever: fail closed."""
+        if task.cancelled() or task.exception() is None:
+            return
+        self._failing = f"audit writer crashed: {task.exception()!r}"
+        self._closing = True
+        log.error("%s", self._failing, exc_info=task.exception())
+        self._abandon()
 
     def _abandon(self) -> None:
         """The store stayed down through close: put what is left into the log rather than lose it silently."""

@@ -10,11 +10,12 @@ import sys
 import pytest
 
 from interceptor.audit import open_store, verify
-from tests.pg_fixture import PgServer
+from pg_fixture import PgServer
 
-# The "daemon": 16 concurrent clients; an id is printed only after its write returned.
+# The "daemon" (asyncio on uvloop, as the real one): 16 concurrent clients; an id is printed only after its write returned.
 CHILD = """
 import asyncio, json, sys
+import uvloop
 from interceptor.audit import AuditEvent, open_sink
 
 async def client(sink, n):
@@ -27,7 +28,7 @@ async def main():
     sink = open_sink(json.loads(sys.argv[1]))
     await asyncio.gather(*(client(sink, n) for n in range(16)))
 
-asyncio.run(main())
+uvloop.run(main())
 """
 ACKNOWLEDGED_BEFORE_KILL = 2000
 

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from interceptor.audit import open_sink
 from interceptor.audit.cli import audit
-from tests.pg_fixture import PgServer
+from pg_fixture import PgServer
 
 FLOW = "flow-pcap-1"
 

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from interceptor.audit import AuditEvent, AuditUnavailable, Query, open_sink, open_store, verify
 from interceptor.audit.cli import audit
-from tests.pg_fixture import PgServer
+from pg_fixture import PgServer
 
 
 @pytest.fixture

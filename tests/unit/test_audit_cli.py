@@ -191,3 +191,22 @@ def test_parse_time_forms():
     assert parse_time("2h", now=10_000) == 2_800 and parse_time("1.5d", now=200_000) == 70_400
     with pytest.raises(Exception, match="is not a time"):
         parse_time("yesterday")
+
+
+def test_tail_follow_prints_records_as_they_are_written(db):
+    import subprocess
+    import sys
+
+    path, events = db
+    follower = subprocess.Popen(
+        [sys.executable, "-c", "from interceptor.audit.cli import audit; audit()", "tail", "-f", "-n", "1",
+         "--interval", "0.05", "--json", "--store", path], stdout=subprocess.PIPE, text=True)
+    try:
+        assert json.loads(follower.stdout.readline())["event"]["event_id"] == events[-1].event_id
+        later = _fill({"store": "sqlite", "path": path, "chain_id": "host-a"}, 3)
+        seen = [json.loads(follower.stdout.readline()) for _ in later]
+    finally:
+        follower.kill()
+        follower.wait()
+    assert [r["event"]["event_id"] for r in seen] == [e.event_id for e in later]
+    assert [r["seq"] for r in seen] == [7, 8, 9]
