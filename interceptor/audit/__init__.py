@@ -17,7 +17,8 @@ from interceptor.audit.sink import Backend, ChainedSink, Chunk, SinkOptions
 DEFAULT_PATH = Path("/var/lib/interceptor/audit.db")
 STORES = ("sqlite", "postgres", "jsonl")
 _COMMON = {"store", "durability", "batch_ms", "chain_id", "host_id", "max_queue", "max_batch", "retry_ms", "capture"}
-_KEYS = {"sqlite": _COMMON | {"path", "max_mb"}, "postgres": _COMMON | {"dsn", "connect_timeout"},
+# `path` is tolerated for postgres: the daemon fills it in from state_dir whatever the store.
+_KEYS = {"sqlite": _COMMON | {"path", "max_mb"}, "postgres": _COMMON | {"dsn", "connect_timeout", "path"},
          "jsonl": _COMMON | {"path"}}
 
 __all__ = ["AuditEvent", "AuditSink", "AuditUnavailable", "ChainedSink", "Chunk", "Head", "Problem", "Query",

@@ -208,6 +208,12 @@ def test_bad_settings_are_named(settings, problem):
         open_sink(settings)
 
 
+def test_postgres_settings_as_the_daemon_fills_them_in_are_accepted(tmp_path):
+    sink = open_sink({"store": "postgres", "dsn": "postgresql://audit@127.0.0.1/trail", "durability": "batched",
+                      "path": str(tmp_path / "audit.db")})
+    assert sink.options.durability == "batched" and sink.backend.dsn.endswith("/trail")
+
+
 def test_chain_id_defaults_to_the_hostname_and_accepts_host_id(tmp_path):
     import socket
 
