@@ -51,8 +51,9 @@ def _reset(sock: socket.socket) -> None:
     """Close with RST so the client sees the refusal at once, not an orderly EOF."""
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    finally:
-        sock.close()
+    except OSError:
+        pass  # already closed by a handler that failed half-way
+    sock.close()
 
 
 def _listen(host: str, port: int, backlog: int) -> socket.socket:
@@ -87,7 +88,7 @@ class Enforcer:
         for host in ("127.0.0.1", "::1"):
             listener = _listen(host, port, 4096)
             self._sockets.append(listener)
-            self._spawn(self._accept_loop(listener, port))
+            self._spawn(self._accept_loop(listener))
             # Bound but never listening: connects refused in the kernel land here and get RST.
             self._sockets.append(_listen(host, refuse_port, 0))
 
@@ -103,7 +104,7 @@ class Enforcer:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _accept_loop(self, listener: socket.socket, port: int) -> None:
+    async def _accept_loop(self, listener: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         while True:
             try:
@@ -114,7 +115,7 @@ class Enforcer:
                     await asyncio.sleep(0.1)
                     continue
                 raise
-            self._spawn(self._serve(conn, peer, port))
+            self._spawn(self._serve(conn, peer))
 
     async def _refuse(self, conn: socket.socket, event: AuditEvent) -> None:
         _reset(conn)
@@ -123,8 +124,20 @@ class Enforcer:
         except AuditUnavailable as exc:
             log.error("audit unavailable while refusing a flow: %s", exc)
 
-    async def _serve(self, conn: socket.socket, peer: tuple, port: int) -> None:
-        origin = self.redirect.origin(conn)
+    async def _serve(self, conn: socket.socket, peer: tuple) -> None:
+        """Any failure closes the connection: a flow is never forwarded unjudged."""
+        try:
+            await self._attribute_and_hand_over(conn, peer)
+        except Exception as exc:
+            log.exception("flow from %s:%s failed", peer[0], peer[1])
+            await self._refuse(conn, AuditEvent(kind="connection", decision="deny", rule="internal-error",
+                                                reason=f"{type(exc).__name__}: {exc}"))
+
+    async def _attribute_and_hand_over(self, conn: socket.socket, peer: tuple) -> None:
+        if self.redirect.slow_origin:
+            origin = await asyncio.to_thread(self.redirect.origin, conn)
+        else:
+            origin = self.redirect.origin(conn)
         if origin is None:
             await self._refuse(conn, AuditEvent(kind="connection", decision="deny", rule="no-origin",
                                                 reason=f"no origin record for {peer[0]}:{peer[1]} (not diverted by "
@@ -160,9 +173,6 @@ class Enforcer:
         self.sessions[flow.flow_id] = session
         try:
             await handler_for(spec.protocol).serve(flow, conn, services)
-        except Exception:
-            log.exception("handler %s failed for flow %s", spec.protocol, flow.flow_id)
-            conn.close()
         finally:
             del self.sessions[flow.flow_id]
 

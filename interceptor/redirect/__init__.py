@@ -54,6 +54,7 @@ class DenyEvent:
 
 class Redirect(Protocol):
     mode: str
+    slow_origin: bool  # origin() blocks long enough to belong in a worker thread
 
     def apply(self, plan: RedirectPlan) -> None:
         """Install or update everything the plan says; atomically where the backend can."""

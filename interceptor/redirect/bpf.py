@@ -93,6 +93,7 @@ def detach_all(cgroup_root: Path) -> int:
 
 class BpfRedirect:
     mode = "bpf"
+    slow_origin = False  # one map lookup
 
     def __init__(self, cgroup_root: Path) -> None:
         self.cgroup_root = cgroup_root

@@ -1,6 +1,7 @@
 """iptables fallback: nat OUTPUT REDIRECT for agents' sockets, matched by cgroup-v2 path
 (xt_cgroup) or owner uid. The original destination comes from conntrack (SO_ORIGINAL_DST);
-the connecting process from inet_diag (socket inode, uid, cgroup) and /proc.
+the connecting process from an exact inet_diag lookup (socket inode, uid, cgroup) and the
+agents' file descriptors in /proc.
 
 Weaker than BPF in three documented ways: the pid is found after accept (a process that
 exits in between cannot be attributed, and the connection is refused), refused connects
@@ -20,10 +21,9 @@ from typing import Callable
 
 from interceptor.redirect import DenyEvent, Origin
 from interceptor.redirect.plan import RedirectPlan
+from interceptor.redirect.sockdiag import lookup_tcp
 
 SO_ORIGINAL_DST = 80
-# Any state but LISTEN: an agent may have half-closed already when the enforcer looks.
-DIAG_STATES = 0xFFF & ~(1 << 10)
 CHAIN_OUT = "ICPT_OUT"
 CHAIN_UDP = "ICPT_UDP"
 CHAIN_PREFIX = "ICPT_"
@@ -55,6 +55,7 @@ def original_dst(conn: socket.socket) -> tuple[ipaddress.IPv4Address | ipaddress
 
 class IptablesRedirect:
     mode = "iptables"
+    slow_origin = True  # netlink and /proc scans
 
     def __init__(self, cgroup_root: Path) -> None:
         self.cgroup_root = cgroup_root
@@ -81,9 +82,11 @@ class IptablesRedirect:
         for index in sorted({a.index for a in plan.agents} | {0}):
             nat.append(f":{CHAIN_PREFIX}A{index} - [0:0]")
             flt.append(f":{CHAIN_PREFIX}U{index} - [0:0]")
+        # -g (goto), not -j: when an agent's chain ends without a verdict the packet leaves
+        # ICPT_OUT too, instead of falling through to the managed parent's refuse-all matcher.
         for match, index in self._matchers(plan):
-            nat.append(f"-A {CHAIN_OUT} -p tcp {match} -j {CHAIN_PREFIX}A{index}")
-            flt.append(f"-A {CHAIN_UDP} -p udp {match} -j {CHAIN_PREFIX}U{index}")
+            nat.append(f"-A {CHAIN_OUT} -p tcp {match} -g {CHAIN_PREFIX}A{index}")
+            flt.append(f"-A {CHAIN_UDP} -p udp {match} -g {CHAIN_PREFIX}U{index}")
         refuse = f"-j REDIRECT --to-ports {plan.refuse_port}"
         for agent in [None, *plan.agents]:
             index = agent.index if agent else 0
@@ -144,7 +147,7 @@ class IptablesRedirect:
         if plan is None or dst is None or (str(dst[0]), dst[1]) == (local[0], local[1]):
             return None
         peer = conn.getpeername()
-        client = self._client_socket(conn.family, peer, dst)
+        client = self._client_socket(peer, dst)
         if client is None:
             return None
         inode, uid, cgroup_id = client
@@ -162,22 +165,13 @@ class IptablesRedirect:
                       time.clock_gettime_ns(time.CLOCK_BOOTTIME))
 
     @staticmethod
-    def _client_socket(family: int, peer: tuple, dst: tuple) -> tuple[int, int, int] | None:
+    def _client_socket(peer: tuple, dst: tuple) -> tuple[int, int, int] | None:
         """(inode, uid, cgroup id) of the agent's socket: source = our peer, dest = original dst."""
-        from pyroute2 import DiagSocket
-
         peer_ip = ipaddress.ip_address(peer[0])
         if peer_ip.version == 6 and peer_ip.ipv4_mapped:
             peer_ip = peer_ip.ipv4_mapped
-        diag_family = socket.AF_INET if peer_ip.version == 4 else socket.AF_INET6
-        with DiagSocket() as diag:
-            diag.bind()
-            for entry in diag.get_sock_stats(family=diag_family, states=DIAG_STATES):
-                if (entry["idiag_sport"] == peer[1] and ipaddress.ip_address(entry["idiag_src"]) == peer_ip
-                        and entry["idiag_dport"] == dst[1] and ipaddress.ip_address(entry["idiag_dst"]) == dst[0]):
-                    cgroup_id = dict(entry["attrs"]).get("INET_DIAG_CGROUP_ID", 0)
-                    return entry["idiag_inode"], entry["idiag_uid"], cgroup_id
-        return None
+        info = lookup_tcp((peer_ip, peer[1]), dst)
+        return (info.inode, info.uid, info.cgroup_id) if info else None
 
     def _candidates(self, plan: RedirectPlan) -> set[int]:
         pids: set[int] = set()

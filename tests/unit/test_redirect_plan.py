@@ -41,10 +41,10 @@ def test_iptables_rules_redirect_allowed_and_refuse_the_rest():
     # agent matchers: its own cgroups and uid first, then the managed parent (unassigned)
     jumps = [r for r in rules if r.startswith("-A ICPT_OUT")]
     assert jumps == [
-        "-A ICPT_OUT -p tcp -m cgroup --path interceptor/analytics -j ICPT_A1",
-        "-A ICPT_OUT -p tcp -m cgroup --path system.slice/a.service -j ICPT_A1",
-        "-A ICPT_OUT -p tcp -m owner --uid-owner 1500 -j ICPT_A1",
-        "-A ICPT_OUT -p tcp -m cgroup --path interceptor -j ICPT_A0",
+        "-A ICPT_OUT -p tcp -m cgroup --path interceptor/analytics -g ICPT_A1",
+        "-A ICPT_OUT -p tcp -m cgroup --path system.slice/a.service -g ICPT_A1",
+        "-A ICPT_OUT -p tcp -m owner --uid-owner 1500 -g ICPT_A1",
+        "-A ICPT_OUT -p tcp -m cgroup --path interceptor -g ICPT_A0",
     ]
     agent = [r for r in rules if r.startswith("-A ICPT_A1 ")]
     assert "-A ICPT_A1 -p tcp -d 10.0.0.5/32 --dport 5432 -j REDIRECT --to-ports 999" in agent
