@@ -202,8 +202,9 @@ class IdentityManager:
     async def _run(self, slot: _Slot) -> None:
         while True:
             delay = self._next_delay(slot)
-            try:
-                await asyncio.wait_for(slot.wake.wait(), delay)
+            try:  # asyncio.timeout, not wait_for: 3.11's wait_for can swallow stop()'s cancellation
+                async with asyncio.timeout(delay):
+                    await slot.wake.wait()
             except TimeoutError:
                 pass
             slot.wake.clear()
@@ -238,7 +239,8 @@ class IdentityManager:
         if slot.token and (slot.config.introspect or slot.state == "error") and self.clock() >= slot.next_recheck:
             await self._accept(slot, slot.token)
         if self._state(slot) == "expired" and slot.state == "valid":
-            await self._set(slot, "expired", slot.identity, "token expired and was not renewed in time")
+            last = f" (last error: {slot.error})" if slot.error else ""
+            await self._set(slot, "expired", slot.identity, f"token expired and was not renewed in time{last}")
 
     # -- sources ----------------------------------------------------------------------------
 

@@ -3,7 +3,8 @@
 // Usage: node server.mjs CONFIG.json
 // Prints "READY <port>" once listening on 127.0.0.1. The issuer is http://127.0.0.1:<port>/oauth2/default
 // with Okta's routes (/v1/keys, /v1/token, /v1/device/authorize, /v1/introspect, /v1/revoke) and JWT
-// access tokens carrying Okta's cid, uid, scp and groups claims.
+// access tokens carrying Okta's cid, uid, scp and groups claims. Like Okta (and unlike oidc-provider
+// itself) /v1/introspect and /v1/revoke accept those JWT access tokens; that part is done here.
 //
 // CONFIG: { port, audience, scopes: [..], access_token_ttl, keys_max_age, accounts: {sub: {uid, groups}},
 //           clients: [{client_id, token_endpoint_auth_method, jwks?, client_secret?, grant_types, scope, groups?}] }
@@ -19,6 +20,7 @@ import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as http from 'node:http';
 
+import { createLocalJWKSet, jwtVerify } from 'jose';
 import Provider from 'oidc-provider';
 
 const config = JSON.parse(fs.readFileSync(process.argv[2], 'utf8'));
@@ -35,11 +37,13 @@ const ROUTES = {
   end_session: '/v1/logout',
 };
 
+const ctx = {}; // the running provider, its request handler and issuer (replaced on key rotation)
 const state = {
   ttl: config.access_token_ttl ?? 300,
   outage: { token: false, keys: false },
   stats: {},
   keys: [],
+  issued: new Map(), // jti -> JWT access token record; oidc-provider keeps no state for JWT tokens
 };
 
 function newKey() {
@@ -97,7 +101,16 @@ function buildProvider(issuer) {
       };
     },
   });
-  provider.on('server_error', (ctx, err) => console.error('server_error', err));
+  provider.on('server_error', (_, err) => console.error('server_error', err));
+  const remember = (token) => {
+    const iat = Math.floor(Date.now() / 1000);
+    state.issued.set(token.jti, {
+      jti: token.jti, clientId: token.clientId, accountId: token.accountId, scope: token.scope, aud: token.aud,
+      iat, exp: iat + token.expiration, destroy: async () => state.issued.delete(token.jti),
+    });
+  };
+  provider.on('access_token.issued', remember);
+  provider.on('client_credentials.issued', remember);
   return provider;
 }
 
@@ -120,13 +133,73 @@ async function approveDevice(provider, { user_code: userCode, account }) {
   return { status: 200, body: { approved: true } };
 }
 
-function readJson(req) {
-  return new Promise((resolve, reject) => {
+function readBody(req) {
+  return new Promise((resolve) => {
     let data = '';
     req.on('data', (chunk) => { data += chunk; });
-    req.on('end', () => {
-      try { resolve(data ? JSON.parse(data) : {}); } catch (err) { reject(err); }
-    });
+    req.on('end', () => resolve(data));
+  });
+}
+
+async function readJson(req) {
+  const data = await readBody(req);
+  return data ? JSON.parse(data) : {};
+}
+
+function publicKeys() {
+  return state.keys.map(({ d, p, q, dp, dq, qi, ...pub }) => pub);
+}
+
+// The calling client, authenticated as Okta would: client_secret_basic, private_key_jwt, or a public client.
+async function callingClient(req, form, endpoint) {
+  const basic = /^Basic (.+)$/.exec(req.headers.authorization ?? '');
+  if (basic) {
+    const [id, secret] = Buffer.from(basic[1], 'base64').toString().split(':').map(decodeURIComponent);
+    const client = config.clients.find((c) => c.client_id === id);
+    return client?.client_secret && client.client_secret === secret ? client : undefined;
+  }
+  const client = config.clients.find((c) => c.client_id === form.get('client_id'));
+  if (form.get('client_assertion') && client?.jwks) {
+    try {
+      await jwtVerify(form.get('client_assertion'), createLocalJWKSet(client.jwks), {
+        issuer: client.client_id, subject: client.client_id, audience: [endpoint, ctx.issuer],
+      });
+      return client;
+    } catch { return undefined; }
+  }
+  return client?.token_endpoint_auth_method === 'none' ? client : undefined;
+}
+
+async function findToken(provider, value) {
+  let token;
+  if (value.split('.').length === 3) {
+    try {
+      const { payload } = await jwtVerify(value, createLocalJWKSet({ keys: publicKeys() }), { issuer: ctx.issuer });
+      token = state.issued.get(payload.jti);
+    } catch { return undefined; }
+  } else {
+    token = await provider.RefreshToken.find(value);
+  }
+  return token && token.exp > Date.now() / 1000 ? token : undefined;
+}
+
+async function introspectOrRevoke(req, res, name) {
+  const form = new URLSearchParams(await readBody(req));
+  const endpoint = `${ctx.issuer}${ROUTES[name]}`;
+  const client = await callingClient(req, form, endpoint);
+  if (!client) return send(res, 401, { error: 'invalid_client' });
+  const token = await findToken(ctx.provider, form.get('token') ?? '');
+  const own = token && token.clientId === client.client_id;
+  if (name === 'revocation') {
+    if (own) await token.destroy();
+    return send(res, 200, {});
+  }
+  if (!token || (client.token_endpoint_auth_method === 'none' && !own)) return send(res, 200, { active: false });
+  const account = token.accountId ? config.accounts[token.accountId] : undefined;
+  return send(res, 200, {
+    active: true, token_type: token.kind === 'RefreshToken' ? undefined : 'Bearer', scope: token.scope,
+    client_id: token.clientId, sub: token.accountId ?? token.clientId, uid: account?.uid,
+    exp: token.exp, iat: token.iat, iss: ctx.issuer, jti: token.jti, aud: token.aud,
   });
 }
 
@@ -167,7 +240,6 @@ function routeName(path) {
 }
 
 state.keys.push(newKey());
-const ctx = {};
 const server = http.createServer((req, res) => {
   if (req.url.startsWith('/__test/')) {
     admin(req, res, ctx).catch((err) => send(res, 500, { error: String(err) }));
@@ -179,6 +251,10 @@ const server = http.createServer((req, res) => {
   state.stats[name] = (state.stats[name] ?? 0) + 1;
   if ((name === 'token' && state.outage.token) || (name === 'jwks' && state.outage.keys)) {
     return send(res, 503, { error: 'temporarily_unavailable' });
+  }
+  if (name === 'introspection' || name === 'revocation') {
+    introspectOrRevoke(req, res, name).catch((err) => send(res, 500, { error: String(err) }));
+    return;
   }
   if (name === 'jwks') res.setHeader('cache-control', `max-age=${config.keys_max_age ?? 300}`);
   req.originalUrl = req.url;
