@@ -222,5 +222,11 @@ def _register_groups() -> None:
 
     main.add_command(policy)
 
+    from interceptor.approvals.cli import approvals
+    from interceptor.audit.cli import audit
+
+    main.add_command(approvals)
+    main.add_command(audit)
+
 
 _register_groups()

@@ -8,6 +8,7 @@ refused until a daemon is back. Only `interceptor uninstall` removes them.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -29,6 +30,11 @@ from interceptor.redirect.plan import Indexer, PlanError, build_plan
 log = logging.getLogger(__name__)
 
 HOSTNAME_REFRESH_S = 30.0
+APPROVAL_METHODS = ("approvals.list", "approvals.approve", "approvals.deny")
+
+
+def _identity_configs(policy: Any) -> dict[str, Any]:
+    return {name: spec.identity for name, spec in policy.agents.items()}
 
 
 def open_redirect(mode: str, mount: Path) -> Redirect:
@@ -71,6 +77,9 @@ class Daemon:
         self.audit: Any = None
         self.enforcer: Enforcer | None = None
         self.control: ControlServer | None = None
+        self.approvals: Any = None
+        self._approval_store: Any = None
+        self._logins: dict[str, asyncio.Future] = {}
         self._stopping = asyncio.Event()
 
     # -- policy ---------------------------------------------------------------------------
@@ -105,10 +114,13 @@ class Daemon:
 
     async def reload(self, path: str | None = None, **_: Any) -> dict[str, Any]:
         """Swap in a new policy; on any error the old one stays and the error is returned."""
-        target = Path(path) if path else self.settings.policy
+        target = Path(path) if path else Path(self.snapshot.policy.source)
         snapshot = await asyncio.to_thread(self.load, target)
-        self.redirect.apply(snapshot.plan)
         old = self.snapshot
+        if _identity_configs(snapshot.policy) != _identity_configs(old.policy):
+            await self._start_identities(snapshot.policy)
+            snapshot = await asyncio.to_thread(self.load, target)  # access depends on the new identities
+        self.redirect.apply(snapshot.plan)
         self.snapshot = snapshot
         await self._audit(AuditEvent(kind="policy", decision="allow", rule="reload",
                                      operation={"path": str(target), "old_version": old.policy.version if old else None,
@@ -117,22 +129,12 @@ class Daemon:
         return {"version": snapshot.policy.version, "path": str(target)}
 
     async def _refresh_loop(self) -> None:
-        """Re-resolve hostnames and identities' effect on access; re-apply when it changed."""
+        """Hostnames move: re-resolve them periodically and re-apply when the plan changed."""
         while not self._stopping.is_set():
             try:
                 await asyncio.wait_for(self._stopping.wait(), HOSTNAME_REFRESH_S)
             except asyncio.TimeoutError:
-                pass
-            if self._stopping.is_set():
-                return
-            try:
-                fresh = await asyncio.to_thread(self.load, Path(self.settings.policy))
-            except Exception as exc:  # keep the running plan; the file may be mid-edit
-                log.warning("periodic refresh skipped: %s", exc)
-                continue
-            if fresh.plan != self.snapshot.plan and fresh.policy.version == self.snapshot.policy.version:
-                self.redirect.apply(fresh.plan)
-                self.snapshot = fresh
+                await self._replan()
 
     # -- audit ------------------------------------------------------------------------------
 
@@ -151,6 +153,71 @@ class Daemon:
                             process={"pid": event.tgid, "uid": event.uid},
                             operation={"protocol": event.protocol, "dst": f"{event.dst_ip}:{event.dst_port}"})
         asyncio.run_coroutine_threadsafe(self._audit(record), self._loop)
+
+    # -- identity and approvals ----------------------------------------------------------------
+
+    async def _start_identities(self, policy: Any) -> None:
+        """(Re)start the identity manager for the policy's agents; a bad identity config is a
+        policy error, so it surfaces like one and the running manager stays."""
+        from interceptor.identity.manager import IdentityManager
+
+        manager = IdentityManager(_identity_configs(policy), audit=self.audit)
+        manager.on_change(self._identity_changed)
+        await manager.start()
+        old, self.identities = self.identities, manager
+        if old:
+            await old.stop()
+
+    def _identity_changed(self, change: Any) -> None:
+        """Access in the kernel follows identities: an agent that lost its identity is refused
+        at connect(), and regains access when the daemon refreshes it."""
+        if self.snapshot is None or self.redirect is None:
+            return
+        asyncio.ensure_future(self._replan())
+
+    async def _replan(self) -> None:
+        """Recompute the kernel's plan for the running policy (identities or addresses changed).
+        A policy file edited meanwhile is left for an explicit reload."""
+        try:
+            snapshot = await asyncio.to_thread(self.load, Path(self.snapshot.policy.source))
+        except Exception as exc:
+            log.warning("re-planning skipped, old plan kept: %s", exc)
+            return
+        if snapshot.policy.version == self.snapshot.policy.version and snapshot.plan != self.snapshot.plan:
+            self.redirect.apply(snapshot.plan)
+            self.snapshot = snapshot
+
+    def identity_status(self, **_: Any) -> list[dict[str, Any]]:
+        return self.identities.status() if self.identities else []
+
+    async def identity_login(self, agent: str, **_: Any) -> dict[str, Any]:
+        """Start a device login for an agent; the token lands here, never in the agent."""
+        login = await self.identities.login_device(agent)
+        self._logins[agent] = asyncio.ensure_future(login.wait())
+        return login.prompt()
+
+    async def _open_approvals(self) -> Any:
+        from interceptor.approvals import ApprovalBroker, SqliteStore
+
+        settings = dict(self.settings.approvals)
+        if settings.get("store") == "postgres":
+            from interceptor.approvals.postgres import PostgresStore
+
+            self._approval_store = await PostgresStore.open(settings["dsn"])
+        else:
+            path = settings.get("path", str(self.settings.state_dir / "approvals.db"))
+            self._approval_store = await SqliteStore.open(path)
+        return ApprovalBroker(self._approval_store, self.audit, webhook_url=settings.get("webhook_url"))
+
+    async def _approvals_call(self, method: str, peer: dict[str, int], **params: Any) -> dict[str, Any]:
+        from interceptor.approvals import Approver
+        from interceptor.approvals.control import dispatch
+
+        approver = Approver("root", f"root@{socket.gethostname()}") if peer["uid"] == 0 else None
+        result = await dispatch(self.approvals, method, params, approver)
+        if "error" in result:
+            raise RuntimeError(result["error"])
+        return result
 
     # -- control ------------------------------------------------------------------------------
 
@@ -174,8 +241,13 @@ class Daemon:
         }
 
     def _identity_status(self, agent: str) -> dict[str, Any] | None:
+        """Subject, groups, expiry and state: never the token."""
+        entry = next((e for e in self.identity_status() if e.get("agent") == agent), None)
         identity = self.identity(agent)
-        return identity.summary() if identity else None
+        summary = identity.summary() if identity else {}
+        if entry:
+            summary.update(state=entry.get("state"), source=entry.get("source"), last_error=entry.get("last_error"))
+        return summary or None
 
     def sessions(self, **_: Any) -> list[dict[str, Any]]:
         now = time.time()
@@ -196,16 +268,18 @@ class Daemon:
         audit_settings.setdefault("path", str(self.settings.state_dir / "audit.db"))
         self.audit = open_sink(audit_settings)
         self.snapshot = await asyncio.to_thread(self.load, Path(self.settings.policy))
+        await self._start_identities(self.snapshot.policy)
+        self.approvals = await self._open_approvals()
         self.redirect = open_redirect(self.settings.redirect, self.mount)
         self.enforcer = Enforcer(self.redirect, self.audit, lambda: self.snapshot, self.identity,
-                                 self.identity_required, self._credentials)
+                                 self.identity_required, self._credentials, self.approvals)
         await self.enforcer.start(self.settings.enforcer_port, self.settings.refuse_port)
         self.redirect.apply(self.snapshot.plan)
         self.redirect.on_deny(self._on_deny)
-        self.control = ControlServer(self.settings.control_socket,
-                                     {"status": self.status, "sessions": self.sessions,
-                                      "policy.reload": self.reload},
-                                     self.settings.admin_group)
+        methods = {"status": self.status, "sessions": self.sessions, "policy.reload": self.reload,
+                   "identity.status": self.identity_status, "identity.login": self.identity_login}
+        methods.update({name: functools.partial(self._approvals_call, name) for name in APPROVAL_METHODS})
+        self.control = ControlServer(self.settings.control_socket, methods, self.settings.admin_group)
         await self.control.start()
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._loop.add_signal_handler(sig, self._stopping.set)
@@ -223,6 +297,10 @@ class Daemon:
         await self.control.stop()
         await self.enforcer.stop()
         self.redirect.close()
+        if self.identities:
+            await self.identities.stop()
+        await self.approvals.close()
+        await self._approval_store.close()
         await self._audit(AuditEvent(kind="daemon", decision="allow", rule="stop"))
         await self.audit.close()
 
