@@ -14,34 +14,38 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import click
-import yaml
 
-from interceptor.audit import DEFAULT_PATH, Query, Record, Store, open_store, verify
+from interceptor.audit import Query, Record, Store, open_store, verify
 from interceptor.audit.chain import canonical_json
+from interceptor.config import ConfigError, Settings, load_settings
 
-CONFIG = Path("/etc/interceptor/interceptor.yaml")
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-def default_store(config: Path = CONFIG) -> str:
-    """The store the daemon writes, as its settings file says."""
-    try:
-        settings = yaml.safe_load(config.read_text()) if config.exists() else None
-    except (OSError, yaml.YAMLError) as exc:
-        raise click.ClickException(f"{config}: cannot read the audit settings: {exc}") from exc
-    settings = settings if isinstance(settings, dict) else {}
-    audit = settings.get("audit") if isinstance(settings.get("audit"), dict) else {}
+def default_store(settings: Settings) -> str:
+    """The store the daemon writes, as its settings say."""
+    audit = settings.audit
     if audit.get("store") == "postgres" and audit.get("dsn"):
         return str(audit["dsn"])
     if audit.get("path"):
         return str(audit["path"])
-    state_dir = settings.get("state_dir")
-    return str(Path(state_dir) / "audit.db") if state_dir else str(DEFAULT_PATH)
+    return str(settings.state_dir / "audit.db")
+
+
+def _settings() -> Settings:
+    """The settings `interceptor --config` loaded; the default file when run on its own."""
+    ctx = click.get_current_context(silent=True)
+    obj = ctx.find_root().obj if ctx else None
+    if isinstance(obj, dict) and "settings" in obj:
+        return obj["settings"]
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 def parse_time(text: str, now: float | None = None) -> float:
@@ -68,7 +72,7 @@ class _Time(click.ParamType):
 
 @contextmanager
 def _opened(spec: str | None) -> Iterator[Store]:
-    spec = spec or default_store()
+    spec = spec or default_store(_settings())
     try:
         store = open_store(spec)
     except Exception as exc:  # a missing file, a refused connection, a file that is no audit store

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 import pytest
 from scapy.all import AsyncSniffer
 
-from daemon import AGENT_CLIENT, INTERCEPTOR, Daemon, detach_everything, direct
+from daemon import INTERCEPTOR, Daemon, detach_everything, direct
 
 PYTHON_EXE = os.path.realpath(sys.executable)
 

@@ -9,6 +9,7 @@ from click.testing import CliRunner
 
 from interceptor.audit import AuditEvent, open_sink
 from interceptor.audit.cli import audit, default_store, parse_time
+from interceptor.config import load_settings
 
 AGENTS = ["claude", "cursor"]
 
@@ -176,13 +177,14 @@ def test_a_file_that_is_no_audit_store_is_a_clear_error(tmp_path):
 
 def test_default_store_follows_the_settings_file(tmp_path):
     config = tmp_path / "interceptor.yaml"
-    assert default_store(config) == "/var/lib/interceptor/audit.db"
+    config.write_text("")
+    assert default_store(load_settings(config)) == "/var/lib/interceptor/audit.db"
     config.write_text("state_dir: /srv/ic\n")
-    assert default_store(config) == "/srv/ic/audit.db"
+    assert default_store(load_settings(config)) == "/srv/ic/audit.db"
     config.write_text("audit:\n  store: postgres\n  dsn: postgresql://audit@db/trail\n")
-    assert default_store(config) == "postgresql://audit@db/trail"
+    assert default_store(load_settings(config)) == "postgresql://audit@db/trail"
     config.write_text("audit: {store: jsonl, path: /var/log/ic.jsonl}\n")
-    assert default_store(config) == "/var/log/ic.jsonl"
+    assert default_store(load_settings(config)) == "/var/log/ic.jsonl"
 
 
 def test_parse_time_forms():
