@@ -1,8 +1,9 @@
 """Start the local Okta-like OpenID provider (tests/oidc/server.mjs) on a free loopback port.
 
 Use `with running_oidc_provider(workdir) as op:` from any test or demo, or the `oidc_provider`
-pytest fixture (import it into a test module). `op` knows the issuer, audience, client ids,
-the credential files (root-only modes) and drives the provider's test-only routes.
+pytest fixture (`from tests.oidc_fixture import oidc_provider_fixture` in a test module). `op`
+knows the issuer, audience, client ids, the credential files (root-only modes) and drives the
+provider's test-only routes.
 """
 
 from __future__ import annotations
@@ -187,7 +188,8 @@ def running_oidc_provider(workdir: Path, access_token_ttl: int = 300) -> Iterato
             process.stdout.close()
 
 
-@pytest.fixture
-def oidc_provider(tmp_path: Path) -> Iterator[OidcProvider]:
+@pytest.fixture(name="oidc_provider")
+def oidc_provider_fixture(tmp_path: Path) -> Iterator[OidcProvider]:
+    """The provider, for one test. Import `oidc_provider_fixture` into a test module to use it."""
     with running_oidc_provider(tmp_path / "oidc") as provider:
         yield provider

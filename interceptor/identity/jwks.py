@@ -32,6 +32,9 @@ class JwksPolicy:
     stale_bound: float = 3600.0  # how long past expiry the last good keys stay usable on failures
 
 
+DEFAULT_JWKS_POLICY = JwksPolicy()
+
+
 def max_age(cache_control: str | None, policy: JwksPolicy) -> float:
     """Seconds a JWKS response may be reused, clamped to the policy's bounds."""
     if cache_control and re.search(r"(^|,)\s*(no-store|no-cache)\s*(,|$)", cache_control, re.I):
@@ -86,7 +89,7 @@ class KeyCache:
 class JwksClient:
     """Keys of one issuer, fetched from its jwks_uri with a single fetch in flight at a time."""
 
-    def __init__(self, uri: str, http: HttpClient, policy: JwksPolicy = JwksPolicy(),
+    def __init__(self, uri: str, http: HttpClient, policy: JwksPolicy = DEFAULT_JWKS_POLICY,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.uri = uri
         self.http = http

@@ -30,6 +30,7 @@ from interceptor.identity.validator import TokenValidator
 log = logging.getLogger(__name__)
 
 TOKEN_STATES = {"expired": "expired", "revoked": "revoked"}
+MAX_TOKEN_FILE = 1 << 16
 TRANSIENT = {"keys_unavailable", "introspection_failed"}  # the token may be fine: deny now, retry soon
 
 
@@ -54,6 +55,9 @@ class ManagerTiming:
     retry_max: float = 30.0
     poll_interval: float = 1.0  # token files
     recheck_interval: float = 30.0  # re-introspection, when configured
+
+
+DEFAULT_TIMING = ManagerTiming()
 
 
 @dataclass(slots=True)
@@ -108,7 +112,7 @@ class IdentityManager:
     """Every configured agent's identity, kept valid in the background."""
 
     def __init__(self, agents: Mapping[str, Mapping[str, Any] | None], *, http: HttpClient | None = None,
-                 audit: AuditSink | None = None, timing: ManagerTiming = ManagerTiming(),
+                 audit: AuditSink | None = None, timing: ManagerTiming = DEFAULT_TIMING,
                  clock: Callable[[], float] = time.time) -> None:
         self.http = http or StdlibHttp()
         self.audit = audit
@@ -286,7 +290,7 @@ class IdentityManager:
             if signature == slot.file_signature:
                 return
             with open(slot.config.path, encoding="utf-8") as handle:
-                token = handle.read().strip()
+                token = handle.read(MAX_TOKEN_FILE).strip()  # the validator refuses what is too large
         except (OSError, UnicodeDecodeError) as exc:
             slot.file_signature = None
             await self._set(slot, "missing", None, f"token file {slot.config.path}: {type(exc).__name__}")

@@ -72,7 +72,7 @@ class ClientSecret:
     secret: str = field(repr=False)
 
     @classmethod
-    def from_file(cls, client_id: str, path: str | Path) -> "ClientSecret":
+    def from_file(cls, client_id: str, path: str | Path) -> ClientSecret:
         secret = read_protected_file(path, "client_secret_file").decode("utf-8", "replace").strip()
         if not secret:
             raise IdentityConfigError(f"client_secret_file {path} is empty")
@@ -94,7 +94,7 @@ class PrivateKeyJwt:
     lifetime: int = 60
 
     @classmethod
-    def from_file(cls, client_id: str, path: str | Path, key_id: str | None = None) -> "PrivateKeyJwt":
+    def from_file(cls, client_id: str, path: str | Path, key_id: str | None = None) -> PrivateKeyJwt:
         data = read_protected_file(path, "private_key_file")
         try:
             key = serialization.load_pem_private_key(data, password=None)

@@ -23,7 +23,7 @@ import jwt
 from interceptor.identity.discovery import ProviderMetadata, check_issuer, discover, org_issuer
 from interceptor.identity.errors import IdentityProviderError, InvalidToken
 from interceptor.identity.http import HttpClient, StdlibHttp
-from interceptor.identity.jwks import JwksClient, JwksPolicy
+from interceptor.identity.jwks import DEFAULT_JWKS_POLICY, JwksClient, JwksPolicy
 from interceptor.identity.model import Identity
 from interceptor.identity.oauth import ClientAuth, introspect
 
@@ -65,7 +65,7 @@ class TokenValidator:
     def __init__(self, issuer: str, audience: str, algorithms: Iterable[str] = ("RS256", "ES256"),
                  leeway: float = 30, max_token_bytes: int = 16384, groups_claim: str = "groups",
                  http: HttpClient | None = None, introspection: ClientAuth | None = None,
-                 introspection_ttl: float = 30.0, jwks_policy: JwksPolicy = JwksPolicy(),
+                 introspection_ttl: float = 30.0, jwks_policy: JwksPolicy = DEFAULT_JWKS_POLICY,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.algorithms = tuple(algorithms)
         refused = [alg for alg in self.algorithms if alg not in ALLOWED_ALGORITHMS]
@@ -87,6 +87,7 @@ class TokenValidator:
         self.jwks_policy = jwks_policy
         self.clock = clock
         self._metadata: ProviderMetadata | None = None
+        self._discovery_failed: tuple[float, str] | None = None
         self._jwks: JwksClient | None = None
         self._discovering: asyncio.Lock = asyncio.Lock()
         self._introspected: OrderedDict[bytes, tuple[float, bool]] = OrderedDict()
@@ -95,7 +96,14 @@ class TokenValidator:
         """The issuer's metadata, discovered once (retried on the next call after a failure)."""
         async with self._discovering:
             if self._metadata is None:
-                self._metadata = await discover(self.http, self.issuer)
+                failed = self._discovery_failed
+                if failed is not None and self.clock() - failed[0] < self.jwks_policy.cooldown:
+                    raise IdentityProviderError(failed[1])  # no discovery storm while the issuer is down
+                try:
+                    self._metadata = await discover(self.http, self.issuer)
+                except IdentityProviderError as exc:
+                    self._discovery_failed = (self.clock(), str(exc))
+                    raise
                 self._jwks = JwksClient(self._metadata.jwks_uri, self.http, self.jwks_policy, self.clock)
         return self._metadata
 

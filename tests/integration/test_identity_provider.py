@@ -15,7 +15,8 @@ from interceptor.audit.event import AuditEvent
 from interceptor.identity import InvalidToken
 from interceptor.identity.manager import IdentityChange, IdentityManager, ManagerTiming
 from interceptor.identity.validator import TokenValidator
-from tests.oidc_fixture import SERVICE_GROUPS, OidcProvider, oidc_provider  # noqa: F401 (fixture)
+from tests.oidc_fixture import SERVICE_GROUPS, OidcProvider
+from tests.oidc_fixture import oidc_provider_fixture  # noqa: F401 (registers the fixture)
 
 FAST = ManagerTiming(retry_min=0.2, retry_max=0.5, poll_interval=0.1, recheck_interval=0.3)
 WAIT = 20.0  # upper bound for the background loop to notice; never asserted on
@@ -217,6 +218,27 @@ def test_device_login_lands_in_the_daemon(oidc_provider: OidcProvider) -> None:
         finally:
             await manager.stop()
     run(test)
+
+
+def test_device_login_is_refreshed_with_its_refresh_token(oidc_provider: OidcProvider) -> None:
+    oidc_provider.set_ttl(2)
+
+    async def test() -> None:
+        manager = IdentityManager({"helper": {"source": "login", "issuer": oidc_provider.issuer,
+                                              "audience": oidc_provider.audience,
+                                              "client_id": oidc_provider.device_client}}, timing=FAST)
+        await manager.start()
+        try:
+            login = await manager.login_device("helper")
+            oidc_provider.approve_device(str(login.prompt()["user_code"]), "bob@example.com")
+            first = await asyncio.wait_for(login.wait(), WAIT)
+            await until(lambda: (manager.current("helper") or first).token_id != first.token_id,
+                        "the refresh token to be used")
+            assert manager.current("helper").subject == "bob@example.com"  # type: ignore[union-attr]
+        finally:
+            await manager.stop()
+    run(test)
+    assert oidc_provider.stats()["token"] >= 2
 
 
 def test_device_login_is_refused_for_other_sources(oidc_provider: OidcProvider) -> None:

@@ -40,6 +40,7 @@ class KeyServer:
     def __init__(self) -> None:
         self.keys = [public_jwk(RSA_KEY, "rsa-1"), public_jwk(EC_KEY, "ec-1")]
         self.fetches = 0
+        self.discoveries = 0
         self.down = False
         self.cache_control = "max-age=300"
         server = self
@@ -47,6 +48,7 @@ class KeyServer:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server naming)
                 if self.path.endswith("/.well-known/openid-configuration"):
+                    server.discoveries += 1
                     body = {"issuer": server.issuer, "jwks_uri": server.issuer + "/v1/keys"}
                 elif self.path.endswith("/v1/keys") and not server.down:
                     server.fetches += 1
@@ -253,7 +255,13 @@ def test_cache_control_max_age_is_honoured_within_bounds(keys: KeyServer) -> Non
     assert keys.fetches == 2
 
 
-def test_metadata_naming_another_issuer_is_refused(keys: KeyServer) -> None:
-    validator = TokenValidator(keys.issuer + "/", AUDIENCE)
-    assert reason_of(validator, sign(claims(keys.issuer + "/"))) == "keys_unavailable"
-    assert keys.fetches == 0
+def test_metadata_naming_another_issuer_is_refused_without_a_storm(keys: KeyServer) -> None:
+    clock = Clock()
+    validator = TokenValidator(keys.issuer + "/", AUDIENCE, clock=clock)
+    token = sign(claims(keys.issuer + "/"))
+    for _ in range(5):
+        assert reason_of(validator, token) == "keys_unavailable"
+    assert (keys.discoveries, keys.fetches) == (1, 0)
+    clock.now += 31
+    assert reason_of(validator, token) == "keys_unavailable"
+    assert keys.discoveries == 2
