@@ -193,7 +193,7 @@ class IdentityManager:
     async def start(self) -> None:
         """Obtain every agent's first token (errors are recorded, not raised), then keep them fresh."""
         active = [slot for slot in self._slots.values() if slot.validator is not None]
-        await asyncio.gather(*(self._step(slot) for slot in active))
+        await asyncio.gather(*(self._guarded_step(slot) for slot in active))
         self._tasks = [asyncio.create_task(self._run(slot), name=f"identity-{slot.config.agent}")
                        for slot in active]
 
@@ -212,10 +212,13 @@ class IdentityManager:
             except TimeoutError:
                 pass
             slot.wake.clear()
-            try:
-                await self._step(slot)
-            except Exception:  # one agent's surprise must not stop its refresh loop for good
-                log.exception("identity refresh for agent %s failed", slot.config.agent)
+            await self._guarded_step(slot)
+
+    async def _guarded_step(self, slot: _Slot) -> None:
+        try:
+            await self._step(slot)
+        except Exception:  # one agent's surprise must not stop its refresh loop for good
+            log.exception("identity refresh for agent %s failed", slot.config.agent)
 
     def _next_delay(self, slot: _Slot) -> float:
         now = self.clock()
@@ -331,12 +334,12 @@ class IdentityManager:
         slot = self._slots.get(agent)
         if slot is None:
             raise IdentityConfigError(f"no agent named {agent!r}")
-        if slot.config.source != "login" or slot.validator is None or slot.config.client_id is None:
+        if slot.config.source != "login" or slot.validator is None or slot.auth is None:
             raise IdentityConfigError(f"agent {agent!r} identity source is {slot.config.source}, not login")
         endpoint = (await slot.validator.metadata()).device_authorization_endpoint
         if not endpoint:
             raise IdentityProviderError(f"{slot.config.issuer} offers no device authorization endpoint")
-        auth = PublicClient(slot.config.client_id)
+        auth = slot.auth
         authorization = await device_authorization(self.http, endpoint, auth, slot.config.scopes)
         slot.login_pending = True
         return DeviceLogin(agent, authorization, lambda: self._poll_device(slot, auth, authorization))
@@ -380,11 +383,11 @@ class IdentityManager:
         slot.announced = now
         change = IdentityChange(slot.config.agent, now, state, error or state, was)
         log.info("identity for agent %s is now %s%s", change.agent, state, f" ({error})" if error else "")
+        await self._audit(change)
         for callback in self._callbacks:
             result = callback(change)
             if inspect.isawaitable(result):
                 await result
-        await self._audit(change)
 
     async def _audit(self, change: IdentityChange) -> None:
         if self.audit is None:
