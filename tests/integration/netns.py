@@ -50,7 +50,20 @@ class RemoteHost:
         subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
 
 
+def remove_stale() -> None:
+    """A run killed before its teardown leaves its namespace and veth behind; their routes
+    would shadow the new ones. Only names with our prefix are touched."""
+    for line in subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout.splitlines():
+        name = line.split(":")[1].strip().split("@")[0]
+        if name.startswith("icpt-h"):
+            subprocess.run(["ip", "link", "del", name], capture_output=True)
+    for line in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.splitlines():
+        if line.startswith("icpt-remote-"):
+            subprocess.run(["ip", "netns", "del", line.split()[0]], capture_output=True)
+
+
 def create(subnet: int = 231, port: int = 7000) -> RemoteHost:
+    remove_stale()
     tag = uuid.uuid4().hex[:6]
     name, host_if, peer_if = f"icpt-remote-{tag}", f"icpt-h{tag}", f"icpt-r{tag}"
     host = RemoteHost(name, host_if, f"10.{subnet}.0.2", f"10.{subnet}.0.1", f"fd00:{subnet}::2",
