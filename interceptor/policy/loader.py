@@ -19,6 +19,7 @@ import jsonschema
 import yaml
 
 from interceptor.decision import ApprovalSpec
+from interceptor.identity.config import IdentityConfigError, parse_identity_config
 from interceptor.policy.model import (
     OPERATION_KEYS, AddressSpec, AgentSpec, HttpMatch, KubernetesMatch, MaskRule, Policy, ResourceSpec, Rule,
     SqlMatch, SshMatch, SubjectMatch,
@@ -185,6 +186,12 @@ class _Builder:
         for i, cgroup in enumerate(spec.get("cgroups", ())):
             if ".." in cgroup.split("/") or "\0" in cgroup:
                 self.problem(("agents", name, "cgroups", i), f"bad cgroup path {cgroup!r} (no '..' components)")
+        if 0 in spec.get("uids", ()):
+            self.problem(("agents", name, "uids"), "uid 0 cannot be an agent: root can remove any enforcement")
+        try:
+            parse_identity_config(name, spec.get("identity"))
+        except IdentityConfigError as exc:
+            self.problem(("agents", name, "identity"), str(exc))
         return AgentSpec(name, tuple(c.strip("/") for c in spec.get("cgroups", ())), tuple(spec.get("uids", ())),
                          spec.get("identity"), spec.get("unprotected", "deny"))
 

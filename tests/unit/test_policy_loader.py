@@ -46,6 +46,17 @@ def test_unknown_key_has_its_position():
     assert "p.yaml:5:9: unknown key 'colour'" in problems(text)
 
 
+def test_identity_config_is_checked_where_it_is_written():
+    text = GOOD.replace("bot: {uids: [1001],", "bot: {identity: {source: login, issuer: 'https://x.okta.com/oauth2/default'}, uids: [1001],")
+    assert "p.yaml:5:19: agent 'bot' identity source login needs audience, client_id" in problems(text)
+    text = GOOD.replace("bot: {uids: [1001],", "bot: {identity: {source: none, colour: red}, uids: [1001],")
+    assert "agent 'bot' identity has unknown field(s) colour" in problems(text)
+
+
+def test_uid_zero_cannot_be_an_agent():
+    assert "uid 0 cannot be an agent" in problems(GOOD.replace("uids: [1001]", "uids: [0]"))
+
+
 def test_unknown_agent_and_resource_names_in_rules():
     text = GOOD.replace("agents: [bot], resources: [db]", "agents: [robot], resources: [dbx]")
     found = problems(text)
