@@ -37,6 +37,10 @@ def _identity_configs(policy: Any) -> dict[str, Any]:
     return {name: spec.identity for name, spec in policy.agents.items()}
 
 
+def _requires_identity(agent_spec: Any) -> bool:
+    return bool(agent_spec.identity) and agent_spec.identity.get("source", "none") != "none"
+
+
 def open_redirect(mode: str, mount: Path) -> Redirect:
     """BPF unless told otherwise; `auto` falls back to iptables with a warning."""
     from interceptor.redirect.bpf import BpfRedirect, BpfUnavailable
@@ -80,6 +84,7 @@ class Daemon:
         self.approvals: Any = None
         self._approval_store: Any = None
         self._logins: dict[str, asyncio.Future] = {}
+        self._identity_start: asyncio.Future | None = None
         self._stopping = asyncio.Event()
 
     # -- policy ---------------------------------------------------------------------------
@@ -96,7 +101,10 @@ class Daemon:
                        for name, spec in policy.agents.items()}
 
         def may_connect(agent: str, resource: str) -> bool:
-            request = Request(Subject(agent, self.identity(agent)), resource, TcpConnect())
+            identity = self.identity(agent)
+            if identity is None and _requires_identity(policy.agents[agent]):
+                return False  # refused at connect() until the daemon holds a valid identity
+            request = Request(Subject(agent, identity), resource, TcpConnect())
             return engine.decide(request).verdict is not Verdict.DENY
 
         plan = build_plan(policy, may_connect, managed_root=str(cgroups.managed_root(self.mount)),
@@ -110,7 +118,7 @@ class Daemon:
 
     def identity_required(self, agent: str) -> bool:
         spec = self.snapshot.policy.agents.get(agent) if self.snapshot else None
-        return bool(spec and spec.identity and spec.identity.get("source", "none") != "none")
+        return spec is not None and _requires_identity(spec)
 
     async def reload(self, path: str | None = None, **_: Any) -> dict[str, Any]:
         """Swap in a new policy; on any error the old one stays and the error is returned."""
@@ -118,8 +126,7 @@ class Daemon:
         snapshot = await asyncio.to_thread(self.load, target)
         old = self.snapshot
         if _identity_configs(snapshot.policy) != _identity_configs(old.policy):
-            await self._start_identities(snapshot.policy)
-            snapshot = await asyncio.to_thread(self.load, target)  # access depends on the new identities
+            await self._start_identities(snapshot.policy)  # access follows as identities arrive
         self.redirect.apply(snapshot.plan)
         self.snapshot = snapshot
         await self._audit(AuditEvent(kind="policy", decision="allow", rule="reload",
@@ -163,9 +170,13 @@ class Daemon:
 
         manager = IdentityManager(_identity_configs(policy), audit=self.audit)
         manager.on_change(self._identity_changed)
-        await manager.start()
-        old, self.identities = self.identities, manager
+        old, old_start = self.identities, self._identity_start
+        self.identities = manager
+        # In the background: start-up never waits on the issuer. Until an identity arrives
+        # its agent is refused (fail closed); on_change re-plans when it does.
+        self._identity_start = asyncio.ensure_future(manager.start())
         if old:
+            old_start.cancel()
             await old.stop()
 
     def _identity_changed(self, change: Any) -> None:
@@ -298,6 +309,7 @@ class Daemon:
         await self.enforcer.stop()
         self.redirect.close()
         if self.identities:
+            self._identity_start.cancel()
             await self.identities.stop()
         await self.approvals.close()
         await self._approval_store.close()
