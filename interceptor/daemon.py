@@ -181,9 +181,12 @@ class Daemon:
 
     def _identity_changed(self, change: Any) -> None:
         """Access in the kernel follows identities: an agent that lost its identity is refused
-        at connect(), and regains access when the daemon refreshes it."""
+        at connect(), and regains access when the daemon refreshes it. Its open flows have their
+        next operation denied, or are cut when its identity config says `on_invalid: close`."""
         if self.snapshot is None or self.redirect is None:
             return
+        if change.identity is None and self.enforcer and self.identities.on_invalid(change.agent) == "close":
+            self.enforcer.close_sessions(change.agent, change.reason)
         asyncio.ensure_future(self._replan())
 
     async def _replan(self) -> None:

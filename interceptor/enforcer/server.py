@@ -32,6 +32,7 @@ class Session:
     """A live flow, for `interceptor sessions`."""
 
     flow: FlowContext
+    client: socket.socket
     started: float = field(default_factory=time.time)
     bytes_up: int = 0
     bytes_down: int = 0
@@ -162,19 +163,39 @@ class Enforcer:
             return
         spec = snap.policy.resources[resource]
         services = Services(
-            decide=lambda request: self.snapshot().engine.decide(request),
+            decide=lambda request: self._decide(flow.agent, request),
             audit=self.audit,
             identity=lambda: self.identity(flow.agent),
             resource=spec,
             credentials=lambda: self.credentials(resource),
             approvals=self.approvals,
         )
-        session = Session(flow)
+        session = Session(flow, conn)
         self.sessions[flow.flow_id] = session
         try:
             await handler_for(spec.protocol).serve(flow, conn, services)
         finally:
             del self.sessions[flow.flow_id]
+
+    def _decide(self, agent: str, request: Request) -> Decision:
+        """Every operation of an open flow: an agent whose identity expired or was revoked
+        meanwhile is denied its next operation, whatever the rules say."""
+        if request.subject.identity is None and self.identity_required(agent):
+            return Decision.deny("identity", "agent identity is no longer valid (expired, revoked or not yet obtained)")
+        return self.snapshot().engine.decide(request)
+
+    def close_sessions(self, agent: str, reason: str) -> int:
+        """Cut an agent's open flows (identity `on_invalid: close`); returns how many."""
+        closed = 0
+        for session in list(self.sessions.values()):
+            if session.flow.agent == agent:
+                log.info("closing flow %s of agent %s: %s", session.flow.flow_id, agent, reason)
+                try:
+                    session.client.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                closed += 1
+        return closed
 
     def _connection_refusal(self, snap: Snapshot, flow: FlowContext, origin: Origin) -> AuditEvent | None:
         """None when the flow may proceed; otherwise the audit record of why not."""

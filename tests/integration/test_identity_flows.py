@@ -1,0 +1,144 @@
+"""Every agent flow carries a validated Okta identity: the real daemon, the local Okta-like
+OpenID provider, agents started with `interceptor exec`, rules written per Okta group."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from daemon import INTERCEPTOR, Daemon, detach_everything
+from oidc_fixture import running_oidc_provider
+
+
+HOLDER = """
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+s.recv(64)
+print("open", flush=True)
+s.settimeout(30)
+try:
+    while s.recv(64):
+        pass
+except OSError:
+    pass
+print("closed", flush=True)
+"""
+
+
+def policy_text(op, remote) -> str:
+    def identity(client: str, credential: str) -> str:
+        return (f"{{source: client_credentials, issuer: '{op.issuer}', audience: '{op.audience}', "
+                f"client_id: {client}, {credential}, scopes: [db.read]}}")
+
+    return f"""
+version: 1
+agents:
+  reader:
+    identity: {identity(op.service_client, f"private_key_file: '{op.private_key_file}'")}
+  outsider:
+    identity: {identity(op.secret_client, f"client_secret_file: '{op.client_secret_file}'")}
+resources:
+  echo:
+    protocol: tcp
+    addresses: ["{remote.ip4}:{remote.port}"]
+rules:
+  - name: db-readers-reach-echo
+    effect: allow
+    resources: [echo]
+    subjects: {{groups: [db-readers]}}
+    tcp: true
+"""
+
+
+@pytest.fixture(scope="module")
+def setup(remote, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("identity-daemon")
+    with running_oidc_provider(workdir / "oidc", access_token_ttl=300) as op:
+        policy = workdir / "policy.yaml"
+        policy.write_text(policy_text(op, remote))
+        daemon = Daemon(workdir, policy, redirect="bpf")
+        daemon.start()
+        try:
+            wait_identity(daemon, "reader", valid=True)
+            yield daemon, op
+        finally:
+            daemon.stop()
+            detach_everything()
+
+
+def identity_of(daemon: Daemon, agent: str) -> dict:
+    status = json.loads(daemon.cli("status", "--json").stdout)
+    return next(a["identity"] for a in status["agents"] if a["name"] == agent) or {}
+
+
+def wait_identity(daemon: Daemon, agent: str, valid: bool, timeout: float = 30) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        identity = identity_of(daemon, agent)
+        if bool(identity.get("subject")) == valid and (identity.get("state") == "valid") == valid:
+            return identity
+        time.sleep(0.2)
+    raise AssertionError(f"{agent} identity did not become {'valid' if valid else 'invalid'}: {identity}")
+
+
+def test_flows_carry_the_agents_okta_identity(setup, remote):
+    daemon, op = setup
+    result = daemon.agent("reader", remote.ip4, str(remote.port))
+    assert result["ok"], result
+    event = daemon.wait_for_event(lambda e: e.get("kind") == "connection" and e["process"]["pid"] == result["pid"])
+    assert event["identity"]["subject"] == op.service_client
+    assert event["identity"]["client_id"] == op.service_client
+    assert set(event["identity"]["groups"]) == {"agents", "db-readers"}
+    assert event["identity"]["jti"]
+
+
+def test_rules_per_group_refuse_an_identity_without_the_group(setup, remote):
+    daemon, _ = setup
+    wait_identity(daemon, "outsider", valid=True)
+    result = daemon.agent("outsider", remote.ip4, str(remote.port))
+    assert result["error"] == "ECONNREFUSED", result
+
+
+def test_status_shows_identity_never_the_token(setup):
+    daemon, op = setup
+    identity = identity_of(daemon, "reader")
+    assert identity["subject"] == op.service_client
+    assert "db-readers" in identity["groups"]
+    assert identity["expires_at"] > time.time()
+    token = op.token()
+    header = token.split(".")[0]
+    for text in (daemon.cli("status").stdout, daemon.cli("status", "--json").stdout,
+                 daemon.audit_path.read_text(), daemon.log.read_text()):
+        assert "eyJ" not in text and header not in text, "a token leaked into status, audit or logs"
+
+
+def test_expired_identity_loses_access_and_regains_it_on_refresh(setup, remote):
+    daemon, op = setup
+    op.set_ttl(4)
+    changed = daemon.policy.parent / "short-lived.yaml"  # a changed identity config: a new manager
+    changed.write_text(daemon.policy.read_text().replace("scopes: [db.read]}", "scopes: [db.read], leeway: 1, "
+                                                         "on_invalid: close}", 1))
+    daemon.call("policy.reload", path=str(changed))  # takes a 4 s token...
+    wait_identity(daemon, "reader", valid=True)
+    holder = subprocess.Popen([INTERCEPTOR, "exec", "--agent", "reader", "--", sys.executable, "-c", HOLDER,
+                               remote.ip4, str(remote.port)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "open"
+    op.outage(token=True)  # ...and cannot refresh it: it runs out
+    try:
+        wait_identity(daemon, "reader", valid=False, timeout=20)
+        assert holder.stdout.readline().strip() == "closed", "on_invalid: close must cut open flows"
+        holder.wait(timeout=5)
+        refused = daemon.agent("reader", remote.ip4, str(remote.port))
+        assert refused["error"] == "ECONNREFUSED", refused
+    finally:
+        op.outage(token=False)
+        op.set_ttl(300)
+    wait_identity(daemon, "reader", valid=True, timeout=30)
+    deadline = time.monotonic() + 10
+    while not (again := daemon.agent("reader", remote.ip4, str(remote.port)))["ok"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert again["ok"], again
