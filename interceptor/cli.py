@@ -207,6 +207,38 @@ def sessions(ctx: click.Context, as_json: bool) -> None:
         ["flow_id", "agent", "pid", "exe", "subject", "resource", "bytes_up", "bytes_down", "age_s"]))
 
 
+@main.command()
+@click.option("--agent", required=True, help="The agent (from the policy) whose identity you supervise.")
+@click.option("--timeout", default=600, show_default=True, help="Seconds to wait for the sign-in.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def login(ctx: click.Context, agent: str, timeout: int, as_json: bool) -> None:
+    """Sign in (OAuth device flow) for an agent whose identity source is `login`.
+
+    The token goes to the daemon and never to the agent or its environment.
+    """
+    import time
+
+    prompt = call(ctx, "identity.login", agent=agent)
+    if as_json:
+        click.echo(json.dumps(prompt))
+    else:
+        where = prompt.get("verification_uri_complete") or prompt["verification_uri"]
+        click.echo(f"To sign in for agent {agent}, open {where}\nand enter the code: {prompt['user_code']}")
+    deadline = time.monotonic() + min(timeout, float(prompt.get("expires_in") or timeout))
+    while time.monotonic() < deadline:
+        entry = next((e for e in call(ctx, "identity.status") if e["agent"] == agent), {})
+        if entry.get("state") == "valid" and not entry.get("login_pending"):
+            if not as_json:
+                click.echo(f"signed in: agent {agent} acts as {entry['subject']} "
+                           f"(groups: {', '.join(entry['groups']) or '-'})")
+            return
+        if entry.get("last_error") and not entry.get("login_pending"):
+            raise click.ClickException(f"sign-in failed: {entry['last_error']}")
+        time.sleep(1)
+    raise click.ClickException("sign-in timed out")
+
+
 def _register_groups() -> None:
     """Command groups that live next to the code they drive."""
     from interceptor.policy.cli import policy

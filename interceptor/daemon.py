@@ -23,6 +23,7 @@ from interceptor.config import Settings
 from interceptor.control import ControlServer
 from interceptor.decision import Verdict
 from interceptor.enforcer.server import Enforcer, Snapshot
+from interceptor.metrics import Gauges, Metrics, MetricsServer
 from interceptor.operations import Request, Subject, TcpConnect
 from interceptor.redirect import DenyEvent, Redirect, cgroups
 from interceptor.redirect.plan import Indexer, PlanError, build_plan
@@ -86,6 +87,8 @@ class Daemon:
         self._logins: dict[str, asyncio.Future] = {}
         self._identity_start: asyncio.Future | None = None
         self._stopping = asyncio.Event()
+        self.metrics = Metrics(__version__)
+        self.metrics_server: MetricsServer | None = None
 
     # -- policy ---------------------------------------------------------------------------
 
@@ -159,6 +162,7 @@ class Daemon:
                             resource=snap.plan.resource_names.get(event.resource_index) if snap else None,
                             process={"pid": event.tgid, "uid": event.uid},
                             operation={"protocol": event.protocol, "dst": f"{event.dst_ip}:{event.dst_port}"})
+        self.metrics.connection(record.agent, record.resource, "deny")
         asyncio.run_coroutine_threadsafe(self._audit(record), self._loop)
 
     # -- identity and approvals ----------------------------------------------------------------
@@ -183,6 +187,7 @@ class Daemon:
         """Access in the kernel follows identities: an agent that lost its identity is refused
         at connect(), and regains access when the daemon refreshes it. Its open flows have their
         next operation denied, or are cut when its identity config says `on_invalid: close`."""
+        self.metrics.identity_change(change.agent, change.state)
         if self.snapshot is None or self.redirect is None:
             return
         if change.identity is None and self.enforcer and self.identities.on_invalid(change.agent) == "close":
@@ -207,7 +212,10 @@ class Daemon:
     async def identity_login(self, agent: str, **_: Any) -> dict[str, Any]:
         """Start a device login for an agent; the token lands here, never in the agent."""
         login = await self.identities.login_device(agent)
-        self._logins[agent] = asyncio.ensure_future(login.wait())
+        waiting = asyncio.ensure_future(login.wait())
+        waiting.add_done_callback(lambda f: f.cancelled() or f.exception() is None or
+                                  log.warning("device login for %s failed: %s", agent, f.exception()))
+        self._logins[agent] = waiting
         return login.prompt()
 
     async def _open_approvals(self) -> Any:
@@ -271,6 +279,11 @@ class Daemon:
                  "bytes_down": s.bytes_down, "age_s": round(now - s.started, 1)}
                 for s in self.enforcer.sessions.values()]
 
+    async def _gauges(self) -> Gauges:
+        """The present state, read at each /metrics scrape."""
+        pending = await self.approvals.list(pending_only=True)
+        return Gauges(len(self.enforcer.sessions), len(pending), self.audit.stats())
+
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -278,6 +291,8 @@ class Daemon:
 
         self._loop = asyncio.get_running_loop()
         self.settings.state_dir.mkdir(parents=True, exist_ok=True)
+        if self.settings.metrics_listen:  # a bad address fails the start before anything is installed
+            self.metrics_server = MetricsServer(self.settings.metrics_listen, self.metrics, self._gauges)
         audit_settings = dict(self.settings.audit)
         audit_settings.setdefault("path", str(self.settings.state_dir / "audit.db"))
         self.audit = open_sink(audit_settings)
@@ -286,7 +301,8 @@ class Daemon:
         self.approvals = await self._open_approvals()
         self.redirect = open_redirect(self.settings.redirect, self.mount)
         self.enforcer = Enforcer(self.redirect, self.audit, lambda: self.snapshot, self.identity,
-                                 self.identity_required, self._credentials, self.approvals)
+                                 self.identity_required, self._credentials, self.approvals,
+                                 on_connection=self.metrics.connection, on_decision=self.metrics.decision)
         await self.enforcer.start(self.settings.enforcer_port, self.settings.refuse_port)
         self.redirect.apply(self.snapshot.plan)
         self.redirect.on_deny(self._on_deny)
@@ -295,6 +311,8 @@ class Daemon:
         methods.update({name: functools.partial(self._approvals_call, name) for name in APPROVAL_METHODS})
         self.control = ControlServer(self.settings.control_socket, methods, self.settings.admin_group)
         await self.control.start()
+        if self.metrics_server:
+            await self.metrics_server.start()
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._loop.add_signal_handler(sig, self._stopping.set)
         self._loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self._reload_logged()))
@@ -309,6 +327,8 @@ class Daemon:
         sd_notify("STOPPING=1")
         refresher.cancel()
         await self.control.stop()
+        if self.metrics_server:
+            await self.metrics_server.stop()
         await self.enforcer.stop()
         self.redirect.close()
         if self.identities:

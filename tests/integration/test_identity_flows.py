@@ -41,6 +41,9 @@ agents:
     identity: {identity(op.service_client, f"private_key_file: '{op.private_key_file}'")}
   outsider:
     identity: {identity(op.secret_client, f"client_secret_file: '{op.client_secret_file}'")}
+  supervised:
+    identity: {{source: login, issuer: '{op.issuer}', audience: '{op.audience}', client_id: {op.device_client},
+                scopes: [openid, offline_access, db.read]}}
 resources:
   echo:
     protocol: tcp
@@ -50,6 +53,11 @@ rules:
     effect: allow
     resources: [echo]
     subjects: {{groups: [db-readers]}}
+    tcp: true
+  - name: dbas-reach-echo
+    effect: allow
+    resources: [echo]
+    subjects: {{groups: [dba]}}
     tcp: true
 """
 
@@ -101,6 +109,26 @@ def test_rules_per_group_refuse_an_identity_without_the_group(setup, remote):
     wait_identity(daemon, "outsider", valid=True)
     result = daemon.agent("outsider", remote.ip4, str(remote.port))
     assert result["error"] == "ECONNREFUSED", result
+
+
+def test_device_login_signs_a_person_in_for_an_agent(setup, remote):
+    daemon, op = setup
+    before = daemon.agent("supervised", remote.ip4, str(remote.port))
+    assert before["error"] == "ECONNREFUSED", "no identity yet: refused"
+    login = subprocess.Popen([INTERCEPTOR, "--config", str(daemon.settings), "login", "--agent", "supervised",
+                              "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    prompt = json.loads(login.stdout.readline())
+    assert prompt["user_code"] and prompt["verification_uri"].startswith(op.base)
+    op.approve_device(prompt["user_code"], account="alice@example.com")
+    assert login.wait(timeout=30) == 0, login.stderr.read()
+    identity = wait_identity(daemon, "supervised", valid=True)
+    assert "dba" in identity["groups"]
+    deadline = time.monotonic() + 10
+    while not (after := daemon.agent("supervised", remote.ip4, str(remote.port)))["ok"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert after["ok"], after
+    event = daemon.wait_for_event(lambda e: e.get("kind") == "connection" and e["process"]["pid"] == after["pid"])
+    assert event["identity"]["subject"] == identity["subject"]
 
 
 def test_status_shows_identity_never_the_token(setup):
