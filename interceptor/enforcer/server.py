@@ -73,7 +73,9 @@ def _listen(host: str, port: int, backlog: int) -> socket.socket:
 class Enforcer:
     def __init__(self, redirect: Redirect, audit: AuditSink, snapshot: Callable[[], Snapshot],
                  identity: Callable[[str], Identity | None], identity_required: Callable[[str], bool],
-                 credentials: Callable[[str], Any], approvals: Any = None) -> None:
+                 credentials: Callable[[str], Any], approvals: Any = None, *,
+                 on_connection: Callable[[str | None, str | None, str], None] = lambda agent, resource, decision: None,
+                 on_decision: Callable[[Decision], None] = lambda decision: None) -> None:
         self.redirect = redirect
         self.audit = audit
         self.snapshot = snapshot
@@ -81,6 +83,8 @@ class Enforcer:
         self.identity_required = identity_required
         self.credentials = credentials
         self.approvals = approvals
+        self.on_connection = on_connection  # (agent, resource, allow|deny), for metrics
+        self.on_decision = on_decision  # every operation's decision, for metrics
         self.sessions: dict[str, Session] = {}
         self._sockets: list[socket.socket] = []
         self._tasks: set[asyncio.Task] = set()
@@ -120,6 +124,7 @@ class Enforcer:
 
     async def _refuse(self, conn: socket.socket, event: AuditEvent) -> None:
         _reset(conn)
+        self.on_connection(event.agent, event.resource, "deny")
         try:
             await self.audit.write(event)
         except AuditUnavailable as exc:
@@ -170,6 +175,7 @@ class Enforcer:
             credentials=lambda: self.credentials(resource),
             approvals=self.approvals,
         )
+        self.on_connection(flow.agent, resource, "allow")
         session = Session(flow, conn)
         self.sessions[flow.flow_id] = session
         try:
@@ -181,8 +187,11 @@ class Enforcer:
         """Every operation of an open flow: an agent whose identity expired or was revoked
         meanwhile is denied its next operation, whatever the rules say."""
         if request.subject.identity is None and self.identity_required(agent):
-            return Decision.deny("identity", "agent identity is no longer valid (expired, revoked or not yet obtained)")
-        return self.snapshot().engine.decide(request)
+            decision = Decision.deny("identity", "agent identity is no longer valid (expired, revoked or not yet obtained)")
+        else:
+            decision = self.snapshot().engine.decide(request)
+        self.on_decision(decision)
+        return decision
 
     def close_sessions(self, agent: str, reason: str) -> int:
         """Cut an agent's open flows (identity `on_invalid: close`); returns how many."""
