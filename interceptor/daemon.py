@@ -212,7 +212,10 @@ class Daemon:
     async def identity_login(self, agent: str, **_: Any) -> dict[str, Any]:
         """Start a device login for an agent; the token lands here, never in the agent."""
         login = await self.identities.login_device(agent)
-        self._logins[agent] = asyncio.ensure_future(login.wait())
+        waiting = asyncio.ensure_future(login.wait())
+        waiting.add_done_callback(lambda f: f.cancelled() or f.exception() is None or
+                                  log.warning("device login for %s failed: %s", agent, f.exception()))
+        self._logins[agent] = waiting
         return login.prompt()
 
     async def _open_approvals(self) -> Any:
