@@ -239,6 +239,22 @@ def login(ctx: click.Context, agent: str, timeout: int, as_json: bool) -> None:
     raise click.ClickException("sign-in timed out")
 
 
+@main.command()
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print the shell completion script for SHELL.
+
+    \b
+    bash: interceptor completion bash > /etc/bash_completion.d/interceptor
+    zsh:  interceptor completion zsh > "${fpath[1]}/_interceptor"
+    fish: interceptor completion fish > ~/.config/fish/completions/interceptor.fish
+    """
+    from click.shell_completion import get_completion_class
+
+    complete = get_completion_class(shell)(main, {}, "interceptor", "_INTERCEPTOR_COMPLETE")
+    click.echo(complete.source())
+
+
 def _register_groups() -> None:
     """Command groups that live next to the code they drive."""
     from interceptor.policy.cli import policy
