@@ -187,7 +187,7 @@ static __always_inline int handle(struct bpf_sock_addr *ctx, const u8 addr[16], 
     o.resource = resource;
     o.cgroup_id = bpf_get_current_cgroup_id();
     o.netns_cookie = cfg->host_netns;
-    o.ktime_ns = bpf_ktime_get_ns();
+    o.ktime_ns = bpf_ktime_get_boot_ns();
     u64 cookie = get_cookie(ctx);
     if (origins.update(&cookie, &o) != 0) {
         report(addr, port, family, agent, resource, DENY_MAP_FULL, proto);

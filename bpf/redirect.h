@@ -38,7 +38,7 @@ struct origin {
     __u32 resource;      /* resource index (see dests) */
     __u64 cgroup_id;     /* the connecting task's cgroup */
     __u64 netns_cookie;
-    __u64 ktime_ns;      /* bpf_ktime_get_ns() at connect */
+    __u64 ktime_ns;      /* bpf_ktime_get_boot_ns() at connect: compared with process start times */
 };
 
 /* flows: struct flow_key -> struct origin.
