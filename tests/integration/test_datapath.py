@@ -17,9 +17,11 @@ from pathlib import Path
 import pytest
 from scapy.all import AsyncSniffer
 
-from daemon import INTERCEPTOR, Daemon, detach_everything, direct
+from daemon import AGENT_CLIENT, INTERCEPTOR, Daemon, detach_everything, direct
 
 PYTHON_EXE = os.path.realpath(sys.executable)
+NOBODY = 65534
+EXISTING_CGROUP = "icpt-test.slice/agent.service"  # stands in for a systemd unit's cgroup
 
 
 def policy_text(remote) -> str:
@@ -32,6 +34,10 @@ agents:
     unprotected: allow
   blocked:
     unprotected: deny
+  byuid:
+    uids: [{NOBODY}]
+  bycgroup:
+    cgroups: [{EXISTING_CGROUP}]
 resources:
   echo:
     protocol: tcp
@@ -39,14 +45,25 @@ resources:
 rules:
   - name: agents-reach-echo
     effect: allow
-    agents: [tcpagent, openagent]
+    agents: [tcpagent, openagent, byuid, bycgroup]
     resources: [echo]
     tcp: true
 """
 
 
+@pytest.fixture(scope="module")
+def existing_cgroup():
+    from interceptor.redirect import cgroups
+
+    path = cgroups.ensure_mount() / EXISTING_CGROUP
+    path.mkdir(parents=True, exist_ok=True)
+    yield path
+    path.rmdir()
+    path.parent.rmdir()
+
+
 @pytest.fixture(scope="module", params=["bpf", "iptables"])
-def daemon(request, remote, tmp_path_factory):
+def daemon(request, remote, existing_cgroup, tmp_path_factory):
     workdir = tmp_path_factory.mktemp(f"daemon-{request.param}")
     policy = workdir / "policy.yaml"
     policy.write_text(policy_text(remote))
@@ -99,6 +116,22 @@ def test_agent_goes_through_enforcer_non_agent_goes_direct(daemon, remote):
 
     plain = direct(remote.ip4, remote.port)
     assert plain["ok"] and not through_enforcer(plain), plain
+
+
+def run_client(*argv: str, prefix: tuple[str, ...] = ()) -> dict:
+    out = subprocess.run([*prefix, sys.executable, AGENT_CLIENT, *argv], capture_output=True, text=True, timeout=20)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_agents_named_by_uid_and_by_existing_cgroup(daemon, remote, existing_cgroup):
+    as_nobody = ("setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups")
+    by_uid = run_client(remote.ip4, str(remote.port), prefix=as_nobody)
+    assert by_uid["ok"] and through_enforcer(by_uid), by_uid
+    assert connection_event(daemon, by_uid["pid"])["agent"] == "byuid"
+    in_unit = ("sh", "-c", f'echo $$ > {existing_cgroup}/cgroup.procs && exec "$@"', "sh")
+    by_cgroup = run_client(remote.ip4, str(remote.port), prefix=in_unit)
+    assert by_cgroup["ok"] and through_enforcer(by_cgroup), by_cgroup
+    assert connection_event(daemon, by_cgroup["pid"])["agent"] == "bycgroup"
 
 
 def test_policy_deny_refuses_at_connect_and_no_packet_leaves(daemon, remote):
@@ -200,9 +233,10 @@ def test_bad_policy_is_rejected_with_file_and_line_and_old_policy_stays(daemon, 
     cases = {
         "unknown key": policy_text(remote).replace("    unprotected: allow", "    unprotected: allow\n    colour: red"),
         "bad address": policy_text(remote).replace(f'"{remote.ip4}:{remote.port}"', '"10.300.0.1:7000"'),
-        "missing agent": policy_text(remote).replace("agents: [tcpagent, openagent]", "agents: [tcpagent, ghost]"),
+        "missing agent": policy_text(remote).replace("agents: [tcpagent, openagent,", "agents: [tcpagent, ghost,"),
     }
     for name, text in cases.items():
+        assert text != policy_text(remote), f"{name}: the case must change the policy"
         bad = tmp_path / f"{name.replace(' ', '_')}.yaml"
         bad.write_text(text)
         result = daemon.cli("policy", "reload", str(bad), check=False)
@@ -215,7 +249,7 @@ def test_bad_policy_is_rejected_with_file_and_line_and_old_policy_stays(daemon, 
 def test_sessions_and_status(daemon, remote):
     status = json.loads(daemon.cli("status", "--json").stdout)
     assert status["redirect"] == daemon.redirect
-    assert {a["name"] for a in status["agents"]} == {"tcpagent", "openagent", "blocked"}
+    assert {a["name"] for a in status["agents"]} == {"tcpagent", "openagent", "blocked", "byuid", "bycgroup"}
     agent = daemon.long_lived_agent("tcpagent")
     try:
         code = (f"import socket,time\ns=socket.create_connection(('{remote.ip4}',{remote.port}))\n"
