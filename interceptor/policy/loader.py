@@ -25,7 +25,10 @@ from interceptor.policy.model import (
     SqlMatch, SshMatch, SubjectMatch,
 )
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent.parent / "policy" / "schema.json"
+# policy/ ships next to the package in a checkout, and under /opt/interceptor when installed as a
+# service (scripts/service.sh), as bpf/ does.
+_CHECKOUT_SCHEMA = Path(__file__).resolve().parent.parent.parent / "policy" / "schema.json"
+SCHEMA_PATH = _CHECKOUT_SCHEMA if _CHECKOUT_SCHEMA.exists() else Path("/opt/interceptor/policy/schema.json")
 _PROTOCOL_OF_MATCH = {"sql": ("postgres",), "http": ("http",), "kubernetes": ("kubernetes",), "ssh": ("ssh",)}
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 Mark = tuple[int, int]  # 1-based line, column
