@@ -6,6 +6,9 @@ set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
 venv=${INTERCEPTOR_VENV:-$here/.venv}
+# 1 (default): editable install with test tools, for working in this checkout.
+# 0: a real copy without them (scripts/service.sh installs /opt this way: no link back here).
+editable=${INTERCEPTOR_EDITABLE:-1}
 say() { printf '[install] %s\n' "$*"; }
 
 debian_packages=(
@@ -61,7 +64,11 @@ if [[ ! -x $venv/bin/python ]] || ! "$venv/bin/python" -c 'import bcc' 2>/dev/nu
 fi
 "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null
 say "installing Python dependencies"
-"$venv/bin/python" -m pip install -q -e "$here[test]"
+if [[ $editable == 0 ]]; then
+  "$venv/bin/python" -m pip install -q "$here"
+else
+  "$venv/bin/python" -m pip install -q -e "$here[test]"
+fi
 sqlglot_version=$("$venv/bin/python" -c 'import sqlglot; print(sqlglot.__version__)')
 if "$venv/bin/python" -m pip install -q "sqlglotc==$sqlglot_version" 2>/dev/null; then
   say "compiled sqlglot (sqlglotc) installed"
