@@ -1,0 +1,406 @@
+#!/usr/bin/env python3
+"""Generate docs/policy-reference.md from policy/schema.json, the identity fields the daemon
+checks (interceptor.identity.config) and the worked examples in policy/examples/.
+
+The schema says what is allowed but rarely why; the descriptions live here, keyed by
+`section.field`. A schema field without a description, or a description whose field left
+the schema, is an error: the reference can never silently drift from the schema.
+
+    python scripts/gen_policy_reference.py          # rewrite docs/policy-reference.md
+    python scripts/gen_policy_reference.py --check  # exit 1 if the committed file is stale
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from interceptor.identity.config import FIELDS as IDENTITY_FIELDS
+from interceptor.identity.config import REQUIRED as IDENTITY_REQUIRED
+from interceptor.policy.engine import DANGEROUS_FUNCTIONS, DDL_KINDS
+
+ROOT = Path(__file__).resolve().parent.parent
+SCHEMA = ROOT / "policy" / "schema.json"
+EXAMPLES = ROOT / "policy" / "examples"
+OUTPUT = ROOT / "docs" / "policy-reference.md"
+ROOT_SECTION = "policy"
+INLINE_DEFS = ("name", "strings")  # small value shapes written into the type column, not sections
+
+
+class ReferenceError(ValueError):
+    """The schema and the descriptions below disagree; the message names the field."""
+
+
+SECTIONS: dict[str, str] = {
+    "policy": "A policy file is one YAML mapping. Unknown keys anywhere are errors, so a misspelt "
+              "security setting fails `policy check` instead of being ignored.",
+    "resource": "Something agents reach over the network. A connection by an agent to one of its addresses "
+                "is diverted to the enforcer and handled by the protocol's handler.",
+    "credentials": "Where the enforcer gets the secret it logs in upstream with. The agent never sees it. "
+                   "The secret is a YAML/JSON mapping (`user:`, `password:`, ...) or one line `user:password`.",
+    "agent": "A set of processes: those started with `interceptor exec --agent NAME` (always), plus the "
+             "cgroups and uids listed here.",
+    "identity": "The Okta (OIDC) identity the daemon holds for the agent. The schema only fixes `source`; "
+                "every other field is checked by `interceptor.identity.config` when the policy is loaded "
+                "(by `policy check` too), and a problem names the agent and the field.",
+    "rule": "Who may do what. Default deny; among matching rules deny wins, then approve, then allow. Every "
+            "decision names its rule in the audit record, so names are unique.",
+    "subjects": "Conditions on who acts. Within one field any listed value will do; every given field must "
+                "hold. Identity fields never match a flow without an identity.",
+    "sql": "Matches SQL statements (PostgreSQL dialect, parsed with sqlglot). Each statement of a query is "
+           "judged, and the query gets the most restrictive verdict.",
+    "http": "Matches HTTP requests.",
+    "kubernetes": "Matches Kubernetes API requests.",
+    "ssh": "Matches SSH commands.",
+    "approval": "Who may release an operation held by an `approve` rule, and what the approval grants.",
+    "mask": "Values to hide in results. Mask rules never allow anything; they add masks to what other "
+            "rules allow.",
+}
+
+DESCRIPTIONS: dict[str, str] = {
+    "policy.version": "Format version; always `1`.",
+    "policy.resources": "The resources, by name.",
+    "policy.agents": "The agents, by name.",
+    "policy.rules": "The rules, in any order (order does not change decisions).",
+    "resource.protocol": "Which handler judges the traffic. `tcp` judges the connection only; `postgres` "
+                         "judges every SQL statement. See the status of each protocol below.",
+    "resource.addresses": "`ip:port`, `host:port`, `[ipv6]:port` or `cidr:port`. Hostnames are resolved by the "
+                          "daemon and re-resolved every 30 s.",
+    "resource.credentials": "The upstream secret; see [credentials](#credentials).",
+    "resource.options": "Settings for the protocol handler. `postgres`: `databases` (list of glob patterns "
+                        "of databases agents may open), `tls` (`true`: verify the server against the system CA "
+                        "store; `{ca: /path, server_name: name}`: verify against that CA).",
+    "agent.cgroups": "cgroup-v2 paths relative to the cgroup2 mount (e.g. `system.slice/agent.service`); "
+                     "processes in them or below are this agent.",
+    "agent.uids": "Processes with these uids are this agent. uid 0 is refused: root can remove any enforcement.",
+    "agent.identity": "See [identity](#identity). Omitted: no identity (`source: none`).",
+    "agent.unprotected": "Connections to destinations that are no resource: `deny` (default) refuses them at "
+                         "`connect()`, `allow` lets them pass untouched. DNS (port 53) is always allowed.",
+    "identity.source": "How the daemon obtains the agent's token: `client_credentials` (an Okta service app), "
+                       "`token_file` (a file another process keeps fresh), `login` (a person signs in with "
+                       "`interceptor login`), `none`.",
+    "subjects.groups": "Okta groups (the token's groups claim); globs.",
+    "subjects.scopes": "Token scopes (`scp`); globs.",
+    "subjects.subject": "Token subject (`sub`); globs.",
+    "subjects.client_id": "The OAuth client the token was issued to (`cid`); globs.",
+    "subjects.exe": "Executable path of the connecting process (`/proc/PID/exe`); globs.",
+    "subjects.uid": "uid of the connecting process.",
+    "sql.kinds": "Statement kinds: `select insert update delete merge truncate copy copy_file copy_program "
+                 "create alter drop grant revoke comment analyze set transaction`, `ddl` (see below) or `*`. "
+                 "Statements sqlglot keeps opaque (`do`, `call`, `vacuum`, `show`, ...) match only rules that "
+                 "name their kind and have no tables, columns or functions condition.",
+    "sql.tables": "`schema.table` globs. Identifiers fold to lower case unless quoted; unqualified names "
+                  "resolve through the search path (default `public`).",
+    "sql.columns": "`column` or `schema.table.column` globs. On allow/approve rules they must cover every "
+                   "column read; on deny rules any one column matches.",
+    "sql.functions": "Function names. A rule with `functions` judges function calls only.",
+    "http.methods": "HTTP methods, upper case (`GET`, `POST`); globs.",
+    "http.hosts": "Host names, lower case; globs.",
+    "http.paths": "Request paths; globs.",
+    "kubernetes.verbs": "API verbs (`get list watch create update patch delete`); globs.",
+    "kubernetes.resources": "Resource types (`pods`, `secrets`); globs.",
+    "kubernetes.api_groups": "API groups; `\"\"` is the core group.",
+    "kubernetes.subresources": "Subresources (`exec`, `log`, `portforward`); globs.",
+    "kubernetes.namespaces": "Namespaces; globs.",
+    "kubernetes.names": "Object names; globs.",
+    "ssh.commands": "Command lines; globs, and `\"\"` is an interactive shell. A command containing shell "
+                    "metacharacters (`; & | $ ( ) < > *` ...) matches only a pattern equal to it.",
+    "ssh.users": "Remote user names; globs.",
+    "approval.groups": "Okta groups whose members may approve; local root may always decide (recorded as "
+                       "break-glass). Nobody approves their own request.",
+    "approval.grant": "`one-shot` (default): the approval covers the held operation (or one identical retry). "
+                      "`time-boxed`: every identical operation until `grant_seconds` pass.",
+    "approval.grant_seconds": "Length of a time-boxed grant (default 3600).",
+    "approval.timeout_seconds": "How long the operation is held before it is denied as expired (default 300).",
+    "mask.columns": "`schema.table.column` globs whose values are masked, also in computed result columns "
+                    "derived from them. Using a masked column anywhere else (WHERE, JOIN, ORDER BY, writes) "
+                    "denies the statement.",
+    "mask.classifiers": "Mask only the spans these detectors find, in any text column: `card` (payment card "
+                        "numbers), `email`, `national_id` (US SSN, UK NINO, Canadian SIN), `iban`, `api_key` "
+                        "(well-known token formats and long hex strings).",
+    "mask.style": "`redact` (default, `****`), `partial` (cards keep the last four, emails the first letter "
+                  "and domain), `hash` (keyed HMAC, joinable; needs a key the settings cannot yet provide, so "
+                  "a masked result fails with an error rather than leak), `null`.",
+    "rule.name": "Unique; it is written in every decision and audit record the rule makes.",
+    "rule.effect": "`allow`, `deny`, `approve` (hold for a person's approval) or `mask`.",
+    "rule.reason": "Written to the audit record; where the protocol can carry a message (a PostgreSQL "
+                   "error) the agent sees it too.",
+    "rule.agents": "Agent names the rule is about; omitted: every agent.",
+    "rule.resources": "Resource names the rule is about; omitted: every resource.",
+    "rule.subjects": "See [subjects](#subjects).",
+    "rule.tcp": "Match the connection itself (`tcp: true`). A rule has at most one of `tcp`, `sql`, `http`, "
+                "`kubernetes`, `ssh`; with none it matches every operation.",
+    "rule.sql": "See [sql](#sql); only on `postgres` resources.",
+    "rule.http": "See [http](#http); only on `http` resources.",
+    "rule.kubernetes": "See [kubernetes](#kubernetes); only on `kubernetes` resources.",
+    "rule.ssh": "See [ssh](#ssh); only on `ssh` resources.",
+    "rule.approval": "See [approval](#approval).",
+    "rule.mask": "See [mask](#mask).",
+}
+
+IDENTITY: dict[str, str] = {
+    "issuer": "The custom authorization server, `https://ORG.okta.com/oauth2/ID` (plain http only to "
+              "loopback). Okta's org authorization server (no `/oauth2/...` path) is refused: its access "
+              "tokens cannot be validated outside Okta.",
+    "audience": "The authorization server's audience, e.g. `api://interceptor`; tokens for another audience "
+                "are rejected.",
+    "client_id": "The Okta application's client ID.",
+    "private_key_file": "PEM private key for `private_key_jwt` client authentication (RSA 2048+ or P-256), "
+                        "owned by root, mode 0600.",
+    "client_secret_file": "File holding a client secret (`client_secret_basic`), owned by root, mode 0600. "
+                          "Give this or `private_key_file`, not both.",
+    "key_id": "`kid` header of the client assertions, when Okta holds several keys for the app.",
+    "scopes": "Scopes to request. `login` always adds `openid` and `offline_access`.",
+    "path": "`token_file`: the file holding the current access token; re-read when it changes.",
+    "groups_claim": "Name of the claim holding the groups.",
+    "algorithms": "Accepted signature algorithms; only asymmetric ones (RS, PS, ES families) are allowed.",
+    "leeway": "Clock skew tolerated on `exp`/`iat`, in seconds (0..300).",
+    "introspect": "Also ask the introspection endpoint whether the token was revoked (every 30 s). With "
+                  "`token_file` this needs `client_id` and a client credential.",
+    "on_invalid": "When the identity expires or is revoked: `deny_next` denies each open flow's next "
+                  "operation; `close` cuts the agent's open flows at once. New connections are refused either way.",
+}
+
+PROTOCOL_STATUS = (
+    ("tcp", "Available: the connection is judged at accept, bytes are relayed, one audit record per connection."),
+    ("postgres", "Handler built and tested against a real PostgreSQL 15 (psql, psycopg, asyncpg); its "
+                 "integration into the daemon is in progress."),
+    ("http", "Policy language and `policy test` only; no handler yet, so the daemon closes such connections."),
+    ("kubernetes", "Policy language and `policy test` only; no handler yet, so the daemon closes such connections."),
+    ("ssh", "Policy language and `policy test` only; no handler yet, so the daemon closes such connections."),
+)
+
+
+def _ref_name(node: dict[str, Any]) -> str | None:
+    ref = node.get("$ref", "")
+    return ref.rsplit("/", 1)[-1] if ref.startswith("#/$defs/") else None
+
+
+def _plural(phrase: str) -> str:
+    """'integer 0..9' -> 'integers 0..9', 'non-empty string' -> 'non-empty strings'."""
+    for word in ("string", "integer", "name"):
+        if phrase.startswith(word) or phrase.startswith(f"non-empty {word}"):
+            return phrase.replace(word, word + "s", 1)
+    return phrase
+
+
+def _yaml(value: Any) -> str:
+    """A default as it would be written in the policy file."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(map(str, value)) + "]"
+    return str(value)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _code(values: list[Any]) -> str:
+    return ", ".join(f"`{json.dumps(v) if not isinstance(v, str) else v}`" for v in values)
+
+
+def describe_type(node: dict[str, Any], defs: dict[str, Any]) -> str:
+    """One schema node as a short phrase for the type column."""
+    ref = _ref_name(node)
+    if ref == "name":
+        return f"name (`{defs['name']['pattern']}`)"
+    if ref == "strings":
+        return "list of non-empty strings, at least one"
+    if ref is not None:
+        return f"[{ref}](#{ref})"
+    if "const" in node:
+        return _code([node["const"]])
+    if "enum" in node:
+        return "one of " + _code(node["enum"])
+    if "oneOf" in node:
+        return "one of the forms below"
+    kind = node.get("type")
+    if kind == "array":
+        least = {None: "", 1: ", at least one"}.get(node.get("minItems"), f", at least {node.get('minItems')}")
+        return f"list of {_plural(describe_type(node['items'], defs))}{least}"
+    if kind == "object" and isinstance(node.get("additionalProperties"), dict):
+        return f"mapping of name to {describe_type(node['additionalProperties'], defs)}"
+    if kind == "object":
+        return "mapping"
+    if kind == "integer":
+        low, high = node.get("minimum"), node.get("maximum")
+        return "integer" + (f" {low}..{high}" if high is not None else f" >= {low}" if low is not None else "")
+    if kind == "string":
+        if "pattern" in node:
+            return f"string matching `{node['pattern']}`"
+        return "non-empty string" if node.get("minLength") else "string"
+    raise ReferenceError(f"cannot describe schema node {json.dumps(node)[:80]}")
+
+
+def locations(schema: dict[str, Any]) -> dict[str, str]:
+    """Where each object definition appears in a policy file, e.g. identity -> agents.NAME.identity."""
+    found: dict[str, str] = {}
+
+    def walk(node: dict[str, Any], path: str) -> None:
+        ref = _ref_name(node)
+        if ref is not None:
+            if ref not in found and ref not in INLINE_DEFS:
+                found[ref] = path
+                walk(schema["$defs"][ref], path)
+            return
+        for key, child in node.get("properties", {}).items():
+            walk(child, f"{path}.{key}" if path else key)
+        if isinstance(node.get("additionalProperties"), dict):
+            walk(node["additionalProperties"], f"{path}.NAME")
+        if isinstance(node.get("items"), dict):
+            walk(node["items"], f"{path}[]")
+
+    walk(schema, "")
+    return found
+
+
+def _description(key: str) -> str:
+    if key not in DESCRIPTIONS:
+        raise ReferenceError(f"schema field {key} has no description: add one to DESCRIPTIONS in {Path(__file__).name}")
+    return DESCRIPTIONS[key]
+
+
+def _conditions(node: dict[str, Any]) -> list[str]:
+    """`allOf: [{if: {properties: {X: {const: V}}}, then: {required: [R]}, else: {not: ...}}]` in words."""
+    lines = []
+    for clause in node.get("allOf", []):
+        (field, test), = clause["if"]["properties"].items()
+        for needed in clause["then"]["required"]:
+            forbidden = " and not allowed otherwise" if "else" in clause else ""
+            lines.append(f"`{needed}` is required when `{field}` is `{test['const']}`{forbidden}.")
+    return lines
+
+
+def field_table(section: str, node: dict[str, Any], defs: dict[str, Any]) -> list[str]:
+    required = set(node.get("required", ()))
+    rows = ["| field | type | required | meaning |", "| --- | --- | --- | --- |"]
+    for name, child in node.get("properties", {}).items():
+        rows.append(f"| `{name}` | {_cell(describe_type(child, defs))} | {'yes' if name in required else 'no'} | "
+                    f"{_cell(_description(f'{section}.{name}'))} |")
+    return rows
+
+
+def credentials_forms(node: dict[str, Any], defs: dict[str, Any]) -> list[str]:
+    rows = ["| form | fields |", "| --- | --- |"]
+    for form in node["oneOf"]:
+        props = form["properties"]
+        rest = ", ".join(f"`{k}`: {describe_type(v, defs)}" for k, v in props.items() if k != "from")
+        rows.append(f"| `from: {props['from']['const']}` | {rest} |")
+    return rows
+
+
+def identity_table() -> list[str]:
+    unknown = sorted(set(IDENTITY) - set(IDENTITY_FIELDS))
+    if unknown:
+        raise ReferenceError(f"IDENTITY describes {', '.join(unknown)}, which interceptor.identity.config "
+                             "no longer has")
+    rows = ["| field | default | required for | meaning |", "| --- | --- | --- | --- |"]
+    for name, spec in IDENTITY_FIELDS.items():
+        if name == "source":
+            continue
+        if name not in IDENTITY:
+            raise ReferenceError(f"identity field {name} has no description: add one to IDENTITY in "
+                                 f"{Path(__file__).name}")
+        shown = "-" if spec.default is None else f"`{_yaml(spec.default)}`"
+        needed = ", ".join(f"`{s}`" for s, fields in IDENTITY_REQUIRED.items() if name in fields) or "-"
+        rows.append(f"| `{name}` | {shown} | {needed} | {_cell(IDENTITY[name])} |")
+    return rows
+
+
+def _stale_descriptions(schema: dict[str, Any]) -> None:
+    known = {f"{ROOT_SECTION}.{k}" for k in schema["properties"]}
+    for name, node in schema["$defs"].items():
+        known |= {f"{name}.{k}" for k in node.get("properties", {})}
+    stale = sorted(set(DESCRIPTIONS) - known)
+    if stale:
+        raise ReferenceError(f"DESCRIPTIONS has {', '.join(stale)}, which the schema no longer has")
+
+
+def section(name: str, where: str, node: dict[str, Any], defs: dict[str, Any]) -> list[str]:
+    if name not in SECTIONS:
+        raise ReferenceError(f"schema definition {name} has no introduction: add one to SECTIONS")
+    out = [f"## {name}", "", f"Where: `{where}`", "", SECTIONS[name], ""]
+    if name == "credentials":
+        out += credentials_forms(node, defs)
+    else:
+        out += field_table(name, node, defs)
+    conditions = _conditions(node)
+    if conditions:
+        out += [""] + conditions
+    if name == "identity":
+        out += ["", "Other fields, as `interceptor.identity.config` checks them:", ""] + identity_table()
+        out += ["", "`client_credentials` also needs `private_key_file` (preferred) or `client_secret_file`."]
+    if name == "resource":
+        out += ["", "| protocol | status |", "| --- | --- |"]
+        out += [f"| `{p}` | {status} |" for p, status in PROTOCOL_STATUS]
+    if name == "sql":
+        out += ["", f"`ddl` stands for {_code(sorted(DDL_KINDS))}.", "",
+                "These functions reach outside the query's tables (files, programs, other servers and "
+                "sessions, settings) and are denied unless an allow or approve rule names them in "
+                f"`functions`: {_code(sorted(DANGEROUS_FUNCTIONS))}."]
+    return out + [""]
+
+
+def example(path: Path) -> list[str]:
+    text = path.read_text()
+    intro = [line[1:].strip() for line in text.splitlines() if line.startswith("#")]
+    tests = path.with_name(path.stem + ".tests.yaml")
+    if not tests.exists():
+        raise ReferenceError(f"example {path.name} has no {tests.name}: every example is tested")
+    rel, rel_tests = path.relative_to(ROOT), tests.relative_to(ROOT)
+    return [f"### {path.stem}", "", " ".join(intro), "", "```sh",
+            f"interceptor policy check {rel}", f"interceptor policy test {rel_tests}", "```", "",
+            f"`{rel}`:", "", "```yaml", text.rstrip(), "```", "", f"`{rel_tests}`:", "", "```yaml",
+            tests.read_text().rstrip(), "```", ""]
+
+
+def render(schema: dict[str, Any], examples: Path) -> str:
+    """The whole reference as Markdown; ReferenceError when schema and descriptions disagree."""
+    _stale_descriptions(schema)
+    defs = schema["$defs"]
+    where = locations(schema)
+    out = ["# Policy reference", "",
+           "<!-- Generated by scripts/gen_policy_reference.py from policy/schema.json; do not edit by hand. -->",
+           "", "Check a file with `interceptor policy check FILE` and run its table-driven tests with "
+           "`interceptor policy test FILE.tests.yaml` (both take `--json`; exit status 0 or 1). Errors read "
+           "`file:line:col: what is wrong`. The language, its SQL semantics and the test-file format are "
+           "explained in [policy/README.md](../policy/README.md); this page lists every field.", "",
+           "Globs are shell-style (`*`, `?`, `[...]`), case-sensitive.", "",
+           "## policy", "", "Where: the top level of the file", "", SECTIONS[ROOT_SECTION], ""]
+    out += field_table(ROOT_SECTION, schema, defs) + [""]
+    for name in where:
+        out += section(name, where[name], defs[name], defs)
+    out += ["## Examples", "", "Each example below is checked and tested in CI (`tests/unit/test_docs.py`).", ""]
+    for path in sorted(p for p in examples.glob("*.yaml") if not p.name.endswith(".tests.yaml")):
+        out += example(path)
+    return "\n".join(out).rstrip() + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 if the committed reference is stale")
+    parser.add_argument("--output", type=Path, default=OUTPUT)
+    args = parser.parse_args(argv)
+    try:
+        text = render(json.loads(SCHEMA.read_text()), EXAMPLES)
+    except ReferenceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.check:
+        current = args.output.read_text() if args.output.exists() else ""
+        if current != text:
+            print(f"{args.output} is stale: run python scripts/gen_policy_reference.py", file=sys.stderr)
+            return 1
+        return 0
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
