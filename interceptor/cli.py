@@ -207,24 +207,43 @@ def sessions(ctx: click.Context, as_json: bool) -> None:
         ["flow_id", "agent", "pid", "exe", "subject", "resource", "bytes_up", "bytes_down", "age_s"]))
 
 
-@main.command()
-@click.option("--agent", required=True, help="The agent (from the policy) whose identity you supervise.")
-@click.option("--timeout", default=600, show_default=True, help="Seconds to wait for the sign-in.")
-@click.option("--json", "as_json", is_flag=True)
-@click.pass_context
-def login(ctx: click.Context, agent: str, timeout: int, as_json: bool) -> None:
-    """Sign in (OAuth device flow) for an agent whose identity source is `login`.
-
-    The token goes to the daemon and never to the agent or its environment.
-    """
-    import time
-
-    prompt = call(ctx, "identity.login", agent=agent)
+def _show_prompt(prompt: dict[str, Any], who: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(prompt))
     else:
         where = prompt.get("verification_uri_complete") or prompt["verification_uri"]
-        click.echo(f"To sign in for agent {agent}, open {where}\nand enter the code: {prompt['user_code']}")
+        click.echo(f"To sign in {who}, open {where}\nand enter the code: {prompt['user_code']}")
+
+
+@main.command()
+@click.option("--agent", help="Sign in for this agent (identity source `login`); without it, sign yourself in "
+                              "for the CLI (approvals).")
+@click.option("--timeout", default=600, show_default=True, help="Seconds to wait for the sign-in.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def login(ctx: click.Context, agent: str | None, timeout: int, as_json: bool) -> None:
+    """Sign in with the OAuth device flow.
+
+    With --agent, for an agent whose identity source is `login`: the token goes to the daemon,
+    never to the agent or its environment. Without it, you sign in for the CLI, so that your
+    approvals carry your Okta identity and groups.
+    """
+    import asyncio
+    import time
+
+    if agent is None:
+        from interceptor.identity.approver import sign_in
+        from interceptor.identity.errors import IdentityConfigError, IdentityProviderError, InvalidToken
+
+        try:
+            identity = asyncio.run(sign_in(_settings(ctx).approvals, lambda p: _show_prompt(p, "for the CLI", as_json)))
+        except (IdentityConfigError, IdentityProviderError, InvalidToken) as exc:
+            raise click.ClickException(str(exc)) from exc
+        if not as_json:
+            click.echo(f"signed in as {identity.subject} (groups: {', '.join(sorted(identity.groups)) or '-'})")
+        return
+    prompt = call(ctx, "identity.login", agent=agent)
+    _show_prompt(prompt, f"for agent {agent}", as_json)
     deadline = time.monotonic() + min(timeout, float(prompt.get("expires_in") or timeout))
     while time.monotonic() < deadline:
         entry = next((e for e in call(ctx, "identity.status") if e["agent"] == agent), {})

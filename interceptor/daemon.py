@@ -86,6 +86,7 @@ class Daemon:
         self._approval_store: Any = None
         self._logins: dict[str, asyncio.Future] = {}
         self._identity_start: asyncio.Future | None = None
+        self._approver_validator: Any = None
         self._stopping = asyncio.Event()
         self.metrics = Metrics(__version__)
         self.metrics_server: MetricsServer | None = None
@@ -231,11 +232,24 @@ class Daemon:
             self._approval_store = await SqliteStore.open(path)
         return ApprovalBroker(self._approval_store, self.audit, webhook_url=settings.get("webhook_url"))
 
-    async def _approvals_call(self, method: str, peer: dict[str, int], **params: Any) -> dict[str, Any]:
+    async def _approver(self, peer: dict[str, int], token: str | None) -> Any:
+        """Who decides: the person whose CLI sign-in token validates against the approvals
+        issuer; else local root, recorded as break-glass; else nobody."""
         from interceptor.approvals import Approver
+        from interceptor.identity.approver import validator_for
+
+        if token:
+            if self._approver_validator is None:
+                self._approver_validator = validator_for(self.settings.approvals)
+            identity = await self._approver_validator.validate(token)
+            return Approver("okta", identity.subject, frozenset(identity.groups))
+        return Approver("root", f"root@{socket.gethostname()}") if peer["uid"] == 0 else None
+
+    async def _approvals_call(self, method: str, peer: dict[str, int], token: str | None = None,
+                              **params: Any) -> dict[str, Any]:
         from interceptor.approvals.control import dispatch
 
-        approver = Approver("root", f"root@{socket.gethostname()}") if peer["uid"] == 0 else None
+        approver = await self._approver(peer, token) if method != "approvals.list" else None
         result = await dispatch(self.approvals, method, params, approver)
         if "error" in result:
             raise RuntimeError(result["error"])

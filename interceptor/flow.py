@@ -56,6 +56,7 @@ class FlowContext:
     resource: str | None
     identity: Identity | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    connection_rule: str | None = None  # the rule that let the connection open (or approved it)
 
     def summary(self) -> dict[str, object]:
         return {

@@ -13,6 +13,9 @@ from typing import Any
 
 import click
 
+from interceptor.control import ControlError
+from interceptor.identity.approver import read_token
+
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -28,7 +31,10 @@ def _call(ctx: click.Context, method: str, **params: Any) -> dict[str, Any]:
     client = (ctx.obj or {}).get("control")
     if client is None:
         raise click.ClickException("no control connection to the interceptor daemon")
-    result: dict[str, Any] = client.call(method, **params)
+    try:
+        result: dict[str, Any] = client.call(method, **params)
+    except ControlError as exc:
+        raise click.ClickException(str(exc)) from exc
     if "error" in result:
         raise click.ClickException(str(result["error"]))
     return result
@@ -78,7 +84,8 @@ def list_requests(ctx: click.Context, show_all: bool, as_json: bool) -> None:
 def approve(ctx: click.Context, request_id: str, duration: str | None) -> None:
     """Approve a held operation."""
     for_seconds = parse_duration(duration) if duration is not None else None
-    request = _call(ctx, "approvals.approve", request_id=request_id, for_seconds=for_seconds)["request"]
+    request = _call(ctx, "approvals.approve", request_id=request_id, for_seconds=for_seconds,
+                    token=read_token())["request"]
     until = f" (identical operations allowed until {_when(request['granted_until'])})" if request["granted_until"] else ""
     glass = " as break-glass root" if request["break_glass"] else ""
     click.echo(f"approved {request['request_id']}{glass}{until}")
@@ -90,5 +97,5 @@ def approve(ctx: click.Context, request_id: str, duration: str | None) -> None:
 @click.pass_context
 def deny(ctx: click.Context, request_id: str, reason: str) -> None:
     """Deny a held operation."""
-    request = _call(ctx, "approvals.deny", request_id=request_id, reason=reason)["request"]
+    request = _call(ctx, "approvals.deny", request_id=request_id, reason=reason, token=read_token())["request"]
     click.echo(f"denied {request['request_id']}: {request['decision_reason']}")

@@ -5,6 +5,7 @@ them to the resource's protocol handler. Anything that cannot be attributed is c
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import ipaddress
 import logging
@@ -162,10 +163,13 @@ class Enforcer:
         flow = FlowContext(uuid.uuid4().hex[:16], agent or "", process,
                            Endpoint(origin.dst_ip, origin.dst_port),
                            Endpoint(ipaddress.ip_address(peer[0]), peer[1]), resource)
-        refusal = self._connection_refusal(snap, flow, origin)
+        refusal, decision = self._connection_decision(snap, flow, origin)
+        if refusal is None and decision.verdict is Verdict.APPROVE:
+            refusal = await self._hold(flow, origin, decision)
         if refusal is not None:
             await self._refuse(conn, refusal)
             return
+        flow = dataclasses.replace(flow, connection_rule=decision.rule)
         spec = snap.policy.resources[resource]
         services = Services(
             decide=lambda request: self._decide(flow.agent, request),
@@ -206,22 +210,43 @@ class Enforcer:
                 closed += 1
         return closed
 
-    def _connection_refusal(self, snap: Snapshot, flow: FlowContext, origin: Origin) -> AuditEvent | None:
-        """None when the flow may proceed; otherwise the audit record of why not."""
+    def _subject(self, flow: FlowContext, origin: Origin) -> Subject:
+        return Subject(flow.agent, self.identity(flow.agent), flow.process.exe, origin.uid)
+
+    async def _hold(self, flow: FlowContext, origin: Origin, decision: Decision) -> AuditEvent | None:
+        """A connection the policy wants a person to approve: it waits, accepted but with no
+        bytes forwarded, until approved (None), or denied or expired (the refusal)."""
+        request = Request(self._subject(flow, origin), flow.resource, TcpConnect())
+        if self.approvals is None:
+            return AuditEvent(kind="connection", agent=flow.agent, resource=flow.resource, flow_id=flow.flow_id,
+                              decision="deny", rule=decision.rule, reason="approval needed but no approval broker")
+        pending = await self.approvals.open(request, decision, flow.summary())
+        log.info("flow %s of %s held for approval %s", flow.flow_id, flow.agent, pending.request_id)
+        outcome = await pending.wait()
+        if outcome.approved:
+            return None
+        return AuditEvent(kind="connection", agent=flow.agent, resource=flow.resource, flow_id=flow.flow_id,
+                          process=flow.process.summary(), decision="deny", rule=decision.rule,
+                          reason=f"approval {outcome.request_id} not granted: {outcome.reason or 'denied'}")
+
+    def _connection_decision(self, snap: Snapshot, flow: FlowContext,
+                             origin: Origin) -> tuple[AuditEvent | None, Decision | None]:
+        """(None, decision) when the flow may proceed (decision allow or approve); otherwise
+        (the audit record of why not, None)."""
         base = dict(kind="connection", agent=flow.agent or None, resource=flow.resource, flow_id=flow.flow_id,
                     process=flow.process.summary(), operation={"dst": str(flow.original_dst)})
         if not flow.agent or not flow.resource or flow.resource not in snap.policy.resources:
             return AuditEvent(decision="deny", rule="stale-plan",
-                              reason="agent or resource no longer in the policy", **base)
-        identity = self.identity(flow.agent)
+                              reason="agent or resource no longer in the policy", **base), None
+        subject = self._subject(flow, origin)
+        identity = subject.identity
         if identity is None and self.identity_required(flow.agent):
-            return AuditEvent(decision="deny", rule="identity", reason="agent has no valid identity", **base)
+            return AuditEvent(decision="deny", rule="identity", reason="agent has no valid identity", **base), None
         if identity is not None and identity.expired():
             return AuditEvent(decision="deny", rule="identity", reason="agent identity expired",
-                              identity=identity.summary(), **base)
-        request = Request(Subject(flow.agent, identity, flow.process.exe, origin.uid), flow.resource, TcpConnect())
-        decision: Decision = snap.engine.decide(request)
+                              identity=identity.summary(), **base), None
+        decision: Decision = snap.engine.decide(Request(subject, flow.resource, TcpConnect()))
         if decision.verdict is Verdict.DENY:
             return AuditEvent(decision="deny", rule=decision.rule, reason=decision.reason,
-                              identity=identity.summary() if identity else None, **base)
-        return None
+                              identity=identity.summary() if identity else None, **base), None
+        return None, decision

@@ -48,7 +48,7 @@ class TcpHandler:
             server_writer.close()
             client_writer.close()
         await services.audit.write(services.event(
-            flow, "connection", verdict="allow" if error is None else "error", rule=flow.labels.get("rule"),
+            flow, "connection", verdict="allow" if error is None else "error", rule=flow.connection_rule,
             operation={"protocol": "tcp", "dst": str(flow.original_dst)},
             outcome={"bytes_up": up, "bytes_down": down, "duration_ms": round((time.monotonic() - started) * 1000, 3),
                      "error": error}))

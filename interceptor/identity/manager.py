@@ -23,8 +23,8 @@ from interceptor.identity.errors import IdentityConfigError, IdentityProviderErr
 from interceptor.identity.http import HttpClient, StdlibHttp
 from interceptor.identity.model import Identity
 from interceptor.identity.oauth import (
-    DEVICE_GRANT, ClientAuth, ClientSecret, DeviceAuthorization, OAuthError, PrivateKeyJwt, PublicClient,
-    TokenResponse, device_authorization, request_token)
+    ClientAuth, ClientSecret, DeviceAuthorization, OAuthError, PrivateKeyJwt, PublicClient, TokenResponse,
+    device_authorization, poll_device_token, request_token)
 from interceptor.identity.validator import TokenValidator
 
 log = logging.getLogger(__name__)
@@ -349,21 +349,9 @@ class IdentityManager:
         endpoint = (await slot.validator.metadata()).token_endpoint
         if not endpoint:
             raise IdentityProviderError(f"{slot.config.issuer} publishes no token_endpoint")
-        deadline = time.monotonic() + authorization.expires_in
-        interval = authorization.interval
-        form = {"grant_type": DEVICE_GRANT, "device_code": authorization.device_code}
         try:
-            while True:
-                try:
-                    response = await request_token(self.http, endpoint, auth, form)
-                    break
-                except OAuthError as exc:
-                    if exc.error not in ("authorization_pending", "slow_down"):
-                        raise IdentityProviderError(f"device login for agent {slot.config.agent}: {exc}") from None
-                    interval += 5 if exc.error == "slow_down" else 0
-                if time.monotonic() + interval > deadline:
-                    raise IdentityProviderError(f"device login for agent {slot.config.agent}: code expired")
-                await asyncio.sleep(interval)
+            response = await poll_device_token(self.http, endpoint, auth, authorization,
+                                               f"agent {slot.config.agent}")
         finally:
             slot.login_pending = False
         identity = await self._take(slot, response)

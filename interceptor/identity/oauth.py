@@ -3,6 +3,8 @@ endpoints. Parsing is pure; the three request helpers are the only I/O."""
 
 from __future__ import annotations
 
+import asyncio
+
 import base64
 import os
 import stat
@@ -207,3 +209,22 @@ async def introspect(http: HttpClient, endpoint: str, auth: ClientAuth, token: s
     if response.status != 200:
         raise oauth_error(endpoint, response)
     return response.json(endpoint)
+
+
+async def poll_device_token(http: HttpClient, endpoint: str, auth: ClientAuth,
+                            authorization: DeviceAuthorization, who: str) -> TokenResponse:
+    """Poll the token endpoint until the person approves the device code (RFC 8628 3.4-3.5);
+    IdentityProviderError when they deny it or the code expires."""
+    deadline = time.monotonic() + authorization.expires_in
+    interval = authorization.interval
+    form = {"grant_type": DEVICE_GRANT, "device_code": authorization.device_code}
+    while True:
+        try:
+            return await request_token(http, endpoint, auth, form)
+        except OAuthError as exc:
+            if exc.error not in ("authorization_pending", "slow_down"):
+                raise IdentityProviderError(f"device login for {who}: {exc}") from None
+            interval += 5 if exc.error == "slow_down" else 0
+        if time.monotonic() + interval > deadline:
+            raise IdentityProviderError(f"device login for {who}: code expired")
+        await asyncio.sleep(interval)

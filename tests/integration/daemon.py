@@ -20,7 +20,7 @@ AGENT_CLIENT = str(Path(__file__).with_name("agent_client.py"))
 
 class Daemon:
     def __init__(self, workdir: Path, policy: Path, redirect: str = "bpf", audit: dict | None = None,
-                 metrics_listen: str | None = None) -> None:
+                 metrics_listen: str | None = None, approvals: dict | None = None) -> None:
         self.workdir = workdir
         self.policy = policy
         self.redirect = redirect
@@ -30,7 +30,8 @@ class Daemon:
         audit = audit or {"store": "jsonl", "path": str(self.audit_path), "durability": "strict"}
         self.settings.write_text(json.dumps({
             "policy": str(policy), "redirect": redirect, "state_dir": str(workdir / "state"),
-            "control_socket": str(self.socket), "audit": audit, "metrics_listen": metrics_listen}))
+            "control_socket": str(self.socket), "audit": audit, "metrics_listen": metrics_listen,
+            "approvals": approvals or {}}))
         self.proc: subprocess.Popen | None = None
         self.log = workdir / "daemon.log"
 
