@@ -128,11 +128,20 @@ def wait_for_status(proc: subprocess.Popen, log: Path, timeout: float = 120) -> 
     raise AssertionError(f"installed daemon not ready after {timeout}s:\n{log.read_text()[-3000:]}")
 
 
+def unit_confinement() -> list[str]:
+    """setpriv with the unit's CapabilityBoundingSet and NoNewPrivileges: what systemd would
+    impose, so the installed daemon proves that these capabilities are enough to load BPF."""
+    unit = configparser.ConfigParser(interpolation=None)
+    unit.read_string(INSTALLED_UNIT.read_text())
+    caps = unit["Service"]["CapabilityBoundingSet"].lower().replace("cap_", "+").split()
+    return ["setpriv", f"--bounding-set=-all,{','.join(caps)}", "--inh-caps=-all", "--no-new-privs"]
+
+
 def run_installed_daemon(log: Path) -> None:
     """Start the installed daemon the way the unit does, then stop it: hooks stay behind."""
     with open(log, "ab") as out:
-        proc = subprocess.Popen([str(LINK), "--config", str(ETC / "interceptor.yaml"), "run"], stdout=out,
-                                stderr=out, cwd="/")
+        proc = subprocess.Popen([*unit_confinement(), str(LINK), "--config", str(ETC / "interceptor.yaml"), "run"],
+                                stdout=out, stderr=out, cwd="/")
     try:
         wait_for_status(proc, log)
     finally:
@@ -177,7 +186,8 @@ def test_install_runs_from_opt_and_uninstall_leaves_nothing_behind(tmp_path):
         assert (ETC / "interceptor.yaml").read_text().endswith(edit)
 
         run_installed_daemon(tmp_path / "daemon.log")
-        assert set(attached().values()) == {1}, "the installed daemon loads its BPF programs from /opt/interceptor/bpf"
+        assert set(attached().values()) == {1}, ("the installed daemon, confined to the unit's capabilities, loads "
+                                                 "its BPF programs from /opt/interceptor/bpf")
 
         kept = service("uninstall")
         assert re.search(r"removed \d+ BPF program", kept.stdout), kept.stdout
