@@ -302,3 +302,14 @@ def test_database_allowance():
 def test_literals_are_redacted_for_audit():
     assert redact_literals("SELECT * FROM t1 WHERE a = 'x''y' AND b = 42 AND c = $$z$$ AND d = 1.5e3") == \
         "SELECT * FROM t1 WHERE a = ? AND b = ? AND c = ? AND d = ?"
+
+
+def test_frames_before_a_paused_row_description_keep_their_order():
+    s = session(mask_factory=lambda specs, columns, names: None)
+    s.from_client(codec.parse("s1", "SELECT email FROM users WHERE id = $1") + msg(b"D", b"Ss1\0") + msg(b"S"))
+    before = msg(b"1") + msg(b"t", INT16.pack(1) + INT32.pack(23))
+    commands = s.from_server(before + row_description(("email", 16400, 2)) + codec.ready_for_query(b"I"))
+    assert [type(c).__name__ for c in commands] == ["Send", "ResolveTables"]
+    assert sent(commands, "client") == before
+    rest = sent(s.learn_tables({16400: {2: "public.users.email"}}), "client")
+    assert [k for k, _ in frames(rest)] == [b"T", b"Z"]

@@ -193,17 +193,18 @@ class PostgresHandler:
             return
         if first is None:
             return
-        startup, credentials = first
+        startup, credentials, pipelined = first
         try:
-            await self._session(flow, reader, writer, services, startup, credentials, started)
+            await self._session(flow, reader, writer, services, startup, credentials, pipelined, started)
         except (LoginError, OSError, ProtocolViolation) as exc:
             writer.write(codec.error_response("08006", f"interceptor: {exc}", severity="FATAL"))
             await _drain_quietly(writer)
             await _audit_connection(services, flow, "error", "upstream", str(exc), {"database": startup.database})
 
     async def _startup(self, flow: FlowContext, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                       services: Services) -> tuple[Startup, dict[str, str]] | None:
-        """Answer SSL/GSSENC requests, relay a cancel, or accept a StartupMessage."""
+                       services: Services) -> tuple[Startup, dict[str, str], bytes] | None:
+        """Answer SSL/GSSENC requests, relay a cancel, or accept a StartupMessage (and
+        return what the client already sent after it)."""
         buffer = b""
         while True:
             split = codec.split_startup(buffer)
@@ -233,10 +234,11 @@ class PostgresHandler:
                                     credentials.get("database")):
                 raise Refused("42501", f"database {startup.database!r} is not allowed for agent {flow.agent!r} "
                                        f"on resource {flow.resource!r}")
-            return startup, credentials
+            return startup, credentials, buffer
 
     async def _session(self, flow: FlowContext, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                       services: Services, startup: Startup, credentials: dict[str, str], started: float) -> None:
+                       services: Services, startup: Startup, credentials: dict[str, str], pipelined: bytes,
+                       started: float) -> None:
         if "user" not in credentials or "password" not in credentials:
             raise LoginError(f"credentials for resource {flow.resource!r} need 'user' and 'password'")
         host, port = str(flow.original_dst.ip), flow.original_dst.port
@@ -262,7 +264,10 @@ class PostgresHandler:
         try:
             if login.leftover:
                 await link.run(session.from_server(login.leftover))
-            await link.pump()
+            if pipelined:
+                await link.run(session.from_client(pipelined))
+            if not link.done:
+                await link.pump()
         except AuditUnavailable as exc:
             error = f"audit unavailable: {exc}"
             writer.write(codec.error_response("58000", f"interceptor: {error}; session closed", severity="FATAL"))

@@ -503,6 +503,7 @@ class ProxySession:
             if missing:
                 self._awaiting_tables = missing
                 self._server.stop(frame[1])
+                _send(out, CLIENT, self._server.take())  # what came before stays before
                 out.append(ResolveTables(missing))
                 return
             if head.kind == "query":
