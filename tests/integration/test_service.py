@@ -151,12 +151,15 @@ def run_installed_daemon(log: Path) -> None:
 
 @pytest.mark.timeout(1800)
 def test_install_runs_from_opt_and_uninstall_leaves_nothing_behind(tmp_path):
-    present = [str(p) for p in (OPT, INSTALLED_UNIT, LINK, ETC) if p.exists() or p.is_symlink()]
+    installed = (OPT, INSTALLED_UNIT, LINK, ETC / "interceptor.yaml", ETC / "policy.yaml")
+    present = [str(p) for p in installed if p.exists() or p.is_symlink()]
     assert not present, (f"an installation is already present ({', '.join(present)}); this test installs and "
                          "removes one: run `scripts/service.sh uninstall --purge` first")
-    backup = tmp_path / "state-backup"
-    if STATE.exists():  # a daemon run from the checkout with default settings keeps its state here
-        shutil.copytree(STATE, backup, symlinks=True)
+    # A daemon run from the checkout keeps its state in /var/lib/interceptor, and demo secrets may
+    # sit in /etc/interceptor: --purge deletes both, so they are put back afterwards.
+    backups = {path: tmp_path / "backup" / path.parent.name for path in (ETC, STATE) if path.exists()}
+    for path, copy in backups.items():
+        shutil.copytree(path, copy, symlinks=True)
     try:
         first = service("install")
         systemd = Path("/run/systemd/system").is_dir()
@@ -202,9 +205,9 @@ def test_install_runs_from_opt_and_uninstall_leaves_nothing_behind(tmp_path):
     finally:
         if OPT.exists() or ETC.exists():
             subprocess.run(["bash", str(SERVICE), "uninstall", "--purge"], capture_output=True)
-        if backup.exists():
-            shutil.rmtree(STATE, ignore_errors=True)
-            shutil.copytree(backup, STATE, symlinks=True)
+        for path, copy in backups.items():
+            shutil.rmtree(path, ignore_errors=True)
+            shutil.copytree(copy, path, symlinks=True)
 
 
 # -- /metrics on a running daemon -----------------------------------------------------------------
