@@ -18,7 +18,9 @@ import pytest
 from pg_fixture import PgServer
 
 from interceptor.approvals import ApprovalBroker, Approver, SqliteStore
-from interceptor.audit.event import AuditEvent, AuditUnavailable
+from unit.test_approvals_support import ListSink  # in-memory AuditSink; `down` fails like a full disk
+
+from interceptor.audit.event import AuditEvent
 from interceptor.decision import ApprovalSpec, Decision, MaskSpec, Verdict
 from interceptor.flow import Endpoint, FlowContext, ProcessInfo
 from interceptor.handlers.base import Services
@@ -45,23 +47,8 @@ def decide(request: Request) -> Decision:
     return Decision(Verdict.ALLOW, "reads-and-writes")
 
 
-class ListSink:
-    """An in-memory AuditSink; `down` makes it fail like a full disk."""
-
-    def __init__(self) -> None:
-        self.events: list[AuditEvent] = []
-        self.down = False
-
-    async def write(self, event: AuditEvent) -> None:
-        if self.down:
-            raise AuditUnavailable("audit disk full")
-        self.events.append(event)
-
-    async def close(self) -> None:
-        self.down = True
-
-    def statements(self) -> list[AuditEvent]:
-        return [e for e in self.events if e.kind == "statement"]
+def statements(sink: ListSink) -> list[AuditEvent]:
+    return [e for e in sink.events if e.kind == "statement"]
 
 
 class Proxy:
@@ -157,7 +144,7 @@ def test_psql_allowed_and_denied_statements(proxy, pg):
     assert done.stdout.split() == ["0", "42"]
     assert "permission denied by interceptor rule 'no-secrets'" in done.stderr
     assert pg.psql("SELECT v FROM secrets", dbname="app") == "s3cr3t"
-    records = [(e.decision, e.rule, e.operation["statement"]) for e in proxy.sink.statements()]
+    records = [(e.decision, e.rule, e.operation["statement"]) for e in statements(proxy.sink)]
     assert records == [("allow", "reads-and-writes", "SELECT count(*) FROM orders"),
                        ("deny", "no-secrets", "DROP TABLE secrets"),
                        ("allow", "reads-and-writes", "SELECT ? + ?")]
@@ -202,7 +189,7 @@ def test_psycopg_pipeline_with_a_denied_statement(proxy, pg):
     # One Sync closes the pipeline: like any error, the denial rolls back its implicit transaction.
     assert pg.psql("SELECT count(*) FROM orders", dbname="app") == "0"
     assert pg.psql("SELECT v FROM secrets", dbname="app") == "s3cr3t"
-    inserts = [e for e in proxy.sink.statements() if e.operation["statement"].startswith("INSERT")]
+    inserts = [e for e in statements(proxy.sink) if e.operation["statement"].startswith("INSERT")]
     assert [(e.operation["via"], e.operation["parameters"], e.outcome["rows"]) for e in inserts] == \
         [("extended", 2, 1), ("extended", 2, 1)]
 
@@ -273,7 +260,7 @@ def test_approval_holds_without_blocking_other_sessions(proxy, pg):
     assert result.result(30) == 1
     assert notices and pending[0].request_id in notices[0]
     assert pg.psql("SELECT count(*) FROM orders", dbname="app") == "0"
-    [record] = [e for e in proxy.sink.statements() if e.operation["statement"].startswith("DELETE")]
+    [record] = [e for e in statements(proxy.sink) if e.operation["statement"].startswith("DELETE")]
     assert record.decision == "approve" and record.outcome["approval"]["approved"]
 
 
@@ -325,7 +312,7 @@ def test_copy_out_and_in_and_program_denied(proxy, pg):
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="no-copy-program"):
             conn.execute("COPY orders TO PROGRAM 'touch /tmp/pwned-by-agent'")
     assert not os.path.exists("/tmp/pwned-by-agent")
-    copies = [e for e in proxy.sink.statements() if e.operation["statement"].startswith("COPY orders (id")]
+    copies = [e for e in statements(proxy.sink) if e.operation["statement"].startswith("COPY orders (id")]
     assert copies[0].outcome["rows"] == 1000
 
 
