@@ -232,11 +232,12 @@ def test_masked_column_in_simple_and_extended_protocols(proxy):
     async def prepared():
         conn = await asyncpg.connect(proxy.dsn())
         try:
-            return await conn.fetch("SELECT name, email FROM users ORDER BY id")
+            stmt = await conn.prepare("SELECT name, email FROM users WHERE id = $1")
+            return [tuple(await stmt.fetchrow(i)) for i in (1, 2)]
         finally:
             await conn.close()
 
-    assert [tuple(r) for r in asyncio.run(prepared())] == [("Alice", "****"), ("Bob", "****")]
+    assert asyncio.run(prepared()) == [("Alice", "****"), ("Bob", "****")]
 
 
 def test_approval_holds_without_blocking_other_sessions(proxy, pg):
