@@ -6,11 +6,15 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import os
+import pwd
+import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from concurrent.futures import Future
+from pathlib import Path
 
 import asyncpg
 import psycopg
@@ -410,3 +414,62 @@ def _wait_for(probe, seconds: float = 30.0):
             return found
         time.sleep(0.05)
     raise AssertionError("condition not reached")
+
+
+def _certificates(directory) -> tuple[str, str, str]:
+    """A throwaway CA and a server certificate for 127.0.0.1 it signed: (ca, cert, key) paths."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    def name(common: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = (x509.CertificateBuilder().subject_name(name("test ca")).issuer_name(name("test ca"))
+          .public_key(ca_key.public_key()).serial_number(1).not_valid_before(now)
+          .not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(ca_key, hashes.SHA256()))
+    cert = (x509.CertificateBuilder().subject_name(name("127.0.0.1")).issuer_name(ca.subject)
+            .public_key(key.public_key()).serial_number(2).not_valid_before(now)
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False).sign(ca_key, hashes.SHA256()))
+    paths = tuple(str(directory / f) for f in ("ca.pem", "server.pem", "server.key"))
+    for path, data in zip(paths, (ca.public_bytes(serialization.Encoding.PEM),
+                                  cert.public_bytes(serialization.Encoding.PEM),
+                                  key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                    serialization.NoEncryption()))):
+        with open(path, "wb") as out:
+            out.write(data)
+        os.chmod(path, 0o644 if not path.endswith(".key") else 0o600)
+        if os.geteuid() == 0:  # PgServer runs the server as `postgres`; the key must be its own
+            account = pwd.getpwnam("postgres")
+            os.chown(path, account.pw_uid, account.pw_gid)
+    return paths
+
+
+def test_upstream_tls_is_verified_against_the_configured_ca(tmp_path):
+    certs = Path(tempfile.mkdtemp(prefix="pgtls-"))  # the server's OS user must reach it
+    os.chmod(certs, 0o755)
+    ca, cert, key = _certificates(certs)
+    with PgServer(settings={"ssl": "on", "ssl_cert_file": cert, "ssl_key_file": key}) as server:
+        (server.data / "pg_hba.conf").write_text("local all all scram-sha-256\nhostssl all all 127.0.0.1/32 scram-sha-256\n")
+        server._run("pg_ctl", "-D", str(server.data), "reload")
+        proxy = Proxy(server, tmp_path, databases=("postgres",))
+        try:
+            proxy.resource = ResourceSpec("orders-db", "postgres", proxy.resource.addresses,
+                                          options={"databases": ["postgres"], "tls": {"ca": ca}})
+            with psycopg.connect(proxy.dsn(dbname="postgres")) as conn:
+                assert conn.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone() == (True,)
+            proxy.resource = ResourceSpec("orders-db", "postgres", proxy.resource.addresses,
+                                          options={"databases": ["postgres"], "tls": True})  # system CAs only
+            with pytest.raises(psycopg.OperationalError, match="certificate verify failed"):
+                psycopg.connect(proxy.dsn(dbname="postgres"))
+        finally:
+            proxy.close()
+            shutil.rmtree(certs)
