@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from interceptor.audit.event import AuditUnavailable
-from interceptor.decision import Decision, MaskSpec
+from interceptor.decision import MaskSpec
 from interceptor.flow import FlowContext
 from interceptor.handlers.base import Services
 from interceptor.handlers.postgres import codec
@@ -227,7 +227,7 @@ class PostgresHandler:
             startup = accept_startup(packet)
             try:
                 credentials = await services.credentials()
-            except Exception as exc:  # any secrets failure refuses the login
+            except Exception as exc:  # noqa: BLE001 - any secrets failure refuses the login
                 raise Refused("28000", f"credentials for resource {flow.resource!r} are unavailable: {exc}") from None
             patterns = resource_option(services.resource, "databases")
             if not database_allowed(startup.database, tuple(patterns) if patterns else None,

@@ -20,11 +20,16 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from interceptor.decision import Decision, MaskSpec, Verdict
 from interceptor.handlers.postgres import codec
-from interceptor.handlers.postgres.codec import HEADER, MAX_MESSAGE, Column, ProtocolViolation
+from interceptor.handlers.postgres.codec import (
+    HEADER,
+    MAX_MESSAGE,
+    Column,
+    ProtocolViolation,
+)
 
 CLIENT, SERVER = "client", "server"
 PASSED_PARAMETERS = frozenset({
@@ -288,12 +293,11 @@ class ProxySession:
         self._expect: deque[Expect] = deque()
         self._statements: dict[str, Prepared] = {}
         self._portals: dict[str, Portal] = {}
-        self._held: tuple[int, int, int, str, Decision] | None = None
+        self._held: tuple[tuple[int, int, int], str | None, str, Decision] | None = None
         self._awaiting_tables: tuple[int, ...] = ()
         self._tables: dict[int, dict[int, str]] = {}
         self._to_client: list[bytes] = []  # enforcer messages waiting for a server frame boundary
         self._row_mask: RowMask | None = None
-        self._skipping = False  # after an error, extended messages until Sync are discarded by the server
 
     # ---- client -> server ---------------------------------------------------------
 
@@ -304,8 +308,8 @@ class ProxySession:
             shift = stream.pos
             stream.feed(data)
             if self._held is not None:
-                kind, start, end, text, decision = self._held
-                self._held = (kind, start - shift, end - shift, text, decision)
+                (kind, start, end), name, text, decision = self._held
+                self._held = ((kind, start - shift, end - shift), name, text, decision)
         out: list[Command] = []
         try:
             while self._held is None and not self.closed:
@@ -322,9 +326,10 @@ class ProxySession:
         kind, start, end = frame
         body = self._client.view[start + 5:end]
         if kind == 0x51:  # Q
-            self._judged(codec.read_query(body), "simple", frame, out)
+            self._judged(codec.read_query(body), None, frame, out)
         elif kind == 0x50:  # P
-            self._judged(codec.read_parse(body).query, "extended", frame, out)
+            parse = codec.read_parse(body)
+            self._judged(parse.query, parse.statement, frame, out)
         elif kind == 0x42:  # B
             bind = codec.read_bind(body)
             self._portals[bind.portal] = Portal(self._statements.get(bind.statement), bind.parameters,
@@ -354,27 +359,27 @@ class ProxySession:
         elif kind not in (0x48, 0x64, 0x63, 0x66):  # H, CopyData, CopyDone, CopyFail pass
             raise ProtocolViolation(f"invalid frontend message type {chr(kind)!r}")
 
-    def _judged(self, text: str, via: str, frame: tuple[int, int, int], out: list[Command]) -> None:
+    def _judged(self, text: str, name: str | None, frame: tuple[int, int, int], out: list[Command]) -> None:
+        """Judge a Query (`name` None) or a Parse of statement `name`."""
         decision = self._decide(text)
         if decision.verdict is Verdict.APPROVE:
-            self._held = (*frame, text, decision)
+            self._held = (frame, name, text, decision)
             self._client.stop(frame[1])
             _send(out, SERVER, self._client.take())
             out.append(Hold(text, decision))
             return
-        self._admit(text, via, frame, decision, None)
+        self._admit(text, name, frame, decision, None)
 
-    def _admit(self, text: str, via: str, frame: tuple[int, int, int], decision: Decision,
+    def _admit(self, text: str, name: str | None, frame: tuple[int, int, int], decision: Decision,
                approval: dict[str, object] | None) -> None:
-        statement = Statement(text, decision, via, self.clock(), approval=approval)
-        if via == "simple":
+        statement = Statement(text, decision, "simple" if name is None else "extended", self.clock(),
+                              approval=approval)
+        if name is None:
             if statement.denied:
                 self._deny(statement, frame, codec.query(self.sentinel))
             else:
                 self._expect.append(Expect("query", statement))
             return
-        kind, start, end = frame
-        name = codec.read_parse(self._client.view[start + 5:end]).statement
         if statement.denied:
             self._statements.pop(name, None)  # the server will not have it either
             self._deny(statement, frame, codec.parse(name, self.sentinel))
@@ -402,21 +407,21 @@ class ProxySession:
     def _decide(self, text: str) -> Decision:
         try:
             return self.judge(text)
-        except Exception as exc:  # a policy failure must deny, not crash the session
+        except Exception as exc:  # noqa: BLE001 - a policy failure must deny, not crash the session
             return Decision.deny("policy-error", f"policy evaluation failed: {exc}")
 
     def approval(self, approved: bool, request_id: str | None, reason: str, approver: str | None = None) -> list[Command]:
         """Resume after a Hold: run the statement or deny it, then continue with the client's bytes."""
         if self._held is None:
             raise RuntimeError("approval() without a pending Hold")
-        kind, start, end, text, decision = self._held
+        frame, name, text, decision = self._held
         self._held = None
         info = {"approved": approved, "request_id": request_id, "approver": approver, "reason": reason}
         if not approved:
             decision = Decision(Verdict.DENY, decision.rule, reason or "not approved", decision.masks,
                                 decision.approval, decision.details)
-        self._client.pos = end
-        self._admit(text, "simple" if kind == 0x51 else "extended", (kind, start, end), decision, info)
+        self._client.pos = frame[2]
+        self._admit(text, name, frame, decision, info)
         return self.from_client(b"")
 
     def waiting_notice(self, request_id: str | None, timeout_seconds: int) -> list[Command]:
@@ -484,7 +489,6 @@ class ProxySession:
             self._error(frame, body, head, out)
         elif kind == 0x5A:  # Z
             self.status = bytes(body[:1])
-            self._skipping = False
             if head is not None and head.kind in ("query", "sync"):
                 self._finish(frame, out)
         elif kind in (0x31, 0x32, 0x33, 0x6E):  # ParseComplete, BindComplete, CloseComplete, NoData
