@@ -263,6 +263,7 @@ def test_daemon_serves_metrics_that_move_when_agents_connect(tmp_path, remote):
     daemon = Daemon(tmp_path, policy, redirect="bpf", metrics_listen=f"127.0.0.1:{port}")
     daemon.start()
     try:
+        daemon.wait_for_event(lambda e: e.get("kind") == "daemon" and e.get("rule") == "start")
         before = scrape(port)
         assert value(before, "interceptor_build_info", version=__version__) == 1
         assert value(before, "interceptor_connections_total", agent="tcpagent", resource="echo", decision="allow") == 0
