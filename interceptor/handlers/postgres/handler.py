@@ -312,6 +312,7 @@ class _Link:
         self.lookup: Upstream | None = None
         self.statements = 0
         self.done = False
+        self.capture = bool(getattr(services.audit, "capture", False))  # session bytes for pcap export
 
     async def pump(self) -> None:
         up = asyncio.ensure_future(self._copy(self.upstream.reader, self.session.from_server, self.client))
@@ -337,6 +338,9 @@ class _Link:
         for command in commands:
             if isinstance(command, Send):
                 (self.client if command.to == CLIENT else self.upstream.writer).writelines(command.data)
+                if self.capture:  # what the client saw (masked), and what it sent
+                    await self.services.audit.write_session_bytes(
+                        self.flow.flow_id, "down" if command.to == CLIENT else "up", b"".join(command.data))
             elif isinstance(command, Audit):
                 await self._audit(command)
             elif isinstance(command, Hold):
