@@ -262,3 +262,22 @@ def test_sessions_and_status(daemon, remote):
         holder.kill()
     finally:
         agent.close()
+
+
+def test_reload_swaps_the_policy_without_dropping_connections_in_flight(daemon, remote):
+    code = (f"import socket,sys\ns=socket.create_connection(('{remote.ip4}',{remote.port}))\n"
+            "s.recv(64); print('open', flush=True); sys.stdin.readline()\n"
+            "s.sendall(b'after-reload'); print(s.recv(64).decode(), flush=True)")
+    holder = subprocess.Popen([INTERCEPTOR, "exec", "--agent", "tcpagent", "--", sys.executable, "-c", code],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "open"
+    before = daemon.call("status")["policy"]["version"]
+    changed = daemon.policy.parent / "changed.yaml"
+    changed.write_text(policy_text(remote).replace("name: agents-reach-echo", "name: agents-may-reach-echo"))
+    daemon.cli("policy", "reload", str(changed))
+    assert daemon.call("status")["policy"]["version"] != before
+    holder.stdin.write("go\n")
+    holder.stdin.flush()
+    assert holder.stdout.readline().strip() == "after-reload"
+    holder.wait(timeout=10)
+    daemon.cli("policy", "reload", str(daemon.policy))
