@@ -5,7 +5,7 @@ VENV ?= $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 INSTALL_STAMP := $(VENV)/.installed
 
-.PHONY: setup run test unit integration bench doctor uninstall clean
+.PHONY: setup run demo test unit integration bench doctor install uninstall clean
 
 $(INSTALL_STAMP): scripts/install.sh pyproject.toml tests/oidc/package.json
 	bash scripts/install.sh
@@ -13,8 +13,14 @@ $(INSTALL_STAMP): scripts/install.sh pyproject.toml tests/oidc/package.json
 
 setup: $(INSTALL_STAMP)
 
+# The daemon in the foreground with the shipped default policy, beside a local PostgreSQL with
+# sample data and a development OpenID issuer standing in for Okta (scripts/demo/env.py).
 run: setup
-	$(VENV)/bin/interceptor run
+	$(VENV)/bin/interceptor run --policy "$$($(PY) scripts/demo/env.py up)"
+
+# The README's story, non-interactively; cleans up after itself.
+demo: setup
+	$(PY) scripts/demo/story.py
 
 test: setup
 	$(PY) -m pytest -ra tests
@@ -31,8 +37,13 @@ bench: setup
 doctor: setup
 	$(VENV)/bin/interceptor doctor
 
-uninstall: setup
-	$(VENV)/bin/interceptor uninstall
+# As a system service: /opt/interceptor, /etc/interceptor, /var/lib/interceptor, systemd unit.
+install:
+	bash scripts/service.sh install
+
+# Removes the service, every BPF program and iptables rule (settings and state stay; see --purge).
+uninstall:
+	bash scripts/service.sh uninstall
 
 clean:
 	rm -rf $(VENV) tests/oidc/node_modules
