@@ -197,13 +197,20 @@ static __always_inline int handle(struct bpf_sock_addr *ctx, const u8 addr[16], 
     return 1;
 }
 
-int icpt_connect4(struct bpf_sock_addr *ctx)
+/* The destination as the maps key it: IPv4 v4-mapped. */
+static __always_inline void load_ip4(struct bpf_sock_addr *ctx, u8 addr[16])
 {
-    u8 addr[16] = {};
+    u32 ip = ctx->user_ip4;
+    __builtin_memset(addr, 0, 10);
     addr[10] = 0xff;
     addr[11] = 0xff;
-    u32 ip = ctx->user_ip4;
     __builtin_memcpy(addr + 12, &ip, 4);
+}
+
+int icpt_connect4(struct bpf_sock_addr *ctx)
+{
+    u8 addr[16];
+    load_ip4(ctx, addr);
     return handle(ctx, addr, 0, 1, 0);
 }
 
@@ -227,11 +234,8 @@ int icpt_connect6(struct bpf_sock_addr *ctx)
 
 int icpt_sendmsg4(struct bpf_sock_addr *ctx)
 {
-    u8 addr[16] = {};
-    addr[10] = 0xff;
-    addr[11] = 0xff;
-    u32 ip = ctx->user_ip4;
-    __builtin_memcpy(addr + 12, &ip, 4);
+    u8 addr[16];
+    load_ip4(ctx, addr);
     return handle(ctx, addr, 0, 1, 1);
 }
 

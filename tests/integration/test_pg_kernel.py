@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -65,8 +66,7 @@ def env(tmp_path_factory):
         os.close(fd)
         policy = workdir / "policy.yaml"
         policy.write_text(policy_text(pg, str(secret)))
-        daemon = Daemon(workdir, policy, redirect="bpf", audit={
-            "store": "jsonl", "path": str(workdir / "audit.jsonl"), "durability": "strict", "capture": True})
+        daemon = Daemon(workdir, policy, redirect="bpf")
         daemon.start()
         try:
             yield daemon, pg
@@ -250,12 +250,21 @@ def test_upstream_password_is_nowhere_the_agent_can_see(env):
 
 def test_session_exports_as_a_pcap_that_tshark_decodes_as_postgresql(env, tmp_path):
     daemon, pg = env
-    out = psql(daemon, pg, "select name from customers where id = 1")
-    assert out.returncode == 0, out.stderr
-    statement = daemon.wait_for_event(lambda e: e.get("kind") == "statement" and
-                                      "select name from customers where id" in json.dumps(e.get("operation")))
-    pcap = tmp_path / "session.pcap"
-    daemon.cli("audit", "export", "--store", str(daemon.audit_path), "--pcap", statement["flow_id"], "-o", str(pcap))
+    daemon.stop()  # capture is a daemon setting: restart with it on, then back
+    captured = Daemon(tmp_path, daemon.policy, redirect="bpf", audit={
+        "store": "jsonl", "path": str(tmp_path / "audit.jsonl"), "durability": "strict", "capture": True})
+    captured.start()
+    try:
+        out = psql(captured, pg, "select name from customers where id = 1")
+        assert out.returncode == 0, out.stderr
+        statement = captured.wait_for_event(lambda e: e.get("kind") == "statement" and
+                                            "select name from customers where id" in json.dumps(e.get("operation")))
+        pcap = tmp_path / "session.pcap"
+        captured.cli("audit", "export", "--store", str(captured.audit_path), "--pcap", statement["flow_id"],
+                     "-o", str(pcap))
+    finally:
+        captured.stop()
+        daemon.start()
     decoded = subprocess.run(["tshark", "-r", str(pcap), "-Y", "pgsql", "-T", "fields", "-e", "pgsql.query"],
                              capture_output=True, text=True)
     assert decoded.returncode == 0, decoded.stderr
@@ -296,3 +305,61 @@ def test_kill_9_under_load_loses_no_record_of_a_result_a_client_received(env):
     assert len(delivered) >= 200 and not missing, f"{len(missing)} delivered results have no audit record"
     verify = daemon.cli("audit", "verify", "--store", str(daemon.audit_path), check=False)
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+@pytest.mark.parametrize("sql", [
+    "select * from customers order by id",
+    "select email as contact, card_number as pan from customers order by id",
+    "select upper(email), 'card: ' || card_number from customers order by id",
+    "select c.name, c.email, o.amount from customers c join orders o on o.customer_id = c.id order by o.id",
+    r"\copy (select id, email, card_number from customers order by id) to stdout",
+])
+def test_masked_columns_never_reach_the_agent_in_any_shape(env, sql):
+    """SELECT *, aliases, expressions derived from a masked column, joins and COPY TO: the clear
+    value never reaches the agent (masked, or the statement is refused rather than leak)."""
+    daemon, pg = env
+    out = psql(daemon, pg, sql)
+    seen = out.stdout + out.stderr
+    for clear in (*CARDS.values(), *EMAILS.values(), *(e.upper() for e in EMAILS.values())):
+        assert clear not in seen, f"{clear!r} leaked for {sql!r}:\n{seen}"
+    if out.returncode == 0:
+        assert out.stdout.strip(), f"{sql!r}: allowed but returned nothing"
+
+
+def test_large_result_streams_with_bounded_daemon_memory(env):
+    """A 200 MB result flows through; the daemon's peak RSS (sampled while it streams) stays
+    within a small bound above what a small query of the same shape needs."""
+    daemon, pg = env
+
+    def rss_kib() -> int:
+        status = open(f"/proc/{daemon.proc.pid}/status").read()
+        return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
+
+    code = """
+    import sys, psycopg
+    with psycopg.connect(sys.argv[1]) as conn:
+        cur = conn.cursor()
+        cur.execute(f"select repeat('x', 1000) from generate_series(1, {int(sys.argv[2])})")
+        total = 0
+        while rows := cur.fetchmany(1000):
+            total += sum(len(r[0]) for r in rows)
+        print(total)
+    """
+    assert agent_python(daemon, code, conninfo(pg), "1000").stdout.strip() == "1000000"  # warm-up, same path
+    before, peak, streaming = rss_kib(), [0], [True]
+
+    def sample() -> None:
+        while streaming[0]:
+            peak[0] = max(peak[0], rss_kib())
+            time.sleep(0.005)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        out = agent_python(daemon, code, conninfo(pg), "200000", timeout=120)
+    finally:
+        streaming[0] = False
+        sampler.join()
+    assert out.stdout.strip() == str(200_000 * 1000), out.stderr
+    growth_mib = (peak[0] - before) / 1024
+    assert growth_mib < 32, f"the daemon's peak grew by {growth_mib:.0f} MiB streaming a 200 MB result"

@@ -313,3 +313,19 @@ def test_frames_before_a_paused_row_description_keep_their_order():
     assert sent(commands, "client") == before
     rest = sent(s.learn_tables({16400: {2: "public.users.email"}}), "client")
     assert [k for k, _ in frames(rest)] == [b"T", b"Z"]
+
+
+def test_computed_columns_derived_from_a_masked_column_are_masked_like_it():
+    """Expressions carry no table OID; the policy's lineage names their source column."""
+    seen = []
+    lineage = Decision(Verdict.ALLOW, "reads", masks=(MaskSpec(columns=("public.users.email",)),), details=(
+        {"masked_outputs": [{"position": 1, "name": "upper", "columns": ["public.users.email"], "rules": ["m"]}]},))
+
+    def factory(specs, columns, names):
+        seen.append(names)
+        return None
+
+    s = ProxySession(judge=lambda text: lineage, database="app", nonce=NONCE, mask_factory=factory)
+    s.from_client(codec.query("SELECT id, upper(email) FROM users"))
+    s.from_server(row_description(("id", 0, 0), ("upper", 0, 0)))
+    assert seen == [(None, "public.users.email")]

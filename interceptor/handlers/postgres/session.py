@@ -45,6 +45,17 @@ RowMask = Callable[[memoryview], bytes]
 MaskFactory = Callable[[tuple[MaskSpec, ...], tuple[Column, ...], tuple[str | None, ...]], RowMask | None]
 
 
+def _derived_from_masked(decision: Decision) -> dict[int, str]:
+    """Result positions the policy's lineage found derived from a masked column (expressions
+    carry no table OID), with that column. Positions of every statement of the query are
+    taken together: masking one column too many is safe, one too few is a leak."""
+    derived: dict[int, str] = {}
+    for detail in decision.details:
+        for output in detail.get("masked_outputs", ()):
+            derived.setdefault(int(output["position"]), str(output["columns"][0]))
+    return derived
+
+
 class Refused(Exception):
     """Startup refused: send FATAL `code` `message` to the client and close."""
 
@@ -529,8 +540,11 @@ class ProxySession:
     def _mask_for(self, decision: Decision, columns: tuple[Column, ...]) -> RowMask | None:
         if self.mask_factory is None:
             return _withheld("the policy masks this result but no masker is configured")
-        names = tuple(self._tables.get(c.table_oid, {}).get(c.attnum) if c.table_oid else None for c in columns)
-        return self.mask_factory(decision.masks, columns, names)
+        names = [self._tables.get(c.table_oid, {}).get(c.attnum) if c.table_oid else None for c in columns]
+        for position, source in _derived_from_masked(decision).items():
+            if position < len(names):
+                names[position] = source  # a computed column is masked like the column it comes from
+        return self.mask_factory(decision.masks, columns, tuple(names))
 
     def _error(self, frame: tuple[int, int, int], body: memoryview, head: Expect | None, out: list[Command]) -> None:
         statement = head.statement if head is not None else None
