@@ -8,6 +8,7 @@ before hashing.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
@@ -22,8 +23,12 @@ _SQL_PASSWORD = re.compile(r"(\bpassword\s+)'(?:[^']|'')*'", re.IGNORECASE)
 _URL_PASSWORD = re.compile(r"(://[^/:@\s]+:)[^@/\s]+@")
 
 
+@functools.lru_cache(maxsize=8192)
 def scrub_text(text: str) -> str:
-    """`text` with password literals, URL passwords and recognised tokens replaced."""
+    """`text` with password literals, URL passwords and recognised tokens replaced.
+
+    Cached: a trail repeats the same strings (statement texts, exe paths, agent names) in
+    record after record, and a pure function of its input needs running once per string."""
     text = _SQL_PASSWORD.sub(rf"\1'{REDACTED}'", text)
     text = _URL_PASSWORD.sub(rf"\1{REDACTED}@", text)
     raw = text.encode()
