@@ -363,3 +363,36 @@ def test_large_result_streams_with_bounded_daemon_memory(env):
     assert out.stdout.strip() == str(200_000 * 1000), out.stderr
     growth_mib = (peak[0] - before) / 1024
     assert growth_mib < 32, f"the daemon's peak grew by {growth_mib:.0f} MiB streaming a 200 MB result"
+
+
+def test_one_shot_approval_of_a_prepared_statement_covers_one_execution(env):
+    daemon, pg = env
+    code = """
+    import asyncio, sys, asyncpg
+    async def main():
+        conn = await asyncpg.connect(host="127.0.0.1", port=int(sys.argv[1]), user="agent", password="x",
+                                     database="postgres", ssl=False)
+        stmt = await conn.prepare("update orders set status = $1 where id = $2")  # held here
+        print("first", await stmt.fetch("approved-once", 11), flush=True)
+        try:
+            await stmt.fetch("again", 11)
+            print("second ran", flush=True)
+        except asyncpg.InsufficientPrivilegeError as exc:
+            print("second denied", flush=True)
+        await conn.close()
+    asyncio.run(main())
+    """
+    held = subprocess.Popen([INTERCEPTOR, "exec", "--agent", "analyst", "--", sys.executable, "-c",
+                             textwrap.dedent(code), str(pg.port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 20
+    request = None
+    while request is None and time.monotonic() < deadline:
+        pending = json.loads(daemon.cli("approvals", "list", "--json").stdout)
+        request = next((r for r in pending if "approved" not in r["state"] and r["agent"] == "analyst"), None)
+        time.sleep(0.2)
+    assert request, "the prepared UPDATE must be held"
+    daemon.cli("approvals", "approve", request["request_id"])
+    out, err = held.communicate(timeout=30)
+    assert "first []" in out and "second denied" in out, out + err
+    assert pg.psql("select status from orders where id = 11").strip() == "approved-once"

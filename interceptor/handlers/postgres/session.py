@@ -179,6 +179,12 @@ class Prepared:
     decision: Decision
     approval: dict[str, object] | None = None
     columns: tuple[Column, ...] | None = None
+    executions: int = 0
+
+    def one_shot_spent(self) -> bool:
+        """A one-shot approval at Parse covers one execution, not every later Execute."""
+        spec = self.decision.approval
+        return self.approval is not None and spec is not None and spec.grant == "one-shot" and self.executions > 0
 
 
 @dataclass(slots=True)
@@ -347,7 +353,7 @@ class ProxySession:
                                                 bind.result_formats)
             self._expect.append(Expect("bind"))
         elif kind == 0x45:  # E
-            self._execute(codec.read_execute(body))
+            self._execute(codec.read_execute(body), frame)
         elif kind == 0x44:  # D
             target, name = codec.read_target(body, "Describe")
             if target == "S":
@@ -402,13 +408,21 @@ class ProxySession:
         self._client.replace(frame[1], frame[2], [sentinel])
         self._expect.append(Expect("query" if statement.via != "extended" else "parse", statement))
 
-    def _execute(self, portal_name: str) -> None:
+    def _execute(self, portal_name: str, frame: tuple[int, int, int]) -> None:
         portal = self._portals.get(portal_name)
         if portal is None or portal.prepared is None:
             # Unknown portal: the server will refuse it; nothing runs, nothing to audit.
             self._expect.append(Expect("execute"))
             return
         prepared = portal.prepared
+        if prepared.one_shot_spent():
+            rule = prepared.decision.rule
+            denial = Decision.deny(rule, "the one-shot approval was used by an earlier execution; "
+                                         "prepare the statement again to ask for a new approval")
+            self._deny(Statement(prepared.text, denial, "extended", self.clock(), parameters=portal.parameters),
+                       frame, codec.parse("", self.sentinel))
+            return
+        prepared.executions += 1
         statement = Statement(prepared.text, prepared.decision, "extended", self.clock(),
                               parameters=portal.parameters, approval=prepared.approval)
         self._expect.append(Expect("execute", statement, portal=portal))
