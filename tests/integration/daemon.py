@@ -83,6 +83,16 @@ class Daemon:
             time.sleep(0.05)
         raise AssertionError(f"no matching audit event within {timeout}s; have: {self.audit_events()[-5:]}")
 
+    def pending_request(self, agent: str, timeout: float = 20) -> dict:
+        """The agent's request waiting for approval, as `interceptor approvals list` shows it."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for request in json.loads(self.cli("approvals", "list", "--json").stdout):
+                if request["agent"] == agent and request["state"] == "pending":
+                    return request
+            time.sleep(0.2)
+        raise AssertionError(f"no pending approval request from {agent} within {timeout}s")
+
     def agent(self, agent: str, *args: str, user: str | None = None, timeout: float = 20) -> dict:
         """Run the stand-in agent under `interceptor exec` and return its JSON report."""
         argv = [INTERCEPTOR, "exec", "--agent", agent, *(["--user", user] if user else []), "--",

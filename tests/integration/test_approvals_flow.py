@@ -60,16 +60,6 @@ def start_agent(agent: str, remote) -> subprocess.Popen:
                              remote.ip4, str(remote.port)], stdout=subprocess.PIPE, text=True)
 
 
-def pending_request(daemon: Daemon, agent: str, timeout: float = 20) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for request in json.loads(daemon.cli("approvals", "list", "--json").stdout):
-            if request["agent"] == agent and request["state"] == "pending":
-                return request
-        time.sleep(0.2)
-    raise AssertionError(f"no pending request from {agent}")
-
-
 def sign_in(daemon: Daemon, op, home, account: str) -> dict:
     """`interceptor login` (no --agent) as `account`; the token lands in this person's config dir."""
     env = dict(os.environ, XDG_CONFIG_HOME=str(home))
@@ -90,7 +80,7 @@ def decide(daemon: Daemon, env: dict | None, *args: str) -> subprocess.Completed
 def test_root_approves_as_break_glass_and_the_held_connection_proceeds(env, remote):
     daemon, _, _ = env
     agent = start_agent("worker", remote)
-    request = pending_request(daemon, "worker")
+    request = daemon.pending_request("worker")
     time.sleep(0.5)
     assert agent.poll() is None, "the agent waits while its connection is held"
     result = decide(daemon, None, "approve", request["request_id"])
@@ -109,7 +99,7 @@ def test_okta_approvers_need_the_group_and_cannot_approve_themselves(env, remote
     alice = sign_in(daemon, op, workdir / "alice", "alice@example.com")  # groups: dba, oncall
 
     agent = start_agent("worker", remote)
-    request = pending_request(daemon, "worker")
+    request = daemon.pending_request("worker")
     refused = decide(daemon, bob, "approve", request["request_id"])
     assert refused.returncode != 0 and "group" in refused.stderr, refused.stderr
     approved = decide(daemon, alice, "approve", request["request_id"])
@@ -123,7 +113,7 @@ def test_okta_approvers_need_the_group_and_cannot_approve_themselves(env, remote
     assert login.wait(timeout=30) == 0
     time.sleep(1)  # the kernel plan follows the new identity
     own = start_agent("alices-agent", remote)
-    mine = pending_request(daemon, "alices-agent")
+    mine = daemon.pending_request("alices-agent")
     selfish = decide(daemon, alice, "approve", mine["request_id"])
     assert selfish.returncode != 0 and "own" in selfish.stderr.lower(), selfish.stderr
     denied = decide(daemon, None, "deny", mine["request_id"], "--reason", "not today")

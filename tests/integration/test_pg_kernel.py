@@ -207,13 +207,7 @@ def test_update_held_for_approval_runs_after_approve_while_others_work(env):
     held = subprocess.Popen([INTERCEPTOR, "exec", "--agent", "analyst", "--", sys.executable, "-c",
                              textwrap.dedent(code), conninfo(pg)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
-    deadline = time.monotonic() + 20
-    request = None
-    while request is None and time.monotonic() < deadline:
-        pending = json.loads(daemon.cli("approvals", "list", "--json").stdout)
-        request = next((r for r in pending if r["agent"] == "analyst"), None)
-        time.sleep(0.2)
-    assert request, "the UPDATE must be held as a pending approval"
+    request = daemon.pending_request("analyst")
     other = psql(daemon, pg, "select count(*) from customers")
     assert other.stdout.strip() == "2", "other sessions keep working while one waits"
     assert pg.psql("select status from orders where id = 10").strip() == "new"
@@ -385,13 +379,7 @@ def test_one_shot_approval_of_a_prepared_statement_covers_one_execution(env):
     held = subprocess.Popen([INTERCEPTOR, "exec", "--agent", "analyst", "--", sys.executable, "-c",
                              textwrap.dedent(code), str(pg.port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
-    deadline = time.monotonic() + 20
-    request = None
-    while request is None and time.monotonic() < deadline:
-        pending = json.loads(daemon.cli("approvals", "list", "--json").stdout)
-        request = next((r for r in pending if "approved" not in r["state"] and r["agent"] == "analyst"), None)
-        time.sleep(0.2)
-    assert request, "the prepared UPDATE must be held"
+    request = daemon.pending_request("analyst")
     daemon.cli("approvals", "approve", request["request_id"])
     out, err = held.communicate(timeout=30)
     assert "first []" in out and "second denied" in out, out + err
