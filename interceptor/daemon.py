@@ -289,8 +289,8 @@ class Daemon:
         now = time.time()
         return [{"flow_id": s.flow.flow_id, "agent": s.flow.agent, "pid": s.flow.process.tgid,
                  "exe": s.flow.process.exe, "resource": s.flow.resource, "dst": str(s.flow.original_dst),
-                 "identity": self._identity_status(s.flow.agent), "bytes_up": s.bytes_up,
-                 "bytes_down": s.bytes_down, "age_s": round(now - s.started, 1)}
+                 "identity": self._identity_status(s.flow.agent), "bytes_up": s.traffic.up,
+                 "bytes_down": s.traffic.down, "age_s": round(now - s.started, 1)}
                 for s in self.enforcer.sessions.values()]
 
     async def _gauges(self) -> Gauges:

@@ -21,6 +21,7 @@ from interceptor.decision import Decision, Verdict
 from interceptor.enforcer.attribution import AttributionError, attribute
 from interceptor.flow import Endpoint, FlowContext
 from interceptor.handlers import Services, handler_for
+from interceptor.handlers.base import Traffic
 from interceptor.identity.model import Identity
 from interceptor.operations import Request, Subject, TcpConnect
 from interceptor.redirect import Origin, Redirect, RedirectPlan
@@ -34,9 +35,8 @@ class Session:
 
     flow: FlowContext
     client: socket.socket
+    traffic: Traffic
     started: float = field(default_factory=time.time)
-    bytes_up: int = 0
-    bytes_down: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +180,7 @@ class Enforcer:
             approvals=self.approvals,
         )
         self.on_connection(flow.agent, resource, "allow")
-        session = Session(flow, conn)
+        session = Session(flow, conn, services.traffic)
         self.sessions[flow.flow_id] = session
         try:
             await handler_for(spec.protocol).serve(flow, conn, services)

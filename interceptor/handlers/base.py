@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from interceptor.audit.event import AuditEvent, AuditSink
@@ -18,6 +18,14 @@ from interceptor.decision import Decision
 from interceptor.flow import FlowContext
 from interceptor.identity.model import Identity
 from interceptor.operations import Operation, Request, Subject
+
+
+@dataclass(slots=True)
+class Traffic:
+    """Bytes a flow has carried so far; handlers add as they forward."""
+
+    up: int = 0  # client to server
+    down: int = 0  # server to client
 
 
 @dataclass(slots=True)
@@ -30,6 +38,7 @@ class Services:
     resource: Any  # interceptor.policy ResourceSpec of the flow's resource
     credentials: Callable[[], Awaitable[dict[str, str]]]  # upstream secrets, resolved on demand
     approvals: Any = None  # interceptor.approvals broker, when the daemon has one
+    traffic: Traffic = field(default_factory=Traffic)  # bytes so far, for `interceptor sessions`
 
     def request(self, flow: FlowContext, operation: Operation, **labels: str) -> Request:
         subject = Subject(flow.agent, self.identity(), flow.process.exe, flow.process.uid)

@@ -8,17 +8,18 @@ import socket
 import time
 
 from interceptor.flow import FlowContext
-from interceptor.handlers.base import Services
+from interceptor.handlers.base import Services, Traffic
 
 CHUNK = 256 * 1024
 
 
-async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
+async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, traffic: Traffic, direction: str) -> int:
     """Copy until EOF, then half-close; returns the bytes copied."""
     total = 0
     try:
         while data := await reader.read(CHUNK):
             total += len(data)
+            setattr(traffic, direction, total)
             writer.write(data)
             await writer.drain()  # backpressure: stop reading while the peer is slow
         if writer.can_write_eof():
@@ -43,8 +44,8 @@ class TcpHandler:
             error = f"upstream {flow.original_dst}: {exc.strerror or exc}"
             client_writer.transport.abort()
         else:
-            up, down = await asyncio.gather(_pump(client_reader, server_writer),
-                                            _pump(server_reader, client_writer))
+            up, down = await asyncio.gather(_pump(client_reader, server_writer, services.traffic, "up"),
+                                            _pump(server_reader, client_writer, services.traffic, "down"))
             server_writer.close()
             client_writer.close()
         await services.audit.write(services.event(

@@ -258,7 +258,8 @@ def test_sessions_and_status(daemon, remote):
                                   stdout=subprocess.PIPE, text=True)
         assert holder.stdout.readline().strip() == "open"
         sessions = json.loads(daemon.cli("sessions", "--json").stdout)
-        assert any(s["pid"] == holder.pid and s["agent"] == "tcpagent" for s in sessions), sessions
+        mine = [s for s in sessions if s["pid"] == holder.pid and s["agent"] == "tcpagent"]
+        assert mine and mine[0]["bytes_down"] > 0 and mine[0]["exe"] == PYTHON_EXE, sessions
         holder.kill()
     finally:
         agent.close()

@@ -315,8 +315,9 @@ class _Link:
         self.capture = bool(getattr(services.audit, "capture", False))  # session bytes for pcap export
 
     async def pump(self) -> None:
-        up = asyncio.ensure_future(self._copy(self.upstream.reader, self.session.from_server, self.client))
-        down = asyncio.ensure_future(self._copy(self.client_reader, self.session.from_client, self.upstream.writer))
+        up = asyncio.ensure_future(self._copy(self.upstream.reader, self.session.from_server, self.client, "down"))
+        down = asyncio.ensure_future(self._copy(self.client_reader, self.session.from_client, self.upstream.writer,
+                                                "up"))
         try:
             finished, _ = await asyncio.wait((up, down), return_when=asyncio.FIRST_COMPLETED)
             for task in finished:
@@ -326,11 +327,13 @@ class _Link:
                 task.cancel()
             await asyncio.gather(up, down, return_exceptions=True)
 
-    async def _copy(self, reader: asyncio.StreamReader, feed, peer: asyncio.StreamWriter) -> None:
+    async def _copy(self, reader: asyncio.StreamReader, feed, peer: asyncio.StreamWriter, direction: str) -> None:
+        traffic = self.services.traffic
         while not self.done:
             data = await reader.read(CHUNK)
             if not data:
                 return
+            setattr(traffic, direction, getattr(traffic, direction) + len(data))
             await self.run(feed(data))
             await peer.drain()
 
