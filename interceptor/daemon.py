@@ -26,7 +26,7 @@ from interceptor.enforcer.server import Enforcer, Snapshot
 from interceptor.metrics import Gauges, Metrics, MetricsServer
 from interceptor.operations import Request, Subject, TcpConnect
 from interceptor.redirect import DenyEvent, Redirect, cgroups
-from interceptor.redirect.plan import Indexer, PlanError, build_plan
+from interceptor.redirect.plan import HostAddresses, Indexer, PlanError, build_plan
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,7 @@ class Daemon:
         self.mount = cgroups.ensure_mount()
         self.agents_ix = Indexer()
         self.resources_ix = Indexer()
+        self.hosts = HostAddresses()
         self.started = time.time()
         self.snapshot: Snapshot | None = None
         self.redirect: Redirect | None = None
@@ -114,7 +115,7 @@ class Daemon:
         plan = build_plan(policy, may_connect, managed_root=str(cgroups.managed_root(self.mount)),
                           agent_paths=agent_paths, enforcer_port=self.settings.enforcer_port,
                           refuse_port=self.settings.refuse_port, daemon_tgid=os.getpid(),
-                          agents_ix=self.agents_ix, resources_ix=self.resources_ix)
+                          agents_ix=self.agents_ix, resources_ix=self.resources_ix, resolve=self.hosts)
         return Snapshot(policy, engine, plan)
 
     def identity(self, agent: str):

@@ -73,6 +73,22 @@ def resolve_host(hostname: str) -> list[Network]:
     return sorted({ipaddress.ip_network(info[4][0].split("%", 1)[0]) for info in infos}, key=str)
 
 
+class HostAddresses:
+    """Hostname resolution that never forgets: a name that fails to resolve keeps the
+    addresses it had, so a DNS hiccup cannot turn a protected destination into an
+    unprotected one (fail closed)."""
+
+    def __init__(self, resolve=resolve_host) -> None:
+        self._resolve = resolve
+        self._known: dict[str, list[Network]] = {}
+
+    def __call__(self, hostname: str) -> list[Network]:
+        fresh = self._resolve(hostname)
+        if fresh:
+            self._known[hostname] = fresh
+        return self._known.get(hostname, [])
+
+
 def build_plan(policy, may_connect, *, managed_root: str, agent_paths: dict[str, list[str]],
                enforcer_port: int, refuse_port: int, daemon_tgid: int, agents_ix: Indexer,
                resources_ix: Indexer, resolve=resolve_host) -> RedirectPlan:

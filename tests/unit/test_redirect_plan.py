@@ -64,3 +64,44 @@ def test_iptables_unprotected_allow_and_udp():
     udp = [r for r in rules if r.startswith("-A ICPT_U1 ")]
     assert udp == ["-A ICPT_U1 -p udp -d 2001:db8::1/128 --dport 5432 -j REJECT",
                    "-A ICPT_U1 -p udp --dport 53 -j RETURN"]
+
+
+def test_build_plan_resolves_hostnames_and_keeps_indices_stable():
+    from interceptor.policy import load_policy_text
+    from interceptor.redirect.plan import HostAddresses, build_plan
+
+    policy = load_policy_text("""version: 1
+resources:
+  db: {protocol: postgres, addresses: ["db.internal:5432", "10.0.0.5:5432"]}
+  web: {protocol: tcp, addresses: ["10.9.0.0/16:443"]}
+agents:
+  bot: {uids: [1001]}
+  other: {unprotected: allow}
+rules:
+  - {name: r, effect: allow, agents: [bot], resources: [db], sql: {kinds: [select]}}
+""", "p.yaml")
+    addresses = {"db.internal": [ipaddress.ip_network("10.0.0.7/32"), ipaddress.ip_network("fd00::7/128")]}
+    agents_ix, resources_ix = Indexer(), Indexer()
+
+    def plan_with(resolve):
+        return build_plan(policy, lambda agent, resource: agent == "bot" and resource == "db",
+                          managed_root="/cg/interceptor", agent_paths={"bot": ["/cg/interceptor/bot"],
+                                                                        "other": ["/cg/interceptor/other"]},
+                          enforcer_port=999, refuse_port=998, daemon_tgid=1, agents_ix=agents_ix,
+                          resources_ix=resources_ix, resolve=resolve)
+
+    hosts = HostAddresses(lambda host: list(addresses[host]))
+    first = plan_with(hosts)
+    db = next(i for i, name in first.resource_names.items() if name == "db")
+    bot = next(a for a in first.agents if a.name == "bot")
+    assert {(str(d.network), d.port) for d in first.dests if d.resource_index == db} == {
+        ("10.0.0.7/32", 5432), ("fd00::7/128", 5432), ("10.0.0.5/32", 5432)}
+    assert first.access == frozenset({(bot.index, db)})
+    assert bot.uids == (1001,) and not bot.unprotected_allow
+    addresses["db.internal"] = [ipaddress.ip_network("10.0.0.8/32")]  # the name moved
+    second = plan_with(hosts)
+    assert ("10.0.0.8/32", 5432) in {(str(d.network), d.port) for d in second.dests}
+    assert second.resource_names == first.resource_names and second.agents == first.agents
+    addresses["db.internal"] = []  # DNS fails: the name keeps the addresses it had (fail closed)
+    third = plan_with(hosts)
+    assert {str(d.network) for d in third.dests if d.resource_index == db} == {"10.0.0.8/32", "10.0.0.5/32"}
