@@ -61,9 +61,10 @@ def as_postgres(*argv: str) -> subprocess.CompletedProcess:
     return subprocess.run(["runuser", "-u", "postgres", "--", *argv], capture_output=True, text=True)
 
 
-def pg_port() -> int:
+def pg_port(running: bool) -> int:
+    """The demo cluster's port: the one it had, unless something else took it meanwhile."""
     marker = STATE / "pg.port"
-    if marker.exists():
+    if marker.exists() and (running or port_free(int(marker.read_text()))):
         return int(marker.read_text())
     port = next(p for p in range(5432, 5500) if port_free(p))
     marker.write_text(str(port))
@@ -72,7 +73,7 @@ def pg_port() -> int:
 
 def postgres_up() -> int:
     data = STATE / "pg"
-    port = pg_port()
+    port = pg_port(running=(data / "postmaster.pid").exists())
     postgres = pwd.getpwnam("postgres")
     if not (data / "PG_VERSION").exists():
         data.mkdir(parents=True, exist_ok=True)
