@@ -71,6 +71,18 @@ class OidcProvider:
         except urllib.error.HTTPError as exc:
             raise OidcProviderError(f"{method} {path}: HTTP {exc.code} {exc.read()[:200]!r}") from None
 
+    def identity(self, kind: str) -> str:
+        """An agent's `identity:` block (flow YAML) for this provider: `service` (private_key_jwt),
+        `secret` (client secret) or `login` (a person's device flow)."""
+        common = f"issuer: '{self.issuer}', audience: '{self.audience}'"
+        if kind == "login":
+            return (f"{{source: login, {common}, client_id: {self.device_client}, "
+                    "scopes: [openid, offline_access, db.read]}")
+        credential = (f"private_key_file: '{self.private_key_file}'" if kind == "service"
+                      else f"client_secret_file: '{self.client_secret_file}'")
+        client = self.service_client if kind == "service" else self.secret_client
+        return f"{{source: client_credentials, {common}, client_id: {client}, {credential}, scopes: [db.read]}}"
+
     def rotate(self) -> str:
         """Publish a new signing key and sign with it from now on; returns its kid."""
         return self.admin("POST", "/__test/rotate", {})["kid"]

@@ -21,11 +21,9 @@ def policy_text(op, remote, timeout: int) -> str:
 version: 1
 agents:
   worker:
-    identity: {{source: client_credentials, issuer: '{op.issuer}', audience: '{op.audience}',
-                client_id: {op.service_client}, private_key_file: '{op.private_key_file}', scopes: [db.read]}}
+    identity: {op.identity("service")}
   alices-agent:
-    identity: {{source: login, issuer: '{op.issuer}', audience: '{op.audience}', client_id: {op.device_client},
-                scopes: [openid, offline_access, db.read]}}
+    identity: {op.identity("login")}
 resources:
   echo:
     protocol: tcp

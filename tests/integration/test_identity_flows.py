@@ -30,20 +30,15 @@ print("closed", flush=True)
 
 
 def policy_text(op, remote) -> str:
-    def identity(client: str, credential: str) -> str:
-        return (f"{{source: client_credentials, issuer: '{op.issuer}', audience: '{op.audience}', "
-                f"client_id: {client}, {credential}, scopes: [db.read]}}")
-
     return f"""
 version: 1
 agents:
   reader:
-    identity: {identity(op.service_client, f"private_key_file: '{op.private_key_file}'")}
+    identity: {op.identity("service")}
   outsider:
-    identity: {identity(op.secret_client, f"client_secret_file: '{op.client_secret_file}'")}
+    identity: {op.identity("secret")}
   supervised:
-    identity: {{source: login, issuer: '{op.issuer}', audience: '{op.audience}', client_id: {op.device_client},
-                scopes: [openid, offline_access, db.read]}}
+    identity: {op.identity("login")}
 resources:
   echo:
     protocol: tcp
