@@ -24,7 +24,7 @@ from interceptor.handlers import Services, handler_for
 from interceptor.handlers.base import Traffic
 from interceptor.identity.model import Identity
 from interceptor.operations import Request, Subject, TcpConnect
-from interceptor.redirect import Origin, Redirect, RedirectPlan
+from interceptor.redirect import Redirect, RedirectPlan
 
 log = logging.getLogger(__name__)
 
@@ -163,9 +163,11 @@ class Enforcer:
         flow = FlowContext(uuid.uuid4().hex[:16], agent or "", process,
                            Endpoint(origin.dst_ip, origin.dst_port),
                            Endpoint(ipaddress.ip_address(peer[0]), peer[1]), resource)
-        refusal, decision = self._connection_decision(snap, flow, origin)
+        request = Request(Subject(flow.agent, self.identity(flow.agent), process.exe, origin.uid),
+                          flow.resource or "", TcpConnect())
+        refusal, decision = self._connection_decision(snap, flow, request)
         if refusal is None and decision.verdict is Verdict.APPROVE:
-            refusal = await self._hold(flow, origin, decision)
+            refusal = await self._hold(flow, request, decision)
         if refusal is not None:
             await self._refuse(conn, refusal)
             return
@@ -187,13 +189,19 @@ class Enforcer:
         finally:
             del self.sessions[flow.flow_id]
 
+    def _judge(self, agent: str, request: Request, engine: Any) -> Decision:
+        """The one gate for connections and operations alike: an agent whose identity is
+        missing, expired or revoked is denied, whatever the rules say."""
+        identity = request.subject.identity
+        if identity is None and self.identity_required(agent):
+            return Decision.deny("identity", "agent has no valid identity (expired, revoked or not yet obtained)")
+        if identity is not None and identity.expired():
+            return Decision.deny("identity", "agent identity expired")
+        return engine.decide(request)
+
     def _decide(self, agent: str, request: Request) -> Decision:
-        """Every operation of an open flow: an agent whose identity expired or was revoked
-        meanwhile is denied its next operation, whatever the rules say."""
-        if request.subject.identity is None and self.identity_required(agent):
-            decision = Decision.deny("identity", "agent identity is no longer valid (expired, revoked or not yet obtained)")
-        else:
-            decision = self.snapshot().engine.decide(request)
+        """Every operation of an open flow, judged by the policy in force now."""
+        decision = self._judge(agent, request, self.snapshot().engine)
         self.on_decision(decision)
         return decision
 
@@ -210,13 +218,9 @@ class Enforcer:
                 closed += 1
         return closed
 
-    def _subject(self, flow: FlowContext, origin: Origin) -> Subject:
-        return Subject(flow.agent, self.identity(flow.agent), flow.process.exe, origin.uid)
-
-    async def _hold(self, flow: FlowContext, origin: Origin, decision: Decision) -> AuditEvent | None:
+    async def _hold(self, flow: FlowContext, request: Request, decision: Decision) -> AuditEvent | None:
         """A connection the policy wants a person to approve: it waits, accepted but with no
         bytes forwarded, until approved (None), or denied or expired (the refusal)."""
-        request = Request(self._subject(flow, origin), flow.resource, TcpConnect())
         if self.approvals is None:
             return AuditEvent(kind="connection", agent=flow.agent, resource=flow.resource, flow_id=flow.flow_id,
                               decision="deny", rule=decision.rule, reason="approval needed but no approval broker")
@@ -230,7 +234,7 @@ class Enforcer:
                           reason=f"approval {outcome.request_id} not granted: {outcome.reason or 'denied'}")
 
     def _connection_decision(self, snap: Snapshot, flow: FlowContext,
-                             origin: Origin) -> tuple[AuditEvent | None, Decision | None]:
+                             request: Request) -> tuple[AuditEvent | None, Decision | None]:
         """(None, decision) when the flow may proceed (decision allow or approve); otherwise
         (the audit record of why not, None)."""
         base = dict(kind="connection", agent=flow.agent or None, resource=flow.resource, flow_id=flow.flow_id,
@@ -238,14 +242,8 @@ class Enforcer:
         if not flow.agent or not flow.resource or flow.resource not in snap.policy.resources:
             return AuditEvent(decision="deny", rule="stale-plan",
                               reason="agent or resource no longer in the policy", **base), None
-        subject = self._subject(flow, origin)
-        identity = subject.identity
-        if identity is None and self.identity_required(flow.agent):
-            return AuditEvent(decision="deny", rule="identity", reason="agent has no valid identity", **base), None
-        if identity is not None and identity.expired():
-            return AuditEvent(decision="deny", rule="identity", reason="agent identity expired",
-                              identity=identity.summary(), **base), None
-        decision: Decision = snap.engine.decide(Request(subject, flow.resource, TcpConnect()))
+        identity = request.subject.identity
+        decision = self._judge(flow.agent, request, snap.engine)
         if decision.verdict is Verdict.DENY:
             return AuditEvent(decision="deny", rule=decision.rule, reason=decision.reason,
                               identity=identity.summary() if identity else None, **base), None
