@@ -11,7 +11,7 @@ import enum
 import hashlib
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 GENESIS = "0" * 64
@@ -36,13 +36,22 @@ def normalize(value: Any) -> Any:
         raise ValueError(f"audit event is not representable as JSON: {exc}") from exc
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def canonical_json(value: Any) -> str:
     """One text per value: sorted keys, no spaces, UTF-8; what the hash covers."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return _CANONICAL.encode(value)
 
 
 def record_hash(prev_hash: str, chain_id: str, seq: int, event: dict[str, Any]) -> str:
-    body = canonical_json({"chain_id": chain_id, "seq": seq, "event": event})
+    return _hash(prev_hash, canonical_json(chain_id), seq, canonical_json(event))
+
+
+def _hash(prev_hash: str, chain_text: str, seq: int, event_text: str) -> str:
+    """sha256 over the previous hash and canonical_json({"chain_id", "event", "seq"}), the
+    body spelled out around the canonical texts of chain id and event, each made once."""
+    body = f'{{"chain_id":{chain_text},"event":{event_text},"seq":{seq}}}'
     return hashlib.sha256((prev_hash + body).encode()).hexdigest()
 
 
@@ -55,6 +64,11 @@ class Record:
     prev_hash: str
     hash: str
     event: dict[str, Any]
+    text: str | None = field(default=None, compare=False, repr=False)  # canonical_json(event), once known
+
+    @property
+    def event_text(self) -> str:
+        return self.text if self.text is not None else canonical_json(self.event)
 
     @property
     def event_id(self) -> str | None:
@@ -76,10 +90,12 @@ class Head:
 def link(head: Head, chain_id: str, events: Iterable[dict[str, Any]]) -> tuple[list[Record], Head]:
     """Chain normalized events after `head`; returns the records and the new head."""
     records = []
+    chain_text = canonical_json(chain_id)
     for event in events:
         seq = head.seq + 1
-        digest = record_hash(head.hash, chain_id, seq, event)
-        records.append(Record(chain_id, seq, head.hash, digest, event))
+        text = canonical_json(event)
+        digest = _hash(head.hash, chain_text, seq, text)
+        records.append(Record(chain_id, seq, head.hash, digest, event, text))
         head = Head(seq, digest)
     return records, head
 

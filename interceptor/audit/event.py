@@ -8,8 +8,11 @@ what it is given.
 
 from __future__ import annotations
 
+import itertools
+import os
+import secrets
 import time
-import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
@@ -32,7 +35,7 @@ class AuditEvent:
     operation: dict[str, Any] | None = None
     outcome: dict[str, Any] | None = None
     time: float = field(default_factory=time.time)
-    event_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    event_id: str = field(default_factory=lambda: new_event_id())
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as a dict; nested values are shared, not copied (scrub builds new ones)."""
@@ -42,9 +45,28 @@ class AuditEvent:
 _FIELDS = tuple(f.name for f in fields(AuditEvent))
 
 
+def _reseed() -> None:
+    global _id_prefix, _id_counter
+    _id_prefix, _id_counter = secrets.token_hex(10), itertools.count()
+
+
+def new_event_id() -> str:
+    """32 hex digits, unique across processes and daemons: 80 random bits drawn once per
+    process (again after a fork) and a counter, rather than a getrandom() call per record."""
+    return f"{_id_prefix}{next(_id_counter):012x}"
+
+
+_reseed()
+os.register_at_fork(after_in_child=_reseed)
+
+
 class AuditSink(Protocol):
     async def write(self, event: AuditEvent) -> None:
         """Return once the event is as durable as the sink's mode promises."""
+
+    def submit(self, event: AuditEvent) -> Awaitable[None] | None:
+        """Queue the event without awaiting (for handlers that run in protocol callbacks): None
+        when queued is all the sink's mode promises, else an awaitable done once durable."""
 
     async def close(self) -> None:
         """Flush what is pending and release the store."""

@@ -9,9 +9,11 @@ before hashing.
 from __future__ import annotations
 
 import functools
+import math
 import re
 from typing import Any
 
+from interceptor.audit.chain import normalize
 from interceptor.masking.classifiers import api_key
 
 REDACTED = "[REDACTED]"
@@ -43,20 +45,60 @@ def scrub_text(text: str) -> str:
     return b"".join(out).decode("utf-8", "replace")
 
 
-def _scrub_item(key: str, item: Any) -> Any:
-    if _SECRET_KEY.search(key) and item not in (None, ""):
-        return REDACTED
-    if key in _IDENTIFIER_KEYS and isinstance(item, str):
-        return item
-    return scrub(item)
+class NotPlain(ValueError):
+    """A value that is not plain JSON yet (a tuple, set, enum, non-string key, non-finite float)."""
+
+
+_secret_keys: dict[str, bool] = {}
+
+
+def _secret_key(key: str) -> bool:
+    known = _secret_keys.get(key)
+    if known is None:
+        known = _SECRET_KEY.search(key) is not None
+        if len(_secret_keys) < 4096:  # keys come from code and claims: a few dozen in practice
+            _secret_keys[key] = known
+    return known
+
+
+def _scrub_dict(value: dict[Any, Any]) -> dict[str, Any]:
+    out = {}
+    for key, item in value.items():
+        if type(key) is not str:
+            raise NotPlain(f"key {key!r}")
+        kind = type(item)
+        if _secret_key(key) and item is not None and item != "":
+            out[key] = REDACTED
+        elif kind is str:
+            out[key] = item if key in _IDENTIFIER_KEYS else scrub_text(item)
+        elif kind is int or kind is bool or item is None:
+            out[key] = item
+        else:
+            out[key] = scrub(item)
+    return out
 
 
 def scrub(value: Any) -> Any:
-    """A copy of a normalized JSON value with secrets masked (see module docstring)."""
-    if isinstance(value, dict):
-        return {key: _scrub_item(key, item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [scrub(item) for item in value]
-    if isinstance(value, str):
+    """A copy of a plain JSON value with secrets masked (see module docstring); NotPlain
+    for anything a JSON round trip would change."""
+    kind = type(value)
+    if kind is dict:
+        return _scrub_dict(value)
+    if kind is str:
         return scrub_text(value)
-    return value
+    if kind is list:
+        return [scrub(item) for item in value]
+    if kind is int or kind is bool or value is None:
+        return value
+    if kind is float and math.isfinite(value):
+        return value
+    raise NotPlain(repr(value)[:80])
+
+
+def scrub_event(event: dict[str, Any]) -> dict[str, Any]:
+    """The event as plain JSON with secrets masked. Events nearly always hold plain values,
+    so one walk does both; the rest take the JSON round trip of `normalize` first."""
+    try:
+        return scrub(event)
+    except NotPlain:
+        return scrub(normalize(event))

@@ -23,9 +23,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
-from interceptor.audit.chain import Head, Record, link, normalize
+from interceptor.audit.chain import Head, Record, link
 from interceptor.audit.event import AuditEvent, AuditUnavailable
-from interceptor.audit.scrub import scrub
+from interceptor.audit.scrub import scrub_event
 
 log = logging.getLogger("interceptor.audit")
 
@@ -126,13 +126,20 @@ class ChainedSink:
     def strict(self) -> bool:
         return self.options.durability == "strict"
 
-    async def write(self, event: AuditEvent) -> None:
+    def submit(self, event: AuditEvent) -> asyncio.Future[None] | None:
+        """Queue `event` now, without awaiting: in strict mode the future it returns completes
+        once the record is durable (release nothing that depends on it before), in batched
+        mode it returns None. Raises AuditUnavailable when the record cannot be taken."""
         try:
-            body = scrub(normalize(event.to_dict()))
+            body = scrub_event(event.to_dict())
         except ValueError as exc:
             raise AuditUnavailable(str(exc)) from exc
         done = asyncio.get_running_loop().create_future() if self.strict else None
         self._enqueue(_Item(event=body, done=done))
+        return done
+
+    async def write(self, event: AuditEvent) -> None:
+        done = self.submit(event)
         if done is not None:
             await asyncio.shield(done)
 

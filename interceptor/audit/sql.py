@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from interceptor.audit.chain import Head, Record, canonical_json
+from interceptor.audit.chain import Head, Record
 from interceptor.audit.query import COLUMNS, Query, where_sql
 from interceptor.audit.sink import Chunk
 
@@ -61,8 +61,14 @@ class Dialect:
         return statements
 
     def insert_record(self) -> str:
+        return self.insert_records(1)
+
+    def insert_records(self, count: int) -> str:
+        """One INSERT for `count` records: a store that runs it in a thread gives up the GIL
+        once per statement, not once per record."""
         p = self.placeholder
-        return f"INSERT INTO audit_records (chain_id, seq, prev_hash, hash, event) VALUES ({p}, {p}, {p}, {p}, {p})"
+        row = f"({p}, {p}, {p}, {p}, {p})"
+        return f"INSERT INTO audit_records (chain_id, seq, prev_hash, hash, event) VALUES {', '.join([row] * count)}"
 
     def insert_chunk(self) -> str:
         p = self.placeholder
@@ -87,7 +93,7 @@ POSTGRES = Dialect("postgres", "%s", "BIGSERIAL", "BYTEA", "DOUBLE PRECISION")
 
 
 def record_rows(records: list[Record]) -> list[tuple[Any, ...]]:
-    return [(r.chain_id, r.seq, r.prev_hash, r.hash, canonical_json(r.event)) for r in records]
+    return [(r.chain_id, r.seq, r.prev_hash, r.hash, r.event_text) for r in records]
 
 
 def chunk_rows(chunks: list[Chunk]) -> list[tuple[Any, ...]]:

@@ -38,6 +38,9 @@ def connect(path: str | Path, *, durability: str = "strict", max_mb: int | None 
     return conn
 
 
+ROWS_PER_INSERT = 200  # 1,000 parameters per statement, well under SQLite's limit
+
+
 class SqliteBackend:
     """Backend for ChainedSink; blocking SQLite calls run in a worker thread, one at a time."""
 
@@ -64,7 +67,10 @@ class SqliteBackend:
         conn = self._connection()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.executemany(SQLITE.insert_record(), record_rows(records))
+            rows = record_rows(records)
+            for start in range(0, len(rows), ROWS_PER_INSERT):
+                group = rows[start:start + ROWS_PER_INSERT]
+                conn.execute(SQLITE.insert_records(len(group)), [value for row in group for value in row])
             conn.executemany(SQLITE.insert_chunk(), chunk_rows(chunks))
             if records:
                 conn.execute(SQLITE.upsert_head(), (records[0].chain_id, head.seq, head.hash))

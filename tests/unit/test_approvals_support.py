@@ -36,6 +36,9 @@ class ListSink:
         self.down = False
 
     async def write(self, event: AuditEvent) -> None:
+        self.submit(event)
+
+    def submit(self, event: AuditEvent) -> None:
         if self.down:
             raise AuditUnavailable("audit disk full")
         self.events.append(event)
