@@ -143,7 +143,7 @@ class ChainedSink:
         if done is not None:
             await asyncio.shield(done)
 
-    async def write_session_bytes(self, flow_id: str, direction: str, data: bytes, ts: float | None = None) -> None:
+    def write_session_bytes(self, flow_id: str, direction: str, data: bytes, ts: float | None = None) -> None:
         """Queue bytes of a captured session, exactly as the client saw them (after masking);
         refused (AuditUnavailable) like a write when the store fails or the queue is full."""
         if direction not in DIRECTIONS:

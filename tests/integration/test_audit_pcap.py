@@ -17,7 +17,7 @@ FLOW = "flow-pcap-1"
 
 async def _pipe(reader, writer, sink, direction):
     while data := await reader.read(65536):
-        await sink.write_session_bytes(FLOW, direction, data)
+        sink.write_session_bytes(FLOW, direction, data)
         writer.write(data)
         await writer.drain()
     writer.close()

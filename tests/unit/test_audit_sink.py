@@ -169,11 +169,11 @@ def test_session_bytes_are_stored_per_flow(tmp_path):
     async def run():
         sink = open_sink(settings)
         assert sink.capture
-        await sink.write_session_bytes("flow-1", "up", b"Q\x00", ts=1.0)
-        await sink.write_session_bytes("flow-2", "up", b"other", ts=1.5)
-        await sink.write_session_bytes("flow-1", "down", b"T\x01", ts=2.0)
+        sink.write_session_bytes("flow-1", "up", b"Q\x00", ts=1.0)
+        sink.write_session_bytes("flow-2", "up", b"other", ts=1.5)
+        sink.write_session_bytes("flow-1", "down", b"T\x01", ts=2.0)
         with pytest.raises(ValueError, match="direction"):
-            await sink.write_session_bytes("flow-1", "sideways", b"")
+            sink.write_session_bytes("flow-1", "sideways", b"")
         await sink.close()
 
     asyncio.run(run())

@@ -1,5 +1,6 @@
 """asyncio glue: sockets, credentials, approvals, audit and column lookups around the
-sans-IO codec, login and ProxySession."""
+sans-IO codec, login and ProxySession. Sockets are Pipes (interceptor.handlers.pipe):
+callbacks, not streams, on the path every statement takes."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import secrets
 import socket
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,7 @@ from interceptor.audit.event import AuditUnavailable
 from interceptor.decision import MaskSpec
 from interceptor.flow import FlowContext
 from interceptor.handlers.base import Services
+from interceptor.handlers.pipe import Pipe
 from interceptor.handlers.postgres import codec
 from interceptor.handlers.postgres.auth import LoginError, UpstreamLogin
 from interceptor.handlers.postgres.codec import Column, ProtocolViolation
@@ -54,41 +56,40 @@ _COLUMN_NAMES = (
 class Upstream:
     """A logged-in connection to the server with the resource's credentials."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, login: UpstreamLogin) -> None:
-        self.reader = reader
-        self.writer = writer
+    def __init__(self, pipe: Pipe, login: UpstreamLogin) -> None:
+        self.pipe = pipe
         self.login = login
 
     @classmethod
     async def connect(cls, host: str, port: int, params: dict[str, str], password: str,
                       tls: ssl.SSLContext | None, server_name: str | None) -> Upstream:
-        reader, writer = await asyncio.open_connection(host, port)
+        pipe = await Pipe.connect(host, port)
         try:
             if tls is not None:
-                writer.write(codec.special_request(codec.SSL_REQUEST))
-                if await reader.readexactly(1) != b"S":
+                pipe.write(codec.special_request(codec.SSL_REQUEST))
+                if await pipe.read_exactly(1) != b"S":
                     raise LoginError("upstream refused TLS, which this resource requires")
-                await writer.start_tls(tls, server_hostname=server_name or host)
+                await pipe.start_tls(tls, server_name or host)
             login = UpstreamLogin(params["user"], password)
-            writer.write(codec.startup_message(params))
+            pipe.write(codec.startup_message(params))
             while not login.done:
-                data = await reader.read(CHUNK)
+                data = await pipe.read(CHUNK)
                 if not data:
                     raise LoginError("upstream closed the connection during login")
-                writer.writelines(login.receive(data))
+                pipe.writelines(login.receive(data))
         except BaseException:
-            writer.transport.abort()
+            pipe.abort()
             raise
-        return cls(reader, writer, login)
+        return cls(pipe, login)
 
     async def column_names(self, oids: tuple[int, ...]) -> dict[int, dict[int, str]]:
         """`schema.table.column` by table OID and attnum, with one simple query."""
-        self.writer.write(codec.query(_COLUMN_NAMES.format(", ".join(str(int(o)) for o in oids))))
+        self.pipe.write(codec.query(_COLUMN_NAMES.format(", ".join(str(int(o)) for o in oids))))
         names: dict[int, dict[int, str]] = {}
         error = None
         while True:
-            kind, length = codec.HEADER.unpack(await self.reader.readexactly(5))
-            body = await self.reader.readexactly(codec.frame_length(length, codec.MAX_MESSAGE, "upstream") - 4)
+            kind, length = codec.HEADER.unpack(await self.pipe.read_exactly(5))
+            body = await self.pipe.read_exactly(codec.frame_length(length, codec.MAX_MESSAGE, "upstream") - 4)
             if kind == b"D":
                 oid, attnum, name = _text_fields(body)
                 names.setdefault(int(oid), {})[int(attnum)] = name
@@ -101,7 +102,7 @@ class Upstream:
         return names
 
     def close(self) -> None:
-        self.writer.transport.abort()
+        self.pipe.abort()
 
 
 def _text_fields(body: bytes) -> list[str]:
@@ -169,23 +170,22 @@ class PostgresHandler:
 
     async def serve(self, flow: FlowContext, client: socket.socket, services: Services) -> None:
         client.setblocking(False)
-        reader, writer = await asyncio.open_connection(sock=client)
+        pipe = await Pipe.accept(client)
         try:
-            await self._serve(flow, reader, writer, services)
-        except (ConnectionError, OSError, asyncio.IncompleteReadError):
+            await self._serve(flow, pipe, services)
+        except (ConnectionError, OSError):
             pass
         finally:
-            writer.transport.abort()
+            pipe.close()
 
-    async def _serve(self, flow: FlowContext, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                     services: Services) -> None:
+    async def _serve(self, flow: FlowContext, client: Pipe, services: Services) -> None:
         started = time.monotonic()
         try:
-            first = await asyncio.wait_for(self._startup(flow, reader, writer, services), STARTUP_SECONDS)
+            first = await asyncio.wait_for(self._startup(flow, client, services), STARTUP_SECONDS)
         except (ProtocolViolation, Refused) as exc:
             code = exc.code if isinstance(exc, Refused) else "08P01"
-            writer.write(codec.error_response(code, str(exc), severity="FATAL"))
-            await _drain_quietly(writer)
+            client.write(codec.error_response(code, str(exc), severity="FATAL"))
+            await client.flush()
             await _audit_connection(services, flow, "deny", "startup", str(exc), {})
             return
         except TimeoutError:
@@ -195,13 +195,13 @@ class PostgresHandler:
             return
         startup, credentials, pipelined = first
         try:
-            await self._session(flow, reader, writer, services, startup, credentials, pipelined, started)
+            await self._session(flow, client, services, startup, credentials, pipelined, started)
         except (LoginError, OSError, ProtocolViolation) as exc:
-            writer.write(codec.error_response("08006", f"interceptor: {exc}", severity="FATAL"))
-            await _drain_quietly(writer)
+            client.write(codec.error_response("08006", f"interceptor: {exc}", severity="FATAL"))
+            await client.flush()
             await _audit_connection(services, flow, "error", "upstream", str(exc), {"database": startup.database})
 
-    async def _startup(self, flow: FlowContext, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+    async def _startup(self, flow: FlowContext, client: Pipe,
                        services: Services) -> tuple[Startup, dict[str, str], bytes] | None:
         """Answer SSL/GSSENC requests, relay a cancel, or accept a StartupMessage (and
         return what the client already sent after it)."""
@@ -209,7 +209,7 @@ class PostgresHandler:
         while True:
             split = codec.split_startup(buffer)
             if split is None:
-                data = await reader.read(codec.MAX_STARTUP)
+                data = await client.read(codec.MAX_STARTUP)
                 if not data:
                     return None
                 buffer += data
@@ -219,7 +219,7 @@ class PostgresHandler:
             if isinstance(packet, codec.SpecialRequest):
                 if buffer:
                     raise ProtocolViolation("data sent after an SSL/GSSENC request before its answer")
-                writer.write(b"N")  # TLS towards the agent is not offered; loopback only
+                client.write(b"N")  # TLS towards the agent is not offered; loopback only
                 continue
             if isinstance(packet, codec.CancelPacket):
                 await self._cancel(flow, packet, services)
@@ -236,9 +236,8 @@ class PostgresHandler:
                                        f"on resource {flow.resource!r}")
             return startup, credentials, buffer
 
-    async def _session(self, flow: FlowContext, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                       services: Services, startup: Startup, credentials: dict[str, str], pipelined: bytes,
-                       started: float) -> None:
+    async def _session(self, flow: FlowContext, client: Pipe, services: Services, startup: Startup,
+                       credentials: dict[str, str], pipelined: bytes, started: float) -> None:
         if "user" not in credentials or "password" not in credentials:
             raise LoginError(f"credentials for resource {flow.resource!r} need 'user' and 'password'")
         host, port = str(flow.original_dst.ip), flow.original_dst.port
@@ -251,7 +250,7 @@ class PostgresHandler:
         upstream = await connect()
         pid, secret = secrets.randbits(31), secrets.token_bytes(32 if startup.minor >= 2 else 4)
         login = upstream.login
-        writer.writelines([startup.greeting, codec.authentication_ok(), *login.forward,
+        client.writelines([startup.greeting, codec.authentication_ok(), *login.forward,
                            codec.backend_key_data(pid, secret), codec.ready_for_query(login.status or b"I")])
         if login.backend_key is not None:
             self._cancel_keys[(pid, secret)] = _CancelTarget(host, port, *login.backend_key, flow.agent)
@@ -259,19 +258,14 @@ class PostgresHandler:
             judge=lambda text: services.decide(services.request(flow, SqlQuery(text, startup.database))),
             database=startup.database, mask_factory=mask_factory(),
         )
-        link = _Link(flow, services, session, (reader, writer), upstream, connect)
+        link = _Link(flow, services, session, client, upstream, connect)
         error = None
         try:
-            if login.leftover:
-                await link.run(session.from_server(login.leftover))
-            if pipelined:
-                await link.run(session.from_client(pipelined))
-            if not link.done:
-                await link.pump()
+            await link.run(login.leftover, pipelined)
         except AuditUnavailable as exc:
             error = f"audit unavailable: {exc}"
-            writer.write(codec.error_response("58000", f"interceptor: {error}; session closed", severity="FATAL"))
-            await _drain_quietly(writer)
+            client.write(codec.error_response("58000", f"interceptor: {error}; session closed", severity="FATAL"))
+            await client.flush()
         finally:
             self._cancel_keys.pop((pid, secret), None)
             link.close()
@@ -287,10 +281,9 @@ class PostgresHandler:
         allowed = target is not None and target.agent == flow.agent
         if target is not None and allowed:
             try:
-                _, up = await asyncio.open_connection(target.host, target.port)
-                up.write(codec.cancel_request(target.pid, target.secret))
-                await up.drain()
-                up.close()
+                relay = await Pipe.connect(target.host, target.port)
+                relay.write(codec.cancel_request(target.pid, target.secret))
+                relay.close()
             except OSError as exc:
                 log.warning("cancel relay to %s:%s failed: %s", target.host, target.port, exc)
         await _audit_connection(services, flow, "allow" if allowed else "deny", "cancel",
@@ -298,96 +291,181 @@ class PostgresHandler:
                                 {"cancel": True})
 
 
-class _Link:
-    """The two pumps of one proxied session and the commands they carry out."""
+UP, DOWN = "up", "down"  # client to server, server to client: the two directions of a link
 
-    def __init__(self, flow: FlowContext, services: Services, session: ProxySession,
-                 client: tuple[asyncio.StreamReader, asyncio.StreamWriter], upstream: Upstream, connect) -> None:
+
+class _Link:
+    """One proxied session: each chunk a socket delivers goes through the ProxySession in
+    the callback that read it, and the commands that come out are carried out at once,
+    every write for a peer in one call. Only a command that must wait (a strict audit
+    write, an approval, a column lookup) moves the rest of its direction into a task;
+    that direction stops reading until the task is done, the other goes on. A direction
+    also stops reading while the peer it writes to is not taking bytes (backpressure)."""
+
+    def __init__(self, flow: FlowContext, services: Services, session: ProxySession, client: Pipe,
+                 upstream: Upstream, connect: Callable[[], Awaitable[Upstream]]) -> None:
         self.flow = flow
-        self.client_reader, self.client = client
         self.services = services
         self.session = session
+        self.client = client
         self.upstream = upstream
         self.connect = connect
         self.lookup: Upstream | None = None
         self.statements = 0
-        self.done = False
         self.capture = bool(getattr(services.audit, "capture", False))  # session bytes for pcap export
+        self._ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._tasks: dict[str, asyncio.Task[None] | None] = {UP: None, DOWN: None}
+        self._backlog: dict[str, list[bytes]] = {UP: [], DOWN: []}
 
-    async def pump(self) -> None:
-        up = asyncio.ensure_future(self._copy(self.upstream.reader, self.session.from_server, self.client, "down"))
-        down = asyncio.ensure_future(self._copy(self.client_reader, self.session.from_client, self.upstream.writer,
-                                                "up"))
-        try:
-            finished, _ = await asyncio.wait((up, down), return_when=asyncio.FIRST_COMPLETED)
-            for task in finished:
-                task.result()
-        finally:
-            for task in (up, down):
-                task.cancel()
-            await asyncio.gather(up, down, return_exceptions=True)
+    async def run(self, leftover: bytes, pipelined: bytes) -> None:
+        """Serve until either side ends or the session closes; raises what broke it."""
+        server_rest = self.upstream.pipe.attach(lambda data: self._received(DOWN, data), self._peer_ended,
+                                                self._pressure)
+        client_rest = self.client.attach(lambda data: self._received(UP, data), self._peer_ended, self._pressure)
+        for direction, data in ((DOWN, leftover + server_rest), (UP, pipelined + client_rest)):
+            if data:
+                self._received(direction, data)
+        if self.client.ended or self.upstream.pipe.ended:
+            self._end(None)
+        await self._ended
 
-    async def _copy(self, reader: asyncio.StreamReader, feed, peer: asyncio.StreamWriter, direction: str) -> None:
+    def _received(self, direction: str, data: bytes) -> None:
+        if self._ended.done():
+            return
         traffic = self.services.traffic
-        while not self.done:
-            data = await reader.read(CHUNK)
-            if not data:
-                return
-            setattr(traffic, direction, getattr(traffic, direction) + len(data))
-            await self.run(feed(data))
-            await peer.drain()
+        if direction == UP:
+            traffic.up += len(data)
+        else:
+            traffic.down += len(data)
+        if self._tasks[direction] is not None:
+            self._backlog[direction].append(data)  # read before the pause took effect
+            return
+        try:
+            commands = self.session.from_client(data) if direction == UP else self.session.from_server(data)
+            self._carry(direction, commands)
+        except Exception as exc:  # noqa: BLE001 - ends this session with the reason; the daemon goes on
+            self._end(exc)
 
-    async def run(self, commands: list[Command]) -> None:
-        for command in commands:
-            if isinstance(command, Send):
-                (self.client if command.to == CLIENT else self.upstream.writer).writelines(command.data)
+    def _carry(self, direction: str, commands: list[Command]) -> None:
+        waiting, rest = self._apply(commands)
+        if waiting is not None:
+            task = asyncio.get_running_loop().create_task(self._carry_later(direction, waiting, rest))
+            self._tasks[direction] = task
+            task.add_done_callback(lambda done: self._resumed(direction, done))
+            self._reading()
+
+    async def _carry_later(self, direction: str, waiting: Awaitable[list[Command]], rest: list[Command]) -> None:
+        while waiting is not None:
+            waiting, rest = self._apply(await waiting + rest)
+
+    def _resumed(self, direction: str, task: asyncio.Task[None]) -> None:
+        self._tasks[direction] = None
+        if task.cancelled():
+            return
+        if task.exception() is not None:
+            self._end(task.exception())
+            return
+        backlog, self._backlog[direction] = self._backlog[direction], []
+        for data in backlog:
+            self._received(direction, data)
+        self._reading()
+
+    def _apply(self, commands: list[Command]) -> tuple[Awaitable[list[Command]] | None, list[Command]]:
+        """Carry out commands in order up to the first that must wait: (that wait, what
+        follows it), or (None, []) when all are done."""
+        to_client: list[bytes | memoryview] = []
+        to_server: list[bytes | memoryview] = []
+        waiting: Awaitable[list[Command]] | None = None
+        index = 0
+        for index, command in enumerate(commands, 1):
+            kind = type(command)
+            if kind is Send:
+                (to_client if command.to == CLIENT else to_server).extend(command.data)
                 if self.capture:  # what the client saw (masked), and what it sent
-                    await self.services.audit.write_session_bytes(
+                    self.services.audit.write_session_bytes(
                         self.flow.flow_id, "down" if command.to == CLIENT else "up", b"".join(command.data))
-            elif isinstance(command, Audit):
-                await self._audit(command)
-            elif isinstance(command, Hold):
-                await self._hold(command)
-            elif isinstance(command, ResolveTables):
-                await self._resolve(command)
-            elif isinstance(command, Close):
-                self.done = True
+            elif kind is Audit:
+                durable = self._audit(command)
+                if durable is not None:  # strict: nothing after the record leaves before it is durable
+                    waiting = _nothing_after(durable)
+                    break
+            elif kind is Hold:
+                waiting = self._hold(command)
+                break
+            elif kind is ResolveTables:
+                waiting = self._resolve(command)
+                break
+            elif kind is Close:
+                self._write(to_client, to_server)
+                self._end(None)
+                return None, []
+        self._write(to_client, to_server)
+        if waiting is None:
+            return None, []
+        return waiting, commands[index:]
 
-    async def _audit(self, command: Audit) -> None:
+    def _write(self, to_client: list[bytes | memoryview], to_server: list[bytes | memoryview]) -> None:
+        if to_server:
+            self.upstream.pipe.writelines(to_server)
+        if to_client:
+            self.client.writelines(to_client)
+
+    def _audit(self, command: Audit) -> asyncio.Future[None] | None:
         self.statements += 1
-        await self.services.audit.write(self.services.event(
+        return self.services.audit.submit(self.services.event(
             self.flow, "statement", command.decision, operation=command.operation, outcome=command.outcome))
 
-    async def _hold(self, command: Hold) -> None:
+    async def _hold(self, command: Hold) -> list[Command]:
         request = self.services.request(self.flow, SqlQuery(command.text, self.session.database))
         broker = self.services.approvals
         if broker is None:
-            await self.run(self.session.approval(False, None, "no approval broker is configured"))
-            return
+            return self.session.approval(False, None, "no approval broker is configured")
         pending = await broker.open(request, command.decision, self.flow.summary())
         if pending.waiting:
             timeout = command.decision.approval.timeout_seconds if command.decision.approval else 0
-            await self.run(self.session.waiting_notice(pending.request_id, timeout))
-            await self.client.drain()
+            self._apply(self.session.waiting_notice(pending.request_id, timeout))  # only Sends
         outcome = await pending.wait()
-        await self.run(self.session.approval(outcome.approved, outcome.request_id, outcome.reason, outcome.approver))
+        return self.session.approval(outcome.approved, outcome.request_id, outcome.reason, outcome.approver)
 
-    async def _resolve(self, command: ResolveTables) -> None:
+    async def _resolve(self, command: ResolveTables) -> list[Command]:
         if self.lookup is None:
             self.lookup = await self.connect()
-        await self.run(self.session.learn_tables(await self.lookup.column_names(command.oids)))
+        return self.session.learn_tables(await self.lookup.column_names(command.oids))
+
+    def _pressure(self) -> None:
+        self._reading()
+
+    def _reading(self) -> None:
+        """Read from a side only while its direction has no task and its peer takes bytes."""
+        for direction, source, sink in ((UP, self.client, self.upstream.pipe), (DOWN, self.upstream.pipe, self.client)):
+            if self._tasks[direction] is None and sink.writable:
+                source.resume()
+            else:
+                source.pause()
+
+    def _peer_ended(self) -> None:
+        self._end(None)
+
+    def _end(self, error: BaseException | None) -> None:
+        if self._ended.done():
+            return
+        if error is None:
+            self._ended.set_result(None)
+        else:
+            self._ended.set_exception(error)
 
     def close(self) -> None:
+        for task in self._tasks.values():
+            if task is not None:
+                task.cancel()
         self.upstream.close()
         if self.lookup is not None:
             self.lookup.close()
 
 
-async def _drain_quietly(writer: asyncio.StreamWriter) -> None:
-    try:
-        await writer.drain()
-    except (ConnectionError, OSError):
-        pass
+async def _nothing_after(durable: asyncio.Future[None]) -> list[Command]:
+    await asyncio.shield(durable)
+    return []
 
 
 async def _audit_connection(services: Services, flow: FlowContext, verdict: str, stage: str, error: str | None,
@@ -398,4 +476,3 @@ async def _audit_connection(services: Services, flow: FlowContext, verdict: str,
             operation={"protocol": "postgres", "stage": stage, **operation}, outcome={"error": error, **outcome}))
     except AuditUnavailable as exc:
         log.error("audit unavailable for flow %s: %s", flow.flow_id, exc)
-
