@@ -1,11 +1,13 @@
 """The hash chain, driven directly: link events, tamper with records, verify names the damage."""
 
+import os
 from dataclasses import replace
 
 import pytest
 
 from interceptor.audit.chain import (GENESIS, Head, Problem, canonical_json, link, normalize, record_hash,
                                      verify_records)
+from interceptor.audit.event import new_event_id
 
 
 def _chain(count: int, chain_id: str = "host-a", head: Head = Head()):
@@ -100,3 +102,22 @@ def test_normalize_makes_values_round_trip():
 def test_non_finite_numbers_are_refused_clearly():
     with pytest.raises(ValueError, match="not representable as JSON"):
         normalize({"latency": float("nan")})
+
+
+def test_event_ids_are_unique_and_new_after_a_fork():
+    ids = {new_event_id() for _ in range(10_000)}
+    assert len(ids) == 10_000 and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(write, new_event_id().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 64).decode()
+    assert child[:20] != new_event_id()[:20]  # the child drew its own random prefix
+
+
+def test_stored_text_is_the_canonical_json_the_hash_covers():
+    records, _ = link(Head(), "host-ä", [normalize({"kind": "x", "text": "é\u2028\"", "n": 1.5})])
+    assert records[0].event_text == canonical_json(records[0].event)
+    assert records[0].hash == record_hash(GENESIS, "host-ä", 1, records[0].event)

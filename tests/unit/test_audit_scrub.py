@@ -1,6 +1,11 @@
 """Secrets that slipped into an event are masked before the record is chained."""
 
-from interceptor.audit.scrub import REDACTED, scrub, scrub_text
+import enum
+import json
+
+import pytest
+
+from interceptor.audit.scrub import REDACTED, scrub, scrub_event, scrub_text
 
 JWT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSIsImV4cCI6MTcwMDAwMDAwMH0.c2lnbmF0dXJlLXNpZ25hdHVyZQ"
 
@@ -29,3 +34,20 @@ def test_identifiers_and_plain_values_are_kept():
     event = {"event_id": "a" * 32, "flow_id": "f" * 48, "process": {"cgroup": "/docker/" + "ab12" * 16},
              "operation": {"sql": "SELECT name FROM users WHERE id = 7"}, "rows": 5, "ok": True}
     assert scrub(event) == event
+
+
+def test_events_with_values_json_would_change_are_normalized_then_scrubbed():
+    class Kind(enum.Enum):
+        READ = "read"
+
+    event = {"groups": frozenset({"b", "a"}), "kind": Kind.READ, "spans": (1, 2), "codes": {7: "x"},
+             "db": {"password": ("p", 1)}, "sql": "ALTER ROLE a PASSWORD 'hunter2'"}
+    assert scrub_event(event) == {"groups": ["a", "b"], "kind": "read", "spans": [1, 2], "codes": {"7": "x"},
+                                  "db": {"password": REDACTED}, "sql": f"ALTER ROLE a PASSWORD '{REDACTED}'"}
+    with pytest.raises(ValueError, match="not representable as JSON"):
+        scrub_event({"latency": float("inf")})
+
+
+def test_plain_events_come_back_equal_to_the_json_round_trip():
+    event = {"kind": "statement", "n": 3, "ok": False, "ms": 0.25, "none": None, "nested": [{"a": "b"}, "é"]}
+    assert scrub_event(event) == json.loads(json.dumps(event)) == event
