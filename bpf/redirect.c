@@ -2,9 +2,9 @@
  *
  * connect4/connect6 (cgroup sock_addr, attached at the cgroup-v2 root with ALLOW_MULTI):
  * for an agent's TCP connect to a resource it may reach, remember where it was going,
- * keyed by socket cookie, and rewrite the destination to the enforcer on loopback.
- * sockops re-keys that record by the 4-tuple once the source port exists, so the
- * enforcer can find it from accept()'s peer address. Everything refused is rewritten to
+ * keyed by socket cookie, and rewrite the destination to the enforcer on loopback. The
+ * enforcer finds the record after accept(): the kernel gives it the cookie of the agent's
+ * socket for the accepted connection's 4-tuple (inet_diag). Everything refused is rewritten to
  * a port nobody listens on (the agent sees ECONNREFUSED) or fails with EPERM, and is
  * reported on deny_events. Non-agents return at the first check.
  */
@@ -26,8 +26,8 @@
 static u64 (*get_cookie)(void *ctx) = (void *)BPF_FUNC_get_socket_cookie;
 
 BPF_TABLE("lru_hash", u64, struct origin, origins, 65536);
-BPF_TABLE("lru_hash", struct flow_key, struct origin, flows, 65536);
 BPF_F_TABLE("lpm_trie", struct dest_key, struct dest, dests, 4096, BPF_F_NO_PREALLOC);
+BPF_ARRAY(dest_ports, u64, DEST_PORT_WORDS);
 BPF_HASH(agent_cgroups, u64, u32, 4096);
 BPF_HASH(agent_uids, u32, u32, 1024);
 BPF_ARRAY(agents, struct agent_conf, 1024);
@@ -35,13 +35,15 @@ BPF_HASH(access, struct access_key, u32, 65536);
 BPF_ARRAY(config, struct config, 1);
 BPF_RINGBUF_OUTPUT(deny_events, 16);
 
-static __always_inline u32 find_agent(void)
+static __always_inline u32 find_agent(const struct config *cfg)
 {
     u32 found = AGENT_NONE;
-    u32 uid = (u32)bpf_get_current_uid_gid();
-    u32 *by_uid = agent_uids.lookup(&uid);
-    if (by_uid)
-        found = *by_uid;
+    if (cfg->flags & CONFIG_UID_AGENTS) {
+        u32 uid = (u32)bpf_get_current_uid_gid();
+        u32 *by_uid = agent_uids.lookup(&uid);
+        if (by_uid)
+            found = *by_uid;
+    }
 #pragma unroll
     for (int level = 1; level <= MAX_CGROUP_DEPTH; level++) {
         u64 id = bpf_get_current_ancestor_cgroup_id(level);
@@ -54,12 +56,16 @@ static __always_inline u32 find_agent(void)
     return found;
 }
 
-static __always_inline u32 find_resource(const u8 addr[16], u16 port)
+static __always_inline u32 find_resource(const struct config *cfg, const u8 addr[16], u16 port)
 {
     struct dest_key key = {.prefixlen = 32 + 128, .port = port};
     __builtin_memcpy(key.addr, addr, 16);
-    struct dest *d = dests.lookup(&key);
-    if (!d) {
+    struct dest *d = 0;
+    u32 word = port >> 6;
+    u64 *bits = dest_ports.lookup(&word);
+    if (bits && (*bits & (1ULL << (port & 63))))
+        d = dests.lookup(&key);
+    if (!d && (cfg->flags & CONFIG_ANY_PORT_DESTS)) {
         key.port = 0;  /* "any port" entries */
         d = dests.lookup(&key);
     }
@@ -126,14 +132,14 @@ static __always_inline int handle(struct bpf_sock_addr *ctx, const u8 addr[16], 
     u64 pid_tgid = bpf_get_current_pid_tgid();
     if ((pid_tgid >> 32) == cfg->daemon_tgid)
         return 1;  /* the enforcer's own upstream connections: never redirected */
-    u32 agent = find_agent();
+    u32 agent = find_agent(cfg);
     if (agent == AGENT_NONE)
         return 1;  /* not an agent: untouched */
 
     u16 port = bpf_ntohs(ctx->user_port);
     u16 family = ctx->user_family;
     u32 proto = ctx->type == SOCK_DGRAM ? IPPROTO_UDP : IPPROTO_TCP;
-    u32 resource = find_resource(addr, port);
+    u32 resource = find_resource(cfg, addr, port);
 
     if (bpf_get_netns_cookie(ctx) != cfg->host_netns) {
         report(addr, port, family, agent, resource, DENY_NETNS, proto);
@@ -244,40 +250,4 @@ int icpt_sendmsg6(struct bpf_sock_addr *ctx)
     u8 addr[16];
     int mapped = load_ip6(ctx, addr);
     return handle(ctx, addr, 1, mapped, 1);
-}
-
-int icpt_sockops(struct bpf_sock_ops *skops)
-{
-    if (skops->op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB)
-        return 1;
-    u32 zero = 0;
-    struct config *cfg = config.lookup(&zero);
-    if (!cfg || bpf_ntohl(skops->remote_port) != cfg->enforcer_port)
-        return 1;  /* not a connection to the enforcer */
-    u64 cookie = get_cookie(skops);
-    struct origin *o = origins.lookup(&cookie);
-    if (!o)
-        return 1;  /* dialed directly: the enforcer finds no flow and closes it */
-
-    struct flow_key key = {};
-    if (skops->family == AF_INET) {
-        key.addr[10] = 0xff;
-        key.addr[11] = 0xff;
-        u32 ip = skops->local_ip4;
-        __builtin_memcpy(key.addr + 12, &ip, 4);
-    } else {
-        /* volatile: the verifier allows only 4-byte loads of these fields */
-        u32 w0 = *(volatile u32 *)&skops->local_ip6[0], w1 = *(volatile u32 *)&skops->local_ip6[1];
-        u32 w2 = *(volatile u32 *)&skops->local_ip6[2], w3 = *(volatile u32 *)&skops->local_ip6[3];
-        __builtin_memcpy(key.addr, &w0, 4);
-        __builtin_memcpy(key.addr + 4, &w1, 4);
-        __builtin_memcpy(key.addr + 8, &w2, 4);
-        __builtin_memcpy(key.addr + 12, &w3, 4);
-    }
-    key.sport = skops->local_port;
-    key.dport = cfg->enforcer_port;
-    struct origin copy = *o;
-    flows.update(&key, &copy);
-    origins.delete(&cookie);
-    return 1;
 }

@@ -25,8 +25,9 @@ enum deny_reason {
 };
 
 /* origins: u64 socket cookie -> struct origin.
- * Written by connect4/connect6 when they redirect; read and deleted by sockops once the
- * connection is established. LRU, so records of connects that never completed age out. */
+ * Written by connect4/connect6 when they redirect; read and deleted by the enforcer after
+ * accept(), which learns the agent socket's cookie from an exact inet_diag lookup of the
+ * accepted connection's 4-tuple. LRU, so records of connects that never completed age out. */
 struct origin {
     __u8  addr[16];      /* original destination address (v4-mapped for IPv4) */
     __u16 port;          /* original destination port */
@@ -41,16 +42,6 @@ struct origin {
     __u64 ktime_ns;      /* bpf_ktime_get_boot_ns() at connect: compared with process start times */
 };
 
-/* flows: struct flow_key -> struct origin.
- * Written by sockops at ACTIVE_ESTABLISHED (the source port exists only then); read and
- * deleted by the enforcer after accept(). LRU. */
-struct flow_key {
-    __u8  addr[16];      /* client address as the enforcer sees the peer (v4-mapped) */
-    __u16 sport;         /* client port */
-    __u16 dport;         /* enforcer port */
-    __u32 pad;           /* zero */
-};
-
 /* dests: LPM trie, struct dest_key -> struct dest. Written by user space from the policy's
  * resources (hostnames resolved and refreshed there). Looked up with the exact port and
  * then with port 0, which means "any port". */
@@ -63,6 +54,13 @@ struct dest_key {
 struct dest {
     __u32 resource;      /* resource index, >= 1 */
 };
+
+/* dest_ports: array of DEST_PORT_WORDS u64, a bitmap over ports: bit (port & 63) of word
+ * (port >> 6) is set when some dests entry names that exact port. Written by user space
+ * with dests (bits set before entries are added, cleared after they are removed), so
+ * connect() to a port no resource uses skips the trie; "any port" entries are flagged in
+ * config.flags instead. */
+#define DEST_PORT_WORDS 1024
 
 /* agent_cgroups: u64 cgroup id -> u32 agent index; the deepest matching ancestor wins.
  * agent_uids: u32 uid -> u32 agent index (uid agents; checked when no cgroup matches).
@@ -85,9 +83,12 @@ struct config {
     __u32 enforcer_port;  /* where redirected connections go (loopback) */
     __u32 refuse_port;    /* bound, never listening: a connect there gets ECONNREFUSED */
     __u32 daemon_tgid;    /* the enforcer itself: never redirected (no loops) */
-    __u32 pad;            /* zero */
+    __u32 flags;          /* CONFIG_* below */
     __u64 host_netns;     /* netns cookie of the host; agents elsewhere are refused */
 };
+
+#define CONFIG_ANY_PORT_DESTS 1  /* some dests entry has port 0 (any port) */
+#define CONFIG_UID_AGENTS 2      /* agent_uids has entries */
 
 /* deny_events: ring buffer of struct deny_event, one per refused connect/send, for audit. */
 struct deny_event {

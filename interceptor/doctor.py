@@ -66,23 +66,19 @@ def _bcc_module() -> Check:
 
 
 def _bpf_load() -> Check:
-    from interceptor.redirect import libbpf
     from interceptor.redirect.bpf import PROGRAMS, BpfUnavailable, compile_programs
 
     try:
         bpf = compile_programs()
         for name, attach_type in PROGRAMS:
-            if attach_type == libbpf.CGROUP_SOCK_OPS:
-                bpf.load_func(name.encode(), bpf.SOCK_OPS)
-            else:
-                bpf.load_func(name.encode(), bpf.CGROUP_SOCK_ADDR, attach_type=attach_type)
+            bpf.load_func(name.encode(), bpf.CGROUP_SOCK_ADDR, attach_type=attach_type)
         bpf.cleanup()
     except (BpfUnavailable, Exception) as exc:  # bcc raises bare Exception on verifier errors
         return Check("BPF programs compile and load", False, str(exc).splitlines()[0][:300],
                      "see the kernel headers and python bcc checks above; the kernel needs BPF_SYSCALL, "
                      "CGROUP_BPF and BPF_JIT", needed_for="bpf")
     return Check("BPF programs compile and load", True,
-                 f"{len(PROGRAMS)} programs (connect4/6, sendmsg4/6, sockops) verified by the kernel", needed_for="bpf")
+                 f"{len(PROGRAMS)} programs (connect4/6, sendmsg4/6) verified by the kernel", needed_for="bpf")
 
 
 def _libbpf() -> Check:

@@ -8,6 +8,7 @@ closed loopback port and are refused. Only `uninstall()` detaches them.
 from __future__ import annotations
 
 import ctypes
+import ipaddress
 import logging
 import os
 import socket
@@ -18,11 +19,13 @@ from typing import Callable
 from interceptor.redirect import DENY_REASONS, DenyEvent, Origin, mapped, unmap
 from interceptor.redirect import libbpf
 from interceptor.redirect.plan import RedirectPlan
+from interceptor.redirect.sockdiag import lookup_tcp
 
 log = logging.getLogger(__name__)
 
 BPF_SOURCE = Path(__file__).resolve().parent.parent.parent / "bpf" / "redirect.c"
 SO_NETNS_COOKIE = 71
+CONFIG_ANY_PORT_DESTS, CONFIG_UID_AGENTS = 1, 2  # struct config flags, as in bpf/redirect.h
 
 # (program name in redirect.c, attach type); the name prefix marks our programs in the kernel.
 PROGRAMS = (
@@ -30,8 +33,10 @@ PROGRAMS = (
     ("icpt_connect6", libbpf.CGROUP_INET6_CONNECT),
     ("icpt_sendmsg4", libbpf.CGROUP_UDP4_SENDMSG),
     ("icpt_sendmsg6", libbpf.CGROUP_UDP6_SENDMSG),
-    ("icpt_sockops", libbpf.CGROUP_SOCK_OPS),
 )
+# Hooks earlier versions attached to, still swept by detach_all and at attach (icpt_sockops
+# re-keyed origins by 4-tuple; the enforcer now finds the client's socket cookie itself).
+RETIRED = (("icpt_sockops", libbpf.CGROUP_SOCK_OPS),)
 PREFIX = "icpt_"
 
 
@@ -42,6 +47,13 @@ class _DenyEvent(ctypes.Structure):
                 ("tgid", ctypes.c_uint32), ("uid", ctypes.c_uint32), ("agent", ctypes.c_uint32),
                 ("resource", ctypes.c_uint32), ("reason", ctypes.c_uint32), ("protocol", ctypes.c_uint32),
                 ("cgroup_id", ctypes.c_uint64)]
+
+
+def _endpoint(address: tuple) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]:
+    ip = ipaddress.ip_address(address[0].split("%", 1)[0])
+    if ip.version == 6 and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped  # a v4 connection seen by a dual-stack socket: looked up as IPv4
+    return ip, address[1]
 
 
 class BpfUnavailable(RuntimeError):
@@ -81,7 +93,7 @@ def detach_all(cgroup_root: Path) -> int:
     removed = 0
     fd = os.open(cgroup_root, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        for _, attach_type in PROGRAMS:
+        for _, attach_type in PROGRAMS + RETIRED:
             for prog_id, name in libbpf.attached_programs(fd, attach_type):
                 if name.startswith(PREFIX):
                     libbpf.detach(prog_id, fd, attach_type)
@@ -100,10 +112,10 @@ class BpfRedirect:
         self.bpf = compile_programs()
         self._funcs = {}
         for name, attach_type in PROGRAMS:
-            prog_type = self.bpf.SOCK_OPS if attach_type == libbpf.CGROUP_SOCK_OPS else self.bpf.CGROUP_SOCK_ADDR
-            kwargs = {} if prog_type == self.bpf.SOCK_OPS else {"attach_type": attach_type}
-            self._funcs[name] = self.bpf.load_func(name.encode(), prog_type, **kwargs)
-        self.flows = self.bpf["flows"]
+            self._funcs[name] = self.bpf.load_func(name.encode(), self.bpf.CGROUP_SOCK_ADDR, attach_type=attach_type)
+        self.origins = self.bpf["origins"]
+        self._flags = 0
+        self._ports: set[int] = set()
         self._attached = False
         self._poller: threading.Thread | None = None
         self._stop = threading.Event()
@@ -113,32 +125,54 @@ class BpfRedirect:
     def apply(self, plan: RedirectPlan) -> None:
         """Fill the maps from the plan (new entries first, stale ones removed after), then
         attach on first use: the kernel never sees a half-filled policy."""
+        agents = self.bpf["agents"]
+        for entry in plan.agents:
+            agents[ctypes.c_int(entry.index)] = agents.Leaf(int(entry.unprotected_allow))
+        cgroup_ids = {os.stat(plan.managed_root).st_ino: 0}
+        for entry in plan.agents:
+            for path in entry.cgroup_paths:
+                cgroup_ids[os.stat(path).st_ino] = entry.index
+        uids = {uid: entry.index for entry in plan.agents for uid in entry.uids}
+        dests = {self._dest_key_tuple(d): d.resource_index for d in plan.dests}
+        ports = {d.port for d in plan.dests if d.port}
+        flags = (CONFIG_ANY_PORT_DESTS if any(d.port == 0 for d in plan.dests) else 0) | \
+                (CONFIG_UID_AGENTS if uids else 0)
+
+        # Widen the filters first, fill the maps, then narrow: a connect() in between may
+        # look at the trie once too often, never once too few.
+        self._set_config(plan, flags | self._flags)
+        self._set_ports(ports | self._ports)
+        self._sync(self.bpf["agent_cgroups"], {ctypes.c_uint64(k).value: v for k, v in cgroup_ids.items()},
+                   lambda t, k: t.Key(k), lambda t, v: t.Leaf(v))
+        self._sync(self.bpf["agent_uids"], uids, lambda t, k: t.Key(k), lambda t, v: t.Leaf(v))
+        self._sync(self.bpf["dests"], dests, self._dest_key, lambda t, v: t.Leaf(v))
+        self._sync(self.bpf["access"], {pair: 1 for pair in plan.access},
+                   lambda t, k: t.Key(*k), lambda t, v: t.Leaf(v))
+        self._set_ports(ports)
+        self._set_config(plan, flags)
+        if not self._attached:
+            self._attach()
+
+    def _set_config(self, plan: RedirectPlan, flags: int) -> None:
         cfg = self.bpf["config"]
         value = cfg.Leaf()
         value.enforcer_port = plan.enforcer_port
         value.refuse_port = plan.refuse_port
         value.daemon_tgid = plan.daemon_tgid
+        value.flags = flags
         value.host_netns = host_netns_cookie()
         cfg[ctypes.c_int(0)] = value
+        self._flags = flags
 
-        agents = self.bpf["agents"]
-        for entry in plan.agents:
-            agents[ctypes.c_int(entry.index)] = agents.Leaf(int(entry.unprotected_allow))
-
-        cgroup_ids = {os.stat(plan.managed_root).st_ino: 0}
-        for entry in plan.agents:
-            for path in entry.cgroup_paths:
-                cgroup_ids[os.stat(path).st_ino] = entry.index
-        self._sync(self.bpf["agent_cgroups"], {ctypes.c_uint64(k).value: v for k, v in cgroup_ids.items()},
-                   lambda t, k: t.Key(k), lambda t, v: t.Leaf(v))
-        uids = {uid: entry.index for entry in plan.agents for uid in entry.uids}
-        self._sync(self.bpf["agent_uids"], uids, lambda t, k: t.Key(k), lambda t, v: t.Leaf(v))
-        self._sync(self.bpf["dests"], {self._dest_key_tuple(d): d.resource_index for d in plan.dests},
-                   self._dest_key, lambda t, v: t.Leaf(v))
-        self._sync(self.bpf["access"], {pair: 1 for pair in plan.access},
-                   lambda t, k: t.Key(*k), lambda t, v: t.Leaf(v))
-        if not self._attached:
-            self._attach()
+    def _set_ports(self, ports: set[int]) -> None:
+        """dest_ports, the bitmap of exact ports some resource uses; only changed words are written."""
+        words: dict[int, int] = {}
+        for port in ports:
+            words[port >> 6] = words.get(port >> 6, 0) | (1 << (port & 63))
+        table = self.bpf["dest_ports"]
+        for index in set(words) | {port >> 6 for port in self._ports}:
+            table[ctypes.c_int(index)] = table.Leaf(words.get(index, 0))
+        self._ports = set(ports)
 
     @staticmethod
     def _dest_key_tuple(d) -> tuple[int, int, bytes]:
@@ -173,6 +207,11 @@ class BpfRedirect:
                 for stale in ours[1:]:
                     libbpf.detach(stale, fd, attach_type)
                 log.info("%s %s at %s", "replaced" if replace else "attached", name, self.cgroup_root)
+            for name, attach_type in RETIRED:
+                for prog_id, attached in libbpf.attached_programs(fd, attach_type):
+                    if attached == name:
+                        libbpf.detach(prog_id, fd, attach_type)
+                        log.info("detached %s left by an earlier version", name)
         finally:
             os.close(fd)
         self._attached = True
@@ -180,15 +219,17 @@ class BpfRedirect:
     # -- the enforcer's questions --------------------------------------------------------
 
     def origin(self, conn: socket.socket) -> Origin | None:
-        peer, local = conn.getpeername(), conn.getsockname()
-        key = self.flows.Key()
-        ctypes.memmove(key.addr, mapped(peer[0]), 16)
-        key.sport, key.dport, key.pad = peer[1], local[1], 0
+        """The record connect() left for the agent's socket, found by that socket's cookie:
+        the kernel looks the socket up by the accepted connection's 4-tuple (inet_diag)."""
+        client = lookup_tcp(_endpoint(conn.getpeername()), _endpoint(conn.getsockname()))
+        if client is None:
+            return None  # the agent's socket is gone already: nothing to serve
+        key = self.origins.Key(client.cookie)
         try:
-            o = self.flows[key]
+            o = self.origins[key]
         except KeyError:
             return None
-        del self.flows[key]
+        del self.origins[key]
         return Origin(unmap(bytes(o.addr)), o.port, o.tgid, o.uid, o.gid, o.agent, o.resource, o.cgroup_id,
                       o.ktime_ns)
 

@@ -22,6 +22,7 @@ CGROUP_UDP4_SENDMSG = 14
 CGROUP_UDP6_SENDMSG = 15
 
 _PROG_NAME_OFFSET = 64  # struct bpf_prog_info: name[16] follows 64 bytes of ids, lengths and pointers
+_RUN_TIME_OFFSET = 192  # struct bpf_prog_info: run_time_ns, then run_cnt (u64 each)
 _INFO_SIZE = 256
 
 
@@ -78,11 +79,26 @@ def attached_programs(cgroup_fd: int, attach_type: int) -> list[tuple[int, str]]
     return result
 
 
-def program_name(prog_fd: int) -> str:
+def _info(prog_fd: int) -> bytes:
     info = ctypes.create_string_buffer(_INFO_SIZE)
     size = ctypes.c_uint32(_INFO_SIZE)
     _check(lib().bpf_obj_get_info_by_fd(prog_fd, info, ctypes.byref(size)), "bpf_obj_get_info_by_fd")
-    return info.raw[_PROG_NAME_OFFSET:_PROG_NAME_OFFSET + 16].split(b"\0", 1)[0].decode()
+    return info.raw
+
+
+def program_name(prog_fd: int) -> str:
+    return _info(prog_fd)[_PROG_NAME_OFFSET:_PROG_NAME_OFFSET + 16].split(b"\0", 1)[0].decode()
+
+
+def program_run_stats(prog_id: int) -> tuple[int, int]:
+    """(total run time in ns, runs) the kernel counted while kernel.bpf_stats_enabled was 1."""
+    fd = _check(lib().bpf_prog_get_fd_by_id(prog_id), "bpf_prog_get_fd_by_id")
+    try:
+        raw = _info(fd)
+    finally:
+        os.close(fd)
+    return (int.from_bytes(raw[_RUN_TIME_OFFSET:_RUN_TIME_OFFSET + 8], "little"),
+            int.from_bytes(raw[_RUN_TIME_OFFSET + 8:_RUN_TIME_OFFSET + 16], "little"))
 
 
 def attach(prog_fd: int, cgroup_fd: int, attach_type: int, replace_id: int | None = None) -> None:

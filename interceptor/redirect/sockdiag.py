@@ -30,6 +30,7 @@ class SocketInfo:
     uid: int
     inode: int
     cgroup_id: int
+    cookie: int  # the socket cookie, as bpf_get_socket_cookie() gives it
 
 
 def _addr16(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bytes:
@@ -50,7 +51,9 @@ def lookup_tcp(src: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int],
     length, kind, _flags, _seq, _pid = _NLMSGHDR.unpack_from(data)
     if kind == NLMSG_ERROR:
         return None  # ENOENT: no such socket (it closed, or never was)
-    offset = _NLMSGHDR.size + _MSG_HEAD.size + _SOCKID.size + _SOCKID_TAIL.size
+    offset = _NLMSGHDR.size + _MSG_HEAD.size + _SOCKID.size
+    _ifindex, cookie_lo, cookie_hi = _SOCKID_TAIL.unpack_from(data, offset)
+    offset += _SOCKID_TAIL.size
     _expires, _rq, _wq, uid, inode = _MSG_TAIL.unpack_from(data, offset)
     offset += _MSG_TAIL.size
     cgroup_id = 0
@@ -61,4 +64,4 @@ def lookup_tcp(src: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int],
         if rta_type == INET_DIAG_CGROUP_ID:
             cgroup_id, = struct.unpack_from("=Q", data, offset + _RTA.size)
         offset += (rta_len + 3) & ~3
-    return SocketInfo(uid, inode, cgroup_id)
+    return SocketInfo(uid, inode, cgroup_id, cookie_lo | cookie_hi << 32)

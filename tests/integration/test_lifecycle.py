@@ -50,9 +50,33 @@ def test_programs_survive_stop_and_restart_replaces_them_and_uninstall_removes_a
     assert set(attached().values()) == {1}, "a restarted daemon replaces its predecessor's programs, not adds"
     daemon.stop()
     result = daemon.cli("uninstall")
-    assert "removed 5 BPF program(s)" in result.stdout
+    assert f"removed {len(PROGRAMS)} BPF program(s)" in result.stdout
     assert set(attached().values()) == {0}
     assert not (cgroups.find_mount() / "interceptor").exists()
+
+
+def test_a_retired_sockops_program_of_an_earlier_version_is_detached(tmp_path):
+    """Earlier versions re-keyed origins in a sockops program at the cgroup root; one left
+    behind by an upgrade would run at every TCP event of the host for nothing."""
+    from bcc import BPF
+
+    leftover = BPF(text=b"int icpt_sockops(struct bpf_sock_ops *skops) { return 1; }")
+    fn = leftover.load_func(b"icpt_sockops", BPF.SOCK_OPS)
+    root = cgroups.ensure_mount()
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        libbpf.attach(fn.fd, fd, libbpf.CGROUP_SOCK_OPS)
+        leftover.cleanup()
+        assert [n for _, n in libbpf.attached_programs(fd, libbpf.CGROUP_SOCK_OPS)].count("icpt_sockops") == 1
+        policy = tmp_path / "policy.yaml"
+        policy.write_text(POLICY)
+        daemon = Daemon(tmp_path, policy, redirect="bpf")
+        daemon.start()
+        daemon.stop()
+        assert "icpt_sockops" not in [n for _, n in libbpf.attached_programs(fd, libbpf.CGROUP_SOCK_OPS)]
+        daemon.cli("uninstall")
+    finally:
+        os.close(fd)
 
 
 def test_iptables_rules_survive_stop_and_uninstall_removes_them(tmp_path):
