@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import services
+from bench import profile, services
 from bench.daemon import BenchDaemon
 from bench.stats import ratio, summary
 
@@ -62,6 +62,7 @@ ROUTES = (
 )
 BASELINES = ("postgres", "pgbouncer")
 METRICS = ("tps", "latency_avg_ms", "latency_p99_ms")
+PROFILED = (8, "prepared")  # the cell the daemon is profiled on, batched audit
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +74,7 @@ class Sample:
     latency_avg_ms: float
     latency_p99_ms: float
     transactions: int
+    proxy_cpu_us: float | None = None  # CPU time of the proxy process (all threads) per transaction
 
 
 class PgbenchError(RuntimeError):
@@ -124,10 +126,18 @@ def _clear(log_dir: Path) -> None:
         path.unlink()
 
 
-def run_pgbench(argv: list[str], password: str, log_dir: Path, timeout: float) -> Sample:
-    """Run pgbench (its -l logs going to the empty `log_dir`) and read its result."""
+def cpu_seconds(pid: int) -> float:
+    """User + system time of a process, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_pgbench(argv: list[str], password: str, log_dir: Path, timeout: float, proxy_pid: int | None = None) -> Sample:
+    """Run pgbench (its -l logs going to the empty `log_dir`) and read its result; with
+    `proxy_pid`, also the CPU that process spent per transaction."""
     _clear(log_dir)  # a failed run may have left logs behind
     env = {**os.environ, "PGPASSWORD": password, "PGCONNECT_TIMEOUT": "10"}
+    cpu_before = cpu_seconds(proxy_pid) if proxy_pid else None
     try:
         done = subprocess.run(argv, check=False, capture_output=True, text=True, env=env, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
@@ -141,7 +151,10 @@ def run_pgbench(argv: list[str], password: str, log_dir: Path, timeout: float) -
     _clear(log_dir)
     if not latencies:
         raise PgbenchError("pgbench logged no transaction")
-    return Sample(tps, avg, summary(latencies)["p99"] / 1000, len(latencies))
+    cpu = None
+    if proxy_pid and cpu_before is not None:
+        cpu = (cpu_seconds(proxy_pid) - cpu_before) / len(latencies) * 1e6
+    return Sample(tps, avg, summary(latencies)["p99"] / 1000, len(latencies), cpu)
 
 
 def policy(pg_port: int, credentials: Path) -> str:
@@ -240,6 +253,9 @@ def summarize(cells: Cells, rounds: int, seconds: float) -> dict:
                     for metric in METRICS:
                         row[metric] = summary([getattr(s, metric) for s in samples])
                     row["transactions"] = sum(s.transactions for s in samples)
+                    cpu = [s.proxy_cpu_us for s in samples if s.proxy_cpu_us is not None]
+                    if cpu:
+                        row["proxy_cpu_us"] = summary(cpu)
                     if route.target in BASELINES:
                         medians[(route.target, route.workload, clients, mode)] = {
                             m: row[m]["median"] for m in METRICS}
@@ -268,6 +284,7 @@ class Setup:
     the password, pgbench's log directory, seconds per run, and the daemon's policy."""
 
     ports: dict[str, int]
+    pids: dict[str, int]  # the proxies' processes, for CPU per transaction
     script: Path
     password: str
     logs: Path
@@ -294,17 +311,20 @@ def run(rounds: int = 3, seconds: float = 2.0) -> dict:
             for proxy in proxies.values():
                 proxy.start()
                 started.append(proxy)
-            setup = _setup(root, pg, {k: p.port for k, p in proxies.items()}, password, seconds)
+            setup = _setup(root, pg, {k: p.port for k, p in proxies.items()},
+                           {k: p.proc.pid for k, p in proxies.items()}, password, seconds)
             for rnd in range(rounds):
                 for audit in (("strict", "batched") if rnd % 2 == 0 else ("batched", "strict")):
                     _phase(root / f"daemon-{audit}", audit, rnd, cells, setup)
+            profiled = _profile(root / "daemon-profile", setup)
         finally:
             for service in reversed(started):
                 service.stop()
-    return summarize(cells, rounds, seconds)
+    return {**summarize(cells, rounds, seconds), "profile": profiled}
 
 
-def _setup(root: Path, pg: services.Postgres, proxies: dict[str, int], password: str, seconds: float) -> Setup:
+def _setup(root: Path, pg: services.Postgres, proxies: dict[str, int], pids: dict[str, int], password: str,
+           seconds: float) -> Setup:
     script = root / "masked.sql"
     script.write_text(MASKED_SCRIPT)
     credentials = root / "db.credentials"
@@ -312,7 +332,7 @@ def _setup(root: Path, pg: services.Postgres, proxies: dict[str, int], password:
     credentials.chmod(0o600)
     logs = root / "logs"
     logs.mkdir()
-    return Setup({"postgres": pg.port, "interceptor": pg.port, **proxies}, script, password, logs, seconds,
+    return Setup({"postgres": pg.port, "interceptor": pg.port, **proxies}, pids, script, password, logs, seconds,
                  policy(pg.port, credentials))
 
 
@@ -347,6 +367,31 @@ def _healthy(daemon: BenchDaemon) -> bool:
     return daemon.proc is not None and daemon.proc.poll() is None and (_agent_cgroup(daemon) / "cgroup.procs").exists()
 
 
+def _profile(workdir: Path, setup: Setup) -> dict:
+    """py-spy on a batched-audit daemon while pgbench runs the PROFILED cell through it."""
+    clients, mode = PROFILED
+    daemon = BenchDaemon(workdir, setup.policy, audit={"store": "sqlite", "path": str(workdir / "audit.db"),
+                                                       "durability": "batched"})
+    seconds = max(setup.seconds, 5.0)
+    try:
+        error = _restart(daemon, "batched")
+        if error is not None:
+            return {"error": error}
+        argv = in_cgroup(_agent_cgroup(daemon), pgbench_argv(setup.ports["interceptor"], clients, mode, seconds, None,
+                                                           setup.logs / "pgbench"))
+        result = profile.profile(daemon.proc.pid, seconds, functools.partial(
+            run_pgbench, argv, AGENT_PASSWORD, setup.logs, timeout=seconds + 60))
+        return {"clients": clients, "mode": mode, "audit": "batched", "seconds": seconds, **result}
+    except (RuntimeError, OSError, PgbenchError) as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    finally:
+        daemon.stop()
+        try:
+            daemon.uninstall()
+        except subprocess.CalledProcessError as exc:
+            print(f"[bench] interceptor uninstall failed: {exc.stderr}", file=sys.stderr)
+
+
 def _phase(workdir: Path, audit: str, rnd: int, cells: Cells, setup: Setup) -> None:
     """One daemon run: every cell of the routes that belong to this durability mode."""
     routes = [r for r in ROUTES if r.audit == audit]
@@ -364,6 +409,7 @@ def _phase(workdir: Path, audit: str, rnd: int, cells: Cells, setup: Setup) -> N
                 argv = pgbench_argv(setup.ports[route.target], clients, mode, setup.seconds,
                                     setup.script if route.workload == MASKED else None, setup.logs / "pgbench")
                 password = setup.password
+                proxy_pid = setup.pids.get(route.target)
                 if route.target == "interceptor":
                     if daemon_error is None and not _healthy(daemon):
                         daemon_error = _restart(daemon, audit)
@@ -371,8 +417,9 @@ def _phase(workdir: Path, audit: str, rnd: int, cells: Cells, setup: Setup) -> N
                         cells.fail(key, daemon_error)
                         continue
                     argv, password = in_cgroup(_agent_cgroup(daemon), argv), AGENT_PASSWORD
+                    proxy_pid = daemon.proc.pid
                 cells.measure(key, functools.partial(run_pgbench, argv, password, setup.logs,
-                                                     timeout=setup.seconds + 60))
+                                                     timeout=setup.seconds + 60, proxy_pid=proxy_pid))
     finally:
         daemon.stop()
         try:

@@ -67,7 +67,7 @@ say "installing Python dependencies"
 if [[ $editable == 0 ]]; then
   "$venv/bin/python" -m pip install -q "$here"
 else
-  "$venv/bin/python" -m pip install -q -e "$here[test]"
+  "$venv/bin/python" -m pip install -q -e "$here[test,bench]"
 fi
 sqlglot_version=$("$venv/bin/python" -c 'import sqlglot; print(sqlglot.__version__)')
 if "$venv/bin/python" -m pip install -q "sqlglotc==$sqlglot_version" 2>/dev/null; then

@@ -39,6 +39,7 @@ class Services:
     credentials: Callable[[], Awaitable[dict[str, str]]]  # upstream secrets, resolved on demand
     approvals: Any = None  # interceptor.approvals broker, when the daemon has one
     traffic: Traffic = field(default_factory=Traffic)  # bytes so far, for `interceptor sessions`
+    _who: tuple = field(default=(None, None, None), repr=False)  # (process, identity, its summary), built once
 
     def request(self, flow: FlowContext, operation: Operation, **labels: str) -> Request:
         subject = Subject(flow.agent, self.identity(), flow.process.exe, flow.process.uid)
@@ -47,8 +48,15 @@ class Services:
     def event(self, flow: FlowContext, kind: str, decision: Decision | None = None, *,
               verdict: str | None = None, rule: str | None = None, reason: str | None = None,
               **fields: Any) -> AuditEvent:
-        """An audit event carrying the flow's who and where, so handlers only add the what."""
+        """An audit event carrying the flow's who and where, so handlers only add the what.
+        The process and identity summaries are built once per flow (and identity) and shared
+        by its events; the audit sink copies what it keeps."""
         identity = self.identity()
+        process, known, summary = self._who
+        if process is None or known is not identity:
+            process = process or flow.process.summary()
+            summary = identity.summary() if identity else None
+            self._who = (process, identity, summary)
         return AuditEvent(
             kind=kind,
             agent=flow.agent,
@@ -57,8 +65,8 @@ class Services:
             reason=decision.reason if decision else reason,
             resource=flow.resource,
             flow_id=flow.flow_id,
-            process=flow.process.summary(),
-            identity=identity.summary() if identity else None,
+            process=process,
+            identity=summary,
             **fields,
         )
 

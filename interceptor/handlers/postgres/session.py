@@ -15,6 +15,7 @@ error, and a later COMMIT rolls back.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
 import secrets
 import time
@@ -107,8 +108,10 @@ def database_allowed(database: str, patterns: tuple[str, ...] | None, credential
 _LITERAL = re.compile(r"""(?:[eE]?'(?:[^']|'')*')|(\$[A-Za-z_]*\$)(?:.|\n)*?\1|(?<![\w$.])\d+(?:\.\d+)?(?:[eE][-+]?\d+)?""")
 
 
+@functools.lru_cache(maxsize=4096)
 def redact_literals(sql: str) -> str:
-    """The statement with string, dollar-quoted and numeric literals replaced by '?'."""
+    """The statement with string, dollar-quoted and numeric literals replaced by '?'
+    (cached: a prepared statement's text comes back with every execution)."""
     return _LITERAL.sub("?", sql)
 
 
