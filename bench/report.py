@@ -36,6 +36,14 @@ def _connect_md(result: dict) -> list[str]:
     for key, label in labels.items():
         s = result["stats"][key]
         lines.append(f"| {label} | {s['median']:.1f} | {s['p99']:.1f} | {s['iqr']:.1f} | {s['n']} |")
+    programs = result.get("programs") or {}
+    names = sorted({key.rsplit("_", 1)[0] for key in programs})
+    if names:
+        lines += ["", ("Time inside our BPF programs per IPv4 connect() of an agent to an unprotected destination, "
+                       "as the kernel counts it (kernel.bpf_stats_enabled, on only for that probe): ")
+                  + "; ".join(f"{name} {programs[name + '_ns']['median']:.0f} ns over "
+                              f"{programs[name + '_runs']['median']:g} run(s)" for name in names)
+                  + ". Timing whole connect() calls is noisier than that difference, so both ratios are given."]
     lines += ["", "| ratio | value |", "| --- | --- |"]
     lines += [f"| {k} | {v:.3f} |" for k, v in result["ratios"].items()]
     return lines
@@ -195,28 +203,41 @@ def _targets_md(results: dict) -> list[str]:
                      f"{kib:.1f} KiB, all answered: {'yes' if scale.get('all_answered') else 'no'}", ok, ""))
     lines = ["| target | this run | | by how much |", "| --- | --- | --- | --- |"]
     lines += [f"| {t} | {m} | {_verdict(ok)} | {d} |" for t, m, ok, d in rows]
-    return lines + _why_md(cells)
+    return lines + _why_md(cells, results.get("hotpath"))
 
 
-def _why_md(cells: dict) -> list[str]:
+def _why_md(cells: dict, hotpath: object) -> list[str]:
     """The CPU each proxy spent per transaction explains the throughput gap on a host whose
     cores PostgreSQL and pgbench share with it."""
     ours = _median(cells.get(("interceptor-batched", 8, "prepared")), "proxy_cpu_us")
     bouncer = _median(cells.get(("pgbouncer", 8, "prepared")), "proxy_cpu_us")
     if ours is None or not bouncer:
         return []
-    return ["", (f"Why: at 8 clients (prepared, batched audit) the daemon spent {ours:.0f} us of CPU per transaction, "
-                 f"pgbouncer {bouncer:.0f} us ({ours / bouncer:.1f}x). Per statement the daemon parses the messages, "
-                 "judges the statement, builds, scrubs, hashes and stores an audit record, and crosses the kernel "
-                 "twice each way, in one Python event loop on a host whose cores PostgreSQL and pgbench share; the "
-                 "profile below says where that time goes.")]
+    text = (f"Why: at 8 clients (prepared, batched audit) the daemon spent {ours:.0f} us of CPU per transaction, "
+            f"pgbouncer {bouncer:.0f} us ({ours / bouncer:.1f}x). Per statement the daemon parses the messages, "
+            "judges the statement, builds, scrubs, hashes and stores an audit record, and crosses the kernel "
+            "twice each way, in one Python event loop on a host whose cores PostgreSQL and pgbench share.")
+    if isinstance(hotpath, list):
+        python = sum(part["us"]["median"] for part in hotpath if "cached" not in part["part"])
+        text += (f" Measured in isolation (section below), the Python work of a prepared transaction adds up to "
+                 f"{python:.0f} us; the rest is the event loop, the system calls and the audit writer thread "
+                 "(see the profile).")
+    return ["", text]
+
+
+def _hotpath_md(result: list[dict]) -> list[str]:
+    lines = ["One `pgbench -S -M prepared` transaction, each part timed alone in a loop (no sockets), "
+             "microseconds:", "", "| part | us (median) | IQR | runs |", "| --- | --- | --- | --- |"]
+    lines += [f"| {r['part']} | {r['us']['median']:.2f} | {r['us']['iqr']:.2f} | {r['us']['n']} |" for r in result]
+    return lines
 
 
 TITLES = {"connect": "Kernel hooks: connect() latency (microseconds)", "pgbench": "PostgreSQL through each path: pgbench",
           "policy": "Policy decisions per second (SQL)", "masking": "Masking DataRow bodies (MB/s)",
-          "scale": "Scale: agent connections held open through the enforcer"}
+          "scale": "Scale: agent connections held open through the enforcer",
+          "hotpath": "What a transaction costs the daemon in Python"}
 RENDER = {"connect": _connect_md, "pgbench": _pgbench_md, "policy": _policy_md, "masking": _masking_md,
-          "scale": _scale_md}
+          "scale": _scale_md, "hotpath": _hotpath_md}
 
 
 def render(name: str, result: object) -> list[str]:

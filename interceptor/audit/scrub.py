@@ -23,6 +23,9 @@ _SECRET_KEY = re.compile(r"pass(word|wd)?$|secret|token$|authorization|api[_-]?k
 _IDENTIFIER_KEYS = frozenset({"event_id", "flow_id", "jti", "cgroup", "session"})
 _SQL_PASSWORD = re.compile(r"(\bpassword\s+)'(?:[^']|'')*'", re.IGNORECASE)
 _URL_PASSWORD = re.compile(r"(://[^/:@\s]+:)[^@/\s]+@")
+# No pattern above (nor api_key, whose tokens are 20+ characters) matches fewer characters
+# than "://a:b@": shorter strings (agent names, verdicts, kinds) are kept without a look.
+SHORTEST_SECRET = 7
 
 
 @functools.lru_cache(maxsize=8192)
@@ -70,7 +73,7 @@ def _scrub_dict(value: dict[Any, Any]) -> dict[str, Any]:
         if _secret_key(key) and item is not None and item != "":
             out[key] = REDACTED
         elif kind is str:
-            out[key] = item if key in _IDENTIFIER_KEYS else scrub_text(item)
+            out[key] = item if len(item) < SHORTEST_SECRET or key in _IDENTIFIER_KEYS else scrub_text(item)
         elif kind is int or kind is bool or item is None:
             out[key] = item
         else:

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from interceptor.audit.scrub import REDACTED, scrub, scrub_event, scrub_text
+from interceptor.audit.scrub import REDACTED, SHORTEST_SECRET, scrub, scrub_event, scrub_text
 
 JWT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSIsImV4cCI6MTcwMDAwMDAwMH0.c2lnbmF0dXJlLXNpZ25hdHVyZQ"
 
@@ -51,3 +51,10 @@ def test_events_with_values_json_would_change_are_normalized_then_scrubbed():
 def test_plain_events_come_back_equal_to_the_json_round_trip():
     event = {"kind": "statement", "n": 3, "ok": False, "ms": 0.25, "none": None, "nested": [{"a": "b"}, "é"]}
     assert scrub_event(event) == json.loads(json.dumps(event)) == event
+
+
+def test_strings_shorter_than_any_secret_pattern_are_kept_as_they_are():
+    shortest = "://a:b@"
+    assert len(shortest) == SHORTEST_SECRET and scrub_text(shortest) != shortest
+    assert scrub_text("x PASSWORD ''") != "x PASSWORD ''" and len("PASSWORD ''") > SHORTEST_SECRET
+    assert scrub({"agent": shortest[:-1], "url": shortest}) == {"agent": shortest[:-1], "url": scrub_text(shortest)}

@@ -1,0 +1,110 @@
+"""What one prepared-statement transaction costs the daemon's event loop in Python, part by
+part, without sockets: the sans-IO PostgreSQL session, the audit record (event, scrub,
+canonical JSON, hash chain, rows for the store) and the policy decision. Set beside the
+daemon's measured CPU per transaction, the rest is the event loop and the kernel."""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections.abc import Callable
+
+from bench.stats import summary
+from interceptor.audit.chain import Head, link
+from interceptor.audit.event import AuditEvent
+from interceptor.audit.scrub import scrub_event
+from interceptor.audit.sql import record_rows
+from interceptor.decision import Decision, Verdict
+from interceptor.flow import Endpoint, FlowContext, ProcessInfo
+from interceptor.handlers.base import Services
+from interceptor.handlers.postgres.codec import INT16, INT32
+from interceptor.handlers.postgres.session import Audit, ProxySession
+from interceptor.identity.model import Identity
+from interceptor.operations import Request, SqlQuery, Subject
+from interceptor.policy.engine import PolicyEngine
+from interceptor.policy.loader import load_policy_text
+
+SQL = "SELECT abalance FROM pgbench_accounts WHERE aid = $1;"
+POLICY = """
+version: 1
+agents: {bench: {unprotected: deny}}
+resources: {db: {protocol: postgres, addresses: ["127.0.0.1:5432"]}}
+rules:
+  - {name: reads, effect: allow, agents: [bench], resources: [db], sql: {kinds: [select], tables: ["public.*"]}}
+"""
+IDENTITY = Identity("https://idp.example.com/oauth2/default", "agent-bench", "bench-client", None,
+                    frozenset({"db.read"}), frozenset({"agents", "readers"}), "jti-1", time.time() + 3600)
+
+
+def _msg(kind: bytes, body: bytes = b"") -> bytes:
+    return kind + INT32.pack(len(body) + 4) + body
+
+
+def _traffic() -> tuple[bytes, bytes]:
+    """What pgbench -M prepared sends and gets back for one -S transaction."""
+    bind = _msg(b"B", b"\0P0_1\0" + INT16.pack(0) + INT16.pack(1) + INT32.pack(5) + b"12345" + INT16.pack(1)
+                + INT16.pack(0))
+    client = bind + _msg(b"E", b"\0" + INT32.pack(0)) + _msg(b"S")
+    server = (_msg(b"2") + _msg(b"D", INT16.pack(1) + INT32.pack(4) + b"1234") + _msg(b"C", b"SELECT 1\0")
+              + _msg(b"Z", b"I"))
+    return client, server
+
+
+def _session() -> ProxySession:
+    decision = Decision(Verdict.ALLOW, "reads")
+    session = ProxySession(judge=lambda text: decision, database="bench")
+    session.from_client(_msg(b"P", b"P0_1\0" + SQL.encode() + b"\0" + INT16.pack(0)) + _msg(b"S"))
+    session.from_server(_msg(b"1") + _msg(b"Z", b"I"))
+    return session
+
+
+def _services() -> tuple[Services, FlowContext]:
+    flow = FlowContext("0123456789abcdef", "bench", ProcessInfo(4242, 123456, 0, 0, "/usr/lib/postgresql/15/bin/pgbench",
+                                                                 ("pgbench", "-S", "-M", "prepared", "bench"),
+                                                                 "/interceptor/bench"),
+                       Endpoint(ipaddress.ip_address("127.0.0.1"), 5432),
+                       Endpoint(ipaddress.ip_address("127.0.0.1"), 40000), "db")
+    return Services(decide=None, audit=None, identity=lambda: IDENTITY, resource=None, credentials=None), flow
+
+
+def _per_op(run: Callable[[], object], count: int) -> float:
+    started = time.perf_counter()
+    for _ in range(count):
+        run()
+    return (time.perf_counter() - started) / count * 1e6
+
+
+def measure(count: int = 20000) -> dict[str, float]:
+    """Microseconds per transaction for each part."""
+    client, server = _traffic()
+    session = _session()
+    services, flow = _services()
+    audits = [c for c in (session.from_client(client), session.from_server(server))[1] if isinstance(c, Audit)]
+    audit = audits[0]
+
+    def event() -> AuditEvent:
+        return services.event(flow, "statement", audit.decision, operation=audit.operation, outcome=audit.outcome)
+
+    body = scrub_event(event().to_dict())
+    engine = PolicyEngine(load_policy_text(POLICY))
+    subject = Subject("bench", IDENTITY, flow.process.exe, 0)
+    engine.decide(Request(subject, "db", SqlQuery(SQL, "bench")))
+    return {
+        "postgres session (sans-IO: Bind/Execute/Sync in, 4 messages out)":
+            _per_op(lambda: (session.from_client(client), session.from_server(server)), count),
+        "audit event built (who, what, outcome)": _per_op(event, count),
+        "audit event scrubbed and normalized": _per_op(lambda: scrub_event(event().to_dict()), count)
+            - _per_op(event, count),
+        "audit record chained (canonical JSON, SHA-256) with its store row":
+            _per_op(lambda: record_rows(link(Head(), "bench-host", [body])[0]), count),
+        "policy decision, cached (extended and simple protocol; prepared reuses it)":
+            _per_op(lambda: engine.decide(Request(subject, "db", SqlQuery(SQL, "bench"))), count),
+    }
+
+
+def run(rounds: int = 3) -> list[dict]:
+    samples: dict[str, list[float]] = {}
+    for _ in range(rounds):
+        for part, us in measure().items():
+            samples.setdefault(part, []).append(us)
+    return [{"part": part, "us": summary(values)} for part, values in samples.items()]
