@@ -141,7 +141,8 @@ def pgbouncer(root: Path, pg: Postgres) -> Foreground:
         for path in (config, users):
             os.chown(path, account.pw_uid, account.pw_gid)
             path.chmod(0o600)
-        argv = ["runuser", "-u", "postgres", "--", *argv]
+        # setpriv execs (runuser would stay as its parent): the pid is pgbouncer's, for its CPU time
+        argv = ["setpriv", f"--reuid={account.pw_uid}", f"--regid={account.pw_gid}", "--init-groups", "--", *argv]
     return Foreground("pgbouncer", root, port, argv)
 
 
