@@ -53,7 +53,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("sections", nargs="*", default=list(SECTIONS),
                         help=f"any of {', '.join(SECTIONS)} (default: all)")
+    parser.add_argument("--render", action="store_true",
+                        help="only write BENCHMARKS.md again from bench/results/latest.json")
     args = parser.parse_args()
+    if args.render:
+        print(f"[bench] wrote {report.rerender()}", file=sys.stderr)
+        return
     unknown = [name for name in args.sections if name not in SECTIONS]
     if unknown:
         parser.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")

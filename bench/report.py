@@ -203,10 +203,13 @@ def _targets_md(results: dict) -> list[str]:
                      f"{kib:.1f} KiB, all answered: {'yes' if scale.get('all_answered') else 'no'}", ok, ""))
     lines = ["| target | this run | | by how much |", "| --- | --- | --- | --- |"]
     lines += [f"| {t} | {m} | {_verdict(ok)} | {d} |" for t, m, ok, d in rows]
-    return lines + _why_md(cells, results.get("hotpath"))
+    return lines + _why_md(cells, results.get("hotpath"), (results.get("pgbench") or {}).get("profile"))
 
 
-def _why_md(cells: dict, hotpath: object) -> list[str]:
+SYSCALLS = ("write (libc", "writev (libc", "read (libc", "sendmsg (libc", "recvmsg (libc")
+
+
+def _why_md(cells: dict, hotpath: object, profiled: dict | None = None) -> list[str]:
     """The CPU each proxy spent per transaction explains the throughput gap on a host whose
     cores PostgreSQL and pgbench share with it."""
     ours = _median(cells.get(("interceptor-batched", 8, "prepared")), "proxy_cpu_us")
@@ -220,8 +223,11 @@ def _why_md(cells: dict, hotpath: object) -> list[str]:
     if isinstance(hotpath, list):
         python = sum(part["us"]["median"] for part in hotpath if "cached" not in part["part"])
         text += (f" Measured in isolation (section below), the Python work of a prepared transaction adds up to "
-                 f"{python:.0f} us; the rest is the event loop, the system calls and the audit writer thread "
-                 "(see the profile).")
+                 f"{python:.0f} us; the rest is the event loop, the system calls and the audit writer thread.")
+    if profiled and profiled.get("main_top"):
+        share = sum(r["share"] for r in profiled["main_top"] if r["frame"].startswith(SYSCALLS))
+        text += (f" In the profile, sending and receiving (write, writev, read: on loopback a send also runs the "
+                 f"receiver's TCP input and wakes it) take {share * 100:.0f}% of the event loop thread's samples.")
     return ["", text]
 
 
@@ -236,6 +242,12 @@ TITLES = {"connect": "Kernel hooks: connect() latency (microseconds)", "pgbench"
           "policy": "Policy decisions per second (SQL)", "masking": "Masking DataRow bodies (MB/s)",
           "scale": "Scale: agent connections held open through the enforcer",
           "hotpath": "What a transaction costs the daemon in Python"}
+def rerender() -> Path:
+    """BENCHMARKS.md again from bench/results/latest.json (after a change to this module)."""
+    saved = json.loads((ROOT / "bench" / "results" / "latest.json").read_text())
+    return write(saved["results"], saved["machine"])
+
+
 RENDER = {"connect": _connect_md, "pgbench": _pgbench_md, "policy": _policy_md, "masking": _masking_md,
           "scale": _scale_md, "hotpath": _hotpath_md}
 
@@ -247,8 +259,9 @@ def render(name: str, result: object) -> list[str]:
     return [f"## {TITLES[name]}", "", *RENDER[name](result)]
 
 
-def write(results: dict) -> Path:
-    info = machine()
+def write(results: dict, info: dict[str, str] | None = None) -> Path:
+    """Write both files; `info` keeps the machine and date of an earlier run when re-rendering it."""
+    info = info or machine()
     out = ROOT / "bench" / "results" / "latest.json"
     out.write_text(json.dumps({"machine": info, "results": results}, indent=2))
     lines = ["# Benchmarks", "", ("Measured by `make bench` in one run; each path alternated with the others so "
