@@ -95,8 +95,9 @@ class Proxy:
         async def credentials() -> dict[str, str]:
             return {"user": self.pg.user, "password": self.pg.password}
 
-        return Services(decide=decide, audit=self.sink, identity=lambda: None, resource=self.resource,
-                        credentials=credentials, approvals=self.broker)
+        self.last_services = Services(decide=decide, audit=self.sink, identity=lambda: None, resource=self.resource,
+                                      credentials=credentials, approvals=self.broker)
+        return self.last_services
 
     def dsn(self, dbname: str = "app", user: str = "agent") -> str:
         return f"postgresql://{user}@127.0.0.1:{self.port}/{dbname}?sslmode=prefer"
@@ -348,6 +349,31 @@ def test_large_result_streams_through(proxy):
 def test_database_not_allowed_is_refused(proxy):
     with pytest.raises(psycopg.OperationalError, match="database 'template1' is not allowed"):
         psycopg.connect(proxy.dsn(dbname="template1"))
+
+
+def test_a_client_that_stops_reading_stops_the_server_side_too(proxy):
+    """Backpressure: with the agent not reading a 200 MB result, the enforcer stops reading
+    the server instead of buffering the result in memory."""
+    with socket.create_connection(("127.0.0.1", proxy.port)) as sock:
+        sock.sendall(codec.startup_message({"user": "agent", "database": "app"}))
+        sock.settimeout(30)
+        greeting = b""
+        while not greeting.endswith(codec.ready_for_query(b"I")):
+            greeting += sock.recv(65536)
+        sock.sendall(codec.query("SELECT repeat('x', 1000) FROM generate_series(1, 200000)"))
+        first = sock.recv(65536)
+        assert first[:1] == b"T", first[:50]
+        time.sleep(2)  # the agent reads nothing meanwhile
+        stalled = proxy.last_services.traffic.down
+        time.sleep(1)
+        assert proxy.last_services.traffic.down == stalled, "the enforcer kept reading a result nobody takes"
+        assert stalled < 32 << 20, f"{stalled} bytes read from the server for a client that reads nothing"
+        received = len(first)
+        while received < 50 << 20:  # reading again resumes the flow
+            chunk = sock.recv(1 << 20)
+            assert chunk
+            received += len(chunk)
+        assert proxy.last_services.traffic.down > stalled
 
 
 def raw_session(proxy: Proxy, data: bytes) -> bytes:
