@@ -320,8 +320,8 @@ class _Link:
     async def run(self, leftover: bytes, pipelined: bytes) -> None:
         """Serve until either side ends or the session closes; raises what broke it."""
         server_rest = self.upstream.pipe.attach(lambda data: self._received(DOWN, data), self._peer_ended,
-                                                self._pressure)
-        client_rest = self.client.attach(lambda data: self._received(UP, data), self._peer_ended, self._pressure)
+                                                self._reading)
+        client_rest = self.client.attach(lambda data: self._received(UP, data), self._peer_ended, self._reading)
         for direction, data in ((DOWN, leftover + server_rest), (UP, pipelined + client_rest)):
             if data:
                 self._received(direction, data)
@@ -330,13 +330,16 @@ class _Link:
         await self._ended
 
     def _received(self, direction: str, data: bytes) -> None:
-        if self._ended.done():
-            return
         traffic = self.services.traffic
         if direction == UP:
             traffic.up += len(data)
         else:
             traffic.down += len(data)
+        self._feed(direction, data)
+
+    def _feed(self, direction: str, data: bytes) -> None:
+        if self._ended.done():
+            return
         if self._tasks[direction] is not None:
             self._backlog[direction].append(data)  # read before the pause took effect
             return
@@ -367,7 +370,7 @@ class _Link:
             return
         backlog, self._backlog[direction] = self._backlog[direction], []
         for data in backlog:
-            self._received(direction, data)
+            self._feed(direction, data)
         self._reading()
 
     def _apply(self, commands: list[Command]) -> tuple[Awaitable[list[Command]] | None, list[Command]]:
@@ -431,9 +434,6 @@ class _Link:
         if self.lookup is None:
             self.lookup = await self.connect()
         return self.session.learn_tables(await self.lookup.column_names(command.oids))
-
-    def _pressure(self) -> None:
-        self._reading()
 
     def _reading(self) -> None:
         """Read from a side only while its direction has no task and its peer takes bytes."""
