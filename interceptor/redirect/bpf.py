@@ -16,8 +16,7 @@ import threading
 from pathlib import Path
 from typing import Callable
 
-from interceptor.redirect import DENY_REASONS, DenyEvent, Origin, mapped, unmap
-from interceptor.redirect import libbpf
+from interceptor.redirect import DENY_REASONS, DenyEvent, Origin, libbpf, mapped, unmap
 from interceptor.redirect.plan import RedirectPlan
 from interceptor.redirect.sockdiag import lookup_tcp
 
