@@ -17,6 +17,16 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
 
+class SharedSummary(dict):
+    """A summary (process, identity) that every record of a flow carries, built once per
+    flow and read-only, so the audit sink may scrub it once rather than per record."""
+
+    def _read_only(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("a SharedSummary is read-only")
+
+    __setitem__ = __delitem__ = update = pop = popitem = clear = setdefault = _read_only  # type: ignore[assignment]
+
+
 class AuditUnavailable(RuntimeError):
     """The record could not be made durable; the caller must deny the operation."""
 

@@ -14,6 +14,7 @@ import re
 from typing import Any
 
 from interceptor.audit.chain import normalize
+from interceptor.audit.event import SharedSummary
 from interceptor.masking.classifiers import api_key
 
 REDACTED = "[REDACTED]"
@@ -64,6 +65,21 @@ def _secret_key(key: str) -> bool:
     return known
 
 
+_shared: dict[int, tuple[SharedSummary, dict[str, Any]]] = {}
+
+
+def _scrub_shared(value: SharedSummary) -> dict[str, Any]:
+    """A read-only per-flow summary comes back with every record of its flow: scrubbed once."""
+    known = _shared.get(id(value))
+    if known is not None and known[0] is value:
+        return known[1]
+    clean = _scrub_dict(value)
+    if len(_shared) >= 4096:
+        _shared.clear()
+    _shared[id(value)] = (value, clean)  # holding `value` keeps its id from being reused
+    return clean
+
+
 def _scrub_dict(value: dict[Any, Any]) -> dict[str, Any]:
     out = {}
     for key, item in value.items():
@@ -72,6 +88,8 @@ def _scrub_dict(value: dict[Any, Any]) -> dict[str, Any]:
         kind = type(item)
         if _secret_key(key) and item is not None and item != "":
             out[key] = REDACTED
+        elif kind is SharedSummary:
+            out[key] = _scrub_shared(item)
         elif kind is str:
             out[key] = item if len(item) < SHORTEST_SECRET or key in _IDENTIFIER_KEYS else scrub_text(item)
         elif kind is int or kind is bool or item is None:
@@ -87,6 +105,8 @@ def scrub(value: Any) -> Any:
     kind = type(value)
     if kind is dict:
         return _scrub_dict(value)
+    if kind is SharedSummary:
+        return _scrub_shared(value)
     if kind is str:
         return scrub_text(value)
     if kind is list:

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from interceptor.audit.event import AuditEvent, AuditSink
+from interceptor.audit.event import AuditEvent, AuditSink, SharedSummary
 from interceptor.decision import Decision
 from interceptor.flow import FlowContext
 from interceptor.identity.model import Identity
@@ -54,8 +54,8 @@ class Services:
         identity = self.identity()
         process, known, summary = self._who
         if process is None or known is not identity:
-            process = process or flow.process.summary()
-            summary = identity.summary() if identity else None
+            process = process or SharedSummary(flow.process.summary())
+            summary = SharedSummary(identity.summary()) if identity else None
             self._who = (process, identity, summary)
         return AuditEvent(
             kind=kind,

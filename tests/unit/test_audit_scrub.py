@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from interceptor.audit.event import SharedSummary
 from interceptor.audit.scrub import REDACTED, SHORTEST_SECRET, scrub, scrub_event, scrub_text
 
 JWT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSIsImV4cCI6MTcwMDAwMDAwMH0.c2lnbmF0dXJlLXNpZ25hdHVyZQ"
@@ -58,3 +59,19 @@ def test_strings_shorter_than_any_secret_pattern_are_kept_as_they_are():
     assert len(shortest) == SHORTEST_SECRET and scrub_text(shortest) != shortest
     assert scrub_text("x PASSWORD ''") != "x PASSWORD ''" and len("PASSWORD ''") > SHORTEST_SECRET
     assert scrub({"agent": shortest[:-1], "url": shortest}) == {"agent": shortest[:-1], "url": scrub_text(shortest)}
+
+
+def test_shared_summaries_are_read_only_and_scrubbed_like_any_dict():
+    summary = SharedSummary({"exe": "/usr/bin/psql", "cmdline": ["psql", "postgresql://app:hunter2@db/prod"],
+                             "password": "x"})
+    with pytest.raises(TypeError, match="read-only"):
+        summary["exe"] = "/bin/sh"
+    with pytest.raises(TypeError, match="read-only"):
+        summary.update(exe="/bin/sh")
+    first = scrub_event({"kind": "statement", "process": summary})
+    again = scrub_event({"kind": "statement", "process": summary})
+    assert first == again == {"kind": "statement", "process": {
+        "exe": "/usr/bin/psql", "cmdline": ["psql", f"postgresql://app:{REDACTED}@db/prod"], "password": REDACTED}}
+    assert type(first["process"]) is dict
+    other = SharedSummary({"exe": "/usr/bin/python3"})
+    assert scrub_event({"process": other}) == {"process": {"exe": "/usr/bin/python3"}}
