@@ -18,6 +18,7 @@ import fnmatch
 import functools
 import re
 import secrets
+import struct
 import time
 from collections import deque
 from collections.abc import Callable
@@ -26,7 +27,6 @@ from dataclasses import dataclass
 from interceptor.decision import Decision, MaskSpec, Verdict
 from interceptor.handlers.postgres import codec
 from interceptor.handlers.postgres.codec import (
-    HEADER,
     MAX_MESSAGE,
     Column,
     ProtocolViolation,
@@ -40,7 +40,8 @@ PASSED_PARAMETERS = frozenset({
 _STREAM_CLIENT = frozenset(b"d")  # CopyData from the client is forwarded as it arrives
 _STREAM_SERVER = frozenset(b"d")
 _STREAM_SERVER_ROWS = frozenset(b"dD")
-_ASYNC = frozenset(b"NSA")  # notices, parameter status, notifications: any time, no state
+_ASYNC = frozenset(b"NSA")
+_FRAME = struct.Struct("!BI")  # message type as a number, length  # notices, parameter status, notifications: any time, no state
 
 RowMask = Callable[[memoryview], bytes]
 MaskFactory = Callable[[tuple[MaskSpec, ...], tuple[Column, ...], tuple[str | None, ...]], RowMask | None]
@@ -236,31 +237,34 @@ class _Stream:
 
     def next(self, streamable: frozenset[int]) -> tuple[int, int, int] | None:
         """(type, start, end) of the next whole frame to look at, or None: need more bytes."""
-        data, size = self.data, len(self.data)
+        data, pos, skip = self.data, self.pos, self.skip
+        size = len(data)
         while True:
-            if self.skip:
-                take = min(self.skip, size - self.pos)
-                self.pos += take
-                self.skip -= take
-                if self.skip:
+            if skip:
+                if size - pos < skip:
+                    self.pos, self.skip = size, skip - (size - pos)
                     return None
-            if size - self.pos < 5:
+                pos, skip = pos + skip, 0
+            if size - pos < 5:
+                self.pos, self.skip = pos, 0
                 return None
-            kind, length = HEADER.unpack_from(data, self.pos)
-            kind = kind[0]
+            kind, length = _FRAME.unpack_from(data, pos)
             if length < 4 or length > MAX_MESSAGE:
+                self.pos, self.skip = pos, 0
                 raise ProtocolViolation(f"{self.what} message {chr(kind)!r} has invalid length {length}")
-            end = self.pos + 1 + length
+            end = pos + 1 + length
             if kind in streamable:
-                self.skip = end - self.pos
+                skip = end - pos
                 continue
             if length > self.limit:
+                self.pos, self.skip = pos, 0
                 raise ProtocolViolation(f"{self.what} message {chr(kind)!r} of {length} bytes exceeds the "
                                         f"limit of {self.limit}")
             if end > size:
+                self.pos, self.skip = pos, 0
                 return None
-            self.start, self.pos = self.pos, end
-            return kind, self.start, end
+            self.start, self.pos, self.skip = pos, end, 0
+            return kind, pos, end
 
     def at_boundary(self) -> bool:
         return self.skip == 0
