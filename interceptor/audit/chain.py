@@ -10,9 +10,12 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
+
+from interceptor.audit.event import SharedSummary
 
 GENESIS = "0" * 64
 
@@ -42,6 +45,34 @@ _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_asci
 def canonical_json(value: Any) -> str:
     """One text per value: sorted keys, no spaces, UTF-8; what the hash covers."""
     return _CANONICAL.encode(value)
+
+
+_SLOT = secrets.token_hex(16)  # per process: no event can hold this text without knowing it
+_summary_texts: dict[int, tuple[SharedSummary, str]] = {}
+
+
+def _summary_text(summary: SharedSummary) -> str:
+    known = _summary_texts.get(id(summary))
+    if known is not None and known[0] is summary:
+        return known[1]
+    text = canonical_json(summary)
+    if len(_summary_texts) >= 4096:
+        _summary_texts.clear()
+    _summary_texts[id(summary)] = (summary, text)  # holding `summary` keeps its id from being reused
+    return text
+
+
+def event_text(event: dict[str, Any]) -> str:
+    """canonical_json(event), with the read-only per-flow summaries it carries encoded once
+    per flow: JSON is compositional, so each summary's text is put where a placeholder
+    string was encoded (a secret-per-process text no event can contain)."""
+    slots = {key: f"{_SLOT}{key}" for key, value in event.items() if type(value) is SharedSummary}
+    if not slots:
+        return canonical_json(event)
+    text = canonical_json({**event, **slots})
+    for key, slot in slots.items():
+        text = text.replace(f'"{slot}"', _summary_text(event[key]), 1)
+    return text
 
 
 def record_hash(prev_hash: str, chain_id: str, seq: int, event: dict[str, Any]) -> str:
@@ -93,7 +124,7 @@ def link(head: Head, chain_id: str, events: Iterable[dict[str, Any]]) -> tuple[l
     chain_text = canonical_json(chain_id)
     for event in events:
         seq = head.seq + 1
-        text = canonical_json(event)
+        text = event_text(event)
         digest = _hash(head.hash, chain_text, seq, text)
         records.append(Record(chain_id, seq, head.hash, digest, event, text))
         head = Head(seq, digest)

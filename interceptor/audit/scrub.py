@@ -65,15 +65,16 @@ def _secret_key(key: str) -> bool:
     return known
 
 
-_shared: dict[int, tuple[SharedSummary, dict[str, Any]]] = {}
+_shared: dict[int, tuple[SharedSummary, SharedSummary]] = {}
 
 
-def _scrub_shared(value: SharedSummary) -> dict[str, Any]:
-    """A read-only per-flow summary comes back with every record of its flow: scrubbed once."""
+def _scrub_shared(value: SharedSummary) -> SharedSummary:
+    """A read-only per-flow summary comes back with every record of its flow: scrubbed once,
+    and the scrubbed copy is shared (and read-only) too, so the chain encodes it once."""
     known = _shared.get(id(value))
     if known is not None and known[0] is value:
         return known[1]
-    clean = _scrub_dict(value)
+    clean = SharedSummary(_scrub_dict(value))
     if len(_shared) >= 4096:
         _shared.clear()
     _shared[id(value)] = (value, clean)  # holding `value` keeps its id from being reused

@@ -1,5 +1,6 @@
 """The hash chain, driven directly: link events, tamper with records, verify names the damage."""
 
+import json
 import os
 from dataclasses import replace
 
@@ -7,7 +8,7 @@ import pytest
 
 from interceptor.audit.chain import (GENESIS, Head, Problem, canonical_json, link, normalize, record_hash,
                                      verify_records)
-from interceptor.audit.event import new_event_id
+from interceptor.audit.event import SharedSummary, new_event_id
 
 
 def _chain(count: int, chain_id: str = "host-a", head: Head = Head()):
@@ -121,3 +122,18 @@ def test_stored_text_is_the_canonical_json_the_hash_covers():
     records, _ = link(Head(), "host-ä", [normalize({"kind": "x", "text": "é\u2028\"", "n": 1.5})])
     assert records[0].event_text == canonical_json(records[0].event)
     assert records[0].hash == record_hash(GENESIS, "host-ä", 1, records[0].event)
+
+
+def test_events_with_shared_summaries_hash_as_their_plain_json_would():
+    """The chain encodes a flow's summaries once and splices them in; what it stores and
+    hashes must be exactly canonical_json of the event, which verify recomputes."""
+    process = SharedSummary({"exe": "/usr/bin/psql \"quoted\"", "cmdline": ["psql", "é\u2028\\n"], "pid": 7})
+    identity = SharedSummary({"subject": "agent@example.com", "groups": ["b", "a"], "expires_at": 1.5})
+    events = [{"kind": "statement", "process": process, "identity": identity, "n": n, "note": f"{process}"}
+              for n in range(3)] + [{"kind": "connection", "process": process}]
+    records, head = link(Head(), "host-a", events)
+    for record, event in zip(records, events):
+        plain = json.loads(json.dumps(event))
+        assert record.event_text == canonical_json(plain)
+        assert record.hash == record_hash(record.prev_hash, "host-a", record.seq, plain)
+    assert verify_records([replace(r, event=json.loads(r.event_text)) for r in records], {"host-a": head}).ok

@@ -72,6 +72,6 @@ def test_shared_summaries_are_read_only_and_scrubbed_like_any_dict():
     again = scrub_event({"kind": "statement", "process": summary})
     assert first == again == {"kind": "statement", "process": {
         "exe": "/usr/bin/psql", "cmdline": ["psql", f"postgresql://app:{REDACTED}@db/prod"], "password": REDACTED}}
-    assert type(first["process"]) is dict
+    assert isinstance(first["process"], dict)
     other = SharedSummary({"exe": "/usr/bin/python3"})
     assert scrub_event({"process": other}) == {"process": {"exe": "/usr/bin/python3"}}
