@@ -122,13 +122,14 @@ def link(head: Head, chain_id: str, events: Iterable[dict[str, Any]]) -> tuple[l
     """Chain normalized events after `head`; returns the records and the new head."""
     records = []
     chain_text = canonical_json(chain_id)
+    seq, prev = head.seq, head.hash
     for event in events:
-        seq = head.seq + 1
+        seq += 1
         text = event_text(event)
-        digest = _hash(head.hash, chain_text, seq, text)
-        records.append(Record(chain_id, seq, head.hash, digest, event, text))
-        head = Head(seq, digest)
-    return records, head
+        digest = _hash(prev, chain_text, seq, text)
+        records.append(Record(chain_id, seq, prev, digest, event, text))
+        prev = digest
+    return records, Head(seq, prev)
 
 
 class Problem(enum.StrEnum):
