@@ -44,6 +44,8 @@ from interceptor.operations import SqlQuery
 log = logging.getLogger(__name__)
 
 CHUNK = 256 * 1024
+HOLD_BACK_BYTES = 64 * 1024  # strict audit: a result up to this size waits whole for its record
+BACKLOG_BYTES = 256 * 1024  # read on during a wait up to this much, then pause that side
 STARTUP_SECONDS = 60.0
 _COLUMN_NAMES = (
     "SELECT a.attrelid, a.attnum, n.nspname || '.' || c.relname || '.' || a.attname "
@@ -314,8 +316,9 @@ class _Link:
         self.statements = 0
         self.capture = bool(getattr(services.audit, "capture", False))  # session bytes for pcap export
         self._ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._tasks: dict[str, asyncio.Task[None] | None] = {UP: None, DOWN: None}
+        self._tasks: dict[str, asyncio.Future[None] | None] = {UP: None, DOWN: None}  # the wait on, by direction
         self._backlog: dict[str, list[bytes]] = {UP: [], DOWN: []}
+        self._backlog_bytes = {UP: 0, DOWN: 0}
 
     async def run(self, leftover: bytes, pipelined: bytes) -> None:
         """Serve until either side ends or the session closes; raises what broke it."""
@@ -340,8 +343,11 @@ class _Link:
     def _feed(self, direction: str, data: bytes) -> None:
         if self._ended.done():
             return
-        if self._tasks[direction] is not None:
-            self._backlog[direction].append(data)  # read before the pause took effect
+        if self._tasks[direction] is not None:  # read while a wait is on: kept, in order, for after it
+            self._backlog[direction].append(data)
+            self._backlog_bytes[direction] += len(data)
+            if self._backlog_bytes[direction] > BACKLOG_BYTES:
+                self._reading()
             return
         try:
             commands = self.session.from_client(data) if direction == UP else self.session.from_server(data)
@@ -351,15 +357,35 @@ class _Link:
 
     def _carry(self, direction: str, commands: list[Command]) -> None:
         waiting, rest = self._apply(commands)
-        if waiting is not None:
+        if waiting is None:
+            return
+        if isinstance(waiting, asyncio.Future):  # a strict audit record: go on once it is durable
+            self._tasks[direction] = waiting
+            waiting.add_done_callback(lambda durable: self._durable(direction, durable, rest))
+        else:
             task = asyncio.get_running_loop().create_task(self._carry_later(direction, waiting, rest))
             self._tasks[direction] = task
             task.add_done_callback(lambda done: self._resumed(direction, done))
-            self._reading()
+        self._reading()
 
-    async def _carry_later(self, direction: str, waiting: Awaitable[list[Command]], rest: list[Command]) -> None:
+    async def _carry_later(self, direction: str, waiting: Awaitable[list[Command] | None],
+                           rest: list[Command]) -> None:
         while waiting is not None:
-            waiting, rest = self._apply(await waiting + rest)
+            waiting, rest = self._apply((await waiting or []) + rest)
+
+    def _durable(self, direction: str, durable: asyncio.Future[None], rest: list[Command]) -> None:
+        self._tasks[direction] = None
+        if durable.cancelled() or self._ended.done():
+            return
+        if durable.exception() is not None:
+            self._end(durable.exception())
+            return
+        try:
+            self._carry(direction, rest)
+        except Exception as exc:  # noqa: BLE001 - as in _feed
+            self._end(exc)
+            return
+        self._replay(direction)
 
     def _resumed(self, direction: str, task: asyncio.Task[None]) -> None:
         self._tasks[direction] = None
@@ -368,17 +394,23 @@ class _Link:
         if task.exception() is not None:
             self._end(task.exception())
             return
-        backlog, self._backlog[direction] = self._backlog[direction], []
-        for data in backlog:
+        self._replay(direction)
+
+    def _replay(self, direction: str) -> None:
+        """The wait is over: what was read meanwhile goes through now, then reading resumes."""
+        backlog = self._backlog[direction]
+        while backlog and self._tasks[direction] is None and not self._ended.done():
+            data = backlog.pop(0)
+            self._backlog_bytes[direction] -= len(data)
             self._feed(direction, data)
         self._reading()
 
-    def _apply(self, commands: list[Command]) -> tuple[Awaitable[list[Command]] | None, list[Command]]:
+    def _apply(self, commands: list[Command]) -> tuple[Awaitable[list[Command] | None] | None, list[Command]]:
         """Carry out commands in order up to the first that must wait: (that wait, what
         follows it), or (None, []) when all are done."""
         to_client: list[bytes | memoryview] = []
         to_server: list[bytes | memoryview] = []
-        waiting: Awaitable[list[Command]] | None = None
+        waiting: Awaitable[list[Command] | None] | None = None
         index = 0
         for index, command in enumerate(commands, 1):
             kind = type(command)
@@ -390,8 +422,13 @@ class _Link:
             elif kind is Audit:
                 durable = self._audit(command)
                 if durable is not None:  # strict: nothing after the record leaves before it is durable
-                    waiting = _nothing_after(durable)
-                    break
+                    rest = commands[index:]
+                    if to_client and sum(len(piece) for piece in to_client) <= HOLD_BACK_BYTES:
+                        # a small result leaves in one piece, once durable: one write, one wakeup
+                        rest = [Send(CLIENT, to_client), *rest]
+                        to_client = []
+                    self._write(to_client, to_server)
+                    return durable, rest
             elif kind is Hold:
                 waiting = self._hold(command)
                 break
@@ -436,9 +473,10 @@ class _Link:
         return self.session.learn_tables(await self.lookup.column_names(command.oids))
 
     def _reading(self) -> None:
-        """Read from a side only while its direction has no task and its peer takes bytes."""
+        """Read from a side while its peer takes bytes and, during a wait, until what was read
+        meanwhile passes BACKLOG_BYTES (a short wait costs no pause and resume)."""
         for direction, source, sink in ((UP, self.client, self.upstream.pipe), (DOWN, self.upstream.pipe, self.client)):
-            if self._tasks[direction] is None and sink.writable:
+            if sink.writable and (self._tasks[direction] is None or self._backlog_bytes[direction] <= BACKLOG_BYTES):
                 source.resume()
             else:
                 source.pause()
@@ -456,16 +494,11 @@ class _Link:
 
     def close(self) -> None:
         for task in self._tasks.values():
-            if task is not None:
+            if isinstance(task, asyncio.Task):  # an audit record's durability future is the sink's
                 task.cancel()
         self.upstream.close()
         if self.lookup is not None:
             self.lookup.close()
-
-
-async def _nothing_after(durable: asyncio.Future[None]) -> list[Command]:
-    await asyncio.shield(durable)
-    return []
 
 
 async def _audit_connection(services: Services, flow: FlowContext, verdict: str, stage: str, error: str | None,
