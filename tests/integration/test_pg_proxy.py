@@ -376,6 +376,69 @@ def test_a_client_that_stops_reading_stops_the_server_side_too(proxy):
         assert proxy.last_services.traffic.down > stalled
 
 
+class HeldSink(ListSink):
+    """A strict sink whose records become durable only when the test says so."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pending: list[asyncio.Future] = []
+
+    def submit(self, event: AuditEvent) -> asyncio.Future | None:
+        super().submit(event)
+        if event.kind != "statement":
+            return None
+        done = asyncio.get_running_loop().create_future()
+        self.pending.append(done)
+        return done
+
+    def release(self) -> None:
+        for done in self.pending:
+            if not done.done():
+                done.set_result(None)
+
+
+def _logged_in(proxy: Proxy) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", proxy.port))
+    sock.sendall(codec.startup_message({"user": "agent", "database": "app"}))
+    sock.settimeout(30)
+    greeting = b""
+    while not greeting.endswith(codec.ready_for_query(b"I")):
+        greeting += sock.recv(65536)
+    return sock
+
+
+def _received_within(sock: socket.socket, seconds: float) -> bytes:
+    sock.settimeout(seconds)
+    got = b""
+    try:
+        while chunk := sock.recv(1 << 20):
+            got += chunk
+    except TimeoutError:
+        pass
+    return got
+
+
+def test_strict_audit_holds_a_small_result_whole_until_its_record_is_durable(proxy):
+    proxy.sink = HeldSink()
+    with _logged_in(proxy) as sock:
+        sock.sendall(codec.query("SELECT 1 AS one"))
+        assert _received_within(sock, 0.5) == b"", "rows left before their audit record was durable"
+        proxy.loop.call_soon_threadsafe(proxy.sink.release)
+        reply = _received_within(sock, 2)
+        assert reply[:1] == b"T" and b"D" in reply and reply.endswith(codec.ready_for_query(b"I"))
+
+
+def test_strict_audit_streams_a_large_result_but_holds_its_end(proxy):
+    proxy.sink = HeldSink()
+    with _logged_in(proxy) as sock:
+        sock.sendall(codec.query("SELECT repeat('x', 1000) FROM generate_series(1, 1000)"))
+        early = _received_within(sock, 1)
+        assert len(early) > 64 * 1024, "a large result is streamed, not buffered whole"
+        assert codec.ready_for_query(b"I") not in early  # the query is not over for the client yet
+        proxy.loop.call_soon_threadsafe(proxy.sink.release)
+        assert (early + _received_within(sock, 2)).endswith(codec.ready_for_query(b"I"))
+
+
 def raw_session(proxy: Proxy, data: bytes) -> bytes:
     with socket.create_connection(("127.0.0.1", proxy.port)) as sock:
         sock.sendall(data)
