@@ -67,7 +67,9 @@ class Pipe(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self._end(None)
-        return True  # half-closed: what is still owed to the peer (an error, a result) can go out
+        # Half-closed: what is still owed to the peer (an error, a result) can go out. TLS
+        # cannot stay half-open (asyncio closes it whatever we answer, with a warning).
+        return self.transport is None or self.transport.get_extra_info("sslcontext") is None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._end(exc)
