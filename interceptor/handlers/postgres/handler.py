@@ -300,9 +300,10 @@ class _Link:
     """One proxied session: each chunk a socket delivers goes through the ProxySession in
     the callback that read it, and the commands that come out are carried out at once,
     every write for a peer in one call. Only a command that must wait (a strict audit
-    write, an approval, a column lookup) moves the rest of its direction into a task;
-    that direction stops reading until the task is done, the other goes on. A direction
-    also stops reading while the peer it writes to is not taking bytes (backpressure)."""
+    record becoming durable, an approval, a column lookup) defers the rest of its
+    direction; what that direction reads meanwhile is kept in order for after the wait
+    (and reading pauses once that passes BACKLOG_BYTES), while the other direction goes on.
+    A direction also stops reading while the peer it writes to is not taking bytes."""
 
     def __init__(self, flow: FlowContext, services: Services, session: ProxySession, client: Pipe,
                  upstream: Upstream, connect: Callable[[], Awaitable[Upstream]]) -> None:
@@ -316,7 +317,7 @@ class _Link:
         self.statements = 0
         self.capture = bool(getattr(services.audit, "capture", False))  # session bytes for pcap export
         self._ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._tasks: dict[str, asyncio.Future[None] | None] = {UP: None, DOWN: None}  # the wait on, by direction
+        self._waits: dict[str, asyncio.Future[None] | None] = {UP: None, DOWN: None}  # a task or durability future
         self._backlog: dict[str, list[bytes]] = {UP: [], DOWN: []}
         self._backlog_bytes = {UP: 0, DOWN: 0}
 
@@ -343,7 +344,7 @@ class _Link:
     def _feed(self, direction: str, data: bytes) -> None:
         if self._ended.done():
             return
-        if self._tasks[direction] is not None:  # read while a wait is on: kept, in order, for after it
+        if self._waits[direction] is not None:  # read while a wait is on: kept, in order, for after it
             self._backlog[direction].append(data)
             self._backlog_bytes[direction] += len(data)
             if self._backlog_bytes[direction] > BACKLOG_BYTES:
@@ -360,11 +361,11 @@ class _Link:
         if waiting is None:
             return
         if isinstance(waiting, asyncio.Future):  # a strict audit record: go on once it is durable
-            self._tasks[direction] = waiting
+            self._waits[direction] = waiting
             waiting.add_done_callback(lambda durable: self._durable(direction, durable, rest))
         else:
             task = asyncio.get_running_loop().create_task(self._carry_later(direction, waiting, rest))
-            self._tasks[direction] = task
+            self._waits[direction] = task
             task.add_done_callback(lambda done: self._resumed(direction, done))
         self._reading()
 
@@ -374,7 +375,7 @@ class _Link:
             waiting, rest = self._apply((await waiting or []) + rest)
 
     def _durable(self, direction: str, durable: asyncio.Future[None], rest: list[Command]) -> None:
-        self._tasks[direction] = None
+        self._waits[direction] = None
         if durable.cancelled() or self._ended.done():
             return
         if durable.exception() is not None:
@@ -388,7 +389,7 @@ class _Link:
         self._replay(direction)
 
     def _resumed(self, direction: str, task: asyncio.Task[None]) -> None:
-        self._tasks[direction] = None
+        self._waits[direction] = None
         if task.cancelled():
             return
         if task.exception() is not None:
@@ -399,7 +400,7 @@ class _Link:
     def _replay(self, direction: str) -> None:
         """The wait is over: what was read meanwhile goes through now, then reading resumes."""
         backlog = self._backlog[direction]
-        while backlog and self._tasks[direction] is None and not self._ended.done():
+        while backlog and self._waits[direction] is None and not self._ended.done():
             data = backlog.pop(0)
             self._backlog_bytes[direction] -= len(data)
             self._feed(direction, data)
@@ -476,7 +477,7 @@ class _Link:
         """Read from a side while its peer takes bytes and, during a wait, until what was read
         meanwhile passes BACKLOG_BYTES (a short wait costs no pause and resume)."""
         for direction, source, sink in ((UP, self.client, self.upstream.pipe), (DOWN, self.upstream.pipe, self.client)):
-            if sink.writable and (self._tasks[direction] is None or self._backlog_bytes[direction] <= BACKLOG_BYTES):
+            if sink.writable and (self._waits[direction] is None or self._backlog_bytes[direction] <= BACKLOG_BYTES):
                 source.resume()
             else:
                 source.pause()
@@ -493,7 +494,7 @@ class _Link:
             self._ended.set_exception(error)
 
     def close(self) -> None:
-        for task in self._tasks.values():
+        for task in self._waits.values():
             if isinstance(task, asyncio.Task):  # an audit record's durability future is the sink's
                 task.cancel()
         self.upstream.close()
