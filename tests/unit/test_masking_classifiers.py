@@ -94,3 +94,33 @@ def test_classify_names_each_span_and_fuses_overlaps():
     value = b"card 4111111111111111 mail a@b.io"
     assert classify(value, ("card", "email")) == [(5, 21, "card"), (27, 33, "email")]
     assert classify(b"nothing here", ("card", "email", "national_id", "iban", "api_key")) == []
+
+
+def test_fast_patterns_and_luhn_agree_with_their_plain_forms():
+    """The class-first patterns (`x(?<!yx)`) must find exactly what the lookbehind-first
+    ones did, and the table-driven Luhn must agree with the textbook loop."""
+    import random
+    import re
+
+    from interceptor.masking import classifiers
+
+    plain_card = re.compile(rb"(?<![0-9])[0-9](?:[ -]?[0-9]){12,18}(?![0-9])")
+    plain_email = re.compile(rb"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}"
+                             rb"(?:\.[A-Za-z0-9-]{1,63})*\.[A-Za-z]{2,24}(?![A-Za-z0-9-])")
+
+    def textbook_luhn(digits: bytes) -> bool:
+        total = 0
+        for position, char in enumerate(reversed(digits)):
+            digit = char - 48
+            if position % 2:
+                digit = digit * 2 - 9 if digit > 4 else digit * 2
+            total += digit
+        return total % 10 == 0
+
+    rng = random.Random(7)
+    for _ in range(20000):
+        text = bytes(rng.choice(b"0123456789 -ab.@_%+xZ") for _ in range(rng.randint(0, 40)))
+        assert [m.span() for m in classifiers._CARD.finditer(text)] == [m.span() for m in plain_card.finditer(text)]
+        assert [m.span() for m in classifiers._EMAIL.finditer(text)] == [m.span() for m in plain_email.finditer(text)]
+        digits = bytes(rng.choice(b"0123456789") for _ in range(rng.randint(1, 20)))
+        assert classifiers.luhn_valid(digits) == textbook_luhn(digits)
