@@ -104,6 +104,15 @@ def test_fast_patterns_and_luhn_agree_with_their_plain_forms():
 
     from interceptor.masking import classifiers
 
+    plain = {
+        classifiers._SSN: re.compile(rb"(?<![0-9-])(?!000|666|9[0-9]{2})[0-9]{3}-(?!00)[0-9]{2}-(?!0000)[0-9]{4}"
+                                     rb"(?![0-9-])"),
+        classifiers._IBAN: re.compile(rb"(?<![A-Za-z0-9])[A-Z]{2}[0-9]{2}(?:[A-Z0-9]{11,30}|(?: [A-Z0-9]{4}){2,7}"
+                                      rb"(?: [A-Z0-9]{1,3})?)(?![A-Za-z0-9])"),
+        classifiers._SIN: re.compile(rb"(?<![0-9-])[1-79][0-9]{2}([ -])[0-9]{3}\1[0-9]{3}(?![0-9-])"),
+        classifiers._NINO: re.compile(rb"(?<![A-Za-z0-9])(?!BG|GB|KN|NK|NT|TN|ZZ)[A-CEGHJ-PR-TW-Z]"
+                                      rb"[A-CEGHJ-NPR-TW-Z] ?[0-9]{2} ?[0-9]{2} ?[0-9]{2} ?[A-D](?![A-Za-z0-9])"),
+    }
     plain_card = re.compile(rb"(?<![0-9])[0-9](?:[ -]?[0-9]){12,18}(?![0-9])")
     plain_email = re.compile(rb"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}"
                              rb"(?:\.[A-Za-z0-9-]{1,63})*\.[A-Za-z]{2,24}(?![A-Za-z0-9-])")
@@ -124,3 +133,6 @@ def test_fast_patterns_and_luhn_agree_with_their_plain_forms():
         assert [m.span() for m in classifiers._EMAIL.finditer(text)] == [m.span() for m in plain_email.finditer(text)]
         digits = bytes(rng.choice(b"0123456789") for _ in range(rng.randint(1, 20)))
         assert classifiers.luhn_valid(digits) == textbook_luhn(digits)
+        ids = bytes(rng.choice(b"0123456789 -ABCDEGHKNTZ9a") for _ in range(rng.randint(0, 40)))
+        for fast, slow in plain.items():
+            assert [m.span() for m in fast.finditer(ids)] == [m.span() for m in slow.finditer(ids)], ids
