@@ -26,6 +26,9 @@ class SharedSummary(dict):
 
     __setitem__ = __delitem__ = update = pop = popitem = clear = setdefault = _read_only  # type: ignore[assignment]
 
+    def __reduce__(self) -> tuple[type, tuple[dict[str, Any]]]:
+        return SharedSummary, (dict(self),)  # copies and pickles rebuild it whole, not item by item
+
 
 class AuditUnavailable(RuntimeError):
     """The record could not be made durable; the caller must deny the operation."""

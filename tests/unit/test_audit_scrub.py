@@ -1,7 +1,9 @@
 """Secrets that slipped into an event are masked before the record is chained."""
 
+import copy
 import enum
 import json
+import pickle
 
 import pytest
 
@@ -73,5 +75,6 @@ def test_shared_summaries_are_read_only_and_scrubbed_like_any_dict():
     assert first == again == {"kind": "statement", "process": {
         "exe": "/usr/bin/psql", "cmdline": ["psql", f"postgresql://app:{REDACTED}@db/prod"], "password": REDACTED}}
     assert isinstance(first["process"], dict)
+    assert copy.deepcopy(summary) == summary and pickle.loads(pickle.dumps(summary)) == summary
     other = SharedSummary({"exe": "/usr/bin/python3"})
     assert scrub_event({"process": other}) == {"process": {"exe": "/usr/bin/python3"}}
