@@ -28,6 +28,9 @@ from bench.stats import ratio, summary
 CLIENTS = (1, 8)
 MODES = ("simple", "extended", "prepared")
 SELECT, MASKED = "select-only (pgbench -S)", "masked column (SELECT id, email FROM bench_masked)"
+# What an agent that runs one psql per command meets: every transaction opens (and logs in
+# on) a new connection. Simple protocol only: nothing is prepared across connections.
+RECONNECT = "select-only, a new connection per transaction (pgbench -S -C)"
 MASKED_ROWS = 10_000
 MASKED_DOMAIN = "example.com"
 MASKED_SCRIPT = f"\\set id random(1, {MASKED_ROWS})\nSELECT id, email FROM bench_masked WHERE id = :id;\n"
@@ -59,6 +62,10 @@ ROUTES = (
     Route("masked-direct", "direct", MASKED, "batched", "postgres"),
     Route("masked-pgbouncer", "pgbouncer (session pool)", MASKED, "batched", "pgbouncer"),
     Route("interceptor-masked", "interceptor, batched audit, masked column", MASKED, "batched", "interceptor"),
+    Route("reconnect-direct", "direct", RECONNECT, "strict", "postgres"),
+    Route("reconnect-pgbouncer", "pgbouncer (session pool)", RECONNECT, "strict", "pgbouncer"),
+    Route("reconnect-interceptor-strict", "interceptor, strict audit", RECONNECT, "strict", "interceptor"),
+    Route("reconnect-interceptor-batched", "interceptor, batched audit", RECONNECT, "batched", "interceptor"),
 )
 BASELINES = ("postgres", "pgbouncer")
 METRICS = ("tps", "latency_avg_ms", "latency_p99_ms")
@@ -85,7 +92,8 @@ class PgbenchTimeout(PgbenchError):
     """pgbench hung past its time: the path is not tried again in later rounds."""
 
 
-_TPS = re.compile(r"^tps = ([0-9.]+) \(without initial connection time\)$", re.MULTILINE)
+_TPS = re.compile(r"^tps = ([0-9.]+) \((?:without initial connection time|including reconnection times)\)$",
+                  re.MULTILINE)
 _AVG = re.compile(r"^latency average = ([0-9.]+) ms$", re.MULTILINE)
 
 
@@ -108,9 +116,14 @@ def transaction_latencies_us(lines: list[str]) -> list[int]:
     return out
 
 
-def pgbench_argv(port: int, clients: int, mode: str, seconds: float, script: Path | None, log_prefix: Path) -> list[str]:
+def applies(route: Route, mode: str) -> bool:
+    return route.workload != RECONNECT or mode == "simple"
+
+
+def pgbench_argv(port: int, clients: int, mode: str, seconds: float, script: Path | None, log_prefix: Path,
+                 reconnect: bool = False) -> list[str]:
     threads = min(clients, os.cpu_count() or 1)
-    workload = ["-f", str(script)] if script else ["-S"]
+    workload = (["-f", str(script)] if script else ["-S"]) + (["-C"] if reconnect else [])
     return ["pgbench", "-n", "-h", services.HOST, "-p", str(port), "-U", services.USER, "-c", str(clients),
             "-j", str(threads), "-M", mode, "-T", str(max(1, round(seconds))), "-l", "--log-prefix",
             str(log_prefix), *workload, services.DATABASE]
@@ -245,6 +258,8 @@ def summarize(cells: Cells, rounds: int, seconds: float) -> dict:
     for route in ROUTES:
         for clients in CLIENTS:
             for mode in MODES:
+                if not applies(route, mode):
+                    continue
                 key = (route.name, clients, mode)
                 samples = cells.samples.get(key, [])
                 row: dict = {"route": route.name, "label": route.label, "workload": route.workload,
@@ -405,9 +420,12 @@ def _phase(workdir: Path, audit: str, rnd: int, cells: Cells, setup: Setup) -> N
             _check_mask(_agent_cgroup(daemon), rnd, cells, setup)
         for clients, mode in _order(rnd):
             for route in routes:
+                if not applies(route, mode):
+                    continue
                 key = (route.name, clients, mode)
                 argv = pgbench_argv(setup.ports[route.target], clients, mode, setup.seconds,
-                                    setup.script if route.workload == MASKED else None, setup.logs / "pgbench")
+                                    setup.script if route.workload == MASKED else None, setup.logs / "pgbench",
+                                    reconnect=route.workload == RECONNECT)
                 password = setup.password
                 proxy_pid = setup.pids.get(route.target)
                 if route.target == "interceptor":

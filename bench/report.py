@@ -60,7 +60,9 @@ def _num(value: float | None, digits: int = 0) -> str:
 
 
 def _pgbench_md(result: dict) -> list[str]:
-    lines = [(f"`pgbench -n -T {result['seconds_per_run']:g}` (no connection time in TPS), {result['rounds']} rounds; "
+    lines = [(f"`pgbench -n -T {result['seconds_per_run']:g}` (no connection time in TPS, except with `-C`, where "
+              "connecting and logging in is what is measured: there TPS and the average include it, the p99 from "
+              f"pgbench's log does not), {result['rounds']} rounds; "
              "each cell is the median of its rounds, IQR its spread. Latencies in ms; p99 from pgbench's "
              "per-transaction log. Ratios are median over median against direct and pgbouncer on the same "
              f"workload, clients and mode (TPS ratio below 1 = slower; latency ratio above 1 = slower). Identity: "
