@@ -48,20 +48,6 @@ def canonical_json(value: Any) -> str:
 
 
 _SLOT = secrets.token_hex(16)  # per process: no event can hold this text without knowing it
-_summary_texts: dict[int, tuple[SharedSummary, str]] = {}
-
-
-def _summary_text(summary: SharedSummary) -> str:
-    known = _summary_texts.get(id(summary))
-    if known is not None and known[0] is summary:
-        return known[1]
-    text = canonical_json(summary)
-    if len(_summary_texts) >= 4096:
-        _summary_texts.clear()
-    _summary_texts[id(summary)] = (summary, text)  # holding `summary` keeps its id from being reused
-    return text
-
-
 def event_text(event: dict[str, Any]) -> str:
     """canonical_json(event), with the read-only per-flow summaries it carries encoded once
     per flow: JSON is compositional, so each summary's text is put where a placeholder
@@ -71,7 +57,7 @@ def event_text(event: dict[str, Any]) -> str:
         return canonical_json(event)
     text = canonical_json({**event, **slots})
     for key, slot in slots.items():
-        text = text.replace(f'"{slot}"', _summary_text(event[key]), 1)
+        text = text.replace(f'"{slot}"', event[key].derived("canonical_json", canonical_json), 1)
     return text
 
 

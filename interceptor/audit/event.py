@@ -12,14 +12,27 @@ import itertools
 import os
 import secrets
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
 
 class SharedSummary(dict):
     """A summary (process, identity) that every record of a flow carries, built once per
-    flow and read-only, so the audit sink may scrub it once rather than per record."""
+    flow and read-only, so what the audit path makes of it (its scrubbed copy, its JSON
+    text) is made once and kept with it rather than per record."""
+
+    __slots__ = ("_derived",)
+
+    def derived(self, name: str, make: Callable[[SharedSummary], Any]) -> Any:
+        """`make(self)`, computed on first use under `name` and kept: the summary never changes."""
+        try:
+            cache = self._derived
+        except AttributeError:
+            cache = self._derived = {}
+        if name not in cache:
+            cache[name] = make(self)
+        return cache[name]
 
     def _read_only(self, *args: Any, **kwargs: Any) -> None:
         raise TypeError("a SharedSummary is read-only")

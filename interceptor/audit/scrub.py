@@ -53,32 +53,19 @@ class NotPlain(ValueError):
     """A value that is not plain JSON yet (a tuple, set, enum, non-string key, non-finite float)."""
 
 
-_secret_keys: dict[str, bool] = {}
-
-
+@functools.lru_cache(maxsize=4096)
 def _secret_key(key: str) -> bool:
-    known = _secret_keys.get(key)
-    if known is None:
-        known = _SECRET_KEY.search(key) is not None
-        if len(_secret_keys) < 4096:  # keys come from code and claims: a few dozen in practice
-            _secret_keys[key] = known
-    return known
-
-
-_shared: dict[int, tuple[SharedSummary, SharedSummary]] = {}
+    return _SECRET_KEY.search(key) is not None
 
 
 def _scrub_shared(value: SharedSummary) -> SharedSummary:
     """A read-only per-flow summary comes back with every record of its flow: scrubbed once,
     and the scrubbed copy is shared (and read-only) too, so the chain encodes it once."""
-    known = _shared.get(id(value))
-    if known is not None and known[0] is value:
-        return known[1]
-    clean = SharedSummary(_scrub_dict(value))
-    if len(_shared) >= 4096:
-        _shared.clear()
-    _shared[id(value)] = (value, clean)  # holding `value` keeps its id from being reused
-    return clean
+    return value.derived("scrubbed", _scrubbed_copy)
+
+
+def _scrubbed_copy(summary: SharedSummary) -> SharedSummary:
+    return SharedSummary(_scrub_dict(summary))
 
 
 def _scrub_dict(value: dict[Any, Any]) -> dict[str, Any]:

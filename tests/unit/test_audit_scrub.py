@@ -75,6 +75,7 @@ def test_shared_summaries_are_read_only_and_scrubbed_like_any_dict():
     assert first == again == {"kind": "statement", "process": {
         "exe": "/usr/bin/psql", "cmdline": ["psql", f"postgresql://app:{REDACTED}@db/prod"], "password": REDACTED}}
     assert isinstance(first["process"], dict)
+    assert first["process"] is again["process"]  # scrubbed once, kept with the summary
     assert copy.deepcopy(summary) == summary and pickle.loads(pickle.dumps(summary)) == summary
     other = SharedSummary({"exe": "/usr/bin/python3"})
     assert scrub_event({"process": other}) == {"process": {"exe": "/usr/bin/python3"}}
