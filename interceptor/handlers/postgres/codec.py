@@ -192,44 +192,17 @@ def read_parse(body: bytes | memoryview) -> Parse:
     return Parse(reader.cstring(), reader.cstring())
 
 
-def _cstring_end(data: bytes, start: int, what: str) -> int:
-    end = data.find(b"\0", start)
-    if end < 0:
-        raise ProtocolViolation(f"{what}: unterminated string")
-    return end
-
-
-def _need(data: bytes, pos: int, count: int, what: str) -> None:
-    if count < 0 or pos + count > len(data):
-        raise ProtocolViolation(f"{what}: field of {count} bytes overruns the message")
-
-
 def read_bind(body: bytes | memoryview) -> Bind:
-    """Every execution of a prepared statement brings one: read in place, each length
-    checked against the message (the same checks as Reader, without its per-field calls)."""
-    data = bytes(body)
-    portal_end = _cstring_end(data, 0, "Bind")
-    statement_end = _cstring_end(data, portal_end + 1, "Bind")
-    portal, statement = text(data[:portal_end], "Bind"), text(data[portal_end + 1:statement_end], "Bind")
-    pos = statement_end + 1
-    _need(data, pos, 2, "Bind")
-    (formats,) = INT16.unpack_from(data, pos)
-    pos += 2
-    _need(data, pos, 2 * formats + 2, "Bind")
-    (parameters,) = INT16.unpack_from(data, pos + 2 * formats)
-    pos += 2 * formats + 2
+    reader = Reader(body, "Bind")
+    portal, statement = reader.cstring(), reader.cstring()
+    reader.skip(2 * reader.int16())
+    parameters = reader.int16()
     for _ in range(parameters):
-        _need(data, pos, 4, "Bind")
-        (length,) = INT32.unpack_from(data, pos)
-        pos += 4
+        length = reader.int32()
         if length > 0:
-            _need(data, pos, length, "Bind")
-            pos += length
-    _need(data, pos, 2, "Bind")
-    (results,) = INT16.unpack_from(data, pos)
-    _need(data, pos + 2, 2 * results, "Bind")
-    result_formats = struct.unpack_from(f"!{results}h", data, pos + 2) if results else ()
-    return Bind(portal, statement, parameters, result_formats)
+            reader.skip(length)
+    formats = tuple(reader.int16() for _ in range(reader.int16()))
+    return Bind(portal, statement, parameters, formats)
 
 
 def read_target(body: bytes | memoryview, what: str) -> tuple[str, str]:
@@ -242,8 +215,7 @@ def read_target(body: bytes | memoryview, what: str) -> tuple[str, str]:
 
 
 def read_execute(body: bytes | memoryview) -> str:
-    data = bytes(body)
-    return text(data[:_cstring_end(data, 0, "Execute")], "Execute")
+    return Reader(body, "Execute").cstring()
 
 
 def read_fields(body: bytes | memoryview) -> dict[str, str]:

@@ -40,8 +40,8 @@ PASSED_PARAMETERS = frozenset({
 _STREAM_CLIENT = frozenset(b"d")  # CopyData from the client is forwarded as it arrives
 _STREAM_SERVER = frozenset(b"d")
 _STREAM_SERVER_ROWS = frozenset(b"dD")
-_ASYNC = frozenset(b"NSA")
-_FRAME = struct.Struct("!BI")  # message type as a number, length  # notices, parameter status, notifications: any time, no state
+_ASYNC = frozenset(b"NSA")  # notices, parameter status, notifications: any time, no state
+_FRAME = struct.Struct("!BI")  # message type as a number, length
 
 RowMask = Callable[[memoryview], bytes]
 MaskFactory = Callable[[tuple[MaskSpec, ...], tuple[Column, ...], tuple[str | None, ...]], RowMask | None]
