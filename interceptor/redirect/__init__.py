@@ -78,6 +78,11 @@ def unmap(addr: bytes) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     return ip6.ipv4_mapped or ip6
 
 
+def endpoint(address: tuple) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]:
+    """(ip, port) of a socket address; IPv4 when a dual-stack socket shows it v4-mapped."""
+    return unmap(mapped(address[0])), address[1]
+
+
 def mapped(ip: str) -> bytes:
     """An address as the maps store it: 16 bytes, IPv4 v4-mapped."""
     addr = ipaddress.ip_address(ip.split("%", 1)[0])

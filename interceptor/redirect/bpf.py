@@ -8,7 +8,6 @@ closed loopback port and are refused. Only `uninstall()` detaches them.
 from __future__ import annotations
 
 import ctypes
-import ipaddress
 import logging
 import os
 import socket
@@ -16,7 +15,15 @@ import threading
 from pathlib import Path
 from typing import Callable
 
-from interceptor.redirect import DENY_REASONS, DenyEvent, Origin, libbpf, mapped, unmap
+from interceptor.redirect import (
+    DENY_REASONS,
+    DenyEvent,
+    Origin,
+    endpoint,
+    libbpf,
+    mapped,
+    unmap,
+)
 from interceptor.redirect.plan import RedirectPlan
 from interceptor.redirect.sockdiag import lookup_tcp
 
@@ -46,13 +53,6 @@ class _DenyEvent(ctypes.Structure):
                 ("tgid", ctypes.c_uint32), ("uid", ctypes.c_uint32), ("agent", ctypes.c_uint32),
                 ("resource", ctypes.c_uint32), ("reason", ctypes.c_uint32), ("protocol", ctypes.c_uint32),
                 ("cgroup_id", ctypes.c_uint64)]
-
-
-def _endpoint(address: tuple) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]:
-    ip = ipaddress.ip_address(address[0].split("%", 1)[0])
-    if ip.version == 6 and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped  # a v4 connection seen by a dual-stack socket: looked up as IPv4
-    return ip, address[1]
 
 
 class BpfUnavailable(RuntimeError):
@@ -87,19 +87,24 @@ def host_netns_cookie() -> int:
         return int.from_bytes(s.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8), "little")
 
 
+def _detach(fd: int, attach_type: int, ours: Callable[[str], bool]) -> int:
+    """Detach the programs at this hook whose name `ours` accepts; returns how many."""
+    removed = 0
+    for prog_id, name in libbpf.attached_programs(fd, attach_type):
+        if ours(name):
+            libbpf.detach(prog_id, fd, attach_type)
+            removed += 1
+    return removed
+
+
 def detach_all(cgroup_root: Path) -> int:
     """Detach every interceptor program from the root; returns how many were removed."""
-    removed = 0
     fd = os.open(cgroup_root, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        for _, attach_type in PROGRAMS + RETIRED:
-            for prog_id, name in libbpf.attached_programs(fd, attach_type):
-                if name.startswith(PREFIX):
-                    libbpf.detach(prog_id, fd, attach_type)
-                    removed += 1
+        return sum(_detach(fd, attach_type, lambda name: name.startswith(PREFIX))
+                   for _, attach_type in PROGRAMS + RETIRED)
     finally:
         os.close(fd)
-    return removed
 
 
 class BpfRedirect:
@@ -113,6 +118,7 @@ class BpfRedirect:
         for name, attach_type in PROGRAMS:
             self._funcs[name] = self.bpf.load_func(name.encode(), self.bpf.CGROUP_SOCK_ADDR, attach_type=attach_type)
         self.origins = self.bpf["origins"]
+        self._host_netns = host_netns_cookie()
         self._flags = 0
         self._ports: set[int] = set()
         self._attached = False
@@ -159,7 +165,7 @@ class BpfRedirect:
         value.refuse_port = plan.refuse_port
         value.daemon_tgid = plan.daemon_tgid
         value.flags = flags
-        value.host_netns = host_netns_cookie()
+        value.host_netns = self._host_netns
         cfg[ctypes.c_int(0)] = value
         self._flags = flags
 
@@ -207,10 +213,8 @@ class BpfRedirect:
                     libbpf.detach(stale, fd, attach_type)
                 log.info("%s %s at %s", "replaced" if replace else "attached", name, self.cgroup_root)
             for name, attach_type in RETIRED:
-                for prog_id, attached in libbpf.attached_programs(fd, attach_type):
-                    if attached == name:
-                        libbpf.detach(prog_id, fd, attach_type)
-                        log.info("detached %s left by an earlier version", name)
+                if _detach(fd, attach_type, lambda attached, name=name: attached == name):
+                    log.info("detached %s left by an earlier version", name)
         finally:
             os.close(fd)
         self._attached = True
@@ -220,7 +224,7 @@ class BpfRedirect:
     def origin(self, conn: socket.socket) -> Origin | None:
         """The record connect() left for the agent's socket, found by that socket's cookie:
         the kernel looks the socket up by the accepted connection's 4-tuple (inet_diag)."""
-        client = lookup_tcp(_endpoint(conn.getpeername()), _endpoint(conn.getsockname()))
+        client = lookup_tcp(endpoint(conn.getpeername()), endpoint(conn.getsockname()))
         if client is None:
             return None  # the agent's socket is gone already: nothing to serve
         key = self.origins.Key(client.cookie)

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from interceptor.redirect import DenyEvent, Origin
+from interceptor.redirect import DenyEvent, Origin, endpoint
 from interceptor.redirect.plan import RedirectPlan
 from interceptor.redirect.sockdiag import lookup_tcp
 
@@ -167,10 +167,7 @@ class IptablesRedirect:
     @staticmethod
     def _client_socket(peer: tuple, dst: tuple) -> tuple[int, int, int] | None:
         """(inode, uid, cgroup id) of the agent's socket: source = our peer, dest = original dst."""
-        peer_ip = ipaddress.ip_address(peer[0])
-        if peer_ip.version == 6 and peer_ip.ipv4_mapped:
-            peer_ip = peer_ip.ipv4_mapped
-        info = lookup_tcp((peer_ip, peer[1]), dst)
+        info = lookup_tcp(endpoint(peer), dst)
         return (info.inode, info.uid, info.cgroup_id) if info else None
 
     def _candidates(self, plan: RedirectPlan) -> set[int]:
