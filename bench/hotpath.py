@@ -17,7 +17,7 @@ from interceptor.audit.sql import record_rows
 from interceptor.decision import Decision, Verdict
 from interceptor.flow import Endpoint, FlowContext, ProcessInfo
 from interceptor.handlers.base import Services
-from interceptor.handlers.postgres.codec import INT16, INT32
+from interceptor.handlers.postgres.codec import INT16, INT32, message
 from interceptor.handlers.postgres.session import Audit, ProxySession
 from interceptor.identity.model import Identity
 from interceptor.operations import Request, SqlQuery, Subject
@@ -36,25 +36,21 @@ IDENTITY = Identity("https://idp.example.com/oauth2/default", "agent-bench", "be
                     frozenset({"db.read"}), frozenset({"agents", "readers"}), "jti-1", time.time() + 3600)
 
 
-def _msg(kind: bytes, body: bytes = b"") -> bytes:
-    return kind + INT32.pack(len(body) + 4) + body
-
-
 def _traffic() -> tuple[bytes, bytes]:
     """What pgbench -M prepared sends and gets back for one -S transaction."""
-    bind = _msg(b"B", b"\0P0_1\0" + INT16.pack(0) + INT16.pack(1) + INT32.pack(5) + b"12345" + INT16.pack(1)
+    bind = message(b"B", b"\0P0_1\0" + INT16.pack(0) + INT16.pack(1) + INT32.pack(5) + b"12345" + INT16.pack(1)
                 + INT16.pack(0))
-    client = bind + _msg(b"E", b"\0" + INT32.pack(0)) + _msg(b"S")
-    server = (_msg(b"2") + _msg(b"D", INT16.pack(1) + INT32.pack(4) + b"1234") + _msg(b"C", b"SELECT 1\0")
-              + _msg(b"Z", b"I"))
+    client = bind + message(b"E", b"\0" + INT32.pack(0)) + message(b"S")
+    server = (message(b"2") + message(b"D", INT16.pack(1) + INT32.pack(4) + b"1234") + message(b"C", b"SELECT 1\0")
+              + message(b"Z", b"I"))
     return client, server
 
 
 def _session() -> ProxySession:
     decision = Decision(Verdict.ALLOW, "reads")
     session = ProxySession(judge=lambda text: decision, database="bench")
-    session.from_client(_msg(b"P", b"P0_1\0" + SQL.encode() + b"\0" + INT16.pack(0)) + _msg(b"S"))
-    session.from_server(_msg(b"1") + _msg(b"Z", b"I"))
+    session.from_client(message(b"P", b"P0_1\0" + SQL.encode() + b"\0" + INT16.pack(0)) + message(b"S"))
+    session.from_server(message(b"1") + message(b"Z", b"I"))
     return session
 
 

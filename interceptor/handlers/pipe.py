@@ -22,7 +22,6 @@ class Pipe(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.ended = False
-        self.error: BaseException | None = None
         self.writable = True  # False while the transport's write buffer is above its high-water mark
         self._buffer = bytearray()
         self._waiter: asyncio.Future[None] | None = None
@@ -66,13 +65,13 @@ class Pipe(asyncio.Protocol):
             self._wake()
 
     def eof_received(self) -> bool:
-        self._end(None)
+        self._end()
         # Half-closed: what is still owed to the peer (an error, a result) can go out. TLS
         # cannot stay half-open (asyncio closes it whatever we answer, with a warning).
         return self.transport is None or self.transport.get_extra_info("sslcontext") is None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._end(exc)
+        self._end()
         self.writable = True
 
     def pause_writing(self) -> None:
@@ -161,10 +160,10 @@ class Pipe(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-    def _end(self, exc: BaseException | None) -> None:
+    def _end(self) -> None:
         if self.ended:
             return
-        self.ended, self.error = True, exc
+        self.ended = True
         self._wake()
         if self._on_end is not None:
             self._on_end()

@@ -351,15 +351,31 @@ def test_database_not_allowed_is_refused(proxy):
         psycopg.connect(proxy.dsn(dbname="template1"))
 
 
+def _logged_in(proxy: Proxy) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", proxy.port))
+    sock.sendall(codec.startup_message({"user": "agent", "database": "app"}))
+    sock.settimeout(30)
+    greeting = b""
+    while not greeting.endswith(codec.ready_for_query(b"I")):
+        greeting += sock.recv(65536)
+    return sock
+
+
+def _received_within(sock: socket.socket, seconds: float) -> bytes:
+    sock.settimeout(seconds)
+    got = b""
+    try:
+        while chunk := sock.recv(1 << 20):
+            got += chunk
+    except TimeoutError:
+        pass
+    return got
+
+
 def test_a_client_that_stops_reading_stops_the_server_side_too(proxy):
     """Backpressure: with the agent not reading a 200 MB result, the enforcer stops reading
     the server instead of buffering the result in memory."""
-    with socket.create_connection(("127.0.0.1", proxy.port)) as sock:
-        sock.sendall(codec.startup_message({"user": "agent", "database": "app"}))
-        sock.settimeout(30)
-        greeting = b""
-        while not greeting.endswith(codec.ready_for_query(b"I")):
-            greeting += sock.recv(65536)
+    with _logged_in(proxy) as sock:
         sock.sendall(codec.query("SELECT repeat('x', 1000) FROM generate_series(1, 200000)"))
         first = sock.recv(65536)
         assert first[:1] == b"T", first[:50]
@@ -395,27 +411,6 @@ class HeldSink(ListSink):
         for done in self.pending:
             if not done.done():
                 done.set_result(None)
-
-
-def _logged_in(proxy: Proxy) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", proxy.port))
-    sock.sendall(codec.startup_message({"user": "agent", "database": "app"}))
-    sock.settimeout(30)
-    greeting = b""
-    while not greeting.endswith(codec.ready_for_query(b"I")):
-        greeting += sock.recv(65536)
-    return sock
-
-
-def _received_within(sock: socket.socket, seconds: float) -> bytes:
-    sock.settimeout(seconds)
-    got = b""
-    try:
-        while chunk := sock.recv(1 << 20):
-            got += chunk
-    except TimeoutError:
-        pass
-    return got
 
 
 def test_strict_audit_holds_a_small_result_whole_until_its_record_is_durable(proxy):
