@@ -20,7 +20,9 @@ from interceptor.operations import (
     HttpRequest, KubernetesRequest, Request, SqlQuery, SshCommand, Subject, TcpConnect,
 )
 from interceptor.policy.model import Policy, Rule, globs
-from interceptor.policy.sql import DEFAULT_SCHEMA, Action, ColumnRef, SchemaCatalog, Statement, analyse
+from interceptor.policy.sql import (
+    DEFAULT_SCHEMA, Action, ColumnRef, SchemaCatalog, Statement, analyse, numeric_shape, shape_holds,
+)
 
 DEFAULT_DENY = "default-deny"
 TRANSACTION_RULE = "builtin-transaction-control"
@@ -76,20 +78,47 @@ class PolicyEngine:
         if isinstance(operation, TcpConnect):
             return self._tcp(request)
         if isinstance(operation, SqlQuery):
-            key = (self.policy.version, request.subject, request.resource, operation.text, operation.database,
-                   request.labels.get("search_path"), getattr(self.catalog, "version", None))
-            cached = self._cache.get(key)
-            if cached is not None:
-                self._cache.move_to_end(key)
-                return cached
-            decision = self._sql(request, operation)
-            self._cache[key] = decision
-            if len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
-            return decision
+            return self._sql_cached(request, operation)
         if isinstance(operation, (HttpRequest, KubernetesRequest, SshCommand)):
             return self._simple(request)
         return Decision.deny(DEFAULT_DENY, f"unknown operation type {type(operation).__name__}")
+
+    def _sql_cached(self, request: Request, query: SqlQuery) -> Decision:
+        """By exact text first (a prepared statement's comes back every execution), then by
+        numeric shape: `WHERE aid = 1` and `= 7` are judged as `= 0` once, as the analysis
+        would not tell them apart anyway. A shape whose analysis fails is judged on the real
+        text instead, so the error names what the client sent."""
+        context = (self.policy.version, request.subject, request.resource, query.database,
+                   request.labels.get("search_path"), getattr(self.catalog, "version", None))
+        key = (*context, query.text)
+        decision = self._cached(key)
+        if decision is not None:
+            return decision
+        shape = numeric_shape(query.text)
+        if shape is not None:
+            shape_key = (*context, shape)
+            decision = self._cached(shape_key)
+            if decision is not None:
+                return decision
+            if shape_holds(shape):
+                decision = self._sql(request, shape[0])
+                if not any("error" in detail for detail in decision.details):
+                    self._keep(shape_key, decision)
+                    return decision
+        decision = self._sql(request, query.text)
+        self._keep(key, decision)
+        return decision
+
+    def _cached(self, key: tuple) -> Decision | None:
+        decision = self._cache.get(key)
+        if decision is not None:
+            self._cache.move_to_end(key)
+        return decision
+
+    def _keep(self, key: tuple, decision: Decision) -> None:
+        self._cache[key] = decision
+        if len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
 
     # -- who -----------------------------------------------------------------------------
 
@@ -132,9 +161,9 @@ class PolicyEngine:
 
     # -- sql -----------------------------------------------------------------------------
 
-    def _sql(self, request: Request, query: SqlQuery) -> Decision:
+    def _sql(self, request: Request, text: str) -> Decision:
         path = tuple(s.strip() for s in request.labels.get("search_path", DEFAULT_SCHEMA).split(",") if s.strip())
-        statements = analyse(query.text, path or (DEFAULT_SCHEMA,), self.catalog)
+        statements = analyse(text, path or (DEFAULT_SCHEMA,), self.catalog)
         rules = self._rules(request, "sql")
         worst: _Judgement | None = None
         masks: list[MaskSpec] = []

@@ -131,6 +131,47 @@ def analyse(text: str, search_path: Sequence[str] = (DEFAULT_SCHEMA,),
     return tuple(statements)
 
 
+_ZEROS = str.maketrans("123456789", "000000000")
+NumericShape = tuple[str, tuple[tuple[TokenType, int, int], ...]]
+
+
+def numeric_shape(text: str) -> NumericShape | None:
+    """`text` with every digit of its numeric literals made 0, and its token stream (type,
+    start, end of each token); None when it has no numeric literal to make 0. No rule depends
+    on a number's value, so statements that differ only there (`WHERE aid = 1`, `= 2`, ...)
+    can share one analysis: that of the zeroed text, and only while the zeroed text still
+    tokenizes the same (`shape_holds`)."""
+    try:
+        tokens = DIALECT.tokenize(text)
+    except SqlglotError:
+        return None
+    pieces, done = [], 0
+    for token in tokens:
+        if token.token_type == TokenType.NUMBER:
+            digits = text[token.start:token.end + 1]
+            zeroed = digits.translate(_ZEROS)
+            if zeroed != digits:
+                pieces += (text[done:token.start], zeroed)
+                done = token.end + 1
+    if not pieces:
+        return None
+    pieces.append(text[done:])
+    return "".join(pieces), _signature(tokens)
+
+
+def shape_holds(shape: NumericShape) -> bool:
+    """Does the zeroed text tokenize exactly as the original did (`0x1` would not: it is
+    hex, where `1x1` was the number 1 and a name)?"""
+    try:
+        return _signature(DIALECT.tokenize(shape[0])) == shape[1]
+    except SqlglotError:
+        return False
+
+
+def _signature(tokens: list[Token]) -> tuple[tuple[TokenType, int, int], ...]:
+    return tuple([(token.token_type, token.start, token.end) for token in tokens])
+
+
 def _first_line(exc: Exception) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 

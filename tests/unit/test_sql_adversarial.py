@@ -182,3 +182,45 @@ def test_one_denied_statement_denies_the_query_and_details_cover_all(engine):
     assert decision.verdict is Verdict.DENY
     assert [d["verdict"] for d in decision.details] == ["allow", "approve", "deny"]
     assert decision.details[2]["kind"] == "truncate"
+
+
+# Statements with numbers, judged through the numeric-shape cache after a variant with other
+# digits was judged first: each must get exactly the decision its own text gets.
+NUMERIC = [
+    "select id, card from customers where id = 12345",
+    "select card from customers where id = 7 order by 1 limit 10 offset 20",
+    "select name from customers where card = '4111' and id > 3",
+    "select id::numeric(10, 2), (array[1, 2, 3])[2] from orders",
+    "select pg_sleep(5)",
+    "select id from secret.keys where id = 1",
+    "update orders set status = 'x' where id = 42",
+    "set statement_timeout = 5000",
+    "explain analyze select id from orders where id = 3",
+    "select id from orders where id = $1 limit 5",
+    "select 1x1",
+    "select 1e5, .5, 1.5e-3 from orders",
+    "select id from orders where id = 12 +",
+    "select 1; delete from orders where id = 9",
+]
+
+
+@pytest.mark.parametrize("text", NUMERIC)
+def test_numeric_shape_cache_gives_each_text_its_own_decision(text):
+    engine = PolicyEngine(load_policy_text(POLICY, "adversarial.yaml"), Catalog())
+    variant = text.translate(str.maketrans("0123456789", "9876543219"))
+    decide(engine, variant)
+    got = decide(engine, text)
+    own = engine._sql(Request(Subject("bot"), "db", SqlQuery(text)), text)
+    assert (got.verdict, got.rule, got.reason, got.masks, got.details) == (
+        own.verdict, own.rule, own.reason, own.masks, own.details)
+
+
+def test_statements_differing_only_in_numbers_share_one_analysis():
+    engine = PolicyEngine(load_policy_text(POLICY, "adversarial.yaml"), Catalog())
+    first = decide(engine, "select card from customers where id = 1")
+    assert first.verdict is Verdict.ALLOW and first.masks
+    assert decide(engine, "select card from customers where id = 8") is first
+    assert decide(engine, "select card from customers where id = 8.5") is not first  # another shape
+    unparsable = decide(engine, "select id from orders where id = 12 +")
+    assert unparsable.verdict is Verdict.DENY
+    assert decide(engine, "select id from orders where id = 13 +") is not unparsable  # errors: own text
