@@ -1,11 +1,13 @@
 """What one prepared-statement transaction costs the daemon's event loop in Python, part by
 part, without sockets: the sans-IO PostgreSQL session, the audit record (event, scrub,
-canonical JSON, hash chain, rows for the store) and the policy decision. Set beside the
+canonical JSON, hash chain, rows for the store) and the policy decision (also for the simple
+protocol, where each statement comes with its own numbers, and for a statement never seen). Set beside the
 daemon's measured CPU per transaction, the rest is the event loop and the kernel."""
 
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import time
 from collections.abc import Callable
 
@@ -25,6 +27,7 @@ from interceptor.policy.engine import PolicyEngine
 from interceptor.policy.loader import load_policy_text
 
 SQL = "SELECT abalance FROM pgbench_accounts WHERE aid = $1;"
+SIMPLE = "SELECT abalance FROM pgbench_accounts WHERE aid = {};"
 POLICY = """
 version: 1
 agents: {bench: {unprotected: deny}}
@@ -85,6 +88,8 @@ def measure(count: int = 20000) -> dict[str, float]:
     engine = PolicyEngine(load_policy_text(POLICY))
     subject = Subject("bench", IDENTITY, flow.process.exe, 0)
     engine.decide(Request(subject, "db", SqlQuery(SQL, "bench")))
+    simple = (SIMPLE.format(n) for n in itertools.cycle(range(10000, 100000)))
+    unseen = (f"SELECT abalance FROM pgbench_accounts_{n} WHERE aid = $1" for n in itertools.count())
     return {
         "postgres session (sans-IO: Bind/Execute/Sync in, 4 messages out)":
             _per_op(lambda: (session.from_client(client), session.from_server(server)), count),
@@ -95,6 +100,10 @@ def measure(count: int = 20000) -> dict[str, float]:
             _per_op(lambda: record_rows(link(Head(), "bench-host", [body])[0]), count),
         "policy decision, cached (extended and simple protocol; prepared reuses it)":
             _per_op(lambda: engine.decide(Request(subject, "db", SqlQuery(SQL, "bench"))), count),
+        "policy decision, simple protocol, a number not seen before (numeric shape cached)":
+            _per_op(lambda: engine.decide(Request(subject, "db", SqlQuery(next(simple), "bench"))), count),
+        "policy decision, a statement never seen (sqlglot parse and analysis)":
+            _per_op(lambda: engine.decide(Request(subject, "db", SqlQuery(next(unseen), "bench"))), count // 10),
     }
 
 

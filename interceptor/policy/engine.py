@@ -86,8 +86,10 @@ class PolicyEngine:
     def _sql_cached(self, request: Request, query: SqlQuery) -> Decision:
         """By exact text first (a prepared statement's comes back every execution), then by
         numeric shape: `WHERE aid = 1` and `= 7` are judged as `= 0` once, as the analysis
-        would not tell them apart anyway. A shape whose analysis fails is judged on the real
-        text instead, so the error names what the client sent."""
+        would not tell them apart anyway. The text first analysed for a shape is kept under
+        both keys; its siblings are not (one-off texts would push out what repeats). A shape
+        whose analysis fails is judged on the real text instead, so the error names what the
+        client sent."""
         context = (self.policy.version, request.subject, request.resource, query.database,
                    request.labels.get("search_path"), getattr(self.catalog, "version", None))
         key = (*context, query.text)
@@ -104,6 +106,7 @@ class PolicyEngine:
                 decision = self._sql(request, shape[0])
                 if not any("error" in detail for detail in decision.details):
                     self._keep(shape_key, decision)
+                    self._keep(key, decision)
                     return decision
         decision = self._sql(request, query.text)
         self._keep(key, decision)

@@ -215,11 +215,14 @@ def test_numeric_shape_cache_gives_each_text_its_own_decision(text):
         own.verdict, own.rule, own.reason, own.masks, own.details)
 
 
-def test_statements_differing_only_in_numbers_share_one_analysis():
+def test_statements_differing_only_in_numbers_share_one_analysis(monkeypatch):
     engine = PolicyEngine(load_policy_text(POLICY, "adversarial.yaml"), Catalog())
     first = decide(engine, "select card from customers where id = 1")
     assert first.verdict is Verdict.ALLOW and first.masks
     assert decide(engine, "select card from customers where id = 8") is first
+    with monkeypatch.context() as patch:  # the text first analysed is found by its exact text
+        patch.setattr("interceptor.policy.engine.numeric_shape", None)
+        assert decide(engine, "select card from customers where id = 1") is first
     assert decide(engine, "select card from customers where id = 8.5") is not first  # another shape
     unparsable = decide(engine, "select id from orders where id = 12 +")
     assert unparsable.verdict is Verdict.DENY
