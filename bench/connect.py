@@ -114,6 +114,7 @@ def run(rounds: int = 5, count: int = 2000) -> dict:
     samples: dict[str, list[int]] = {k: [] for k in ("unhooked", "hooked", "redirected", "ttfb_direct",
                                                      "ttfb_enforcer")}
     programs: dict[str, list[float]] = {}
+    bystanders: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="icpt-bench-") as tmp:
         daemon = BenchDaemon(Path(tmp), policy(echo_port), audit={"store": "jsonl", "path": f"{tmp}/audit.jsonl",
                                                                   "durability": "batched"})
@@ -126,6 +127,13 @@ def run(rounds: int = 5, count: int = 2000) -> dict:
                     _probe(cgroup, "127.0.0.1", plain_port, count // 4, "connect")
                 for key, value in clock.ns_per_connect(count // 4).items():
                     programs.setdefault(key, []).append(value)
+                bystander = daemon.cgroup_root / "bench-not-an-agent"  # every other process on the host
+                bystander.mkdir(exist_ok=True)
+                with ProgramClock(daemon.cgroup_root) as clock:
+                    _probe(bystander, "127.0.0.1", plain_port, count // 4, "connect")
+                bystander.rmdir()
+                for key, value in clock.ns_per_connect(count // 4).items():
+                    bystanders.setdefault(key, []).append(value)
                 samples["redirected"] += _probe(cgroup, RESOURCE_IP, echo_port, count // 4, "connect")
                 samples["ttfb_enforcer"] += _probe(cgroup, RESOURCE_IP, echo_port, count // 4, "ttfb")
                 daemon.stop()
@@ -147,6 +155,7 @@ def run(rounds: int = 5, count: int = 2000) -> dict:
         "unit": "us",
         "stats": stats,
         "programs": program,  # per connect(): ns in each program and how often it ran
+        "programs_not_agent": {k: summary(vs) for k, vs in bystanders.items()},  # the same, for a non-agent
         "ratios": {
             "agent connect() to an unprotected destination, hooks attached / not attached":
                 ratio(stats["hooked"]["median"], stats["unhooked"]["median"]),

@@ -44,6 +44,11 @@ def _connect_md(result: dict) -> list[str]:
                   + "; ".join(f"{name} {programs[name + '_ns']['median']:.0f} ns over "
                               f"{programs[name + '_runs']['median']:g} run(s)" for name in names)
                   + ". Timing whole connect() calls is noisier than that difference, so both ratios are given."]
+    others = result.get("programs_not_agent") or {}
+    if others:
+        lines[-1] += (" For a process that is not an agent (every other process on the host): "
+                      + "; ".join(f"{name} {others[name + '_ns']['median']:.0f} ns" for name in names
+                                  if name + "_ns" in others) + ".")
     lines += ["", "| ratio | value |", "| --- | --- |"]
     lines += [f"| {k} | {v:.3f} |" for k, v in result["ratios"].items()]
     return lines

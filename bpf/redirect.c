@@ -44,11 +44,17 @@ static __always_inline u32 find_agent(const struct config *cfg)
         if (by_uid)
             found = *by_uid;
     }
+    /* The task's own cgroup is the deepest there is: when it is an agent's, no walk; when
+     * not, the walk stops above it, so a non-agent pays no more lookups than before. */
+    u64 own = bpf_get_current_cgroup_id();
+    u32 *by_own = agent_cgroups.lookup(&own);
+    if (by_own)
+        return *by_own;
 #pragma unroll
     for (int level = 1; level <= MAX_CGROUP_DEPTH; level++) {
         u64 id = bpf_get_current_ancestor_cgroup_id(level);
-        if (id == 0)
-            break;  /* deeper than the task's cgroup */
+        if (id == 0 || id == own)
+            break;  /* at (or past) the task's own cgroup, already looked up */
         u32 *by_cgroup = agent_cgroups.lookup(&id);
         if (by_cgroup)
             found = *by_cgroup;  /* keep going: the deepest agent cgroup wins */

@@ -132,6 +132,15 @@ def test_agents_named_by_uid_and_by_existing_cgroup(daemon, remote, existing_cgr
     by_cgroup = run_client(remote.ip4, str(remote.port), prefix=in_unit)
     assert by_cgroup["ok"] and through_enforcer(by_cgroup), by_cgroup
     assert connection_event(daemon, by_cgroup["pid"])["agent"] == "bycgroup"
+    below = existing_cgroup / "worker"  # a cgroup below an agent's (the kernel walks up to find it)
+    below.mkdir(exist_ok=True)
+    try:
+        in_child = ("sh", "-c", f'echo $$ > {below}/cgroup.procs && exec "$@"', "sh")
+        by_parent = run_client(remote.ip4, str(remote.port), prefix=in_child)
+    finally:
+        below.rmdir()
+    assert by_parent["ok"] and through_enforcer(by_parent), by_parent
+    assert connection_event(daemon, by_parent["pid"])["agent"] == "bycgroup"
 
 
 def test_policy_deny_refuses_at_connect_and_no_packet_leaves(daemon, remote):
