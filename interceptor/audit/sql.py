@@ -16,7 +16,8 @@ from interceptor.audit.query import COLUMNS, Query, where_sql
 from interceptor.audit.sink import Chunk
 
 _INDEXED = ("event_id", "time", "agent", "subject", "resource", "flow_id")
-_RECORD_COLUMNS = "id, chain_id, seq, prev_hash, hash, event"
+ROW_FIELDS = ("chain_id", "seq", "prev_hash", "hash", "event")  # one record's values in an INSERT
+_RECORD_COLUMNS = ", ".join(("id", *ROW_FIELDS))
 PAGE = 5000
 
 
@@ -67,8 +68,8 @@ class Dialect:
         """One INSERT for `count` records: a store that runs it in a thread gives up the GIL
         once per statement, not once per record."""
         p = self.placeholder
-        row = f"({p}, {p}, {p}, {p}, {p})"
-        return f"INSERT INTO audit_records (chain_id, seq, prev_hash, hash, event) VALUES {', '.join([row] * count)}"
+        row = f"({', '.join([p] * len(ROW_FIELDS))})"
+        return f"INSERT INTO audit_records ({', '.join(ROW_FIELDS)}) VALUES {', '.join([row] * count)}"
 
     def insert_chunk(self) -> str:
         p = self.placeholder

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from interceptor.audit.chain import Head, Record
 from interceptor.audit.sink import Chunk, SerialThread
-from interceptor.audit.sql import SQLITE, SqlReader, chunk_rows, record_rows
+from interceptor.audit.sql import ROW_FIELDS, SQLITE, SqlReader, chunk_rows, record_rows
 
 
 def connect(path: str | Path, *, durability: str = "strict", max_mb: int | None = None,
@@ -32,13 +32,20 @@ def connect(path: str | Path, *, durability: str = "strict", max_mb: int | None 
         page_size = conn.execute("PRAGMA page_size").fetchone()[0]
         conn.execute(f"PRAGMA max_page_count={max(1, int(max_mb * 1024 * 1024 // page_size))}")
     if create:
-        for statement in SQLITE.schema():
+        for statement in (*SQLITE.schema(), HEAD_FOLLOWS):
             conn.execute(statement)
         os.chmod(path, 0o640)
     return conn
 
 
-ROWS_PER_INSERT = 200  # 1,000 parameters per statement, well under SQLite's limit
+# The chain's head moves with every record inserted, in the same statement: a group of
+# records is then one INSERT, its own transaction, and the writer thread takes the GIL back
+# once per group instead of once per BEGIN, INSERT, head update and COMMIT.
+HEAD_FOLLOWS = """CREATE TRIGGER IF NOT EXISTS audit_head_follows AFTER INSERT ON audit_records BEGIN
+  INSERT INTO audit_heads (chain_id, seq, hash) VALUES (NEW.chain_id, NEW.seq, NEW.hash)
+  ON CONFLICT (chain_id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash;
+END"""
+MAX_ROWS_PER_INSERT = 1000
 
 
 class SqliteBackend:
@@ -64,16 +71,19 @@ class SqliteBackend:
         return (Head(row[0], row[1]) if row else Head()), stored
 
     def _append(self, records: list[Record], chunks: list[Chunk], head: Head) -> None:
+        """The head follows the records by trigger (HEAD_FOLLOWS), so `head` is not written."""
         conn = self._connection()
+        rows = record_rows(records)
+        per_insert = min(MAX_ROWS_PER_INSERT, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // len(ROW_FIELDS))
+        if rows and not chunks and len(rows) <= per_insert:
+            conn.execute(SQLITE.insert_records(len(rows)), [value for row in rows for value in row])
+            return  # one statement, one transaction
         conn.execute("BEGIN IMMEDIATE")
         try:
-            rows = record_rows(records)
-            for start in range(0, len(rows), ROWS_PER_INSERT):
-                group = rows[start:start + ROWS_PER_INSERT]
+            for start in range(0, len(rows), per_insert):
+                group = rows[start:start + per_insert]
                 conn.execute(SQLITE.insert_records(len(group)), [value for row in group for value in row])
             conn.executemany(SQLITE.insert_chunk(), chunk_rows(chunks))
-            if records:
-                conn.execute(SQLITE.upsert_head(), (records[0].chain_id, head.seq, head.hash))
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:

@@ -57,6 +57,28 @@ def test_a_reopened_sink_continues_its_chain(tmp_path, store):
     assert verify(reader).records_checked == 5 and verify(reader).ok
 
 
+def test_sqlite_head_follows_groups_split_over_statements_and_stores_without_the_trigger(tmp_path, monkeypatch):
+    monkeypatch.setattr("interceptor.audit.sqlite.MAX_ROWS_PER_INSERT", 3)
+    settings = _settings(tmp_path, "sqlite", durability="batched", capture=True)
+
+    async def session(n: int, start: int):
+        sink = open_sink(settings)
+        for i in range(n):  # one group: 10 records in four statements, with session bytes
+            sink.submit(_event(start + i))
+            sink.write_session_bytes("flow-1", "up", b"Q", ts=float(i))
+        await sink.close()
+
+    asyncio.run(session(10, 0))
+    with sqlite3.connect(settings["path"]) as conn:  # a store made before the head followed by trigger
+        assert conn.execute("SELECT seq FROM audit_heads").fetchall() == [(10,)]
+        conn.execute("DROP TRIGGER audit_head_follows")
+    asyncio.run(session(4, 10))
+    reader = open_store(settings["path"])
+    assert [r.seq for _, r in reader.records()] == list(range(1, 15))
+    assert reader.heads()["host-a"].seq == 14 and verify(reader).ok
+    assert len(reader.chunks("flow-1")) == 14
+
+
 def test_batched_write_returns_once_queued_and_close_flushes(tmp_path):
     settings = _settings(tmp_path, "sqlite", durability="batched", batch_ms=10_000)
 
