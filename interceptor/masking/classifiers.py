@@ -19,8 +19,10 @@ Classifier = Callable[[bytes], list[Span]]
 # (`x(?<!yx)` rather than `(?<!y)x`): the same matches, but the regex engine can skip to
 # candidate characters instead of trying every position.
 _CARD = re.compile(rb"[0-9](?<![0-9][0-9])(?:[ -]?[0-9]){12,18}(?![0-9])")
-_EMAIL = re.compile(rb"[A-Za-z0-9._%+-](?<![A-Za-z0-9._%+-][A-Za-z0-9._%+-])[A-Za-z0-9._%+-]{0,63}"
-                    rb"@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63})*\.[A-Za-z]{2,24}(?![A-Za-z0-9-])")
+# An email is found from its @: the local part is the run of these characters before it
+# (1 to 64 of them, nothing of the kind before), the domain must match right after it.
+_EMAIL_LOCAL = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._%+-"
+_EMAIL_DOMAIN = re.compile(rb"[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63})*\.[A-Za-z]{2,24}(?![A-Za-z0-9-])")
 _SSN = re.compile(rb"[0-9](?<![0-9-][0-9])[0-9]{2}(?<!000)(?<!666)(?<!9[0-9][0-9])-(?!00)[0-9]{2}-(?!0000)[0-9]{4}"
                   rb"(?![0-9-])")
 _NINO = re.compile(
@@ -93,9 +95,19 @@ def card(value: bytes) -> list[Span]:
 
 def email(value: bytes) -> list[Span]:
     """Email addresses (ASCII local part and domain with a top-level domain)."""
-    if b"@" not in value:
-        return []
-    return [match.span() for match in _EMAIL.finditer(value)]
+    spans: list[Span] = []
+    done = 0
+    at = value.find(b"@")
+    while at >= 0:
+        before = value[max(done, at - 65):at]  # never back into the last address found
+        start = at - (len(before) - len(before.rstrip(_EMAIL_LOCAL)))
+        if 0 < at - start <= 64 and (start == 0 or value[start - 1] not in _EMAIL_LOCAL):
+            domain = _EMAIL_DOMAIN.match(value, at + 1)
+            if domain is not None:
+                spans.append((start, domain.end()))
+                done = domain.end()
+        at = value.find(b"@", at + 1)
+    return spans
 
 
 def national_id(value: bytes) -> list[Span]:
