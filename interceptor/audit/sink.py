@@ -3,7 +3,9 @@
 `write` masks and normalizes the event and queues it. One writer task drains the queue,
 chains a group of events after the store's head and appends them in one transaction. In
 `strict` mode `write` returns only after the group holding its event is committed; in
-`batched` mode it returns once queued and the group is flushed within `batch_ms`. When the
+`batched` mode it returns once queued and the group is flushed within `batch_ms` (at once
+when `max_batch` records are waiting, so a busy host is not capped at one batch per wait,
+and at once on close). When the
 store fails, strict writers get AuditUnavailable with the reason, batched records and
 captured bytes stay queued and are retried, and new writes are refused until the store
 works again, so every operation is denied rather than left unrecorded.
@@ -107,6 +109,7 @@ class ChainedSink:
         self.options = options
         self._queue: deque[_Item] = deque()
         self._wake = asyncio.Event()
+        self._flush = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._head: Head | None = None
         self._failing: str | None = None
@@ -158,6 +161,8 @@ class ChainedSink:
         if len(self._queue) >= self.options.max_queue:
             raise AuditUnavailable(f"audit queue is full ({len(self._queue)} records not yet written)")
         self._queue.append(item)
+        if len(self._queue) >= self.options.max_batch:
+            self._flush.set()
         if self._writer is None:
             self._writer = asyncio.get_running_loop().create_task(self._run(), name="audit-writer")
             self._writer.add_done_callback(self._writer_ended)
@@ -174,6 +179,7 @@ class ChainedSink:
         """Flush the queue (for up to `timeout` seconds while the store fails) and close the store."""
         self._closing = True
         self._wake.set()
+        self._flush.set()
         if self._writer is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._writer), timeout)
@@ -208,8 +214,11 @@ class ChainedSink:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            if not self.strict and not self._closing and self._failing is None:
-                await asyncio.sleep(self.options.batch_ms / 1000)
+            if (not self.strict and not self._closing and self._failing is None
+                    and len(self._queue) < self.options.max_batch):
+                self._flush.clear()  # set by a full batch or by close: no need to wait for batch_ms
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._flush.wait(), self.options.batch_ms / 1000)
             if not await self._commit(list(self._queue)[: self.options.max_batch]):
                 self._wake.clear()  # retry after retry_ms, or at once when closing or a probe arrives
                 with contextlib.suppress(TimeoutError):

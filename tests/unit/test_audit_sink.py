@@ -95,6 +95,28 @@ def test_batched_write_returns_once_queued_and_close_flushes(tmp_path):
     assert len(open_store(settings["path"]).search(Query())) == 1
 
 
+def test_batched_writes_full_batches_and_flushes_on_close_without_waiting(tmp_path):
+    settings = _settings(tmp_path, "sqlite", durability="batched", batch_ms=60_000, max_batch=5)
+
+    async def run():
+        sink = open_sink(settings)
+        for n in range(9):
+            sink.submit(_event(n))
+        await asyncio.sleep(0.5)
+        sink.submit(_event(9))  # the second batch fills while the writer waits
+        await asyncio.sleep(0.5)
+        sink.submit(_event(10))
+        sink.submit(_event(11))
+        await asyncio.sleep(0.2)  # the writer waits for batch_ms again
+        during = sink.stats()
+        await sink.close()  # ends that wait: nothing is left to close's timeout and abandoned
+        return during, sink.stats()
+
+    during, after = asyncio.run(run())
+    assert (during["written"], during["queue_depth"], during["groups"]) == (10, 2, 2)
+    assert after["written"] == 12 and verify(open_store(settings["path"])).ok
+
+
 def test_full_store_fails_closed_and_keeps_what_was_written(tmp_path):
     settings = _settings(tmp_path, "sqlite", max_mb=1, retry_ms=60_000)
     big = "x" * 20_000
