@@ -16,6 +16,7 @@ from typing import Any
 from interceptor.audit.chain import normalize
 from interceptor.audit.event import SharedSummary
 from interceptor.masking.classifiers import api_key
+from interceptor.textcache import short_text_cache
 
 REDACTED = "[REDACTED]"
 _SECRET_KEY = re.compile(r"pass(word|wd)?$|secret|token$|authorization|api[_-]?key|private[_-]?key|credential|cookie",
@@ -29,7 +30,7 @@ _URL_PASSWORD = re.compile(r"(://[^/:@\s]+:)[^@/\s]+@")
 SHORTEST_SECRET = 7
 
 
-@functools.lru_cache(maxsize=8192)
+@short_text_cache(maxsize=8192)
 def scrub_text(text: str) -> str:
     """`text` with password literals, URL passwords and recognised tokens replaced.
 

@@ -62,11 +62,14 @@ class _Judgement:
 class PolicyEngine:
     """Decisions for one policy version; cheap to build, so a reload builds a new one."""
 
-    def __init__(self, policy: Policy, catalog: SchemaCatalog | None = None, cache_size: int = 10000) -> None:
+    def __init__(self, policy: Policy, catalog: SchemaCatalog | None = None, cache_size: int = 10000,
+                 cache_chars: int = 32 * 1024 * 1024) -> None:
         self.policy = policy
         self.catalog = catalog
         self.cache_size = cache_size
-        self._cache: OrderedDict[tuple, Decision] = OrderedDict()
+        self.cache_chars = cache_chars  # what the statements kept may add up to
+        self._cache: OrderedDict[tuple, tuple[Decision, int]] = OrderedDict()
+        self._cache_chars = 0
 
     def decide(self, request: Request) -> Decision:
         """The answer for one request; never raises on bad input (it denies)."""
@@ -105,23 +108,29 @@ class PolicyEngine:
             if shape_holds(shape):
                 decision = self._sql(request, shape[0])
                 if not any("error" in detail for detail in decision.details):
-                    self._keep(shape_key, decision)
-                    self._keep(key, decision)
+                    self._keep(shape_key, decision, len(shape[0]) + len(shape[1]))
+                    self._keep(key, decision, len(query.text))
                     return decision
         decision = self._sql(request, query.text)
-        self._keep(key, decision)
+        self._keep(key, decision, len(query.text))
         return decision
 
     def _cached(self, key: tuple) -> Decision | None:
-        decision = self._cache.get(key)
-        if decision is not None:
-            self._cache.move_to_end(key)
-        return decision
+        entry = self._cache.get(key)
+        if entry is None:
+            return None
+        self._cache.move_to_end(key)
+        return entry[0]
 
-    def _keep(self, key: tuple, decision: Decision) -> None:
-        self._cache[key] = decision
-        if len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
+    def _keep(self, key: tuple, decision: Decision, chars: int) -> None:
+        """Bounded by count and by size: an agent's long statements must not grow the daemon."""
+        previous = self._cache.pop(key, None)
+        if previous is not None:
+            self._cache_chars -= previous[1]
+        self._cache[key] = (decision, chars)
+        self._cache_chars += chars
+        while len(self._cache) > self.cache_size or self._cache_chars > self.cache_chars:
+            self._cache_chars -= self._cache.popitem(last=False)[1][1]
 
     # -- who -----------------------------------------------------------------------------
 

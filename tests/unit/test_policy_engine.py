@@ -83,6 +83,17 @@ def test_cache_is_bounded_and_returns_the_same_decision():
     assert ask(engine, SqlQuery("select 'a'"), "db") is not first
 
 
+def test_cache_is_bounded_by_the_size_of_what_it_keeps():
+    engine = PolicyEngine(load_policy_text(POLICY, "engine.yaml"), cache_chars=100)
+    long_one = ask(engine, SqlQuery("select '" + "a" * 80 + "'"), "db")
+    assert ask(engine, SqlQuery("select '" + "a" * 80 + "'"), "db") is long_one
+    ask(engine, SqlQuery("select '" + "b" * 80 + "'"), "db")
+    assert len(engine._cache) == 1 and engine._cache_chars <= 100
+    assert ask(engine, SqlQuery("select '" + "a" * 80 + "'"), "db") is not long_one
+    ask(engine, SqlQuery("select '" + "c" * 200 + "'"), "db")  # larger than the whole cache: not kept
+    assert engine._cache_chars <= 100
+
+
 def test_bench_reports_both_engines_and_modes():
     rows = run(0.05)
     assert {(r["engine"], r["mode"]) for r in rows} >= {("sqlglot", "cached"), ("sqlglot", "uncached")}

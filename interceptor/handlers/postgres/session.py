@@ -15,7 +15,6 @@ error, and a later COMMIT rolls back.
 from __future__ import annotations
 
 import fnmatch
-import functools
 import re
 import secrets
 import struct
@@ -31,6 +30,7 @@ from interceptor.handlers.postgres.codec import (
     Column,
     ProtocolViolation,
 )
+from interceptor.textcache import short_text_cache
 
 CLIENT, SERVER = "client", "server"
 PASSED_PARAMETERS = frozenset({
@@ -109,7 +109,7 @@ def database_allowed(database: str, patterns: tuple[str, ...] | None, credential
 _LITERAL = re.compile(r"""(?:[eE]?'(?:[^']|'')*')|(\$[A-Za-z_]*\$)(?:.|\n)*?\1|(?<![\w$.])\d+(?:\.\d+)?(?:[eE][-+]?\d+)?""")
 
 
-@functools.lru_cache(maxsize=4096)
+@short_text_cache(maxsize=4096)
 def redact_literals(sql: str) -> str:
     """The statement with string, dollar-quoted and numeric literals replaced by '?'
     (cached: a prepared statement's text comes back with every execution)."""
