@@ -117,6 +117,36 @@ def test_batched_writes_full_batches_and_flushes_on_close_without_waiting(tmp_pa
     assert after["written"] == 12 and verify(open_store(settings["path"])).ok
 
 
+def test_a_batch_is_chained_in_slices_and_sessions_run_between_them(tmp_path, monkeypatch):
+    from interceptor.audit import sink as sink_module
+
+    calls: list = []
+    real_link = sink_module.link
+
+    def spy(head, chain_id, events):
+        calls.append(len(events))
+        return real_link(head, chain_id, events)
+
+    monkeypatch.setattr(sink_module, "link", spy)
+    settings = _settings(tmp_path, "sqlite", durability="batched", batch_ms=60_000, max_batch=100)
+
+    async def run():
+        sink = open_sink(settings)
+        for n in range(100):  # a full batch: written at once
+            sink.submit(_event(n))
+        while sink.stats()["written"] < 100:  # another session's turns
+            calls.append("turn")
+            await asyncio.sleep(0)
+        await sink.close()
+
+    asyncio.run(run())
+    slices = [c for c in calls if c != "turn"]
+    assert slices == [16] * 6 + [4]
+    first, last = calls.index(16), len(calls) - 1 - calls[::-1].index(4)
+    assert "turn" in calls[first:last]
+    assert verify(open_store(settings["path"])).ok
+
+
 def test_full_store_fails_closed_and_keeps_what_was_written(tmp_path):
     settings = _settings(tmp_path, "sqlite", max_mb=1, retry_ms=60_000)
     big = "x" * 20_000
