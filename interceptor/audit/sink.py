@@ -5,10 +5,10 @@ chains a group of events after the store's head and appends them in one transact
 `strict` mode `write` returns only after the group holding its event is committed; in
 `batched` mode it returns once queued and the group is flushed within `batch_ms` (at once
 when `max_batch` records are waiting, so a busy host is not capped at one batch per wait,
-and at once on close). When the
-store fails, strict writers get AuditUnavailable with the reason, batched records and
-captured bytes stay queued and are retried, and new writes are refused until the store
-works again, so every operation is denied rather than left unrecorded.
+and at once on close). When the store fails, strict writers get AuditUnavailable with the
+reason, batched records and captured bytes stay queued and are retried, and new writes are
+refused until the store works again, so every operation is denied rather than left
+unrecorded.
 """
 
 from __future__ import annotations
