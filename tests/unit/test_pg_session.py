@@ -329,3 +329,26 @@ def test_computed_columns_derived_from_a_masked_column_are_masked_like_it():
     s.from_client(codec.query("SELECT id, upper(email) FROM users"))
     s.from_server(row_description(("id", 0, 0), ("upper", 0, 0)))
     assert seen == [(None, "public.users.email")]
+
+
+def test_a_prepared_statement_executed_again_shares_one_operation_summary():
+    s = session()
+    s.from_client(codec.parse("p1", "SELECT $1") + msg(b"S"))
+    s.from_server(msg(b"1") + codec.ready_for_query(b"I"))
+
+    def execute(values: int) -> Audit:
+        bind = msg(b"B", b"\0p1\0" + INT16.pack(0) + INT16.pack(values) + b"".join(INT32.pack(1) + b"7"
+                                                                                    for _ in range(values))
+                   + INT16.pack(0))
+        s.from_client(bind + msg(b"E", b"\0" + INT32.pack(0)) + msg(b"S"))
+        (audit,) = audits(s.from_server(msg(b"2") + data_row(b"7") + msg(b"C", b"SELECT 1\0")
+                                        + codec.ready_for_query(b"I")))
+        return audit
+
+    first, second, other = execute(1), execute(1), execute(2)
+    assert first.operation == {"protocol": "postgres", "database": "app", "via": "extended",
+                               "statement": "SELECT $1", "parameters": 1}
+    assert second.operation is first.operation  # scrubbed and encoded once for every execution
+    assert other.operation["parameters"] == 2 and other.operation is not first.operation
+    with pytest.raises(TypeError):
+        first.operation["statement"] = "changed"

@@ -23,6 +23,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from interceptor.audit.event import SharedSummary
 from interceptor.decision import Decision, MaskSpec, Verdict
 from interceptor.handlers.postgres import codec
 from interceptor.handlers.postgres.codec import (
@@ -171,6 +172,7 @@ class Statement:
     command: str | None = None
     error: str | None = None
     approval: dict[str, object] | None = None
+    prepared: Prepared | None = None  # the parsed statement an Execute ran
 
     @property
     def denied(self) -> bool:
@@ -184,6 +186,7 @@ class Prepared:
     approval: dict[str, object] | None = None
     columns: tuple[Column, ...] | None = None
     executions: int = 0
+    operation: SharedSummary | None = None  # what every execution's audit record says it ran
 
     def one_shot_spent(self) -> bool:
         """A one-shot approval at Parse covers one execution, not every later Execute."""
@@ -431,7 +434,7 @@ class ProxySession:
             return
         prepared.executions += 1
         statement = Statement(prepared.text, prepared.decision, "extended", self.clock(),
-                              parameters=portal.parameters, approval=prepared.approval)
+                              parameters=portal.parameters, approval=prepared.approval, prepared=prepared)
         self._expect.append(Expect("execute", statement, portal=portal))
         if len(self._expect) == 1:
             self._activate()
@@ -617,12 +620,13 @@ class ProxySession:
             return _withheld(str(exc))
 
     def _audit(self, statement: Statement) -> Audit:
-        operation: dict[str, object] = {
-            "protocol": "postgres", "database": self.database, "via": statement.via,
-            "statement": redact_literals(statement.text),
-        }
-        if statement.parameters:
-            operation["parameters"] = statement.parameters
+        prepared = statement.prepared
+        if prepared is None:
+            operation: dict[str, object] = self._operation(statement)
+        else:  # executed again and again: its summary is scrubbed and encoded once
+            if prepared.operation is None or prepared.operation.get("parameters", 0) != statement.parameters:
+                prepared.operation = SharedSummary(self._operation(statement))
+            operation = prepared.operation
         outcome: dict[str, object] = {
             "rows": statement.rows, "command": statement.command, "error": statement.error,
             "duration_ms": round((self.clock() - statement.started) * 1000, 3),
@@ -630,6 +634,15 @@ class ProxySession:
         if statement.approval is not None:
             outcome["approval"] = statement.approval
         return Audit(statement.decision, operation, outcome)
+
+    def _operation(self, statement: Statement) -> dict[str, object]:
+        operation: dict[str, object] = {
+            "protocol": "postgres", "database": self.database, "via": statement.via,
+            "statement": redact_literals(statement.text),
+        }
+        if statement.parameters:
+            operation["parameters"] = statement.parameters
+        return operation
 
     # ---- shared ---------------------------------------------------------------------
 
