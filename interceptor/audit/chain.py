@@ -48,6 +48,8 @@ def canonical_json(value: Any) -> str:
 
 
 _SLOT = secrets.token_hex(16)  # per process: no event can hold this text without knowing it
+
+
 def event_text(event: dict[str, Any]) -> str:
     """canonical_json(event), with the read-only per-flow summaries it carries encoded once
     per flow: JSON is compositional, so each summary's text is put where a placeholder

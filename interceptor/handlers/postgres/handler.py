@@ -11,6 +11,7 @@ import secrets
 import socket
 import ssl
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -318,7 +319,7 @@ class _Link:
         self.capture = bool(getattr(services.audit, "capture", False))  # session bytes for pcap export
         self._ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waits: dict[str, asyncio.Future[None] | None] = {UP: None, DOWN: None}  # a task or durability future
-        self._backlog: dict[str, list[bytes]] = {UP: [], DOWN: []}
+        self._backlog: dict[str, deque[bytes]] = {UP: deque(), DOWN: deque()}
         self._backlog_bytes = {UP: 0, DOWN: 0}
 
     async def run(self, leftover: bytes, pipelined: bytes) -> None:
@@ -401,7 +402,7 @@ class _Link:
         """The wait is over: what was read meanwhile goes through now, then reading resumes."""
         backlog = self._backlog[direction]
         while backlog and self._waits[direction] is None and not self._ended.done():
-            data = backlog.pop(0)
+            data = backlog.popleft()
             self._backlog_bytes[direction] -= len(data)
             self._feed(direction, data)
         self._reading()
