@@ -108,6 +108,15 @@ class ProgramClock:
         return out
 
 
+def _program_time(cgroup_root: Path, cgroup: Path, port: int, count: int, into: dict[str, list[float]]) -> None:
+    """A probe of `count` connects from `cgroup` on its own (the stats slow every run a
+    little), adding each program's time and runs per connect() to `into`."""
+    with ProgramClock(cgroup_root) as clock:
+        _probe(cgroup, "127.0.0.1", port, count, "connect")
+    for key, value in clock.ns_per_connect(count).items():
+        into.setdefault(key, []).append(value)
+
+
 def run(rounds: int = 5, count: int = 2000) -> dict:
     plain_sock, plain_port = _server("127.0.0.1", banner=False)
     echo_sock, echo_port = _server(RESOURCE_IP, banner=True)
@@ -123,17 +132,11 @@ def run(rounds: int = 5, count: int = 2000) -> dict:
                 daemon.start()
                 cgroup = daemon.cgroup_root / "interceptor" / "bench"
                 samples["hooked"] += _probe(cgroup, "127.0.0.1", plain_port, count, "connect")
-                with ProgramClock(daemon.cgroup_root) as clock:  # apart: the stats slow every run a little
-                    _probe(cgroup, "127.0.0.1", plain_port, count // 4, "connect")
-                for key, value in clock.ns_per_connect(count // 4).items():
-                    programs.setdefault(key, []).append(value)
+                _program_time(daemon.cgroup_root, cgroup, plain_port, count // 4, programs)
                 bystander = daemon.cgroup_root / "bench-not-an-agent"  # every other process on the host
                 bystander.mkdir(exist_ok=True)
-                with ProgramClock(daemon.cgroup_root) as clock:
-                    _probe(bystander, "127.0.0.1", plain_port, count // 4, "connect")
+                _program_time(daemon.cgroup_root, bystander, plain_port, count // 4, bystanders)
                 bystander.rmdir()
-                for key, value in clock.ns_per_connect(count // 4).items():
-                    bystanders.setdefault(key, []).append(value)
                 samples["redirected"] += _probe(cgroup, RESOURCE_IP, echo_port, count // 4, "connect")
                 samples["ttfb_enforcer"] += _probe(cgroup, RESOURCE_IP, echo_port, count // 4, "ttfb")
                 daemon.stop()
