@@ -8,7 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from typing import TYPE_CHECKING
+
 from interceptor.identity.model import Identity
+
+if TYPE_CHECKING:  # the policy package imports this module
+    from interceptor.policy.catalog import Catalog, CatalogUnavailable
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,12 +33,23 @@ class TcpConnect:
     kind = "tcp"
 
 
+Settings = tuple[tuple[str, str | None], ...]  # (name, value) of the session settings the enforcer follows
+
+
 @dataclass(frozen=True, slots=True)
 class SqlQuery:
-    """One query string as the client sent it (it may hold several statements)."""
+    """One query string as the client sent it (it may hold several statements), with the
+    server session's state it will run in: the followed settings in force (search_path,
+    client_encoding, role; see interceptor.policy.settings), what RESET returns them to,
+    and the database's catalog. `catalog` None: the engine's own (as in `policy test`);
+    a CatalogUnavailable: the catalog could not be read, so any statement that names a
+    relation or calls a function is denied with its message."""
 
     text: str
     database: str | None = None
+    settings: Settings = ()
+    defaults: Settings = ()
+    catalog: Catalog | CatalogUnavailable | None = None
     kind = "sql"
 
 

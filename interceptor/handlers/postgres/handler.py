@@ -85,37 +85,44 @@ class Upstream:
             raise
         return cls(pipe, login)
 
-    async def column_names(self, oids: tuple[int, ...]) -> dict[int, dict[int, str]]:
-        """`schema.table.column` by table OID and attnum, with one simple query."""
-        self.pipe.write(codec.query(_COLUMN_NAMES.format(", ".join(str(int(o)) for o in oids))))
-        names: dict[int, dict[int, str]] = {}
+    async def simple_query(self, sql: str) -> list[list[str | None]]:
+        """The rows of one simple Query, every field as text (None for NULL); LoginError
+        when the server answers with an error. Only for the enforcer's own connections."""
+        self.pipe.write(codec.query(sql))
+        rows: list[list[str | None]] = []
         error = None
         while True:
             kind, length = codec.HEADER.unpack(await self.pipe.read_exactly(5))
             body = await self.pipe.read_exactly(codec.frame_length(length, codec.MAX_MESSAGE, "upstream") - 4)
             if kind == b"D":
-                oid, attnum, name = _text_fields(body)
-                names.setdefault(int(oid), {})[int(attnum)] = name
+                rows.append(_text_fields(body))
             elif kind == b"E":
                 error = codec.read_fields(body).get("M", "error")
             elif kind == b"Z":
                 break
         if error is not None:
-            raise LoginError(f"column lookup failed: {error}")
+            raise LoginError(f"query failed: {error}")
+        return rows
+
+    async def column_names(self, oids: tuple[int, ...]) -> dict[int, dict[int, str]]:
+        """`schema.table.column` by table OID and attnum, with one simple query."""
+        names: dict[int, dict[int, str]] = {}
+        for oid, attnum, name in await self.simple_query(_COLUMN_NAMES.format(", ".join(str(int(o)) for o in oids))):
+            names.setdefault(int(str(oid)), {})[int(str(attnum))] = str(name)
         return names
 
     def close(self) -> None:
         self.pipe.abort()
 
 
-def _text_fields(body: bytes) -> list[str]:
+def _text_fields(body: bytes) -> list[str | None]:
     reader = codec.Reader(body, "DataRow")
-    fields = []
+    fields: list[str | None] = []
     for _ in range(reader.int16()):
         length = reader.int32()
         start = reader.pos
         reader.skip(max(length, 0))
-        fields.append(body[start:reader.pos].decode())
+        fields.append(None if length < 0 else body[start:reader.pos].decode())
     return fields
 
 

@@ -1,0 +1,246 @@
+"""The server's catalog, as the enforcer needs it to judge a statement the way the server
+will run it: relations of every kind with their columns, functions with their volatility,
+SECURITY DEFINER flag and language, and the login role's effective default search_path.
+
+The daemon reads it from each database through its own upstream connection
+(interceptor.handlers.postgres.catalog); `policy test` files give one inline or load a dump
+of a real server's (`interceptor catalog show --json`). Both are this one type.
+
+Name resolution follows PostgreSQL (docs, 5.9.3 "The Schema Search Path"): `pg_catalog` is
+searched first unless the path lists it elsewhere; `"$user"` stands for the current role's
+name when a schema of that name exists; schemas that do not exist are skipped; the session's
+temporary schema (`pg_temp`) is never known to the enforcer, whose catalog connection is not
+the agent's session, so a relation reached only through it is not in the catalog. Functions
+are resolved over the whole path (docs, 10.3 "Functions"): every function of that name in any
+schema of the path is a candidate, since argument types, not the path order alone, pick one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+VOLATILITY = {"i": "immutable", "s": "stable", "v": "volatile"}
+RELATION_KINDS = {"r": "table", "p": "partitioned table", "v": "view", "m": "materialized view",
+                  "f": "foreign table", "c": "composite type", "S": "sequence"}
+SYSTEM_SCHEMAS = frozenset({"pg_catalog", "information_schema"})
+
+
+class CatalogUnavailable(Exception):
+    """The catalog could not be read (query failed, timed out, connection refused): every
+    statement that needs it is denied with this message."""
+
+
+@dataclass(frozen=True, slots=True)
+class Relation:
+    """A pg_class row of one of RELATION_KINDS, with its live columns in attnum order."""
+
+    schema: str
+    name: str
+    kind: str = "r"  # pg_class.relkind
+    columns: tuple[str, ...] = ()
+    types: tuple[str, ...] = ()  # format_type() of each column, same order (may be empty)
+    oid: int = 0
+    functions: tuple[str, ...] = ()  # "schema.name" of functions its view definition or column defaults call
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class Function:
+    """A pg_proc row: a function, aggregate, window function or procedure."""
+
+    schema: str
+    name: str
+    arguments: tuple[str, ...] = ()  # input argument types, as pg_get_function_identity_arguments lists them
+    volatility: str = "volatile"  # immutable | stable | volatile
+    security_definer: bool = False
+    language: str = "internal"
+    kind: str = "f"  # pg_proc.prokind: f function, a aggregate, w window, p procedure
+    returns_set: bool = False
+    oid: int = 0
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class Catalog:
+    """An immutable snapshot of one database's catalog; `version` changes with its content."""
+
+    relations: Mapping[tuple[str, str], Relation]
+    functions: Mapping[tuple[str, str], tuple[Function, ...]]
+    schemas: frozenset[str]
+    default_search_path: tuple[str, ...] = ("$user", "public")
+    user: str = ""  # the login role: what "$user" stands for until a SET ROLE
+    database: str = ""
+    version: str = field(default="", compare=False)
+
+    @classmethod
+    def build(cls, relations: Iterable[Relation], functions: Iterable[Function] = (), *,
+              schemas: Iterable[str] = (), default_search_path: Sequence[str] = ("$user", "public"),
+              user: str = "", database: str = "") -> Catalog:
+        rels = {(r.schema, r.name): r for r in relations}
+        funcs: dict[tuple[str, str], list[Function]] = {}
+        for function in functions:
+            funcs.setdefault((function.schema, function.name), []).append(function)
+        known = frozenset(schemas) | {s for s, _ in rels} | {s for s, _ in funcs} | SYSTEM_SCHEMAS
+        catalog = cls(rels, {k: tuple(v) for k, v in funcs.items()}, known, tuple(default_search_path), user,
+                      database)
+        digest = hashlib.sha256(json.dumps(catalog.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+        object.__setattr__(catalog, "version", digest)
+        return catalog
+
+    @classmethod
+    def from_columns(cls, tables: Mapping[str, Sequence[str]], **kwargs: Any) -> Catalog:
+        """The short form of a test file: {"schema.table": [columns]} (tables only)."""
+        relations = []
+        for qualified, columns in tables.items():
+            schema, _, name = str(qualified).partition(".")
+            if not name:
+                raise ValueError(f"catalog table {qualified!r} must be schema-qualified (schema.table)")
+            relations.append(Relation(schema, name, "r", tuple(str(c) for c in columns)))
+        return cls.build(relations, **kwargs)
+
+    # -- lookups -------------------------------------------------------------------------
+
+    def relation(self, schema: str, name: str) -> Relation | None:
+        return self.relations.get((schema, name))
+
+    def columns(self, schema: str, table: str) -> tuple[str, ...] | None:
+        """Column names of a relation, None when the catalog does not hold it."""
+        relation = self.relations.get((schema, table))
+        return relation.columns if relation is not None else None
+
+    def functions_named(self, schema: str, name: str) -> tuple[Function, ...]:
+        return self.functions.get((schema, name), ())
+
+    # -- resolution ----------------------------------------------------------------------
+
+    def effective_path(self, path: Sequence[str], role: str | None = None) -> tuple[str, ...]:
+        """The schemas the server searches, in order, for a search_path setting `path`:
+        pg_catalog first unless listed, "$user" replaced by the role's name, schemas that
+        do not exist and pg_temp (unknown to the enforcer) left out."""
+        role = self.user if role is None else role
+        listed: list[str] = []
+        for schema in path:
+            name = role if schema == "$user" else schema
+            if name and name in self.schemas and name not in listed:
+                listed.append(name)
+        if "pg_catalog" not in path:
+            listed.insert(0, "pg_catalog")
+        return tuple(listed)
+
+    def resolve_relation(self, name: str, path: Sequence[str], role: str | None = None) -> Relation | None:
+        """The relation an unqualified `name` means: the first schema of the path holding it."""
+        for schema in self.effective_path(path, role):
+            relation = self.relations.get((schema, name))
+            if relation is not None:
+                return relation
+        return None
+
+    def function_candidates(self, name: str, path: Sequence[str], role: str | None = None) -> tuple[Function, ...]:
+        """Every function an unqualified call of `name` may resolve to: all of that name in
+        any schema of the path (argument types choose among them, so all are candidates)."""
+        found: list[Function] = []
+        for schema in self.effective_path(path, role):
+            found.extend(self.functions.get((schema, name), ()))
+        return tuple(found)
+
+    # -- dump and load -------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dump; `from_dict` reads it back (what `catalog show --json` prints)."""
+        return {
+            "database": self.database,
+            "user": self.user,
+            "default_search_path": list(self.default_search_path),
+            "schemas": sorted(self.schemas),
+            "relations": [_plain(asdict(r)) for _, r in sorted(self.relations.items())],
+            "functions": [_plain(asdict(f)) for _, fs in sorted(self.functions.items()) for f in fs],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Catalog:
+        """ValueError (naming the field) for a malformed dump."""
+        try:
+            relations = [Relation(**{**r, **{k: tuple(r.get(k, ())) for k in ("columns", "types", "functions")}})
+                         for r in data.get("relations", ())]
+            functions = [Function(**{**f, "arguments": tuple(f.get("arguments", ()))})
+                         for f in data.get("functions", ())]
+        except TypeError as exc:
+            raise ValueError(f"malformed catalog dump: {exc}") from None
+        return cls.build(relations, functions, schemas=data.get("schemas", ()),
+                         default_search_path=tuple(data.get("default_search_path", ("$user", "public"))),
+                         user=str(data.get("user", "")), database=str(data.get("database", "")))
+
+
+def _plain(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in row.items()}
+
+
+NAMEDATALEN = 64  # identifiers keep at most NAMEDATALEN - 1 bytes (docs, 4.1.1)
+_ASCII_UPPER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def truncate_identifier(name: str) -> str:
+    """What the server keeps of an identifier: its first 63 bytes (UTF-8), cut at a
+    character boundary (scansup.c truncate_identifier)."""
+    data = name.encode("utf-8")
+    if len(data) < NAMEDATALEN:
+        return name
+    return data[:NAMEDATALEN - 1].decode("utf-8", "ignore")
+
+
+def fold_identifier(name: str) -> str:
+    """An unquoted identifier as the server reads it: only ASCII A-Z folded to lower case
+    (downcase_identifier; other letters keep their case), then truncated."""
+    return truncate_identifier(name.translate(_ASCII_UPPER))
+
+
+def parse_search_path(value: str) -> tuple[str, ...] | None:
+    """A search_path setting's value as the server splits it (SplitIdentifierString):
+    comma-separated names, unquoted ones folded to lower case and trimmed, double-quoted
+    ones kept as written with "" for a quote. None when the value is malformed."""
+    names: list[str] = []
+    pos, size = 0, len(value)
+    while True:
+        while pos < size and value[pos].isspace():
+            pos += 1
+        if pos < size and value[pos] == '"':
+            end, name = pos + 1, []
+            while True:
+                close = value.find('"', end)
+                if close < 0:
+                    return None
+                name.append(value[end:close])
+                if value[close + 1:close + 2] == '"':
+                    name.append('"')
+                    end = close + 2
+                    continue
+                pos = close + 1
+                break
+            word = truncate_identifier("".join(name))
+            if not word:
+                return None
+        else:
+            start = pos
+            while pos < size and value[pos] != "," and not value[pos].isspace():
+                pos += 1
+            word = fold_identifier(value[start:pos])
+            if not word:
+                return None if names or value.strip() else ()
+        names.append(word)
+        while pos < size and value[pos].isspace():
+            pos += 1
+        if pos >= size:
+            return tuple(names)
+        if value[pos] != ",":
+            return None
+        pos += 1
