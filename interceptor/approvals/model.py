@@ -62,8 +62,21 @@ def normalize_request_id(text: str) -> str:
     return text.strip().upper().translate(_ID_READS_AS)
 
 
+_SESSION_STATE = ("settings", "defaults", "catalog")  # SqlQuery: where it runs, not what it is
+
+
 def operation_summary(request: Request) -> dict[str, Any]:
-    return {"kind": request.operation.kind, **dataclasses.asdict(request.operation)}
+    """What the approver sees and a grant covers: the operation's own fields, plus the
+    session settings it runs under (a SQL statement's search_path decides what it reads)."""
+    operation = request.operation
+    summary: dict[str, Any] = {"kind": operation.kind}
+    for item in dataclasses.fields(operation):
+        if item.name not in _SESSION_STATE:
+            summary[item.name] = getattr(operation, item.name)
+    settings = {name: value for name, value in getattr(operation, "settings", ()) if value is not None}
+    if settings:
+        summary["settings"] = settings
+    return summary
 
 
 def grant_key(request: Request, rule: str) -> str:
