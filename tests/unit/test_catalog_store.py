@@ -1,0 +1,256 @@
+"""CatalogStore: the daemon's catalogs by (resource, database), read through a fake upstream
+connection that answers the catalog query with canned rows."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from interceptor.handlers.postgres.auth import LoginError
+from interceptor.handlers.postgres.catalog import CATALOG_QUERY, CatalogStore, read_catalog
+from interceptor.policy.catalog import Catalog, CatalogUnavailable
+
+ROWS: list[list[str | None]] = [
+    ["s", '"$user", public', "owner", "app"],
+    ["n", "public"],
+    ["n", "sales"],
+    ["r", "16384", "sales", "orders", "r", '[["id", "integer"], ["total", "numeric(10,2)"]]'],
+    ["r", "16390", "sales", "report", "v", '[["id", "integer"]]'],
+    ["r", "16395", "public", "empty", "c", None],
+    ["d", "16390", "public", "audit_hit"],
+    ["d", "16390", "public", "audit_hit"],
+    ["f", "16400", "public", "audit_hit", '["integer", "text[]"]', "v", "t", "plpgsql", "f", "f", "t"],
+    ["f", "16401", "public", "now_ish", None, "s", "f", "sql", "f", "t", "f"],
+]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeUpstream:
+    """Answers the catalog query once `gate` is set (at once without one), or fails."""
+
+    def __init__(self, rows: list[list[str | None]], gate: asyncio.Event | None = None,
+                 error: Exception | None = None) -> None:
+        self.rows, self.gate, self.error = rows, gate, error
+        self.closed = False
+
+    async def simple_query(self, sql: str) -> list[list[str | None]]:
+        assert sql == CATALOG_QUERY
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.error is not None:
+            raise self.error
+        return self.rows
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class Server:
+    """connect() for the store: counts logins, hands out FakeUpstreams."""
+
+    def __init__(self, rows: list[list[str | None]] = ROWS, *, gate: asyncio.Event | None = None,
+                 login_error: Exception | None = None, query_error: Exception | None = None,
+                 login_hangs: bool = False) -> None:
+        self.rows, self.gate = rows, gate
+        self.login_error, self.query_error, self.login_hangs = login_error, query_error, login_hangs
+        self.logins = 0
+        self.upstreams: list[FakeUpstream] = []
+
+    def to(self, database: str) -> Callable[[], Awaitable[Any]]:
+        """connect() to `database` (the rows' settings row names it)."""
+
+        async def connect() -> Any:
+            self.logins += 1
+            if self.login_hangs:
+                await asyncio.Event().wait()
+            if self.login_error is not None:
+                raise self.login_error
+            rows = [row if row[0] != "s" else [*row[:3], database] for row in self.rows]
+            upstream = FakeUpstream(rows, self.gate, self.query_error)
+            self.upstreams.append(upstream)
+            return upstream
+
+        return connect
+
+
+def run(scenario: Callable[[], Awaitable[Any]]) -> Any:
+    return asyncio.run(scenario())
+
+
+def test_read_catalog_builds_relations_functions_and_calls() -> None:
+    catalog = run(lambda: read_catalog(FakeUpstream(ROWS), "app"))  # type: ignore[arg-type]
+    assert catalog.database == "app" and catalog.user == "owner"
+    assert catalog.default_search_path == ("$user", "public")
+    orders = catalog.relation("sales", "orders")
+    assert orders is not None and orders.columns == ("id", "total") and orders.types == ("integer", "numeric(10,2)")
+    assert orders.oid == 16384 and orders.kind == "r" and orders.functions == ()
+    report = catalog.relation("sales", "report")
+    assert report is not None and report.kind == "v" and report.functions == ("public.audit_hit",)
+    assert catalog.columns("public", "empty") == ()
+    (hit,) = catalog.functions_named("public", "audit_hit")
+    assert hit.arguments == ("integer", "VARIADIC text[]") and hit.volatility == "volatile"
+    assert hit.security_definer and hit.language == "plpgsql" and hit.oid == 16400 and not hit.returns_set
+    (now_ish,) = catalog.functions_named("public", "now_ish")
+    assert now_ish.arguments == () and now_ish.volatility == "stable" and now_ish.returns_set
+    assert {"public", "sales", "pg_catalog"} <= catalog.schemas
+
+
+@pytest.mark.parametrize("rows, database, message", [
+    (ROWS, "other", "is to database 'app', not 'other'"),
+    ([["s", "public, ", "owner", "app"]], "app", "does not parse"),
+    ([["n", "public"]], "app", "expected one settings row"),
+    ([*ROWS, ["r", "x", "public", "t", "r", None]], "app", "malformed catalog rows"),
+    ([*ROWS, ["z", "?"]], "app", "malformed catalog rows"),
+])
+def test_read_catalog_refuses_what_is_not_this_databases_catalog(rows: list[list[str | None]], database: str,
+                                                                 message: str) -> None:
+    with pytest.raises(CatalogUnavailable, match=message):
+        run(lambda: read_catalog(FakeUpstream(rows), database))  # type: ignore[arg-type]
+
+
+def test_concurrent_gets_share_one_read_and_the_connection_is_closed() -> None:
+    async def scenario() -> tuple[list[Catalog], Server]:
+        server = Server(gate=asyncio.Event())
+        store = CatalogStore()
+        waiting = [asyncio.ensure_future(store.get("db", "app", server.to("app"))) for _ in range(5)]
+        await asyncio.sleep(0.01)
+        assert server.logins == 1 and not any(w.done() for w in waiting)
+        assert server.gate is not None
+        server.gate.set()
+        return list(await asyncio.gather(*waiting)), server
+
+    catalogs, server = run(scenario)
+    assert server.logins == 1 and all(c is catalogs[0] for c in catalogs)
+    assert [u.closed for u in server.upstreams] == [True]
+
+
+def test_a_caller_giving_up_does_not_cancel_the_shared_read() -> None:
+    async def scenario() -> tuple[Catalog, Server]:
+        server = Server(gate=asyncio.Event())
+        store = CatalogStore()
+        impatient = asyncio.ensure_future(store.get("db", "app", server.to("app")))
+        patient = asyncio.ensure_future(store.get("db", "app", server.to("app")))
+        await asyncio.sleep(0.01)
+        impatient.cancel()
+        await asyncio.sleep(0.01)
+        assert server.gate is not None
+        server.gate.set()
+        return await patient, server
+
+    catalog, server = run(scenario)
+    assert catalog.relation("sales", "orders") is not None and server.logins == 1
+
+
+def test_entries_expire_after_ttl_and_peek_still_returns_the_stale_one() -> None:
+    async def scenario() -> None:
+        clock, server = Clock(), Server()
+        store = CatalogStore(ttl=300, clock=clock)
+        assert store.peek("db", "app") is None
+        first = await store.get("db", "app", server.to("app"))
+        clock.now += 299
+        assert await store.get("db", "app", server.to("app")) is first and server.logins == 1
+        clock.now += 2
+        assert store.peek("db", "app") is first  # stale, and peek does not read
+        (entry,) = store.entries()
+        assert not entry.fresh and entry.age == pytest.approx(301) and entry.catalog is first
+        second = await store.get("db", "app", server.to("app"))
+        assert server.logins == 2 and second == first and store.entries()[0].fresh
+
+    run(scenario)
+
+
+def test_a_failed_login_is_remembered_then_retried() -> None:
+    async def scenario() -> None:
+        clock = Clock()
+        server = Server(login_error=OSError("connection refused"))
+        store = CatalogStore(failure_ttl=5, clock=clock)
+        with pytest.raises(CatalogUnavailable, match="database 'app' on resource 'db'.*login failed: connection refused"):
+            await store.get("db", "app", server.to("app"))
+        clock.now += 4
+        with pytest.raises(CatalogUnavailable, match=r"login failed: connection refused \(4s ago"):
+            await store.get("db", "app", server.to("app"))
+        assert server.logins == 1 and store.entries()[0].failure is not None
+        clock.now += 2
+        server.login_error = None
+        catalog = await store.get("db", "app", server.to("app"))
+        assert server.logins == 2 and catalog.database == "app" and store.entries()[0].failure is None
+
+    run(scenario)
+
+
+def test_a_failed_query_says_so_and_closes_the_connection() -> None:
+    async def scenario() -> None:
+        server = Server(query_error=LoginError("query failed: permission denied for table pg_proc"))
+        with pytest.raises(CatalogUnavailable, match="query failed: .*permission denied"):
+            await CatalogStore().get("db", "app", server.to("app"))
+        assert [u.closed for u in server.upstreams] == [True]
+
+    run(scenario)
+
+
+def test_a_read_that_takes_too_long_is_unavailable() -> None:
+    async def scenario() -> None:
+        store = CatalogStore(timeout=0.05)
+        with pytest.raises(CatalogUnavailable, match=r"timed out after 0.05s logging in"):
+            await store.get("db", "app", Server(login_hangs=True).to("app"))
+        stuck = Server(gate=asyncio.Event())
+        with pytest.raises(CatalogUnavailable, match=r"timed out after 0.05s querying"):
+            await store.get("db", "other", stuck.to("other"))
+        assert [u.closed for u in stuck.upstreams] == [True]
+
+    run(scenario)
+
+
+def test_invalidate_drops_entries_so_the_next_get_reads_again() -> None:
+    async def scenario() -> None:
+        server = Server()
+        store = CatalogStore()
+        for resource, database in (("db", "app"), ("db", "app2"), ("other", "app")):
+            await store.get(resource, database, server.to(database))
+        assert store.invalidate("db", "app2") == 1
+        assert [(e.resource, e.database) for e in store.entries()] == [("db", "app"), ("other", "app")]
+        assert store.invalidate("db") == 1 and store.invalidate("db") == 0
+        assert store.peek("db", "app") is None and store.peek("other", "app") is not None
+        await store.get("db", "app", server.to("app"))
+        assert server.logins == 4
+
+    run(scenario)
+
+
+def test_what_a_read_under_way_returns_after_an_invalidate_is_not_kept() -> None:
+    async def scenario() -> None:
+        server = Server(gate=asyncio.Event())
+        store = CatalogStore()
+        before_ddl = asyncio.ensure_future(store.get("db", "app", server.to("app")))
+        await asyncio.sleep(0.01)
+        store.invalidate("db", "app")
+        assert server.gate is not None
+        server.gate.set()
+        assert (await before_ddl).database == "app"  # its waiter gets it
+        assert store.peek("db", "app") is None and store.entries() == []
+
+    run(scenario)
+
+
+def test_at_most_max_entries_keys_least_recently_used_dropped() -> None:
+    async def scenario() -> None:
+        server = Server()
+        store = CatalogStore(max_entries=2)
+        await store.get("db", "a", server.to("a"))
+        await store.get("db", "b", server.to("b"))
+        await store.get("db", "a", server.to("a"))  # a is now the most recently used
+        await store.get("db", "c", server.to("c"))
+        assert [e.database for e in store.entries()] == ["a", "c"]
+        assert store.peek("db", "b") is None and server.logins == 3
+
+    run(scenario)
