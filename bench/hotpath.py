@@ -51,7 +51,7 @@ def _traffic() -> tuple[bytes, bytes]:
 
 def _session() -> ProxySession:
     decision = Decision(Verdict.ALLOW, "reads")
-    session = ProxySession(judge=lambda text: decision, database="bench")
+    session = ProxySession(judge=lambda query: decision, database="bench")
     session.from_client(message(b"P", b"P0_1\0" + SQL.encode() + b"\0" + INT16.pack(0)) + message(b"S"))
     session.from_server(message(b"1") + message(b"Z", b"I"))
     return session

@@ -112,29 +112,32 @@ def _startup_params(data: bytes) -> dict[str, str]:
     return params
 
 
-def text(data: bytes | memoryview, what: str) -> str:
-    """Decode UTF-8 or raise a ProtocolViolation naming the field."""
+def text(data: bytes | memoryview, what: str, encoding: str = "utf-8") -> str:
+    """Decode (in the client encoding's Python codec) or raise a ProtocolViolation naming
+    the field."""
     try:
-        return bytes(data).decode("utf-8")
+        return bytes(data).decode(encoding)
     except UnicodeDecodeError as exc:
-        raise ProtocolViolation(f"{what} is not valid UTF-8 (byte {exc.start})") from None
+        name = "UTF-8" if encoding == "utf-8" else encoding
+        raise ProtocolViolation(f"{what} is not valid {name} (byte {exc.start})") from None
 
 
 class Reader:
     """Sequential reads of a message body, failing with ProtocolViolation when it is short."""
 
-    __slots__ = ("data", "pos", "what")
+    __slots__ = ("data", "pos", "what", "encoding")
 
-    def __init__(self, data: bytes | memoryview, what: str) -> None:
+    def __init__(self, data: bytes | memoryview, what: str, encoding: str = "utf-8") -> None:
         self.data = bytes(data)
         self.pos = 0
         self.what = what
+        self.encoding = encoding
 
     def cstring(self) -> str:
         end = self.data.find(b"\0", self.pos)
         if end < 0:
             raise ProtocolViolation(f"{self.what}: unterminated string")
-        value = text(self.data[self.pos:end], self.what)
+        value = text(self.data[self.pos:end], self.what, self.encoding)
         self.pos = end + 1
         return value
 
@@ -180,20 +183,21 @@ class Bind:
     result_formats: tuple[int, ...]
 
 
-def read_query(body: bytes | memoryview) -> str:
+def read_query(body: bytes | memoryview, encoding: str = "utf-8") -> str:
+    """A Query's text, decoded as the server will read it (`encoding`: a Python codec)."""
     data = bytes(body)
     if not data.endswith(b"\0"):
         raise ProtocolViolation("Query: unterminated string")
-    return text(data[:-1], "Query")
+    return text(data[:-1], "Query", encoding)
 
 
-def read_parse(body: bytes | memoryview) -> Parse:
-    reader = Reader(body, "Parse")
+def read_parse(body: bytes | memoryview, encoding: str = "utf-8") -> Parse:
+    reader = Reader(body, "Parse", encoding)
     return Parse(reader.cstring(), reader.cstring())
 
 
-def read_bind(body: bytes | memoryview) -> Bind:
-    reader = Reader(body, "Bind")
+def read_bind(body: bytes | memoryview, encoding: str = "utf-8") -> Bind:
+    reader = Reader(body, "Bind", encoding)
     portal, statement = reader.cstring(), reader.cstring()
     reader.skip(2 * reader.int16())
     parameters = reader.int16()
@@ -205,17 +209,24 @@ def read_bind(body: bytes | memoryview) -> Bind:
     return Bind(portal, statement, parameters, formats)
 
 
-def read_target(body: bytes | memoryview, what: str) -> tuple[str, str]:
+def read_target(body: bytes | memoryview, what: str, encoding: str = "utf-8") -> tuple[str, str]:
     """Describe / Close: ('S' or 'P', name)."""
-    reader = Reader(body, what)
+    reader = Reader(body, what, encoding)
     kind = chr(reader.byte())
     if kind not in "SP":
         raise ProtocolViolation(f"{what}: target type {kind!r} is neither 'S' nor 'P'")
     return kind, reader.cstring()
 
 
-def read_execute(body: bytes | memoryview) -> str:
-    return Reader(body, "Execute").cstring()
+def read_execute(body: bytes | memoryview, encoding: str = "utf-8") -> str:
+    return Reader(body, "Execute", encoding).cstring()
+
+
+def read_parameter_status(body: bytes | memoryview) -> tuple[str, str]:
+    """ParameterStatus: (name, value); the server sends both in the client encoding, and
+    the names and values the enforcer follows are ASCII."""
+    reader = Reader(body, "ParameterStatus", "latin-1")
+    return reader.cstring(), reader.cstring()
 
 
 def read_fields(body: bytes | memoryview) -> dict[str, str]:

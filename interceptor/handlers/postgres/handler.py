@@ -24,6 +24,7 @@ from interceptor.handlers.pipe import Pipe
 from interceptor.handlers.postgres import codec
 from interceptor.handlers.postgres.auth import LoginError, UpstreamLogin
 from interceptor.handlers.postgres.codec import Column, ProtocolViolation
+from interceptor.handlers.postgres.encoding import EncodingRefused, python_codec
 from interceptor.handlers.postgres.session import (
     CLIENT,
     Audit,
@@ -31,14 +32,14 @@ from interceptor.handlers.postgres.session import (
     Command,
     Hold,
     ProxySession,
-    Refused,
+    RefreshCatalog,
     ResolveTables,
     RowMask,
     Send,
-    Startup,
-    accept_startup,
-    database_allowed,
 )
+from interceptor.handlers.postgres.startup import Refused, Startup, accept_startup, database_allowed
+from interceptor.policy.catalog import Catalog, CatalogUnavailable
+from interceptor.policy.settings import SessionSettings
 from interceptor.masking import TEXT_TYPE_OIDS, ColumnMasker, mask_datarow
 from interceptor.operations import SqlQuery
 
@@ -113,6 +114,57 @@ class Upstream:
 
     def close(self) -> None:
         self.pipe.abort()
+
+
+class CatalogSource:
+    """One session's catalog: taken from the daemon's cache (or read, over a connection of
+    the enforcer's own with the resource's credentials) at login, read again after DDL the
+    session let through, and following the cache when it holds a newer one. A catalog that
+    cannot be read is a CatalogUnavailable: statements that need it are denied, the session
+    goes on. With no cache configured (None), statements are judged without a catalog."""
+
+    def __init__(self, services: Services, resource: str, database: str, host: str, port: int,
+                 credentials: dict[str, str], tls: ssl.SSLContext | None, server_name: str | None) -> None:
+        self.store = services.catalogs
+        self.resource = resource
+        self.database = database
+        self._params = {"user": credentials["user"], "database": database, "client_encoding": "UTF8"}
+        self._dial = (host, port, credentials["password"], tls, server_name)
+        self._catalog: Catalog | CatalogUnavailable | None = None
+
+    async def _connect(self) -> Upstream:
+        host, port, password, tls, server_name = self._dial
+        return await Upstream.connect(host, port, self._params, password, tls, server_name)
+
+    async def load(self) -> None:
+        if self.store is None:
+            return
+        try:
+            self._catalog = await self.store.get(self.resource, self.database, self._connect)
+        except CatalogUnavailable as exc:
+            self._catalog = exc
+
+    async def refresh(self) -> None:
+        if self.store is not None:
+            self.store.invalidate(self.resource, self.database)
+        await self.load()
+
+    def current(self) -> Catalog | CatalogUnavailable | None:
+        if self.store is not None:
+            cached = self.store.peek(self.resource, self.database)
+            if cached is not None:
+                self._catalog = cached
+        return self._catalog
+
+
+def _parameter_statuses(frames: list[bytes]) -> dict[str, str]:
+    """name -> value of the ParameterStatus messages among login frames."""
+    found = {}
+    for frame in frames:
+        if frame[:1] == b"S":
+            name, value = codec.read_parameter_status(frame[5:])
+            found[name.lower()] = value
+    return found
 
 
 def _text_fields(body: bytes) -> list[str | None]:
@@ -206,6 +258,10 @@ class PostgresHandler:
         startup, credentials, pipelined = first
         try:
             await self._session(flow, client, services, startup, credentials, pipelined, started)
+        except Refused as exc:
+            client.write(codec.error_response(exc.code, f"interceptor: {exc}", severity="FATAL"))
+            await client.flush()
+            await _audit_connection(services, flow, "deny", "startup", str(exc), {"database": startup.database})
         except (LoginError, OSError, ProtocolViolation) as exc:
             client.write(codec.error_response("08006", f"interceptor: {exc}", severity="FATAL"))
             await client.flush()
@@ -260,15 +316,29 @@ class PostgresHandler:
         upstream = await connect()
         pid, secret = secrets.randbits(31), secrets.token_bytes(32 if startup.minor >= 2 else 4)
         login = upstream.login
+        reported = _parameter_statuses(login.forward)
+        server_encoding = reported.get("server_encoding", "UTF8")
+        client_encoding = reported.get("client_encoding", server_encoding)
+        try:
+            python_codec(client_encoding, server_encoding)
+        except EncodingRefused as exc:
+            upstream.close()
+            raise Refused("0A000", f"{exc} (the server's default client_encoding for this role or database)") from None
+        catalogs = CatalogSource(services, flow.resource or "", startup.database, host, port, credentials, tls,
+                                 server_name)
+        await catalogs.load()
         client.writelines([startup.greeting, codec.authentication_ok(), *login.forward,
                            codec.backend_key_data(pid, secret), codec.ready_for_query(login.status or b"I")])
         if login.backend_key is not None:
             self._cancel_keys[(pid, secret)] = _CancelTarget(host, port, *login.backend_key, flow.agent)
+        settings = SessionSettings.start({"search_path": startup.params.get("search_path"),
+                                          "client_encoding": client_encoding, "role": None})
         session = ProxySession(
-            judge=lambda text: services.decide(services.request(flow, SqlQuery(text, startup.database))),
-            database=startup.database, mask_factory=mask_factory(),
+            judge=lambda query: services.decide(services.request(flow, query)),
+            database=startup.database, catalog=catalogs.current, epoch=services.epoch, settings=settings,
+            server_encoding=server_encoding, mask_factory=mask_factory(),
         )
-        link = _Link(flow, services, session, client, upstream, connect)
+        link = _Link(flow, services, session, client, upstream, connect, catalogs)
         error = None
         try:
             await link.run(login.leftover, pipelined)
@@ -314,8 +384,9 @@ class _Link:
     A direction also stops reading while the peer it writes to is not taking bytes."""
 
     def __init__(self, flow: FlowContext, services: Services, session: ProxySession, client: Pipe,
-                 upstream: Upstream, connect: Callable[[], Awaitable[Upstream]]) -> None:
+                 upstream: Upstream, connect: Callable[[], Awaitable[Upstream]], catalogs: CatalogSource) -> None:
         self.flow = flow
+        self.catalogs = catalogs
         self.services = services
         self.session = session
         self.client = client
@@ -444,6 +515,9 @@ class _Link:
             elif kind is ResolveTables:
                 waiting = self._resolve(command)
                 break
+            elif kind is RefreshCatalog:
+                waiting = self._refresh()
+                break
             elif kind is Close:
                 self._write(to_client, to_server)
                 self._end(None)
@@ -465,7 +539,7 @@ class _Link:
             self.flow, "statement", command.decision, operation=command.operation, outcome=command.outcome))
 
     async def _hold(self, command: Hold) -> list[Command]:
-        request = self.services.request(self.flow, SqlQuery(command.text, self.session.database))
+        request = self.services.request(self.flow, SqlQuery(command.text, self.session.database, command.settings))
         broker = self.services.approvals
         if broker is None:
             return self.session.approval(False, None, "no approval broker is configured")
@@ -475,6 +549,10 @@ class _Link:
             self._apply(self.session.waiting_notice(pending.request_id, timeout))  # only Sends
         outcome = await pending.wait()
         return self.session.approval(outcome.approved, outcome.request_id, outcome.reason, outcome.approver)
+
+    async def _refresh(self) -> list[Command]:
+        await self.catalogs.refresh()
+        return self.session.catalog_read()
 
     async def _resolve(self, command: ResolveTables) -> list[Command]:
         if self.lookup is None:

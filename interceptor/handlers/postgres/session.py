@@ -14,7 +14,6 @@ error, and a later COMMIT rolls back.
 
 from __future__ import annotations
 
-import fnmatch
 import re
 import secrets
 import struct
@@ -26,23 +25,23 @@ from dataclasses import dataclass
 from interceptor.audit.event import SharedSummary
 from interceptor.decision import Decision, MaskSpec, Verdict
 from interceptor.handlers.postgres import codec
-from interceptor.handlers.postgres.codec import (
-    MAX_MESSAGE,
-    Column,
-    ProtocolViolation,
-)
+from interceptor.handlers.postgres.codec import MAX_MESSAGE, Column, ProtocolViolation
+from interceptor.handlers.postgres.encoding import EncodingRefused, canonical, client_only, python_codec
+from interceptor.handlers.postgres.names import Change, record
+from interceptor.operations import SqlQuery
+from interceptor.policy.catalog import Catalog, CatalogUnavailable
+from interceptor.policy.settings import Effect, SessionSettings
 from interceptor.textcache import short_text_cache
 
 CLIENT, SERVER = "client", "server"
-PASSED_PARAMETERS = frozenset({
-    "application_name", "client_encoding", "datestyle", "timezone", "intervalstyle", "extra_float_digits",
-    "search_path", "statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout",
-})
 _STREAM_CLIENT = frozenset(b"d")  # CopyData from the client is forwarded as it arrives
 _STREAM_SERVER = frozenset(b"d")
 _STREAM_SERVER_ROWS = frozenset(b"dD")
-_ASYNC = frozenset(b"NSA")  # notices, parameter status, notifications: any time, no state
+_ASYNC = frozenset(b"NA")  # notices, notifications: any time, no state
+_EXTENDED = frozenset(b"PBEDCH")  # messages of an extended-query segment (until Sync)
 _FRAME = struct.Struct("!BI")  # message type as a number, length
+_WAIT_LIMIT = 16 << 20  # bytes an agent may pipeline while the enforcer waits for the server
+_CATALOG_CHANGES = frozenset({"create", "alter", "drop", "comment", "grant", "revoke"})
 
 RowMask = Callable[[memoryview], bytes]
 MaskFactory = Callable[[tuple[MaskSpec, ...], tuple[Column, ...], tuple[str | None, ...]], RowMask | None]
@@ -57,54 +56,6 @@ def _derived_from_masked(decision: Decision) -> dict[int, str]:
         for output in detail.get("masked_outputs", ()):
             derived.setdefault(int(output["position"]), str(output["columns"][0]))
     return derived
-
-
-class Refused(Exception):
-    """Startup refused: send FATAL `code` `message` to the client and close."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-@dataclass(frozen=True, slots=True)
-class Startup:
-    user: str
-    database: str
-    params: dict[str, str]  # what is passed upstream besides user and database
-    minor: int  # protocol minor version spoken with the client (0 or 2)
-    greeting: bytes  # NegotiateProtocolVersion when the client asked for more than 3.2
-
-
-def accept_startup(packet: codec.StartupPacket) -> Startup:
-    """Check a StartupMessage; only harmless session settings reach the server."""
-    params = dict(packet.params)
-    user = params.pop("user", "")
-    if not user:
-        raise Refused("28000", "no PostgreSQL user name specified in startup packet")
-    database = params.pop("database", "") or user
-    if "replication" in params and params["replication"].lower() not in ("0", "off", "false", "no"):
-        raise Refused("42501", "replication connections are not allowed through the enforcer")
-    params.pop("replication", None)
-    unrecognized = sorted(name for name in params if name.startswith("_pq_."))
-    refused = sorted(n for n in params if n.lower() not in PASSED_PARAMETERS and not n.startswith("_pq_."))
-    if refused:
-        raise Refused("42501", f"startup parameter(s) {', '.join(refused)} are not allowed through the enforcer "
-                               f"(allowed: {', '.join(sorted(PASSED_PARAMETERS))})")
-    minor = packet.version & 0xFFFF
-    greeting = b""
-    if minor > 2 or unrecognized:
-        greeting = codec.negotiate_protocol_version(min(minor, 2), unrecognized)
-    passed = {k: v for k, v in params.items() if not k.startswith("_pq_.")}
-    return Startup(user, database, passed, 2 if minor >= 2 else 0, greeting)
-
-
-def database_allowed(database: str, patterns: tuple[str, ...] | None, credentials_database: str | None) -> bool:
-    """Patterns from the resource when it lists databases; else only the credentials' own
-    database when they name one; else any (the server's grants decide)."""
-    if patterns:
-        return any(fnmatch.fnmatchcase(database, p) for p in patterns)
-    return credentials_database is None or database == credentials_database
 
 
 _LITERAL = re.compile(r"""(?:[eE]?'(?:[^']|'')*')|(\$[A-Za-z_]*\$)(?:.|\n)*?\1|(?<![\w$.])\d+(?:\.\d+)?(?:[eE][-+]?\d+)?""")
@@ -135,10 +86,11 @@ class Audit:
 
 @dataclass(frozen=True, slots=True)
 class Hold:
-    """Ask for approval of `text`; answer with `ProxySession.approval(...)`."""
+    """Ask for approval of `text` (run with `settings`); answer with `ProxySession.approval(...)`."""
 
     text: str
     decision: Decision
+    settings: tuple[tuple[str, str | None], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,11 +101,18 @@ class ResolveTables:
 
 
 @dataclass(frozen=True, slots=True)
+class RefreshCatalog:
+    """DDL the enforcer let through has run: read the catalog again and answer with
+    `ProxySession.catalog_read` (statements after it wait for the new catalog)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Close:
     reason: str
 
 
-Command = Send | Audit | Hold | ResolveTables | Close
+Command = Send | Audit | Hold | ResolveTables | RefreshCatalog | Close
+Context = tuple[object, tuple[tuple[str, str | None], ...], str]  # epoch, settings, catalog version
 
 
 # ---- per-statement bookkeeping ------------------------------------------------------
@@ -173,6 +132,8 @@ class Statement:
     error: str | None = None
     approval: dict[str, object] | None = None
     prepared: Prepared | None = None  # the parsed statement an Execute ran
+    effects: tuple[tuple[Effect, ...], ...] = ()  # per statement of the text, what it changes in the session
+    completed: int = 0  # CommandCompletes seen so far
 
     @property
     def denied(self) -> bool:
@@ -181,8 +142,12 @@ class Statement:
 
 @dataclass(slots=True)
 class Prepared:
+    """A statement the server holds under a name, with the decision for the context
+    (epoch, settings, catalog) it was last judged in."""
+
     text: str
     decision: Decision
+    context: Context
     approval: dict[str, object] | None = None
     columns: tuple[Column, ...] | None = None
     executions: int = 0
@@ -196,9 +161,14 @@ class Prepared:
 
 @dataclass(slots=True)
 class Portal:
-    prepared: Prepared | None
+    """A bound statement: names were resolved with the settings of its Bind."""
+
+    prepared: Prepared
+    decision: Decision
+    context: Context
     parameters: int
     formats: tuple[int, ...]
+    segment: int  # the Sync segment that created it: it ends with that transaction
     columns: tuple[Column, ...] | None = None
 
 
@@ -211,6 +181,8 @@ class Expect:
     statement: Statement | None = None
     prepared: Prepared | None = None  # describe-statement: where its columns go
     portal: Portal | None = None  # describe-portal / execute
+    change: Change | None = None  # parse / bind / close: what a failure or a skip undoes
+    segment: int = 0  # query / sync: the segment it ends
 
 
 class _Stream:
@@ -302,24 +274,49 @@ class _Stream:
 
 
 class ProxySession:
-    """Judges an agent's SQL and relays the rest; see the module docstring."""
+    """Judges an agent's SQL and relays the rest; see the module docstring.
 
-    def __init__(self, *, judge: Callable[[str], Decision], database: str,
-                 mask_factory: MaskFactory | None = None, clock: Callable[[], float] = time.monotonic,
-                 client_limit: int = 256 << 20, server_limit: int = MAX_MESSAGE, nonce: str | None = None) -> None:
+    The session follows the server's state as it applies it: the settings that decide how
+    a statement reads (search_path, client_encoding, role; `predicted` after what was let
+    through, `confirmed` after what the server answered), the prepared statements and
+    portals by name, and the catalog. A statement is judged in the state it will run in;
+    where that depends on an answer still to come (a setting changed earlier in a pipeline,
+    DDL that changes the catalog), the agent's next messages wait for it.
+    """
+
+    def __init__(self, *, judge: Callable[[SqlQuery], Decision], database: str,
+                 catalog: Callable[[], Catalog | CatalogUnavailable | None] = lambda: None,
+                 epoch: Callable[[], object] = lambda: None, settings: SessionSettings | None = None,
+                 server_encoding: str = "UTF8", mask_factory: MaskFactory | None = None,
+                 clock: Callable[[], float] = time.monotonic, client_limit: int = 256 << 20,
+                 server_limit: int = MAX_MESSAGE, nonce: str | None = None) -> None:
         self.judge = judge
         self.database = database
+        self.catalog = catalog
+        self.epoch = epoch
+        self.server_encoding = server_encoding
         self.mask_factory = mask_factory
         self.clock = clock
         self.sentinel = f"interceptor_denied_{nonce or secrets.token_hex(8)}"
         self._sentinel_bytes = self.sentinel.encode()
         self.status = b"I"
         self.closed = False
+        self.confirmed = settings or SessionSettings.start({})
+        self.predicted = self.confirmed.copy()
+        self._defaults = tuple(self.confirmed.defaults.items())
+        self._touched = False  # predicted has changes the server has not confirmed yet
+        self._codec = self._client_codec(self.predicted)
+        self._reported_encoding: str | None = None
+        self._catalog_stale = False  # DDL was let through: read the catalog before judging more
         self._client = _Stream("client", client_limit)
         self._server = _Stream("server", server_limit)
         self._expect: deque[Expect] = deque()
         self._statements: dict[str, Prepared] = {}
         self._portals: dict[str, Portal] = {}
+        self._segment = 0  # extended-query segments (and Queries) sent so far
+        self._in_segment = False  # an extended-query message came since the last Sync
+        self._doomed = False  # a refusal was sent in this segment: the server skips to Sync
+        self._waiting: str | None = None  # why the client's next message waits for the server
         self._held: tuple[tuple[int, int, int], str | None, str, Decision] | None = None
         self._awaiting_tables: tuple[int, ...] = ()
         self._tables: dict[int, dict[int, str]] = {}
@@ -329,7 +326,7 @@ class ProxySession:
     # ---- client -> server ---------------------------------------------------------
 
     def from_client(self, data: bytes) -> list[Command]:
-        """Commands for bytes the agent sent (b"" resumes after a hold was answered)."""
+        """Commands for bytes the agent sent (b"" resumes after a hold or a wait)."""
         stream = self._client
         if data:
             shift = stream.pos
@@ -339,7 +336,10 @@ class ProxySession:
                 self._held = ((kind, start - shift, end - shift), name, text, decision)
         out: list[Command] = []
         try:
-            while self._held is None and not self.closed:
+            if self._waiting is not None and len(stream.data) - stream.pos > _WAIT_LIMIT:
+                raise ProtocolViolation(f"more than {_WAIT_LIMIT} bytes pipelined while the enforcer waits "
+                                        f"for the server ({self._waiting})")
+            while self._held is None and self._waiting is None and not self.closed:
                 frame = stream.next(_STREAM_CLIENT)
                 if frame is None:
                     break
@@ -351,31 +351,40 @@ class ProxySession:
 
     def _client_frame(self, frame: tuple[int, int, int], out: list[Command]) -> None:
         kind, start, end = frame
+        if kind in _EXTENDED or kind == 0x51:  # a statement may start here: judged in a settled state
+            if (kind == 0x51 or not self._in_segment) and not self._settle(frame, out):
+                return
+            if kind != 0x51:
+                self._in_segment = True
+            if self._doomed and kind != 0x51:
+                return  # the server discards it (until Sync) after the refusal sent before it
         body = self._client.view[start + 5:end]
         if kind == 0x51:  # Q
-            self._judged(codec.read_query(body), None, frame, out)
+            if self._doomed:
+                return
+            self._segment += 1
+            self._judged(codec.read_query(body, self._codec), None, frame, out)
         elif kind == 0x50:  # P
-            parse = codec.read_parse(body)
+            parse = codec.read_parse(body, self._codec)
             self._judged(parse.query, parse.statement, frame, out)
         elif kind == 0x42:  # B
-            bind = codec.read_bind(body)
-            self._portals[bind.portal] = Portal(self._statements.get(bind.statement), bind.parameters,
-                                                bind.result_formats)
-            self._expect.append(Expect("bind"))
+            self._bind(codec.read_bind(body, self._codec), frame)
         elif kind == 0x45:  # E
-            self._execute(codec.read_execute(body), frame)
+            self._execute(codec.read_execute(body, self._codec), frame)
         elif kind == 0x44:  # D
-            target, name = codec.read_target(body, "Describe")
+            target, name = codec.read_target(body, "Describe", self._codec)
             if target == "S":
                 self._expect.append(Expect("describe", prepared=self._statements.get(name)))
             else:
                 self._expect.append(Expect("describe", portal=self._portals.get(name)))
         elif kind == 0x43:  # C
-            target, name = codec.read_target(body, "Close")
-            (self._statements if target == "S" else self._portals).pop(name, None)
-            self._expect.append(Expect("close"))
+            target, name = codec.read_target(body, "Close", self._codec)
+            table = self._statements if target == "S" else self._portals
+            self._expect.append(Expect("close", change=record(table, name, None)))  # type: ignore[arg-type]
         elif kind == 0x53:  # S
-            self._expect.append(Expect("sync"))
+            self._segment += 1
+            self._in_segment = self._doomed = False
+            self._expect.append(Expect("sync", segment=self._segment))
         elif kind == 0x58:  # X
             self.closed = True
             _send(out, SERVER, self._client.take())
@@ -386,6 +395,36 @@ class ProxySession:
         elif kind not in (0x48, 0x64, 0x63, 0x66):  # H, CopyData, CopyDone, CopyFail pass
             raise ProtocolViolation(f"invalid frontend message type {chr(kind)!r}")
 
+    def _settle(self, frame: tuple[int, int, int], out: list[Command]) -> bool:
+        """At the start of a statement's segment: may it be judged now? Not while the server
+        still owes answers that may change the settings it will run with, or DDL let through
+        may have changed the catalog; then the client waits (False) and `from_server` resumes
+        it once the server is idle."""
+        if self._expect:
+            if self._touched or self._catalog_stale or not _quiet(self.confirmed):
+                self._pause(frame, out, "a pipelined statement may change the session's settings or catalog")
+                return False
+            return True
+        if self._touched:
+            self.predicted, self._touched = self.confirmed.copy(), False
+            self._codec = self._client_codec(self.predicted)
+        if self._catalog_stale:
+            self._pause(frame, out, "reading the catalog again after DDL")
+            out.append(RefreshCatalog())
+            return False
+        return True
+
+    def _pause(self, frame: tuple[int, int, int], out: list[Command], why: str) -> None:
+        self._waiting = why
+        self._client.stop(frame[1])
+        _send(out, SERVER, self._client.take())
+
+    def catalog_read(self) -> list[Command]:
+        """The catalog was read again after DDL (`RefreshCatalog`): judging resumes."""
+        self._catalog_stale = False
+        self._waiting = None
+        return self.from_client(b"")
+
     def _judged(self, text: str, name: str | None, frame: tuple[int, int, int], out: list[Command]) -> None:
         """Judge a Query (`name` None) or a Parse of statement `name`."""
         decision = self._decide(text)
@@ -393,57 +432,133 @@ class ProxySession:
             self._held = (frame, name, text, decision)
             self._client.stop(frame[1])
             _send(out, SERVER, self._client.take())
-            out.append(Hold(text, decision))
+            out.append(Hold(text, decision, self.predicted.snapshot()))
             return
         self._admit(text, name, frame, decision, None)
 
     def _admit(self, text: str, name: str | None, frame: tuple[int, int, int], decision: Decision,
                approval: dict[str, object] | None) -> None:
         statement = Statement(text, decision, "simple" if name is None else "extended", self.clock(),
-                              approval=approval)
-        if name is None:
-            if statement.denied:
+                              approval=approval, effects=_effects(decision))
+        if statement.denied:
+            if name is None:
                 self._deny(statement, frame, codec.query(self.sentinel))
             else:
-                self._expect.append(Expect("query", statement))
+                if name == "":
+                    self._statements.pop("", None)  # the server drops the unnamed statement first
+                self._deny(statement, frame, codec.parse(name, self.sentinel))
             return
-        if statement.denied:
-            self._statements.pop(name, None)  # the server will not have it either
-            self._deny(statement, frame, codec.parse(name, self.sentinel))
-        else:
-            self._statements[name] = Prepared(text, decision, approval)
-            self._expect.append(Expect("parse"))
+        self._catalog_stale |= _changes_catalog(decision)
+        if name is None:
+            self._expect.append(Expect("query", statement, segment=self._segment))
+            for effects in statement.effects:
+                self._predict(effects)
+            return
+        prepared = Prepared(text, decision, self._context(), approval)
+        self._expect.append(Expect("parse", change=record(self._statements, name, prepared)))
 
     def _deny(self, statement: Statement, frame: tuple[int, int, int], sentinel: bytes) -> None:
         self._client.replace(frame[1], frame[2], [sentinel])
-        self._expect.append(Expect("query" if statement.via != "extended" else "parse", statement))
+        extended = statement.via == "extended"
+        self._doomed |= extended
+        self._expect.append(Expect("parse" if extended else "query", statement, segment=self._segment))
+
+    def _refuse(self, text: str, rule: str, reason: str, frame: tuple[int, int, int], parameters: int = 0) -> None:
+        """Refuse a Bind or Execute: a Parse of a name that is never created stands in for it."""
+        statement = Statement(text, Decision.deny(rule, reason), "extended", self.clock(), parameters=parameters)
+        self._deny(statement, frame, codec.parse(self.sentinel, self.sentinel))
+
+    def _bind(self, bind: codec.Bind, frame: tuple[int, int, int]) -> None:
+        prepared = self._statements.get(bind.statement)
+        if prepared is None:
+            self._refuse(f"<Bind of {bind.statement or 'the unnamed statement'}>", "unknown-statement",
+                         f"prepared statement {bind.statement!r} is not one the enforcer judged (it was never "
+                         "prepared through the enforcer, or was refused, closed or deallocated)", frame)
+            return
+        context = self._context()
+        decision = self._rejudged(prepared, context, self.predicted)
+        if decision.verdict is Verdict.DENY:
+            self._refuse(prepared.text, decision.rule, decision.reason, frame, bind.parameters)
+            return
+        portal = Portal(prepared, decision, context, bind.parameters, bind.result_formats, self._segment)
+        self._expect.append(Expect("bind", change=record(self._portals, bind.portal, portal)))
+
+    def _rejudged(self, prepared: Prepared, context: Context, settings: SessionSettings) -> Decision:
+        """The prepared statement's decision in `context`: judged again when the policy, the
+        identity, the settings or the catalog changed since (the server re-analyses a
+        statement when its search_path changed: docs, PREPARE, Notes)."""
+        if context == prepared.context:
+            return prepared.decision
+        decision = self._decide(prepared.text, settings)
+        if decision.verdict is Verdict.APPROVE and not (prepared.approval and prepared.approval.get("approved")
+                                                       and decision.rule == prepared.decision.rule):
+            decision = Decision.deny(decision.rule, "this statement now needs approval (the policy, identity or "
+                                                    "session changed since it was prepared); prepare it again")
+        if settings is self.predicted:
+            prepared.decision, prepared.context = decision, context
+        return decision
 
     def _execute(self, portal_name: str, frame: tuple[int, int, int]) -> None:
         portal = self._portals.get(portal_name)
-        if portal is None or portal.prepared is None:
-            # Unknown portal: the server will refuse it; nothing runs, nothing to audit.
-            self._expect.append(Expect("execute"))
+        if portal is None:
+            self._refuse(f"<Execute of {portal_name or 'the unnamed portal'}>", "unknown-portal",
+                         f"portal {portal_name!r} is not one the enforcer judged (never bound through the "
+                         "enforcer, refused, closed, or ended with its transaction)", frame)
             return
         prepared = portal.prepared
+        if self.epoch() != portal.context[0]:  # a reload or identity change between Bind and Execute
+            bound = SessionSettings.of(portal.context[1], self._defaults)
+            portal.decision = self._rejudged(prepared, (self.epoch(), *portal.context[1:]), bound)
+            portal.context = (self.epoch(), *portal.context[1:])
+            if portal.decision.verdict is Verdict.DENY:
+                self._refuse(prepared.text, portal.decision.rule, portal.decision.reason, frame, portal.parameters)
+                return
         if prepared.one_shot_spent():
-            rule = prepared.decision.rule
-            denial = Decision.deny(rule, "the one-shot approval was used by an earlier execution; "
-                                         "prepare the statement again to ask for a new approval")
-            self._deny(Statement(prepared.text, denial, "extended", self.clock(), parameters=portal.parameters),
-                       frame, codec.parse("", self.sentinel))
+            self._refuse(prepared.text, prepared.decision.rule, "the one-shot approval was used by an earlier "
+                         "execution; prepare the statement again to ask for a new approval", frame, portal.parameters)
             return
         prepared.executions += 1
-        statement = Statement(prepared.text, prepared.decision, "extended", self.clock(),
-                              parameters=portal.parameters, approval=prepared.approval, prepared=prepared)
+        statement = Statement(prepared.text, portal.decision, "extended", self.clock(), parameters=portal.parameters,
+                              approval=prepared.approval, prepared=prepared, effects=_effects(portal.decision))
+        for effects in statement.effects:
+            self._predict(effects)
         self._expect.append(Expect("execute", statement, portal=portal))
         if len(self._expect) == 1:
             self._activate()
 
-    def _decide(self, text: str) -> Decision:
+    def _predict(self, effects: tuple[Effect, ...]) -> None:
+        """What a statement let through will change once it runs: later statements of the
+        same segment are judged with it (if it fails, the server skips them)."""
+        for effect in effects:
+            if effect.kind in ("deallocate", "deallocate_all", "discard_all"):
+                self._deallocate(effect)
+            before = self.predicted.values
+            self.predicted.apply(effect)
+            if self.predicted.values != before or not _quiet(self.predicted):
+                self._touched = True
+        self._codec = self._client_codec(self.predicted)
+
+    def _deallocate(self, effect: Effect) -> None:
+        if effect.kind == "deallocate" and effect.name is not None:
+            self._statements.pop(effect.name, None)
+        else:
+            self._statements.clear()
+
+    def _context(self) -> Context:
+        return self.epoch(), self.predicted.snapshot(), _catalog_version(self.catalog())
+
+    def _decide(self, text: str, settings: SessionSettings | None = None) -> Decision:
+        state = settings or self.predicted
         try:
-            return self.judge(text)
+            return self.judge(SqlQuery(text, self.database, state.snapshot(), self._defaults, self.catalog()))
         except Exception as exc:  # noqa: BLE001 - a policy failure must deny, not crash the session
             return Decision.deny("policy-error", f"policy evaluation failed: {exc}")
+
+    def _client_codec(self, settings: SessionSettings) -> str:
+        try:
+            return python_codec(settings.get("client_encoding") or self.server_encoding, self.server_encoding)
+        except EncodingRefused as exc:
+            raise ProtocolViolation(str(exc)) from None
 
     def approval(self, approved: bool, request_id: str | None, reason: str, approver: str | None = None) -> list[Command]:
         """Resume after a Hold: run the statement or deny it, then continue with the client's bytes."""
@@ -496,46 +611,92 @@ class ProxySession:
         if self._to_client and stream.at_boundary():
             pieces += self._take_inserts()
         _send(out, CLIENT, pieces)
+        if self._waiting is not None and not self._expect and not self.closed:
+            out += self._resume()
         return out
+
+    def _resume(self) -> list[Command]:
+        """The server is idle: a client message waiting for it is judged now."""
+        self._waiting = None
+        return self.from_client(b"")
 
     def _server_frame(self, frame: tuple[int, int, int], out: list[Command]) -> None:
         kind, start, end = frame
         if kind in _ASYNC:
             return
         body = self._server.view[start + 5:end]
+        if kind == 0x53:  # ParameterStatus
+            self._parameter_status(body)
+            return
         head = self._expect[0] if self._expect else None
         if kind == 0x44:  # D, only when a row mask is active
             self._server.replace(start, end, [_frame(b"D", self._row_mask(body))])
         elif kind == 0x54:  # T
             self._row_description(frame, body, head, out)
         elif kind == 0x43:  # C
-            tag = codec.text(body[:-1], "CommandComplete")
-            if head is not None and head.statement is not None:
-                head.statement.command = tag
-                rows = codec.command_rows(tag)
-                if rows is not None:
-                    head.statement.rows = (head.statement.rows or 0) + rows
-            if head is not None and head.kind == "execute":
-                self._finish(frame, out)
+            self._command_complete(frame, codec.text(body[:-1], "CommandComplete"), head, out)
         elif kind in (0x49, 0x73):  # EmptyQueryResponse, PortalSuspended
             if head is not None and head.kind == "execute":
                 self._finish(frame, out)
         elif kind == 0x45:  # E
             self._error(frame, body, head, out)
         elif kind == 0x5A:  # Z
-            self.status = bytes(body[:1])
-            if head is not None and head.kind in ("query", "sync"):
-                self._finish(frame, out)
+            self._ready(frame, bytes(body[:1]), head, out)
         elif kind in (0x31, 0x32, 0x33, 0x6E):  # ParseComplete, BindComplete, CloseComplete, NoData
             if head is not None and head.kind in ("parse", "bind", "close", "describe"):
                 self._pop()
+
+    def _command_complete(self, frame: tuple[int, int, int], tag: str, head: Expect | None,
+                          out: list[Command]) -> None:
+        statement = head.statement if head is not None else None
+        if statement is not None:
+            statement.command = tag
+            rows = codec.command_rows(tag)
+            if rows is not None:
+                statement.rows = (statement.rows or 0) + rows
+            if statement.effects:
+                if statement.completed >= len(statement.effects):
+                    raise ProtocolViolation(f"the server ran more statements than the enforcer judged in "
+                                            f"{redact_literals(statement.text)[:80]!r}")
+                for effect in statement.effects[statement.completed]:
+                    self.confirmed.apply(effect)
+            statement.completed += 1
+        if head is not None and head.kind == "execute":
+            self._finish(frame, out)
+
+    def _ready(self, frame: tuple[int, int, int], status: bytes, head: Expect | None, out: list[Command]) -> None:
+        self.status = status
+        self.confirmed.ready(status)
+        if status == b"I" and head is not None:  # the transaction ended: so did its portals
+            for name in [n for n, p in self._portals.items() if p.segment <= head.segment]:
+                del self._portals[name]
+        if self._reported_encoding is not None:
+            confirmed = self.confirmed.get("client_encoding") or self.server_encoding
+            if canonical(confirmed) != canonical(self._reported_encoding):
+                raise ProtocolViolation(f"the server reports client_encoding {self._reported_encoding!r} where the "
+                                        f"enforcer expected {confirmed!r}")
+            self._reported_encoding = None
+        if head is not None and head.kind in ("query", "sync"):
+            self._finish(frame, out)
+
+    def _parameter_status(self, body: memoryview) -> None:
+        """The server reports a setting it changed; client_encoding is one the enforcer follows."""
+        name, value = codec.read_parameter_status(body)
+        if name.lower() == "client_encoding":
+            if client_only(value) or canonical(value) is None:
+                raise ProtocolViolation(f"the server switched client_encoding to {value!r}, which the enforcer refuses")
+            self._reported_encoding = value
 
     def _row_description(self, frame: tuple[int, int, int], body: memoryview, head: Expect | None,
                          out: list[Command]) -> None:
         if head is None:
             return
-        prepared = head.prepared or (head.portal.prepared if head.portal else None)
-        decision = head.statement.decision if head.statement else (prepared.decision if prepared else None)
+        if head.statement is not None:
+            decision: Decision | None = head.statement.decision
+        elif head.portal is not None:
+            decision = head.portal.decision
+        else:
+            decision = head.prepared.decision if head.prepared is not None else None
         if decision is not None and decision.masks:
             columns = codec.read_row_description(body)
             missing = tuple(sorted({c.table_oid for c in columns if c.table_oid and c.table_oid not in self._tables}))
@@ -571,6 +732,7 @@ class ProxySession:
         return self.mask_factory(decision.masks, columns, tuple(names))
 
     def _error(self, frame: tuple[int, int, int], body: memoryview, head: Expect | None, out: list[Command]) -> None:
+        self.confirmed.error()
         statement = head.statement if head is not None else None
         replacement = None
         if statement is not None and statement.denied and self._sentinel_bytes in bytes(body):
@@ -580,9 +742,15 @@ class ProxySession:
         elif statement is not None:
             statement.error = codec.read_fields(body).get("M", "error")
         if head is not None and head.kind not in ("query", "sync"):
+            if head.change is not None:
+                head.change.failed()
             self._finish(frame, out)
+            skipped = []
             while self._expect and self._expect[0].kind != "sync":
-                self._expect.popleft()  # the server skips these until Sync
+                skipped.append(self._expect.popleft())  # the server skips these until Sync
+            for expect in reversed(skipped):
+                if expect.change is not None:
+                    expect.change.undo()
             self._row_mask = None
         if replacement is not None:
             self._server.replace(frame[1], frame[2], [replacement])
@@ -603,19 +771,18 @@ class ProxySession:
         """Rows stream untouched unless the response now due is an Execute the policy masks."""
         self._row_mask = None
         head = self._expect[0] if self._expect else None
-        if head is not None and head.kind == "execute" and head.portal is not None:
-            prepared = head.portal.prepared
-            if prepared is not None and prepared.decision.masks:
-                self._row_mask = self._execute_mask(head.portal, prepared)
+        if head is not None and head.kind == "execute" and head.portal is not None and head.portal.decision.masks:
+            self._row_mask = self._execute_mask(head.portal)
 
-    def _execute_mask(self, portal: Portal, prepared: Prepared) -> RowMask | None:
+    def _execute_mask(self, portal: Portal) -> RowMask | None:
         columns = portal.columns
+        prepared = portal.prepared
         if columns is None and prepared.columns is not None:
             columns = tuple(_with_format(c, portal.formats, i) for i, c in enumerate(prepared.columns))
         if columns is None:
             return _withheld("the policy masks this statement's result but its columns were never described")
         try:
-            return self._mask_for(prepared.decision, columns)
+            return self._mask_for(portal.decision, columns)
         except ValueError as exc:  # raised when the first row arrives, on the server side
             return _withheld(str(exc))
 
@@ -680,3 +847,27 @@ def _withheld(reason: str) -> RowMask:
         raise ValueError(reason)
     return refuse
 
+
+
+def _effects(decision: Decision) -> tuple[tuple[Effect, ...], ...]:
+    """Per statement of the text, what it changes in the session (the policy's analysis)."""
+    return tuple(tuple(Effect.from_dict(e) for e in detail.get("effects", ()))  # type: ignore[attr-defined]
+                 for detail in decision.details)
+
+
+def _changes_catalog(decision: Decision) -> bool:
+    kinds = (str(detail.get("kind", "")) for detail in decision.details)
+    return any(k in _CATALOG_CHANGES or k.startswith(("create_", "alter_", "drop_")) for k in kinds)
+
+
+def _quiet(settings: SessionSettings) -> bool:
+    """No change is pending that an answer of the server could still undo or make final."""
+    base = settings.base
+    return (settings.values == base and settings.session == base
+            and all(v == base and s == base for _, v, s in settings.savepoints))
+
+
+def _catalog_version(catalog: Catalog | CatalogUnavailable | None) -> str:
+    if isinstance(catalog, Catalog):
+        return catalog.version
+    return "" if catalog is None else f"unavailable: {catalog}"
