@@ -26,24 +26,25 @@ if TYPE_CHECKING:  # the handler hands the store its connections (and may import
 
 _SKIPPED_SCHEMAS = "n.nspname <> 'pg_toast' AND NOT pg_catalog.pg_is_other_temp_schema(n.oid)"
 
-# The functions a relation's rewrite rules (a view's definition; not for the server's own
-# views) or its column defaults call, directly or through an operator: (the relation's oid,
-# the function's schema, its name).
+# The functions a relation's rewrite rules (a view's definition, a rule's action and
+# condition; not for the server's own views) or its column defaults and generated columns
+# call, directly, as an aggregate or window function, or through an operator: (the
+# relation's oid, the function's schema, its name). Found in the stored expression trees,
+# not pg_depend, which records no dependency on the server's own (pinned) functions such as
+# now() or pg_read_file(). In a tree's text a token's spaces are backslash-escaped, so only
+# a node's own field can read ":funcid 123".
 _CALLS = """
 SELECT 'd', o.relid, pn.nspname, p.proname
-FROM (SELECT r.ev_class AS relid, d.refclassid, d.refobjid
-      FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_rewrite r ON r.oid = d.objid
-      JOIN pg_catalog.pg_class c ON c.oid = r.ev_class JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-      WHERE d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass
-        AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+FROM (SELECT r.ev_class AS relid, pg_catalog.concat(r.ev_action, r.ev_qual) AS tree
+      FROM pg_catalog.pg_rewrite r JOIN pg_catalog.pg_class c ON c.oid = r.ev_class
+      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+      WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
       UNION ALL
-      SELECT a.adrelid, d.refclassid, d.refobjid
-      FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_attrdef a ON a.oid = d.objid
-      WHERE d.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass) o
-LEFT JOIN pg_catalog.pg_operator op
-       ON o.refclassid = 'pg_catalog.pg_operator'::pg_catalog.regclass AND op.oid = o.refobjid
-JOIN pg_catalog.pg_proc p ON p.oid = CASE WHEN o.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass
-                                          THEN o.refobjid ELSE op.oprcode::pg_catalog.oid END
+      SELECT a.adrelid, a.adbin::pg_catalog.text FROM pg_catalog.pg_attrdef a) o
+CROSS JOIN LATERAL pg_catalog.regexp_matches(o.tree, ':(funcid|aggfnoid|winfnoid|opno) ([0-9]+)', 'g') AS m(f)
+LEFT JOIN pg_catalog.pg_operator op ON m.f[1] = 'opno' AND op.oid = m.f[2]::pg_catalog.oid
+JOIN pg_catalog.pg_proc p
+  ON p.oid = CASE WHEN m.f[1] = 'opno' THEN op.oprcode::pg_catalog.oid ELSE m.f[2]::pg_catalog.oid END
 JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace
 """
 
@@ -77,7 +78,7 @@ async def read_catalog(upstream: Upstream, database: str) -> Catalog:
     Relations of every kind in catalog.RELATION_KINDS (pg_toast and other sessions'
     temporary schemas left out) with their live columns and types in attnum order and,
     outside pg_catalog and information_schema, the functions their rewrite rules (a view's
-    definition) or column defaults call; every pg_proc row; every schema; the login role's
+    definition) or column defaults call (see _CALLS); every pg_proc row; every schema; the login role's
     effective search_path (`current_setting`, so a startup parameter would show in it too),
     current_user and current_database().
 
