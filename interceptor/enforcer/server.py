@@ -74,7 +74,7 @@ def _listen(host: str, port: int, backlog: int) -> socket.socket:
 class Enforcer:
     def __init__(self, redirect: Redirect, audit: AuditSink, snapshot: Callable[[], Snapshot],
                  identity: Callable[[str], Identity | None], identity_required: Callable[[str], bool],
-                 credentials: Callable[[str], Any], approvals: Any = None, *,
+                 credentials: Callable[[str], Any], approvals: Any = None, *, catalogs: Any = None,
                  on_connection: Callable[[str | None, str | None, str], None] = lambda agent, resource, decision: None,
                  on_decision: Callable[[Decision], None] = lambda decision: None) -> None:
         self.redirect = redirect
@@ -84,6 +84,7 @@ class Enforcer:
         self.identity_required = identity_required
         self.credentials = credentials
         self.approvals = approvals
+        self.catalogs = catalogs  # interceptor.handlers.postgres.catalog.CatalogStore
         self.on_connection = on_connection  # (agent, resource, allow|deny), for metrics
         self.on_decision = on_decision  # every operation's decision, for metrics
         self.sessions: dict[str, Session] = {}
@@ -180,6 +181,8 @@ class Enforcer:
             resource=spec,
             credentials=lambda: self.credentials(resource),
             approvals=self.approvals,
+            catalogs=self.catalogs,
+            epoch=lambda: (self.snapshot().engine, self.identity(flow.agent)),
         )
         self.on_connection(flow.agent, resource, "allow")
         session = Session(flow, conn, services.traffic)

@@ -131,6 +131,8 @@ class CatalogSource:
         self._params = {"user": credentials["user"], "database": database, "client_encoding": "UTF8"}
         self._dial = (host, port, credentials["password"], tls, server_name)
         self._catalog: Catalog | CatalogUnavailable | None = None
+        self._loaded_at = 0.0
+        self._reading: asyncio.Task[None] | None = None  # a read after the cache's ttl ran out
 
     async def _connect(self) -> Upstream:
         host, port, password, tls, server_name = self._dial
@@ -139,6 +141,7 @@ class CatalogSource:
     async def load(self) -> None:
         if self.store is None:
             return
+        self._loaded_at = self.store.clock()
         try:
             self._catalog = await self.store.get(self.resource, self.database, self._connect)
         except CatalogUnavailable as exc:
@@ -150,11 +153,26 @@ class CatalogSource:
         await self.load()
 
     def current(self) -> Catalog | CatalogUnavailable | None:
-        if self.store is not None:
-            cached = self.store.peek(self.resource, self.database)
-            if cached is not None:
-                self._catalog = cached
+        """The newest catalog known now (never waits); past the cache's ttl a read starts
+        in the background, and statements use it once it is in."""
+        if self.store is None:
+            return None
+        cached = self.store.peek(self.resource, self.database)
+        if cached is not None:
+            self._catalog = cached
+        if self._reading is None and self.store.clock() - self._loaded_at > self.store.ttl:
+            self._reading = asyncio.get_running_loop().create_task(self._reload())
         return self._catalog
+
+    async def _reload(self) -> None:
+        try:
+            await self.load()
+        finally:
+            self._reading = None
+
+    def close(self) -> None:
+        if self._reading is not None:
+            self._reading.cancel()
 
 
 def _parameter_statuses(frames: list[bytes]) -> dict[str, str]:
@@ -584,6 +602,7 @@ class _Link:
             if isinstance(task, asyncio.Task):  # an audit record's durability future is the sink's
                 task.cancel()
         self.upstream.close()
+        self.catalogs.close()
         if self.lookup is not None:
             self.lookup.close()
 
