@@ -27,6 +27,7 @@ from interceptor.handlers.postgres.codec import Column, ProtocolViolation
 from interceptor.handlers.postgres.encoding import EncodingRefused, python_codec
 from interceptor.handlers.postgres.session import (
     CLIENT,
+    CLIENT_TERMINATED,
     Audit,
     Close,
     Command,
@@ -367,6 +368,8 @@ class PostgresHandler:
         finally:
             self._cancel_keys.pop((pid, secret), None)
             link.close()
+        if error is None and link.closed_because not in (None, CLIENT_TERMINATED):
+            error = link.closed_because  # a protocol violation or a state the enforcer could not follow
         await _audit_connection(services, flow, "allow" if error is None else "error", "session", error,
                                 {"database": startup.database, "user": startup.user,
                                  "upstream_user": credentials["user"]},
@@ -412,6 +415,7 @@ class _Link:
         self.connect = connect
         self.lookup: Upstream | None = None
         self.statements = 0
+        self.closed_because: str | None = None  # why the session closed the link, when it did
         self.capture = bool(getattr(services.audit, "capture", False))  # session bytes for pcap export
         self._ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waits: dict[str, asyncio.Future[None] | None] = {UP: None, DOWN: None}  # a task or durability future
@@ -538,6 +542,7 @@ class _Link:
                 break
             elif kind is Close:
                 self._write(to_client, to_server)
+                self.closed_because = command.reason
                 self._end(None)
                 return None, []
         self._write(to_client, to_server)

@@ -34,12 +34,14 @@ from interceptor.policy.settings import Effect, SessionSettings
 from interceptor.textcache import short_text_cache
 
 CLIENT, SERVER = "client", "server"
+CLIENT_TERMINATED = "client terminated the session"
 _STREAM_CLIENT = frozenset(b"d")  # CopyData from the client is forwarded as it arrives
 _STREAM_SERVER = frozenset(b"d")
 _STREAM_SERVER_ROWS = frozenset(b"dD")
 _ASYNC = frozenset(b"NA")  # notices, notifications: any time, no state
 _EXTENDED = frozenset(b"PBEDCH")  # messages of an extended-query segment (until Sync)
 _FRAME = struct.Struct("!BI")  # message type as a number, length
+_FLUSH = b"H\x00\x00\x00\x04"
 _WAIT_LIMIT = 16 << 20  # bytes an agent may pipeline while the enforcer waits for the server
 _CATALOG_CHANGES = frozenset({"create", "alter", "drop", "comment", "grant", "revoke"})
 
@@ -388,7 +390,7 @@ class ProxySession:
         elif kind == 0x58:  # X
             self.closed = True
             _send(out, SERVER, self._client.take())
-            out.append(Close("client terminated the session"))
+            out.append(Close(CLIENT_TERMINATED))
         elif kind == 0x46:  # F: fastpath function calls bypass SQL, so they are refused
             decision = Decision.deny("function-call", "fastpath FunctionCall is not allowed through the enforcer")
             self._deny(Statement("<FunctionCall>", decision, "function", self.clock()), frame, codec.query(self.sentinel))
@@ -415,9 +417,11 @@ class ProxySession:
         return True
 
     def _pause(self, frame: tuple[int, int, int], out: list[Command], why: str) -> None:
+        """Keep the client's bytes from `frame` on for later; a Flush makes the server send
+        what it owes even if the client sent no Sync (its answers are what the wait is for)."""
         self._waiting = why
         self._client.stop(frame[1])
-        _send(out, SERVER, self._client.take())
+        _send(out, SERVER, [*self._client.take(), *([_FLUSH] if self._expect else [])])
 
     def catalog_read(self) -> list[Command]:
         """The catalog was read again after DDL (`RefreshCatalog`): judging resumes."""
