@@ -23,6 +23,7 @@ from interceptor.config import Settings
 from interceptor.control import ControlServer
 from interceptor.decision import Verdict
 from interceptor.enforcer.server import Enforcer, Snapshot
+from interceptor.handlers.postgres.catalog import CatalogStore, StoreEntry
 from interceptor.metrics import Gauges, Metrics, MetricsServer
 from interceptor.operations import Request, Subject, TcpConnect
 from interceptor.redirect import DenyEvent, Redirect, cgroups
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 
 HOSTNAME_REFRESH_S = 30.0
 APPROVAL_METHODS = ("approvals.list", "approvals.approve", "approvals.deny")
+CATALOG_PROTOCOLS = ("postgres",)  # resources whose databases' catalogs the daemon reads
 
 
 def _identity_configs(policy: Any) -> dict[str, Any]:
@@ -91,6 +93,7 @@ class Daemon:
         self._stopping = asyncio.Event()
         self.metrics = Metrics(__version__)
         self.metrics_server: MetricsServer | None = None
+        self.catalogs = CatalogStore()  # the databases' catalogs the enforcer judges statements with
 
     # -- policy ---------------------------------------------------------------------------
 
@@ -294,6 +297,45 @@ class Daemon:
                  "bytes_down": s.traffic.down, "age_s": round(now - s.started, 1)}
                 for s in self.enforcer.sessions.values()]
 
+    def _catalog_resource(self, resource: str) -> None:
+        """ValueError unless `resource` is a resource of the running policy that has catalogs."""
+        resources = self.snapshot.policy.resources
+        spec = resources.get(resource)
+        if spec is None:
+            raise ValueError(f"unknown resource {resource!r} (the policy has: {', '.join(sorted(resources)) or 'none'})")
+        if spec.protocol not in CATALOG_PROTOCOLS:
+            raise ValueError(f"resource {resource!r} is {spec.protocol}, which has no database catalog")
+
+    def catalog_show(self, resource: str | None = None, database: str | None = None,
+                     **_: Any) -> list[dict[str, Any]]:
+        """What the catalog cache holds, per (resource, database), optionally of one resource
+        or database: read_at (epoch s), age_s, fresh (younger than the ttl), relation and
+        function counts, the login role's default search_path and user, the catalog's
+        version, the last read's failure while it is remembered, and whether a read is under
+        way. ValueError for an unknown resource."""
+        if resource is not None:
+            self._catalog_resource(resource)
+        return [_catalog_entry(entry) for entry in self.catalogs.entries()
+                if resource in (None, entry.resource) and database in (None, entry.database)]
+
+    def catalog_dump(self, resource: str, database: str, **_: Any) -> dict[str, Any]:
+        """The whole catalog held for one database of a resource (Catalog.to_dict, what a
+        `policy test` file loads), even past its ttl. ValueError for an unknown resource or
+        when none is held."""
+        self._catalog_resource(resource)
+        catalog = self.catalogs.peek(resource, database)
+        if catalog is None:
+            raise ValueError(f"no catalog of database {database!r} on resource {resource!r} is held: the daemon "
+                             "reads one when an agent's session there starts")
+        return catalog.to_dict()
+
+    def catalog_refresh(self, resource: str, database: str | None = None, **_: Any) -> dict[str, Any]:
+        """Drop the cached catalogs of a resource (of one database, or all) so the next session
+        there reads them again: {"resource", "database", "dropped": count}. ValueError for an
+        unknown resource."""
+        self._catalog_resource(resource)
+        return {"resource": resource, "database": database, "dropped": self.catalogs.invalidate(resource, database)}
+
     async def _gauges(self) -> Gauges:
         """The present state, read at each /metrics scrape."""
         pending = await self.approvals.list(pending_only=True)
@@ -322,7 +364,9 @@ class Daemon:
         self.redirect.apply(self.snapshot.plan)
         self.redirect.on_deny(self._on_deny)
         methods = {"status": self.status, "sessions": self.sessions, "policy.reload": self.reload,
-                   "identity.status": self.identity_status, "identity.login": self.identity_login}
+                   "identity.status": self.identity_status, "identity.login": self.identity_login,
+                   "catalog.show": self.catalog_show, "catalog.dump": self.catalog_dump,
+                   "catalog.refresh": self.catalog_refresh}
         methods.update({name: functools.partial(self._approvals_call, name) for name in APPROVAL_METHODS})
         self.control = ControlServer(self.settings.control_socket, methods, self.settings.admin_group)
         await self.control.start()
@@ -365,6 +409,18 @@ class Daemon:
 
         spec = self.snapshot.policy.resources[resource]
         return await resolve_credentials(spec.credentials)
+
+
+def _catalog_entry(entry: StoreEntry) -> dict[str, Any]:
+    catalog = entry.catalog
+    return {"resource": entry.resource, "database": entry.database,
+            "read_at": round(entry.read_at, 3) if entry.read_at is not None else None,
+            "age_s": round(entry.age, 1) if entry.age is not None else None, "fresh": entry.fresh,
+            "relations": len(catalog.relations) if catalog else None,
+            "functions": sum(len(f) for f in catalog.functions.values()) if catalog else None,
+            "default_search_path": list(catalog.default_search_path) if catalog else None,
+            "user": catalog.user if catalog else None, "version": catalog.version if catalog else None,
+            "failure": entry.failure, "reading": entry.reading}
 
 
 def run(settings: Settings) -> None:

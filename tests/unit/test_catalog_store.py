@@ -1,16 +1,25 @@
 """CatalogStore: the daemon's catalogs by (resource, database), read through a fake upstream
-connection that answers the catalog query with canned rows."""
+connection that answers the catalog query with canned rows; the daemon's catalog control
+methods and `interceptor catalog show | refresh`."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from click.testing import CliRunner, Result
 
+from interceptor.catalog_cli import catalog
+from interceptor.control import ControlClient, ControlError
+from interceptor.daemon import Daemon
 from interceptor.handlers.postgres.auth import LoginError
 from interceptor.handlers.postgres.catalog import CATALOG_QUERY, CatalogStore, read_catalog
+from interceptor.policy import load_policy_text
 from interceptor.policy.catalog import Catalog, CatalogUnavailable
 
 ROWS: list[list[str | None]] = [
@@ -254,3 +263,94 @@ def test_at_most_max_entries_keys_least_recently_used_dropped() -> None:
         assert store.peek("db", "b") is None and server.logins == 3
 
     run(scenario)
+
+
+POLICY = """version: 1
+resources:
+  db: {protocol: postgres, addresses: ["10.0.0.5:5432"]}
+  echo: {protocol: tcp, addresses: ["10.0.0.6:7"]}
+agents:
+  bot: {uids: [1001]}
+rules:
+  - {name: r1, effect: allow, agents: [bot], resources: [db], sql: {kinds: [select]}}
+"""
+
+
+class Control:
+    """The daemon's catalog control methods behind the control client's interface."""
+
+    def __init__(self, store: CatalogStore) -> None:
+        daemon = Daemon.__new__(Daemon)  # no cgroups, redirect or sockets: only what the methods use
+        daemon.catalogs = store
+        daemon.snapshot = SimpleNamespace(policy=load_policy_text(POLICY, "p.yaml"))  # type: ignore[assignment]
+        self.methods = {"catalog.show": daemon.catalog_show, "catalog.dump": daemon.catalog_dump,
+                        "catalog.refresh": daemon.catalog_refresh}
+
+    def call(self, method: str, **params: Any) -> Any:
+        try:
+            return self.methods[method](peer={"uid": 0}, **params)
+        except ValueError as exc:  # what the control server answers as {"error": ...}
+            raise ControlError(str(exc)) from None
+
+
+def cli(store: CatalogStore, *args: str) -> Result:
+    return CliRunner().invoke(catalog, list(args), obj={"control": Control(store)})
+
+
+def held(*keys: tuple[str, str]) -> CatalogStore:
+    server = Server()
+    store = CatalogStore()
+
+    async def fill() -> None:
+        for resource, database in keys:
+            await store.get(resource, database, server.to(database))
+
+    asyncio.run(fill())
+    return store
+
+
+def test_catalog_show_lists_what_the_daemon_holds() -> None:
+    store = held(("db", "app"), ("db", "other"))
+    shown = cli(store, "show")
+    assert shown.exit_code == 0, shown.output
+    header, *rows = shown.output.splitlines()
+    assert header.split()[:4] == ["RESOURCE", "DATABASE", "READ", "AT"] and len(rows) == 2
+    assert rows[0].split()[:2] == ["db", "app"] and "3" in rows[0].split() and "fresh" in rows[0]
+    assert '"$user", public' in rows[0]
+    as_json = json.loads(cli(store, "show", "--database", "other", "--json").output)
+    assert [(e["database"], e["relations"], e["functions"], e["default_search_path"]) for e in as_json] == [
+        ("other", 3, 2, ["$user", "public"])]
+    assert "no catalogs held for resource db database nope" in cli(store, "show", "db", "--database", "nope").output
+
+
+def test_catalog_show_json_of_one_database_is_a_dump_policy_tests_load() -> None:
+    store = held(("db", "app"))
+    shown = cli(store, "show", "db", "--database", "app", "--json")
+    assert shown.exit_code == 0, shown.output
+    assert Catalog.from_dict(json.loads(shown.output)) == store.peek("db", "app")
+    missing = cli(store, "show", "db", "--database", "other", "--json")
+    assert missing.exit_code == 1 and "no catalog of database 'other' on resource 'db' is held" in missing.output
+
+
+def test_catalog_refresh_drops_so_the_next_session_reads_again() -> None:
+    store = held(("db", "app"), ("db", "other"))
+    one = cli(store, "refresh", "db", "--database", "app")
+    assert one.exit_code == 0 and "dropped 1 catalog(s) of database app on resource db" in one.output
+    assert "reads it again" in one.output and store.peek("db", "app") is None
+    every = cli(store, "refresh", "db")
+    assert "dropped 1 catalog(s) of every database" in every.output and store.entries() == []
+
+
+@pytest.mark.parametrize("args, message", [
+    (("refresh", "nope"), "unknown resource 'nope' (the policy has: db, echo)"),
+    (("show", "nope"), "unknown resource 'nope'"),
+    (("show", "echo", "--database", "x", "--json"), "resource 'echo' is tcp, which has no database catalog"),
+])
+def test_catalog_commands_name_a_bad_resource(args: tuple[str, ...], message: str) -> None:
+    result = cli(CatalogStore(), *args)
+    assert result.exit_code == 1 and message in result.output
+
+
+def test_catalog_commands_say_when_the_daemon_is_not_running(tmp_path: Path) -> None:
+    result = CliRunner().invoke(catalog, ["show"], obj={"control": ControlClient(tmp_path / "control.sock")})
+    assert result.exit_code == 1 and "the interceptor daemon is not running" in result.output
