@@ -291,9 +291,11 @@ def _register_groups() -> None:
 
     from interceptor.approvals.cli import approvals
     from interceptor.audit.cli import audit
+    from interceptor.catalog_cli import catalog
 
     main.add_command(approvals)
     main.add_command(audit)
+    main.add_command(catalog)
 
 
 _register_groups()

@@ -18,7 +18,6 @@ schema of the path is a candidate, since argument types, not the path order alon
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -80,21 +79,23 @@ class Catalog:
     default_search_path: tuple[str, ...] = ("$user", "public")
     user: str = ""  # the login role: what "$user" stands for until a SET ROLE
     database: str = ""
+    unusable: frozenset[str] = frozenset()  # schemas the login role has no USAGE on: a search_path skips them
     version: str = field(default="", compare=False)
 
     @classmethod
     def build(cls, relations: Iterable[Relation], functions: Iterable[Function] = (), *,
               schemas: Iterable[str] = (), default_search_path: Sequence[str] = ("$user", "public"),
-              user: str = "", database: str = "") -> Catalog:
+              user: str = "", database: str = "", unusable: Iterable[str] = ()) -> Catalog:
         rels = {(r.schema, r.name): r for r in relations}
         funcs: dict[tuple[str, str], list[Function]] = {}
         for function in functions:
             funcs.setdefault((function.schema, function.name), []).append(function)
         known = frozenset(schemas) | {s for s, _ in rels} | {s for s, _ in funcs} | SYSTEM_SCHEMAS
         catalog = cls(rels, {k: tuple(v) for k, v in funcs.items()}, known, tuple(default_search_path), user,
-                      database)
-        digest = hashlib.sha256(json.dumps(catalog.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
-        object.__setattr__(catalog, "version", digest)
+                      database, frozenset(unusable))
+        content = (sorted(rels.items()), sorted(catalog.functions.items()), sorted(known), catalog.default_search_path,
+                   user, database, sorted(catalog.unusable))
+        object.__setattr__(catalog, "version", hashlib.sha256(repr(content).encode()).hexdigest()[:16])
         return catalog
 
     @classmethod
@@ -126,12 +127,12 @@ class Catalog:
     def effective_path(self, path: Sequence[str], role: str | None = None) -> tuple[str, ...]:
         """The schemas the server searches, in order, for a search_path setting `path`:
         pg_catalog first unless listed, "$user" replaced by the role's name, schemas that
-        do not exist and pg_temp (unknown to the enforcer) left out."""
+        do not exist or that the role may not use, and pg_temp (unknown to the enforcer), left out."""
         role = self.user if role is None else role
         listed: list[str] = []
         for schema in path:
             name = role if schema == "$user" else schema
-            if name and name in self.schemas and name not in listed:
+            if name and name in self.schemas and name not in self.unusable and name not in listed:
                 listed.append(name)
         if "pg_catalog" not in path:
             listed.insert(0, "pg_catalog")
@@ -162,6 +163,7 @@ class Catalog:
             "user": self.user,
             "default_search_path": list(self.default_search_path),
             "schemas": sorted(self.schemas),
+            "unusable": sorted(self.unusable),
             "relations": [_plain(asdict(r)) for _, r in sorted(self.relations.items())],
             "functions": [_plain(asdict(f)) for _, fs in sorted(self.functions.items()) for f in fs],
         }
@@ -178,7 +180,8 @@ class Catalog:
             raise ValueError(f"malformed catalog dump: {exc}") from None
         return cls.build(relations, functions, schemas=data.get("schemas", ()),
                          default_search_path=tuple(data.get("default_search_path", ("$user", "public"))),
-                         user=str(data.get("user", "")), database=str(data.get("database", "")))
+                         user=str(data.get("user", "")), database=str(data.get("database", "")),
+                         unusable=data.get("unusable", ()))
 
 
 def _plain(row: dict[str, Any]) -> dict[str, Any]:

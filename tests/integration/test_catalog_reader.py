@@ -158,8 +158,6 @@ def test_resolution_agrees_with_the_servers_to_regclass(pg: PgServer, catalog: C
     assert ours == expected
 
 
-@pytest.mark.xfail(strict=True, reason="the server skips path schemas the role has no USAGE on (namespace.c "
-                   "recomputeNamespacePath); Catalog does not record schema privileges yet")
 def test_resolution_skips_schemas_the_role_may_not_use(pg: PgServer, catalog: Catalog) -> None:
     async def server_says() -> str | None:
         upstream = await login(pg, "reader", "reader-pw")

@@ -133,3 +133,12 @@ def test_search_path_is_only_for_sql(tmp_path: Path) -> None:
     case = "  - {name: t, agent: bot, resource: db, tcp: true, search_path: public, expect: {verdict: allow}}\n"
     with pytest.raises(PolicyError, match="search_path is only for sql cases"):
         run_cases(write(tmp_path, "", case))
+
+
+def test_a_search_path_skips_schemas_the_role_may_not_use():
+    """namespace.c recomputeNamespacePath: a schema without USAGE is not searched."""
+    catalog = Catalog.build([Relation("hidden", "orders", columns=("id",)), Relation("public", "orders", columns=("id",))],
+                            unusable=("hidden",))
+    assert catalog.effective_path(("hidden", "public")) == ("pg_catalog", "public")
+    assert catalog.resolve_relation("orders", ("hidden", "public")).schema == "public"
+    assert Catalog.from_dict(catalog.to_dict()) == catalog

@@ -24,8 +24,8 @@ from interceptor.policy.catalog import Catalog, CatalogUnavailable
 
 ROWS: list[list[str | None]] = [
     ["s", '"$user", public', "owner", "app"],
-    ["n", "public"],
-    ["n", "sales"],
+    ["n", "public", "t"],
+    ["n", "sales", "t"],
     ["r", "16384", "sales", "orders", "r", '[["id", "integer"], ["total", "numeric(10,2)"]]'],
     ["r", "16390", "sales", "report", "v", '[["id", "integer"]]'],
     ["r", "16395", "public", "empty", "c", None],
@@ -117,7 +117,7 @@ def test_read_catalog_builds_relations_functions_and_calls() -> None:
 @pytest.mark.parametrize("rows, database, message", [
     (ROWS, "other", "is to database 'app', not 'other'"),
     ([["s", "public, ", "owner", "app"]], "app", "does not parse"),
-    ([["n", "public"]], "app", "expected one settings row"),
+    ([["n", "public", "t"]], "app", "expected one settings row"),
     ([*ROWS, ["r", "x", "public", "t", "r", None]], "app", "malformed catalog rows"),
     ([*ROWS, ["z", "?"]], "app", "malformed catalog rows"),
 ])

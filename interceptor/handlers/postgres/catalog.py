@@ -52,7 +52,9 @@ CATALOG_QUERY = ";\n".join((
     # s: the login role's default search_path (before the SET below), who it is, where
     "SELECT 's', pg_catalog.current_setting('search_path'), current_user, pg_catalog.current_database()",
     "SET LOCAL search_path = pg_catalog",
-    f"SELECT 'n', n.nspname FROM pg_catalog.pg_namespace n WHERE {_SKIPPED_SCHEMAS}",
+    # n: every schema, and whether the login role may use it (a search_path skips it if not)
+    f"SELECT 'n', n.nspname, pg_catalog.has_schema_privilege(n.oid, 'USAGE') "
+    f"FROM pg_catalog.pg_namespace n WHERE {_SKIPPED_SCHEMAS}",
     # r: oid, schema, name, relkind, [[column, type], ...] of the live columns in attnum order
     "SELECT 'r', c.oid, n.nspname, c.relname, c.relkind, "
     "(SELECT pg_catalog.json_agg(pg_catalog.json_build_array(a.attname, "
@@ -117,8 +119,9 @@ def _catalog(rows: list[list[str | None]], database: str) -> Catalog:
                                   tuple(str(t) for _, t in pairs), int(str(oid)),
                                   tuple(sorted(calls.get(int(str(oid)), ())))))
     functions = [_function(row) for row in tagged["f"]]
-    return Catalog.build(relations, functions, schemas=(str(name) for (name,) in tagged["n"]),
-                         default_search_path=path, user=user, database=current)
+    return Catalog.build(relations, functions, schemas=(str(name) for name, _ in tagged["n"]),
+                         default_search_path=path, user=user, database=current,
+                         unusable=(str(name) for name, usable in tagged["n"] if usable != "t"))
 
 
 def _function(row: list[str | None]) -> Function:
