@@ -4,12 +4,14 @@ that judges each operation (SQL understood through sqlglot). See policy/README.m
 from interceptor.policy.engine import DANGEROUS_FUNCTIONS, PolicyEngine
 from interceptor.policy.loader import PolicyError, load_policy, load_policy_text, parse_address
 from interceptor.policy.model import AddressSpec, AgentSpec, Policy, ResourceSpec, Rule
-from interceptor.policy.sql import SchemaCatalog, Statement, analyse
+from interceptor.policy.sql import SchemaCatalog, analyse
+from interceptor.policy.statement import Call, Statement
 
 __all__ = [
     "DANGEROUS_FUNCTIONS",
     "AddressSpec",
     "AgentSpec",
+    "Call",
     "Policy",
     "PolicyEngine",
     "PolicyError",

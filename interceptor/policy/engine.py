@@ -1,11 +1,18 @@
 """Judge a Request against a Policy (sans-IO): default deny, explicit deny wins, then
 approve, then allow; every Decision names the rule that made it.
 
-SQL: every statement of a query is judged on its own and the query gets the most
-restrictive verdict (deny > approve > allow); `Decision.details` holds one dict per
-statement for audit: kind, tables, actions, columns, functions, verdict, rule, reason, and
-`masked_outputs` - the result columns (position, name, source columns) whose values derive
-from masked columns, so the postgres handler can mask computed columns too.
+SQL: every statement of a query is judged on its own, under the session settings and the
+catalog the SqlQuery carries, and the query gets the most restrictive verdict (deny >
+approve > allow); `Decision.details` holds one dict per statement for audit: kind, tables,
+actions, columns, functions, verdict, rule, reason, `effects` - what the statement changes
+in the session if it runs ([Effect.to_dict()], maybe empty), so the postgres session can
+follow it - and `masked_outputs` - the result columns (position, name, source columns)
+whose values derive from masked columns, so the postgres handler can mask computed columns.
+
+Functions, with a catalog: a rule naming the function in `sql.functions` decides; else the
+dangerous list denies; else a call is allowed only when every function it may resolve to
+is a pg_catalog one that is immutable or stable (or HARMLESS_VOLATILE_FUNCTIONS) and not
+SECURITY DEFINER (docs, 38.7 "Function Volatility Categories").
 """
 
 from __future__ import annotations
@@ -19,13 +26,15 @@ from interceptor.decision import ApprovalSpec, Decision, MaskSpec, Verdict
 from interceptor.operations import (
     HttpRequest, KubernetesRequest, Request, SqlQuery, SshCommand, Subject, TcpConnect,
 )
+from interceptor.policy.catalog import Catalog, CatalogUnavailable, Function
 from interceptor.policy.model import Policy, Rule, globs
-from interceptor.policy.sql import (
-    DEFAULT_SCHEMA, Action, ColumnRef, SchemaCatalog, Statement, analyse, numeric_shape, shape_holds,
-)
+from interceptor.policy.sql import AnyCatalog, SchemaCatalog, analyse, numeric_shape, shape_holds
+from interceptor.policy.sql_session import BOOTSTRAP_RELATIONS
+from interceptor.policy.statement import Action, Call, ColumnRef, Statement
 
 DEFAULT_DENY = "default-deny"
 TRANSACTION_RULE = "builtin-transaction-control"
+BOOTSTRAP_RULE = "builtin-session-bootstrap"
 DANGEROUS_RULE = "builtin-dangerous-functions"
 UNPARSED_RULE = "sql-not-understood"
 OPAQUE_RULE = "sql-opaque-statement"
@@ -46,7 +55,18 @@ DANGEROUS_FUNCTIONS = frozenset({
     "pg_replication_origin_create", "pg_file_write", "pg_file_rename", "pg_file_unlink", "pg_logdir_ls",
     "pg_import_system_collations", "txid_current", "pg_notify", "nextval", "setval",
 })
+# Volatile pg_catalog functions allowed by default all the same: they read no data and
+# change nothing but their own result.
+HARMLESS_VOLATILE_FUNCTIONS = frozenset({"random", "clock_timestamp", "timeofday", "gen_random_uuid"})
+# What a column default may call on a write the policy allows, though the dangerous list
+# names it: a serial column's sequence.
+COLUMN_DEFAULT_FUNCTIONS = frozenset({"pg_catalog.nextval"})
 DDL_KINDS = frozenset({"create", "alter", "drop", "comment", "grant", "revoke", "truncate"})
+# Statements allowed by default unless a deny rule names their kind: (rule, reason).
+_BUILTIN_KINDS = {
+    "transaction": (TRANSACTION_RULE, "transaction control is allowed by default"),
+    "show": (BOOTSTRAP_RULE, "SHOW of a setting every client reads is allowed by default"),
+}
 _RANK = {Verdict.ALLOW: 0, Verdict.APPROVE: 1, Verdict.DENY: 2}
 _EFFECT_VERDICT = {"deny": Verdict.DENY, "approve": Verdict.APPROVE, "allow": Verdict.ALLOW}
 
@@ -62,8 +82,9 @@ class _Judgement:
 class PolicyEngine:
     """Decisions for one policy version; cheap to build, so a reload builds a new one."""
 
-    def __init__(self, policy: Policy, catalog: SchemaCatalog | None = None, cache_size: int = 10000,
+    def __init__(self, policy: Policy, catalog: Catalog | SchemaCatalog | None = None, cache_size: int = 10000,
                  cache_chars: int = 32 * 1024 * 1024) -> None:
+        """`catalog`: for SQL queries that carry none (SqlQuery.catalog None)."""
         self.policy = policy
         self.catalog = catalog
         self.cache_size = cache_size
@@ -92,9 +113,15 @@ class PolicyEngine:
         would not tell them apart anyway. The text first analysed for a shape is kept under
         both keys; its siblings are not (one-off texts would push out what repeats). A shape
         whose analysis fails is judged on the real text instead, so the error names what the
-        client sent."""
-        context = (self.policy.version, request.subject, request.resource, query.database,
-                   request.labels.get("search_path"), getattr(self.catalog, "version", None))
+        client sent, and so is one that changes settings (`SET statement_timeout = 5000`: the
+        effect carries the number). The key holds the settings the query runs under and the
+        catalog's version, never the catalog itself; a query whose catalog is unavailable is
+        not kept."""
+        catalog = self._catalog(query)
+        if isinstance(catalog, CatalogUnavailable):
+            return self._sql(request, query, query.text)
+        context = (self.policy.version, request.subject, request.resource, query.database, query.settings,
+                   query.defaults, catalog.version if isinstance(catalog, Catalog) else None)
         key = (*context, query.text)
         decision = self._cached(key)
         if decision is not None:
@@ -106,12 +133,12 @@ class PolicyEngine:
             if decision is not None:
                 return decision
             if shape_holds(shape):
-                decision = self._sql(request, shape[0])
-                if not any("error" in detail for detail in decision.details):
+                decision = self._sql(request, query, shape[0])
+                if not any("error" in detail or detail["effects"] for detail in decision.details):
                     self._keep(shape_key, decision, len(shape[0]) + len(shape[1]))
                     self._keep(key, decision, len(query.text))
                     return decision
-        decision = self._sql(request, query.text)
+        decision = self._sql(request, query, query.text)
         self._keep(key, decision, len(query.text))
         return decision
 
@@ -173,9 +200,12 @@ class PolicyEngine:
 
     # -- sql -----------------------------------------------------------------------------
 
-    def _sql(self, request: Request, text: str) -> Decision:
-        path = tuple(s.strip() for s in request.labels.get("search_path", DEFAULT_SCHEMA).split(",") if s.strip())
-        statements = analyse(text, path or (DEFAULT_SCHEMA,), self.catalog)
+    def _catalog(self, query: SqlQuery) -> AnyCatalog:
+        return query.catalog if query.catalog is not None else self.catalog
+
+    def _sql(self, request: Request, query: SqlQuery, text: str) -> Decision:
+        """`text`: the query's own, or its numeric shape's."""
+        statements = analyse(text, query.settings, query.defaults, self._catalog(query))
         rules = self._rules(request, "sql")
         worst: _Judgement | None = None
         masks: list[MaskSpec] = []
@@ -184,10 +214,9 @@ class PolicyEngine:
             judgement, statement_masks, masked_outputs = self._statement(statement, rules)
             detail: dict[str, object] = {**statement.summary(), "verdict": judgement.verdict.value,
                                          "rule": judgement.rule, "reason": judgement.reason}
+            detail["effects"] = [effect.to_dict() for effect in statement.effects]
             if masked_outputs:
                 detail["masked_outputs"] = masked_outputs
-            if statement.search_path is not None:
-                detail["search_path"] = ",".join(statement.search_path)
             details.append(detail)
             masks.extend(m for m in statement_masks if m not in masks)
             if worst is None or _severity(judgement) > _severity(worst):
@@ -197,18 +226,20 @@ class PolicyEngine:
 
     def _statement(self, statement: Statement, rules: list[Rule]) -> tuple[_Judgement, list[MaskSpec], list[dict]]:
         if statement.error is not None:
+            if statement.rule is not None:
+                return _Judgement(Verdict.DENY, statement.rule, f"denied: {statement.error}"), [], []
             return _Judgement(Verdict.DENY, UNPARSED_RULE, f"not understood, denied: {statement.error}"), [], []
         if statement.kind == "empty":
             return _Judgement(Verdict.ALLOW, "empty-query", "no statement"), [], []
         if statement.opaque:
             return self._opaque(statement, rules), [], []
-        if statement.kind == "transaction":
-            denied = [r for r in rules if r.effect == "deny" and r.sql and _explicit_kind(r, "transaction")]
+        if statement.kind in _BUILTIN_KINDS:
+            denied = [r for r in rules if r.effect == "deny" and r.sql and _explicit_kind(r, statement.kind)]
             if denied:
-                return _Judgement(Verdict.DENY, denied[0].name, denied[0].reason or "transaction control denied"), [], []
-            return _Judgement(Verdict.ALLOW, TRANSACTION_RULE, "transaction control is allowed by default"), [], []
-        judgements = [self._action(action, rules) for action in statement.actions]
-        judgements += [self._function(name, statement, rules) for name in sorted(statement.functions)]
+                return _Judgement(Verdict.DENY, denied[0].name, denied[0].reason or f"{statement.kind} denied"), [], []
+            return _Judgement(Verdict.ALLOW, *_BUILTIN_KINDS[statement.kind]), [], []
+        judgements = [self._action(action, statement, rules) for action in statement.actions]
+        judgements += [self._call(call, statement, rules) for call in statement.calls]
         if not judgements:
             return _Judgement(Verdict.DENY, UNPARSED_RULE, f"{statement.kind}: nothing the analyser can judge"), [], []
         worst = max(judgements, key=_severity)
@@ -232,21 +263,72 @@ class PolicyEngine:
                               f"analyser; denied unless a rule names kind {statement.kind!r}")
         return judgement
 
-    def _action(self, action: Action, rules: list[Rule]) -> _Judgement:
+    def _action(self, action: Action, statement: Statement, rules: list[Rule]) -> _Judgement:
+        """What the rules say; with none, a bootstrap read (a type-lookup catalog relation,
+        or a SELECT of session functions without FROM) is allowed by default."""
         matching = [r for r in rules if r.effect != "mask" and _action_matches(r, action)]
         where = f" on {action.table[0]}.{action.table[1]}" if action.table else ""
-        return _pick(matching, f"no rule allows {action.kind}{where}")
+        judgement = _pick(matching, f"no rule allows {action.kind}{where}")
+        if judgement.rule == DEFAULT_DENY and action.kind == "select" and (
+                action.table in BOOTSTRAP_RELATIONS or (action.table is None and statement.bootstrap)):
+            return _Judgement(Verdict.ALLOW, BOOTSTRAP_RULE,
+                              "what drivers read when they connect is allowed by default")
+        return judgement
 
-    def _function(self, name: str, statement: Statement, rules: list[Rule]) -> _Judgement:
+    def _call(self, call: Call, statement: Statement, rules: list[Rule]) -> _Judgement:
+        """A rule naming the function, then the dangerous list, then (with a catalog) what
+        the function may be: every candidate must be safe to run on the agent's behalf."""
         matching = [r for r in rules if r.effect != "mask" and r.sql is not None and r.sql.functions is not None
-                    and globs(r.sql.functions, name) and _kind_ok(r.sql.kinds, statement.kind)]
+                    and _function_matches(r.sql.functions, r.effect, call) and _kind_ok(r.sql.kinds, statement.kind)]
         judgement = _pick(matching, "")
         if judgement.rule != DEFAULT_DENY:
             return judgement
-        if name in DANGEROUS_FUNCTIONS:
-            return _Judgement(Verdict.DENY, DANGEROUS_RULE, f"function {name}() is on the dangerous list; "
-                              "allow it explicitly with sql.functions")
+        by_default = call.via is not None and call.via[0] == "default"
+        if call.name in DANGEROUS_FUNCTIONS and not (by_default and _qualified(call) <= COLUMN_DEFAULT_FUNCTIONS):
+            return _Judgement(Verdict.DENY, DANGEROUS_RULE, f"function {call.display}(){_via(call)} is on the "
+                              "dangerous list; allow it explicitly with sql.functions")
+        for function in call.candidates or ():
+            why = _unsafe(function)
+            if why is not None and not (by_default and function.qualified in COLUMN_DEFAULT_FUNCTIONS):
+                return _Judgement(Verdict.DENY, DEFAULT_DENY, f"function {function.qualified}(){_via(call)} is {why}: "
+                                  f"denied by default; allow it with sql.functions: [{function.qualified}]")
         return _Judgement(Verdict.ALLOW, "", "")
+
+
+def _unsafe(function: Function) -> str | None:
+    """Why running this function on the agent's behalf is not allowed by default, if it is not."""
+    if function.schema != "pg_catalog":
+        return f"user-defined ({function.volatility}{', SECURITY DEFINER' if function.security_definer else ''})"
+    if function.security_definer:
+        return "SECURITY DEFINER"
+    if function.volatility not in ("immutable", "stable", "volatile"):
+        return f"of unknown volatility ({function.volatility})"
+    if function.volatility == "volatile" and function.name not in HARMLESS_VOLATILE_FUNCTIONS:
+        return "volatile (it may change data or the session)"
+    return None
+
+
+def _qualified(call: Call) -> set[str]:
+    """The schema.name a call may run: each candidate's, or the one written."""
+    if call.candidates:
+        return {f.qualified for f in call.candidates}
+    return {call.display} if call.schema is not None else set()
+
+
+def _via(call: Call) -> str:
+    if call.via is None:
+        return ""
+    return f" (run by the view {call.via[1]})" if call.via[0] == "view" else f" (a column default of {call.via[1]})"
+
+
+def _function_matches(patterns: tuple[str, ...], effect: str, call: Call) -> bool:
+    """`sql.functions` globs: `name` matches the function in any schema; `schema.name`
+    matches what it resolves to: for a deny rule any candidate, for allow/approve all."""
+    if any(fnmatchcase(call.name, p) for p in patterns if "." not in p):
+        return True
+    dotted = [p for p in patterns if "." in p]
+    hits = [any(fnmatchcase(name, p) for p in dotted) for name in sorted(_qualified(call))]
+    return bool(dotted and hits) and (any(hits) if effect == "deny" else all(hits))
 
 
 def _severity(judgement: _Judgement) -> tuple[int, bool]:

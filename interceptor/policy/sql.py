@@ -1,9 +1,17 @@
 """What a SQL string would do, statement by statement (sans-IO, postgres dialect).
 
-The analyser turns text into `Statement` values: the kinds of action each statement takes
-on which tables and columns, the functions it calls, and which output columns derive from
-which base columns. It never decides; the engine judges the result. Anything it does not
-fully understand comes back with `error` set, and the engine denies it.
+The analyser turns text into `Statement` values (interceptor.policy.statement): the kinds
+of action each statement takes on which relations and columns, the functions the server
+will run for it, which output columns derive from which base columns, and what it changes
+in the session. It never decides; the engine judges the result. Anything it does not fully
+understand comes back with `error` set, and the engine denies it.
+
+Names resolve as the server resolves them (docs, 5.9.3 "The Schema Search Path", 10.3
+"Functions"), under the settings in force when the statement runs: the search_path and role
+the query starts with, changed by the statements before it in the same string (SET, RESET,
+set_config, transaction control; interceptor.policy.settings). With a Catalog every
+relation and function named must be in it; identifiers fold as the server folds them
+(catalog.fold_identifier, docs 4.1.1).
 
 Writes hidden in reads are reported as the writes they are: DML inside a CTE or a
 subquery, SELECT ... INTO (a `create`), SELECT ... FOR UPDATE/SHARE (an `update` on the
@@ -15,8 +23,8 @@ from __future__ import annotations
 
 import logging
 from array import array
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from sqlglot import exp
@@ -24,26 +32,41 @@ from sqlglot.dialects.postgres import Postgres
 from sqlglot.errors import SqlglotError
 from sqlglot.tokens import Token, TokenType
 
+from interceptor.operations import Settings
+from interceptor.policy.catalog import (
+    Catalog, CatalogUnavailable, fold_identifier, parse_search_path, truncate_identifier,
+)
+from interceptor.policy.settings import SessionSettings
+from interceptor.policy.sql_functions import function_calls
+from interceptor.policy.sql_session import (
+    deallocate, discard, refuse_unsafe_encoding, reset, session_select, set_config_effects, set_statement, show,
+    transaction,
+)
+from interceptor.policy.statement import (
+    CATALOG_UNAVAILABLE, CATALOG_UNKNOWN_FUNCTION, CATALOG_UNKNOWN_RELATION, Action, Call, ColumnRef, OutputColumn,
+    Statement, Table, Unsupported,
+)
+
 # sqlglot logs a warning for every statement it keeps as an opaque Command; the analyser
 # reports those itself (as opaque kinds), so the warning is noise in the daemon's log.
 logging.getLogger("sqlglot").setLevel(logging.ERROR)
 
 DIALECT = Postgres()
-DEFAULT_SCHEMA = "public"
-Table = tuple[str, str]  # (schema, name), identifiers already case-folded as postgres does
-ColumnRef = tuple[str, str, str]  # (schema, table, column); column "*" = all, unknown which
 
 # Statements sqlglot keeps opaque, by first keyword(s): the analyser cannot see what they
 # touch, so the engine denies them unless a rule names the kind explicitly.
 _COMMAND_KINDS = {
-    "CALL": "call", "DO": "do", "VACUUM": "vacuum", "RESET": "reset", "SHOW": "show",
-    "PREPARE": "prepare", "EXECUTE": "execute", "DEALLOCATE": "deallocate", "LOCK": "lock",
+    "CALL": "call", "DO": "do", "VACUUM": "vacuum", "PREPARE": "prepare", "EXECUTE": "execute", "LOCK": "lock",
     "REFRESH": "refresh", "REINDEX": "reindex", "FETCH": "fetch", "MOVE": "fetch",
     "DECLARE": "declare", "CLOSE": "close", "LISTEN": "listen", "UNLISTEN": "listen",
-    "NOTIFY": "notify", "DISCARD": "discard", "CHECKPOINT": "checkpoint", "CLUSTER": "cluster",
+    "NOTIFY": "notify", "CHECKPOINT": "checkpoint", "CLUSTER": "cluster",
     "LOAD": "load", "IMPORT": "import", "SECURITY": "security_label", "REASSIGN": "reassign",
 }
-_TRANSACTION_WORDS = {"BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT", "SAVEPOINT", "RELEASE"}
+# Statements about the session, read word by word (interceptor.policy.sql_session).
+_SESSION_STATEMENTS: dict[str, Callable[[str, list[Token]], Statement]] = {
+    "SET": set_statement, "RESET": reset, "SHOW": show, "DISCARD": discard, "DEALLOCATE": deallocate,
+    **{word: transaction for word in ("BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT", "SAVEPOINT", "RELEASE")},
+}
 _EXPLAIN_OPTIONS = {"ANALYZE", "ANALYSE", "VERBOSE"}
 
 _STATEMENT_KINDS: dict[type, str] = {
@@ -52,84 +75,131 @@ _STATEMENT_KINDS: dict[type, str] = {
     exp.Merge: "merge", exp.TruncateTable: "truncate", exp.Copy: "copy", exp.Create: "create",
     exp.Drop: "drop", exp.Alter: "alter", exp.Grant: "grant", exp.Revoke: "revoke",
     exp.Comment: "comment", exp.Analyze: "analyze",
-    exp.Transaction: "transaction", exp.Commit: "transaction", exp.Rollback: "transaction",
 }
 _WRITE_KINDS = {exp.Insert: "insert", exp.Update: "update", exp.Delete: "delete", exp.Merge: "merge"}
 _QUERY_NODES = (exp.Select, exp.Update, exp.Delete, exp.Insert, exp.Merge)
 _RESULT_NODES = (exp.Select, exp.SetOperation, exp.Values, exp.Insert, exp.Update, exp.Delete, exp.Merge)
+# Targets named by these may not exist yet (CREATE) or are not relations (DROP FUNCTION):
+# they resolve to the relation if there is one, else to the schema a CREATE would use.
+_DDL_TARGETS = frozenset({"create", "drop", "alter", "comment", "grant", "revoke", "analyze"})
+_RUNS_VIEW = frozenset({"v"})  # reading these runs their definition (a materialized view's ran at REFRESH)
+_HAS_DEFAULTS = frozenset({"r", "p", "f"})  # writing rows into these runs their column defaults
 
 
 class SchemaCatalog(Protocol):
-    """Column names of the tables the analyser meets (the postgres handler reads them from
-    the database). None means unknown: `*` cannot be expanded for that table."""
+    """Column names of the tables the analyser meets. None means unknown: `*` cannot be
+    expanded for that table. A Catalog is one; a plain column source resolves unqualified
+    names without the server's rules (first schema of the path that has the table)."""
 
     def columns(self, schema: str, table: str) -> Sequence[str] | None: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Action:
-    """One thing a statement does to one table (table None: touches no table)."""
-
-    kind: str
-    table: Table | None = None
-    columns: frozenset[str] | None = frozenset()  # None: all columns, which unknown
+AnyCatalog = Catalog | CatalogUnavailable | SchemaCatalog | None
 
 
-@dataclass(frozen=True, slots=True)
-class OutputColumn:
-    """One result column and the base columns its values derive from."""
-
-    position: int
-    name: str
-    sources: frozenset[ColumnRef]
-
-
-@dataclass(frozen=True, slots=True)
-class Statement:
-    text: str
-    kind: str
-    actions: tuple[Action, ...] = ()
-    functions: frozenset[str] = frozenset()
-    outputs: tuple[OutputColumn, ...] = ()
-    filters: frozenset[ColumnRef] = frozenset()  # base columns used outside result columns
-    opaque: bool = False  # sqlglot kept it as an uninterpreted Command
-    error: str | None = None  # not understood: must be denied
-    search_path: tuple[str, ...] | None = None  # the statement sets search_path to this
-
-    def summary(self) -> dict[str, object]:
-        """The audit view of the analysis."""
-        return {
-            "kind": self.kind,
-            "tables": sorted({qualified(a.table) for a in self.actions if a.table}),
-            "actions": sorted({f"{a.kind}:{qualified(a.table) if a.table else '-'}" for a in self.actions}),
-            "columns": sorted(f"{qualified(a.table)}.{c}" for a in self.actions if a.table
-                              for c in (a.columns if a.columns is not None else ("*",))),
-            "functions": sorted(self.functions),
-            **({"error": self.error} if self.error else {}),
-        }
-
-
-def qualified(table: Table) -> str:
-    return f"{table[0]}.{table[1]}"
-
-
-def analyse(text: str, search_path: Sequence[str] = (DEFAULT_SCHEMA,),
-            catalog: SchemaCatalog | None = None) -> tuple[Statement, ...]:
-    """Every statement of `text`, in order. A SET search_path changes how later statements
-    of the same string resolve unqualified names, as it would on the server."""
+def analyse(text: str, settings: Settings = (), defaults: Settings = (),
+            catalog: AnyCatalog = None) -> tuple[Statement, ...]:
+    """Every statement of `text`, in order, each analysed under the settings the ones before
+    it leave (docs, 55.2.2.1 "Multiple Statements in a Simple Query"). `settings`: the
+    (name, value) of search_path, client_encoding and role in force (SqlQuery.settings; a
+    search_path None is the catalog's default_search_path, or "$user", public); `defaults`:
+    what RESET returns them to; `catalog`: a Catalog holds every relation and function a
+    statement may name, a CatalogUnavailable makes every statement naming one an error."""
     try:
         tokens = DIALECT.tokenize(text)
     except SqlglotError as exc:
         return (Statement(text, "unknown", error=f"cannot tokenize: {_first_line(exc)}"),)
+    session = SessionSettings.of(settings, defaults)
     statements = []
-    path = tuple(search_path) or (DEFAULT_SCHEMA,)
     for chunk in _split(tokens):
-        statement = _analyse_chunk(text, chunk, path, catalog)
-        path = statement.search_path or path
+        statement = refuse_unsafe_encoding(_analyse_chunk(text, chunk, _Names.of(session, catalog)), session.defaults)
+        if statement.error is None:
+            for effect in statement.effects:
+                session.apply(effect)
         statements.append(statement)
     if not statements:
         return (Statement(text, "empty"),)
     return tuple(statements)
+
+
+@dataclass(frozen=True, slots=True)
+class _Names:
+    """How one statement's names resolve: the search_path in force (None: its value cannot
+    be read), the role "$user" stands for (None: the catalog's login role), the Catalog that
+    holds every name (None: names resolve without one), where `*` expands from, and the
+    reason there is no catalog when it could not be read."""
+
+    path: tuple[str, ...] | None
+    role: str | None
+    catalog: Catalog | None
+    columns: SchemaCatalog | None
+    unavailable: CatalogUnavailable | None
+
+    @classmethod
+    def of(cls, session: SessionSettings, catalog: AnyCatalog) -> _Names:
+        full = catalog if isinstance(catalog, Catalog) else None
+        value = session.get("search_path")
+        if value is not None:
+            path = parse_search_path(value)
+        else:
+            path = full.default_search_path if full is not None else ("$user", "public")
+        role = session.get("role")
+        role = None if role == "none" else role
+        if isinstance(catalog, CatalogUnavailable):
+            return cls(path, role, None, None, catalog)
+        return cls(path, role, full, catalog, None)
+
+    def searched(self) -> tuple[str, ...]:
+        """The schemas an unqualified relation name is looked up in, in order."""
+        if self.path is None:
+            raise Unsupported("the search_path in force cannot be read")
+        if self.catalog is not None:
+            return self.catalog.effective_path(self.path, self.role)
+        listed: list[str] = []
+        for schema in self.path:
+            name = self.role if schema == "$user" else schema
+            if name and name not in listed:
+                listed.append(name)
+        return tuple(listed) if "pg_catalog" in listed else ("pg_catalog", *listed)
+
+    def relation(self, schema: str | None, name: str, lenient: bool) -> Table:
+        """The relation `[schema.]name` means; `lenient` (a DDL target): when there is none,
+        where a CREATE would put it instead of an error."""
+        if schema is not None:
+            if self.catalog is not None and self.catalog.relation(schema, name) is None and not lenient:
+                raise Unsupported(f'relation "{schema}.{name}" is not in the catalog', CATALOG_UNKNOWN_RELATION)
+            return (schema, name)
+        order = self.searched()
+        if self.catalog is not None:
+            found = self.catalog.resolve_relation(name, self.path or (), self.role)
+            if found is not None:
+                return (found.schema, found.name)
+            if not lenient:
+                raise Unsupported(f'relation "{name}" is not in the catalog (searched: {", ".join(order)})',
+                                  CATALOG_UNKNOWN_RELATION)
+        elif self.columns is not None:
+            for candidate in order:
+                if self.columns.columns(candidate, name) is not None:
+                    return (candidate, name)
+        listed = order if "pg_catalog" in (self.path or ()) else order[1:]
+        if not listed:
+            raise Unsupported(f"no schema of the search_path to resolve {name} in")
+        return (listed[0], name)
+
+    def call(self, call: Call) -> Call:
+        """The call with its candidates from the catalog; an error when it holds none."""
+        if self.catalog is None:
+            return call
+        searched: tuple[str, ...]
+        if call.schema is not None:
+            searched, candidates = (call.schema,), self.catalog.functions_named(call.schema, call.name)
+        else:
+            searched = self.searched()
+            candidates = self.catalog.function_candidates(call.name, self.path or (), self.role)
+        if not candidates:
+            raise Unsupported(f'function "{call.display}" is not in the catalog (searched: {", ".join(searched)})',
+                              CATALOG_UNKNOWN_FUNCTION)
+        return replace(call, candidates=candidates)
 
 
 _ZEROS = str.maketrans("123456789", "000000000")
@@ -198,23 +268,24 @@ def _chunk_text(text: str, chunk: list[Token]) -> str:
     return text[chunk[0].start:chunk[-1].end + 1]
 
 
-def _analyse_chunk(text: str, chunk: list[Token], path: tuple[str, ...],
-                   catalog: SchemaCatalog | None) -> Statement:
+def _analyse_chunk(text: str, chunk: list[Token], names: _Names) -> Statement:
     source = _chunk_text(text, chunk)
     first = chunk[0].text.upper()
     if first == "EXPLAIN":
-        return _explain(source, chunk, path, catalog)
+        return _explain(source, chunk, names)
     if _unicode_identifier(chunk):
         return Statement(source, "unknown", error='U&"..." identifiers with unicode escapes are not supported')
-    if first in _TRANSACTION_WORDS:
-        return _transaction(source, chunk)
-    if first == "SET":
-        return _set(source, chunk)
+    session = _SESSION_STATEMENTS.get(first)
+    if session is not None:
+        try:
+            return session(source, chunk)
+        except Unsupported as exc:
+            return Statement(source, "unknown", error=str(exc), rule=exc.rule)
     if first in _COMMAND_KINDS:
         return Statement(source, _COMMAND_KINDS[first], opaque=True)
     try:
         tree = DIALECT.parser().parse(chunk, text)[0]
-    except SqlglotError as exc:
+    except Exception as exc:  # noqa: BLE001 - sqlglot raises more than its own errors on odd input: fail closed
         return Statement(source, "unknown", error=f"cannot parse: {_first_line(exc)}")
     if isinstance(tree, exp.Command):
         # CREATE ROLE, ALTER SYSTEM, CREATE EXTENSION...: named by two words, so a rule
@@ -227,14 +298,14 @@ def _analyse_chunk(text: str, chunk: list[Token], path: tuple[str, ...],
     if kind is None:
         return Statement(source, "unknown", error=f"unsupported statement ({first} ...)")
     try:
-        return _Analysis(tree, path, catalog).statement(source, kind)
-    except _Unsupported as exc:
-        return Statement(source, kind, error=str(exc))
+        return _Analysis(tree, chunk, names).statement(source, kind)
+    except Unsupported as exc:
+        return Statement(source, kind, error=str(exc), rule=exc.rule)
     except Exception as exc:  # an AST shape the analyser never met: fail closed, never crash
         return Statement(source, kind, error=f"analyser failed ({type(exc).__name__}: {exc})")
 
 
-def _explain(source: str, chunk: list[Token], path: tuple[str, ...], catalog: SchemaCatalog | None) -> Statement:
+def _explain(source: str, chunk: list[Token], names: _Names) -> Statement:
     """EXPLAIN [ANALYZE] [VERBOSE] | EXPLAIN (options) stmt: judged as the inner statement,
     since with ANALYZE it runs (and without, it is never more than that). sqlglot's tokenizer
     hands the rest of the statement over as one raw string token."""
@@ -256,9 +327,10 @@ def _explain(source: str, chunk: list[Token], path: tuple[str, ...], catalog: Sc
         rest = rest[1:]
     if not rest:
         return Statement(source, "unknown", error="EXPLAIN without a statement")
-    inner = _analyse_chunk(inner_text, rest, path, catalog)
-    return Statement(source, inner.kind, inner.actions, inner.functions, inner.outputs,
-                     inner.filters, inner.opaque, inner.error, inner.search_path)
+    inner = _analyse_chunk(inner_text, rest, names)
+    if inner.effects:  # the server runs it only with ANALYZE: which, the analyser does not follow
+        return Statement(source, inner.kind, error="EXPLAIN of a statement that changes session settings")
+    return replace(inner, text=source)
 
 
 def _unicode_identifier(chunk: list[Token]) -> bool:
@@ -270,81 +342,16 @@ def _unicode_identifier(chunk: list[Token]) -> bool:
     )
 
 
-def _words(chunk: list[Token]) -> list[str]:
-    return [token.text.upper() for token in chunk]
-
-
-def _transaction(source: str, chunk: list[Token]) -> Statement:
-    """Transaction control, checked word by word: sqlglot parses some of it as nonsense
-    (SAVEPOINT s becomes an alias), so nothing but these exact shapes is accepted."""
-    words = _words(chunk)
-    simple = {("BEGIN",), ("COMMIT",), ("END",), ("ROLLBACK",), ("ABORT",)}
-    shapes_ok = (
-        tuple(w for w in words if w not in {"WORK", "TRANSACTION", "AND", "NO", "CHAIN"}) in simple
-        or (words[0] in {"SAVEPOINT", "RELEASE", "ROLLBACK"} and len(chunk) >= 2
-            and words[-1] not in {"SAVEPOINT", "TO"}
-            and all(w in {"SAVEPOINT", "TO", "WORK", "TRANSACTION", "RELEASE", "ROLLBACK"} for w in words[:-1])
-            and chunk[-1].token_type in (TokenType.VAR, TokenType.IDENTIFIER))
-        or (words[0] in {"BEGIN", "START"} and _transaction_modes(words[1:]))
-    )
-    if not shapes_ok:
-        return Statement(source, "unknown", error=f"unsupported transaction statement ({' '.join(words[:3])} ...)")
-    return Statement(source, "transaction")
-
-
-def _transaction_modes(words: list[str]) -> bool:
-    allowed = {"WORK", "TRANSACTION", "ISOLATION", "LEVEL", "SERIALIZABLE", "REPEATABLE", "READ", "COMMITTED",
-               "UNCOMMITTED", "WRITE", "ONLY", "NOT", "DEFERRABLE", ","}
-    return all(w in allowed for w in words)
-
-
-def _set(source: str, chunk: list[Token]) -> Statement:
-    """SET: `set_role` for ROLE / SESSION AUTHORIZATION (identity changes), `set` otherwise;
-    a search_path change is parsed so later statements resolve names as the server will."""
-    words = _words(chunk)
-    body = words[1:]
-    if body and body[0] in {"SESSION", "LOCAL"}:
-        body = body[1:]
-    if body and (body[0] == "ROLE" or body[:1] == ["AUTHORIZATION"]):
-        return Statement(source, "set_role", opaque=True)
-    if body and body[0] == "SEARCH_PATH":
-        tokens = [t for t in chunk[len(words) - len(body) + 1:]]
-        if tokens and tokens[0].text.upper() in {"TO", "="}:
-            tokens = tokens[1:]
-        path = _search_path_value(tokens)
-        if path is None:
-            return Statement(source, "set", error="cannot read the new search_path")
-        return Statement(source, "set", (Action("set"),), search_path=path)
-    return Statement(source, "set", (Action("set"),))
-
-
-def _search_path_value(tokens: list[Token]) -> tuple[str, ...] | None:
-    names, expect_name = [], True
-    for token in tokens:
-        if expect_name and token.token_type in (TokenType.VAR, TokenType.STRING, TokenType.IDENTIFIER):
-            quoted = token.token_type != TokenType.VAR
-            names.append(token.text if quoted else token.text.lower())
-            expect_name = False
-        elif not expect_name and token.token_type == TokenType.COMMA:
-            expect_name = True
-        else:
-            return None
-    return tuple(names) if names and not expect_name else None
-
-
-class _Unsupported(Exception):
-    """A construct the analyser does not model; the statement is denied."""
-
-
 def _ident(node: exp.Expr | None) -> str | None:
-    """An identifier as postgres sees it: folded to lower case unless quoted."""
+    """An identifier as the server reads it: unquoted folded (ASCII only) and both truncated
+    to 63 bytes (docs, 4.1.1)."""
     if node is None:
         return None
     if isinstance(node, exp.Identifier):
-        return node.this if node.quoted else node.this.lower()
+        return truncate_identifier(node.this) if node.quoted else fold_identifier(node.this)
     if isinstance(node, exp.Star):
         return "*"
-    raise _Unsupported(f"unsupported name expression: {node.sql(dialect=DIALECT)[:60]}")
+    raise Unsupported(f"unsupported name expression: {node.sql(dialect=DIALECT)[:60]}")
 
 
 @dataclass(slots=True)
@@ -359,8 +366,8 @@ class _Source:
 @dataclass(slots=True)
 class _Analysis:
     tree: exp.Expr
-    path: tuple[str, ...]
-    catalog: SchemaCatalog | None
+    tokens: list[Token]  # the statement's, for the names of its function calls
+    names: _Names
     actions: list[Action] = field(default_factory=list)
     targets: set[int] = field(default_factory=set)  # ids of Table nodes that are write targets
     reads: dict[Table, set[str] | None] = field(default_factory=dict)
@@ -368,7 +375,9 @@ class _Analysis:
 
     def statement(self, source: str, kind: str) -> Statement:
         self._writes()
-        functions = frozenset(self._functions())
+        found = function_calls(self.tree, self.tokens)
+        calls = [self.names.call(call) for call, _ in found]
+        effects = set_config_effects(self.tree, found)
         if isinstance(self.tree, _RESULT_NODES):
             outputs, filters = self._outputs(), self._filters()
             self._record_reads(self.tree)
@@ -389,28 +398,50 @@ class _Analysis:
             self.actions.append(Action("select", table, None if cols is None else frozenset(cols)))
         if not self.actions:
             self.actions.append(Action(kind))
-        return Statement(source, kind, tuple(dict.fromkeys(self.actions)), functions, outputs, filters)
+        actions = tuple(dict.fromkeys(self.actions))
+        calls += self._relation_calls(actions)
+        if self.names.unavailable is not None and (calls or any(a.table for a in actions)):
+            raise Unsupported(f"the catalog is unavailable ({self.names.unavailable}): a statement that names a "
+                              "relation or calls a function cannot be judged", CATALOG_UNAVAILABLE)
+        return Statement(source, kind, actions, tuple(calls), outputs, filters, effects=effects,
+                         bootstrap=kind == "select" and session_select(self.tree, found))
+
+    def _relation_calls(self, actions: tuple[Action, ...]) -> list[Call]:
+        """The functions the relations the statement reaches run: a view's definition when
+        it is read, a table's column defaults when rows are written into it."""
+        catalog = self.names.catalog
+        if catalog is None:
+            return []
+        defaults = {"insert", "merge"} | ({"update"} if _sets_default(self.tree) else set())
+        calls: list[Call] = []
+        for action in actions:
+            relation = catalog.relation(*action.table) if action.table is not None else None
+            if relation is None:
+                continue
+            if action.kind == "select" and relation.kind in _RUNS_VIEW:
+                via = ("view", relation.qualified)
+            elif action.kind in defaults and relation.kind in _HAS_DEFAULTS:
+                via = ("default", relation.qualified)
+            else:
+                continue
+            for name in relation.functions:
+                schema, _, function = name.partition(".")
+                candidates = catalog.functions_named(schema, function)
+                if not candidates:
+                    raise Unsupported(f'function "{name}" (called by {relation.qualified}) is not in the catalog',
+                                      CATALOG_UNKNOWN_FUNCTION)
+                calls.append(Call(function, schema, candidates, via))
+        return calls
 
     # -- names ---------------------------------------------------------------------------
 
-    def _table_of(self, node: exp.Table) -> Table:
+    def _table_of(self, node: exp.Table, lenient: bool = False) -> Table:
         if node.args.get("catalog") is not None:
-            raise _Unsupported(f"three-part table name {node.sql(dialect=DIALECT)} (cross-database)")
+            raise Unsupported(f"three-part table name {node.sql(dialect=DIALECT)} (cross-database)")
         name = _ident(node.this) if isinstance(node.this, exp.Identifier) else None
         if name is None:
-            raise _Unsupported(f"unsupported table expression: {node.sql(dialect=DIALECT)[:60]}")
-        schema = _ident(node.args.get("db"))
-        return (schema, name) if schema else (self._resolve_schema(name), name)
-
-    def _resolve_schema(self, name: str) -> str:
-        """Unqualified names: the first schema of the search path (pg_catalog first, as the
-        server does) that the catalog knows has the table; else the first schema listed."""
-        path = self.path if "pg_catalog" in self.path else ("pg_catalog", *self.path)
-        if self.catalog is not None:
-            for schema in path:
-                if self.catalog.columns(schema, name) is not None:
-                    return schema
-        return self.path[0]
+            raise Unsupported(f"unsupported table expression: {node.sql(dialect=DIALECT)[:60]}")
+        return self.names.relation(_ident(node.args.get("db")), name, lenient)
 
     def _is_cte(self, node: exp.Table) -> bool:
         if node.args.get("db") is not None or not isinstance(node.this, exp.Identifier):
@@ -422,18 +453,18 @@ class _Analysis:
                 return True
         return False
 
-    def _base_table(self, node: exp.Table) -> Table | None:
+    def _base_table(self, node: exp.Table, lenient: bool = False) -> Table | None:
         """The base table a FROM item names; None for CTE references and table functions."""
         if not isinstance(node.this, exp.Identifier):
             if isinstance(node.this, exp.Func):
                 return None
-            raise _Unsupported(f"unsupported FROM item: {node.sql(dialect=DIALECT)[:60]}")
-        return None if self._is_cte(node) else self._table_of(node)
+            raise Unsupported(f"unsupported FROM item: {node.sql(dialect=DIALECT)[:60]}")
+        return None if self._is_cte(node) else self._table_of(node, lenient)
 
     def _known_columns(self, table: Table) -> tuple[str, ...] | None:
-        if self.catalog is None:
+        if self.names.columns is None:
             return None
-        found = self.catalog.columns(*table)
+        found = self.names.columns.columns(*table)
         return tuple(found) if found is not None else None
 
     # -- writes --------------------------------------------------------------------------
@@ -447,9 +478,9 @@ class _Analysis:
             self.actions.append(Action(kind))
         elif isinstance(node, exp.Table):
             self.targets.add(id(node))
-            table = self._base_table(node)
+            table = self._base_table(node, kind in _DDL_TARGETS)
             if table is None:
-                raise _Unsupported(f"{kind} target is not a table: {node.sql(dialect=DIALECT)[:60]}")
+                raise Unsupported(f"{kind} target is not a table: {node.sql(dialect=DIALECT)[:60]}")
             self.actions.append(Action(kind, table, columns))
         else:
             self.actions.append(Action(kind))
@@ -527,16 +558,6 @@ class _Analysis:
             self.actions.append(Action("insert", self.actions[-1].table, self.actions[-1].columns))
         else:  # COPY ... TO: the table (or query) is read like any other
             self.actions.append(Action(kind))
-
-    # -- functions -----------------------------------------------------------------------
-
-    def _functions(self) -> Iterator[str]:
-        for node in self.tree.walk():
-            if isinstance(node, exp.Anonymous):
-                name = node.this.this if isinstance(node.this, exp.Identifier) else str(node.this)
-                yield name.strip('"').lower()
-            elif isinstance(node, exp.Func) and not isinstance(node, exp.Column):
-                yield type(node).sql_names()[0].lower() if type(node).sql_names() else type(node).key
 
     # -- columns -------------------------------------------------------------------------
 
@@ -711,12 +732,20 @@ class _Analysis:
         return frozenset(found)
 
 
+def _sets_default(tree: exp.Expr) -> bool:
+    """Does an UPDATE set a column to DEFAULT (so its default runs)?"""
+    return any(isinstance(n, exp.Var) and str(n.this).upper() == "DEFAULT"
+               or isinstance(n, exp.Column) and isinstance(n.this, exp.Identifier) and not n.this.quoted
+               and not n.args.get("table") and n.this.this.upper() == "DEFAULT"
+               for n in tree.find_all(exp.Var, exp.Column))
+
+
 def _column_name(node: exp.Expr) -> str:
     if isinstance(node, exp.Column):
         return _ident(node.this)
     if isinstance(node, exp.Identifier):
         return _ident(node)
-    raise _Unsupported(f"unsupported column expression: {node.sql(dialect=DIALECT)[:60]}")
+    raise Unsupported(f"unsupported column expression: {node.sql(dialect=DIALECT)[:60]}")
 
 
 def _is_star(node: exp.Expr) -> bool:
@@ -733,7 +762,7 @@ def _ancestors(node: exp.Expr) -> Iterator[exp.Expr]:
 def _enclosing_queries(node: exp.Expr) -> list[exp.Expr]:
     found = [a for a in _ancestors(node) if isinstance(a, _QUERY_NODES)]
     if not found:
-        raise _Unsupported(f"column outside any query: {node.sql(dialect=DIALECT)[:60]}")
+        raise Unsupported(f"column outside any query: {node.sql(dialect=DIALECT)[:60]}")
     return found
 
 
@@ -744,7 +773,7 @@ def _cte_query(node: exp.Table, name: str) -> exp.Expr:
             for cte in with_.expressions:
                 if _ident(cte.args["alias"].this) == name:
                     return cte.this
-    raise _Unsupported(f"CTE {name} not found")
+    raise Unsupported(f"CTE {name} not found")
 
 
 def _direct_from_items(query: exp.Expr) -> list[exp.Expr]:

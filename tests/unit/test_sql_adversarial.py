@@ -35,8 +35,9 @@ def engine():
     return PolicyEngine(load_policy_text(POLICY, "adversarial.yaml"), Catalog())
 
 
-def decide(engine, text, **labels):
-    return engine.decide(Request(Subject("bot"), "db", SqlQuery(text), labels))
+def decide(engine, text, search_path=None):
+    settings = (("search_path", search_path),) if search_path is not None else ()
+    return engine.decide(Request(Subject("bot"), "db", SqlQuery(text, settings=settings)))
 
 
 ALLOWED = [
@@ -49,6 +50,7 @@ ALLOWED = [
     "BEGIN; select id from orders; COMMIT",
     "SAVEPOINT s1",
     "RELEASE SAVEPOINT s1",
+    "SHOW search_path",
 ]
 DENIED = {
     'select * from "Public"."Orders"': "default-deny",  # quoted: a different table than public.orders
@@ -79,7 +81,7 @@ DENIED = {
     "NOTIFY ch, 'x'": "sql-opaque-statement",
     "SET statement_timeout = 0": "default-deny",
     "RESET ALL": "sql-opaque-statement",
-    "SHOW search_path": "sql-opaque-statement",
+    "SHOW ALL": "sql-opaque-statement",
     "SET ROLE postgres": "sql-opaque-statement",
     "SET SESSION AUTHORIZATION postgres": "sql-opaque-statement",
     "PREPARE p AS DELETE FROM orders": "sql-opaque-statement",
@@ -139,21 +141,22 @@ def test_explain_analyze_update_is_judged_as_the_update(engine):
     assert decision.verdict is Verdict.APPROVE and decision.rule == "update-orders"
 
 
-def test_search_path_label_and_set_search_path(engine):
+def test_search_path_setting_and_set_search_path(engine):
     assert decide(engine, "select id from orders", search_path="sales").verdict is Verdict.DENY
     assert decide(engine, "set search_path to secret; select * from keys").verdict is Verdict.DENY
     statements = analyse("SET search_path TO secret, public; select key from keys")
-    assert statements[0].search_path == ("secret", "public")
+    assert [e.to_dict() for e in statements[0].effects] == [
+        {"kind": "set", "name": "search_path", "value": "secret, public", "local": False}]
     assert statements[1].actions[0].table == ("secret", "keys")
 
 
 def test_schema_qualified_beats_search_path():
-    (statement,) = analyse("select id from public.orders", ("secret",))
+    (statement,) = analyse("select id from public.orders", (("search_path", "secret"),))
     assert [a.table for a in statement.actions] == [("public", "orders")]
 
 
 def test_cte_names_are_not_tables():
-    (statement,) = analyse("with orders as (select 1 as id) select id from orders", ("secret",))
+    (statement,) = analyse("with orders as (select 1 as id) select id from orders", (("search_path", "secret"),))
     assert [a.table for a in statement.actions] == [None]
 
 
@@ -210,7 +213,8 @@ def test_numeric_shape_cache_gives_each_text_its_own_decision(text):
     variant = text.translate(str.maketrans("0123456789", "9876543219"))
     decide(engine, variant)
     got = decide(engine, text)
-    own = engine._sql(Request(Subject("bot"), "db", SqlQuery(text)), text)
+    query = SqlQuery(text)
+    own = engine._sql(Request(Subject("bot"), "db", query), query, text)
     assert (got.verdict, got.rule, got.reason, got.masks, got.details) == (
         own.verdict, own.rule, own.reason, own.masks, own.details)
 
