@@ -20,7 +20,7 @@ from sqlglot.dialects.postgres import Postgres
 from sqlglot.errors import SqlglotError
 from sqlglot.tokens import Token, TokenType
 
-from interceptor.handlers.postgres.encoding import client_only
+from interceptor.policy.encodings import client_only
 from interceptor.policy.settings import FOLLOWED, Effect
 from interceptor.policy.sql_functions import token_name
 from interceptor.policy.statement import UNSAFE_ENCODING, Action, Call, Statement, Unsupported
@@ -342,7 +342,7 @@ def session_select(tree: exp.Expr, calls: list[tuple[Call, exp.Expr | None]]) ->
 def refuse_unsafe_encoding(statement: Statement, defaults: dict[str, str | None]) -> Statement:
     """The statement, or an error under builtin-unsafe-encoding when it switches
     client_encoding (SET, SET NAMES, set_config, or RESET to the default) to a client-only
-    encoding (interceptor.handlers.postgres.encoding.client_only)."""
+    encoding (interceptor.policy.encodings.client_only)."""
     for effect in statement.effects:
         if effect.kind in ("set", "reset") and effect.name == "client_encoding":
             value = effect.value if effect.kind == "set" and effect.value is not None else defaults.get(effect.name)

@@ -24,7 +24,7 @@ from interceptor.handlers.pipe import Pipe
 from interceptor.handlers.postgres import codec
 from interceptor.handlers.postgres.auth import LoginError, UpstreamLogin
 from interceptor.handlers.postgres.codec import Column, ProtocolViolation
-from interceptor.handlers.postgres.encoding import EncodingRefused, python_codec
+from interceptor.policy.encodings import EncodingRefused, python_codec
 from interceptor.handlers.postgres.session import (
     CLIENT,
     CLIENT_TERMINATED,

@@ -26,7 +26,7 @@ from interceptor.audit.event import SharedSummary
 from interceptor.decision import Decision, MaskSpec, Verdict
 from interceptor.handlers.postgres import codec
 from interceptor.handlers.postgres.codec import MAX_MESSAGE, Column, ProtocolViolation
-from interceptor.handlers.postgres.encoding import EncodingRefused, canonical, client_only, python_codec
+from interceptor.policy.encodings import EncodingRefused, canonical, client_only, python_codec
 from interceptor.handlers.postgres.names import Change, record
 from interceptor.operations import SqlQuery
 from interceptor.policy.catalog import Catalog, CatalogUnavailable

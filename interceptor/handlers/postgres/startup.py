@@ -10,7 +10,7 @@ import fnmatch
 from dataclasses import dataclass
 
 from interceptor.handlers.postgres import codec
-from interceptor.handlers.postgres.encoding import EncodingRefused, python_codec
+from interceptor.policy.encodings import EncodingRefused, python_codec
 
 PASSED_PARAMETERS = frozenset({
     "application_name", "client_encoding", "datestyle", "timezone", "intervalstyle", "extra_float_digits",
