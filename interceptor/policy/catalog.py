@@ -80,21 +80,23 @@ class Catalog:
     user: str = ""  # the login role: what "$user" stands for until a SET ROLE
     database: str = ""
     unusable: frozenset[str] = frozenset()  # schemas the login role has no USAGE on: a search_path skips them
+    operators: frozenset[str] = frozenset()  # schemas that hold operators
     version: str = field(default="", compare=False)
 
     @classmethod
     def build(cls, relations: Iterable[Relation], functions: Iterable[Function] = (), *,
               schemas: Iterable[str] = (), default_search_path: Sequence[str] = ("$user", "public"),
-              user: str = "", database: str = "", unusable: Iterable[str] = ()) -> Catalog:
+              user: str = "", database: str = "", unusable: Iterable[str] = (),
+              operators: Iterable[str] = ()) -> Catalog:
         rels = {(r.schema, r.name): r for r in relations}
         funcs: dict[tuple[str, str], list[Function]] = {}
         for function in functions:
             funcs.setdefault((function.schema, function.name), []).append(function)
         known = frozenset(schemas) | {s for s, _ in rels} | {s for s, _ in funcs} | SYSTEM_SCHEMAS
         catalog = cls(rels, {k: tuple(v) for k, v in funcs.items()}, known, tuple(default_search_path), user,
-                      database, frozenset(unusable))
+                      database, frozenset(unusable), frozenset(operators))
         content = (sorted(rels.items()), sorted(catalog.functions.items()), sorted(known), catalog.default_search_path,
-                   user, database, sorted(catalog.unusable))
+                   user, database, sorted(catalog.unusable), sorted(catalog.operators))
         object.__setattr__(catalog, "version", hashlib.sha256(repr(content).encode()).hexdigest()[:16])
         return catalog
 
@@ -138,6 +140,13 @@ class Catalog:
             listed.insert(0, "pg_catalog")
         return tuple(listed)
 
+    def shadowing(self, path: Sequence[str], role: str | None = None) -> tuple[str, ...]:
+        """Schemas searched before pg_catalog that hold functions or operators: an unqualified
+        call or operator may resolve to theirs instead of the server's own (CVE-2018-1058)."""
+        searched = self.effective_path(path, role)
+        before = searched[:searched.index("pg_catalog")]
+        return tuple(s for s in before if s in self.operators or any(k[0] == s for k in self.functions))
+
     def resolve_relation(self, name: str, path: Sequence[str], role: str | None = None) -> Relation | None:
         """The relation an unqualified `name` means: the first schema of the path holding it."""
         for schema in self.effective_path(path, role):
@@ -164,6 +173,7 @@ class Catalog:
             "default_search_path": list(self.default_search_path),
             "schemas": sorted(self.schemas),
             "unusable": sorted(self.unusable),
+            "operators": sorted(self.operators),
             "relations": [_plain(asdict(r)) for _, r in sorted(self.relations.items())],
             "functions": [_plain(asdict(f)) for _, fs in sorted(self.functions.items()) for f in fs],
         }
@@ -181,7 +191,7 @@ class Catalog:
         return cls.build(relations, functions, schemas=data.get("schemas", ()),
                          default_search_path=tuple(data.get("default_search_path", ("$user", "public"))),
                          user=str(data.get("user", "")), database=str(data.get("database", "")),
-                         unusable=data.get("unusable", ()))
+                         unusable=data.get("unusable", ()), operators=data.get("operators", ()))
 
 
 def _plain(row: dict[str, Any]) -> dict[str, Any]:

@@ -112,7 +112,9 @@ def analyse(text: str, settings: Settings = (), defaults: Settings = (),
     session = SessionSettings.of(settings, defaults)
     statements = []
     for chunk in _split(tokens):
-        statement = refuse_unsafe_encoding(_analyse_chunk(text, chunk, _Names.of(session, catalog)), session.defaults)
+        names = _Names.of(session, catalog)
+        statement = refuse_unsafe_encoding(refuse_shadowing(_analyse_chunk(text, chunk, names), names),
+                                           session.defaults)
         if statement.error is None:
             for effect in statement.effects:
                 session.apply(effect)
@@ -120,6 +122,27 @@ def analyse(text: str, settings: Settings = (), defaults: Settings = (),
     if not statements:
         return (Statement(text, "empty"),)
     return tuple(statements)
+
+
+SHADOWING_RULE = "builtin-search-path-shadowing"
+_NO_EXPRESSIONS = frozenset({"set", "reset", "transaction", "show", "discard", "deallocate", "empty"})
+
+
+def refuse_shadowing(statement: Statement, names: _Names) -> Statement:
+    """The statement, or an error under builtin-search-path-shadowing when it would run with
+    a search_path that searches a schema holding functions or operators before pg_catalog:
+    any unqualified call or operator (even `+`) could then run that schema's code instead of
+    the server's (CVE-2018-1058; docs, 5.9.6 "Usage Patterns"). Statements that evaluate no
+    expression (SET, RESET, transaction control, SHOW) still run, so the path can be fixed."""
+    if names.catalog is None or names.path is None or statement.kind in _NO_EXPRESSIONS or statement.error:
+        return statement
+    shadowing = names.catalog.shadowing(names.path, names.role)
+    if not shadowing:
+        return statement
+    return Statement(statement.text, statement.kind, error=(
+        f"the search_path searches {', '.join(shadowing)} before pg_catalog, and its functions or operators "
+        "could take the place of the server's own; put pg_catalog first (SET search_path = pg_catalog, ...)"),
+        rule=SHADOWING_RULE)
 
 
 @dataclass(frozen=True, slots=True)

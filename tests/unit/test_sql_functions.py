@@ -196,14 +196,18 @@ def test_volatile_and_dangerous_builtins_are_denied(engine: PolicyEngine, text: 
 
 def test_a_user_function_shadowing_a_builtin_earlier_in_the_path_is_denied(engine: PolicyEngine) -> None:
     assert decide(engine, "select lower('x')").verdict is Verdict.ALLOW
-    decision = decide(engine, "SET search_path = evil, pg_catalog; SELECT lower('x')")
+    # a schema with functions before pg_catalog: any call or operator could be taken over
+    for statement in ("SELECT lower('x')", "SELECT count(*) FROM sales.orders", "SELECT pg_catalog.lower('x')",
+                      "SELECT 1 + 1"):
+        decision = decide(engine, f"SET search_path = evil, pg_catalog; {statement}")
+        assert (decision.verdict, decision.rule) == (Verdict.DENY, "builtin-search-path-shadowing"), statement
+        assert "searches evil before pg_catalog" in decision.reason
+    assert decide(engine, "SET search_path = evil, pg_catalog; SET search_path = pg_catalog, evil; "
+                          "SELECT pg_catalog.lower('x')").verdict is Verdict.ALLOW
+    # pg_catalog first (not listed): still every same-named function of the path is a candidate
+    decision = decide(engine, "SET search_path = evil; SELECT lower('x')")
     assert decision.verdict is Verdict.DENY and "evil.lower() is user-defined (volatile)" in decision.reason
     assert decision.details[1]["functions"] == ["lower"]
-    assert "evil.count() is user-defined" in decide(engine, "SET search_path = evil, pg_catalog; "
-                                                            "SELECT count(*) FROM sales.orders").reason
-    # pg_catalog first (not listed): still every same-named function of the path is a candidate
-    assert decide(engine, "SET search_path = evil; SELECT lower('x')").verdict is Verdict.DENY
-    assert decide(engine, "SET search_path = evil, pg_catalog; SELECT pg_catalog.lower('x')").verdict is Verdict.ALLOW
 
 
 def test_a_quoted_name_is_another_function(engine: PolicyEngine) -> None:
@@ -249,7 +253,7 @@ def test_rules_name_functions_by_name_or_by_schema() -> None:
     only_builtin = engine_with("{name: lower-ok, effect: allow, sql: {functions: [pg_catalog.lower]}}")
     assert decide(only_builtin, shadow).verdict is Verdict.DENY  # evil.lower is a candidate too
     no_evil = engine_with("{name: no-evil, effect: deny, sql: {functions: [\"evil.*\"]}}")
-    assert decide(no_evil, shadow).rule == "no-evil"
+    assert decide(no_evil, "SET search_path = evil; SELECT lower('x')").rule == "no-evil"
     assert decide(no_evil, "SELECT lower('x')").verdict is Verdict.ALLOW
     no_lower = engine_with("{name: no-lower, effect: deny, sql: {functions: [lower]}}")
     assert decide(no_lower, "select lower('x')").rule == "no-lower"

@@ -55,6 +55,9 @@ CATALOG_QUERY = ";\n".join((
     # n: every schema, and whether the login role may use it (a search_path skips it if not)
     f"SELECT 'n', n.nspname, pg_catalog.has_schema_privilege(n.oid, 'USAGE') "
     f"FROM pg_catalog.pg_namespace n WHERE {_SKIPPED_SCHEMAS}",
+    # o: the schemas that hold operators
+    "SELECT DISTINCT 'o', n.nspname FROM pg_catalog.pg_operator o "
+    "JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace",
     # r: oid, schema, name, relkind, [[column, type], ...] of the live columns in attnum order
     "SELECT 'r', c.oid, n.nspname, c.relname, c.relkind, "
     "(SELECT pg_catalog.json_agg(pg_catalog.json_build_array(a.attname, "
@@ -98,7 +101,7 @@ async def read_catalog(upstream: Upstream, database: str) -> Catalog:
 
 
 def _catalog(rows: list[list[str | None]], database: str) -> Catalog:
-    tagged: dict[str, list[list[str | None]]] = {"s": [], "n": [], "r": [], "d": [], "f": []}
+    tagged: dict[str, list[list[str | None]]] = {"s": [], "n": [], "o": [], "r": [], "d": [], "f": []}
     for row in rows:
         tagged[str(row[0])].append(row[1:])
     if len(tagged["s"]) != 1:
@@ -121,7 +124,8 @@ def _catalog(rows: list[list[str | None]], database: str) -> Catalog:
     functions = [_function(row) for row in tagged["f"]]
     return Catalog.build(relations, functions, schemas=(str(name) for name, _ in tagged["n"]),
                          default_search_path=path, user=user, database=current,
-                         unusable=(str(name) for name, usable in tagged["n"] if usable != "t"))
+                         unusable=(str(name) for name, usable in tagged["n"] if usable != "t"),
+                         operators=(str(name) for (name,) in tagged["o"]))
 
 
 def _function(row: list[str | None]) -> Function:
