@@ -77,8 +77,8 @@ class Policy:
                 effects.append(Effect("set", "search_path", text.split("=", 1)[1].strip(), local=True).to_dict())
             elif lowered.startswith("set client_encoding"):
                 effects.append(Effect("set", "client_encoding", text.split("=", 1)[1].strip()).to_dict())
-            elif lowered in ("begin", "commit", "rollback"):
-                effects.append(Effect(lowered).to_dict())
+            elif lowered in ("begin", "commit", "rollback", "end"):
+                effects.append(Effect("commit" if lowered == "end" else lowered).to_dict())
             elif lowered.startswith("deallocate"):
                 effects.append(Effect("deallocate", text.split()[-1]).to_dict())
             kind = lowered.split()[0]
@@ -227,6 +227,21 @@ def test_an_error_in_an_implicit_transaction_undoes_its_set():
     s.from_server(complete("SET") + codec.error_response("22012", "division by zero") + ready())
     s.from_client(codec.query("SELECT secret"))
     assert dict(policy.asked[-1].settings)["search_path"] is None
+
+
+@pytest.mark.parametrize("ending", ["COMMIT", "END"])
+def test_commit_of_a_failed_transaction_undoes_its_set(ending):
+    """The server answers COMMIT of a failed transaction with ROLLBACK: the SET is gone."""
+    policy = Policy()
+    s = session(policy)
+    for text, reply in (("BEGIN", complete("BEGIN") + ready(b"T")), ("SET search_path = sales", complete("SET") + ready(b"T")),
+                        ("SELECT 1/0", codec.error_response("22012", "division by zero") + ready(b"E")),
+                        (ending, complete("ROLLBACK") + ready())):
+        s.from_client(codec.query(text))
+        s.from_server(reply)
+    out = s.from_client(codec.query("SELECT secret"))
+    assert dict(policy.asked[-1].settings)["search_path"] is None
+    assert sent(out, "server") == codec.query("SELECT secret")
 
 
 def test_set_local_ends_with_the_transaction():

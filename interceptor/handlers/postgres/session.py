@@ -407,7 +407,7 @@ class ProxySession:
                 self._pause(frame, out, "a pipelined statement may change the session's settings or catalog")
                 return False
             return True
-        if self._touched:
+        if self._touched or self.predicted != self.confirmed:  # errors are known only to `confirmed`
             self.predicted, self._touched = self.confirmed.copy(), False
             self._codec = self._client_codec(self.predicted)
         if self._catalog_stale:
