@@ -69,9 +69,18 @@ def story(port: int, settings: Path) -> None:
     run(cli + ["status"])
 
     step("2. The agent reads customers: allowed, card numbers and emails masked")
-    out = run(psql(port, "select id, name, email, card_number from customers order by id"))
+    out = run(psql(port, "select * from customers order by id"))
     if "4111 1111 1111 1111" in out.stdout or "ada@example.com" in out.stdout:
         raise DemoFailed("a clear card number or email reached the agent")
+    if "card_number" not in out.stdout or "1111" not in out.stdout:
+        raise DemoFailed("select * from customers did not return the customers (masked)")
+
+    step("2b. Names resolve as the server resolves them: pg_catalog first, then the search_path")
+    out = run(psql(port, "show search_path", "select current_user, current_schema()",
+                   "select count(*) as customers from customers"))
+    if "customers" not in out.stdout:
+        raise DemoFailed("the session's bootstrap queries or an unqualified name were refused")
+    run(cli + ["catalog", "show"])
 
     step("3. The agent tries DROP TABLE: denied by the rule, and the session goes on")
     out = run(psql(port, "drop table orders", "select count(*) as orders_left from orders"), expect_ok=False)

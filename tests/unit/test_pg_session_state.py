@@ -351,9 +351,29 @@ def test_ddl_let_through_makes_the_next_statement_wait_for_a_new_catalog():
     s.from_client(codec.query("CREATE TABLE t (a int)"))
     s.from_server(complete("CREATE TABLE") + ready())
     out = s.from_client(codec.query("SELECT * FROM t"))
-    assert out[-1] == RefreshCatalog() and sent(out, "server") == b""
+    assert out[-1] == RefreshCatalog(after_ddl=True) and sent(out, "server") == b""
     out = s.catalog_read()
     assert sent(out, "server") == codec.query("SELECT * FROM t")
+
+
+def test_a_name_the_catalog_does_not_hold_has_it_read_again_once():
+    """A table made outside the enforcer (a migration) is in the next read of the catalog."""
+    known = {"fresh": False}
+
+    def judge(query: SqlQuery) -> Decision:
+        if "new_table" in query.text and not known["fresh"]:
+            return Decision.deny("catalog-unknown-relation", 'relation "new_table" is not in the catalog')
+        return Decision(Verdict.ALLOW, "reads")
+
+    s = ProxySession(judge=judge, database="app", nonce=NONCE)
+    out = s.from_client(codec.query("SELECT * FROM new_table"))
+    assert out[-1] == RefreshCatalog(after_ddl=False) and sent(out, "server") == b""
+    known["fresh"] = True
+    assert sent(s.catalog_read(), "server") == codec.query("SELECT * FROM new_table")
+    known["fresh"] = False
+    out = s.from_client(codec.query("SELECT * FROM new_table_2"))  # still missing after the read: refused
+    assert isinstance(out[-1], RefreshCatalog)
+    assert sent(s.catalog_read(), "server") == codec.query(SENTINEL)
 
 
 @pytest.mark.parametrize("limit_exceeded", [True, False])

@@ -50,6 +50,7 @@ CHUNK = 256 * 1024
 HOLD_BACK_BYTES = 64 * 1024  # strict audit: a result up to this size waits whole for its record
 BACKLOG_BYTES = 256 * 1024  # read on during a wait up to this much, then pause that side
 STARTUP_SECONDS = 60.0
+REREAD_SECONDS = 5.0  # a name the catalog does not hold has it read again at most this often
 _COLUMN_NAMES = (
     "SELECT a.attrelid, a.attnum, n.nspname || '.' || c.relname || '.' || a.attname "
     "FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid "
@@ -148,9 +149,15 @@ class CatalogSource:
         except CatalogUnavailable as exc:
             self._catalog = exc
 
-    async def refresh(self) -> None:
-        if self.store is not None:
-            self.store.invalidate(self.resource, self.database)
+    async def refresh(self, after_ddl: bool) -> None:
+        """Read again: always after DDL; for a missing name only if the catalog in hand is
+        older than REREAD_SECONDS (an agent naming what does not exist must not make the
+        enforcer read the catalog for every statement)."""
+        if self.store is None:
+            return
+        if not after_ddl and self.store.clock() - self._loaded_at < REREAD_SECONDS:
+            return
+        self.store.invalidate(self.resource, self.database)
         await self.load()
 
     def current(self) -> Catalog | CatalogUnavailable | None:
@@ -538,7 +545,7 @@ class _Link:
                 waiting = self._resolve(command)
                 break
             elif kind is RefreshCatalog:
-                waiting = self._refresh()
+                waiting = self._refresh(command)
                 break
             elif kind is Close:
                 self._write(to_client, to_server)
@@ -573,8 +580,8 @@ class _Link:
         outcome = await pending.wait()
         return self.session.approval(outcome.approved, outcome.request_id, outcome.reason, outcome.approver)
 
-    async def _refresh(self) -> list[Command]:
-        await self.catalogs.refresh()
+    async def _refresh(self, command: RefreshCatalog) -> list[Command]:
+        await self.catalogs.refresh(command.after_ddl)
         return self.session.catalog_read()
 
     async def _resolve(self, command: ResolveTables) -> list[Command]:

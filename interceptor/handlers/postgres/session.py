@@ -31,6 +31,7 @@ from interceptor.handlers.postgres.names import Change, record
 from interceptor.operations import SqlQuery
 from interceptor.policy.catalog import Catalog, CatalogUnavailable
 from interceptor.policy.settings import Effect, SessionSettings
+from interceptor.policy.statement import CATALOG_UNAVAILABLE, CATALOG_UNKNOWN_FUNCTION, CATALOG_UNKNOWN_RELATION
 from interceptor.textcache import short_text_cache
 
 CLIENT, SERVER = "client", "server"
@@ -44,6 +45,7 @@ _FRAME = struct.Struct("!BI")  # message type as a number, length
 _FLUSH = b"H\x00\x00\x00\x04"
 _WAIT_LIMIT = 16 << 20  # bytes an agent may pipeline while the enforcer waits for the server
 _CATALOG_CHANGES = frozenset({"create", "alter", "drop", "comment", "grant", "revoke"})
+_CATALOG_MISSES = frozenset({CATALOG_UNKNOWN_RELATION, CATALOG_UNKNOWN_FUNCTION, CATALOG_UNAVAILABLE})
 
 RowMask = Callable[[memoryview], bytes]
 MaskFactory = Callable[[tuple[MaskSpec, ...], tuple[Column, ...], tuple[str | None, ...]], RowMask | None]
@@ -104,8 +106,11 @@ class ResolveTables:
 
 @dataclass(frozen=True, slots=True)
 class RefreshCatalog:
-    """DDL the enforcer let through has run: read the catalog again and answer with
-    `ProxySession.catalog_read` (statements after it wait for the new catalog)."""
+    """Read the catalog again and answer with `ProxySession.catalog_read`: after DDL the
+    enforcer let through (`after_ddl`), or for a name the catalog does not hold, which DDL
+    made elsewhere may have created since (then at most every few seconds)."""
+
+    after_ddl: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,6 +315,7 @@ class ProxySession:
         self._codec = self._client_codec(self.predicted)
         self._reported_encoding: str | None = None
         self._catalog_stale = False  # DDL was let through: read the catalog before judging more
+        self._reread = False  # the catalog was read again for the statement being judged
         self._client = _Stream("client", client_limit)
         self._server = _Stream("server", server_limit)
         self._expect: deque[Expect] = deque()
@@ -412,7 +418,7 @@ class ProxySession:
             self._codec = self._client_codec(self.predicted)
         if self._catalog_stale:
             self._pause(frame, out, "reading the catalog again after DDL")
-            out.append(RefreshCatalog())
+            out.append(RefreshCatalog(after_ddl=True))
             return False
         return True
 
@@ -430,8 +436,15 @@ class ProxySession:
         return self.from_client(b"")
 
     def _judged(self, text: str, name: str | None, frame: tuple[int, int, int], out: list[Command]) -> None:
-        """Judge a Query (`name` None) or a Parse of statement `name`."""
+        """Judge a Query (`name` None) or a Parse of statement `name`; a name the catalog
+        does not hold has the catalog read again once before it is refused."""
         decision = self._decide(text)
+        if decision.rule in _CATALOG_MISSES and not self._reread:
+            self._reread = True
+            self._pause(frame, out, "reading the catalog again for a name it does not hold")
+            out.append(RefreshCatalog(after_ddl=False))
+            return
+        self._reread = False
         if decision.verdict is Verdict.APPROVE:
             self._held = (frame, name, text, decision)
             self._client.stop(frame[1])
