@@ -50,7 +50,7 @@ CHUNK = 256 * 1024
 HOLD_BACK_BYTES = 64 * 1024  # strict audit: a result up to this size waits whole for its record
 BACKLOG_BYTES = 256 * 1024  # read on during a wait up to this much, then pause that side
 STARTUP_SECONDS = 60.0
-REREAD_SECONDS = 5.0  # a name the catalog does not hold has it read again at most this often
+REREAD_SECONDS = 2.0  # a name the catalog does not hold has it read again at most this often
 _COLUMN_NAMES = (
     "SELECT a.attrelid, a.attnum, n.nspname || '.' || c.relname || '.' || a.attname "
     "FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid "
@@ -155,10 +155,17 @@ class CatalogSource:
         enforcer read the catalog for every statement)."""
         if self.store is None:
             return
-        if not after_ddl and self.store.clock() - self._loaded_at < REREAD_SECONDS:
+        if not after_ddl and self._age() < REREAD_SECONDS:
             return
         self.store.invalidate(self.resource, self.database)
         await self.load()
+
+    def _age(self) -> float:
+        """Seconds since the cached catalog was read from the server (infinite: none is)."""
+        for entry in self.store.entries():
+            if (entry.resource, entry.database) == (self.resource, self.database) and entry.age is not None:
+                return float(entry.age)
+        return float("inf")
 
     def current(self) -> Catalog | CatalogUnavailable | None:
         """The newest catalog known now (never waits); past the cache's ttl a read starts
