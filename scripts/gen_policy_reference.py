@@ -20,7 +20,16 @@ from typing import Any
 
 from interceptor.identity.config import FIELDS as IDENTITY_FIELDS
 from interceptor.identity.config import REQUIRED as IDENTITY_REQUIRED
-from interceptor.policy.engine import DANGEROUS_FUNCTIONS, DDL_KINDS
+from interceptor.policy.encodings import CLIENT_ONLY
+from interceptor.policy.engine import (
+    BOOTSTRAP_RULE, DANGEROUS_FUNCTIONS, DANGEROUS_RULE, DDL_KINDS, HARMLESS_VOLATILE_FUNCTIONS, TRANSACTION_RULE,
+    UNPARSED_RULE,
+)
+from interceptor.policy.sql import SHADOWING_RULE
+from interceptor.policy.sql_session import BOOTSTRAP_RELATIONS, BOOTSTRAP_SETTINGS, SESSION_FUNCTIONS
+from interceptor.policy.statement import (
+    CATALOG_UNAVAILABLE, CATALOG_UNKNOWN_FUNCTION, CATALOG_UNKNOWN_RELATION, UNSAFE_ENCODING,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = ROOT / "policy" / "schema.json"
@@ -346,6 +355,70 @@ def section(name: str, where: str, node: dict[str, Any], defs: dict[str, Any]) -
     return out + [""]
 
 
+def judging() -> list[str]:
+    """How a SQL statement is judged as the server will run it: names, functions, session
+    state and encodings, with the builtin rules that may answer."""
+    relations = _code(sorted(f"{schema}.{name}" for schema, name in BOOTSTRAP_RELATIONS))
+    return [
+        "## How a SQL statement is judged", "",
+        "The enforcer judges what the server will run, not its own reading of the text. It reads each "
+        "database's catalog through a connection of its own with the resource's credentials (relations of "
+        "every kind with their columns, functions with volatility, SECURITY DEFINER and language, the schemas "
+        "the role may use, the role's default `search_path`; `interceptor catalog show`), and follows the "
+        "session's state as the server applies it. `policy test` files judge with the same catalog type: "
+        "a short `{schema.table: [columns]}` form (the whole database: a relation it does not list does not "
+        "exist) or a dump from `interceptor catalog show RESOURCE --database DB --json`.", "",
+        "### Names", "",
+        "An unqualified name resolves as PostgreSQL resolves it (docs, 5.9.3): by the session's `search_path` "
+        "as it is now (the startup parameter or `options=-c search_path=...`, then `SET`, `SET LOCAL` until the "
+        "transaction ends, `RESET`, `set_config()`, all undone when their transaction rolls back, also by "
+        "`COMMIT` of a failed transaction or `ROLLBACK TO SAVEPOINT`), `pg_catalog` first unless listed, "
+        "`\"$user\"` for the current role, schemas that do not exist or that the role may not use skipped; "
+        "the first schema that holds the name wins. Identifiers fold as the server folds them (ASCII only, "
+        "cut at 63 bytes). A prepared statement is judged again when the `search_path` changed since its Parse "
+        "(the server re-analyses it then), and after a policy reload or an identity change.", "",
+        f"A relation or function the catalog does not hold is refused (`{CATALOG_UNKNOWN_RELATION}`, "
+        f"`{CATALOG_UNKNOWN_FUNCTION}`), after the catalog was read again once in case it was made since "
+        f"(at most every 2 seconds). While the catalog cannot be read, every statement that names a relation "
+        f"or calls a function is refused (`{CATALOG_UNAVAILABLE}`, with why); others run and the session goes "
+        f"on. A `search_path` that searches a schema holding functions or operators before `pg_catalog` "
+        f"refuses every statement that evaluates an expression (`{SHADOWING_RULE}`): an operator, even `=`, "
+        f"could run that schema's code (CVE-2018-1058). SET, RESET, SHOW and transaction control still run, "
+        f"so the path can be put right.", "",
+        "### Functions", "",
+        "Every call is found wherever it stands (select list, FROM, WHERE, ORDER BY, GROUP BY, HAVING, JOIN, "
+        "CTEs, VALUES, RETURNING, both protocols), and so is the code a relation runs when read (a view's "
+        "definition) or written (column defaults). An unqualified call may resolve to a function of that "
+        "name in any schema of the path (argument types choose), so every such candidate is judged. A rule "
+        "that names the function in `sql.functions` (`name` or `schema.name` globs) decides it. Otherwise: "
+        f"functions on the dangerous list are denied (`{DANGEROUS_RULE}`); immutable and stable functions "
+        "of `pg_catalog` are allowed; volatile ones are denied except "
+        f"{_code(sorted(HARMLESS_VOLATILE_FUNCTIONS))}; user-defined (any other schema), SECURITY DEFINER "
+        "and unknown functions are denied; the reason names the function and how to allow it.", "",
+        "### What every client does first", "",
+        f"Allowed by default (`{BOOTSTRAP_RULE}`), like transaction control (`{TRANSACTION_RULE}`); a deny "
+        f"rule still takes any of it away: `SHOW` of {_code(sorted(BOOTSTRAP_SETTINGS))}; `SELECT` without "
+        f"FROM of {_code(sorted(SESSION_FUNCTIONS))} (`current_setting` with one of those settings, as a "
+        "literal) and of `current_user`, `session_user`, `current_role`, `user`, `current_catalog`; and reading "
+        f"{relations}, which drivers read to learn types. `SHOW ALL` and other settings need a rule naming "
+        "kind `show`.", "",
+        "### Encodings", "",
+        "Statements are decoded in the client encoding the server will use for them. Client-only encodings "
+        "can hide a quote or a backslash inside a multibyte character, so the enforcer and the server could "
+        f"split the same bytes into different statements: {_code(sorted(CLIENT_ONLY))} (in any spelling the "
+        "server accepts) are refused at startup (`client_encoding`, `options`, a role's or database's default) "
+        f"and in every way of switching to them (`SET client_encoding`, `SET NAMES`, `set_config`, `RESET` to "
+        f"such a default: `{UNSAFE_ENCODING}`). A statement the enforcer cannot read is refused "
+        f"(`{UNPARSED_RULE}`), never passed on.", "",
+        "### Names the server holds", "",
+        "Prepared statements and portals, named and unnamed, follow the server: a Parse, Bind or Close "
+        "counts once the server has taken it (a failed or skipped one is undone; `DEALLOCATE` and `DISCARD "
+        "ALL` forget), and a Bind or Execute of a name the enforcer did not judge is refused (`unknown-statement`, "
+        "`unknown-portal`): the server may hold something else under it (a SQL `PREPARE`, a `DECLARE`d cursor).",
+        "",
+    ]
+
+
 def example(path: Path) -> list[str]:
     text = path.read_text()
     intro = [line[1:].strip() for line in text.splitlines() if line.startswith("#")]
@@ -373,6 +446,7 @@ def render(schema: dict[str, Any], examples: Path) -> str:
            "Globs are shell-style (`*`, `?`, `[...]`), case-sensitive.", "",
            "## policy", "", "Where: the top level of the file", "", SECTIONS[ROOT_SECTION], ""]
     out += field_table(ROOT_SECTION, schema, defs) + [""]
+    out += judging()
     for name in where:
         out += section(name, where[name], defs[name], defs)
     out += ["## Examples", "", "Each example below is checked and tested in CI (`tests/unit/test_docs.py`).", ""]
