@@ -303,6 +303,13 @@ def test_the_server_reporting_a_client_only_encoding_closes_the_session():
     assert isinstance(out[-1], Close) and b"SJIS" in sent(out, "client")
 
 
+def test_the_server_turning_standard_conforming_strings_off_closes_the_session():
+    s = session()
+    s.from_client(codec.query("SELECT 1"))
+    out = s.from_server(msg(b"S", b"standard_conforming_strings\0off\0") + complete("SELECT 1") + ready())
+    assert isinstance(out[-1], Close) and b"standard_conforming_strings" in sent(out, "client")
+
+
 def test_a_client_encoding_the_enforcer_did_not_expect_closes_the_session():
     s = session()
     s.from_client(codec.query("SELECT 1"))

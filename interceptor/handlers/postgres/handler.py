@@ -357,6 +357,10 @@ class PostgresHandler:
         except EncodingRefused as exc:
             upstream.close()
             raise Refused("0A000", f"{exc} (the server's default client_encoding for this role or database)") from None
+        if reported.get("standard_conforming_strings", "on").lower() != "on":
+            upstream.close()
+            raise Refused("0A000", "standard_conforming_strings is off for this role or database: a backslash in a "
+                                   "string would end it where the enforcer does not; turn it on")
         catalogs = CatalogSource(services, flow.resource or "", startup.database, host, port, credentials, tls,
                                  server_name)
         await catalogs.load()

@@ -697,8 +697,13 @@ class ProxySession:
             self._finish(frame, out)
 
     def _parameter_status(self, body: memoryview) -> None:
-        """The server reports a setting it changed; client_encoding is one the enforcer follows."""
+        """The server reports a setting it changed: client_encoding is one the enforcer follows,
+        and standard_conforming_strings must stay on (docs, 4.1.2.1: with it off, a backslash
+        escapes the quote after it, so the enforcer would end a string where the server does not)."""
         name, value = codec.read_parameter_status(body)
+        if name.lower() == "standard_conforming_strings" and value.lower() != "on":
+            raise ProtocolViolation("the server turned standard_conforming_strings off: a backslash in a string "
+                                    "would end it where the enforcer does not")
         if name.lower() == "client_encoding":
             if client_only(value) or canonical(value) is None:
                 raise ProtocolViolation(f"the server switched client_encoding to {value!r}, which the enforcer refuses")
