@@ -390,3 +390,71 @@ def test_what_an_agent_pipelines_during_a_wait_is_bounded(limit_exceeded):
     size = (17 << 20) if limit_exceeded else 1024
     out = s.from_client(msg(b"Q", b"x" * size + b"\0"))
     assert any(isinstance(c, Close) for c in out) is limit_exceeded
+
+
+# ---- the session with the real policy engine and a catalog, as the daemon runs it --------
+
+CATALOG_POLICY = """
+version: 1
+agents: {analyst: {}}
+resources: {db: {protocol: postgres, addresses: ["127.0.0.1:5432"]}}
+rules:
+  - {name: read-sales, effect: allow, sql: {kinds: [select], tables: ["sales.*"]}}
+  - {name: set-path, effect: allow, sql: {kinds: [set]}}
+  - {name: no-activity, effect: deny, sql: {tables: [pg_catalog.pg_stat_activity]}}
+  - {name: mask-card, effect: mask, mask: {columns: [sales.customers.card], style: redact}}
+"""
+
+
+def real_session(**kwargs) -> tuple[ProxySession, list[SqlQuery]]:
+    from interceptor.operations import Request, Subject
+    from interceptor.policy import PolicyEngine, load_policy_text
+    from interceptor.policy.catalog import Catalog, Function, Relation
+
+    catalog = Catalog.build([Relation("sales", "customers", columns=("id", "name", "card")),
+                             Relation("sales", "orders", columns=("id", "total")),
+                             Relation("public", "orders", columns=("id", "total")),
+                             Relation("pg_catalog", "pg_stat_activity", kind="v", columns=("pid", "query"))],
+                            [Function("sales", "purge", volatility="volatile", language="plpgsql")],
+                            default_search_path=("$user", "public"), user="app")
+    engine = PolicyEngine(load_policy_text(CATALOG_POLICY, "catalog.yaml"))
+    asked: list[SqlQuery] = []
+
+    def judge(query: SqlQuery) -> Decision:
+        asked.append(query)
+        return engine.decide(Request(Subject("analyst"), "db", query))
+
+    return ProxySession(judge=judge, database="app", catalog=lambda: catalog, nonce=NONCE, **kwargs), asked
+
+
+def test_with_the_catalog_star_expands_and_the_masked_column_is_known():
+    s, _ = real_session()
+    assert sent(s.from_client(codec.query("SELECT * FROM sales.customers")), "server") == \
+        codec.query("SELECT * FROM sales.customers")
+    [(_, expect)] = [(e.kind, e.statement) for e in s._expect]
+    assert expect.decision.masks[0].columns == ("sales.customers.card",)
+
+
+@pytest.mark.parametrize("text", ["SELECT sales.purge()", "SELECT * FROM sales.purge()",
+                                  "SELECT id FROM sales.orders WHERE sales.purge() IS NULL",
+                                  "WITH p AS (SELECT sales.purge()) SELECT * FROM p"])
+def test_a_user_function_anywhere_is_refused(text):
+    s, _ = real_session()
+    assert sent(s.from_client(codec.query(text)), "server") == codec.query(SENTINEL)
+
+
+def test_unqualified_names_resolve_by_the_session_search_path():
+    s, asked = real_session()
+    assert sent(s.from_client(codec.query("SELECT id FROM orders")), "server") == codec.query(SENTINEL)  # public
+    s.from_server(codec.error_response("42601", f'syntax error at or near "{SENTINEL}"') + ready())
+    s.from_client(codec.query("SET search_path = sales"))
+    s.from_server(complete("SET") + ready())
+    assert sent(s.from_client(codec.query("SELECT id FROM orders")), "server") == codec.query("SELECT id FROM orders")
+    assert dict(asked[-1].settings)["search_path"] == "sales"
+
+
+def test_pg_catalog_is_searched_first_so_a_deny_on_it_holds_unqualified():
+    s, _ = real_session(settings=SessionSettings.start({"search_path": "sales"}))
+    assert sent(s.from_client(codec.query("SELECT query FROM pg_stat_activity")), "server") == codec.query(SENTINEL)
+    reply = s.from_server(codec.error_response("42601", f'syntax error at or near "{SENTINEL}"') + ready())
+    assert "no-activity" in codec.read_fields(frames(sent(reply, "client"))[0][1])["M"]
