@@ -1,6 +1,8 @@
 """The server's catalog, as the enforcer needs it to judge a statement the way the server
-will run it: relations of every kind with their columns, functions with their volatility,
-SECURITY DEFINER flag and language, and the login role's effective default search_path.
+will run it: relations of every kind with their columns and the code they run when read or
+written, functions with their volatility, SECURITY DEFINER flag and language, types with
+the code a cast to them runs, the functions of operators outside pg_catalog, and the login
+role's effective default search_path.
 
 The daemon reads it from each database through its own upstream connection
 (interceptor.handlers.postgres.catalog); `policy test` files give one inline or load a dump
@@ -13,6 +15,8 @@ temporary schema (`pg_temp`) is never known to the enforcer, whose catalog conne
 the agent's session, so a relation reached only through it is not in the catalog. Functions
 are resolved over the whole path (docs, 10.3 "Functions"): every function of that name in any
 schema of the path is a candidate, since argument types, not the path order alone, pick one.
+Type names resolve like relation names: the first schema of the path holding one of that
+name (docs, 8.19 and 5.9.3).
 """
 
 from __future__ import annotations
@@ -26,6 +30,10 @@ VOLATILITY = {"i": "immutable", "s": "stable", "v": "volatile"}
 RELATION_KINDS = {"r": "table", "p": "partitioned table", "v": "view", "m": "materialized view",
                   "f": "foreign table", "c": "composite type", "S": "sequence"}
 SYSTEM_SCHEMAS = frozenset({"pg_catalog", "information_schema"})
+# When the code in Relation.write_functions runs: on an INSERT, UPDATE, DELETE or TRUNCATE
+# of the relation's rows, or `default`: a column default, run by an INSERT (and an UPDATE
+# that sets a column to DEFAULT).
+WRITE_EVENTS = ("insert", "update", "delete", "truncate", "default")
 
 
 class CatalogUnavailable(Exception):
@@ -43,7 +51,37 @@ class Relation:
     columns: tuple[str, ...] = ()
     types: tuple[str, ...] = ()  # format_type() of each column, same order (may be empty)
     oid: int = 0
-    functions: tuple[str, ...] = ()  # "schema.name" of functions its view definition or column defaults call
+    # "schema.name" of the functions the server runs when it reads the relation: a view's
+    # definition and what the relations it reads run when read, row security USING policies
+    functions: tuple[str, ...] = ()
+    # (event, "schema.name") of the functions it runs when rows are written (WRITE_EVENTS):
+    # column defaults, generated columns, triggers, CHECK constraints, the domain checks of
+    # its columns' types, row security policies, index expressions, rules, and what the
+    # relations a view or rule writes, or its partitions and children, run when written
+    write_functions: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+    def written(self, events: Iterable[str]) -> tuple[tuple[str, str], ...]:
+        """(event, function) of what writing rows with these events runs."""
+        wanted = set(events)
+        return tuple((event, function) for event, function in self.write_functions if event in wanted)
+
+
+@dataclass(frozen=True, slots=True)
+class Type:
+    """A pg_type row. For a type outside pg_catalog and information_schema, `functions`:
+    "schema.name" of what a value cast to it runs (docs, 8.18 "Domain Types", CREATE CAST):
+    the CHECK constraints of a domain and of the domains it is over, its elements',
+    attributes' or range subtype's, and the functions of the casts into it."""
+
+    schema: str
+    name: str
+    kind: str = "b"  # pg_type.typtype: b base, c composite, d domain, e enum, p pseudo, r range, m multirange
+    functions: tuple[str, ...] = ()
+    oid: int = 0
 
     @property
     def qualified(self) -> str:
@@ -81,23 +119,36 @@ class Catalog:
     database: str = ""
     unusable: frozenset[str] = frozenset()  # schemas the login role has no USAGE on: a search_path skips them
     operators: frozenset[str] = frozenset()  # schemas that hold operators
+    types: Mapping[tuple[str, str], Type] = field(default_factory=dict)
+    # (schema, operator name) -> "schema.name" of the function of each operator of that name
+    # in that schema (one per argument types), for schemas other than pg_catalog
+    operator_functions: Mapping[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
     version: str = field(default="", compare=False)
+    # does it hold pg_catalog's types (one read from a server does; one written by hand may
+    # list only its own, and then an unqualified type name it does not hold may be a builtin)
+    knows_builtin_types: bool = field(default=False, compare=False, repr=False)
 
     @classmethod
     def build(cls, relations: Iterable[Relation], functions: Iterable[Function] = (), *,
               schemas: Iterable[str] = (), default_search_path: Sequence[str] = ("$user", "public"),
               user: str = "", database: str = "", unusable: Iterable[str] = (),
-              operators: Iterable[str] = ()) -> Catalog:
+              operators: Iterable[str] = (), types: Iterable[Type] = (),
+              operator_functions: Mapping[tuple[str, str], Sequence[str]] | None = None) -> Catalog:
         rels = {(r.schema, r.name): r for r in relations}
         funcs: dict[tuple[str, str], list[Function]] = {}
         for function in functions:
             funcs.setdefault((function.schema, function.name), []).append(function)
-        known = frozenset(schemas) | {s for s, _ in rels} | {s for s, _ in funcs} | SYSTEM_SCHEMAS
+        kinds = {(t.schema, t.name): t for t in types}
+        calls = {key: tuple(sorted(set(names))) for key, names in (operator_functions or {}).items()}
+        holding = {s for s, _ in rels} | {s for s, _ in funcs} | {s for s, _ in kinds} | {s for s, _ in calls}
+        known = frozenset(schemas) | holding | SYSTEM_SCHEMAS
         catalog = cls(rels, {k: tuple(v) for k, v in funcs.items()}, known, tuple(default_search_path), user,
-                      database, frozenset(unusable), frozenset(operators))
+                      database, frozenset(unusable), frozenset(operators) | {s for s, _ in calls}, kinds, calls)
         content = (sorted(rels.items()), sorted(catalog.functions.items()), sorted(known), catalog.default_search_path,
-                   user, database, sorted(catalog.unusable), sorted(catalog.operators))
+                   user, database, sorted(catalog.unusable), sorted(catalog.operators), sorted(kinds.items()),
+                   sorted(calls.items()))
         object.__setattr__(catalog, "version", hashlib.sha256(repr(content).encode()).hexdigest()[:16])
+        object.__setattr__(catalog, "knows_builtin_types", any(schema == "pg_catalog" for schema, _ in kinds))
         return catalog
 
     @classmethod
@@ -123,6 +174,9 @@ class Catalog:
 
     def functions_named(self, schema: str, name: str) -> tuple[Function, ...]:
         return self.functions.get((schema, name), ())
+
+    def type(self, schema: str, name: str) -> Type | None:
+        return self.types.get((schema, name))
 
     # -- resolution ----------------------------------------------------------------------
 
@@ -163,6 +217,22 @@ class Catalog:
             found.extend(self.functions.get((schema, name), ()))
         return tuple(found)
 
+    def resolve_type(self, name: str, path: Sequence[str], role: str | None = None) -> Type | None:
+        """The type an unqualified `name` means: the first schema of the path holding one."""
+        for schema in self.effective_path(path, role):
+            found = self.types.get((schema, name))
+            if found is not None:
+                return found
+        return None
+
+    def operator_candidates(self, schema: str | None, name: str, path: Sequence[str],
+                            role: str | None = None) -> tuple[str, ...]:
+        """The functions OPERATOR([schema.]name) may run, outside pg_catalog: those of every
+        operator of that name in the schema, or in any schema of the path (docs, 10.2
+        "Operators": operand types, not the path order alone, pick one)."""
+        schemas = (schema,) if schema is not None else self.effective_path(path, role)
+        return tuple(sorted({f for s in schemas for f in self.operator_functions.get((s, name), ())}))
+
     # -- dump and load -------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
@@ -176,26 +246,39 @@ class Catalog:
             "operators": sorted(self.operators),
             "relations": [_plain(asdict(r)) for _, r in sorted(self.relations.items())],
             "functions": [_plain(asdict(f)) for _, fs in sorted(self.functions.items()) for f in fs],
+            "types": [_plain(asdict(t)) for _, t in sorted(self.types.items())],
+            "operator_functions": [{"schema": schema, "name": name, "functions": list(functions)}
+                                   for (schema, name), functions in sorted(self.operator_functions.items())],
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Catalog:
         """ValueError (naming the field) for a malformed dump."""
         try:
-            relations = [Relation(**{**r, **{k: tuple(r.get(k, ())) for k in ("columns", "types", "functions")}})
+            relations = [Relation(**{**r, **{k: tuple(r.get(k, ())) for k in ("columns", "types", "functions")},
+                                     "write_functions": tuple((str(event), str(function))
+                                                              for event, function in r.get("write_functions", ()))})
                          for r in data.get("relations", ())]
             functions = [Function(**{**f, "arguments": tuple(f.get("arguments", ()))})
                          for f in data.get("functions", ())]
-        except TypeError as exc:
+            types = [Type(**{**t, "functions": tuple(t.get("functions", ()))}) for t in data.get("types", ())]
+            operator_functions = {(str(o["schema"]), str(o["name"])): tuple(o["functions"])
+                                  for o in data.get("operator_functions", ())}
+        except (TypeError, KeyError, ValueError) as exc:
             raise ValueError(f"malformed catalog dump: {exc}") from None
         return cls.build(relations, functions, schemas=data.get("schemas", ()),
                          default_search_path=tuple(data.get("default_search_path", ("$user", "public"))),
                          user=str(data.get("user", "")), database=str(data.get("database", "")),
-                         unusable=data.get("unusable", ()), operators=data.get("operators", ()))
+                         unusable=data.get("unusable", ()), operators=data.get("operators", ()), types=types,
+                         operator_functions=operator_functions)
 
 
 def _plain(row: dict[str, Any]) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in row.items()}
+    return {k: _listed(v) for k, v in row.items()}
+
+
+def _listed(value: Any) -> Any:
+    return [_listed(v) for v in value] if isinstance(value, tuple) else value
 
 
 NAMEDATALEN = 64  # identifiers keep at most NAMEDATALEN - 1 bytes (docs, 4.1.1)

@@ -318,7 +318,12 @@ def _qualified(call: Call) -> set[str]:
 def _via(call: Call) -> str:
     if call.via is None:
         return ""
-    return f" (run by the view {call.via[1]})" if call.via[0] == "view" else f" (a column default of {call.via[1]})"
+    how, what = call.via
+    if how == "read":
+        return f" (run when {what} is read)"
+    if how == "default":
+        return f" (a column default of {what})"
+    return f" (run by {how.upper()} on {what})"
 
 
 def _function_matches(patterns: tuple[str, ...], effect: str, call: Call) -> bool:

@@ -82,8 +82,13 @@ _RESULT_NODES = (exp.Select, exp.SetOperation, exp.Values, exp.Insert, exp.Updat
 # Targets named by these may not exist yet (CREATE) or are not relations (DROP FUNCTION):
 # they resolve to the relation if there is one, else to the schema a CREATE would use.
 _DDL_TARGETS = frozenset({"create", "drop", "alter", "comment", "grant", "revoke", "analyze"})
-_RUNS_VIEW = frozenset({"v"})  # reading these runs their definition (a materialized view's ran at REFRESH)
-_HAS_DEFAULTS = frozenset({"r", "p", "f"})  # writing rows into these runs their column defaults
+# Actions that read a relation's rows, so run what it runs when read (Relation.functions),
+# and the events (catalog.WRITE_EVENTS) of the writes whose code runs (Relation.write_functions).
+_READS_ROWS = frozenset({"select", "update", "delete", "merge"})
+_VIEWS = frozenset({"v"})
+_WRITE_EVENTS: dict[str, tuple[str, ...]] = {
+    "insert": ("insert", "default"), "update": ("update",), "delete": ("delete",), "truncate": ("truncate",),
+}
 
 
 class SchemaCatalog(Protocol):
@@ -430,31 +435,36 @@ class _Analysis:
                          bootstrap=kind == "select" and session_select(self.tree, found))
 
     def _relation_calls(self, actions: tuple[Action, ...]) -> list[Call]:
-        """The functions the relations the statement reaches run: a view's definition when
-        it is read, a table's column defaults when rows are written into it."""
+        """The functions the relations the statement reaches run without it naming them
+        (Relation.functions, Relation.write_functions): what a relation runs when read for
+        every relation a statement reads or changes rows of (UPDATE, DELETE and MERGE read the
+        rows they change, and row security applies to them; to an INSERT with RETURNING too:
+        docs, 5.8 and CREATE POLICY; an INSERT into a view checks its conditions), and what it
+        runs when written for the events of each write (a column default on INSERT, or on
+        UPDATE ... SET col = DEFAULT)."""
         catalog = self.names.catalog
         if catalog is None:
             return []
-        defaults = {"insert", "merge"} | ({"update"} if _sets_default(self.tree) else set())
         calls: list[Call] = []
+        returning = any(node.args.get("returning") for node in self.tree.find_all(exp.Insert))
         for action in actions:
             relation = catalog.relation(*action.table) if action.table is not None else None
             if relation is None:
                 continue
-            if action.kind == "select" and relation.kind in _RUNS_VIEW:
-                via = ("view", relation.qualified)
-            elif action.kind in defaults and relation.kind in _HAS_DEFAULTS:
-                via = ("default", relation.qualified)
-            else:
-                continue
-            for name in relation.functions:
+            reads = action.kind in _READS_ROWS or action.kind == "insert" and (relation.kind in _VIEWS or returning)
+            named = [(("read", relation.qualified), f) for f in relation.functions if reads]
+            events = _WRITE_EVENTS.get(action.kind, ())
+            if action.kind == "update" and _sets_default(self.tree):
+                events += ("default",)
+            named += [((event, relation.qualified), f) for event, f in relation.written(events)]
+            for via, name in named:
                 schema, _, function = name.partition(".")
                 candidates = catalog.functions_named(schema, function)
                 if not candidates:
-                    raise Unsupported(f'function "{name}" (called by {relation.qualified}) is not in the catalog',
+                    raise Unsupported(f'function "{name}" (run by {relation.qualified}) is not in the catalog',
                                       CATALOG_UNKNOWN_FUNCTION)
                 calls.append(Call(function, schema, candidates, via))
-        return calls
+        return list(dict.fromkeys(calls))
 
     # -- names ---------------------------------------------------------------------------
 

@@ -55,8 +55,10 @@ class Call:
     qualifier written, or the one the grammar fixes (EXTRACT(...) is pg_catalog.extract),
     None when the search_path decides; candidates: the catalog's functions the call may
     resolve to (every one of that name in the path: argument types choose among them), None
-    without a catalog; via: ("view", "s.v") or ("default", "s.t") when the statement reaches
-    the call through a view it reads or the column defaults of a table it writes."""
+    without a catalog; via: how the statement reaches a call it does not name: ("read",
+    "s.v") reading a relation (a view's definition, row security), ("default", "s.t") the
+    column defaults of a relation it writes, (event, "s.t") an INSERT, UPDATE, DELETE or
+    TRUNCATE of its rows (triggers, constraints, row security, rules)."""
 
     name: str
     schema: str | None = None

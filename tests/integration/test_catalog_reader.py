@@ -47,6 +47,27 @@ create operator trap.= (leftarg = oid, rightarg = oid, function = trap.oideq);
 create role trapped login password 'trapped-pw';
 alter role trapped set search_path = trap, pg_catalog, sales, public;
 grant usage on schema trap to trapped;
+create function sales.bump() returns boolean volatile language plpgsql as $$ begin return true; end $$;
+create table sales.audited (id int);
+alter table sales.audited enable row level security;
+create policy see on sales.audited using (sales.bump());
+create policy ins on sales.audited for insert with check (public.audit_hit(id) > 0);
+create table sales.unsecured (id int);
+create policy idle on sales.unsecured using (sales.bump());
+create view sales.audited_view as select id from sales.audited;
+create function sales.on_write() returns trigger language plpgsql as $$ begin return new; end $$;
+create table sales.ledger (id int check (public.audit_hit(id) > 0));
+create trigger ledger_insert before insert on sales.ledger for each row execute function sales.on_write();
+create trigger ledger_truncate after truncate on sales.ledger for each statement execute function sales.on_write();
+create domain sales.checked as int check (sales.bump());
+create domain sales.positive as sales.checked check (value > 0);
+create table sales.typed (id int, c sales.positive);
+create table sales.parted (id int, at int) partition by range (at);
+create table sales.part1 partition of sales.parted for values from (0) to (10);
+create trigger part_insert before insert on sales.part1 for each row execute function sales.on_write();
+create type sales.color as enum ('red', 'green');
+create function sales.to_color(int) returns sales.color language sql as $$ select 'red'::sales.color $$;
+create cast (int as sales.color) with function sales.to_color(int);
 """
 
 
@@ -95,7 +116,7 @@ def test_relations_of_every_kind_with_live_columns(catalog: Catalog) -> None:
     assert orders is not None and orders.kind == "r"
     assert orders.columns == ("id", "total", "created")  # the dropped column is gone
     assert orders.types == ("integer", "numeric(10,2)", "timestamp with time zone")
-    assert orders.functions == ("pg_catalog.now",) and orders.oid > 0
+    assert orders.functions == () and orders.write_functions == (("default", "pg_catalog.now"),) and orders.oid > 0
     kinds = {name: catalog.relations[("sales", name)].kind
              for name in ("order_report", "ticket_seq", "totals", "pair", "events", "tickets")}
     assert kinds == {"order_report": "v", "ticket_seq": "S", "totals": "m", "pair": "c", "events": "p",
@@ -106,12 +127,48 @@ def test_relations_of_every_kind_with_live_columns(catalog: Catalog) -> None:
 
 def test_functions_views_and_defaults_call(catalog: Catalog) -> None:
     assert catalog.relations[("sales", "order_report")].functions == ("public.audit_hit",)
-    assert catalog.relations[("sales", "tickets")].functions == ("sales.next_ticket",)
-    assert catalog.relations[("sales", "totals")].functions == ("pg_catalog.sum",)
+    assert catalog.relations[("sales", "tickets")].write_functions == (("default", "sales.next_ticket"),)
+    assert catalog.relations[("sales", "totals")].functions == ()  # a materialized view's definition runs at REFRESH
     assert catalog.relations[("sales", "sums")].functions == ("pg_catalog.count", "pg_catalog.now", "sales.plus")
-    assert catalog.relations[("sales", "generated")].functions == ("pg_catalog.abs",)
+    assert catalog.relations[("sales", "generated")].write_functions == (("insert", "pg_catalog.abs"),
+                                                                         ("update", "pg_catalog.abs"))
     assert catalog.relations[("pg_catalog", "pg_stat_activity")].functions == ()  # the server's own views
     assert catalog.relations[("public", "customers")].functions == ()
+
+
+def test_row_security_triggers_checks_and_domain_checks(catalog: Catalog) -> None:
+    relations = catalog.relations
+    audited = relations[("sales", "audited")]
+    assert audited.functions == ("sales.bump",)
+    assert set(audited.write_functions) == {("update", "sales.bump"), ("delete", "sales.bump"),
+                                            ("insert", "public.audit_hit"), ("insert", "pg_catalog.int4gt")}
+    assert relations[("sales", "audited_view")].functions == ("sales.bump",)  # the policies of what it reads
+    assert relations[("sales", "audited_view")].write_functions == audited.write_functions
+    assert relations[("sales", "unsecured")].functions == ()  # row security is not enabled on it
+    assert set(relations[("sales", "ledger")].write_functions) == {
+        ("insert", "sales.on_write"), ("truncate", "sales.on_write"), ("insert", "public.audit_hit"),
+        ("update", "public.audit_hit"), ("insert", "pg_catalog.int4gt"), ("update", "pg_catalog.int4gt")}
+    assert set(relations[("sales", "typed")].write_functions) == {
+        (event, f) for event in ("insert", "update") for f in ("sales.bump", "pg_catalog.int4gt")}
+    assert relations[("sales", "parted")].write_functions == (("insert", "sales.on_write"),)  # its partition's
+
+
+def test_types_with_what_a_cast_to_them_runs(catalog: Catalog) -> None:
+    assert catalog.types[("sales", "checked")].functions == ("sales.bump",)
+    assert catalog.types[("sales", "checked")].kind == "d"
+    assert catalog.types[("sales", "positive")].functions == ("pg_catalog.int4gt", "sales.bump")
+    assert catalog.types[("sales", "_positive")].functions == ("pg_catalog.int4gt", "sales.bump")  # its array
+    assert catalog.types[("sales", "typed")].functions == ("pg_catalog.int4gt", "sales.bump")  # the row type
+    assert catalog.types[("sales", "color")].functions == ("sales.to_color",)
+    assert catalog.types[("sales", "pair")].functions == ()
+    assert catalog.knows_builtin_types and catalog.types[("pg_catalog", "int4")].functions == ()
+    assert catalog.resolve_type("text", ("sales", "public")) == catalog.types[("pg_catalog", "text")]
+
+
+def test_operators_outside_pg_catalog_with_their_functions(catalog: Catalog) -> None:
+    assert catalog.operator_functions[("sales", "##")] == ("sales.plus",)
+    assert catalog.operator_functions[("trap", "=")] == ("trap.oideq",)
+    assert not [key for key in catalog.operator_functions if key[0] == "pg_catalog"]
 
 
 def test_functions_with_volatility_definer_language(catalog: Catalog) -> None:
@@ -178,6 +235,7 @@ def test_a_search_path_that_would_hijack_operators_does_not(pg: PgServer, catalo
     trapped = asyncio.run(read(pg, "trapped", "trapped-pw"))
     assert trapped.default_search_path == ("trap", "pg_catalog", "sales", "public")
     assert trapped.relations == catalog.relations and trapped.functions == catalog.functions
+    assert trapped.types == catalog.types and trapped.operator_functions == catalog.operator_functions
 
 
 def test_the_store_reads_once_and_says_why_it_cannot(pg: PgServer) -> None:

@@ -26,11 +26,11 @@ ROWS: list[list[str | None]] = [
     ["s", '"$user", public', "owner", "app"],
     ["n", "public", "t"],
     ["n", "sales", "t"],
-    ["r", "16384", "sales", "orders", "r", '[["id", "integer"], ["total", "numeric(10,2)"]]'],
-    ["r", "16390", "sales", "report", "v", '[["id", "integer"]]'],
+    ["r", "16384", "sales", "orders", "r", '[["id", "integer", 23], ["total", "numeric(10,2)", 1700]]'],
+    ["r", "16390", "sales", "report", "v", '[["id", "integer", 23]]'],
     ["r", "16395", "public", "empty", "c", None],
-    ["d", "16390", "public", "audit_hit"],
-    ["d", "16390", "public", "audit_hit"],
+    ["c", "16390", "rule:1", "public", "audit_hit", None],
+    ["c", "16390", "rule:1", "public", "audit_hit", None],
     ["f", "16400", "public", "audit_hit", '["integer", "text[]"]', "v", "t", "plpgsql", "f", "f", "t"],
     ["f", "16401", "public", "now_ish", None, "s", "f", "sql", "f", "t", "f"],
 ]
@@ -114,12 +114,66 @@ def test_read_catalog_builds_relations_functions_and_calls() -> None:
     assert {"public", "sales", "pg_catalog"} <= catalog.schemas
 
 
+HIDDEN_CODE_ROWS: list[list[str | None]] = [
+    ["s", "public", "owner", "app"],
+    ["r", "100", "sales", "t", "r", '[["id", "integer", 23], ["c", "sales.d", 300]]'],
+    ["r", "110", "sales", "parted", "p", '[["id", "integer", 23]]'],
+    ["r", "120", "sales", "ruled", "r", '[["id", "integer", 23]]'],
+    ["r", "200", "sales", "v", "v", '[["id", "integer", 23]]'],
+    ["c", "100", "using:*", "sales", "bump", None],
+    ["c", "100", "with_check:a", "sales", "purge", None],
+    ["c", "100", "check", "sales", "chk", None],
+    ["c", "100", "default", "sales", "def", None],
+    ["c", "100", "default", None, None, "301"],  # the default coerces to the domain sales.d2
+    ["c", "100", "index", "sales", "imm", None],
+    ["c", "300", "domain", "sales", "dchk", None],
+    ["t", "100", "5", "sales", "trg"],  # ROW | INSERT
+    ["t", "100", "34", "sales", "on_truncate"],  # BEFORE | TRUNCATE
+    ["v", "200", "1", "100"],
+    ["v", "200", "1", "200"],  # a view's definition names the view itself (OLD, NEW)
+    ["v", "120", "4", "100"],  # ON DELETE TO ruled DO ALSO ... sales.t
+    ["i", "110", "100"],
+    ["y", "23", "pg_catalog", "int4", "b", "0", "0", "0", None],
+    ["y", "300", "sales", "d", "d", "23", "0", "0", None],
+    ["y", "301", "sales", "d2", "d", "300", "0", "0", None],
+    ["y", "302", "sales", "_d2", "b", "0", "301", "0", None],
+    ["y", "303", "sales", "t", "c", "0", "0", "100", None],
+    ["x", "301", "sales", "to_d"],
+    ["p", "sales", "##", "sales", "plus"],
+    ["p", "sales", "##", "sales", "plus_numeric"],
+]
+
+
+def test_read_catalog_finds_the_code_relations_and_types_run() -> None:
+    catalog = run(lambda: read_catalog(FakeUpstream(HIDDEN_CODE_ROWS), "app"))  # type: ignore[arg-type]
+    t, view, parted, ruled = (catalog.relations[("sales", name)] for name in ("t", "v", "parted", "ruled"))
+    domain_checks = {("insert", "sales.dchk"), ("update", "sales.dchk")}
+    assert t.functions == ("sales.bump",)
+    assert set(t.write_functions) == {
+        ("update", "sales.bump"), ("delete", "sales.bump"), ("insert", "sales.purge"), ("insert", "sales.chk"),
+        ("update", "sales.chk"), ("default", "sales.def"), ("default", "sales.dchk"), ("default", "sales.to_d"),
+        ("insert", "sales.imm"), ("update", "sales.imm"), ("insert", "sales.trg"),
+        ("truncate", "sales.on_truncate"), *domain_checks}
+    assert view.functions == t.functions and view.write_functions == t.write_functions
+    assert parted.functions == () and parted.write_functions == t.write_functions
+    assert set(ruled.write_functions) == {("delete", f) for f in ("sales.bump", "sales.purge", "sales.chk", "sales.def",
+                                                                  "sales.dchk", "sales.to_d", "sales.imm", "sales.trg",
+                                                                  "sales.on_truncate")}
+    assert ruled.functions == ()
+    assert [catalog.types[("sales", name)].functions for name in ("d", "d2", "_d2", "t")] == [
+        ("sales.dchk",), ("sales.dchk", "sales.to_d"), ("sales.dchk", "sales.to_d"), ("sales.dchk",)]
+    assert catalog.types[("pg_catalog", "int4")].functions == () and catalog.knows_builtin_types
+    assert catalog.operator_functions == {("sales", "##"): ("sales.plus", "sales.plus_numeric")}
+    assert Catalog.from_dict(json.loads(json.dumps(catalog.to_dict()))) == catalog
+
+
 @pytest.mark.parametrize("rows, database, message", [
     (ROWS, "other", "is to database 'app', not 'other'"),
     ([["s", "public, ", "owner", "app"]], "app", "does not parse"),
     ([["n", "public", "t"]], "app", "expected one settings row"),
     ([*ROWS, ["r", "x", "public", "t", "r", None]], "app", "malformed catalog rows"),
     ([*ROWS, ["z", "?"]], "app", "malformed catalog rows"),
+    ([*ROWS, ["c", "16384", "using:?", "public", "audit_hit", None]], "app", "malformed catalog rows"),
 ])
 def test_read_catalog_refuses_what_is_not_this_databases_catalog(rows: list[list[str | None]], database: str,
                                                                  message: str) -> None:

@@ -16,37 +16,83 @@ import json
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from interceptor.policy.catalog import VOLATILITY, Catalog, CatalogUnavailable, Function, Relation, parse_search_path
+from interceptor.policy.catalog import (
+    SYSTEM_SCHEMAS, VOLATILITY, Catalog, CatalogUnavailable, Function, Relation, Type, parse_search_path,
+)
 
 if TYPE_CHECKING:  # the handler hands the store its connections (and may import this module)
     from interceptor.handlers.postgres.handler import Upstream
 
 _SKIPPED_SCHEMAS = "n.nspname <> 'pg_toast' AND NOT pg_catalog.pg_is_other_temp_schema(n.oid)"
 
-# The functions a relation's rewrite rules (a view's definition, a rule's action and
-# condition; not for the server's own views) or its column defaults and generated columns
-# call, directly, as an aggregate or window function, or through an operator: (the
-# relation's oid, the function's schema, its name). Found in the stored expression trees,
-# not pg_depend, which records no dependency on the server's own (pinned) functions such as
-# now() or pg_read_file(). In a tree's text a token's spaces are backslash-escaped, so only
-# a node's own field can read ":funcid 123".
-_CALLS = """
-SELECT 'd', o.relid, pn.nspname, p.proname
-FROM (SELECT r.ev_class AS relid, pg_catalog.concat(r.ev_action, r.ev_qual) AS tree
-      FROM pg_catalog.pg_rewrite r JOIN pg_catalog.pg_class c ON c.oid = r.ev_class
-      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-      WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
-      UNION ALL
-      SELECT a.adrelid, a.adbin::pg_catalog.text FROM pg_catalog.pg_attrdef a) o
-CROSS JOIN LATERAL pg_catalog.regexp_matches(o.tree, ':(funcid|aggfnoid|winfnoid|opno) ([0-9]+)', 'g') AS m(f)
-LEFT JOIN pg_catalog.pg_operator op ON m.f[1] = 'opno' AND op.oid = m.f[2]::pg_catalog.oid
-JOIN pg_catalog.pg_proc p
-  ON p.oid = CASE WHEN m.f[1] = 'opno' THEN op.oprcode::pg_catalog.oid ELSE m.f[2]::pg_catalog.oid END
-JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace
+_SYSTEM = "('pg_catalog', 'information_schema')"
+
+# Code the server runs without a statement naming it, found in the stored expression trees
+# (pg_node_tree), not pg_depend, which records no dependency on the server's own (pinned)
+# functions such as now() or pg_read_file(): (owner, tag, function schema, function name,
+# domain type). The owner is a relation, or for tag `domain` a type; the tag says when the
+# code runs (_TAG_EVENTS). Trees: rewrite rules (a view's definition, tag rule:1, not for
+# the server's own views nor a materialized view's, which runs at REFRESH; a rule's action
+# and condition, rule:2 UPDATE, rule:3 INSERT, rule:4 DELETE: docs, 41 "The Rule System"),
+# column defaults and generated columns (5.2, 5.3), table and domain CHECK constraints
+# (5.4.1, 8.18), row security policies of tables that have it enabled (5.8: USING and WITH
+# CHECK by command), trigger WHEN conditions (CREATE TRIGGER) and index expressions and
+# predicates (11.7, 11.8). A function is called directly, as an aggregate or window
+# function, as a hash function, or through an operator (also one that sorts or groups); a
+# domain is named where a value is coerced to it (its CHECKs run). In a tree's text a
+# token's spaces are backslash-escaped, so only a node's own field can read ":funcid 123".
+_TREES = f"""
+SELECT r.ev_class AS owner, pg_catalog.concat('rule:', r.ev_type) AS tag, pg_catalog.concat(r.ev_action, r.ev_qual) AS tree
+FROM pg_catalog.pg_rewrite r JOIN pg_catalog.pg_class c ON c.oid = r.ev_class
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname NOT IN {_SYSTEM} AND NOT (c.relkind = 'm' AND r.ev_type = '1')
+UNION ALL
+SELECT a.adrelid, CASE WHEN t.attgenerated = 's' THEN 'generated' ELSE 'default' END, a.adbin::pg_catalog.text
+FROM pg_catalog.pg_attrdef a JOIN pg_catalog.pg_attribute t ON t.attrelid = a.adrelid AND t.attnum = a.adnum
+UNION ALL
+SELECT k.conrelid, 'check', k.conbin::pg_catalog.text FROM pg_catalog.pg_constraint k
+WHERE k.contype = 'c' AND k.conrelid <> 0
+UNION ALL
+SELECT k.contypid, 'domain', k.conbin::pg_catalog.text FROM pg_catalog.pg_constraint k
+WHERE k.contype = 'c' AND k.contypid <> 0
+UNION ALL
+SELECT p.polrelid, pg_catalog.concat('using:', p.polcmd), p.polqual::pg_catalog.text
+FROM pg_catalog.pg_policy p JOIN pg_catalog.pg_class c ON c.oid = p.polrelid WHERE c.relrowsecurity
+UNION ALL
+SELECT p.polrelid, pg_catalog.concat('with_check:', p.polcmd), p.polwithcheck::pg_catalog.text
+FROM pg_catalog.pg_policy p JOIN pg_catalog.pg_class c ON c.oid = p.polrelid WHERE c.relrowsecurity
+UNION ALL
+SELECT t.tgrelid, pg_catalog.concat('trigger:', t.tgtype), t.tgqual::pg_catalog.text FROM pg_catalog.pg_trigger t
+WHERE NOT t.tgisinternal
+UNION ALL
+SELECT i.indrelid, 'index', pg_catalog.concat(i.indexprs, i.indpred) FROM pg_catalog.pg_index i
 """
+_CALLED = "('opno', 'eqop', 'sortop')"
+_CALLS = f"""
+SELECT DISTINCT 'c', o.owner, o.tag, pn.nspname, p.proname, d.oid
+FROM ({_TREES}) o
+CROSS JOIN LATERAL pg_catalog.regexp_matches(
+  o.tree, ':(funcid|aggfnoid|winfnoid|hashfuncid|negfuncid|opno|eqop|sortop|resulttype) ([0-9]+)', 'g') AS m(f)
+LEFT JOIN pg_catalog.pg_operator op ON m.f[1] IN {_CALLED} AND op.oid = m.f[2]::pg_catalog.oid
+LEFT JOIN pg_catalog.pg_proc p ON p.oid = CASE WHEN m.f[1] IN {_CALLED} THEN op.oprcode
+                                               WHEN m.f[1] <> 'resulttype' THEN m.f[2]::pg_catalog.oid END
+LEFT JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace
+LEFT JOIN pg_catalog.pg_type d ON m.f[1] = 'resulttype' AND d.oid = m.f[2]::pg_catalog.oid AND d.typtype = 'd'
+WHERE p.oid IS NOT NULL OR d.oid IS NOT NULL
+"""
+# When the code of each tag runs: "read" (Relation.functions) or catalog.WRITE_EVENTS.
+_TAG_EVENTS: dict[str, tuple[str, ...]] = {
+    "rule:1": ("read",), "rule:2": ("update",), "rule:3": ("insert",), "rule:4": ("delete",),
+    "default": ("default",), "generated": ("insert", "update"), "check": ("insert", "update"),
+    "index": ("insert", "update"),
+    "using:*": ("read", "update", "delete"), "using:r": ("read",), "using:w": ("update",), "using:d": ("delete",),
+    "with_check:*": ("insert", "update"), "with_check:a": ("insert",), "with_check:w": ("update",),
+}
+_RULE_EVENTS = {"1": "read", "2": "update", "3": "insert", "4": "delete"}  # pg_rewrite.ev_type
+_TRIGGER_EVENTS = ((4, "insert"), (8, "delete"), (16, "update"), (32, "truncate"))  # pg_trigger.tgtype bits
 
 CATALOG_QUERY = ";\n".join((
     # s: the login role's default search_path (before the SET below), who it is, where
@@ -58,14 +104,40 @@ CATALOG_QUERY = ";\n".join((
     # o: the schemas that hold operators
     "SELECT DISTINCT 'o', n.nspname FROM pg_catalog.pg_operator o "
     "JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace",
-    # r: oid, schema, name, relkind, [[column, type], ...] of the live columns in attnum order
+    # p: schema and name of every operator outside pg_catalog, and its function's (docs, CREATE OPERATOR)
+    "SELECT 'p', n.nspname, o.oprname, pn.nspname, p.proname FROM pg_catalog.pg_operator o "
+    "JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace JOIN pg_catalog.pg_proc p ON p.oid = o.oprcode "
+    "JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace WHERE n.nspname <> 'pg_catalog'",
+    # r: oid, schema, name, relkind, [[column, type, type oid], ...] of the live columns in attnum order
     "SELECT 'r', c.oid, n.nspname, c.relname, c.relkind, "
     "(SELECT pg_catalog.json_agg(pg_catalog.json_build_array(a.attname, "
-    "pg_catalog.format_type(a.atttypid, a.atttypmod)) ORDER BY a.attnum) "
+    "pg_catalog.format_type(a.atttypid, a.atttypmod), a.atttypid) ORDER BY a.attnum) "
     "FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped) "
     "FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
     f"WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'c', 'S') AND {_SKIPPED_SCHEMAS}",
     _CALLS.strip(),
+    # t: relation, tgtype, schema and name of the function of each trigger (not the server's
+    # own, for foreign keys: docs, 39 "Triggers")
+    "SELECT 't', t.tgrelid, t.tgtype, n.nspname, p.proname FROM pg_catalog.pg_trigger t "
+    "JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace "
+    "WHERE NOT t.tgisinternal",
+    # v: the relations a rewrite rule (a view's definition) reads or writes: relation, ev_type, relation reached
+    "SELECT DISTINCT 'v', r.ev_class, r.ev_type, m.f[1] FROM pg_catalog.pg_rewrite r "
+    "JOIN pg_catalog.pg_class c ON c.oid = r.ev_class JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+    "CROSS JOIN LATERAL pg_catalog.regexp_matches(r.ev_action, ':relid ([0-9]+)', 'g') AS m(f) "
+    f"WHERE n.nspname NOT IN {_SYSTEM} AND NOT (c.relkind = 'm' AND r.ev_type = '1')",
+    # i: parent and child of table inheritance and partitioning (rows written into the
+    # parent reach the child: docs, 5.10, 5.11)
+    "SELECT 'i', i.inhparent, i.inhrelid FROM pg_catalog.pg_inherits i",
+    # y: every type: oid, schema, name, typtype, typbasetype, typelem, typrelid, range subtype
+    "SELECT 'y', t.oid, n.nspname, t.typname, t.typtype, t.typbasetype, t.typelem, t.typrelid, g.rngsubtype "
+    "FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace "
+    f"LEFT JOIN pg_catalog.pg_range g ON g.rngtypid = t.oid WHERE {_SKIPPED_SCHEMAS}",
+    # x: the function of each cast into a type outside pg_catalog and information_schema
+    "SELECT 'x', k.casttarget, n.nspname, p.proname FROM pg_catalog.pg_cast k "
+    "JOIN pg_catalog.pg_proc p ON p.oid = k.castfunc JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace "
+    "JOIN pg_catalog.pg_type t ON t.oid = k.casttarget JOIN pg_catalog.pg_namespace tn ON tn.oid = t.typnamespace "
+    f"WHERE tn.nspname NOT IN {_SYSTEM}",
     # f: oid, schema, name, [input argument types], provolatile, prosecdef, language,
     # prokind, proretset, whether the last input argument is VARIADIC
     "SELECT 'f', p.oid, n.nspname, p.proname, "
@@ -81,11 +153,14 @@ async def read_catalog(upstream: Upstream, database: str) -> Catalog:
     """The catalog of the database `upstream` is logged in to, with one simple Query.
 
     Relations of every kind in catalog.RELATION_KINDS (pg_toast and other sessions'
-    temporary schemas left out) with their live columns and types in attnum order and,
-    outside pg_catalog and information_schema, the functions their rewrite rules (a view's
-    definition) or column defaults call (see _CALLS); every pg_proc row; every schema; the login role's
-    effective search_path (`current_setting`, so a startup parameter would show in it too),
-    current_user and current_database().
+    temporary schemas left out) with their live columns and types in attnum order, and the
+    code the server runs when they are read or written (see _TREES; also trigger functions,
+    the domain checks of their columns' types, and what the relations a view or rule
+    reaches, or their partitions and children, run); every type, with what a cast to one
+    outside pg_catalog and information_schema runs; the functions of the operators outside
+    pg_catalog; every pg_proc row; every schema; the login role's effective search_path
+    (`current_setting`, so a startup parameter would show in it too), current_user and
+    current_database().
 
     Raises LoginError when the server answers with an error, OSError or ProtocolViolation
     when the connection fails, and CatalogUnavailable when the answer is not a catalog of
@@ -93,7 +168,7 @@ async def read_catalog(upstream: Upstream, database: str) -> Catalog:
     """
     rows = await upstream.simple_query(CATALOG_QUERY)
     try:
-        # ~3,500 rows for an empty database take tens of milliseconds to build into a
+        # ~4,500 rows for an empty database take tens of milliseconds to build into a
         # Catalog: in a thread, so the sessions' event loop is not held up for all of it
         return await asyncio.to_thread(_catalog, rows, database)
     except (ValueError, TypeError, LookupError) as exc:
@@ -101,7 +176,7 @@ async def read_catalog(upstream: Upstream, database: str) -> Catalog:
 
 
 def _catalog(rows: list[list[str | None]], database: str) -> Catalog:
-    tagged: dict[str, list[list[str | None]]] = {"s": [], "n": [], "o": [], "r": [], "d": [], "f": []}
+    tagged: dict[str, list[list[str | None]]] = {tag: [] for tag in "snoprctviyxf"}
     for row in rows:
         tagged[str(row[0])].append(row[1:])
     if len(tagged["s"]) != 1:
@@ -112,20 +187,154 @@ def _catalog(rows: list[list[str | None]], database: str) -> Catalog:
     path = parse_search_path(path_setting)
     if path is None:
         raise CatalogUnavailable(f"the login role's search_path {path_setting!r} does not parse")
-    calls: dict[int, set[str]] = {}
-    for relid, schema, name in tagged["d"]:
-        calls.setdefault(int(str(relid)), set()).add(f"{schema}.{name}")
+    code = _Code.of(tagged)
     relations = []
     for oid, schema, name, kind, columns in tagged["r"]:
-        pairs = json.loads(columns) if columns is not None else []
-        relations.append(Relation(str(schema), str(name), str(kind), tuple(str(c) for c, _ in pairs),
-                                  tuple(str(t) for _, t in pairs), int(str(oid)),
-                                  tuple(sorted(calls.get(int(str(oid)), ())))))
+        triples = json.loads(columns) if columns is not None else []
+        reads, writes = code.relation(int(str(oid)))
+        relations.append(Relation(str(schema), str(name), str(kind), tuple(str(c) for c, _, _ in triples),
+                                  tuple(str(t) for _, t, _ in triples), int(str(oid)), reads, writes))
+    types = [Type(str(schema), str(name), str(kind),
+                  tuple(sorted(code.type(int(str(oid))))) if schema not in SYSTEM_SCHEMAS else (), int(str(oid)))
+             for oid, schema, name, kind, *_ in tagged["y"]]
+    operator_functions: dict[tuple[str, str], list[str]] = {}
+    for schema, name, function_schema, function in tagged["p"]:
+        operator_functions.setdefault((str(schema), str(name)), []).append(f"{function_schema}.{function}")
     functions = [_function(row) for row in tagged["f"]]
     return Catalog.build(relations, functions, schemas=(str(name) for name, _ in tagged["n"]),
                          default_search_path=path, user=user, database=current,
                          unusable=(str(name) for name, usable in tagged["n"] if usable != "t"),
-                         operators=(str(name) for (name,) in tagged["o"]))
+                         operators=(str(name) for (name,) in tagged["o"]), types=types,
+                         operator_functions=operator_functions)
+
+
+def _tag_events(tag: str) -> tuple[str, ...]:
+    """When the code found under `tag` runs (a KeyError for a tag the query never makes)."""
+    if tag.startswith("trigger:"):
+        bits = int(tag.removeprefix("trigger:"))
+        return tuple(event for bit, event in _TRIGGER_EVENTS if bits & bit)
+    return _TAG_EVENTS[tag]
+
+
+@dataclass(slots=True)
+class _Code:
+    """The code read for each relation and type (by oid), and what follows from it: a
+    view runs what the relations it reads run when read, and when written through, what
+    they run when written; a rule runs what the relations its action reaches run; rows
+    written into a parent reach its partitions and children; a domain runs the checks of
+    the domains it is over or its checks coerce to, and a type those of its elements,
+    attributes and range subtype; a relation runs the checks of the domains its code
+    coerces to, and of its columns' types when written."""
+
+    reads: dict[int, set[str]] = field(default_factory=dict)
+    writes: dict[int, set[tuple[str, str]]] = field(default_factory=dict)
+    domains: dict[int, set[tuple[str, int]]] = field(default_factory=dict)  # relation -> (event, domain)
+    type_functions: dict[int, set[str]] = field(default_factory=dict)
+    nested_types: dict[int, set[int]] = field(default_factory=dict)
+    system_types: set[int] = field(default_factory=set)
+    reached: dict[int, dict[str, set[int]]] = field(default_factory=dict)  # relation -> rule event -> relations
+    children: dict[int, set[int]] = field(default_factory=dict)
+    column_types: dict[int, list[int]] = field(default_factory=dict)
+    _types: dict[int, frozenset[str]] = field(default_factory=dict)
+    _reads: dict[int, frozenset[str]] = field(default_factory=dict)
+    _writes: dict[int, frozenset[tuple[str, str]]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, tagged: dict[str, list[list[str | None]]]) -> _Code:
+        code = cls()
+        for oid, _, _, _, columns in tagged["r"]:
+            code.column_types[int(str(oid))] = [int(t) for _, _, t in json.loads(columns or "[]")]
+        for oid, schema, _, _, base, element, relation, subtype in tagged["y"]:
+            if schema in SYSTEM_SCHEMAS:
+                code.system_types.add(int(str(oid)))
+            nested = code.nested_types.setdefault(int(str(oid)), set())
+            nested.update(int(str(t)) for t in (base, element, subtype or 0) if int(str(t)))
+            nested.update(code.column_types.get(int(str(relation)), ()))
+        for target, schema, name in tagged["x"]:
+            code.type_functions.setdefault(int(str(target)), set()).add(f"{schema}.{name}")
+        for owner, tag, schema, name, domain in tagged["c"]:
+            if tag == "domain" and domain is not None:
+                code.nested_types.setdefault(int(str(owner)), set()).add(int(domain))
+            elif tag == "domain":
+                code.type_functions.setdefault(int(str(owner)), set()).add(f"{schema}.{name}")
+            elif domain is not None:
+                code.domains.setdefault(int(str(owner)), set()).update(
+                    (event, int(domain)) for event in _tag_events(str(tag)))
+            else:
+                code.add(int(str(owner)), _tag_events(str(tag)), f"{schema}.{name}")
+        for relation, tgtype, schema, name in tagged["t"]:
+            code.add(int(str(relation)), _tag_events(f"trigger:{tgtype}"), f"{schema}.{name}")
+        for relation, ev_type, reached in tagged["v"]:
+            if int(str(reached)) != int(str(relation)):  # a view's rules name the view itself (OLD, NEW)
+                event = _RULE_EVENTS[str(ev_type)]
+                code.reached.setdefault(int(str(relation)), {}).setdefault(event, set()).add(int(str(reached)))
+        for parent, child in tagged["i"]:
+            code.children.setdefault(int(str(parent)), set()).add(int(str(child)))
+        return code
+
+    def add(self, relation: int, events: tuple[str, ...], function: str) -> None:
+        for event in events:
+            if event == "read":
+                self.reads.setdefault(relation, set()).add(function)
+            else:
+                self.writes.setdefault(relation, set()).add((event, function))
+
+    def type(self, oid: int, seen: frozenset[int] = frozenset()) -> frozenset[str]:
+        """What a value cast to the type runs (nothing for pg_catalog's and information_schema's)."""
+        done = self._types.get(oid)
+        if done is not None:
+            return done
+        if oid in seen or oid in self.system_types:
+            return frozenset()
+        found = set(self.type_functions.get(oid, ()))
+        for nested in self.nested_types.get(oid, ()):
+            found |= self.type(nested, seen | {oid})
+        if not seen:  # a result cut short by a cycle is only complete for where it started
+            self._types[oid] = frozenset(found)
+        return frozenset(found)
+
+    def relation(self, oid: int) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+        """Relation.functions and Relation.write_functions of the relation."""
+        return tuple(sorted(self.read(oid, frozenset()))), tuple(sorted(self.written(oid, frozenset())))
+
+    def read(self, oid: int, seen: frozenset[int]) -> frozenset[str]:
+        done = self._reads.get(oid)
+        if done is not None:
+            return done
+        if oid in seen:
+            return frozenset()
+        found = set(self.reads.get(oid, ()))
+        found |= {f for event, domain in self.domains.get(oid, ()) if event == "read" for f in self.type(domain)}
+        for base in self.reached.get(oid, {}).get("read", ()):
+            found |= self.read(base, seen | {oid})
+        if not seen:  # a result cut short by a cycle is only complete for where it started
+            self._reads[oid] = frozenset(found)
+        return frozenset(found)
+
+    def written(self, oid: int, seen: frozenset[int]) -> frozenset[tuple[str, str]]:
+        done = self._writes.get(oid)
+        if done is not None:
+            return done
+        if oid in seen:
+            return frozenset()
+        inner = seen | {oid}
+        found = set(self.writes.get(oid, ()))
+        found |= {(event, f) for event, domain in self.domains.get(oid, ()) if event != "read"
+                  for f in self.type(domain)}
+        for column_type in self.column_types.get(oid, ()):
+            found |= {(event, f) for f in self.type(column_type) for event in ("insert", "update")}
+        for event, reached in self.reached.get(oid, {}).items():
+            for other in reached:
+                if event == "read":  # writing through a view writes the relations it reads
+                    found |= self.written(other, inner)
+                else:  # a rule's action may read and write what it names, whatever its own command
+                    found |= {(event, f) for f in self.read(other, inner)}
+                    found |= {(event, f) for _, f in self.written(other, inner)}
+        for child in self.children.get(oid, ()):
+            found |= self.written(child, inner)
+        if not seen:  # a result cut short by a cycle is only complete for where it started
+            self._writes[oid] = frozenset(found)
+        return frozenset(found)
 
 
 def _function(row: list[str | None]) -> Function:

@@ -1,0 +1,179 @@
+"""Code the server runs that a statement does not name, judged as the calls it is: what a
+relation runs when read or written (row security policies, triggers, CHECK constraints,
+the domain checks of its columns, defaults, rules, through views and into partitions)."""
+
+from __future__ import annotations
+
+import pytest
+
+from interceptor.decision import Decision, Verdict
+from interceptor.operations import Request, SqlQuery, Subject
+from interceptor.policy import PolicyEngine, load_policy_text
+from interceptor.policy.catalog import Catalog, Function, Relation, Type
+
+
+def builtin(name: str, volatility: str = "immutable", kind: str = "f") -> Function:
+    return Function("pg_catalog", name, volatility=volatility, kind=kind)
+
+
+def user(schema: str, name: str, *arguments: str) -> Function:
+    return Function(schema, name, arguments, volatility="volatile", language="plpgsql")
+
+
+BUILTIN_TYPES = [Type("pg_catalog", name) for name in ("int4", "text", "oid", "regclass", "date", "numeric", "bool")]
+
+RELATIONS = [
+    Relation("sales", "orders", "r", ("id", "total")),
+    Relation("sales", "audited", "r", ("id",), functions=("sales.bump",),
+             write_functions=(("delete", "sales.bump"), ("insert", "sales.purge"), ("update", "sales.bump"))),
+    Relation("sales", "audited_view", "v", ("id",), functions=("sales.bump",),
+             write_functions=(("delete", "sales.bump"), ("insert", "sales.purge"), ("update", "sales.bump"))),
+    Relation("sales", "ledger", "r", ("id",),
+             write_functions=(("insert", "sales.purge_trigger"), ("truncate", "sales.purge_trigger"))),
+    Relation("sales", "checked_t", "r", ("id",),
+             write_functions=(("insert", "pg_catalog.int4gt"), ("insert", "sales.purge"),
+                              ("update", "pg_catalog.int4gt"), ("update", "sales.purge"))),
+    Relation("sales", "parted", "p", ("id", "at"), write_functions=(("insert", "sales.purge_trigger"),)),
+    Relation("sales", "notes", "r", ("id", "purged"), write_functions=(("default", "sales.purge"),)),
+    Relation("sales", "ghost", "r", ("id",), functions=("sales.gone",)),
+    Relation("pg_catalog", "pg_type", "r", ("oid", "typname")),
+]
+FUNCTIONS = [
+    builtin("count", kind="a"), builtin("int4gt"), builtin("lower"), builtin("generate_series"), builtin("unnest"),
+    user("sales", "purge"), user("sales", "bump"), user("sales", "purge_trigger"),
+]
+CATALOG = Catalog.build(RELATIONS, FUNCTIONS, types=BUILTIN_TYPES, schemas=("public", "sales"),
+                        default_search_path=("sales", "public"), user="bot")
+
+POLICY = """
+version: 1
+resources:
+  db: {protocol: postgres, addresses: ["127.0.0.1:5432"]}
+agents:
+  bot: {}
+rules:
+  - {name: read, effect: allow, sql: {kinds: [select], tables: ["sales.*", "pg_catalog.*"]}}
+  - {name: write, effect: allow, sql: {kinds: [insert, update, delete, merge, truncate, copy], tables: ["sales.*"]}}
+"""
+
+
+@pytest.fixture(scope="module")
+def engine() -> PolicyEngine:
+    return PolicyEngine(load_policy_text(POLICY, "hidden.yaml"))
+
+
+def decide(engine: PolicyEngine, text: str, catalog: Catalog = CATALOG) -> Decision:
+    return engine.decide(Request(Subject("bot"), "db", SqlQuery(text, catalog=catalog)))
+
+
+def denied(engine: PolicyEngine, text: str, *named: str) -> Decision:
+    decision = decide(engine, text)
+    assert decision.verdict is Verdict.DENY, (text, decision.reason)
+    assert all(name in decision.reason for name in named), (text, decision.reason)
+    return decision
+
+
+def allowed(engine: PolicyEngine, text: str, catalog: Catalog = CATALOG) -> None:
+    decision = decide(engine, text, catalog)
+    assert decision.verdict is Verdict.ALLOW, (text, decision.reason)
+
+
+# -- 4. what relations run when read or written ----------------------------------------------
+
+@pytest.mark.parametrize("text", [
+    "select id from sales.audited",
+    "select count(*) from audited a where a.id > 0",
+    "with x as (select * from sales.audited) select id from x",
+    "select o.id from sales.orders o join sales.audited a on a.id = o.id",
+    "select id from sales.orders where id in (select id from sales.audited)",
+    "select id from sales.audited_view",  # a view runs the policies of the tables it reads
+    "copy sales.audited to stdout",
+])
+def test_a_row_security_policy_runs_on_every_read(engine: PolicyEngine, text: str) -> None:
+    decision = denied(engine, text)
+    assert "sales.bump" in decision.details[0]["functions"]  # type: ignore[operator]
+    if not text.startswith("copy"):  # (COPY TO is also denied for the copy itself)
+        assert "sales.bump() (run when sales.audited" in decision.reason and "user-defined" in decision.reason
+
+
+@pytest.mark.parametrize("text,function", [
+    ("update sales.audited set id = 2", "sales.bump"),
+    ("delete from sales.audited", "sales.bump"),
+    ("insert into sales.audited values (1)", "sales.purge() (run by INSERT on sales.audited)"),
+    ("insert into sales.audited values (1) returning id", "sales.bump() (run when sales.audited is read)"),
+    ("update sales.audited_view set id = 2", "sales.bump"),
+    ("select id from sales.orders for update", None),  # no policy on orders: allowed below
+])
+def test_row_security_policies_run_on_writes(engine: PolicyEngine, text: str, function: str | None) -> None:
+    if function is None:
+        allowed(engine, text)
+    else:
+        denied(engine, text, function)
+
+
+@pytest.mark.parametrize("text", [
+    "insert into sales.ledger values (1)",
+    "insert into ledger select id from sales.orders",
+    "copy sales.ledger from stdin",
+    "truncate sales.ledger",
+    "merge into sales.ledger l using sales.orders o on l.id = o.id when not matched then insert values (o.id)",
+    "with moved as (select id from sales.orders) insert into sales.ledger select id from moved",
+    "insert into sales.parted values (1, 1)",  # a partition's trigger runs for rows routed to it
+])
+def test_triggers_run_on_the_writes_they_are_for(engine: PolicyEngine, text: str) -> None:
+    denied(engine, text, "sales.purge_trigger()", "is user-defined")
+
+
+@pytest.mark.parametrize("text", [
+    "update sales.ledger set id = 2",  # the trigger is for INSERT and TRUNCATE only
+    "delete from sales.ledger",
+    "select id from sales.ledger",
+    "delete from sales.checked_t",  # CHECK constraints run on INSERT and UPDATE only
+    "select id from sales.notes",
+    "update sales.notes set id = 1",  # a default runs on INSERT, or UPDATE ... = DEFAULT
+])
+def test_writes_the_code_is_not_for_run_none_of_it(engine: PolicyEngine, text: str) -> None:
+    allowed(engine, text)
+
+
+@pytest.mark.parametrize("text", [
+    "insert into sales.checked_t values (1)",
+    "update sales.checked_t set id = 2",
+    "insert into sales.checked_t values (1) on conflict (id) do update set id = 3",
+    "update sales.notes set purged = default",
+    "insert into sales.notes (id) values (1)",
+])
+def test_check_constraints_domain_checks_and_defaults_run_on_insert_and_update(engine: PolicyEngine,
+                                                                               text: str) -> None:
+    denied(engine, text, "sales.purge()", "is user-defined")
+
+
+def test_a_rule_naming_the_function_allows_the_write() -> None:
+    engine = PolicyEngine(load_policy_text(
+        POLICY + "  - {name: trigger-ok, effect: allow, sql: {functions: [sales.purge_trigger]}}\n", "hidden.yaml"))
+    allowed(engine, "insert into sales.ledger values (1)")
+    allowed(engine, "truncate sales.ledger")
+    deny_bump = PolicyEngine(load_policy_text(
+        POLICY + "  - {name: no-bump, effect: deny, sql: {functions: [bump]}}\n", "hidden.yaml"))
+    assert decide(deny_bump, "select id from sales.audited").rule == "no-bump"
+
+
+def test_code_missing_from_the_catalog_is_denied_by_name(engine: PolicyEngine) -> None:
+    decision = denied(engine, "select id from sales.ghost", 'function "sales.gone" (run by sales.ghost)')
+    assert decision.rule == "catalog-unknown-function"
+
+
+def test_without_a_catalog_no_relation_code_is_known() -> None:
+    engine = PolicyEngine(load_policy_text(POLICY, "hidden.yaml"))
+    decision = engine.decide(Request(Subject("bot"), "db", SqlQuery("insert into sales.ledger values (1)")))
+    assert decision.verdict is Verdict.ALLOW, decision.reason
+
+
+def test_relation_code_round_trips_through_a_dump() -> None:
+    again = Catalog.from_dict(CATALOG.to_dict())
+    assert again == CATALOG and again.version == CATALOG.version
+    assert again.relation("sales", "audited") == RELATIONS[1]
+    assert again.relation("sales", "ledger").written(("truncate",)) == (  # type: ignore[union-attr]
+        ("truncate", "sales.purge_trigger"),)
+    with pytest.raises(ValueError, match="malformed catalog dump"):
+        Catalog.from_dict({"relations": [{"schema": "s", "name": "t", "write_functions": [["insert"]]}]})
