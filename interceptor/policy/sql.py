@@ -312,7 +312,7 @@ def _analyse_chunk(text: str, chunk: list[Token], names: _Names) -> Statement:
     if first in _COMMAND_KINDS:
         return Statement(source, _COMMAND_KINDS[first], opaque=True)
     try:
-        tree = DIALECT.parser().parse(chunk, text)[0]
+        tree = DIALECT.parser().parse(_without_array_bounds(chunk), text)[0]
     except Exception as exc:  # noqa: BLE001 - sqlglot raises more than its own errors on odd input: fail closed
         return Statement(source, "unknown", error=f"cannot parse: {_first_line(exc)}")
     if isinstance(tree, exp.Command):
@@ -359,6 +359,34 @@ def _explain(source: str, chunk: list[Token], names: _Names) -> Statement:
     if inner.effects:  # the server runs it only with ANALYZE: which, the analyser does not follow
         return Statement(source, inner.kind, error="EXPLAIN of a statement that changes session settings")
     return replace(inner, text=source)
+
+
+_BOUNDED_TYPES = frozenset({TokenType.OBJECT_IDENTIFIER, TokenType.PSEUDO_TYPE})
+
+
+def _without_array_bounds(chunk: list[Token]) -> list[Token]:
+    """The tokens, without the array bounds after a type name sqlglot reads as an object
+    identifier or pseudo-type (`oid[]`, `regclass[3]`, `oid ARRAY`: docs, 8.15.1), which it
+    cannot parse there. After a type name, `[...]` and ARRAY can only be its bounds, and
+    an array of a type runs what the type runs, so the analysis judges the same."""
+    kept: list[Token] = []
+    at = 0
+    while at < len(chunk):
+        kept.append(chunk[at])
+        at += 1
+        if kept[-1].token_type not in _BOUNDED_TYPES:
+            continue
+        while True:
+            end = at + int(at < len(chunk) and chunk[at].token_type == TokenType.ARRAY)
+            kinds = [t.token_type for t in chunk[end:end + 3]]
+            if kinds[:2] == [TokenType.L_BRACKET, TokenType.R_BRACKET]:
+                end += 2
+            elif kinds == [TokenType.L_BRACKET, TokenType.NUMBER, TokenType.R_BRACKET]:
+                end += 3
+            if end == at:
+                break
+            at = end
+    return kept
 
 
 def _unicode_identifier(chunk: list[Token]) -> bool:
@@ -487,9 +515,10 @@ class _Analysis:
         return False
 
     def _base_table(self, node: exp.Table, lenient: bool = False) -> Table | None:
-        """The base table a FROM item names; None for CTE references and table functions."""
+        """The base table a FROM item names; None for CTE references and table functions
+        (also ROWS FROM (...), whose functions are FROM items of their own)."""
         if not isinstance(node.this, exp.Identifier):
-            if isinstance(node.this, exp.Func):
+            if isinstance(node.this, exp.Func) or node.this is None and node.args.get("rows_from"):
                 return None
             raise Unsupported(f"unsupported FROM item: {node.sql(dialect=DIALECT)[:60]}")
         return None if self._is_cte(node) else self._table_of(node, lenient)
@@ -603,8 +632,9 @@ class _Analysis:
                           if alias_node is not None and alias_node.columns else None)
             alias = _ident(alias_node.this) if alias_node is not None and alias_node.this else None
             if isinstance(item, exp.Table):
-                if not isinstance(item.this, exp.Identifier):
-                    sources[alias or str(item.this.sql()).lower()] = _Source(columns=alias_cols)
+                if not isinstance(item.this, exp.Identifier):  # a function, or ROWS FROM (functions)
+                    name = item.this.sql(dialect=DIALECT).lower() if item.this is not None else ""
+                    sources[alias or name] = _Source(columns=alias_cols)
                     continue
                 name = _ident(item.this)
                 if self._is_cte(item):

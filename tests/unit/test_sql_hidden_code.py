@@ -1,6 +1,7 @@
 """Code the server runs that a statement does not name, judged as the calls it is: what a
 relation runs when read or written (row security policies, triggers, CHECK constraints,
-the domain checks of its columns, defaults, rules, through views and into partitions)."""
+the domain checks of its columns, defaults, rules, through views and into partitions);
+and harmless forms real clients send that sqlglot reads badly (`oid[]`, ROWS FROM)."""
 
 from __future__ import annotations
 
@@ -36,10 +37,13 @@ RELATIONS = [
     Relation("sales", "parted", "p", ("id", "at"), write_functions=(("insert", "sales.purge_trigger"),)),
     Relation("sales", "notes", "r", ("id", "purged"), write_functions=(("default", "sales.purge"),)),
     Relation("sales", "ghost", "r", ("id",), functions=("sales.gone",)),
-    Relation("pg_catalog", "pg_type", "r", ("oid", "typname")),
+    Relation("pg_catalog", "pg_type", "r", ("oid", "typname", "typnamespace", "typtype", "typbasetype", "typelem",
+                                            "typdelim", "typrelid", "typinput")),
+    *(Relation("pg_catalog", name, "r", ("oid",)) for name in ("pg_namespace", "pg_class", "pg_attribute", "pg_range")),
 ]
 FUNCTIONS = [
     builtin("count", kind="a"), builtin("int4gt"), builtin("lower"), builtin("generate_series"), builtin("unnest"),
+    builtin("array_agg", kind="a"), builtin("coalesce"), builtin("array_length"),
     user("sales", "purge"), user("sales", "bump"), user("sales", "purge_trigger"),
 ]
 CATALOG = Catalog.build(RELATIONS, FUNCTIONS, types=BUILTIN_TYPES, schemas=("public", "sales"),
@@ -177,3 +181,33 @@ def test_relation_code_round_trips_through_a_dump() -> None:
         ("truncate", "sales.purge_trigger"),)
     with pytest.raises(ValueError, match="malformed catalog dump"):
         Catalog.from_dict({"relations": [{"schema": "s", "name": "t", "write_functions": [["insert"]]}]})
+
+
+# -- 5. what real clients send is read, not refused -----------------------------------------
+
+@pytest.mark.parametrize("text", [
+    "select t.oid, t.typname from pg_catalog.pg_type t where t.oid = any($1::oid[])",
+    "select count(*) from pg_catalog.pg_type where oid = any('{23,25}'::oid[])",
+    "select cast('{23}' as oid[]), '{pg_type}'::regclass[], 'x'::regtype, '{1}'::oid[3][], null::oid array",
+    "select * from rows from (generate_series(1, 2))",
+    "select g.a, g.b from rows from (generate_series(1, 2), unnest(array[1])) with ordinality as g(a, b, n)",
+])
+def test_harmless_forms_clients_send_are_judged_and_allowed(engine: PolicyEngine, text: str) -> None:
+    allowed(engine, text)
+
+
+def test_asyncpgs_type_introspection_is_allowed(engine: PolicyEngine) -> None:
+    introspection = pytest.importorskip("asyncpg.introspection")
+    query = SqlQuery(introspection.INTRO_LOOKUP_TYPES, settings=(("search_path", "pg_catalog"),), catalog=CATALOG)
+    decision = engine.decide(Request(Subject("bot"), "db", query))
+    assert decision.verdict is Verdict.ALLOW, decision.reason
+
+
+@pytest.mark.parametrize("text,named", [
+    ("select * from rows from (sales.purge())", "sales.purge() is user-defined"),
+    ("select * from rows from (generate_series(1, 2), purge()) as g(a, b)", "sales.purge() is user-defined"),
+    ("select id from sales.orders where id = any(array[purge()]::oid[])", "sales.purge() is user-defined"),
+    ("select '{1}'::oid[], purge()", "sales.purge() is user-defined"),
+])
+def test_what_those_forms_hold_is_still_judged(engine: PolicyEngine, text: str, named: str) -> None:
+    denied(engine, text, named)
