@@ -323,6 +323,8 @@ def _via(call: Call) -> str:
         return f" (run when {what} is read)"
     if how == "default":
         return f" (a column default of {what})"
+    if how == "operator":
+        return f" (the function of operator {what})"
     return f" (run by {how.upper()} on {what})"
 
 

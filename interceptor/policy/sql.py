@@ -37,7 +37,7 @@ from interceptor.policy.catalog import (
     Catalog, CatalogUnavailable, fold_identifier, parse_search_path, truncate_identifier,
 )
 from interceptor.policy.settings import SessionSettings
-from interceptor.policy.sql_functions import function_calls
+from interceptor.policy.sql_functions import explicit_operators, function_calls
 from interceptor.policy.sql_session import (
     deallocate, discard, refuse_unsafe_encoding, reset, session_select, set_config_effects, set_statement, show,
     transaction,
@@ -228,6 +228,34 @@ class _Names:
             raise Unsupported(f'function "{call.display}" is not in the catalog (searched: {", ".join(searched)})',
                               CATALOG_UNKNOWN_FUNCTION)
         return replace(call, candidates=candidates)
+
+
+    def operator(self, schema: str | None, name: str) -> list[Call]:
+        """The functions OPERATOR([schema.]name) runs outside pg_catalog (docs, 10.2
+        "Operators"), each a call with its candidates; an error when the catalog holds no
+        operator of a schema written, or cannot be read."""
+        if schema == "pg_catalog":
+            return []
+        display = f"{schema}.{name}" if schema is not None else name
+        if self.unavailable is not None:
+            raise Unsupported(f"the catalog is unavailable ({self.unavailable}): OPERATOR({display}) may run "
+                              "a function that cannot be judged", CATALOG_UNAVAILABLE)
+        if self.catalog is None:
+            return []
+        if schema is None and self.path is None:
+            raise Unsupported("the search_path in force cannot be read")
+        functions = self.catalog.operator_candidates(schema, name, self.path or (), self.role)
+        if schema is not None and not functions:
+            raise Unsupported(f'operator "{display}" is not in the catalog', CATALOG_UNKNOWN_FUNCTION)
+        calls = []
+        for qualified in functions:
+            function_schema, _, function = qualified.partition(".")
+            candidates = self.catalog.functions_named(function_schema, function)
+            if not candidates:
+                raise Unsupported(f'function "{qualified}" (of operator {display}) is not in the catalog',
+                                  CATALOG_UNKNOWN_FUNCTION)
+            calls.append(Call(function, function_schema, candidates, ("operator", display)))
+        return calls
 
 
 _ZEROS = str.maketrans("123456789", "000000000")
@@ -433,6 +461,8 @@ class _Analysis:
         self._writes()
         found = function_calls(self.tree, self.tokens)
         calls = [self.names.call(call) for call, _ in found]
+        calls += [call for schema, name in explicit_operators(self.tree, self.tokens)
+                  for call in self.names.operator(schema, name)]
         effects = set_config_effects(self.tree, found)
         if isinstance(self.tree, _RESULT_NODES):
             outputs, filters = self._outputs(), self._filters()

@@ -101,6 +101,35 @@ def function_calls(tree: exp.Expr, tokens: list[Token]) -> list[tuple[Call, exp.
     return found
 
 
+_NOT_OPERATOR = frozenset({
+    TokenType.VAR, TokenType.IDENTIFIER, TokenType.NUMBER, TokenType.STRING, TokenType.L_PAREN, TokenType.R_PAREN,
+    TokenType.COMMA, TokenType.DOT,
+})
+
+
+def explicit_operators(tree: exp.Expr, tokens: list[Token]) -> list[tuple[str | None, str]]:
+    """Every OPERATOR([schema.]op) of `tree` (parsed from `tokens`), as (schema written,
+    operator name): docs, 4.1.3 "Operators" and 4.2.5 "Operator Invocations". The schema
+    is folded unless quoted; the operator is the symbols written. An Unsupported when the
+    tokens do not show what sqlglot read as one."""
+    found: list[tuple[str | None, str]] = []
+    for position, token in enumerate(tokens):
+        if token.token_type != TokenType.OPERATOR or not _followed_by_paren(tokens, position):
+            continue
+        close = next((i for i in range(position + 2, len(tokens)) if tokens[i].token_type == TokenType.R_PAREN), None)
+        inside = tokens[position + 2:close] if close is not None else []
+        schema = None
+        if len(inside) > 2 and inside[1].token_type == TokenType.DOT:
+            if not _is_name(inside[0]):
+                raise Unsupported(f"OPERATOR({''.join(t.text for t in inside)}) does not name schema.operator")
+            schema, inside = token_name(inside[0]), inside[2:]
+        if inside and not any(t.token_type in _NOT_OPERATOR or _is_name(t) for t in inside):
+            found.append((schema, "".join(t.text for t in inside)))
+    if len(found) != len(list(tree.find_all(exp.Operator))):
+        raise Unsupported("an OPERATOR(...) the analyser cannot read")
+    return found
+
+
 def _is_name(token: Token) -> bool:
     return token.token_type == TokenType.IDENTIFIER or _WORD.fullmatch(token.text) is not None
 

@@ -58,7 +58,8 @@ class Call:
     without a catalog; via: how the statement reaches a call it does not name: ("read",
     "s.v") reading a relation (a view's definition, row security), ("default", "s.t") the
     column defaults of a relation it writes, (event, "s.t") an INSERT, UPDATE, DELETE or
-    TRUNCATE of its rows (triggers, constraints, row security, rules)."""
+    TRUNCATE of its rows (triggers, constraints, row security, rules), ("operator", "s.op")
+    the function of an operator it names with OPERATOR()."""
 
     name: str
     schema: str | None = None

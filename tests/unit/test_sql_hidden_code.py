@@ -1,7 +1,7 @@
 """Code the server runs that a statement does not name, judged as the calls it is: what a
 relation runs when read or written (row security policies, triggers, CHECK constraints,
-the domain checks of its columns, defaults, rules, through views and into partitions);
-and harmless forms real clients send that sqlglot reads badly (`oid[]`, ROWS FROM)."""
+the domain checks of its columns, defaults, rules, through views and into partitions), the
+function of an operator named with OPERATOR(); and harmless forms real clients send that sqlglot reads badly (`oid[]`, ROWS FROM)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from interceptor.decision import Decision, Verdict
 from interceptor.operations import Request, SqlQuery, Subject
 from interceptor.policy import PolicyEngine, load_policy_text
-from interceptor.policy.catalog import Catalog, Function, Relation, Type
+from interceptor.policy.catalog import Catalog, CatalogUnavailable, Function, Relation, Type
 
 
 def builtin(name: str, volatility: str = "immutable", kind: str = "f") -> Function:
@@ -45,9 +45,14 @@ FUNCTIONS = [
     builtin("count", kind="a"), builtin("int4gt"), builtin("lower"), builtin("generate_series"), builtin("unnest"),
     builtin("array_agg", kind="a"), builtin("coalesce"), builtin("array_length"),
     user("sales", "purge"), user("sales", "bump"), user("sales", "purge_trigger"),
+    user("evil", "int_eq", "integer", "integer"), user("evil", "text_eq", "text", "text"),
+    Function("sales", "plus", ("integer", "integer"), "immutable", language="sql"),
 ]
-CATALOG = Catalog.build(RELATIONS, FUNCTIONS, types=BUILTIN_TYPES, schemas=("public", "sales"),
-                        default_search_path=("sales", "public"), user="bot")
+OPERATORS = {("evil", "="): ("evil.int_eq", "evil.text_eq"), ("sales", "##"): ("sales.plus",),
+             ("Evil", "="): ("evil.int_eq",), ("ghost", "<->"): ("ghost.distance",)}
+CATALOG = Catalog.build(RELATIONS, FUNCTIONS, types=BUILTIN_TYPES, schemas=("public", "sales", "evil"),
+                        default_search_path=("sales", "public"), user="bot", operators=("pg_catalog",),
+                        operator_functions=OPERATORS)
 
 POLICY = """
 version: 1
@@ -57,6 +62,7 @@ agents:
   bot: {}
 rules:
   - {name: read, effect: allow, sql: {kinds: [select], tables: ["sales.*", "pg_catalog.*"]}}
+  - {name: may-set, effect: allow, sql: {kinds: [set]}}
   - {name: write, effect: allow, sql: {kinds: [insert, update, delete, merge, truncate, copy], tables: ["sales.*"]}}
 """
 
@@ -181,6 +187,51 @@ def test_relation_code_round_trips_through_a_dump() -> None:
         ("truncate", "sales.purge_trigger"),)
     with pytest.raises(ValueError, match="malformed catalog dump"):
         Catalog.from_dict({"relations": [{"schema": "s", "name": "t", "write_functions": [["insert"]]}]})
+
+
+# -- 2. operators named with OPERATOR() --------------------------------------------------------
+
+@pytest.mark.parametrize("text", [
+    "select 1 operator(evil.=) 1",
+    "select id from sales.orders where id OPERATOR(evil.=) 10",
+    "select id from sales.orders order by id operator(EVIL.=) 1",
+    "delete from sales.orders where 'a' operator(evil.=) 'b'",
+    "select 1 where exists (select 1 from sales.orders where id operator ( evil . = ) 2)",
+    "set search_path = pg_catalog, evil; select 1 operator(=) 1",  # every = of the path is a candidate
+])
+def test_an_operator_outside_pg_catalog_runs_its_function(engine: PolicyEngine, text: str) -> None:
+    decision = denied(engine, text, "(the function of operator ", "is user-defined (volatile)")
+    assert {"evil.int_eq", "evil.text_eq"} <= set(decision.details[-1]["functions"])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("text,reason", [
+    ('select 1 operator("Evil".=) 1', "evil.int_eq() (the function of operator Evil.=)"),
+    ("select 1 operator(sales.##) 2", "sales.plus() (the function of operator sales.##) is user-defined (immutable)"),
+    ("select 1 operator(nosuch.=) 1", 'operator "nosuch.=" is not in the catalog'),
+    ("select 1 operator(ghost.<->) 1", 'function "ghost.distance" (of operator ghost.<->) is not in the catalog'),
+    ("select operator(evil.-) 1", "not understood"),  # a prefix operator sqlglot cannot parse
+])
+def test_operators_are_found_as_written(engine: PolicyEngine, text: str, reason: str) -> None:
+    denied(engine, text, reason)
+
+
+@pytest.mark.parametrize("text", [
+    "select 1 operator(pg_catalog.=) 1",
+    "select 'a' OPERATOR(pg_catalog.||) 'b'",
+    "select 1 operator(=) 1",  # pg_catalog first, evil not on the path
+    "select id from sales.orders where id = 1",
+])
+def test_pg_catalog_operators_stay_free(engine: PolicyEngine, text: str) -> None:
+    allowed(engine, text)
+
+
+def test_a_rule_naming_the_operators_function_allows_it() -> None:
+    engine = PolicyEngine(load_policy_text(
+        POLICY + "  - {name: eq-ok, effect: allow, sql: {functions: [evil.int_eq, evil.text_eq]}}\n", "hidden.yaml"))
+    allowed(engine, "select 1 operator(evil.=) 1")
+    unavailable = engine.decide(Request(Subject("bot"), "db", SqlQuery(
+        "select 1 operator(evil.=) 1", catalog=CatalogUnavailable("no connection"))))
+    assert unavailable.rule == "catalog-unavailable", unavailable.reason
 
 
 # -- 5. what real clients send is read, not refused -----------------------------------------
