@@ -127,6 +127,8 @@ class Catalog:
     # does it hold pg_catalog's types (one read from a server does; one written by hand may
     # list only its own, and then an unqualified type name it does not hold may be a builtin)
     knows_builtin_types: bool = field(default=False, compare=False, repr=False)
+    # the types a cast to which runs code (Type.functions), outside pg_catalog and information_schema
+    code_types: tuple[Type, ...] = field(default=(), compare=False, repr=False)
 
     @classmethod
     def build(cls, relations: Iterable[Relation], functions: Iterable[Function] = (), *,
@@ -149,6 +151,8 @@ class Catalog:
                    sorted(calls.items()))
         object.__setattr__(catalog, "version", hashlib.sha256(repr(content).encode()).hexdigest()[:16])
         object.__setattr__(catalog, "knows_builtin_types", any(schema == "pg_catalog" for schema, _ in kinds))
+        object.__setattr__(catalog, "code_types", tuple(t for t in kinds.values()
+                                                        if t.functions and t.schema not in SYSTEM_SCHEMAS))
         return catalog
 
     @classmethod

@@ -325,6 +325,8 @@ def _via(call: Call) -> str:
         return f" (a column default of {what})"
     if how == "operator":
         return f" (the function of operator {what})"
+    if how == "type":
+        return f" (run by a cast to {what})"
     return f" (run by {how.upper()} on {what})"
 
 

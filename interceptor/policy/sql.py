@@ -25,6 +25,7 @@ import logging
 from array import array
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from typing import Protocol
 
 from sqlglot import exp
@@ -34,17 +35,17 @@ from sqlglot.tokens import Token, TokenType
 
 from interceptor.operations import Settings
 from interceptor.policy.catalog import (
-    Catalog, CatalogUnavailable, fold_identifier, parse_search_path, truncate_identifier,
+    SYSTEM_SCHEMAS, Catalog, CatalogUnavailable, Type, fold_identifier, parse_search_path, truncate_identifier,
 )
 from interceptor.policy.settings import SessionSettings
-from interceptor.policy.sql_functions import explicit_operators, function_calls
+from interceptor.policy.sql_functions import explicit_operators, function_calls, written_names
 from interceptor.policy.sql_session import (
     deallocate, discard, refuse_unsafe_encoding, reset, session_select, set_config_effects, set_statement, show,
     transaction,
 )
 from interceptor.policy.statement import (
-    CATALOG_UNAVAILABLE, CATALOG_UNKNOWN_FUNCTION, CATALOG_UNKNOWN_RELATION, Action, Call, ColumnRef, OutputColumn,
-    Statement, Table, Unsupported,
+    CATALOG_UNAVAILABLE, CATALOG_UNKNOWN_FUNCTION, CATALOG_UNKNOWN_RELATION, CATALOG_UNKNOWN_TYPE, Action, Call,
+    ColumnRef, OutputColumn, Statement, Table, Unsupported,
 )
 
 # sqlglot logs a warning for every statement it keeps as an opaque Command; the analyser
@@ -230,6 +231,44 @@ class _Names:
         return replace(call, candidates=candidates)
 
 
+    def types(self, node: exp.Expr, written: frozenset[str]) -> tuple[Type, ...]:
+        """The catalog's types a type node may mean, that run code when cast to. A name
+        sqlglot keeps (a user-defined type) resolves like a relation's (docs, 5.9.3); an
+        error when the catalog does not hold it, unless its schema is pg_catalog or
+        information_schema, or it is unqualified and the catalog, holding no pg_catalog
+        types, cannot tell it from a builtin. A name sqlglot reads as a builtin type (text,
+        int4, datetime, "Text"...) may still be a type of the path: each type that runs code
+        whose name the statement spells (`written`), sqlglot reads the same, and resolves to."""
+        catalog = self.catalog
+        if not (isinstance(node, exp.DataType) and node.this == exp.DType.USERDEFINED):
+            if catalog is None:
+                return ()
+            reading, path = _type_reading(node), self.path_in_force()
+            return tuple(t for t in catalog.code_types if t.name in written and _name_reading(t.name) == reading
+                         and catalog.resolve_type(t.name, path, self.role) is t)
+        schema, name = _type_name(node)
+        display = f"{schema}.{name}" if schema is not None else name
+        if schema in SYSTEM_SCHEMAS or self.unavailable is None and catalog is None:
+            return ()
+        if catalog is None:
+            raise Unsupported(f"the catalog is unavailable ({self.unavailable}): a cast to {display} may run code "
+                              "that cannot be judged", CATALOG_UNAVAILABLE)
+        if schema is not None:
+            found = catalog.type(schema, name)
+        else:
+            found = catalog.resolve_type(name, self.path_in_force(), self.role)
+            if found is None and not catalog.knows_builtin_types:
+                return ()
+        if found is None:
+            raise Unsupported(f'type "{display}" is not in the catalog (searched: {schema or ", ".join(self.searched())})',
+                              CATALOG_UNKNOWN_TYPE)
+        return (found,)
+
+    def path_in_force(self) -> tuple[str, ...]:
+        if self.path is None:
+            raise Unsupported("the search_path in force cannot be read")
+        return self.path
+
     def operator(self, schema: str | None, name: str) -> list[Call]:
         """The functions OPERATOR([schema.]name) runs outside pg_catalog (docs, 10.2
         "Operators"), each a call with its candidates; an error when the catalog holds no
@@ -256,6 +295,38 @@ class _Names:
                                   CATALOG_UNKNOWN_FUNCTION)
             calls.append(Call(function, function_schema, candidates, ("operator", display)))
         return calls
+
+
+def _type_name(node: exp.DataType) -> tuple[str | None, str]:
+    """(schema or None, name) of a type sqlglot keeps as written, identifiers as the server reads them."""
+    kind = node.args.get("kind")
+    if isinstance(kind, exp.Identifier):
+        return None, str(_ident(kind))
+    if isinstance(kind, exp.Dot) and isinstance(kind.this, exp.Identifier) and isinstance(kind.expression,
+                                                                                          exp.Identifier):
+        return _ident(kind.this), str(_ident(kind.expression))
+    raise Unsupported(f"type name {node.sql(dialect=DIALECT)[:60]} is not [schema.]name")
+
+
+def _type_reading(node: exp.Expr) -> str:
+    """How sqlglot read a type it did not keep as written (a builtin, an object identifier
+    or pseudo-type): the same for every name it reads so."""
+    return f"{type(node).__name__}:{node.this!r}"
+
+
+@lru_cache(maxsize=4096)
+def _name_reading(name: str) -> str | None:
+    """How sqlglot reads the type name `name` written quoted (which it reads no
+    differently from unquoted, only keeping case): None when it keeps it as written."""
+    text = f'SELECT NULL::"{name.replace(chr(34), chr(34) * 2)}"'
+    try:
+        cast = DIALECT.parser().parse(DIALECT.tokenize(text), text)[0].find(exp.Cast)
+    except Exception:  # noqa: BLE001 - a name sqlglot cannot read as a type is not read as a builtin either
+        return None
+    to = cast.args.get("to") if cast is not None else None
+    if to is None or isinstance(to, exp.DataType) and to.this == exp.DType.USERDEFINED:
+        return None
+    return _type_reading(to)
 
 
 _ZEROS = str.maketrans("123456789", "000000000")
@@ -463,6 +534,7 @@ class _Analysis:
         calls = [self.names.call(call) for call, _ in found]
         calls += [call for schema, name in explicit_operators(self.tree, self.tokens)
                   for call in self.names.operator(schema, name)]
+        calls += self._type_calls()
         effects = set_config_effects(self.tree, found)
         if isinstance(self.tree, _RESULT_NODES):
             outputs, filters = self._outputs(), self._filters()
@@ -491,6 +563,27 @@ class _Analysis:
                               "relation or calls a function cannot be judged", CATALOG_UNAVAILABLE)
         return Statement(source, kind, actions, tuple(calls), outputs, filters, effects=effects,
                          bootstrap=kind == "select" and session_select(self.tree, found))
+
+    def _type_calls(self) -> list[Call]:
+        """What the casts of the statement run (Type.functions: a domain's CHECK constraints,
+        a cast's function; docs, 4.2.9 "Type Casts", 8.18 "Domain Types"): every type named
+        in an expression (`::`, CAST, a typed literal, a column definition list), not those
+        of a table's or function's definition, which run nothing."""
+        calls: list[Call] = []
+        written = written_names(self.tokens)
+        for node in self.tree.find_all(exp.DataType, exp.ObjectIdentifier, exp.PseudoType):
+            if any(isinstance(a, exp.Properties) or isinstance(a, exp.ColumnDef)
+                   and not isinstance(a.parent, exp.TableAlias) for a in _ancestors(node)):
+                continue  # a column, argument or result type of a definition
+            for type_ in self.names.types(node, written):
+                for qualified in type_.functions:
+                    schema, _, function = qualified.partition(".")
+                    candidates = self.names.catalog.functions_named(schema, function) if self.names.catalog else ()
+                    if not candidates:
+                        raise Unsupported(f'function "{qualified}" (run by a cast to {type_.qualified}) is not in the '
+                                          "catalog", CATALOG_UNKNOWN_FUNCTION)
+                    calls.append(Call(function, schema, candidates, ("type", type_.qualified)))
+        return list(dict.fromkeys(calls))
 
     def _relation_calls(self, actions: tuple[Action, ...]) -> list[Call]:
         """The functions the relations the statement reaches run without it naming them

@@ -130,6 +130,11 @@ def explicit_operators(tree: exp.Expr, tokens: list[Token]) -> list[tuple[str | 
     return found
 
 
+def written_names(tokens: list[Token]) -> frozenset[str]:
+    """The names the tokens spell (identifiers and words), as the server reads them."""
+    return frozenset(token_name(t) for t in tokens if _is_name(t))
+
+
 def _is_name(token: Token) -> bool:
     return token.token_type == TokenType.IDENTIFIER or _WORD.fullmatch(token.text) is not None
 

@@ -16,6 +16,7 @@ ColumnRef = tuple[str, str, str]  # (schema, table, column); column "*" = all, u
 # is reported as `sql-not-understood`.
 CATALOG_UNKNOWN_RELATION = "catalog-unknown-relation"
 CATALOG_UNKNOWN_FUNCTION = "catalog-unknown-function"
+CATALOG_UNKNOWN_TYPE = "catalog-unknown-type"
 CATALOG_UNAVAILABLE = "catalog-unavailable"
 UNSAFE_ENCODING = "builtin-unsafe-encoding"
 
@@ -59,7 +60,8 @@ class Call:
     "s.v") reading a relation (a view's definition, row security), ("default", "s.t") the
     column defaults of a relation it writes, (event, "s.t") an INSERT, UPDATE, DELETE or
     TRUNCATE of its rows (triggers, constraints, row security, rules), ("operator", "s.op")
-    the function of an operator it names with OPERATOR()."""
+    the function of an operator it names with OPERATOR(), ("type", "s.d") a cast to a type
+    (a domain's CHECK constraints, a cast's function)."""
 
     name: str
     schema: str | None = None

@@ -21,7 +21,13 @@ def user(schema: str, name: str, *arguments: str) -> Function:
     return Function(schema, name, arguments, volatility="volatile", language="plpgsql")
 
 
-BUILTIN_TYPES = [Type("pg_catalog", name) for name in ("int4", "text", "oid", "regclass", "date", "numeric", "bool")]
+BUILTIN_TYPES = [Type("pg_catalog", name) for name in ("int4", "text", "oid", "regclass", "date", "numeric", "bool",
+                                                      "record")]
+TYPES = [*BUILTIN_TYPES, Type("information_schema", "cardinal_number", "d"),
+         Type("sales", "checked", "d", ("sales.purge",)), Type("sales", "_checked", "b", ("sales.purge",)),
+         Type("sales", "color", "e"), Type("sales", "colour", "e", ("sales.to_colour",)), Type("sales", "orders", "c"),
+         Type("shadow", "text", "d", ("sales.purge",)), Type("public", "datetime", "d", ("sales.bump",)),
+         Type("sales", "Text", "d", ("sales.purge",))]
 
 RELATIONS = [
     Relation("sales", "orders", "r", ("id", "total")),
@@ -43,14 +49,15 @@ RELATIONS = [
 ]
 FUNCTIONS = [
     builtin("count", kind="a"), builtin("int4gt"), builtin("lower"), builtin("generate_series"), builtin("unnest"),
-    builtin("array_agg", kind="a"), builtin("coalesce"), builtin("array_length"),
+    builtin("array_agg", kind="a"), builtin("coalesce"), builtin("array_length"), builtin("json_to_record", "stable"),
+    builtin("now", "stable"), user("sales", "to_colour", "integer"),
     user("sales", "purge"), user("sales", "bump"), user("sales", "purge_trigger"),
     user("evil", "int_eq", "integer", "integer"), user("evil", "text_eq", "text", "text"),
     Function("sales", "plus", ("integer", "integer"), "immutable", language="sql"),
 ]
 OPERATORS = {("evil", "="): ("evil.int_eq", "evil.text_eq"), ("sales", "##"): ("sales.plus",),
              ("Evil", "="): ("evil.int_eq",), ("ghost", "<->"): ("ghost.distance",)}
-CATALOG = Catalog.build(RELATIONS, FUNCTIONS, types=BUILTIN_TYPES, schemas=("public", "sales", "evil"),
+CATALOG = Catalog.build(RELATIONS, FUNCTIONS, types=TYPES, schemas=("public", "sales", "evil", "shadow"),
                         default_search_path=("sales", "public"), user="bot", operators=("pg_catalog",),
                         operator_functions=OPERATORS)
 
@@ -187,6 +194,78 @@ def test_relation_code_round_trips_through_a_dump() -> None:
         ("truncate", "sales.purge_trigger"),)
     with pytest.raises(ValueError, match="malformed catalog dump"):
         Catalog.from_dict({"relations": [{"schema": "s", "name": "t", "write_functions": [["insert"]]}]})
+
+
+# -- 3. casts to types that run code ---------------------------------------------------------
+
+@pytest.mark.parametrize("text", [
+    "select 1::sales.checked",
+    "select cast(1 as sales.checked)",
+    "select '{1}'::sales.checked[]",
+    "select 1::checked",  # through the search_path
+    'select 1::"checked"',
+    "select '{1}'::_checked",
+    "select x.a from json_to_record('{\"a\": 1}') as x(a sales.checked)",
+    "insert into sales.orders (id) values (1::sales.checked)",
+    "select id from sales.orders where id::sales.checked > 0 order by id",
+    "update sales.orders set total = cast(total as sales.checked)",
+    "set search_path = shadow, pg_catalog; select 'x'::text",  # shadow.text before pg_catalog.text
+    "select 'x'::\"Text\"",  # sqlglot reads "Text" as text, the server as sales."Text"
+])
+def test_a_cast_to_a_domain_runs_its_checks(engine: PolicyEngine, text: str) -> None:
+    decision = denied(engine, text, "sales.purge() (run by a cast to ", "is user-defined")
+    assert "sales.purge" in decision.details[-1]["functions"]  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("text,reason", [
+    ("select 'x'::datetime", "sales.bump() (run by a cast to public.datetime)"),  # sqlglot reads it as a builtin
+    ("select 1::sales.colour", "sales.to_colour() (run by a cast to sales.colour)"),  # CREATE CAST ... WITH FUNCTION
+    ("select 1::sales.nosuch", 'type "sales.nosuch" is not in the catalog (searched: sales)'),
+    ("select 1::nosuch", 'type "nosuch" is not in the catalog (searched: pg_catalog, sales, public)'),
+    ('select 1::"Checked"', 'type "Checked" is not in the catalog'),
+    ("create table sales.copy as select 1::sales.checked as c", ""),
+])
+def test_casts_are_judged_by_the_type_the_server_resolves(engine: PolicyEngine, text: str, reason: str) -> None:
+    decision = denied(engine, text, reason)
+    if "is not in the catalog" in reason:
+        assert decision.rule == "catalog-unknown-type"
+    if "sales.checked" in text:
+        assert "sales.purge" in decision.details[0]["functions"]  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("text", [
+    "select 1::int, 'x'::text, now()::date, '{1}'::int[], 1::pg_catalog.int4, cast('1' as numeric(3, 1))",
+    "select 'red'::sales.color, null::sales.orders, null::record, 1::information_schema.cardinal_number",
+    "set search_path = shadow; select 'x'::text",  # pg_catalog is searched first
+    "set search_path = sales; select '2020-01-01'::date, 'x'::datetime",  # public is not searched
+    "select date '2020-01-01', interval '1 day', text 'x', 'x'::regclass",
+    "create table sales.t (c sales.checked default 1::sales.checked)",  # a definition runs nothing
+])
+def test_casts_to_builtin_and_harmless_types_are_allowed(text: str) -> None:
+    engine = PolicyEngine(load_policy_text(POLICY + "  - {name: ddl, effect: allow, sql: {kinds: [create]}}\n",
+                                           "hidden.yaml"))
+    allowed(engine, text)
+
+
+def test_without_its_types_a_catalog_takes_an_unknown_unqualified_type_for_a_builtin(engine: PolicyEngine) -> None:
+    bare = Catalog.build(RELATIONS, FUNCTIONS, types=TYPES[len(BUILTIN_TYPES):], schemas=("public", "sales"),
+                         default_search_path=("sales", "public"))
+    allowed(engine, "select 'x'::citext, 1::pg_lsn", bare)
+    assert decide(engine, "select 1::sales.nosuch", bare).rule == "catalog-unknown-type"
+    assert decide(engine, "select 1::checked", bare).verdict is Verdict.DENY
+
+
+def test_casts_with_the_catalog_unavailable_or_the_function_allowed() -> None:
+    engine = PolicyEngine(load_policy_text(
+        POLICY + "  - {name: purge-ok, effect: allow, sql: {functions: [sales.purge]}}\n", "hidden.yaml"))
+    allowed(engine, "select 1::sales.checked")
+
+    def unavailable(text: str) -> Decision:
+        return engine.decide(Request(Subject("bot"), "db", SqlQuery(text, catalog=CatalogUnavailable("down"))))
+
+    assert unavailable("select 1::sales.checked").rule == "catalog-unavailable"
+    assert unavailable("select 1::checked").rule == "catalog-unavailable"
+    assert unavailable("select 1::int, 'x'::text, 1::pg_catalog.int4").verdict is Verdict.ALLOW
 
 
 # -- 2. operators named with OPERATOR() --------------------------------------------------------
