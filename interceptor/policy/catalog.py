@@ -124,9 +124,10 @@ class Catalog:
     # in that schema (one per argument types), for schemas other than pg_catalog
     operator_functions: Mapping[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
     version: str = field(default="", compare=False)
-    # does it hold pg_catalog's types (one read from a server does; one written by hand may
-    # list only its own, and then an unqualified type name it does not hold may be a builtin)
-    knows_builtin_types: bool = field(default=False, compare=False, repr=False)
+    # is it a whole database's, as read from a server (it holds pg_catalog's types)? One
+    # written by hand may list only some columns of a relation and only its own types: a
+    # name it does not hold may then still be a column, or a builtin type
+    complete: bool = field(default=False, compare=False, repr=False)
     # the types a cast to which runs code (Type.functions), outside pg_catalog and information_schema
     code_types: tuple[Type, ...] = field(default=(), compare=False, repr=False)
 
@@ -150,7 +151,7 @@ class Catalog:
                    user, database, sorted(catalog.unusable), sorted(catalog.operators), sorted(kinds.items()),
                    sorted(calls.items()))
         object.__setattr__(catalog, "version", hashlib.sha256(repr(content).encode()).hexdigest()[:16])
-        object.__setattr__(catalog, "knows_builtin_types", any(schema == "pg_catalog" for schema, _ in kinds))
+        object.__setattr__(catalog, "complete", any(schema == "pg_catalog" for schema, _ in kinds))
         object.__setattr__(catalog, "code_types", tuple(t for t in kinds.values()
                                                         if t.functions and t.schema not in SYSTEM_SCHEMAS))
         return catalog

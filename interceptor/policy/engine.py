@@ -327,6 +327,8 @@ def _via(call: Call) -> str:
         return f" (the function of operator {what})"
     if how == "type":
         return f" (run by a cast to {what})"
+    if how == "attribute":
+        return f" (called in attribute notation: {what})"
     return f" (run by {how.upper()} on {what})"
 
 

@@ -45,7 +45,7 @@ from interceptor.policy.sql_session import (
 )
 from interceptor.policy.statement import (
     CATALOG_UNAVAILABLE, CATALOG_UNKNOWN_FUNCTION, CATALOG_UNKNOWN_RELATION, CATALOG_UNKNOWN_TYPE, Action, Call,
-    ColumnRef, OutputColumn, Statement, Table, Unsupported,
+    ColumnRef, OutputColumn, Statement, Table, Unsupported, qualified,
 )
 
 # sqlglot logs a warning for every statement it keeps as an opaque Command; the analyser
@@ -87,6 +87,8 @@ _DDL_TARGETS = frozenset({"create", "drop", "alter", "comment", "grant", "revoke
 # and the events (catalog.WRITE_EVENTS) of the writes whose code runs (Relation.write_functions).
 _READS_ROWS = frozenset({"select", "update", "delete", "merge"})
 _VIEWS = frozenset({"v"})
+_SYSTEM_COLUMNS = ("tableoid", "xmin", "cmin", "xmax", "cmax", "ctid")  # docs, 5.5 "System Columns"
+_NO_SYSTEM_COLUMNS = frozenset({"v", "c"})  # views and composite types have none
 _WRITE_EVENTS: dict[str, tuple[str, ...]] = {
     "insert": ("insert", "default"), "update": ("update",), "delete": ("delete",), "truncate": ("truncate",),
 }
@@ -235,8 +237,8 @@ class _Names:
         """The catalog's types a type node may mean, that run code when cast to. A name
         sqlglot keeps (a user-defined type) resolves like a relation's (docs, 5.9.3); an
         error when the catalog does not hold it, unless its schema is pg_catalog or
-        information_schema, or it is unqualified and the catalog, holding no pg_catalog
-        types, cannot tell it from a builtin. A name sqlglot reads as a builtin type (text,
+        information_schema, or it is unqualified and the catalog, not complete (holding no
+        pg_catalog types), cannot tell it from a builtin. A name sqlglot reads as a builtin type (text,
         int4, datetime, "Text"...) may still be a type of the path: each type that runs code
         whose name the statement spells (`written`), sqlglot reads the same, and resolves to."""
         catalog = self.catalog
@@ -257,7 +259,7 @@ class _Names:
             found = catalog.type(schema, name)
         else:
             found = catalog.resolve_type(name, self.path_in_force(), self.role)
-            if found is None and not catalog.knows_builtin_types:
+            if found is None and not catalog.complete:
                 return ()
         if found is None:
             raise Unsupported(f'type "{display}" is not in the catalog (searched: {schema or ", ".join(self.searched())})',
@@ -535,6 +537,7 @@ class _Analysis:
         calls += [call for schema, name in explicit_operators(self.tree, self.tokens)
                   for call in self.names.operator(schema, name)]
         calls += self._type_calls()
+        calls += self._attribute_calls()
         effects = set_config_effects(self.tree, found)
         if isinstance(self.tree, _RESULT_NODES):
             outputs, filters = self._outputs(), self._filters()
@@ -771,20 +774,28 @@ class _Analysis:
         return sources
 
     def _resolve(self, column: exp.Column) -> set[ColumnRef]:
-        """The base columns a column reference reads (following CTEs and subqueries)."""
+        """The base columns a column reference reads (following CTEs and subqueries). A
+        name no FROM item has as a column but one is called reads that item's whole row
+        (docs, 8.16.5 "Using Composite Types in Queries"), and so does `t.f` where f is not
+        a column of t: it is f(t), attribute notation (38.5.3)."""
         name = _column_name(column)
         qualifier = _ident(column.args.get("table")) if column.args.get("table") else None
-        if column.args.get("db") is not None:
-            qualifier_table = (_ident(column.args["db"]), qualifier)
-            return {(*qualifier_table, name)}
-        for query in _enclosing_queries(column):
+        queries = _enclosing_queries(column)
+        if column.args.get("catalog") is not None:
+            raise Unsupported(f"column reference of four names: {column.sql(dialect=DIALECT)[:60]}")
+        if column.args.get("db") is not None:  # schema.table.column, else item.column.field
+            schema = _ident(column.args["db"])
+            for query in queries:
+                source = next((s for s in self._sources(query).values() if s.table == (schema, qualifier)), None)
+                if source is not None:
+                    return self._column_of(source, name)
+            name, qualifier = str(qualifier), schema
+        for query in queries:
             sources = self._sources(query)
             if qualifier is not None:
-                if qualifier in sources:
-                    return self._from_source(sources[qualifier], name)
-                by_table = [s for s in sources.values() if s.table and s.table[1] == qualifier]
-                if by_table:
-                    return self._from_source(by_table[0], name)
+                source = self._qualified_source(sources, qualifier)
+                if source is not None:
+                    return self._column_of(source, name)
                 continue
             candidates = [s for s in sources.values() if self._may_have(s, name)]
             if candidates:
@@ -792,7 +803,138 @@ class _Analysis:
                 for source in candidates:
                     found |= self._from_source(source, name)
                 return found
+        if qualifier is None:
+            for query in queries:
+                source = self._sources(query).get(name)
+                if source is not None:
+                    return self._whole_row(source)
         return set()
+
+    def _column_of(self, source: _Source, name: str) -> set[ColumnRef]:
+        """What `item.name` reads: the column, or when the item is a relation that has no
+        such column, its whole row (name(item), attribute notation)."""
+        fields = self._source_columns(source)
+        if source.table is not None and fields is not None and name not in fields:
+            return self._whole_row(source)
+        return self._from_source(source, name)
+
+    @staticmethod
+    def _qualified_source(sources: dict[str, _Source], qualifier: str) -> _Source | None:
+        """The FROM item `qualifier.` names: by its alias, or by its table's name."""
+        if qualifier in sources:
+            return sources[qualifier]
+        return next((s for s in sources.values() if s.table and s.table[1] == qualifier), None)
+
+    def _whole_row(self, source: _Source) -> set[ColumnRef]:
+        """Every base column a FROM item's whole row reads."""
+        if source.table is not None:
+            known = self._known_columns(source.table)
+            return {(*source.table, c) for c in known} if known is not None else {(*source.table, "*")}
+        if source.query is not None:
+            return {ref for _, refs in self._query_columns(source.query) for ref in refs}
+        return set()
+
+    def _source_columns(self, source: _Source) -> tuple[str, ...] | None:
+        """The columns a FROM item has, None when unknown: an alias list renames the first
+        (docs, 7.2.1.2 "Table and Column Aliases"); a relation other than a view or
+        composite type also has the system columns (5.5)."""
+        renamed = source.columns or ()
+        if source.table is not None:
+            known = self._known_columns(source.table)
+            if known is None:
+                return None
+            relation = self.names.catalog.relation(*source.table) if self.names.catalog is not None else None
+            system = _SYSTEM_COLUMNS if relation is None or relation.kind not in _NO_SYSTEM_COLUMNS else ()
+            return (*renamed, *known[len(renamed):], *system)
+        if source.query is not None:
+            if id(source.query) in self.visiting:
+                return None
+            names = [column for column, _ in self._query_columns(source.query)]
+            holder = source.query.parent
+            alias = holder.args.get("alias") if isinstance(holder, exp.CTE) else None
+            declared = tuple(str(_ident(c)) for c in alias.columns) if alias is not None else ()
+            names = [*declared, *names[len(declared):]]
+            return None if "*" in names else (*renamed, *names[len(renamed):])
+        return source.columns
+
+    def _attribute_calls(self) -> list[Call]:
+        """Calls in attribute notation (docs, 38.5.3 "SQL Functions on Composite Types",
+        8.16.5): `t.f`, `s.t.f` or `(t).f` where f is not a column (a field) of t is f(t),
+        f found through the search_path. Judged with every function of that name as a
+        candidate; when t is a relation of a complete catalog and the catalog holds no such
+        function, an error (catalog-unknown-function: there is no such column either)."""
+        catalog = self.names.catalog
+        if catalog is None:
+            return []
+        calls: list[Call] = []
+        for written, name, source in (a for node in self.tree.find_all(exp.Column, exp.Dot)
+                                      for a in self._attributes(node)):
+            fields = self._source_columns(source) if source is not None else None
+            if fields is not None and name in fields:
+                continue
+            candidates = catalog.function_candidates(name, self.names.path_in_force(), self.names.role)
+            if candidates:
+                calls.append(Call(name, None, candidates, ("attribute", written)))
+            elif fields is not None and source is not None and source.table is not None and catalog.complete:
+                raise Unsupported(f'"{name}" is neither a column of {qualified(source.table)} nor a function in the '
+                                  f'catalog (searched: {", ".join(self.names.searched())})', CATALOG_UNKNOWN_FUNCTION)
+        return calls
+
+    def _attributes(self, node: exp.Expr) -> list[tuple[str, str, _Source | None]]:
+        """(as written, name, the FROM item it is taken from, None for a column of composite
+        type or anything unknown) of each name of a qualified column reference or a field
+        selection that may be a column, a field or a call in attribute notation."""
+        written = node.sql(dialect=DIALECT)
+        queries = [a for a in _ancestors(node) if isinstance(a, _QUERY_NODES)]
+        if not queries:
+            return []
+        if isinstance(node, exp.Dot):
+            if not isinstance(node.expression, exp.Identifier):
+                return []
+            inner = node.this
+            while isinstance(inner, exp.Paren):
+                inner = inner.this
+            source = None
+            if isinstance(inner, exp.Column) and not inner.args.get("table") and isinstance(inner.this, exp.Identifier):
+                row = str(_ident(inner.this))  # (t).f: t is a column if one is so named, else a whole row
+                if not any(self._may_have(s, row) for query in queries for s in self._sources(query).values()):
+                    source = self._named_source(queries, row, None)
+            return [(written, str(_ident(node.expression)), source)]
+        if not node.args.get("table") or not isinstance(node.this, exp.Identifier):
+            return []
+        if isinstance(node.parent, exp.EQ) and node.arg_key == "this" and isinstance(
+                node.parent.parent, (exp.Update, exp.OnConflict)):
+            return []  # the column a SET assigns
+        name, qualifier = str(_ident(node.this)), str(_ident(node.args["table"]))
+        if node.args.get("db") is None:
+            return [(written, name, self._named_source(queries, qualifier, None))]
+        schema = str(_ident(node.args["db"]))
+        source = self._named_source(queries, qualifier, schema)
+        if source is not None:  # schema.table.name
+            return [(written, name, source)]
+        # item.column.name: the column may be a call too, and then name one of its result
+        return [(f"{schema}.{qualifier}", qualifier, self._named_source(queries, schema, None)), (written, name, None)]
+
+    def _named_source(self, queries: list[exp.Expr], qualifier: str, schema: str | None) -> _Source | None:
+        """The FROM item (or INSERT target) `[schema.]qualifier` names in the innermost query
+        that has one; None when none does (it is then a column of composite type)."""
+        for query in queries:
+            sources = self._sources(query)
+            if isinstance(query, exp.Insert):
+                target = _unwrap(query.this)
+                table = self._base_table(target) if isinstance(target, exp.Table) else None
+                if table is not None:
+                    alias = target.args.get("alias")
+                    named = _ident(alias.this) if alias is not None and alias.this else table[1]
+                    sources.setdefault(str(named), _Source(table=table))
+                    sources.setdefault("excluded", _Source(table=table))  # ON CONFLICT's proposed row
+            if schema is not None:
+                found = next((s for s in sources.values() if s.table == (schema, qualifier)), None)
+            else:
+                found = self._qualified_source(sources, qualifier)
+            if found is not None:
+                return found
+        return None
 
     def _may_have(self, source: _Source, name: str) -> bool:
         if source.columns is not None:

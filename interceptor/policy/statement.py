@@ -61,7 +61,8 @@ class Call:
     column defaults of a relation it writes, (event, "s.t") an INSERT, UPDATE, DELETE or
     TRUNCATE of its rows (triggers, constraints, row security, rules), ("operator", "s.op")
     the function of an operator it names with OPERATOR(), ("type", "s.d") a cast to a type
-    (a domain's CHECK constraints, a cast's function)."""
+    (a domain's CHECK constraints, a cast's function), ("attribute", "t.f") attribute
+    notation, f(t)."""
 
     name: str
     schema: str | None = None

@@ -161,7 +161,7 @@ def test_types_with_what_a_cast_to_them_runs(catalog: Catalog) -> None:
     assert catalog.types[("sales", "typed")].functions == ("pg_catalog.int4gt", "sales.bump")  # the row type
     assert catalog.types[("sales", "color")].functions == ("sales.to_color",)
     assert catalog.types[("sales", "pair")].functions == ()
-    assert catalog.knows_builtin_types and catalog.types[("pg_catalog", "int4")].functions == ()
+    assert catalog.complete and catalog.types[("pg_catalog", "int4")].functions == ()
     assert catalog.resolve_type("text", ("sales", "public")) == catalog.types[("pg_catalog", "text")]
 
 

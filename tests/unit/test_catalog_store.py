@@ -162,7 +162,7 @@ def test_read_catalog_finds_the_code_relations_and_types_run() -> None:
     assert ruled.functions == ()
     assert [catalog.types[("sales", name)].functions for name in ("d", "d2", "_d2", "t")] == [
         ("sales.dchk",), ("sales.dchk", "sales.to_d"), ("sales.dchk", "sales.to_d"), ("sales.dchk",)]
-    assert catalog.types[("pg_catalog", "int4")].functions == () and catalog.knows_builtin_types
+    assert catalog.types[("pg_catalog", "int4")].functions == () and catalog.complete
     assert catalog.operator_functions == {("sales", "##"): ("sales.plus", "sales.plus_numeric")}
     assert Catalog.from_dict(json.loads(json.dumps(catalog.to_dict()))) == catalog
 
