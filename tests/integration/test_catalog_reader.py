@@ -12,6 +12,7 @@ from pg_fixture import PgServer, free_port
 from interceptor.handlers.postgres.catalog import CatalogStore, read_catalog
 from interceptor.handlers.postgres.handler import Upstream
 from interceptor.policy.catalog import Catalog, CatalogUnavailable, parse_search_path
+from interceptor.policy.sql import analyse
 
 SCHEMA = """
 create schema sales;
@@ -256,3 +257,113 @@ def test_the_store_reads_once_and_says_why_it_cannot(pg: PgServer) -> None:
                 "user": "reader", "database": "app"}, "reader-pw", None, None))
 
     asyncio.run(scenario())
+
+
+# -- what the server runs is what the analyser judges ----------------------------------------
+
+TRUTH = """
+create role prober login password 'prober-pw';
+create schema probe authorization prober;
+set role prober;
+create table probe.ran (fn text);
+create function probe.mark(fn text) returns boolean volatile language plpgsql as $$
+  begin insert into probe.ran values (fn); return true; end $$;
+create function probe.rls_read() returns boolean volatile language sql as $$ select probe.mark('rls_read') $$;
+create function probe.rls_check() returns boolean volatile language sql as $$ select probe.mark('rls_check') $$;
+create function probe.chk(int) returns boolean volatile language sql as $$ select probe.mark('chk') $$;
+create function probe.dom(int) returns boolean volatile language sql as $$ select probe.mark('dom') $$;
+create function probe.def() returns int volatile language sql as $$ select 1 where probe.mark('def') $$;
+create function probe.view_fn(int) returns int volatile language sql as $$ select $1 where probe.mark('view_fn') $$;
+create function probe.op_fn(int, int) returns boolean volatile language sql as $$ select probe.mark('op_fn') $$;
+create function probe.mark_row(r probe.ran) returns boolean volatile language sql as $$ select probe.mark('mark_row') $$;
+create function probe.trg() returns trigger language plpgsql as $$
+  begin perform probe.mark('trg'); return coalesce(new, old); end $$;
+create type probe.color as enum ('red');
+create function probe.cast_fn(int) returns probe.color volatile language sql as $$
+  select 'red'::probe.color where probe.mark('cast_fn') $$;
+create cast (int as probe.color) with function probe.cast_fn(int);
+create operator probe.=== (leftarg = int, rightarg = int, function = probe.op_fn);
+create domain probe.checked as int check (probe.dom(value));
+create table probe.secured (id int);
+alter table probe.secured enable row level security;
+alter table probe.secured force row level security;
+create policy r on probe.secured for select using (probe.rls_read());
+create policy w on probe.secured for insert with check (probe.rls_check());
+create policy u on probe.secured for update using (probe.rls_read()) with check (probe.rls_check());
+create policy d on probe.secured for delete using (probe.rls_read());
+create view probe.v as select probe.view_fn(id) as id from probe.secured;
+create table probe.ledger (id int check (probe.chk(id)));
+create trigger ledger_row before insert or update on probe.ledger for each row execute function probe.trg();
+create trigger ledger_truncate after truncate on probe.ledger for each statement execute function probe.trg();
+create table probe.typed (c probe.checked);
+create table probe.defaulted (id int default probe.def());
+create table probe.parted (id int, at int) partition by range (at);
+create table probe.part1 partition of probe.parted for values from (0) to (10);
+create trigger part_row before insert on probe.part1 for each row execute function probe.trg();
+create table probe.ruled (id int);
+create rule log_delete as on delete to probe.ruled do also insert into probe.ledger values (old.id);
+insert into probe.secured values (1);
+insert into probe.ledger values (1);
+insert into probe.ruled values (1);
+"""
+
+TRUTH_STATEMENTS = [
+    "select id from probe.secured",
+    "insert into probe.secured values (2)",
+    "update probe.secured set id = 3",
+    "delete from probe.secured",
+    "select id from probe.v",
+    "insert into probe.ledger values (2)",
+    "update probe.ledger set id = 3",
+    "truncate probe.ledger",
+    "insert into probe.typed values (1)",
+    "select 1::probe.checked",
+    "insert into probe.defaulted default values",
+    "insert into probe.parted values (1, 1)",
+    "delete from probe.ruled",
+    "select 1 operator(probe.===) 1",
+    "select 1::probe.color",
+    "set search_path = probe; select r.mark_row from probe.ran r",
+    "set search_path = probe; select (r).mark_row from probe.ran r",
+    "insert into probe.secured values (4) returning id",
+    "select id from probe.secured for update",
+    "merge into probe.ledger l using (select 5 as id) s on l.id = s.id when not matched then insert values (s.id)",
+    "select cast(1 as probe.checked), '{1}'::probe.checked[]",
+    """select a from json_to_record('{"a": 1}') as x(a probe.checked)""",
+]
+
+
+@pytest.fixture(scope="module")
+def truth(pg: PgServer) -> Catalog:
+    pg.psql("create database truth")
+    pg.psql(TRUTH, dbname="truth")
+
+    async def read_it() -> Catalog:
+        upstream = await Upstream.connect(pg.host, pg.port, {"user": "prober", "database": "truth"}, "prober-pw",
+                                          None, None)
+        try:
+            return await read_catalog(upstream, "truth")
+        finally:
+            upstream.close()
+
+    return asyncio.run(read_it())
+
+
+@pytest.mark.parametrize("sql", TRUTH_STATEMENTS)
+def test_what_the_server_runs_is_among_the_calls_judged(pg: PgServer, truth: Catalog, sql: str) -> None:
+    async def run_it() -> list[str]:
+        upstream = await Upstream.connect(pg.host, pg.port, {"user": "prober", "database": "truth"}, "prober-pw",
+                                          None, None)
+        try:
+            await upstream.simple_query(f"begin; truncate probe.ran; insert into probe.ran values ('seed'); {sql}")
+            ran = await upstream.simple_query("select distinct fn from probe.ran where fn <> 'seed'")
+            await upstream.simple_query("rollback")
+            return [str(row[0]) for row in ran]
+        finally:
+            upstream.close()
+
+    ran = {f"probe.{name}" for name in asyncio.run(run_it())}
+    statement = analyse(sql, catalog=truth)[-1]
+    judged = {f.qualified for call in statement.calls for f in call.candidates or ()}
+    assert ran and statement.error is None, (ran, statement.error)
+    assert ran <= judged, f"{sql}: the server ran {sorted(ran - judged)}, not judged"
