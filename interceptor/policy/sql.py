@@ -529,6 +529,10 @@ class _Analysis:
     targets: set[int] = field(default_factory=set)  # ids of Table nodes that are write targets
     reads: dict[Table, set[str] | None] = field(default_factory=dict)
     visiting: set[int] = field(default_factory=set)  # queries being expanded (recursive CTEs)
+    met: list[int] = field(default_factory=list)  # each time a query being expanded met itself (by id)
+    # what each query (by id) has as FROM items and result columns, once worked out
+    known_sources: dict[int, dict[str, _Source]] = field(default_factory=dict)
+    known_columns: dict[int, tuple[tuple[str, frozenset[ColumnRef]], ...]] = field(default_factory=dict)
 
     def statement(self, source: str, kind: str) -> Statement:
         self._writes()
@@ -750,7 +754,13 @@ class _Analysis:
     # -- columns -------------------------------------------------------------------------
 
     def _sources(self, query: exp.Expr) -> dict[str, _Source]:
-        """Names visible as FROM items in `query`, alias -> what it stands for."""
+        """Names visible as FROM items in `query`, alias -> what it stands for (not to be changed)."""
+        known = self.known_sources.get(id(query))
+        if known is None:
+            known = self.known_sources[id(query)] = self._from_items(query)
+        return known
+
+    def _from_items(self, query: exp.Expr) -> dict[str, _Source]:
         sources: dict[str, _Source] = {}
         for item in _direct_from_items(query):
             alias_node = item.args.get("alias")
@@ -813,9 +823,10 @@ class _Analysis:
     def _column_of(self, source: _Source, name: str) -> set[ColumnRef]:
         """What `item.name` reads: the column, or when the item is a relation that has no
         such column, its whole row (name(item), attribute notation)."""
-        fields = self._source_columns(source)
-        if source.table is not None and fields is not None and name not in fields:
-            return self._whole_row(source)
+        if source.table is not None:
+            fields = self._source_columns(source)
+            if fields is not None and name not in fields:
+                return self._whole_row(source)
         return self._from_source(source, name)
 
     @staticmethod
@@ -919,7 +930,7 @@ class _Analysis:
         """The FROM item (or INSERT target) `[schema.]qualifier` names in the innermost query
         that has one; None when none does (it is then a column of composite type)."""
         for query in queries:
-            sources = self._sources(query)
+            sources = dict(self._sources(query))
             if isinstance(query, exp.Insert):
                 target = _unwrap(query.this)
                 table = self._base_table(target) if isinstance(target, exp.Table) else None
@@ -970,8 +981,13 @@ class _Analysis:
         """A query's result columns in order, each with the base columns it derives from
         (every branch of a UNION contributes by position; a recursive CTE's self-reference
         adds nothing its base branch did not)."""
+        known = self.known_columns.get(id(query))
+        if known is not None:
+            return [(name, set(sources)) for name, sources in known]
         if id(query) in self.visiting:
+            self.met.append(id(query))
             return []
+        start = len(self.met)
         self.visiting.add(id(query))
         try:
             branches = [self._projections(select) for select in _selects(query)]
@@ -981,6 +997,9 @@ class _Analysis:
         for branch in branches[1:]:
             for position, (_, sources) in enumerate(branch[:len(columns)]):
                 columns[position][1].update(sources)
+        self.met[start:] = [met for met in self.met[start:] if met != id(query)]
+        if len(self.met) == start:  # complete unless it met a query still being expanded around it
+            self.known_columns[id(query)] = tuple((name, frozenset(sources)) for name, sources in columns)
         return columns
 
     def _projections(self, select: exp.Expr) -> list[tuple[str, set[ColumnRef]]]:
