@@ -900,8 +900,8 @@ class _Analysis:
         if not queries:
             return []
         if isinstance(node, exp.Dot):
-            if not isinstance(node.expression, exp.Identifier):
-                return []
+            if not isinstance(node.expression, exp.Identifier) or isinstance(node.parent, exp.DataType):
+                return []  # a call of schema.function, or a type's schema.name
             inner = node.this
             while isinstance(inner, exp.Paren):
                 inner = inner.this

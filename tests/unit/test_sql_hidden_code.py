@@ -234,6 +234,12 @@ def test_attribute_notation_is_a_call(engine: PolicyEngine, text: str, written: 
 ])
 def test_columns_and_fields_are_no_calls(engine: PolicyEngine, text: str) -> None:
     allowed(engine, text)
+    assert not [c for c in analyse(text, catalog=CATALOG)[-1].calls if c.via is not None]
+
+
+def test_a_types_schema_and_name_are_no_field_selection() -> None:
+    (statement,) = analyse("select 'x'::pg_catalog.text, 1::pg_catalog.int4, 'r'::sales.color", catalog=CATALOG)
+    assert statement.error is None and statement.calls == ()
 
 
 @pytest.mark.parametrize("text", [
