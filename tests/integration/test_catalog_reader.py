@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -367,3 +368,65 @@ def test_what_the_server_runs_is_among_the_calls_judged(pg: PgServer, truth: Cat
     judged = {f.qualified for call in statement.calls for f in call.candidates or ()}
     assert ran and statement.error is None, (ran, statement.error)
     assert ran <= judged, f"{sql}: the server ran {sorted(ran - judged)}, not judged"
+
+
+CLIENTS = """
+create type public.status as enum ('new', 'old');
+create domain public.positive as int check (value > 0);
+create table public.customers (id serial primary key, name text not null, status public.status,
+                               n public.positive, tags text[], created timestamptz default now());
+create table public.orders (id int primary key, customer_id int references public.customers (id), amount numeric(10,2));
+create index on public.orders (customer_id);
+create view public.names as select id, name from public.customers;
+insert into public.customers (name, status, n) values ('a', 'new', 1);
+"""
+
+
+def test_what_clients_send_is_understood_with_the_catalog(pg: PgServer) -> None:
+    """SQLAlchemy's reflection, pandas, psycopg's TypeInfo and asyncpg's type introspection
+    (enum and array columns) send nothing the analyser refuses as not understood, and
+    nothing it takes for a call of user code, when it has the catalog read."""
+    sqlalchemy = pytest.importorskip("sqlalchemy")
+    pandas = pytest.importorskip("pandas")
+    psycopg = pytest.importorskip("psycopg")
+    asyncpg = pytest.importorskip("asyncpg")
+    from psycopg.types import TypeInfo
+
+    pg.psql("create database clients")
+    pg.psql(CLIENTS, dbname="clients")
+    pg.psql("alter database clients set log_statement = 'all'")
+    start = pg.log.stat().st_size
+    engine = sqlalchemy.create_engine(f"postgresql+psycopg://owner:pw@{pg.host}:{pg.port}/clients")
+    inspector = sqlalchemy.inspect(engine)
+    for table in inspector.get_table_names():
+        inspector.get_columns(table), inspector.get_pk_constraint(table), inspector.get_foreign_keys(table)
+        inspector.get_indexes(table), inspector.get_unique_constraints(table), inspector.get_check_constraints(table)
+    sqlalchemy.MetaData().reflect(engine)
+    pandas.read_sql("select * from customers", engine)
+    engine.dispose()
+    with psycopg.connect(pg.dsn(dbname="clients")) as conn:
+        TypeInfo.fetch(conn, "status")
+
+    async def with_asyncpg() -> Catalog:
+        conn = await asyncpg.connect(host=pg.host, port=pg.port, user="owner", password="pw", database="clients")
+        try:
+            await conn.fetch("select status, tags from customers where status = $1", "new")
+        finally:
+            await conn.close()
+        upstream = await login(pg, "owner", "pw", "clients")
+        try:
+            return await read_catalog(upstream, "clients")
+        finally:
+            upstream.close()
+
+    catalog = asyncio.run(with_asyncpg())
+    with open(pg.log, encoding="utf-8", errors="replace") as log:
+        log.seek(start)
+        sent = re.findall(r"LOG:  (?:statement|execute [^:]*): (.*?)(?=\n\S|\Z)", log.read(), re.S)
+    statements = {re.sub(r"\n\t", "\n", text).strip() for text in sent} - {""}
+    assert len(statements) > 20 and any("::oid[]" in text for text in statements)  # asyncpg's introspection
+    refused = {text: [s.error for s in analyse(text, catalog=catalog) if s.error] for text in statements}
+    assert not {text: errors for text, errors in refused.items() if errors}
+    user_code = {text: [c.display for s in analyse(text, catalog=catalog) for c in s.calls
+                        if any(f.schema != "pg_catalog" for f in c.candidates or ())] for text in statements}
+    assert not {text: calls for text, calls in user_code.items() if calls}
