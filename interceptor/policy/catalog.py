@@ -261,8 +261,7 @@ class Catalog:
         """ValueError (naming the field) for a malformed dump."""
         try:
             relations = [Relation(**{**r, **{k: tuple(r.get(k, ())) for k in ("columns", "types", "functions")},
-                                     "write_functions": tuple((str(event), str(function))
-                                                              for event, function in r.get("write_functions", ()))})
+                                     "write_functions": tuple(_write(pair) for pair in r.get("write_functions", ()))})
                          for r in data.get("relations", ())]
             functions = [Function(**{**f, "arguments": tuple(f.get("arguments", ()))})
                          for f in data.get("functions", ())]
@@ -276,6 +275,14 @@ class Catalog:
                          user=str(data.get("user", "")), database=str(data.get("database", "")),
                          unusable=data.get("unusable", ()), operators=data.get("operators", ()), types=types,
                          operator_functions=operator_functions)
+
+
+def _write(pair: Sequence[str]) -> tuple[str, str]:
+    """One (event, function) of a dumped Relation.write_functions."""
+    event, function = pair
+    if event not in WRITE_EVENTS:
+        raise ValueError(f"write event {event!r} is not one of {', '.join(WRITE_EVENTS)}")
+    return str(event), str(function)
 
 
 def _plain(row: dict[str, Any]) -> dict[str, Any]:

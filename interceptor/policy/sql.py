@@ -17,6 +17,12 @@ Writes hidden in reads are reported as the writes they are: DML inside a CTE or 
 subquery, SELECT ... INTO (a `create`), SELECT ... FOR UPDATE/SHARE (an `update` on the
 locked tables), COPY to or from a program or a server file, EXPLAIN ANALYZE (the inner
 statement runs, so it is analysed as if it were sent alone).
+
+Code the server runs that the statement does not name is reported as the calls it is,
+with a Catalog: what each relation read or written runs (a view's definition, row security
+policies, triggers, constraints, defaults, rules: Relation.functions, write_functions), the
+function of an operator named with OPERATOR(), what a cast to a type runs (a domain's
+CHECK constraints, a cast's function), and attribute notation (`t.f` is f(t)).
 """
 
 from __future__ import annotations
@@ -232,15 +238,15 @@ class _Names:
                               CATALOG_UNKNOWN_FUNCTION)
         return replace(call, candidates=candidates)
 
-
     def types(self, node: exp.Expr, written: frozenset[str]) -> tuple[Type, ...]:
         """The catalog's types a type node may mean, that run code when cast to. A name
         sqlglot keeps (a user-defined type) resolves like a relation's (docs, 5.9.3); an
         error when the catalog does not hold it, unless its schema is pg_catalog or
         information_schema, or it is unqualified and the catalog, not complete (holding no
-        pg_catalog types), cannot tell it from a builtin. A name sqlglot reads as a builtin type (text,
-        int4, datetime, "Text"...) may still be a type of the path: each type that runs code
-        whose name the statement spells (`written`), sqlglot reads the same, and resolves to."""
+        pg_catalog types), cannot tell it from a builtin. A name sqlglot reads as a builtin
+        type (text, int4, datetime, "Text"...) may still be a type of the path: each type
+        that runs code whose name the statement spells (`written`), sqlglot reads the same,
+        and the name resolves to."""
         catalog = self.catalog
         if not (isinstance(node, exp.DataType) and node.this == exp.DType.USERDEFINED):
             if catalog is None:
@@ -262,8 +268,8 @@ class _Names:
             if found is None and not catalog.complete:
                 return ()
         if found is None:
-            raise Unsupported(f'type "{display}" is not in the catalog (searched: {schema or ", ".join(self.searched())})',
-                              CATALOG_UNKNOWN_TYPE)
+            searched = schema or ", ".join(self.searched())
+            raise Unsupported(f'type "{display}" is not in the catalog (searched: {searched})', CATALOG_UNKNOWN_TYPE)
         return (found,)
 
     def path_in_force(self) -> tuple[str, ...]:
@@ -289,11 +295,11 @@ class _Names:
         if schema is not None and not functions:
             raise Unsupported(f'operator "{display}" is not in the catalog', CATALOG_UNKNOWN_FUNCTION)
         calls = []
-        for qualified in functions:
-            function_schema, _, function = qualified.partition(".")
+        for named in functions:
+            function_schema, _, function = named.partition(".")
             candidates = self.catalog.functions_named(function_schema, function)
             if not candidates:
-                raise Unsupported(f'function "{qualified}" (of operator {display}) is not in the catalog',
+                raise Unsupported(f'function "{named}" (of operator {display}) is not in the catalog',
                                   CATALOG_UNKNOWN_FUNCTION)
             calls.append(Call(function, function_schema, candidates, ("operator", display)))
         return calls
@@ -583,11 +589,11 @@ class _Analysis:
                    and not isinstance(a.parent, exp.TableAlias) for a in _ancestors(node)):
                 continue  # a column, argument or result type of a definition
             for type_ in self.names.types(node, written):
-                for qualified in type_.functions:
-                    schema, _, function = qualified.partition(".")
+                for named in type_.functions:
+                    schema, _, function = named.partition(".")
                     candidates = self.names.catalog.functions_named(schema, function) if self.names.catalog else ()
                     if not candidates:
-                        raise Unsupported(f'function "{qualified}" (run by a cast to {type_.qualified}) is not in the '
+                        raise Unsupported(f'function "{named}" (run by a cast to {type_.qualified}) is not in the '
                                           "catalog", CATALOG_UNKNOWN_FUNCTION)
                     calls.append(Call(function, schema, candidates, ("type", type_.qualified)))
         return list(dict.fromkeys(calls))

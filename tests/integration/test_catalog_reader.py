@@ -276,7 +276,8 @@ create function probe.dom(int) returns boolean volatile language sql as $$ selec
 create function probe.def() returns int volatile language sql as $$ select 1 where probe.mark('def') $$;
 create function probe.view_fn(int) returns int volatile language sql as $$ select $1 where probe.mark('view_fn') $$;
 create function probe.op_fn(int, int) returns boolean volatile language sql as $$ select probe.mark('op_fn') $$;
-create function probe.mark_row(r probe.ran) returns boolean volatile language sql as $$ select probe.mark('mark_row') $$;
+create function probe.mark_row(r probe.ran) returns boolean volatile language sql as $$
+  select probe.mark('mark_row') $$;
 create function probe.trg() returns trigger language plpgsql as $$
   begin perform probe.mark('trg'); return coalesce(new, old); end $$;
 create type probe.color as enum ('red');

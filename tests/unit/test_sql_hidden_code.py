@@ -1,7 +1,9 @@
 """Code the server runs that a statement does not name, judged as the calls it is: what a
 relation runs when read or written (row security policies, triggers, CHECK constraints,
 the domain checks of its columns, defaults, rules, through views and into partitions), the
-function of an operator named with OPERATOR(); and harmless forms real clients send that sqlglot reads badly (`oid[]`, ROWS FROM)."""
+function of an operator named with OPERATOR(), what a cast to a type runs, a call in
+attribute notation; and harmless forms real clients send that sqlglot reads badly
+(`oid[]`, ROWS FROM)."""
 
 from __future__ import annotations
 
@@ -199,6 +201,10 @@ def test_relation_code_round_trips_through_a_dump() -> None:
         ("truncate", "sales.purge_trigger"),)
     with pytest.raises(ValueError, match="malformed catalog dump"):
         Catalog.from_dict({"relations": [{"schema": "s", "name": "t", "write_functions": [["insert"]]}]})
+    with pytest.raises(ValueError, match="write event 'select' is not one of insert, update"):
+        Catalog.from_dict({"relations": [{"schema": "s", "name": "t", "write_functions": [["select", "s.f"]]}]})
+    with pytest.raises(ValueError, match="malformed catalog dump"):
+        Catalog.from_dict({"operator_functions": [{"schema": "s", "functions": ["s.f"]}]})
 
 
 # -- 1. attribute notation: t.f is f(t) ------------------------------------------------------

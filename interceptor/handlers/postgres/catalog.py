@@ -45,7 +45,8 @@ _SYSTEM = "('pg_catalog', 'information_schema')"
 # domain is named where a value is coerced to it (its CHECKs run). In a tree's text a
 # token's spaces are backslash-escaped, so only a node's own field can read ":funcid 123".
 _TREES = f"""
-SELECT r.ev_class AS owner, pg_catalog.concat('rule:', r.ev_type) AS tag, pg_catalog.concat(r.ev_action, r.ev_qual) AS tree
+SELECT r.ev_class AS owner, pg_catalog.concat('rule:', r.ev_type) AS tag,
+       pg_catalog.concat(r.ev_action, r.ev_qual) AS tree
 FROM pg_catalog.pg_rewrite r JOIN pg_catalog.pg_class c ON c.oid = r.ev_class
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname NOT IN {_SYSTEM} AND NOT (c.relkind = 'm' AND r.ev_type = '1')
