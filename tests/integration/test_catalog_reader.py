@@ -304,6 +304,17 @@ create table probe.part1 partition of probe.parted for values from (0) to (10);
 create trigger part_row before insert on probe.part1 for each row execute function probe.trg();
 create table probe.ruled (id int);
 create rule log_delete as on delete to probe.ruled do also insert into probe.ledger values (old.id);
+create function probe.nested_read() returns boolean volatile language sql as $$ select probe.mark('nested_read') $$;
+create table probe.allowed (id int);
+alter table probe.allowed enable row level security;
+alter table probe.allowed force row level security;
+create policy r on probe.allowed using (probe.nested_read());
+create table probe.guarded (id int);
+alter table probe.guarded enable row level security;
+alter table probe.guarded force row level security;
+create policy r on probe.guarded using (exists (select 1 from probe.allowed a where a.id = id));
+insert into probe.allowed values (1);
+insert into probe.guarded values (1);
 insert into probe.secured values (1);
 insert into probe.ledger values (1);
 insert into probe.ruled values (1);
@@ -315,6 +326,8 @@ TRUTH_STATEMENTS = [
     "update probe.secured set id = 3",
     "delete from probe.secured",
     "select id from probe.v",
+    "select id from probe.guarded",  # its policy reads probe.allowed, whose policy runs too
+    "delete from probe.guarded",
     "insert into probe.ledger values (2)",
     "update probe.ledger set id = 3",
     "truncate probe.ledger",

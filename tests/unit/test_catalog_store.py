@@ -133,6 +133,9 @@ HIDDEN_CODE_ROWS: list[list[str | None]] = [
     ["v", "200", "1", "200"],  # a view's definition names the view itself (OLD, NEW)
     ["v", "120", "4", "100"],  # ON DELETE TO ruled DO ALSO ... sales.t
     ["i", "110", "100"],
+    ["r", "130", "sales", "guarded", "r", '[["id", "integer", 23]]'],
+    ["q", "130", "d", "100"],  # a DELETE policy of guarded reads sales.t
+    ["q", "130", "r", "200"],  # a SELECT policy of guarded reads sales.v
     ["y", "23", "pg_catalog", "int4", "b", "0", "0", "0", None],
     ["y", "300", "sales", "d", "d", "23", "0", "0", None],
     ["y", "301", "sales", "d2", "d", "300", "0", "0", None],
@@ -160,6 +163,8 @@ def test_read_catalog_finds_the_code_relations_and_types_run() -> None:
                                                                   "sales.dchk", "sales.to_d", "sales.imm", "sales.trg",
                                                                   "sales.on_truncate")}
     assert ruled.functions == ()
+    guarded = catalog.relations[("sales", "guarded")]
+    assert guarded.functions == ("sales.bump",) and guarded.write_functions == (("delete", "sales.bump"),)
     assert [catalog.types[("sales", name)].functions for name in ("d", "d2", "_d2", "t")] == [
         ("sales.dchk",), ("sales.dchk", "sales.to_d"), ("sales.dchk", "sales.to_d"), ("sales.dchk",)]
     assert catalog.types[("pg_catalog", "int4")].functions == () and catalog.complete

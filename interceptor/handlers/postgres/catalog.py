@@ -93,6 +93,8 @@ _TAG_EVENTS: dict[str, tuple[str, ...]] = {
     "with_check:*": ("insert", "update"), "with_check:a": ("insert",), "with_check:w": ("update",),
 }
 _RULE_EVENTS = {"1": "read", "2": "update", "3": "insert", "4": "delete"}  # pg_rewrite.ev_type
+_POLICY_EVENTS = {"*": ("read", "insert", "update", "delete"), "r": ("read",), "a": ("insert",), "w": ("update",),
+                  "d": ("delete",)}  # pg_policy.polcmd
 _TRIGGER_EVENTS = ((4, "insert"), (8, "delete"), (16, "update"), (32, "truncate"))  # pg_trigger.tgtype bits
 
 CATALOG_QUERY = ";\n".join((
@@ -127,6 +129,12 @@ CATALOG_QUERY = ";\n".join((
     "JOIN pg_catalog.pg_class c ON c.oid = r.ev_class JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
     "CROSS JOIN LATERAL pg_catalog.regexp_matches(r.ev_action, ':relid ([0-9]+)', 'g') AS m(f) "
     f"WHERE n.nspname NOT IN {_SYSTEM} AND NOT (c.relkind = 'm' AND r.ev_type = '1')",
+    # q: the relations a row security policy's expressions read (their own policies apply
+    # too: docs, 5.8): relation, polcmd, relation read
+    "SELECT DISTINCT 'q', p.polrelid, p.polcmd, m.f[1] FROM pg_catalog.pg_policy p "
+    "JOIN pg_catalog.pg_class c ON c.oid = p.polrelid "
+    "CROSS JOIN LATERAL pg_catalog.regexp_matches(pg_catalog.concat(p.polqual, p.polwithcheck), "
+    "':relid ([0-9]+)', 'g') AS m(f) WHERE c.relrowsecurity",
     # i: parent and child of table inheritance and partitioning (rows written into the
     # parent reach the child: docs, 5.10, 5.11)
     "SELECT 'i', i.inhparent, i.inhrelid FROM pg_catalog.pg_inherits i",
@@ -177,7 +185,7 @@ async def read_catalog(upstream: Upstream, database: str) -> Catalog:
 
 
 def _catalog(rows: list[list[str | None]], database: str) -> Catalog:
-    tagged: dict[str, list[list[str | None]]] = {tag: [] for tag in "snoprctviyxf"}
+    tagged: dict[str, list[list[str | None]]] = {tag: [] for tag in "snoprctvqiyxf"}
     for row in rows:
         tagged[str(row[0])].append(row[1:])
     if len(tagged["s"]) != 1:
@@ -221,7 +229,8 @@ def _tag_events(tag: str) -> tuple[str, ...]:
 class _Code:
     """The code read for each relation and type (by oid), and what follows from it: a
     view runs what the relations it reads run when read, and when written through, what
-    they run when written; a rule runs what the relations its action reaches run; rows
+    they run when written; a rule runs what the relations its action reaches run; a row
+    security policy what the relations it reads run when read; rows
     written into a parent reach its partitions and children; a domain runs the checks of
     the domains it is over or its checks coerce to, and a type those of its elements,
     attributes and range subtype; a relation runs the checks of the domains its code
@@ -234,6 +243,7 @@ class _Code:
     nested_types: dict[int, set[int]] = field(default_factory=dict)
     system_types: set[int] = field(default_factory=set)
     reached: dict[int, dict[str, set[int]]] = field(default_factory=dict)  # relation -> rule event -> relations
+    policy_reads: dict[int, set[tuple[str, int]]] = field(default_factory=dict)  # relation -> (event, relation read)
     children: dict[int, set[int]] = field(default_factory=dict)
     column_types: dict[int, list[int]] = field(default_factory=dict)
     _types: dict[int, frozenset[str]] = field(default_factory=dict)
@@ -269,6 +279,9 @@ class _Code:
             if int(str(reached)) != int(str(relation)):  # a view's rules name the view itself (OLD, NEW)
                 event = _RULE_EVENTS[str(ev_type)]
                 code.reached.setdefault(int(str(relation)), {}).setdefault(event, set()).add(int(str(reached)))
+        for relation, command, read in tagged["q"]:
+            code.policy_reads.setdefault(int(str(relation)), set()).update(
+                (event, int(str(read))) for event in _POLICY_EVENTS[str(command)])
         for parent, child in tagged["i"]:
             code.children.setdefault(int(str(parent)), set()).add(int(str(child)))
         return code
@@ -308,6 +321,9 @@ class _Code:
         found |= {f for event, domain in self.domains.get(oid, ()) if event == "read" for f in self.type(domain)}
         for base in self.reached.get(oid, {}).get("read", ()):
             found |= self.read(base, seen | {oid})
+        for event, other in self.policy_reads.get(oid, ()):
+            if event == "read":
+                found |= self.read(other, seen | {oid})
         if not seen:  # a result cut short by a cycle is only complete for where it started
             self._reads[oid] = frozenset(found)
         return frozenset(found)
@@ -331,6 +347,9 @@ class _Code:
                 else:  # a rule's action may read and write what it names, whatever its own command
                     found |= {(event, f) for f in self.read(other, inner)}
                     found |= {(event, f) for _, f in self.written(other, inner)}
+        for event, other in self.policy_reads.get(oid, ()):
+            if event != "read":
+                found |= {(event, f) for f in self.read(other, inner)}
         for child in self.children.get(oid, ()):
             found |= self.written(child, inner)
         if not seen:  # a result cut short by a cycle is only complete for where it started
