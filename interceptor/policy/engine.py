@@ -55,9 +55,14 @@ DANGEROUS_FUNCTIONS = frozenset({
     "pg_replication_origin_create", "pg_file_write", "pg_file_rename", "pg_file_unlink", "pg_logdir_ls",
     "pg_import_system_collations", "txid_current", "pg_notify", "nextval", "setval",
 })
-# Volatile pg_catalog functions allowed by default all the same: they read no data and
-# change nothing but their own result.
-HARMLESS_VOLATILE_FUNCTIONS = frozenset({"random", "clock_timestamp", "timeofday", "gen_random_uuid"})
+# Volatile pg_catalog functions allowed by default all the same: they change nothing and read
+# no table data, only the clock, a random source, or what psql's \d and \l+ show of sizes,
+# partitions and recovery state.
+HARMLESS_VOLATILE_FUNCTIONS = frozenset({
+    "random", "clock_timestamp", "timeofday", "gen_random_uuid", "pg_partition_ancestors", "pg_partition_tree",
+    "pg_relation_size", "pg_table_size", "pg_indexes_size", "pg_total_relation_size", "pg_database_size",
+    "pg_tablespace_size", "pg_is_in_recovery", "pg_jit_available",
+})
 # What a column default may call on a write the policy allows, though the dangerous list
 # names it: a serial column's sequence.
 COLUMN_DEFAULT_FUNCTIONS = frozenset({"pg_catalog.nextval"})

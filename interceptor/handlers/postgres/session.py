@@ -31,7 +31,9 @@ from interceptor.handlers.postgres.names import Change, record
 from interceptor.operations import SqlQuery
 from interceptor.policy.catalog import Catalog, CatalogUnavailable
 from interceptor.policy.settings import Effect, SessionSettings
-from interceptor.policy.statement import CATALOG_UNAVAILABLE, CATALOG_UNKNOWN_FUNCTION, CATALOG_UNKNOWN_RELATION
+from interceptor.policy.statement import (
+    CATALOG_UNAVAILABLE, CATALOG_UNKNOWN_FUNCTION, CATALOG_UNKNOWN_RELATION, CATALOG_UNKNOWN_TYPE,
+)
 from interceptor.textcache import short_text_cache
 
 CLIENT, SERVER = "client", "server"
@@ -45,7 +47,8 @@ _FRAME = struct.Struct("!BI")  # message type as a number, length
 _FLUSH = b"H\x00\x00\x00\x04"
 _WAIT_LIMIT = 16 << 20  # bytes an agent may pipeline while the enforcer waits for the server
 _CATALOG_CHANGES = frozenset({"create", "alter", "drop", "comment", "grant", "revoke"})
-_CATALOG_MISSES = frozenset({CATALOG_UNKNOWN_RELATION, CATALOG_UNKNOWN_FUNCTION, CATALOG_UNAVAILABLE})
+_CATALOG_MISSES = frozenset({CATALOG_UNKNOWN_RELATION, CATALOG_UNKNOWN_FUNCTION, CATALOG_UNKNOWN_TYPE,
+                             CATALOG_UNAVAILABLE})
 
 RowMask = Callable[[memoryview], bytes]
 MaskFactory = Callable[[tuple[MaskSpec, ...], tuple[Column, ...], tuple[str | None, ...]], RowMask | None]
