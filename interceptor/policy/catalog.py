@@ -31,9 +31,10 @@ RELATION_KINDS = {"r": "table", "p": "partitioned table", "v": "view", "m": "mat
                   "f": "foreign table", "c": "composite type", "S": "sequence"}
 SYSTEM_SCHEMAS = frozenset({"pg_catalog", "information_schema"})
 # When the code in Relation.write_functions runs: on an INSERT, UPDATE, DELETE or TRUNCATE
-# of the relation's rows, or `default`: a column default, run by an INSERT (and an UPDATE
-# that sets a column to DEFAULT).
-WRITE_EVENTS = ("insert", "update", "delete", "truncate", "default")
+# of the relation's rows; `default`: a column default, run by an INSERT (and an UPDATE that
+# sets a column to DEFAULT); `lock`: a row security policy for UPDATE, which SELECT ... FOR
+# UPDATE/SHARE runs too (docs, CREATE POLICY).
+WRITE_EVENTS = ("insert", "update", "delete", "truncate", "default", "lock")
 
 
 class CatalogUnavailable(Exception):

@@ -534,6 +534,7 @@ class _Analysis:
     actions: list[Action] = field(default_factory=list)
     targets: set[int] = field(default_factory=set)  # ids of Table nodes that are write targets
     reads: dict[Table, set[str] | None] = field(default_factory=dict)
+    locked: set[Table] = field(default_factory=set)  # tables of SELECT ... FOR UPDATE/SHARE
     visiting: set[int] = field(default_factory=set)  # queries being expanded (recursive CTEs)
     met: list[int] = field(default_factory=list)  # each time a query being expanded met itself (by id)
     # what each query (by id) has as FROM items and result columns, once worked out
@@ -605,7 +606,8 @@ class _Analysis:
         rows they change, and row security applies to them; to an INSERT with RETURNING too:
         docs, 5.8 and CREATE POLICY; an INSERT into a view checks its conditions), and what it
         runs when written for the events of each write (a column default on INSERT, or on
-        UPDATE ... SET col = DEFAULT)."""
+        UPDATE ... SET col = DEFAULT; a row lock of SELECT ... FOR UPDATE/SHARE runs only the
+        row security policies for UPDATE)."""
         catalog = self.names.catalog
         if catalog is None:
             return []
@@ -618,7 +620,9 @@ class _Analysis:
             reads = action.kind in _READS_ROWS or action.kind == "insert" and (relation.kind in _VIEWS or returning)
             named = [(("read", relation.qualified), f) for f in relation.functions if reads]
             events = _WRITE_EVENTS.get(action.kind, ())
-            if action.kind == "update" and _sets_default(self.tree):
+            if action.kind == "update" and action.table in self.locked and action.columns == frozenset():
+                events = ("lock",)  # FOR UPDATE/SHARE: the rows are locked, not changed (no trigger runs)
+            elif action.kind == "update" and _sets_default(self.tree):
                 events += ("default",)
             named += [((event, relation.qualified), f) for event, f in relation.written(events)]
             for via, name in named:
@@ -711,11 +715,30 @@ class _Analysis:
         if into is not None:
             self._target("create", into.this)
         for lock in node.args.get("locks") or ():
+            if not lock.expressions and any(isinstance(i, exp.Subquery) for i in _direct_from_items(node)):
+                raise Unsupported("FOR UPDATE/SHARE of a subquery (it locks the rows of the tables inside)")
             locked = list(lock.expressions) or [t for t in _direct_tables(node)]
             for table_node in locked:
-                table = self._base_table(table_node) if isinstance(table_node, exp.Table) else None
+                table = self._locked_table(node, table_node)
                 if table is not None:
                     self.actions.append(Action("update", table, frozenset()))
+                    self.locked.add(table)
+
+    def _locked_table(self, select: exp.Select, node: exp.Expr) -> Table | None:
+        """The table a FOR UPDATE/SHARE [OF name] locks: OF names a FROM item, by its alias
+        if it has one; a WITH query is not locked, a subquery's tables would be (docs,
+        SELECT, "The Locking Clause")."""
+        if not isinstance(node, exp.Table):
+            return None
+        if isinstance(node.parent, exp.Lock):
+            if node.args.get("db") is not None or not isinstance(node.this, exp.Identifier):
+                raise Unsupported(f"FOR UPDATE OF {node.sql(dialect=DIALECT)[:60]} does not name a FROM item")
+            self.targets.add(id(node))  # a name of a FROM item, not a relation read
+            source = self._sources(select).get(str(_ident(node.this)))
+            if source is not None and source.query is not None and not isinstance(source.query.parent, exp.CTE):
+                raise Unsupported("FOR UPDATE/SHARE of a subquery (it locks the rows of the tables inside)")
+            return source.table if source is not None else None
+        return self._base_table(node)
 
     def _ddl(self, node: exp.Expr) -> None:
         if isinstance(node, exp.Copy):

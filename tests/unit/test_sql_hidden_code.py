@@ -45,6 +45,8 @@ RELATIONS = [
                               ("update", "pg_catalog.int4gt"), ("update", "sales.purge"))),
     Relation("sales", "parted", "p", ("id", "at"), write_functions=(("insert", "sales.purge_trigger"),)),
     Relation("sales", "notes", "r", ("id", "purged"), write_functions=(("default", "sales.purge"),)),
+    Relation("sales", "stamped", "r", ("id",), write_functions=(("lock", "sales.bump"), ("update", "sales.bump"),
+                                                                ("update", "sales.touch"))),
     Relation("sales", "ghost", "r", ("id",), functions=("sales.gone",)),
     Relation("pg_catalog", "pg_type", "r", ("oid", "typname", "typnamespace", "typtype", "typbasetype", "typelem",
                                             "typdelim", "typrelid", "typinput", "typlen")),
@@ -58,7 +60,7 @@ FUNCTIONS = [
     builtin("array_agg", kind="a"), builtin("coalesce"), builtin("array_length"), builtin("json_to_record", "stable"),
     builtin("now", "stable"), user("sales", "to_colour", "integer"), user("sales", "purge_row", "sales.orders"),
     builtin("name"),
-    user("sales", "purge"), user("sales", "bump"), user("sales", "purge_trigger"),
+    user("sales", "purge"), user("sales", "bump"), user("sales", "purge_trigger"), user("sales", "touch"),
     user("evil", "int_eq", "integer", "integer"), user("evil", "text_eq", "text", "text"),
     Function("sales", "plus", ("integer", "integer"), "immutable", language="sql"),
 ]
@@ -170,6 +172,21 @@ def test_writes_the_code_is_not_for_run_none_of_it(engine: PolicyEngine, text: s
 def test_check_constraints_domain_checks_and_defaults_run_on_insert_and_update(engine: PolicyEngine,
                                                                                text: str) -> None:
     denied(engine, text, "sales.purge()", "is user-defined")
+
+
+def test_a_row_lock_runs_the_update_policies_not_the_update_triggers() -> None:
+    engine = PolicyEngine(load_policy_text(
+        POLICY + "  - {name: policy-ok, effect: allow, sql: {functions: [sales.bump]}}\n", "hidden.yaml"))
+    allowed(engine, "select id from sales.stamped for update")
+    allowed(engine, "select s.id from sales.stamped s join sales.orders o on o.id = s.id for share of s")
+    denied(engine, "update sales.stamped set id = 2", "sales.touch() (run by UPDATE on sales.stamped)")
+    denied(engine, "select id from sales.stamped for update; update sales.stamped set id = 2", "sales.touch()")
+    denied(PolicyEngine(load_policy_text(POLICY, "hidden.yaml")), "select id from sales.stamped for no key update",
+           "sales.bump() (run by LOCK on sales.stamped)")
+    for text in ("select x.id from (select id from sales.stamped) x for update",
+                 "select x.id from (select id from sales.stamped) x for update of x"):
+        denied(engine, text, "FOR UPDATE/SHARE of a subquery")
+    allowed(engine, "with x as (select id from sales.stamped) select x.id, o.id from x, sales.orders o for update of o")
 
 
 def test_a_rule_naming_the_function_allows_the_write() -> None:

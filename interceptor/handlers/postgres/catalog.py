@@ -89,7 +89,8 @@ _TAG_EVENTS: dict[str, tuple[str, ...]] = {
     "rule:1": ("read",), "rule:2": ("update",), "rule:3": ("insert",), "rule:4": ("delete",),
     "default": ("default",), "generated": ("insert", "update"), "check": ("insert", "update"),
     "index": ("insert", "update"),
-    "using:*": ("read", "update", "delete"), "using:r": ("read",), "using:w": ("update",), "using:d": ("delete",),
+    "using:*": ("read", "update", "delete"), "using:r": ("read",), "using:w": ("update", "lock"),
+    "using:d": ("delete",),
     "with_check:*": ("insert", "update"), "with_check:a": ("insert",), "with_check:w": ("update",),
 }
 _RULE_EVENTS = {"1": "read", "2": "update", "3": "insert", "4": "delete"}  # pg_rewrite.ev_type
