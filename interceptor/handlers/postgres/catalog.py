@@ -94,8 +94,8 @@ _TAG_EVENTS: dict[str, tuple[str, ...]] = {
     "with_check:*": ("insert", "update"), "with_check:a": ("insert",), "with_check:w": ("update",),
 }
 _RULE_EVENTS = {"1": "read", "2": "update", "3": "insert", "4": "delete"}  # pg_rewrite.ev_type
-_POLICY_EVENTS = {"*": ("read", "insert", "update", "delete"), "r": ("read",), "a": ("insert",), "w": ("update",),
-                  "d": ("delete",)}  # pg_policy.polcmd
+_POLICY_EVENTS = {"*": ("read", "insert", "update", "delete"), "r": ("read",), "a": ("insert",),
+                  "w": ("update", "lock"), "d": ("delete",)}  # pg_policy.polcmd
 _TRIGGER_EVENTS = ((4, "insert"), (8, "delete"), (16, "update"), (32, "truncate"))  # pg_trigger.tgtype bits
 
 CATALOG_QUERY = ";\n".join((
