@@ -28,7 +28,7 @@ from interceptor.policy.engine import (
 from interceptor.policy.sql import SHADOWING_RULE
 from interceptor.policy.sql_session import BOOTSTRAP_RELATIONS, BOOTSTRAP_SETTINGS, SESSION_FUNCTIONS
 from interceptor.policy.statement import (
-    CATALOG_UNAVAILABLE, CATALOG_UNKNOWN_FUNCTION, CATALOG_UNKNOWN_RELATION, UNSAFE_ENCODING,
+    CATALOG_UNAVAILABLE, CATALOG_UNKNOWN_FUNCTION, CATALOG_UNKNOWN_RELATION, CATALOG_UNKNOWN_TYPE, UNSAFE_ENCODING,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -386,9 +386,16 @@ def judging() -> list[str]:
         f"could run that schema's code (CVE-2018-1058). SET, RESET, SHOW and transaction control still run, "
         f"so the path can be put right.", "",
         "### Functions", "",
-        "Every call is found wherever it stands (select list, FROM, WHERE, ORDER BY, GROUP BY, HAVING, JOIN, "
-        "CTEs, VALUES, RETURNING, both protocols), and so is the code a relation runs when read (a view's "
-        "definition) or written (column defaults). An unqualified call may resolve to a function of that "
+        "Every call is found wherever it stands (select list, FROM, ROWS FROM, WHERE, ORDER BY, GROUP BY, "
+        "HAVING, JOIN, CTEs, VALUES, RETURNING, both protocols), and so is the user code the server runs "
+        "without the statement naming it: what a relation runs when read (a view's definition and what it "
+        "reads, row security policies) or written (column defaults, triggers of that event, CHECK and domain "
+        "constraints, generated columns, rules, a partition's or child's triggers), what a cast to a user type "
+        "runs (domain checks, casts into it), the function of an operator named `OPERATOR(schema.op)`, and "
+        "attribute notation (`t.f` where `f` is no column of `t` is the call `f(t)`). The reason says which "
+        "way a function is reached (`run when sales.audited is read`, `run by INSERT on sales.ledger`, "
+        f"`run by a cast to sales.checked`). A type the catalog does not hold is refused "
+        f"(`{CATALOG_UNKNOWN_TYPE}`). An unqualified call may resolve to a function of that "
         "name in any schema of the path (argument types choose), so every such candidate is judged. A rule "
         "that names the function in `sql.functions` (`name` or `schema.name` globs) decides it. Otherwise: "
         f"functions on the dangerous list are denied (`{DANGEROUS_RULE}`); immutable and stable functions "
