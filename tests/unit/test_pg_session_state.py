@@ -11,26 +11,10 @@ from interceptor.handlers.postgres.codec import INT16, INT32
 from interceptor.handlers.postgres.session import Audit, Close, ProxySession, RefreshCatalog, Send
 from interceptor.operations import SqlQuery
 from interceptor.policy.settings import Effect, SessionSettings
+from test_pg_session import frames, msg, sent
 
 NONCE = "n0nce"
 SENTINEL = f"interceptor_denied_{NONCE}"
-
-
-def msg(kind: bytes, body: bytes = b"") -> bytes:
-    return codec.message(kind, body)
-
-
-def frames(data: bytes) -> list[tuple[bytes, bytes]]:
-    out, pos = [], 0
-    while pos < len(data):
-        length = INT32.unpack_from(data, pos + 1)[0]
-        out.append((data[pos:pos + 1], data[pos + 5:pos + 1 + length]))
-        pos += 1 + length
-    return out
-
-
-def sent(commands, to: str) -> bytes:
-    return b"".join(bytes(piece) for c in commands if isinstance(c, Send) and c.to == to for piece in c.data)
 
 
 def bind(statement: str, portal: str = "") -> bytes:
