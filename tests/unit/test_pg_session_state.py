@@ -8,7 +8,7 @@ import pytest
 from interceptor.decision import Decision, Verdict
 from interceptor.handlers.postgres import codec
 from interceptor.handlers.postgres.codec import INT16, INT32
-from interceptor.handlers.postgres.session import Audit, Close, ProxySession, RefreshCatalog, Send
+from interceptor.handlers.postgres.session import Audit, Close, ProxySession, RefreshCatalog
 from interceptor.operations import SqlQuery
 from interceptor.policy.settings import Effect, SessionSettings
 from test_pg_session import frames, msg, sent
