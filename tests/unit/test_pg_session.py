@@ -14,7 +14,6 @@ from interceptor.handlers.postgres.session import (
     Send,
     redact_literals,
 )
-from interceptor.handlers.postgres.startup import Refused, accept_startup, database_allowed
 from interceptor.operations import SqlQuery
 
 NONCE = "n0nce"
