@@ -148,6 +148,19 @@ def test_after_a_refusal_the_rest_of_the_segment_is_left_to_the_server_to_skip()
     assert sent(out, "server") == codec.parse("x", SENTINEL) + bind("x") + execute() + SYNC
 
 
+def test_what_the_server_discards_after_a_refusal_is_still_never_forwarded_unjudged():
+    s = session()
+    fastpath = msg(b"F", INT32.pack(764) + INT16.pack(0))
+    client = (codec.parse("x", "DROP TABLE t") + codec.parse("y", "DROP TABLE u") + codec.query("DROP TABLE v")
+              + fastpath + bind("never") + execute("nowhere") + codec.parse("z", "SELECT 1") + SYNC)
+    upstream = sent(s.from_client(client), "server")
+    refused = codec.parse(SENTINEL, SENTINEL)
+    assert upstream == (codec.parse("x", SENTINEL) + refused + refused + refused + bind("never")
+                        + execute("nowhere") + codec.parse("z", "SELECT 1") + SYNC)
+    s.from_server(codec.error_response("42601", f'syntax error at or near "{SENTINEL}"') + ready())
+    assert "z" not in s._statements  # discarded by the server: never made
+
+
 def test_deallocate_forgets_the_name():
     s = session()
     s.from_client(codec.parse("p", "SELECT 1") + SYNC)

@@ -367,12 +367,11 @@ class ProxySession:
                 return
             if kind != 0x51:
                 self._in_segment = True
-            if self._doomed and kind != 0x51:
-                return  # the server discards it (until Sync) after the refusal sent before it
+            if self._doomed:
+                self._discarded(kind, frame)
+                return
         body = self._client.view[start + 5:end]
         if kind == 0x51:  # Q
-            if self._doomed:
-                return
             self._segment += 1
             self._judged(codec.read_query(body, self._codec), None, frame, out)
         elif kind == 0x50:  # P
@@ -400,11 +399,25 @@ class ProxySession:
             self.closed = True
             _send(out, SERVER, self._client.take())
             out.append(Close(CLIENT_TERMINATED))
+        elif kind == 0x46 and self._doomed:  # F: refused; the server discards what stands in for it
+            self._client.replace(frame[1], frame[2], [codec.parse(self.sentinel, self.sentinel)])
         elif kind == 0x46:  # F: fastpath function calls bypass SQL, so they are refused
             decision = Decision.deny("function-call", "fastpath FunctionCall is not allowed through the enforcer")
             self._deny(Statement("<FunctionCall>", decision, "function", self.clock()), frame, codec.query(self.sentinel))
         elif kind not in (0x48, 0x64, 0x63, 0x66):  # H, CopyData, CopyDone, CopyFail pass
             raise ProtocolViolation(f"invalid frontend message type {chr(kind)!r}")
+
+    def _discarded(self, kind: int, frame: tuple[int, int, int]) -> None:
+        """A message after a refusal in the same segment: the server discards every message
+        until Sync (docs, 55.2.3), so no answer is expected and nothing is recorded. A statement
+        text among them is still judged, and goes on only if it would be let through on its
+        own; else a sentinel Parse that creates nothing takes its place."""
+        if kind not in (0x50, 0x51):
+            return
+        body = self._client.view[frame[1] + 5:frame[2]]
+        text = codec.read_query(body, self._codec) if kind == 0x51 else codec.read_parse(body, self._codec).query
+        if self._decide(text).verdict is not Verdict.ALLOW:
+            self._client.replace(frame[1], frame[2], [codec.parse(self.sentinel, self.sentinel)])
 
     def _settle(self, frame: tuple[int, int, int], out: list[Command]) -> bool:
         """At the start of a statement's segment: may it be judged now? Not while the server
