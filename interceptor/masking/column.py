@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -47,15 +48,20 @@ def _partial_email(value: bytes) -> bytes:
     return local[:1] + b"***@" + domain
 
 
+# A value that is one email address and nothing else: a composite or JSON text with an email
+# in it ('(1,ada@example.com,"4111 ...")') must not keep all that follows the '@'.
+_WHOLE_EMAIL = re.compile(r"[^\s@\"'(),;:<>\[\]{}]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
+
+
 def _partial_text(value: bytes) -> bytes:
-    """A whole value of unknown kind: an email keeps its first letter and domain; other
-    text of eight or more characters keeps its last four; anything shorter is redacted."""
+    """A whole value of unknown kind: a value that is one email address keeps its first
+    letter and domain; other text of eight or more characters keeps its last four; anything
+    shorter is redacted."""
     try:
         text = value.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise MaskingError(f"cannot mask partially a value that is not UTF-8 text: {exc.reason}") from None
-    local, at, domain = text.rpartition("@")
-    if at and local and "." in domain:
+    if _WHOLE_EMAIL.fullmatch(text):
         return _partial_email(value)
     return REDACTED + text[-4:].encode() if len(text) >= 8 else REDACTED
 

@@ -335,9 +335,7 @@ def parse_search_path(value: str) -> tuple[str, ...] | None:
                     continue
                 pos = close + 1
                 break
-            word = truncate_identifier("".join(name))
-            if not word:
-                return None
+            word = truncate_identifier("".join(name))  # "" names no schema: the server skips it
         else:
             start = pos
             while pos < size and value[pos] != "," and not value[pos].isspace():

@@ -38,6 +38,16 @@ def test_whole_value_styles():
     assert ColumnMasker("partial").mask(b"short") == b"****"
 
 
+@pytest.mark.parametrize("value", [
+    b'(1,Ada,ada@example.com,"4111 1111 1111 1111")',  # a whole row as text (c::text, select c)
+    b'{"email": "ada@example.com", "card_number": "4111 1111 1111 1111"}',  # row_to_json(c)
+    b"ada@example.com 4111 1111 1111 1111",
+])
+def test_partial_keeps_a_domain_only_for_a_value_that_is_one_email(value):
+    masked = ColumnMasker("partial").mask(value)
+    assert b"4111" not in masked and b"example.com" not in masked and len(masked) == 8
+
+
 def test_hash_is_keyed_stable_and_joinable():
     hashed = ColumnMasker("hash", key=KEY).mask(b"ada@example.com")
     assert hashed == ColumnMasker("hash", key=KEY).mask(memoryview(b"ada@example.com"))
