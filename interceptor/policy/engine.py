@@ -53,7 +53,16 @@ DANGEROUS_FUNCTIONS = frozenset({
     "cursor_to_xml", "table_to_xml", "database_to_xml", "schema_to_xml", "pg_logical_emit_message",
     "pg_create_logical_replication_slot", "pg_create_physical_replication_slot", "pg_drop_replication_slot",
     "pg_replication_origin_create", "pg_file_write", "pg_file_rename", "pg_file_unlink", "pg_logdir_ls",
-    "pg_import_system_collations", "txid_current", "pg_notify", "nextval", "setval",
+    "pg_import_system_collations", "txid_current", "pg_current_xact_id", "pg_notify", "nextval", "setval",
+    # other sessions' queries, settings and files: what a deny on pg_stat_activity or
+    # pg_settings would not stop if these were free
+    "pg_stat_get_activity", "pg_stat_get_backend_activity", "pg_stat_get_backend_client_addr",
+    "pg_stat_get_backend_client_port", "pg_stat_get_backend_userid", "pg_stat_get_backend_dbid",
+    "pg_stat_get_backend_wait_event", "pg_stat_get_backend_wait_event_type", "pg_stat_get_progress_info",
+    "pg_stat_get_wal_receiver", "pg_stat_get_subscription", "pg_get_replication_slots",
+    "pg_stat_get_replication_slot", "pg_get_backend_memory_contexts", "pg_show_all_settings",
+    "pg_show_all_file_settings", "pg_hba_file_rules", "pg_ident_file_mappings", "pg_get_shmem_allocations",
+    "pg_lock_status", "pg_prepared_xact",
 })
 # Volatile pg_catalog functions allowed by default all the same: they change nothing and read
 # no table data, only the clock, a random source, or what psql's \d and \l+ show of sizes,
@@ -61,7 +70,7 @@ DANGEROUS_FUNCTIONS = frozenset({
 HARMLESS_VOLATILE_FUNCTIONS = frozenset({
     "random", "clock_timestamp", "timeofday", "gen_random_uuid", "pg_partition_ancestors", "pg_partition_tree",
     "pg_relation_size", "pg_table_size", "pg_indexes_size", "pg_total_relation_size", "pg_database_size",
-    "pg_tablespace_size", "pg_is_in_recovery", "pg_jit_available",
+    "pg_tablespace_size", "pg_is_in_recovery", "pg_jit_available", "pg_advisory_unlock_all",
 })
 # What a column default may call on a write the policy allows, though the dangerous list
 # names it: a serial column's sequence.
@@ -71,6 +80,10 @@ DDL_KINDS = frozenset({"create", "alter", "drop", "comment", "grant", "revoke", 
 _BUILTIN_KINDS = {
     "transaction": (TRANSACTION_RULE, "transaction control is allowed by default"),
     "show": (BOOTSTRAP_RULE, "SHOW of a setting every client reads is allowed by default"),
+    "set": (BOOTSTRAP_RULE, "SET of a setting a session may choose is allowed by default"),
+    "reset": (BOOTSTRAP_RULE, "RESET (back to the session's defaults) is allowed by default"),
+    "discard": (BOOTSTRAP_RULE, "DISCARD (what connection pools send) is allowed by default"),
+    "deallocate": (BOOTSTRAP_RULE, "DEALLOCATE of the session's own prepared statements is allowed by default"),
 }
 _RANK = {Verdict.ALLOW: 0, Verdict.APPROVE: 1, Verdict.DENY: 2}
 _EFFECT_VERDICT = {"deny": Verdict.DENY, "approve": Verdict.APPROVE, "allow": Verdict.ALLOW}
@@ -238,7 +251,7 @@ class PolicyEngine:
             return _Judgement(Verdict.ALLOW, "empty-query", "no statement"), [], []
         if statement.opaque:
             return self._opaque(statement, rules), [], []
-        if statement.kind in _BUILTIN_KINDS:
+        if statement.kind in _BUILTIN_KINDS and (statement.kind == "transaction" or statement.bootstrap):
             denied = [r for r in rules if r.effect == "deny" and r.sql and _explicit_kind(r, statement.kind)]
             if denied:
                 return _Judgement(Verdict.DENY, denied[0].name, denied[0].reason or f"{statement.kind} denied"), [], []

@@ -40,6 +40,13 @@ BOOTSTRAP_SETTINGS = frozenset({
     "server_version_num", "session_authorization", "standard_conforming_strings", "statement_timeout",
     "timezone", "transaction_isolation", "transaction_read_only", "xmlbinary", "xmloption",
 })
+# Settings a session may set on its own (startup parameter, options=-c, SET, set_config):
+# SET and RESET of these, like RESET of anything, DISCARD and DEALLOCATE, are allowed by
+# default (builtin-session-bootstrap): they change how the session talks, not what it may read.
+SESSION_SETTINGS = frozenset({
+    "application_name", "client_encoding", "datestyle", "timezone", "intervalstyle", "extra_float_digits",
+    "search_path", "statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout",
+})
 # pg_catalog functions a SELECT without FROM may call and still be bootstrap (current_setting
 # only with a literal name from BOOTSTRAP_SETTINGS). CURRENT_USER, SESSION_USER, CURRENT_ROLE,
 # USER, CURRENT_CATALOG and CURRENT_SCHEMA without parentheses are SQL syntax, no call.
@@ -159,7 +166,8 @@ def _set(source: str, name: str, tokens: list[Token], local: bool) -> Statement:
         value = search_path_text(_values(tokens, name))
     else:
         value = ", ".join(_values(tokens, name))
-    return Statement(source, "set", (Action("set"),), effects=(Effect("set", name, value, local),))
+    return Statement(source, "set", (Action("set"),), effects=(Effect("set", name, value, local),),
+                     bootstrap=name in SESSION_SETTINGS)
 
 
 def _setting_name(tokens: list[Token]) -> tuple[str, list[Token]]:
@@ -214,8 +222,8 @@ def search_path_text(names: list[str]) -> str:
 
 
 def reset(source: str, chunk: list[Token]) -> Statement:
-    """RESET name | ALL | ROLE | SESSION AUTHORIZATION | TIME ZONE | ...: kind `reset`
-    (opaque: only a rule naming that kind decides)."""
+    """RESET name | ALL | ROLE | SESSION AUTHORIZATION | TIME ZONE | ...: kind `reset`, a
+    bootstrap statement (it can only go back to what the session started with)."""
     words = [t.text.upper() for t in _tail(chunk)]
     if words == ["ALL"]:
         effects = (Effect("reset_all"),)
@@ -223,7 +231,7 @@ def reset(source: str, chunk: list[Token]) -> Statement:
         effects = (Effect("reset", "role"),)
     else:
         effects = (Effect("reset", _SETTING_ALIASES.get(tuple(words)) or _setting_name(_tail(chunk))[0]),)
-    return Statement(source, "reset", opaque=True, effects=effects)
+    return Statement(source, "reset", effects=effects, bootstrap=True)
 
 
 def show(source: str, chunk: list[Token]) -> Statement:
@@ -237,13 +245,14 @@ def show(source: str, chunk: list[Token]) -> Statement:
 
 
 def discard(source: str, chunk: list[Token]) -> Statement:
-    """DISCARD ALL (also RESET ALL and DEALLOCATE ALL) | PLANS | SEQUENCES | TEMP: kind `discard`."""
+    """DISCARD ALL (also RESET ALL and DEALLOCATE ALL) | PLANS | SEQUENCES | TEMP: kind
+    `discard`, a bootstrap statement (what connection pools send between clients)."""
     words = [t.text.upper() for t in chunk[1:]]
-    return Statement(source, "discard", opaque=True, effects=(Effect("discard_all"),) if words == ["ALL"] else ())
+    return Statement(source, "discard", effects=(Effect("discard_all"),) if words == ["ALL"] else (), bootstrap=True)
 
 
 def deallocate(source: str, chunk: list[Token]) -> Statement:
-    """DEALLOCATE [PREPARE] name | ALL: kind `deallocate`."""
+    """DEALLOCATE [PREPARE] name | ALL: kind `deallocate`, a bootstrap statement."""
     tail = chunk[1:]
     if tail and tail[0].text.upper() == "PREPARE":
         tail = tail[1:]
@@ -253,7 +262,7 @@ def deallocate(source: str, chunk: list[Token]) -> Statement:
         effect = Effect("deallocate_all")
     else:
         effect = Effect("deallocate", token_name(tail[0]))
-    return Statement(source, "deallocate", opaque=True, effects=(effect,))
+    return Statement(source, "deallocate", effects=(effect,), bootstrap=True)
 
 
 def _tail(chunk: list[Token]) -> list[Token]:

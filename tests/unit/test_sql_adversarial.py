@@ -51,6 +51,10 @@ ALLOWED = [
     "SAVEPOINT s1",
     "RELEASE SAVEPOINT s1",
     "SHOW search_path",
+    "SET statement_timeout = 0",  # the session's own settings, as at startup
+    "RESET ALL",
+    "DEALLOCATE p",
+    "DISCARD ALL",
 ]
 DENIED = {
     'select * from "Public"."Orders"': "default-deny",  # quoted: a different table than public.orders
@@ -72,6 +76,10 @@ DENIED = {
     "select id from orders where exists (select lo_import('/etc/shadow'))": "builtin-dangerous-functions",
     "select * from dblink('host=evil', 'select 1') as t(a int)": "builtin-dangerous-functions",
     "select pg_terminate_backend(1)": "builtin-dangerous-functions",
+    "select query from pg_stat_get_activity(null)": "builtin-dangerous-functions",
+    "select pg_stat_get_backend_activity(b) from pg_stat_get_backend_idset() b": "builtin-dangerous-functions",
+    "select pg_current_xact_id()": "builtin-dangerous-functions",
+    "select * from pg_show_all_settings()": "builtin-dangerous-functions",
     "EXPLAIN ANALYZE DELETE FROM orders": "default-deny",
     "explain (analyze, format json) delete from orders": "default-deny",
     "TRUNCATE orders": "default-deny",
@@ -79,14 +87,12 @@ DENIED = {
     "VACUUM orders": "sql-opaque-statement",
     "LISTEN ch": "sql-opaque-statement",
     "NOTIFY ch, 'x'": "sql-opaque-statement",
-    "SET statement_timeout = 0": "default-deny",
-    "RESET ALL": "sql-opaque-statement",
+    "SET work_mem = '1TB'": "default-deny",  # not a setting a session may choose by default
     "SHOW ALL": "sql-opaque-statement",
     "SET ROLE postgres": "sql-opaque-statement",
     "SET SESSION AUTHORIZATION postgres": "sql-opaque-statement",
     "PREPARE p AS DELETE FROM orders": "sql-opaque-statement",
     "EXECUTE p": "sql-opaque-statement",
-    "DEALLOCATE p": "sql-opaque-statement",
     "DO $$ BEGIN DELETE FROM orders; END $$": "sql-opaque-statement",
     "select id from orders; DO $x$ BEGIN DELETE FROM orders; END $x$": "sql-opaque-statement",
     "select * from secret.keys": "read-secret-denied",

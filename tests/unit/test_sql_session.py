@@ -211,7 +211,7 @@ def test_a_reset_to_an_unsafe_default_is_refused(engine: PolicyEngine) -> None:
 @pytest.mark.parametrize("name", ["UTF8", "utf-8", "unicode", "LATIN1", "win1252", "EUC_JP", "cp936", "sql_ascii"])
 def test_other_encodings_are_judged_as_any_set(engine: PolicyEngine, name: str) -> None:
     decision = decide(engine, f"SET client_encoding TO '{name}'")
-    assert (decision.verdict, decision.rule) == (Verdict.ALLOW, "may-set")
+    assert (decision.verdict, decision.rule) == (Verdict.ALLOW, "builtin-session-bootstrap")
 
 
 # -- what every client runs first ---------------------------------------------------------

@@ -11,11 +11,9 @@ from dataclasses import dataclass
 
 from interceptor.handlers.postgres import codec
 from interceptor.policy.encodings import EncodingRefused, python_codec
+from interceptor.policy.sql_session import SESSION_SETTINGS
 
-PASSED_PARAMETERS = frozenset({
-    "application_name", "client_encoding", "datestyle", "timezone", "intervalstyle", "extra_float_digits",
-    "search_path", "statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout",
-})
+PASSED_PARAMETERS = SESSION_SETTINGS
 
 
 class Refused(Exception):
