@@ -44,7 +44,7 @@ from interceptor.policy.catalog import (
     SYSTEM_SCHEMAS, Catalog, CatalogUnavailable, Type, fold_identifier, parse_search_path, truncate_identifier,
 )
 from interceptor.policy.settings import SessionSettings
-from interceptor.policy.sql_functions import explicit_operators, function_calls, written_names
+from interceptor.policy.sql_functions import explicit_operators, function_calls, implicit_operators, written_names
 from interceptor.policy.sql_session import (
     deallocate, discard, refuse_unsafe_encoding, reset, session_select, set_config_effects, set_statement, show,
     transaction,
@@ -547,6 +547,7 @@ class _Analysis:
         calls = [self.names.call(call) for call, _ in found]
         calls += [call for schema, name in explicit_operators(self.tree, self.tokens)
                   for call in self.names.operator(schema, name)]
+        calls += [call for name in sorted(implicit_operators(self.tokens)) for call in self.names.operator(None, name)]
         calls += self._type_calls()
         calls += self._attribute_calls()
         effects = set_config_effects(self.tree, found)

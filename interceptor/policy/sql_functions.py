@@ -130,6 +130,51 @@ def explicit_operators(tree: exp.Expr, tokens: list[Token]) -> list[tuple[str | 
     return found
 
 
+_OPERATOR_CHARS = frozenset("+-*/<>=~!@#%^&|`?")
+_COMPARISONS = frozenset({"=", "<>", "<", ">", "<=", ">="})
+# Words whose meaning is a call of operators (docs, 9.2, 9.7, 9.18, 9.24): x IN (...), ANY,
+# ALL, BETWEEN, IS DISTINCT FROM, NULLIF, CASE x WHEN, JOIN ... USING compare with =, <, ...
+_COMPARING_WORDS = frozenset({"IN", "ANY", "SOME", "ALL", "BETWEEN", "DISTINCT", "NULLIF", "CASE", "USING",
+                              "NATURAL", "GREATEST", "LEAST"})
+_PATTERN_WORDS = {"LIKE": ("~~", "!~~"), "ILIKE": ("~~*", "!~~*"), "SIMILAR": ("~", "!~")}
+_STAR_NEIGHBOURS = frozenset({TokenType.SELECT, TokenType.DISTINCT, TokenType.COMMA, TokenType.DOT, TokenType.L_PAREN})
+
+
+def implicit_operators(tokens: list[Token]) -> frozenset[str]:
+    """The names of the operators a statement may call without OPERATOR(): every run of
+    operator characters it writes (and each part of a run, as the lexer may split it), with
+    `!=` read as `<>`, and the operators that words like IN, BETWEEN or LIKE stand for
+    (docs, 4.1.3 "Operators"). The server picks among operators of a name by the types of
+    their operands, so every one of those names in the search_path is a candidate."""
+    found: set[str] = set()
+    run: list[Token] = []
+    for position, token in enumerate(tokens + [None]):  # type: ignore[list-item]
+        symbol = token is not None and bool(token.text) and set(token.text) <= _OPERATOR_CHARS \
+            and not _is_star(tokens, position)
+        if symbol and run and run[-1].end + 1 == token.start:
+            run.append(token)
+            continue
+        if run:
+            text = "".join(t.text for t in run)
+            found.update(text[i:j] for i in range(len(text)) for j in range(i + 1, len(text) + 1))
+        run = [token] if symbol else []
+        word = token.text.upper() if token is not None else ""
+        if word in _COMPARING_WORDS:
+            found |= _COMPARISONS
+        found.update(_PATTERN_WORDS.get(word, ()))
+    return frozenset("<>" if name == "!=" else name for name in found)
+
+
+def _is_star(tokens: list[Token], position: int) -> bool:
+    """`*` of SELECT *, t.*, count(*): no operator."""
+    token = tokens[position] if position < len(tokens) else None
+    if token is None or token.text != "*":
+        return False
+    before = tokens[position - 1].token_type if position else None
+    after = tokens[position + 1].token_type if position + 1 < len(tokens) else None
+    return before in _STAR_NEIGHBOURS or after in (TokenType.R_PAREN, TokenType.COMMA, TokenType.FROM, None)
+
+
 def written_names(tokens: list[Token]) -> frozenset[str]:
     """The names the tokens spell (identifiers and words), as the server reads them."""
     return frozenset(token_name(t) for t in tokens if _is_name(t))

@@ -428,3 +428,35 @@ def test_asyncpgs_type_introspection_is_allowed(engine: PolicyEngine) -> None:
 ])
 def test_what_those_forms_hold_is_still_judged(engine: PolicyEngine, text: str, named: str) -> None:
     denied(engine, text, named)
+
+
+# -- operators written without OPERATOR(): every one of that name in the path is a candidate --
+
+WITH_OPERATORS = Catalog.build(RELATIONS, [*FUNCTIONS, user("public", "int_text_eq", "int4", "text")], types=TYPES,
+                               schemas=("public", "sales", "evil", "shadow"), default_search_path=("sales", "public"),
+                               user="bot", operator_functions={**OPERATORS, ("public", "="): ("public.int_text_eq",),
+                                                               ("sales", "<->"): ("sales.plus",)})
+
+
+@pytest.mark.parametrize("text", [
+    "select id from sales.orders where id = 'abc'::text",  # pg_catalog has no int = text: public's wins
+    "select id from sales.orders where id in (1, 2)",  # IN compares with =
+    "select nullif(id, 1) from sales.orders",
+    "select id from sales.orders where id is distinct from 1",
+    "select case id when 1 then 'a' end from sales.orders",
+    "select id from sales.orders where id != 1 or id=2",
+])
+def test_an_operator_of_a_schema_in_the_path_is_a_candidate_of_every_use_of_its_name(engine, text):
+    decision = decide(engine, text, WITH_OPERATORS)
+    assert decision.verdict is Verdict.DENY and "public.int_text_eq" in decision.reason, (text, decision.reason)
+
+
+@pytest.mark.parametrize("text", ["select id from sales.orders", "select count(*) from sales.orders",
+                                  "select t.* from sales.orders t", "select id + 1 from sales.orders"])
+def test_statements_without_such_an_operator_name_are_not_affected(engine, text):
+    allowed(engine, text, WITH_OPERATORS)
+
+
+def test_an_implicit_operator_of_a_schema_in_the_path_is_judged_as_its_function(engine):
+    decision = decide(engine, "select id <-> total from sales.orders", WITH_OPERATORS)
+    assert decision.verdict is Verdict.DENY and "sales.plus" in decision.reason, decision.reason
