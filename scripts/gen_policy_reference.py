@@ -26,7 +26,7 @@ from interceptor.policy.engine import (
     UNPARSED_RULE,
 )
 from interceptor.policy.sql import SHADOWING_RULE
-from interceptor.policy.sql_session import BOOTSTRAP_RELATIONS, BOOTSTRAP_SETTINGS, SESSION_FUNCTIONS
+from interceptor.policy.sql_session import BOOTSTRAP_RELATIONS, BOOTSTRAP_SETTINGS, SESSION_FUNCTIONS, SESSION_SETTINGS
 from interceptor.policy.statement import (
     CATALOG_UNAVAILABLE, CATALOG_UNKNOWN_FUNCTION, CATALOG_UNKNOWN_RELATION, CATALOG_UNKNOWN_TYPE, UNSAFE_ENCODING,
 )
@@ -391,7 +391,10 @@ def judging() -> list[str]:
         "without the statement naming it: what a relation runs when read (a view's definition and what it "
         "reads, row security policies) or written (column defaults, triggers of that event, CHECK and domain "
         "constraints, generated columns, rules, a partition's or child's triggers), what a cast to a user type "
-        "runs (domain checks, casts into it), the function of an operator named `OPERATOR(schema.op)`, and "
+        "runs (domain checks, casts into it), the function of an operator named `OPERATOR(schema.op)` or "
+        "written plainly (`=`, `||`, `@>`, and the `=` that `IN`, `BETWEEN` or `NULLIF` stand for: every "
+        "operator of that name in a schema of the search_path other than pg_catalog is a candidate, as "
+        "operand types pick among them), and "
         "attribute notation (`t.f` where `f` is no column of `t` is the call `f(t)`). The reason says which "
         "way a function is reached (`run when sales.audited is read`, `run by INSERT on sales.ledger`, "
         f"`run by a cast to sales.checked`). A type the catalog does not hold is refused "
@@ -406,9 +409,11 @@ def judging() -> list[str]:
         f"Allowed by default (`{BOOTSTRAP_RULE}`), like transaction control (`{TRANSACTION_RULE}`); a deny "
         f"rule still takes any of it away: `SHOW` of {_code(sorted(BOOTSTRAP_SETTINGS))}; `SELECT` without "
         f"FROM of {_code(sorted(SESSION_FUNCTIONS))} (`current_setting` with one of those settings, as a "
-        "literal) and of `current_user`, `session_user`, `current_role`, `user`, `current_catalog`; and reading "
-        f"{relations}, which drivers read to learn types. `SHOW ALL` and other settings need a rule naming "
-        "kind `show`.", "",
+        "literal) and of `current_user`, `session_user`, `current_role`, `user`, `current_catalog`; reading "
+        f"{relations}, which drivers read to learn types; `SET` (also `SET LOCAL`, `set_config`) of the settings "
+        f"a session may choose at startup ({_code(sorted(SESSION_SETTINGS))}); `RESET`, `DISCARD` and "
+        "`DEALLOCATE`, which pools and drivers send. `SHOW ALL`, other settings and `SET` of anything else need "
+        "a rule naming kind `show` or `set`.", "",
         "### Encodings", "",
         "Statements are decoded in the client encoding the server will use for them. Client-only encodings "
         "can hide a quote or a backslash inside a multibyte character, so the enforcer and the server could "
