@@ -410,7 +410,7 @@ def judging() -> list[str]:
         f"rule still takes any of it away: `SHOW` of {_code(sorted(BOOTSTRAP_SETTINGS))}; `SELECT` without "
         f"FROM of {_code(sorted(SESSION_FUNCTIONS))} (`current_setting` with one of those settings, as a "
         "literal) and of `current_user`, `session_user`, `current_role`, `user`, `current_catalog`; reading "
-        f"{relations}, which drivers read to learn types; `SET` (also `SET LOCAL`, `set_config`) of the settings "
+        f"{relations}, which drivers read to learn types; `SET` (also `SET LOCAL`, and `set_config` with literals of search_path or client_encoding) of the settings "
         f"a session may choose at startup ({_code(sorted(SESSION_SETTINGS))}); `RESET`, `DISCARD` and "
         "`DEALLOCATE`, which pools and drivers send. `SHOW ALL`, other settings and `SET` of anything else need "
         "a rule naming kind `show` or `set`.", "",

