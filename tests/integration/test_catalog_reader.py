@@ -318,6 +318,35 @@ insert into probe.guarded values (1);
 insert into probe.secured values (1);
 insert into probe.ledger values (1);
 insert into probe.ruled values (1);
+create type probe.shade as enum ('dark');
+create function probe.shade_int(probe.shade) returns int volatile language sql as $$
+  select 1 where probe.mark('shade_int') $$;
+create cast (probe.shade as int) with function probe.shade_int(probe.shade) as implicit;
+create table probe.paint (c probe.shade);
+insert into probe.paint values ('dark');
+create function probe.pcmp(point, point) returns int volatile language sql as $$
+  select case when $1[0] < $2[0] then -1 when $1[0] > $2[0] then 1 else 0 end where probe.mark('pcmp') $$;
+create function probe.plt(point, point) returns boolean volatile language sql as $$
+  select probe.mark('plt') and $1[0] < $2[0] $$;
+create function probe.ple(point, point) returns boolean volatile language sql as $$
+  select probe.mark('ple') and $1[0] <= $2[0] $$;
+create function probe.peq(point, point) returns boolean volatile language sql as $$
+  select probe.mark('peq') and $1[0] = $2[0] $$;
+create function probe.pge(point, point) returns boolean volatile language sql as $$
+  select probe.mark('pge') and $1[0] >= $2[0] $$;
+create function probe.pgt(point, point) returns boolean volatile language sql as $$
+  select probe.mark('pgt') and $1[0] > $2[0] $$;
+create operator probe.< (leftarg = point, rightarg = point, function = probe.plt);
+create operator probe.<= (leftarg = point, rightarg = point, function = probe.ple);
+create operator probe.= (leftarg = point, rightarg = point, function = probe.peq);
+create operator probe.>= (leftarg = point, rightarg = point, function = probe.pge);
+create operator probe.> (leftarg = point, rightarg = point, function = probe.pgt);
+create table probe.pts (p point, ps point[]);
+insert into probe.pts values ('(1,1)', '{"(1,1)"}'), ('(2,2)', '{"(2,2)"}'), ('(0,0)', '{"(0,0)"}');
+reset role;
+create operator class probe.point_ops default for type point using btree as
+  operator 1 probe.<, operator 2 probe.<=, operator 3 probe.=, operator 4 probe.>=, operator 5 probe.>,
+  function 1 probe.pcmp(point, point);
 """
 
 TRUTH_STATEMENTS = [
@@ -345,6 +374,18 @@ TRUTH_STATEMENTS = [
     "merge into probe.ledger l using (select 5 as id) s on l.id = s.id when not matched then insert values (s.id)",
     "select cast(1 as probe.checked), '{1}'::probe.checked[]",
     """select a from json_to_record('{"a": 1}') as x(a probe.checked)""",
+    # a default btree operator class for a built-in type sorts, groups and compares its values
+    "select p from probe.pts order by p",
+    "select distinct p from probe.pts",
+    "select p from probe.pts group by p",
+    "select p from probe.pts union select p from probe.pts",
+    "select row_number() over (order by p) from probe.pts",
+    "select array_agg(p order by p) from probe.pts",
+    """select ps from probe.pts where ps = array[point '(1,1)']""",
+    # an implicit cast out of a user type runs where the expression needs the other type
+    "select c + 1 from probe.paint",
+    "select c from probe.paint where c = 1",
+    "select c::int from probe.paint",
 ]
 
 

@@ -172,6 +172,30 @@ def test_read_catalog_finds_the_code_relations_and_types_run() -> None:
     assert Catalog.from_dict(json.loads(json.dumps(catalog.to_dict()))) == catalog
 
 
+VALUE_ROWS: list[list[str | None]] = [
+    ["s", "public", "owner", "app"],
+    ["r", "100", "sales", "shapes", "r", '[["ps", "point[]", 1017]]'],
+    ["r", "110", "sales", "plain", "r", '[["id", "integer", 23]]'],
+    ["r", "120", "sales", "pairs", "c", '[["a", "sales.spot", 300]]'],
+    ["r", "130", "sales", "nested", "v", '[["x", "sales.pairs", 400]]'],
+    ["y", "23", "pg_catalog", "int4", "b", "0", "0", "0", None],
+    ["y", "600", "pg_catalog", "point", "b", "0", "701", "0", None],
+    ["y", "1017", "pg_catalog", "_point", "b", "0", "600", "0", None],
+    ["y", "300", "sales", "spot", "d", "600", "0", "0", None],
+    ["y", "400", "sales", "pairs", "c", "0", "0", "120", None],
+    ["u", "600", "sales", "pcmp"],  # a btree operator class for point
+    ["u", "600", "sales", "peq"],
+]
+
+
+def test_a_relation_read_runs_what_values_of_its_columns_types_run() -> None:
+    catalog = run(lambda: read_catalog(FakeUpstream(VALUE_ROWS), "app"))  # type: ignore[arg-type]
+    found = {name: (r.functions, r.write_functions) for (_, name), r in catalog.relations.items()}
+    compared = (("sales.pcmp", "sales.peq"), ())
+    assert found == {"shapes": compared, "pairs": compared, "nested": compared, "plain": ((), ())}
+    assert catalog.types[("sales", "spot")].functions == ()  # a cast to the domain runs none of them
+
+
 @pytest.mark.parametrize("rows, database, message", [
     (ROWS, "other", "is to database 'app', not 'other'"),
     ([["s", "public, ", "owner", "app"]], "app", "does not parse"),

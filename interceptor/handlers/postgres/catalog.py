@@ -15,7 +15,7 @@ import asyncio
 import json
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -93,6 +93,38 @@ _TAG_EVENTS: dict[str, tuple[str, ...]] = {
     "using:d": ("delete",),
     "with_check:*": ("insert", "update"), "with_check:a": ("insert",), "with_check:w": ("update",),
 }
+# What a value of a type runs, unnamed by the statement, where an expression compares,
+# sorts, groups, hashes or casts it: (type, function schema, function name). ORDER BY, GROUP
+# BY, DISTINCT, UNION, window and ordered-aggregate sorting and the comparison and hashing of
+# arrays and rows use the default btree or hash operator class of the type, and the planner
+# any btree or hash operator family an operator is in (docs, 38.16.6 "System Dependencies on
+# Operator Classes"): the functions of the operators (pg_amop) and the support functions
+# (pg_amproc) of such a family, for the left and right type of each member, when the family
+# or the function is outside pg_catalog and information_schema. And the function of a cast
+# out of the type when the type or the function is outside them (docs, CREATE CAST; 10
+# "Type Conversion"): of a cast into a type of pg_catalog or information_schema, which a
+# statement may name (`c::int`) or apply unnamed, and of an implicit cast into another type
+# (one run where the statement names that type, or writes a column of it, is in
+# Type.functions and the written relation's write_functions).
+_VALUES = f"""
+SELECT DISTINCT 'u', v.type, n.nspname, p.proname FROM (
+  SELECT t.type, m.fn, fn.nspname AS owner FROM (
+    SELECT o.amopfamily AS family, o.amoplefttype AS lefttype, o.amoprighttype AS righttype, r.oprcode AS fn
+    FROM pg_catalog.pg_amop o JOIN pg_catalog.pg_operator r ON r.oid = o.amopopr
+    UNION ALL
+    SELECT a.amprocfamily, a.amproclefttype, a.amprocrighttype, a.amproc FROM pg_catalog.pg_amproc a) m
+  JOIN pg_catalog.pg_opfamily f ON f.oid = m.family
+  JOIN pg_catalog.pg_am a ON a.oid = f.opfmethod AND a.amname IN ('btree', 'hash')
+  JOIN pg_catalog.pg_namespace fn ON fn.oid = f.opfnamespace
+  CROSS JOIN LATERAL (VALUES (m.lefttype), (m.righttype)) AS t(type)
+  UNION ALL
+  SELECT k.castsource, k.castfunc, sn.nspname FROM pg_catalog.pg_cast k
+  JOIN pg_catalog.pg_type s ON s.oid = k.castsource JOIN pg_catalog.pg_namespace sn ON sn.oid = s.typnamespace
+  JOIN pg_catalog.pg_type t ON t.oid = k.casttarget JOIN pg_catalog.pg_namespace tn ON tn.oid = t.typnamespace
+  WHERE k.castfunc <> 0 AND (k.castcontext = 'i' OR tn.nspname IN {_SYSTEM})) v
+JOIN pg_catalog.pg_proc p ON p.oid = v.fn JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+WHERE n.nspname NOT IN {_SYSTEM} OR v.owner NOT IN {_SYSTEM}
+"""
 _RULE_EVENTS = {"1": "read", "2": "update", "3": "insert", "4": "delete"}  # pg_rewrite.ev_type
 _POLICY_EVENTS = {"*": ("read", "insert", "update", "delete"), "r": ("read",), "a": ("insert",),
                   "w": ("update", "lock"), "d": ("delete",)}  # pg_policy.polcmd
@@ -148,6 +180,8 @@ CATALOG_QUERY = ";\n".join((
     "JOIN pg_catalog.pg_proc p ON p.oid = k.castfunc JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace "
     "JOIN pg_catalog.pg_type t ON t.oid = k.casttarget JOIN pg_catalog.pg_namespace tn ON tn.oid = t.typnamespace "
     f"WHERE tn.nspname NOT IN {_SYSTEM}",
+    # u: type, schema and name of what a value of the type runs (_VALUES)
+    _VALUES.strip(),
     # f: oid, schema, name, [input argument types], provolatile, prosecdef, language,
     # prokind, proretset, whether the last input argument is VARIADIC
     "SELECT 'f', p.oid, n.nspname, p.proname, "
@@ -165,10 +199,11 @@ async def read_catalog(upstream: Upstream, database: str) -> Catalog:
     Relations of every kind in catalog.RELATION_KINDS (pg_toast and other sessions'
     temporary schemas left out) with their live columns and types in attnum order, and the
     code the server runs when they are read or written (see _TREES; also trigger functions,
-    the domain checks of their columns' types, and what the relations a view or rule
-    reaches, or their partitions and children, run); every type, with what a cast to one
-    outside pg_catalog and information_schema runs; the functions of the operators outside
-    pg_catalog; every pg_proc row; every schema; the login role's effective search_path
+    the domain checks of their columns' types, what values of their columns' types run
+    (_VALUES), and what the relations a view or rule reaches, or their partitions and
+    children, run); every type, with what a cast to one outside pg_catalog and
+    information_schema runs; the functions of the operators outside pg_catalog; every
+    pg_proc row; every schema; the login role's effective search_path
     (`current_setting`, so a startup parameter would show in it too), current_user and
     current_database().
 
@@ -186,7 +221,7 @@ async def read_catalog(upstream: Upstream, database: str) -> Catalog:
 
 
 def _catalog(rows: list[list[str | None]], database: str) -> Catalog:
-    tagged: dict[str, list[list[str | None]]] = {tag: [] for tag in "snoprctvqiyxf"}
+    tagged: dict[str, list[list[str | None]]] = {tag: [] for tag in "snoprctvqiyxuf"}
     for row in rows:
         tagged[str(row[0])].append(row[1:])
     if len(tagged["s"]) != 1:
@@ -235,12 +270,16 @@ class _Code:
     written into a parent reach its partitions and children; a domain runs the checks of
     the domains it is over or its checks coerce to, and a type those of its elements,
     attributes and range subtype; a relation runs the checks of the domains its code
-    coerces to, and of its columns' types when written."""
+    coerces to, and of its columns' types when written; and when read, what a value of its
+    columns' types runs where it is compared, sorted, grouped, hashed or cast (_VALUES), and
+    a value of their elements, attributes, range subtypes or base types, which an expression
+    over a column may reach."""
 
     reads: dict[int, set[str]] = field(default_factory=dict)
     writes: dict[int, set[tuple[str, str]]] = field(default_factory=dict)
     domains: dict[int, set[tuple[str, int]]] = field(default_factory=dict)  # relation -> (event, domain)
     type_functions: dict[int, set[str]] = field(default_factory=dict)
+    value_functions: dict[int, set[str]] = field(default_factory=dict)
     nested_types: dict[int, set[int]] = field(default_factory=dict)
     system_types: set[int] = field(default_factory=set)
     reached: dict[int, dict[str, set[int]]] = field(default_factory=dict)  # relation -> rule event -> relations
@@ -248,6 +287,7 @@ class _Code:
     children: dict[int, set[int]] = field(default_factory=dict)
     column_types: dict[int, list[int]] = field(default_factory=dict)
     _types: dict[int, frozenset[str]] = field(default_factory=dict)
+    _values: dict[int, frozenset[str]] = field(default_factory=dict)
     _reads: dict[int, frozenset[str]] = field(default_factory=dict)
     _writes: dict[int, frozenset[tuple[str, str]]] = field(default_factory=dict)
 
@@ -264,6 +304,8 @@ class _Code:
             nested.update(code.column_types.get(int(str(relation)), ()))
         for target, schema, name in tagged["x"]:
             code.type_functions.setdefault(int(str(target)), set()).add(f"{schema}.{name}")
+        for type_, schema, name in tagged["u"]:
+            code.value_functions.setdefault(int(str(type_)), set()).add(f"{schema}.{name}")
         for owner, tag, schema, name, domain in tagged["c"]:
             if tag == "domain" and domain is not None:
                 code.nested_types.setdefault(int(str(owner)), set()).add(int(domain))
@@ -294,18 +336,27 @@ class _Code:
             else:
                 self.writes.setdefault(relation, set()).add((event, function))
 
-    def type(self, oid: int, seen: frozenset[int] = frozenset()) -> frozenset[str]:
+    def type(self, oid: int) -> frozenset[str]:
         """What a value cast to the type runs (nothing for pg_catalog's and information_schema's)."""
-        done = self._types.get(oid)
-        if done is not None:
-            return done
-        if oid in seen or oid in self.system_types:
+        return self._nested(oid, self.type_functions, self._types, self.system_types, frozenset())
+
+    def value(self, oid: int) -> frozenset[str]:
+        """What a value of the type runs where it is compared, sorted, grouped, hashed or cast."""
+        return self._nested(oid, self.value_functions, self._values, frozenset(), frozenset())
+
+    def _nested(self, oid: int, direct: dict[int, set[str]], done: dict[int, frozenset[str]],
+                skipped: Collection[int], seen: frozenset[int]) -> frozenset[str]:
+        """The functions `direct` holds for the type and the types nested in it, none of `skipped`."""
+        known = done.get(oid)
+        if known is not None:
+            return known
+        if oid in seen or oid in skipped:
             return frozenset()
-        found = set(self.type_functions.get(oid, ()))
+        found = set(direct.get(oid, ()))
         for nested in self.nested_types.get(oid, ()):
-            found |= self.type(nested, seen | {oid})
+            found |= self._nested(nested, direct, done, skipped, seen | {oid})
         if not seen:  # a result cut short by a cycle is only complete for where it started
-            self._types[oid] = frozenset(found)
+            done[oid] = frozenset(found)
         return frozenset(found)
 
     def relation(self, oid: int) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
@@ -320,6 +371,8 @@ class _Code:
             return frozenset()
         found = set(self.reads.get(oid, ()))
         found |= {f for event, domain in self.domains.get(oid, ()) if event == "read" for f in self.type(domain)}
+        for column_type in self.column_types.get(oid, ()):
+            found |= self.value(column_type)
         for base in self.reached.get(oid, {}).get("read", ()):
             found |= self.read(base, seen | {oid})
         for event, other in self.policy_reads.get(oid, ()):
