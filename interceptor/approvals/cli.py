@@ -45,8 +45,10 @@ def _when(timestamp: float | None) -> str:
 
 
 def _operation(operation: dict[str, Any]) -> str:
-    shown = {k: v for k, v in operation.items() if k != "kind" and v not in (None, "")}
+    shown = {k: v for k, v in operation.items() if k not in ("kind", "search_path") and v not in (None, "")}
     text = " ".join(str(v) for v in shown.values())
+    if operation.get("search_path") is not None:
+        text += f" (search_path {operation['search_path']})"
     return f"{operation.get('kind')}: {text[:60] + '...' if len(text) > 63 else text}"
 
 

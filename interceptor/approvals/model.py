@@ -67,15 +67,16 @@ _SESSION_STATE = ("settings", "defaults", "catalog")  # SqlQuery: where it runs,
 
 def operation_summary(request: Request) -> dict[str, Any]:
     """What the approver sees and a grant covers: the operation's own fields, plus the
-    session settings it runs under (a SQL statement's search_path decides what it reads)."""
+    search_path a SQL statement runs under when the session set one (it decides what the
+    statement's names read)."""
     operation = request.operation
     summary: dict[str, Any] = {"kind": operation.kind}
     for item in dataclasses.fields(operation):
         if item.name not in _SESSION_STATE:
             summary[item.name] = getattr(operation, item.name)
-    settings = {name: value for name, value in getattr(operation, "settings", ()) if value is not None}
-    if settings:
-        summary["settings"] = settings
+    search_path = dict(getattr(operation, "settings", ())).get("search_path")
+    if search_path is not None:
+        summary["search_path"] = search_path
     return summary
 
 
