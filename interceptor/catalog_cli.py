@@ -93,5 +93,5 @@ def refresh(ctx: click.Context, resource: str, database: str | None) -> None:
     """Drop the daemon's catalogs of RESOURCE so they are read again."""
     result = _call(ctx, "catalog.refresh", resource=resource, database=database)
     which = f"database {database}" if database else "every database"
-    click.echo(f"dropped {result['dropped']} catalog(s) of {which} on resource {resource}: the next session "
-               "there reads it again, and open sessions take the new one up from the cache")
+    click.echo(f"dropped {result['dropped']} catalog(s) of {which} on resource {resource}: open sessions read "
+               "it again at their next statement (and judge with the new one once it is in), new ones at login")

@@ -101,11 +101,13 @@ DESCRIPTIONS: dict[str, str] = {
                  "create alter drop grant revoke comment analyze set transaction`, `ddl` (see below) or `*`. "
                  "Statements sqlglot keeps opaque (`do`, `call`, `vacuum`, `show`, ...) match only rules that "
                  "name their kind and have no tables, columns or functions condition.",
-    "sql.tables": "`schema.table` globs. Identifiers fold to lower case unless quoted; unqualified names "
-                  "resolve through the search path (default `public`).",
+    "sql.tables": "`schema.table` globs, matched against the relation the server will read: unqualified "
+                  "names resolve by the session's search_path and the catalog (see \"How a SQL statement is "
+                  "judged\"); identifiers fold to lower case unless quoted.",
     "sql.columns": "`column` or `schema.table.column` globs. On allow/approve rules they must cover every "
                    "column read; on deny rules any one column matches.",
-    "sql.functions": "Function names. A rule with `functions` judges function calls only.",
+    "sql.functions": "Function names, `name` or `schema.name` globs. A rule with `functions` judges function "
+                     "calls only, including what the statement runs unnamed (views, triggers, casts, operators).",
     "http.methods": "HTTP methods, upper case (`GET`, `POST`); globs.",
     "http.hosts": "Host names, lower case; globs.",
     "http.paths": "Request paths; globs.",

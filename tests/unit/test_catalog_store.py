@@ -419,7 +419,7 @@ def test_catalog_refresh_drops_so_the_next_session_reads_again() -> None:
     store = held(("db", "app"), ("db", "other"))
     one = cli(store, "refresh", "db", "--database", "app")
     assert one.exit_code == 0 and "dropped 1 catalog(s) of database app on resource db" in one.output
-    assert "reads it again" in one.output and store.peek("db", "app") is None
+    assert "read it again" in one.output and store.peek("db", "app") is None
     every = cli(store, "refresh", "db")
     assert "dropped 1 catalog(s) of every database" in every.output and store.entries() == []
 

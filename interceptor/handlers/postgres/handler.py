@@ -168,14 +168,15 @@ class CatalogSource:
         return float("inf")
 
     def current(self) -> Catalog | CatalogUnavailable | None:
-        """The newest catalog known now (never waits); past the cache's ttl a read starts
-        in the background, and statements use it once it is in."""
+        """The newest catalog known now (never waits); past the cache's ttl, or when the
+        cache was emptied (`interceptor catalog refresh`), a read starts in the background and
+        statements use it once it is in."""
         if self.store is None:
             return None
         cached = self.store.peek(self.resource, self.database)
         if cached is not None:
             self._catalog = cached
-        if self._reading is None and self.store.clock() - self._loaded_at > self.store.ttl:
+        if self._reading is None and (cached is None or self.store.clock() - self._loaded_at > self.store.ttl):
             self._reading = asyncio.get_running_loop().create_task(self._reload())
         return self._catalog
 
