@@ -343,10 +343,17 @@ create operator probe.>= (leftarg = point, rightarg = point, function = probe.pg
 create operator probe.> (leftarg = point, rightarg = point, function = probe.pgt);
 create table probe.pts (p point, ps point[]);
 insert into probe.pts values ('(1,1)', '{"(1,1)"}'), ('(2,2)', '{"(2,2)"}'), ('(0,0)', '{"(0,0)"}');
+create table probe.indexed (p point);
+insert into probe.indexed values ('(1,1)'), ('(2,2)');
 reset role;
 create operator class probe.point_ops default for type point using btree as
   operator 1 probe.<, operator 2 probe.<=, operator 3 probe.=, operator 4 probe.>=, operator 5 probe.>,
   function 1 probe.pcmp(point, point);
+create function probe.phash(point) returns int volatile language sql as $$ select 0 where probe.mark('phash') $$;
+create operator class probe.point_hash_ops for type point using hash as
+  operator 1 probe.=, function 1 probe.phash(point);
+create index on probe.indexed (p);
+create index on probe.indexed using hash (p probe.point_hash_ops);
 """
 
 TRUTH_STATEMENTS = [
@@ -382,6 +389,7 @@ TRUTH_STATEMENTS = [
     "select row_number() over (order by p) from probe.pts",
     "select array_agg(p order by p) from probe.pts",
     """select ps from probe.pts where ps = array[point '(1,1)']""",
+    "insert into probe.indexed values ('(3,3)')",  # entered in its indexes, with their operator classes
     # an implicit cast out of a user type runs where the expression needs the other type
     "select c + 1 from probe.paint",
     "select c from probe.paint where c = 1",

@@ -185,14 +185,16 @@ VALUE_ROWS: list[list[str | None]] = [
     ["y", "400", "sales", "pairs", "c", "0", "0", "120", None],
     ["u", "600", "sales", "pcmp"],  # a btree operator class for point
     ["u", "600", "sales", "peq"],
+    ["k", "110", "sales", "consistent"],  # an index of sales.plain with an operator class of sales'
 ]
 
 
-def test_a_relation_read_runs_what_values_of_its_columns_types_run() -> None:
+def test_a_relation_runs_what_values_of_its_columns_types_and_its_indexes_run() -> None:
     catalog = run(lambda: read_catalog(FakeUpstream(VALUE_ROWS), "app"))  # type: ignore[arg-type]
     found = {name: (r.functions, r.write_functions) for (_, name), r in catalog.relations.items()}
     compared = (("sales.pcmp", "sales.peq"), ())
-    assert found == {"shapes": compared, "pairs": compared, "nested": compared, "plain": ((), ())}
+    indexed = (("sales.consistent",), (("insert", "sales.consistent"), ("update", "sales.consistent")))
+    assert found == {"shapes": compared, "pairs": compared, "nested": compared, "plain": indexed}
     assert catalog.types[("sales", "spot")].functions == ()  # a cast to the domain runs none of them
 
 

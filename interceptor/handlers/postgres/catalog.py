@@ -93,6 +93,13 @@ _TAG_EVENTS: dict[str, tuple[str, ...]] = {
     "using:d": ("delete",),
     "with_check:*": ("insert", "update"), "with_check:a": ("insert",), "with_check:w": ("update",),
 }
+# The members of operator families: operators (their functions) and support functions.
+_MEMBERS = """
+SELECT o.amopfamily AS family, o.amoplefttype AS lefttype, o.amoprighttype AS righttype, r.oprcode AS fn
+FROM pg_catalog.pg_amop o JOIN pg_catalog.pg_operator r ON r.oid = o.amopopr
+UNION ALL
+SELECT a.amprocfamily, a.amproclefttype, a.amprocrighttype, a.amproc FROM pg_catalog.pg_amproc a
+"""
 # What a value of a type runs, unnamed by the statement, where an expression compares,
 # sorts, groups, hashes or casts it: (type, function schema, function name). ORDER BY, GROUP
 # BY, DISTINCT, UNION, window and ordered-aggregate sorting and the comparison and hashing of
@@ -108,23 +115,33 @@ _TAG_EVENTS: dict[str, tuple[str, ...]] = {
 # Type.functions and the written relation's write_functions).
 _VALUES = f"""
 SELECT DISTINCT 'u', v.type, n.nspname, p.proname FROM (
-  SELECT t.type, m.fn, fn.nspname AS owner FROM (
-    SELECT o.amopfamily AS family, o.amoplefttype AS lefttype, o.amoprighttype AS righttype, r.oprcode AS fn
-    FROM pg_catalog.pg_amop o JOIN pg_catalog.pg_operator r ON r.oid = o.amopopr
-    UNION ALL
-    SELECT a.amprocfamily, a.amproclefttype, a.amprocrighttype, a.amproc FROM pg_catalog.pg_amproc a) m
+  SELECT t.type, m.fn, fs.nspname AS owner FROM ({_MEMBERS}) m
   JOIN pg_catalog.pg_opfamily f ON f.oid = m.family
   JOIN pg_catalog.pg_am a ON a.oid = f.opfmethod AND a.amname IN ('btree', 'hash')
-  JOIN pg_catalog.pg_namespace fn ON fn.oid = f.opfnamespace
+  JOIN pg_catalog.pg_namespace fs ON fs.oid = f.opfnamespace
   CROSS JOIN LATERAL (VALUES (m.lefttype), (m.righttype)) AS t(type)
   UNION ALL
   SELECT k.castsource, k.castfunc, sn.nspname FROM pg_catalog.pg_cast k
   JOIN pg_catalog.pg_type s ON s.oid = k.castsource JOIN pg_catalog.pg_namespace sn ON sn.oid = s.typnamespace
-  JOIN pg_catalog.pg_type t ON t.oid = k.casttarget JOIN pg_catalog.pg_namespace tn ON tn.oid = t.typnamespace
-  WHERE k.castfunc <> 0 AND (k.castcontext = 'i' OR tn.nspname IN {_SYSTEM})) v
+  JOIN pg_catalog.pg_type d ON d.oid = k.casttarget JOIN pg_catalog.pg_namespace dn ON dn.oid = d.typnamespace
+  WHERE k.castfunc <> 0 AND (k.castcontext = 'i' OR dn.nspname IN {_SYSTEM})) v
 JOIN pg_catalog.pg_proc p ON p.oid = v.fn JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
 WHERE n.nspname NOT IN {_SYSTEM} OR v.owner NOT IN {_SYSTEM}
 """
+# An index runs the members of the operator family of each of its columns' operator classes,
+# of any access method, where a statement scans it and where rows written are entered in it
+# (docs, 11.10 "Operator Classes and Operator Families"): (relation, function schema,
+# function name), when the family or the function is outside pg_catalog and
+# information_schema.
+_INDEXED = f"""
+SELECT DISTINCT 'k', i.indrelid, n.nspname, p.proname FROM pg_catalog.pg_index i
+CROSS JOIN LATERAL pg_catalog.unnest(i.indclass) AS c(opclass)
+JOIN pg_catalog.pg_opclass oc ON oc.oid = c.opclass JOIN ({_MEMBERS}) m ON m.family = oc.opcfamily
+JOIN pg_catalog.pg_opfamily f ON f.oid = m.family JOIN pg_catalog.pg_namespace fs ON fs.oid = f.opfnamespace
+JOIN pg_catalog.pg_proc p ON p.oid = m.fn JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+WHERE n.nspname NOT IN {_SYSTEM} OR fs.nspname NOT IN {_SYSTEM}
+"""
+_INDEX_EVENTS: tuple[str, ...] = ("read", "insert", "update")
 _RULE_EVENTS = {"1": "read", "2": "update", "3": "insert", "4": "delete"}  # pg_rewrite.ev_type
 _POLICY_EVENTS = {"*": ("read", "insert", "update", "delete"), "r": ("read",), "a": ("insert",),
                   "w": ("update", "lock"), "d": ("delete",)}  # pg_policy.polcmd
@@ -182,6 +199,8 @@ CATALOG_QUERY = ";\n".join((
     f"WHERE tn.nspname NOT IN {_SYSTEM}",
     # u: type, schema and name of what a value of the type runs (_VALUES)
     _VALUES.strip(),
+    # k: relation, schema and name of what its indexes run (_INDEXED)
+    _INDEXED.strip(),
     # f: oid, schema, name, [input argument types], provolatile, prosecdef, language,
     # prokind, proretset, whether the last input argument is VARIADIC
     "SELECT 'f', p.oid, n.nspname, p.proname, "
@@ -199,13 +218,13 @@ async def read_catalog(upstream: Upstream, database: str) -> Catalog:
     Relations of every kind in catalog.RELATION_KINDS (pg_toast and other sessions'
     temporary schemas left out) with their live columns and types in attnum order, and the
     code the server runs when they are read or written (see _TREES; also trigger functions,
-    the domain checks of their columns' types, what values of their columns' types run
-    (_VALUES), and what the relations a view or rule reaches, or their partitions and
-    children, run); every type, with what a cast to one outside pg_catalog and
-    information_schema runs; the functions of the operators outside pg_catalog; every
-    pg_proc row; every schema; the login role's effective search_path
-    (`current_setting`, so a startup parameter would show in it too), current_user and
-    current_database().
+    the operator classes of their indexes (_INDEXED), the domain checks of their columns'
+    types, what values of their columns' types run (_VALUES), and what the relations a view
+    or rule reaches, or their partitions and children, run); every type, with what a cast to
+    one outside pg_catalog and information_schema runs; the functions of the operators
+    outside pg_catalog; every pg_proc row; every schema; the login role's effective
+    search_path (`current_setting`, so a startup parameter would show in it too),
+    current_user and current_database().
 
     Raises LoginError when the server answers with an error, OSError or ProtocolViolation
     when the connection fails, and CatalogUnavailable when the answer is not a catalog of
@@ -221,7 +240,7 @@ async def read_catalog(upstream: Upstream, database: str) -> Catalog:
 
 
 def _catalog(rows: list[list[str | None]], database: str) -> Catalog:
-    tagged: dict[str, list[list[str | None]]] = {tag: [] for tag in "snoprctvqiyxuf"}
+    tagged: dict[str, list[list[str | None]]] = {tag: [] for tag in "snoprctvqiyxukf"}
     for row in rows:
         tagged[str(row[0])].append(row[1:])
     if len(tagged["s"]) != 1:
@@ -263,17 +282,17 @@ def _tag_events(tag: str) -> tuple[str, ...]:
 
 @dataclass(slots=True)
 class _Code:
-    """The code read for each relation and type (by oid), and what follows from it: a
-    view runs what the relations it reads run when read, and when written through, what
-    they run when written; a rule runs what the relations its action reaches run; a row
-    security policy what the relations it reads run when read; rows
-    written into a parent reach its partitions and children; a domain runs the checks of
-    the domains it is over or its checks coerce to, and a type those of its elements,
-    attributes and range subtype; a relation runs the checks of the domains its code
-    coerces to, and of its columns' types when written; and when read, what a value of its
-    columns' types runs where it is compared, sorted, grouped, hashed or cast (_VALUES), and
-    a value of their elements, attributes, range subtypes or base types, which an expression
-    over a column may reach."""
+    """The code read for each relation and type (by oid), and what follows from it: a view
+    runs what the relations it reads run when read, and when written through, what they run
+    when written; a rule runs what the relations its action reaches run; a row security
+    policy what the relations it reads run when read; rows written into a parent reach its
+    partitions and children; a domain runs the checks of the domains it is over or its
+    checks coerce to, and a type those of its elements, attributes and range subtype; a
+    relation runs the checks of the domains its code coerces to, and of its columns' types
+    when written; its indexes what their operator classes run (_INDEXED); and when read,
+    what a value of its columns' types runs where it is compared, sorted, grouped, hashed or
+    cast (_VALUES), and a value of their elements, attributes, range subtypes or base types,
+    which an expression over a column may reach."""
 
     reads: dict[int, set[str]] = field(default_factory=dict)
     writes: dict[int, set[tuple[str, str]]] = field(default_factory=dict)
@@ -316,6 +335,8 @@ class _Code:
                     (event, int(domain)) for event in _tag_events(str(tag)))
             else:
                 code.add(int(str(owner)), _tag_events(str(tag)), f"{schema}.{name}")
+        for relation, schema, name in tagged["k"]:
+            code.add(int(str(relation)), _INDEX_EVENTS, f"{schema}.{name}")
         for relation, tgtype, schema, name in tagged["t"]:
             code.add(int(str(relation)), _tag_events(f"trigger:{tgtype}"), f"{schema}.{name}")
         for relation, ev_type, reached in tagged["v"]:
