@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import os
 import signal
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -118,14 +120,28 @@ def test_agent_goes_through_enforcer_non_agent_goes_direct(daemon, remote):
     assert plain["ok"] and not through_enforcer(plain), plain
 
 
-def run_client(*argv: str, prefix: tuple[str, ...] = ()) -> dict:
-    out = subprocess.run([*prefix, sys.executable, AGENT_CLIENT, *argv], capture_output=True, text=True, timeout=20)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def run_client(*argv: str, prefix: tuple[str, ...] = (), python: str = sys.executable,
+               script: str = str(AGENT_CLIENT)) -> dict:
+    out = subprocess.run([*prefix, python, script, *argv], capture_output=True, text=True, timeout=20)
+    lines = out.stdout.strip().splitlines()
+    assert lines, f"the agent client printed nothing (exit {out.returncode}): {out.stderr}"
+    return json.loads(lines[-1])
 
 
 def test_agents_named_by_uid_and_by_existing_cgroup(daemon, remote, existing_cgroup):
     as_nobody = ("setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups")
-    by_uid = run_client(remote.ip4, str(remote.port), prefix=as_nobody)
+    # nobody may not read a checkout (or its venv, or pytest's temporary directories) in a
+    # root-only directory: the client, which needs only the standard library, runs from a
+    # copy it can read, on the system's Python
+    shared = Path(tempfile.mkdtemp(prefix="icpt-nobody-"))
+    try:
+        shared.chmod(0o755)
+        client = shared / "agent_client.py"
+        shutil.copyfile(AGENT_CLIENT, client)
+        client.chmod(0o644)
+        by_uid = run_client(remote.ip4, str(remote.port), prefix=as_nobody, python=PYTHON_EXE, script=str(client))
+    finally:
+        shutil.rmtree(shared)
     assert by_uid["ok"] and through_enforcer(by_uid), by_uid
     assert connection_event(daemon, by_uid["pid"])["agent"] == "byuid"
     in_unit = ("sh", "-c", f'echo $$ > {existing_cgroup}/cgroup.procs && exec "$@"', "sh")
