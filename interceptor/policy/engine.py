@@ -62,7 +62,12 @@ DANGEROUS_FUNCTIONS = frozenset({
     "pg_stat_get_wal_receiver", "pg_stat_get_subscription", "pg_get_replication_slots",
     "pg_stat_get_replication_slot", "pg_get_backend_memory_contexts", "pg_show_all_settings",
     "pg_show_all_file_settings", "pg_hba_file_rules", "pg_ident_file_mappings", "pg_get_shmem_allocations",
-    "pg_lock_status", "pg_prepared_xact",
+    "pg_lock_status", "pg_prepared_xact", "pg_stat_get_backend_pid", "pg_stat_get_backend_start",
+    "pg_stat_get_backend_activity_start", "pg_stat_get_backend_xact_start", "pg_stat_get_backend_subxact",
+    # the XML exports run queries over whole tables, schemas or databases
+    "query_to_xmlschema", "table_to_xmlschema", "schema_to_xmlschema", "database_to_xmlschema",
+    "table_to_xml_and_xmlschema", "schema_to_xml_and_xmlschema", "database_to_xml_and_xmlschema",
+    "cursor_to_xmlschema", "ts_stat", "ts_rewrite",
 })
 # Volatile pg_catalog functions allowed by default all the same: they change nothing and read
 # no table data, only the clock, a random source, or what psql's \d and \l+ show of sizes,
