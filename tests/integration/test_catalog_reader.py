@@ -345,7 +345,11 @@ create table probe.pts (p point, ps point[]);
 insert into probe.pts values ('(1,1)', '{"(1,1)"}'), ('(2,2)', '{"(2,2)"}'), ('(0,0)', '{"(0,0)"}');
 create table probe.indexed (p point);
 insert into probe.indexed values ('(1,1)'), ('(2,2)');
+create function probe.intcmp(int, int) returns int volatile language sql as $$
+  select pg_catalog.btint4cmp($1, $2) where probe.mark('intcmp') $$;
 reset role;
+create operator class probe.int_ops for type int using btree as
+  operator 1 <, operator 2 <=, operator 3 =, operator 4 >=, operator 5 >, function 1 probe.intcmp(int, int);
 create operator class probe.point_ops default for type point using btree as
   operator 1 probe.<, operator 2 probe.<=, operator 3 probe.=, operator 4 probe.>=, operator 5 probe.>,
   function 1 probe.pcmp(point, point);
@@ -413,8 +417,8 @@ def truth(pg: PgServer) -> Catalog:
     return asyncio.run(read_it())
 
 
-@pytest.mark.parametrize("sql", TRUTH_STATEMENTS)
-def test_what_the_server_runs_is_among_the_calls_judged(pg: PgServer, truth: Catalog, sql: str) -> None:
+def ran_in_truth(pg: PgServer, sql: str) -> set[str]:
+    """The probe functions the server ran for `sql` (as prober, in a transaction rolled back)."""
     async def run_it() -> list[str]:
         upstream = await Upstream.connect(pg.host, pg.port, {"user": "prober", "database": "truth"}, "prober-pw",
                                           None, None)
@@ -426,11 +430,28 @@ def test_what_the_server_runs_is_among_the_calls_judged(pg: PgServer, truth: Cat
         finally:
             upstream.close()
 
-    ran = {f"probe.{name}" for name in asyncio.run(run_it())}
-    statement = analyse(sql, catalog=truth)[-1]
-    judged = {f.qualified for call in statement.calls for f in call.candidates or ()}
-    assert ran and statement.error is None, (ran, statement.error)
-    assert ran <= judged, f"{sql}: the server ran {sorted(ran - judged)}, not judged"
+    return {f"probe.{name}" for name in asyncio.run(run_it())}
+
+
+def judged(sql: str, catalog: Catalog) -> set[str]:
+    statement = analyse(sql, catalog=catalog)[-1]
+    assert statement.error is None, statement.error
+    return {f.qualified for call in statement.calls for f in call.candidates or ()}
+
+
+@pytest.mark.parametrize("sql", TRUTH_STATEMENTS)
+def test_what_the_server_runs_is_among_the_calls_judged(pg: PgServer, truth: Catalog, sql: str) -> None:
+    ran = ran_in_truth(pg, sql)
+    assert ran, sql
+    assert ran <= judged(sql, truth), f"{sql}: the server ran {sorted(ran - judged(sql, truth))}, not judged"
+
+
+@pytest.mark.parametrize("sql", ["select id from probe.ledger order by id",
+                                 "select relname from pg_catalog.pg_class order by relpages, relname"])
+def test_an_operator_class_that_is_not_a_default_runs_only_where_named(pg: PgServer, truth: Catalog,
+                                                                       sql: str) -> None:
+    """probe.int_ops, a btree class for int that is no default, sorts no int column."""
+    assert "probe.intcmp" not in ran_in_truth(pg, sql) | judged(sql, truth)
 
 
 CLIENTS = """

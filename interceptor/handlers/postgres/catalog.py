@@ -103,11 +103,13 @@ SELECT a.amprocfamily, a.amproclefttype, a.amprocrighttype, a.amproc FROM pg_cat
 # What a value of a type runs, unnamed by the statement, where an expression compares,
 # sorts, groups, hashes or casts it: (type, function schema, function name). ORDER BY, GROUP
 # BY, DISTINCT, UNION, window and ordered-aggregate sorting and the comparison and hashing of
-# arrays and rows use the default btree or hash operator class of the type, and the planner
-# any btree or hash operator family an operator is in (docs, 38.16.6 "System Dependencies on
-# Operator Classes"): the functions of the operators (pg_amop) and the support functions
-# (pg_amproc) of such a family, for the left and right type of each member, when the family
-# or the function is outside pg_catalog and information_schema. And the function of a cast
+# arrays and rows use the default btree or hash operator class of the type (pg_opclass.
+# opcdefault), and the planner the other members of its operator family (docs, 38.16.6
+# "System Dependencies on Operator Classes"): the functions of the operators (pg_amop) and the
+# support functions (pg_amproc) of the family of a default btree or hash operator class, for
+# the left and right type of each member, when the family or the function is outside
+# pg_catalog and information_schema. A class that is not a default runs only where named: by
+# an index (_INDEXED), a range type (its subtype_opclass) or ORDER BY ... USING. And the function of a cast
 # out of the type when the type or the function is outside them (docs, CREATE CAST; 10
 # "Type Conversion"): of a cast into a type of pg_catalog or information_schema, which a
 # statement may name (`c::int`) or apply unnamed, and of an implicit cast into another type
@@ -120,6 +122,7 @@ SELECT DISTINCT 'u', v.type, n.nspname, p.proname FROM (
   JOIN pg_catalog.pg_am a ON a.oid = f.opfmethod AND a.amname IN ('btree', 'hash')
   JOIN pg_catalog.pg_namespace fs ON fs.oid = f.opfnamespace
   CROSS JOIN LATERAL (VALUES (m.lefttype), (m.righttype)) AS t(type)
+  WHERE EXISTS (SELECT FROM pg_catalog.pg_opclass c WHERE c.opcfamily = f.oid AND c.opcdefault)
   UNION ALL
   SELECT k.castsource, k.castfunc, sn.nspname FROM pg_catalog.pg_cast k
   JOIN pg_catalog.pg_type s ON s.oid = k.castsource JOIN pg_catalog.pg_namespace sn ON sn.oid = s.typnamespace
