@@ -76,7 +76,10 @@ class Type:
     """A pg_type row. For a type outside pg_catalog and information_schema, `functions`:
     "schema.name" of what a value cast to it runs (docs, 8.18 "Domain Types", CREATE CAST):
     the CHECK constraints of a domain and of the domains it is over, its elements',
-    attributes' or range subtype's, and the functions of the casts into it."""
+    attributes' or range subtype's, the functions of the casts into it, and what using a
+    value of it runs: its default btree and hash operator classes (docs, 38.16.6 "System
+    Dependencies on Operator Classes"), and a range type's subtype operator class,
+    subtype_diff and canonical function (docs, 8.17.8 "Defining New Range Types")."""
 
     schema: str
     name: str
@@ -124,6 +127,13 @@ class Catalog:
     # (schema, operator name) -> "schema.name" of the function of each operator of that name
     # in that schema (one per argument types), for schemas other than pg_catalog
     operator_functions: Mapping[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
+    # (type of pg_catalog or information_schema, "schema.name" of its default btree or hash
+    # operator class) -> "schema.name" of the functions of that class's operator family, when
+    # the family or the function is outside them: code a value of a builtin type runs where
+    # it is compared, sorted, grouped or hashed (docs, 38.16.6 "System Dependencies on
+    # Operator Classes"), which a value from no table (a literal, VALUES, a function's
+    # result) may be too
+    opclass_functions: Mapping[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
     version: str = field(default="", compare=False)
     # is it a whole database's, as read from a server (it holds pg_catalog's types)? One
     # written by hand may list only some columns of a relation and only its own types: a
@@ -137,7 +147,8 @@ class Catalog:
               schemas: Iterable[str] = (), default_search_path: Sequence[str] = ("$user", "public"),
               user: str = "", database: str = "", unusable: Iterable[str] = (),
               operators: Iterable[str] = (), types: Iterable[Type] = (),
-              operator_functions: Mapping[tuple[str, str], Sequence[str]] | None = None) -> Catalog:
+              operator_functions: Mapping[tuple[str, str], Sequence[str]] | None = None,
+              opclass_functions: Mapping[tuple[str, str], Sequence[str]] | None = None) -> Catalog:
         rels = {(r.schema, r.name): r for r in relations}
         funcs: dict[tuple[str, str], list[Function]] = {}
         for function in functions:
@@ -146,11 +157,13 @@ class Catalog:
         calls = {key: tuple(sorted(set(names))) for key, names in (operator_functions or {}).items()}
         holding = {s for s, _ in rels} | {s for s, _ in funcs} | {s for s, _ in kinds} | {s for s, _ in calls}
         known = frozenset(schemas) | holding | SYSTEM_SCHEMAS
+        classes = {key: tuple(sorted(set(names))) for key, names in (opclass_functions or {}).items()}
         catalog = cls(rels, {k: tuple(v) for k, v in funcs.items()}, known, tuple(default_search_path), user,
-                      database, frozenset(unusable), frozenset(operators) | {s for s, _ in calls}, kinds, calls)
+                      database, frozenset(unusable), frozenset(operators) | {s for s, _ in calls}, kinds, calls,
+                      classes)
         content = (sorted(rels.items()), sorted(catalog.functions.items()), sorted(known), catalog.default_search_path,
                    user, database, sorted(catalog.unusable), sorted(catalog.operators), sorted(kinds.items()),
-                   sorted(calls.items()))
+                   sorted(calls.items()), sorted(classes.items()))
         object.__setattr__(catalog, "version", hashlib.sha256(repr(content).encode()).hexdigest()[:16])
         object.__setattr__(catalog, "complete", any(schema == "pg_catalog" for schema, _ in kinds))
         object.__setattr__(catalog, "code_types", tuple(t for t in kinds.values()
@@ -255,6 +268,8 @@ class Catalog:
             "types": [_plain(asdict(t)) for _, t in sorted(self.types.items())],
             "operator_functions": [{"schema": schema, "name": name, "functions": list(functions)}
                                    for (schema, name), functions in sorted(self.operator_functions.items())],
+            "opclass_functions": [{"type": type_, "opclass": opclass, "functions": list(functions)}
+                                  for (type_, opclass), functions in sorted(self.opclass_functions.items())],
         }
 
     @classmethod
@@ -269,13 +284,15 @@ class Catalog:
             types = [Type(**{**t, "functions": tuple(t.get("functions", ()))}) for t in data.get("types", ())]
             operator_functions = {(str(o["schema"]), str(o["name"])): tuple(o["functions"])
                                   for o in data.get("operator_functions", ())}
+            opclass_functions = {(str(o["type"]), str(o["opclass"])): tuple(o["functions"])
+                                 for o in data.get("opclass_functions", ())}
         except (TypeError, KeyError, ValueError) as exc:
             raise ValueError(f"malformed catalog dump: {exc}") from None
         return cls.build(relations, functions, schemas=data.get("schemas", ()),
                          default_search_path=tuple(data.get("default_search_path", ("$user", "public"))),
                          user=str(data.get("user", "")), database=str(data.get("database", "")),
                          unusable=data.get("unusable", ()), operators=data.get("operators", ()), types=types,
-                         operator_functions=operator_functions)
+                         operator_functions=operator_functions, opclass_functions=opclass_functions)
 
 
 def _write(pair: Sequence[str]) -> tuple[str, str]:

@@ -549,6 +549,7 @@ class _Analysis:
                   for call in self.names.operator(schema, name)]
         calls += [call for name in sorted(implicit_operators(self.tokens)) for call in self.names.operator(None, name)]
         calls += self._type_calls()
+        calls += self._opclass_calls(kind)
         calls += self._attribute_calls()
         effects = set_config_effects(self.tree, found)
         if isinstance(self.tree, _RESULT_NODES):
@@ -599,6 +600,28 @@ class _Analysis:
                                           "catalog", CATALOG_UNKNOWN_FUNCTION)
                     calls.append(Call(function, schema, candidates, ("type", type_.qualified)))
         return list(dict.fromkeys(calls))
+
+    def _opclass_calls(self, kind: str) -> list[Call]:
+        """What the default btree and hash operator classes of builtin types run where they
+        hold user code (Catalog.opclass_functions): wherever a value of such a type is
+        compared, sorted, grouped or hashed (docs, 38.16.6 "System Dependencies on Operator
+        Classes"), and a value from no table (a literal, VALUES, a function's result) names no
+        type nor relation, so for every statement that evaluates expressions."""
+        catalog = self.names.catalog
+        if catalog is None or kind in _NO_EXPRESSIONS:
+            return []
+        calls: list[Call] = []
+        for (type_, opclass), functions in sorted(catalog.opclass_functions.items()):
+            via = ("operator", f"class {opclass}, a user default for built-in type {type_}, which may run wherever "
+                               "its values are compared, sorted, grouped or hashed")
+            for named in functions:
+                schema, _, function = named.partition(".")
+                candidates = catalog.functions_named(schema, function)
+                if not candidates:
+                    raise Unsupported(f'function "{named}" (of operator class {opclass}) is not in the catalog',
+                                      CATALOG_UNKNOWN_FUNCTION)
+                calls.append(Call(function, schema, candidates, via))
+        return calls
 
     def _relation_calls(self, actions: tuple[Action, ...]) -> list[Call]:
         """The functions the relations the statement reaches run without it naming them

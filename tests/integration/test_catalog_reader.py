@@ -262,6 +262,23 @@ def test_the_store_reads_once_and_says_why_it_cannot(pg: PgServer) -> None:
 
 # -- what the server runs is what the analyser judges ----------------------------------------
 
+def default_btree_class(type_: str, prefix: str) -> str:
+    """A default btree operator class probe.<prefix>_ops for `type_`, comparing values as text,
+    whose every function marks that it ran."""
+    names = (("lt", "<"), ("le", "<="), ("eq", "="), ("ge", ">="), ("gt", ">"))
+    functions = [f"create function probe.{prefix}{name}({type_}, {type_}) returns boolean volatile language sql as "
+                 f"$$ select probe.mark('{prefix}{name}') and $1::text {op} $2::text $$;" for name, op in names]
+    operators = [f"create operator probe.{op} (leftarg = {type_}, rightarg = {type_}, function = probe.{prefix}{name});"
+                 for name, op in names]
+    return "\n".join((
+        *functions, *operators,
+        f"create function probe.{prefix}cmp({type_}, {type_}) returns int volatile language sql as "
+        f"$$ select pg_catalog.bttextcmp($1::text, $2::text) where probe.mark('{prefix}cmp') $$;",
+        f"create operator class probe.{prefix}_ops default for type {type_} using btree as "
+        + ", ".join(f"operator {n} probe.{op}" for n, (_, op) in enumerate(names, 1))
+        + f", function 1 probe.{prefix}cmp({type_}, {type_});", ""))
+
+
 TRUTH = """
 create role prober login password 'prober-pw';
 create schema probe authorization prober;
@@ -358,6 +375,13 @@ create operator class probe.point_hash_ops for type point using hash as
   operator 1 probe.=, function 1 probe.phash(point);
 create index on probe.indexed (p);
 create index on probe.indexed using hash (p probe.point_hash_ops);
+create function probe.rngdiff(int, int) returns float8 immutable language sql as 'select ($1 - $2)::float8';
+create type probe.r as range (subtype = int, subtype_opclass = probe.int_ops, subtype_diff = probe.rngdiff);
+create type probe.pair as (a int, b text);
+""" + default_btree_class("json", "j") + default_btree_class("probe.pair", "pair") + """
+set role prober;
+create table probe.spans (s probe.r);
+insert into probe.spans values ('[1,3]'), ('[2,4]');
 """
 
 TRUTH_STATEMENTS = [
@@ -398,6 +422,15 @@ TRUTH_STATEMENTS = [
     "select c + 1 from probe.paint",
     "select c from probe.paint where c = 1",
     "select c::int from probe.paint",
+    # a user default operator class for a built-in type runs on values that come from no table
+    "select x, count(*) from (values (point(1,2)), (point(0,0))) v(x) group by x",
+    "select array[point(1,2)] = array[point(1,2)]",
+    "select to_json(1) union select to_json(2)",
+    # and one for a user type, where a value of the type is used
+    "select distinct v from (values (row(1,'a')::probe.pair), (row(2,'b')::probe.pair)) x(v)",
+    # a range type runs its subtype_opclass where a value is built or compared
+    "select '[1,5]'::probe.r",
+    "select s from probe.spans order by s",
 ]
 
 
@@ -452,6 +485,16 @@ def test_an_operator_class_that_is_not_a_default_runs_only_where_named(pg: PgSer
                                                                        sql: str) -> None:
     """probe.int_ops, a btree class for int that is no default, sorts no int column."""
     assert "probe.intcmp" not in ran_in_truth(pg, sql) | judged(sql, truth)
+
+
+def test_what_operator_classes_and_ranges_run_is_in_the_catalog(truth: Catalog) -> None:
+    pair, json_ = ({f"probe.{prefix}{n}" for n in ("lt", "le", "eq", "ge", "gt", "cmp")} for prefix in ("pair", "j"))
+    assert truth.types[("probe", "r")].functions == ("probe.intcmp", "probe.rngdiff")
+    assert set(truth.types[("probe", "pair")].functions) == pair
+    assert set(truth.relations[("probe", "spans")].functions) == {"probe.intcmp", "probe.rngdiff"}
+    assert set(truth.opclass_functions[("pg_catalog.json", "probe.j_ops")]) == json_
+    assert set(truth.opclass_functions) == {("pg_catalog.json", "probe.j_ops"), ("pg_catalog.point", "probe.point_ops")}
+    assert truth.types[("pg_catalog", "int4")].functions == ()
 
 
 CLIENTS = """

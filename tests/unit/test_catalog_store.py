@@ -183,8 +183,16 @@ VALUE_ROWS: list[list[str | None]] = [
     ["y", "1017", "pg_catalog", "_point", "b", "0", "600", "0", None],
     ["y", "300", "sales", "spot", "d", "600", "0", "0", None],
     ["y", "400", "sales", "pairs", "c", "0", "0", "120", None],
-    ["u", "600", "sales", "pcmp"],  # a btree operator class for point
-    ["u", "600", "sales", "peq"],
+    ["y", "500", "sales", "pair", "c", "0", "0", "0", None],
+    ["y", "510", "sales", "span", "r", "0", "0", "0", "23"],
+    ["r", "140", "sales", "spans", "r", '[["s", "sales.span", 510]]'],
+    ["u", "o", "600", "sales.pt_ops", "sales", "pcmp"],  # sales' default btree operator class for point
+    ["u", "m", "600", None, "sales", "pcmp"],
+    ["u", "o", "600", "sales.pt_ops", "sales", "peq"],
+    ["u", "m", "600", None, "sales", "peq"],
+    ["u", "o", "500", "sales.pair_ops", "sales", "paircmp"],  # a default one for a type of sales'
+    ["u", "r", "510", None, "sales", "intcmp"],  # the range's subtype_opclass
+    ["u", "r", "510", None, "sales", "span_diff"],
     ["k", "110", "sales", "consistent"],  # an index of sales.plain with an operator class of sales'
 ]
 
@@ -194,8 +202,20 @@ def test_a_relation_runs_what_values_of_its_columns_types_and_its_indexes_run() 
     found = {name: (r.functions, r.write_functions) for (_, name), r in catalog.relations.items()}
     compared = (("sales.pcmp", "sales.peq"), ())
     indexed = (("sales.consistent",), (("insert", "sales.consistent"), ("update", "sales.consistent")))
-    assert found == {"shapes": compared, "pairs": compared, "nested": compared, "plain": indexed}
+    ranged = (("sales.intcmp", "sales.span_diff"), tuple((event, f) for f in ("sales.intcmp", "sales.span_diff")
+                                                         for event in ("insert", "update")))
+    assert found == {"shapes": compared, "pairs": compared, "nested": compared, "plain": indexed,
+                     "spans": (ranged[0], tuple(sorted(ranged[1])))}
     assert catalog.types[("sales", "spot")].functions == ()  # a cast to the domain runs none of them
+    assert catalog.types[("sales", "pair")].functions == ("sales.paircmp",)
+    assert catalog.types[("sales", "span")].functions == ("sales.intcmp", "sales.span_diff")
+    assert catalog.types[("pg_catalog", "point")].functions == ()
+    assert catalog.opclass_functions == {("pg_catalog.point", "sales.pt_ops"): ("sales.pcmp", "sales.peq")}
+    again = Catalog.from_dict(json.loads(json.dumps(catalog.to_dict())))
+    assert again == catalog and again.version == catalog.version
+    without = Catalog.build(catalog.relations.values(), types=catalog.types.values())
+    assert without.version != Catalog.build(catalog.relations.values(), types=catalog.types.values(),
+                                            opclass_functions=catalog.opclass_functions).version
 
 
 @pytest.mark.parametrize("rows, database, message", [

@@ -355,6 +355,52 @@ def test_casts_with_the_catalog_unavailable_or_the_function_allowed() -> None:
     assert unavailable("select 1::int, 'x'::text, 1::pg_catalog.int4").verdict is Verdict.ALLOW
 
 
+# -- a user default operator class for a builtin type: values from no table run it too ----------
+
+def classed(opclass_functions: dict[tuple[str, str], tuple[str, ...]]) -> Catalog:
+    return Catalog.build(RELATIONS, [*FUNCTIONS, builtin("point"), user("sales", "ptcmp", "point", "point")],
+                         types=TYPES, schemas=("public", "sales", "evil", "shadow"),
+                         default_search_path=("sales", "public"), user="bot", operators=("pg_catalog",),
+                         operator_functions=OPERATORS, opclass_functions=opclass_functions)
+
+
+CLASSED = classed({("pg_catalog.point", "sales.pt_ops"): ("sales.ptcmp",)})
+
+
+@pytest.mark.parametrize("text", [
+    "select x, count(*) from (values (point(1,2))) v(x) group by x",
+    "select array[point(1,2)] = array[point(1,2)]",
+    "select 1",  # which types a statement's values have, the analyser cannot tell: any may be one
+    "select id from sales.orders",
+    "insert into sales.orders (id) values (1)",
+    "explain analyze select 1",
+])
+def test_a_user_default_operator_class_for_a_builtin_type_is_judged_everywhere(engine: PolicyEngine,
+                                                                               text: str) -> None:
+    decision = decide(engine, text, CLASSED)
+    assert decision.verdict is Verdict.DENY, decision.reason
+    assert ("sales.ptcmp() (the function of operator class sales.pt_ops, a user default for built-in type "
+            "pg_catalog.point, which may run") in decision.reason and "user-defined" in decision.reason
+    allowed(engine, text, classed({}))  # a database without one: as before
+
+
+@pytest.mark.parametrize("text", ["set search_path = public", "reset search_path", "show search_path", "begin",
+                                  "discard all"])
+def test_statements_that_evaluate_no_expression_run_no_operator_class(text: str) -> None:
+    (statement,) = analyse(text, catalog=CLASSED)
+    assert statement.calls == () and statement.error is None
+
+
+def test_a_rule_naming_the_operator_classs_function_allows_it() -> None:
+    engine = PolicyEngine(load_policy_text(
+        POLICY + "  - {name: ptcmp-ok, effect: allow, sql: {functions: [sales.ptcmp]}}\n", "hidden.yaml"))
+    allowed(engine, "select distinct x from (values (point(1,2))) v(x)", CLASSED)
+    missing = Catalog.build(RELATIONS, FUNCTIONS, types=TYPES, schemas=("sales",),
+                            opclass_functions={("pg_catalog.point", "sales.pt_ops"): ("sales.ptcmp",)})
+    (statement,) = analyse("select 1", catalog=missing)
+    assert statement.error == 'function "sales.ptcmp" (of operator class sales.pt_ops) is not in the catalog'
+
+
 # -- 2. operators named with OPERATOR() --------------------------------------------------------
 
 @pytest.mark.parametrize("text", [

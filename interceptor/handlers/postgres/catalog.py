@@ -101,30 +101,43 @@ UNION ALL
 SELECT a.amprocfamily, a.amproclefttype, a.amprocrighttype, a.amproc FROM pg_catalog.pg_amproc a
 """
 # What a value of a type runs, unnamed by the statement, where an expression compares,
-# sorts, groups, hashes or casts it: (type, function schema, function name). ORDER BY, GROUP
-# BY, DISTINCT, UNION, window and ordered-aggregate sorting and the comparison and hashing of
-# arrays and rows use the default btree or hash operator class of the type (pg_opclass.
-# opcdefault), and the planner the other members of its operator family (docs, 38.16.6
-# "System Dependencies on Operator Classes"): the functions of the operators (pg_amop) and the
-# support functions (pg_amproc) of the family of a default btree or hash operator class, for
-# the left and right type of each member, when the family or the function is outside
-# pg_catalog and information_schema. A class that is not a default runs only where named: by
-# an index (_INDEXED), a range type (its subtype_opclass) or ORDER BY ... USING. And the function of a cast
-# out of the type when the type or the function is outside them (docs, CREATE CAST; 10
+# sorts, groups, hashes or casts it: (how, type, operator class, function schema, function
+# name). ORDER BY, GROUP BY, DISTINCT, UNION, window and ordered-aggregate sorting and the
+# comparison and hashing of arrays and rows use the default btree or hash operator class of
+# the type (pg_opclass.opcdefault), and the planner the other members of its operator family
+# (docs, 38.16.6 "System Dependencies on Operator Classes"): the functions of the operators
+# (pg_amop) and the support functions (pg_amproc) of the family of a default btree or hash
+# operator class, how `o` for the class's input type (with the class's name) and `m` for the
+# left and right type of each member (cross-type ones too), when the family or the function is
+# outside pg_catalog and information_schema. A class that is not a default runs only where
+# named: by an index (_INDEXED), by a range type, or by ORDER BY ... USING. How `r`: a range
+# type's value is built, compared and read with the support functions of its subtype_opclass
+# for the subtype, its subtype_diff and its canonical function (docs, 8.17.8 "Defining New
+# Range Types"), when outside pg_catalog and information_schema. How `c`: the function of a
+# cast out of the type when the type or the function is outside them (docs, CREATE CAST; 10
 # "Type Conversion"): of a cast into a type of pg_catalog or information_schema, which a
 # statement may name (`c::int`) or apply unnamed, and of an implicit cast into another type
 # (one run where the statement names that type, or writes a column of it, is in
 # Type.functions and the written relation's write_functions).
 _VALUES = f"""
-SELECT DISTINCT 'u', v.type, n.nspname, p.proname FROM (
-  SELECT t.type, m.fn, fs.nspname AS owner FROM ({_MEMBERS}) m
-  JOIN pg_catalog.pg_opfamily f ON f.oid = m.family
-  JOIN pg_catalog.pg_am a ON a.oid = f.opfmethod AND a.amname IN ('btree', 'hash')
-  JOIN pg_catalog.pg_namespace fs ON fs.oid = f.opfnamespace
-  CROSS JOIN LATERAL (VALUES (m.lefttype), (m.righttype)) AS t(type)
-  WHERE EXISTS (SELECT FROM pg_catalog.pg_opclass c WHERE c.opcfamily = f.oid AND c.opcdefault)
+SELECT DISTINCT 'u', v.how, v.type, v.opclass, n.nspname, p.proname FROM (
+  SELECT t.how, t.type, CASE WHEN t.how = 'o' THEN pg_catalog.concat(cn.nspname, '.', c.opcname) END AS opclass,
+         m.fn, fs.nspname AS owner
+  FROM pg_catalog.pg_opclass c
+  JOIN pg_catalog.pg_am a ON a.oid = c.opcmethod AND a.amname IN ('btree', 'hash')
+  JOIN pg_catalog.pg_namespace cn ON cn.oid = c.opcnamespace
+  JOIN pg_catalog.pg_opfamily f ON f.oid = c.opcfamily JOIN pg_catalog.pg_namespace fs ON fs.oid = f.opfnamespace
+  JOIN ({_MEMBERS}) m ON m.family = f.oid
+  CROSS JOIN LATERAL (VALUES ('m', m.lefttype), ('m', m.righttype), ('o', c.opcintype)) AS t(how, type)
+  WHERE c.opcdefault
   UNION ALL
-  SELECT k.castsource, k.castfunc, sn.nspname FROM pg_catalog.pg_cast k
+  SELECT 'r', g.rngtypid, NULL, x.fn, 'pg_catalog' FROM pg_catalog.pg_range g
+  JOIN pg_catalog.pg_opclass c ON c.oid = g.rngsubopc
+  CROSS JOIN LATERAL (SELECT a.amproc FROM pg_catalog.pg_amproc a WHERE a.amprocfamily = c.opcfamily
+                      AND a.amproclefttype = c.opcintype AND a.amprocrighttype = c.opcintype
+                      UNION ALL VALUES (g.rngsubdiff), (g.rngcanonical)) AS x(fn)
+  UNION ALL
+  SELECT 'c', k.castsource, NULL, k.castfunc, sn.nspname FROM pg_catalog.pg_cast k
   JOIN pg_catalog.pg_type s ON s.oid = k.castsource JOIN pg_catalog.pg_namespace sn ON sn.oid = s.typnamespace
   JOIN pg_catalog.pg_type d ON d.oid = k.casttarget JOIN pg_catalog.pg_namespace dn ON dn.oid = d.typnamespace
   WHERE k.castfunc <> 0 AND (k.castcontext = 'i' OR dn.nspname IN {_SYSTEM})) v
@@ -200,7 +213,7 @@ CATALOG_QUERY = ";\n".join((
     "JOIN pg_catalog.pg_proc p ON p.oid = k.castfunc JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace "
     "JOIN pg_catalog.pg_type t ON t.oid = k.casttarget JOIN pg_catalog.pg_namespace tn ON tn.oid = t.typnamespace "
     f"WHERE tn.nspname NOT IN {_SYSTEM}",
-    # u: type, schema and name of what a value of the type runs (_VALUES)
+    # u: how, type, operator class, schema and name of what a value of the type runs (_VALUES)
     _VALUES.strip(),
     # k: relation, schema and name of what its indexes run (_INDEXED)
     _INDEXED.strip(),
@@ -264,6 +277,9 @@ def _catalog(rows: list[list[str | None]], database: str) -> Catalog:
     types = [Type(str(schema), str(name), str(kind),
                   tuple(sorted(code.type(int(str(oid))))) if schema not in SYSTEM_SCHEMAS else (), int(str(oid)))
              for oid, schema, name, kind, *_ in tagged["y"]]
+    names = {int(str(oid)): f"{schema}.{name}" for oid, schema, name, *_ in tagged["y"]}
+    opclass_functions = {(names[oid], opclass): tuple(sorted(functions))
+                         for (oid, opclass), functions in code.opclass_functions.items()}
     operator_functions: dict[tuple[str, str], list[str]] = {}
     for schema, name, function_schema, function in tagged["p"]:
         operator_functions.setdefault((str(schema), str(name)), []).append(f"{function_schema}.{function}")
@@ -272,7 +288,7 @@ def _catalog(rows: list[list[str | None]], database: str) -> Catalog:
                          default_search_path=path, user=user, database=current,
                          unusable=(str(name) for name, usable in tagged["n"] if usable != "t"),
                          operators=(str(name) for (name,) in tagged["o"]), types=types,
-                         operator_functions=operator_functions)
+                         operator_functions=operator_functions, opclass_functions=opclass_functions)
 
 
 def _tag_events(tag: str) -> tuple[str, ...]:
@@ -290,7 +306,9 @@ class _Code:
     when written; a rule runs what the relations its action reaches run; a row security
     policy what the relations it reads run when read; rows written into a parent reach its
     partitions and children; a domain runs the checks of the domains it is over or its
-    checks coerce to, and a type those of its elements, attributes and range subtype; a
+    checks coerce to, and a type those of its elements, attributes and range subtype, and
+    what its default btree and hash operator classes, or as a range its subtype's operator
+    class, subtype_diff and canonical function, run (_VALUES, how `o` and `r`); a
     relation runs the checks of the domains its code coerces to, and of its columns' types
     when written; its indexes what their operator classes run (_INDEXED); and when read,
     what a value of its columns' types runs where it is compared, sorted, grouped, hashed or
@@ -302,6 +320,8 @@ class _Code:
     domains: dict[int, set[tuple[str, int]]] = field(default_factory=dict)  # relation -> (event, domain)
     type_functions: dict[int, set[str]] = field(default_factory=dict)
     value_functions: dict[int, set[str]] = field(default_factory=dict)
+    # (type of pg_catalog or information_schema, default operator class) -> its code (Catalog.opclass_functions)
+    opclass_functions: dict[tuple[int, str], set[str]] = field(default_factory=dict)
     nested_types: dict[int, set[int]] = field(default_factory=dict)
     system_types: set[int] = field(default_factory=set)
     reached: dict[int, dict[str, set[int]]] = field(default_factory=dict)  # relation -> rule event -> relations
@@ -326,8 +346,13 @@ class _Code:
             nested.update(code.column_types.get(int(str(relation)), ()))
         for target, schema, name in tagged["x"]:
             code.type_functions.setdefault(int(str(target)), set()).add(f"{schema}.{name}")
-        for type_, schema, name in tagged["u"]:
-            code.value_functions.setdefault(int(str(type_)), set()).add(f"{schema}.{name}")
+        for how, type_, opclass, schema, name in tagged["u"]:
+            oid, function = int(str(type_)), f"{schema}.{name}"
+            code.value_functions.setdefault(oid, set()).add(function)
+            if how in ("o", "r"):  # what using a value of the type runs, also where no table holds it
+                code.type_functions.setdefault(oid, set()).add(function)
+            if how == "o" and oid in code.system_types:
+                code.opclass_functions.setdefault((oid, str(opclass)), set()).add(function)
         for owner, tag, schema, name, domain in tagged["c"]:
             if tag == "domain" and domain is not None:
                 code.nested_types.setdefault(int(str(owner)), set()).add(int(domain))
