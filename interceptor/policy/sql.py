@@ -294,15 +294,17 @@ class _Names:
         functions = self.catalog.operator_candidates(schema, name, self.path or (), self.role)
         if schema is not None and not functions:
             raise Unsupported(f'operator "{display}" is not in the catalog', CATALOG_UNKNOWN_FUNCTION)
-        calls = []
-        for named in functions:
-            function_schema, _, function = named.partition(".")
-            candidates = self.catalog.functions_named(function_schema, function)
-            if not candidates:
-                raise Unsupported(f'function "{named}" (of operator {display}) is not in the catalog',
-                                  CATALOG_UNKNOWN_FUNCTION)
-            calls.append(Call(function, function_schema, candidates, ("operator", display)))
-        return calls
+        return [_code_call(self.catalog, named, ("operator", display), f"of operator {display}") for named in functions]
+
+
+def _code_call(catalog: Catalog | None, qualified: str, via: tuple[str, str], whose: str) -> Call:
+    """A call of the function `schema.name` that the server runs unnamed (`whose`: what runs
+    it, for the message); catalog-unknown-function when the catalog does not hold it."""
+    schema, _, function = qualified.partition(".")
+    candidates = catalog.functions_named(schema, function) if catalog is not None else ()
+    if not candidates:
+        raise Unsupported(f'function "{qualified}" ({whose}) is not in the catalog', CATALOG_UNKNOWN_FUNCTION)
+    return Call(function, schema, candidates, via)
 
 
 def _type_name(node: exp.DataType) -> tuple[str | None, str]:
@@ -592,13 +594,8 @@ class _Analysis:
                    and not isinstance(a.parent, exp.TableAlias) for a in _ancestors(node)):
                 continue  # a column, argument or result type of a definition
             for type_ in self.names.types(node, written):
-                for named in type_.functions:
-                    schema, _, function = named.partition(".")
-                    candidates = self.names.catalog.functions_named(schema, function) if self.names.catalog else ()
-                    if not candidates:
-                        raise Unsupported(f'function "{named}" (run by a cast to {type_.qualified}) is not in the '
-                                          "catalog", CATALOG_UNKNOWN_FUNCTION)
-                    calls.append(Call(function, schema, candidates, ("type", type_.qualified)))
+                calls += [_code_call(self.names.catalog, named, ("type", type_.qualified),
+                                     f"run by a cast to {type_.qualified}") for named in type_.functions]
         return list(dict.fromkeys(calls))
 
     def _opclass_calls(self, kind: str) -> list[Call]:
@@ -614,13 +611,7 @@ class _Analysis:
         for (type_, opclass), functions in sorted(catalog.opclass_functions.items()):
             via = ("operator", f"class {opclass}, a user default for built-in type {type_}, which may run wherever "
                                "its values are compared, sorted, grouped or hashed")
-            for named in functions:
-                schema, _, function = named.partition(".")
-                candidates = catalog.functions_named(schema, function)
-                if not candidates:
-                    raise Unsupported(f'function "{named}" (of operator class {opclass}) is not in the catalog',
-                                      CATALOG_UNKNOWN_FUNCTION)
-                calls.append(Call(function, schema, candidates, via))
+            calls += [_code_call(catalog, named, via, f"of operator class {opclass}") for named in functions]
         return calls
 
     def _relation_calls(self, actions: tuple[Action, ...]) -> list[Call]:
@@ -649,13 +640,7 @@ class _Analysis:
             elif action.kind == "update" and _sets_default(self.tree):
                 events += ("default",)
             named += [((event, relation.qualified), f) for event, f in relation.written(events)]
-            for via, name in named:
-                schema, _, function = name.partition(".")
-                candidates = catalog.functions_named(schema, function)
-                if not candidates:
-                    raise Unsupported(f'function "{name}" (run by {relation.qualified}) is not in the catalog',
-                                      CATALOG_UNKNOWN_FUNCTION)
-                calls.append(Call(function, schema, candidates, via))
+            calls += [_code_call(catalog, name, via, f"run by {relation.qualified}") for via, name in named]
         return list(dict.fromkeys(calls))
 
     # -- names ---------------------------------------------------------------------------
