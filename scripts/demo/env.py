@@ -13,12 +13,12 @@ import base64
 import json
 import os
 import pwd
+import select
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -135,15 +135,26 @@ def issuer_up() -> None:
     node = shutil.which("node")
     if node is None:
         raise SystemExit("node is not installed: run scripts/install.sh")
-    log = open(STATE / "issuer.log", "ab")
-    proc = subprocess.Popen([node, str(ROOT / "tests" / "oidc" / "server.mjs"), str(STATE / "issuer.json")],
-                            cwd=ROOT / "tests" / "oidc", stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL,
-                            start_new_session=True)
-    line = proc.stdout.readline().decode()
-    if not line.startswith("READY"):
-        raise SystemExit(f"the development issuer did not start; see {STATE / 'issuer.log'}")
+    proc = _start_issuer(node)
     pidfile.write_text(str(proc.pid))
     say(f"development OpenID issuer (stands in for Okta) at http://127.0.0.1:{ISSUER_PORT}/oauth2/default")
+
+
+def _start_issuer(node: str, attempts: int = 3, seconds: float = 10.0) -> subprocess.Popen[bytes]:
+    """The issuer, once it printed READY; a start that does not within `seconds` (seen about
+    once in 25 starts, cause not found) is killed and tried again."""
+    for _ in range(attempts):
+        with open(STATE / "issuer.log", "ab") as log:
+            proc = subprocess.Popen([node, str(ROOT / "tests" / "oidc" / "server.mjs"), str(STATE / "issuer.json")],
+                                    cwd=ROOT / "tests" / "oidc", stdout=subprocess.PIPE, stderr=log,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], seconds)
+        if ready and proc.stdout.readline().decode().startswith("READY"):
+            return proc
+        proc.kill()
+        proc.wait()
+    raise SystemExit(f"the development issuer did not start; see {STATE / 'issuer.log'}")
 
 
 def policy(port: int) -> Path:
