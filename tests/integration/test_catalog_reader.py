@@ -513,10 +513,10 @@ def test_what_clients_send_is_understood_with_the_catalog(pg: PgServer) -> None:
     """SQLAlchemy's reflection, pandas, psycopg's TypeInfo and asyncpg's type introspection
     (enum and array columns) send nothing the analyser refuses as not understood, and
     nothing it takes for a call of user code, when it has the catalog read."""
-    sqlalchemy = pytest.importorskip("sqlalchemy")
-    pandas = pytest.importorskip("pandas")
-    psycopg = pytest.importorskip("psycopg")
-    asyncpg = pytest.importorskip("asyncpg")
+    import asyncpg  # the test extra of pyproject.toml installs these
+    import pandas
+    import psycopg
+    import sqlalchemy
     from psycopg.types import TypeInfo
 
     pg.psql("create database clients")
