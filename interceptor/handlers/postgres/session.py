@@ -429,8 +429,9 @@ class ProxySession:
                 self._pause(frame, out, "a pipelined statement may change the session's settings or catalog")
                 return False
             return True
-        if self._touched or self.predicted != self.confirmed:  # errors are known only to `confirmed`
-            self.predicted, self._touched = self.confirmed.copy(), False
+        self._touched = False
+        if self.predicted != self.confirmed:  # errors and rollbacks are known only to `confirmed`
+            self.predicted = self.confirmed.copy()
             self._codec = self._client_codec(self.predicted)
         if self._catalog_stale:
             self._pause(frame, out, "reading the catalog again after DDL")
@@ -565,11 +566,12 @@ class ProxySession:
         for effect in effects:
             if effect.kind in ("deallocate", "deallocate_all", "discard_all"):
                 self._deallocate(effect)
-            before = self.predicted.values
+            before = dict(self.predicted.values)  # apply() may change the dict in place
             self.predicted.apply(effect)
             if self.predicted.values != before or not _quiet(self.predicted):
                 self._touched = True
-        self._codec = self._client_codec(self.predicted)
+        if effects:  # most statements change nothing: no codec lookup on every Execute
+            self._codec = self._client_codec(self.predicted)
 
     def _deallocate(self, effect: Effect) -> None:
         if effect.kind == "deallocate" and effect.name is not None:
