@@ -269,9 +269,10 @@ def test_entries_expire_after_ttl_and_peek_still_returns_the_stale_one() -> None
     async def scenario() -> None:
         clock, server = Clock(), Server()
         store = CatalogStore(ttl=300, clock=clock)
-        assert store.peek("db", "app") is None
+        assert store.peek("db", "app") is None and store.age("db", "app") is None
         first = await store.get("db", "app", server.to("app"))
         clock.now += 299
+        assert store.age("db", "app") == pytest.approx(299)
         assert await store.get("db", "app", server.to("app")) is first and server.logins == 1
         clock.now += 2
         assert store.peek("db", "app") is first  # stale, and peek does not read

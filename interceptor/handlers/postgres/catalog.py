@@ -547,6 +547,11 @@ class CatalogStore:
         slot = self._touch((resource, database))
         return slot.catalog if slot is not None else None
 
+    def age(self, resource: str, database: str) -> float | None:
+        """Seconds since the key's catalog was read from the server; None when none was."""
+        slot = self._slots.get((resource, database))
+        return self.clock() - slot.read_at if slot is not None and slot.catalog is not None else None
+
     def invalidate(self, resource: str, database: str | None = None) -> int:
         """Forget the catalogs of `resource` (of one database, or all): the next `get` reads
         again. A read under way finishes for those already waiting on it, but what it read is

@@ -155,17 +155,11 @@ class CatalogSource:
         enforcer read the catalog for every statement)."""
         if self.store is None:
             return
-        if not after_ddl and self._age() < REREAD_SECONDS:
+        age = self.store.age(self.resource, self.database)
+        if not after_ddl and age is not None and age < REREAD_SECONDS:
             return
         self.store.invalidate(self.resource, self.database)
         await self.load()
-
-    def _age(self) -> float:
-        """Seconds since the cached catalog was read from the server (infinite: none is)."""
-        for entry in self.store.entries():
-            if (entry.resource, entry.database) == (self.resource, self.database) and entry.age is not None:
-                return float(entry.age)
-        return float("inf")
 
     def current(self) -> Catalog | CatalogUnavailable | None:
         """The newest catalog known now (never waits); past the cache's ttl, or when the
