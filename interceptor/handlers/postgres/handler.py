@@ -5,7 +5,6 @@ callbacks, not streams, on the path every statement takes."""
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import logging
 import secrets
 import socket
@@ -17,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from interceptor.audit.event import AuditUnavailable
-from interceptor.decision import MaskSpec
 from interceptor.flow import FlowContext
 from interceptor.handlers.base import Services
 from interceptor.handlers.pipe import Pipe
@@ -35,13 +33,12 @@ from interceptor.handlers.postgres.session import (
     ProxySession,
     RefreshCatalog,
     ResolveTables,
-    RowMask,
     Send,
 )
 from interceptor.handlers.postgres.startup import Refused, Startup, accept_startup, database_allowed
 from interceptor.policy.catalog import Catalog, CatalogUnavailable
 from interceptor.policy.settings import SessionSettings
-from interceptor.masking import TEXT_TYPE_OIDS, ColumnMasker, mask_datarow
+from interceptor.handlers.postgres.masks import mask_factory
 from interceptor.operations import SqlQuery
 
 log = logging.getLogger(__name__)
@@ -204,27 +201,6 @@ def _text_fields(body: bytes) -> list[str | None]:
         reader.skip(max(length, 0))
         fields.append(None if length < 0 else body[start:reader.pos].decode())
     return fields
-
-
-def mask_factory(key: bytes = b""):
-    """The seam to interceptor.masking: a DataRow rewriter for the columns the policy masks,
-    or None when no column of this result needs it (rows then stream untouched)."""
-
-    def build(specs: tuple[MaskSpec, ...], columns: tuple[Column, ...], names: tuple[str | None, ...]) -> RowMask | None:
-        maskers: dict[int, ColumnMasker] = {}
-        for index, (column, name) in enumerate(zip(columns, names)):
-            for spec in specs:
-                whole = name is not None and any(fnmatch.fnmatchcase(name, p) for p in spec.columns)
-                textual = column.format == 0 or column.type_oid in TEXT_TYPE_OIDS
-                if whole or (spec.classifiers and textual):
-                    maskers[index] = ColumnMasker.for_column(spec, whole=whole, type_oid=column.type_oid,
-                                                             format_code=column.format, key=key)
-                    break
-        if not maskers:
-            return None
-        return lambda body: mask_datarow(body, maskers)
-
-    return build
 
 
 @dataclass(frozen=True, slots=True)

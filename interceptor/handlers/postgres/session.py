@@ -144,6 +144,7 @@ class Statement:
     prepared: Prepared | None = None  # the parsed statement an Execute ran
     effects: tuple[tuple[Effect, ...], ...] = ()  # per statement of the text, what it changes in the session
     completed: int = 0  # CommandCompletes seen so far
+    cancelled: bool = False  # withdrawn by the client's CancelRequest while held: 57014, not 42501
 
     @property
     def denied(self) -> bool:
@@ -471,9 +472,9 @@ class ProxySession:
         self._admit(text, name, frame, decision, None)
 
     def _admit(self, text: str, name: str | None, frame: tuple[int, int, int], decision: Decision,
-               approval: dict[str, object] | None) -> None:
+               approval: dict[str, object] | None, cancelled: bool = False) -> None:
         statement = Statement(text, decision, "simple" if name is None else "extended", self.clock(),
-                              approval=approval, effects=_effects(decision))
+                              approval=approval, effects=_effects(decision), cancelled=cancelled)
         if statement.denied:
             if name is None:
                 self._deny(statement, frame, codec.query(self.sentinel))
@@ -595,18 +596,22 @@ class ProxySession:
         except EncodingRefused as exc:
             raise ProtocolViolation(str(exc)) from None
 
-    def approval(self, approved: bool, request_id: str | None, reason: str, approver: str | None = None) -> list[Command]:
-        """Resume after a Hold: run the statement or deny it, then continue with the client's bytes."""
+    def approval(self, approved: bool, request_id: str | None, reason: str, approver: str | None = None,
+                 cancelled: bool = False) -> list[Command]:
+        """Resume after a Hold: run the statement or deny it, then continue with the client's
+        bytes. `cancelled`: the client's CancelRequest withdrew the request; the client gets
+        57014 query_canceled (as from a server cancel, docs 55.2.7), the session goes on."""
         if self._held is None:
             raise RuntimeError("approval() without a pending Hold")
         frame, name, text, decision = self._held
         self._held = None
-        info = {"approved": approved, "request_id": request_id, "approver": approver, "reason": reason}
-        if not approved:
+        info = {"approved": approved and not cancelled, "request_id": request_id, "approver": approver,
+                "reason": reason, **({"cancelled": True} if cancelled else {})}
+        if cancelled or not approved:
             decision = Decision(Verdict.DENY, decision.rule, reason or "not approved", decision.masks,
                                 decision.approval, decision.details)
         self._client.pos = frame[2]
-        self._admit(text, name, frame, decision, info)
+        self._admit(text, name, frame, decision, info, cancelled)
         return self.from_client(b"")
 
     def waiting_notice(self, request_id: str | None, timeout_seconds: int) -> list[Command]:
@@ -777,8 +782,14 @@ class ProxySession:
         replacement = None
         if statement is not None and statement.denied and self._sentinel_bytes in bytes(body):
             decision = statement.decision
-            statement.error = f"permission denied by interceptor rule {decision.rule!r}: {decision.reason or 'denied'}"
-            replacement = codec.error_response("42501", statement.error)
+            if statement.cancelled:
+                statement.error = (f"canceling statement due to user request: it was held for approval by rule "
+                                   f"{decision.rule!r} and the request is withdrawn")
+                replacement = codec.error_response("57014", statement.error)
+            else:
+                statement.error = (f"permission denied by interceptor rule {decision.rule!r}: "
+                                   f"{decision.reason or 'denied'}")
+                replacement = codec.error_response("42501", statement.error)
         elif statement is not None:
             statement.error = codec.read_fields(body).get("M", "error")
         if head is not None and head.kind not in ("query", "sync"):
