@@ -30,7 +30,7 @@ from interceptor.policy.catalog import Catalog, CatalogUnavailable, Function
 from interceptor.policy.model import Policy, Rule, globs
 from interceptor.policy.sql import AnyCatalog, SchemaCatalog, analyse, numeric_shape, shape_holds
 from interceptor.policy.sql_session import BOOTSTRAP_RELATIONS, SESSION_SETTINGS
-from interceptor.policy.statement import Action, Call, ColumnRef, Statement
+from interceptor.policy.statement import Action, Call, ColumnRef, OutputColumn, Statement
 
 DEFAULT_DENY = "default-deny"
 TRANSACTION_RULE = "builtin-transaction-control"
@@ -503,6 +503,12 @@ def _ref_masked(pattern: tuple[str, str, str], ref: ColumnRef) -> bool:
             and (column == "*" or fnmatchcase(column, pattern[2])))
 
 
+def _embeds_masked_rows(output: OutputColumn, hit: list[ColumnRef]) -> bool:
+    """Does a masked column reach the result inside a whole row (of its relation, or of a
+    derived table), rather than by name?"""
+    return ("", "") in output.rows or any(ref[:2] in output.rows for ref in hit)
+
+
 def _masks(statement: Statement, rules: list[Rule]) -> tuple[list[MaskSpec], list[dict], _Judgement | None]:
     """The masks a statement's results need, the result columns they cover, or a refusal
     when masking cannot be guaranteed (masked column filtered on, or columns unknown)."""
@@ -522,10 +528,18 @@ def _masks(statement: Statement, rules: list[Rule]) -> tuple[list[MaskSpec], lis
                 unknown = next(r for r in hit if r[2] == "*")
                 return [], [], _Judgement(Verdict.DENY, MASK_FAILSAFE_RULE, f"schema of {unknown[0]}.{unknown[1]} "
                                           f"is unknown: cannot tell which result columns rule {rule.name} must mask")
+            if hit and output.shape is None and _embeds_masked_rows(output, hit):
+                tables = ", ".join(sorted(f"{s}.{t}" if s else "a derived table" for s, t in output.rows))
+                return [], [], _Judgement(Verdict.DENY, MASK_FAILSAFE_RULE, f"result column {output.position + 1} "
+                                          f"({output.name}) embeds whole rows of {tables}, whose column {'.'.join(hit[0])} "
+                                          f"rule {rule.name} masks, in a shape the masker cannot rewrite field by field; "
+                                          "select the columns, or pass the row alone to row_to_json, to_jsonb or json_agg")
             if hit:
                 columns.update(".".join(r) for r in hit)
                 entry = outputs.setdefault(output.position, {"position": output.position, "name": output.name,
                                                               "columns": [], "rules": []})
+                if output.shape is not None and output.row is not None:
+                    entry.update(shape=output.shape, table=".".join(output.row))
                 entry["columns"] = sorted(set(entry["columns"]) | {".".join(r) for r in hit})
                 entry["rules"].append(rule.name)
         if columns or rule.mask.classifiers:

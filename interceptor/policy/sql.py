@@ -51,7 +51,7 @@ from interceptor.policy.sql_session import (
 )
 from interceptor.policy.statement import (
     CATALOG_UNAVAILABLE, CATALOG_UNKNOWN_FUNCTION, CATALOG_UNKNOWN_RELATION, CATALOG_UNKNOWN_TYPE, Action, Call,
-    ColumnRef, OutputColumn, Statement, Table, Unsupported, qualified,
+    DERIVED_ROW, JSON_ROW_FUNCTIONS, WHOLE_ROW, ColumnRef, OutputColumn, Statement, Table, Unsupported, qualified,
 )
 
 # sqlglot logs a warning for every statement it keeps as an opaque Command; the analyser
@@ -547,6 +547,7 @@ class _Analysis:
         self._writes()
         found = function_calls(self.tree, self.tokens)
         calls = [self.names.call(call) for call, _ in found]
+        nodes = {id(node): call for (_, node), call in zip(found, calls) if node is not None}
         calls += [call for schema, name in explicit_operators(self.tree, self.tokens)
                   for call in self.names.operator(schema, name)]
         calls += [call for name in sorted(implicit_operators(self.tokens)) for call in self.names.operator(None, name)]
@@ -555,7 +556,7 @@ class _Analysis:
         calls += self._attribute_calls()
         effects = set_config_effects(self.tree, found)
         if isinstance(self.tree, _RESULT_NODES):
-            outputs, filters = self._outputs(), self._filters()
+            outputs, filters = self._outputs(nodes), self._filters()
             self._record_reads(self.tree)
         else:
             # DDL and COPY move whole rows where no result column can be masked: every
@@ -875,12 +876,16 @@ class _Analysis:
         return next((s for s in sources.values() if s.table and s.table[1] == qualifier), None)
 
     def _whole_row(self, source: _Source) -> set[ColumnRef]:
-        """Every base column a FROM item's whole row reads."""
+        """Every base column a FROM item's whole row reads, and a mark that a whole row was
+        taken (WHOLE_ROW as the column: of that relation, or of no relation for a derived
+        table), which the lineage of result columns carries to the engine: a row embedded in
+        one value can only be masked field by field in a shape the masker knows."""
         if source.table is not None:
             known = self._known_columns(source.table)
-            return {(*source.table, c) for c in known} if known is not None else {(*source.table, "*")}
+            columns = {(*source.table, c) for c in known} if known is not None else {(*source.table, "*")}
+            return columns | {(*source.table, WHOLE_ROW)}
         if source.query is not None:
-            return {ref for _, refs in self._query_columns(source.query) for ref in refs}
+            return {ref for _, refs in self._query_columns(source.query) for ref in refs} | {DERIVED_ROW}
         return set()
 
     def _source_columns(self, source: _Source) -> tuple[str, ...] | None:
@@ -992,7 +997,7 @@ class _Analysis:
             known = self._known_columns(source.table)
             return known is None or name in known
         if source.query is not None:
-            names = _projection_names(source.query)
+            names = self._source_columns(source)  # `*` expanded: a name it lacks is the whole row
             return names is None or name in names
         return False
 
@@ -1041,13 +1046,8 @@ class _Analysis:
         return columns
 
     def _projections(self, select: exp.Expr) -> list[tuple[str, set[ColumnRef]]]:
-        if isinstance(select, (exp.Insert, exp.Update, exp.Delete, exp.Merge)):
-            returning = select.args.get("returning")
-            projections = list(returning.expressions) if returning is not None else []
-        else:
-            projections = list(select.expressions)
         columns: list[tuple[str, set[ColumnRef]]] = []
-        for projection in projections:
+        for projection in _projection_list(select):
             if _is_star(projection):
                 columns.extend(self._star_columns(select, projection))
             else:
@@ -1083,11 +1083,69 @@ class _Analysis:
                 found |= self._star_sources(_enclosing_queries(star)[0], star)
         return found
 
-    def _outputs(self) -> tuple[OutputColumn, ...]:
-        """Result columns of the statement (a query's projections, or DML's RETURNING)."""
+    def _outputs(self, calls: dict[int, Call]) -> tuple[OutputColumn, ...]:
+        """Result columns of the statement (a query's projections, or DML's RETURNING), each
+        with the relations whose whole row it embeds and the shape it embeds it in."""
         columns = self._query_columns(self.tree) if not isinstance(self.tree, exp.Values) else []
-        return tuple(OutputColumn(position, name, frozenset(sources))
-                     for position, (name, sources) in enumerate(columns))
+        shapes = self._row_shapes(calls)
+        outputs = []
+        for position, (name, sources) in enumerate(columns):
+            rows = frozenset(ref[:2] for ref in sources if ref[2] == WHOLE_ROW)
+            shape, row = shapes.get(position, (None, None))
+            outputs.append(OutputColumn(position, name, frozenset(r for r in sources if r[2] != WHOLE_ROW),
+                                        rows, shape if row is not None and rows == {row} else None, row))
+        return tuple(outputs)
+
+    def _row_shapes(self, calls: dict[int, Call]) -> dict[int, tuple[str, Table]]:
+        """Result positions that are a whole row of one relation in a shape the masker can
+        rewrite field by field (ROW_SHAPES): only for a statement of one SELECT (or RETURNING),
+        never a UNION, whose projections before it are not `*`."""
+        selects = _selects(self.tree) if not isinstance(self.tree, exp.Values) else []
+        if len(selects) != 1:
+            return {}
+        found: dict[int, tuple[str, Table]] = {}
+        for position, projection in enumerate(_projection_list(selects[0])):
+            if _is_star(projection):
+                break
+            shaped = self._row_shape(projection.unalias(), calls)
+            if shaped is not None:
+                found[position] = shaped
+        return found
+
+    def _row_shape(self, node: exp.Expr, calls: dict[int, Call]) -> tuple[str, Table] | None:
+        """("record", table) for a bare whole-row reference (its value is the relation's
+        composite: record_out / record_send, docs 8.16.6); ("json", table) for one passed
+        alone to a JSON function of pg_catalog that writes each column as a member named
+        after it (docs 9.16, row_to_json, to_json, to_jsonb, json_agg, jsonb_agg)."""
+        while isinstance(node, exp.Paren):
+            node = node.this
+        if isinstance(node, exp.Dot) and isinstance(node.expression, exp.Func):
+            node = node.expression  # pg_catalog.row_to_json(...): the call is judged with its schema
+        if isinstance(node, exp.Column):
+            table = self._whole_row_table(node)
+            return ("record", table) if table is not None else None
+        call = calls.get(id(node))
+        if call is None or call.name not in JSON_ROW_FUNCTIONS or not call.candidates:
+            return None
+        if any(f.schema != "pg_catalog" for f in call.candidates):
+            return None  # a function of the path may be the one called
+        arguments = [node.this] if isinstance(node, exp.JSONArrayAgg) else list(node.expressions)
+        alone = len(arguments) == 1 or (call.name == "row_to_json" and len(arguments) == 2
+                                        and isinstance(arguments[1], exp.Boolean))  # pretty_bool
+        if not arguments or not isinstance(arguments[0], exp.Column) or not alone:
+            return None
+        table = self._whole_row_table(arguments[0])
+        return ("json", table) if table is not None else None
+
+    def _whole_row_table(self, column: exp.Column) -> Table | None:
+        """The relation a column reference is the whole row of, when it is one (with its
+        columns known), else None."""
+        if column.is_star:
+            return None
+        rows = [ref[:2] for ref in self._resolve(column) if ref[2] == WHOLE_ROW]
+        if len(rows) != 1 or self._known_columns(rows[0]) is None:
+            return None
+        return rows[0]
 
     def _record_reads(self, root: exp.Expr) -> None:
         """Every column reference anywhere adds to the columns read of its base table."""
@@ -1101,6 +1159,8 @@ class _Analysis:
 
     def _add_reads(self, refs: set[ColumnRef]) -> None:
         for schema, table, column in refs:
+            if column == WHOLE_ROW:
+                continue
             current = self.reads.setdefault((schema, table), set())
             if column == "*" or current is None:
                 self.reads[(schema, table)] = None
@@ -1114,7 +1174,7 @@ class _Analysis:
         for column in self.tree.find_all(exp.Column):
             if not _in_projection(column):
                 found |= self._resolve(column)
-        return frozenset(found)
+        return frozenset(ref for ref in found if ref[2] != WHOLE_ROW)
 
 
 def _sets_default(tree: exp.Expr) -> bool:
@@ -1195,17 +1255,12 @@ def _selects(query: exp.Expr) -> list[exp.Expr]:
     return [query]
 
 
-def _projection_names(query: exp.Expr) -> tuple[str, ...] | None:
-    selects = _selects(query)
-    first = selects[0]
-    if isinstance(first, (exp.Insert, exp.Update, exp.Delete, exp.Merge)):
-        returning = first.args.get("returning")
-        projections = list(returning.expressions) if returning is not None else []
-    else:
-        projections = list(first.expressions)
-    if any(_is_star(p) for p in projections):
-        return None
-    return tuple(p.alias_or_name for p in projections)
+def _projection_list(select: exp.Expr) -> list[exp.Expr]:
+    """A SELECT's result expressions, or DML's RETURNING list (empty without one)."""
+    if isinstance(select, (exp.Insert, exp.Update, exp.Delete, exp.Merge)):
+        returning = select.args.get("returning")
+        return list(returning.expressions) if returning is not None else []
+    return list(select.expressions)
 
 
 def _in_projection(node: exp.Expr) -> bool:

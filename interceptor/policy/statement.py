@@ -39,13 +39,30 @@ class Action:
     columns: frozenset[str] | None = frozenset()  # None: all columns, which unknown
 
 
+# In a lineage, the column of a ColumnRef that stands for a relation's whole row (no column
+# has an empty name); DERIVED_ROW: the whole row of a derived table (subquery, CTE).
+WHOLE_ROW = ""
+DERIVED_ROW: ColumnRef = ("", "", WHOLE_ROW)
+# pg_catalog functions that write a row's columns as JSON members named after them (docs,
+# 9.16 "JSON Functions and Operators"): a whole row passed alone to one is masked member by member.
+JSON_ROW_FUNCTIONS = frozenset({"row_to_json", "to_json", "to_jsonb", "json_agg", "jsonb_agg"})
+
+
 @dataclass(frozen=True, slots=True)
 class OutputColumn:
-    """One result column and the base columns its values derive from."""
+    """One result column and the base columns its values derive from.
+
+    rows: the relations ((schema, name); ("", "") for a derived table) whose whole row the
+    value embeds; shape: how, when it is exactly one relation's whole row in a form the
+    masker can rewrite field by field ("record": the composite itself, "json": a JSON object
+    per row), with that relation as `row`; None otherwise."""
 
     position: int
     name: str
     sources: frozenset[ColumnRef]
+    rows: frozenset[Table] = frozenset()
+    shape: str | None = None
+    row: Table | None = None
 
 
 @dataclass(frozen=True, slots=True)
