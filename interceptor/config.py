@@ -34,13 +34,16 @@ class Settings:
     audit: dict[str, Any] = field(default_factory=lambda: {"store": "sqlite", "durability": "strict"})
     approvals: dict[str, Any] = field(default_factory=dict)
     metrics_listen: str | None = None
+    # scan_errors: run the value classifiers on the text of every error and notice the
+    # server sends, not only those of statements that read masked columns
+    masking: dict[str, Any] = field(default_factory=lambda: {"scan_errors": True})
     source: str = "<defaults>"
 
 
 _FIELDS: dict[str, type | tuple[type, ...]] = {
     "policy": str, "redirect": str, "enforcer_port": int, "refuse_port": int, "state_dir": str,
     "control_socket": str, "admin_group": (str, type(None)), "audit": dict, "approvals": dict,
-    "metrics_listen": (str, type(None)),
+    "metrics_listen": (str, type(None)), "masking": dict,
 }
 
 
@@ -99,4 +102,9 @@ def _check(path: str, values: dict[str, tuple[Any, yaml.Node]]) -> list[str]:
     for key in ("enforcer_port", "refuse_port"):
         if key in values and not 1 <= values[key][0] <= 65535:
             errors.append(f"{_where(path, values[key][1])}: {key} must be a port number (1-65535)")
+    if "masking" in values:
+        masking, node = values["masking"]
+        unknown = sorted(set(masking) - {"scan_errors"})
+        if unknown or not isinstance(masking.get("scan_errors", True), bool):
+            errors.append(f"{_where(path, node)}: masking takes only scan_errors: true|false")
     return errors

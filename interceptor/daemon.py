@@ -359,6 +359,7 @@ class Daemon:
         self.redirect = open_redirect(self.settings.redirect, self.mount)
         self.enforcer = Enforcer(self.redirect, self.audit, lambda: self.snapshot, self.identity,
                                  self.identity_required, self._credentials, self.approvals, catalogs=self.catalogs,
+                                 scan_errors=self.settings.masking.get("scan_errors", True),
                                  on_connection=self.metrics.connection, on_decision=self.metrics.decision)
         await self.enforcer.start(self.settings.enforcer_port, self.settings.refuse_port)
         self.redirect.apply(self.snapshot.plan)

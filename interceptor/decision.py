@@ -14,13 +14,16 @@ class Verdict(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class MaskSpec:
-    """Mask these result columns (qualified `schema.table.column` patterns) and/or any
-    value the named classifiers recognise, in the given style."""
+    """Mask these result columns (qualified `schema.table.column`: those the statement's
+    analysis found in its results) and/or any value the named classifiers recognise, in the
+    given style. `patterns`: the rule's column patterns (globs), which the server's own
+    description of a result (the table and column each comes from) is matched against too."""
 
     columns: tuple[str, ...] = ()
     classifiers: tuple[str, ...] = ()
     style: str = "redact"  # redact | partial | hash | null
     rule: str = ""
+    patterns: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -75,6 +75,7 @@ class Enforcer:
     def __init__(self, redirect: Redirect, audit: AuditSink, snapshot: Callable[[], Snapshot],
                  identity: Callable[[str], Identity | None], identity_required: Callable[[str], bool],
                  credentials: Callable[[str], Any], approvals: Any = None, *, catalogs: Any = None,
+                 scan_errors: bool = True,
                  on_connection: Callable[[str | None, str | None, str], None] = lambda agent, resource, decision: None,
                  on_decision: Callable[[Decision], None] = lambda decision: None) -> None:
         self.redirect = redirect
@@ -85,6 +86,7 @@ class Enforcer:
         self.credentials = credentials
         self.approvals = approvals
         self.catalogs = catalogs  # interceptor.handlers.postgres.catalog.CatalogStore
+        self.scan_errors = scan_errors  # classifiers on every error and notice text
         self.on_connection = on_connection  # (agent, resource, allow|deny), for metrics
         self.on_decision = on_decision  # every operation's decision, for metrics
         self.sessions: dict[str, Session] = {}
@@ -182,6 +184,7 @@ class Enforcer:
             credentials=lambda: self.credentials(resource),
             approvals=self.approvals,
             catalogs=self.catalogs,
+            scan_errors=self.scan_errors,
             epoch=lambda: (self.snapshot().engine, self.identity(flow.agent)),
         )
         self.on_connection(flow.agent, resource, "allow")

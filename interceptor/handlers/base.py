@@ -39,6 +39,7 @@ class Services:
     credentials: Callable[[], Awaitable[dict[str, str]]]  # upstream secrets, resolved on demand
     approvals: Any = None  # interceptor.approvals broker, when the daemon has one
     catalogs: Any = None  # interceptor.handlers.postgres.catalog.CatalogStore, when the daemon has one
+    scan_errors: bool = True  # run the value classifiers on every error and notice text
     epoch: Callable[[], object] = lambda: None  # changes when the policy or the identity does
     traffic: Traffic = field(default_factory=Traffic)  # bytes so far, for `interceptor sessions`
     _who: tuple = field(default=(None, None, None), repr=False)  # (process, identity, its summary), built once

@@ -3,7 +3,7 @@ rewritten only where the policy asks (see column.py and datarow.py), whole-row v
 (composites, row JSON) only in the masked fields (shapes.py)."""
 
 from interceptor.masking.classifiers import CLASSIFIERS, Classifier, Span, api_key, card, classify, email, iban, national_id
-from interceptor.masking.column import STYLES, TEXT_TYPE_OIDS, ColumnMasker, MaskingError
+from interceptor.masking.column import REDACTED, STYLES, TEXT_TYPE_OIDS, ColumnMasker, ConstantMasker, FieldMasker, MaskingError
 from interceptor.masking.datarow import mask_datarow
 from interceptor.masking.shapes import mask_json_members, mask_record_binary, mask_record_text
 
@@ -13,7 +13,10 @@ __all__ = [
     "TEXT_TYPE_OIDS",
     "Classifier",
     "ColumnMasker",
+    "ConstantMasker",
+    "FieldMasker",
     "MaskingError",
+    "REDACTED",
     "Span",
     "api_key",
     "card",

@@ -13,6 +13,7 @@ import hmac
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import ClassVar, Protocol
 
 from interceptor.decision import MaskSpec
 from interceptor.masking.classifiers import CLASSIFIERS, classify
@@ -29,6 +30,28 @@ _SEPARATED_KINDS = frozenset({"card", "national_id", "iban"})
 
 class MaskingError(ValueError):
     """A value cannot be masked safely; the client must get an error, never the value."""
+
+
+class FieldMasker(Protocol):
+    """Masks one field of a row: `mask(value)` gives the bytes to send, None for SQL NULL;
+    `nulls`: whether a NULL field is masked too (called with b""), or left NULL."""
+
+    nulls: bool
+
+    def mask(self, value: bytes | memoryview) -> bytes | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ConstantMasker:
+    """Every value, NULL included, becomes `value` (None: NULL): for a value computed from a
+    masked column, where any part kept (a last four, a hash, even NULL or not) could be an
+    oracle on the masked value."""
+
+    value: bytes | None = REDACTED
+    nulls: ClassVar[bool] = True
+
+    def mask(self, value: bytes | memoryview) -> bytes | None:
+        return self.value
 
 
 def _partial_keep_last4(value: bytes) -> bytes:
@@ -86,6 +109,7 @@ class ColumnMasker:
     key: bytes = b""
     binary: bool = False
     _apply: Callable[[bytes], bytes | None] = field(init=False, repr=False, compare=False)
+    nulls: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         if self.style not in STYLES:

@@ -10,14 +10,14 @@ from __future__ import annotations
 import struct
 from collections.abc import Mapping
 
-from interceptor.masking.column import ColumnMasker, MaskingError
+from interceptor.masking.column import FieldMasker, MaskingError
 
 _COUNT = struct.Struct("!h")
 _LENGTH = struct.Struct("!i")
 _NULL = _LENGTH.pack(-1)
 
 
-def mask_datarow(payload: bytes, column_maskers: Mapping[int, ColumnMasker]) -> bytes:
+def mask_datarow(payload: bytes, column_maskers: Mapping[int, FieldMasker]) -> bytes:
     """The DataRow body with the fields at `column_maskers`' indexes masked.
 
     With no maskers the payload is returned as it is (no per-row work). A malformed row,
@@ -46,7 +46,7 @@ def mask_datarow(payload: bytes, column_maskers: Mapping[int, ColumnMasker]) -> 
         if length < -1 or end > size:
             raise MaskingError(f"DataRow field {index} has length {length} with {size - start} bytes left")
         masker = column_maskers.get(index)
-        if masker is not None and length >= 0:
+        if masker is not None and (length >= 0 or masker.nulls):
             masked = masker.mask(view[start:end])
             pieces.append(view[copied:position])
             pieces.append(_NULL if masked is None else _LENGTH.pack(len(masked)) + masked)

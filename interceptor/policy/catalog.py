@@ -141,6 +141,8 @@ class Catalog:
     complete: bool = field(default=False, compare=False, repr=False)
     # the types a cast to which runs code (Type.functions), outside pg_catalog and information_schema
     code_types: tuple[Type, ...] = field(default=(), compare=False, repr=False)
+    # the relation whose row type (pg_class.reltype) each composite type OID is
+    row_types: Mapping[int, Relation] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def build(cls, relations: Iterable[Relation], functions: Iterable[Function] = (), *,
@@ -168,6 +170,8 @@ class Catalog:
         object.__setattr__(catalog, "complete", any(schema == "pg_catalog" for schema, _ in kinds))
         object.__setattr__(catalog, "code_types", tuple(t for t in kinds.values()
                                                         if t.functions and t.schema not in SYSTEM_SCHEMAS))
+        object.__setattr__(catalog, "row_types", {t.oid: rels[key] for key, t in kinds.items()
+                                                  if t.kind == "c" and t.oid and key in rels})
         return catalog
 
     @classmethod
@@ -196,6 +200,11 @@ class Catalog:
 
     def type(self, schema: str, name: str) -> Type | None:
         return self.types.get((schema, name))
+
+    def row_type(self, relation: Relation) -> int | None:
+        """The OID of a relation's row type (its composite type), None when not held."""
+        found = self.types.get((relation.schema, relation.name))
+        return found.oid if found is not None and found.kind == "c" and found.oid else None
 
     # -- resolution ----------------------------------------------------------------------
 

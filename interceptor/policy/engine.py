@@ -542,6 +542,6 @@ def _masks(statement: Statement, rules: list[Rule]) -> tuple[list[MaskSpec], lis
                     entry.update(shape=output.shape, table=".".join(output.row))
                 entry["columns"] = sorted(set(entry["columns"]) | {".".join(r) for r in hit})
                 entry["rules"].append(rule.name)
-        if columns or rule.mask.classifiers:
-            specs.append(MaskSpec(tuple(sorted(columns)), rule.mask.classifiers, rule.mask.style, rule.name))
+        specs.append(MaskSpec(tuple(sorted(columns)), rule.mask.classifiers, rule.mask.style, rule.name,
+                              tuple(".".join(p) for p in patterns)))
     return specs, [outputs[p] for p in sorted(outputs)], None

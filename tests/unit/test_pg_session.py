@@ -5,6 +5,7 @@ import pytest
 from interceptor.decision import ApprovalSpec, Decision, MaskSpec, Verdict
 from interceptor.handlers.postgres import codec
 from interceptor.handlers.postgres.codec import INT16, INT32
+from interceptor.handlers.postgres.masks import Origin
 from interceptor.handlers.postgres.session import (
     Audit,
     Close,
@@ -194,7 +195,8 @@ def test_large_rows_stream_in_pieces_without_buffering():
 def test_masked_columns_resolve_tables_then_rewrite_rows():
     calls = []
 
-    def factory(specs, columns, names):
+    def factory(specs, columns, origins, encoding):
+        names = tuple(o.column for o in origins)
         calls.append(names)
         index = names.index("public.users.email")
         return lambda body: body.tobytes().replace(b"alice@example.com", b"****").replace(
@@ -213,7 +215,7 @@ def test_masked_columns_resolve_tables_then_rewrite_rows():
 
 
 def test_masking_failure_withholds_the_row_and_closes():
-    def factory(specs, columns, names):
+    def factory(specs, columns, origins, encoding):
         def refuse(body):
             raise ValueError("cannot mask binary int")
         return refuse
@@ -283,7 +285,7 @@ def test_literals_are_redacted_for_audit():
 
 
 def test_frames_before_a_paused_row_description_keep_their_order():
-    s = session(mask_factory=lambda specs, columns, names: None)
+    s = session(mask_factory=lambda specs, columns, origins, encoding: None)
     s.from_client(codec.parse("s1", "SELECT email FROM users WHERE id = $1") + msg(b"D", b"Ss1\0") + msg(b"S"))
     before = msg(b"1") + msg(b"t", INT16.pack(1) + INT32.pack(23))
     commands = s.from_server(before + row_description(("email", 16400, 2)) + codec.ready_for_query(b"I"))
@@ -293,20 +295,20 @@ def test_frames_before_a_paused_row_description_keep_their_order():
     assert [k for k, _ in frames(rest)] == [b"T", b"Z"]
 
 
-def test_computed_columns_derived_from_a_masked_column_are_masked_like_it():
+def test_computed_columns_derived_from_a_masked_column_are_masked_as_computed():
     """Expressions carry no table OID; the policy's lineage names their source column."""
     seen = []
     lineage = Decision(Verdict.ALLOW, "reads", masks=(MaskSpec(columns=("public.users.email",)),), details=(
         {"masked_outputs": [{"position": 1, "name": "upper", "columns": ["public.users.email"], "rules": ["m"]}]},))
 
-    def factory(specs, columns, names):
-        seen.append(names)
+    def factory(specs, columns, origins, encoding):
+        seen.append(origins)
         return None
 
     s = ProxySession(judge=lambda query: lineage, database="app", nonce=NONCE, mask_factory=factory)
     s.from_client(codec.query("SELECT id, upper(email) FROM users"))
     s.from_server(row_description(("id", 0, 0), ("upper", 0, 0)))
-    assert seen == [(None, "public.users.email")]
+    assert seen == [(Origin(), Origin(derived=("public.users.email",)))]
 
 
 def test_a_prepared_statement_executed_again_shares_one_operation_summary():

@@ -21,11 +21,13 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from interceptor.audit.event import SharedSummary
-from interceptor.decision import Decision, MaskSpec, Verdict
+from interceptor.decision import Decision, Verdict
 from interceptor.handlers.postgres import codec
 from interceptor.handlers.postgres.codec import MAX_MESSAGE, Column, ProtocolViolation
+from interceptor.handlers.postgres.masks import MaskFactory, Origin, RowMask, scrub_error_text, withhold_error_text
 from interceptor.policy.encodings import EncodingRefused, canonical, client_only, python_codec
 from interceptor.handlers.postgres.names import Change, record
 from interceptor.operations import SqlQuery
@@ -50,19 +52,24 @@ _CATALOG_CHANGES = frozenset({"create", "alter", "drop", "comment", "grant", "re
 _CATALOG_MISSES = frozenset({CATALOG_UNKNOWN_RELATION, CATALOG_UNKNOWN_FUNCTION, CATALOG_UNKNOWN_TYPE,
                              CATALOG_UNAVAILABLE})
 
-RowMask = Callable[[memoryview], bytes]
-MaskFactory = Callable[[tuple[MaskSpec, ...], tuple[Column, ...], tuple[str | None, ...]], RowMask | None]
-
-
-def _derived_from_masked(decision: Decision) -> dict[int, str]:
-    """Result positions the policy's lineage found derived from a masked column (expressions
-    carry no table OID), with that column. Positions of every statement of the query are
-    taken together: masking one column too many is safe, one too few is a leak."""
-    derived: dict[int, str] = {}
+def _masked_outputs(decision: Decision) -> dict[int, dict[str, Any]]:
+    """Result positions the policy's lineage found derived from a masked column, with what
+    it found (`columns`, and `shape` and `table` for a whole row it can mask field by field).
+    Positions of every statement of the query are taken together: masking one column too
+    many is safe, one too few is a leak; two statements disagreeing on a whole row's shape
+    at one position leave it computed (one constant)."""
+    found: dict[int, dict[str, Any]] = {}
     for detail in decision.details:
-        for output in detail.get("masked_outputs", ()):
-            derived.setdefault(int(output["position"]), str(output["columns"][0]))
-    return derived
+        for output in detail.get("masked_outputs", ()):  # type: ignore[attr-defined]
+            position = int(output["position"])
+            seen = found.get(position)
+            if seen is None:
+                found[position] = dict(output)
+            else:
+                columns = sorted(set(seen["columns"]) | set(output["columns"]))
+                shaped = seen.get("shape") == output.get("shape") and seen.get("table") == output.get("table")
+                found[position] = {**(seen if shaped else {}), "position": position, "columns": columns}
+    return found
 
 
 _LITERAL = re.compile(r"""(?:[eE]?'(?:[^']|'')*')|(\$[A-Za-z_]*\$)(?:.|\n)*?\1|(?<![\w$.])\d+(?:\.\d+)?(?:[eE][-+]?\d+)?""")
@@ -300,8 +307,9 @@ class ProxySession:
                  epoch: Callable[[], object] = lambda: None, settings: SessionSettings | None = None,
                  server_encoding: str = "UTF8", mask_factory: MaskFactory | None = None,
                  clock: Callable[[], float] = time.monotonic, client_limit: int = 256 << 20,
-                 server_limit: int = MAX_MESSAGE, nonce: str | None = None) -> None:
+                 server_limit: int = MAX_MESSAGE, nonce: str | None = None, scan_errors: bool = True) -> None:
         self.judge = judge
+        self.scan_errors = scan_errors  # run the classifiers on every error and notice text
         self.database = database
         self.catalog = catalog
         self.epoch = epoch
@@ -662,9 +670,12 @@ class ProxySession:
 
     def _server_frame(self, frame: tuple[int, int, int], out: list[Command]) -> None:
         kind, start, end = frame
-        if kind in _ASYNC:
-            return
         body = self._server.view[start + 5:end]
+        if kind in _ASYNC:
+            checked = self._checked_text(b"N", body, self._expect[0] if self._expect else None) if kind == 0x4E else None
+            if checked is not None:  # a NoticeResponse that may quote a masked value
+                self._server.replace(start, end, [checked])
+            return
         if kind == 0x53:  # ParameterStatus
             self._parameter_status(body)
             return
@@ -770,11 +781,29 @@ class ProxySession:
     def _mask_for(self, decision: Decision, columns: tuple[Column, ...]) -> RowMask | None:
         if self.mask_factory is None:
             return _withheld("the policy masks this result but no masker is configured")
-        names = [self._tables.get(c.table_oid, {}).get(c.attnum) if c.table_oid else None for c in columns]
-        for position, source in _derived_from_masked(decision).items():
-            if position < len(names):
-                names[position] = source  # a computed column is masked like the column it comes from
-        return self.mask_factory(decision.masks, columns, tuple(names))
+        catalog = self.catalog()
+        known = catalog if isinstance(catalog, Catalog) else None
+        outputs = _masked_outputs(decision)
+        origins = tuple(self._origin(column, outputs.get(i), known) for i, column in enumerate(columns))
+        return self.mask_factory(decision.masks, columns, origins, self._codec)
+
+    def _origin(self, column: Column, output: dict[str, Any] | None, catalog: Catalog | None) -> Origin:
+        """Where a result column's values come from: the server's RowDescription (the column
+        it comes straight from, or a relation's row type) and the analysis (`output`)."""
+        named = self._tables.get(column.table_oid, {}).get(column.attnum) if column.table_oid else None
+        if output is not None and "shape" in output:
+            schema, _, name = str(output["table"]).partition(".")
+            relation = catalog.relation(schema, name) if catalog is not None else None
+            if relation is None or catalog is None:
+                raise ValueError(f"the catalog does not hold {output['table']}, whose rows the result embeds")
+            row_type = catalog.row_type(relation) if catalog.complete else None
+            return Origin(row=relation, shape=str(output["shape"]), row_type=row_type)
+        if output is not None and named not in output["columns"]:
+            return Origin(derived=tuple(output["columns"]))  # computed: one constant
+        relation = catalog.row_types.get(column.type_oid) if catalog is not None and output is None else None
+        if relation is not None:
+            return Origin(row=relation, shape="record", row_type=column.type_oid)
+        return Origin(column=named)
 
     def _error(self, frame: tuple[int, int, int], body: memoryview, head: Expect | None, out: list[Command]) -> None:
         self.confirmed.error()
@@ -790,8 +819,10 @@ class ProxySession:
                 statement.error = (f"permission denied by interceptor rule {decision.rule!r}: "
                                    f"{decision.reason or 'denied'}")
                 replacement = codec.error_response("42501", statement.error)
-        elif statement is not None:
-            statement.error = codec.read_fields(body).get("M", "error")
+        else:
+            replacement = self._checked_text(b"E", body, head)
+            if statement is not None:
+                statement.error = codec.read_fields(replacement[5:] if replacement else body).get("M", "error")
         if head is not None and head.kind not in ("query", "sync"):
             if head.change is not None:
                 head.change.failed()
@@ -805,6 +836,19 @@ class ProxySession:
             self._row_mask = None
         if replacement is not None:
             self._server.replace(frame[1], frame[2], [replacement])
+
+    def _checked_text(self, kind: bytes, body: memoryview, head: Expect | None) -> bytes | None:
+        """The frame to send instead of an ErrorResponse or NoticeResponse, None to send it as
+        it came. One raised while a statement computes masked values may quote one (a failed
+        cast quotes its input): its text is withheld, naming the rules. Any other has what the
+        classifiers find replaced, when `scan_errors` is on."""
+        decision = _decision_of(head)
+        rules = [spec.rule for spec in decision.masks if spec.columns] if decision is not None else []
+        if rules:
+            new: bytes | None = withhold_error_text(body, list(dict.fromkeys(rules)))
+        else:
+            new = scrub_error_text(body) if self.scan_errors else None
+        return None if new is None else _frame(kind, new)
 
     def _finish(self, frame: tuple[int, int, int], out: list[Command]) -> None:
         """Pop the head; if it was a statement, audit it before the frame that ends it."""
@@ -891,6 +935,15 @@ def _frame(kind: bytes, body: bytes) -> bytes:
 def _with_format(column: Column, formats: tuple[int, ...], index: int) -> Column:
     fmt = formats[index] if len(formats) > 1 else (formats[0] if formats else 0)
     return Column(column.name, column.table_oid, column.attnum, column.type_oid, fmt)
+
+
+def _decision_of(head: Expect | None) -> Decision | None:
+    """The decision of the statement the server is answering."""
+    if head is None:
+        return None
+    if head.statement is not None:
+        return head.statement.decision
+    return head.portal.decision if head.portal is not None else None
 
 
 def _withheld(reason: str) -> RowMask:
