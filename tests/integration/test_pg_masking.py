@@ -1,0 +1,626 @@
+"""Masked columns stay masked whatever shape the result takes: through the kernel redirect,
+real clients (psql, psycopg in text, asyncpg in binary) read public.customers of a real
+PostgreSQL 15 as the agent `analyst`, whose policy masks card_number (partial) and email
+(redact). Every test checks the raw text the client got (rows, errors, notices) for the
+clear values, and that what is not masked arrives exact.
+
+"masked" means a card shows as partial (only its last four digits), an email as `****`, the
+other fields exact, NULL stays NULL. "denied" means SQLSTATE 42501 naming an interceptor rule.
+The resource logs in as `app`, a role that is not a superuser and owns the table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from daemon import INTERCEPTOR, Daemon, detach_everything
+from pg_fixture import PgServer
+
+pytestmark = pytest.mark.root
+
+AGENT = "analyst"
+SUPER_PASSWORD = "s3cret-super-pw"
+APP_PASSWORD = "s3cret-app-pw"
+NAMES = {1: "Ada", 2: "Grace", 3: "Nobody"}
+CARDS = {1: "4111 1111 1111 1111", 2: "5500 0000 0000 0004"}
+EMAILS = {1: "ada@example.com", 2: "grace@example.com"}
+EVE = (4, "Eve", "eve@example.com", "4012 8888 8888 1881")  # inserted by one test, gone after it
+CLEAR = (*CARDS.values(), *EMAILS.values(), EVE[2], EVE[3])
+# the card digits in any spacing: "4111111111111111", "4111-1111-...", as JSON or composite text
+CLEAR_DIGITS = tuple(re.sub(r"\D", "", card) for card in (*CARDS.values(), EVE[3]))
+
+ROWS = f"""
+insert into public.customers values (1, 'Ada', '{EMAILS[1]}', '{CARDS[1]}'),
+  (2, 'Grace', '{EMAILS[2]}', '{CARDS[2]}'), (3, 'Nobody', NULL, NULL);
+"""
+SETUP = f"""
+create role app login password '{APP_PASSWORD}';
+grant create on schema public to app;
+set role app;
+create table public.customers (id int primary key, name text, email text, card_number text);
+{ROWS}
+"""
+RESTORE = f"delete from public.customers; {ROWS}"
+
+
+def policy_text(pg: PgServer, secret) -> str:
+    rule = "{{name: {}, effect: {}, agents: [{}], resources: [db], {}}}".format
+    rules = [
+        rule("read-public", "allow", AGENT, 'sql: {kinds: [select], tables: ["public.*"]}'),
+        rule("write-customers", "allow", AGENT, "sql: {kinds: [insert, update], tables: [public.customers]}"),
+        rule("copy", "allow", AGENT, "sql: {kinds: [copy]}"),
+        rule("settings", "allow", AGENT, "sql: {kinds: [set, reset]}"),
+        # asyncpg turns jit off with set_config() before it asks the catalog about a composite type
+        rule("set-config", "allow", AGENT, "sql: {kinds: [select], functions: [set_config, pg_catalog.set_config]}"),
+        rule("mask-card", "mask", AGENT, "mask: {columns: [public.customers.card_number], style: partial}"),
+        rule("mask-email", "mask", AGENT, "mask: {columns: [public.customers.email], style: redact}"),
+    ]
+    body = "\n".join(f"  - {r}" for r in rules)
+    return f"""
+version: 1
+agents:
+  {AGENT}: {{unprotected: deny}}
+resources:
+  db:
+    protocol: postgres
+    addresses: ["127.0.0.1:{pg.port}"]
+    credentials: {{from: file, path: {secret}}}
+rules:
+{body}
+"""
+
+
+ALLOW_RULES = {"read-public", "write-customers", "copy", "settings", "set-config"}
+
+
+class Env:
+    def __init__(self, daemon: Daemon, pg: PgServer) -> None:
+        self.daemon, self.pg = daemon, pg
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("pg-masking")
+    with PgServer(user="owner", password=SUPER_PASSWORD) as pg:
+        pg.psql(SETUP)
+        secret = workdir / "db-credentials"
+        fd = os.open(secret, os.O_WRONLY | os.O_CREAT, 0o600)
+        os.write(fd, f"user: app\npassword: {APP_PASSWORD}\n".encode())
+        os.close(fd)
+        policy = workdir / "policy.yaml"
+        policy.write_text(policy_text(pg, secret))
+        daemon = Daemon(workdir, policy, redirect="bpf")
+        daemon.start()
+        try:
+            yield Env(daemon, pg)
+        finally:
+            daemon.stop()
+            detach_everything()
+
+
+@pytest.fixture(autouse=True)
+def _restore(env):
+    """Whatever a test wrote (RETURNING, a failure half way), the next one starts from the same rows."""
+    yield
+    env.pg.psql(RESTORE)
+
+
+def conninfo(pg: PgServer) -> str:
+    # the agent's own user and password: the enforcer logs in with the resource's
+    return f"host=127.0.0.1 port={pg.port} dbname=postgres user=agent password=not-the-real-one sslmode=disable"
+
+
+# ---- clients under `interceptor exec` ---------------------------------------------------------------
+
+def psql(env: Env, *commands: str) -> subprocess.CompletedProcess:
+    """Each command a -c of its own, in one session; quiet (no command tags), verbose errors."""
+    argv = [INTERCEPTOR, "exec", "--agent", AGENT, "--", "psql", conninfo(env.pg), "-X", "-At", "-q",
+            "-v", "VERBOSITY=verbose"]
+    for command in commands:
+        argv += ["-c", command]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60)
+
+
+def psql_errors(stderr: str) -> list[tuple[str, str, str]]:
+    """(severity, SQLSTATE, message) of each error psql printed with VERBOSITY=verbose."""
+    return re.findall(r"(ERROR|FATAL):\s+([0-9A-Z]{5}): (.*)", stderr)
+
+
+def agent_python(code: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([INTERCEPTOR, "exec", "--agent", AGENT, "--", sys.executable, "-c", textwrap.dedent(code),
+                           *args], capture_output=True, text=True, timeout=timeout)
+
+
+def agent_json(code: str, *args: str) -> dict:
+    """Runs the agent's script; checks everything it got (printed or in a traceback) for clear values."""
+    out = agent_python(code, *args)
+    assert_never_clear(out.stdout + out.stderr)
+    assert out.returncode == 0 and out.stdout.strip(), out.stdout + "\n".join(out.stderr.splitlines()[-3:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+PSYCOPG = """
+import json, sys, psycopg
+out, notices = {}, []
+def attempt(key, call):
+    try:
+        out[key] = call()
+    except psycopg.Error as exc:
+        d = exc.diag
+        out[key] = {"error": exc.sqlstate, "str": str(exc), "primary": d.message_primary,
+                    "detail": d.message_detail, "hint": d.message_hint, "context": d.context,
+                    "internal_query": d.internal_query}
+    except Exception as exc:  # the client could not read what it got (a value it cannot parse)
+        out[key] = {"client_error": repr(exc)}
+conn = psycopg.connect(sys.argv[1], autocommit=True)
+conn.add_notice_handler(lambda d: notices.append([d.sqlstate, d.message_primary, d.message_detail, d.context]))
+"""
+PSYCOPG_END = """
+conn.close()
+print(json.dumps({**out, "notices": notices}, default=str))
+"""
+
+ASYNCPG = """
+import asyncio, json, sys, asyncpg
+out, notices = {}, []
+def plain(value):
+    if isinstance(value, asyncpg.Record):
+        return [plain(v) for v in value.values()]
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+async def attempt(key, call):
+    try:
+        out[key] = plain(await call())
+    except asyncpg.PostgresError as exc:
+        out[key] = {"error": exc.sqlstate, "str": str(exc), "detail": exc.detail, "fields": exc.as_dict()}
+    except Exception as exc:  # the client could not read what it got (a value it cannot decode)
+        out[key] = {"client_error": repr(exc)}
+async def main():
+    conn = await asyncpg.connect(host="127.0.0.1", port=int(sys.argv[1]), user="agent", password="x",
+                                 database="postgres", ssl=False)
+    conn.add_log_listener(lambda c, m: notices.append(m.as_dict()))
+"""
+ASYNCPG_END = """
+    await conn.close()
+asyncio.run(main())
+print(json.dumps({**out, "notices": notices}, default=str))
+"""
+
+
+def psycopg_session(env: Env, body: str) -> dict:
+    """`body` (indented 0) runs with `conn` (autocommit) and `attempt(key, call)`; returns what it got."""
+    return agent_json(PSYCOPG + textwrap.dedent(body) + PSYCOPG_END, conninfo(env.pg))
+
+
+def asyncpg_session(env: Env, body: str) -> dict:
+    """`body` (indented 4, inside `async def main`) runs with `conn` and `await attempt(key, coroutine fn)`."""
+    return agent_json(ASYNCPG + textwrap.indent(textwrap.dedent(body), "    ") + ASYNCPG_END, str(env.pg.port))
+
+
+# ---- what the client got ------------------------------------------------------------------------------
+
+def assert_never_clear(text) -> None:
+    """No clear card number (in any spacing) or email in what the client received."""
+    if not isinstance(text, str):
+        text = json.dumps(text, default=str)
+    for clear in CLEAR:
+        assert clear.lower() not in text.lower(), f"{clear!r} leaked:\n{text}"
+    for run in re.findall(r"\d[\d\s\-./]*\d", text):  # digits with separators between them
+        digits = re.sub(r"\D", "", run)
+        for clear in CLEAR_DIGITS:
+            assert clear not in digits, f"the digits of {clear!r} leaked as {run!r}:\n{text}"
+
+
+def rule_of(message: str) -> str | None:
+    found = re.search(r"interceptor rule '([^']+)'", message)
+    return found.group(1) if found else None
+
+
+def assert_partial_card(value, card: str) -> None:
+    """Partial: the last four digits kept, every other digit hidden ('**** **** **** 1111')."""
+    assert isinstance(value, str) and value != card, f"{value!r} is not a masked card"
+    assert "*" in value and value.endswith(card[-4:]), f"{value!r} is not {card!r} masked partially"
+    assert re.sub(r"\D", "", value) == card[-4:], f"{value!r} shows more than the last four digits"
+
+
+def assert_masked_customer(fields, expect_id: int) -> None:
+    """One customers row (id, name, email, card_number), masked inside: NULL stays NULL."""
+    assert len(fields) == 4, fields
+    assert str(fields[0]) == str(expect_id) and fields[1] == NAMES[expect_id], fields
+    if expect_id in CARDS:
+        assert fields[2] == "****", f"email not redacted: {fields}"
+        assert_partial_card(fields[3], CARDS[expect_id])
+    else:
+        assert fields[2] is None and fields[3] is None, f"NULLs must stay NULL: {fields}"
+
+
+def assert_masked_customers(rows, ids=(1, 2, 3)) -> None:
+    assert len(rows) == len(ids), rows
+    for fields, expect_id in zip(rows, ids):
+        assert_masked_customer(fields, expect_id)
+
+
+def assert_masked_json(objects, ids=(1, 2, 3)) -> None:
+    """Customers rows as JSON objects (parsed): the same masking, keyed by column name."""
+    assert [o["id"] for o in objects] == list(ids), objects
+    for obj in objects:
+        assert set(obj) == {"id", "name", "email", "card_number"}, obj
+        assert_masked_customer([obj["id"], obj["name"], obj["email"], obj["card_number"]], obj["id"])
+
+
+def parse_json(text: str):
+    try:
+        return json.loads(text)
+    except ValueError:
+        pytest.fail(f"not JSON (masked as a whole value instead of inside?): {text!r}")
+
+
+def record(text: str) -> list[str | None]:
+    """The fields of a composite value in PostgreSQL's text form: '(1,Ada,****,"**** 1111")'."""
+    assert text.startswith("(") and text.endswith(")"), f"not a record: {text!r}"
+    body, fields, i = text[1:-1], [], 0
+    while True:
+        if body[i:i + 1] == '"':
+            value, i = [], i + 1
+            while True:
+                ch = body[i]
+                if ch == "\\":
+                    value.append(body[i + 1])
+                    i += 2
+                elif ch == '"' and body[i + 1:i + 2] == '"':
+                    value.append('"')
+                    i += 2
+                elif ch == '"':
+                    i += 1
+                    break
+                else:
+                    value.append(ch)
+                    i += 1
+            fields.append("".join(value))
+        else:
+            end = body.find(",", i)
+            end = len(body) if end < 0 else end
+            fields.append(body[i:end] or None)  # empty and unquoted: NULL
+            i = end
+        if i >= len(body):
+            return fields
+        assert body[i] == ",", f"bad record {text!r}"
+        i += 1
+
+
+def lines_of(out: subprocess.CompletedProcess) -> list[str]:
+    """psql's rows, after checking everything it printed for clear values and that nothing failed."""
+    assert_never_clear(out.stdout + out.stderr)
+    assert out.returncode == 0 and not psql_errors(out.stderr), out.stderr
+    return out.stdout.splitlines()
+
+
+def psql_fields(out: subprocess.CompletedProcess) -> list[list[str | None]]:
+    """psql -At rows split on '|'; an empty field is NULL (no test value is an empty string)."""
+    return [[f or None for f in line.split("|")] for line in lines_of(out)]
+
+
+def denied_in_psql(out: subprocess.CompletedProcess) -> bool:
+    """True when psql got the enforcer's 42501 naming a rule that is not an allow rule (and no rows)."""
+    errors = psql_errors(out.stderr)
+    if not errors:
+        return False
+    severity, sqlstate, message = errors[0]
+    assert sqlstate == "42501", out.stderr
+    assert rule_of(message) not in (None, *ALLOW_RULES), message
+    assert not out.stdout.strip(), out.stdout
+    return True
+
+
+# The same rows with other hidden parts: the cards keep their format and last four digits (what
+# partial masking shows), the emails change. A client's view that changes with them shows the
+# hidden part, or something computed from it (a hash, a length, the card reversed).
+OTHER_SECRETS = {1: ("zed.x@elsewhere.io", "3999 2222 5555 1111"), 2: ("q@example.net", "6011 7777 3333 0004")}
+
+
+def assert_same_view_with_other_secrets(env: Env, commands: tuple[str, ...], seen: subprocess.CompletedProcess) -> None:
+    """Runs `commands` again in psql after the superuser changed the hidden parts of the masked
+    values: the client must see exactly what it saw (rows in any order, the same errors)."""
+    for row_id, (email, card) in OTHER_SECRETS.items():
+        env.pg.psql(f"update public.customers set email = '{email}', card_number = '{card}' where id = {row_id}")
+    try:
+        again = psql(env, *commands)
+    finally:
+        env.pg.psql(RESTORE)
+    assert_never_clear(again.stdout + again.stderr)
+    assert sorted(again.stdout.splitlines()) == sorted(seen.stdout.splitlines()), \
+        f"{commands}: what the client sees depends on the masked values:\n{seen.stdout}\n---\n{again.stdout}"
+    assert psql_errors(again.stderr) == psql_errors(seen.stderr), (seen.stderr, again.stderr)
+
+
+def rows_of(got: dict, key: str) -> list:
+    """The rows a client script got for `key`, failing with the error it got instead."""
+    assert isinstance(got[key], list), f"{key}: {got[key]}"
+    return got[key]
+
+
+def assert_plain_columns_exact(env: Env) -> None:
+    """What no rule masks arrives exact (the same session, after whatever the test did)."""
+    assert psql_fields(psql(env, "select id, name from customers order by id")) == \
+        [["1", "Ada"], ["2", "Grace"], ["3", "Nobody"]]
+
+
+# ---- 1. whole rows are masked inside: the masked field replaced, the rest exact ----------------------------
+
+def test_whole_row_in_psql_is_masked_inside(env):
+    rows = lines_of(psql(env, "select c from customers c order by id", "select id, name from customers order by id"))
+    assert len(rows) == 6, rows
+    assert_masked_customers([record(line) for line in rows[:3]])
+    assert rows[2] == "(3,Nobody,,)", rows
+    assert rows[3:] == ["1|Ada", "2|Grace", "3|Nobody"], rows
+
+
+@pytest.mark.parametrize("function", ["row_to_json(c)", "to_json(c)", "to_jsonb(c)"])
+def test_row_as_json_in_psql_is_masked_inside(env, function):
+    # WHERE and ORDER BY on id, which is not masked (on a masked column they are refused by design)
+    rows = lines_of(psql(env, f"select {function} from customers c where id in (1, 2, 3) order by id"))
+    assert_masked_json([parse_json(line) for line in rows])
+    one = lines_of(psql(env, f"select {function} from customers c where id = 1"))
+    assert_masked_json([parse_json(line) for line in one], ids=(1,))
+    assert_plain_columns_exact(env)
+
+
+@pytest.mark.parametrize("function", ["json_agg(c)", "jsonb_agg(c)"])
+def test_rows_aggregated_as_json_in_psql_are_masked_inside(env, function):
+    rows = lines_of(psql(env, f"select {function} from customers c"))
+    assert len(rows) == 1, rows
+    objects = parse_json(rows[0])
+    assert isinstance(objects, list) and len(objects) == 3, objects
+    assert_masked_json(sorted(objects, key=lambda o: o["id"]))
+
+
+def test_whole_row_in_psycopg_text_is_masked_inside(env):
+    got = psycopg_session(env, """
+        attempt("rows", lambda: conn.execute("select c from customers c order by id").fetchall())
+        attempt("jsonb", lambda: conn.execute("select to_jsonb(c) from customers c order by id").fetchall())
+        attempt("param", lambda: conn.execute("select c from customers c where id = %s", (2,)).fetchall())
+        attempt("plain", lambda: conn.execute("select id, name from customers order by id").fetchall())
+    """)
+    assert all(isinstance(row[0], str) for row in rows_of(got, "rows")), got["rows"]
+    assert_masked_customers([record(row[0]) for row in got["rows"]])
+    assert all(isinstance(row[0], dict) for row in rows_of(got, "jsonb")), got["jsonb"]
+    assert_masked_json([row[0] for row in got["jsonb"]])
+    assert_masked_customers([record(row[0]) for row in rows_of(got, "param")], ids=(2,))
+    assert got["plain"] == [[1, "Ada"], [2, "Grace"], [3, "Nobody"]], got
+    assert got["notices"] == [], got
+
+
+def test_whole_row_in_asyncpg_binary_is_masked_inside(env):
+    got = asyncpg_session(env, """
+        await attempt("rows", lambda: conn.fetch("select c from customers c order by id"))
+        await attempt("json", lambda: conn.fetch("select row_to_json(c) from customers c order by id"))
+        await attempt("jsonb", lambda: conn.fetch("select to_jsonb(c) from customers c order by id"))
+        await attempt("plain", lambda: conn.fetch("select id, name from customers order by id"))
+    """)
+    assert_masked_customers([row[0] for row in rows_of(got, "rows")])
+    for key in ("json", "jsonb"):
+        assert all(isinstance(row[0], str) for row in rows_of(got, key)), got[key]
+        assert_masked_json([parse_json(row[0]) for row in got[key]])
+    assert got["plain"] == [[1, "Ada"], [2, "Grace"], [3, "Nobody"]], got
+    assert got["notices"] == [], got
+
+
+# ---- 2. other shapes: masked as a whole value, or denied; never clear -----------------------------------
+
+OTHER_SHAPES = [
+    ("select c::text from customers c", 3),
+    ("select ROW(c.*) from customers c", 3),
+    ("select array_agg(c) from customers c", 1),
+    ("select string_agg(c::text, ';') from customers c", 1),
+    ("select concat(c) from customers c", 3),
+    ("select format('%s', c) from customers c", 3),
+    ("select md5(c::text) from customers c", 3),
+    ("select x from (select * from customers) x", 3),
+    ("select row_to_json(x) from (select card_number as cc from customers) x", 3),
+    ("select json_build_object('cc', card_number) from customers", 3),
+    ("select upper(email), reverse(card_number) from customers", 3),
+]
+
+
+@pytest.mark.parametrize("sql,count", OTHER_SHAPES, ids=[s for s, _ in OTHER_SHAPES])
+def test_other_shapes_are_masked_whole_or_denied(env, sql, count):
+    out = psql(env, sql)
+    assert_never_clear(out.stdout + out.stderr)
+    if not denied_in_psql(out):
+        assert len(psql_fields(out)) == count, out.stdout
+        # neither the clear values nor anything computed from them (a hash, upper case, reversed)
+        assert_same_view_with_other_secrets(env, (sql,), out)
+    assert_plain_columns_exact(env)
+
+
+# ---- 3. computed values give the oracle nothing ------------------------------------------------------------
+
+@pytest.mark.parametrize("sql", [
+    "select case when card_number like '4%' then null else 1 end from customers order by id",
+    "select length(card_number) from customers order by id",
+])
+def test_values_computed_from_a_masked_column_are_one_constant(env, sql):
+    """Were the NULL-ness or the length shown, a card's first digit or its length would be."""
+    lines = lines_of(psql(env, sql))
+    assert len(lines) == 3, lines
+    assert len(set(lines)) == 1, f"the rows differ with the card: {lines}"
+    assert lines == ["****"] * 3, lines
+    assert_plain_columns_exact(env)
+
+
+# ---- 4. the server's word: a masked column renamed in a subquery -------------------------------------------
+
+def test_masked_column_renamed_in_a_subquery_is_masked(env):
+    rows = psql_fields(psql(env, "select cc, id from (select id, card_number as cc from customers) s order by s.id"))
+    assert [row[1] for row in rows] == ["1", "2", "3"], rows
+    assert_partial_card(rows[0][0], CARDS[1])
+    assert_partial_card(rows[1][0], CARDS[2])
+    assert rows[2][0] is None, rows
+
+
+# ---- 5. RETURNING -------------------------------------------------------------------------------------------
+
+def test_update_returning_star_is_masked(env):
+    rows = psql_fields(psql(env, "update customers set name = name where id = 1 returning *"))
+    assert_masked_customers(rows, ids=(1,))
+    assert env.pg.psql("select card_number from customers where id = 1") == CARDS[1]
+
+
+def test_insert_returning_masked_columns_is_masked(env):
+    new_id, name, email, card = EVE
+    rows = psql_fields(psql(env, f"insert into customers values ({new_id}, '{name}', '{email}', '{card}') "
+                                 "returning card_number, email, name"))
+    assert len(rows) == 1, rows
+    assert_partial_card(rows[0][0], card)
+    assert rows[0][1:] == ["****", "Eve"], rows
+    assert env.pg.psql(f"select email || '|' || card_number from customers where id = {new_id}") == f"{email}|{card}"
+
+
+# ---- 6. COPY TO STDOUT --------------------------------------------------------------------------------------
+
+def copy_rows(out: subprocess.CompletedProcess) -> list[list[str | None]]:
+    """COPY's text rows: tab separated, \\N for NULL."""
+    return [[None if f == r"\N" else f for f in line.split("\t")] for line in lines_of(out)]
+
+
+def test_copy_of_the_table_is_masked_or_denied(env):
+    out = psql(env, "copy customers to stdout")
+    assert_never_clear(out.stdout + out.stderr)
+    if not denied_in_psql(out):
+        assert_masked_customers(copy_rows(out))
+    assert_plain_columns_exact(env)
+
+
+def test_copy_of_columns_no_rule_masks_gives_the_rows(env):
+    assert copy_rows(psql(env, "copy (select id, name from customers order by id) to stdout")) == \
+        [["1", "Ada"], ["2", "Grace"], ["3", "Nobody"]]
+
+
+@pytest.mark.parametrize("sql", [
+    "copy (select card_number from customers) to stdout",
+    "copy (select c from customers c) to stdout",
+    "copy (select id, email from customers order by id) to stdout",
+])
+def test_copy_of_a_query_reading_masked_columns_is_masked_or_denied(env, sql):
+    out = psql(env, sql)
+    assert_never_clear(out.stdout + out.stderr)
+    if not denied_in_psql(out):
+        assert len(copy_rows(out)) == 3, out.stdout
+        assert_same_view_with_other_secrets(env, (sql,), out)
+
+
+# ---- 7. cursors ---------------------------------------------------------------------------------------------
+
+def test_sql_cursor_in_psql_fetches_masked_rows(env):
+    """DECLARE is judged as its query; FETCH returns its rows masked."""
+    out = psql(env, "begin", "declare x cursor for select * from customers order by id", "fetch 1 from x",
+               "fetch all from x", "close x", "commit")
+    assert_never_clear(out.stdout + out.stderr)
+    assert not psql_errors(out.stderr), out.stderr
+    assert_masked_customers(psql_fields(out))
+
+
+def test_psycopg_named_cursor_fetches_masked_rows(env):
+    got = psycopg_session(env, """
+        def named():
+            with psycopg.connect(sys.argv[1]) as tx:  # not autocommit: a named cursor lives in a transaction
+                with tx.cursor(name="cur") as cur:
+                    cur.execute("select * from customers order by id")
+                    return {"first": cur.fetchmany(1), "rest": cur.fetchall()}
+        attempt("named", named)
+    """)
+    assert isinstance(got["named"], dict) and set(got["named"]) == {"first", "rest"}, got
+    assert_masked_customers(got["named"]["first"], ids=(1,))
+    assert_masked_customers(got["named"]["rest"], ids=(2, 3))
+
+
+def test_asyncpg_portal_cursors_fetch_masked_rows(env):
+    got = asyncpg_session(env, """
+        async def iterate():
+            async with conn.transaction():
+                return [r async for r in conn.cursor("select * from customers order by id", prefetch=1)]
+        async def fetch():
+            async with conn.transaction():
+                cur = await conn.cursor("select * from customers order by id")
+                return [await cur.fetch(1), await cur.fetch(10)]
+        await attempt("iterate", iterate)
+        await attempt("fetch", fetch)
+    """)
+    assert_masked_customers(rows_of(got, "iterate"))
+    assert_masked_customers(rows_of(got, "fetch")[0], ids=(1,))
+    assert_masked_customers(got["fetch"][1], ids=(2, 3))
+
+
+# ---- 8. errors and notices carry no value -------------------------------------------------------------------
+
+@pytest.mark.parametrize("sql,rule", [
+    ("select card_number::int from customers", "mask-card"),
+    ("select email::int from customers", "mask-email"),
+])
+def test_cast_error_in_psql_keeps_its_sqlstate_but_withholds_the_value(env, sql, rule):
+    out = psql(env, sql, "select id, name from customers order by id")
+    assert_never_clear(out.stdout + out.stderr)
+    errors = psql_errors(out.stderr)
+    assert len(errors) == 1 and errors[0][1] == "22P02", out.stderr
+    message = errors[0][2]
+    assert rule in message and "withheld" in message.lower(), message
+    assert out.stdout.splitlines() == ["1|Ada", "2|Grace", "3|Nobody"], out.stdout
+
+
+def test_error_computed_from_a_masked_column_carries_no_value(env):
+    out = psql(env, "select to_number(card_number, '9') / 0 from customers", "select 1")
+    assert_never_clear(out.stdout + out.stderr)
+    assert psql_errors(out.stderr), out.stderr
+    assert out.stdout.splitlines() == ["1"], out.stdout
+
+
+def test_error_of_a_statement_reading_no_masked_column_keeps_its_message(env):
+    out = psql(env, "select 'abc'::int")
+    errors = psql_errors(out.stderr)
+    assert errors and errors[0][1] == "22P02", out.stderr
+    assert 'invalid input syntax for type integer: "abc"' in errors[0][2], errors
+
+
+def test_cast_errors_in_psycopg_withhold_the_value(env):
+    got = psycopg_session(env, """
+        for key, sql in (("card", "select card_number::int from customers"),
+                         ("email", "select email::int from customers"),
+                         ("card-param", "select card_number::int from customers where id = %s"),
+                         ("computed", "select to_number(card_number, '9') / 0 from customers"),
+                         ("plain", "select 'abc'::int")):
+            attempt(key, lambda: conn.execute(sql, (1,) if "%s" in sql else None).fetchall())
+        attempt("after", lambda: conn.execute("select id, name from customers order by id").fetchall())
+    """)
+    for key, rule in (("card", "mask-card"), ("email", "mask-email"), ("card-param", "mask-card")):
+        error = got[key]
+        assert isinstance(error, dict) and error["error"] == "22P02", f"{key}: {error}"
+        assert rule in error["primary"] and "withheld" in error["primary"].lower(), f"{key}: {error}"
+    assert isinstance(got["computed"], dict) and got["computed"]["error"], got["computed"]
+    assert got["plain"]["error"] == "22P02" and '"abc"' in got["plain"]["primary"], got["plain"]
+    assert got["after"] == [[1, "Ada"], [2, "Grace"], [3, "Nobody"]], got
+
+
+def test_cast_errors_in_asyncpg_withhold_the_value(env):
+    got = asyncpg_session(env, """
+        await attempt("card", lambda: conn.fetch("select card_number::int from customers"))
+        await attempt("email", lambda: conn.fetch("select email::int from customers"))
+        await attempt("card-param", lambda: conn.fetch("select card_number::int from customers where id = $1", 2))
+        await attempt("computed", lambda: conn.fetch("select to_number(card_number, '9') / 0 from customers"))
+        await attempt("plain", lambda: conn.fetch("select 'abc'::int"))
+        await attempt("after", lambda: conn.fetch("select id, name from customers order by id"))
+    """)
+    for key, rule in (("card", "mask-card"), ("email", "mask-email"), ("card-param", "mask-card")):
+        error = got[key]
+        assert isinstance(error, dict) and error["error"] == "22P02", f"{key}: {error}"
+        assert rule in error["str"] and "withheld" in error["str"].lower(), f"{key}: {error}"
+    assert isinstance(got["computed"], dict) and got["computed"]["error"], got["computed"]
+    assert got["plain"]["error"] == "22P02" and '"abc"' in got["plain"]["str"], got["plain"]
+    assert got["after"] == [[1, "Ada"], [2, "Grace"], [3, "Nobody"]], got
