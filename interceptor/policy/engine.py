@@ -35,6 +35,7 @@ from interceptor.policy.statement import Action, Call, ColumnRef, OutputColumn, 
 DEFAULT_DENY = "default-deny"
 TRANSACTION_RULE = "builtin-transaction-control"
 BOOTSTRAP_RULE = "builtin-session-bootstrap"
+CURSOR_RULE = "builtin-cursor"
 DANGEROUS_RULE = "builtin-dangerous-functions"
 UNPARSED_RULE = "sql-not-understood"
 OPAQUE_RULE = "sql-opaque-statement"
@@ -89,7 +90,11 @@ _BUILTIN_KINDS = {
     "reset": (BOOTSTRAP_RULE, "RESET (back to the session's defaults) is allowed by default"),
     "discard": (BOOTSTRAP_RULE, "DISCARD (what connection pools send) is allowed by default"),
     "deallocate": (BOOTSTRAP_RULE, "DEALLOCATE of the session's own prepared statements is allowed by default"),
+    "fetch": (CURSOR_RULE, "FETCH and MOVE read a cursor whose DECLARE was judged (the session refuses any other "
+                           "and masks what it returns as its query's result)"),
+    "close": (CURSOR_RULE, "CLOSE of the session's own cursors is allowed by default"),
 }
+_ALWAYS_BUILTIN = frozenset({"transaction", "fetch", "close"})
 _RANK = {Verdict.ALLOW: 0, Verdict.APPROVE: 1, Verdict.DENY: 2}
 _EFFECT_VERDICT = {"deny": Verdict.DENY, "approve": Verdict.APPROVE, "allow": Verdict.ALLOW}
 
@@ -256,7 +261,7 @@ class PolicyEngine:
             return _Judgement(Verdict.ALLOW, "empty-query", "no statement"), [], []
         if statement.opaque:
             return self._opaque(statement, rules), [], []
-        if statement.kind in _BUILTIN_KINDS and (statement.kind == "transaction" or statement.bootstrap):
+        if statement.kind in _BUILTIN_KINDS and (statement.kind in _ALWAYS_BUILTIN or statement.bootstrap):
             denied = [r for r in rules if r.effect == "deny" and r.sql and _explicit_kind(r, statement.kind)]
             if denied:
                 return _Judgement(Verdict.DENY, denied[0].name, denied[0].reason or f"{statement.kind} denied"), [], []

@@ -44,10 +44,12 @@ from interceptor.policy.catalog import (
     SYSTEM_SCHEMAS, Catalog, CatalogUnavailable, Type, fold_identifier, parse_search_path, truncate_identifier,
 )
 from interceptor.policy.settings import SessionSettings
-from interceptor.policy.sql_functions import explicit_operators, function_calls, implicit_operators, written_names
+from interceptor.policy.sql_functions import (
+    explicit_operators, function_calls, implicit_operators, token_name, written_names,
+)
 from interceptor.policy.sql_session import (
-    deallocate, discard, refuse_unsafe_encoding, reset, session_select, set_config_effects, set_statement, show,
-    transaction,
+    close, deallocate, discard, fetch, refuse_unsafe_encoding, reset, session_select, set_config_effects,
+    set_statement, show, transaction,
 )
 from interceptor.policy.statement import (
     CATALOG_UNAVAILABLE, CATALOG_UNKNOWN_FUNCTION, CATALOG_UNKNOWN_RELATION, CATALOG_UNKNOWN_TYPE, Action, Call,
@@ -64,14 +66,14 @@ DIALECT = Postgres()
 # touch, so the engine denies them unless a rule names the kind explicitly.
 _COMMAND_KINDS = {
     "CALL": "call", "DO": "do", "VACUUM": "vacuum", "PREPARE": "prepare", "EXECUTE": "execute", "LOCK": "lock",
-    "REFRESH": "refresh", "REINDEX": "reindex", "FETCH": "fetch", "MOVE": "fetch",
-    "DECLARE": "declare", "CLOSE": "close", "LISTEN": "listen", "UNLISTEN": "listen",
+    "REFRESH": "refresh", "REINDEX": "reindex", "LISTEN": "listen", "UNLISTEN": "listen",
     "NOTIFY": "notify", "CHECKPOINT": "checkpoint", "CLUSTER": "cluster",
     "LOAD": "load", "IMPORT": "import", "SECURITY": "security_label", "REASSIGN": "reassign",
 }
 # Statements about the session, read word by word (interceptor.policy.sql_session).
 _SESSION_STATEMENTS: dict[str, Callable[[str, list[Token]], Statement]] = {
     "SET": set_statement, "RESET": reset, "SHOW": show, "DISCARD": discard, "DEALLOCATE": deallocate,
+    "FETCH": fetch, "MOVE": fetch, "CLOSE": close,
     **{word: transaction for word in ("BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT", "SAVEPOINT", "RELEASE")},
 }
 _EXPLAIN_OPTIONS = {"ANALYZE", "ANALYSE", "VERBOSE"}
@@ -410,6 +412,8 @@ def _analyse_chunk(text: str, chunk: list[Token], names: _Names) -> Statement:
     first = chunk[0].text.upper()
     if first == "EXPLAIN":
         return _explain(source, chunk, names)
+    if first == "DECLARE":
+        return _declare(source, chunk, names)
     if _unicode_identifier(chunk):
         return Statement(source, "unknown", error='U&"..." identifiers with unicode escapes are not supported')
     session = _SESSION_STATEMENTS.get(first)
@@ -440,6 +444,34 @@ def _analyse_chunk(text: str, chunk: list[Token], names: _Names) -> Statement:
         return Statement(source, kind, error=str(exc), rule=exc.rule)
     except Exception as exc:  # an AST shape the analyser never met: fail closed, never crash
         return Statement(source, kind, error=f"analyser failed ({type(exc).__name__}: {exc})")
+
+
+_CURSOR_OPTIONS = frozenset({"BINARY", "ASENSITIVE", "INSENSITIVE", "NO", "SCROLL"})
+
+
+def _declare(source: str, chunk: list[Token], names: _Names) -> Statement:
+    """DECLARE name [BINARY] [ASENSITIVE | INSENSITIVE] [[NO] SCROLL] CURSOR [{WITH | WITHOUT}
+    HOLD] FOR query (docs, DECLARE): judged as its query, which the server runs as the cursor
+    is fetched from; the session masks what FETCH returns with that judgement."""
+    try:
+        rest = DIALECT.tokenize(chunk[1].text) if len(chunk) == 2 and chunk[1].token_type == TokenType.STRING else []
+    except SqlglotError as exc:
+        return Statement(source, "unknown", error=f"cannot tokenize: {_first_line(exc)}")
+    words = [t.text.upper() for t in rest]
+    if "CURSOR" not in words or rest[0].token_type not in (TokenType.VAR, TokenType.IDENTIFIER):
+        return Statement(source, "unknown", error="DECLARE without a cursor name and CURSOR")
+    at = words.index("CURSOR")
+    options, after = words[1:at], words[at + 1:]
+    hold = after[:2] == ["WITH", "HOLD"]
+    if after[:2] in (["WITH", "HOLD"], ["WITHOUT", "HOLD"]):
+        after = after[2:]
+    if any(o not in _CURSOR_OPTIONS for o in options) or not after or after[0] != "FOR" or len(after) < 2:
+        return Statement(source, "unknown", error="DECLARE ... CURSOR with options the analyser does not know")
+    query = rest[len(rest) - len(after) + 1:]
+    inner = _analyse_chunk(chunk[1].text, query, names)
+    if inner.error is None and inner.kind != "select":
+        return Statement(source, "unknown", error=f"DECLARE ... CURSOR FOR a {inner.kind}, not a query")
+    return replace(inner, text=source, cursor=token_name(rest[0]), hold=hold)
 
 
 def _explain(source: str, chunk: list[Token], names: _Names) -> Statement:
@@ -547,7 +579,9 @@ class _Analysis:
         self._writes()
         found = function_calls(self.tree, self.tokens)
         calls = [self.names.call(call) for call, _ in found]
-        nodes = {id(node): call for (_, node), call in zip(found, calls) if node is not None}
+        # calls sqlglot kept no node for (found by their word) under negative keys, matched by name
+        nodes = {id(node) if node is not None else -index: call
+                 for index, ((_, node), call) in enumerate(zip(found, calls), 1)}
         calls += [call for schema, name in explicit_operators(self.tree, self.tokens)
                   for call in self.names.operator(schema, name)]
         calls += [call for name in sorted(implicit_operators(self.tokens)) for call in self.names.operator(None, name)]
@@ -555,18 +589,21 @@ class _Analysis:
         calls += self._opclass_calls(kind)
         calls += self._attribute_calls()
         effects = set_config_effects(self.tree, found)
+        copy_out = isinstance(self.tree, exp.Copy) and not self.tree.args.get("kind")
         if isinstance(self.tree, _RESULT_NODES):
             outputs, filters = self._outputs(nodes), self._filters()
             self._record_reads(self.tree)
+        elif copy_out:
+            outputs, filters = (), self._copied()
         else:
-            # DDL and COPY move whole rows where no result column can be masked: every
+            # DDL and COPY FROM move whole rows where no result column can be masked: every
             # column they read counts as used outside a result column.
             outputs, filters = (), frozenset()
         for table_node in self.tree.find_all(exp.Table):
             if id(table_node) in self.targets:
                 continue
             table = self._base_table(table_node)
-            if table is not None and not isinstance(self.tree, _RESULT_NODES):
+            if table is not None and not isinstance(self.tree, _RESULT_NODES) and not copy_out:
                 self.reads[table] = None
                 filters |= {(*table, "*")}
             elif table is not None:
@@ -582,6 +619,23 @@ class _Analysis:
                               "relation or calls a function cannot be judged", CATALOG_UNAVAILABLE)
         return Statement(source, kind, actions, tuple(calls), outputs, filters, effects=effects,
                          bootstrap=kind == "select" and session_select(self.tree, found))
+
+    def _copied(self) -> frozenset[ColumnRef]:
+        """What COPY ... TO sends, as columns used outside a result column (its rows are
+        not masked, so a masked column there is refused): every column its query reads, or
+        the columns of the table it names (all of them without a column list)."""
+        target = self.tree.this
+        if isinstance(target, exp.Subquery):
+            self._record_reads(target)
+            return self._filters()
+        table_node = target.this if isinstance(target, exp.Schema) else target
+        table = self._base_table(table_node) if isinstance(table_node, exp.Table) else None
+        if table is None:
+            raise Unsupported("COPY ... TO of something other than a table or a query")
+        listed = [_column_name(c) for c in target.expressions] if isinstance(target, exp.Schema) else None
+        columns = listed if listed is not None else self._known_columns(table)
+        self.reads[table] = set(columns) if columns is not None else None
+        return frozenset((*table, c) for c in columns) if columns is not None else frozenset({(*table, "*")})
 
     def _type_calls(self) -> list[Call]:
         """What the casts of the statement run (Type.functions: a domain's CHECK constraints,
@@ -1125,6 +1179,8 @@ class _Analysis:
             table = self._whole_row_table(node)
             return ("record", table) if table is not None else None
         call = calls.get(id(node))
+        if call is None and isinstance(node, exp.JSONArrayAgg):  # sqlglot keeps no position for it
+            call = next((c for c in calls.values() if c.name == "json_agg"), None)
         if call is None or call.name not in JSON_ROW_FUNCTIONS or not call.candidates:
             return None
         if any(f.schema != "pg_catalog" for f in call.candidates):

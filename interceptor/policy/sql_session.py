@@ -265,11 +265,37 @@ def deallocate(source: str, chunk: list[Token]) -> Statement:
     return Statement(source, "deallocate", effects=(effect,), bootstrap=True)
 
 
+_FETCH_DIRECTIONS = frozenset({"NEXT", "PRIOR", "FIRST", "LAST", "ABSOLUTE", "RELATIVE", "ALL", "FORWARD", "BACKWARD"})
+
+
+def fetch(source: str, chunk: list[Token]) -> Statement:
+    """FETCH | MOVE [direction] [FROM | IN] cursor (docs, FETCH): kind `fetch`, naming the
+    cursor; what it returns is the cursor's query, which the session judged at its DECLARE."""
+    tail = _tail(chunk)
+    if not tail or tail[-1].token_type not in (TokenType.VAR, TokenType.IDENTIFIER):
+        raise Unsupported(f"{chunk[0].text.upper()} without a cursor name")
+    direction = tail[:-1]
+    if direction and direction[-1].text.upper() in ("FROM", "IN"):
+        direction = direction[:-1]
+    words = [t.text.upper() for t in direction if t.token_type != TokenType.DASH]
+    if len(words) > 2 or any(w not in _FETCH_DIRECTIONS and not w.isdigit() for w in words):
+        raise Unsupported(f"{chunk[0].text.upper()} direction {' '.join(words)!r} is not one the analyser knows")
+    return Statement(source, "fetch", cursor=token_name(tail[-1]))
+
+
+def close(source: str, chunk: list[Token]) -> Statement:
+    """CLOSE cursor | ALL: kind `close` (cursor None for ALL)."""
+    tail = chunk[1:]
+    if len(tail) != 1:
+        raise Unsupported("CLOSE takes one cursor name or ALL")
+    return Statement(source, "close", cursor=None if tail[0].token_type == TokenType.ALL else token_name(tail[0]))
+
+
 def _tail(chunk: list[Token]) -> list[Token]:
     """The tokens after the first word; sqlglot hands the rest of SHOW and RESET over as one
     raw string, which is tokenized again."""
     if len(chunk) == 2 and chunk[1].token_type == TokenType.STRING and chunk[0].token_type in (
-            TokenType.SHOW, TokenType.COMMAND):
+            TokenType.SHOW, TokenType.COMMAND, TokenType.FETCH):
         try:
             return DIALECT.tokenize(chunk[1].text)
         except SqlglotError as exc:

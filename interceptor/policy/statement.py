@@ -104,6 +104,8 @@ class Statement:
     rule: str | None = None  # the builtin rule `error` is reported under (None: sql-not-understood)
     effects: tuple[Effect, ...] = ()  # what it changes in the session if it succeeds
     bootstrap: bool = False  # what a client runs first (SHOW of a common setting, SELECT version())
+    cursor: str | None = None  # DECLARE, FETCH, MOVE, CLOSE: the cursor's name (CLOSE ALL: None)
+    hold: bool = False  # DECLARE ... WITH HOLD: the cursor outlives its transaction
 
     def summary(self) -> dict[str, object]:
         """The audit view of the analysis."""
@@ -115,6 +117,7 @@ class Statement:
                               for c in (a.columns if a.columns is not None else ("*",))),
             "functions": sorted({c.display for c in self.calls}),
             **({"error": self.error} if self.error else {}),
+            **({"cursor": self.cursor, "hold": self.hold} if self.cursor is not None else {}),
         }
 
 

@@ -129,7 +129,8 @@ class Close:
 
 
 Command = Send | Audit | Hold | ResolveTables | RefreshCatalog | Close
-Context = tuple[object, tuple[tuple[str, str | None], ...], str]  # epoch, settings, catalog version
+# epoch, settings, catalog version, cursors version
+Context = tuple[object, tuple[tuple[str, str | None], ...], str, int]
 
 
 # ---- per-statement bookkeeping ------------------------------------------------------
@@ -175,6 +176,19 @@ class Prepared:
         """A one-shot approval at Parse covers one execution, not every later Execute."""
         spec = self.decision.approval
         return self.approval is not None and spec is not None and spec.grant == "one-shot" and self.executions > 0
+
+
+@dataclass(slots=True)
+class Cursor:
+    """A cursor DECLAREd through the enforcer (docs, DECLARE): FETCH returns its query's
+    rows, masked as that query's result; judged again when the policy changed since."""
+
+    text: str  # the text that declared it
+    decision: Decision
+    settings: SessionSettings  # in force at DECLARE: its query's names resolved with them
+    epoch: object
+    hold: bool  # WITH HOLD: it outlives its transaction
+    segment: int
 
 
 @dataclass(slots=True)
@@ -333,6 +347,8 @@ class ProxySession:
         self._expect: deque[Expect] = deque()
         self._statements: dict[str, Prepared] = {}
         self._portals: dict[str, Portal] = {}
+        self._cursors: dict[str, Cursor] = {}
+        self._cursors_version = 0  # changes whenever a cursor is declared or closed
         self._segment = 0  # extended-query segments (and Queries) sent so far
         self._in_segment = False  # an extended-query message came since the last Sync
         self._doomed = False  # a refusal was sent in this segment: the server skips to Sync
@@ -492,6 +508,7 @@ class ProxySession:
                 self._deny(statement, frame, codec.parse(name, self.sentinel))
             return
         self._catalog_stale |= _changes_catalog(decision)
+        self._follow_cursors(text, decision)
         if name is None:
             self._expect.append(Expect("query", statement, segment=self._segment))
             for effects in statement.effects:
@@ -587,16 +604,77 @@ class ProxySession:
             self._statements.pop(effect.name, None)
         else:
             self._statements.clear()
+        if effect.kind == "discard_all":  # closes every cursor too (docs, DISCARD)
+            self._cursors.clear()
+            self._cursors_version += 1
 
     def _context(self) -> Context:
-        return self.epoch(), self.predicted.snapshot(), _catalog_version(self.catalog())
+        return self.epoch(), self.predicted.snapshot(), _catalog_version(self.catalog()), self._cursors_version
 
     def _decide(self, text: str, settings: SessionSettings | None = None) -> Decision:
         state = settings or self.predicted
         try:
-            return self.judge(SqlQuery(text, self.database, state.snapshot(), self._defaults, self.catalog()))
+            decision = self.judge(SqlQuery(text, self.database, state.snapshot(), self._defaults, self.catalog()))
         except Exception as exc:  # noqa: BLE001 - a policy failure must deny, not crash the session
             return Decision.deny("policy-error", f"policy evaluation failed: {exc}")
+        return self._with_cursors(text, decision, state)
+
+    def _with_cursors(self, text: str, decision: Decision, settings: SessionSettings) -> Decision:
+        """A decision whose FETCHes read cursors: each must be one the enforcer judged (here,
+        or earlier in the same text), allowed still, and what it returns is masked as that
+        cursor's query's result."""
+        if decision.verdict is Verdict.DENY or not any("cursor" in d for d in decision.details):
+            return decision
+        declared: dict[str, Cursor] = {}
+        masks, details = list(decision.masks), list(decision.details)
+        for index, detail in enumerate(details):
+            name = detail.get("cursor")
+            if detail.get("kind") not in ("fetch", "close"):
+                if isinstance(name, str):
+                    declared[name] = Cursor(text, decision, settings, self.epoch(), bool(detail.get("hold")), 0)
+                continue
+            if detail["kind"] == "close" or not isinstance(name, str):
+                continue
+            cursor = declared.get(name) or self._cursors.get(name)
+            if cursor is None:
+                return Decision.deny("unknown-cursor", f"cursor {name!r} was not declared through the enforcer (or "
+                                                       "was closed, or ended with its transaction)")
+            judged = self._cursor_decision(cursor, name)
+            if judged.verdict is not Verdict.ALLOW:
+                return Decision.deny(judged.rule, f"cursor {name!r}: {judged.reason or 'denied'}")
+            outputs = [o for d in judged.details if d.get("cursor") == name
+                       for o in d.get("masked_outputs", ())]  # type: ignore[attr-defined]
+            details[index] = {**detail, "masked_outputs": outputs}
+            masks += [m for m in judged.masks if m not in masks]
+        return Decision(decision.verdict, decision.rule, decision.reason, tuple(masks), decision.approval,
+                        tuple(details))
+
+    def _cursor_decision(self, cursor: Cursor, name: str) -> Decision:
+        """The cursor's judgement, again when the policy or identity changed since its DECLARE."""
+        if cursor.epoch == self.epoch():
+            return cursor.decision
+        decision = self._decide(cursor.text, cursor.settings)
+        if not any(d.get("cursor") == name and d.get("kind") not in ("fetch", "close") for d in decision.details):
+            return Decision.deny("unknown-cursor", "its DECLARE reads differently now")
+        cursor.decision, cursor.epoch = decision, self.epoch()
+        return decision
+
+    def _follow_cursors(self, text: str, decision: Decision) -> None:
+        """Cursors a statement let through declares or closes (predicted: one that fails at
+        the server leaves an entry whose FETCH the server refuses)."""
+        for detail in decision.details:
+            name = detail.get("cursor")
+            if detail.get("kind") == "close":
+                if isinstance(name, str):
+                    self._cursors.pop(name, None)
+                else:
+                    self._cursors.clear()
+            elif detail.get("kind") != "fetch" and isinstance(name, str):
+                self._cursors[name] = Cursor(text, decision, self.predicted.copy(),
+                                             self.epoch(), bool(detail.get("hold")), self._segment)
+            else:
+                continue
+            self._cursors_version += 1
 
     def _client_codec(self, settings: SessionSettings) -> str:
         try:
@@ -718,9 +796,12 @@ class ProxySession:
     def _ready(self, frame: tuple[int, int, int], status: bytes, head: Expect | None, out: list[Command]) -> None:
         self.status = status
         self.confirmed.ready(status)
-        if status == b"I" and head is not None:  # the transaction ended: so did its portals
+        if status == b"I" and head is not None:  # the transaction ended: so did its portals and cursors
             for name in [n for n, p in self._portals.items() if p.segment <= head.segment]:
                 del self._portals[name]
+            for name in [n for n, c in self._cursors.items() if not c.hold and c.segment <= head.segment]:
+                del self._cursors[name]
+                self._cursors_version += 1
         if self._reported_encoding is not None:
             confirmed = self.confirmed.get("client_encoding") or self.server_encoding
             if canonical(confirmed) != canonical(self._reported_encoding):

@@ -1,0 +1,294 @@
+"""Masked values never leave, in any shape: the session with the real policy engine, a
+catalog and the real masker, driven as a conversation (agent bytes in, what reaches the
+agent out). Every test ends on what the agent received."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from interceptor.decision import Decision, MaskSpec, Verdict
+from interceptor.handlers.postgres import codec
+from interceptor.handlers.postgres.codec import INT16, INT32
+from interceptor.handlers.postgres.masks import mask_factory
+from interceptor.handlers.postgres.session import ProxySession
+from interceptor.operations import Request, SqlQuery, Subject
+from interceptor.policy import PolicyEngine, load_policy_text
+from interceptor.policy.catalog import Catalog, Function, Relation, Type
+from test_pg_session import frames, msg, sent
+
+NONCE = "n0nce"
+CUSTOMERS_OID, ROW_TYPE = 16400, 16402
+CARD, EMAIL = b"4111 1111 1111 1111", b"ada@example.com"
+POLICY = """
+version: 1
+agents: {agent: {unprotected: deny}}
+resources: {db: {protocol: postgres, addresses: ["127.0.0.1:5432"]}}
+rules:
+  - {name: read, effect: allow, sql: {kinds: [select], tables: ["public.*"]}}
+  - {name: mask-card, effect: mask, mask: {columns: [public.customers.card_number], style: partial}}
+  - {name: mask-email, effect: mask, mask: {columns: [public.customers.email], style: redact}}
+"""
+CATALOG = Catalog.build(
+    [Relation("public", "customers", "r", ("id", "name", "email", "card_number"), oid=CUSTOMERS_OID)],
+    [Function("pg_catalog", name, kind=kind, volatility="stable") for name, kind in (
+        ("row_to_json", "f"), ("to_jsonb", "f"), ("json_agg", "a"), ("length", "f"), ("upper", "f"),
+        ("concat", "f"))],
+    types=[Type("pg_catalog", "int4", oid=23), Type("pg_catalog", "text", oid=25),
+           Type("pg_catalog", "record", "p", oid=2249), Type("public", "customers", "c", oid=ROW_TYPE)],
+)
+COLUMNS = {"public.customers.id": 1, "public.customers.name": 2, "public.customers.email": 3,
+           "public.customers.card_number": 4}
+
+
+def engine_judge(engine: PolicyEngine):
+    return lambda query: engine.decide(Request(Subject("agent"), "db", query))
+
+
+def session(judge=None) -> ProxySession:
+    s = ProxySession(judge=judge or engine_judge(PolicyEngine(load_policy_text(POLICY))), database="app",
+                     catalog=lambda: CATALOG, nonce=NONCE, mask_factory=mask_factory())
+    s._tables[CUSTOMERS_OID] = {n: name for name, n in COLUMNS.items()}  # as ResolveTables would have learnt
+    return s
+
+
+def row_description(*columns: tuple[str, int, int, int, int]) -> bytes:
+    """(name, table oid, attnum, type oid, format) per column."""
+    body = INT16.pack(len(columns)) + b"".join(
+        name.encode() + b"\0" + INT32.pack(table) + INT16.pack(attnum) + INT32.pack(type_oid) + INT16.pack(-1)
+        + INT32.pack(-1) + INT16.pack(fmt) for name, table, attnum, type_oid, fmt in columns)
+    return msg(b"T", body)
+
+
+def data_row(*values: bytes | None) -> bytes:
+    return msg(b"D", INT16.pack(len(values)) + b"".join(
+        INT32.pack(-1) if v is None else INT32.pack(len(v)) + v for v in values))
+
+
+def values(out: bytes) -> list[list[bytes | None]]:
+    rows = []
+    for kind, body in frames(out):
+        if kind == b"D":
+            reader = codec.Reader(body, "DataRow")
+            row = []
+            for _ in range(reader.int16()):
+                length = reader.int32()
+                row.append(None if length < 0 else reader.data[reader.pos:reader.pos + length])
+                reader.skip(max(length, 0))
+            rows.append(row)
+    return rows
+
+
+def run(s: ProxySession, sql: str, *server: bytes, status: bytes = b"I") -> bytes:
+    assert sent(s.from_client(codec.query(sql)), "server") == codec.query(sql), "the statement was refused"
+    return sent(s.from_server(b"".join(server) + msg(b"C", b"SELECT 1\0") + codec.ready_for_query(status)), "client")
+
+
+def assert_never_clear(out: bytes) -> None:
+    assert CARD not in out and EMAIL not in out and b"41111111" not in out
+
+
+# ---- whole rows -------------------------------------------------------------------------------
+
+
+def test_a_whole_row_is_masked_field_by_field_in_text():
+    out = run(session(), "select c from customers c", row_description(("c", 0, 0, ROW_TYPE, 0)),
+              data_row(b'(1,Ada,ada@example.com,"4111 1111 1111 1111")'), data_row(b"(3,Nobody,,)"))
+    assert_never_clear(out)
+    assert values(out) == [[b"(1,Ada,****,****1111)"], [b"(3,Nobody,,)"]]
+
+
+def test_a_whole_row_is_masked_field_by_field_in_binary():
+    record = INT32.pack(4) + b"".join(INT32.pack(oid) + INT32.pack(len(v)) + v for oid, v in (
+        (23, INT32.pack(1)), (25, b"Ada"), (25, EMAIL), (25, CARD)))
+    out = run(session(), "select c from customers c", row_description(("c", 0, 0, ROW_TYPE, 1)), data_row(record))
+    assert_never_clear(out)
+    masked = values(out)[0][0]
+    assert masked is not None and masked.endswith(INT32.pack(8) + b"****1111") and b"Ada" in masked
+
+
+@pytest.mark.parametrize("sql", ["select row_to_json(c) from customers c", "select json_agg(c) from customers c"])
+def test_row_json_is_masked_member_by_member(sql):
+    document = json.dumps({"id": 1, "name": "Ada", "email": EMAIL.decode(), "card_number": CARD.decode()})
+    if "agg" in sql:
+        document = f"[{document}, {document}]"
+    out = run(session(), sql, row_description(("j", 0, 0, 114, 0)), data_row(document.encode()))
+    assert_never_clear(out)
+    rows = json.loads(values(out)[0][0])
+    for row in rows if isinstance(rows, list) else [rows]:
+        assert row == {"id": 1, "name": "Ada", "email": "****", "card_number": "****1111"}
+
+
+def test_a_json_row_that_comes_back_as_another_type_is_withheld():
+    s = session()
+    s.from_client(codec.query("select row_to_json(c) from customers c"))
+    out = sent(s.from_server(row_description(("j", 0, 0, 25, 0)) + data_row(CARD)), "client")
+    assert_never_clear(out)
+    assert s.closed and "withheld" in codec.read_fields(frames(out)[-1][1])["M"]
+
+
+@pytest.mark.parametrize("sql", ["select c::text from customers c", "select x from (select * from customers) x",
+                                 "select concat(c) from customers c", "select row_to_json(x) from (select * from customers) x"])
+def test_whole_rows_in_other_shapes_are_refused(sql):
+    s = session()
+    assert sent(s.from_client(codec.query(sql)), "server") == codec.query(f"interceptor_denied_{NONCE}")
+
+
+# ---- computed values ---------------------------------------------------------------------------
+
+
+def test_a_value_computed_from_a_masked_column_is_one_constant_even_null():
+    out = run(session(), "select case when card_number like '4%' then null else 1 end from customers",
+              row_description(("case", 0, 0, 23, 0)), data_row(None), data_row(b"1"))
+    assert values(out) == [[b"****"], [b"****"]]
+
+
+def test_a_computed_value_read_in_binary_becomes_null():
+    out = run(session(), "select length(card_number) from customers", row_description(("length", 0, 0, 23, 1)),
+              data_row(INT32.pack(19)))
+    assert values(out) == [[None]]
+
+
+# ---- the server's word ----------------------------------------------------------------------------
+
+
+def lineage_blind(text: str) -> Decision:
+    """A judge whose analysis found nothing masked, with the mask rules in force."""
+    return Decision(Verdict.ALLOW, "read", masks=(
+        MaskSpec((), (), "partial", "mask-card", ("public.customers.card_number",)),), details=({"kind": "select"},))
+
+
+def test_a_column_the_server_says_is_masked_is_masked_though_the_analysis_missed_it():
+    s = session(judge=lambda query: lineage_blind(query.text))
+    out = run(s, "select mystery from somewhere", row_description(("mystery", CUSTOMERS_OID, 4, 25, 0)),
+              data_row(CARD))
+    assert values(out) == [[b"****1111"]]
+
+
+def test_a_value_of_a_masked_relations_row_type_is_masked_inside_though_the_analysis_missed_it():
+    s = session(judge=lambda query: lineage_blind(query.text))
+    out = run(s, "select mystery from somewhere", row_description(("mystery", 0, 0, ROW_TYPE, 0)),
+              data_row(b'(1,Ada,x,"4111 1111 1111 1111")'))
+    assert values(out) == [[b"(1,Ada,x,****1111)"]]
+
+
+# ---- errors and notices --------------------------------------------------------------------------
+
+
+def server_error(code: str, message: str, *, notice: bool = False, detail: str = "") -> bytes:
+    return codec.error_response(code, message, notice=notice, detail=detail)
+
+
+def test_an_error_while_masked_values_are_computed_keeps_its_sqlstate_and_loses_its_text():
+    s = session()
+    s.from_client(codec.query("select card_number::int from customers"))
+    out = sent(s.from_server(server_error("22P02", f'invalid input syntax for type integer: "{CARD.decode()}"',
+                                          detail=CARD.decode()) + codec.ready_for_query(b"I")), "client")
+    assert_never_clear(out)
+    fields = codec.read_fields(frames(out)[0][1])
+    assert fields["C"] == "22P02" and "'mask-card'" in fields["M"] and "D" not in fields
+
+
+def test_a_notice_while_masked_values_are_computed_loses_its_text():
+    s = session()
+    s.from_client(codec.query("select card_number from customers"))
+    out = sent(s.from_server(server_error("01000", f"saw {CARD.decode()}", notice=True)), "client")
+    assert_never_clear(out)
+    assert frames(out)[0][0] == b"N" and "withheld" in codec.read_fields(frames(out)[0][1])["M"]
+
+
+def test_other_errors_keep_their_text_with_what_the_classifiers_find_replaced():
+    s = session()
+    s.from_client(codec.query("select 'abc'::int"))
+    out = sent(s.from_server(server_error("22P02", 'invalid input syntax for type integer: "abc"')
+                             + server_error("XX000", f"oops {EMAIL.decode()}") + codec.ready_for_query(b"E")), "client")
+    first, second = (codec.read_fields(body)["M"] for kind, body in frames(out) if kind == b"E")
+    assert first == 'invalid input syntax for type integer: "abc"' and second == "oops ****"
+
+
+# ---- cursors ------------------------------------------------------------------------------------
+
+
+def test_fetch_from_a_cursor_is_masked_as_its_query():
+    s = session()
+    run(s, "begin", status=b"T")
+    run(s, "declare cur cursor for select id, upper(email) from customers", status=b"T")
+    out = run(s, "fetch 1 from cur", row_description(("id", CUSTOMERS_OID, 1, 23, 0), ("upper", 0, 0, 25, 0)),
+              data_row(b"1", b"ADA@EXAMPLE.COM"), status=b"T")
+    assert values(out) == [[b"1", b"****"]]
+
+
+def test_fetch_from_a_cursor_the_enforcer_did_not_judge_is_refused():
+    s = session()
+    assert sent(s.from_client(codec.query("fetch all from elsewhere")), "server") == \
+        codec.query(f"interceptor_denied_{NONCE}")
+
+
+def test_a_cursor_ends_with_its_transaction():
+    s = session()
+    run(s, "begin", status=b"T")
+    run(s, "declare cur cursor for select id from customers", status=b"T")
+    run(s, "commit")
+    assert sent(s.from_client(codec.query("fetch all from cur")), "server") == \
+        codec.query(f"interceptor_denied_{NONCE}")
+
+
+def test_a_closed_cursor_cannot_be_fetched_from():
+    s = session()
+    run(s, "begin", status=b"T")
+    run(s, "declare cur cursor for select id from customers", status=b"T")
+    run(s, "close cur", status=b"T")
+    assert sent(s.from_client(codec.query("fetch all from cur")), "server") == \
+        codec.query(f"interceptor_denied_{NONCE}")
+
+
+# ---- what the engine says about COPY and cursors -----------------------------------------------
+
+
+def decide(sql: str) -> Decision:
+    engine = PolicyEngine(load_policy_text(POLICY + "  - {name: copy, effect: allow, sql: {kinds: [copy]}}\n"))
+    return engine.decide(Request(Subject("agent"), "db", SqlQuery(sql, catalog=CATALOG)))
+
+
+@pytest.mark.parametrize("sql, verdict, rule", [
+    ("copy (select id, name from customers order by id) to stdout", Verdict.ALLOW, "copy"),
+    ("copy customers (id, name) to stdout", Verdict.ALLOW, "copy"),
+    ("copy customers to stdout", Verdict.DENY, "mask-card"),
+    ("copy customers (id, email) to stdout", Verdict.DENY, "mask-email"),
+    ("copy (select c from customers c) to stdout", Verdict.DENY, "mask-card"),
+    ("copy (select upper(email) from customers) to stdout", Verdict.DENY, "mask-email"),
+])
+def test_copy_to_sends_rows_unmasked_so_a_masked_column_in_them_is_refused(sql, verdict, rule):
+    decision = decide(sql)
+    assert (decision.verdict, decision.rule) == (verdict, rule)
+
+
+@pytest.mark.parametrize("sql, cursor, hold", [
+    ("DECLARE x BINARY NO SCROLL CURSOR WITH HOLD FOR select id from customers", "x", True),
+    ('declare "Cur" insensitive cursor without hold for select id from customers', "Cur", False),
+    ("declare c cursor for values (1)", "c", False),
+])
+def test_declare_is_judged_as_its_query_and_names_its_cursor(sql, cursor, hold):
+    decision = decide(sql)
+    assert decision.verdict is Verdict.ALLOW and decision.details[0].get("cursor") == cursor
+    assert decision.details[0]["hold"] is hold and decision.details[0]["kind"] == "select"
+
+
+@pytest.mark.parametrize("sql", ["declare x cursor for delete from customers returning id",
+                                 "declare x cursor for select card_number from customers where card_number > ''",
+                                 "declare x frobnicate cursor for select 1", "declare x cursor"])
+def test_declare_of_anything_else_is_refused(sql):
+    assert decide(sql).verdict is Verdict.DENY
+
+
+@pytest.mark.parametrize("sql, cursor", [("fetch forward 5 from \"X\"", "X"), ("fetch all in x", "x"),
+                                         ("move next x", "x"), ("fetch -1 from x", "x"), ("fetch x", "x"),
+                                         ("fetch absolute -2 from x", "x"), ("close x", "x"), ("close all", None)])
+def test_fetch_move_and_close_name_their_cursor(sql, cursor):
+    decision = decide(sql)
+    assert decision.verdict is Verdict.ALLOW and decision.details[0].get("cursor") == cursor
+
+
+def test_fetch_with_a_direction_the_analyser_does_not_know_is_refused():
+    assert decide("fetch sideways 3 from x").verdict is Verdict.DENY
