@@ -4,6 +4,8 @@ A hold is first checked against live grants; otherwise it becomes a pending requ
 (stored, audited, announced) that the handler awaits while its connection stays open.
 Approvers act through `approve` / `deny`; a sweeper expires requests and notices
 decisions made by another host of a fleet sharing the store. Every failure denies.
+A request whose client cancels it or goes away is withdrawn, so nobody approves an
+operation that nothing waits for: `withdraw`, and `open` / `wait` cancelled.
 """
 
 from __future__ import annotations
@@ -12,9 +14,9 @@ import asyncio
 import builtins
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import replace
-from typing import Any
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
 
 from interceptor.approvals.model import (
     AlreadyDecided,
@@ -41,10 +43,23 @@ from interceptor.decision import Decision, Verdict
 from interceptor.operations import Request
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # A waiter gives up this long after its request's expiry even if the store cannot say so.
 _LOCAL_GRACE_SECONDS = 5.0
-_AUDIT_DECISION = {State.PENDING: "approve", State.APPROVED: "allow", State.DENIED: "deny", State.EXPIRED: "deny"}
+# close() waits this long for withdrawals (and openings) still in flight.
+CLOSE_GRACE_SECONDS = 5.0
+DISCONNECTED = "the client disconnected"  # why a request whose waiter was cancelled is withdrawn
+_AUDIT_DECISION = {State.PENDING: "approve", State.APPROVED: "allow", State.DENIED: "deny", State.EXPIRED: "deny",
+                   State.WITHDRAWN: "deny"}
+
+
+@dataclass(frozen=True, slots=True)
+class _Waiter:
+    """A request opened here and the future its holder waits on (set to the decided request)."""
+
+    request: ApprovalRequest
+    future: asyncio.Future[ApprovalRequest]
 
 
 class PendingRequest:
@@ -67,10 +82,28 @@ class PendingRequest:
         return self.request is not None
 
     async def wait(self) -> Outcome:
+        """The decision. Cancelled while waiting (the holder's connection closed, the daemon
+        stopping), the request is withdrawn with reason DISCONNECTED."""
         if self._outcome is None:
             assert self.request is not None
-            self._outcome = await self._broker._wait(self.request)
+            try:
+                self._outcome = await self._broker._wait(self.request)
+            except asyncio.CancelledError:
+                self.withdraw(DISCONNECTED)
+                raise
         return self._outcome
+
+    def withdraw(self, reason: str) -> asyncio.Future[ApprovalRequest | None]:
+        """Withdraw this request (its client cancelled the operation or went away); `wait()`
+        then returns an Outcome with `withdrawn` set and this reason. Runs in a task the
+        broker tracks: cancelling an await of the returned future does not stop it, and
+        `ApprovalBroker.close()` waits for it. The future's result is the withdrawn request,
+        or None when nothing waits any more or a decision came first (that decision stands)."""
+        if self.request is None or self._outcome is not None:
+            settled: asyncio.Future[ApprovalRequest | None] = asyncio.get_running_loop().create_future()
+            settled.set_result(None)
+            return settled
+        return asyncio.shield(self._broker._withdrawal(self.request.request_id, reason))
 
 
 class ApprovalBroker:
@@ -87,17 +120,42 @@ class ApprovalBroker:
         self.clock = clock
         self.poll_seconds = poll_seconds
         self.notifier = WebhookNotifier(webhook_url) if webhook_url else None
-        self._waiters: dict[str, asyncio.Future[ApprovalRequest]] = {}
+        self._waiters: dict[str, _Waiter] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        self._tracked: set[asyncio.Task[Any]] = set()  # openings and withdrawals that must finish
+        self._withdrawals: dict[str, asyncio.Task[ApprovalRequest | None]] = {}  # by request id, while running
 
     async def hold(self, request: Request, decision: Decision, flow_summary: dict[str, Any]) -> Outcome:
         """Open and wait: the outcome of a held operation."""
         return await (await self.open(request, decision, flow_summary)).wait()
 
     async def open(self, request: Request, decision: Decision, flow_summary: dict[str, Any]) -> PendingRequest:
-        """Use a live grant, or open a pending request; never raises for store or audit trouble."""
+        """Use a live grant, or open a pending request; never raises for store or audit trouble
+        (ValueError for a decision that is not `approve`). Cancelled meanwhile, the opening
+        still finishes (in a tracked task) and the request it opened is withdrawn
+        (DISCONNECTED): a caller that went away leaves nothing pending."""
         if decision.verdict is not Verdict.APPROVE:
             raise ValueError(f"only 'approve' decisions are held, not {decision.verdict.value!r}")
+        opening = self._track(self._open(request, decision, flow_summary))
+        try:
+            return await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            opening.add_done_callback(self._abandoned)
+            raise
+
+    def _abandoned(self, opening: asyncio.Task[PendingRequest]) -> None:
+        """An opening whose caller was cancelled has finished: withdraw what it opened."""
+        if opening.cancelled():
+            return
+        if opening.exception() is not None:
+            log.error("an approval request whose holder went away failed to open: %r", opening.exception())
+            return
+        opened = opening.result().request
+        if opened is not None:
+            self._waiters.pop(opened.request_id, None)  # nobody will wait on it
+            self._withdrawal(opened.request_id, DISCONNECTED)
+
+    async def _open(self, request: Request, decision: Decision, flow_summary: dict[str, Any]) -> PendingRequest:
         spec = decision.approval
         if spec is None:
             return self._settled(None, f"rule {decision.rule!r} asks for approval but names no approvers")
@@ -134,7 +192,7 @@ class ApprovalBroker:
             await self.store.create(pending)
         except StoreError as exc:
             return self._settled(None, f"approval store unavailable: {exc}")
-        self._waiters[pending.request_id] = asyncio.get_running_loop().create_future()
+        self._waiters[pending.request_id] = _Waiter(pending, asyncio.get_running_loop().create_future())
         try:
             await self._record(pending)
         except AuditUnavailable as exc:
@@ -168,6 +226,45 @@ class ApprovalBroker:
         self._authorize(pending, approver)
         return await self._close(self._decided(pending, State.DENIED, approver, reason.strip(), None), None)
 
+    async def withdraw(self, request_id: str, reason: str) -> ApprovalRequest | None:
+        """Close a pending request as withdrawn (its client cancelled or went away): audited
+        like a decision (`approval` event, state withdrawn, this reason), stored, announced,
+        and its waiter here wakes with a withdrawn Outcome. Returns the withdrawn request
+        (also when it was withdrawn already: the first reason stands); None when a decision
+        came first (it stands) or there is no such request. Runs in a tracked task (see
+        PendingRequest.withdraw); a withdrawal of the same request already running is joined.
+        Never raises: when the store or the audit trail fails, that is logged and a waiter
+        here still wakes, withdrawn (the operation is not run); the stored request then expires."""
+        return await asyncio.shield(self._withdrawal(request_id, reason))
+
+    def _withdrawal(self, request_id: str, reason: str) -> asyncio.Task[ApprovalRequest | None]:
+        """The running withdrawal of this request, started now if there is none."""
+        request_id = normalize_request_id(request_id)
+        running = self._withdrawals.get(request_id)
+        if running is None:
+            running = self._withdrawals[request_id] = self._track(self._withdraw(request_id, reason))
+            running.add_done_callback(lambda _: self._withdrawals.pop(request_id, None))
+        return running
+
+    async def _withdraw(self, request_id: str, reason: str) -> ApprovalRequest | None:
+        waiter = self._waiters.get(request_id)
+        if waiter is not None and waiter.future.done():
+            return None  # decided here first; its waiter has not resumed yet
+        try:
+            stored = await self.store.get(request_id)
+            if stored is None or stored.state is not State.PENDING:
+                return stored if stored is not None and stored.state is State.WITHDRAWN else None
+            return await self._close(self._decided(stored, State.WITHDRAWN, None, reason, None), None)
+        except AlreadyDecided:
+            return None
+        except (AuditUnavailable, StoreError) as exc:
+            log.warning("could not record the withdrawal of approval request %s: %s", request_id, exc)
+        if waiter is None or waiter.future.done():
+            return None
+        withdrawn = self._decided(waiter.request, State.WITHDRAWN, None, reason, None)
+        waiter.future.set_result(withdrawn)
+        return withdrawn
+
     async def list(self, pending_only: bool = True) -> builtins.list[ApprovalRequest]:
         """Requests as stored; pending ones past their expiry show (and count) as expired."""
         now = self.clock()
@@ -185,14 +282,26 @@ class ApprovalBroker:
             if request.expires_at <= now:
                 await self._finish_quietly(request, State.EXPIRED, "no decision before the request expired")
         still_pending = {r.request_id for r in pending if r.expires_at > now}
-        for request_id, future in list(self._waiters.items()):
-            if request_id not in still_pending and not future.done():
+        for request_id, waiter in list(self._waiters.items()):
+            if request_id not in still_pending and not waiter.future.done():
                 stored = await self.store.get(request_id)
-                if stored is not None and stored.state is not State.PENDING:
-                    future.set_result(stored)
+                if stored is not None and stored.state is not State.PENDING and not waiter.future.done():
+                    waiter.future.set_result(stored)
 
     async def close(self) -> None:
-        """Stop the sweeper and flush webhooks; the store belongs to whoever opened it."""
+        """Withdraw the requests still waited on here (DISCONNECTED: the daemon is stopping),
+        wait up to CLOSE_GRACE_SECONDS for withdrawals and openings in flight, stop the
+        sweeper and flush webhooks; the store belongs to whoever opened it."""
+        for request_id in list(self._waiters):
+            self._withdrawal(request_id, DISCONNECTED)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CLOSE_GRACE_SECONDS
+        while self._tracked:
+            left = deadline - loop.time()
+            if left <= 0:
+                log.warning("%d approval withdrawals or openings still running at close", len(self._tracked))
+                break
+            await asyncio.wait(set(self._tracked), timeout=left)
         if self._sweeper is not None:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)
@@ -225,8 +334,15 @@ class ApprovalBroker:
             return self._settled(grant.grant_id, f"audit unavailable: {exc}")
         return PendingRequest(self, None, Outcome(True, grant.grant_id, grant.approver, event.reason or ""))
 
+    def _track(self, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """Run `work` in a task kept until it ends, which close() waits for."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._tracked.add(task)
+        task.add_done_callback(self._tracked.discard)
+        return task
+
     async def _wait(self, request: ApprovalRequest) -> Outcome:
-        future = self._waiters[request.request_id]
+        future = self._waiters[request.request_id].future
         deadline = request.expires_at - self.clock() + _LOCAL_GRACE_SECONDS
         try:
             decided = await asyncio.wait_for(future, max(deadline, 0.0))
@@ -236,7 +352,8 @@ class ApprovalBroker:
             self._waiters.pop(request.request_id, None)
         if decided.state is not State.APPROVED:
             reason = decided.decision_reason or decided.state.value
-            return Outcome(False, decided.request_id, decided.approver, reason, decided.break_glass)
+            return Outcome(False, decided.request_id, decided.approver, reason, decided.break_glass,
+                           withdrawn=decided.state is State.WITHDRAWN)
         try:
             grant = await self.store.take_grant(decided.grant_key, self.clock(), decided.request_id)
         except StoreError as exc:
@@ -250,6 +367,9 @@ class ApprovalBroker:
         request = await self.store.get(normalize_request_id(request_id))
         if request is None:
             raise NotFound(f"no approval request {request_id!r}")
+        if request.state is State.WITHDRAWN:
+            raise AlreadyDecided(f"request {request.request_id} was withdrawn ({request.decision_reason}): "
+                                 "nothing waits for a decision any more")
         if request.state is not State.PENDING:
             raise AlreadyDecided(f"request {request.request_id} is already {request.state.value}" + (f" by {request.approver}" if request.approver else ""))
         if request.expires_at <= self.clock():
@@ -285,9 +405,9 @@ class ApprovalBroker:
             state = current.state.value if current else "gone"
             await self._record(replace(decided, state=current.state if current else State.DENIED, decision_reason=f"superseded: request was already {state}"))
             raise AlreadyDecided(f"request {decided.request_id} was decided elsewhere first ({state})")
-        future = self._waiters.get(decided.request_id)
-        if future is not None and not future.done():
-            future.set_result(decided)
+        waiter = self._waiters.get(decided.request_id)
+        if waiter is not None and not waiter.future.done():
+            waiter.future.set_result(decided)
         self._announce("approval.closed", decided)
         return decided
 

@@ -52,17 +52,26 @@ def _operation(operation: dict[str, Any]) -> str:
     return f"{operation.get('kind')}: {text[:60] + '...' if len(text) > 63 else text}"
 
 
+def _decision(request: dict[str, Any]) -> str:
+    """How a decided request ended: 'approved by bob@example.com', 'denied by bob: not now',
+    'withdrawn: the client cancelled the statement', 'expired: no decision before ...'."""
+    text = request["state"] + (f" by {request['approver']}" if request.get("approver") else "")
+    return text + (f": {request['decision_reason']}" if request.get("decision_reason") else "")
+
+
 @click.group("approvals")
 def approvals() -> None:
     """Just-in-time approval of held operations."""
 
 
 @approvals.command("list")
-@click.option("--all", "show_all", is_flag=True, help="Include decided and expired requests.")
+@click.option("--all", "show_all", is_flag=True,
+              help="Include decided, expired and withdrawn requests, each with how it ended.")
 @click.option("--json", "as_json", is_flag=True, help="Print the requests as JSON.")
 @click.pass_context
 def list_requests(ctx: click.Context, show_all: bool, as_json: bool) -> None:
-    """Requests waiting for a decision (or all of them)."""
+    """Requests waiting for a decision (or all of them; a decided one has a second line
+    saying how it ended, e.g. 'withdrawn: the client cancelled the statement')."""
     requests = _call(ctx, "approvals.list", pending_only=not show_all)["requests"]
     if as_json:
         click.echo(json.dumps(requests, indent=2, sort_keys=True))
@@ -70,13 +79,15 @@ def list_requests(ctx: click.Context, show_all: bool, as_json: bool) -> None:
     if not requests:
         click.echo("no pending approval requests" if not show_all else "no approval requests")
         return
-    click.echo(f"{'ID':8}  {'STATE':8}  {'EXPIRES':19}  {'AGENT':12}  {'REQUESTER':20}  {'RESOURCE':16}  {'RULE':16}  OPERATION")
+    click.echo(f"{'ID':8}  {'STATE':9}  {'EXPIRES':19}  {'AGENT':12}  {'REQUESTER':20}  {'RESOURCE':16}  {'RULE':16}  OPERATION")
     for r in requests:
         requester = r["requester_user"] or r["requester"] or "-"
         click.echo(
-            f"{r['request_id']:8}  {r['state']:8}  {_when(r['expires_at']):19}  {r['agent']:12.12}  "
+            f"{r['request_id']:8}  {r['state']:9}  {_when(r['expires_at']):19}  {r['agent']:12.12}  "
             f"{requester:20.20}  {r['resource']:16.16}  {r['rule']:16.16}  {_operation(r['operation'])}"
         )
+        if r["state"] != "pending":
+            click.echo(f"{'':10}{_decision(r)}")
 
 
 @approvals.command("approve")

@@ -50,6 +50,7 @@ class State(enum.StrEnum):
     APPROVED = "approved"
     DENIED = "denied"
     EXPIRED = "expired"
+    WITHDRAWN = "withdrawn"  # the client that asked cancelled the operation or went away
 
 
 def new_request_id() -> str:
@@ -162,10 +163,12 @@ class Grant:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """What the handler acts on: run the operation only when `approved`."""
+    """What the handler acts on: run the operation only when `approved`. `withdrawn`: the
+    request was withdrawn (the client cancelled); `reason` says why."""
 
     approved: bool
     request_id: str | None
     approver: str | None
     reason: str
     break_glass: bool = False
+    withdrawn: bool = False

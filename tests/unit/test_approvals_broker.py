@@ -171,12 +171,13 @@ def test_policy_time_boxed_grant(tmp_path):
     assert decided.granted_until == decided.decided_at + 120 and not again.waiting
 
 
-def test_one_shot_approval_of_an_abandoned_hold_allows_one_retry(tmp_path):
+def test_one_shot_approval_of_a_hold_whose_daemon_died_allows_one_retry(tmp_path):
     async def scenario(broker, sink, clock):
-        abandoned = await broker.open(sql_request(), approve_decision(), FLOW)
-        waiter = asyncio.ensure_future(abandoned.wait())
-        await asyncio.sleep(0)
-        waiter.cancel()
+        # a daemon killed while a request was held: nothing withdrew it, and it can still be approved
+        dead_store = await SqliteStore.open(str(tmp_path / "approvals.db"))
+        dead = ApprovalBroker(dead_store, ListSink(), clock=clock, poll_seconds=3600)
+        abandoned = await dead.open(sql_request(), approve_decision(), FLOW)
+        await dead_store.close()
         await broker.approve(abandoned.request_id, DBA)
         retry = await broker.open(sql_request(), approve_decision(), FLOW)
         third = await broker.open(sql_request(), approve_decision(), FLOW)
@@ -185,6 +186,118 @@ def test_one_shot_approval_of_an_abandoned_hold_allows_one_retry(tmp_path):
     abandoned, retry, outcome, third = run(tmp_path, scenario)
     assert not retry.waiting and outcome.approved and outcome.request_id == abandoned.request_id
     assert third.waiting
+
+
+def test_withdrawn_request_wakes_its_waiter_and_cannot_be_decided(tmp_path):
+    async def scenario(broker, sink, clock):
+        pending = await broker.open(sql_request(), approve_decision(), FLOW)
+        waiting = asyncio.ensure_future(pending.wait())
+        withdrawn = await broker.withdraw(pending.request_id.lower(), "the client cancelled the statement")
+        outcome = await waiting
+        again = await broker.withdraw(pending.request_id, "the client disconnected")
+        late = await pending.withdraw("the client disconnected")
+        with pytest.raises(AlreadyDecided, match="was withdrawn \\(the client cancelled the statement\\): nothing waits"):
+            await broker.approve(pending.request_id, DBA)
+        with pytest.raises(AlreadyDecided, match="was withdrawn"):
+            await broker.deny(pending.request_id, ROOT, "no")
+        return withdrawn, outcome, again, late, await broker.list(pending_only=False), sink
+
+    withdrawn, outcome, again, late, stored, sink = run(tmp_path, scenario)
+    assert withdrawn.state is State.WITHDRAWN and withdrawn.decision_reason == "the client cancelled the statement"
+    assert withdrawn.approver is None and withdrawn.decided_at is not None
+    assert not outcome.approved and outcome.withdrawn and outcome.reason == "the client cancelled the statement"
+    assert outcome.request_id == withdrawn.request_id
+    assert again == withdrawn and late is None  # idempotent: the first withdrawal stands, nothing new recorded
+    assert [(r.state, r.decision_reason) for r in stored] == [(State.WITHDRAWN, "the client cancelled the statement")]
+    assert sink.states() == ["pending", "withdrawn"]
+    event = sink.events[-1]
+    assert event.kind == "approval" and event.decision == "deny" and event.reason == "the client cancelled the statement"
+    assert event.outcome["request_id"] == withdrawn.request_id
+
+
+def test_concurrent_withdrawals_of_a_request_are_one(tmp_path):
+    async def scenario(broker, sink, clock):
+        pending = await broker.open(sql_request(), approve_decision(), FLOW)
+        waiting = asyncio.ensure_future(pending.wait())
+        results = await asyncio.gather(pending.withdraw("the client cancelled the statement"),
+                                       broker.withdraw(pending.request_id, "the client disconnected"))
+        return results, await waiting, sink
+
+    (first, second), outcome, sink = run(tmp_path, scenario)
+    assert first == second and first.decision_reason == "the client cancelled the statement"
+    assert outcome.reason == "the client cancelled the statement"
+    assert sink.states() == ["pending", "withdrawn"]
+
+
+def test_a_decision_made_first_stands_against_a_withdrawal(tmp_path):
+    async def scenario(broker, sink, clock):
+        pending = await broker.open(sql_request(), approve_decision(), FLOW)
+        waiting = asyncio.ensure_future(pending.wait())
+        await broker.approve(pending.request_id, DBA)
+        withdrawn = await pending.withdraw("the client cancelled the statement")
+        return withdrawn, await waiting, await broker.withdraw("ZZZZZZZZ", "gone"), sink
+
+    withdrawn, outcome, unknown, sink = run(tmp_path, scenario)
+    assert withdrawn is None and unknown is None
+    assert outcome.approved and not outcome.withdrawn
+    assert sink.states() == ["pending", "approved"]
+
+
+def test_a_cancelled_wait_withdraws_its_request(tmp_path):
+    async def scenario(broker, sink, clock):
+        pending = await broker.open(sql_request(), approve_decision(), FLOW)
+        waiting = asyncio.ensure_future(pending.wait())
+        await asyncio.sleep(0)
+        waiting.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)
+        await broker.close()  # waits for the withdrawal the cancel started
+        return pending, await broker.list(pending_only=False)
+
+    pending, stored = run(tmp_path, scenario)
+    assert [(r.request_id, r.state, r.decision_reason) for r in stored] == [
+        (pending.request_id, State.WITHDRAWN, "the client disconnected")]
+
+
+def test_an_opening_cancelled_midway_leaves_nothing_pending(tmp_path):
+    async def scenario(broker, sink, clock):
+        opening = asyncio.ensure_future(broker.open(sql_request(), approve_decision(), FLOW))
+        await asyncio.sleep(0)  # the grant lookup is under way: the caller goes away
+        opening.cancel()
+        await asyncio.gather(opening, return_exceptions=True)
+        await broker.close()
+        return opening, await broker.list(pending_only=False), sink
+
+    opening, stored, sink = run(tmp_path, scenario)
+    assert opening.cancelled()
+    assert [(r.state, r.decision_reason) for r in stored] == [(State.WITHDRAWN, "the client disconnected")]
+    assert sink.states() == ["pending", "withdrawn"]
+
+
+def test_close_withdraws_what_is_still_waited_on(tmp_path):
+    async def scenario(broker, sink, clock):
+        pending = await broker.open(sql_request(), approve_decision(), FLOW)
+        waiting = asyncio.ensure_future(pending.wait())
+        await asyncio.sleep(0)
+        await broker.close()
+        return await waiting, await broker.list(pending_only=False)
+
+    outcome, stored = run(tmp_path, scenario)
+    assert outcome.withdrawn and outcome.reason == "the client disconnected"
+    assert [r.state for r in stored] == [State.WITHDRAWN]
+
+
+def test_a_withdrawal_that_cannot_be_audited_still_releases_the_waiter(tmp_path):
+    async def scenario(broker, sink, clock):
+        pending = await broker.open(sql_request(), approve_decision(), FLOW)
+        waiting = asyncio.ensure_future(pending.wait())
+        sink.down = True
+        withdrawn = await pending.withdraw("the client cancelled the statement")
+        return withdrawn, await waiting, await broker.list()
+
+    withdrawn, outcome, stored = run(tmp_path, scenario)
+    assert withdrawn.state is State.WITHDRAWN
+    assert not outcome.approved and outcome.withdrawn  # the statement does not run
+    assert [r.state for r in stored] == [State.PENDING]  # not recorded: it expires as usual
 
 
 def test_many_holds_wait_concurrently_and_get_their_own_decision(tmp_path):

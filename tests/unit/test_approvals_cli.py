@@ -105,6 +105,31 @@ def test_refusals_are_clear_messages(daemon):
     assert glass.output == f"approved {pending.request_id} as break-glass root\n"
 
 
+def test_a_withdrawn_request_is_listed_with_why_and_cannot_be_approved(daemon):
+    pending, outcome = daemon.hold()
+    daemon.run(daemon.broker.withdraw(pending.request_id, "the client cancelled the statement"))
+    assert outcome.result(30).withdrawn
+    assert invoke(daemon, "list").output == "no pending approval requests\n"
+    header, row, how = invoke(daemon, "list", "--all").output.splitlines()
+    assert header.split()[:3] == ["ID", "STATE", "EXPIRES"]
+    assert row.startswith(f"{pending.request_id}  withdrawn  ")
+    assert how.strip() == "withdrawn: the client cancelled the statement"
+    refused = invoke(daemon, "approve", pending.request_id)
+    assert refused.exit_code == 1
+    assert refused.output == (f"Error: request {pending.request_id} was withdrawn (the client cancelled the "
+                              "statement): nothing waits for a decision any more\n")
+
+
+def test_list_all_says_how_each_request_ended(daemon):
+    approved, _ = daemon.hold()
+    invoke(daemon, "approve", approved.request_id)
+    denied, _ = daemon.hold("DELETE FROM orders WHERE id = 8")
+    invoke(daemon, "deny", denied.request_id, "--reason", "use the replica")
+    lines = invoke(daemon, "list", "--all").output.splitlines()
+    assert [line.strip() for line in lines[2::2]] == ["approved by bob@example.com",
+                                                      "denied by bob@example.com: use the replica"]
+
+
 @pytest.mark.parametrize("text, seconds", [("90", 90), ("90s", 90), ("15m", 900), ("2h", 7200), ("1D", 86400)])
 def test_durations(text, seconds):
     assert parse_duration(text) == seconds

@@ -1,10 +1,14 @@
-"""The SQLite approval store: conditional transitions, grants, survival across reopen."""
+"""The approval stores: conditional transitions, grants, survival across reopen (SQLite; the
+PostgreSQL store on a throwaway server for the withdrawn state)."""
 
 import asyncio
 from dataclasses import replace
 
+from pg_fixture import PgServer
+
 from interceptor.approvals import ApprovalRequest, Grant, SqliteStore, State
 from interceptor.approvals.model import normalize_request_id, new_request_id
+from interceptor.approvals.postgres import PostgresStore
 
 NOW = 1_800_000_000.0
 
@@ -65,3 +69,34 @@ def test_grants_one_shot_consumed_time_boxed_kept_expired_gone(tmp_path):
     assert [g.grant_id for g in taken] == ["BOX00001", "BOX00001"]  # time-boxed preferred, not consumed
     assert [g and g.grant_id for g in after_box] == ["ONE00001", None]  # one-shot consumed once
     assert by_id is None and other_key is None
+
+
+def withdraw_round_trip(open_store):
+    """Store a withdrawn request in a store `open_store()` opens, then read it back from a fresh one."""
+
+    async def scenario():
+        store = await open_store()
+        await store.create(request("WDRN0001"))
+        withdrawn = replace(request("WDRN0001"), state=State.WITHDRAWN, decided_at=NOW + 5,
+                            decision_reason="the client disconnected")
+        assert await store.finish(withdrawn, None)
+        assert not await store.finish(replace(request("WDRN0001"), state=State.APPROVED), None)
+        await store.close()
+        again = await open_store()
+        try:
+            return (await again.get("WDRN0001"), await again.list(pending_only=True),
+                    await again.list(pending_only=False), withdrawn)
+        finally:
+            await again.close()
+
+    stored, pending, everything, withdrawn = asyncio.run(scenario())
+    assert stored == withdrawn and pending == [] and everything == [withdrawn]
+
+
+def test_sqlite_store_keeps_a_withdrawn_request(tmp_path):
+    withdraw_round_trip(lambda: SqliteStore.open(str(tmp_path / "approvals.db")))
+
+
+def test_postgres_store_keeps_a_withdrawn_request():
+    with PgServer() as pg:
+        withdraw_round_trip(lambda: PostgresStore.open(pg.dsn()))
