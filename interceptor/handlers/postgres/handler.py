@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from interceptor.approvals.broker import PendingRequest
 from interceptor.audit.event import AuditUnavailable
 from interceptor.flow import FlowContext
 from interceptor.handlers.base import Services
@@ -48,6 +49,7 @@ HOLD_BACK_BYTES = 64 * 1024  # strict audit: a result up to this size waits whol
 BACKLOG_BYTES = 256 * 1024  # read on during a wait up to this much, then pause that side
 STARTUP_SECONDS = 60.0
 REREAD_SECONDS = 2.0  # a name the catalog does not hold has it read again at most this often
+CANCELLED = "the client cancelled the statement"  # why a held statement's request is withdrawn on a cancel
 _COLUMN_NAMES = (
     "SELECT a.attrelid, a.attnum, n.nspname || '.' || c.relname || '.' || a.attname "
     "FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid "
@@ -205,11 +207,15 @@ def _text_fields(body: bytes) -> list[str | None]:
 
 @dataclass(frozen=True, slots=True)
 class _CancelTarget:
+    """A live session by the cancel key its client was given: its agent, its link (to end a
+    held statement) and where to relay any other cancel (the real backend's key, when the
+    server gave one)."""
+
+    agent: str
+    link: _Link
     host: str
     port: int
-    pid: int
-    secret: bytes
-    agent: str
+    backend: tuple[int, bytes] | None
 
 
 def resource_option(resource: Any, name: str) -> Any:
@@ -337,16 +343,15 @@ class PostgresHandler:
         await catalogs.load()
         client.writelines([startup.greeting, codec.authentication_ok(), *login.forward,
                            codec.backend_key_data(pid, secret), codec.ready_for_query(login.status or b"I")])
-        if login.backend_key is not None:
-            self._cancel_keys[(pid, secret)] = _CancelTarget(host, port, *login.backend_key, flow.agent)
         settings = SessionSettings.start({"search_path": startup.params.get("search_path"),
                                           "client_encoding": client_encoding, "role": None})
         session = ProxySession(
             judge=lambda query: services.decide(services.request(flow, query)),
             database=startup.database, catalog=catalogs.current, epoch=services.epoch, settings=settings,
-            server_encoding=server_encoding, mask_factory=mask_factory(),
+            server_encoding=server_encoding, mask_factory=mask_factory(), scan_errors=services.scan_errors,
         )
         link = _Link(flow, services, session, client, upstream, connect, catalogs)
+        self._cancel_keys[(pid, secret)] = _CancelTarget(flow.agent, link, host, port, login.backend_key)
         error = None
         try:
             await link.run(login.leftover, pipelined)
@@ -366,22 +371,36 @@ class PostgresHandler:
                                 statements=link.statements)
 
     async def _cancel(self, flow: FlowContext, packet: codec.CancelPacket, services: Services) -> None:
-        """Relay a cancel to the real backend, only for a key this agent's session holds."""
+        """A CancelRequest, only for a key this agent's session holds: a statement of that
+        session held for approval ends (its request withdrawn, the client gets 57014);
+        otherwise the cancel is relayed to the real backend. The caller then closes the
+        cancel connection, as the server does."""
         target = self._cancel_keys.get((packet.pid, packet.secret))
         allowed = target is not None and target.agent == flow.agent
+        ended_hold = False
         if target is not None and allowed:
-            try:
-                relay = await Pipe.connect(target.host, target.port)
-                relay.write(codec.cancel_request(target.pid, target.secret))
-                relay.close()
-            except OSError as exc:
-                log.warning("cancel relay to %s:%s failed: %s", target.host, target.port, exc)
+            ended_hold = await target.link.cancel_hold()
+            if not ended_hold and target.backend is not None:
+                try:
+                    relay = await Pipe.connect(target.host, target.port)
+                    relay.write(codec.cancel_request(*target.backend))
+                    relay.close()
+                except OSError as exc:
+                    log.warning("cancel relay to %s:%s failed: %s", target.host, target.port, exc)
         await _audit_connection(services, flow, "allow" if allowed else "deny", "cancel",
                                 None if allowed else "no session of this agent holds that cancel key",
-                                {"cancel": True})
+                                {"cancel": True}, ended_hold=ended_hold)
 
 
 UP, DOWN = "up", "down"  # client to server, server to client: the two directions of a link
+
+
+@dataclass(slots=True)
+class _Held:
+    """A statement of the session waiting on the approval broker."""
+
+    pending: PendingRequest | None = None  # None while its request is being opened
+    cancelled: bool = False  # a CancelRequest came while the request was being opened
 
 
 class _Link:
@@ -410,6 +429,7 @@ class _Link:
         self._waits: dict[str, asyncio.Future[None] | None] = {UP: None, DOWN: None}  # a task or durability future
         self._backlog: dict[str, deque[bytes]] = {UP: deque(), DOWN: deque()}
         self._backlog_bytes = {UP: 0, DOWN: 0}
+        self._held: _Held | None = None
 
     async def run(self, leftover: bytes, pipelined: bytes) -> None:
         """Serve until either side ends or the session closes; raises what broke it."""
@@ -551,16 +571,39 @@ class _Link:
             self.flow, "statement", command.decision, operation=command.operation, outcome=command.outcome))
 
     async def _hold(self, command: Hold) -> list[Command]:
+        """Wait for the broker's outcome, then resume the session: run the statement, deny it,
+        or end it as cancelled (57014) when the client's CancelRequest withdrew it. Cancelled
+        (the link closing), the broker withdraws the request itself."""
         request = self.services.request(self.flow, SqlQuery(command.text, self.session.database, command.settings))
         broker = self.services.approvals
         if broker is None:
             return self.session.approval(False, None, "no approval broker is configured")
-        pending = await broker.open(request, command.decision, self.flow.summary())
-        if pending.waiting:
-            timeout = command.decision.approval.timeout_seconds if command.decision.approval else 0
-            self._apply(self.session.waiting_notice(pending.request_id, timeout))  # only Sends
-        outcome = await pending.wait()
+        held = self._held = _Held()
+        try:
+            pending = held.pending = await broker.open(request, command.decision, self.flow.summary())
+            if pending.waiting:
+                timeout = command.decision.approval.timeout_seconds if command.decision.approval else 0
+                self._apply(self.session.waiting_notice(pending.request_id, timeout))  # only Sends
+                if held.cancelled:
+                    await pending.withdraw(CANCELLED)
+            outcome = await pending.wait()
+        finally:
+            self._held = None
+        if held.cancelled or outcome.withdrawn:
+            return self.session.approval(False, outcome.request_id, CANCELLED, None, cancelled=True)
         return self.session.approval(outcome.approved, outcome.request_id, outcome.reason, outcome.approver)
+
+    async def cancel_hold(self) -> bool:
+        """The client's CancelRequest: True when it ends a held statement (its request is
+        withdrawn now, or as soon as it is opened); False when nothing is held or a decision
+        came first (that statement runs: the caller relays the cancel to the server)."""
+        held = self._held
+        if held is None:
+            return False
+        if held.pending is None:
+            held.cancelled = True
+            return True
+        return await held.pending.withdraw(CANCELLED) is not None
 
     async def _refresh(self, command: RefreshCatalog) -> list[Command]:
         await self.catalogs.refresh(command.after_ddl)
