@@ -22,13 +22,14 @@ from interceptor.identity.config import FIELDS as IDENTITY_FIELDS
 from interceptor.identity.config import REQUIRED as IDENTITY_REQUIRED
 from interceptor.policy.encodings import CLIENT_ONLY
 from interceptor.policy.engine import (
-    BOOTSTRAP_RULE, DANGEROUS_FUNCTIONS, DANGEROUS_RULE, DDL_KINDS, HARMLESS_VOLATILE_FUNCTIONS, TRANSACTION_RULE,
-    UNPARSED_RULE,
+    BOOTSTRAP_RULE, CURSOR_RULE, DANGEROUS_FUNCTIONS, DANGEROUS_RULE, DDL_KINDS, HARMLESS_VOLATILE_FUNCTIONS,
+    MASK_FAILSAFE_RULE, TRANSACTION_RULE, UNPARSED_RULE,
 )
 from interceptor.policy.sql import SHADOWING_RULE
 from interceptor.policy.sql_session import BOOTSTRAP_RELATIONS, BOOTSTRAP_SETTINGS, SESSION_FUNCTIONS, SESSION_SETTINGS
 from interceptor.policy.statement import (
-    CATALOG_UNAVAILABLE, CATALOG_UNKNOWN_FUNCTION, CATALOG_UNKNOWN_RELATION, CATALOG_UNKNOWN_TYPE, UNSAFE_ENCODING,
+    CATALOG_UNAVAILABLE, CATALOG_UNKNOWN_FUNCTION, CATALOG_UNKNOWN_RELATION, CATALOG_UNKNOWN_TYPE, JSON_ROW_FUNCTIONS,
+    UNSAFE_ENCODING,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -126,9 +127,10 @@ DESCRIPTIONS: dict[str, str] = {
                       "`time-boxed`: every identical operation until `grant_seconds` pass.",
     "approval.grant_seconds": "Length of a time-boxed grant (default 3600).",
     "approval.timeout_seconds": "How long the operation is held before it is denied as expired (default 300).",
-    "mask.columns": "`schema.table.column` globs whose values are masked, also in computed result columns "
-                    "derived from them. Using a masked column anywhere else (WHERE, JOIN, ORDER BY, writes) "
-                    "denies the statement.",
+    "mask.columns": "`schema.table.column` globs whose values are masked wherever they reach a result: "
+                    "by name, inside a whole row, computed from, through cursors and RETURNING (see \"What "
+                    "masking covers\"). Using a masked column anywhere else (WHERE, JOIN, ORDER BY, writes, "
+                    "COPY ... TO) denies the statement.",
     "mask.classifiers": "Mask only the spans these detectors find, in any text column: `card` (payment card "
                         "numbers), `email`, `national_id` (US SSN, UK NINO, Canadian SIN), `iban`, `api_key` "
                         "(well-known token formats and long hex strings).",
@@ -433,6 +435,27 @@ def judging() -> list[str]:
         "ALL` forget), and a Bind or Execute of a name the enforcer did not judge is refused (`unknown-statement`, "
         "`unknown-portal`): the server may hold something else under it (a SQL `PREPARE`, a `DECLARE`d cursor).",
         "",
+        "### What masking covers", "",
+        "A value is masked by where it comes from, checked twice. The server's word: the RowDescription of "
+        "every result names the table and column each value comes straight from, and its type; a masked "
+        "column is masked in its rule's style, and a value of a relation's row type is that relation's "
+        "composite, masked field by field, even where the analysis missed it. The analysis: a whole row "
+        "(`select c from t c`) is masked field by field as the composite (text or binary) and, passed alone to "
+        f"{_code(sorted(JSON_ROW_FUNCTIONS))} of `pg_catalog`, as JSON (the member of each masked column "
+        "replaced, every other byte kept); a whole row with a masked column in any other shape (`c::text`, "
+        f"`concat(c)`, a subquery's row, `array_agg(c)`) is refused (`{MASK_FAILSAFE_RULE}`). Any other value "
+        "computed from a masked column (`upper(email)`, `length(card)`, a `CASE`) becomes one constant for "
+        "every row, NULL included: `****`, or NULL for style `null` or a binary value of a non-text type, so "
+        "neither a kept last four nor NULL-ness tells anything. `DECLARE ... CURSOR FOR q` is judged as `q`, and "
+        f"`FETCH`/`MOVE` return rows masked as `q`'s result (`{CURSOR_RULE}`); a cursor the enforcer did not "
+        "judge, or closed, or ended with its transaction, is refused (`unknown-cursor`). `COPY ... TO` sends "
+        "rows it cannot mask: the columns it sends count as used outside a result. RETURNING is a result like "
+        "any other.", "",
+        "An error or notice raised while a statement computes masked values may quote one (a failed cast "
+        "quotes its input): its text is replaced by a message naming the rules, its SQLSTATE and position "
+        "kept. Every other error and notice has what the classifiers find replaced (setting "
+        "`masking: {scan_errors: true}`, the default). When the masker cannot tell, the result is withheld "
+        "and the session closed, never shown.", "",
     ]
 
 
