@@ -281,6 +281,10 @@ def test_a_client_killed_while_held_has_its_request_withdrawn(env):
     print(f"\nkilled psql: withdrawn {took * 1000:.0f} ms after SIGKILL")
     check_withdrawn(daemon, withdrawn, DISCONNECTED)
     assert pg.psql("select status from orders where id = 4") == "new"
+    record = daemon.wait_for_event(lambda e: e.get("kind") == "statement"
+                                   and ((e.get("outcome") or {}).get("approval") or {}).get("request_id")
+                                   == request["request_id"])
+    assert record["decision"] == "deny" and record["outcome"]["approval"]["withdrawn"] is True, record
 
 
 # One agent process drives the rounds: it cancels its own held UPDATEs (psycopg), starts psql

@@ -292,3 +292,20 @@ def test_fetch_move_and_close_name_their_cursor(sql, cursor):
 
 def test_fetch_with_a_direction_the_analyser_does_not_know_is_refused():
     assert decide("fetch sideways 3 from x").verdict is Verdict.DENY
+
+
+# ---- a result the client never asked to have described ---------------------------------------------
+
+
+def test_an_execute_without_describe_is_described_to_the_enforcer_alone():
+    s = session()
+    bind = msg(b"B", b"\0\0" + INT16.pack(0) + INT16.pack(0) + INT16.pack(0))
+    execute = msg(b"E", b"\0" + INT32.pack(0))
+    to_server = sent(s.from_client(codec.parse("", "select upper(email) from customers") + bind + execute
+                                   + msg(b"S")), "server")
+    assert [kind for kind, _ in frames(to_server)] == [b"P", b"B", b"D", b"E", b"S"]
+    out = sent(s.from_server(msg(b"1") + msg(b"2") + row_description(("upper", 0, 0, 25, 0))
+                             + data_row(b"ADA@EXAMPLE.COM") + msg(b"C", b"SELECT 1\0")
+                             + codec.ready_for_query(b"I")), "client")
+    assert [kind for kind, _ in frames(out)] == [b"1", b"2", b"D", b"C", b"Z"]  # no RowDescription it never asked for
+    assert values(out) == [[b"****"]]

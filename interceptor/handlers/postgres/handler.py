@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from interceptor.approvals.broker import PendingRequest
+from interceptor.approvals.broker import DISCONNECTED, PendingRequest
 from interceptor.audit.event import AuditUnavailable
 from interceptor.flow import FlowContext
 from interceptor.handlers.base import Services
@@ -587,6 +587,11 @@ class _Link:
                 if held.cancelled:
                     await pending.withdraw(CANCELLED)
             outcome = await pending.wait()
+        except asyncio.CancelledError:  # the link closed: the statement never runs, and says so
+            record = self.session.abandoned_hold(held.pending.request_id if held.pending else None, DISCONNECTED)
+            if record is not None:
+                self._audit(record)
+            raise
         finally:
             self._held = None
         if held.cancelled or outcome.withdrawn:

@@ -215,6 +215,7 @@ class Expect:
     portal: Portal | None = None  # describe-portal / execute
     change: Change | None = None  # parse / bind / close: what a failure or a skip undoes
     segment: int = 0  # query / sync: the segment it ends
+    internal: bool = False  # describe: the enforcer's own, whose answer the client never sees
 
 
 class _Stream:
@@ -582,6 +583,12 @@ class ProxySession:
                               approval=prepared.approval, prepared=prepared, effects=_effects(portal.decision))
         for effects in statement.effects:
             self._predict(effects)
+        if portal.decision.masks and portal.columns is None and prepared.columns is None:
+            # The client never asked what the result holds: the enforcer asks the server
+            # (Describe of the portal, docs 55.2.3) so its rows are masked by the server's word.
+            describe = codec.message(b"D", b"P" + bytes(self._client.view[frame[1] + 5:frame[2] - 4]))
+            self._client.replace(frame[1], frame[2], [describe, self._client.view[frame[1]:frame[2]]])
+            self._expect.append(Expect("describe", portal=portal, internal=True))
         self._expect.append(Expect("execute", statement, portal=portal))
         if len(self._expect) == 1:
             self._activate()
@@ -700,6 +707,19 @@ class ProxySession:
         self._admit(text, name, frame, decision, info, cancelled)
         return self.from_client(b"")
 
+    def abandoned_hold(self, request_id: str | None, reason: str) -> Audit | None:
+        """The audit record of the held statement when its client went away before a decision:
+        denied with `reason`, never run. None when nothing is held."""
+        if self._held is None:
+            return None
+        _, name, text, decision = self._held
+        self._held = None
+        denied = Decision(Verdict.DENY, decision.rule, reason, (), decision.approval, decision.details)
+        statement = Statement(text, denied, "simple" if name is None else "extended", self.clock(), error=reason,
+                              approval={"approved": False, "request_id": request_id, "reason": reason,
+                                        "withdrawn": True})
+        return self._audit(statement)
+
     def waiting_notice(self, request_id: str | None, timeout_seconds: int) -> list[Command]:
         """Tell the agent its statement waits for approval (sent at a server frame boundary)."""
         note = codec.error_response(
@@ -773,6 +793,8 @@ class ProxySession:
             self._ready(frame, bytes(body[:1]), head, out)
         elif kind in (0x31, 0x32, 0x33, 0x6E):  # ParseComplete, BindComplete, CloseComplete, NoData
             if head is not None and head.kind in ("parse", "bind", "close", "describe"):
+                if head.internal:
+                    self._server.replace(start, end, [])
                 self._pop()
 
     def _command_complete(self, frame: tuple[int, int, int], tag: str, head: Expect | None,
@@ -850,6 +872,8 @@ class ProxySession:
             elif head.portal is not None:
                 head.portal.columns = columns
         if head.kind == "describe":
+            if head.internal:
+                self._server.replace(frame[1], frame[2], [])
             self._pop()
 
     def learn_tables(self, tables: dict[int, dict[int, str]]) -> list[Command]:
