@@ -60,10 +60,17 @@ class Relation:
     # its columns' types, row security policies, index expressions, rules, and what the
     # relations a view or rule writes, or its partitions and children, run when written
     write_functions: tuple[tuple[str, str], ...] = ()
+    attnums: tuple[int, ...] = ()  # pg_attribute.attnum of each column (empty: 1, 2, ... in order)
 
     @property
     def qualified(self) -> str:
         return f"{self.schema}.{self.name}"
+
+    def column_at(self, attnum: int) -> str | None:
+        """The name of the column numbered `attnum` (RowDescription's column attribute
+        number), None for a system column, a dropped one or none."""
+        numbers = self.attnums or tuple(range(1, len(self.columns) + 1))
+        return self.columns[numbers.index(attnum)] if attnum in numbers else None
 
     def written(self, events: Iterable[str]) -> tuple[tuple[str, str], ...]:
         """(event, function) of what writing rows with these events runs."""
@@ -143,6 +150,7 @@ class Catalog:
     code_types: tuple[Type, ...] = field(default=(), compare=False, repr=False)
     # the relation whose row type (pg_class.reltype) each composite type OID is
     row_types: Mapping[int, Relation] = field(default_factory=dict, compare=False, repr=False)
+    by_oid: Mapping[int, Relation] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def build(cls, relations: Iterable[Relation], functions: Iterable[Function] = (), *,
@@ -172,6 +180,7 @@ class Catalog:
                                                         if t.functions and t.schema not in SYSTEM_SCHEMAS))
         object.__setattr__(catalog, "row_types", {t.oid: rels[key] for key, t in kinds.items()
                                                   if t.kind == "c" and t.oid and key in rels})
+        object.__setattr__(catalog, "by_oid", {r.oid: r for r in rels.values() if r.oid})
         return catalog
 
     @classmethod
@@ -200,6 +209,13 @@ class Catalog:
 
     def type(self, schema: str, name: str) -> Type | None:
         return self.types.get((schema, name))
+
+    def column_at(self, table_oid: int, attnum: int) -> str | None:
+        """"schema.table.column" of a RowDescription's table OID and column number, None
+        when the catalog does not hold that table or it has no such column."""
+        relation = self.by_oid.get(table_oid)
+        column = relation.column_at(attnum) if relation is not None else None
+        return f"{relation.qualified}.{column}" if relation is not None and column is not None else None
 
     def row_type(self, relation: Relation) -> int | None:
         """The OID of a relation's row type (its composite type), None when not held."""
@@ -285,7 +301,8 @@ class Catalog:
     def from_dict(cls, data: Mapping[str, Any]) -> Catalog:
         """ValueError (naming the field) for a malformed dump."""
         try:
-            relations = [Relation(**{**r, **{k: tuple(r.get(k, ())) for k in ("columns", "types", "functions")},
+            relations = [Relation(**{**r, **{k: tuple(r.get(k, ())) for k in ("columns", "types", "functions",
+                                                                             "attnums")},
                                      "write_functions": tuple(_write(pair) for pair in r.get("write_functions", ()))})
                          for r in data.get("relations", ())]
             functions = [Function(**{**f, "arguments": tuple(f.get("arguments", ()))})

@@ -11,11 +11,12 @@ from interceptor.handlers.postgres.session import (
     Close,
     Hold,
     ProxySession,
-    ResolveTables,
+    RefreshCatalog,
     Send,
     redact_literals,
 )
 from interceptor.operations import SqlQuery
+from interceptor.policy.catalog import Catalog, Relation
 
 NONCE = "n0nce"
 SENTINEL = f"interceptor_denied_{NONCE}"
@@ -192,8 +193,12 @@ def test_large_rows_stream_in_pieces_without_buffering():
     assert forwarded == row
 
 
-def test_masked_columns_resolve_tables_then_rewrite_rows():
+USERS = Relation("public", "users", "r", ("id", "email"), oid=16400)
+
+
+def test_masked_columns_are_named_by_the_catalog_read_again_for_a_table_it_did_not_hold():
     calls = []
+    catalogs = [Catalog.build([]), Catalog.build([USERS])]
 
     def factory(specs, columns, origins, encoding):
         names = tuple(o.column for o in origins)
@@ -202,12 +207,13 @@ def test_masked_columns_resolve_tables_then_rewrite_rows():
         return lambda body: body.tobytes().replace(b"alice@example.com", b"****").replace(
             INT32.pack(17) + b"****", INT32.pack(4) + b"****") if index == 1 else None
 
-    s = session(mask_factory=factory)
+    s = session(mask_factory=factory, catalog=lambda: catalogs[0])
     s.from_client(codec.query("SELECT id, email FROM users"))
     head = row_description(("id", 16400, 1), ("email", 16400, 2))
     commands = s.from_server(head + data_row(b"1", b"alice@example.com"))
-    assert commands == [ResolveTables((16400,))]
-    resumed = s.learn_tables({16400: {1: "public.users.id", 2: "public.users.email"}})
+    assert commands == [RefreshCatalog(after_ddl=False, for_result=True)]
+    catalogs.pop(0)
+    resumed = s.tables_read()
     resumed += s.from_server(msg(b"C", b"SELECT 1\0") + codec.ready_for_query(b"I"))
     assert calls == [("public.users.id", "public.users.email")]
     out = sent(resumed, "client")
@@ -284,14 +290,24 @@ def test_literals_are_redacted_for_audit():
         "SELECT * FROM t1 WHERE a = ? AND b = ? AND c = ? AND d = ?"
 
 
+def test_a_table_the_catalog_still_does_not_hold_withholds_the_result():
+    s = session(mask_factory=lambda specs, columns, origins, encoding: None, catalog=lambda: Catalog.build([]))
+    s.from_client(codec.query("SELECT * FROM users"))
+    s.from_server(row_description(("email", 16400, 2)))
+    out = sent(s.tables_read() + s.from_server(data_row(b"secret@example.com")), "client")
+    assert b"secret" not in out and s.closed and "table oid 16400" in codec.read_fields(frames(out)[-1][1])["M"]
+
+
 def test_frames_before_a_paused_row_description_keep_their_order():
-    s = session(mask_factory=lambda specs, columns, origins, encoding: None)
+    catalogs = [Catalog.build([]), Catalog.build([USERS])]
+    s = session(mask_factory=lambda specs, columns, origins, encoding: None, catalog=lambda: catalogs[0])
     s.from_client(codec.parse("s1", "SELECT email FROM users WHERE id = $1") + msg(b"D", b"Ss1\0") + msg(b"S"))
     before = msg(b"1") + msg(b"t", INT16.pack(1) + INT32.pack(23))
     commands = s.from_server(before + row_description(("email", 16400, 2)) + codec.ready_for_query(b"I"))
-    assert [type(c).__name__ for c in commands] == ["Send", "ResolveTables"]
+    assert [type(c).__name__ for c in commands] == ["Send", "RefreshCatalog"]
     assert sent(commands, "client") == before
-    rest = sent(s.learn_tables({16400: {2: "public.users.email"}}), "client")
+    catalogs.pop(0)
+    rest = sent(s.tables_read(), "client")
     assert [k for k, _ in frames(rest)] == [b"T", b"Z"]
 
 

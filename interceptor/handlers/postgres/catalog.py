@@ -177,10 +177,10 @@ CATALOG_QUERY = ";\n".join((
     "SELECT 'p', n.nspname, o.oprname, pn.nspname, p.proname FROM pg_catalog.pg_operator o "
     "JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace JOIN pg_catalog.pg_proc p ON p.oid = o.oprcode "
     "JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace WHERE n.nspname <> 'pg_catalog'",
-    # r: oid, schema, name, relkind, [[column, type, type oid], ...] of the live columns in attnum order
+    # r: oid, schema, name, relkind, [[column, type, type oid, attnum], ...] of the live columns in attnum order
     "SELECT 'r', c.oid, n.nspname, c.relname, c.relkind, "
     "(SELECT pg_catalog.json_agg(pg_catalog.json_build_array(a.attname, "
-    "pg_catalog.format_type(a.atttypid, a.atttypmod), a.atttypid) ORDER BY a.attnum) "
+    "pg_catalog.format_type(a.atttypid, a.atttypmod), a.atttypid, a.attnum) ORDER BY a.attnum) "
     "FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped) "
     "FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
     f"WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'c', 'S') AND {_SKIPPED_SCHEMAS}",
@@ -272,8 +272,9 @@ def _catalog(rows: list[list[str | None]], database: str) -> Catalog:
     for oid, schema, name, kind, columns in tagged["r"]:
         triples = json.loads(columns) if columns is not None else []
         reads, writes = code.relation(int(str(oid)))
-        relations.append(Relation(str(schema), str(name), str(kind), tuple(str(c) for c, _, _ in triples),
-                                  tuple(str(t) for _, t, _ in triples), int(str(oid)), reads, writes))
+        relations.append(Relation(str(schema), str(name), str(kind), tuple(str(c) for c, *_ in triples),
+                                  tuple(str(t) for _, t, *_ in triples), int(str(oid)), reads, writes,
+                                  tuple(int(n) for *_, n in triples)))
     types = [Type(str(schema), str(name), str(kind),
                   tuple(sorted(code.type(int(str(oid))))) if schema not in SYSTEM_SCHEMAS else (), int(str(oid)))
              for oid, schema, name, kind, *_ in tagged["y"]]

@@ -1,4 +1,4 @@
-"""asyncio glue: sockets, credentials, approvals, audit and column lookups around the
+"""asyncio glue: sockets, credentials, approvals, audit and catalog reads around the
 sans-IO codec, login and ProxySession. Sockets are Pipes (interceptor.handlers.pipe):
 callbacks, not streams, on the path every statement takes."""
 
@@ -11,7 +11,7 @@ import socket
 import ssl
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +22,7 @@ from interceptor.handlers.base import Services
 from interceptor.handlers.pipe import Pipe
 from interceptor.handlers.postgres import codec
 from interceptor.handlers.postgres.auth import LoginError, UpstreamLogin
-from interceptor.handlers.postgres.codec import Column, ProtocolViolation
+from interceptor.handlers.postgres.codec import ProtocolViolation
 from interceptor.policy.encodings import EncodingRefused, python_codec
 from interceptor.handlers.postgres.session import (
     CLIENT,
@@ -33,7 +33,6 @@ from interceptor.handlers.postgres.session import (
     Hold,
     ProxySession,
     RefreshCatalog,
-    ResolveTables,
     Send,
 )
 from interceptor.handlers.postgres.startup import Refused, Startup, accept_startup, database_allowed
@@ -50,12 +49,6 @@ BACKLOG_BYTES = 256 * 1024  # read on during a wait up to this much, then pause 
 STARTUP_SECONDS = 60.0
 REREAD_SECONDS = 2.0  # a name the catalog does not hold has it read again at most this often
 CANCELLED = "the client cancelled the statement"  # why a held statement's request is withdrawn on a cancel
-_COLUMN_NAMES = (
-    "SELECT a.attrelid, a.attnum, n.nspname || '.' || c.relname || '.' || a.attname "
-    "FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid "
-    "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-    "WHERE a.attnum > 0 AND a.attrelid IN ({})"
-)
 
 
 class Upstream:
@@ -105,13 +98,6 @@ class Upstream:
         if error is not None:
             raise LoginError(f"query failed: {error}")
         return rows
-
-    async def column_names(self, oids: tuple[int, ...]) -> dict[int, dict[int, str]]:
-        """`schema.table.column` by table OID and attnum, with one simple query."""
-        names: dict[int, dict[int, str]] = {}
-        for oid, attnum, name in await self.simple_query(_COLUMN_NAMES.format(", ".join(str(int(o)) for o in oids))):
-            names.setdefault(int(str(oid)), {})[int(str(attnum))] = str(name)
-        return names
 
     def close(self) -> None:
         self.pipe.abort()
@@ -319,11 +305,7 @@ class PostgresHandler:
         host, port = str(flow.original_dst.ip), flow.original_dst.port
         tls, server_name = upstream_tls(services.resource)
         params = {"user": credentials["user"], "database": startup.database, **startup.params}
-
-        async def connect() -> Upstream:
-            return await Upstream.connect(host, port, params, credentials["password"], tls, server_name)
-
-        upstream = await connect()
+        upstream = await Upstream.connect(host, port, params, credentials["password"], tls, server_name)
         pid, secret = secrets.randbits(31), secrets.token_bytes(32 if startup.minor >= 2 else 4)
         login = upstream.login
         reported = _parameter_statuses(login.forward)
@@ -350,7 +332,7 @@ class PostgresHandler:
             database=startup.database, catalog=catalogs.current, epoch=services.epoch, settings=settings,
             server_encoding=server_encoding, mask_factory=mask_factory(), scan_errors=services.scan_errors,
         )
-        link = _Link(flow, services, session, client, upstream, connect, catalogs)
+        link = _Link(flow, services, session, client, upstream, catalogs)
         self._cancel_keys[(pid, secret)] = _CancelTarget(flow.agent, link, host, port, login.backend_key)
         error = None
         try:
@@ -407,21 +389,19 @@ class _Link:
     """One proxied session: each chunk a socket delivers goes through the ProxySession in
     the callback that read it, and the commands that come out are carried out at once,
     every write for a peer in one call. Only a command that must wait (a strict audit
-    record becoming durable, an approval, a column lookup) defers the rest of its
+    record becoming durable, an approval, a catalog read) defers the rest of its
     direction; what that direction reads meanwhile is kept in order for after the wait
     (and reading pauses once that passes BACKLOG_BYTES), while the other direction goes on.
     A direction also stops reading while the peer it writes to is not taking bytes."""
 
     def __init__(self, flow: FlowContext, services: Services, session: ProxySession, client: Pipe,
-                 upstream: Upstream, connect: Callable[[], Awaitable[Upstream]], catalogs: CatalogSource) -> None:
+                 upstream: Upstream, catalogs: CatalogSource) -> None:
         self.flow = flow
         self.catalogs = catalogs
         self.services = services
         self.session = session
         self.client = client
         self.upstream = upstream
-        self.connect = connect
-        self.lookup: Upstream | None = None
         self.statements = 0
         self.closed_because: str | None = None  # why the session closed the link, when it did
         self.capture = bool(getattr(services.audit, "capture", False))  # session bytes for pcap export
@@ -543,9 +523,6 @@ class _Link:
             elif kind is Hold:
                 waiting = self._hold(command)
                 break
-            elif kind is ResolveTables:
-                waiting = self._resolve(command)
-                break
             elif kind is RefreshCatalog:
                 waiting = self._refresh(command)
                 break
@@ -612,12 +589,7 @@ class _Link:
 
     async def _refresh(self, command: RefreshCatalog) -> list[Command]:
         await self.catalogs.refresh(command.after_ddl)
-        return self.session.catalog_read()
-
-    async def _resolve(self, command: ResolveTables) -> list[Command]:
-        if self.lookup is None:
-            self.lookup = await self.connect()
-        return self.session.learn_tables(await self.lookup.column_names(command.oids))
+        return self.session.tables_read() if command.for_result else self.session.catalog_read()
 
     def _reading(self) -> None:
         """Read from a side while its peer takes bytes and, during a wait, until what was read
@@ -645,8 +617,6 @@ class _Link:
                 task.cancel()
         self.upstream.close()
         self.catalogs.close()
-        if self.lookup is not None:
-            self.lookup.close()
 
 
 async def _audit_connection(services: Services, flow: FlowContext, verdict: str, stage: str, error: str | None,

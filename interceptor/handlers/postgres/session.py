@@ -108,19 +108,14 @@ class Hold:
 
 
 @dataclass(frozen=True, slots=True)
-class ResolveTables:
-    """Look up these table OIDs' column names; answer with `ProxySession.learn_tables`."""
-
-    oids: tuple[int, ...]
-
-
-@dataclass(frozen=True, slots=True)
 class RefreshCatalog:
     """Read the catalog again and answer with `ProxySession.catalog_read`: after DDL the
     enforcer let through (`after_ddl`), or for a name the catalog does not hold, which DDL
-    made elsewhere may have created since (then at most every few seconds)."""
+    made elsewhere may have created since (then at most every few seconds). `for_result`:
+    a result names a table the catalog does not hold; answer with `ProxySession.tables_read`."""
 
     after_ddl: bool = True
+    for_result: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +123,7 @@ class Close:
     reason: str
 
 
-Command = Send | Audit | Hold | ResolveTables | RefreshCatalog | Close
+Command = Send | Audit | Hold | RefreshCatalog | Close
 # epoch, settings, catalog version, cursors version
 Context = tuple[object, tuple[tuple[str, str | None], ...], str, int]
 
@@ -355,8 +350,8 @@ class ProxySession:
         self._doomed = False  # a refusal was sent in this segment: the server skips to Sync
         self._waiting: str | None = None  # why the client's next message waits for the server
         self._held: tuple[tuple[int, int, int], str | None, str, Decision] | None = None
-        self._awaiting_tables: tuple[int, ...] = ()
-        self._tables: dict[int, dict[int, str]] = {}
+        self._awaiting_tables = False  # a result waits for the catalog to be read again
+        self._tables_reread = False  # it was, for the result now being described
         self._to_client: list[bytes] = []  # enforcer messages waiting for a server frame boundary
         self._row_mask: RowMask | None = None
 
@@ -736,7 +731,7 @@ class ProxySession:
     # ---- server -> client ---------------------------------------------------------
 
     def from_server(self, data: bytes) -> list[Command]:
-        """Commands for bytes the server sent (b"" resumes after `learn_tables`)."""
+        """Commands for bytes the server sent (b"" resumes after `tables_read`)."""
         stream = self._server
         if data:
             stream.feed(data)
@@ -858,13 +853,15 @@ class ProxySession:
             decision = head.prepared.decision if head.prepared is not None else None
         if decision is not None and decision.masks:
             columns = codec.read_row_description(body)
-            missing = tuple(sorted({c.table_oid for c in columns if c.table_oid and c.table_oid not in self._tables}))
-            if missing:
-                self._awaiting_tables = missing
+            catalog = self.catalog()
+            known = catalog.by_oid if isinstance(catalog, Catalog) else {}
+            if any(c.table_oid and c.table_oid not in known for c in columns) and not self._tables_reread:
+                self._awaiting_tables = self._tables_reread = True
                 self._server.stop(frame[1])
                 _send(out, CLIENT, self._server.take())  # what came before stays before
-                out.append(ResolveTables(missing))
+                out.append(RefreshCatalog(after_ddl=False, for_result=True))
                 return
+            self._tables_reread = False
             if head.kind == "query":
                 self._row_mask = self._mask_for(decision, columns)
             elif head.prepared is not None:
@@ -876,11 +873,10 @@ class ProxySession:
                 self._server.replace(frame[1], frame[2], [])
             self._pop()
 
-    def learn_tables(self, tables: dict[int, dict[int, str]]) -> list[Command]:
-        """Qualified `schema.table.column` names by table OID and attnum; resumes the result."""
-        for oid in self._awaiting_tables:
-            self._tables[oid] = tables.get(oid, {})
-        self._awaiting_tables = ()
+    def tables_read(self) -> list[Command]:
+        """The catalog was read again for a result naming a table it did not hold (`RefreshCatalog`
+        with `for_result`): the result resumes; a table still unknown then withholds it."""
+        self._awaiting_tables = False
         return self.from_server(b"")
 
     def _mask_for(self, decision: Decision, columns: tuple[Column, ...]) -> RowMask | None:
@@ -894,8 +890,13 @@ class ProxySession:
 
     def _origin(self, column: Column, output: dict[str, Any] | None, catalog: Catalog | None) -> Origin:
         """Where a result column's values come from: the server's RowDescription (the column
-        it comes straight from, or a relation's row type) and the analysis (`output`)."""
-        named = self._tables.get(column.table_oid, {}).get(column.attnum) if column.table_oid else None
+        it comes straight from, or a relation's row type) and the analysis (`output`). A table
+        OID the catalog does not hold (read again once for it) is a ValueError: masked or not,
+        the enforcer cannot tell."""
+        if column.table_oid and (catalog is None or column.table_oid not in catalog.by_oid):
+            raise ValueError(f"result column {column.name!r} comes from table oid {column.table_oid}, which the "
+                             "catalog does not hold")
+        named = catalog.column_at(column.table_oid, column.attnum) if catalog is not None and column.table_oid else None
         if output is not None and "shape" in output:
             schema, _, name = str(output["table"]).partition(".")
             relation = catalog.relation(schema, name) if catalog is not None else None
