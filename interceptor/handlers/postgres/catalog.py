@@ -338,7 +338,7 @@ class _Code:
     def of(cls, tagged: dict[str, list[list[str | None]]]) -> _Code:
         code = cls()
         for oid, _, _, _, columns in tagged["r"]:
-            code.column_types[int(str(oid))] = [int(t) for _, _, t in json.loads(columns or "[]")]
+            code.column_types[int(str(oid))] = [int(t) for _, _, t, _ in json.loads(columns or "[]")]
         for oid, schema, _, _, base, element, relation, subtype in tagged["y"]:
             if schema in SYSTEM_SCHEMAS:
                 code.system_types.add(int(str(oid)))
