@@ -6,6 +6,9 @@
 
 or use the `pg_server` fixture (one server per test module). As root the server runs as the
 `postgres` OS user (PostgreSQL refuses to run as root). Set PG_BIN to use other binaries.
+
+For a daemon in front of it: `write_credentials` writes the resource's credentials file and
+`postgres_policy` a policy with one agent and the server as the postgres resource `db`.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from urllib.parse import quote
 
@@ -131,3 +134,30 @@ class PgServer:
 def pg_server() -> Iterator[PgServer]:
     with PgServer() as server:
         yield server
+
+
+def write_credentials(path: Path, user: str, password: str) -> Path:
+    """Write a `from: file` credentials file (`user:` and `password:` lines) with mode 0600; returns `path`."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, f"user: {user}\npassword: {password}\n".encode())
+    finally:
+        os.close(fd)
+    return path
+
+
+def postgres_policy(pg: PgServer, credentials: Path, agent: str, rules: Sequence[str]) -> str:
+    """A policy YAML: `agent` with `unprotected: deny`, `pg` as the postgres resource `db` logging in with the
+    file `credentials`, and `rules`, each one YAML flow mapping (`{name: ..., effect: ..., ...}`) on a line."""
+    body = "".join(f"  - {rule}\n" for rule in rules)
+    return f"""
+version: 1
+agents:
+  {agent}: {{unprotected: deny}}
+resources:
+  db:
+    protocol: postgres
+    addresses: ["127.0.0.1:{pg.port}"]
+    credentials: {{from: file, path: {credentials}}}
+rules:
+{body}"""

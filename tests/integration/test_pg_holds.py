@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import signal
 import sqlite3
@@ -27,7 +26,7 @@ import psycopg
 import pytest
 
 from daemon import INTERCEPTOR, Daemon, detach_everything
-from pg_fixture import PgServer
+from pg_fixture import PgServer, postgres_policy, write_credentials
 from test_pg_proxy import Proxy
 
 from interceptor.approvals import ApprovalBroker, Grant, SqliteStore
@@ -43,21 +42,12 @@ ROUNDS = 50
 
 
 def policy_text(pg: PgServer, secret: Path) -> str:
-    return f"""
-version: 1
-agents:
-  {AGENT}: {{unprotected: deny}}
-resources:
-  db:
-    protocol: postgres
-    addresses: ["127.0.0.1:{pg.port}"]
-    credentials: {{from: file, path: {secret}}}
-rules:
-  - {{name: reads, effect: allow, agents: [{AGENT}], resources: [db], sql: {{kinds: [select]}}}}
-  - {{name: order-updates, effect: approve, agents: [{AGENT}], resources: [db],
-     sql: {{kinds: [update], tables: [public.orders]}},
-     approval: {{groups: [dba], timeout_seconds: {HOLD_SECONDS}}}}}
-"""
+    return postgres_policy(pg, secret, AGENT, [
+        f"{{name: reads, effect: allow, agents: [{AGENT}], resources: [db], sql: {{kinds: [select]}}}}",
+        f"{{name: order-updates, effect: approve, agents: [{AGENT}], resources: [db],"
+        f" sql: {{kinds: [update], tables: [public.orders]}},"
+        f" approval: {{groups: [dba], timeout_seconds: {HOLD_SECONDS}}}}}",
+    ])
 
 
 @pytest.fixture(scope="module")
@@ -66,10 +56,7 @@ def env(tmp_path_factory):
     with PgServer(user="owner", password=PASSWORD) as pg:
         pg.psql("create table orders (id int primary key, status text);"
                 "insert into orders select id, 'new' from generate_series(1, 10) id")
-        secret = workdir / "db-credentials"
-        fd = os.open(secret, os.O_WRONLY | os.O_CREAT, 0o600)
-        os.write(fd, f"user: owner\npassword: {PASSWORD}\n".encode())
-        os.close(fd)
+        secret = write_credentials(workdir / "db-credentials", "owner", PASSWORD)
         policy = workdir / "policy.yaml"
         policy.write_text(policy_text(pg, secret))
         daemon = Daemon(workdir, policy, redirect="bpf")

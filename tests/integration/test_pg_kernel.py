@@ -15,7 +15,7 @@ import time
 import pytest
 
 from daemon import INTERCEPTOR, Daemon, detach_everything
-from pg_fixture import PgServer
+from pg_fixture import PgServer, postgres_policy, write_credentials
 
 PASSWORD = "s3cret-upstream-pw"
 CARDS = {1: "4111 1111 1111 1111", 2: "5500 0000 0000 0004"}
@@ -29,30 +29,20 @@ insert into orders values (10, 1, 99.50, 'new'), (11, 2, 12.00, 'new');
 """
 
 
-def policy_text(pg: PgServer, secret: str) -> str:
-    return f"""
-version: 1
-agents:
-  analyst: {{unprotected: deny}}
-resources:
-  db:
-    protocol: postgres
-    addresses: ["127.0.0.1:{pg.port}"]
-    credentials: {{from: file, path: {secret}}}
-rules:
-  - {{name: no-ddl, effect: deny, agents: [analyst], resources: [db], sql: {{kinds: [ddl]}}}}
-  - {{name: read-public, effect: allow, agents: [analyst], resources: [db],
-     sql: {{kinds: [select], tables: ["public.*"]}}}}
-  - {{name: read-catalog, effect: allow, agents: [analyst], resources: [db],
-     sql: {{kinds: [select], tables: ["pg_catalog.*", "information_schema.*"]}}}}
-  - {{name: transactions, effect: allow, agents: [analyst], resources: [db], sql: {{kinds: [transaction]}}}}
-  - {{name: mask-card, effect: mask, agents: [analyst], resources: [db],
-     mask: {{columns: [public.customers.card_number], style: partial}}}}
-  - {{name: mask-email, effect: mask, agents: [analyst], resources: [db],
-     mask: {{columns: [public.customers.email], style: redact}}}}
-  - {{name: update-orders, effect: approve, agents: [analyst], resources: [db],
-     sql: {{kinds: [update], tables: [public.orders]}}, approval: {{groups: [dba], timeout_seconds: 30}}}}
-"""
+RULES = [
+    "{name: no-ddl, effect: deny, agents: [analyst], resources: [db], sql: {kinds: [ddl]}}",
+    "{name: read-public, effect: allow, agents: [analyst], resources: [db],"
+    ' sql: {kinds: [select], tables: ["public.*"]}}',
+    "{name: read-catalog, effect: allow, agents: [analyst], resources: [db],"
+    ' sql: {kinds: [select], tables: ["pg_catalog.*", "information_schema.*"]}}',
+    "{name: transactions, effect: allow, agents: [analyst], resources: [db], sql: {kinds: [transaction]}}",
+    "{name: mask-card, effect: mask, agents: [analyst], resources: [db],"
+    " mask: {columns: [public.customers.card_number], style: partial}}",
+    "{name: mask-email, effect: mask, agents: [analyst], resources: [db],"
+    " mask: {columns: [public.customers.email], style: redact}}",
+    "{name: update-orders, effect: approve, agents: [analyst], resources: [db],"
+    " sql: {kinds: [update], tables: [public.orders]}, approval: {groups: [dba], timeout_seconds: 30}}",
+]
 
 
 @pytest.fixture(scope="module")
@@ -60,12 +50,9 @@ def env(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("pg-kernel")
     with PgServer(user="owner", password=PASSWORD) as pg:
         pg.psql(SCHEMA)
-        secret = workdir / "db-credentials"
-        fd = os.open(secret, os.O_WRONLY | os.O_CREAT, 0o600)
-        os.write(fd, f"user: owner\npassword: {PASSWORD}\n".encode())
-        os.close(fd)
+        secret = write_credentials(workdir / "db-credentials", "owner", PASSWORD)
         policy = workdir / "policy.yaml"
-        policy.write_text(policy_text(pg, str(secret)))
+        policy.write_text(postgres_policy(pg, secret, "analyst", RULES))
         daemon = Daemon(workdir, policy, redirect="bpf")
         daemon.start()
         try:

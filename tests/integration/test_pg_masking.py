@@ -12,16 +12,16 @@ The resource logs in as `app`, a role that is not a superuser and owns the table
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
 from daemon import INTERCEPTOR, Daemon, detach_everything
-from pg_fixture import PgServer
+from pg_fixture import PgServer, postgres_policy, write_credentials
 
 pytestmark = pytest.mark.root
 
@@ -50,7 +50,7 @@ create table public.customers (id int primary key, name text, email text, card_n
 RESTORE = f"delete from public.customers; {ROWS}"
 
 
-def policy_text(pg: PgServer, secret) -> str:
+def policy_text(pg: PgServer, secret: Path) -> str:
     rule = "{{name: {}, effect: {}, agents: [{}], resources: [db], {}}}".format
     rules = [
         rule("read-public", "allow", AGENT, 'sql: {kinds: [select], tables: ["public.*"]}'),
@@ -62,19 +62,7 @@ def policy_text(pg: PgServer, secret) -> str:
         rule("mask-card", "mask", AGENT, "mask: {columns: [public.customers.card_number], style: partial}"),
         rule("mask-email", "mask", AGENT, "mask: {columns: [public.customers.email], style: redact}"),
     ]
-    body = "\n".join(f"  - {r}" for r in rules)
-    return f"""
-version: 1
-agents:
-  {AGENT}: {{unprotected: deny}}
-resources:
-  db:
-    protocol: postgres
-    addresses: ["127.0.0.1:{pg.port}"]
-    credentials: {{from: file, path: {secret}}}
-rules:
-{body}
-"""
+    return postgres_policy(pg, secret, AGENT, rules)
 
 
 ALLOW_RULES = {"read-public", "write-customers", "copy", "settings", "set-config"}
@@ -90,10 +78,7 @@ def env(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("pg-masking")
     with PgServer(user="owner", password=SUPER_PASSWORD) as pg:
         pg.psql(SETUP)
-        secret = workdir / "db-credentials"
-        fd = os.open(secret, os.O_WRONLY | os.O_CREAT, 0o600)
-        os.write(fd, f"user: app\npassword: {APP_PASSWORD}\n".encode())
-        os.close(fd)
+        secret = write_credentials(workdir / "db-credentials", "app", APP_PASSWORD)
         policy = workdir / "policy.yaml"
         policy.write_text(policy_text(pg, secret))
         daemon = Daemon(workdir, policy, redirect="bpf")

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from daemon import INTERCEPTOR, Daemon, detach_everything
-from pg_fixture import PgServer
+from pg_fixture import PgServer, postgres_policy, write_credentials
 
 pytestmark = pytest.mark.root
 
@@ -132,19 +132,7 @@ def policy_text(pg: PgServer, secret: Path, which: str) -> str:
             rule("mask-card", "mask", AGENT, "mask: {columns: [public.customers.card_number], style: partial}"),
             rule("mask-email", "mask", AGENT, "mask: {columns: [public.customers.email], style: redact}"),
         ]
-    body = "\n".join(f"  - {r}" for r in rules)
-    return f"""
-version: 1
-agents:
-  {AGENT}: {{unprotected: deny}}
-resources:
-  db:
-    protocol: postgres
-    addresses: ["127.0.0.1:{pg.port}"]
-    credentials: {{from: file, path: {secret}}}
-rules:
-{body}
-"""
+    return postgres_policy(pg, secret, AGENT, rules)
 
 
 ALLOW_RULES = {"settings", "set-config", "read-sales", "insert-notes", "prepare", "read-public", "read-catalog"}
@@ -172,10 +160,7 @@ def env(tmp_path_factory):
         pg.psql("alter role app in database rolepath set search_path = sales, public")
         pg.psql(NOCATALOG, dbname="nocatalog")
         pg.psql("alter database sjisdb set client_encoding = 'SJIS'")
-        secret = workdir / "db-credentials"
-        fd = os.open(secret, os.O_WRONLY | os.O_CREAT, 0o600)
-        os.write(fd, f"user: app\npassword: {APP_PASSWORD}\n".encode())
-        os.close(fd)
+        secret = write_credentials(workdir / "db-credentials", "app", APP_PASSWORD)
         policies = {}
         for which in ("sales", "demo"):
             policies[which] = workdir / f"{which}.yaml"
