@@ -350,13 +350,14 @@ def numeric_shape(text: str) -> NumericShape | None:
     start, end of each token, packed); None when it has no numeric literal to make 0. No rule depends
     on a number's value, so statements that differ only there (`WHERE aid = 1`, `= 2`, ...)
     can share one analysis: that of the zeroed text, and only while the zeroed text still
-    tokenizes the same (`shape_holds`)."""
+    tokenizes the same (`shape_holds`). A number that names a result column by its position
+    (an item of ORDER BY, GROUP BY or DISTINCT ON) is kept: which column it names matters."""
     try:
         tokens = DIALECT.tokenize(text)
     except Exception:  # noqa: BLE001 - no shape: the statement is analysed (and denied) on its own
         return None
     pieces, done = [], 0
-    for token in tokens:
+    for token in _zeroable(tokens):
         if token.token_type == TokenType.NUMBER:
             digits = text[token.start:token.end + 1]
             zeroed = digits.translate(_ZEROS)
@@ -367,6 +368,33 @@ def numeric_shape(text: str) -> NumericShape | None:
         return None
     pieces.append(text[done:])
     return "".join(pieces), _signature(tokens)
+
+
+_POSITION_LISTS = frozenset({TokenType.ORDER_BY, TokenType.GROUP_BY})
+_LIST_ENDS = frozenset({TokenType.LIMIT, TokenType.OFFSET, TokenType.FETCH, TokenType.FOR, TokenType.HAVING,
+                        TokenType.WINDOW, TokenType.UNION, TokenType.EXCEPT, TokenType.INTERSECT})
+
+
+def _zeroable(tokens: list[Token]) -> Iterator[Token]:
+    """The tokens but the numbers that are items of an ORDER BY, GROUP BY or DISTINCT ON list."""
+    depth, listing, before = 0, None, [None, None, None]
+    for token in tokens:
+        kind = token.token_type
+        if kind == TokenType.L_PAREN:
+            depth += 1
+            if before[-2:] == [TokenType.DISTINCT, TokenType.ON]:
+                listing = depth
+        elif kind == TokenType.R_PAREN:
+            depth -= 1
+            listing = None if listing is not None and depth < listing else listing
+        elif kind in _POSITION_LISTS:
+            listing = depth
+        elif kind in _LIST_ENDS and listing == depth:
+            listing = None
+        item = listing == depth and (before[-1] in _POSITION_LISTS or before[-1] in (TokenType.COMMA, TokenType.L_PAREN))
+        if not (kind == TokenType.NUMBER and item):
+            yield token
+        before = [*before[1:], kind]
 
 
 def shape_holds(shape: NumericShape) -> bool:
@@ -435,7 +463,7 @@ def _analyse_chunk(text: str, chunk: list[Token], names: _Names) -> Statement:
         rest = (body.name if isinstance(body, exp.Expr) else str(body or "")).split()
         kind = f"{first.lower()}_{rest[0].lower()}" if first in {"CREATE", "ALTER", "DROP"} and rest else first.lower()
         return Statement(source, kind, opaque=True)
-    kind = _STATEMENT_KINDS.get(type(tree))
+    kind = "create" if _selects_into(tree) else _STATEMENT_KINDS.get(type(tree))
     if kind is None:
         return Statement(source, "unknown", error=f"unsupported statement ({first} ...)")
     try:
@@ -499,7 +527,7 @@ def _explain(source: str, chunk: list[Token], names: _Names) -> Statement:
     inner = _analyse_chunk(inner_text, rest, names)
     if inner.effects:  # the server runs it only with ANALYZE: which, the analyser does not follow
         return Statement(source, inner.kind, error="EXPLAIN of a statement that changes session settings")
-    return replace(inner, text=source)
+    return replace(inner, text=source, outputs=())  # its result is the plan, not the statement's rows
 
 
 _BOUNDED_TYPES = frozenset({TokenType.OBJECT_IDENTIFIER, TokenType.PSEUDO_TYPE})
@@ -590,11 +618,17 @@ class _Analysis:
         calls += self._attribute_calls()
         effects = set_config_effects(self.tree, found)
         copy_out = isinstance(self.tree, exp.Copy) and not self.tree.args.get("kind")
-        if isinstance(self.tree, _RESULT_NODES):
-            outputs, filters = self._outputs(nodes), self._filters()
+        guarded = frozenset(key for key, call in nodes.items() if key > 0 and call.candidates and any(
+            f.volatility == "volatile" or f.returns_set for f in call.candidates))
+        if isinstance(self.tree, _RESULT_NODES) and not _selects_into(self.tree):
+            outputs, filters = self._outputs(nodes), self._filters(guarded)
             self._record_reads(self.tree)
         elif copy_out:
-            outputs, filters = (), self._copied()
+            outputs, filters = (), self._copied(guarded)
+        elif _selects_into(self.tree):  # SELECT ... INTO t: rows written to a new table, as CREATE TABLE AS
+            outputs, filters = (), self._filters(guarded) | {ref for _, refs in self._query_columns(self.tree)
+                                                             for ref in refs if ref[2] != WHOLE_ROW}
+            self._record_reads(self.tree)
         else:
             # DDL and COPY FROM move whole rows where no result column can be masked: every
             # column they read counts as used outside a result column.
@@ -603,7 +637,7 @@ class _Analysis:
             if id(table_node) in self.targets:
                 continue
             table = self._base_table(table_node)
-            if table is not None and not isinstance(self.tree, _RESULT_NODES) and not copy_out:
+            if table is not None and not isinstance(self.tree, _RESULT_NODES) and not copy_out:  # DDL, COPY FROM
                 self.reads[table] = None
                 filters |= {(*table, "*")}
             elif table is not None:
@@ -620,14 +654,14 @@ class _Analysis:
         return Statement(source, kind, actions, tuple(calls), outputs, filters, effects=effects,
                          bootstrap=kind == "select" and session_select(self.tree, found))
 
-    def _copied(self) -> frozenset[ColumnRef]:
+    def _copied(self, guarded: frozenset[int]) -> frozenset[ColumnRef]:
         """What COPY ... TO sends, as columns used outside a result column (its rows are
         not masked, so a masked column there is refused): every column its query reads, or
         the columns of the table it names (all of them without a column list)."""
         target = self.tree.this
         if isinstance(target, exp.Subquery):
             self._record_reads(target)
-            return self._filters()
+            return self._filters(guarded)
         table_node = target.this if isinstance(target, exp.Schema) else target
         table = self._base_table(table_node) if isinstance(table_node, exp.Table) else None
         if table is None:
@@ -855,6 +889,9 @@ class _Analysis:
 
     def _from_items(self, query: exp.Expr) -> dict[str, _Source]:
         sources: dict[str, _Source] = {}
+        if isinstance(query, exp.Insert) and isinstance(_unwrap(query.this), exp.Table):
+            # the row proposed for insertion, in ON CONFLICT DO UPDATE (docs, INSERT)
+            sources["excluded"] = _Source(table=self._table_of(_unwrap(query.this)))
         for item in _direct_from_items(query):
             alias_node = item.args.get("alias")
             alias_cols = (tuple(_ident(c.this if isinstance(c, exp.ColumnDef) else c) for c in alias_node.columns)
@@ -1223,14 +1260,47 @@ class _Analysis:
             else:
                 current.add(column)
 
-    def _filters(self) -> frozenset[ColumnRef]:
-        """Base columns used anywhere but a result column: WHERE, JOIN, ORDER BY, SET values...
-        A masked column used there would leak through the rows chosen, so the engine refuses."""
+    def _filters(self, guarded: frozenset[int] = frozenset()) -> frozenset[ColumnRef]:
+        """Base columns used anywhere but a result column: WHERE, JOIN, ORDER BY (also by
+        position or output name), GROUP BY, window and aggregate orderings, FILTER, SET values,
+        a `*` whose rows go into a write or a COPY, and the arguments of a call in `guarded`
+        (node ids of volatile or set-returning calls: a side effect or a row count carries
+        them out). A masked column used there would leak through the rows chosen, so the
+        engine refuses."""
         found: set[ColumnRef] = set()
         for column in self.tree.find_all(exp.Column):
-            if not _in_projection(column):
+            if column.is_star:
+                if not _in_projection(column):
+                    found |= self._star_sources(_enclosing_queries(column)[0], column)
+            elif not _in_projection(column) or _inside(column, guarded):
                 found |= self._resolve(column)
+        for star in self.tree.find_all(exp.Star):
+            if not isinstance(star.parent, (exp.Column, exp.Count)) and not _in_projection(star):
+                found |= self._star_sources(_enclosing_queries(star)[0], star)
+        for select in self.tree.find_all(exp.Select):
+            found |= self._output_references(select)
         return frozenset(ref for ref in found if ref[2] != WHOLE_ROW)
+
+    def _output_references(self, select: exp.Select) -> set[ColumnRef]:
+        """What ORDER BY, GROUP BY and DISTINCT ON read when they name a result column by its
+        position or its output name (docs, 7.5 "Sorting Rows", 7.2.3 "GROUP BY")."""
+        items = [o.this for o in (select.args["order"].expressions if select.args.get("order") else [])]
+        items += list(select.args["group"].expressions) if select.args.get("group") else []
+        distinct = select.args.get("distinct")
+        items += list(distinct.args["on"].expressions) if distinct is not None and distinct.args.get("on") else []
+        named = [i for i in items if isinstance(i, exp.Column) and not i.args.get("table")
+                 or isinstance(i, exp.Literal) and not i.is_string]
+        if not named:
+            return set()
+        columns = self._projections(select)
+        found: set[ColumnRef] = set()
+        for item in named:
+            if isinstance(item, exp.Literal):
+                position = int(str(item.this)) - 1 if str(item.this).isdigit() else -1
+                found |= columns[position][1] if 0 <= position < len(columns) else set()
+            else:
+                found |= {ref for name, refs in columns if name == item.name for ref in refs}
+        return found
 
 
 def _sets_default(tree: exp.Expr) -> bool:
@@ -1280,8 +1350,8 @@ def _cte_query(node: exp.Table, name: str) -> exp.Expr:
 def _direct_from_items(query: exp.Expr) -> list[exp.Expr]:
     """FROM and JOIN items that belong to `query` itself (for DML also the target)."""
     items: list[exp.Expr] = []
-    if isinstance(query, (exp.Update, exp.Delete, exp.Merge)) and query.this is not None:
-        items.append(_unwrap(query.this))
+    if isinstance(query, (exp.Update, exp.Delete, exp.Merge, exp.Insert)) and query.this is not None:
+        items.append(_unwrap(query.this))  # INSERT's: what ON CONFLICT DO UPDATE and RETURNING name
     for key in ("from_", "using"):
         clause = query.args.get(key)
         if isinstance(clause, exp.From):
@@ -1319,12 +1389,33 @@ def _projection_list(select: exp.Expr) -> list[exp.Expr]:
     return list(select.expressions)
 
 
+def _selects_into(tree: exp.Expr) -> bool:
+    """SELECT ... INTO t: creates t and writes the rows into it (docs, SELECT INTO)."""
+    return isinstance(tree, exp.Select) and tree.args.get("into") is not None
+
+
+def _inside(node: exp.Expr, calls: frozenset[int]) -> bool:
+    """Is `node` within the arguments of one of these calls (by node id), in its own query?"""
+    for parent in _ancestors(node):
+        if id(parent) in calls:
+            return True
+        if isinstance(parent, _QUERY_NODES):
+            return False
+    return False
+
+
 def _in_projection(node: exp.Expr) -> bool:
     """True when a column's value reaches the client only as a result column: it sits in a
     SELECT list or RETURNING whose query is the statement's result, a FROM-derived table
-    (whose own uses are checked through lineage) or a scalar subquery in such a list."""
+    (whose own uses are checked through lineage) or a scalar subquery in such a list; not
+    when it orders or partitions a window or an aggregate, or filters one (FILTER): then it
+    chooses which rows count, and in what order, which the result shows."""
     child = node
     for parent in _ancestors(node):
+        if (isinstance(parent, exp.Order) and child.arg_key == "expressions"
+                or isinstance(parent, exp.Window) and child.arg_key == "partition_by"
+                or isinstance(parent, exp.Filter) and child.arg_key == "expression"):
+            return False
         if isinstance(parent, exp.Returning):
             return _flows_out(parent.parent)
         if isinstance(parent, exp.Select):

@@ -26,8 +26,8 @@ ROWS: list[list[str | None]] = [
     ["s", '"$user", public', "owner", "app"],
     ["n", "public", "t"],
     ["n", "sales", "t"],
-    ["r", "16384", "sales", "orders", "r", '[["id", "integer", 23], ["total", "numeric(10,2)", 1700]]'],
-    ["r", "16390", "sales", "report", "v", '[["id", "integer", 23]]'],
+    ["r", "16384", "sales", "orders", "r", '[["id", "integer", 23, 1], ["total", "numeric(10,2)", 1700, 2]]'],
+    ["r", "16390", "sales", "report", "v", '[["id", "integer", 23, 1]]'],
     ["r", "16395", "public", "empty", "c", None],
     ["c", "16390", "rule:1", "public", "audit_hit", None],
     ["c", "16390", "rule:1", "public", "audit_hit", None],
@@ -116,10 +116,10 @@ def test_read_catalog_builds_relations_functions_and_calls() -> None:
 
 HIDDEN_CODE_ROWS: list[list[str | None]] = [
     ["s", "public", "owner", "app"],
-    ["r", "100", "sales", "t", "r", '[["id", "integer", 23], ["c", "sales.d", 300]]'],
-    ["r", "110", "sales", "parted", "p", '[["id", "integer", 23]]'],
-    ["r", "120", "sales", "ruled", "r", '[["id", "integer", 23]]'],
-    ["r", "200", "sales", "v", "v", '[["id", "integer", 23]]'],
+    ["r", "100", "sales", "t", "r", '[["id", "integer", 23, 1], ["c", "sales.d", 300, 2]]'],
+    ["r", "110", "sales", "parted", "p", '[["id", "integer", 23, 1]]'],
+    ["r", "120", "sales", "ruled", "r", '[["id", "integer", 23, 1]]'],
+    ["r", "200", "sales", "v", "v", '[["id", "integer", 23, 1]]'],
     ["c", "100", "using:*", "sales", "bump", None],
     ["c", "100", "with_check:a", "sales", "purge", None],
     ["c", "100", "check", "sales", "chk", None],
@@ -133,7 +133,7 @@ HIDDEN_CODE_ROWS: list[list[str | None]] = [
     ["v", "200", "1", "200"],  # a view's definition names the view itself (OLD, NEW)
     ["v", "120", "4", "100"],  # ON DELETE TO ruled DO ALSO ... sales.t
     ["i", "110", "100"],
-    ["r", "130", "sales", "guarded", "r", '[["id", "integer", 23]]'],
+    ["r", "130", "sales", "guarded", "r", '[["id", "integer", 23, 1]]'],
     ["q", "130", "d", "100"],  # a DELETE policy of guarded reads sales.t
     ["q", "130", "r", "200"],  # a SELECT policy of guarded reads sales.v
     ["y", "23", "pg_catalog", "int4", "b", "0", "0", "0", None],
@@ -174,10 +174,10 @@ def test_read_catalog_finds_the_code_relations_and_types_run() -> None:
 
 VALUE_ROWS: list[list[str | None]] = [
     ["s", "public", "owner", "app"],
-    ["r", "100", "sales", "shapes", "r", '[["ps", "point[]", 1017]]'],
-    ["r", "110", "sales", "plain", "r", '[["id", "integer", 23]]'],
-    ["r", "120", "sales", "pairs", "c", '[["a", "sales.spot", 300]]'],
-    ["r", "130", "sales", "nested", "v", '[["x", "sales.pairs", 400]]'],
+    ["r", "100", "sales", "shapes", "r", '[["ps", "point[]", 1017, 1]]'],
+    ["r", "110", "sales", "plain", "r", '[["id", "integer", 23, 1]]'],
+    ["r", "120", "sales", "pairs", "c", '[["a", "sales.spot", 300, 1]]'],
+    ["r", "130", "sales", "nested", "v", '[["x", "sales.pairs", 400, 1]]'],
     ["y", "23", "pg_catalog", "int4", "b", "0", "0", "0", None],
     ["y", "600", "pg_catalog", "point", "b", "0", "701", "0", None],
     ["y", "1017", "pg_catalog", "_point", "b", "0", "600", "0", None],
@@ -185,7 +185,7 @@ VALUE_ROWS: list[list[str | None]] = [
     ["y", "400", "sales", "pairs", "c", "0", "0", "120", None],
     ["y", "500", "sales", "pair", "c", "0", "0", "0", None],
     ["y", "510", "sales", "span", "r", "0", "0", "0", "23"],
-    ["r", "140", "sales", "spans", "r", '[["s", "sales.span", 510]]'],
+    ["r", "140", "sales", "spans", "r", '[["s", "sales.span", 510, 1]]'],
     ["u", "o", "600", "sales.pt_ops", "sales", "pcmp"],  # sales' default btree operator class for point
     ["u", "m", "600", None, "sales", "pcmp"],
     ["u", "o", "600", "sales.pt_ops", "sales", "peq"],

@@ -32,9 +32,11 @@ rules:
 """
 CATALOG = Catalog.build(
     [Relation("public", "customers", "r", ("id", "name", "email", "card_number"), oid=CUSTOMERS_OID)],
-    [Function("pg_catalog", name, kind=kind, volatility="stable") for name, kind in (
+    [*(Function("pg_catalog", name, kind=kind, volatility="stable") for name, kind in (
         ("row_to_json", "f"), ("to_jsonb", "f"), ("json_agg", "a"), ("length", "f"), ("upper", "f"),
-        ("concat", "f"))],
+        ("concat", "f"), ("row_number", "w"), ("count", "a"))),
+     Function("pg_catalog", "generate_series", volatility="immutable", returns_set=True),
+     Function("pg_catalog", "set_config", volatility="volatile")],
     types=[Type("pg_catalog", "int4", oid=23), Type("pg_catalog", "text", oid=25),
            Type("pg_catalog", "record", "p", oid=2249), Type("public", "customers", "c", oid=ROW_TYPE)],
 )
@@ -246,7 +248,11 @@ def test_a_closed_cursor_cannot_be_fetched_from():
 
 
 def decide(sql: str) -> Decision:
-    engine = PolicyEngine(load_policy_text(POLICY + "  - {name: copy, effect: allow, sql: {kinds: [copy]}}\n"))
+    engine = PolicyEngine(load_policy_text(POLICY + "  - {name: copy, effect: allow, sql: {kinds: [copy]}}\n"
+                                                    "  - {name: write, effect: allow, sql: {kinds: [insert, update], "
+                                                    "tables: [public.customers]}}\n"
+                                                    "  - {name: set-config, effect: allow, sql: {kinds: [select], "
+                                                    "functions: [set_config]}}\n"))
     return engine.decide(Request(Subject("agent"), "db", SqlQuery(sql, catalog=CATALOG)))
 
 
@@ -308,3 +314,46 @@ def test_an_execute_without_describe_is_described_to_the_enforcer_alone():
                              + codec.ready_for_query(b"I")), "client")
     assert [kind for kind, _ in frames(out)] == [b"1", b"2", b"D", b"C", b"Z"]  # no RowDescription it never asked for
     assert values(out) == [[b"****"]]
+
+
+@pytest.mark.parametrize("sql, rule", [
+    # a `*` whose rows are copied or written out carries what it expands to
+    ("copy (select * from customers) to stdout", "mask-card"),
+    ("copy (select * from (select upper(email), card_number from customers) s) to stdout", "mask-card"),
+    ("insert into customers (id, name) select * from (select id + 100, card_number from customers) s", "mask-card"),
+    # the row ON CONFLICT DO UPDATE reads, and the proposed one
+    ("insert into customers values (1, 'x', 'e', '9') on conflict (id) do update "
+     "set name = customers.card_number returning name", "mask-card"),
+    ("insert into customers as c values (1, 'x', 'e', '9') on conflict (id) do update "
+     "set name = excluded.email || c.email", "mask-email"),
+    # positions and output names in ORDER BY, GROUP BY, DISTINCT ON
+    ("select id, card_number from customers order by 2", "mask-card"),
+    ("select upper(email) x from customers order by x", "mask-email"),
+    ("select card_number, count(*) from customers group by 1", "mask-card"),
+    ("select distinct on (2) id, email from customers", "mask-email"),
+    # orderings, partitions and filters inside the select list choose rows and their order
+    ("select row_number() over (order by card_number) from customers", "mask-card"),
+    ("select row_number() over (partition by email) from customers", "mask-email"),
+    ("select json_agg(id order by email) from customers", "mask-email"),
+    ("select count(*) filter (where card_number like '4%') from customers", "mask-card"),
+    # a set-returning call's row count, a volatile call's side effect
+    ("select id, generate_series(1, length(card_number)) from customers", "mask-card"),
+    ("select set_config('my.x', email, false) from customers", "mask-email"),
+])
+def test_masked_values_that_would_leave_other_than_as_a_result_column_are_refused(sql, rule):
+    decision = decide(sql)
+    assert (decision.verdict, decision.rule) == (Verdict.DENY, rule), decision.reason
+
+
+def test_the_numeric_shape_keeps_the_positions_of_order_by():
+    assert decide("select id, card_number from customers order by 2").verdict is Verdict.DENY
+    assert decide("select id, card_number from customers order by 1").verdict is Verdict.ALLOW
+
+
+def test_select_into_is_a_create():
+    assert decide("select id, card_number into t1 from customers").verdict is Verdict.DENY
+
+
+def test_explain_masks_nothing_of_its_plan():
+    decision = decide("explain select email, id from customers")
+    assert decision.verdict is Verdict.ALLOW and not any("masked_outputs" in d for d in decision.details)
