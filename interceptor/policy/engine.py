@@ -243,6 +243,7 @@ class PolicyEngine:
             detail: dict[str, object] = {**statement.summary(), "verdict": judgement.verdict.value,
                                          "rule": judgement.rule, "reason": judgement.reason}
             detail["effects"] = [effect.to_dict() for effect in statement.effects]
+            detail["output_count"] = len(statement.outputs)
             if masked_outputs:
                 detail["masked_outputs"] = masked_outputs
             details.append(detail)

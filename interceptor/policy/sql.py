@@ -1146,21 +1146,41 @@ class _Analysis:
         return columns
 
     def _star_columns(self, select: exp.Expr, star: exp.Expr) -> list[tuple[str, set[ColumnRef]]]:
-        """What `*` or `t.*` expands to; a table the catalog does not know stays one `*`."""
+        """What `*` or `t.*` expands to, in the server's order (docs, 7.2.1.1 "Joined
+        Tables": the columns a USING or NATURAL join merges come once, first); a table the
+        catalog does not know stays one `*`."""
         qualifier = _ident(star.args.get("table")) if isinstance(star, exp.Column) and star.args.get("table") else None
-        columns: list[tuple[str, set[ColumnRef]]] = []
-        for alias, source in self._sources(select).items():
-            if qualifier is not None and alias != qualifier:
-                continue
-            if source.table is not None:
-                known = self._known_columns(source.table)
-                if known is None:
-                    columns.append(("*", {(*source.table, "*")}))
-                else:
-                    columns.extend((c, {(*source.table, c)}) for c in known)
-            elif source.query is not None:
-                columns.extend(self._query_columns(source.query))
+        sources = self._sources(select)
+        if qualifier is not None:
+            return self._item_columns(sources[qualifier]) if qualifier in sources else []
+        items = list(sources.values())
+        joins = select.args.get("joins") or [] if isinstance(select, exp.Select) else []
+        if len(items) != len(joins) + 1:  # DML targets, or FROM items of no join: side by side
+            return [column for source in items for column in self._item_columns(source)]
+        columns = self._item_columns(items[0])
+        for source, join in zip(items[1:], joins):
+            right = self._item_columns(source)
+            merged = [_ident(u) for u in join.args.get("using") or []]
+            if str(join.args.get("method") or "").upper() == "NATURAL":
+                merged = [name for name, _ in columns if any(name == other for other, _ in right)]
+            firsts = [(name, {ref for n, refs in columns + right if n == name for ref in refs}) for name in merged]
+            columns = firsts + [c for c in columns if c[0] not in merged] + [c for c in right if c[0] not in merged]
         return columns
+
+    def _item_columns(self, source: _Source) -> list[tuple[str, set[ColumnRef]]]:
+        """The columns one FROM item gives, by name (an alias list renames the first ones); a
+        function's: its alias list, else the one column of a scalar function."""
+        if source.table is not None:
+            known = self._known_columns(source.table)
+            if known is None:
+                return [("*", {(*source.table, "*")})]
+            columns = [(c, {(*source.table, c)}) for c in known]
+        elif source.query is not None:
+            columns = self._query_columns(source.query)
+        else:
+            return [(name, set()) for name in source.columns or ("?column?",)]
+        renamed = source.columns or ()
+        return [(renamed[i] if i < len(renamed) else name, refs) for i, (name, refs) in enumerate(columns)]
 
     def _star_sources(self, select: exp.Expr, star: exp.Expr) -> set[ColumnRef]:
         return {ref for _, sources in self._star_columns(select, star) for ref in sources}

@@ -36,6 +36,7 @@ CATALOG = Catalog.build(
         ("row_to_json", "f"), ("to_jsonb", "f"), ("json_agg", "a"), ("length", "f"), ("upper", "f"),
         ("concat", "f"), ("row_number", "w"), ("count", "a"))),
      Function("pg_catalog", "generate_series", volatility="immutable", returns_set=True),
+     Function("pg_catalog", "jsonb_each", volatility="immutable", returns_set=True),
      Function("pg_catalog", "set_config", volatility="volatile")],
     types=[Type("pg_catalog", "int4", oid=23), Type("pg_catalog", "text", oid=25),
            Type("pg_catalog", "record", "p", oid=2249), Type("public", "customers", "c", oid=ROW_TYPE)],
@@ -81,9 +82,9 @@ def values(out: bytes) -> list[list[bytes | None]]:
     return rows
 
 
-def run(s: ProxySession, sql: str, *server: bytes, status: bytes = b"I") -> bytes:
+def run(s: ProxySession, sql: str, *server: bytes, status: bytes = b"I", tag: bytes = b"SELECT 1") -> bytes:
     assert sent(s.from_client(codec.query(sql)), "server") == codec.query(sql), "the statement was refused"
-    return sent(s.from_server(b"".join(server) + msg(b"C", b"SELECT 1\0") + codec.ready_for_query(status)), "client")
+    return sent(s.from_server(b"".join(server) + msg(b"C", tag + b"\0") + codec.ready_for_query(status)), "client")
 
 
 def assert_never_clear(out: bytes) -> None:
@@ -140,9 +141,34 @@ def test_whole_rows_in_other_shapes_are_refused(sql):
 
 
 def test_a_value_computed_from_a_masked_column_is_one_constant_even_null():
+    out = run(session(), "select case when card_number like '4%' then null else 'x' end from customers",
+              row_description(("case", 0, 0, 25, 0)), data_row(None), data_row(b"x"))
+    assert values(out) == [[b"****"], [b"****"]]
+
+
+def test_a_computed_value_of_another_type_becomes_null_which_its_client_can_read():
     out = run(session(), "select case when card_number like '4%' then null else 1 end from customers",
               row_description(("case", 0, 0, 23, 0)), data_row(None), data_row(b"1"))
-    assert values(out) == [[b"****"], [b"****"]]
+    assert values(out) == [[None], [None]]
+
+
+def test_a_result_whose_columns_the_analysis_miscounted_is_withheld():
+    s = session()
+    s.from_client(codec.query("select *, upper(email) from customers, jsonb_each('{}') j"))  # key, value
+    out = sent(s.from_server(row_description(*[(f"c{i}", 0, 0, 25, 0) for i in range(7)]) + data_row(*[EMAIL] * 7)),
+               "client")
+    assert_never_clear(out)
+    assert s.closed and "counted 6 result columns where the server sent 7" in codec.read_fields(frames(out)[-1][1])["M"]
+
+
+@pytest.mark.parametrize("sql, count", [
+    ("select *, upper(email) from customers a join customers b using (id)", 8),
+    ("select *, upper(a.email) from customers a natural join customers b", 5),
+    ("select *, upper(email) from customers, generate_series(1, 1) g", 6),
+])
+def test_star_counts_columns_as_the_server_does(sql, count):
+    decision = decide(sql)
+    assert decision.verdict is Verdict.ALLOW and decision.details[0]["output_count"] == count
 
 
 def test_a_computed_value_read_in_binary_becomes_null():
@@ -214,7 +240,7 @@ def test_other_errors_keep_their_text_with_what_the_classifiers_find_replaced():
 def test_fetch_from_a_cursor_is_masked_as_its_query():
     s = session()
     run(s, "begin", status=b"T")
-    run(s, "declare cur cursor for select id, upper(email) from customers", status=b"T")
+    run(s, "declare cur cursor for select id, upper(email) from customers", status=b"T", tag=b"DECLARE CURSOR")
     out = run(s, "fetch 1 from cur", row_description(("id", CUSTOMERS_OID, 1, 23, 0), ("upper", 0, 0, 25, 0)),
               data_row(b"1", b"ADA@EXAMPLE.COM"), status=b"T")
     assert values(out) == [[b"1", b"****"]]
@@ -229,7 +255,7 @@ def test_fetch_from_a_cursor_the_enforcer_did_not_judge_is_refused():
 def test_a_cursor_ends_with_its_transaction():
     s = session()
     run(s, "begin", status=b"T")
-    run(s, "declare cur cursor for select id from customers", status=b"T")
+    run(s, "declare cur cursor for select id from customers", status=b"T", tag=b"DECLARE CURSOR")
     run(s, "commit")
     assert sent(s.from_client(codec.query("fetch all from cur")), "server") == \
         codec.query(f"interceptor_denied_{NONCE}")
@@ -238,7 +264,7 @@ def test_a_cursor_ends_with_its_transaction():
 def test_a_closed_cursor_cannot_be_fetched_from():
     s = session()
     run(s, "begin", status=b"T")
-    run(s, "declare cur cursor for select id from customers", status=b"T")
+    run(s, "declare cur cursor for select id from customers", status=b"T", tag=b"DECLARE CURSOR")
     run(s, "close cur", status=b"T")
     assert sent(s.from_client(codec.query("fetch all from cur")), "server") == \
         codec.query(f"interceptor_denied_{NONCE}")
@@ -357,3 +383,26 @@ def test_select_into_is_a_create():
 def test_explain_masks_nothing_of_its_plan():
     decision = decide("explain select email, id from customers")
     assert decision.verdict is Verdict.ALLOW and not any("masked_outputs" in d for d in decision.details)
+
+
+def test_a_declare_the_server_refused_leaves_the_cursor_it_did_not_replace():
+    s = session()
+    run(s, "begin", status=b"T")
+    run(s, "declare x cursor with hold for select upper(email) from customers", status=b"T", tag=b"DECLARE CURSOR")
+    run(s, "commit")
+    s.from_client(codec.query("declare x cursor with hold for select id from customers"))
+    s.from_server(server_error("42P03", 'cursor "x" already exists') + codec.ready_for_query(b"I"))
+    out = run(s, "fetch all from x", row_description(("upper", 0, 0, 25, 0)), data_row(EMAIL.upper()))
+    assert values(out) == [[b"****"]]
+
+
+def test_a_protocol_portal_named_like_a_cursor_cannot_be_fetched_as_one():
+    s = session()
+    run(s, "begin", status=b"T")
+    run(s, "declare x cursor with hold for select id from customers", status=b"T", tag=b"DECLARE CURSOR")
+    run(s, "commit")
+    s.from_client(codec.parse("s1", "select upper(email) from customers")
+                  + msg(b"B", b"x\0s1\0" + INT16.pack(0) + INT16.pack(0) + INT16.pack(0)) + msg(b"S"))
+    s.from_server(msg(b"1") + msg(b"2") + codec.ready_for_query(b"T"))
+    assert sent(s.from_client(codec.query("fetch all from x")), "server") == \
+        codec.query(f"interceptor_denied_{NONCE}")

@@ -315,7 +315,8 @@ def test_computed_columns_derived_from_a_masked_column_are_masked_as_computed():
     """Expressions carry no table OID; the policy's lineage names their source column."""
     seen = []
     lineage = Decision(Verdict.ALLOW, "reads", masks=(MaskSpec(columns=("public.users.email",)),), details=(
-        {"masked_outputs": [{"position": 1, "name": "upper", "columns": ["public.users.email"], "rules": ["m"]}]},))
+        {"masked_outputs": [{"position": 1, "name": "upper", "columns": ["public.users.email"], "rules": ["m"]}],
+         "output_count": 2},))
 
     def factory(specs, columns, origins, encoding):
         seen.append(origins)

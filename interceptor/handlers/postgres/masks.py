@@ -112,11 +112,11 @@ def _spec_for(specs: Sequence[MaskSpec], name: str) -> MaskSpec | None:
 
 
 def _constant(specs: tuple[MaskSpec, ...], column: Column, derived: tuple[str, ...]) -> ConstantMasker:
-    """One value for every row: NULL when every rule involved has style null, or when the
-    client reads a binary value of a non-text type (which cannot hold '****'), else '****'."""
+    """One value for every row: '****' for a value of a text type, NULL when every rule
+    involved has style null or the value is of another type (an integer column cannot hold
+    '****': a client would fail to read it)."""
     styles = {spec.style for name in derived if (spec := _spec_for(specs, name)) is not None}
-    binary_other = column.format == 1 and column.type_oid not in TEXT_TYPE_OIDS
-    return ConstantMasker(None if styles == {"null"} or binary_other else REDACTED)
+    return ConstantMasker(REDACTED if column.type_oid in TEXT_TYPE_OIDS and styles != {"null"} else None)
 
 
 def _row_masker(specs: tuple[MaskSpec, ...], column: Column, origin: Origin, encoding: str,

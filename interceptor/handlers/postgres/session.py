@@ -52,23 +52,18 @@ _CATALOG_CHANGES = frozenset({"create", "alter", "drop", "comment", "grant", "re
 _CATALOG_MISSES = frozenset({CATALOG_UNKNOWN_RELATION, CATALOG_UNKNOWN_FUNCTION, CATALOG_UNKNOWN_TYPE,
                              CATALOG_UNAVAILABLE})
 
-def _masked_outputs(decision: Decision) -> dict[int, dict[str, Any]]:
-    """Result positions the policy's lineage found derived from a masked column, with what
-    it found (`columns`, and `shape` and `table` for a whole row it can mask field by field).
-    Positions of every statement of the query are taken together: masking one column too
-    many is safe, one too few is a leak; two statements disagreeing on a whole row's shape
-    at one position leave it computed (one constant)."""
-    found: dict[int, dict[str, Any]] = {}
-    for detail in decision.details:
-        for output in detail.get("masked_outputs", ()):  # type: ignore[attr-defined]
-            position = int(output["position"])
-            seen = found.get(position)
-            if seen is None:
-                found[position] = dict(output)
-            else:
-                columns = sorted(set(seen["columns"]) | set(output["columns"]))
-                shaped = seen.get("shape") == output.get("shape") and seen.get("table") == output.get("table")
-                found[position] = {**(seen if shaped else {}), "position": position, "columns": columns}
+def _masked_outputs(decision: Decision, index: int, columns: int) -> dict[int, dict[str, Any]]:
+    """The result positions of the `index`-th statement of a decision that the policy's
+    lineage found derived from a masked column, with what it found (`columns`, and `shape` and
+    `table` for a whole row it can mask field by field). A ValueError when the analysis
+    counted another number of result columns than the server sent (`columns`): which
+    position is which could not be told."""
+    detail = decision.details[index] if index < len(decision.details) else {}
+    found = {int(o["position"]): dict(o) for o in detail.get("masked_outputs", ())}  # type: ignore[attr-defined]
+    counted = detail.get("output_count")
+    if found and counted != columns:
+        raise ValueError(f"the enforcer counted {counted} result columns where the server sent {columns}: which "
+                         "are masked cannot be told")
     return found
 
 
@@ -504,7 +499,7 @@ class ProxySession:
                 self._deny(statement, frame, codec.parse(name, self.sentinel))
             return
         self._catalog_stale |= _changes_catalog(decision)
-        self._follow_cursors(text, decision)
+        self._follow_cursors(decision)
         if name is None:
             self._expect.append(Expect("query", statement, segment=self._segment))
             for effects in statement.effects:
@@ -537,6 +532,8 @@ class ProxySession:
             self._refuse(prepared.text, decision.rule, decision.reason, frame, bind.parameters)
             return
         portal = Portal(prepared, decision, context, bind.parameters, bind.result_formats, self._segment)
+        if self._cursors.pop(bind.portal, None) is not None:  # the server holds no cursor of that name now
+            self._cursors_version += 1
         self._expect.append(Expect("bind", change=record(self._portals, bind.portal, portal)))
 
     def _rejudged(self, prepared: Prepared, context: Context, settings: SessionSettings) -> Decision:
@@ -638,7 +635,7 @@ class ProxySession:
             if detail["kind"] == "close" or not isinstance(name, str):
                 continue
             cursor = declared.get(name) or self._cursors.get(name)
-            if cursor is None:
+            if cursor is None or name in self._portals:  # a protocol portal shares the cursors' names
                 return Decision.deny("unknown-cursor", f"cursor {name!r} was not declared through the enforcer (or "
                                                        "was closed, or ended with its transaction)")
             judged = self._cursor_decision(cursor, name)
@@ -646,7 +643,8 @@ class ProxySession:
                 return Decision.deny(judged.rule, f"cursor {name!r}: {judged.reason or 'denied'}")
             outputs = [o for d in judged.details if d.get("cursor") == name
                        for o in d.get("masked_outputs", ())]  # type: ignore[attr-defined]
-            details[index] = {**detail, "masked_outputs": outputs}
+            counted = next((d.get("output_count") for d in judged.details if d.get("cursor") == name), None)
+            details[index] = {**detail, "masked_outputs": outputs, "output_count": counted}
             masks += [m for m in judged.masks if m not in masks]
         return Decision(decision.verdict, decision.rule, decision.reason, tuple(masks), decision.approval,
                         tuple(details))
@@ -661,22 +659,31 @@ class ProxySession:
         cursor.decision, cursor.epoch = decision, self.epoch()
         return decision
 
-    def _follow_cursors(self, text: str, decision: Decision) -> None:
-        """Cursors a statement let through declares or closes (predicted: one that fails at
-        the server leaves an entry whose FETCH the server refuses)."""
+    def _follow_cursors(self, decision: Decision) -> None:
+        """Cursors a statement let through closes, forgotten now (a CLOSE that fails leaves a
+        cursor the enforcer refuses to FETCH from: safe). A DECLARE counts only once the server
+        confirms it (`_declared`)."""
         for detail in decision.details:
-            name = detail.get("cursor")
-            if detail.get("kind") == "close":
-                if isinstance(name, str):
-                    self._cursors.pop(name, None)
-                else:
-                    self._cursors.clear()
-            elif detail.get("kind") != "fetch" and isinstance(name, str):
-                self._cursors[name] = Cursor(text, decision, self.predicted.copy(),
-                                             self.epoch(), bool(detail.get("hold")), self._segment)
-            else:
+            if detail.get("kind") != "close":
                 continue
+            name = detail.get("cursor")
+            if isinstance(name, str):
+                self._cursors.pop(name, None)
+            else:
+                self._cursors.clear()
             self._cursors_version += 1
+
+    def _declared(self, statement: Statement, segment: int) -> None:
+        """The server ran the DECLARE that is the `completed`-th statement of `statement`, in
+        the transaction of `segment`."""
+        details = statement.decision.details
+        detail = details[statement.completed] if statement.completed < len(details) else {}
+        name = detail.get("cursor")
+        if not isinstance(name, str) or detail.get("kind") in ("fetch", "close"):
+            raise ProtocolViolation("the server declared a cursor where the enforcer judged no DECLARE")
+        self._cursors[name] = Cursor(statement.text, statement.decision, self.confirmed.copy(), self.epoch(),
+                                     bool(detail.get("hold")), segment)
+        self._cursors_version += 1
 
     def _client_codec(self, settings: SessionSettings) -> str:
         try:
@@ -806,6 +813,8 @@ class ProxySession:
                                             f"{redact_literals(statement.text)[:80]!r}")
                 for effect in statement.effects[statement.completed]:
                     self.confirmed.apply(effect)
+            if tag == "DECLARE CURSOR" and head is not None:
+                self._declared(statement, head.portal.segment if head.portal is not None else head.segment)
             statement.completed += 1
         if head is not None and head.kind == "execute":
             self._finish(frame, out)
@@ -863,7 +872,7 @@ class ProxySession:
                 return
             self._tables_reread = False
             if head.kind == "query":
-                self._row_mask = self._mask_for(decision, columns)
+                self._row_mask = self._mask_for(decision, columns, head.statement.completed if head.statement else 0)
             elif head.prepared is not None:
                 head.prepared.columns = columns
             elif head.portal is not None:
@@ -879,12 +888,12 @@ class ProxySession:
         self._awaiting_tables = False
         return self.from_server(b"")
 
-    def _mask_for(self, decision: Decision, columns: tuple[Column, ...]) -> RowMask | None:
+    def _mask_for(self, decision: Decision, columns: tuple[Column, ...], index: int = 0) -> RowMask | None:
         if self.mask_factory is None:
             return _withheld("the policy masks this result but no masker is configured")
         catalog = self.catalog()
         known = catalog if isinstance(catalog, Catalog) else None
-        outputs = _masked_outputs(decision)
+        outputs = _masked_outputs(decision, index, len(columns))
         origins = tuple(self._origin(column, outputs.get(i), known) for i, column in enumerate(columns))
         return self.mask_factory(decision.masks, columns, origins, self._codec)
 
