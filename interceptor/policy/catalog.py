@@ -61,6 +61,9 @@ class Relation:
     # relations a view or rule writes, or its partitions and children, run when written
     write_functions: tuple[tuple[str, str], ...] = ()
     attnums: tuple[int, ...] = ()  # pg_attribute.attnum of each column (empty: 1, 2, ... in order)
+    # a view's: "schema.table.column" its definition reads ("schema.table.*": a whole row),
+    # which its columns may carry (the enforcer does not follow which column carries which)
+    definition_reads: tuple[str, ...] = ()
 
     @property
     def qualified(self) -> str:
@@ -302,7 +305,7 @@ class Catalog:
         """ValueError (naming the field) for a malformed dump."""
         try:
             relations = [Relation(**{**r, **{k: tuple(r.get(k, ())) for k in ("columns", "types", "functions",
-                                                                             "attnums")},
+                                                                             "attnums", "definition_reads")},
                                      "write_functions": tuple(_write(pair) for pair in r.get("write_functions", ()))})
                          for r in data.get("relations", ())]
             functions = [Function(**{**f, "arguments": tuple(f.get("arguments", ()))})

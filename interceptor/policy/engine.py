@@ -526,7 +526,8 @@ def _masks(statement: Statement, rules: list[Rule]) -> tuple[list[MaskSpec], lis
             if any(_ref_masked(p, ref) for p in patterns):
                 what = ".".join(ref) if ref[2] != "*" else f"{ref[0]}.{ref[1]} (whole rows)"
                 return [], [], _Judgement(Verdict.DENY, rule.name, f"masked column {what} is used outside the "
-                                          "result columns (WHERE, JOIN, ORDER BY, a write or a copy) and would leak")
+                                          "result columns (WHERE, JOIN, ORDER BY, a write, a copy, or a view's definition) "
+                                          "and would leak")
         columns: set[str] = set()
         for output in statement.outputs:
             hit = sorted(r for r in output.sources if any(_ref_masked(p, r) for p in patterns))

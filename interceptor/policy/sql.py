@@ -644,6 +644,7 @@ class _Analysis:
                 self.reads.setdefault(table, set())
         for table, cols in self.reads.items():
             self.actions.append(Action("select", table, None if cols is None else frozenset(cols)))
+            filters |= self._view_reads(table, set())
         if not self.actions:
             self.actions.append(Action(kind))
         actions = tuple(dict.fromkeys(self.actions))
@@ -670,6 +671,21 @@ class _Analysis:
         columns = listed if listed is not None else self._known_columns(table)
         self.reads[table] = set(columns) if columns is not None else None
         return frozenset((*table, c) for c in columns) if columns is not None else frozenset({(*table, "*")})
+
+    def _view_reads(self, table: Table, seen: set[Table]) -> frozenset[ColumnRef]:
+        """The columns a view's definition reads, through the views it reads: a masked one
+        among them may reach any of the view's columns, which the enforcer does not follow
+        (RowDescription names the view's), so they count as used outside a result column."""
+        relation = self.names.catalog.relation(*table) if self.names.catalog is not None else None
+        if relation is None or not relation.definition_reads or table in seen:
+            return frozenset()
+        seen.add(table)
+        found: set[ColumnRef] = set()
+        for qualified in relation.definition_reads:
+            schema, name, column = qualified.split(".", 2)
+            found.add((schema, name, column))
+            found |= self._view_reads((schema, name), seen)
+        return frozenset(found)
 
     def _type_calls(self) -> list[Call]:
         """What the casts of the statement run (Type.functions: a domain's CHECK constraints,

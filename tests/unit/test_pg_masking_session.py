@@ -31,7 +31,11 @@ rules:
   - {name: mask-email, effect: mask, mask: {columns: [public.customers.email], style: redact}}
 """
 CATALOG = Catalog.build(
-    [Relation("public", "customers", "r", ("id", "name", "email", "card_number"), oid=CUSTOMERS_OID)],
+    [Relation("public", "customers", "r", ("id", "name", "email", "card_number"), oid=CUSTOMERS_OID),
+     Relation("public", "customer_list", "v", ("id", "name", "email"),
+              definition_reads=("public.customers.email", "public.customers.id", "public.customers.name")),
+     Relation("public", "names", "v", ("id", "name"), definition_reads=("public.customers.id", "public.customers.name")),
+     Relation("public", "list_of_lists", "v", ("id",), definition_reads=("public.customer_list.id",))],
     [*(Function("pg_catalog", name, kind=kind, volatility="stable") for name, kind in (
         ("row_to_json", "f"), ("to_jsonb", "f"), ("json_agg", "a"), ("length", "f"), ("upper", "f"),
         ("concat", "f"), ("row_number", "w"), ("count", "a"))),
@@ -406,3 +410,14 @@ def test_a_protocol_portal_named_like_a_cursor_cannot_be_fetched_as_one():
     s.from_server(msg(b"1") + msg(b"2") + codec.ready_for_query(b"T"))
     assert sent(s.from_client(codec.query("fetch all from x")), "server") == \
         codec.query(f"interceptor_denied_{NONCE}")
+
+
+@pytest.mark.parametrize("sql, verdict", [
+    ("select * from customer_list", Verdict.DENY),  # reads customers.email: which view column carries it, untold
+    ("select id from list_of_lists", Verdict.DENY),  # through a view that does
+    ("select * from names", Verdict.ALLOW),  # reads no masked column
+])
+def test_a_view_whose_definition_reads_a_masked_column_is_refused(sql, verdict):
+    decision = decide(sql)
+    assert decision.verdict is verdict, decision.reason
+    assert verdict is Verdict.ALLOW or "view's definition" in decision.reason

@@ -195,6 +195,12 @@ CATALOG_QUERY = ";\n".join((
     "JOIN pg_catalog.pg_class c ON c.oid = r.ev_class JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
     "CROSS JOIN LATERAL pg_catalog.regexp_matches(r.ev_action, ':relid ([0-9]+)', 'g') AS m(f) "
     f"WHERE n.nspname NOT IN {_SYSTEM} AND NOT (c.relkind = 'm' AND r.ev_type = '1')",
+    # w: the columns a view's definition reads (docs, 52.18 pg_depend: a view's rule depends on
+    # each column it reads, on the whole relation (0) for a whole-row reference): view, relation, attnum
+    "SELECT DISTINCT 'w', r.ev_class, d.refobjid, d.refobjsubid FROM pg_catalog.pg_rewrite r "
+    "JOIN pg_catalog.pg_class c ON c.oid = r.ev_class AND c.relkind = 'v' "
+    "JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND d.objid = r.oid "
+    "AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid <> r.ev_class",
     # q: the relations a row security policy's expressions read (their own policies apply
     # too: docs, 5.8): relation, polcmd, relation read
     "SELECT DISTINCT 'q', p.polrelid, p.polcmd, m.f[1] FROM pg_catalog.pg_policy p "
@@ -256,7 +262,7 @@ async def read_catalog(upstream: Upstream, database: str) -> Catalog:
 
 
 def _catalog(rows: list[list[str | None]], database: str) -> Catalog:
-    tagged: dict[str, list[list[str | None]]] = {tag: [] for tag in "snoprctvqiyxukf"}
+    tagged: dict[str, list[list[str | None]]] = {tag: [] for tag in "snoprctvwqiyxukf"}
     for row in rows:
         tagged[str(row[0])].append(row[1:])
     if len(tagged["s"]) != 1:
@@ -269,12 +275,21 @@ def _catalog(rows: list[list[str | None]], database: str) -> Catalog:
         raise CatalogUnavailable(f"the login role's search_path {path_setting!r} does not parse")
     code = _Code.of(tagged)
     relations = []
-    for oid, schema, name, kind, columns in tagged["r"]:
-        triples = json.loads(columns) if columns is not None else []
+    rows = {int(str(oid)): (f"{schema}.{name}", json.loads(columns) if columns is not None else [])
+            for oid, schema, name, _, columns in tagged["r"]}
+    view_reads: dict[int, list[str]] = {}
+    for view, relation, attnum in tagged["w"]:
+        qualified, columns = rows.get(int(str(relation)), (None, []))
+        if qualified is not None:
+            named = next((c for c, *_, n in columns if int(n) == int(str(attnum))), "*")
+            view_reads.setdefault(int(str(view)), []).append(f"{qualified}.{named}")
+    for oid, schema, name, kind, _ in tagged["r"]:
+        triples = rows[int(str(oid))][1]
         reads, writes = code.relation(int(str(oid)))
         relations.append(Relation(str(schema), str(name), str(kind), tuple(str(c) for c, *_ in triples),
                                   tuple(str(t) for _, t, *_ in triples), int(str(oid)), reads, writes,
-                                  tuple(int(n) for *_, n in triples)))
+                                  tuple(int(n) for *_, n in triples),
+                                  tuple(sorted(set(view_reads.get(int(str(oid)), ()))))))
     types = [Type(str(schema), str(name), str(kind),
                   tuple(sorted(code.type(int(str(oid))))) if schema not in SYSTEM_SCHEMAS else (), int(str(oid)))
              for oid, schema, name, kind, *_ in tagged["y"]]
