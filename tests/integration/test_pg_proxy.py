@@ -30,6 +30,7 @@ from interceptor.decision import ApprovalSpec, Decision, MaskSpec, Verdict
 from interceptor.flow import Endpoint, FlowContext, ProcessInfo
 from interceptor.handlers.base import Services
 from interceptor.handlers.postgres import HANDLER, codec
+from interceptor.handlers.postgres.catalog import CatalogStore
 from interceptor.operations import Request
 from interceptor.policy.model import AddressSpec, ResourceSpec
 
@@ -67,6 +68,7 @@ class Proxy:
         self.resource = ResourceSpec("orders-db", "postgres", (AddressSpec(ipaddress.ip_network("127.0.0.1/32"), None, pg.port),),
                                      options={"databases": list(databases)})
         self.broker = self.call(self._broker(str(tmp_path / "approvals.db")))
+        self.catalogs = CatalogStore()  # as the daemon's: result columns are named by the server's catalog
         self.tasks: set[asyncio.Task] = set()
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.listener.setblocking(False)
@@ -96,7 +98,7 @@ class Proxy:
             return {"user": self.pg.user, "password": self.pg.password}
 
         self.last_services = Services(decide=decide, audit=self.sink, identity=lambda: None, resource=self.resource,
-                                      credentials=credentials, approvals=self.broker)
+                                      credentials=credentials, approvals=self.broker, catalogs=self.catalogs)
         return self.last_services
 
     def dsn(self, dbname: str = "app", user: str = "agent") -> str:
@@ -339,9 +341,8 @@ def test_listen_notify_and_notices_pass_through(proxy):
 
 def test_large_result_streams_through(proxy):
     with psycopg.connect(proxy.dsn()) as conn:
-        cur = conn.cursor(name="big")
-        cur.execute("SELECT repeat('x', 1000) FROM generate_series(1, 20000)")
-        total = sum(len(row[0]) for row in cur)
+        rows = conn.cursor().stream("SELECT repeat('x', 1000) FROM generate_series(1, 20000)")  # row by row
+        total = sum(len(row[0]) for row in rows)
         one = conn.execute("SELECT repeat('y', 50000000)").fetchone()[0]
     assert total == 20_000_000 and len(one) == 50_000_000
 
