@@ -391,7 +391,7 @@ def _zeroable(tokens: list[Token]) -> Iterator[Token]:
             listing = depth
         elif kind in _LIST_ENDS and listing == depth:
             listing = None
-        item = listing == depth and (before[-1] in _POSITION_LISTS or before[-1] in (TokenType.COMMA, TokenType.L_PAREN))
+        item = listing == depth and before[-1] in (*_POSITION_LISTS, TokenType.COMMA, TokenType.L_PAREN)
         if not (kind == TokenType.NUMBER and item):
             yield token
         before = [*before[1:], kind]
@@ -1313,22 +1313,24 @@ class _Analysis:
         for star in self.tree.find_all(exp.Star):
             if not isinstance(star.parent, (exp.Column, exp.Count)) and not _in_projection(star):
                 found |= self._star_sources(_enclosing_queries(star)[0], star)
-        for select in self.tree.find_all(exp.Select):
-            found |= self._output_references(select)
+        for query in self.tree.find_all(exp.Select, exp.SetOperation):
+            found |= self._output_references(query)
         return frozenset(ref for ref in found if ref[2] != WHOLE_ROW)
 
-    def _output_references(self, select: exp.Select) -> set[ColumnRef]:
-        """What ORDER BY, GROUP BY and DISTINCT ON read when they name a result column by its
-        position or its output name (docs, 7.5 "Sorting Rows", 7.2.3 "GROUP BY")."""
+    def _output_references(self, select: exp.Expr) -> set[ColumnRef]:
+        """What ORDER BY, GROUP BY and DISTINCT ON of a SELECT (or the ORDER BY of a UNION,
+        INTERSECT, EXCEPT) read when they name a result column by its position or its output
+        name (docs, 7.5 "Sorting Rows", 7.2.3 "GROUP BY")."""
         items = [o.this for o in (select.args["order"].expressions if select.args.get("order") else [])]
         items += list(select.args["group"].expressions) if select.args.get("group") else []
-        distinct = select.args.get("distinct")
-        items += list(distinct.args["on"].expressions) if distinct is not None and distinct.args.get("on") else []
+        distinct = select.args.get("distinct")  # a UNION's is a flag (UNION ALL or not)
+        if isinstance(distinct, exp.Distinct) and distinct.args.get("on"):
+            items += list(distinct.args["on"].expressions)
         named = [i for i in items if isinstance(i, exp.Column) and not i.args.get("table")
                  or isinstance(i, exp.Literal) and not i.is_string]
         if not named:
             return set()
-        columns = self._projections(select)
+        columns = self._query_columns(select) if isinstance(select, exp.SetOperation) else self._projections(select)
         found: set[ColumnRef] = set()
         for item in named:
             if isinstance(item, exp.Literal):

@@ -45,6 +45,8 @@ create role app login password '{APP_PASSWORD}';
 grant create on schema public to app;
 set role app;
 create table public.customers (id int primary key, name text, email text, card_number text);
+create view public.customer_list as select * from public.customers;
+create view public.customer_names as select id, name from public.customers;
 {ROWS}
 """
 RESTORE = f"delete from public.customers; {ROWS}"
@@ -608,3 +610,55 @@ def test_cast_errors_in_asyncpg_withhold_the_value(env):
     assert isinstance(got["computed"], dict) and got["computed"]["error"], got["computed"]
     assert got["plain"]["error"] == "22P02" and '"abc"' in got["plain"]["str"], got["plain"]
     assert got["after"] == [[1, "Ada"], [2, "Grace"], [3, "Nobody"]], got
+
+
+# ---- 10. what an attack found: each kind closed ---------------------------------------------------------------
+
+ATTACKS = {
+    "copy of a star": ["copy (select * from customers) to stdout",
+                       "copy (select * from (select upper(email), card_number from customers) s) to stdout"],
+    "a star written into an unmasked column": [
+        "insert into customers (id, name) select * from (select id + 100, card_number || ' / ' || email "
+        "from customers where id < 3) s", "select id, name from customers where id > 100 order by id"],
+    "the row ON CONFLICT reads": [
+        "insert into customers values (1, 'x', 'e', '9') on conflict (id) do update "
+        "set name = customers.card_number || ' / ' || customers.email returning name"],
+    "a star the analysis expands differently": [
+        "select *, upper(card_number), lower(email) from customers, generate_series(1, 1) g order by id",
+        "select *, a.card_number || '' from customers a join (select id, name as nm from customers) b using (id) "
+        "order by id"],
+    "a view over the masked table": ["select * from customer_list order by id",
+                                     "select to_jsonb(c) from customer_list c"],
+    "a cursor re-declared under a refused name": [
+        "begin", "declare x cursor with hold for select upper(card_number), lower(email) from customers", "commit",
+        "declare x cursor with hold for select id, name from customers", "fetch all from x", "close x"],
+    "a cursor whose DECLARE the server skipped": [
+        "begin", "declare y cursor with hold for select card_number || '', email || '' from customers", "commit",
+        "select 1/(select 0); declare y cursor with hold for select id, name from customers", "fetch all from y"],
+    "a session setting storing a masked value": [
+        "select set_config('my.x', card_number || ' ' || email, false) from customers where id = 1",
+        "select current_setting('my.x')"],
+    "a row count": ["select p, count(*) from (select p, generate_series(1, substr(replace(card_number, ' ', ''), "
+                    "p, 1)::int) from customers, generate_series(1, 16) p where id = 2) s group by p order by p"],
+    "an order by position": ["select 'SECRET' tag, card_number from customers where id = 1 union all "
+                             "select 'p-' || v, v from (values ('4111 1111 1111 1110'), ('4111 1111 1111 1112')) "
+                             "p(v) order by 2"],
+    "a window order": ["select tag, r from (select tag, row_number() over (order by x) r from (select 'SECRET' tag, "
+                       "email x from customers where id = 1 union all select 'p-' || v, v from (values ('ad'), "
+                       "('ada@example.co'), ('ada@example.cp')) p(v)) u) s"],
+    "explain analyze row counts": ["explain (analyze, costs off, timing off, summary off) "
+                                   "select generate_series(1, length(email)) from customers where id = 1"],
+}
+
+
+@pytest.mark.parametrize("kind", sorted(ATTACKS))
+def test_an_attack_of_each_kind_gets_no_clear_value_and_no_oracle(env, kind):
+    out = psql(env, *ATTACKS[kind])
+    assert_never_clear(out.stdout + out.stderr)
+    if kind in ("a row count", "an order by position", "a window order", "explain analyze row counts"):
+        assert any(code == "42501" for _, code, _ in psql_errors(out.stderr)), out.stdout + out.stderr
+        assert "SECRET" not in out.stdout and "actual rows=15" not in out.stdout
+
+
+def test_a_view_that_reads_no_masked_column_is_read(env):
+    assert lines_of(psql(env, "select id, name from customer_names order by id")) == ["1|Ada", "2|Grace", "3|Nobody"]

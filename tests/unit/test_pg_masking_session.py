@@ -358,6 +358,7 @@ def test_an_execute_without_describe_is_described_to_the_enforcer_alone():
      "set name = excluded.email || c.email", "mask-email"),
     # positions and output names in ORDER BY, GROUP BY, DISTINCT ON
     ("select id, card_number from customers order by 2", "mask-card"),
+    ("select 'x', card_number from customers union all select 'y', 'z' order by 2", "mask-card"),
     ("select upper(email) x from customers order by x", "mask-email"),
     ("select card_number, count(*) from customers group by 1", "mask-card"),
     ("select distinct on (2) id, email from customers", "mask-email"),

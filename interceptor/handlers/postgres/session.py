@@ -772,7 +772,8 @@ class ProxySession:
         kind, start, end = frame
         body = self._server.view[start + 5:end]
         if kind in _ASYNC:
-            checked = self._checked_text(b"N", body, self._expect[0] if self._expect else None) if kind == 0x4E else None
+            head = self._expect[0] if self._expect else None
+            checked = self._checked_text(b"N", body, head) if kind == 0x4E else None
             if checked is not None:  # a NoticeResponse that may quote a masked value
                 self._server.replace(start, end, [checked])
             return
