@@ -681,8 +681,8 @@ class _Analysis:
             return frozenset()
         seen.add(table)
         found: set[ColumnRef] = set()
-        for qualified in relation.definition_reads:
-            schema, name, column = qualified.split(".", 2)
+        for read in relation.definition_reads:
+            schema, name, column = read.split(".", 2)
             found.add((schema, name, column))
             found |= self._view_reads((schema, name), seen)
         return frozenset(found)
