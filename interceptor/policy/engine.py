@@ -528,6 +528,12 @@ def _masks(statement: Statement, rules: list[Rule]) -> tuple[list[MaskSpec], lis
                 return [], [], _Judgement(Verdict.DENY, rule.name, f"masked column {what} is used outside the "
                                           "result columns (WHERE, JOIN, ORDER BY, a write, a copy, or a view's definition) "
                                           "and would leak")
+        for ref in sorted(statement.computed):
+            if any(_ref_masked(p, ref) for p in patterns):
+                return [], [], _Judgement(Verdict.DENY, rule.name, f"a result computed from masked column "
+                                          f"{'.'.join(ref)} is not run: what the computation does with the value "
+                                          "(an error it raises, the time it takes) could tell it; select the column "
+                                          "itself, which comes back masked")
         columns: set[str] = set()
         for output in statement.outputs:
             hit = sorted(r for r in output.sources if any(_ref_masked(p, r) for p in patterns))

@@ -620,8 +620,9 @@ class _Analysis:
         copy_out = isinstance(self.tree, exp.Copy) and not self.tree.args.get("kind")
         guarded = frozenset(key for key, call in nodes.items() if key > 0 and call.candidates and any(
             f.volatility == "volatile" or f.returns_set for f in call.candidates))
+        computed = frozenset[ColumnRef]()
         if isinstance(self.tree, _RESULT_NODES) and not _selects_into(self.tree):
-            outputs, filters = self._outputs(nodes), self._filters(guarded)
+            outputs, filters, computed = self._outputs(nodes), self._filters(guarded), self._computed(nodes)
             self._record_reads(self.tree)
         elif copy_out:
             outputs, filters = (), self._copied(guarded)
@@ -652,7 +653,7 @@ class _Analysis:
         if self.names.unavailable is not None and (calls or any(a.table for a in actions)):
             raise Unsupported(f"the catalog is unavailable ({self.names.unavailable}): a statement that names a "
                               "relation or calls a function cannot be judged", CATALOG_UNAVAILABLE)
-        return Statement(source, kind, actions, tuple(calls), outputs, filters, effects=effects,
+        return Statement(source, kind, actions, tuple(calls), outputs, filters, computed=computed, effects=effects,
                          bootstrap=kind == "select" and session_select(self.tree, found))
 
     def _copied(self, guarded: frozenset[int]) -> frozenset[ColumnRef]:
@@ -1314,7 +1315,33 @@ class _Analysis:
             if not isinstance(star.parent, (exp.Column, exp.Count)) and not _in_projection(star):
                 found |= self._star_sources(_enclosing_queries(star)[0], star)
         for query in self.tree.find_all(exp.Select, exp.SetOperation):
-            found |= self._output_references(query)
+            found |= self._output_references(query) | self._compared_outputs(query)
+        return frozenset(ref for ref in found if ref[2] != WHOLE_ROW)
+
+    def _compared_outputs(self, query: exp.Expr) -> set[ColumnRef]:
+        """What SELECT DISTINCT, UNION (without ALL), INTERSECT and EXCEPT compare: every
+        result column, whose values decide which rows come back and how many."""
+        if isinstance(query, exp.Select) and isinstance(query.args.get("distinct"), exp.Distinct) \
+                and not query.args["distinct"].args.get("on"):
+            return {ref for _, refs in self._projections(query) for ref in refs}
+        if isinstance(query, (exp.Intersect, exp.Except)) or isinstance(query, exp.Union) and query.args.get("distinct"):
+            return {ref for _, refs in self._query_columns(query) for ref in refs}
+        return set()
+
+    def _computed(self, calls: dict[int, Call]) -> frozenset[ColumnRef]:
+        """Base columns a result column is computed from, rather than being one (or a whole row
+        in a shape the masker rewrites): a masked one is refused, since what a computation does
+        with the value (an error it raises, the time it takes) could tell it."""
+        found: set[ColumnRef] = set()
+        for query in self.tree.find_all(*_QUERY_NODES):
+            for projection in _projection_list(query):
+                node = projection.unalias()
+                while isinstance(node, exp.Paren):
+                    node = node.this
+                if _is_star(projection) or isinstance(node, (exp.Column, exp.Subquery)) \
+                        or self._row_shape(node, calls) is not None:
+                    continue
+                found |= self._expression_sources(projection)
         return frozenset(ref for ref in found if ref[2] != WHOLE_ROW)
 
     def _output_references(self, select: exp.Expr) -> set[ColumnRef]:
@@ -1369,7 +1396,23 @@ def _ancestors(node: exp.Expr) -> Iterator[exp.Expr]:
 
 
 def _enclosing_queries(node: exp.Expr) -> list[exp.Expr]:
-    found = [a for a in _ancestors(node) if isinstance(a, _QUERY_NODES)]
+    """The queries whose FROM items a name in `node` may refer to, innermost first: not the
+    query a FROM item or a WITH query sits in (docs, 7.2.1.5: a subquery in FROM sees no
+    other FROM item of its level unless LATERAL; 7.8: a WITH query sees none), but the
+    levels beyond it (a correlated subquery's)."""
+    found: list[exp.Expr] = []
+    child, skip, lateral = node, False, False
+    for parent in _ancestors(node):
+        if isinstance(parent, exp.Lateral):
+            lateral = True
+        elif child.arg_key == "this" and (isinstance(parent, (exp.From, exp.Join)) and not lateral
+                                          or isinstance(parent, exp.CTE)):
+            skip = True
+        elif isinstance(parent, _QUERY_NODES):
+            if not skip:
+                found.append(parent)
+            skip = lateral = False
+        child = parent
     if not found:
         raise Unsupported(f"column outside any query: {node.sql(dialect=DIALECT)[:60]}")
     return found

@@ -99,6 +99,7 @@ class Statement:
     calls: tuple[Call, ...] = ()
     outputs: tuple[OutputColumn, ...] = ()
     filters: frozenset[ColumnRef] = frozenset()  # base columns used outside result columns
+    computed: frozenset[ColumnRef] = frozenset()  # base columns a result column is computed from
     opaque: bool = False  # sqlglot kept it as an uninterpreted Command
     error: str | None = None  # not understood or not resolvable: must be denied
     rule: str | None = None  # the builtin rule `error` is reported under (None: sql-not-understood)

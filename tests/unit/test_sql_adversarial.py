@@ -172,12 +172,17 @@ def test_cte_names_are_not_tables():
     assert [a.table for a in statement.actions] == [None]
 
 
-def test_masked_outputs_follow_expressions_and_ctes(engine):
-    decision = decide(engine, "with c as (select upper(card) as k, id from customers) select id, k from c")
+def test_masked_outputs_follow_ctes(engine):
+    decision = decide(engine, "with c as (select card as k, id from customers) select id, k from c")
     assert decision.verdict is Verdict.ALLOW
     assert decision.masks[0].columns == ("public.customers.card",)
     assert decision.details[0]["masked_outputs"] == [
         {"position": 1, "name": "k", "columns": ["public.customers.card"], "rules": ["mask-card"]}]
+
+
+def test_a_result_computed_from_a_masked_column_is_refused(engine):
+    decision = decide(engine, "with c as (select upper(card) as k, id from customers) select id, k from c")
+    assert (decision.verdict, decision.rule) == (Verdict.DENY, "mask-card") and "computed" in decision.reason
 
 
 def test_star_is_expanded_from_the_catalog(engine):
