@@ -14,6 +14,7 @@ error, and a later COMMIT rolls back.
 
 from __future__ import annotations
 
+import functools
 import re
 import secrets
 import struct
@@ -47,6 +48,7 @@ _ASYNC = frozenset(b"NA")  # notices, notifications: any time, no state
 _EXTENDED = frozenset(b"PBEDCH")  # messages of an extended-query segment (until Sync)
 _FRAME = struct.Struct("!BI")  # message type as a number, length
 _FLUSH = b"H\x00\x00\x00\x04"
+_ROW_MASKS = 256  # row rewriters a session keeps for statements it runs again
 _WAIT_LIMIT = 16 << 20  # bytes an agent may pipeline while the enforcer waits for the server
 _CATALOG_CHANGES = frozenset({"create", "alter", "drop", "comment", "grant", "revoke"})
 _CATALOG_MISSES = frozenset({CATALOG_UNKNOWN_RELATION, CATALOG_UNKNOWN_FUNCTION, CATALOG_UNKNOWN_TYPE,
@@ -349,6 +351,8 @@ class ProxySession:
         self._tables_reread = False  # it was, for the result now being described
         self._to_client: list[bytes] = []  # enforcer messages waiting for a server frame boundary
         self._row_mask: RowMask | None = None
+        # (id of the decision, statement, columns, catalog version, codec) -> (the decision, its rewriter)
+        self._row_masks: dict[tuple[object, ...], tuple[Decision, RowMask | None]] = {}
 
     # ---- client -> server ---------------------------------------------------------
 
@@ -862,7 +866,7 @@ class ProxySession:
         else:
             decision = head.prepared.decision if head.prepared is not None else None
         if decision is not None and decision.masks:
-            columns = codec.read_row_description(body)
+            columns = _described(bytes(body))
             catalog = self.catalog()
             known = catalog.by_oid if isinstance(catalog, Catalog) else {}
             if any(c.table_oid and c.table_oid not in known for c in columns) and not self._tables_reread:
@@ -890,10 +894,24 @@ class ProxySession:
         return self.from_server(b"")
 
     def _mask_for(self, decision: Decision, columns: tuple[Column, ...], index: int = 0) -> RowMask | None:
+        """The rewriter of this result's rows (None: they pass as they are), built once per
+        decision, statement, columns, catalog and client encoding: a statement run again and
+        again reuses it."""
+        catalog = self.catalog()
+        key = (id(decision), index, columns, _catalog_version(catalog), self._codec)
+        cached = self._row_masks.get(key)
+        if cached is not None and cached[0] is decision:
+            return cached[1]
+        mask = self._build_mask(decision, columns, index, catalog if isinstance(catalog, Catalog) else None)
+        if len(self._row_masks) >= _ROW_MASKS:
+            self._row_masks.clear()
+        self._row_masks[key] = (decision, mask)
+        return mask
+
+    def _build_mask(self, decision: Decision, columns: tuple[Column, ...], index: int,
+                    known: Catalog | None) -> RowMask | None:
         if self.mask_factory is None:
             return _withheld("the policy masks this result but no masker is configured")
-        catalog = self.catalog()
-        known = catalog if isinstance(catalog, Catalog) else None
         outputs = _masked_outputs(decision, index, len(columns))
         origins = tuple(self._origin(column, outputs.get(i), known) for i, column in enumerate(columns))
         return self.mask_factory(decision.masks, columns, origins, self._codec)
@@ -1051,6 +1069,12 @@ def _frame(kind: bytes, body: bytes) -> bytes:
 def _with_format(column: Column, formats: tuple[int, ...], index: int) -> Column:
     fmt = formats[index] if len(formats) > 1 else (formats[0] if formats else 0)
     return Column(column.name, column.table_oid, column.attnum, column.type_oid, fmt)
+
+
+@functools.lru_cache(maxsize=1024)
+def _described(body: bytes) -> tuple[Column, ...]:
+    """A RowDescription's columns (a statement run again sends the same bytes)."""
+    return codec.read_row_description(body)
 
 
 def _decision_of(head: Expect | None) -> Decision | None:
