@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -132,3 +134,14 @@ def direct(host: str, port: int) -> dict:
 
 def detach_everything() -> None:
     subprocess.run([INTERCEPTOR, "uninstall"], capture_output=True, env=dict(os.environ, INTERCEPTOR_CONFIG="/dev/null"))
+
+
+def psql_errors(stderr: str) -> list[tuple[str, str, str]]:
+    """(severity, SQLSTATE, message) of each error psql printed with VERBOSITY=verbose."""
+    return re.findall(r"(ERROR|FATAL):\s+([0-9A-Z]{5}): (.*)", stderr)
+
+
+def agent_python(agent: str, code: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """A Python script (dedented) run as `agent` under `interceptor exec`."""
+    return subprocess.run([INTERCEPTOR, "exec", "--agent", agent, "--", sys.executable, "-c", textwrap.dedent(code),
+                           *args], capture_output=True, text=True, timeout=timeout)

@@ -14,13 +14,12 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
-from daemon import INTERCEPTOR, Daemon, detach_everything
+from daemon import Daemon, INTERCEPTOR, agent_python, detach_everything, psql_errors
 from pg_fixture import PgServer, postgres_policy, write_credentials
 
 pytestmark = pytest.mark.root
@@ -115,19 +114,9 @@ def psql(env: Env, *commands: str) -> subprocess.CompletedProcess:
     return subprocess.run(argv, capture_output=True, text=True, timeout=60)
 
 
-def psql_errors(stderr: str) -> list[tuple[str, str, str]]:
-    """(severity, SQLSTATE, message) of each error psql printed with VERBOSITY=verbose."""
-    return re.findall(r"(ERROR|FATAL):\s+([0-9A-Z]{5}): (.*)", stderr)
-
-
-def agent_python(code: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([INTERCEPTOR, "exec", "--agent", AGENT, "--", sys.executable, "-c", textwrap.dedent(code),
-                           *args], capture_output=True, text=True, timeout=timeout)
-
-
 def agent_json(code: str, *args: str) -> dict:
     """Runs the agent's script; checks everything it got (printed or in a traceback) for clear values."""
-    out = agent_python(code, *args)
+    out = agent_python(AGENT, code, *args)
     assert_never_clear(out.stdout + out.stderr)
     assert out.returncode == 0 and out.stdout.strip(), out.stdout + "\n".join(out.stderr.splitlines()[-3:])
     return json.loads(out.stdout.strip().splitlines()[-1])

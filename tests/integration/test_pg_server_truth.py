@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon import INTERCEPTOR, Daemon, detach_everything
+from daemon import Daemon, INTERCEPTOR, agent_python, detach_everything, psql_errors
 from pg_fixture import PgServer, postgres_policy, write_credentials
 
 pytestmark = pytest.mark.root
@@ -201,18 +201,8 @@ def psql(env: Env, *commands: str, dbname: str = "postgres", extra: str = "",
     return subprocess.run(argv, capture_output=True, text=True, timeout=60, env={**os.environ, **(environ or {})})
 
 
-def psql_errors(stderr: str) -> list[tuple[str, str, str]]:
-    """(severity, SQLSTATE, message) of each error psql printed with VERBOSITY=verbose."""
-    return re.findall(r"(ERROR|FATAL):\s+([0-9A-Z]{5}): (.*)", stderr)
-
-
-def agent_python(code: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([INTERCEPTOR, "exec", "--agent", AGENT, "--", sys.executable, "-c", textwrap.dedent(code),
-                           *args], capture_output=True, text=True, timeout=timeout)
-
-
 def agent_json(code: str, *args: str) -> dict:
-    out = agent_python(code, *args)
+    out = agent_python(AGENT, code, *args)
     assert out.returncode == 0 and out.stdout.strip(), out.stdout + "\n".join(out.stderr.splitlines()[-3:])
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -365,7 +355,7 @@ if __name__ == "__main__":
 
 def wire(env: Env, *sessions: dict) -> list[dict]:
     """Run sessions (params, pipelined, steps) one after the other in one agent process."""
-    out = agent_python(WIRE, str(env.pg.port), json.dumps(list(sessions)))
+    out = agent_python(AGENT, WIRE, str(env.pg.port), json.dumps(list(sessions)))
     assert out.returncode == 0 and out.stdout.strip(), out.stdout + out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -1041,7 +1031,7 @@ def test_asyncpg_type_introspection_is_allowed_by_default(env):
         print(json.dumps(rows))
     asyncio.run(main())
     """
-    out = agent_python(code, str(env.pg.port))
+    out = agent_python(AGENT, code, str(env.pg.port))
     assert json.loads(out.stdout) == [[10, "new"], [11, "new"]], out.stdout + out.stderr
 
 
