@@ -376,7 +376,8 @@ _LIST_ENDS = frozenset({TokenType.LIMIT, TokenType.OFFSET, TokenType.FETCH, Toke
 
 
 def _zeroable(tokens: list[Token]) -> Iterator[Token]:
-    """The tokens but the numbers that are items of an ORDER BY, GROUP BY or DISTINCT ON list."""
+    """The tokens but the numbers in an ORDER BY, GROUP BY or DISTINCT ON list (an item, or in
+    parentheses, ROLLUP, GROUPING SETS: a position; in an expression: kept all the same)."""
     depth, listing, before = 0, None, [None, None, None]
     for token in tokens:
         kind = token.token_type
@@ -391,8 +392,7 @@ def _zeroable(tokens: list[Token]) -> Iterator[Token]:
             listing = depth
         elif kind in _LIST_ENDS and listing == depth:
             listing = None
-        item = listing == depth and before[-1] in (*_POSITION_LISTS, TokenType.COMMA, TokenType.L_PAREN)
-        if not (kind == TokenType.NUMBER and item):
+        if not (kind == TokenType.NUMBER and listing is not None):  # kept anywhere in such a list
             yield token
         before = [*before[1:], kind]
 
@@ -1099,15 +1099,13 @@ class _Analysis:
         return None
 
     def _may_have(self, source: _Source, name: str) -> bool:
-        if source.columns is not None:
-            return name in source.columns
-        if source.table is not None:
-            known = self._known_columns(source.table)
-            return known is None or name in known
-        if source.query is not None:
-            names = self._source_columns(source)  # `*` expanded: a name it lacks is the whole row
-            return names is None or name in names
-        return False
+        """Can `name` be a column of the FROM item: by its columns as renamed by an alias list
+        (the ones it does not rename keep their names), `*` expanded; a name it lacks is the
+        item's whole row. Unknown columns (None) may be any."""
+        if source.table is None and source.query is None:
+            return source.columns is not None and name in source.columns
+        names = self._source_columns(source)
+        return names is None or name in names
 
     def _from_source(self, source: _Source, name: str) -> set[ColumnRef]:
         if source.table is not None:
@@ -1118,6 +1116,11 @@ class _Analysis:
                 name = known[source.columns.index(name)]
             return {(*source.table, name)}
         if source.query is not None:
+            names = self._source_columns(source)
+            if names is not None and name in names:  # by position: an alias list renames the query's columns
+                columns = self._query_columns(source.query)
+                index = names.index(name)
+                return columns[index][1] if index < len(columns) else {r for _, refs in columns for r in refs}
             return self._projection_sources(source.query, name)
         return set()
 
@@ -1159,7 +1162,7 @@ class _Analysis:
             if _is_star(projection):
                 columns.extend(self._star_columns(select, projection))
             else:
-                columns.append((projection.alias_or_name or "?column?", self._expression_sources(projection)))
+                columns.append((_output_name(projection), self._expression_sources(projection)))
         return columns
 
     def _star_columns(self, select: exp.Expr, star: exp.Expr) -> list[tuple[str, set[ColumnRef]]]:
@@ -1170,19 +1173,25 @@ class _Analysis:
         sources = self._sources(select)
         if qualifier is not None:
             return self._item_columns(sources[qualifier]) if qualifier in sources else []
-        items = list(sources.values())
+        return self._joined(select)[0]
+
+    def _joined(self, select: exp.Expr) -> tuple[list[tuple[str, set[ColumnRef]]], set[ColumnRef]]:
+        """The columns of a query's FROM items joined, in the server's order, and what the
+        USING and NATURAL joins among them compare (their merged columns, both sides')."""
+        items = list(self._sources(select).values())
         joins = select.args.get("joins") or [] if isinstance(select, exp.Select) else []
         if len(items) != len(joins) + 1:  # DML targets, or FROM items of no join: side by side
-            return [column for source in items for column in self._item_columns(source)]
-        columns = self._item_columns(items[0])
+            return [column for source in items for column in self._item_columns(source)], set()
+        columns, compared = self._item_columns(items[0]), set()
         for source, join in zip(items[1:], joins):
             right = self._item_columns(source)
-            merged = [_ident(u) for u in join.args.get("using") or []]
+            merged = [str(_ident(u)) for u in join.args.get("using") or []]
             if str(join.args.get("method") or "").upper() == "NATURAL":
                 merged = [name for name, _ in columns if any(name == other for other, _ in right)]
             firsts = [(name, {ref for n, refs in columns + right if n == name for ref in refs}) for name in merged]
+            compared |= {ref for _, refs in firsts for ref in refs}
             columns = firsts + [c for c in columns if c[0] not in merged] + [c for c in right if c[0] not in merged]
-        return columns
+        return columns, compared
 
     def _item_columns(self, source: _Source) -> list[tuple[str, set[ColumnRef]]]:
         """The columns one FROM item gives, by name (an alias list renames the first ones); a
@@ -1316,6 +1325,8 @@ class _Analysis:
                 found |= self._star_sources(_enclosing_queries(star)[0], star)
         for query in self.tree.find_all(exp.Select, exp.SetOperation):
             found |= self._output_references(query) | self._compared_outputs(query)
+            if isinstance(query, exp.Select) and query.args.get("joins"):
+                found |= self._joined(query)[1]  # USING and NATURAL compare columns, as ON does
         return frozenset(ref for ref in found if ref[2] != WHOLE_ROW)
 
     def _compared_outputs(self, query: exp.Expr) -> set[ColumnRef]:
@@ -1349,10 +1360,11 @@ class _Analysis:
         INTERSECT, EXCEPT) read when they name a result column by its position or its output
         name (docs, 7.5 "Sorting Rows", 7.2.3 "GROUP BY")."""
         items = [o.this for o in (select.args["order"].expressions if select.args.get("order") else [])]
-        items += list(select.args["group"].expressions) if select.args.get("group") else []
+        items += _grouping_items(select.args["group"]) if select.args.get("group") else []
         distinct = select.args.get("distinct")  # a UNION's is a flag (UNION ALL or not)
         if isinstance(distinct, exp.Distinct) and distinct.args.get("on"):
             items += list(distinct.args["on"].expressions)
+        items = [_unparen(i) for i in items]
         named = [i for i in items if isinstance(i, exp.Column) and not i.args.get("table")
                  or isinstance(i, exp.Literal) and not i.is_string]
         if not named:
@@ -1364,7 +1376,7 @@ class _Analysis:
                 position = int(str(item.this)) - 1 if str(item.this).isdigit() else -1
                 found |= columns[position][1] if 0 <= position < len(columns) else set()
             else:
-                found |= {ref for name, refs in columns if name == item.name for ref in refs}
+                found |= {ref for name, refs in columns if name == _column_name(item) for ref in refs}
         return found
 
 
@@ -1460,6 +1472,35 @@ def _selects(query: exp.Expr) -> list[exp.Expr]:
     if isinstance(query, exp.Subquery):
         return _selects(query.this)
     return [query]
+
+
+def _unparen(node: exp.Expr) -> exp.Expr:
+    while isinstance(node, exp.Paren):
+        node = node.this
+    return node
+
+
+def _grouping_items(group: exp.Expr) -> list[exp.Expr]:
+    """The expressions of GROUP BY, those inside ROLLUP, CUBE and GROUPING SETS (and their
+    parenthesised lists) included (docs, 7.2.4)."""
+    items: list[exp.Expr] = []
+    for item in group.expressions:
+        item = _unparen(item)
+        if isinstance(item, (exp.Rollup, exp.Cube, exp.GroupingSets, exp.Tuple)):
+            items += _grouping_items(item)
+        else:
+            items.append(item)
+    return items
+
+
+def _output_name(projection: exp.Expr) -> str:
+    """A result column's name as the server reads it (an alias or a column's name, folded
+    unless quoted; docs, 4.1.1), "?column?" when it has none."""
+    if isinstance(projection, exp.Alias) and isinstance(projection.args.get("alias"), exp.Identifier):
+        return str(_ident(projection.args["alias"]))
+    if isinstance(projection, exp.Column) and isinstance(projection.this, exp.Identifier):
+        return str(_ident(projection.this))
+    return projection.alias_or_name or "?column?"
 
 
 def _projection_list(select: exp.Expr) -> list[exp.Expr]:
