@@ -642,6 +642,17 @@ ATTACKS = {
         "select count(*) from (select email from customers where id = 1 intersect select 'ada@example.com') s",
         "select count(*) from (select card_number from customers where id = 1 union select '4111 1111 1111 1111') s",
         "select count(*) from (select distinct email from customers) s"],
+    "an alias list renaming a subquery's columns": [
+        "copy (select a, b from (select card_number, email from customers) x(a, b)) to stdout",
+        "select id from customers c(a, b) where card_number like '4%'",
+        "select upper(a) from (select card_number from customers) x(a)"],
+    "a position in parentheses, a grouping set or an output name in another case": [
+        "select id from (select id, card_number from customers order by (2) limit 1) s",
+        "select id, card_number from customers group by rollup(2), 1",
+        "select card_number as X from customers order by x"],
+    "a USING or NATURAL join": [
+        "select count(*) from customers a join (values ('4111 1111 1111 1111')) v(card_number) using (card_number)",
+        "select count(*) from customers a natural join customers b"],
     "a window order": ["select tag, r from (select tag, row_number() over (order by x) r from (select 'SECRET' tag, "
                        "email x from customers where id = 1 union all select 'p-' || v, v from (values ('ad'), "
                        "('ada@example.co'), ('ada@example.cp')) p(v)) u) s"],
@@ -655,7 +666,9 @@ def test_an_attack_of_each_kind_gets_no_clear_value_and_no_oracle(env, kind):
     out = psql(env, *ATTACKS[kind])
     assert_never_clear(out.stdout + out.stderr)
     if kind in ("a row count", "an order by position", "a window order", "explain analyze row counts",
-                "a comparison by UNION, INTERSECT or DISTINCT"):
+                "a comparison by UNION, INTERSECT or DISTINCT", "an alias list renaming a subquery's columns",
+                "a position in parentheses, a grouping set or an output name in another case",
+                "a USING or NATURAL join"):
         assert any(code == "42501" for _, code, _ in psql_errors(out.stderr)), out.stdout + out.stderr
         assert "SECRET" not in out.stdout and "actual rows=15" not in out.stdout
 
