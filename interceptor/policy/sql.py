@@ -618,27 +618,14 @@ class _Analysis:
         calls += self._attribute_calls()
         effects = set_config_effects(self.tree, found)
         copy_out = isinstance(self.tree, exp.Copy) and not self.tree.args.get("kind")
-        guarded = frozenset(key for key, call in nodes.items() if key > 0 and call.candidates and any(
-            f.volatility == "volatile" or f.returns_set for f in call.candidates))
-        computed = frozenset[ColumnRef]()
-        if isinstance(self.tree, _RESULT_NODES) and not _selects_into(self.tree):
-            outputs, filters, computed = self._outputs(nodes), self._filters(guarded), self._computed(nodes)
-            self._record_reads(self.tree)
-        elif copy_out:
-            outputs, filters = (), self._copied(guarded)
-        elif _selects_into(self.tree):  # SELECT ... INTO t: rows written to a new table, as CREATE TABLE AS
-            outputs, filters = (), self._filters(guarded) | {ref for _, refs in self._query_columns(self.tree)
-                                                             for ref in refs if ref[2] != WHOLE_ROW}
-            self._record_reads(self.tree)
-        else:
-            # DDL and COPY FROM move whole rows where no result column can be masked: every
-            # column they read counts as used outside a result column.
-            outputs, filters = (), frozenset()
+        outputs, filters, computed = self._uses(nodes, copy_out)
         for table_node in self.tree.find_all(exp.Table):
             if id(table_node) in self.targets:
                 continue
             table = self._base_table(table_node)
-            if table is not None and not isinstance(self.tree, _RESULT_NODES) and not copy_out:  # DDL, COPY FROM
+            if table is not None and not isinstance(self.tree, _RESULT_NODES) and not copy_out:
+                # DDL and COPY FROM move whole rows where no result column can be masked: every
+                # column they read counts as used outside a result column.
                 self.reads[table] = None
                 filters |= {(*table, "*")}
             elif table is not None:
@@ -655,6 +642,23 @@ class _Analysis:
                               "relation or calls a function cannot be judged", CATALOG_UNAVAILABLE)
         return Statement(source, kind, actions, tuple(calls), outputs, filters, computed=computed, effects=effects,
                          bootstrap=kind == "select" and session_select(self.tree, found))
+
+    def _uses(self, nodes: dict[int, Call], copy_out: bool) -> tuple[
+            tuple[OutputColumn, ...], frozenset[ColumnRef], frozenset[ColumnRef]]:
+        """The statement's result columns, the base columns it uses outside them (`_filters`)
+        and those a result column is computed from (`_computed`). `nodes`: the resolved call
+        of each call node (by id); the arguments of volatile or set-returning ones are uses."""
+        guarded = frozenset(key for key, call in nodes.items() if key > 0 and call.candidates and any(
+            f.volatility == "volatile" or f.returns_set for f in call.candidates))
+        if copy_out:
+            return (), self._copied(guarded), frozenset()
+        if not isinstance(self.tree, _RESULT_NODES):
+            return (), frozenset(), frozenset()
+        self._record_reads(self.tree)
+        if _selects_into(self.tree):  # SELECT ... INTO t: rows written to a new table, as CREATE TABLE AS
+            written = {ref for _, refs in self._query_columns(self.tree) for ref in refs if ref[2] != WHOLE_ROW}
+            return (), self._filters(guarded) | written, frozenset()
+        return self._outputs(nodes), self._filters(guarded), self._computed(nodes)
 
     def _copied(self, guarded: frozenset[int]) -> frozenset[ColumnRef]:
         """What COPY ... TO sends, as columns used outside a result column (its rows are
