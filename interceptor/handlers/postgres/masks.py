@@ -1,6 +1,6 @@
 """The seam between the PostgreSQL session and interceptor.masking: how each result column
 of a statement is masked, once the server has described it (RowDescription), and what an
-error or notice raised while masked values were computed may say.
+error or notice raised while masked values were read may say.
 
 A column is masked by where its values come from (`Origin`), in this order of trust:
 - the server's word: RowDescription names the table and column a value comes straight
@@ -8,7 +8,8 @@ A column is masked by where its values come from (`Origin`), in this order of tr
   column whose type is a relation's row type is that relation's composite, masked field
   by field;
 - the analysis: a whole row in a shape it recognised (the composite, row JSON) is masked
-  field by field; any other value computed from a masked column becomes one constant;
+  field by field; a value only it ties to a masked column becomes one constant (the policy
+  refuses results computed from masked columns before they run: this is the fallback);
 - classifiers: rules that name them mask what they find in any text value.
 """
 
