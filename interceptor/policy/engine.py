@@ -517,36 +517,17 @@ def _embeds_masked_rows(output: OutputColumn, hit: list[ColumnRef]) -> bool:
 
 def _masks(statement: Statement, rules: list[Rule]) -> tuple[list[MaskSpec], list[dict], _Judgement | None]:
     """The masks a statement's results need, the result columns they cover, or a refusal
-    when masking cannot be guaranteed (masked column filtered on, or columns unknown)."""
+    when masking cannot be guaranteed (`_mask_refusal`)."""
     specs: list[MaskSpec] = []
     outputs: dict[int, dict[str, Any]] = {}
     for rule in rules:
         patterns = rule.mask.columns
-        for ref in sorted(statement.filters):
-            if any(_ref_masked(p, ref) for p in patterns):
-                what = ".".join(ref) if ref[2] != "*" else f"{ref[0]}.{ref[1]} (whole rows)"
-                return [], [], _Judgement(Verdict.DENY, rule.name, f"masked column {what} is used outside the "
-                                          "result columns (WHERE, JOIN, ORDER BY, a write, a copy, or a view's definition) "
-                                          "and would leak")
-        for ref in sorted(statement.computed):
-            if any(_ref_masked(p, ref) for p in patterns):
-                return [], [], _Judgement(Verdict.DENY, rule.name, f"a result computed from masked column "
-                                          f"{'.'.join(ref)} is not run: what the computation does with the value "
-                                          "(an error it raises, the time it takes) could tell it; select the column "
-                                          "itself, which comes back masked")
+        refusal = _mask_refusal(statement, rule)
+        if refusal is not None:
+            return [], [], refusal
         columns: set[str] = set()
         for output in statement.outputs:
             hit = sorted(r for r in output.sources if any(_ref_masked(p, r) for p in patterns))
-            if any(r[2] == "*" for r in hit):
-                unknown = next(r for r in hit if r[2] == "*")
-                return [], [], _Judgement(Verdict.DENY, MASK_FAILSAFE_RULE, f"schema of {unknown[0]}.{unknown[1]} "
-                                          f"is unknown: cannot tell which result columns rule {rule.name} must mask")
-            if hit and output.shape is None and _embeds_masked_rows(output, hit):
-                tables = ", ".join(sorted(f"{s}.{t}" if s else "a derived table" for s, t in output.rows))
-                return [], [], _Judgement(Verdict.DENY, MASK_FAILSAFE_RULE, f"result column {output.position + 1} "
-                                          f"({output.name}) embeds whole rows of {tables}, whose column {'.'.join(hit[0])} "
-                                          f"rule {rule.name} masks, in a shape the masker cannot rewrite field by field; "
-                                          "select the columns, or pass the row alone to row_to_json, to_jsonb or json_agg")
             if hit:
                 columns.update(".".join(r) for r in hit)
                 entry = outputs.setdefault(output.position, {"position": output.position, "name": output.name,
@@ -558,3 +539,36 @@ def _masks(statement: Statement, rules: list[Rule]) -> tuple[list[MaskSpec], lis
         specs.append(MaskSpec(tuple(sorted(columns)), rule.mask.classifiers, rule.mask.style, rule.name,
                               tuple(".".join(p) for p in patterns)))
     return specs, [outputs[p] for p in sorted(outputs)], None
+
+
+def _mask_refusal(statement: Statement, rule: Rule) -> _Judgement | None:
+    """Why the rule's masked columns could leave unmasked, None when they cannot: used outside
+    a result column (which rows, their order or count would tell them), a result column of a
+    table whose columns are unknown, a whole row in a shape the masker cannot rewrite, or a
+    result computed from one (an error it raises, the time it takes would tell it)."""
+    patterns = rule.mask.columns
+    for ref in sorted(statement.filters):
+        if any(_ref_masked(p, ref) for p in patterns):
+            what = ".".join(ref) if ref[2] != "*" else f"{ref[0]}.{ref[1]} (whole rows)"
+            return _Judgement(Verdict.DENY, rule.name, f"masked column {what} is used outside the result columns "
+                              "(WHERE, JOIN, ORDER BY, GROUP BY, DISTINCT, UNION, a window, a write, a copy, or a "
+                              "view's definition): the rows it chooses or orders would tell its value; use it only "
+                              "in the select list")
+    for output in statement.outputs:
+        hit = sorted(r for r in output.sources if any(_ref_masked(p, r) for p in patterns))
+        if any(r[2] == "*" for r in hit):
+            unknown = next(r for r in hit if r[2] == "*")
+            return _Judgement(Verdict.DENY, MASK_FAILSAFE_RULE, f"schema of {unknown[0]}.{unknown[1]} is unknown: "
+                              f"cannot tell which result columns rule {rule.name} must mask")
+        if hit and output.shape is None and _embeds_masked_rows(output, hit):
+            tables = ", ".join(sorted(f"{s}.{t}" if s else "a derived table" for s, t in output.rows))
+            return _Judgement(Verdict.DENY, MASK_FAILSAFE_RULE, f"result column {output.position + 1} ({output.name}) "
+                              f"embeds whole rows of {tables}, whose column {'.'.join(hit[0])} rule {rule.name} "
+                              "masks, in a shape the masker cannot rewrite field by field; select the columns, or "
+                              "pass the row alone to row_to_json, to_jsonb or json_agg")
+    for ref in sorted(statement.computed):
+        if any(_ref_masked(p, ref) for p in patterns):
+            return _Judgement(Verdict.DENY, rule.name, f"a result computed from masked column {'.'.join(ref)} is not "
+                              "run: what the computation does with the value (an error it raises, the time it "
+                              "takes) could tell it; select the column itself, which comes back masked")
+    return None
