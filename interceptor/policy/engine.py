@@ -40,6 +40,9 @@ DANGEROUS_RULE = "builtin-dangerous-functions"
 UNPARSED_RULE = "sql-not-understood"
 OPAQUE_RULE = "sql-opaque-statement"
 MASK_FAILSAFE_RULE = "mask-fail-closed"
+# The planner's statistics: most common values, histogram bounds, sampled from every column
+STATISTICS_RELATIONS = frozenset(("pg_catalog", name) for name in (
+    "pg_statistic", "pg_stats", "pg_statistic_ext_data", "pg_stats_ext", "pg_stats_ext_exprs"))
 
 # Functions that reach outside the query's tables: files, programs, other servers, other
 # sessions, settings. Denied unless an allow/approve rule names them in `sql.functions`.
@@ -547,6 +550,10 @@ def _mask_refusal(statement: Statement, rule: Rule) -> _Judgement | None:
     table whose columns are unknown, a whole row in a shape the masker cannot rewrite, or a
     result computed from one (an error it raises, the time it takes would tell it)."""
     patterns = rule.mask.columns
+    statistics = sorted(f"{a.table[0]}.{a.table[1]}" for a in statement.actions if a.table in STATISTICS_RELATIONS)
+    if statistics and patterns:
+        return _Judgement(Verdict.DENY, MASK_FAILSAFE_RULE, f"{statistics[0]} holds sampled values of every "
+                          f"analysed column, those rule {rule.name} masks included (docs, 53.27 pg_stats)")
     for ref in sorted(statement.filters):
         if any(_ref_masked(p, ref) for p in patterns):
             what = ".".join(ref) if ref[2] != "*" else f"{ref[0]}.{ref[1]} (whole rows)"

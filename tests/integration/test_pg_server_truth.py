@@ -431,6 +431,15 @@ def test_select_star_shapes_are_masked(env, sql, ids):
     check_masked(out.stdout, ids)
 
 
+def test_the_planners_statistics_of_masked_columns_are_refused(env):
+    """pg_stats shows sampled values of every analysed column: with masks in force, refused."""
+    env.use("demo")
+    env.pg.psql("analyze public.customers")
+    out = psql(env, "select most_common_vals::text from pg_catalog.pg_stats where tablename = 'customers'")
+    assert [code for _, code, _ in psql_errors(out.stderr)] == ["42501"], out.stdout + out.stderr
+    assert "mask-fail-closed" in out.stderr and "ada@example.com" not in out.stdout, out.stdout + out.stderr
+
+
 def test_select_star_masked_over_the_extended_protocol_in_binary(env):
     env.use("demo")
     code = """

@@ -32,6 +32,7 @@ rules:
 """
 CATALOG = Catalog.build(
     [Relation("public", "customers", "r", ("id", "name", "email", "card_number"), oid=CUSTOMERS_OID),
+     Relation("pg_catalog", "pg_stats", "v", ("tablename", "attname", "most_common_vals")),
      Relation("public", "customer_list", "v", ("id", "name", "email"),
               definition_reads=("public.customers.email", "public.customers.id", "public.customers.name")),
      Relation("public", "names", "v", ("id", "name"), definition_reads=("public.customers.id", "public.customers.name")),
@@ -404,6 +405,13 @@ def test_masked_values_that_would_leave_other_than_as_a_result_column_are_refuse
 def test_the_numeric_shape_keeps_the_positions_of_order_by():
     assert decide("select id, card_number from customers order by 2").verdict is Verdict.DENY
     assert decide("select id, card_number from customers order by 1").verdict is Verdict.ALLOW
+
+
+def test_the_planners_statistics_are_refused_while_columns_are_masked():
+    engine = PolicyEngine(load_policy_text(POLICY.replace('tables: ["public.*"]', 'tables: ["public.*", "pg_catalog.*"]')))
+    decision = engine.decide(Request(Subject("agent"), "db", SqlQuery(
+        "select most_common_vals from pg_catalog.pg_stats where tablename = 'customers'", catalog=CATALOG)))
+    assert (decision.verdict, decision.rule) == (Verdict.DENY, "mask-fail-closed")
 
 
 def test_select_into_is_a_create():
