@@ -3,6 +3,7 @@ talk to it the way an operator would: the CLI and the control socket."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from interceptor.control import ControlClient, ControlError
@@ -134,6 +136,18 @@ def direct(host: str, port: int) -> dict:
 
 def detach_everything() -> None:
     subprocess.run([INTERCEPTOR, "uninstall"], capture_output=True, env=dict(os.environ, INTERCEPTOR_CONFIG="/dev/null"))
+
+
+@contextlib.contextmanager
+def running_daemon(workdir: Path, policy: Path) -> Iterator[Daemon]:
+    """The daemon (kernel redirect: bpf) on `policy`; stopped, and every hook detached, after."""
+    daemon = Daemon(workdir, policy, redirect="bpf")
+    daemon.start()
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+        detach_everything()
 
 
 def psql_errors(stderr: str) -> list[tuple[str, str, str]]:

@@ -25,7 +25,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from daemon import INTERCEPTOR, Daemon, detach_everything
+from daemon import Daemon, INTERCEPTOR, running_daemon
 from pg_fixture import PgServer, postgres_policy, write_credentials
 from test_pg_proxy import Proxy
 
@@ -59,13 +59,8 @@ def env(tmp_path_factory):
         secret = write_credentials(workdir / "db-credentials", "owner", PASSWORD)
         policy = workdir / "policy.yaml"
         policy.write_text(policy_text(pg, secret))
-        daemon = Daemon(workdir, policy, redirect="bpf")
-        daemon.start()
-        try:
+        with running_daemon(workdir, policy) as daemon:
             yield daemon, pg, workdir
-        finally:
-            daemon.stop()
-            detach_everything()
 
 
 @pytest.fixture(autouse=True)

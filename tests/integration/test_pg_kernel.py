@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from daemon import INTERCEPTOR, Daemon, detach_everything
+from daemon import Daemon, INTERCEPTOR, running_daemon
 from pg_fixture import PgServer, postgres_policy, write_credentials
 
 PASSWORD = "s3cret-upstream-pw"
@@ -53,13 +53,8 @@ def env(tmp_path_factory):
         secret = write_credentials(workdir / "db-credentials", "owner", PASSWORD)
         policy = workdir / "policy.yaml"
         policy.write_text(postgres_policy(pg, secret, "analyst", RULES))
-        daemon = Daemon(workdir, policy, redirect="bpf")
-        daemon.start()
-        try:
+        with running_daemon(workdir, policy) as daemon:
             yield daemon, pg
-        finally:
-            daemon.stop()
-            detach_everything()
 
 
 def conninfo(pg: PgServer) -> str:

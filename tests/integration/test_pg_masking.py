@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon import Daemon, INTERCEPTOR, agent_python, detach_everything, psql_errors
+from daemon import Daemon, INTERCEPTOR, agent_python, psql_errors, running_daemon
 from pg_fixture import PgServer, postgres_policy, write_credentials
 
 pytestmark = pytest.mark.root
@@ -82,13 +82,8 @@ def env(tmp_path_factory):
         secret = write_credentials(workdir / "db-credentials", "app", APP_PASSWORD)
         policy = workdir / "policy.yaml"
         policy.write_text(policy_text(pg, secret))
-        daemon = Daemon(workdir, policy, redirect="bpf")
-        daemon.start()
-        try:
+        with running_daemon(workdir, policy) as daemon:
             yield Env(daemon, pg)
-        finally:
-            daemon.stop()
-            detach_everything()
 
 
 @pytest.fixture(autouse=True)

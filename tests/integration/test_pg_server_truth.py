@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon import Daemon, INTERCEPTOR, agent_python, detach_everything, psql_errors
+from daemon import Daemon, INTERCEPTOR, agent_python, psql_errors, running_daemon
 from pg_fixture import PgServer, postgres_policy, write_credentials
 
 pytestmark = pytest.mark.root
@@ -165,13 +165,8 @@ def env(tmp_path_factory):
         for which in ("sales", "demo"):
             policies[which] = workdir / f"{which}.yaml"
             policies[which].write_text(policy_text(pg, secret, which))
-        daemon = Daemon(workdir, policies["sales"], redirect="bpf")
-        daemon.start()
-        try:
+        with running_daemon(workdir, policies["sales"]) as daemon:
             yield Env(daemon, pg, policies)
-        finally:
-            daemon.stop()
-            detach_everything()
 
 
 @pytest.fixture(autouse=True)
