@@ -76,16 +76,23 @@ def _partial_email(value: bytes) -> bytes:
 _WHOLE_EMAIL = re.compile(r"[^\s@\"'(),;:<>\[\]{}]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
 
 
+# A value that is one number written in groups (a card, an account): digits, spaces, dashes.
+_WHOLE_NUMBER = re.compile(r"[0-9](?:[0-9 -]{6,}[0-9])")
+
+
 def _partial_text(value: bytes) -> bytes:
     """A whole value of unknown kind: a value that is one email address keeps its first
-    letter and domain; other text of eight or more characters keeps its last four; anything
-    shorter is redacted."""
+    letter and domain; one grouped number of eight or more digits (a card) its last four
+    digits and its separators; other text of eight or more characters its last four
+    characters; anything shorter is redacted."""
     try:
         text = value.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise MaskingError(f"cannot mask partially a value that is not UTF-8 text: {exc.reason}") from None
     if _WHOLE_EMAIL.fullmatch(text):
         return _partial_email(value)
+    if _WHOLE_NUMBER.fullmatch(text) and sum(c.isdigit() for c in text) >= 8:
+        return _partial_keep_last4(value)
     return REDACTED + text[-4:].encode() if len(text) >= 8 else REDACTED
 
 

@@ -138,3 +138,13 @@ def test_bench_reports_every_case():
     assert [r["case"] for r in results][0] == "passthrough (no masked column)"
     assert any(r["classifiers"] for r in results) and any(not r["classifiers"] for r in results)
     assert all(r["rows"] > 0 and r["mb_per_s"] > 0 for r in results)
+
+
+@pytest.mark.parametrize("value, masked", [
+    (b"4111 1111 1111 1111", b"**** **** **** 1111"),
+    (b"3400 0000 0000 009", b"**** **** ***0 009"),  # 15 digits: still the last four digits
+    (b"4111-1111-1111-1111", b"****-****-****-1111"),
+    (b"4111111111111111", b"************1111"),
+])
+def test_partial_keeps_the_last_four_digits_of_a_grouped_number(value, masked):
+    assert ColumnMasker("partial").mask(value) == masked
