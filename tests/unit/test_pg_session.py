@@ -6,6 +6,7 @@ from interceptor.decision import ApprovalSpec, Decision, MaskSpec, Verdict
 from interceptor.handlers.postgres import codec
 from interceptor.handlers.postgres.codec import INT16, INT32
 from interceptor.handlers.postgres.masks import Origin
+from interceptor.masking import MaskingError
 from interceptor.handlers.postgres.session import (
     Audit,
     Close,
@@ -223,7 +224,7 @@ def test_masked_columns_are_named_by_the_catalog_read_again_for_a_table_it_did_n
 def test_masking_failure_withholds_the_row_and_closes():
     def factory(specs, columns, origins, encoding):
         def refuse(body):
-            raise ValueError("cannot mask binary int")
+            raise MaskingError("cannot mask binary int")
         return refuse
 
     s = session(mask_factory=factory)

@@ -29,6 +29,7 @@ from interceptor.decision import Decision, Verdict
 from interceptor.handlers.postgres import codec
 from interceptor.handlers.postgres.codec import MAX_MESSAGE, Column, ProtocolViolation
 from interceptor.handlers.postgres.masks import MaskFactory, Origin, RowMask, scrub_error_text, withhold_error_text
+from interceptor.masking import MaskingError
 from interceptor.policy.encodings import EncodingRefused, canonical, client_only, python_codec
 from interceptor.handlers.postgres.names import Change, record
 from interceptor.operations import SqlQuery
@@ -57,14 +58,14 @@ _CATALOG_MISSES = frozenset({CATALOG_UNKNOWN_RELATION, CATALOG_UNKNOWN_FUNCTION,
 def _masked_outputs(decision: Decision, index: int, columns: int) -> dict[int, dict[str, Any]]:
     """The result positions of the `index`-th statement of a decision that the policy's
     lineage found derived from a masked column, with what it found (`columns`, and `shape` and
-    `table` for a whole row it can mask field by field). A ValueError when the analysis
+    `table` for a whole row it can mask field by field). A MaskingError when the analysis
     counted another number of result columns than the server sent (`columns`): which
     position is which could not be told."""
     detail = decision.details[index] if index < len(decision.details) else {}
     found = {int(o["position"]): dict(o) for o in detail.get("masked_outputs", ())}  # type: ignore[attr-defined]
     counted = detail.get("output_count")
     if found and counted != columns:
-        raise ValueError(f"the enforcer counted {counted} result columns where the server sent {columns}: which "
+        raise MaskingError(f"the enforcer counted {counted} result columns where the server sent {columns}: which "
                          "are masked cannot be told")
     return found
 
@@ -757,7 +758,7 @@ class ProxySession:
                 self._server_frame(frame, out)
         except ProtocolViolation as exc:
             return self._fatal(out, stream, "08P01", f"upstream: {exc}")
-        except ValueError as exc:  # a value that cannot be masked safely: never forward it
+        except MaskingError as exc:  # a value that cannot be masked safely: never forward it
             return self._fatal(out, stream, "42501", f"result withheld: {exc}")
         pieces = stream.take()
         if self._to_client and stream.at_boundary():
@@ -919,17 +920,17 @@ class ProxySession:
     def _origin(self, column: Column, output: dict[str, Any] | None, catalog: Catalog | None) -> Origin:
         """Where a result column's values come from: the server's RowDescription (the column
         it comes straight from, or a relation's row type) and the analysis (`output`). A table
-        OID the catalog does not hold (read again once for it) is a ValueError: masked or not,
+        OID the catalog does not hold (read again once for it) is a MaskingError: masked or not,
         the enforcer cannot tell."""
         if column.table_oid and (catalog is None or column.table_oid not in catalog.by_oid):
-            raise ValueError(f"result column {column.name!r} comes from table oid {column.table_oid}, which the "
+            raise MaskingError(f"result column {column.name!r} comes from table oid {column.table_oid}, which the "
                              "catalog does not hold")
         named = catalog.column_at(column.table_oid, column.attnum) if catalog is not None and column.table_oid else None
         if output is not None and "shape" in output:
             schema, _, name = str(output["table"]).partition(".")
             relation = catalog.relation(schema, name) if catalog is not None else None
             if relation is None or catalog is None:
-                raise ValueError(f"the catalog does not hold {output['table']}, whose rows the result embeds")
+                raise MaskingError(f"the catalog does not hold {output['table']}, whose rows the result embeds")
             row_type = catalog.row_type(relation) if catalog.complete else None
             return Origin(row=relation, shape=str(output["shape"]), row_type=row_type)
         if output is not None and named not in output["columns"]:
@@ -1012,7 +1013,7 @@ class ProxySession:
             return _withheld("the policy masks this statement's result but its columns were never described")
         try:
             return self._mask_for(portal.decision, columns)
-        except ValueError as exc:  # raised when the first row arrives, on the server side
+        except MaskingError as exc:  # raised when the first row arrives, on the server side
             return _withheld(str(exc))
 
     def _audit(self, statement: Statement) -> Audit:
@@ -1088,7 +1089,7 @@ def _decision_of(head: Expect | None) -> Decision | None:
 
 def _withheld(reason: str) -> RowMask:
     def refuse(body: memoryview) -> bytes:
-        raise ValueError(reason)
+        raise MaskingError(reason)
     return refuse
 
 
