@@ -42,7 +42,10 @@ OPAQUE_RULE = "sql-opaque-statement"
 MASK_FAILSAFE_RULE = "mask-fail-closed"
 # The planner's statistics: most common values, histogram bounds, sampled from every column
 STATISTICS_RELATIONS = frozenset(("pg_catalog", name) for name in (
-    "pg_statistic", "pg_stats", "pg_statistic_ext_data", "pg_stats_ext", "pg_stats_ext_exprs"))
+    "pg_statistic", "pg_stats", "pg_statistic_ext_data", "pg_stats_ext", "pg_stats_ext_exprs",
+    "pg_stat_activity"))  # and the text of every session's statement now, literals included
+# Views of statements' texts in whatever schema their extension lives (pg_stat_statements)
+STATEMENT_TEXT_RELATIONS = frozenset({"pg_stat_statements", "pg_stat_statements_info"})
 
 # Functions that reach outside the query's tables: files, programs, other servers, other
 # sessions, settings. Denied unless an allow/approve rule names them in `sql.functions`.
@@ -550,10 +553,11 @@ def _mask_refusal(statement: Statement, rule: Rule) -> _Judgement | None:
     table whose columns are unknown, a whole row in a shape the masker cannot rewrite, or a
     result computed from one (an error it raises, the time it takes would tell it)."""
     patterns = rule.mask.columns
-    statistics = sorted(f"{a.table[0]}.{a.table[1]}" for a in statement.actions if a.table in STATISTICS_RELATIONS)
+    statistics = sorted(f"{a.table[0]}.{a.table[1]}" for a in statement.actions if a.table is not None
+                        and (a.table in STATISTICS_RELATIONS or a.table[1] in STATEMENT_TEXT_RELATIONS))
     if statistics and patterns:
-        return _Judgement(Verdict.DENY, MASK_FAILSAFE_RULE, f"{statistics[0]} holds sampled values of every "
-                          f"analysed column, those rule {rule.name} masks included (docs, 53.27 pg_stats)")
+        return _Judgement(Verdict.DENY, MASK_FAILSAFE_RULE, f"{statistics[0]} holds values of columns (sampled, "
+                          f"or as literals of statements), those rule {rule.name} masks included")
     for ref in sorted(statement.filters):
         if any(_ref_masked(p, ref) for p in patterns):
             what = ".".join(ref) if ref[2] != "*" else f"{ref[0]}.{ref[1]} (whole rows)"

@@ -929,7 +929,11 @@ class _Analysis:
                 else:
                     sources[alias or name] = _Source(table=self._table_of(item), columns=alias_cols)
             elif isinstance(item, exp.Subquery):
+                if not isinstance(item.this, (*_QUERY_NODES, exp.SetOperation, exp.Values)):
+                    raise Unsupported("a parenthesised join in FROM: write its items in the FROM list")
                 sources[alias or ""] = _Source(query=item.this, columns=alias_cols)
+            elif isinstance(item, exp.Values):  # its columns carry what its rows hold
+                sources[alias or ""] = _Source(query=item, columns=alias_cols)
             else:
                 sources[alias or ""] = _Source(columns=alias_cols)
         return sources
@@ -1161,6 +1165,11 @@ class _Analysis:
         return columns
 
     def _projections(self, select: exp.Expr) -> list[tuple[str, set[ColumnRef]]]:
+        if isinstance(select, exp.Values):  # column1, column2...: the k-th of every row (docs, 7.7)
+            rows = [t.expressions for t in select.expressions if isinstance(t, exp.Tuple)]
+            width = max((len(r) for r in rows), default=0)
+            return [(f"column{k + 1}", {ref for r in rows if k < len(r) for ref in self._expression_sources(r[k])})
+                    for k in range(width)]
         columns: list[tuple[str, set[ColumnRef]]] = []
         for projection in _projection_list(select):
             if _is_star(projection):
@@ -1183,9 +1192,12 @@ class _Analysis:
         """The columns of a query's FROM items joined, in the server's order, and what the
         USING and NATURAL joins among them compare (their merged columns, both sides')."""
         items = list(self._sources(select).values())
-        joins = select.args.get("joins") or [] if isinstance(select, exp.Select) else []
-        if len(items) != len(joins) + 1:  # DML targets, or FROM items of no join: side by side
-            return [column for source in items for column in self._item_columns(source)], set()
+        joins = _joins_of(select)
+        if len(items) != len(joins) + 1 or not isinstance(select, exp.Select):  # DML: its target comes first
+            side_by_side = [column for source in items for column in self._item_columns(source)]
+            merged = {str(_ident(u)) for join in joins for u in join.args.get("using") or []}
+            natural = any(str(join.args.get("method") or "").upper() == "NATURAL" for join in joins)
+            return side_by_side, {ref for name, refs in side_by_side if natural or name in merged for ref in refs}
         columns, compared = self._item_columns(items[0]), set()
         for source, join in zip(items[1:], joins):
             right = self._item_columns(source)
@@ -1205,8 +1217,10 @@ class _Analysis:
             if known is None:
                 return [("*", {(*source.table, "*")})]
             columns = [(c, {(*source.table, c)}) for c in known]
-        elif source.query is not None:
-            columns = self._query_columns(source.query)
+        elif source.query is not None:  # named as a WITH query's column list and the alias list name them
+            columns, names = self._query_columns(source.query), self._source_columns(source)
+            return [(names[i] if names is not None and i < len(names) else name, refs)
+                    for i, (name, refs) in enumerate(columns)]
         else:
             return [(name, set()) for name in source.columns or ("?column?",)]
         renamed = source.columns or ()
@@ -1329,7 +1343,8 @@ class _Analysis:
                 found |= self._star_sources(_enclosing_queries(star)[0], star)
         for query in self.tree.find_all(exp.Select, exp.SetOperation):
             found |= self._output_references(query) | self._compared_outputs(query)
-            if isinstance(query, exp.Select) and query.args.get("joins"):
+        for query in self.tree.find_all(exp.Select, exp.Update, exp.Delete):
+            if _joins_of(query):
                 found |= self._joined(query)[1]  # USING and NATURAL compare columns, as ON does
         return frozenset(ref for ref in found if ref[2] != WHOLE_ROW)
 
@@ -1348,8 +1363,10 @@ class _Analysis:
         in a shape the masker rewrites): a masked one is refused, since what a computation does
         with the value (an error it raises, the time it takes) could tell it."""
         found: set[ColumnRef] = set()
-        for query in self.tree.find_all(*_QUERY_NODES):
-            for projection in _projection_list(query):
+        for query in self.tree.find_all(*_QUERY_NODES, exp.Values):
+            items = ([e for t in query.expressions if isinstance(t, exp.Tuple) for e in t.expressions]
+                     if isinstance(query, exp.Values) else _projection_list(query))
+            for projection in items:
                 node = projection.unalias()
                 while isinstance(node, exp.Paren):
                     node = node.this
@@ -1457,8 +1474,21 @@ def _direct_from_items(query: exp.Expr) -> list[exp.Expr]:
             items.extend(clause)
         elif isinstance(clause, exp.Expr):
             items.append(clause)
-    items.extend(join.this for join in query.args.get("joins") or ())
+    items.extend(join.this for join in _joins_of(query))
     return [i.this if isinstance(i, exp.Lateral) else i for i in items]
+
+
+def _joins_of(query: exp.Expr) -> list[exp.Expr]:
+    """A query's JOINs: a SELECT's own, and those sqlglot hangs on the first FROM item of an
+    UPDATE ... FROM or a DELETE ... USING."""
+    joins = list(query.args.get("joins") or ())
+    if isinstance(query, (exp.Update, exp.Delete)):
+        for key in ("from_", "using"):
+            clause = query.args.get(key)
+            first = clause.this if isinstance(clause, exp.From) else None
+            if isinstance(first, exp.Table):
+                joins += list(first.args.get("joins") or ())
+    return joins
 
 
 def _unwrap(node: exp.Expr) -> exp.Expr:

@@ -33,6 +33,8 @@ rules:
 CATALOG = Catalog.build(
     [Relation("public", "customers", "r", ("id", "name", "email", "card_number"), oid=CUSTOMERS_OID),
      Relation("pg_catalog", "pg_stats", "v", ("tablename", "attname", "most_common_vals")),
+     Relation("pg_catalog", "pg_stat_activity", "v", ("pid", "query")),
+     Relation("public", "pg_stat_statements", "v", ("queryid", "query")),
      Relation("public", "customer_list", "v", ("id", "name", "email"),
               definition_reads=("public.customers.email", "public.customers.id", "public.customers.name")),
      Relation("public", "names", "v", ("id", "name"), definition_reads=("public.customers.id", "public.customers.name")),
@@ -393,6 +395,15 @@ def test_an_execute_without_describe_is_described_to_the_enforcer_alone():
     ("select id, card_number from customers group by rollup(2), 1", "mask-card"),
     ("select card_number as X from customers order by x", "mask-card"),
     ("select upper(x) from (select card_number as X from customers) s", "mask-card"),
+    # a fourth round: VALUES first in a set operation, a CTE's column list in a join, DML joins,
+    # computations in a scalar VALUES
+    ("with t(i, x) as (values (1, 'x') union all select id, email from customers) select 1 from t "
+     "where x like 'a%'", "mask-email"),
+    ("with t(k) as (select email from customers) select count(*) from t join (select 'a' as k) s using (k)",
+     "mask-email"),
+    ("update customers set name = name from customers a join (select 'a' as email) b using (email) "
+     "where customers.id = a.id", "mask-email"),
+    ("select (values (email::int)) from customers", "mask-email"),
     # a set-returning call's row count, a volatile call's side effect
     ("select id, generate_series(1, length(card_number)) from customers", "mask-card"),
     ("select set_config('my.x', email, false) from customers", "mask-email"),
@@ -400,6 +411,11 @@ def test_an_execute_without_describe_is_described_to_the_enforcer_alone():
 def test_masked_values_that_would_leave_other_than_as_a_result_column_are_refused(sql, rule):
     decision = decide(sql)
     assert (decision.verdict, decision.rule) == (Verdict.DENY, rule), decision.reason
+
+
+def test_a_values_branch_of_a_union_has_all_its_columns():
+    decision = decide("values (1, 'x') union all select id, email from customers")
+    assert [o["position"] for o in decision.details[0]["masked_outputs"]] == [1]
 
 
 def test_the_numeric_shape_keeps_the_positions_of_order_by():
@@ -412,6 +428,19 @@ def test_the_planners_statistics_are_refused_while_columns_are_masked():
     decision = engine.decide(Request(Subject("agent"), "db", SqlQuery(
         "select most_common_vals from pg_catalog.pg_stats where tablename = 'customers'", catalog=CATALOG)))
     assert (decision.verdict, decision.rule) == (Verdict.DENY, "mask-fail-closed")
+
+
+@pytest.mark.parametrize("sql", ["select query from pg_catalog.pg_stat_activity",
+                                 "select query from public.pg_stat_statements"])
+def test_statement_texts_of_sessions_are_refused_while_columns_are_masked(sql):
+    engine = PolicyEngine(load_policy_text(POLICY.replace('tables: ["public.*"]', 'tables: ["public.*", "pg_catalog.*"]')))
+    decision = engine.decide(Request(Subject("agent"), "db", SqlQuery(sql, catalog=CATALOG)))
+    assert (decision.verdict, decision.rule) == (Verdict.DENY, "mask-fail-closed")
+
+
+def test_a_parenthesised_join_in_from_is_refused():
+    decision = decide("select upper(email) from (customers cross join (select 1) z)")
+    assert decision.verdict is Verdict.DENY and "parenthesised join" in decision.reason
 
 
 def test_select_into_is_a_create():
