@@ -648,6 +648,12 @@ ATTACKS = {
     "a USING or NATURAL join": [
         "select count(*) from customers a join (values ('4111 1111 1111 1111')) v(card_number) using (card_number)",
         "select count(*) from customers a natural join customers b"],
+    "a parenthesised join, a VALUES branch, a WITH query's column list": [
+        "select upper(email) from (customers cross join (select 1) z)",
+        "with t(i, x) as (values (1, 'x') union all select id, email from customers) select upper(x) from t",
+        "values (0, 'x') union all select id, email from customers",
+        "with t(k) as (select email from customers) select count(*) from t join (select 'ada@example.com' as k) s "
+        "using (k)"],
     "a window order": ["select tag, r from (select tag, row_number() over (order by x) r from (select 'SECRET' tag, "
                        "email x from customers where id = 1 union all select 'p-' || v, v from (values ('ad'), "
                        "('ada@example.co'), ('ada@example.cp')) p(v)) u) s"],
