@@ -55,6 +55,7 @@ _CATALOG_CHANGES = frozenset({"create", "alter", "drop", "comment", "grant", "re
 _CATALOG_MISSES = frozenset({CATALOG_UNKNOWN_RELATION, CATALOG_UNKNOWN_FUNCTION, CATALOG_UNKNOWN_TYPE,
                              CATALOG_UNAVAILABLE})
 
+
 def _masked_outputs(decision: Decision, index: int, columns: int) -> dict[int, dict[str, Any]]:
     """The result positions of the `index`-th statement of a decision that the policy's
     lineage found derived from a masked column, with what it found (`columns`, and `shape` and
@@ -860,12 +861,7 @@ class ProxySession:
                          out: list[Command]) -> None:
         if head is None:
             return
-        if head.statement is not None:
-            decision: Decision | None = head.statement.decision
-        elif head.portal is not None:
-            decision = head.portal.decision
-        else:
-            decision = head.prepared.decision if head.prepared is not None else None
+        decision = _decision_of(head)
         if decision is not None and decision.masks:
             columns = _described(bytes(body))
             catalog = self.catalog()
@@ -974,10 +970,11 @@ class ProxySession:
 
     def _checked_text(self, kind: bytes, body: memoryview, head: Expect | None) -> bytes | None:
         """The frame to send instead of an ErrorResponse or NoticeResponse, None to send it as
-        it came. One raised while a statement computes masked values may quote one (a failed
-        cast quotes its input): its text is withheld, naming the rules. Any other has what the
+        it came. One raised while a statement reads masked values may quote one: its text is
+        withheld, naming the rules. Any other has what the
         classifiers find replaced, when `scan_errors` is on."""
-        decision = _decision_of(head)
+        running = head is not None and (head.statement is not None or head.portal is not None)
+        decision = _decision_of(head) if running else None  # a Describe computes no value
         rules = [spec.rule for spec in decision.masks if spec.columns] if decision is not None else []
         if rules:
             new: bytes | None = withhold_error_text(body, list(dict.fromkeys(rules)))
@@ -1079,19 +1076,21 @@ def _described(body: bytes) -> tuple[Column, ...]:
 
 
 def _decision_of(head: Expect | None) -> Decision | None:
-    """The decision of the statement the server is answering."""
+    """The decision of the statement the server is answering (a Query or an Execute, the
+    portal or prepared statement a Describe is of)."""
     if head is None:
         return None
     if head.statement is not None:
         return head.statement.decision
-    return head.portal.decision if head.portal is not None else None
+    if head.portal is not None:
+        return head.portal.decision
+    return head.prepared.decision if head.prepared is not None else None
 
 
 def _withheld(reason: str) -> RowMask:
     def refuse(body: memoryview) -> bytes:
         raise MaskingError(reason)
     return refuse
-
 
 
 def _effects(decision: Decision) -> tuple[tuple[Effect, ...], ...]:
