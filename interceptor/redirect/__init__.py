@@ -15,6 +15,9 @@ from interceptor.redirect.plan import AgentEntry, DestEntry, RedirectPlan
 
 __all__ = ["AgentEntry", "DestEntry", "RedirectPlan", "Origin", "DenyEvent", "Redirect", "DENY_REASONS"]
 
+# An AF_INET socket address (host, port), or an AF_INET6 one (host, port, flowinfo, scope id).
+SocketAddress = tuple[str, int] | tuple[str, int, int, int]
+
 DENY_REASONS = {
     1: "policy: agent may not reach this resource",
     2: "destination is not a resource and the agent's unprotected setting is deny",
@@ -78,7 +81,7 @@ def unmap(addr: bytes) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     return ip6.ipv4_mapped or ip6
 
 
-def endpoint(address: tuple) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]:
+def endpoint(address: SocketAddress) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]:
     """(ip, port) of a socket address; IPv4 when a dual-stack socket shows it v4-mapped."""
     return unmap(mapped(address[0])), address[1]
 

@@ -12,8 +12,9 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Callable
+from typing import Any, TypeVar
 
 from interceptor.redirect import (
     DENY_REASONS,
@@ -24,7 +25,7 @@ from interceptor.redirect import (
     mapped,
     unmap,
 )
-from interceptor.redirect.plan import RedirectPlan
+from interceptor.redirect.plan import DestEntry, RedirectPlan
 from interceptor.redirect.sockdiag import lookup_tcp
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,11 @@ PROGRAMS = (
 # re-keyed origins by 4-tuple; the enforcer now finds the client's socket cookie itself).
 RETIRED = (("icpt_sockops", libbpf.CGROUP_SOCK_OPS),)
 PREFIX = "icpt_"
+
+# bcc ships no types: its BPF object, its map tables and their Key/Leaf values are Any here.
+Bcc = Any
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 class _DenyEvent(ctypes.Structure):
@@ -68,7 +74,8 @@ def bpf_source() -> Path:
     raise BpfUnavailable(f"BPF source redirect.c not found (looked at {BPF_SOURCE})")
 
 
-def compile_programs():  # -> bcc.BPF
+def compile_programs() -> Bcc:
+    """redirect.c compiled and loaded by bcc (a bcc.BPF); BpfUnavailable when it cannot be."""
     try:
         from bcc import BPF
     except ImportError as exc:
@@ -180,19 +187,20 @@ class BpfRedirect:
         self._ports = set(ports)
 
     @staticmethod
-    def _dest_key_tuple(d) -> tuple[int, int, bytes]:
+    def _dest_key_tuple(d: DestEntry) -> tuple[int, int, bytes]:
         prefix = d.network.prefixlen + (96 if d.network.version == 4 else 0)
         return (32 + prefix, d.port, mapped(str(d.network.network_address)))
 
     @staticmethod
-    def _dest_key(table, k: tuple[int, int, bytes]):
+    def _dest_key(table: Bcc, k: tuple[int, int, bytes]) -> Bcc:
         key = table.Key()
         key.prefixlen, key.port = k[0], k[1]
         ctypes.memmove(key.addr, k[2], 16)
         return key
 
     @staticmethod
-    def _sync(table, wanted: dict, make_key, make_leaf) -> None:
+    def _sync(table: Bcc, wanted: Mapping[K, V], make_key: Callable[[Bcc, K], Bcc],
+              make_leaf: Callable[[Bcc, V], Bcc]) -> None:
         for k, v in wanted.items():
             table[make_key(table, k)] = make_leaf(table, v)
         wanted_keys = {bytes(make_key(table, k)) for k in wanted}
@@ -213,7 +221,7 @@ class BpfRedirect:
                     libbpf.detach(stale, fd, attach_type)
                 log.info("%s %s at %s", "replaced" if replace else "attached", name, self.cgroup_root)
             for name, attach_type in RETIRED:
-                if _detach(fd, attach_type, lambda attached, name=name: attached == name):
+                if _detach(fd, attach_type, name.__eq__):
                     log.info("detached %s left by an earlier version", name)
         finally:
             os.close(fd)
@@ -239,7 +247,7 @@ class BpfRedirect:
     def on_deny(self, callback: Callable[[DenyEvent], None]) -> None:
         table = self.bpf["deny_events"]
 
-        def decode(_ctx, data, _size) -> None:
+        def decode(_ctx: object, data: int, _size: int) -> None:
             ev = ctypes.cast(data, ctypes.POINTER(_DenyEvent)).contents
             callback(DenyEvent(unmap(bytes(ev.addr)), ev.port, ev.tgid, ev.uid, ev.agent, ev.resource,
                                DENY_REASONS.get(ev.reason, f"reason {ev.reason}"),

@@ -94,7 +94,7 @@ def process_cgroup(pid: int) -> str:
 
 def remove_managed(mount: Path) -> list[str]:
     """Remove empty managed agent cgroups; returns those still holding processes."""
-    busy = []
+    busy: list[str] = []
     root = managed_root(mount)
     if not root.exists():
         return busy

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from interceptor.redirect import DenyEvent, Origin, endpoint
+from interceptor.redirect import DenyEvent, Origin, SocketAddress, endpoint
 from interceptor.redirect.plan import RedirectPlan
 from interceptor.redirect.sockdiag import lookup_tcp
 
@@ -165,7 +165,8 @@ class IptablesRedirect:
                       time.clock_gettime_ns(time.CLOCK_BOOTTIME))
 
     @staticmethod
-    def _client_socket(peer: tuple, dst: tuple) -> tuple[int, int, int] | None:
+    def _client_socket(peer: SocketAddress, dst: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]
+                       ) -> tuple[int, int, int] | None:
         """(inode, uid, cgroup id) of the agent's socket: source = our peer, dest = original dst."""
         info = lookup_tcp(endpoint(peer), dst)
         return (info.inode, info.uid, info.cgroup_id) if info else None

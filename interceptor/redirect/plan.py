@@ -4,9 +4,16 @@ redirect backends consume, so neither reads the policy itself."""
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # only build_plan reads a policy; the backends need not load the policy package
+    from interceptor.policy.model import AddressSpec, Policy
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Resolver = Callable[[str], list[Network]]
+MayConnect = Callable[[str, str], bool]  # (agent name, resource name) -> allowed to connect
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +77,7 @@ def resolve_host(hostname: str) -> list[Network]:
         infos = socket.getaddrinfo(hostname, None, proto=socket.IPPROTO_TCP)
     except socket.gaierror:
         return []
-    return sorted({ipaddress.ip_network(info[4][0].split("%", 1)[0]) for info in infos}, key=str)
+    return sorted({ipaddress.ip_network(str(info[4][0]).split("%", 1)[0]) for info in infos}, key=str)
 
 
 class HostAddresses:
@@ -78,7 +85,7 @@ class HostAddresses:
     addresses it had, so a DNS hiccup cannot turn a protected destination into an
     unprotected one (fail closed)."""
 
-    def __init__(self, resolve=resolve_host) -> None:
+    def __init__(self, resolve: Resolver = resolve_host) -> None:
         self._resolve = resolve
         self._known: dict[str, list[Network]] = {}
 
@@ -89,9 +96,10 @@ class HostAddresses:
         return self._known.get(hostname, [])
 
 
-def build_plan(policy, may_connect, *, managed_root: str, agent_paths: dict[str, list[str]],
-               enforcer_port: int, refuse_port: int, daemon_tgid: int, agents_ix: Indexer,
-               resources_ix: Indexer, resolve=resolve_host) -> RedirectPlan:
+def build_plan(policy: Policy, may_connect: MayConnect, *, managed_root: str,
+               agent_paths: dict[str, list[str]], enforcer_port: int, refuse_port: int,
+               daemon_tgid: int, agents_ix: Indexer, resources_ix: Indexer,
+               resolve: Resolver = resolve_host) -> RedirectPlan:
     """The kernel's view of a policy. `may_connect(agent, resource) -> bool` is the policy's
     connection-level answer for the agent's current identity."""
     agents = []
@@ -100,13 +108,22 @@ def build_plan(policy, may_connect, *, managed_root: str, agent_paths: dict[str,
             raise PlanError(f"agent {name}: uid 0 cannot be an agent (root can remove any enforcement)")
         agents.append(AgentEntry(agents_ix(name), name, tuple(agent_paths[name]), tuple(spec.uids),
                                  spec.unprotected == "allow"))
-    dests, names = [], {}
-    for name, spec in sorted(policy.resources.items()):
+    dests: list[DestEntry] = []
+    names: dict[int, str] = {}
+    for name, resource in sorted(policy.resources.items()):
         index = resources_ix(name)
         names[index] = name
-        for address in spec.addresses:
-            networks = [address.network] if address.network is not None else resolve(address.hostname)
-            dests.extend(DestEntry(net, address.port, index) for net in networks)
+        for address in resource.addresses:
+            dests.extend(DestEntry(net, address.port, index) for net in _networks(address, resolve))
     access = frozenset((a.index, r) for a in agents for r, rname in names.items() if may_connect(a.name, rname))
     return RedirectPlan(enforcer_port, refuse_port, daemon_tgid, managed_root, tuple(agents), tuple(dests),
                         access, names)
+
+
+def _networks(address: AddressSpec, resolve: Resolver) -> list[Network]:
+    """The networks of one destination: its network, or what its hostname resolves to now."""
+    if address.network is not None:
+        return [address.network]
+    if address.hostname is None:
+        raise PlanError("an address has neither a network nor a hostname")
+    return resolve(address.hostname)
