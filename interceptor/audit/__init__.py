@@ -62,7 +62,7 @@ def open_sink(settings: dict[str, Any]) -> ChainedSink:
     if unknown:
         raise ValueError(f"unknown audit settings for store {store}: {', '.join(unknown)} "
                          f"(known: {', '.join(sorted(_KEYS[store]))})")
-    options = {key: settings[key] for key in ("durability", "batch_ms", "max_queue", "max_batch", "retry_ms", "capture")
+    options: dict[str, Any] = {key: settings[key] for key in ("durability", "batch_ms", "max_queue", "max_batch", "retry_ms", "capture")
                if key in settings}
     chain_id = settings.get("chain_id") or settings.get("host_id")
     if chain_id:

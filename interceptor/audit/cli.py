@@ -41,7 +41,8 @@ def _settings() -> Settings:
     ctx = click.get_current_context(silent=True)
     obj = ctx.find_root().obj if ctx else None
     if isinstance(obj, dict) and "settings" in obj:
-        return obj["settings"]
+        settings: Settings = obj["settings"]
+        return settings
     try:
         return load_settings()
     except ConfigError as exc:
@@ -63,7 +64,7 @@ def parse_time(text: str, now: float | None = None) -> float:
         raise click.BadParameter(f"{text!r} is not a time: use epoch seconds, ISO 8601 or an age like 15m, 2h, 7d")
 
 
-class _Time(click.ParamType):
+class _Time(click.ParamType[float]):
     name = "TIME"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:

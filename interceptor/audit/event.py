@@ -14,17 +14,20 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, fields
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, cast
+
+T = TypeVar("T")
 
 
-class SharedSummary(dict):
+class SharedSummary(dict[str, Any]):
     """A summary (process, identity) that every record of a flow carries, built once per
     flow and read-only, so what the audit path makes of it (its scrubbed copy, its JSON
     text) is made once and kept with it rather than per record."""
 
     __slots__ = ("_derived",)
+    _derived: dict[str, Any]
 
-    def derived(self, name: str, make: Callable[[SharedSummary], Any]) -> Any:
+    def derived(self, name: str, make: Callable[[SharedSummary], T]) -> T:
         """`make(self)`, computed on first use under `name` and kept: the summary never changes."""
         try:
             cache = self._derived
@@ -32,7 +35,7 @@ class SharedSummary(dict):
             cache = self._derived = {}
         if name not in cache:
             cache[name] = make(self)
-        return cache[name]
+        return cast(T, cache[name])  # each name is only ever derived by one `make`
 
     def _read_only(self, *args: Any, **kwargs: Any) -> None:
         raise TypeError("a SharedSummary is read-only")
@@ -69,6 +72,10 @@ class AuditEvent:
 
 
 _FIELDS = tuple(f.name for f in fields(AuditEvent))
+
+
+_id_prefix: str
+_id_counter: itertools.count[int]
 
 
 def _reseed() -> None:

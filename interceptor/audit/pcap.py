@@ -10,8 +10,12 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from interceptor.audit.sink import Chunk
+
+if TYPE_CHECKING:  # scapy is slow to import: loaded only when a pcap is written
+    from scapy.packet import Packet
 
 CLIENT_IP, SERVER_IP = "127.0.0.1", "127.0.0.2"
 MSS = 1460
@@ -21,7 +25,7 @@ def _client_port(flow_id: str) -> int:
     return 32768 + zlib.crc32(flow_id.encode()) % 28000
 
 
-def session_packets(chunks: Iterable[Chunk], server_port: int = 5432) -> list:
+def session_packets(chunks: Iterable[Chunk], server_port: int = 5432) -> list[Packet]:
     """Ether/IP/TCP packets carrying the chunks in order, timestamped as captured."""
     from scapy.layers.inet import IP, TCP
     from scapy.layers.l2 import Ether
@@ -32,7 +36,7 @@ def session_packets(chunks: Iterable[Chunk], server_port: int = 5432) -> list:
     sport = _client_port(chunks[0].flow_id)
     seq = {"up": 1000, "down": 5000}
     ends = {"up": (CLIENT_IP, SERVER_IP, sport, server_port), "down": (SERVER_IP, CLIENT_IP, server_port, sport)}
-    packets = []
+    packets: list[Packet] = []
 
     def emit(direction: str, flags: str, ts: float, payload: bytes = b"") -> None:
         src, dst, s, d = ends[direction]

@@ -58,7 +58,8 @@ def matches(query: Query, event: dict[str, Any]) -> bool:
 
 def where_sql(query: Query, placeholder: str) -> tuple[str, list[Any]]:
     """`WHERE ...` over the generated columns, with parameters in `placeholder` style."""
-    clauses, params = ["id > " + placeholder], [query.after_id]
+    clauses = ["id > " + placeholder]
+    params: list[Any] = [query.after_id]
     for column in _EQUAL:
         value = getattr(query, column)
         if value is not None:

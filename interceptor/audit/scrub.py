@@ -70,7 +70,7 @@ def _scrubbed_copy(summary: SharedSummary) -> SharedSummary:
 
 
 def _scrub_dict(value: dict[Any, Any]) -> dict[str, Any]:
-    out = {}
+    out: dict[str, Any] = {}
     for key, item in value.items():
         if type(key) is not str:
             raise NotPlain(f"key {key!r}")
@@ -110,7 +110,9 @@ def scrub(value: Any) -> Any:
 def scrub_event(event: dict[str, Any]) -> dict[str, Any]:
     """The event as plain JSON with secrets masked. Events nearly always hold plain values,
     so one walk does both; the rest take the JSON round trip of `normalize` first."""
+    scrubbed: dict[str, Any]
     try:
-        return scrub(event)
+        scrubbed = scrub(event)
     except NotPlain:
-        return scrub(normalize(event))
+        scrubbed = scrub(normalize(event))
+    return scrubbed

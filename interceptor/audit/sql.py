@@ -125,7 +125,8 @@ class SqlReader:
         cursor = self.conn.cursor()
         try:
             cursor.execute(sql, params)
-            return cursor.fetchall()
+            rows: list[tuple[Any, ...]] = cursor.fetchall()
+            return rows
         finally:
             cursor.close()
 
