@@ -1,48 +1,41 @@
-"""Prometheus metrics: a small registry the daemon owns, the text exposition format (0.0.4)
-rendered by hand, and a tiny asyncio HTTP server for `/metrics` on `metrics_listen`.
+"""Prometheus metrics on prometheus_client: the daemon's counters in a private registry, the
+present state read at each scrape, and `/metrics` served on `metrics_listen`.
 
 Counters are bumped where things happen (the enforcer's callbacks, identity changes, the BPF
-ring-buffer thread, hence the lock); gauges are read from the daemon at scrape time, so a
-scrape always shows the present state, never a stale copy. No dependency: the format is a
-few lines of text and the server answers one GET per connection.
+ring-buffer thread; prometheus_client's counters are thread-safe). Gauges are read from the
+daemon at scrape time, so a scrape always shows the present state, never a stale copy. The
+server is the standard library's threaded WSGI server with prometheus_client's exposition app
+behind a router: anything but `/metrics` is 404, and a scrape whose state cannot be read is a
+500 naming why, never a page of zeros.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
+import socket
 import threading
-from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
+
+from prometheus_client import CollectorRegistry, Counter, Info, disable_created_metrics, generate_latest, make_wsgi_app
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, ThreadingWSGIServer
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from interceptor.decision import Decision
 
 log = logging.getLogger(__name__)
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-MAX_HEAD = 8192  # a scraper's request head is a few hundred bytes
-READ_TIMEOUT_S = 5.0  # a client that sends nothing must not hold a connection forever
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+COLLECT_TIMEOUT_S = 5.0  # a scrape waits this long for the daemon's present state
+READ_TIMEOUT_S = 5.0  # a client that sends nothing must not hold a connection (and a thread) forever
 
-Labels = tuple[tuple[str, str], ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Sample:
-    labels: Labels
-    value: float
-
-
-@dataclass(frozen=True, slots=True)
-class Family:
-    """One metric: its name, `counter` or `gauge`, what it means, and its samples."""
-
-    name: str
-    kind: str
-    help: str
-    samples: tuple[Sample, ...] = ()
+# The `_created` series would add a timestamp family beside every counter in the text format;
+# no dashboard reads them. This is process-wide: the daemon is the only exporter in its process.
+disable_created_metrics()  # type: ignore[no-untyped-call]  # prometheus_client leaves it unannotated
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,41 +47,8 @@ class Gauges:
     audit: Mapping[str, Any] = field(default_factory=dict)  # ChainedSink.stats()
 
 
-# -- exposition format (sans-IO) ----------------------------------------------------------------
-
-
-def _escape_label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _escape_help(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\n", "\\n")
-
-
-def _number(value: float) -> str:
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if float(value).is_integer() and abs(value) < 2**53:
-        return str(int(value))
-    return repr(float(value))
-
-
-def exposition(families: Iterable[Family]) -> str:
-    """The Prometheus text format: HELP and TYPE once per family, then one line per sample."""
-    lines = []
-    for family in families:
-        lines.append(f"# HELP {family.name} {_escape_help(family.help)}")
-        lines.append(f"# TYPE {family.name} {family.kind}")
-        for sample in family.samples:
-            labels = ",".join(f'{k}="{_escape_label(v)}"' for k, v in sample.labels)
-            lines.append(f"{family.name}{{{labels}}} {_number(sample.value)}" if labels
-                         else f"{family.name} {_number(sample.value)}")
-    return "\n".join(lines) + "\n"
-
-
-# -- the registry ---------------------------------------------------------------------------------
+class CollectFailed(RuntimeError):
+    """The daemon's present state could not be read for a scrape; the message says why."""
 
 
 class Metrics:
@@ -96,106 +56,76 @@ class Metrics:
 
     def __init__(self, version: str = "") -> None:
         self.version = version
-        self._lock = threading.Lock()
-        self._connections: Counter[Labels] = Counter()
-        self._verdicts: Counter[str] = Counter()
-        self._masked = 0
-        self._identity_changes: Counter[Labels] = Counter()
+        self.registry = CollectorRegistry()
+        Info("interceptor_build", "The running daemon's version.", registry=self.registry).info({"version": version})
+        self._connections = Counter(
+            "interceptor_connections", "Diverted connections judged by the enforcer, by agent, resource and decision.",
+            ("agent", "resource", "decision"), registry=self.registry)
+        self._decisions = Counter(
+            "interceptor_decisions",
+            "Policy decisions on operations of open flows, by verdict (approve: held for a human).",
+            ("verdict",), registry=self.registry)
+        self._masked = Counter("interceptor_masked_statements", "Operations allowed with their results masked.",
+                               registry=self.registry)
+        self._identity_changes = Counter(
+            "interceptor_identity_changes",
+            "Agent identities obtained, refreshed to a new subject, lost or expired, by agent and new state.",
+            ("agent", "state"), registry=self.registry)
 
     def connection(self, agent: str | None, resource: str | None, decision: str) -> None:
         """A diverted connection judged: `allow` (handed to its handler) or `deny`."""
-        key = (("agent", agent or ""), ("resource", resource or ""), ("decision", decision))
-        with self._lock:
-            self._connections[key] += 1
+        self._connections.labels(agent or "", resource or "", decision).inc()
 
     def decision(self, decision: Decision) -> None:
         """A policy decision on an operation of an open flow."""
-        with self._lock:
-            self._verdicts[decision.verdict.value] += 1
-            if decision.masks:
-                self._masked += 1
+        self._decisions.labels(decision.verdict.value).inc()
+        if decision.masks:
+            self._masked.inc()
 
     def identity_change(self, agent: str, state: str) -> None:
-        with self._lock:
-            self._identity_changes[(("agent", agent), ("state", state))] += 1
+        """An agent's identity changed to `state` (valid, expired, ...)."""
+        self._identity_changes.labels(agent, state).inc()
 
-    def families(self, gauges: Gauges) -> list[Family]:
-        with self._lock:
-            connections = sorted(self._connections.items())
-            verdicts = sorted(self._verdicts.items())
-            masked = self._masked
-            identity = sorted(self._identity_changes.items())
-        audit = gauges.audit
-        return [
-            Family("interceptor_build_info", "gauge", "The running daemon's version.",
-                   (Sample((("version", self.version),), 1),)),
-            Family("interceptor_connections_total", "counter",
-                   "Diverted connections judged by the enforcer, by agent, resource and decision.",
-                   tuple(Sample(k, v) for k, v in connections)),
-            Family("interceptor_decisions_total", "counter",
-                   "Policy decisions on operations of open flows, by verdict (approve: held for a human).",
-                   tuple(Sample((("verdict", k),), v) for k, v in verdicts)),
-            Family("interceptor_masked_statements_total", "counter",
-                   "Operations allowed with their results masked.", (Sample((), masked),)),
-            Family("interceptor_identity_changes_total", "counter",
-                   "Agent identities obtained, refreshed to a new subject, lost or expired, by agent and new state.",
-                   tuple(Sample(k, v) for k, v in identity)),
-            Family("interceptor_sessions", "gauge", "Open diverted connections.", (Sample((), gauges.sessions),)),
-            Family("interceptor_approvals_pending", "gauge", "Operations waiting for a human's approval.",
-                   (Sample((), gauges.approvals_pending),)),
-            Family("interceptor_audit_queue_depth", "gauge", "Audit records queued and not yet durable.",
-                   (Sample((), audit.get("queue_depth", 0)),)),
-            Family("interceptor_audit_write_latency_ms", "gauge", "Duration of the last audit group commit.",
-                   (Sample((), audit.get("last_write_latency_ms", 0.0)),)),
-            Family("interceptor_audit_written_total", "counter", "Audit records made durable.",
-                   (Sample((), audit.get("written", 0)),)),
-            Family("interceptor_audit_failed_total", "counter", "Audit records in commits that failed (retried or refused).",
-                   (Sample((), audit.get("failed", 0)),)),
-            Family("interceptor_audit_failing", "gauge", "1 while the audit store fails (operations are denied).",
-                   (Sample((), 1 if audit.get("failing") else 0),)),
-        ]
+    def with_state(self, read: Callable[[], Gauges]) -> CollectorRegistry:
+        """A registry of the counters and the present state `read` returns at each collection."""
+        registry = CollectorRegistry()
+        registry.register(self.registry)
+        registry.register(PresentState(read))
+        return registry
 
     def render(self, gauges: Gauges) -> str:
-        return exposition(self.families(gauges))
+        """The text exposition format (0.0.4) of the counters and these gauges."""
+        return generate_latest(self.with_state(lambda: gauges)).decode()
 
 
-# -- HTTP (sans-IO parsing and framing) -----------------------------------------------------------
+class PresentState:
+    """A prometheus_client collector of the gauges `read` returns; `read` raises CollectFailed
+    when the daemon's state cannot be read, which fails the whole scrape."""
+
+    def __init__(self, read: Callable[[], Gauges]) -> None:
+        self.read = read
+
+    def collect(self) -> Iterable[Metric]:
+        return present_state(self.read())
 
 
-class BadRequest(ValueError):
-    pass
-
-
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 500: "Internal Server Error"}
-
-
-def parse_request_head(head: bytes) -> tuple[str, str]:
-    """(method, path without query) from an HTTP/1.x request head; BadRequest names the problem."""
-    line = head.split(b"\r\n", 1)[0]
-    try:
-        method, target, version = line.decode("ascii").split(" ")
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise BadRequest(f"malformed request line {line[:80]!r}") from exc
-    if not version.startswith("HTTP/1."):
-        raise BadRequest(f"unsupported protocol {version[:20]!r}")
-    return method, target.split("?", 1)[0]
-
-
-def http_response(status: int, body: bytes, content_type: str = "text/plain; charset=utf-8",
-                  head_only: bool = False) -> bytes:
-    """A complete HTTP/1.1 response that closes the connection."""
-    head = (f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: {content_type}\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
-    return head if head_only else head + body
-
-
-def route(method: str, path: str) -> bytes | None:
-    """The error response for anything but a scrape; None for a scrape (GET or HEAD /metrics)."""
-    if path != "/metrics":
-        return http_response(404, b"only /metrics is served here\n")
-    if method not in ("GET", "HEAD"):
-        return http_response(405, f"method {method} not allowed on /metrics\n".encode())
-    return None
+def present_state(gauges: Gauges) -> Iterable[Metric]:
+    """The families read at scrape time: sessions, pending approvals, the audit store's state."""
+    audit = gauges.audit
+    return [
+        GaugeMetricFamily("interceptor_sessions", "Open diverted connections.", value=gauges.sessions),
+        GaugeMetricFamily("interceptor_approvals_pending", "Operations waiting for a human's approval.",
+                          value=gauges.approvals_pending),
+        GaugeMetricFamily("interceptor_audit_queue_depth", "Audit records queued and not yet durable.",
+                          value=audit.get("queue_depth", 0)),
+        GaugeMetricFamily("interceptor_audit_write_latency_ms", "Duration of the last audit group commit.",
+                          value=audit.get("last_write_latency_ms", 0.0)),
+        CounterMetricFamily("interceptor_audit_written", "Audit records made durable.", value=audit.get("written", 0)),
+        CounterMetricFamily("interceptor_audit_failed", "Audit records in commits that failed (retried or refused).",
+                            value=audit.get("failed", 0)),
+        GaugeMetricFamily("interceptor_audit_failing", "1 while the audit store fails (operations are denied).",
+                          value=1 if audit.get("failing") else 0),
+    ]
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -211,50 +141,86 @@ def parse_listen(listen: str) -> tuple[str, int]:
 # -- the server (I/O) -----------------------------------------------------------------------------
 
 
+class _Server(ThreadingWSGIServer):
+    """prometheus_client's threaded WSGI server, bound to IPv6 when the host is an IPv6 address."""
+
+    def __init__(self, address: tuple[str, int], handler: type[WSGIRequestHandler]) -> None:
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        super().__init__(address, handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A scraper that went away or sent nothing in time: a debug line, not a traceback on stderr."""
+        log.debug("metrics request from %s failed", client_address, exc_info=True)
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """No access log line per scrape on stderr; a read timeout on the client's socket."""
+
+    timeout = READ_TIMEOUT_S
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base class's name)
+        """Log nothing."""
+
+
+def _plain(start_response: StartResponse, status: str, text: str) -> list[bytes]:
+    body = text.encode()
+    start_response(status, [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
 class MetricsServer:
-    """Serves `/metrics`; `collect` reads the daemon's gauges at each scrape."""
+    """Serves `/metrics` from a thread; `collect` reads the daemon's gauges on the daemon's loop
+    at each scrape. ValueError for a malformed `listen`; `start` raises OSError if it cannot bind."""
 
     def __init__(self, listen: str, metrics: Metrics, collect: Callable[[], Awaitable[Gauges]]) -> None:
         self.host, self.port = parse_listen(listen)
         self.metrics = metrics
         self.collect = collect
-        self._server: asyncio.AbstractServer | None = None
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._client, self.host, self.port, limit=MAX_HEAD)
+        app = self._router(asyncio.get_running_loop())
+        self._server = make_server(self.host, self.port, app, _Server, _QuietHandler)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True)
+        self._thread.start()
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
-        return [sock.getsockname()[:2] for sock in self._server.sockets] if self._server else []
+        """The (host, port) the server listens on; empty before start."""
+        return [self._server.socket.getsockname()[:2]] if self._server else []
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+        if self._server is not None and self._thread is not None:
+            await asyncio.to_thread(self._server.shutdown)
+            self._server.server_close()
+            await asyncio.to_thread(self._thread.join)
 
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            writer.write(await self._answer(reader))
-            await writer.drain()
-        except (ConnectionError, OSError):
-            pass  # the scraper went away
-        finally:
-            writer.close()
+    def _router(self, loop: asyncio.AbstractEventLoop) -> WSGIApplication:
+        exposition = make_wsgi_app(self.metrics.with_state(lambda: self._read(loop)))
 
-    async def _answer(self, reader: asyncio.StreamReader) -> bytes:
+        def route(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+            if environ.get("PATH_INFO") != "/metrics":
+                return _plain(start_response, "404 Not Found", "only /metrics is served here\n")
+            try:
+                response: Iterable[bytes] = exposition(environ, start_response)
+            except CollectFailed as exc:
+                log.warning("metrics scrape failed: %s", exc)
+                return _plain(start_response, "500 Internal Server Error", f"collecting metrics failed: {exc}\n")
+            return response
+
+        return route
+
+    def _read(self, loop: asyncio.AbstractEventLoop) -> Gauges:
+        """The daemon's gauges, from the server's thread; CollectFailed on error or timeout."""
+        future = asyncio.run_coroutine_threadsafe(self._gauges(), loop)
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT_S)
-            method, path = parse_request_head(head)
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError) as exc:
-            return http_response(400, f"incomplete or oversized request: {type(exc).__name__}\n".encode())
-        except BadRequest as exc:
-            return http_response(400, f"{exc}\n".encode())
-        refusal = route(method, path)
-        if refusal is not None:
-            return refusal
-        try:
-            gauges = await self.collect()
+            return future.result(COLLECT_TIMEOUT_S)
+        except TimeoutError:
+            future.cancel()
+            raise CollectFailed(f"no answer within {COLLECT_TIMEOUT_S} s") from None
         except Exception as exc:
-            log.warning("metrics scrape failed: %s", exc)
-            return http_response(500, f"collecting metrics failed: {exc}\n".encode())
-        return http_response(200, self.metrics.render(gauges).encode(), CONTENT_TYPE, head_only=method == "HEAD")
+            raise CollectFailed(str(exc)) from exc
+
+    async def _gauges(self) -> Gauges:
+        return await self.collect()

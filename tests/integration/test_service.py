@@ -239,8 +239,8 @@ def scrape(port: int) -> str:
 
 
 def value(text: str, name: str, **labels: str) -> float:
-    """A sample's value, 0 when the series does not exist yet."""
-    series = name + ("{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else "")
+    """A sample's value, 0 when the series does not exist yet (labels in the exposition's sorted order)."""
+    series = name + ("{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}" if labels else "")
     for line in text.splitlines():
         if line.startswith(series + " "):
             return float(line.rsplit(" ", 1)[1])

@@ -1,5 +1,5 @@
-"""Metrics: the Prometheus text format, the registry's counting, the enforcer's callbacks,
-and the /metrics server over loopback."""
+"""Metrics: what the registry counts, the Prometheus text format prometheus_client renders from
+it (read back by a strict parser), the enforcer's callbacks, and the /metrics server over loopback."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ import pytest
 
 from interceptor.decision import Decision, MaskSpec, Verdict
 from interceptor.enforcer.server import Enforcer, Snapshot
-from interceptor.metrics import (CONTENT_TYPE, BadRequest, Family, Gauges, Metrics, MetricsServer, Sample,
-                                 exposition, http_response, parse_listen, parse_request_head, route)
+from interceptor.metrics import CONTENT_TYPE, Gauges, Metrics, MetricsServer, parse_listen
 from interceptor.operations import Request, SqlQuery, Subject
 from interceptor.policy import PolicyEngine, load_policy_text
 
@@ -24,11 +23,11 @@ SAMPLE = re.compile(rf"^({NAME})(?:\{{((?:[a-zA-Z_][a-zA-Z0-9_]*={LABEL_VALUE},?
 AUDIT = {"queue_depth": 3, "last_write_latency_ms": 1.25, "written": 40, "failed": 2, "failing": None}
 
 
-def parse(text: str) -> dict[str, tuple[str, dict[tuple, str]]]:
+def parse(text: str) -> dict[str, tuple[str, dict[tuple, float]]]:
     """A strict reader of the text format: every sample belongs to a family whose HELP and TYPE
-    came first; returns {family: (type, {labels: value})}."""
+    came first; returns {family: (type, {sorted labels: value})}."""
     assert text.endswith("\n"), "the exposition must end with a newline"
-    families: dict[str, tuple[str, dict[tuple, str]]] = {}
+    families: dict[str, tuple[str, dict[tuple, float]]] = {}
     helped = set()
     for line in text.splitlines():
         if line.startswith("# HELP "):
@@ -45,25 +44,19 @@ def parse(text: str) -> dict[str, tuple[str, dict[tuple, str]]]:
             name, labels, value = match.groups()
             assert name in families, f"sample {name} before its TYPE"
             key = tuple(re.findall(rf'([a-zA-Z_][a-zA-Z0-9_]*)=({LABEL_VALUE})', labels or ""))
-            key = tuple((k, v[1:-1]) for k, v in key)
+            key = tuple(sorted((k, v[1:-1]) for k, v in key))
             assert key not in families[name][1], f"duplicate sample {line!r}"
-            families[name][1][key] = value
+            families[name][1][key] = float(value)
     return families
 
 
-def test_exposition_escapes_labels_and_help_and_formats_numbers():
-    text = exposition([
-        Family("x_total", "counter", "a\\b\nc", (Sample((("agent", 'we"ird\\na\nme'),), 3),)),
-        Family("y", "gauge", "numbers", (Sample((("k", "int"),), 2.0), Sample((("k", "float"),), 0.5),
-                                         Sample((("k", "nan"),), float("nan")), Sample((("k", "inf"),), float("inf")))),
-        Family("z", "gauge", "no labels", (Sample((), 7),)),
-    ])
-    assert "# HELP x_total a\\\\b\\nc\n" in text
-    assert 'x_total{agent="we\\"ird\\\\na\\nme"} 3\n' in text
-    families = parse(text)
-    assert families["y"][1] == {(("k", "int"),): "2", (("k", "float"),): "0.5", (("k", "nan"),): "NaN",
-                                (("k", "inf"),): "+Inf"}
-    assert families["z"] == ("gauge", {(): "7"})
+def test_label_values_are_escaped():
+    metrics = Metrics()
+    metrics.connection('we"ird\\na\nme', "db", "deny")
+    text = metrics.render(Gauges(0, 0))
+    assert 'agent="we\\"ird\\\\na\\nme"' in text
+    assert parse(text)["interceptor_connections_total"][1] == {
+        (("agent", 'we\\"ird\\\\na\\nme'), ("decision", "deny"), ("resource", "db")): 1}
 
 
 def test_registry_counts_connections_decisions_masks_and_identity_changes():
@@ -78,29 +71,30 @@ def test_registry_counts_connections_decisions_masks_and_identity_changes():
     metrics.identity_change("bot", "valid")
     metrics.identity_change("bot", "expired")
     families = parse(metrics.render(Gauges(sessions=4, approvals_pending=1, audit=AUDIT)))
-    assert families["interceptor_build_info"][1] == {(("version", "1.2.3"),): "1"}
+    assert families["interceptor_build_info"][1] == {(("version", "1.2.3"),): 1}
     assert families["interceptor_connections_total"] == ("counter", {
-        (("agent", "bot"), ("resource", "db"), ("decision", "allow")): "2",
-        (("agent", ""), ("resource", ""), ("decision", "deny")): "1"})
+        (("agent", "bot"), ("decision", "allow"), ("resource", "db")): 2,
+        (("agent", ""), ("decision", "deny"), ("resource", "")): 1})
     assert families["interceptor_decisions_total"][1] == {
-        (("verdict", "allow"),): "2", (("verdict", "deny"),): "1", (("verdict", "approve"),): "1"}
-    assert families["interceptor_masked_statements_total"][1] == {(): "1"}
+        (("verdict", "allow"),): 2, (("verdict", "deny"),): 1, (("verdict", "approve"),): 1}
+    assert families["interceptor_masked_statements_total"][1] == {(): 1}
     assert families["interceptor_identity_changes_total"][1] == {
-        (("agent", "bot"), ("state", "valid")): "1", (("agent", "bot"), ("state", "expired")): "1"}
-    assert families["interceptor_sessions"] == ("gauge", {(): "4"})
-    assert families["interceptor_approvals_pending"][1] == {(): "1"}
-    assert families["interceptor_audit_queue_depth"][1] == {(): "3"}
-    assert families["interceptor_audit_write_latency_ms"][1] == {(): "1.25"}
-    assert families["interceptor_audit_written_total"] == ("counter", {(): "40"})
-    assert families["interceptor_audit_failed_total"][1] == {(): "2"}
-    assert families["interceptor_audit_failing"][1] == {(): "0"}
+        (("agent", "bot"), ("state", "valid")): 1, (("agent", "bot"), ("state", "expired")): 1}
+    assert families["interceptor_sessions"] == ("gauge", {(): 4})
+    assert families["interceptor_approvals_pending"][1] == {(): 1}
+    assert families["interceptor_audit_queue_depth"][1] == {(): 3}
+    assert families["interceptor_audit_write_latency_ms"][1] == {(): 1.25}
+    assert families["interceptor_audit_written_total"] == ("counter", {(): 40})
+    assert families["interceptor_audit_failed_total"][1] == {(): 2}
+    assert families["interceptor_audit_failing"][1] == {(): 0}
+    assert not any(name.endswith("_created") for name in families), "no _created series"
 
 
 def test_empty_registry_still_declares_every_family():
     families = parse(Metrics().render(Gauges(sessions=0, approvals_pending=0, audit={"failing": "disk full"})))
     assert families["interceptor_connections_total"] == ("counter", {})
-    assert families["interceptor_audit_failing"][1] == {(): "1"}
-    assert families["interceptor_audit_queue_depth"][1] == {(): "0"}
+    assert families["interceptor_audit_failing"][1] == {(): 1}
+    assert families["interceptor_audit_queue_depth"][1] == {(): 0}
 
 
 def test_counting_from_many_threads_loses_nothing():
@@ -117,7 +111,7 @@ def test_counting_from_many_threads_loses_nothing():
         thread.join()
     families = parse(metrics.render(Gauges(0, 0)))
     assert families["interceptor_connections_total"][1] == {
-        (("agent", "bot"), ("resource", "db"), ("decision", "deny")): "16000"}
+        (("agent", "bot"), ("decision", "deny"), ("resource", "db")): 16000}
 
 
 POLICY = """
@@ -145,28 +139,8 @@ def test_enforcer_reports_every_operation_decision():
     required["bot"] = True  # identity lost mid-flow: denied whatever the rules say, and counted
     assert ask("SELECT 1").rule == "identity"
     families = parse(metrics.render(Gauges(0, 0)))
-    assert families["interceptor_decisions_total"][1] == {(("verdict", "allow"),): "1", (("verdict", "deny"),): "2"}
-    assert families["interceptor_masked_statements_total"][1] == {(): "1"}
-
-
-def test_request_head_parsing_names_the_problem():
-    assert parse_request_head(b"GET /metrics?x=1 HTTP/1.1\r\nHost: a\r\n\r\n") == ("GET", "/metrics")
-    with pytest.raises(BadRequest, match="malformed request line"):
-        parse_request_head(b"GET\r\n\r\n")
-    with pytest.raises(BadRequest, match="malformed request line"):
-        parse_request_head(b"G\xffT / HTTP/1.1\r\n\r\n")
-    with pytest.raises(BadRequest, match="unsupported protocol"):
-        parse_request_head(b"GET / SPDY/3\r\n\r\n")
-
-
-def test_routing_and_response_framing():
-    assert route("GET", "/metrics") is None and route("HEAD", "/metrics") is None
-    assert route("GET", "/").startswith(b"HTTP/1.1 404 Not Found\r\n")
-    assert route("POST", "/metrics").startswith(b"HTTP/1.1 405 Method Not Allowed\r\n")
-    response = http_response(200, b"abc", CONTENT_TYPE)
-    head, body = response.split(b"\r\n\r\n", 1)
-    assert b"Content-Length: 3" in head and b"Connection: close" in head and body == b"abc"
-    assert http_response(200, b"abc", head_only=True).endswith(b"Content-Length: 3\r\nConnection: close\r\n\r\n")
+    assert families["interceptor_decisions_total"][1] == {(("verdict", "allow"),): 1, (("verdict", "deny"),): 2}
+    assert families["interceptor_masked_statements_total"][1] == {(): 1}
 
 
 @pytest.mark.parametrize("listen, expected", [("127.0.0.1:9464", ("127.0.0.1", 9464)), ("[::1]:9464", ("::1", 9464)),
@@ -196,6 +170,12 @@ async def exchange(port: int, request: bytes) -> bytes:
     return response
 
 
+def status(response: bytes) -> int:
+    match = re.match(rb"HTTP/1\.[01] (\d{3}) ", response)
+    assert match, response[:80]
+    return int(match.group(1))
+
+
 def test_server_serves_metrics_and_refuses_everything_else():
     metrics = Metrics("9")
     state = {"sessions": 0, "fail": False}
@@ -214,8 +194,7 @@ def test_server_serves_metrics_and_refuses_everything_else():
             answers = {"first": await exchange(port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")}
             metrics.connection("bot", "db", "allow")
             state["sessions"] = 1
-            answers["second"] = await exchange(port, b"GET /metrics HTTP/1.0\r\n\r\n")
-            answers["head"] = await exchange(port, b"HEAD /metrics HTTP/1.1\r\n\r\n")
+            answers["second"] = await exchange(port, b"GET /metrics?x=1 HTTP/1.0\r\n\r\n")
             answers["404"] = await exchange(port, b"GET / HTTP/1.1\r\n\r\n")
             answers["405"] = await exchange(port, b"DELETE /metrics HTTP/1.1\r\n\r\n")
             answers["garbage"] = await exchange(port, b"\x16\x03\x01 hello\r\n\r\n")
@@ -224,20 +203,56 @@ def test_server_serves_metrics_and_refuses_everything_else():
             answers["failing"] = await exchange(port, b"GET /metrics HTTP/1.1\r\n\r\n")
         finally:
             await server.stop()
+        with pytest.raises(OSError):
+            await exchange(port, b"GET /metrics HTTP/1.1\r\n\r\n")
         return answers
 
     answers = asyncio.run(run())
     head, body = answers["second"].split(b"\r\n\r\n", 1)
-    assert head.startswith(b"HTTP/1.1 200 OK") and f"Content-Type: {CONTENT_TYPE}".encode() in head
+    assert status(answers["second"]) == 200 and f"Content-Type: {CONTENT_TYPE}".encode() in head
     assert f"Content-Length: {len(body)}".encode() in head
     families = parse(body.decode())
-    assert families["interceptor_sessions"][1] == {(): "1"}
+    assert families["interceptor_sessions"][1] == {(): 1}
     assert families["interceptor_connections_total"][1] == {
-        (("agent", "bot"), ("resource", "db"), ("decision", "allow")): "1"}
+        (("agent", "bot"), ("decision", "allow"), ("resource", "db")): 1}
     assert parse(answers["first"].split(b"\r\n\r\n", 1)[1].decode())["interceptor_connections_total"][1] == {}
-    assert answers["head"].startswith(b"HTTP/1.1 200 OK") and answers["head"].endswith(b"\r\n\r\n")
-    assert answers["404"].startswith(b"HTTP/1.1 404 ")
-    assert answers["405"].startswith(b"HTTP/1.1 405 ") and b"method DELETE not allowed" in answers["405"]
-    assert answers["garbage"].startswith(b"HTTP/1.1 400 ") and b"malformed request line" in answers["garbage"]
-    assert answers["oversized"].startswith(b"HTTP/1.1 400 ")
-    assert answers["failing"].startswith(b"HTTP/1.1 500 ") and b"approval store unreachable" in answers["failing"]
+    assert status(answers["404"]) == 404 and answers["404"].endswith(b"only /metrics is served here\n")
+    assert status(answers["405"]) == 405 and b"DELETE" in answers["405"]
+    assert b"Error code: 400" in answers["garbage"]  # no status line: http.server answers it as HTTP/0.9
+    assert status(answers["oversized"]) == 431
+    assert status(answers["failing"]) == 500 and b"approval store unreachable" in answers["failing"]
+
+
+def answer_of_a_lone_server(collect, request: bytes) -> bytes:
+    """What a fresh server answers one client that sends `request` (possibly nothing)."""
+
+    async def run() -> bytes:
+        port = free_port()
+        server = MetricsServer(f"127.0.0.1:{port}", Metrics(), collect)
+        await server.start()
+        try:
+            return await asyncio.wait_for(exchange(port, request), 5)
+        finally:
+            await server.stop()
+
+    return asyncio.run(run())
+
+
+def test_a_client_that_sends_nothing_is_dropped(monkeypatch):
+    monkeypatch.setattr("interceptor.metrics._QuietHandler.timeout", 0.2)
+
+    async def collect() -> Gauges:
+        return Gauges(0, 0)
+
+    assert answer_of_a_lone_server(collect, b"") == b""
+
+
+def test_a_scrape_that_gets_no_state_in_time_fails(monkeypatch):
+    monkeypatch.setattr("interceptor.metrics.COLLECT_TIMEOUT_S", 0.2)
+
+    async def collect() -> Gauges:
+        await asyncio.sleep(5)
+        return Gauges(0, 0)
+
+    answer = answer_of_a_lone_server(collect, b"GET /metrics HTTP/1.1\r\n\r\n")
+    assert status(answer) == 500 and b"no answer within 0.2 s" in answer
