@@ -1,4 +1,5 @@
-"""Upstream login against a server side written from RFC 5802 here (no sockets)."""
+"""Upstream login against a server side written from RFC 5802 here (no sockets): the SCRAM
+client (scramp) is checked against an independent server half, and its refusals are LoginErrors."""
 
 import base64
 import hashlib
@@ -23,7 +24,7 @@ def after_login() -> bytes:
 class ScramServer:
     """The server half of SCRAM-SHA-256 for a known password."""
 
-    def __init__(self, password: str, salt: bytes = b"saltsalt", iterations: int = 4096) -> None:
+    def __init__(self, password: str, salt: bytes = b"saltsaltsaltsalt", iterations: int = 4096) -> None:
         self.salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
         self.salt, self.iterations = salt, iterations
 
@@ -67,7 +68,7 @@ def test_scram_server_that_does_not_know_the_password_is_refused():
     login, impostor = UpstreamLogin("svc", "s3cret"), ScramServer("other")
     [first] = login.receive(auth(10, b"SCRAM-SHA-256\0\0"))
     login.receive(auth(11, impostor.first(sasl_payload(first, True))))
-    with pytest.raises(LoginError, match="signature is wrong"):
+    with pytest.raises(LoginError, match="signature doesn't match"):
         login.receive(auth(12, b"v=" + base64.b64encode(b"x" * 32)))
 
 
@@ -79,10 +80,29 @@ def test_scram_skipped_by_the_server_is_refused():
 
 
 def test_scram_nonce_must_extend_ours():
-    login = UpstreamLogin("svc", "pw", scram_nonce="abc")
+    for server_nonce in (b"zzzSERVER", b"abc"):
+        login = UpstreamLogin("svc", "pw", scram_nonce="abc")
+        login.receive(auth(10, b"SCRAM-SHA-256\0\0"))
+        with pytest.raises(LoginError, match="nonce"):
+            login.receive(auth(11, b"r=" + server_nonce + b",s=c2FsdHNhbHRzYWx0c2FsdA==,i=4096"))
+
+
+def test_weak_or_malformed_server_first_messages_are_refused():
+    for server_first, problem in ((b"r=abcSERVER,s=c2FsdHNhbHRzYWx0c2FsdA==,i=1000", "must not be < 4096"),
+                                  (b"r=abcSERVER,s=c2FsdA==,i=4096", "at least 12 bytes"),
+                                  (b"r=abcSERVER,i=4096", "server first"),
+                                  (b"\xff", "not UTF-8")):
+        login = UpstreamLogin("svc", "pw", scram_nonce="abc")
+        login.receive(auth(10, b"SCRAM-SHA-256\0\0"))
+        with pytest.raises(LoginError, match=problem):
+            login.receive(auth(11, server_first))
+
+
+def test_scram_steps_out_of_order_are_refused():
+    login = UpstreamLogin("svc", "pw")
     login.receive(auth(10, b"SCRAM-SHA-256\0\0"))
-    with pytest.raises(LoginError, match="nonce"):
-        login.receive(auth(11, b"r=zzz,s=c2FsdA==,i=4096"))
+    with pytest.raises(LoginError, match="upstream SCRAM exchange failed"):
+        login.receive(auth(12, b"v=" + base64.b64encode(b"x" * 32)))
 
 
 def test_only_plus_mechanism_is_refused():

@@ -2,15 +2,17 @@
 
 The agent never authenticates upstream: the enforcer does, with whatever method the
 server asks for (SCRAM-SHA-256, md5 or cleartext), and verifies the server's SCRAM
-signature so a server that does not know the password cannot fake a login.
+signature so a server that does not know the password cannot fake a login. SCRAM itself
+is scramp's ScramClient; this module frames it in PostgreSQL's SASL messages.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import hmac
-import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from scramp import ScramClient, ScramException  # type: ignore[import-untyped]  # scramp ships no type information
 
 from interceptor.handlers.postgres.codec import (
     HEADER,
@@ -37,52 +39,45 @@ def md5_password(user: str, password: str, salt: bytes) -> bytes:
     return b"md5" + hashlib.md5(inner.encode() + salt).hexdigest().encode()
 
 
-class ScramClient:
-    """RFC 5802 / 7677 client side, without channel binding (gs2 header 'n,,')."""
+@contextmanager
+def _scram_step() -> Iterator[None]:
+    """scramp's refusals (a nonce that does not extend ours, a wrong server signature, an
+    iteration count below 4096, a step out of order) as LoginError."""
+    try:
+        yield
+    except ScramException as exc:
+        raise LoginError(f"upstream SCRAM exchange failed: {exc}") from None
+    except UnicodeDecodeError:
+        raise LoginError("upstream SCRAM exchange failed: message is not UTF-8") from None
 
-    def __init__(self, password: str, nonce: str | None = None) -> None:
-        self.password = password.encode()
-        self.nonce = nonce or base64.b64encode(secrets.token_bytes(18)).decode()
-        self.first_bare = f"n=,r={self.nonce}"
-        self._server_signature: bytes | None = None
+
+class ScramSha256:
+    """The client side of SCRAM-SHA-256 (RFC 7677) without channel binding, on scramp:
+    bytes of the SASL messages in and out; every refusal is a LoginError."""
+
+    def __init__(self, user: str, password: str, nonce: str | None = None) -> None:
+        with _scram_step():
+            self._client = ScramClient([SCRAM], user, password, c_nonce=nonce)
         self.verified = False
 
     def first(self) -> bytes:
-        return b"n,," + self.first_bare.encode()
+        """client-first-message."""
+        with _scram_step():
+            first: str = self._client.get_client_first()
+        return first.encode()
 
     def final(self, server_first: bytes) -> bytes:
-        attrs = _scram_attributes(server_first)
-        nonce, salt, iterations = attrs.get("r", ""), attrs.get("s"), attrs.get("i", "")
-        if not nonce.startswith(self.nonce) or len(nonce) == len(self.nonce):
-            raise LoginError("upstream SCRAM exchange failed: the server nonce does not extend ours")
-        if salt is None or not iterations.isdigit() or int(iterations) < 1:
-            raise LoginError("upstream SCRAM exchange failed: malformed server-first-message")
-        salted = hashlib.pbkdf2_hmac("sha256", self.password, base64.b64decode(salt), int(iterations))
-        client_key = hmac.digest(salted, b"Client Key", "sha256")
-        without_proof = f"c=biws,r={nonce}"
-        auth_message = f"{self.first_bare},{server_first.decode()},{without_proof}".encode()
-        signature = hmac.digest(hashlib.sha256(client_key).digest(), auth_message, "sha256")
-        proof = bytes(a ^ b for a, b in zip(client_key, signature))
-        server_key = hmac.digest(salted, b"Server Key", "sha256")
-        self._server_signature = hmac.digest(server_key, auth_message, "sha256")
-        return f"{without_proof},p={base64.b64encode(proof).decode()}".encode()
+        """client-final-message (with the proof) for the server-first-message."""
+        with _scram_step():
+            self._client.set_server_first(server_first.decode())
+            final: str = self._client.get_client_final()
+        return final.encode()
 
     def verify(self, server_final: bytes) -> None:
-        attrs = _scram_attributes(server_final)
-        if "e" in attrs:
-            raise LoginError(f"upstream SCRAM exchange failed: {attrs['e']}")
-        expected = self._server_signature
-        if expected is None or not hmac.compare_digest(base64.b64decode(attrs.get("v", "")), expected):
-            raise LoginError("upstream SCRAM exchange failed: the server's signature is wrong")
+        """Check the server's signature: only a server that knows the password can make it."""
+        with _scram_step():
+            self._client.set_server_final(server_final.decode())
         self.verified = True
-
-
-def _scram_attributes(data: bytes) -> dict[str, str]:
-    try:
-        parts = data.decode().split(",")
-    except UnicodeDecodeError:
-        raise LoginError("upstream SCRAM exchange failed: message is not UTF-8") from None
-    return {part[0]: part[2:] for part in parts if len(part) >= 2 and part[1] == "="}
 
 
 class UpstreamLogin:
@@ -94,7 +89,7 @@ class UpstreamLogin:
         self.user = user
         self.password = password
         self._scram_nonce = scram_nonce
-        self._scram: ScramClient | None = None
+        self._scram: ScramSha256 | None = None
         self._buffer = b""
         self.forward: list[bytes] = []  # ParameterStatus / NoticeResponse messages, as sent
         self.backend_key: tuple[int, bytes] | None = None
@@ -159,7 +154,7 @@ class UpstreamLogin:
             mechanisms = [m.decode(errors="replace") for m in body[4:].split(b"\0") if m]
             if SCRAM not in mechanisms:
                 raise LoginError(f"upstream offers SASL mechanisms {mechanisms}; only {SCRAM} is supported")
-            self._scram = ScramClient(self.password, self._scram_nonce)
+            self._scram = ScramSha256(self.user, self.password, self._scram_nonce)
             first = self._scram.first()
             return [message(b"p", cstr(SCRAM) + INT32.pack(len(first)) + first)]
         if code == AUTH_SASL_CONTINUE and self._scram is not None:
