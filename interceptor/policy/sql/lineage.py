@@ -6,6 +6,7 @@ is every column of a relation whose columns are unknown; WHOLE_ROW marks a whole
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from sqlglot import exp
@@ -45,7 +46,9 @@ class Lineage:
 
     # -- relations -----------------------------------------------------------------------
 
-    def table_of(self, node: exp.Table, lenient: bool = False) -> Table:
+    def table_of(self, node: exp.Expr, lenient: bool = False) -> Table:
+        """The relation a table node names (`lenient`: Names.relation's); Unsupported when
+        it names none (a cross-database name, or not a name)."""
         if node.args.get("catalog") is not None:
             raise Unsupported(f"three-part table name {node.sql(dialect=DIALECT)} (cross-database)")
         name = ident(node.this) if isinstance(node.this, exp.Identifier) else None
@@ -123,7 +126,7 @@ class Lineage:
         (docs, 8.16.5 "Using Composite Types in Queries"), and so does `t.f` where f is not
         a column of t: it is f(t), attribute notation (38.5.3)."""
         name = column_name(column)
-        qualifier = ident(column.args.get("table")) if column.args.get("table") else None
+        qualifier: str | None = ident(column.args.get("table")) if column.args.get("table") else None
         queries = enclosing_queries(column)
         if column.args.get("catalog") is not None:
             raise Unsupported(f"column reference of four names: {column.sql(dialect=DIALECT)[:60]}")
@@ -206,7 +209,7 @@ class Lineage:
             return None if "*" in names else (*renamed, *names[len(renamed):])
         return source.columns
 
-    def named_source(self, queries: list[exp.Expr], qualifier: str, schema: str | None) -> Source | None:
+    def named_source(self, queries: Sequence[exp.Expr], qualifier: str, schema: str | None) -> Source | None:
         """The FROM item (or INSERT target) `[schema.]qualifier` names in the innermost query
         that has one; None when none does (it is then a column of composite type)."""
         for query in queries:
@@ -316,9 +319,9 @@ class Lineage:
         joins = joins_of(select)
         if len(items) != len(joins) + 1 or not isinstance(select, exp.Select):  # DML: its target comes first
             side_by_side = [column for source in items for column in self._item_columns(source)]
-            merged = {str(ident(u)) for join in joins for u in join.args.get("using") or []}
+            using = {str(ident(u)) for join in joins for u in join.args.get("using") or []}
             natural = any(str(join.args.get("method") or "").upper() == "NATURAL" for join in joins)
-            return side_by_side, {ref for name, refs in side_by_side if natural or name in merged for ref in refs}
+            return side_by_side, {ref for name, refs in side_by_side if natural or name in using for ref in refs}
         columns, compared = self._item_columns(items[0]), set()
         for source, join in zip(items[1:], joins):
             right = self._item_columns(source)

@@ -225,9 +225,10 @@ def _name_reading(name: str) -> str | None:
     differently from unquoted, only keeping case): None when it keeps it as written."""
     text = f'SELECT NULL::"{name.replace(chr(34), chr(34) * 2)}"'
     try:
-        cast = DIALECT.parser().parse(DIALECT.tokenize(text), text)[0].find(exp.Cast)
+        tree = DIALECT.parser().parse(DIALECT.tokenize(text), text)[0]
     except Exception:  # noqa: BLE001 - a name sqlglot cannot read as a type is not read as a builtin either
         return None
+    cast = tree.find(exp.Cast) if tree is not None else None
     to = cast.args.get("to") if cast is not None else None
     if to is None or isinstance(to, exp.DataType) and to.this == exp.DType.USERDEFINED:
         return None

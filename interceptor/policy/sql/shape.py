@@ -26,7 +26,8 @@ def numeric_shape(text: str) -> NumericShape | None:
         tokens = DIALECT.tokenize(text)
     except Exception:  # noqa: BLE001 - no shape: the statement is analysed (and denied) on its own
         return None
-    pieces, done = [], 0
+    pieces: list[str] = []
+    done = 0
     for token in _zeroable(tokens):
         if token.token_type == TokenType.NUMBER:
             digits = text[token.start:token.end + 1]
@@ -48,7 +49,8 @@ _LIST_ENDS = frozenset({TokenType.LIMIT, TokenType.OFFSET, TokenType.FETCH, Toke
 def _zeroable(tokens: list[Token]) -> Iterator[Token]:
     """The tokens but the numbers in an ORDER BY, GROUP BY or DISTINCT ON list (an item, or in
     parentheses, ROLLUP, GROUPING SETS: a position; in an expression: kept all the same)."""
-    depth, listing, before = 0, None, [None, None, None]
+    depth, listing = 0, None
+    before: list[TokenType | None] = [None, None, None]
     for token in tokens:
         kind = token.token_type
         if kind == TokenType.L_PAREN:

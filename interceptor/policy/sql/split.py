@@ -121,10 +121,10 @@ def _analyse_chunk(text: str, chunk: list[Token], names: Names) -> Statement:
         # allowing `create` never covers them by accident.
         body = tree.expression
         rest = (body.name if isinstance(body, exp.Expr) else str(body or "")).split()
-        kind = f"{first.lower()}_{rest[0].lower()}" if first in {"CREATE", "ALTER", "DROP"} and rest else first.lower()
-        return Statement(source, kind, opaque=True)
-    kind = "create" if selects_into(tree) else STATEMENT_KINDS.get(type(tree))
-    if kind is None:
+        named = f"{first.lower()}_{rest[0].lower()}" if first in {"CREATE", "ALTER", "DROP"} and rest else first.lower()
+        return Statement(source, named, opaque=True)
+    kind = None if tree is None else "create" if selects_into(tree) else STATEMENT_KINDS.get(type(tree))
+    if tree is None or kind is None:
         return Statement(source, "unknown", error=f"unsupported statement ({first} ...)")
     try:
         return analyse_tree(tree, chunk, names, source, kind)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from typing import overload
 
 from sqlglot import exp
 from sqlglot.dialects.postgres import Postgres
@@ -23,9 +24,18 @@ QUERY_NODES = (exp.Select, exp.Update, exp.Delete, exp.Insert, exp.Merge)
 RESULT_NODES = (exp.Select, exp.SetOperation, exp.Values, exp.Insert, exp.Update, exp.Delete, exp.Merge)
 
 
+@overload
+def ident(node: exp.Expr) -> str: ...
+
+
+@overload
+def ident(node: None) -> None: ...
+
+
 def ident(node: exp.Expr | None) -> str | None:
     """An identifier as the server reads it: unquoted folded (ASCII only) and both truncated
-    to 63 bytes (docs, 4.1.1)."""
+    to 63 bytes (docs, 4.1.1); "*" for a star, None for no node. Raises Unsupported for any
+    other expression."""
     if node is None:
         return None
     if isinstance(node, exp.Identifier):
@@ -36,8 +46,11 @@ def ident(node: exp.Expr | None) -> str | None:
 
 
 def column_name(node: exp.Expr) -> str:
+    """The name of a column reference or an identifier, as the server reads it; Unsupported
+    for any other expression."""
     if isinstance(node, exp.Column):
-        return ident(node.this)
+        name: exp.Expr = node.this
+        return ident(name)
     if isinstance(node, exp.Identifier):
         return ident(node)
     raise Unsupported(f"unsupported column expression: {node.sql(dialect=DIALECT)[:60]}")
@@ -83,7 +96,8 @@ def cte_query(node: exp.Table, name: str) -> exp.Expr:
         if with_ is not None:
             for cte in with_.expressions:
                 if ident(cte.args["alias"].this) == name:
-                    return cte.this
+                    query: exp.Expr = cte.this
+                    return query
     raise Unsupported(f"CTE {name} not found")
 
 
@@ -118,7 +132,11 @@ def joins_of(query: exp.Expr) -> list[exp.Expr]:
 
 
 def unwrap(node: exp.Expr) -> exp.Expr:
-    return node.this if isinstance(node, exp.Schema) else node
+    """The table of `table (columns)`, or the node itself."""
+    if isinstance(node, exp.Schema):
+        table: exp.Expr = node.this
+        return table
+    return node
 
 
 def direct_tables(query: exp.Expr) -> list[exp.Expr]:
@@ -199,6 +217,8 @@ def in_projection(node: exp.Expr) -> bool:
                 or isinstance(parent, exp.Filter) and child.arg_key == "expression"):
             return False
         if isinstance(parent, exp.Returning):
+            if parent.parent is None:
+                raise Unsupported("RETURNING outside a statement")
             return _flows_out(parent.parent)
         if isinstance(parent, exp.Select):
             return child.arg_key == "expressions" and _flows_out(parent)

@@ -183,9 +183,9 @@ class Uses:
                 found |= self.lineage.star_sources(enclosing_queries(star)[0], star)
         for query in self.tree.find_all(exp.Select, exp.SetOperation):
             found |= self._output_references(query) | self._compared_outputs(query)
-        for query in self.tree.find_all(exp.Select, exp.Update, exp.Delete):
-            if joins_of(query):
-                found |= self.lineage.joined(query)[1]  # USING and NATURAL compare columns, as ON does
+        for joining in self.tree.find_all(exp.Select, exp.Update, exp.Delete):
+            if joins_of(joining):
+                found |= self.lineage.joined(joining)[1]  # USING and NATURAL compare columns, as ON does
         return frozenset(ref for ref in found if ref[2] != WHOLE_ROW)
 
     def _compared_outputs(self, query: exp.Expr) -> set[ColumnRef]:
