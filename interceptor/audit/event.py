@@ -40,6 +40,7 @@ class SharedSummary(dict[str, Any]):
     def _read_only(self, *args: Any, **kwargs: Any) -> None:
         raise TypeError("a SharedSummary is read-only")
 
+    # Each mutator raises, whatever dict's signature for it: hence one ignore for the seven.
     __setitem__ = __delitem__ = update = pop = popitem = clear = setdefault = _read_only  # type: ignore[assignment]
 
     def __reduce__(self) -> tuple[type, tuple[dict[str, Any]]]:

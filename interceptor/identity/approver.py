@@ -15,7 +15,7 @@ from typing import Any
 
 from interceptor.identity.discovery import discover
 from interceptor.identity.errors import IdentityConfigError, IdentityProviderError
-from interceptor.identity.http import StdlibHttp
+from interceptor.identity.http import HttpxClient
 from interceptor.identity.model import Identity
 from interceptor.identity.oauth import PublicClient, device_authorization, poll_device_token
 from interceptor.identity.validator import TokenValidator
@@ -52,7 +52,7 @@ def validator_for(approvals: Mapping[str, Any]) -> TokenValidator:
 async def sign_in(approvals: Mapping[str, Any], show: Callable[[dict[str, Any]], None]) -> Identity:
     """Device flow for a person; stores the validated token for later CLI calls."""
     issuer, audience, client_id, scopes = _settings(approvals)
-    http = StdlibHttp()
+    http = HttpxClient()
     metadata = await discover(http, issuer)
     if not metadata.device_authorization_endpoint or not metadata.token_endpoint:
         raise IdentityProviderError(f"{issuer} offers no device authorization grant")

@@ -62,9 +62,11 @@ def parse_metadata(issuer: str, doc: dict[str, Any]) -> ProviderMetadata:
                 raise IdentityProviderError(f"discovery: {name} is not a string")
             check_url(value, f"discovery {name}")
         urls[name] = value
-    if not urls["jwks_uri"]:
+    jwks_uri = urls["jwks_uri"]
+    if not jwks_uri:
         raise IdentityProviderError(f"discovery: {issuer} publishes no jwks_uri")
-    return ProviderMetadata(issuer=issuer, **urls)  # type: ignore[arg-type]
+    return ProviderMetadata(issuer, jwks_uri, urls["token_endpoint"], urls["device_authorization_endpoint"],
+                            urls["introspection_endpoint"], urls["revocation_endpoint"])
 
 
 async def discover(http: HttpClient, issuer: str) -> ProviderMetadata:

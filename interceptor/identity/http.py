@@ -1,14 +1,13 @@
-"""A small async HTTP/1.1 client on the stdlib, for talking to the authorization server.
+"""The HTTP client for the authorization server, on httpx.
 
-The daemon makes a handful of requests a minute (discovery, keys, tokens), so a blocking
-`http.client` call in a worker thread is plenty and adds no dependency. Plain http is only
-allowed to loopback: tokens and client assertions must not cross a network in clear.
+The daemon makes a handful of requests a minute (discovery, keys, tokens). Plain http is only
+allowed to loopback: tokens and client assertions must not cross a network in clear. TLS is
+always verified, responses are capped at MAX_BODY, and every failure to get a response is an
+IdentityProviderError.
 """
 
 from __future__ import annotations
 
-import asyncio
-import http.client
 import ipaddress
 import json
 import ssl
@@ -17,7 +16,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from interceptor.identity.errors import IdentityProviderError
+import httpx
+
+from interceptor.identity.errors import IdentityConfigError, IdentityProviderError
 
 MAX_BODY = 1 << 20
 
@@ -28,8 +29,8 @@ class HttpResponse:
     headers: Mapping[str, str]  # lower-cased names
     body: bytes
 
-    def json(self, what: str) -> Any:
-        """Decode the body as a JSON object; `what` names it in the error."""
+    def json(self, what: str) -> dict[str, Any]:
+        """Decode the body as a JSON object; `what` names it in the IdentityProviderError."""
         try:
             doc = json.loads(self.body)
         except ValueError:
@@ -64,38 +65,42 @@ def check_url(url: str, what: str) -> urllib.parse.SplitResult:
     return parts
 
 
-class StdlibHttp:
-    """HttpClient on http.client, one connection per request, run in a thread."""
+class HttpxClient:
+    """HttpClient on httpx: one AsyncClient (one connection) per request, as the requests are
+    few and far apart; nothing pooled outlives an event loop. No proxy or certificate settings
+    are taken from the environment. `timeout` is seconds per connect, read or write.
+
+    Raises IdentityConfigError for an SSL context that would not verify the server."""
 
     def __init__(self, timeout: float = 10.0, ssl_context: ssl.SSLContext | None = None) -> None:
-        self.timeout = timeout
-        self.ssl_context = ssl_context or ssl.create_default_context()
+        context = ssl_context or ssl.create_default_context()
+        if context.verify_mode != ssl.CERT_REQUIRED or not context.check_hostname:
+            raise IdentityConfigError("the authorization server's TLS certificate and host name must be verified")
+        self.timeout = httpx.Timeout(timeout)
+        self.ssl_context = context
 
     async def request(self, method: str, url: str, *, body: bytes | None = None,
                       headers: Mapping[str, str] | None = None) -> HttpResponse:
-        return await asyncio.to_thread(self._request, method, url, body, dict(headers or {}))
-
-    def _request(self, method: str, url: str, body: bytes | None, headers: dict[str, str]) -> HttpResponse:
-        parts = check_url(url, "request")
-        target = parts.path or "/"
-        if parts.query:
-            target += "?" + parts.query
-        if parts.scheme == "https":
-            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
-                parts.hostname, parts.port, timeout=self.timeout, context=self.ssl_context)
-        else:
-            conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=self.timeout)
+        check_url(url, "request")
+        what = f"{method} {url}"
+        sent = {"accept": "application/json", "accept-encoding": "identity", **(headers or {})}
         try:
-            conn.request(method, target, body=body, headers={"accept": "application/json", **headers})
-            response = conn.getresponse()
-            data = response.read(MAX_BODY + 1)
-            if len(data) > MAX_BODY:
-                raise IdentityProviderError(f"{method} {url}: response larger than {MAX_BODY} bytes")
-            return HttpResponse(response.status, {k.lower(): v for k, v in response.getheaders()}, data)
-        except (OSError, http.client.HTTPException) as exc:
-            raise IdentityProviderError(f"{method} {url}: {type(exc).__name__}: {exc}") from None
-        finally:
-            conn.close()
+            async with httpx.AsyncClient(verify=self.ssl_context, timeout=self.timeout, trust_env=False) as client:
+                async with client.stream(method, url, content=body, headers=sent) as response:
+                    data = await _read_capped(response, what)
+                    return HttpResponse(response.status_code, {k.lower(): v for k, v in response.headers.items()}, data)
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            raise IdentityProviderError(f"{what}: {type(exc).__name__}: {exc}") from None
+
+
+async def _read_capped(response: httpx.Response, what: str) -> bytes:
+    """The body, refused once it passes MAX_BODY bytes."""
+    data = bytearray()
+    async for chunk in response.aiter_bytes():
+        data += chunk
+        if len(data) > MAX_BODY:
+            raise IdentityProviderError(f"{what}: response larger than {MAX_BODY} bytes")
+    return bytes(data)
 
 
 async def get_json(http: HttpClient, url: str, what: str) -> tuple[dict[str, Any], HttpResponse]:

@@ -20,7 +20,7 @@ from typing import Any
 from interceptor.audit.event import AuditEvent, AuditSink, AuditUnavailable
 from interceptor.identity.config import AgentIdentityConfig, parse_identity_config
 from interceptor.identity.errors import IdentityConfigError, IdentityProviderError, InvalidToken
-from interceptor.identity.http import HttpClient, StdlibHttp
+from interceptor.identity.http import HttpClient, HttpxClient
 from interceptor.identity.model import Identity
 from interceptor.identity.oauth import (
     ClientAuth, ClientSecret, DeviceAuthorization, OAuthError, PrivateKeyJwt, PublicClient, TokenResponse,
@@ -114,7 +114,7 @@ class IdentityManager:
     def __init__(self, agents: Mapping[str, Mapping[str, Any] | None], *, http: HttpClient | None = None,
                  audit: AuditSink | None = None, timing: ManagerTiming = DEFAULT_TIMING,
                  clock: Callable[[], float] = time.time) -> None:
-        self.http = http or StdlibHttp()
+        self.http = http or HttpxClient()
         self.audit = audit
         self.timing = timing
         self.clock = clock
@@ -170,7 +170,7 @@ class IdentityManager:
 
     def status(self) -> list[dict[str, object]]:
         """Per agent: source, state, subject, groups, expiry, last error. Never a token."""
-        rows = []
+        rows: list[dict[str, object]] = []
         for name, slot in sorted(self._slots.items()):
             identity = slot.identity
             rows.append({

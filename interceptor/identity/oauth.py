@@ -50,7 +50,9 @@ def read_protected_file(path: str | Path, what: str) -> bytes:
 
 
 class ClientAuth(Protocol):
-    client_id: str
+    @property
+    def client_id(self) -> str:
+        """The client's id at the authorization server."""
 
     def credentials(self, endpoint: str) -> tuple[dict[str, str], dict[str, str]]:
         """Form fields and headers that authenticate this client to `endpoint`."""

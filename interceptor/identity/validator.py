@@ -22,7 +22,7 @@ import jwt
 
 from interceptor.identity.discovery import ProviderMetadata, check_issuer, discover, org_issuer
 from interceptor.identity.errors import IdentityProviderError, InvalidToken
-from interceptor.identity.http import HttpClient, StdlibHttp
+from interceptor.identity.http import HttpClient, HttpxClient
 from interceptor.identity.jwks import DEFAULT_JWKS_POLICY, JwksClient, JwksPolicy
 from interceptor.identity.model import Identity
 from interceptor.identity.oauth import ClientAuth, introspect
@@ -81,7 +81,7 @@ class TokenValidator:
         self.leeway = leeway
         self.max_token_bytes = max_token_bytes
         self.groups_claim = groups_claim
-        self.http = http or StdlibHttp()
+        self.http = http or HttpxClient()
         self.introspection = introspection
         self.introspection_ttl = introspection_ttl
         self.jwks_policy = jwks_policy
@@ -155,7 +155,7 @@ class TokenValidator:
             raise InvalidToken("malformed", "token header has unsupported critical extensions")
         if not isinstance(header.get("kid"), str) or not header["kid"]:
             raise InvalidToken("unknown_kid", "token header names no key id (kid)")
-        return alg
+        return str(alg)
 
     def _check_not_org_token(self, claims: dict[str, Any]) -> None:
         if claims.get("iss") == org_issuer(self.issuer) != self.issuer:

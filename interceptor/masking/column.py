@@ -36,7 +36,8 @@ class FieldMasker(Protocol):
     """Masks one field of a row: `mask(value)` gives the bytes to send, None for SQL NULL;
     `nulls`: whether a NULL field is masked too (called with b""), or left NULL."""
 
-    nulls: bool
+    @property
+    def nulls(self) -> bool: ...
 
     def mask(self, value: bytes | memoryview) -> bytes | None: ...
 
@@ -115,7 +116,7 @@ class ColumnMasker:
     classifiers: tuple[str, ...] = ()
     key: bytes = b""
     binary: bool = False
-    _apply: Callable[[bytes], bytes | None] = field(init=False, repr=False, compare=False)
+    _apply: Callable[[bytes | memoryview], bytes | None] = field(init=False, repr=False, compare=False)
     nulls: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
@@ -149,7 +150,7 @@ class ColumnMasker:
         """The masked value, or None for SQL NULL."""
         return self._apply(value)
 
-    def _whole(self) -> Callable[[bytes], bytes | None]:
+    def _whole(self) -> Callable[[bytes | memoryview], bytes | None]:
         if self.style == "redact":
             return lambda value: REDACTED
         if self.style == "null":

@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Mapping
+from typing import TypeVar
 
 from interceptor.masking.column import FieldMasker, MaskingError
 
+Body = TypeVar("Body", bytes, memoryview)  # a DataRow body as the caller holds it
 _COUNT = struct.Struct("!h")
 _LENGTH = struct.Struct("!i")
 _NULL = _LENGTH.pack(-1)
 
 
-def mask_datarow(payload: bytes, column_maskers: Mapping[int, FieldMasker]) -> bytes:
-    """The DataRow body with the fields at `column_maskers`' indexes masked.
+def mask_datarow(payload: Body, column_maskers: Mapping[int, FieldMasker]) -> Body | bytes:
+    """The DataRow body with the fields at `column_maskers`' indexes masked: `payload` itself
+    when no field changed, else new bytes.
 
     With no maskers the payload is returned as it is (no per-row work). A malformed row,
     or a masker index the row does not have, is a MaskingError: the caller must fail the

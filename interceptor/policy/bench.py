@@ -12,6 +12,7 @@ import json
 import subprocess
 import sys
 import time
+from typing import TypedDict
 
 QUERIES = (
     "SELECT c.id, c.name, o.total FROM public.customers c JOIN public.orders o ON o.customer_id = c.id "
@@ -40,23 +41,31 @@ sys.meta_path.insert(0, PurePython())
 """
 
 
+class Row(TypedDict):
+    """One measured run: `engine` sqlglotc or sqlglot, `mode` cached or uncached."""
+
+    engine: str
+    mode: str
+    decisions_per_s: float
+
+
 class _Catalog:
     tables = {("public", "customers"): ("id", "name", "email", "card_number"),
               ("public", "orders"): ("id", "customer_id", "status", "total", "created")}
 
-    def columns(self, schema: str, table: str):
+    def columns(self, schema: str, table: str) -> tuple[str, ...] | None:
         return self.tables.get((schema, table))
 
 
-def _measure(seconds: float) -> list[dict]:
+def _measure(seconds: float) -> list[Row]:
     from interceptor.operations import Request, SqlQuery, Subject
     from interceptor.policy import PolicyEngine, load_policy
-    from interceptor.policy.loader import SCHEMA_PATH
+    from interceptor.config import SHIPPED_POLICY
     from sqlglot.tokens import SQLGLOTC_INSTALLED
 
-    policy = load_policy(SCHEMA_PATH.parent / "default.yaml")
+    policy = load_policy(SHIPPED_POLICY)
     subject = Subject("demo")
-    rows = []
+    rows: list[Row] = []
     for mode in ("cached", "uncached"):
         engine = PolicyEngine(policy, _Catalog(), cache_size=10000 if mode == "cached" else 0)
         count, start = 0, time.perf_counter()
@@ -70,15 +79,16 @@ def _measure(seconds: float) -> list[dict]:
     return rows
 
 
-def _child(seconds: float, pure: bool) -> list[dict]:
+def _child(seconds: float, pure: bool) -> list[Row]:
     code = (_PURE_PYTHON if pure else "") + (
         "import json, sys\nfrom interceptor.policy.bench import _measure\n"
         f"print(json.dumps(_measure({seconds!r})))\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    rows: list[Row] = json.loads(done.stdout.strip().splitlines()[-1])
+    return rows
 
 
-def run(seconds: float) -> list[dict]:
+def run(seconds: float) -> list[Row]:
     """Rows {engine, mode, decisions_per_s}: the compiled run (when sqlglotc is installed)
     and the pure-Python run, each in a fresh process."""
     rows = _child(seconds, pure=True)
@@ -88,7 +98,7 @@ def run(seconds: float) -> list[dict]:
     return rows
 
 
-def table(rows: list[dict]) -> str:
+def table(rows: list[Row]) -> str:
     lines = [f"{'engine':<10} {'mode':<9} {'decisions/s':>12}"]
     lines += [f"{r['engine']:<10} {r['mode']:<9} {r['decisions_per_s']:>12.1f}" for r in rows]
     return "\n".join(lines)

@@ -63,8 +63,9 @@ class SessionSettings:
     @classmethod
     def of(cls, values: Iterable[tuple[str, str | None]], defaults: Iterable[tuple[str, str | None]]) -> SessionSettings:
         """In the middle of a session: `values` in force now (SqlQuery.settings)."""
-        now = {name: None for name in FOLLOWED} | dict(values)
-        return cls({name: None for name in FOLLOWED} | dict(defaults), dict(now), dict(now), dict(now))
+        unset: Values = {name: None for name in FOLLOWED}
+        now = unset | dict(values)
+        return cls(unset | dict(defaults), dict(now), dict(now), dict(now))
 
     def snapshot(self) -> tuple[tuple[str, str | None], ...]:
         """The values in force, hashable (SqlQuery.settings)."""

@@ -23,7 +23,7 @@ import re
 
 from sqlglot import exp
 from sqlglot.dialects.postgres import Postgres
-from sqlglot.tokens import Token, TokenType
+from sqlglot.tokenizer_core import Token, TokenType
 
 from interceptor.policy.catalog import fold_identifier, truncate_identifier
 from interceptor.policy.statement import Call, Unsupported
@@ -148,27 +148,30 @@ def implicit_operators(tokens: list[Token]) -> frozenset[str]:
     their operands, so every one of those names in the search_path is a candidate."""
     found: set[str] = set()
     run: list[Token] = []
-    for position, token in enumerate(tokens + [None]):  # type: ignore[list-item]
-        symbol = token is not None and bool(token.text) and set(token.text) <= _OPERATOR_CHARS \
-            and not _is_star(tokens, position)
+    for position, token in enumerate(tokens):
+        symbol = bool(token.text) and set(token.text) <= _OPERATOR_CHARS and not _is_star(tokens, position)
         if symbol and run and run[-1].end + 1 == token.start:
             run.append(token)
             continue
-        if run:
-            text = "".join(t.text for t in run)
-            found.update(text[i:j] for i in range(len(text)) for j in range(i + 1, len(text) + 1))
+        found |= _run_names(run)
         run = [token] if symbol else []
-        word = token.text.upper() if token is not None else ""
+        word = token.text.upper()
         if word in _COMPARING_WORDS:
             found |= _COMPARISONS
         found.update(_PATTERN_WORDS.get(word, ()))
+    found |= _run_names(run)
     return frozenset("<>" if name == "!=" else name for name in found)
+
+
+def _run_names(run: list[Token]) -> set[str]:
+    """Every operator name a run of adjacent operator tokens may hold: each piece of its text."""
+    text = "".join(t.text for t in run)
+    return {text[i:j] for i in range(len(text)) for j in range(i + 1, len(text) + 1)}
 
 
 def _is_star(tokens: list[Token], position: int) -> bool:
     """`*` of SELECT *, t.*, count(*): no operator."""
-    token = tokens[position] if position < len(tokens) else None
-    if token is None or token.text != "*":
+    if tokens[position].text != "*":
         return False
     before = tokens[position - 1].token_type if position else None
     after = tokens[position + 1].token_type if position + 1 < len(tokens) else None

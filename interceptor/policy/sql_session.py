@@ -18,7 +18,7 @@ import re
 from sqlglot import exp
 from sqlglot.dialects.postgres import Postgres
 from sqlglot.errors import SqlglotError
-from sqlglot.tokens import Token, TokenType
+from sqlglot.tokenizer_core import Token, TokenType
 
 from interceptor.policy.encodings import client_only
 from interceptor.policy.settings import FOLLOWED, Effect

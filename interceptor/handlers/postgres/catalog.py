@@ -17,7 +17,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from interceptor.policy.catalog import (
     SYSTEM_SCHEMAS, VOLATILITY, Catalog, CatalogUnavailable, Function, Relation, Type, parse_search_path,
@@ -275,16 +275,18 @@ def _catalog(rows: list[list[str | None]], database: str) -> Catalog:
         raise CatalogUnavailable(f"the login role's search_path {path_setting!r} does not parse")
     code = _Code.of(tagged)
     relations = []
-    rows = {int(str(oid)): (f"{schema}.{name}", json.loads(columns) if columns is not None else [])
-            for oid, schema, name, _, columns in tagged["r"]}
+    # oid -> ("schema.name", its live columns as [column, type, type oid, attnum])
+    described: dict[int, tuple[str, list[list[Any]]]] = {
+        int(str(oid)): (f"{schema}.{name}", json.loads(columns) if columns is not None else [])
+        for oid, schema, name, _, columns in tagged["r"]}
     view_reads: dict[int, list[str]] = {}
     for view, relation, attnum in tagged["w"]:
-        qualified, columns = rows.get(int(str(relation)), (None, []))
+        qualified, columns = described.get(int(str(relation)), (None, []))
         if qualified is not None:
             named = next((c for c, *_, n in columns if int(n) == int(str(attnum))), "*")
             view_reads.setdefault(int(str(view)), []).append(f"{qualified}.{named}")
     for oid, schema, name, kind, _ in tagged["r"]:
-        triples = rows[int(str(oid))][1]
+        triples = described[int(str(oid))][1]
         reads, writes = code.relation(int(str(oid)))
         relations.append(Relation(str(schema), str(name), str(kind), tuple(str(c) for c, *_ in triples),
                                   tuple(str(t) for _, t, *_ in triples), int(str(oid)), reads, writes,
@@ -363,12 +365,12 @@ class _Code:
         for target, schema, name in tagged["x"]:
             code.type_functions.setdefault(int(str(target)), set()).add(f"{schema}.{name}")
         for how, type_, opclass, schema, name in tagged["u"]:
-            oid, function = int(str(type_)), f"{schema}.{name}"
-            code.value_functions.setdefault(oid, set()).add(function)
+            type_oid, function = int(str(type_)), f"{schema}.{name}"
+            code.value_functions.setdefault(type_oid, set()).add(function)
             if how in ("o", "r"):  # what using a value of the type runs, also where no table holds it
-                code.type_functions.setdefault(oid, set()).add(function)
-            if how == "o" and oid in code.system_types:
-                code.opclass_functions.setdefault((oid, str(opclass)), set()).add(function)
+                code.type_functions.setdefault(type_oid, set()).add(function)
+            if how == "o" and type_oid in code.system_types:
+                code.opclass_functions.setdefault((type_oid, str(opclass)), set()).add(function)
         for owner, tag, schema, name, domain in tagged["c"]:
             if tag == "domain" and domain is not None:
                 code.nested_types.setdefault(int(str(owner)), set()).add(int(domain))
@@ -621,6 +623,7 @@ class CatalogStore:
             finally:
                 upstream.close()
 
+        failure: str | None
         try:
             catalog = await asyncio.wait_for(read(), self.timeout)
         except CatalogUnavailable as exc:

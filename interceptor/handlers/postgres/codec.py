@@ -164,7 +164,7 @@ class Reader:
     def _unpack(self, fmt: struct.Struct) -> int:
         if self.pos + fmt.size > len(self.data):
             raise ProtocolViolation(f"{self.what}: truncated")
-        (value,) = fmt.unpack_from(self.data, self.pos)
+        value: int = fmt.unpack_from(self.data, self.pos)[0]
         self.pos += fmt.size
         return value
 

@@ -37,7 +37,8 @@ from interceptor.masking import (
 )
 from interceptor.policy.catalog import Relation
 
-RowMask = Callable[[memoryview], bytes]  # a DataRow body, masked; raises MaskingError rather than guess
+# A DataRow body, masked (the same view when no field changed); raises MaskingError rather than guess.
+RowMask = Callable[[memoryview], bytes | memoryview]
 JSON, JSONB = 114, 3802  # pg_type OIDs
 # ErrorResponse / NoticeResponse fields kept when the text is withheld (docs, 55.8 "Error and
 # Notice Message Fields"): severity, SQLSTATE, positions, the server's source location, and
