@@ -12,7 +12,7 @@ import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from scramp import ScramClient, ScramException  # type: ignore[import-untyped]  # scramp ships no type information
+from scramp import ScramClient, ScramException
 
 from interceptor.handlers.postgres.codec import (
     HEADER,
