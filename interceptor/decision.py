@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:  # operations imports the policy's catalog types, which import this module
+    from interceptor.operations import Operation
 
 
 class Verdict(enum.StrEnum):
@@ -50,3 +54,11 @@ class Decision:
     @classmethod
     def deny(cls, rule: str, reason: str) -> "Decision":
         return cls(Verdict.DENY, rule, reason)
+
+
+class Judge(Protocol):
+    """What a protocol session asks: the decision on one operation of its flow, taken by
+    the policy in force now for the flow's agent and identity (interceptor.enforcer.judge)."""
+
+    def decide(self, operation: Operation) -> Decision:
+        """The decision; raises when the policy cannot be evaluated (the caller denies)."""

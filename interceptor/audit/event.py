@@ -95,6 +95,13 @@ os.register_at_fork(after_in_child=_reseed)
 
 
 class AuditSink(Protocol):
+    @property
+    def capture(self) -> bool:
+        """Whether the driver hands it each flow's bytes (write_session_bytes)."""
+
+    def write_session_bytes(self, flow_id: str, direction: str, data: bytes, ts: float | None = None) -> None:
+        """Queue bytes of a captured session (`direction` up or down), as the client saw them."""
+
     async def write(self, event: AuditEvent) -> None:
         """Return once the event is as durable as the sink's mode promises."""
 

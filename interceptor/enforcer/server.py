@@ -19,12 +19,14 @@ from typing import Any, Callable
 from interceptor.audit.event import AuditEvent, AuditSink, AuditUnavailable
 from interceptor.decision import Decision, Verdict
 from interceptor.enforcer.attribution import AttributionError, attribute
+from interceptor.enforcer.judge import FlowJudge, identity_refusal
 from interceptor.flow import Endpoint, FlowContext
 from interceptor.handlers import Services, handler_for
 from interceptor.handlers.base import Traffic
 from interceptor.identity.model import Identity
-from interceptor.operations import Request, Subject, TcpConnect
-from interceptor.redirect import Redirect, RedirectPlan
+from interceptor.operations import Request, TcpConnect
+from interceptor.redirect import Redirect
+from interceptor.runtime import Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -37,16 +39,6 @@ class Session:
     client: socket.socket
     traffic: Traffic
     started: float = field(default_factory=time.time)
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """Everything a reload swaps at once: in-flight flows see the new policy at their next
-    operation, never a mix of two."""
-
-    policy: Any  # interceptor.policy.Policy
-    engine: Any  # interceptor.policy.PolicyEngine
-    plan: RedirectPlan
 
 
 def _reset(sock: socket.socket) -> None:
@@ -166,27 +158,20 @@ class Enforcer:
         flow = FlowContext(uuid.uuid4().hex[:16], agent or "", process,
                            Endpoint(origin.dst_ip, origin.dst_port),
                            Endpoint(ipaddress.ip_address(peer[0]), peer[1]), resource)
-        request = Request(Subject(flow.agent, self.identity(flow.agent), process.exe, origin.uid),
-                          flow.resource or "", TcpConnect())
-        refusal, decision = self._connection_decision(snap, flow, request)
-        if refusal is None and decision.verdict is Verdict.APPROVE:
-            refusal = await self._hold(flow, request, decision)
-        if refusal is not None:
-            await self._refuse(conn, refusal)
+        judge = FlowJudge(flow, lambda: self.snapshot().engine, lambda: self.identity(flow.agent),
+                          lambda: self.identity_required(flow.agent), self.on_decision)
+        request = judge.request(TcpConnect())
+        decision = self._connection_decision(snap, flow, request)
+        if isinstance(decision, Decision) and decision.verdict is Verdict.APPROVE:
+            decision = await self._hold(flow, request, decision) or decision
+        if isinstance(decision, AuditEvent):
+            await self._refuse(conn, decision)
             return
-        flow = dataclasses.replace(flow, connection_rule=decision.rule)
-        spec = snap.policy.resources[resource]
-        services = Services(
-            decide=lambda request: self._decide(flow.agent, request),
-            audit=self.audit,
-            identity=lambda: self.identity(flow.agent),
-            resource=spec,
-            credentials=lambda: self.credentials(resource),
-            approvals=self.approvals,
-            catalogs=self.catalogs,
-            scan_errors=self.scan_errors,
-            epoch=lambda: (self.snapshot().engine, self.identity(flow.agent)),
-        )
+        judge.flow = flow = dataclasses.replace(flow, connection_rule=decision.rule)
+        spec = snap.policy.resources[flow.resource or ""]
+        services = Services(judge=judge, audit=self.audit, resource=spec,
+                            credentials=lambda: self.credentials(resource), approvals=self.approvals,
+                            catalogs=self.catalogs, scan_errors=self.scan_errors)
         self.on_connection(flow.agent, resource, "allow")
         session = Session(flow, conn, services.traffic)
         self.sessions[flow.flow_id] = session
@@ -194,22 +179,6 @@ class Enforcer:
             await handler_for(spec.protocol).serve(flow, conn, services)
         finally:
             del self.sessions[flow.flow_id]
-
-    def _judge(self, agent: str, request: Request, engine: Any) -> Decision:
-        """The one gate for connections and operations alike: an agent whose identity is
-        missing, expired or revoked is denied, whatever the rules say."""
-        identity = request.subject.identity
-        if identity is None and self.identity_required(agent):
-            return Decision.deny("identity", "agent has no valid identity (expired, revoked or not yet obtained)")
-        if identity is not None and identity.expired():
-            return Decision.deny("identity", "agent identity expired")
-        return engine.decide(request)
-
-    def _decide(self, agent: str, request: Request) -> Decision:
-        """Every operation of an open flow, judged by the policy in force now."""
-        decision = self._judge(agent, request, self.snapshot().engine)
-        self.on_decision(decision)
-        return decision
 
     def close_sessions(self, agent: str, reason: str) -> int:
         """Cut an agent's open flows (identity `on_invalid: close`); returns how many."""
@@ -239,18 +208,18 @@ class Enforcer:
                           process=flow.process.summary(), decision="deny", rule=decision.rule,
                           reason=f"approval {outcome.request_id} not granted: {outcome.reason or 'denied'}")
 
-    def _connection_decision(self, snap: Snapshot, flow: FlowContext,
-                             request: Request) -> tuple[AuditEvent | None, Decision | None]:
-        """(None, decision) when the flow may proceed (decision allow or approve); otherwise
-        (the audit record of why not, None)."""
-        base = dict(kind="connection", agent=flow.agent or None, resource=flow.resource, flow_id=flow.flow_id,
-                    process=flow.process.summary(), operation={"dst": str(flow.original_dst)})
+    def _connection_decision(self, snap: Snapshot, flow: FlowContext, request: Request) -> Decision | AuditEvent:
+        """The decision when the flow may proceed (allow or approve); otherwise the audit
+        record of why not."""
+        where = {"dst": str(flow.original_dst)}
         if not flow.agent or not flow.resource or flow.resource not in snap.policy.resources:
-            return AuditEvent(decision="deny", rule="stale-plan",
-                              reason="agent or resource no longer in the policy", **base), None
+            return AuditEvent(kind="connection", agent=flow.agent or None, resource=flow.resource,
+                              flow_id=flow.flow_id, process=flow.process.summary(), operation=where,
+                              decision="deny", rule="stale-plan", reason="agent or resource no longer in the policy")
         identity = request.subject.identity
-        decision = self._judge(flow.agent, request, snap.engine)
+        decision = identity_refusal(identity, self.identity_required(flow.agent)) or snap.engine.decide(request)
         if decision.verdict is Verdict.DENY:
-            return AuditEvent(decision="deny", rule=decision.rule, reason=decision.reason,
-                              identity=identity.summary() if identity else None, **base), None
-        return None, decision
+            return AuditEvent(kind="connection", agent=flow.agent, resource=flow.resource, flow_id=flow.flow_id,
+                              process=flow.process.summary(), operation=where, decision="deny", rule=decision.rule,
+                              reason=decision.reason, identity=identity.summary() if identity else None)
+        return decision

@@ -136,9 +136,14 @@ class Pipe(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
 
-    def writelines(self, pieces: list) -> None:
+    def writelines(self, pieces: list[bytes | memoryview]) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.writelines(pieces)
+
+    def write_eof(self) -> None:
+        """Half-close: the peer reads the end of data, and may go on sending."""
+        if self.transport is not None and not self.transport.is_closing() and self.transport.can_write_eof():
+            self.transport.write_eof()
 
     async def flush(self, timeout: float = LINGER_SECONDS) -> None:
         """Wait (a bounded time) until what was written has left for the kernel."""

@@ -11,7 +11,7 @@ import pytest
 from pg_fixture import PgServer, free_port
 
 from interceptor.handlers.postgres.catalog import CatalogStore, read_catalog
-from interceptor.handlers.postgres.handler import Upstream
+from interceptor.handlers.postgres.upstream import Upstream
 from interceptor.policy.catalog import Catalog, CatalogUnavailable, parse_search_path
 from interceptor.policy.sql import analyse
 

@@ -35,7 +35,7 @@ pytestmark = pytest.mark.root
 
 AGENT = "holder"
 PASSWORD = "s3cret-upstream-pw"
-CANCELLED = "the client cancelled the statement"
+CANCELLED = "the client cancelled the operation"
 DISCONNECTED = "the client disconnected"
 HOLD_SECONDS = 120
 ROUNDS = 50

@@ -28,6 +28,7 @@ from interceptor.approvals import ApprovalBroker, Approver, SqliteStore
 from interceptor.audit.event import AuditEvent
 from interceptor.decision import ApprovalSpec, Decision, MaskSpec, Verdict
 from interceptor.flow import Endpoint, FlowContext, ProcessInfo
+from interceptor.enforcer.judge import FlowJudge
 from interceptor.handlers.base import Services
 from interceptor.handlers.postgres import HANDLER, codec
 from interceptor.handlers.postgres.catalog import CatalogStore
@@ -51,6 +52,13 @@ def decide(request: Request) -> Decision:
         return Decision(Verdict.ALLOW, "users-masked", masks=(MaskSpec(columns=("public.users.email",),
                                                                        rule="users-masked"),))
     return Decision(Verdict.ALLOW, "reads-and-writes")
+
+
+class RequestPolicy:
+    """The policy engine's one method, answered by `decide`."""
+
+    def decide(self, request: Request) -> Decision:
+        return decide(request)
 
 
 def statements(sink: ListSink) -> list[AuditEvent]:
@@ -89,16 +97,17 @@ class Proxy:
                                                                          ("agent",), "/agents/claude"),
                                Endpoint(ipaddress.ip_address("127.0.0.1"), self.pg.port),
                                Endpoint(ipaddress.ip_address(peer[0]), peer[1]), "orders-db")
-            task = loop.create_task(HANDLER.serve(flow, conn, self.services()))
+            task = loop.create_task(HANDLER.serve(flow, conn, self.services(flow)))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
 
-    def services(self) -> Services:
+    def services(self, flow: FlowContext) -> Services:
         async def credentials() -> dict[str, str]:
             return {"user": self.pg.user, "password": self.pg.password}
 
-        self.last_services = Services(decide=decide, audit=self.sink, identity=lambda: None, resource=self.resource,
-                                      credentials=credentials, approvals=self.broker, catalogs=self.catalogs)
+        judge = FlowJudge(flow, lambda: RequestPolicy(), lambda: None, lambda: False)
+        self.last_services = Services(judge=judge, audit=self.sink, resource=self.resource, credentials=credentials,
+                                      approvals=self.broker, catalogs=self.catalogs)
         return self.last_services
 
     def dsn(self, dbname: str = "app", user: str = "agent") -> str:

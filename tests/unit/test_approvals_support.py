@@ -31,6 +31,8 @@ class Clock:
 class ListSink:
     """An AuditSink that keeps events in memory (a real sink of the protocol, for reading back)."""
 
+    capture = False  # no session bytes are kept
+
     def __init__(self) -> None:
         self.events: list[AuditEvent] = []
         self.down = False

@@ -12,6 +12,7 @@ from interceptor.decision import Decision, MaskSpec, Verdict
 from interceptor.handlers.postgres import codec
 from interceptor.handlers.postgres.codec import INT16, INT32
 from interceptor.handlers.postgres.masks import mask_factory
+from conversation import Judging
 from interceptor.handlers.postgres.session import ProxySession
 from interceptor.operations import Request, SqlQuery, Subject
 from interceptor.policy import PolicyEngine, load_policy_text
@@ -57,7 +58,7 @@ def engine_judge(engine: PolicyEngine):
 
 
 def session(judge=None) -> ProxySession:
-    s = ProxySession(judge=judge or engine_judge(PolicyEngine(load_policy_text(POLICY))), database="app",
+    s = ProxySession(judge=Judging(judge or engine_judge(PolicyEngine(load_policy_text(POLICY)))), database="app",
                      catalog=lambda: CATALOG, nonce=NONCE, mask_factory=mask_factory())
     return s
 

@@ -7,13 +7,12 @@ from interceptor.handlers.postgres import codec
 from interceptor.handlers.postgres.codec import INT16, INT32
 from interceptor.handlers.postgres.masks import Origin
 from interceptor.masking import MaskingError
+from conversation import Judging
+from interceptor.handlers.commands import Close, Hold, HoldOutcome, Record, Send
 from interceptor.handlers.postgres.session import (
-    Audit,
-    Close,
-    Hold,
+    FRONTEND,
     ProxySession,
     RefreshCatalog,
-    Send,
     redact_literals,
 )
 from interceptor.operations import SqlQuery
@@ -36,15 +35,15 @@ def decide(query: SqlQuery) -> Decision:
 
 
 def session(**kwargs) -> ProxySession:
-    return ProxySession(judge=decide, database="app", nonce=NONCE, clock=lambda: 100.0, **kwargs)
+    return ProxySession(judge=Judging(decide), database="app", nonce=NONCE, clock=lambda: 100.0, **kwargs)
 
 
 def sent(commands, to: str) -> bytes:
     return b"".join(bytes(piece) for c in commands if isinstance(c, Send) and c.to == to for piece in c.data)
 
 
-def audits(commands) -> list[Audit]:
-    return [c for c in commands if isinstance(c, Audit)]
+def audits(commands) -> list[Record]:
+    return [c for c in commands if isinstance(c, Record)]
 
 
 def frames(data: bytes) -> list[tuple[bytes, bytes]]:
@@ -87,7 +86,7 @@ def test_allowed_query_is_forwarded_unchanged_and_audited_before_ready_for_query
     reply = row_description(("x", 0, 0)) + data_row(b"1") + msg(b"C", b"SELECT 1\0") + codec.ready_for_query(b"I")
     commands = s.from_server(reply)
     assert sent(commands, "client") == reply
-    audit_at = next(i for i, c in enumerate(commands) if isinstance(c, Audit))
+    audit_at = next(i for i, c in enumerate(commands) if isinstance(c, Record))
     assert sent(commands[audit_at + 1:], "client") == codec.ready_for_query(b"I")
     [record] = audits(commands)
     assert record.decision.rule == "reads"
@@ -152,18 +151,18 @@ def test_approval_holds_the_statement_and_later_bytes_until_answered():
     commands = s.from_client(codec.query("SELECT 1") + codec.query("DELETE FROM t") + codec.query("SELECT 2"))
     assert sent(commands, "server") == codec.query("SELECT 1")
     [hold] = [c for c in commands if isinstance(c, Hold)]
-    assert hold.text == "DELETE FROM t" and hold.decision.verdict is Verdict.APPROVE
+    assert hold.operation.text == "DELETE FROM t" and hold.decision.verdict is Verdict.APPROVE
     assert s.from_client(b"") == []  # still held
-    notice = frames(sent(s.waiting_notice("ABCD1234", 300), "client"))
+    notice = frames(sent(s.waiting(FRONTEND, "ABCD1234", 300), "client"))
     assert notice[0][0] == b"N" and "ABCD1234" in codec.read_fields(notice[0][1])["M"]
-    resumed = s.approval(True, "ABCD1234", "ok", "bob")
+    resumed = s.approval(FRONTEND, HoldOutcome(True, "ABCD1234", "ok", "bob"))
     assert sent(resumed, "server") == codec.query("DELETE FROM t") + codec.query("SELECT 2")
 
 
 def test_rejected_approval_becomes_a_denial():
     s = session()
     s.from_client(codec.query("DELETE FROM t"))
-    assert sent(s.approval(False, "ABCD1234", "expired"), "server") == codec.query(SENTINEL)
+    assert sent(s.approval(FRONTEND, HoldOutcome(False, "ABCD1234", "expired")), "server") == codec.query(SENTINEL)
     commands = s.from_server(syntax_error(SENTINEL) + codec.ready_for_query(b"I"))
     [record] = audits(commands)
     assert record.outcome["approval"] == {"approved": False, "request_id": "ABCD1234", "approver": None,
@@ -176,7 +175,7 @@ def test_notice_waits_for_a_server_frame_boundary():
     s.from_client(codec.query("SELECT 1") + codec.query("DELETE FROM t"))
     row = data_row(b"x" * 1000)
     first = s.from_server(row_description(("x", 0, 0)) + row[:500])
-    assert s.waiting_notice("R1", 60) == []  # mid-DataRow: inserting now would corrupt the stream
+    assert s.waiting(FRONTEND, "R1", 60) == []  # mid-DataRow: inserting now would corrupt the stream
     rest = s.from_server(row[500:])
     stream = sent(first, "client") + sent(rest, "client")
     kinds = [k for k, _ in frames(stream)]
@@ -269,7 +268,7 @@ def test_fastpath_function_call_is_denied_through_the_server():
 
 
 def test_policy_failure_denies():
-    s = ProxySession(judge=lambda query: 1 / 0, database="app", nonce=NONCE)
+    s = ProxySession(judge=Judging(lambda query: 1 / 0), database="app", nonce=NONCE)
     assert sent(s.from_client(codec.query("SELECT 1")), "server") == codec.query(SENTINEL)
 
 
@@ -323,7 +322,7 @@ def test_computed_columns_derived_from_a_masked_column_are_masked_as_computed():
         seen.append(origins)
         return None
 
-    s = ProxySession(judge=lambda query: lineage, database="app", nonce=NONCE, mask_factory=factory)
+    s = ProxySession(judge=Judging(lambda query: lineage), database="app", nonce=NONCE, mask_factory=factory)
     s.from_client(codec.query("SELECT id, upper(email) FROM users"))
     s.from_server(row_description(("id", 0, 0), ("upper", 0, 0)))
     assert seen == [(Origin(), Origin(derived=("public.users.email",)))]
@@ -334,7 +333,7 @@ def test_a_prepared_statement_executed_again_shares_one_operation_summary():
     s.from_client(codec.parse("p1", "SELECT $1") + msg(b"S"))
     s.from_server(msg(b"1") + codec.ready_for_query(b"I"))
 
-    def execute(values: int) -> Audit:
+    def execute(values: int) -> Record:
         bind = msg(b"B", b"\0p1\0" + INT16.pack(0) + INT16.pack(values) + b"".join(INT32.pack(1) + b"7"
                                                                                     for _ in range(values))
                    + INT16.pack(0))

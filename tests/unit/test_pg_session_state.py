@@ -8,7 +8,9 @@ import pytest
 from interceptor.decision import Decision, Verdict
 from interceptor.handlers.postgres import codec
 from interceptor.handlers.postgres.codec import INT16, INT32
-from interceptor.handlers.postgres.session import Audit, Close, ProxySession, RefreshCatalog
+from conversation import Judging
+from interceptor.handlers.commands import Close, Record
+from interceptor.handlers.postgres.session import ProxySession, RefreshCatalog
 from interceptor.operations import SqlQuery
 from interceptor.policy.settings import Effect, SessionSettings
 from test_pg_session import frames, msg, sent
@@ -74,7 +76,7 @@ class Policy:
 
 
 def session(policy: Policy | None = None, **kwargs) -> ProxySession:
-    return ProxySession(judge=policy or Policy(), database="app", nonce=NONCE, clock=lambda: 1.0, **kwargs)
+    return ProxySession(judge=Judging(policy or Policy()), database="app", nonce=NONCE, clock=lambda: 1.0, **kwargs)
 
 
 # ---- names: the enforcer's table of statements and portals is the server's ----------
@@ -91,7 +93,7 @@ def test_a_denied_parse_over_an_existing_name_cannot_run_what_the_server_still_h
     out = s.from_client(bind("s1") + execute() + SYNC)
     assert sent(out, "server") == bind("s1") + execute() + SYNC  # still SELECT 1, judged as such
     done = s.from_server(msg(b"2") + complete("SELECT 1") + ready())
-    [record] = [c for c in done if isinstance(c, Audit)]
+    [record] = [c for c in done if isinstance(c, Record)]
     assert record.operation["statement"] == "SELECT ?"
 
 
@@ -369,7 +371,7 @@ def test_a_name_the_catalog_does_not_hold_has_it_read_again_once():
             return Decision.deny("catalog-unknown-relation", 'relation "new_table" is not in the catalog')
         return Decision(Verdict.ALLOW, "reads")
 
-    s = ProxySession(judge=judge, database="app", nonce=NONCE)
+    s = ProxySession(judge=Judging(judge), database="app", nonce=NONCE)
     out = s.from_client(codec.query("SELECT * FROM new_table"))
     assert out[-1] == RefreshCatalog(after_ddl=False) and sent(out, "server") == b""
     known["fresh"] = True
@@ -421,7 +423,7 @@ def real_session(**kwargs) -> tuple[ProxySession, list[SqlQuery]]:
         asked.append(query)
         return engine.decide(Request(Subject("analyst"), "db", query))
 
-    return ProxySession(judge=judge, database="app", catalog=lambda: catalog, nonce=NONCE, **kwargs), asked
+    return ProxySession(judge=Judging(judge), database="app", catalog=lambda: catalog, nonce=NONCE, **kwargs), asked
 
 
 def test_with_the_catalog_star_expands_and_the_masked_column_is_known():

@@ -24,7 +24,7 @@ from interceptor.policy.catalog import (
 )
 
 if TYPE_CHECKING:  # the handler hands the store its connections (and may import this module)
-    from interceptor.handlers.postgres.handler import Upstream
+    from interceptor.handlers.postgres.upstream import Upstream
 
 _SKIPPED_SCHEMAS = "n.nspname <> 'pg_toast' AND NOT pg_catalog.pg_is_other_temp_schema(n.oid)"
 

@@ -25,12 +25,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from interceptor.audit.event import SharedSummary
-from interceptor.decision import Decision, Verdict
+from interceptor.decision import Decision, Judge, Verdict
 from interceptor.handlers.postgres import codec
 from interceptor.handlers.postgres.codec import MAX_MESSAGE, Column, ProtocolViolation
 from interceptor.handlers.postgres.masks import MaskFactory, Origin, RowMask, scrub_error_text, withhold_error_text
 from interceptor.masking import MaskingError
 from interceptor.policy.encodings import EncodingRefused, canonical, client_only, python_codec
+from interceptor.handlers.commands import Await, Close, Command, Hold, HoldOutcome, Record, Send, Side, StreamId
 from interceptor.handlers.postgres.names import Change, record
 from interceptor.operations import SqlQuery
 from interceptor.policy.catalog import Catalog, CatalogUnavailable
@@ -40,8 +41,10 @@ from interceptor.policy.statement import (
 )
 from interceptor.textcache import short_text_cache
 
-CLIENT, SERVER = "client", "server"
+FRONTEND, BACKEND = 0, 1  # the session's streams: what the client sent, what the server sent
 CLIENT_TERMINATED = "client terminated the session"
+SERVER_CLOSED = "the server closed the connection"
+NORMAL_ENDS = frozenset({CLIENT_TERMINATED, SERVER_CLOSED})  # a session's ends that are no error
 _STREAM_CLIENT = frozenset(b"d")  # CopyData from the client is forwarded as it arrives
 _STREAM_SERVER = frozenset(b"d")
 _STREAM_SERVER_ROWS = frozenset(b"dD")
@@ -81,48 +84,20 @@ def redact_literals(sql: str) -> str:
     return _LITERAL.sub("?", sql)
 
 
-# ---- commands the handler carries out ---------------------------------------------
+# ---- the PostgreSQL session's own wait -------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
-class Send:
-    to: str
-    data: list[bytes | memoryview]
-
-
-@dataclass(frozen=True, slots=True)
-class Audit:
-    decision: Decision
-    operation: dict[str, object]
-    outcome: dict[str, object]
-
-
-@dataclass(frozen=True, slots=True)
-class Hold:
-    """Ask for approval of `text` (run with `settings`); answer with `ProxySession.approval(...)`."""
-
-    text: str
-    decision: Decision
-    settings: tuple[tuple[str, str | None], ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class RefreshCatalog:
-    """Read the catalog again and answer with `ProxySession.catalog_read`: after DDL the
-    enforcer let through (`after_ddl`), or for a name the catalog does not hold, which DDL
-    made elsewhere may have created since (then at most every few seconds). `for_result`:
-    a result names a table the catalog does not hold; answer with `ProxySession.tables_read`."""
+class RefreshCatalog(Await):
+    """Read the catalog again, then answer with `ProxySession.catalog_refreshed`: after DDL
+    the enforcer let through (`after_ddl`), or for a name the catalog does not hold, which DDL
+    made elsewhere may have created since (then at most every few seconds). `for_result`: a
+    result names a table the catalog does not hold."""
 
     after_ddl: bool = True
     for_result: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class Close:
-    reason: str
-
-
-Command = Send | Audit | Hold | RefreshCatalog | Close
 # epoch, settings, catalog version, cursors version
 Context = tuple[object, tuple[tuple[str, str | None], ...], str, int]
 
@@ -311,7 +286,7 @@ class ProxySession:
     DDL that changes the catalog), the agent's next messages wait for it.
     """
 
-    def __init__(self, *, judge: Callable[[SqlQuery], Decision], database: str,
+    def __init__(self, *, judge: Judge, database: str,
                  catalog: Callable[[], Catalog | CatalogUnavailable | None] = lambda: None,
                  epoch: Callable[[], object] = lambda: None, settings: SessionSettings | None = None,
                  server_encoding: str = "UTF8", mask_factory: MaskFactory | None = None,
@@ -349,12 +324,34 @@ class ProxySession:
         self._doomed = False  # a refusal was sent in this segment: the server skips to Sync
         self._waiting: str | None = None  # why the client's next message waits for the server
         self._held: tuple[tuple[int, int, int], str | None, str, Decision] | None = None
+        self._stream: StreamId = FRONTEND  # the stream of the input being handled
         self._awaiting_tables = False  # a result waits for the catalog to be read again
         self._tables_reread = False  # it was, for the result now being described
         self._to_client: list[bytes] = []  # enforcer messages waiting for a server frame boundary
         self._row_mask: RowMask | None = None
         # (id of the decision, statement, columns, catalog version, codec) -> (the decision, its rewriter)
         self._row_masks: dict[tuple[object, ...], tuple[Decision, RowMask | None]] = {}
+
+    # ---- the driver's side (interceptor.handlers.commands.Session) -------------------
+
+    def input_stream(self, side: Side) -> StreamId:
+        return FRONTEND if side is Side.CLIENT else BACKEND
+
+    def receive(self, side: Side, data: bytes) -> list[Command]:
+        self._stream = self.input_stream(side)
+        return self.from_client(data) if side is Side.CLIENT else self.from_server(data)
+
+    def ended(self, side: Side) -> list[Command]:
+        """Either side's end ends the session (a held statement is recorded as never run)."""
+        return [Close(CLIENT_TERMINATED if side is Side.CLIENT else SERVER_CLOSED)]
+
+    def opened(self, stream: StreamId, error: str | None) -> list[Command]:
+        raise TypeError("the handler logs in upstream before the session starts; it sends no Open")
+
+    def catalog_refreshed(self, command: RefreshCatalog) -> list[Command]:
+        """The catalog was read again (`RefreshCatalog`): judging, or the result, resumes."""
+        self._stream = command.stream
+        return self.tables_read() if command.for_result else self.catalog_read()
 
     # ---- client -> server ---------------------------------------------------------
 
@@ -379,7 +376,7 @@ class ProxySession:
                 self._client_frame(frame, out)
         except ProtocolViolation as exc:
             return self._fatal(out, stream, "08P01", str(exc))
-        _send(out, SERVER, stream.take())
+        self._send(out, Side.SERVER, stream.take())
         return out
 
     def _client_frame(self, frame: tuple[int, int, int], out: list[Command]) -> None:
@@ -419,8 +416,8 @@ class ProxySession:
             self._expect.append(Expect("sync", segment=self._segment))
         elif kind == 0x58:  # X
             self.closed = True
-            _send(out, SERVER, self._client.take())
-            out.append(Close(CLIENT_TERMINATED))
+            self._send(out, Side.SERVER, self._client.take())
+            out.append(Close(CLIENT_TERMINATED, self._stream))
         elif kind == 0x46 and self._doomed:  # F: refused; the server discards what stands in for it
             self._client.replace(frame[1], frame[2], [codec.parse(self.sentinel, self.sentinel)])
         elif kind == 0x46:  # F: fastpath function calls bypass SQL, so they are refused
@@ -457,7 +454,7 @@ class ProxySession:
             self._codec = self._client_codec(self.predicted)
         if self._catalog_stale:
             self._pause(frame, out, "reading the catalog again after DDL")
-            out.append(RefreshCatalog(after_ddl=True))
+            out.append(RefreshCatalog(self._stream, after_ddl=True))
             return False
         return True
 
@@ -466,7 +463,7 @@ class ProxySession:
         what it owes even if the client sent no Sync (its answers are what the wait is for)."""
         self._waiting = why
         self._client.stop(frame[1])
-        _send(out, SERVER, [*self._client.take(), *([_FLUSH] if self._expect else [])])
+        self._send(out, Side.SERVER, [*self._client.take(), *([_FLUSH] if self._expect else [])])
 
     def catalog_read(self) -> list[Command]:
         """The catalog was read again after DDL (`RefreshCatalog`): judging resumes."""
@@ -481,14 +478,14 @@ class ProxySession:
         if decision.rule in _CATALOG_MISSES and not self._reread:
             self._reread = True
             self._pause(frame, out, "reading the catalog again for a name it does not hold")
-            out.append(RefreshCatalog(after_ddl=False))
+            out.append(RefreshCatalog(self._stream, after_ddl=False))
             return
         self._reread = False
         if decision.verdict is Verdict.APPROVE:
             self._held = (frame, name, text, decision)
             self._client.stop(frame[1])
-            _send(out, SERVER, self._client.take())
-            out.append(Hold(text, decision, self.predicted.snapshot()))
+            self._send(out, Side.SERVER, self._client.take())
+            out.append(Hold(SqlQuery(text, self.database, self.predicted.snapshot()), decision, self._stream))
             return
         self._admit(text, name, frame, decision, None)
 
@@ -619,7 +616,7 @@ class ProxySession:
     def _decide(self, text: str, settings: SessionSettings | None = None) -> Decision:
         state = settings or self.predicted
         try:
-            decision = self.judge(SqlQuery(text, self.database, state.snapshot(), self._defaults, self.catalog()))
+            decision = self.judge.decide(SqlQuery(text, self.database, state.snapshot(), self._defaults, self.catalog()))
         except Exception as exc:  # noqa: BLE001 - a policy failure must deny, not crash the session
             return Decision.deny("policy-error", f"policy evaluation failed: {exc}")
         return self._with_cursors(text, decision, state)
@@ -697,48 +694,52 @@ class ProxySession:
         except EncodingRefused as exc:
             raise ProtocolViolation(str(exc)) from None
 
-    def approval(self, approved: bool, request_id: str | None, reason: str, approver: str | None = None,
-                 cancelled: bool = False) -> list[Command]:
+    def approval(self, stream: StreamId, outcome: HoldOutcome) -> list[Command]:
         """Resume after a Hold: run the statement or deny it, then continue with the client's
-        bytes. `cancelled`: the client's CancelRequest withdrew the request; the client gets
-        57014 query_canceled (as from a server cancel, docs 55.2.7), the session goes on."""
+        bytes. `outcome.cancelled`: the client's CancelRequest withdrew the request; the client
+        gets 57014 query_canceled (as from a server cancel, docs 55.2.7), the session goes on."""
         if self._held is None:
             raise RuntimeError("approval() without a pending Hold")
+        self._stream = stream
         frame, name, text, decision = self._held
         self._held = None
-        info = {"approved": approved and not cancelled, "request_id": request_id, "approver": approver,
-                "reason": reason, **({"cancelled": True} if cancelled else {})}
-        if cancelled or not approved:
-            decision = Decision(Verdict.DENY, decision.rule, reason or "not approved", decision.masks,
+        cancelled = outcome.cancelled
+        info = {"approved": outcome.approved and not cancelled, "request_id": outcome.request_id,
+                "approver": outcome.approver, "reason": outcome.reason, **({"cancelled": True} if cancelled else {})}
+        if cancelled or not outcome.approved:
+            decision = Decision(Verdict.DENY, decision.rule, outcome.reason or "not approved", decision.masks,
                                 decision.approval, decision.details)
         self._client.pos = frame[2]
         self._admit(text, name, frame, decision, info, cancelled)
         return self.from_client(b"")
 
-    def abandoned_hold(self, request_id: str | None, reason: str) -> Audit | None:
+    def abandoned(self, stream: StreamId, request_id: str | None, reason: str) -> Record | None:
         """The audit record of the held statement when its client went away before a decision:
         denied with `reason`, never run. None when nothing is held."""
         if self._held is None:
             return None
         _, name, text, decision = self._held
         self._held = None
+        self._stream = stream
         denied = Decision(Verdict.DENY, decision.rule, reason, (), decision.approval, decision.details)
         statement = Statement(text, denied, "simple" if name is None else "extended", self.clock(), error=reason,
                               approval={"approved": False, "request_id": request_id, "reason": reason,
                                         "withdrawn": True})
         return self._audit(statement)
 
-    def waiting_notice(self, request_id: str | None, timeout_seconds: int) -> list[Command]:
-        """Tell the agent its statement waits for approval (sent at a server frame boundary)."""
+    def waiting(self, stream: StreamId, request_id: str | None, timeout_seconds: int) -> list[Command]:
+        """Tell the agent its statement waits for approval (a NoticeResponse, sent at a server
+        frame boundary)."""
         note = codec.error_response(
             "01000", f"statement held for approval: request {request_id}", severity="NOTICE", notice=True,
             hint=f"ask an approver to run: interceptor approvals approve {request_id} "
                  f"(expires in {timeout_seconds} s)")
         self._to_client.append(note)
+        self._stream = stream
         if not self._server.at_boundary():
             return []
         out: list[Command] = []
-        _send(out, CLIENT, self._take_inserts())
+        self._send(out, Side.CLIENT, self._take_inserts())
         return out
 
     # ---- server -> client ---------------------------------------------------------
@@ -752,7 +753,7 @@ class ProxySession:
         try:
             while not self._awaiting_tables and not self.closed:
                 if self._to_client and stream.at_boundary():
-                    _send(out, CLIENT, stream.take() + self._take_inserts())
+                    self._send(out, Side.CLIENT, stream.take() + self._take_inserts())
                 frame = stream.next(_STREAM_SERVER if self._row_mask else _STREAM_SERVER_ROWS)
                 if frame is None:
                     break
@@ -764,7 +765,7 @@ class ProxySession:
         pieces = stream.take()
         if self._to_client and stream.at_boundary():
             pieces += self._take_inserts()
-        _send(out, CLIENT, pieces)
+        self._send(out, Side.CLIENT, pieces)
         if self._waiting is not None and not self._expect and not self.closed:
             out += self._resume()
         return out
@@ -869,8 +870,8 @@ class ProxySession:
             if any(c.table_oid and c.table_oid not in known for c in columns) and not self._tables_reread:
                 self._awaiting_tables = self._tables_reread = True
                 self._server.stop(frame[1])
-                _send(out, CLIENT, self._server.take())  # what came before stays before
-                out.append(RefreshCatalog(after_ddl=False, for_result=True))
+                self._send(out, Side.CLIENT, self._server.take())  # what came before stays before
+                out.append(RefreshCatalog(self._stream, after_ddl=False, for_result=True))
                 return
             self._tables_reread = False
             if head.kind == "query":
@@ -986,7 +987,7 @@ class ProxySession:
         """Pop the head; if it was a statement, audit it before the frame that ends it."""
         statement = self._pop().statement
         if statement is not None:
-            _send(out, CLIENT, self._server.cut(frame[1]))
+            self._send(out, Side.CLIENT, self._server.cut(frame[1]))
             out.append(self._audit(statement))
 
     def _pop(self) -> Expect:
@@ -1013,7 +1014,7 @@ class ProxySession:
         except MaskingError as exc:  # raised when the first row arrives, on the server side
             return _withheld(str(exc))
 
-    def _audit(self, statement: Statement) -> Audit:
+    def _audit(self, statement: Statement) -> Record:
         prepared = statement.prepared
         if prepared is None:
             operation: dict[str, object] = self._operation(statement)
@@ -1027,7 +1028,7 @@ class ProxySession:
         }
         if statement.approval is not None:
             outcome["approval"] = statement.approval
-        return Audit(statement.decision, operation, outcome)
+        return Record(statement.decision, operation, outcome, stream=self._stream)
 
     def _operation(self, statement: Statement) -> dict[str, object]:
         operation: dict[str, object] = {
@@ -1044,20 +1045,21 @@ class ProxySession:
         inserts, self._to_client = self._to_client, []
         return inserts
 
+    def _send(self, out: list[Command], to: Side, pieces: list[bytes | memoryview]) -> None:
+        if pieces:
+            out.append(Send(to, pieces, self._stream))
+
     def _fatal(self, out: list[Command], stream: _Stream, code: str, message: str) -> list[Command]:
         """Bad input: tell the client why (at a frame boundary when possible) and close."""
         self.closed = True
         pieces = self._server.cut(self._server.start) if stream is self._server else []
         if self._server.at_boundary():
             pieces = pieces + [codec.error_response(code, message, severity="FATAL")]
-        _send(out, CLIENT, pieces)
-        out.append(Close(message))
+        self._send(out, Side.CLIENT, pieces)
+        out.append(Close(message, self._stream))
         return out
 
 
-def _send(out: list[Command], to: str, pieces: list) -> None:
-    if pieces:
-        out.append(Send(to, pieces))
 
 
 def _frame(kind: bytes, body: bytes) -> bytes:

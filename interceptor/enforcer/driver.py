@@ -1,0 +1,330 @@
+"""The one I/O loop of every protocol: carries out the commands a sans-IO session emits.
+
+Each chunk a socket delivers goes through the session in the callback that read it
+(`Pipe.data_received`), and the commands that come out are carried out at once, every write
+for a peer in one call. A command that must wait — a Hold for approval, a protocol Await
+(a catalog read), an Open of the upstream, a Record in strict audit until it is durable —
+stalls only the later commands of its own stream; other streams go on. While a stream that is
+a side's input stream (`Session.input_stream`) waits, what that side sends is kept in order
+for after the wait, and reading from it pauses once that passes BACKLOG_BYTES. A side also
+stops being read while the peer it is relayed to does not take bytes (backpressure).
+
+Strict audit: a Record's stream releases nothing after it before the record is durable; the
+result bytes queued before it for the client, up to HOLD_BACK_BYTES, wait with it and leave
+in one write once it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+
+from interceptor.approvals.broker import DISCONNECTED, PendingRequest
+from interceptor.flow import FlowContext
+from interceptor.handlers.base import Services
+from interceptor.handlers.commands import (
+    Await, Awaits, Close, Command, Hold, HoldOutcome, Open, Record, Send, Session, Shutdown, Side, StreamId,
+)
+from interceptor.handlers.pipe import Pipe
+
+HOLD_BACK_BYTES = 64 * 1024  # strict audit: a result up to this size waits whole for its record
+BACKLOG_BYTES = 256 * 1024  # read on during a wait up to this much, then pause that side
+CANCELLED = "the client cancelled the operation"  # why a held operation's request is withdrawn on a cancel
+
+Wait = asyncio.Future[list[Command] | None]  # a task's follow-up commands, or a record's durability
+Pieces = list[bytes | memoryview]
+
+
+@dataclass(slots=True)
+class _Held:
+    """An operation waiting on the approval broker."""
+
+    pending: PendingRequest | None = None  # None while its request is being opened
+    cancelled: bool = False  # the client cancelled while the request was being opened
+
+
+@dataclass(slots=True)
+class _Writes:
+    """What one batch of commands writes to each peer, in order, sent in one call each."""
+
+    client: Pieces = field(default_factory=list)
+    server: Pieces = field(default_factory=list)
+    client_streams: set[StreamId] = field(default_factory=set)  # the streams the client-bound pieces come from
+
+
+class Driver:
+    """Runs one flow's session between the agent's socket and the upstream's."""
+
+    def __init__(self, flow: FlowContext, services: Services, session: Session, client: Pipe,
+                 server: Pipe | None = None, awaits: Awaits | None = None) -> None:
+        self.flow = flow
+        self.services = services
+        self.session = session
+        self.client = client
+        self.server = server
+        self.awaits = awaits
+        self.records = 0  # audit records submitted
+        self.closed_because: str | None = None  # the reason of the Close that ended the flow, if one did
+        self._capture = services.audit.capture  # session bytes for pcap export
+        self._ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._inputs = {side: session.input_stream(side) for side in Side}
+        self._waits: dict[StreamId, Wait] = {}
+        self._queued: dict[StreamId, deque[Command]] = {}
+        self._backlog: dict[Side, deque[bytes]] = {Side.CLIENT: deque(), Side.SERVER: deque()}
+        self._backlog_bytes = {Side.CLIENT: 0, Side.SERVER: 0}
+        self._held: dict[StreamId, _Held] = {}
+
+    # ---- running --------------------------------------------------------------------
+
+    async def run(self, start: list[Command] | None = None, client_rest: bytes = b"",
+                  server_rest: bytes = b"") -> None:
+        """Serve until the flow ends; raises what broke it. `start`: the session's first
+        commands; `client_rest`/`server_rest`: bytes read from each side before the driver
+        took over (after the startup and the login)."""
+        pending = {Side.CLIENT: client_rest + self._attach(Side.CLIENT, self.client)}
+        if self.server is not None:
+            pending[Side.SERVER] = server_rest + self._attach(Side.SERVER, self.server)
+        self._carry(start or [])
+        for side, data in pending.items():
+            if data:
+                self._received(side, data)
+        for side, pipe in ((Side.CLIENT, self.client), (Side.SERVER, self.server)):
+            if pipe is not None and pipe.ended:
+                self._peer_ended(side)
+        await self._ended
+
+    def _attach(self, side: Side, pipe: Pipe) -> bytes:
+        return pipe.attach(lambda data: self._received(side, data), lambda: self._peer_ended(side), self._reading)
+
+    def close(self) -> None:
+        """Stop every wait of the flow (a held operation is withdrawn and recorded as never run)
+        and close both sockets."""
+        for wait in self._waits.values():
+            if isinstance(wait, asyncio.Task):  # a Record's durability future is the sink's
+                wait.cancel()
+        if self.server is not None:
+            self.server.abort()
+
+    async def cancel_holds(self) -> bool:
+        """The client cancelled (PostgreSQL CancelRequest): True when that ends a held
+        operation (its request is withdrawn now, or as soon as it is opened); False when
+        nothing is held or a decision came first (the caller relays the cancel upstream)."""
+        ended = False
+        for held in list(self._held.values()):
+            if held.pending is None:
+                held.cancelled = ended = True
+            elif await held.pending.withdraw(CANCELLED) is not None:
+                ended = True
+        return ended
+
+    # ---- input ----------------------------------------------------------------------
+
+    def _received(self, side: Side, data: bytes) -> None:
+        traffic = self.services.traffic
+        if side is Side.CLIENT:
+            traffic.up += len(data)
+        else:
+            traffic.down += len(data)
+        self._feed(side, data)
+
+    def _feed(self, side: Side, data: bytes) -> None:
+        if self._ended.done():
+            return
+        if self._inputs[side] in self._waits:  # read during a wait: kept, in order, for after it
+            self._backlog[side].append(data)
+            self._backlog_bytes[side] += len(data)
+            if self._backlog_bytes[side] > BACKLOG_BYTES:
+                self._reading()
+            return
+        try:
+            self._carry(self.session.receive(side, data))
+        except Exception as exc:  # noqa: BLE001 - ends this flow with the reason; the daemon goes on
+            self._end(exc)
+
+    def _replay(self, stream: StreamId) -> None:
+        """A wait is over: what its input side sent meanwhile goes through now."""
+        for side, backlog in self._backlog.items():
+            if self._inputs[side] != stream:
+                continue
+            while backlog and stream not in self._waits and not self._ended.done():
+                data = backlog.popleft()
+                self._backlog_bytes[side] -= len(data)
+                self._feed(side, data)
+        self._reading()
+
+    def _peer_ended(self, side: Side) -> None:
+        """A peer closed: the session's answer is carried out at once, ahead of any wait (the
+        peer is gone; nothing it waits for can come)."""
+        if self._ended.done():
+            return
+        try:
+            self._carry(self.session.ended(side), urgent=True)
+        except Exception as exc:  # noqa: BLE001 - as in _feed
+            self._end(exc)
+
+    # ---- commands -------------------------------------------------------------------
+
+    def _carry(self, commands: list[Command], urgent: bool = False) -> None:
+        """Carry out `commands` in order; one that must wait stalls the rest of its stream."""
+        writes = _Writes()
+        for command in commands:
+            if self._ended.done():
+                break
+            stream = command.stream
+            if stream in self._waits and not urgent:
+                self._queued.setdefault(stream, deque()).append(command)
+                continue
+            kind = type(command)
+            if kind is Send:
+                self._send(command, writes)  # type: ignore[arg-type]  # kind is Send
+            elif kind is Record:
+                self._recorded(command, writes)  # type: ignore[arg-type]  # kind is Record
+            else:
+                self._flush(writes)
+                self._other(command)
+        self._flush(writes)
+
+    def _send(self, command: Send, writes: _Writes) -> None:
+        if command.to is Side.CLIENT:
+            writes.client.extend(command.data)
+            writes.client_streams.add(command.stream)
+        else:
+            writes.server.extend(command.data)
+        if self._capture:  # what the client saw (masked), and what it sent
+            self.services.audit.write_session_bytes(
+                self.flow.flow_id, "down" if command.to is Side.CLIENT else "up", b"".join(command.data))
+
+    def _recorded(self, command: Record, writes: _Writes) -> None:
+        durable = self._record(command)
+        if durable is None:
+            return
+        stream = command.stream
+        held_back: list[Command] = []
+        if writes.client_streams == {stream} and sum(len(piece) for piece in writes.client) <= HOLD_BACK_BYTES:
+            held_back = [Send(Side.CLIENT, writes.client, stream)]  # one write, one wakeup, once durable
+            writes.client, writes.client_streams = [], set()
+        self._flush(writes)
+        self._queued.setdefault(stream, deque()).extendleft(reversed(held_back))
+        self._wait(stream, durable)
+
+    def _other(self, command: Command) -> None:
+        if isinstance(command, Close):
+            self.closed_because = command.reason
+            self._end(None)
+        elif isinstance(command, Shutdown):
+            pipe = self.client if command.to is Side.CLIENT else self.server
+            if pipe is not None:
+                pipe.write_eof()
+        elif isinstance(command, Hold):
+            self._wait(command.stream, self._hold(command))
+        elif isinstance(command, Open):
+            self._wait(command.stream, self._open(command))
+        elif isinstance(command, Await):
+            if self.awaits is None:
+                raise TypeError(f"{type(command).__name__}: this handler carries out no awaits")
+            self._wait(command.stream, self.awaits(command))
+
+    def _flush(self, writes: _Writes) -> None:
+        if writes.server and self.server is not None:
+            self.server.writelines(writes.server)
+        if writes.client:
+            self.client.writelines(writes.client)
+        writes.client, writes.server, writes.client_streams = [], [], set()
+
+    def _record(self, command: Record) -> Awaitable[None] | None:
+        self.records += 1
+        return self.services.audit.submit(self.services.event(
+            self.flow, command.kind, command.decision, operation=command.operation, outcome=command.outcome))
+
+    # ---- waits ----------------------------------------------------------------------
+
+    def _wait(self, stream: StreamId, wait: Awaitable[list[Command] | None]) -> None:
+        future: Wait = asyncio.ensure_future(wait)
+        self._waits[stream] = future
+        future.add_done_callback(lambda done: self._resume(stream, done))
+        self._reading()
+
+    def _resume(self, stream: StreamId, done: Wait) -> None:
+        self._waits.pop(stream, None)
+        if done.cancelled() or self._ended.done():
+            return
+        error = done.exception()
+        if error is not None:
+            self._end(error)
+            return
+        queued = self._queued.pop(stream, deque())
+        try:
+            self._carry([*(done.result() or []), *queued])
+        except Exception as exc:  # noqa: BLE001 - as in _feed
+            self._end(exc)
+            return
+        self._replay(stream)
+
+    async def _open(self, command: Open) -> list[Command]:
+        dst = self.flow.original_dst
+        try:
+            self.server = await Pipe.connect(str(dst.ip), dst.port)
+        except OSError as exc:
+            return self.session.opened(command.stream, f"upstream {dst}: {exc.strerror or exc}")
+        rest = self._attach(Side.SERVER, self.server)
+        commands = self.session.opened(command.stream, None)
+        if rest:
+            commands += self.session.receive(Side.SERVER, rest)
+        if self.server.ended:
+            commands += self.session.ended(Side.SERVER)
+        return commands
+
+    async def _hold(self, command: Hold) -> list[Command]:
+        """Wait for the broker's outcome, then resume the session. Cancelled (the flow
+        closing), the broker withdraws the request itself and the operation is recorded as
+        never run."""
+        stream, broker = command.stream, self.services.approvals
+        if broker is None:
+            return self.session.approval(stream, HoldOutcome(False, None, "no approval broker is configured"))
+        held = self._held[stream] = _Held()
+        try:
+            pending = held.pending = await broker.open(self.services.judge.request(command.operation), command.decision,
+                                                       self.flow.summary())
+            if pending.waiting:
+                approval = command.decision.approval
+                self._carry(self.session.waiting(stream, pending.request_id, approval.timeout_seconds if approval else 0),
+                            urgent=True)
+                if held.cancelled:
+                    await pending.withdraw(CANCELLED)
+            outcome = await pending.wait()
+        except asyncio.CancelledError:
+            record = self.session.abandoned(stream, held.pending.request_id if held.pending else None, DISCONNECTED)
+            if record is not None:
+                self._record(record)
+            raise
+        finally:
+            self._held.pop(stream, None)
+        if held.cancelled or outcome.withdrawn:
+            return self.session.approval(stream, HoldOutcome(False, outcome.request_id, CANCELLED, cancelled=True))
+        return self.session.approval(stream, HoldOutcome(outcome.approved, outcome.request_id, outcome.reason,
+                                                         outcome.approver))
+
+    # ---- flow control and the end -----------------------------------------------------
+
+    def _reading(self) -> None:
+        """Read from a side while its peer takes bytes and, while its input stream waits, until
+        what was read meanwhile passes BACKLOG_BYTES (a short wait costs no pause and resume)."""
+        for side, source, sink in ((Side.CLIENT, self.client, self.server), (Side.SERVER, self.server, self.client)):
+            if source is None:
+                continue
+            waiting = self._inputs[side] in self._waits
+            if (sink is None or sink.writable) and (not waiting or self._backlog_bytes[side] <= BACKLOG_BYTES):
+                source.resume()
+            else:
+                source.pause()
+
+    def _end(self, error: BaseException | None) -> None:
+        if self._ended.done():
+            return
+        if error is None:
+            self._ended.set_result(None)
+        else:
+            self._ended.set_exception(error)
+

@@ -1,0 +1,61 @@
+"""The one place an operation becomes a Decision.
+
+A session asks `FlowJudge.decide(operation)`; the judge builds the Request (the flow's agent,
+its identity now, its process), applies the identity gate (an agent whose identity is
+missing, expired or revoked is denied whatever the rules say) and asks the policy engine in
+force now. A reload swaps the engine between two operations, never during one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from interceptor.decision import Decision
+from interceptor.flow import FlowContext
+from interceptor.identity.model import Identity
+from interceptor.operations import Operation, Request, Subject
+from interceptor.policy.engine import PolicyEngine
+
+IDENTITY_RULE = "identity"
+
+
+def identity_refusal(identity: Identity | None, required: bool) -> Decision | None:
+    """The deny of the identity gate, or None when the identity lets the rules decide."""
+    if identity is None and required:
+        return Decision.deny(IDENTITY_RULE, "agent has no valid identity (expired, revoked or not yet obtained)")
+    if identity is not None and identity.expired():
+        return Decision.deny(IDENTITY_RULE, "agent identity expired")
+    return None
+
+
+class FlowJudge:
+    """Judges the operations of one flow. `engine` and `identity` are read at each decision
+    (the policy and the token in force now); `on_decision` sees every decision (metrics)."""
+
+    def __init__(self, flow: FlowContext, engine: Callable[[], PolicyEngine],
+                 identity: Callable[[], Identity | None], identity_required: Callable[[], bool],
+                 on_decision: Callable[[Decision], None] = lambda decision: None) -> None:
+        self.flow = flow
+        self.engine = engine
+        self.identity = identity
+        self.identity_required = identity_required
+        self.on_decision = on_decision
+
+    def request(self, operation: Operation, **labels: str) -> Request:
+        """The policy question for `operation` of this flow."""
+        flow = self.flow
+        subject = Subject(flow.agent, self.identity(), flow.process.exe, flow.process.uid)
+        return Request(subject, flow.resource or "", operation, dict(flow.labels, **labels))
+
+    def decide(self, operation: Operation) -> Decision:
+        """The decision for `operation`, identity gate first. Raises what the engine raises
+        (a session denies on it)."""
+        request = self.request(operation)
+        decision = identity_refusal(request.subject.identity, self.identity_required()) or self.engine().decide(request)
+        self.on_decision(decision)
+        return decision
+
+    def epoch(self) -> tuple[object, object]:
+        """Changes when the policy or the identity does: decisions cached by a session under
+        another epoch are taken again."""
+        return self.engine(), self.identity()
