@@ -1,15 +1,17 @@
-"""ProxySession driven directly: client and server bytes in, commands out."""
+"""ProxySession driven directly: client and server bytes in, commands out; the core
+conversations as scripts (tests/conversation.py)."""
 
 import pytest
 
 from interceptor.decision import ApprovalSpec, Decision, MaskSpec, Verdict
+from interceptor.errors import MaskingError
 from interceptor.handlers.postgres import codec
 from interceptor.handlers.postgres.codec import INT16, INT32
 from interceptor.handlers.postgres.masks import Origin
-from interceptor.masking import MaskingError
-from conversation import Judging
+from conversation import CANCELLED, Judging, script
 from interceptor.handlers.commands import Close, Hold, HoldOutcome, Record, Send
 from interceptor.handlers.postgres.session import (
+    CLIENT_TERMINATED,
     FRONTEND,
     ProxySession,
     RefreshCatalog,
@@ -75,99 +77,176 @@ def row_description(*columns: tuple[str, int, int]) -> bytes:
     return msg(b"T", body)
 
 
+SELECTED = {"protocol": "postgres", "database": "app", "via": "simple", "statement": "SELECT ?"}
+EXTENDED = {"protocol": "postgres", "database": "app", "via": "extended", "statement": "SELECT ?"}
+DENIED = "permission denied by interceptor rule 'no-drop': DROP is never allowed"
+
+
+def run(statement: str = "") -> bytes:
+    """Bind the statement `statement` to the unnamed portal, Describe, Execute and Sync it."""
+    bind = msg(b"B", b"\0" + statement.encode() + b"\0" + INT16.pack(0) + INT16.pack(0) + INT16.pack(0))
+    return bind + msg(b"D", b"P\0") + msg(b"E", b"\0" + INT32.pack(0)) + msg(b"S")
+
+
 def extended(name: str, sql: str) -> bytes:
-    bind = msg(b"B", b"\0" + name.encode() + b"\0" + INT16.pack(0) + INT16.pack(0) + INT16.pack(0))
-    return codec.parse(name, sql) + bind + msg(b"D", b"P\0") + msg(b"E", b"\0" + INT32.pack(0)) + msg(b"S")
+    return codec.parse(name, sql) + run(name)
+
+
+def one_row(value: bytes) -> bytes:
+    """An extended segment's answer up to its CommandComplete: ParseComplete, BindComplete, NoData, a row."""
+    return msg(b"1") + msg(b"2") + msg(b"n") + data_row(value)
+
+
+COMPLETE = msg(b"C", b"SELECT 1\0")
 
 
 def test_allowed_query_is_forwarded_unchanged_and_audited_before_ready_for_query():
-    s = session()
-    assert sent(s.from_client(codec.query("SELECT 1")), "server") == codec.query("SELECT 1")
-    reply = row_description(("x", 0, 0)) + data_row(b"1") + msg(b"C", b"SELECT 1\0") + codec.ready_for_query(b"I")
-    commands = s.from_server(reply)
-    assert sent(commands, "client") == reply
-    audit_at = next(i for i, c in enumerate(commands) if isinstance(c, Record))
-    assert sent(commands[audit_at + 1:], "client") == codec.ready_for_query(b"I")
-    [record] = audits(commands)
-    assert record.decision.rule == "reads"
-    assert record.operation == {"protocol": "postgres", "database": "app", "via": "simple", "statement": "SELECT ?"}
-    assert record.outcome["rows"] == 1 and record.outcome["command"] == "SELECT 1"
+    (script(session())
+     .agent(codec.query("SELECT 1"))
+     .expect_server(codec.query("SELECT 1"))
+     .server(row_description(("x", 0, 0)), data_row(b"1"), COMPLETE, codec.ready_for_query(b"I"))
+     .expect_agent(row_description(("x", 0, 0)), data_row(b"1"), COMPLETE)
+     .expect_record(rule="reads", verdict="allow", operation=SELECTED, outcome={"rows": 1, "command": "SELECT 1"})
+     .expect_ready(b"I")
+     .done())
 
 
 def test_denied_query_sends_the_sentinel_and_rewrites_its_error():
     s = session()
-    upstream = sent(s.from_client(codec.query("DROP TABLE t")), "server")
-    assert upstream == codec.query(SENTINEL)
-    commands = s.from_server(syntax_error(SENTINEL) + codec.ready_for_query(b"E"))
-    [(kind, body), ready] = frames(sent(commands, "client"))
-    fields = codec.read_fields(body)
-    assert kind == b"E" and fields["C"] == "42501" and "'no-drop'" in fields["M"]
-    assert ready == (b"Z", b"E")  # status exactly as the server reports it
-    [record] = audits(commands)
-    assert record.decision.verdict is Verdict.DENY and "DROP is never allowed" in record.outcome["error"]
+    (script(s)
+     .agent(codec.query("DROP TABLE t"))
+     .expect_server(codec.query(SENTINEL))
+     .server(syntax_error(SENTINEL), codec.ready_for_query(b"E"))
+     .expect_agent_error("42501", rule="no-drop", says="DROP is never allowed")
+     .expect_record(rule="no-drop", verdict="deny", error="DROP is never allowed")
+     .expect_ready(b"E")  # the status exactly as the server reports it
+     .done())
     assert s.status == b"E"
 
 
 def test_real_errors_are_not_rewritten():
-    s = session()
-    s.from_client(codec.query("DROP TABLE t"))
-    other = syntax_error("DROPP")
-    assert frames(sent(s.from_server(other + codec.ready_for_query(b"I")), "client"))[0] == (b"E", other[5:])
+    (script(session())
+     .agent(codec.query("DROP TABLE t"))
+     .expect_server(codec.query(SENTINEL))
+     .server(syntax_error("DROPP"), codec.ready_for_query(b"I"))
+     .expect_agent(syntax_error("DROPP"))
+     .expect_record(rule="no-drop", verdict="deny", error='syntax error at or near "DROPP"')
+     .expect_ready(b"I")
+     .done())
+
+
+def test_pipelined_queries_are_judged_each_and_answered_in_order():
+    (script(session())
+     .agent(codec.query("SELECT 1"), codec.query("DROP TABLE t"), codec.query("SELECT 2"))
+     .expect_server(codec.query("SELECT 1"), codec.query(SENTINEL), codec.query("SELECT 2"))
+     .server(data_row(b"1"), COMPLETE, codec.ready_for_query(b"I"),
+             syntax_error(SENTINEL), codec.ready_for_query(b"I"),
+             data_row(b"2"), COMPLETE, codec.ready_for_query(b"I"))
+     .expect_agent(data_row(b"1"), COMPLETE)
+     .expect_record(rule="reads", operation=SELECTED, outcome={"rows": 1})
+     .expect_ready(b"I")
+     .expect_agent_error("42501", rule="no-drop")
+     .expect_record(rule="no-drop", verdict="deny", operation={**SELECTED, "statement": "DROP TABLE t"},
+                    outcome={"error": DENIED})
+     .expect_ready(b"I")
+     .expect_agent(data_row(b"2"), COMPLETE)
+     .expect_record(rule="reads", operation=SELECTED, outcome={"rows": 1})
+     .expect_ready(b"I")
+     .done())
+
+
+def test_extended_query_is_audited_before_its_command_complete():
+    (script(session())
+     .agent(extended("", "SELECT 1"))
+     .expect_server(extended("", "SELECT 1"))
+     .server(one_row(b"1"), COMPLETE, codec.ready_for_query(b"I"))
+     .expect_agent(one_row(b"1"))
+     .expect_record(rule="reads", verdict="allow", operation=EXTENDED, outcome={"rows": 1, "command": "SELECT 1"})
+     .expect_agent(COMPLETE)
+     .expect_ready(b"I")
+     .done())
 
 
 def test_extended_pipeline_denial_skips_to_sync_with_one_ready_for_query():
-    s = session()
-    client = extended("", "SELECT 1") + extended("s2", "DROP TABLE t") + extended("", "SELECT 2")
-    upstream = frames(sent(s.from_client(client), "server"))
-    parses = [codec.read_parse(body) for kind, body in upstream if kind == b"P"]
-    assert parses == [codec.Parse("", "SELECT 1"), codec.Parse("s2", SENTINEL), codec.Parse("", "SELECT 2")]
-    assert [k for k, _ in upstream].count(b"S") == 3
-    server = (msg(b"1") + msg(b"2") + msg(b"n") + data_row(b"1") + msg(b"C", b"SELECT 1\0")
-              + codec.ready_for_query(b"I")
-              + syntax_error(SENTINEL) + codec.ready_for_query(b"I")
-              + msg(b"1") + msg(b"2") + msg(b"n") + data_row(b"2") + msg(b"C", b"SELECT 1\0")
-              + codec.ready_for_query(b"I"))
-    commands = s.from_server(server)
-    to_client = frames(sent(commands, "client"))
-    errors = [codec.read_fields(body) for kind, body in to_client if kind == b"E"]
-    assert [e["C"] for e in errors] == ["42501"]
-    assert [k for k, _ in to_client].count(b"Z") == 3
-    assert [(a.operation["statement"], a.decision.rule) for a in audits(commands)] == [
-        ("SELECT ?", "reads"), ("DROP TABLE t", "no-drop"), ("SELECT ?", "reads")]
+    (script(session())
+     .agent(extended("", "SELECT 1"), extended("s2", "DROP TABLE t"), extended("", "SELECT 2"))
+     .expect_server(extended("", "SELECT 1"), codec.parse("s2", SENTINEL), run("s2"), extended("", "SELECT 2"))
+     .server(one_row(b"1"), COMPLETE, codec.ready_for_query(b"I"),
+             syntax_error(SENTINEL), codec.ready_for_query(b"I"),
+             one_row(b"2"), COMPLETE, codec.ready_for_query(b"I"))
+     .expect_agent(one_row(b"1"))
+     .expect_record(rule="reads", operation=EXTENDED)
+     .expect_agent(COMPLETE)
+     .expect_ready(b"I")
+     .expect_record(rule="no-drop", verdict="deny", operation={**EXTENDED, "statement": "DROP TABLE t"},
+                    outcome={"error": DENIED})
+     .expect_agent_error("42501", rule="no-drop")
+     .expect_ready(b"I")  # one ReadyForQuery for the denied segment: the server skipped to its Sync
+     .expect_agent(one_row(b"2"))
+     .expect_record(rule="reads", operation=EXTENDED)
+     .expect_agent(COMPLETE)
+     .expect_ready(b"I")
+     .done())
 
 
 def test_denial_inside_a_pipeline_after_a_real_error_keeps_the_real_error():
-    s = session()
-    s.from_client(extended("", "SELECT nope") + extended("", "DROP TABLE t"))
-    server = syntax_error("nope") + codec.ready_for_query(b"I") + syntax_error(SENTINEL) + codec.ready_for_query(b"I")
-    commands = s.from_server(server)
-    codes = [codec.read_fields(b)["C"] for k, b in frames(sent(commands, "client")) if k == b"E"]
-    assert codes == ["42601", "42501"]
-    assert [a.outcome["error"] is not None for a in audits(commands)] == [True]
+    (script(session())
+     .agent(extended("", "SELECT nope"), extended("", "DROP TABLE t"))
+     .expect_server(extended("", "SELECT nope"), codec.parse("", SENTINEL), run())
+     .server(syntax_error("nope"), codec.ready_for_query(b"I"), syntax_error(SENTINEL), codec.ready_for_query(b"I"))
+     .expect_agent(syntax_error("nope"))  # a Parse that failed: no statement ran, nothing to record
+     .expect_ready(b"I")
+     .expect_record(rule="no-drop", verdict="deny", outcome={"error": DENIED})
+     .expect_agent_error("42501", rule="no-drop")
+     .expect_ready(b"I")
+     .done())
 
 
 def test_approval_holds_the_statement_and_later_bytes_until_answered():
-    s = session()
-    commands = s.from_client(codec.query("SELECT 1") + codec.query("DELETE FROM t") + codec.query("SELECT 2"))
-    assert sent(commands, "server") == codec.query("SELECT 1")
-    [hold] = [c for c in commands if isinstance(c, Hold)]
-    assert hold.operation.text == "DELETE FROM t" and hold.decision.verdict is Verdict.APPROVE
-    assert s.from_client(b"") == []  # still held
-    notice = frames(sent(s.waiting(FRONTEND, "ABCD1234", 300), "client"))
-    assert notice[0][0] == b"N" and "ABCD1234" in codec.read_fields(notice[0][1])["M"]
-    resumed = s.approval(FRONTEND, HoldOutcome(True, "ABCD1234", "ok", "bob"))
-    assert sent(resumed, "server") == codec.query("DELETE FROM t") + codec.query("SELECT 2")
+    (script(session())
+     .agent(codec.query("SELECT 1"), codec.query("DELETE FROM t"), codec.query("SELECT 2"))
+     .expect_server(codec.query("SELECT 1"))
+     .expect_hold(rule="prod-deletes", text="DELETE FROM t")
+     .done()
+     .agent(b"")  # nudged, the session still holds what follows the DELETE
+     .done()
+     .waiting("ABCD1234", 300)
+     .expect_notice("request ABCD1234")
+     .approve("ABCD1234", "bob")
+     .expect_server(codec.query("DELETE FROM t"), codec.query("SELECT 2"))
+     .done())
 
 
 def test_rejected_approval_becomes_a_denial():
-    s = session()
-    s.from_client(codec.query("DELETE FROM t"))
-    assert sent(s.approval(FRONTEND, HoldOutcome(False, "ABCD1234", "expired")), "server") == codec.query(SENTINEL)
-    commands = s.from_server(syntax_error(SENTINEL) + codec.ready_for_query(b"I"))
-    [record] = audits(commands)
-    assert record.outcome["approval"] == {"approved": False, "request_id": "ABCD1234", "approver": None,
-                                          "reason": "expired"}
-    assert "expired" in codec.read_fields(frames(sent(commands, "client"))[0][1])["M"]
+    (script(session())
+     .agent(codec.query("DELETE FROM t"))
+     .expect_hold(rule="prod-deletes", text="DELETE FROM t")
+     .deny("expired", "ABCD1234")
+     .expect_server(codec.query(SENTINEL))
+     .server(syntax_error(SENTINEL), codec.ready_for_query(b"I"))
+     .expect_agent_error("42501", rule="prod-deletes", says="expired")
+     .expect_record(rule="prod-deletes", verdict="deny", outcome={
+         "approval": {"approved": False, "request_id": "ABCD1234", "approver": None, "reason": "expired"}})
+     .expect_ready(b"I")
+     .done())
+
+
+def test_a_cancelled_approval_answers_query_canceled_and_the_session_goes_on():
+    (script(session())
+     .agent(codec.query("DELETE FROM t"), codec.query("SELECT 2"))
+     .expect_hold(rule="prod-deletes", text="DELETE FROM t")
+     .cancel("ABCD1234")
+     .expect_server(codec.query(SENTINEL), codec.query("SELECT 2"))
+     .server(syntax_error(SENTINEL), codec.ready_for_query(b"I"), data_row(b"2"), COMPLETE, codec.ready_for_query(b"I"))
+     .expect_agent_error("57014", rule="prod-deletes", says="the request is withdrawn")
+     .expect_record(rule="prod-deletes", verdict="deny", outcome={
+         "approval": {"approved": False, "request_id": "ABCD1234", "approver": None, "reason": CANCELLED,
+                      "cancelled": True}})
+     .expect_ready(b"I")
+     .expect_agent(data_row(b"2"), COMPLETE)
+     .expect_record(rule="reads", operation=SELECTED)
+     .expect_ready(b"I")
+     .done())
 
 
 def test_notice_waits_for_a_server_frame_boundary():
@@ -251,15 +330,11 @@ def test_masks_without_a_masker_fail_closed():
     (b"Q" + INT32.pack(12) + b"SELECT\xff\0", "not valid UTF-8"),
 ])
 def test_bad_client_input_gets_an_error_and_a_close(data, problem):
-    s = session()
-    commands = s.from_client(data)
+    conversation = script(session()).agent(data)
     if problem is None:  # latin-1 round trip above is valid UTF-8 text: forwarded
-        assert sent(commands, "server") == data
+        conversation.expect_server(data).done()
         return
-    [(kind, body)] = frames(sent(commands, "client"))
-    assert kind == b"E" and problem in codec.read_fields(body)["M"]
-    assert codec.read_fields(body)["S"] == "FATAL" and isinstance(commands[-1], Close)
-    assert sent(commands, "server") == b""
+    conversation.expect_agent_error("08P01", says=problem, severity="FATAL").expect_close(says=problem).done()
 
 
 def test_fastpath_function_call_is_denied_through_the_server():
@@ -281,8 +356,7 @@ def test_copy_data_from_the_client_streams():
 
 
 def test_terminate_is_forwarded_and_closes():
-    commands = session().from_client(msg(b"X"))
-    assert sent(commands, "server") == msg(b"X") and isinstance(commands[-1], Close)
+    script(session()).agent(msg(b"X")).expect_server(msg(b"X")).expect_close(CLIENT_TERMINATED).done()
 
 
 def test_literals_are_redacted_for_audit():
