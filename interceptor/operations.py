@@ -1,7 +1,8 @@
 """What a protocol handler asks the policy about: the subject and the operation.
 
 Handlers only produce these values; the policy engine only consumes them. A new
-protocol adds an operation type here and a handler module, nothing else.
+protocol adds its operation type here, its module to interceptor.protocols (how the policy
+reads, judges and tests it) and its handler.
 """
 
 from __future__ import annotations
@@ -53,33 +54,7 @@ class SqlQuery:
     kind = "sql"
 
 
-@dataclass(frozen=True, slots=True)
-class HttpRequest:
-    method: str
-    host: str
-    path: str
-    kind = "http"
-
-
-@dataclass(frozen=True, slots=True)
-class KubernetesRequest:
-    verb: str  # get, list, watch, create, update, patch, delete, deletecollection, ...
-    resource: str  # pods, deployments, secrets, ...
-    api_group: str = ""
-    subresource: str | None = None  # exec, log, portforward, ...
-    namespace: str | None = None
-    name: str | None = None
-    kind = "kubernetes"
-
-
-@dataclass(frozen=True, slots=True)
-class SshCommand:
-    command: str  # "" for an interactive shell
-    user: str | None = None
-    kind = "ssh"
-
-
-Operation = TcpConnect | SqlQuery | HttpRequest | KubernetesRequest | SshCommand
+Operation = TcpConnect | SqlQuery  # one per protocol of interceptor.protocols
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,13 +10,13 @@ from typing import Any
 
 from interceptor.decision import Decision
 from interceptor.identity.model import Identity
-from interceptor.operations import HttpRequest, KubernetesRequest, Request, SqlQuery, SshCommand, Subject, TcpConnect
-from interceptor.policy.catalog import Catalog, parse_search_path
+from interceptor.operations import Operation, Request, Subject
+from interceptor.policy.catalog import Catalog
 from interceptor.policy.engine import PolicyEngine
-from interceptor.policy.loader import Mark, PolicyError, compose, load_policy
+from interceptor.policy.loader import Marks, PolicyError, compose, load_policy
+from interceptor.protocols import ProtocolSpec, protocols
 
-_CASE_KEYS = {"name", "agent", "identity", "process", "resource", "labels", "sql", "search_path", "http", "kubernetes",
-              "ssh", "tcp", "expect"}
+_COMMON_KEYS = frozenset({"name", "agent", "identity", "process", "resource", "labels", "expect"})
 _EXPECT_KEYS = {"verdict", "rule", "masks"}
 
 
@@ -53,7 +53,7 @@ def run_cases(path: str | Path) -> list[CaseResult]:
     return results
 
 
-def _catalog(raw: Any, path: Path, marks: dict[tuple, Mark]) -> Catalog | None:
+def _catalog(raw: Any, path: Path, marks: Marks) -> Catalog | None:
     """The file's `catalog:`: None when absent; the short form {"schema.table": [columns]};
     a dump (`interceptor catalog show --json`) inline, told by its "relations", or as a path
     to its JSON file, relative to the test file. PolicyError (file:line:col) for a bad one."""
@@ -89,9 +89,10 @@ def _catalog(raw: Any, path: Path, marks: dict[tuple, Mark]) -> Catalog | None:
 def _case(case: Any, where: str, catalog: Catalog | None) -> tuple[Request, dict[str, Any]]:
     if not isinstance(case, dict):
         raise PolicyError([f"{where}: a case must be a mapping"])
-    unknown = sorted(set(case) - _CASE_KEYS)
+    known = _COMMON_KEYS.union(*({s.operation_key} | s.case_keys for s in protocols()))
+    unknown = sorted(set(case) - known)
     if unknown:
-        raise PolicyError([f"{where}: unknown key(s) {', '.join(unknown)} (expected: {', '.join(sorted(_CASE_KEYS))})"])
+        raise PolicyError([f"{where}: unknown key(s) {', '.join(unknown)} (expected: {', '.join(sorted(known))})"])
     for key in ("agent", "resource", "expect"):
         if key not in case:
             raise PolicyError([f"{where}: missing {key!r}"])
@@ -108,16 +109,6 @@ def _case(case: Any, where: str, catalog: Catalog | None) -> tuple[Request, dict
         raise PolicyError([f"{where}: bad case: {exc}"]) from None
 
 
-def _search_path(case: dict[str, Any]) -> tuple[tuple[str, str | None], ...]:
-    """A case's `search_path: "sales, public"`: the setting in force when its SQL runs."""
-    if "search_path" not in case:
-        return ()
-    value = case["search_path"]
-    if not isinstance(value, str) or parse_search_path(value) is None:
-        raise ValueError(f"search_path {value!r} is not a search_path setting (comma-separated schema names)")
-    return (("search_path", value),)
-
-
 def _identity(raw: dict[str, Any] | None) -> Identity | None:
     if raw is None:
         return None
@@ -125,23 +116,19 @@ def _identity(raw: dict[str, Any] | None) -> Identity | None:
                     scopes=frozenset(raw.get("scopes", ())), groups=frozenset(raw.get("groups", ())))
 
 
-def _operation(case: dict[str, Any], catalog: Catalog | None) -> Any:
-    kinds = [k for k in ("sql", "http", "kubernetes", "ssh", "tcp") if k in case]
-    if len(kinds) != 1:
-        raise ValueError("exactly one of sql, http, kubernetes, ssh, tcp is needed")
-    kind = kinds[0]
-    value = case[kind]
-    if "search_path" in case and kind != "sql":
-        raise ValueError("search_path is only for sql cases")
-    if kind == "sql":
-        return SqlQuery(str(value), settings=_search_path(case), catalog=catalog)
-    if kind == "http":
-        return HttpRequest(**value)
-    if kind == "kubernetes":
-        return KubernetesRequest(**value)
-    if kind == "ssh":
-        return SshCommand(**value) if isinstance(value, dict) else SshCommand(str(value))
-    return TcpConnect()
+def _operation(case: dict[str, Any], catalog: Catalog | None) -> Operation:
+    """The case's one operation, read by the parser of the protocol whose key it holds;
+    ValueError for none or several, or for another protocol's case keys."""
+    specs: list[ProtocolSpec[Any]] = [s for s in protocols() if s.operation_key in case]
+    if len(specs) != 1:
+        raise ValueError(f"exactly one of {', '.join(s.operation_key for s in protocols())} is needed")
+    spec = specs[0]
+    for other in protocols():
+        for key in sorted(other.case_keys - spec.case_keys):
+            if key in case:
+                raise ValueError(f"{key} is only for {other.operation_key} cases")
+    operation: Operation = spec.parse_case(case, catalog)
+    return operation
 
 
 def _summary(decision: Decision) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import hashlib
 import ipaddress
 import json
 import re
+from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
 from types import MappingProxyType
@@ -19,19 +20,18 @@ import jsonschema
 import yaml
 
 from interceptor.decision import ApprovalSpec
-from interceptor.identity.config import IdentityConfigError, parse_identity_config
+from interceptor.identity.config import parse_identity_config
+from interceptor.identity.errors import IdentityConfigError
 from interceptor.policy.model import (
-    OPERATION_KEYS, AddressSpec, AgentSpec, HttpMatch, KubernetesMatch, MaskRule, Policy, ResourceSpec, Rule,
-    SqlMatch, SshMatch, SubjectMatch,
+    AddressSpec, AgentSpec, MaskRule, OperationMatch, Policy, ResourceSpec, Rule, SubjectMatch,
 )
+from interceptor.policy.schema import composed
+from interceptor.protocols import Problem, ProtocolSpec, protocols, spec_for_key
 
-# policy/ ships next to the package in a checkout, and under /opt/interceptor when installed as a
-# service (scripts/service.sh), as bpf/ does.
-_CHECKOUT_SCHEMA = Path(__file__).resolve().parent.parent.parent / "policy" / "schema.json"
-SCHEMA_PATH = _CHECKOUT_SCHEMA if _CHECKOUT_SCHEMA.exists() else Path("/opt/interceptor/policy/schema.json")
-_PROTOCOL_OF_MATCH = {"sql": ("postgres",), "http": ("http",), "kubernetes": ("kubernetes",), "ssh": ("ssh",)}
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 Mark = tuple[int, int]  # 1-based line, column
+Where = tuple[Any, ...]  # where a value sits in the document: keys and list indexes, "<key>" for a key itself
+Marks = dict[Where, Mark]
 
 
 class PolicyError(ValueError):
@@ -43,11 +43,12 @@ class PolicyError(ValueError):
 
 
 @lru_cache(maxsize=1)
-def schema() -> dict[str, Any]:
-    return json.loads(SCHEMA_PATH.read_text())
+def _validator() -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(composed())
 
 
 def load_policy(path: str | Path) -> Policy:
+    """The policy in the file at `path`; PolicyError listing every problem found."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -57,6 +58,7 @@ def load_policy(path: str | Path) -> Policy:
 
 
 def load_policy_text(text: str, filename: str = "<string>") -> Policy:
+    """The policy in `text` (`filename` names it in problems); PolicyError listing every problem."""
     data, marks = compose(text, filename)
     problems = [f"{filename}:{line}:{col}: {message}" for (line, col), message in _validate(data, marks)]
     if problems:
@@ -68,8 +70,9 @@ def load_policy_text(text: str, filename: str = "<string>") -> Policy:
     return policy
 
 
-def compose(text: str, filename: str) -> tuple[Any, dict[tuple, Mark]]:
-    """YAML to plain data plus the position of every value, keyed by its path."""
+def compose(text: str, filename: str) -> tuple[Any, Marks]:
+    """YAML to plain data plus the position of every value, keyed by its path; PolicyError
+    for text that is not YAML, is empty, or repeats a key."""
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
@@ -80,7 +83,7 @@ def compose(text: str, filename: str) -> tuple[Any, dict[tuple, Mark]]:
         raise PolicyError([f"{filename}:1:1: invalid YAML: {exc}"]) from None
     if node is None:
         raise PolicyError([f"{filename}:1:1: empty policy (expected a mapping with version, resources, agents, rules)"])
-    marks: dict[tuple, Mark] = {}
+    marks: Marks = {}
     problems: list[str] = []
     data = _convert(node, (), marks, problems, filename)
     if problems:
@@ -88,7 +91,7 @@ def compose(text: str, filename: str) -> tuple[Any, dict[tuple, Mark]]:
     return data, marks
 
 
-def _convert(node: yaml.Node, path: tuple, marks: dict[tuple, Mark], problems: list[str], filename: str) -> Any:
+def _convert(node: yaml.Node, path: Where, marks: Marks, problems: list[str], filename: str) -> Any:
     marks[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
     if isinstance(node, yaml.MappingNode):
         result: dict[Any, Any] = {}
@@ -114,47 +117,66 @@ def _scalar(node: yaml.Node) -> Any:
         loader.dispose()
 
 
-def _mark(marks: dict[tuple, Mark], path: tuple) -> Mark:
+def _mark(marks: Marks, path: Where) -> Mark:
     while path not in marks:
         path = path[:-1]
     return marks[path]
 
 
-def _validate(data: Any, marks: dict[tuple, Mark]) -> list[tuple[Mark, str]]:
-    validator = jsonschema.Draft202012Validator(schema())
+def _validate(data: Any, marks: Marks) -> list[tuple[Mark, str]]:
     found = []
-    for error in sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path))):
+    for error in sorted(_validator().iter_errors(data), key=lambda e: list(map(str, e.absolute_path))):
         path = tuple(error.absolute_path)
         if error.validator == "additionalProperties" and isinstance(error.instance, dict):
-            allowed = sorted(error.schema.get("properties", {}))
+            known = error.schema.get("properties", {}) if isinstance(error.schema, dict) else {}
             for key in error.instance:
-                if key not in error.schema.get("properties", {}):
-                    where = ", ".join(allowed) if allowed else "none"
-                    found.append((_mark(marks, (*path, key, "<key>")), f"unknown key {key!r} (expected one of: {where})"))
+                if key not in known:
+                    found.append((_mark(marks, (*path, key, "<key>")), _unknown_key(path, key, sorted(known))))
             continue
         found.append((_mark(marks, path), _describe(error, path)))
     return found
 
 
-def _describe(error: jsonschema.ValidationError, path: tuple) -> str:
+def _unknown_key(path: Where, key: Any, allowed: list[str]) -> str:
+    where = ", ".join(allowed) if allowed else "none"
+    if len(path) == 2 and path[0] == "rules":
+        return f"unknown key {key!r} (expected one of: {where}; a rule's operation key names a protocol with a " \
+               f"handler: {_operation_keys()})"
+    return f"unknown key {key!r} (expected one of: {where})"
+
+
+def _describe(error: jsonschema.ValidationError, path: Where) -> str:
     where = "/".join(map(str, path)) or "top level"
     if error.validator == "oneOf" and isinstance(error.instance, dict):
         return f"{where}: expected one of {{from: file, path: /abs/path}}, {{from: env, name: VAR}}, " \
                f"{{from: command, argv: [...]}}"
     if error.validator in ("if", "then", "else", "not"):
         return f"{where}: 'approval' is required with (and only with) effect approve, 'mask' with effect mask"
+    if len(path) == 3 and path[0] == "resources" and path[2] == "protocol" and error.validator == "enum":
+        return f"{where}: no handler for protocol {error.instance!r} (protocols with a handler: " \
+               f"{', '.join(s.name for s in protocols())})"
     return f"{where}: {error.message}"
 
 
+def _operation_keys() -> str:
+    return ", ".join(f"{s.operation_key} ({s.name})" for s in protocols())
+
+
 class _Builder:
-    def __init__(self, filename: str, marks: dict[tuple, Mark]) -> None:
+    def __init__(self, filename: str, marks: Marks) -> None:
         self.filename = filename
         self.marks = marks
         self.problems: list[str] = []
 
-    def problem(self, path: tuple, message: str) -> None:
+    def problem(self, path: Where, message: str) -> None:
         line, col = _mark(self.marks, path)
         self.problems.append(f"{self.filename}:{line}:{col}: {message}")
+
+    def within(self, block: Where) -> Problem:
+        """A reporter of problems at paths within `block`."""
+        def problem(where: tuple[str | int, ...], message: str) -> None:
+            self.problem((*block, *where), message)
+        return problem
 
     def build(self, data: dict[str, Any]) -> Policy:
         resources = {name: self.resource(name, spec) for name, spec in data["resources"].items()}
@@ -198,58 +220,45 @@ class _Builder:
         return AgentSpec(name, tuple(c.strip("/") for c in spec.get("cgroups", ())), tuple(spec.get("uids", ())),
                          spec.get("identity"), spec.get("unprotected", "deny"))
 
-    def rule(self, path: tuple, raw: dict[str, Any], resources: dict[str, ResourceSpec],
+    def rule(self, path: Where, raw: dict[str, Any], resources: dict[str, ResourceSpec],
              agents: dict[str, AgentSpec]) -> Rule:
         for key, known in (("agents", agents), ("resources", resources)):
             for i, name in enumerate(raw.get(key, ())):
                 if name not in known:
                     self.problem((*path, key, i), f"unknown {key[:-1]} {name!r} (defined: {', '.join(sorted(known)) or 'none'})")
-        operations = [k for k in OPERATION_KEYS if k in raw]
-        if len(operations) > 1:
-            self.problem((*path, operations[1], "<key>"), f"a rule matches one kind of operation; got {', '.join(operations)}")
-        operation = operations[0] if operations else None
-        if operation in _PROTOCOL_OF_MATCH:
-            wanted = _PROTOCOL_OF_MATCH[operation]
-            for name in raw.get("resources", ()) or ():
-                if name in resources and resources[name].protocol not in wanted:
-                    self.problem((*path, operation, "<key>"), f"{operation} rule on resource {name!r} whose "
-                                 f"protocol is {resources[name].protocol}")
-        if raw["effect"] == "mask" and operation not in (None, "sql", "http"):
-            self.problem((*path, operation, "<key>"), "mask rules apply to sql or http operations")
+        specs = [spec for key in raw if (spec := spec_for_key(key)) is not None]
+        if len(specs) > 1:
+            self.problem((*path, specs[1].operation_key, "<key>"), "a rule matches one kind of operation; got "
+                         f"{', '.join(s.operation_key for s in specs)}")
+        spec = specs[0] if specs else None
+        match: OperationMatch | None = None
+        if spec is not None:
+            self.operation(path, raw, spec, (resources[n] for n in raw.get("resources", ()) if n in resources))
+            match = spec.parse_match(raw[spec.operation_key], self.within((*path, spec.operation_key)))
         return Rule(
             name=raw["name"], effect=raw["effect"], reason=raw.get("reason", ""),
             agents=_tuple(raw.get("agents")), resources=_tuple(raw.get("resources")),
             subjects=SubjectMatch(**{k: _tuple(v) for k, v in raw["subjects"].items()}) if "subjects" in raw else None,
-            operation=operation,
-            sql=self.sql(path, raw["sql"]) if "sql" in raw else None,
-            http=HttpMatch(**{k: _tuple(v) for k, v in raw["http"].items()}) if "http" in raw else None,
-            kubernetes=KubernetesMatch(**{k: _tuple(v) for k, v in raw["kubernetes"].items()}) if "kubernetes" in raw else None,
-            ssh=SshMatch(**{k: _tuple(v) for k, v in raw["ssh"].items()}) if "ssh" in raw else None,
+            operation=spec.operation_key if spec is not None else None, match=match,
             approval=_approval(raw["approval"]) if "approval" in raw else None,
             mask=self.mask(path, raw["mask"]) if "mask" in raw else None,
         )
 
-    def sql(self, path: tuple, raw: dict[str, Any]) -> SqlMatch:
-        tables = None
-        if "tables" in raw:
-            tables = []
-            for i, pattern in enumerate(raw["tables"]):
-                parts = pattern.split(".")
-                if len(parts) != 2 or not all(parts):
-                    self.problem((*path, "sql", "tables", i), f"table pattern {pattern!r}: expected schema.table "
-                                 "(globs allowed, e.g. sales.* or public.orders)")
-                    continue
-                tables.append((parts[0], parts[1]))
-            tables = tuple(tables)
-        for i, pattern in enumerate(raw.get("columns", ())):
-            if len(pattern.split(".")) not in (1, 3):
-                self.problem((*path, "sql", "columns", i), f"column pattern {pattern!r}: expected column or "
-                             "schema.table.column")
-        return SqlMatch(kinds=_tuple(k.lower() for k in raw["kinds"]) if "kinds" in raw else None, tables=tables,
-                        columns=_tuple(raw.get("columns")),
-                        functions=_tuple(f.lower() for f in raw["functions"]) if "functions" in raw else None)
+    def operation(self, path: Where, raw: dict[str, Any], spec: ProtocolSpec[Any],
+                  resources: Iterable[ResourceSpec]) -> None:
+        """A rule about one protocol's operations: on resources of that protocol (unless its
+        operation is asked of every resource), and a mask rule only where masks apply."""
+        where = (*path, spec.operation_key, "<key>")
+        if not spec.every_resource:
+            for resource in resources:
+                if resource.protocol != spec.name:
+                    self.problem(where, f"{spec.operation_key} rule on resource {resource.name!r} whose protocol is "
+                                 f"{resource.protocol}")
+        if raw["effect"] == "mask" and not spec.masks:
+            masking = ", ".join(s.operation_key for s in protocols() if s.masks)
+            self.problem(where, f"mask rules apply to {masking} operations")
 
-    def mask(self, path: tuple, raw: dict[str, Any]) -> MaskRule:
+    def mask(self, path: Where, raw: dict[str, Any]) -> MaskRule:
         columns = []
         for i, pattern in enumerate(raw.get("columns", ())):
             parts = pattern.split(".")
@@ -260,7 +269,7 @@ class _Builder:
         return MaskRule(tuple(columns), tuple(raw.get("classifiers", ())), raw.get("style", "redact"))
 
 
-def _tuple(values: Any) -> tuple | None:
+def _tuple(values: Iterable[Any] | None) -> tuple[Any, ...] | None:
     return None if values is None else tuple(values)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
@@ -11,8 +11,7 @@ from typing import Any
 from interceptor.decision import ApprovalSpec
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-PROTOCOLS = ("tcp", "postgres", "http", "kubernetes", "ssh")
-OPERATION_KEYS = ("tcp", "sql", "http", "kubernetes", "ssh")
+OperationMatch = Hashable  # a rule's match block as its protocol parsed it: a frozen value
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,37 +61,6 @@ class SubjectMatch:
 
 
 @dataclass(frozen=True, slots=True)
-class SqlMatch:
-    kinds: tuple[str, ...] | None = None
-    tables: tuple[tuple[str, str], ...] | None = None  # (schema glob, table glob)
-    columns: tuple[str, ...] | None = None  # column globs: "name" or "schema.table.column"
-    functions: tuple[str, ...] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class HttpMatch:
-    methods: tuple[str, ...] | None = None
-    hosts: tuple[str, ...] | None = None
-    paths: tuple[str, ...] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class KubernetesMatch:
-    verbs: tuple[str, ...] | None = None
-    resources: tuple[str, ...] | None = None
-    api_groups: tuple[str, ...] | None = None
-    subresources: tuple[str, ...] | None = None
-    namespaces: tuple[str, ...] | None = None
-    names: tuple[str, ...] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class SshMatch:
-    commands: tuple[str, ...] | None = None
-    users: tuple[str, ...] | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class MaskRule:
     columns: tuple[tuple[str, str, str], ...] = ()  # (schema, table, column) globs
     classifiers: tuple[str, ...] = ()
@@ -107,11 +75,8 @@ class Rule:
     agents: tuple[str, ...] | None = None
     resources: tuple[str, ...] | None = None
     subjects: SubjectMatch | None = None
-    operation: str | None = None  # one of OPERATION_KEYS; None: any operation
-    sql: SqlMatch | None = None
-    http: HttpMatch | None = None
-    kubernetes: KubernetesMatch | None = None
-    ssh: SshMatch | None = None
+    operation: str | None = None  # the operation key of a registered protocol; None: any operation
+    match: OperationMatch | None = None  # the block under that key, as its protocol parsed it
     approval: ApprovalSpec | None = None
     mask: MaskRule | None = None
 

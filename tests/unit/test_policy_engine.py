@@ -1,30 +1,28 @@
-"""The engine on connections, HTTP, Kubernetes, SSH, subjects, the cache and the bench."""
+"""The engine on connections, subjects, dispatch by operation type, the cache and the bench."""
+
+from dataclasses import dataclass
 
 import pytest
 
 from interceptor.decision import Verdict
 from interceptor.identity.model import Identity
-from interceptor.operations import HttpRequest, KubernetesRequest, Request, SqlQuery, SshCommand, Subject, TcpConnect
+from interceptor.operations import Request, SqlQuery, Subject, TcpConnect
 from interceptor.policy import PolicyEngine, load_policy_text
 from interceptor.policy.bench import run
 
 POLICY = """
 version: 1
 resources:
-  api: {protocol: http, addresses: ["api.internal:443"]}
-  box: {protocol: ssh, addresses: ["10.0.0.9:22"]}
+  reports: {protocol: postgres, addresses: ["10.0.0.7:5432"]}
   db: {protocol: postgres, addresses: ["127.0.0.1:5432"]}
   raw: {protocol: tcp, addresses: ["127.0.0.1:6379"]}
 agents:
   bot: {uids: [1001]}
   other: {}
 rules:
-  - {name: api-read, effect: allow, agents: [bot], subjects: {groups: [readers], exe: [/usr/bin/python3*]},
-     http: {methods: [GET], paths: ["/v1/*"]}}
-  - {name: api-mask, effect: mask, agents: [bot], http: {paths: ["/v1/*"]}, mask: {classifiers: [email]}}
-  - {name: api-no-admin, effect: deny, http: {paths: ["/v1/admin*"]}}
-  - {name: box-restart, effect: approve, resources: [box], ssh: {commands: ["systemctl restart *"]},
-     approval: {groups: [ops], grant: time-boxed, grant_seconds: 600}}
+  - {name: reports-read, effect: allow, agents: [bot], resources: [reports],
+     subjects: {groups: [readers], exe: [/usr/bin/python3*]}, sql: {kinds: [select]}}
+  - {name: reports-no-audit, effect: deny, resources: [reports], sql: {tables: [audit.*]}}
   - {name: raw-approve, effect: approve, resources: [raw], tcp: true, approval: {groups: [ops]}}
   - {name: db-other-denied, effect: deny, agents: [other], resources: [db]}
   - {name: db-read, effect: allow, resources: [db], sql: {kinds: [select]}}
@@ -41,34 +39,31 @@ def ask(engine, operation, resource, agent="bot", identity=READER, exe="/usr/bin
     return engine.decide(Request(Subject(agent, identity, exe, 1001), resource, operation))
 
 
-def test_http_subject_conditions_and_explicit_deny(engine):
-    allowed = ask(engine, HttpRequest("get", "api.internal", "/v1/users"), "api")
-    assert allowed.verdict is Verdict.ALLOW and allowed.rule == "api-read"
-    assert allowed.masks[0].classifiers == ("email",) and allowed.masks[0].rule == "api-mask"
-    assert ask(engine, HttpRequest("GET", "api.internal", "/v1/admin/x"), "api").rule == "api-no-admin"
-    assert ask(engine, HttpRequest("POST", "api.internal", "/v1/users"), "api").rule == "default-deny"
-    assert ask(engine, HttpRequest("GET", "api.internal", "/v1/users"), "api", identity=None).verdict is Verdict.DENY
-    assert ask(engine, HttpRequest("GET", "api.internal", "/v1/users"), "api", exe="/bin/curl").verdict is Verdict.DENY
+def test_subject_conditions_and_explicit_deny(engine):
+    allowed = ask(engine, SqlQuery("select 1 from public.t"), "reports")
+    assert allowed.verdict is Verdict.ALLOW and allowed.rule == "reports-read"
+    assert ask(engine, SqlQuery("select * from audit.log"), "reports").rule == "reports-no-audit"
+    assert ask(engine, SqlQuery("delete from public.t"), "reports").rule == "default-deny"
+    assert ask(engine, SqlQuery("select 1 from public.t"), "reports", identity=None).verdict is Verdict.DENY
+    assert ask(engine, SqlQuery("select 1 from public.t"), "reports", exe="/bin/curl").verdict is Verdict.DENY
 
 
-def test_ssh_globs_never_match_shell_syntax(engine):
-    decision = ask(engine, SshCommand("systemctl restart nginx"), "box")
-    assert decision.verdict is Verdict.APPROVE and decision.approval.grant_seconds == 600
-    assert ask(engine, SshCommand("systemctl restart nginx; rm -rf /"), "box").verdict is Verdict.DENY
-    assert ask(engine, SshCommand("systemctl restart $(id)"), "box").verdict is Verdict.DENY
+def test_an_operation_of_no_registered_protocol_is_denied(engine):
+    @dataclass(frozen=True)
+    class Unknown:
+        kind = "unknown"
 
-
-def test_kubernetes_without_rules_is_denied(engine):
-    decision = ask(engine, KubernetesRequest("get", "pods", namespace="x"), "api")
+    decision = ask(engine, Unknown(), "db")
     assert decision.verdict is Verdict.DENY and decision.rule == "default-deny"
+    assert "unknown operation type Unknown" in decision.reason
 
 
 def test_connection_level(engine):
     assert ask(engine, TcpConnect(), "db").verdict is Verdict.ALLOW
     assert ask(engine, TcpConnect(), "db", agent="other").rule == "db-other-denied"
     assert ask(engine, TcpConnect(), "raw").verdict is Verdict.APPROVE
-    assert ask(engine, TcpConnect(), "api", exe=None).verdict is Verdict.ALLOW  # plan-time: exe unknown
-    assert ask(engine, TcpConnect(), "api", exe="/bin/curl").verdict is Verdict.DENY
+    assert ask(engine, TcpConnect(), "reports", exe=None).verdict is Verdict.ALLOW  # plan-time: exe unknown
+    assert ask(engine, TcpConnect(), "reports", exe="/bin/curl").verdict is Verdict.DENY
     assert ask(engine, TcpConnect(), "nowhere").verdict is Verdict.DENY
     assert ask(engine, TcpConnect(), "db", agent="ghost").verdict is Verdict.DENY
 
@@ -79,7 +74,7 @@ def test_cache_is_bounded_and_returns_the_same_decision():
     assert ask(engine, SqlQuery("select 'a'"), "db") is first
     for text in ("select 'b'", "select 'c'", "select 'd'"):
         ask(engine, SqlQuery(text), "db")
-    assert len(engine._cache) == 2
+    assert len(engine.cache) == 2
     assert ask(engine, SqlQuery("select 'a'"), "db") is not first
 
 
@@ -88,10 +83,10 @@ def test_cache_is_bounded_by_the_size_of_what_it_keeps():
     long_one = ask(engine, SqlQuery("select '" + "a" * 80 + "'"), "db")
     assert ask(engine, SqlQuery("select '" + "a" * 80 + "'"), "db") is long_one
     ask(engine, SqlQuery("select '" + "b" * 80 + "'"), "db")
-    assert len(engine._cache) == 1 and engine._cache_chars <= 100
+    assert len(engine.cache) == 1 and engine.cache.chars <= 100
     assert ask(engine, SqlQuery("select '" + "a" * 80 + "'"), "db") is not long_one
     ask(engine, SqlQuery("select '" + "c" * 200 + "'"), "db")  # larger than the whole cache: not kept
-    assert engine._cache_chars <= 100
+    assert engine.cache.chars <= 100
 
 
 def test_bench_reports_both_engines_and_modes():

@@ -79,7 +79,39 @@ def test_schema_errors_say_what_was_expected():
     assert "p.yaml:1:1" in problems("version: 1\n")
     assert "duplicate key 'db'" in problems(GOOD.replace("agents:\n", "  db: {protocol: tcp, addresses: ['1.2.3.4:1']}\nagents:\n"))
     assert "invalid YAML" in problems("version: [1\n")
-    assert "sql rule on resource" in problems(GOOD.replace("protocol: postgres", "protocol: http"))
+    assert "p.yaml:7:63: sql rule on resource 'db' whose protocol is tcp" in problems(GOOD.replace("protocol: postgres", "protocol: tcp"))
+
+
+def test_a_protocol_without_a_handler_is_refused_where_it_is_named():
+    found = problems(GOOD.replace("protocol: postgres", "protocol: http"))
+    assert "p.yaml:3:18: resources/db/protocol: no handler for protocol 'http' (protocols with a handler: " \
+           "tcp, postgres)" in found
+    found = problems(GOOD.replace("sql: {kinds: [select]}", "ssh: {commands: [uptime]}"))
+    assert "p.yaml:7:63: unknown key 'ssh'" in found and "operation key names a protocol with a handler: " \
+           "tcp (tcp), sql (postgres)" in found
+
+
+def test_a_rule_is_about_one_kind_of_operation():
+    found = problems(GOOD.replace("sql: {kinds: [select]}", "sql: {kinds: [select]}, tcp: true"))
+    assert "p.yaml:7:87: a rule matches one kind of operation; got sql, tcp" in found
+    masked = GOOD.replace("effect: allow, agents: [bot], resources: [db], sql: {kinds: [select]}",
+                          "effect: mask, tcp: true, mask: {columns: [a.b.c]}")
+    assert "mask rules apply to sql operations" in problems(masked)
+
+
+def test_resource_options_are_the_protocols_own():
+    options = GOOD.replace('"10.1.0.0/16:443"]}', '"10.1.0.0/16:443"], options: {databases: [app], tls: {ca: /x.pem}}}')
+    assert load_policy_text(options, "p.yaml").resources["db"].options == {"databases": ["app"], "tls": {"ca": "/x.pem"}}
+    assert "unknown key 'database' (expected one of: databases, tls)" in problems(options.replace("databases", "database"))
+    assert "tls: 'yes' is not of type 'boolean', 'object'" in problems(options.replace("{ca: /x.pem}", "'yes'"))
+    tcp = options.replace("protocol: postgres", "protocol: tcp").replace(", sql: {kinds: [select]}", "")
+    assert "unknown key 'databases' (expected one of: none)" in problems(tcp)
+
+
+def test_sql_patterns_are_checked_where_they_are_written():
+    found = problems(GOOD.replace("sql: {kinds: [select]}", "sql: {tables: [orders], columns: [a.b]}"))
+    assert "p.yaml:7:78: table pattern 'orders': expected schema.table" in found
+    assert "p.yaml:7:97: column pattern 'a.b': expected column or schema.table.column" in found
 
 
 def test_load_policy_from_missing_file(tmp_path):

@@ -6,6 +6,7 @@ import pytest
 from interceptor.decision import Verdict
 from interceptor.operations import Request, SqlQuery, Subject
 from interceptor.policy import PolicyEngine, analyse, load_policy_text
+from interceptor.policy.sql_rules import judge_uncached
 
 POLICY = """
 version: 1
@@ -231,7 +232,7 @@ def test_numeric_shape_cache_gives_each_text_its_own_decision(text):
     decide(engine, variant)
     got = decide(engine, text)
     query = SqlQuery(text)
-    own = engine._sql(Request(Subject("bot"), "db", query), query, text)
+    own = judge_uncached(engine, Request(Subject("bot"), "db", query), query)
     assert (got.verdict, got.rule, got.reason, got.masks, got.details) == (
         own.verdict, own.rule, own.reason, own.masks, own.details)
 
@@ -242,7 +243,7 @@ def test_statements_differing_only_in_numbers_share_one_analysis(monkeypatch):
     assert first.verdict is Verdict.ALLOW and first.masks
     assert decide(engine, "select card from customers where id = 8") is first
     with monkeypatch.context() as patch:  # the text first analysed is found by its exact text
-        patch.setattr("interceptor.policy.engine.numeric_shape", None)
+        patch.setattr("interceptor.policy.sql_rules.numeric_shape", None)
         assert decide(engine, "select card from customers where id = 1") is first
     assert decide(engine, "select card from customers where id = 8.5") is not first  # another shape
     unparsable = decide(engine, "select id from orders where id = 12 +")

@@ -196,4 +196,4 @@ def test_an_unavailable_catalog_is_never_cached() -> None:
     cached = PolicyEngine(load_policy_text(POLICY, "catalog.yaml"))
     decide(cached, "select 1", catalog=UNAVAILABLE)
     decide(cached, "select id from public.orders where id = 1", catalog=UNAVAILABLE)
-    assert not cached._cache
+    assert not cached.cache
