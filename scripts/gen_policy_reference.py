@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
 """Generate docs/policy-reference.md from policy/schema.json, the identity fields the daemon
-checks (interceptor.identity.config) and the worked examples in policy/examples/.
+checks (interceptor.identity.config), the registered protocols (interceptor.protocols) and
+the worked examples in policy/examples/.
 
 The schema says what is allowed but rarely why; the descriptions live here, keyed by
-`section.field`. A schema field without a description, or a description whose field left
-the schema, is an error: the reference can never silently drift from the schema.
+`section.field`, or, for what a protocol contributes, in the schema fragment of its module
+(`description`). A schema field without a description, or a description here whose field
+left the schema, is an error: the reference can never silently drift from the schema.
 
-    python scripts/gen_policy_reference.py          # rewrite docs/policy-reference.md
-    python scripts/gen_policy_reference.py --check  # exit 1 if the committed file is stale
+    python scripts/gen_policy_reference.py           # rewrite docs/policy-reference.md
+    python scripts/gen_policy_reference.py --schema  # and policy/schema.json, after a protocol changed
+    python scripts/gen_policy_reference.py --check   # exit 1 if either committed file is stale
 """
 
 from __future__ import annotations
@@ -21,23 +24,25 @@ from typing import Any
 from interceptor.identity.config import FIELDS as IDENTITY_FIELDS
 from interceptor.identity.config import REQUIRED as IDENTITY_REQUIRED
 from interceptor.policy.encodings import CLIENT_ONLY
-from interceptor.policy.engine import (
-    BOOTSTRAP_RULE, CURSOR_RULE, DANGEROUS_FUNCTIONS, DANGEROUS_RULE, DDL_KINDS, HARMLESS_VOLATILE_FUNCTIONS,
-    MASK_FAILSAFE_RULE, TRANSACTION_RULE, UNPARSED_RULE,
-)
+from interceptor.policy.schema import composed
+from interceptor.policy.schema import text as schema_text
 from interceptor.policy.sql import SHADOWING_RULE
+from interceptor.policy.sql_rules import (
+    BOOTSTRAP_RULE, CURSOR_RULE, DANGEROUS_FUNCTIONS, DANGEROUS_RULE, DDL_KINDS, HARMLESS_VOLATILE_FUNCTIONS,
+    MASK_FAILSAFE_RULE, OPERATION_KEY, TRANSACTION_RULE, UNPARSED_RULE,
+)
 from interceptor.policy.sql_session import BOOTSTRAP_RELATIONS, BOOTSTRAP_SETTINGS, SESSION_FUNCTIONS, SESSION_SETTINGS
 from interceptor.policy.statement import (
     CATALOG_UNAVAILABLE, CATALOG_UNKNOWN_FUNCTION, CATALOG_UNKNOWN_RELATION, CATALOG_UNKNOWN_TYPE, JSON_ROW_FUNCTIONS,
     UNSAFE_ENCODING,
 )
+from interceptor.protocols import protocols
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = ROOT / "policy" / "schema.json"
 EXAMPLES = ROOT / "policy" / "examples"
 OUTPUT = ROOT / "docs" / "policy-reference.md"
 ROOT_SECTION = "policy"
-INLINE_DEFS = ("name", "strings")  # small value shapes written into the type column, not sections
 
 
 class ReferenceError(ValueError):
@@ -57,14 +62,11 @@ SECTIONS: dict[str, str] = {
                 "every other field is checked by `interceptor.identity.config` when the policy is loaded "
                 "(by `policy check` too), and a problem names the agent and the field.",
     "rule": "Who may do what. Default deny; among matching rules deny wins, then approve, then allow. Every "
-            "decision names its rule in the audit record, so names are unique.",
+            "decision names its rule in the audit record, so names are unique. A rule is about at most one kind of "
+            f"operation, named by its protocol's key ({', '.join(f'`{p.operation_key}`' for p in protocols())}); "
+            "with none it is about every operation.",
     "subjects": "Conditions on who acts. Within one field any listed value will do; every given field must "
                 "hold. Identity fields never match a flow without an identity.",
-    "sql": "Matches SQL statements (PostgreSQL dialect, parsed with sqlglot). Each statement of a query is "
-           "judged, and the query gets the most restrictive verdict.",
-    "http": "Matches HTTP requests.",
-    "kubernetes": "Matches Kubernetes API requests.",
-    "ssh": "Matches SSH commands.",
     "approval": "Who may release an operation held by an `approve` rule, and what the approval grants.",
     "mask": "Values to hide in results. Mask rules never allow anything; they add masks to what other "
             "rules allow.",
@@ -75,14 +77,12 @@ DESCRIPTIONS: dict[str, str] = {
     "policy.resources": "The resources, by name.",
     "policy.agents": "The agents, by name.",
     "policy.rules": "The rules, in any order (order does not change decisions).",
-    "resource.protocol": "Which handler judges the traffic. `tcp` judges the connection only; `postgres` "
-                         "judges every SQL statement. See the status of each protocol below.",
+    "resource.protocol": "Which handler judges the traffic: a protocol interceptor has a handler for (see the "
+                         "table below). Others are refused when the policy is loaded.",
     "resource.addresses": "`ip:port`, `host:port`, `[ipv6]:port` or `cidr:port`. Hostnames are resolved by the "
                           "daemon and re-resolved every 30 s.",
     "resource.credentials": "The upstream secret; see [credentials](#credentials).",
-    "resource.options": "Settings for the protocol handler. `postgres`: `databases` (list of glob patterns "
-                        "of databases agents may open), `tls` (`true`: verify the server against the system CA "
-                        "store; `{ca: /path, server_name: name}`: verify against that CA).",
+    "resource.options": "Settings for the protocol's handler; which ones depends on `protocol` (below).",
     "agent.cgroups": "cgroup-v2 paths relative to the cgroup2 mount (e.g. `system.slice/agent.service`); "
                      "processes in them or below are this agent.",
     "agent.uids": "Processes with these uids are this agent. uid 0 is refused: root can remove any enforcement.",
@@ -98,29 +98,6 @@ DESCRIPTIONS: dict[str, str] = {
     "subjects.client_id": "The OAuth client the token was issued to (`cid`); globs.",
     "subjects.exe": "Executable path of the connecting process (`/proc/PID/exe`); globs.",
     "subjects.uid": "uid of the connecting process.",
-    "sql.kinds": "Statement kinds: `select insert update delete merge truncate copy copy_file copy_program "
-                 "create alter drop grant revoke comment analyze set transaction`, `ddl` (see below) or `*`. "
-                 "Statements sqlglot keeps opaque (`do`, `call`, `vacuum`, `show`, ...) match only rules that "
-                 "name their kind and have no tables, columns or functions condition.",
-    "sql.tables": "`schema.table` globs, matched against the relation the server will read: unqualified "
-                  "names resolve by the session's search_path and the catalog (see \"How a SQL statement is "
-                  "judged\"); identifiers fold to lower case unless quoted.",
-    "sql.columns": "`column` or `schema.table.column` globs. On allow/approve rules they must cover every "
-                   "column read; on deny rules any one column matches.",
-    "sql.functions": "Function names, `name` or `schema.name` globs. A rule with `functions` judges function "
-                     "calls only, including what the statement runs unnamed (views, triggers, casts, operators).",
-    "http.methods": "HTTP methods, upper case (`GET`, `POST`); globs.",
-    "http.hosts": "Host names, lower case; globs.",
-    "http.paths": "Request paths; globs.",
-    "kubernetes.verbs": "API verbs (`get list watch create update patch delete`); globs.",
-    "kubernetes.resources": "Resource types (`pods`, `secrets`); globs.",
-    "kubernetes.api_groups": "API groups; `\"\"` is the core group.",
-    "kubernetes.subresources": "Subresources (`exec`, `log`, `portforward`); globs.",
-    "kubernetes.namespaces": "Namespaces; globs.",
-    "kubernetes.names": "Object names; globs.",
-    "ssh.commands": "Command lines; globs, and `\"\"` is an interactive shell. A command containing shell "
-                    "metacharacters (`; & | $ ( ) < > *` ...) matches only a pattern equal to it.",
-    "ssh.users": "Remote user names; globs.",
     "approval.groups": "Okta groups whose members may approve; local root may always decide (recorded as "
                        "break-glass). Nobody approves their own request.",
     "approval.grant": "`one-shot` (default): the approval covers the held operation (or one identical retry). "
@@ -144,12 +121,6 @@ DESCRIPTIONS: dict[str, str] = {
     "rule.agents": "Agent names the rule is about; omitted: every agent.",
     "rule.resources": "Resource names the rule is about; omitted: every resource.",
     "rule.subjects": "See [subjects](#subjects).",
-    "rule.tcp": "Match the connection itself (`tcp: true`). A rule has at most one of `tcp`, `sql`, `http`, "
-                "`kubernetes`, `ssh`; with none it matches every operation.",
-    "rule.sql": "See [sql](#sql); only on `postgres` resources.",
-    "rule.http": "See [http](#http); only on `http` resources.",
-    "rule.kubernetes": "See [kubernetes](#kubernetes); only on `kubernetes` resources.",
-    "rule.ssh": "See [ssh](#ssh); only on `ssh` resources.",
     "rule.approval": "See [approval](#approval).",
     "rule.mask": "See [mask](#mask).",
 }
@@ -176,16 +147,6 @@ IDENTITY: dict[str, str] = {
     "on_invalid": "When the identity expires or is revoked: `deny_next` denies each open flow's next "
                   "operation; `close` cuts the agent's open flows at once. New connections are refused either way.",
 }
-
-PROTOCOL_STATUS = (
-    ("tcp", "Available: the connection is judged at accept, bytes are relayed, one audit record per connection."),
-    ("postgres", "Handler built and tested against a real PostgreSQL 15 (psql, psycopg, asyncpg); its "
-                 "integration into the daemon is in progress."),
-    ("http", "Policy language and `policy test` only; no handler yet, so the daemon closes such connections."),
-    ("kubernetes", "Policy language and `policy test` only; no handler yet, so the daemon closes such connections."),
-    ("ssh", "Policy language and `policy test` only; no handler yet, so the daemon closes such connections."),
-)
-
 
 def _ref_name(node: dict[str, Any]) -> str | None:
     ref = node.get("$ref", "")
@@ -225,7 +186,7 @@ def describe_type(node: dict[str, Any], defs: dict[str, Any]) -> str:
     if ref == "strings":
         return "list of non-empty strings, at least one"
     if ref is not None:
-        return f"[{ref}](#{ref})"
+        return f"[{ref}](#{ref})" if is_section(defs[ref]) else describe_type(defs[ref], defs)
     if "const" in node:
         return _code([node["const"]])
     if "enum" in node:
@@ -233,13 +194,20 @@ def describe_type(node: dict[str, Any], defs: dict[str, Any]) -> str:
     if "oneOf" in node:
         return "one of the forms below"
     kind = node.get("type")
+    if isinstance(kind, list):
+        return " or ".join(describe_type({**node, "type": one}, defs) for one in kind)
+    if kind == "boolean":
+        return "`true` or `false`"
     if kind == "array":
         least = {None: "", 1: ", at least one"}.get(node.get("minItems"), f", at least {node.get('minItems')}")
         return f"list of {_plural(describe_type(node['items'], defs))}{least}"
     if kind == "object" and isinstance(node.get("additionalProperties"), dict):
         return f"mapping of name to {describe_type(node['additionalProperties'], defs)}"
+    if kind == "object" and node.get("properties"):
+        fields = ", ".join(f"`{k}`: {describe_type(v, defs)}" for k, v in node["properties"].items())
+        return f"mapping of {fields}"
     if kind == "object":
-        return "mapping"
+        return "empty mapping" if node.get("additionalProperties") is False else "mapping"
     if kind == "integer":
         low, high = node.get("minimum"), node.get("maximum")
         return "integer" + (f" {low}..{high}" if high is not None else f" >= {low}" if low is not None else "")
@@ -250,6 +218,11 @@ def describe_type(node: dict[str, Any], defs: dict[str, Any]) -> str:
     raise ReferenceError(f"cannot describe schema node {json.dumps(node)[:80]}")
 
 
+def is_section(node: dict[str, Any]) -> bool:
+    """A definition with fields or forms gets a section; any other is written into the type column."""
+    return "properties" in node or "oneOf" in node
+
+
 def locations(schema: dict[str, Any]) -> dict[str, str]:
     """Where each object definition appears in a policy file, e.g. identity -> agents.NAME.identity."""
     found: dict[str, str] = {}
@@ -257,12 +230,14 @@ def locations(schema: dict[str, Any]) -> dict[str, str]:
     def walk(node: dict[str, Any], path: str) -> None:
         ref = _ref_name(node)
         if ref is not None:
-            if ref not in found and ref not in INLINE_DEFS:
+            if ref not in found and is_section(schema["$defs"][ref]):
                 found[ref] = path
                 walk(schema["$defs"][ref], path)
             return
         for key, child in node.get("properties", {}).items():
             walk(child, f"{path}.{key}" if path else key)
+        for clause in node.get("allOf", []):
+            walk(clause["then"], path)
         if isinstance(node.get("additionalProperties"), dict):
             walk(node["additionalProperties"], f"{path}.NAME")
         if isinstance(node.get("items"), dict):
@@ -272,20 +247,29 @@ def locations(schema: dict[str, Any]) -> dict[str, str]:
     return found
 
 
-def _description(key: str) -> str:
-    if key not in DESCRIPTIONS:
-        raise ReferenceError(f"schema field {key} has no description: add one to DESCRIPTIONS in {Path(__file__).name}")
-    return DESCRIPTIONS[key]
+def _description(key: str, node: dict[str, Any]) -> str:
+    """DESCRIPTIONS[key], else the schema's own `description` (what a protocol's module wrote)."""
+    text = DESCRIPTIONS.get(key) or node.get("description")
+    if not text:
+        raise ReferenceError(f"schema field {key} has no description: add one to DESCRIPTIONS in {Path(__file__).name}"
+                             " or to the schema fragment of its protocol")
+    return str(text)
 
 
-def _conditions(node: dict[str, Any]) -> list[str]:
-    """`allOf: [{if: {properties: {X: {const: V}}}, then: {required: [R]}, else: {not: ...}}]` in words."""
+def _conditions(node: dict[str, Any], defs: dict[str, Any]) -> list[str]:
+    """`allOf: [{if: {properties: {X: {const: V}}}, then: {required: [R]}, else: {not: ...}}]`
+    and `then: {properties: {P: schema}}` in words."""
     lines = []
     for clause in node.get("allOf", []):
         (field, test), = clause["if"]["properties"].items()
-        for needed in clause["then"]["required"]:
+        for needed in clause["then"].get("required", ()):
             forbidden = " and not allowed otherwise" if "else" in clause else ""
             lines.append(f"`{needed}` is required when `{field}` is `{test['const']}`{forbidden}.")
+        for name, child in clause["then"].get("properties", {}).items():
+            ref = _ref_name(child)
+            target = defs[ref] if ref is not None else child
+            told = "" if is_section(target) else f" {target.get('description', '')}".rstrip()
+            lines.append(f"`{name}` when `{field}` is `{test['const']}`: {describe_type(child, defs)}.{told}")
     return lines
 
 
@@ -294,7 +278,7 @@ def field_table(section: str, node: dict[str, Any], defs: dict[str, Any]) -> lis
     rows = ["| field | type | required | meaning |", "| --- | --- | --- | --- |"]
     for name, child in node.get("properties", {}).items():
         rows.append(f"| `{name}` | {_cell(describe_type(child, defs))} | {'yes' if name in required else 'no'} | "
-                    f"{_cell(_description(f'{section}.{name}'))} |")
+                    f"{_cell(_description(f'{section}.{name}', child))} |")
     return rows
 
 
@@ -335,14 +319,16 @@ def _stale_descriptions(schema: dict[str, Any]) -> None:
 
 
 def section(name: str, where: str, node: dict[str, Any], defs: dict[str, Any]) -> list[str]:
-    if name not in SECTIONS:
-        raise ReferenceError(f"schema definition {name} has no introduction: add one to SECTIONS")
-    out = [f"## {name}", "", f"Where: `{where}`", "", SECTIONS[name], ""]
+    intro = SECTIONS.get(name) or node.get("description")
+    if not intro:
+        raise ReferenceError(f"schema definition {name} has no introduction: add one to SECTIONS or a description "
+                             "to the schema fragment of its protocol")
+    out = [f"## {name}", "", f"Where: `{where}`", "", intro, ""]
     if name == "credentials":
         out += credentials_forms(node, defs)
     else:
         out += field_table(name, node, defs)
-    conditions = _conditions(node)
+    conditions = _conditions(node, defs)
     if conditions:
         out += [""] + conditions
     if name == "identity":
@@ -350,8 +336,8 @@ def section(name: str, where: str, node: dict[str, Any], defs: dict[str, Any]) -
         out += ["", "`client_credentials` also needs `private_key_file` (preferred) or `client_secret_file`."]
     if name == "resource":
         out += ["", "| protocol | status |", "| --- | --- |"]
-        out += [f"| `{p}` | {status} |" for p, status in PROTOCOL_STATUS]
-    if name == "sql":
+        out += [f"| `{p.name}` | {p.description} |" for p in protocols()]
+    if name == OPERATION_KEY:
         out += ["", f"`ddl` stands for {_code(sorted(DDL_KINDS))}.", "",
                 "These functions reach outside the query's tables (files, programs, other servers and "
                 "sessions, settings) and are denied unless an allow or approve rule names them in "
@@ -501,24 +487,33 @@ def render(schema: dict[str, Any], examples: Path) -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
+def _stale(path: Path, text: str) -> bool:
+    if path.exists() and path.read_text() == text:
+        return False
+    print(f"{path} is stale: run python scripts/gen_policy_reference.py --schema", file=sys.stderr)
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 if the committed reference is stale")
+    parser.add_argument("--check", action="store_true",
+                        help="exit 1 if the committed reference or policy/schema.json is stale")
     parser.add_argument("--output", type=Path, default=OUTPUT)
+    parser.add_argument("--schema", action="store_true",
+                        help="also rewrite policy/schema.json, the schema the registered protocols compose")
     args = parser.parse_args(argv)
     try:
-        text = render(json.loads(SCHEMA.read_text()), EXAMPLES)
+        text = render(composed(), EXAMPLES)
     except ReferenceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if args.check:
-        current = args.output.read_text() if args.output.exists() else ""
-        if current != text:
-            print(f"{args.output} is stale: run python scripts/gen_policy_reference.py", file=sys.stderr)
-            return 1
-        return 0
+        stale = [_stale(args.output, text), _stale(SCHEMA, schema_text())]
+        return 1 if any(stale) else 0
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text)
+    if args.schema:
+        SCHEMA.write_text(schema_text())
     return 0
 
 
