@@ -18,9 +18,11 @@ from interceptor.audit.scrub import scrub_event
 from interceptor.audit.sql import record_rows
 from interceptor.decision import Decision, Verdict
 from interceptor.flow import Endpoint, FlowContext, ProcessInfo
+from interceptor.enforcer.judge import FlowJudge
 from interceptor.handlers.base import Services
 from interceptor.handlers.postgres.codec import INT16, INT32, message
-from interceptor.handlers.postgres.session import Audit, ProxySession
+from interceptor.handlers.commands import Record
+from interceptor.handlers.postgres.session import ProxySession
 from interceptor.identity.model import Identity
 from interceptor.operations import Request, SqlQuery, Subject
 from interceptor.policy.engine import PolicyEngine
@@ -49,9 +51,17 @@ def _traffic() -> tuple[bytes, bytes]:
     return client, server
 
 
-def _session() -> ProxySession:
+class _Allow:
+    """A judge that allows every statement: the session's own cost, without the policy's."""
+
     decision = Decision(Verdict.ALLOW, "reads")
-    session = ProxySession(judge=lambda query: decision, database="bench")
+
+    def decide(self, operation: object) -> Decision:
+        return self.decision
+
+
+def _session() -> ProxySession:
+    session = ProxySession(judge=_Allow(), database="bench")
     session.from_client(message(b"P", b"P0_1\0" + SQL.encode() + b"\0" + INT16.pack(0)) + message(b"S"))
     session.from_server(message(b"1") + message(b"Z", b"I"))
     return session
@@ -63,7 +73,8 @@ def _services() -> tuple[Services, FlowContext]:
                                                                  "/interceptor/bench"),
                        Endpoint(ipaddress.ip_address("127.0.0.1"), 5432),
                        Endpoint(ipaddress.ip_address("127.0.0.1"), 40000), "db")
-    return Services(decide=None, audit=None, identity=lambda: IDENTITY, resource=None, credentials=None), flow
+    judge = FlowJudge(flow, lambda: PolicyEngine(load_policy_text(POLICY)), lambda: IDENTITY, lambda: True)
+    return Services(judge=judge, audit=None, resource=None, credentials=None), flow
 
 
 def _per_op(run: Callable[[], object], count: int) -> float:
@@ -78,7 +89,7 @@ def measure(count: int = 20000) -> dict[str, float]:
     client, server = _traffic()
     session = _session()
     services, flow = _services()
-    audits = [c for c in (session.from_client(client), session.from_server(server))[1] if isinstance(c, Audit)]
+    audits = [c for c in (session.from_client(client), session.from_server(server))[1] if isinstance(c, Record)]
     audit = audits[0]
 
     def event() -> AuditEvent:

@@ -38,8 +38,9 @@ from interceptor.approvals.model import (
 )
 from interceptor.approvals.store import ApprovalStore
 from interceptor.approvals.webhook import WebhookNotifier
-from interceptor.audit.event import AuditEvent, AuditSink, AuditUnavailable
+from interceptor.audit.event import AuditEvent, AuditSink
 from interceptor.decision import Decision, Verdict
+from interceptor.errors import AuditUnavailable
 from interceptor.operations import Request
 
 log = logging.getLogger(__name__)

@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from interceptor.audit.chain import Head, Problem, Record, VerifyResult, verify_records
-from interceptor.audit.event import AuditEvent, AuditSink, AuditUnavailable
+from interceptor.audit.event import AuditEvent, AuditSink
 from interceptor.audit.query import Query
 from interceptor.audit.sink import Backend, ChainedSink, Chunk, SinkOptions
+from interceptor.errors import AuditUnavailable
 
 DEFAULT_PATH = Path("/var/lib/interceptor/audit.db")
 STORES = ("sqlite", "postgres", "jsonl")

@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol, TypeVar, cast
 
+from interceptor.errors import AuditUnavailable
+
 T = TypeVar("T")
 
 
@@ -45,10 +47,6 @@ class SharedSummary(dict[str, Any]):
 
     def __reduce__(self) -> tuple[type, tuple[dict[str, Any]]]:
         return SharedSummary, (dict(self),)  # copies and pickles rebuild it whole, not item by item
-
-
-class AuditUnavailable(RuntimeError):
-    """The record could not be made durable; the caller must deny the operation."""
 
 
 @dataclass(frozen=True, slots=True)

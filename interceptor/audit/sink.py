@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from interceptor.audit.chain import Head, Record, link
-from interceptor.audit.event import AuditEvent, AuditUnavailable
+from interceptor.audit.event import AuditEvent
 from interceptor.audit.scrub import scrub_event
+from interceptor.errors import AuditUnavailable
 
 log = logging.getLogger("interceptor.audit")
 

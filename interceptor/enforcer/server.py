@@ -14,21 +14,25 @@ import struct
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 
-from interceptor.audit.event import AuditEvent, AuditSink, AuditUnavailable
+from interceptor.approvals.broker import ApprovalBroker
+from interceptor.audit.event import AuditEvent, AuditSink
 from interceptor.decision import Decision, Verdict
 from interceptor.enforcer.attribution import AttributionError, attribute
 from interceptor.enforcer.judge import FlowJudge, identity_refusal
+from interceptor.errors import AuditUnavailable
 from interceptor.flow import Endpoint, FlowContext
 from interceptor.handlers import Services, handler_for
 from interceptor.handlers.base import Traffic
+from interceptor.handlers.postgres.catalog import CatalogStore
 from interceptor.identity.model import Identity
 from interceptor.operations import Request, TcpConnect
 from interceptor.redirect import Redirect
 from interceptor.runtime import Snapshot
 
 log = logging.getLogger(__name__)
+Peer = tuple[str, int]  # an accepted socket's peer address (host, port; IPv6 adds two fields we ignore)
 
 
 @dataclass(slots=True)
@@ -66,7 +70,8 @@ def _listen(host: str, port: int, backlog: int) -> socket.socket:
 class Enforcer:
     def __init__(self, redirect: Redirect, audit: AuditSink, snapshot: Callable[[], Snapshot],
                  identity: Callable[[str], Identity | None], identity_required: Callable[[str], bool],
-                 credentials: Callable[[str], Any], approvals: Any = None, *, catalogs: Any = None,
+                 credentials: Callable[[str], Awaitable[dict[str, str]]], approvals: ApprovalBroker | None = None, *,
+                 catalogs: CatalogStore | None = None,
                  scan_errors: bool = True,
                  on_connection: Callable[[str | None, str | None, str], None] = lambda agent, resource, decision: None,
                  on_decision: Callable[[Decision], None] = lambda decision: None) -> None:
@@ -83,7 +88,7 @@ class Enforcer:
         self.on_decision = on_decision  # every operation's decision, for metrics
         self.sessions: dict[str, Session] = {}
         self._sockets: list[socket.socket] = []
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self, port: int, refuse_port: int) -> None:
         for host in ("127.0.0.1", "::1"):
@@ -100,7 +105,7 @@ class Enforcer:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    def _spawn(self, coro) -> None:
+    def _spawn(self, coro: Coroutine[object, object, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -126,7 +131,7 @@ class Enforcer:
         except AuditUnavailable as exc:
             log.error("audit unavailable while refusing a flow: %s", exc)
 
-    async def _serve(self, conn: socket.socket, peer: tuple) -> None:
+    async def _serve(self, conn: socket.socket, peer: Peer) -> None:
         """Any failure closes the connection: a flow is never forwarded unjudged."""
         try:
             await self._attribute_and_hand_over(conn, peer)
@@ -135,7 +140,7 @@ class Enforcer:
             await self._refuse(conn, AuditEvent(kind="connection", decision="deny", rule="internal-error",
                                                 reason=f"{type(exc).__name__}: {exc}"))
 
-    async def _attribute_and_hand_over(self, conn: socket.socket, peer: tuple) -> None:
+    async def _attribute_and_hand_over(self, conn: socket.socket, peer: Peer) -> None:
         if self.redirect.slow_origin:
             origin = await asyncio.to_thread(self.redirect.origin, conn)
         else:
@@ -170,7 +175,7 @@ class Enforcer:
         judge.flow = flow = dataclasses.replace(flow, connection_rule=decision.rule)
         spec = snap.policy.resources[flow.resource or ""]
         services = Services(judge=judge, audit=self.audit, resource=spec,
-                            credentials=lambda: self.credentials(resource), approvals=self.approvals,
+                            credentials=lambda: self.credentials(spec.name), approvals=self.approvals,
                             catalogs=self.catalogs, scan_errors=self.scan_errors)
         self.on_connection(flow.agent, resource, "allow")
         session = Session(flow, conn, services.traffic)

@@ -13,7 +13,7 @@ import asyncio
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 LINGER_SECONDS = 10.0  # how long a closing pipe may keep flushing to a peer that does not read
 
@@ -136,7 +136,7 @@ class Pipe(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
 
-    def writelines(self, pieces: list[bytes | memoryview]) -> None:
+    def writelines(self, pieces: Sequence[bytes | memoryview]) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.writelines(pieces)
 

@@ -17,7 +17,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from interceptor.audit.event import AuditEvent, AuditSink, AuditUnavailable
+from interceptor.audit.event import AuditEvent, AuditSink
+from interceptor.errors import AuditUnavailable
 from interceptor.identity.config import AgentIdentityConfig, parse_identity_config
 from interceptor.identity.errors import IdentityConfigError, IdentityProviderError, InvalidToken
 from interceptor.identity.http import HttpClient, HttpxClient

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
 from interceptor.decision import MaskSpec
+from interceptor.errors import MaskingError
 from interceptor.masking.classifiers import CLASSIFIERS, classify
 
 STYLES = ("redact", "partial", "hash", "null")
@@ -26,10 +27,6 @@ HASH_HEX_CHARS = 16
 TEXT_TYPE_OIDS = frozenset({25, 1043, 1042, 19})  # text, varchar, bpchar, name
 
 _SEPARATED_KINDS = frozenset({"card", "national_id", "iban"})
-
-
-class MaskingError(ValueError):
-    """A value cannot be masked safely; the client must get an error, never the value."""
 
 
 class FieldMasker(Protocol):

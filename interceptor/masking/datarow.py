@@ -11,7 +11,8 @@ import struct
 from collections.abc import Mapping
 from typing import TypeVar
 
-from interceptor.masking.column import FieldMasker, MaskingError
+from interceptor.errors import MaskingError
+from interceptor.masking.column import FieldMasker
 
 Body = TypeVar("Body", bytes, memoryview)  # a DataRow body as the caller holds it
 _COUNT = struct.Struct("!h")

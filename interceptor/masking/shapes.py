@@ -26,7 +26,8 @@ import struct
 from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
-from interceptor.masking.column import TEXT_TYPE_OIDS, ColumnMasker, MaskingError
+from interceptor.errors import MaskingError
+from interceptor.masking.column import TEXT_TYPE_OIDS, ColumnMasker
 
 # isspace() in the C locale: what record_in skips around a composite and record_out quotes.
 _C_SPACE = " \t\n\v\f\r"

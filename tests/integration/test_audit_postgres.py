@@ -7,8 +7,9 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
-from interceptor.audit import AuditEvent, AuditUnavailable, Query, open_sink, open_store, verify
+from interceptor.audit import AuditEvent, Query, open_sink, open_store, verify
 from interceptor.audit.cli import audit
+from interceptor.errors import AuditUnavailable
 from pg_fixture import PgServer
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from interceptor.audit.event import AuditEvent, AuditUnavailable
+from interceptor.audit.event import AuditEvent
 from interceptor.decision import ApprovalSpec, Decision, Verdict
+from interceptor.errors import AuditUnavailable
 from interceptor.identity.model import Identity
 from interceptor.operations import Request, SqlQuery, Subject
 

@@ -5,7 +5,8 @@ import sqlite3
 
 import pytest
 
-from interceptor.audit import AuditEvent, AuditUnavailable, Query, open_sink, open_store, verify
+from interceptor.audit import AuditEvent, Query, open_sink, open_store, verify
+from interceptor.errors import AuditUnavailable
 
 
 def _event(n: int, **fields) -> AuditEvent:

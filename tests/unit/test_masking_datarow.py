@@ -5,7 +5,8 @@ import struct
 import pytest
 
 from interceptor.decision import MaskSpec
-from interceptor.masking import ColumnMasker, MaskingError, mask_datarow
+from interceptor.errors import MaskingError
+from interceptor.masking import ColumnMasker, mask_datarow
 from interceptor.masking.bench import run as bench_run
 
 KEY = b"test-key"

@@ -4,6 +4,7 @@ it (read back by a strict parser), the enforcer's callbacks, and the /metrics se
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import re
 import socket
 import threading
@@ -11,9 +12,10 @@ import threading
 import pytest
 
 from interceptor.decision import Decision, MaskSpec, Verdict
-from interceptor.enforcer.server import Enforcer, Snapshot
+from interceptor.enforcer.judge import FlowJudge
+from interceptor.flow import Endpoint, FlowContext, ProcessInfo
 from interceptor.metrics import CONTENT_TYPE, Gauges, Metrics, MetricsServer, parse_listen
-from interceptor.operations import Request, SqlQuery, Subject
+from interceptor.operations import SqlQuery
 from interceptor.policy import PolicyEngine, load_policy_text
 
 NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
@@ -126,14 +128,16 @@ rules:
 """
 
 
-def test_enforcer_reports_every_operation_decision():
+def test_every_operation_decision_is_counted():
     metrics = Metrics()
     policy = load_policy_text(POLICY, "metrics.yaml")
-    snapshot = Snapshot(policy, PolicyEngine(policy), None)
+    engine = PolicyEngine(policy)
     required = {"bot": False}
-    enforcer = Enforcer(None, None, lambda: snapshot, lambda agent: None, lambda agent: required[agent], None,
-                        on_decision=metrics.decision)
-    ask = lambda sql: enforcer._decide("bot", Request(Subject("bot", None), "db", SqlQuery(sql, "app")))  # noqa: E731
+    flow = FlowContext("f1", "bot", ProcessInfo(1, 1, 0, 0, "/usr/bin/agent", ("agent",), "/agents/bot"),
+                       Endpoint(ipaddress.ip_address("127.0.0.1"), 5432),
+                       Endpoint(ipaddress.ip_address("127.0.0.1"), 40000), "db")
+    judge = FlowJudge(flow, lambda: engine, lambda: None, lambda: required["bot"], metrics.decision)
+    ask = lambda sql: judge.decide(SqlQuery(sql, "app"))  # noqa: E731
     assert ask("SELECT card FROM public.t").verdict is Verdict.ALLOW
     assert ask("DELETE FROM public.t").verdict is Verdict.DENY
     required["bot"] = True  # identity lost mid-flow: denied whatever the rules say, and counted

@@ -7,8 +7,9 @@ import hmac
 
 import pytest
 
+from interceptor.errors import LoginError
 from interceptor.handlers.postgres import codec
-from interceptor.handlers.postgres.auth import LoginError, UpstreamLogin, md5_password
+from interceptor.handlers.postgres.auth import UpstreamLogin, md5_password
 from interceptor.handlers.postgres.codec import INT32
 
 

@@ -2,8 +2,9 @@
 
 import pytest
 
+from interceptor.errors import ProtocolViolation
 from interceptor.handlers.postgres import codec
-from interceptor.handlers.postgres.codec import INT16, INT32, ProtocolViolation
+from interceptor.handlers.postgres.codec import INT16, INT32
 
 
 def packet(body: bytes) -> bytes:

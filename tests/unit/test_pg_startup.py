@@ -2,8 +2,9 @@
 
 import pytest
 
+from interceptor.errors import Refused
 from interceptor.handlers.postgres import codec
-from interceptor.handlers.postgres.startup import Refused, accept_startup, database_allowed, split_options
+from interceptor.handlers.postgres.startup import accept_startup, database_allowed, split_options
 
 
 def startup(**params: str):

@@ -14,6 +14,8 @@ from contextlib import contextmanager
 
 from scramp import ScramClient, ScramException
 
+from interceptor.errors import LoginError
+
 from interceptor.handlers.postgres.codec import (
     HEADER,
     INT32,
@@ -28,10 +30,6 @@ from interceptor.handlers.postgres.codec import (
 
 AUTH_OK, AUTH_CLEARTEXT, AUTH_MD5, AUTH_SASL, AUTH_SASL_CONTINUE, AUTH_SASL_FINAL = 0, 3, 5, 10, 11, 12
 SCRAM = "SCRAM-SHA-256"
-
-
-class LoginError(RuntimeError):
-    """The upstream login failed; the message is safe to show the agent."""
 
 
 def md5_password(user: str, password: str, salt: bytes) -> bytes:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from interceptor.errors import ProtocolViolation
+
 INT16 = struct.Struct("!h")
 INT32 = struct.Struct("!i")
 UINT32 = struct.Struct("!I")
@@ -28,10 +30,6 @@ MAX_MESSAGE = (1 << 30) - 1  # PostgreSQL's PQ_LARGE_MESSAGE_LIMIT
 MAX_CANCEL_KEY = 256  # protocol 3.2: the secret key is at most 256 bytes
 
 FRONTEND_TYPES = frozenset(b"BCcdDEfFHPpQSX")
-
-
-class ProtocolViolation(ValueError):
-    """The peer sent something that is not valid PostgreSQL protocol; the message says what."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,19 +12,20 @@ import socket
 import time
 from dataclasses import dataclass
 
-from interceptor.audit.event import AuditUnavailable
 from interceptor.enforcer.driver import Driver
+from interceptor.errors import (
+    AuditUnavailable, ClientProtocolError, Fault, InterceptorError, LoginError, ProtocolViolation, Refused,
+    ServerProtocolError, UpstreamUnavailable,
+)
 from interceptor.flow import FlowContext
 from interceptor.handlers.base import Services, resource_option
 from interceptor.handlers.commands import Await, Command
 from interceptor.handlers.pipe import Pipe
 from interceptor.handlers.postgres import codec
-from interceptor.handlers.postgres.auth import LoginError
-from interceptor.handlers.postgres.codec import ProtocolViolation
 from interceptor.handlers.postgres.masks import mask_factory
 from interceptor.handlers.postgres.session import NORMAL_ENDS, ProxySession, RefreshCatalog
 from interceptor.handlers.postgres.session_catalog import CatalogSource
-from interceptor.handlers.postgres.startup import Refused, Startup, accept_startup, database_allowed
+from interceptor.handlers.postgres.startup import Startup, accept_startup, database_allowed
 from interceptor.handlers.postgres.upstream import Upstream, upstream_tls
 from interceptor.policy.encodings import EncodingRefused, python_codec
 from interceptor.policy.settings import SessionSettings
@@ -91,11 +92,11 @@ class PostgresHandler:
         started = time.monotonic()
         try:
             first = await asyncio.wait_for(self._startup(flow, client, services), STARTUP_SECONDS)
-        except (ProtocolViolation, Refused) as exc:
-            code = exc.code if isinstance(exc, Refused) else "08P01"
-            client.write(codec.error_response(code, str(exc), severity="FATAL"))
-            await client.flush()
-            await _audit_connection(services, flow, "deny", "startup", str(exc), {})
+        except ProtocolViolation as exc:
+            await _refuse(client, services, flow, ClientProtocolError(str(exc)), "startup", {})
+            return
+        except Refused as exc:
+            await _refuse(client, services, flow, exc, "startup", {})
             return
         except TimeoutError:
             await _audit_connection(services, flow, "deny", "startup", "no startup packet in time", {})
@@ -106,13 +107,9 @@ class PostgresHandler:
         try:
             await self._session(flow, client, services, startup, credentials, pipelined, started)
         except Refused as exc:
-            client.write(codec.error_response(exc.code, f"interceptor: {exc}", severity="FATAL"))
-            await client.flush()
-            await _audit_connection(services, flow, "deny", "startup", str(exc), {"database": startup.database})
-        except (LoginError, OSError, ProtocolViolation) as exc:
-            client.write(codec.error_response("08006", f"interceptor: {exc}", severity="FATAL"))
-            await client.flush()
-            await _audit_connection(services, flow, "error", "upstream", str(exc), {"database": startup.database})
+            await _refuse(client, services, flow, exc, "startup", {"database": startup.database})
+        except (LoginError, UpstreamUnavailable, ServerProtocolError) as exc:
+            await _refuse(client, services, flow, exc, "upstream", {"database": startup.database})
 
     async def _startup(self, flow: FlowContext, client: Pipe,
                        services: Services) -> tuple[Startup, dict[str, str], bytes] | None:
@@ -143,7 +140,7 @@ class PostgresHandler:
             except Exception as exc:  # noqa: BLE001 - any secrets failure refuses the login
                 raise Refused("28000", f"credentials for resource {flow.resource!r} are unavailable: {exc}") from None
             patterns = resource_option(services.resource, "databases")
-            if not database_allowed(startup.database, tuple(patterns) if patterns else None,
+            if not database_allowed(startup.database, tuple(map(str, patterns)) if isinstance(patterns, list) else None,
                                     credentials.get("database")):
                 raise Refused("42501", f"database {startup.database!r} is not allowed for agent {flow.agent!r} "
                                        f"on resource {flow.resource!r}")
@@ -152,7 +149,7 @@ class PostgresHandler:
     async def _session(self, flow: FlowContext, client: Pipe, services: Services, startup: Startup,
                        credentials: dict[str, str], pipelined: bytes, started: float) -> None:
         if "user" not in credentials or "password" not in credentials:
-            raise LoginError(f"credentials for resource {flow.resource!r} need 'user' and 'password'")
+            raise Refused("28000", f"credentials for resource {flow.resource!r} need 'user' and 'password'")
         host, port = str(flow.original_dst.ip), flow.original_dst.port
         tls, server_name = upstream_tls(services.resource)
         params = {"user": credentials["user"], "database": startup.database, **startup.params}
@@ -189,8 +186,9 @@ class PostgresHandler:
         try:
             await driver.run(client_rest=pipelined, server_rest=login.leftover)
         except AuditUnavailable as exc:
-            error = f"audit unavailable: {exc}"
-            client.write(codec.error_response("58000", f"interceptor: {error}; session closed", severity="FATAL"))
+            error = f"{exc.fault} fault: audit unavailable: {exc}"
+            client.write(codec.error_response(exc.sqlstate, f"interceptor: audit unavailable: {exc}; session closed",
+                                              severity="FATAL"))
             await client.flush()
         finally:
             self._cancel_keys.pop((pid, secret), None)
@@ -224,6 +222,17 @@ class PostgresHandler:
         await _audit_connection(services, flow, "allow" if allowed else "deny", "cancel",
                                 None if allowed else "no session of this agent holds that cancel key",
                                 {"cancel": True}, ended_hold=ended_hold)
+
+
+async def _refuse(client: Pipe, services: Services, flow: FlowContext, error: InterceptorError, stage: str,
+                  operation: dict[str, object]) -> None:
+    """End the session before it started: FATAL with the error's SQLSTATE, and the connection
+    record says whose fault it was (a refusal by policy or of bad input is a deny, the
+    server's failure an error)."""
+    client.write(codec.error_response(error.sqlstate, f"interceptor: {error}", severity="FATAL"))
+    await client.flush()
+    verdict = "deny" if error.fault in (Fault.POLICY, Fault.CLIENT) else "error"
+    await _audit_connection(services, flow, verdict, stage, str(error), operation, fault=error.fault.value)
 
 
 async def _audit_connection(services: Services, flow: FlowContext, verdict: str, stage: str, error: str | None,

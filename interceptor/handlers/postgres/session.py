@@ -20,16 +20,16 @@ import secrets
 import struct
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from interceptor.audit.event import SharedSummary
 from interceptor.decision import Decision, Judge, Verdict
+from interceptor.errors import ClientProtocolError, InterceptorError, MaskingError, ProtocolViolation, ServerProtocolError
 from interceptor.handlers.postgres import codec
-from interceptor.handlers.postgres.codec import MAX_MESSAGE, Column, ProtocolViolation
+from interceptor.handlers.postgres.codec import MAX_MESSAGE, Column
 from interceptor.handlers.postgres.masks import MaskFactory, Origin, RowMask, scrub_error_text, withhold_error_text
-from interceptor.masking import MaskingError
 from interceptor.policy.encodings import EncodingRefused, canonical, client_only, python_codec
 from interceptor.handlers.commands import Await, Close, Command, Hold, HoldOutcome, Record, Send, Side, StreamId
 from interceptor.handlers.postgres.names import Change, record
@@ -182,7 +182,7 @@ class Expect:
     statement: Statement | None = None
     prepared: Prepared | None = None  # describe-statement: where its columns go
     portal: Portal | None = None  # describe-portal / execute
-    change: Change | None = None  # parse / bind / close: what a failure or a skip undoes
+    change: Change[Any] | None = None  # parse / bind / close: what a failure or a skip undoes
     segment: int = 0  # query / sync: the segment it ends
     internal: bool = False  # describe: the enforcer's own, whose answer the client never sees
 
@@ -246,7 +246,7 @@ class _Stream:
     def at_boundary(self) -> bool:
         return self.skip == 0
 
-    def replace(self, start: int, end: int, new: list[bytes]) -> None:
+    def replace(self, start: int, end: int, new: Sequence[bytes | memoryview]) -> None:
         """Forward `new` in place of the frame at [start, end)."""
         if start > self.out:
             self.pieces.append(self.view[self.out:start])
@@ -327,7 +327,7 @@ class ProxySession:
         self._stream: StreamId = FRONTEND  # the stream of the input being handled
         self._awaiting_tables = False  # a result waits for the catalog to be read again
         self._tables_reread = False  # it was, for the result now being described
-        self._to_client: list[bytes] = []  # enforcer messages waiting for a server frame boundary
+        self._to_client: list[bytes | memoryview] = []  # enforcer messages waiting for a server frame boundary
         self._row_mask: RowMask | None = None
         # (id of the decision, statement, columns, catalog version, codec) -> (the decision, its rewriter)
         self._row_masks: dict[tuple[object, ...], tuple[Decision, RowMask | None]] = {}
@@ -375,7 +375,7 @@ class ProxySession:
                     break
                 self._client_frame(frame, out)
         except ProtocolViolation as exc:
-            return self._fatal(out, stream, "08P01", str(exc))
+            return self._fatal(out, stream, ClientProtocolError(str(exc)))
         self._send(out, Side.SERVER, stream.take())
         return out
 
@@ -409,7 +409,7 @@ class ProxySession:
         elif kind == 0x43:  # C
             target, name = codec.read_target(body, "Close", self._codec)
             table = self._statements if target == "S" else self._portals
-            self._expect.append(Expect("close", change=record(table, name, None)))  # type: ignore[arg-type]
+            self._expect.append(Expect("close", change=record(table, name, None)))
         elif kind == 0x53:  # S
             self._segment += 1
             self._in_segment = self._doomed = False
@@ -704,7 +704,7 @@ class ProxySession:
         frame, name, text, decision = self._held
         self._held = None
         cancelled = outcome.cancelled
-        info = {"approved": outcome.approved and not cancelled, "request_id": outcome.request_id,
+        info: dict[str, object] = {"approved": outcome.approved and not cancelled, "request_id": outcome.request_id,
                 "approver": outcome.approver, "reason": outcome.reason, **({"cancelled": True} if cancelled else {})}
         if cancelled or not outcome.approved:
             decision = Decision(Verdict.DENY, decision.rule, outcome.reason or "not approved", decision.masks,
@@ -759,9 +759,9 @@ class ProxySession:
                     break
                 self._server_frame(frame, out)
         except ProtocolViolation as exc:
-            return self._fatal(out, stream, "08P01", f"upstream: {exc}")
+            return self._fatal(out, stream, ServerProtocolError(f"upstream: {exc}"))
         except MaskingError as exc:  # a value that cannot be masked safely: never forward it
-            return self._fatal(out, stream, "42501", f"result withheld: {exc}")
+            return self._fatal(out, stream, MaskingError(f"result withheld: {exc}"))
         pieces = stream.take()
         if self._to_client and stream.at_boundary():
             pieces += self._take_inserts()
@@ -788,7 +788,7 @@ class ProxySession:
             self._parameter_status(body)
             return
         head = self._expect[0] if self._expect else None
-        if kind == 0x44:  # D, only when a row mask is active
+        if kind == 0x44 and self._row_mask is not None:  # D is only taken apart when a row mask is active
             self._server.replace(start, end, [_frame(b"D", self._row_mask(body))])
         elif kind == 0x54:  # T
             self._row_description(frame, body, head, out)
@@ -1041,7 +1041,7 @@ class ProxySession:
 
     # ---- shared ---------------------------------------------------------------------
 
-    def _take_inserts(self) -> list[bytes]:
+    def _take_inserts(self) -> list[bytes | memoryview]:
         inserts, self._to_client = self._to_client, []
         return inserts
 
@@ -1049,21 +1049,22 @@ class ProxySession:
         if pieces:
             out.append(Send(to, pieces, self._stream))
 
-    def _fatal(self, out: list[Command], stream: _Stream, code: str, message: str) -> list[Command]:
-        """Bad input: tell the client why (at a frame boundary when possible) and close."""
+    def _fatal(self, out: list[Command], stream: _Stream, error: InterceptorError) -> list[Command]:
+        """Bad input, or a result that cannot be masked: tell the client why with the error's
+        SQLSTATE (at a frame boundary when possible) and close, recording whose fault it was."""
         self.closed = True
         pieces = self._server.cut(self._server.start) if stream is self._server else []
         if self._server.at_boundary():
-            pieces = pieces + [codec.error_response(code, message, severity="FATAL")]
+            pieces = pieces + [codec.error_response(error.sqlstate, str(error), severity="FATAL")]
         self._send(out, Side.CLIENT, pieces)
-        out.append(Close(message, self._stream))
+        out.append(Close(f"{error.fault} fault: {error}", self._stream))
         return out
 
 
 
 
-def _frame(kind: bytes, body: bytes) -> bytes:
-    return kind + codec.INT32.pack(len(body) + 4) + body
+def _frame(kind: bytes, body: bytes | memoryview) -> bytes:
+    return b"".join((kind, codec.INT32.pack(len(body) + 4), body))
 
 
 def _with_format(column: Column, formats: tuple[int, ...], index: int) -> Column:

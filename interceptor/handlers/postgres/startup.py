@@ -9,19 +9,12 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import dataclass
 
+from interceptor.errors import Refused
 from interceptor.handlers.postgres import codec
 from interceptor.policy.encodings import EncodingRefused, python_codec
 from interceptor.policy.sql_session import SESSION_SETTINGS
 
 PASSED_PARAMETERS = SESSION_SETTINGS
-
-
-class Refused(Exception):
-    """Startup refused: send FATAL `code` `message` to the client and close."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,10 +7,11 @@ from __future__ import annotations
 import ssl
 from collections.abc import Mapping
 
+from interceptor.errors import LoginError, ProtocolViolation, ServerProtocolError, UpstreamUnavailable
 from interceptor.handlers.base import resource_option
 from interceptor.handlers.pipe import Pipe
 from interceptor.handlers.postgres import codec
-from interceptor.handlers.postgres.auth import LoginError, UpstreamLogin
+from interceptor.handlers.postgres.auth import UpstreamLogin
 from interceptor.policy.model import ResourceSpec
 
 CHUNK = 256 * 1024
@@ -26,24 +27,21 @@ class Upstream:
     @classmethod
     async def connect(cls, host: str, port: int, params: dict[str, str], password: str,
                       tls: ssl.SSLContext | None, server_name: str | None) -> Upstream:
-        pipe = await Pipe.connect(host, port)
         try:
-            if tls is not None:
-                pipe.write(codec.special_request(codec.SSL_REQUEST))
-                if await pipe.read_exactly(1) != b"S":
-                    raise LoginError("upstream refused TLS, which this resource requires")
-                await pipe.start_tls(tls, server_name or host)
-            login = UpstreamLogin(params["user"], password)
-            pipe.write(codec.startup_message(params))
-            while not login.done:
-                data = await pipe.read(CHUNK)
-                if not data:
-                    raise LoginError("upstream closed the connection during login")
-                pipe.writelines(login.receive(data))
+            pipe = await Pipe.connect(host, port)
+        except OSError as exc:
+            raise UpstreamUnavailable(f"upstream {host}:{port}: {exc.strerror or exc}") from None
+        try:
+            return cls(pipe, await _login(pipe, params, password, tls, server_name or host))
+        except ProtocolViolation as exc:
+            pipe.abort()
+            raise ServerProtocolError(f"upstream login: {exc}") from None
+        except OSError as exc:  # TLS handshake failures (ssl.SSLError) included
+            pipe.abort()
+            raise UpstreamUnavailable(f"upstream {host}:{port}: {exc.strerror or exc}") from None
         except BaseException:
             pipe.abort()
             raise
-        return cls(pipe, login)
 
     async def simple_query(self, sql: str) -> list[list[str | None]]:
         """The rows of one simple Query, every field as text (None for NULL); LoginError
@@ -88,3 +86,22 @@ def upstream_tls(resource: ResourceSpec) -> tuple[ssl.SSLContext | None, str | N
     options = tls if isinstance(tls, Mapping) else {}
     context = ssl.create_default_context(cafile=options.get("ca"))
     return context, options.get("server_name")
+
+
+async def _login(pipe: Pipe, params: dict[str, str], password: str, tls: ssl.SSLContext | None,
+                 server_name: str) -> UpstreamLogin:
+    """TLS first when asked (SSLRequest, docs 55.2.10), then the StartupMessage and the
+    authentication exchange; LoginError when the server refuses either."""
+    if tls is not None:
+        pipe.write(codec.special_request(codec.SSL_REQUEST))
+        if await pipe.read_exactly(1) != b"S":
+            raise LoginError("upstream refused TLS, which this resource requires")
+        await pipe.start_tls(tls, server_name)
+    login = UpstreamLogin(params["user"], password)
+    pipe.write(codec.startup_message(params))
+    while not login.done:
+        data = await pipe.read(CHUNK)
+        if not data:
+            raise LoginError("upstream closed the connection during login")
+        pipe.writelines(login.receive(data))
+    return login
