@@ -69,11 +69,11 @@ class Script:
 
     `records` keeps every Record expected so far, for a check the steps do not spell out."""
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, start: list[Command] | None = None) -> None:
         self.session = session
         self.records: list[Record] = []
-        self._emitted: deque[Command] = deque()
-        self._said: list[str] = []  # the steps so far, for failure messages
+        self._emitted: deque[Command] = deque(start or [])  # `start`: the handler's first commands
+        self._said: list[str] = ["the handler starts the session"] if start else []  # the steps, for failures
         self._hold: Hold | None = None  # the last Hold expected, which approve/deny/cancel answer
         self._open: Open | None = None  # the last Open expected, which opened() answers
 
@@ -134,18 +134,19 @@ class Script:
 
     # ---- what the session emitted --------------------------------------------------------
 
-    def expect_server(self, *data: bytes) -> Self:
-        """Next, Sends to the server of exactly `data` (joined)."""
-        return self._expect_bytes(Side.SERVER, b"".join(data))
+    def expect_server(self, *data: bytes, stream: StreamId | None = None) -> Self:
+        """Next, Sends to the server of exactly `data` (joined), on `stream` when given."""
+        return self._expect_bytes(Side.SERVER, b"".join(data), stream)
 
-    def expect_agent(self, *data: bytes) -> Self:
-        """Next, Sends to the agent of exactly `data` (joined)."""
-        return self._expect_bytes(Side.CLIENT, b"".join(data))
+    def expect_agent(self, *data: bytes, stream: StreamId | None = None) -> Self:
+        """Next, Sends to the agent of exactly `data` (joined), on `stream` when given."""
+        return self._expect_bytes(Side.CLIENT, b"".join(data), stream)
 
-    def _expect_bytes(self, to: Side, expected: bytes) -> Self:
-        got = self._take(to, len(expected), f"a Send to the {to} of {_bytes(expected)}")
+    def _expect_bytes(self, to: Side, expected: bytes, stream: StreamId | None) -> Self:
+        wanted = f"a Send to the {to}{'' if stream is None else f' on stream {stream}'} of {_bytes(expected)}"
+        got = self._take(to, len(expected), wanted, stream)
         if got != expected:
-            self._fail(f"a Send to the {to} of {_bytes(expected)}", f"Send(to {to}: {_bytes(got)})")
+            self._fail(wanted, f"Send(to {to}: {_bytes(got)})")
         return self
 
     def expect_record(self, rule: str | None = None, verdict: str | None = None, *,
@@ -213,13 +214,13 @@ class Script:
         self._emitted.popleft()
         return first
 
-    def _take(self, to: Side, size: int, wanted: str) -> bytes:
-        """`size` bytes off the Sends to `to` at the front (fewer when those run out); what a
-        Send holds beyond them stays at the front, as a Send of its own stream."""
+    def _take(self, to: Side, size: int, wanted: str, stream: StreamId | None = None) -> bytes:
+        """`size` bytes off the Sends to `to` (on `stream`, when given) at the front, fewer when
+        those run out; what a Send holds beyond them stays at the front, on its own stream."""
         got = b""
         while len(got) < size and self._emitted:
             first = self._emitted[0]
-            if not isinstance(first, Send) or first.to is not to:
+            if not isinstance(first, Send) or first.to is not to or stream not in (None, first.stream):
                 break
             self._emitted.popleft()
             got += b"".join(bytes(piece) for piece in first.data)
@@ -295,10 +296,11 @@ class PostgresScript(Script):
 @overload
 def script(session: ProxySession) -> PostgresScript: ...
 @overload
-def script(session: Session) -> Script: ...
-def script(session: Session) -> Script:
-    """The script of a conversation with `session` (with PostgreSQL's steps for a ProxySession)."""
-    return PostgresScript(session) if isinstance(session, ProxySession) else Script(session)
+def script(session: Session, start: list[Command] | None = None) -> Script: ...
+def script(session: Session, start: list[Command] | None = None) -> Script:
+    """The script of a conversation with `session`, whose handler's first commands are `start`
+    (with PostgreSQL's steps for a ProxySession, which the handler starts with none)."""
+    return PostgresScript(session) if isinstance(session, ProxySession) else Script(session, start)
 
 
 def _bytes(data: bytes) -> str:
