@@ -14,13 +14,11 @@ from contextlib import contextmanager
 
 from scramp import ScramClient, ScramException
 
-from interceptor.errors import LoginError
-
+from interceptor.errors import LoginError, ProtocolViolation
 from interceptor.handlers.postgres.codec import (
     HEADER,
     INT32,
     MAX_MESSAGE,
-    ProtocolViolation,
     Reader,
     cstr,
     frame_length,
