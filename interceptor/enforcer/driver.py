@@ -130,16 +130,18 @@ class Driver:
         self._feed(side, data)
 
     def _feed(self, side: Side, data: bytes) -> None:
+        """Hand `data` (b"": the side's end) to the session, or keep it, in order, while the
+        side's input stream waits."""
         if self._ended.done():
             return
-        if self._inputs[side] in self._waits:  # read during a wait: kept, in order, for after it
+        if self._inputs[side] in self._waits:
             self._backlog[side].append(data)
             self._backlog_bytes[side] += len(data)
             if self._backlog_bytes[side] > BACKLOG_BYTES:
                 self._reading()
             return
         try:
-            self._carry(self.session.receive(side, data))
+            self._carry(self.session.receive(side, data) if data else self.session.ended(side))
         except Exception as exc:  # noqa: BLE001 - ends this flow with the reason; the daemon goes on
             self._end(exc)
 
@@ -155,14 +157,13 @@ class Driver:
         self._reading()
 
     def _peer_ended(self, side: Side) -> None:
-        """A peer closed: the session's answer is carried out at once, ahead of any wait (the
-        peer is gone; nothing it waits for can come)."""
-        if self._ended.done():
+        """A peer closed its sending direction: the session hears it after the bytes it sent
+        before. An agent that leaves while an operation of its waits for approval ends the
+        flow at once: the request is withdrawn and recorded as never run (close())."""
+        if side is Side.CLIENT and self._held and self._inputs[side] in self._waits:
+            self._end(None)
             return
-        try:
-            self._carry(self.session.ended(side), urgent=True)
-        except Exception as exc:  # noqa: BLE001 - as in _feed
-            self._end(exc)
+        self._feed(side, b"")
 
     # ---- commands -------------------------------------------------------------------
 

@@ -130,7 +130,8 @@ class Session(Protocol):
         """Bytes `side` sent, in order."""
 
     def ended(self, side: Side) -> list[Command]:
-        """`side` closed its sending direction (or the connection was lost)."""
+        """`side` closed its sending direction (or the connection was lost); heard after the
+        bytes it sent before."""
 
     def opened(self, stream: StreamId, error: str | None) -> list[Command]:
         """The answer to an Open: None on success, else why the upstream could not be reached."""
