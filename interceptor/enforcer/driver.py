@@ -219,7 +219,8 @@ class Driver:
             if pipe is not None:
                 pipe.write_eof()
         elif isinstance(command, Hold):
-            self._wait(command.stream, self._hold(command))
+            held = self._held[command.stream] = _Held()  # a cancel from now on finds it
+            self._wait(command.stream, self._hold(command, held))
         elif isinstance(command, Open):
             self._wait(command.stream, self._open(command))
         elif isinstance(command, Await):
@@ -277,15 +278,14 @@ class Driver:
             commands += self.session.ended(Side.SERVER)
         return commands
 
-    async def _hold(self, command: Hold) -> list[Command]:
+    async def _hold(self, command: Hold, held: _Held) -> list[Command]:
         """Wait for the broker's outcome, then resume the session. Cancelled (the flow
         closing), the broker withdraws the request itself and the operation is recorded as
         never run."""
         stream, broker = command.stream, self.services.approvals
-        if broker is None:
-            return self.session.approval(stream, HoldOutcome(False, None, "no approval broker is configured"))
-        held = self._held[stream] = _Held()
         try:
+            if broker is None:
+                return self.session.approval(stream, HoldOutcome(False, None, "no approval broker is configured"))
             pending = held.pending = await broker.open(self.services.judge.request(command.operation), command.decision,
                                                        self.flow.summary())
             if pending.waiting:

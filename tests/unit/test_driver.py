@@ -554,8 +554,6 @@ def test_cancel_holds_withdraws_a_held_operation(tmp_path: Path) -> None:
     run(scenario)
 
 
-@pytest.mark.xfail(strict=True, reason="driver bug: a Hold's _Held is registered only when its task first runs, so "
-                   "a cancel handled before that finds nothing held and the operation stays held")
 def test_a_cancel_that_comes_as_the_hold_is_carried_out_still_ends_it(tmp_path: Path) -> None:
     async def scenario() -> None:
         sink = Sink()
