@@ -76,6 +76,7 @@ class Lineage:
         return None if self._is_cte(node) else self.table_of(node, lenient)
 
     def table_columns(self, table: Table) -> tuple[str, ...] | None:
+        """A relation's columns in order, from where `*` expands; None when unknown."""
         if self.names.columns is None:
             return None
         found = self.names.columns.columns(*table)
@@ -289,6 +290,8 @@ class Lineage:
         return columns
 
     def projections(self, select: exp.Expr) -> list[tuple[str, set[ColumnRef]]]:
+        """One SELECT's (or VALUES', or RETURNING's) result columns in order, `*` expanded,
+        each (name, the base columns it derives from)."""
         if isinstance(select, exp.Values):  # column1, column2...: the k-th of every row (docs, 7.7)
             rows = [t.expressions for t in select.expressions if isinstance(t, exp.Tuple)]
             width = max((len(r) for r in rows), default=0)
@@ -351,9 +354,11 @@ class Lineage:
         return [(renamed[i] if i < len(renamed) else name, refs) for i, (name, refs) in enumerate(columns)]
 
     def star_sources(self, select: exp.Expr, star: exp.Expr) -> set[ColumnRef]:
+        """The base columns `*` or `t.*` in `select` reads."""
         return {ref for _, sources in self._star_columns(select, star) for ref in sources}
 
     def expression_sources(self, node: exp.Expr) -> set[ColumnRef]:
+        """The base columns every column reference and `*` within `node` reads."""
         found: set[ColumnRef] = set()
         for column in node.find_all(exp.Column):
             found |= self.star_sources(enclosing_queries(column)[0], column) if column.is_star else self.resolve(column)

@@ -69,6 +69,7 @@ class Names:
 
     @classmethod
     def of(cls, session: SessionSettings, catalog: AnyCatalog) -> Names:
+        """The names in force under `session`'s search_path and role, through `catalog`."""
         full = catalog if isinstance(catalog, Catalog) else None
         value = session.get("search_path")
         if value is not None:
@@ -168,6 +169,7 @@ class Names:
         return (found,)
 
     def path_in_force(self) -> tuple[str, ...]:
+        """The search_path as set; Unsupported when its value cannot be read."""
         if self.path is None:
             raise Unsupported("the search_path in force cannot be read")
         return self.path

@@ -57,10 +57,12 @@ def column_name(node: exp.Expr) -> str:
 
 
 def is_star(node: exp.Expr) -> bool:
+    """Is it `*` or `t.*`?"""
     return isinstance(node, exp.Star) or (isinstance(node, exp.Column) and node.is_star)
 
 
 def ancestors(node: exp.Expr) -> Iterator[exp.Expr]:
+    """The node's parent, its parent's, ... up to the root."""
     parent = node.parent
     while parent is not None:
         yield parent
@@ -91,6 +93,8 @@ def enclosing_queries(node: exp.Expr) -> list[exp.Expr]:
 
 
 def cte_query(node: exp.Table, name: str) -> exp.Expr:
+    """The query of the WITH query `name` a FROM item refers to, from the innermost WITH
+    that has one; Unsupported when none does."""
     for ancestor in ancestors(node):
         with_ = ancestor.args.get("with_")
         if with_ is not None:
@@ -140,6 +144,7 @@ def unwrap(node: exp.Expr) -> exp.Expr:
 
 
 def direct_tables(query: exp.Expr) -> list[exp.Expr]:
+    """The FROM and JOIN items of `query` itself that are table nodes."""
     return [i for i in direct_from_items(query) if isinstance(i, exp.Table)]
 
 
@@ -153,6 +158,7 @@ def selects(query: exp.Expr) -> list[exp.Expr]:
 
 
 def unparen(node: exp.Expr) -> exp.Expr:
+    """The expression inside any parentheses around it."""
     while isinstance(node, exp.Paren):
         node = node.this
     return node
