@@ -394,6 +394,27 @@ def test_a_wait_that_the_replay_starts_again_keeps_the_rest_for_after_it() -> No
     run(scenario)
 
 
+def test_a_side_that_ends_during_a_wait_is_heard_to_end_after_what_it_sent_before() -> None:
+    gate = Gate()
+
+    async def scenario() -> None:
+        session = Scripted(receive_answer=lambda side, data: [Await(stream=0)] if data == b"wait" else [])
+        async with running(session, awaits=gate) as flow:
+            flow.agent.send(b"wait")
+            await flow.until(lambda: bool(gate.waits))
+            flow.agent.send(b"last words")
+            await asyncio.sleep(0.02)
+            flow.agent.writer.write_eof()
+            await asyncio.sleep(0.02)
+            assert flow.session.calls == [("receive", CLIENT, b"wait")]
+            gate.open()
+            await asyncio.wait_for(flow.running, 5)
+            assert flow.session.calls == [("receive", CLIENT, b"wait"), ("receive", CLIENT, b"last words"),
+                                          ("ended", CLIENT)]
+
+    run(scenario)
+
+
 def test_reading_pauses_once_what_was_read_during_a_wait_passes_the_backlog_limit() -> None:
     gate = Gate()
     sent = os.urandom(BACKLOG_BYTES + 300_000)
@@ -584,6 +605,22 @@ def test_closing_the_flow_during_a_hold_records_the_operation_as_never_run(tmp_p
             assert flow.called("abandoned") == [("abandoned", 0, request_id, DISCONNECTED)]
             [never_run] = [e for e in sink.events if e.kind == "statement"]
             assert never_run.decision == "deny" and never_run.reason == DISCONNECTED
+
+    run(scenario)
+
+
+def test_an_agent_that_leaves_during_a_hold_ends_the_flow_at_once(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        sink = Sink()
+        async with broker_at(tmp_path, sink) as broker, running(Scripted(receive_answer=holding), sink, broker) as flow:
+            flow.agent.send(b"delete")
+            request_id = await flow.request_id()
+            flow.agent.writer.write_eof()
+            await asyncio.wait_for(flow.running, 5)
+            assert not flow.called("ended") and not flow.called("approval")
+            flow.driver.close()  # as the handler does once the flow ends: the request is withdrawn
+            await flow.until(lambda: bool(flow.called("abandoned")))
+            assert flow.called("abandoned") == [("abandoned", 0, request_id, DISCONNECTED)]
 
     run(scenario)
 

@@ -1,15 +1,18 @@
 """ProxySession driven directly: client and server bytes in, commands out; the core
 conversations as scripts (tests/conversation.py)."""
 
+from collections.abc import Sequence
+from typing import Any
+
 import pytest
 
 from interceptor.decision import ApprovalSpec, Decision, MaskSpec, Verdict
 from interceptor.errors import MaskingError
 from interceptor.handlers.postgres import codec
-from interceptor.handlers.postgres.codec import INT16, INT32
-from interceptor.handlers.postgres.masks import Origin
+from interceptor.handlers.postgres.codec import INT16, INT32, Column
+from interceptor.handlers.postgres.masks import Origin, RowMask
 from conversation import CANCELLED, Judging, script
-from interceptor.handlers.commands import Close, Hold, HoldOutcome, Record, Send
+from interceptor.handlers.commands import Close, Command, Record, Send
 from interceptor.handlers.postgres.session import (
     CLIENT_TERMINATED,
     FRONTEND,
@@ -36,20 +39,21 @@ def decide(query: SqlQuery) -> Decision:
     return Decision(Verdict.ALLOW, "reads")
 
 
-def session(**kwargs) -> ProxySession:
+def session(**kwargs: Any) -> ProxySession:
     return ProxySession(judge=Judging(decide), database="app", nonce=NONCE, clock=lambda: 100.0, **kwargs)
 
 
-def sent(commands, to: str) -> bytes:
+def sent(commands: Sequence[Command], to: str) -> bytes:
     return b"".join(bytes(piece) for c in commands if isinstance(c, Send) and c.to == to for piece in c.data)
 
 
-def audits(commands) -> list[Record]:
+def audits(commands: Sequence[Command]) -> list[Record]:
     return [c for c in commands if isinstance(c, Record)]
 
 
 def frames(data: bytes) -> list[tuple[bytes, bytes]]:
-    out, pos = [], 0
+    out: list[tuple[bytes, bytes]] = []
+    pos = 0
     while pos < len(data):
         length = INT32.unpack_from(data, pos + 1)[0]
         out.append((data[pos:pos + 1], data[pos + 5:pos + 1 + length]))
@@ -100,7 +104,7 @@ def one_row(value: bytes) -> bytes:
 COMPLETE = msg(b"C", b"SELECT 1\0")
 
 
-def test_allowed_query_is_forwarded_unchanged_and_audited_before_ready_for_query():
+def test_allowed_query_is_forwarded_unchanged_and_audited_before_ready_for_query() -> None:
     (script(session())
      .agent(codec.query("SELECT 1"))
      .expect_server(codec.query("SELECT 1"))
@@ -111,7 +115,7 @@ def test_allowed_query_is_forwarded_unchanged_and_audited_before_ready_for_query
      .done())
 
 
-def test_denied_query_sends_the_sentinel_and_rewrites_its_error():
+def test_denied_query_sends_the_sentinel_and_rewrites_its_error() -> None:
     s = session()
     (script(s)
      .agent(codec.query("DROP TABLE t"))
@@ -124,7 +128,7 @@ def test_denied_query_sends_the_sentinel_and_rewrites_its_error():
     assert s.status == b"E"
 
 
-def test_real_errors_are_not_rewritten():
+def test_real_errors_are_not_rewritten() -> None:
     (script(session())
      .agent(codec.query("DROP TABLE t"))
      .expect_server(codec.query(SENTINEL))
@@ -135,7 +139,7 @@ def test_real_errors_are_not_rewritten():
      .done())
 
 
-def test_pipelined_queries_are_judged_each_and_answered_in_order():
+def test_pipelined_queries_are_judged_each_and_answered_in_order() -> None:
     (script(session())
      .agent(codec.query("SELECT 1"), codec.query("DROP TABLE t"), codec.query("SELECT 2"))
      .expect_server(codec.query("SELECT 1"), codec.query(SENTINEL), codec.query("SELECT 2"))
@@ -155,7 +159,7 @@ def test_pipelined_queries_are_judged_each_and_answered_in_order():
      .done())
 
 
-def test_extended_query_is_audited_before_its_command_complete():
+def test_extended_query_is_audited_before_its_command_complete() -> None:
     (script(session())
      .agent(extended("", "SELECT 1"))
      .expect_server(extended("", "SELECT 1"))
@@ -167,7 +171,7 @@ def test_extended_query_is_audited_before_its_command_complete():
      .done())
 
 
-def test_extended_pipeline_denial_skips_to_sync_with_one_ready_for_query():
+def test_extended_pipeline_denial_skips_to_sync_with_one_ready_for_query() -> None:
     (script(session())
      .agent(extended("", "SELECT 1"), extended("s2", "DROP TABLE t"), extended("", "SELECT 2"))
      .expect_server(extended("", "SELECT 1"), codec.parse("s2", SENTINEL), run("s2"), extended("", "SELECT 2"))
@@ -189,7 +193,7 @@ def test_extended_pipeline_denial_skips_to_sync_with_one_ready_for_query():
      .done())
 
 
-def test_denial_inside_a_pipeline_after_a_real_error_keeps_the_real_error():
+def test_denial_inside_a_pipeline_after_a_real_error_keeps_the_real_error() -> None:
     (script(session())
      .agent(extended("", "SELECT nope"), extended("", "DROP TABLE t"))
      .expect_server(extended("", "SELECT nope"), codec.parse("", SENTINEL), run())
@@ -202,7 +206,7 @@ def test_denial_inside_a_pipeline_after_a_real_error_keeps_the_real_error():
      .done())
 
 
-def test_approval_holds_the_statement_and_later_bytes_until_answered():
+def test_approval_holds_the_statement_and_later_bytes_until_answered() -> None:
     (script(session())
      .agent(codec.query("SELECT 1"), codec.query("DELETE FROM t"), codec.query("SELECT 2"))
      .expect_server(codec.query("SELECT 1"))
@@ -217,7 +221,7 @@ def test_approval_holds_the_statement_and_later_bytes_until_answered():
      .done())
 
 
-def test_rejected_approval_becomes_a_denial():
+def test_rejected_approval_becomes_a_denial() -> None:
     (script(session())
      .agent(codec.query("DELETE FROM t"))
      .expect_hold(rule="prod-deletes", text="DELETE FROM t")
@@ -231,7 +235,7 @@ def test_rejected_approval_becomes_a_denial():
      .done())
 
 
-def test_a_cancelled_approval_answers_query_canceled_and_the_session_goes_on():
+def test_a_cancelled_approval_answers_query_canceled_and_the_session_goes_on() -> None:
     (script(session())
      .agent(codec.query("DELETE FROM t"), codec.query("SELECT 2"))
      .expect_hold(rule="prod-deletes", text="DELETE FROM t")
@@ -249,7 +253,7 @@ def test_a_cancelled_approval_answers_query_canceled_and_the_session_goes_on():
      .done())
 
 
-def test_notice_waits_for_a_server_frame_boundary():
+def test_notice_waits_for_a_server_frame_boundary() -> None:
     s = session()
     s.from_client(codec.query("SELECT 1") + codec.query("DELETE FROM t"))
     row = data_row(b"x" * 1000)
@@ -261,7 +265,7 @@ def test_notice_waits_for_a_server_frame_boundary():
     assert kinds == [b"T", b"D", b"N"]
 
 
-def test_large_rows_stream_in_pieces_without_buffering():
+def test_large_rows_stream_in_pieces_without_buffering() -> None:
     s = session()
     s.from_client(codec.query("SELECT big"))
     row = data_row(b"y" * 1_000_000)
@@ -275,16 +279,18 @@ def test_large_rows_stream_in_pieces_without_buffering():
 USERS = Relation("public", "users", "r", ("id", "email"), oid=16400)
 
 
-def test_masked_columns_are_named_by_the_catalog_read_again_for_a_table_it_did_not_hold():
+def test_masked_columns_are_named_by_the_catalog_read_again_for_a_table_it_did_not_hold() -> None:
     calls = []
     catalogs = [Catalog.build([]), Catalog.build([USERS])]
 
-    def factory(specs, columns, origins, encoding):
+    def factory(specs: Sequence[MaskSpec], columns: tuple[Column, ...], origins: Sequence[Origin],
+                encoding: str) -> RowMask | None:
         names = tuple(o.column for o in origins)
         calls.append(names)
-        index = names.index("public.users.email")
+        if names.index("public.users.email") != 1:
+            return None
         return lambda body: body.tobytes().replace(b"alice@example.com", b"****").replace(
-            INT32.pack(17) + b"****", INT32.pack(4) + b"****") if index == 1 else None
+            INT32.pack(17) + b"****", INT32.pack(4) + b"****")
 
     s = session(mask_factory=factory, catalog=lambda: catalogs[0])
     s.from_client(codec.query("SELECT id, email FROM users"))
@@ -299,9 +305,10 @@ def test_masked_columns_are_named_by_the_catalog_read_again_for_a_table_it_did_n
     assert b"alice" not in out and frames(out)[1] == (b"D", data_row(b"1", b"****")[5:])
 
 
-def test_masking_failure_withholds_the_row_and_closes():
-    def factory(specs, columns, origins, encoding):
-        def refuse(body):
+def test_masking_failure_withholds_the_row_and_closes() -> None:
+    def factory(specs: Sequence[MaskSpec], columns: tuple[Column, ...], origins: Sequence[Origin],
+                encoding: str) -> RowMask:
+        def refuse(body: memoryview) -> bytes:
             raise MaskingError("cannot mask binary int")
         return refuse
 
@@ -314,7 +321,7 @@ def test_masking_failure_withholds_the_row_and_closes():
     assert isinstance(commands[-1], Close)
 
 
-def test_masks_without_a_masker_fail_closed():
+def test_masks_without_a_masker_fail_closed() -> None:
     s = session()
     s.from_client(codec.query("SELECT * FROM users"))
     s.from_server(row_description(("email", 0, 0)))
@@ -329,7 +336,7 @@ def test_masks_without_a_masker_fail_closed():
     (codec.query("SELECT '\udcff'".encode("utf-8", "surrogateescape").decode("latin-1")), None),
     (b"Q" + INT32.pack(12) + b"SELECT\xff\0", "not valid UTF-8"),
 ])
-def test_bad_client_input_gets_an_error_and_a_close(data, problem):
+def test_bad_client_input_gets_an_error_and_a_close(data: bytes, problem: str | None) -> None:
     conversation = script(session()).agent(data)
     if problem is None:  # latin-1 round trip above is valid UTF-8 text: forwarded
         conversation.expect_server(data).done()
@@ -337,17 +344,20 @@ def test_bad_client_input_gets_an_error_and_a_close(data, problem):
     conversation.expect_agent_error("08P01", says=problem, severity="FATAL").expect_close(says=problem).done()
 
 
-def test_fastpath_function_call_is_denied_through_the_server():
+def test_fastpath_function_call_is_denied_through_the_server() -> None:
     s = session()
     assert sent(s.from_client(msg(b"F", INT32.pack(764) + INT16.pack(0))), "server") == codec.query(SENTINEL)
 
 
-def test_policy_failure_denies():
-    s = ProxySession(judge=Judging(lambda query: 1 / 0), database="app", nonce=NONCE)
+def test_policy_failure_denies() -> None:
+    def failing(query: SqlQuery) -> Decision:
+        raise ZeroDivisionError("the policy failed")
+
+    s = ProxySession(judge=Judging(failing), database="app", nonce=NONCE)
     assert sent(s.from_client(codec.query("SELECT 1")), "server") == codec.query(SENTINEL)
 
 
-def test_copy_data_from_the_client_streams():
+def test_copy_data_from_the_client_streams() -> None:
     s = session()
     s.from_client(codec.query("COPY t FROM STDIN"))
     chunk = msg(b"d", b"z" * 200_000)
@@ -355,16 +365,16 @@ def test_copy_data_from_the_client_streams():
     assert out == chunk
 
 
-def test_terminate_is_forwarded_and_closes():
+def test_terminate_is_forwarded_and_closes() -> None:
     script(session()).agent(msg(b"X")).expect_server(msg(b"X")).expect_close(CLIENT_TERMINATED).done()
 
 
-def test_literals_are_redacted_for_audit():
+def test_literals_are_redacted_for_audit() -> None:
     assert redact_literals("SELECT * FROM t1 WHERE a = 'x''y' AND b = 42 AND c = $$z$$ AND d = 1.5e3") == \
         "SELECT * FROM t1 WHERE a = ? AND b = ? AND c = ? AND d = ?"
 
 
-def test_a_table_the_catalog_still_does_not_hold_withholds_the_result():
+def test_a_table_the_catalog_still_does_not_hold_withholds_the_result() -> None:
     s = session(mask_factory=lambda specs, columns, origins, encoding: None, catalog=lambda: Catalog.build([]))
     s.from_client(codec.query("SELECT * FROM users"))
     s.from_server(row_description(("email", 16400, 2)))
@@ -372,28 +382,32 @@ def test_a_table_the_catalog_still_does_not_hold_withholds_the_result():
     assert b"secret" not in out and s.closed and "table oid 16400" in codec.read_fields(frames(out)[-1][1])["M"]
 
 
-def test_frames_before_a_paused_row_description_keep_their_order():
+def test_frames_before_a_paused_row_description_keep_their_order() -> None:
     catalogs = [Catalog.build([]), Catalog.build([USERS])]
     s = session(mask_factory=lambda specs, columns, origins, encoding: None, catalog=lambda: catalogs[0])
-    s.from_client(codec.parse("s1", "SELECT email FROM users WHERE id = $1") + msg(b"D", b"Ss1\0") + msg(b"S"))
+    prepare = codec.parse("s1", "SELECT email FROM users WHERE id = $1") + msg(b"D", b"Ss1\0") + msg(b"S")
     before = msg(b"1") + msg(b"t", INT16.pack(1) + INT32.pack(23))
-    commands = s.from_server(before + row_description(("email", 16400, 2)) + codec.ready_for_query(b"I"))
-    assert [type(c).__name__ for c in commands] == ["Send", "RefreshCatalog"]
-    assert sent(commands, "client") == before
+    conversation = (script(s)
+                    .agent(prepare)
+                    .expect_server(prepare)
+                    .server(before, row_description(("email", 16400, 2)), codec.ready_for_query(b"I"))
+                    .expect_agent(before)  # what came before the paused RowDescription goes first
+                    .expect_refresh(after_ddl=False, for_result=True)
+                    .done())
     catalogs.pop(0)
-    rest = sent(s.tables_read(), "client")
-    assert [k for k, _ in frames(rest)] == [b"T", b"Z"]
+    conversation.refreshed().expect_agent(row_description(("email", 16400, 2))).expect_ready(b"I").done()
 
 
-def test_computed_columns_derived_from_a_masked_column_are_masked_as_computed():
+def test_computed_columns_derived_from_a_masked_column_are_masked_as_computed() -> None:
     """Expressions carry no table OID; the policy's lineage names their source column."""
-    seen = []
+    seen: list[tuple[Origin, ...]] = []
     lineage = Decision(Verdict.ALLOW, "reads", masks=(MaskSpec(columns=("public.users.email",)),), details=(
         {"masked_outputs": [{"position": 1, "name": "upper", "columns": ["public.users.email"], "rules": ["m"]}],
          "output_count": 2},))
 
-    def factory(specs, columns, origins, encoding):
-        seen.append(origins)
+    def factory(specs: Sequence[MaskSpec], columns: tuple[Column, ...], origins: Sequence[Origin],
+                encoding: str) -> RowMask | None:
+        seen.append(tuple(origins))
         return None
 
     s = ProxySession(judge=Judging(lambda query: lineage), database="app", nonce=NONCE, mask_factory=factory)
@@ -402,7 +416,7 @@ def test_computed_columns_derived_from_a_masked_column_are_masked_as_computed():
     assert seen == [(Origin(), Origin(derived=("public.users.email",)))]
 
 
-def test_a_prepared_statement_executed_again_shares_one_operation_summary():
+def test_a_prepared_statement_executed_again_shares_one_operation_summary() -> None:
     s = session()
     s.from_client(codec.parse("p1", "SELECT $1") + msg(b"S"))
     s.from_server(msg(b"1") + codec.ready_for_query(b"I"))
