@@ -274,6 +274,20 @@ class Gate:
         self._answer.set_result(commands or [])
 
 
+def awaiting(side: Side, data: bytes) -> list[Command]:
+    """The session's answer to bytes that start with "wait": its own wait, on the client's input stream."""
+    return [Await(stream=0)] if data.startswith(b"wait") else []
+
+
+@asynccontextmanager
+async def agent_waiting(gate: Gate) -> AsyncIterator[Flow]:
+    """A running flow whose agent sent "wait": the client's input stream waits on `gate`."""
+    async with running(Scripted(receive_answer=awaiting), awaits=gate) as flow:
+        flow.agent.send(b"wait")
+        await flow.until(lambda: bool(gate.waits))
+        yield flow
+
+
 # ---- commands, in order --------------------------------------------------------------
 
 
@@ -359,10 +373,7 @@ def test_input_read_during_a_wait_is_kept_and_replayed_in_order_after_it() -> No
     gate = Gate()
 
     async def scenario() -> None:
-        session = Scripted(receive_answer=lambda side, data: [Await(stream=0)] if data == b"wait" else [])
-        async with running(session, awaits=gate) as flow:
-            flow.agent.send(b"wait")
-            await flow.until(lambda: bool(gate.waits))
+        async with agent_waiting(gate) as flow:
             for chunk in (b"one", b"two", b"three"):
                 flow.agent.send(chunk)
                 await asyncio.sleep(0.02)  # each its own read
@@ -378,18 +389,15 @@ def test_a_wait_that_the_replay_starts_again_keeps_the_rest_for_after_it() -> No
     gate = Gate()
 
     async def scenario() -> None:
-        session = Scripted(receive_answer=lambda side, data: [Await(stream=0)] if data.startswith(b"wait") else [])
-        async with running(session, awaits=gate) as flow:
-            flow.agent.send(b"wait 1")
-            await flow.until(lambda: len(gate.waits) == 1)
+        async with agent_waiting(gate) as flow:
             for chunk in (b"wait 2", b"after"):
                 flow.agent.send(chunk)
                 await asyncio.sleep(0.02)
             gate.open()
             await flow.until(lambda: len(gate.waits) == 2)
-            assert flow.session.received(CLIENT) == b"wait 1wait 2"  # "after" waits for the second wait
+            assert flow.session.received(CLIENT) == b"waitwait 2"  # "after" waits for the second wait
             gate.open()
-            await flow.until(lambda: flow.session.received(CLIENT) == b"wait 1wait 2after")
+            await flow.until(lambda: flow.session.received(CLIENT) == b"waitwait 2after")
 
     run(scenario)
 
@@ -398,10 +406,7 @@ def test_a_side_that_ends_during_a_wait_is_heard_to_end_after_what_it_sent_befor
     gate = Gate()
 
     async def scenario() -> None:
-        session = Scripted(receive_answer=lambda side, data: [Await(stream=0)] if data == b"wait" else [])
-        async with running(session, awaits=gate) as flow:
-            flow.agent.send(b"wait")
-            await flow.until(lambda: bool(gate.waits))
+        async with agent_waiting(gate) as flow:
             flow.agent.send(b"last words")
             await asyncio.sleep(0.02)
             flow.agent.writer.write_eof()
@@ -420,10 +425,7 @@ def test_reading_pauses_once_what_was_read_during_a_wait_passes_the_backlog_limi
     sent = os.urandom(BACKLOG_BYTES + 300_000)
 
     async def scenario() -> None:
-        session = Scripted(receive_answer=lambda side, data: [Await(stream=0)] if data == b"wait" else [])
-        async with running(session, awaits=gate) as flow:
-            flow.agent.send(b"wait")
-            await flow.until(lambda: bool(gate.waits))
+        async with agent_waiting(gate) as flow:
             flow.agent.send(sent)
             transport = flow.client_pipe.transport
             assert transport is not None
