@@ -7,29 +7,63 @@ client says: root, or a member of the configured admin group.
 from __future__ import annotations
 
 import asyncio
+import enum
 import grp
 import json
 import logging
 import os
+import pwd
 import socket
 import struct
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
-Method = Callable[..., Awaitable[Any] | Any]
 MAX_REQUEST = 1 << 20
+
+
+class ControlMethod(enum.StrEnum):
+    """Every method the control socket serves, by its name on the wire."""
+
+    STATUS = "status"
+    SESSIONS = "sessions"
+    POLICY_RELOAD = "policy.reload"
+    IDENTITY_STATUS = "identity.status"
+    IDENTITY_LOGIN = "identity.login"
+    CATALOG_SHOW = "catalog.show"
+    CATALOG_DUMP = "catalog.dump"
+    CATALOG_REFRESH = "catalog.refresh"
+    APPROVALS_LIST = "approvals.list"
+    APPROVALS_APPROVE = "approvals.approve"
+    APPROVALS_DENY = "approvals.deny"
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """The process at the other end of a control connection, as the kernel names it."""
+
+    pid: int
+    uid: int
+    gid: int
+
+
+# A served method: called with `peer=Peer` and the request's params as keywords; its result
+# (or awaited result) is the JSON answer.
+Method = Callable[..., Awaitable[Any] | Any]
 
 
 class ControlError(RuntimeError):
     """An answer the daemon gave as an error, or no daemon to answer."""
 
 
-def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
-    """(pid, uid, gid) of the process at the other end, from the kernel."""
+def peer_credentials(sock: socket.socket) -> Peer:
+    """The process at the other end, from the kernel (SO_PEERCRED)."""
     data = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return struct.unpack("3i", data)
+    pid, uid, gid = struct.unpack("3i", data)
+    return Peer(pid, uid, gid)
 
 
 def _in_group(uid: int, gid: int, group: str | None) -> bool:
@@ -41,7 +75,6 @@ def _in_group(uid: int, gid: int, group: str | None) -> bool:
         return False
     if gid == entry.gr_gid:
         return True
-    import pwd
     try:
         return pwd.getpwuid(uid).pw_name in entry.gr_mem
     except KeyError:
@@ -49,7 +82,9 @@ def _in_group(uid: int, gid: int, group: str | None) -> bool:
 
 
 class ControlServer:
-    def __init__(self, path: Path, methods: dict[str, Method], admin_group: str | None = None) -> None:
+    """Serves `methods` on the Unix socket at `path` to root and members of `admin_group`."""
+
+    def __init__(self, path: Path, methods: Mapping[ControlMethod, Method], admin_group: str | None = None) -> None:
         self.path = path
         self.methods = methods
         self.admin_group = admin_group
@@ -75,13 +110,12 @@ class ControlServer:
             self.path.unlink()
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        sock = writer.get_extra_info("socket")
-        pid, uid, gid = peer_credentials(sock)
-        allowed = uid == 0 or _in_group(uid, gid, self.admin_group)
+        peer = peer_credentials(writer.get_extra_info("socket"))
+        allowed = peer.uid == 0 or _in_group(peer.uid, peer.gid, self.admin_group)
         try:
             while line := await reader.readline():
-                answer = await self._answer(line, {"pid": pid, "uid": uid, "gid": gid}) if allowed else {
-                    "error": f"permission denied: uid {uid} is not root or in the admin group"}
+                answer = await self._answer(line, peer) if allowed else {
+                    "error": f"permission denied: uid {peer.uid} is not root or in the admin group"}
                 writer.write(json.dumps(answer, default=str).encode() + b"\n")
                 await writer.drain()
         except (ConnectionError, asyncio.LimitOverrunError, ValueError):
@@ -89,10 +123,10 @@ class ControlServer:
         finally:
             writer.close()
 
-    async def _answer(self, line: bytes, peer: dict[str, int]) -> dict[str, Any]:
+    async def _answer(self, line: bytes, peer: Peer) -> dict[str, Any]:
         try:
             request = json.loads(line)
-            method = self.methods[request["method"]]
+            method = self.methods[ControlMethod(request["method"])]
         except (ValueError, KeyError, TypeError):
             return {"error": "bad request: expected {\"method\": NAME, \"params\": {...}} with a known method"}
         try:
@@ -108,10 +142,14 @@ class ControlServer:
 
 
 class ControlClient:
+    """Calls the daemon's control socket at `path`, one connection per call."""
+
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def call(self, method: str, **params: Any) -> Any:
+    def call(self, method: ControlMethod, **params: Any) -> Any:
+        """The daemon's JSON answer to `method` with `params`; ControlError when it answered
+        with an error, or when no daemon answers."""
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
                 sock.connect(str(self.path))

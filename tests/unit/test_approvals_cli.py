@@ -10,13 +10,15 @@ from test_approvals_support import FLOW, Clock, ListSink, approve_decision, sql_
 
 from interceptor.approvals import ApprovalBroker, Approver, SqliteStore
 from interceptor.approvals.cli import approvals, parse_duration
-from interceptor.approvals.control import dispatch
+from interceptor.approvals.control import ApprovalControl
+from interceptor.control import ControlError, ControlMethod, Peer
 
 DBA = Approver("okta", "bob@example.com", frozenset({"dba"}))
 
 
 class Daemon:
-    """The broker on its own event loop thread, as in the daemon; `call` is the control adapter."""
+    """The broker on its own event loop thread, as in the daemon; `call` is the control
+    server's part: the method by name, and an exception answered as an error."""
 
     def __init__(self, path: str) -> None:
         self.loop = asyncio.new_event_loop()
@@ -26,13 +28,20 @@ class Daemon:
         self.clock = Clock()
         self.broker = ApprovalBroker(self.store, ListSink(), clock=self.clock)
         self.approver: Approver | None = DBA
+        self.control = ApprovalControl(self.broker, self.approver_of)
         self.waits: list = []
+
+    async def approver_of(self, peer: Peer, token: str | None) -> Approver | None:
+        return self.approver
 
     def run(self, coroutine):
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(30)
 
-    def call(self, method: str, **params) -> dict:
-        return self.run(dispatch(self.broker, method, params, self.approver))
+    def call(self, method: ControlMethod, **params) -> dict:
+        try:
+            return self.run(self.control.methods()[method](peer=Peer(1, 0, 0), **params))
+        except Exception as exc:
+            raise ControlError(str(exc)) from None
 
     def hold(self, text: str = "DELETE FROM orders WHERE id = 7"):
         pending = self.run(self.broker.open(sql_request(text), approve_decision(), FLOW))

@@ -8,16 +8,15 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
 
 from interceptor.catalog_cli import catalog
-from interceptor.control import ControlClient, ControlError
-from interceptor.daemon import Daemon
-from interceptor.handlers.postgres.auth import LoginError
+from interceptor.control import ControlClient, ControlError, ControlMethod, Peer
+from interceptor.control_api import CatalogControl
+from interceptor.errors import LoginError
 from interceptor.handlers.postgres.catalog import CATALOG_QUERY, CatalogStore, read_catalog
 from interceptor.policy import load_policy_text
 from interceptor.policy.catalog import Catalog, CatalogUnavailable
@@ -386,15 +385,12 @@ class Control:
     """The daemon's catalog control methods behind the control client's interface."""
 
     def __init__(self, store: CatalogStore) -> None:
-        daemon = Daemon.__new__(Daemon)  # no cgroups, redirect or sockets: only what the methods use
-        daemon.catalogs = store
-        daemon.snapshot = SimpleNamespace(policy=load_policy_text(POLICY, "p.yaml"))  # type: ignore[assignment]
-        self.methods = {"catalog.show": daemon.catalog_show, "catalog.dump": daemon.catalog_dump,
-                        "catalog.refresh": daemon.catalog_refresh}
+        policy = load_policy_text(POLICY, "p.yaml")
+        self.methods = CatalogControl(store, lambda: policy.resources).methods()
 
-    def call(self, method: str, **params: Any) -> Any:
+    def call(self, method: ControlMethod, **params: Any) -> Any:
         try:
-            return self.methods[method](peer={"uid": 0}, **params)
+            return self.methods[method](peer=Peer(1, 0, 0), **params)
         except ValueError as exc:  # what the control server answers as {"error": ...}
             raise ControlError(str(exc)) from None
 
