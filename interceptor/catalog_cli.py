@@ -14,12 +14,12 @@ from typing import Any
 
 import click
 
-from interceptor.control import ControlError
+from interceptor.control import ControlError, ControlMethod
 
 _PLAIN_NAME = re.compile(r"[a-z_][a-z0-9_$]*")
 
 
-def _call(ctx: click.Context, method: str, **params: Any) -> Any:
+def _call(ctx: click.Context, method: ControlMethod, **params: Any) -> Any:
     client = (ctx.obj or {}).get("control")
     if client is None:
         raise click.ClickException("no control connection to the interceptor daemon")
@@ -59,9 +59,9 @@ def show(ctx: click.Context, resource: str | None, database: str | None, as_json
     """The catalogs the daemon holds: per resource and database, when read, relations,
     functions, the login role's default search_path and the catalog's version."""
     if as_json and resource is not None and database is not None:
-        click.echo(json.dumps(_call(ctx, "catalog.dump", resource=resource, database=database), indent=2))
+        click.echo(json.dumps(_call(ctx, ControlMethod.CATALOG_DUMP, resource=resource, database=database), indent=2))
         return
-    entries: list[dict[str, Any]] = _call(ctx, "catalog.show", resource=resource, database=database)
+    entries: list[dict[str, Any]] = _call(ctx, ControlMethod.CATALOG_SHOW, resource=resource, database=database)
     if as_json:
         click.echo(json.dumps(entries, indent=2))
         return
@@ -91,7 +91,7 @@ def show(ctx: click.Context, resource: str | None, database: str | None, as_json
 @click.pass_context
 def refresh(ctx: click.Context, resource: str, database: str | None) -> None:
     """Drop the daemon's catalogs of RESOURCE so they are read again."""
-    result = _call(ctx, "catalog.refresh", resource=resource, database=database)
+    result = _call(ctx, ControlMethod.CATALOG_REFRESH, resource=resource, database=database)
     which = f"database {database}" if database else "every database"
     click.echo(f"dropped {result['dropped']} catalog(s) of {which} on resource {resource}: open sessions read "
                "it again at their next statement (and judge with the new one once it is in), new ones at login")

@@ -11,6 +11,7 @@ import logging
 import os
 import pwd
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,18 +19,20 @@ import click
 
 from interceptor import __version__
 from interceptor.config import ConfigError, Settings, load_settings
-from interceptor.control import ControlClient, ControlError
+from interceptor.control import ControlClient, ControlError, ControlMethod
 
 
 def _settings(ctx: click.Context) -> Settings:
-    return ctx.obj["settings"]
+    settings: Settings = ctx.obj["settings"]
+    return settings
 
 
 def _client(ctx: click.Context) -> ControlClient:
-    return ctx.obj["control"]
+    client: ControlClient = ctx.obj["control"]
+    return client
 
 
-def emit(data: Any, as_json: bool, human) -> None:
+def emit(data: Any, as_json: bool, human: Callable[[Any], None]) -> None:
     if as_json:
         click.echo(json.dumps(data, indent=2, default=str))
     else:
@@ -47,7 +50,7 @@ def table(rows: list[dict[str, Any]], columns: list[str]) -> None:
         click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
 
 
-def call(ctx: click.Context, method: str, **params: Any) -> Any:
+def call(ctx: click.Context, method: ControlMethod, **params: Any) -> Any:
     try:
         return _client(ctx).call(method, **params)
     except ControlError as exc:
@@ -154,7 +157,7 @@ def uninstall(ctx: click.Context) -> None:
     from interceptor.redirect.iptables import IptablesRedirect
 
     try:
-        _client(ctx).call("status")
+        _client(ctx).call(ControlMethod.STATUS)
     except ControlError:
         pass
     else:
@@ -178,7 +181,7 @@ def uninstall(ctx: click.Context) -> None:
 @click.pass_context
 def status(ctx: click.Context, as_json: bool) -> None:
     """The daemon, its redirect mode, agents with identities, resources and policy version."""
-    data = call(ctx, "status")
+    data = call(ctx, ControlMethod.STATUS)
 
     def human(d: dict[str, Any]) -> None:
         click.echo(f"interceptor {d['version']}  pid {d['pid']}  up {d['uptime_s']}s  redirect {d['redirect']}")
@@ -201,7 +204,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def sessions(ctx: click.Context, as_json: bool) -> None:
     """Live connections: agent, pid, exe, identity, resource, bytes, age."""
-    data = call(ctx, "sessions")
+    data = call(ctx, ControlMethod.SESSIONS)
     emit(data, as_json, lambda rows: table(
         [dict(r, subject=(r.get("identity") or {}).get("subject", "-")) for r in rows],
         ["flow_id", "agent", "pid", "exe", "subject", "resource", "bytes_up", "bytes_down", "age_s"]))
@@ -242,11 +245,11 @@ def login(ctx: click.Context, agent: str | None, timeout: int, as_json: bool) ->
         if not as_json:
             click.echo(f"signed in as {identity.subject} (groups: {', '.join(sorted(identity.groups)) or '-'})")
         return
-    prompt = call(ctx, "identity.login", agent=agent)
+    prompt = call(ctx, ControlMethod.IDENTITY_LOGIN, agent=agent)
     _show_prompt(prompt, f"for agent {agent}", as_json)
     deadline = time.monotonic() + min(timeout, float(prompt.get("expires_in") or timeout))
     while time.monotonic() < deadline:
-        entry = next((e for e in call(ctx, "identity.status") if e["agent"] == agent), {})
+        entry: dict[str, Any] = next((e for e in call(ctx, ControlMethod.IDENTITY_STATUS) if e["agent"] == agent), {})
         if entry.get("state") == "valid" and not entry.get("login_pending"):
             if not as_json:
                 click.echo(f"signed in: agent {agent} acts as {entry['subject']} "
@@ -270,7 +273,10 @@ def completion(shell: str) -> None:
     """
     from click.shell_completion import get_completion_class
 
-    complete = get_completion_class(shell)(main, {}, "interceptor", "_INTERCEPTOR_COMPLETE")
+    completion_class = get_completion_class(shell)
+    if completion_class is None:
+        raise click.ClickException(f"click has no completion for {shell}")
+    complete = completion_class(main, {}, "interceptor", "_INTERCEPTOR_COMPLETE")
     click.echo(complete.source())
 
 
@@ -284,7 +290,7 @@ def _register_groups() -> None:
     @click.pass_context
     def reload(ctx: click.Context, file: Path | None, as_json: bool) -> None:
         """Swap the daemon's policy atomically; a bad file is rejected and the old policy stays."""
-        result = call(ctx, "policy.reload", path=str(file.resolve()) if file else None)
+        result = call(ctx, ControlMethod.POLICY_RELOAD, path=str(file.resolve()) if file else None)
         emit(result, as_json, lambda r: click.echo(f"policy {r['version']} loaded from {r['path']}"))
 
     main.add_command(policy)

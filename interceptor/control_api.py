@@ -80,7 +80,8 @@ class CatalogControl:
         resources = self.resources()
         spec = resources.get(resource)
         if spec is None:
-            raise ValueError(f"unknown resource {resource!r} (the policy has: {', '.join(sorted(resources)) or 'none'})")
+            known = ", ".join(sorted(resources)) or "none"
+            raise ValueError(f"unknown resource {resource!r} (the policy has: {known})")
         if spec.protocol not in CATALOG_PROTOCOLS:
             raise ValueError(f"resource {resource!r} is {spec.protocol}, which has no database catalog")
 
@@ -136,7 +137,8 @@ class ControlApi:
                         "identity": self._identity_summary(a.name)} for a in snap.plan.agents],
             "resources": [{"name": name, "protocol": spec.protocol,
                            "addresses": [str(d.network) + (f":{d.port}" if d.port else "")
-                                         for d in snap.plan.dests if snap.plan.resource_names[d.resource_index] == name]}
+                                         for d in snap.plan.dests
+                                         if snap.plan.resource_names[d.resource_index] == name]}
                           for name, spec in sorted(snap.policy.resources.items())],
             "sessions": len(self.enforcer.sessions),
         }
