@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import NoReturn, Self, TypeVar, overload
 
 from interceptor.decision import Decision
+from interceptor.enforcer.driver import CANCELLED
 from interceptor.handlers.commands import (
     Close, Command, Hold, HoldOutcome, Open, Record, Send, Session, Side, StreamId,
 )
@@ -32,7 +33,6 @@ from interceptor.handlers.postgres import codec
 from interceptor.handlers.postgres.session import ProxySession, RefreshCatalog
 from interceptor.operations import Operation, SqlQuery
 
-CANCELLED = "the client cancelled the operation"  # the reason the driver gives a cancelled Hold
 _SHOWN = 72  # bytes of a Send shown in a failure message
 C = TypeVar("C", bound=Command)
 
@@ -65,13 +65,10 @@ def describe(command: Command) -> str:
 
 
 class Script:
-    """A conversation with one session; every step returns the script, so steps chain.
-
-    `records` keeps every Record expected so far, for a check the steps do not spell out."""
+    """A conversation with one session; every step returns the script, so steps chain."""
 
     def __init__(self, session: Session, start: list[Command] | None = None) -> None:
         self.session = session
-        self.records: list[Record] = []
         self._emitted: deque[Command] = deque(start or [])  # `start`: the handler's first commands
         self._said: list[str] = ["the handler starts the session"] if start else []  # the steps, for failures
         self._hold: Hold | None = None  # the last Hold expected, which approve/deny/cancel answer
@@ -163,7 +160,6 @@ class Script:
                 or (outcome is not None and any(record.outcome.get(k, ...) != v for k, v in outcome.items()))
                 or (error is not None and error not in str(record.outcome.get("error")))):
             self._fail(f"Record({wanted})", describe(record))
-        self.records.append(record)
         return self
 
     def expect_hold(self, rule: str | None = None, *, text: str | None = None) -> Self:
@@ -180,7 +176,7 @@ class Script:
     def expect_open(self, stream: StreamId = 0) -> Self:
         """Next, an Open of the upstream on `stream`."""
         self._open = self._next(Open, "Open")
-        return self.expect_was(self._open, Open(stream))
+        return self._same(self._open, Open(stream))
 
     def expect_close(self, reason: str | None = None, *, says: str | None = None) -> Self:
         """Next, a Close: for exactly `reason`, or for a reason that contains `says`."""
@@ -192,9 +188,9 @@ class Script:
 
     def expect(self, command: Command) -> Self:
         """Next, exactly `command` (not for a Send: see expect_server/expect_agent)."""
-        return self.expect_was(self._next(type(command), repr(command)), command)
+        return self._same(self._next(type(command), repr(command)), command)
 
-    def expect_was(self, got: Command, wanted: Command) -> Self:
+    def _same(self, got: Command, wanted: Command) -> Self:
         if got != wanted:
             self._fail(repr(wanted), describe(got))
         return self
@@ -274,7 +270,7 @@ class PostgresScript(Script):
     def expect_refresh(self, *, after_ddl: bool = True, for_result: bool = False) -> Self:
         """Next, the session's own wait: read the catalog again (RefreshCatalog)."""
         self._refresh = self._next(RefreshCatalog, "RefreshCatalog")
-        return self.expect_was(self._refresh, RefreshCatalog(self._refresh.stream, after_ddl, for_result))
+        return self._same(self._refresh, RefreshCatalog(self._refresh.stream, after_ddl, for_result))
 
     def refreshed(self) -> Self:
         """The catalog was read again for the last expected RefreshCatalog."""

@@ -11,7 +11,8 @@ from interceptor.errors import MaskingError
 from interceptor.handlers.postgres import codec
 from interceptor.handlers.postgres.codec import INT16, INT32, Column
 from interceptor.handlers.postgres.masks import Origin, RowMask
-from conversation import CANCELLED, Judging, script
+from conversation import Judging, script
+from interceptor.enforcer.driver import CANCELLED
 from interceptor.handlers.commands import Close, Command, Record, Send
 from interceptor.handlers.postgres.session import (
     CLIENT_TERMINATED,
