@@ -1,11 +1,12 @@
 # Two entry points do all set-up on a fresh Debian host (as root):
 #   make run   install what is missing, then run the daemon with the shipped default policy
-#   make test  install what is missing, then run the whole test suite (unit + integration)
+#   make test  install what is missing, then check types (mypy --strict) and run the whole test
+#              suite (unit + integration)
 VENV ?= $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 INSTALL_STAMP := $(VENV)/.installed
 
-.PHONY: setup run demo test unit integration bench doctor install uninstall clean
+.PHONY: setup run demo test typecheck unit integration bench doctor install uninstall clean
 
 $(INSTALL_STAMP): scripts/install.sh pyproject.toml tests/oidc/package.json
 	bash scripts/install.sh
@@ -22,8 +23,12 @@ run: setup
 demo: setup
 	$(PY) scripts/demo/story.py
 
-test: setup
+# The types first (mypy --strict, configured in pyproject.toml): a type error fails the run.
+test: setup typecheck
 	$(PY) -m pytest -ra tests
+
+typecheck: setup
+	$(VENV)/bin/mypy
 
 unit: setup
 	$(PY) -m pytest -ra tests/unit
