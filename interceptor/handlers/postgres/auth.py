@@ -15,16 +15,8 @@ from contextlib import contextmanager
 from scramp import ScramClient, ScramException
 
 from interceptor.errors import LoginError, ProtocolViolation
-from interceptor.handlers.postgres.codec import (
-    HEADER,
-    INT32,
-    MAX_MESSAGE,
-    Reader,
-    cstr,
-    frame_length,
-    message,
-    read_fields,
-)
+from interceptor.handlers.postgres.codec import INT32, Reader, cstr, message, read_fields
+from interceptor.handlers.postgres.frames import FrameReader
 
 AUTH_OK, AUTH_CLEARTEXT, AUTH_MD5, AUTH_SASL, AUTH_SASL_CONTINUE, AUTH_SASL_FINAL = 0, 3, 5, 10, 11, 12
 SCRAM = "SCRAM-SHA-256"
@@ -86,7 +78,7 @@ class UpstreamLogin:
         self.password = password
         self._scram_nonce = scram_nonce
         self._scram: ScramSha256 | None = None
-        self._buffer = b""
+        self._frames = FrameReader("upstream")
         self.forward: list[bytes] = []  # ParameterStatus / NoticeResponse messages, as sent
         self.backend_key: tuple[int, bytes] | None = None
         self.status: bytes | None = None
@@ -98,21 +90,18 @@ class UpstreamLogin:
 
     def receive(self, data: bytes) -> list[bytes]:
         """The replies to send upstream for `data`; raises LoginError or ProtocolViolation."""
-        self._buffer += data
+        frames = self._frames
+        frames.feed(data)
         replies: list[bytes] = []
-        while not self.done and len(self._buffer) >= 5:
-            kind, length = HEADER.unpack_from(self._buffer, 0)
-            frame_length(length, MAX_MESSAGE, "upstream message")
-            if len(self._buffer) < length + 1:
-                break
-            frame, self._buffer = self._buffer[: length + 1], self._buffer[length + 1:]
-            replies.extend(self._handle(kind, frame, frame[5:]))
+        while not self.done and (frame := frames.next()) is not None:
+            whole = frames.data[frame[1]:frame[2]]
+            replies.extend(self._handle(whole[:1], whole, whole[5:]))
         return replies
 
     @property
     def leftover(self) -> bytes:
         """Bytes after ReadyForQuery (none from a well-behaved server)."""
-        return self._buffer
+        return self._frames.rest()
 
     def _handle(self, kind: bytes, frame: bytes, body: bytes) -> list[bytes]:
         if kind == b"R":

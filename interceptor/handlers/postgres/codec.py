@@ -1,10 +1,7 @@
-"""PostgreSQL wire protocol v3: frames, the few message bodies the enforcer reads, and
-the messages it writes. Pure functions over bytes; no I/O.
-
-Regular frames are a type byte, an Int32 length that counts itself, then the body.
-Startup-phase frames (StartupMessage, SSLRequest, GSSENCRequest, CancelRequest) have no
-type byte. Lengths are checked before anything is buffered, so a hostile length never
-makes the enforcer allocate.
+"""PostgreSQL wire protocol v3: the few message bodies the enforcer reads, and the
+messages it writes. Pure functions over bytes; no I/O. Framing (where a message ends, and
+the bounds on its length) is frames.py's; MAX_STARTUP and `split_startup` are re-exported
+here for the startup phase.
 """
 
 from __future__ import annotations
@@ -13,11 +10,12 @@ import struct
 from dataclasses import dataclass
 
 from interceptor.errors import ProtocolViolation
+from interceptor.handlers.postgres.frames import MAX_STARTUP as MAX_STARTUP
+from interceptor.handlers.postgres.frames import split_startup as split_startup
 
 INT16 = struct.Struct("!h")
 INT32 = struct.Struct("!i")
 UINT32 = struct.Struct("!I")
-HEADER = struct.Struct("!ci")
 
 PROTOCOL_3_0 = 3 << 16
 PROTOCOL_3_2 = (3 << 16) | 2
@@ -25,8 +23,6 @@ SSL_REQUEST = 80877103
 GSSENC_REQUEST = 80877104
 CANCEL_REQUEST = 80877102
 
-MAX_STARTUP = 10_000  # PostgreSQL's own limit for a startup packet
-MAX_MESSAGE = (1 << 30) - 1  # PostgreSQL's PQ_LARGE_MESSAGE_LIMIT
 MAX_CANCEL_KEY = 256  # protocol 3.2: the secret key is at most 256 bytes
 
 FRONTEND_TYPES = frozenset(b"BCcdDEfFHPpQSX")
@@ -51,28 +47,6 @@ class SpecialRequest:
 class CancelPacket:
     pid: int
     secret: bytes
-
-
-def frame_length(length: int, limit: int, what: str) -> int:
-    """`length` (as sent, counting itself) when acceptable, else ProtocolViolation."""
-    if length < 4:
-        raise ProtocolViolation(f"{what} has invalid length {length} (at least 4)")
-    if length > limit:
-        raise ProtocolViolation(f"{what} of {length} bytes exceeds the limit of {limit}")
-    return length
-
-
-def split_startup(buffer: bytes) -> tuple[bytes, bytes] | None:
-    """(packet body, rest) once a whole startup-phase packet is buffered, else None."""
-    if len(buffer) < 4:
-        return None
-    (length,) = INT32.unpack_from(buffer, 0)
-    frame_length(length, MAX_STARTUP, "startup packet")
-    if length < 8:
-        raise ProtocolViolation(f"startup packet of {length} bytes has no protocol code")
-    if len(buffer) < length:
-        return None
-    return buffer[4:length], buffer[length:]
 
 
 def parse_startup(body: bytes) -> StartupPacket | SpecialRequest | CancelPacket:

@@ -17,10 +17,9 @@ from __future__ import annotations
 import functools
 import re
 import secrets
-import struct
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +27,8 @@ from interceptor.audit.event import SharedSummary
 from interceptor.decision import Decision, Judge, Verdict
 from interceptor.errors import ClientProtocolError, InterceptorError, MaskingError, ProtocolViolation, ServerProtocolError
 from interceptor.handlers.postgres import codec
-from interceptor.handlers.postgres.codec import MAX_MESSAGE, Column
+from interceptor.handlers.postgres.codec import Column
+from interceptor.handlers.postgres.frames import MAX_MESSAGE, Frame, FrameRelay
 from interceptor.handlers.postgres.masks import MaskFactory, Origin, RowMask, scrub_error_text, withhold_error_text
 from interceptor.policy.encodings import EncodingRefused, canonical, client_only, python_codec
 from interceptor.handlers.commands import Await, Close, Command, Hold, HoldOutcome, Record, Send, Side, StreamId
@@ -50,7 +50,6 @@ _STREAM_SERVER = frozenset(b"d")
 _STREAM_SERVER_ROWS = frozenset(b"dD")
 _ASYNC = frozenset(b"NA")  # notices, notifications: any time, no state
 _EXTENDED = frozenset(b"PBEDCH")  # messages of an extended-query segment (until Sync)
-_FRAME = struct.Struct("!BI")  # message type as a number, length
 _FLUSH = b"H\x00\x00\x00\x04"
 _ROW_MASKS = 256  # row rewriters a session keeps for statements it runs again
 _WAIT_LIMIT = 16 << 20  # bytes an agent may pipeline while the enforcer waits for the server
@@ -187,94 +186,6 @@ class Expect:
     internal: bool = False  # describe: the enforcer's own, whose answer the client never sees
 
 
-class _Stream:
-    """One direction's byte stream, walked frame by frame.
-
-    Frames of a `streamable` type are forwarded as they arrive, even in pieces, so a huge
-    DataRow or CopyData never sits in memory; any other frame is handed over whole. The
-    output is slices of the received bytes, joined by the transport, never copied here.
-    """
-
-    def __init__(self, what: str, limit: int) -> None:
-        self.what = what
-        self.limit = limit
-        self.data = b""
-        self.view = memoryview(b"")
-        self.pos = 0
-        self.out = 0
-        self.skip = 0
-        self.start = 0  # where the frame last returned by next() begins
-        self.pieces: list[bytes | memoryview] = []
-
-    def feed(self, data: bytes) -> None:
-        rest = self.data[self.pos:]
-        self.data = rest + data if rest else bytes(data)
-        self.view = memoryview(self.data)
-        self.pos = self.out = 0
-
-    def next(self, streamable: frozenset[int]) -> tuple[int, int, int] | None:
-        """(type, start, end) of the next whole frame to look at, or None: need more bytes."""
-        data, pos, skip = self.data, self.pos, self.skip
-        size = len(data)
-        while True:
-            if skip:
-                if size - pos < skip:
-                    self.pos, self.skip = size, skip - (size - pos)
-                    return None
-                pos, skip = pos + skip, 0
-            if size - pos < 5:
-                self.pos, self.skip = pos, 0
-                return None
-            kind, length = _FRAME.unpack_from(data, pos)
-            if length < 4 or length > MAX_MESSAGE:
-                self.pos, self.skip = pos, 0
-                raise ProtocolViolation(f"{self.what} message {chr(kind)!r} has invalid length {length}")
-            end = pos + 1 + length
-            if kind in streamable:
-                skip = end - pos
-                continue
-            if length > self.limit:
-                self.pos, self.skip = pos, 0
-                raise ProtocolViolation(f"{self.what} message {chr(kind)!r} of {length} bytes exceeds the "
-                                        f"limit of {self.limit}")
-            if end > size:
-                self.pos, self.skip = pos, 0
-                return None
-            self.start, self.pos, self.skip = pos, end, 0
-            return kind, pos, end
-
-    def at_boundary(self) -> bool:
-        return self.skip == 0
-
-    def replace(self, start: int, end: int, new: Sequence[bytes | memoryview]) -> None:
-        """Forward `new` in place of the frame at [start, end)."""
-        if start > self.out:
-            self.pieces.append(self.view[self.out:start])
-        self.pieces.extend(new)
-        self.out = end
-
-    def stop(self, start: int) -> None:
-        """Forward up to `start` and keep the rest for later (held or awaiting a lookup)."""
-        if start > self.out:
-            self.pieces.append(self.view[self.out:start])
-        self.out = self.pos = start
-
-    def cut(self, start: int) -> list[bytes | memoryview]:
-        """What is ready before `start` (a frame already read), leaving the frame for later."""
-        if start > self.out:
-            self.pieces.append(self.view[self.out:start])
-            self.out = start
-        pieces, self.pieces = self.pieces, []
-        return pieces
-
-    def take(self) -> list[bytes | memoryview]:
-        if self.pos > self.out:
-            self.pieces.append(self.view[self.out:self.pos])
-        self.out = self.pos
-        pieces, self.pieces = self.pieces, []
-        return pieces
-
-
 class ProxySession:
     """Judges an agent's SQL and relays the rest; see the module docstring.
 
@@ -312,8 +223,8 @@ class ProxySession:
         self._reported_encoding: str | None = None
         self._catalog_stale = False  # DDL was let through: read the catalog before judging more
         self._reread = False  # the catalog was read again for the statement being judged
-        self._client = _Stream("client", client_limit)
-        self._server = _Stream("server", server_limit)
+        self._client = FrameRelay("client", client_limit)
+        self._server = FrameRelay("server", server_limit)
         self._expect: deque[Expect] = deque()
         self._statements: dict[str, Prepared] = {}
         self._portals: dict[str, Portal] = {}
@@ -323,7 +234,7 @@ class ProxySession:
         self._in_segment = False  # an extended-query message came since the last Sync
         self._doomed = False  # a refusal was sent in this segment: the server skips to Sync
         self._waiting: str | None = None  # why the client's next message waits for the server
-        self._held: tuple[tuple[int, int, int], str | None, str, Decision] | None = None
+        self._held: tuple[Frame, str | None, str, Decision] | None = None
         self._stream: StreamId = FRONTEND  # the stream of the input being handled
         self._awaiting_tables = False  # a result waits for the catalog to be read again
         self._tables_reread = False  # it was, for the result now being described
@@ -379,7 +290,7 @@ class ProxySession:
         self._send(out, Side.SERVER, stream.take())
         return out
 
-    def _client_frame(self, frame: tuple[int, int, int], out: list[Command]) -> None:
+    def _client_frame(self, frame: Frame, out: list[Command]) -> None:
         kind, start, end = frame
         if kind in _EXTENDED or kind == 0x51:  # a statement may start here: judged in a settled state
             if (kind == 0x51 or not self._in_segment) and not self._settle(frame, out):
@@ -426,7 +337,7 @@ class ProxySession:
         elif kind not in (0x48, 0x64, 0x63, 0x66):  # H, CopyData, CopyDone, CopyFail pass
             raise ProtocolViolation(f"invalid frontend message type {chr(kind)!r}")
 
-    def _discarded(self, kind: int, frame: tuple[int, int, int]) -> None:
+    def _discarded(self, kind: int, frame: Frame) -> None:
         """A message after a refusal in the same segment: the server discards every message
         until Sync (docs, 55.2.3), so no answer is expected and nothing is recorded. A statement
         text among them is still judged, and goes on only if it would be let through on its
@@ -438,7 +349,7 @@ class ProxySession:
         if self._decide(text).verdict is not Verdict.ALLOW:
             self._client.replace(frame[1], frame[2], [codec.parse(self.sentinel, self.sentinel)])
 
-    def _settle(self, frame: tuple[int, int, int], out: list[Command]) -> bool:
+    def _settle(self, frame: Frame, out: list[Command]) -> bool:
         """At the start of a statement's segment: may it be judged now? Not while the server
         still owes answers that may change the settings it will run with, or DDL let through
         may have changed the catalog; then the client waits (False) and `from_server` resumes
@@ -458,7 +369,7 @@ class ProxySession:
             return False
         return True
 
-    def _pause(self, frame: tuple[int, int, int], out: list[Command], why: str) -> None:
+    def _pause(self, frame: Frame, out: list[Command], why: str) -> None:
         """Keep the client's bytes from `frame` on for later; a Flush makes the server send
         what it owes even if the client sent no Sync (its answers are what the wait is for)."""
         self._waiting = why
@@ -471,7 +382,7 @@ class ProxySession:
         self._waiting = None
         return self.from_client(b"")
 
-    def _judged(self, text: str, name: str | None, frame: tuple[int, int, int], out: list[Command]) -> None:
+    def _judged(self, text: str, name: str | None, frame: Frame, out: list[Command]) -> None:
         """Judge a Query (`name` None) or a Parse of statement `name`; a name the catalog
         does not hold has the catalog read again once before it is refused."""
         decision = self._decide(text)
@@ -489,7 +400,7 @@ class ProxySession:
             return
         self._admit(text, name, frame, decision, None)
 
-    def _admit(self, text: str, name: str | None, frame: tuple[int, int, int], decision: Decision,
+    def _admit(self, text: str, name: str | None, frame: Frame, decision: Decision,
                approval: dict[str, object] | None, cancelled: bool = False) -> None:
         statement = Statement(text, decision, "simple" if name is None else "extended", self.clock(),
                               approval=approval, effects=_effects(decision), cancelled=cancelled)
@@ -511,18 +422,18 @@ class ProxySession:
         prepared = Prepared(text, decision, self._context(), approval)
         self._expect.append(Expect("parse", change=record(self._statements, name, prepared)))
 
-    def _deny(self, statement: Statement, frame: tuple[int, int, int], sentinel: bytes) -> None:
+    def _deny(self, statement: Statement, frame: Frame, sentinel: bytes) -> None:
         self._client.replace(frame[1], frame[2], [sentinel])
         extended = statement.via == "extended"
         self._doomed |= extended
         self._expect.append(Expect("parse" if extended else "query", statement, segment=self._segment))
 
-    def _refuse(self, text: str, rule: str, reason: str, frame: tuple[int, int, int], parameters: int = 0) -> None:
+    def _refuse(self, text: str, rule: str, reason: str, frame: Frame, parameters: int = 0) -> None:
         """Refuse a Bind or Execute: a Parse of a name that is never created stands in for it."""
         statement = Statement(text, Decision.deny(rule, reason), "extended", self.clock(), parameters=parameters)
         self._deny(statement, frame, codec.parse(self.sentinel, self.sentinel))
 
-    def _bind(self, bind: codec.Bind, frame: tuple[int, int, int]) -> None:
+    def _bind(self, bind: codec.Bind, frame: Frame) -> None:
         prepared = self._statements.get(bind.statement)
         if prepared is None:
             self._refuse(f"<Bind of {bind.statement or 'the unnamed statement'}>", "unknown-statement",
@@ -554,7 +465,7 @@ class ProxySession:
             prepared.decision, prepared.context = decision, context
         return decision
 
-    def _execute(self, portal_name: str, frame: tuple[int, int, int]) -> None:
+    def _execute(self, portal_name: str, frame: Frame) -> None:
         portal = self._portals.get(portal_name)
         if portal is None:
             self._refuse(f"<Execute of {portal_name or 'the unnamed portal'}>", "unknown-portal",
@@ -775,7 +686,7 @@ class ProxySession:
         self._waiting = None
         return self.from_client(b"")
 
-    def _server_frame(self, frame: tuple[int, int, int], out: list[Command]) -> None:
+    def _server_frame(self, frame: Frame, out: list[Command]) -> None:
         kind, start, end = frame
         body = self._server.view[start + 5:end]
         if kind in _ASYNC:
@@ -807,7 +718,7 @@ class ProxySession:
                     self._server.replace(start, end, [])
                 self._pop()
 
-    def _command_complete(self, frame: tuple[int, int, int], tag: str, head: Expect | None,
+    def _command_complete(self, frame: Frame, tag: str, head: Expect | None,
                           out: list[Command]) -> None:
         statement = head.statement if head is not None else None
         if statement is not None:
@@ -827,7 +738,7 @@ class ProxySession:
         if head is not None and head.kind == "execute":
             self._finish(frame, out)
 
-    def _ready(self, frame: tuple[int, int, int], status: bytes, head: Expect | None, out: list[Command]) -> None:
+    def _ready(self, frame: Frame, status: bytes, head: Expect | None, out: list[Command]) -> None:
         self.status = status
         self.confirmed.ready(status)
         if status == b"I" and head is not None:  # the transaction ended: so did its portals and cursors
@@ -858,7 +769,7 @@ class ProxySession:
                 raise ProtocolViolation(f"the server switched client_encoding to {value!r}, which the enforcer refuses")
             self._reported_encoding = value
 
-    def _row_description(self, frame: tuple[int, int, int], body: memoryview, head: Expect | None,
+    def _row_description(self, frame: Frame, body: memoryview, head: Expect | None,
                          out: list[Command]) -> None:
         if head is None:
             return
@@ -937,7 +848,7 @@ class ProxySession:
             return Origin(row=relation, shape="record", row_type=column.type_oid)
         return Origin(column=named)
 
-    def _error(self, frame: tuple[int, int, int], body: memoryview, head: Expect | None, out: list[Command]) -> None:
+    def _error(self, frame: Frame, body: memoryview, head: Expect | None, out: list[Command]) -> None:
         self.confirmed.error()
         statement = head.statement if head is not None else None
         replacement = None
@@ -983,7 +894,7 @@ class ProxySession:
             new = scrub_error_text(body) if self.scan_errors else None
         return None if new is None else _frame(kind, new)
 
-    def _finish(self, frame: tuple[int, int, int], out: list[Command]) -> None:
+    def _finish(self, frame: Frame, out: list[Command]) -> None:
         """Pop the head; if it was a statement, audit it before the frame that ends it."""
         statement = self._pop().statement
         if statement is not None:
@@ -1049,7 +960,7 @@ class ProxySession:
         if pieces:
             out.append(Send(to, pieces, self._stream))
 
-    def _fatal(self, out: list[Command], stream: _Stream, error: InterceptorError) -> list[Command]:
+    def _fatal(self, out: list[Command], stream: FrameRelay, error: InterceptorError) -> list[Command]:
         """Bad input, or a result that cannot be masked: tell the client why with the error's
         SQLSTATE (at a frame boundary when possible) and close, recording whose fault it was."""
         self.closed = True

@@ -12,6 +12,7 @@ from interceptor.handlers.base import resource_option
 from interceptor.handlers.pipe import Pipe
 from interceptor.handlers.postgres import codec
 from interceptor.handlers.postgres.auth import UpstreamLogin
+from interceptor.handlers.postgres.frames import Frame, FrameReader
 from interceptor.policy.model import ResourceSpec
 
 CHUNK = 256 * 1024
@@ -23,6 +24,8 @@ class Upstream:
     def __init__(self, pipe: Pipe, login: UpstreamLogin) -> None:
         self.pipe = pipe
         self.login = login
+        self._frames = FrameReader("upstream")
+        self._frames.feed(login.leftover)
 
     @classmethod
     async def connect(cls, host: str, port: int, params: dict[str, str], password: str,
@@ -50,17 +53,28 @@ class Upstream:
         rows: list[list[str | None]] = []
         error = None
         while True:
-            kind, length = codec.HEADER.unpack(await self.pipe.read_exactly(5))
-            body = await self.pipe.read_exactly(codec.frame_length(length, codec.MAX_MESSAGE, "upstream") - 4)
-            if kind == b"D":
+            kind, start, end = await self._next()
+            body = self._frames.data[start + 5:end]
+            if kind == 0x44:  # DataRow
                 rows.append(_text_fields(body))
-            elif kind == b"E":
+            elif kind == 0x45:  # ErrorResponse
                 error = codec.read_fields(body).get("M", "error")
-            elif kind == b"Z":
+            elif kind == 0x5A:  # ReadyForQuery
                 break
         if error is not None:
             raise LoginError(f"query failed: {error}")
         return rows
+
+    async def _next(self) -> Frame:
+        """The server's next message, read as it arrives; ConnectionError when the server
+        ends the connection first."""
+        while (frame := self._frames.next()) is None:
+            data = await self.pipe.read(CHUNK)
+            if not data:
+                raise ConnectionError(f"upstream ended the connection {len(self._frames.rest())} bytes into a "
+                                      "message")
+            self._frames.feed(data)
+        return frame
 
     def close(self) -> None:
         self.pipe.abort()
