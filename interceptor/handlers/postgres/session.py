@@ -10,36 +10,40 @@ statement, and that error is rewritten into the 42501 naming the rule. So the se
 itself puts the transaction into the failed state, skips pipelined messages to the next
 Sync and sends exactly one ReadyForQuery with the true status, as it would for any
 error, and a later COMMIT rolls back.
+
+This module is the state machine; the framing is frames.py's, the records of the server's
+state state.py's, the cursors cursors.py's, a result's row rewriter result_masks.py's and a
+statement's audit record record.py's.
 """
 
 from __future__ import annotations
 
-import functools
-import re
 import secrets
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
-from interceptor.audit.event import SharedSummary
 from interceptor.decision import Decision, Judge, Verdict
 from interceptor.errors import ClientProtocolError, InterceptorError, MaskingError, ProtocolViolation, ServerProtocolError
-from interceptor.handlers.postgres import codec
-from interceptor.handlers.postgres.codec import Column
-from interceptor.handlers.postgres.frames import MAX_MESSAGE, Frame, FrameRelay
-from interceptor.handlers.postgres.masks import MaskFactory, Origin, RowMask, scrub_error_text, withhold_error_text
-from interceptor.policy.encodings import EncodingRefused, canonical, client_only, python_codec
 from interceptor.handlers.commands import Await, Close, Command, Hold, HoldOutcome, Record, Send, Side, StreamId
-from interceptor.handlers.postgres.names import Change, record
+from interceptor.handlers.postgres import codec
+from interceptor.handlers.postgres.cursors import Cursors
+from interceptor.handlers.postgres.frames import MAX_MESSAGE, Frame, FrameRelay
+from interceptor.handlers.postgres.masks import MaskFactory, RowMask, scrub_error_text, withhold_error_text
+from interceptor.handlers.postgres.names import record
+from interceptor.handlers.postgres.record import redact_literals, statement_record
+from interceptor.handlers.postgres.result_masks import ResultMasks, described
+from interceptor.handlers.postgres.state import (
+    Context, Expect, Portal, Prepared, Statement, catalog_version, decision_of, listed, quiet,
+)
 from interceptor.operations import SqlQuery
 from interceptor.policy.catalog import Catalog, CatalogUnavailable
+from interceptor.policy.encodings import EncodingRefused, canonical, client_only, python_codec
 from interceptor.policy.settings import Effect, SessionSettings
 from interceptor.policy.statement import (
     CATALOG_UNAVAILABLE, CATALOG_UNKNOWN_FUNCTION, CATALOG_UNKNOWN_RELATION, CATALOG_UNKNOWN_TYPE,
 )
-from interceptor.textcache import short_text_cache
 
 FRONTEND, BACKEND = 0, 1  # the session's streams: what the client sent, what the server sent
 CLIENT_TERMINATED = "client terminated the session"
@@ -51,39 +55,10 @@ _STREAM_SERVER_ROWS = frozenset(b"dD")
 _ASYNC = frozenset(b"NA")  # notices, notifications: any time, no state
 _EXTENDED = frozenset(b"PBEDCH")  # messages of an extended-query segment (until Sync)
 _FLUSH = b"H\x00\x00\x00\x04"
-_ROW_MASKS = 256  # row rewriters a session keeps for statements it runs again
 _WAIT_LIMIT = 16 << 20  # bytes an agent may pipeline while the enforcer waits for the server
 _CATALOG_CHANGES = frozenset({"create", "alter", "drop", "comment", "grant", "revoke"})
 _CATALOG_MISSES = frozenset({CATALOG_UNKNOWN_RELATION, CATALOG_UNKNOWN_FUNCTION, CATALOG_UNKNOWN_TYPE,
                              CATALOG_UNAVAILABLE})
-
-
-def _masked_outputs(decision: Decision, index: int, columns: int) -> dict[int, dict[str, Any]]:
-    """The result positions of the `index`-th statement of a decision that the policy's
-    lineage found derived from a masked column, with what it found (`columns`, and `shape` and
-    `table` for a whole row it can mask field by field). A MaskingError when the analysis
-    counted another number of result columns than the server sent (`columns`): which
-    position is which could not be told."""
-    detail = decision.details[index] if index < len(decision.details) else {}
-    found = {int(o["position"]): dict(o) for o in detail.get("masked_outputs", ())}  # type: ignore[attr-defined]
-    counted = detail.get("output_count")
-    if found and counted != columns:
-        raise MaskingError(f"the enforcer counted {counted} result columns where the server sent {columns}: which "
-                         "are masked cannot be told")
-    return found
-
-
-_LITERAL = re.compile(r"""(?:[eE]?'(?:[^']|'')*')|(\$[A-Za-z_]*\$)(?:.|\n)*?\1|(?<![\w$.])\d+(?:\.\d+)?(?:[eE][-+]?\d+)?""")
-
-
-@short_text_cache(maxsize=4096)
-def redact_literals(sql: str) -> str:
-    """The statement with string, dollar-quoted and numeric literals replaced by '?'
-    (cached: a prepared statement's text comes back with every execution)."""
-    return _LITERAL.sub("?", sql)
-
-
-# ---- the PostgreSQL session's own wait -------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,95 +70,6 @@ class RefreshCatalog(Await):
 
     after_ddl: bool = True
     for_result: bool = False
-
-
-# epoch, settings, catalog version, cursors version
-Context = tuple[object, tuple[tuple[str, str | None], ...], str, int]
-
-
-# ---- per-statement bookkeeping ------------------------------------------------------
-
-
-@dataclass(slots=True)
-class Statement:
-    """One judged statement (a Query, or an Execute of a parsed statement)."""
-
-    text: str
-    decision: Decision
-    via: str
-    started: float
-    parameters: int = 0
-    rows: int | None = None
-    command: str | None = None
-    error: str | None = None
-    approval: dict[str, object] | None = None
-    prepared: Prepared | None = None  # the parsed statement an Execute ran
-    effects: tuple[tuple[Effect, ...], ...] = ()  # per statement of the text, what it changes in the session
-    completed: int = 0  # CommandCompletes seen so far
-    cancelled: bool = False  # withdrawn by the client's CancelRequest while held: 57014, not 42501
-
-    @property
-    def denied(self) -> bool:
-        return self.decision.verdict is Verdict.DENY
-
-
-@dataclass(slots=True)
-class Prepared:
-    """A statement the server holds under a name, with the decision for the context
-    (epoch, settings, catalog) it was last judged in."""
-
-    text: str
-    decision: Decision
-    context: Context
-    approval: dict[str, object] | None = None
-    columns: tuple[Column, ...] | None = None
-    executions: int = 0
-    operation: SharedSummary | None = None  # what every execution's audit record says it ran
-
-    def one_shot_spent(self) -> bool:
-        """A one-shot approval at Parse covers one execution, not every later Execute."""
-        spec = self.decision.approval
-        return self.approval is not None and spec is not None and spec.grant == "one-shot" and self.executions > 0
-
-
-@dataclass(slots=True)
-class Cursor:
-    """A cursor DECLAREd through the enforcer (docs, DECLARE): FETCH returns its query's
-    rows, masked as that query's result; judged again when the policy changed since."""
-
-    text: str  # the text that declared it
-    decision: Decision
-    settings: SessionSettings  # in force at DECLARE: its query's names resolved with them
-    epoch: object
-    hold: bool  # WITH HOLD: it outlives its transaction
-    segment: int
-
-
-@dataclass(slots=True)
-class Portal:
-    """A bound statement: names were resolved with the settings of its Bind."""
-
-    prepared: Prepared
-    decision: Decision
-    context: Context
-    parameters: int
-    formats: tuple[int, ...]
-    segment: int  # the Sync segment that created it: it ends with that transaction
-    columns: tuple[Column, ...] | None = None
-
-
-@dataclass(slots=True)
-class Expect:
-    """A response the server owes for a forwarded message, in order. Statements and
-    portals are captured when the client sends, as pipelined messages may reuse names."""
-
-    kind: str  # query | parse | bind | describe | execute | close | sync
-    statement: Statement | None = None
-    prepared: Prepared | None = None  # describe-statement: where its columns go
-    portal: Portal | None = None  # describe-portal / execute
-    change: Change[Any] | None = None  # parse / bind / close: what a failure or a skip undoes
-    segment: int = 0  # query / sync: the segment it ends
-    internal: bool = False  # describe: the enforcer's own, whose answer the client never sees
 
 
 class ProxySession:
@@ -209,7 +95,6 @@ class ProxySession:
         self.catalog = catalog
         self.epoch = epoch
         self.server_encoding = server_encoding
-        self.mask_factory = mask_factory
         self.clock = clock
         self.sentinel = f"interceptor_denied_{nonce or secrets.token_hex(8)}"
         self._sentinel_bytes = self.sentinel.encode()
@@ -228,8 +113,7 @@ class ProxySession:
         self._expect: deque[Expect] = deque()
         self._statements: dict[str, Prepared] = {}
         self._portals: dict[str, Portal] = {}
-        self._cursors: dict[str, Cursor] = {}
-        self._cursors_version = 0  # changes whenever a cursor is declared or closed
+        self._cursors = Cursors(epoch)
         self._segment = 0  # extended-query segments (and Queries) sent so far
         self._in_segment = False  # an extended-query message came since the last Sync
         self._doomed = False  # a refusal was sent in this segment: the server skips to Sync
@@ -240,8 +124,7 @@ class ProxySession:
         self._tables_reread = False  # it was, for the result now being described
         self._to_client: list[bytes | memoryview] = []  # enforcer messages waiting for a server frame boundary
         self._row_mask: RowMask | None = None
-        # (id of the decision, statement, columns, catalog version, codec) -> (the decision, its rewriter)
-        self._row_masks: dict[tuple[object, ...], tuple[Decision, RowMask | None]] = {}
+        self._masks = ResultMasks(mask_factory)
 
     # ---- the driver's side (interceptor.handlers.commands.Session) -------------------
 
@@ -355,7 +238,7 @@ class ProxySession:
         may have changed the catalog; then the client waits (False) and `from_server` resumes
         it once the server is idle."""
         if self._expect:
-            if self._touched or self._catalog_stale or not _quiet(self.confirmed):
+            if self._touched or self._catalog_stale or not quiet(self.confirmed):
                 self._pause(frame, out, "a pipelined statement may change the session's settings or catalog")
                 return False
             return True
@@ -413,7 +296,7 @@ class ProxySession:
                 self._deny(statement, frame, codec.parse(name, self.sentinel))
             return
         self._catalog_stale |= _changes_catalog(decision)
-        self._follow_cursors(decision)
+        self._cursors.closed_by(decision)
         if name is None:
             self._expect.append(Expect("query", statement, segment=self._segment))
             for effects in statement.effects:
@@ -446,8 +329,7 @@ class ProxySession:
             self._refuse(prepared.text, decision.rule, decision.reason, frame, bind.parameters)
             return
         portal = Portal(prepared, decision, context, bind.parameters, bind.result_formats, self._segment)
-        if self._cursors.pop(bind.portal, None) is not None:  # the server holds no cursor of that name now
-            self._cursors_version += 1
+        self._cursors.replaced(bind.portal)
         self._expect.append(Expect("bind", change=record(self._portals, bind.portal, portal)))
 
     def _rejudged(self, prepared: Prepared, context: Context, settings: SessionSettings) -> Decision:
@@ -507,7 +389,7 @@ class ProxySession:
                 self._deallocate(effect)
             before = dict(self.predicted.values)  # apply() may change the dict in place
             self.predicted.apply(effect)
-            if self.predicted.values != before or not _quiet(self.predicted):
+            if self.predicted.values != before or not quiet(self.predicted):
                 self._touched = True
         if effects:  # most statements change nothing: no codec lookup on every Execute
             self._codec = self._client_codec(self.predicted)
@@ -517,12 +399,11 @@ class ProxySession:
             self._statements.pop(effect.name, None)
         else:
             self._statements.clear()
-        if effect.kind == "discard_all":  # closes every cursor too (docs, DISCARD)
+        if effect.kind == "discard_all":
             self._cursors.clear()
-            self._cursors_version += 1
 
     def _context(self) -> Context:
-        return self.epoch(), self.predicted.snapshot(), _catalog_version(self.catalog()), self._cursors_version
+        return self.epoch(), self.predicted.snapshot(), catalog_version(self.catalog()), self._cursors.version
 
     def _decide(self, text: str, settings: SessionSettings | None = None) -> Decision:
         state = settings or self.predicted
@@ -530,74 +411,7 @@ class ProxySession:
             decision = self.judge.decide(SqlQuery(text, self.database, state.snapshot(), self._defaults, self.catalog()))
         except Exception as exc:  # noqa: BLE001 - a policy failure must deny, not crash the session
             return Decision.deny("policy-error", f"policy evaluation failed: {exc}")
-        return self._with_cursors(text, decision, state)
-
-    def _with_cursors(self, text: str, decision: Decision, settings: SessionSettings) -> Decision:
-        """A decision whose FETCHes read cursors: each must be one the enforcer judged (here,
-        or earlier in the same text), allowed still, and what it returns is masked as that
-        cursor's query's result."""
-        if decision.verdict is Verdict.DENY or not any("cursor" in d for d in decision.details):
-            return decision
-        declared: dict[str, Cursor] = {}
-        masks, details = list(decision.masks), list(decision.details)
-        for index, detail in enumerate(details):
-            name = detail.get("cursor")
-            if detail.get("kind") not in ("fetch", "close"):
-                if isinstance(name, str):
-                    declared[name] = Cursor(text, decision, settings, self.epoch(), bool(detail.get("hold")), 0)
-                continue
-            if detail["kind"] == "close" or not isinstance(name, str):
-                continue
-            cursor = declared.get(name) or self._cursors.get(name)
-            if cursor is None or name in self._portals:  # a protocol portal shares the cursors' names
-                return Decision.deny("unknown-cursor", f"cursor {name!r} was not declared through the enforcer (or "
-                                                       "was closed, or ended with its transaction)")
-            judged = self._cursor_decision(cursor, name)
-            if judged.verdict is not Verdict.ALLOW:
-                return Decision.deny(judged.rule, f"cursor {name!r}: {judged.reason or 'denied'}")
-            outputs = [o for d in judged.details if d.get("cursor") == name
-                       for o in d.get("masked_outputs", ())]  # type: ignore[attr-defined]
-            counted = next((d.get("output_count") for d in judged.details if d.get("cursor") == name), None)
-            details[index] = {**detail, "masked_outputs": outputs, "output_count": counted}
-            masks += [m for m in judged.masks if m not in masks]
-        return Decision(decision.verdict, decision.rule, decision.reason, tuple(masks), decision.approval,
-                        tuple(details))
-
-    def _cursor_decision(self, cursor: Cursor, name: str) -> Decision:
-        """The cursor's judgement, again when the policy or identity changed since its DECLARE."""
-        if cursor.epoch == self.epoch():
-            return cursor.decision
-        decision = self._decide(cursor.text, cursor.settings)
-        if not any(d.get("cursor") == name and d.get("kind") not in ("fetch", "close") for d in decision.details):
-            return Decision.deny("unknown-cursor", "its DECLARE reads differently now")
-        cursor.decision, cursor.epoch = decision, self.epoch()
-        return decision
-
-    def _follow_cursors(self, decision: Decision) -> None:
-        """Cursors a statement let through closes, forgotten now (a CLOSE that fails leaves a
-        cursor the enforcer refuses to FETCH from: safe). A DECLARE counts only once the server
-        confirms it (`_declared`)."""
-        for detail in decision.details:
-            if detail.get("kind") != "close":
-                continue
-            name = detail.get("cursor")
-            if isinstance(name, str):
-                self._cursors.pop(name, None)
-            else:
-                self._cursors.clear()
-            self._cursors_version += 1
-
-    def _declared(self, statement: Statement, segment: int) -> None:
-        """The server ran the DECLARE that is the `completed`-th statement of `statement`, in
-        the transaction of `segment`."""
-        details = statement.decision.details
-        detail = details[statement.completed] if statement.completed < len(details) else {}
-        name = detail.get("cursor")
-        if not isinstance(name, str) or detail.get("kind") in ("fetch", "close"):
-            raise ProtocolViolation("the server declared a cursor where the enforcer judged no DECLARE")
-        self._cursors[name] = Cursor(statement.text, statement.decision, self.confirmed.copy(), self.epoch(),
-                                     bool(detail.get("hold")), segment)
-        self._cursors_version += 1
+        return self._cursors.judged(text, decision, state, self._portals, self._decide)
 
     def _client_codec(self, settings: SessionSettings) -> str:
         try:
@@ -636,7 +450,7 @@ class ProxySession:
         statement = Statement(text, denied, "simple" if name is None else "extended", self.clock(), error=reason,
                               approval={"approved": False, "request_id": request_id, "reason": reason,
                                         "withdrawn": True})
-        return self._audit(statement)
+        return statement_record(statement, self.database, self.clock(), self._stream)
 
     def waiting(self, stream: StreamId, request_id: str | None, timeout_seconds: int) -> list[Command]:
         """Tell the agent its statement waits for approval (a NoticeResponse, sent at a server
@@ -733,7 +547,8 @@ class ProxySession:
                 for effect in statement.effects[statement.completed]:
                     self.confirmed.apply(effect)
             if tag == "DECLARE CURSOR" and head is not None:
-                self._declared(statement, head.portal.segment if head.portal is not None else head.segment)
+                segment = head.portal.segment if head.portal is not None else head.segment
+                self._cursors.declared(statement, segment, self.confirmed.copy())
             statement.completed += 1
         if head is not None and head.kind == "execute":
             self._finish(frame, out)
@@ -744,9 +559,7 @@ class ProxySession:
         if status == b"I" and head is not None:  # the transaction ended: so did its portals and cursors
             for name in [n for n, p in self._portals.items() if p.segment <= head.segment]:
                 del self._portals[name]
-            for name in [n for n, c in self._cursors.items() if not c.hold and c.segment <= head.segment]:
-                del self._cursors[name]
-                self._cursors_version += 1
+            self._cursors.transaction_ended(head.segment)
         if self._reported_encoding is not None:
             confirmed = self.confirmed.get("client_encoding") or self.server_encoding
             if canonical(confirmed) != canonical(self._reported_encoding):
@@ -773,9 +586,9 @@ class ProxySession:
                          out: list[Command]) -> None:
         if head is None:
             return
-        decision = _decision_of(head)
+        decision = decision_of(head)
         if decision is not None and decision.masks:
-            columns = _described(bytes(body))
+            columns = described(bytes(body))
             catalog = self.catalog()
             known = catalog.by_oid if isinstance(catalog, Catalog) else {}
             if any(c.table_oid and c.table_oid not in known for c in columns) and not self._tables_reread:
@@ -786,7 +599,8 @@ class ProxySession:
                 return
             self._tables_reread = False
             if head.kind == "query":
-                self._row_mask = self._mask_for(decision, columns, head.statement.completed if head.statement else 0)
+                index = head.statement.completed if head.statement else 0
+                self._row_mask = self._masks.for_columns(decision, columns, index, catalog, self._codec)
             elif head.prepared is not None:
                 head.prepared.columns = columns
             elif head.portal is not None:
@@ -801,52 +615,6 @@ class ProxySession:
         with `for_result`): the result resumes; a table still unknown then withholds it."""
         self._awaiting_tables = False
         return self.from_server(b"")
-
-    def _mask_for(self, decision: Decision, columns: tuple[Column, ...], index: int = 0) -> RowMask | None:
-        """The rewriter of this result's rows (None: they pass as they are), built once per
-        decision, statement, columns, catalog and client encoding: a statement run again and
-        again reuses it."""
-        catalog = self.catalog()
-        key = (id(decision), index, columns, _catalog_version(catalog), self._codec)
-        cached = self._row_masks.get(key)
-        if cached is not None and cached[0] is decision:
-            return cached[1]
-        mask = self._build_mask(decision, columns, index, catalog if isinstance(catalog, Catalog) else None)
-        if len(self._row_masks) >= _ROW_MASKS:
-            self._row_masks.clear()
-        self._row_masks[key] = (decision, mask)
-        return mask
-
-    def _build_mask(self, decision: Decision, columns: tuple[Column, ...], index: int,
-                    known: Catalog | None) -> RowMask | None:
-        if self.mask_factory is None:
-            return _withheld("the policy masks this result but no masker is configured")
-        outputs = _masked_outputs(decision, index, len(columns))
-        origins = tuple(self._origin(column, outputs.get(i), known) for i, column in enumerate(columns))
-        return self.mask_factory(decision.masks, columns, origins, self._codec)
-
-    def _origin(self, column: Column, output: dict[str, Any] | None, catalog: Catalog | None) -> Origin:
-        """Where a result column's values come from: the server's RowDescription (the column
-        it comes straight from, or a relation's row type) and the analysis (`output`). A table
-        OID the catalog does not hold (read again once for it) is a MaskingError: masked or not,
-        the enforcer cannot tell."""
-        if column.table_oid and (catalog is None or column.table_oid not in catalog.by_oid):
-            raise MaskingError(f"result column {column.name!r} comes from table oid {column.table_oid}, which the "
-                             "catalog does not hold")
-        named = catalog.column_at(column.table_oid, column.attnum) if catalog is not None and column.table_oid else None
-        if output is not None and "shape" in output:
-            schema, _, name = str(output["table"]).partition(".")
-            relation = catalog.relation(schema, name) if catalog is not None else None
-            if relation is None or catalog is None:
-                raise MaskingError(f"the catalog does not hold {output['table']}, whose rows the result embeds")
-            row_type = catalog.row_type(relation) if catalog.complete else None
-            return Origin(row=relation, shape=str(output["shape"]), row_type=row_type)
-        if output is not None and named not in output["columns"]:
-            return Origin(derived=tuple(output["columns"]))  # computed: one constant
-        relation = catalog.row_types.get(column.type_oid) if catalog is not None and output is None else None
-        if relation is not None:
-            return Origin(row=relation, shape="record", row_type=column.type_oid)
-        return Origin(column=named)
 
     def _error(self, frame: Frame, body: memoryview, head: Expect | None, out: list[Command]) -> None:
         self.confirmed.error()
@@ -886,7 +654,7 @@ class ProxySession:
         withheld, naming the rules. Any other has what the
         classifiers find replaced, when `scan_errors` is on."""
         running = head is not None and (head.statement is not None or head.portal is not None)
-        decision = _decision_of(head) if running else None  # a Describe computes no value
+        decision = decision_of(head) if running else None  # a Describe computes no value
         rules = [spec.rule for spec in decision.masks if spec.columns] if decision is not None else []
         if rules:
             new: bytes | None = withhold_error_text(body, list(dict.fromkeys(rules)))
@@ -899,7 +667,7 @@ class ProxySession:
         statement = self._pop().statement
         if statement is not None:
             self._send(out, Side.CLIENT, self._server.cut(frame[1]))
-            out.append(self._audit(statement))
+            out.append(statement_record(statement, self.database, self.clock(), self._stream))
 
     def _pop(self) -> Expect:
         head = self._expect.popleft()
@@ -911,44 +679,7 @@ class ProxySession:
         self._row_mask = None
         head = self._expect[0] if self._expect else None
         if head is not None and head.kind == "execute" and head.portal is not None and head.portal.decision.masks:
-            self._row_mask = self._execute_mask(head.portal)
-
-    def _execute_mask(self, portal: Portal) -> RowMask | None:
-        columns = portal.columns
-        prepared = portal.prepared
-        if columns is None and prepared.columns is not None:
-            columns = tuple(_with_format(c, portal.formats, i) for i, c in enumerate(prepared.columns))
-        if columns is None:
-            return _withheld("the policy masks this statement's result but its columns were never described")
-        try:
-            return self._mask_for(portal.decision, columns)
-        except MaskingError as exc:  # raised when the first row arrives, on the server side
-            return _withheld(str(exc))
-
-    def _audit(self, statement: Statement) -> Record:
-        prepared = statement.prepared
-        if prepared is None:
-            operation: dict[str, object] = self._operation(statement)
-        else:  # executed again and again: its summary is scrubbed and encoded once
-            if prepared.operation is None or prepared.operation.get("parameters", 0) != statement.parameters:
-                prepared.operation = SharedSummary(self._operation(statement))
-            operation = prepared.operation
-        outcome: dict[str, object] = {
-            "rows": statement.rows, "command": statement.command, "error": statement.error,
-            "duration_ms": round((self.clock() - statement.started) * 1000, 3),
-        }
-        if statement.approval is not None:
-            outcome["approval"] = statement.approval
-        return Record(statement.decision, operation, outcome, stream=self._stream)
-
-    def _operation(self, statement: Statement) -> dict[str, object]:
-        operation: dict[str, object] = {
-            "protocol": "postgres", "database": self.database, "via": statement.via,
-            "statement": redact_literals(statement.text),
-        }
-        if statement.parameters:
-            operation["parameters"] = statement.parameters
-        return operation
+            self._row_mask = self._masks.for_portal(head.portal, self.catalog(), self._codec)
 
     # ---- shared ---------------------------------------------------------------------
 
@@ -972,60 +703,15 @@ class ProxySession:
         return out
 
 
-
-
 def _frame(kind: bytes, body: bytes | memoryview) -> bytes:
     return b"".join((kind, codec.INT32.pack(len(body) + 4), body))
 
 
-def _with_format(column: Column, formats: tuple[int, ...], index: int) -> Column:
-    fmt = formats[index] if len(formats) > 1 else (formats[0] if formats else 0)
-    return Column(column.name, column.table_oid, column.attnum, column.type_oid, fmt)
-
-
-@functools.lru_cache(maxsize=1024)
-def _described(body: bytes) -> tuple[Column, ...]:
-    """A RowDescription's columns (a statement run again sends the same bytes)."""
-    return codec.read_row_description(body)
-
-
-def _decision_of(head: Expect | None) -> Decision | None:
-    """The decision of the statement the server is answering (a Query or an Execute, the
-    portal or prepared statement a Describe is of)."""
-    if head is None:
-        return None
-    if head.statement is not None:
-        return head.statement.decision
-    if head.portal is not None:
-        return head.portal.decision
-    return head.prepared.decision if head.prepared is not None else None
-
-
-def _withheld(reason: str) -> RowMask:
-    def refuse(body: memoryview) -> bytes:
-        raise MaskingError(reason)
-    return refuse
-
-
 def _effects(decision: Decision) -> tuple[tuple[Effect, ...], ...]:
     """Per statement of the text, what it changes in the session (the policy's analysis)."""
-    return tuple(tuple(Effect.from_dict(e) for e in detail.get("effects", ()))  # type: ignore[attr-defined]
-                 for detail in decision.details)
+    return tuple(tuple(Effect.from_dict(e) for e in listed(detail, "effects")) for detail in decision.details)
 
 
 def _changes_catalog(decision: Decision) -> bool:
     kinds = (str(detail.get("kind", "")) for detail in decision.details)
     return any(k in _CATALOG_CHANGES or k.startswith(("create_", "alter_", "drop_")) for k in kinds)
-
-
-def _quiet(settings: SessionSettings) -> bool:
-    """No change is pending that an answer of the server could still undo or make final."""
-    base = settings.base
-    return (settings.values == base and settings.session == base
-            and all(v == base and s == base for _, v, s in settings.savepoints))
-
-
-def _catalog_version(catalog: Catalog | CatalogUnavailable | None) -> str:
-    if isinstance(catalog, Catalog):
-        return catalog.version
-    return "" if catalog is None else f"unavailable: {catalog}"
