@@ -107,8 +107,8 @@ class Runtime:
             return self._snapshot
 
     async def install(self, redirect: Redirect, close_sessions: Callable[[str, str], object]) -> None:
-        """Put the plan in the kernel through `redirect`; every later swap reaches it too, and
-        an agent whose identity turns unusable has its open flows cut by
+        """Put the plan in force in the kernel through `redirect`; every later swap reaches it
+        too, and an agent whose identity turns unusable has its open flows cut by
         `close_sessions(agent, reason)` when its identity config says `on_invalid: close`."""
         async with self._lock:
             redirect.apply(self.snapshot.plan)
@@ -226,10 +226,10 @@ class Runtime:
         at connect(), and regains access when the daemon refreshes it. Its open flows have their
         next operation denied, or are cut when its identity config says `on_invalid: close`."""
         self._on_identity_change(change)
-        if self._redirect is None or self._close_sessions is None:
-            return
-        if change.identity is None and self.identities.on_invalid(change.agent) == "close":
+        closing = change.identity is None and self.identities.on_invalid(change.agent) == "close"
+        if closing and self._close_sessions is not None:
             self._close_sessions(change.agent, change.reason)
+        # Before `install` too: the plan it puts in the kernel then knows the identities so far.
         replan = asyncio.ensure_future(self.replan())
         self._replans.add(replan)
         replan.add_done_callback(self._replans.discard)
