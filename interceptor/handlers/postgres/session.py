@@ -35,7 +35,7 @@ from interceptor.handlers.postgres.names import record
 from interceptor.handlers.postgres.record import redact_literals, statement_record
 from interceptor.handlers.postgres.result_masks import ResultMasks, described
 from interceptor.handlers.postgres.state import (
-    Context, Expect, Portal, Prepared, Statement, catalog_version, decision_of, listed, quiet,
+    Context, Expect, Portal, Prepared, Statement, catalog_version, changes_catalog, decision_of, effects_of, quiet,
 )
 from interceptor.operations import SqlQuery
 from interceptor.policy.catalog import Catalog, CatalogUnavailable
@@ -56,7 +56,6 @@ _ASYNC = frozenset(b"NA")  # notices, notifications: any time, no state
 _EXTENDED = frozenset(b"PBEDCH")  # messages of an extended-query segment (until Sync)
 _FLUSH = b"H\x00\x00\x00\x04"
 _WAIT_LIMIT = 16 << 20  # bytes an agent may pipeline while the enforcer waits for the server
-_CATALOG_CHANGES = frozenset({"create", "alter", "drop", "comment", "grant", "revoke"})
 _CATALOG_MISSES = frozenset({CATALOG_UNKNOWN_RELATION, CATALOG_UNKNOWN_FUNCTION, CATALOG_UNKNOWN_TYPE,
                              CATALOG_UNAVAILABLE})
 
@@ -286,7 +285,7 @@ class ProxySession:
     def _admit(self, text: str, name: str | None, frame: Frame, decision: Decision,
                approval: dict[str, object] | None, cancelled: bool = False) -> None:
         statement = Statement(text, decision, "simple" if name is None else "extended", self.clock(),
-                              approval=approval, effects=_effects(decision), cancelled=cancelled)
+                              approval=approval, effects=effects_of(decision), cancelled=cancelled)
         if statement.denied:
             if name is None:
                 self._deny(statement, frame, codec.query(self.sentinel))
@@ -295,7 +294,7 @@ class ProxySession:
                     self._statements.pop("", None)  # the server drops the unnamed statement first
                 self._deny(statement, frame, codec.parse(name, self.sentinel))
             return
-        self._catalog_stale |= _changes_catalog(decision)
+        self._catalog_stale |= changes_catalog(decision)
         self._cursors.closed_by(decision)
         if name is None:
             self._expect.append(Expect("query", statement, segment=self._segment))
@@ -368,7 +367,7 @@ class ProxySession:
             return
         prepared.executions += 1
         statement = Statement(prepared.text, portal.decision, "extended", self.clock(), parameters=portal.parameters,
-                              approval=prepared.approval, prepared=prepared, effects=_effects(portal.decision))
+                              approval=prepared.approval, prepared=prepared, effects=effects_of(portal.decision))
         for effects in statement.effects:
             self._predict(effects)
         if portal.decision.masks and portal.columns is None and prepared.columns is None:
@@ -705,13 +704,3 @@ class ProxySession:
 
 def _frame(kind: bytes, body: bytes | memoryview) -> bytes:
     return b"".join((kind, codec.INT32.pack(len(body) + 4), body))
-
-
-def _effects(decision: Decision) -> tuple[tuple[Effect, ...], ...]:
-    """Per statement of the text, what it changes in the session (the policy's analysis)."""
-    return tuple(tuple(Effect.from_dict(e) for e in listed(detail, "effects")) for detail in decision.details)
-
-
-def _changes_catalog(decision: Decision) -> bool:
-    kinds = (str(detail.get("kind", "")) for detail in decision.details)
-    return any(k in _CATALOG_CHANGES or k.startswith(("create_", "alter_", "drop_")) for k in kinds)

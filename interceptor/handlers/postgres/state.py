@@ -1,6 +1,7 @@
 """What a PostgreSQL session holds of the server's state, statement by statement: the
 statements judged and the answers the server owes for them, the prepared statements,
-portals and cursors it holds by name, and the context each decision was made in.
+portals and cursors it holds by name, the context each decision was made in, and what a
+decision says a statement changes in that state.
 
 Plain records; ProxySession (session.py) keeps them up to date as messages pass.
 """
@@ -17,6 +18,8 @@ from interceptor.handlers.postgres.codec import Column
 from interceptor.handlers.postgres.names import Change
 from interceptor.policy.catalog import Catalog, CatalogUnavailable
 from interceptor.policy.settings import Effect, SessionSettings
+
+_CATALOG_CHANGES = frozenset({"create", "alter", "drop", "comment", "grant", "revoke"})
 
 # epoch, settings, catalog version, cursors version
 Context = tuple[object, tuple[tuple[str, str | None], ...], str, int]
@@ -134,3 +137,15 @@ def listed(detail: Mapping[str, object], key: str) -> Sequence[Mapping[str, Any]
     """The mappings the policy's analysis lists under `key` in a statement's detail of a
     Decision (`masked_outputs`, `effects`: policy/sql_rules.py builds them), () when none."""
     return cast("Sequence[Mapping[str, Any]]", detail.get(key, ()))
+
+
+def effects_of(decision: Decision) -> tuple[tuple[Effect, ...], ...]:
+    """Per statement of the text, what it changes in the session (the policy's analysis)."""
+    return tuple(tuple(Effect.from_dict(e) for e in listed(detail, "effects")) for detail in decision.details)
+
+
+def changes_catalog(decision: Decision) -> bool:
+    """Whether a statement of the text is DDL (or COMMENT, GRANT, REVOKE): the catalog must
+    be read again before more is judged."""
+    kinds = (str(detail.get("kind", "")) for detail in decision.details)
+    return any(k in _CATALOG_CHANGES or k.startswith(("create_", "alter_", "drop_")) for k in kinds)
