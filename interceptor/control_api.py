@@ -25,12 +25,12 @@ from interceptor.enforcer.server import Enforcer
 from interceptor.handlers.postgres.catalog import CatalogStore, StoreEntry
 from interceptor.identity.model import Identity
 from interceptor.policy import ResourceSpec
+from interceptor.protocols import spec_for
 from interceptor.redirect import Redirect
 from interceptor.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
-CATALOG_PROTOCOLS = ("postgres",)  # resources whose databases' catalogs the daemon reads
 
 
 class CatalogControl:
@@ -82,7 +82,7 @@ class CatalogControl:
         if spec is None:
             known = ", ".join(sorted(resources)) or "none"
             raise ValueError(f"unknown resource {resource!r} (the policy has: {known})")
-        if spec.protocol not in CATALOG_PROTOCOLS:
+        if not spec_for(spec.protocol).catalogs:
             raise ValueError(f"resource {resource!r} is {spec.protocol}, which has no database catalog")
 
 

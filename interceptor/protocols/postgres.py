@@ -84,4 +84,5 @@ SPEC: ProtocolSpec[SqlQuery] = ProtocolSpec(
     parse_case=_parse_case,
     case_keys=frozenset({"search_path"}),
     masks=True,
+    catalogs=True,
 )

@@ -66,4 +66,5 @@ class ProtocolSpec(Generic[OperationT]):
     parse_case: Callable[[Mapping[str, Any], Catalog | None], OperationT]
     case_keys: frozenset[str] = field(default=frozenset())
     masks: bool = False  # mask rules may be about its operations
+    catalogs: bool = False  # the daemon reads its databases' catalogs (`interceptor catalog`)
     every_resource: bool = False  # its operation is asked of every resource, whatever its protocol
