@@ -14,19 +14,10 @@ from typing import Any
 
 import click
 
-from interceptor.control import ControlError, ControlMethod
+from interceptor.cli_support import call
+from interceptor.control import ControlMethod
 
 _PLAIN_NAME = re.compile(r"[a-z_][a-z0-9_$]*")
-
-
-def _call(ctx: click.Context, method: ControlMethod, **params: Any) -> Any:
-    client = (ctx.obj or {}).get("control")
-    if client is None:
-        raise click.ClickException("no control connection to the interceptor daemon")
-    try:
-        return client.call(method, **params)
-    except ControlError as exc:
-        raise click.ClickException(str(exc)) from exc
 
 
 def _path(names: list[str] | None) -> str:
@@ -59,9 +50,9 @@ def show(ctx: click.Context, resource: str | None, database: str | None, as_json
     """The catalogs the daemon holds: per resource and database, when read, relations,
     functions, the login role's default search_path and the catalog's version."""
     if as_json and resource is not None and database is not None:
-        click.echo(json.dumps(_call(ctx, ControlMethod.CATALOG_DUMP, resource=resource, database=database), indent=2))
+        click.echo(json.dumps(call(ctx, ControlMethod.CATALOG_DUMP, resource=resource, database=database), indent=2))
         return
-    entries: list[dict[str, Any]] = _call(ctx, ControlMethod.CATALOG_SHOW, resource=resource, database=database)
+    entries: list[dict[str, Any]] = call(ctx, ControlMethod.CATALOG_SHOW, resource=resource, database=database)
     if as_json:
         click.echo(json.dumps(entries, indent=2))
         return
@@ -91,7 +82,7 @@ def show(ctx: click.Context, resource: str | None, database: str | None, as_json
 @click.pass_context
 def refresh(ctx: click.Context, resource: str, database: str | None) -> None:
     """Drop the daemon's catalogs of RESOURCE so they are read again."""
-    result = _call(ctx, ControlMethod.CATALOG_REFRESH, resource=resource, database=database)
+    result = call(ctx, ControlMethod.CATALOG_REFRESH, resource=resource, database=database)
     which = f"database {database}" if database else "every database"
     click.echo(f"dropped {result['dropped']} catalog(s) of {which} on resource {resource}: open sessions read "
                "it again at their next statement (and judge with the new one once it is in), new ones at login")

@@ -19,6 +19,7 @@ import click
 
 from interceptor import __version__
 from interceptor.config import ConfigError, Settings, load_settings
+from interceptor.cli_support import call
 from interceptor.control import ControlClient, ControlError, ControlMethod
 
 
@@ -48,13 +49,6 @@ def table(rows: list[dict[str, Any]], columns: list[str]) -> None:
     click.echo("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)).rstrip())
     for row in cells:
         click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
-
-
-def call(ctx: click.Context, method: ControlMethod, **params: Any) -> Any:
-    try:
-        return _client(ctx).call(method, **params)
-    except ControlError as exc:
-        raise click.ClickException(str(exc)) from exc
 
 
 @click.group()

@@ -13,7 +13,8 @@ from typing import Any
 
 import click
 
-from interceptor.control import ControlError, ControlMethod
+from interceptor.cli_support import call
+from interceptor.control import ControlMethod
 from interceptor.identity.approver import read_token
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -25,17 +26,6 @@ def parse_duration(text: str) -> int:
     if not match or int(match.group(1)) == 0:
         raise click.BadParameter(f"{text!r} is not a positive duration like 90s, 15m, 2h or 1d")
     return int(match.group(1)) * _UNITS[match.group(2) or "s"]
-
-
-def _call(ctx: click.Context, method: ControlMethod, **params: Any) -> dict[str, Any]:
-    client = (ctx.obj or {}).get("control")
-    if client is None:
-        raise click.ClickException("no control connection to the interceptor daemon")
-    try:
-        result: dict[str, Any] = client.call(method, **params)
-    except ControlError as exc:
-        raise click.ClickException(str(exc)) from exc
-    return result
 
 
 def _when(timestamp: float | None) -> str:
@@ -70,7 +60,7 @@ def approvals() -> None:
 def list_requests(ctx: click.Context, show_all: bool, as_json: bool) -> None:
     """Requests waiting for a decision (or all of them; a decided one has a second line
     saying how it ended, e.g. 'withdrawn: the client cancelled the statement')."""
-    requests = _call(ctx, ControlMethod.APPROVALS_LIST, pending_only=not show_all)["requests"]
+    requests = call(ctx, ControlMethod.APPROVALS_LIST, pending_only=not show_all)["requests"]
     if as_json:
         click.echo(json.dumps(requests, indent=2, sort_keys=True))
         return
@@ -95,7 +85,7 @@ def list_requests(ctx: click.Context, show_all: bool, as_json: bool) -> None:
 def approve(ctx: click.Context, request_id: str, duration: str | None) -> None:
     """Approve a held operation."""
     for_seconds = parse_duration(duration) if duration is not None else None
-    request = _call(ctx, ControlMethod.APPROVALS_APPROVE, request_id=request_id, for_seconds=for_seconds,
+    request = call(ctx, ControlMethod.APPROVALS_APPROVE, request_id=request_id, for_seconds=for_seconds,
                     token=read_token())["request"]
     until = f" (identical operations allowed until {_when(request['granted_until'])})" if request["granted_until"] else ""
     glass = " as break-glass root" if request["break_glass"] else ""
@@ -108,6 +98,6 @@ def approve(ctx: click.Context, request_id: str, duration: str | None) -> None:
 @click.pass_context
 def deny(ctx: click.Context, request_id: str, reason: str) -> None:
     """Deny a held operation."""
-    request = _call(ctx, ControlMethod.APPROVALS_DENY, request_id=request_id, reason=reason,
+    request = call(ctx, ControlMethod.APPROVALS_DENY, request_id=request_id, reason=reason,
                     token=read_token())["request"]
     click.echo(f"denied {request['request_id']}: {request['decision_reason']}")
