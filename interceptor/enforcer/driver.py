@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Awaitable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from interceptor.approvals.broker import DISCONNECTED, PendingRequest
 from interceptor.flow import FlowContext
@@ -45,13 +45,16 @@ class _Held:
     cancelled: bool = False  # the client cancelled while the request was being opened
 
 
-@dataclass(slots=True)
 class _Writes:
     """What one batch of commands writes to each peer, in order, sent in one call each."""
 
-    client: Pieces = field(default_factory=list)
-    server: Pieces = field(default_factory=list)
-    client_streams: set[StreamId] = field(default_factory=set)  # the streams the client-bound pieces come from
+    __slots__ = ("client", "server", "client_stream", "mixed")
+
+    def __init__(self) -> None:
+        self.client: Pieces = []
+        self.server: Pieces = []
+        self.client_stream: StreamId | None = None  # the stream the client-bound pieces come from
+        self.mixed = False  # they come from more than one
 
 
 class Driver:
@@ -170,11 +173,10 @@ class Driver:
     def _carry(self, commands: list[Command], urgent: bool = False) -> None:
         """Carry out `commands` in order; one that must wait stalls the rest of its stream."""
         writes = _Writes()
+        waits = self._waits
         for command in commands:
-            if self._ended.done():
-                break
             stream = command.stream
-            if stream in self._waits and not urgent:
+            if waits and stream in waits and not urgent:
                 self._queued.setdefault(stream, deque()).append(command)
                 continue
             kind = type(command)
@@ -185,12 +187,17 @@ class Driver:
             else:
                 self._flush(writes)
                 self._other(command)
+                if self._ended.done():  # a Close: nothing after it is carried out
+                    return
         self._flush(writes)
 
     def _send(self, command: Send, writes: _Writes) -> None:
         if command.to is Side.CLIENT:
             writes.client.extend(command.data)
-            writes.client_streams.add(command.stream)
+            if writes.client_stream is None:
+                writes.client_stream = command.stream
+            elif writes.client_stream != command.stream:
+                writes.mixed = True
         else:
             writes.server.extend(command.data)
         if self._capture:  # what the client saw (masked), and what it sent
@@ -203,9 +210,10 @@ class Driver:
             return
         stream = command.stream
         held_back: list[Command] = []
-        if writes.client_streams == {stream} and sum(len(piece) for piece in writes.client) <= HOLD_BACK_BYTES:
+        if (writes.client_stream == stream and not writes.mixed
+                and sum(len(piece) for piece in writes.client) <= HOLD_BACK_BYTES):
             held_back = [Send(Side.CLIENT, writes.client, stream)]  # one write, one wakeup, once durable
-            writes.client, writes.client_streams = [], set()
+            writes.client, writes.client_stream = [], None
         self._flush(writes)
         self._queued.setdefault(stream, deque()).extendleft(reversed(held_back))
         self._wait(stream, durable)
@@ -229,11 +237,13 @@ class Driver:
             self._wait(command.stream, self.awaits(command))
 
     def _flush(self, writes: _Writes) -> None:
-        if writes.server and self.server is not None:
-            self.server.writelines(writes.server)
+        if writes.server:
+            if self.server is not None:
+                self.server.writelines(writes.server)
+            writes.server = []
         if writes.client:
             self.client.writelines(writes.client)
-        writes.client, writes.server, writes.client_streams = [], [], set()
+            writes.client, writes.client_stream, writes.mixed = [], None, False
 
     def _record(self, command: Record) -> Awaitable[None] | None:
         self.records += 1

@@ -131,8 +131,11 @@ class ProxySession:
         return FRONTEND if side is Side.CLIENT else BACKEND
 
     def receive(self, side: Side, data: bytes) -> list[Command]:
-        self._stream = self.input_stream(side)
-        return self.from_client(data) if side is Side.CLIENT else self.from_server(data)
+        if side is Side.CLIENT:
+            self._stream = FRONTEND
+            return self.from_client(data)
+        self._stream = BACKEND
+        return self.from_server(data)
 
     def ended(self, side: Side) -> list[Command]:
         """Either side's end ends the session (a held statement is recorded as never run)."""
@@ -354,10 +357,11 @@ class ProxySession:
                          "enforcer, refused, closed, or ended with its transaction)", frame)
             return
         prepared = portal.prepared
-        if self.epoch() != portal.context[0]:  # a reload or identity change between Bind and Execute
+        epoch = self.epoch()
+        if epoch != portal.context[0]:  # a reload or identity change between Bind and Execute
             bound = SessionSettings.of(portal.context[1], self._defaults)
-            portal.decision = self._rejudged(prepared, (self.epoch(), *portal.context[1:]), bound)
-            portal.context = (self.epoch(), *portal.context[1:])
+            portal.decision = self._rejudged(prepared, (epoch, *portal.context[1:]), bound)
+            portal.context = (epoch, *portal.context[1:])
             if portal.decision.verdict is Verdict.DENY:
                 self._refuse(prepared.text, portal.decision.rule, portal.decision.reason, frame, portal.parameters)
                 return
@@ -367,7 +371,7 @@ class ProxySession:
             return
         prepared.executions += 1
         statement = Statement(prepared.text, portal.decision, "extended", self.clock(), parameters=portal.parameters,
-                              approval=prepared.approval, prepared=prepared, effects=effects_of(portal.decision))
+                              approval=prepared.approval, prepared=prepared, effects=prepared.effects(portal.decision))
         for effects in statement.effects:
             self._predict(effects)
         if portal.decision.masks and portal.columns is None and prepared.columns is None:

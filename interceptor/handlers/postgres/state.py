@@ -23,6 +23,7 @@ _CATALOG_CHANGES = frozenset({"create", "alter", "drop", "comment", "grant", "re
 
 # epoch, settings, catalog version, cursors version
 Context = tuple[object, tuple[tuple[str, str | None], ...], str, int]
+Effects = tuple[tuple[Effect, ...], ...]  # per statement of a text, what it changes in the session
 
 
 def catalog_version(catalog: Catalog | CatalogUnavailable | None) -> str:
@@ -67,6 +68,16 @@ class Prepared:
     columns: tuple[Column, ...] | None = None
     executions: int = 0
     operation: SharedSummary | None = None  # what every execution's audit record says it ran
+    _effects: tuple[Decision | None, Effects] = (None, ())  # the last decision's effects, read once
+
+    def effects(self, decision: Decision) -> Effects:
+        """What an execution under `decision` changes in the session; read from the decision
+        once, not at every execution."""
+        known, effects = self._effects
+        if known is not decision:
+            effects = effects_of(decision)
+            self._effects = (decision, effects)
+        return effects
 
     def one_shot_spent(self) -> bool:
         """A one-shot approval at Parse covers one execution, not every later Execute."""
@@ -139,7 +150,7 @@ def listed(detail: Mapping[str, object], key: str) -> Sequence[Mapping[str, Any]
     return cast("Sequence[Mapping[str, Any]]", detail.get(key, ()))
 
 
-def effects_of(decision: Decision) -> tuple[tuple[Effect, ...], ...]:
+def effects_of(decision: Decision) -> Effects:
     """Per statement of the text, what it changes in the session (the policy's analysis)."""
     return tuple(tuple(Effect.from_dict(e) for e in listed(detail, "effects")) for detail in decision.details)
 
