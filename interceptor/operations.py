@@ -33,6 +33,10 @@ class TcpConnect:
 
     kind = "tcp"
 
+    def summary(self) -> dict[str, object]:
+        """What an approver sees and a grant covers."""
+        return {"kind": self.kind}
+
 
 Settings = tuple[tuple[str, str | None], ...]  # (name, value) of the session settings the enforcer follows
 
@@ -53,8 +57,20 @@ class SqlQuery:
     catalog: Catalog | CatalogUnavailable | None = None
     kind = "sql"
 
+    def summary(self) -> dict[str, object]:
+        """What an approver sees and a grant covers: the text and database, and the
+        search_path it runs under when the session set one (it decides what the statement's
+        names read); not the rest of the session's state."""
+        summary: dict[str, object] = {"kind": self.kind, "text": self.text, "database": self.database}
+        search_path = dict(self.settings).get("search_path")
+        if search_path is not None:
+            summary["search_path"] = search_path
+        return summary
 
-Operation = TcpConnect | SqlQuery  # one per protocol of interceptor.protocols
+
+# One per protocol of interceptor.protocols. Each is a frozen dataclass with a class attribute
+# `kind` (its protocol's operation key) and `summary()`, what an approver sees and a grant covers.
+Operation = TcpConnect | SqlQuery
 
 
 @dataclass(frozen=True, slots=True)

@@ -63,22 +63,10 @@ def normalize_request_id(text: str) -> str:
     return text.strip().upper().translate(_ID_READS_AS)
 
 
-_SESSION_STATE = ("settings", "defaults", "catalog")  # SqlQuery: where it runs, not what it is
-
-
 def operation_summary(request: Request) -> dict[str, Any]:
-    """What the approver sees and a grant covers: the operation's own fields, plus the
-    search_path a SQL statement runs under when the session set one (it decides what the
-    statement's names read)."""
-    operation = request.operation
-    summary: dict[str, Any] = {"kind": operation.kind}
-    for item in dataclasses.fields(operation):
-        if item.name not in _SESSION_STATE:
-            summary[item.name] = getattr(operation, item.name)
-    search_path = dict(getattr(operation, "settings", ())).get("search_path")
-    if search_path is not None:
-        summary["search_path"] = search_path
-    return summary
+    """What the approver sees and a grant covers: the operation's own summary (its protocol
+    decides what of the session's state belongs to it)."""
+    return dict(request.operation.summary())
 
 
 def grant_key(request: Request, rule: str) -> str:
