@@ -45,18 +45,6 @@ class _Held:
     cancelled: bool = False  # the client cancelled while the request was being opened
 
 
-class _Writes:
-    """What one batch of commands writes to each peer, in order, sent in one call each."""
-
-    __slots__ = ("client", "server", "client_stream", "mixed")
-
-    def __init__(self) -> None:
-        self.client: Pieces = []
-        self.server: Pieces = []
-        self.client_stream: StreamId | None = None  # the stream the client-bound pieces come from
-        self.mixed = False  # they come from more than one
-
-
 class Driver:
     """Runs one flow's session between the agent's socket and the upstream's."""
 
@@ -171,52 +159,53 @@ class Driver:
     # ---- commands -------------------------------------------------------------------
 
     def _carry(self, commands: list[Command], urgent: bool = False) -> None:
-        """Carry out `commands` in order; one that must wait stalls the rest of its stream."""
-        writes = _Writes()
+        """Carry out `commands` in order, every write for a peer in one call; one that must
+        wait stalls the rest of its stream. The loop every chunk goes through: kept flat."""
+        to_client: Pieces = []
+        to_server: Pieces = []
+        client_stream: StreamId | None = None  # the stream of the client-bound pieces so far
+        mixed = False  # they come from more than one stream
         waits = self._waits
         for command in commands:
             stream = command.stream
             if waits and stream in waits and not urgent:
                 self._queued.setdefault(stream, deque()).append(command)
                 continue
-            kind = type(command)
-            if kind is Send:
-                self._send(command, writes)  # type: ignore[arg-type]  # kind is Send
-            elif kind is Record:
-                self._recorded(command, writes)  # type: ignore[arg-type]  # kind is Record
-            else:
-                self._flush(writes)
-                self._other(command)
-                if self._ended.done():  # a Close: nothing after it is carried out
-                    return
-        self._flush(writes)
+            if isinstance(command, Send):
+                if command.to is Side.CLIENT:
+                    to_client.extend(command.data)
+                    if client_stream is None:
+                        client_stream = stream
+                    elif client_stream != stream:
+                        mixed = True
+                else:
+                    to_server.extend(command.data)
+                if self._capture:
+                    self._captured(command)
+                continue
+            if isinstance(command, Record):
+                durable = self._record(command)
+                if durable is None:
+                    continue
+                if client_stream == stream and not mixed and sum(map(len, to_client)) <= HOLD_BACK_BYTES:
+                    # the result leaves in one write, once its record is durable
+                    self._queued.setdefault(stream, deque()).appendleft(Send(Side.CLIENT, to_client, stream))
+                    to_client, client_stream, mixed = [], None, False
+                self._write(to_client, to_server)
+                to_client, to_server, client_stream, mixed = [], [], None, False
+                self._wait(stream, durable)
+                continue
+            self._write(to_client, to_server)
+            to_client, to_server, client_stream, mixed = [], [], None, False
+            self._other(command)
+            if self._ended.done():  # a Close: nothing after it is carried out
+                return
+        self._write(to_client, to_server)
 
-    def _send(self, command: Send, writes: _Writes) -> None:
-        if command.to is Side.CLIENT:
-            writes.client.extend(command.data)
-            if writes.client_stream is None:
-                writes.client_stream = command.stream
-            elif writes.client_stream != command.stream:
-                writes.mixed = True
-        else:
-            writes.server.extend(command.data)
-        if self._capture:  # what the client saw (masked), and what it sent
-            self.services.audit.write_session_bytes(
-                self.flow.flow_id, "down" if command.to is Side.CLIENT else "up", b"".join(command.data))
-
-    def _recorded(self, command: Record, writes: _Writes) -> None:
-        durable = self._record(command)
-        if durable is None:
-            return
-        stream = command.stream
-        held_back: list[Command] = []
-        if (writes.client_stream == stream and not writes.mixed
-                and sum(len(piece) for piece in writes.client) <= HOLD_BACK_BYTES):
-            held_back = [Send(Side.CLIENT, writes.client, stream)]  # one write, one wakeup, once durable
-            writes.client, writes.client_stream = [], None
-        self._flush(writes)
-        self._queued.setdefault(stream, deque()).extendleft(reversed(held_back))
-        self._wait(stream, durable)
+    def _captured(self, command: Send) -> None:
+        """What the client saw (masked), and what it sent, for pcap export."""
+        self.services.audit.write_session_bytes(
+            self.flow.flow_id, "down" if command.to is Side.CLIENT else "up", b"".join(command.data))
 
     def _other(self, command: Command) -> None:
         if isinstance(command, Close):
@@ -236,14 +225,11 @@ class Driver:
                 raise TypeError(f"{type(command).__name__}: this handler carries out no awaits")
             self._wait(command.stream, self.awaits(command))
 
-    def _flush(self, writes: _Writes) -> None:
-        if writes.server:
-            if self.server is not None:
-                self.server.writelines(writes.server)
-            writes.server = []
-        if writes.client:
-            self.client.writelines(writes.client)
-            writes.client, writes.client_stream, writes.mixed = [], None, False
+    def _write(self, to_client: Pieces, to_server: Pieces) -> None:
+        if to_server and self.server is not None:
+            self.server.writelines(to_server)
+        if to_client:
+            self.client.writelines(to_client)
 
     def _record(self, command: Record) -> Awaitable[None] | None:
         self.records += 1
