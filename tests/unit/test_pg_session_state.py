@@ -9,10 +9,12 @@ from interceptor.decision import Decision, Verdict
 from interceptor.handlers.postgres import codec
 from interceptor.handlers.postgres.codec import INT16, INT32
 from conversation import Judging
-from interceptor.handlers.commands import Close, Record
-from interceptor.handlers.postgres.session import ProxySession, RefreshCatalog
+from interceptor.handlers.commands import Close, Command, Hold, Record, Side
+from interceptor.handlers.postgres.session import FRONTEND, ProxySession, RefreshCatalog
+from interceptor.policy import PolicyEngine, load_policy_text
 from interceptor.operations import SqlQuery
 from interceptor.policy.settings import Effect, SessionSettings
+from test_pg_masking_session import CATALOG, engine_judge
 from test_pg_session import frames, msg, sent
 
 NONCE = "n0nce"
@@ -457,3 +459,42 @@ def test_pg_catalog_is_searched_first_so_a_deny_on_it_holds_unqualified():
     assert sent(s.from_client(codec.query("SELECT query FROM pg_stat_activity")), "server") == codec.query(SENTINEL)
     reply = s.from_server(codec.error_response("42601", f'syntax error at or near "{SENTINEL}"') + ready())
     assert "no-activity" in codec.read_fields(frames(sent(reply, "client"))[0][1])["M"]
+
+
+HELD_POLICY = """
+version: 1
+agents: {agent: {unprotected: deny}}
+resources: {db: {protocol: postgres, addresses: ["127.0.0.1:5432"]}}
+rules:
+  - {name: read, effect: allow, sql: {kinds: [select, set], tables: ["public.*"]}}
+  - {name: del, effect: approve, sql: {kinds: [delete], tables: ["public.*"]}, approval: {groups: [dba]}}
+"""
+
+
+def held_after_a_setting() -> tuple[ProxySession, Hold]:
+    """A DELETE pipelined behind a SET waits for the server's answer, then is held."""
+    s = ProxySession(judge=Judging(engine_judge(PolicyEngine(load_policy_text(HELD_POLICY)))), database="app",
+                     catalog=lambda: CATALOG, nonce=NONCE)
+    s.receive(Side.CLIENT, codec.query("SET search_path TO public") + codec.query("DELETE FROM customers WHERE id = 1"))
+    [hold] = [c for c in s.receive(Side.SERVER, msg(b"C", b"SET\0") + codec.ready_for_query(b"I"))
+              if isinstance(c, Hold)]
+    return s, hold
+
+
+def test_a_statement_held_when_the_server_answers_holds_the_clients_stream() -> None:
+    _, hold = held_after_a_setting()
+    assert hold.stream == FRONTEND  # the driver stops reading the client, not the server
+
+
+def test_bytes_pipelined_behind_a_held_statement_are_bounded() -> None:
+    s, _ = held_after_a_setting()
+    chunk = codec.query("SELECT 1") * 100_000
+    out: list[Command] = []
+    for _ in range(14):
+        out = s.receive(Side.CLIENT, chunk)
+        if out:
+            break
+    [close] = [c for c in out if isinstance(c, Close)]
+    assert "pipelined while the enforcer waits (a statement held for approval)" in close.reason
+    [(kind, body)] = frames(sent(out, "client"))
+    assert kind == b"E" and codec.read_fields(body)["C"] == "08P01"

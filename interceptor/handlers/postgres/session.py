@@ -162,9 +162,9 @@ class ProxySession:
                 self._held = ((kind, start - shift, end - shift), name, text, decision)
         out: list[Command] = []
         try:
-            if self._waiting is not None and len(stream.data) - stream.pos > _WAIT_LIMIT:
-                raise ProtocolViolation(f"more than {_WAIT_LIMIT} bytes pipelined while the enforcer waits "
-                                        f"for the server ({self._waiting})")
+            waiting = self._waiting or (self._held and "a statement held for approval")
+            if waiting and len(stream.data) - stream.pos > _WAIT_LIMIT:
+                raise ProtocolViolation(f"more than {_WAIT_LIMIT} bytes pipelined while the enforcer waits ({waiting})")
             while self._held is None and self._waiting is None and not self.closed:
                 frame = stream.next(_STREAM_CLIENT)
                 if frame is None:
@@ -499,8 +499,10 @@ class ProxySession:
         return out
 
     def _resume(self) -> list[Command]:
-        """The server is idle: a client message waiting for it is judged now."""
+        """The server is idle: a client message waiting for it is judged now, in the client's
+        stream (a Hold it meets stops the client's input, not the server's)."""
         self._waiting = None
+        self._stream = FRONTEND
         return self.from_client(b"")
 
     def _server_frame(self, frame: Frame, out: list[Command]) -> None:
