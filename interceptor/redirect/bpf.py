@@ -2,17 +2,19 @@
 root (ALLOW_MULTI, replacing what a previous daemon left), and read origins and denials.
 
 Programs stay attached when the daemon exits or dies: agents' connects then land on a
-closed loopback port and are refused. Only `uninstall()` detaches them.
+closed loopback port and are refused. Only `uninstall()` detaches them, or a daemon starting
+in iptables mode (see leftovers.py), with which they cannot run side by side.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
 import socket
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -104,14 +106,29 @@ def _detach(fd: int, attach_type: int, ours: Callable[[str], bool]) -> int:
     return removed
 
 
-def detach_all(cgroup_root: Path) -> int:
-    """Detach every interceptor program from the root; returns how many were removed."""
+@contextlib.contextmanager
+def _opened(cgroup_root: Path) -> Iterator[int]:
+    """A read-only descriptor of the cgroup directory, closed after."""
     fd = os.open(cgroup_root, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        return sum(_detach(fd, attach_type, lambda name: name.startswith(PREFIX))
-                   for _, attach_type in PROGRAMS + RETIRED)
+        yield fd
     finally:
         os.close(fd)
+
+
+def attached_ours(cgroup_root: Path) -> list[str]:
+    """Names of the interceptor programs attached at the root (current and retired hooks), one
+    per attachment. OSError when BPF cannot be queried (no libbpf, no BPF in the kernel)."""
+    with _opened(cgroup_root) as fd:
+        return [name for _, attach_type in PROGRAMS + RETIRED
+                for _, name in libbpf.attached_programs(fd, attach_type) if name.startswith(PREFIX)]
+
+
+def detach_all(cgroup_root: Path) -> int:
+    """Detach every interceptor program from the root; returns how many were removed."""
+    with _opened(cgroup_root) as fd:
+        return sum(_detach(fd, attach_type, lambda name: name.startswith(PREFIX))
+                   for _, attach_type in PROGRAMS + RETIRED)
 
 
 class BpfRedirect:
@@ -211,8 +228,12 @@ class BpfRedirect:
     # -- attach -------------------------------------------------------------------------
 
     def _attach(self) -> None:
-        fd = os.open(self.cgroup_root, os.O_RDONLY | os.O_DIRECTORY)
-        try:
+        """Attach (or swap in) our programs, detach retired ones, then remove the iptables
+        chains a daemon in iptables mode left: only once ours are in place, so agents are never
+        left undiverted in between."""
+        from interceptor.redirect.leftovers import remove_other_mode
+
+        with _opened(self.cgroup_root) as fd:
             for name, attach_type in PROGRAMS:
                 ours = [pid for pid, pname in libbpf.attached_programs(fd, attach_type) if pname == name]
                 replace = ours[0] if ours else None
@@ -223,9 +244,8 @@ class BpfRedirect:
             for name, attach_type in RETIRED:
                 if _detach(fd, attach_type, name.__eq__):
                     log.info("detached %s left by an earlier version", name)
-        finally:
-            os.close(fd)
         self._attached = True
+        remove_other_mode(self.mode, self.cgroup_root)
 
     # -- the enforcer's questions --------------------------------------------------------
 

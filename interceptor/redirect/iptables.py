@@ -53,6 +53,13 @@ def original_dst(conn: socket.socket) -> tuple[ipaddress.IPv4Address | ipaddress
         return None  # no conntrack entry: not a redirected connection
 
 
+def our_chains(tool: str, table: str) -> list[str]:
+    """Names of the interceptor chains (ICPT_...) in `table` of `tool` (iptables or ip6tables).
+    OSError when the tool is missing, IptablesError when it cannot list the table."""
+    return [line[3:] for line in _run([tool, "-w", "-t", table, "-S"]).splitlines()
+            if line.startswith(f"-N {CHAIN_PREFIX}")]
+
+
 class IptablesRedirect:
     mode = "iptables"
     slow_origin = True  # netlink and /proc scans
@@ -108,6 +115,12 @@ class IptablesRedirect:
         return "\n".join(nat + ["COMMIT"] + flt + ["COMMIT", ""])
 
     def apply(self, plan: RedirectPlan) -> None:
+        """Install or update the rules; on the first apply, then remove the BPF programs a
+        daemon in BPF mode left (only once the rules are in place, so agents are never left
+        undiverted in between). IptablesError when a rule cannot be installed."""
+        from interceptor.redirect.leftovers import remove_other_mode
+
+        first = self.plan is None
         for version, tool in ((4, "iptables"), (6, "ip6tables")):
             _run([f"{tool}-restore", "--noflush", "--wait"], self._rules(plan, version))
             for table, chain in (("nat", CHAIN_OUT), ("filter", CHAIN_UDP)):
@@ -116,13 +129,15 @@ class IptablesRedirect:
                     _run([tool, "-w", "-t", table, "-I", "OUTPUT", "1", "-j", chain])
             self._drop_stale_chains(tool, plan)
         self.plan = plan
+        if first:
+            remove_other_mode(self.mode, self.cgroup_root)
 
     def _drop_stale_chains(self, tool: str, plan: RedirectPlan) -> None:
         wanted = {f"{CHAIN_PREFIX}{kind}{a}" for a in [0, *(x.index for x in plan.agents)] for kind in "AU"}
         for table in ("nat", "filter"):
-            for line in _run([tool, "-w", "-t", table, "-S"]).splitlines():
-                if line.startswith(f"-N {CHAIN_PREFIX}") and line[3:] not in wanted | {CHAIN_OUT, CHAIN_UDP}:
-                    _run([tool, "-w", "-t", table, "-X", line[3:]])
+            for chain in our_chains(tool, table):
+                if chain not in wanted | {CHAIN_OUT, CHAIN_UDP}:
+                    _run([tool, "-w", "-t", table, "-X", chain])
 
     def uninstall(self) -> None:
         for tool in ("iptables", "ip6tables"):
@@ -131,8 +146,7 @@ class IptablesRedirect:
                                      capture_output=True).returncode == 0:
                     pass
             for table in ("nat", "filter"):
-                chains = [line[3:] for line in _run([tool, "-w", "-t", table, "-S"]).splitlines()
-                          if line.startswith(f"-N {CHAIN_PREFIX}")]
+                chains = our_chains(tool, table)
                 for chain in chains:
                     _run([tool, "-w", "-t", table, "-F", chain])
                 for chain in chains:
