@@ -55,6 +55,28 @@ def _strings(value: Any) -> frozenset[str]:
     return frozenset()
 
 
+def _shown(value: Any) -> str:
+    """A claim's value for a message: strings and lists of strings as they are, at most 120
+    characters; anything else by its type."""
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        text = ", ".join(value) or "empty"
+    elif isinstance(value, str):
+        text = value or "empty"
+    else:
+        text = "missing" if value is None else f"a {type(value).__name__}"
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _when(exp: Any) -> str:
+    """An exp claim (epoch s) as UTC ISO 8601 time, or what it is when not a number."""
+    if isinstance(exp, (int, float)) and not isinstance(exp, bool):
+        try:
+            return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(exp))
+        except (OverflowError, OSError, ValueError):
+            return str(exp)
+    return _shown(exp)
+
+
 def _optional_str(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
@@ -124,7 +146,7 @@ class TokenValidator:
             raise InvalidToken("keys_unavailable", f"cannot get the issuer's keys: {exc}") from None
         if jwk is None:
             raise InvalidToken("unknown_kid", f"key id {header['kid'][:64]!r} is not published by {self.issuer}")
-        verified = self._verify(token, alg, jwk)
+        verified = self._verify(token, alg, jwk, claims)
         identity = self._identity(verified)
         if self.introspection is not None and not await self._active(token):
             raise InvalidToken("revoked", "the authorization server reports the token inactive (revoked)")
@@ -162,7 +184,9 @@ class TokenValidator:
             raise InvalidToken("opaque_token", "token comes from Okta's org authorization server, whose "
                                "tokens are opaque to resource servers; use a custom authorization server")
 
-    def _verify(self, token: str, alg: str, jwk: dict[str, Any]) -> dict[str, Any]:
+    def _verify(self, token: str, alg: str, jwk: dict[str, Any], claims: dict[str, Any]) -> dict[str, Any]:
+        """The verified claims; InvalidToken naming the failed check. `claims` (unverified) only
+        fill the message, and only once the signature held (PyJWT checks it before the claims)."""
         if jwk.get("kty") != KEY_TYPES[alg[:2]] or jwk.get("alg", alg) != alg or (
                 alg in EC_CURVES and jwk.get("crv") != EC_CURVES[alg]):
             raise InvalidToken("alg_not_allowed", f"algorithm {alg} does not match key {jwk.get('kid')!r}")
@@ -172,19 +196,19 @@ class TokenValidator:
                 token, key, algorithms=[alg], audience=self.audience, issuer=self.issuer, leeway=self.leeway,
                 options={"require": ["iss", "aud", "exp", "iat", "sub"], "strict_aud": False})
         except jwt.InvalidTokenError as exc:
-            raise InvalidToken(*self._reason(exc)) from None
+            raise InvalidToken(*self._reason(exc, claims)) from None
         except (jwt.PyJWKError, ValueError, TypeError):
             raise InvalidToken("bad_key", f"key {jwk.get('kid')!r} of {self.issuer} is unusable") from None
 
-    def _reason(self, exc: jwt.InvalidTokenError) -> tuple[str, str]:
+    def _reason(self, exc: jwt.InvalidTokenError, claims: dict[str, Any]) -> tuple[str, str]:
         if isinstance(exc, jwt.ExpiredSignatureError):
-            return "expired", "token has expired"
+            return "expired", f"token expired at {_when(claims.get('exp'))}"
         if isinstance(exc, jwt.ImmatureSignatureError):
             return "not_yet_valid", "token is not valid yet (nbf/iat in the future)"
         if isinstance(exc, jwt.InvalidIssuerError):
-            return "wrong_issuer", f"token issuer is not {self.issuer}"
+            return "wrong_issuer", f"iss is {_shown(claims.get('iss'))}, expected {self.issuer}"
         if isinstance(exc, jwt.InvalidAudienceError):
-            return "wrong_audience", f"token audience does not include {self.audience}"
+            return "wrong_audience", f"aud is {_shown(claims.get('aud'))}, expected {self.audience}"
         if isinstance(exc, jwt.InvalidSignatureError):
             return "bad_signature", "signature verification failed"
         if isinstance(exc, jwt.MissingRequiredClaimError):
