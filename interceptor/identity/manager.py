@@ -77,6 +77,9 @@ class _Slot:
     file_signature: tuple[int, int, int] | None = None
     login_pending: bool = False
     announced: Identity | None = None  # the identity last announced as usable
+    warned: str | None = None  # the refusal reason last logged at warning level
+    last_checked: float | None = None  # epoch s of the last step (fetch, re-read, re-check)
+    next_check: float | None = None  # epoch s of the next step the refresh loop is sleeping until
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -153,6 +156,8 @@ class IdentityManager:
             return f"agent {agent!r} has no identity configuration"
         if slot.state == "valid" and slot.identity is not None and slot.identity.expired(self.clock()):
             return "identity expired"
+        if slot.state == "awaiting_login" and not slot.error:
+            return f"identity awaiting_login: run `interceptor login --agent {agent}`"
         return f"identity {slot.state}" + (f": {slot.error}" if slot.error else "")
 
     def on_invalid(self, agent: str) -> str:
@@ -170,17 +175,24 @@ class IdentityManager:
         self._callbacks.append(callback)
 
     def status(self) -> list[dict[str, object]]:
-        """Per agent: source, state, subject, groups, expiry, last error. Never a token."""
+        """Per agent: agent, source, state (valid, expired, invalid, revoked, error, missing,
+        pending, awaiting_login or none), reason (why the agent is refused; None while its
+        identity is usable or it needs none), issuer, subject, client_id, groups, scopes,
+        expires_at, last_checked and next_check (epoch s or None), login_pending and
+        last_error (the last failure, also while a still-valid identity is kept). Never a token."""
         rows: list[dict[str, object]] = []
         for name, slot in sorted(self._slots.items()):
             identity = slot.identity
+            usable = slot.config.source == "none" or self.current(name) is not None
             rows.append({
                 "agent": name, "source": slot.config.source, "state": self._state(slot),
+                "reason": None if usable else self.reason(name),
                 "issuer": slot.config.issuer, "subject": identity.subject if identity else None,
                 "client_id": identity.client_id if identity else None,
                 "groups": sorted(identity.groups) if identity else [],
                 "scopes": sorted(identity.scopes) if identity else [],
                 "expires_at": identity.expires_at if identity else None,
+                "last_checked": slot.last_checked, "next_check": slot.next_check,
                 "login_pending": slot.login_pending, "last_error": slot.error})
         return rows
 
@@ -207,6 +219,7 @@ class IdentityManager:
     async def _run(self, slot: _Slot) -> None:
         while True:
             delay = self._next_delay(slot)
+            slot.next_check = self.clock() + delay
             try:  # asyncio.timeout, not wait_for: 3.11's wait_for can swallow stop()'s cancellation
                 async with asyncio.timeout(delay):
                     await slot.wake.wait()
@@ -236,7 +249,7 @@ class IdentityManager:
 
     async def _step(self, slot: _Slot) -> None:
         """Do whatever is due for one agent: fetch, re-read, refresh, re-check or expire."""
-        now = self.clock()
+        now = slot.last_checked = self.clock()
         source = slot.config.source
         if source == "client_credentials" and now >= slot.next_refresh:
             await self._obtain(slot, {"grant_type": "client_credentials", "scope": " ".join(slot.config.scopes)})
@@ -322,9 +335,9 @@ class IdentityManager:
 
     async def _failed(self, slot: _Slot, error: str) -> None:
         """The provider could not be asked; keep a still-valid identity, else become unusable."""
-        log.warning("identity for agent %s: %s", slot.config.agent, error)
         if slot.identity is not None and self._state(slot) == "valid":
             slot.error = error
+            self._warn(slot, f"cannot renew its token, keeping the current one until it expires: {error}")
             return
         await self._set(slot, "expired" if slot.identity is not None else "error", slot.identity, error)
 
@@ -366,24 +379,40 @@ class IdentityManager:
     async def _set(self, slot: _Slot, state: str, identity: Identity | None, error: str | None) -> None:
         was = slot.announced
         slot.state, slot.identity, slot.error = state, identity, error
-        now = self.current(slot.config.agent)
+        agent = slot.config.agent
+        now = self.current(agent)
+        reason = self.reason(agent) if now is None else f"identity valid (subject {now.subject})"
+        if now is None:
+            self._warn(slot, reason)
+        elif slot.warned is not None or was is None:
+            log.info("identity for agent %s: %s", agent, reason)
+            slot.warned = None
         if (was is None) == (now is None) and (was is None or now is None or was.subject == now.subject):
             return
         slot.announced = now
-        change = IdentityChange(slot.config.agent, now, state, error or state, was)
-        log.info("identity for agent %s is now %s%s", change.agent, state, f" ({error})" if error else "")
+        change = IdentityChange(agent, now, state, reason, was)
         await self._audit(change)
         for callback in self._callbacks:
             result = callback(change)
             if inspect.isawaitable(result):
                 await result
 
+    def _warn(self, slot: _Slot, reason: str) -> None:
+        """Log why the agent's identity fails, at warning level, unless that reason was the
+        last one logged for it (a failure retried every few seconds is logged once)."""
+        if reason != slot.warned:
+            log.warning("identity for agent %s: %s", slot.config.agent, reason)
+            slot.warned = reason
+
     async def _audit(self, change: IdentityChange) -> None:
+        """One `identity` audit record per change of access: "agent X loses access: <reason>"
+        (deny) or "agent X regains access: identity valid (subject S)" (allow)."""
         if self.audit is None:
             return
         shown = change.identity or change.previous
+        verb = "gains" if change.identity else "loses"
         event = AuditEvent(kind="identity", agent=change.agent, decision="allow" if change.identity else "deny",
-                           rule="identity", reason=change.reason, identity=shown.summary() if shown else None,
+                           rule="identity", reason=f"agent {change.agent} {verb} access: {change.reason}", identity=shown.summary() if shown else None,
                            operation={"state": change.state})
         try:
             await self.audit.write(event)
