@@ -11,6 +11,7 @@ import logging
 import os
 import pwd
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from interceptor import __version__
 from interceptor.config import ConfigError, Settings, load_settings
 from interceptor.cli_support import call
 from interceptor.control import ControlClient, ControlError, ControlMethod
+from interceptor.identity.display import identity_columns
 
 
 def _settings(ctx: click.Context) -> Settings:
@@ -181,11 +183,10 @@ def status(ctx: click.Context, as_json: bool) -> None:
         click.echo(f"interceptor {d['version']}  pid {d['pid']}  up {d['uptime_s']}s  redirect {d['redirect']}")
         click.echo(f"policy {d['policy']['version']}  ({d['policy']['path']})  sessions {d['sessions']}")
         click.echo("\nagents:")
-        table([{"name": a["name"], "unprotected": a["unprotected"],
-                "subject": (a["identity"] or {}).get("subject", "-"),
-                "groups": ",".join((a["identity"] or {}).get("groups", [])) or "-",
-                "expires": (a["identity"] or {}).get("expires_at", "-")} for a in d["agents"]],
-              ["name", "unprotected", "subject", "groups", "expires"])
+        now = time.time()
+        table([{"name": a["name"], "unprotected": a["unprotected"], **identity_columns(a["identity"], now)}
+               for a in d["agents"]],
+              ["name", "unprotected", "identity", "subject", "groups", "expires", "checked", "reason"])
         click.echo("\nresources:")
         table([{"name": r["name"], "protocol": r["protocol"], "addresses": " ".join(r["addresses"])}
                for r in d["resources"]], ["name", "protocol", "addresses"])

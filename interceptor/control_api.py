@@ -31,6 +31,7 @@ from interceptor.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
+IDENTITY_STATUS_FIELDS = ("state", "source", "reason", "expires_at", "last_checked", "next_check", "last_error")
 
 
 class CatalogControl:
@@ -160,8 +161,9 @@ class ControlApi:
         return {"version": snapshot.policy.version, "path": snapshot.policy.source}
 
     def identity_status(self, peer: Peer) -> list[dict[str, object]]:
-        """Per agent: source, state, issuer, subject, client_id, groups, scopes, expires_at,
-        login_pending and last_error. Never a token."""
+        """Per agent: IdentityManager.status() (source, state, reason, issuer, subject,
+        client_id, groups, scopes, expires_at, last_checked, next_check, login_pending,
+        last_error). Never a token."""
         return self.runtime.identities.status()
 
     async def identity_login(self, peer: Peer, agent: str) -> dict[str, object]:
@@ -174,12 +176,15 @@ class ControlApi:
         return login.prompt()
 
     def _identity_summary(self, agent: str) -> dict[str, object] | None:
-        """Subject, groups, expiry and state: never the token."""
+        """The usable identity's claims (Identity.summary) with the manager's state, source,
+        reason (why the agent is refused, or None), expires_at (also of an expired identity),
+        last_checked, next_check and last_error: never the token. None for an agent the
+        identity manager does not know."""
         entry = next((e for e in self.runtime.identities.status() if e.get("agent") == agent), None)
         identity = self.runtime.identity(agent)
         summary = identity.summary() if identity else {}
         if entry:
-            summary.update(state=entry.get("state"), source=entry.get("source"), last_error=entry.get("last_error"))
+            summary.update({key: entry.get(key) for key in IDENTITY_STATUS_FIELDS})
         return summary or None
 
 
