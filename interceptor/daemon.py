@@ -34,7 +34,7 @@ from interceptor.enforcer.server import Enforcer
 from interceptor.handlers.postgres.catalog import CatalogStore
 from interceptor.identity.manager import IdentityChange
 from interceptor.metrics import Gauges, Metrics, MetricsServer, parse_listen
-from interceptor.redirect import DenyEvent, Redirect, cgroups
+from interceptor.redirect import DENY_REASONS, DenyEvent, Redirect, cgroups
 from interceptor.runtime import Runtime, write_audit
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,16 @@ async def _reload_logged(runtime: Runtime) -> None:
         await runtime.reload()
     except Exception as exc:  # any failure keeps the old policy; the signal has no one to answer
         log.error("reload rejected, old policy kept: %s", exc)
+
+
+def _deny_reason(runtime: Runtime, agent: str | None, resource: str | None, event: DenyEvent) -> tuple[str, str]:
+    """The audit rule and reason of a connect() the kernel refused: ("identity", the identity
+    manager's reason) when the agent may not reach the resource because it holds no valid
+    identity, else ("kernel", the kernel's reason)."""
+    if (resource is not None and agent is not None and event.reason == DENY_REASONS[1]
+            and runtime.identity_required(agent) and runtime.identity(agent) is None):
+        return "identity", f"agent has no valid identity: {runtime.identities.reason(agent)}"
+    return "kernel", event.reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,11 +208,14 @@ class Daemon:
 
     def _on_deny(self, loop: asyncio.AbstractEventLoop, runtime: Runtime, audit: ChainedSink,
                  event: DenyEvent) -> None:
-        """A connect() the kernel refused: counted and audited. Called from the BPF ring-buffer
-        thread."""
+        """A connect() the kernel refused: counted and audited, with the identity manager's
+        reason when the agent is refused for lack of a valid identity. Called from the BPF
+        ring-buffer thread."""
         plan = runtime.snapshot.plan
-        record = AuditEvent(kind="connect_denied", agent=plan.agent_name(event.agent_index), decision="deny",
-                            rule="kernel", reason=event.reason, resource=plan.resource_names.get(event.resource_index),
+        agent, resource = plan.agent_name(event.agent_index), plan.resource_names.get(event.resource_index)
+        rule, reason = _deny_reason(runtime, agent, resource, event)
+        record = AuditEvent(kind="connect_denied", agent=agent, decision="deny", rule=rule, reason=reason,
+                            resource=resource,
                             process={"pid": event.tgid, "uid": event.uid},
                             operation={"protocol": event.protocol, "dst": f"{event.dst_ip}:{event.dst_port}"})
         self.metrics.connection(record.agent, record.resource, "deny")
