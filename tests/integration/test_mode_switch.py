@@ -4,13 +4,17 @@ starting daemon removes them once its own are in place, and says so in its log."
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 
 from daemon import Daemon, detach_everything
 from interceptor.redirect.leftovers import find_leftovers
+from netns import RemoteHost
 
 
-def policy_text(remote) -> str:
+def policy_text(remote: RemoteHost) -> str:
     return f"""
 version: 1
 agents:
@@ -29,7 +33,7 @@ rules:
 
 
 @pytest.fixture
-def daemons(remote, tmp_path):
+def daemons(remote: RemoteHost, tmp_path: Path) -> Iterator[dict[str, Daemon]]:
     """A daemon per redirect mode, on one policy; every hook detached after."""
     policy = tmp_path / "policy.yaml"
     policy.write_text(policy_text(remote))
@@ -44,7 +48,7 @@ def daemons(remote, tmp_path):
     detach_everything()
 
 
-def run_and_connect(daemon: Daemon, remote) -> str:
+def run_and_connect(daemon: Daemon, remote: RemoteHost) -> str:
     """Start the daemon, have the agent reach the resource through it, stop it; its log."""
     daemon.start()
     try:
@@ -56,7 +60,8 @@ def run_and_connect(daemon: Daemon, remote) -> str:
     return daemon.log.read_text()
 
 
-def test_switching_modes_both_ways_removes_the_other_modes_hooks(daemons, remote):
+def test_switching_modes_both_ways_removes_the_other_modes_hooks(daemons: dict[str, Daemon],
+                                                                  remote: RemoteHost) -> None:
     detach_everything()
     assert find_leftovers() == []
     run_and_connect(daemons["bpf"], remote)
@@ -76,7 +81,8 @@ def test_switching_modes_both_ways_removes_the_other_modes_hooks(daemons, remote
     assert all(line.startswith("BPF program icpt_") for line in find_leftovers()), find_leftovers()
 
 
-def test_a_daemon_with_nothing_left_from_the_other_mode_warns_of_nothing(daemons, remote):
+def test_a_daemon_with_nothing_left_from_the_other_mode_warns_of_nothing(daemons: dict[str, Daemon],
+                                                                         remote: RemoteHost) -> None:
     detach_everything()
     log = run_and_connect(daemons["iptables"], remote)
     assert "an earlier daemon" not in log
