@@ -377,42 +377,52 @@ class IdentityManager:
     # -- notification -----------------------------------------------------------------------
 
     async def _set(self, slot: _Slot, state: str, identity: Identity | None, error: str | None) -> None:
+        """Record the agent's new state. A new reason for refusal is logged at warning and
+        audited; a change of access (usable, unusable, another subject) is audited and told to
+        the on_change callbacks."""
         was = slot.announced
         slot.state, slot.identity, slot.error = state, identity, error
         agent = slot.config.agent
         now = self.current(agent)
-        reason = self.reason(agent) if now is None else f"identity valid (subject {now.subject})"
+        changed = (was is None) != (now is None) or (was is not None and now is not None and was.subject != now.subject)
         if now is None:
-            self._warn(slot, reason)
-        elif slot.warned is not None or was is None:
-            log.info("identity for agent %s: %s", agent, reason)
-            slot.warned = None
-        if (was is None) == (now is None) and (was is None or now is None or was.subject == now.subject):
+            reason = self.reason(agent)
+            if self._warn(slot, reason):
+                await self._audit(IdentityChange(agent, None, state, reason, was))
+        else:
+            reason, slot.warned = f"identity valid (subject {now.subject})", None
+            if changed:
+                log.info("identity for agent %s: %s", agent, reason)
+                await self._audit(IdentityChange(agent, now, state, reason, was))
+        if not changed:
             return
         slot.announced = now
         change = IdentityChange(agent, now, state, reason, was)
-        await self._audit(change)
         for callback in self._callbacks:
             result = callback(change)
             if inspect.isawaitable(result):
                 await result
 
-    def _warn(self, slot: _Slot, reason: str) -> None:
+    def _warn(self, slot: _Slot, reason: str) -> bool:
         """Log why the agent's identity fails, at warning level, unless that reason was the
-        last one logged for it (a failure retried every few seconds is logged once)."""
-        if reason != slot.warned:
-            log.warning("identity for agent %s: %s", slot.config.agent, reason)
-            slot.warned = reason
+        last one logged for it (a failure retried every few seconds is logged once). Whether
+        it was logged."""
+        if reason == slot.warned:
+            return False
+        log.warning("identity for agent %s: %s", slot.config.agent, reason)
+        slot.warned = reason
+        return True
 
     async def _audit(self, change: IdentityChange) -> None:
-        """One `identity` audit record per change of access: "agent X loses access: <reason>"
-        (deny) or "agent X regains access: identity valid (subject S)" (allow)."""
+        """An `identity` audit record: "agent X gains access: identity valid (subject S)"
+        (allow), "agent X loses access: <reason>" (deny, it had access) or "agent X is
+        refused: <reason>" (deny, it had none)."""
         if self.audit is None:
             return
         shown = change.identity or change.previous
-        verb = "gains" if change.identity else "loses"
+        verb = "gains access" if change.identity else "loses access" if change.previous else "is refused"
         event = AuditEvent(kind="identity", agent=change.agent, decision="allow" if change.identity else "deny",
-                           rule="identity", reason=f"agent {change.agent} {verb} access: {change.reason}", identity=shown.summary() if shown else None,
+                           rule="identity", reason=f"agent {change.agent} {verb}: {change.reason}", identity=shown.summary() if shown else None,
                            operation={"state": change.state})
         try:
             await self.audit.write(event)
