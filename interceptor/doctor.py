@@ -1,6 +1,6 @@
 """`interceptor doctor`: every kernel feature and component the daemon needs, checked for
-real (a BPF program is compiled and loaded, an iptables rule is listed), each failure with
-what it is and how to fix it."""
+real (a BPF program is compiled and loaded, an iptables rule is listed), and hooks a daemon
+of the other redirect mode left, each failure with what it is and how to fix it."""
 
 from __future__ import annotations
 
@@ -110,17 +110,36 @@ def _node() -> Check:
                  "apt-get install nodejs npm (only for the demo's local issuer)", needed_for="optional")
 
 
+LEFTOVERS = "leftovers of the other redirect mode"
+
+
+def _leftovers(running_mode: str | None) -> Check:
+    from interceptor.redirect.leftovers import find_leftovers
+
+    lines = find_leftovers(running_mode)
+    if not lines:
+        return Check(LEFTOVERS, True, "none", needed_for="optional")
+    return Check(LEFTOVERS, False, "; ".join(lines),
+                 "a daemon starting in the other mode removes these itself and logs it (restart it); with the "
+                 "daemon stopped, `interceptor uninstall` removes them now", needed_for="optional")
+
+
 CHECKS: tuple[Callable[[], Check], ...] = (_root, _cgroup2, _btf, _headers, _bcc_module, _libbpf, _bpf_load,
                                            _iptables, _node)
 
 
-def run_checks() -> list[Check]:
-    results = []
-    for check in CHECKS:
-        try:
-            results.append(check())
-        except Exception as exc:  # a check that crashes is a failed check, with its reason
-            results.append(Check(check.__name__.strip("_"), False, f"check failed: {exc}"))
+def _guarded(check: Callable[[], Check], name: str) -> Check:
+    try:
+        return check()
+    except Exception as exc:  # a check that crashes is a failed check, with its reason
+        return Check(name, False, f"check failed: {exc}")
+
+
+def run_checks(running_mode: str | None = None) -> list[Check]:
+    """Every host check in order, then leftovers of the redirect mode other than `running_mode`
+    (the running daemon's "bpf" or "iptables"; None when no daemon runs: every hook found is listed)."""
+    results = [_guarded(check, check.__name__.strip("_")) for check in CHECKS]
+    results.append(_guarded(lambda: _leftovers(running_mode), LEFTOVERS))
     return results
 
 
