@@ -123,16 +123,40 @@ def exec_(agent: str, user: str | None, command: tuple[str, ...]) -> None:
         raise click.ClickException(f"{command[0]}: {exc.strerror}") from exc
 
 
+def _running_mode(ctx: click.Context) -> str | None:
+    """The running daemon's redirect mode ("bpf" or "iptables"), None when no daemon answers."""
+    try:
+        mode = _client(ctx).call(ControlMethod.STATUS)["redirect"]
+    except ControlError:
+        return None
+    return str(mode)
+
+
 @main.command()
+@click.option("--agent", help="Instead: run this agent's identity source once and explain the result.")
+@click.option("--policy", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Policy file naming the agent [default: the settings' policy].")
 @click.option("--json", "as_json", is_flag=True)
-def doctor(as_json: bool) -> None:
-    """Check every kernel feature and component the daemon needs."""
+@click.pass_context
+def doctor(ctx: click.Context, agent: str | None, policy: Path | None, as_json: bool) -> None:
+    """Check every kernel feature and component the daemon needs, or (--agent) one agent's identity."""
+    import asyncio
     from dataclasses import asdict
 
     from interceptor.doctor import run_checks, verdict
+    from interceptor.doctor_agent import explain_agent, identity_verdict
+    from interceptor.policy.loader import PolicyError, load_policy
 
-    checks = run_checks()
-    ok, summary = verdict(checks)
+    if agent is None:
+        checks = run_checks(_running_mode(ctx))
+        ok, summary = verdict(checks)
+    else:
+        try:
+            loaded = load_policy(policy or _settings(ctx).policy)
+        except PolicyError as exc:
+            raise click.ClickException(str(exc)) from exc
+        checks = asyncio.run(explain_agent(loaded, agent))
+        ok, summary = identity_verdict(agent, checks)
     if as_json:
         click.echo(json.dumps({"ok": ok, "summary": summary, "checks": [asdict(c) for c in checks]}, indent=2))
     else:
