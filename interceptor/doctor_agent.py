@@ -53,6 +53,10 @@ class Explained:
         self.header, self.claims = _unverified(token)
         self.now = now
 
+    def stated(self, name: str) -> str:
+        """A header field as the token states it, cut to 64 characters (it is untrusted input)."""
+        return str(self.header.get(name))[:64]
+
     def when(self, claim: str) -> str:
         """A time claim as local time and how far from now, "absent" when it is no number."""
         value = self.claims.get(claim)
@@ -62,39 +66,42 @@ class Explained:
 
 
 def _claim_fix(reason: str, e: Explained) -> tuple[str, str, str]:
-    """(claim, what it says beyond the validator's message, fix) for the validator's refusal `reason`."""
-    c, issuer, kid = e.config, e.metadata.issuer, e.header.get("kid")
+    """(step, what it found beyond the validator's message, fix) for the validator's refusal `reason`."""
+    c, issuer = e.config, e.metadata.issuer
     if reason == "wrong_issuer":
-        return ("iss", "",
+        return ("claim iss", "",
                 f"get the agent's tokens from {issuer}, or set identity.issuer in the policy to {e.claims.get('iss')}")
     if reason == "wrong_audience":
-        return ("aud", "",
+        return ("claim aud", "",
                 f"set the authorization server's audience to {c.audience}, or identity.audience in the policy "
                 f"to {e.claims.get('aud')}")
     if reason == "expired":
-        return ("exp", f"exp is {e.when('exp')} (leeway {c.leeway:g} s)",
+        return ("claim exp", f"exp is {e.when('exp')} (leeway {c.leeway:g} s)",
                 f"write a fresh token to {c.path}" if c.source == "token_file" else
                 "the token was issued expired: check this host's clock (timedatectl) and the token lifetime")
     if reason == "not_yet_valid":
-        return ("nbf", f"nbf is {e.when('nbf')}, iat is {e.when('iat')}",
+        return ("claim nbf", f"nbf is {e.when('nbf')}, iat is {e.when('iat')}",
                 "this host's clock is behind the authorization server's: synchronise it (timedatectl set-ntp true)")
     if reason in ("bad_signature", "unknown_kid", "alg_not_allowed", "bad_key"):
-        return ("signature", f"alg {e.header.get('alg')}, kid {kid}, keys from {e.metadata.jwks_uri}",
+        return ("signature", f"alg {e.stated('alg')}, kid {e.stated('kid')}, keys from {e.metadata.jwks_uri}",
                 f"use tokens signed by {issuer} itself with one of identity.algorithms "
                 f"({', '.join(c.algorithms)}); if {issuer} just rotated its keys, run doctor again in a minute")
-    if reason in ("keys_unavailable", "introspection_failed"):
-        return ("issuer keys", f"{issuer} could not be asked", f"make {issuer} reachable from this host")
+    if reason == "keys_unavailable":
+        return ("issuer keys", "", f"make {issuer} and its jwks_uri {e.metadata.jwks_uri} reachable from this host")
+    if reason == "introspection_failed":
+        return ("revocation", "", f"make {e.metadata.introspection_endpoint} reachable from this host, or set "
+                "identity.introspect to false")
     if reason == "revoked":
-        return ("revocation", "the token was revoked", "obtain a new token (the source gives a revoked one)")
-    return ("token", "not an access token this daemon can check",
+        return ("revocation", "", "obtain a new token: the source gives one the authorization server revoked")
+    return ("token", "",
             f"use a JWT access token of the custom authorization server {issuer} for audience {c.audience}")
 
 
 def explain_refusal(exc: InvalidToken, token: str, config: AgentIdentityConfig, metadata: ProviderMetadata,
                     now: float) -> Check:
     """The failed step for a token the validator refused, naming the claim and the fix."""
-    claim, says, fix = _claim_fix(exc.reason, Explained(config, metadata, token, now))
-    return _step(f"claim {claim}", False, f"{exc.reason}: {exc.message}" + (f"; {says}" if says else ""), fix)
+    step, says, fix = _claim_fix(exc.reason, Explained(config, metadata, token, now))
+    return _step(step, False, f"{exc.reason}: {exc.message}" + (f"; {says}" if says else ""), fix)
 
 
 def _accepted(identity: Identity, config: AgentIdentityConfig, token: str, now: float) -> list[Check]:

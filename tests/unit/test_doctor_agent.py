@@ -105,7 +105,7 @@ def test_expired(keys: KeyServer, tmp_path: Path) -> None:
 
 def test_bad_signature(keys: KeyServer, tmp_path: Path) -> None:
     bad = failed(explain(keys, tmp_path, sign(claims(keys.issuer), OTHER_KEY, "rsa-1")))
-    assert bad.name == "claim signature"
+    assert bad.name == "signature"
     assert bad.detail.startswith("bad_signature: ")
     assert bad.detail.endswith(f"; alg RS256, kid rsa-1, keys from {keys.issuer}/v1/keys")
     assert bad.fix.startswith(f"use tokens signed by {keys.issuer} itself")
