@@ -112,6 +112,11 @@ def _client_auth(config: AgentIdentityConfig) -> ClientAuth | None:
     return PublicClient(config.client_id)
 
 
+def _expired_reason(error: str | None) -> str:
+    """Why an identity expired: the last renewal's failure when there was one."""
+    return f"token expired and could not be renewed: {error}" if error else "token expired and was not renewed in time"
+
+
 class IdentityManager:
     """Every configured agent's identity, kept valid in the background."""
 
@@ -260,8 +265,7 @@ class IdentityManager:
         if slot.token and (slot.config.introspect or slot.state == "error") and self.clock() >= slot.next_recheck:
             await self._accept(slot, slot.token)
         if self._state(slot) == "expired" and slot.state == "valid":
-            last = f" (last error: {slot.error})" if slot.error else ""
-            await self._set(slot, "expired", slot.identity, f"token expired and was not renewed in time{last}")
+            await self._set(slot, "expired", slot.identity, _expired_reason(slot.error))
 
     # -- sources ----------------------------------------------------------------------------
 
@@ -339,7 +343,10 @@ class IdentityManager:
             slot.error = error
             self._warn(slot, f"cannot renew its token, keeping the current one until it expires: {error}")
             return
-        await self._set(slot, "expired" if slot.identity is not None else "error", slot.identity, error)
+        if slot.identity is not None:
+            await self._set(slot, "expired", slot.identity, _expired_reason(error))
+        else:
+            await self._set(slot, "error", None, error)
 
     # -- device login -----------------------------------------------------------------------
 

@@ -14,6 +14,8 @@ from daemon import INTERCEPTOR, Daemon, detach_everything
 from oidc_fixture import running_oidc_provider
 
 
+OTHER_AUDIENCE = "api://other"  # what the `misaimed` agent's identity config expects; the issuer's tokens differ
+
 HOLDER = """
 import socket, sys
 s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
@@ -39,6 +41,8 @@ agents:
     identity: {op.identity("secret")}
   supervised:
     identity: {op.identity("login")}
+  misaimed:
+    identity: {op.identity("secret").replace(op.audience, OTHER_AUDIENCE)}
 resources:
   echo:
     protocol: tcp
@@ -86,6 +90,19 @@ def wait_identity(daemon: Daemon, agent: str, valid: bool, timeout: float = 30) 
             return identity
         time.sleep(0.2)
     raise AssertionError(f"{agent} identity did not become {'valid' if valid else 'invalid'}: {identity}")
+
+
+def warnings_about(daemon: Daemon, agent: str) -> list[str]:
+    """The daemon's warning-level log messages about `agent`'s identity."""
+    entries = [json.loads(line) for line in daemon.log.read_text().splitlines() if line.startswith("{")]
+    return [e["msg"] for e in entries if e["level"] == "warning" and f"identity for agent {agent}:" in e["msg"]]
+
+
+def refused_connect_event(daemon: Daemon, agent: str, remote) -> dict:
+    """Connect as `agent`, expect the kernel's refusal, return its audit record."""
+    refused = daemon.agent(agent, remote.ip4, str(remote.port))
+    assert refused["error"] == "ECONNREFUSED", refused
+    return daemon.wait_for_event(lambda e: e.get("kind") == "connect_denied" and e["process"]["pid"] == refused["pid"])
 
 
 def test_flows_carry_the_agents_okta_identity(setup, remote):
@@ -139,6 +156,25 @@ def test_status_shows_identity_never_the_token(setup):
         assert "eyJ" not in text and header not in text, "a token leaked into status, audit or logs"
 
 
+def test_a_refused_identity_says_why_in_status_log_and_audit(setup, remote):
+    daemon, op = setup
+    expected = f"wrong_audience: aud is {op.audience}, expected {OTHER_AUDIENCE}"
+    deadline = time.monotonic() + 30
+    while (identity := identity_of(daemon, "misaimed")).get("state") != "invalid" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert identity["state"] == "invalid" and identity.get("subject") is None, identity
+    assert identity["reason"] == f"identity invalid: {expected}"
+    assert identity["last_checked"] <= time.time() and identity["next_check"] >= identity["last_checked"]
+    row = next(line for line in daemon.cli("status").stdout.splitlines() if line.startswith("misaimed "))
+    assert row.split()[2] == "invalid" and row.endswith(f"identity invalid: {expected}"), row
+    logged = warnings_about(daemon, "misaimed")
+    assert len(logged) == 1 and expected in logged[0], logged
+    event = refused_connect_event(daemon, "misaimed", remote)
+    assert event["rule"] == "identity" and event["reason"] == f"agent has no valid identity: identity invalid: {expected}"
+    audited = daemon.wait_for_event(lambda e: e.get("kind") == "identity" and e.get("agent") == "misaimed")
+    assert audited["decision"] == "deny" and audited["reason"] == f"agent misaimed is refused: identity invalid: {expected}"
+
+
 def test_expired_identity_loses_access_and_regains_it_on_refresh(setup, remote):
     daemon, op = setup
     op.set_ttl(4)
@@ -155,8 +191,15 @@ def test_expired_identity_loses_access_and_regains_it_on_refresh(setup, remote):
         wait_identity(daemon, "reader", valid=False, timeout=20)
         assert holder.stdout.readline().strip() == "closed", "on_invalid: close must cut open flows"
         holder.wait(timeout=5)
-        refused = daemon.agent("reader", remote.ip4, str(remote.port))
-        assert refused["error"] == "ECONNREFUSED", refused
+        reason = identity_of(daemon, "reader")["reason"]
+        assert reason.startswith("identity expired: token expired and ") and "temporarily_unavailable" in reason, reason
+        assert any("cannot renew its token" in message for message in warnings_about(daemon, "reader"))
+        assert any(reason in message for message in warnings_about(daemon, "reader"))
+        event = refused_connect_event(daemon, "reader", remote)
+        assert event["rule"] == "identity" and event["reason"] == f"agent has no valid identity: {reason}"
+        lost = daemon.wait_for_event(lambda e: e.get("kind") == "identity" and e.get("decision") == "deny"
+                                     and e.get("agent") == "reader")
+        assert lost["reason"] == f"agent reader loses access: {reason}"
     finally:
         op.outage(token=False)
         op.set_ttl(300)
