@@ -3,10 +3,14 @@ OpenID provider, agents started with `interceptor exec`, rules written per Okta 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -61,13 +65,14 @@ rules:
 """
 
 
-@pytest.fixture(scope="module")
-def setup(remote, tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("identity-daemon")
+@contextlib.contextmanager
+def identity_daemon(remote, workdir: Path, redirect: str) -> Iterator[tuple[Daemon, Any]]:
+    """The daemon (kernel redirect `redirect`) on policy_text, with the OpenID provider, once
+    the `reader` agent holds its identity; stopped, and every hook detached, after."""
     with running_oidc_provider(workdir / "oidc", access_token_ttl=300) as op:
         policy = workdir / "policy.yaml"
         policy.write_text(policy_text(op, remote))
-        daemon = Daemon(workdir, policy, redirect="bpf")
+        daemon = Daemon(workdir, policy, redirect=redirect)
         daemon.start()
         try:
             wait_identity(daemon, "reader", valid=True)
@@ -75,6 +80,12 @@ def setup(remote, tmp_path_factory):
         finally:
             daemon.stop()
             detach_everything()
+
+
+@pytest.fixture(scope="module")
+def setup(remote, tmp_path_factory):
+    with identity_daemon(remote, tmp_path_factory.mktemp("identity-daemon"), "bpf") as running:
+        yield running
 
 
 def identity_of(daemon: Daemon, agent: str) -> dict:
@@ -156,8 +167,10 @@ def test_status_shows_identity_never_the_token(setup):
         assert "eyJ" not in text and header not in text, "a token leaked into status, audit or logs"
 
 
-def test_a_refused_identity_says_why_in_status_log_and_audit(setup, remote):
-    daemon, op = setup
+def explains_refusal(daemon: Daemon, op, remote, kernel_reports: bool) -> None:
+    """The `misaimed` agent (its config expects another audience than the issuer's tokens
+    carry) is refused, and status (--json and the table), one warning, the identity audit
+    record and, where the kernel reports refusals (BPF), the refused connect's audit say why."""
     expected = f"wrong_audience: aud is {op.audience}, expected {OTHER_AUDIENCE}"
     deadline = time.monotonic() + 30
     while (identity := identity_of(daemon, "misaimed")).get("state") != "invalid" and time.monotonic() < deadline:
@@ -169,10 +182,18 @@ def test_a_refused_identity_says_why_in_status_log_and_audit(setup, remote):
     assert row.split()[2] == "invalid" and row.endswith(f"identity invalid: {expected}"), row
     logged = warnings_about(daemon, "misaimed")
     assert len(logged) == 1 and expected in logged[0], logged
-    event = refused_connect_event(daemon, "misaimed", remote)
-    assert event["rule"] == "identity" and event["reason"] == f"agent has no valid identity: identity invalid: {expected}"
     audited = daemon.wait_for_event(lambda e: e.get("kind") == "identity" and e.get("agent") == "misaimed")
     assert audited["decision"] == "deny" and audited["reason"] == f"agent misaimed is refused: identity invalid: {expected}"
+    if kernel_reports:
+        event = refused_connect_event(daemon, "misaimed", remote)
+        assert event["rule"] == "identity" and event["reason"] == f"agent has no valid identity: identity invalid: {expected}"
+    else:
+        assert daemon.agent("misaimed", remote.ip4, str(remote.port))["error"] == "ECONNREFUSED"
+
+
+def test_a_refused_identity_says_why_in_status_log_and_audit(setup, remote):
+    daemon, op = setup
+    explains_refusal(daemon, op, remote, kernel_reports=True)
 
 
 def test_expired_identity_loses_access_and_regains_it_on_refresh(setup, remote):
