@@ -16,7 +16,7 @@ from interceptor.identity.display import expiry, local_time, relative
 from interceptor.identity.errors import IdentityConfigError, IdentityProviderError, InvalidToken
 from interceptor.identity.http import HttpClient, HttpxClient, get_json
 from interceptor.identity.jwks import parse_jwks
-from interceptor.identity.manager import MAX_TOKEN_FILE, IdentityManager, _client_auth
+from interceptor.identity.manager import MAX_TOKEN_FILE, IdentityManager, client_auth
 from interceptor.identity.model import Identity
 from interceptor.identity.oauth import OAuthError, request_token
 from interceptor.identity.validator import TokenValidator
@@ -179,7 +179,7 @@ async def _client_credentials(http: HttpClient, config: AgentIdentityConfig,
         return _step("token", False, f"{metadata.issuer} publishes no token_endpoint",
                      "use an authorization server with a token endpoint (an Okta custom authorization server)"), None
     try:
-        auth = _client_auth(config)
+        auth = client_auth(config)
         assert auth is not None  # client_credentials requires client_id
         response = await request_token(http, metadata.token_endpoint, auth,
                                        {"grant_type": "client_credentials", "scope": " ".join(config.scopes)})

@@ -102,7 +102,7 @@ class DeviceLogin:
         return await self._poll()
 
 
-def _client_auth(config: AgentIdentityConfig) -> ClientAuth | None:
+def client_auth(config: AgentIdentityConfig) -> ClientAuth | None:
     if config.client_id is None:
         return None
     if config.private_key_file:
@@ -134,7 +134,7 @@ class IdentityManager:
     def _slot(self, config: AgentIdentityConfig) -> _Slot:
         if config.source == "none":
             return _Slot(config, None, None, state="none")
-        auth = _client_auth(config)
+        auth = client_auth(config)
         assert config.issuer is not None and config.audience is not None
         try:
             validator = TokenValidator(
