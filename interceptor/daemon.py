@@ -15,7 +15,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,6 +106,27 @@ def _deny_reason(runtime: Runtime, agent: str | None, resource: str | None, even
     return "kernel", event.reason
 
 
+def _deny_record(runtime: Runtime, event: DenyEvent) -> AuditEvent:
+    """The connect_denied audit record of a connect() the kernel refused, named by the
+    running plan, with the reason `_deny_reason` gives."""
+    plan = runtime.snapshot.plan
+    agent, resource = plan.agent_name(event.agent_index), plan.resource_names.get(event.resource_index)
+    rule, reason = _deny_reason(runtime, agent, resource, event)
+    return AuditEvent(kind="connect_denied", agent=agent, decision="deny", rule=rule, reason=reason,
+                      resource=resource, process={"pid": event.tgid, "uid": event.uid},
+                      operation={"protocol": event.protocol, "dst": f"{event.dst_ip}:{event.dst_port}"})
+
+
+def _refusal_auditor(redirect: Redirect, runtime: Runtime) -> Callable[[socket.socket], AuditEvent] | None:
+    """iptables: the record of a refused connect the enforcer accepted on the refuse port
+    (blocking); None for BPF, whose refusals arrive through `on_deny`."""
+    from interceptor.redirect.iptables import IptablesRedirect
+
+    if not isinstance(redirect, IptablesRedirect):
+        return None
+    return lambda conn: _deny_record(runtime, redirect.refused(conn))
+
+
 @dataclass(frozen=True, slots=True)
 class _Running:
     """The pieces of a started daemon, in start order."""
@@ -164,7 +185,8 @@ class Daemon:
         enforcer = Enforcer(redirect, audit, lambda: runtime.snapshot, runtime.identity, runtime.identity_required,
                             runtime.credentials, approvals, catalogs=self.catalogs,
                             scan_errors=settings.masking.get("scan_errors", True),
-                            on_connection=self.metrics.connection, on_decision=self.metrics.decision)
+                            on_connection=self.metrics.connection, on_decision=self.metrics.decision,
+                            refused=_refusal_auditor(redirect, runtime))
         await enforcer.start(settings.enforcer_port, settings.refuse_port)
         await runtime.install(redirect, enforcer.close_sessions)
         redirect.on_deny(functools.partial(self._on_deny, asyncio.get_running_loop(), runtime, audit))
@@ -211,13 +233,7 @@ class Daemon:
         """A connect() the kernel refused: counted and audited, with the identity manager's
         reason when the agent is refused for lack of a valid identity. Called from the BPF
         ring-buffer thread."""
-        plan = runtime.snapshot.plan
-        agent, resource = plan.agent_name(event.agent_index), plan.resource_names.get(event.resource_index)
-        rule, reason = _deny_reason(runtime, agent, resource, event)
-        record = AuditEvent(kind="connect_denied", agent=agent, decision="deny", rule=rule, reason=reason,
-                            resource=resource,
-                            process={"pid": event.tgid, "uid": event.uid},
-                            operation={"protocol": event.protocol, "dst": f"{event.dst_ip}:{event.dst_port}"})
+        record = _deny_record(runtime, event)
         self.metrics.connection(record.agent, record.resource, "deny")
         asyncio.run_coroutine_threadsafe(write_audit(audit, record), loop)
 

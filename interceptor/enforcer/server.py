@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import errno
+import functools
 import ipaddress
 import logging
 import socket
@@ -33,6 +34,10 @@ from interceptor.runtime import Snapshot
 
 log = logging.getLogger(__name__)
 Peer = tuple[str, int]  # an accepted socket's peer address (host, port; IPv6 adds two fields we ignore)
+# Refused connects attributed at once (iptables); more are reset and audited unattributed at
+# once, so a flood of them neither holds sockets open nor takes the worker threads that
+# diverted flows' attribution needs.
+REFUSALS_ATTRIBUTED_AT_ONCE = 16
 
 
 @dataclass(slots=True)
@@ -67,6 +72,12 @@ def _listen(host: str, port: int, backlog: int) -> socket.socket:
     return sock
 
 
+def _unattributed(peer: Peer, why: str) -> AuditEvent:
+    """The connect_denied record of a refused connect from `peer` that was not attributed."""
+    return AuditEvent(kind="connect_denied", decision="deny", rule="attribution",
+                      reason=f"refused connect from {peer[0]}:{peer[1]} not attributed: {why}")
+
+
 class Enforcer:
     def __init__(self, redirect: Redirect, audit: AuditSink, snapshot: Callable[[], Snapshot],
                  identity: Callable[[str], Identity | None], identity_required: Callable[[str], bool],
@@ -74,7 +85,8 @@ class Enforcer:
                  catalogs: CatalogStore | None = None,
                  scan_errors: bool = True,
                  on_connection: Callable[[str | None, str | None, str], None] = lambda agent, resource, decision: None,
-                 on_decision: Callable[[Decision], None] = lambda decision: None) -> None:
+                 on_decision: Callable[[Decision], None] = lambda decision: None,
+                 refused: Callable[[socket.socket], AuditEvent] | None = None) -> None:
         self.redirect = redirect
         self.audit = audit
         self.snapshot = snapshot
@@ -86,17 +98,27 @@ class Enforcer:
         self.scan_errors = scan_errors  # classifiers on every error and notice text
         self.on_connection = on_connection  # (agent, resource, allow|deny), for metrics
         self.on_decision = on_decision  # every operation's decision, for metrics
+        # The connect_denied record of a connection accepted on the refuse port (blocking);
+        # None when the redirect reports refused connects itself (BPF) and the port is only bound.
+        self.refused = refused
         self.sessions: dict[str, Session] = {}
         self._sockets: list[socket.socket] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        self._refusals_attributing = 0
 
     async def start(self, port: int, refuse_port: int) -> None:
+        """Listen on `port` for diverted connections. `refuse_port` is bound so nothing else
+        takes it: never listening (connects the kernel refuses there get RST) unless `refused`
+        was given (iptables), then each connection there is attributed, reset and audited."""
+        refused = self.refused
         for host in ("127.0.0.1", "::1"):
             listener = _listen(host, port, 4096)
             self._sockets.append(listener)
-            self._spawn(self._accept_loop(listener))
-            # Bound but never listening: connects refused in the kernel land here and get RST.
-            self._sockets.append(_listen(host, refuse_port, 0))
+            self._spawn(self._accept_loop(listener, self._serve))
+            refuser = _listen(host, refuse_port, 4096 if refused else 0)
+            self._sockets.append(refuser)
+            if refused is not None:
+                self._spawn(self._accept_loop(refuser, functools.partial(self._serve_refused, refused)))
 
     async def stop(self) -> None:
         for sock in self._sockets:
@@ -110,7 +132,8 @@ class Enforcer:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _accept_loop(self, listener: socket.socket) -> None:
+    async def _accept_loop(self, listener: socket.socket,
+                           serve: Callable[[socket.socket, Peer], Coroutine[object, object, None]]) -> None:
         loop = asyncio.get_running_loop()
         while True:
             try:
@@ -121,7 +144,7 @@ class Enforcer:
                     await asyncio.sleep(0.1)
                     continue
                 raise
-            self._spawn(self._serve(conn, peer))
+            self._spawn(serve(conn, peer))
 
     async def _refuse(self, conn: socket.socket, event: AuditEvent) -> None:
         _reset(conn)
@@ -139,6 +162,24 @@ class Enforcer:
             log.exception("flow from %s:%s failed", peer[0], peer[1])
             await self._refuse(conn, AuditEvent(kind="connection", decision="deny", rule="internal-error",
                                                 reason=f"{type(exc).__name__}: {exc}"))
+
+    async def _serve_refused(self, refused: Callable[[socket.socket], AuditEvent], conn: socket.socket,
+                             peer: Peer) -> None:
+        """A connect the kernel refused, accepted on the refuse port: attributed, reset, audited
+        as connect_denied. Nothing is read, written or forwarded; a failed or skipped (flood)
+        attribution still resets and audits what is known (the peer address)."""
+        if self._refusals_attributing >= REFUSALS_ATTRIBUTED_AT_ONCE:
+            await self._refuse(conn, _unattributed(peer, f"{REFUSALS_ATTRIBUTED_AT_ONCE} others are being attributed"))
+            return
+        self._refusals_attributing += 1
+        try:
+            event = await asyncio.to_thread(refused, conn)
+        except Exception as exc:
+            log.exception("refused connect from %s:%s could not be attributed", peer[0], peer[1])
+            event = _unattributed(peer, f"{type(exc).__name__}: {exc}")
+        finally:
+            self._refusals_attributing -= 1
+        await self._refuse(conn, event)
 
     async def _attribute_and_hand_over(self, conn: socket.socket, peer: Peer) -> None:
         if self.redirect.slow_origin:

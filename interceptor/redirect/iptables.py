@@ -4,8 +4,10 @@ the connecting process from an exact inet_diag lookup (socket inode, uid, cgroup
 agents' file descriptors in /proc.
 
 Weaker than BPF in three documented ways: the pid is found after accept (a process that
-exits in between cannot be attributed, and the connection is refused), refused connects
-are not reported for audit, and attribution scans the agents' file descriptors.
+exits in between cannot be attributed, and the connection is refused), a refused connect is
+REDIRECTed to the refuse port, where the enforcer accepts it (so the agent sees its connect
+succeed, then a reset, rather than ECONNREFUSED) to attribute and audit it (`refused`), and
+attribution scans the agents' file descriptors.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from interceptor.redirect import DenyEvent, Origin, SocketAddress, endpoint
+from interceptor.redirect import DENY_REASONS, DenyEvent, Origin, SocketAddress, endpoint
 from interceptor.redirect.plan import RedirectPlan
 from interceptor.redirect.sockdiag import lookup_tcp
 
@@ -160,8 +162,7 @@ class IptablesRedirect:
         local = conn.getsockname()
         if plan is None or dst is None or (str(dst[0]), dst[1]) == (local[0], local[1]):
             return None
-        peer = conn.getpeername()
-        client = self._client_socket(peer, dst)
+        client = self._client_socket(conn.getpeername(), dst)
         if client is None:
             return None
         inode, uid, cgroup_id = client
@@ -171,12 +172,29 @@ class IptablesRedirect:
         agent_index = self._agent_of(pid, uid, plan)
         if agent_index is None:
             return None
-        resource_index = next((d.resource_index for d in plan.dests
-                               if dst[0] in d.network and d.port in (0, dst[1])), 0)
+        resource_index = _resource_of(dst, plan)
         if (agent_index, resource_index) not in plan.access:
             return None
         return Origin(dst[0], dst[1], pid, uid, -1, agent_index, resource_index, cgroup_id,
                       time.clock_gettime_ns(time.CLOCK_BOOTTIME))
+
+    def refused(self, conn: socket.socket) -> DenyEvent:
+        """A connect the rules REDIRECTed to the refuse port (accepted there, `conn`),
+        attributed as far as it can be: tgid and uid -1 when the agent's socket or process is
+        already gone, agent index 0 when the process is no agent's. The reason is the one the
+        BPF hook would give. Blocking (netlink, /proc scans); IptablesError before the first
+        apply, OSError when the connection is already reset."""
+        plan = self.plan
+        if plan is None:
+            raise IptablesError("no rules applied yet")
+        dst = original_dst(conn) or endpoint(conn.getsockname())
+        client = self._client_socket(conn.getpeername(), dst)
+        uid = client[1] if client else -1
+        pid = self._owner(client[0], plan) if client else None
+        agent_index = self._agent_of(pid, uid, plan) if pid is not None else None
+        resource_index = _resource_of(dst, plan)
+        return DenyEvent(dst[0], dst[1], -1 if pid is None else pid, uid, agent_index or 0, resource_index,
+                         _refusal_reason(dst, resource_index, plan), "tcp")
 
     @staticmethod
     def _client_socket(peer: SocketAddress, dst: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]
@@ -229,7 +247,22 @@ class IptablesRedirect:
         return next((a.index for a in plan.agents if uid in a.uids), None)
 
     def on_deny(self, callback: Callable[[DenyEvent], None]) -> None:
-        """iptables refuses in the kernel without telling anyone; nothing to report."""
+        """Nothing reports here: the enforcer accepts refused connects on the refuse port and
+        asks `refused` about each."""
 
     def close(self) -> None:
         """Rules stay in place: agents remain fail-closed while the daemon is down."""
+
+
+def _resource_of(dst: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int], plan: RedirectPlan) -> int:
+    """The index of the resource `dst` belongs to (the first matching entry, as the rules
+    match), 0 when it is no resource's."""
+    return next((d.resource_index for d in plan.dests if dst[0] in d.network and d.port in (0, dst[1])), 0)
+
+
+def _refusal_reason(dst: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int], resource_index: int,
+                    plan: RedirectPlan) -> str:
+    """Why the rules sent a connect to `dst` to the refuse port, in the BPF hook's words."""
+    if dst[0].is_loopback and dst[1] in (plan.enforcer_port, plan.refuse_port):
+        return DENY_REASONS[3]
+    return DENY_REASONS[1] if resource_index else DENY_REASONS[2]
