@@ -20,6 +20,9 @@ from interceptor.control import ControlClient, ControlError
 VENV_BIN = Path(sys.executable).parent
 INTERCEPTOR = str(VENV_BIN / "interceptor")
 AGENT_CLIENT = str(Path(__file__).with_name("agent_client.py"))
+# What an agent's client sees of a refused connect: BPF refuses the connect itself; iptables
+# sends it to the refuse port, where the enforcer accepts it to audit it, then resets it.
+REFUSED = {"bpf": "ECONNREFUSED", "iptables": "ECONNRESET"}
 
 
 class Daemon:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from scapy.all import AsyncSniffer
 
-from daemon import AGENT_CLIENT, INTERCEPTOR, Daemon, detach_everything, direct
+from daemon import AGENT_CLIENT, INTERCEPTOR, REFUSED, Daemon, detach_everything, direct
 
 PYTHON_EXE = os.path.realpath(sys.executable)
 NOBODY = 65534
@@ -161,18 +161,21 @@ def test_agents_named_by_uid_and_by_existing_cgroup(daemon, remote, existing_cgr
 
 def test_policy_deny_refuses_at_connect_and_no_packet_leaves(daemon, remote):
     result, packets = sniff(remote, lambda: daemon.agent("blocked", remote.ip4, str(remote.port)))
-    assert result["error"] == "ECONNREFUSED", result
+    assert result["error"] == REFUSED[daemon.redirect], result
     assert packets == []
-    if daemon.redirect == "bpf":  # iptables refuses in the kernel without telling user space
-        event = daemon.wait_for_event(lambda e: e.get("kind") == "connect_denied" and e["process"]["pid"] == result["pid"])
-        assert event["agent"] == "blocked" and event["resource"] == "echo"
-        assert event["reason"].startswith("policy")
+    event = daemon.wait_for_event(lambda e: e.get("kind") == "connect_denied" and e["process"]["pid"] == result["pid"])
+    assert event["agent"] == "blocked" and event["resource"] == "echo" and event["decision"] == "deny"
+    assert event["rule"] == "kernel" and event["reason"] == "policy: agent may not reach this resource", event
+    assert event["operation"] == {"protocol": "tcp", "dst": f"{remote.ip4}:{remote.port}"}, event
 
 
 def test_unprotected_destinations_follow_the_agent_setting(daemon, remote):
     other = remote.port + 1  # the remote listens only on `port`; nothing is a resource here
     denied, packets = sniff(remote, lambda: daemon.agent("tcpagent", remote.ip4, str(other)), port=other)
-    assert denied["error"] == "ECONNREFUSED" and packets == []
+    assert denied["error"] == REFUSED[daemon.redirect] and packets == []
+    event = daemon.wait_for_event(lambda e: e.get("kind") == "connect_denied" and e["process"]["pid"] == denied["pid"])
+    assert event["agent"] == "tcpagent" and event["resource"] is None, event
+    assert event["reason"] == "destination is not a resource and the agent's unprotected setting is deny", event
     allowed, packets = sniff(remote, lambda: daemon.agent("openagent", remote.ip4, str(other)), port=other)
     assert allowed["error"] == "ECONNREFUSED"  # refused by the remote host itself: the SYN went out
     assert packets, "an agent with unprotected: allow must reach other destinations directly"
@@ -184,7 +187,7 @@ def test_ipv6_and_v4_mapped(daemon, remote):
     mapped = daemon.agent("tcpagent", f"::ffff:{remote.ip4}", str(remote.port), "--family", "6")
     assert mapped["ok"] and through_enforcer(mapped), mapped
     blocked = daemon.agent("blocked", f"::ffff:{remote.ip4}", str(remote.port), "--family", "6")
-    assert blocked["error"] == "ECONNREFUSED", "v4-mapped addresses must not bypass IPv4 policy"
+    assert blocked["error"] == REFUSED[daemon.redirect], "v4-mapped addresses must not bypass IPv4 policy"
 
 
 def test_grandchild_is_covered(daemon, remote):

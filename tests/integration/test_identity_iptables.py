@@ -1,6 +1,6 @@
 """In iptables mode too, an agent refused for its identity is explained: status, the log and
-the audit trail name the validator's reason (iptables refuses connects without reporting
-them, so the identity record is the audit of why)."""
+the audit trail name the validator's reason, down to the refused connect's own record (the
+enforcer accepts it on the refuse port, resets it and audits it as connect_denied)."""
 
 from __future__ import annotations
 
@@ -17,4 +17,4 @@ def setup(remote, tmp_path_factory):
 
 def test_a_refused_identity_says_why_in_iptables_mode(setup, remote):
     daemon, op = setup
-    explains_refusal(daemon, op, remote, kernel_reports=False)
+    explains_refusal(daemon, op, remote)
