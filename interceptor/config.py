@@ -27,7 +27,7 @@ class Settings:
     policy: Path = SHIPPED_POLICY
     redirect: str = "auto"  # bpf | iptables | auto (bpf, else iptables with a warning)
     enforcer_port: int = 999  # privileged on purpose: while the daemon is down nobody else can bind it
-    refuse_port: int = 998  # bound, never listening: denied connects get ECONNREFUSED
+    refuse_port: int = 998  # denied connects land here: BPF mode never listens (ECONNREFUSED); iptables mode accepts, audits, resets
     state_dir: Path = Path("/var/lib/interceptor")
     control_socket: Path = Path("/run/interceptor/control.sock")
     admin_group: str | None = None
