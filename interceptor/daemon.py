@@ -186,7 +186,7 @@ class Daemon:
                             runtime.credentials, approvals, catalogs=self.catalogs,
                             scan_errors=settings.masking.get("scan_errors", True),
                             on_connection=self.metrics.connection, on_decision=self.metrics.decision,
-                            refused=_refusal_auditor(redirect, runtime))
+                            refused=_refusal_auditor(redirect, runtime), identity_reason=runtime.identity_reason)
         await enforcer.start(settings.enforcer_port, settings.refuse_port)
         await runtime.install(redirect, enforcer.close_sessions)
         redirect.on_deny(functools.partial(self._on_deny, asyncio.get_running_loop(), runtime, audit))

@@ -193,6 +193,10 @@ class Runtime:
         """The agent's usable identity; None when it has none (yet), or it expired or failed."""
         return self._identities.current(agent) if self._identities else None
 
+    def identity_reason(self, agent: str) -> str:
+        """Why the agent has no valid identity now (the identity manager's reason)."""
+        return self._identities.reason(agent) if self._identities else "no identity manager is running"
+
     def identity_required(self, agent: str) -> bool:
         """Whether the running policy refuses the agent until it has a valid identity."""
         spec = self._snapshot.policy.agents.get(agent) if self._snapshot else None

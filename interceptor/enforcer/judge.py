@@ -17,12 +17,15 @@ from interceptor.operations import Operation, Request, Subject
 from interceptor.policy.engine import PolicyEngine
 
 IDENTITY_RULE = "identity"
+UNKNOWN_REASON = "expired, revoked or not yet obtained"
 
 
-def identity_refusal(identity: Identity | None, required: bool) -> Decision | None:
-    """The deny of the identity gate, or None when the identity lets the rules decide."""
+def identity_refusal(identity: Identity | None, required: bool,
+                     reason: Callable[[], str] = lambda: UNKNOWN_REASON) -> Decision | None:
+    """The deny of the identity gate, or None when the identity lets the rules decide;
+    `reason` says why the agent has none (the identity manager's reason)."""
     if identity is None and required:
-        return Decision.deny(IDENTITY_RULE, "agent has no valid identity (expired, revoked or not yet obtained)")
+        return Decision.deny(IDENTITY_RULE, f"agent has no valid identity: {reason()}")
     if identity is not None and identity.expired():
         return Decision.deny(IDENTITY_RULE, "agent identity expired")
     return None
@@ -34,12 +37,14 @@ class FlowJudge:
 
     def __init__(self, flow: FlowContext, engine: Callable[[], PolicyEngine],
                  identity: Callable[[], Identity | None], identity_required: Callable[[], bool],
-                 on_decision: Callable[[Decision], None] = lambda decision: None) -> None:
+                 on_decision: Callable[[Decision], None] = lambda decision: None, *,
+                 identity_reason: Callable[[], str] = lambda: UNKNOWN_REASON) -> None:
         self.flow = flow
         self.engine = engine
         self.identity = identity
         self.identity_required = identity_required
         self.on_decision = on_decision
+        self.identity_reason = identity_reason
 
     def request(self, operation: Operation, **labels: str) -> Request:
         """The policy question for `operation` of this flow."""
@@ -51,7 +56,8 @@ class FlowJudge:
         """The decision for `operation`, identity gate first. Raises what the engine raises
         (a session denies on it)."""
         request = self.request(operation)
-        decision = identity_refusal(request.subject.identity, self.identity_required()) or self.engine().decide(request)
+        decision = (identity_refusal(request.subject.identity, self.identity_required(), self.identity_reason)
+                    or self.engine().decide(request))
         self.on_decision(decision)
         return decision
 

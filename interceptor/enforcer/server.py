@@ -21,7 +21,7 @@ from interceptor.approvals.broker import ApprovalBroker
 from interceptor.audit.event import AuditEvent, AuditSink
 from interceptor.decision import Decision, Verdict
 from interceptor.enforcer.attribution import AttributionError, attribute
-from interceptor.enforcer.judge import FlowJudge, identity_refusal
+from interceptor.enforcer.judge import UNKNOWN_REASON, FlowJudge, identity_refusal
 from interceptor.errors import AuditUnavailable
 from interceptor.flow import Endpoint, FlowContext
 from interceptor.handlers import Services, handler_for
@@ -86,12 +86,14 @@ class Enforcer:
                  scan_errors: bool = True,
                  on_connection: Callable[[str | None, str | None, str], None] = lambda agent, resource, decision: None,
                  on_decision: Callable[[Decision], None] = lambda decision: None,
-                 refused: Callable[[socket.socket], AuditEvent] | None = None) -> None:
+                 refused: Callable[[socket.socket], AuditEvent] | None = None,
+                 identity_reason: Callable[[str], str] = lambda agent: UNKNOWN_REASON) -> None:
         self.redirect = redirect
         self.audit = audit
         self.snapshot = snapshot
         self.identity = identity
         self.identity_required = identity_required
+        self.identity_reason = identity_reason  # why an agent has no valid identity, for its refusals
         self.credentials = credentials
         self.approvals = approvals
         self.catalogs = catalogs  # interceptor.handlers.postgres.catalog.CatalogStore
@@ -205,7 +207,8 @@ class Enforcer:
                            Endpoint(origin.dst_ip, origin.dst_port),
                            Endpoint(ipaddress.ip_address(peer[0]), peer[1]), resource)
         judge = FlowJudge(flow, lambda: self.snapshot().engine, lambda: self.identity(flow.agent),
-                          lambda: self.identity_required(flow.agent), self.on_decision)
+                          lambda: self.identity_required(flow.agent), self.on_decision,
+                          identity_reason=lambda: self.identity_reason(flow.agent))
         request = judge.request(TcpConnect())
         decision = self._connection_decision(snap, flow, request)
         if isinstance(decision, Decision) and decision.verdict is Verdict.APPROVE:
@@ -263,7 +266,8 @@ class Enforcer:
                               flow_id=flow.flow_id, process=flow.process.summary(), operation=where,
                               decision="deny", rule="stale-plan", reason="agent or resource no longer in the policy")
         identity = request.subject.identity
-        decision = identity_refusal(identity, self.identity_required(flow.agent)) or snap.engine.decide(request)
+        decision = (identity_refusal(identity, self.identity_required(flow.agent), lambda: self.identity_reason(flow.agent))
+                    or snap.engine.decide(request))
         if decision.verdict is Verdict.DENY:
             return AuditEvent(kind="connection", agent=flow.agent, resource=flow.resource, flow_id=flow.flow_id,
                               process=flow.process.summary(), operation=where, decision="deny", rule=decision.rule,

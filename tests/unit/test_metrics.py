@@ -136,12 +136,15 @@ def test_every_operation_decision_is_counted():
     flow = FlowContext("f1", "bot", ProcessInfo(1, 1, 0, 0, "/usr/bin/agent", ("agent",), "/agents/bot"),
                        Endpoint(ipaddress.ip_address("127.0.0.1"), 5432),
                        Endpoint(ipaddress.ip_address("127.0.0.1"), 40000), "db")
-    judge = FlowJudge(flow, lambda: engine, lambda: None, lambda: required["bot"], metrics.decision)
+    judge = FlowJudge(flow, lambda: engine, lambda: None, lambda: required["bot"], metrics.decision,
+                      identity_reason=lambda: "identity invalid: wrong_audience: aud is api://a, expected api://b")
     ask = lambda sql: judge.decide(SqlQuery(sql, "app"))  # noqa: E731
     assert ask("SELECT card FROM public.t").verdict is Verdict.ALLOW
     assert ask("DELETE FROM public.t").verdict is Verdict.DENY
     required["bot"] = True  # identity lost mid-flow: denied whatever the rules say, and counted
-    assert ask("SELECT 1").rule == "identity"
+    denied = ask("SELECT 1")
+    assert (denied.rule, denied.reason) == ("identity", "agent has no valid identity: identity invalid: wrong_audience: "
+                                                        "aud is api://a, expected api://b")
     families = parse(metrics.render(Gauges(0, 0)))
     assert families["interceptor_decisions_total"][1] == {(("verdict", "allow"),): 1, (("verdict", "deny"),): 2}
     assert families["interceptor_masked_statements_total"][1] == {(): 1}
