@@ -20,8 +20,7 @@ IDENTITY_RULE = "identity"
 UNKNOWN_REASON = "expired, revoked or not yet obtained"
 
 
-def identity_refusal(identity: Identity | None, required: bool,
-                     reason: Callable[[], str] = lambda: UNKNOWN_REASON) -> Decision | None:
+def _identity_refusal(identity: Identity | None, required: bool, reason: Callable[[], str]) -> Decision | None:
     """The deny of the identity gate, or None when the identity lets the rules decide;
     `reason` says why the agent has none (the identity manager's reason)."""
     if identity is None and required:
@@ -53,13 +52,17 @@ class FlowJudge:
         return Request(subject, flow.resource or "", operation, dict(flow.labels, **labels))
 
     def decide(self, operation: Operation) -> Decision:
-        """The decision for `operation`, identity gate first. Raises what the engine raises
-        (a session denies on it)."""
-        request = self.request(operation)
-        decision = (identity_refusal(request.subject.identity, self.identity_required(), self.identity_reason)
-                    or self.engine().decide(request))
+        """The decision for `operation`, identity gate first, by the engine in force now.
+        Raises what the engine raises (a session denies on it)."""
+        decision = self.judged(self.request(operation), self.engine())
         self.on_decision(decision)
         return decision
+
+    def judged(self, request: Request, engine: PolicyEngine) -> Decision:
+        """`request` through the identity gate, then `engine` (the enforcer asks this of a
+        connection with the snapshot it attributed the flow by; not counted in on_decision)."""
+        refusal = _identity_refusal(request.subject.identity, self.identity_required(), self.identity_reason)
+        return refusal or engine.decide(request)
 
     def epoch(self) -> tuple[object, object]:
         """Changes when the policy or the identity does: decisions cached by a session under

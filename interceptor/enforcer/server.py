@@ -21,7 +21,7 @@ from interceptor.approvals.broker import ApprovalBroker
 from interceptor.audit.event import AuditEvent, AuditSink
 from interceptor.decision import Decision, Verdict
 from interceptor.enforcer.attribution import AttributionError, attribute
-from interceptor.enforcer.judge import UNKNOWN_REASON, FlowJudge, identity_refusal
+from interceptor.enforcer.judge import UNKNOWN_REASON, FlowJudge
 from interceptor.errors import AuditUnavailable
 from interceptor.flow import Endpoint, FlowContext
 from interceptor.handlers import Services, handler_for
@@ -210,7 +210,7 @@ class Enforcer:
                           lambda: self.identity_required(flow.agent), self.on_decision,
                           identity_reason=lambda: self.identity_reason(flow.agent))
         request = judge.request(TcpConnect())
-        decision = self._connection_decision(snap, flow, request)
+        decision = self._connection_decision(snap, judge, request)
         if isinstance(decision, Decision) and decision.verdict is Verdict.APPROVE:
             decision = await self._hold(flow, request, decision) or decision
         if isinstance(decision, AuditEvent):
@@ -257,17 +257,17 @@ class Enforcer:
                           process=flow.process.summary(), decision="deny", rule=decision.rule,
                           reason=f"approval {outcome.request_id} not granted: {outcome.reason or 'denied'}")
 
-    def _connection_decision(self, snap: Snapshot, flow: FlowContext, request: Request) -> Decision | AuditEvent:
+    def _connection_decision(self, snap: Snapshot, judge: FlowJudge, request: Request) -> Decision | AuditEvent:
         """The decision when the flow may proceed (allow or approve); otherwise the audit
         record of why not."""
+        flow = judge.flow
         where = {"dst": str(flow.original_dst)}
         if not flow.agent or not flow.resource or flow.resource not in snap.policy.resources:
             return AuditEvent(kind="connection", agent=flow.agent or None, resource=flow.resource,
                               flow_id=flow.flow_id, process=flow.process.summary(), operation=where,
                               decision="deny", rule="stale-plan", reason="agent or resource no longer in the policy")
         identity = request.subject.identity
-        decision = (identity_refusal(identity, self.identity_required(flow.agent), lambda: self.identity_reason(flow.agent))
-                    or snap.engine.decide(request))
+        decision = judge.judged(request, snap.engine)
         if decision.verdict is Verdict.DENY:
             return AuditEvent(kind="connection", agent=flow.agent, resource=flow.resource, flow_id=flow.flow_id,
                               process=flow.process.summary(), operation=where, decision="deny", rule=decision.rule,
