@@ -79,10 +79,6 @@ class Refused(InterceptorError):
         super().__init__(message)
         self.sqlstate = sqlstate
 
-    @property
-    def code(self) -> str:
-        return self.sqlstate
-
 
 class MaskingError(InterceptorError, ValueError):
     """A value cannot be masked safely; the agent gets this error, never the value."""

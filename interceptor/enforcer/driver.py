@@ -91,7 +91,7 @@ class Driver:
 
     def close(self) -> None:
         """Stop every wait of the flow (a held operation is withdrawn and recorded as never run)
-        and close both sockets."""
+        and abort the upstream; the agent's socket is the handler's to close."""
         for wait in self._waits.values():
             if isinstance(wait, asyncio.Task):  # a Record's durability future is the sink's
                 wait.cancel()

@@ -64,7 +64,7 @@ def test_a_setting_given_twice_in_any_case_is_refused():
 def test_client_only_encodings_are_refused_at_startup(encoding):
     with pytest.raises(Refused, match="quote or backslash") as refused:
         startup(client_encoding=encoding)
-    assert refused.value.code == "0A000"
+    assert refused.value.sqlstate == "0A000"
     with pytest.raises(Refused, match="quote or backslash"):
         startup(options=f"-c client_encoding={encoding}")
 
