@@ -28,6 +28,7 @@ class MaskSpec:
     style: str = "redact"  # redact | partial | hash | null
     rule: str = ""
     patterns: tuple[str, ...] = ()
+    paths: tuple[str, ...] = ()  # JSON paths of values to mask in a JSON body (interceptor.masking.json_paths)
 
 
 @dataclass(frozen=True, slots=True)

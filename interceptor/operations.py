@@ -68,9 +68,94 @@ class SqlQuery:
         return summary
 
 
+Pairs = tuple[tuple[str, str], ...]  # (name, value) in the order sent; names of headers lower-cased
+
+
+@dataclass(frozen=True, slots=True)
+class HttpRequest:
+    """One HTTP request as the server will read it: the method, the path percent-decoded
+    once (the handler refuses a target whose decoded form could differ from the server's:
+    dot segments, empty segments, encoded `/` or `\\`), the query parameters in order,
+    and the Host. RFC 9110 sections 9 and 7.2; RFC 3986 section 6."""
+
+    method: str
+    path: str
+    query: Pairs = ()
+    host: str | None = None
+    kind = "http"
+
+    def summary(self) -> dict[str, object]:
+        """What an approver sees and a grant covers: method, host, path and query."""
+        return {"kind": self.kind, "method": self.method, "host": self.host, "path": self.path,
+                "query": [list(pair) for pair in self.query]}
+
+
+@dataclass(frozen=True, slots=True)
+class KubeRequest:
+    """The Kubernetes request attributes the API server derives from one request
+    (k8s.io/apiserver/pkg/endpoints/request RequestInfo): for a resource request the verb
+    (get list watch create update patch delete deletecollection, or the subresource's own
+    such as `create` for pods/exec), API group ("" for the core group), version, resource,
+    subresource, namespace ("" when cluster-scoped or across namespaces) and name; for a
+    non-resource request (`/version`, `/healthz`, discovery) only the verb (lower-cased
+    method) and path. Label and field selectors, dryRun, and an exec's command as sent."""
+
+    verb: str
+    path: str
+    resource_request: bool = True
+    api_group: str = ""
+    api_version: str = ""
+    resource: str = ""
+    subresource: str = ""
+    namespace: str = ""
+    name: str = ""
+    label_selector: str = ""
+    field_selector: str = ""
+    dry_run: bool = False
+    command: tuple[str, ...] = ()
+    kind = "kubernetes"
+
+    def summary(self) -> dict[str, object]:
+        """What an approver sees and a grant covers: the attributes that are set."""
+        summary: dict[str, object] = {"kind": self.kind, "verb": self.verb}
+        if not self.resource_request:
+            summary["path"] = self.path
+            return summary
+        for name in ("api_group", "api_version", "resource", "subresource", "namespace", "name",
+                     "label_selector", "field_selector"):
+            value = getattr(self, name)
+            if value or name == "resource":
+                summary[name] = value
+        if self.dry_run:
+            summary["dry_run"] = True
+        if self.command:
+            summary["command"] = list(self.command)
+        return summary
+
+
+@dataclass(frozen=True, slots=True)
+class McpCall:
+    """One MCP JSON-RPC message from the agent (MCP specification 2025-06-18, Basic
+    Protocol): its method and, for `tools/call`, the tool's name and its arguments as
+    canonical JSON (sorted keys, no spaces), so the value compares and hashes whole."""
+
+    method: str
+    tool: str | None = None
+    arguments: str = "{}"
+    kind = "mcp"
+
+    def summary(self) -> dict[str, object]:
+        """What an approver sees and a grant covers: the method, the tool and its arguments."""
+        summary: dict[str, object] = {"kind": self.kind, "method": self.method}
+        if self.tool is not None:
+            summary["tool"] = self.tool
+            summary["arguments"] = self.arguments
+        return summary
+
+
 # One per protocol of interceptor.protocols. Each is a frozen dataclass with a class attribute
 # `kind` (its protocol's operation key) and `summary()`, what an approver sees and a grant covers.
-Operation = TcpConnect | SqlQuery
+Operation = TcpConnect | SqlQuery | HttpRequest | KubeRequest | McpCall
 
 
 @dataclass(frozen=True, slots=True)

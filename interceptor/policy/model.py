@@ -65,6 +65,7 @@ class MaskRule:
     columns: tuple[tuple[str, str, str], ...] = ()  # (schema, table, column) globs
     classifiers: tuple[str, ...] = ()
     style: str = "redact"
+    paths: tuple[str, ...] = ()  # JSON paths (http, kubernetes, mcp bodies)
 
 
 @dataclass(frozen=True, slots=True)
