@@ -15,6 +15,7 @@ debian_packages=(
   python3 python3-venv python3-dev python3-bpfcc libbpfcc bpfcc-tools
   linux-headers-amd64 iptables iproute2 conntrack
   postgresql postgresql-contrib pgbouncer haproxy tshark
+  kubernetes-client wrk
   curl ca-certificates procps psmisc
 )
 # Node.js with npm runs the local OpenID provider; a host that has it (e.g. from NodeSource,
