@@ -277,7 +277,28 @@ def _hotpath_md(result: list[dict]) -> list[str]:
     return lines
 
 
+def _http_md(result: dict) -> list[str]:
+    lines = [(f"`wrk --latency -t1 -c N -d {result['seconds_per_run']:g}s` against {result['upstream']}, "
+              f"{result['rounds']} rounds; each cell is the median of its rounds, IQR its spread. Latency in "
+              "microseconds; added latency is the average's difference from direct at the same connections; "
+              "proxy CPU is the proxy process's CPU time per request."), "",
+             "| path | connections | requests/s | IQR | vs direct | latency avg | p99 | added | proxy CPU/request |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for row in result["cells"]:
+        if "rps" not in row:
+            lines.append(f"| {row['label']} | {row['connections']} | not measured: {_cell(row['error'] or '')} |"
+                         " | | | | | |")
+            continue
+        cpu = row.get("proxy_cpu_us")
+        lines.append(f"| {row['label']} | {row['connections']} | {_num(row['rps']['median'])} | "
+                     f"{_num(row['rps']['iqr'])} | {row.get('ratios', {}).get('rps_vs_direct', float('nan')):.3f} | "
+                     f"{_num(row['latency_avg_us']['median'], 1)} | {_num(row['latency_p99_us']['median'], 1)} | "
+                     f"{_num(row.get('added_latency_us'), 1)} | {_num(cpu['median'], 1) if cpu else '-'} |")
+    return lines
+
+
 TITLES = {"connect": "Kernel hooks: connect() latency (microseconds)", "pgbench": "PostgreSQL through each path: pgbench",
+          "http": "HTTP through each path: wrk",
           "policy": "Policy decisions per second (SQL)", "masking": "Masking DataRow bodies (MB/s)",
           "scale": "Scale: agent connections held open through the enforcer",
           "hotpath": "What a transaction costs the daemon in Python"}
@@ -287,7 +308,7 @@ def rerender() -> Path:
     return write(saved["results"], saved["machine"])
 
 
-RENDER = {"connect": _connect_md, "pgbench": _pgbench_md, "policy": _policy_md, "masking": _masking_md,
+RENDER = {"connect": _connect_md, "pgbench": _pgbench_md, "http": _http_md, "policy": _policy_md, "masking": _masking_md,
           "scale": _scale_md, "hotpath": _hotpath_md}
 
 

@@ -5,7 +5,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, where bench/ lives
 
-from bench import profile, report  # noqa: E402
+import pytest  # noqa: E402
+
+from bench import http, profile, report  # noqa: E402
 
 
 def test_profile_counts_own_time_per_function_of_the_loop_thread():
@@ -51,3 +53,34 @@ def test_targets_say_met_or_by_how_much_not():
     assert "all classifiers on 1 column | 25.0 MB/s | **not met** | 2.0x short |" in text
     assert "2,000 connections at <= 64 KiB RSS each, all answering | 11.4 KiB, all answered: yes | met |" in text
     assert "the daemon spent 80 us of CPU per transaction, pgbouncer 13 us (6.2x)" in text
+
+
+WRK_OUTPUT = """Running 2s test @ http://127.0.0.1:18080/v1/ping
+  1 threads and 8 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     1.25ms  667.89us   2.68ms   99.25%
+  Latency Distribution
+     50%  590.00us
+     99%    2.10ms
+  33410 requests in 2.00s, 1.64MB read
+Requests/sec:  16697.35
+"""
+
+
+def test_wrk_output_is_read_in_microseconds_and_failed_requests_are_refused():
+    assert http.parse_wrk(WRK_OUTPUT) == (16697.35, 1250.0, 2100.0, 33410)
+    with pytest.raises(http.WrkError, match="failed requests"):
+        http.parse_wrk(WRK_OUTPUT + "  Non-2xx or 3xx responses: 12\n")
+    with pytest.raises(http.WrkError, match="no result"):
+        http.parse_wrk("unable to connect to 127.0.0.1:1 Connection refused\n")
+
+
+def test_http_rows_give_ratios_to_direct_and_a_failed_path_its_error():
+    samples = {("direct", 1): [http.Sample(10_000, 60, 90, 20_000)],
+               ("interceptor", 1): [http.Sample(2_500, 300, 500, 5_000, proxy_cpu_us=180.0)]}
+    result = http.summarize(samples, {("haproxy", 1): "haproxy exited"}, rounds=1, seconds=2)
+    lines = "\n".join(report.render("http", result))
+    interceptor = next(r for r in result["cells"] if r["route"] == "interceptor" and r["connections"] == 1)
+    assert interceptor["ratios"]["rps_vs_direct"] == 0.25 and interceptor["added_latency_us"] == 240.0
+    assert "| interceptor, batched audit | 1 | 2,500 |" in lines and "| 180.0 |" in lines
+    assert "not measured: haproxy exited" in lines
