@@ -27,6 +27,7 @@ from interceptor.approvals.store import ApprovalStore
 from interceptor.audit import open_sink
 from interceptor.audit.event import AuditEvent
 from interceptor.audit.sink import ChainedSink
+from interceptor.certificates import HostCA, HostCAError
 from interceptor.config import Settings
 from interceptor.control import ControlServer
 from interceptor.control_api import CatalogControl, ControlApi
@@ -80,6 +81,17 @@ async def open_approvals(settings: Settings, audit: ChainedSink) -> ApprovalBrok
     else:
         store = await SqliteStore.open(config.get("path", str(settings.state_dir / "approvals.db")))
     return ApprovalBroker(store, audit, webhook_url=config.get("webhook_url"))
+
+
+def open_host_ca(state_dir: Path) -> HostCA | None:
+    """The host CA agent-facing TLS is issued by (created in `state_dir` when absent); None,
+    logged, when it cannot be loaded: flows that need no TLS still run, and handlers refuse
+    those that do."""
+    try:
+        return HostCA.open(state_dir)
+    except (HostCAError, OSError) as exc:
+        log.error("agent-facing TLS disabled, TLS flows will be refused: %s", exc)
+        return None
 
 
 async def _gauges(enforcer: Enforcer, approvals: ApprovalBroker, audit: ChainedSink) -> Gauges:
@@ -184,6 +196,7 @@ class Daemon:
         redirect = open_redirect(settings.redirect, self.mount)
         enforcer = Enforcer(redirect, audit, lambda: runtime.snapshot, runtime.identity, runtime.identity_required,
                             runtime.credentials, approvals, catalogs=self.catalogs,
+                            certificates=open_host_ca(settings.state_dir),
                             scan_errors=settings.masking.get("scan_errors", True),
                             on_connection=self.metrics.connection, on_decision=self.metrics.decision,
                             refused=_refusal_auditor(redirect, runtime), identity_reason=runtime.identity_reason)

@@ -25,7 +25,7 @@ from interceptor.enforcer.judge import UNKNOWN_REASON, FlowJudge
 from interceptor.errors import AuditUnavailable
 from interceptor.flow import Endpoint, FlowContext
 from interceptor.handlers import Services, handler_for
-from interceptor.handlers.base import Traffic
+from interceptor.handlers.base import Certificates, Traffic
 from interceptor.handlers.postgres.catalog import CatalogStore
 from interceptor.identity.model import Identity
 from interceptor.operations import Request, TcpConnect
@@ -83,6 +83,7 @@ class Enforcer:
                  identity: Callable[[str], Identity | None], identity_required: Callable[[str], bool],
                  credentials: Callable[[str], Awaitable[dict[str, str]]], approvals: ApprovalBroker | None = None, *,
                  catalogs: CatalogStore | None = None,
+                 certificates: Certificates | None = None,
                  scan_errors: bool = True,
                  on_connection: Callable[[str | None, str | None, str], None] = lambda agent, resource, decision: None,
                  on_decision: Callable[[Decision], None] = lambda decision: None,
@@ -97,6 +98,7 @@ class Enforcer:
         self.credentials = credentials
         self.approvals = approvals
         self.catalogs = catalogs  # interceptor.handlers.postgres.catalog.CatalogStore
+        self.certificates = certificates  # the host CA for agent-facing TLS; None when it could not be loaded
         self.scan_errors = scan_errors  # classifiers on every error and notice text
         self.on_connection = on_connection  # (agent, resource, allow|deny), for metrics
         self.on_decision = on_decision  # every operation's decision, for metrics
@@ -220,7 +222,8 @@ class Enforcer:
         spec = snap.policy.resources[flow.resource or ""]
         services = Services(judge=judge, audit=self.audit, resource=spec,
                             credentials=lambda: self.credentials(spec.name), approvals=self.approvals,
-                            catalogs=self.catalogs, scan_errors=self.scan_errors)
+                            catalogs=self.catalogs, certificates=self.certificates,
+                            scan_errors=self.scan_errors)
         self.on_connection(flow.agent, resource, "allow")
         session = Session(flow, conn, services.traffic)
         self.sessions[flow.flow_id] = session

@@ -21,8 +21,9 @@ from interceptor.flow import FlowContext
 from interceptor.identity.model import Identity
 from interceptor.policy.model import ResourceSpec
 
-if TYPE_CHECKING:  # both import asyncio machinery the policy side does not need
+if TYPE_CHECKING:  # asyncio and cryptography machinery the policy side does not need
     from interceptor.approvals.broker import ApprovalBroker
+    from interceptor.certificates import AgentTLS
     from interceptor.enforcer.judge import FlowJudge
     from interceptor.handlers.postgres.catalog import CatalogStore
 
@@ -36,11 +37,20 @@ class Traffic:
 
 
 class Certificates(Protocol):
-    """Agent-facing TLS: a server context presenting a certificate for `server_name` (the
-    SNI the agent asked for), issued by the host CA the agent's system trusts."""
+    """Agent-facing TLS: contexts presenting leaf certificates issued by the host CA the
+    agent's system trusts (interceptor.certificates.HostCA; docs/architecture.md,
+    "Agent-facing TLS")."""
+
+    def agent_context(self, default_name: str) -> AgentTLS:
+        """One flow's context to accept the agent's TLS with (server side): it presents the
+        certificate for the SNI the agent sends, or for `default_name` (the original
+        destination IP) when it sends none; after the handshake `.server_name` is the SNI
+        (None without one), and `.refusal` says why a handshake failed for a bad name.
+        ClientProtocolError when `default_name` is not a hostname or IP address."""
 
     def server_context(self, server_name: str) -> ssl.SSLContext:
-        """The context to accept the agent's TLS with; raises ssl.SSLError when none can be issued."""
+        """A server-side context presenting a certificate for `server_name` (a hostname or
+        IP address); ClientProtocolError when it is neither."""
 
 
 Who = tuple[SharedSummary | None, Identity | None, SharedSummary | None]  # process, identity, its summary

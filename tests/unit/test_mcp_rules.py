@@ -1,0 +1,208 @@
+"""Judging MCP messages (interceptor.policy.mcp_rules): tool globs, argument conditions,
+casefolded deny, bad tool names, plumbing, listing, masks, default deny; the `mcp:` block's
+problems and `policy test` cases."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import pytest
+
+from interceptor import protocols
+from interceptor.decision import Decision
+from interceptor.operations import McpCall, Request, Subject
+from interceptor.policy import PolicyEngine, load_policy_text
+from interceptor.policy.loader import PolicyError
+from interceptor.policy.mcp_rules import parse_path, select
+from interceptor.protocols.mcp import SPEC
+
+POLICY = """
+version: 1
+resources:
+  tools: {protocol: mcp, addresses: ["10.0.0.9:8000"]}
+agents:
+  bot: {uids: [1001]}
+rules:
+  - {name: search, effect: allow, resources: [tools], mcp: {tools: ["search_*"]}}
+  - {name: read-public, effect: allow, resources: [tools],
+     mcp: {tools: [read_file], arguments: {path: ["/srv/public/*"], "options.recursive": [false]}}}
+  - {name: no-delete, effect: deny, resources: [tools], mcp: {tools: [delete_file]}}
+  - {name: no-secret-search, effect: deny, resources: [tools],
+     mcp: {tools: ["search_*"], arguments: {query: ["*password*"], "filters.*.path": ["/etc/*"]}}}
+  - {name: writes-approved, effect: approve, resources: [tools], mcp: {tools: [write_file]},
+     approval: {groups: [ops]}}
+  - {name: resources, effect: allow, resources: [tools], mcp: {methods: ["resources/*"]}}
+  - {name: no-ping, effect: deny, resources: [tools], mcp: {methods: [Ping]}}
+  - {name: mask-cards, effect: mask, resources: [tools], mcp: {tools: ["search_*"]},
+     mask: {classifiers: [card], style: partial}}
+"""
+
+
+@pytest.fixture(autouse=True, scope="module")
+def registered() -> Iterator[None]:
+    """The mcp protocol in the registry while these tests run, whether or not MODULES has it yet."""
+    with pytest.MonkeyPatch.context() as patch:
+        if "interceptor.protocols.mcp" not in protocols.MODULES:
+            patch.setattr(protocols, "MODULES", (*protocols.MODULES, "interceptor.protocols.mcp"))
+        protocols._registry.cache_clear()
+        yield
+    protocols._registry.cache_clear()
+
+
+@pytest.fixture(scope="module")
+def engine(registered: None) -> PolicyEngine:
+    return PolicyEngine(load_policy_text(POLICY, "mcp.yaml"))
+
+
+def ask(engine: PolicyEngine, method: str, tool: str | None = None, arguments: Any = None) -> Decision:
+    text = orjson.dumps(arguments if arguments is not None else {}, option=orjson.OPT_SORT_KEYS).decode()
+    return engine.decide(Request(Subject("bot", None, "/usr/bin/agent", 1001), "tools", McpCall(method, tool, text)))
+
+
+def verdict(decision: Decision) -> tuple[str, str]:
+    return decision.verdict.value, decision.rule
+
+
+def test_tool_globs_are_exact_and_case_sensitive(engine: PolicyEngine) -> None:
+    assert verdict(ask(engine, "tools/call", "search_docs")) == ("allow", "search")
+    assert verdict(ask(engine, "tools/call", "Search_docs")) == ("deny", "default-deny")
+    assert verdict(ask(engine, "tools/call", "write_file")) == ("approve", "writes-approved")
+    assert ask(engine, "tools/call", "write_file").approval is not None
+    assert verdict(ask(engine, "tools/call", "list_dir")) == ("deny", "default-deny")
+    assert "no rule allows tool list_dir" in ask(engine, "tools/call", "list_dir").reason
+
+
+@pytest.mark.parametrize("name", ["delete_file", "Delete_File", "DELETE_FILE"])
+def test_deny_compares_casefolded(engine: PolicyEngine, name: str) -> None:
+    assert verdict(ask(engine, "tools/call", name)) == ("deny", "no-delete")
+
+
+@pytest.mark.parametrize("name", ["", "x" * 129, "search docs", "search_d\u043ecs", "search_docs\u200b",
+                                  "search_\uff44ocs", "search,docs", None])
+def test_tool_names_outside_the_set_are_denied(engine: PolicyEngine, name: str | None) -> None:
+    assert verdict(ask(engine, "tools/call", name)) == ("deny", "mcp-bad-tool-name")
+
+
+def test_names_inside_the_set(engine: PolicyEngine) -> None:
+    assert verdict(ask(engine, "tools/call", "search_" + "x" * 121)) == ("allow", "search")
+    assert verdict(ask(engine, "tools/call", "search_a.b/c-d")) == ("allow", "search")
+
+
+@pytest.mark.parametrize(("arguments", "expected"), [
+    ({"path": "/srv/public/a.txt", "options": {"recursive": False}}, ("allow", "read-public")),
+    ({"path": "/srv/public/a.txt", "options": {"recursive": True}}, ("deny", "default-deny")),
+    ({"path": "/srv/public/a.txt", "options": {"recursive": 0}}, ("deny", "default-deny")),  # false is not 0
+    ({"path": "/srv/public/a.txt"}, ("deny", "default-deny")),  # every path must be present
+    ({"path": "/etc/passwd", "options": {"recursive": False}}, ("deny", "default-deny")),
+    ({"path": "/srv/public/../../etc/passwd", "options": {"recursive": False}}, ("deny", "default-deny")),
+    ({"path": "/srv/public/..\\..\\etc", "options": {"recursive": False}}, ("deny", "default-deny")),
+    ({"path": "/srv/public/%2e%2e/etc", "options": {"recursive": False}}, ("deny", "default-deny")),
+    ({"path": "/srv/public/./a", "options": {"recursive": False}}, ("deny", "default-deny")),
+    ({"path": ["/srv/public/a"], "options": {"recursive": False}}, ("deny", "default-deny")),  # not a string
+    ({"path": "/srv/public/a..b", "options": {"recursive": False}}, ("allow", "read-public")),
+])
+def test_argument_conditions_on_allow(engine: PolicyEngine, arguments: dict[str, Any],
+                                      expected: tuple[str, str]) -> None:
+    assert verdict(ask(engine, "tools/call", "read_file", arguments)) == expected
+
+
+@pytest.mark.parametrize(("arguments", "expected"), [
+    ({"query": "weather"}, ("allow", "search")),
+    ({"query": "my password please"}, ("deny", "no-secret-search")),
+    ({"query": ["x", ["my password"]]}, ("deny", "no-secret-search")),  # arrays are looked into
+    ({"query": {"text": "anything"}}, ("deny", "no-secret-search")),  # objects: a shape the rule did not expect
+    ({"filters": [{"path": "/tmp/x"}, {"path": "/etc/shadow"}]}, ("deny", "no-secret-search")),
+    ({"filters": [{"path": "/srv/../etc"}]}, ("deny", "no-secret-search")),  # not normal: a path glob denies
+    ({"filters": [{"path": "/tmp/x"}]}, ("allow", "search")),
+])
+def test_argument_conditions_on_deny(engine: PolicyEngine, arguments: dict[str, Any],
+                                     expected: tuple[str, str]) -> None:
+    assert verdict(ask(engine, "tools/call", "search_web", arguments)) == expected
+
+
+def test_arguments_must_be_a_json_object(engine: PolicyEngine) -> None:
+    for text in ("[1]", "not json"):
+        decision = engine.decide(Request(Subject("bot"), "tools", McpCall("tools/call", "search_web", text)))
+        assert verdict(decision) == ("deny", "mcp-bad-arguments")
+
+
+def test_plumbing_allowed_unless_a_rule_names_it(engine: PolicyEngine) -> None:
+    for method in ("initialize", "notifications/initialized", "notifications/cancelled", "notifications/progress",
+                   "tools/list"):
+        assert verdict(ask(engine, method)) == ("allow", "builtin-mcp-plumbing")
+    assert verdict(ask(engine, "ping")) == ("deny", "no-ping")  # deny rules compare methods casefolded
+
+
+@pytest.mark.parametrize("method", ["prompts/get", "completion/complete", "logging/setLevel", "tools/Call2",
+                                    "rpc.response", "sampling/createMessage"])
+def test_other_methods_need_a_rule(engine: PolicyEngine, method: str) -> None:
+    assert verdict(ask(engine, method)) == ("deny", "default-deny")
+
+
+def test_methods_rule(engine: PolicyEngine) -> None:
+    assert verdict(ask(engine, "resources/read")) == ("allow", "resources")
+    assert verdict(ask(engine, "Resources/read")) == ("deny", "default-deny")  # allow compares exactly
+
+
+def test_masks_of_the_matching_mask_rules(engine: PolicyEngine) -> None:
+    masked = ask(engine, "tools/call", "search_web")
+    assert [(m.rule, m.classifiers, m.style) for m in masked.masks] == [("mask-cards", ("card",), "partial")]
+    assert ask(engine, "tools/call", "read_file", {"path": "/srv/public/a", "options": {"recursive": False}}
+               ).masks == ()
+    assert ask(engine, "tools/call", "search_web", {"query": "password"}).masks == ()  # denied: nothing to mask
+
+
+@pytest.mark.parametrize(("tool", "expected"), [
+    ("search_web", ("allow", "search")), ("read_file", ("allow", "read-public")),  # some arguments allowed
+    ("write_file", ("allow", "writes-approved")), ("delete_file", ("deny", "no-delete")),
+    ("DELETE_FILE", ("deny", "no-delete")), ("list_dir", ("deny", "default-deny")),
+    ("bad name", ("deny", "mcp-bad-tool-name")),
+])
+def test_listed_tools(engine: PolicyEngine, tool: str, expected: tuple[str, str]) -> None:
+    assert verdict(ask(engine, "tools/list", tool)) == expected
+
+
+def test_paths() -> None:
+    assert parse_path("a.b") == ("a", "b")
+    assert parse_path("a.*.c") == ("a", None, "c")
+    assert parse_path(r"a\.b.\*.x*") == ("a.b", "*", "x*")
+    assert parse_path("a\\\\b") == ("a\\b",)
+    for bad in ("", "a..b", ".a", "a.", "a\\"):
+        with pytest.raises(ValueError):
+            parse_path(bad)
+    document = {"a": [{"b": 1}, {"b": 2}, {"c": 3}], "d": {"0": "zero"}}
+    assert select(document, ("a", None, "b")) == [1, 2]
+    assert select(document, ("a", "1", "b")) == [2]
+    assert select(document, ("a", "01", "b")) == [] and select(document, ("a", "9")) == []
+    assert select(document, ("d", "0")) == ["zero"]
+    assert select(document, ("x",)) == []
+
+
+def test_block_problems(registered: None) -> None:
+    text = POLICY + """
+  - {name: bad-glob, effect: allow, mcp: {tools: ["read file"]}}
+  - {name: bad-path, effect: allow, mcp: {tools: [x], arguments: {"a..b": [1]}}}
+  - {name: not-call, effect: allow, mcp: {tools: [x], methods: [resources/read]}}
+"""
+    with pytest.raises(PolicyError) as error:
+        load_policy_text(text, "mcp.yaml")
+    problems = "\n".join(error.value.problems)
+    assert "tool pattern 'read file'" in problems
+    assert "path 'a..b' has an empty segment" in problems
+    assert "tools and arguments are about tools/call" in problems
+    assert "mcp.yaml:" in problems and problems.count("\n") == 2
+    with pytest.raises(PolicyError, match="is not of type 'string', 'number', 'boolean', 'null'"):
+        load_policy_text(POLICY + "  - {name: bad-value, effect: allow, mcp: {arguments: {a: [{b: 1}]}}}\n")
+
+
+def test_cases() -> None:
+    call = SPEC.parse_case({"mcp": {"tool": "read_file", "arguments": {"path": "/etc/passwd", "a": 1}}}, None)
+    assert call == McpCall("tools/call", "read_file", '{"a":1,"path":"/etc/passwd"}')
+    assert SPEC.parse_case({"mcp": {"method": "resources/read"}}, None) == McpCall("resources/read")
+    assert SPEC.parse_case({"mcp": {"method": "tools/list", "tool": "x"}}, None) == McpCall("tools/list", "x")
+    for bad in ({}, {"arguments": {"a": 1}}, {"method": 3}, {"tool": "x", "arguments": [1]}, {"other": 1}, "x"):
+        with pytest.raises((ValueError, TypeError)):
+            SPEC.parse_case({"mcp": bad}, None)
+
