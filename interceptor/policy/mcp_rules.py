@@ -27,20 +27,21 @@ How an McpCall is judged:
   answer: yes when some allow or approve rule covers the tool by name (whatever its
   argument conditions: some arguments may be allowed), unless a deny rule covers it by name
   with no argument condition (then no call of it can be allowed).
+- Masks: every mask rule that covers the message as an allow rule would adds a MaskSpec of
+  its paths (JSON paths into the answer's `result`), classifiers and style; a denial has none.
 
-Argument conditions, `arguments: {PATH: [VALUE, ...]}`: PATH is dot-separated member names
-from the arguments object (`options.recursive`); `*` stands for every member of an object
-or element of an array, a decimal segment for an array element too; `\\.`, `\\*` and
-`\\\\` are a literal dot, star and backslash in a name. A string VALUE is a glob matched
-against string values only; other VALUEs (numbers, true/false, null) match equal JSON
-values of the same type (true is not 1). On allow, approve and mask rules every PATH must
-select at least one value and every value it selects must match. On deny rules a PATH
-matches when any value it selects matches, or is an array holding one (at any depth), or is
-an object (a shape the rule's author did not expect, that a server could still read);
-any one PATH matching is enough. A glob holding `/` is about a path: a value with a `.` or
-`..` segment (split at `/` and `\\`), a percent-encoded dot, slash or backslash, or NUL is
-not in normal form, so no allow glob matches it and every deny glob does
-(`/srv/public/../../etc/passwd` is not under `/srv/public/*`).
+Argument conditions, `arguments: {PATH: [VALUE, ...]}`: PATH is a JSON path
+(interceptor.masking.json_paths: `options.recursive`, `filters[*].path`, `["a.b"]`, `**.path`;
+no `|base64`) from the arguments object. A string VALUE is a glob matched against string
+values only; other VALUEs (numbers, true/false, null) match equal JSON values of the same
+type (true is not 1). On allow, approve and mask rules every PATH must select at least one
+value and every value it selects must match. On deny rules a PATH matches when any value it
+selects matches, or is an array holding one (at any depth), or is an object (a shape the
+rule's author did not expect, that a server could still read); any one PATH matching is
+enough. A glob holding `/` is about a path: a value with a `.` or `..` segment (split at `/`
+and `\\`), a percent-encoded dot, slash or backslash, or NUL is not in normal form, so no
+allow glob matches it and every deny glob does (`/srv/public/../../etc/passwd` is not under
+`/srv/public/*`).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from interceptor.decision import Decision, MaskSpec, Verdict
+from interceptor.masking.json_paths import JsonPath, compile_path, select
 from interceptor.operations import McpCall, Request
 from interceptor.policy.judgement import Judgement, pick
 from interceptor.policy.model import Rule
@@ -77,8 +79,6 @@ TOOL_NAME = re.compile(r"[A-Za-z0-9_./-]{1,128}")
 _TOOL_GLOB = re.compile(r"[A-Za-z0-9_./*?\[\]!-]+")
 _NOT_NORMAL = re.compile(r"(?:^|[/\\])\.{1,2}(?:$|[/\\])|%2e|%2f|%5c|\x00", re.IGNORECASE)
 
-Segment = str | None  # a member name or array index; None: every member or element
-Path = tuple[Segment, ...]
 Scalar = str | int | float | bool | None
 
 
@@ -89,71 +89,27 @@ class McpMatch:
 
     tools: tuple[str, ...] | None = None
     methods: tuple[str, ...] | None = None
-    arguments: tuple[tuple[Path, tuple[Scalar, ...]], ...] | None = None
-
-
-def parse_path(text: str) -> Path:
-    """A PATH of an argument condition or a mask (see the module docstring) as its segments;
-    ValueError for an empty segment or a dangling backslash."""
-    segments: list[Segment] = []
-    name: list[str] = []
-    wild = escaped = False  # wild: the segment so far is one unescaped `*`
-
-    def close() -> None:
-        if not name:
-            raise ValueError(f"path {text!r} has an empty segment")
-        segments.append(None if wild else "".join(name))
-        name.clear()
-
-    for char in text:
-        if escaped or char not in "\\.":
-            wild = char == "*" and not escaped and not name
-            name.append(char)
-            escaped = False
-        elif char == "\\":
-            escaped = True
-        else:
-            close()
-    if escaped:
-        raise ValueError(f"path {text!r} ends in a backslash")
-    close()
-    return tuple(segments)
-
-
-def select(value: Any, path: Path) -> list[Any]:
-    """The values `path` reaches from `value` (parsed JSON), in document order; a segment
-    that names no member or element selects nothing there."""
-    found = [value]
-    for segment in path:
-        step: list[Any] = []
-        for item in found:
-            if isinstance(item, dict):
-                step += list(item.values()) if segment is None else [item[segment]] if segment in item else []
-            elif isinstance(item, list):
-                step += item if segment is None else [item[int(segment)]] if _index(segment, len(item)) else []
-        found = step
-    return found
-
-
-def _index(segment: str, length: int) -> bool:
-    return segment.isdecimal() and segment.isascii() and (segment == "0" or segment[0] != "0") \
-        and int(segment) < length
+    arguments: tuple[tuple[JsonPath, tuple[Scalar, ...]], ...] | None = None
 
 
 def parse_mcp_match(raw: Mapping[str, Any], problem: Problem) -> McpMatch:
     """A schema-valid `mcp:` block as an McpMatch, reporting to `problem` a tool glob that no
-    valid tool name can match, a PATH that does not parse, and `tools` or `arguments` beside
-    `methods` that cannot match tools/call."""
+    valid tool name can match, a PATH that does not compile or asks for base64, and `tools`
+    or `arguments` beside `methods` that cannot match tools/call."""
     for i, pattern in enumerate(raw.get("tools", ())):
         if not _TOOL_GLOB.fullmatch(pattern):
             problem(("tools", i), f"tool pattern {pattern!r}: tool names are A-Z a-z 0-9 _ - . / "
                     "(globs * ? [...] allowed)")
-    arguments: list[tuple[Path, tuple[Scalar, ...]]] = []
+    arguments: list[tuple[JsonPath, tuple[Scalar, ...]]] = []
     for text, values in raw.get("arguments", {}).items():
         try:
-            arguments.append((parse_path(text), tuple(values)))
+            path = compile_path(text)
         except ValueError as exc:
             problem(("arguments", text), str(exc))
+            continue
+        if path.base64:
+            problem(("arguments", text), f"JSON path {text!r}: |base64 is for masks, not argument conditions")
+        arguments.append((path, tuple(values)))
     methods = tuple(raw["methods"]) if "methods" in raw else None
     if methods is not None and ("tools" in raw or "arguments" in raw) \
             and not any(fnmatchcase(TOOLS_CALL, m) for m in methods):
@@ -249,8 +205,8 @@ def _globs(patterns: tuple[str, ...], value: str, deny: bool) -> bool:
     return any(fnmatchcase(value, p) for p in patterns)
 
 
-def _path_matches(arguments: dict[str, Any], path: Path, values: tuple[Scalar, ...], deny: bool) -> bool:
-    selected = select(arguments, path)
+def _path_matches(arguments: dict[str, Any], path: JsonPath, values: tuple[Scalar, ...], deny: bool) -> bool:
+    selected = [container[key] for container, key in select([arguments], path)]
     hits = (_value_matches(v, values, deny) for v in selected)
     return any(hits) if deny else bool(selected) and all(hits)
 

@@ -44,8 +44,8 @@ MATCH_SCHEMA = {
             "additionalProperties": {"type": "array", "minItems": 1,
                                      "items": {"type": ["string", "number", "boolean", "null"]}},
             "description": (
-                "Conditions on a tool call's arguments: a dot-separated path (`options.recursive`; `*` for every "
-                "member or element; `\\.` a literal dot) to the values allowed: string globs (for string values; "
+                "Conditions on a tool call's arguments: a JSON path (as in masks: `options.recursive`, "
+                "`filters[*].path`, `[\"a.b\"]`, `**.path`) to the values allowed: string globs (for string values; "
                 "a glob holding `/` matches only paths without `.` or `..` segments), or numbers, booleans and "
                 "null compared as JSON. Allow and approve rules: every path present and every value it selects "
                 "listed. Deny rules: any value of any path listed (or an array holding one, or an object).")},

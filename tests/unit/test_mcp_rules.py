@@ -15,7 +15,6 @@ from interceptor.decision import Decision
 from interceptor.operations import McpCall, Request, Subject
 from interceptor.policy import PolicyEngine, load_policy_text
 from interceptor.policy.loader import PolicyError
-from interceptor.policy.mcp_rules import parse_path, select
 from interceptor.protocols.mcp import SPEC
 
 POLICY = """
@@ -30,7 +29,7 @@ rules:
      mcp: {tools: [read_file], arguments: {path: ["/srv/public/*"], "options.recursive": [false]}}}
   - {name: no-delete, effect: deny, resources: [tools], mcp: {tools: [delete_file]}}
   - {name: no-secret-search, effect: deny, resources: [tools],
-     mcp: {tools: ["search_*"], arguments: {query: ["*password*"], "filters.*.path": ["/etc/*"]}}}
+     mcp: {tools: ["search_*"], arguments: {query: ["*password*"], "filters[*].path": ["/etc/*"], "**.secret": [true]}}}
   - {name: writes-approved, effect: approve, resources: [tools], mcp: {tools: [write_file]},
      approval: {groups: [ops]}}
   - {name: resources, effect: allow, resources: [tools], mcp: {methods: ["resources/*"]}}
@@ -116,6 +115,8 @@ def test_argument_conditions_on_allow(engine: PolicyEngine, arguments: dict[str,
     ({"filters": [{"path": "/tmp/x"}, {"path": "/etc/shadow"}]}, ("deny", "no-secret-search")),
     ({"filters": [{"path": "/srv/../etc"}]}, ("deny", "no-secret-search")),  # not normal: a path glob denies
     ({"filters": [{"path": "/tmp/x"}]}, ("allow", "search")),
+    ({"deep": [{"x": {"secret": True}}]}, ("deny", "no-secret-search")),
+    ({"deep": [{"x": {"secret": 1}}]}, ("allow", "search")),
 ])
 def test_argument_conditions_on_deny(engine: PolicyEngine, arguments: dict[str, Any],
                                      expected: tuple[str, str]) -> None:
@@ -164,35 +165,21 @@ def test_listed_tools(engine: PolicyEngine, tool: str, expected: tuple[str, str]
     assert verdict(ask(engine, "tools/list", tool)) == expected
 
 
-def test_paths() -> None:
-    assert parse_path("a.b") == ("a", "b")
-    assert parse_path("a.*.c") == ("a", None, "c")
-    assert parse_path(r"a\.b.\*.x*") == ("a.b", "*", "x*")
-    assert parse_path("a\\\\b") == ("a\\b",)
-    for bad in ("", "a..b", ".a", "a.", "a\\"):
-        with pytest.raises(ValueError):
-            parse_path(bad)
-    document = {"a": [{"b": 1}, {"b": 2}, {"c": 3}], "d": {"0": "zero"}}
-    assert select(document, ("a", None, "b")) == [1, 2]
-    assert select(document, ("a", "1", "b")) == [2]
-    assert select(document, ("a", "01", "b")) == [] and select(document, ("a", "9")) == []
-    assert select(document, ("d", "0")) == ["zero"]
-    assert select(document, ("x",)) == []
-
-
 def test_block_problems(registered: None) -> None:
     text = POLICY + """
   - {name: bad-glob, effect: allow, mcp: {tools: ["read file"]}}
   - {name: bad-path, effect: allow, mcp: {tools: [x], arguments: {"a..b": [1]}}}
+  - {name: base64-path, effect: allow, mcp: {tools: [x], arguments: {"a|base64": [1]}}}
   - {name: not-call, effect: allow, mcp: {tools: [x], methods: [resources/read]}}
 """
     with pytest.raises(PolicyError) as error:
         load_policy_text(text, "mcp.yaml")
     problems = "\n".join(error.value.problems)
     assert "tool pattern 'read file'" in problems
-    assert "path 'a..b' has an empty segment" in problems
+    assert "JSON path 'a..b': expected a name" in problems
+    assert "|base64 is for masks" in problems
     assert "tools and arguments are about tools/call" in problems
-    assert "mcp.yaml:" in problems and problems.count("\n") == 2
+    assert "mcp.yaml:" in problems and problems.count("\n") == 3
     with pytest.raises(PolicyError, match="is not of type 'string', 'number', 'boolean', 'null'"):
         load_policy_text(POLICY + "  - {name: bad-value, effect: allow, mcp: {arguments: {a: [{b: 1}]}}}\n")
 
