@@ -320,13 +320,13 @@ def _create(key_path: Path, now: datetime.datetime) -> None:
                              serialization.NoEncryption())
            + certificate.public_bytes(serialization.Encoding.PEM))
     temporary = key_path.with_name(f".{key_path.name}.{secrets.token_hex(8)}")
-    _write_new(temporary, pem, 0o600)
     try:
+        _write_new(temporary, pem, 0o600)
         os.link(temporary, key_path)
     except FileExistsError:
         pass  # another process created the CA first: its pair is the one
     finally:
-        temporary.unlink()
+        temporary.unlink(missing_ok=True)
     _sync_directory(key_path.parent)
 
 
@@ -375,17 +375,30 @@ def _publish(path: Path, pem: bytes) -> None:
             return
     except OSError:
         pass
+    write_file(path, pem, 0o644)
+
+
+def write_file(path: Path, data: bytes, mode: int, uid: int | None = None) -> None:
+    """Replace `path` atomically with `data`: a new file beside it (never an existing one,
+    never through a symlink) with `mode` and, given `uid`, that owner, synced, then renamed
+    over `path`. OSError when any step fails (nothing is left behind then)."""
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
-    _write_new(temporary, pem, 0o644)
-    os.replace(temporary, path)
+    try:
+        _write_new(temporary, data, mode, uid)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
     _sync_directory(path.parent)
 
 
-def _write_new(path: Path, data: bytes, mode: int) -> None:
+def _write_new(path: Path, data: bytes, mode: int, uid: int | None = None) -> None:
     """A new file (never an existing one, never through a symlink) with `data`, synced."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     with os.fdopen(fd, "wb") as file:
         os.fchmod(fd, mode)  # the umask may have narrowed it
+        if uid is not None:
+            os.fchown(fd, uid, -1)
         file.write(data)
         file.flush()
         os.fsync(fd)

@@ -317,10 +317,13 @@ def _register_groups() -> None:
     from interceptor.approvals.cli import approvals
     from interceptor.audit.cli import audit
     from interceptor.catalog_cli import catalog
+    from interceptor.trust_cli import kubeconfig, trust
 
     main.add_command(approvals)
     main.add_command(audit)
     main.add_command(catalog)
+    main.add_command(trust)
+    main.add_command(kubeconfig)
 
 
 _register_groups()

@@ -1,0 +1,277 @@
+"""`interceptor trust install | remove | show` and `interceptor kubeconfig`: the host set-up
+agent-facing TLS needs, done once by the sysadmin (as root).
+
+The host CA (interceptor.certificates, in `<state_dir>/tls/`) issues the certificates the
+enforcer presents to agents; `trust install` puts it into Debian's system store
+(/usr/local/share/ca-certificates, then `update-ca-certificates`), and `kubeconfig` writes a
+kubeconfig that names the real API server, trusts the host CA and carries no credentials:
+the enforcer sends the resource's own upstream.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import json
+import os
+import shutil
+import subprocess
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+from cryptography import x509
+
+from interceptor.certificates import HostCA, HostCAError, fingerprint, write_file
+from interceptor.config import Settings
+from interceptor.policy.loader import PolicyError, load_policy
+from interceptor.policy.model import AddressSpec, Policy
+
+STORE_NAME = "interceptor-host-ca"  # the certificate's name in the system store (.crt, and .pem in /etc/ssl/certs)
+KUBERNETES = "kubernetes"  # the protocol a kubeconfig's resource must have
+
+
+class KubeconfigError(ValueError):
+    """A kubeconfig that cannot be written as asked; str() says what to change."""
+
+
+@dataclass(frozen=True, slots=True)
+class TrustStore:
+    """Debian's system CA store under `root` ("/" for the host's own)."""
+
+    root: Path
+
+    @property
+    def certificate(self) -> Path:
+        """Where the host CA goes: update-ca-certificates adds every .crt of this directory."""
+        return self.root / "usr/local/share/ca-certificates" / f"{STORE_NAME}.crt"
+
+    @property
+    def bundle(self) -> Path:
+        """The bundle update-ca-certificates writes (what OpenSSL, curl and Go read)."""
+        return self.root / "etc/ssl/certs/ca-certificates.crt"
+
+    def update_command(self, fresh: bool) -> list[str]:
+        """update-ca-certificates for this store; `fresh` rebuilds its links from scratch (so a
+        removed certificate's links go too). Under another root every directory it reads or
+        writes is that root's (and made when missing), its hooks included."""
+        command = ["update-ca-certificates", *(["--fresh"] if fresh else [])]
+        if self.root == Path("/"):
+            return command
+        return command + ["--certsconf", str(self._certsconf), "--certsdir", str(self._certsdir),
+                          "--localcertsdir", str(self.certificate.parent), "--etccertsdir", str(self.bundle.parent),
+                          "--hooksdir", str(self.root / "etc/ca-certificates/update.d")]
+
+    @property
+    def _certsconf(self) -> Path:
+        return self.root / "etc/ca-certificates.conf"
+
+    @property
+    def _certsdir(self) -> Path:
+        return self.root / "usr/share/ca-certificates"
+
+    def drop_from_bundle(self, pem: str) -> None:
+        """Take `pem` out of the bundle where update-ca-certificates left it: it rewrites the
+        bundle only when some certificate remains, so removing the last one keeps it."""
+        try:
+            text = self.bundle.read_text()
+        except FileNotFoundError:
+            return
+        block = pem.strip() + "\n"  # update-ca-certificates ends every certificate with a newline
+        if block in text:
+            write_file(self.bundle, text.replace(block, "").encode(), 0o644)
+
+    def update(self, fresh: bool) -> None:
+        """Run update-ca-certificates (under another root, first making the directories and
+        the configuration file it reads); ClickException with its output when it fails."""
+        if shutil.which("update-ca-certificates") is None:
+            raise click.ClickException("update-ca-certificates not found: install Debian's ca-certificates package")
+        if self.root != Path("/"):
+            for directory in (self._certsdir, self.bundle.parent, self._certsconf.parent):
+                directory.mkdir(parents=True, exist_ok=True)
+            self._certsconf.touch()
+        done = subprocess.run(self.update_command(fresh), capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise click.ClickException(f"update-ca-certificates failed ({done.returncode}): "
+                                       f"{(done.stderr or done.stdout).strip()}")
+
+
+def _settings(ctx: click.Context) -> Settings:
+    settings: Settings = ctx.obj["settings"]
+    return settings
+
+
+def _host_ca(ctx: click.Context) -> HostCA:
+    """The host CA, created when the daemon has not yet (root only: its key is root's)."""
+    try:
+        return HostCA.open(_settings(ctx).state_dir)
+    except HostCAError as exc:
+        raise click.ClickException(f"{exc} (run as root)" if os.geteuid() else str(exc)) from exc
+
+
+_CLIENTS = """\b
+Clients that do not read the system store:
+  python requests uses certifi: REQUESTS_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt
+  Node.js: NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt
+  (curl, OpenSSL, Go programs such as kubectl, and python's ssl read it.)"""
+
+_ROOT = click.option("--root", type=click.Path(file_okay=False, path_type=Path), envvar="INTERCEPTOR_TRUST_ROOT",
+                     default=Path("/"), show_default=True,
+                     help="The system store under this directory instead (an image being built; tests).")
+
+
+@click.group("trust", help=f"""The host CA agent-facing TLS is issued by, in this host's trust store.
+
+The enforcer terminates agents' TLS with certificates of a CA kept in the daemon's state
+directory; agents trust them once the CA is in the system store.
+
+{_CLIENTS}""")
+def trust() -> None:
+    pass
+
+
+@trust.command(help=f"""Add the host CA to the system store (Debian): copy it to
+/usr/local/share/ca-certificates/{STORE_NAME}.crt and run update-ca-certificates. Creates the
+CA when the daemon has not yet.
+
+{_CLIENTS}""")
+@_ROOT
+@click.pass_context
+def install(ctx: click.Context, root: Path) -> None:
+    ca = _host_ca(ctx)
+    store = TrustStore(root)
+    try:
+        store.certificate.parent.mkdir(parents=True, exist_ok=True)
+        write_file(store.certificate, ca.certificate_pem, 0o644)
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {store.certificate}: {exc.strerror} (run as root)") from exc
+    store.update(fresh=False)
+    click.echo(f"installed the host CA (SHA-256 {fingerprint(ca.certificate)}) as {store.certificate}; "
+               f"{store.bundle} trusts it")
+
+
+@trust.command(help="Take the host CA out of the system store (undoes `trust install`); the CA itself stays.")
+@_ROOT
+def remove(root: Path) -> None:
+    store = TrustStore(root)
+    try:
+        pem = store.certificate.read_text()
+        store.certificate.unlink()
+    except FileNotFoundError:
+        click.echo(f"{store.certificate} was not installed")
+        pem = None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise click.ClickException(f"cannot remove {store.certificate}: {exc} (run as root)") from exc
+    store.update(fresh=True)
+    if pem is not None:
+        store.drop_from_bundle(pem)
+    click.echo(f"the host CA is no longer in {store.bundle}")
+
+
+@trust.command(help="Print the host CA certificate (PEM) and its SHA-256 fingerprint.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def show(ctx: click.Context, as_json: bool) -> None:
+    path = _settings(ctx).state_dir / "tls" / "ca.pem"
+    try:
+        pem = path.read_bytes()
+        certificate = x509.load_pem_x509_certificate(pem)
+    except FileNotFoundError as exc:
+        raise click.ClickException(f"no host CA yet ({path}): the daemon creates it when it starts, "
+                                   "or run `interceptor trust install`") from exc
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(f"cannot read the host CA {path}: {exc}") from exc
+    data = {"path": str(path), "subject": certificate.subject.rfc4514_string(), "sha256": fingerprint(certificate),
+            "not_after": certificate.not_valid_after_utc.isoformat(), "pem": pem.decode()}
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+    else:
+        click.echo(pem.decode(), nl=False)
+        click.echo(f"subject: {data['subject']}\nexpires: {data['not_after']}\nSHA-256 fingerprint: {data['sha256']}")
+
+
+def server_url(address: AddressSpec) -> str:
+    """https://host:port of a resource address; KubeconfigError for a network of more than
+    one address (no host to name)."""
+    if address.hostname is not None:
+        host = address.hostname
+    elif address.network is not None and address.network.num_addresses == 1:
+        ip = address.network.network_address
+        host = f"[{ip}]" if isinstance(ip, ipaddress.IPv6Address) else str(ip)
+    else:
+        raise KubeconfigError(f"the resource's first address is the network {address.network}: give --server "
+                              "https://HOST:PORT")
+    return f"https://{host}:{address.port}"
+
+
+def _checked_server(url: str) -> str:
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme != "https" or not parsed.hostname or parsed.username or parsed.password or parsed.query:
+        raise KubeconfigError(f"--server {url!r}: give https://HOST[:PORT][/PATH] (no credentials, no query)")
+    return url
+
+
+def kubeconfig_for(policy: Policy, agent: str, resource: str, ca_pem: bytes, server: str | None) -> dict[str, Any]:
+    """The kubeconfig (kubectl's `Config`, v1) for `agent` on the kubernetes `resource`: the
+    API server at `server` or the resource's first address, the host CA as its authority, a
+    context and current-context named after the resource, and a user with no credentials.
+    KubeconfigError for an unknown agent or resource, or a resource of another protocol."""
+    if agent not in policy.agents:
+        raise KubeconfigError(f"no agent {agent!r} in {policy.source} (agents: {', '.join(sorted(policy.agents))})")
+    spec = policy.resources.get(resource)
+    if spec is None:
+        raise KubeconfigError(f"no resource {resource!r} in {policy.source} "
+                              f"(resources: {', '.join(sorted(policy.resources))})")
+    if spec.protocol != KUBERNETES:
+        raise KubeconfigError(f"resource {resource!r} has protocol {spec.protocol}, not {KUBERNETES}")
+    url = _checked_server(server) if server is not None else server_url(spec.addresses[0])
+    return {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": resource, "cluster": {
+            "server": url, "certificate-authority-data": base64.b64encode(ca_pem).decode()}}],
+        "contexts": [{"name": resource, "context": {"cluster": resource, "user": agent}}],
+        "current-context": resource,
+        "preferences": {},
+        "users": [{"name": agent, "user": {}}],
+    }
+
+
+@click.command(help="""Write a kubeconfig for agent NAME on the kubernetes resource R: the real API
+server's URL (the resource's first address, or --server), the host CA as its certificate
+authority, and no credentials (the enforcer sends the resource's). With -o the file is mode
+0600 and owned by the agent's first uid, when the agent has uids.""")
+@click.option("--agent", required=True, help="Agent name from the policy.")
+@click.option("--resource", required=True, help="A resource of the policy with protocol kubernetes.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write to FILE (replaced atomically) instead of standard output.")
+@click.option("--server", help="The API server's URL [default: https://<the resource's first address>].")
+@click.option("--policy", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Policy file [default: the settings' policy].")
+@click.pass_context
+def kubeconfig(ctx: click.Context, agent: str, resource: str, output: Path | None, server: str | None,
+               policy: Path | None) -> None:
+    try:
+        loaded = load_policy(policy or _settings(ctx).policy)
+    except PolicyError as exc:
+        raise click.ClickException(str(exc)) from exc
+    try:
+        config = kubeconfig_for(loaded, agent, resource, _host_ca(ctx).certificate_pem, server)
+    except KubeconfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    text = (f"# kubeconfig of agent {agent} for resource {resource}, written by `interceptor kubeconfig`.\n"
+            "# No credentials: the enforcer authenticates to the API server with the resource's own.\n"
+            + yaml.safe_dump(config, sort_keys=False))
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    uids = loaded.agents[agent].uids
+    try:
+        write_file(output, text.encode(), 0o600, uids[0] if uids else None)
+    except OSError as exc:
+        owner = f" owned by uid {uids[0]}" if uids else ""
+        raise click.ClickException(f"cannot write {output}{owner}: {exc.strerror}") from exc
+    click.echo(f"wrote {output}" + (f" (mode 0600, owner uid {uids[0]})" if uids else " (mode 0600)"))

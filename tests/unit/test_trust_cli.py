@@ -1,0 +1,255 @@
+"""`interceptor trust install | remove | show` into a trust store under a temporary root (the
+real update-ca-certificates runs there, never on the host's store), and `interceptor
+kubeconfig` for a policy built here: its YAML, read back and by kubectl, and the file's mode
+and owner."""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import json
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner, Result
+
+from interceptor import trust_cli
+from interceptor.certificates import HostCA, fingerprint
+from interceptor.cli import main
+from interceptor.policy.model import AddressSpec, AgentSpec, Policy, ResourceSpec
+from test_certificates import client_context, handshake
+
+pytestmark = pytest.mark.skipif(shutil.which("update-ca-certificates") is None, reason="Debian's ca-certificates")
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "interceptor.yaml"
+    path.write_text(f"state_dir: {tmp_path / 'state'}\npolicy: {tmp_path / 'policy.yaml'}\n")
+    return path
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    return tmp_path / "root"
+
+
+def run(config: Path, *args: str, env: dict[str, str] | None = None) -> Result:
+    return CliRunner().invoke(main, ["--config", str(config), *args], env=env)
+
+
+def ca_pem(tmp_path: Path) -> bytes:
+    return (tmp_path / "state" / "tls" / "ca.pem").read_bytes()
+
+
+def bundle(root: Path) -> str:
+    return (root / "etc/ssl/certs/ca-certificates.crt").read_text()
+
+
+# --- trust -------------------------------------------------------------------------------
+
+
+def test_install_creates_the_ca_and_adds_it_to_the_store(tmp_path: Path, config: Path, root: Path) -> None:
+    result = run(config, "trust", "install", "--root", str(root))
+    assert result.exit_code == 0, result.output
+    pem = ca_pem(tmp_path)
+    installed = root / "usr/local/share/ca-certificates/interceptor-host-ca.crt"
+    assert installed.read_bytes() == pem and stat.S_IMODE(installed.stat().st_mode) == 0o644
+    assert pem.decode() in bundle(root)
+    link = root / "etc/ssl/certs/interceptor-host-ca.pem"
+    assert link.is_symlink() and link.resolve() == installed
+    hashed = [p for p in (root / "etc/ssl/certs").iterdir() if p.name.endswith(".0")]
+    assert [p.resolve() for p in hashed] == [installed]
+    ca = HostCA.open(tmp_path / "state")
+    assert fingerprint(ca.certificate) in result.output
+    trusting = client_context(str(root / "etc/ssl/certs/ca-certificates.crt"))
+    handshake(ca.server_context("api.example.com"), trusting, "api.example.com")
+
+
+def test_install_twice_keeps_one_ca(tmp_path: Path, config: Path, root: Path) -> None:
+    assert run(config, "trust", "install", "--root", str(root)).exit_code == 0
+    first = ca_pem(tmp_path)
+    assert run(config, "trust", "install", "--root", str(root)).exit_code == 0
+    assert ca_pem(tmp_path) == first and bundle(root).count(first.decode()) == 1
+
+
+def test_the_root_comes_from_the_environment(tmp_path: Path, config: Path, root: Path) -> None:
+    result = run(config, "trust", "install", env={"INTERCEPTOR_TRUST_ROOT": str(root)})
+    assert result.exit_code == 0, result.output
+    assert ca_pem(tmp_path).decode() in bundle(root)
+
+
+def _other_ca(tmp_path: Path, root: Path) -> str:
+    """Another CA in the store's distributed certificates (as Mozilla's are on a real host)."""
+    other = HostCA.open(tmp_path / "other").certificate_pem.decode()
+    (root / "usr/share/ca-certificates/mozilla").mkdir(parents=True)
+    (root / "usr/share/ca-certificates/mozilla/Other.crt").write_text(other)
+    (root / "etc").mkdir(exist_ok=True)
+    (root / "etc/ca-certificates.conf").write_text("mozilla/Other.crt\n")
+    return other
+
+
+@pytest.mark.parametrize("others", [True, False])
+def test_remove_undoes_install(tmp_path: Path, config: Path, root: Path, others: bool) -> None:
+    other = _other_ca(tmp_path, root) if others else None
+    assert run(config, "trust", "install", "--root", str(root)).exit_code == 0
+    assert ca_pem(tmp_path).decode() in bundle(root)
+    result = run(config, "trust", "remove", "--root", str(root))
+    assert result.exit_code == 0, result.output
+    assert not (root / "usr/local/share/ca-certificates/interceptor-host-ca.crt").exists()
+    assert ca_pem(tmp_path).decode() not in bundle(root)
+    assert (other in bundle(root)) if other else bundle(root).strip() == ""
+    links = [p for p in (root / "etc/ssl/certs").iterdir() if p.is_symlink()]
+    assert all(p.exists() for p in links) and len(links) == (2 if others else 0)  # name.pem and hash.0
+    assert (tmp_path / "state/tls/private/ca.key").exists()  # the CA itself stays
+
+
+def test_remove_when_not_installed_says_so(config: Path, root: Path) -> None:
+    result = run(config, "trust", "remove", "--root", str(root))
+    assert result.exit_code == 0
+    assert "interceptor-host-ca.crt was not installed" in result.output
+
+
+def test_install_refuses_a_key_open_to_others(tmp_path: Path, config: Path, root: Path) -> None:
+    HostCA.open(tmp_path / "state")
+    os.chmod(tmp_path / "state/tls/private/ca.key", 0o644)
+    result = run(config, "trust", "install", "--root", str(root))
+    assert result.exit_code == 1
+    assert "ca.key has mode 0644: it must be readable by root only" in result.output
+    assert not (root / "usr/local/share/ca-certificates/interceptor-host-ca.crt").exists()
+
+
+def test_show_prints_the_pem_and_fingerprint(tmp_path: Path, config: Path) -> None:
+    ca = HostCA.open(tmp_path / "state")
+    result = run(config, "trust", "show")
+    assert result.exit_code == 0
+    assert result.output.startswith(ca.certificate_pem.decode())
+    openssl = subprocess.run(["openssl", "x509", "-noout", "-fingerprint", "-sha256"], input=ca.certificate_pem,
+                             capture_output=True, check=True).stdout.decode()
+    assert f"SHA-256 fingerprint: {openssl.strip().split('=', 1)[1]}\n" in result.output
+    data = json.loads(run(config, "trust", "show", "--json").output)
+    assert data["pem"] == ca.certificate_pem.decode() and data["sha256"] == fingerprint(ca.certificate)
+    assert data["subject"].startswith("CN=interceptor host CA ")
+
+
+def test_show_without_a_ca(config: Path) -> None:
+    result = run(config, "trust", "show")
+    assert result.exit_code == 1
+    assert "no host CA yet" in result.output and "interceptor trust install" in result.output
+
+
+def test_the_help_names_the_clients_that_need_more(config: Path) -> None:
+    for command in ("trust", "trust install"):
+        help_text = " ".join(run(config, *command.split(), "--help").output.split())
+        assert "REQUESTS_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt" in help_text
+        assert "certifi" in help_text and "NODE_EXTRA_CA_CERTS" in help_text
+
+
+# --- kubeconfig --------------------------------------------------------------------------
+
+
+def _address(where: str, port: int) -> AddressSpec:
+    try:
+        return AddressSpec(ipaddress.ip_network(where), None, port)
+    except ValueError:
+        return AddressSpec(None, where, port)
+
+
+POLICY = Policy(
+    version="test",
+    resources={
+        "cluster": ResourceSpec("cluster", "kubernetes", (_address("kube.internal", 6443), _address("10.0.0.9", 443))),
+        "cluster-v6": ResourceSpec("cluster-v6", "kubernetes", (_address("fd00::9", 6443),)),
+        "cluster-net": ResourceSpec("cluster-net", "kubernetes", (_address("10.0.0.0/24", 6443),)),
+        "db": ResourceSpec("db", "postgres", (_address("10.0.0.5", 5432),)),
+    },
+    agents={"bot": AgentSpec("bot", uids=(1234, 1235)), "cron": AgentSpec("cron", cgroups=("cron.slice",))},
+    rules=(),
+    source="policy.yaml",
+)
+
+
+@pytest.fixture(autouse=True)
+def policy(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(trust_cli, "load_policy", lambda path: POLICY)
+
+
+def test_kubeconfig_names_the_server_trusts_the_ca_and_has_no_credentials(tmp_path: Path, config: Path) -> None:
+    result = run(config, "kubeconfig", "--agent", "bot", "--resource", "cluster")
+    assert result.exit_code == 0, result.output
+    loaded = yaml.safe_load(result.output)
+    assert loaded == {
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "cluster", "cluster": {
+            "server": "https://kube.internal:6443",
+            "certificate-authority-data": base64.b64encode(ca_pem(tmp_path)).decode()}}],
+        "contexts": [{"name": "cluster", "context": {"cluster": "cluster", "user": "bot"}}],
+        "current-context": "cluster", "preferences": {},
+        "users": [{"name": "bot", "user": {}}],
+    }
+
+
+@pytest.mark.parametrize("resource, server", [("cluster-v6", "https://[fd00::9]:6443")])
+def test_kubeconfig_brackets_an_ipv6_server(config: Path, resource: str, server: str) -> None:
+    result = run(config, "kubeconfig", "--agent", "bot", "--resource", resource)
+    assert yaml.safe_load(result.output)["clusters"][0]["cluster"]["server"] == server
+
+
+def test_kubeconfig_server_override(config: Path) -> None:
+    result = run(config, "kubeconfig", "--agent", "bot", "--resource", "cluster-net", "--server",
+                 "https://10.0.0.7:6443")
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load(result.output)["clusters"][0]["cluster"]["server"] == "https://10.0.0.7:6443"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--agent", "nobody", "--resource", "cluster"], "no agent 'nobody' in policy.yaml (agents: bot, cron)"),
+    (["--agent", "bot", "--resource", "nowhere"], "no resource 'nowhere' in policy.yaml"),
+    (["--agent", "bot", "--resource", "db"], "resource 'db' has protocol postgres, not kubernetes"),
+    (["--agent", "bot", "--resource", "cluster-net"], "the network 10.0.0.0/24: give --server https://HOST:PORT"),
+    (["--agent", "bot", "--resource", "cluster", "--server", "http://kube.internal"], "give https://HOST"),
+    (["--agent", "bot", "--resource", "cluster", "--server", "https://u:p@kube.internal"], "no credentials"),
+])
+def test_kubeconfig_errors(config: Path, args: list[str], message: str) -> None:
+    result = run(config, "kubeconfig", *args)
+    assert result.exit_code == 1
+    assert message in result.output
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_kubeconfig_file_is_0600_and_the_agents(tmp_path: Path, config: Path) -> None:
+    output = tmp_path / "bot.kubeconfig"
+    output.write_text("old\n")
+    result = run(config, "kubeconfig", "--agent", "bot", "--resource", "cluster", "-o", str(output))
+    assert result.exit_code == 0, result.output
+    info = output.stat()
+    assert stat.S_IMODE(info.st_mode) == 0o600 and info.st_uid == 1234
+    assert yaml.safe_load(output.read_text())["users"] == [{"name": "bot", "user": {}}]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".bot")) == []
+
+
+def test_kubeconfig_file_of_an_agent_without_uids(tmp_path: Path, config: Path) -> None:
+    output = tmp_path / "cron.kubeconfig"
+    result = run(config, "kubeconfig", "--agent", "cron", "--resource", "cluster", "-o", str(output))
+    assert result.exit_code == 0, result.output
+    assert stat.S_IMODE(output.stat().st_mode) == 0o600 and output.stat().st_uid == os.geteuid()
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl")
+def test_kubectl_reads_it(tmp_path: Path, config: Path) -> None:
+    output = tmp_path / "bot.kubeconfig"
+    assert run(config, "kubeconfig", "--agent", "bot", "--resource", "cluster", "-o", str(output)).exit_code == 0
+    env = {**os.environ, "KUBECONFIG": str(output)}
+    context = subprocess.run(["kubectl", "config", "current-context"], env=env, capture_output=True, text=True,
+                             check=True)
+    assert context.stdout == "cluster\n"
+    view = yaml.safe_load(subprocess.run(["kubectl", "config", "view", "--raw", "-o", "yaml"], env=env,
+                                         capture_output=True, text=True, check=True).stdout)
+    assert view["clusters"][0]["cluster"]["server"] == "https://kube.internal:6443"
+    assert base64.b64decode(view["clusters"][0]["cluster"]["certificate-authority-data"]) == ca_pem(tmp_path)
+    assert view["users"] == [{"name": "bot", "user": {}}]
