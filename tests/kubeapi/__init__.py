@@ -1,0 +1,1 @@
+"""A stateful test stand-in for the Kubernetes API server (see server.py); tests only."""
