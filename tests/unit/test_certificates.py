@@ -5,22 +5,28 @@ and its renewal on an injected clock, names refused, and the upstream context.""
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import os
+import socket
 import ssl
 import stat
 import threading
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import pytest
+import uvloop
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from interceptor.certificates import (
-    LEAF_VALIDITY, HostCA, HostCAError, fingerprint, parse_server_name, upstream_context,
+    LEAF_VALIDITY, AgentTLS, HostCA, HostCAError, fingerprint, parse_server_name, upstream_context,
 )
+from interceptor.daemon import open_host_ca
 from interceptor.errors import ClientProtocolError
 
 NOW = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)  # certificates keep whole seconds
@@ -430,3 +436,41 @@ def _server_files(tmp_path: Path, ca: HostCA) -> tuple[str, str]:
     key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                            serialization.NoEncryption()))
     return str(cert_path), str(key_path)
+
+
+# --- on the event loops the daemon runs ------------------------------------------------------
+
+
+async def _serve_over_loop(ca: HostCA, cafile: str, sni: str | None, address: str) -> tuple[AgentTLS, bytes]:
+    """An agent's TLS accepted the way a handler does (loop.start_tls, server side) on a
+    socketpair; the agent's client dials with `sni` and reads what the server wrote."""
+    loop = asyncio.get_running_loop()
+    server_sock, client_sock = socket.socketpair()
+    tls = ca.agent_context(address)
+    transport, protocol = await loop.connect_accepted_socket(asyncio.Protocol, server_sock)
+    client = asyncio.ensure_future(asyncio.open_connection(sock=client_sock, ssl=client_context(cafile),
+                                                           server_hostname=sni or address))
+    secure = await loop.start_tls(transport, protocol, tls.context, server_side=True)
+    assert secure is not None
+    secure.write(b"hello")
+    reader, writer = await client
+    data = await reader.readexactly(5)
+    writer.close()
+    secure.close()
+    return tls, data
+
+
+@pytest.mark.parametrize("run", [asyncio.run, uvloop.run], ids=["asyncio", "uvloop"])
+@pytest.mark.parametrize("sni, expected", [("kube.example.com", "kube.example.com"), (None, None)])
+def test_agent_context_on_the_event_loop(tmp_path: Path, ca: HostCA, run: Callable[[Coroutine[Any, Any, Any]], Any],
+                                         sni: str | None, expected: str | None) -> None:
+    tls, data = run(_serve_over_loop(ca, ca_file(tmp_path), sni, "10.0.0.5"))
+    assert data == b"hello" and tls.server_name == expected and tls.refusal is None
+
+
+def test_open_host_ca_leaves_tls_off_when_the_ca_cannot_be_loaded(tmp_path: Path, ca: HostCA,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    assert isinstance(open_host_ca(tmp_path), HostCA)
+    os.chmod(tmp_path / "tls" / "private" / "ca.key", 0o644)
+    assert open_host_ca(tmp_path) is None
+    assert "agent-facing TLS disabled, TLS flows will be refused" in caplog.text and "mode 0644" in caplog.text
