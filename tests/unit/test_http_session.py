@@ -1,0 +1,641 @@
+"""HttpSession, the sans-IO HTTP/1.1 session, as conversations (tests/conversation.py): the
+agent sends a request, the upstream receives what the enforcer forwards, the agent gets the
+answer, the record names the rule."""
+
+from __future__ import annotations
+
+import http
+from dataclasses import dataclass, field
+
+import pytest
+
+from conversation import Judging, Script, script
+from interceptor.decision import ApprovalSpec, Decision, Verdict
+from interceptor.errors import ClientProtocolError, MaskingError
+from interceptor.handlers.commands import Shutdown, Side
+from interceptor.handlers.http.dialect import BodyFilter, Reply, RequestHead, ResponseHead
+from interceptor.handlers.http.session import DONE, PROTOCOL_RULE, HttpSession
+from interceptor.operations import HttpRequest, Operation, Pairs
+
+TOKEN = "Bearer resource-token"
+CREDENTIAL: Pairs = (("authorization", TOKEN),)
+UPSTREAM_TAIL = f"authorization: {TOKEN}\r\naccept-encoding: identity\r\n".encode()
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+class Upper:
+    """A body filter that upper-cases the body and counts the pieces it changed."""
+
+    def __init__(self, fail_after: int | None = None) -> None:
+        self.masked = 0
+        self.fail_after = fail_after
+
+    def feed(self, data: bytes) -> bytes:
+        if self.fail_after is not None and self.masked >= self.fail_after:
+            raise MaskingError("cannot mask this piece")
+        self.masked += 1
+        return data.upper()
+
+    def end(self) -> bytes:
+        return b"<end>"
+
+
+@dataclass
+class FakeDialect:
+    """A Dialect (interceptor.handlers.http.dialect) whose answers the test sets."""
+
+    name: str = "http"
+    limit: int = 0
+    filter: BodyFilter | None = None
+    filter_error: bool = False
+    bodies: list[bytes] = field(default_factory=list)  # the bodies operation() was given
+
+    def body_limit(self, head: RequestHead) -> int:
+        return self.limit
+
+    def operation(self, head: RequestHead, body: bytes) -> Operation:
+        self.bodies.append(body)
+        if head.path == "/invalid":
+            raise ClientProtocolError("the dialect cannot read this request")
+        return HttpRequest(head.method, head.path, head.query, head.host)
+
+    def request_headers(self, head: RequestHead, operation: Operation) -> Pairs:
+        return head.headers
+
+    def refusal(self, head: RequestHead, body: bytes, status: int, message: str, rule: str | None) -> Reply:
+        return Reply(status, (("content-type", "text/plain"),), message.encode())
+
+    def response_filter(self, head: RequestHead, operation: Operation, decision: Decision,
+                        response: ResponseHead) -> BodyFilter | None:
+        if self.filter_error:
+            raise MaskingError("masks cannot be applied to application/x-gzip")
+        return self.filter
+
+    def audit_operation(self, operation: Operation) -> dict[str, object]:
+        return operation.summary()
+
+
+def decide(operation: Operation) -> Decision:
+    """A small policy: /secret denied, DELETE needs approval, /boom cannot be evaluated."""
+    assert isinstance(operation, HttpRequest)
+    if operation.path.startswith("/secret"):
+        return Decision.deny("no-secrets", "secrets are off limits")
+    if operation.path == "/boom":
+        raise RuntimeError("the engine broke")
+    if operation.method == "DELETE":
+        return Decision(Verdict.APPROVE, "deletes", "deletes need approval", approval=ApprovalSpec(("ops",)))
+    return Decision(Verdict.ALLOW, "reads")
+
+
+def session(dialect: FakeDialect | None = None, server_name: str | None = None,
+            upstream_authority: str | None = None) -> HttpSession:
+    return HttpSession(dialect or FakeDialect(), Judging(decide), server_name=server_name,
+                       credential_headers=CREDENTIAL, upstream_authority=upstream_authority)
+
+
+def talk(s: HttpSession | None = None) -> Script:
+    s = s or session()
+    return script(s, s.start())
+
+
+def upstream(request_line: str, *headers: str, host: str = "api") -> bytes:
+    """The head the upstream receives: Host first, the kept headers, the credential."""
+    lines = "".join(f"{header}\r\n" for header in headers)
+    return f"{request_line}\r\nhost: {host}\r\n{lines}".encode() + UPSTREAM_TAIL
+
+
+def agent_reply(status: int, message: str, close: bool = False) -> bytes:
+    reason = http.HTTPStatus(status).phrase
+    body = message.encode()
+    return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain\r\ncontent-length: {len(body)}\r\n"
+            + ("connection: close\r\n" if close else "") + "\r\n").encode() + body
+
+
+def record(method: str, target: str, query: list[list[str]] | None = None, host: str | None = "api") -> dict[str, object]:
+    path = target.partition("?")[0]
+    return {"kind": "http", "method": method, "host": host, "path": path, "query": query or [], "target": target}
+
+
+# ---- keep-alive, framing, streaming ---------------------------------------------------------
+
+def test_requests_on_one_connection_are_each_judged_forwarded_and_recorded() -> None:
+    (talk()
+     .agent(b"GET /a?x=1&x=2 HTTP/1.1\r\nHost: api\r\nUser-Agent: t\r\n\r\n")
+     .expect_server(upstream("GET /a?x=1&x=2 HTTP/1.1", "user-agent: t"), b"\r\n", stream=0)
+     .server(OK)
+     .expect_agent(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", stream=1)
+     .expect_record("reads", "allow", operation=record("GET", "/a?x=1&x=2", [["x", "1"], ["x", "2"]]),
+                    outcome={"status": 200, "bytes_up": 0, "bytes_down": 2, "error": None})
+     .agent(b"POST /b HTTP/1.1\r\nHost: api\r\nContent-Length: 3\r\n\r\nabc")
+     .expect_server(upstream("POST /b HTTP/1.1"), b"content-length: 3\r\n\r\n", b"abc")
+     .server(OK)
+     .expect_agent(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+     .expect_record("reads", "allow", outcome={"status": 200, "bytes_up": 3})
+     .done())
+
+
+def test_chunked_bodies_are_reframed_both_ways_and_trailers_dropped() -> None:
+    (talk()
+     .agent(b"PUT /c HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: chunked\r\n\r\n3;ext=1\r\nabc\r\n")
+     .expect_server(upstream("PUT /c HTTP/1.1"), b"transfer-encoding: chunked\r\n\r\n", b"3\r\nabc\r\n")
+     .agent(b"2\r\nde\r\n0\r\nX-Trailer: 1\r\n\r\n")
+     .expect_server(b"2\r\nde\r\n", b"0\r\n\r\n")
+     .server(b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nmade\r\n0\r\n\r\n")
+     .expect_agent(b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n", b"4\r\nmade\r\n")
+     .expect_record("reads", "allow", outcome={"status": 201, "bytes_up": 5, "bytes_down": 4})
+     .expect_agent(b"0\r\n\r\n")
+     .done())
+
+
+def test_a_watch_streams_each_event_as_it_comes() -> None:
+    (talk()
+     .agent(b"GET /api/v1/pods?watch=true HTTP/1.1\r\nHost: api\r\n\r\n")
+     .expect_server(upstream("GET /api/v1/pods?watch=true HTTP/1.1"), b"\r\n")
+     .server(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+     .expect_agent(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+     .server(b"8\r\n{\"a\":1}\n\r\n")
+     .expect_agent(b"8\r\n{\"a\":1}\n\r\n")
+     .server(b"8\r\n{\"a\":2}")
+     .expect_agent(b"7\r\n{\"a\":2}\r\n")
+     .server(b"\n\r\n")
+     .expect_agent(b"1\r\n\n\r\n")
+     .ends(Side.SERVER)
+     .expect_record("reads", "allow", outcome={"status": 200, "bytes_down": 16}, error="incomplete chunked read")
+     .expect_close(says="the upstream broke HTTP/1.1")
+     .done())
+
+
+def test_a_close_delimited_response_ends_with_the_upstream_and_closes_the_flow() -> None:
+    (talk()
+     .agent(b"GET / HTTP/1.1\r\nHost: api\r\n\r\n")
+     .expect_server(upstream("GET / HTTP/1.1"), b"\r\n")
+     .server(b"HTTP/1.0 200 OK\r\n\r\nall of it")
+     .expect_agent(b"HTTP/1.1 200 OK\r\nconnection: close\r\nTransfer-Encoding: chunked\r\n\r\n", b"9\r\nall of it\r\n")
+     .ends(Side.SERVER)
+     .expect_record("reads", "allow", outcome={"status": 200, "bytes_down": 9, "error": None})
+     .expect_agent(b"0\r\n\r\n")
+     .expect_close(DONE)
+     .done())
+
+
+def test_head_and_not_modified_answers_have_no_body() -> None:
+    (talk()
+     .agent(b"HEAD /h HTTP/1.1\r\nHost: api\r\n\r\n")
+     .expect_server(upstream("HEAD /h HTTP/1.1"), b"\r\n")
+     .server(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+     .expect_agent(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n")
+     .expect_record("reads", "allow", outcome={"status": 200, "bytes_down": 0})
+     .agent(b"GET /h HTTP/1.1\r\nHost: api\r\n\r\n")
+     .expect_server(upstream("GET /h HTTP/1.1"), b"\r\n")
+     .server(b"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n")
+     .expect_agent(b"HTTP/1.1 304 Not Modified\r\netag: \"x\"\r\n\r\n")
+     .expect_record("reads", "allow", outcome={"status": 304})
+     .done())
+
+
+def test_a_request_that_names_no_host_is_refused_when_the_resource_names_none() -> None:
+    (talk()
+     .agent(b"GET /old HTTP/1.0\r\n\r\n")
+     .expect_record(PROTOCOL_RULE, "deny", operation={"method": "GET", "target": "/old"})
+     .expect_agent(agent_reply(400, "the request names no host (no Host header)", close=True))
+     .expect_close(says="names no host")
+     .done())
+
+
+def test_a_request_without_host_goes_upstream_with_the_resource_authority() -> None:
+    (talk(session(upstream_authority="kube.internal:6443"))
+     .agent(b"GET /old HTTP/1.0\r\n\r\n")
+     .expect_server(upstream("GET /old HTTP/1.1", host="kube.internal:6443"), b"\r\n")
+     .server(b"HTTP/1.1 200 OK\r\n\r\nbye")
+     .expect_agent(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n", b"bye")
+     .ends(Side.SERVER)
+     .expect_record("reads", "allow", operation=record("GET", "/old", host=None))
+     .expect_close(DONE)
+     .done())
+
+
+# ---- request heads that two parsers could read differently ----------------------------------
+
+SMUGGLING = {
+    "content-length and transfer-encoding":
+        (b"POST / HTTP/1.1\r\nHost: api\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+         "both Content-Length and Transfer-Encoding"),
+    "two equal content-lengths":
+        (b"POST / HTTP/1.1\r\nHost: api\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
+         "more than one Content-Length"),
+    "a content-length list": (b"POST / HTTP/1.1\r\nHost: api\r\nContent-Length: 1, 1\r\n\r\nx", "is not a number"),
+    "a signed content-length": (b"POST / HTTP/1.1\r\nHost: api\r\nContent-Length: +1\r\n\r\nx", "is not a number"),
+    "obs-fold": (b"GET / HTTP/1.1\r\nHost: api\r\nX-A: 1\r\n Transfer-Encoding: chunked\r\n\r\n",
+                 "obsolete line folding"),
+    "a bare LF": (b"GET / HTTP/1.1\nHost: api\n\n", "bare LF"),
+    "a bare LF inside a header line": (b"GET / HTTP/1.1\r\nHost: api\r\nX-A: 1\nX-B: 2\r\n\r\n", "bare LF"),
+    "a bare CR": (b"GET / HTTP/1.1\r\nHost: api\rX-A: 1\r\n\r\n", "bare CR"),
+    "transfer-encoding gzip": (b"POST / HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: gzip\r\n\r\n", "only 'chunked'"),
+    "transfer-encoding gzip, chunked":
+        (b"POST / HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", "only 'chunked'"),
+    "two transfer-encodings": (b"POST / HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: chunked\r\n"
+                               b"Transfer-Encoding: chunked\r\n\r\n", "only 'chunked'"),
+    "transfer-encoding from HTTP/1.0":
+        (b"POST / HTTP/1.0\r\nHost: api\r\nTransfer-Encoding: chunked\r\n\r\n", "in an HTTP/1.0 request"),
+    "a space before the colon": (b"GET / HTTP/1.1\r\nHost: api\r\nContent-Length : 0\r\n\r\n", "malformed header"),
+    "a NUL in a value": (b"GET / HTTP/1.1\r\nHost: api\r\nX-A: a\x00b\r\n\r\n", "control character"),
+    "a control character in a value": (b"GET / HTTP/1.1\r\nHost: api\r\nX-A: a\x01b\r\n\r\n", "control character"),
+    "no host": (b"GET / HTTP/1.1\r\n\r\n", "exactly one Host"),
+    "two hosts": (b"GET / HTTP/1.1\r\nHost: api\r\nHost: evil\r\n\r\n", "exactly one Host"),
+    "a host with a path": (b"GET / HTTP/1.1\r\nHost: api/x\r\n\r\n", "malformed Host"),
+    "two spaces in the request line": (b"GET  / HTTP/1.1\r\nHost: api\r\n\r\n", "malformed request line"),
+    "a leading empty line": (b"\r\nGET / HTTP/1.1\r\nHost: api\r\n\r\n", "malformed request line"),
+    "a dot segment": (b"GET /a/../secret HTTP/1.1\r\nHost: api\r\n\r\n", "dot segment"),
+    "an encoded slash": (b"GET /a%2Fb HTTP/1.1\r\nHost: api\r\n\r\n", "encoded '/'"),
+    "an absolute-form for another host":
+        (b"GET http://evil/x HTTP/1.1\r\nHost: api\r\n\r\n", "authority 'evil' and Host 'api' differ"),
+    "CONNECT": (b"CONNECT api:443 HTTP/1.1\r\nHost: api:443\r\n\r\n", "CONNECT is not supported"),
+}
+
+
+def refused_head(data: bytes, status: int, says: str) -> None:
+    """The agent sends `data`: answered `status` with a message containing `says`, recorded
+    under PROTOCOL_RULE, the connection closed, nothing forwarded."""
+    s = session()
+    talk_ = talk(s).agent(data)
+    message = (s.error or "").removeprefix("bad request: ")
+    assert says in message
+    (talk_
+     .expect_record(PROTOCOL_RULE, "deny", outcome={"status": status, "error": message})
+     .expect_agent(agent_reply(status, message, close=True))
+     .expect_close(f"bad request: {message}")
+     .agent(b"GET / HTTP/1.1\r\nHost: api\r\n\r\n")  # closed: nothing more is read
+     .done())
+
+
+@pytest.mark.parametrize("name", SMUGGLING)
+def test_a_request_head_servers_could_read_differently_is_refused_and_nothing_forwarded(name: str) -> None:
+    refused_head(*SMUGGLING[name][:1], 400, SMUGGLING[name][1])
+
+
+def test_a_header_section_over_64_kib_is_refused_431_before_it_ends() -> None:
+    s = session()
+    talk_ = talk(s).agent(b"GET / HTTP/1.1\r\nHost: api\r\n")
+    for _ in range(160):  # 10 MB in 64 KiB pieces: refused at the first piece past the limit
+        talk_ = talk_.agent(b"X-Big: " + b"a" * (64 * 1024) + b"\r\n")
+    message = "the request head is larger than 65536 bytes"
+    (talk_
+     .expect_record(PROTOCOL_RULE, "deny", operation={"method": "GET", "target": "/"}, outcome={"status": 431})
+     .expect_agent(agent_reply(431, message, close=True))
+     .expect_close(f"bad request: {message}")
+     .done())
+
+
+def test_a_request_line_over_8_kib_is_refused_414() -> None:
+    refused_head(b"GET /" + b"a" * 9000, 414, "the request line is longer than 8192 bytes")
+
+
+def test_a_host_that_is_not_the_tls_server_name_is_refused_421() -> None:
+    s = session(server_name="api.example.com")
+    (talk(s)
+     .agent(b"GET / HTTP/1.1\r\nHost: API.example.com:443\r\n\r\n")  # the same host: case and port aside
+     .expect_server(upstream("GET / HTTP/1.1", host="API.example.com:443"), b"\r\n"))
+    message = "Host 'evil.example.com' is not the TLS server name 'api.example.com'"
+    (talk(session(server_name="api.example.com"))
+     .agent(b"GET / HTTP/1.1\r\nHost: evil.example.com\r\n\r\n")
+     .expect_record(PROTOCOL_RULE, "deny", outcome={"status": 421})
+     .expect_agent(agent_reply(421, message, close=True))
+     .expect_close(f"bad request: {message}")
+     .done())
+
+
+def test_an_absolute_form_target_is_forwarded_in_origin_form() -> None:
+    (talk()
+     .agent(b"GET http://API:80/x?y=1 HTTP/1.1\r\nHost: api\r\n\r\n")
+     .expect_server(upstream("GET /x?y=1 HTTP/1.1", host="API"), b"\r\n")
+     .done())
+
+
+# ---- the policy's answers --------------------------------------------------------------------
+
+DENIED = "permission denied by interceptor rule 'no-secrets': secrets are off limits"
+
+
+def test_a_denied_request_gets_403_naming_the_rule_and_the_connection_goes_on() -> None:
+    (talk()
+     .agent(b"GET /secret/x HTTP/1.1\r\nHost: api\r\n\r\n")
+     .expect_record("no-secrets", "deny", operation=record("GET", "/secret/x"),
+                    outcome={"status": 403, "error": DENIED})
+     .expect_agent(agent_reply(403, DENIED))
+     .agent(b"GET /ok HTTP/1.1\r\nHost: api\r\n\r\n")
+     .expect_server(upstream("GET /ok HTTP/1.1"), b"\r\n")
+     .done())
+
+
+def test_a_denied_request_whose_body_was_not_read_closes_the_connection() -> None:
+    (talk()
+     .agent(b"POST /secret HTTP/1.1\r\nHost: api\r\nContent-Length: 10\r\n\r\n")
+     .expect_record("no-secrets", "deny")
+     .expect_agent(agent_reply(403, "permission denied by interceptor rule 'no-secrets': secrets are off limits",
+                               close=True))
+     .expect_close(DONE)
+     .agent(b"0123456789")
+     .done())
+
+
+def test_a_policy_that_cannot_be_evaluated_denies() -> None:
+    message = "permission denied by interceptor rule 'policy-error': policy evaluation failed: the engine broke"
+    (talk()
+     .agent(b"GET /boom HTTP/1.1\r\nHost: api\r\n\r\n")
+     .expect_record("policy-error", "deny", outcome={"status": 403})
+     .expect_agent(agent_reply(403, message))
+     .done())
+
+
+def test_a_request_the_dialect_cannot_read_is_refused_400() -> None:
+    (talk()
+     .agent(b"GET /invalid HTTP/1.1\r\nHost: api\r\n\r\n")
+     .expect_record(PROTOCOL_RULE, "deny", outcome={"status": 400})
+     .expect_agent(agent_reply(400, "the dialect cannot read this request"))
+     .done())
+
+
+def test_a_request_held_for_approval_runs_once_approved() -> None:
+    (talk()
+     .agent(b"DELETE /pods/x HTTP/1.1\r\nHost: api\r\n\r\n")
+     .expect_hold("deletes")
+     .waiting("R1")
+     .approve("R1", approver="bob")
+     .expect_server(upstream("DELETE /pods/x HTTP/1.1"), b"\r\n", stream=0)
+     .server(OK)
+     .expect_agent(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+     .expect_record("deletes", "approve", outcome={"status": 200, "approval": {
+         "approved": True, "request_id": "R1", "approver": "bob", "reason": ""}})
+     .done())
+
+
+def test_a_request_not_approved_gets_403_and_the_connection_goes_on() -> None:
+    message = "request not approved (rule 'deletes'): expired"
+    (talk()
+     .agent(b"DELETE /pods/x HTTP/1.1\r\nHost: api\r\n\r\n")
+     .expect_hold("deletes")
+     .deny("expired")
+     .expect_record("deletes", "deny", outcome={"status": 403, "error": message})
+     .expect_agent(agent_reply(403, message))
+     .agent(b"GET /ok HTTP/1.1\r\nHost: api\r\n\r\n")
+     .expect_server(upstream("GET /ok HTTP/1.1"), b"\r\n")
+     .done())
+
+
+def test_a_held_request_abandoned_by_the_flow_is_recorded_as_never_run() -> None:
+    s = session()
+    talk(s).agent(b"DELETE /pods/x HTTP/1.1\r\nHost: api\r\n\r\n").expect_hold("deletes").done()
+    abandoned = s.abandoned(0, "R1", "the client disconnected")
+    assert abandoned is not None
+    assert (abandoned.decision.verdict, abandoned.decision.rule) == (Verdict.DENY, "deletes")
+    assert abandoned.outcome["error"] == "the client disconnected"
+    assert abandoned.outcome["approval"] == {"approved": False, "request_id": "R1",
+                                             "reason": "the client disconnected", "withdrawn": True}
+    assert s.abandoned(0, "R1", "again") is None
+    assert s.unrecorded("flow ended") == []
+
+
+def test_a_request_in_flight_when_the_flow_ends_is_recorded_once() -> None:
+    s = session()
+    talk(s).agent(b"GET /slow HTTP/1.1\r\nHost: api\r\n\r\n").expect_server(upstream("GET /slow HTTP/1.1"), b"\r\n")
+    [unrecorded] = s.unrecorded("timed out")
+    assert unrecorded.outcome["error"] == "timed out" and unrecorded.decision.rule == "reads"
+    assert s.unrecorded("timed out") == []
+
+
+# ---- headers ---------------------------------------------------------------------------------
+
+def test_credentials_identity_and_hop_by_hop_headers_never_reach_the_upstream() -> None:
+    (talk()
+     .agent(b"GET / HTTP/1.1\r\nHost: api\r\nAuthorization: Bearer agent\r\nProxy-Authorization: Basic x\r\n"
+            b"Impersonate-User: admin\r\nImpersonate-Group: system:masters\r\nImpersonate-Uid: 0\r\n"
+            b"Impersonate-Extra-Scopes: all\r\nX-Remote-User: admin\r\nX-Remote-Group: system:masters\r\n"
+            b"X-Remote-Extra-Scopes: all\r\nForwarded: for=1.2.3.4\r\nX-Forwarded-For: 1.2.3.4\r\n"
+            b"X-Forwarded-User: admin\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\n"
+            b"Proxy-Connection: keep-alive\r\nTE: trailers\r\nTrailer: X-T\r\nUpgrade: h2c\r\n"
+            b"Accept-Encoding: gzip\r\nCookie: session=1\r\nAccept: application/json\r\n\r\n")
+     .expect_server(upstream("GET / HTTP/1.1", "cookie: session=1", "accept: application/json"), b"\r\n")
+     .done())
+
+
+# ---- bodies read for judging, Expect: 100-continue --------------------------------------------
+
+def test_a_body_the_dialect_reads_is_judged_whole_after_a_100_continue() -> None:
+    dialect = FakeDialect(limit=10)
+    (talk(session(dialect))
+     .agent(b"POST /rpc HTTP/1.1\r\nHost: api\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
+     .expect_agent(b"HTTP/1.1 100 Continue\r\n\r\n", stream=1)
+     .agent(b"he")
+     .agent(b"llo")
+     .expect_server(upstream("POST /rpc HTTP/1.1"), b"content-length: 5\r\n\r\n", b"hello")
+     .done())
+    assert dialect.bodies == [b"hello"]
+
+
+def test_expect_100_continue_is_answered_after_the_request_is_allowed_and_never_forwarded() -> None:
+    (talk()
+     .agent(b"PUT /f HTTP/1.1\r\nHost: api\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n")
+     .expect_server(upstream("PUT /f HTTP/1.1"), b"content-length: 3\r\n\r\n")
+     .expect_agent(b"HTTP/1.1 100 Continue\r\n\r\n")
+     .agent(b"abc")
+     .expect_server(b"abc")
+     .server(b"HTTP/1.1 100 Continue\r\n\r\n", OK)  # the upstream's own 100 is not relayed: the agent had one
+     .expect_agent(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+     .expect_record("reads", "allow", outcome={"bytes_up": 3})
+     .done())
+
+
+def test_a_body_longer_than_the_dialect_reads_is_refused_413() -> None:
+    message = "the request body is larger than the 4 bytes the enforcer reads to judge it"
+    (talk(session(FakeDialect(limit=4)))
+     .agent(b"POST /rpc HTTP/1.1\r\nHost: api\r\nContent-Length: 5\r\n\r\n")
+     .expect_record(PROTOCOL_RULE, "deny", outcome={"status": 413})
+     .expect_agent(agent_reply(413, message, close=True))
+     .expect_close(DONE)
+     .done())
+    (talk(session(FakeDialect(limit=4)))
+     .agent(b"POST /rpc HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
+     .agent(b"3\r\ndef\r\n")
+     .expect_record(PROTOCOL_RULE, "deny", outcome={"status": 413})
+     .expect_agent(agent_reply(413, message, close=True))
+     .expect_close(DONE)
+     .done())
+
+
+# ---- broken bodies ---------------------------------------------------------------------------
+
+def test_a_malformed_chunk_from_the_agent_is_refused_and_the_upstream_never_gets_an_end() -> None:
+    message = "malformed request body: illegal chunk header: bytearray(b'zz\\r\\n')"
+    (talk()
+     .agent(b"POST /u HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
+     .expect_server(upstream("POST /u HTTP/1.1"), b"transfer-encoding: chunked\r\n\r\n", b"3\r\nabc\r\n")
+     .agent(b"zz\r\nnot a chunk\r\n")
+     .expect_record(PROTOCOL_RULE, "deny", operation=record("POST", "/u"),
+                    outcome={"status": 400, "bytes_up": 3, "error": message})
+     .expect_agent(agent_reply(400, message, close=True))
+     .expect_close(message)
+     .done())
+
+
+def test_an_agent_that_ends_mid_chunk_is_recorded_and_the_flow_closed() -> None:
+    message = ("malformed request body: peer closed connection without sending complete message body "
+               "(incomplete chunked read)")
+    (talk()
+     .agent(b"POST /u HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab")
+     .expect_server(upstream("POST /u HTTP/1.1"), b"transfer-encoding: chunked\r\n\r\n", b"2\r\nab\r\n")
+     .ends(Side.CLIENT)
+     .expect_record(PROTOCOL_RULE, "deny", outcome={"status": 400, "bytes_up": 2, "error": message})
+     .expect_agent(agent_reply(400, message, close=True))
+     .expect_close(message)
+     .done())
+
+
+def test_a_truncated_chunk_from_the_upstream_ends_the_flow_with_the_response_cut_short() -> None:
+    (talk()
+     .agent(b"GET / HTTP/1.1\r\nHost: api\r\n\r\n")
+     .expect_server(upstream("GET / HTTP/1.1"), b"\r\n")
+     .server(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab")
+     .expect_agent(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", b"2\r\nab\r\n")
+     .ends(Side.SERVER)
+     .expect_record("reads", "allow", outcome={"status": 200, "bytes_down": 2}, error="incomplete chunked read")
+     .expect_close(says="incomplete chunked read")
+     .done())
+
+
+def test_an_upstream_that_breaks_http_before_answering_gets_the_agent_a_502() -> None:
+    s = session()
+    (talk(s)
+     .agent(b"GET / HTTP/1.1\r\nHost: api\r\n\r\n")
+     .expect_server(upstream("GET / HTTP/1.1"), b"\r\n")
+     .server(b"SSH-2.0-OpenSSH\r\n\r\n")
+     .expect_record("reads", "allow", outcome={"status": 502}, error="the upstream broke HTTP/1.1")
+     .expect_agent(agent_reply(502, s.error or "", close=True))
+     .expect_close(s.error)
+     .done())
+
+
+def test_an_upstream_that_closes_before_answering_gets_the_agent_a_502() -> None:
+    s = session()
+    (talk(s)
+     .agent(b"GET / HTTP/1.1\r\nHost: api\r\n\r\n")
+     .expect_server(upstream("GET / HTTP/1.1"), b"\r\n")
+     .ends(Side.SERVER)
+     .expect_record("reads", "allow", outcome={"status": 502})
+     .expect_agent(agent_reply(502, s.error or "", close=True))
+     .expect_close(s.error)
+     .done())
+
+
+# ---- upgrades --------------------------------------------------------------------------------
+
+EXEC = (b"GET /api/v1/namespaces/a/pods/p/exec?command=sh HTTP/1.1\r\nHost: api\r\nConnection: Upgrade\r\n"
+        b"Upgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: v4.channel.k8s.io\r\n\r\n")
+EXEC_UP = upstream("GET /api/v1/namespaces/a/pods/p/exec?command=sh HTTP/1.1",
+                   "x-stream-protocol-version: v4.channel.k8s.io") + b"connection: upgrade\r\nupgrade: SPDY/3.1\r\n\r\n"
+
+
+def test_an_upgrade_is_judged_then_relayed_with_the_early_bytes_and_its_byte_counts_recorded() -> None:
+    (talk()
+     .agent(EXEC, b"early")
+     .expect_server(EXEC_UP)
+     .agent(b"-more")
+     .server(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n\r\nhello")
+     .expect_agent(b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: SPDY/3.1\r\n\r\n")
+     .expect_server(b"early-more", stream=0)
+     .expect_agent(b"hello", stream=1)
+     .agent(b"ls\n")
+     .expect_server(b"ls\n")
+     .server(b"a b c\n")
+     .expect_agent(b"a b c\n")
+     .ends(Side.CLIENT)
+     .expect(Shutdown(Side.SERVER, stream=0))
+     .server(b"bye")
+     .expect_agent(b"bye")
+     .ends(Side.SERVER)
+     .expect_record("reads", "allow", outcome={"status": 101, "error": None, "upgrade": {
+         "protocol": "spdy/3.1", "bytes_up": 13, "bytes_down": 14}})
+     .expect_close(DONE)
+     .done())
+
+
+def test_an_upgrade_the_upstream_refuses_is_answered_then_closed_and_the_early_bytes_dropped() -> None:
+    (talk()
+     .agent(EXEC, b"early")
+     .expect_server(EXEC_UP)
+     .server(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nno")
+     .expect_agent(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 2\r\nconnection: close\r\n\r\nno")
+     .expect_record("reads", "allow", outcome={"status": 403})
+     .expect_close(DONE)
+     .done())
+
+
+def test_too_many_early_bytes_after_an_upgrade_request_end_the_flow() -> None:
+    (talk()
+     .agent(EXEC)
+     .expect_server(EXEC_UP)
+     .agent(b"x" * (64 * 1024 + 1))
+     .expect_record("reads", "allow", error="more than 65536 bytes after an upgrade request")
+     .expect_close(says="more than 65536 bytes after an upgrade request")
+     .done())
+
+
+def test_a_denied_upgrade_is_never_forwarded() -> None:
+    (talk()
+     .agent(EXEC.replace(b"/api/v1/namespaces", b"/secret"), b"early")
+     .expect_record("no-secrets", "deny")
+     .expect_agent(agent_reply(403, DENIED))
+     .done())
+
+
+# ---- response filters ------------------------------------------------------------------------
+
+def test_a_filtered_body_goes_chunked_without_content_length_and_counts_its_masks() -> None:
+    (talk(session(FakeDialect(filter=Upper())))
+     .agent(b"GET /s HTTP/1.1\r\nHost: api\r\n\r\n")
+     .expect_server(upstream("GET /s HTTP/1.1"), b"\r\n")
+     .server(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 6\r\n\r\nabc")
+     .expect_agent(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n", b"3\r\nABC\r\n")
+     .server(b"def")
+     .expect_agent(b"3\r\nDEF\r\n")
+     .expect_record("reads", "allow", outcome={"status": 200, "bytes_down": 11, "masked": 2})
+     .expect_agent(b"5\r\n<end>\r\n0\r\n\r\n")
+     .done())
+
+
+def test_a_filtered_body_to_an_http_1_0_agent_is_close_delimited() -> None:
+    (talk(session(FakeDialect(filter=Upper())))
+     .agent(b"GET /s HTTP/1.0\r\nHost: api\r\n\r\n")
+     .expect_server(upstream("GET /s HTTP/1.1"), b"\r\n")
+     .server(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc")
+     .expect_agent(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n", b"ABC")
+     .expect_record("reads", "allow", outcome={"masked": 1})
+     .expect_agent(b"<end>")
+     .expect_close(DONE)
+     .done())
+
+
+def test_a_response_that_cannot_be_masked_is_answered_502_before_its_head() -> None:
+    message = "masks cannot be applied to application/x-gzip"
+    (talk(session(FakeDialect(filter_error=True)))
+     .agent(b"GET /s HTTP/1.1\r\nHost: api\r\n\r\n")
+     .expect_server(upstream("GET /s HTTP/1.1"), b"\r\n")
+     .server(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 3\r\n\r\nabc")
+     .expect_record("reads", outcome={"status": 502, "error": message})
+     .expect_agent(agent_reply(502, message, close=True))
+     .expect_close(DONE)
+     .done())
+
+
+def test_a_masking_error_mid_body_cuts_the_response_short_and_closes() -> None:
+    s = session(FakeDialect(filter=Upper(fail_after=1)))
+    (talk(s)
+     .agent(b"GET /s HTTP/1.1\r\nHost: api\r\n\r\n")
+     .expect_server(upstream("GET /s HTTP/1.1"), b"\r\n")
+     .server(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
+     .expect_agent(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", b"3\r\nABC\r\n")
+     .server(b"3\r\ndef\r\n")
+     .expect_record("reads", "allow", outcome={"status": 200, "bytes_down": 3, "masked": 1},
+                    error="cannot mask this piece")
+     .expect_close("masking failed, the response is cut short: cannot mask this piece")
+     .done())
+    assert s.error == "masking failed, the response is cut short: cannot mask this piece"
