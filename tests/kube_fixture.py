@@ -168,6 +168,58 @@ def running_kubeapi(workdir: Path, host: str = "127.0.0.1", port: int = 0, netns
         _stop(process)
 
 
+@dataclass
+class McpServer:
+    """A running MCP stand-in (plain HTTP) at `url`; `token` is None when it needs none."""
+
+    host: str
+    port: int
+    token: str | None
+    calls_log: Path
+    request_log: Path
+    process: subprocess.Popen[bytes]
+
+    @property
+    def url(self) -> str:
+        return f"http://{_url_host(self.host)}:{self.port}/mcp"
+
+    def calls(self) -> list[dict[str, Any]]:
+        """Every tool call that reached the server, oldest first: time, tool, arguments."""
+        return _read_jsonl(self.calls_log)
+
+    def requests(self) -> list[dict[str, Any]]:
+        """Every HTTP request received, oldest first: time, method, path, query, headers ([[name, value]]), body."""
+        return _read_jsonl(self.request_log)
+
+
+@contextmanager
+def running_mcp(workdir: Path, host: str = "127.0.0.1", port: int = 0, netns: str | None = None,
+                json_response: bool = True, token: str | None = None) -> Iterator[McpServer]:
+    """tests/mcp_server.py on host:port (0: a free port) for the block, inside `netns` when given;
+    JSON responses or SSE; with `token`, requests need it as a bearer token. Raises StandInError."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    calls, request_log = workdir / "mcp-calls.jsonl", workdir / "mcp-requests.jsonl"
+    argv = [str(TESTS / "mcp_server.py"), "--host", host, "--port", str(port), "--calls", str(calls),
+            "--request-log", str(request_log), *(["--json-response"] if json_response else [])]
+    if token is not None:
+        token_file = workdir / "mcp-token"
+        token_file.write_text(token)
+        token_file.chmod(0o600)
+        argv += ["--token-file", str(token_file)]
+    process, bound = _start(argv, netns, workdir / "mcp-server.log", "the MCP stand-in")
+    try:
+        yield McpServer(host, bound, token, calls, request_log, process)
+    finally:
+        _stop(process)
+
+
+@pytest.fixture(name="mcp_server", scope="module")
+def mcp_server_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[McpServer]:
+    """The MCP stand-in on 127.0.0.1 with JSON responses and no token, one per test module."""
+    with running_mcp(tmp_path_factory.mktemp("mcp")) as server:
+        yield server
+
+
 @pytest.fixture(name="kubeapi", scope="module")
 def kubeapi_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeApi]:
     """The Kubernetes API stand-in on 127.0.0.1, one per test module."""
