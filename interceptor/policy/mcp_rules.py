@@ -15,8 +15,9 @@ How an McpCall is judged:
   (case-sensitive globs, as the server does); deny rules compare them casefolded, so
   `Delete_File` does not slip past a deny on `delete_file`. Then explicit deny, approve,
   allow (interceptor.policy.judgement), default deny.
-- Plumbing (PLUMBING: the lifecycle, ping, cancellation, progress, the roots notification
-  and tools/list) is allowed by rule `builtin-mcp-plumbing` unless a rule whose `methods`
+- Plumbing (PLUMBING: the lifecycle, ping, cancellation, progress, the roots notification,
+  tools/list, and the transport's GET stream and DELETE as LISTEN_METHOD and
+  TERMINATE_METHOD) is allowed by rule `builtin-mcp-plumbing` unless a rule whose `methods`
   names the method decides (deny first). tools/list answers are filtered by the dialect to
   the tools the agent may call (see "listed" below).
 - Any other method (resources/read, prompts/get, completion/complete, logging/setLevel,
@@ -66,14 +67,18 @@ if TYPE_CHECKING:  # the protocol registry imports this module
 OPERATION_KEY = "mcp"
 TOOLS_CALL = "tools/call"
 TOOLS_LIST = "tools/list"
-RESPONSE_METHOD = "rpc.response"  # JSON-RPC 2.0 section 4 reserves rpc.* method names: no real method has it
+# What an HTTP request of the transport that carries no method stands for. JSON-RPC 2.0
+# (section 4) reserves method names starting with `rpc.`: no real message has these.
+RESPONSE_METHOD = "rpc.response"  # a POSTed JSON-RPC response (result or error)
+LISTEN_METHOD = "rpc.listen"  # GET: the stream of the server's requests and notifications
+TERMINATE_METHOD = "rpc.terminate"  # DELETE: the end of the session (Mcp-Session-Id)
 PLUMBING_RULE = "builtin-mcp-plumbing"
 BAD_NAME_RULE = "mcp-bad-tool-name"
 BAD_ARGUMENTS_RULE = "mcp-bad-arguments"
 # What every MCP session sends to work at all; none of it reads or changes the server's data.
 PLUMBING = frozenset({
     "initialize", "notifications/initialized", "ping", "notifications/cancelled", "notifications/progress",
-    "notifications/roots/list_changed", TOOLS_LIST,
+    "notifications/roots/list_changed", TOOLS_LIST, LISTEN_METHOD, TERMINATE_METHOD,
 })
 TOOL_NAME = re.compile(r"[A-Za-z0-9_./-]{1,128}")
 _TOOL_GLOB = re.compile(r"[A-Za-z0-9_./*?\[\]!-]+")

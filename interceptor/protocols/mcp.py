@@ -25,7 +25,8 @@ MATCH_SCHEMA = {
     "minProperties": 1,
     "description": "Matches MCP messages: tools/call by tool name and arguments, other methods by name. "
                    "Plumbing (initialize, notifications/initialized, ping, notifications/cancelled, "
-                   "notifications/progress, notifications/roots/list_changed, tools/list) is allowed unless a "
+                   "notifications/progress, notifications/roots/list_changed, tools/list; `rpc.listen` for the "
+                   "transport's GET stream, `rpc.terminate` for its DELETE) is allowed unless a "
                    "rule naming it in `methods` decides; tools/list answers list only the tools some allow or "
                    "approve rule covers.",
     "properties": {

@@ -1,0 +1,363 @@
+"""The Dialect of `protocol: mcp` resources: MCP's Streamable HTTP transport (MCP
+specification 2025-06-18, "Transports", section "Streamable HTTP"; messages are JSON-RPC 2.0).
+
+Requests. The agent POSTs one JSON-RPC message (at most BODY_LIMIT bytes), read whole and
+judged as an McpCall (interceptor.policy.mcp_rules): a request or notification by its method
+(a tools/call by its tool's name and canonical arguments), a response it sends back to the
+server as `rpc.response`. GET (the stream of the server's own requests and notifications) is
+`rpc.listen`, DELETE (the end of the session) `rpc.terminate`. What the server could read
+otherwise than the enforcer is refused with 400 (ClientProtocolError): a content type other
+than `application/json` (UTF-8), a content coding, a body that is not strict JSON (RFC 8259:
+duplicate member names, a BOM, invalid UTF-8, NaN, numbers past 64-bit integers or finite
+doubles, lone surrogates), a batch (a JSON array: MCP 2025-06-18 removed batching), anything
+that is not one JSON-RPC 2.0 request, notification or response (unknown members, an id that
+is not a string or integer, non-object params, a method name starting with `rpc.`), and a
+tools/call whose `name` is not a string or whose `arguments` is not an object.
+
+Refusals, as MCP clients show them: a request with an id that the policy refuses (403) gets
+HTTP 200 with the JSON-RPC error `{"jsonrpc": "2.0", "id": <its id>, "error": {"code":
+DENIED_CODE, "message": ...}}` (the `mcp` client raises McpError with the message); any other
+refusal keeps its HTTP status and carries a JSON-RPC error with the request's id when it
+could be read, else `"id": null` (the transport section: a notification or response the
+server does not accept gets an HTTP error status, its body MAY be a JSON-RPC error with no
+id). Codes: -32700 parse error for a body that is not JSON, -32600 invalid request for other
+client errors, -32603 internal error for failures on the server's side or the enforcer's.
+
+Responses, when filtered (a tools/list answer, the GET stream, or a decision with masks):
+`application/json` bodies are read whole (up to MASKED_BODY_LIMIT), `text/event-stream`
+bodies event by event (interceptor.handlers.http.sse), each message filtered:
+- a response's `result`: the tools of a tools/list answer that the agent may not call are
+  removed (asked of the judge as `McpCall("tools/list", tool=NAME)`), then each mask of the
+  decision applies (its JSON paths relative to `result`; without paths, its classifiers on
+  every string, base64 data included);
+- an `error`, or the `params` of a server request or notification (progress, log messages,
+  sampling), get the decision's masks that have no paths;
+- on the GET stream, a response (only sent when the server replays a stream on resumption,
+  `Last-Event-ID`) is a MaskingError: the masks and the filter of the request it answers are
+  not known there.
+A filtered response must be `identity`-coded (Accept-Encoding: identity is always sent
+upstream) and JSON or an event stream, else MaskingError; a response with an error status
+in another content type is relayed when no mask applies (no result can be in it).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+import orjson
+
+from interceptor.audit.scrub import scrub
+from interceptor.decision import Decision
+from interceptor.errors import ClientProtocolError, MaskingError, ProtocolViolation
+from interceptor.handlers.base import Services
+from interceptor.handlers.http.dialect import BodyFilter, Reply, RequestHead, ResponseHead
+from interceptor.handlers.http.sse import CONTENT_TYPE as SSE_CONTENT_TYPE
+from interceptor.handlers.http.sse import Comment, Event, SseParser, serialize
+from interceptor.masking.json_paths import JsonMask, mask_document
+from interceptor.operations import McpCall, Operation, Pairs
+from interceptor.policy.mcp_rules import LISTEN_METHOD, RESPONSE_METHOD, TERMINATE_METHOD, TOOLS_CALL, TOOLS_LIST
+
+BODY_LIMIT = 4 * 1024 * 1024  # bytes of one POSTed JSON-RPC message
+MASKED_BODY_LIMIT = 32 * 1024 * 1024  # bytes of a filtered application/json response
+DENIED_CODE = -32003  # JSON-RPC implementation-defined server error (-32000..-32099); the mcp SDK uses -32000/-32001
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+INTERNAL_ERROR = -32603
+_MEMBERS = frozenset({"jsonrpc", "id", "method", "params", "result", "error"})
+
+
+def _refuse_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    member = dict(pairs)
+    if len(member) != len(pairs):
+        names = [name for name, _ in pairs]
+        raise ValueError(f"duplicate member name {next(n for n in names if names.count(n) > 1)!r}")
+    return member
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_refuse_constant, parse_float=_finite)
+
+
+def strict_json(body: bytes) -> Any:
+    """The JSON value of `body` as every conforming parser reads it (RFC 8259): UTF-8 without
+    a BOM, no duplicate member names, no NaN/Infinity, finite doubles, integers within 64
+    bits, no lone surrogates. ValueError saying what is wrong."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not UTF-8 at byte {exc.start}") from None
+    if text.startswith("\ufeff"):
+        raise ValueError("starts with a byte order mark")
+    try:
+        value = _DECODER.decode(text)
+        orjson.dumps(value)  # refuses integers past 64 bits and lone surrogates
+    except (json.JSONDecodeError, RecursionError, orjson.JSONEncodeError) as exc:
+        raise ValueError(str(exc) or type(exc).__name__) from None
+    return value
+
+
+def jsonrpc_call(message: Any) -> McpCall:
+    """The McpCall one parsed JSON-RPC message stands for; ClientProtocolError for what is not
+    one MCP JSON-RPC 2.0 request, notification or response (see the module docstring)."""
+    if isinstance(message, list):
+        raise ClientProtocolError("JSON-RPC batches are not supported (MCP 2025-06-18 has none): send one message")
+    if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
+        raise ClientProtocolError('not a JSON-RPC 2.0 message (an object with "jsonrpc": "2.0")')
+    unknown = sorted(set(message) - _MEMBERS)
+    if unknown:
+        raise ClientProtocolError(f"JSON-RPC message with unknown member(s) {', '.join(unknown)}")
+    if "id" in message and not _valid_id(message["id"]):
+        raise ClientProtocolError("a JSON-RPC id must be a string or an integer (MCP: never null)")
+    if "method" not in message:
+        if "id" not in message or ("result" in message) == ("error" in message):
+            raise ClientProtocolError("a JSON-RPC message has a method, or an id and one of result and error")
+        return McpCall(RESPONSE_METHOD)
+    method, params = message["method"], message.get("params", {})
+    if "result" in message or "error" in message:
+        raise ClientProtocolError("a JSON-RPC request or notification has no result or error")
+    if not isinstance(method, str) or not method or method.startswith("rpc."):
+        raise ClientProtocolError("a JSON-RPC method is a non-empty string not starting with rpc. (reserved)")
+    if not isinstance(params, dict):
+        raise ClientProtocolError("MCP params are an object")
+    if method != TOOLS_CALL:
+        return McpCall(method)
+    name, arguments = params.get("name"), params.get("arguments", {})
+    if not isinstance(name, str):
+        raise ClientProtocolError("tools/call needs params.name, a string")
+    if not isinstance(arguments, dict):
+        raise ClientProtocolError("tools/call params.arguments must be an object")
+    return McpCall(method, name, orjson.dumps(arguments, option=orjson.OPT_SORT_KEYS).decode())
+
+
+def _valid_id(value: Any) -> bool:
+    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+
+
+def _media(content_type: str | None) -> tuple[str, str]:
+    """The media type (lower case) and the charset parameter ("" when absent)."""
+    media, _, parameters = (content_type or "").partition(";")
+    charset = ""
+    for parameter in parameters.split(";"):
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "charset":
+            charset = value.strip().strip('"').lower()
+    return media.strip().lower(), charset
+
+
+class McpDialect:
+    """The mcp Dialect for one flow (interceptor.handlers.http.dialect.Dialect); the judge
+    of `services` decides which tools a tools/list answer keeps."""
+
+    name = "mcp"
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    def body_limit(self, head: RequestHead) -> int:
+        return BODY_LIMIT if head.method == "POST" else 0
+
+    def operation(self, head: RequestHead, body: bytes) -> Operation:
+        if head.method == "GET":
+            return McpCall(LISTEN_METHOD)
+        if head.method == "DELETE":
+            return McpCall(TERMINATE_METHOD)
+        if head.method != "POST":
+            raise ClientProtocolError(f"MCP's Streamable HTTP transport has POST, GET and DELETE, not {head.method}")
+        media, charset = _media(head.header("content-type"))
+        if media != "application/json" or charset not in ("", "utf-8"):
+            raise ClientProtocolError(f"an MCP message is application/json in UTF-8, not "
+                                      f"{head.header('content-type') or '(no content type)'}")
+        coding = head.header("content-encoding")
+        if coding is not None and coding.strip().lower() != "identity":
+            raise ClientProtocolError(f"a {coding}-coded MCP message is not read by the enforcer; send it uncoded")
+        try:
+            message = strict_json(body)
+        except ValueError as exc:
+            raise ClientProtocolError(f"the MCP message is not strict JSON: {exc}") from None
+        return jsonrpc_call(message)
+
+    def request_headers(self, head: RequestHead, operation: Operation) -> Pairs:
+        return (*((name, value) for name, value in head.headers if name != "accept-encoding"),
+                ("accept-encoding", "identity"))
+
+    def refusal(self, head: RequestHead, body: bytes, status: int, message: str, rule: str | None) -> Reply:
+        request_id: str | int | None = None
+        code = INTERNAL_ERROR if status >= 500 else INVALID_REQUEST
+        if head.method == "POST" and status != 413:
+            try:
+                parsed = strict_json(body)
+            except ValueError:
+                code = PARSE_ERROR if status == 400 else code
+            else:
+                if isinstance(parsed, dict) and "method" in parsed and _valid_id(parsed.get("id")):
+                    request_id = parsed["id"]
+        if status == 403:
+            code = DENIED_CODE
+            status = 200 if request_id is not None else status
+        error: dict[str, object] = {"code": code, "message": message}
+        if rule is not None:
+            error["data"] = {"rule": rule}
+        return Reply(status, (("content-type", "application/json"),),
+                     orjson.dumps({"jsonrpc": "2.0", "id": request_id, "error": error}))
+
+    def response_filter(self, head: RequestHead, operation: Operation, decision: Decision,
+                        response: ResponseHead) -> BodyFilter | None:
+        if not isinstance(operation, McpCall):
+            raise TypeError(f"the mcp dialect judged {type(operation).__name__}, not McpCall")
+        listen = operation.method == LISTEN_METHOD
+        listing = operation.method == TOOLS_LIST
+        if not (decision.masks or listing or listen):
+            return None
+        media, _ = _media(response.header("content-type"))
+        if media not in ("application/json", SSE_CONTENT_TYPE):
+            if not decision.masks and not 200 <= response.status < 300:
+                return None
+            raise MaskingError(f"the answer to {operation.method} must be filtered, but its content type "
+                               f"{response.header('content-type') or '(none)'} is neither JSON nor an event stream; "
+                               "withheld")
+        coding = response.header("content-encoding")
+        if coding is not None and coding.strip().lower() != "identity":
+            raise MaskingError(f"the answer to {operation.method} must be filtered, but it is {coding}-coded; withheld")
+        masks = [JsonMask.of(spec) for spec in decision.masks]
+        messages = MessageFilter(masks, self._callable if listing else None, listen)
+        return JsonBody(messages) if media == "application/json" else EventStream(messages)
+
+    def audit_operation(self, operation: Operation) -> dict[str, object]:
+        """The summary with the arguments scrubbed (interceptor.audit.scrub: members with
+        telling names, passwords in URLs, tokens), as canonical JSON."""
+        summary = operation.summary()
+        if isinstance(operation, McpCall) and operation.tool is not None:
+            try:
+                arguments = scrub(orjson.loads(operation.arguments))
+            except (orjson.JSONDecodeError, ValueError):
+                arguments = "[not JSON]"
+            summary["arguments"] = orjson.dumps(arguments, option=orjson.OPT_SORT_KEYS).decode()
+        return summary
+
+    def _callable(self, tool: str) -> bool:
+        """May the agent call `tool` with some arguments (its entry in a tools/list answer)?"""
+        try:
+            return self.services.judge.decide(McpCall(TOOLS_LIST, tool)).allowed
+        except Exception:  # noqa: BLE001 - a policy that cannot be evaluated lists nothing
+            return False
+
+
+class MessageFilter:
+    """Filters one JSON-RPC message from the server (see the module docstring). `listed`:
+    whether the agent may call a tool, for a tools/list answer (None: not one); `listen`: the
+    message came on the GET stream."""
+
+    def __init__(self, masks: list[JsonMask], listed: Callable[[str], bool] | None, listen: bool) -> None:
+        self.masks = masks
+        self.bare = [mask for mask in masks if not mask.paths]
+        self.listed = listed
+        self.listen = listen
+        self.masked = 0
+        self._verdicts: dict[str, bool] = {}
+
+    def message(self, message: Any) -> Any:
+        """The message, filtered in place; MaskingError for what cannot be filtered."""
+        if not isinstance(message, dict):
+            raise MaskingError("the server sent a JSON value that is not one JSON-RPC message; withheld")
+        if "result" in message:
+            if self.listen:
+                raise MaskingError("a response on the GET stream (a replayed stream): the masks and tools filter "
+                                   "of the request it answers are not known here; withheld")
+            message["result"] = self._result(message["result"])
+        for member in ("error", "params"):
+            if member in message and self.bare:
+                message[member], count = mask_document(message[member], self.bare)
+                self.masked += count
+        return message
+
+    def _result(self, result: Any) -> Any:
+        if self.listed is not None and isinstance(result, dict) and "tools" in result:
+            tools = result["tools"]
+            if not isinstance(tools, list):
+                raise MaskingError("a tools/list answer whose tools is not a list; withheld")
+            kept = [tool for tool in tools if isinstance(tool, dict) and self._listed(tool.get("name"))]
+            self.masked += len(tools) - len(kept)
+            result["tools"] = kept
+        result, count = mask_document(result, self.masks)
+        self.masked += count
+        return result
+
+    def _listed(self, name: Any) -> bool:
+        if not isinstance(name, str) or self.listed is None:
+            return False
+        if name not in self._verdicts:
+            self._verdicts[name] = self.listed(name)
+        return self._verdicts[name]
+
+
+class JsonBody:
+    """A BodyFilter for an `application/json` answer: one JSON-RPC message, kept until the
+    body ends (at most `limit` bytes), then filtered and sent whole."""
+
+    def __init__(self, messages: MessageFilter, limit: int = MASKED_BODY_LIMIT) -> None:
+        self.messages = messages
+        self.limit = limit
+        self.masked = 0
+        self._body = bytearray()
+
+    def feed(self, data: bytes) -> bytes:
+        self._body += data
+        if len(self._body) > self.limit:
+            raise MaskingError(f"an MCP answer to filter is larger than {self.limit} bytes; withheld")
+        return b""
+
+    def end(self) -> bytes:
+        if not self._body:
+            return b""
+        try:
+            message = orjson.loads(self._body)
+        except orjson.JSONDecodeError as exc:
+            raise MaskingError(f"an MCP answer to filter is not JSON ({exc}); withheld") from None
+        filtered = orjson.dumps(self.messages.message(message))
+        self.masked = self.messages.masked
+        return filtered
+
+
+class EventStream:
+    """A BodyFilter for a `text/event-stream` answer: each event's data is one JSON-RPC
+    message, filtered and written again as the event arrives; comments and events without
+    data (a priming event's id) pass as they are."""
+
+    def __init__(self, messages: MessageFilter) -> None:
+        self.messages = messages
+        self.masked = 0
+        self._parser = SseParser()
+
+    def feed(self, data: bytes) -> bytes:
+        try:
+            items = self._parser.feed(data)
+        except ProtocolViolation as exc:
+            raise MaskingError(f"the server's event stream cannot be read: {exc}; withheld") from None
+        return b"".join(serialize(self._item(item)) for item in items)
+
+    def end(self) -> bytes:
+        return b"".join(serialize(self._item(item)) for item in self._parser.end())
+
+    def _item(self, item: Event | Comment) -> Event | Comment:
+        if isinstance(item, Comment) or not item.data:
+            return item
+        try:
+            message = orjson.loads(item.data)
+        except orjson.JSONDecodeError as exc:
+            raise MaskingError(f"an event of the server's stream is not JSON ({exc}); withheld") from None
+        filtered = self.messages.message(message)
+        self.masked = self.messages.masked
+        return Event(orjson.dumps(filtered).decode(), item.event, item.id, item.retry)

@@ -1,0 +1,304 @@
+"""The mcp Dialect (interceptor.handlers.http.mcp): what a POSTed message is (strict JSON, one
+JSON-RPC 2.0 message, no batches), refusals as MCP clients read them, tools/list answers
+filtered and results masked in JSON and event-stream answers, arguments scrubbed for audit."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from typing import Any, cast
+
+import orjson
+import pytest
+from mcp.types import JSONRPCError, jsonrpc_message_adapter
+from test_approvals_support import ListSink
+from test_mcp_rules import registered  # noqa: F401 - the mcp protocol registered while these run
+
+from interceptor.audit.event import AuditSink
+from interceptor.decision import Decision, MaskSpec, Verdict
+from interceptor.enforcer.judge import FlowJudge
+from interceptor.errors import ClientProtocolError, MaskingError
+from interceptor.flow import Endpoint, FlowContext, ProcessInfo
+from interceptor.handlers.base import Services
+from interceptor.handlers.http.dialect import BodyFilter, RequestHead, ResponseHead
+from interceptor.handlers.http.mcp import BODY_LIMIT, DENIED_CODE, INVALID_REQUEST, PARSE_ERROR, McpDialect
+from interceptor.operations import HttpRequest, McpCall
+from interceptor.policy import PolicyEngine, load_policy_text
+from interceptor.policy.model import AddressSpec, ResourceSpec
+
+POLICY = """
+version: 1
+resources:
+  tools: {protocol: mcp, addresses: ["127.0.0.1:8000"]}
+agents:
+  claude: {uids: [1001]}
+rules:
+  - {name: search, effect: allow, resources: [tools], mcp: {tools: ["search_*"]}}
+  - {name: read-public, effect: allow, resources: [tools], mcp: {tools: [read_file], arguments: {path: ["/srv/*"]}}}
+  - {name: no-delete, effect: deny, resources: [tools], mcp: {tools: [delete_file]}}
+"""
+JSON = (("content-type", "application/json"),)
+SSE = (("content-type", "text/event-stream"),)
+TOOLS = [{"name": n, "inputSchema": {"type": "object"}}
+         for n in ("search_web", "read_file", "delete_file", "Delete_File", "list_dir", "search\u200b_x")]
+SHOWN = ["search_web", "read_file"]
+CARD = "4111 1111 1111 1111"
+
+
+@pytest.fixture
+def dialect(registered: None) -> McpDialect:  # noqa: F811
+    engine = PolicyEngine(load_policy_text(POLICY, "mcp.yaml"))
+    process = ProcessInfo(os.getpid(), 1, 0, 0, "/usr/bin/agent", ("agent",), "/agents/claude")
+    loopback = ipaddress.ip_address("127.0.0.1")
+    flow = FlowContext("flow-1", "claude", process, Endpoint(loopback, 8000), Endpoint(loopback, 40000), "tools")
+
+    async def credentials() -> dict[str, str]:
+        return {}
+
+    resource = ResourceSpec("tools", "mcp", (AddressSpec(ipaddress.ip_network("127.0.0.1/32"), None, 8000),))
+    audit = cast(AuditSink, ListSink())  # the dialect audits nothing itself; ListSink lacks write_session_bytes
+    return McpDialect(Services(judge=FlowJudge(flow, lambda: engine, lambda: None, lambda: False), audit=audit,
+                               resource=resource, credentials=credentials))
+
+
+def head(method: str = "POST", headers: tuple[tuple[str, str], ...] = JSON) -> RequestHead:
+    return RequestHead(method, "/mcp", "/mcp", (), headers, "127.0.0.1:8000")
+
+
+def post(dialect: McpDialect, body: bytes | dict[str, Any] | list[Any],
+         headers: tuple[tuple[str, str], ...] = JSON) -> McpCall:
+    raw = body if isinstance(body, bytes) else orjson.dumps(body)
+    call = dialect.operation(head(headers=headers), raw)
+    assert isinstance(call, McpCall)
+    return call
+
+
+def request(method: str, params: dict[str, Any] | None = None, id: int | str = 1) -> dict[str, Any]:
+    message: dict[str, Any] = {"jsonrpc": "2.0", "id": id, "method": method}
+    if params is not None:
+        message["params"] = params
+    return message
+
+
+def test_messages_and_their_calls(dialect: McpDialect) -> None:
+    call = post(dialect, request("tools/call", {"name": "read_file", "arguments": {"z": 1, "path": "/srv/a"}}))
+    assert call == McpCall("tools/call", "read_file", '{"path":"/srv/a","z":1}')
+    assert post(dialect, request("tools/call", {"name": "x"})) == McpCall("tools/call", "x", "{}")
+    assert post(dialect, {"jsonrpc": "2.0", "method": "notifications/initialized"}) == \
+        McpCall("notifications/initialized")
+    assert post(dialect, request("tools/list", id="a")) == McpCall("tools/list")
+    assert post(dialect, {"jsonrpc": "2.0", "id": 3, "result": {}}) == McpCall("rpc.response")
+    assert post(dialect, {"jsonrpc": "2.0", "id": 3, "error": {"code": 1, "message": "no"}}) == McpCall("rpc.response")
+    assert dialect.operation(head("GET", ()), b"") == McpCall("rpc.listen")
+    assert dialect.operation(head("DELETE", ()), b"") == McpCall("rpc.terminate")
+    assert post(dialect, orjson.dumps(request("ping")), (("content-type", "Application/JSON; charset=UTF-8"),)) == \
+        McpCall("ping")
+    assert dialect.body_limit(head()) == BODY_LIMIT and dialect.body_limit(head("GET")) == 0
+
+
+@pytest.mark.parametrize("body", [
+    b'{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "method": "ping"}',
+    b'{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "a", "name": "delete_file"}}',
+    b'{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "a", "arguments": {"p": 1, "p": 2}}}',
+    b'[{"jsonrpc": "2.0", "id": 1, "method": "ping"}]',
+    b'[]',
+    b'{"jsonrpc": "1.0", "id": 1, "method": "ping"}',
+    b'{"id": 1, "method": "ping"}',
+    b'{"jsonrpc": "2.0", "id": 1, "method": "ping", "extra": 1}',
+    b'{"jsonrpc": "2.0", "id": null, "method": "ping"}',
+    b'{"jsonrpc": "2.0", "id": 1.5, "method": "ping"}',
+    b'{"jsonrpc": "2.0", "id": true, "method": "ping"}',
+    b'{"jsonrpc": "2.0", "id": 1, "method": "ping", "params": [1]}',
+    b'{"jsonrpc": "2.0", "id": 1, "method": "rpc.response"}',
+    b'{"jsonrpc": "2.0", "id": 1, "method": ""}',
+    b'{"jsonrpc": "2.0", "id": 1, "method": 5}',
+    b'{"jsonrpc": "2.0", "id": 1, "method": "ping", "result": {}}',
+    b'{"jsonrpc": "2.0", "id": 1}',
+    b'{"jsonrpc": "2.0", "id": 1, "result": {}, "error": {}}',
+    b'{"jsonrpc": "2.0", "result": {}}',
+    b'{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": 7}}',
+    b'{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "a", "arguments": null}}',
+    b'{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "a", "arguments": [1]}}',
+    b'{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "a", "arguments": {"n": NaN}}}',
+    b'{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "a", "arguments": {"n": 1e400}}}',
+    b'{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "a", "arguments": {"n": 99999999999999999999}}}',
+    b'{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "\\ud800", "arguments": {}}}',
+    b'\xef\xbb\xbf{"jsonrpc": "2.0", "id": 1, "method": "ping"}',
+    b'{"jsonrpc": "2.0", "id": 1, "method": "pi\xffng"}',
+    b'{"jsonrpc": "2.0", "id": 1, "method": "ping"} x',
+    b'',
+    b'[' * 100000,
+])
+def test_what_the_server_could_read_otherwise_is_refused(dialect: McpDialect, body: bytes) -> None:
+    with pytest.raises(ClientProtocolError):
+        post(dialect, body)
+
+
+@pytest.mark.parametrize("headers", [(), (("content-type", "text/plain"),),
+                                     (("content-type", "application/json; charset=latin-1"),),
+                                     (*JSON, ("content-encoding", "gzip"))])
+def test_content_type_and_coding(dialect: McpDialect, headers: tuple[tuple[str, str], ...]) -> None:
+    with pytest.raises(ClientProtocolError):
+        post(dialect, request("ping"), headers)
+
+
+def test_other_http_methods_refused(dialect: McpDialect) -> None:
+    with pytest.raises(ClientProtocolError, match="POST, GET and DELETE"):
+        dialect.operation(head("PUT"), b"{}")
+
+
+def test_the_request_asks_for_uncoded_answers(dialect: McpDialect) -> None:
+    headers = dialect.request_headers(head(headers=(*JSON, ("accept-encoding", "gzip, br"))), McpCall("ping"))
+    assert [v for k, v in headers if k == "accept-encoding"] == ["identity"]
+
+
+def test_a_denied_request_is_a_jsonrpc_error_with_its_id(dialect: McpDialect) -> None:
+    body = orjson.dumps(request("tools/call", {"name": "delete_file"}, id="req-7"))
+    message = "permission denied by interceptor rule 'no-delete': deny by rule no-delete"
+    reply = dialect.refusal(head(), body, 403, message, "no-delete")
+    assert reply.status == 200 and dict(reply.headers)["content-type"] == "application/json"
+    error = JSONRPCError.model_validate_json(reply.body)
+    assert error.id == "req-7" and error.error.code == DENIED_CODE and error.error.message == message
+    assert error.error.data == {"rule": "no-delete"}
+    assert isinstance(jsonrpc_message_adapter.validate_json(reply.body), JSONRPCError)
+
+
+def test_a_denied_notification_keeps_its_status(dialect: McpDialect) -> None:
+    body = orjson.dumps({"jsonrpc": "2.0", "method": "notifications/roots/list_changed"})
+    reply = dialect.refusal(head(), body, 403, "denied", "r")
+    assert reply.status == 403
+    error = JSONRPCError.model_validate_json(reply.body)
+    assert error.id is None and error.error.code == DENIED_CODE
+
+
+@pytest.mark.parametrize(("body", "status", "code"), [
+    (b"not json", 400, PARSE_ERROR),
+    (b'{"jsonrpc": "2.0", "id": 1, "method": "a", "method": "b"}', 400, PARSE_ERROR),  # duplicate: id not trusted
+    (b'[{"jsonrpc": "2.0", "id": 1, "method": "ping"}]', 400, INVALID_REQUEST),
+    (b'{"jsonrpc": "2.0", "id": 1, "method": "ping"}', 413, INVALID_REQUEST),
+    (b'{"jsonrpc": "2.0", "id": 9, "method": "tools/call"}', 502, -32603),
+])
+def test_other_refusals(dialect: McpDialect, body: bytes, status: int, code: int) -> None:
+    reply = dialect.refusal(head(), body, status, "why", None)
+    assert reply.status == status
+    error = JSONRPCError.model_validate_json(reply.body)
+    assert error.error.code == code and error.error.message == "why"
+    assert error.id == (9 if status == 502 else None)
+
+
+def result(value: dict[str, Any], id: int = 1) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": id, "result": value}
+
+
+def run(body_filter: BodyFilter, chunks: list[bytes]) -> bytes:
+    return b"".join(body_filter.feed(chunk) for chunk in chunks) + body_filter.end()
+
+
+def allowed(masks: tuple[MaskSpec, ...] = ()) -> Decision:
+    return Decision(Verdict.ALLOW, "r", masks=masks)
+
+
+def listing_filter(dialect: McpDialect, headers: tuple[tuple[str, str], ...]) -> BodyFilter:
+    body_filter = dialect.response_filter(head(), McpCall("tools/list"), allowed(), ResponseHead(200, headers))
+    assert body_filter is not None
+    return body_filter
+
+
+def test_tools_list_filtered_in_json(dialect: McpDialect) -> None:
+    body_filter = listing_filter(dialect, JSON)
+    out = orjson.loads(run(body_filter, [orjson.dumps(result({"tools": TOOLS, "nextCursor": "c"}))]))
+    assert [t["name"] for t in out["result"]["tools"]] == SHOWN and out["result"]["nextCursor"] == "c"
+    assert body_filter.masked == len(TOOLS) - len(SHOWN)
+
+
+def test_tools_list_filtered_in_an_event_stream_split_anywhere(dialect: McpDialect) -> None:
+    stream = (b": ping\r\n\r\nid: p1\r\ndata: \r\n\r\n"
+              b"event: message\r\nid: e2\r\ndata: " + orjson.dumps(result({"tools": TOOLS})) + b"\r\n\r\n")
+    for cut in range(0, len(stream) + 1, 7):
+        out = run(listing_filter(dialect, SSE), [stream[:cut], stream[cut:]])
+        kept, _, event = out.partition(b"event: message\nid: e2\ndata: ")
+        assert kept == b": ping\n\nid: p1\ndata\n\n"  # the comment, its blank line, the priming event
+        assert event.endswith(b"\n\n") and event.count(b"\n") == 2
+        message = orjson.loads(event)
+        assert [t["name"] for t in message["result"]["tools"]] == SHOWN
+
+
+def test_no_filter_without_masks_or_listing(dialect: McpDialect) -> None:
+    call = McpCall("tools/call", "search_web")
+    assert dialect.response_filter(head(), call, allowed(), ResponseHead(200, SSE)) is None
+
+
+def test_masks_on_results(dialect: McpDialect) -> None:
+    masks = (MaskSpec(classifiers=("card",), rule="cards"),
+             MaskSpec(rule="secret-field", paths=("structuredContent.secret",)))
+    body_filter = dialect.response_filter(head(), McpCall("tools/call", "search_web"), allowed(masks),
+                                          ResponseHead(200, JSON))
+    assert body_filter is not None
+    answer = result({"content": [{"type": "text", "text": f"card {CARD} on file"}],
+                     "structuredContent": {"secret": "s3cr3t", "card": CARD, "n": 4}})
+    out = orjson.loads(run(body_filter, [orjson.dumps(answer)]))["result"]
+    assert CARD not in orjson.dumps(out).decode() and "s3cr3t" not in orjson.dumps(out).decode()
+    assert out["content"][0]["text"] == "card **** on file" and out["structuredContent"]["n"] == 4
+    assert body_filter.masked == 3
+
+
+def test_masks_in_an_event_stream_cover_notifications(dialect: McpDialect) -> None:
+    masks = (MaskSpec(classifiers=("card",), rule="cards"), MaskSpec(rule="only-results", paths=("content",)))
+    body_filter = dialect.response_filter(head(), McpCall("tools/call", "search_web"), allowed(masks),
+                                          ResponseHead(200, SSE))
+    assert body_filter is not None
+    log = {"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": "info", "data": f"saw {CARD}"}}
+    stream = b"".join(b"data: " + orjson.dumps(m) + b"\n\n" for m in (log, result({"content": ["x"]})))
+    out = run(body_filter, [stream[i:i + 5] for i in range(0, len(stream), 5)])
+    messages = [orjson.loads(line[6:]) for line in out.split(b"\n") if line.startswith(b"data: ")]
+    assert messages[0]["params"] == {"level": "info", "data": "saw ****"}  # masks without paths only
+    assert messages[1]["result"] == {"content": ["****"]}
+
+
+def test_the_listen_stream_refuses_replayed_responses(dialect: McpDialect) -> None:
+    body_filter = dialect.response_filter(head("GET"), McpCall("rpc.listen"), allowed(), ResponseHead(200, SSE))
+    assert body_filter is not None
+    ping = orjson.dumps({"jsonrpc": "2.0", "id": 5, "method": "ping"})
+    assert body_filter.feed(b"data: " + ping + b"\n\n") == b"data: " + ping + b"\n\n"
+    with pytest.raises(MaskingError, match="GET stream"):
+        body_filter.feed(b"data: " + orjson.dumps(result({"tools": TOOLS})) + b"\n\n")
+
+
+@pytest.mark.parametrize(("headers", "status"), [
+    ((*JSON, ("content-encoding", "gzip")), 200), ((("content-type", "text/html"),), 200), ((), 200),
+])
+def test_unfilterable_answers(dialect: McpDialect, headers: tuple[tuple[str, str], ...], status: int) -> None:
+    with pytest.raises(MaskingError):
+        dialect.response_filter(head(), McpCall("tools/list"), allowed(), ResponseHead(status, headers))
+
+
+def test_an_error_status_in_another_type_is_relayed_when_nothing_is_masked(dialect: McpDialect) -> None:
+    text = (("content-type", "text/plain"),)
+    assert dialect.response_filter(head("GET"), McpCall("rpc.listen"), allowed(), ResponseHead(405, text)) is None
+    with pytest.raises(MaskingError):
+        dialect.response_filter(head(), McpCall("tools/call", "x"), allowed((MaskSpec(rule="m"),)),
+                                ResponseHead(500, text))
+
+
+@pytest.mark.parametrize("body", [b"not json", b"[1]", b"data"])
+def test_answers_that_are_not_messages(dialect: McpDialect, body: bytes) -> None:
+    with pytest.raises(MaskingError):
+        run(listing_filter(dialect, JSON), [body])
+    with pytest.raises(MaskingError):
+        run(listing_filter(dialect, SSE), [b"data: " + body + b"\n\n"])
+
+
+def test_arguments_scrubbed_for_audit(dialect: McpDialect) -> None:
+    token = "ghp_" + "a1B2" * 9
+    call = McpCall("tools/call", "login", orjson.dumps({"password": "hunter2", "note": f"use {token}", "n": 1},
+                                                         option=orjson.OPT_SORT_KEYS).decode())
+    summary = dialect.audit_operation(call)
+    arguments = orjson.loads(str(summary["arguments"]))
+    assert arguments == {"n": 1, "note": "use [REDACTED]", "password": "[REDACTED]"}
+    assert summary["tool"] == "login" and summary["method"] == "tools/call"
+    assert dialect.audit_operation(McpCall("ping")) == {"kind": "mcp", "method": "ping"}
+
+
+def test_only_mcp_calls(dialect: McpDialect) -> None:
+    with pytest.raises(TypeError):
+        dialect.response_filter(head(), HttpRequest("GET", "/"), allowed(), ResponseHead(200, JSON))
