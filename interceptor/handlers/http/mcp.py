@@ -54,6 +54,8 @@ from interceptor.decision import Decision
 from interceptor.errors import ClientProtocolError, MaskingError, ProtocolViolation
 from interceptor.handlers.base import Services
 from interceptor.handlers.http.dialect import BodyFilter, Reply, RequestHead, ResponseHead
+from interceptor.handlers.http.handler import HttpHandler
+from interceptor.handlers.http.plain import MASKED_BODY_LIMIT, JsonBodyMask
 from interceptor.handlers.http.sse import CONTENT_TYPE as SSE_CONTENT_TYPE
 from interceptor.handlers.http.sse import Comment, Event, SseParser, serialize
 from interceptor.masking.json_paths import JsonMask, mask_document
@@ -61,7 +63,6 @@ from interceptor.operations import McpCall, Operation, Pairs
 from interceptor.policy.mcp_rules import LISTEN_METHOD, RESPONSE_METHOD, TERMINATE_METHOD, TOOLS_CALL, TOOLS_LIST
 
 BODY_LIMIT = 4 * 1024 * 1024  # bytes of one POSTed JSON-RPC message
-MASKED_BODY_LIMIT = 32 * 1024 * 1024  # bytes of a filtered application/json response
 DENIED_CODE = -32003  # JSON-RPC implementation-defined server error (-32000..-32099); the mcp SDK uses -32000/-32001
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
@@ -303,21 +304,14 @@ class MessageFilter:
         return self._verdicts[name]
 
 
-class JsonBody:
+class JsonBody(JsonBodyMask):
     """A BodyFilter for an `application/json` answer: one JSON-RPC message, kept until the
-    body ends (at most `limit` bytes), then filtered and sent whole."""
+    body ends (at most MASKED_BODY_LIMIT bytes, as JsonBodyMask keeps it), then filtered
+    and sent whole."""
 
-    def __init__(self, messages: MessageFilter, limit: int = MASKED_BODY_LIMIT) -> None:
+    def __init__(self, messages: MessageFilter) -> None:
+        super().__init__([], MASKED_BODY_LIMIT)
         self.messages = messages
-        self.limit = limit
-        self.masked = 0
-        self._body = bytearray()
-
-    def feed(self, data: bytes) -> bytes:
-        self._body += data
-        if len(self._body) > self.limit:
-            raise MaskingError(f"an MCP answer to filter is larger than {self.limit} bytes; withheld")
-        return b""
 
     def end(self) -> bytes:
         if not self._body:
@@ -361,3 +355,6 @@ class EventStream:
         filtered = self.messages.message(message)
         self.masked = self.messages.masked
         return Event(orjson.dumps(filtered).decode(), item.event, item.id, item.retry)
+
+
+HANDLER = HttpHandler("mcp", McpDialect)
