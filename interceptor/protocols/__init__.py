@@ -20,7 +20,8 @@ from interceptor.protocols.spec import Context, Problem, ProtocolSpec
 
 __all__ = ["MODULES", "Context", "Problem", "ProtocolSpec", "protocols", "spec_for", "spec_for_key", "spec_of"]
 
-MODULES = ("interceptor.protocols.tcp", "interceptor.protocols.postgres", "interceptor.protocols.http")
+MODULES = ("interceptor.protocols.tcp", "interceptor.protocols.postgres", "interceptor.protocols.http",
+           "interceptor.protocols.mcp")
 
 
 @dataclass(frozen=True, slots=True)
