@@ -214,6 +214,50 @@ def test_a_request_without_host_goes_upstream_with_the_resource_authority() -> N
      .done())
 
 
+def test_pipelined_requests_wait_for_the_response_before_them() -> None:
+    (talk()
+     .agent(b"GET /1 HTTP/1.1\r\nHost: api\r\n\r\nGET /secret HTTP/1.1\r\nHost: api\r\n\r\nGET /3 HTTP/1.1\r\nHo")
+     .expect_server(upstream("GET /1 HTTP/1.1"), b"\r\n")
+     .server(OK)
+     .expect_agent(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+     .expect_record("reads", "allow", operation=record("GET", "/1"))
+     .expect_record("no-secrets", "deny", operation=record("GET", "/secret"))
+     .expect_agent(agent_reply(403, DENIED))
+     .agent(b"st: api\r\n\r\n")
+     .expect_server(upstream("GET /3 HTTP/1.1"), b"\r\n")
+     .done())
+
+
+def test_a_head_sent_a_byte_at_a_time_is_read_in_linear_time() -> None:
+    s = session()
+    data = b"GET / HTTP/1.1\r\nHost: api\r\nX-Pad: " + b"p" * 60_000 + b"\r\n\r\n"
+    for index in range(len(data) - 1):
+        assert s.receive(Side.CLIENT, data[index:index + 1]) == []
+    (script(s, s.receive(Side.CLIENT, data[-1:]))
+     .expect_server(upstream("GET / HTTP/1.1", "x-pad: " + "p" * 60_000), b"\r\n")
+     .done())
+
+
+def test_bytes_the_upstream_sends_after_its_response_close_the_flow_instead_of_answering_the_next_request() -> None:
+    (talk()
+     .agent(b"GET / HTTP/1.1\r\nHost: api\r\n\r\n")
+     .expect_server(upstream("GET / HTTP/1.1"), b"\r\n")
+     .server(OK, b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged")
+     .expect_agent(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+     .expect_record("reads", "allow", outcome={"status": 200})
+     .expect_close(DONE)
+     .done())
+    (talk()
+     .agent(b"GET / HTTP/1.1\r\nHost: api\r\n\r\n")
+     .expect_server(upstream("GET / HTTP/1.1"), b"\r\n")
+     .server(OK)
+     .expect_agent(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+     .expect_record("reads", "allow")
+     .server(b"HTTP/1.1 200 OK\r\n")
+     .expect_close("the upstream sent bytes while no request was outstanding")
+     .done())
+
+
 # ---- request heads that two parsers could read differently ----------------------------------
 
 SMUGGLING = {
@@ -401,6 +445,19 @@ def test_a_request_in_flight_when_the_flow_ends_is_recorded_once() -> None:
     [unrecorded] = s.unrecorded("timed out")
     assert unrecorded.outcome["error"] == "timed out" and unrecorded.decision.rule == "reads"
     assert s.unrecorded("timed out") == []
+
+
+def test_an_upstream_gone_while_a_request_was_held_answers_502_once_approved() -> None:
+    message = "the upstream closed the connection before the request was sent"
+    (talk()
+     .agent(b"DELETE /pods/x HTTP/1.1\r\nHost: api\r\n\r\n")
+     .expect_hold("deletes")
+     .ends(Side.SERVER)
+     .approve("R1")
+     .expect_record("deletes", "approve", outcome={"status": 502, "error": message})
+     .expect_agent(agent_reply(502, message, close=True))
+     .expect_close(message)
+     .done())
 
 
 # ---- headers ---------------------------------------------------------------------------------

@@ -65,25 +65,27 @@ class Head:
         return [value for key, value in self.headers if key == name]
 
 
-def head_end(buffer: bytes | bytearray) -> int:
+def head_end(buffer: bytes | bytearray, scanned: int = 0) -> int:
     """The length of the request head at the start of `buffer` (through its blank line), 0
-    while it is incomplete. Raises HeadError as soon as the bytes so far cannot start a
-    valid head: a bare LF or CR, a request line over MAX_REQUEST_LINE (414), a head over
-    MAX_HEAD (431)."""
-    end = buffer.find(b"\r\n\r\n", 0, MAX_HEAD + 4)
+    while it is incomplete; `scanned`: how much of `buffer` an earlier call already checked
+    (so a head sent a byte at a time costs linear time). Raises HeadError as soon as the
+    bytes so far cannot start a valid head: a bare LF or CR, a request line over
+    MAX_REQUEST_LINE (414), a head over MAX_HEAD (431)."""
+    start = max(0, scanned - 3)
+    end = buffer.find(b"\r\n\r\n", start, MAX_HEAD + 4)
     seen = len(buffer) if end < 0 else end + 2
-    lf = buffer.find(b"\n", 0, seen)
+    lf = buffer.find(b"\n", start, seen)
     while lf >= 0:
         if lf == 0 or buffer[lf - 1] != 0x0D:
             raise HeadError("a line of the request head ends in a bare LF (lines end in CRLF)")
         lf = buffer.find(b"\n", lf + 1, seen)
-    cr = buffer.find(b"\r", 0, seen)
+    cr = buffer.find(b"\r", start, seen)
     while cr >= 0:
         if cr + 1 < len(buffer) and buffer[cr + 1] != 0x0A:
             raise HeadError("the request head holds a bare CR")
         cr = buffer.find(b"\r", cr + 1, seen)
-    line = buffer.find(b"\r\n", 0, MAX_REQUEST_LINE + 2)
-    if line < 0 and len(buffer) > MAX_REQUEST_LINE:
+    window = MAX_REQUEST_LINE + 2  # the request line and its CRLF: checked once, by the call that has them all
+    if scanned < window <= len(buffer) and buffer.find(b"\r\n", 0, window) < 0:
         raise HeadError(f"the request line is longer than {MAX_REQUEST_LINE} bytes", 414)
     if end < 0:
         if len(buffer) > MAX_HEAD:

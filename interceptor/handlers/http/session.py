@@ -97,6 +97,7 @@ class HttpSession:
         self._upstream = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
         self._exchange: _Exchange | None = None
         self._pending = bytearray()  # the agent's bytes not yet given to an h11 connection
+        self._scanned = 0  # how much of _pending head_end has checked
         self._ended: set[Side] = set()
         self._relay = False  # upgraded: bytes pass as they are
         self._closed = False
@@ -132,7 +133,7 @@ class HttpSession:
             return []
         if self._relay:
             if len(self._ended) == 2:
-                return self.unrecorded(None) + self._close(DONE)
+                return self._close(DONE)
             return [Shutdown(side.other, stream=UP if side is Side.CLIENT else DOWN)]
         if side is Side.SERVER:
             return self._upstream_ended()
@@ -170,7 +171,7 @@ class HttpSession:
         """The record of the held request when the flow ends before a decision: denied with
         `reason`, never run. None when nothing is held."""
         exchange = self._exchange
-        if exchange is None or exchange.phase != "held" or exchange.decision is None:
+        if exchange is None or exchange.phase != "held" or exchange.decision is None or exchange.recorded:
             return None
         exchange.phase = "done"
         decision = exchange.decision
@@ -194,15 +195,17 @@ class HttpSession:
         out: list[Command] = []
         while self._exchange is None and not self._closed:
             try:
-                size = head_end(self._pending)
+                size = head_end(self._pending, self._scanned)
             except HeadError as exc:
                 return out + self._bad_head(bytes(self._pending), exc)
             if size == 0:
-                if Side.CLIENT in self._ended or Side.SERVER in self._ended:
+                self._scanned = len(self._pending)
+                if self._ended:
                     out += self._close(DONE)
                 return out
             raw = bytes(self._pending[:size])
             del self._pending[:size]
+            self._scanned = 0
             out += self._begin(raw)
         return out
 
@@ -331,8 +334,13 @@ class HttpSession:
         if exchange.operation is None:
             raise RuntimeError("forwarding a request that was never judged")
         exchange.phase = "forward"
-        out = self._to_upstream(h11.Request(method=exchange.head.method, target=exchange.target.origin,
-                                            headers=self._upstream_headers(exchange, exchange.operation)))
+        if Side.SERVER in self._ended:
+            return self._server_broke(exchange, "the upstream closed the connection before the request was sent")
+        try:
+            out = self._to_upstream(h11.Request(method=exchange.head.method, target=exchange.target.origin,
+                                                headers=self._upstream_headers(exchange, exchange.operation)))
+        except h11.LocalProtocolError as exc:
+            return self._server_broke(exchange, f"the request cannot be sent upstream: {exc}")
         if exchange.body:
             exchange.bytes_up += len(exchange.body)
             out += self._to_upstream(h11.Data(data=bytes(exchange.body)))
@@ -504,7 +512,8 @@ class HttpSession:
     def _reusable(self) -> bool:
         """Whether the upstream connection can carry the next request."""
         states = (self._upstream.our_state, self._upstream.their_state)
-        return states in ((h11.DONE, h11.DONE), (h11.IDLE, h11.IDLE))
+        leftover = self._upstream.trailing_data[0]  # bytes after the response: never taken as the next one's
+        return states in ((h11.DONE, h11.DONE), (h11.IDLE, h11.IDLE)) and not leftover
 
     # ---- the relay after an upgrade -----------------------------------------------------
 
@@ -570,16 +579,20 @@ class HttpSession:
 
     def _abort(self, exchange: _Exchange, reason: str) -> list[Command]:
         """End the flow now (a response cut short, fail closed), the request recorded."""
-        out: list[Command] = [] if exchange.recorded else [self._record(exchange, exchange.status, reason)]
-        return out + self._close(reason, error=True)
+        return self._close(reason, error=True)
 
     def _close(self, reason: str, error: bool = False) -> list[Command]:
+        """Close the flow, after the record of a request in flight (a held one is the
+        driver's to settle: `abandoned`)."""
         if self._closed:
             return []
         self._closed = True
         if error:
             self.error = reason
-        return [Close(reason, stream=DOWN)]
+        exchange = self._exchange
+        held = exchange is not None and exchange.phase == "held"
+        out: list[Command] = [] if held else list(self.unrecorded(reason if error else None))
+        return out + [Close(reason, stream=DOWN)]
 
     def _record(self, exchange: _Exchange, status: int | None, error: str | None) -> Record:
         exchange.recorded = True
