@@ -12,6 +12,7 @@ import orjson
 
 from interceptor.operations import McpCall
 from interceptor.policy.mcp_rules import OPERATION_KEY, TOOLS_CALL, judge_mcp, parse_mcp_match
+from interceptor.protocols.http import http_options_schema
 from interceptor.protocols.spec import ProtocolSpec
 
 if TYPE_CHECKING:
@@ -53,11 +54,7 @@ MATCH_SCHEMA = {
     },
 }
 
-OPTIONS_SCHEMA = {
-    "type": "object",
-    "additionalProperties": False,
-    "description": "An mcp resource has no options yet.",
-}
+OPTIONS_SCHEMA = http_options_schema("Settings of the mcp handler: those of every protocol over HTTP.")
 
 
 def _parse_case(case: Mapping[str, Any], catalog: Catalog | None) -> McpCall:

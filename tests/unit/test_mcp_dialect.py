@@ -12,7 +12,6 @@ import orjson
 import pytest
 from mcp.types import JSONRPCError, jsonrpc_message_adapter
 from test_approvals_support import ListSink
-from test_mcp_rules import registered  # noqa: F401 - the mcp protocol registered while these run
 
 from interceptor.audit.event import AuditSink
 from interceptor.decision import Decision, MaskSpec, Verdict
@@ -46,7 +45,7 @@ CARD = "4111 1111 1111 1111"
 
 
 @pytest.fixture
-def dialect(registered: None) -> McpDialect:  # noqa: F811
+def dialect() -> McpDialect:
     engine = PolicyEngine(load_policy_text(POLICY, "mcp.yaml"))
     process = ProcessInfo(os.getpid(), 1, 0, 0, "/usr/bin/agent", ("agent",), "/agents/claude")
     loopback = ipaddress.ip_address("127.0.0.1")

@@ -4,16 +4,16 @@ problems and `policy test` cases."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
-from interceptor import protocols
 from interceptor.decision import Decision
 from interceptor.operations import McpCall, Request, Subject
 from interceptor.policy import PolicyEngine, load_policy_text
+from interceptor.policy.cases import run_cases
 from interceptor.policy.loader import PolicyError
 from interceptor.protocols.mcp import SPEC
 
@@ -39,19 +39,8 @@ rules:
 """
 
 
-@pytest.fixture(autouse=True, scope="module")
-def registered() -> Iterator[None]:
-    """The mcp protocol in the registry while these tests run, whether or not MODULES has it yet."""
-    with pytest.MonkeyPatch.context() as patch:
-        if "interceptor.protocols.mcp" not in protocols.MODULES:
-            patch.setattr(protocols, "MODULES", (*protocols.MODULES, "interceptor.protocols.mcp"))
-        protocols._registry.cache_clear()
-        yield
-    protocols._registry.cache_clear()
-
-
 @pytest.fixture(scope="module")
-def engine(registered: None) -> PolicyEngine:
+def engine() -> PolicyEngine:
     return PolicyEngine(load_policy_text(POLICY, "mcp.yaml"))
 
 
@@ -165,7 +154,7 @@ def test_listed_tools(engine: PolicyEngine, tool: str, expected: tuple[str, str]
     assert verdict(ask(engine, "tools/list", tool)) == expected
 
 
-def test_block_problems(registered: None) -> None:
+def test_block_problems() -> None:
     text = POLICY + """
   - {name: bad-glob, effect: allow, mcp: {tools: ["read file"]}}
   - {name: bad-path, effect: allow, mcp: {tools: [x], arguments: {"a..b": [1]}}}
@@ -193,3 +182,8 @@ def test_cases() -> None:
         with pytest.raises((ValueError, TypeError)):
             SPEC.parse_case({"mcp": bad}, None)
 
+
+
+def test_the_shipped_example_passes() -> None:
+    results = run_cases(Path(__file__).parents[2] / "policy" / "examples" / "mcp.tests.yaml")
+    assert len(results) >= 15 and [r.name for r in results if not r.passed] == []
