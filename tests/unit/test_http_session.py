@@ -317,6 +317,21 @@ def test_a_request_head_servers_could_read_differently_is_refused_and_nothing_fo
     refused_head(*SMUGGLING[name][:1], 400, SMUGGLING[name][1])
 
 
+@pytest.mark.parametrize(("data", "says"), [
+    (b"GET / HTTP/1.1\r\nHost: api\nX: 1\r\n\r\n", "bare LF"),
+    (b"GET / HTTP/1.1\r\nHost: api\rX: 1\r\n\r\n", "bare CR"),
+])
+def test_a_bare_line_ending_is_found_when_the_head_comes_a_byte_at_a_time(data: bytes, says: str) -> None:
+    s = session()
+    commands = []
+    for index in range(len(data)):
+        commands = s.receive(Side.CLIENT, data[index:index + 1])
+        if commands:
+            break
+    assert s.error is not None and says in s.error
+    assert index == data.index(b"X") - (1 if says == "bare LF" else 0)  # refused at the byte that shows it
+
+
 def test_a_header_section_over_64_kib_is_refused_431_before_it_ends() -> None:
     s = session()
     talk_ = talk(s).agent(b"GET / HTTP/1.1\r\nHost: api\r\n")
@@ -583,6 +598,26 @@ def test_an_upstream_that_closes_before_answering_gets_the_agent_a_502() -> None
      .done())
 
 
+def test_informational_answers_other_than_100_reach_an_http_1_1_agent() -> None:
+    (talk()
+     .agent(b"GET / HTTP/1.1\r\nHost: api\r\n\r\n")
+     .expect_server(upstream("GET / HTTP/1.1"), b"\r\n")
+     .server(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n")
+     .expect_agent(b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>; rel=preload\r\n\r\n")
+     .done())
+
+
+def test_an_upstream_response_with_both_framings_is_reframed_by_its_transfer_encoding() -> None:
+    (talk()
+     .agent(b"GET / HTTP/1.1\r\nHost: api\r\n\r\n")
+     .expect_server(upstream("GET / HTTP/1.1"), b"\r\n")
+     .server(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n")
+     .expect_agent(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", b"2\r\nhi\r\n")
+     .expect_record("reads", "allow", outcome={"status": 200, "bytes_down": 2})
+     .expect_agent(b"0\r\n\r\n")
+     .done())
+
+
 # ---- upgrades --------------------------------------------------------------------------------
 
 EXEC = (b"GET /api/v1/namespaces/a/pods/p/exec?command=sh HTTP/1.1\r\nHost: api\r\nConnection: Upgrade\r\n"
@@ -612,6 +647,31 @@ def test_an_upgrade_is_judged_then_relayed_with_the_early_bytes_and_its_byte_cou
      .expect_record("reads", "allow", outcome={"status": 101, "error": None, "upgrade": {
          "protocol": "spdy/3.1", "bytes_up": 13, "bytes_down": 14}})
      .expect_close(DONE)
+     .done())
+
+
+def test_a_websocket_upgrade_is_relayed_and_other_upgrades_are_dropped() -> None:
+    (talk()
+     .agent(b"GET /ws HTTP/1.1\r\nHost: api\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n"
+            b"Sec-WebSocket-Key: k\r\nSec-WebSocket-Version: 13\r\n\r\n")
+     .expect_server(upstream("GET /ws HTTP/1.1", "sec-websocket-key: k", "sec-websocket-version: 13"),
+                    b"connection: upgrade\r\nupgrade: websocket\r\n\r\n")
+     .server(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+             b"Sec-WebSocket-Accept: a\r\n\r\n")
+     .expect_agent(b"HTTP/1.1 101 Switching Protocols\r\nsec-websocket-accept: a\r\nconnection: upgrade\r\n"
+                   b"upgrade: websocket\r\n\r\n")
+     .agent(b"\x81\x00")
+     .expect_server(b"\x81\x00")
+     .done())
+    (talk()  # h2c would leave HTTP/1.1, and its requests unjudged: the upstream never sees the offer
+     .agent(b"GET / HTTP/1.1\r\nHost: api\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+            b"HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n")
+     .expect_server(upstream("GET / HTTP/1.1"), b"\r\n")
+     .server(OK)
+     .expect_agent(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+     .expect_record("reads", "allow")
+     .agent(b"GET /2 HTTP/1.1\r\nHost: api\r\n\r\n")
+     .expect_server(upstream("GET /2 HTTP/1.1"), b"\r\n")
      .done())
 
 
