@@ -58,7 +58,7 @@ import orjson
 from interceptor.decision import Decision, MaskSpec, Verdict
 from interceptor.masking.json_paths import JsonPath, compile_path, select
 from interceptor.operations import McpCall, Request
-from interceptor.policy.judgement import Judgement, pick
+from interceptor.policy.judgement import DEFAULT_DENY, Judgement, pick
 from interceptor.policy.model import Rule
 
 if TYPE_CHECKING:  # the protocol registry imports this module
@@ -151,14 +151,22 @@ def judge_mcp(context: Context, request: Request, call: McpCall) -> Decision:
                                                              f"{call.method} is MCP plumbing, allowed by default")
     else:
         matching = [r for r in rules if r.effect != "mask" and _covers(r, r.effect == "deny", call, arguments)]
-        judgement = pick(matching, f"no rule allows {_what(call)}")
+        judgement = pick(matching, "")
+        if judgement.rule == DEFAULT_DENY:
+            judgement = Judgement(Verdict.DENY, DEFAULT_DENY, _unmatched(rules, call))
     masks = tuple(MaskSpec(classifiers=r.mask.classifiers, style=r.mask.style, rule=r.name, paths=r.mask.paths)
                   for r in rules if r.effect == "mask" and r.mask is not None and _covers(r, False, call, arguments))
     return judgement.decision(masks)
 
 
-def _what(call: McpCall) -> str:
-    return f"tool {call.tool}" if call.method == TOOLS_CALL else f"MCP method {call.method}"
+def _unmatched(rules: list[Rule], call: McpCall) -> str:
+    """Why no rule allows the call: for a tool some rule allows with other arguments, which."""
+    if call.method != TOOLS_CALL:
+        return f"no rule allows MCP method {call.method}"
+    others = [r.name for r in rules if r.effect in ("allow", "approve") and _names(r, False, TOOLS_CALL, call.tool)]
+    if not others:
+        return f"no rule allows tool {call.tool}"
+    return f"no rule allows tool {call.tool} with these arguments (rule {', '.join(others)} allows other arguments)"
 
 
 def _listed(rules: list[Rule], tool: str) -> Decision:
@@ -171,7 +179,7 @@ def _listed(rules: list[Rule], tool: str) -> Decision:
     for rule in rules:
         if rule.effect in ("allow", "approve") and _names(rule, False, TOOLS_CALL, tool):
             return Decision(Verdict.ALLOW, rule.name, f"tool {tool} may be called by rule {rule.name}")
-    return Decision.deny("default-deny", f"no rule allows tool {tool}")
+    return Decision.deny(DEFAULT_DENY, f"no rule allows tool {tool}")
 
 
 def _method_named(rule: Rule, method: str) -> bool:

@@ -59,7 +59,10 @@ def test_tool_globs_are_exact_and_case_sensitive(engine: PolicyEngine) -> None:
     assert verdict(ask(engine, "tools/call", "write_file")) == ("approve", "writes-approved")
     assert ask(engine, "tools/call", "write_file").approval is not None
     assert verdict(ask(engine, "tools/call", "list_dir")) == ("deny", "default-deny")
-    assert "no rule allows tool list_dir" in ask(engine, "tools/call", "list_dir").reason
+    assert ask(engine, "tools/call", "list_dir").reason == "no rule allows tool list_dir"
+    assert ask(engine, "tools/call", "read_file", {"path": "/etc/passwd"}).reason == \
+        "no rule allows tool read_file with these arguments (rule read-public allows other arguments)"
+    assert ask(engine, "prompts/get").reason == "no rule allows MCP method prompts/get"
 
 
 @pytest.mark.parametrize("name", ["delete_file", "Delete_File", "DELETE_FILE"])
