@@ -35,7 +35,7 @@ import stat
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
@@ -110,6 +110,15 @@ def upstream_context(ca_file: str | None, client_cert: tuple[str, str] | None) -
 
 
 @dataclass(slots=True)
+class _Seen:
+    """What a flow's SNI callback learnt. Kept apart from AgentTLS so that the callback
+    does not refer back to its own context: a flow's TLS is freed without the cycle collector."""
+
+    server_name: str | None = None
+    refusal: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class AgentTLS:
     """One flow's agent-facing TLS. `context` is what the handler accepts the agent's TLS
     with (server side); during the handshake it presents the certificate for the SNI the
@@ -120,8 +129,15 @@ class AgentTLS:
 
     context: ssl.SSLContext
     default_name: str
-    server_name: str | None = None
-    refusal: str | None = None
+    seen: _Seen = field(default_factory=_Seen, repr=False)
+
+    @property
+    def server_name(self) -> str | None:
+        return self.seen.server_name
+
+    @property
+    def refusal(self) -> str | None:
+        return self.seen.refusal
 
     @property
     def certificate_name(self) -> str:
@@ -198,22 +214,23 @@ class HostCA:
         `default_name` when it sent none. A name that is not valid fails the handshake with an
         unrecognized_name alert (RFC 6066 section 3) and sets `refusal`. ClientProtocolError
         when `default_name` itself is not valid."""
-        tls = AgentTLS(_tls_context(ssl.PROTOCOL_TLS_SERVER), _canonical(default_name))
+        default, seen = _canonical(default_name), _Seen()
 
         def select(connection: ssl.SSLObject | ssl.SSLSocket, sni: str | None, _: ssl.SSLContext) -> int | None:
             try:
-                connection.context = self.server_context(sni or tls.default_name)
+                connection.context = self.server_context(sni or default)
             except ClientProtocolError as exc:
-                tls.refusal = str(exc)
+                seen.refusal = str(exc)
                 return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
             except Exception as exc:  # noqa: BLE001 - the handshake fails closed, the reason is kept
-                tls.refusal = f"no certificate for {sni or tls.default_name!r}: {type(exc).__name__}: {exc}"
+                seen.refusal = f"no certificate for {sni or default!r}: {type(exc).__name__}: {exc}"
                 return ssl.ALERT_DESCRIPTION_INTERNAL_ERROR
-            tls.server_name = _canonical(sni) if sni else None
+            seen.server_name = _canonical(sni) if sni else None
             return None
 
-        tls.context.sni_callback = select
-        return tls
+        context = _tls_context(ssl.PROTOCOL_TLS_SERVER)
+        context.sni_callback = select
+        return AgentTLS(context, default, seen)
 
     def _issue(self, name: str, now: datetime.datetime) -> _Leaf:
         """A leaf for the canonical `name` and the context presenting it."""

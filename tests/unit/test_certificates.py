@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import gc
 import os
 import socket
 import ssl
 import stat
 import threading
+import weakref
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -291,9 +293,17 @@ def test_agent_context_refuses_a_bad_sni(tmp_path: Path, ca: HostCA) -> None:
     assert tls.server_name is None
 
 
-def test_agent_contexts_are_per_flow(ca: HostCA) -> None:
+def test_agent_contexts_are_per_flow_and_freed_without_the_cycle_collector(tmp_path: Path, ca: HostCA) -> None:
     one, two = ca.agent_context("10.0.0.5"), ca.agent_context("10.0.0.5")
     assert one.context is not two.context
+    handshake(one.context, client_context(ca_file(tmp_path)), "kube.example.com")
+    context = weakref.ref(one.context)
+    gc.disable()
+    try:
+        del one
+        assert context() is None
+    finally:
+        gc.enable()
 
 
 # --- the cache ----------------------------------------------------------------------------

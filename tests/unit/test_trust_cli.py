@@ -174,11 +174,27 @@ POLICY = Policy(
 )
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def policy(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(trust_cli, "load_policy", lambda path: POLICY)
 
 
+EXAMPLE = Path(__file__).resolve().parents[2] / "policy" / "examples" / "kubernetes.yaml"
+
+
+def test_kubeconfig_from_the_shipped_example(tmp_path: Path, config: Path) -> None:
+    output = tmp_path / "ops-bot.kubeconfig"
+    result = run(config, "kubeconfig", "--agent", "ops-bot", "--resource", "cluster", "--policy", str(EXAMPLE),
+                 "-o", str(output))
+    assert result.exit_code == 0, result.output
+    loaded = yaml.safe_load(output.read_text())
+    assert loaded["clusters"][0]["cluster"]["server"] == "https://10.96.0.1:443"
+    assert loaded["users"] == [{"name": "ops-bot", "user": {}}]
+    if os.geteuid() == 0:
+        assert output.stat().st_uid == 2010
+
+
+@pytest.mark.usefixtures("policy")
 def test_kubeconfig_names_the_server_trusts_the_ca_and_has_no_credentials(tmp_path: Path, config: Path) -> None:
     result = run(config, "kubeconfig", "--agent", "bot", "--resource", "cluster")
     assert result.exit_code == 0, result.output
@@ -194,12 +210,14 @@ def test_kubeconfig_names_the_server_trusts_the_ca_and_has_no_credentials(tmp_pa
     }
 
 
+@pytest.mark.usefixtures("policy")
 @pytest.mark.parametrize("resource, server", [("cluster-v6", "https://[fd00::9]:6443")])
 def test_kubeconfig_brackets_an_ipv6_server(config: Path, resource: str, server: str) -> None:
     result = run(config, "kubeconfig", "--agent", "bot", "--resource", resource)
     assert yaml.safe_load(result.output)["clusters"][0]["cluster"]["server"] == server
 
 
+@pytest.mark.usefixtures("policy")
 def test_kubeconfig_server_override(config: Path) -> None:
     result = run(config, "kubeconfig", "--agent", "bot", "--resource", "cluster-net", "--server",
                  "https://10.0.0.7:6443")
@@ -207,6 +225,7 @@ def test_kubeconfig_server_override(config: Path) -> None:
     assert yaml.safe_load(result.output)["clusters"][0]["cluster"]["server"] == "https://10.0.0.7:6443"
 
 
+@pytest.mark.usefixtures("policy")
 @pytest.mark.parametrize("args, message", [
     (["--agent", "nobody", "--resource", "cluster"], "no agent 'nobody' in policy.yaml (agents: bot, cron)"),
     (["--agent", "bot", "--resource", "nowhere"], "no resource 'nowhere' in policy.yaml"),
@@ -221,6 +240,7 @@ def test_kubeconfig_errors(config: Path, args: list[str], message: str) -> None:
     assert message in result.output
 
 
+@pytest.mark.usefixtures("policy")
 @pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
 def test_kubeconfig_file_is_0600_and_the_agents(tmp_path: Path, config: Path) -> None:
     output = tmp_path / "bot.kubeconfig"
@@ -233,6 +253,7 @@ def test_kubeconfig_file_is_0600_and_the_agents(tmp_path: Path, config: Path) ->
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".bot")) == []
 
 
+@pytest.mark.usefixtures("policy")
 def test_kubeconfig_file_of_an_agent_without_uids(tmp_path: Path, config: Path) -> None:
     output = tmp_path / "cron.kubeconfig"
     result = run(config, "kubeconfig", "--agent", "cron", "--resource", "cluster", "-o", str(output))
@@ -240,6 +261,7 @@ def test_kubeconfig_file_of_an_agent_without_uids(tmp_path: Path, config: Path) 
     assert stat.S_IMODE(output.stat().st_mode) == 0o600 and output.stat().st_uid == os.geteuid()
 
 
+@pytest.mark.usefixtures("policy")
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl")
 def test_kubectl_reads_it(tmp_path: Path, config: Path) -> None:
     output = tmp_path / "bot.kubeconfig"
