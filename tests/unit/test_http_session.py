@@ -454,6 +454,15 @@ def test_a_held_request_abandoned_by_the_flow_is_recorded_as_never_run() -> None
     assert s.unrecorded("flow ended") == []
 
 
+def test_a_held_request_the_handler_ends_is_recorded_denied_once() -> None:
+    s = session()
+    talk(s).agent(b"DELETE /pods/x HTTP/1.1\r\nHost: api\r\n\r\n").expect_hold("deletes").done()
+    [unrecorded] = s.unrecorded("connection reset")
+    assert (unrecorded.decision.verdict, unrecorded.decision.rule) == (Verdict.DENY, "deletes")
+    assert unrecorded.outcome["error"] == "connection reset"
+    assert s.abandoned(0, "R1", "the client disconnected") is None
+
+
 def test_a_request_in_flight_when_the_flow_ends_is_recorded_once() -> None:
     s = session()
     talk(s).agent(b"GET /slow HTTP/1.1\r\nHost: api\r\n\r\n").expect_server(upstream("GET /slow HTTP/1.1"), b"\r\n")
@@ -477,13 +486,15 @@ def test_an_upstream_gone_while_a_request_was_held_answers_502_once_approved() -
 
 # ---- headers ---------------------------------------------------------------------------------
 
-def test_credentials_identity_and_hop_by_hop_headers_never_reach_the_upstream() -> None:
+def test_credential_identity_override_and_hop_by_hop_headers_never_reach_the_upstream() -> None:
     (talk()
      .agent(b"GET / HTTP/1.1\r\nHost: api\r\nAuthorization: Bearer agent\r\nProxy-Authorization: Basic x\r\n"
             b"Impersonate-User: admin\r\nImpersonate-Group: system:masters\r\nImpersonate-Uid: 0\r\n"
             b"Impersonate-Extra-Scopes: all\r\nX-Remote-User: admin\r\nX-Remote-Group: system:masters\r\n"
             b"X-Remote-Extra-Scopes: all\r\nForwarded: for=1.2.3.4\r\nX-Forwarded-For: 1.2.3.4\r\n"
-            b"X-Forwarded-User: admin\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\n"
+            b"X-Forwarded-User: admin\r\nX-Real-IP: 10.0.0.1\r\nX-Auth-Request-User: admin\r\nRemote-User: admin\r\n"
+            b"X-HTTP-Method-Override: DELETE\r\nX-Original-URL: /secret\r\nX-Rewrite-URL: /secret\r\n"
+            b"Connection: keep-alive, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\n"
             b"Proxy-Connection: keep-alive\r\nTE: trailers\r\nTrailer: X-T\r\nUpgrade: h2c\r\n"
             b"Accept-Encoding: gzip\r\nCookie: session=1\r\nAccept: application/json\r\n\r\n")
      .expect_server(upstream("GET / HTTP/1.1", "cookie: session=1", "accept: application/json"), b"\r\n")

@@ -31,12 +31,16 @@ _HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,=-]*)(:[0-9]*)?")
 # clients); the framing headers too: h11 writes each side's framing itself.
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
                         "upgrade", "content-length", "expect"})
-# Headers a server may take as the caller's identity or credentials: the resource's
-# credential replaces them (RFC 9110 section 11.6.2, RFC 7239, Kubernetes impersonation
-# and front-proxy authentication).
-IDENTITY = frozenset({"authorization", "proxy-authorization", "forwarded", "x-remote-user", "x-remote-group",
-                      "x-remote-uid", "impersonate-user", "impersonate-group", "impersonate-uid"})
-IDENTITY_PREFIXES = ("impersonate-extra-", "x-remote-extra-", "x-forwarded-")
+# Headers a server may take as the caller's identity, address or credentials: the
+# resource's credential replaces them (RFC 9110 section 11.6.2, RFC 7239, Kubernetes
+# impersonation and front-proxy authentication X-Remote-*, auth proxies' X-Auth-Request-*);
+# and headers that make some servers read another method or path than the one judged
+# (X-HTTP-Method-Override and kin, IIS/Symfony X-Original-URL and X-Rewrite-URL).
+IDENTITY = frozenset({"authorization", "proxy-authorization", "forwarded", "remote-user", "x-real-ip",
+                      "x-client-ip", "true-client-ip", "impersonate-user", "impersonate-group", "impersonate-uid",
+                      "x-http-method-override", "x-http-method", "x-method-override", "x-original-url",
+                      "x-rewrite-url"})
+IDENTITY_PREFIXES = ("impersonate-extra-", "x-remote-", "x-forwarded-", "x-auth-request-", "x-authenticated-")
 UPGRADES = frozenset({"websocket", "spdy/3.1"})  # the protocols a request may switch to
 
 
@@ -160,7 +164,7 @@ def upgrade_protocol(headers: Pairs) -> str | None:
 
 def forwarded_request(headers: Pairs) -> Pairs:
     """The request headers an upstream may see: without hop-by-hop headers (and those the
-    Connection header names), framing, Expect, credentials and identity headers."""
+    Connection header names), framing, Expect, credentials, identity and override headers."""
     named = connection_tokens(headers)
     return tuple((key, value) for key, value in headers
                  if key not in HOP_BY_HOP and key not in named and key not in IDENTITY

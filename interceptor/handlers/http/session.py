@@ -182,10 +182,14 @@ class HttpSession:
     def unrecorded(self, reason: str | None) -> list[Record]:
         """The record of the request in flight when the flow ended without the session
         hearing it (the handler's own end: a timeout, a write error), with `reason` as its
-        error; empty when every request is recorded. After an upgrade, the relay's record."""
+        error (a held one as `abandoned` records it); empty when every request is recorded.
+        After an upgrade, the relay's record."""
         exchange = self._exchange
         if exchange is None or exchange.recorded:
             return []
+        if exchange.phase == "held":
+            abandoned = self.abandoned(UP, None, reason or DONE)
+            return [abandoned] if abandoned is not None else []
         return [self._record(exchange, exchange.status, reason)]
 
     # ---- the agent's requests -----------------------------------------------------------
