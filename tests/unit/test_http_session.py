@@ -111,7 +111,9 @@ def agent_reply(status: int, message: str, close: bool = False) -> bytes:
             + ("connection: close\r\n" if close else "") + "\r\n").encode() + body
 
 
-def record(method: str, target: str, query: list[list[str]] | None = None, host: str | None = "api") -> dict[str, object]:
+def record(method: str, target: str, query: list[list[str]] | None = None,
+           host: str | None = "api") -> dict[str, object]:
+    """The audit operation of a request the fake dialect read."""
     path = target.partition("?")[0]
     return {"kind": "http", "method": method, "host": host, "path": path, "query": query or [], "target": target}
 
@@ -383,6 +385,24 @@ def test_a_denied_request_gets_403_naming_the_rule_and_the_connection_goes_on() 
      .expect_agent(agent_reply(403, DENIED))
      .agent(b"GET /ok HTTP/1.1\r\nHost: api\r\n\r\n")
      .expect_server(upstream("GET /ok HTTP/1.1"), b"\r\n")
+     .done())
+
+
+def test_a_refusal_of_a_head_request_has_no_body() -> None:
+    head = agent_reply(403, DENIED)
+    (talk()
+     .agent(b"HEAD /secret HTTP/1.1\r\nHost: api\r\n\r\n")
+     .expect_record("no-secrets", "deny")
+     .expect_agent(head[:head.index(b"\r\n\r\n") + 4])
+     .done())
+
+
+def test_a_request_refused_before_it_was_an_operation_keeps_256_characters_of_its_target() -> None:
+    target = "/invalid?" + "q=1&" * 200
+    (talk()
+     .agent(f"GET {target} HTTP/1.1\r\nHost: api\r\n\r\n".encode())
+     .expect_record(PROTOCOL_RULE, "deny", operation={"method": "GET", "target": target[:256]})
+     .expect_agent(agent_reply(400, "the dialect cannot read this request"))
      .done())
 
 
@@ -722,7 +742,8 @@ def test_a_filtered_body_goes_chunked_without_content_length_and_counts_its_mask
      .agent(b"GET /s HTTP/1.1\r\nHost: api\r\n\r\n")
      .expect_server(upstream("GET /s HTTP/1.1"), b"\r\n")
      .server(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 6\r\n\r\nabc")
-     .expect_agent(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n", b"3\r\nABC\r\n")
+     .expect_agent(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n",
+                   b"3\r\nABC\r\n")
      .server(b"def")
      .expect_agent(b"3\r\nDEF\r\n")
      .expect_record("reads", "allow", outcome={"status": 200, "bytes_down": 11, "masked": 2})

@@ -277,9 +277,7 @@ class HttpSession:
                 out += self._judge(exchange) if exchange.phase == "body" else self._to_upstream(h11.EndOfMessage())
                 if exchange.phase not in ("body", "held"):
                     out += self._kept(exchange)
-            elif event is h11.NEED_DATA and Side.CLIENT in self._ended:
-                return out + self._client_broke(exchange, "the client closed the connection before its request ended")
-            else:
+            else:  # NEED_DATA (h11 raises when the agent ended before the body did)
                 break
         return out
 
@@ -299,8 +297,8 @@ class HttpSession:
         forwarded: the enforcer answers it when it wants the body). RFC 9110 section 10.1.1."""
         if not exchange.agent.they_are_waiting_for_100_continue:
             return []
-        return [Send(Side.CLIENT, [exchange.agent.send(h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue"))],
-                     stream=DOWN)]
+        continue_ = h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
+        return [Send(Side.CLIENT, [exchange.agent.send(continue_)], stream=DOWN)]
 
     def _kept(self, exchange: _Exchange) -> list[Command]:
         """The agent sent more after its request while the response is due: keep it, within
@@ -601,9 +599,11 @@ class HttpSession:
     def _record(self, exchange: _Exchange, status: int | None, error: str | None) -> Record:
         exchange.recorded = True
         head = exchange.head
-        operation: dict[str, object] = {} if exchange.operation is None else \
-            dict(self.dialect.audit_operation(exchange.operation))
-        operation.update(method=head.method, target=exchange.target.origin)
+        if exchange.operation is None:  # refused before it was an operation
+            operation: dict[str, object] = {"method": head.method, "target": exchange.target.origin[:AUDIT_TARGET]}
+        else:
+            operation = {**self.dialect.audit_operation(exchange.operation), "method": head.method,
+                         "target": exchange.target.origin}
         outcome: dict[str, object] = {"status": status, "bytes_up": exchange.bytes_up,
                                       "bytes_down": exchange.bytes_down,
                                       "masked": exchange.filter.masked if exchange.filter is not None else 0,
