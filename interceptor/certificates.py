@@ -17,8 +17,8 @@ directory that is a symlink, owned by another user or open to group or others is
 Leaf certificates (RFC 5280 section 4.2: basicConstraints CA:false, keyUsage
 digitalSignature, extKeyUsage serverAuth, one subjectAltName: dNSName or iPAddress) are
 issued per server name on demand, valid 7 days from one hour ago, and cached (least recently
-used first out) until a day before they expire. Every leaf carries the same key, made once
-per process.
+used first out) until a day before they expire, or until the clock goes back past their issue.
+Every leaf carries the same key, made once per process.
 """
 
 from __future__ import annotations
@@ -148,6 +148,7 @@ class AgentTLS:
 @dataclass(frozen=True, slots=True)
 class _Leaf:
     context: ssl.SSLContext
+    issued: datetime.datetime
     renew_at: datetime.datetime
 
 
@@ -200,7 +201,7 @@ class HostCA:
         with self._lock:
             leaf = self._leaves.get(name)
             now = self.clock()
-            if leaf is None or now >= leaf.renew_at:
+            if leaf is None or not leaf.issued <= now < leaf.renew_at:  # also when the clock went back
                 leaf = self._issue(name, now)
                 self._leaves[name] = leaf
                 while len(self._leaves) > self.cache_size:
@@ -257,7 +258,7 @@ class HostCA:
                 .sign(self.key, hashes.SHA256()))
         context = _tls_context(ssl.PROTOCOL_TLS_SERVER)
         _load_chain(context, leaf.public_bytes(serialization.Encoding.PEM) + self._leaf_key_pem)
-        return _Leaf(context, not_after - RENEW_BEFORE)
+        return _Leaf(context, now, not_after - RENEW_BEFORE)
 
 
 def fingerprint(certificate: x509.Certificate) -> str:

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from interceptor.certificates import (
-    LEAF_VALIDITY, AgentTLS, HostCA, HostCAError, fingerprint, parse_server_name, upstream_context,
+    BACKDATE, LEAF_VALIDITY, AgentTLS, HostCA, HostCAError, fingerprint, parse_server_name, upstream_context,
 )
 from interceptor.daemon import open_host_ca
 from interceptor.errors import ClientProtocolError
@@ -242,6 +242,9 @@ def test_alpn_offers_http11_only(tmp_path: Path, ca: HostCA) -> None:
     server, client = handshake(ca.server_context("example.com"),
                                client_context(ca_file(tmp_path), ["h2", "http/1.1"]), "example.com")
     assert client.selected_alpn_protocol() == server.selected_alpn_protocol() == "http/1.1"
+    server, client = handshake(ca.server_context("example.com"), client_context(ca_file(tmp_path), ["h2"]),
+                               "example.com")
+    assert client.selected_alpn_protocol() is None  # no protocol agreed: h2 is never selected
 
 
 @pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1_1 is deprecated:DeprecationWarning")
@@ -342,6 +345,13 @@ def test_a_leaf_is_renewed_a_day_before_it_expires(ca: HostCA, clock: Clock) -> 
     assert renewed is not context
     assert presented(renewed, "example.com").not_valid_after_utc == clock.now + LEAF_VALIDITY
     assert presented(context, "example.com").not_valid_after_utc == NOW + LEAF_VALIDITY
+
+
+def test_a_leaf_is_reissued_when_the_clock_goes_back(ca: HostCA, clock: Clock) -> None:
+    context = ca.server_context("example.com")
+    clock.now = NOW - datetime.timedelta(hours=2)  # before the cached leaf's notBefore
+    assert ca.server_context("example.com") is not context
+    assert presented(ca.server_context("example.com"), "example.com").not_valid_before_utc == clock.now - BACKDATE
 
 
 def test_a_leaf_never_outlives_the_ca(ca: HostCA, clock: Clock) -> None:
