@@ -54,7 +54,11 @@ MATCH_SCHEMA = {
     },
 }
 
-OPTIONS_SCHEMA = http_options_schema("Settings of the mcp handler: those of every protocol over HTTP.")
+OPTIONS_SCHEMA = http_options_schema("Settings of the mcp handler: those of every protocol over HTTP, and the MCP "
+                                     "endpoint.", {"endpoint": {
+    "type": "string", "pattern": "^/",
+    "description": "The path of the server's MCP endpoint (Streamable HTTP has one); default `/mcp`. Requests "
+                   "for any other path, or with a query, are refused (403)."}})
 
 
 def _parse_case(case: Mapping[str, Any], catalog: Catalog | None) -> McpCall:

@@ -16,7 +16,7 @@ from test_approvals_support import ListSink
 from interceptor.audit.event import AuditSink
 from interceptor.decision import Decision, MaskSpec, Verdict
 from interceptor.enforcer.judge import FlowJudge
-from interceptor.errors import ClientProtocolError, MaskingError
+from interceptor.errors import ClientProtocolError, MaskingError, Refused
 from interceptor.flow import Endpoint, FlowContext, ProcessInfo
 from interceptor.handlers.base import Services
 from interceptor.handlers.http.dialect import BodyFilter, RequestHead, ResponseHead
@@ -45,7 +45,7 @@ CARD = "4111 1111 1111 1111"
 
 
 @pytest.fixture
-def dialect() -> McpDialect:
+def dialect(request: pytest.FixtureRequest) -> McpDialect:
     engine = PolicyEngine(load_policy_text(POLICY, "mcp.yaml"))
     process = ProcessInfo(os.getpid(), 1, 0, 0, "/usr/bin/agent", ("agent",), "/agents/claude")
     loopback = ipaddress.ip_address("127.0.0.1")
@@ -54,14 +54,15 @@ def dialect() -> McpDialect:
     async def credentials() -> dict[str, str]:
         return {}
 
-    resource = ResourceSpec("tools", "mcp", (AddressSpec(ipaddress.ip_network("127.0.0.1/32"), None, 8000),))
+    resource = ResourceSpec("tools", "mcp", (AddressSpec(ipaddress.ip_network("127.0.0.1/32"), None, 8000),),
+                            options=getattr(request, "param", {}))
     audit = cast(AuditSink, ListSink())  # the dialect audits nothing itself; ListSink lacks write_session_bytes
     return McpDialect(Services(judge=FlowJudge(flow, lambda: engine, lambda: None, lambda: False), audit=audit,
                                resource=resource, credentials=credentials))
 
 
-def head(method: str = "POST", headers: tuple[tuple[str, str], ...] = JSON) -> RequestHead:
-    return RequestHead(method, "/mcp", "/mcp", (), headers, "127.0.0.1:8000")
+def head(method: str = "POST", headers: tuple[tuple[str, str], ...] = JSON, target: str = "/mcp") -> RequestHead:
+    return RequestHead(method, target, target.partition("?")[0], (), headers, "127.0.0.1:8000")
 
 
 def post(dialect: McpDialect, body: bytes | dict[str, Any] | list[Any],
@@ -139,6 +140,31 @@ def test_what_the_server_could_read_otherwise_is_refused(dialect: McpDialect, bo
 def test_content_type_and_coding(dialect: McpDialect, headers: tuple[tuple[str, str], ...]) -> None:
     with pytest.raises(ClientProtocolError):
         post(dialect, request("ping"), headers)
+
+
+@pytest.mark.parametrize("target", ["/", "/admin/delete", "/mcp/", "/MCP", "/mcp?x=1", "/mcp?"])
+def test_only_the_endpoint_is_reached(dialect: McpDialect, target: str) -> None:
+    with pytest.raises(Refused, match="the MCP endpoint of this resource is /mcp"):
+        dialect.operation(head(target=target), orjson.dumps(request("ping")))
+    with pytest.raises(Refused):
+        dialect.operation(head("GET", (), target), b"")
+
+
+@pytest.mark.parametrize("dialect", [{"endpoint": "/v1/tools"}], indirect=True)
+def test_the_endpoint_option(dialect: McpDialect) -> None:
+    assert dialect.operation(head("GET", (), "/v1/tools"), b"") == McpCall("rpc.listen")
+    with pytest.raises(Refused):
+        dialect.operation(head("GET", (), "/mcp"), b"")
+
+
+@pytest.mark.parametrize(("method", "headers"), [
+    ("GET", (("upgrade", "websocket"), ("connection", "upgrade"))), ("POST", (*JSON, ("upgrade", "h2c"))),
+    ("GET", (("content-length", "5"),)), ("DELETE", (("transfer-encoding", "chunked"),)),
+])
+def test_no_upgrades_and_no_bodies_on_get_or_delete(dialect: McpDialect, method: str,
+                                                    headers: tuple[tuple[str, str], ...]) -> None:
+    with pytest.raises(ClientProtocolError):
+        dialect.operation(head(method, headers), orjson.dumps(request("ping")) if method == "POST" else b"")
 
 
 def test_other_http_methods_refused(dialect: McpDialect) -> None:
@@ -222,9 +248,11 @@ def test_tools_list_filtered_in_an_event_stream_split_anywhere(dialect: McpDiale
         assert [t["name"] for t in message["result"]["tools"]] == SHOWN
 
 
-def test_no_filter_without_masks_or_listing(dialect: McpDialect) -> None:
+def test_no_filter_without_masks_or_listing_or_a_body(dialect: McpDialect) -> None:
     call = McpCall("tools/call", "search_web")
     assert dialect.response_filter(head(), call, allowed(), ResponseHead(200, SSE)) is None
+    accepted = ResponseHead(202, (("content-length", "0"),))
+    assert dialect.response_filter(head(), call, allowed((MaskSpec(rule="m"),)), accepted) is None
 
 
 def test_masks_on_results(dialect: McpDialect) -> None:

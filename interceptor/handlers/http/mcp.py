@@ -1,7 +1,10 @@
 """The Dialect of `protocol: mcp` resources: MCP's Streamable HTTP transport (MCP
 specification 2025-06-18, "Transports", section "Streamable HTTP"; messages are JSON-RPC 2.0).
 
-Requests. The agent POSTs one JSON-RPC message (at most BODY_LIMIT bytes), read whole and
+Requests. Only the MCP endpoint is reached (the transport has one path: the resource's
+`endpoint` option, `/mcp` by default; no query): a request for any other target is refused
+(403), so the server's other routes are not reachable as "MCP". No upgrades, and no body on
+GET or DELETE (400). The agent POSTs one JSON-RPC message (at most BODY_LIMIT bytes), read whole and
 judged as an McpCall (interceptor.policy.mcp_rules): a request or notification by its method
 (a tools/call by its tool's name and canonical arguments), a response it sends back to the
 server as `rpc.response`. GET (the stream of the server's own requests and notifications) is
@@ -35,7 +38,8 @@ bodies event by event (interceptor.handlers.http.sse), each message filtered:
 - on the GET stream, a response (only sent when the server replays a stream on resumption,
   `Last-Event-ID`) is a MaskingError: the masks and the filter of the request it answers are
   not known there.
-A filtered response must be `identity`-coded (Accept-Encoding: identity is always sent
+A response with `Content-Length: 0` (202 Accepted) has nothing to filter. A filtered
+response must be `identity`-coded (Accept-Encoding: identity is always sent
 upstream) and JSON or an event stream, else MaskingError; a response with an error status
 in another content type is relayed when no mask applies (no result can be in it).
 """
@@ -51,8 +55,8 @@ import orjson
 
 from interceptor.audit.scrub import scrub
 from interceptor.decision import Decision
-from interceptor.errors import ClientProtocolError, MaskingError, ProtocolViolation
-from interceptor.handlers.base import Services
+from interceptor.errors import ClientProtocolError, MaskingError, ProtocolViolation, Refused
+from interceptor.handlers.base import Services, resource_option
 from interceptor.handlers.http.dialect import BodyFilter, Reply, RequestHead, ResponseHead
 from interceptor.handlers.http.handler import HttpHandler
 from interceptor.handlers.http.plain import MASKED_BODY_LIMIT, JsonBodyMask
@@ -63,6 +67,7 @@ from interceptor.operations import McpCall, Operation, Pairs
 from interceptor.policy.mcp_rules import LISTEN_METHOD, RESPONSE_METHOD, TERMINATE_METHOD, TOOLS_CALL, TOOLS_LIST
 
 BODY_LIMIT = 4 * 1024 * 1024  # bytes of one POSTed JSON-RPC message
+DEFAULT_ENDPOINT = "/mcp"  # the MCP endpoint's path when the resource's `endpoint` option names none
 DENIED_CODE = -32003  # JSON-RPC implementation-defined server error (-32000..-32099); the mcp SDK uses -32000/-32001
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
@@ -171,6 +176,15 @@ class McpDialect:
         return BODY_LIMIT if head.method == "POST" else 0
 
     def operation(self, head: RequestHead, body: bytes) -> Operation:
+        endpoint = resource_option(self.services.resource, "endpoint") or DEFAULT_ENDPOINT
+        if head.path != endpoint or "?" in head.target:
+            raise Refused("42501", f"the MCP endpoint of this resource is {endpoint} (no query); "
+                                   f"{head.target[:200]} is not reached through it")
+        if head.header("upgrade") is not None:
+            raise ClientProtocolError("MCP's Streamable HTTP transport has no protocol upgrades")
+        if head.method != "POST" and (head.header("transfer-encoding") is not None
+                                      or (head.header("content-length") or "0") != "0"):
+            raise ClientProtocolError(f"an MCP {head.method} has no body")
         if head.method == "GET":
             return McpCall(LISTEN_METHOD)
         if head.method == "DELETE":
@@ -220,7 +234,7 @@ class McpDialect:
             raise TypeError(f"the mcp dialect judged {type(operation).__name__}, not McpCall")
         listen = operation.method == LISTEN_METHOD
         listing = operation.method == TOOLS_LIST
-        if not (decision.masks or listing or listen):
+        if not (decision.masks or listing or listen) or response.header("content-length") == "0":
             return None
         media, _ = _media(response.header("content-type"))
         if media not in ("application/json", SSE_CONTENT_TYPE):
