@@ -146,6 +146,19 @@ def test_kubectl_logs_and_logs_follow(kubeconfig: Path, tmp_path: Path) -> None:
     assert lines == ["boot\n", "serving /healthz\n", "tick 1\n", "tick 2\n"]
 
 
+def test_kubectl_exec_over_spdy(api: KubeApi, kubeconfig: Path) -> None:
+    run_kubectl(kubeconfig, "run", "spdy-shell", "--image=busybox:1")
+    assert run_kubectl(kubeconfig, "exec", "spdy-shell", "--", "echo", "hello", "spdy").stdout == "hello spdy\n"
+    failed = run_kubectl(kubeconfig, "exec", "spdy-shell", "--", "cat", "/nope", check=False)
+    assert failed.returncode == 1
+    assert "cat: /nope: No such file or directory" in failed.stderr
+    assert "command terminated with exit code 1" in failed.stderr
+    piped = run_kubectl(kubeconfig, "exec", "-i", "spdy-shell", "--", "cat", stdin="piped input\n")
+    assert piped.stdout == "piped input\n"
+    execs = [e for e in api.requests() if e["path"].endswith("/pods/spdy-shell/exec")]
+    assert [(e["method"], header(e, "upgrade")) for e in execs] == [("POST", "SPDY/3.1")] * 3
+
+
 def test_kubectl_get_watch_sees_changes(kubeconfig: Path) -> None:
     run_kubectl(kubeconfig, "run", "watched", "--image=busybox:1", "--labels=watch=me")
     watcher = subprocess.Popen([kubectl(), "--kubeconfig", str(kubeconfig), "get", "pods", "-l", "watch=me", "-w",

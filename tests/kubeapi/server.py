@@ -35,7 +35,7 @@ from urllib.parse import unquote
 
 import yaml
 
-from . import pods, resources, websocket
+from . import pods, resources, spdy, websocket
 from .errors import JSON, ApiError, bad_request, forbidden
 from .patch import apply_patch
 from .resources import Kind
@@ -371,4 +371,6 @@ class KubeApiServer:
         upgrade = (request.header("upgrade") or "").lower()
         if "websocket" in upgrade:
             return websocket.upgrade(request, run, _flag(request, "stdin"))
+        if "spdy/3.1" in upgrade:
+            return spdy.upgrade(request, run, _flag(request, "stdin"))
         raise bad_request("Upgrade request required")

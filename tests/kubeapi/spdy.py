@@ -1,0 +1,171 @@
+"""Exec over SPDY/3.1, as kubectl up to 1.29 (and Debian's 1.20) speaks it: an HTTP Upgrade to
+`SPDY/3.1` with `X-Stream-Protocol-Version: v4.channel.k8s.io`, then SPDY/3 framing
+(draft-mbelshe-httpbis-spdy-00: 8-byte frame headers, SYN_STREAM/SYN_REPLY/RST_STREAM/SETTINGS/
+PING/GOAWAY/HEADERS/WINDOW_UPDATE control frames, DATA frames with a FIN flag; name/value header
+blocks zlib-compressed with the protocol's fixed dictionary, one zlib stream per direction).
+
+The client opens one stream per channel, named by its `streamtype` header (error, stdin, stdout,
+stderr, resize); each gets a SYN_REPLY. Once the streams the query asked for are open the command
+runs; stdout and stderr end with FIN, and the error stream carries the v4 exit Status (JSON) then
+FIN - what the kubelet's remotecommand server does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import struct
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from .errors import bad_request
+from .pods import ExecIO
+from .wire import Request, Upgrade
+
+PROTOCOL = "v4.channel.k8s.io"
+VERSION = 3
+SYN_STREAM, SYN_REPLY, RST_STREAM, SETTINGS, PING, GOAWAY, HEADERS, WINDOW_UPDATE = 1, 2, 3, 4, 6, 7, 8, 9
+FIN = 0x01
+STREAMS_TIMEOUT = 30.0  # the kubelet's wait for the client's streams
+
+# draft-mbelshe-httpbis-spdy-00 section 2.6.10.1: length-prefixed header words, then raw text.
+_WORDS = ("options head post put delete trace accept accept-charset accept-encoding accept-language accept-ranges "
+          "age allow authorization cache-control connection content-base content-encoding content-language "
+          "content-length content-location content-md5 content-range content-type date etag expect expires from "
+          "host if-match if-modified-since if-none-match if-range if-unmodified-since last-modified location "
+          "max-forwards pragma proxy-authenticate proxy-authorization range referer retry-after server te trailer "
+          "transfer-encoding upgrade user-agent vary via warning www-authenticate method get status").split()
+_WORDS_AFTER_STATUS = ("200 OK", "version", "HTTP/1.1", "url", "public", "set-cookie", "keep-alive", "origin")
+_TAIL = ("100101201202205206300302303304305306307402405406407408409410411412413414415416417502504505"
+         "203 Non-Authoritative Information204 No Content301 Moved Permanently400 Bad Request401 Unauthorized"
+         "403 Forbidden404 Not Found500 Internal Server Error501 Not Implemented503 Service Unavailable"
+         "Jan Feb Mar Apr May Jun Jul Aug Sept Oct Nov Dec 00:00:00 Mon, Tue, Wed, Thu, Fri, Sat, Sun, GMT"
+         "chunked,text/html,image/png,image/jpg,image/gif,application/xml,application/xhtml+xml,text/plain,"
+         "text/javascript,publicprivatemax-age=gzip,deflate,sdchcharset=utf-8charset=iso-8859-1,utf-,*,enq=0.")
+DICTIONARY = b"".join(struct.pack(">I", len(word)) + word.encode()
+                      for word in (*_WORDS, *_WORDS_AFTER_STATUS)) + _TAIL.encode()
+
+Command = Callable[[ExecIO], Awaitable[dict[str, object]]]
+
+
+def upgrade(request: Request, command: Command, wants_stdin: bool) -> Upgrade:
+    """The 101 answer naming the stream protocol, and the session that runs `command`."""
+    offered = [p.strip() for p in (request.header("x-stream-protocol-version") or "").split(",")]
+    if PROTOCOL not in offered:
+        raise bad_request(f"this stand-in speaks only {PROTOCOL} over SPDY; the client offered {offered}")
+    expected = {"error"} | {name for name in ("stdout", "stderr") if request.param(name) in ("true", "1")}
+    if wants_stdin:
+        expected.add("stdin")
+    if request.param("tty") in ("true", "1"):
+        expected = (expected - {"stderr"}) | {"resize"}
+    headers = [("connection", "Upgrade"), ("upgrade", "SPDY/3.1"), ("x-stream-protocol-version", PROTOCOL)]
+
+    async def run(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, trailing: bytes) -> None:
+        await Session(reader, writer, expected).run(command, trailing)
+    return Upgrade(headers, run)
+
+
+def _control(kind: int, flags: int, payload: bytes) -> bytes:
+    return struct.pack(">HHI", 0x8000 | VERSION, kind, (flags << 24) | len(payload)) + payload
+
+
+def _data(stream: int, flags: int, payload: bytes) -> bytes:
+    return struct.pack(">II", stream & 0x7FFFFFFF, (flags << 24) | len(payload)) + payload
+
+
+def _headers(block: bytes) -> dict[str, str]:
+    """A decompressed SPDY/3 name/value block (section 2.6.10): count, then length-prefixed pairs."""
+    (count,), offset, headers = struct.unpack_from(">I", block), 4, {}
+    for _ in range(count):
+        (size,) = struct.unpack_from(">I", block, offset)
+        name = block[offset + 4:offset + 4 + size].decode()
+        offset += 4 + size
+        (size,) = struct.unpack_from(">I", block, offset)
+        headers[name] = block[offset + 4:offset + 4 + size].decode()
+        offset += 4 + size
+    return headers
+
+
+class Session:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, expected: set[str]) -> None:
+        self.reader, self.writer, self.expected = reader, writer, expected
+        self.inflate = zlib.decompressobj(zdict=DICTIONARY)
+        self.deflate = zlib.compressobj(zlib.Z_BEST_COMPRESSION, zlib.DEFLATED, 15, 8, zlib.Z_DEFAULT_STRATEGY,
+                                        zdict=DICTIONARY)
+        self.streams: dict[str, int] = {}
+        self.ready = asyncio.Event()
+        self.stdin: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+    async def write(self, frame: bytes) -> None:
+        self.writer.write(frame)
+        await self.writer.drain()
+
+    async def send(self, streamtype: str, data: bytes, fin: bool = False) -> None:
+        if streamtype in self.streams and (data or fin):
+            await self.write(_data(self.streams[streamtype], FIN if fin else 0, data))
+
+    def _reply(self, stream: int) -> bytes:
+        block = self.deflate.compress(struct.pack(">I", 0)) + self.deflate.flush(zlib.Z_SYNC_FLUSH)
+        return _control(SYN_REPLY, 0, struct.pack(">I", stream) + block)
+
+    async def _control_frame(self, kind: int, flags: int, payload: bytes) -> bool:
+        """Handle one control frame; False when the client is going away."""
+        if kind == SYN_STREAM:
+            (stream,) = struct.unpack_from(">I", payload)
+            headers = _headers(self.inflate.decompress(payload[10:]))
+            self.streams[headers.get("streamtype", "")] = stream & 0x7FFFFFFF
+            await self.write(self._reply(stream & 0x7FFFFFFF))
+            if self.expected <= self.streams.keys():
+                self.ready.set()
+        elif kind == HEADERS:
+            self.inflate.decompress(payload[4:])
+        elif kind == PING:
+            await self.write(_control(PING, 0, payload))
+        elif kind == RST_STREAM and struct.unpack_from(">I", payload)[0] == self.streams.get("stdin"):
+            self.stdin.put_nowait(None)
+        return kind != GOAWAY
+
+    def _data_frame(self, stream: int, flags: int, payload: bytes) -> None:
+        if stream == self.streams.get("stdin"):
+            if payload:
+                self.stdin.put_nowait(payload)
+            if flags & FIN:
+                self.stdin.put_nowait(None)
+
+    async def receive(self, trailing: bytes) -> None:
+        buffer = bytearray(trailing)
+        while True:
+            while len(buffer) >= 8 and len(buffer) >= 8 + (length := int.from_bytes(buffer[5:8], "big")):
+                head, payload = bytes(buffer[:8]), bytes(buffer[8:8 + length])
+                del buffer[:8 + length]
+                if head[0] & 0x80:
+                    if not await self._control_frame(struct.unpack(">H", head[2:4])[0], head[4], payload):
+                        self.stdin.put_nowait(None)
+                        return
+                else:
+                    self._data_frame(struct.unpack(">I", head[:4])[0] & 0x7FFFFFFF, head[4], payload)
+            data = await self.reader.read(65536)
+            if not data:
+                self.stdin.put_nowait(None)
+                return
+            buffer += data
+
+    async def stdin_chunks(self) -> AsyncIterator[bytes]:
+        while (chunk := await self.stdin.get()) is not None:
+            yield chunk
+
+    async def run(self, command: Command, trailing: bytes) -> None:
+        receiver = asyncio.ensure_future(self.receive(trailing))
+        try:
+            await asyncio.wait_for(self.ready.wait(), STREAMS_TIMEOUT)
+            io = ExecIO(lambda data: self.send("stdout", data), lambda data: self.send("stderr", data),
+                        self.stdin_chunks() if "stdin" in self.expected else None)
+            status = await command(io)
+            await self.send("stdout", b"", fin=True)
+            await self.send("stderr", b"", fin=True)
+            await self.send("error", json.dumps(status).encode(), fin=True)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(receiver), 2)
+        finally:
+            receiver.cancel()
