@@ -514,6 +514,7 @@ def test_credential_identity_override_and_hop_by_hop_headers_never_reach_the_ups
             b"X-Remote-Extra-Scopes: all\r\nForwarded: for=1.2.3.4\r\nX-Forwarded-For: 1.2.3.4\r\n"
             b"X-Forwarded-User: admin\r\nX-Real-IP: 10.0.0.1\r\nX-Auth-Request-User: admin\r\nRemote-User: admin\r\n"
             b"X-HTTP-Method-Override: DELETE\r\nX-Original-URL: /secret\r\nX-Rewrite-URL: /secret\r\n"
+            b"Impersonate_User: admin\r\nX_Remote_User: admin\r\n"
             b"Connection: keep-alive, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\n"
             b"Proxy-Connection: keep-alive\r\nTE: trailers\r\nTrailer: X-T\r\nUpgrade: h2c\r\n"
             b"Accept-Encoding: gzip\r\nCookie: session=1\r\nAccept: application/json\r\n\r\n")
@@ -737,11 +738,12 @@ def test_a_denied_upgrade_is_never_forwarded() -> None:
 
 # ---- response filters ------------------------------------------------------------------------
 
-def test_a_filtered_body_goes_chunked_without_content_length_and_counts_its_masks() -> None:
+def test_a_filtered_body_goes_chunked_without_content_length_or_digests_and_counts_its_masks() -> None:
     (talk(session(FakeDialect(filter=Upper())))
      .agent(b"GET /s HTTP/1.1\r\nHost: api\r\n\r\n")
      .expect_server(upstream("GET /s HTTP/1.1"), b"\r\n")
-     .server(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 6\r\n\r\nabc")
+     .server(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 6\r\nETag: \"md5-of-it\"\r\n"
+             b"Content-MD5: Q2hlY2sgSW50ZWdyaXR5IQ==\r\nDigest: sha-256=X48E9q\r\n\r\nabc")
      .expect_agent(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n",
                    b"3\r\nABC\r\n")
      .server(b"def")

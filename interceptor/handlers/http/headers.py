@@ -164,16 +164,27 @@ def upgrade_protocol(headers: Pairs) -> str | None:
 
 def forwarded_request(headers: Pairs) -> Pairs:
     """The request headers an upstream may see: without hop-by-hop headers (and those the
-    Connection header names), framing, Expect, credentials, identity and override headers."""
+    Connection header names), framing, Expect, credentials, identity and override headers.
+    Names are compared with `_` read as `-`, as CGI/WSGI servers read them."""
     named = connection_tokens(headers)
-    return tuple((key, value) for key, value in headers
-                 if key not in HOP_BY_HOP and key not in named and key not in IDENTITY
-                 and not key.startswith(IDENTITY_PREFIXES))
+    return tuple((key, value) for key, value in headers if _forwarded(key.replace("_", "-"), named))
 
 
-def forwarded_response(headers: Pairs, keep_length: bool) -> Pairs:
+def _forwarded(name: str, named: set[str]) -> bool:
+    return (name not in HOP_BY_HOP and name not in named and name not in IDENTITY
+            and not name.startswith(IDENTITY_PREFIXES))
+
+
+# Headers that describe the body as the upstream sent it: a masked body would carry the
+# digest of its unmasked values (a guess of a masked value could be checked against it).
+DIGESTS = frozenset({"content-md5", "digest", "content-digest", "repr-digest", "etag"})
+
+
+def forwarded_response(headers: Pairs, *, keep_length: bool, filtered: bool = False) -> Pairs:
     """The response headers the agent may see: without hop-by-hop and framing headers (h11
-    frames the body for the agent); Content-Length kept when `keep_length`."""
+    frames the body for the agent); Content-Length kept when `keep_length`; without DIGESTS
+    when the body is `filtered`."""
     named = connection_tokens(headers)
     return tuple((key, value) for key, value in headers
-                 if (key not in HOP_BY_HOP or (keep_length and key == "content-length")) and key not in named)
+                 if (key not in HOP_BY_HOP or (keep_length and key == "content-length")) and key not in named
+                 and not (filtered and key in DIGESTS))

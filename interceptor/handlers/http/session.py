@@ -458,7 +458,8 @@ class HttpSession:
                 or event.http_version < b"1.1":
             exchange.close_after = True  # an upgrade answered otherwise, or an upstream that closes
         keep_length = exchange.filter is None and response.header("transfer-encoding") is None
-        headers = list(forwarded_response(response.headers, keep_length))
+        headers = list(forwarded_response(response.headers, keep_length=keep_length,
+                                              filtered=exchange.filter is not None))
         if exchange.close_after:
             headers.append(("connection", "close"))
         exchange.responded = True
