@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from conversation import Judging, Script, script
-from interceptor.decision import ApprovalSpec, Decision, Verdict
+from interceptor.decision import ApprovalSpec, Decision, MaskSpec, Verdict
 from interceptor.errors import ClientProtocolError, MaskingError
 from interceptor.handlers.commands import Shutdown, Side
 from interceptor.handlers.http.dialect import BodyFilter, Reply, RequestHead, ResponseHead
@@ -517,8 +517,9 @@ def test_credential_identity_override_and_hop_by_hop_headers_never_reach_the_ups
             b"Impersonate_User: admin\r\nX_Remote_User: admin\r\n"
             b"Connection: keep-alive, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\n"
             b"Proxy-Connection: keep-alive\r\nTE: trailers\r\nTrailer: X-T\r\nUpgrade: h2c\r\n"
-            b"Accept-Encoding: gzip\r\nCookie: session=1\r\nAccept: application/json\r\n\r\n")
-     .expect_server(upstream("GET / HTTP/1.1", "cookie: session=1", "accept: application/json"), b"\r\n")
+            b"Accept-Encoding: gzip\r\nCookie: session=1\r\nAccept: application/json\r\nRange: bytes=0-1\r\n\r\n")
+     .expect_server(upstream("GET / HTTP/1.1", "cookie: session=1", "accept: application/json", "range: bytes=0-1"),
+                    b"\r\n")
      .done())
 
 
@@ -761,6 +762,24 @@ def test_a_filtered_body_to_an_http_1_0_agent_is_close_delimited() -> None:
      .expect_agent(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n", b"ABC")
      .expect_record("reads", "allow", outcome={"masked": 1})
      .expect_agent(b"<end>")
+     .expect_close(DONE)
+     .done())
+
+
+def masking(decision: Decision) -> Decision:
+    return Decision(Verdict.ALLOW, decision.rule, masks=(MaskSpec(paths=("$.data",)),))
+
+
+def test_a_masked_request_asks_for_the_whole_body_and_a_partial_answer_is_refused() -> None:
+    message = "a partial response (206, Content-Range) cannot be masked"
+    s = HttpSession(FakeDialect(filter=Upper()), Judging(lambda op: masking(decide(op))), server_name=None,
+                    credential_headers=CREDENTIAL)
+    (talk(s)
+     .agent(b"GET /s HTTP/1.1\r\nHost: api\r\nRange: bytes=10-20\r\nIf-Range: \"x\"\r\n\r\n")
+     .expect_server(upstream("GET /s HTTP/1.1"), b"\r\n")
+     .server(b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 10-20/100\r\nContent-Length: 11\r\n\r\n")
+     .expect_record("reads", "deny", outcome={"status": 502, "error": message})
+     .expect_agent(agent_reply(502, message, close=True))
      .expect_close(DONE)
      .done())
 

@@ -49,6 +49,7 @@ MAX_EARLY = 64 * 1024  # bytes an agent may send after an upgrade request before
 MAX_PIPELINED = 1024 * 1024  # bytes of further requests kept while a response streams
 AUDIT_TARGET = 256  # characters of a target a record keeps for a request that never became an operation
 _BODILESS = (204, 304)
+_RANGES = ("range", "if-range")  # not sent for a masked request: a masker needs the whole body
 
 
 @dataclass(slots=True)
@@ -352,12 +353,14 @@ class HttpSession:
 
     def _upstream_headers(self, exchange: _Exchange, operation: Operation) -> list[tuple[str, str]]:
         """The dialect's headers (from the agent's, without hop-by-hop, credential and
-        identity headers), the resource's credential, Host, Accept-Encoding: identity (so a
-        filter reads the body), the body's framing and the upgrade, RFC 9110 section 7.6.1."""
+        identity headers, and without Range when the decision masks), the resource's
+        credential, Host, Accept-Encoding: identity (so a filter reads the body), the body's
+        framing and the upgrade. RFC 9110 sections 7.6.1 and 14.2."""
         head = exchange.head
         cleaned = dataclasses.replace(head, headers=forwarded_request(head.headers))
+        dropped = _RANGES if exchange.decision is not None and exchange.decision.masks else ()
         kept = [(key, value) for key, value in forwarded_request(self.dialect.request_headers(cleaned, operation))
-                if key not in ("host", "accept-encoding")]
+                if key not in ("host", "accept-encoding") and key not in dropped]
         host = self.upstream_authority or head.host or self.server_name
         headers = [("host", host or ""), *kept, *self.credential_headers, ("accept-encoding", "identity")]
         if exchange.parsed.chunked:
@@ -454,6 +457,10 @@ class HttpSession:
             except InterceptorError as exc:
                 exchange.close_after = True
                 return self._refuse(exchange, exc.status, str(exc), exchange.decision.rule)
+            if exchange.filter is not None and (response.status == 206 or response.header("content-range")):
+                exchange.close_after = True  # a slice of a body holds values without what says to mask them
+                error = MaskingError("a partial response (206, Content-Range) cannot be masked")
+                return self._refuse(exchange, error.status, str(error), exchange.decision.rule)
         if exchange.upgrade is not None or "close" in connection_tokens(response.headers) \
                 or event.http_version < b"1.1":
             exchange.close_after = True  # an upgrade answered otherwise, or an upstream that closes
