@@ -174,7 +174,8 @@ def _listed(rules: list[Rule], tool: str) -> Decision:
         return Decision.deny(BAD_NAME_RULE, f"tool name {tool!r} is not 1-128 characters of A-Z a-z 0-9 _ - . /")
     for rule in rules:
         match = mcp_match(rule)
-        if rule.effect == "deny" and (match is None or match.arguments is None) and _names(rule, True, TOOLS_CALL, tool):
+        unconditional = match is None or match.arguments is None
+        if rule.effect == "deny" and unconditional and _names(rule, True, TOOLS_CALL, tool):
             return Decision.deny(rule.name, rule.reason or f"tool {tool} denied by rule {rule.name}")
     for rule in rules:
         if rule.effect in ("allow", "approve") and _names(rule, False, TOOLS_CALL, tool):

@@ -112,6 +112,8 @@ def test_messages_and_their_calls(dialect: McpDialect) -> None:
     b'{"jsonrpc": "2.0", "id": 1, "method": "rpc.response"}',
     b'{"jsonrpc": "2.0", "id": 1, "method": ""}',
     b'{"jsonrpc": "2.0", "id": 1, "method": 5}',
+    b'{"jsonrpc": "2.0", "id": 1, "method": "Tools/Call", "params": {"name": "delete_file"}}',
+    b'{"jsonrpc": "2.0", "id": 1, "method": "tools/call ", "params": {"name": "delete_file"}}',
     b'{"jsonrpc": "2.0", "id": 1, "method": "ping", "result": {}}',
     b'{"jsonrpc": "2.0", "id": 1}',
     b'{"jsonrpc": "2.0", "id": 1, "result": {}, "error": {}}',
@@ -121,7 +123,8 @@ def test_messages_and_their_calls(dialect: McpDialect) -> None:
     b'{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "a", "arguments": [1]}}',
     b'{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "a", "arguments": {"n": NaN}}}',
     b'{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "a", "arguments": {"n": 1e400}}}',
-    b'{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "a", "arguments": {"n": 99999999999999999999}}}',
+    b'{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "a", "arguments": {"n": 1' + b"0" * 20
+    + b'}}}',
     b'{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "\\ud800", "arguments": {}}}',
     b'\xef\xbb\xbf{"jsonrpc": "2.0", "id": 1, "method": "ping"}',
     b'{"jsonrpc": "2.0", "id": 1, "method": "pi\xffng"}',

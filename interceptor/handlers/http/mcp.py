@@ -4,22 +4,23 @@ specification 2025-06-18, "Transports", section "Streamable HTTP"; messages are 
 Requests. Only the MCP endpoint is reached (the transport has one path: the resource's
 `endpoint` option, `/mcp` by default; no query): a request for any other target is refused
 (403), so the server's other routes are not reachable as "MCP". No upgrades, and no body on
-GET or DELETE (400). The agent POSTs one JSON-RPC message (at most BODY_LIMIT bytes), read whole and
-judged as an McpCall (interceptor.policy.mcp_rules): a request or notification by its method
-(a tools/call by its tool's name and canonical arguments), a response it sends back to the
-server as `rpc.response`. GET (the stream of the server's own requests and notifications) is
-`rpc.listen`, DELETE (the end of the session) `rpc.terminate`. What the server could read
-otherwise than the enforcer is refused with 400 (ClientProtocolError): a content type other
-than `application/json` (UTF-8), a content coding, a body that is not strict JSON (RFC 8259:
-duplicate member names, a BOM, invalid UTF-8, NaN, numbers past 64-bit integers or finite
-doubles, lone surrogates), a batch (a JSON array: MCP 2025-06-18 removed batching), anything
-that is not one JSON-RPC 2.0 request, notification or response (unknown members, an id that
-is not a string or integer, non-object params, a method name starting with `rpc.`), and a
-tools/call whose `name` is not a string or whose `arguments` is not an object.
+GET or DELETE (400). The agent POSTs one JSON-RPC message (at most BODY_LIMIT bytes), read
+whole and judged as an McpCall (interceptor.policy.mcp_rules): a request or notification by
+its method (a tools/call by its tool's name and canonical arguments), a response it sends
+back to the server as `rpc.response`. GET (the stream of the server's own requests and
+notifications) is `rpc.listen`, DELETE (the end of the session) `rpc.terminate`. What the
+server could read otherwise than the enforcer is refused with 400 (ClientProtocolError): a
+content type other than `application/json` (UTF-8), a content coding, a body that is not
+strict JSON (RFC 8259: duplicate member names, a BOM, invalid UTF-8, NaN, numbers past
+64-bit integers or finite doubles, lone surrogates), a batch (a JSON array: MCP 2025-06-18
+removed batching), anything that is not one JSON-RPC 2.0 request, notification or response
+(unknown members, an id that is not a string or integer, non-object params, a method name
+starting with `rpc.`, or one that is tools/call but for case or spaces), and a tools/call
+whose `name` is not a string or whose `arguments` is not an object.
 
 Refusals, as MCP clients show them: a request with an id that the policy refuses (403) gets
 HTTP 200 with the JSON-RPC error `{"jsonrpc": "2.0", "id": <its id>, "error": {"code":
-DENIED_CODE, "message": ...}}` (the `mcp` client raises McpError with the message); any other
+DENIED_CODE, "message": ...}}` (the `mcp` client raises MCPError with that code and message); any other
 refusal keeps its HTTP status and carries a JSON-RPC error with the request's id when it
 could be read, else `"id": null` (the transport section: a notification or response the
 server does not accept gets an HTTP error status, its body MAY be a JSON-RPC error with no
@@ -136,6 +137,8 @@ def jsonrpc_call(message: Any) -> McpCall:
         raise ClientProtocolError("a JSON-RPC request or notification has no result or error")
     if not isinstance(method, str) or not method or method.startswith("rpc."):
         raise ClientProtocolError("a JSON-RPC method is a non-empty string not starting with rpc. (reserved)")
+    if method != TOOLS_CALL and method.strip().casefold() == TOOLS_CALL:
+        raise ClientProtocolError(f"method {method!r} is not tools/call, but a lenient server could read it so")
     if not isinstance(params, dict):
         raise ClientProtocolError("MCP params are an object")
     if method != TOOLS_CALL:
