@@ -22,6 +22,7 @@ import yaml
 from interceptor.decision import ApprovalSpec
 from interceptor.identity.config import parse_identity_config
 from interceptor.identity.errors import IdentityConfigError
+from interceptor.masking.json_paths import compile_path
 from interceptor.policy.model import (
     AddressSpec, AgentSpec, MaskRule, OperationMatch, Policy, ResourceSpec, Rule, SubjectMatch,
 )
@@ -259,6 +260,9 @@ class _Builder:
             self.problem(where, f"mask rules apply to {masking} operations")
 
     def mask(self, path: Where, raw: dict[str, Any]) -> MaskRule:
+        """A rule's `mask:` block: `columns` (schema.table.column globs, for SQL results),
+        `paths` (JSON paths of values in HTTP, Kubernetes and MCP bodies, in the syntax of
+        interceptor.masking.json_paths), `classifiers`, `style`."""
         columns = []
         for i, pattern in enumerate(raw.get("columns", ())):
             parts = pattern.split(".")
@@ -266,7 +270,13 @@ class _Builder:
                 self.problem((*path, "mask", "columns", i), f"mask column {pattern!r}: expected schema.table.column")
                 continue
             columns.append((parts[0], parts[1], parts[2]))
-        return MaskRule(tuple(columns), tuple(raw.get("classifiers", ())), raw.get("style", "redact"))
+        for i, text in enumerate(raw.get("paths", ())):
+            try:
+                compile_path(text)
+            except ValueError as exc:
+                self.problem((*path, "mask", "paths", i), str(exc))
+        return MaskRule(tuple(columns), tuple(raw.get("classifiers", ())), raw.get("style", "redact"),
+                        tuple(raw.get("paths", ())))
 
 
 def _tuple(values: Iterable[Any] | None) -> tuple[Any, ...] | None:

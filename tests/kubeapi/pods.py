@@ -10,10 +10,12 @@ these; anything else exits 127 as a missing executable does.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import json
 import posixpath
 import shlex
+from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
@@ -71,6 +73,50 @@ class ExecIO:
     stdout: Callable[[bytes], Awaitable[None]]
     stderr: Callable[[bytes], Awaitable[None]]
     stdin: AsyncIterator[bytes] | None
+
+
+Command = Callable[[ExecIO], Awaitable[JSON]]  # runs one command; returns the exit Status
+CLIENT_GRACE = 2.0  # seconds the client gets to hang up after the exit Status
+
+
+class ExecSession(ABC):
+    """One exec over a transport that multiplexes stdin, stdout, stderr and the error channel
+    (WebSocket or SPDY): what runs the command is the same, how bytes move is the subclass's."""
+
+    def __init__(self, wants_stdin: bool) -> None:
+        self.wants_stdin = wants_stdin
+        self.stdin: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+    @abstractmethod
+    async def receive(self, trailing: bytes) -> None:
+        """Read the client until it leaves, feeding `stdin` (None: stdin closed)."""
+
+    @abstractmethod
+    async def send(self, channel: str, data: bytes) -> None:
+        """Write `data` on channel stdout or stderr."""
+
+    @abstractmethod
+    async def finish(self, status: JSON) -> None:
+        """Close the output channels and write the exit Status on the error channel."""
+
+    async def opened(self) -> None:
+        """Wait until the client has opened every channel the command needs."""
+
+    async def stdin_chunks(self) -> AsyncIterator[bytes]:
+        while (chunk := await self.stdin.get()) is not None:
+            yield chunk
+
+    async def run(self, command: Command, trailing: bytes) -> None:
+        receiver = asyncio.ensure_future(self.receive(trailing))
+        try:
+            await self.opened()
+            io = ExecIO(lambda data: self.send("stdout", data), lambda data: self.send("stderr", data),
+                        self.stdin_chunks() if self.wants_stdin else None)
+            await self.finish(await command(io))
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(receiver), CLIENT_GRACE)
+        finally:
+            receiver.cancel()
 
 
 def files(pod: JSON) -> dict[str, str]:

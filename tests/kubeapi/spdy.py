@@ -13,14 +13,12 @@ FIN - what the kubelet's remotecommand server does.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import struct
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable
 
-from .errors import bad_request
-from .pods import ExecIO
+from .errors import JSON, bad_request
+from .pods import Command, ExecSession
 from .wire import Request, Upgrade
 
 PROTOCOL = "v4.channel.k8s.io"
@@ -45,9 +43,6 @@ _TAIL = ("1001012012022052063003023033043053063074024054064074084094104114124134
          "text/javascript,publicprivatemax-age=gzip,deflate,sdchcharset=utf-8charset=iso-8859-1,utf-,*,enq=0.")
 DICTIONARY = b"".join(struct.pack(">I", len(word)) + word.encode()
                       for word in (*_WORDS, *_WORDS_AFTER_STATUS)) + _TAIL.encode()
-
-Command = Callable[[ExecIO], Awaitable[dict[str, object]]]
-
 
 def upgrade(request: Request, command: Command, wants_stdin: bool) -> Upgrade:
     """The 101 answer naming the stream protocol, and the session that runs `command`."""
@@ -87,23 +82,23 @@ def _headers(block: bytes) -> dict[str, str]:
     return headers
 
 
-class Session:
+class Session(ExecSession):
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, expected: set[str]) -> None:
+        super().__init__("stdin" in expected)
         self.reader, self.writer, self.expected = reader, writer, expected
         self.inflate = zlib.decompressobj(zdict=DICTIONARY)
         self.deflate = zlib.compressobj(zlib.Z_BEST_COMPRESSION, zlib.DEFLATED, 15, 8, zlib.Z_DEFAULT_STRATEGY,
                                         zdict=DICTIONARY)
         self.streams: dict[str, int] = {}
         self.ready = asyncio.Event()
-        self.stdin: asyncio.Queue[bytes | None] = asyncio.Queue()
 
     async def write(self, frame: bytes) -> None:
         self.writer.write(frame)
         await self.writer.drain()
 
-    async def send(self, streamtype: str, data: bytes, fin: bool = False) -> None:
-        if streamtype in self.streams and (data or fin):
-            await self.write(_data(self.streams[streamtype], FIN if fin else 0, data))
+    async def send(self, channel: str, data: bytes, fin: bool = False) -> None:
+        if channel in self.streams and (data or fin):
+            await self.write(_data(self.streams[channel], FIN if fin else 0, data))
 
     def _reply(self, stream: int) -> bytes:
         block = self.deflate.compress(struct.pack(">I", 0)) + self.deflate.flush(zlib.Z_SYNC_FLUSH)
@@ -151,21 +146,10 @@ class Session:
                 return
             buffer += data
 
-    async def stdin_chunks(self) -> AsyncIterator[bytes]:
-        while (chunk := await self.stdin.get()) is not None:
-            yield chunk
+    async def opened(self) -> None:
+        await asyncio.wait_for(self.ready.wait(), STREAMS_TIMEOUT)
 
-    async def run(self, command: Command, trailing: bytes) -> None:
-        receiver = asyncio.ensure_future(self.receive(trailing))
-        try:
-            await asyncio.wait_for(self.ready.wait(), STREAMS_TIMEOUT)
-            io = ExecIO(lambda data: self.send("stdout", data), lambda data: self.send("stderr", data),
-                        self.stdin_chunks() if "stdin" in self.expected else None)
-            status = await command(io)
-            await self.send("stdout", b"", fin=True)
-            await self.send("stderr", b"", fin=True)
-            await self.send("error", json.dumps(status).encode(), fin=True)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(receiver), 2)
-        finally:
-            receiver.cancel()
+    async def finish(self, status: JSON) -> None:
+        await self.send("stdout", b"", fin=True)
+        await self.send("stderr", b"", fin=True)
+        await self.send("error", json.dumps(status).encode(), fin=True)

@@ -7,26 +7,20 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hashlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
 
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from .errors import ApiError, bad_request
+from .errors import JSON, ApiError, bad_request
 from .wire import Request, Upgrade
-from .pods import ExecIO
+from .pods import Command, ExecSession
 
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
 PROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io")
 STDIN, STDOUT, STDERR, ERROR, CLOSE = 0, 1, 2, 3, 255
-
-# Runs the command with the given ExecIO; returns the Status JSON for the error channel.
-Command = Callable[[ExecIO], Awaitable[dict[str, object]]]
-
 
 def choose_protocol(request: Request) -> str:
     offered = [p.strip() for p in (request.header("sec-websocket-protocol") or "").split(",")]
@@ -52,19 +46,23 @@ def upgrade(request: Request, command: Command, wants_stdin: bool) -> Upgrade:
     return Upgrade(headers, run)
 
 
-class Session:
+class Session(ExecSession):
+    CHANNELS = {"stdout": STDOUT, "stderr": STDERR}
+
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, wants_stdin: bool) -> None:
+        super().__init__(wants_stdin)
         self.reader, self.writer = reader, writer
         self.protocol = ServerProtocol(state=State.OPEN, max_size=16 * 1024 * 1024)
-        self.stdin: asyncio.Queue[bytes | None] = asyncio.Queue()
-        self.wants_stdin = wants_stdin
 
     async def flush(self) -> None:
         for data in self.protocol.data_to_send():
             self.writer.write(data)
         await self.writer.drain()
 
-    async def send(self, channel: int, data: bytes) -> None:
+    async def send(self, channel: str, data: bytes) -> None:
+        await self._send(self.CHANNELS[channel], data)
+
+    async def _send(self, channel: int, data: bytes) -> None:
         if data and self.protocol.state is State.OPEN:
             self.protocol.send_binary(bytes([channel]) + data)
             await self.flush()
@@ -96,21 +94,8 @@ class Session:
                 self.stdin.put_nowait(None)
                 break
 
-    async def stdin_chunks(self) -> AsyncIterator[bytes]:
-        while (chunk := await self.stdin.get()) is not None:
-            yield chunk
-
-    async def run(self, command: Command, trailing: bytes) -> None:
-        receiver = asyncio.ensure_future(self.receive(trailing))
-        try:
-            io = ExecIO(lambda data: self.send(STDOUT, data), lambda data: self.send(STDERR, data),
-                        self.stdin_chunks() if self.wants_stdin else None)
-            status = await command(io)
-            await self.send(ERROR, json.dumps(status).encode())
-            if self.protocol.state is State.OPEN:
-                self.protocol.send_close(1000)
-                await self.flush()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(receiver), 2)
-        finally:
-            receiver.cancel()
+    async def finish(self, status: JSON) -> None:
+        await self._send(ERROR, json.dumps(status).encode())
+        if self.protocol.state is State.OPEN:
+            self.protocol.send_close(1000)
+            await self.flush()

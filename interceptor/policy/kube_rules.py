@@ -1,0 +1,226 @@
+"""Judge a KubeRequest by the rules about Kubernetes (sans-IO), in the shape of an RBAC
+PolicyRule (k8s.io/api/rbac/v1): a rule's `kubernetes:` block names verbs, API groups,
+resources (`resource` or `resource/subresource`), object names, namespaces and non-resource
+URLs, all globs (fnmatch: `*` matches `/` too, `""` is the core group or no namespace).
+
+- A resource request is matched by `verbs`, `api_groups`, `resources`, `names`, `namespaces`;
+  a rule with `non_resource_urls` and no `resources` is not about resource requests.
+- A non-resource request (`/version`, `/healthz`, discovery) is matched only by a rule with
+  `non_resource_urls` (its path) and `verbs` (the lower-cased method).
+- Allow and approve rules must cover the request, as RBAC does: `pods` is not `pods/log`;
+  `names` never covers a request without a name (a list, a create); `namespaces` never covers
+  one without a namespace (a cluster-scoped resource, a list across namespaces) unless it
+  lists `""` or a glob matching it.
+- Deny and mask rules match when the request falls in them, could it touch what they name:
+  `pods` also matches `pods/exec` and every other subresource of pods; a request without a
+  name matches any `names` (a list, watch or deletecollection returns or removes them all, a
+  create names its object in the body); a request without a namespace matches any
+  `namespaces` (a list across namespaces holds theirs).
+
+Precedence is interceptor.policy.judgement's: deny, then approve, then allow, else default
+deny; discovery reads (GET of `/api`, `/apis`, `/version`, `/openapi` and below) are allowed by
+default (rule builtin-kubernetes-discovery) unless a rule denies them, as RBAC's
+system:discovery role does for every authenticated user.
+
+Secret values are masked in every response (`SECRET_RULE`), unless the allow or approve rule
+that decided says `reveal_secrets: true`: in a request about `secrets`, every `data` (base64),
+`stringData` and last-applied annotation (which holds a Secret's whole previous manifest); in
+any other, those of every object whose `kind` is `Secret`, however deep. Not in the responses
+of `log`, `exec`, `attach`, `portforward` and `proxy` (streams and bytes, not API objects).
+Mask rules about the request add their `paths` (JSON paths relative to each object the
+response carries: interceptor.masking.json_paths; the Kubernetes dialect roots them at the
+document, each list item, each Table row's object and each watch event's object) and
+`classifiers`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from typing import TYPE_CHECKING, Any
+
+from interceptor.decision import Decision, MaskSpec, Verdict
+from interceptor.operations import KubeRequest, Request
+from interceptor.policy.judgement import DEFAULT_DENY, Judgement, pick
+from interceptor.policy.kube_request import go_query, kube_request
+from interceptor.policy.model import Rule
+
+if TYPE_CHECKING:  # the protocol registry imports this module
+    from interceptor.protocols.spec import Context, Problem
+
+OPERATION_KEY = "kubernetes"  # a rule's `kubernetes:` block, a test case's `kubernetes:` request
+SECRET_RULE = "kubernetes-secret-values"
+DISCOVERY_RULE = "builtin-kubernetes-discovery"
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+# What a request about secrets may return them in: every shape (object, list, Table, watch)
+SECRETS_REQUEST_PATHS = ("**.data|base64", "**.stringData", f'**.metadata.annotations["{LAST_APPLIED}"]')
+# Any other response: the Secrets it carries, by kind, wherever they sit
+SECRET_KIND_PATHS = ('**[?kind=="Secret"].data|base64', '**[?kind=="Secret"].stringData',
+                     f'**[?kind=="Secret"].metadata.annotations["{LAST_APPLIED}"]')
+# Subresources and verbs whose responses are streams or another server's bytes, not API objects
+RAW_SUBRESOURCES = frozenset({"log", "exec", "attach", "portforward", "proxy"})
+DISCOVERY_PATHS = ("/api", "/api/*", "/apis", "/apis/*", "/version", "/version/", "/openapi", "/openapi/*")
+CASE_ATTRIBUTES = ("verb", "path", "api_group", "api_version", "resource", "subresource", "namespace", "name",
+                   "label_selector", "field_selector", "dry_run", "command")
+
+
+@dataclass(frozen=True, slots=True)
+class KubeMatch:
+    """A rule's `kubernetes:` block; every given field must hold (see the module's doc)."""
+
+    verbs: tuple[str, ...] | None = None
+    api_groups: tuple[str, ...] | None = None
+    resources: tuple[str, ...] | None = None  # `resource` or `resource/subresource` globs
+    names: tuple[str, ...] | None = None
+    namespaces: tuple[str, ...] | None = None
+    non_resource_urls: tuple[str, ...] | None = None
+    reveal_secrets: bool = False
+
+
+def parse_kube_match(raw: Mapping[str, Any], problem: Problem) -> KubeMatch:
+    """A schema-valid `kubernetes:` block as a KubeMatch; a resource pattern of more than
+    `resource/subresource`, a non-resource URL that is not a path, and a block with
+    `non_resource_urls` and fields only resource requests have, are reported to `problem`."""
+    for i, pattern in enumerate(raw.get("resources", ())):
+        if pattern.count("/") > 1 or any(not part for part in pattern.split("/")):
+            problem(("resources", i), f"resource pattern {pattern!r}: expected resource or resource/subresource "
+                    "(globs allowed, e.g. pods, pods/log, deployments/*)")
+    for i, pattern in enumerate(raw.get("non_resource_urls", ())):
+        if not pattern.startswith(("/", "*")):
+            problem(("non_resource_urls", i), f"non-resource URL {pattern!r}: expected a path glob such as /healthz*")
+    if "non_resource_urls" in raw and "resources" not in raw:
+        for key in ("api_groups", "names", "namespaces"):
+            if key in raw:
+                problem((key,), f"{key} is about resource requests; this rule has non_resource_urls only")
+    def listed(key: str) -> tuple[str, ...] | None:
+        return tuple(raw[key]) if key in raw else None
+
+    return KubeMatch(listed("verbs"), listed("api_groups"), listed("resources"), listed("names"),
+                     listed("namespaces"), listed("non_resource_urls"), bool(raw.get("reveal_secrets", False)))
+
+
+def kube_match(rule: Rule) -> KubeMatch | None:
+    """The rule's `kubernetes:` block; None for a rule about any operation."""
+    return rule.match if isinstance(rule.match, KubeMatch) else None
+
+
+def judge_kube(context: Context, request: Request, operation: KubeRequest) -> Decision:
+    """The Decision for one Kubernetes request: the precedence of interceptor.policy.judgement,
+    the discovery default, the Secret masks unless the deciding rule reveals them, and the
+    masks of the mask rules the request falls in. Never raises."""
+    rules = context.rules(request, OPERATION_KEY)
+    deciding = [r for r in rules if r.effect != "mask" and matches(r, operation)]
+    judgement = pick(deciding, f"no rule allows {describe(operation)}")
+    if judgement.rule == DEFAULT_DENY and _discovery(operation):
+        judgement = Judgement(Verdict.ALLOW, DISCOVERY_RULE, "discovery reads are allowed by default")
+    if judgement.verdict is Verdict.DENY:
+        return judgement.decision()
+    masks: list[MaskSpec] = []
+    decided = next((r for r in deciding if r.name == judgement.rule), None)
+    match = kube_match(decided) if decided is not None else None
+    if operation.resource_request and not (match is not None and match.reveal_secrets) and not _raw(operation):
+        paths = SECRETS_REQUEST_PATHS if operation.resource == "secrets" else SECRET_KIND_PATHS
+        masks.append(MaskSpec(paths=paths, rule=SECRET_RULE))
+    for rule in rules:
+        if rule.effect == "mask" and rule.mask is not None and (rule.mask.paths or rule.mask.classifiers) \
+                and matches(rule, operation):
+            masks.append(MaskSpec(classifiers=rule.mask.classifiers, style=rule.mask.style, rule=rule.name,
+                                  paths=rule.mask.paths))
+    return judgement.decision(tuple(masks))
+
+
+def matches(rule: Rule, operation: KubeRequest) -> bool:
+    """Does the rule cover the request (allow, approve) or does the request fall in it (deny,
+    mask)? A rule without a `kubernetes:` block is about every request."""
+    match = kube_match(rule)
+    if match is None:
+        return rule.operation is None
+    loose = rule.effect in ("deny", "mask")
+    if not _globs(match.verbs, operation.verb):
+        return False
+    if not operation.resource_request:
+        return match.non_resource_urls is not None and _globs(match.non_resource_urls, operation.path)
+    if match.non_resource_urls is not None and match.resources is None:
+        return False
+    return (_globs(match.api_groups, operation.api_group)
+            and _resource(match.resources, operation, loose)
+            and _unless_absent(match.names, operation.name, loose)
+            and _unless_absent(match.namespaces, operation.namespace, loose))
+
+
+def _globs(patterns: tuple[str, ...] | None, value: str) -> bool:
+    return patterns is None or any(fnmatchcase(value, p) for p in patterns)
+
+
+def _resource(patterns: tuple[str, ...] | None, operation: KubeRequest, loose: bool) -> bool:
+    if patterns is None:
+        return True
+    resource, subresource = operation.resource, operation.subresource
+    target = f"{resource}/{subresource}" if subresource else resource
+    if any(fnmatchcase(target, p) for p in patterns):
+        return True
+    return loose and bool(subresource) and any("/" not in p and fnmatchcase(resource, p) for p in patterns)
+
+
+def _unless_absent(patterns: tuple[str, ...] | None, value: str, loose: bool) -> bool:
+    """`names`, `namespaces`: a loose rule takes a request without one as touching any."""
+    if patterns is None or (loose and not value):
+        return True
+    return any(fnmatchcase(value, p) for p in patterns)
+
+
+def _discovery(operation: KubeRequest) -> bool:
+    return not operation.resource_request and operation.verb in ("get", "head") and any(
+        fnmatchcase(operation.path, p) for p in DISCOVERY_PATHS)
+
+
+def _raw(operation: KubeRequest) -> bool:
+    return operation.verb == "proxy" or operation.subresource in RAW_SUBRESOURCES
+
+
+def describe(operation: KubeRequest) -> str:
+    """The request as an approver and a refusal say it: `get secrets "db" in namespace
+    "prod"`, `create pods/exec "web" in namespace "dev"`, `list nodes`, `get /version`."""
+    if not operation.resource_request:
+        return f"{operation.verb} {operation.path}"
+    what = f"{operation.resource}/{operation.subresource}" if operation.subresource else operation.resource
+    if operation.api_group:
+        what += f".{operation.api_group}"
+    text = f"{operation.verb} {what}"
+    if operation.name:
+        text += f' "{operation.name}"'
+    if operation.namespace:
+        text += f' in namespace "{operation.namespace}"'
+    return text
+
+
+def parse_kube_case(block: Mapping[str, Any]) -> KubeRequest:
+    """A `policy test` case's `kubernetes:` request: `{method: GET, path: /api/v1/namespaces/
+    prod/secrets/x?watch=1}` derived as the API server derives it, or the attributes
+    themselves (`{verb: get, resource: secrets, namespace: prod, name: x, api_group: ""}`;
+    without `resource`, a non-resource request of `path`). ValueError or TypeError for a
+    bad case (interceptor.errors.ClientProtocolError is a ValueError)."""
+    if not isinstance(block, Mapping):
+        raise TypeError("kubernetes: expected {method, path} or the request's attributes {verb, resource, ...}")
+    if "method" in block:
+        unknown = sorted(set(block) - {"method", "path"})
+        if unknown or not isinstance(block.get("path"), str) or not isinstance(block["method"], str):
+            raise ValueError("kubernetes: a derived request is {method: GET, path: /api/v1/...?query}")
+        path, _, query = block["path"].partition("?")
+        return kube_request(block["method"].upper(), path, go_query(query))
+    unknown = sorted(set(block) - set(CASE_ATTRIBUTES))
+    if unknown or "verb" not in block:
+        raise ValueError(f"kubernetes: unknown key(s) {', '.join(unknown) or 'none'}; expected {{method, path}} or "
+                         f"verb and any of {', '.join(CASE_ATTRIBUTES[1:])}")
+    fields = {k: block[k] for k in CASE_ATTRIBUTES if k in block and k != "command"}
+    if "resource" not in block and "path" not in block:
+        raise ValueError("kubernetes: a non-resource request needs its path")
+    for key, value in fields.items():
+        if not isinstance(value, bool if key == "dry_run" else str):
+            raise TypeError(f"kubernetes: {key} must be {'true or false' if key == 'dry_run' else 'a string'}")
+    command = block.get("command", [])
+    if not isinstance(command, list) or not all(isinstance(c, str) for c in command):
+        raise TypeError("kubernetes: command must be a list of strings")
+    fields.setdefault("path", "")
+    return KubeRequest(**fields, resource_request="resource" in block, command=tuple(command))

@@ -1,0 +1,242 @@
+"""The Kubernetes dialect (interceptor.handlers.http.kubernetes): the operation from a request
+head, Accept rewritten to JSON, refusals as Status objects kubectl prints, and the response
+filters: whole documents (an object, a list, a Table) and watch streams split anywhere,
+masked event by event; protobuf, YAML and gzip bodies withheld when masks apply."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import orjson
+import pytest
+
+from interceptor.decision import Decision, MaskSpec, Verdict
+from interceptor.errors import ClientProtocolError, MaskingError
+from interceptor.handlers.http.dialect import BodyFilter, RequestHead, ResponseHead
+from interceptor.handlers.http.kubernetes import (
+    HANDLER, KubernetesDialect, WatchEventMask, json_accept, rooted, status_object,
+)
+from interceptor.masking.json_paths import JsonMask
+from interceptor.operations import KubeRequest
+from interceptor.policy.kube_rules import LAST_APPLIED, SECRET_KIND_PATHS, SECRET_RULE, SECRETS_REQUEST_PATHS
+
+DIALECT = KubernetesDialect()
+JSON_HEADERS = (("content-type", "application/json"),)
+
+
+def head(method: str, target: str, headers: tuple[tuple[str, str], ...] = ()) -> RequestHead:
+    path = target.partition("?")[0]
+    return RequestHead(method, target, path, (), headers, "k8s.example.com")
+
+
+def secret(name: str = "db") -> dict[str, Any]:
+    return {"kind": "Secret", "apiVersion": "v1",
+            "metadata": {"name": name, "annotations": {LAST_APPLIED: '{"data":{"p":"aHVudGVyMg=="}}'}},
+            "data": {"p": base64.b64encode(b"hunter2").decode()}, "stringData": {"q": "plain"}}
+
+
+def allowed(*paths: tuple[str, ...], rule: str = SECRET_RULE) -> Decision:
+    return Decision(Verdict.ALLOW, "r", masks=tuple(MaskSpec(paths=p, rule=rule) for p in paths))
+
+
+def body_filter(target: str, decision: Decision, content_type: str = "application/json",
+                extra: tuple[tuple[str, str], ...] = ()) -> BodyFilter:
+    request = head("GET", target)
+    found = DIALECT.response_filter(request, DIALECT.operation(request, b""), decision,
+                                    ResponseHead(200, (("content-type", content_type), *extra)))
+    assert found is not None
+    return found
+
+
+def run(flt: BodyFilter, pieces: list[bytes]) -> bytes:
+    return b"".join(flt.feed(piece) for piece in pieces) + flt.end()
+
+
+def assert_masked(obj: dict[str, Any]) -> None:
+    assert base64.b64decode(obj["data"]["p"]) == b"****"
+    assert obj["stringData"] == {"q": "****"}
+    assert obj["metadata"]["annotations"][LAST_APPLIED] == "****"
+
+
+def test_the_handler_serves_kubernetes() -> None:
+    assert HANDLER.protocol == "kubernetes"
+    assert DIALECT.body_limit(head("POST", "/api/v1/namespaces/a/pods")) == 0
+
+
+def test_operation_reads_the_raw_query_as_the_server_does() -> None:
+    request = head("GET", "/api/v1/namespaces/prod/secrets?fieldSelector=metadata.name%3Ddb&watch=1")
+    assert DIALECT.operation(request, b"") == KubeRequest(
+        "watch", "/api/v1/namespaces/prod/secrets", True, "", "v1", "secrets", "", "prod", "db",
+        field_selector="metadata.name=db")
+    with pytest.raises(ClientProtocolError):
+        DIALECT.operation(head("OPTIONS", "/api/v1/pods"), b"")
+    assert DIALECT.audit_operation(DIALECT.operation(head("GET", "/version"), b"")) == {
+        "kind": "kubernetes", "verb": "get", "path": "/version"}
+
+
+@pytest.mark.parametrize(("accept", "expected"), [
+    ("application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json",
+     "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json"),
+    ("application/vnd.kubernetes.protobuf, application/json", "application/json"),
+    ("application/vnd.kubernetes.protobuf;as=Table;v=v1;g=meta.k8s.io, Application/JSON;as=Table;v=v1;g=meta.k8s.io",
+     "Application/JSON;as=Table;v=v1;g=meta.k8s.io"),
+    ("application/yaml", "application/json"),
+    ("application/cbor, */*", "application/json"),
+    (None, "application/json"),
+])
+def test_accept_asks_for_json(accept: str | None, expected: str) -> None:
+    assert json_accept(accept) == expected
+
+
+def test_request_headers_replace_every_accept_and_keep_the_rest() -> None:
+    request = head("PATCH", "/apis/apps/v1/namespaces/a/deployments/w", (
+        ("accept", "application/vnd.kubernetes.protobuf"), ("content-type", "application/apply-patch+yaml"),
+        ("accept", "application/json"), ("user-agent", "kubectl")))
+    headers = DIALECT.request_headers(request, DIALECT.operation(request, b""))
+    assert headers == (("content-type", "application/apply-patch+yaml"), ("user-agent", "kubectl"),
+                       ("accept", "application/json"))
+
+
+def test_refusal_is_a_status_kubectl_prints() -> None:
+    request = head("GET", "/api/v1/namespaces/prod/secrets/db")
+    reply = DIALECT.refusal(request, b"", 403, "permission denied by interceptor rule 'no-prod': prod is off limits",
+                            "no-prod")
+    assert reply.status == 403 and reply.headers == (("content-type", "application/json"),)
+    assert orjson.loads(reply.body) == {
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": 'get secrets "db" in namespace "prod" is forbidden by interceptor rule no-prod: prod is off limits',
+        "reason": "Forbidden", "details": {"name": "db", "kind": "secrets"}, "code": 403}
+
+
+def test_refusals_of_other_kinds() -> None:
+    bad = orjson.loads(DIALECT.refusal(head("GET", "/api/v1//pods"), b"", 400, "path '/api/v1//pods': empty", None).body)
+    assert (bad["reason"], bad["code"], bad["details"], bad["message"]) == ("BadRequest", 400, {},
+                                                                            "path '/api/v1//pods': empty")
+    masked = status_object(502, "masking failed", "kubernetes-secret-values", None)
+    assert (masked["reason"], masked["code"]) == ("InternalError", 502)
+    assert status_object(503, "x", None, None)["reason"] == "ServiceUnavailable"
+    scale = KubeRequest("patch", "/apis/apps/v1/namespaces/a/deployments/w/scale", True, "apps", "v1", "deployments",
+                        "scale", "a", "w")
+    assert status_object(403, "held too long", "approve-it", scale)["details"] == {
+        "name": "w", "group": "apps", "kind": "deployments"}
+    assert status_object(403, "x", "r", KubeRequest("get", "/version", resource_request=False))["message"] == \
+        "get /version is forbidden by interceptor rule r: x"
+
+
+def test_no_masks_no_filter() -> None:
+    request = head("GET", "/api/v1/namespaces/a/secrets/db")
+    decision = Decision(Verdict.ALLOW, "reveal")
+    assert DIALECT.response_filter(request, DIALECT.operation(request, b""), decision,
+                                   ResponseHead(200, (("content-type", "application/vnd.kubernetes.protobuf"),))) is None
+
+
+@pytest.mark.parametrize(("content_type", "extra", "message"), [
+    ("application/vnd.kubernetes.protobuf", (), "not application/json"),
+    ("application/yaml", (), "not application/json"),
+    ("application/cbor", (), "not application/json"),
+    ("text/plain", (), "not application/json"),
+    ("", (), "(none)"),
+    ("application/json", (("content-encoding", "gzip"),), "gzip-encoded"),
+])
+def test_bodies_that_cannot_be_masked_are_withheld(content_type: str, extra: tuple[tuple[str, str], ...],
+                                                   message: str) -> None:
+    with pytest.raises(MaskingError, match=message):
+        body_filter("/api/v1/namespaces/a/secrets/db", allowed(SECRETS_REQUEST_PATHS), content_type, extra)
+
+
+def test_a_secret_get_and_list_are_masked_whole() -> None:
+    got = orjson.loads(run(body_filter("/api/v1/namespaces/a/secrets/db", allowed(SECRETS_REQUEST_PATHS)),
+                           [orjson.dumps(secret())[:20], orjson.dumps(secret())[20:]]))
+    assert_masked(got)
+    listed = {"kind": "SecretList", "items": [{k: v for k, v in secret(n).items() if k != "kind"} for n in "ab"]}
+    flt = body_filter("/api/v1/namespaces/a/secrets", allowed(SECRETS_REQUEST_PATHS))
+    result = orjson.loads(run(flt, [orjson.dumps(listed)]))
+    for item in result["items"]:
+        assert_masked(item)
+    assert flt.masked == 6
+
+
+def test_a_table_of_secrets_and_a_secret_inside_another_object() -> None:
+    table = {"kind": "Table", "apiVersion": "meta.k8s.io/v1", "columnDefinitions": [{"name": "Name"}],
+             "rows": [{"cells": ["db", "Opaque", 1], "object": {"kind": "PartialObjectMetadata",
+                                                                "metadata": secret()["metadata"]}}]}
+    result = orjson.loads(run(body_filter("/api/v1/namespaces/a/secrets", allowed(SECRETS_REQUEST_PATHS)),
+                              [orjson.dumps(table)]))
+    assert result["rows"][0]["object"]["metadata"]["annotations"][LAST_APPLIED] == "****"
+    assert result["rows"][0]["cells"] == ["db", "Opaque", 1]
+    wrapper = {"kind": "ConfigMap", "data": {"k": "v"}, "spec": {"embedded": [secret()]}}
+    result = orjson.loads(run(body_filter("/api/v1/namespaces/a/configmaps/c", allowed(SECRET_KIND_PATHS)),
+                              [orjson.dumps(wrapper)]))
+    assert_masked(result["spec"]["embedded"][0])
+    assert result["data"] == {"k": "v"}
+
+
+def test_a_watch_is_masked_event_by_event_however_it_is_split() -> None:
+    events = [{"type": "ADDED", "object": secret("a")}, {"type": "MODIFIED", "object": secret("b")},
+              {"type": "BOOKMARK", "object": {"kind": "Secret", "metadata": {"resourceVersion": "9"}}}]
+    stream = b"".join(orjson.dumps(e) + b"\n" for e in events)
+    for size in (1, 7, 64, len(stream)):
+        flt = body_filter("/api/v1/namespaces/a/secrets?watch=true", allowed(SECRETS_REQUEST_PATHS))
+        pieces = [stream[i:i + size] for i in range(0, len(stream), size)]
+        outputs = [flt.feed(piece) for piece in pieces]
+        assert all(out.endswith(b"\n") for out in outputs if out)  # only whole events leave
+        lines = (b"".join(outputs) + flt.end()).split(b"\n")
+        assert lines[-1] == b""
+        got = [orjson.loads(line) for line in lines[:-1]]
+        assert [e["type"] for e in got] == ["ADDED", "MODIFIED", "BOOKMARK"]
+        assert_masked(got[0]["object"])
+        assert_masked(got[1]["object"])
+        assert flt.masked == 6  # data, stringData and the annotation of two Secrets
+
+
+def test_the_first_event_leaves_before_the_second_arrives() -> None:
+    flt = body_filter("/api/v1/namespaces/a/secrets?watch=1", allowed(SECRETS_REQUEST_PATHS))
+    first = flt.feed(orjson.dumps({"type": "ADDED", "object": secret()}) + b"\n{\"type\":")
+    assert_masked(orjson.loads(first)["object"])
+
+
+def test_a_watch_told_by_its_content_type_and_a_table_watch() -> None:
+    table_event = {"type": "ADDED", "object": {"kind": "Table", "rows": [{"cells": [], "object": secret()}]}}
+    flt = body_filter("/api/v1/watch/namespaces/a/configmaps", allowed(SECRET_KIND_PATHS),
+                      "application/json;stream=watch")
+    assert isinstance(flt, WatchEventMask)
+    assert_masked(orjson.loads(run(flt, [orjson.dumps(table_event), b"\n"]))["object"]["rows"][0]["object"])
+
+
+def test_mask_paths_are_relative_to_each_object() -> None:
+    pod = {"kind": "Pod", "spec": {"containers": [{"env": [{"name": "TOKEN", "value": "abc"}]}]}}
+    decision = allowed(("spec.containers[*].env[*].value",), rule="mask-env")
+    for target, document in (("/api/v1/namespaces/a/pods/p", pod), ("/api/v1/namespaces/a/pods", {"items": [pod]}),
+                             ("/api/v1/namespaces/a/pods", {"rows": [{"object": pod}]})):
+        out = run(body_filter(target, decision), [orjson.dumps(document)])
+        assert b'"value":"****"' in out and b"abc" not in out
+    watched = run(body_filter("/api/v1/namespaces/a/pods?watch=1", decision),
+                  [orjson.dumps({"type": "ADDED", "object": pod}) + b"\n"])
+    assert b"abc" not in watched
+    assert rooted(MaskSpec(paths=('["a.b"]',)), ("", "items[*]")).paths == ('["a.b"]', 'items[*]["a.b"]')
+    assert rooted(MaskSpec(classifiers=("email",)), ("object",)).paths == ()
+
+
+def test_watch_limits_and_bad_events() -> None:
+    masks = [JsonMask.of(MaskSpec(paths=SECRETS_REQUEST_PATHS, rule=SECRET_RULE))]
+    small = WatchEventMask(masks, limit=32)
+    with pytest.raises(MaskingError, match="larger than 32 bytes"):
+        small.feed(b'{"type":"ADDED","object":{"kind":"Secret","data":{}}')
+    with pytest.raises(MaskingError, match="larger than 32 bytes"):
+        WatchEventMask(masks, limit=32).feed(b"{}\n" + b"x" * 40)
+    with pytest.raises(MaskingError, match="not valid JSON"):
+        WatchEventMask(masks).feed(b"{nope}\n")
+    with pytest.raises(MaskingError, match="not valid JSON"):
+        flt = WatchEventMask(masks)
+        flt.feed(b'{"type":"ADDED"')
+        flt.end()
+    assert run(WatchEventMask(masks), [b"\n", b"{}\n"]) == b"\n{}\n"
+
+
+def test_a_document_that_is_not_json_or_too_large_is_withheld() -> None:
+    flt = body_filter("/api/v1/namespaces/a/secrets/db", allowed(SECRETS_REQUEST_PATHS))
+    flt.feed(b"<html>")
+    with pytest.raises(MaskingError, match="not valid JSON"):
+        flt.end()
+    assert body_filter("/api/v1/namespaces/a/secrets/db", allowed(SECRETS_REQUEST_PATHS)).end() == b""

@@ -1,0 +1,228 @@
+"""Kubernetes rules (interceptor.policy.kube_rules through the engine): RBAC-shaped matching
+with globs, subresources, namespaces and names (covering for allow, falling in for deny),
+non-resource URLs and the discovery default, deny > approve > allow, the Secret masks and
+`reveal_secrets`, mask rules' paths, and `policy test` cases."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from interceptor.decision import Decision, MaskSpec, Verdict
+from interceptor.operations import KubeRequest, Request, Subject
+from interceptor.policy import PolicyEngine, load_policy_text
+from interceptor.policy.cases import run_cases
+from interceptor.policy.kube_rules import (
+    DISCOVERY_RULE, SECRET_KIND_PATHS, SECRET_RULE, SECRETS_REQUEST_PATHS, KubeMatch, describe, parse_kube_case,
+    parse_kube_match,
+)
+from interceptor.policy.loader import PolicyError
+from interceptor.policy.model import MaskRule, Rule
+
+ROOT = Path(__file__).resolve().parents[2]
+
+POLICY = """
+version: 1
+resources:
+  k8s: {protocol: kubernetes, addresses: ["10.0.0.1:6443"]}
+agents:
+  bot: {uids: [1001]}
+rules:
+  - name: read-apps
+    effect: allow
+    agents: [bot]
+    kubernetes: {verbs: [get, list, watch], api_groups: ["", apps], resources: [pods, pods/log, deployments],
+                 namespaces: [dev, "team-*"]}
+  - name: read-one-secret
+    effect: allow
+    kubernetes: {verbs: [get], resources: [secrets], names: [app-config], namespaces: [dev]}
+  - name: ops-reads-secrets
+    effect: allow
+    kubernetes: {verbs: [get, list], resources: [secrets], namespaces: [ops], reveal_secrets: true}
+  - name: nodes
+    effect: allow
+    kubernetes: {verbs: [list], resources: [nodes], namespaces: [""]}
+  - name: health
+    effect: allow
+    kubernetes: {verbs: [get], non_resource_urls: ["/healthz*"]}
+  - name: delete-in-dev-needs-approval
+    effect: approve
+    approval: {groups: [sre]}
+    kubernetes: {verbs: [delete], resources: ["*"], namespaces: [dev]}
+  - name: delete-anything-in-dev
+    effect: allow
+    kubernetes: {verbs: [delete], namespaces: [dev]}
+  - name: no-exec-in-prod
+    effect: deny
+    reason: no shells in prod
+    kubernetes: {resources: [pods], namespaces: [prod]}
+  - name: keep-kube-system
+    effect: deny
+    kubernetes: {verbs: [delete, deletecollection], resources: [namespaces], names: [kube-system]}
+  - name: no-version
+    effect: deny
+    kubernetes: {non_resource_urls: [/version]}
+"""
+
+
+@pytest.fixture(scope="module")
+def engine() -> PolicyEngine:
+    return PolicyEngine(load_policy_text(POLICY, "k.yaml"))
+
+
+def decide(engine: PolicyEngine, method: str, url: str) -> Decision:
+    operation = parse_kube_case({"method": method, "path": url})
+    return engine.decide(Request(Subject("bot"), "k8s", operation))
+
+
+@pytest.mark.parametrize(("method", "url", "verdict", "rule"), [
+    ("GET", "/api/v1/namespaces/dev/pods", "allow", "read-apps"),
+    ("GET", "/api/v1/namespaces/team-a/pods/web/log", "allow", "read-apps"),
+    ("GET", "/apis/apps/v1/namespaces/dev/deployments?watch=1", "allow", "read-apps"),
+    ("GET", "/apis/batch/v1/namespaces/dev/jobs", "deny", "default-deny"),  # another group and resource
+    ("GET", "/apis/apps/v1/namespaces/dev/deployments/web/scale", "deny", "default-deny"),  # not a listed subresource
+    ("GET", "/api/v1/namespaces/dev/pods/web/exec?command=sh", "deny", "default-deny"),
+    ("POST", "/api/v1/namespaces/dev/pods", "deny", "default-deny"),
+    ("GET", "/api/v1/namespaces/qa/pods", "deny", "default-deny"),
+    ("GET", "/api/v1/pods", "deny", "no-exec-in-prod"),  # across namespaces: holds prod's, falls in the deny
+    ("GET", "/api/v1/nodes", "allow", "nodes"),  # namespaces [""]: cluster-scoped
+    ("GET", "/api/v1/namespaces/dev/secrets/app-config", "allow", "read-one-secret"),
+    ("GET", "/api/v1/namespaces/dev/secrets?fieldSelector=metadata.name%3Dapp-config", "deny", "default-deny"),
+    ("GET", "/api/v1/namespaces/dev/secrets", "deny", "default-deny"),  # names never cover a list
+    ("GET", "/api/v1/namespaces/dev/secrets/other", "deny", "default-deny"),
+    ("GET", "/healthz/ready", "allow", "health"),
+    ("POST", "/healthz", "deny", "default-deny"),
+    ("GET", "/api/v1/namespaces/prod/pods/web/exec?command=sh", "deny", "no-exec-in-prod"),  # subresource falls in
+    ("POST", "/api/v1/namespaces/prod/pods/web/portforward", "deny", "no-exec-in-prod"),
+    ("GET", "/apis/apps/v1/deployments", "deny", "default-deny"),  # across namespaces: not covered by namespaces
+    ("DELETE", "/api/v1/namespaces/dev/pods/web", "approve", "delete-in-dev-needs-approval"),  # approve > allow
+    ("DELETE", "/api/v1/namespaces/kube-system", "deny", "keep-kube-system"),
+    ("DELETE", "/api/v1/namespaces", "deny", "keep-kube-system"),  # no name: falls in names
+    ("GET", "/version", "deny", "no-version"),  # a deny beats the discovery default
+    ("GET", "/apis/apps/v1", "allow", DISCOVERY_RULE),
+    ("GET", "/api", "allow", DISCOVERY_RULE),
+    ("GET", "/openapi/v3/apis/apps/v1", "allow", DISCOVERY_RULE),
+    ("POST", "/apis", "deny", "default-deny"),
+    ("GET", "/metrics", "deny", "default-deny"),
+])
+def test_rules(engine: PolicyEngine, method: str, url: str, verdict: str, rule: str) -> None:
+    decision = decide(engine, method, url)
+    assert (decision.verdict.value, decision.rule) == (verdict, rule), decision.reason
+
+
+def test_deny_falls_in_across_namespaces_but_allow_does_not_cover() -> None:
+    policy = POLICY + """
+  - name: no-prod-secrets
+    effect: deny
+    kubernetes: {resources: [secrets], namespaces: [prod]}
+  - name: all-secrets-anywhere
+    effect: allow
+    kubernetes: {resources: [secrets]}
+"""
+    engine = PolicyEngine(load_policy_text(policy, "k.yaml"))
+    assert decide(engine, "GET", "/api/v1/secrets").rule == "no-prod-secrets"  # a list across namespaces holds prod's
+    assert decide(engine, "GET", "/api/v1/namespaces/qa/secrets").rule == "all-secrets-anywhere"
+    assert decide(engine, "GET", "/api/v1/namespaces/prod/secrets/x").rule == "no-prod-secrets"
+
+
+def test_default_deny_names_the_request(engine: PolicyEngine) -> None:
+    decision = decide(engine, "POST", "/api/v1/namespaces/dev/pods/web/exec?command=ls")
+    assert decision.reason == 'no rule allows create pods/exec "web" in namespace "dev"'
+
+
+def test_secret_values_are_masked_unless_revealed(engine: PolicyEngine) -> None:
+    secret = decide(engine, "GET", "/api/v1/namespaces/dev/secrets/app-config")
+    assert secret.masks == (MaskSpec(paths=SECRETS_REQUEST_PATHS, rule=SECRET_RULE),)
+    pods = decide(engine, "GET", "/api/v1/namespaces/dev/pods")
+    assert pods.masks == (MaskSpec(paths=SECRET_KIND_PATHS, rule=SECRET_RULE),)
+    assert decide(engine, "GET", "/api/v1/namespaces/ops/secrets").masks == ()  # reveal_secrets
+    assert decide(engine, "GET", "/api/v1/namespaces/dev/pods/web/log").masks == ()  # a stream, not objects
+    assert decide(engine, "GET", "/healthz").masks == ()
+    assert decide(engine, "GET", "/api/v1/namespaces/prod/pods").masks == ()  # denied: nothing to mask
+
+
+def test_mask_rules_add_their_paths_where_the_request_falls_in() -> None:
+    base = load_policy_text(POLICY, "k.yaml")
+    masking = (
+        Rule("mask-env", "mask", operation="kubernetes", match=parse_kube_case_match({"resources": ["pods"]}),
+             mask=MaskRule(paths=("spec.containers[*].env[*].value",), style="partial")),
+        Rule("mask-emails", "mask", mask=MaskRule(classifiers=("email",))),
+        Rule("sql-only", "mask", mask=MaskRule(columns=(("s", "t", "c"),))),  # nothing a JSON body has
+    )
+    engine = PolicyEngine(type(base)(base.version, base.resources, base.agents, base.rules + masking))
+    masks = decide(engine, "GET", "/api/v1/namespaces/dev/pods/web/log").masks
+    assert [m.rule for m in masks] == ["mask-env", "mask-emails"]  # pods falls in: its subresources too
+    assert masks[0] == MaskSpec(style="partial", rule="mask-env", paths=("spec.containers[*].env[*].value",))
+    listed = decide(engine, "GET", "/apis/apps/v1/namespaces/dev/deployments").masks
+    assert [m.rule for m in listed] == [SECRET_RULE, "mask-emails"]
+
+
+def parse_kube_case_match(raw: dict[str, list[str]]) -> KubeMatch:
+    def problem(where: tuple[str | int, ...], message: str) -> None:
+        raise AssertionError(message)
+    return parse_kube_match(raw, problem)
+
+
+@pytest.mark.parametrize(("block", "message"), [
+    ("{resources: [pods/log/x]}", "k.yaml:9:30: resource pattern 'pods/log/x': expected resource or resource/sub"),
+    ("{resources: [/x]}", "resource pattern '/x'"),
+    ("{non_resource_urls: [healthz]}", "non-resource URL 'healthz': expected a path glob"),
+    ("{non_resource_urls: [/x], names: [a]}", "names is about resource requests"),
+    ("{verbs: []}", "should be non-empty"),
+    ("{resource: [pods]}", "unknown key 'resource'"),
+    ("{reveal_secrets: yes-please}", "is not of type 'boolean'"),
+])
+def test_bad_blocks_are_reported_where_they_are(block: str, message: str) -> None:
+    text = f"""version: 1
+resources:
+  k8s: {{protocol: kubernetes, addresses: ["10.0.0.1:6443"]}}
+agents:
+  bot: {{uids: [1001]}}
+rules:
+  - name: r
+    effect: allow
+    kubernetes: {block}
+"""
+    with pytest.raises(PolicyError) as error:
+        load_policy_text(text, "k.yaml")
+    assert message in str(error.value)
+
+
+def test_cases_by_attributes_and_derived_agree() -> None:
+    derived = parse_kube_case({"method": "get", "path": "/api/v1/namespaces/prod/secrets/x"})
+    by_attributes = parse_kube_case({"verb": "get", "resource": "secrets", "namespace": "prod", "name": "x",
+                                     "api_group": "", "api_version": "v1", "path": "/api/v1/namespaces/prod/secrets/x"})
+    assert derived == by_attributes
+    assert parse_kube_case({"verb": "get", "path": "/version"}) == KubeRequest("get", "/version",
+                                                                                resource_request=False)
+    assert parse_kube_case({"verb": "create", "resource": "pods", "subresource": "exec", "command": ["ls"]}).command \
+        == ("ls",)
+
+
+@pytest.mark.parametrize(("block", "error"), [
+    ({"method": "GET"}, ValueError),
+    ({"method": "GET", "path": "/api/v1/pods", "x": 1}, ValueError),
+    ({"verb": "get"}, ValueError),
+    ({"resource": "pods"}, ValueError),
+    ({"verb": "get", "resource": 5}, TypeError),
+    ({"verb": "get", "resource": "pods", "dry_run": "yes"}, TypeError),
+    ({"verb": "get", "resource": "pods", "command": "ls"}, TypeError),
+    ({"method": "GET", "path": "/api/v1/namespaces/a/../b/pods"}, ValueError),
+])
+def test_bad_cases(block: dict[str, object], error: type[Exception]) -> None:
+    with pytest.raises(error):
+        parse_kube_case(block)
+
+
+def test_describe() -> None:
+    assert describe(parse_kube_case({"method": "GET", "path": "/apis/apps/v1/namespaces/a/deployments/w/scale"})) \
+        == 'get deployments/scale.apps "w" in namespace "a"'
+    assert describe(parse_kube_case({"method": "GET", "path": "/api/v1/nodes"})) == "list nodes"
+    assert describe(parse_kube_case({"method": "GET", "path": "/version"})) == "get /version"
+
+
+def test_the_shipped_example_passes() -> None:
+    results = run_cases(ROOT / "policy" / "examples" / "kubernetes.tests.yaml")
+    assert results and all(r.passed for r in results), [r for r in results if not r.passed]
+    assert Verdict.APPROVE.value in {r.got["verdict"] for r in results}
