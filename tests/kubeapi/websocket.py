@@ -15,12 +15,13 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from .errors import JSON, ApiError, bad_request
-from .wire import Request, Upgrade
 from .pods import Command, ExecSession
+from .wire import Request, Upgrade
 
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
 PROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io")
 STDIN, STDOUT, STDERR, ERROR, CLOSE = 0, 1, 2, 3, 255
+
 
 def choose_protocol(request: Request) -> str:
     offered = [p.strip() for p in (request.header("sec-websocket-protocol") or "").split(",")]
