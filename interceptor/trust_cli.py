@@ -217,7 +217,11 @@ def _checked_server(url: str) -> str:
 def kubeconfig_for(policy: Policy, agent: str, resource: str, ca_pem: bytes, server: str | None) -> dict[str, Any]:
     """The kubeconfig (kubectl's `Config`, v1) for `agent` on the kubernetes `resource`: the
     API server at `server` or the resource's first address, the host CA as its authority, a
-    context and current-context named after the resource, and a user with no credentials.
+    context and current-context named after the resource, and a user with no credentials:
+    only a username, the agent's name, because kubectl prompts for one on a terminal (and
+    fails without one) when a user has nothing to identify it (client-go's clientcmd,
+    canIdentifyUser); it sends `Authorization: Basic` of the name and an empty password,
+    which the enforcer drops with every agent Authorization header.
     KubeconfigError for an unknown agent or resource, or a resource of another protocol."""
     if agent not in policy.agents:
         raise KubeconfigError(f"no agent {agent!r} in {policy.source} (agents: {', '.join(sorted(policy.agents))})")
@@ -236,14 +240,15 @@ def kubeconfig_for(policy: Policy, agent: str, resource: str, ca_pem: bytes, ser
         "contexts": [{"name": resource, "context": {"cluster": resource, "user": agent}}],
         "current-context": resource,
         "preferences": {},
-        "users": [{"name": agent, "user": {}}],
+        "users": [{"name": agent, "user": {"username": agent}}],
     }
 
 
 @click.command(help="""Write a kubeconfig for agent NAME on the kubernetes resource R: the real API
 server's URL (the resource's first address, or --server), the host CA as its certificate
-authority, and no credentials (the enforcer sends the resource's). With -o the file is mode
-0600 and owned by the agent's first uid, when the agent has uids.""")
+authority, and no credentials (the enforcer sends the resource's; the user has only a name,
+so that kubectl does not prompt for one). With -o the file is mode 0600 and owned by the
+agent's first uid, when the agent has uids.""")
 @click.option("--agent", required=True, help="Agent name from the policy.")
 @click.option("--resource", required=True, help="A resource of the policy with protocol kubernetes.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
@@ -264,6 +269,7 @@ def kubeconfig(ctx: click.Context, agent: str, resource: str, output: Path | Non
         raise click.ClickException(str(exc)) from exc
     text = (f"# kubeconfig of agent {agent} for resource {resource}, written by `interceptor kubeconfig`.\n"
             "# No credentials: the enforcer authenticates to the API server with the resource's own.\n"
+            "# The username only keeps kubectl from prompting for one; the enforcer drops what it sends.\n"
             + yaml.safe_dump(config, sort_keys=False))
     if output is None:
         click.echo(text, nl=False)

@@ -10,8 +10,11 @@ import ipaddress
 import json
 import os
 import shutil
+import socket
+import ssl
 import stat
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -189,7 +192,7 @@ def test_kubeconfig_from_the_shipped_example(tmp_path: Path, config: Path) -> No
     assert result.exit_code == 0, result.output
     loaded = yaml.safe_load(output.read_text())
     assert loaded["clusters"][0]["cluster"]["server"] == "https://10.96.0.1:443"
-    assert loaded["users"] == [{"name": "ops-bot", "user": {}}]
+    assert loaded["users"] == [{"name": "ops-bot", "user": {"username": "ops-bot"}}]
     if os.geteuid() == 0:
         assert output.stat().st_uid == 2010
 
@@ -206,7 +209,7 @@ def test_kubeconfig_names_the_server_trusts_the_ca_and_has_no_credentials(tmp_pa
             "certificate-authority-data": base64.b64encode(ca_pem(tmp_path)).decode()}}],
         "contexts": [{"name": "cluster", "context": {"cluster": "cluster", "user": "bot"}}],
         "current-context": "cluster", "preferences": {},
-        "users": [{"name": "bot", "user": {}}],
+        "users": [{"name": "bot", "user": {"username": "bot"}}],  # a name only: no password, token or key
     }
 
 
@@ -249,7 +252,7 @@ def test_kubeconfig_file_is_0600_and_the_agents(tmp_path: Path, config: Path) ->
     assert result.exit_code == 0, result.output
     info = output.stat()
     assert stat.S_IMODE(info.st_mode) == 0o600 and info.st_uid == 1234
-    assert yaml.safe_load(output.read_text())["users"] == [{"name": "bot", "user": {}}]
+    assert yaml.safe_load(output.read_text())["users"] == [{"name": "bot", "user": {"username": "bot"}}]
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".bot")) == []
 
 
@@ -261,17 +264,59 @@ def test_kubeconfig_file_of_an_agent_without_uids(tmp_path: Path, config: Path) 
     assert stat.S_IMODE(output.stat().st_mode) == 0o600 and output.stat().st_uid == os.geteuid()
 
 
+class ApiServer:
+    """A TLS server presenting the host CA's certificates the way the enforcer does (one
+    AgentTLS per connection): it records each request head and SNI and answers /version."""
+
+    def __init__(self, ca: HostCA) -> None:
+        self.ca = ca
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.heads: list[bytes] = []
+        self.names: list[str | None] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            tls = self.ca.agent_context("127.0.0.1")
+            try:
+                with tls.context.wrap_socket(conn, server_side=True) as secure:
+                    head = b""
+                    while b"\r\n\r\n" not in head:
+                        head += secure.recv(4096) or b"\r\n\r\n"
+                    self.heads.append(head)
+                    self.names.append(tls.server_name)
+                    body = b'{"major": "1", "minor": "32", "gitVersion": "v1.32.0"}'
+                    secure.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                                   b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            except (OSError, ssl.SSLError):
+                continue
+
+
 @pytest.mark.usefixtures("policy")
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl")
-def test_kubectl_reads_it(tmp_path: Path, config: Path) -> None:
+def test_kubectl_uses_it_without_prompting(tmp_path: Path, config: Path) -> None:
+    """kubectl (Go's TLS) trusts the host CA's leaf for the name it dials, sends SNI, and
+    asks for nothing on its standard input (a user with nothing at all makes it prompt)."""
+    server = ApiServer(HostCA.open(tmp_path / "state"))
     output = tmp_path / "bot.kubeconfig"
-    assert run(config, "kubeconfig", "--agent", "bot", "--resource", "cluster", "-o", str(output)).exit_code == 0
+    result = run(config, "kubeconfig", "--agent", "bot", "--resource", "cluster", "-o", str(output),
+                 "--server", f"https://localhost:{server.port}")
+    assert result.exit_code == 0, result.output
     env = {**os.environ, "KUBECONFIG": str(output)}
     context = subprocess.run(["kubectl", "config", "current-context"], env=env, capture_output=True, text=True,
                              check=True)
     assert context.stdout == "cluster\n"
-    view = yaml.safe_load(subprocess.run(["kubectl", "config", "view", "--raw", "-o", "yaml"], env=env,
-                                         capture_output=True, text=True, check=True).stdout)
-    assert view["clusters"][0]["cluster"]["server"] == "https://kube.internal:6443"
-    assert base64.b64decode(view["clusters"][0]["cluster"]["certificate-authority-data"]) == ca_pem(tmp_path)
-    assert view["users"] == [{"name": "bot", "user": {}}]
+    version = subprocess.run(["kubectl", "get", "--raw", "/version"], env=env, stdin=subprocess.DEVNULL,
+                             capture_output=True, text=True, timeout=30)
+    server.listener.close()
+    assert version.returncode == 0, version.stderr
+    assert json.loads(version.stdout)["gitVersion"] == "v1.32.0"
+    assert server.names and set(server.names) == {"localhost"}
+    basic = b"Basic " + base64.b64encode(b"bot:")  # the name and an empty password: what the enforcer drops
+    assert [[line.split(b":", 1)[1].strip() for line in head.split(b"\r\n") if line.lower().startswith(b"authorization:")]
+            for head in server.heads] == [[basic]] * len(server.heads)
