@@ -101,7 +101,7 @@ def talk(s: HttpSession | None = None) -> Script:
 def upstream(request_line: str, *headers: str, host: str = "api") -> bytes:
     """The head the upstream receives: Host first, the kept headers, the credential."""
     lines = "".join(f"{header}\r\n" for header in headers)
-    return f"{request_line}\r\nhost: {host}\r\n{lines}".encode() + UPSTREAM_TAIL
+    return f"{request_line}\r\nhost: {host}\r\n{lines}".encode("latin-1") + UPSTREAM_TAIL
 
 
 def agent_reply(status: int, message: str, close: bool = False) -> bytes:
@@ -520,6 +520,16 @@ def test_credential_identity_override_and_hop_by_hop_headers_never_reach_the_ups
             b"Accept-Encoding: gzip\r\nCookie: session=1\r\nAccept: application/json\r\nRange: bytes=0-1\r\n\r\n")
      .expect_server(upstream("GET / HTTP/1.1", "cookie: session=1", "accept: application/json", "range: bytes=0-1"),
                     b"\r\n")
+     .done())
+
+
+def test_header_values_with_obs_text_pass_as_they_came() -> None:
+    (talk()
+     .agent(b"GET / HTTP/1.1\r\nHost: api\r\nX-Name: caf\xe9\r\n\r\n")
+     .expect_server(upstream("GET / HTTP/1.1", "x-name: caf\xe9"), b"\r\n")
+     .server(b"HTTP/1.1 200 OK\r\nX-Name: \xff\r\nContent-Length: 0\r\n\r\n")
+     .expect_agent(b"HTTP/1.1 200 OK\r\nx-name: \xff\r\ncontent-length: 0\r\n\r\n")
+     .expect_record("reads", "allow")
      .done())
 
 

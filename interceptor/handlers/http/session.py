@@ -341,8 +341,8 @@ class HttpSession:
             return self._server_broke(exchange, "the upstream closed the connection before the request was sent")
         try:
             out = self._to_upstream(h11.Request(method=exchange.head.method, target=exchange.target.origin,
-                                                headers=self._upstream_headers(exchange, exchange.operation)))
-        except h11.LocalProtocolError as exc:
+                                                headers=_wire(self._upstream_headers(exchange, exchange.operation))))
+        except (h11.LocalProtocolError, UnicodeEncodeError) as exc:
             return self._server_broke(exchange, f"the request cannot be sent upstream: {exc}")
         if exchange.body:
             exchange.bytes_up += len(exchange.body)
@@ -424,7 +424,7 @@ class HttpSession:
             return []
         headers = forwarded_response(_pairs(event.headers), keep_length=False)
         return [Send(Side.CLIENT, [exchange.agent.send(h11.InformationalResponse(
-            status_code=event.status_code, headers=list(headers), reason=event.reason))], stream=DOWN)]
+            status_code=event.status_code, headers=_wire(headers), reason=event.reason))], stream=DOWN)]
 
     def _upgraded(self, exchange: _Exchange, event: h11.InformationalResponse) -> list[Command]:
         """101 Switching Protocols: the agent gets it, then both ways relay bytes: first the
@@ -436,7 +436,7 @@ class HttpSession:
         exchange.status = 101
         self._relay = True
         out: list[Command] = [Send(Side.CLIENT, [exchange.agent.send(h11.InformationalResponse(
-            status_code=101, headers=headers, reason=event.reason))], stream=DOWN)]
+            status_code=101, headers=_wire(headers), reason=event.reason))], stream=DOWN)]
         early, after = bytes(self._pending), self._upstream.trailing_data[0]
         self._pending.clear()
         if early:
@@ -472,7 +472,7 @@ class HttpSession:
         exchange.responded = True
         exchange.status = response.status
         return [Send(Side.CLIENT, [exchange.agent.send(h11.Response(
-            status_code=response.status, headers=headers, reason=event.reason))], stream=DOWN)]
+            status_code=response.status, headers=_wire(headers), reason=event.reason))], stream=DOWN)]
 
     def _response_body(self, exchange: _Exchange, data: bytes) -> list[Command]:
         if exchange.filter is not None:
@@ -645,6 +645,12 @@ def reply_bytes(reply: Reply, method: str, close: bool) -> bytes:
         lines.append("connection: close")
     head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
     return head if method == "HEAD" else head + reply.body
+
+
+def _wire(headers: Pairs | list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    """Headers as h11 sends them: Latin-1 bytes (RFC 9110 section 5.5: obs-text passes as
+    it came). Raises UnicodeEncodeError for a character Latin-1 cannot carry."""
+    return [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers]
 
 
 def _pairs(headers: h11._headers.Headers) -> Pairs:
