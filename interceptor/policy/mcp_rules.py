@@ -34,8 +34,8 @@ How an McpCall is judged:
 Argument conditions, `arguments: {PATH: [VALUE, ...]}`: PATH is a JSON path
 (interceptor.masking.json_paths: `options.recursive`, `filters[*].path`, `["a.b"]`, `**.path`;
 no `|base64`) from the arguments object. A string VALUE is a glob matched against string
-values only; other VALUEs (numbers, true/false, null) match equal JSON values of the same
-type (true is not 1). On allow, approve and mask rules every PATH must select at least one
+values only; other VALUEs (integers, true/false) match equal JSON values of the same type
+(true is not 1; 1 and 1.0 are the same number). On allow, approve and mask rules every PATH must select at least one
 value and every value it selects must match. On deny rules a PATH matches when any value it
 selects matches, or is an array holding one (at any depth), or is an object (a shape the
 rule's author did not expect, that a server could still read); any one PATH matching is
@@ -84,7 +84,7 @@ TOOL_NAME = re.compile(r"[A-Za-z0-9_./-]{1,128}")
 _TOOL_GLOB = re.compile(r"[A-Za-z0-9_./*?\[\]!-]+")
 _NOT_NORMAL = re.compile(r"(?:^|[/\\])\.{1,2}(?:$|[/\\])|%2e|%2f|%5c|\x00", re.IGNORECASE)
 
-Scalar = str | int | float | bool | None
+Scalar = str | int | bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,7 +242,7 @@ def _string_matches(value: str, pattern: str, deny: bool) -> bool:
 
 
 def _same(value: Any, expected: Scalar) -> bool:
-    """JSON equality of two scalars: true and 1 differ, 1 and 1.0 do not."""
+    """JSON equality of an argument's scalar and a listed one: true and 1 differ, 1 and 1.0 do not."""
     if isinstance(value, bool) or isinstance(expected, bool):
         return isinstance(value, bool) and isinstance(expected, bool) and value == expected
     return bool(value == expected)

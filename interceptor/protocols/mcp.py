@@ -44,12 +44,12 @@ MATCH_SCHEMA = {
             "minProperties": 1,
             "propertyNames": {"minLength": 1},
             "additionalProperties": {"type": "array", "minItems": 1,
-                                     "items": {"type": ["string", "number", "boolean", "null"]}},
+                                     "items": {"type": ["string", "integer", "boolean"]}},
             "description": (
                 "Conditions on a tool call's arguments: a JSON path (as in masks: `options.recursive`, "
                 "`filters[*].path`, `[\"a.b\"]`, `**.path`) to the values allowed: string globs (for string values; "
-                "a glob holding `/` matches only paths without `.` or `..` segments), or numbers, booleans and "
-                "null compared as JSON. Allow and approve rules: every path present and every value it selects "
+                "a glob holding `/` matches only paths without `.` or `..` segments), or integers and booleans "
+                "compared as JSON (`true` is not `1`). Allow and approve rules: every path present and every value it selects "
                 "listed. Deny rules: any value of any path listed (or an array holding one, or an object).")},
     },
 }

@@ -172,7 +172,7 @@ def test_block_problems() -> None:
     assert "|base64 is for masks" in problems
     assert "tools and arguments are about tools/call" in problems
     assert "mcp.yaml:" in problems and problems.count("\n") == 3
-    with pytest.raises(PolicyError, match="is not of type 'string', 'number', 'boolean', 'null'"):
+    with pytest.raises(PolicyError, match="is not of type 'string', 'integer', 'boolean'"):
         load_policy_text(POLICY + "  - {name: bad-value, effect: allow, mcp: {arguments: {a: [{b: 1}]}}}\n")
 
 
