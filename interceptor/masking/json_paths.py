@@ -288,8 +288,9 @@ def _mask_value(masker: ColumnMasker, value: Any, encoded: bool) -> Any:
     """The masked leaf: a string, or None (JSON null)."""
     if value is None:
         return None
+    encoded = encoded and isinstance(value, str)  # a number or boolean is never base64 text
     raw = value.encode("utf-8") if isinstance(value, str) else orjson.dumps(value)
-    if encoded and isinstance(value, str):
+    if encoded:
         try:
             raw = base64.b64decode(raw, validate=True)
         except (binascii.Error, ValueError):

@@ -127,6 +127,8 @@ def test_base64_values_stay_base64() -> None:
     assert base64.b64decode(result["data"]["p"]) == b"****"
     assert result["data"]["bad"] == "****"  # not base64: its text is masked instead
     assert count == 2
+    numbers, _ = masked({"data": {"n": 7, "b": True}}, MaskSpec(paths=("data|base64",), rule="r"))
+    assert numbers == {"data": {"n": "****", "b": "****"}}  # never base64 text: masked as their JSON text
 
 
 def test_classifiers_mask_spans_in_every_string_leaf() -> None:
