@@ -172,7 +172,8 @@ class HostCA:
     def open(cls, state_dir: Path, *, clock: Clock = _utcnow, cache_size: int = CACHE_SIZE) -> HostCA:
         """The host CA in `<state_dir>/tls/`, created there when absent (see the module's
         docstring for the layout). HostCAError when a file or directory has the wrong type,
-        owner or mode, the key and certificate do not belong together, or the CA expired."""
+        owner or mode, cannot be read or written, the key and certificate do not belong
+        together, or the CA expired."""
         tls = state_dir / "tls"
         private = tls / "private"
         try:
@@ -182,10 +183,13 @@ class HostCA:
         _directory(tls, 0o755, 0o022)
         _directory(private, 0o700, 0o077)
         key_path = private / "ca.key"
-        if not key_path.exists():
-            _create(key_path, clock())
-        key, certificate = _load(key_path, clock())
-        _publish(tls / "ca.pem", certificate.public_bytes(serialization.Encoding.PEM))
+        try:
+            if not key_path.exists():
+                _create(key_path, clock())
+            key, certificate = _load(key_path, clock())
+            _publish(tls / "ca.pem", certificate.public_bytes(serialization.Encoding.PEM))
+        except OSError as exc:
+            raise HostCAError(f"cannot write the host CA in {tls}: {exc.strerror or exc}") from exc
         return cls(key, certificate, clock=clock, cache_size=cache_size)
 
     @property

@@ -89,7 +89,7 @@ def open_host_ca(state_dir: Path) -> HostCA | None:
     those that do."""
     try:
         return HostCA.open(state_dir)
-    except (HostCAError, OSError) as exc:
+    except HostCAError as exc:
         log.error("agent-facing TLS disabled, TLS flows will be refused: %s", exc)
         return None
 

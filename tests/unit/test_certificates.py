@@ -192,6 +192,15 @@ def test_a_symlinked_directory_is_refused(tmp_path: Path) -> None:
         HostCA.open(tmp_path)
 
 
+def test_a_public_copy_that_cannot_be_written_is_a_host_ca_error(tmp_path: Path, ca: HostCA) -> None:
+    public = tmp_path / "tls" / "ca.pem"
+    public.unlink()
+    public.mkdir()
+    with pytest.raises(HostCAError, match="cannot write the host CA in .*/tls: Is a directory"):
+        HostCA.open(tmp_path)
+    assert sorted(os.listdir(tmp_path / "tls")) == ["ca.pem", "private"]  # no temporary file left
+
+
 def _rewrite_key_file(tmp_path: Path, data: bytes) -> None:
     key = tmp_path / "tls" / "private" / "ca.key"
     key.write_bytes(data)
