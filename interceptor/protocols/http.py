@@ -73,7 +73,8 @@ MATCH_SCHEMA: Schema = {
                    "given holds); a deny rule matches when each condition given could hold (a request without a "
                    "Host matches any `hosts`).",
     "properties": {
-        "methods": {**_STRINGS, "description": "Request methods (`GET`, `HEAD`, `POST`, ...; globs, case-insensitive)."},
+        "methods": {**_STRINGS,
+                    "description": "Request methods (`GET`, `HEAD`, `POST`, ...; globs, case-insensitive)."},
         "paths": {**_STRINGS, "description": (
             "Path globs, matched against the path percent-decoded once, without the query (`*` matches `/` too: "
             "`/v1/reports/*` is every path under /v1/reports/). Targets whose decoded path the server could read "

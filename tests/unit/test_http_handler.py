@@ -13,12 +13,14 @@ import os
 import socket
 import ssl
 import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
+import uvloop
 
 from interceptor.audit.event import AuditEvent
 from interceptor.certificates import HostCA
@@ -27,6 +29,7 @@ from interceptor.flow import Endpoint, FlowContext, ProcessInfo
 from interceptor.handlers.base import Services
 from interceptor.handlers.http import HANDLER
 from interceptor.handlers.http.credentials import CredentialsError, upstream_credentials
+from interceptor.handlers.http.plain import PlainDialect
 from interceptor.policy import PolicyEngine, load_policy_text
 from interceptor.secrets import SecretError
 from test_approvals_support import ListSink
@@ -207,8 +210,14 @@ async def serve(port: int, agent: Callable[[int], bytes], *, policy: str = polic
     return Served(await asyncio.wait_for(client, 20), sink.events)
 
 
-def run(coro: Awaitable[Served]) -> Served:
-    return asyncio.run(asyncio.wait_for(coro, 30))
+Runner = Callable[[Coroutine[Any, Any, Served]], Served]
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def run(request: pytest.FixtureRequest) -> Runner:
+    """Runs a flow on asyncio's own loop, and on uvloop (the daemon's)."""
+    loop_run = uvloop.run if request.param == "uvloop" else asyncio.run
+    return lambda coro: loop_run(asyncio.wait_for(coro, 30))
 
 
 def secret(**values: str) -> Callable[[], Awaitable[dict[str, str]]]:
@@ -220,7 +229,7 @@ def secret(**values: str) -> Callable[[], Awaitable[dict[str, str]]]:
 # ---- clear text -----------------------------------------------------------------------------
 
 
-def test_an_allowed_get_reaches_the_upstream_and_is_recorded(upstream: Upstream) -> None:
+def test_an_allowed_get_reaches_the_upstream_and_is_recorded(run: Runner, upstream: Upstream) -> None:
     served = run(serve(upstream.port, lambda port: agent_request(port, get("/v1/reports/q1"))))
     assert served.status == 200 and json.loads(served.body) == {"path": "/v1/reports/q1", "owner": "ann@example.com"}
     assert [(method, path) for method, path, _ in upstream.requests] == [("GET", "/v1/reports/q1")]
@@ -233,7 +242,8 @@ def test_an_allowed_get_reaches_the_upstream_and_is_recorded(upstream: Upstream)
     assert connection.outcome["error"] is None and connection.operation["requests"] == 1
 
 
-def test_a_denied_request_gets_403_json_naming_the_rule_and_nothing_goes_upstream(upstream: Upstream) -> None:
+def test_a_denied_request_gets_403_json_naming_the_rule_and_nothing_goes_upstream(run: Runner,
+                                                                                  upstream: Upstream) -> None:
     served = run(serve(upstream.port, lambda port: agent_request(port, get("/v1/reports/archive/2019"))))
     assert served.status == 403 and served.header("content-type") == "application/json"
     body = json.loads(served.body)
@@ -243,13 +253,13 @@ def test_a_denied_request_gets_403_json_naming_the_rule_and_nothing_goes_upstrea
     assert (request.decision, request.rule) == ("deny", "no-archive")
 
 
-def test_default_deny_for_what_no_rule_covers(upstream: Upstream) -> None:
+def test_default_deny_for_what_no_rule_covers(run: Runner, upstream: Upstream) -> None:
     served = run(serve(upstream.port, lambda port: agent_request(port, get("/v2/admin"))))
     assert served.status == 403 and json.loads(served.body)["rule"] == "default-deny"
     assert upstream.requests == []
 
 
-def test_a_mask_rule_masks_the_json_answer(upstream: Upstream) -> None:
+def test_a_mask_rule_masks_the_json_answer(run: Runner, upstream: Upstream) -> None:
     policy = policy_text() + ("  - {name: mask-emails, effect: mask, resources: [api], http: {paths: [\"/v1/*\"]}, "
                               "mask: {classifiers: [email]}}\n")
     served = run(serve(upstream.port, lambda port: agent_request(port, get("/v1/reports/q1")), policy=policy))
@@ -263,7 +273,7 @@ def test_a_mask_rule_masks_the_json_answer(upstream: Upstream) -> None:
     assert request.outcome is not None and request.outcome["masked"] == 1
 
 
-def test_the_credential_token_goes_upstream_and_the_agents_authorization_never(upstream: Upstream) -> None:
+def test_the_credential_token_goes_upstream_and_the_agents_authorization_never(run: Runner, upstream: Upstream) -> None:
     request = get("/v1/reports/q1", "api.example.com", "Authorization: Bearer agents-own-token")
     served = run(serve(upstream.port, lambda port: agent_request(port, request), credentials=secret(token="s3cret")))
     assert served.status == 200
@@ -272,7 +282,7 @@ def test_the_credential_token_goes_upstream_and_the_agents_authorization_never(u
     assert "agents-own-token" not in repr(headers)
 
 
-def test_a_token_header_replaces_the_agents_header_of_that_name(upstream: Upstream) -> None:
+def test_a_token_header_replaces_the_agents_header_of_that_name(run: Runner, upstream: Upstream) -> None:
     request = get("/v1/reports/q1", "api.example.com", "X-Api-Key: agents-key")
     served = run(serve(upstream.port, lambda port: agent_request(port, request),
                        policy=policy_text("{token_header: X-Api-Key}"), credentials=secret(token="s3cret")))
@@ -295,7 +305,7 @@ def test_user_and_password_go_up_as_basic_and_other_keys_are_refused() -> None:
         upstream_credentials({"token": "bad\r\nX-Injected: 1"})
 
 
-def test_unavailable_credentials_are_a_502_that_quotes_no_secret(upstream: Upstream) -> None:
+def test_unavailable_credentials_are_a_502_that_quotes_no_secret(run: Runner, upstream: Upstream) -> None:
     async def failing() -> dict[str, str]:
         raise SecretError("credentials: environment variable API_TOKEN is not set in the daemon")
 
@@ -310,7 +320,7 @@ def test_unavailable_credentials_are_a_502_that_quotes_no_secret(upstream: Upstr
     assert served.status == 502 and "tokne" in served.body.decode() and "s3cret" not in served.body.decode()
 
 
-def test_an_unreachable_upstream_is_a_502_and_a_server_fault() -> None:
+def test_an_unreachable_upstream_is_a_502_and_a_server_fault(run: Runner) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]  # nothing listens there once closed
@@ -321,10 +331,23 @@ def test_an_unreachable_upstream_is_a_502_and_a_server_fault() -> None:
     assert connection.outcome["fault"] == "server" and "unreachable" in str(connection.reason)
 
 
+def test_a_failure_inside_the_handler_still_ends_in_one_connection_record(run: Runner, upstream: Upstream,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(services: Services) -> PlainDialect:
+        raise RuntimeError("dialect bug")
+
+    monkeypatch.setattr(HANDLER, "dialect_factory", broken)
+    served = run(serve(upstream.port, lambda port: agent_request(port, get("/v1/reports/q1"))))
+    assert served.response == b"" and upstream.requests == []
+    connection = served.connection
+    assert connection.decision == "error" and connection.outcome is not None
+    assert connection.outcome["fault"] == "enforcer" and "RuntimeError: dialect bug" in str(connection.reason)
+
+
 # ---- TLS to the upstream --------------------------------------------------------------------
 
 
-def test_a_tls_upstream_is_verified_against_the_resources_ca(upstream_ca: HostCA, tmp_path: Path) -> None:
+def test_a_tls_upstream_is_verified_against_the_resources_ca(run: Runner, upstream_ca: HostCA, tmp_path: Path) -> None:
     server = Upstream(upstream_ca.server_context("api.example.com"))
     try:
         ca = tmp_path / "upstream-ca" / "tls" / "ca.pem"
@@ -336,7 +359,8 @@ def test_a_tls_upstream_is_verified_against_the_resources_ca(upstream_ca: HostCA
         server.close()
 
 
-def test_an_unverified_tls_upstream_is_refused_with_502(upstream_ca: HostCA, host_ca: HostCA, tmp_path: Path) -> None:
+def test_an_unverified_tls_upstream_is_refused_with_502(run: Runner, upstream_ca: HostCA, host_ca: HostCA,
+                                                        tmp_path: Path) -> None:
     server = Upstream(upstream_ca.server_context("api.example.com"))
     try:
         other_ca = tmp_path / "host-ca" / "tls" / "ca.pem"  # not the CA that signed the upstream's certificate
@@ -355,7 +379,7 @@ def test_an_unverified_tls_upstream_is_refused_with_502(upstream_ca: HostCA, hos
 # ---- TLS towards the agent ------------------------------------------------------------------
 
 
-def test_the_agents_tls_is_answered_with_the_host_ca_for_its_sni(upstream_ca: HostCA, host_ca: HostCA,
+def test_the_agents_tls_is_answered_with_the_host_ca_for_its_sni(run: Runner, upstream_ca: HostCA, host_ca: HostCA,
                                                                  tmp_path: Path) -> None:
     server = Upstream(upstream_ca.server_context("api.example.com"))
     agent_tls = ssl.create_default_context(cafile=str(tmp_path / "host-ca" / "tls" / "ca.pem"))
@@ -376,7 +400,7 @@ def test_the_agents_tls_is_answered_with_the_host_ca_for_its_sni(upstream_ca: Ho
         server.close()
 
 
-def test_agent_tls_without_a_host_ca_closes_and_records_why(upstream: Upstream) -> None:
+def test_agent_tls_without_a_host_ca_closes_and_records_why(run: Runner, upstream: Upstream) -> None:
     agent_tls = ssl.create_default_context()
     served = run(serve(upstream.port, lambda port: agent_request(port, get("/v1/reports/q1"), agent_tls,
                                                                  "api.example.com")))
@@ -401,7 +425,7 @@ def bearer_policy(keys: KeyServer) -> str:
                        "subjects: {groups: [db-readers]},")
 
 
-def test_a_valid_bearer_token_is_the_flows_identity_and_stays_with_the_enforcer(upstream: Upstream,
+def test_a_valid_bearer_token_is_the_flows_identity_and_stays_with_the_enforcer(run: Runner, upstream: Upstream,
                                                                                 keys: KeyServer) -> None:
     token = sign(claims(keys.issuer))
     request = get("/v1/reports/q1", "api.example.com", f"Authorization: Bearer {token}")
@@ -424,8 +448,8 @@ def test_a_valid_bearer_token_is_the_flows_identity_and_stays_with_the_enforcer(
     ("EXPIRED", "expired"),
     ("AUDIENCE", "aud"),
 ])
-def test_no_valid_bearer_token_is_a_401_recorded(upstream: Upstream, keys: KeyServer, authorization: str | None,
-                                                 reason: str) -> None:
+def test_no_valid_bearer_token_is_a_401_recorded(run: Runner, upstream: Upstream, keys: KeyServer,
+                                                 authorization: str | None, reason: str) -> None:
     if authorization == "EXPIRED":
         authorization = "Bearer " + sign(claims(keys.issuer, exp=1000, iat=900))
     elif authorization == "AUDIENCE":
@@ -441,7 +465,7 @@ def test_no_valid_bearer_token_is_a_401_recorded(upstream: Upstream, keys: KeySe
     assert connection.outcome["status"] == 401 and reason in str(connection.reason)
 
 
-def test_a_later_request_with_another_token_is_refused(upstream: Upstream, keys: KeyServer) -> None:
+def test_a_later_request_with_another_token_is_refused(run: Runner, upstream: Upstream, keys: KeyServer) -> None:
     first, other = sign(claims(keys.issuer)), sign(claims(keys.issuer, jti="jti-2"))
     requests = (get("/v1/reports/a", "api.example.com", f"Authorization: Bearer {first}").replace(
         b"Connection: close\r\n", b"") + get("/v1/reports/b", "api.example.com", f"Authorization: Bearer {other}"))
@@ -450,7 +474,7 @@ def test_a_later_request_with_another_token_is_refused(upstream: Upstream, keys:
     assert served.response.count(b"HTTP/1.1 200") == 1 and b"HTTP/1.1 401" in served.response
 
 
-def test_a_client_certificate_over_clear_text_is_refused(upstream: Upstream) -> None:
+def test_a_client_certificate_over_clear_text_is_refused(run: Runner, upstream: Upstream) -> None:
     """A resource with `tls: false` and a client certificate is refused, not sent in clear."""
     served = run(serve(upstream.port, lambda port: agent_request(port, get("/v1/reports/q1")),
                        policy=policy_text("{tls: false}"),

@@ -72,8 +72,8 @@ def test_deny_wins_and_covers_an_unknown_host(engine: PolicyEngine) -> None:
     # no Host: a deny rule about hosts takes it as any host (an allow rule naming hosts never covers it)
     unknown = ask(engine, "GET", "/v1/reports/x", host=None)
     assert (unknown.verdict, unknown.rule) == (Verdict.DENY, "no-other-hosts")
-    without_deny = POLICY.replace('  - {name: no-other-hosts, effect: deny, resources: [api], http: {hosts: ["*.internal"]}}\n',
-                                  "")
+    deny_line = '  - {name: no-other-hosts, effect: deny, resources: [api], http: {hosts: ["*.internal"]}}\n'
+    without_deny = POLICY.replace(deny_line, "")
     assert ask(PolicyEngine(load_policy_text(without_deny)), "GET", "/v1/reports/x", host=None).rule == "default-deny"
 
 

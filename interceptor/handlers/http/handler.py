@@ -97,6 +97,9 @@ class HttpHandler:
             end.failed(exc)
         except (ConnectionError, OSError, TimeoutError) as exc:
             end.error = end.error or f"agent connection: {type(exc).__name__}: {exc}"
+        except Exception as exc:  # noqa: BLE001 - a bug ends this flow, recorded; the daemon goes on
+            log.exception("flow %s of agent %s failed", flow.flow_id, flow.agent)
+            end.error, end.fault = f"internal error: {type(exc).__name__}: {exc}", Fault.ENFORCER
         finally:
             if pipe is None:
                 client.close()
