@@ -7,6 +7,7 @@ the host CA."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import ipaddress
 import json
 import os
@@ -21,6 +22,10 @@ from typing import Any
 
 import pytest
 import uvloop
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from interceptor.audit.event import AuditEvent
 from interceptor.certificates import HostCA
@@ -69,6 +74,7 @@ class Upstream:
 
     context: ssl.SSLContext | None = None
     requests: list[tuple[str, str, list[tuple[str, str]]]] = field(default_factory=list)
+    clients: list[object] = field(default_factory=list)  # the TLS client certificate of each request
 
     def __post_init__(self) -> None:
         upstream = self
@@ -78,6 +84,8 @@ class Upstream:
 
             def do_GET(self) -> None:  # noqa: N802 (http.server naming)
                 upstream.requests.append((self.command, self.path, [(k.lower(), v) for k, v in self.headers.items()]))
+                if isinstance(self.connection, ssl.SSLSocket):
+                    upstream.clients.append(self.connection.getpeercert())
                 body = json.dumps({"path": self.path, "owner": "ann@example.com"}).encode()
                 self.send_response(200)
                 self.send_header("content-type", "application/json")
@@ -372,6 +380,52 @@ def test_an_unverified_tls_upstream_is_refused_with_502(run: Runner, upstream_ca
                            policy=policy_text(f"{{tls: {{ca: '{ca}', server_name: other.example.com}}}}")))
         assert served.status == 502 and "other.example.com" in json.loads(served.body)["error"]
         assert server.requests == []
+    finally:
+        server.close()
+
+
+def client_certificate(directory: Path) -> tuple[Path, Path, Path]:
+    """A self-signed CA and a client certificate it issued (extKeyUsage clientAuth) for
+    "reports-agent": (CA file, certificate file, key file)."""
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "client CA")])
+
+    def issued(subject: x509.Name, public: Any, ca: bool) -> x509.Certificate:
+        builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(ca_name).public_key(public)
+                   .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
+                   .not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if not ca:
+            builder = builder.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        return builder.sign(ca_key, hashes.SHA256())
+
+    pem = serialization.Encoding.PEM
+    paths = directory / "client-ca.pem", directory / "client.pem", directory / "client.key"
+    paths[0].write_bytes(issued(ca_name, ca_key.public_key(), True).public_bytes(pem))
+    paths[1].write_bytes(issued(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "reports-agent")]),
+                                key.public_key(), False).public_bytes(pem))
+    paths[2].write_bytes(key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return paths
+
+
+def test_the_credentials_client_certificate_authenticates_to_the_upstream(run: Runner, upstream_ca: HostCA,
+                                                                          tmp_path: Path) -> None:
+    client_ca, certificate, key = client_certificate(tmp_path)
+    context = upstream_ca.server_context("api.example.com")
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.load_verify_locations(cafile=str(client_ca))
+    server = Upstream(context)
+    try:
+        policy = policy_text(f"{{tls: {{ca: '{tmp_path / 'upstream-ca' / 'tls' / 'ca.pem'}'}}}}")
+        served = run(serve(server.port, lambda port: agent_request(port, get("/v1/reports/q1")), policy=policy,
+                           credentials=secret(client_certificate=str(certificate), client_key=str(key))))
+        assert served.status == 200 and "reports-agent" in repr(server.clients)
+        served = run(serve(server.port, lambda port: agent_request(port, get("/v1/reports/q1")), policy=policy))
+        assert served.status == 502 and len(server.requests) == 1  # without it the upstream refuses the handshake
+        served = run(serve(server.port, lambda port: agent_request(port, get("/v1/reports/q1")), policy=policy,
+                           credentials=secret(client_certificate=str(tmp_path / "missing.pem"), client_key=str(key))))
+        assert served.status == 502 and "client certificate or key cannot be loaded" in json.loads(served.body)["error"]
     finally:
         server.close()
 
