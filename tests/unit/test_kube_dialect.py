@@ -12,13 +12,17 @@ import orjson
 import pytest
 
 from interceptor.decision import Decision, MaskSpec, Verdict
+from conversation import Judging
 from interceptor.errors import ClientProtocolError, MaskingError
+from interceptor.handlers.commands import Record, Send, Side
 from interceptor.handlers.http.dialect import BodyFilter, RequestHead, ResponseHead
+from interceptor.handlers.http.session import HttpSession
 from interceptor.handlers.http.kubernetes import (
     HANDLER, KubernetesDialect, WatchEventMask, json_accept, rooted, status_object,
 )
 from interceptor.masking.json_paths import JsonMask
-from interceptor.operations import KubeRequest
+from interceptor.operations import KubeRequest, Request, Subject
+from interceptor.policy import PolicyEngine, load_policy_text
 from interceptor.policy.kube_rules import LAST_APPLIED, SECRET_KIND_PATHS, SECRET_RULE, SECRETS_REQUEST_PATHS
 
 DIALECT = KubernetesDialect()
@@ -240,3 +244,55 @@ def test_a_document_that_is_not_json_or_too_large_is_withheld() -> None:
     with pytest.raises(MaskingError, match="not valid JSON"):
         flt.end()
     assert body_filter("/api/v1/namespaces/a/secrets/db", allowed(SECRETS_REQUEST_PATHS)).end() == b""
+
+
+# ---- through the HTTP session, judged by a policy ---------------------------------------------
+
+SESSION_POLICY = """
+version: 1
+resources:
+  k8s: {protocol: kubernetes, addresses: ["10.0.0.1:6443"]}
+agents:
+  bot: {uids: [1001]}
+rules:
+  - {name: read-secrets, effect: allow, kubernetes: {verbs: [get, list, watch], resources: [secrets]}}
+  - {name: no-prod, effect: deny, reason: prod is off limits, kubernetes: {namespaces: [prod]}}
+"""
+
+
+def converse(*messages: tuple[Side, bytes]) -> tuple[bytes, bytes, list[Record]]:
+    """What the upstream and the agent receive, and the records, when each side sends its message."""
+    engine = PolicyEngine(load_policy_text(SESSION_POLICY, "k.yaml"))
+    s = HttpSession(DIALECT, Judging(lambda op: engine.decide(Request(Subject("bot"), "k8s", op))),
+                    server_name="k8s", credential_headers=(("authorization", "Bearer cluster"),))
+    commands = s.start()
+    for side, data in messages:
+        commands += s.receive(side, data)
+    sent = {side: b"".join(bytes(piece) for c in commands if isinstance(c, Send) and c.to is side for piece in c.data)
+            for side in Side}
+    return sent[Side.SERVER], sent[Side.CLIENT], [c for c in commands if isinstance(c, Record)]
+
+
+def test_kubectl_get_secret_through_the_session_is_masked() -> None:
+    body = orjson.dumps(secret())
+    up, down, records = converse(
+        (Side.CLIENT, b"GET /api/v1/namespaces/dev/secrets/db HTTP/1.1\r\nHost: k8s\r\n"
+                      b"Accept: application/vnd.kubernetes.protobuf, application/json\r\n"
+                      b"Accept-Encoding: gzip\r\nAuthorization: Bearer agent\r\n\r\n"),
+        (Side.SERVER, b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                      + str(len(body)).encode() + b"\r\n\r\n" + body))
+    assert b"accept: application/json\r\n" in up and b"protobuf" not in up and b"gzip" not in up
+    assert b"Bearer agent" not in up
+    assert b"hunter2" not in down and base64.b64encode(b"hunter2") not in down
+    assert_masked(orjson.loads(down.partition(b"\r\n\r\n")[2].split(b"\r\n")[1]))
+    assert records[0].decision.rule == "read-secrets" and records[0].operation["resource"] == "secrets"
+
+
+def test_a_denied_request_gets_a_status_and_nothing_goes_up() -> None:
+    up, down, records = converse((Side.CLIENT, b"GET /api/v1/namespaces/prod/secrets/db HTTP/1.1\r\nHost: k8s\r\n\r\n"))
+    assert up == b""
+    status = orjson.loads(down.partition(b"\r\n\r\n")[2])
+    assert down.startswith(b"HTTP/1.1 403 ")
+    assert status["message"] == ('get secrets "db" in namespace "prod" is forbidden by interceptor rule no-prod: '
+                                 "prod is off limits")
+    assert records[0].decision.rule == "no-prod"
