@@ -148,9 +148,11 @@ class KubeApi:
 @contextmanager
 def running_kubeapi(workdir: Path, host: str = "127.0.0.1", port: int = 0, netns: str | None = None,
                     names: Sequence[str] = (), forbid_namespaces: Sequence[str] = (),
-                    log_interval: float = 0.5) -> Iterator[KubeApi]:
+                    log_interval: float = 0.5, gzip_min: int = 128 * 1024) -> Iterator[KubeApi]:
     """The stand-in on host:port (0: a free port) for the block, inside network namespace `netns`
-    when given; its certificate names `host` and `names`. Raises StandInError when it does not start."""
+    when given; its certificate names `host` and `names`; every call in `forbid_namespaces` is 403;
+    followed logs add a line every `log_interval` s; bodies of `gzip_min` bytes or more are gzipped
+    for clients that accept gzip. Raises StandInError when it does not start."""
     workdir.mkdir(parents=True, exist_ok=True)
     certificate = issue(workdir / "kubeapi-tls", [host, *names], "kubeapi stand-in")
     token = secrets.token_urlsafe(24)
@@ -160,7 +162,8 @@ def running_kubeapi(workdir: Path, host: str = "127.0.0.1", port: int = 0, netns
     request_log = workdir / "kubeapi-requests.jsonl"
     argv = ["-m", "kubeapi", "--host", host, "--port", str(port), "--cert", str(certificate.cert),
             "--key", str(certificate.key), "--token-file", str(token_file), "--request-log", str(request_log),
-            "--log-interval", str(log_interval), *(f"--forbid-namespace={ns}" for ns in forbid_namespaces)]
+            "--log-interval", str(log_interval), "--gzip-min", str(gzip_min),
+            *(f"--forbid-namespace={ns}" for ns in forbid_namespaces)]
     process, bound = _start(argv, netns, workdir / "kubeapi.log", "the Kubernetes API stand-in")
     try:
         yield KubeApi(host, bound, certificate.ca, token, request_log, process)

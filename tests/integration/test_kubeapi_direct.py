@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 from kube_fixture import KubeApi, McpServer, kubectl, running_kubeapi, running_mcp
+from netns import RemoteHost
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes import watch as k8s_watch
@@ -289,6 +290,34 @@ def _text(result: CallToolResult) -> str:
     content = result.content[0]
     assert isinstance(content, TextContent), content
     return content.text
+
+
+def test_stand_ins_run_inside_a_network_namespace(remote: RemoteHost, tmp_path: Path) -> None:
+    """As the enforcer's tests run them: at the remote host's address, in its namespace."""
+    with running_kubeapi(tmp_path / "kube", host=remote.ip4, netns=remote.name) as inside:
+        assert inside.url == f"https://{remote.ip4}:{inside.port}"
+        config = inside.kubeconfig(tmp_path / "config")
+        assert run_kubectl(config, "get", "namespace", "default", "-o", "name").stdout == "namespace/default\n"
+        assert inside.requests()[-1]["peer"].startswith(remote.host_ip4 + ":")
+    with running_mcp(tmp_path / "mcp", host=remote.ip4, netns=remote.name) as mcp_inside:
+        assert asyncio.run(_mcp_tools(mcp_inside.url)) == ["search_docs", "read_file", "delete_file", "get_customer"]
+
+
+def test_large_bodies_are_gzipped_for_clients_that_accept_gzip(tmp_path: Path) -> None:
+    with running_kubeapi(tmp_path, gzip_min=256) as small:
+        context = ssl.create_default_context(cafile=small.ca)
+        auth = {"authorization": f"Bearer {small.token}"}
+        url = f"{small.url}/api/v1/namespaces"
+        zipped = httpx.get(url, headers={**auth, "accept-encoding": "gzip"}, verify=context)
+        plain = httpx.get(url, headers={**auth, "accept-encoding": "identity"}, verify=context)
+        assert zipped.headers["content-encoding"] == "gzip"
+        assert "content-encoding" not in plain.headers
+        assert zipped.json()["items"] == plain.json()["items"]
+
+
+async def _mcp_tools(url: str) -> list[str]:
+    async with Client(url) as session:
+        return [tool.name for tool in (await session.list_tools()).tools]
 
 
 async def _mcp_session(server: McpServer, mode: str, token: str | None) -> dict[str, Any]:

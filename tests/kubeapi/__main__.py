@@ -12,7 +12,7 @@ import signal
 import sys
 from pathlib import Path
 
-from .server import KubeApiServer
+from .server import GZIP_MIN, KubeApiServer
 from .wire import listen, serve, tls_context
 
 
@@ -26,12 +26,13 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--request-log", type=Path, help="JSONL file every request is appended to")
     parser.add_argument("--forbid-namespace", action="append", default=[])
     parser.add_argument("--log-interval", type=float, default=0.5, help="seconds between followed log lines")
+    parser.add_argument("--gzip-min", type=int, default=GZIP_MIN, help="gzip bodies from this many bytes")
     return parser.parse_args(argv)
 
 
 async def _main(args: argparse.Namespace) -> None:
     token = args.token_file.read_text().strip() if args.token_file else None
-    handler = KubeApiServer(token, args.request_log, tuple(args.forbid_namespace), args.log_interval)
+    handler = KubeApiServer(token, args.request_log, tuple(args.forbid_namespace), args.log_interval, args.gzip_min)
     sock = listen(args.host, args.port)
     context = tls_context(args.cert, args.key) if args.cert else None
     server = await serve(sock, handler.handle, context)

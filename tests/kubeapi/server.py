@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import json
 import time
 import traceback
@@ -50,11 +51,21 @@ VERSION = {"major": "1", "minor": "20", "gitVersion": "v1.20.2", "gitCommit": "s
            "platform": "linux/amd64"}
 NOT_SERVED = ApiError(404, "NotFound", "the server could not find the requested resource", {})
 WATCH_TIMEOUT = 1800.0
+GZIP_MIN = 128 * 1024  # the API server gzips bodies from this size when asked (apiserver defaultGzipThresholdBytes)
 RECORDED_BODY = 65536
 
 
 def json_response(code: int, body: JSON) -> Response:
     return Response(code, json.dumps(body).encode())
+
+
+def _gzip_if_asked(request: Request, reply: Reply, threshold: int) -> Reply:
+    """`reply` gzip-encoded when the client accepts gzip and the body is `threshold` bytes or more."""
+    accepts = (request.header("accept-encoding") or "").lower()
+    if not isinstance(reply, Response) or len(reply.body) < threshold or "gzip" not in accepts:
+        return reply
+    return Response(reply.status, gzip.compress(reply.body), reply.content_type,
+                    [*reply.headers, ("content-encoding", "gzip")])
 
 
 @dataclass(frozen=True)
@@ -141,12 +152,14 @@ def _continue_start(token: str | None) -> int:
 class KubeApiServer:
     """The request handler. `token`: the bearer token required (None: no authentication);
     `request_log`: JSONL file each request is appended to; `forbidden_namespaces`: every call in
-    them is answered 403; `log_interval`: seconds between followed log lines."""
+    them is answered 403; `log_interval`: seconds between followed log lines; `gzip_min`: bytes from
+    which a body is gzipped for a client that accepts it."""
 
     def __init__(self, token: str | None = None, request_log: Path | None = None,
-                 forbidden_namespaces: tuple[str, ...] = (), log_interval: float = 0.5) -> None:
+                 forbidden_namespaces: tuple[str, ...] = (), log_interval: float = 0.5,
+                 gzip_min: int = GZIP_MIN) -> None:
         self.store = Store()
-        self.token, self.request_log = token, request_log
+        self.token, self.request_log, self.gzip_min = token, request_log, gzip_min
         self.forbidden_namespaces, self.log_interval = set(forbidden_namespaces), log_interval
         self.requests: list[JSON] = []
 
@@ -161,6 +174,9 @@ class KubeApiServer:
 
     async def handle(self, request: Request) -> Reply:
         self._record(request)
+        return _gzip_if_asked(request, await self._answer(request), self.gzip_min)
+
+    async def _answer(self, request: Request) -> Reply:
         try:
             if self.token is not None and request.header("authorization") != f"Bearer {self.token}":
                 raise ApiError(401, "Unauthorized", "Unauthorized")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gzip
 import socket
 import ssl
 from http import HTTPStatus
@@ -22,7 +21,6 @@ from urllib.parse import parse_qs, urlsplit
 import h11
 
 MAX_BODY = 16 * 1024 * 1024
-GZIP_MIN = 128 * 1024  # the API server compresses JSON bodies from this size (apiserver's defaultGzipThresholdBytes)
 
 
 @dataclass(frozen=True)
@@ -117,14 +115,6 @@ async def _read_request(conn: h11.Connection, reader: asyncio.StreamReader, peer
                    bytes(body), peer)
 
 
-def _gzip_if_asked(request: Request, response: Response) -> Response:
-    accepts = (request.header("accept-encoding") or "").lower()
-    if len(response.body) < GZIP_MIN or "gzip" not in accepts:
-        return response
-    return Response(response.status, gzip.compress(response.body), response.content_type,
-                    [*response.headers, ("content-encoding", "gzip")])
-
-
 def _phrase(status: int) -> bytes:
     try:
         return HTTPStatus(status).phrase.encode()
@@ -167,7 +157,6 @@ async def _answer(conn: h11.Connection, reader: asyncio.StreamReader, writer: as
     if isinstance(reply, Streaming):
         await _stream(conn, reader, writer, reply)
     else:
-        reply = _gzip_if_asked(request, reply)
         headers = [*_head(reply.content_type, reply.headers), ("content-length", str(len(reply.body)))]
         head = h11.Response(status_code=reply.status, reason=_phrase(reply.status), headers=headers)
         writer.write(conn.send(head))
