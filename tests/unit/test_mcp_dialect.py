@@ -4,23 +4,32 @@ filtered and results masked in JSON and event-stream answers, arguments scrubbed
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+import json
 import os
-from typing import Any, cast
+import socket
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
-from mcp.types import JSONRPCError, jsonrpc_message_adapter
+from mcp.client.session import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+from mcp.types import JSONRPCError, TextContent, jsonrpc_message_adapter
 from test_approvals_support import ListSink
 
-from interceptor.audit.event import AuditSink
 from interceptor.decision import Decision, MaskSpec, Verdict
 from interceptor.enforcer.judge import FlowJudge
 from interceptor.errors import ClientProtocolError, MaskingError, Refused
 from interceptor.flow import Endpoint, FlowContext, ProcessInfo
 from interceptor.handlers.base import Services
 from interceptor.handlers.http.dialect import BodyFilter, RequestHead, ResponseHead
-from interceptor.handlers.http.mcp import BODY_LIMIT, DENIED_CODE, INVALID_REQUEST, PARSE_ERROR, McpDialect
+from interceptor.handlers.http.mcp import BODY_LIMIT, DENIED_CODE, HANDLER, INVALID_REQUEST, PARSE_ERROR, McpDialect
 from interceptor.operations import HttpRequest, McpCall
 from interceptor.policy import PolicyEngine, load_policy_text
 from interceptor.policy.model import AddressSpec, ResourceSpec
@@ -44,6 +53,13 @@ SHOWN = ["search_web", "read_file"]
 CARD = "4111 1111 1111 1111"
 
 
+class Sink(ListSink):
+    """The audit records of the flows, in memory; no session bytes are captured."""
+
+    def write_session_bytes(self, flow_id: str, direction: str, data: bytes, ts: float | None = None) -> None:
+        raise AssertionError("no session bytes are captured")
+
+
 @pytest.fixture
 def dialect(request: pytest.FixtureRequest) -> McpDialect:
     engine = PolicyEngine(load_policy_text(POLICY, "mcp.yaml"))
@@ -56,8 +72,7 @@ def dialect(request: pytest.FixtureRequest) -> McpDialect:
 
     resource = ResourceSpec("tools", "mcp", (AddressSpec(ipaddress.ip_network("127.0.0.1/32"), None, 8000),),
                             options=getattr(request, "param", {}))
-    audit = cast(AuditSink, ListSink())  # the dialect audits nothing itself; ListSink lacks write_session_bytes
-    return McpDialect(Services(judge=FlowJudge(flow, lambda: engine, lambda: None, lambda: False), audit=audit,
+    return McpDialect(Services(judge=FlowJudge(flow, lambda: engine, lambda: None, lambda: False), audit=Sink(),
                                resource=resource, credentials=credentials))
 
 
@@ -332,3 +347,103 @@ def test_arguments_scrubbed_for_audit(dialect: McpDialect) -> None:
 def test_only_mcp_calls(dialect: McpDialect) -> None:
     with pytest.raises(TypeError):
         dialect.response_filter(head(), HttpRequest("GET", "/"), allowed(), ResponseHead(200, JSON))
+
+
+# ---- the mcp client through the handler, on loopback ------------------------------------------
+
+E2E_POLICY = """
+version: 1
+resources:
+  tools: {protocol: mcp, addresses: ["127.0.0.1:PORT"]}
+agents:
+  claude: {uids: [1001]}
+rules:
+  - {name: search, effect: allow, resources: [tools], mcp: {tools: [search_docs, get_customer]}}
+  - {name: read-docs, effect: allow, resources: [tools], mcp: {tools: [read_file], arguments: {path: ["/srv/docs/*"]}}}
+  - {name: no-delete, effect: deny, resources: [tools], mcp: {tools: [delete_file]}}
+  - {name: mask-customers, effect: mask, resources: [tools], mcp: {tools: [get_customer]},
+     mask: {classifiers: [card, email], style: partial}}
+"""
+
+
+@pytest.fixture(params=["sse", "json"])
+def tool_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """tests/mcp_server.py answering with event streams or JSON: its port and its calls log."""
+    calls = tmp_path / "calls.jsonl"
+    argv = [sys.executable, str(Path(__file__).parents[1] / "mcp_server.py"), "--port", "0", "--calls", str(calls)]
+    server = subprocess.Popen(argv + (["--json-response"] if request.param == "json" else []),
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert server.stdout is not None
+        yield int(server.stdout.readline().split()[1]), calls
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+async def through_the_enforcer(port: int, session_work: Callable[[ClientSession], Awaitable[None]]) -> Sink:
+    """Serve every connection the mcp client opens with the mcp HANDLER, the flow's original
+    destination being the tool server; run `session_work` on an initialized client session."""
+    engine = PolicyEngine(load_policy_text(E2E_POLICY.replace("PORT", str(port)), "e2e.yaml"))
+    sink = Sink()
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    listener.setblocking(False)
+    flows: list[asyncio.Task[None]] = []
+
+    async def credentials() -> dict[str, str]:
+        return {}
+
+    async def accept() -> None:
+        loopback = ipaddress.ip_address("127.0.0.1")
+        while True:
+            conn, peer = await asyncio.get_running_loop().sock_accept(listener)
+            process = ProcessInfo(os.getpid(), 1, 1001, 1001, "/usr/bin/agent", ("agent",), "/agents/claude")
+            flow = FlowContext(f"flow-{len(flows)}", "claude", process, Endpoint(loopback, port),
+                               Endpoint(loopback, peer[1]), "tools", connection_rule="search")
+            services = Services(judge=FlowJudge(flow, lambda: engine, lambda: None, lambda: False), audit=sink,
+                                resource=engine.policy.resources["tools"], credentials=credentials)
+            flows.append(asyncio.create_task(HANDLER.serve(flow, conn, services)))
+
+    acceptor = asyncio.create_task(accept())
+    try:
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/mcp"
+        async with streamable_http_client(url) as (read, write), ClientSession(read, write) as session:
+            await session.initialize()
+            await session_work(session)
+    finally:
+        acceptor.cancel()
+        listener.close()
+        await asyncio.wait(flows, timeout=5)
+        for flow_task in flows:
+            flow_task.cancel()
+    return sink
+
+
+def test_the_mcp_client_through_the_enforcer(tool_server: tuple[int, Path]) -> None:
+    port, calls = tool_server
+    seen: dict[str, Any] = {}
+
+    async def work(session: ClientSession) -> None:
+        seen["tools"] = [tool.name for tool in (await session.list_tools()).tools]
+        seen["search"] = (await session.call_tool("search_docs", {"query": "install"})).content[0]
+        seen["customer"] = (await session.call_tool("get_customer", {"id": "42"})).content[0]
+        for tool, arguments in (("delete_file", {"path": "/srv/docs/readme.txt"}),
+                                ("read_file", {"path": "/srv/docs/../docs/readme.txt"})):
+            with pytest.raises(MCPError) as denied:
+                await session.call_tool(tool, arguments)
+            seen[tool] = denied.value.error
+
+    sink = asyncio.run(asyncio.wait_for(through_the_enforcer(port, work), 60))
+    assert seen["tools"] == ["search_docs", "read_file", "get_customer"]  # delete_file is not listed
+    assert isinstance(seen["search"], TextContent) and "make setup" in seen["search"].text
+    assert isinstance(seen["customer"], TextContent)
+    assert seen["customer"].text == "Customer 42: Ada Lovelace, email a***@example.com, card **** **** **** 1111"
+    assert seen["delete_file"].code == DENIED_CODE and seen["delete_file"].data == {"rule": "no-delete"}
+    assert "permission denied by interceptor rule 'no-delete'" in seen["delete_file"].message
+    assert "no rule allows tool read_file with these arguments" in seen["read_file"].message
+    assert [json.loads(line)["tool"] for line in calls.read_text().splitlines()] == ["search_docs", "get_customer"]
+    requests = [event for event in sink.events if event.kind == "request"]
+    assert {(e.decision, e.rule) for e in requests if (e.operation or {}).get("tool") == "delete_file"} == \
+        {("deny", "no-delete")}
