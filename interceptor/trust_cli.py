@@ -248,7 +248,7 @@ def kubeconfig_for(policy: Policy, agent: str, resource: str, ca_pem: bytes, ser
 server's URL (the resource's first address, or --server), the host CA as its certificate
 authority, and no credentials (the enforcer sends the resource's; the user has only a name,
 so that kubectl does not prompt for one). With -o the file is mode 0600 and owned by the
-agent's first uid, when the agent has uids.""")
+agent's first uid, when the agent has uids (as is its directory, when -o makes it).""")
 @click.option("--agent", required=True, help="Agent name from the policy.")
 @click.option("--resource", required=True, help="A resource of the policy with protocol kubernetes.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
@@ -275,9 +275,23 @@ def kubeconfig(ctx: click.Context, agent: str, resource: str, output: Path | Non
         click.echo(text, nl=False)
         return
     uids = loaded.agents[agent].uids
+    uid = uids[0] if uids else None
     try:
-        write_file(output, text.encode(), 0o600, uids[0] if uids else None)
+        _make_parent(output.parent, uid)
+        write_file(output, text.encode(), 0o600, uid)
     except OSError as exc:
-        owner = f" owned by uid {uids[0]}" if uids else ""
+        owner = f" owned by uid {uid}" if uid is not None else ""
         raise click.ClickException(f"cannot write {output}{owner}: {exc.strerror}") from exc
-    click.echo(f"wrote {output}" + (f" (mode 0600, owner uid {uids[0]})" if uids else " (mode 0600)"))
+    click.echo(f"wrote {output}" + (f" (mode 0600, owner uid {uid})" if uid is not None else " (mode 0600)"))
+
+
+def _make_parent(directory: Path, uid: int | None) -> None:
+    """The file's directory when only it is missing (~/.kube on a fresh account): mode 0700,
+    owned by `uid` when given (kubectl keeps its cache there). A deeper missing path is an
+    error, not guessed."""
+    try:
+        directory.mkdir(mode=0o700)
+    except FileExistsError:
+        return
+    if uid is not None:
+        os.chown(directory, uid, -1)

@@ -257,6 +257,19 @@ def test_kubeconfig_file_is_0600_and_the_agents(tmp_path: Path, config: Path) ->
 
 
 @pytest.mark.usefixtures("policy")
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_kubeconfig_makes_a_missing_kube_directory_for_the_agent(tmp_path: Path, config: Path) -> None:
+    output = tmp_path / "home" / ".kube" / "config"
+    (tmp_path / "home").mkdir()
+    assert run(config, "kubeconfig", "--agent", "bot", "--resource", "cluster", "-o", str(output)).exit_code == 0
+    info = output.parent.stat()
+    assert stat.S_IMODE(info.st_mode) == 0o700 and info.st_uid == 1234 and output.stat().st_uid == 1234
+    deeper = tmp_path / "nowhere" / ".kube" / "config"
+    result = run(config, "kubeconfig", "--agent", "bot", "--resource", "cluster", "-o", str(deeper))
+    assert result.exit_code == 1 and "No such file or directory" in result.output
+
+
+@pytest.mark.usefixtures("policy")
 def test_kubeconfig_file_of_an_agent_without_uids(tmp_path: Path, config: Path) -> None:
     output = tmp_path / "cron.kubeconfig"
     result = run(config, "kubeconfig", "--agent", "cron", "--resource", "cluster", "-o", str(output))
