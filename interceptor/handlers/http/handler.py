@@ -305,7 +305,8 @@ class _FirstRequest:
 
 async def _first_request(pipe: Pipe, body_limit: int = 0) -> _FirstRequest:
     """Read the agent's first request head (up to headers.MAX_HEAD, FIRST_REQUEST_SECONDS),
-    and up to `body_limit` bytes of a Content-Length body, as the session reads them."""
+    and up to `body_limit` bytes of a Content-Length body unless the agent waits for 100
+    Continue (RFC 9110 section 10.1.1), as the session reads them."""
     buffer = bytearray()
     try:
         async with asyncio.timeout(FIRST_REQUEST_SECONDS):
@@ -318,7 +319,8 @@ async def _first_request(pipe: Pipe, body_limit: int = 0) -> _FirstRequest:
                 return _FirstRequest(None, b"", bytes(buffer))
             parsed = read_head(bytes(buffer[:size]))
             target = parse_target(parsed.method, parsed.target)
-            wanted = min(parsed.content_length or 0, body_limit)
+            # a client waiting for 100 Continue sends no body: the refusal answers the head alone
+            wanted = 0 if parsed.values("expect") else min(parsed.content_length or 0, body_limit)
             while len(buffer) - size < wanted and (data := await pipe.read(CHUNK)):
                 buffer += data
     except (ClientProtocolError, TimeoutError):
