@@ -305,6 +305,19 @@ def test_agent_context_refuses_a_bad_sni(tmp_path: Path, ca: HostCA) -> None:
     assert tls.server_name is None
 
 
+def test_agent_context_fails_closed_when_no_leaf_can_be_issued(tmp_path: Path, ca: HostCA,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(name: str, now: datetime.datetime) -> None:
+        raise RuntimeError("signing failed")
+
+    monkeypatch.setattr(ca, "_issue", broken)
+    tls = ca.agent_context("10.0.0.5")
+    with pytest.raises(ssl.SSLError):
+        handshake(tls.context, client_context(ca_file(tmp_path)), "kube.example.com")
+    assert tls.refusal == "no certificate for 'kube.example.com': RuntimeError: signing failed"
+    assert tls.server_name is None
+
+
 def test_agent_contexts_are_per_flow_and_freed_without_the_cycle_collector(tmp_path: Path, ca: HostCA) -> None:
     one, two = ca.agent_context("10.0.0.5"), ca.agent_context("10.0.0.5")
     assert one.context is not two.context
