@@ -18,8 +18,8 @@ URLs, all globs (fnmatch: `*` matches `/` too, `""` is the core group or no name
   `namespaces` (a list across namespaces holds theirs).
 
 Precedence is interceptor.policy.judgement's: deny, then approve, then allow, else default
-deny; discovery reads (GET of `/api`, `/apis`, `/version`, `/openapi` and below) are allowed by
-default (rule builtin-kubernetes-discovery) unless a rule denies them, as RBAC's
+deny; discovery reads (GET of `/api`, `/apis`, `/version`, `/openapi` and below, and the older
+`/swagger*` OpenAPI documents) are allowed by default (rule builtin-kubernetes-discovery) unless a rule denies them, as RBAC's
 system:discovery role does for every authenticated user.
 
 Secret values are masked in every response (`SECRET_RULE`), unless the allow or approve rule
@@ -60,7 +60,10 @@ SECRET_KIND_PATHS = ('**[?kind=="Secret"].data|base64', '**[?kind=="Secret"].str
                      f'**[?kind=="Secret"].metadata.annotations["{LAST_APPLIED}"]')
 # Subresources and verbs whose responses are streams or another server's bytes, not API objects
 RAW_SUBRESOURCES = frozenset({"log", "exec", "attach", "portforward", "proxy"})
-DISCOVERY_PATHS = ("/api", "/api/*", "/apis", "/apis/*", "/version", "/version/", "/openapi", "/openapi/*")
+# RBAC's system:discovery non-resource URLs, and the OpenAPI documents older clients (kubectl 1.20's
+# apply and explain) fetch
+DISCOVERY_PATHS = ("/api", "/api/*", "/apis", "/apis/*", "/version", "/version/", "/openapi", "/openapi/*",
+                   "/swagger-2.0.0.pb-v1", "/swagger.json", "/swaggerapi", "/swaggerapi/*")
 CASE_ATTRIBUTES = ("verb", "path", "api_group", "api_version", "resource", "subresource", "namespace", "name",
                    "label_selector", "field_selector", "dry_run", "command")
 

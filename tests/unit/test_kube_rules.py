@@ -103,6 +103,7 @@ def decide(engine: PolicyEngine, method: str, url: str) -> Decision:
     ("GET", "/apis/apps/v1", "allow", DISCOVERY_RULE),
     ("GET", "/api", "allow", DISCOVERY_RULE),
     ("GET", "/openapi/v3/apis/apps/v1", "allow", DISCOVERY_RULE),
+    ("GET", "/swagger-2.0.0.pb-v1", "allow", DISCOVERY_RULE),  # kubectl 1.20's apply validates with it
     ("POST", "/apis", "deny", "default-deny"),
     ("GET", "/metrics", "deny", "default-deny"),
 ])
