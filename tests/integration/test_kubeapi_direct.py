@@ -114,7 +114,7 @@ def test_kubectl_apply_creates_then_patches(api: KubeApi, kubeconfig: Path, tmp_
     assert "pod/web unchanged" in second and "deployment.apps/api configured" in second
     deployment = json.loads(run_kubectl(kubeconfig, "get", "deployment", "api", "-o", "json").stdout)
     assert deployment["spec"]["template"]["spec"]["containers"] == [
-        {"name": "api", "image": "api:2", "ports": [{"containerPort": 80}]}]
+        {"name": "api", "image": "api:2", "ports": [{"containerPort": 80, "protocol": "TCP"}]}]
     assert deployment["metadata"]["generation"] == 2
     patch = [e for e in api.requests() if e["method"] == "PATCH" and e["path"].endswith("/deployments/api")][-1]
     assert header(patch, "content-type") == "application/strategic-merge-patch+json"

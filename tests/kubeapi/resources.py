@@ -19,6 +19,7 @@ class Kind:
     namespaced: bool
     short_names: tuple[str, ...] = ()
     subresources: tuple[tuple[str, str, tuple[str, ...]], ...] = ()  # (name, kind, verbs)
+    categories: tuple[str, ...] = ()
 
     @property
     def api_version(self) -> str:
@@ -33,13 +34,13 @@ STATUS = ("status", "", ("get", "patch", "update"))
 KINDS = [
     Kind("", "v1", "namespaces", "Namespace", False, ("ns",), (STATUS,)),
     Kind("", "v1", "pods", "Pod", True, ("po",),
-         (STATUS, ("log", "Pod", ("get",)), ("exec", "PodExecOptions", ("create", "get")))),
-    Kind("", "v1", "services", "Service", True, ("svc",), (STATUS,)),
+         (STATUS, ("log", "Pod", ("get",)), ("exec", "PodExecOptions", ("create", "get"))), ("all",)),
+    Kind("", "v1", "services", "Service", True, ("svc",), (STATUS,), ("all",)),
     Kind("", "v1", "configmaps", "ConfigMap", True, ("cm",)),
     Kind("", "v1", "secrets", "Secret", True),
     Kind("", "v1", "events", "Event", True, ("ev",)),
-    Kind("apps", "v1", "deployments", "Deployment", True, ("deploy",), (STATUS,)),
-    Kind("apps", "v1", "replicasets", "ReplicaSet", True, ("rs",), (STATUS,)),
+    Kind("apps", "v1", "deployments", "Deployment", True, ("deploy",), (STATUS,), ("all",)),
+    Kind("apps", "v1", "replicasets", "ReplicaSet", True, ("rs",), (STATUS,), ("all",)),
 ]
 
 
@@ -57,7 +58,7 @@ def resource_list(group: str, version: str) -> JSON | None:
     for kind in kinds:
         resources.append({"name": kind.resource, "singularName": kind.singular, "namespaced": kind.namespaced,
                           "kind": kind.kind, "verbs": VERBS, "shortNames": list(kind.short_names),
-                          "storageVersionHash": kind.kind.lower()})
+                          "categories": list(kind.categories), "storageVersionHash": kind.kind.lower()})
         for sub, sub_kind, verbs in kind.subresources:
             resources.append({"name": f"{kind.resource}/{sub}", "singularName": "", "namespaced": kind.namespaced,
                               "kind": sub_kind or kind.kind, "verbs": list(verbs)})

@@ -92,8 +92,15 @@ def _secret(obj: JSON) -> None:
     obj.setdefault("type", "Opaque")
 
 
+def _default_ports(pod_spec: JSON) -> None:
+    for container in pod_spec.get("containers") or []:
+        for port in container.get("ports") or []:
+            port.setdefault("protocol", "TCP")
+
+
 def _defaults(kind: Kind, obj: JSON, old: JSON | None) -> None:
     if kind.resource == "pods":
+        _default_ports(obj.setdefault("spec", {}))
         obj["status"] = _pod_status(obj, old)
         obj.setdefault("spec", {}).setdefault("nodeName", "stand-in-node")
     elif kind.resource == "secrets":
@@ -101,8 +108,15 @@ def _defaults(kind: Kind, obj: JSON, old: JSON | None) -> None:
     elif kind.resource == "namespaces":
         obj["status"] = {"phase": "Active"}
         obj.setdefault("spec", {"finalizers": ["kubernetes"]})
+    elif kind.resource == "services":
+        spec = obj.setdefault("spec", {})
+        spec.setdefault("type", "ClusterIP")
+        spec.setdefault("clusterIP", f"10.96.{len(obj['metadata']['name'])}.{len(spec.get('ports') or []) + 10}")
+        for port in spec.get("ports") or []:
+            port.setdefault("protocol", "TCP")
     elif kind.resource in ("deployments", "replicasets"):
-        replicas = obj.setdefault("spec", {}).setdefault("replicas", 1)
+        _default_ports(obj.setdefault("spec", {}).setdefault("template", {}).setdefault("spec", {}))
+        replicas = obj["spec"].setdefault("replicas", 1)
         obj["status"] = {"observedGeneration": obj["metadata"]["generation"], "replicas": replicas,
                          "readyReplicas": replicas, "availableReplicas": replicas, "updatedReplicas": replicas}
 
