@@ -29,12 +29,16 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from interceptor.audit.event import AuditEvent
 from interceptor.certificates import HostCA
+from interceptor.decision import Decision, MaskSpec, Verdict
 from interceptor.enforcer.judge import FlowJudge
+from interceptor.errors import MaskingError
 from interceptor.flow import Endpoint, FlowContext, ProcessInfo
 from interceptor.handlers.base import Services
 from interceptor.handlers.http import HANDLER
 from interceptor.handlers.http.credentials import CredentialsError, upstream_credentials
+from interceptor.handlers.http.dialect import RequestHead, ResponseHead
 from interceptor.handlers.http.plain import PlainDialect
+from interceptor.operations import HttpRequest
 from interceptor.policy import PolicyEngine, load_policy_text
 from interceptor.secrets import SecretError
 from test_approvals_support import ListSink
@@ -279,6 +283,36 @@ def test_a_mask_rule_masks_the_json_answer(run: Runner, upstream: Upstream) -> N
     assert document["path"] == "/v1/reports/q1" and document["owner"] != "ann@example.com"
     (request,) = served.kind("request")
     assert request.outcome is not None and request.outcome["masked"] == 1
+
+
+HEAD = RequestHead("GET", "/v1/x", "/v1/x", (), (("host", "api.example.com"),), "api.example.com")
+MASKED = Decision(Verdict.ALLOW, "reads", masks=(MaskSpec(rule="hide-owner", paths=("owner", "items[*].token")),))
+
+
+def test_the_plain_dialect_masks_json_paths_and_withholds_what_it_cannot_mask() -> None:
+    dialect = PlainDialect()
+    operation = dialect.operation(HEAD, b"")
+    assert operation == HttpRequest("GET", "/v1/x", (), "api.example.com")
+    json_response = ResponseHead(200, (("content-type", "application/problem+json; charset=utf-8"),))
+    assert dialect.response_filter(HEAD, operation, Decision(Verdict.ALLOW, "reads"), json_response) is None
+    body_filter = dialect.response_filter(HEAD, operation, MASKED, json_response)
+    assert body_filter is not None
+    document = b'{"owner": "ann", "items": [{"token": "t1", "id": 1}], "kept": "x"}'
+    out = body_filter.feed(document[:10]) + body_filter.feed(document[10:]) + body_filter.end()
+    masked = json.loads(out)
+    assert masked["owner"] != "ann" and masked["items"][0]["token"] != "t1"
+    assert masked["items"][0]["id"] == 1 and masked["kept"] == "x" and body_filter.masked == 2
+    with pytest.raises(MaskingError, match="not JSON"):
+        dialect.response_filter(HEAD, operation, MASKED, ResponseHead(200, (("content-type", "text/html"),)))
+    with pytest.raises(MaskingError, match="gzip-encoded"):
+        dialect.response_filter(HEAD, operation, MASKED, ResponseHead(200, (("content-type", "application/json"),
+                                                                            ("content-encoding", "gzip"))))
+    broken = dialect.response_filter(HEAD, operation, MASKED, json_response)
+    assert broken is not None and broken.feed(b'{"owner": ') == b""
+    with pytest.raises(MaskingError, match="not valid JSON"):
+        broken.end()
+    refusal = dialect.refusal(HEAD, b"", 403, "denied", "no-archive")
+    assert refusal.status == 403 and json.loads(refusal.body) == {"error": "denied", "rule": "no-archive"}
 
 
 def test_the_credential_token_goes_upstream_and_the_agents_authorization_never(run: Runner, upstream: Upstream) -> None:
