@@ -83,12 +83,12 @@ def test_schema_errors_say_what_was_expected():
 
 
 def test_a_protocol_without_a_handler_is_refused_where_it_is_named():
-    found = problems(GOOD.replace("protocol: postgres", "protocol: http"))
-    assert "p.yaml:3:18: resources/db/protocol: no handler for protocol 'http' (protocols with a handler: " \
-           "tcp, postgres)" in found
+    found = problems(GOOD.replace("protocol: postgres", "protocol: ssh"))
+    assert "p.yaml:3:18: resources/db/protocol: no handler for protocol 'ssh' (protocols with a handler: " \
+           "tcp, postgres, http, kubernetes, mcp)" in found
     found = problems(GOOD.replace("sql: {kinds: [select]}", "ssh: {commands: [uptime]}"))
     assert "p.yaml:7:63: unknown key 'ssh'" in found and "operation key names a protocol with a handler: " \
-           "tcp (tcp), sql (postgres)" in found
+           "tcp (tcp), sql (postgres), http (http), kubernetes (kubernetes), mcp (mcp)" in found
 
 
 def test_a_rule_is_about_one_kind_of_operation():
@@ -96,7 +96,7 @@ def test_a_rule_is_about_one_kind_of_operation():
     assert "p.yaml:7:87: a rule matches one kind of operation; got sql, tcp" in found
     masked = GOOD.replace("effect: allow, agents: [bot], resources: [db], sql: {kinds: [select]}",
                           "effect: mask, tcp: true, mask: {columns: [a.b.c]}")
-    assert "mask rules apply to sql operations" in problems(masked)
+    assert "mask rules apply to sql, http, kubernetes, mcp operations" in problems(masked)
 
 
 def test_resource_options_are_the_protocols_own():

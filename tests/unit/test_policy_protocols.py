@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from interceptor.handlers import handler_for
-from interceptor.operations import SqlQuery, TcpConnect
+from interceptor.operations import HttpRequest, KubeRequest, McpCall, SqlQuery, TcpConnect
 from interceptor.policy.schema import composed, text
 from interceptor.protocols import protocols, spec_for, spec_for_key, spec_of
 
@@ -19,9 +19,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_the_registered_protocols_and_their_keys():
     assert [(s.name, s.operation_key, s.operation) for s in protocols()] == [
-        ("tcp", "tcp", TcpConnect), ("postgres", "sql", SqlQuery)]
+        ("tcp", "tcp", TcpConnect), ("postgres", "sql", SqlQuery), ("http", "http", HttpRequest),
+        ("kubernetes", "kubernetes", KubeRequest), ("mcp", "mcp", McpCall)]
     assert spec_for("postgres") is spec_for_key("sql") is spec_of(SqlQuery("select 1"))
-    assert spec_for_key("http") is None and spec_of(object()) is None
+    assert spec_for("kubernetes") is spec_for_key("kubernetes") is spec_of(KubeRequest("get", "/api"))
+    assert spec_for_key("ssh") is None and spec_of(object()) is None
     with pytest.raises(LookupError, match="no handler for protocol 'ssh'"):
         spec_for("ssh")
 
@@ -33,8 +35,8 @@ def test_every_protocol_has_its_handler(spec):
 
 
 def test_handler_for_a_protocol_without_one_is_a_lookup_error():
-    with pytest.raises(LookupError, match="no handler for protocol 'kubernetes'"):
-        handler_for("kubernetes")
+    with pytest.raises(LookupError, match="no handler for protocol 'ssh'"):
+        handler_for("ssh")
 
 
 def test_the_shipped_schema_is_what_the_registry_composes():
