@@ -106,18 +106,27 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _write_token(path: Path, token: str) -> Path:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(token)
+    return path
+
+
 def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
 @dataclass
 class KubeApi:
-    """A running Kubernetes API stand-in (HTTPS, bearer token `token`, CA `ca`)."""
+    """A running Kubernetes API stand-in (HTTPS, bearer token `token` - also in `token_file`, mode
+    0600, for a resource's `credentials: {from: file}` - and CA `ca`)."""
 
     host: str
     port: int
     ca: Path
     token: str
+    token_file: Path
     request_log: Path
     process: subprocess.Popen[bytes]
 
@@ -156,9 +165,7 @@ def running_kubeapi(workdir: Path, host: str = "127.0.0.1", port: int = 0, netns
     workdir.mkdir(parents=True, exist_ok=True)
     certificate = issue(workdir / "kubeapi-tls", [host, *names], "kubeapi stand-in")
     token = secrets.token_urlsafe(24)
-    token_file = workdir / "kubeapi-token"
-    token_file.write_text(token)
-    token_file.chmod(0o600)
+    token_file = _write_token(workdir / "kubeapi-token", token)
     request_log = workdir / "kubeapi-requests.jsonl"
     argv = ["-m", "kubeapi", "--host", host, "--port", str(port), "--cert", str(certificate.cert),
             "--key", str(certificate.key), "--token-file", str(token_file), "--request-log", str(request_log),
@@ -166,18 +173,20 @@ def running_kubeapi(workdir: Path, host: str = "127.0.0.1", port: int = 0, netns
             *(f"--forbid-namespace={ns}" for ns in forbid_namespaces)]
     process, bound = _start(argv, netns, workdir / "kubeapi.log", "the Kubernetes API stand-in")
     try:
-        yield KubeApi(host, bound, certificate.ca, token, request_log, process)
+        yield KubeApi(host, bound, certificate.ca, token, token_file, request_log, process)
     finally:
         _stop(process)
 
 
 @dataclass
 class McpServer:
-    """A running MCP stand-in (plain HTTP) at `url`; `token` is None when it needs none."""
+    """A running MCP stand-in (plain HTTP) at `url`; `token` (also in `token_file`, mode 0600) is None
+    when it needs none."""
 
     host: str
     port: int
     token: str | None
+    token_file: Path | None
     calls_log: Path
     request_log: Path
     process: subprocess.Popen[bytes]
@@ -204,14 +213,12 @@ def running_mcp(workdir: Path, host: str = "127.0.0.1", port: int = 0, netns: st
     calls, request_log = workdir / "mcp-calls.jsonl", workdir / "mcp-requests.jsonl"
     argv = [str(TESTS / "mcp_server.py"), "--host", host, "--port", str(port), "--calls", str(calls),
             "--request-log", str(request_log), *(["--json-response"] if json_response else [])]
-    if token is not None:
-        token_file = workdir / "mcp-token"
-        token_file.write_text(token)
-        token_file.chmod(0o600)
+    token_file = None if token is None else _write_token(workdir / "mcp-token", token)
+    if token_file is not None:
         argv += ["--token-file", str(token_file)]
     process, bound = _start(argv, netns, workdir / "mcp-server.log", "the MCP stand-in")
     try:
-        yield McpServer(host, bound, token, calls, request_log, process)
+        yield McpServer(host, bound, token, token_file, calls, request_log, process)
     finally:
         _stop(process)
 
