@@ -28,21 +28,22 @@ How an McpCall is judged:
   answer: yes when some allow or approve rule covers the tool by name (whatever its
   argument conditions: some arguments may be allowed), unless a deny rule covers it by name
   with no argument condition (then no call of it can be allowed).
-- Masks: every mask rule that covers the message as an allow rule would adds a MaskSpec of
-  its paths (JSON paths into the answer's `result`), classifiers and style; a denial has none.
+- Masks: every mask rule that covers the message as a deny rule would (names casefolded, any
+  argument condition: when in doubt, mask) adds a MaskSpec of its paths (JSON paths into the
+  answer's `result`), classifiers and style; a denial has none.
 
 Argument conditions, `arguments: {PATH: [VALUE, ...]}`: PATH is a JSON path
 (interceptor.masking.json_paths: `options.recursive`, `filters[*].path`, `["a.b"]`, `**.path`;
 no `|base64`) from the arguments object. A string VALUE is a glob matched against string
 values only; other VALUEs (integers, true/false) match equal JSON values of the same type
-(true is not 1; 1 and 1.0 are the same number). On allow, approve and mask rules every PATH must select at least one
-value and every value it selects must match. On deny rules a PATH matches when any value it
-selects matches, or is an array holding one (at any depth), or is an object (a shape the
-rule's author did not expect, that a server could still read); any one PATH matching is
-enough. A glob holding `/` is about a path: a value with a `.` or `..` segment (split at `/`
-and `\\`), a percent-encoded dot, slash or backslash, or NUL is not in normal form, so no
-allow glob matches it and every deny glob does (`/srv/public/../../etc/passwd` is not under
-`/srv/public/*`).
+(true is not 1; 1 and 1.0 are the same number). On allow and approve rules every PATH must
+select at least one value and every value it selects must match. On deny and mask rules a
+PATH matches when any value it selects matches, or is an array holding one (at any depth),
+or is an object (a shape the rule's author did not expect, that a server could still read);
+any one PATH matching is enough. A glob holding `/` is about a path: a value with a `.` or
+`..` segment (split at `/` and `\\`), a percent-encoded dot, slash or backslash, or NUL is
+not in normal form, so no allow glob matches it and every deny glob does
+(`/srv/public/../../etc/passwd` is not under `/srv/public/*`).
 """
 
 from __future__ import annotations
@@ -155,7 +156,7 @@ def judge_mcp(context: Context, request: Request, call: McpCall) -> Decision:
         if judgement.rule == DEFAULT_DENY:
             judgement = Judgement(Verdict.DENY, DEFAULT_DENY, _unmatched(rules, call))
     masks = tuple(MaskSpec(classifiers=r.mask.classifiers, style=r.mask.style, rule=r.name, paths=r.mask.paths)
-                  for r in rules if r.effect == "mask" and r.mask is not None and _covers(r, False, call, arguments))
+                  for r in rules if r.effect == "mask" and r.mask is not None and _covers(r, True, call, arguments))
     return judgement.decision(masks)
 
 
@@ -201,8 +202,8 @@ def _names(rule: Rule, deny: bool, method: str, tool: str | None) -> bool:
 
 
 def _covers(rule: Rule, deny: bool, call: McpCall, arguments: dict[str, Any]) -> bool:
-    """Does the rule cover this call, for a deny rule (any argument condition) or an allow,
-    approve or mask rule (all of them)?"""
+    """Does the rule cover this call, for a deny or mask rule (`deny`: names casefolded, any
+    argument condition) or an allow or approve rule (exact names, all of them)?"""
     if not _names(rule, deny, call.method, call.tool):
         return False
     match = mcp_match(rule)

@@ -33,7 +33,7 @@ MATCH_SCHEMA = {
     "properties": {
         "tools": {**_STRINGS, "description": (
             "Tool name globs. Allow and approve rules match names exactly (case-sensitive, as MCP servers do); "
-            "deny rules casefolded. A tool name that is not 1-128 characters of A-Z a-z 0-9 _ - . / is always "
+            "deny and mask rules casefolded. A tool name that is not 1-128 characters of A-Z a-z 0-9 _ - . / is always "
             "denied.")},
         "methods": {**_STRINGS, "description": (
             "JSON-RPC method globs (`resources/read`, `prompts/*`, `tools/call`). Any method that is not "
@@ -50,7 +50,7 @@ MATCH_SCHEMA = {
                 "`filters[*].path`, `[\"a.b\"]`, `**.path`) to the values allowed: string globs (for string values; "
                 "a glob holding `/` matches only paths without `.` or `..` segments), or integers and booleans "
                 "compared as JSON (`true` is not `1`). Allow and approve rules: every path present and every value it selects "
-                "listed. Deny rules: any value of any path listed (or an array holding one, or an object).")},
+                "listed. Deny and mask rules: any value of any path listed (or an array holding one, or an object).")},
     },
 }
 

@@ -36,6 +36,8 @@ rules:
   - {name: no-ping, effect: deny, resources: [tools], mcp: {methods: [Ping]}}
   - {name: mask-cards, effect: mask, resources: [tools], mcp: {tools: ["search_*"]},
      mask: {classifiers: [card], style: partial}}
+  - {name: mask-private, effect: mask, resources: [tools], mcp: {tools: [SEARCH_WEB], arguments: {scope: [private]}},
+     mask: {classifiers: [email]}}
 """
 
 
@@ -145,6 +147,11 @@ def test_masks_of_the_matching_mask_rules(engine: PolicyEngine) -> None:
     assert ask(engine, "tools/call", "read_file", {"path": "/srv/public/a", "options": {"recursive": False}}
                ).masks == ()
     assert ask(engine, "tools/call", "search_web", {"query": "password"}).masks == ()  # denied: nothing to mask
+    # mask rules match as deny rules do: names casefolded, an array holding a listed value
+    for scope in ("private", ["public", "private"]):
+        masks = ask(engine, "tools/call", "search_web", {"scope": scope}).masks
+        assert [m.rule for m in masks] == ["mask-cards", "mask-private"]
+    assert [m.rule for m in ask(engine, "tools/call", "search_web", {"scope": "public"}).masks] == ["mask-cards"]
 
 
 @pytest.mark.parametrize(("tool", "expected"), [
