@@ -45,6 +45,11 @@ class FlowJudge:
         self.on_decision = on_decision
         self.identity_reason = identity_reason
 
+    def use_identity(self, identity: Identity) -> None:
+        """From now on judge the flow's operations as `identity` (one the handler validated
+        from the flow itself, such as the bearer token of `identity: bearer`), not the agent's."""
+        self.identity = lambda: identity
+
     def request(self, operation: Operation, **labels: str) -> Request:
         """The policy question for `operation` of this flow."""
         flow = self.flow

@@ -47,20 +47,23 @@ def severity(judgement: Judgement) -> tuple[int, bool]:
     return _RANK[judgement.verdict], judgement.rule != DEFAULT_DENY
 
 
-def applies(rule: Rule, request: Request, lenient: bool) -> bool:
+def applies(rule: Rule, request: Request, lenient: bool, identity_later: bool = False) -> bool:
     """Is the rule about this agent, resource and subject? `lenient`: process conditions the
-    request cannot answer (exe or uid None) count as met."""
+    request cannot answer (exe or uid None) count as met; `identity_later`: so do identity
+    conditions (the identity is only known from the requests, as with `identity: bearer`)."""
     if rule.agents is not None and request.subject.agent not in rule.agents:
         return False
     if rule.resources is not None and request.resource not in rule.resources:
         return False
-    return rule.subjects is None or subject_matches(rule.subjects, request.subject, lenient)
+    return rule.subjects is None or subject_matches(rule.subjects, request.subject, lenient, identity_later)
 
 
-def subject_matches(match: SubjectMatch, subject: Subject, lenient: bool) -> bool:
-    """Every given field of `match` holds; identity fields never hold without an identity."""
+def subject_matches(match: SubjectMatch, subject: Subject, lenient: bool, identity_later: bool = False) -> bool:
+    """Every given field of `match` holds; identity fields never hold without an identity,
+    unless `identity_later` says they are judged later, on each operation."""
     identity = subject.identity
-    if any(v is not None for v in (match.groups, match.scopes, match.subject, match.client_id)):
+    if not identity_later and any(v is not None for v in (match.groups, match.scopes, match.subject,
+                                                          match.client_id)):
         if identity is None:
             return False
         if match.groups is not None and not any(globs(match.groups, g) for g in identity.groups):

@@ -24,11 +24,15 @@ def judge_connection(context: Context, request: Request, operation: TcpConnect) 
     an operation on the resource, unless a deny rule covers every operation or tcp. A tcp
     rule that allows or approves decides (allow before approve). Process conditions the
     request cannot answer (exe/uid None, as when the redirect plan is built per agent) are
-    taken as possibly met; the enforcer asks again with them."""
+    taken as possibly met; the enforcer asks again with them. On a resource whose requests
+    carry the identity (`identity: bearer`), identity conditions are judged per request: at
+    the connection, allowing rules count as possibly met and no deny rule refuses for them."""
     rules = [r for r in context.policy.rules if applies(r, request, lenient=True)]
     for rule in rules:
         if rule.effect == "deny" and rule.operation in (None, KEY):
             return Decision.deny(rule.name, rule.reason or "connection denied")
+    if _identity_per_request(context, request):
+        rules = [r for r in context.policy.rules if applies(r, request, lenient=True, identity_later=True)]
     tcp_rules = sorted((r for r in rules if r.operation == KEY and r.effect in ("allow", "approve")),
                        key=lambda r: r.effect != "allow")
     if tcp_rules:
@@ -38,6 +42,11 @@ def judge_connection(context: Context, request: Request, operation: TcpConnect) 
         if rule.effect in ("allow", "approve"):
             return Decision(Verdict.ALLOW, rule.name, "connection allowed: the rule allows operations on it")
     return Decision.deny(DEFAULT_DENY, "no rule allows this agent to reach this resource")
+
+
+def _identity_per_request(context: Context, request: Request) -> bool:
+    resource = context.policy.resources.get(request.resource)
+    return resource is not None and (resource.options or {}).get("identity") == "bearer"
 
 
 def _parse_match(block: Any, problem: Problem) -> None:

@@ -6,7 +6,7 @@ import pytest
 
 from interceptor.decision import Verdict
 from interceptor.identity.model import Identity
-from interceptor.operations import Request, SqlQuery, Subject, TcpConnect
+from interceptor.operations import HttpRequest, Request, SqlQuery, Subject, TcpConnect
 from interceptor.policy import PolicyEngine, load_policy_text
 from interceptor.policy.bench import run
 
@@ -96,3 +96,29 @@ def test_bench_reports_both_engines_and_modes():
     cached = {r["engine"]: r["decisions_per_s"] for r in rows if r["mode"] == "cached"}
     uncached = {r["engine"]: r["decisions_per_s"] for r in rows if r["mode"] == "uncached"}
     assert set(cached) == set(uncached)
+
+
+BEARER = """
+version: 1
+resources:
+  api: {protocol: http, addresses: ["10.0.0.8:443"], options: {identity: bearer}}
+  plain: {protocol: http, addresses: ["10.0.0.9:443"]}
+agents:
+  bot: {}
+rules:
+  - {name: readers-get, effect: allow, agents: [bot], resources: [api, plain], subjects: {groups: [readers]},
+     http: {methods: [GET]}}
+  - {name: contractors-out, effect: deny, resources: [api], subjects: {groups: [contractors]}}
+"""
+
+
+def test_a_bearer_resource_leaves_identity_conditions_to_its_requests():
+    bearer = PolicyEngine(load_policy_text(BEARER, "bearer.yaml"))
+    contractor = Identity(issuer="https://idp", subject="c", groups=frozenset({"contractors"}))
+    # the agent's own identity (here none, or another one) does not decide at the connection ...
+    assert ask(bearer, TcpConnect(), "api", identity=None).rule == "readers-get"
+    assert ask(bearer, TcpConnect(), "api", identity=contractor).rule == "contractors-out"
+    assert ask(bearer, TcpConnect(), "plain", identity=None).rule == "default-deny"
+    # ... the token each request carries does
+    assert ask(bearer, HttpRequest("GET", "/x"), "api", identity=None).rule == "default-deny"
+    assert ask(bearer, HttpRequest("GET", "/x"), "api", identity=READER).rule == "readers-get"

@@ -175,7 +175,7 @@ class HttpHandler:
             raise BearerRefused("no request to take the bearer token from")
         agent = services.judge.engine().policy.agents.get(flow.agent)
         identity, token = await self.validators.identity(flow.agent, agent.identity if agent else None, first.head)
-        services.judge.identity = lambda: identity
+        services.judge.use_identity(identity)
         end.details["identity"] = "bearer"
         return token
 
