@@ -107,15 +107,16 @@ def test_without_the_token_requests_are_unauthorized(api: KubeApi, tmp_path: Pat
 def test_kubectl_apply_creates_then_patches(api: KubeApi, kubeconfig: Path, tmp_path: Path) -> None:
     manifest = tmp_path / "app.yaml"
     manifest.write_text(MANIFEST.format(tag="1"))
-    first = run_kubectl(kubeconfig, "apply", "--validate=false", "-f", str(manifest)).stdout
+    first = run_kubectl(kubeconfig, "apply", "-f", str(manifest)).stdout
     assert "pod/web created" in first and "deployment.apps/api created" in first
     manifest.write_text(MANIFEST.format(tag="1").replace("api:1", "api:2"))
-    second = run_kubectl(kubeconfig, "apply", "--validate=false", "-f", str(manifest)).stdout
+    second = run_kubectl(kubeconfig, "apply", "-f", str(manifest)).stdout
     assert "pod/web unchanged" in second and "deployment.apps/api configured" in second
     deployment = json.loads(run_kubectl(kubeconfig, "get", "deployment", "api", "-o", "json").stdout)
     assert deployment["spec"]["template"]["spec"]["containers"] == [
         {"name": "api", "image": "api:2", "ports": [{"containerPort": 80, "protocol": "TCP"}]}]
     assert deployment["metadata"]["generation"] == 2
+    assert any(e["path"] == "/openapi/v2" for e in api.requests()), "kubectl validated against the OpenAPI document"
     patch = [e for e in api.requests() if e["method"] == "PATCH" and e["path"].endswith("/deployments/api")][-1]
     assert header(patch, "content-type") == "application/strategic-merge-patch+json"
     table = run_kubectl(kubeconfig, "get", "deployments").stdout.splitlines()
@@ -135,7 +136,7 @@ def test_kubectl_describe_pod(kubeconfig: Path) -> None:
 def test_kubectl_logs_and_logs_follow(kubeconfig: Path, tmp_path: Path) -> None:
     manifest = tmp_path / "app.yaml"
     manifest.write_text(MANIFEST.format(tag="1"))
-    run_kubectl(kubeconfig, "apply", "--validate=false", "-f", str(manifest))
+    run_kubectl(kubeconfig, "apply", "-f", str(manifest))
     assert run_kubectl(kubeconfig, "logs", "web").stdout == "boot\nserving /healthz\n"
     assert run_kubectl(kubeconfig, "logs", "web", "--tail=1").stdout == "serving /healthz\n"
     follow = subprocess.Popen([kubectl(), "--kubeconfig", str(kubeconfig), "logs", "-f", "web"],

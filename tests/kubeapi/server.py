@@ -3,8 +3,8 @@ outside tests. No real kube-apiserver can be installed on the test hosts, so thi
 the API conventions closely enough for kubectl and the python `kubernetes` client:
 
 - discovery: /version, /api, /api/v1, /apis, /apis/<group>[/<version>] (APIResourceList with
-  subresources pods/log, pods/exec, */status); /openapi/* is not served (404, as an API server
-  without OpenAPI: kubectl needs `--validate=false` for apply)
+  subresources pods/log, pods/exec, */status) and /openapi/v2 (JSON or protobuf, no definitions:
+  see openapi.py)
 - namespaces, pods, services, configmaps, secrets, events, deployments and replicasets with
   create / get / list / update / patch (JSON, merge, strategic merge) / delete / deletecollection,
   one resourceVersion counter, uid, creationTimestamp, generateName, dryRun, label and field
@@ -36,7 +36,7 @@ from urllib.parse import unquote
 
 import yaml
 
-from . import pods, resources, spdy, websocket
+from . import openapi, pods, resources, spdy, websocket
 from .errors import JSON, ApiError, bad_request, forbidden
 from .patch import apply_patch
 from .resources import Kind
@@ -180,6 +180,8 @@ class KubeApiServer:
         try:
             if self.token is not None and request.header("authorization") != f"Bearer {self.token}":
                 raise ApiError(401, "Unauthorized", "Unauthorized")
+            if request.path == "/openapi/v2":
+                return self._openapi(request)
             if not _accepts_json(request):
                 raise ApiError(406, "NotAcceptable", "only the following media types are accepted: "
                                "application/json, application/yaml, application/json;as=Table;g=meta.k8s.io;v=v1")
@@ -193,6 +195,11 @@ class KubeApiServer:
         except Exception as exc:  # a bug in the stand-in: say so in a Status, keep the traceback in its log
             traceback.print_exc()
             return json_response(500, ApiError(500, "InternalError", f"stand-in failure: {exc!r}").status())
+
+    def _openapi(self, request: Request) -> Response:
+        if openapi.PROTOBUF in (request.header("accept") or ""):
+            return Response(200, openapi.document_protobuf(), "application/octet-stream")
+        return json_response(200, openapi.document_json())
 
     def _fixed(self, segments: list[str]) -> Reply | None:
         """Discovery and health documents; None for a resource path."""
