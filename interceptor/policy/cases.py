@@ -133,4 +133,5 @@ def _operation(case: dict[str, Any], catalog: Catalog | None) -> Operation:
 
 def _summary(decision: Decision) -> dict[str, Any]:
     return {"verdict": decision.verdict.value, "rule": decision.rule,
-            "masks": sorted(c for m in decision.masks for c in m.columns), "reason": decision.reason}
+            "masks": sorted({*(c for m in decision.masks for c in m.columns), *(p for m in decision.masks for p in m.paths)}),
+            "reason": decision.reason}

@@ -87,6 +87,11 @@ _DEFS: dict[str, Any] = {
         "minProperties": 1,
         "properties": {
             "columns": _STRINGS,
+            "paths": {**_STRINGS, "description": (
+                "JSON paths of the values to mask in HTTP, Kubernetes and MCP bodies (each object of a Kubernetes "
+                "list or watch, an MCP tool's result): `a.b`, `a[*].b`, `[\"quoted.key\"]`, `*`, `**.name`, "
+                "filters `[?key==\"value\"]`, `|base64` for values held in base64 (see interceptor.masking."
+                "json_paths).")},
             "classifiers": {"type": "array", "items": {"enum": ["card", "email", "national_id", "iban", "api_key"]},
                             "minItems": 1},
             "style": {"enum": ["redact", "partial", "hash", "null"]},

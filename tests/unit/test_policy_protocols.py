@@ -43,8 +43,8 @@ def test_the_shipped_schema_is_what_the_registry_composes():
     assert (ROOT / "policy" / "schema.json").read_text() == text(), (
         "policy/schema.json is stale: run .venv/bin/python scripts/gen_policy_reference.py --schema")
     defs = composed()["$defs"]
-    assert defs["resource"]["properties"]["protocol"] == {"enum": ["tcp", "postgres"]}
-    assert {"tcp", "sql", "tcp-options", "postgres-options"} <= set(defs)
+    assert defs["resource"]["properties"]["protocol"] == {"enum": ["tcp", "postgres", "http", "kubernetes", "mcp"]}
+    assert {"tcp", "sql", "http", "kubernetes", "mcp", "tcp-options", "postgres-options", "kubernetes-options"} <= set(defs)
     assert json.loads(text()) == composed()
 
 
