@@ -95,13 +95,18 @@ async def _next_event(conn: h11.Connection, reader: asyncio.StreamReader) -> obj
         conn.receive_data(data)
 
 
-async def _read_request(conn: h11.Connection, reader: asyncio.StreamReader, peer: str) -> Request | None:
+async def _read_request(conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                        peer: str) -> Request | None:
+    """The next whole request, None when the client closed; answers `Expect: 100-continue` first."""
     event = await _next_event(conn, reader)
     if isinstance(event, h11.ConnectionClosed):
         return None
     if not isinstance(event, h11.Request):
         raise _ClientGone(f"unexpected {type(event).__name__}")
     body = bytearray()
+    if conn.they_are_waiting_for_100_continue:
+        writer.write(conn.send(h11.InformationalResponse(status_code=100, headers=[])))
+        await writer.drain()
     while not isinstance(part := await _next_event(conn, reader), h11.EndOfMessage):
         if isinstance(part, h11.Data):
             body += part.data
@@ -174,7 +179,7 @@ async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamW
     peer = f"{peername[0]}:{peername[1]}" if peername else "?"
     conn = h11.Connection(h11.SERVER)
     try:
-        while (request := await _read_request(conn, reader, peer)) is not None:
+        while (request := await _read_request(conn, reader, writer, peer)) is not None:
             if not await _answer(conn, reader, writer, request, await handler(request)):
                 break
     except (_ClientGone, ConnectionError, ssl.SSLError, h11.LocalProtocolError):
