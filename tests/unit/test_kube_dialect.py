@@ -5,25 +5,39 @@ masked event by event; protobuf, YAML and gzip bodies withheld when masks apply.
 
 from __future__ import annotations
 
+import asyncio
 import base64
-from typing import Any
+import ipaddress
+import os
+import socket
+from collections.abc import Callable
+from typing import Any, TypeVar
 
+import kubernetes
 import orjson
 import pytest
 
-from interceptor.decision import Decision, MaskSpec, Verdict
 from conversation import Judging
+from interceptor.audit.event import AuditEvent
+from interceptor.decision import Decision, MaskSpec, Verdict
+from interceptor.enforcer.judge import FlowJudge
 from interceptor.errors import ClientProtocolError, MaskingError
+from interceptor.flow import Endpoint, FlowContext, ProcessInfo
+from interceptor.handlers.base import Services
 from interceptor.handlers.commands import Record, Send, Side
 from interceptor.handlers.http.dialect import BodyFilter, RequestHead, ResponseHead
-from interceptor.handlers.http.session import HttpSession
 from interceptor.handlers.http.kubernetes import (
     HANDLER, KubernetesDialect, WatchEventMask, json_accept, rooted, status_object,
 )
+from interceptor.handlers.http.session import HttpSession
 from interceptor.masking.json_paths import JsonMask
 from interceptor.operations import KubeRequest, Request, Subject
 from interceptor.policy import PolicyEngine, load_policy_text
 from interceptor.policy.kube_rules import LAST_APPLIED, SECRET_KIND_PATHS, SECRET_RULE, SECRETS_REQUEST_PATHS
+from kube_fixture import KubeApi, kubeapi_fixture  # noqa: F401 (the kubeapi fixture)
+from test_http_handler import Sink
+
+T = TypeVar("T")
 
 DIALECT = KubernetesDialect()
 JSON_HEADERS = (("content-type", "application/json"),)
@@ -296,3 +310,108 @@ def test_a_denied_request_gets_a_status_and_nothing_goes_up() -> None:
     assert status["message"] == ('get secrets "db" in namespace "prod" is forbidden by interceptor rule no-prod: '
                                  "prod is off limits")
     assert records[0].decision.rule == "no-prod"
+
+
+# ---- the python kubernetes client through the handler, against the API stand-in -------------
+# (tests/kubeapi: no real kube-apiserver can be installed here; the stand-in follows the API's
+# conventions: discovery, resourceVersion, lists, chunked watch, Status errors)
+
+CLIENT_POLICY = """
+version: 1
+resources:
+  k8s:
+    protocol: kubernetes
+    addresses: ["127.0.0.1:PORT"]
+    credentials: {from: env, name: CLUSTER_TOKEN}
+    options: {tls: {ca: CA, server_name: 127.0.0.1}}
+agents:
+  bot: {uids: [1001]}
+rules:
+  - {name: work, effect: allow, kubernetes: {verbs: [get, list, watch, create], namespaces: [default]}}
+  - {name: no-delete, effect: deny, reason: deletes go through the pipeline, kubernetes: {verbs: [delete]}}
+"""
+
+
+def through_handler(api: KubeApi, client: Callable[[str], T]) -> tuple[T, list[AuditEvent]]:
+    """Run `client(url)` in a thread against a loopback listener whose every connection the
+    kubernetes HANDLER serves, upstream the stand-in with its token; its result and the records."""
+    policy = load_policy_text(CLIENT_POLICY.replace("PORT", str(api.port)).replace("CA", str(api.ca)), "k.yaml")
+    engine = PolicyEngine(policy)
+    sink = Sink()
+
+    async def token() -> dict[str, str]:
+        return {"token": api.token}
+
+    async def serve(conn: socket.socket) -> None:
+        process = ProcessInfo(os.getpid(), 1, 1001, 1001, "/usr/bin/python3", ("python3",), "/agents/bot")
+        loopback = ipaddress.ip_address("127.0.0.1")
+        flow = FlowContext("flow", "bot", process, Endpoint(loopback, api.port),
+                           Endpoint(loopback, conn.getpeername()[1]), "k8s", connection_rule="work")
+        services = Services(judge=FlowJudge(flow, lambda: engine, lambda: None, lambda: False), audit=sink,
+                            resource=policy.resources["k8s"], credentials=token)
+        await HANDLER.serve(flow, conn, services)
+
+    async def main() -> T:
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        listener.setblocking(False)
+        loop = asyncio.get_running_loop()
+        flows: set[asyncio.Task[None]] = set()
+
+        async def accept() -> None:
+            while True:
+                conn, _ = await loop.sock_accept(listener)
+                flows.add(asyncio.create_task(serve(conn)))
+
+        acceptor = asyncio.create_task(accept())
+        try:
+            return await asyncio.to_thread(client, f"http://127.0.0.1:{listener.getsockname()[1]}")
+        finally:
+            acceptor.cancel()
+            listener.close()
+            for flow in flows:  # each request is recorded as it ends; the client keeps idle connections
+                flow.cancel()
+            await asyncio.gather(*flows, return_exceptions=True)
+
+    return asyncio.run(asyncio.wait_for(main(), 60)), sink.events
+
+
+def test_the_python_client_reads_secrets_masked_and_is_refused_by_rule(kubeapi: KubeApi) -> None:
+    def client(url: str) -> dict[str, Any]:
+        configuration = kubernetes.client.Configuration()
+        configuration.host = url
+        with kubernetes.client.ApiClient(configuration) as api_client:
+            core = kubernetes.client.CoreV1Api(api_client)
+            created = core.create_namespaced_secret("default", kubernetes.client.V1Secret(
+                metadata=kubernetes.client.V1ObjectMeta(name="py-db"), string_data={"password": "hunter2"}))
+            read = core.read_namespaced_secret("py-db", "default")
+            listed = core.list_namespaced_secret("default")
+            watcher = kubernetes.watch.Watch()  # type: ignore[no-untyped-call]
+            events = watcher.stream(core.list_namespaced_secret, "default",  # type: ignore[no-untyped-call]
+                                    timeout_seconds=1)
+            watched = [event["object"] for event in events]
+            with pytest.raises(kubernetes.client.ApiException) as refused:
+                core.delete_namespaced_secret("py-db", "default")
+            return {"created": created, "read": read, "listed": listed, "watched": watched, "refused": refused.value}
+
+    got, events = through_handler(kubeapi, client)
+    masked = base64.b64encode(b"****").decode()
+    assert got["created"].data == {"password": masked}
+    assert got["read"].data == {"password": masked}
+    assert [s.data for s in got["listed"].items if s.metadata.name == "py-db"] == [{"password": masked}]
+    assert [s.data for s in got["watched"] if s.metadata.name == "py-db"] == [{"password": masked}]
+    refused = got["refused"]
+    assert refused.status == 403
+    status = orjson.loads(refused.body)
+    assert (status["kind"], status["reason"]) == ("Status", "Forbidden")
+    assert status["message"] == ('delete secrets "py-db" in namespace "default" is forbidden by interceptor rule '
+                                 "no-delete: deletes go through the pipeline")
+    assert "hunter2" not in repr(got) and base64.b64encode(b"hunter2").decode() not in repr(got)
+    requests = [e for e in events if e.kind == "request"]
+    assert [(e.rule, (e.operation or {}).get("verb")) for e in requests] == [
+        ("work", "create"), ("work", "get"), ("work", "list"), ("work", "watch"), ("no-delete", "delete")]
+    assert all((e.outcome or {}).get("masked") for e in requests[:4])
+    upstream = [r for r in kubeapi.requests() if "py-db" in r["path"] or r["path"].endswith("/secrets")]
+    assert all(dict(r["headers"]).get("authorization") == f"Bearer {kubeapi.token}" for r in upstream)
+    assert not any(r["method"] == "DELETE" for r in kubeapi.requests())
