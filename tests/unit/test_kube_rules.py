@@ -227,3 +227,19 @@ def test_the_shipped_example_passes() -> None:
     results = run_cases(ROOT / "policy" / "examples" / "kubernetes.tests.yaml")
     assert results and all(r.passed for r in results), [r for r in results if not r.passed]
     assert Verdict.APPROVE.value in {r.got["verdict"] for r in results}
+
+
+def test_mask_blocks_take_json_paths_checked_at_load() -> None:
+    policy = POLICY + """
+  - name: mask-annotations
+    effect: mask
+    kubernetes: {resources: [deployments]}
+    mask: {paths: ['metadata.annotations["example.com/token"]', "spec.template.spec.containers[*].env[*].value"]}
+"""
+    engine = PolicyEngine(load_policy_text(policy, "k.yaml"))
+    masks = decide(engine, "GET", "/apis/apps/v1/namespaces/dev/deployments/web").masks
+    assert masks[1] == MaskSpec(rule="mask-annotations", paths=(
+        'metadata.annotations["example.com/token"]', "spec.template.spec.containers[*].env[*].value"))
+    with pytest.raises(PolicyError) as error:
+        load_policy_text(policy.replace("env[*].value", "env[*]..value"), "k.yaml")
+    assert "k.yaml:46:65: JSON path 'spec.template.spec.containers[*].env[*]..value': expected a name" in str(error.value)
