@@ -49,10 +49,15 @@ USER = "stand-in-user"
 VERSION = {"major": "1", "minor": "20", "gitVersion": "v1.20.2", "gitCommit": "stand-in", "gitTreeState": "clean",
            "buildDate": "2021-01-13T13:20:00Z", "goVersion": "go1.15.5", "compiler": "gc",
            "platform": "linux/amd64"}
-NOT_SERVED = ApiError(404, "NotFound", "the server could not find the requested resource", {})
+NOT_ALLOWED = "the server does not allow this method on the requested resource"
 WATCH_TIMEOUT = 1800.0
 GZIP_MIN = 128 * 1024  # the API server gzips bodies from this size when asked (apiserver defaultGzipThresholdBytes)
 RECORDED_BODY = 65536
+
+
+def not_served() -> ApiError:
+    """What the API server answers for a path no API group serves."""
+    return ApiError(404, "NotFound", "the server could not find the requested resource", {})
 
 
 def json_response(code: int, body: JSON) -> Response:
@@ -118,7 +123,7 @@ def _target(segments: list[str]) -> Target:
     elif len(segments) >= 4 and segments[0] == "apis":
         group, version, rest = segments[1], segments[2], segments[3:]
     else:
-        raise NOT_SERVED
+        raise not_served()
     watch_path = rest[0] == "watch"
     rest = rest[1:] if watch_path else rest
     namespace = ""
@@ -126,13 +131,13 @@ def _target(segments: list[str]) -> Target:
     if len(rest) >= 3 and rest[0] == "namespaces" and not namespace_subresource:
         namespace, rest = rest[1], rest[2:]
     if not rest or len(rest) > 3:
-        raise NOT_SERVED
+        raise not_served()
     kind = resources.find(group, version, rest[0])
     name, sub = (rest[1] if len(rest) > 1 else ""), (rest[2] if len(rest) > 2 else "")
     if kind is None or (namespace and not kind.namespaced) or (kind.namespaced and name and not namespace):
-        raise NOT_SERVED
+        raise not_served()
     if sub and sub not in {entry[0] for entry in kind.subresources}:
-        raise NOT_SERVED
+        raise not_served()
     return Target(kind, namespace, name, sub, watch_path)
 
 
@@ -161,13 +166,11 @@ class KubeApiServer:
         self.store = Store()
         self.token, self.request_log, self.gzip_min = token, request_log, gzip_min
         self.forbidden_namespaces, self.log_interval = set(forbidden_namespaces), log_interval
-        self.requests: list[JSON] = []
 
     def _record(self, request: Request) -> None:
         entry = {"time": time.time(), "peer": request.peer, "method": request.method, "target": request.target,
                  "path": request.path, "query": request.query, "headers": request.headers,
                  "body": request.body[:RECORDED_BODY].decode("utf-8", "replace")}
-        self.requests.append(entry)
         if self.request_log is not None:
             with open(self.request_log, "a") as log:
                 log.write(json.dumps(entry) + "\n")
@@ -189,7 +192,7 @@ class KubeApiServer:
             fixed = self._fixed(segments)
             if fixed is not None:
                 return fixed
-            return await self._resource(request, _target(segments))
+            return self._resource(request, _target(segments))
         except ApiError as exc:
             return json_response(exc.code, exc.status())
         except Exception as exc:  # a bug in the stand-in: say so in a Status, keep the traceback in its log
@@ -222,33 +225,32 @@ class KubeApiServer:
             return json_response(200, listing) if listing else None
         return None
 
-    def _authorize(self, request: Request, target: Target, verb: str) -> None:
+    def _authorize(self, target: Target, verb: str) -> None:
         namespace = target.namespace or (target.name if target.kind.resource == "namespaces" else "")
         if namespace in self.forbidden_namespaces:
             raise forbidden(USER, verb, target.kind.resource, target.kind.group, namespace)
 
-    async def _resource(self, request: Request, target: Target) -> Reply:
+    def _resource(self, request: Request, target: Target) -> Reply:
         method, kind = request.method, target.kind
         if target.subresource == "log" and method == "GET":
-            self._authorize(request, target, "get")
+            self._authorize(target, "get")
             return self._log(request, target)
         if target.subresource == "exec" and method in ("GET", "POST"):
-            self._authorize(request, target, "create")
+            self._authorize(target, "create")
             return self._exec(request, target)
         if target.subresource == "status":
             return self._status(request, target)
         if method == "GET":
             if target.name and not target.watch_path:
-                self._authorize(request, target, "get")
+                self._authorize(target, "get")
                 return self._single(request, target, self.store.get(kind, target.namespace, target.name))
             watch = target.watch_path or _flag(request, "watch")
-            self._authorize(request, target, "watch" if watch else "list")
+            self._authorize(target, "watch" if watch else "list")
             return self._watch(request, target) if watch else self._list(request, target)
         handlers = {"POST": self._create, "PUT": self._update, "PATCH": self._patch, "DELETE": self._delete}
         if method not in handlers or (method == "POST" and target.name) or (method in ("PUT", "PATCH") and
                                                                             not target.name):
-            raise ApiError(405, "MethodNotAllowed", f"the server does not allow this method on the requested "
-                           f"resource")
+            raise ApiError(405, "MethodNotAllowed", NOT_ALLOWED)
         return handlers[method](request, target)
 
     def _single(self, request: Request, target: Target, obj: JSON, code: int = 200) -> Response:
@@ -320,18 +322,18 @@ class KubeApiServer:
         return Streaming(200, chunks())
 
     def _create(self, request: Request, target: Target) -> Response:
-        self._authorize(request, target, "create")
+        self._authorize(target, "create")
         obj = self.store.create(target.kind, target.namespace, _body(request), bool(request.param("dryRun")))
         return self._single(request, target, obj, 201)
 
     def _update(self, request: Request, target: Target) -> Response:
-        self._authorize(request, target, "update")
+        self._authorize(target, "update")
         obj = self.store.update(target.kind, target.namespace, target.name, _body(request),
                                 bool(request.param("dryRun")))
         return self._single(request, target, obj)
 
     def _patch(self, request: Request, target: Target) -> Response:
-        self._authorize(request, target, "patch")
+        self._authorize(target, "patch")
         old = self.store.get(target.kind, target.namespace, target.name)
         patched = apply_patch(request.header("content-type") or "", old, _body(request))
         obj = self.store.update(target.kind, target.namespace, target.name, patched, bool(request.param("dryRun")))
@@ -339,7 +341,7 @@ class KubeApiServer:
 
     def _delete(self, request: Request, target: Target) -> Response:
         kind, dry_run = target.kind, bool(request.param("dryRun"))
-        self._authorize(request, target, "delete" if target.name else "deletecollection")
+        self._authorize(target, "delete" if target.name else "deletecollection")
         if not target.name:
             gone = [self.store.delete(kind, obj["metadata"].get("namespace", ""), obj["metadata"]["name"], dry_run)
                     for obj in self.store.select(kind, target.namespace, self._matching(request, target))]
@@ -356,8 +358,8 @@ class KubeApiServer:
     def _status(self, request: Request, target: Target) -> Response:
         verb = {"GET": "get", "PUT": "update", "PATCH": "patch"}.get(request.method)
         if verb is None:
-            raise ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
-        self._authorize(request, target, verb)
+            raise ApiError(405, "MethodNotAllowed", NOT_ALLOWED)
+        self._authorize(target, verb)
         old = self.store.get(target.kind, target.namespace, target.name)
         if verb == "get":
             return self._single(request, target, old)
