@@ -172,10 +172,16 @@ def _quoted(body: str, position: int, text: str) -> tuple[str, int]:
 Target = tuple[Any, Any]  # (the dict or list holding a value, its key or index)
 
 
-def select(holder: list[Any], path: JsonPath) -> list[Target]:
+# id of an object or array -> where it and every value under it sit, and the objects and arrays of those
+Descendants = dict[int, tuple[list[Target], list[Target]]]
+
+
+def select(holder: list[Any], path: JsonPath, cache: Descendants | None = None) -> list[Target]:
     """Where the values `path` selects sit under holder[0] (the document, in a one-element
     list so that it can be selected and replaced too), each once. Iterative: documents as
-    deep as orjson reads (1024 levels) need no recursion."""
+    deep as orjson reads (1024 levels) need no recursion. `cache` keeps what a `**` walked,
+    for other paths over the same document (valid while its objects and arrays stay)."""
+    cache = {} if cache is None else cache
     found: list[Target] = []
     seen: set[tuple[int, Any, int]] = set()
     stack: list[tuple[Any, Any, int]] = [(holder, 0, 0)]
@@ -207,9 +213,42 @@ def select(holder: list[Any], path: JsonPath) -> list[Target]:
             if isinstance(node, dict) and node.get(step.name) == step.value:
                 stack.append((container, key, i + 1))
         else:
-            stack.extend((node, child, i) for child in _children(node))
-            stack.append((container, key, i + 1))
+            values, containers = _descendants(container, key, cache)
+            after = steps[i + 1] if i + 1 < len(steps) else None
+            if after is None:
+                stack.extend((c, k, i + 1) for c, k in values)
+            elif isinstance(after, Where):  # the filter at once, rather than a state per object
+                stack.extend((c, k, i + 2) for c, k in containers
+                             if isinstance(v := c[k], dict) and v.get(after.name) == after.value)
+            else:  # the steps after `**` all need an object or an array
+                stack.extend((c, k, i + 1) for c, k in containers)
     return found
+
+
+def _descendants(container: Any, key: Any, cache: Descendants) -> tuple[list[Target], list[Target]]:
+    """container[key] and every value under it, as (holder, key), and those of them that are
+    objects or arrays; kept in `cache`."""
+    node = container[key]
+    if not isinstance(node, (dict, list)):
+        return [(container, key)], []
+    known = cache.get(id(node))
+    if known is not None:
+        return [(container, key), *known[0][1:]], [(container, key), *known[1][1:]]
+    values: list[Target] = []
+    containers: list[Target] = []
+    stack = [(container, key)]
+    while stack:
+        holder, at = stack.pop()
+        values.append((holder, at))
+        value = holder[at]
+        if isinstance(value, dict):
+            containers.append((holder, at))
+            stack.extend((value, k) for k in value)
+        elif isinstance(value, list):
+            containers.append((holder, at))
+            stack.extend((value, j) for j in range(len(value)))
+    cache[id(node)] = (values, containers)
+    return values, containers
 
 
 def _children(node: Any) -> Iterator[Any]:
@@ -238,13 +277,13 @@ class JsonMask:
             raise MaskingError(f"rule {spec.rule!r}: {exc}") from None
         return cls(spec.rule, paths, ColumnMasker(spec.style, spec.classifiers, key))
 
-    def targets(self, holder: list[Any]) -> Iterator[tuple[Target, bool]]:
+    def targets(self, holder: list[Any], cache: Descendants) -> Iterator[tuple[Target, bool]]:
         """Each leaf under holder[0] this mask is about, and whether it holds base64."""
         if not self.paths:
             yield from ((leaf, False) for leaf in _leaves(holder, 0))
             return
         for path in self.paths:
-            for container, key in select(holder, path):
+            for container, key in select(holder, path, cache):
                 yield from ((leaf, path.base64) for leaf in _leaves(container, key))
 
 
@@ -267,9 +306,10 @@ def mask_document(document: Any, masks: Sequence[JsonMask]) -> tuple[Any, int]:
     whole or changes it. MaskingError from a style (partial of bytes that are not UTF-8)."""
     done: set[tuple[int, Any]] = set()
     holder = [document]
+    cache: Descendants = {}
     count = 0
     for mask in masks:
-        for (container, key), encoded in mask.targets(holder):
+        for (container, key), encoded in mask.targets(holder, cache):
             where = (id(container), key)
             if where in done:
                 continue

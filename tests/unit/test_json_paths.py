@@ -95,6 +95,19 @@ def test_select_each_kind_of_step() -> None:
                                                     {"x": 2}, 2, document["b"], *document["b"], "K", 3, "L", 4])
 
 
+def test_descend_then_filter_and_shared_walks() -> None:
+    document = {"items": [{"kind": "Secret", "data": {"a": "x"}}, {"kind": "Pod", "data": {"a": "y"}},
+                          [{"kind": "Secret", "data": "z"}]]}
+    holder = [document]
+    cache: dict[int, Any] = {}
+    first = select(holder, compile_path('**[?kind=="Secret"].data'), cache)
+    assert sorted(str(c[k]) for c, k in first) == ["z", "{'a': 'x'}"]
+    assert len(cache) == 1  # the walk under the document is kept for the next path
+    again = select(holder, compile_path("**.data.a"), cache)
+    assert sorted(c[k] for c, k in again) == ["x", "y"]
+    assert len(cache) == 1
+
+
 def test_redact_whole_subtree_keeps_keys_and_counts_leaves() -> None:
     document = {"data": {"a": "x", "b": {"c": "y", "d": [1, True, None]}}, "keep": "z"}
     result, count = masked(document, MaskSpec(paths=("data",), rule="r"))

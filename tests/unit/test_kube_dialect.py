@@ -234,6 +234,8 @@ def test_mask_paths_are_relative_to_each_object() -> None:
     assert b"abc" not in watched
     assert rooted(MaskSpec(paths=('["a.b"]',)), ("", "items[*]")).paths == ('["a.b"]', 'items[*]["a.b"]')
     assert rooted(MaskSpec(classifiers=("email",)), ("object",)).paths == ()
+    assert rooted(MaskSpec(paths=("**.x", "a")), ("object", "object.items[*]")).paths == (
+        "object.**.x", "object.a", "object.items[*].a")  # `**` reaches the items already
 
 
 def test_watch_limits_and_bad_events() -> None:

@@ -110,10 +110,12 @@ def json_accept(accept: str | None) -> str:
 
 
 def rooted(spec: MaskSpec, roots: tuple[str, ...]) -> MaskSpec:
-    """The mask with each path joined to each root (a mask without paths covers the whole body)."""
+    """The mask with each path joined to each root (a mask without paths covers the whole body;
+    a path that starts with `**` reaches every object from the first root already)."""
     if not spec.paths:
         return spec
-    paths = tuple(_join(root, path) for path in spec.paths for root in roots)
+    paths = tuple(_join(root, path) for path in spec.paths
+                  for root in (roots[:1] if path.startswith("**") else roots))
     return MaskSpec(spec.columns, spec.classifiers, spec.style, spec.rule, spec.patterns, paths)
 
 
