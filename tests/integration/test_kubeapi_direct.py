@@ -148,7 +148,7 @@ def test_kubectl_logs_and_logs_follow(kubeconfig: Path, tmp_path: Path) -> None:
     assert lines == ["boot\n", "serving /healthz\n", "tick 1\n", "tick 2\n"]
 
 
-def test_kubectl_exec_over_spdy(api: KubeApi, kubeconfig: Path) -> None:
+def test_kubectl_exec_and_attach_over_spdy(api: KubeApi, kubeconfig: Path) -> None:
     run_kubectl(kubeconfig, "run", "spdy-shell", "--image=busybox:1")
     assert run_kubectl(kubeconfig, "exec", "spdy-shell", "--", "echo", "hello", "spdy").stdout == "hello spdy\n"
     failed = run_kubectl(kubeconfig, "exec", "spdy-shell", "--", "cat", "/nope", check=False)
@@ -159,6 +159,8 @@ def test_kubectl_exec_over_spdy(api: KubeApi, kubeconfig: Path) -> None:
     assert piped.stdout == "piped input\n"
     execs = [e for e in api.requests() if e["path"].endswith("/pods/spdy-shell/exec")]
     assert [(e["method"], header(e, "upgrade")) for e in execs] == [("POST", "SPDY/3.1")] * 3
+    attached = run_kubectl(kubeconfig, "attach", "spdy-shell")
+    assert attached.stdout == "spdy-shell starting\nlistening on :8080\nready\n"
 
 
 def test_kubectl_get_watch_sees_changes(kubeconfig: Path) -> None:

@@ -34,7 +34,8 @@ STATUS = ("status", "", ("get", "patch", "update"))
 KINDS = [
     Kind("", "v1", "namespaces", "Namespace", False, ("ns",), (STATUS,)),
     Kind("", "v1", "pods", "Pod", True, ("po",),
-         (STATUS, ("log", "Pod", ("get",)), ("exec", "PodExecOptions", ("create", "get"))), ("all",)),
+         (STATUS, ("log", "Pod", ("get",)), ("exec", "PodExecOptions", ("create", "get")),
+          ("attach", "PodAttachOptions", ("create", "get"))), ("all",)),
     Kind("", "v1", "services", "Service", True, ("svc",), (STATUS,), ("all",)),
     Kind("", "v1", "configmaps", "ConfigMap", True, ("cm",)),
     Kind("", "v1", "secrets", "Secret", True),

@@ -3,7 +3,7 @@ outside tests. No real kube-apiserver can be installed on the test hosts, so thi
 the API conventions closely enough for kubectl and the python `kubernetes` client:
 
 - discovery: /version, /api, /api/v1, /apis, /apis/<group>[/<version>] (APIResourceList with
-  subresources pods/log, pods/exec, */status) and /openapi/v2 (JSON or protobuf, no definitions:
+  subresources pods/log, pods/exec, pods/attach, */status) and /openapi/v2 (JSON or protobuf, no definitions:
   see openapi.py)
 - namespaces, pods, services, configmaps, secrets, events, deployments and replicasets with
   create / get / list / update / patch (JSON, merge, strategic merge) / delete / deletecollection,
@@ -12,8 +12,9 @@ the API conventions closely enough for kubectl and the python `kubernetes` clien
 - watch (`?watch=true` or `/watch/` paths): chunked newline-delimited JSON events (ADDED, MODIFIED,
   DELETED) from a resourceVersion or from the current state, then live until timeoutSeconds
 - Table output for `Accept: application/json;as=Table;g=meta.k8s.io;v=v1` (includeObject)
-- pods/log (text; follow streams a new line every `log_interval` seconds) and pods/exec over
-  WebSocket (v4/v5.channel.k8s.io) or SPDY/3.1 running the fake commands of `pods.py`
+- pods/log (text; follow streams a new line every `log_interval` seconds), pods/exec over
+  WebSocket (v4/v5.channel.k8s.io) or SPDY/3.1 running the fake commands of `pods.py`, and
+  pods/attach (the same transports; prints the pod's log, then exits 0); no pods/portforward
 - bearer-token authentication (401 Status without the token) and namespaces whose every call is
   403 Forbidden; every request (method, target, headers, body) is recorded for assertions
 
@@ -235,7 +236,7 @@ class KubeApiServer:
         if target.subresource == "log" and method == "GET":
             self._authorize(target, "get")
             return self._log(request, target)
-        if target.subresource == "exec" and method in ("GET", "POST"):
+        if target.subresource in ("exec", "attach") and method in ("GET", "POST"):
             self._authorize(target, "create")
             return self._exec(request, target)
         if target.subresource == "status":
@@ -384,13 +385,18 @@ class KubeApiServer:
         return Streaming(200, lines, "text/plain")
 
     def _exec(self, request: Request, target: Target) -> Reply:
+        """pods/exec runs the fake command; pods/attach streams the main process's output - the
+        pod's log - and then ends as if the process exited 0."""
         pod = self.store.get(target.kind, target.namespace, target.name)
         container = pods.container_name(pod, request.param("container"))
         command = request.query.get("command", [])
-        if not command:
+        if target.subresource == "exec" and not command:
             raise bad_request("you must specify at least 1 command")
 
         async def run(io: pods.ExecIO) -> JSON:
+            if target.subresource == "attach":
+                await io.stdout("".join(f"{line}\n" for line in pods.log_lines(pod)).encode())
+                return pods.exit_status(0, [])
             return pods.exit_status(await pods.run(pod, container, command, io), command)
 
         upgrade = (request.header("upgrade") or "").lower()
