@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import ssl
 import subprocess
 import threading
@@ -161,6 +162,28 @@ def test_kubectl_exec_and_attach_over_spdy(api: KubeApi, kubeconfig: Path) -> No
     assert [(e["method"], header(e, "upgrade")) for e in execs] == [("POST", "SPDY/3.1")] * 3
     attached = run_kubectl(kubeconfig, "attach", "spdy-shell")
     assert attached.stdout == "spdy-shell starting\nlistening on :8080\nready\n"
+
+
+def test_kubectl_port_forward_reaches_an_echoing_port(kubeconfig: Path) -> None:
+    run_kubectl(kubeconfig, "run", "forwarded", "--image=busybox:1")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        local = probe.getsockname()[1]
+    forward = subprocess.Popen([kubectl(), "--kubeconfig", str(kubeconfig), "port-forward", "pod/forwarded",
+                                f"{local}:80"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert forward.stdout is not None
+        assert forward.stdout.readline().startswith(f"Forwarding from 127.0.0.1:{local} -> 80")
+        with socket.create_connection(("127.0.0.1", local), timeout=10) as conn:
+            conn.sendall(b"ping through the pod")
+            conn.shutdown(socket.SHUT_WR)
+            echoed = b""
+            while chunk := conn.recv(4096):
+                echoed += chunk
+        assert echoed == b"ping through the pod"
+    finally:
+        forward.terminate()
+        forward.wait(timeout=10)
 
 
 def test_kubectl_get_watch_sees_changes(kubeconfig: Path) -> None:

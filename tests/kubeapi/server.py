@@ -3,8 +3,8 @@ outside tests. No real kube-apiserver can be installed on the test hosts, so thi
 the API conventions closely enough for kubectl and the python `kubernetes` client:
 
 - discovery: /version, /api, /api/v1, /apis, /apis/<group>[/<version>] (APIResourceList with
-  subresources pods/log, pods/exec, pods/attach, */status) and /openapi/v2 (JSON or protobuf, no definitions:
-  see openapi.py)
+  subresources pods/log, pods/exec, pods/attach, pods/portforward, */status) and /openapi/v2
+  (JSON or protobuf, no definitions: see openapi.py)
 - namespaces, pods, services, configmaps, secrets, events, deployments and replicasets with
   create / get / list / update / patch (JSON, merge, strategic merge) / delete / deletecollection,
   one resourceVersion counter, uid, creationTimestamp, generateName, dryRun, label and field
@@ -14,7 +14,8 @@ the API conventions closely enough for kubectl and the python `kubernetes` clien
 - Table output for `Accept: application/json;as=Table;g=meta.k8s.io;v=v1` (includeObject)
 - pods/log (text; follow streams a new line every `log_interval` seconds), pods/exec over
   WebSocket (v4/v5.channel.k8s.io) or SPDY/3.1 running the fake commands of `pods.py`, and
-  pods/attach (the same transports; prints the pod's log, then exits 0); no pods/portforward
+  pods/attach (the same transports; prints the pod's log, then exits 0), pods/portforward over
+  SPDY/3.1 (every port echoes)
 - bearer-token authentication (401 Status without the token) and namespaces whose every call is
   403 Forbidden; every request (method, target, headers, body) is recorded for assertions
 
@@ -236,6 +237,12 @@ class KubeApiServer:
         if target.subresource == "log" and method == "GET":
             self._authorize(target, "get")
             return self._log(request, target)
+        if target.subresource == "portforward" and method in ("GET", "POST"):
+            self._authorize(target, "create")
+            self.store.get(target.kind, target.namespace, target.name)
+            if "spdy/3.1" not in (request.header("upgrade") or "").lower():
+                raise bad_request("this stand-in forwards ports over SPDY/3.1 only: Upgrade request required")
+            return spdy.port_forward(request)
         if target.subresource in ("exec", "attach") and method in ("GET", "POST"):
             self._authorize(target, "create")
             return self._exec(request, target)

@@ -1,5 +1,6 @@
-"""Exec over SPDY/3.1, as kubectl up to 1.29 (and Debian's 1.20) speaks it: an HTTP Upgrade to
-`SPDY/3.1` with `X-Stream-Protocol-Version: v4.channel.k8s.io`, then SPDY/3 framing
+"""Exec, attach and port-forward over SPDY/3.1, as kubectl up to 1.29 (and Debian's 1.20) speaks
+them: an HTTP Upgrade to `SPDY/3.1` naming the stream protocol in `X-Stream-Protocol-Version`
+(v4.channel.k8s.io, portforward.k8s.io), then SPDY/3 framing
 (draft-mbelshe-httpbis-spdy-00: 8-byte frame headers, SYN_STREAM/SYN_REPLY/RST_STREAM/SETTINGS/
 PING/GOAWAY/HEADERS/WINDOW_UPDATE control frames, DATA frames with a FIN flag; name/value header
 blocks zlib-compressed with the protocol's fixed dictionary, one zlib stream per direction).
@@ -8,6 +9,10 @@ The client opens one stream per channel, named by its `streamtype` header (error
 stderr, resize); each gets a SYN_REPLY. Once the streams the query asked for are open the command
 runs; stdout and stderr end with FIN, and the error stream carries the v4 exit Status (JSON) then
 FIN - what the kubelet's remotecommand server does.
+
+Port-forward: per forwarded connection the client opens an error and a data stream (headers
+`streamtype`, `port`, `requestID`); every port of a stand-in pod is an echo service: what arrives
+on the data stream goes back on it, and when the client ends it (FIN) both streams are ended.
 """
 
 from __future__ import annotations
@@ -16,12 +21,15 @@ import asyncio
 import json
 import struct
 import zlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from .errors import JSON, bad_request
 from .pods import Command, ExecSession
 from .wire import Request, Upgrade
 
 PROTOCOL = "v4.channel.k8s.io"
+PORT_FORWARD = "portforward.k8s.io"
 VERSION = 3
 SYN_STREAM, SYN_REPLY, RST_STREAM, SETTINGS, PING, GOAWAY, HEADERS, WINDOW_UPDATE = 1, 2, 3, 4, 6, 7, 8, 9
 FIN = 0x01
@@ -44,20 +52,34 @@ _TAIL = ("1001012012022052063003023033043053063074024054064074084094104114124134
 DICTIONARY = b"".join(struct.pack(">I", len(word)) + word.encode()
                       for word in (*_WORDS, *_WORDS_AFTER_STATUS)) + _TAIL.encode()
 
+def _protocol(request: Request, protocol: str) -> list[tuple[str, str]]:
+    """The 101's headers when the client offers `protocol`; ApiError 400 otherwise."""
+    offered = [p.strip() for p in (request.header("x-stream-protocol-version") or "").split(",")]
+    if protocol not in offered:
+        raise bad_request(f"this stand-in speaks only {protocol} here over SPDY; the client offered {offered}")
+    return [("connection", "Upgrade"), ("upgrade", "SPDY/3.1"), ("x-stream-protocol-version", protocol)]
+
+
 def upgrade(request: Request, command: Command, wants_stdin: bool) -> Upgrade:
     """The 101 answer naming the stream protocol, and the session that runs `command`."""
-    offered = [p.strip() for p in (request.header("x-stream-protocol-version") or "").split(",")]
-    if PROTOCOL not in offered:
-        raise bad_request(f"this stand-in speaks only {PROTOCOL} over SPDY; the client offered {offered}")
+    headers = _protocol(request, PROTOCOL)
     expected = {"error"} | {name for name in ("stdout", "stderr") if request.param(name) in ("true", "1")}
     if wants_stdin:
         expected.add("stdin")
     if request.param("tty") in ("true", "1"):
         expected = (expected - {"stderr"}) | {"resize"}
-    headers = [("connection", "Upgrade"), ("upgrade", "SPDY/3.1"), ("x-stream-protocol-version", PROTOCOL)]
 
     async def run(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, trailing: bytes) -> None:
-        await Session(reader, writer, expected).run(command, trailing)
+        await Session(Framing(reader, writer), expected).run(command, trailing)
+    return Upgrade(headers, run)
+
+
+def port_forward(request: Request) -> Upgrade:
+    """The 101 answer for pods/portforward and the echo service behind every port."""
+    headers = _protocol(request, PORT_FORWARD)
+
+    async def run(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, trailing: bytes) -> None:
+        await PortForward(Framing(reader, writer)).run(trailing)
     return Upgrade(headers, run)
 
 
@@ -82,69 +104,107 @@ def _headers(block: bytes) -> dict[str, str]:
     return headers
 
 
-class Session(ExecSession):
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, expected: set[str]) -> None:
-        super().__init__("stdin" in expected)
-        self.reader, self.writer, self.expected = reader, writer, expected
+@dataclass(frozen=True)
+class Opened:
+    """The client opened `stream` (SYN_STREAM, already answered with SYN_REPLY)."""
+
+    stream: int
+    headers: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Data:
+    stream: int
+    payload: bytes
+    fin: bool
+
+
+@dataclass(frozen=True)
+class Reset:
+    stream: int
+
+
+class Framing:
+    """SPDY/3 frames of one connection: both zlib header contexts, SYN_REPLY to every new stream,
+    PING echoed, HEADERS and WINDOW_UPDATE and SETTINGS absorbed; the rest as events."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
         self.inflate = zlib.decompressobj(zdict=DICTIONARY)
         self.deflate = zlib.compressobj(zlib.Z_BEST_COMPRESSION, zlib.DEFLATED, 15, 8, zlib.Z_DEFAULT_STRATEGY,
                                         zdict=DICTIONARY)
-        self.streams: dict[str, int] = {}
-        self.ready = asyncio.Event()
 
     async def write(self, frame: bytes) -> None:
         self.writer.write(frame)
         await self.writer.drain()
 
-    async def send(self, channel: str, data: bytes, fin: bool = False) -> None:
-        if channel in self.streams and (data or fin):
-            await self.write(_data(self.streams[channel], FIN if fin else 0, data))
+    async def data(self, stream: int, payload: bytes, fin: bool = False) -> None:
+        await self.write(_data(stream, FIN if fin else 0, payload))
 
     def _reply(self, stream: int) -> bytes:
         block = self.deflate.compress(struct.pack(">I", 0)) + self.deflate.flush(zlib.Z_SYNC_FLUSH)
         return _control(SYN_REPLY, 0, struct.pack(">I", stream) + block)
 
-    async def _control_frame(self, kind: int, flags: int, payload: bytes) -> bool:
-        """Handle one control frame; False when the client is going away."""
+    async def _control_frame(self, kind: int, payload: bytes) -> Opened | Reset | None:
         if kind == SYN_STREAM:
-            (stream,) = struct.unpack_from(">I", payload)
+            stream = struct.unpack_from(">I", payload)[0] & 0x7FFFFFFF
             headers = _headers(self.inflate.decompress(payload[10:]))
-            self.streams[headers.get("streamtype", "")] = stream & 0x7FFFFFFF
-            await self.write(self._reply(stream & 0x7FFFFFFF))
-            if self.expected <= self.streams.keys():
-                self.ready.set()
-        elif kind == HEADERS:
+            await self.write(self._reply(stream))
+            return Opened(stream, headers)
+        if kind == HEADERS:
             self.inflate.decompress(payload[4:])
         elif kind == PING:
             await self.write(_control(PING, 0, payload))
-        elif kind == RST_STREAM and struct.unpack_from(">I", payload)[0] == self.streams.get("stdin"):
-            self.stdin.put_nowait(None)
-        return kind != GOAWAY
+        elif kind == RST_STREAM:
+            return Reset(struct.unpack_from(">I", payload)[0] & 0x7FFFFFFF)
+        return None
 
-    def _data_frame(self, stream: int, flags: int, payload: bytes) -> None:
-        if stream == self.streams.get("stdin"):
-            if payload:
-                self.stdin.put_nowait(payload)
-            if flags & FIN:
-                self.stdin.put_nowait(None)
-
-    async def receive(self, trailing: bytes) -> None:
+    async def events(self, trailing: bytes) -> AsyncIterator[Opened | Data | Reset]:
+        """The client's streams, data and resets until it closes the connection or sends GOAWAY."""
         buffer = bytearray(trailing)
         while True:
             while len(buffer) >= 8 and len(buffer) >= 8 + (length := int.from_bytes(buffer[5:8], "big")):
                 head, payload = bytes(buffer[:8]), bytes(buffer[8:8 + length])
                 del buffer[:8 + length]
-                if head[0] & 0x80:
-                    if not await self._control_frame(struct.unpack(">H", head[2:4])[0], head[4], payload):
-                        self.stdin.put_nowait(None)
-                        return
-                else:
-                    self._data_frame(struct.unpack(">I", head[:4])[0] & 0x7FFFFFFF, head[4], payload)
+                if not head[0] & 0x80:
+                    yield Data(struct.unpack(">I", head[:4])[0] & 0x7FFFFFFF, payload, bool(head[4] & FIN))
+                    continue
+                kind = struct.unpack(">H", head[2:4])[0]
+                if kind == GOAWAY:
+                    return
+                if (event := await self._control_frame(kind, payload)) is not None:
+                    yield event
             data = await self.reader.read(65536)
             if not data:
-                self.stdin.put_nowait(None)
                 return
             buffer += data
+
+
+class Session(ExecSession):
+    """One exec or attach: the streams the query asked for, then the command."""
+
+    def __init__(self, framing: Framing, expected: set[str]) -> None:
+        super().__init__("stdin" in expected)
+        self.framing, self.expected = framing, expected
+        self.streams: dict[str, int] = {}
+        self.ready = asyncio.Event()
+
+    async def send(self, channel: str, data: bytes, fin: bool = False) -> None:
+        if channel in self.streams and (data or fin):
+            await self.framing.data(self.streams[channel], data, fin)
+
+    async def receive(self, trailing: bytes) -> None:
+        async for event in self.framing.events(trailing):
+            if isinstance(event, Opened):
+                self.streams[event.headers.get("streamtype", "")] = event.stream
+                if self.expected <= self.streams.keys():
+                    self.ready.set()
+            elif event.stream == self.streams.get("stdin"):
+                if isinstance(event, Data) and event.payload:
+                    self.stdin.put_nowait(event.payload)
+                if isinstance(event, Reset) or event.fin:
+                    self.stdin.put_nowait(None)
+        self.stdin.put_nowait(None)
 
     async def opened(self) -> None:
         await asyncio.wait_for(self.ready.wait(), STREAMS_TIMEOUT)
@@ -153,3 +213,32 @@ class Session(ExecSession):
         await self.send("stdout", b"", fin=True)
         await self.send("stderr", b"", fin=True)
         await self.send("error", json.dumps(status).encode(), fin=True)
+
+
+class PortForward:
+    """Every forwarded connection is echoed; its error stream ends, empty, with its data stream."""
+
+    def __init__(self, framing: Framing) -> None:
+        self.framing = framing
+        self.errors: dict[str, int] = {}  # requestID -> error stream
+        self.data: dict[int, str] = {}  # data stream -> requestID
+
+    async def run(self, trailing: bytes) -> None:
+        async for event in self.framing.events(trailing):
+            if isinstance(event, Opened):
+                request_id = event.headers.get("requestid", "")
+                if event.headers.get("streamtype") == "error":
+                    self.errors[request_id] = event.stream
+                else:
+                    self.data[event.stream] = request_id
+            elif isinstance(event, Data) and event.stream in self.data:
+                if event.payload:
+                    await self.framing.data(event.stream, event.payload)
+                if event.fin:
+                    await self._end(event.stream)
+
+    async def _end(self, stream: int) -> None:
+        await self.framing.data(stream, b"", fin=True)
+        error = self.errors.pop(self.data.pop(stream), None)
+        if error is not None:
+            await self.framing.data(error, b"", fin=True)
