@@ -38,20 +38,24 @@ def write_token(path: Path, token: str) -> Path:
     return path
 
 
-def resource_policy(agents: Sequence[str], resource: str, protocol: str, address: str, credentials: Path | None,
-                    options: str, rules: Sequence[str]) -> str:
-    """A policy YAML: each of `agents` with `unprotected: deny` (it reaches nothing but the
-    resource), the resource at `address` (HOST:PORT) with `protocol`, `credentials` (a file) and
-    `options` (a YAML flow mapping, "" for none), and `rules`, each a YAML flow mapping on a line."""
-    agent_lines = "".join(f"  {agent}: {{unprotected: deny}}\n" for agent in agents)
-    body = "".join(f"  - {rule}\n" for rule in rules)
-    lines = [f"    protocol: {protocol}", f'    addresses: ["{address}"]']
+def resource_block(name: str, protocol: str, address: str, credentials: Path | None = None,
+                   options: str = "") -> str:
+    """A policy's `resources:` entry: `name` at `address` (HOST:PORT) with `protocol`, the
+    `credentials` file (None: none) and `options` (a YAML flow mapping, "" for none)."""
+    lines = [f"  {name}:", f"    protocol: {protocol}", f'    addresses: ["{address}"]']
     if credentials is not None:
         lines.append(f"    credentials: {{from: file, path: {credentials}}}")
     if options:
         lines.append(f"    options: {options}")
-    resource_lines = "\n".join(lines)
-    return f"version: 1\nagents:\n{agent_lines}resources:\n  {resource}:\n{resource_lines}\nrules:\n{body}"
+    return "\n".join(lines) + "\n"
+
+
+def policy_text(agents: Sequence[str], resources: Sequence[str], rules: Sequence[str]) -> str:
+    """A policy YAML: each of `agents` with `unprotected: deny` (it reaches nothing but the
+    resources), the `resources` (resource_block), and `rules`, each a YAML flow mapping on a line."""
+    agent_lines = "".join(f"  {agent}: {{unprotected: deny}}\n" for agent in agents)
+    body = "".join(f"  - {rule}\n" for rule in rules)
+    return f"version: 1\nagents:\n{agent_lines}resources:\n{''.join(resources)}rules:\n{body}"
 
 
 @contextlib.contextmanager

@@ -26,7 +26,7 @@ import pytest
 import yaml
 from daemon import Daemon
 from http_setup import (
-    agent_python, ca_file, decide, header, last_json, request_records, resource_policy, run_agent,
+    agent_python, ca_file, decide, header, last_json, policy_text, request_records, resource_block, run_agent,
     running_http_daemon, start_agent, wait_records, write_token,
 )
 from kube_fixture import KubeApi, kubectl, running_kubeapi
@@ -107,9 +107,9 @@ def cluster(remote: RemoteHost, tmp_path_factory: pytest.TempPathFactory) -> Ite
     workdir = tmp_path_factory.mktemp("kube")
     with running_kubeapi(workdir / "api", host=remote.ip4, netns=remote.name, log_interval=0.2) as api:
         address = f"{api.host}:{api.port}"
-        policy = resource_policy([AGENT, OPS], "cluster", "kubernetes", address,
-                                 write_token(workdir / "cluster-token", api.token), f"{{tls: {{ca: {api.ca}}}}}",
-                                 RULES)
+        resource = resource_block("cluster", "kubernetes", address, write_token(workdir / "cluster-token", api.token),
+                                  f"{{tls: {{ca: {api.ca}}}}}")
+        policy = policy_text([AGENT, OPS], [resource], RULES)
         admin = api.kubeconfig(workdir / "admin-config")
         for namespace in ("dev", "prod", "ops"):
             subprocess.run([kubectl(), "--kubeconfig", str(admin), "create", "namespace", namespace], check=True,
