@@ -15,7 +15,7 @@ debian_packages=(
   python3 python3-venv python3-dev python3-bpfcc libbpfcc bpfcc-tools
   linux-headers-amd64 iptables iproute2 conntrack
   postgresql postgresql-contrib pgbouncer haproxy tshark
-  kubernetes-client wrk
+  wrk
   curl ca-certificates procps psmisc
 )
 # Node.js with npm runs the local OpenID provider; a host that has it (e.g. from NodeSource,
@@ -70,6 +70,20 @@ if [[ $editable == 0 ]]; then
 else
   "$venv/bin/python" -m pip install -q -e "$here[test,bench]"
 fi
+# Debian's kubectl 1.20 (kubernetes-client) for the Kubernetes tests. Its /usr/bin/kubectl
+# clashes with other kubectl packages a host may have (Google Cloud SDK's), so it is unpacked
+# into the development venv rather than installed; tests/kube_fixture.py looks for it there.
+kubectl_dir=$venv/kubernetes-client
+if [[ $editable != 0 && ! -x $kubectl_dir/usr/bin/kubectl ]]; then
+  say "unpacking Debian's kubernetes-client into $kubectl_dir"
+  deb_dir=$(mktemp -d)
+  (cd "$deb_dir" && { apt-get download -qq kubernetes-client 2>/dev/null ||
+                      { apt-get update -qq && apt-get download -qq kubernetes-client; }; })
+  mkdir -p "$kubectl_dir"
+  dpkg-deb -x "$deb_dir"/kubernetes-client_*.deb "$kubectl_dir"
+  rm -rf "$deb_dir"
+fi
+
 sqlglot_version=$("$venv/bin/python" -c 'import sqlglot; print(sqlglot.__version__)')
 if "$venv/bin/python" -m pip install -q "sqlglotc==$sqlglot_version" 2>/dev/null; then
   say "compiled sqlglot (sqlglotc) installed"
