@@ -13,19 +13,26 @@ diverted by the kernel to the enforcer.
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import contextlib
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import textwrap
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import h11
 from daemon import INTERCEPTOR, Daemon, running_daemon
+from kubeapi.certs import issue
+from netns import RemoteHost
 
 # Approvals decided by root as break-glass: no approver token is read from this person's config
 ROOT_APPROVER = {**os.environ, "XDG_CONFIG_HOME": "/nonexistent"}
@@ -147,3 +154,161 @@ def recv_all(sock: socket.socket, timeout: float = 10) -> bytes:
         if not chunk:
             return bytes(data)
         data += chunk
+
+
+# ---- a recording HTTP/1.1 origin ---------------------------------------------------------
+
+CONTACT = "ada@example.com"  # every answer of the origin carries it, for masking rules
+
+
+class RecordingOrigin:
+    """An HTTP/1.1 origin server FOR TESTS (asyncio and h11): it answers every complete request
+    with JSON (`method`, `target`, `headers`, `body`, `contact`), and an Upgrade request with
+    101 after `upgrade_delay` seconds, then echoes what it gets. Everything it receives is
+    appended to `log` (JSONL) as it arrives: `{"conn": N, "event": "connect" | "data" |
+    "request" | "close", ...}` ("data": its `size` and the first 4 KiB as Latin-1 `text`;
+    "request": `method`, `target`, `headers`, `body`, whole), so a test can show what an enforcer
+    in front of it forwarded, and what it never did."""
+
+    def __init__(self, log: Path, upgrade_delay: float) -> None:
+        self.log = log
+        self.upgrade_delay = upgrade_delay
+        self.connections = 0
+
+    def _append(self, conn: int, event: str, **fields: object) -> None:
+        with open(self.log, "a") as handle:
+            handle.write(json.dumps({"time": time.time(), "conn": conn, "event": event, **fields}) + "\n")
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        conn = self.connections
+        self._append(conn, "connect")
+        server = h11.Connection(h11.SERVER)
+        body = bytearray()
+        request: h11.Request | None = None
+        try:
+            while data := await reader.read(65536):
+                self._append(conn, "data", size=len(data), text=data[:4096].decode("latin-1"))
+                server.receive_data(data)
+                while (event := server.next_event()) is not h11.NEED_DATA:
+                    if isinstance(event, h11.Request):
+                        request, body = event, bytearray()
+                    elif isinstance(event, h11.Data):
+                        body += event.data
+                    elif isinstance(event, h11.EndOfMessage) and request is not None:
+                        if await self._answer(conn, server, request, bytes(body), reader, writer):
+                            return
+                    else:
+                        return
+        except h11.RemoteProtocolError as exc:
+            self._append(conn, "error", error=str(exc))
+        finally:
+            self._append(conn, "close")
+            writer.close()
+
+    async def _answer(self, conn: int, server: h11.Connection, request: h11.Request, body: bytes,
+                      reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        """Answer one complete request; True when the connection became an echo after a 101."""
+        headers = [[k.decode("latin-1"), v.decode("latin-1")] for k, v in request.headers]
+        self._append(conn, "request", method=request.method.decode(), target=request.target.decode("latin-1"),
+                     headers=headers, body=body.decode("latin-1"))
+        if any(name == "upgrade" for name, _ in headers):
+            await asyncio.sleep(self.upgrade_delay)
+            protocol = next(value for name, value in headers if name == "upgrade")
+            writer.write(f"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: {protocol}\r\n\r\n"
+                         .encode("latin-1") + server.trailing_data[0])
+            while data := await reader.read(65536):
+                self._append(conn, "data", size=len(data), text=data[:4096].decode("latin-1"))
+                writer.write(data)
+            return True
+        answer = json.dumps({"method": request.method.decode(), "target": request.target.decode("latin-1"),
+                             "headers": headers, "body": body.decode("latin-1"), "contact": CONTACT}).encode()
+        writer.write(server.send(h11.Response(status_code=200, headers=[
+            ("content-type", "application/json"), ("content-length", str(len(answer)))])))
+        writer.write(server.send(h11.Data(data=answer)) + server.send(h11.EndOfMessage()))
+        await writer.drain()
+        server.start_next_cycle()
+        return False
+
+    def entries(self, event: str | None = None) -> list[dict[str, Any]]:
+        if not self.log.exists():
+            return []
+        entries = [json.loads(line) for line in self.log.read_text().splitlines() if line.strip()]
+        return [entry for entry in entries if event is None or entry["event"] == event]
+
+
+@dataclass
+class Origin:
+    """A RecordingOrigin running in a subprocess at host:port (TLS when `ca` is set)."""
+
+    host: str
+    port: int
+    ca: Path | None
+    recorder: RecordingOrigin
+    process: subprocess.Popen[str]
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def url(self, path: str, scheme: str | None = None) -> str:
+        return f"{scheme or ('https' if self.ca else 'http')}://{self.address}{path}"
+
+    def requests(self) -> list[dict[str, Any]]:
+        """Every complete request it received, oldest first."""
+        return self.recorder.entries("request")
+
+    def received(self) -> int:
+        """Bytes received so far, over every connection."""
+        return sum(int(entry["size"]) for entry in self.recorder.entries("data"))
+
+
+@contextlib.contextmanager
+def running_origin(workdir: Path, remote: RemoteHost, tls: bool, upgrade_delay: float = 0.0) -> Iterator[Origin]:
+    """A RecordingOrigin in the remote host's network namespace on a free port, with a
+    certificate of its own CA for the remote's address when `tls`; stopped after."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    log = workdir / "origin.jsonl"
+    argv = [sys.executable, __file__, "--host", remote.ip4, "--log", str(log), "--upgrade-delay", str(upgrade_delay)]
+    ca = None
+    if tls:
+        certificate = issue(workdir / "tls", [remote.ip4], "origin")
+        ca = certificate.ca
+        argv += ["--cert", str(certificate.cert), "--key", str(certificate.key)]
+    tests = str(Path(__file__).resolve().parent.parent)
+    process = remote.exec(*argv, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": tests})
+    try:
+        assert process.stdout is not None
+        ready = process.stdout.readline().split()
+        assert ready[:1] == ["READY"], f"the origin did not start: {ready}"
+        yield Origin(remote.ip4, int(ready[1]), ca, RecordingOrigin(log, upgrade_delay), process)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def _origin_main() -> None:
+    parser = argparse.ArgumentParser(description="a recording HTTP/1.1 origin for tests")
+    parser.add_argument("--host", required=True)
+    parser.add_argument("--log", type=Path, required=True)
+    parser.add_argument("--upgrade-delay", type=float, default=0.0)
+    parser.add_argument("--cert")
+    parser.add_argument("--key")
+    args = parser.parse_args()
+    context = None
+    if args.cert:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(args.cert, args.key)
+    origin = RecordingOrigin(args.log, args.upgrade_delay)
+
+    async def main() -> None:
+        server = await asyncio.start_server(origin.serve, args.host, 0, ssl=context)
+        print(f"READY {server.sockets[0].getsockname()[1]}", flush=True)
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(main())
+
+
+if __name__ == "__main__":
+    _origin_main()
