@@ -450,3 +450,52 @@ def test_the_audit_cli_finds_the_requests_and_proves_the_chain(cluster: Cluster)
     assert relay["outcome"]["upgrade"]["bytes_down"] > len("audited\n"), relay
     verified = cluster.daemon.cli("audit", "verify")
     assert verified.returncode == 0, verified.stdout
+
+
+SYSTEM_SECRETS = ["/api/v1/namespaces/kube-system/secrets", "/api/v1/namespaces/dev/../kube-system/secrets",
+                  "/api/v1/namespaces/kube-system//secrets", "/api/v1/namespaces/kube-system/secrets/",
+                  "/api/v1/namespaces/kube%2Dsystem/secrets", "/api/v1/namespaces/kube-system/%73ecrets",
+                  "/api/v1/namespaces/kube-system/secrets/../secrets", "/api/v1/watch/namespaces/kube-system/secrets",
+                  "/api/v1/namespaces/kube-system/secrets?watch=1", "/api/v1/namespaces/kube-system/secrets;x=y",
+                  "/api/v1/namespaces/dev/%2e%2e/kube-system/secrets", "/api/v1/namespaces/kube-system/Secrets"]
+
+
+def test_raw_requests_for_denied_paths_never_reach_the_server(cluster: Cluster) -> None:
+    """Every spelling of a denied path (dot segments, empty segments, percent-encoding, the
+    /watch/ prefix and ?watch, a trailing slash, ';' parameters) is refused, 403 or 400, and
+    identity headers an API server would trust are dropped from what is allowed."""
+    ca = str(ca_file(cluster.daemon))
+    mark = len(cluster.api.requests())
+    for path in SYSTEM_SECRETS:
+        out = run_agent(AGENT, "curl", "-sS", "--path-as-is", "--cacert", ca, "-w", "\n%{http_code}",
+                        cluster.api.url + path)
+        body, _, status = out.stdout.rpartition("\n")
+        assert status in ("400", "403"), (path, out.stdout, out.stderr)
+        assert json.loads(body)["kind"] == "Status", (path, body)
+    assert [e["target"] for e in cluster.requests_since(mark)] == []
+    allowed = run_agent(AGENT, "curl", "-sS", "--cacert", ca, "-H", "Impersonate-User: admin", "-H",
+                        "Impersonate-Group: system:masters", "-H", "Impersonate-Extra-Scopes: all", "-H",
+                        "X-Remote-User: admin", "-H", "X-Remote-Group: system:masters", "-H",
+                        "Authorization: Bearer forged", cluster.api.url + "/api/v1/namespaces/dev/pods")
+    assert json.loads(allowed.stdout)["kind"] == "PodList", allowed
+    [listed] = cluster.requests_since(mark)
+    names = {name.lower() for name, _ in listed["headers"]}
+    assert not {name for name in names if name.startswith(("impersonate-", "x-remote-"))}, names
+    assert header(listed, "authorization") == f"Bearer {cluster.api.token}"
+
+
+def test_a_large_secret_list_is_masked_although_kubectl_accepts_gzip(cluster: Cluster) -> None:
+    """kubectl asks for gzip; the stand-in gzips bodies of 128 KiB and more for clients that
+    ask, as the API server does. The enforcer asks for identity coding, so what it masks is
+    JSON it reads."""
+    bulky = base64.b64encode(b"B" * 200_000).decode()
+    cluster.admin_kubectl("apply", "--validate=false", "-f", "-", stdin=json.dumps({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "bulky", "namespace": "dev"},
+        "data": {"blob": bulky}}))
+    mark = len(cluster.api.requests())
+    out = cluster.kubectl("get", "secret", "bulky", "-n", "dev", "-o", "json")
+    assert out.returncode == 0, out.stderr
+    secret = json.loads(out.stdout)
+    assert list(secret["data"]) == ["blob"] and bulky not in out.stdout and "QkJCQkJC" not in out.stdout
+    [read] = [e for e in cluster.requests_since(mark) if e["path"] == "/api/v1/namespaces/dev/secrets/bulky"]
+    assert header(read, "accept-encoding") == "identity"
