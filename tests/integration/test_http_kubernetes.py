@@ -499,3 +499,26 @@ def test_a_large_secret_list_is_masked_although_kubectl_accepts_gzip(cluster: Cl
     assert list(secret["data"]) == ["blob"] and bulky not in out.stdout and "QkJCQkJC" not in out.stdout
     [read] = [e for e in cluster.requests_since(mark) if e["path"] == "/api/v1/namespaces/dev/secrets/bulky"]
     assert header(read, "accept-encoding") == "identity"
+
+
+TABLE = "application/json;as=Table;v=v1;g=meta.k8s.io"
+
+
+def test_secret_values_are_masked_in_tables_with_their_objects(cluster: Cluster) -> None:
+    """A Table (what kubectl get asks for) can carry each row's whole object
+    (includeObject=Object), in a list and in each watch event: masked there too."""
+    cluster.admin_kubectl("create", "secret", "generic", "tabled", "-n", "dev", "--from-literal=token=tabled-value")
+    ca = str(ca_file(cluster.daemon))
+    url = cluster.api.url + "/api/v1/namespaces/dev/secrets"
+    listed = run_agent(AGENT, "curl", "-sS", "--cacert", ca, "-H", f"Accept: {TABLE}",
+                       url + "?includeObject=Object&fieldSelector=metadata.name%3Dtabled")
+    table = json.loads(listed.stdout)
+    assert table["kind"] == "Table" and [row["object"]["metadata"]["name"] for row in table["rows"]] == ["tabled"]
+    assert table["rows"][0]["object"]["data"].keys() == {"token"}
+    assert_no_secret(listed.stdout, "tabled-value")
+    watched = run_agent(AGENT, "curl", "-sS", "--cacert", ca, "-H", f"Accept: {TABLE}",
+                        url + "?includeObject=Object&watch=1&timeoutSeconds=1&fieldSelector=metadata.name%3Dtabled")
+    events = [json.loads(line) for line in watched.stdout.splitlines() if line.strip()]
+    assert [(e["type"], e["object"]["kind"]) for e in events] == [("ADDED", "Table")], watched.stdout
+    assert events[0]["object"]["rows"][0]["object"]["data"].keys() == {"token"}
+    assert_no_secret(watched.stdout, "tabled-value")
