@@ -522,3 +522,17 @@ def test_secret_values_are_masked_in_tables_with_their_objects(cluster: Cluster)
     assert [(e["type"], e["object"]["kind"]) for e in events] == [("ADDED", "Table")], watched.stdout
     assert events[0]["object"]["rows"][0]["object"]["data"].keys() == {"token"}
     assert_no_secret(watched.stdout, "tabled-value")
+
+
+def test_a_watch_the_agent_abandons_ends_and_is_recorded(cluster: Cluster) -> None:
+    """kubectl get -w stopped (killed, as Ctrl-C does): its connection to the enforcer closes
+    while the watch streams. The enforcer ends the flow (and the upstream watch with it) and
+    writes the watch's record then, not when the API server ends the watch (its timeout is 30
+    to 60 minutes) or when an event happens to come and cannot be written."""
+    watcher = start_agent(AGENT, kubectl(), "--kubeconfig", str(cluster.agent_config), "get", "configmaps", "-n",
+                          "dev", "-w")
+    time.sleep(2)
+    watcher.kill()
+    watcher.wait(timeout=10)
+    wait_records(cluster.daemon, lambda e: (e.get("operation") or {}).get("verb") == "watch" and
+                 e["operation"].get("resource") == "configmaps" and "kubectl" in e["process"]["exe"], timeout=5)
