@@ -75,7 +75,8 @@ async def run(session):
                 out.append({{"tools": [tool.name for tool in (await session.list_tools()).tools]}})
                 continue
             result = await session.call_tool(step[1], step[2])
-            out.append({{"text": "".join(c.text for c in result.content), "is_error": result.is_error}})
+            out.append({{"text": "".join(c.text for c in result.content), "is_error": result.is_error,
+                        "structured": result.structured_content}})
         except MCPError as exc:
             out.append({{"error": {{"code": exc.error.code, "message": exc.error.message, "data": exc.error.data}}}})
     return out
@@ -150,10 +151,11 @@ def test_allowed_calls_return_and_results_are_masked(tools: Tools, resource: str
         ["list"], ["call", "search_docs", {"query": "policy"}], ["call", "get_customer", {"id": "42"}],
         ["call", "search_docs", {"query": "install", "api_token": "tok-SECRET-123"}]])
     assert listed == {"tools": ALL_TOOLS}
-    assert search == {"text": "policy: Rules match agents, resources and operations; the first matching rule decides.",
-                      "is_error": False}
+    text = "policy: Rules match agents, resources and operations; the first matching rule decides."
+    assert search == {"text": text, "is_error": False, "structured": {"result": text}}
     assert customer["is_error"] is False and customer["text"].startswith("Customer 42: Ada Lovelace, email ")
-    assert "ada@example.com" not in customer["text"] and "4111 1111 1111 1111" not in customer["text"], customer
+    assert customer["structured"] == {"result": customer["text"]}  # masked alike in the text and the structure
+    assert "ada@example.com" not in json.dumps(customer) and "4111 1111 1111 1111" not in json.dumps(customer)
     assert "Install with make setup" in extra["text"], extra
     assert [(c["tool"], c["arguments"]) for c in server.calls()[before:]] == [
         ("search_docs", {"query": "policy"}), ("get_customer", {"id": "42"}), ("search_docs", {"query": "install"})]
@@ -181,7 +183,7 @@ def test_denied_calls_raise_mcp_errors_naming_the_rule_and_never_reach_the_serve
     assert "no-secret-search" in secret["error"]["message"] and SEARCH_REASON in secret["error"]["message"]
     assert shadow["error"]["code"] == -32003 and shadow["error"]["data"] == {"rule": "default-deny"}
     assert "coder-read-docs" in shadow["error"]["message"], shadow  # the rule that allows read_file, elsewhere
-    assert after == {"text": "Welcome to the stand-in file store.\n", "is_error": False}
+    assert (after["text"], after["is_error"]) == ("Welcome to the stand-in file store.\n", False)
     assert [(c["tool"], c["arguments"]) for c in server.calls()[before:]] == [
         ("read_file", {"path": "/srv/docs/readme.txt"})]
     assert not [e for e in server.requests() if "/etc/shadow" in e["body"] or "admin password" in e["body"]]
@@ -220,7 +222,7 @@ def test_a_held_call_runs_once_approved_and_not_when_denied(tools: Tools, resour
     out, err = agent.communicate(timeout=60)
     assert agent.returncode == 0, err
     approved, denied = json.loads(out.strip().splitlines()[-1])
-    assert approved == {"text": "deleted /srv/docs/notes.txt", "is_error": False}
+    assert (approved["text"], approved["is_error"]) == ("deleted /srv/docs/notes.txt", False)
     assert denied["error"]["code"] == -32003 and "keep the readme" in denied["error"]["message"], denied
     assert "coder-delete-needs-leads" in denied["error"]["message"]
     assert [(c["tool"], c["arguments"]) for c in server.calls()[before:]] == [
