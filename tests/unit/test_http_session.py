@@ -5,16 +5,19 @@ answer, the record names the rule."""
 from __future__ import annotations
 
 import http
+import random
 from dataclasses import dataclass, field
 
+import h11
 import pytest
 
 from conversation import Judging, Script, script
 from interceptor.decision import ApprovalSpec, Decision, MaskSpec, Verdict
 from interceptor.errors import ClientProtocolError, MaskingError
-from interceptor.handlers.commands import Shutdown, Side
+from interceptor.handlers.commands import Send, Shutdown, Side
 from interceptor.handlers.http.dialect import BodyFilter, Reply, RequestHead, ResponseHead
 from interceptor.handlers.http.session import DONE, PROTOCOL_RULE, HttpSession
+from interceptor.handlers.http.target import parse_target
 from interceptor.operations import HttpRequest, Operation, Pairs
 
 TOKEN = "Bearer resource-token"
@@ -819,3 +822,74 @@ def test_a_masking_error_mid_body_cuts_the_response_short_and_closes() -> None:
      .expect_close("masking failed, the response is cut short: cannot mask this piece")
      .done())
     assert s.error == "masking failed, the response is cut short: cannot mask this piece"
+
+
+# ---- any bytes: never an exception, never an unjudged request upstream -----------------------
+
+REQUESTS = (b"GET /a?x=1 HTTP/1.1\r\nHost: api\r\n\r\n",
+            b"POST /b HTTP/1.1\r\nHost: api\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\nabc",
+            b"PUT /c HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+            b"DELETE /d HTTP/1.1\r\nHost: api\r\n\r\n", b"GET /secret HTTP/1.1\r\nHost: api\r\n\r\n",
+            b"HEAD /h HTTP/1.0\r\n\r\n")
+RESPONSES = (OK, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+             b"HTTP/1.0 200 OK\r\n\r\nbody", b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n")
+
+
+def mutated(rng: random.Random, data: bytes) -> list[bytes]:
+    """`data` with a few bytes deleted, inserted or changed, cut into random pieces."""
+    changed = bytearray(data)
+    for _ in range(rng.randint(0, 6)):
+        at = rng.randint(0, len(changed))
+        kind = rng.randint(0, 2)
+        if kind == 0:
+            del changed[at:at + 1]
+        elif kind == 1:
+            changed.insert(at, rng.choice(b"\r\n \t:;%/.\x00\x7f\xff0aZ,"))
+        else:
+            changed[at:at] = changed[rng.randint(0, len(changed)):][:20]
+    cuts = sorted(rng.sample(range(1, len(changed)), min(3, len(changed) - 1))) if len(changed) > 1 else []
+    return [bytes(changed[a:b]) for a, b in zip([0, *cuts], [*cuts, len(changed)])]
+
+
+def upstream_requests(data: bytes) -> list[tuple[str, str]]:
+    """The (method, path) of each request in what the upstream received, read by a strict
+    h11 server; AssertionError when the bytes are not HTTP/1.1."""
+    server, requests = h11.Connection(h11.SERVER), []
+    if not data:
+        return requests
+    server.receive_data(data)
+    for _ in range(1000):
+        event = server.next_event()
+        if isinstance(event, h11.Request):
+            requests.append((event.method.decode(), parse_target(event.method.decode(), event.target.decode()).path))
+        elif isinstance(event, h11.EndOfMessage):
+            server.send(h11.Response(status_code=200, headers=[("content-length", "0")]))
+            server.send(h11.EndOfMessage())
+            server.start_next_cycle()
+        elif event is h11.NEED_DATA:
+            return requests
+    raise AssertionError("the upstream's bytes never end")
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_mutated_conversations_raise_nothing_and_send_upstream_only_allowed_requests(seed: int) -> None:
+    rng = random.Random(seed)
+    allowed: list[tuple[str, str]] = []
+
+    def judge(operation: Operation) -> Decision:
+        decision = decide(operation)
+        if decision.verdict is Verdict.ALLOW and isinstance(operation, HttpRequest):
+            allowed.append((operation.method, operation.path))
+        return decision
+
+    s = HttpSession(FakeDialect(limit=rng.choice([0, 4, 100])), Judging(judge), server_name=None)
+    sent = bytearray()
+    for _ in range(rng.randint(1, 8)):
+        side, data = (Side.CLIENT, rng.choice(REQUESTS)) if rng.random() < 0.5 else (Side.SERVER, rng.choice(RESPONSES))
+        for piece in mutated(rng, data):
+            sent += b"".join(bytes(p) for c in s.receive(side, piece)
+                             if isinstance(c, Send) and c.to is Side.SERVER for p in c.data)
+    s.unrecorded("the test ended")
+    for request in upstream_requests(bytes(sent)):
+        assert request in allowed
+        allowed.remove(request)
