@@ -13,7 +13,7 @@ import pytest
 
 from conversation import Judging, Script, script
 from interceptor.decision import ApprovalSpec, Decision, MaskSpec, Verdict
-from interceptor.errors import ClientProtocolError, MaskingError
+from interceptor.errors import ClientProtocolError, Fault, MaskingError
 from interceptor.handlers.commands import Send, Shutdown, Side
 from interceptor.handlers.http.dialect import BodyFilter, Reply, RequestHead, ResponseHead
 from interceptor.handlers.http.session import DONE, PROTOCOL_RULE, HttpSession
@@ -124,7 +124,8 @@ def record(method: str, target: str, query: list[list[str]] | None = None,
 # ---- keep-alive, framing, streaming ---------------------------------------------------------
 
 def test_requests_on_one_connection_are_each_judged_forwarded_and_recorded() -> None:
-    (talk()
+    s = session()
+    (talk(s)
      .agent(b"GET /a?x=1&x=2 HTTP/1.1\r\nHost: api\r\nUser-Agent: t\r\n\r\n")
      .expect_server(upstream("GET /a?x=1&x=2 HTTP/1.1", "user-agent: t"), b"\r\n", stream=0)
      .server(OK)
@@ -137,6 +138,7 @@ def test_requests_on_one_connection_are_each_judged_forwarded_and_recorded() -> 
      .expect_agent(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
      .expect_record("reads", "allow", outcome={"status": 200, "bytes_up": 3})
      .done())
+    assert (s.error, s.fault, s.cut_short) == (None, None, False)
 
 
 def test_chunked_bodies_are_reframed_both_ways_and_trailers_dropped() -> None:
@@ -315,6 +317,7 @@ def refused_head(data: bytes, status: int, says: str) -> None:
      .expect_close(f"bad request: {message}")
      .agent(b"GET / HTTP/1.1\r\nHost: api\r\n\r\n")  # closed: nothing more is read
      .done())
+    assert (s.fault, s.cut_short) == (Fault.CLIENT, False)  # answered whole: the connection closes gracefully
 
 
 @pytest.mark.parametrize("name", SMUGGLING)
@@ -609,7 +612,8 @@ def test_an_agent_that_ends_mid_chunk_is_recorded_and_the_flow_closed() -> None:
 
 
 def test_a_truncated_chunk_from_the_upstream_ends_the_flow_with_the_response_cut_short() -> None:
-    (talk()
+    s = session()
+    (talk(s)
      .agent(b"GET / HTTP/1.1\r\nHost: api\r\n\r\n")
      .expect_server(upstream("GET / HTTP/1.1"), b"\r\n")
      .server(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab")
@@ -618,6 +622,7 @@ def test_a_truncated_chunk_from_the_upstream_ends_the_flow_with_the_response_cut
      .expect_record("reads", "allow", outcome={"status": 200, "bytes_down": 2}, error="incomplete chunked read")
      .expect_close(says="incomplete chunked read")
      .done())
+    assert (s.fault, s.cut_short) == (Fault.SERVER, True)
 
 
 def test_an_upstream_that_breaks_http_before_answering_gets_the_agent_a_502() -> None:
@@ -630,6 +635,7 @@ def test_an_upstream_that_breaks_http_before_answering_gets_the_agent_a_502() ->
      .expect_agent(agent_reply(502, s.error or "", close=True))
      .expect_close(s.error)
      .done())
+    assert (s.fault, s.cut_short) == (Fault.SERVER, False)
 
 
 def test_an_upstream_that_closes_before_answering_gets_the_agent_a_502() -> None:
@@ -822,6 +828,7 @@ def test_a_masking_error_mid_body_cuts_the_response_short_and_closes() -> None:
      .expect_close("masking failed, the response is cut short: cannot mask this piece")
      .done())
     assert s.error == "masking failed, the response is cut short: cannot mask this piece"
+    assert (s.fault, s.cut_short) == (Fault.MASKING, True)
 
 
 # ---- any bytes: never an exception, never an unjudged request upstream -----------------------
@@ -854,7 +861,7 @@ def mutated(rng: random.Random, data: bytes) -> list[bytes]:
 def upstream_requests(data: bytes) -> list[tuple[str, str]]:
     """The (method, path) of each request in what the upstream received, read by a strict
     h11 server; AssertionError when the bytes are not HTTP/1.1."""
-    server, requests = h11.Connection(h11.SERVER), []
+    server, requests = h11.Connection(h11.SERVER), list[tuple[str, str]]()
     if not data:
         return requests
     server.receive_data(data)

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import h11
 
 from interceptor.decision import Decision, Judge, Verdict
-from interceptor.errors import ClientProtocolError, InterceptorError, MaskingError
+from interceptor.errors import ClientProtocolError, Fault, InterceptorError, MaskingError
 from interceptor.handlers.commands import Close, Command, Hold, HoldOutcome, Record, Send, Shutdown, Side, StreamId
 from interceptor.handlers.http.dialect import BodyFilter, Dialect, Reply, RequestHead, ResponseHead
 from interceptor.handlers.http.headers import (
@@ -73,6 +73,7 @@ class _Exchange:
     status: int | None = None  # the status the agent got
     close_after: bool = False  # the connection ends with this response
     failure: str | None = None  # why it ends the flow as an error
+    fault: Fault | None = None  # whose fault that is
     bytes_up: int = 0  # request body bytes sent upstream
     bytes_down: int = 0  # response body bytes sent to the agent
     relayed: list[int] = field(default_factory=lambda: [0, 0])  # after an upgrade: bytes up, bytes down
@@ -85,7 +86,12 @@ class HttpSession:
     `server_name`: the SNI the agent sent (None: cleartext or none), which the Host must
     name (else 421); `credential_headers`: added to every request upstream (after the
     agent's credential and identity headers are dropped); `upstream_authority`: the Host
-    sent upstream (None: the agent's)."""
+    sent upstream (None: the agent's).
+
+    Once the flow ended early: `error` says why, `fault` whose fault it is, and `cut_short`
+    whether a response was cut short (the handler resets the agent's connection then, so
+    that a close-delimited body cannot look complete; otherwise every answer went out
+    whole and the connection closes gracefully)."""
 
     def __init__(self, dialect: Dialect, judge: Judge, *, server_name: str | None,
                  credential_headers: Pairs = (), upstream_authority: str | None = None) -> None:
@@ -95,6 +101,8 @@ class HttpSession:
         self.credential_headers = credential_headers
         self.upstream_authority = upstream_authority
         self.error: str | None = None  # why the flow ended early, if it did
+        self.fault: Fault | None = None
+        self.cut_short = False
         self._upstream = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
         self._exchange: _Exchange | None = None
         self._pending = bytearray()  # the agent's bytes not yet given to an h11 connection
@@ -147,7 +155,7 @@ class HttpSession:
         return []
 
     def opened(self, stream: StreamId, error: str | None) -> list[Command]:
-        return [] if error is None else self._close(error)
+        return [] if error is None else self._close(error, Fault.SERVER)
 
     def waiting(self, stream: StreamId, request_id: str | None, timeout_seconds: int) -> list[Command]:
         """HTTP cannot tell the agent mid-request; it waits for the answer."""
@@ -307,7 +315,7 @@ class HttpSession:
         limit, what = (MAX_EARLY, "bytes after an upgrade request before its answer") if exchange.upgrade \
             else (MAX_PIPELINED, "bytes of further requests while a response is due")
         if len(self._pending) > limit:
-            return self._abort(exchange, f"the client sent more than {limit} {what}")
+            return self._abort(f"the client sent more than {limit} {what}", Fault.CLIENT)
         return []
 
     # ---- judging ------------------------------------------------------------------------
@@ -379,8 +387,11 @@ class HttpSession:
 
     def _from_upstream(self, data: bytes) -> list[Command]:
         exchange = self._exchange
-        if exchange is None or exchange.phase != "forward":
-            return self._close("the upstream sent bytes while no request was outstanding", error=True)
+        unexpected = "the upstream sent bytes while no request was outstanding"
+        if exchange is None or exchange.phase == "held":  # a held request is the driver's to settle
+            return self._close(unexpected, Fault.SERVER)
+        if exchange.phase != "forward":
+            return self._server_broke(exchange, unexpected)
         self._upstream.receive_data(data)
         return self._response_events(exchange) + self._next()
 
@@ -479,7 +490,7 @@ class HttpSession:
             try:
                 data = exchange.filter.feed(data)
             except MaskingError as exc:
-                return self._abort(exchange, f"masking failed, the response is cut short: {exc}")
+                return self._abort(f"masking failed, the response is cut short: {exc}", Fault.MASKING)
         return self._to_agent(exchange, data)
 
     def _to_agent(self, exchange: _Exchange, data: bytes) -> list[Command]:
@@ -497,7 +508,7 @@ class HttpSession:
             try:
                 last = [exchange.filter.end()]
             except MaskingError as exc:
-                return self._abort(exchange, f"masking failed, the response is cut short: {exc}")
+                return self._abort(f"masking failed, the response is cut short: {exc}", Fault.MASKING)
         tail = [piece for data in last if data for piece in (
             exchange.agent.send_with_data_passthrough(h11.Data(data=data)) or [])]
         exchange.bytes_down += sum(len(data) for data in last)
@@ -511,7 +522,7 @@ class HttpSession:
         """The exchange is over (answered whole): the next request, or the close."""
         exchange.phase = "done"
         if exchange.failure is not None:
-            return self._close(exchange.failure, error=True)
+            return self._close(exchange.failure, exchange.fault)
         if exchange.close_after or not exchange.body_done or self._ended or not self._reusable():
             return self._close(DONE)
         if self._upstream.our_state is h11.DONE and self._upstream.their_state is h11.DONE:
@@ -536,17 +547,19 @@ class HttpSession:
     # ---- refusals, failures, records ----------------------------------------------------
 
     def _refuse(self, exchange: _Exchange, status: int, message: str, rule: str | None) -> list[Command]:
-        """Answer the request with the dialect's refusal and record it; the connection goes
-        on when the request was read whole and nothing says close."""
+        """Deny the request (unless it is denied already) and answer it with `status`."""
         if exchange.decision is None or exchange.decision.verdict is not Verdict.DENY:
             exchange.decision = Decision.deny(rule or PROTOCOL_RULE, message)
-        if exchange.responded:
-            return self._abort(exchange, message)
+        return self._answer(exchange, status, message, rule)
+
+    def _answer(self, exchange: _Exchange, status: int, message: str, rule: str | None) -> list[Command]:
+        """Answer the request with the dialect's refusal and record it; the connection goes
+        on when the request was read whole and nothing says close."""
         reply = self.dialect.refusal(exchange.head, bytes(exchange.body), status, message, rule)
         exchange.phase = "done"
         exchange.responded = True
         exchange.status = status
-        close = exchange.close_after or not exchange.body_done
+        close = exchange.close_after or not exchange.body_done or exchange.failure is not None
         data = reply_bytes(reply, exchange.head.method, close)
         out: list[Command] = [self._record(exchange, status, message), Send(Side.CLIENT, [data], stream=DOWN)]
         return out + self._done(exchange)
@@ -564,44 +577,39 @@ class HttpSession:
                         {"method": method[:AUDIT_TARGET], "target": target[:AUDIT_TARGET]},
                         {"status": status, "error": str(error)}, kind="request", stream=DOWN)
         out: list[Command] = [record, Send(Side.CLIENT, [reply_bytes(reply, method, True)], stream=DOWN)]
-        return out + self._close(f"bad request: {error}", error=True)
+        return out + self._close(f"bad request: {error}", Fault.CLIENT)
 
     def _client_broke(self, exchange: _Exchange, reason: str) -> list[Command]:
         """The agent broke its request (a bad chunk, the end mid-body): 400 if nothing of the
         response went out yet, and the close; nothing more goes upstream."""
-        exchange.failure = reason
-        if exchange.responded or exchange.phase == "done":
-            return self._abort(exchange, reason)
+        exchange.failure, exchange.fault = reason, Fault.CLIENT
+        if exchange.responded:
+            return self._abort(reason, Fault.CLIENT)
         return self._refuse(exchange, 400, reason, None)
 
     def _server_broke(self, exchange: _Exchange, reason: str) -> list[Command]:
-        """The upstream broke its response: 502 if nothing of it went out yet, else the close."""
-        exchange.close_after = True
+        """The upstream broke its response: 502 if nothing of it went out yet, and the close."""
+        exchange.failure, exchange.fault = reason, Fault.SERVER
         if exchange.responded:
-            return self._abort(exchange, reason)
-        reply = self.dialect.refusal(exchange.head, bytes(exchange.body), 502, reason, None)
-        exchange.phase = "done"
-        exchange.responded = True
-        exchange.status = 502
-        data = reply_bytes(reply, exchange.head.method, True)
-        out: list[Command] = [self._record(exchange, 502, reason), Send(Side.CLIENT, [data], stream=DOWN)]
-        return out + self._close(reason, error=True)
+            return self._abort(reason, Fault.SERVER)
+        return self._answer(exchange, 502, reason, None)
 
-    def _abort(self, exchange: _Exchange, reason: str) -> list[Command]:
-        """End the flow now (a response cut short, fail closed), the request recorded."""
-        return self._close(reason, error=True)
+    def _abort(self, reason: str, fault: Fault) -> list[Command]:
+        """End the flow now, a response cut short (fail closed); the request recorded."""
+        self.cut_short = True
+        return self._close(reason, fault)
 
-    def _close(self, reason: str, error: bool = False) -> list[Command]:
+    def _close(self, reason: str, fault: Fault | None = None) -> list[Command]:
         """Close the flow, after the record of a request in flight (a held one is the
-        driver's to settle: `abandoned`)."""
+        driver's to settle: `abandoned`); `fault` None for a normal end."""
         if self._closed:
             return []
         self._closed = True
-        if error:
-            self.error = reason
+        if fault is not None:
+            self.error, self.fault = reason, fault
         exchange = self._exchange
         held = exchange is not None and exchange.phase == "held"
-        out: list[Command] = [] if held else list(self.unrecorded(reason if error else None))
+        out: list[Command] = [] if held else list(self.unrecorded(None if fault is None else reason))
         return out + [Close(reason, stream=DOWN)]
 
     def _record(self, exchange: _Exchange, status: int | None, error: str | None) -> Record:
