@@ -738,6 +738,29 @@ def test_an_upgrade_the_upstream_refuses_is_answered_then_closed_and_the_early_b
      .done())
 
 
+def test_an_upgrade_whose_decision_masks_or_to_another_protocol_is_not_relayed() -> None:
+    switched = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n\r\nout"
+    message = ("rule(s) of 'reads' mask this response, but it switches to spdy/3.1, a stream no mask applies to; "
+               "withheld")
+    (talk(session(FakeDialect(filter=Upper())))
+     .agent(EXEC)
+     .expect_server(EXEC_UP)
+     .server(switched)
+     .expect_record("reads", "deny", outcome={"status": 502, "error": message})
+     .expect_agent(agent_reply(502, message, close=True))
+     .expect_close(DONE)
+     .done())
+    message = "the upstream switched to 'h2c', not the 'spdy/3.1' asked for"
+    (talk()
+     .agent(EXEC)
+     .expect_server(EXEC_UP)
+     .server(switched.replace(b"SPDY/3.1", b"h2c"))
+     .expect_record("reads", "allow", outcome={"status": 502, "error": message})
+     .expect_agent(agent_reply(502, message, close=True))
+     .expect_close(message)
+     .done())
+
+
 def test_too_many_early_bytes_after_an_upgrade_request_end_the_flow() -> None:
     (talk()
      .agent(EXEC)

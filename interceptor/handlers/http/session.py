@@ -438,11 +438,26 @@ class HttpSession:
             status_code=event.status_code, headers=_wire(headers), reason=event.reason))], stream=DOWN)]
 
     def _upgraded(self, exchange: _Exchange, event: h11.InformationalResponse) -> list[Command]:
-        """101 Switching Protocols: the agent gets it, then both ways relay bytes: first the
-        agent's early bytes upstream and the upstream's bytes after its 101 to the agent."""
-        response = ResponseHead(101, _pairs(event.headers))
+        """101 Switching Protocols to the protocol asked for: the agent gets it, then both
+        ways relay bytes: first the agent's early bytes upstream and the upstream's bytes
+        after its 101 to the agent. A decision whose masks the dialect would apply to this
+        answer (it gives a filter, or refuses) cannot be kept on a raw stream: 502."""
+        response = ResponseHead(101, _pairs(event.headers), event.reason.decode("latin-1"))
+        switched = (response.header("upgrade") or "").strip().lower()
+        if switched != exchange.upgrade:
+            return self._server_broke(exchange, f"the upstream switched to {switched!r}, "
+                                                f"not the {exchange.upgrade!r} asked for")
+        if exchange.operation is None or exchange.decision is None:
+            raise RuntimeError("an upgrade of a request that was never judged")
+        try:
+            if self.dialect.response_filter(exchange.head, exchange.operation, exchange.decision, response):
+                raise MaskingError(f"rule(s) of {exchange.decision.rule!r} mask this response, but it switches to "
+                                   f"{switched}, a stream no mask applies to; withheld")
+        except MaskingError as exc:
+            exchange.close_after = True
+            return self._refuse(exchange, exc.status, str(exc), exchange.decision.rule)
         headers = [*forwarded_response(response.headers, keep_length=False),
-                   ("connection", "upgrade"), ("upgrade", response.header("upgrade") or exchange.upgrade or "")]
+                   ("connection", "upgrade"), ("upgrade", response.header("upgrade") or switched)]
         exchange.responded = True
         exchange.status = 101
         self._relay = True
