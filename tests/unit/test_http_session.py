@@ -172,6 +172,19 @@ def test_a_watch_streams_each_event_as_it_comes() -> None:
      .done())
 
 
+def test_an_agent_that_leaves_a_watch_ends_the_flow_and_the_watch_is_recorded_then() -> None:
+    (talk()
+     .agent(b"GET /api/v1/pods?watch=true HTTP/1.1\r\nHost: api\r\n\r\n")
+     .expect_server(upstream("GET /api/v1/pods?watch=true HTTP/1.1"), b"\r\n")
+     .server(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n8\r\n{\"a\":1}\n\r\n")
+     .expect_agent(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", b"8\r\n{\"a\":1}\n\r\n")
+     .ends(Side.CLIENT)
+     .expect_record("reads", "allow", outcome={"status": 200, "bytes_down": 8,
+                                               "error": "the client closed the connection before the response ended"})
+     .expect_close(DONE)
+     .done())
+
+
 def test_a_close_delimited_response_ends_with_the_upstream_and_closes_the_flow() -> None:
     (talk()
      .agent(b"GET / HTTP/1.1\r\nHost: api\r\n\r\n")

@@ -152,6 +152,8 @@ class HttpSession:
         if not exchange.body_done and exchange.phase != "held":
             exchange.agent.receive_data(b"")
             return self._request_events(exchange)
+        if exchange.phase == "forward":  # as Go's servers do: an agent gone cancels its request (a watch)
+            return self.unrecorded("the client closed the connection before the response ended") + self._close(DONE)
         return []
 
     def opened(self, stream: StreamId, error: str | None) -> list[Command]:
