@@ -782,6 +782,15 @@ def test_too_many_early_bytes_after_an_upgrade_request_end_the_flow() -> None:
      .expect_record("reads", "allow", error="more than 65536 bytes after an upgrade request")
      .expect_close(says="more than 65536 bytes after an upgrade request")
      .done())
+    s = session()
+    (talk(s)  # sent with the request, in one piece
+     .agent(EXEC, b"x" * (64 * 1024 + 1))
+     .expect_server(EXEC_UP)
+     .expect_record("reads", "allow", error="more than 65536 bytes after an upgrade request")
+     .expect_close(says="more than 65536 bytes after an upgrade request")
+     .server(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n\r\n")
+     .done())
+    assert (s.fault, s.cut_short) == (Fault.CLIENT, True)
 
 
 def test_a_denied_upgrade_is_never_forwarded() -> None:

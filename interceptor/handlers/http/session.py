@@ -89,9 +89,10 @@ class HttpSession:
     sent upstream (None: the agent's).
 
     Once the flow ended early: `error` says why, `fault` whose fault it is, and `cut_short`
-    whether a response was cut short (the handler resets the agent's connection then, so
-    that a close-delimited body cannot look complete; otherwise every answer went out
-    whole and the connection closes gracefully)."""
+    whether it ended mid-exchange without a whole answer (a response cut short, an agent
+    sending too much while its answer was due): the handler resets the agent's connection
+    then, so that a close-delimited body cannot look complete; otherwise every answer went
+    out whole and the connection closes gracefully."""
 
     def __init__(self, dialect: Dialect, judge: Judge, *, server_name: str | None,
                  credential_headers: Pairs = (), upstream_authority: str | None = None) -> None:
@@ -285,9 +286,10 @@ class HttpSession:
             elif isinstance(event, h11.EndOfMessage):  # trailers are dropped: h11 re-frames the body
                 exchange.body_done = True
                 self._pending[:0] = exchange.agent.trailing_data[0]
-                out += self._judge(exchange) if exchange.phase == "body" else self._to_upstream(h11.EndOfMessage())
-                if exchange.phase not in ("body", "held"):
-                    out += self._kept(exchange)
+                if exchange.phase == "body":
+                    out += self._judge(exchange)
+                else:
+                    out += self._to_upstream(h11.EndOfMessage()) + self._kept(exchange)
             else:  # NEED_DATA (h11 raises when the agent ended before the body did)
                 break
         return out
@@ -358,7 +360,7 @@ class HttpSession:
             exchange.bytes_up += len(exchange.body)
             out += self._to_upstream(h11.Data(data=bytes(exchange.body)))
         if exchange.body_done:
-            return out + self._to_upstream(h11.EndOfMessage())
+            return out + self._to_upstream(h11.EndOfMessage()) + self._kept(exchange)
         return out + self._continue(exchange) + self._request_events(exchange)
 
     def _upstream_headers(self, exchange: _Exchange, operation: Operation) -> list[tuple[str, str]]:
