@@ -523,6 +523,21 @@ def test_an_upstream_gone_while_a_request_was_held_answers_502_once_approved() -
      .done())
 
 
+def test_an_operation_with_its_own_method_keeps_it_in_the_record_beside_the_http_method() -> None:
+    class Rpc(FakeDialect):
+        def audit_operation(self, operation: Operation) -> dict[str, object]:
+            return {"kind": "mcp", "method": "tools/call", "tool": "search"}
+
+    (talk(session(Rpc()))
+     .agent(b"POST /mcp HTTP/1.1\r\nHost: api\r\nContent-Length: 2\r\n\r\n{}")
+     .expect_server(upstream("POST /mcp HTTP/1.1"), b"content-length: 2\r\n\r\n", b"{}")
+     .server(OK)
+     .expect_agent(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+     .expect_record("reads", "allow", operation={"kind": "mcp", "method": "tools/call", "tool": "search",
+                                                 "http_method": "POST", "target": "/mcp"})
+     .done())
+
+
 # ---- headers ---------------------------------------------------------------------------------
 
 def test_credential_identity_override_and_hop_by_hop_headers_never_reach_the_upstream() -> None:

@@ -636,9 +636,10 @@ class HttpSession:
         head = exchange.head
         if exchange.operation is None:  # refused before it was an operation
             operation: dict[str, object] = {"method": head.method, "target": exchange.target.origin[:AUDIT_TARGET]}
-        else:
-            operation = {**self.dialect.audit_operation(exchange.operation), "method": head.method,
-                         "target": exchange.target.origin}
+        else:  # the HTTP method beside an operation's own (an MCP call's JSON-RPC method)
+            operation = {**self.dialect.audit_operation(exchange.operation), "target": exchange.target.origin}
+            if operation.setdefault("method", head.method) != head.method:
+                operation["http_method"] = head.method
         outcome: dict[str, object] = {"status": status, "bytes_up": exchange.bytes_up,
                                       "bytes_down": exchange.bytes_down,
                                       "masked": exchange.filter.masked if exchange.filter is not None else 0,
