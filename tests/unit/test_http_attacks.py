@@ -163,7 +163,8 @@ rules:
   - {name: copy, effect: allow, resources: [tools], mcp: {tools: [copy_tree]}}
   - {name: no-recursive-copy, effect: deny, resources: [tools],
      mcp: {tools: [copy_tree], arguments: {"options.recursive": [true], force: [true], depth: [0]}}}
-  - {name: customers, effect: allow, resources: [tools], mcp: {tools: [get_customer, search_web]}}
+  - {name: customers, effect: allow, resources: [tools], mcp: {tools: [get_customer, search_web, read_any]}}
+  - {name: no-etc, effect: deny, resources: [tools], mcp: {tools: [read_any], arguments: {path: ["/etc/*"]}}}
   - {name: mask-cards, effect: mask, resources: [tools], mcp: {tools: [get_customer]},
      mask: {classifiers: [card]}}
 """
@@ -246,6 +247,15 @@ def test_a_deny_condition_sees_scalars_as_the_servers_lax_validation_does(mcp_en
     assert mcp_call(mcp_engine, copy_call(arguments)).verdict is Verdict.DENY
 
 
+@pytest.mark.parametrize("path", ["//etc/shadow", "///etc/shadow", "/srv/../etc/shadow", "/etc/./shadow"])
+def test_a_deny_path_condition_holds_for_every_spelling_of_the_path(mcp_engine: PolicyEngine, path: str) -> None:
+    # BYPASS (the `//` ones): a value with an empty segment is "normal" to the matcher, so
+    # `//etc/shadow` escapes the deny glob /etc/*, while every file system (POSIX: `//` at the start
+    # may be implementation-defined, Linux reads it as `/`) opens /etc/shadow.
+    call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "read_any", "arguments": {"path": path}}}
+    assert mcp_call(mcp_engine, call).verdict is Verdict.DENY
+
+
 def post_mcp(session: HttpSession, message: dict[str, Any], session_id: str = "S1") -> list[Command]:
     body = orjson.dumps(message)
     head = (f"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nContent-Type: application/json\r\n"
@@ -319,7 +329,8 @@ resources:
 agents:
   bot: {uids: [1001]}
 rules:
-  - {name: anything, effect: allow, resources: [api], http: {methods: [GET, POST]}}
+  - {name: anything, effect: allow, resources: [api], http: {methods: [GET, HEAD, POST]}}
+  - {name: no-report-reads, effect: deny, resources: [api], http: {methods: [GET], paths: ["/reports/*"]}}
   - {name: no-admin, effect: deny, resources: [api], http: {paths: ["/admin/*", "/internal/export"]}}
   - {name: no-deletes, effect: deny, resources: [api], http: {methods: [DELETE]}}
 """
@@ -356,6 +367,17 @@ def test_deny_path_rules_hold_with_a_trailing_slash(http_engine: PolicyEngine) -
     # default) and Spring MVC before 6 (trailing slash match) serve it with the same handler.
     decision = http_decide(http_engine, "GET", "/internal/export/")
     assert decision is None or decision.verdict is Verdict.DENY
+
+
+def test_a_deny_on_get_holds_for_head(http_engine: PolicyEngine) -> None:
+    # BYPASS: HEAD runs the GET handler on Go net/http, Starlette, Express, Flask and Django (the
+    # body is dropped, its headers and side effects are not); a deny on GET does not cover HEAD.
+    # Kubernetes requests already read HEAD as get.
+    assert http_engine.decide(Request(Subject("bot"), "api", HttpRequest("GET", "/reports/x", (), "api.example.com"))
+                              ).rule == "no-report-reads"
+    decision = http_engine.decide(Request(Subject("bot"), "api", HttpRequest("HEAD", "/reports/x", (),
+                                                                              "api.example.com")))
+    assert decision.verdict is Verdict.DENY
 
 
 @pytest.mark.parametrize("target", ["/items/1?_method=DELETE", "/items/1?_method=delete&x=1"])
@@ -455,6 +477,23 @@ def test_an_agent_authorization_and_impersonation_never_reach_the_api_server(kub
     upstream = sent(out, Side.SERVER).lower()
     assert b"bearer resource" in upstream
     assert all(word not in upstream for word in (b"agent", b"admin", b"impersonate", b"eA==".lower()))
+
+
+def test_an_agent_token_in_the_websocket_subprotocol_never_reaches_the_api_server(kube: PolicyEngine) -> None:
+    # BYPASS: the API server authenticates a WebSocket request by a bearer token in
+    # Sec-WebSocket-Protocol (base64url.bearer.authorization.k8s.io.<token>, k8s.io/apiserver
+    # authentication/request/websocket) when the Authorization header's token fails (the union
+    # authenticator goes on to the next); the agent's token survives beside the injected one.
+    judge = Judging(lambda operation: kube.decide(Request(Subject("bot"), "k8s", operation)))
+    session = HttpSession(KubernetesDialect(), judge, server_name="k8s.example.com",
+                          credential_headers=(("authorization", "Bearer resource"),))
+    out = session.receive(Side.CLIENT, b"GET /api/v1/namespaces/dev/pods?watch=1 HTTP/1.1\r\nHost: k8s.example.com\r\n"
+                                       b"Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+                                       b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: "
+                                       b"base64url.bearer.authorization.k8s.io.YWdlbnQtdG9rZW4, v4.channel.k8s.io\r\n\r\n")
+    upstream = sent(out, Side.SERVER)
+    assert upstream.startswith(b"GET /api/v1/namespaces/dev/pods?watch=1 ")
+    assert b"bearer.authorization.k8s.io" not in upstream and b"YWdlbnQtdG9rZW4" not in upstream
 
 
 def test_plain_operation_is_the_decoded_path(http_engine: PolicyEngine) -> None:
