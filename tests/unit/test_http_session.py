@@ -567,6 +567,19 @@ def test_header_values_with_obs_text_pass_as_they_came() -> None:
      .done())
 
 
+def test_the_agents_own_credential_headers_and_websocket_tokens_never_reach_the_upstream() -> None:
+    s = HttpSession(FakeDialect(), Judging(decide), server_name=None,
+                    credential_headers=(("X-Api-Key", "resource-key"),))
+    (talk(s)
+     .agent(b"GET /ws HTTP/1.1\r\nHost: api\r\nX-Api-Key: agent-1\r\nX_Api_Key: agent-2\r\nConnection: Upgrade\r\n"
+            b"Upgrade: websocket\r\nSec-WebSocket-Protocol: base64url.bearer.authorization.k8s.io.dG9rZW4, "
+            b"v4.channel.k8s.io\r\n\r\n")
+     .expect_server(b"GET /ws HTTP/1.1\r\nhost: api\r\nsec-websocket-protocol: v4.channel.k8s.io\r\n"
+                    b"X-Api-Key: resource-key\r\naccept-encoding: identity\r\nconnection: upgrade\r\n"
+                    b"upgrade: websocket\r\n\r\n")
+     .done())
+
+
 # ---- bodies read for judging, Expect: 100-continue --------------------------------------------
 
 def test_a_body_the_dialect_reads_is_judged_whole_after_a_100_continue() -> None:

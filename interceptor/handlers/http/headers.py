@@ -162,17 +162,30 @@ def upgrade_protocol(headers: Pairs) -> str | None:
     return None
 
 
-def forwarded_request(headers: Pairs) -> Pairs:
+# A WebSocket subprotocol the Kubernetes API server takes as a bearer token
+# (k8s.io/apiserver pkg/authentication/request/websocket).
+WEBSOCKET_TOKEN = "base64url.bearer.authorization.k8s.io."
+
+
+def forwarded_request(headers: Pairs, credentials: frozenset[str] = frozenset()) -> Pairs:
     """The request headers an upstream may see: without hop-by-hop headers (and those the
-    Connection header names), framing, Expect, credentials, identity and override headers.
-    Names are compared with `_` read as `-`, as CGI/WSGI servers read them."""
+    Connection header names), framing, Expect, credential, identity and override headers,
+    the `credentials` the enforcer sends itself, and bearer tokens offered as WebSocket
+    subprotocols. Names are compared with `_` read as `-`, as CGI/WSGI servers read them."""
     named = connection_tokens(headers)
-    return tuple((key, value) for key, value in headers if _forwarded(key.replace("_", "-"), named))
-
-
-def _forwarded(name: str, named: set[str]) -> bool:
-    return (name not in HOP_BY_HOP and name not in named and name not in IDENTITY
-            and not name.startswith(IDENTITY_PREFIXES))
+    kept: list[tuple[str, str]] = []
+    for key, value in headers:
+        name = key.replace("_", "-")
+        if name in HOP_BY_HOP or name in named or name in IDENTITY or name in credentials \
+                or name.startswith(IDENTITY_PREFIXES):
+            continue
+        if name == "sec-websocket-protocol":
+            offered = [token.strip() for token in value.split(",")]
+            value = ", ".join(token for token in offered if token and not token.startswith(WEBSOCKET_TOKEN))
+            if not value:
+                continue
+        kept.append((key, value))
+    return tuple(kept)
 
 
 # Headers that describe the body as the upstream sent it: a masked body would carry the

@@ -365,13 +365,16 @@ class HttpSession:
 
     def _upstream_headers(self, exchange: _Exchange, operation: Operation) -> list[tuple[str, str]]:
         """The dialect's headers (from the agent's, without hop-by-hop, credential and
-        identity headers, and without Range when the decision masks), the resource's
+        identity headers, nor any named as the resource's credential headers are, and
+        without Range when the decision masks), the resource's
         credential, Host, Accept-Encoding: identity (so a filter reads the body), the body's
         framing and the upgrade. RFC 9110 sections 7.6.1 and 14.2."""
         head = exchange.head
-        cleaned = dataclasses.replace(head, headers=forwarded_request(head.headers))
+        credentials = frozenset(name.lower().replace("_", "-") for name, _ in self.credential_headers)
+        cleaned = dataclasses.replace(head, headers=forwarded_request(head.headers, credentials))
         dropped = _RANGES if exchange.decision is not None and exchange.decision.masks else ()
-        kept = [(key, value) for key, value in forwarded_request(self.dialect.request_headers(cleaned, operation))
+        kept = [(key, value) for key, value in forwarded_request(self.dialect.request_headers(cleaned, operation),
+                                                                 credentials)
                 if key not in ("host", "accept-encoding") and key not in dropped]
         host = self.upstream_authority or head.host or self.server_name
         headers = [("host", host or ""), *kept, *self.credential_headers, ("accept-encoding", "identity")]
