@@ -33,6 +33,7 @@ from interceptor.operations import Pairs
 _PRINTABLE = re.compile(r"[\x21-\x7e]+")
 _ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
 _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _SCHEME = re.compile(r"(?i)(https?)://")
 _DEFAULT_PORTS = {"http": "80", "https": "443"}
 _REFUSED_ESCAPES = {0x2F: "an encoded '/' (%2F)", 0x5C: "an encoded '\\' (%5C)"}
@@ -158,6 +159,6 @@ def _decode(raw: str, where: str) -> str:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise ClientProtocolError(f"the {where} decodes to bytes that are not UTF-8") from None
-    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in text):
+    if _CONTROL.search(text):
         raise ClientProtocolError(f"the {where} holds an encoded control character (such as %00)")
     return text
