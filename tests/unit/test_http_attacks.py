@@ -301,6 +301,29 @@ def test_a_masked_result_on_its_own_stream_is_masked(mcp_engine: PolicyEngine) -
     assert b"200 OK" in out and CARD.encode() not in out
 
 
+@pytest.mark.parametrize("stream", [
+    b"data: {\"jsonrpc\":\"2.0\",\"id\":7,\"result\":{\"text\":\"CARD\"}}\r\r",  # CR line ends
+    b"\xef\xbb\xbfdata:{\"jsonrpc\":\"2.0\",\"id\":7,\r\ndata:\"result\":{\"text\":\"CARD\"}}\n\n",
+    b": data: {\"x\":1}\nid: 1\nevent: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":7,\"result\":"
+    b"{\"text\":\"CARD\"}}\n\n",
+])
+def test_an_event_stream_result_is_masked_whatever_its_framing(mcp_engine: PolicyEngine, stream: bytes) -> None:
+    session = mcp_session(mcp_engine, "flow-1")
+    post_mcp(session, {"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+                       "params": {"name": "get_customer", "arguments": {"id": 1}}})
+    body = stream.replace(b"CARD", CARD.encode())
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 5]), body[i:i + 5]) for i in range(0, len(body), 5))
+    out = sent(session.receive(Side.SERVER, head + chunks + b"0\r\n\r\n"), Side.CLIENT)
+    assert b"200 OK" in out and b'"text":"****"' in out and b"4111" not in out
+
+
+def test_a_tool_call_posted_as_a_response_is_not_a_call(mcp_engine: PolicyEngine) -> None:
+    message = {"jsonrpc": "2.0", "id": 9, "result": {"method": "tools/call", "params": {"name": "copy_tree"}}}
+    decision = mcp_call(mcp_engine, message)
+    assert decision.verdict is Verdict.DENY
+
+
 @pytest.mark.parametrize(("body", "refused"), [
     (b'{"jsonrpc":"2.0","id":1,"method":"tools\\/call","params":{"name":"copy_tree",'
      b'"arguments":{"src":"/","options":{"recursive":true}}}}', False),
@@ -494,6 +517,34 @@ def test_an_agent_token_in_the_websocket_subprotocol_never_reaches_the_api_serve
     upstream = sent(out, Side.SERVER)
     assert upstream.startswith(b"GET /api/v1/namespaces/dev/pods?watch=1 ")
     assert b"bearer.authorization.k8s.io" not in upstream and b"YWdlbnQtdG9rZW4" not in upstream
+
+
+def websocket_text(payload: bytes) -> bytes:
+    """One unmasked WebSocket text frame, as a server sends it (RFC 6455 section 5.2)."""
+    if len(payload) < 126:
+        return bytes([0x81, len(payload)]) + payload
+    return bytes([0x81, 126]) + len(payload).to_bytes(2, "big") + payload
+
+
+def test_a_secret_watch_over_websocket_is_not_relayed_unmasked(kube: PolicyEngine) -> None:
+    # BYPASS: the API server serves a watch over WebSocket (k8s.io/apiserver endpoints/handlers
+    # watch.go: wsstream.IsWebSocketRequest). The upgrade GET of secrets?watch=1 is allowed with the
+    # Secret masks, then the 101 turns the flow into a byte relay and the events reach the agent
+    # unmasked. Any upgrade whose decision carries masks must be refused (a relay cannot be masked).
+    judge = Judging(lambda operation: kube.decide(Request(Subject("bot"), "k8s", operation)))
+    session = HttpSession(KubernetesDialect(), judge, server_name="k8s.example.com",
+                          credential_headers=(("authorization", "Bearer resource"),))
+    out = session.receive(Side.CLIENT, b"GET /api/v1/namespaces/dev/secrets?watch=1 HTTP/1.1\r\nHost: k8s.example.com\r\n"
+                                       b"Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+                                       b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+    if sent(out, Side.SERVER) == b"":
+        return  # refused before the server saw it: closed
+    event = orjson.dumps({"type": "ADDED", "object": {"kind": "Secret", "metadata": {"name": "db"},
+                                                      "data": {"password": "aHVudGVyMg=="}}})
+    answer = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+              b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n") + websocket_text(event)
+    to_agent = sent(session.receive(Side.SERVER, answer), Side.CLIENT)
+    assert b"aHVudGVyMg==" not in to_agent
 
 
 def test_plain_operation_is_the_decoded_path(http_engine: PolicyEngine) -> None:
