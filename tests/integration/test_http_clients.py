@@ -202,13 +202,31 @@ def test_python_requests(api: Api, scheme: str) -> None:
 def test_curl_over_plain_http(api: Api) -> None:
     before = len(api.plain.requests())
     out = curl("-H", f"Authorization: Bearer {AGENT_TOKEN}", api.plain.url("/v1/reports/9"),
-               api.plain.url("/v1/reports/archive/9"))
+               api.plain.url("/v1/reports/archive/9"), api.plain.url("/v1/reports/10"))
     assert out.returncode == 0, out.stderr
-    [(ok, version, body), (denied, _, refusal)] = answers(out.stdout)
-    assert (ok, version, denied) == (200, "1.1", 403)
+    [(ok, version, body), (denied, _, refusal), (after, _, _)] = answers(out.stdout)
+    assert (ok, version, denied, after) == (200, "1.1", 403, 200)
     assert echoed_header(body, "authorization") == [f"Bearer {TOKEN}"] and body["contact"] != CONTACT
     assert refusal["rule"] == "no-archive"
-    assert [e["target"] for e in api.plain.requests()[before:]] == ["/v1/reports/9"]
-    record = request_records(api.daemon, lambda e: e["resource"] == "plain-api" and
-                             e["operation"]["target"] == "/v1/reports/9")[-1]
-    assert (record["decision"], record["rule"]) == ("allow", "reports-read")
+    assert [e["target"] for e in api.plain.requests()[before:]] == ["/v1/reports/9", "/v1/reports/10"]
+    records = request_records(api.daemon, lambda e: e["resource"] == "plain-api" and
+                              e["operation"]["target"] in ("/v1/reports/9", "/v1/reports/archive/9", "/v1/reports/10"))
+    assert [(e["decision"], e["rule"]) for e in records] == [
+        ("allow", "reports-read"), ("deny", "no-archive"), ("allow", "reports-read")]
+    assert len({e["flow_id"] for e in records}) == 1, "the connection goes on after a refusal"
+
+
+def test_curl_uploads_a_large_body_after_100_continue(api: Api, tmp_path: Path) -> None:
+    """curl sends `Expect: 100-continue` with a large body and waits for the 100 before the
+    body: the enforcer answers it (Expect is never forwarded) and streams the body up."""
+    upload = tmp_path / "upload.bin"
+    upload.write_bytes(b"x" * (2 * 1024 * 1024))
+    before = len(api.plain.requests())
+    out = curl("-v", "--data-binary", f"@{upload}", "-H", "Content-Type: application/octet-stream",
+               api.plain.url("/v1/reports/upload"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "Expect: 100-continue" in out.stderr and "HTTP/1.1 100 Continue" in out.stderr
+    [(status, _, body)] = answers(out.stdout)
+    assert status == 200 and len(body["body"]) == 2 * 1024 * 1024
+    [seen] = api.plain.requests()[before:]
+    assert len(seen["body"]) == 2 * 1024 * 1024 and "expect" not in {name for name, _ in seen["headers"]}
