@@ -63,6 +63,7 @@ class _End:
     error: str | None = None
     fault: Fault | None = None
     status: int | None = None  # what the agent was answered, when the flow ended in a refusal
+    abort: bool = True  # reset the agent at the end; False when every answer went out whole
     details: dict[str, object] = field(default_factory=dict)
 
     def failed(self, error: InterceptorError) -> None:
@@ -103,7 +104,7 @@ class HttpHandler:
         finally:
             if pipe is None:
                 client.close()
-            elif end.error is None:
+            elif end.error is None or not end.abort:
                 pipe.close()
             else:
                 pipe.abort()
@@ -165,7 +166,8 @@ class HttpHandler:
             for record in session.unrecorded(end.error):
                 await services.audit.write(services.event(flow, record.kind, record.decision,
                                                           operation=record.operation, outcome=record.outcome))
-        end.error = end.error or session.error
+        if end.error is None and session.error is not None:
+            end.error, end.fault, end.abort = session.error, session.fault, session.cut_short
         end.details["requests"] = driver.records
 
     async def _bearer(self, flow: FlowContext, services: Services, first: _FirstRequest, end: _End) -> str:
