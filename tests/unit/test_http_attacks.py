@@ -252,7 +252,8 @@ def test_a_deny_path_condition_holds_for_every_spelling_of_the_path(mcp_engine: 
     # BYPASS (the `//` ones): a value with an empty segment is "normal" to the matcher, so
     # `//etc/shadow` escapes the deny glob /etc/*, while every file system (POSIX: `//` at the start
     # may be implementation-defined, Linux reads it as `/`) opens /etc/shadow.
-    call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "read_any", "arguments": {"path": path}}}
+    call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": "read_any", "arguments": {"path": path}}}
     assert mcp_call(mcp_engine, call).verdict is Verdict.DENY
 
 
@@ -433,10 +434,9 @@ def test_the_override_headers_are_dropped(http_engine: PolicyEngine) -> None:
 
 
 def test_an_agent_credential_header_spelled_with_underscores_is_dropped(http_engine: PolicyEngine) -> None:
-    # BYPASS: with token_header x-api-key, the agent's `X_Api_Key` survives (FlowDialect drops
-    # exact names only) and reaches the server beside the resource's key, first; CGI/WSGI servers
-    # (wsgiref, gunicorn before 22) read both as HTTP_X_API_KEY. Identity headers are already
-    # compared with `_` read as `-`.
+    # Was a bypass (closed by 7041729): with token_header x-api-key, the agent's `X_Api_Key`
+    # survived (FlowDialect dropped exact names only) beside the resource's key, first; CGI/WSGI
+    # servers (wsgiref, gunicorn before 22) read both as HTTP_X_API_KEY.
     dialect: Dialect = FlowDialect(PlainDialect(), frozenset({"x-api-key"}))
     session = HttpSession(dialect, http_judge(http_engine), server_name="api.example.com",
                           credential_headers=(("x-api-key", "resource-key"),))
@@ -514,17 +514,18 @@ def test_an_agent_authorization_and_impersonation_never_reach_the_api_server(kub
 
 
 def test_an_agent_token_in_the_websocket_subprotocol_never_reaches_the_api_server(kube: PolicyEngine) -> None:
-    # BYPASS: the API server authenticates a WebSocket request by a bearer token in
-    # Sec-WebSocket-Protocol (base64url.bearer.authorization.k8s.io.<token>, k8s.io/apiserver
-    # authentication/request/websocket) when the Authorization header's token fails (the union
-    # authenticator goes on to the next); the agent's token survives beside the injected one.
+    # Was a bypass (closed by 7041729): the API server authenticates a WebSocket request by a
+    # bearer token in Sec-WebSocket-Protocol (base64url.bearer.authorization.k8s.io.<token>,
+    # k8s.io/apiserver authentication/request/websocket) when the Authorization header's token
+    # fails (the union authenticator goes on to the next); the agent's token survived.
     judge = Judging(lambda operation: kube.decide(Request(Subject("bot"), "k8s", operation)))
     session = HttpSession(KubernetesDialect(), judge, server_name="k8s.example.com",
                           credential_headers=(("authorization", "Bearer resource"),))
     out = session.receive(Side.CLIENT, b"GET /api/v1/namespaces/dev/pods?watch=1 HTTP/1.1\r\nHost: k8s.example.com\r\n"
                                        b"Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
                                        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: "
-                                       b"base64url.bearer.authorization.k8s.io.YWdlbnQtdG9rZW4, v4.channel.k8s.io\r\n\r\n")
+                                       b"base64url.bearer.authorization.k8s.io.YWdlbnQtdG9rZW4, "
+                                       b"v4.channel.k8s.io\r\n\r\n")
     upstream = sent(out, Side.SERVER)
     assert upstream.startswith(b"GET /api/v1/namespaces/dev/pods?watch=1 ")
     assert b"bearer.authorization.k8s.io" not in upstream and b"YWdlbnQtdG9rZW4" not in upstream
@@ -545,8 +546,9 @@ def test_a_secret_watch_over_websocket_is_not_relayed_unmasked(kube: PolicyEngin
     judge = Judging(lambda operation: kube.decide(Request(Subject("bot"), "k8s", operation)))
     session = HttpSession(KubernetesDialect(), judge, server_name="k8s.example.com",
                           credential_headers=(("authorization", "Bearer resource"),))
-    out = session.receive(Side.CLIENT, b"GET /api/v1/namespaces/dev/secrets?watch=1 HTTP/1.1\r\nHost: k8s.example.com\r\n"
-                                       b"Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+    out = session.receive(Side.CLIENT, b"GET /api/v1/namespaces/dev/secrets?watch=1 HTTP/1.1\r\n"
+                                       b"Host: k8s.example.com\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+                                       b"Sec-WebSocket-Version: 13\r\n"
                                        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
     if sent(out, Side.SERVER) == b"":
         return  # refused before the server saw it: closed
