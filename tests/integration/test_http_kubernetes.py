@@ -536,3 +536,33 @@ def test_a_watch_the_agent_abandons_ends_and_is_recorded(cluster: Cluster) -> No
     watcher.wait(timeout=10)
     wait_records(cluster.daemon, lambda e: (e.get("operation") or {}).get("verb") == "watch" and
                  e["operation"].get("resource") == "configmaps" and "kubectl" in e["process"]["exe"], timeout=5)
+
+
+WEBSOCKET_EXEC = """
+import base64, socket, ssl, sys
+host, port, ca, token = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+offered = "base64url.bearer.authorization.k8s.io." + base64.urlsafe_b64encode(token.encode()).decode().rstrip("=")
+context = ssl.create_default_context(cafile=ca)
+with context.wrap_socket(socket.create_connection((host, port)), server_hostname=host) as sock:
+    sock.sendall((f"GET /api/v1/namespaces/dev/pods/ws-shell/exec?command=hostname&stdout=true HTTP/1.1\\r\\n"
+                  f"Host: {host}:{port}\\r\\nConnection: Upgrade\\r\\nUpgrade: websocket\\r\\n"
+                  f"Sec-WebSocket-Version: 13\\r\\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\\r\\n"
+                  f"Sec-WebSocket-Protocol: {offered}, v4.channel.k8s.io\\r\\n\\r\\n").encode())
+    head = b""
+    while b"\\r\\n\\r\\n" not in head:
+        head += sock.recv(4096)
+print(head.split(b"\\r\\n")[0].decode())
+"""
+
+
+def test_a_bearer_token_offered_as_a_websocket_subprotocol_never_reaches_the_server(cluster: Cluster) -> None:
+    """The API server authenticates a WebSocket by a token in the subprotocol list
+    (base64url.bearer.authorization.k8s.io.<token>), as browsers cannot set headers: the
+    enforcer drops it; the exec runs with the cluster's token."""
+    cluster.admin_kubectl("run", "ws-shell", "-n", "dev", "--image=busybox:1")
+    out = agent_python(AGENT, WEBSOCKET_EXEC, cluster.api.host, str(cluster.api.port), str(ca_file(cluster.daemon)),
+                       "agents-websocket-token")
+    assert out.stdout.startswith("HTTP/1.1 101"), out.stdout + out.stderr
+    [upgrade] = [e for e in cluster.api.requests() if e["path"] == "/api/v1/namespaces/dev/pods/ws-shell/exec"]
+    assert header(upgrade, "sec-websocket-protocol") == "v4.channel.k8s.io"
+    assert header(upgrade, "authorization") == f"Bearer {cluster.api.token}"
