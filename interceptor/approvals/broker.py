@@ -50,6 +50,9 @@ T = TypeVar("T")
 _LOCAL_GRACE_SECONDS = 5.0
 # close() waits this long for withdrawals (and openings) still in flight.
 CLOSE_GRACE_SECONDS = 5.0
+# Requests of one agent this daemon waits on at once; more are denied at once, so an agent (or
+# a flood of its connections) cannot bury approvers in requests or hold unbounded state here.
+MAX_PENDING_PER_AGENT = 32
 DISCONNECTED = "the client disconnected"  # why a request whose waiter was cancelled is withdrawn
 _AUDIT_DECISION = {State.PENDING: "approve", State.APPROVED: "allow", State.DENIED: "deny", State.EXPIRED: "deny",
                    State.WITHDRAWN: "deny"}
@@ -115,8 +118,10 @@ class ApprovalBroker:
         webhook_url: str | None = None,
         clock: Callable[[], float] = time.time,
         poll_seconds: float = 1.0,
+        max_pending_per_agent: int = MAX_PENDING_PER_AGENT,
     ) -> None:
         self.store = store
+        self.max_pending_per_agent = max_pending_per_agent
         self.audit = audit
         self.clock = clock
         self.poll_seconds = poll_seconds
@@ -167,6 +172,10 @@ class ApprovalBroker:
             return self._settled(None, f"approval store unavailable: {exc}")
         if grant is not None:
             return await self._use_grant(request, decision, flow_summary, grant)
+        agent = request.subject.agent
+        if sum(w.request.agent == agent for w in self._waiters.values()) >= self.max_pending_per_agent:
+            return self._settled(None, f"agent {agent} already has {self.max_pending_per_agent} operations waiting "
+                                       "for approval; decide or withdraw those first")
         now = self.clock()
         identity = request.subject.identity
         pending = ApprovalRequest(

@@ -367,3 +367,21 @@ def test_a_decision_made_by_another_broker_on_the_shared_store_wakes_the_waiter(
 
     outcome = run(tmp_path, scenario)
     assert outcome.approved and outcome.approver == "bob@example.com"
+
+
+def test_an_agent_cannot_have_more_than_its_share_of_requests_waiting(tmp_path):
+    async def scenario(broker, sink, clock):
+        broker.max_pending_per_agent = 3
+        holds = [await broker.open(sql_request(f"DELETE FROM t WHERE id = {i}"), approve_decision(), FLOW)
+                 for i in range(4)]
+        await broker.deny(holds[0].request_id, DBA, "no")
+        await holds[0].wait()
+        again = await broker.open(sql_request("DELETE FROM t WHERE id = 9"), approve_decision(), FLOW)
+        return holds, await holds[3].wait(), again
+
+    holds, refused, again = run(tmp_path, scenario)
+    assert [h.waiting for h in holds] == [True, True, True, False]
+    assert not refused.approved and refused.request_id is None
+    assert refused.reason == ("agent claude already has 3 operations waiting for approval; decide or withdraw "
+                              "those first")
+    assert again.waiting  # a decided request frees its place
