@@ -6,7 +6,18 @@ Precedence is interceptor.policy.judgement's: deny, then approve, then allow.
 
 Paths are the request's path percent-decoded once (interceptor.operations.HttpRequest) and
 matched with fnmatch globs, so `*` also matches `/`: `/v1/reports/*` covers every path under
-`/v1/reports/`. Hosts are matched without their port, lower-cased, without a trailing dot
+`/v1/reports/`. Where servers route one request differently, a deny or mask rule takes the
+widest reading and an allow or approve rule the narrowest:
+
+- case: deny and mask paths match case-insensitively (both sides case-folded; Express,
+  ASP.NET Core and IIS route `/Admin` to `/admin`); allow and approve paths match exactly;
+- a trailing slash: deny and mask paths match the path with and without one trailing slash
+  (Express without `strict`, Spring MVC before 6 serve `/x/` as `/x`);
+- HEAD: a deny or mask rule naming GET also covers HEAD (RFC 9110 section 9.3.2; Go
+  net/http, Starlette, Express, Flask and Django run the GET handler for HEAD). OPTIONS is
+  not widened: no common framework runs a GET handler for it (they answer it themselves).
+
+Hosts are matched without their port, lower-cased, without a trailing dot
 (RFC 9110 section 7.2: Host is `uri-host [":" port]`; RFC 3986 section 3.2.2: host names are
 case-insensitive).
 """
@@ -69,12 +80,16 @@ def host_name(host: str | None) -> str | None:
     return name.lower().rstrip(".") or None
 
 
-def covers(match: HttpMatch, deny: bool, request: HttpRequest) -> bool:
-    """Does an `http:` block cover the request, for a deny rule (`deny`: an unknown host is
-    taken as any) or an allow, approve or mask rule (every condition must hold)?"""
-    if match.methods is not None and not any(fnmatchcase(request.method.upper(), m) for m in match.methods):
+def covers(match: HttpMatch, effect: str, request: HttpRequest) -> bool:
+    """Does the `http:` block of a rule of `effect` cover the request? A deny rule takes an
+    unknown host as any, the others need every condition to hold; deny and mask rules read
+    method and path the widest way servers do (the module docstring: case, trailing slash,
+    HEAD as GET), allow and approve rules exactly."""
+    deny, wide = effect == "deny", effect in ("deny", "mask")
+    methods = wide_methods(request.method) if wide else (request.method.upper(),)
+    if match.methods is not None and not any(fnmatchcase(method, m) for method in methods for m in match.methods):
         return False
-    if match.paths is not None and not any(fnmatchcase(request.path, p) for p in match.paths):
+    if match.paths is not None and not _path_covered(match.paths, request.path, wide):
         return False
     if match.hosts is None:
         return True
@@ -84,10 +99,32 @@ def covers(match: HttpMatch, deny: bool, request: HttpRequest) -> bool:
     return any(fnmatchcase(host, h) for h in match.hosts)
 
 
+def wide_methods(method: str) -> tuple[str, ...]:
+    """The methods whose handlers a `method` request may run: HEAD runs GET's (RFC 9110
+    section 9.3.2), every other method only its own; upper-cased."""
+    method = method.upper()
+    return (method, "GET") if method == "HEAD" else (method,)
+
+
+def wide_paths(path: str) -> frozenset[str]:
+    """The spellings of `path` a server may route as it: case-folded, with and without one
+    trailing slash (`/x/` and `/x`; `/` stays `/`)."""
+    folded = path.casefold()
+    bare = folded[:-1] if folded.endswith("/") and len(folded) > 1 else folded
+    return frozenset({bare, bare if bare == "/" else bare + "/"})
+
+
+def _path_covered(patterns: tuple[str, ...], path: str, wide: bool) -> bool:
+    if not wide:
+        return any(fnmatchcase(path, p) for p in patterns)
+    spellings = wide_paths(path)
+    return any(fnmatchcase(spelling, p.casefold()) for spelling in spellings for p in patterns)
+
+
 def _matches(rule: Rule, request: HttpRequest) -> bool:
     if not isinstance(rule.match, HttpMatch):
         return rule.operation is None  # a rule about every operation of the resource
-    return covers(rule.match, rule.effect == "deny", request)
+    return covers(rule.match, rule.effect, request)
 
 
 def judge_http(context: Context, request: Request, operation: HttpRequest) -> Decision:
