@@ -3,6 +3,16 @@ derives them before it authorizes (k8s.io/apiserver/pkg/endpoints/request/reques
 RequestInfoFactory.NewRequestInfo, with APIPrefixes {api, apis} and the groupless prefix api),
 and the query parameters as the server's Go code reads them (net/url ParseQuery).
 
+One attribute is read more strictly than RequestInfo does: a request to a connect subresource
+(CONNECT_SUBRESOURCES: a rest.Connecter of the core group, pods exec, attach, portforward and
+proxy, services/proxy and nodes/proxy; k8s.io/kubernetes pkg/registry/core) has verb `create`
+whatever its method. RequestInfo gives the method's verb (`get` for a WebSocket upgrade's GET,
+`create` for SPDY's POST), but kube-apiserver 1.31 and later also require `create` for a
+WebSocket upgrade of pods exec, attach and portforward (feature gate
+AuthorizePodWebsocketUpgradeCreatePermission), and a GET through nodes/proxy reaches the
+kubelet's exec; so allowing a connect takes `create`, and kube_rules lets a deny rule naming
+any verb the server may authorize the connect by match it too.
+
 Where our reading could differ from the server's, the request is refused with
 ClientProtocolError instead: dot and empty path segments (the enforcer's HTTP session refuses
 them and encoded slashes before this runs), a method the API server does not serve on
@@ -30,6 +40,14 @@ SPECIAL_VERBS = frozenset({"proxy", "watch"})  # verbs written as a path prefix 
 SPECIAL_VERBS_NO_SUBRESOURCES = frozenset({"proxy"})
 NAMESPACE_SUBRESOURCES = frozenset({"status", "finalize"})
 VERBS_WITH_SELECTORS = frozenset({"list", "watch", "deletecollection"})
+# The core group's connect subresources (rest.Connecter), with the verbs the API server may
+# authorize them by: the verbs of the methods each serves (ConnectMethods), and `create`
+CONNECT_SUBRESOURCES = {
+    ("pods", "exec"): ("get", "create"), ("pods", "attach"): ("get", "create"),
+    ("pods", "portforward"): ("get", "create"),
+    **{(resource, "proxy"): ("get", "create", "update", "patch", "delete")
+       for resource in ("pods", "services", "nodes")},
+}
 METHOD_VERBS = {"POST": "create", "GET": "get", "HEAD": "get", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
 _GO_INT64 = re.compile(r"[+-]?[0-9]+")
 _PERCENT = re.compile(rb"%([0-9A-Fa-f]{2})")
@@ -38,7 +56,8 @@ _FIELD_OPERATORS = ("!=", "==", "=")
 
 def kube_request(method: str, path: str, query: Pairs) -> KubeRequest:
     """The attributes of `method` on `path` (percent-decoded once) with `query` (as
-    `go_query` reads it). ClientProtocolError where the server's reading could differ."""
+    `go_query` reads it); a connect subresource's verb is `create` (see the module's doc).
+    ClientProtocolError where the server's reading could differ."""
     _check_path(path)
     trimmed = path.strip("/")
     parts = trimmed.split("/") if trimmed else []
@@ -74,6 +93,8 @@ def kube_request(method: str, path: str, query: Pairs) -> KubeRequest:
         name = _name_from_fields(values)
     if not name and verb == "delete":
         verb = "deletecollection"
+    if not via_prefix and connect(group, resource, subresource):
+        verb = "create"
     selects = not via_prefix and verb in VERBS_WITH_SELECTORS
     return KubeRequest(
         verb, path, True, group, version, resource, subresource, namespace, name,
@@ -82,6 +103,12 @@ def kube_request(method: str, path: str, query: Pairs) -> KubeRequest:
         dry_run="All" in values.get("dryRun", ()),
         command=tuple(values.get("command", ())) if subresource == "exec" else (),
     )
+
+
+def connect(group: str, resource: str, subresource: str) -> bool:
+    """Is `resource/subresource` of API group `group` ("" the core group) a connect
+    subresource (CONNECT_SUBRESOURCES), judged as `create` whatever the method?"""
+    return group == "" and (resource, subresource) in CONNECT_SUBRESOURCES
 
 
 def _check_path(path: str) -> None:

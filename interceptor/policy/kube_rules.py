@@ -6,7 +6,16 @@ URLs, all globs (fnmatch: `*` matches `/` too, `""` is the core group or no name
 - A resource request is matched by `verbs`, `api_groups`, `resources`, `names`, `namespaces`;
   a rule with `non_resource_urls` and no `resources` is not about resource requests.
 - A non-resource request (`/version`, `/healthz`, discovery) is matched only by a rule with
-  `non_resource_urls` (its path) and `verbs` (the lower-cased method).
+  `non_resource_urls` (its path) and `verbs` (the lower-cased method). A path and its globs are
+  compared without trailing slashes (`/version/` is `/version`: the server's routers may
+  serve both spellings alike), so an allow on `/version` covers `/version/` and nothing else; a deny or mask
+  rule also matches when its glob matches the path as written or with one trailing slash
+  (a deny on `/healthz/*` holds for `/healthz/`).
+- A connect subresource (pods/exec, pods/attach, pods/portforward, pods/proxy, services/proxy,
+  nodes/proxy) is requested with verb `create` whatever the method (interceptor.policy.
+  kube_request): an allow or approve rule needs `create`; a deny or mask rule matches when its
+  `verbs` name any verb the server may authorize the connect by (`get` or `create`, and for
+  proxy also `update`, `patch`, `delete`).
 - Allow and approve rules must cover the request, as RBAC does: `pods` is not `pods/log`;
   `names` never covers a request without a name (a list, a create); `namespaces` never covers
   one without a namespace (a cluster-scoped resource, a list across namespaces) unless it
@@ -19,14 +28,19 @@ URLs, all globs (fnmatch: `*` matches `/` too, `""` is the core group or no name
 
 Precedence is interceptor.policy.judgement's: deny, then approve, then allow, else default
 deny; discovery reads (GET of `/api`, `/apis`, `/version`, `/openapi` and below, and the older
-`/swagger*` OpenAPI documents) are allowed by default (rule builtin-kubernetes-discovery) unless a rule denies them, as RBAC's
-system:discovery role does for every authenticated user.
+`/swagger*` OpenAPI documents) are allowed by default (rule builtin-kubernetes-discovery)
+unless a rule denies them, as RBAC's system:discovery role does for every authenticated user.
 
-Secret values are masked in every response (`SECRET_RULE`), unless the allow or approve rule
+Credentials are masked in every response (`SECRET_RULE`), unless the allow or approve rule
 that decided says `reveal_secrets: true`: in a request about `secrets`, every `data` (base64),
 `stringData` and last-applied annotation (which holds a Secret's whole previous manifest); in
-any other, those of every object whose `kind` is `Secret`, however deep. Not in the responses
-of `log`, `exec`, `attach`, `portforward` and `proxy` (streams and bytes, not API objects).
+any other, those of every object whose `kind` is `Secret`, however deep; and in a TokenRequest
+(`serviceaccounts/token`, k8s.io/api authentication/v1 TokenRequestStatus), `status.token`,
+a bearer token for the service account. These are the answers that carry a credential by the
+API's design; a CertificateSigningRequest's `status.certificate` is public, and what users put
+in ConfigMaps, annotations or a pod's environment is theirs to mask with mask rules. Not in
+the responses of `log`, `exec`, `attach`, `portforward` and `proxy` (streams and bytes, not API
+objects).
 Mask rules about the request add their `paths` (JSON paths relative to each object the
 response carries: interceptor.masking.json_paths; the Kubernetes dialect roots them at the
 document, each list item, each Table row's object and each watch event's object) and
@@ -43,7 +57,7 @@ from typing import TYPE_CHECKING, Any
 from interceptor.decision import Decision, MaskSpec, Verdict
 from interceptor.operations import KubeRequest, Request
 from interceptor.policy.judgement import DEFAULT_DENY, Judgement, pick
-from interceptor.policy.kube_request import go_query, kube_request
+from interceptor.policy.kube_request import CONNECT_SUBRESOURCES, connect, go_query, kube_request
 from interceptor.policy.model import Rule
 
 if TYPE_CHECKING:  # the protocol registry imports this module
@@ -58,11 +72,13 @@ SECRETS_REQUEST_PATHS = ("**.data|base64", "**.stringData", f'**.metadata.annota
 # Any other response: the Secrets it carries, by kind, wherever they sit
 SECRET_KIND_PATHS = ('**[?kind=="Secret"].data|base64', '**[?kind=="Secret"].stringData',
                      f'**[?kind=="Secret"].metadata.annotations["{LAST_APPLIED}"]')
+# A TokenRequest's answer: the service account token it issued
+TOKEN_REQUEST_PATHS = (*SECRET_KIND_PATHS, "status.token")
 # Subresources and verbs whose responses are streams or another server's bytes, not API objects
 RAW_SUBRESOURCES = frozenset({"log", "exec", "attach", "portforward", "proxy"})
 # RBAC's system:discovery non-resource URLs, and the OpenAPI documents older clients (kubectl 1.20's
 # apply and explain) fetch
-DISCOVERY_PATHS = ("/api", "/api/*", "/apis", "/apis/*", "/version", "/version/", "/openapi", "/openapi/*",
+DISCOVERY_PATHS = ("/api", "/api/*", "/apis", "/apis/*", "/version", "/openapi", "/openapi/*",
                    "/swagger-2.0.0.pb-v1", "/swagger.json", "/swaggerapi", "/swaggerapi/*")
 CASE_ATTRIBUTES = ("verb", "path", "api_group", "api_version", "resource", "subresource", "namespace", "name",
                    "label_selector", "field_selector", "dry_run", "command")
@@ -123,14 +139,23 @@ def judge_kube(context: Context, request: Request, operation: KubeRequest) -> De
     decided = next((r for r in deciding if r.name == judgement.rule), None)
     match = kube_match(decided) if decided is not None else None
     if operation.resource_request and not (match is not None and match.reveal_secrets) and not _raw(operation):
-        paths = SECRETS_REQUEST_PATHS if operation.resource == "secrets" else SECRET_KIND_PATHS
-        masks.append(MaskSpec(paths=paths, rule=SECRET_RULE))
+        masks.append(MaskSpec(paths=credential_paths(operation), rule=SECRET_RULE))
     for rule in rules:
         if rule.effect == "mask" and rule.mask is not None and (rule.mask.paths or rule.mask.classifiers) \
                 and matches(rule, operation):
             masks.append(MaskSpec(classifiers=rule.mask.classifiers, style=rule.mask.style, rule=rule.name,
                                   paths=rule.mask.paths))
     return judgement.decision(tuple(masks))
+
+
+def credential_paths(operation: KubeRequest) -> tuple[str, ...]:
+    """The JSON paths of the credentials a response to the resource request may carry (see
+    the module's doc)."""
+    if operation.resource == "secrets":
+        return SECRETS_REQUEST_PATHS
+    if (operation.resource, operation.subresource) == ("serviceaccounts", "token"):
+        return TOKEN_REQUEST_PATHS
+    return SECRET_KIND_PATHS
 
 
 def matches(rule: Rule, operation: KubeRequest) -> bool:
@@ -140,10 +165,10 @@ def matches(rule: Rule, operation: KubeRequest) -> bool:
     if match is None:
         return rule.operation is None
     loose = rule.effect in ("deny", "mask")
-    if not _globs(match.verbs, operation.verb):
+    if not _verbs(match.verbs, operation, loose):
         return False
     if not operation.resource_request:
-        return match.non_resource_urls is not None and _globs(match.non_resource_urls, operation.path)
+        return match.non_resource_urls is not None and _urls(match.non_resource_urls, operation.path, loose)
     if match.non_resource_urls is not None and match.resources is None:
         return False
     return (_globs(match.api_groups, operation.api_group)
@@ -154,6 +179,28 @@ def matches(rule: Rule, operation: KubeRequest) -> bool:
 
 def _globs(patterns: tuple[str, ...] | None, value: str) -> bool:
     return patterns is None or any(fnmatchcase(value, p) for p in patterns)
+
+
+def _verbs(patterns: tuple[str, ...] | None, operation: KubeRequest, loose: bool) -> bool:
+    """A loose rule takes a connect request as any verb the server may authorize it by."""
+    verbs: tuple[str, ...] = (operation.verb,)
+    if loose and operation.resource_request and connect(operation.api_group, operation.resource,
+                                                        operation.subresource):
+        verbs = CONNECT_SUBRESOURCES[operation.resource, operation.subresource]
+    return any(_globs(patterns, verb) for verb in verbs)
+
+
+def _urls(patterns: tuple[str, ...], path: str, loose: bool) -> bool:
+    """Non-resource URL globs against `path`, both without trailing slashes; a loose rule's
+    globs also as written against the path as written and with one trailing slash."""
+    bare = _bare(path)
+    if any(fnmatchcase(bare, _bare(p)) for p in patterns):
+        return True
+    return loose and any(fnmatchcase(spelling, p) for p in patterns for spelling in (path, bare, f"{bare}/"))
+
+
+def _bare(path: str) -> str:
+    return path.rstrip("/") or "/"
 
 
 def _resource(patterns: tuple[str, ...] | None, operation: KubeRequest, loose: bool) -> bool:
@@ -174,8 +221,8 @@ def _unless_absent(patterns: tuple[str, ...] | None, value: str, loose: bool) ->
 
 
 def _discovery(operation: KubeRequest) -> bool:
-    return not operation.resource_request and operation.verb in ("get", "head") and any(
-        fnmatchcase(operation.path, p) for p in DISCOVERY_PATHS)
+    return not operation.resource_request and operation.verb in ("get", "head") and _urls(
+        DISCOVERY_PATHS, operation.path, loose=False)
 
 
 def _raw(operation: KubeRequest) -> bool:
@@ -202,8 +249,8 @@ def parse_kube_case(block: Mapping[str, Any]) -> KubeRequest:
     """A `policy test` case's `kubernetes:` request: `{method: GET, path: /api/v1/namespaces/
     prod/secrets/x?watch=1}` derived as the API server derives it, or the attributes
     themselves (`{verb: get, resource: secrets, namespace: prod, name: x, api_group: ""}`;
-    without `resource`, a non-resource request of `path`). ValueError or TypeError for a
-    bad case (interceptor.errors.ClientProtocolError is a ValueError)."""
+    without `resource`, a non-resource request of `path`; a connect subresource's verb is
+    `create`). ValueError or TypeError for a bad case (interceptor.errors.ClientProtocolError is a ValueError)."""
     if not isinstance(block, Mapping):
         raise TypeError("kubernetes: expected {method, path} or the request's attributes {verb, resource, ...}")
     if "method" in block:
@@ -226,4 +273,9 @@ def parse_kube_case(block: Mapping[str, Any]) -> KubeRequest:
     if not isinstance(command, list) or not all(isinstance(c, str) for c in command):
         raise TypeError("kubernetes: command must be a list of strings")
     fields.setdefault("path", "")
-    return KubeRequest(**fields, resource_request="resource" in block, command=tuple(command))
+    operation = KubeRequest(**fields, resource_request="resource" in block, command=tuple(command))
+    if operation.resource_request and operation.verb != "create" and connect(
+            operation.api_group, operation.resource, operation.subresource):
+        raise ValueError(f"kubernetes: {operation.resource}/{operation.subresource} is a connect subresource, "
+                         "requested with verb create whatever the method")
+    return operation

@@ -89,10 +89,11 @@ def kube_decide(engine: PolicyEngine, head: RequestHead) -> Decision:
     "/api/v1/nodes/n1/proxy/exec/dev/web/app?command=sh",  # the kubelet's exec, through the node proxy
 ])
 def test_websocket_exec_by_get_is_judged_as_a_write(kube: PolicyEngine, target: str) -> None:
-    # BYPASS: a WebSocket upgrade GET to exec/attach/portforward (and the kubelet through nodes/proxy)
-    # is judged as verb `get`, so a read-only rule allows running commands and a deny on `create` misses
-    # it (kubectl uses POST+SPDY, the python client and kubectl 1.30+ use GET+WebSocket; the API server
-    # since 1.31 also requires `create` for these upgrades, AuthorizePodWebsocketUpgradeCreatePermission).
+    # Was a bypass (fixed): a WebSocket upgrade GET to exec/attach/portforward (and the kubelet through
+    # nodes/proxy) was judged as verb `get`, so a read-only rule allowed running commands and a deny on
+    # `create` missed it (kubectl uses POST+SPDY, the python client and kubectl 1.30+ use GET+WebSocket;
+    # the API server since 1.31 also requires `create` for these upgrades,
+    # AuthorizePodWebsocketUpgradeCreatePermission). Every connect subresource is now judged `create`.
     decision = kube_decide(kube, request_head("GET", target, UPGRADE))
     assert decision.verdict is Verdict.DENY and decision.rule == "no-exec"
 

@@ -36,7 +36,8 @@ API_CASES = [
     ("GET", "/api/v1/namespaces/other/pods?watch=1", "watch", "", "v1", "other", "pods", "", ""),
     ("GET", "/api/v1/namespaces/other/pods?watch=0", "list", "", "v1", "other", "pods", "", ""),
     ("GET", "/api/v1/namespaces/other/pods/foo/status", "get", "", "v1", "other", "pods", "status", "foo"),
-    ("GET", "/api/v1/namespaces/other/pods/foo/proxy/subpath", "get", "", "v1", "other", "pods", "proxy", "foo"),
+    # a connect subresource is `create` whatever the method (upstream's table has `get` here)
+    ("GET", "/api/v1/namespaces/other/pods/foo/proxy/subpath", "create", "", "v1", "other", "pods", "proxy", "foo"),
     ("PUT", "/api/v1/namespaces/other/finalize", "update", "", "v1", "other", "namespaces", "finalize", "other"),
     ("PUT", "/api/v1/namespaces/other/status", "update", "", "v1", "other", "namespaces", "status", "other"),
     ("PATCH", "/api/v1/namespaces/other/pods/foo", "patch", "", "v1", "other", "pods", "", "foo"),
@@ -52,7 +53,17 @@ API_CASES = [
      "", ""),
     # beyond upstream's table: the subresources policies name, and the trailing slash Go trims
     ("POST", "/api/v1/namespaces/prod/pods/web/exec?command=ls", "create", "", "v1", "prod", "pods", "exec", "web"),
-    ("GET", "/api/v1/namespaces/prod/pods/web/exec?command=sh", "get", "", "v1", "prod", "pods", "exec", "web"),
+    ("GET", "/api/v1/namespaces/prod/pods/web/exec?command=sh", "create", "", "v1", "prod", "pods", "exec", "web"),
+    ("GET", "/api/v1/namespaces/prod/pods/web/attach?stdin=true", "create", "", "v1", "prod", "pods", "attach", "web"),
+    ("GET", "/api/v1/namespaces/prod/pods/web/portforward", "create", "", "v1", "prod", "pods", "portforward", "web"),
+    ("HEAD", "/api/v1/namespaces/prod/pods/web/proxy/", "create", "", "v1", "prod", "pods", "proxy", "web"),
+    ("DELETE", "/api/v1/namespaces/prod/services/web/proxy/x", "create", "", "v1", "prod", "services", "proxy",
+     "web"),
+    ("GET", "/api/v1/nodes/n1/proxy/exec/dev/web/app", "create", "", "v1", "", "nodes", "proxy", "n1"),
+    ("PUT", "/api/v1/nodes/n1/proxy/configz", "create", "", "v1", "", "nodes", "proxy", "n1"),
+    ("GET", "/apis/example.io/v1/namespaces/prod/pods/web/exec", "get", "example.io", "v1", "prod", "pods", "exec",
+     "web"),  # connecters are the core group's
+    ("GET", "/api/v1/namespaces/prod/services/web", "get", "", "v1", "prod", "services", "", "web"),
     ("POST", "/api/v1/namespaces/prod/pods/web/attach", "create", "", "v1", "prod", "pods", "attach", "web"),
     ("POST", "/api/v1/namespaces/prod/pods/web/portforward", "create", "", "v1", "prod", "pods", "portforward", "web"),
     ("GET", "/api/v1/namespaces/prod/pods/web/log?follow=true", "get", "", "v1", "prod", "pods", "log", "web"),

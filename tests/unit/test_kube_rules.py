@@ -14,21 +14,23 @@ from interceptor.operations import KubeRequest, Request, Subject
 from interceptor.policy import PolicyEngine, load_policy_text
 from interceptor.policy.cases import run_cases
 from interceptor.policy.kube_rules import (
-    DISCOVERY_RULE, SECRET_KIND_PATHS, SECRET_RULE, SECRETS_REQUEST_PATHS, KubeMatch, describe, parse_kube_case,
-    parse_kube_match,
+    DISCOVERY_RULE, SECRET_KIND_PATHS, SECRET_RULE, SECRETS_REQUEST_PATHS, TOKEN_REQUEST_PATHS, KubeMatch, describe,
+    parse_kube_case, parse_kube_match,
 )
 from interceptor.policy.loader import PolicyError
 from interceptor.policy.model import MaskRule, Rule
 
 ROOT = Path(__file__).resolve().parents[2]
 
-POLICY = """
+HEADER = """
 version: 1
 resources:
   k8s: {protocol: kubernetes, addresses: ["10.0.0.1:6443"]}
 agents:
   bot: {uids: [1001]}
 rules:
+"""
+POLICY = HEADER + """\
   - name: read-apps
     effect: allow
     agents: [bot]
@@ -210,6 +212,8 @@ def test_cases_by_attributes_and_derived_agree() -> None:
     ({"verb": "get", "resource": "pods", "dry_run": "yes"}, TypeError),
     ({"verb": "get", "resource": "pods", "command": "ls"}, TypeError),
     ({"method": "GET", "path": "/api/v1/namespaces/a/../b/pods"}, ValueError),
+    ({"verb": "get", "resource": "pods", "subresource": "exec"}, ValueError),  # a connect is create
+    ({"verb": "get", "resource": "nodes", "subresource": "proxy", "api_group": ""}, ValueError),
 ])
 def test_bad_cases(block: dict[str, object], error: type[Exception]) -> None:
     with pytest.raises(error):
@@ -243,3 +247,88 @@ def test_mask_blocks_take_json_paths_checked_at_load() -> None:
     with pytest.raises(PolicyError) as error:
         load_policy_text(policy.replace("env[*].value", "env[*]..value"), "k.yaml")
     assert "k.yaml:46:65: JSON path 'spec.template.spec.containers[*].env[*]..value': expected a name" in str(error.value)
+
+
+CONNECT_POLICY = HEADER + """\
+  - {name: reads, effect: allow, kubernetes: {verbs: [get, list], resources: ["*"], namespaces: [dev, ""]}}
+  - {name: shells, effect: allow, kubernetes: {verbs: [create], resources: [pods/exec], namespaces: [qa]}}
+  - {name: no-ws-attach, effect: deny, kubernetes: {verbs: [get], resources: [pods/attach]}}
+  - {name: no-proxy-deletes, effect: deny, kubernetes: {verbs: [delete], resources: [services/proxy]}}
+  - {name: no-pod-creates, effect: deny, kubernetes: {verbs: [create], resources: [pods], namespaces: [staging]}}
+"""
+
+
+@pytest.mark.parametrize(("method", "url", "rule"), [
+    # a read-only rule allows no connect, whatever the method: each is `create`
+    ("GET", "/api/v1/namespaces/dev/pods/web/exec?command=sh", "default-deny"),
+    ("GET", "/api/v1/namespaces/dev/pods/web/portforward?ports=80", "default-deny"),
+    ("GET", "/api/v1/namespaces/dev/pods/web/proxy/", "default-deny"),
+    ("GET", "/api/v1/nodes/n1/proxy/pods", "default-deny"),
+    ("HEAD", "/api/v1/namespaces/dev/pods/web/proxy/", "default-deny"),
+    ("GET", "/api/v1/namespaces/dev/pods/web/log", "reads"),  # not a connect
+    ("GET", "/api/v1/namespaces/qa/pods/web/exec?command=sh", "shells"),  # GET+WebSocket
+    ("POST", "/api/v1/namespaces/qa/pods/web/exec?command=sh", "shells"),  # POST+SPDY
+    # a deny names any verb the server may authorize the connect by
+    ("POST", "/api/v1/namespaces/qa/pods/web/attach", "no-ws-attach"),
+    ("GET", "/api/v1/namespaces/qa/services/web/proxy/x", "no-proxy-deletes"),
+    ("GET", "/api/v1/namespaces/staging/pods/web/exec", "no-pod-creates"),  # pods falls in
+])
+def test_a_connect_is_create_whatever_the_method(method: str, url: str, rule: str) -> None:
+    engine = PolicyEngine(load_policy_text(CONNECT_POLICY, "k.yaml"))
+    decision = decide(engine, method, url)
+    assert decision.rule == rule, decision.reason
+    assert parse_kube_case({"method": method, "path": url}).verb == ("get" if rule == "reads" else "create")
+
+
+def test_a_deny_on_get_of_a_connect_does_not_reach_other_resources() -> None:
+    engine = PolicyEngine(load_policy_text(CONNECT_POLICY, "k.yaml"))
+    assert decide(engine, "GET", "/api/v1/namespaces/dev/pods/web").rule == "reads"
+    assert decide(engine, "GET", "/api/v1/namespaces/dev/services/web").rule == "reads"
+
+
+def test_a_token_request_answer_is_masked_unless_revealed() -> None:
+    policy = CONNECT_POLICY + """
+  - {name: tokens, effect: allow, kubernetes: {verbs: [create], resources: [serviceaccounts/token], namespaces: [dev]}}
+  - name: tokens-in-clear
+    effect: allow
+    kubernetes: {verbs: [create], resources: [serviceaccounts/token], namespaces: [ops], reveal_secrets: true}
+"""
+    engine = PolicyEngine(load_policy_text(policy, "k.yaml"))
+    issued = decide(engine, "POST", "/api/v1/namespaces/dev/serviceaccounts/builder/token")
+    assert (issued.rule, issued.masks) == ("tokens", (MaskSpec(paths=TOKEN_REQUEST_PATHS, rule=SECRET_RULE),))
+    assert "status.token" in TOKEN_REQUEST_PATHS and set(SECRET_KIND_PATHS) < set(TOKEN_REQUEST_PATHS)
+    assert decide(engine, "POST", "/api/v1/namespaces/ops/serviceaccounts/builder/token").masks == ()
+    account = decide(engine, "GET", "/api/v1/namespaces/dev/serviceaccounts/builder")
+    assert account.masks == (MaskSpec(paths=SECRET_KIND_PATHS, rule=SECRET_RULE),)  # names of Secrets, no token
+
+
+URL_POLICY = HEADER + """\
+  - {name: version, effect: allow, kubernetes: {verbs: [get], non_resource_urls: [/version]}}
+  - {name: metrics, effect: allow, kubernetes: {verbs: [get], non_resource_urls: [/metrics/]}}
+  - {name: checks, effect: allow, kubernetes: {verbs: [get], non_resource_urls: ["/livez/*"]}}
+  - {name: no-healthz, effect: deny, kubernetes: {non_resource_urls: [/healthz]}}
+  - {name: no-readyz-checks, effect: deny, kubernetes: {non_resource_urls: ["/readyz/*"]}}
+  - {name: no-openapi-v2, effect: deny, kubernetes: {non_resource_urls: [/openapi/v2]}}
+"""
+
+
+@pytest.mark.parametrize(("url", "rule"), [
+    ("/version", "version"),
+    ("/version/", "version"),  # one endpoint, two spellings
+    ("/version/x", "default-deny"),  # an allow does not widen beyond them
+    ("/versions", "default-deny"),
+    ("/metrics", "metrics"),  # a glob's trailing slash is no different
+    ("/metrics/slis", "default-deny"),
+    ("/livez/etcd", "checks"),
+    ("/livez", "default-deny"),  # `/livez/*` allows the checks, not the root
+    ("/healthz", "no-healthz"),
+    ("/healthz/", "no-healthz"),  # a deny holds for every spelling
+    ("/readyz/", "no-readyz-checks"),  # as written: `*` matches the empty name
+    ("/readyz", "no-readyz-checks"),  # and with one trailing slash
+    ("/openapi/v2/", "no-openapi-v2"),  # beats the discovery default, however spelt
+    ("/openapi/v3/", DISCOVERY_RULE),
+    ("/api/", DISCOVERY_RULE),
+])
+def test_non_resource_urls_match_with_and_without_a_trailing_slash(url: str, rule: str) -> None:
+    engine = PolicyEngine(load_policy_text(URL_POLICY, "k.yaml"))
+    assert decide(engine, "GET", url).rule == rule
