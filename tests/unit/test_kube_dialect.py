@@ -272,6 +272,7 @@ agents:
   bot: {uids: [1001]}
 rules:
   - {name: read-secrets, effect: allow, kubernetes: {verbs: [get, list, watch], resources: [secrets]}}
+  - {name: tokens, effect: allow, kubernetes: {verbs: [create], resources: [serviceaccounts/token]}}
   - {name: no-prod, effect: deny, reason: prod is off limits, kubernetes: {namespaces: [prod]}}
 """
 
@@ -287,6 +288,24 @@ def converse(*messages: tuple[Side, bytes]) -> tuple[bytes, bytes, list[Record]]
     sent = {side: b"".join(bytes(piece) for c in commands if isinstance(c, Send) and c.to is side for piece in c.data)
             for side in Side}
     return sent[Side.SERVER], sent[Side.CLIENT], [c for c in commands if isinstance(c, Record)]
+
+
+def test_a_token_request_answer_carries_no_token() -> None:
+    answer = orjson.dumps({
+        "kind": "TokenRequest", "apiVersion": "authentication.k8s.io/v1", "metadata": {"name": "builder"},
+        "spec": {"audiences": ["https://kubernetes.default.svc"], "expirationSeconds": 3600},
+        "status": {"token": "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJidWlsZGVyIn0.c2ln",
+                   "expirationTimestamp": "2026-11-30T09:00:00Z"}})
+    request = b'{"kind":"TokenRequest","apiVersion":"authentication.k8s.io/v1","spec":{}}'
+    up, down, _ = converse(
+        (Side.CLIENT, b"POST /api/v1/namespaces/dev/serviceaccounts/builder/token HTTP/1.1\r\nHost: k8s\r\n"
+                      b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(request), request)),
+        (Side.SERVER, b"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                      % (len(answer), answer)))
+    assert up.startswith(b"POST /api/v1/namespaces/dev/serviceaccounts/builder/token ")
+    assert down.startswith(b"HTTP/1.1 201 ") and b"eyJ" not in down
+    assert b'"status":{"token":"****","expirationTimestamp":"2026-11-30T09:00:00Z"}' in down  # (chunked)
+    assert b'"expirationSeconds":3600' in down
 
 
 def test_kubectl_get_secret_through_the_session_is_masked() -> None:
