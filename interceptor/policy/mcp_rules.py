@@ -35,19 +35,44 @@ How an McpCall is judged:
 Argument conditions, `arguments: {PATH: [VALUE, ...]}`: PATH is a JSON path
 (interceptor.masking.json_paths: `options.recursive`, `filters[*].path`, `["a.b"]`, `**.path`;
 no `|base64`) from the arguments object. A string VALUE is a glob matched against string
-values only; other VALUEs (integers, true/false) match equal JSON values of the same type
-(true is not 1; 1 and 1.0 are the same number). On allow and approve rules every PATH must
-select at least one value and every value it selects must match. On deny and mask rules a
-PATH matches when any value it selects matches, or is an array holding one (at any depth),
-or is an object (a shape the rule's author did not expect, that a server could still read);
-any one PATH matching is enough. A glob holding `/` is about a path: a value with a `.` or
-`..` segment (split at `/` and `\\`), a percent-encoded dot, slash or backslash, or NUL is
+values; other VALUEs (integers, true/false) match equal JSON values (1 and 1.0 are the same
+number). The server's reading is the truth, and servers read more than JSON says:
+
+- JSON inside strings. The `mcp` SDK's MCPServer json-loads a top-level string argument whose
+  parameter is not `str` (FuncMetadata.pre_parse_json, Python's json: NaN and big integers
+  included), and tool code may do the same deeper down. So a string that Python's json reads
+  as an object or array is read both ways, at any depth: the arguments are judged as sent
+  and with every such string replaced by its value (recursively).
+- Lax scalars. pydantic's lax mode, what servers built on the SDK validate with, reads
+  "true"/"on"/"yes"/"t"/"y"/"1" (any case) as true and their "false" forms as false, 1 and 0
+  (1.0, 0.0) as booleans, numeric strings (" 1 ", "1_0", "1.0", "1e3") as numbers, booleans as
+  0 and 1; other servers print numbers into string parameters.
+
+On deny and mask rules (the widest reading) a PATH matches when, in either reading of the
+arguments, a value it selects matches in any of its lax readings (a string also as the
+JSON it holds), or is an array holding one (at any depth), or is an object (a shape the
+rule's author did not expect, that a server could still read); any one PATH matching is
+enough. On allow and approve rules (the narrowest) every PATH must, in both readings of the
+arguments, select at least one value and every value it selects must match exactly: a
+string by a string glob, a number or boolean by an equal VALUE of its type (true is not 1,
+"1" is not 1), never an object or array (so never a string holding one: that ambiguity is
+refused). The server's lax reading of a string an allow glob matched is that string's
+own: write conditions on boolean and numeric parameters as booleans and numbers, and deny
+what must never run.
+
+A glob holding `/` is about a file path, and file systems read more spellings than a glob:
+a value with an empty segment (`//etc/shadow`, a trailing `/`; `/` alone is the root), a `.`
+or `..` segment, a backslash (a separator on Windows, an escape to some tools), a leading
+`~` (a home directory to expanduser), a percent-encoded dot, slash or backslash, or NUL is
 not in normal form, so no allow glob matches it and every deny glob does
-(`/srv/public/../../etc/passwd` is not under `/srv/public/*`).
+(`/srv/public/../../etc/passwd` is not under `/srv/public/*`, `//etc/shadow` is under
+`/etc/*`).
 """
 
 from __future__ import annotations
 
+import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -83,9 +108,15 @@ PLUMBING = frozenset({
 })
 TOOL_NAME = re.compile(r"[A-Za-z0-9_./-]{1,128}")
 _TOOL_GLOB = re.compile(r"[A-Za-z0-9_./*?\[\]!-]+")
-_NOT_NORMAL = re.compile(r"(?:^|[/\\])\.{1,2}(?:$|[/\\])|%2e|%2f|%5c|\x00", re.IGNORECASE)
+# Not a path in normal form: a `.` or `..` segment, an empty segment (`//`, a trailing `/` but
+# for the root), a backslash, a leading `~`, a percent-encoded dot, slash or backslash, NUL.
+_NOT_NORMAL = re.compile(r"(?:^|/)\.{1,2}(?:$|/)|//|.+/$|\\|^~|%2e|%2f|%5c|\x00", re.IGNORECASE | re.DOTALL)
+# pydantic's lax booleans from strings (compared stripped and lower-cased: wider than pydantic)
+_TRUE = frozenset({"1", "on", "t", "true", "y", "yes"})
+_FALSE = frozenset({"0", "off", "f", "false", "n", "no"})
 
 Scalar = str | int | bool
+Reading = str | int | float | bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +165,7 @@ def judge_mcp(context: Context, request: Request, call: McpCall) -> Decision:
     rules = context.rules(request, OPERATION_KEY)
     if call.method == TOOLS_LIST and call.tool is not None:
         return _listed(rules, call.tool)
-    arguments: dict[str, Any] = {}
+    arguments = Arguments({}, {}, {})
     if call.method == TOOLS_CALL:
         if call.tool is None or not TOOL_NAME.fullmatch(call.tool):
             return Decision.deny(BAD_NAME_RULE, f"tool name {call.tool!r} is not 1-128 characters of A-Z a-z 0-9 "
@@ -145,7 +176,10 @@ def judge_mcp(context: Context, request: Request, call: McpCall) -> Decision:
             return Decision.deny(BAD_ARGUMENTS_RULE, f"arguments are not JSON: {exc}")
         if not isinstance(parsed, dict):
             return Decision.deny(BAD_ARGUMENTS_RULE, "arguments are not a JSON object")
-        arguments = parsed
+        try:
+            arguments = Arguments.read(parsed)
+        except RecursionError:
+            return Decision.deny(BAD_ARGUMENTS_RULE, "arguments hold JSON in strings nested too deep to judge")
     if call.method in PLUMBING:
         named = [r for r in rules if r.effect != "mask" and _method_named(r, call.method)]
         judgement = pick(named, "") if named else Judgement(Verdict.ALLOW, PLUMBING_RULE,
@@ -201,16 +235,21 @@ def _names(rule: Rule, deny: bool, method: str, tool: str | None) -> bool:
     return method == TOOLS_CALL and (match.tools is None or (tool is not None and _globs(match.tools, tool, deny)))
 
 
-def _covers(rule: Rule, deny: bool, call: McpCall, arguments: dict[str, Any]) -> bool:
+def _covers(rule: Rule, deny: bool, call: McpCall, arguments: Arguments) -> bool:
     """Does the rule cover this call, for a deny or mask rule (`deny`: names casefolded, any
-    argument condition) or an allow or approve rule (exact names, all of them)?"""
+    argument condition in either reading) or an allow or approve rule (exact names, all of
+    them in both readings)?"""
     if not _names(rule, deny, call.method, call.tool):
         return False
     match = mcp_match(rule)
     if match is None or match.arguments is None:
         return True
-    hits = (_path_matches(arguments, path, values, deny) for path, values in match.arguments)
-    return any(hits) if deny else all(hits)
+    readings = arguments.documents()
+    if deny:
+        return any(_path_matches(document, path, values, True, arguments.encoded)
+                   for path, values in match.arguments for document in readings)
+    return all(_path_matches(document, path, values, False, arguments.encoded)
+               for path, values in match.arguments for document in readings)
 
 
 def _globs(patterns: tuple[str, ...], value: str, deny: bool) -> bool:
@@ -220,20 +259,30 @@ def _globs(patterns: tuple[str, ...], value: str, deny: bool) -> bool:
     return any(fnmatchcase(value, p) for p in patterns)
 
 
-def _path_matches(arguments: dict[str, Any], path: JsonPath, values: tuple[Scalar, ...], deny: bool) -> bool:
-    selected = [container[key] for container, key in select([arguments], path)]
-    hits = (_value_matches(v, values, deny) for v in selected)
+def _path_matches(document: dict[str, Any], path: JsonPath, values: tuple[Scalar, ...], deny: bool,
+                  encoded: Mapping[int, str]) -> bool:
+    selected = [container[key] for container, key in select([document], path)]
+    hits = (_value_matches(v, values, deny, encoded) for v in selected)
     return any(hits) if deny else bool(selected) and all(hits)
 
 
-def _value_matches(value: Any, allowed: tuple[Scalar, ...], deny: bool) -> bool:
-    if isinstance(value, str):
-        return any(isinstance(p, str) and _string_matches(value, p, deny) for p in allowed)
-    if isinstance(value, list):
-        return deny and any(_value_matches(v, allowed, deny) for v in value)
-    if isinstance(value, dict):
-        return deny
-    return any(not isinstance(p, str) and _same(value, p) for p in allowed)
+def _value_matches(value: Any, allowed: tuple[Scalar, ...], deny: bool, encoded: Mapping[int, str]) -> bool:
+    """Does a selected value match (deny: in any reading; allow: exactly)? `encoded`: the
+    strings that the objects and arrays of the expanded reading were sent as."""
+    if isinstance(value, (list, dict)):
+        if not deny:
+            return False
+        text = encoded.get(id(value))
+        return isinstance(value, dict) or any(_value_matches(v, allowed, True, encoded) for v in value) \
+            or (text is not None and _value_matches(text, allowed, True, encoded))
+    readings = lax_readings(value) if deny else (value,)
+    return any(_reading_matches(reading, pattern, deny) for reading in readings for pattern in allowed)
+
+
+def _reading_matches(reading: Any, pattern: Scalar, deny: bool) -> bool:
+    if isinstance(pattern, str):
+        return isinstance(reading, str) and _string_matches(reading, pattern, deny)
+    return not isinstance(reading, str) and _same(reading, pattern)
 
 
 def _string_matches(value: str, pattern: str, deny: bool) -> bool:
@@ -247,3 +296,79 @@ def _same(value: Any, expected: Scalar) -> bool:
     if isinstance(value, bool) or isinstance(expected, bool):
         return isinstance(value, bool) and isinstance(expected, bool) and value == expected
     return bool(value == expected)
+
+
+def lax_readings(value: Any) -> tuple[Any, ...]:
+    """Every value a lax server may read a JSON scalar as (pydantic's lax mode, widened): a
+    string as itself, a boolean ("true", "on", "yes", "t", "y", "1" and the "false" forms, any
+    case and surrounding space) and a number (" 1 ", "+1", "1_0", "1.0", "1e3", "inf");
+    a number as itself, its text and, for 0 and 1, a boolean; a boolean as itself, 0 or 1
+    and its text. None (null) reads as itself."""
+    if isinstance(value, str):
+        word = value.strip().lower()
+        booleans = (True,) if word in _TRUE else (False,) if word in _FALSE else ()
+        number = _number(value)
+        return (value, *booleans, *(() if number is None else _numeric_readings(number)))
+    if isinstance(value, bool):
+        return (value, int(value), "true" if value else "false", str(value))
+    if isinstance(value, (int, float)):
+        return (*_numeric_readings(value), str(value), orjson.dumps(value).decode())
+    return (value,)
+
+
+def _numeric_readings(number: int | float) -> tuple[int | float | bool, ...]:
+    return (number, bool(number)) if number in (0, 1) else (number,)
+
+
+def _number(text: str) -> int | float | None:
+    """The number a lax parser reads in `text` (Python's int, else float; an integral float
+    also as an int), None when it reads none."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return int(number) if math.isfinite(number) and number.is_integer() else number
+
+
+@dataclass(frozen=True, slots=True)
+class Arguments:
+    """A tool call's arguments in the two readings a server may have of them: `sent` as the
+    JSON was sent, `expanded` with every string that Python's json reads as an object or array
+    replaced by that value, at any depth (`expanded` is `sent` when there is none);
+    `encoded`: the id() of each such value in `expanded` to the string it was sent as. Both
+    documents are kept alive with the mapping. RecursionError when the nesting is too deep."""
+
+    sent: dict[str, Any]
+    expanded: dict[str, Any]
+    encoded: dict[int, str]
+
+    @classmethod
+    def read(cls, sent: dict[str, Any]) -> Arguments:
+        encoded: dict[int, str] = {}
+        expanded = _expand(sent, encoded)
+        return cls(sent, expanded if encoded else sent, encoded)
+
+    def documents(self) -> tuple[dict[str, Any], ...]:
+        """The readings to judge: one when no string holds JSON."""
+        return (self.sent,) if self.expanded is self.sent else (self.sent, self.expanded)
+
+
+def _expand(value: Any, encoded: dict[int, str]) -> Any:
+    if isinstance(value, dict):
+        return {key: _expand(item, encoded) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_expand(item, encoded) for item in value]
+    if isinstance(value, str) and value.strip()[:1] in ("{", "["):
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            return value
+        if isinstance(parsed, (dict, list)):
+            expanded = _expand(parsed, encoded)
+            encoded[id(expanded)] = value
+            return expanded
+    return value

@@ -15,6 +15,7 @@ from interceptor.operations import McpCall, Request, Subject
 from interceptor.policy import PolicyEngine, load_policy_text
 from interceptor.policy.cases import run_cases
 from interceptor.policy.loader import PolicyError
+from interceptor.policy.mcp_rules import lax_readings
 from interceptor.protocols.mcp import SPEC
 
 POLICY = """
@@ -110,7 +111,8 @@ def test_argument_conditions_on_allow(engine: PolicyEngine, arguments: dict[str,
     ({"filters": [{"path": "/srv/../etc"}]}, ("deny", "no-secret-search")),  # not normal: a path glob denies
     ({"filters": [{"path": "/tmp/x"}]}, ("allow", "search")),
     ({"deep": [{"x": {"secret": True}}]}, ("deny", "no-secret-search")),
-    ({"deep": [{"x": {"secret": 1}}]}, ("allow", "search")),
+    ({"deep": [{"x": {"secret": 1}}]}, ("deny", "no-secret-search")),  # a lax server reads 1 as true
+    ({"deep": [{"x": {"secret": 2}}]}, ("allow", "search")),
 ])
 def test_argument_conditions_on_deny(engine: PolicyEngine, arguments: dict[str, Any],
                                      expected: tuple[str, str]) -> None:
@@ -197,3 +199,58 @@ def test_cases() -> None:
 def test_the_shipped_example_passes() -> None:
     results = run_cases(Path(__file__).parents[2] / "policy" / "examples" / "mcp.tests.yaml")
     assert len(results) >= 15 and [r.name for r in results if not r.passed] == []
+
+
+@pytest.mark.parametrize(("arguments", "expected"), [
+    ({"query": '{"text": "x"}'}, ("deny", "no-secret-search")),  # an object inside a string: a shape unexpected
+    ({"filters": '[{"path": "/etc/shadow"}]'}, ("deny", "no-secret-search")),  # the SDK json-loads it
+    ({"deep": '{"x": "{\\"secret\\": true}"}'}, ("deny", "no-secret-search")),  # at any depth
+    ({"deep": '{"secret": true, "n": NaN}'}, ("deny", "no-secret-search")),  # Python's json reads NaN
+    ({"deep": '{"secret": "yes"}'}, ("deny", "no-secret-search")),
+    ({"filters": '[{"path": "/tmp/x"}]'}, ("allow", "search")),
+    ({"query": "[not json"}, ("allow", "search")),
+])
+def test_deny_conditions_read_json_inside_strings(engine: PolicyEngine, arguments: dict[str, Any],
+                                                  expected: tuple[str, str]) -> None:
+    assert verdict(ask(engine, "tools/call", "search_web", arguments)) == expected
+
+
+@pytest.mark.parametrize("options", ['{"recursive": false}', {"recursive": "false"}, {"recursive": 0},
+                                    {"recursive": '[false]'}])
+def test_allow_conditions_refuse_what_reads_two_ways(engine: PolicyEngine, options: Any) -> None:
+    arguments = {"path": "/srv/public/a", "options": options}
+    assert verdict(ask(engine, "tools/call", "read_file", arguments)) == ("deny", "default-deny")
+
+
+@pytest.mark.parametrize("secret", [True, "true", "TRUE", " on ", "yes", "t", "Y", "1", 1, 1.0, "1.0", "+1"])
+def test_deny_conditions_take_every_lax_reading(engine: PolicyEngine, secret: Any) -> None:
+    assert verdict(ask(engine, "tools/call", "search_web", {"x": {"secret": secret}})) == ("deny", "no-secret-search")
+
+
+@pytest.mark.parametrize("secret", [False, "false", "off", 0, "0", 2, "2", "maybe", None])
+def test_other_scalars_are_not_true(engine: PolicyEngine, secret: Any) -> None:
+    assert verdict(ask(engine, "tools/call", "search_web", {"x": {"secret": secret}})) == ("allow", "search")
+
+
+def test_lax_readings_of_scalars() -> None:
+    assert lax_readings(" 1_0 ") == (" 1_0 ", 10)
+    assert lax_readings("off") == ("off", False)
+    assert lax_readings("1e3") == ("1e3", 1000)
+    assert lax_readings(1.5) == (1.5, "1.5", "1.5")
+    assert lax_readings(False) == (False, 0, "false", "False")
+
+
+@pytest.mark.parametrize("path", ["//etc/shadow", "///etc/shadow", "/etc//shadow", "/etc/shadow/", "/etc/.",
+                                  "\\etc\\shadow", "/etc\\shadow", "~/../etc/shadow", "~root/.ssh/id_rsa",
+                                  "/etc/%2e/shadow", "/etc/shadow\x00.txt"])
+def test_paths_not_in_normal_form(engine: PolicyEngine, path: str) -> None:
+    assert verdict(ask(engine, "tools/call", "search_web", {"filters": [{"path": path}]})) == \
+        ("deny", "no-secret-search")
+    arguments = {"path": path.replace("etc", "srv/public"), "options": {"recursive": False}}
+    assert verdict(ask(engine, "tools/call", "read_file", arguments)) == ("deny", "default-deny")
+
+
+def test_the_root_and_plain_paths_are_normal(engine: PolicyEngine) -> None:
+    assert verdict(ask(engine, "tools/call", "search_web", {"filters": [{"path": "/"}]})) == ("allow", "search")
+    arguments = {"path": "/srv/public/a/b.txt", "options": {"recursive": False}}
+    assert verdict(ask(engine, "tools/call", "read_file", arguments)) == ("allow", "read-public")
