@@ -1,8 +1,10 @@
 """The Dialect of `protocol: kubernetes` resources, and their handler.
 
 - A request is a KubeRequest, derived from the method, the path and the query exactly as the
-  API server derives its RequestInfo (interceptor.policy.kube_request); one the server could
-  read differently is refused 400. Nothing of the body is needed (body_limit 0).
+  API server derives its RequestInfo (interceptor.policy.kube_request), but for a connect
+  subresource (pods exec, attach, portforward, proxy; services and nodes proxy), whose verb is
+  `create` whatever the method: a WebSocket upgrade's GET is judged as SPDY's POST is. One the
+  server could read differently is refused 400. Nothing of the body is needed (body_limit 0).
 - Accept is rewritten so the server answers JSON, the one encoding masks can be applied to:
   the agent's `application/json` media ranges are kept with their parameters (`;as=Table;
   g=meta.k8s.io;v=v1`, what kubectl get asks for), protobuf, YAML, CBOR and wildcards are
