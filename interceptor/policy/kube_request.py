@@ -112,8 +112,9 @@ def connect(group: str, resource: str, subresource: str) -> bool:
 
 
 def _check_path(path: str) -> None:
-    segments = path.strip("/").split("/")
-    if not path.startswith("/") or (path.strip("/") and any(s in ("", ".", "..") for s in segments)):
+    """Only one trailing slash may follow the last segment; no empty or dot segment elsewhere."""
+    segments = path[1:].removesuffix("/").split("/")
+    if not path.startswith("/") or (path != "/" and any(s in ("", ".", "..") for s in segments)):
         raise ClientProtocolError(f"path {path!r}: empty or dot segments could read differently at the API server")
 
 

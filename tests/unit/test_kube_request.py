@@ -199,6 +199,10 @@ def test_field_selector_parsing() -> None:
     ("GET", "/api/v1/namespaces/dev/pods/../../prod/secrets/x", "dot segments"),
     ("GET", "/api/v1/namespaces/dev/./pods", "dot segments"),
     ("GET", "/api/v1//pods", "empty"),
+    ("GET", "//version", "empty"),  # /version to a server that merges slashes
+    ("GET", "/version//", "empty"),
+    ("GET", "//api/v1/namespaces/prod/secrets", "empty"),
+    ("GET", "//", "empty"),
     ("GET", "api/v1/pods", "empty or dot"),
     ("OPTIONS", "/api/v1/pods", "method OPTIONS"),
     ("GET", "/api/v1/watch", "cannot tell the resource"),
