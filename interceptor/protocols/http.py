@@ -71,14 +71,23 @@ MATCH_SCHEMA: Schema = {
     "minProperties": 1,
     "description": "Matches HTTP requests. Allow, approve and mask rules must cover the request (every condition "
                    "given holds); a deny rule matches when each condition given could hold (a request without a "
-                   "Host matches any `hosts`).",
+                   "Host matches any `hosts`). Where servers route one request differently, deny and mask rules "
+                   "take the widest reading and allow and approve rules the narrowest (see `methods` and "
+                   "`paths`).",
     "properties": {
         "methods": {**_STRINGS,
-                    "description": "Request methods (`GET`, `HEAD`, `POST`, ...; globs, case-insensitive)."},
+                    "description": "Request methods (`GET`, `HEAD`, `POST`, ...; globs, case-insensitive). In a deny "
+                                   "or mask rule `GET` also covers `HEAD`, which servers run with the GET handler; "
+                                   "an allow rule covers only the methods it names. A method override (`_method` "
+                                   "and the like in the query or a POST form or JSON body) is refused before any "
+                                   "rule."},
         "paths": {**_STRINGS, "description": (
             "Path globs, matched against the path percent-decoded once, without the query (`*` matches `/` too: "
             "`/v1/reports/*` is every path under /v1/reports/). Targets whose decoded path the server could read "
-            "differently (dot segments, `//`, encoded `/` or `\\`) are refused before any rule.")},
+            "differently (dot segments, `//`, encoded `/` or `\\`, a non-ASCII character some server folds to "
+            "ASCII such as `ı` or a fullwidth letter) are refused before any rule. Deny and mask rules match "
+            "case-insensitively and with or without one trailing slash (`/admin/*` covers `/Admin/x`, "
+            "`/internal/export` covers `/internal/export/`); allow and approve rules match exactly.")},
         "hosts": {**_STRINGS, "description": "Host globs, matched against the Host header without its port, "
                                              "lower-cased."},
     },
