@@ -1,18 +1,29 @@
 """The http protocol's rules: `http: {methods, paths, hosts}` globs, allow/approve/mask must
-cover the request, deny any; precedence; masks; the `policy test` case; load-time problems."""
+cover the request, deny any; deny and mask read method and path the widest way servers do
+(case, trailing slash, HEAD as GET), allow exactly; precedence; masks; the `policy test` case;
+load-time problems. And what the plain dialect refuses before any rule: paths some server folds
+to ASCII, method overrides in the query or a POST body."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 
+from conversation import Judging
 from interceptor.decision import Decision, Verdict
+from interceptor.errors import ClientProtocolError
+from interceptor.handlers.commands import Command, Send, Side
+from interceptor.handlers.http.dialect import RequestHead
+from interceptor.handlers.http.plain import FORM_BODY_LIMIT, PlainDialect, folds_to_ascii, is_override
+from interceptor.handlers.http.session import HttpSession
+from interceptor.handlers.http.target import parse_target
 from interceptor.identity.model import Identity
-from interceptor.operations import HttpRequest, Request, Subject
+from interceptor.operations import HttpRequest, Pairs, Request, Subject
 from interceptor.policy import PolicyEngine, PolicyError, load_policy_text
 from interceptor.policy.cases import run_cases
-from interceptor.policy.http_rules import host_name, parse_http_case
+from interceptor.policy.http_rules import host_name, parse_http_case, wide_methods, wide_paths
 from interceptor.protocols import spec_for
 
 POLICY = """
@@ -161,3 +172,178 @@ def test_subjects_still_apply_to_http_rules() -> None:
 def test_the_shipped_example_passes_policy_test() -> None:
     results = run_cases(Path(__file__).parents[2] / "policy" / "examples" / "http.tests.yaml")
     assert results and all(result.passed for result in results), [r for r in results if not r.passed]
+
+
+# ---- deny and mask read the widest way servers route, allow the narrowest ---------------------
+
+WIDE_POLICY = POLICY.split("rules:")[0] + """rules:
+  - {name: reads, effect: allow, resources: [api], http: {methods: [GET], paths: ["/v1/*", "/Docs", "/exact"]}}
+  - {name: heads, effect: allow, resources: [api], http: {methods: [HEAD, OPTIONS], paths: ["/v1/*"]}}
+  - {name: no-admin, effect: deny, resources: [api], http: {paths: ["/v1/Admin/*", "/v1/export"]}}
+  - {name: no-slash-export, effect: deny, resources: [api], http: {paths: ["/v1/dump/"]}}
+  - {name: no-report-reads, effect: deny, resources: [api], http: {methods: [GET], paths: ["/v1/reports/*"]}}
+  - {name: mask-users, effect: mask, resources: [api], http: {methods: [GET], paths: ["/v1/users/*"]},
+     mask: {classifiers: [email]}}
+"""
+
+
+@pytest.fixture(scope="module")
+def wide() -> PolicyEngine:
+    return PolicyEngine(load_policy_text(WIDE_POLICY, "wide.yaml"))
+
+
+@pytest.mark.parametrize(("method", "path", "rule"), [
+    ("GET", "/v1/admin/users", "no-admin"), ("GET", "/V1/ADMIN/users", "no-admin"),
+    ("GET", "/v1/EXPORT", "no-admin"), ("GET", "/v1/export/", "no-admin"), ("GET", "/V1/Export/", "no-admin"),
+    ("GET", "/v1/dump", "no-slash-export"), ("GET", "/v1/dump/", "no-slash-export"),
+    ("HEAD", "/v1/reports/x", "no-report-reads"), ("head", "/v1/Reports/x/", "no-report-reads"),
+])
+def test_deny_rules_cover_every_spelling_a_server_routes_alike(wide: PolicyEngine, method: str, path: str,
+                                                               rule: str) -> None:
+    decision = ask(wide, method, path)
+    assert (decision.verdict, decision.rule) == (Verdict.DENY, rule)
+
+
+@pytest.mark.parametrize(("method", "path"), [
+    ("GET", "/v1/adminx/users"), ("GET", "/v1/exports"), ("GET", "/v1/dumps"),
+    ("OPTIONS", "/v1/reports/x"),  # no common framework runs the GET handler for OPTIONS
+    ("POST", "/v1/reports/x"),
+])
+def test_the_widening_stops_where_servers_route_elsewhere(wide: PolicyEngine, method: str, path: str) -> None:
+    assert ask(wide, method, path).rule in ("reads", "heads", "default-deny")
+
+
+@pytest.mark.parametrize(("method", "path"), [
+    ("GET", "/docs"), ("GET", "/DOCS"), ("GET", "/exact/"), ("GET", "/V1/x"), ("HEAD", "/exact"), ("HEAD", "/Docs"),
+])
+def test_allow_rules_cover_only_what_they_name(wide: PolicyEngine, method: str, path: str) -> None:
+    assert ask(wide, method, path).rule == "default-deny"
+    assert ask(wide, "GET", "/Docs").rule == "reads" and ask(wide, "GET", "/exact").rule == "reads"
+
+
+def test_mask_rules_cover_head_case_and_a_trailing_slash(wide: PolicyEngine) -> None:
+    for method, path in (("GET", "/v1/users/7"), ("HEAD", "/v1/users/7"), ("GET", "/v1/USERS/7/")):
+        assert [m.rule for m in ask(wide, method, path).masks] == ["mask-users"], (method, path)
+    assert ask(wide, "OPTIONS", "/v1/users/7").masks == ()
+
+
+def test_wide_spellings() -> None:
+    assert wide_paths("/V1/x/") == wide_paths("/v1/x") == frozenset({"/v1/x", "/v1/x/"})
+    assert wide_paths("/") == frozenset({"/"})
+    assert wide_paths("/Stra\u00dfe") == frozenset({"/strasse", "/strasse/"})  # full case folding
+    assert wide_methods("head") == ("HEAD", "GET") and wide_methods("OPTIONS") == ("OPTIONS",)
+
+
+# ---- the plain dialect refuses what servers could run otherwise ----------------------------------
+
+def head(method: str, target: str, headers: Pairs = ()) -> RequestHead:
+    parsed = parse_target(method, target)
+    return RequestHead(method, target, parsed.path, parsed.query, headers, "api.example.com")
+
+
+def refused(method: str, target: str, headers: Pairs = (), body: bytes = b"") -> bool:
+    try:
+        PlainDialect().operation(head(method, target, headers), body)
+    except ClientProtocolError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize("char", ["\u0131", "\u017f", "\u212a", "\u00df", "\uff21", "\ufb01", "\u0130", "\u2024",
+                                  "\u00aa", "\uff0f"])
+def test_a_path_with_a_character_some_server_reads_as_ascii_is_refused(char: str) -> None:
+    assert folds_to_ascii(char)
+    encoded = "".join(f"%{byte:02X}" for byte in char.encode())
+    assert refused("GET", f"/v1/adm{encoded}n/users")
+
+
+@pytest.mark.parametrize("char", ["\u00e9", "\u00fc", "\u4e2d", "\u044f", "\u20ac"])
+def test_other_non_ascii_paths_are_judged(char: str) -> None:
+    assert not folds_to_ascii(char)
+    encoded = "".join(f"%{byte:02X}" for byte in char.encode())
+    operation = PlainDialect().operation(head("GET", f"/v1/{encoded}"), b"")
+    assert isinstance(operation, HttpRequest) and operation.path == f"/v1/{char}"
+
+
+@pytest.mark.parametrize(("name", "override"), [
+    ("_method", True), ("_METHOD", True), ("%20_method", True), (".method", True), ("_method%5B%5D", True),
+    ("_HttpMethod", True), ("X-HTTP-Method-Override", True), ("x_http_method", True), ("%EF%BC%BFmethod", True),
+    ("method", False), ("payment_method", False), ("_methods", False),
+])
+def test_a_method_override_in_the_query_is_refused_whatever_the_method(name: str, override: bool) -> None:
+    assert is_override(unquote(name)) is override
+    for method in ("GET", "POST", "PUT"):
+        assert refused(method, f"/v1/items/1?a=1&{name}=DELETE") is override
+
+
+FORM = (("content-type", "application/x-www-form-urlencoded"),)
+MULTIPART = (("content-type", "multipart/form-data; boundary=b"),)
+JSON = (("content-type", "application/json"),)
+
+
+def part(disposition: bytes, value: bytes = b"DELETE") -> bytes:
+    return b"--b\r\nContent-Disposition: " + disposition + b"\r\n\r\n" + value + b"\r\n"
+
+
+@pytest.mark.parametrize(("headers", "body"), [
+    (FORM, b"confirm=1&_method=delete"), (FORM, b"confirm=1;%5Fmethod=delete"), (FORM, b"_Method=put"),
+    ((), b"_method=delete"),  # Rack reads a POST without Content-Type as a form
+    ((("content-type", ""),), b"_method=delete"),
+    (MULTIPART, part(b'form-data; name="_method"') + b"--b--"),
+    (MULTIPART, part(b'form-data; NAME=_method') + b"--b--"),
+    (MULTIPART, part(b'form-data; name="a"', b"x") + b"--b\ncontent-disposition : form-data; name=\"\\_method\"\n\nx"),
+    (MULTIPART, part(b"form-data; name*=UTF-8''%5Fmethod") + b"--b--"),
+    (MULTIPART, part(b'form-data; name*0="_me"; name*1="thod"') + b"--b--"),
+    (MULTIPART, part(b'form-data;\r\n name="_method"') + b"--b--"),  # a folded header line
+    (JSON, b'{"title": "x", "_method": "DELETE"}'), (JSON, b'{"\\u005fmethod": "PUT"}'),
+    ((("content-type", "application/vnd.api+json"),), b'{"_method": "PATCH"}'),
+    ((("content-type", "text/json; charset=utf-8"),), b'{"_method": "PATCH"}'),
+    (JSON, b'{"a": 1,'),  # declared JSON but not: nothing can be said about it
+    (FORM + JSON, b"a=1"),  # servers pick one Content-Type or the other
+])
+def test_a_method_override_in_a_post_body_is_refused(headers: Pairs, body: bytes) -> None:
+    assert PlainDialect().body_limit(head("POST", "/v1/items/1", headers)) == FORM_BODY_LIMIT
+    assert refused("POST", "/v1/items/1", headers, body)
+
+
+@pytest.mark.parametrize(("method", "headers", "body"), [
+    ("POST", FORM, b"payment_method=card&method=x"),
+    ("POST", MULTIPART, part(b'form-data; name="file"; filename="_method"', b"_method=DELETE") + b"--b--"),
+    ("POST", MULTIPART, part(b'form-data; name="html"', b'<input name="_method" value="DELETE">') + b"--b--"),
+    ("POST", JSON, b'{"item": {"_method": "DELETE"}}'),  # only top-level keys are parameters
+    ("POST", JSON, b'[{"_method": "DELETE"}]'),
+])
+def test_bodies_without_an_override_are_judged(method: str, headers: Pairs, body: bytes) -> None:
+    assert not refused(method, "/v1/items/1", headers, body)
+
+
+@pytest.mark.parametrize(("method", "headers"), [
+    ("POST", (("content-type", "application/octet-stream"),)), ("POST", (("content-type", "text/plain"),)),
+    ("PUT", FORM), ("PATCH", JSON), ("GET", ()),
+])
+def test_bodies_no_server_reads_an_override_from_are_not_read(method: str, headers: Pairs) -> None:
+    assert PlainDialect().body_limit(head(method, "/v1/items/1", headers)) == 0
+
+
+def sent(commands: list[Command], to: Side) -> bytes:
+    return b"".join(bytes(piece) for c in commands if isinstance(c, Send) and c.to is to for piece in c.data)
+
+
+def post(content_type: bytes, length: int, body: bytes = b"") -> tuple[bytes, bytes]:
+    """What a session allowing everything sends upstream and to the agent for a POST."""
+    judge = Judging(lambda operation: Decision(Verdict.ALLOW, "anything"))
+    session = HttpSession(PlainDialect(), judge, server_name="api.example.com")
+    out = session.receive(Side.CLIENT, b"POST /v1/upload HTTP/1.1\r\nHost: api.example.com\r\nContent-Type: "
+                                       + content_type + b"\r\nContent-Length: %d\r\n\r\n" % length + body)
+    return sent(out, Side.SERVER), sent(out, Side.CLIENT)
+
+
+def test_a_form_larger_than_the_bound_is_refused_and_an_upload_streams() -> None:
+    upstream, agent = post(b"multipart/form-data; boundary=b", FORM_BODY_LIMIT + 1)
+    assert upstream == b"" and agent.startswith(b"HTTP/1.1 413 ")
+    upstream, agent = post(b"application/octet-stream", FORM_BODY_LIMIT + 1, b"x" * 10)
+    assert upstream.startswith(b"POST /v1/upload ") and upstream.endswith(b"x" * 10) and agent == b""
+    upstream, agent = post(b"application/x-www-form-urlencoded", 8, b"_method=")
+    assert upstream == b"" and agent.startswith(b"HTTP/1.1 400 ") and b"method override" in agent
+    upstream, agent = post(b"application/x-www-form-urlencoded", 9, b"confirm=1")
+    assert upstream.endswith(b"\r\n\r\nconfirm=1") and agent == b""
