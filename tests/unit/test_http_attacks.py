@@ -381,21 +381,21 @@ def http_decide(engine: PolicyEngine, method: str, target: str) -> Decision | No
 
 @pytest.mark.parametrize("target", ["/Admin/users", "/ADMIN/users", "/internal/EXPORT"])
 def test_deny_path_rules_hold_whatever_the_case(http_engine: PolicyEngine, target: str) -> None:
-    # BYPASS: deny path globs compare case-sensitively; Express (default caseSensitive: false),
+    # Was a bypass (fixed): deny path globs compare case-sensitively; Express (default caseSensitive: false),
     # ASP.NET Core and IIS route /Admin/users to the /admin handler.
     decision = http_decide(http_engine, "GET", target)
     assert decision is None or decision.verdict is Verdict.DENY
 
 
 def test_deny_path_rules_hold_with_a_trailing_slash(http_engine: PolicyEngine) -> None:
-    # BYPASS: /internal/export/ escapes the deny on /internal/export; Express (strict: false by
+    # Was a bypass (fixed): /internal/export/ escapes the deny on /internal/export; Express (strict: false by
     # default) and Spring MVC before 6 (trailing slash match) serve it with the same handler.
     decision = http_decide(http_engine, "GET", "/internal/export/")
     assert decision is None or decision.verdict is Verdict.DENY
 
 
 def test_a_deny_on_get_holds_for_head(http_engine: PolicyEngine) -> None:
-    # BYPASS: HEAD runs the GET handler on Go net/http, Starlette, Express, Flask and Django (the
+    # Was a bypass (fixed): HEAD runs the GET handler on Go net/http, Starlette, Express, Flask and Django (the
     # body is dropped, its headers and side effects are not); a deny on GET does not cover HEAD.
     # Kubernetes requests already read HEAD as get.
     assert http_engine.decide(Request(Subject("bot"), "api", HttpRequest("GET", "/reports/x", (), "api.example.com"))
@@ -407,7 +407,7 @@ def test_a_deny_on_get_holds_for_head(http_engine: PolicyEngine) -> None:
 
 @pytest.mark.parametrize("target", ["/items/1?_method=DELETE", "/items/1?_method=delete&x=1"])
 def test_a_method_override_parameter_is_not_taken_as_post(http_engine: PolicyEngine, target: str) -> None:
-    # BYPASS: Symfony (Request::getMethod with httpMethodParameterOverride, which Laravel enables)
+    # Was a bypass (fixed): Symfony (Request::getMethod with httpMethodParameterOverride, which Laravel enables)
     # reads ?_method=DELETE on a POST as DELETE; the override headers are dropped, the query
     # parameter is judged as POST and forwarded.
     decision = http_decide(http_engine, "POST", target)
@@ -415,7 +415,7 @@ def test_a_method_override_parameter_is_not_taken_as_post(http_engine: PolicyEng
 
 
 def test_a_method_override_in_a_form_body_is_not_taken_as_post(http_engine: PolicyEngine) -> None:
-    # BYPASS: Rails (Rack::MethodOverride) and Laravel/Symfony read `_method` in an urlencoded POST
+    # Was a bypass (fixed): Rails (Rack::MethodOverride) and Laravel/Symfony read `_method` in an urlencoded POST
     # body as the method; the body is never read (body_limit 0), so a DELETE runs as an allowed POST.
     session = HttpSession(PlainDialect(), http_judge(http_engine), server_name="api.example.com")
     body = b"_method=delete&confirm=1"
