@@ -225,7 +225,7 @@ def test_a_deny_condition_catches_the_plain_json_shape(mcp_engine: PolicyEngine)
 
 
 def test_a_deny_condition_sees_json_inside_a_string_as_the_server_does(mcp_engine: PolicyEngine) -> None:
-    # BYPASS: the mcp SDK's MCPServer json.loads a string argument whose parameter is not `str`
+    # Was a bypass (fixed): the mcp SDK's MCPServer json.loads a string argument whose parameter is not `str`
     # (FuncMetadata.pre_parse_json), so `"options": "{\"recursive\": true}"` runs recursively while the
     # deny condition options.recursive selects nothing in a string.
     arguments = {"src": "/srv", "options": '{"recursive": true}'}
@@ -241,7 +241,7 @@ def test_a_deny_condition_sees_json_inside_a_string_as_the_server_does(mcp_engin
 ])
 def test_a_deny_condition_sees_scalars_as_the_servers_lax_validation_does(mcp_engine: PolicyEngine,
                                                                            arguments: dict[str, Any]) -> None:
-    # BYPASS: pydantic (lax mode, what MCP servers built on the SDK validate with) reads "true", 1,
+    # Was a bypass (fixed): pydantic (lax mode, what MCP servers built on the SDK validate with) reads "true", 1,
     # "on" as true and "0" as 0; deny conditions compare JSON types strictly, so they do not match.
     read = server_reads(arguments)
     assert read["recursive"] is True or read["force"] is True or read["depth"] == 0
@@ -250,7 +250,7 @@ def test_a_deny_condition_sees_scalars_as_the_servers_lax_validation_does(mcp_en
 
 @pytest.mark.parametrize("path", ["//etc/shadow", "///etc/shadow", "/srv/../etc/shadow", "/etc/./shadow"])
 def test_a_deny_path_condition_holds_for_every_spelling_of_the_path(mcp_engine: PolicyEngine, path: str) -> None:
-    # BYPASS (the `//` ones): a value with an empty segment is "normal" to the matcher, so
+    # Was a bypass (fixed) (the `//` ones): a value with an empty segment is "normal" to the matcher, so
     # `//etc/shadow` escapes the deny glob /etc/*, while every file system (POSIX: `//` at the start
     # may be implementation-defined, Linux reads it as `/`) opens /etc/shadow.
     call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
@@ -275,7 +275,7 @@ def mcp_session(engine: PolicyEngine, flow_id: str) -> HttpSession:
 @pytest.mark.parametrize("second_id", [7, "7"], ids=["int", "str"])
 def test_a_json_rpc_id_in_flight_is_not_reused_by_another_connection(mcp_engine: PolicyEngine,
                                                                       second_id: int | str) -> None:
-    # BYPASS: the mcp SDK's StreamableHTTPServerTransport routes each response to the POST stream
+    # Was a bypass (fixed): the mcp SDK's StreamableHTTPServerTransport routes each response to the POST stream
     # registered under str(id) (_request_streams[str(message.id)]), the latest one registered. A
     # masked call (get_customer, id 7) and an unmasked one (search_web, id 7 or "7") posted on two
     # connections of one MCP session: get_customer's result goes out on the second POST's stream,

@@ -1,6 +1,7 @@
 """The mcp Dialect (interceptor.handlers.http.mcp): what a POSTed message is (strict JSON, one
 JSON-RPC 2.0 message, no batches), refusals as MCP clients read them, tools/list answers
-filtered and results masked in JSON and event-stream answers, arguments scrubbed for audit."""
+filtered and results masked in JSON and event-stream answers, arguments scrubbed for audit,
+request ids in flight across the connections of one MCP session."""
 
 from __future__ import annotations
 
@@ -29,7 +30,9 @@ from interceptor.errors import ClientProtocolError, MaskingError, Refused
 from interceptor.flow import Endpoint, FlowContext, ProcessInfo
 from interceptor.handlers.base import Services
 from interceptor.handlers.http.dialect import BodyFilter, RequestHead, ResponseHead
-from interceptor.handlers.http.mcp import BODY_LIMIT, DENIED_CODE, HANDLER, INVALID_REQUEST, PARSE_ERROR, McpDialect
+from interceptor.handlers.http.mcp import (
+    BODY_LIMIT, DENIED_CODE, HANDLER, INVALID_REQUEST, PARSE_ERROR, InFlight, McpDialect,
+)
 from interceptor.operations import HttpRequest, McpCall
 from interceptor.policy import PolicyEngine, load_policy_text
 from interceptor.policy.model import AddressSpec, ResourceSpec
@@ -229,7 +232,7 @@ def test_other_refusals(dialect: McpDialect, body: bytes, status: int, code: int
     assert error.id == (9 if status == 502 else None)
 
 
-def result(value: dict[str, Any], id: int = 1) -> dict[str, Any]:
+def result(value: dict[str, Any], id: int | str = 1) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": id, "result": value}
 
 
@@ -447,3 +450,105 @@ def test_the_mcp_client_through_the_enforcer(tool_server: tuple[int, Path]) -> N
     requests = [event for event in sink.events if event.kind == "request"]
     assert {(e.decision, e.rule) for e in requests if (e.operation or {}).get("tool") == "delete_file"} == \
         {("deny", "no-delete")}
+
+
+# ---- request ids in flight across the connections of one MCP session ------------------------
+
+SESSION = (*JSON, ("mcp-session-id", "S1"))
+
+
+def pair(dialect: McpDialect) -> tuple[McpDialect, McpDialect]:
+    """Two flows' dialects of one resource, sharing an InFlight of their own."""
+    in_flight = InFlight()
+    return McpDialect(dialect.services, in_flight), McpDialect(dialect.services, in_flight)
+
+
+def posted(dialect: McpDialect, id: int | str, headers: tuple[tuple[str, str], ...] = SESSION) -> McpCall:
+    return post(dialect, request("tools/call", {"name": "search_web"}, id=id), headers)
+
+
+@pytest.mark.parametrize("second", [7, "7"])
+def test_an_id_in_flight_in_the_session_is_refused_on_another_flow(dialect: McpDialect, second: int | str) -> None:
+    first, other = pair(dialect)
+    posted(first, 7)
+    with pytest.raises(ClientProtocolError, match="in flight"):
+        posted(other, second)
+    posted(other, 8)  # another id
+    posted(other, 7, (*JSON, ("mcp-session-id", "S2")))  # another session
+    posted(other, 7, JSON)  # no session: a transport of its own (initialize, stateless servers)
+
+
+def test_an_id_is_free_again_once_answered_in_json(dialect: McpDialect) -> None:
+    first, other = pair(dialect)
+    call = posted(first, 7)
+    assert first.response_filter(head(), call, allowed(), ResponseHead(200, JSON)) is None
+    posted(other, 7)
+
+
+def test_an_id_is_free_again_once_its_response_passes_in_an_event_stream(dialect: McpDialect) -> None:
+    first, other = pair(dialect)
+    call = posted(first, 7)
+    body_filter = first.response_filter(head(), call, allowed(), ResponseHead(200, SSE))
+    assert body_filter is not None  # followed, though nothing is masked
+    progress = {"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progressToken": 7, "progress": 1}}
+    body_filter.feed(b"data: " + orjson.dumps(progress) + b"\n\n")
+    with pytest.raises(ClientProtocolError):
+        posted(other, 7)
+    body_filter.feed(b"data: " + orjson.dumps(result({}, id=7)) + b"\n\n")
+    posted(other, 7)
+
+
+def test_an_id_is_free_again_when_its_stream_ends_or_it_is_refused(dialect: McpDialect) -> None:
+    first, other = pair(dialect)
+    call = posted(first, 7)
+    body_filter = first.response_filter(head(), call, allowed(), ResponseHead(200, SSE))
+    assert body_filter is not None and body_filter.end() == b""
+    posted(other, 7)
+    other.refusal(head(), b"", 403, "denied", "r")
+    posted(first, 7)
+
+
+def test_an_id_is_free_again_when_the_flow_posts_again_or_is_gone(dialect: McpDialect) -> None:
+    first, other = pair(dialect)
+    posted(first, 7)
+    posted(first, 8)
+    posted(other, 7)
+    del other
+    posted(first, 7)
+
+
+def test_a_response_on_a_stream_must_answer_its_request(dialect: McpDialect) -> None:
+    call = posted(dialect, 7)
+    body_filter = dialect.response_filter(head(), call, allowed((MaskSpec(rule="m"),)), ResponseHead(200, SSE))
+    assert body_filter is not None
+    sampling = {"jsonrpc": "2.0", "id": 0, "method": "sampling/createMessage", "params": {}}
+    assert body_filter.feed(b"data: " + orjson.dumps(sampling) + b"\n\n")  # the server's own request passes
+    with pytest.raises(MaskingError, match="on the stream of request"):
+        body_filter.feed(b"data: " + orjson.dumps(result({}, id="7")) + b"\n\n")  # "7" is not 7
+
+
+def test_a_null_id_error_passes(dialect: McpDialect) -> None:
+    call = posted(dialect, 7)
+    masks = (MaskSpec(rule="m", paths=("content",)),)
+    body_filter = dialect.response_filter(head(), call, allowed(masks), ResponseHead(400, JSON))
+    assert body_filter is not None
+    error = {"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": "bad"}}
+    assert orjson.loads(run(body_filter, [orjson.dumps(error)])) == error
+
+
+@pytest.mark.parametrize("id", ["_GET_stream"])
+def test_ids_the_server_keys_its_own_streams_by_are_refused(dialect: McpDialect, id: str) -> None:
+    with pytest.raises(ClientProtocolError, match="reserved"):
+        posted(dialect, id)
+
+
+def test_one_session_header(dialect: McpDialect) -> None:
+    with pytest.raises(ClientProtocolError, match="Mcp-Session-Id"):
+        posted(dialect, 1, (*SESSION, ("mcp-session-id", "S2")))
+
+
+def test_responses_the_agent_sends_keep_the_servers_ids(dialect: McpDialect) -> None:
+    first, other = pair(dialect)
+    posted(first, 0)
+    response = {"jsonrpc": "2.0", "id": 0, "result": {"role": "assistant"}}
+    assert post(other, response, SESSION) == McpCall("rpc.response")  # the server's id 0, not in flight

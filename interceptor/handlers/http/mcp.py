@@ -18,6 +18,16 @@ removed batching), anything that is not one JSON-RPC 2.0 request, notification o
 starting with `rpc.`, or one that is tools/call but for case or spaces), and a tools/call
 whose `name` is not a string or whose `arguments` is not an object.
 
+Request ids. The `mcp` SDK's server routes a response (and every message about a request) to
+the POST stream registered under str(id), the latest one. So a request whose str(id) is in
+flight in its MCP session on another connection (7 and "7" alike) is refused with 400 (see
+InFlight), as is a request id the SDK keys a stream of its own by (RESERVED_IDS:
+`_GET_stream`, its GET stream) and more than one Mcp-Session-Id header. A response on a
+POST's stream must carry that request's id (same JSON type), else it is withheld
+(MaskingError): it answers another request, whose masks are not known there. Ids of the
+server's own requests (sampling, elicitation, roots) and of the agent's responses to them
+are the server's and pass as they are.
+
 Refusals, as MCP clients show them: a request with an id that the policy refuses (403) gets
 HTTP 200 with the JSON-RPC error `{"jsonrpc": "2.0", "id": <its id>, "error": {"code":
 DENIED_CODE, "message": ...}}` (the `mcp` client raises MCPError with that code and message); any other
@@ -49,6 +59,7 @@ from __future__ import annotations
 
 import json
 import math
+import weakref
 from collections.abc import Callable
 from typing import Any, NoReturn
 
@@ -74,6 +85,10 @@ PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
 INTERNAL_ERROR = -32603
 _MEMBERS = frozenset({"jsonrpc", "id", "method", "params", "result", "error"})
+# Request ids the `mcp` SDK's StreamableHTTPServerTransport keys streams by besides str(id):
+# its standalone GET stream (GET_STREAM_KEY). A request with that id would take it over.
+RESERVED_IDS = frozenset({"_GET_stream"})
+SESSION_HEADER = "mcp-session-id"
 
 
 def _refuse_constant(name: str) -> NoReturn:
@@ -135,6 +150,8 @@ def jsonrpc_call(message: Any) -> McpCall:
     method, params = message["method"], message.get("params", {})
     if "result" in message or "error" in message:
         raise ClientProtocolError("a JSON-RPC request or notification has no result or error")
+    if "id" in message and str(message["id"]) in RESERVED_IDS:
+        raise ClientProtocolError(f"request id {message['id']!r} is reserved by MCP servers for their own streams")
     if not isinstance(method, str) or not method or method.startswith("rpc."):
         raise ClientProtocolError("a JSON-RPC method is a non-empty string not starting with rpc. (reserved)")
     if method != TOOLS_CALL and method.strip().casefold() == TOOLS_CALL:
@@ -166,19 +183,74 @@ def _media(content_type: str | None) -> tuple[str, str]:
     return media.strip().lower(), charset
 
 
+class InFlight:
+    """The JSON-RPC requests in flight in each MCP session, across the flows (connections) of
+    every mcp resource: (resource, Mcp-Session-Id, str(id)) to the flow's dialect holding it.
+
+    Why: the `mcp` SDK's StreamableHTTPServerTransport sends a response, and every message
+    about a request (progress, sampling), to the POST stream it registered under str(id),
+    the latest such POST of the session. Two requests of one session in flight with the
+    same str(id) (7 and "7" too) on two connections would have the first one's answer leave
+    through the second one's filter, its masks not applied. MCP (2025-06-18, Basic Protocol)
+    forbids reusing an id in a session; the enforcer refuses a request whose str(id) is in
+    flight in its session (ClientProtocolError, 400).
+
+    A request is in flight from when it is judged until its response is seen (the head of a
+    JSON answer, or the response message of an event stream, or that stream's end), it is
+    refused, the flow's next request is judged, or the flow's dialect is gone (the agent's
+    connection ended: held weakly). Requests without an Mcp-Session-Id (initialize, servers
+    without sessions) are not tracked: each has a transport of its own."""
+
+    def __init__(self) -> None:
+        self._holders: dict[tuple[str, str, str], weakref.ref[McpDialect]] = {}
+        self._sweep_at = 1024
+
+    def reserve(self, key: tuple[str, str, str], holder: McpDialect) -> None:
+        """Hold `key` for `holder`; ClientProtocolError when another live dialect holds it."""
+        other = self._holders.get(key)
+        current = other() if other is not None else None
+        if current is not None and current is not holder and current.reservation == key:
+            raise ClientProtocolError(f"request id {key[2]!r} is in flight in this MCP session on another "
+                                      "connection: an id is used once per session (MCP, Basic Protocol)")
+        self._holders[key] = weakref.ref(holder)
+        if len(self._holders) > self._sweep_at:
+            self._sweep()
+
+    def release(self, key: tuple[str, str, str], holder: McpDialect) -> None:
+        """Let `key` go if `holder` holds it."""
+        other = self._holders.get(key)
+        if other is not None and other() is holder:
+            del self._holders[key]
+
+    def _sweep(self) -> None:
+        """Forget the keys of dialects that are gone or hold another key now."""
+        for key, ref in list(self._holders.items()):
+            holder = ref()
+            if holder is None or holder.reservation != key:
+                del self._holders[key]
+        self._sweep_at = max(1024, 2 * len(self._holders))
+
+
+IN_FLIGHT = InFlight()
+
+
 class McpDialect:
     """The mcp Dialect for one flow (interceptor.handlers.http.dialect.Dialect); the judge
     of `services` decides which tools a tools/list answer keeps."""
 
     name = "mcp"
 
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services, in_flight: InFlight = IN_FLIGHT) -> None:
         self.services = services
+        self.in_flight = in_flight
+        self.reservation: tuple[str, str, str] | None = None  # the request of this flow in flight (InFlight)
+        self.request_id: str | int | None = None  # the id of the request the response answers
 
     def body_limit(self, head: RequestHead) -> int:
         return BODY_LIMIT if head.method == "POST" else 0
 
     def operation(self, head: RequestHead, body: bytes) -> Operation:
+        self.answered()  # one request at a time on a flow: the one before is over
         endpoint = resource_option(self.services.resource, "endpoint") or DEFAULT_ENDPOINT
         if head.path != endpoint or "?" in head.target:
             raise Refused("42501", f"the MCP endpoint of this resource is {endpoint} (no query); "
@@ -205,13 +277,34 @@ class McpDialect:
             message = strict_json(body)
         except ValueError as exc:
             raise ClientProtocolError(f"the MCP message is not strict JSON: {exc}") from None
-        return jsonrpc_call(message)
+        call = jsonrpc_call(message)
+        if call.method != RESPONSE_METHOD and "id" in message:
+            self._reserve(head, message["id"])
+        return call
+
+    def _reserve(self, head: RequestHead, request_id: str | int) -> None:
+        sessions = [value for name, value in head.headers if name == SESSION_HEADER]
+        if len(sessions) > 1:
+            raise ClientProtocolError("more than one Mcp-Session-Id header: a server could read either")
+        if sessions:
+            session = sessions[0]
+            key = (self.services.resource.name, session, str(request_id))
+            self.in_flight.reserve(key, self)
+            self.reservation = key
+        self.request_id = request_id
+
+    def answered(self) -> None:
+        """The request of this flow is answered, refused or over: its id is no longer in flight."""
+        if self.reservation is not None:
+            self.in_flight.release(self.reservation, self)
+        self.reservation = self.request_id = None
 
     def request_headers(self, head: RequestHead, operation: Operation) -> Pairs:
         return (*((name, value) for name, value in head.headers if name != "accept-encoding"),
                 ("accept-encoding", "identity"))
 
     def refusal(self, head: RequestHead, body: bytes, status: int, message: str, rule: str | None) -> Reply:
+        self.answered()
         request_id: str | int | None = None
         code = INTERNAL_ERROR if status >= 500 else INVALID_REQUEST
         if head.method == "POST" and status != 413:
@@ -237,20 +330,26 @@ class McpDialect:
             raise TypeError(f"the mcp dialect judged {type(operation).__name__}, not McpCall")
         listen = operation.method == LISTEN_METHOD
         listing = operation.method == TOOLS_LIST
+        media, _ = _media(response.header("content-type"))
+        coding = response.header("content-encoding")
+        uncoded = coding is None or coding.strip().lower() == "identity"
+        request_id = self.request_id
+        if media != SSE_CONTENT_TYPE or response.header("content-length") == "0" or not uncoded:
+            self.answered()  # the answer is the response (or holds none we could read)
+        elif self.reservation is not None and not (decision.masks or listing or listen):
+            return EventStream(MessageFilter([], None, False, request_id, self.answered))
         if not (decision.masks or listing or listen) or response.header("content-length") == "0":
             return None
-        media, _ = _media(response.header("content-type"))
         if media not in ("application/json", SSE_CONTENT_TYPE):
             if not decision.masks and not 200 <= response.status < 300:
                 return None
             raise MaskingError(f"the answer to {operation.method} must be filtered, but its content type "
                                f"{response.header('content-type') or '(none)'} is neither JSON nor an event stream; "
                                "withheld")
-        coding = response.header("content-encoding")
-        if coding is not None and coding.strip().lower() != "identity":
+        if not uncoded:
             raise MaskingError(f"the answer to {operation.method} must be filtered, but it is {coding}-coded; withheld")
         masks = [JsonMask.of(spec) for spec in decision.masks]
-        messages = MessageFilter(masks, self._callable if listing else None, listen)
+        messages = MessageFilter(masks, self._callable if listing else None, listen, request_id, self.answered)
         return JsonBody(messages) if media == "application/json" else EventStream(messages)
 
     def audit_operation(self, operation: Operation) -> dict[str, object]:
@@ -276,13 +375,19 @@ class McpDialect:
 class MessageFilter:
     """Filters one JSON-RPC message from the server (see the module docstring). `listed`:
     whether the agent may call a tool, for a tools/list answer (None: not one); `listen`: the
-    message came on the GET stream."""
+    message came on the GET stream; `request_id`: the id of the POSTed request whose answer
+    this is (None: unknown), which a response on its stream must carry (else MaskingError:
+    another request's answer, whose masks are not known here); `answered`: called when the
+    response passes or the stream ends."""
 
-    def __init__(self, masks: list[JsonMask], listed: Callable[[str], bool] | None, listen: bool) -> None:
+    def __init__(self, masks: list[JsonMask], listed: Callable[[str], bool] | None, listen: bool,
+                 request_id: str | int | None = None, answered: Callable[[], None] = lambda: None) -> None:
         self.masks = masks
         self.bare = [mask for mask in masks if not mask.paths]
         self.listed = listed
         self.listen = listen
+        self.request_id = request_id
+        self.answered = answered
         self.masked = 0
         self._verdicts: dict[str, bool] = {}
 
@@ -290,6 +395,8 @@ class MessageFilter:
         """The message, filtered in place; MaskingError for what cannot be filtered."""
         if not isinstance(message, dict):
             raise MaskingError("the server sent a JSON value that is not one JSON-RPC message; withheld")
+        if "result" in message or "error" in message:
+            self._response(message.get("id"))
         if "result" in message:
             if self.listen:
                 raise MaskingError("a response on the GET stream (a replayed stream): the masks and tools filter "
@@ -300,6 +407,14 @@ class MessageFilter:
                 message[member], count = mask_document(message[member], self.bare)
                 self.masked += count
         return message
+
+    def _response(self, response_id: Any) -> None:
+        expected = self.request_id
+        if expected is not None and response_id is not None \
+                and (type(response_id) is not type(expected) or response_id != expected):
+            raise MaskingError(f"a response to request {str(response_id)[:40]!r} on the stream of request "
+                               f"{str(expected)[:40]!r}: its masks are not known here; withheld")
+        self.answered()
 
     def _result(self, result: Any) -> Any:
         if self.listed is not None and isinstance(result, dict) and "tools" in result:
@@ -360,7 +475,9 @@ class EventStream:
         return b"".join(serialize(self._item(item)) for item in items)
 
     def end(self) -> bytes:
-        return b"".join(serialize(self._item(item)) for item in self._parser.end())
+        rest = b"".join(serialize(self._item(item)) for item in self._parser.end())
+        self.messages.answered()
+        return rest
 
     def _item(self, item: Event | Comment) -> Event | Comment:
         if isinstance(item, Comment) or not item.data:
