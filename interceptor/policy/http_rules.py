@@ -13,6 +13,9 @@ widest reading and an allow or approve rule the narrowest:
   ASP.NET Core and IIS route `/Admin` to `/admin`); allow and approve paths match exactly;
 - a trailing slash: deny and mask paths match the path with and without one trailing slash
   (Express without `strict`, Spring MVC before 6 serve `/x/` as `/x`);
+- an extension: deny and mask paths match the path without the last segment's extension
+  (Rails routes `/x.json` to `/x` with format json, Spring MVC's suffix pattern match before
+  5.3 `/x.anything`);
 - HEAD: a deny or mask rule naming GET also covers HEAD (RFC 9110 section 9.3.2; Go
   net/http, Starlette, Express, Flask and Django run the GET handler for HEAD). OPTIONS is
   not widened: no common framework runs a GET handler for it (they answer it themselves).
@@ -84,7 +87,7 @@ def covers(match: HttpMatch, effect: str, request: HttpRequest) -> bool:
     """Does the `http:` block of a rule of `effect` cover the request? A deny rule takes an
     unknown host as any, the others need every condition to hold; deny and mask rules read
     method and path the widest way servers do (the module docstring: case, trailing slash,
-    HEAD as GET), allow and approve rules exactly."""
+    extension, HEAD as GET), allow and approve rules exactly."""
     deny, wide = effect == "deny", effect in ("deny", "mask")
     methods = wide_methods(request.method) if wide else (request.method.upper(),)
     if match.methods is not None and not any(fnmatchcase(method, m) for method in methods for m in match.methods):
@@ -108,10 +111,13 @@ def wide_methods(method: str) -> tuple[str, ...]:
 
 def wide_paths(path: str) -> frozenset[str]:
     """The spellings of `path` a server may route as it: case-folded, with and without one
-    trailing slash (`/x/` and `/x`; `/` stays `/`)."""
+    trailing slash (`/x/` and `/x`; `/` stays `/`), and without the last segment's extension
+    (`/x.json`, `/x.tar.gz` as `/x`; not a leading dot, `/.env`)."""
     folded = path.casefold()
     bare = folded[:-1] if folded.endswith("/") and len(folded) > 1 else folded
-    return frozenset({bare, bare if bare == "/" else bare + "/"})
+    parent, _, last = bare.rpartition("/")
+    stem = f"{parent}/{last[:1]}{last[1:].partition('.')[0]}"
+    return frozenset(form + slash for form in {bare, stem} for slash in ("", "/") if form != "/" or not slash)
 
 
 def _path_covered(patterns: tuple[str, ...], path: str, wide: bool) -> bool:

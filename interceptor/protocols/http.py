@@ -86,8 +86,9 @@ MATCH_SCHEMA: Schema = {
             "`/v1/reports/*` is every path under /v1/reports/). Targets whose decoded path the server could read "
             "differently (dot segments, `//`, encoded `/` or `\\`, a non-ASCII character some server folds to "
             "ASCII such as `ı` or a fullwidth letter) are refused before any rule. Deny and mask rules match "
-            "case-insensitively and with or without one trailing slash (`/admin/*` covers `/Admin/x`, "
-            "`/internal/export` covers `/internal/export/`); allow and approve rules match exactly.")},
+            "case-insensitively, with or without one trailing slash and without the last segment's extension "
+            "(`/admin/*` covers `/Admin/x`, `/internal/export` covers `/internal/export/` and "
+            "`/internal/export.json`); allow and approve rules match exactly.")},
         "hosts": {**_STRINGS, "description": "Host globs, matched against the Host header without its port, "
                                              "lower-cased."},
     },
