@@ -1,6 +1,6 @@
 """The http protocol's rules: `http: {methods, paths, hosts}` globs, allow/approve/mask must
 cover the request, deny any; deny and mask read method and path the widest way servers do
-(case, trailing slash, HEAD as GET), allow exactly; precedence; masks; the `policy test` case;
+(case, trailing slash, extension, HEAD as GET), allow exactly; precedence; masks; the `policy test` case;
 load-time problems. And what the plain dialect refuses before any rule: paths some server folds
 to ASCII, method overrides in the query or a POST body."""
 
@@ -174,7 +174,7 @@ def test_the_shipped_example_passes_policy_test() -> None:
     assert results and all(result.passed for result in results), [r for r in results if not r.passed]
 
 
-# ---- deny and mask read the widest way servers route, allow the narrowest ---------------------
+# ---- deny and mask read the widest way servers route, allow the narrowest ------------------------
 
 WIDE_POLICY = POLICY.split("rules:")[0] + """rules:
   - {name: reads, effect: allow, resources: [api], http: {methods: [GET], paths: ["/v1/*", "/Docs", "/exact"]}}
@@ -196,6 +196,8 @@ def wide() -> PolicyEngine:
     ("GET", "/v1/admin/users", "no-admin"), ("GET", "/V1/ADMIN/users", "no-admin"),
     ("GET", "/v1/EXPORT", "no-admin"), ("GET", "/v1/export/", "no-admin"), ("GET", "/V1/Export/", "no-admin"),
     ("GET", "/v1/dump", "no-slash-export"), ("GET", "/v1/dump/", "no-slash-export"),
+    ("GET", "/v1/export.json", "no-admin"), ("GET", "/v1/Export.tar.gz/", "no-admin"),
+    ("GET", "/v1/dump.csv", "no-slash-export"), ("GET", "/v1/admin.xml", "no-admin"),
     ("HEAD", "/v1/reports/x", "no-report-reads"), ("head", "/v1/Reports/x/", "no-report-reads"),
 ])
 def test_deny_rules_cover_every_spelling_a_server_routes_alike(wide: PolicyEngine, method: str, path: str,
@@ -205,7 +207,8 @@ def test_deny_rules_cover_every_spelling_a_server_routes_alike(wide: PolicyEngin
 
 
 @pytest.mark.parametrize(("method", "path"), [
-    ("GET", "/v1/adminx/users"), ("GET", "/v1/exports"), ("GET", "/v1/dumps"),
+    ("GET", "/v1/adminx/users"), ("GET", "/v1/exports"), ("GET", "/v1/dumps"), ("GET", "/v1/exports.json"),
+    ("GET", "/v1/.export"), ("GET", "/v1/export.d/x"),
     ("OPTIONS", "/v1/reports/x"),  # no common framework runs the GET handler for OPTIONS
     ("POST", "/v1/reports/x"),
 ])
@@ -214,15 +217,17 @@ def test_the_widening_stops_where_servers_route_elsewhere(wide: PolicyEngine, me
 
 
 @pytest.mark.parametrize(("method", "path"), [
-    ("GET", "/docs"), ("GET", "/DOCS"), ("GET", "/exact/"), ("GET", "/V1/x"), ("HEAD", "/exact"), ("HEAD", "/Docs"),
+    ("GET", "/docs"), ("GET", "/DOCS"), ("GET", "/exact/"), ("GET", "/exact.json"), ("GET", "/V1/x"),
+    ("HEAD", "/exact"), ("HEAD", "/Docs"),
 ])
 def test_allow_rules_cover_only_what_they_name(wide: PolicyEngine, method: str, path: str) -> None:
     assert ask(wide, method, path).rule == "default-deny"
     assert ask(wide, "GET", "/Docs").rule == "reads" and ask(wide, "GET", "/exact").rule == "reads"
 
 
-def test_mask_rules_cover_head_case_and_a_trailing_slash(wide: PolicyEngine) -> None:
-    for method, path in (("GET", "/v1/users/7"), ("HEAD", "/v1/users/7"), ("GET", "/v1/USERS/7/")):
+def test_mask_rules_cover_head_case_a_trailing_slash_and_an_extension(wide: PolicyEngine) -> None:
+    for method, path in (("GET", "/v1/users/7"), ("HEAD", "/v1/users/7"), ("GET", "/v1/USERS/7/"),
+                         ("GET", "/v1/users.csv")):
         assert [m.rule for m in ask(wide, method, path).masks] == ["mask-users"], (method, path)
     assert ask(wide, "OPTIONS", "/v1/users/7").masks == ()
 
@@ -230,6 +235,8 @@ def test_mask_rules_cover_head_case_and_a_trailing_slash(wide: PolicyEngine) -> 
 def test_wide_spellings() -> None:
     assert wide_paths("/V1/x/") == wide_paths("/v1/x") == frozenset({"/v1/x", "/v1/x/"})
     assert wide_paths("/") == frozenset({"/"})
+    assert wide_paths("/v1/X.tar.gz") == frozenset({"/v1/x.tar.gz", "/v1/x.tar.gz/", "/v1/x", "/v1/x/"})
+    assert wide_paths("/.env") == frozenset({"/.env", "/.env/"})  # a leading dot is no extension
     assert wide_paths("/Stra\u00dfe") == frozenset({"/strasse", "/strasse/"})  # full case folding
     assert wide_methods("head") == ("HEAD", "GET") and wide_methods("OPTIONS") == ("OPTIONS",)
 
