@@ -6,11 +6,11 @@ URLs, all globs (fnmatch: `*` matches `/` too, `""` is the core group or no name
 - A resource request is matched by `verbs`, `api_groups`, `resources`, `names`, `namespaces`;
   a rule with `non_resource_urls` and no `resources` is not about resource requests.
 - A non-resource request (`/version`, `/healthz`, discovery) is matched only by a rule with
-  `non_resource_urls` (its path) and `verbs` (the lower-cased method). A path and its globs are
-  compared without trailing slashes (`/version/` is `/version`: the server's routers may
-  serve both spellings alike), so an allow on `/version` covers `/version/` and nothing else; a deny or mask
-  rule also matches when its glob matches the path as written or with one trailing slash
-  (a deny on `/healthz/*` holds for `/healthz/`).
+  `non_resource_urls` (its path) and `verbs` (the lower-cased method). The server's routers
+  may serve `/version/` as `/version` (go-restful web services), so a deny or mask rule
+  matches the path with and without one trailing slash (a deny on `/version` holds for
+  `/version/`, one on `/healthz/*` for `/healthz`); an allow or approve rule covers the path
+  as written, as RBAC does (system:discovery lists `/version` and `/version/`).
 - A connect subresource (pods/exec, pods/attach, pods/portforward, pods/proxy, services/proxy,
   nodes/proxy) is requested with verb `create` whatever the method (interceptor.policy.
   kube_request): an allow or approve rule needs `create`; a deny or mask rule matches when its
@@ -78,7 +78,7 @@ TOKEN_REQUEST_PATHS = (*SECRET_KIND_PATHS, "status.token")
 RAW_SUBRESOURCES = frozenset({"log", "exec", "attach", "portforward", "proxy"})
 # RBAC's system:discovery non-resource URLs, and the OpenAPI documents older clients (kubectl 1.20's
 # apply and explain) fetch
-DISCOVERY_PATHS = ("/api", "/api/*", "/apis", "/apis/*", "/version", "/openapi", "/openapi/*",
+DISCOVERY_PATHS = ("/api", "/api/*", "/apis", "/apis/*", "/version", "/version/", "/openapi", "/openapi/*",
                    "/swagger-2.0.0.pb-v1", "/swagger.json", "/swaggerapi", "/swaggerapi/*")
 CASE_ATTRIBUTES = ("verb", "path", "api_group", "api_version", "resource", "subresource", "namespace", "name",
                    "label_selector", "field_selector", "dry_run", "command")
@@ -191,16 +191,13 @@ def _verbs(patterns: tuple[str, ...] | None, operation: KubeRequest, loose: bool
 
 
 def _urls(patterns: tuple[str, ...], path: str, loose: bool) -> bool:
-    """Non-resource URL globs against `path`, both without trailing slashes; a loose rule's
-    globs also as written against the path as written and with one trailing slash."""
-    bare = _bare(path)
-    if any(fnmatchcase(bare, _bare(p)) for p in patterns):
-        return True
-    return loose and any(fnmatchcase(spelling, p) for p in patterns for spelling in (path, bare, f"{bare}/"))
-
-
-def _bare(path: str) -> str:
-    return path.rstrip("/") or "/"
+    """Non-resource URL globs against `path`; for a loose rule, against it with and without
+    one trailing slash too (`/` stays `/`)."""
+    spellings = {path}
+    if loose and path != "/":
+        bare = path.removesuffix("/")
+        spellings |= {bare, f"{bare}/"}
+    return any(fnmatchcase(spelling, p) for p in patterns for spelling in spellings)
 
 
 def _resource(patterns: tuple[str, ...] | None, operation: KubeRequest, loose: bool) -> bool:

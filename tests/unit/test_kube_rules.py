@@ -303,32 +303,38 @@ def test_a_token_request_answer_is_masked_unless_revealed() -> None:
 
 
 URL_POLICY = HEADER + """\
-  - {name: version, effect: allow, kubernetes: {verbs: [get], non_resource_urls: [/version]}}
-  - {name: metrics, effect: allow, kubernetes: {verbs: [get], non_resource_urls: [/metrics/]}}
+  - {name: logs, effect: allow, kubernetes: {verbs: [get], non_resource_urls: [/logs]}}
   - {name: checks, effect: allow, kubernetes: {verbs: [get], non_resource_urls: ["/livez/*"]}}
   - {name: no-healthz, effect: deny, kubernetes: {non_resource_urls: [/healthz]}}
   - {name: no-readyz-checks, effect: deny, kubernetes: {non_resource_urls: ["/readyz/*"]}}
-  - {name: no-openapi-v2, effect: deny, kubernetes: {non_resource_urls: [/openapi/v2]}}
+  - {name: no-metrics, effect: deny, kubernetes: {non_resource_urls: [/metrics/]}}
+  - {name: no-version, effect: deny, kubernetes: {verbs: [get], non_resource_urls: [/version]}}
 """
 
 
 @pytest.mark.parametrize(("url", "rule"), [
-    ("/version", "version"),
-    ("/version/", "version"),  # one endpoint, two spellings
-    ("/version/x", "default-deny"),  # an allow does not widen beyond them
-    ("/versions", "default-deny"),
-    ("/metrics", "metrics"),  # a glob's trailing slash is no different
-    ("/metrics/slis", "default-deny"),
+    ("/logs", "logs"),
+    ("/logs/", "default-deny"),  # an allow covers the path as written, as RBAC does
+    ("/logs/kube-apiserver.log", "default-deny"),
     ("/livez/etcd", "checks"),
-    ("/livez", "default-deny"),  # `/livez/*` allows the checks, not the root
+    ("/livez", "default-deny"),
     ("/healthz", "no-healthz"),
-    ("/healthz/", "no-healthz"),  # a deny holds for every spelling
-    ("/readyz/", "no-readyz-checks"),  # as written: `*` matches the empty name
-    ("/readyz", "no-readyz-checks"),  # and with one trailing slash
-    ("/openapi/v2/", "no-openapi-v2"),  # beats the discovery default, however spelt
+    ("/healthz/", "no-healthz"),  # a deny holds with a trailing slash
+    ("/healthz/etcd", "default-deny"),  # and for nothing further
+    ("/readyz/", "no-readyz-checks"),
+    ("/readyz", "no-readyz-checks"),  # `/readyz/*` holds for `/readyz/`, which may be `/readyz`
+    ("/metrics", "no-metrics"),  # a deny glob's trailing slash is read both ways too
+    ("/version/", "no-version"),  # beats the discovery default, however spelt
     ("/openapi/v3/", DISCOVERY_RULE),
     ("/api/", DISCOVERY_RULE),
 ])
-def test_non_resource_urls_match_with_and_without_a_trailing_slash(url: str, rule: str) -> None:
+def test_non_resource_urls_and_a_trailing_slash(url: str, rule: str) -> None:
     engine = PolicyEngine(load_policy_text(URL_POLICY, "k.yaml"))
     assert decide(engine, "GET", url).rule == rule
+
+
+def test_discovery_lists_both_spellings_of_the_version() -> None:
+    engine = PolicyEngine(load_policy_text(HEADER + "  - {name: logs, effect: allow, kubernetes: {verbs: [get], "
+                                           "non_resource_urls: [/logs]}}\n", "k.yaml"))
+    assert decide(engine, "GET", "/version").rule == decide(engine, "GET", "/version/").rule == DISCOVERY_RULE
+    assert decide(engine, "GET", "/version/x").rule == "default-deny"
