@@ -305,8 +305,12 @@ def part(disposition: bytes, value: bytes = b"DELETE") -> bytes:
     (JSON, b'{"title": "x", "_method": "DELETE"}'), (JSON, b'{"\\u005fmethod": "PUT"}'),
     ((("content-type", "application/vnd.api+json"),), b'{"_method": "PATCH"}'),
     ((("content-type", "text/json; charset=utf-8"),), b'{"_method": "PATCH"}'),
+    (MULTIPART, b"--b\r\nContent-Disposition:name=_method\r\n\r\nx\r\n--b--"),  # PHP: any `key=value`
     (JSON, b'{"a": 1,'),  # declared JSON but not: nothing can be said about it
     (FORM + JSON, b"a=1"),  # servers pick one Content-Type or the other
+    (FORM + (("content-encoding", "gzip"),), b"\x1f\x8b"),  # a server decoding bodies reads what is hidden
+    ((("content-type", "application/x-www-form-urlencoded; charset=utf-16"),), "_method=put".encode("utf-16")),
+    ((("content-type", 'application/json; charset="utf-7"'),), b'{"+AF8-method": "PUT"}'),
 ])
 def test_a_method_override_in_a_post_body_is_refused(headers: Pairs, body: bytes) -> None:
     assert PlainDialect().body_limit(head("POST", "/v1/items/1", headers)) == FORM_BODY_LIMIT
@@ -319,6 +323,9 @@ def test_a_method_override_in_a_post_body_is_refused(headers: Pairs, body: bytes
     ("POST", MULTIPART, part(b'form-data; name="html"', b'<input name="_method" value="DELETE">') + b"--b--"),
     ("POST", JSON, b'{"item": {"_method": "DELETE"}}'),  # only top-level keys are parameters
     ("POST", JSON, b'[{"_method": "DELETE"}]'),
+    ("POST", (("content-type", "application/x-www-form-urlencoded; charset=ISO-8859-1"),), b"a=\xe9"),
+    ("POST", FORM + (("content-encoding", "identity"),), b"a=1"),
+    ("POST", JSON, b""),
 ])
 def test_bodies_without_an_override_are_judged(method: str, headers: Pairs, body: bytes) -> None:
     assert not refused(method, "/v1/items/1", headers, body)

@@ -22,8 +22,9 @@ Requests the server could run as something other than what is judged are refused
   up to a `[`. A plain `method` is no override in any of them (and a common field name).
   Such a body is read whole before judging, up to FORM_BODY_LIMIT (a longer one is refused
   413: what cannot be read cannot be cleared); other bodies (an upload sent as itself,
-  `application/octet-stream`, any PUT) stream without being read. Several Content-Type
-  headers on a POST are refused.
+  `application/octet-stream`, any PUT) stream without being read. Such a body that cannot
+  be read for an override is refused too: several Content-Type headers, a Content-Encoding,
+  a charset that does not spell ASCII as ASCII (refuse_body_override).
 """
 
 from __future__ import annotations
@@ -48,8 +49,10 @@ OVERRIDE_NAMES = frozenset({"_method", "_httpmethod", "x_http_method_override", 
 _NAME_SPELLING = re.compile(r"[ .\-]")
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _DISPOSITION = re.compile(r"(?i)[ \t]*content-disposition[ \t]*:")
-_NAME_PARAM = re.compile(r'(?i)(?:^|[;\s])name(?:\*(\d+))?(\*)?\s*=\s*("(?:[^"\\]|\\.)*"?|[^;\s]*)')
+_NAME_PARAM = re.compile(r'(?i)(?:^|[;:,\s])name(?:\*(\d+))?(\*)?\s*=\s*("(?:[^"\\]|\\.)*"?|[^;,\s]*)')
 _ESCAPED = re.compile(r"\\(.)")
+_CHARSET = re.compile(r'(?i);\s*charset\s*=\s*"?([^";\s]*)')
+_ASCII = "".join(map(chr, range(0x20, 0x7F)))
 
 
 def is_json(content_type: str | None) -> bool:
@@ -168,6 +171,37 @@ def _part_names(text: str) -> Iterator[str]:
         yield "".join(name for _, name in sorted(pieces))
 
 
+def refuse_body_override(head: RequestHead, body: bytes) -> None:
+    """Raise ClientProtocolError (400) when a POST body some server parses into parameters
+    (body_kind) carries a method override (is_override), or cannot be read for one: several
+    Content-Type headers, a Content-Encoding (servers that decode request bodies would read
+    what is hidden here), a charset that does not spell ASCII as ASCII (UTF-16, UTF-7)."""
+    kind = body_kind(head)
+    if kind is None or not body:
+        return
+    if kind == "ambiguous":
+        raise ClientProtocolError("the request carries several Content-Type headers, which servers pick differently")
+    coding = head.header("content-encoding")
+    if coding is not None and coding.strip().lower() != "identity":
+        raise ClientProtocolError(f"a {coding}-encoded form or JSON POST body cannot be checked for a method "
+                                  "override; send it unencoded")
+    charset = _CHARSET.search(head.header("content-type") or "")
+    if charset is not None and not _spells_ascii(charset.group(1)):
+        raise ClientProtocolError(f"a form or JSON POST body in charset {charset.group(1)!r} cannot be checked for "
+                                  "a method override; send it in UTF-8")
+    for name in body_names(kind, body):
+        if is_override(name):
+            raise ClientProtocolError(f"the body carries a method override ({name!r}), which servers run as "
+                                      "another method; send that method itself")
+
+
+def _spells_ascii(charset: str) -> bool:
+    try:
+        return _ASCII.encode(charset) == _ASCII.encode()
+    except (LookupError, UnicodeError):
+        return False
+
+
 class PlainDialect:
     """The http Dialect for one flow (interceptor.handlers.http.dialect.Dialect)."""
 
@@ -185,15 +219,7 @@ class PlainDialect:
             if is_override(name):
                 raise ClientProtocolError(f"the query carries a method override ({name!r}), which servers run "
                                           "as another method; send that method itself")
-        kind = body_kind(head)
-        if kind == "ambiguous":
-            raise ClientProtocolError("the request carries several Content-Type headers, which servers pick "
-                                      "differently")
-        if kind is not None and body:
-            for name in body_names(kind, body):
-                if is_override(name):
-                    raise ClientProtocolError(f"the body carries a method override ({name!r}), which servers run "
-                                              "as another method; send that method itself")
+        refuse_body_override(head, body)
         return HttpRequest(head.method, head.path, head.query, head.host)
 
     def request_headers(self, head: RequestHead, operation: Operation) -> Pairs:
