@@ -48,9 +48,14 @@ MATCH_SCHEMA = {
             "description": (
                 "Conditions on a tool call's arguments: a JSON path (as in masks: `options.recursive`, "
                 "`filters[*].path`, `[\"a.b\"]`, `**.path`) to the values allowed: string globs (for string values; "
-                "a glob holding `/` matches only paths without `.` or `..` segments), or integers and booleans "
-                "compared as JSON (`true` is not `1`). Allow and approve rules: every path present and every value it selects "
-                "listed. Deny and mask rules: any value of any path listed (or an array holding one, or an object).")},
+                "a glob holding `/` matches only paths in normal form: no `.` or `..` segment, no empty segment "
+                "(`//`, a trailing `/`), no backslash, no leading `~`, nothing percent-encoded), or integers and "
+                "booleans. Arguments are also read as servers read them: a string holding a JSON object or array "
+                "as that value (at any depth), and lax scalars (\"true\", \"on\", 1 as true; \"0\" as 0). "
+                "Allow and approve rules: in every reading, every path present and every value it selects "
+                "listed exactly (`true` is not `1`, `\"1\"` is not `1`, a string holding JSON never). Deny and "
+                "mask rules: any value of any path listed in any reading (or an array holding one, or an "
+                "object).")},
     },
 }
 
