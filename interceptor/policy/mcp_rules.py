@@ -60,8 +60,9 @@ refused). The server's lax reading of a string an allow glob matched is that str
 own: write conditions on boolean and numeric parameters as booleans and numbers, and deny
 what must never run.
 
-A glob holding `/` is about a file path, and file systems read more spellings than a glob:
-a value with an empty segment (`//etc/shadow`, a trailing `/`; `/` alone is the root), a `.`
+A glob holding `/` is about a file path (or a URL), and file systems read more spellings
+than a glob: a value with an empty segment (`//etc/shadow`; in a file path also a trailing
+`/`, but `/` alone is the root; a URL's `scheme://` is not one), a `.`
 or `..` segment, a backslash (a separator on Windows, an escape to some tools), a leading
 `~` (a home directory to expanduser), a percent-encoded dot, slash or backslash, or NUL is
 not in normal form, so no allow glob matches it and every deny glob does
@@ -108,9 +109,12 @@ PLUMBING = frozenset({
 })
 TOOL_NAME = re.compile(r"[A-Za-z0-9_./-]{1,128}")
 _TOOL_GLOB = re.compile(r"[A-Za-z0-9_./*?\[\]!-]+")
-# Not a path in normal form: a `.` or `..` segment, an empty segment (`//`, a trailing `/` but
-# for the root), a backslash, a leading `~`, a percent-encoded dot, slash or backslash, NUL.
-_NOT_NORMAL = re.compile(r"(?:^|/)\.{1,2}(?:$|/)|//|.+/$|\\|^~|%2e|%2f|%5c|\x00", re.IGNORECASE | re.DOTALL)
+# Not a path in normal form: a `.` or `..` segment, an empty segment (`//`; for a file path
+# also a trailing `/` but for the root), a backslash, a leading `~`, a percent-encoded dot,
+# slash or backslash, NUL. A URL's `scheme://` is not an empty segment (RFC 3986 section 3).
+_NOT_NORMAL = re.compile(r"(?:^|/)\.{1,2}(?:$|/)|//|\\|^~|%2e|%2f|%5c|\x00", re.IGNORECASE)
+_TRAILING_SLASH = re.compile(r".+/\Z", re.DOTALL)
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 # pydantic's lax booleans from strings (compared stripped and lower-cased: wider than pydantic)
 _TRUE = frozenset({"1", "on", "t", "true", "y", "yes"})
 _FALSE = frozenset({"0", "off", "f", "false", "n", "no"})
@@ -286,9 +290,18 @@ def _reading_matches(reading: Any, pattern: Scalar, deny: bool) -> bool:
 
 
 def _string_matches(value: str, pattern: str, deny: bool) -> bool:
-    if "/" in pattern and _NOT_NORMAL.search(value):
+    if "/" in pattern and not in_normal_form(value):
         return deny
     return fnmatchcase(value, pattern)
+
+
+def in_normal_form(value: str) -> bool:
+    """Is the file path or URL in normal form (see the module docstring)? A URL (`scheme://`) is
+    judged after its scheme, and may end in `/`."""
+    scheme = _SCHEME.match(value)
+    if scheme is not None:
+        return not _NOT_NORMAL.search(value[scheme.end():])
+    return not (_NOT_NORMAL.search(value) or _TRAILING_SLASH.match(value))
 
 
 def _same(value: Any, expected: Scalar) -> bool:

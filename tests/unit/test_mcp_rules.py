@@ -15,7 +15,7 @@ from interceptor.operations import McpCall, Request, Subject
 from interceptor.policy import PolicyEngine, load_policy_text
 from interceptor.policy.cases import run_cases
 from interceptor.policy.loader import PolicyError
-from interceptor.policy.mcp_rules import lax_readings
+from interceptor.policy.mcp_rules import in_normal_form, lax_readings
 from interceptor.protocols.mcp import SPEC
 
 POLICY = """
@@ -254,3 +254,12 @@ def test_the_root_and_plain_paths_are_normal(engine: PolicyEngine) -> None:
     assert verdict(ask(engine, "tools/call", "search_web", {"filters": [{"path": "/"}]})) == ("allow", "search")
     arguments = {"path": "/srv/public/a/b.txt", "options": {"recursive": False}}
     assert verdict(ask(engine, "tools/call", "read_file", arguments)) == ("allow", "read-public")
+
+
+@pytest.mark.parametrize(("url", "normal"), [
+    ("https://docs.example.com/guide/", True), ("https://docs.example.com/a/b", True),
+    ("https://docs.example.com//admin", False), ("https://docs.example.com/a/../admin", False),
+    ("file:///etc/shadow", True), ("https://docs.example.com/a%2f..", False),
+])
+def test_a_urls_scheme_is_not_an_empty_segment(url: str, normal: bool) -> None:
+    assert in_normal_form(url) is normal
