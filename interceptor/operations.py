@@ -94,8 +94,9 @@ class HttpRequest:
 class KubeRequest:
     """The Kubernetes request attributes the API server derives from one request
     (k8s.io/apiserver/pkg/endpoints/request RequestInfo): for a resource request the verb
-    (get list watch create update patch delete deletecollection, or the subresource's own
-    such as `create` for pods/exec), API group ("" for the core group), version, resource,
+    (get list watch create update patch delete deletecollection; `create` for a connect
+    subresource such as pods/exec or nodes/proxy whatever the method, as kube-apiserver 1.31+
+    authorizes WebSocket upgrades), API group ("" for the core group), version, resource,
     subresource, namespace ("" when cluster-scoped or across namespaces) and name; for a
     non-resource request (`/version`, `/healthz`, discovery) only the verb (lower-cased
     method) and path. Label and field selectors, dryRun, and an exec's command as sent."""

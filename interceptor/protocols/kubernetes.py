@@ -1,6 +1,6 @@
 """kubernetes: every request to a Kubernetes API server is judged by the attributes the API
 server derives from it (interceptor.policy.kube_request; rules in interceptor.policy.kube_rules),
-Secret values are masked in responses unless a rule reveals them; its handler is
+Secret values and issued tokens are masked in responses unless a rule reveals them; its handler is
 interceptor.handlers.http.kubernetes (the HTTP session with the Kubernetes dialect)."""
 
 from __future__ import annotations
@@ -32,15 +32,19 @@ MATCH_SCHEMA: Schema = {
         "subresource of pods, and a request without a name or namespace matches any `names` or `namespaces`. A "
         "rule without `resources` and `non_resource_urls` matches every resource request. Discovery reads (GET "
         "/api, /apis, /version, /openapi and below) are allowed by default (rule builtin-kubernetes-discovery) "
-        "unless a rule denies them. Secret values (`data`, `stringData` and the "
-        "kubectl.kubernetes.io/last-applied-configuration annotation) are masked in every response (rule "
-        "kubernetes-secret-values) unless the rule that allowed the request says `reveal_secrets: true`."),
+        "unless a rule denies them. Credentials are masked in every response (rule kubernetes-secret-values) "
+        "unless the rule that allowed the request says `reveal_secrets: true`: Secret values (`data`, "
+        "`stringData` and the kubectl.kubernetes.io/last-applied-configuration annotation) and the token a "
+        "TokenRequest (`serviceaccounts/token`) answers with (`status.token`)."),
     "properties": {
         "verbs": {**_STRINGS, "description": (
             "Kubernetes verbs: `get list watch create update patch delete deletecollection`, `proxy` (the "
-            "deprecated /proxy/ prefix), or `*`. A pod's `exec`, `attach` and `portforward` are `create` (SPDY, "
-            "POST) or `get` (WebSocket, GET) on `pods/exec` and so on, as RBAC sees them. For non-resource URLs, "
-            "the lower-cased HTTP method (`get`, `post`, ...).")},
+            "deprecated /proxy/ prefix), or `*`. A connect subresource (`pods/exec`, `pods/attach`, "
+            "`pods/portforward`, `pods/proxy`, `services/proxy`, `nodes/proxy`) is `create` whatever the method "
+            "(SPDY's POST and WebSocket's GET alike, as kube-apiserver 1.31 and later authorize exec, attach "
+            "and portforward): allowing one takes `create`, and a deny rule naming any verb the server may "
+            "authorize it by (`get`, `create`; for proxy also `update`, `patch`, `delete`) matches it. For "
+            "non-resource URLs, the lower-cased HTTP method (`get`, `post`, ...).")},
         "api_groups": {**_STRINGS_OR_EMPTY, "description": (
             "API groups: `\"\"` is the core group (/api/v1), `apps`, `batch`, `*`, ...")},
         "resources": {**_STRINGS, "description": (
@@ -53,10 +57,12 @@ MATCH_SCHEMA: Schema = {
             "every namespace. A namespace object's own requests (/api/v1/namespaces/prod) are in its namespace.")},
         "non_resource_urls": {**_STRINGS, "description": (
             "Paths of non-resource requests (`/version`, `/healthz*`, `/metrics`); a rule with only these is not "
-            "about resource requests.")},
+            "about resource requests. A deny (or mask) rule matches the path with and without one trailing "
+            "slash, as the server may route both alike (`/version` denies `/version/`); an allow or approve "
+            "rule covers the path as written, as RBAC does (`/version` allows `/version` only).")},
         "reveal_secrets": {"type": "boolean", "description": (
-            "`true` on an allow or approve rule: the Secret values of the responses it allows are not masked. "
-            "Mask rules still apply.")},
+            "`true` on an allow or approve rule: the Secret values and TokenRequest tokens of the responses it "
+            "allows are not masked. Mask rules still apply.")},
     },
 }
 
