@@ -44,7 +44,10 @@ objects).
 Mask rules about the request add their `paths` (JSON paths relative to each object the
 response carries: interceptor.masking.json_paths; the Kubernetes dialect roots them at the
 document, each list item, each Table row's object and each watch event's object) and
-`classifiers`.
+`classifiers`. A mask rule reaches a `log`, `exec`, `attach`, `portforward` or `proxy` request
+only when its `resources` name the subresource (`pods/log`): a pod log is masked line by line by
+the rule's classifiers; what cannot be masked (paths in a log, an exec's byte stream) is
+withheld by the dialect.
 """
 
 from __future__ import annotations
@@ -142,7 +145,7 @@ def judge_kube(context: Context, request: Request, operation: KubeRequest) -> De
         masks.append(MaskSpec(paths=credential_paths(operation), rule=SECRET_RULE))
     for rule in rules:
         if rule.effect == "mask" and rule.mask is not None and (rule.mask.paths or rule.mask.classifiers) \
-                and matches(rule, operation):
+                and matches(rule, operation) and (not _raw(operation) or _names_subresource(rule, operation)):
             masks.append(MaskSpec(classifiers=rule.mask.classifiers, style=rule.mask.style, rule=rule.name,
                                   paths=rule.mask.paths))
     return judgement.decision(tuple(masks))
@@ -215,6 +218,19 @@ def _unless_absent(patterns: tuple[str, ...] | None, value: str, loose: bool) ->
     if patterns is None or (loose and not value):
         return True
     return any(fnmatchcase(value, p) for p in patterns)
+
+
+def _names_subresource(rule: Rule, operation: KubeRequest) -> bool:
+    """A mask rule reaches a log, exec, attach, portforward or proxy request (a stream, not an
+    API object) only when its `resources` name that subresource (`pods/log`, `pods/*`), or
+    when it has no `kubernetes:` block (it is about every request): a mask on `pods` is about
+    pod objects and leaves `kubectl logs` and `exec` usable."""
+    match = kube_match(rule)
+    if match is None:
+        return True
+    target = f"{operation.resource}/{operation.subresource}"
+    return match.resources is not None and any(
+        "/" in pattern and fnmatchcase(target, pattern) for pattern in match.resources)
 
 
 def _discovery(operation: KubeRequest) -> bool:

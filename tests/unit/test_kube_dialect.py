@@ -27,7 +27,7 @@ from interceptor.handlers.base import Services
 from interceptor.handlers.commands import Record, Send, Side
 from interceptor.handlers.http.dialect import BodyFilter, RequestHead, ResponseHead
 from interceptor.handlers.http.kubernetes import (
-    HANDLER, KubernetesDialect, WatchEventMask, json_accept, rooted, status_object,
+    HANDLER, KubernetesDialect, LogLineMask, WatchEventMask, json_accept, rooted, status_object,
 )
 from interceptor.handlers.http.session import HttpSession
 from interceptor.masking.json_paths import JsonMask
@@ -436,3 +436,17 @@ def test_the_python_client_reads_secrets_masked_and_is_refused_by_rule(kubeapi: 
     upstream = [r for r in kubeapi.requests() if "py-db" in r["path"] or r["path"].endswith("/secrets")]
     assert all(dict(r["headers"]).get("authorization") == f"Bearer {kubeapi.token}" for r in upstream)
     assert not any(r["method"] == "DELETE" for r in kubeapi.requests())
+
+
+def test_a_pod_log_is_masked_line_by_line_by_classifiers() -> None:
+    decision = Decision(Verdict.ALLOW, "r", masks=(MaskSpec(classifiers=("email",), rule="mask-logs"),))
+    flt = body_filter("/api/v1/namespaces/a/pods/p/log?follow=true", decision, "text/plain")
+    assert isinstance(flt, LogLineMask)
+    first = flt.feed(b"login by alice@example.com ok\nlogin by b")
+    assert first.endswith(b"\n") and b"alice@example.com" not in first and first.startswith(b"login by ")
+    rest = flt.feed(b"ob@example.com\n") + flt.end()
+    assert b"bob@example.com" not in rest and flt.masked == 2
+    with pytest.raises(MaskingError, match="JSON paths, which a pod log has none of"):
+        body_filter("/api/v1/namespaces/a/pods/p/log", allowed(("data.*",)), "text/plain")
+    with pytest.raises(MaskingError, match="larger than 8 bytes"):
+        LogLineMask([], limit=8).feed(b"0123456789")

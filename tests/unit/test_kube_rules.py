@@ -154,9 +154,11 @@ def test_mask_rules_add_their_paths_where_the_request_falls_in() -> None:
         Rule("sql-only", "mask", mask=MaskRule(columns=(("s", "t", "c"),))),  # nothing a JSON body has
     )
     engine = PolicyEngine(type(base)(base.version, base.resources, base.agents, base.rules + masking))
-    masks = decide(engine, "GET", "/api/v1/namespaces/dev/pods/web/log").masks
-    assert [m.rule for m in masks] == ["mask-env", "mask-emails"]  # pods falls in: its subresources too
-    assert masks[0] == MaskSpec(style="partial", rule="mask-env", paths=("spec.containers[*].env[*].value",))
+    masks = decide(engine, "GET", "/api/v1/namespaces/dev/pods/web").masks
+    assert [m.rule for m in masks] == [SECRET_RULE, "mask-env", "mask-emails"]
+    assert masks[1] == MaskSpec(style="partial", rule="mask-env", paths=("spec.containers[*].env[*].value",))
+    # a log is a stream, not a pod: only rules naming pods/log (or about every request) reach it
+    assert [m.rule for m in decide(engine, "GET", "/api/v1/namespaces/dev/pods/web/log").masks] == ["mask-emails"]
     listed = decide(engine, "GET", "/apis/apps/v1/namespaces/dev/deployments").masks
     assert [m.rule for m in listed] == [SECRET_RULE, "mask-emails"]
 
@@ -338,3 +340,18 @@ def test_discovery_lists_both_spellings_of_the_version() -> None:
                                            "non_resource_urls: [/logs]}}\n", "k.yaml"))
     assert decide(engine, "GET", "/version").rule == decide(engine, "GET", "/version/").rule == DISCOVERY_RULE
     assert decide(engine, "GET", "/version/x").rule == "default-deny"
+
+
+def test_a_mask_rule_reaches_logs_and_exec_only_when_it_names_them() -> None:
+    base = load_policy_text(POLICY, "k.yaml")
+    masking = (
+        Rule("mask-pods", "mask", operation="kubernetes", match=parse_kube_case_match({"resources": ["pods"]}),
+             mask=MaskRule(classifiers=("email",))),
+        Rule("mask-logs", "mask", operation="kubernetes", match=parse_kube_case_match({"resources": ["pods/log"]}),
+             mask=MaskRule(classifiers=("card",))),
+    )
+    engine = PolicyEngine(type(base)(base.version, base.resources, base.agents, base.rules + masking))
+    assert [m.rule for m in decide(engine, "GET", "/api/v1/namespaces/dev/pods/web/log").masks] == ["mask-logs"]
+    assert [m.rule for m in decide(engine, "GET", "/api/v1/namespaces/dev/pods/web").masks] == [
+        SECRET_RULE, "mask-pods"]
+    assert decide(engine, "POST", "/api/v1/namespaces/dev/pods/web/exec?command=ls").masks == ()

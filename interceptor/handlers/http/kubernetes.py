@@ -20,10 +20,14 @@
   never buffering the stream; any other response is masked once whole (at most
   DOCUMENT_LIMIT). A mask's paths are relative to each object the response carries: the
   document, each list item (`items[*]`), each Table row's object (`rows[*].object`), and in a
-  watch, each event's `object` (and the rows of a Table it carries).
+  watch, each event's `object` (and the rows of a Table it carries). A pod log (text/plain,
+  `pods/log`) is masked line by line by the masks' classifiers (a mask with paths cannot apply
+  to it: withheld), each line at most LOG_LINE_LIMIT.
 """
 
 from __future__ import annotations
+
+import abc
 
 import orjson
 
@@ -32,6 +36,7 @@ from interceptor.errors import ClientProtocolError, MaskingError
 from interceptor.handlers.http.dialect import BodyFilter, Reply, RequestHead, ResponseHead
 from interceptor.handlers.http.handler import HttpHandler
 from interceptor.handlers.http.plain import JsonBodyMask
+from interceptor.masking.column import ColumnMasker
 from interceptor.masking.json_paths import JsonMask, mask_document
 from interceptor.operations import KubeRequest, Operation, Pairs
 from interceptor.policy.kube_request import go_query, kube_request
@@ -39,6 +44,7 @@ from interceptor.policy.kube_rules import describe
 
 DOCUMENT_LIMIT = 64 * 1024 * 1024  # a masked response larger than this is withheld
 WATCH_EVENT_LIMIT = 16 * 1024 * 1024  # a masked watch event larger than this ends the watch
+LOG_LINE_LIMIT = 1024 * 1024  # a masked log line longer than this ends the log
 OBJECT_ROOTS = ("", "items[*]", "rows[*].object")  # where a response carries objects
 WATCH_ROOTS = tuple(f"object.{root}" if root else "object" for root in OBJECT_ROOTS)
 JSON = "application/json"
@@ -84,6 +90,8 @@ class KubernetesDialect:
         rules = ", ".join(spec.rule for spec in decision.masks)
         content_type = response.header("content-type") or ""
         media, *parameters = (part.strip().lower() for part in content_type.split(";"))
+        if isinstance(operation, KubeRequest) and operation.subresource == "log" and media == "text/plain":
+            return _log_mask(decision.masks, rules, response)
         if media != JSON:
             raise MaskingError(f"rule(s) {rules} mask this response, but its content type {content_type or '(none)'} "
                                "is not application/json; withheld")
@@ -145,14 +153,22 @@ def status_object(status: int, message: str, rule: str | None, operation: KubeRe
             "reason": reason, "details": details, "code": status}
 
 
-class WatchEventMask:
-    """A BodyFilter masking a watch stream (newline-delimited JSON events, k8s.io/apimachinery
-    pkg/watch/json WatchEvent) as each event ends; blank lines pass. MaskingError for an event
-    that is not JSON or is longer than `limit`, and for a stream that ends within an event
-    that does not parse."""
+def _log_mask(masks: tuple[MaskSpec, ...], rules: str, response: ResponseHead) -> LogLineMask:
+    if any(spec.paths for spec in masks):
+        raise MaskingError(f"rule(s) {rules} mask JSON paths, which a pod log has none of; withheld")
+    coding = (response.header("content-encoding") or "identity").strip().lower()
+    if coding != "identity":
+        raise MaskingError(f"rule(s) {rules} mask this log, but it is {coding}-encoded; withheld")
+    return LogLineMask([ColumnMasker(spec.style, spec.classifiers) for spec in masks])
 
-    def __init__(self, masks: list[JsonMask], limit: int = WATCH_EVENT_LIMIT) -> None:
-        self.masks = masks
+
+class _LineFilter(abc.ABC):
+    """A BodyFilter that masks a body line by line as each newline-ended line arrives, never
+    buffering more than one line (`limit` bytes; longer: MaskingError, `what` names it)."""
+
+    what = "a line"
+
+    def __init__(self, limit: int) -> None:
         self.limit = limit
         self.masked = 0
         self._pending = bytearray()
@@ -166,13 +182,48 @@ class WatchEventMask:
             del self._pending[:end + 1]
             out = b"".join(self._event(line) + b"\n" for line in lines)
         if len(self._pending) > self.limit:
-            raise MaskingError(f"a watch event to mask is larger than {self.limit} bytes; the watch is ended")
+            raise MaskingError(f"{self.what} to mask is larger than {self.limit} bytes; the stream is ended")
         return out
 
     def end(self) -> bytes:
         rest = bytes(self._pending)
         self._pending.clear()
         return self._event(rest) if rest else b""
+
+    @abc.abstractmethod
+    def _event(self, line: bytes) -> bytes:
+        """One line (without its newline), masked."""
+
+
+class LogLineMask(_LineFilter):
+    """A pod log (k8s.io/api core/v1 pods/log: text/plain) masked line by line by classifiers."""
+
+    what = "a log line"
+
+    def __init__(self, maskers: list[ColumnMasker], limit: int = LOG_LINE_LIMIT) -> None:
+        super().__init__(limit)
+        self.maskers = maskers
+
+    def _event(self, line: bytes) -> bytes:
+        for masker in self.maskers:
+            masked = masker.mask(line)
+            if masked is not None and masked != line:
+                self.masked += 1
+                line = masked
+        return line
+
+
+class WatchEventMask(_LineFilter):
+    """A BodyFilter masking a watch stream (newline-delimited JSON events, k8s.io/apimachinery
+    pkg/watch/json WatchEvent) as each event ends; blank lines pass. MaskingError for an event
+    that is not JSON or is longer than `limit`, and for a stream that ends within an event
+    that does not parse."""
+
+    what = "a watch event"
+
+    def __init__(self, masks: list[JsonMask], limit: int = WATCH_EVENT_LIMIT) -> None:
+        super().__init__(limit)
+        self.masks = masks
 
     def _event(self, line: bytes) -> bytes:
         if not line.strip():
