@@ -29,7 +29,9 @@ from interceptor.enforcer.judge import FlowJudge
 from interceptor.errors import ClientProtocolError, MaskingError, Refused
 from interceptor.flow import Endpoint, FlowContext, ProcessInfo
 from interceptor.handlers.base import Services
+from interceptor.handlers.commands import Send, Side
 from interceptor.handlers.http.dialect import BodyFilter, RequestHead, ResponseHead
+from interceptor.handlers.http.session import HttpSession
 from interceptor.handlers.http.mcp import (
     BODY_LIMIT, DENIED_CODE, HANDLER, INVALID_REQUEST, PARSE_ERROR, InFlight, McpDialect,
 )
@@ -508,13 +510,100 @@ def test_an_id_is_free_again_when_its_stream_ends_or_it_is_refused(dialect: McpD
     posted(first, 7)
 
 
-def test_an_id_is_free_again_when_the_flow_posts_again_or_is_gone(dialect: McpDialect) -> None:
+def test_an_id_is_free_again_when_the_flow_posts_again(dialect: McpDialect) -> None:
     first, other = pair(dialect)
     posted(first, 7)
     posted(first, 8)
     posted(other, 7)
-    del other
+
+
+def listing_answer(body_filter: BodyFilter | None) -> list[str]:
+    assert body_filter is not None
+    out = body_filter.feed(b"data: " + orjson.dumps(result({"tools": TOOLS}, id=7)) + b"\n\n")
+    return [tool["name"] for tool in orjson.loads(out.partition(b"data: ")[2])["result"]["tools"]]
+
+
+def test_a_request_abandoned_in_flight_leaves_its_filters_to_the_next_one_under_its_id(dialect: McpDialect) -> None:
+    # the connection of a tools/list ends before its answer; the server may still send that answer to the
+    # next POST of the session with id 7 (the SDK re-registers the stream under "7"): it is filtered as a list
+    first, other = pair(dialect)
+    post(first, request("tools/list", id=7), SESSION)
+    del first
+    call = posted(other, 7)
+    assert listing_answer(other.response_filter(head(headers=SESSION), call, allowed(), ResponseHead(200, SSE))) \
+        == SHOWN
+    again = posted(other, 7)  # the orphan stays: its answer may still come
+    assert listing_answer(other.response_filter(head(headers=SESSION), again, allowed(), ResponseHead(200, SSE))) \
+        == SHOWN
+
+
+def test_the_end_of_the_session_forgets_what_was_abandoned(dialect: McpDialect) -> None:
+    first, other = pair(dialect)
+    post(first, request("tools/list", id=7), SESSION)
+    del first
+    delete = RequestHead("DELETE", "/mcp", "/mcp", (), (("mcp-session-id", "S1"),), "127.0.0.1:8000")
+    ended = other.operation(delete, b"")
+    assert other.response_filter(delete, ended, allowed(), ResponseHead(200, (("content-length", "0"),))) is None
+    call = posted(other, 7)
+    assert other.response_filter(head(headers=SESSION), call, allowed(), ResponseHead(200, JSON)) is None
+
+
+def test_a_session_with_too_many_abandoned_requests_is_refused(dialect: McpDialect) -> None:
+    in_flight = InFlight(limit=2)
+    survivor = McpDialect(dialect.services, in_flight)
+    for id in (1, 2, 3):
+        gone = McpDialect(dialect.services, in_flight)
+        posted(gone, id)
+        del gone
+    posted(survivor, 1)  # takes the id over; the gone one is an orphan
+    posted(survivor, 2)
+    with pytest.raises(ClientProtocolError, match="start a new session"):
+        posted(survivor, 3)  # a third orphan
+    with pytest.raises(ClientProtocolError, match="start a new session"):
+        posted(survivor, 4)
+    posted(survivor, 4, (*JSON, ("mcp-session-id", "S2")))
+
+
+def test_a_request_abandoned_and_denied_now_withholds_the_answer(dialect: McpDialect) -> None:
+    first, other = pair(dialect)
     posted(first, 7)
+    first.inherited = (McpCall("tools/call", "delete_file"),)  # as if a policy reload denied it since
+    with pytest.raises(MaskingError, match="denied now"):
+        first.response_filter(head(headers=SESSION), McpCall("ping"), allowed(), ResponseHead(200, SSE))
+
+
+MASKING = POLICY + """  - {name: mask-cards, effect: mask, resources: [tools], mcp: {tools: [read_file]},
+     mask: {classifiers: [card]}}
+"""
+
+
+def sent_upstream(session: HttpSession, tool: str) -> bool:
+    """POST a tools/call of `tool` with id 7 in MCP session S1: was it forwarded?"""
+    message = orjson.dumps(request("tools/call", {"name": tool, "arguments": {"path": "/srv/a"}}, id=7))
+    out = session.receive(Side.CLIENT, b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nMcp-Session-Id: S1\r\n"
+                                       b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                                       % (len(message), message))
+    return any(isinstance(c, Send) and c.to is Side.SERVER for c in out)
+
+
+def test_an_answer_to_an_abandoned_call_is_masked_on_the_next_stream_under_its_id(dialect: McpDialect) -> None:
+    # read_file (masked) on one connection, closed before its answer; search_web (unmasked) with the same id on
+    # another: the SDK may send read_file's answer to search_web's stream, so that stream gets read_file's masks
+    engine = PolicyEngine(load_policy_text(MASKING, "mcp.yaml"))
+    judge = FlowJudge(dialect.services.judge.flow, lambda: engine, lambda: None, lambda: False)
+    services = Services(judge=judge, audit=Sink(), resource=dialect.services.resource,
+                        credentials=dialect.services.credentials)
+    in_flight = InFlight()
+    first, second = (HttpSession(McpDialect(services, in_flight), judge, server_name=None) for _ in range(2))
+    assert sent_upstream(first, "read_file")
+    del first  # the first connection ends before its answer: its dialect is gone
+    assert sent_upstream(second, "search_web")
+    card = b"data: " + orjson.dumps(result({"content": [{"type": "text", "text": CARD}]}, id=7)) + b"\n\n"
+    answer = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: %d\r\n\r\n%s"
+              % (len(card), card))
+    to_agent = b"".join(bytes(piece) for c in second.receive(Side.SERVER, answer)
+                        if isinstance(c, Send) and c.to is Side.CLIENT for piece in c.data)
+    assert b"200 OK" in to_agent and CARD.encode() not in to_agent
 
 
 def test_a_response_on_a_stream_must_answer_its_request(dialect: McpDialect) -> None:

@@ -20,8 +20,9 @@ whose `name` is not a string or whose `arguments` is not an object.
 
 Request ids. The `mcp` SDK's server routes a response (and every message about a request) to
 the POST stream registered under str(id), the latest one. So a request whose str(id) is in
-flight in its MCP session on another connection (7 and "7" alike) is refused with 400 (see
-InFlight), as is a request id the SDK keys a stream of its own by (RESERVED_IDS:
+flight in its MCP session on another connection (7 and "7" alike) is refused with 400, and
+one reusing the id of a request whose connection ended before its answer gets that
+request's masks and tools filter too (see InFlight), as is a request id the SDK keys a stream of its own by (RESERVED_IDS:
 `_GET_stream`, its GET stream) and more than one Mcp-Session-Id header. A response on a
 POST's stream must carry that request's id (same JSON type), else it is withheld
 (MaskingError): it answers another request, whose masks are not known there. Ids of the
@@ -61,12 +62,13 @@ import json
 import math
 import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import orjson
 
 from interceptor.audit.scrub import scrub
-from interceptor.decision import Decision
+from interceptor.decision import Decision, MaskSpec, Verdict
 from interceptor.errors import ClientProtocolError, MaskingError, ProtocolViolation, Refused
 from interceptor.handlers.base import Services, resource_option
 from interceptor.handlers.http.dialect import BodyFilter, Reply, RequestHead, ResponseHead
@@ -183,9 +185,22 @@ def _media(content_type: str | None) -> tuple[str, str]:
     return media.strip().lower(), charset
 
 
+Key = tuple[str, str, str]  # (resource, Mcp-Session-Id, str(id))
+
+
+@dataclass(slots=True)
+class _Entry:
+    """One key of InFlight: the dialect holding it (weakly) and its request, and the requests
+    abandoned in flight under it, whose answers may still come to whoever holds it."""
+
+    holder: weakref.ref[McpDialect] | None = None
+    call: McpCall | None = None
+    orphans: tuple[McpCall, ...] = ()
+
+
 class InFlight:
     """The JSON-RPC requests in flight in each MCP session, across the flows (connections) of
-    every mcp resource: (resource, Mcp-Session-Id, str(id)) to the flow's dialect holding it.
+    every mcp resource, by Key.
 
     Why: the `mcp` SDK's StreamableHTTPServerTransport sends a response, and every message
     about a request (progress, sampling), to the POST stream it registered under str(id),
@@ -193,42 +208,86 @@ class InFlight:
     same str(id) (7 and "7" too) on two connections would have the first one's answer leave
     through the second one's filter, its masks not applied. MCP (2025-06-18, Basic Protocol)
     forbids reusing an id in a session; the enforcer refuses a request whose str(id) is in
-    flight in its session (ClientProtocolError, 400).
+    flight in its session on another live connection (ClientProtocolError, 400).
 
     A request is in flight from when it is judged until its response is seen (the head of a
     JSON answer, or the response message of an event stream, or that stream's end), it is
-    refused, the flow's next request is judged, or the flow's dialect is gone (the agent's
-    connection ended: held weakly). Requests without an Mcp-Session-Id (initialize, servers
-    without sessions) are not tracked: each has a transport of its own."""
+    refused, or the flow's next request is judged. When the flow's dialect is gone first
+    (the agent's connection ended; held weakly), the request is abandoned: the server may
+    still answer it, to whichever stream then holds its id. The next request under that key
+    is let through, but inherits the abandoned requests (an orphan stays until the session
+    ends with a DELETE): its answer is filtered with their masks and tools filters as well.
+    A session with more than `limit` abandoned requests is refused from then on (400: start
+    a new session), which bounds what is kept. Requests without an Mcp-Session-Id
+    (initialize, servers without sessions) are not tracked: each has a transport of its own."""
 
-    def __init__(self) -> None:
-        self._holders: dict[tuple[str, str, str], weakref.ref[McpDialect]] = {}
+    def __init__(self, limit: int = 1024) -> None:
+        self.limit = limit
+        self._entries: dict[Key, _Entry] = {}
+        self._abandoned: dict[tuple[str, str], int] = {}  # abandoned requests kept, per session
+        self._spoiled: set[tuple[str, str]] = set()  # sessions past the limit
         self._sweep_at = 1024
 
-    def reserve(self, key: tuple[str, str, str], holder: McpDialect) -> None:
-        """Hold `key` for `holder`; ClientProtocolError when another live dialect holds it."""
-        other = self._holders.get(key)
-        current = other() if other is not None else None
-        if current is not None and current is not holder and current.reservation == key:
+    def reserve(self, key: Key, holder: McpDialect, call: McpCall) -> tuple[McpCall, ...]:
+        """Hold `key` for `holder`'s `call`; returns the requests abandoned under it.
+        ClientProtocolError when another live dialect holds it or the session is spoiled."""
+        self._unspoiled(key)
+        entry = self._entries.setdefault(key, _Entry())
+        current = entry.holder() if entry.holder is not None else None
+        if current is not None and current is not holder:
             raise ClientProtocolError(f"request id {key[2]!r} is in flight in this MCP session on another "
                                       "connection: an id is used once per session (MCP, Basic Protocol)")
-        self._holders[key] = weakref.ref(holder)
-        if len(self._holders) > self._sweep_at:
+        if entry.holder is not None and current is None:
+            self._abandon(key, entry)
+            self._unspoiled(key)
+        entry.holder, entry.call = weakref.ref(holder), call
+        if len(self._entries) > self._sweep_at:
             self._sweep()
+        return entry.orphans
 
-    def release(self, key: tuple[str, str, str], holder: McpDialect) -> None:
-        """Let `key` go if `holder` holds it."""
-        other = self._holders.get(key)
-        if other is not None and other() is holder:
-            del self._holders[key]
+    def _unspoiled(self, key: Key) -> None:
+        if key[:2] in self._spoiled:
+            raise ClientProtocolError(f"more than {self.limit} requests of this MCP session were abandoned in "
+                                      "flight (connections closed before their answers): start a new session")
+
+    def release(self, key: Key, holder: McpDialect) -> None:
+        """Let `key` go if `holder` holds it (what was abandoned under it stays)."""
+        entry = self._entries.get(key)
+        if entry is None or entry.holder is None or entry.holder() is not holder:
+            return
+        if entry.orphans:
+            entry.holder = entry.call = None
+        else:
+            del self._entries[key]
+
+    def end(self, session: tuple[str, str]) -> None:
+        """The session ended (DELETE answered): forget what was abandoned in it."""
+        self._abandoned.pop(session, None)
+        for key in [key for key, entry in self._entries.items() if key[:2] == session]:
+            entry = self._entries[key]
+            if entry.holder is None or entry.holder() is None:
+                del self._entries[key]
+            else:
+                entry.orphans = ()
+
+    def _abandon(self, key: Key, entry: _Entry) -> None:
+        """The holder of `key` is gone with its request unanswered: keep it as an orphan."""
+        entry.orphans = (*entry.orphans, *(() if entry.call is None else (entry.call,)))
+        entry.holder = entry.call = None
+        session = key[:2]
+        self._abandoned[session] = self._abandoned.get(session, 0) + 1
+        if self._abandoned[session] > self.limit:
+            self._spoiled.add(session)
+            del self._abandoned[session]
+            for gone in [k for k, e in self._entries.items() if k[:2] == session and e.holder is None]:
+                del self._entries[gone]
 
     def _sweep(self) -> None:
-        """Forget the keys of dialects that are gone or hold another key now."""
-        for key, ref in list(self._holders.items()):
-            holder = ref()
-            if holder is None or holder.reservation != key:
-                del self._holders[key]
-        self._sweep_at = max(1024, 2 * len(self._holders))
+        """Turn the keys of dialects that are gone into orphans."""
+        for key, entry in list(self._entries.items()):
+            if key in self._entries and entry.holder is not None and entry.holder() is None:
+                self._abandon(key, entry)
+        self._sweep_at = max(1024, 2 * len(self._entries))
 
 
 IN_FLIGHT = InFlight()
@@ -243,8 +302,9 @@ class McpDialect:
     def __init__(self, services: Services, in_flight: InFlight = IN_FLIGHT) -> None:
         self.services = services
         self.in_flight = in_flight
-        self.reservation: tuple[str, str, str] | None = None  # the request of this flow in flight (InFlight)
+        self.reservation: Key | None = None  # the request of this flow in flight (InFlight)
         self.request_id: str | int | None = None  # the id of the request the response answers
+        self.inherited: tuple[McpCall, ...] = ()  # requests abandoned under its id, whose answers may come
 
     def body_limit(self, head: RequestHead) -> int:
         return BODY_LIMIT if head.method == "POST" else 0
@@ -279,17 +339,17 @@ class McpDialect:
             raise ClientProtocolError(f"the MCP message is not strict JSON: {exc}") from None
         call = jsonrpc_call(message)
         if call.method != RESPONSE_METHOD and "id" in message:
-            self._reserve(head, message["id"])
+            self._reserve(head, message["id"], call)
         return call
 
-    def _reserve(self, head: RequestHead, request_id: str | int) -> None:
+    def _reserve(self, head: RequestHead, request_id: str | int, call: McpCall) -> None:
         sessions = [value for name, value in head.headers if name == SESSION_HEADER]
         if len(sessions) > 1:
             raise ClientProtocolError("more than one Mcp-Session-Id header: a server could read either")
         if sessions:
             session = sessions[0]
             key = (self.services.resource.name, session, str(request_id))
-            self.in_flight.reserve(key, self)
+            self.inherited = self.in_flight.reserve(key, self, call)
             self.reservation = key
         self.request_id = request_id
 
@@ -298,6 +358,7 @@ class McpDialect:
         if self.reservation is not None:
             self.in_flight.release(self.reservation, self)
         self.reservation = self.request_id = None
+        self.inherited = ()
 
     def request_headers(self, head: RequestHead, operation: Operation) -> Pairs:
         return (*((name, value) for name, value in head.headers if name != "accept-encoding"),
@@ -329,28 +390,46 @@ class McpDialect:
         if not isinstance(operation, McpCall):
             raise TypeError(f"the mcp dialect judged {type(operation).__name__}, not McpCall")
         listen = operation.method == LISTEN_METHOD
-        listing = operation.method == TOOLS_LIST
+        session = head.header(SESSION_HEADER)
+        if operation.method == TERMINATE_METHOD and 200 <= response.status < 300 and session is not None:
+            self.in_flight.end((self.services.resource.name, session))
+        specs, listing = self._with_inherited(decision, operation.method == TOOLS_LIST)
         media, _ = _media(response.header("content-type"))
         coding = response.header("content-encoding")
         uncoded = coding is None or coding.strip().lower() == "identity"
         request_id = self.request_id
         if media != SSE_CONTENT_TYPE or response.header("content-length") == "0" or not uncoded:
             self.answered()  # the answer is the response (or holds none we could read)
-        elif self.reservation is not None and not (decision.masks or listing or listen):
+        elif self.reservation is not None and not (specs or listing or listen):
             return EventStream(MessageFilter([], None, False, request_id, self.answered))
-        if not (decision.masks or listing or listen) or response.header("content-length") == "0":
+        if not (specs or listing or listen) or response.header("content-length") == "0":
             return None
         if media not in ("application/json", SSE_CONTENT_TYPE):
-            if not decision.masks and not 200 <= response.status < 300:
+            if not specs and not 200 <= response.status < 300:
                 return None
             raise MaskingError(f"the answer to {operation.method} must be filtered, but its content type "
                                f"{response.header('content-type') or '(none)'} is neither JSON nor an event stream; "
                                "withheld")
         if not uncoded:
             raise MaskingError(f"the answer to {operation.method} must be filtered, but it is {coding}-coded; withheld")
-        masks = [JsonMask.of(spec) for spec in decision.masks]
+        masks = [JsonMask.of(spec) for spec in specs]
         messages = MessageFilter(masks, self._callable if listing else None, listen, request_id, self.answered)
         return JsonBody(messages) if media == "application/json" else EventStream(messages)
+
+    def _with_inherited(self, decision: Decision, listing: bool) -> tuple[tuple[MaskSpec, ...], bool]:
+        """The decision's masks and whether to filter a tools list, with those of the requests
+        abandoned under this request's id (InFlight), judged again now: their answers may come
+        here. MaskingError when one of them is denied now."""
+        masks = decision.masks
+        judge = self.services.judge
+        for call in self.inherited:
+            inherited = judge.judged(judge.request(call), judge.engine())
+            if inherited.verdict is Verdict.DENY:
+                raise MaskingError(f"an answer to an abandoned {call.method} under this request's id may come "
+                                   f"here, and it is denied now ({inherited.reason}); withheld")
+            masks = (*masks, *inherited.masks)
+            listing = listing or call.method == TOOLS_LIST
+        return masks, listing
 
     def audit_operation(self, operation: Operation) -> dict[str, object]:
         """The summary with the arguments scrubbed (interceptor.audit.scrub: members with
