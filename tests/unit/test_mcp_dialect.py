@@ -78,7 +78,7 @@ def dialect(request: pytest.FixtureRequest) -> McpDialect:
     resource = ResourceSpec("tools", "mcp", (AddressSpec(ipaddress.ip_network("127.0.0.1/32"), None, 8000),),
                             options=getattr(request, "param", {}))
     return McpDialect(Services(judge=FlowJudge(flow, lambda: engine, lambda: None, lambda: False), audit=Sink(),
-                               resource=resource, credentials=credentials))
+                               resource=resource, credentials=credentials), InFlight())
 
 
 def head(method: str = "POST", headers: tuple[tuple[str, str], ...] = JSON, target: str = "/mcp") -> RequestHead:
