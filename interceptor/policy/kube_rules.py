@@ -44,7 +44,8 @@ objects).
 Mask rules about the request add their `paths` (JSON paths relative to each object the
 response carries: interceptor.masking.json_paths; the Kubernetes dialect roots them at the
 document, each list item, each Table row's object and each watch event's object) and
-`classifiers`. A mask rule reaches a `log`, `exec`, `attach`, `portforward` or `proxy` request
+`classifiers`; a rule with paths masks the last-applied annotation too (a copy of the object's
+values as JSON text). A mask rule reaches a `log`, `exec`, `attach`, `portforward` or `proxy` request
 only when its `resources` name the subresource (`pods/log`): a pod log is masked line by line by
 the rule's classifiers; what cannot be masked (paths in a log, an exec's byte stream) is
 withheld by the dialect.
@@ -147,8 +148,15 @@ def judge_kube(context: Context, request: Request, operation: KubeRequest) -> De
         if rule.effect == "mask" and rule.mask is not None and (rule.mask.paths or rule.mask.classifiers) \
                 and matches(rule, operation) and (not _raw(operation) or _names_subresource(rule, operation)):
             masks.append(MaskSpec(classifiers=rule.mask.classifiers, style=rule.mask.style, rule=rule.name,
-                                  paths=rule.mask.paths))
+                                  paths=_with_last_applied(rule.mask.paths)))
     return judgement.decision(tuple(masks))
+
+
+def _with_last_applied(paths: tuple[str, ...]) -> tuple[str, ...]:
+    """A mask rule's paths, and with them the last-applied annotation whole: kubectl apply
+    keeps the object's previous manifest there as JSON text, a copy of the values the paths
+    mask (`data.*` of a ConfigMap) that no path into the object reaches."""
+    return (*paths, f'metadata.annotations["{LAST_APPLIED}"]') if paths else ()
 
 
 def credential_paths(operation: KubeRequest) -> tuple[str, ...]:

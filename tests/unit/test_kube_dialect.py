@@ -450,3 +450,25 @@ def test_a_pod_log_is_masked_line_by_line_by_classifiers() -> None:
         body_filter("/api/v1/namespaces/a/pods/p/log", allowed(("data.*",)), "text/plain")
     with pytest.raises(MaskingError, match="larger than 8 bytes"):
         LogLineMask([], limit=8).feed(b"0123456789")
+
+
+def test_a_path_mask_covers_the_copy_kubectl_apply_keeps_in_the_last_applied_annotation() -> None:
+    last = orjson.dumps({"kind": "ConfigMap", "data": {"oncall": "alice@example.com"}}).decode()
+    configmap = {"kind": "ConfigMap", "metadata": {"name": "contacts", "annotations": {LAST_APPLIED: last}},
+                 "data": {"oncall": "alice@example.com"}}
+    base = load_policy_text(f"""
+version: 1
+resources:
+  k8s: {{protocol: kubernetes, addresses: ["10.0.0.1:6443"]}}
+agents:
+  bot: {{uids: [1001]}}
+rules:
+  - {{name: read, effect: allow, kubernetes: {{verbs: [get], resources: [configmaps]}}}}
+  - {{name: mask-emails, effect: mask, kubernetes: {{resources: [configmaps]}},
+     mask: {{paths: ["data.*"], classifiers: [email], style: partial}}}}
+""", "k.yaml")
+    decision = PolicyEngine(base).decide(Request(Subject("bot"), "k8s", KubeRequest(
+        "get", "/api/v1/namespaces/a/configmaps/contacts", resource="configmaps", api_version="v1",
+        namespace="a", name="contacts")))
+    out = run(body_filter("/api/v1/namespaces/a/configmaps/contacts", decision), [orjson.dumps(configmap)])
+    assert b"alice@example.com" not in out and b"a***@example.com" in out

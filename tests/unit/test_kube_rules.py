@@ -21,6 +21,7 @@ from interceptor.policy.loader import PolicyError
 from interceptor.policy.model import MaskRule, Rule
 
 ROOT = Path(__file__).resolve().parents[2]
+LAST = 'metadata.annotations["kubectl.kubernetes.io/last-applied-configuration"]'  # a rule with paths masks it too
 
 HEADER = """
 version: 1
@@ -156,7 +157,7 @@ def test_mask_rules_add_their_paths_where_the_request_falls_in() -> None:
     engine = PolicyEngine(type(base)(base.version, base.resources, base.agents, base.rules + masking))
     masks = decide(engine, "GET", "/api/v1/namespaces/dev/pods/web").masks
     assert [m.rule for m in masks] == [SECRET_RULE, "mask-env", "mask-emails"]
-    assert masks[1] == MaskSpec(style="partial", rule="mask-env", paths=("spec.containers[*].env[*].value",))
+    assert masks[1] == MaskSpec(style="partial", rule="mask-env", paths=("spec.containers[*].env[*].value", LAST))
     # a log is a stream, not a pod: only rules naming pods/log (or about every request) reach it
     assert [m.rule for m in decide(engine, "GET", "/api/v1/namespaces/dev/pods/web/log").masks] == ["mask-emails"]
     listed = decide(engine, "GET", "/apis/apps/v1/namespaces/dev/deployments").masks
@@ -245,7 +246,7 @@ def test_mask_blocks_take_json_paths_checked_at_load() -> None:
     engine = PolicyEngine(load_policy_text(policy, "k.yaml"))
     masks = decide(engine, "GET", "/apis/apps/v1/namespaces/dev/deployments/web").masks
     assert masks[1] == MaskSpec(rule="mask-annotations", paths=(
-        'metadata.annotations["example.com/token"]', "spec.template.spec.containers[*].env[*].value"))
+        'metadata.annotations["example.com/token"]', "spec.template.spec.containers[*].env[*].value", LAST))
     with pytest.raises(PolicyError) as error:
         load_policy_text(policy.replace("env[*].value", "env[*]..value"), "k.yaml")
     assert "k.yaml:46:65: JSON path 'spec.template.spec.containers[*].env[*]..value': expected a name" in str(error.value)
