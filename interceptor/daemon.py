@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import socket
+import stat
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -184,7 +185,7 @@ class Daemon:
 
     async def _start(self) -> _Running:
         settings = self.settings
-        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        private_state_dir(settings.state_dir)
         if settings.metrics_listen:
             parse_listen(settings.metrics_listen)  # a bad address fails the start before anything is installed
         audit_settings = dict(settings.audit)
@@ -251,8 +252,23 @@ class Daemon:
         asyncio.run_coroutine_threadsafe(write_audit(audit, record), loop)
 
 
+def private_state_dir(path: Path) -> None:
+    """The state directory (audit trail, approvals, the host CA) made or kept root's alone
+    (0700): the audit trail holds what agents did, and SQLite's -wal and -shm files take the
+    process's umask, not the database's mode. A wider mode found is narrowed, and said."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        log.warning("state directory %s was mode %04o; narrowed to 0700 (the audit trail is not for other users)",
+                    path, mode)
+        path.chmod(0o700)
+
+
 def run(settings: Settings) -> None:
-    """Run the daemon with `settings` on uvloop until it stops."""
+    """Run the daemon with `settings` on uvloop until it stops. Files it makes are not
+    writable by the group nor readable by others (umask 027) unless made so on purpose."""
     import uvloop
+
+    os.umask(0o027)
 
     uvloop.run(Daemon(settings).run())

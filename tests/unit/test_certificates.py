@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import gc
+import logging
 import os
 import socket
 import ssl
@@ -28,7 +29,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from interceptor.certificates import (
     BACKDATE, LEAF_VALIDITY, AgentTLS, HostCA, HostCAError, fingerprint, parse_server_name, upstream_context,
 )
-from interceptor.daemon import open_host_ca
+from interceptor.daemon import open_host_ca, private_state_dir
 from interceptor.errors import ClientProtocolError
 
 NOW = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)  # certificates keep whole seconds
@@ -516,3 +517,16 @@ def test_open_host_ca_leaves_tls_off_when_the_ca_cannot_be_loaded(tmp_path: Path
     os.chmod(tmp_path / "tls" / "private" / "ca.key", 0o644)
     assert open_host_ca(tmp_path) is None
     assert "agent-facing TLS disabled, TLS flows will be refused" in caplog.text and "mode 0644" in caplog.text
+
+
+def test_the_state_directory_is_made_and_kept_root_only(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    fresh = tmp_path / "new" / "state"
+    private_state_dir(fresh)
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o700
+    wide = tmp_path / "wide"
+    wide.mkdir(mode=0o755)
+    wide.chmod(0o755)
+    with caplog.at_level(logging.WARNING):
+        private_state_dir(wide)
+    assert stat.S_IMODE(wide.stat().st_mode) == 0o700
+    assert "was mode 0755; narrowed to 0700" in caplog.text
