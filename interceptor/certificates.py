@@ -27,6 +27,7 @@ import datetime
 import errno
 import ipaddress
 import os
+import pwd
 import re
 import secrets
 import socket
@@ -400,6 +401,14 @@ def _publish(path: Path, pem: bytes) -> None:
     write_file(path, pem, 0o644)
 
 
+def primary_group(uid: int) -> int:
+    """The primary group of the account `uid` (-1, leave it, when it has none in passwd)."""
+    try:
+        return pwd.getpwuid(uid).pw_gid
+    except KeyError:
+        return -1
+
+
 def write_file(path: Path, data: bytes, mode: int, uid: int | None = None) -> None:
     """Replace `path` atomically with `data`: a new file beside it (never an existing one,
     never through a symlink) with `mode` and, given `uid`, that owner, synced, then renamed
@@ -420,7 +429,7 @@ def _write_new(path: Path, data: bytes, mode: int, uid: int | None = None) -> No
     with os.fdopen(fd, "wb") as file:
         os.fchmod(fd, mode)  # the umask may have narrowed it
         if uid is not None:
-            os.fchown(fd, uid, -1)
+            os.fchown(fd, uid, primary_group(uid))
         file.write(data)
         file.flush()
         os.fsync(fd)

@@ -31,7 +31,8 @@ def _parse(text: str, where: str) -> dict[str, str]:
     if ":" in line and "\n" not in line:
         user, password = line.split(":", 1)
         return {"user": user, "password": password}
-    raise SecretError(f"{where}: expected a mapping (user:, password:) or one line user:password")
+    raise SecretError(f"{where}: expected a mapping (user:, password:; for http, kubernetes and mcp resources "
+                      "token:, or client_certificate: and client_key:) or one line user:password")
 
 
 def _from_file(path: Path) -> dict[str, str]:

@@ -25,7 +25,7 @@ import click
 import yaml
 from cryptography import x509
 
-from interceptor.certificates import HostCA, HostCAError, fingerprint, write_file
+from interceptor.certificates import HostCA, HostCAError, fingerprint, primary_group, write_file
 from interceptor.config import Settings
 from interceptor.policy.loader import PolicyError, load_policy
 from interceptor.policy.model import AddressSpec, Policy
@@ -294,4 +294,4 @@ def _make_parent(directory: Path, uid: int | None) -> None:
     except FileExistsError:
         return
     if uid is not None:
-        os.chown(directory, uid, -1)
+        os.chown(directory, uid, primary_group(uid))

@@ -15,7 +15,8 @@ How an McpCall is judged:
   (case-sensitive globs, as the server does); deny rules compare them casefolded, so
   `Delete_File` does not slip past a deny on `delete_file`. Then explicit deny, approve,
   allow (interceptor.policy.judgement), default deny.
-- Plumbing (PLUMBING: the lifecycle, ping, cancellation, progress, the roots notification,
+- Plumbing (PLUMBING: the lifecycle (initialize, and server/discover, which the mcp SDK's
+  client asks first to learn the server's capabilities), ping, cancellation, progress, the roots notification,
   tools/list, and the transport's GET stream and DELETE as LISTEN_METHOD and
   TERMINATE_METHOD) is allowed by rule `builtin-mcp-plumbing` unless a rule whose `methods`
   names the method decides (deny first). tools/list answers are filtered by the dialect to
@@ -104,7 +105,7 @@ BAD_NAME_RULE = "mcp-bad-tool-name"
 BAD_ARGUMENTS_RULE = "mcp-bad-arguments"
 # What every MCP session sends to work at all; none of it reads or changes the server's data.
 PLUMBING = frozenset({
-    "initialize", "notifications/initialized", "ping", "notifications/cancelled", "notifications/progress",
+    "initialize", "server/discover", "notifications/initialized", "ping", "notifications/cancelled", "notifications/progress",
     "notifications/roots/list_changed", TOOLS_LIST, LISTEN_METHOD, TERMINATE_METHOD,
 })
 TOOL_NAME = re.compile(r"[A-Za-z0-9_./-]{1,128}")
