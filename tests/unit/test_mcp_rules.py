@@ -126,8 +126,8 @@ def test_arguments_must_be_a_json_object(engine: PolicyEngine) -> None:
 
 
 def test_plumbing_allowed_unless_a_rule_names_it(engine: PolicyEngine) -> None:
-    for method in ("initialize", "server/discover", "notifications/initialized", "notifications/cancelled", "notifications/progress",
-                   "tools/list"):
+    for method in ("initialize", "server/discover", "notifications/initialized", "notifications/cancelled",
+                   "notifications/progress", "tools/list"):
         assert verdict(ask(engine, method)) == ("allow", "builtin-mcp-plumbing")
     assert verdict(ask(engine, "ping")) == ("deny", "no-ping")  # deny rules compare methods casefolded
 
