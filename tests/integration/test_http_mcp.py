@@ -240,9 +240,9 @@ def test_the_high_level_client_in_its_connect_modes(tools: Tools, client: str) -
     listed, search = tools.run(CODER, "sse", [["list"], ["call", "search_docs", {"query": "masking"}]], client=client)
     assert listed == {"tools": ALL_TOOLS}
     assert search["text"].startswith("masking: Masks replace matching values"), search
-    if client == "auto":  # it probes server/discover first, which no rule allows, then falls back to initialize
-        probes = request_records(tools.daemon, lambda e: "server/discover" in (e.get("reason") or ""))
-        assert probes and {(e["decision"], e["outcome"]["status"]) for e in probes} == {("deny", 403)}
+    if client == "auto":  # it probes server/discover first: plumbing, as initialize is
+        probes = request_records(tools.daemon, lambda e: (e.get("operation") or {}).get("method") == "server/discover")
+        assert probes and {(e["decision"], e["rule"]) for e in probes} == {("allow", "builtin-mcp-plumbing")}
 
 
 def test_request_records_name_the_json_rpc_method(tools: Tools) -> None:
