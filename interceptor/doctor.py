@@ -4,6 +4,7 @@ of the other redirect mode left, each failure with what it is and how to fix it.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import subprocess
@@ -18,7 +19,7 @@ class Check:
     ok: bool
     detail: str
     fix: str = ""
-    needed_for: str = "daemon"  # daemon | bpf | iptables | optional
+    needed_for: str = "daemon"  # daemon | bpf | iptables | optional | resource (one resource's flows)
 
 
 def _root() -> Check:
@@ -135,11 +136,32 @@ def _guarded(check: Callable[[], Check], name: str) -> Check:
         return Check(name, False, f"check failed: {exc}")
 
 
-def run_checks(running_mode: str | None = None) -> list[Check]:
+def _credentials(policy: Path) -> list[Check]:
+    """One check per resource of the policy at `policy` with credentials: resolved (a command
+    source run, with a time limit) and validated for its protocol, no value shown."""
+    from interceptor.credentials_check import check_policy
+    from interceptor.policy.loader import PolicyError, load_policy
+
+    try:
+        loaded = load_policy(policy)
+    except PolicyError as exc:
+        return [Check("policy", False, str(exc).splitlines()[0], "run `interceptor policy check`",
+                      needed_for="resource")]
+    return [Check(f"credentials of resource {c.resource}", c.ok, f"{c.source}: {c.detail}" if c.ok else c.detail,
+                  c.fix, needed_for="resource") for c in asyncio.run(check_policy(loaded, run_commands=True))]
+
+
+def run_checks(running_mode: str | None = None, policy: Path | None = None) -> list[Check]:
     """Every host check in order, then leftovers of the redirect mode other than `running_mode`
-    (the running daemon's "bpf" or "iptables"; None when no daemon runs: every hook found is listed)."""
+    (the running daemon's "bpf" or "iptables"; None when no daemon runs: every hook found is listed),
+    then the credentials of each resource of the policy file at `policy` (None: not checked)."""
     results = [_guarded(check, check.__name__.strip("_")) for check in CHECKS]
     results.append(_guarded(lambda: _leftovers(running_mode), LEFTOVERS))
+    if policy is not None:
+        try:
+            results.extend(_credentials(policy))
+        except Exception as exc:  # a check that crashes is a failed check, with its reason
+            results.append(Check("credentials", False, f"check failed: {exc}", needed_for="resource"))
     return results
 
 
@@ -149,7 +171,11 @@ def verdict(checks: list[Check]) -> tuple[bool, str]:
     if "daemon" in failed:
         return False, "the daemon cannot run"
     if "bpf" not in failed:
-        return True, "ready: BPF redirection"
-    if "iptables" not in failed:
-        return True, "degraded: BPF unavailable, the daemon will use the iptables fallback"
-    return False, "neither BPF nor iptables redirection is available"
+        summary = "ready: BPF redirection"
+    elif "iptables" not in failed:
+        summary = "degraded: BPF unavailable, the daemon will use the iptables fallback"
+    else:
+        return False, "neither BPF nor iptables redirection is available"
+    if "resource" in failed:
+        return False, f"{summary}, but the flows of resources whose credentials fail are refused"
+    return True, summary

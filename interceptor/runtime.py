@@ -25,6 +25,7 @@ from interceptor.operations import Request, Subject, TcpConnect
 from interceptor.policy import AgentSpec, Policy, PolicyEngine, load_policy
 from interceptor.redirect import Redirect, RedirectPlan, cgroups
 from interceptor.redirect.plan import HostAddresses, Indexer, build_plan
+from interceptor.credentials_check import warn_failing
 from interceptor.secrets import resolve_credentials
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,7 @@ class Runtime:
         async with self._lock:
             self._snapshot = await asyncio.to_thread(self._load, Path(self.settings.policy))
             await self._start_identities(self._snapshot.policy)
+            await warn_failing(self._snapshot.policy)
             return self._snapshot
 
     async def install(self, redirect: Redirect, close_sessions: Callable[[str, str], object]) -> None:
@@ -130,6 +132,7 @@ class Runtime:
             kind="policy", decision="allow", rule="reload",
             operation={"path": str(target), "old_version": old.policy.version, "new_version": snapshot.policy.version}))
         log.info("policy %s loaded from %s", snapshot.policy.version, target)
+        await warn_failing(snapshot.policy)
         return snapshot
 
     async def replan(self) -> None:
