@@ -108,7 +108,7 @@ async def check_resource(resource: ResourceSpec, run_commands: bool) -> Credenti
     if source.get("from") == "command" and not run_commands:
         return CredentialsCheck(resource.name, where, True, "not run (a command runs when an agent needs it; "
                                                             "`interceptor doctor` runs it)")
-    expected = EXPECTED.get(resource.protocol, "no credentials")
+    expected = EXPECTED.get(resource.protocol, "no credentials (remove credentials: from the resource)")
     try:
         credentials = await resolve_credentials(source, COMMAND_TIMEOUT_S)
         return CredentialsCheck(resource.name, where, True, validate_shape(resource, credentials))

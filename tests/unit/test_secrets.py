@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from interceptor.secrets import SecretError, resolve_credentials
+from interceptor.secrets import SecretError, SecretShapeError, resolve_credentials
 
 
 def resolve(source):
@@ -46,3 +46,50 @@ def test_unknown_or_missing_source():
         resolve(None)
     with pytest.raises(SecretError, match="unknown credentials source 'vault'"):
         resolve({"from": "vault"})
+
+
+def from_file(tmp_path, text):
+    path = tmp_path / "db"
+    path.write_text(text)
+    path.chmod(0o600)
+    return {"from": "file", "path": str(path)}
+
+
+def test_values_are_taken_as_written(tmp_path):
+    assert resolve(from_file(tmp_path, "user: no\npassword: 0123\ndatabase: 1e3\n")) == {"user": "no", "password": "0123", "database": "1e3"}
+
+
+def test_a_value_that_is_not_a_string_is_a_shape_error(tmp_path):
+    with pytest.raises(SecretShapeError) as err:
+        resolve(from_file(tmp_path, "user: svc\npassword: [topsecret]\n"))
+    assert "password is a list or mapping" in str(err.value) and "topsecret" not in str(err.value)
+
+
+def test_a_bare_token_is_a_shape_error_with_a_fix(monkeypatch):
+    monkeypatch.setenv("ICPT_TEST_CRED", "topsecret")
+    with pytest.raises(SecretShapeError) as err:
+        resolve({"from": "env", "name": "ICPT_TEST_CRED"})
+    assert "token:" in err.value.fix and "topsecret" not in str(err.value) + err.value.fix
+
+
+def test_every_failure_carries_a_fix(tmp_path):
+    unreadable = {"from": "file", "path": str(tmp_path)}
+    for source, fix in ((unreadable, "UTF-8 text file root can read"),
+                        ({"from": "file", "path": str(tmp_path / "none")}, "create"),
+                        ({"from": "env", "name": "ICPT_MISSING"}, "systemd"),
+                        ({"from": "command", "argv": ["/nonexistent/vault"]}, "install /nonexistent/vault"),
+                        ({"from": "vault"}, "file, env or command"), (None, "add credentials:")):
+        with pytest.raises(SecretError) as err:
+            resolve(source)
+        assert fix in err.value.fix
+
+
+def test_a_command_past_its_timeout_is_killed():
+    argv = [sys.executable, "-c", "import time; time.sleep(30)"]
+    with pytest.raises(SecretError, match="no answer within 0.2 s"):
+        asyncio.run(resolve_credentials({"from": "command", "argv": argv}, timeout=0.2))
+
+
+def test_a_command_cannot_read_the_daemon_s_input():
+    argv = [sys.executable, "-c", "import sys; print('token: ' + (sys.stdin.read() or 'none'))"]
+    assert resolve({"from": "command", "argv": argv}) == {"token": "none"}
