@@ -16,6 +16,7 @@ import yaml
 
 DEFAULT_PATH = Path("/etc/interceptor/interceptor.yaml")
 SHIPPED_POLICY = Path(__file__).resolve().parent.parent / "policy" / "default.yaml"
+MASK_KEY_NAME = "mask.key"  # in the state directory, unless masking.hash_key_file names another
 
 
 class ConfigError(ValueError):
@@ -35,9 +36,23 @@ class Settings:
     approvals: dict[str, Any] = field(default_factory=dict)
     metrics_listen: str | None = None
     # scan_errors: run the value classifiers on the text of every error and notice the
-    # server sends, not only those of statements that read masked columns
+    # server sends, not only those of statements that read masked columns; hash_key_file: the
+    # HMAC key of mask style hash (a Path; absent: <state_dir>/mask.key, made by the daemon)
     masking: dict[str, Any] = field(default_factory=lambda: {"scan_errors": True})
     source: str = "<defaults>"
+
+    @property
+    def mask_key_file(self) -> Path:
+        """Where the key of mask style `hash` lives: `masking.hash_key_file`, else
+        `<state_dir>/mask.key` (interceptor.masking.key)."""
+        named = self.masking.get("hash_key_file")
+        return Path(named) if named is not None else self.state_dir / MASK_KEY_NAME
+
+    @property
+    def mask_key_shared(self) -> bool:
+        """Whether the key file is named by the settings (shared by a fleet: never created
+        here) rather than the host's own in the state directory."""
+        return self.masking.get("hash_key_file") is not None
 
 
 _FIELDS: dict[str, type | tuple[type, ...]] = {
@@ -91,8 +106,15 @@ def load_settings(path: Path | str | None = None) -> Settings:
     base = Path(path).parent
     for key in ("policy", "state_dir", "control_socket"):
         if key in plain:
-            plain[key] = (base / plain[key]) if not os.path.isabs(plain[key]) else Path(plain[key])
+            plain[key] = _resolved(base, plain[key])
+    if "hash_key_file" in plain.get("masking", {}):
+        plain["masking"] = {**plain["masking"], "hash_key_file": _resolved(base, plain["masking"]["hash_key_file"])}
     return Settings(**plain, source=path)
+
+
+def _resolved(base: Path, value: str) -> Path:
+    """`value` as a path, relative to the settings file's directory `base` unless absolute."""
+    return (base / value) if not os.path.isabs(value) else Path(value)
 
 
 def _check(path: str, values: dict[str, tuple[Any, yaml.Node]]) -> list[str]:
@@ -104,7 +126,10 @@ def _check(path: str, values: dict[str, tuple[Any, yaml.Node]]) -> list[str]:
             errors.append(f"{_where(path, values[key][1])}: {key} must be a port number (1-65535)")
     if "masking" in values:
         masking, node = values["masking"]
-        unknown = sorted(set(masking) - {"scan_errors"})
-        if unknown or not isinstance(masking.get("scan_errors", True), bool):
-            errors.append(f"{_where(path, node)}: masking takes only scan_errors: true|false")
+        unknown = sorted(set(masking) - {"scan_errors", "hash_key_file"})
+        key_file = masking.get("hash_key_file", "x")
+        if (unknown or not isinstance(masking.get("scan_errors", True), bool)
+                or not isinstance(key_file, str) or not key_file):
+            errors.append(f"{_where(path, node)}: masking takes only scan_errors: true|false and "
+                          "hash_key_file: a path (the HMAC key of mask style hash)")
     return errors

@@ -35,6 +35,7 @@ from interceptor.control_api import CatalogControl, ControlApi
 from interceptor.enforcer.server import Enforcer
 from interceptor.handlers.postgres.catalog import CatalogStore
 from interceptor.identity.manager import IdentityChange
+from interceptor.masking.key import open_mask_key
 from interceptor.metrics import Gauges, Metrics, MetricsServer, parse_listen
 from interceptor.redirect import DENY_REASONS, DenyEvent, Redirect, cgroups
 from interceptor.runtime import Runtime, write_audit
@@ -186,6 +187,7 @@ class Daemon:
     async def _start(self) -> _Running:
         settings = self.settings
         private_state_dir(settings.state_dir)
+        mask_key = open_mask_key(settings.mask_key_file, create=not settings.mask_key_shared)
         if settings.metrics_listen:
             parse_listen(settings.metrics_listen)  # a bad address fails the start before anything is installed
         audit_settings = dict(settings.audit)
@@ -198,7 +200,7 @@ class Daemon:
         enforcer = Enforcer(redirect, audit, lambda: runtime.snapshot, runtime.identity, runtime.identity_required,
                             runtime.credentials, approvals, catalogs=self.catalogs,
                             certificates=open_host_ca(settings.state_dir),
-                            scan_errors=settings.masking.get("scan_errors", True),
+                            scan_errors=settings.masking.get("scan_errors", True), mask_key=mask_key,
                             on_connection=self.metrics.connection, on_decision=self.metrics.decision,
                             refused=_refusal_auditor(redirect, runtime), identity_reason=runtime.identity_reason)
         await enforcer.start(settings.enforcer_port, settings.refuse_port)

@@ -85,6 +85,7 @@ class Enforcer:
                  catalogs: CatalogStore | None = None,
                  certificates: Certificates | None = None,
                  scan_errors: bool = True,
+                 mask_key: bytes = b"",
                  on_connection: Callable[[str | None, str | None, str], None] = lambda agent, resource, decision: None,
                  on_decision: Callable[[Decision], None] = lambda decision: None,
                  refused: Callable[[socket.socket], AuditEvent] | None = None,
@@ -100,6 +101,7 @@ class Enforcer:
         self.catalogs = catalogs  # interceptor.handlers.postgres.catalog.CatalogStore
         self.certificates = certificates  # the host CA for agent-facing TLS; None when it could not be loaded
         self.scan_errors = scan_errors  # classifiers on every error and notice text
+        self.mask_key = mask_key  # HMAC key of mask style hash (interceptor.masking.key)
         self.on_connection = on_connection  # (agent, resource, allow|deny), for metrics
         self.on_decision = on_decision  # every operation's decision, for metrics
         # The connect_denied record of a connection accepted on the refuse port (blocking);
@@ -223,7 +225,7 @@ class Enforcer:
         services = Services(judge=judge, audit=self.audit, resource=spec,
                             credentials=lambda: self.credentials(spec.name), approvals=self.approvals,
                             catalogs=self.catalogs, certificates=self.certificates,
-                            scan_errors=self.scan_errors)
+                            scan_errors=self.scan_errors, mask_key=self.mask_key)
         self.on_connection(flow.agent, resource, "allow")
         session = Session(flow, conn, services.traffic)
         self.sessions[flow.flow_id] = session

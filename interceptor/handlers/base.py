@@ -68,6 +68,7 @@ class Services:
     catalogs: CatalogStore | None = None  # PostgreSQL catalogs the daemon caches
     certificates: Certificates | None = None  # agent-facing TLS, for protocols that terminate it
     scan_errors: bool = True  # run the value classifiers on every error and notice text
+    mask_key: bytes = b""  # HMAC key of mask style hash (interceptor.masking.key); empty: hash is refused
     traffic: Traffic = field(default_factory=Traffic)  # bytes so far, for `interceptor sessions`
     _who: Who = field(default=(None, None, None), repr=False)  # built once per flow (and identity)
 

@@ -123,7 +123,8 @@ class ColumnMasker:
         if unknown:
             raise MaskingError(f"unknown classifier(s) {', '.join(unknown)} (known: {', '.join(CLASSIFIERS)})")
         if self.style == "hash" and not self.key:
-            raise MaskingError("mask style 'hash' needs a key (masking.hash_key in settings)")
+            raise MaskingError("mask style 'hash' needs a key, which this flow was not given (the daemon's "
+                               "masking key: <state_dir>/mask.key, or masking.hash_key_file in settings)")
         apply = self._mask_spans if self.classifiers else self._whole()
         object.__setattr__(self, "_apply", apply)
 

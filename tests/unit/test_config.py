@@ -50,3 +50,28 @@ def test_invalid_yaml(tmp_path):
 def test_not_a_mapping(tmp_path):
     with pytest.raises(ConfigError, match="expected a mapping"):
         load_settings(write(tmp_path, "- a\n- b\n"))
+
+
+def test_mask_key_file_defaults_to_the_state_directory(tmp_path):
+    settings = load_settings(write(tmp_path, "state_dir: state\n"))
+    assert settings.mask_key_file == tmp_path / "state" / "mask.key"
+    assert not settings.mask_key_shared
+    assert Settings().mask_key_file == Path("/var/lib/interceptor/mask.key")
+
+
+def test_mask_key_file_named_relative_to_the_settings_file(tmp_path):
+    settings = load_settings(write(tmp_path, "masking: {scan_errors: false, hash_key_file: keys/fleet.key}\n"))
+    assert settings.mask_key_file == tmp_path / "keys" / "fleet.key"
+    assert settings.mask_key_shared
+    assert settings.masking["scan_errors"] is False
+    absolute = load_settings(write(tmp_path, "masking: {hash_key_file: /etc/interceptor/fleet.key}\n"))
+    assert absolute.mask_key_file == Path("/etc/interceptor/fleet.key")
+
+
+@pytest.mark.parametrize("masking", ["{hash_key: abc}", "{hash_key_file: 12}", "{hash_key_file: ''}",
+                                     "{hash_key_file: null}", "{scan_errors: maybe}"])
+def test_bad_masking_settings(tmp_path, masking):
+    path = write(tmp_path, f"masking: {masking}\n")
+    with pytest.raises(ConfigError, match=rf"{path}:1:10: masking takes only scan_errors: true\|false and "
+                                          "hash_key_file: a path"):
+        load_settings(path)

@@ -61,6 +61,9 @@ class KubernetesDialect:
 
     name = "kubernetes"
 
+    def __init__(self, mask_key: bytes = b"") -> None:
+        self.mask_key = mask_key  # HMAC key of mask style hash (interceptor.masking.key)
+
     def body_limit(self, head: RequestHead) -> int:
         return 0  # judged by method, path and query, as the API server authorizes
 
@@ -91,7 +94,7 @@ class KubernetesDialect:
         content_type = response.header("content-type") or ""
         media, *parameters = (part.strip().lower() for part in content_type.split(";"))
         if isinstance(operation, KubeRequest) and operation.subresource == "log" and media == "text/plain":
-            return _log_mask(decision.masks, rules, response)
+            return _log_mask(decision.masks, rules, response, self.mask_key)
         if media != JSON:
             raise MaskingError(f"rule(s) {rules} mask this response, but its content type {content_type or '(none)'} "
                                "is not application/json; withheld")
@@ -100,14 +103,15 @@ class KubernetesDialect:
             raise MaskingError(f"rule(s) {rules} mask this response, but it is {coding}-encoded; withheld")
         watch = (isinstance(operation, KubeRequest) and operation.verb == "watch") or "stream=watch" in parameters
         if watch:
-            return WatchEventMask([JsonMask.of(rooted(spec, WATCH_ROOTS)) for spec in decision.masks])
-        return JsonBodyMask([JsonMask.of(rooted(spec, OBJECT_ROOTS)) for spec in decision.masks], DOCUMENT_LIMIT)
+            return WatchEventMask([JsonMask.of(rooted(spec, WATCH_ROOTS), self.mask_key) for spec in decision.masks])
+        masks = [JsonMask.of(rooted(spec, OBJECT_ROOTS), self.mask_key) for spec in decision.masks]
+        return JsonBodyMask(masks, DOCUMENT_LIMIT)
 
     def audit_operation(self, operation: Operation) -> dict[str, object]:
         return operation.summary()
 
 
-HANDLER = HttpHandler("kubernetes", lambda services: KubernetesDialect())
+HANDLER = HttpHandler("kubernetes", lambda services: KubernetesDialect(services.mask_key))
 
 
 def json_accept(accept: str | None) -> str:
@@ -153,13 +157,13 @@ def status_object(status: int, message: str, rule: str | None, operation: KubeRe
             "reason": reason, "details": details, "code": status}
 
 
-def _log_mask(masks: tuple[MaskSpec, ...], rules: str, response: ResponseHead) -> LogLineMask:
+def _log_mask(masks: tuple[MaskSpec, ...], rules: str, response: ResponseHead, key: bytes) -> LogLineMask:
     if any(spec.paths for spec in masks):
         raise MaskingError(f"rule(s) {rules} mask JSON paths, which a pod log has none of; withheld")
     coding = (response.header("content-encoding") or "identity").strip().lower()
     if coding != "identity":
         raise MaskingError(f"rule(s) {rules} mask this log, but it is {coding}-encoded; withheld")
-    return LogLineMask([ColumnMasker(spec.style, spec.classifiers) for spec in masks])
+    return LogLineMask([ColumnMasker(spec.style, spec.classifiers, key) for spec in masks])
 
 
 class _LineFilter(abc.ABC):

@@ -412,7 +412,7 @@ class McpDialect:
                                "withheld")
         if not uncoded:
             raise MaskingError(f"the answer to {operation.method} must be filtered, but it is {coding}-coded; withheld")
-        masks = [JsonMask.of(spec) for spec in specs]
+        masks = [JsonMask.of(spec, self.services.mask_key) for spec in specs]
         messages = MessageFilter(masks, self._callable if listing else None, listen, request_id, self.answered)
         return JsonBody(messages) if media == "application/json" else EventStream(messages)
 

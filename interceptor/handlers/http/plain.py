@@ -207,11 +207,14 @@ class PlainDialect:
 
     name = "http"
 
+    def __init__(self, mask_key: bytes = b"") -> None:
+        self.mask_key = mask_key  # HMAC key of mask style hash (interceptor.masking.key)
+
     def body_limit(self, head: RequestHead) -> int:
         return 0 if body_kind(head) is None else FORM_BODY_LIMIT
 
     def operation(self, head: RequestHead, body: bytes) -> Operation:
-        lookalikes = sorted({c for c in head.path if folds_to_ascii(c)})
+        lookalikes = [] if head.path.isascii() else sorted({c for c in head.path if folds_to_ascii(c)})
         if lookalikes:
             raise ClientProtocolError(f"the path holds {', '.join(map(repr, lookalikes))}, which some servers "
                                       "read as ASCII letters (case or compatibility folding)")
@@ -240,7 +243,7 @@ class PlainDialect:
         coding = response.header("content-encoding")
         if coding is not None and coding.strip().lower() != "identity":
             raise MaskingError(f"rule(s) {rules} mask this response, but it is {coding}-encoded; withheld")
-        return JsonBodyMask([JsonMask.of(spec) for spec in decision.masks])
+        return JsonBodyMask([JsonMask.of(spec, self.mask_key) for spec in decision.masks])
 
     def audit_operation(self, operation: Operation) -> dict[str, object]:
         return operation.summary()
