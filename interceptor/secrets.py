@@ -57,8 +57,8 @@ def _from_file(path: Path) -> dict[str, str]:
         info = path.stat()
     except OSError as exc:
         raise SecretError(f"credentials file {path}: {exc.strerror}",
-                          f"create {path} (owned by root, mode 0600) or correct the resource's credentials.path "
-                          "(doctor needs root to see root's files)") from exc
+                          f"create {path} (owned by root, mode 0600) or correct the resource's credentials.path") \
+            from exc
     if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO) or info.st_uid != os.geteuid():
         raise SecretError(f"credentials file {path} must be owned by the daemon's user (root) with mode 0600 "
                           f"(is uid {info.st_uid}, mode {stat.S_IMODE(info.st_mode):o})",
