@@ -136,6 +136,9 @@ def _guarded(check: Callable[[], Check], name: str) -> Check:
         return Check(name, False, f"check failed: {exc}")
 
 
+ENV_NOTE = "doctor reads its own environment, not the daemon's: the daemon's log at start says whether it has it"
+
+
 def _credentials(policy: Path) -> list[Check]:
     """One check per resource of the policy at `policy` with credentials: resolved (a command
     source run, with a time limit) and validated for its protocol, no value shown."""
@@ -148,7 +151,8 @@ def _credentials(policy: Path) -> list[Check]:
         return [Check("policy", False, str(exc).splitlines()[0], "run `interceptor policy check`",
                       needed_for="resource")]
     return [Check(f"credentials of resource {c.resource}", c.ok, f"{c.source}: {c.detail}" if c.ok else c.detail,
-                  c.fix, needed_for="resource") for c in asyncio.run(check_policy(loaded, run_commands=True))]
+                  f"{c.fix}; {ENV_NOTE}" if c.source.startswith("env ") and not c.ok else c.fix, needed_for="resource")
+            for c in asyncio.run(check_policy(loaded, run_commands=True))]
 
 
 def run_checks(running_mode: str | None = None, policy: Path | None = None) -> list[Check]:

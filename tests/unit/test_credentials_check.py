@@ -16,7 +16,7 @@ import interceptor.credentials_check as credentials_check
 from interceptor.audit.event import AuditEvent
 from interceptor.config import Settings
 from interceptor.credentials_check import CredentialsCheck, check_policy, check_resource, warn_failing
-from interceptor.doctor import run_checks, verdict
+from interceptor.doctor import ENV_NOTE, run_checks, verdict
 from interceptor.policy.model import Policy, ResourceSpec
 from interceptor.runtime import Runtime
 
@@ -195,3 +195,10 @@ def test_doctor_reports_each_resource_and_fails_the_verdict(tmp_path: Path) -> N
     assert not bad.ok and "mode 644" in bad.detail and "chmod 0600" in bad.fix and SECRET not in bad.detail
     ok, summary = verdict([c for c in checks if c.needed_for in ("resource", "optional")])
     assert not ok and summary.endswith("but the flows of resources whose credentials fail are refused")
+
+
+def test_doctor_says_a_variable_is_looked_up_in_its_own_environment(tmp_path: Path) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text(POLICY.format(path="x").replace('{from: file, path: "x"}', "{from: env, name: ICPT_UNSET_FOR_TEST}"))
+    [unset] = [c for c in run_checks(None, path) if c.needed_for == "resource"]
+    assert not unset.ok and unset.fix.endswith(ENV_NOTE) and "Environment=" in unset.fix
