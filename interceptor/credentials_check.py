@@ -6,8 +6,8 @@ the daemon logs it as a WARNING and keeps running: that resource's flows are ref
 
 What each protocol takes: http, kubernetes and mcp as interceptor.handlers.http.credentials
 (token, or user and password; client_certificate and client_key); postgres `user` and
-`password` (the upstream login: PostgreSQL documentation, Frontend/Backend Protocol, Message Flow), `database`
-optional (the only database agents may ask for when the resource lists none).
+`password` (the upstream login: PostgreSQL documentation, Frontend/Backend Protocol, Message
+Flow), `database` optional (the only database agents may ask for when the resource lists none).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ EXPECTED: Mapping[str, str] = {
     "postgres": "a mapping `user:` and `password:` (`database:` optional), or one line user:password",
 }
 COMMAND_TIMEOUT_S = 10.0
-_KEY_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,39}")  # a key shaped otherwise may be a pasted secret
+_KEY_NAME = re.compile(r"[A-Za-z_]{1,32}")  # a key with digits or symbols, or longer, may be a pasted token
 
 
 @dataclass(frozen=True, slots=True)

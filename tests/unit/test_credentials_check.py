@@ -93,8 +93,8 @@ def test_wrong_shape_per_protocol(tmp_path: Path, protocol: str, text: str, deta
 
 
 def test_a_key_shaped_like_a_value_is_not_named(tmp_path: Path) -> None:
-    result = check("http", secret_file(tmp_path, f"token: abc\n'{SECRET}/+=': x\n"))
-    assert not result.ok and "1 key(s) not shown" in result.detail
+    result = check("http", secret_file(tmp_path, f"token: abc\n'{SECRET}/+=': x\nghp_{SECRET}: y\ntokne: z\n"))
+    assert not result.ok and "key(s) tokne, 2 key(s) not shown" in result.detail
 
 
 @pytest.mark.parametrize("value", [f"{SECRET}\r\n", f"{SECRET}\n", f"{SECRET}\rX", f"a\x00{SECRET}", f" {SECRET}"])
