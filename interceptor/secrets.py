@@ -92,7 +92,7 @@ async def _from_command(argv: list[str], timeout: float | None) -> dict[str, str
         proc.kill()
         await proc.wait()
         raise SecretError(f"credentials command {argv[0]} gave no answer within {timeout:g} s",
-                          f"run it by hand as root: it must print the credentials without asking anything "
+                          "run it by hand as root: it must print the credentials without asking anything "
                           "(log its CLI in first, e.g. a vault token)") from None
     if proc.returncode != 0:
         raise SecretError(f"credentials command {argv[0]} exited with status {proc.returncode}",

@@ -85,7 +85,8 @@ def test_a_bare_token_for_kubernetes_says_to_write_token(tmp_path: Path) -> None
     ("http", "token: ''", "token is empty", "http resources take"),
     ("http", "{}", "no key given", "http resources take"),
     ("http", f"token: [{SECRET}]", "token is a list or mapping", "give each key one string value"),
-    ("tcp", f"token: {SECRET}", "protocol tcp uses no credentials", "tcp resources take no credentials (remove credentials: from the resource)"),
+    ("tcp", f"token: {SECRET}", "protocol tcp uses no credentials",
+     "tcp resources take no credentials (remove credentials: from the resource)"),
 ])
 def test_wrong_shape_per_protocol(tmp_path: Path, protocol: str, text: str, detail: str, fix: str) -> None:
     result = check(protocol, secret_file(tmp_path, text))
@@ -199,6 +200,7 @@ def test_doctor_reports_each_resource_and_fails_the_verdict(tmp_path: Path) -> N
 
 def test_doctor_says_a_variable_is_looked_up_in_its_own_environment(tmp_path: Path) -> None:
     path = tmp_path / "policy.yaml"
-    path.write_text(POLICY.format(path="x").replace('{from: file, path: "x"}', "{from: env, name: ICPT_UNSET_FOR_TEST}"))
+    env_source = "{from: env, name: ICPT_UNSET_FOR_TEST}"
+    path.write_text(POLICY.format(path="x").replace('{from: file, path: "x"}', env_source))
     [unset] = [c for c in run_checks(None, path) if c.needed_for == "resource"]
     assert not unset.ok and unset.fix.endswith(ENV_NOTE) and "Environment=" in unset.fix

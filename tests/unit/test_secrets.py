@@ -56,7 +56,8 @@ def from_file(tmp_path, text):
 
 
 def test_values_are_taken_as_written(tmp_path):
-    assert resolve(from_file(tmp_path, "user: no\npassword: 0123\ndatabase: 1e3\n")) == {"user": "no", "password": "0123", "database": "1e3"}
+    resolved = resolve(from_file(tmp_path, "user: no\npassword: 0123\ndatabase: 1e3\n"))
+    assert resolved == {"user": "no", "password": "0123", "database": "1e3"}
 
 
 def test_a_value_that_is_not_a_string_is_a_shape_error(tmp_path):
