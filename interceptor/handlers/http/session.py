@@ -24,7 +24,6 @@ when the flow ends first (`ended`, `abandoned`, `unrecorded`).
 
 from __future__ import annotations
 
-import dataclasses
 import http
 from dataclasses import dataclass, field
 
@@ -101,6 +100,7 @@ class HttpSession:
         self.server_name = server_name
         self.credential_headers = credential_headers
         self.upstream_authority = upstream_authority
+        self._credential_names = frozenset(name.lower().replace("_", "-") for name, _ in credential_headers)
         self.error: str | None = None  # why the flow ended early, if it did
         self.fault: Fault | None = None
         self.cut_short = False
@@ -370,8 +370,9 @@ class HttpSession:
         credential, Host, Accept-Encoding: identity (so a filter reads the body), the body's
         framing and the upgrade. RFC 9110 sections 7.6.1 and 14.2."""
         head = exchange.head
-        credentials = frozenset(name.lower().replace("_", "-") for name, _ in self.credential_headers)
-        cleaned = dataclasses.replace(head, headers=forwarded_request(head.headers, credentials))
+        credentials = self._credential_names
+        cleaned = RequestHead(head.method, head.target, head.path, head.query,
+                              forwarded_request(head.headers, credentials), head.host, head.http_version)
         dropped = _RANGES if exchange.decision is not None and exchange.decision.masks else ()
         kept = [(key, value) for key, value in forwarded_request(self.dialect.request_headers(cleaned, operation),
                                                                  credentials)
