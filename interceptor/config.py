@@ -127,9 +127,9 @@ def _check(path: str, values: dict[str, tuple[Any, yaml.Node]]) -> list[str]:
     if "masking" in values:
         masking, node = values["masking"]
         unknown = sorted(set(masking) - {"scan_errors", "hash_key_file"})
-        key_file = masking.get("hash_key_file", "x")
-        if (unknown or not isinstance(masking.get("scan_errors", True), bool)
-                or not isinstance(key_file, str) or not key_file):
+        key_file = masking.get("hash_key_file")
+        bad_key_file = "hash_key_file" in masking and not (isinstance(key_file, str) and key_file)
+        if unknown or bad_key_file or not isinstance(masking.get("scan_errors", True), bool):
             errors.append(f"{_where(path, node)}: masking takes only scan_errors: true|false and "
                           "hash_key_file: a path (the HMAC key of mask style hash)")
     return errors

@@ -11,6 +11,8 @@ The resource logs in as `app`, a role that is not a superuser and owns the table
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import re
 import subprocess
@@ -30,6 +32,7 @@ APP_PASSWORD = "s3cret-app-pw"
 NAMES = {1: "Ada", 2: "Grace", 3: "Nobody"}
 CARDS = {1: "4111 1111 1111 1111", 2: "5500 0000 0000 0004"}
 EMAILS = {1: "ada@example.com", 2: "grace@example.com"}
+IBANS = {1: "DE89370400440532013000", 2: "GB82WEST12345698765432", 3: "DE89370400440532013000"}
 EVE = (4, "Eve", "eve@example.com", "4012 8888 8888 1881")  # inserted by one test, gone after it
 CLEAR = (*CARDS.values(), *EMAILS.values(), EVE[2], EVE[3])
 # the card digits in any spacing: "4111111111111111", "4111-1111-...", as JSON or composite text
@@ -46,6 +49,8 @@ set role app;
 create table public.customers (id int primary key, name text, email text, card_number text);
 create view public.customer_list as select * from public.customers;
 create view public.customer_names as select id, name from public.customers;
+create table public.accounts (id int primary key, iban text);
+insert into public.accounts values {", ".join(f"({i}, '{iban}')" for i, iban in IBANS.items())};
 {ROWS}
 """
 RESTORE = f"delete from public.customers; {ROWS}"
@@ -62,6 +67,7 @@ def policy_text(pg: PgServer, secret: Path) -> str:
         rule("set-config", "allow", AGENT, "sql: {kinds: [select], functions: [set_config, pg_catalog.set_config]}"),
         rule("mask-card", "mask", AGENT, "mask: {columns: [public.customers.card_number], style: partial}"),
         rule("mask-email", "mask", AGENT, "mask: {columns: [public.customers.email], style: redact}"),
+        rule("hash-iban", "mask", AGENT, "mask: {columns: [public.accounts.iban], style: hash}"),
     ]
     return postgres_policy(pg, secret, AGENT, rules)
 
@@ -676,3 +682,13 @@ def test_an_attack_of_each_kind_gets_no_clear_value_and_no_oracle(env, kind):
 
 def test_a_view_that_reads_no_masked_column_is_read(env):
     assert lines_of(psql(env, "select id, name from customer_names order by id")) == ["1|Ada", "2|Grace", "3|Nobody"]
+
+
+def test_style_hash_gives_a_stable_digest_keyed_by_the_hosts_mask_key(env):
+    key = (env.daemon.workdir / "state" / "mask.key").read_bytes()  # made by the daemon at its start
+    expected = [f"{i}|{hmac.new(key, iban.encode(), hashlib.sha256).hexdigest()[:16]}" for i, iban in IBANS.items()]
+    for _ in range(2):  # the same digests on every query: equal values stay joinable and countable
+        out = psql(env, "select id, iban from accounts order by id")
+        assert out.returncode == 0 and out.stdout.split() == expected, out.stdout + out.stderr
+    assert expected[0].split("|")[1] == expected[2].split("|")[1] != expected[1].split("|")[1]
+    assert len(key) == 32 and not any(iban in out.stdout for iban in IBANS.values())

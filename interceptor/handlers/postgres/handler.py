@@ -178,7 +178,8 @@ class PostgresHandler:
         session = ProxySession(
             judge=services.judge,
             database=startup.database, catalog=catalogs.current, epoch=services.judge.epoch, settings=settings,
-            server_encoding=server_encoding, mask_factory=mask_factory(services.mask_key), scan_errors=services.scan_errors,
+            server_encoding=server_encoding, mask_factory=mask_factory(services.mask_key),
+            scan_errors=services.scan_errors,
         )
         driver = Driver(flow, services, session, client, upstream.pipe, _CatalogReads(session, catalogs))
         self._cancel_keys[(pid, secret)] = _CancelTarget(flow.agent, driver, host, port, login.backend_key)
