@@ -16,6 +16,7 @@ from interceptor.decision import ApprovalSpec, Decision, MaskSpec, Verdict
 from interceptor.errors import ClientProtocolError, Fault, MaskingError
 from interceptor.handlers.commands import Send, Shutdown, Side
 from interceptor.handlers.http.dialect import BodyFilter, Reply, RequestHead, ResponseHead
+from interceptor.handlers.http.headers import HeadError, _field, read_head
 from interceptor.handlers.http.session import DONE, PROTOCOL_RULE, HttpSession
 from interceptor.handlers.http.target import parse_target
 from interceptor.operations import HttpRequest, Operation, Pairs
@@ -973,3 +974,23 @@ def test_mutated_conversations_raise_nothing_and_send_upstream_only_allowed_requ
     for request in upstream_requests(bytes(sent)):
         assert request in allowed
         allowed.remove(request)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_read_head_reads_every_header_line_as_the_line_by_line_check_does(seed: int) -> None:
+    """read_head takes a well-formed header section in one pass and any other line by line:
+    both read the same headers, and a head one of them refuses the other refuses too."""
+    rng = random.Random(seed)
+    pieces = [b"a", b"B", b"-", b":", b" ", b"\t", b"\x01", b"\x7f", b"\x80", b"\xff", b"=", b"\x00", b"~"]
+    for _ in range(2000):
+        lines = [b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 8))) for _ in range(rng.randint(1, 3))]
+        raw = b"GET / HTTP/1.0\r\n" + b"".join(line + b"\r\n" for line in lines) + b"\r\n"
+        try:
+            expected: object = tuple(_field(line) for line in lines)
+        except HeadError:
+            expected = HeadError
+        try:
+            got: object = read_head(raw).headers
+        except HeadError:  # no piece spells Host, Content-Length or Transfer-Encoding: a line's error
+            got = HeadError
+        assert got == expected, raw

@@ -24,6 +24,11 @@ MAX_HEAD = 64 * 1024  # bytes of the request line and header section: longer is 
 _REQUEST_LINE = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+) (\S+) HTTP/([0-9])\.([0-9])")
 _FIELD = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*(.*?)[ \t]*")
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# Every header line well formed (what _field accepts, each line with its CRLF): one C pass
+# for the common head; a head it does not match goes line by line for the exact error.
+_LINE = rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*)\r\n"  # the value's tail: rstrip
+_GOOD_LINE = re.compile(_LINE)
+_GOOD_LINES = re.compile(rb"(?:" + _LINE + rb")*")
 _DIGITS = re.compile(r"[0-9]{1,18}")
 _HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,=-]*)(:[0-9]*)?")
 
@@ -101,16 +106,20 @@ def head_end(buffer: bytes | bytearray, scanned: int = 0) -> int:
 def read_head(raw: bytes) -> Head:
     """The head `raw` (as `head_end` delimited it, final CRLF CRLF included), refused with
     HeadError for every shape of the module docstring. RFC 9112 sections 2 to 6."""
-    lines = raw[:-4].split(b"\r\n")
-    request_line = _REQUEST_LINE.fullmatch(lines[0])
+    first = raw.find(b"\r\n")
+    request_line = _REQUEST_LINE.fullmatch(raw, 0, first)
     if request_line is None:
-        raise HeadError(f"malformed request line {lines[0][:64]!r}")
+        raise HeadError(f"malformed request line {raw[:first][:64]!r}")
     method, target, major, minor = request_line.groups()
     version = f"{major.decode()}.{minor.decode()}"
     if version not in ("1.0", "1.1"):
         raise HeadError(f"HTTP/{version} is not supported (HTTP/1.0 and HTTP/1.1 are)", 505)
-    headers = tuple(_field(line) for line in lines[1:])
-    return _framed(Head(method.decode(), target.decode("latin-1"), version, headers, False, None))
+    if _GOOD_LINES.fullmatch(raw, first + 2, len(raw) - 2):
+        headers = tuple((name.lower().decode(), value.rstrip(b" \t").decode("latin-1"))
+                        for name, value in _GOOD_LINE.findall(raw, first + 2, len(raw) - 2))
+    else:
+        headers = tuple(_field(line) for line in raw[first + 2:-4].split(b"\r\n"))
+    return _framed(method.decode(), target.decode("latin-1"), version, headers)
 
 
 def _field(line: bytes) -> tuple[str, str]:
@@ -125,10 +134,20 @@ def _field(line: bytes) -> tuple[str, str]:
     return name.decode().lower(), value.decode("latin-1")
 
 
-def _framed(head: Head) -> Head:
-    """`head` with its body framing read: one Content-Length of digits, or Transfer-Encoding
-    exactly `chunked` (HTTP/1.1 only), never both; one Host (required in HTTP/1.1)."""
-    lengths, codings, hosts = head.values("content-length"), head.values("transfer-encoding"), head.values("host")
+def _framed(method: str, target: str, http_version: str, headers: Pairs) -> Head:
+    """The Head of these parts with its body framing read: one Content-Length of digits, or
+    Transfer-Encoding exactly `chunked` (HTTP/1.1 only), never both; one Host (required in
+    HTTP/1.1)."""
+    lengths: list[str] = []
+    codings: list[str] = []
+    hosts: list[str] = []
+    for key, value in headers:
+        if key == "content-length":
+            lengths.append(value)
+        elif key == "transfer-encoding":
+            codings.append(value)
+        elif key == "host":
+            hosts.append(value)
     if len(lengths) > 1:
         raise HeadError("more than one Content-Length")
     if lengths and codings:
@@ -137,15 +156,14 @@ def _framed(head: Head) -> Head:
         raise HeadError(f"Content-Length {lengths[0][:32]!r} is not a number")
     if codings and (len(codings) > 1 or codings[0].lower() != "chunked"):
         raise HeadError(f"Transfer-Encoding {', '.join(codings)[:64]!r} (only 'chunked' is accepted)")
-    if codings and head.http_version == "1.0":
+    if codings and http_version == "1.0":
         raise HeadError("Transfer-Encoding in an HTTP/1.0 request")
-    if len(hosts) > 1 or (not hosts and head.http_version == "1.1"):
-        raise HeadError("an HTTP/1.1 request needs exactly one Host header" if hosts or head.http_version == "1.1"
+    if len(hosts) > 1 or (not hosts and http_version == "1.1"):
+        raise HeadError("an HTTP/1.1 request needs exactly one Host header" if hosts or http_version == "1.1"
                         else "more than one Host header")
     if hosts and not _HOST.fullmatch(hosts[0]):
         raise HeadError(f"malformed Host {hosts[0][:64]!r}")
-    return Head(head.method, head.target, head.http_version, head.headers, bool(codings),
-                int(lengths[0]) if lengths else None)
+    return Head(method, target, http_version, headers, bool(codings), int(lengths[0]) if lengths else None)
 
 
 def connection_tokens(headers: Pairs) -> set[str]:
