@@ -23,7 +23,7 @@ from interceptor.handlers.base import resource_option
 from interceptor.handlers.http.credentials import KEYS as HTTP_KEYS
 from interceptor.handlers.http.credentials import CredentialsError, upstream_credentials
 from interceptor.policy.model import Policy, ResourceSpec
-from interceptor.secrets import SecretError, SecretShapeError, describe_source, resolve_credentials
+from interceptor.secrets import SHAPE_FIX, SecretError, SecretShapeError, describe_source, resolve_credentials
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +113,9 @@ async def check_resource(resource: ResourceSpec, run_commands: bool) -> Credenti
         credentials = await resolve_credentials(source, COMMAND_TIMEOUT_S)
         return CredentialsCheck(resource.name, where, True, validate_shape(resource, credentials))
     except SecretShapeError as exc:
+        more = "" if exc.fix == SHAPE_FIX else f"; {exc.fix}"  # the protocol's own shape says it better
         return CredentialsCheck(resource.name, where, False, str(exc),
-                                f"{resource.protocol} resources take {expected}; {exc.fix}")
+                                f"{resource.protocol} resources take {expected}{more}")
     except SecretError as exc:
         return CredentialsCheck(resource.name, where, False, str(exc), exc.fix)
     except ShapeError as exc:

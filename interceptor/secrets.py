@@ -18,6 +18,7 @@ import yaml
 
 SHAPES = "a mapping (user:, password:; for http, kubernetes and mcp resources token:, or client_certificate: " \
          "and client_key:) or one line user:password"
+SHAPE_FIX = f"write {SHAPES}"
 
 
 class SecretError(RuntimeError):
@@ -49,7 +50,7 @@ def _parse(text: str, where: str) -> dict[str, str]:
     if ":" in line and "\n" not in line:
         user, password = line.split(":", 1)
         return {"user": user, "password": password}
-    raise SecretShapeError(f"{where}: expected {SHAPES}", f"write {SHAPES}")
+    raise SecretShapeError(f"{where}: expected {SHAPES}", SHAPE_FIX)
 
 
 def _from_file(path: Path) -> dict[str, str]:
