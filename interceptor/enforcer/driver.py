@@ -268,7 +268,8 @@ class Driver:
             return self.session.opened(command.stream, f"upstream {dst}: {exc.strerror or exc}")
         rest = self._attach(Side.SERVER, self.server)
         commands = self.session.opened(command.stream, None)
-        if rest:
+        if rest:  # what the server sent before the driver took over (a greeting) is counted too
+            self.services.traffic.down += len(rest)
             commands += self.session.receive(Side.SERVER, rest)
         if self.server.ended:
             commands += self.session.ended(Side.SERVER)
