@@ -135,7 +135,8 @@ def _running_mode(ctx: click.Context) -> str | None:
 @main.command()
 @click.option("--agent", help="Instead: run this agent's identity source once and explain the result.")
 @click.option("--policy", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Policy file naming the agent [default: the settings' policy].")
+              help="Policy file naming the agent, or whose resources' credentials are checked "
+                   "[default: the settings' policy].")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def doctor(ctx: click.Context, agent: str | None, policy: Path | None, as_json: bool) -> None:
@@ -148,7 +149,7 @@ def doctor(ctx: click.Context, agent: str | None, policy: Path | None, as_json: 
     from interceptor.policy.loader import PolicyError, load_policy
 
     if agent is None:
-        checks = run_checks(_running_mode(ctx))
+        checks = run_checks(_running_mode(ctx), policy or _settings(ctx).policy)
         ok, summary = verdict(checks)
     else:
         try:

@@ -12,6 +12,7 @@ import socket
 import time
 from dataclasses import dataclass
 
+from interceptor.credentials_check import validate_shape
 from interceptor.enforcer.driver import Driver
 from interceptor.errors import (
     AuditUnavailable, ClientProtocolError, Fault, InterceptorError, LoginError, ProtocolViolation, Refused,
@@ -137,6 +138,7 @@ class PostgresHandler:
             startup = accept_startup(packet)
             try:
                 credentials = await services.credentials()
+                validate_shape(services.resource, credentials)  # a misspelt `database:` must not widen
             except Exception as exc:  # noqa: BLE001 - any secrets failure refuses the login
                 raise Refused("28000", f"credentials for resource {flow.resource!r} are unavailable: {exc}") from None
             patterns = resource_option(services.resource, "databases")
