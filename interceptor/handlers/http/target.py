@@ -152,13 +152,15 @@ def parse_query(raw: str) -> Pairs:
 
 def _decode(raw: str, where: str) -> str:
     """`raw` with its %XX escapes decoded once, as UTF-8; no control characters."""
-    if _BAD_PERCENT.search(raw):
-        raise ClientProtocolError(f"the {where} holds '%' not followed by two hex digits")
-    data = _ESCAPE.sub(lambda escape: chr(int(escape.group(1), 16)), raw).encode("latin-1")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ClientProtocolError(f"the {where} decodes to bytes that are not UTF-8") from None
+    text = raw  # without '%', ASCII is its own UTF-8: nothing to decode
+    if "%" in raw or not raw.isascii():
+        if _BAD_PERCENT.search(raw):
+            raise ClientProtocolError(f"the {where} holds '%' not followed by two hex digits")
+        data = _ESCAPE.sub(lambda escape: chr(int(escape.group(1), 16)), raw).encode("latin-1")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ClientProtocolError(f"the {where} decodes to bytes that are not UTF-8") from None
     if _CONTROL.search(text):
         raise ClientProtocolError(f"the {where} holds an encoded control character (such as %00)")
     return text
