@@ -112,8 +112,8 @@ DESCRIPTIONS: dict[str, str] = {
                         "numbers), `email`, `national_id` (US SSN, UK NINO, Canadian SIN), `iban`, `api_key` "
                         "(well-known token formats and long hex strings).",
     "mask.style": "`redact` (default, `****`), `partial` (cards keep the last four, emails the first letter "
-                  "and domain), `hash` (keyed HMAC, joinable; needs a key the settings cannot yet provide, so "
-                  "a masked result fails with an error rather than leak), `null`.",
+                  "and domain), `hash` (16 hex digits of an HMAC-SHA256 under the host's or fleet's masking key: "
+                  "equal values give equal digests, so joins and counts still work; see the guide, Settings), `null`.",
     "rule.name": "Unique; it is written in every decision and audit record the rule makes.",
     "rule.effect": "`allow`, `deny`, `approve` (hold for a person's approval) or `mask`.",
     "rule.reason": "Written to the audit record; where the protocol can carry a message (a PostgreSQL "

@@ -17,4 +17,4 @@ from __future__ import annotations
 from interceptor.handlers.http.handler import HttpHandler
 from interceptor.handlers.http.plain import PlainDialect
 
-HANDLER = HttpHandler("http", lambda services: PlainDialect())
+HANDLER = HttpHandler("http", lambda services: PlainDialect(services.mask_key))
