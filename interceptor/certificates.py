@@ -344,13 +344,13 @@ def _create(key_path: Path, now: datetime.datetime) -> None:
            + certificate.public_bytes(serialization.Encoding.PEM))
     temporary = key_path.with_name(f".{key_path.name}.{secrets.token_hex(8)}")
     try:
-        _write_new(temporary, pem, 0o600)
+        write_new(temporary, pem, 0o600)
         os.link(temporary, key_path)
     except FileExistsError:
         pass  # another process created the CA first: its pair is the one
     finally:
         temporary.unlink(missing_ok=True)
-    _sync_directory(key_path.parent)
+    sync_directory(key_path.parent)
 
 
 def _load(key_path: Path, now: datetime.datetime) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
@@ -415,15 +415,15 @@ def write_file(path: Path, data: bytes, mode: int, uid: int | None = None) -> No
     over `path`. OSError when any step fails (nothing is left behind then)."""
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
     try:
-        _write_new(temporary, data, mode, uid)
+        write_new(temporary, data, mode, uid)
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
-    _sync_directory(path.parent)
+    sync_directory(path.parent)
 
 
-def _write_new(path: Path, data: bytes, mode: int, uid: int | None = None) -> None:
+def write_new(path: Path, data: bytes, mode: int, uid: int | None = None) -> None:
     """A new file (never an existing one, never through a symlink) with `data`, synced."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     with os.fdopen(fd, "wb") as file:
@@ -435,7 +435,7 @@ def _write_new(path: Path, data: bytes, mode: int, uid: int | None = None) -> No
         os.fsync(fd)
 
 
-def _sync_directory(path: Path) -> None:
+def sync_directory(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)

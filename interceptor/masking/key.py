@@ -25,7 +25,7 @@ import secrets
 import stat
 from pathlib import Path
 
-from interceptor.certificates import _sync_directory, _write_new
+from interceptor.certificates import sync_directory, write_new
 
 KEY_BYTES = 32  # SHA-256's output: RFC 2104 section 3 discourages shorter HMAC keys
 
@@ -70,7 +70,7 @@ def _create(path: Path) -> None:
         return
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
     try:
-        _write_new(temporary, secrets.token_bytes(KEY_BYTES), 0o600)
+        write_new(temporary, secrets.token_bytes(KEY_BYTES), 0o600)
         os.link(temporary, path)
     except FileExistsError:
         pass  # another process made the key first: its key is the one
@@ -78,7 +78,7 @@ def _create(path: Path) -> None:
         raise MaskKeyError(f"cannot create mask key {path}: {exc.strerror}") from exc
     finally:
         temporary.unlink(missing_ok=True)
-    _sync_directory(path.parent)
+    sync_directory(path.parent)
 
 
 def _check(path: Path, info: os.stat_result) -> None:
