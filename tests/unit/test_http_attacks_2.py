@@ -110,13 +110,14 @@ def test_override_query_parameter_spellings_are_refused(http_engine: PolicyEngin
 
 
 def post_body(engine: PolicyEngine, content_type: str | None, body: bytes, chunked: bool = False,
-              method: bytes = b"POST") -> bytes:
+              method: bytes = b"POST", chunk: int = 3) -> bytes:
     session = HttpSession(PlainDialect(), http_judge(engine), server_name="api.example.com")
     head = method + b" /items/1 HTTP/1.1\r\nHost: api.example.com\r\n"
     if content_type is not None:
         head += b"Content-Type: " + content_type.encode() + b"\r\n"
     if chunked:
-        chunks = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 3]), body[i:i + 3]) for i in range(0, len(body), 3))
+        chunks = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + chunk]), body[i:i + chunk])
+                         for i in range(0, len(body), chunk))
         raw = head + b"Transfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n"
     else:
         raw = head + b"Content-Length: %d\r\n\r\n" % len(body) + body
@@ -316,3 +317,20 @@ def test_kube_accept_asks_json_only() -> None:
     dialect = KubernetesDialect()
     headers = dict(dialect.request_headers(head, dialect.operation(head, b"")))
     assert headers["accept"] == "application/json"
+
+
+def test_a_form_body_past_the_limit_is_not_forwarded(http_engine: PolicyEngine) -> None:
+    from interceptor.handlers.http.plain import FORM_BODY_LIMIT
+    body = b"a=" + b"x" * FORM_BODY_LIMIT + b"&_method=DELETE"
+    for chunked in (False, True):
+        assert b"_method" not in post_body(http_engine, "application/x-www-form-urlencoded", body, chunked,
+                                              chunk=1 << 16)
+
+
+@pytest.mark.parametrize("target", [
+    "/api/v1/proxy/namespaces/dev/pods/web/exec",
+    "/api/v1/proxy/nodes/n1/exec/dev/web/app",
+    "/api/v1/namespaces/dev/pods/web/exec/",
+])
+def test_deprecated_proxy_prefix_and_trailing_slash_are_not_allowed_as_reads(kube: PolicyEngine, target: str) -> None:
+    assert kube_decide(kube, request_head("GET", target)).verdict is Verdict.DENY
