@@ -105,8 +105,8 @@ BAD_NAME_RULE = "mcp-bad-tool-name"
 BAD_ARGUMENTS_RULE = "mcp-bad-arguments"
 # What every MCP session sends to work at all; none of it reads or changes the server's data.
 PLUMBING = frozenset({
-    "initialize", "server/discover", "notifications/initialized", "ping", "notifications/cancelled", "notifications/progress",
-    "notifications/roots/list_changed", TOOLS_LIST, LISTEN_METHOD, TERMINATE_METHOD,
+    "initialize", "server/discover", "notifications/initialized", "ping", "notifications/cancelled",
+    "notifications/progress", "notifications/roots/list_changed", TOOLS_LIST, LISTEN_METHOD, TERMINATE_METHOD,
 })
 TOOL_NAME = re.compile(r"[A-Za-z0-9_./-]{1,128}")
 _TOOL_GLOB = re.compile(r"[A-Za-z0-9_./*?\[\]!-]+")
@@ -298,7 +298,11 @@ def _string_matches(value: str, pattern: str, deny: bool) -> bool:
 
 def in_normal_form(value: str) -> bool:
     """Is the file path or URL in normal form (see the module docstring)? A URL (`scheme://`) is
-    judged after its scheme, and may end in `/`."""
+    judged after its scheme, and may end in `/`. A `file:` URI never is: it names a local
+    path (RFC 8089) that a glob about paths would read differently, so every deny glob holds
+    for it and no allow glob does."""
+    if value[:5].lower() == "file:":
+        return False
     scheme = _SCHEME.match(value)
     if scheme is not None:
         return not _NOT_NORMAL.search(value[scheme.end():])

@@ -334,3 +334,28 @@ def test_a_form_body_past_the_limit_is_not_forwarded(http_engine: PolicyEngine) 
 ])
 def test_deprecated_proxy_prefix_and_trailing_slash_are_not_allowed_as_reads(kube: PolicyEngine, target: str) -> None:
     assert kube_decide(kube, request_head("GET", target)).verdict is Verdict.DENY
+
+
+@pytest.mark.parametrize(("content_type", "body"), [
+    # Was a bypass (fixed): PHP (so Symfony/Laravel) registers a form field name as a C string (php_register_variable_ex:
+    # var_len = strlen(var_name)), so `_method%00x` is the parameter `_method`; is_override sees "_method\x00x".
+    ("application/x-www-form-urlencoded", b"_method%00x=DELETE"),
+    # Was a bypass (fixed): PHP's multipart parser (main/rfc1867.c php_ap_getword_conf) takes a value quoted with ' too:
+    # name='_method' is `_method`; _NAME_PARAM only unquotes "...".
+    ("multipart/form-data; boundary=B", b"--B\r\nContent-Disposition: form-data; name='_method'\r\n\r\n"
+                                        b"DELETE\r\n--B--\r\n"),
+    # Was a bypass (fixed): the same NUL truncation for a multipart name.
+    ("multipart/form-data; boundary=B", b'--B\r\nContent-Disposition: form-data; name="_method\x00x"\r\n\r\n'
+                                        b"DELETE\r\n--B--\r\n"),
+])
+def test_php_override_spellings_are_not_forwarded(http_engine: PolicyEngine, content_type: str, body: bytes) -> None:
+    upstream = post_body(http_engine, content_type, body)
+    assert b"DELETE" not in upstream
+
+
+@pytest.mark.parametrize("path", ["file:///etc/shadow", "file://localhost/etc/shadow", "file:/etc/shadow",
+                                  "file:///%65tc/shadow"])
+def test_a_deny_path_holds_for_a_file_uri(mcp_engine: PolicyEngine, path: str) -> None:
+    # Was a bypass (fixed): a file URI names /etc/shadow to any tool that accepts URIs (MCP resources are file:// URIs);
+    # the deny glob /etc/* is matched against the whole string.
+    assert mcp_call(mcp_engine, read_call(path)).verdict is Verdict.DENY

@@ -49,7 +49,7 @@ OVERRIDE_NAMES = frozenset({"_method", "_httpmethod", "x_http_method_override", 
 _NAME_SPELLING = re.compile(r"[ .\-]")
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _DISPOSITION = re.compile(r"(?i)[ \t]*content-disposition[ \t]*:")
-_NAME_PARAM = re.compile(r'(?i)(?:^|[;:,\s])name(?:\*(\d+))?(\*)?\s*=\s*("(?:[^"\\]|\\.)*"?|[^;,\s]*)')
+_NAME_PARAM = re.compile(r'(?i)(?:^|[;:,\s])name(?:\*(\d+))?(\*)?\s*=\s*("(?:[^"\\]|\\.)*"?|\'[^\']*\'?|[^;,\s]*)')
 _ESCAPED = re.compile(r"\\(.)")
 _CHARSET = re.compile(r'(?i);\s*charset\s*=\s*"?([^";\s]*)')
 _ASCII = "".join(map(chr, range(0x20, 0x7F)))
@@ -101,7 +101,7 @@ def folds_to_ascii(char: str) -> bool:
 def is_override(name: str) -> bool:
     """Whether a parameter `name` is a method override as some server reads it (the module
     docstring: OVERRIDE_NAMES, case-insensitive, PHP's and ASP.NET's spellings)."""
-    base = unicodedata.normalize("NFKC", name).lstrip(" ").partition("[")[0]
+    base = unicodedata.normalize("NFKC", name).partition("\x00")[0].lstrip(" ").partition("[")[0]  # PHP: a C string
     return _NAME_SPELLING.sub("_", base).upper().casefold() in OVERRIDE_NAMES
 
 
@@ -161,6 +161,8 @@ def _part_names(text: str) -> Iterator[str]:
         pieces: list[tuple[int, str]] = []
         for param in _NAME_PARAM.finditer(value):
             section, extended, raw = param.groups()
+            if raw.startswith("'"):  # PHP's multipart parser takes '...' quoting too (main/rfc1867.c)
+                raw = raw.strip("'")
             name = _ESCAPED.sub(r"\1", raw[1:-1] if raw.startswith('"') and raw.endswith('"') else raw.strip('"'))
             if extended:
                 name = name.rpartition("'")[2] if name.count("'") >= 2 else name
