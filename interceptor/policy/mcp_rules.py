@@ -65,8 +65,8 @@ A glob holding `/` is about a file path (or a URL), and file systems read more s
 than a glob: a value with an empty segment (`//etc/shadow`; in a file path also a trailing
 `/`, but `/` alone is the root; a URL's `scheme://` is not one), a `.`
 or `..` segment, a backslash (a separator on Windows, an escape to some tools), a leading
-`~` (a home directory to expanduser), a percent-encoded dot, slash or backslash, or NUL is
-not in normal form, so no allow glob matches it and every deny glob does
+`~` (a home directory to expanduser), a percent-encoded dot, slash or backslash, NUL, or a
+`file:` URI (a local path spelled as a URI, RFC 8089) is not in normal form, so no allow glob matches it and every deny glob does
 (`/srv/public/../../etc/passwd` is not under `/srv/public/*`, `//etc/shadow` is under
 `/etc/*`).
 """
