@@ -15,6 +15,13 @@ from interceptor.decision import Decision
 from interceptor.operations import Operation, Pairs
 
 
+def header_value(headers: Pairs, name: str) -> str | None:
+    """The value of the one header `name` (lower case), None when absent; several values are
+    joined with ", " (RFC 9110 section 5.3)."""
+    values = [value for key, value in headers if key == name]
+    return ", ".join(values) if values else None
+
+
 @dataclass(frozen=True, slots=True)
 class RequestHead:
     """A request line and header section as the session accepted them (RFC 9112 section 3).
@@ -33,10 +40,7 @@ class RequestHead:
     http_version: str = "1.1"
 
     def header(self, name: str) -> str | None:
-        """The value of the one header `name` (lower case), None when absent; several
-        values are joined with ", " (RFC 9110 section 5.3)."""
-        values = [value for key, value in self.headers if key == name]
-        return ", ".join(values) if values else None
+        return header_value(self.headers, name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,8 +52,7 @@ class ResponseHead:
     reason: str = ""
 
     def header(self, name: str) -> str | None:
-        values = [value for key, value in self.headers if key == name]
-        return ", ".join(values) if values else None
+        return header_value(self.headers, name)
 
 
 @dataclass(frozen=True, slots=True)
