@@ -524,16 +524,12 @@ class JsonBody(JsonBodyMask):
         super().__init__([], MASKED_BODY_LIMIT)
         self.messages = messages
 
-    def end(self) -> bytes:
-        if not self._body:
-            return b""
-        try:
-            message = orjson.loads(self._body)
-        except orjson.JSONDecodeError as exc:
-            raise MaskingError(f"an MCP answer to filter is not JSON ({exc}); withheld") from None
-        filtered = orjson.dumps(self.messages.message(message))
+    what = "an MCP answer to filter"
+
+    def filtered(self, document: Any) -> Any:
+        message = self.messages.message(document)
         self.masked = self.messages.masked
-        return filtered
+        return message
 
 
 class EventStream:

@@ -33,6 +33,7 @@ import json
 import re
 import unicodedata
 from collections.abc import Iterator
+from typing import Any
 from urllib.parse import unquote, unquote_plus
 
 import orjson
@@ -67,6 +68,8 @@ class JsonBodyMask:
     """A BodyFilter masking a JSON body by JsonMasks: the body is kept until it ends, then
     parsed, masked and sent whole. MaskingError when it is not JSON or passes `limit`."""
 
+    what = "a response to mask"  # how errors name the body
+
     def __init__(self, masks: list[JsonMask], limit: int = MASKED_BODY_LIMIT) -> None:
         self.masks = masks
         self.limit = limit
@@ -85,9 +88,13 @@ class JsonBodyMask:
         try:
             document = orjson.loads(self._body)
         except orjson.JSONDecodeError as exc:
-            raise MaskingError(f"a response to mask is not valid JSON ({exc}); withheld") from None
+            raise MaskingError(f"{self.what} is not valid JSON ({exc}); withheld") from None
+        return orjson.dumps(self.filtered(document))
+
+    def filtered(self, document: Any) -> Any:
+        """The parsed body as it is sent on (masked; `masked` counts what changed)."""
         document, self.masked = mask_document(document, self.masks)
-        return orjson.dumps(document)
+        return document
 
 
 def folds_to_ascii(char: str) -> bool:
