@@ -21,6 +21,9 @@ debian_packages=(
 # Node.js with npm runs the local OpenID provider; a host that has it (e.g. from NodeSource,
 # whose nodejs bundles npm and conflicts with Debian's npm) keeps its own.
 command -v npm >/dev/null || debian_packages+=(nodejs npm)
+# The SSH tests run Debian's sshd in a network namespace they create (with its own config and
+# port); on a host that had no sshd, the package's own service is not needed and not enabled.
+[[ $editable == 0 ]] || debian_packages+=(openssh-server openssh-client)
 
 missing=()
 for p in "${debian_packages[@]}"; do
