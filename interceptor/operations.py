@@ -154,9 +154,49 @@ class McpCall:
         return summary
 
 
+@dataclass(frozen=True, slots=True)
+class SshRequest:
+    """One thing an SSH client asks of the server, as the server will carry it out
+    (RFC 4254 sections 6 and 7):
+
+    - `exec`: run `command`, the command line exactly as sent; the server's side hands it to
+      the user's login shell (`$SHELL -c command`), so it is judged as a POSIX shell reads it;
+    - `shell`: an interactive shell (`pty` True when a terminal was asked for);
+    - `subsystem`: a subsystem other than sftp, `command` its name;
+    - `read` / `write`: a file access over SFTP (draft-ietf-secsh-filexfer-02) or the legacy
+      scp protocol, `path` absolute and in normal form on the server (no `.`, `..` or empty
+      segments), `action` the SFTP request (open, readdir, stat, remove, rename, mkdir,
+      rmdir, setstat, symlink, readlink, realpath) or `scp`;
+    - `forward`: a forwarded connection, `forward` its kind (`local`: direct-tcpip, which
+      is also how dynamic forwarding arrives; `remote`: tcpip-forward; `agent`, `x11`) and
+      `target` "host:port" (local: where the connection goes; remote: where the server
+      listens; agent and x11: None)."""
+
+    request: str
+    command: str | None = None
+    path: str | None = None
+    action: str | None = None
+    forward: str | None = None
+    target: str | None = None
+    pty: bool = False
+    kind = "ssh"
+
+    def summary(self) -> dict[str, object]:
+        """What an approver sees and a grant covers: the request and whichever of command,
+        path, action, forward and target it has (and pty when one was asked for)."""
+        summary: dict[str, object] = {"kind": self.kind, "request": self.request}
+        for name in ("command", "path", "action", "forward", "target"):
+            value = getattr(self, name)
+            if value is not None:
+                summary[name] = value
+        if self.pty:
+            summary["pty"] = True
+        return summary
+
+
 # One per protocol of interceptor.protocols. Each is a frozen dataclass with a class attribute
 # `kind` (its protocol's operation key) and `summary()`, what an approver sees and a grant covers.
-Operation = TcpConnect | SqlQuery | HttpRequest | KubeRequest | McpCall
+Operation = TcpConnect | SqlQuery | HttpRequest | KubeRequest | McpCall | SshRequest
 
 
 @dataclass(frozen=True, slots=True)
