@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import socket
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from interceptor.audit.event import AuditEvent, AuditSink, SharedSummary
@@ -26,6 +27,7 @@ if TYPE_CHECKING:  # asyncio and cryptography machinery the policy side does not
     from interceptor.certificates import AgentTLS
     from interceptor.enforcer.judge import FlowJudge
     from interceptor.handlers.postgres.catalog import CatalogStore
+    import asyncssh
 
 
 @dataclass(slots=True)
@@ -53,6 +55,16 @@ class Certificates(Protocol):
         IP address); ClientProtocolError when it is neither."""
 
 
+class SshHostKeys(Protocol):
+    """The SSH host CA (interceptor.ssh_certificates.SshHostCA): host certificates the
+    enforcer presents to agents, whose known_hosts trust the CA (`interceptor trust install`
+    writes an `@cert-authority` line; OpenSSH PROTOCOL.certkeys)."""
+
+    def server_host_key(self, principals: Sequence[str]) -> tuple[asyncssh.SSHKey, asyncssh.SSHCertificate]:
+        """A host key and its certificate, signed by the CA, valid for `principals` (host
+        names and IP addresses)."""
+
+
 Who = tuple[SharedSummary | None, Identity | None, SharedSummary | None]  # process, identity, its summary
 
 
@@ -69,6 +81,8 @@ class Services:
     certificates: Certificates | None = None  # agent-facing TLS, for protocols that terminate it
     scan_errors: bool = True  # run the value classifiers on every error and notice text
     mask_key: bytes = b""  # HMAC key of mask style hash (interceptor.masking.key); empty: hash is refused
+    ssh_host_ca: SshHostKeys | None = None  # host certificates for the ssh handler; None: not loadable
+    recordings: Path | None = None  # the root-only directory interactive sessions are recorded in
     traffic: Traffic = field(default_factory=Traffic)  # bytes so far, for `interceptor sessions`
     _who: Who = field(default=(None, None, None), repr=False)  # built once per flow (and identity)
 
