@@ -39,6 +39,7 @@ from interceptor.masking.key import open_mask_key
 from interceptor.metrics import Gauges, Metrics, MetricsServer, parse_listen
 from interceptor.redirect import DENY_REASONS, DenyEvent, Redirect, cgroups
 from interceptor.runtime import Runtime, write_audit
+from interceptor.ssh_certificates import SshHostCA, SshHostCAError
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,39 @@ def open_host_ca(state_dir: Path) -> HostCA | None:
     except HostCAError as exc:
         log.error("agent-facing TLS disabled, TLS flows will be refused: %s", exc)
         return None
+
+
+def open_ssh_host_ca(state_dir: Path) -> SshHostCA | None:
+    """The SSH host CA the ssh handler's host certificates are signed by (created in
+    `state_dir` when absent); None, logged, when it cannot be loaded: the ssh handler then
+    refuses its flows."""
+    try:
+        return SshHostCA.open(state_dir)
+    except SshHostCAError as exc:
+        log.error("SSH host certificates disabled, ssh flows will be refused: %s", exc)
+        return None
+
+
+def open_recordings(state_dir: Path) -> Path | None:
+    """`<state_dir>/recordings`, where interactive SSH sessions are recorded: made, or kept,
+    a directory of this process's user that only it can read (a wider mode found is narrowed,
+    and said); None, logged, when it cannot be (the ssh handler then refuses what it would
+    record)."""
+    path = state_dir / "recordings"
+    try:
+        path.mkdir(mode=0o700, exist_ok=True)
+        info = os.lstat(path)
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+            raise NotADirectoryError(f"{path} is not a directory of uid {os.geteuid()} (a symlink, another owner's "
+                                     "or something else): remove it")
+    except OSError as exc:
+        log.error("shell recording disabled, recorded ssh sessions will be refused: %s", exc)
+        return None
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        log.warning("recordings directory %s was mode %04o; narrowed to 0700 (recorded sessions are not for other "
+                    "users)", path, stat.S_IMODE(info.st_mode))
+        path.chmod(0o700)
+    return path
 
 
 async def _gauges(enforcer: Enforcer, approvals: ApprovalBroker, audit: ChainedSink) -> Gauges:
@@ -200,6 +234,8 @@ class Daemon:
         enforcer = Enforcer(redirect, audit, lambda: runtime.snapshot, runtime.identity, runtime.identity_required,
                             runtime.credentials, approvals, catalogs=self.catalogs,
                             certificates=open_host_ca(settings.state_dir),
+                            ssh_host_ca=open_ssh_host_ca(settings.state_dir),
+                            recordings=open_recordings(settings.state_dir),
                             scan_errors=settings.masking.get("scan_errors", True), mask_key=mask_key,
                             on_connection=self.metrics.connection, on_decision=self.metrics.decision,
                             refused=_refusal_auditor(redirect, runtime), identity_reason=runtime.identity_reason)

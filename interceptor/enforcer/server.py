@@ -15,6 +15,7 @@ import struct
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from collections.abc import Awaitable, Callable, Coroutine
 
 from interceptor.approvals.broker import ApprovalBroker
@@ -25,7 +26,7 @@ from interceptor.enforcer.judge import UNKNOWN_REASON, FlowJudge
 from interceptor.errors import AuditUnavailable
 from interceptor.flow import Endpoint, FlowContext
 from interceptor.handlers import Services, handler_for
-from interceptor.handlers.base import Certificates, Traffic
+from interceptor.handlers.base import Certificates, SshHostKeys, Traffic
 from interceptor.handlers.postgres.catalog import CatalogStore
 from interceptor.identity.model import Identity
 from interceptor.operations import Request, TcpConnect
@@ -84,6 +85,8 @@ class Enforcer:
                  credentials: Callable[[str], Awaitable[dict[str, str]]], approvals: ApprovalBroker | None = None, *,
                  catalogs: CatalogStore | None = None,
                  certificates: Certificates | None = None,
+                 ssh_host_ca: SshHostKeys | None = None,
+                 recordings: Path | None = None,
                  scan_errors: bool = True,
                  mask_key: bytes = b"",
                  on_connection: Callable[[str | None, str | None, str], None] = lambda agent, resource, decision: None,
@@ -100,6 +103,8 @@ class Enforcer:
         self.approvals = approvals
         self.catalogs = catalogs  # interceptor.handlers.postgres.catalog.CatalogStore
         self.certificates = certificates  # the host CA for agent-facing TLS; None when it could not be loaded
+        self.ssh_host_ca = ssh_host_ca  # the SSH host CA for the ssh handler; None when it could not be loaded
+        self.recordings = recordings  # the root-only directory of shell recordings; None when it could not be made
         self.scan_errors = scan_errors  # classifiers on every error and notice text
         self.mask_key = mask_key  # HMAC key of mask style hash (interceptor.masking.key)
         self.on_connection = on_connection  # (agent, resource, allow|deny), for metrics
@@ -225,7 +230,8 @@ class Enforcer:
         services = Services(judge=judge, audit=self.audit, resource=spec,
                             credentials=lambda: self.credentials(spec.name), approvals=self.approvals,
                             catalogs=self.catalogs, certificates=self.certificates,
-                            scan_errors=self.scan_errors, mask_key=self.mask_key)
+                            scan_errors=self.scan_errors, mask_key=self.mask_key, ssh_host_ca=self.ssh_host_ca,
+                            recordings=self.recordings)
         self.on_connection(flow.agent, resource, "allow")
         session = Session(flow, conn, services.traffic)
         self.sessions[flow.flow_id] = session
