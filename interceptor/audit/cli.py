@@ -1,4 +1,4 @@
-"""`interceptor audit ...`: prove, read and export the trail.
+"""`interceptor audit ...`: prove, read, export the trail and replay recorded SSH sessions.
 
 Every command takes `--store PATH|DSN` (default: the `audit:` section of
 /etc/interceptor/interceptor.yaml, else /var/lib/interceptor/audit.db) and, where it prints
@@ -20,6 +20,7 @@ import click
 
 from interceptor.audit import Query, Record, Store, open_store, verify
 from interceptor.audit.chain import canonical_json
+from interceptor.audit.recording import Cast, RecordingError, parse, read_verified
 from interceptor.config import ConfigError, Settings, load_settings
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
@@ -242,3 +243,131 @@ def _export_pcap(store: Store, session: str, output: str | None) -> None:
         raise click.ClickException(f"no captured bytes for session {session} (capture is off unless configured)")
     packets = write_pcap(output, chunks)
     click.echo(f"wrote {packets} packets ({sum(len(c.data) for c in chunks)} payload bytes) to {output}", err=True)
+
+
+@audit.command()
+@click.argument("event_id")
+@click.option("--speed", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="Play this many times faster; 0: no waiting at all.")
+@click.option("--max-wait", type=click.FloatRange(min=0), default=2.0, show_default=True, metavar="SECONDS",
+              help="Never wait longer than this between two events.")
+@click.option("--input/--no-input", "show_input", default=False, show_default=True,
+              help="Show what was typed too, marked [input: ...] with control characters escaped.")
+@_store_option
+@_json_option
+def replay(event_id: str, speed: float, max_wait: float, show_input: bool, store: str | None, as_json: bool) -> None:
+    """Play a recorded SSH shell back (EVENT_ID: its "ssh" or "ssh-end" record), after checking
+    the file's size and SHA-256 against the record (exit 1 when it differs or is missing).
+
+    The terminal output goes to stdout with its timing; size changes are not replayed; the
+    limit marker goes to stderr. --json prints the file's header and a summary instead.
+    `audit verify` proves the record itself."""
+    with _opened(store) as opened:
+        end = _ssh_end(opened, event_id)
+    recording = _recording_of(end)
+    try:
+        cast = parse(read_verified(recording["path"], recording["sha256"], recording["bytes"]))
+    except RecordingError as exc:
+        raise click.ClickException(f"refusing to replay event {end.event_id}: {exc}") from exc
+    if as_json:
+        click.echo(json.dumps(_cast_summary(end, recording, cast), sort_keys=True))
+        return
+    click.echo(f"replaying event {end.event_id}: {recording['path']} (SHA-256 verified), "
+               f"{cast.header['width']}x{cast.header['height']}, {_seconds(cast):.1f} s", err=True)
+    _play(cast, speed, max_wait, show_input)
+
+
+def _ssh_end(store: Store, event_id: str) -> Record:
+    """The "ssh-end" record `event_id` names, itself or through its "ssh" record."""
+    found = store.search(Query(event_id=event_id, limit=1))
+    if not found:
+        raise click.ClickException(f"no audit record with event id {event_id}")
+    record = found[0][1]
+    kind = record.event.get("kind")
+    if kind == "ssh-end":
+        return record
+    if kind == "ssh":
+        return _end_of_request(store, record)
+    raise click.ClickException(f"event {event_id} is a {kind} record: replay takes the \"ssh\" or \"ssh-end\" "
+                               f"record of a recorded SSH shell")
+
+
+def _end_of_request(store: Store, request: Record) -> Record:
+    """The "ssh-end" record of the channel whose "ssh" record is `request`: records carry no
+    link between the two, so only when the flow has no other "ssh" request of the same
+    operation (not denied) can its one "ssh-end" of that operation be told to be this one's."""
+    event = request.event
+    if event.get("decision") == "deny":
+        raise click.ClickException(f"event {request.event_id} was denied ({event.get('rule')}): "
+                                   f"nothing ran, nothing was recorded")
+    flow, operation = event.get("flow_id"), event.get("operation")
+    if not isinstance(flow, str):
+        raise click.ClickException(f"event {request.event_id} names no flow: replay its \"ssh-end\" record")
+    requests = [r for _, r in store.search(Query(flow_id=flow, kind="ssh"))
+                if r.event.get("operation") == operation and r.event.get("decision") != "deny"]
+    ends = [r for _, r in store.search(Query(flow_id=flow, kind="ssh-end"))]
+    same = [r for r in ends if r.event.get("operation") == operation]
+    if len(requests) == 1 and len(same) == 1:
+        return same[0]
+    recorded = [r for r in ends if isinstance(r.event.get("outcome"), dict) and "recording" in r.event["outcome"]]
+    listed = "; ".join(f"{r.event_id} ({_request_text(r)})" for r in recorded) or "none"
+    raise click.ClickException(f"event {request.event_id} is the \"ssh\" record of a request whose \"ssh-end\" "
+                               f"record cannot be told apart in flow {flow} ({len(requests)} such requests, "
+                               f"{len(same)} ends): replay its \"ssh-end\" record; the recorded ones of the flow: "
+                               f"{listed}")
+
+
+def _request_text(record: Record) -> str:
+    operation = record.event.get("operation")
+    summary = operation if isinstance(operation, dict) else {}
+    return " ".join(str(summary[key]) for key in ("request", "command", "path", "target") if summary.get(key))
+
+
+def _recording_of(end: Record) -> dict[str, Any]:
+    outcome = end.event.get("outcome")
+    recording = outcome.get("recording") if isinstance(outcome, dict) else None
+    if not isinstance(recording, dict):
+        raise click.ClickException(f"event {end.event_id} has no recording: only shells and commands run with "
+                                   f"a terminal are recorded")
+    if not (isinstance(recording.get("path"), str) and isinstance(recording.get("sha256"), str)
+            and type(recording.get("bytes")) is int):
+        raise click.ClickException(f"event {end.event_id} names its recording without a path, sha256 and bytes: "
+                                   f"{recording!r}")
+    return recording
+
+
+def _cast_summary(end: Record, recording: dict[str, Any], cast: Cast) -> dict[str, Any]:
+    counts = {kind: sum(1 for event in cast.events if event.kind == kind) for kind in ("o", "i", "r", "m")}
+    return {"event_id": end.event_id, "flow_id": end.event.get("flow_id"), "recording": recording,
+            "header": cast.header, "events": counts, "seconds": _seconds(cast)}
+
+
+def _seconds(cast: Cast) -> float:
+    return cast.events[-1].time if cast.events else 0.0
+
+
+def _play(cast: Cast, speed: float, max_wait: float, show_input: bool) -> None:
+    """Each output event (and input event, marked, with `show_input`) to stdout, after the
+    recorded gap since the last one shown divided by `speed` (0: none), at most `max_wait`."""
+    out = sys.stdout.buffer
+    shown = 0.0
+    for event in cast.events:
+        if event.kind == "m":
+            out.flush()
+            click.echo(f"\r\n[{event.time:.1f} s: {event.data}]", err=True)
+            continue
+        if event.kind == "r" or event.kind == "i" and not show_input:
+            continue
+        if speed:
+            time.sleep(min((event.time - shown) / speed, max_wait))
+        shown = event.time
+        text = event.data if event.kind == "o" else f"[input: {_escaped(event.data)}]"
+        out.write(text.encode("utf-8", "replace"))
+        out.flush()
+
+
+def _escaped(text: str) -> str:
+    """`text` with every character that is not printable (control characters, escape
+    sequences' ESC, C1 controls) written as a Python escape, so typed keys cannot drive the
+    replaying terminal."""
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)

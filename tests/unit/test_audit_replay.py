@@ -1,0 +1,242 @@
+"""`interceptor audit replay` through click's CliRunner, on a real SQLite audit store holding
+the "ssh" and "ssh-end" records the ssh handler writes, and recordings tampered with by hand."""
+
+import asyncio
+import hashlib
+import json
+import sqlite3
+
+import pytest
+from click.testing import CliRunner
+
+from interceptor.audit import AuditEvent, open_sink
+from interceptor.audit import cli as audit_cli
+from interceptor.audit.cli import audit
+from interceptor.audit.recording import Recording
+
+SHELL = {"kind": "ssh", "request": "shell", "pty": True}
+OUTPUT = [b"\x1b[1;32muser@web1\x1b[0m:~$ ", "ls -l café\r\n".encode(), "😀 ok".encode()[:2],
+          "😀 ok".encode()[2:] + b"\r\n"]
+
+
+def _write(store: str, events: list[AuditEvent]) -> None:
+    async def run():
+        sink = open_sink({"store": "sqlite", "path": store, "chain_id": "host-a"})
+        for event in events:
+            await sink.write(event)
+        await sink.close()
+
+    asyncio.run(run())
+
+
+def _record(tmp_path, name: str, typed: bytes = b"ls -l caf\xc3\xa9\r") -> dict:
+    rec = Recording.start(tmp_path, name, width=80, height=24, term="xterm", limit=1 << 20)
+    rec.output(OUTPUT[0])
+    rec.input(typed)
+    for chunk in OUTPUT[1:]:
+        rec.output(chunk)
+    rec.resize(100, 30)
+    return rec.close().as_dict()
+
+
+def _pair(flow: str, recording: dict | None, operation: dict = SHELL) -> tuple[AuditEvent, AuditEvent]:
+    request = AuditEvent(kind="ssh", agent="claude", decision="allow", rule="shells", resource="web1",
+                         flow_id=flow, operation=operation)
+    outcome = {"exit_status": 0, "bytes_up": 12, "bytes_down": 60}
+    if recording is not None:
+        outcome["recording"] = recording
+    end = AuditEvent(kind="ssh-end", agent="claude", decision="allow", rule="shells", resource="web1",
+                     flow_id=flow, operation=operation, outcome=outcome)
+    return request, end
+
+
+@pytest.fixture
+def session(tmp_path):
+    store = str(tmp_path / "audit.db")
+    recording = _record(tmp_path, "flow-a-0")
+    request, end = _pair("flow-a", recording)
+    _write(store, [AuditEvent(kind="connection", decision="allow", flow_id="flow-a"), request, end])
+    return store, request, end, recording
+
+
+def _run(*args: str):
+    return CliRunner().invoke(audit, ["replay", *args])
+
+
+@pytest.mark.parametrize("by", ["ssh-end", "ssh"])
+def test_speed_0_writes_the_output_exactly(session, by):
+    store, request, end, recording = session
+    result = _run((end if by == "ssh-end" else request).event_id, "--speed", "0", "--store", store)
+    assert result.exit_code == 0, result.output
+    assert result.stdout_bytes == b"".join(OUTPUT)
+    assert f"replaying event {end.event_id}: {recording['path']} (SHA-256 verified), 80x24" in result.stderr
+
+
+def test_input_is_shown_marked_and_escaped(tmp_path):
+    store = str(tmp_path / "audit.db")
+    request, end = _pair("flow-b", _record(tmp_path, "flow-b-0", typed=b"\x1b[A\x03q\xc2\x9b"))
+    _write(store, [request, end])
+    shown = _run(end.event_id, "--speed", "0", "--input", "--store", store).stdout_bytes.decode()
+    assert shown.startswith("\x1b[1;32muser@web1\x1b[0m:~$ [input: \\x1b[A\\x03q\\x9b]ls -l café\r\n")
+    assert "[input" not in _run(end.event_id, "--speed", "0", "--store", store).stdout
+
+
+def test_json_prints_header_and_summary_without_playing(session):
+    store, _, end, recording = session
+    result = _run(end.event_id, "--json", "--store", store)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["event_id"] == end.event_id and summary["flow_id"] == "flow-a"
+    assert summary["recording"] == recording
+    assert summary["header"]["width"] == 80 and summary["header"]["env"] == {"TERM": "xterm"}
+    assert summary["events"] == {"o": 3, "i": 1, "r": 1, "m": 0}  # half an emoji is no event of its own
+    assert summary["seconds"] >= 0
+
+
+def test_an_edited_recording_is_refused(session):
+    store, _, end, recording = session
+    with open(recording["path"], "r+b") as file:
+        data = file.read()
+        file.seek(data.index(b"ls -l caf"))
+        file.write(b"rm -rf /")
+    result = _run(end.event_id, "--speed", "0", "--store", store)
+    assert result.exit_code == 1
+    assert result.stdout_bytes == b""
+    assert f"refusing to replay event {end.event_id}" in result.stderr and "SHA-256" in result.stderr
+
+
+def test_a_truncated_recording_is_refused(session):
+    store, _, end, recording = session
+    with open(recording["path"], "r+b") as file:
+        file.truncate(recording["bytes"] - 10)
+    result = _run(end.event_id, "--speed", "0", "--store", store)
+    assert result.exit_code == 1 and result.stdout_bytes == b""
+    assert f"is {recording['bytes'] - 10} bytes, the audit record says {recording['bytes']}" in result.stderr
+
+
+def test_a_missing_recording_is_refused(session, tmp_path):
+    store, request, _, recording = session
+    (tmp_path / "flow-a-0.cast").unlink()
+    result = _run(request.event_id, "--speed", "0", "--store", store)
+    assert result.exit_code == 1 and result.stdout_bytes == b""
+    assert f"recording {recording['path']} cannot be opened" in result.stderr
+
+
+def test_a_file_put_in_place_with_the_record_edited_too_is_found_by_verify(session):
+    store, _, end, recording = session
+
+    forged = b'{"version":2,"width":80,"height":24}\n[0.1,"o","nothing happened"]\n'
+    with open(recording["path"], "wb") as file:
+        file.write(forged)
+    with sqlite3.connect(store) as conn:
+        conn.execute("UPDATE audit_records SET event = replace(replace(event, ?, ?), ?, ?)",
+                     (recording["sha256"], hashlib.sha256(forged).hexdigest(),
+                      f'"bytes":{recording["bytes"]}', f'"bytes":{len(forged)}'))
+    assert _run(end.event_id, "--speed", "0", "--store", store).stdout == "nothing happened"
+    verified = CliRunner().invoke(audit, ["verify", "--store", store])
+    assert verified.exit_code == 1 and "was edited" in verified.output
+
+
+def test_waits_follow_the_recording_scaled_and_capped(tmp_path, monkeypatch):
+    cast = (b'{"version":2,"width":80,"height":24,"timestamp":1700000000}\n'
+            b'[0.5,"o","a"]\n[1.0,"i","x"]\n[1.5,"r","90x30"]\n[11.5,"o","b"]\n[12.0,"m","mark"]\n[12.25,"o","c"]\n')
+    path = tmp_path / "manual.cast"
+    path.write_bytes(cast)
+    store = str(tmp_path / "audit.db")
+    recording = {"path": str(path), "sha256": hashlib.sha256(cast).hexdigest(), "bytes": len(cast), "limited": False}
+    request, end = _pair("flow-c", recording)
+    _write(store, [request, end])
+    waits: list[float] = []
+    monkeypatch.setattr(audit_cli.time, "sleep", waits.append)
+    result = _run(end.event_id, "--speed", "2", "--max-wait", "3", "--store", store)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "abc" and "[12.0 s: mark]" in result.stderr
+    assert waits == [0.25, 3, 0.375]
+    waits.clear()
+    assert _run(end.event_id, "--input", "--store", store).stdout == "a[input: x]bc"
+    assert waits == [0.5, 0.5, 2.0, 0.75]
+    waits.clear()
+    _run(end.event_id, "--speed", "0", "--store", store)
+    assert waits == []
+
+
+def test_two_shells_in_one_flow_need_their_end_records(tmp_path):
+    store = str(tmp_path / "audit.db")
+    first_request, first_end = _pair("flow-d", _record(tmp_path, "flow-d-0"))
+    second_request, second_end = _pair("flow-d", _record(tmp_path, "flow-d-1", typed=b"exit\r"))
+    exec_request, exec_end = _pair("flow-d", None, {"kind": "ssh", "request": "exec", "command": "uptime"})
+    _write(store, [first_request, second_request, exec_request, exec_end, second_end, first_end])
+    result = _run(first_request.event_id, "--speed", "0", "--store", store)
+    assert result.exit_code == 1 and result.stdout_bytes == b""
+    assert "cannot be told apart in flow flow-d (2 such requests, 2 ends)" in result.stderr
+    assert exec_end.event_id not in result.stderr  # only the ends that can be replayed are offered
+    assert f"{first_end.event_id} (shell)" in result.stderr and f"{second_end.event_id} (shell)" in result.stderr
+    for end in (first_end, second_end):
+        played = _run(end.event_id, "--speed", "0", "--input", "--store", store)
+        assert played.exit_code == 0 and played.stdout_bytes.startswith(OUTPUT[0])
+    assert "[input: exit\\r]" in _run(second_end.event_id, "--speed", "0", "--input", "--store", store).stdout
+
+
+def test_an_exec_and_a_shell_in_one_flow_are_told_apart(tmp_path):
+    store = str(tmp_path / "audit.db")
+    exec_request, exec_end = _pair("flow-e", None, {"kind": "ssh", "request": "exec", "command": "uptime"})
+    request, end = _pair("flow-e", _record(tmp_path, "flow-e-0"))
+    _write(store, [exec_request, request, exec_end, end])
+    result = _run(request.event_id, "--speed", "0", "--store", store)
+    assert result.exit_code == 0 and f"replaying event {end.event_id}" in result.stderr
+    refused = _run(exec_request.event_id, "--store", store)
+    assert refused.exit_code == 1
+    assert f"event {exec_end.event_id} has no recording: only shells and commands run with a terminal" \
+        in refused.stderr
+
+
+def test_a_shell_whose_end_is_not_recorded_yet(tmp_path):
+    store = str(tmp_path / "audit.db")
+    request, _ = _pair("flow-f", None)
+    _write(store, [request])
+    result = _run(request.event_id, "--store", store)
+    assert result.exit_code == 1
+    assert "(1 such requests, 0 ends): replay its \"ssh-end\" record; the recorded ones of the flow: none" in result.stderr
+
+
+def test_an_ssh_record_without_a_flow_is_not_matched_across_flows(tmp_path):
+    store = str(tmp_path / "audit.db")
+    request = AuditEvent(kind="ssh", decision="allow", rule="shells", operation=SHELL)
+    _, end = _pair("flow-i", _record(tmp_path, "flow-i-0"))
+    _write(store, [request, end])
+    result = _run(request.event_id, "--store", store)
+    assert result.exit_code == 1 and "names no flow: replay its \"ssh-end\" record" in result.stderr
+
+
+def test_a_denied_shell_has_nothing_to_replay(tmp_path):
+    store = str(tmp_path / "audit.db")
+    denied = AuditEvent(kind="ssh", decision="deny", rule="default-deny", flow_id="flow-g", operation=SHELL)
+    _write(store, [denied])
+    result = _run(denied.event_id, "--store", store)
+    assert result.exit_code == 1 and "was denied (default-deny): nothing ran, nothing was recorded" in result.stderr
+
+
+def test_other_records_and_unknown_ids_are_refused(session):
+    store, _, _, _ = session
+    other = AuditEvent(kind="statement", decision="allow", operation={"sql": "SELECT 1"})
+    _write(store, [other])
+    result = _run(other.event_id, "--store", store)
+    assert result.exit_code == 1 and "is a statement record: replay takes the \"ssh\" or \"ssh-end\"" in result.stderr
+    missing = _run("0" * 32, "--store", store)
+    assert missing.exit_code == 1 and f"no audit record with event id {'0' * 32}" in missing.stderr
+
+
+@pytest.mark.parametrize("recording", [{"path": "/x.cast", "sha256": "ab"}, {"path": 3, "sha256": "ab", "bytes": 1},
+                                       {"path": "/x.cast", "sha256": "ab", "bytes": "1"}, "path"])
+def test_a_malformed_recording_field_is_refused(tmp_path, recording):
+    store = str(tmp_path / "audit.db")
+    _, end = _pair("flow-h", recording)
+    _write(store, [end])
+    result = _run(end.event_id, "--store", store)
+    assert result.exit_code == 1 and result.stdout_bytes == b""
+    assert f"event {end.event_id}" in result.stderr
+
+
+def test_negative_speed_is_a_usage_error(session):
+    store, _, end, _ = session
+    assert _run(end.event_id, "--speed", "-1", "--store", store).exit_code == 2
