@@ -133,8 +133,9 @@ def test_a_symlink_is_not_followed(tmp_path):
     assert not target.exists()
 
 
-def test_the_file_is_0600_whatever_the_umask(tmp_path):
-    old = os.umask(0)
+@pytest.mark.parametrize("umask", [0, 0o277])
+def test_the_file_is_0600_whatever_the_umask(tmp_path, umask):
+    old = os.umask(umask)
     try:
         _start(tmp_path).close()
     finally:
