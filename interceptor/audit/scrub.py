@@ -21,8 +21,9 @@ from interceptor.textcache import short_text_cache
 REDACTED = "[REDACTED]"
 _SECRET_KEY = re.compile(r"pass(word|wd)?$|secret|token$|authorization|api[_-]?key|private[_-]?key|credential|cookie",
                          re.IGNORECASE)
-# Identifiers that look random by design; masking them would only cost the trail its joins.
-_IDENTIFIER_KEYS = frozenset({"event_id", "flow_id", "jti", "cgroup", "session"})
+# Identifiers and digests that look random by design; masking them would only cost the trail its
+# joins (a recording's sha256 is what `audit replay` checks the file against).
+_IDENTIFIER_KEYS = frozenset({"event_id", "flow_id", "jti", "cgroup", "session", "sha256"})
 _SQL_PASSWORD = re.compile(r"(\bpassword\s+)'(?:[^']|'')*'", re.IGNORECASE)
 _URL_PASSWORD = re.compile(r"(://[^/:@\s]+:)[^@/\s]+@")
 # No pattern above (nor api_key, whose tokens are 20+ characters) matches fewer characters
