@@ -1,0 +1,414 @@
+"""SFTP through the enforcer: every request the agent's SFTP client sends is judged by path
+through the Gate, as a read or a write, then performed on an SFTP session of the upstream
+connection (draft-ietf-secsh-filexfer-02, SFTP version 3, with OpenSSH's extensions,
+PROTOCOL section 4).
+
+asyncssh decodes the agent's requests and calls one method of SftpProxy per request (its
+SFTPServer interface); each method judges, then calls the upstream asyncssh.SFTPClient
+opened once per SFTP channel, lazily, and closed when the channel ends. The upstream's
+answers go back as they came: an upstream SFTPError keeps its code and message. A refusal
+is SFTPError FX_PERMISSION_DENIED "interceptor: <reason>", the reason naming the rule.
+
+What is judged (SshRequest `request` / `action`):
+
+- read: open without a write flag (`open`), a directory listing (`readdir`), `stat`,
+  `lstat`, `statvfs`, `readlink`, the target of a new symlink (`symlink`), and the source
+  of a rename or hard link (`rename`, `posix-rename`, `hardlink`: the content becomes
+  reachable under the new name);
+- write: open with any of WRITE, APPEND, CREAT, TRUNC, EXCL (`open`; an open for reading and
+  writing is judged as both), `remove`, `mkdir`, `rmdir`, `setstat`, `lsetstat`, both paths
+  of `rename` / `posix-rename`, both paths of `hardlink`, the link path of `symlink`.
+- Through a handle nothing more is judged: reads need a handle judged for reading, writes,
+  fsetstat and fsync one judged for writing (else FX_PERMISSION_DENIED); fstat and fstatvfs
+  work on any handle. Handles are asyncssh's own, mapped to the proxy's open files, so a
+  handle the proxy did not issue is FX_INVALID_HANDLE before it reaches here.
+- realpath is not judged: it is passed to the upstream and its answer returned (clients
+  call it first, to learn the home directory). An open file's end is recorded with
+  `gate.finished(op, decision, {"bytes_read": n, "bytes_written": n})`, op being the
+  open's last judgement (the write on the resolved path when it was opened for writing).
+- ranges@asyncssh.com (where an open file holds data) is answered "everywhere" without
+  asking upstream; limits@openssh.com with asyncssh's own limits.
+- Refused whatever the policy: SFTP versions above 3 (open56 is unsupported: the proxy
+  serves version 3, asyncssh's default `sftp_version`), byte-range locks, and any extension
+  asyncssh does not know.
+
+Paths, as the server will resolve them. A path is bytes on the wire; bytes that are not
+UTF-8, or that hold NUL (the server's C library would cut the path there), are refused.
+Each path is judged twice when its two readings differ, and the operation needs both
+allowed (a deny on either refuses):
+
+1. the normal form: absolute (a relative path taken against the upstream's home, its
+   realpath('.') asked once), `.`, `..` and empty segments resolved as text; what a
+   policy author writes globs against;
+2. the server's resolution: the upstream's realpath of the path (symlinks and `..` resolved
+   the way the server's file system will). For requests that act on the entry itself and
+   not what a symlink there points to (lstat, readlink, remove, rename, mkdir, rmdir,
+   lsetstat, the new name of symlink and hardlink) it is the realpath of the parent plus the
+   last name. For a path that does not exist yet (a new file), the parent's realpath plus
+   the name, after the upstream's lstat has said there is nothing there (a dangling
+   symlink that a strict realpath cannot resolve is refused, not taken for a new name).
+   A resolution that is not absolute and in normal form is refused.
+
+Why both: a rule about the name the agent uses must hold even where that name is a symlink
+to elsewhere (sshd reads `~/.ssh/authorized_keys` through a `.ssh` symlink, so a write there
+is shell class whatever the link points to), and a rule about the real location must hold
+when it is reached through a symlink or `..`. Judging only the resolved path loses the
+first, only the normal form the second; two judgements (each recorded, and one when the
+readings agree) keep deny-by-either and allow-by-both. The request sent upstream carries
+the resolved path, so what the server acts on is what was judged.
+
+Limits: a symlink swapped between the judgement and the operation (by another channel) is
+not seen; renaming a directory moves everything under it, and only the directory's own two
+paths are judged (a deny on paths below it does not see the rename).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import NoReturn, Protocol, runtime_checkable
+
+import asyncssh
+from asyncssh.constants import (FX_PERMISSION_DENIED, FXF_APPEND, FXF_CREAT, FXF_EXCL, FXF_READ, FXF_TRUNC,
+                                FXF_WRITE)
+
+from interceptor.decision import Decision
+from interceptor.errors import InterceptorError, Refused
+from interceptor.handlers.ssh.gate import Gate
+from interceptor.operations import SshRequest
+
+READ = "read"
+WRITE = "write"
+WRITE_FLAGS = FXF_WRITE | FXF_APPEND | FXF_CREAT | FXF_TRUNC | FXF_EXCL
+OPEN_FLAGS = FXF_READ | WRITE_FLAGS
+LAST_NOT_A_NAME = (b"", b".", b"..")  # a last segment that names no entry of its own
+
+
+@runtime_checkable
+class SftpContext(Protocol):
+    """What SftpProxy needs of the connection it serves (the asyncssh SSHServer of the agent's
+    connection, reached as `chan.get_connection().get_owner()`)."""
+
+    gate: Gate
+
+    async def open_sftp(self) -> asyncssh.SFTPClient:
+        """A new SFTP session (version 3) on the upstream connection, e.g.
+        `await upstream.start_sftp_client()`. The proxy passes paths as bytes, so the path
+        encoding does not matter. Raises what asyncssh raises when the server refuses it."""
+
+
+def refusal(message: str) -> asyncssh.SFTPError:
+    """The answer to a request the enforcer refuses: FX_PERMISSION_DENIED with the reason."""
+    return asyncssh.SFTPError(FX_PERMISSION_DENIED, f"interceptor: {message}")
+
+
+def path_text(path: bytes) -> str:
+    """The path as text. Raises the refusal of a path holding NUL or bytes that are not UTF-8."""
+    if b"\0" in path:
+        raise refusal(f"path {path!r} holds a NUL byte")
+    try:
+        return path.decode("utf-8")
+    except UnicodeDecodeError:
+        raise refusal(f"path {path!r} is not UTF-8") from None
+
+
+def normal_form(path: str) -> str:
+    """An absolute path with its `.`, `..` and empty segments resolved as text ("/a//b/../c"
+    -> "/a/c"; `..` at the root stays at the root, as POSIX path resolution has it)."""
+    segments: list[str] = []
+    for segment in path.split("/"):
+        if segment == "..":
+            del segments[-1:]
+        elif segment not in ("", "."):
+            segments.append(segment)
+    return "/" + "/".join(segments)
+
+
+def child(directory: str, name: str) -> str:
+    """`name` in `directory`, both in normal form."""
+    return f"{directory.rstrip('/')}/{name}"
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A path the agent named: `normal` its normal form, `resolved` the server's resolution."""
+
+    normal: str
+    resolved: str
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        """The paths to judge: both readings, once each."""
+        return tuple(dict.fromkeys((self.normal, self.resolved)))
+
+    @property
+    def wire(self) -> bytes:
+        """The path sent upstream."""
+        return self.resolved.encode()
+
+
+@dataclass(slots=True)
+class OpenFile:
+    """A file the proxy opened upstream for the agent: what it may do through the handle,
+    the judgement that opened it (for `finished`) and the bytes moved through it."""
+
+    upstream: asyncssh.SFTPClientFile
+    readable: bool
+    writable: bool
+    operation: SshRequest
+    decision: Decision
+    bytes_read: int = 0
+    bytes_written: int = 0
+
+    def seek(self, offset: int, whence: int) -> int:
+        """asyncssh answers ranges@asyncssh.com (where a file holds data) by seeking the file
+        object with SEEK_DATA and SEEK_HOLE. The proxy knows no holes in an upstream file, so
+        data is everywhere: SEEK_DATA stays at `offset`, SEEK_HOLE finds none before the end
+        of the range asked (asyncssh's own answer where sparse files are unknown)."""
+        return offset if whence == os.SEEK_DATA else sys.maxsize
+
+
+def open_file(file_obj: object, need: str | None = None) -> OpenFile:
+    """The proxy's open file behind a handle; `need` READ or WRITE: what the request does
+    through it. Raises FX_INVALID_HANDLE for an object the proxy did not issue, the refusal
+    when the handle was not opened for `need`."""
+    if not isinstance(file_obj, OpenFile):
+        raise asyncssh.SFTPInvalidHandle("interceptor: not a handle the proxy issued")
+    if need == READ and not file_obj.readable:
+        raise refusal(f"{file_obj.operation.path} was opened for writing only")
+    if need == WRITE and not file_obj.writable:
+        raise refusal(f"{file_obj.operation.path} was opened for reading only")
+    return file_obj
+
+
+class SftpProxy(asyncssh.SFTPServer):
+    """The SFTP server the agent talks to (asyncssh's `sftp_factory`): see the module
+    docstring. One per SFTP channel; raises TypeError when the connection's owner does not
+    implement SftpContext."""
+
+    def __init__(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
+        super().__init__(chan)
+        owner = chan.get_connection().get_owner()
+        if not isinstance(owner, SftpContext):
+            raise TypeError(f"the SSH connection's owner {type(owner).__name__} does not implement SftpContext")
+        self._context: SftpContext = owner
+        self._sftp: asyncssh.SFTPClient | None = None
+        self._home: str | None = None
+
+    async def _upstream(self) -> asyncssh.SFTPClient:
+        if self._sftp is None:
+            try:
+                self._sftp = await self._context.open_sftp()
+            except (OSError, asyncssh.Error) as exc:
+                raise asyncssh.SFTPFailure(f"interceptor: the server's SFTP session could not start: {exc}") from exc
+        return self._sftp
+
+    async def _realpath(self, path: bytes) -> str:
+        """The upstream's realpath of `path`, refused unless absolute and in normal form."""
+        answer = await (await self._upstream()).realpath(path)
+        text = path_text(answer)
+        if normal_form(text) != text:
+            raise refusal(f"the server resolved {path!r} to {text!r}, not an absolute path in normal form")
+        return text
+
+    async def _home_directory(self) -> str:
+        if self._home is None:
+            self._home = await self._realpath(b".")
+        return self._home
+
+    async def _resolve(self, path: bytes, follow: bool) -> str:
+        """The server's resolution of `path` (see the module docstring); `follow`: the request
+        acts on what a symlink at the path points to."""
+        parent, slash, name = path.rpartition(b"/")
+        if name in LAST_NOT_A_NAME:
+            return await self._realpath(path)
+        if follow:
+            try:
+                return await self._realpath(path)
+            except asyncssh.SFTPNoSuchFile:
+                pass
+        resolved = child(await self._realpath(parent + slash if slash else b"."), path_text(name))
+        if follow and await self._exists(resolved):
+            raise refusal(f"the server cannot resolve {path!r}, which exists (a dangling or looping symlink?)")
+        return resolved
+
+    async def _exists(self, path: str) -> bool:
+        try:
+            await (await self._upstream()).lstat(path.encode())
+        except asyncssh.SFTPNoSuchFile:
+            return False
+        return True
+
+    async def _target(self, path: bytes, follow: bool, relative_to: Target | None = None) -> Target:
+        """`path` in its two readings; a relative path is taken against the upstream's home,
+        or against the directory of `relative_to` (a symlink's target against the link)."""
+        text = path_text(path)
+        if text.startswith("/"):
+            return Target(normal_form(text), await self._resolve(path, follow))
+        if relative_to is None:
+            return Target(normal_form(child(await self._home_directory(), text)), await self._resolve(path, follow))
+        normal = normal_form(child(relative_to.normal.rpartition("/")[0], text))
+        resolved = child(relative_to.resolved.rpartition("/")[0], text)
+        return Target(normal, await self._resolve(resolved.encode(), follow))
+
+    async def _judge(self, request: str, action: str, target: Target) -> tuple[SshRequest, Decision]:
+        """Both readings of `target` judged; the last judgement. Raises the refusal."""
+        judged: list[tuple[SshRequest, Decision]] = []
+        for path in target.paths:
+            operation = SshRequest(request, path=path, action=action)
+            try:
+                judged.append((operation, await self._context.gate.authorize(operation)))
+            except Refused as exc:
+                raise refusal(str(exc)) from exc
+            except InterceptorError as exc:
+                raise asyncssh.SFTPFailure(f"interceptor: {exc}") from exc
+        return judged[-1]
+
+    async def _judged(self, path: bytes, request: str, action: str, follow: bool) -> Target:
+        target = await self._target(path, follow)
+        await self._judge(request, action, target)
+        return target
+
+    async def open(self, path: bytes, pflags: int, attrs: asyncssh.SFTPAttrs) -> OpenFile:
+        """SSH_FXP_OPEN (filexfer-02 section 6.3): judged as a read unless WRITE is set (the
+        server then opens read-only), as a write when any write flag is set; unknown flags
+        are refused."""
+        if pflags & ~OPEN_FLAGS:
+            raise refusal(f"open flags 0x{pflags:x} hold flags the enforcer does not know")
+        target = await self._target(path, follow=True)
+        readable = bool(pflags & FXF_READ) or not pflags & FXF_WRITE
+        writable = bool(pflags & WRITE_FLAGS)
+        judged = [await self._judge(request, "open", target)
+                  for request, wanted in ((READ, readable), (WRITE, writable)) if wanted]
+        upstream = await (await self._upstream()).open(target.wire, pflags, attrs, encoding=None)
+        operation, decision = judged[-1]
+        return OpenFile(upstream, readable, writable, operation, decision)
+
+    def open56(self, path: bytes, desired_access: int, flags: int, attrs: asyncssh.SFTPAttrs) -> NoReturn:
+        """SFTP version 5 and 6 opens: the proxy serves version 3 only."""
+        raise asyncssh.SFTPOpUnsupported("interceptor: SFTP versions above 3 are not supported")
+
+    async def close(self, file_obj: object) -> None:
+        """Close the upstream file and record the open's end with its byte counts."""
+        file = open_file(file_obj)
+        try:
+            await file.upstream.close()
+        finally:
+            await self._context.gate.finished(file.operation, file.decision,
+                                              {"bytes_read": file.bytes_read, "bytes_written": file.bytes_written})
+
+    async def read(self, file_obj: object, offset: int, size: int) -> bytes:
+        """Up to `size` bytes at `offset` (b"" at the end: asyncssh answers FX_EOF)."""
+        file = open_file(file_obj, READ)
+        data: bytes = await file.upstream.read(size, offset)
+        file.bytes_read += len(data)
+        return data
+
+    async def write(self, file_obj: object, offset: int, data: bytes) -> int:
+        """Write `data` at `offset`; the number of bytes written."""
+        file = open_file(file_obj, WRITE)
+        written = await file.upstream.write(data, offset)
+        file.bytes_written += written
+        return written
+
+    async def fstat(self, file_obj: object) -> asyncssh.SFTPAttrs:
+        return await open_file(file_obj).upstream.stat()
+
+    async def fsetstat(self, file_obj: object, attrs: asyncssh.SFTPAttrs) -> None:
+        await open_file(file_obj, WRITE).upstream.setstat(attrs)
+
+    async def fstatvfs(self, file_obj: object) -> asyncssh.SFTPVFSAttrs:
+        return await open_file(file_obj).upstream.statvfs()
+
+    async def fsync(self, file_obj: object) -> None:
+        await open_file(file_obj, WRITE).upstream.fsync()
+
+    async def stat(self, path: bytes) -> asyncssh.SFTPAttrs:
+        target = await self._judged(path, READ, "stat", follow=True)
+        return await (await self._upstream()).stat(target.wire)
+
+    async def lstat(self, path: bytes) -> asyncssh.SFTPAttrs:
+        target = await self._judged(path, READ, "lstat", follow=False)
+        return await (await self._upstream()).lstat(target.wire)
+
+    async def statvfs(self, path: bytes) -> asyncssh.SFTPVFSAttrs:
+        target = await self._judged(path, READ, "statvfs", follow=True)
+        return await (await self._upstream()).statvfs(target.wire)
+
+    async def readlink(self, path: bytes) -> bytes:
+        target = await self._judged(path, READ, "readlink", follow=False)
+        return await (await self._upstream()).readlink(target.wire)
+
+    async def scandir(self, path: bytes) -> AsyncIterator[asyncssh.SFTPName]:
+        """The directory's entries as the upstream lists them; judged at the first
+        SSH_FXP_READDIR (asyncssh opens the listing lazily)."""
+        target = await self._judged(path, READ, "readdir", follow=True)
+        async for entry in (await self._upstream()).scandir(target.wire):
+            yield entry
+
+    async def setstat(self, path: bytes, attrs: asyncssh.SFTPAttrs) -> None:
+        target = await self._judged(path, WRITE, "setstat", follow=True)
+        await (await self._upstream()).setstat(target.wire, attrs)
+
+    async def lsetstat(self, path: bytes, attrs: asyncssh.SFTPAttrs) -> None:
+        target = await self._judged(path, WRITE, "lsetstat", follow=False)
+        await (await self._upstream()).setstat(target.wire, attrs, follow_symlinks=False)
+
+    async def remove(self, path: bytes) -> None:
+        target = await self._judged(path, WRITE, "remove", follow=False)
+        await (await self._upstream()).remove(target.wire)
+
+    async def mkdir(self, path: bytes, attrs: asyncssh.SFTPAttrs) -> None:
+        target = await self._judged(path, WRITE, "mkdir", follow=False)
+        await (await self._upstream()).mkdir(target.wire, attrs)
+
+    async def rmdir(self, path: bytes) -> None:
+        target = await self._judged(path, WRITE, "rmdir", follow=False)
+        await (await self._upstream()).rmdir(target.wire)
+
+    async def _moved(self, oldpath: bytes, newpath: bytes, action: str) -> tuple[Target, Target]:
+        """The two paths of a rename or hard link, judged: the source read and written, the
+        destination written."""
+        source = await self._judged(oldpath, READ, action, follow=False)
+        await self._judge(WRITE, action, source)
+        return source, await self._judged(newpath, WRITE, action, follow=False)
+
+    async def rename(self, oldpath: bytes, newpath: bytes) -> None:
+        source, destination = await self._moved(oldpath, newpath, "rename")
+        await (await self._upstream()).rename(source.wire, destination.wire)
+
+    async def posix_rename(self, oldpath: bytes, newpath: bytes) -> None:
+        source, destination = await self._moved(oldpath, newpath, "posix-rename")
+        await (await self._upstream()).posix_rename(source.wire, destination.wire)
+
+    async def link(self, oldpath: bytes, newpath: bytes) -> None:
+        source, destination = await self._moved(oldpath, newpath, "hardlink")
+        await (await self._upstream()).link(source.wire, destination.wire)
+
+    async def symlink(self, oldpath: bytes, newpath: bytes) -> None:
+        """A symlink at `newpath` (a write) pointing to `oldpath` (a read, taken against the
+        link's directory when relative); the link's text is sent as the agent wrote it."""
+        link = await self._judged(newpath, WRITE, "symlink", follow=False)
+        await self._judge(READ, "symlink", await self._target(oldpath, True, relative_to=link))
+        await (await self._upstream()).symlink(oldpath, link.wire)
+
+    async def realpath(self, path: bytes) -> bytes:
+        """Not judged: the upstream's answer (refused for a path holding NUL or non-UTF-8)."""
+        path_text(path)
+        return await (await self._upstream()).realpath(path)
+
+    def format_user(self, uid: int | None) -> str:
+        """The number: the enforcer's user database says nothing of the server's users."""
+        return "" if uid is None else str(uid)
+
+    def format_group(self, gid: int | None) -> str:
+        """The number: the enforcer's group database says nothing of the server's groups."""
+        return "" if gid is None else str(gid)
+
+    async def exit(self) -> None:
+        """The SFTP channel ended (asyncssh closed the open files first): end the upstream session."""
+        if self._sftp is not None:
+            self._sftp.exit()
+            await self._sftp.wait_closed()

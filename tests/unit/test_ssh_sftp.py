@@ -1,0 +1,506 @@
+"""SftpProxy between a real asyncssh SFTP client and an in-process asyncssh server acting as
+the upstream (asyncssh's own SFTPServer chrooted to a tmp dir, home /home/u), served by a
+second in-process asyncssh server whose connection owner implements SftpContext with a
+fake Gate (allows by a callable, records every call). No root needed."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncssh
+import pytest
+from asyncssh.constants import FX_NO_SUCH_FILE, FX_PERMISSION_DENIED
+
+from interceptor.decision import Decision, Verdict
+from interceptor.errors import AuditUnavailable, Refused
+from interceptor.handlers.ssh.sftp import SftpProxy, normal_form
+from interceptor.operations import SshRequest
+
+HOST_KEY = asyncssh.generate_private_key("ssh-ed25519")
+SECRET = b"top secret\n"
+NOTES = b"hello notes\n"
+
+
+def outside_secret(op: SshRequest) -> bool:
+    return not (op.path or "").startswith("/secret")
+
+
+@dataclass
+class FakeGate:
+    allow: Callable[[SshRequest], bool] = outside_secret
+    asked: list[SshRequest] = field(default_factory=list)
+    ended: list[tuple[SshRequest, dict[str, object]]] = field(default_factory=list)
+    unavailable: bool = False
+
+    async def authorize(self, operation: SshRequest) -> Decision:
+        self.asked.append(operation)
+        if self.unavailable:
+            raise AuditUnavailable("the audit trail is unavailable")
+        if self.allow(operation):
+            return Decision(Verdict.ALLOW, "allow-test")
+        raise Refused("42501", f"rule deny-test refuses {operation.request} of {operation.path}")
+
+    async def finished(self, operation: SshRequest, decision: Decision, outcome: dict[str, object]) -> None:
+        self.ended.append((operation, outcome))
+
+    def paths(self, request: str | None = None) -> list[str | None]:
+        return [op.path for op in self.asked if request is None or op.request == request]
+
+
+class OpenServer(asyncssh.SSHServer):
+    def begin_auth(self, username: str) -> bool:
+        return False
+
+
+class Upstream(asyncssh.SFTPServer):
+    """asyncssh's SFTP server chrooted to the test's root, relative paths against /home/u;
+    `strict`: realpath fails for a path that does not exist, as realpath(3) does."""
+
+    strict = False
+
+    def __init__(self, chan: asyncssh.SSHServerChannel[bytes], root: Path) -> None:
+        super().__init__(chan, chroot=bytes(root))
+
+    def map_path(self, path: bytes) -> bytes:
+        return super().map_path(path if path.startswith(b"/") else b"/home/u/" + path)
+
+    def realpath(self, path: bytes) -> bytes:
+        if self.strict and not os.path.exists(self.map_path(path)):
+            raise asyncssh.SFTPNoSuchFile("no such file")
+        return super().realpath(path)  # type: ignore[return-value]
+
+
+class StrictUpstream(Upstream):
+    strict = True
+
+
+class Connection(OpenServer):
+    """The agent's connection as the ssh handler's would be: SftpContext."""
+
+    def __init__(self, gate: FakeGate, upstream: asyncssh.SSHClientConnection, opened: list[asyncssh.SFTPClient]):
+        self.gate = gate
+        self._upstream = upstream
+        self._opened = opened
+
+    async def open_sftp(self) -> asyncssh.SFTPClient:
+        sftp = await self._upstream.start_sftp_client()
+        self._opened.append(sftp)
+        return sftp
+
+
+@dataclass
+class Setup:
+    sftp: asyncssh.SFTPClient
+    gate: FakeGate
+    root: Path
+    proxy_port: int
+    opened: list[asyncssh.SFTPClient]
+
+
+def make_tree(root: Path) -> None:
+    (root / "home/u").mkdir(parents=True)
+    (root / "home/u/notes.txt").write_bytes(NOTES)
+    (root / "public").mkdir()
+    (root / "public/readme.txt").write_bytes(b"readme\n")
+    (root / "secret").mkdir()
+    (root / "secret/key.txt").write_bytes(SECRET)
+    (root / "public/link").symlink_to("../secret/key.txt")
+    (root / "public/dirlink").symlink_to("../secret")
+    (root / "home/u/dangling").symlink_to("../../secret/new.txt")
+
+
+@asynccontextmanager
+async def proxied(root: Path, gate: FakeGate, upstream_class: type[Upstream] = Upstream) -> AsyncIterator[Setup]:
+    upstream_server = await asyncssh.listen("127.0.0.1", 0, server_host_keys=[HOST_KEY], server_factory=OpenServer,
+                                            sftp_factory=lambda chan: upstream_class(chan, root))
+    upstream = await asyncssh.connect("127.0.0.1", upstream_server.sockets[0].getsockname()[1], known_hosts=None,
+                                      username="enforcer", client_keys=None, config=None)
+    opened: list[asyncssh.SFTPClient] = []
+    proxy_server = await asyncssh.listen("127.0.0.1", 0, server_host_keys=[HOST_KEY],
+                                         server_factory=lambda: Connection(gate, upstream, opened),
+                                         sftp_factory=SftpProxy)
+    port = proxy_server.sockets[0].getsockname()[1]
+    agent = await asyncssh.connect("127.0.0.1", port, known_hosts=None, username="agent", client_keys=None,
+                                   config=None)
+    try:
+        async with agent.start_sftp_client() as sftp:
+            yield Setup(sftp, gate, root, port, opened)
+    finally:
+        agent.close()
+        await agent.wait_closed()
+        proxy_server.close()
+        await proxy_server.wait_closed()
+        upstream.close()
+        await upstream.wait_closed()
+        upstream_server.close()
+        await upstream_server.wait_closed()
+
+
+def run(tmp_path: Path, scenario: Callable[[Setup], object], gate: FakeGate | None = None,
+        upstream_class: type[Upstream] = Upstream) -> FakeGate:
+    root = tmp_path / "server"
+    root.mkdir()
+    make_tree(root)
+    gate = gate or FakeGate()
+
+    async def main() -> None:
+        async with proxied(root, gate, upstream_class) as setup:
+            result = scenario(setup)
+            if asyncio.iscoroutine(result):
+                await result
+
+    asyncio.run(main())
+    return gate
+
+
+def test_normal_form_resolves_dot_segments_as_text():
+    assert normal_form("/a//b/./c/../d/") == "/a/b/d"
+    assert normal_form("/../../etc") == "/etc"
+    assert normal_form("//") == "/"
+    assert normal_form("/a/..") == "/"
+
+
+def test_put_then_get_round_trip_judged_and_counted(tmp_path: Path):
+    data = os.urandom(300_000)
+    local = tmp_path / "local.bin"
+    local.write_bytes(data)
+    back = tmp_path / "back.bin"
+
+    async def scenario(s: Setup) -> None:
+        await s.sftp.put(str(local), "/home/u/up.bin")
+        assert (s.root / "home/u/up.bin").read_bytes() == data
+        await s.sftp.get("/home/u/up.bin", str(back))
+
+    gate = run(tmp_path, scenario)
+    assert back.read_bytes() == data
+    assert SshRequest("write", path="/home/u/up.bin", action="open") in gate.asked
+    assert SshRequest("read", path="/home/u/up.bin", action="open") in gate.asked
+    outcomes = [(op.request, outcome) for op, outcome in gate.ended]
+    assert ("write", {"bytes_read": 0, "bytes_written": len(data)}) in outcomes
+    assert ("read", {"bytes_read": len(data), "bytes_written": 0}) in outcomes
+
+
+def test_listdir_mkdir_rmdir_remove(tmp_path: Path):
+    async def scenario(s: Setup) -> None:
+        await s.sftp.mkdir("/home/u/d")
+        assert sorted(await s.sftp.listdir("/home/u")) == [".", "..", "d", "dangling", "notes.txt"]
+        await s.sftp.rmdir("/home/u/d")
+        await s.sftp.remove("/home/u/notes.txt")
+        assert sorted(os.listdir(s.root / "home/u")) == ["dangling"]
+
+    gate = run(tmp_path, scenario)
+    assert [(op.request, op.action, op.path) for op in gate.asked] == [
+        ("write", "mkdir", "/home/u/d"), ("read", "readdir", "/home/u"), ("write", "rmdir", "/home/u/d"),
+        ("write", "remove", "/home/u/notes.txt")]
+
+
+def test_rename_judges_the_source_as_read_and_write_and_the_destination_as_write(tmp_path: Path):
+    async def scenario(s: Setup) -> None:
+        await s.sftp.rename("/home/u/notes.txt", "/home/u/moved.txt")
+        await s.sftp.posix_rename("/home/u/moved.txt", "/home/u/again.txt")
+        assert (s.root / "home/u/again.txt").read_bytes() == NOTES
+        with pytest.raises(asyncssh.SFTPPermissionDenied, match="interceptor: rule deny-test"):
+            await s.sftp.rename("/secret/key.txt", "/home/u/stolen.txt")
+        with pytest.raises(asyncssh.SFTPPermissionDenied):
+            await s.sftp.rename("/home/u/again.txt", "/secret/planted.txt")
+
+    gate = run(tmp_path, scenario)
+    assert [(op.request, op.action, op.path) for op in gate.asked[:3]] == [
+        ("read", "rename", "/home/u/notes.txt"), ("write", "rename", "/home/u/notes.txt"),
+        ("write", "rename", "/home/u/moved.txt")]
+    assert ("write", "posix-rename", "/home/u/again.txt") in [(op.request, op.action, op.path) for op in gate.asked]
+    assert not (tmp_path / "server/home/u/stolen.txt").exists()
+    assert not (tmp_path / "server/secret/planted.txt").exists()
+
+
+def test_symlink_link_path_is_a_write_and_its_target_a_read(tmp_path: Path):
+    async def scenario(s: Setup) -> None:
+        await s.sftp.symlink("notes.txt", "/home/u/ln")
+        assert os.readlink(s.root / "home/u/ln") == "notes.txt"  # the link's text as the agent wrote it
+        with pytest.raises(asyncssh.SFTPPermissionDenied, match="interceptor: "):
+            await s.sftp.symlink("../../secret/key.txt", "/home/u/peek")
+        assert not (s.root / "home/u/peek").is_symlink()
+
+    gate = run(tmp_path, scenario)
+    assert [(op.request, op.path) for op in gate.asked[:2]] == [("write", "/home/u/ln"), ("read", "/home/u/notes.txt")]
+    assert ("read", "/secret/key.txt") in [(op.request, op.path) for op in gate.asked]
+
+
+def test_hardlink_judges_both_paths_as_writes(tmp_path: Path):
+    async def scenario(s: Setup) -> None:
+        await s.sftp.link("/home/u/notes.txt", "/home/u/hard")
+        assert (s.root / "home/u/hard").stat().st_ino == (s.root / "home/u/notes.txt").stat().st_ino
+        with pytest.raises(asyncssh.SFTPPermissionDenied):
+            await s.sftp.link("/secret/key.txt", "/home/u/hard2")
+
+    gate = run(tmp_path, scenario)
+    judged = [(op.request, op.action, op.path) for op in gate.asked]
+    assert ("write", "hardlink", "/home/u/notes.txt") in judged and ("write", "hardlink", "/home/u/hard") in judged
+    assert not (tmp_path / "server/home/u/hard2").exists()
+
+
+def test_denied_read_and_write_answer_permission_denied_with_the_reason(tmp_path: Path):
+    local = tmp_path / "local.txt"
+    local.write_bytes(b"planted")
+
+    async def scenario(s: Setup) -> None:
+        with pytest.raises(asyncssh.SFTPPermissionDenied) as denied:
+            await s.sftp.get("/secret/key.txt", str(tmp_path / "got"))
+        assert denied.value.code == FX_PERMISSION_DENIED
+        assert denied.value.reason == "interceptor: rule deny-test refuses read of /secret/key.txt"
+        with pytest.raises(asyncssh.SFTPPermissionDenied, match="refuses write of /secret/new.txt"):
+            await s.sftp.put(str(local), "/secret/new.txt")
+        assert await s.sftp.listdir("/public")  # the session goes on
+        with pytest.raises(asyncssh.SFTPPermissionDenied):
+            await s.sftp.listdir("/secret")
+
+    run(tmp_path, scenario)
+    assert not (tmp_path / "got").exists()
+    assert not (tmp_path / "server/secret/new.txt").exists()
+
+
+def test_dot_dot_is_judged_where_it_leads(tmp_path: Path):
+    async def scenario(s: Setup) -> None:
+        for path in ("/public/../secret/key.txt", "/home/u/../../secret/./key.txt", "../../secret//key.txt",
+                     "/../../secret/key.txt"):
+            with pytest.raises(asyncssh.SFTPPermissionDenied):
+                await s.sftp.stat(path)
+
+    gate = run(tmp_path, scenario)
+    assert set(gate.paths()) == {"/secret/key.txt"}
+
+
+def test_a_symlink_is_judged_by_its_real_target_too(tmp_path: Path):
+    async def scenario(s: Setup) -> None:
+        for path, mode in (("/public/link", "rb"), ("/public/dirlink/key.txt", "rb"), ("/public/dirlink/new.txt", "wb")):
+            with pytest.raises(asyncssh.SFTPPermissionDenied):
+                await s.sftp.open(path, mode)
+        # acting on the link itself does not touch what it points to
+        assert (await s.sftp.lstat("/public/link")).type == asyncssh.FILEXFER_TYPE_SYMLINK
+        (s.root / "public/abs").symlink_to(s.root / "home/u/notes.txt")  # asyncssh's chroot reads absolute links only
+        assert await s.sftp.readlink("/public/abs") == "/home/u/notes.txt"
+
+    gate = run(tmp_path, scenario)
+    assert gate.paths()[:4] == ["/public/link", "/secret/key.txt", "/public/dirlink/key.txt", "/secret/key.txt"]
+    assert gate.paths()[4:6] == ["/public/dirlink/new.txt", "/secret/new.txt"]
+    assert gate.paths()[6:] == ["/public/link", "/public/abs"]
+    assert not (tmp_path / "server/secret/new.txt").exists()
+
+
+def test_allow_must_cover_both_readings_and_a_deny_on_either_refuses(tmp_path: Path):
+    only_public = FakeGate(allow=lambda op: (op.path or "").startswith("/public"))
+
+    async def through_link(s: Setup) -> None:
+        with pytest.raises(asyncssh.SFTPPermissionDenied, match="/secret/key.txt"):
+            await s.sftp.stat("/public/link")
+        assert (await s.sftp.stat("/public/readme.txt")).size == 7
+
+    (tmp_path / "a").mkdir()
+    run(tmp_path / "a", through_link, only_public)
+    deny_the_name = FakeGate(allow=lambda op: op.path != "/public/link")
+
+    async def by_name(s: Setup) -> None:
+        with pytest.raises(asyncssh.SFTPPermissionDenied, match="/public/link"):
+            await s.sftp.stat("/public/link")
+        assert (await s.sftp.stat("/secret/key.txt")).size == len(SECRET)
+
+    (tmp_path / "b").mkdir()
+    run(tmp_path / "b", by_name, deny_the_name)
+
+
+def test_relative_paths_are_taken_against_the_upstream_home(tmp_path: Path):
+    async def scenario(s: Setup) -> None:
+        async with s.sftp.open("notes.txt", "rb") as f:
+            assert await f.read() == NOTES
+        await s.sftp.mkdir("sub")
+        assert (s.root / "home/u/sub").is_dir()
+        assert await s.sftp.realpath(".") == "/home/u"
+
+    gate = run(tmp_path, scenario)
+    assert gate.paths() == ["/home/u/notes.txt", "/home/u/sub"]  # realpath is not judged
+
+
+def test_a_handle_opened_for_reading_cannot_write_nor_one_for_writing_read(tmp_path: Path):
+    async def scenario(s: Setup) -> None:
+        async with s.sftp.open("/home/u/notes.txt", "rb") as f:
+            with pytest.raises(asyncssh.SFTPPermissionDenied, match="opened for reading only"):
+                await f.write(b"overwritten", 0)
+            with pytest.raises(asyncssh.SFTPPermissionDenied, match="opened for reading only"):
+                await f.chmod(0o777)
+            assert (await f.stat()).size == len(NOTES)
+        async with s.sftp.open("/home/u/out.txt", "wb") as f:
+            await f.write(b"abc")
+            with pytest.raises(asyncssh.SFTPPermissionDenied, match="opened for writing only"):
+                await f.read(3, 0)
+        assert (s.root / "home/u/notes.txt").read_bytes() == NOTES
+        assert (s.root / "home/u/out.txt").read_bytes() == b"abc"
+
+    gate = run(tmp_path, scenario)
+    assert [outcome for _, outcome in gate.ended] == [{"bytes_read": 0, "bytes_written": 0},
+                                                      {"bytes_read": 0, "bytes_written": 3}]
+
+
+def test_an_open_for_reading_and_writing_needs_both(tmp_path: Path):
+    read_only = FakeGate(allow=lambda op: op.request == "read")
+
+    async def scenario(s: Setup) -> None:
+        with pytest.raises(asyncssh.SFTPPermissionDenied, match="refuses write of /home/u/notes.txt"):
+            await s.sftp.open("/home/u/notes.txt", "r+b")
+        with pytest.raises(asyncssh.SFTPPermissionDenied):
+            await s.sftp.open("/home/u/notes.txt", "ab")
+        with pytest.raises(asyncssh.SFTPPermissionDenied):
+            await s.sftp.chmod("/home/u/notes.txt", 0o777)
+
+    gate = run(tmp_path, scenario, read_only)
+    assert [(op.request, op.action) for op in gate.asked[:2]] == [("read", "open"), ("write", "open")]
+    assert ("write", "setstat") == (gate.asked[-1].request, gate.asked[-1].action)
+
+
+def test_paths_with_nul_or_not_utf8_are_refused_unjudged(tmp_path: Path):
+    async def scenario(s: Setup) -> None:
+        with pytest.raises(asyncssh.SFTPPermissionDenied, match="NUL"):
+            await s.sftp.stat(b"/home/u/notes.txt\x00/../../secret/key.txt")
+        with pytest.raises(asyncssh.SFTPPermissionDenied, match="not UTF-8"):
+            await s.sftp.stat(b"/home/u/\xff")
+        with pytest.raises(asyncssh.SFTPPermissionDenied, match="not UTF-8"):
+            await s.sftp.symlink(b"\xfe", b"/home/u/l")
+
+    gate = run(tmp_path, scenario)
+    assert gate.paths() == ["/home/u/l"]
+
+
+def test_upstream_errors_pass_through_with_their_code(tmp_path: Path):
+    async def scenario(s: Setup) -> None:
+        with pytest.raises(asyncssh.SFTPNoSuchFile) as missing:
+            await s.sftp.stat("/home/u/missing")
+        assert missing.value.code == FX_NO_SUCH_FILE
+        with pytest.raises(asyncssh.SFTPError):
+            await s.sftp.rmdir("/home/u/notes.txt")
+
+    run(tmp_path, scenario)
+
+
+def test_an_unavailable_audit_fails_the_request(tmp_path: Path):
+    async def scenario(s: Setup) -> None:
+        with pytest.raises(asyncssh.SFTPFailure, match="interceptor: the audit trail is unavailable"):
+            await s.sftp.remove("/home/u/notes.txt")
+        assert (s.root / "home/u/notes.txt").exists()
+
+    run(tmp_path, scenario, FakeGate(unavailable=True))
+
+
+def test_a_new_file_through_a_strict_realpath_takes_the_parent_and_a_dangling_symlink_is_refused(tmp_path: Path):
+    local = tmp_path / "local.txt"
+    local.write_bytes(b"x")
+
+    async def scenario(s: Setup) -> None:
+        await s.sftp.put(str(local), "/home/u/brand-new.txt")
+        with pytest.raises(asyncssh.SFTPPermissionDenied, match="cannot resolve"):
+            await s.sftp.put(str(local), "/home/u/dangling")
+
+    gate = run(tmp_path, scenario, upstream_class=StrictUpstream)
+    assert (tmp_path / "server/home/u/brand-new.txt").read_bytes() == b"x"
+    assert not (tmp_path / "server/secret/new.txt").exists()
+    assert "/home/u/brand-new.txt" in gate.paths("write")
+
+
+def test_a_dangling_symlink_is_judged_by_where_it_would_create(tmp_path: Path):
+    local = tmp_path / "local.txt"
+    local.write_bytes(b"x")
+
+    async def scenario(s: Setup) -> None:
+        with pytest.raises(asyncssh.SFTPPermissionDenied, match="/secret/new.txt"):
+            await s.sftp.put(str(local), "/home/u/dangling")
+
+    run(tmp_path, scenario)
+    assert not (tmp_path / "server/secret/new.txt").exists()
+
+
+def test_remote_copy_goes_through_the_handles(tmp_path: Path):
+    async def scenario(s: Setup) -> None:
+        assert s.sftp.supports_remote_copy
+        await s.sftp.remote_copy("/home/u/notes.txt", "/home/u/copy.txt")
+        assert (s.root / "home/u/copy.txt").read_bytes() == NOTES
+
+    gate = run(tmp_path, scenario)
+    assert {"bytes_read": len(NOTES), "bytes_written": 0} in [outcome for _, outcome in gate.ended]
+    assert {"bytes_read": 0, "bytes_written": len(NOTES)} in [outcome for _, outcome in gate.ended]
+
+
+def test_files_left_open_are_recorded_and_the_upstream_session_ends_with_the_channel(tmp_path: Path):
+    opened: list[asyncssh.SFTPClient] = []
+
+    async def scenario(s: Setup) -> None:
+        f = await s.sftp.open("/home/u/left.txt", "wb")
+        await f.write(b"12345")
+        opened.extend(s.opened)
+        s.sftp.exit()
+        await s.sftp.wait_closed()
+        for _ in range(100):
+            if s.gate.ended:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.wait_for(s.opened[0].wait_closed(), 5)
+
+    gate = run(tmp_path, scenario)
+    assert len(opened) == 1
+    assert gate.ended == [(SshRequest("write", path="/home/u/left.txt", action="open"),
+                           {"bytes_read": 0, "bytes_written": 5})]
+
+
+def test_statvfs_and_setstat(tmp_path: Path):
+    async def scenario(s: Setup) -> None:
+        assert (await s.sftp.statvfs("/home/u")).bsize > 0
+        await s.sftp.chmod("/home/u/notes.txt", 0o600)
+        assert (s.root / "home/u/notes.txt").stat().st_mode & 0o777 == 0o600
+        with pytest.raises(asyncssh.SFTPPermissionDenied):
+            await s.sftp.chmod("/secret/key.txt", 0o777)
+
+    gate = run(tmp_path, scenario)
+    assert [(op.request, op.action) for op in gate.asked] == [("read", "statvfs"), ("write", "setstat"),
+                                                              ("write", "setstat")]
+
+
+def test_every_sftp_server_method_that_would_touch_the_enforcer_is_overridden():
+    """asyncssh's SFTPServer acts on the local file system: none of that may be reached."""
+    harmless = {"channel", "connection", "env", "logger", "convert_attrs", "format_longname", "map_path",
+                "reverse_map_path", "lock", "unlock"}
+    public = {name for name, value in vars(asyncssh.SFTPServer).items()
+              if not name.startswith("_") and (callable(value) or isinstance(value, property))}
+    assert public - harmless - set(vars(SftpProxy)) == set()
+
+
+@pytest.mark.skipif(not shutil.which("sftp") or not shutil.which("ssh-keygen"), reason="OpenSSH client missing")
+def test_openssh_sftp_batch_client(tmp_path: Path):
+    local = tmp_path / "up.txt"
+    local.write_bytes(b"from openssh\n")
+    batch = tmp_path / "batch"
+    batch.write_text(f"put {local} /home/u/up.txt\nget /home/u/notes.txt {tmp_path / 'notes'}\nls /public\n"
+                     f"-get /secret/key.txt {tmp_path / 'stolen'}\n-put {local} /secret/planted.txt\n")
+    known_hosts = tmp_path / "known_hosts"
+
+    async def scenario(s: Setup) -> None:
+        known_hosts.write_text(f"[127.0.0.1]:{s.proxy_port} {HOST_KEY.export_public_key().decode()}")
+        process = await asyncio.create_subprocess_exec(
+            "sftp", "-F", "/dev/null", "-o", "BatchMode=yes", "-o", f"UserKnownHostsFile={known_hosts}",
+            "-o", "GlobalKnownHostsFile=/dev/null", "-o", "StrictHostKeyChecking=yes", "-o", "IdentityAgent=none",
+            "-P", str(s.proxy_port), "-b", str(batch), "agent@127.0.0.1",
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out, err = await asyncio.wait_for(process.communicate(), 30)
+        assert process.returncode == 0, err.decode()
+        assert b"readme.txt" in out
+        assert b'"/secret/key.txt" not found' in err  # sftp's glob reads a refused stat so
+        assert b"/secret/planted.txt" in err and b"Permission denied" in err
+        assert (s.root / "home/u/up.txt").read_bytes() == b"from openssh\n"
+
+    gate = run(tmp_path, scenario)
+    assert (tmp_path / "notes").read_bytes() == NOTES
+    assert not (tmp_path / "stolen").exists() and not (tmp_path / "server/secret/planted.txt").exists()
+    assert "/secret/key.txt" in gate.paths("read")
