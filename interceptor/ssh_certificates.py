@@ -148,6 +148,11 @@ class _Issued:
     renew_at: float
 
 
+def key_path(state_dir: Path) -> Path:
+    """Where the SSH host CA of `state_dir` keeps its key."""
+    return state_dir / "ssh" / "host_ca"
+
+
 class SshHostCA:
     """The SSH host CA of one state directory and the host certificates it signs; thread-safe.
     Build it with `SshHostCA.open`."""
@@ -167,15 +172,14 @@ class SshHostCA:
         (see the module's docstring for the layout). SshHostCAError when it is absent and not
         to be created, or a file or directory has the wrong type, owner or mode, cannot be read
         or written, or does not hold one Ed25519 private key."""
-        directory = state_dir / "ssh"
-        key_path = directory / "host_ca"
-        if not create and not os.path.lexists(key_path):
-            raise SshHostCAError(f"no SSH host CA yet ({key_path}): the daemon creates it when it starts, "
+        path = key_path(state_dir)
+        if not create and not os.path.lexists(path):
+            raise SshHostCAError(f"no SSH host CA yet ({path}): the daemon creates it when it starts, "
                                  "or run `interceptor trust install`")
         if create:
-            _make_directory(state_dir, directory)
-            _create(key_path)
-        return cls(_load(key_path), clock=clock, cache_size=cache_size)
+            _make_directory(state_dir, path.parent)
+            _create(path)
+        return cls(_load(path), clock=clock, cache_size=cache_size)
 
     def public_key_line(self) -> str:
         """The CA's public key in OpenSSH's one-line format: `ssh-ed25519 BASE64 COMMENT`."""

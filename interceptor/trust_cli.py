@@ -1,11 +1,18 @@
 """`interceptor trust install | remove | show` and `interceptor kubeconfig`: the host set-up
-agent-facing TLS needs, done once by the sysadmin (as root).
+agent-facing TLS and SSH need, done once by the sysadmin (as root).
 
 The host CA (interceptor.certificates, in `<state_dir>/tls/`) issues the certificates the
 enforcer presents to agents; `trust install` puts it into Debian's system store
 (/usr/local/share/ca-certificates, then `update-ca-certificates`), and `kubeconfig` writes a
 kubeconfig that names the real API server, trusts the host CA and carries no credentials:
 the enforcer sends the resource's own upstream.
+
+The SSH host CA (interceptor.ssh_certificates, in `<state_dir>/ssh/`) signs the host
+certificates the enforcer presents for the policy's ssh resources; `trust install` writes an
+`@cert-authority` line for their host patterns into OpenSSH's system-wide known_hosts
+(/etc/ssh/ssh_known_hosts, which ssh reads by default: GlobalKnownHostsFile in
+ssh_config(5)), in a block of its own between two marker comments that it replaces, and
+`trust remove` takes out, leaving every other line as it was.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import ipaddress
 import json
 import os
 import shutil
+import stat
 import subprocess
 import urllib.parse
 from dataclasses import dataclass
@@ -29,9 +37,13 @@ from interceptor.certificates import HostCA, HostCAError, fingerprint, primary_g
 from interceptor.config import Settings
 from interceptor.policy.loader import PolicyError, load_policy
 from interceptor.policy.model import AddressSpec, Policy
+from interceptor.ssh_certificates import SshHostCA, SshHostCAError, key_path, known_hosts_patterns
 
 STORE_NAME = "interceptor-host-ca"  # the certificate's name in the system store (.crt, and .pem in /etc/ssl/certs)
 KUBERNETES = "kubernetes"  # the protocol a kubeconfig's resource must have
+SSH = "ssh"  # the protocol whose resources the SSH host CA is trusted for
+BLOCK_BEGIN = "# BEGIN interceptor SSH host CA: written by `interceptor trust install`, removed by `trust remove`"
+BLOCK_END = "# END interceptor SSH host CA"
 
 
 class KubeconfigError(ValueError):
@@ -99,6 +111,94 @@ class TrustStore:
                                        f"{(done.stderr or done.stdout).strip()}")
 
 
+class KnownHostsError(ValueError):
+    """A known_hosts file whose interceptor block cannot be found for sure; str() says where."""
+
+
+@dataclass(frozen=True, slots=True)
+class KnownHosts:
+    """OpenSSH's system-wide known_hosts under `root` ("/" for the host's own) and the block
+    of it interceptor manages: the lines from BLOCK_BEGIN to BLOCK_END."""
+
+    root: Path
+
+    @property
+    def path(self) -> Path:
+        return self.root / "etc/ssh/ssh_known_hosts"
+
+    def block(self) -> str | None:
+        """The block as it is in the file, markers included; None when the file or the block
+        is absent. KnownHostsError for damaged markers, OSError when it cannot be read."""
+        lines = self._lines() or []
+        start, end = _block(lines, self.path)
+        return None if start is None else b"".join(lines[start:end]).decode(errors="replace")
+
+    def replace(self, lines: list[str] | None) -> bool:
+        """Put `lines` in the file as the block (between the markers, where the block was or
+        at the end), or take the block out for None; every other line stays as it was, byte for
+        byte, and the file is rewritten (atomically, mode 0644) only when that changes it or its
+        mode. True when the file changed. KnownHostsError for damaged markers, OSError when it
+        cannot be read or written."""
+        found = self._lines()
+        if found is None and lines is None:
+            return False
+        old = found or []
+        data = b"".join(old)
+        start, end = _block(old, self.path)
+        block = [] if lines is None else [f"{line}\n".encode() for line in (BLOCK_BEGIN, *lines, BLOCK_END)]
+        if start is None:
+            start = end = len(old)
+            if old and not old[-1].endswith(b"\n"):
+                old[-1] += b"\n"
+        new = b"".join(old[:start] + block + old[end:])
+        if new == data and stat.S_IMODE(self.path.stat().st_mode) == 0o644:
+            return False
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_file(self.path, new, 0o644)
+        return True
+
+    def _lines(self) -> list[bytes] | None:
+        """The file's lines, each with its line end; None when there is no file."""
+        try:
+            return self.path.read_bytes().splitlines(keepends=True)
+        except FileNotFoundError:
+            return None
+
+
+def _block(lines: list[bytes], path: Path) -> tuple[int | None, int]:
+    """(index of the BLOCK_BEGIN line, index after the BLOCK_END line) in `lines`; (None, 0)
+    when neither marker is there. KnownHostsError unless there is exactly one of each, in order."""
+    begin, end = BLOCK_BEGIN.encode(), BLOCK_END.encode()
+    marks = [(n, line.rstrip(b"\r\n")) for n, line in enumerate(lines) if line.rstrip(b"\r\n") in (begin, end)]
+    if not marks:
+        return None, 0
+    if [mark for _, mark in marks] != [begin, end]:
+        where = ", ".join(str(n + 1) for n, _ in marks)
+        raise KnownHostsError(f"{path}: interceptor's block is damaged (marker lines {where} should be one "
+                              f"{BLOCK_BEGIN!r} and one {BLOCK_END!r} after it): fix or remove them by hand")
+    return marks[0][0], marks[1][0] + 1
+
+
+@dataclass(frozen=True, slots=True)
+class SshTrust:
+    """What the SSH host CA is to be trusted for: the policy's ssh `resources` (names), the
+    known_hosts `patterns` of them all, each once, and `warnings` about what cannot be one."""
+
+    resources: tuple[str, ...]
+    patterns: tuple[str, ...]
+    warnings: tuple[str, ...]
+
+
+def ssh_trust(policy: Policy) -> SshTrust:
+    """The SshTrust of `policy` (interceptor.ssh_certificates.known_hosts_patterns of each ssh
+    resource). ValueError for a resource whose host_names are not valid names."""
+    resources = [spec for spec in policy.resources.values() if spec.protocol == SSH]
+    found = [known_hosts_patterns(spec) for spec in resources]
+    return SshTrust(tuple(spec.name for spec in resources),
+                    tuple(dict.fromkeys(p for patterns in found for p in patterns.patterns)),
+                    tuple(w for patterns in found for w in patterns.warnings))
+
+
 def _settings(ctx: click.Context) -> Settings:
     settings: Settings = ctx.obj["settings"]
     return settings
@@ -120,13 +220,17 @@ Clients that do not read the system store:
 
 _ROOT = click.option("--root", type=click.Path(file_okay=False, path_type=Path), envvar="INTERCEPTOR_TRUST_ROOT",
                      default=Path("/"), show_default=True,
-                     help="The system store under this directory instead (an image being built; tests).")
+                     help="The system store and etc/ssh/ssh_known_hosts under this directory instead (an image "
+                          "being built; tests).")
 
 
-@click.group("trust", help=f"""The host CA agent-facing TLS is issued by, in this host's trust store.
+@click.group("trust", help=f"""The host CAs agent-facing TLS and SSH are issued by, in this host's trust
+store and ssh_known_hosts.
 
 The enforcer terminates agents' TLS with certificates of a CA kept in the daemon's state
-directory; agents trust them once the CA is in the system store.
+directory; agents trust them once the CA is in the system store. It answers agents' SSH with
+host certificates of an SSH host CA kept there too; agents' ssh trusts them once
+/etc/ssh/ssh_known_hosts has an @cert-authority line for the policy's ssh hosts.
 
 {_CLIENTS}""")
 def trust() -> None:
@@ -134,13 +238,18 @@ def trust() -> None:
 
 
 @trust.command(help=f"""Add the host CA to the system store (Debian): copy it to
-/usr/local/share/ca-certificates/{STORE_NAME}.crt and run update-ca-certificates. Creates the
-CA when the daemon has not yet.
+/usr/local/share/ca-certificates/{STORE_NAME}.crt and run update-ca-certificates. Then write
+(or replace) interceptor's block in /etc/ssh/ssh_known_hosts: an @cert-authority line trusting
+the SSH host CA for the hosts of the policy's ssh resources (their hostnames, addresses,
+IPv4 networks as wildcards, and their host_names option); no block when the policy has no
+ssh resource. Creates the CAs when the daemon has not yet.
 
 {_CLIENTS}""")
 @_ROOT
+@click.option("--policy", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Policy file whose ssh resources the SSH host CA is trusted for [default: the settings' policy].")
 @click.pass_context
-def install(ctx: click.Context, root: Path) -> None:
+def install(ctx: click.Context, root: Path, policy: Path | None) -> None:
     ca = _host_ca(ctx)
     store = TrustStore(root)
     try:
@@ -151,9 +260,52 @@ def install(ctx: click.Context, root: Path) -> None:
     store.update(fresh=False)
     click.echo(f"installed the host CA (SHA-256 {fingerprint(ca.certificate)}) as {store.certificate}; "
                f"{store.bundle} trusts it")
+    _install_ssh(ctx, KnownHosts(root), policy or _settings(ctx).policy)
 
 
-@trust.command(help="Take the host CA out of the system store (undoes `trust install`); the CA itself stays.")
+def _install_ssh(ctx: click.Context, known: KnownHosts, policy: Path) -> None:
+    """The SSH half of `trust install`: the block for the policy's ssh resources, or none (a
+    missing policy file has none)."""
+    try:
+        wanted = ssh_trust(load_policy(policy)) if policy.exists() else SshTrust((), (), ())
+    except ValueError as exc:  # PolicyError too
+        raise click.ClickException(f"{exc}\nthe SSH host CA is not installed (the TLS host CA is): fix the policy "
+                                   "and run `interceptor trust install` again") from exc
+    for warning in wanted.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    if not wanted.patterns:
+        why = (f"no policy file {policy}" if not policy.exists() else
+               f"the policy {policy} has no ssh resource" if not wanted.resources else
+               f"the ssh resources of {policy} have no host pattern")
+        removed = _replace(known, None)
+        click.echo(f"{why}: no SSH host CA line in {known.path}" + ("; the old one removed" if removed else ""))
+        return
+    ca = _ssh_host_ca(ctx, create=True)
+    _replace(known, [f"# the ssh resources {', '.join(wanted.resources)} of {policy}",
+                     ca.known_hosts_line(wanted.patterns)])
+    click.echo(f"installed the SSH host CA ({ca.key.get_fingerprint('sha256')}) in {known.path} for "
+               f"{', '.join(wanted.patterns)}")
+
+
+def _ssh_host_ca(ctx: click.Context, *, create: bool) -> SshHostCA:
+    """The SSH host CA, created when `create` and the daemon has not yet (root only)."""
+    try:
+        return SshHostCA.open(_settings(ctx).state_dir, create=create)
+    except SshHostCAError as exc:
+        raise click.ClickException(f"{exc} (run as root)" if os.geteuid() else str(exc)) from exc
+
+
+def _replace(known: KnownHosts, lines: list[str] | None) -> bool:
+    try:
+        return known.replace(lines)
+    except KnownHostsError as exc:
+        raise click.ClickException(str(exc)) from exc
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {known.path}: {exc.strerror or exc} (run as root)") from exc
+
+
+@trust.command(help="""Take the host CA out of the system store and interceptor's block out of
+/etc/ssh/ssh_known_hosts (undoes `trust install`); the CAs themselves stay.""")
 @_ROOT
 def remove(root: Path) -> None:
     store = TrustStore(root)
@@ -169,12 +321,17 @@ def remove(root: Path) -> None:
     if pem is not None:
         store.drop_from_bundle(pem)
     click.echo(f"the host CA is no longer in {store.bundle}")
+    known = KnownHosts(root)
+    removed = _replace(known, None)
+    click.echo(f"the SSH host CA is no longer in {known.path}" if removed else f"{known.path} had no SSH host CA block")
 
 
-@trust.command(help="Print the host CA certificate (PEM) and its SHA-256 fingerprint.")
+@trust.command(help="""Print the host CA certificate (PEM) and its SHA-256 fingerprint, then the
+SSH host CA's public key and fingerprint and interceptor's block in /etc/ssh/ssh_known_hosts.""")
+@_ROOT
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def show(ctx: click.Context, as_json: bool) -> None:
+def show(ctx: click.Context, root: Path, as_json: bool) -> None:
     path = _settings(ctx).state_dir / "tls" / "ca.pem"
     try:
         pem = path.read_bytes()
@@ -186,11 +343,35 @@ def show(ctx: click.Context, as_json: bool) -> None:
         raise click.ClickException(f"cannot read the host CA {path}: {exc}") from exc
     data = {"path": str(path), "subject": certificate.subject.rfc4514_string(), "sha256": fingerprint(certificate),
             "not_after": certificate.not_valid_after_utc.isoformat(), "pem": pem.decode()}
+    ssh = _ssh_shown(ctx, KnownHosts(root))
     if as_json:
-        click.echo(json.dumps(data, indent=2))
+        click.echo(json.dumps({**data, "ssh": ssh}, indent=2))
+        return
+    click.echo(pem.decode(), nl=False)
+    click.echo(f"subject: {data['subject']}\nexpires: {data['not_after']}\nSHA-256 fingerprint: {data['sha256']}")
+    if ssh["public_key"] is None:
+        click.echo("SSH host CA: none yet (the daemon creates it when it starts, or `interceptor trust install`)")
     else:
-        click.echo(pem.decode(), nl=False)
-        click.echo(f"subject: {data['subject']}\nexpires: {data['not_after']}\nSHA-256 fingerprint: {data['sha256']}")
+        click.echo(f"SSH host CA: {ssh['public_key']}\nSSH host CA fingerprint: {ssh['sha256']}")
+    if ssh["block"] is None:
+        click.echo(f"{ssh['known_hosts']}: no SSH host CA block (`interceptor trust install` writes one for the "
+                   "policy's ssh resources)")
+    else:
+        click.echo(f"{ssh['known_hosts']}:\n{ssh['block']}", nl=False)
+
+
+def _ssh_shown(ctx: click.Context, known: KnownHosts) -> dict[str, str | None]:
+    """What `trust show` says of SSH: the CA's `public_key` line and its `sha256` fingerprint
+    (None before there is a CA), the `known_hosts` file and interceptor's `block` in it (None
+    when absent)."""
+    ca = _ssh_host_ca(ctx, create=False) if key_path(_settings(ctx).state_dir).exists() else None
+    try:
+        block = known.block()
+    except (KnownHostsError, OSError, UnicodeDecodeError) as exc:
+        raise click.ClickException(f"cannot read {known.path}: {exc}") from exc
+    return {"public_key": ca.public_key_line() if ca else None,
+            "sha256": ca.key.get_fingerprint("sha256") if ca else None,
+            "known_hosts": str(known.path), "block": block}
 
 
 def server_url(address: AddressSpec) -> str:

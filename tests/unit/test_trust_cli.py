@@ -1,7 +1,7 @@
-"""`interceptor trust install | remove | show` into a trust store under a temporary root (the
-real update-ca-certificates runs there, never on the host's store), and `interceptor
-kubeconfig` for a policy built here: its YAML, read back and by kubectl, and the file's mode
-and owner."""
+"""`interceptor trust install | remove | show` into a trust store and an ssh_known_hosts under a
+temporary root (the real update-ca-certificates runs there, never on the host's store; OpenSSH's
+ssh-keygen finds the hosts in the known_hosts written), and `interceptor kubeconfig` for a
+policy built here: its YAML, read back and by kubectl, and the file's mode and owner."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from interceptor import trust_cli
 from interceptor.certificates import HostCA, fingerprint
 from interceptor.cli import main
 from interceptor.policy.model import AddressSpec, AgentSpec, Policy, ResourceSpec
+from interceptor.ssh_certificates import SshHostCA
 from test_certificates import client_context, handshake
 
 pytestmark = pytest.mark.skipif(shutil.which("update-ca-certificates") is None, reason="Debian's ca-certificates")
@@ -151,6 +152,196 @@ def test_the_help_names_the_clients_that_need_more(config: Path) -> None:
         help_text = " ".join(run(config, *command.split(), "--help").output.split())
         assert "REQUESTS_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt" in help_text
         assert "certifi" in help_text and "NODE_EXTRA_CA_CERTS" in help_text
+
+
+# --- trust: the SSH host CA in ssh_known_hosts -----------------------------------------
+
+
+def _ssh_policy(*resources: ResourceSpec) -> Policy:
+    return Policy(version="test", resources={r.name: r for r in resources}, agents={}, rules=(), source="policy.yaml")
+
+
+def _ssh(name: str, *addresses: AddressSpec, host_names: list[str] | None = None) -> ResourceSpec:
+    return ResourceSpec(name, "ssh", addresses, options={"host_names": host_names} if host_names else None)
+
+
+WEB = _ssh("web", AddressSpec(None, "web1.internal", 22), AddressSpec(ipaddress.ip_network("10.1.2.0/24"), None, 2222),
+           host_names=["web1"])
+BASTION = _ssh("bastion", AddressSpec(ipaddress.ip_network("10.0.0.9/32"), None, 22),
+               AddressSpec(ipaddress.ip_network("fd00::/64"), None, 22))
+DB = ResourceSpec("db", "postgres", (AddressSpec(None, "db.internal", 5432),))
+
+
+@pytest.fixture
+def ssh_policy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[Policy]:
+    """The policy trust install reads (the settings' policy file exists; its content is this)."""
+    (tmp_path / "policy.yaml").write_text("stands for the policy below\n")
+    current = [_ssh_policy(WEB, BASTION, DB)]
+    monkeypatch.setattr(trust_cli, "load_policy", lambda path: current[0])
+    return current
+
+
+def known_hosts(root: Path) -> Path:
+    return root / "etc/ssh/ssh_known_hosts"
+
+
+def _found(path: Path, host: str) -> bool:
+    return subprocess.run(["ssh-keygen", "-F", host, "-f", str(path)], capture_output=True).returncode == 0
+
+
+@pytest.mark.usefixtures("ssh_policy")
+def test_install_trusts_the_ssh_host_ca_for_the_policys_ssh_hosts(tmp_path: Path, config: Path, root: Path) -> None:
+    result = run(config, "trust", "install", "--root", str(root))
+    assert result.exit_code == 0, result.output
+    ca = SshHostCA.open(tmp_path / "state", create=False)
+    patterns = "web1.internal,[10.1.2.*]:2222,web1,[web1]:2222,10.0.0.9"
+    assert known_hosts(root).read_text() == (
+        f"{trust_cli.BLOCK_BEGIN}\n# the ssh resources web, bastion of {tmp_path / 'policy.yaml'}\n"
+        f"@cert-authority {patterns} {ca.public_key_line()}\n{trust_cli.BLOCK_END}\n")
+    assert stat.S_IMODE(known_hosts(root).stat().st_mode) == 0o644
+    assert f"installed the SSH host CA ({ca.key.get_fingerprint('sha256')})" in result.output
+    assert "warning: resource bastion: the network fd00::/64 cannot be written as known_hosts patterns" in result.output
+    for host in ("web1.internal", "web1", "[web1]:2222", "[10.1.2.77]:2222", "10.0.0.9"):
+        assert _found(known_hosts(root), host), host
+    for host in ("db.internal", "10.1.2.77", "[10.0.0.9]:2222", "web2"):
+        assert not _found(known_hosts(root), host), host
+
+
+def _with_others(root: Path) -> str:
+    """A known_hosts of the host's own: comments (one not UTF-8), keys, a CRLF line end, a CA line of
+    someone else, no final newline."""
+    others = ("# the host's own, caf\xe9\nalpha.internal ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHg0 \r\n"
+              "@cert-authority *.corp ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOtherCA corp-ca\n\nbeta ssh-rsa AAAAB3")
+    known_hosts(root).parent.mkdir(parents=True)
+    known_hosts(root).write_bytes(others.encode("latin-1"))
+    known_hosts(root).chmod(0o600)
+    return others
+
+
+@pytest.mark.usefixtures("ssh_policy")
+def test_install_keeps_every_other_line_and_is_idempotent(config: Path, root: Path) -> None:
+    others = _with_others(root)
+    assert run(config, "trust", "install", "--root", str(root)).exit_code == 0
+    first = known_hosts(root).read_bytes().decode("latin-1")
+    assert first.startswith(others + "\n" + trust_cli.BLOCK_BEGIN + "\n") and first.endswith(trust_cli.BLOCK_END + "\n")
+    assert stat.S_IMODE(known_hosts(root).stat().st_mode) == 0o644
+    assert run(config, "trust", "install", "--root", str(root)).exit_code == 0
+    assert known_hosts(root).read_bytes().decode("latin-1") == first
+
+
+def test_install_replaces_the_block_where_it_is(config: Path, root: Path, ssh_policy: list[Policy]) -> None:
+    _with_others(root)
+    assert run(config, "trust", "install", "--root", str(root)).exit_code == 0
+    with known_hosts(root).open("a", encoding="latin-1") as file:
+        file.write("gamma ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGamma\n")
+    ssh_policy[0] = _ssh_policy(_ssh("other", AddressSpec(None, "other.internal", 22)))
+    assert run(config, "trust", "install", "--root", str(root)).exit_code == 0
+    text = known_hosts(root).read_bytes().decode("latin-1")
+    assert text.count(trust_cli.BLOCK_BEGIN) == 1 and "@cert-authority other.internal ssh-ed25519 " in text
+    assert "web1.internal" not in text and text.endswith(f"{trust_cli.BLOCK_END}\ngamma ssh-ed25519 "
+                                                         "AAAAC3NzaC1lZDI1NTE5AAAAIGamma\n")
+
+
+def test_remove_takes_out_only_the_block(config: Path, root: Path, ssh_policy: list[Policy]) -> None:
+    others = _with_others(root)
+    assert run(config, "trust", "install", "--root", str(root)).exit_code == 0
+    result = run(config, "trust", "remove", "--root", str(root))
+    assert result.exit_code == 0, result.output
+    assert f"the SSH host CA is no longer in {known_hosts(root)}" in result.output
+    assert known_hosts(root).read_bytes().decode("latin-1") == others + "\n"  # the final newline the block needed stays
+    again = run(config, "trust", "remove", "--root", str(root))
+    assert f"{known_hosts(root)} had no SSH host CA block" in again.output
+    assert known_hosts(root).read_bytes().decode("latin-1") == others + "\n"
+
+
+def test_a_policy_without_ssh_resources_writes_no_block_and_removes_a_stale_one(
+        config: Path, root: Path, ssh_policy: list[Policy]) -> None:
+    ssh_policy[0] = _ssh_policy(DB)
+    result = run(config, "trust", "install", "--root", str(root))
+    assert result.exit_code == 0, result.output
+    assert "has no ssh resource: no SSH host CA line in" in result.output
+    assert not known_hosts(root).exists()
+    ssh_policy[0] = _ssh_policy(WEB)
+    assert run(config, "trust", "install", "--root", str(root)).exit_code == 0
+    ssh_policy[0] = _ssh_policy(DB)
+    result = run(config, "trust", "install", "--root", str(root))
+    assert "no SSH host CA line in" in result.output and "; the old one removed" in result.output
+    assert known_hosts(root).read_text() == ""
+
+
+def test_ssh_resources_without_any_pattern_write_no_block(config: Path, root: Path,
+                                                          ssh_policy: list[Policy]) -> None:
+    ssh_policy[0] = _ssh_policy(_ssh("v6", AddressSpec(ipaddress.ip_network("fd00::/64"), None, 22)))
+    result = run(config, "trust", "install", "--root", str(root))
+    assert result.exit_code == 0, result.output
+    assert "the network fd00::/64 cannot be written" in result.output and "have no host pattern" in result.output
+    assert not known_hosts(root).exists()
+
+
+def test_without_a_policy_file_there_is_no_block(config: Path, root: Path) -> None:
+    result = run(config, "trust", "install", "--root", str(root))
+    assert result.exit_code == 0, result.output
+    assert "no policy file" in result.output and not known_hosts(root).exists()
+
+
+def test_a_policy_that_does_not_load_fails_after_tls(tmp_path: Path, config: Path, root: Path) -> None:
+    (tmp_path / "policy.yaml").write_text("version: [\n")
+    result = run(config, "trust", "install", "--root", str(root))
+    assert result.exit_code == 1
+    assert "invalid YAML" in result.output and "the SSH host CA is not installed (the TLS host CA is)" in result.output
+    assert ca_pem(tmp_path).decode() in bundle(root) and not known_hosts(root).exists()
+
+
+def test_bad_host_names_fail_and_write_nothing(config: Path, root: Path, ssh_policy: list[Policy]) -> None:
+    ssh_policy[0] = _ssh_policy(_ssh("web", AddressSpec(None, "web1.internal", 22),
+                                     host_names=["web1\n@cert-authority * ssh-ed25519 AAAA"]))
+    result = run(config, "trust", "install", "--root", str(root))
+    assert result.exit_code == 1 and "resource web: host_names: " in result.output
+    assert not known_hosts(root).exists()
+
+
+@pytest.mark.usefixtures("ssh_policy")
+@pytest.mark.parametrize("markers", [[trust_cli.BLOCK_BEGIN], [trust_cli.BLOCK_END, trust_cli.BLOCK_BEGIN],
+                                     [trust_cli.BLOCK_BEGIN, trust_cli.BLOCK_END] * 2])
+def test_damaged_markers_are_refused_and_the_file_kept(config: Path, root: Path, markers: list[str]) -> None:
+    known_hosts(root).parent.mkdir(parents=True)
+    text = "".join(f"{m}\nline {n}\n" for n, m in enumerate(markers))
+    known_hosts(root).write_text(text)
+    where = ", ".join(str(2 * n + 1) for n in range(len(markers)))
+    for command in ("install", "remove", "show"):
+        result = run(config, "trust", command, "--root", str(root))
+        assert result.exit_code == 1, command
+        assert f"interceptor's block is damaged (marker lines {where} should be one" in result.output
+        assert "fix or remove them by hand" in result.output
+        assert known_hosts(root).read_text() == text
+
+
+def test_install_refuses_an_ssh_key_open_to_others(tmp_path: Path, config: Path, root: Path,
+                                                   ssh_policy: list[Policy]) -> None:
+    SshHostCA.open(tmp_path / "state")
+    os.chmod(tmp_path / "state/ssh/host_ca", 0o640)
+    result = run(config, "trust", "install", "--root", str(root))
+    assert result.exit_code == 1
+    assert "host_ca has mode 0640: it must be readable by root only" in result.output
+    assert not known_hosts(root).exists()
+
+
+def test_show_prints_the_ssh_host_ca_and_the_block(tmp_path: Path, config: Path, root: Path,
+                                                   ssh_policy: list[Policy]) -> None:
+    HostCA.open(tmp_path / "state")
+    before = run(config, "trust", "show", "--root", str(root))
+    assert before.exit_code == 0, before.output
+    assert "SSH host CA: none yet" in before.output and f"{known_hosts(root)}: no SSH host CA block" in before.output
+    assert not (tmp_path / "state/ssh").exists()  # show makes nothing
+    assert run(config, "trust", "install", "--root", str(root)).exit_code == 0
+    ca = SshHostCA.open(tmp_path / "state", create=False)
+    result = run(config, "trust", "show", "--root", str(root))
+    assert f"SSH host CA: {ca.public_key_line()}\nSSH host CA fingerprint: {ca.key.get_fingerprint('sha256')}\n" \
+        in result.output
+    assert result.output.endswith(f"{known_hosts(root)}:\n{known_hosts(root).read_text()}")
+    data = json.loads(run(config, "trust", "show", "--json", "--root", str(root)).output)
+    assert data["ssh"] == {"public_key": ca.public_key_line(), "sha256": ca.key.get_fingerprint("sha256"),
+                           "known_hosts": str(known_hosts(root)), "block": known_hosts(root).read_text()}
 
 
 # --- kubeconfig --------------------------------------------------------------------------
