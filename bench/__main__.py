@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from bench import connect, hotpath, http, pgbench, report, scale
+from bench import connect, hotpath, http, pgbench, report, scale, ssh
 from bench.stats import summary
 from interceptor.masking import bench as masking_bench
 from interceptor.policy import bench as policy_bench
@@ -35,6 +35,7 @@ SECTIONS: dict[str, Callable[[], object]] = {
     "connect": connect.run,
     "pgbench": pgbench.run,
     "http": http.run,
+    "ssh": ssh.run,
     "policy": lambda: repeated(lambda: policy_bench.run(1.0), ("engine", "mode"), "decisions_per_s"),
     "masking": lambda: repeated(lambda: masking_bench.run(2.0), ("case", "classifiers"), "mb_per_s"),
     "scale": scale.run,

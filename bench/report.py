@@ -297,8 +297,28 @@ def _http_md(result: dict) -> list[str]:
     return lines
 
 
+def _ssh_md(result: dict) -> list[str]:
+    lines = [(f"`{result['command']}`: {result['count']} round trips in a row per path and round, {result['rounds']} "
+              f"rounds, {result['client']}, to {result['server']}; each cell is the median of its rounds, IQR "
+              "its spread. Latency in milliseconds per round trip; daemon CPU is the daemon's CPU time per "
+              "round trip."),
+             "", "| path | round trips/s | IQR | vs direct | latency avg | p99 | daemon CPU/round trip |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for row in result["cells"]:
+        if "round_trips_per_s" not in row:
+            lines.append(f"| {row['label']} | not measured: {_cell(row['error'] or '')} | | | | | |")
+            continue
+        cpu = row.get("proxy_cpu_ms")
+        lines.append(f"| {row['label']} | {_num(row['round_trips_per_s']['median'], 1)} | "
+                     f"{_num(row['round_trips_per_s']['iqr'], 1)} | "
+                     f"{row.get('ratios', {}).get('round_trips_per_s_vs_direct', float('nan')):.3f} | "
+                     f"{_num(row['latency_avg_ms']['median'], 1)} | {_num(row['latency_p99_ms']['median'], 1)} | "
+                     f"{_num(cpu['median'], 1) if cpu else '-'} |")
+    return lines
+
+
 TITLES = {"connect": "Kernel hooks: connect() latency (microseconds)", "pgbench": "PostgreSQL through each path: pgbench",
-          "http": "HTTP through each path: wrk",
+          "http": "HTTP through each path: wrk", "ssh": "SSH through each path: `ssh host true` round trips",
           "policy": "Policy decisions per second (SQL)", "masking": "Masking DataRow bodies (MB/s)",
           "scale": "Scale: agent connections held open through the enforcer",
           "hotpath": "What a transaction costs the daemon in Python"}
@@ -308,8 +328,8 @@ def rerender() -> Path:
     return write(saved["results"], saved["machine"])
 
 
-RENDER = {"connect": _connect_md, "pgbench": _pgbench_md, "http": _http_md, "policy": _policy_md, "masking": _masking_md,
-          "scale": _scale_md, "hotpath": _hotpath_md}
+RENDER = {"connect": _connect_md, "pgbench": _pgbench_md, "http": _http_md, "ssh": _ssh_md, "policy": _policy_md,
+          "masking": _masking_md, "scale": _scale_md, "hotpath": _hotpath_md}
 
 
 def render(name: str, result: object) -> list[str]:
