@@ -50,9 +50,14 @@ BACKDATE = 300  # seconds: tolerates agents whose clocks are a little behind
 RENEW_BEFORE = 86400  # seconds: a cached certificate is reissued once less than this is left
 CACHE_SIZE = 1024  # principal sets whose certificates are kept
 SSH_PORT = 22  # known_hosts names other ports as [host]:port
-# A principal or known_hosts pattern: a hostname or IP address, possibly with the wildcards
-# `*` and `?` (sshd(8), "PATTERNS" in ssh_config(5)); no spaces, commas, brackets or negation.
-_NAME = re.compile(r"[a-z0-9_.:%*?-]{1,253}")
+# A principal: a hostname or IP address, lowercase. OpenSSH's client compares a host
+# certificate's principals with the host name exactly (a wildcard principal is "not a listed
+# principal" to OpenSSH 9.2), so principals carry no wildcards.
+_NAME = re.compile(r"[a-z0-9_.:%-]{1,253}")
+# A known_hosts host pattern: a name with the wildcards `*` and `?` (sshd(8), "SSH_KNOWN_HOSTS
+# FILE FORMAT"; "PATTERNS" in ssh_config(5)), optionally `[pattern]:port`; no spaces, commas,
+# negation (`!`), hashed names (`|`) or comments (`#`).
+_PATTERN = re.compile(r"[a-z0-9_.:%*?-]{1,253}|\[[a-z0-9_.:%*?-]{1,253}\]:(?!0)[0-9]{1,5}")
 
 
 class SshHostCAError(Exception):
@@ -61,17 +66,19 @@ class SshHostCAError(Exception):
 
 def host_name(name: str) -> str:
     """`name` as OpenSSH compares it with a certificate's principals and known_hosts patterns:
-    lowercased (ssh(1) lowercases the host it is given). ValueError unless it is a hostname, an
-    IP address or a pattern of them with `*` and `?`, at most 253 characters."""
+    lowercased (ssh(1) lowercases the host it is given). ValueError unless it is a hostname or
+    an IP address of at most 253 characters (no wildcards: OpenSSH matches host certificate
+    principals exactly)."""
     lowered = name.lower()
     if not lowered.isascii() or not _NAME.fullmatch(lowered):
-        raise ValueError(f"{name[:300]!r} is not a hostname, IP address or pattern of them (`*`, `?`)")
+        raise ValueError(f"{name[:300]!r} is not a hostname or IP address (no wildcards: ssh matches the names "
+                         "of a host certificate exactly, so list each name)")
     return lowered
 
 
 def resource_names(resource: ResourceSpec) -> tuple[str, ...]:
     """The names agents reach an ssh `resource` by: the hostnames of its addresses, then its
-    `host_names` option (a list of names or patterns), each once, in that order.
+    `host_names` option (a list of names), each once, in that order.
     ValueError (naming the resource) for a `host_names` that is not a list of valid names."""
     return tuple(dict.fromkeys([*_hostnames(resource), *_extra_names(resource)]))
 
@@ -108,7 +115,9 @@ def known_hosts_patterns(resource: ResourceSpec) -> HostPatterns:
     10.1.0.0/30: its four addresses), at most 128 of them; any other network (a shorter IPv4
     prefix, IPv6 other than a single address) has no pattern: a warning says so and what to
     add under `host_names`. (`10.1.*` also matches a hostname such as 10.1.example: the CA
-    still certifies only the names the enforcer presents.) ValueError as resource_names."""
+    still certifies only the names the enforcer presents.) A network's patterns cover agents
+    that dial its addresses; a name agents use for one of its hosts must be in `host_names`,
+    as the host certificate must list it too. ValueError as resource_names."""
     hosts: list[tuple[str, int]] = []
     warnings: list[str] = []
     for address in resource.addresses:
@@ -189,13 +198,13 @@ class SshHostCA:
     def known_hosts_line(self, patterns: Sequence[str]) -> str:
         """The known_hosts line trusting this CA for hosts matching `patterns` (sshd(8),
         "SSH_KNOWN_HOSTS FILE FORMAT"): `@cert-authority PAT1,PAT2 ssh-ed25519 BASE64 COMMENT`.
-        ValueError when `patterns` is empty or one is not a name, address or pattern of them
-        (`*`, `?`), optionally as `[host]:port`."""
+        ValueError when `patterns` is empty or one is not a lowercase name, address or pattern
+        of them (`*`, `?`), optionally as `[host]:port`."""
         if not patterns:
             raise ValueError("a @cert-authority line needs at least one host pattern")
         for pattern in patterns:
-            host, port = _split_port(pattern)
-            if host_name(host) != host or (port is not None and not 0 < port < 65536):
+            port = pattern.rpartition("]:")[2] if pattern.startswith("[") else "1"
+            if not _PATTERN.fullmatch(pattern) or int(port) > 65535:
                 raise ValueError(f"{pattern!r} is not a lowercase known_hosts host pattern")
         return f"@cert-authority {','.join(patterns)} {self.public_key_line()}"
 
@@ -225,12 +234,6 @@ class SshHostCA:
             self.host_key, f"interceptor host certificate for {','.join(names)}", serial=secrets.randbits(64),
             principals=names, valid_after=int(now) - BACKDATE, valid_before=valid_before, comment=COMMENT)
         return _Issued(certificate, now, valid_before - RENEW_BEFORE)
-
-
-def _split_port(pattern: str) -> tuple[str, int | None]:
-    """`[host]:port` as (host, port); any other pattern as (pattern, None)."""
-    match = re.fullmatch(r"\[([^\]]*)\]:([0-9]{1,5})", pattern)
-    return (match.group(1), int(match.group(2))) if match else (pattern, None)
 
 
 def _make_directory(state_dir: Path, directory: Path) -> None:

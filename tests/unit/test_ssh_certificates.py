@@ -244,7 +244,7 @@ def test_a_certificate_is_reissued_when_the_clock_goes_back(ca: SshHostCA, clock
 
 
 @pytest.mark.parametrize("principals", [[], ["web1", ""], ["web 1"], ["a,b"], ["web\n1"], ["!web"], ["wéb"],
-                                        ["[web]:22"], ["x" * 254]])
+                                        ["[web]:22"], ["x" * 254], ["*.web"], ["web?"], ["*"]])
 def test_bad_principals_are_refused(ca: SshHostCA, principals: list[str]) -> None:
     with pytest.raises(ValueError):
         ca.server_host_key(principals)
@@ -266,7 +266,8 @@ def test_the_known_hosts_line_is_found_by_ssh_keygen(tmp_path: Path, ca: SshHost
 
 
 @pytest.mark.parametrize("patterns", [[], ["web1 web2"], ["web1,web2"], ["Web1"], ["[web1]:0"], ["[web1]:65536"],
-                                      ["!web1"], ["|1|hashed"], ["#web"]])
+                                      ["!web1"], ["|1|hashed"], ["#web"], ["[web1]"], ["[web1]:"],
+                                      ["[[web1]]:22"], ["web1", ""]])
 def test_bad_known_hosts_patterns_are_refused(ca: SshHostCA, patterns: list[str]) -> None:
     with pytest.raises(ValueError):
         ca.known_hosts_line(patterns)
@@ -282,8 +283,8 @@ def test_bad_known_hosts_patterns_are_refused(ca: SshHostCA, patterns: list[str]
     ([address("10.1.0.0/23")], None, ["10.1.0.*", "10.1.1.*"]),
     ([address("10.1.2.0/30")], None, ["10.1.2.0", "10.1.2.1", "10.1.2.2", "10.1.2.3"]),
     ([address("10.128.0.0/9")], None, [f"10.{n}.*" for n in range(128, 256)]),
-    ([address("web1.internal"), address("web1.internal", 2222)], ["Web1", "*.web.internal", "web1.internal"],
-     ["web1.internal", "[web1.internal]:2222", "web1", "[web1]:2222", "*.web.internal", "[*.web.internal]:2222"]),
+    ([address("web1.internal"), address("web1.internal", 2222)], ["Web1", "web1.corp", "web1.internal"],
+     ["web1.internal", "[web1.internal]:2222", "web1", "[web1]:2222", "web1.corp", "[web1.corp]:2222"]),
 ])
 def test_known_hosts_patterns(addresses: list[AddressSpec], host_names: list[str] | None,
                               patterns: list[str]) -> None:
@@ -311,6 +312,8 @@ def test_resource_names_are_the_hostnames_then_host_names() -> None:
     ("web1", "the host_names option must be a list of names"),
     ([1], "the host_names option must be a list of names"),
     (["web 1"], "resource web: host_names: 'web 1' is not a hostname"),
+    (["*.web.internal"], "resource web: host_names: '*.web.internal' is not a hostname or IP address (no wildcards: "
+                         "ssh matches the names of a host certificate exactly, so list each name)"),
     (["web1\n@cert-authority * ssh-ed25519 AAAA"], "resource web: host_names: "),
 ])
 def test_bad_host_names_are_refused(host_names: object, message: str) -> None:
