@@ -24,6 +24,7 @@ from interceptor.handlers.ssh.sftp import SftpProxy, normal_form
 from interceptor.operations import SshRequest
 
 HOST_KEY = asyncssh.generate_private_key("ssh-ed25519")
+SFTP_SERVER = "/usr/lib/openssh/sftp-server"
 SECRET = b"top secret\n"
 NOTES = b"hello notes\n"
 
@@ -84,13 +85,20 @@ class StrictUpstream(Upstream):
 class Connection(OpenServer):
     """The agent's connection as the ssh handler's would be: SftpContext."""
 
-    def __init__(self, gate: FakeGate, upstream: asyncssh.SSHClientConnection, opened: list[asyncssh.SFTPClient]):
+    def __init__(self, gate: FakeGate, upstream: asyncssh.SSHClientConnection, opened: list[asyncssh.SFTPClient],
+                 over_exec: bool):
         self.gate = gate
         self._upstream = upstream
         self._opened = opened
+        self._over_exec = over_exec
 
     async def open_sftp(self) -> asyncssh.SFTPClient:
-        sftp = await self._upstream.start_sftp_client()
+        if self._over_exec:  # the test's OpenSSH sftp-server upstream runs as a command
+            writer, reader, _ = await self._upstream.open_session(command="sftp-server", encoding=None)
+            sftp = await asyncssh.sftp.start_sftp_client(self._upstream, asyncio.get_running_loop(), "strict",
+                                                         reader, writer, None, "strict", 3)
+        else:
+            sftp = await self._upstream.start_sftp_client()
         self._opened.append(sftp)
         return sftp
 
@@ -116,22 +124,40 @@ def make_tree(root: Path) -> None:
     (root / "home/u/dangling").symlink_to("../../secret/new.txt")
 
 
+def chrooted(root: Path, upstream_class: type[Upstream]) -> dict[str, object]:
+    """The upstream's listen() arguments for asyncssh's own SFTP server in `root`."""
+    return {"sftp_factory": lambda chan: upstream_class(chan, root)}
+
+
+def openssh_sftp_server(home: Path) -> dict[str, object]:
+    """The upstream's listen() arguments for OpenSSH's sftp-server, started in `home`, on the
+    real file system (no chroot: paths are the tmp dir's). asyncssh serves the sftp subsystem
+    only with an SFTPServer, so it runs as an exec command (Connection's `over_exec`)."""
+    async def serve(process: asyncssh.SSHServerProcess[bytes]) -> None:
+        local = await asyncio.create_subprocess_exec(SFTP_SERVER, "-d", str(home), stdin=subprocess.PIPE,
+                                                     stdout=subprocess.PIPE)
+        await process.redirect(stdin=local.stdin, stdout=local.stdout)
+        process.exit(await local.wait())
+    # the version that tells asyncssh's client to send SSH_FXP_SYMLINK's paths in OpenSSH's order
+    return {"process_factory": serve, "encoding": None, "server_version": "OpenSSH_9.2"}
+
+
 @asynccontextmanager
-async def proxied(root: Path, gate: FakeGate, upstream_class: type[Upstream] = Upstream) -> AsyncIterator[Setup]:
+async def proxied(gate: FakeGate, upstream_options: dict[str, object], over_exec: bool) -> AsyncIterator[Setup]:
     upstream_server = await asyncssh.listen("127.0.0.1", 0, server_host_keys=[HOST_KEY], server_factory=OpenServer,
-                                            sftp_factory=lambda chan: upstream_class(chan, root))
+                                            **upstream_options)  # type: ignore[arg-type]
     upstream = await asyncssh.connect("127.0.0.1", upstream_server.sockets[0].getsockname()[1], known_hosts=None,
                                       username="enforcer", client_keys=None, config=None)
     opened: list[asyncssh.SFTPClient] = []
     proxy_server = await asyncssh.listen("127.0.0.1", 0, server_host_keys=[HOST_KEY],
-                                         server_factory=lambda: Connection(gate, upstream, opened),
+                                         server_factory=lambda: Connection(gate, upstream, opened, over_exec),
                                          sftp_factory=SftpProxy)
     port = proxy_server.sockets[0].getsockname()[1]
     agent = await asyncssh.connect("127.0.0.1", port, known_hosts=None, username="agent", client_keys=None,
                                    config=None)
     try:
         async with agent.start_sftp_client() as sftp:
-            yield Setup(sftp, gate, root, port, opened)
+            yield Setup(sftp, gate, Path(), port, opened)
     finally:
         agent.close()
         await agent.wait_closed()
@@ -144,14 +170,19 @@ async def proxied(root: Path, gate: FakeGate, upstream_class: type[Upstream] = U
 
 
 def run(tmp_path: Path, scenario: Callable[[Setup], object], gate: FakeGate | None = None,
-        upstream_class: type[Upstream] = Upstream) -> FakeGate:
+        upstream_class: type[Upstream] = Upstream, openssh: bool = False) -> FakeGate:
+    """Runs `scenario` against the proxy, in front of asyncssh's SFTP server chrooted to
+    tmp_path/server (or, `openssh`, OpenSSH's sftp-server on the real tree, home
+    tmp_path/server/home/u)."""
     root = tmp_path / "server"
     root.mkdir()
     make_tree(root)
     gate = gate or FakeGate()
+    options = openssh_sftp_server(root / "home/u") if openssh else chrooted(root, upstream_class)
 
     async def main() -> None:
-        async with proxied(root, gate, upstream_class) as setup:
+        async with proxied(gate, options, openssh) as setup:
+            setup.root = root
             result = scenario(setup)
             if asyncio.iscoroutine(result):
                 await result
@@ -504,3 +535,43 @@ def test_openssh_sftp_batch_client(tmp_path: Path):
     assert (tmp_path / "notes").read_bytes() == NOTES
     assert not (tmp_path / "stolen").exists() and not (tmp_path / "server/secret/planted.txt").exists()
     assert "/secret/key.txt" in gate.paths("read")
+
+
+def under(root: Path, directory: str) -> Callable[[SshRequest], bool]:
+    return lambda op: not (op.path or "").startswith(f"{root}/{directory}")
+
+
+@pytest.mark.skipif(not os.path.exists(SFTP_SERVER), reason="OpenSSH's sftp-server missing")
+def test_openssh_sftp_server_upstream_resolves_dot_dot_after_a_symlink(tmp_path: Path):
+    """OpenSSH resolves `link/..` physically (the link first, then its parent), where the text
+    reads the link's own parent: both readings are judged, and the physical one is denied."""
+    root = (tmp_path / "server").resolve()
+    gate = FakeGate(allow=under(root, "secret"))
+    local = tmp_path / "local.txt"
+    local.write_bytes(b"x")
+
+    async def scenario(s: Setup) -> None:
+        (root / "secret/sub").mkdir()
+        (root / "public/sublink").symlink_to("../secret/sub")
+        with pytest.raises(asyncssh.SFTPPermissionDenied, match=f"read of {root}/secret/key.txt"):
+            await s.sftp.stat(f"{root}/public/sublink/../key.txt")
+        assert await s.sftp.readlink(f"{root}/public/link") == "../secret/key.txt"
+        async with s.sftp.open("notes.txt", "rb") as f:
+            assert await f.read() == NOTES
+        await s.sftp.symlink("notes.txt", f"{root}/home/u/ln")
+        assert os.readlink(root / "home/u/ln") == "notes.txt"
+        await s.sftp.link(f"{root}/home/u/notes.txt", f"{root}/home/u/hard")
+        await s.sftp.posix_rename(f"{root}/home/u/hard", f"{root}/home/u/hard2")
+        assert (root / "home/u/hard2").read_bytes() == NOTES
+        async with s.sftp.open(f"{root}/home/u/new.txt", "wb") as f:
+            await f.write(b"abc")
+            await f.fsync()
+        with pytest.raises(asyncssh.SFTPPermissionDenied):
+            await s.sftp.put(str(local), f"{root}/public/dirlink/planted.txt")
+
+    run(tmp_path, scenario, gate, openssh=True)
+    assert gate.asked[:2] == [SshRequest("read", path=f"{root}/public/key.txt", action="stat"),
+                              SshRequest("read", path=f"{root}/secret/key.txt", action="stat")]
+    assert SshRequest("read", path=f"{root}/home/u/notes.txt", action="open") in gate.asked
+    assert (root / "home/u/new.txt").read_bytes() == b"abc"
+    assert not (root / "secret/planted.txt").exists()
