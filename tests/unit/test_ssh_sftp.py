@@ -106,6 +106,7 @@ class Connection(OpenServer):
 @dataclass
 class Setup:
     sftp: asyncssh.SFTPClient
+    agent: asyncssh.SSHClientConnection
     gate: FakeGate
     root: Path
     proxy_port: int
@@ -143,7 +144,8 @@ def openssh_sftp_server(home: Path) -> dict[str, object]:
 
 
 @asynccontextmanager
-async def proxied(gate: FakeGate, upstream_options: dict[str, object], over_exec: bool) -> AsyncIterator[Setup]:
+async def proxied(gate: FakeGate, upstream_options: dict[str, object], over_exec: bool,
+                  allow_scp: bool) -> AsyncIterator[Setup]:
     upstream_server = await asyncssh.listen("127.0.0.1", 0, server_host_keys=[HOST_KEY], server_factory=OpenServer,
                                             **upstream_options)  # type: ignore[arg-type]
     upstream = await asyncssh.connect("127.0.0.1", upstream_server.sockets[0].getsockname()[1], known_hosts=None,
@@ -151,13 +153,13 @@ async def proxied(gate: FakeGate, upstream_options: dict[str, object], over_exec
     opened: list[asyncssh.SFTPClient] = []
     proxy_server = await asyncssh.listen("127.0.0.1", 0, server_host_keys=[HOST_KEY],
                                          server_factory=lambda: Connection(gate, upstream, opened, over_exec),
-                                         sftp_factory=SftpProxy)
+                                         sftp_factory=SftpProxy, allow_scp=allow_scp)
     port = proxy_server.sockets[0].getsockname()[1]
     agent = await asyncssh.connect("127.0.0.1", port, known_hosts=None, username="agent", client_keys=None,
                                    config=None)
     try:
         async with agent.start_sftp_client() as sftp:
-            yield Setup(sftp, gate, Path(), port, opened)
+            yield Setup(sftp, agent, gate, Path(), port, opened)
     finally:
         agent.close()
         await agent.wait_closed()
@@ -170,10 +172,11 @@ async def proxied(gate: FakeGate, upstream_options: dict[str, object], over_exec
 
 
 def run(tmp_path: Path, scenario: Callable[[Setup], object], gate: FakeGate | None = None,
-        upstream_class: type[Upstream] = Upstream, openssh: bool = False) -> FakeGate:
+        upstream_class: type[Upstream] = Upstream, openssh: bool = False, allow_scp: bool = False) -> FakeGate:
     """Runs `scenario` against the proxy, in front of asyncssh's SFTP server chrooted to
     tmp_path/server (or, `openssh`, OpenSSH's sftp-server on the real tree, home
-    tmp_path/server/home/u)."""
+    tmp_path/server/home/u); `allow_scp`: the proxy serves legacy scp too (asyncssh runs it
+    on the SftpProxy)."""
     root = tmp_path / "server"
     root.mkdir()
     make_tree(root)
@@ -181,7 +184,7 @@ def run(tmp_path: Path, scenario: Callable[[Setup], object], gate: FakeGate | No
     options = openssh_sftp_server(root / "home/u") if openssh else chrooted(root, upstream_class)
 
     async def main() -> None:
-        async with proxied(gate, options, openssh) as setup:
+        async with proxied(gate, options, openssh, allow_scp) as setup:
             setup.root = root
             result = scenario(setup)
             if asyncio.iscoroutine(result):
@@ -508,7 +511,18 @@ def test_every_sftp_server_method_that_would_touch_the_enforcer_is_overridden():
     assert public - harmless - set(vars(SftpProxy)) == set()
 
 
-@pytest.mark.skipif(not shutil.which("sftp") or not shutil.which("ssh-keygen"), reason="OpenSSH client missing")
+async def openssh(s: Setup, known_hosts: Path, program: str, *args: str) -> tuple[int | None, bytes, bytes]:
+    """Runs OpenSSH's `program` (sftp or scp) against the proxy, trusting its host key only."""
+    known_hosts.write_text(f"[127.0.0.1]:{s.proxy_port} {HOST_KEY.export_public_key().decode()}")
+    process = await asyncio.create_subprocess_exec(
+        program, "-F", "/dev/null", "-o", "BatchMode=yes", "-o", f"UserKnownHostsFile={known_hosts}",
+        "-o", "GlobalKnownHostsFile=/dev/null", "-o", "StrictHostKeyChecking=yes", "-o", "IdentityAgent=none",
+        "-P", str(s.proxy_port), *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = await asyncio.wait_for(process.communicate(), 30)
+    return process.returncode, out, err
+
+
+@pytest.mark.skipif(not shutil.which("sftp"), reason="OpenSSH client missing")
 def test_openssh_sftp_batch_client(tmp_path: Path):
     local = tmp_path / "up.txt"
     local.write_bytes(b"from openssh\n")
@@ -518,14 +532,8 @@ def test_openssh_sftp_batch_client(tmp_path: Path):
     known_hosts = tmp_path / "known_hosts"
 
     async def scenario(s: Setup) -> None:
-        known_hosts.write_text(f"[127.0.0.1]:{s.proxy_port} {HOST_KEY.export_public_key().decode()}")
-        process = await asyncio.create_subprocess_exec(
-            "sftp", "-F", "/dev/null", "-o", "BatchMode=yes", "-o", f"UserKnownHostsFile={known_hosts}",
-            "-o", "GlobalKnownHostsFile=/dev/null", "-o", "StrictHostKeyChecking=yes", "-o", "IdentityAgent=none",
-            "-P", str(s.proxy_port), "-b", str(batch), "agent@127.0.0.1",
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        out, err = await asyncio.wait_for(process.communicate(), 30)
-        assert process.returncode == 0, err.decode()
+        returncode, out, err = await openssh(s, known_hosts, "sftp", "-b", str(batch), "agent@127.0.0.1")
+        assert returncode == 0, err.decode()
         assert b"readme.txt" in out
         assert b'"/secret/key.txt" not found' in err  # sftp's glob reads a refused stat so
         assert b"/secret/planted.txt" in err and b"Permission denied" in err
@@ -575,3 +583,44 @@ def test_openssh_sftp_server_upstream_resolves_dot_dot_after_a_symlink(tmp_path:
     assert SshRequest("read", path=f"{root}/home/u/notes.txt", action="open") in gate.asked
     assert (root / "home/u/new.txt").read_bytes() == b"abc"
     assert not (root / "secret/planted.txt").exists()
+
+
+def test_legacy_scp_served_by_asyncssh_on_the_proxy_is_judged_file_by_file(tmp_path: Path):
+    """With allow_scp, asyncssh answers `scp -t` / `scp -f` itself through the SftpProxy: no
+    command runs upstream, each file is judged by path."""
+    local = tmp_path / "local.txt"
+    local.write_bytes(b"via scp\n")
+
+    async def scenario(s: Setup) -> None:
+        await asyncssh.scp((s.agent, "/home/u/notes.txt"), tmp_path / "got.txt")
+        await asyncssh.scp(local, (s.agent, "/home/u/"))
+        with pytest.raises(asyncssh.SFTPError, match="interceptor: rule deny-test"):
+            await asyncssh.scp((s.agent, "/secret/key.txt"), tmp_path / "stolen.txt")
+        with pytest.raises(asyncssh.SFTPError, match="interceptor: rule deny-test"):
+            await asyncssh.scp(local, (s.agent, "/secret/"))
+
+    gate = run(tmp_path, scenario, allow_scp=True)
+    assert (tmp_path / "got.txt").read_bytes() == NOTES
+    assert (tmp_path / "server/home/u/local.txt").read_bytes() == b"via scp\n"
+    assert not (tmp_path / "stolen.txt").exists() and not (tmp_path / "server/secret/local.txt").exists()
+    assert SshRequest("read", path="/home/u/notes.txt", action="open") in gate.asked
+    assert SshRequest("write", path="/home/u/local.txt", action="open") in gate.asked
+
+
+@pytest.mark.skipif(not shutil.which("scp"), reason="OpenSSH client missing")
+def test_openssh_scp_over_sftp_and_legacy(tmp_path: Path):
+    known_hosts = tmp_path / "known_hosts"
+
+    async def scenario(s: Setup) -> None:
+        for protocol in ("-s", "-O"):  # SFTP (OpenSSH 9's default), then the legacy scp protocol
+            returncode, _, err = await openssh(s, known_hosts, "scp", protocol, "agent@127.0.0.1:/home/u/notes.txt",
+                                               str(tmp_path / f"got{protocol}"))
+            assert returncode == 0, (protocol, err.decode())
+            returncode, _, err = await openssh(s, known_hosts, "scp", protocol, "agent@127.0.0.1:/secret/key.txt",
+                                               str(tmp_path / f"stolen{protocol}"))
+            assert returncode != 0 and err, err.decode()
+
+    gate = run(tmp_path, scenario, allow_scp=True)
+    assert (tmp_path / "got-s").read_bytes() == NOTES and (tmp_path / "got-O").read_bytes() == NOTES
+    assert not (tmp_path / "stolen-s").exists() and not (tmp_path / "stolen-O").exists()
+    assert gate.paths("read").count("/secret/key.txt") >= 2

@@ -408,7 +408,10 @@ class SftpProxy(asyncssh.SFTPServer):
         return "" if gid is None else str(gid)
 
     async def exit(self) -> None:
-        """The SFTP channel ended (asyncssh closed the open files first): end the upstream session."""
+        """The SFTP session ended (asyncssh closed its open files first): the agent's channel
+        gets exit status 0, as sshd reports sftp-server's (OpenSSH's scp, which speaks SFTP
+        by default since 9.0, fails without one), and the upstream session ends."""
+        self.channel.exit(0)
         if self._sftp is not None:
             self._sftp.exit()
             await self._sftp.wait_closed()
