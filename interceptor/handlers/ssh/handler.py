@@ -1,0 +1,180 @@
+"""asyncio glue of the ssh handler: the agent's SSH connection served by asyncssh with a host
+certificate of the SSH host CA (principals: the resource's host names, its `host_names`
+option and the original destination address), the server connection made meanwhile
+(interceptor.handlers.ssh.upstream), channels served until either side ends, and one
+connection record: the user the agent gave, channels opened, environment variables refused,
+bytes each way (channel payload), the error and whose fault it was.
+
+Bad input from the agent (a malformed packet, a version banner flood, a packet past the
+256 KiB asyncssh takes) ends that flow only: asyncssh disconnects it and the record says why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from dataclasses import dataclass, field
+
+import asyncssh
+
+from interceptor.errors import AuditUnavailable, Fault, InterceptorError, Refused
+from interceptor.flow import FlowContext
+from interceptor.handlers.base import Services
+from interceptor.handlers.ssh import upstream
+from interceptor.handlers.ssh.connection import AgentConnection
+from interceptor.ssh_certificates import resource_names
+
+log = logging.getLogger(__name__)
+
+LOGIN_SECONDS = 60.0  # the agent's handshake and login
+
+
+class HostCaUnavailable(InterceptorError):
+    """The daemon has no SSH host CA to present a host certificate with."""
+
+    fault = Fault.ENFORCER
+    status = 503
+
+
+@dataclass(slots=True)
+class _End:
+    """How the flow ended, for its connection record."""
+
+    error: str | None = None
+    fault: Fault | None = None
+    details: dict[str, object] = field(default_factory=dict)
+
+    def failed(self, error: InterceptorError) -> None:
+        if self.error is None:
+            self.error, self.fault = str(error), error.fault
+
+    @property
+    def verdict(self) -> str:
+        if self.error is None:
+            return "allow"
+        return "deny" if self.fault in (Fault.POLICY, Fault.CLIENT) else "error"
+
+
+def host_key(flow: FlowContext, services: Services) -> tuple[asyncssh.SSHKey, asyncssh.SSHCertificate]:
+    """The host key and certificate to present: valid for the resource's host names, its
+    `host_names` option and the flow's original destination address. HostCaUnavailable
+    without an SSH host CA; Refused when the resource's names cannot be certified."""
+    if services.ssh_host_ca is None:
+        raise HostCaUnavailable("the daemon has no SSH host CA (see `interceptor doctor`); connection closed")
+    try:
+        return services.ssh_host_ca.server_host_key([*resource_names(services.resource), str(flow.original_dst.ip)])
+    except ValueError as exc:
+        raise Refused("42501", f"no host certificate can be made for this resource: {exc}") from None
+
+
+class SshHandler:
+    """The Handler of protocol `ssh`; `sftp_factory` serves the agent's SFTP subsystem."""
+
+    protocol = "ssh"
+
+    def __init__(self, sftp_factory: asyncssh.SFTPServerFactory | None = None) -> None:
+        self.sftp_factory = sftp_factory
+
+    async def serve(self, flow: FlowContext, client: socket.socket, services: Services) -> None:
+        started = time.monotonic()
+        end = _End()
+        owner: AgentConnection | None = None
+        server: asyncio.Task[asyncssh.SSHClientConnection] | None = None
+        client.setblocking(False)
+        try:
+            key = host_key(flow, services)
+            server = asyncio.get_running_loop().create_task(upstream.connect(flow, services))
+            owner = AgentConnection(flow, services, server, self.sftp_factory)
+            await self._run(owner, client, key, server)
+        except InterceptorError as exc:
+            end.failed(exc)
+        except asyncssh.DisconnectError as exc:
+            _agent_lost(end, exc)
+        except (ConnectionError, OSError, TimeoutError, asyncssh.Error) as exc:
+            end.error = f"agent connection: {type(exc).__name__}: {exc}"
+        except Exception as exc:  # noqa: BLE001 - a bug ends this flow, recorded; the daemon goes on
+            log.exception("flow %s of agent %s failed", flow.flow_id, flow.agent)
+            end.error, end.fault = f"internal error: {type(exc).__name__}: {exc}", Fault.ENFORCER
+        finally:
+            if owner is not None:
+                await owner.close()
+            if server is not None:
+                await _close_server(server, end)
+            client.close()
+        if owner is not None and owner.lost is not None and end.error is None:
+            _agent_lost(end, owner.lost)
+        if owner is not None:
+            end.details.update(user=owner.user, channels=owner.channels, env_refused=owner.env_names)
+            if owner.env_count > len(owner.env_names):
+                end.details["env_refused_count"] = owner.env_count
+        await self._record(flow, services, end, started)
+
+    async def _run(self, owner: AgentConnection, client: socket.socket,
+                   host_key: tuple[asyncssh.SSHKey, asyncssh.SSHCertificate],
+                   server: asyncio.Task[asyncssh.SSHClientConnection]) -> None:
+        """Serve the agent's connection until it ends, or until the server's does (the agent
+        is then disconnected, told why)."""
+        try:
+            agent = await asyncssh.run_server(
+                client, server_factory=lambda: owner, server_host_keys=[host_key], agent_forwarding=False,
+                x11_forwarding=False, allow_scp=False, login_timeout=LOGIN_SECONDS, keepalive_interval=0)
+        except asyncssh.Error:
+            failure = server.exception() if server.done() and not server.cancelled() else None
+            if isinstance(failure, InterceptorError):
+                raise failure from None  # the reason the agent was sent away
+            raise
+        remote = await server
+        agent_closed = asyncio.ensure_future(agent.wait_closed())
+        remote_closed = asyncio.ensure_future(remote.wait_closed())
+        try:
+            await asyncio.wait([agent_closed, remote_closed], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            agent_closed.cancel()
+            remote_closed.cancel()
+        if not agent.is_closed():
+            agent.disconnect(asyncssh.DISC_CONNECTION_LOST, "interceptor: the server closed the connection")
+            await agent.wait_closed()
+
+    async def _record(self, flow: FlowContext, services: Services, end: _End, started: float) -> None:
+        traffic = services.traffic
+        try:
+            await services.audit.write(services.event(
+                flow, "connection", verdict=end.verdict, rule=flow.connection_rule, reason=end.error,
+                operation={"protocol": self.protocol, "dst": str(flow.original_dst)},
+                outcome={"bytes_up": traffic.up, "bytes_down": traffic.down,
+                         "duration_ms": round((time.monotonic() - started) * 1000, 3), "error": end.error,
+                         "fault": end.fault.value if end.fault else None, **end.details}))
+        except AuditUnavailable as exc:
+            log.error("audit unavailable for flow %s: %s", flow.flow_id, exc)
+
+
+def _agent_lost(end: _End, exc: Exception) -> None:
+    """The agent's connection ended by `exc`: its fault when it broke the protocol (a
+    malformed or oversized packet, a banner flood), else an error of the connection."""
+    end.error = f"agent connection: {type(exc).__name__}: {getattr(exc, 'reason', None) or exc}"
+    if isinstance(exc, asyncssh.ProtocolError):
+        end.fault = Fault.CLIENT
+
+
+async def _close_server(server: asyncio.Task[asyncssh.SSHClientConnection], end: _End) -> None:
+    """Close the server connection, or stop making it; its failure is the flow's error when
+    nothing else was."""
+    if not server.done():
+        server.cancel()
+    await asyncio.wait([server])
+    if server.cancelled():
+        return
+    failure = server.exception()
+    if isinstance(failure, InterceptorError):
+        end.failed(failure)
+        return
+    if failure is not None:
+        log.error("the server connection of a flow failed: %r", failure)
+        end.error = end.error or f"internal error: {type(failure).__name__}: {failure}"
+        end.fault = end.fault or Fault.ENFORCER
+        return
+    remote = server.result()
+    remote.close()
+    await remote.wait_closed()

@@ -1,0 +1,265 @@
+"""One exec or shell channel of the ssh handler (RFC 4254 section 6): the request judged
+through the Gate, then run on the server and relayed both ways until it exits.
+
+- Refused (the policy, a limit, a held request not approved): the agent's stderr gets
+  "interceptor: <reason>" and the channel exits with status 126 (as a shell reports a command
+  it cannot run), so `ssh host cmd` prints the reason and fails; nothing reaches the server.
+- Allowed: the server runs the same request (the command as sent, the terminal type, size
+  and modes when the agent asked for a pty; no environment variables). Standard input,
+  output and error are relayed byte for byte with their EOFs; window changes (section 6.7),
+  signals (6.9) and breaks (RFC 4335) go on to the server; its exit status or signal
+  (6.10) comes back. The "ssh-end" record holds the exit, the bytes each way and the time.
+- An interactive shell, or any request with a pty, is recorded (asciicast v2, input and
+  output; interceptor.audit.recording) into the recordings directory; the summary goes into
+  the "ssh-end" record. A session that passes the recording's size limit is ended, the
+  agent told why on stderr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+
+from interceptor.audit.recording import Recording
+from interceptor.errors import InterceptorError
+from interceptor.handlers.base import Traffic
+from interceptor.handlers.ssh.gate import Gate
+from interceptor.operations import SshRequest
+
+log = logging.getLogger(__name__)
+
+CHUNK = 32 * 1024
+REFUSED_STATUS = 126  # POSIX shells' status for a command found but not executable
+LOST_STATUS = 255  # what OpenSSH's client exits with when the connection failed
+LIMIT_MESSAGE = "the session reached its recording size limit (recording_limit_bytes) and was ended"
+
+
+@dataclass(slots=True)
+class Channel:
+    """What a process channel needs of its connection: its gate (which tells this channel's
+    agent when a request waits for approval), the server connection, the flow's traffic
+    counters, and where and how large a recording may be (`recordings` None: no directory,
+    the Gate refuses what would be recorded)."""
+
+    gate: Gate
+    server: asyncssh.SSHClientConnection
+    traffic: Traffic
+    recordings: Path | None
+    recording_name: str
+    recording_limit: int
+
+
+def request_of(process: asyncssh.SSHServerProcess[bytes]) -> SshRequest:
+    """The SshRequest of a session channel's request: exec (the command), a subsystem other
+    than sftp (its name), or a shell; `pty` when the agent asked for a terminal."""
+    pty = process.term_type is not None
+    if process.subsystem is not None:
+        return SshRequest("subsystem", command=process.subsystem, pty=pty)
+    if process.command is not None:
+        return SshRequest("exec", command=process.command, pty=pty)
+    return SshRequest("shell", pty=pty)
+
+
+@dataclass(slots=True)
+class _Relay:
+    """The byte counts and the end of one allowed request."""
+
+    up: int = 0
+    down: int = 0
+    ended: str | None = None  # why the interceptor ended the session (the agent is told)
+    error: str | None = None
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+async def serve(process: asyncssh.SSHServerProcess[bytes], lost: asyncio.Event, channel: Channel) -> None:
+    """Serve one exec, shell or subsystem request until it ends (`lost`: the agent's channel
+    closed). Never raises for what the agent or the server does."""
+    operation = request_of(process)
+    try:
+        decision = await channel.gate.authorize(operation)
+    except InterceptorError as exc:
+        _refuse(process, str(exc))
+        return
+    started = time.monotonic()
+    relay = _Relay()
+    recording: Recording | None = None
+    exit_status: int | None = None
+    exit_signal: tuple[str, bool, str, str] | None = None
+    try:
+        if operation.request == "shell" or operation.pty:
+            recording = _start_recording(process, channel, relay)
+        if relay.ended is None:
+            exit_status, exit_signal = await _run(process, lost, channel, operation, relay, recording)
+    finally:
+        outcome: dict[str, object] = {"exit_status": exit_status, "exit_signal": exit_signal[0] if exit_signal else None,
+                                      "bytes_up": relay.up, "bytes_down": relay.down,
+                                      "seconds": round(time.monotonic() - started, 3)}
+        if relay.error is not None:
+            outcome["error"] = relay.error
+        if recording is not None:
+            outcome["recording"] = _close_recording(recording)
+        await channel.gate.finished(operation, decision, outcome)
+    if lost.is_set():
+        return
+    if relay.ended is not None:
+        _refuse(process, relay.ended)
+    elif exit_signal is not None:
+        process.exit_with_signal(*exit_signal)
+    elif exit_status is not None:
+        process.exit(exit_status)
+    else:
+        _refuse(process, f"the server ended the session without an exit status ({relay.error or 'connection lost'})",
+                LOST_STATUS)
+
+
+def _start_recording(process: asyncssh.SSHServerProcess[bytes], channel: Channel, relay: _Relay) -> Recording | None:
+    """The recording of a shell or pty session; None (and the session ends) when it cannot be made."""
+    if channel.recordings is None:  # the gate refuses what would be recorded without a directory
+        _end(relay, "the session cannot be recorded: no recordings directory")
+        return None
+    width, height, _, _ = process.term_size
+    try:
+        return Recording.start(channel.recordings, channel.recording_name, width=width or 80, height=height or 24,
+                               term=process.term_type, limit=channel.recording_limit)
+    except (OSError, ValueError) as exc:
+        _end(relay, f"the session cannot be recorded: {exc}")
+        return None
+
+
+def _close_recording(recording: Recording) -> dict[str, object]:
+    try:
+        return recording.close().as_dict()
+    except (OSError, ValueError) as exc:
+        return {"error": f"the recording could not be completed: {exc}"}
+
+
+def _refuse(process: asyncssh.SSHServerProcess[bytes], message: str, status: int = REFUSED_STATUS) -> None:
+    """Tell the agent why on stderr (CR LF on a terminal, whose output is not translated in
+    raw mode) and exit with `status`."""
+    newline = b"\r\n" if process.term_type is not None else b"\n"
+    try:
+        process.stderr.write(b"interceptor: " + message.encode() + newline)
+        process.exit(status)
+    except (BrokenPipeError, OSError, asyncssh.Error):
+        pass  # the agent left first
+
+
+async def _run(process: asyncssh.SSHServerProcess[bytes], lost: asyncio.Event, channel: Channel,
+               operation: SshRequest, relay: _Relay,
+               recording: Recording | None) -> tuple[int | None, tuple[str, bool, str, str] | None]:
+    """Run the request on the server and relay until both of its outputs end (then its exit)
+    or the agent's channel closes or the recording limit is passed (then it is closed)."""
+    try:
+        remote = await channel.server.create_process(
+            operation.command, term_type=process.term_type, term_size=process.term_size,
+            term_modes=process.term_modes, encoding=None)
+    except (asyncssh.Error, OSError) as exc:
+        relay.error = f"the server refused the session: {_reason(exc)}"
+        return None, None
+    outputs: asyncio.Future[Any] = asyncio.gather(
+        _copy(remote.stdout, process.stdout, relay, channel.traffic, recording),
+        _copy(remote.stderr, process.stderr, relay, channel.traffic, recording))
+    inputs: asyncio.Future[Any] = asyncio.ensure_future(_agent_input(process, remote, relay, channel.traffic,
+                                                                      recording))
+    watchers: list[asyncio.Future[Any]] = [asyncio.ensure_future(lost.wait()), asyncio.ensure_future(relay.stop.wait())]
+    try:
+        await asyncio.wait([outputs, *watchers], return_when=asyncio.FIRST_COMPLETED)
+        if outputs.done():
+            await remote.wait_closed()
+            return remote.exit_status, remote.exit_signal
+        return None, None
+    finally:
+        for task in (outputs, inputs, *watchers):
+            task.cancel()
+        await asyncio.gather(outputs, inputs, *watchers, return_exceptions=True)
+        remote.close()
+
+
+async def _copy(source: asyncssh.SSHReader[bytes], sink: asyncssh.SSHWriter[bytes], relay: _Relay,
+                traffic: Traffic, recording: Recording | None) -> None:
+    """The server's output to the agent until its EOF (or an error), counted and recorded;
+    waits while the agent does not take it (its window)."""
+    try:
+        while data := await source.read(CHUNK):
+            if not _recorded(relay, recording, "output", data):
+                return
+            relay.down += len(data)
+            traffic.down += len(data)
+            sink.write(data)
+            await sink.drain()
+    except (asyncssh.Error, OSError) as exc:
+        relay.error = relay.error or _reason(exc)
+
+
+async def _agent_input(process: asyncssh.SSHServerProcess[bytes], remote: asyncssh.SSHClientProcess[bytes],
+                       relay: _Relay, traffic: Traffic, recording: Recording | None) -> None:
+    """The agent's input to the server, with its EOF, window changes, signals and breaks."""
+    sink = remote.stdin
+    while True:
+        try:
+            data = await process.stdin.read(CHUNK)
+        except asyncssh.TerminalSizeChanged as change:
+            remote.change_terminal_size(change.width, change.height, change.pixwidth, change.pixheight)
+            if recording is not None and not _kept(relay, lambda: recording.resize(change.width, change.height)):
+                return
+            continue
+        except asyncssh.SignalReceived as signal:
+            remote.send_signal(signal.signal)
+            continue
+        except asyncssh.BreakReceived as pause:
+            remote.send_break(pause.msec)
+            continue
+        except (asyncssh.Error, OSError) as exc:
+            relay.error = relay.error or _reason(exc)
+            return
+        if not data:
+            sink.write_eof()
+            return
+        if not _recorded(relay, recording, "input", data):
+            return
+        relay.up += len(data)
+        traffic.up += len(data)
+        try:
+            sink.write(data)
+            await sink.drain()
+        except (asyncssh.Error, OSError) as exc:
+            relay.error = relay.error or _reason(exc)
+            return
+
+
+def _end(relay: _Relay, reason: str) -> None:
+    """End the session: the agent is told `reason`."""
+    relay.ended = relay.ended or reason
+    relay.stop.set()
+
+
+def _recorded(relay: _Relay, recording: Recording | None, kind: str, data: bytes) -> bool:
+    """Record `data` as output or input; False (the session ends) past the limit or when
+    the recording fails."""
+    if recording is None:
+        return True
+    return _kept(relay, lambda: recording.output(data) if kind == "output" else recording.input(data))
+
+
+def _kept(relay: _Relay, event: Callable[[], bool]) -> bool:
+    try:
+        if event():
+            return True
+        _end(relay, LIMIT_MESSAGE)
+    except (OSError, ValueError) as exc:
+        _end(relay, f"the session can no longer be recorded: {exc}")
+    return False
+
+
+def _reason(exc: BaseException) -> str:
+    """What an asyncssh or socket error says, without a traceback."""
+    reason = getattr(exc, "reason", None)
+    return f"{type(exc).__name__}: {reason or exc}"
+

@@ -1,0 +1,610 @@
+"""The ssh handler over loopback, no daemon and no root: an agent (an asyncssh client trusting
+the SSH host CA by an @cert-authority line) -> SshHandler.serve on an accepted socket -> an
+upstream asyncssh server in this process (its host key in the resource's known_hosts, the
+enforcer's key authorized) that runs a few commands itself: `echo WORDS`, `exit N`, `cat`,
+`err TEXT` (to stderr), `kill` (exits by SIGTERM) and, for a shell, echoes lines until `exit`.
+
+Services as a flow gets them: a FlowJudge over RULES (an SshRequest judged by a small table,
+until the ssh protocol's policy module is registered), an in-memory audit sink, the
+resource's credentials, the SSH host CA, a recordings directory and, where a test holds a
+request, the real ApprovalBroker on SQLite."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+import socket
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import asyncssh
+import pytest
+
+from interceptor.approvals import ApprovalBroker, Approver, SqliteStore
+from interceptor.audit.event import AuditEvent
+from interceptor.audit.recording import parse, read_verified
+from interceptor.decision import ApprovalSpec, Decision, Verdict
+from interceptor.enforcer.judge import FlowJudge
+from interceptor.flow import Endpoint, FlowContext, ProcessInfo
+from interceptor.handlers.base import Services
+from interceptor.handlers.ssh import HANDLER
+from interceptor.handlers.ssh.connection import MAX_COMMAND, PROTOCOL_RULE
+from interceptor.handlers.ssh.upstream import SshCredentialsError, login
+from interceptor.operations import Request, SshRequest
+from interceptor.policy.engine import PolicyEngine
+from interceptor.policy.model import AddressSpec, ResourceSpec
+from interceptor.ssh_certificates import SshHostCA
+from test_approvals_support import ListSink
+
+LOOPBACK = ipaddress.ip_address("127.0.0.1")
+ROOT = Approver("root", "root@host-1")
+UPSTREAM_USER = "deploy"
+PASSWORD = "s3cret-upstream-password"
+
+
+class Sink(ListSink):
+    def write_session_bytes(self, flow_id: str, direction: str, data: bytes, ts: float | None = None) -> None:
+        raise AssertionError("no session bytes are captured")
+
+
+def rules(operation: SshRequest) -> Decision:
+    """The test's policy: rm denied, reboot held for ops, shells allowed, forwards to the echo
+    server (127.0.0.1) allowed and others denied, every other command allowed."""
+    if operation.request == "exec" and (operation.command or "").startswith("rm"):
+        return Decision.deny("no-rm", "removing files is not allowed")
+    if operation.request == "exec" and operation.command == "reboot":
+        return Decision(Verdict.APPROVE, "reboots", "reboots need ops", approval=ApprovalSpec(("ops",), timeout_seconds=60))
+    if operation.request == "forward":
+        if operation.forward == "local" and (operation.target or "").startswith("127.0.0.1:"):
+            return Decision(Verdict.ALLOW, "echo-forward")
+        return Decision.deny("default-deny", "no rule allows this")
+    return Decision(Verdict.ALLOW, "commands")
+
+
+@dataclass
+class Rules:
+    """A stand-in for the policy engine that judges SshRequest by a function."""
+
+    function: Callable[[SshRequest], Decision]
+
+    def decide(self, request: Request) -> Decision:
+        assert isinstance(request.operation, SshRequest)
+        return self.function(request.operation)
+
+
+class UpstreamServer(asyncssh.SSHServer):
+    """Forwards are the server's to allow: it allows them."""
+
+    def connection_requested(self, dest_host: str, dest_port: int, orig_host: str, orig_port: int) -> bool:
+        return True
+
+
+@dataclass
+class Upstream:
+    """The server side: its listener, key and what it was asked to run."""
+
+    server: asyncssh.SSHAcceptor
+    host_key: asyncssh.SSHKey
+    client_key: asyncssh.SSHKey
+    commands: list[str | None] = field(default_factory=list)
+    terminals: list[str | None] = field(default_factory=list)
+    sizes: list[tuple[int, int]] = field(default_factory=list)  # window changes a shell received
+
+    @property
+    def port(self) -> int:
+        return self.server.get_port()
+
+
+async def start_upstream() -> Upstream:
+    host_key = asyncssh.generate_private_key("ssh-ed25519")
+    client_key = asyncssh.generate_private_key("ssh-ed25519")
+    commands: list[str | None] = []
+    terminals: list[str | None] = []
+    sizes: list[tuple[int, int]] = []
+
+    async def run(process: asyncssh.SSHServerProcess[bytes]) -> None:
+        commands.append(process.command)
+        terminals.append(process.term_type)
+        if process.command is None:
+            await shell(process)
+            return
+        words = process.command.split()
+        if words[0] == "echo":
+            process.stdout.write(" ".join(words[1:]).encode() + b"\n")
+            process.exit(0)
+        elif words[0] == "exit":
+            process.exit(int(words[1]))
+        elif words[0] == "cat":
+            process.stdout.write(await process.stdin.read())
+            process.exit(0)
+        elif words[0] == "err":
+            process.stderr.write(" ".join(words[1:]).encode() + b"\n")
+            process.exit(1)
+        elif words[0] == "kill":
+            process.exit_with_signal("TERM")
+        else:
+            process.exit(0)
+
+    async def shell(process: asyncssh.SSHServerProcess[bytes]) -> None:
+        process.stdout.write(b"$ ")
+        line = b""
+        while True:
+            try:
+                data = await process.stdin.read(1)
+            except asyncssh.TerminalSizeChanged as change:
+                sizes.append((change.width, change.height))
+                continue
+            if not data:
+                break
+            line += data
+            if data == b"\r" or data == b"\n":
+                if line.strip() == b"exit":
+                    process.exit(0)
+                    return
+                process.stdout.write(b"you said " + line.strip() + b"\r\n$ ")
+                line = b""
+        process.exit(0)
+
+    authorized = asyncssh.import_authorized_keys(client_key.export_public_key().decode())
+    server = await asyncssh.listen("127.0.0.1", 0, server_host_keys=[host_key], authorized_client_keys=authorized,
+                                   process_factory=run, encoding=None, line_editor=False,
+                                   server_factory=UpstreamServer)
+    return Upstream(server, host_key, client_key, commands, terminals, sizes)
+
+
+@dataclass
+class Lab:
+    """One test's world: the upstream, the host CA, the files and the policy."""
+
+    tmp: Path
+    upstream: Upstream
+    host_ca: SshHostCA
+    judge: Callable[[SshRequest], Decision] = rules
+    credentials: dict[str, str] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+    broker: ApprovalBroker | None = None
+    sink: Sink = field(default_factory=Sink)
+    errors: list[BaseException] = field(default_factory=list)
+
+    def known_hosts(self, key: asyncssh.SSHKey | None = None, name: str = "web1.internal") -> str:
+        path = self.tmp / f"known_hosts-{len(os.listdir(self.tmp))}"
+        line = (key or self.upstream.host_key).export_public_key().decode().strip()
+        path.write_text(f"[{name}]:{self.upstream.port} {line}\n")
+        return str(path)
+
+    def agent_trust(self) -> asyncssh.SSHKnownHosts:
+        return asyncssh.import_known_hosts(self.host_ca.known_hosts_line(["*"]) + "\n")
+
+    def services(self, flow: FlowContext) -> Services:
+        engine = Rules(self.judge)
+        resource = ResourceSpec("web1", "ssh", (AddressSpec(None, "web1.internal", self.upstream.port),),
+                                {"from": "env", "name": "WEB1_SSH"}, self.options)
+        secrets = self.credentials
+
+        async def credentials() -> dict[str, str]:
+            return dict(secrets)
+
+        recordings = self.tmp / "recordings"
+        recordings.mkdir(exist_ok=True, mode=0o700)
+        return Services(judge=FlowJudge(flow, lambda: cast(PolicyEngine, engine), lambda: None, lambda: False),
+                        audit=self.sink, resource=resource, credentials=credentials, approvals=self.broker,
+                        ssh_host_ca=self.host_ca, recordings=recordings)
+
+    @asynccontextmanager
+    async def agent(self, **options: Any) -> AsyncIterator[asyncssh.SSHClientConnection]:
+        """An agent connected through the handler; on exit it disconnects and the flow ends."""
+        serving = await self._serve()
+        try:
+            async with asyncssh.connect("127.0.0.1", serving.port, known_hosts=self.agent_trust(), username="agent",
+                                        client_keys=None, agent_path=None, config=None, **options) as conn:
+                yield conn
+        finally:
+            await serving.done()
+
+    async def refused_agent(self) -> asyncssh.Error:
+        """What an agent gets when its connection is refused at login."""
+        serving = await self._serve()
+        try:
+            await asyncssh.connect("127.0.0.1", serving.port, known_hosts=self.agent_trust(), username="agent",
+                                   client_keys=None, agent_path=None, config=None)
+        except asyncssh.Error as exc:
+            return exc
+        finally:
+            await serving.done()
+        raise AssertionError("the agent's connection was not refused")
+
+    async def _serve(self) -> Serving:
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        listener.setblocking(False)
+        port = listener.getsockname()[1]
+
+        async def accept_and_serve() -> None:
+            conn, peer = await asyncio.get_running_loop().sock_accept(listener)
+            listener.close()
+            process = ProcessInfo(os.getpid(), 1, 1001, 1001, "/usr/bin/agent", ("agent",), "/agents/bot")
+            flow = FlowContext("flow1", "bot", process, Endpoint(LOOPBACK, self.upstream.port),
+                               Endpoint(LOOPBACK, peer[1]), "web1", connection_rule="web1-ssh")
+            await HANDLER.serve(flow, conn, self.services(flow))
+
+        return Serving(port, asyncio.get_running_loop().create_task(accept_and_serve()))
+
+    def kind(self, kind: str) -> list[AuditEvent]:
+        return [event for event in self.sink.events if event.kind == kind]
+
+    @property
+    def connection(self) -> AuditEvent:
+        (record,) = self.kind("connection")
+        return record
+
+
+@dataclass
+class Serving:
+    port: int
+    task: asyncio.Task[None]
+
+    async def done(self) -> None:
+        await asyncio.wait_for(self.task, 10)
+
+
+def scenario(test: Callable[[Lab], Coroutine[Any, Any, None]], tmp: Path, **lab: Any) -> None:
+    async def main() -> None:
+        upstream = await start_upstream()
+        host_ca = SshHostCA.open(tmp / "state")
+        world = Lab(tmp, upstream, host_ca, **lab)
+        if not world.credentials:
+            key_file = tmp / "id_upstream"
+            key_file.write_bytes(upstream.client_key.export_private_key())
+            key_file.chmod(0o600)
+            world.credentials = {"user": UPSTREAM_USER, "private_key_file": str(key_file)}
+        world.options.setdefault("known_hosts", world.known_hosts())
+        try:
+            await test(world)
+        finally:
+            upstream.server.close()
+            await upstream.server.wait_closed()
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+
+
+# ---- exec ------------------------------------------------------------------------------
+
+
+def test_an_allowed_command_runs_and_its_end_is_recorded(tmp_path: Path) -> None:
+    async def test(lab: Lab) -> None:
+        async with lab.agent() as conn:
+            result = await conn.run("echo hello world")
+            assert (result.stdout, result.stderr, result.exit_status) == ("hello world\n", "", 0)
+        assert lab.upstream.commands == ["echo hello world"]
+        (judged,) = lab.kind("ssh")
+        assert (judged.decision, judged.rule) == ("allow", "commands")
+        assert judged.operation == {"kind": "ssh", "request": "exec", "command": "echo hello world"}
+        (end,) = lab.kind("ssh-end")
+        assert end.outcome is not None
+        assert (end.outcome["exit_status"], end.outcome["bytes_up"], end.outcome["bytes_down"]) == (0, 0, 12)
+        assert "recording" not in end.outcome
+        connection = lab.connection
+        assert connection.decision == "allow" and connection.rule == "web1-ssh"
+        assert connection.outcome is not None and connection.operation is not None
+        assert connection.operation == {"protocol": "ssh", "dst": f"127.0.0.1:{lab.upstream.port}"}
+        assert (connection.outcome["user"], connection.outcome["channels"], connection.outcome["error"]) == (
+            "agent", 1, None)
+        assert (connection.outcome["bytes_up"], connection.outcome["bytes_down"]) == (0, 12)
+
+    scenario(test, tmp_path)
+
+
+def test_exit_status_signal_stdin_and_stderr_are_relayed(tmp_path: Path) -> None:
+    async def test(lab: Lab) -> None:
+        async with lab.agent() as conn:
+            assert (await conn.run("exit 3")).exit_status == 3
+            cat = await conn.run("cat", input="typed by the agent")
+            assert (cat.stdout, cat.exit_status) == ("typed by the agent", 0)
+            err = await conn.run("err on stderr")
+            assert (err.stdout, err.stderr, err.exit_status) == ("", "on stderr\n", 1)
+            killed = await conn.run("kill")
+            assert killed.exit_signal is not None and killed.exit_signal[0] == "TERM"
+        ends = {str(e.operation["command"]): e.outcome for e in lab.kind("ssh-end") if e.operation and e.outcome}
+        assert ends["exit 3"]["exit_status"] == 3
+        assert (ends["cat"]["bytes_up"], ends["cat"]["bytes_down"]) == (18, 18)
+        assert ends["err on stderr"]["bytes_down"] == 10
+        assert ends["kill"]["exit_signal"] == "TERM"
+        assert lab.connection.outcome is not None and lab.connection.outcome["channels"] == 4
+
+    scenario(test, tmp_path)
+
+
+def test_a_denied_command_gets_the_reason_on_stderr_and_status_126(tmp_path: Path) -> None:
+    async def test(lab: Lab) -> None:
+        async with lab.agent() as conn:
+            result = await conn.run("rm -rf /srv")
+            assert result.exit_status == 126
+            assert result.stderr == ("interceptor: permission denied by interceptor rule 'no-rm': removing files is "
+                                     "not allowed\n")
+            assert result.stdout == ""
+        assert lab.upstream.commands == []
+        (judged,) = lab.kind("ssh")
+        assert (judged.decision, judged.rule, judged.reason) == ("deny", "no-rm", "removing files is not allowed")
+        assert lab.kind("ssh-end") == []
+
+    scenario(test, tmp_path)
+
+
+def test_a_command_past_the_limit_is_refused_and_recorded_cut(tmp_path: Path) -> None:
+    async def test(lab: Lab) -> None:
+        command = "echo " + "x" * (MAX_COMMAND + 10)
+        async with lab.agent() as conn:
+            result = await conn.run(command)
+            assert result.exit_status == 126
+            assert f"more than the {MAX_COMMAND}" in str(result.stderr)
+        assert lab.upstream.commands == []
+        (judged,) = lab.kind("ssh")
+        assert (judged.decision, judged.rule) == ("deny", PROTOCOL_RULE)
+        assert judged.operation is not None and judged.operation["command_bytes"] == len(command)
+        assert len(str(judged.operation["command"])) == 1024
+
+    scenario(test, tmp_path)
+
+
+def test_a_one_megabyte_command_ends_only_that_flow_with_a_clear_record(tmp_path: Path) -> None:
+    async def test(lab: Lab) -> None:
+        with pytest.raises((asyncssh.Error, OSError)):
+            async with lab.agent() as conn:
+                await conn.run("echo " + "x" * 1024 * 1024)
+        connection = lab.connection
+        assert connection.decision == "deny" and connection.outcome is not None
+        assert connection.outcome["fault"] == "client"
+        assert "packet" in str(connection.outcome["error"]).lower()
+        assert lab.upstream.commands == []
+        async with lab.agent() as conn:  # the next flow is served as usual
+            assert (await conn.run("echo again")).stdout == "again\n"
+
+    scenario(test, tmp_path)
+
+
+def test_environment_variables_are_refused_and_named_in_the_connection_record(tmp_path: Path) -> None:
+    async def test(lab: Lab) -> None:
+        async with lab.agent() as conn:
+            result = await conn.run("echo hi", env={"LD_PRELOAD": "/tmp/evil.so", "BASH_ENV": "/tmp/x"})
+            assert result.stdout == "hi\n"
+        assert lab.connection.outcome is not None
+        assert sorted(cast(list[str], lab.connection.outcome["env_refused"])) == ["BASH_ENV", "LD_PRELOAD"]
+
+    scenario(test, tmp_path)
+
+
+# ---- approvals -------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def broker(lab: Lab) -> AsyncIterator[ApprovalBroker]:
+    """The real approval broker on SQLite, lent to the lab's flows."""
+    lab.broker = ApprovalBroker(await SqliteStore.open(str(lab.tmp / "approvals.db")), lab.sink, poll_seconds=0.05)
+    try:
+        yield lab.broker
+    finally:
+        await lab.broker.close()
+        await lab.broker.store.close()
+
+
+def test_a_held_command_waits_tells_the_agent_and_runs_once_approved(tmp_path: Path) -> None:
+    async def test(lab: Lab) -> None:
+        async with broker(lab) as approvals, lab.agent() as conn:
+            process = await conn.create_process("reboot")
+            notice = await asyncio.wait_for(process.stderr.readline(), 5)
+            assert notice.startswith("interceptor: waiting for approval (request ID ")
+            (pending,) = await approvals.list()
+            assert pending.request_id in notice
+            await approvals.approve(pending.request_id, ROOT)
+            finished = await process.wait()
+            assert finished.exit_status == 0
+        assert lab.upstream.commands == ["reboot"]
+        (judged,) = lab.kind("ssh")
+        assert (judged.decision, judged.rule) == ("allow", "reboots")
+        assert judged.outcome is not None
+        approval = cast(dict[str, object], judged.outcome["approval"])
+        assert (approval["approved"], approval["request_id"]) == (True, pending.request_id)
+
+    scenario(test, tmp_path)
+
+
+def test_a_held_command_whose_agent_leaves_is_withdrawn_and_recorded_as_never_run(tmp_path: Path) -> None:
+    async def test(lab: Lab) -> None:
+        async with broker(lab):
+            async with lab.agent() as conn:
+                process = await conn.create_process("reboot")
+                await asyncio.wait_for(process.stderr.readline(), 5)
+            assert lab.upstream.commands == []
+            (judged,) = lab.kind("ssh")
+            assert (judged.decision, judged.reason) == ("deny", "the client disconnected")
+        assert lab.sink.states() == ["pending", "withdrawn"]  # the broker's close waits for the withdrawal
+
+    scenario(test, tmp_path)
+
+
+def test_a_held_command_without_a_broker_is_refused(tmp_path: Path) -> None:
+    async def test(lab: Lab) -> None:
+        async with lab.agent() as conn:
+            result = await conn.run("reboot")
+            assert result.exit_status == 126
+            assert "not approved (interceptor rule 'reboots'): approval needed but no approval broker" in str(
+                result.stderr)
+        assert lab.upstream.commands == []
+
+    scenario(test, tmp_path)
+
+
+# ---- shells ----------------------------------------------------------------------------
+
+
+def test_a_shell_is_recorded_input_and_output(tmp_path: Path) -> None:
+    async def test(lab: Lab) -> None:
+        async with lab.agent() as conn:
+            process = await conn.create_process(term_type="xterm", term_size=(100, 30))
+            assert await process.stdout.readexactly(2) == "$ "
+            process.stdin.write("hello\r")
+            assert await process.stdout.readuntil("$ ") == "you said hello\r\n$ "
+            process.change_terminal_size(120, 40)
+            process.stdin.write("exit\r")
+            assert (await process.wait()).exit_status == 0
+        assert (lab.upstream.terminals, lab.upstream.sizes) == (["xterm"], [(120, 40)])
+        (end,) = lab.kind("ssh-end")
+        assert end.operation == {"kind": "ssh", "request": "shell", "pty": True}
+        assert end.outcome is not None
+        summary = cast(dict[str, Any], end.outcome["recording"])
+        cast_file = parse(read_verified(summary["path"], summary["sha256"], summary["bytes"]))
+        assert (cast_file.header["width"], cast_file.header["height"]) == (100, 30)
+        kinds = "".join(str(event.data) for event in cast_file.events if event.kind == "i")
+        assert kinds == "hello\rexit\r"
+        assert any(event.kind == "r" and event.data == "120x40" for event in cast_file.events)
+        assert "you said hello" in "".join(str(event.data) for event in cast_file.events if event.kind == "o")
+
+    scenario(test, tmp_path)
+
+
+def test_a_shell_past_its_recording_limit_is_ended_and_the_agent_told(tmp_path: Path) -> None:
+    async def test(lab: Lab) -> None:
+        async with lab.agent() as conn:
+            process = await conn.create_process(term_type="xterm", term_size=(80, 24))
+            await process.stdout.readexactly(2)
+            process.stdin.write("x" * 2000 + "\r")
+            finished = await process.wait()
+            assert finished.exit_status == 126
+            assert "recording size limit" in str(finished.stderr)
+        (end,) = lab.kind("ssh-end")
+        assert end.outcome is not None
+        assert cast(dict[str, Any], end.outcome["recording"])["limited"] is True
+
+    scenario(test, tmp_path, options={"recording_limit_bytes": 1024})
+
+
+# ---- forwards --------------------------------------------------------------------------
+
+
+async def echo_server() -> asyncio.Server:
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(await reader.read(100))
+        await writer.drain()
+        writer.close()
+
+    return await asyncio.start_server(echo, "127.0.0.1", 0)
+
+
+def test_an_allowed_forward_goes_through_the_server_connection(tmp_path: Path) -> None:
+    async def test(lab: Lab) -> None:
+        echo = await echo_server()
+        port = echo.sockets[0].getsockname()[1]
+        try:
+            async with lab.agent() as conn:
+                reader, writer = await conn.open_connection("127.0.0.1", port)
+                writer.write(b"ping")
+                assert await reader.read(100) == b"ping"
+                writer.close()
+        finally:
+            echo.close()
+        judged = [e for e in lab.kind("ssh") if e.operation and e.operation["request"] == "forward"]
+        assert [(e.decision, e.rule, e.operation) for e in judged] == [
+            ("allow", "echo-forward", {"kind": "ssh", "request": "forward", "forward": "local",
+                                       "target": f"127.0.0.1:{port}"})]
+        (end,) = lab.kind("ssh-end")
+        assert end.outcome is not None and (end.outcome["bytes_up"], end.outcome["bytes_down"]) == (4, 4)
+
+    scenario(test, tmp_path)
+
+
+def test_a_refused_forward_is_not_opened_and_is_recorded(tmp_path: Path) -> None:
+    async def test(lab: Lab) -> None:
+        async with lab.agent() as conn:
+            with pytest.raises(asyncssh.ChannelOpenError) as refused:
+                await conn.open_connection("10.9.9.9", 5432)
+            assert refused.value.reason == ("interceptor: permission denied by interceptor rule 'default-deny': no "
+                                            "rule allows this")
+            assert (await conn.run("echo still here")).exit_status == 0
+        (judged, _) = lab.kind("ssh")
+        assert (judged.decision, judged.operation) == ("deny", {"kind": "ssh", "request": "forward", "forward": "local",
+                                                                "target": "10.9.9.9:5432"})
+
+    scenario(test, tmp_path)
+
+
+def test_a_remote_forward_refused_by_the_policy(tmp_path: Path) -> None:
+    async def test(lab: Lab) -> None:
+        async with lab.agent() as conn:
+            with pytest.raises(asyncssh.ChannelListenError):
+                await conn.forward_remote_port("", 8022, "localhost", 22)
+        (judged,) = lab.kind("ssh")
+        assert (judged.decision, judged.operation) == ("deny", {"kind": "ssh", "request": "forward",
+                                                                "forward": "remote", "target": ":8022"})
+
+    scenario(test, tmp_path)
+
+
+# ---- the upstream ----------------------------------------------------------------------
+
+
+def test_an_untrusted_upstream_host_key_refuses_the_flow(tmp_path: Path) -> None:
+    async def test(lab: Lab) -> None:
+        lab.options["known_hosts"] = lab.known_hosts(asyncssh.generate_private_key("ssh-ed25519"))
+        refused = await lab.refused_agent()
+        assert "its host key is not trusted for 'web1.internal'" in str(getattr(refused, "reason", refused))
+        connection = lab.connection
+        assert connection.decision == "error" and connection.outcome is not None
+        assert connection.outcome["fault"] == "server"
+        assert "host key is not trusted" in str(connection.outcome["error"])
+
+    scenario(test, tmp_path)
+
+
+def test_the_host_key_alias_option_is_the_name_looked_up(tmp_path: Path) -> None:
+    async def test(lab: Lab) -> None:
+        lab.options["known_hosts"] = lab.known_hosts(name="alias.example")
+        lab.options["host_key_alias"] = "alias.example"
+        async with lab.agent() as conn:
+            assert (await conn.run("echo aliased")).stdout == "aliased\n"
+
+    scenario(test, tmp_path)
+
+
+def test_no_known_hosts_option_refuses_the_flow(tmp_path: Path) -> None:
+    async def test(lab: Lab) -> None:
+        del lab.options["known_hosts"]
+        refused = await lab.refused_agent()
+        assert "has no known_hosts option" in str(getattr(refused, "reason", refused))
+        assert lab.connection.outcome is not None and lab.connection.outcome["fault"] == "policy"
+        assert lab.upstream.commands == []
+
+    scenario(test, tmp_path, options={})
+
+
+def test_a_refused_login_never_shows_the_password(tmp_path: Path) -> None:
+    async def test(lab: Lab) -> None:
+        refused = await lab.refused_agent()
+        reason = str(getattr(refused, "reason", refused))
+        assert "refused the login of user 'deploy'" in reason
+        assert PASSWORD not in reason
+        assert PASSWORD not in repr(lab.sink.events)
+
+    scenario(test, tmp_path, credentials={"user": UPSTREAM_USER, "password": PASSWORD})
+
+
+def test_credentials_of_the_wrong_shape_are_refused_without_their_values() -> None:
+    with pytest.raises(SshCredentialsError, match="token"):
+        login({"user": "u", "token": "abc"})
+    with pytest.raises(SshCredentialsError, match="need private_key, private_key_file or password"):
+        login({"user": "u"})
+    with pytest.raises(SshCredentialsError, match="private key cannot be used") as bad:
+        login({"user": "u", "private_key": "not-a-key-SECRETVALUE"})
+    assert "SECRETVALUE" not in str(bad.value)
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    other = asyncssh.generate_private_key("ssh-ed25519")
+    cert = other.generate_user_certificate(other, "u", principals=["u"])
+    with pytest.raises(SshCredentialsError, match="not for the private key"):
+        login({"user": "u", "private_key": key.export_private_key().decode(),
+               "certificate": cert.export_certificate().decode()})
+    account = login({"user": "u", "private_key": key.export_private_key().decode(), "password": "unused"})
+    assert account.key is not None and account.password is None
