@@ -21,7 +21,7 @@ from interceptor.protocols.spec import Context, Problem, ProtocolSpec
 __all__ = ["MODULES", "Context", "Problem", "ProtocolSpec", "protocols", "spec_for", "spec_for_key", "spec_of"]
 
 MODULES = ("interceptor.protocols.tcp", "interceptor.protocols.postgres", "interceptor.protocols.http",
-           "interceptor.protocols.kubernetes", "interceptor.protocols.mcp")
+           "interceptor.protocols.kubernetes", "interceptor.protocols.mcp", "interceptor.protocols.ssh")
 
 
 @dataclass(frozen=True, slots=True)

@@ -83,12 +83,12 @@ def test_schema_errors_say_what_was_expected():
 
 
 def test_a_protocol_without_a_handler_is_refused_where_it_is_named():
-    found = problems(GOOD.replace("protocol: postgres", "protocol: ssh"))
-    assert "p.yaml:3:18: resources/db/protocol: no handler for protocol 'ssh' (protocols with a handler: " \
-           "tcp, postgres, http, kubernetes, mcp)" in found
-    found = problems(GOOD.replace("sql: {kinds: [select]}", "ssh: {commands: [uptime]}"))
-    assert "p.yaml:7:63: unknown key 'ssh'" in found and "operation key names a protocol with a handler: " \
-           "tcp (tcp), sql (postgres), http (http), kubernetes (kubernetes), mcp (mcp)" in found
+    found = problems(GOOD.replace("protocol: postgres", "protocol: rdp"))
+    assert "p.yaml:3:18: resources/db/protocol: no handler for protocol 'rdp' (protocols with a handler: " \
+           "tcp, postgres, http, kubernetes, mcp, ssh)" in found
+    found = problems(GOOD.replace("sql: {kinds: [select]}", "rdp: {commands: [uptime]}"))
+    assert "p.yaml:7:63: unknown key 'rdp'" in found and "operation key names a protocol with a handler: " \
+           "tcp (tcp), sql (postgres), http (http), kubernetes (kubernetes), mcp (mcp), ssh (ssh)" in found
 
 
 def test_a_rule_is_about_one_kind_of_operation():

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from interceptor.handlers import handler_for
-from interceptor.operations import HttpRequest, KubeRequest, McpCall, SqlQuery, TcpConnect
+from interceptor.operations import HttpRequest, KubeRequest, McpCall, SqlQuery, SshRequest, TcpConnect
 from interceptor.policy.schema import composed, text
 from interceptor.protocols import protocols, spec_for, spec_for_key, spec_of
 
@@ -20,12 +20,13 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_the_registered_protocols_and_their_keys():
     assert [(s.name, s.operation_key, s.operation) for s in protocols()] == [
         ("tcp", "tcp", TcpConnect), ("postgres", "sql", SqlQuery), ("http", "http", HttpRequest),
-        ("kubernetes", "kubernetes", KubeRequest), ("mcp", "mcp", McpCall)]
+        ("kubernetes", "kubernetes", KubeRequest), ("mcp", "mcp", McpCall), ("ssh", "ssh", SshRequest)]
     assert spec_for("postgres") is spec_for_key("sql") is spec_of(SqlQuery("select 1"))
     assert spec_for("kubernetes") is spec_for_key("kubernetes") is spec_of(KubeRequest("get", "/api"))
-    assert spec_for_key("ssh") is None and spec_of(object()) is None
-    with pytest.raises(LookupError, match="no handler for protocol 'ssh'"):
-        spec_for("ssh")
+    assert spec_for("ssh") is spec_for_key("ssh") is spec_of(SshRequest("shell"))
+    assert spec_for_key("rdp") is None and spec_of(object()) is None
+    with pytest.raises(LookupError, match="no handler for protocol 'rdp'"):
+        spec_for("rdp")
 
 
 @pytest.mark.parametrize("spec", protocols(), ids=lambda s: s.name)
@@ -35,16 +36,17 @@ def test_every_protocol_has_its_handler(spec):
 
 
 def test_handler_for_a_protocol_without_one_is_a_lookup_error():
-    with pytest.raises(LookupError, match="no handler for protocol 'ssh'"):
-        handler_for("ssh")
+    with pytest.raises(LookupError, match="no handler for protocol 'rdp'"):
+        handler_for("rdp")
 
 
 def test_the_shipped_schema_is_what_the_registry_composes():
     assert (ROOT / "policy" / "schema.json").read_text() == text(), (
         "policy/schema.json is stale: run .venv/bin/python scripts/gen_policy_reference.py --schema")
     defs = composed()["$defs"]
-    assert defs["resource"]["properties"]["protocol"] == {"enum": ["tcp", "postgres", "http", "kubernetes", "mcp"]}
-    assert {"tcp", "sql", "http", "kubernetes", "mcp", "tcp-options", "postgres-options", "kubernetes-options"} <= set(defs)
+    assert defs["resource"]["properties"]["protocol"] == {"enum": ["tcp", "postgres", "http", "kubernetes", "mcp", "ssh"]}
+    assert {"tcp", "sql", "http", "kubernetes", "mcp", "ssh", "tcp-options", "postgres-options", "kubernetes-options",
+            "ssh-options"} <= set(defs)
     assert json.loads(text()) == composed()
 
 

@@ -1,0 +1,414 @@
+"""Judge an SshRequest by the rules about SSH (sans-IO): a rule's `ssh:` block names exec
+commands (patterns), interactive shells (`shell: true`), file reads and writes (path globs)
+and forwards (host:port globs). A rule matches a request one of its keys covers.
+
+Precedence is interceptor.policy.judgement's: explicit deny, then approve, then allow; nothing:
+default deny. An allow or approve rule must cover the request the narrowest way, a deny rule
+takes it the widest way (interceptor.policy.ssh_command says how a command is read):
+
+- exec: `commands` patterns of an allow or approve rule must cover the strict argv of a
+  command that is not shell class (and asked for no terminal); `shell: true` covers every
+  exec. A deny rule's `commands` match any simple command of the lax reading (every command
+  of a list or pipeline, every wrapper level, `sh -c` strings, argv0 also by its last path
+  segment), and every command with an opaque part; a deny rule with `shell: true` matches a
+  shell-class command and an exec with a terminal.
+- shell (an interactive shell, recorded by the handler): only `shell: true` rules; deny
+  `commands` do not reach into it (nothing in it can be judged in advance).
+- read / write (SFTP, legacy scp): `read` and `write` globs on the absolute path in normal
+  form; `*` and `?` do not cross `/`, `**` does, and `/**` also matches the directory itself
+  (`/srv/uploads/**` covers `/srv/uploads`). A path not in normal form (a `.`, `..` or empty
+  segment, a backslash, a leading `~`, percent-encoding, NUL: interceptor.policy.mcp_rules.
+  in_normal_form) or not absolute matches no allow glob and every deny glob; deny globs also
+  match case-folded. A write to a path that makes the server run code (ssh_command.runs_code:
+  `.ssh/`, shell startup files, crontabs, programs) is covered only by a rule with a `write`
+  glob and `shell: true`; a deny rule with `shell: true` matches it.
+- legacy scp (an exec of `scp -f PATH` or `scp -t PATH`, or a read or write with action
+  `scp`): a download is a read of PATH (with `-r`, of everything below it: an allow glob must
+  end in `/**` over PATH or a directory above it); an upload lets the client name the files
+  it writes under PATH (any name, `.bashrc` too), so only `shell: true` allows it. Deny read
+  and write globs also see the scp commands of the lax reading (`sudo scp -t /etc/x`).
+- forward: `forward` globs ("host:port") for local and dynamic forwards (direct-tcpip) by
+  their destination, `remote_forward` for remote forwards (tcpip-forward) by where the server
+  listens; hosts lower-cased without a trailing dot or IPv6 brackets. The destination is
+  judged as the client names it: the server resolves names.
+
+Refused whatever the policy (rules named here): agent and X11 forwarding (`ssh-forwarding`),
+subsystems other than sftp (`ssh-subsystem`), a command too long or holding NUL
+(`ssh-bad-command`), a request of unknown shape (`ssh-bad-request`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+from interceptor.decision import Decision
+from interceptor.operations import Request, SshRequest
+from interceptor.policy.judgement import pick
+from interceptor.policy.mcp_rules import in_normal_form
+from interceptor.policy.model import Rule
+from interceptor.policy.ssh_command import (
+    CommandReading,
+    ScpAccess,
+    covers,
+    parse_pattern,
+    read_command,
+    read_scp,
+    runs_code,
+    touches,
+)
+
+if TYPE_CHECKING:  # the protocol registry imports this module
+    from interceptor.protocols.spec import Context, Problem
+
+OPERATION_KEY = "ssh"
+FORWARDING_RULE = "ssh-forwarding"
+SUBSYSTEM_RULE = "ssh-subsystem"
+BAD_COMMAND_RULE = "ssh-bad-command"
+BAD_REQUEST_RULE = "ssh-bad-request"
+REQUESTS = frozenset({"exec", "shell", "subsystem", "read", "write", "forward"})
+CASE_KEYS = ("command", "shell", "read", "write", "forward", "remote_forward", "pty")
+_SHOWN = 200  # characters of a command quoted in a refusal
+
+
+@dataclass(frozen=True, slots=True)
+class SshMatch:
+    """A rule's `ssh:` block; the rule matches a request any given key covers. `commands`:
+    each pattern's words (ssh_command.parse_pattern)."""
+
+    commands: tuple[tuple[str, ...], ...] | None = None
+    shell: bool = False
+    read: tuple[str, ...] | None = None
+    write: tuple[str, ...] | None = None
+    forward: tuple[str, ...] | None = None
+    remote_forward: tuple[str, ...] | None = None
+
+
+def parse_ssh_match(raw: Mapping[str, Any], problem: Problem) -> SshMatch:
+    """A schema-valid `ssh:` block as an SshMatch, reporting to `problem` a command pattern
+    that does not split as a shell would (or has `**` before its last word), a path glob that
+    is not absolute, and a forward glob without `:PORT`."""
+    patterns: list[tuple[str, ...]] = []
+    for i, text in enumerate(raw.get("commands", ())):
+        try:
+            patterns.append(parse_pattern(text))
+        except ValueError as exc:
+            problem(("commands", i), f"command pattern {text!r}: {exc}")
+    for key in ("read", "write"):
+        for i, glob in enumerate(raw.get(key, ())):
+            if not glob.startswith("/"):
+                problem((key, i), f"path glob {glob!r}: expected an absolute path glob such as /var/log/**")
+    for key in ("forward", "remote_forward"):
+        for i, glob in enumerate(raw.get(key, ())):
+            if _split_target(glob) is None:
+                problem((key, i), f"forward glob {glob!r}: expected HOST:PORT (globs allowed: db.internal:5432, "
+                        "*.internal:*)")
+
+    def listed(key: str) -> tuple[str, ...] | None:
+        return tuple(raw[key]) if key in raw else None
+
+    return SshMatch(tuple(patterns) if "commands" in raw else None, raw.get("shell") is True, listed("read"),
+                    listed("write"), listed("forward"), listed("remote_forward"))
+
+
+def ssh_match(rule: Rule) -> SshMatch | None:
+    """The rule's `ssh:` block; None for a rule about any operation."""
+    return rule.match if isinstance(rule.match, SshMatch) else None
+
+
+@dataclass(frozen=True, slots=True)
+class _View:
+    """What is judged of one request: its `kind` (exec, shell, read, write, forward,
+    remote_forward), the command's reading, the file accessed (`tree`: everything below it
+    too), the forward's target."""
+
+    kind: str
+    reading: CommandReading | None = None
+    pty: bool = False
+    path: str = ""
+    tree: bool = False
+    scp: bool = False
+    target: tuple[str, str] | None = None
+
+
+def judge_ssh(context: Context, request: Request, operation: SshRequest) -> Decision:
+    """The Decision for one SSH request (see the module docstring); never raises on bad input."""
+    view = _view(operation)
+    if isinstance(view, Decision):
+        return view
+    rules = context.rules(request, OPERATION_KEY)
+    return pick([r for r in rules if r.effect != "mask" and _matches(r, view)], _unmatched(view)).decision()
+
+
+def _view(operation: SshRequest) -> _View | Decision:
+    kind = operation.request
+    if kind not in REQUESTS:
+        return Decision.deny(BAD_REQUEST_RULE, f"unknown SSH request {kind!r}")
+    if kind == "subsystem":
+        return Decision.deny(SUBSYSTEM_RULE, f"subsystem {operation.command!r} is refused: only sftp is served")
+    if kind == "shell":
+        return _View("shell", pty=operation.pty)
+    if kind == "exec":
+        if not isinstance(operation.command, str):
+            return Decision.deny(BAD_REQUEST_RULE, "an exec request without a command")
+        reading = read_command(operation.command)
+        if reading.refused is not None:
+            return Decision.deny(BAD_COMMAND_RULE, reading.refused)
+        return _View("exec", reading, operation.pty)
+    if kind in ("read", "write"):
+        path = operation.path if isinstance(operation.path, str) else ""
+        scp = operation.action == "scp"
+        return _View(kind, path=path, tree=scp, scp=scp)
+    if operation.forward in ("agent", "x11"):
+        return Decision.deny(FORWARDING_RULE, f"{'agent' if operation.forward == 'agent' else 'X11'} forwarding "
+                             "is refused whatever the policy")
+    target = _split_target(operation.target or "")
+    if operation.forward not in ("local", "remote") or target is None or not _port(target[1]):
+        return Decision.deny(BAD_REQUEST_RULE, f"forward {operation.forward!r} to {operation.target!r}: expected a "
+                             "local or remote forward to HOST:PORT")
+    return _View("forward" if operation.forward == "local" else "remote_forward", target=(target[0], str(int(target[1]))))
+
+
+def _matches(rule: Rule, view: _View) -> bool:
+    match = ssh_match(rule)
+    if match is None:
+        return rule.operation is None
+    deny = rule.effect == "deny"
+    if view.kind == "shell":
+        return match.shell
+    if view.kind == "exec":
+        return _exec(match, view, deny)
+    if view.kind in ("read", "write"):
+        return _file(match, view.kind, view.path, view.tree, view.scp, deny)
+    patterns = match.forward if view.kind == "forward" else match.remote_forward
+    return patterns is not None and view.target is not None and _target(patterns, view.target, deny)
+
+
+def _exec(match: SshMatch, view: _View, deny: bool) -> bool:
+    reading = view.reading
+    if reading is None:
+        return False
+    shell_class = bool(reading.shell) or view.pty
+    if deny:
+        if match.shell and shell_class:
+            return True
+        if match.commands is not None and (reading.opaque or any(
+                touches(p, c) for p in match.commands for c in reading.commands)):
+            return True
+        return any(_file(match, access.mode, access.path, access.recursive, True, True)
+                   for access in _scp_accesses(reading))
+    if match.shell:
+        return True
+    if shell_class:
+        return False
+    if match.commands is not None and any(covers(p, reading.argv) for p in match.commands):
+        return True
+    access = reading.scp
+    return access is not None and _file(match, access.mode, access.path, access.recursive, True, False)
+
+
+def _scp_accesses(reading: CommandReading) -> list[ScpAccess]:
+    """The legacy scp transfers among the lax reading's commands; one whose words are not all
+    known is taken as a read and a write of any path (an empty path: matched by every deny
+    glob)."""
+    accesses: list[ScpAccess] = []
+    for command in reading.commands:
+        if command[0] is None or command[0].rpartition("/")[2] != "scp":
+            continue
+        known = tuple(w for w in command if w is not None)
+        found = read_scp(known) if len(known) == len(command) else None
+        if isinstance(found, ScpAccess):
+            accesses.append(found)
+        else:
+            accesses.extend((ScpAccess("read", "", True), ScpAccess("write", "", True)))
+    return accesses
+
+
+def _file(match: SshMatch, kind: str, path: str, tree: bool, scp: bool, deny: bool) -> bool:
+    """Does the block cover a read or write of `path` (`tree`: and everything below it)?"""
+    globs = match.read if kind == "read" else match.write
+    code = kind == "write" and (scp or runs_code(path))
+    if deny:
+        return (match.shell and code) or (globs is not None and any(
+            _path_touches(g, path, tree) for g in globs))
+    if globs is None or (code and not match.shell) or not _normal(path):
+        return False
+    if kind == "write" and scp:
+        return False  # the client names the files: only `shell: true` (which covers any exec) allows it
+    return any(_tree_covered(g, path) if tree else _path_regex(g).fullmatch(path) is not None for g in globs)
+
+
+def _normal(path: str) -> bool:
+    return path.startswith("/") and in_normal_form(path)
+
+
+@lru_cache(maxsize=1024)
+def _path_regex(glob: str) -> re.Pattern[str]:
+    """A path glob as a regex: `*` and `?` within a segment, `[...]` a character of a segment,
+    `**` across segments, `/**` also matching nothing (the directory itself)."""
+    out: list[str] = []
+    i, n = 0, len(glob)
+    while i < n:
+        if glob.startswith("/**", i) and (i + 3 == n or glob[i + 3] == "/"):
+            out.append("(?:/.*)?")
+            i += 3
+        elif glob.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif glob[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif glob[i] == "?":
+            out.append("[^/]")
+            i += 1
+        elif glob[i] == "[" and (end := glob.find("]", i + 2)) > 0:
+            body = glob[i + 1:end]
+            negate = body[:1] == "!"
+            body = body[1:] if negate else body
+            out.append(f"(?!/)[{'^' if negate else ''}{re.escape(body).replace(chr(92) + '-', '-')}]")
+            i = end + 1
+        else:
+            out.append(re.escape(glob[i]))
+            i += 1
+    return re.compile("".join(out), re.DOTALL)
+
+
+def _tree_covered(glob: str, path: str) -> bool:
+    """Does the glob cover `path` and everything below it (a glob ending in `/**` over it or
+    a directory above it)?"""
+    if not glob.endswith("/**"):
+        return False
+    base = _path_regex(glob[:-3] or "/")
+    parts = path.rstrip("/").split("/")
+    return any(base.fullmatch("/".join(parts[:i]) or "/") for i in range(1, len(parts) + 1))
+
+
+def _path_touches(glob: str, path: str, tree: bool) -> bool:
+    """Could the access fall under a deny glob: not in normal form, the glob matching the
+    path as is or case-folded, or (`tree`) some path below it?"""
+    if not _normal(path):
+        return True
+    if _path_regex(glob).fullmatch(path) or _path_regex(glob.casefold()).fullmatch(path.casefold()):
+        return True
+    return tree and _below(glob.casefold(), path.casefold())
+
+
+def _below(glob: str, path: str) -> bool:
+    """May a path below `path` match the glob, segment by segment?"""
+    globs, parts = glob.strip("/").split("/"), [p for p in path.split("/") if p]
+    for i, part in enumerate(parts):
+        if i >= len(globs):
+            return False
+        if "**" in globs[i]:
+            return True
+        if not fnmatchcase(part, globs[i]):
+            return False
+    return len(globs) > len(parts)
+
+
+def _split_target(text: str) -> tuple[str, str] | None:
+    """"host:port" (or "[v6]:port") as (host, port): host lower-cased without brackets or
+    a trailing dot; None without a non-empty host and port."""
+    host, colon, port = text.rpartition(":")
+    if not colon or not host or not port:
+        return None
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    host = host.lower().rstrip(".")
+    return (host, port) if host else None
+
+
+def _port(text: str) -> bool:
+    return text.isascii() and text.isdigit() and int(text) <= 65535
+
+
+def _target(patterns: tuple[str, ...], target: tuple[str, str], deny: bool) -> bool:
+    """Allow: the host as the client named it, when it is a name or an address in canonical
+    form. Deny: also the address the server's resolver reads in it (inet_aton's `127.1`,
+    `0x7f.0.0.1`, `2130706433`; IPv6 in any spelling)."""
+    host, port = target
+    canonical = _address(host)
+    if deny:
+        hosts = {host, canonical or host}
+    elif canonical is not None and canonical != host:
+        return False
+    else:
+        hosts = {host}
+    for pattern in patterns:
+        split = _split_target(pattern)
+        if split is not None and fnmatchcase(port, split[1]) and any(fnmatchcase(h, split[0]) for h in hosts):
+            return True
+    return False
+
+
+def _address(host: str) -> str | None:
+    """The IP address a resolver reads in `host`, in canonical form; None for a name."""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    try:
+        return socket.inet_ntoa(socket.inet_aton(host.split()[0] if host.split() else host))
+    except (OSError, ValueError):
+        return None
+
+
+def _unmatched(view: _View) -> str:
+    """Why no rule allows the request, for the refusal the agent reads."""
+    if view.kind == "shell":
+        return "no rule allows an interactive shell (a rule with `shell: true` does)"
+    if view.kind == "exec" and view.reading is not None:
+        shown = " ".join(view.reading.argv)
+        shown = shown if len(shown) <= _SHOWN else f"{shown[:_SHOWN]}..."
+        if view.pty:
+            return "an exec with a terminal (pty) is a shell: only a rule with `shell: true` allows it"
+        if view.reading.shell:
+            return (f"command {shown!r} is shell class ({'; '.join(view.reading.shell[:3])}): only a rule with "
+                    "`shell: true` allows it")
+        if view.reading.scp is not None and view.reading.scp.mode == "write":
+            return "a legacy scp upload names its own files: only a rule with `shell: true` allows it (use SFTP)"
+        return f"no rule allows command {shown!r}"
+    if view.kind in ("read", "write"):
+        if view.kind == "write" and (view.scp or runs_code(view.path)):
+            return f"writing {view.path} can make the server run code: only a rule with `shell: true` and a " \
+                   "`write` glob over it allows it"
+        if not _normal(view.path):
+            return f"path {view.path!r} is not absolute and in normal form"
+        return f"no rule allows {view.kind} of {view.path}"
+    host, port = view.target or ("", "")
+    return f"no rule allows {'forwarding' if view.kind == 'forward' else 'remote forwarding'} to {host}:{port}"
+
+
+def parse_ssh_case(case: Mapping[str, Any]) -> SshRequest:
+    """A `policy test` case's request: `ssh: {command: "ls -l", pty: true}` (exec), `{shell:
+    true}`, `{read: PATH}`, `{write: PATH}`, `{forward: "host:port"}`, `{remote_forward:
+    "addr:port"}`. ValueError or TypeError for a bad case."""
+    raw = case[OPERATION_KEY]
+    if not isinstance(raw, Mapping):
+        raise TypeError("ssh: expected a mapping such as {command: \"uptime\"} or {read: /var/log/syslog}")
+    unknown = sorted(set(raw) - set(CASE_KEYS))
+    asked = [k for k in CASE_KEYS[:-1] if k in raw]
+    if unknown or len(asked) != 1:
+        raise ValueError(f"ssh: exactly one of {', '.join(CASE_KEYS[:-1])} (and pty with command or shell) is "
+                         f"expected; got {', '.join(map(str, raw))}")
+    key, value, pty = asked[0], raw[asked[0]], raw.get("pty", False)
+    if not isinstance(pty, bool) or (pty and key not in ("command", "shell")):
+        raise ValueError("ssh: pty is true or false, with command or shell")
+    if key == "shell":
+        if value is not True:
+            raise ValueError("ssh: shell must be true")
+        return SshRequest("shell", pty=pty)
+    if not isinstance(value, str):
+        raise TypeError(f"ssh: {key} must be a string")
+    if key == "command":
+        return SshRequest("exec", command=value, pty=pty)
+    if key in ("read", "write"):
+        return SshRequest(key, path=value, action="open")
+    return SshRequest("forward", forward="local" if key == "forward" else "remote", target=value)
+
