@@ -528,6 +528,7 @@ def test_openssh_sftp_batch_client(tmp_path: Path):
     local.write_bytes(b"from openssh\n")
     batch = tmp_path / "batch"
     batch.write_text(f"put {local} /home/u/up.txt\nget /home/u/notes.txt {tmp_path / 'notes'}\nls /public\n"
+                     "ln -s notes.txt ln\nrename up.txt moved.txt\nmkdir d\nrmdir d\n"
                      f"-get /secret/key.txt {tmp_path / 'stolen'}\n-put {local} /secret/planted.txt\n")
     known_hosts = tmp_path / "known_hosts"
 
@@ -537,12 +538,16 @@ def test_openssh_sftp_batch_client(tmp_path: Path):
         assert b"readme.txt" in out
         assert b'"/secret/key.txt" not found' in err  # sftp's glob reads a refused stat so
         assert b"/secret/planted.txt" in err and b"Permission denied" in err
-        assert (s.root / "home/u/up.txt").read_bytes() == b"from openssh\n"
+        assert (s.root / "home/u/moved.txt").read_bytes() == b"from openssh\n"
+        assert os.readlink(s.root / "home/u/ln") == "notes.txt"  # OpenSSH's symlink argument order understood
+        assert not (s.root / "home/u/d").exists()
 
     gate = run(tmp_path, scenario)
     assert (tmp_path / "notes").read_bytes() == NOTES
     assert not (tmp_path / "stolen").exists() and not (tmp_path / "server/secret/planted.txt").exists()
     assert "/secret/key.txt" in gate.paths("read")
+    assert [(op.request, op.action) for op in gate.asked if op.path == "/home/u/d"] == [("write", "mkdir"),
+                                                                                        ("write", "rmdir")]
 
 
 def under(root: Path, directory: str) -> Callable[[SshRequest], bool]:

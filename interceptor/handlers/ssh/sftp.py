@@ -11,7 +11,8 @@ is SFTPError FX_PERMISSION_DENIED "interceptor: <reason>", the reason naming the
 
 What is judged (SshRequest `request` / `action`):
 
-- read: open without a write flag (`open`), a directory listing (`readdir`), `stat`,
+- read: open with READ, or without WRITE (the server then opens the file read-only)
+  (`open`), a directory listing (`readdir`), `stat`,
   `lstat`, `statvfs`, `readlink`, the target of a new symlink (`symlink`), and the source
   of a rename or hard link (`rename`, `posix-rename`, `hardlink`: the content becomes
   reachable under the new name);
@@ -43,8 +44,9 @@ allowed (a deny on either refuses):
 2. the server's resolution: the upstream's realpath of the path (symlinks and `..` resolved
    the way the server's file system will). For requests that act on the entry itself and
    not what a symlink there points to (lstat, readlink, remove, rename, mkdir, rmdir,
-   lsetstat, the new name of symlink and hardlink) it is the realpath of the parent plus the
-   last name. For a path that does not exist yet (a new file), the parent's realpath plus
+   lsetstat, both names of rename and hardlink, the new name of symlink) it is the realpath
+   of the parent plus the last name (unless that name is `.`, `..` or empty: then the
+   server resolves the whole path, and so does the proxy). For a path that does not exist yet (a new file), the parent's realpath plus
    the name, after the upstream's lstat has said there is nothing there (a dangling
    symlink that a strict realpath cannot resolve is refused, not taken for a new name).
    A resolution that is not absolute and in normal form is refused.
@@ -57,9 +59,15 @@ first, only the normal form the second; two judgements (each recorded, and one w
 readings agree) keep deny-by-either and allow-by-both. The request sent upstream carries
 the resolved path, so what the server acts on is what was judged.
 
+asyncssh's legacy scp server (`allow_scp=True`) runs on an SFTPServer too: given SftpProxy,
+`scp -t` / `scp -f` are answered by asyncssh through the proxy, every file judged as here,
+and no command runs upstream.
+
 Limits: a symlink swapped between the judgement and the operation (by another channel) is
 not seen; renaming a directory moves everything under it, and only the directory's own two
-paths are judged (a deny on paths below it does not see the rename).
+paths are judged (a deny on paths below it does not see the rename); the server's file
+system is taken to be case-sensitive and to keep names as sent (Linux): on one that folds
+case or normalises Unicode, a glob holds only for the spellings it names.
 """
 
 from __future__ import annotations
@@ -272,9 +280,9 @@ class SftpProxy(asyncssh.SFTPServer):
         return target
 
     async def open(self, path: bytes, pflags: int, attrs: asyncssh.SFTPAttrs) -> OpenFile:
-        """SSH_FXP_OPEN (filexfer-02 section 6.3): judged as a read unless WRITE is set (the
-        server then opens read-only), as a write when any write flag is set; unknown flags
-        are refused."""
+        """SSH_FXP_OPEN (filexfer-02 section 6.3): judged as a read when READ is set or WRITE
+        is not (the server then opens read-only), as a write when any write flag is set (both
+        for READ|WRITE); unknown flags are refused. The open file the handle maps to."""
         if pflags & ~OPEN_FLAGS:
             raise refusal(f"open flags 0x{pflags:x} hold flags the enforcer does not know")
         target = await self._target(path, follow=True)
