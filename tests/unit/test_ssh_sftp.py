@@ -139,6 +139,7 @@ def openssh_sftp_server(home: Path) -> dict[str, object]:
                                                      stdout=subprocess.PIPE)
         await process.redirect(stdin=local.stdin, stdout=local.stdout)
         process.exit(await local.wait())
+        await process.wait_closed()
     # the version that tells asyncssh's client to send SSH_FXP_SYMLINK's paths in OpenSSH's order
     return {"process_factory": serve, "encoding": None, "server_version": "OpenSSH_9.2"}
 
@@ -163,6 +164,8 @@ async def proxied(gate: FakeGate, upstream_options: dict[str, object], over_exec
     finally:
         agent.close()
         await agent.wait_closed()
+        for session in opened:  # the proxy ends its upstream sessions with the agent's
+            await asyncio.wait_for(session.wait_closed(), 5)
         proxy_server.close()
         await proxy_server.wait_closed()
         upstream.close()
