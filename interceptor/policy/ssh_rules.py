@@ -22,11 +22,12 @@ takes it the widest way (interceptor.policy.ssh_command says how a command is re
   match case-folded. A write to a path that makes the server run code (ssh_command.runs_code:
   `.ssh/`, shell startup files, crontabs, programs) is covered only by a rule with a `write`
   glob and `shell: true`; a deny rule with `shell: true` matches it.
-- legacy scp (an exec of `scp -f PATH` or `scp -t PATH`, or a read or write with action
-  `scp`): a download is a read of PATH (with `-r`, of everything below it: an allow glob must
-  end in `/**` over PATH or a directory above it); an upload lets the client name the files
-  it writes under PATH (any name, `.bashrc` too), so only `shell: true` allows it. Deny read
-  and write globs also see the scp commands of the lax reading (`sudo scp -t /etc/x`).
+- legacy scp run on the server (an exec of `scp -f PATH` or `scp -t PATH`, OpenSSH scp.c's
+  remote mode): a download is a read of PATH (with `-r`, of everything below it: an allow
+  glob must end in `/**` over PATH or a directory above it); an upload lets the client name
+  the files it writes under PATH (any name, `.bashrc` too), so only `shell: true` allows it.
+  Deny read and write globs also see the scp commands of the lax reading (`sudo scp -t
+  /etc/x`). A read or write request (action `scp` too) is one file, judged as above.
 - forward: `forward` globs ("host:port") for local and dynamic forwards (direct-tcpip) by
   their destination, `remote_forward` for remote forwards (tcpip-forward) by where the server
   listens; hosts lower-cased without a trailing dot or IPv6 brackets. The destination is
@@ -125,15 +126,12 @@ def ssh_match(rule: Rule) -> SshMatch | None:
 @dataclass(frozen=True, slots=True)
 class _View:
     """What is judged of one request: its `kind` (exec, shell, read, write, forward,
-    remote_forward), the command's reading, the file accessed (`tree`: everything below it
-    too), the forward's target."""
+    remote_forward), the command's reading, the file accessed, the forward's target."""
 
     kind: str
     reading: CommandReading | None = None
     pty: bool = False
     path: str = ""
-    tree: bool = False
-    scp: bool = False
     target: tuple[str, str] | None = None
 
 
@@ -162,9 +160,7 @@ def _view(operation: SshRequest) -> _View | Decision:
             return Decision.deny(BAD_COMMAND_RULE, reading.refused)
         return _View("exec", reading, operation.pty)
     if kind in ("read", "write"):
-        path = operation.path if isinstance(operation.path, str) else ""
-        scp = operation.action == "scp"
-        return _View(kind, path=path, tree=scp, scp=scp)
+        return _View(kind, path=operation.path if isinstance(operation.path, str) else "")
     if operation.forward in ("agent", "x11"):
         return Decision.deny(FORWARDING_RULE, f"{'agent' if operation.forward == 'agent' else 'X11'} forwarding "
                              "is refused whatever the policy")
@@ -185,7 +181,7 @@ def _matches(rule: Rule, view: _View) -> bool:
     if view.kind == "exec":
         return _exec(match, view, deny)
     if view.kind in ("read", "write"):
-        return _file(match, view.kind, view.path, view.tree, view.scp, deny)
+        return _file(match, view.kind, view.path, False, False, deny)
     patterns = match.forward if view.kind == "forward" else match.remote_forward
     return patterns is not None and view.target is not None and _target(patterns, view.target, deny)
 
@@ -231,7 +227,8 @@ def _scp_accesses(reading: CommandReading) -> list[ScpAccess]:
 
 
 def _file(match: SshMatch, kind: str, path: str, tree: bool, scp: bool, deny: bool) -> bool:
-    """Does the block cover a read or write of `path` (`tree`: and everything below it)?"""
+    """Does the block cover a read or write of `path` (`tree`: and everything below it; `scp`:
+    by a legacy scp command run on the server)?"""
     globs = match.read if kind == "read" else match.write
     code = kind == "write" and (scp or runs_code(path))
     if deny:
@@ -375,7 +372,7 @@ def _unmatched(view: _View) -> str:
             return "a legacy scp upload names its own files: only a rule with `shell: true` allows it (use SFTP)"
         return f"no rule allows command {shown!r}"
     if view.kind in ("read", "write"):
-        if view.kind == "write" and (view.scp or runs_code(view.path)):
+        if view.kind == "write" and runs_code(view.path):
             return f"writing {view.path} can make the server run code: only a rule with `shell: true` and a " \
                    "`write` glob over it allows it"
         if not _normal(view.path):

@@ -1,0 +1,315 @@
+"""The ssh protocol's policy side: rules about exec commands, shells, files and forwards
+judged with deny > approve > allow (interceptor.policy.ssh_rules), the `ssh:` block's
+problems, `policy test` cases, and the shipped example."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from interceptor.decision import Decision
+from interceptor.operations import Request, SshRequest, Subject
+from interceptor.policy import PolicyEngine, load_policy_text
+from interceptor.policy.cases import run_cases
+from interceptor.policy.loader import PolicyError
+from interceptor.protocols.ssh import SPEC
+
+ROOT = Path(__file__).resolve().parents[2]
+POLICY = """
+version: 1
+resources:
+  web: {protocol: ssh, addresses: ["10.0.0.7:22"], options: {known_hosts: /etc/interceptor/known_hosts}}
+  other: {protocol: ssh, addresses: ["10.0.0.8:22"], options: {known_hosts: /etc/interceptor/known_hosts}}
+agents:
+  bot: {uids: [1001]}
+  admin: {uids: [1002]}
+rules:
+  - {name: diagnostics, effect: allow, agents: [bot], resources: [web],
+     ssh: {commands: [uptime, "df -h", "systemctl status *", "grep **", "tail -n * /var/log/*.log", "rm -i *"]}}
+  - {name: restart, effect: approve, agents: [bot], resources: [web], ssh: {commands: ["sudo systemctl restart *"]},
+     approval: {groups: [sre]}}
+  - {name: files, effect: allow, agents: [bot], resources: [web],
+     ssh: {read: ["/var/log/**", "/srv/data/*.csv", "/srv/[ab]x/file"], write: ["/srv/uploads/**", "/home/bot/**"]}}
+  - {name: forwards, effect: allow, agents: [bot], resources: [web],
+     ssh: {forward: ["db.internal:5432", "10.0.0.9:*", "::1:8080"], remote_forward: ["127.0.0.1:9000"]}}
+  - {name: admin-shell, effect: allow, agents: [admin], resources: [web], ssh: {shell: true}}
+  - {name: dotfiles, effect: allow, agents: [admin], resources: [web], ssh: {shell: true, write: ["/home/admin/**"]}}
+  - {name: everything, effect: allow, agents: [bot], resources: [other]}
+  - {name: no-rm, effect: deny, resources: [web], ssh: {commands: ["rm -rf **", "shutdown **"]}}
+  - {name: no-secrets, effect: deny, resources: [web], ssh: {read: ["/var/log/secret/**", "/srv/data/private.csv"],
+     write: ["/srv/uploads/locked/**"]}}
+  - {name: no-metadata, effect: deny, resources: [web], ssh: {forward: ["169.254.169.254:*", "127.0.0.1:*"]}}
+"""
+
+
+@pytest.fixture(scope="module")
+def engine() -> PolicyEngine:
+    return PolicyEngine(load_policy_text(POLICY, "ssh.yaml"))
+
+
+def ask(engine: PolicyEngine, operation: SshRequest, agent: str = "bot", resource: str = "web") -> Decision:
+    uid = 1001 if agent == "bot" else 1002
+    return engine.decide(Request(Subject(agent, None, "/usr/bin/agent", uid), resource, operation))
+
+
+def run(engine: PolicyEngine, command: str, agent: str = "bot", pty: bool = False) -> tuple[str, str]:
+    decision = ask(engine, SshRequest("exec", command=command, pty=pty), agent)
+    return decision.verdict.value, decision.rule
+
+
+def access(engine: PolicyEngine, kind: str, path: str, agent: str = "bot") -> tuple[str, str]:
+    decision = ask(engine, SshRequest(kind, path=path, action="open"), agent)
+    return decision.verdict.value, decision.rule
+
+
+def forward(engine: PolicyEngine, target: str, kind: str = "local") -> tuple[str, str]:
+    decision = ask(engine, SshRequest("forward", forward=kind, target=target))
+    return decision.verdict.value, decision.rule
+
+
+@pytest.mark.parametrize(("command", "expected"), [
+    ("uptime", ("allow", "diagnostics")),
+    ("df -h", ("allow", "diagnostics")),
+    ("systemctl status nginx", ("allow", "diagnostics")),
+    ("grep -r 'a b' /var/log", ("allow", "diagnostics")),
+    ("tail -n 20 /var/log/syslog.log", ("allow", "diagnostics")),
+    ("sudo systemctl restart nginx", ("approve", "restart")),
+    ("uptime -p", ("deny", "default-deny")),
+    ("df", ("deny", "default-deny")),
+    ("/usr/bin/uptime", ("deny", "default-deny")),  # allow rules compare argv0 as written
+    ("systemctl restart nginx", ("deny", "default-deny")),
+    ("rm -i x", ("allow", "diagnostics")),
+    ("rm -rf /", ("deny", "no-rm")),
+    ("rm -i x; rm -rf /", ("deny", "no-rm")),
+    ("sudo rm -rf /", ("deny", "no-rm")),
+    ("sudo -u root rm -rf /", ("deny", "no-rm")),
+    ("env rm -rf /", ("deny", "no-rm")),
+    ("nice -n 5 rm -rf /", ("deny", "no-rm")),
+    ("timeout 5 rm -rf /", ("deny", "no-rm")),
+    ("/usr/bin/rm -rf /", ("deny", "no-rm")),
+    ("\\rm -rf /", ("deny", "no-rm")),
+    ("rm -rf $HOME", ("deny", "no-rm")),
+    ("rm $FLAGS /", ("deny", "no-rm")),  # $FLAGS may be -rf
+    ("sudo shutdown -h now", ("deny", "no-rm")),
+    ("bash -c 'shutdown now'", ("deny", "no-rm")),
+    ("python3 -c 'print(1)'", ("deny", "no-rm")),  # opaque: every deny rule about commands matches
+    ("grep x $(cat /etc/shadow)", ("deny", "no-rm")),
+    ("grep x /var/log/syslog; id", ("deny", "default-deny")),  # shell class, no deny rule matches
+    ("grep x /var/log/syslog | tee /tmp/x", ("deny", "default-deny")),
+    ("grep x /var/log/syslog > /tmp/x", ("deny", "default-deny")),
+    ("grep x /var/log/syslog &", ("deny", "default-deny")),
+    ("grep x /var/log/*", ("deny", "default-deny")),
+    ("grep\tx /var/log/syslog", ("deny", "default-deny")),
+    ("grep x /var/log/syslog\nid", ("deny", "default-deny")),
+    ("FOO=1 uptime", ("deny", "default-deny")),
+    ("sudo -s systemctl restart nginx", ("deny", "default-deny")),
+    ("sudo systemctl restart nginx; id", ("deny", "default-deny")),
+    ("", ("deny", "default-deny")),
+])
+def test_exec(engine: PolicyEngine, command: str, expected: tuple[str, str]) -> None:
+    assert run(engine, command) == expected
+
+
+def test_refusals_say_why(engine: PolicyEngine) -> None:
+    decision = ask(engine, SshRequest("exec", command="uptime; id"))
+    assert "shell class" in decision.reason and "(;)" in decision.reason and "shell: true" in decision.reason
+    assert "no rule allows command 'uptime -p'" in ask(engine, SshRequest("exec", command="uptime -p")).reason
+    assert "terminal" in ask(engine, SshRequest("exec", command="uptime", pty=True)).reason
+    assert "interactive shell" in ask(engine, SshRequest("shell")).reason
+    long = ask(engine, SshRequest("exec", command="x" * 70000))
+    assert (long.verdict.value, long.rule) == ("deny", "ssh-bad-command") and "65536" in long.reason
+    assert ask(engine, SshRequest("exec", command="ls\0")).rule == "ssh-bad-command"
+
+
+def test_a_terminal_makes_an_exec_a_shell(engine: PolicyEngine) -> None:
+    assert run(engine, "uptime", pty=True) == ("deny", "default-deny")
+    assert run(engine, "uptime", "admin", pty=True) == ("allow", "admin-shell")
+
+
+def test_shell_rules(engine: PolicyEngine) -> None:
+    assert ask(engine, SshRequest("shell"), "admin").rule == "admin-shell"
+    assert ask(engine, SshRequest("shell", pty=True), "bot").verdict.value == "deny"
+    assert run(engine, "ps aux | grep x", "admin") == ("allow", "admin-shell")
+    assert run(engine, "uptime", "admin") == ("allow", "admin-shell")  # a shell rule covers any exec
+    assert run(engine, "sh -c 'rm -rf /'", "admin") == ("deny", "no-rm")  # deny still reads into it
+    assert run(engine, "echo $(date)", "admin") == ("deny", "no-rm")  # opaque: cannot tell
+
+
+def test_a_deny_shell_rule() -> None:
+    engine = PolicyEngine(load_policy_text(POLICY + """
+  - {name: no-shells, effect: deny, agents: [admin], resources: [web], ssh: {shell: true}}
+""", "ssh.yaml"))
+    assert ask(engine, SshRequest("shell"), "admin").rule == "no-shells"
+    assert run(engine, "ls | wc", "admin") == ("deny", "no-shells")
+    assert run(engine, "ls", "admin", pty=True) == ("deny", "no-shells")
+    assert run(engine, "ls", "admin") == ("allow", "admin-shell")
+    assert access(engine, "write", "/home/admin/.bashrc", "admin") == ("deny", "no-shells")
+    assert access(engine, "write", "/home/admin/notes.txt", "admin") == ("allow", "dotfiles")
+
+
+@pytest.mark.parametrize(("kind", "path", "expected"), [
+    ("read", "/var/log/syslog", ("allow", "files")),
+    ("read", "/var/log/nginx/access.log", ("allow", "files")),
+    ("read", "/var/log", ("allow", "files")),  # /** also matches the directory itself
+    ("read", "/var/logs", ("deny", "default-deny")),
+    ("read", "/srv/data/a.csv", ("allow", "files")),
+    ("read", "/srv/data/sub/a.csv", ("deny", "default-deny")),  # * stays within a segment
+    ("read", "/srv/ax/file", ("allow", "files")),
+    ("read", "/srv/cx/file", ("deny", "default-deny")),
+    ("read", "/var/log/secret/key", ("deny", "no-secrets")),
+    ("read", "/var/log/SECRET/key", ("deny", "no-secrets")),  # deny globs also case-folded
+    ("read", "/srv/data/PRIVATE.csv", ("deny", "no-secrets")),
+    ("read", "/var/log/../../etc/shadow", ("deny", "no-secrets")),  # not normal: every deny glob
+    ("read", "/var/log//x", ("deny", "no-secrets")),
+    ("read", "/var/log/./x", ("deny", "no-secrets")),
+    ("read", "var/log/x", ("deny", "no-secrets")),  # not absolute
+    ("read", "/var/log/%2e%2e/x", ("deny", "no-secrets")),
+    ("read", "/var/log/x\\..\\y", ("deny", "no-secrets")),
+    ("read", "/etc/passwd", ("deny", "default-deny")),
+    ("write", "/srv/uploads/a.csv", ("allow", "files")),
+    ("write", "/srv/uploads/deep/er/a.csv", ("allow", "files")),
+    ("write", "/var/log/x", ("deny", "default-deny")),  # read globs do not allow writes
+    ("write", "/srv/uploads/locked/x", ("deny", "no-secrets")),
+    ("write", "/home/bot/notes.txt", ("allow", "files")),
+    ("write", "/home/bot/.ssh/authorized_keys", ("deny", "default-deny")),  # runs code: needs shell: true
+    ("write", "/home/bot/.bashrc", ("deny", "default-deny")),
+    ("write", "/home/bot/.profile", ("deny", "default-deny")),
+    ("write", "/home/bot/.config/autostart/x", ("deny", "default-deny")),
+    ("write", "/srv/uploads/.git/hooks/post-merge", ("deny", "default-deny")),
+])
+def test_files(engine: PolicyEngine, kind: str, path: str, expected: tuple[str, str]) -> None:
+    assert access(engine, kind, path) == expected
+
+
+def test_code_writes_need_a_shell_rule_with_a_write_glob(engine: PolicyEngine) -> None:
+    assert access(engine, "write", "/home/admin/.ssh/authorized_keys", "admin") == ("allow", "dotfiles")
+    assert access(engine, "write", "/home/bot/.ssh/authorized_keys", "admin") == ("deny", "default-deny")
+    reason = ask(engine, SshRequest("write", path="/home/bot/.bashrc", action="open")).reason
+    assert "run code" in reason and "shell: true" in reason
+
+
+@pytest.mark.parametrize(("command", "expected"), [
+    ("scp -f /var/log/syslog", ("allow", "files")),
+    ("scp -p -f /var/log/syslog", ("allow", "files")),
+    ("scp -r -f /var/log/nginx", ("allow", "files")),  # /var/log/** covers all below it
+    ("scp -r -f /srv/ax", ("deny", "default-deny")),  # /srv/[ab]x/file does not cover a tree
+    ("scp -r -f /srv/data", ("deny", "no-secrets")),  # the tree holds /srv/data/private.csv
+    ("scp -f /etc/shadow", ("deny", "default-deny")),
+    ("scp -f /var/log/secret/key", ("deny", "no-secrets")),
+    ("scp -r -f /var/log", ("deny", "no-secrets")),  # the tree holds /var/log/secret
+    ("scp -f /var/log/../../etc/shadow", ("deny", "no-secrets")),
+    ("scp -f var/log/x", ("deny", "no-secrets")),
+    ("scp -t /srv/uploads/a.csv", ("deny", "default-deny")),  # the client names the files: shell only
+    ("scp -t /srv/uploads/locked/a", ("deny", "no-secrets")),
+    ("sudo scp -t /srv/uploads/locked/a", ("deny", "no-secrets")),  # deny globs see scp anywhere
+    ("scp -f /var/log/*.log", ("deny", "no-secrets")),  # the server's shell expands it: any path
+    ("scp -S id -f /var/log/x", ("deny", "no-secrets")),  # not a command line scp sends: any path
+])
+def test_legacy_scp(engine: PolicyEngine, command: str, expected: tuple[str, str]) -> None:
+    assert run(engine, command) == expected
+
+
+def test_a_legacy_scp_upload_is_a_shell_matter(engine: PolicyEngine) -> None:
+    assert run(engine, "scp -t /home/admin/x", "admin") == ("allow", "admin-shell")
+    assert "scp upload" in ask(engine, SshRequest("exec", command="scp -t /srv/uploads/x")).reason
+
+
+@pytest.mark.parametrize(("target", "kind", "expected"), [
+    ("db.internal:5432", "local", ("allow", "forwards")),
+    ("DB.Internal.:5432", "local", ("allow", "forwards")),  # host names are case-insensitive, trailing dot
+    ("db.internal:5433", "local", ("deny", "default-deny")),
+    ("db.internal:05432", "local", ("allow", "forwards")),  # the port as a number
+    ("10.0.0.9:22", "local", ("allow", "forwards")),
+    ("10.0.0.09:22", "local", ("deny", "default-deny")),  # a resolver reads 09 another way: not canonical
+    ("167772169:22", "local", ("deny", "default-deny")),  # 10.0.0.9 spelled as one number
+    ("[::1]:8080", "local", ("allow", "forwards")),
+    ("[0:0::1]:8080", "local", ("deny", "default-deny")),
+    ("169.254.169.254:80", "local", ("deny", "no-metadata")),
+    ("2852039166:80", "local", ("deny", "no-metadata")),  # inet_aton: 169.254.169.254
+    ("0xa9.0xfe.0xa9.0xfe:80", "local", ("deny", "no-metadata")),
+    ("127.1:22", "local", ("deny", "no-metadata")),
+    ("127.0.0.1:9000", "remote", ("allow", "forwards")),  # `forward` globs are about local forwards only
+    ("0.0.0.0:9000", "remote", ("deny", "default-deny")),
+    ("db.internal:5432", "remote", ("deny", "default-deny")),
+])
+def test_forwards(engine: PolicyEngine, target: str, kind: str, expected: tuple[str, str]) -> None:
+    assert forward(engine, target, kind) == expected
+
+
+@pytest.mark.parametrize(("operation", "rule"), [
+    (SshRequest("forward", forward="agent"), "ssh-forwarding"),
+    (SshRequest("forward", forward="x11"), "ssh-forwarding"),
+    (SshRequest("subsystem", command="netconf"), "ssh-subsystem"),
+    (SshRequest("forward", forward="local", target="db.internal"), "ssh-bad-request"),
+    (SshRequest("forward", forward="local", target="db.internal:99999"), "ssh-bad-request"),
+    (SshRequest("forward", forward="local", target="db.internal:http"), "ssh-bad-request"),
+    (SshRequest("forward", forward="local", target=":22"), "ssh-bad-request"),
+    (SshRequest("forward", forward="sideways", target="a:1"), "ssh-bad-request"),
+    (SshRequest("exec"), "ssh-bad-request"),
+    (SshRequest("teleport"), "ssh-bad-request"),
+])
+def test_refused_whatever_the_policy(engine: PolicyEngine, operation: SshRequest, rule: str) -> None:
+    for resource in ("web", "other"):  # `other` allows every operation
+        decision = ask(engine, operation, resource=resource)
+        assert (decision.verdict.value, decision.rule) == ("deny", rule)
+
+
+def test_a_rule_without_an_ssh_block_covers_every_request(engine: PolicyEngine) -> None:
+    for operation in (SshRequest("shell", pty=True), SshRequest("exec", command="rm -rf / ; id"),
+                      SshRequest("write", path="/root/.ssh/authorized_keys", action="open"),
+                      SshRequest("forward", forward="local", target="a:1")):
+        assert ask(engine, operation, resource="other").rule == "everything"
+
+
+def test_block_problems() -> None:
+    text = POLICY + """
+  - {name: bad-pattern, effect: allow, ssh: {commands: ["grep 'open", "** x"]}}
+  - {name: bad-paths, effect: allow, ssh: {read: [var/log/*], write: ["*.txt"]}}
+  - {name: bad-forward, effect: allow, ssh: {forward: [db.internal], remote_forward: ["9000"]}}
+"""
+    with pytest.raises(PolicyError) as error:
+        load_policy_text(text, "ssh.yaml")
+    problems = "\n".join(error.value.problems)
+    assert "command pattern \"grep 'open\"" in problems and "command pattern '** x'" in problems
+    assert "path glob 'var/log/*'" in problems and "path glob '*.txt'" in problems
+    assert "forward glob 'db.internal'" in problems and "forward glob '9000'" in problems
+    assert problems.count("ssh.yaml:") == 6
+
+
+@pytest.mark.parametrize("block", ["{shell: false}", "{}", "{commands: []}", "{sudo: true}", "{commands: uptime}"])
+def test_schema_refuses(block: str) -> None:
+    with pytest.raises(PolicyError):
+        load_policy_text(POLICY + f"  - {{name: x, effect: allow, ssh: {block}}}\n", "ssh.yaml")
+
+
+def test_known_hosts_is_required_in_options() -> None:
+    with pytest.raises(PolicyError, match="known_hosts"):
+        load_policy_text(POLICY.replace("options: {known_hosts: /etc/interceptor/known_hosts}",
+                                        "options: {host_key_alias: web}", 1), "ssh.yaml")
+
+
+def test_mask_rules_are_not_about_ssh() -> None:
+    with pytest.raises(PolicyError, match="mask rules apply to"):
+        load_policy_text(POLICY + "  - {name: m, effect: mask, ssh: {shell: true}, mask: {classifiers: [email]}}\n")
+
+
+def test_cases() -> None:
+    def case(block: object) -> SshRequest:
+        return SPEC.parse_case({"ssh": block}, None)
+
+    assert case({"command": "ls", "pty": True}) == SshRequest("exec", command="ls", pty=True)
+    assert case({"shell": True}) == SshRequest("shell")
+    assert case({"read": "/x"}) == SshRequest("read", path="/x", action="open")
+    assert case({"write": "/x"}) == SshRequest("write", path="/x", action="open")
+    assert case({"forward": "a:1"}) == SshRequest("forward", forward="local", target="a:1")
+    assert case({"remote_forward": "a:1"}) == SshRequest("forward", forward="remote", target="a:1")
+    for bad in ({}, {"command": "ls", "shell": True}, {"shell": False}, {"command": 3}, {"read": "/x", "pty": True},
+                {"command": "ls", "pty": "yes"}, {"other": 1}, "ls"):
+        with pytest.raises((ValueError, TypeError)):
+            case(bad)
+
+
+def test_the_shipped_example_passes() -> None:
+    results = run_cases(ROOT / "policy" / "examples" / "ssh.tests.yaml")
+    assert len(results) >= 25 and [r.name for r in results if not r.passed] == []

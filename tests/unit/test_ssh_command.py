@@ -1,0 +1,374 @@
+"""interceptor.policy.ssh_command: an exec command read as a POSIX shell reads it (strict argv
+and shell class for allow rules; every command the shell may run for deny rules), patterns,
+legacy scp, and the paths whose writing runs code."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from interceptor.policy.ssh_command import (
+    MAX_COMMAND_CHARS,
+    ScpAccess,
+    Words,
+    covers,
+    parse_pattern,
+    read_command,
+    read_scp,
+    runs_code,
+    touches,
+)
+
+RM = parse_pattern("rm **")
+
+
+def denied_by_rm(command: str) -> bool:
+    """Does a deny rule `rm **` match the command (an opaque part matches every deny rule)?"""
+    reading = read_command(command)
+    return bool(reading.opaque) or any(touches(RM, c) for c in reading.commands)
+
+
+@pytest.mark.parametrize(("command", "argv"), [
+    ("uptime", ("uptime",)),
+    ("ls -l /var/log", ("ls", "-l", "/var/log")),
+    ("grep 'a b' /var/log/x", ("grep", "a b", "/var/log/x")),
+    ('grep "a b" /var/log/x', ("grep", "a b", "/var/log/x")),
+    ("grep 'a;b|c&d>e' /var/log/x", ("grep", "a;b|c&d>e", "/var/log/x")),  # quoted: data
+    ("grep 'it''s' f", ("grep", "its", "f")),
+    ("echo ''", ("echo", "")),
+    ("  ls   -a  ", ("ls", "-a")),
+    ("r'm' x", ("rm", "x")),  # the shell runs rm: so must the pattern see it
+    ("journalctl -u nginx -n 50", ("journalctl", "-u", "nginx", "-n", "50")),
+    ("curl --user=a:b http://x/y?q", None),  # ? is a glob
+    ("printf %s@x,y+z", ("printf", "%s@x,y+z")),
+    ("sudo systemctl restart nginx", ("sudo", "systemctl", "restart", "nginx")),
+])
+def test_plain_commands_split_as_the_shell_splits_them(command: str, argv: tuple[str, ...] | None) -> None:
+    reading = read_command(command)
+    if argv is None:
+        assert reading.shell
+    else:
+        assert reading.argv == argv and reading.shell == () and reading.refused is None
+
+
+@pytest.mark.parametrize(("command", "why"), [
+    ("ls; rm -rf /", "(;)"),
+    ("ls && rm x", "(&)"),
+    ("ls || rm x", "(|)"),
+    ("ls | sh", "(|)"),
+    ("rm x &", "(&)"),
+    ("echo $(id)", "($)"),
+    ("echo `id`", "(`)"),
+    ("rm${IFS}-rf${IFS}/", "($)"),
+    ("rm$IFS/x", "($)"),
+    ("cat /etc/passwd > /tmp/x", "(>)"),
+    ("cat < /etc/shadow", "(<)"),
+    ("echo x >> ~/.bashrc", "(>)"),
+    ("ls 2>&1", "(>)"),
+    ("cat <<EOF\nx\nEOF", "(<)"),
+    ("ls\nrm x", "newline"),
+    ("ls\rrm", "carriage return"),
+    ("ls\t/tmp", "tab"),
+    ("ls *", "(*)"),
+    ("ls ?", "(?)"),
+    ("ls [ab]", "([)"),
+    ("ls ~", "(~)"),
+    ("ls ~root/.ssh", "(~)"),
+    ("echo {a,b}", "({)"),
+    ("ls # comment", "(#)"),
+    ("! ls", "(!)"),
+    ("ls (x)", "(()"),
+    ("\\rm x", "backslash"),
+    ("ls \\\n-la", "backslash"),
+    ("echo $'\\x72m'", "($)"),
+    ('echo "$HOME"', "inside double quotes"),
+    ('echo "`id`"', "inside double quotes"),
+    ('echo "a\\"b"', "inside double quotes"),
+    ('echo "hi!"', "inside double quotes"),
+    ("ls 'x", "unterminated"),
+    ('ls "x', "unterminated"),
+    ("FOO=bar ls", "assignment"),
+    ("LD_PRELOAD=/tmp/x.so ls", "assignment"),
+    ("ls café", "'é'"),
+    ("ls ’x’", "'’'"),
+])
+def test_shell_constructs_are_shell_class(command: str, why: str) -> None:
+    reasons = read_command(command).shell
+    assert reasons and any(why in r for r in reasons), reasons
+
+
+@pytest.mark.parametrize(("command", "why"), [
+    ("bash -c 'rm -rf /'", "bash is a shell"),
+    ("sh -c id", "sh is a shell"),
+    ("/bin/sh -c id", "/bin/sh is a shell"),
+    ("dash", "dash is a shell"),
+    ("busybox sh", "busybox runs interpreter code"),
+    ("env X=1 ls", "env runs or evaluates"),
+    ("env -S 'rm x'", "env runs"),
+    ("exec ls", "exec runs"),
+    ("eval ls", "eval runs"),
+    ("command ls", "command runs"),
+    ("source /tmp/x", "source runs"),
+    (". /tmp/x", ". runs"),
+    ("trap 'rm x' EXIT", "trap runs"),
+    ("let 'a[$(id)]=1'", "let runs"),
+    ("declare -p 'a[$(id)]'", "declare runs"),
+    ("test -v 'a[$(id)]'", "test -v evaluates"),
+    ("printf -v 'a[$(id)]' x", "printf -v evaluates"),
+    ("coproc rm", "coproc runs"),
+    ("xargs rm", "xargs runs"),
+    ("find / -name x -exec rm '{}' +", "find has an option"),
+    ("find / -execdir id ';'", "find has an option"),
+    ("find / -fprint /etc/x", "find has an option"),
+    ("tar --to-command=id -xf x.tar", "tar has an option"),
+    ("tar -xIid -f x.tar", "tar has an option"),
+    ("tar xIf id x.tar", "tar has an option"),
+    ("rsync -e id a b", "rsync has an option"),
+    ("git -c core.pager=id log", "git has an option"),
+    ("awk 'BEGIN{system(\"id\")}'", "awk runs interpreter code"),
+    ("gawk 1 /etc/passwd", "gawk runs"),
+    ("python3 -c 'import os'", "python3 runs"),
+    ("python3.11 x.py", "python3.11 runs"),
+    ("perl -e 'exec q(id)'", "perl runs"),
+    ("ruby -e x", "ruby runs"),
+    ("node -e x", "node runs"),
+    ("php -r x", "php runs"),
+    ("lua5.4 -e x", "lua5.4 runs"),
+    ("vim /etc/hosts", "vim can start"),
+    ("less /var/log/syslog", "less can start"),
+    ("man ls", "man can start"),
+    ("watch ls", "watch can start"),
+    ("su -c id", "su can start"),
+    ("ssh other id", "ssh can start"),
+    ("sudo bash", "bash is a shell"),
+    ("sudo -s", "sudo -s runs a shell"),
+    ("sudo -i", "sudo -i runs a shell"),
+    ("sudo -e /etc/hosts", "sudo -e runs"),
+    ("sudo --shell id", "sudo -s runs"),
+    ("sudo LD_PRELOAD=/tmp/x.so ls", "sets environment variables (LD_PRELOAD)"),
+    ("sudo -Z ls", "unknown option -Z"),
+    ("sudo --frobnicate ls", "unknown option --frobnicate"),
+    ("sudo -u root python3 x", "python3 runs"),
+    ("nice -n 5 bash", "bash is a shell"),
+    ("timeout 5 sh", "sh is a shell"),
+    ("nohup perl x", "perl runs"),
+    ("stdbuf -oL awk 1", "awk runs"),
+    ("setsid -f sh", "sh is a shell"),
+    ("ionice -c 3 sh", "sh is a shell"),
+    ("chrt -f 10 sh", "sh is a shell"),
+    ("taskset -c 0 sh", "sh is a shell"),
+    ("time -p sh", "sh is a shell"),
+    ("doas sh", "sh is a shell"),
+    ("doas -s", "doas -s runs"),
+    ("runuser -u app -- sh", "sh is a shell"),
+    ("flock /tmp/l sh", "sh is a shell"),
+    ("flock /tmp/l -c 'rm x'", "flock runs a command string"),
+    ("sudo sudo sudo nice nice sh", "sh is a shell"),
+    ("scp -t /a /b", "one path"),
+    ("scp -x -t /a", "scp option -x"),
+    ("scp /a host:/b", "one path"),
+    ("/usr/bin/scp -t /a", "scp run as /usr/bin/scp"),
+])
+def test_commands_that_run_code_are_shell_class(command: str, why: str) -> None:
+    reasons = read_command(command).shell
+    assert any(why in r for r in reasons), reasons
+
+
+@pytest.mark.parametrize("command", [
+    "sudo systemctl restart nginx",
+    "sudo -u www-data ls /srv",
+    "sudo -n -- systemctl status nginx",
+    "nice -n 5 tar -czf /tmp/x.tgz /srv",
+    "timeout -s KILL 5 curl http://localhost/health",
+    "sudo -l",
+    "find /var/log -name x.log -mtime +3",
+    "tar -czf /tmp/x.tgz /srv",
+    "git log -n 5",
+    "test -f /etc/hosts",
+])
+def test_wrappers_and_harmless_options_are_not_shell_class(command: str) -> None:
+    assert read_command(command).shell == ()
+
+
+@pytest.mark.parametrize("command", [
+    "rm -rf /", "sudo rm -rf /", "sudo -u root rm -rf /", "sudo -- rm x", "sudo -uroot rm x",
+    "sudo --user=root rm x", "sudo --user root rm x", "sudo --us root rm x", "sudo FOO=1 rm x",
+    "env rm x", "env -i PATH=/bin rm x", "env -u HOME rm x", "env -- rm x",
+    "nice rm x", "nice -n 5 rm x", "nice -5 rm x", "nice --adjustment=5 rm x", "nohup rm x",
+    "timeout 5 rm x", "timeout -s KILL 5 rm x", "timeout --signal=KILL 5 rm x", "timeout -k 1 5 rm x",
+    "stdbuf -oL rm x", "stdbuf -o L rm x", "setsid rm x", "setsid -w rm x", "ionice -c 3 rm x", "ionice -c3 -n7 rm x",
+    "chrt 10 rm x", "chrt -f 10 rm x", "taskset 0x1 rm x", "taskset -c 0 rm x", "time rm x", "time -p rm x",
+    "command rm x", "command -p rm x", "exec rm x", "exec -a foo rm x", "builtin rm x", "doas rm x",
+    "doas -u root rm x", "runuser -u app rm x", "runuser -u app -- rm x", "xargs rm", "xargs -0 -n 1 rm",
+    "xargs -I{} rm {}", "flock /tmp/l rm x", "flock -w 5 /tmp/l rm x", "flock /tmp/l -c 'rm x'",
+    "busybox rm x", "sudo nice timeout 5 env rm x", "/usr/bin/rm x", "/bin/rm -rf /", "./rm x",
+    "\\rm x", "r\\m x", "'rm' x", '"rm" x', "r''m x", "ls; rm x", "ls && rm x", "ls || rm x", "ls | rm x",
+    "ls & rm x", "ls |& rm x", "ls\nrm x", "(rm x)", "{ rm x; }", "if true; then rm x; fi", "! rm x",
+    "while true; do rm x; done", "f() { rm x; }; f", "case a in a) rm x;; esac", "coproc rm x",
+    "> /tmp/o rm x", "2>/dev/null rm x", "2>&1 rm x", "{fd}>/tmp/x rm x", "cat <<EOF\nhi\nEOF\nrm x",
+    "cat <<-'EOF'\n\thi\n\tEOF\nrm x", "cat <<< hi; rm x", "X=1 rm x", "X=$(id) rm x",
+    "bash -c 'rm x'", "sh -c \"rm x\"", "/bin/sh -c 'rm x'", "bash -lc 'rm x'", "bash -e -o pipefail -c 'rm x'",
+    "sh -c 'sh -c \"rm x\"'", "sudo bash -c 'ls; rm x'", "busybox sh -c 'rm x'", "eval rm x", "eval 'rm x'",
+    "trap 'rm x' EXIT", "su -c 'rm x'", "su root -c 'rm x'", "su --command='rm x'", "runuser app -c 'rm x'",
+    "watch rm x", "watch -n 2 rm x", "find / -exec rm {} +", "find / -execdir rm -f '{}' ';'",
+    "find / -ok rm {} \\;", "echo $(rm x)", "echo `rm x`", 'echo "$(rm x)"', "echo $( (rm x) )",
+    "$X -rf /", "${X} x", "$'rm' x", "`echo rm` x", "python3 -c 'import os'", "perl -e x",
+    "awk 'BEGIN{system(\"rm x\")}'", "bash", "sh /tmp/script.sh", "bash < /tmp/x", "env -S 'rm x'",
+    "sudo -Z rm x", "ls 'unterminated; rm x", "vim -c '!rm x'", "tar --to-command='rm x' -xf a.tar",
+    "echo <(rm x)", "ls ${x:-$(rm y)}",
+])
+def test_deny_rules_see_the_command_however_it_is_wrapped(command: str) -> None:
+    assert denied_by_rm(command), read_command(command)
+
+
+@pytest.mark.parametrize("command", [
+    "ls -l", "grep rm /var/log/x", "echo rm", "ls rm", "sudo ls rm", "nice -n 5 grep rm x", "timeout 5 echo rm",
+    "ls $HOME", "ls /tmp/*", "cat <<EOF\nrm x\nEOF", "ls # ; rm x", "echo 'rm x'", "echo '$(rm x)'",
+    "sh -c 'ls -l'", "sudo -l", "xargs echo", "find / -name rm",
+])
+def test_deny_rules_do_not_match_what_the_shell_does_not_run(command: str) -> None:
+    assert not denied_by_rm(command), read_command(command)
+
+
+@pytest.mark.parametrize(("pattern", "words", "expected"), [
+    ("rm -rf /", ("rm", "-rf", "/"), True),
+    ("rm -rf /", ("rm", "-rf", None), True),  # $DIR may be /
+    ("rm -rf /", ("rm", None), True),  # one unquoted expansion splits into any number of words
+    ("rm -rf /", ("rm", "-r", "/"), False),
+    ("rm -rf /", ("rm", "-rf", "/", "x"), False),
+    ("rm -rf /", ("rm", "-rf", "/", None), True),  # may expand to nothing
+    ("rm -rf /", (None, "-rf", "/"), True),
+    ("/usr/bin/rm **", ("rm", "x"), True),
+    ("rm **", ("/usr/bin/rm",), True),
+    ("systemctl restart *", ("systemctl", "restart"), False),
+    ("systemctl restart *", ("systemctl", None), True),
+])
+def test_touches(pattern: str, words: Words, expected: bool) -> None:
+    assert touches(parse_pattern(pattern), words) is expected
+
+
+@pytest.mark.parametrize(("pattern", "argv", "expected"), [
+    ("uptime", ("uptime",), True),
+    ("uptime", ("uptime", "-p"), False),
+    ("systemctl status *", ("systemctl", "status", "nginx"), True),
+    ("systemctl status *", ("systemctl", "status"), False),
+    ("systemctl status *", ("systemctl", "status", "a", "b"), False),
+    ("grep **", ("grep",), True),
+    ("grep **", ("grep", "-r", "x", "/"), True),
+    ("'grep x' **", ("grep x",), True),
+    ("tail -n * /var/log/*.log", ("tail", "-n", "5", "/var/log/a.log"), True),
+    ("tail -n * /var/log/*.log", ("tail", "-n", "5", "/var/log/../../etc/shadow.log"), True),  # globs are words
+    ("/usr/bin/uptime", ("uptime",), False),  # allow rules compare argv0 as written
+    ("Uptime", ("uptime",), False),
+])
+def test_covers(pattern: str, argv: tuple[str, ...], expected: bool) -> None:
+    assert covers(parse_pattern(pattern), argv) is expected
+
+
+@pytest.mark.parametrize("text", ["", "   ", "'open", "** x", "a ** b"])
+def test_bad_patterns(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_pattern(text)
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (("scp", "-t", "/srv/x"), ScpAccess("write", "/srv/x", False)),
+    (("scp", "-f", "/var/log/syslog"), ScpAccess("read", "/var/log/syslog", False)),
+    (("scp", "-v", "-r", "-p", "-d", "-t", "--", "/srv/x"), ScpAccess("write", "/srv/x", True)),
+    (("scp", "-r", "-f", "/var/log"), ScpAccess("read", "/var/log", True)),
+    (("scp", "-f", "--", "-odd"), ScpAccess("read", "-odd", False)),
+    (("ls",), None),
+])
+def test_legacy_scp(argv: tuple[str, ...], expected: ScpAccess | None) -> None:
+    assert read_scp(argv) == expected
+
+
+@pytest.mark.parametrize("argv", [
+    ("scp",), ("scp", "-t"), ("scp", "-t", "-f", "/x"), ("scp", "-t", "/a", "/b"), ("scp", "-rr", "-t", "/x"),
+    ("scp", "-r", "-r", "-t", "/x"), ("scp", "-S", "id", "-t", "/x"), ("scp", "-t", ""), ("scp", "/a", "h:/b"),
+    ("/tmp/scp", "-t", "/x"),
+])
+def test_odd_scp_command_lines_are_refused_reasons(argv: tuple[str, ...]) -> None:
+    assert isinstance(read_scp(argv), str)
+
+
+def test_the_scp_command_of_a_reading() -> None:
+    assert read_command("scp -t /srv/uploads/x").scp == ScpAccess("write", "/srv/uploads/x", False)
+    assert read_command("scp -f /var/log/*.log").scp is None  # a glob: shell class, no transfer
+    assert read_command("sudo scp -t /etc/x").scp is None  # not a transfer the rules read: a command
+
+
+@pytest.mark.parametrize(("path", "expected"), [
+    ("/home/u/.ssh/authorized_keys", True), ("/root/.ssh/rc", True), ("/home/u/.ssh", True),
+    ("/home/u/.bashrc", True), ("/srv/uploads/.profile", True), ("/home/u/.BASHRC", True),
+    ("/home/u/.zshenv", True), ("/home/u/.config/autostart/x.desktop", True), ("/home/u/.local/bin/ls", True),
+    ("/var/spool/cron/crontabs/root", True), ("/etc/cron.d/job", True), ("/etc/crontab", True),
+    ("/etc/profile.d/x.sh", True), ("/etc/sudoers.d/x", True), ("/etc/systemd/system/x.service", True),
+    ("/usr/bin/ls", True), ("/usr/local/bin/x", True), ("/bin", True), ("/etc/ld.so.preload", True),
+    ("/srv/repo/.git/hooks/pre-commit", True), ("/srv/repo/.git/config", True), ("/home/u/.forward", True),
+    ("/usr/lib/python3/dist-packages/x.pth", True), ("/", True),
+    ("/srv/uploads/report.csv", False), ("/var/log/x.log", False), ("/tmp/bashrc.txt", False),
+    ("/srv/www/index.html", False), ("/home/u/notes.txt", False),
+])
+def test_paths_whose_writing_runs_code(path: str, expected: bool) -> None:
+    assert runs_code(path) is expected
+
+
+def test_a_long_command_is_refused_quickly() -> None:
+    started = time.perf_counter()
+    reading = read_command("a" * (1 << 20))
+    assert reading.refused is not None and "1048576 characters" in reading.refused
+    assert time.perf_counter() - started < 0.05
+    assert read_command("x" * MAX_COMMAND_CHARS).refused is None
+
+
+def test_a_nul_is_refused() -> None:
+    assert "NUL" in (read_command("ls\0; rm -rf /").refused or "")
+
+
+def test_a_long_hostile_command_is_read_in_bounded_time() -> None:
+    started = time.perf_counter()
+    for text in ("$(" * 20000, "'" * 60000, "sh -c " * 10000, "a;" * 30000, "`" * 60000, "{" * 60000,
+                 "<<x\n" * 10000, "\\" * 60000):
+        read_command(text)
+    assert time.perf_counter() - started < 5
+
+
+def test_nesting_beyond_the_limit_is_opaque() -> None:
+    text = "rm x"
+    for _ in range(9):
+        text = f"sh -c {_quote(text)}"
+    reading = read_command(text)
+    assert any("nested" in r for r in reading.opaque) and denied_by_rm(text)
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "'\\''") + "'"
+
+
+@pytest.mark.parametrize("shell", ["bash", "dash"])
+def test_plain_words_are_the_words_the_shell_passes(shell: str) -> None:
+    """Differential: random command lines from an alphabet of quotes, blanks, safe and unsafe
+    characters; every one read as plain must give the argv the real shell gives."""
+    if shutil.which(shell) is None:
+        pytest.skip(f"{shell} is not installed")
+    rng = random.Random(17)
+    alphabet = "ab -=/.,:@%+_'\"'\" \\$`!*?~#;&|<>(){}[]\t\né"
+    plain: list[str] = []
+    while len(plain) < 300:
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 14)))
+        reading = read_command(f"x {text}")
+        if not reading.shell:
+            plain.append(text)
+    script = "".join(f"set -- {text}\nprintf '%s\\0' \"$#\" \"$@\"\n" for text in plain)
+    result = subprocess.run([shell, "-c", script], capture_output=True, check=True, env={"PATH": "/usr/bin:/bin"})
+    fields = result.stdout.decode().split("\0")
+    for text in plain:
+        count = int(fields.pop(0))
+        words = tuple(fields[:count])
+        del fields[:count]
+        assert read_command(f"x {text}").argv[1:] == words, text
