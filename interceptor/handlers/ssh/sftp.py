@@ -76,9 +76,10 @@ import os
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import NoReturn, Protocol, runtime_checkable
+from typing import NoReturn, Protocol, cast, runtime_checkable
 
 import asyncssh
+from asyncssh.channel import SSHChannel
 from asyncssh.constants import (FX_PERMISSION_DENIED, FXF_APPEND, FXF_CREAT, FXF_EXCL, FXF_READ, FXF_TRUNC,
                                 FXF_WRITE)
 
@@ -196,8 +197,10 @@ class SftpProxy(asyncssh.SFTPServer):
     docstring. One per SFTP channel; raises TypeError when the connection's owner does not
     implement SftpContext."""
 
-    def __init__(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
-        super().__init__(chan)
+    def __init__(self, chan: SSHChannel[bytes]) -> None:
+        # asyncssh's SFTPServerFactory is typed with SSHChannel; what it hands is the server
+        # channel, or the line editor wrapping it (not a subclass) when the session has one
+        super().__init__(cast("asyncssh.SSHServerChannel[bytes]", chan))
         owner = chan.get_connection().get_owner()
         if not isinstance(owner, SftpContext):
             raise TypeError(f"the SSH connection's owner {type(owner).__name__} does not implement SftpContext")
