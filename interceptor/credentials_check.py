@@ -7,7 +7,9 @@ the daemon logs it as a WARNING and keeps running: that resource's flows are ref
 What each protocol takes: http, kubernetes and mcp as interceptor.handlers.http.credentials
 (token, or user and password; client_certificate and client_key); postgres `user` and
 `password` (the upstream login: PostgreSQL documentation, Frontend/Backend Protocol, Message
-Flow), `database` optional (the only database agents may ask for when the resource lists none).
+Flow), `database` optional (the only database agents may ask for when the resource lists none);
+ssh as interceptor.handlers.ssh.upstream (`user`, and a private key, with its certificate and
+passphrase, or a password; the key is read and decrypted, the certificate checked against it).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from dataclasses import dataclass
 from interceptor.handlers.base import resource_option
 from interceptor.handlers.http.credentials import KEYS as HTTP_KEYS
 from interceptor.handlers.http.credentials import CredentialsError, upstream_credentials
+from interceptor.handlers.ssh.upstream import KEYS as SSH_KEYS
+from interceptor.handlers.ssh.upstream import SshCredentialsError, login
 from interceptor.policy.model import Policy, ResourceSpec
 from interceptor.secrets import SHAPE_FIX, SecretError, SecretShapeError, describe_source, resolve_credentials
 
@@ -29,12 +33,14 @@ log = logging.getLogger(__name__)
 
 POSTGRES_KEYS = frozenset({"user", "password", "database"})
 ACCEPTED_KEYS: Mapping[str, frozenset[str]] = {"http": HTTP_KEYS, "kubernetes": HTTP_KEYS, "mcp": HTTP_KEYS,
-                                               "postgres": POSTGRES_KEYS}
+                                               "postgres": POSTGRES_KEYS, "ssh": SSH_KEYS}
 EXPECTED: Mapping[str, str] = {
     **dict.fromkeys(("http", "kubernetes", "mcp"),
                     "a mapping `token: THE_TOKEN` (or `user:` and `password:`; and/or `client_certificate:` and "
                     "`client_key:`, paths of PEM files)"),
     "postgres": "a mapping `user:` and `password:` (`database:` optional), or one line user:password",
+    "ssh": "a mapping `user:` and `private_key_file:` (or `private_key:`; `certificate:` or `certificate_file:` and "
+           "`passphrase:` optional), or `user:` and `password:`",
 }
 COMMAND_TIMEOUT_S = 10.0
 _KEY_NAME = re.compile(r"[A-Za-z_]{1,32}")  # a key with digits or symbols, or longer, may be a pasted token
@@ -85,6 +91,11 @@ def validate_shape(resource: ResourceSpec, credentials: Mapping[str, str]) -> st
             raise ShapeError("postgres resources need both user and password")
         if any("\0" in v for v in credentials.values()):
             raise ShapeError("a value holds a NUL character, which the PostgreSQL protocol cannot carry")
+    elif resource.protocol == "ssh":
+        try:
+            login(credentials)
+        except SshCredentialsError as exc:
+            raise ShapeError(str(exc)) from None
     else:
         header = resource_option(resource, "token_header")
         try:

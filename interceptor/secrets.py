@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 SHAPES = "a mapping (user:, password:; for http, kubernetes and mcp resources token:, or client_certificate: " \
-         "and client_key:) or one line user:password"
+         "and client_key:; for ssh resources private_key_file: or private_key:) or one line user:password"
 SHAPE_FIX = f"write {SHAPES}"
 
 

@@ -1,18 +1,22 @@
 """The ssh protocol's policy side: rules about exec commands, shells, files and forwards
 judged with deny > approve > allow (interceptor.policy.ssh_rules), the `ssh:` block's
-problems, `policy test` cases, and the shipped example."""
+problems, `policy test` cases, the shipped example, and the check of an ssh resource's credentials."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
+import asyncssh
 import pytest
 
+from interceptor.credentials_check import CredentialsCheck, check_resource
 from interceptor.decision import Decision
 from interceptor.operations import Request, SshRequest, Subject
 from interceptor.policy import PolicyEngine, load_policy_text
 from interceptor.policy.cases import run_cases
 from interceptor.policy.loader import PolicyError
+from interceptor.policy.model import ResourceSpec
 from interceptor.protocols.ssh import SPEC
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -313,3 +317,39 @@ def test_cases() -> None:
 def test_the_shipped_example_passes() -> None:
     results = run_cases(ROOT / "policy" / "examples" / "ssh.tests.yaml")
     assert len(results) >= 25 and [r.name for r in results if not r.passed] == []
+
+
+def _check_credentials(tmp_path: Path, text: str) -> CredentialsCheck:
+    path = tmp_path / "cred"
+    path.write_text(text)
+    path.chmod(0o600)
+    resource = ResourceSpec("web", "ssh", (), {"from": "file", "path": str(path)})
+    result = asyncio.run(check_resource(resource, run_commands=False))
+    assert result is not None
+    return result
+
+
+def test_ssh_credentials_are_checked_ahead_of_agents(tmp_path: Path) -> None:
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    key_file = tmp_path / "id"
+    key_file.write_bytes(key.export_private_key())
+    encrypted = key.export_private_key("pkcs8-pem", passphrase="pw").decode()
+    ok = _check_credentials(tmp_path, f"user: deploy\nprivate_key_file: {key_file}\n")
+    assert (ok.ok, ok.detail) == (True, "private_key_file, user for ssh")
+    assert _check_credentials(tmp_path, "user: deploy\npassword: pw\n").ok
+    assert _check_credentials(tmp_path, f"user: deploy\nprivate_key: |\n  {encrypted.replace(chr(10), chr(10) + '  ')}"
+                                        "\npassphrase: pw\n").ok
+    for text, detail in [
+        (f"private_key_file: {key_file}\n", "need a user"),
+        ("user: deploy\n", "need private_key, private_key_file or password"),
+        ("user: deploy\npassword: pw\nidentity_file: /x\n", "identity_file are not used by ssh resources"),
+        (f"user: deploy\nprivate_key_file: {key_file}\nprivate_key: x\n", "not both"),
+        ("user: deploy\npassword: pw\ncertificate_file: /x\n", "need private_key or private_key_file"),
+        (f"user: deploy\nprivate_key_file: {tmp_path / 'missing'}\n", "cannot be read"),
+        ("user: deploy\nprivate_key: not a key\n", "cannot be used"),
+        (f"user: deploy\nprivate_key: |\n  {encrypted.replace(chr(10), chr(10) + '  ')}\npassphrase: no\n",
+         "cannot be used"),
+    ]:
+        result = _check_credentials(tmp_path, text)
+        assert not result.ok and detail in result.detail, result
+        assert result.fix.startswith("ssh resources take a mapping `user:`")
