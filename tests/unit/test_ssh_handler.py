@@ -27,15 +27,13 @@ import pytest
 from interceptor.approvals import ApprovalBroker, Approver, SqliteStore
 from interceptor.audit.event import AuditEvent
 from interceptor.audit.recording import parse, read_verified
-from interceptor.decision import ApprovalSpec, Decision, Verdict
 from interceptor.enforcer.judge import FlowJudge
 from interceptor.flow import Endpoint, FlowContext, ProcessInfo
 from interceptor.handlers.base import Services
 from interceptor.handlers.ssh import HANDLER
-from interceptor.handlers.ssh.connection import MAX_COMMAND, PROTOCOL_RULE
+from interceptor.handlers.ssh.connection import MAX_CHANNELS, MAX_COMMAND, PROTOCOL_RULE
 from interceptor.handlers.ssh.upstream import SshCredentialsError, login
-from interceptor.operations import Request, SshRequest
-from interceptor.policy.engine import PolicyEngine
+from interceptor.policy import PolicyEngine, load_policy_text
 from interceptor.policy.model import AddressSpec, ResourceSpec
 from interceptor.ssh_certificates import SshHostCA
 from test_approvals_support import ListSink
@@ -51,35 +49,37 @@ class Sink(ListSink):
         raise AssertionError("no session bytes are captured")
 
 
-def rules(operation: SshRequest) -> Decision:
-    """The test's policy: rm denied, reboot held for ops, shells allowed, forwards to the echo
-    server (127.0.0.1) allowed and others denied, every other command allowed."""
-    if operation.request == "exec" and (operation.command or "").startswith("rm"):
-        return Decision.deny("no-rm", "removing files is not allowed")
-    if operation.request == "exec" and operation.command == "reboot":
-        return Decision(Verdict.APPROVE, "reboots", "reboots need ops", approval=ApprovalSpec(("ops",), timeout_seconds=60))
-    if operation.request == "forward":
-        if operation.forward == "local" and (operation.target or "").startswith("127.0.0.1:"):
-            return Decision(Verdict.ALLOW, "echo-forward")
-        return Decision.deny("default-deny", "no rule allows this")
-    return Decision(Verdict.ALLOW, "commands")
-
-
-@dataclass
-class Rules:
-    """A stand-in for the policy engine that judges SshRequest by a function."""
-
-    function: Callable[[SshRequest], Decision]
-
-    def decide(self, request: Request) -> Decision:
-        assert isinstance(request.operation, SshRequest)
-        return self.function(request.operation)
+POLICY = """
+version: 1
+resources:
+  web1:
+    protocol: ssh
+    addresses: ["web1.internal:2222"]
+    options: {known_hosts: /etc/ssh/ssh_known_hosts}
+agents:
+  bot: {uids: [1001]}
+rules:
+  - {name: commands, effect: allow, agents: [bot], resources: [web1],
+     ssh: {commands: ["echo **", "exit *", "cat", "err **", "kill"]}}
+  - {name: reboots, effect: approve, agents: [bot], resources: [web1], ssh: {commands: [reboot]},
+     approval: {groups: [ops], timeout_seconds: 60}}
+  - {name: srv-read, effect: allow, agents: [bot], resources: [web1], ssh: {read: ["/srv/**"]}}
+  - {name: loopback-forwards, effect: allow, agents: [bot], resources: [web1],
+     ssh: {forward: ["127.0.0.1:*"], remote_forward: ["127.0.0.1:*"]}}
+  - {name: no-rm, effect: deny, reason: removing files is not allowed, resources: [web1], ssh: {commands: ["rm **"]}}
+"""
+SHELLS = """
+  - {name: shells, effect: allow, agents: [bot], resources: [web1], ssh: {shell: true}}
+"""
 
 
 class UpstreamServer(asyncssh.SSHServer):
-    """Forwards are the server's to allow: it allows them."""
+    """Forwards are the server's to allow: it allows them, local and remote."""
 
     def connection_requested(self, dest_host: str, dest_port: int, orig_host: str, orig_port: int) -> bool:
+        return True
+
+    def server_requested(self, listen_host: str, listen_port: int) -> bool:
         return True
 
 
@@ -99,7 +99,7 @@ class Upstream:
         return self.server.get_port()
 
 
-async def start_upstream() -> Upstream:
+async def start_upstream(root: Path) -> Upstream:
     host_key = asyncssh.generate_private_key("ssh-ed25519")
     client_key = asyncssh.generate_private_key("ssh-ed25519")
     commands: list[str | None] = []
@@ -152,7 +152,8 @@ async def start_upstream() -> Upstream:
     authorized = asyncssh.import_authorized_keys(client_key.export_public_key().decode())
     server = await asyncssh.listen("127.0.0.1", 0, server_host_keys=[host_key], authorized_client_keys=authorized,
                                    process_factory=run, encoding=None, line_editor=False,
-                                   server_factory=UpstreamServer)
+                                   server_factory=UpstreamServer,
+                                   sftp_factory=lambda chan: asyncssh.SFTPServer(chan, chroot=os.fsencode(root)))
     return Upstream(server, host_key, client_key, commands, terminals, sizes)
 
 
@@ -163,7 +164,7 @@ class Lab:
     tmp: Path
     upstream: Upstream
     host_ca: SshHostCA
-    judge: Callable[[SshRequest], Decision] = rules
+    policy: str = POLICY
     credentials: dict[str, str] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
     broker: ApprovalBroker | None = None
@@ -180,7 +181,7 @@ class Lab:
         return asyncssh.import_known_hosts(self.host_ca.known_hosts_line(["*"]) + "\n")
 
     def services(self, flow: FlowContext) -> Services:
-        engine = Rules(self.judge)
+        engine = PolicyEngine(load_policy_text(self.policy, "ssh-handler.yaml"))
         resource = ResourceSpec("web1", "ssh", (AddressSpec(None, "web1.internal", self.upstream.port),),
                                 {"from": "env", "name": "WEB1_SSH"}, self.options)
         secrets = self.credentials
@@ -190,7 +191,7 @@ class Lab:
 
         recordings = self.tmp / "recordings"
         recordings.mkdir(exist_ok=True, mode=0o700)
-        return Services(judge=FlowJudge(flow, lambda: cast(PolicyEngine, engine), lambda: None, lambda: False),
+        return Services(judge=FlowJudge(flow, lambda: engine, lambda: None, lambda: False),
                         audit=self.sink, resource=resource, credentials=credentials, approvals=self.broker,
                         ssh_host_ca=self.host_ca, recordings=recordings)
 
@@ -199,8 +200,9 @@ class Lab:
         """An agent connected through the handler; on exit it disconnects and the flow ends."""
         serving = await self._serve()
         try:
-            async with asyncssh.connect("127.0.0.1", serving.port, known_hosts=self.agent_trust(), username="agent",
-                                        client_keys=None, agent_path=None, config=None, **options) as conn:
+            settings: dict[str, Any] = {"username": "agent", "client_keys": None, "agent_path": None, **options}
+            async with asyncssh.connect("127.0.0.1", serving.port, known_hosts=self.agent_trust(), config=None,
+                                        **settings) as conn:
                 yield conn
         finally:
             await serving.done()
@@ -254,7 +256,9 @@ class Serving:
 
 def scenario(test: Callable[[Lab], Coroutine[Any, Any, None]], tmp: Path, **lab: Any) -> None:
     async def main() -> None:
-        upstream = await start_upstream()
+        (tmp / "server" / "srv").mkdir(parents=True)
+        (tmp / "server" / "srv" / "motd").write_text("welcome\n")
+        upstream = await start_upstream(tmp / "server")
         host_ca = SshHostCA.open(tmp / "state")
         world = Lab(tmp, upstream, host_ca, **lab)
         if not world.credentials:
@@ -335,20 +339,25 @@ def test_a_denied_command_gets_the_reason_on_stderr_and_status_126(tmp_path: Pat
     scenario(test, tmp_path)
 
 
-def test_a_command_past_the_limit_is_refused_and_recorded_cut(tmp_path: Path) -> None:
+def test_a_command_past_the_limits_is_refused_and_recorded_cut(tmp_path: Path) -> None:
     async def test(lab: Lab) -> None:
-        command = "echo " + "x" * (MAX_COMMAND + 10)
+        long_ascii = "echo " + "x" * (MAX_COMMAND + 10)  # the policy's limit, in characters
+        long_utf8 = "echo " + "\u00e9" * (MAX_COMMAND // 2 + 10)  # the handler's, in bytes
         async with lab.agent() as conn:
-            result = await conn.run(command)
-            assert result.exit_status == 126
-            assert f"more than the {MAX_COMMAND}" in str(result.stderr)
+            for command in (long_ascii, long_utf8):
+                result = await conn.run(command)
+                assert result.exit_status == 126
         assert lab.upstream.commands == []
-        (judged,) = lab.kind("ssh")
-        assert (judged.decision, judged.rule) == ("deny", PROTOCOL_RULE)
-        assert judged.operation is not None and judged.operation["command_bytes"] == len(command)
-        assert len(str(judged.operation["command"])) == 1024
+        by_policy, by_handler = lab.kind("ssh")
+        assert (by_policy.decision, by_policy.rule) == ("deny", "ssh-bad-command")
+        assert (by_handler.decision, by_handler.rule) == ("deny", PROTOCOL_RULE)
+        assert by_handler.reason == (f"the command is {len(long_utf8.encode())} bytes, more than the {MAX_COMMAND} "
+                                     "an exec request may have")
+        for record, command in ((by_policy, long_ascii), (by_handler, long_utf8)):
+            assert record.operation is not None and record.operation["command_bytes"] == len(command.encode())
+            assert len(str(record.operation["command"])) == 1024
 
-    scenario(test, tmp_path)
+    scenario(test, tmp_path, policy=POLICY + SHELLS)  # a shell rule allows the non-ASCII one (shell class)
 
 
 def test_a_one_megabyte_command_ends_only_that_flow_with_a_clear_record(tmp_path: Path) -> None:
@@ -464,7 +473,7 @@ def test_a_shell_is_recorded_input_and_output(tmp_path: Path) -> None:
         assert any(event.kind == "r" and event.data == "120x40" for event in cast_file.events)
         assert "you said hello" in "".join(str(event.data) for event in cast_file.events if event.kind == "o")
 
-    scenario(test, tmp_path)
+    scenario(test, tmp_path, policy=POLICY + SHELLS)
 
 
 def test_a_shell_past_its_recording_limit_is_ended_and_the_agent_told(tmp_path: Path) -> None:
@@ -480,7 +489,25 @@ def test_a_shell_past_its_recording_limit_is_ended_and_the_agent_told(tmp_path: 
         assert end.outcome is not None
         assert cast(dict[str, Any], end.outcome["recording"])["limited"] is True
 
-    scenario(test, tmp_path, options={"recording_limit_bytes": 1024})
+    scenario(test, tmp_path, options={"recording_limit_bytes": 1024}, policy=POLICY + SHELLS)
+
+
+# ---- SFTP ------------------------------------------------------------------------------
+
+
+def test_sftp_is_served_by_the_proxy_and_judged_by_path(tmp_path: Path) -> None:
+    async def test(lab: Lab) -> None:
+        async with lab.agent() as conn, conn.start_sftp_client() as sftp:
+            async with sftp.open("/srv/motd", "rb") as file:
+                data: object = await file.read()  # bytes: opened in binary mode
+                assert data == b"welcome\n"
+            with pytest.raises(asyncssh.SFTPPermissionDenied, match="interceptor: .*'default-deny'"):
+                await sftp.open("/srv/new", "wb")
+        assert not (lab.tmp / "server" / "srv" / "new").exists()
+        judged = {(e.decision, str((e.operation or {}).get("path"))) for e in lab.kind("ssh")}
+        assert ("allow", "/srv/motd") in judged and ("deny", "/srv/new") in judged
+
+    scenario(test, tmp_path)
 
 
 # ---- forwards --------------------------------------------------------------------------
@@ -509,7 +536,7 @@ def test_an_allowed_forward_goes_through_the_server_connection(tmp_path: Path) -
             echo.close()
         judged = [e for e in lab.kind("ssh") if e.operation and e.operation["request"] == "forward"]
         assert [(e.decision, e.rule, e.operation) for e in judged] == [
-            ("allow", "echo-forward", {"kind": "ssh", "request": "forward", "forward": "local",
+            ("allow", "loopback-forwards", {"kind": "ssh", "request": "forward", "forward": "local",
                                        "target": f"127.0.0.1:{port}"})]
         (end,) = lab.kind("ssh-end")
         assert end.outcome is not None and (end.outcome["bytes_up"], end.outcome["bytes_down"]) == (4, 4)
@@ -522,12 +549,34 @@ def test_a_refused_forward_is_not_opened_and_is_recorded(tmp_path: Path) -> None
         async with lab.agent() as conn:
             with pytest.raises(asyncssh.ChannelOpenError) as refused:
                 await conn.open_connection("10.9.9.9", 5432)
-            assert refused.value.reason == ("interceptor: permission denied by interceptor rule 'default-deny': no "
-                                            "rule allows this")
+            assert refused.value.reason.startswith("interceptor: permission denied by interceptor rule "
+                                                   "'default-deny': ")
             assert (await conn.run("echo still here")).exit_status == 0
         (judged, _) = lab.kind("ssh")
         assert (judged.decision, judged.operation) == ("deny", {"kind": "ssh", "request": "forward", "forward": "local",
                                                                 "target": "10.9.9.9:5432"})
+
+    scenario(test, tmp_path)
+
+
+def test_an_allowed_remote_forward_listens_on_the_server_and_bridges_to_the_agent(tmp_path: Path) -> None:
+    async def test(lab: Lab) -> None:
+        async with lab.agent() as conn:
+            async def answer(reader: asyncssh.SSHReader[bytes], writer: asyncssh.SSHWriter[bytes]) -> None:
+                writer.write(b"agent got " + await reader.read(100))
+                writer.close()
+
+            listener = await conn.start_server(lambda host, port: answer, "127.0.0.1", 0, encoding=None)
+            reader, writer = await asyncio.open_connection("127.0.0.1", listener.get_port())
+            writer.write(b"hi")
+            assert await reader.read(100) == b"agent got hi"
+            writer.close()
+            listener.close()
+        (judged,) = lab.kind("ssh")
+        assert (judged.decision, judged.rule, cast(dict[str, object], judged.operation)["target"]) == (
+            "allow", "loopback-forwards", "127.0.0.1:0")
+        (end,) = lab.kind("ssh-end")
+        assert end.outcome is not None and (end.outcome["bytes_up"], end.outcome["bytes_down"]) == (12, 2)
 
     scenario(test, tmp_path)
 
@@ -540,6 +589,65 @@ def test_a_remote_forward_refused_by_the_policy(tmp_path: Path) -> None:
         (judged,) = lab.kind("ssh")
         assert (judged.decision, judged.operation) == ("deny", {"kind": "ssh", "request": "forward",
                                                                 "forward": "remote", "target": ":8022"})
+
+    scenario(test, tmp_path)
+
+
+# ---- refused whatever the policy, limits, bad input -----------------------------------
+
+
+def test_agent_forwarding_and_other_subsystems_are_refused_and_recorded(tmp_path: Path) -> None:
+    async def test(lab: Lab) -> None:
+        async with lab.agent(agent_forwarding=True, agent_path=str(lab.tmp / "no-agent")) as conn:
+            result = await conn.run("echo hi")
+            assert result.stdout == "hi\n"
+            other = await conn.run(subsystem="netconf")
+            assert (other.exit_status, other.stderr) == (
+                126, "interceptor: permission denied by interceptor rule 'ssh-subsystem': subsystem 'netconf' is "
+                     "refused: only sftp is served\n")
+        refused = {(e.rule, str((e.operation or {}).get("forward") or (e.operation or {}).get("request")))
+                   for e in lab.kind("ssh") if e.decision == "deny"}
+        assert refused == {("ssh-forwarding", "agent"), ("ssh-subsystem", "subsystem")}
+        assert lab.upstream.commands == ["echo hi"]
+
+    scenario(test, tmp_path)
+
+
+def test_channels_past_the_limit_are_refused(tmp_path: Path) -> None:
+    async def test(lab: Lab) -> None:
+        async with lab.agent() as conn:
+            open_ones = [await conn.create_process("cat") for _ in range(MAX_CHANNELS)]
+            with pytest.raises(asyncssh.ChannelOpenError, match=f"at most {MAX_CHANNELS} channels"):
+                await conn.create_process("cat")
+            open_ones[0].stdin.write_eof()
+            await open_ones[0].wait()
+            assert (await conn.run("echo room again")).exit_status == 0
+            for process in open_ones[1:]:
+                process.stdin.write_eof()
+                await process.wait()
+        assert lab.connection.outcome is not None and lab.connection.outcome["channels"] == MAX_CHANNELS + 1
+
+    scenario(test, tmp_path)
+
+
+@pytest.mark.parametrize("garbage", [
+    b"".join(b"banner line %d\r\n" % i for i in range(2000)),  # a version banner flood
+    b"SSH-2.0-agent\r\n" + b"\x00\x00\x00\x0c\xc8" + os.urandom(11),  # padding longer than the packet
+    b"SSH-2.0-agent\r\n" + b"\xff\xff\xff\xff" + os.urandom(11),  # a packet of 4 GiB
+], ids=["banner-flood", "malformed-packet", "oversized-packet"])
+def test_bad_input_ends_that_flow_with_a_clear_record(tmp_path: Path, garbage: bytes) -> None:
+    async def test(lab: Lab) -> None:
+        serving = await lab._serve()
+        reader, writer = await asyncio.open_connection("127.0.0.1", serving.port)
+        writer.write(garbage)
+        await reader.read()  # the enforcer closes the connection
+        writer.close()
+        await serving.done()
+        connection = lab.connection
+        assert (connection.decision, cast(dict[str, object], connection.outcome)["fault"]) == ("deny", "client")
+        assert str(connection.reason).startswith("agent connection: ")
+        async with lab.agent() as conn:  # the next flow is served as usual
+            assert (await conn.run("echo fine")).stdout == "fine\n"
 
     scenario(test, tmp_path)
 
@@ -566,6 +674,17 @@ def test_the_host_key_alias_option_is_the_name_looked_up(tmp_path: Path) -> None
         lab.options["host_key_alias"] = "alias.example"
         async with lab.agent() as conn:
             assert (await conn.run("echo aliased")).stdout == "aliased\n"
+
+    scenario(test, tmp_path)
+
+
+def test_an_unreachable_upstream_refuses_the_flow(tmp_path: Path) -> None:
+    async def test(lab: Lab) -> None:
+        lab.upstream.server.close()
+        await lab.upstream.server.wait_closed()
+        refused = await lab.refused_agent()
+        assert f"upstream 127.0.0.1:{lab.upstream.port} is unreachable" in str(getattr(refused, "reason", refused))
+        assert lab.connection.outcome is not None and lab.connection.outcome["fault"] == "server"
 
     scenario(test, tmp_path)
 

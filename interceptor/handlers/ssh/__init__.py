@@ -5,7 +5,8 @@ both sides, every exec, shell, SFTP request and forward judged through the Gate
 from __future__ import annotations
 
 from interceptor.handlers.ssh.handler import SshHandler
+from interceptor.handlers.ssh.sftp import SftpProxy
 
-HANDLER = SshHandler()
+HANDLER = SshHandler(SftpProxy)
 
 __all__ = ["HANDLER", "SshHandler"]

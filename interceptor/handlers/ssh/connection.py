@@ -79,7 +79,8 @@ class FlowGate:
         return FlowGate(self.flow, self.services, self.recordings, notice)
 
     def fixed(self, operation: SshRequest) -> Decision | None:
-        """The refusal of a request no policy may allow, else None."""
+        """The refusal of a request the handler never serves, whatever the policy says (the
+        policy refuses most of these itself, under its own rule names), else None."""
         command = operation.command
         if operation.request == "exec" and command is not None and len(command.encode()) > MAX_COMMAND:
             return Decision.deny(PROTOCOL_RULE, f"the command is {len(command.encode())} bytes, more than the "
@@ -95,12 +96,12 @@ class FlowGate:
         return None
 
     async def authorize(self, operation: SshRequest) -> Decision:
-        decision = self.fixed(operation)
-        if decision is None:
-            try:
-                decision = self.services.judge.decide(operation)
-            except Exception as exc:  # noqa: BLE001 - a policy failure denies this request, not the flow
-                decision = Decision.deny(POLICY_ERROR_RULE, f"policy evaluation failed: {exc}")
+        try:
+            decision = self.services.judge.decide(operation)
+        except Exception as exc:  # noqa: BLE001 - a policy failure denies this request, not the flow
+            decision = Decision.deny(POLICY_ERROR_RULE, f"policy evaluation failed: {exc}")
+        if decision.verdict is not Verdict.DENY:  # the handler's own limits hold whatever the policy says
+            decision = self.fixed(operation) or decision
         approval: dict[str, object] | None = None
         if decision.verdict is Verdict.APPROVE:
             decision, approval = await self._hold(operation, decision)
@@ -185,7 +186,7 @@ class _Session(asyncssh.SSHServerProcess[bytes]):
     """A session channel's process; `lost` is set when the channel closes."""
 
     def __init__(self, owner: AgentConnection, sftp_factory: asyncssh.SFTPServerFactory | None) -> None:
-        super().__init__(owner.run_process, sftp_factory, SFTP_VERSION, False)
+        super().__init__(owner.run_process, sftp_factory, SFTP_VERSION, sftp_factory is not None)
         self.owner = owner
         self.lost = asyncio.Event()
 

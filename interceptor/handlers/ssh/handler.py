@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 
 import asyncssh
+from asyncssh.packet import PacketDecodeError
 
 from interceptor.errors import AuditUnavailable, Fault, InterceptorError, Refused
 from interceptor.flow import FlowContext
@@ -29,6 +30,8 @@ from interceptor.ssh_certificates import resource_names
 log = logging.getLogger(__name__)
 
 LOGIN_SECONDS = 60.0  # the agent's handshake and login
+AGENT_FAULTS = (asyncssh.ProtocolError, asyncssh.ProtocolNotSupported, asyncssh.KeyExchangeFailed,
+                asyncssh.MACError, asyncssh.CompressionError, asyncssh.IllegalUserName, PacketDecodeError)
 
 
 class HostCaUnavailable(InterceptorError):
@@ -70,7 +73,8 @@ def host_key(flow: FlowContext, services: Services) -> tuple[asyncssh.SSHKey, as
 
 
 class SshHandler:
-    """The Handler of protocol `ssh`; `sftp_factory` serves the agent's SFTP subsystem."""
+    """The Handler of protocol `ssh`; `sftp_factory` serves the agent's SFTP subsystem, and
+    legacy scp (`scp -t` / `scp -f` execs, which asyncssh then answers itself on it)."""
 
     protocol = "ssh"
 
@@ -90,7 +94,7 @@ class SshHandler:
             await self._run(owner, client, key, server)
         except InterceptorError as exc:
             end.failed(exc)
-        except asyncssh.DisconnectError as exc:
+        except (asyncssh.DisconnectError, PacketDecodeError) as exc:
             _agent_lost(end, exc)
         except (ConnectionError, OSError, TimeoutError, asyncssh.Error) as exc:
             end.error = f"agent connection: {type(exc).__name__}: {exc}"
@@ -119,7 +123,7 @@ class SshHandler:
         try:
             agent = await asyncssh.run_server(
                 client, server_factory=lambda: owner, server_host_keys=[host_key], agent_forwarding=False,
-                x11_forwarding=False, allow_scp=False, login_timeout=LOGIN_SECONDS, keepalive_interval=0)
+                x11_forwarding=False, login_timeout=LOGIN_SECONDS, keepalive_interval=0)
         except asyncssh.Error:
             failure = server.exception() if server.done() and not server.cancelled() else None
             if isinstance(failure, InterceptorError):
@@ -152,9 +156,10 @@ class SshHandler:
 
 def _agent_lost(end: _End, exc: Exception) -> None:
     """The agent's connection ended by `exc`: its fault when it broke the protocol (a
-    malformed or oversized packet, a banner flood), else an error of the connection."""
+    malformed or oversized packet, a banner flood, no algorithm in common), else an error of
+    the connection (it went away, or refused the enforcer's host certificate)."""
     end.error = f"agent connection: {type(exc).__name__}: {getattr(exc, 'reason', None) or exc}"
-    if isinstance(exc, asyncssh.ProtocolError):
+    if isinstance(exc, AGENT_FAULTS):
         end.fault = Fault.CLIENT
 
 
