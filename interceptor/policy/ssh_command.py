@@ -62,13 +62,13 @@ _CHAR_NAMES = {
 _ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\[[^\]]*\])?\+?=")
 _INTERPRETER = re.compile(r"(?:python|pypy|perl|ruby|irb|node|nodejs|deno|bun|php|lua|luajit|tclsh|wish|expect|"
                           r"awk|gawk|mawk|nawk|busybox|Rscript|R|julia|guile|racket|sbcl|ghci|runghc|scala|"
-                          r"groovy|jshell|osascript|gdb|lldb|jrunscript)[0-9.]*")
+                          r"groovy|jshell|osascript|gdb|lldb|jrunscript)[0-9.]*|ld(?:-linux)?[-.].*so.*")
 SHELLS = frozenset({"sh", "bash", "dash", "zsh", "ksh", "ksh93", "mksh", "pdksh", "oksh", "loksh", "ash", "yash",
                     "fish", "csh", "tcsh", "rbash", "posh", "rc", "es", "nu", "elvish", "xonsh"})
 # Builtins that run a command string or file, or evaluate array subscripts (`a[$(id)]`)
 CODE_BUILTINS = frozenset({"eval", "source", ".", "trap", "enable", "fc", "let", "declare", "typeset", "local",
                            "export", "readonly", "unset", "read", "mapfile", "readarray", "alias", "hash",
-                           "getopts", "wait", "coproc", "function", "if", "while", "until", "for", "select",
+                           "getopts", "wait", "coproc", "compgen", "complete", "bind", "jobs", "function", "if", "while", "until", "for", "select",
                            "case", "then", "do", "else", "elif", "fi", "done", "esac", "in", "[[", "]]"})
 # Programs that start a shell or other commands as part of what they do
 SPAWNERS = frozenset({"vi", "vim", "nvim", "view", "vimdiff", "rvim", "ex", "ed", "red", "emacs", "nano", "pico",
@@ -76,7 +76,11 @@ SPAWNERS = frozenset({"vi", "vim", "nvim", "view", "vimdiff", "rvim", "ex", "ed"
                       "ssh", "sftp", "crontab", "at", "batch", "systemd-run", "tmux", "screen", "socat", "ncat",
                       "nc", "netcat", "telnet", "ftp", "mail", "mailx", "make", "parallel", "dbus-launch",
                       "nsenter", "unshare", "setpriv", "prlimit", "strace", "ltrace", "valgrind", "ld.so",
-                      "capsh", "sg", "newgrp", "chroot", "runcon", "firejail", "bwrap", "pkexec", "machinectl"})
+                      "capsh", "sg", "newgrp", "chroot", "runcon", "firejail", "bwrap", "pkexec", "machinectl",
+                      "proxychains", "proxychains4", "torsocks", "faketime", "fakeroot", "sshpass", "timelimit",
+                      "cpulimit", "daemonize", "start-stop-daemon", "dbus-run-session", "xvfb-run", "numactl",
+                      "schedtool", "cgexec", "systemd-inhibit", "systemd-cat", "sem", "entr", "perf", "unbuffer",
+                      "run-parts"})
 # Options that make a program run a command: word prefixes, and letters of a `-abc` cluster
 # (tar's first word also without its dash: `tar xIf`)
 CODE_OPTIONS: Mapping[str, tuple[tuple[str, ...], str]] = {
@@ -96,22 +100,24 @@ class _Wrapper:
     take no argument, `with_arg` take one (attached or the next word), `optional` take only
     an attached one; `longs` maps a long option to its letter ("" for one without a short
     form, taking no argument). `positional`: words before the command (timeout's duration).
-    After a `no_command` option no command runs; a `shell` option runs a shell; the argument
+    The words after the options are taken as the command even where an option says none runs
+    (`sudo -l CMD` lists, `command -v CMD` looks up): widest for deny rules, and an
+    interpreter there is still shell class. A `shell` option runs a shell; the argument
     of a `string` option is a shell command string; an `opaque` option's argument is a
     command in another syntax. `assignments`: NAME=VALUE words may come before the command.
-    `digits`: `-N` is an option (nice -5)."""
+    `digits`: `-N` is an option (nice -5); `dash`: a lone `-` is an option (env's -i)."""
 
     flags: str = ""
     with_arg: str = ""
     optional: str = ""
     longs: Mapping[str, str] = field(default_factory=dict)
     positional: int = 0
-    no_command: str = ""
     shell: str = ""
     string: str = ""
     opaque: str = ""
     assignments: bool = False
     digits: bool = False
+    dash: bool = False
 
 
 def _longs(spec: str) -> dict[str, str]:
@@ -124,26 +130,25 @@ WRAPPERS: Mapping[str, _Wrapper] = {
         "askpass=A auth-type=a background=b bell=B close-from=C login-class=c chdir=D preserve-env=E edit=e "
         "group=g set-home=H help=h host=h login=i remove-timestamp=K reset-timestamp=k list=l non-interactive=n "
         "preserve-groups=P prompt=p chroot=R role=r stdin=S shell=s type=t command-timeout=T other-user=U "
-        "user=u version=V validate=v"), no_command="lvKVh", shell="sie", assignments=True),
-    "doas": _Wrapper("Lns", "Cu", no_command="LC", shell="s"),
+        "user=u version=V validate=v"), shell="sie", assignments=True),
+    "doas": _Wrapper("Lns", "Cu", shell="s"),
     "env": _Wrapper("i0v", "uCS", "", _longs(
         "ignore-environment=i null=0 unset=u chdir=C split-string=S debug=v ignore-signal default-signal "
-        "block-signal list-signal-handling"), opaque="S", assignments=True),
+        "block-signal list-signal-handling"), opaque="S", assignments=True, dash=True),
     "nice": _Wrapper("", "n", "", _longs("adjustment=n"), digits=True),
     "nohup": _Wrapper(),
     "timeout": _Wrapper("fpv", "ks", "", _longs("foreground=f kill-after=k preserve-status=p signal=s verbose=v"),
                         positional=1),
     "stdbuf": _Wrapper("", "ioe", "", _longs("input=i output=o error=e")),
     "setsid": _Wrapper("cfw", "", "", _longs("ctty=c fork=f wait=w")),
-    "ionice": _Wrapper("t", "cnpPu", "", _longs("class=c classdata=n pid=p pgid=P uid=u ignore=t"),
-                       no_command="pPu"),
+    "ionice": _Wrapper("t", "cnpPu", "", _longs("class=c classdata=n pid=p pgid=P uid=u ignore=t")),
     "chrt": _Wrapper("abdfimoprRv", "TPD", "", _longs(
         "all-tasks=a batch=b deadline=d fifo=f idle=i max=m other=o pid=p rr=r reset-on-fork=R verbose=v "
-        "sched-runtime=T sched-period=P sched-deadline=D"), positional=1, no_command="mp"),
-    "taskset": _Wrapper("acp", "", "", _longs("all-tasks=a cpu-list=c pid=p"), positional=1, no_command="p"),
+        "sched-runtime=T sched-period=P sched-deadline=D"), positional=1),
+    "taskset": _Wrapper("acp", "", "", _longs("all-tasks=a cpu-list=c pid=p"), positional=1),
     "time": _Wrapper("apqvV", "fo", "", _longs(
-        "append=a portability=p quiet=q verbose=v format=f output=o version=V"), no_command="V"),
-    "command": _Wrapper("pvV", no_command="vV"),
+        "append=a portability=p quiet=q verbose=v format=f output=o version=V")),
+    "command": _Wrapper("pvV"),
     "exec": _Wrapper("cl", "a"),
     "builtin": _Wrapper(),
     "runuser": _Wrapper("lmpPf", "ugGsw", "", _longs(
@@ -256,9 +261,13 @@ def strict_words(text: str) -> tuple[tuple[str, ...], list[str]]:
 def _code_reasons(argv: tuple[str, ...]) -> list[str]:
     """Why plain words still run code: at every wrapper level, a program that does."""
     reasons: list[str] = []
-    for level in _levels_strict(argv, reasons):
+    for depth, level in enumerate(_levels_strict(argv, reasons)):
         name = _base(level[0])
-        if name in SHELLS:
+        if name == "scp" and depth:
+            reasons.append(f"scp run through {argv[0]}: only `scp -t PATH` or `scp -f PATH` is a file transfer")
+        elif name == "sftp-server" or (name == "rsync" and "--server" in level[1:]):
+            reasons.append(f"{level[0]} serves files unjudged (SFTP is judged file by file)")
+        elif name in SHELLS:
             reasons.append(f"{level[0]} is a shell")
         elif _INTERPRETER.fullmatch(name):
             reasons.append(f"{level[0]} runs interpreter code")
@@ -338,6 +347,9 @@ def _unwrap(spec: _Wrapper, words: Words) -> _Unwrapped:
             assignments.append(word.partition("=")[0])
             i += 1
             continue
+        if word == "-" and spec.dash:
+            i += 1
+            continue
         if not word.startswith("-") or word == "-":
             break
         if spec.digits and word.lstrip("-").isdigit():
@@ -385,7 +397,7 @@ def _unwrap(spec: _Wrapper, words: Words) -> _Unwrapped:
         return _Unwrapped(string=string, shell=shell, assignments=tuple(assignments))
     if any(c in spec.opaque for c in letters):
         return _Unwrapped(opaque=True, assignments=tuple(assignments))
-    if any(c in spec.no_command for c in letters) or i >= len(words):
+    if i >= len(words):
         return _Unwrapped(shell=shell, assignments=tuple(assignments))
     return _Unwrapped(command=tuple(words[i:]), shell=shell, assignments=tuple(assignments))
 
@@ -498,9 +510,14 @@ class _Lexer:
         while self.i < len(text) and text[self.i] in " \t":
             self.i += 1
         if self.i < len(text) and text[self.i] not in _WORD_END:
+            start = self.i
             target = self._word()
             if found in ("<<", "<<-"):
-                self.heredocs.append((target.value, found == "<<-"))
+                if target.unknown or any(c in self.text[start:self.i] for c in "$`"):
+                    self.opaque.append("a here-document delimiter this reading cannot tell")
+                    self.i = len(self.text)
+                else:
+                    self.heredocs.append((target.value, found == "<<-"))
         return True
 
     def _skip_heredocs(self) -> None:

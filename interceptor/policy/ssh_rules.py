@@ -27,7 +27,9 @@ takes it the widest way (interceptor.policy.ssh_command says how a command is re
   glob must end in `/**` over PATH or a directory above it); an upload lets the client name
   the files it writes under PATH (any name, `.bashrc` too), so only `shell: true` allows it.
   Deny read and write globs also see the scp commands of the lax reading (`sudo scp -t
-  /etc/x`). A read or write request (action `scp` too) is one file, judged as above.
+  /etc/x`). `commands` patterns do not allow an scp command line: it is judged as the
+  transfer it is (and scp run through a wrapper is shell class). A read or write request
+  (action `scp` too) is one file, judged as above.
 - forward: `forward` globs ("host:port") for local and dynamic forwards (direct-tcpip) by
   their destination, `remote_forward` for remote forwards (tcpip-forward) by where the server
   listens; hosts lower-cased without a trailing dot or IPv6 brackets. The destination is
@@ -164,7 +166,7 @@ def _view(operation: SshRequest) -> _View | Decision:
     if operation.forward in ("agent", "x11"):
         return Decision.deny(FORWARDING_RULE, f"{'agent' if operation.forward == 'agent' else 'X11'} forwarding "
                              "is refused whatever the policy")
-    target = _split_target(operation.target or "")
+    target = _split_target(operation.target or "", empty_host=operation.forward == "remote")
     if operation.forward not in ("local", "remote") or target is None or not _port(target[1]):
         return Decision.deny(BAD_REQUEST_RULE, f"forward {operation.forward!r} to {operation.target!r}: expected a "
                              "local or remote forward to HOST:PORT")
@@ -203,9 +205,9 @@ def _exec(match: SshMatch, view: _View, deny: bool) -> bool:
         return True
     if shell_class:
         return False
-    if match.commands is not None and any(covers(p, reading.argv) for p in match.commands):
-        return True
     access = reading.scp
+    if access is None and match.commands is not None and any(covers(p, reading.argv) for p in match.commands):
+        return True
     return access is not None and _file(match, access.mode, access.path, access.recursive, True, False)
 
 
@@ -309,39 +311,65 @@ def _below(glob: str, path: str) -> bool:
     return len(globs) > len(parts)
 
 
-def _split_target(text: str) -> tuple[str, str] | None:
+def _split_target(text: str, empty_host: bool = False) -> tuple[str, str] | None:
     """"host:port" (or "[v6]:port") as (host, port): host lower-cased without brackets or
-    a trailing dot; None without a non-empty host and port."""
+    a trailing dot; None without a port, or without a host unless `empty_host` (a remote
+    forward's "" is every address: RFC 4254 section 7.1)."""
     host, colon, port = text.rpartition(":")
-    if not colon or not host or not port:
+    if not colon or not port:
         return None
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     host = host.lower().rstrip(".")
-    return (host, port) if host else None
+    return (host, port) if host or empty_host else None
 
 
 def _port(text: str) -> bool:
     return text.isascii() and text.isdigit() and int(text) <= 65535
 
 
+_LOCAL = frozenset({"localhost", "127.0.0.1", "::1"})  # spellings of the server itself
+_EVERY = frozenset({"", "0.0.0.0", "::"})  # every address: connecting to it reaches the server itself
+
+
 def _target(patterns: tuple[str, ...], target: tuple[str, str], deny: bool) -> bool:
     """Allow: the host as the client named it, when it is a name or an address in canonical
-    form. Deny: also the address the server's resolver reads in it (inet_aton's `127.1`,
-    `0x7f.0.0.1`, `2130706433`; IPv6 in any spelling)."""
+    form. Deny: also every spelling of what the server reaches (see _spellings)."""
     host, port = target
-    canonical = _address(host)
     if deny:
-        hosts = {host, canonical or host}
-    elif canonical is not None and canonical != host:
+        hosts = _spellings(host)
+    elif _address(host) not in (None, host):
         return False
     else:
         hosts = {host}
     for pattern in patterns:
-        split = _split_target(pattern)
+        split = _split_target(pattern, empty_host=True)
         if split is not None and fnmatchcase(port, split[1]) and any(fnmatchcase(h, split[0]) for h in hosts):
             return True
     return False
+
+
+def _spellings(host: str) -> set[str]:
+    """`host`, the address a resolver reads in it (inet_aton's `127.1`, `0x7f.0.0.1`,
+    `2130706433`; IPv6 in any spelling; an IPv4-mapped IPv6 address as IPv4), and for the
+    server itself (loopback, `localhost`) or every address (`0.0.0.0`, `::`, "") all the
+    spellings of both."""
+    spellings = {host}
+    address = _address(host)
+    if address is not None:
+        parsed = ipaddress.ip_address(address)
+        mapped = parsed.ipv4_mapped if isinstance(parsed, ipaddress.IPv6Address) else None
+        parsed = mapped or parsed
+        spellings |= {address, str(parsed)}
+        if parsed.is_loopback:
+            spellings |= _LOCAL
+        if parsed.is_unspecified:
+            spellings |= _EVERY | _LOCAL
+    if host in _LOCAL:
+        spellings |= _LOCAL
+    if host in _EVERY:
+        spellings |= _EVERY | _LOCAL
+    return spellings
 
 
 def _address(host: str) -> str | None:

@@ -36,7 +36,7 @@ rules:
   - {name: files, effect: allow, agents: [bot], resources: [web],
      ssh: {read: ["/var/log/**", "/srv/data/*.csv", "/srv/[ab]x/file"], write: ["/srv/uploads/**", "/home/bot/**"]}}
   - {name: forwards, effect: allow, agents: [bot], resources: [web],
-     ssh: {forward: ["db.internal:5432", "10.0.0.9:*", "::1:8080"], remote_forward: ["127.0.0.1:9000"]}}
+     ssh: {forward: ["db.internal:5432", "10.0.0.9:*", "::2:8080"], remote_forward: ["127.0.0.1:9000"]}}
   - {name: admin-shell, effect: allow, agents: [admin], resources: [web], ssh: {shell: true}}
   - {name: dotfiles, effect: allow, agents: [admin], resources: [web], ssh: {shell: true, write: ["/home/admin/**"]}}
   - {name: everything, effect: allow, agents: [bot], resources: [other]}
@@ -44,6 +44,7 @@ rules:
   - {name: no-secrets, effect: deny, resources: [web], ssh: {read: ["/var/log/secret/**", "/srv/data/private.csv"],
      write: ["/srv/uploads/locked/**"]}}
   - {name: no-metadata, effect: deny, resources: [web], ssh: {forward: ["169.254.169.254:*", "127.0.0.1:*"]}}
+  - {name: no-public-listen, effect: deny, resources: [web], ssh: {remote_forward: ["0.0.0.0:*"]}}
 """
 
 
@@ -214,6 +215,17 @@ def test_legacy_scp(engine: PolicyEngine, command: str, expected: tuple[str, str
     assert run(engine, command) == expected
 
 
+def test_commands_patterns_do_not_allow_file_transfers() -> None:
+    engine = PolicyEngine(load_policy_text(POLICY + """
+  - {name: any-command, effect: allow, agents: [bot], resources: [web], ssh: {commands: ["**"]}}
+""", "ssh.yaml"))
+    assert run(engine, "uptime -p") == ("allow", "any-command")
+    for command in ("scp -t /home/bot/.ssh/authorized_keys", "sudo scp -t /etc/x", "/usr/lib/openssh/sftp-server",
+                    "rsync --server -e.Lsfx . /home/bot/.ssh"):
+        assert run(engine, command)[0] == "deny", command
+    assert run(engine, "scp -f /var/log/syslog") == ("allow", "files")
+
+
 def test_a_legacy_scp_upload_is_a_shell_matter(engine: PolicyEngine) -> None:
     assert run(engine, "scp -t /home/admin/x", "admin") == ("allow", "admin-shell")
     assert "scp upload" in ask(engine, SshRequest("exec", command="scp -t /srv/uploads/x")).reason
@@ -227,14 +239,26 @@ def test_a_legacy_scp_upload_is_a_shell_matter(engine: PolicyEngine) -> None:
     ("10.0.0.9:22", "local", ("allow", "forwards")),
     ("10.0.0.09:22", "local", ("deny", "default-deny")),  # a resolver reads 09 another way: not canonical
     ("167772169:22", "local", ("deny", "default-deny")),  # 10.0.0.9 spelled as one number
-    ("[::1]:8080", "local", ("allow", "forwards")),
-    ("[0:0::1]:8080", "local", ("deny", "default-deny")),
+    ("[::1]:8080", "local", ("deny", "no-metadata")),  # loopback is 127.0.0.1 to a deny rule
+    ("[0:0::1]:8080", "local", ("deny", "no-metadata")),
+    ("localhost:22", "local", ("deny", "no-metadata")),
+    ("0.0.0.0:22", "local", ("deny", "no-metadata")),  # connecting to every address reaches the server
+    ("[::]:22", "local", ("deny", "no-metadata")),
+    ("0:22", "local", ("deny", "no-metadata")),
+    ("127.0.0.2:22", "local", ("deny", "no-metadata")),
+    ("[::ffff:169.254.169.254]:80", "local", ("deny", "no-metadata")),  # IPv4-mapped
+    ("[::ffff:10.0.0.9]:22", "local", ("deny", "default-deny")),  # not the canonical spelling for allow
+    ("[fe80::1]:8080", "local", ("deny", "default-deny")),
+    ("[::2]:8080", "local", ("allow", "forwards")),
+    ("localhost:9000", "remote", ("deny", "default-deny")),
     ("169.254.169.254:80", "local", ("deny", "no-metadata")),
     ("2852039166:80", "local", ("deny", "no-metadata")),  # inet_aton: 169.254.169.254
     ("0xa9.0xfe.0xa9.0xfe:80", "local", ("deny", "no-metadata")),
     ("127.1:22", "local", ("deny", "no-metadata")),
     ("127.0.0.1:9000", "remote", ("allow", "forwards")),  # `forward` globs are about local forwards only
-    ("0.0.0.0:9000", "remote", ("deny", "default-deny")),
+    ("0.0.0.0:9000", "remote", ("deny", "no-public-listen")),
+    ("[::]:9000", "remote", ("deny", "no-public-listen")),
+    (":9000", "remote", ("deny", "no-public-listen")),
     ("db.internal:5432", "remote", ("deny", "default-deny")),
 ])
 def test_forwards(engine: PolicyEngine, target: str, kind: str, expected: tuple[str, str]) -> None:

@@ -168,6 +168,17 @@ def test_shell_constructs_are_shell_class(command: str, why: str) -> None:
     ("flock /tmp/l sh", "sh is a shell"),
     ("flock /tmp/l -c 'rm x'", "flock runs a command string"),
     ("sudo sudo sudo nice nice sh", "sh is a shell"),
+    ("compgen -C id x", "compgen runs"),
+    ("mapfile -C id x", "mapfile runs"),
+    ("jobs -x id", "jobs runs"),
+    ("enable -f /tmp/x.so x", "enable runs"),
+    ("/lib64/ld-linux-x86-64.so.2 /bin/sh", "runs interpreter code"),
+    ("chroot / sh", "chroot can start"),
+    ("strace -f ls", "strace can start"),
+    ("/usr/lib/openssh/sftp-server", "serves files unjudged"),
+    ("rsync --server -vlogDtpre.iLsfxCIvu . /srv", "serves files unjudged"),
+    ("sudo scp -t /etc/x", "scp run through sudo"),
+    ("nice scp -f /etc/shadow", "scp run through nice"),
     ("scp -t /a /b", "one path"),
     ("scp -x -t /a", "scp option -x"),
     ("scp /a host:/b", "one path"),
@@ -219,7 +230,9 @@ def test_wrappers_and_harmless_options_are_not_shell_class(command: str) -> None
     "$X -rf /", "${X} x", "$'rm' x", "`echo rm` x", "python3 -c 'import os'", "perl -e x",
     "awk 'BEGIN{system(\"rm x\")}'", "bash", "sh /tmp/script.sh", "bash < /tmp/x", "env -S 'rm x'",
     "sudo -Z rm x", "ls 'unterminated; rm x", "vim -c '!rm x'", "tar --to-command='rm x' -xf a.tar",
-    "echo <(rm x)", "ls ${x:-$(rm y)}",
+    "echo <(rm x)", "ls ${x:-$(rm y)}", "env - rm x", "env - PATH=/bin rm x", "sudo -l rm x", "sudo -hx rm x",
+    "command -v rm", "cat <<$X\nhi\n$X\nrm x", 'cat <<"$X"\n$X\nrm x', "cat <<`x`\nrm x", "chroot / rm x",
+    "strace rm x", "ionice -p 1 rm x",
 ])
 def test_deny_rules_see_the_command_however_it_is_wrapped(command: str) -> None:
     assert denied_by_rm(command), read_command(command)
@@ -228,7 +241,8 @@ def test_deny_rules_see_the_command_however_it_is_wrapped(command: str) -> None:
 @pytest.mark.parametrize("command", [
     "ls -l", "grep rm /var/log/x", "echo rm", "ls rm", "sudo ls rm", "nice -n 5 grep rm x", "timeout 5 echo rm",
     "ls $HOME", "ls /tmp/*", "cat <<EOF\nrm x\nEOF", "ls # ; rm x", "echo 'rm x'", "echo '$(rm x)'",
-    "sh -c 'ls -l'", "sudo -l", "xargs echo", "find / -name rm",
+    "sh -c 'ls -l'", "sudo -l", "xargs echo", "find / -name rm", "cat <<'EOF'\nrm x\nEOF\nls",
+    "cat <<-EOF\n\trm x\n\tEOF\nls", "cat <<E\\OF\nrm x\nEOF",
 ])
 def test_deny_rules_do_not_match_what_the_shell_does_not_run(command: str) -> None:
     assert not denied_by_rm(command), read_command(command)
