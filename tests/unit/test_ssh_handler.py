@@ -413,8 +413,10 @@ def test_a_held_command_waits_tells_the_agent_and_runs_once_approved(tmp_path: P
             finished = await process.wait()
             assert finished.exit_status == 0
         assert lab.upstream.commands == ["reboot"]
+        (end,) = lab.kind("ssh-end")
+        assert (end.decision, end.rule) == ("approve", "reboots")
         (judged,) = lab.kind("ssh")
-        assert (judged.decision, judged.rule) == ("allow", "reboots")
+        assert (judged.decision, judged.rule) == ("approve", "reboots")
         assert judged.outcome is not None
         approval = cast(dict[str, object], judged.outcome["approval"])
         assert (approval["approved"], approval["request_id"]) == (True, pending.request_id)

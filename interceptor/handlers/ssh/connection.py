@@ -106,7 +106,7 @@ class FlowGate:
         if decision.verdict is Verdict.APPROVE:
             decision, approval = await self._hold(operation, decision)
         await self._record("ssh", operation, decision, {"approval": approval} if approval else None)
-        if decision.verdict is Verdict.ALLOW:
+        if decision.verdict is Verdict.ALLOW or (approval is not None and approval["approved"] is True):
             return decision
         if decision.rule == PROTOCOL_RULE:
             raise Refused(SQLSTATE, decision.reason)
@@ -115,8 +115,9 @@ class FlowGate:
         raise Refused(SQLSTATE, f"permission denied by interceptor rule {decision.rule!r}: {decision.reason}")
 
     async def _hold(self, operation: SshRequest, decision: Decision) -> tuple[Decision, dict[str, object]]:
-        """Wait for a person's decision; the decision to record and the approval's summary.
-        Cancelled (the agent left), the request is withdrawn and recorded as never run."""
+        """Wait for a person's decision; the decision to record (the approve decision itself
+        when approved, as every handler records it; a deny otherwise) and the approval's
+        summary. Cancelled (the agent left), the request is withdrawn and recorded as never run."""
         broker = self.services.approvals
         if broker is None:
             reason = "approval needed but no approval broker is configured"
@@ -139,7 +140,7 @@ class FlowGate:
         summary: dict[str, object] = {"approved": outcome.approved, "request_id": outcome.request_id,
                                       "approver": outcome.approver, "reason": outcome.reason}
         if outcome.approved:
-            return Decision(Verdict.ALLOW, decision.rule, outcome.reason, (), decision.approval), summary
+            return decision, summary
         return Decision.deny(decision.rule, outcome.reason or "not approved"), summary
 
     async def finished(self, operation: SshRequest, decision: Decision, outcome: dict[str, object]) -> None:
