@@ -23,6 +23,7 @@ from typing import Any, cast
 
 import asyncssh
 import pytest
+import uvloop
 
 from interceptor.approvals import ApprovalBroker, Approver, SqliteStore
 from interceptor.audit.event import AuditEvent
@@ -254,6 +255,18 @@ class Serving:
         await asyncio.wait_for(self.task, 10)
 
 
+Runner = Callable[[Coroutine[Any, Any, None]], None]
+LOOPS: dict[str, Runner] = {"asyncio": asyncio.run, "uvloop": uvloop.run}
+loop_run: Runner = asyncio.run  # the loop of the test running now (the `loop` fixture sets it)
+
+
+@pytest.fixture(autouse=True, params=list(LOOPS))
+def loop(request: pytest.FixtureRequest) -> None:
+    """Every flow runs on asyncio's own loop, and on uvloop (the daemon's)."""
+    global loop_run
+    loop_run = LOOPS[request.param]
+
+
 def scenario(test: Callable[[Lab], Coroutine[Any, Any, None]], tmp: Path, **lab: Any) -> None:
     async def main() -> None:
         (tmp / "server" / "srv").mkdir(parents=True)
@@ -273,7 +286,7 @@ def scenario(test: Callable[[Lab], Coroutine[Any, Any, None]], tmp: Path, **lab:
             upstream.server.close()
             await upstream.server.wait_closed()
 
-    asyncio.run(asyncio.wait_for(main(), 30))
+    loop_run(asyncio.wait_for(main(), 30))
 
 
 # ---- exec ------------------------------------------------------------------------------
