@@ -275,11 +275,16 @@ def _code_reasons(argv: tuple[str, ...]) -> list[str]:
             reasons.append(f"{level[0]} runs or evaluates shell code")
         elif name in SPAWNERS:
             reasons.append(f"{level[0]} can start a shell or other commands")
-        elif name in ("printf", "test", "[") and any(w.startswith(("-v", "-R")) for w in level[1:]):
+        elif _evaluates_names(name, level):
             reasons.append(f"{level[0]} -v evaluates array subscripts (code) in bash")
         elif runs_option(name, level):
             reasons.append(f"{level[0]} has an option that runs a command")
     return reasons
+
+
+def _evaluates_names(name: str, words: Words) -> bool:
+    """printf -v, test -v and -R (bash): the name given is evaluated, subscript and all."""
+    return name in ("printf", "test", "[") and any(w is None or w.startswith(("-v", "-R")) for w in words[1:])
 
 
 def runs_option(name: str, words: Words) -> bool:
@@ -442,6 +447,14 @@ _KEYWORDS = frozenset({"!", "{", "}", "if", "then", "else", "elif", "fi", "do", 
                        "in", "esac"})
 _WORD_END = frozenset(" \t\n;&|()<>")
 _NAME_CHAR = re.compile(r"[A-Za-z_][A-Za-z0-9_]*|[0-9@*#?$!-]")
+# What in an expansion runs code: a substitution, bash's arithmetic (which evaluates the values
+# of the variables it names, `a[$(id)]` included: subscripts, `${x:offset}`), indirection
+# (`${!x}`), a transformation (`${x@P}` expands a prompt)
+_RUNS_IN_EXPANSION = re.compile(r"\$[({\[]|`")
+_EVALUATING_EXPANSION = re.compile(r"\$[({\[]|`|\[|^!|.@|:(?![-=?+])")
+# Variables whose value changes what later commands are or do
+_RISKY_VARIABLES = re.compile(r"PATH|IFS|ENV|BASH_ENV|PS[0-4]|PROMPT_COMMAND|SHELLOPTS|BASHOPTS|GLOBIGNORE|"
+                              r"EXECIGNORE|CDPATH|HOME|FPATH|LD_\w*|BASH_\w*|HIST\w*|MAIL\w*")
 _FD_PREFIX = re.compile(r"[0-9]+|\{[A-Za-z_][A-Za-z0-9_]*\}")
 
 
@@ -461,7 +474,7 @@ class _Lexer:
     def __init__(self, text: str, depth: int, commands: list[Words], opaque: list[str]) -> None:
         self.text, self.depth, self.commands, self.opaque = text, depth, commands, opaque
         self.i = 0
-        self.heredocs: list[tuple[str, bool]] = []
+        self.heredocs: list[tuple[str, bool, bool]] = []  # delimiter, strip tabs, body expanded
 
     def run(self) -> None:
         text, n = self.text, len(self.text)
@@ -481,6 +494,10 @@ class _Lexer:
                 self.i += 2
             elif self._redirection():
                 continue
+            elif text.startswith("((", self.i):
+                self.opaque.append("an arithmetic command")
+                self._end(current)
+                self.i += 2
             elif any(text.startswith(op, self.i) for op in _OPERATORS):
                 self._end(current)
                 self.i += len(next(op for op in _OPERATORS if text.startswith(op, self.i)))
@@ -517,11 +534,14 @@ class _Lexer:
                     self.opaque.append("a here-document delimiter this reading cannot tell")
                     self.i = len(self.text)
                 else:
-                    self.heredocs.append((target.value, found == "<<-"))
+                    self.heredocs.append((target.value, found == "<<-", not target.quoted))
         return True
 
     def _skip_heredocs(self) -> None:
-        for delimiter, strip_tabs in self.heredocs:
+        """Past the bodies of the here-documents of the line just ended; a body whose
+        delimiter was not quoted is expanded (XCU 2.7.4): a substitution in it is opaque."""
+        for delimiter, strip_tabs, expanded in self.heredocs:
+            start = self.i
             while self.i < len(self.text):
                 end = self.text.find("\n", self.i)
                 end = len(self.text) if end < 0 else end
@@ -529,13 +549,15 @@ class _Lexer:
                 self.i = end + 1
                 if (line.lstrip("\t") if strip_tabs else line) == delimiter:
                     break
+            if expanded and _RUNS_IN_EXPANSION.search(self.text[start:self.i]):
+                self.opaque.append("a substitution in a here-document")
         self.heredocs.clear()
 
     def _end(self, current: list[_Word]) -> None:
         words = list(current)
         current.clear()
         while words and words[0].prefix and _ASSIGNMENT.match(words[0].prefix):
-            words.pop(0)
+            _check_assignment(words.pop(0).prefix, self.opaque)
         if words:
             _add_levels(tuple(None if w.unknown else w.value for w in words), self.depth, self.commands, self.opaque)
 
@@ -616,10 +638,13 @@ class _Lexer:
             self.i, word.unknown = end + 1, True
         elif after == "{":
             end = _closing(text, self.i + 1, "{", "}")
-            inner = text[self.i + 2:end]
-            if "$(" in inner or "`" in inner:
-                self.opaque.append("a command substitution in a parameter expansion")
+            if _EVALUATING_EXPANSION.search(text[self.i + 2:end]):
+                self.opaque.append("a parameter expansion that evaluates code (a substitution, a subscript, an "
+                                   "offset, indirection or a transformation)")
             self.i, word.unknown = end + 1, True
+        elif after == "[":
+            self.opaque.append("an arithmetic expansion")
+            self.i, word.unknown = _closing(text, self.i + 1, "[", "]") + 1, True
         elif after in ("'", '"'):
             end = self.i + 2
             while end < n and text[end] != after:
@@ -673,9 +698,18 @@ def _read_lax(text: str, depth: int, commands: list[Words], opaque: list[str]) -
     _Lexer(text, depth, commands, opaque).run()
 
 
+def _check_assignment(word: str, opaque: list[str]) -> None:
+    """An assignment to an array element (its subscript is evaluated as arithmetic) or to a
+    variable that changes what later commands run is opaque."""
+    name = word.partition("=")[0].rstrip("+")
+    if "[" in name or _RISKY_VARIABLES.fullmatch(name):
+        opaque.append(f"an assignment to {name}, which changes what runs")
+
+
 def _add_levels(words: Words, depth: int, commands: list[Words], opaque: list[str]) -> None:
     """`words` and every command it runs (wrappers, `sh -c`, eval, find -exec) to `commands`."""
     while words and isinstance(words[0], str) and _ASSIGNMENT.match(words[0]):
+        _check_assignment(words[0], opaque)
         words = words[1:]
     if not words:
         return
@@ -720,7 +754,7 @@ def _runs(name: str, words: Words, opaque: list[str]) -> tuple[list[Words], list
         return [], strings
     if name in WRAPPERS:
         return _wrapped(name, words, opaque)
-    if _INTERPRETER.fullmatch(name) or name in CODE_BUILTINS or name in SPAWNERS:
+    if _INTERPRETER.fullmatch(name) or name in CODE_BUILTINS or name in SPAWNERS or _evaluates_names(name, words):
         opaque.append(f"{name} runs code this reading cannot see")
     elif runs_option(name, words):
         opaque.append(f"{name} has an option that runs a command")

@@ -8,6 +8,7 @@ import random
 import shutil
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -232,7 +233,11 @@ def test_wrappers_and_harmless_options_are_not_shell_class(command: str) -> None
     "sudo -Z rm x", "ls 'unterminated; rm x", "vim -c '!rm x'", "tar --to-command='rm x' -xf a.tar",
     "echo <(rm x)", "ls ${x:-$(rm y)}", "env - rm x", "env - PATH=/bin rm x", "sudo -l rm x", "sudo -hx rm x",
     "command -v rm", "cat <<$X\nhi\n$X\nrm x", 'cat <<"$X"\n$X\nrm x', "cat <<`x`\nrm x", "chroot / rm x",
-    "strace rm x", "ionice -p 1 rm x",
+    "strace rm x", "ionice -p 1 rm x", "cat <<EOF\n$(rm x)\nEOF", "cat <<EOF\n`rm x`\nEOF",
+    "b='x[$(rm y)]'; ((b))", "b='x[$(rm y)]'; echo ${a[b]}", "b='x[$(rm y)]'; echo ${x:b}",
+    "b='a[$(rm y)]'; echo ${!b}", "p='$(rm y)'; echo ${p@P}", "b='x[$(rm y)]'; a[b]=1", "test -v 'a[$(rm x)]'",
+    "printf -v 'a[$(rm x)]' 1", "PS4='$(rm x)'; set -x; true", "echo $[a[$(rm x)]]", "PATH=/tmp/evil; ls",
+    "IFS=_; v=rm_x; $v", "BASH_ENV=/tmp/x bash -c true",
 ])
 def test_deny_rules_see_the_command_however_it_is_wrapped(command: str) -> None:
     assert denied_by_rm(command), read_command(command)
@@ -242,7 +247,8 @@ def test_deny_rules_see_the_command_however_it_is_wrapped(command: str) -> None:
     "ls -l", "grep rm /var/log/x", "echo rm", "ls rm", "sudo ls rm", "nice -n 5 grep rm x", "timeout 5 echo rm",
     "ls $HOME", "ls /tmp/*", "cat <<EOF\nrm x\nEOF", "ls # ; rm x", "echo 'rm x'", "echo '$(rm x)'",
     "sh -c 'ls -l'", "sudo -l", "xargs echo", "find / -name rm", "cat <<'EOF'\nrm x\nEOF\nls",
-    "cat <<-EOF\n\trm x\n\tEOF\nls", "cat <<E\\OF\nrm x\nEOF",
+    "cat <<-EOF\n\trm x\n\tEOF\nls", "cat <<E\\OF\nrm x\nEOF", "cat <<'EOF'\n$(rm x)\nEOF\nls",
+    "echo ${x:-default} ${#x} ${x%.*}", "X=1 ls",
 ])
 def test_deny_rules_do_not_match_what_the_shell_does_not_run(command: str) -> None:
     assert not denied_by_rm(command), read_command(command)
@@ -386,3 +392,47 @@ def test_plain_words_are_the_words_the_shell_passes(shell: str) -> None:
         words = tuple(fields[:count])
         del fields[:count]
         assert read_command(f"x {text}").argv[1:] == words, text
+
+
+_FRAGMENTS = [
+    "rm x", "echo a", "r'm' x", "\\rm x", "$(echo rm) x", "`echo rm` x", "X=rm; $X x", "rm${IFS}x", "true",
+    "sh -c 'rm x'", 'bash -c "rm x"', "eval 'rm x'", "env rm x", "env - rm x", "nice -n 1 rm x", "timeout 5 rm x",
+    "echo x | xargs rm", "find . -maxdepth 0 -exec rm {} \\;", "cat <<EOF\nrm x\nEOF", "{ rm x; }", "(rm x)",
+    "if true; then rm x; fi", "f(){ rm x; }; f", "echo 'rm x'", "# rm x", "command rm x", "exec rm x",
+    "printf rm | sh", "echo $((1+1))", "cat <<-E\n\trm x\n\tE", "2>/dev/null rm x", "{fd}>&2 rm x", "Y=1 rm x",
+    "! rm x", "case a in a) rm x;; esac", "while false; do rm x; done", "a=$(rm x)", "echo ${Z:-$(rm x)}",
+    "trap 'rm x' EXIT", "builtin eval rm x", "time rm x", "sh <<EOF\nrm x\nEOF", "rm\\\nx", "e\\\ncho rm",
+    "cat <<EOF\n$(rm x)\nEOF", "cat <<EOF\n`rm x`\nEOF", "b='x[$(rm y)]'; ((b))", "b='x[$(rm y)]'; echo ${a[b]}",
+    "b='x[$(rm y)]'; echo ${x:b}", "b='a[$(rm y)]'; echo ${!b}", "p='$(rm y)'; echo ${p@P}",
+    "b='x[$(rm y)]'; a[b]=1", "test -v 'a[$(rm x)]'", "printf -v 'a[$(rm x)]' 1", "PS4='$(rm x)'; set -x; true",
+    "echo $[a[$(rm x)]]", "for ((i=0;i<1;i++)); do rm x; done",
+]
+_GLUE = [" ; ", " && ", " || ", " | ", " & ", "\n", " ", "; ", ";"]
+
+
+def test_deny_rules_see_every_rm_bash_and_dash_run(tmp_path: Path) -> None:
+    """Differential: random programs of fragments run by bash and dash with a PATH of stand-ins
+    (a fake `rm` that leaves a mark); every program that ran `rm` must be one a deny rule
+    `rm **` matches."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "rm").write_text(f"#!/bin/dash\necho ran >> {tmp_path}/mark\n")
+    (fake / "rm").chmod(0o755)
+    for tool in ("bash", "dash", "env", "nice", "timeout", "xargs", "find", "cat", "printf", "echo", "true", "false"):
+        found = shutil.which(tool)
+        if found is not None:
+            (fake / tool).symlink_to(found)
+    (fake / "sh").symlink_to(fake / "dash")
+    rng = random.Random(29)
+    ran = 0
+    for index in range(400):
+        program = "".join(rng.choice(_FRAGMENTS) + rng.choice(_GLUE) for _ in range(rng.randint(1, 3)))
+        shell = "bash" if index % 2 else "dash"
+        mark = tmp_path / "mark"
+        mark.unlink(missing_ok=True)
+        subprocess.run([str(fake / shell), "-c", program], cwd=tmp_path, capture_output=True, timeout=10,
+                       env={"PATH": str(fake), "HOME": str(tmp_path)}, check=False)
+        if mark.exists():
+            ran += 1
+            assert denied_by_rm(program), (shell, program, read_command(program))
+    assert ran > 100
