@@ -628,6 +628,20 @@ def test_agent_forwarding_and_other_subsystems_are_refused_and_recorded(tmp_path
     scenario(test, tmp_path)
 
 
+def test_a_command_that_is_not_utf8_is_refused_and_recorded(tmp_path: Path) -> None:
+    async def test(lab: Lab) -> None:
+        async with lab.agent() as conn:
+            with pytest.raises(asyncssh.ChannelOpenError):  # asyncssh's client: the exec request failed
+                await conn.create_process(cast(str, b"echo \xff"))  # the bytes as sent on the wire
+            assert (await conn.run("echo next")).exit_status == 0
+        refused, _ = lab.kind("ssh")
+        assert (refused.decision, refused.rule, refused.reason) == ("deny", PROTOCOL_RULE,
+                                                                    "the command is not valid UTF-8")
+        assert refused.operation == {"kind": "ssh", "request": "exec", "command": "echo \\xff"}
+
+    scenario(test, tmp_path)
+
+
 def test_channels_past_the_limit_are_refused(tmp_path: Path) -> None:
     async def test(lab: Lab) -> None:
         async with lab.agent() as conn:

@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any
 
 import asyncssh
+from asyncssh.packet import SSHPacket
 
 from interceptor.approvals.broker import DISCONNECTED
 from interceptor.decision import Decision, Verdict
@@ -143,6 +144,13 @@ class FlowGate:
             return decision, summary
         return Decision.deny(decision.rule, outcome.reason or "not approved"), summary
 
+    async def refused(self, operation: SshRequest, reason: str) -> None:
+        """Record the refusal of a request the channel could not even read (never raises)."""
+        try:
+            await self._record("ssh", operation, Decision.deny(PROTOCOL_RULE, reason), None)
+        except AuditUnavailable as exc:
+            log.error("audit unavailable for flow %s: %s", self.flow.flow_id, exc)
+
     async def finished(self, operation: SshRequest, decision: Decision, outcome: dict[str, object]) -> None:
         try:
             await self._record("ssh-end", operation, decision, outcome)
@@ -166,19 +174,41 @@ class _Channel(asyncssh.SSHServerChannel[bytes]):
                          PACKET)
         self.owner = owner
 
-    def _process_env_request(self, packet: asyncssh.packet.SSHPacket) -> bool:
+    def _process_env_request(self, packet: SSHPacket) -> bool:
         name = packet.get_string()
         packet.get_string()
         packet.check_end()
         self.owner.env_refused(name.decode("utf-8", "backslashreplace"))
         return False
 
-    def _process_auth_agent_req_at_openssh_dot_com_request(self, packet: asyncssh.packet.SSHPacket) -> None:
+    def _process_exec_request(self, packet: SSHPacket) -> bool:
+        rest = packet.get_remaining_payload()
+        command = packet.get_string()
+        try:
+            command.decode()
+        except UnicodeDecodeError:
+            packet.check_end()
+            self.owner.unreadable(SshRequest("exec", command=command.decode("utf-8", "backslashreplace")),
+                                  "the command is not valid UTF-8")
+            return False
+        return super()._process_exec_request(SSHPacket(rest))
+
+    def _process_subsystem_request(self, packet: SSHPacket) -> bool:
+        rest = packet.get_remaining_payload()
+        name = packet.get_string()
+        if not name.isascii():
+            packet.check_end()
+            self.owner.unreadable(SshRequest("subsystem", command=name.decode("utf-8", "backslashreplace")),
+                                  "the subsystem name is not ASCII")
+            return False
+        return super()._process_subsystem_request(SSHPacket(rest))
+
+    def _process_auth_agent_req_at_openssh_dot_com_request(self, packet: SSHPacket) -> None:
         packet.check_end()
         self.owner.refuse("agent")
         self._report_response(False)
 
-    def _process_x11_req_request(self, packet: asyncssh.packet.SSHPacket) -> bool | None:
+    def _process_x11_req_request(self, packet: SSHPacket) -> bool | None:
         self.owner.refuse("x11")
         return False
 
@@ -260,6 +290,10 @@ class AgentConnection(asyncssh.SSHServer):
         """An agent or X11 forwarding ask: refused, and recorded."""
         self.spawn(self._refuse(SshRequest("forward", forward=forward)))
 
+    def unreadable(self, operation: SshRequest, reason: str) -> None:
+        """A request refused because it cannot be read: recorded."""
+        self.spawn(self.gate.refused(operation, reason))
+
     async def _refuse(self, operation: SshRequest) -> None:
         try:
             await self.gate.authorize(operation)
@@ -307,7 +341,10 @@ class AgentConnection(asyncssh.SSHServer):
 
         def notice(text: str) -> None:
             newline = b"\r\n" if session.term_type is not None else b"\n"
-            session.stderr.write(b"interceptor: " + text.encode() + newline)
+            try:
+                session.stderr.write(b"interceptor: " + text.encode() + newline)
+            except (BrokenPipeError, OSError, asyncssh.Error):
+                pass  # the agent left; the held request is withdrawn when the connection ends
 
         with self._serving():
             channel = process.Channel(self.gate.for_channel(notice), await self.server(), self.services.traffic,
