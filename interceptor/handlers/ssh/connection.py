@@ -182,26 +182,22 @@ class _Channel(asyncssh.SSHServerChannel[bytes]):
         return False
 
     def _process_exec_request(self, packet: SSHPacket) -> bool:
-        rest = packet.get_remaining_payload()
-        command = packet.get_string()
-        try:
-            command.decode()
-        except UnicodeDecodeError:
-            packet.check_end()
-            self.owner.unreadable(SshRequest("exec", command=command.decode("utf-8", "backslashreplace")),
-                                  "the command is not valid UTF-8")
-            return False
-        return super()._process_exec_request(SSHPacket(rest))
+        return self._readable(packet, "exec", _utf8, "the command is not valid UTF-8", super()._process_exec_request)
 
     def _process_subsystem_request(self, packet: SSHPacket) -> bool:
+        return self._readable(packet, "subsystem", bytes.isascii, "the subsystem name is not ASCII",
+                              super()._process_subsystem_request)
+
+    def _readable(self, packet: SSHPacket, request: str, readable: Callable[[bytes], bool], reason: str,
+                  then: Callable[[SSHPacket], bool]) -> bool:
+        """Pass the request on to asyncssh (`then`) when its string reads; else refuse it, recorded."""
         rest = packet.get_remaining_payload()
-        name = packet.get_string()
-        if not name.isascii():
-            packet.check_end()
-            self.owner.unreadable(SshRequest("subsystem", command=name.decode("utf-8", "backslashreplace")),
-                                  "the subsystem name is not ASCII")
-            return False
-        return super()._process_subsystem_request(SSHPacket(rest))
+        value = packet.get_string()
+        if readable(value):
+            return then(SSHPacket(rest))
+        packet.check_end()
+        self.owner.unreadable(SshRequest(request, command=value.decode("utf-8", "backslashreplace")), reason)
+        return False
 
     def _process_auth_agent_req_at_openssh_dot_com_request(self, packet: SSHPacket) -> None:
         packet.check_end()
@@ -211,6 +207,14 @@ class _Channel(asyncssh.SSHServerChannel[bytes]):
     def _process_x11_req_request(self, packet: SSHPacket) -> bool | None:
         self.owner.refuse("x11")
         return False
+
+
+def _utf8(data: bytes) -> bool:
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 class _Session(asyncssh.SSHServerProcess[bytes]):
