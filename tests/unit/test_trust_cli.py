@@ -300,6 +300,43 @@ def test_bad_host_names_fail_and_write_nothing(config: Path, root: Path, ssh_pol
     assert not known_hosts(root).exists()
 
 
+SSH_EXAMPLE = Path(__file__).resolve().parents[2] / "policy" / "examples" / "ssh.yaml"
+
+
+def test_install_from_the_shipped_ssh_example(tmp_path: Path, config: Path, root: Path) -> None:
+    result = run(config, "trust", "install", "--root", str(root), "--policy", str(SSH_EXAMPLE))
+    assert result.exit_code == 0, result.output
+    ca = SshHostCA.open(tmp_path / "state", create=False)
+    line = f"@cert-authority web1.internal.example.com,web1 {ca.public_key_line()}"
+    assert f"# the ssh resources web1 of {SSH_EXAMPLE}\n{line}\n" in known_hosts(root).read_text()
+    assert _found(known_hosts(root), "web1") and not _found(known_hosts(root), "web2")
+
+
+def test_install_from_a_policy_file(tmp_path: Path, config: Path, root: Path) -> None:
+    """The settings' policy, read by the loader: an ssh resource by name, network (another
+    port) and IPv6 address, its host_names, beside a resource of another protocol."""
+    (tmp_path / "policy.yaml").write_text(f"""version: 1
+resources:
+  web:
+    protocol: ssh
+    addresses: ["web1.internal:22", "10.1.2.0/24:2222", "[fd00::7]:22"]
+    credentials: {{from: file, path: {tmp_path / "web.yaml"}}}
+    options: {{known_hosts: {tmp_path / "known_hosts"}, host_names: [web1]}}
+  db:
+    protocol: postgres
+    addresses: ["db.internal:5432"]
+agents: {{}}
+rules: []
+""")
+    result = run(config, "trust", "install", "--root", str(root))
+    assert result.exit_code == 0, result.output
+    assert "@cert-authority web1.internal,[10.1.2.*]:2222,fd00::7,web1,[web1]:2222 ssh-ed25519 " \
+        in known_hosts(root).read_text()
+    for host in ("web1.internal", "[10.1.2.9]:2222", "fd00::7", "web1", "[web1]:2222"):
+        assert _found(known_hosts(root), host), host
+    assert not _found(known_hosts(root), "db.internal")
+
+
 @pytest.mark.usefixtures("ssh_policy")
 @pytest.mark.parametrize("markers", [[trust_cli.BLOCK_BEGIN], [trust_cli.BLOCK_END, trust_cli.BLOCK_BEGIN],
                                      [trust_cli.BLOCK_BEGIN, trust_cli.BLOCK_END] * 2])
