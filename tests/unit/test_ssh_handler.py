@@ -61,7 +61,7 @@ agents:
   bot: {uids: [1001]}
 rules:
   - {name: commands, effect: allow, agents: [bot], resources: [web1],
-     ssh: {commands: ["echo **", "exit *", "cat", "err **", "kill"]}}
+     ssh: {commands: ["echo **", "exit *", "cat", "err **", "kill", "pause"]}}
   - {name: reboots, effect: approve, agents: [bot], resources: [web1], ssh: {commands: [reboot]},
      approval: {groups: [ops], timeout_seconds: 60}}
   - {name: srv-read, effect: allow, agents: [bot], resources: [web1], ssh: {read: ["/srv/**"]}}
@@ -94,6 +94,7 @@ class Upstream:
     commands: list[str | None] = field(default_factory=list)
     terminals: list[str | None] = field(default_factory=list)
     sizes: list[tuple[int, int]] = field(default_factory=list)  # window changes a shell received
+    events: list[str] = field(default_factory=list)  # signals and breaks a command received
 
     @property
     def port(self) -> int:
@@ -106,6 +107,7 @@ async def start_upstream(root: Path) -> Upstream:
     commands: list[str | None] = []
     terminals: list[str | None] = []
     sizes: list[tuple[int, int]] = []
+    events: list[str] = []
 
     async def run(process: asyncssh.SSHServerProcess[bytes]) -> None:
         commands.append(process.command)
@@ -127,6 +129,14 @@ async def start_upstream(root: Path) -> Upstream:
             process.exit(1)
         elif words[0] == "kill":
             process.exit_with_signal("TERM")
+        elif words[0] == "pause":  # until a signal or a break comes, then exits 130
+            try:
+                await process.stdin.read()
+            except asyncssh.SignalReceived as signal:
+                events.append(f"signal {signal.signal}")
+            except asyncssh.BreakReceived as pause:
+                events.append(f"break {pause.msec}")
+            process.exit(130)
         else:
             process.exit(0)
 
@@ -155,7 +165,7 @@ async def start_upstream(root: Path) -> Upstream:
                                    process_factory=run, encoding=None, line_editor=False,
                                    server_factory=UpstreamServer,
                                    sftp_factory=lambda chan: asyncssh.SFTPServer(chan, chroot=os.fsencode(root)))
-    return Upstream(server, host_key, client_key, commands, terminals, sizes)
+    return Upstream(server, host_key, client_key, commands, terminals, sizes, events)
 
 
 @dataclass
@@ -326,12 +336,21 @@ def test_exit_status_signal_stdin_and_stderr_are_relayed(tmp_path: Path) -> None
             assert (err.stdout, err.stderr, err.exit_status) == ("", "on stderr\n", 1)
             killed = await conn.run("kill")
             assert killed.exit_signal is not None and killed.exit_signal[0] == "TERM"
+            for signal in ("INT", None):
+                waiting = await conn.create_process("pause")  # a signal sent before it runs upstream waits for it
+                if signal is None:
+                    waiting.send_break(250)
+                else:
+                    waiting.send_signal(signal)
+                assert (await waiting.wait()).exit_status == 130
+        assert lab.upstream.events == ["signal INT", "break 250"]
+        assert lab.upstream.terminals == [None] * 6  # no pty asked for, none asked upstream
         ends = {str(e.operation["command"]): e.outcome for e in lab.kind("ssh-end") if e.operation and e.outcome}
         assert ends["exit 3"]["exit_status"] == 3
         assert (ends["cat"]["bytes_up"], ends["cat"]["bytes_down"]) == (18, 18)
         assert ends["err on stderr"]["bytes_down"] == 10
         assert ends["kill"]["exit_signal"] == "TERM"
-        assert lab.connection.outcome is not None and lab.connection.outcome["channels"] == 4
+        assert lab.connection.outcome is not None and lab.connection.outcome["channels"] == 6
 
     scenario(test, tmp_path)
 
