@@ -174,7 +174,7 @@ class Lab:
 
     tmp: Path
     upstream: Upstream
-    host_ca: SshHostCA
+    host_ca: SshHostCA | None
     policy: str = POLICY
     credentials: dict[str, str] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
@@ -189,6 +189,7 @@ class Lab:
         return str(path)
 
     def agent_trust(self) -> asyncssh.SSHKnownHosts:
+        assert self.host_ca is not None
         return asyncssh.import_known_hosts(self.host_ca.known_hosts_line(["*"]) + "\n")
 
     def services(self, flow: FlowContext) -> Services:
@@ -282,8 +283,8 @@ def scenario(test: Callable[[Lab], Coroutine[Any, Any, None]], tmp: Path, **lab:
         (tmp / "server" / "srv").mkdir(parents=True)
         (tmp / "server" / "srv" / "motd").write_text("welcome\n")
         upstream = await start_upstream(tmp / "server")
-        host_ca = SshHostCA.open(tmp / "state")
-        world = Lab(tmp, upstream, host_ca, **lab)
+        lab.setdefault("host_ca", SshHostCA.open(tmp / "state"))
+        world = Lab(tmp, upstream, **lab)
         if not world.credentials:
             key_file = tmp / "id_upstream"
             key_file.write_bytes(upstream.client_key.export_private_key())
@@ -737,6 +738,20 @@ def test_an_unreachable_upstream_refuses_the_flow(tmp_path: Path) -> None:
     scenario(test, tmp_path)
 
 
+def test_without_an_ssh_host_ca_the_flow_is_closed_and_recorded(tmp_path: Path) -> None:
+    async def test(lab: Lab) -> None:
+        serving = await lab._serve()
+        reader, writer = await asyncio.open_connection("127.0.0.1", serving.port)
+        assert await reader.read() == b""  # closed before any banner
+        writer.close()
+        await serving.done()
+        assert lab.connection.decision == "error" and lab.connection.outcome is not None
+        assert lab.connection.outcome["fault"] == "enforcer"
+        assert "no SSH host CA" in str(lab.connection.reason)
+
+    scenario(test, tmp_path, host_ca=None)
+
+
 def test_no_known_hosts_option_refuses_the_flow(tmp_path: Path) -> None:
     async def test(lab: Lab) -> None:
         del lab.options["known_hosts"]
@@ -752,8 +767,8 @@ def test_a_refused_login_never_shows_the_password(tmp_path: Path) -> None:
     async def test(lab: Lab) -> None:
         refused = await lab.refused_agent()
         reason = str(getattr(refused, "reason", refused))
-        assert "refused the login of user 'deploy'" in reason
-        assert PASSWORD not in reason
+        assert "refused the login with the credentials of resource 'web1'" in reason
+        assert PASSWORD not in reason and UPSTREAM_USER not in reason
         assert PASSWORD not in repr(lab.sink.events)
 
     scenario(test, tmp_path, credentials={"user": UPSTREAM_USER, "password": PASSWORD})

@@ -188,8 +188,8 @@ async def connect(flow: FlowContext, services: Services) -> asyncssh.SSHClientCo
         raise UpstreamUnavailable(f"upstream {dst}: its host key is not trusted for {name!r} by known_hosts "
                                   f"{path}: {exc.reason}") from None
     except asyncssh.PermissionDenied:
-        raise LoginError(f"upstream {dst} refused the login of user {account.user!r} with the credentials of "
-                         f"resource {services.resource.name!r}") from None
+        raise LoginError(f"upstream {dst} refused the login with the credentials of resource "
+                         f"{services.resource.name!r}") from None
     except asyncssh.DisconnectError as exc:
         raise UpstreamUnavailable(f"upstream {dst}: SSH handshake failed: {exc.reason}") from None
     except (OSError, TimeoutError, asyncssh.Error) as exc:
