@@ -511,6 +511,20 @@ def test_a_shell_is_recorded_input_and_output(tmp_path: Path) -> None:
     scenario(test, tmp_path, policy=POLICY + SHELLS)
 
 
+def test_shells_opened_together_are_recorded_apart(tmp_path: Path) -> None:
+    async def test(lab: Lab) -> None:
+        async with lab.agent() as conn:
+            shells = [await conn.create_process(term_type="vt100") for _ in range(2)]
+            for number, shell in enumerate(shells):
+                await shell.stdout.readexactly(2)
+                shell.stdin.write(f"shell {number}\rexit\r")
+                assert (await shell.wait()).exit_status == 0
+        paths = {str(cast(dict[str, Any], (end.outcome or {})["recording"])["path"]) for end in lab.kind("ssh-end")}
+        assert len(paths) == 2 and all(Path(path).exists() for path in paths)
+
+    scenario(test, tmp_path, policy=POLICY + SHELLS)
+
+
 def test_a_shell_past_its_recording_limit_is_ended_and_the_agent_told(tmp_path: Path) -> None:
     async def test(lab: Lab) -> None:
         async with lab.agent() as conn:

@@ -220,9 +220,10 @@ def _utf8(data: bytes) -> bool:
 class _Session(asyncssh.SSHServerProcess[bytes]):
     """A session channel's process; `lost` is set when the channel closes."""
 
-    def __init__(self, owner: AgentConnection, sftp_factory: asyncssh.SFTPServerFactory | None) -> None:
+    def __init__(self, owner: AgentConnection, number: int, sftp_factory: asyncssh.SFTPServerFactory | None) -> None:
         super().__init__(owner.run_process, sftp_factory, SFTP_VERSION, sftp_factory is not None)
         self.owner = owner
+        self.number = number  # the connection's channels opened before it, and it
         self.lost = asyncio.Event()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -337,7 +338,7 @@ class AgentConnection(asyncssh.SSHServer):
     def session_requested(self) -> tuple[asyncssh.SSHServerChannel[bytes], asyncssh.SSHServerSession[bytes]]:
         assert self.conn is not None
         self._admit()
-        return _Channel(self.conn, self), _Session(self, self.sftp_factory)
+        return _Channel(self.conn, self), _Session(self, self.channels, self.sftp_factory)
 
     async def run_process(self, session: asyncssh.SSHServerProcess[bytes]) -> None:
         """The process of an exec, shell or (non-SFTP) subsystem request."""
@@ -352,7 +353,7 @@ class AgentConnection(asyncssh.SSHServer):
 
         with self._serving():
             channel = process.Channel(self.gate.for_channel(notice), await self.server(), self.services.traffic,
-                                      self.services.recordings, f"{self.flow.flow_id}-{self.channels}",
+                                      self.services.recordings, f"{self.flow.flow_id}-{session.number}",
                                       self.recording_limit)
             await process.serve(session, session.lost, channel)
 
