@@ -70,7 +70,7 @@ def rules(marks: Path, files: Path, remote: RemoteHost) -> list[str]:
 def env(remote: RemoteHost, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     workdir = tmp_path_factory.mktemp("ssh")
     marks, files, local = workdir / "marks", workdir / "files", workdir / "local"
-    for directory in (marks, files / "pub", files / "upload", files / "private", local):
+    for directory in (marks, files / "pub", files / "upload" / ".ssh", files / "private", local):
         directory.mkdir(parents=True)
     (files / "pub" / "readme.txt").write_text(README)
     (files / "private" / "secret.txt").write_text(SECRET)
@@ -176,7 +176,7 @@ INJECTIONS = {
     "exec": "exec touch {marker}",
     "eval": "eval touch {marker}",
     "eval_quoted": "eval 'echo hi; touch {marker}'",
-    "function": "echo() { touch {marker}; }; echo hi",
+    "function": "echo() {{ touch {marker}; }}; echo hi",
     "process_substitution": "echo <(touch {marker})",
 }
 
@@ -307,23 +307,28 @@ def test_scp_uploads_and_downloads_by_path(env: Env, legacy: bool) -> None:
     got = site.scp(AGENT, *mode, site.remote(files / "pub" / "readme.txt"), str(down))
     assert got.returncode == 0 and down.read_text() == README, got
 
+    # outside upload/, spelt directly or through dot segments; and inside it, files that make
+    # the server run code (a shell's startup file, authorized_keys): only `shell: true` allows those
+    code = [files / "upload" / ".bashrc", files / "upload" / ".ssh" / "authorized_keys"]
     for target in (files / "pub" / source.name, f"{files}/upload/../pub/{source.name}",
-                   f"{files}/upload/./../private/{source.name}", "/root/.ssh/authorized_keys"):
+                   f"{files}/upload/./../private/{source.name}", f"{files}/upload//../pub/{source.name}", *code):
         denied = site.scp(AGENT, *mode, str(source), site.remote(target))
         assert denied.returncode != 0, (target, denied)
     assert not (files / "pub" / source.name).exists() and not (files / "private" / source.name).exists()
+    assert not [path for path in code if path.exists()]
     stolen = local / f"stolen-{tag}.txt"
     for path in (files / "private" / "secret.txt", f"{files}/pub/../private/secret.txt", "/etc/shadow"):
         denied = site.scp(AGENT, *mode, site.remote(path), str(stolen))
         assert denied.returncode != 0 and SECRET not in denied.stdout + denied.stderr, (path, denied)
         assert not stolen.exists() or stolen.read_text() == "", path
-    kind = "scp" if legacy else None
-    writes = site.records(predicate=lambda e: e["decision"] == "allow" and (kind is None or e["operation"].get(
-        "action") == kind), request="write", path=str(files / "upload" / source.name))
-    assert writes, site.records(request="write")
-    reads = site.records(predicate=lambda e: e["decision"] == "deny", request="read",
-                         path=str(files / "private" / "secret.txt"))
-    assert reads, site.records(request="read")
+    writes = site.records(request="write", path=str(files / "upload" / source.name))
+    assert {e["decision"] for e in writes} == {"allow"}, writes
+    [written] = site.records("ssh-end", request="write", path=str(files / "upload" / source.name))
+    assert written["outcome"]["bytes_written"] == len(source.read_bytes()), written
+    for path in code:
+        assert {e["decision"] for e in site.records(request="write", path=str(path))} == {"deny"}, path
+    reads = site.records(request="read", path=str(files / "private" / "secret.txt"))
+    assert reads and {e["decision"] for e in reads} == {"deny"}, reads
 
 
 def test_sftp_batch_put_get_ls_and_refusals(env: Env) -> None:
