@@ -249,6 +249,7 @@ class AgentConnection(asyncssh.SSHServer):
         self.user: str | None = None  # the name the agent logged in as
         self.channels = 0  # opened so far
         self.open = 0  # open now
+        self.refused_channels = 0  # refused past MAX_CHANNELS
         self.env_names: list[str] = []
         self.env_count = 0
         self.running: set[asyncio.Task[Any]] = set()  # requests being served: cancelled at the end
@@ -325,6 +326,7 @@ class AgentConnection(asyncssh.SSHServer):
     def _admit(self) -> None:
         """Count a channel the agent opens; ChannelOpenError past MAX_CHANNELS open."""
         if self.open >= MAX_CHANNELS:
+            self.refused_channels += 1
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_RESOURCE_SHORTAGE,
                                             f"interceptor: at most {MAX_CHANNELS} channels may be open at once")
         self.open += 1
