@@ -165,6 +165,11 @@ WRAPPERS: Mapping[str, _Wrapper] = {
 }
 
 
+_WATCH = _Wrapper("bcdegptwxr", "nq", "", _longs(
+    "beep=b color=c differences=d errexit=e chgexit=g precise=p no-title=t no-wrap=w exec=x no-rerun=r "
+    "interval=n equexit=q"))
+
+
 @dataclass(frozen=True, slots=True)
 class ScpAccess:
     """A legacy scp server command: `mode` "read" (`-f`) or "write" (`-t`), `path` as given,
@@ -306,7 +311,9 @@ def _levels_strict(argv: tuple[str, ...], reasons: list[str]) -> Iterator[tuple[
     """`argv` and the command of each wrapper within it; why a wrapper cannot be read goes
     to `reasons`."""
     level: tuple[str, ...] | None = argv
-    while level:
+    for _ in range(MAX_DEPTH + 1):
+        if not level:
+            return
         yield level
         spec = WRAPPERS.get(_base(level[0]))
         if spec is None:
@@ -322,6 +329,8 @@ def _levels_strict(argv: tuple[str, ...], reasons: list[str]) -> Iterator[tuple[
         if parsed.string is not None or parsed.opaque:
             reasons.append(f"{level[0]} runs a command string")
         level = tuple(w for w in parsed.command if w is not None) if parsed.command is not None else None
+    if level:
+        reasons.append(f"wrappers nested more than {MAX_DEPTH} deep")
 
 
 @dataclass(frozen=True, slots=True)
@@ -743,8 +752,11 @@ def _runs(name: str, words: Words, opaque: list[str]) -> tuple[list[Words], list
     if name == "eval":
         return [], [None if None in words[1:] else " ".join(w for w in words[1:] if w is not None)]
     if name == "watch":  # its options aside, the rest is joined and run by `sh -c`
-        starts = _starts(words)
-        return [], [None if None in words[i:] else " ".join(w for w in words[i:] if w is not None) for i in starts]
+        parsed = _unwrap(_WATCH, words)
+        if parsed.problem is not None or parsed.command is None:
+            opaque.append(f"{words[0]} runs a command this reading cannot tell")
+            return [], []
+        return [], [None if None in parsed.command else " ".join(w for w in parsed.command if w is not None)]
     if name == "trap":
         return [], list(words[1:2])
     if name in ("su", "script") or (name == "runuser" and "-u" not in words and "--user" not in words):
@@ -776,8 +788,9 @@ def _wrapped(name: str, words: Words, opaque: list[str]) -> tuple[list[Words], l
 
 
 def _starts(words: Words) -> list[int]:
-    """Where a command may start among a wrapper's words: at each word not an option."""
-    return [i for i, word in enumerate(words) if i and (word is None or not word.startswith("-"))]
+    """Where a command may start among a wrapper's words: at each word not an option (the
+    first MAX_DEPTH are tried)."""
+    return [i for i, word in enumerate(words) if i and (word is None or not word.startswith("-"))][:MAX_DEPTH]
 
 
 def _string_options(words: Words) -> list[str | None]:
@@ -852,6 +865,8 @@ def touches(pattern: tuple[str, ...], words: Words) -> bool:
     for any number of words; argv0 is compared as written and by its last path segment."""
     head, rest = words[0], words[1:]
     first = pattern[0]
+    if first == ANY_WORDS:
+        return True
     if head is not None and not (fnmatchcase(head, first) or fnmatchcase(_base(head), first)
                                  or fnmatchcase(_base(head), _base(first))):
         return False
@@ -859,15 +874,19 @@ def touches(pattern: tuple[str, ...], words: Words) -> bool:
 
 
 def _touch_rest(pattern: tuple[str, ...], words: Words) -> bool:
-    if not pattern:
-        return all(w is None for w in words)
-    if pattern[0] == ANY_WORDS:
-        return True
-    if not words:
-        return False
-    if words[0] is None:
-        return _touch_rest(pattern, words[1:]) or _touch_rest(pattern[1:], words)
-    return fnmatchcase(words[0], pattern[0]) and _touch_rest(pattern[1:], words[1:])
+    """The words against the pattern's, as the set of pattern positions reached (linear in
+    the words: a None word reaches every position from the first one reached)."""
+    reached = {0}
+    for word in words:
+        if not reached:
+            return False
+        if any(i < len(pattern) and pattern[i] == ANY_WORDS for i in reached):
+            return True
+        if word is None:
+            reached = set(range(min(reached), len(pattern) + 1))
+        else:
+            reached = {i + 1 for i in reached if i < len(pattern) and fnmatchcase(word, pattern[i])}
+    return any(i == len(pattern) or pattern[i] == ANY_WORDS for i in reached)
 
 
 # -- files that run code ----------------------------------------------------------------------------
