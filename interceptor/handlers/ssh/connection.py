@@ -346,12 +346,9 @@ class AgentConnection(asyncssh.SSHServer):
         """The process of an exec, shell or (non-SFTP) subsystem request."""
         assert isinstance(session, _Session)
 
-        def notice(text: str) -> None:
+        def notice(text: str) -> None:  # the agent may have left; its held request is withdrawn at the end
             newline = b"\r\n" if session.term_type is not None else b"\n"
-            try:
-                session.stderr.write(b"interceptor: " + text.encode() + newline)
-            except (BrokenPipeError, OSError, asyncssh.Error):
-                pass  # the agent left; the held request is withdrawn when the connection ends
+            process.quietly(lambda: session.stderr.write(b"interceptor: " + text.encode() + newline))
 
         with self._serving():
             channel = process.Channel(self.gate.for_channel(notice), await self.server(), self.services.traffic,

@@ -111,9 +111,9 @@ async def serve(process: asyncssh.SSHServerProcess[bytes], lost: asyncio.Event, 
     if relay.ended is not None:
         _refuse(process, relay.ended)
     elif exit_signal is not None:
-        process.exit_with_signal(*exit_signal)
+        quietly(lambda: process.exit_with_signal(*exit_signal))
     elif exit_status is not None:
-        process.exit(exit_status)
+        quietly(lambda: process.exit(exit_status))
     else:
         _refuse(process, f"the server ended the session without an exit status ({relay.error or 'connection lost'})",
                 LOST_STATUS)
@@ -144,11 +144,16 @@ def _refuse(process: asyncssh.SSHServerProcess[bytes], message: str, status: int
     """Tell the agent why on stderr (CR LF on a terminal, whose output is not translated in
     raw mode) and exit with `status`."""
     newline = b"\r\n" if process.term_type is not None else b"\n"
+    quietly(lambda: process.stderr.write(b"interceptor: " + message.encode() + newline))
+    quietly(lambda: process.exit(status))
+
+
+def quietly(action: Callable[[], None]) -> None:
+    """`action` on the agent's channel, which may have closed meanwhile (then nothing)."""
     try:
-        process.stderr.write(b"interceptor: " + message.encode() + newline)
-        process.exit(status)
+        action()
     except (BrokenPipeError, OSError, asyncssh.Error):
-        pass  # the agent left first
+        pass
 
 
 async def _run(process: asyncssh.SSHServerProcess[bytes], lost: asyncio.Event, channel: Channel,
