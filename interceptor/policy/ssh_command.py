@@ -43,6 +43,8 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from functools import lru_cache
 
+from interceptor.policy.mcp_rules import in_normal_form
+
 MAX_COMMAND_CHARS = 64 * 1024  # longer commands are refused before parsing
 MAX_DEPTH = 8  # `sh -c` within `sh -c` ...: deeper is opaque
 ANY_WORDS = "**"  # a pattern's last word matching zero or more words
@@ -853,11 +855,33 @@ def parse_pattern(text: str) -> tuple[str, ...]:
 
 
 def covers(pattern: tuple[str, ...], argv: tuple[str, ...]) -> bool:
-    """Does the pattern cover the whole argv, word by word (allow and approve rules)?"""
+    """Does the pattern cover the whole argv, word by word (allow and approve rules)? A
+    pattern word holding `/` is about a path: it covers only a word in normal form (no `.`,
+    `..` or empty segment, no backslash, no leading `~`, no percent-encoding: mcp_rules.
+    in_normal_form), so `tail /var/log/*` does not cover `tail /var/log/../../etc/shadow`."""
     if pattern[-1] == ANY_WORDS:
         fixed = pattern[:-1]
-        return len(argv) >= len(fixed) and all(fnmatchcase(w, p) for w, p in zip(argv, fixed, strict=False))
-    return len(argv) == len(pattern) and all(fnmatchcase(w, p) for w, p in zip(argv, pattern, strict=True))
+        return len(argv) >= len(fixed) and all(_word_covered(w, p) for w, p in zip(argv, fixed, strict=False))
+    return len(argv) == len(pattern) and all(_word_covered(w, p) for w, p in zip(argv, pattern, strict=True))
+
+
+def _word_covered(word: str, pattern: str) -> bool:
+    return fnmatchcase(word, pattern) and ("/" not in pattern or in_normal_form(word))
+
+
+def _word_touched(word: str, pattern: str) -> bool:
+    """Could the word be what a deny pattern word names? A path pattern (holding `/`) also
+    matches a word not in normal form, and a relative path (which the command reads against
+    a directory not known here) when it matches the pattern's last segments."""
+    if fnmatchcase(word, pattern):
+        return True
+    if "/" not in pattern or word.startswith("-"):
+        return False
+    if not in_normal_form(word):
+        return True
+    if word.startswith("/") or not pattern.startswith("/"):
+        return False
+    return any(fnmatchcase(word, pattern[i + 1:]) for i, char in enumerate(pattern) if char == "/")
 
 
 def touches(pattern: tuple[str, ...], words: Words) -> bool:
@@ -885,7 +909,7 @@ def _touch_rest(pattern: tuple[str, ...], words: Words) -> bool:
         if word is None:
             reached = set(range(min(reached), len(pattern) + 1))
         else:
-            reached = {i + 1 for i in reached if i < len(pattern) and fnmatchcase(word, pattern[i])}
+            reached = {i + 1 for i in reached if i < len(pattern) and _word_touched(word, pattern[i])}
     return any(i == len(pattern) or pattern[i] == ANY_WORDS for i in reached)
 
 

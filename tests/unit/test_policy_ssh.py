@@ -79,6 +79,7 @@ def forward(engine: PolicyEngine, target: str, kind: str = "local") -> tuple[str
     ("systemctl status nginx", ("allow", "diagnostics")),
     ("grep -r 'a b' /var/log", ("allow", "diagnostics")),
     ("tail -n 20 /var/log/syslog.log", ("allow", "diagnostics")),
+    ("tail -n 20 /var/log/../../etc/shadow.log", ("deny", "default-deny")),  # a path word in normal form only
     ("sudo systemctl restart nginx", ("approve", "restart")),
     ("uptime -p", ("deny", "default-deny")),
     ("df", ("deny", "default-deny")),

@@ -267,6 +267,13 @@ def test_deny_rules_do_not_match_what_the_shell_does_not_run(command: str) -> No
     ("rm **", ("/usr/bin/rm",), True),
     ("systemctl restart *", ("systemctl", "restart"), False),
     ("systemctl restart *", ("systemctl", None), True),
+    ("cat /etc/shadow", ("cat", "/etc/../etc/shadow"), True),  # not in normal form: any path
+    ("cat /etc/shadow", ("cat", "shadow"), True),  # relative: the directory is not known
+    ("cat /etc/shadow", ("cat", "etc/shadow"), True),
+    ("cat /etc/*", ("cat", "passwd"), True),
+    ("cat /etc/shadow", ("cat", "/etc/passwd"), False),
+    ("cat /etc/shadow", ("cat", "-n"), False),
+    ("cat /etc/shadow", ("cat", "hosts"), False),
 ])
 def test_touches(pattern: str, words: Words, expected: bool) -> None:
     assert touches(parse_pattern(pattern), words) is expected
@@ -282,7 +289,10 @@ def test_touches(pattern: str, words: Words, expected: bool) -> None:
     ("grep **", ("grep", "-r", "x", "/"), True),
     ("'grep x' **", ("grep x",), True),
     ("tail -n * /var/log/*.log", ("tail", "-n", "5", "/var/log/a.log"), True),
-    ("tail -n * /var/log/*.log", ("tail", "-n", "5", "/var/log/../../etc/shadow.log"), True),  # globs are words
+    ("tail -n * /var/log/*.log", ("tail", "-n", "5", "/var/log/../../etc/shadow.log"), False),  # not normal
+    ("tail -n * /var/log/*.log", ("tail", "-n", "5", "/var/log//a.log"), False),
+    ("cat --file=/srv/*", ("cat", "--file=/srv/./x"), False),
+    ("grep * *", ("grep", "x", "../../etc/shadow"), True),  # a pattern word without / is not about paths
     ("/usr/bin/uptime", ("uptime",), False),  # allow rules compare argv0 as written
     ("Uptime", ("uptime",), False),
 ])
