@@ -345,15 +345,10 @@ class AgentConnection(asyncssh.SSHServer):
     async def run_process(self, session: asyncssh.SSHServerProcess[bytes]) -> None:
         """The process of an exec, shell or (non-SFTP) subsystem request."""
         assert isinstance(session, _Session)
-
-        def notice(text: str) -> None:  # the agent may have left; its held request is withdrawn at the end
-            newline = b"\r\n" if session.term_type is not None else b"\n"
-            process.quietly(lambda: session.stderr.write(b"interceptor: " + text.encode() + newline))
-
+        gate = self.gate.for_channel(lambda text: process.tell(session, text))
         with self._serving():
-            channel = process.Channel(self.gate.for_channel(notice), await self.server(), self.services.traffic,
-                                      self.services.recordings, f"{self.flow.flow_id}-{session.number}",
-                                      self.recording_limit)
+            channel = process.Channel(gate, await self.server(), self.services.traffic, self.services.recordings,
+                                      f"{self.flow.flow_id}-{session.number}", self.recording_limit)
             await process.serve(session, session.lost, channel)
 
     def connection_requested(self, dest_host: str, dest_port: int, orig_host: str,

@@ -141,11 +141,16 @@ def _close_recording(recording: Recording) -> dict[str, object]:
 
 
 def _refuse(process: asyncssh.SSHServerProcess[bytes], message: str, status: int = REFUSED_STATUS) -> None:
-    """Tell the agent why on stderr (CR LF on a terminal, whose output is not translated in
-    raw mode) and exit with `status`."""
+    """Tell the agent why and exit with `status`."""
+    tell(process, message)
+    quietly(lambda: process.exit(status))
+
+
+def tell(process: asyncssh.SSHServerProcess[bytes], message: str) -> None:
+    """"interceptor: MESSAGE" on the agent's stderr (CR LF on a terminal, whose output is not
+    translated in raw mode)."""
     newline = b"\r\n" if process.term_type is not None else b"\n"
     quietly(lambda: process.stderr.write(b"interceptor: " + message.encode() + newline))
-    quietly(lambda: process.exit(status))
 
 
 def quietly(action: Callable[[], None]) -> None:
