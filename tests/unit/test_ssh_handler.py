@@ -630,6 +630,24 @@ def test_an_allowed_remote_forward_listens_on_the_server_and_bridges_to_the_agen
     scenario(test, tmp_path)
 
 
+def test_an_allowed_remote_forward_the_server_cannot_listen_for_is_recorded_failed(tmp_path: Path) -> None:
+    async def test(lab: Lab) -> None:
+        taken = socket.socket()
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        try:
+            async with lab.agent() as conn:
+                with pytest.raises(asyncssh.ChannelListenError):
+                    await conn.forward_remote_port("127.0.0.1", taken.getsockname()[1], "localhost", 22)
+        finally:
+            taken.close()
+        (end,) = lab.kind("ssh-end")
+        assert end.decision == "allow" and end.outcome is not None
+        assert str(end.outcome["error"]).startswith("the server would not listen there: ")
+
+    scenario(test, tmp_path)
+
+
 def test_a_remote_forward_refused_by_the_policy(tmp_path: Path) -> None:
     async def test(lab: Lab) -> None:
         async with lab.agent() as conn:

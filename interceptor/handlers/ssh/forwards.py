@@ -180,6 +180,8 @@ async def remote(gate: Gate, server: asyncssh.SSHClientConnection, agent: asyncs
 
     try:
         return await server.create_server(accept, listen_host, listen_port, encoding=None)
-    except (asyncssh.Error, OSError):
+    except (asyncssh.ChannelListenError, asyncssh.Error, OSError) as exc:
+        spawn(gate.finished(operation, decision, {"error": f"the server would not listen there: "
+                                                           f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"}))
         return False
 
