@@ -210,38 +210,39 @@ async def _copy(source: asyncssh.SSHReader[bytes], sink: asyncssh.SSHWriter[byte
 
 async def _agent_input(process: asyncssh.SSHServerProcess[bytes], remote: asyncssh.SSHClientProcess[bytes],
                        relay: _Relay, traffic: Traffic, recording: Recording | None) -> None:
-    """The agent's input to the server, with its EOF, window changes, signals and breaks."""
-    sink = remote.stdin
-    while True:
-        try:
-            data = await process.stdin.read(CHUNK)
-        except asyncssh.TerminalSizeChanged as change:
-            remote.change_terminal_size(change.width, change.height, change.pixwidth, change.pixheight)
-            if recording is not None and not _kept(relay, lambda: recording.resize(change.width, change.height)):
-                return
-            continue
-        except asyncssh.SignalReceived as signal:
-            remote.send_signal(signal.signal)
-            continue
-        except asyncssh.BreakReceived as pause:
-            remote.send_break(pause.msec)
-            continue
-        except (asyncssh.Error, OSError) as exc:
-            relay.error = relay.error or _reason(exc)
-            return
-        if not data:
-            sink.write_eof()
-            return
-        if not _recorded(relay, recording, "input", data):
-            return
-        relay.up += len(data)
-        traffic.up += len(data)
-        try:
-            sink.write(data)
-            await sink.drain()
-        except (asyncssh.Error, OSError) as exc:
-            relay.error = relay.error or _reason(exc)
-            return
+    """The agent's input to the server, with its EOF, window changes, signals and breaks,
+    until the agent's EOF or either channel fails."""
+    try:
+        while await _agent_event(process, remote, relay, traffic, recording):
+            pass
+    except (asyncssh.Error, OSError) as exc:
+        relay.error = relay.error or _reason(exc)
+
+
+async def _agent_event(process: asyncssh.SSHServerProcess[bytes], remote: asyncssh.SSHClientProcess[bytes],
+                       relay: _Relay, traffic: Traffic, recording: Recording | None) -> bool:
+    """Relay what the agent sent next; False when that was the last."""
+    try:
+        data = await process.stdin.read(CHUNK)
+    except asyncssh.TerminalSizeChanged as change:
+        remote.change_terminal_size(change.width, change.height, change.pixwidth, change.pixheight)
+        return recording is None or _kept(relay, lambda: recording.resize(change.width, change.height))
+    except asyncssh.SignalReceived as signal:
+        remote.send_signal(signal.signal)
+        return True
+    except asyncssh.BreakReceived as pause:
+        remote.send_break(pause.msec)
+        return True
+    if not data:
+        remote.stdin.write_eof()
+        return False
+    if not _recorded(relay, recording, "input", data):
+        return False
+    relay.up += len(data)
+    traffic.up += len(data)
+    remote.stdin.write(data)
+    await remote.stdin.drain()
+    return True
 
 
 def _end(relay: _Relay, reason: str) -> None:
