@@ -286,7 +286,15 @@ def _code_reasons(argv: tuple[str, ...]) -> list[str]:
             reasons.append(f"{level[0]} -v evaluates array subscripts (code) in bash")
         elif runs_option(name, level):
             reasons.append(f"{level[0]} has an option that runs a command")
+        elif _unsandboxed_sed(name, level):
+            reasons.append(f"{level[0]} without --sandbox runs commands from its script (e, s///e)")
     return reasons
+
+
+def _unsandboxed_sed(name: str, words: Words) -> bool:
+    """GNU sed runs commands (`e`, `s///e`) and writes files (`w`) from its script unless
+    given --sandbox."""
+    return name in ("sed", "gsed") and "--sandbox" not in words
 
 
 def _evaluates_names(name: str, words: Words) -> bool:
@@ -768,7 +776,8 @@ def _runs(name: str, words: Words, opaque: list[str]) -> tuple[list[Words], list
         return [], strings
     if name in WRAPPERS:
         return _wrapped(name, words, opaque)
-    if _INTERPRETER.fullmatch(name) or name in CODE_BUILTINS or name in SPAWNERS or _evaluates_names(name, words):
+    if _INTERPRETER.fullmatch(name) or name in CODE_BUILTINS or name in SPAWNERS or _evaluates_names(name, words) \
+            or _unsandboxed_sed(name, words):
         opaque.append(f"{name} runs code this reading cannot see")
     elif runs_option(name, words):
         opaque.append(f"{name} has an option that runs a command")
@@ -916,37 +925,36 @@ def _touch_rest(pattern: tuple[str, ...], words: Words) -> bool:
 # -- files that run code ----------------------------------------------------------------------------
 
 # A file of these names (anywhere: the home directory is not known) is read and run by a shell,
-# a login, a mail delivery, git, an editor or a desktop session.
+# a login, sshd, a mail delivery, git, an editor, a desktop session or a web server.
 CODE_NAMES = frozenset({
     ".bashrc", ".bash_profile", ".bash_login", ".bash_logout", ".bash_aliases", ".profile", ".zshrc", ".zshenv",
     ".zprofile", ".zlogin", ".zlogout", ".kshrc", ".mkshrc", ".cshrc", ".tcshrc", ".login", ".logout",
     ".pam_environment", ".xprofile", ".xinitrc", ".xsession", ".xsessionrc", ".envrc", ".forward", ".procmailrc",
-    ".mailcap", ".gitconfig", ".vimrc", ".exrc", ".nvimrc", ".emacs", ".lesskey", ".wgetrc", ".curlrc",
-    ".pythonrc", ".pythonstartup", ".npmrc", ".yarnrc", "authorized_keys", "authorized_keys2", "crontab",
-    "rc.local", "ld.so.preload", "sudoers", "passwd", "shadow", "group", "gshadow", "environment",
-    "bash.bashrc", "zshrc", "zshenv", "zprofile", "profile", "csh.cshrc", "csh.login",
+    ".mailcap", ".gitconfig", ".vimrc", ".gvimrc", ".exrc", ".nvimrc", ".emacs", ".lesskey", ".wgetrc", ".curlrc",
+    ".pythonrc", ".pythonstartup", ".npmrc", ".yarnrc", ".netrc", ".inputrc", ".screenrc", ".tmux.conf",
+    ".rhosts", ".shosts", ".k5login", ".htaccess", ".user.ini", "authorized_keys", "authorized_keys2",
 })
-# Any path with one of these segments: the files under them are run or decide who logs in
-CODE_SEGMENTS = frozenset({".ssh", ".git", ".config", ".local", "cron.d", "cron.daily", "cron.hourly",
-                           "cron.weekly", "cron.monthly", "profile.d", "sudoers.d", "pam.d", "systemd", "init.d",
-                           "rc.d", "update-motd.d", "apt.conf.d", "logrotate.d", "udev", "modprobe.d",
-                           "ld.so.conf.d", "dispatcher.d", "autostart", "site-packages", "dist-packages",
-                           "security", "ssh", "sshd_config.d", "xinetd.d", "hooks"})
-# Paths under these directories are programs and libraries
-CODE_PREFIXES = ("/bin/", "/sbin/", "/usr/bin/", "/usr/sbin/", "/usr/local/bin/", "/usr/local/sbin/", "/lib/",
-                 "/lib32/", "/lib64/", "/libx32/", "/usr/lib/", "/usr/lib32/", "/usr/lib64/", "/usr/libexec/",
-                 "/usr/local/lib/", "/boot/", "/var/spool/cron/", "/etc/cron", "/var/spool/at/", "/etc/init/",
-                 "/etc/xdg/", "/etc/ld.so")
+# Any path with one of these segments: what is under them is run, or configures what runs
+CODE_SEGMENTS = frozenset({".ssh", ".git", ".config", ".local", ".gnupg", ".docker", ".kube", ".aws", ".cargo",
+                           "bin", "sbin", "systemd", "init.d", "rc.d", "profile.d", "cron.d", "cron.daily",
+                           "cron.hourly", "cron.weekly", "cron.monthly", "site-packages", "dist-packages",
+                           "node_modules", "autostart"})
+# Last-segment extensions a web server or a loader runs
+CODE_EXTENSIONS = (".php", ".php3", ".php4", ".php5", ".php7", ".php8", ".phtml", ".phar", ".cgi", ".fcgi",
+                   ".jsp", ".jspx", ".asp", ".aspx", ".shtml", ".pth", ".so")
+# Everything under these: system configuration, programs, libraries, kernel state, spools
+CODE_PREFIXES = ("/etc/", "/usr/", "/lib/", "/lib32/", "/lib64/", "/libx32/", "/boot/", "/opt/", "/proc/",
+                 "/sys/", "/dev/", "/var/spool/cron/", "/var/spool/at/", "/var/lib/dpkg/")
 
 
 def runs_code(path: str) -> bool:
     """Does writing `path` make the server run code (a login file, an ssh key, a crontab, a
-    program)? Compared case-folded, by segment and last segment wherever they are (the user's
-    home directory is not known): fail closed."""
+    program, a library, system configuration, a page a web server runs)? Compared
+    case-folded, by segment and last segment wherever they are (the user's home directory
+    is not known); the root and a path not absolute are taken as running code: fail closed."""
     folded = path.casefold()
     segments = [s for s in folded.split("/") if s]
-    if not segments:
+    if not segments or not folded.startswith("/"):
         return True
-    return (segments[-1] in CODE_NAMES or any(s in CODE_SEGMENTS for s in segments[:-1])
-            or segments[-1] in CODE_SEGMENTS or folded.startswith(CODE_PREFIXES) or f"{folded}/" in CODE_PREFIXES)
-
+    return (segments[-1] in CODE_NAMES or any(s in CODE_SEGMENTS for s in segments)
+            or segments[-1].endswith(CODE_EXTENSIONS) or f"{folded.rstrip('/')}/".startswith(CODE_PREFIXES))

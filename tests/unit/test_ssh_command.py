@@ -171,6 +171,8 @@ def test_shell_constructs_are_shell_class(command: str, why: str) -> None:
     ("sudo sudo sudo nice nice sh", "sh is a shell"),
     ("nice " * 9 + "ls", "nested more than 8 deep"),
     ("compgen -C id x", "compgen runs"),
+    ("sed -n 1p /etc/hosts", "sed without --sandbox"),
+    ("sed '1e id' /etc/hosts", "sed without --sandbox"),
     ("mapfile -C id x", "mapfile runs"),
     ("jobs -x id", "jobs runs"),
     ("enable -f /tmp/x.so x", "enable runs"),
@@ -201,6 +203,7 @@ def test_commands_that_run_code_are_shell_class(command: str, why: str) -> None:
     "find /var/log -name x.log -mtime +3",
     "tar -czf /tmp/x.tgz /srv",
     "git log -n 5",
+    "sed --sandbox -n 1p /etc/hosts",
     "test -f /etc/hosts",
 ])
 def test_wrappers_and_harmless_options_are_not_shell_class(command: str) -> None:
@@ -238,7 +241,7 @@ def test_wrappers_and_harmless_options_are_not_shell_class(command: str) -> None
     "b='x[$(rm y)]'; ((b))", "b='x[$(rm y)]'; echo ${a[b]}", "b='x[$(rm y)]'; echo ${x:b}",
     "b='a[$(rm y)]'; echo ${!b}", "p='$(rm y)'; echo ${p@P}", "b='x[$(rm y)]'; a[b]=1", "test -v 'a[$(rm x)]'",
     "printf -v 'a[$(rm x)]' 1", "PS4='$(rm x)'; set -x; true", "echo $[a[$(rm x)]]", "PATH=/tmp/evil; ls",
-    "IFS=_; v=rm_x; $v", "BASH_ENV=/tmp/x bash -c true",
+    "IFS=_; v=rm_x; $v", "BASH_ENV=/tmp/x bash -c true", "sed '1e rm x' /etc/hosts",
 ])
 def test_deny_rules_see_the_command_however_it_is_wrapped(command: str) -> None:
     assert denied_by_rm(command), read_command(command)
@@ -337,13 +340,20 @@ def test_the_scp_command_of_a_reading() -> None:
     ("/home/u/.ssh/authorized_keys", True), ("/root/.ssh/rc", True), ("/home/u/.ssh", True),
     ("/home/u/.bashrc", True), ("/srv/uploads/.profile", True), ("/home/u/.BASHRC", True),
     ("/home/u/.zshenv", True), ("/home/u/.config/autostart/x.desktop", True), ("/home/u/.local/bin/ls", True),
+    ("/home/u/bin/ls", True), ("/home/u/.kube/config", True), ("/home/u/.aws/config", True),
     ("/var/spool/cron/crontabs/root", True), ("/etc/cron.d/job", True), ("/etc/crontab", True),
     ("/etc/profile.d/x.sh", True), ("/etc/sudoers.d/x", True), ("/etc/systemd/system/x.service", True),
-    ("/usr/bin/ls", True), ("/usr/local/bin/x", True), ("/bin", True), ("/etc/ld.so.preload", True),
+    ("/etc/passwd", True), ("/etc/nginx/nginx.conf", True), ("/etc", True), ("/usr/bin/ls", True),
+    ("/usr/local/bin/x", True), ("/bin", True), ("/etc/ld.so.preload", True), ("/opt/app/run", True),
+    ("/proc/sys/kernel/core_pattern", True), ("/sys/kernel/uevent_helper", True), ("/dev/sda", True),
     ("/srv/repo/.git/hooks/pre-commit", True), ("/srv/repo/.git/config", True), ("/home/u/.forward", True),
-    ("/usr/lib/python3/dist-packages/x.pth", True), ("/", True),
+    ("/usr/lib/python3/dist-packages/x.pth", True), ("/srv/app/venv/lib/python3.11/site-packages/x.py", True),
+    ("/var/www/html/shell.php", True), ("/var/www/html/.htaccess", True), ("/srv/uploads/x.PHTML", True),
+    ("/srv/app/node_modules/x/index.js", True), ("/srv/uploads/lib.so", True),
+    ("/", True), ("relative/path", True), ("", True),
     ("/srv/uploads/report.csv", False), ("/var/log/x.log", False), ("/tmp/bashrc.txt", False),
-    ("/srv/www/index.html", False), ("/home/u/notes.txt", False),
+    ("/srv/www/index.html", False), ("/home/u/notes.txt", False), ("/srv/uploads/group", False),
+    ("/srv/uploads/binary.dat", False), ("/srv/etc/x", False), ("/home/u/.bashrc.bak", False),
 ])
 def test_paths_whose_writing_runs_code(path: str, expected: bool) -> None:
     assert runs_code(path) is expected
