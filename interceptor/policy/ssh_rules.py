@@ -148,7 +148,7 @@ def judge_ssh(context: Context, request: Request, operation: SshRequest) -> Deci
 
 def _view(operation: SshRequest) -> _View | Decision:
     kind = operation.request
-    if kind not in REQUESTS:
+    if not isinstance(kind, str) or kind not in REQUESTS:
         return Decision.deny(BAD_REQUEST_RULE, f"unknown SSH request {kind!r}")
     if kind == "subsystem":
         return Decision.deny(SUBSYSTEM_RULE, f"subsystem {operation.command!r} is refused: only sftp is served")
@@ -166,7 +166,8 @@ def _view(operation: SshRequest) -> _View | Decision:
     if operation.forward in ("agent", "x11"):
         return Decision.deny(FORWARDING_RULE, f"{'agent' if operation.forward == 'agent' else 'X11'} forwarding "
                              "is refused whatever the policy")
-    target = _split_target(operation.target or "", empty_host=operation.forward == "remote")
+    text = operation.target if isinstance(operation.target, str) else ""
+    target = _split_target(text, empty_host=operation.forward == "remote")
     if operation.forward not in ("local", "remote") or target is None or not _port(target[1]):
         return Decision.deny(BAD_REQUEST_RULE, f"forward {operation.forward!r} to {operation.target!r}: expected a "
                              "local or remote forward to HOST:PORT")

@@ -277,6 +277,9 @@ def test_forwards(engine: PolicyEngine, target: str, kind: str, expected: tuple[
     (SshRequest("forward", forward="sideways", target="a:1"), "ssh-bad-request"),
     (SshRequest("exec"), "ssh-bad-request"),
     (SshRequest("teleport"), "ssh-bad-request"),
+    (SshRequest(["exec"]), "ssh-bad-request"),  # type: ignore[arg-type]
+    (SshRequest("forward", forward="local", target=22), "ssh-bad-request"),  # type: ignore[arg-type]
+    (SshRequest("exec", command=b"ls"), "ssh-bad-request"),  # type: ignore[arg-type]
 ])
 def test_refused_whatever_the_policy(engine: PolicyEngine, operation: SshRequest, rule: str) -> None:
     for resource in ("web", "other"):  # `other` allows every operation
