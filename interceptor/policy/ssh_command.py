@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from functools import lru_cache
@@ -67,11 +67,13 @@ _INTERPRETER = re.compile(r"(?:python|pypy|perl|ruby|irb|node|nodejs|deno|bun|ph
                           r"groovy|jshell|osascript|gdb|lldb|jrunscript)[0-9.]*|ld(?:-linux)?[-.].*so.*")
 SHELLS = frozenset({"sh", "bash", "dash", "zsh", "ksh", "ksh93", "mksh", "pdksh", "oksh", "loksh", "ash", "yash",
                     "fish", "csh", "tcsh", "rbash", "posh", "rc", "es", "nu", "elvish", "xonsh"})
-# Builtins that run a command string or file, or evaluate array subscripts (`a[$(id)]`)
+# Builtins that run a command string or file, or evaluate array subscripts (`a[$(id)]`), and
+# reserved words (a plain word in command position that starts or ends a compound command)
 CODE_BUILTINS = frozenset({"eval", "source", ".", "trap", "enable", "fc", "let", "declare", "typeset", "local",
                            "export", "readonly", "unset", "read", "mapfile", "readarray", "alias", "hash",
-                           "getopts", "wait", "coproc", "compgen", "complete", "bind", "jobs", "function", "if", "while", "until", "for", "select",
-                           "case", "then", "do", "else", "elif", "fi", "done", "esac", "in", "[[", "]]"})
+                           "getopts", "wait", "coproc", "compgen", "complete", "bind", "jobs", "function", "if",
+                           "while", "until", "for", "select", "case", "then", "do", "else", "elif", "fi", "done",
+                           "esac", "in", "[[", "]]"})
 # Programs that start a shell or other commands as part of what they do
 SPAWNERS = frozenset({"vi", "vim", "nvim", "view", "vimdiff", "rvim", "ex", "ed", "red", "emacs", "nano", "pico",
                       "joe", "mcedit", "less", "more", "most", "pg", "man", "sudoedit", "su", "watch", "script",

@@ -171,7 +171,8 @@ def _view(operation: SshRequest) -> _View | Decision:
     if operation.forward not in ("local", "remote") or target is None or not _port(target[1]):
         return Decision.deny(BAD_REQUEST_RULE, f"forward {operation.forward!r} to {operation.target!r}: expected a "
                              "local or remote forward to HOST:PORT")
-    return _View("forward" if operation.forward == "local" else "remote_forward", target=(target[0], str(int(target[1]))))
+    kind = "forward" if operation.forward == "local" else "remote_forward"
+    return _View(kind, target=(target[0], str(int(target[1]))))
 
 
 def _matches(rule: Rule, view: _View) -> bool:
