@@ -46,12 +46,12 @@ import ipaddress
 import re
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fnmatch import fnmatchcase
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from interceptor.decision import Decision
+from interceptor.decision import Decision, Verdict
 from interceptor.operations import Request, SshRequest
 from interceptor.policy.judgement import pick
 from interceptor.policy.mcp_rules import in_normal_form
@@ -143,7 +143,21 @@ def judge_ssh(context: Context, request: Request, operation: SshRequest) -> Deci
     if isinstance(view, Decision):
         return view
     rules = context.rules(request, OPERATION_KEY)
-    return pick([r for r in rules if r.effect != "mask" and _matches(r, view)], _unmatched(view)).decision()
+    matching = [r for r in rules if r.effect != "mask" and _matches(r, view)]
+    judgement = pick(matching, _unmatched(view))
+    reading = view.reading
+    if judgement.verdict is Verdict.DENY and reading is not None and reading.opaque and not any(
+            r.name == judgement.rule and _touched(r, reading) for r in matching):
+        judgement = replace(judgement, reason=f"{judgement.reason} (the command holds what cannot be read before it "
+                                              f"runs: {reading.opaque[0]}; every deny rule about commands matches it)")
+    return judgement.decision()
+
+
+def _touched(rule: Rule, reading: CommandReading) -> bool:
+    """Does a deny rule match the command by name, not only because part of it is opaque?"""
+    match = ssh_match(rule)
+    return match is None or match.commands is None or any(
+        touches(p, c) for p in match.commands for c in reading.commands)
 
 
 def _view(operation: SshRequest) -> _View | Decision:

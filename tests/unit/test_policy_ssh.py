@@ -126,6 +126,9 @@ def test_refusals_say_why(engine: PolicyEngine) -> None:
     long = ask(engine, SshRequest("exec", command="x" * 70000))
     assert (long.verdict.value, long.rule) == ("deny", "ssh-bad-command") and "65536" in long.reason
     assert ask(engine, SshRequest("exec", command="ls\0")).rule == "ssh-bad-command"
+    opaque = ask(engine, SshRequest("exec", command="python3 -c 'print(1)'"))
+    assert opaque.rule == "no-rm" and "cannot be read before it runs: python3 runs code" in opaque.reason
+    assert "cannot be read" not in ask(engine, SshRequest("exec", command="sudo rm -rf / $(id)")).reason
 
 
 def test_a_terminal_makes_an_exec_a_shell(engine: PolicyEngine) -> None:
