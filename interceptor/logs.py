@@ -21,3 +21,6 @@ def setup_logging(level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    # asyncssh logs every connection, login and command at INFO: agents' commands belong in the
+    # audit trail (scrubbed, access-controlled), not in the daemon's log.
+    logging.getLogger("asyncssh").setLevel(max(logging.getLevelName(level.upper()), logging.WARNING))
