@@ -9,10 +9,12 @@ the one key sshd accepts, strict host key checking: sshd's own key directly, the
 @cert-authority line from `interceptor trust install` through the interceptor). Each round runs
 `count` round trips on each path, in an order that flips every round; a path reports the median
 and spread of its rounds: round trips per second, average and p99 latency, and for the
-interceptor the daemon's CPU time per round trip."""
+interceptor the daemon's CPU time per round trip. sshd's log counts its logins: one per round
+trip on both paths (the interceptor keeps no upstream connection between flows)."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import tempfile
 import time
@@ -27,7 +29,12 @@ from bench.stats import ratio, summary
 from tests.ssh_fixture import CLIENT_OPTIONS, Sshd, running_sshd
 
 AGENT = "bench"
-ROUTES = (("direct", "direct to sshd"), ("interceptor", "interceptor, batched audit"))
+# The enforcer's asyncssh has no post-quantum key exchange, so the client agrees on
+# curve25519-sha256 with it and on sntrup761x25519-sha512 with sshd: a third path goes direct
+# with curve25519-sha256 asked for, the same key exchange as through the interceptor.
+ENFORCER_KEX = "curve25519-sha256"
+ROUTES = (("direct", "direct to sshd"), ("direct-kex", f"direct to sshd, {ENFORCER_KEX} asked for"),
+          ("interceptor", "interceptor, batched audit"))
 METRICS = ("round_trips_per_s", "latency_avg_ms", "latency_p99_ms")
 
 
@@ -65,10 +72,12 @@ rules:
 """
 
 
-def ssh_argv(sshd: Sshd, known_hosts: Path) -> list[str]:
-    """`ssh user@host true` with the bench's client options, host keys from `known_hosts`."""
-    return ["ssh", *CLIENT_OPTIONS, "-o", f"UserKnownHostsFile={known_hosts}", "-o", "GlobalKnownHostsFile=/dev/null",
-            "-o", "StrictHostKeyChecking=yes", "-i", str(sshd.key), "-o", f"Port={sshd.port}", sshd.target, "true"]
+def ssh_argv(sshd: Sshd, known_hosts: Path, options: tuple[str, ...] = ()) -> list[str]:
+    """`ssh user@host true` with the bench's client options (`options` first), host keys from
+    `known_hosts`."""
+    return ["ssh", *options, *CLIENT_OPTIONS, "-o", f"UserKnownHostsFile={known_hosts}", "-o",
+            "GlobalKnownHostsFile=/dev/null", "-o", "StrictHostKeyChecking=yes", "-i", str(sshd.key), "-o",
+            f"Port={sshd.port}", sshd.target, "true"]
 
 
 def own_cgroup(cgroup_root: Path) -> Path:
@@ -97,11 +106,22 @@ def round_trips(argv: list[str], count: int, proxy_pid: int | None) -> Sample:
     return Sample(count / elapsed, sum(latencies) / count, p99, cpu)
 
 
-def summarize(samples: dict[str, list[Sample]], errors: dict[str, str], rounds: int, count: int) -> dict[str, Any]:
+def negotiated_kex(argv: list[str]) -> str | None:
+    """The key exchange method ssh agrees on along `argv` (its -v line "kex: algorithm: ..."),
+    None when the round trip fails: the two paths' servers (sshd, asyncssh) offer different
+    lists, and the client's CPU per connection depends on which is agreed."""
+    at = argv.index("ssh") + 1
+    done = subprocess.run([*argv[:at], "-v", *argv[at:]], capture_output=True, text=True, timeout=60, check=False)
+    found = re.search(r"kex: algorithm: (\S+)", done.stderr)
+    return found.group(1) if found and done.returncode == 0 else None
+
+
+def summarize(samples: dict[str, list[Sample]], errors: dict[str, str], kex: dict[str, str | None], rounds: int,
+              count: int, logins: int) -> dict[str, Any]:
     rows = []
     for route, label in ROUTES:
         got = samples.get(route, [])
-        row: dict[str, Any] = {"route": route, "label": label, "error": errors.get(route)}
+        row: dict[str, Any] = {"route": route, "label": label, "error": errors.get(route), "kex": kex.get(route)}
         if got:
             for metric in METRICS:
                 row[metric] = summary([getattr(s, metric) for s in got])
@@ -109,18 +129,20 @@ def summarize(samples: dict[str, list[Sample]], errors: dict[str, str], rounds: 
             if cpu:
                 row["proxy_cpu_ms"] = summary(cpu)
         rows.append(row)
-    direct = rows[0]
     for row in rows:
-        if METRICS[0] in row and METRICS[0] in direct:
-            row["ratios"] = {f"{m}_vs_direct": ratio(row[m]["median"], direct[m]["median"]) for m in METRICS}
+        row["ratios"] = {f"{m}_vs_{base['route'].replace('-', '_')}": ratio(row[m]["median"], base[m]["median"])
+                         for base in rows[:2] if METRICS[0] in row and METRICS[0] in base for m in METRICS}
+    succeeded = sum(count for got in samples.values() for _ in got) + sum(1 for agreed in kex.values() if agreed)
     return {"count": count, "rounds": rounds, "command": "ssh host true", "server": "Debian sshd on loopback",
             "client": "OpenSSH ssh, a fresh connection per round trip (ControlMaster off), ed25519 keys",
-            "audit": "batched (sqlite)", "cells": rows}
+            "audit": "batched (sqlite)", "cells": rows, "sshd_logins": logins,
+            "round_trips": succeeded}
 
 
 def run(rounds: int = 3, count: int = 30) -> dict[str, Any]:
     samples: dict[str, list[Sample]] = {}
     errors: dict[str, str] = {}
+    kex: dict[str, str | None] = {}
     with tempfile.TemporaryDirectory(prefix="icpt-ssh-") as tmp:
         root = Path(tmp)
         with running_sshd(root / "sshd", services.HOST, port=services.free_port()) as sshd:
@@ -133,10 +155,14 @@ def run(rounds: int = 3, count: int = 30) -> dict[str, Any]:
                 subprocess.run([INTERCEPTOR, "--config", str(daemon.settings), "trust", "install", "--root",
                                 str(trust)], capture_output=True, text=True, check=True)
                 assert daemon.proc is not None
-                argv = {"direct": in_cgroup(own_cgroup(daemon.cgroup_root), ssh_argv(sshd, sshd.known_hosts)),
+                outside = own_cgroup(daemon.cgroup_root)
+                argv = {"direct": in_cgroup(outside, ssh_argv(sshd, sshd.known_hosts)),
+                        "direct-kex": in_cgroup(outside, ssh_argv(sshd, sshd.known_hosts,
+                                                                  ("-o", f"KexAlgorithms={ENFORCER_KEX}"))),
                         "interceptor": in_cgroup(daemon.cgroup_root / "interceptor" / AGENT,
                                                  ssh_argv(sshd, trust / "etc" / "ssh" / "ssh_known_hosts"))}
-                pids = {"direct": None, "interceptor": daemon.proc.pid}
+                pids = {"direct": None, "direct-kex": None, "interceptor": daemon.proc.pid}
+                kex = {route: negotiated_kex(argv[route]) for route, _ in ROUTES}
                 for rnd in range(rounds):
                     order = [route for route, _ in ROUTES]
                     for route in (order if rnd % 2 == 0 else order[::-1]):
@@ -152,4 +178,5 @@ def run(rounds: int = 3, count: int = 30) -> dict[str, Any]:
                     daemon.uninstall()
                 except subprocess.CalledProcessError:
                     pass
-    return summarize(samples, errors, rounds, count)
+            logins = sshd.log_text().count("Accepted publickey")
+    return summarize(samples, errors, kex, rounds, count, logins)
