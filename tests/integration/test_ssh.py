@@ -137,7 +137,7 @@ def test_a_denied_command_is_refused_with_the_rule_and_never_runs(env: Env) -> N
         done = site.ssh(AGENT, *command)
         reason = refused(done)
         assert "no-removals" in reason and REMOVALS in reason, reason
-        assert done.stdout == ""
+        assert (done.returncode, done.stdout) == (126, ""), done
     assert keep.exists() and site.sessions_started() == before
     records = site.wait_records(predicate=lambda e: e["rule"] == "no-removals", count=3)
     assert {e["decision"] for e in records} == {"deny"}
@@ -363,13 +363,21 @@ def free_port() -> int:
         return port
 
 
-def through_forward(port: int, timeout: float = 10) -> str:
+def through_forward(port: int, socks: tuple[str, int] | None = None, timeout: float = 10) -> str:
     """What the whoami server said (the peer address it saw) through a local forward on
-    `port`; "" when the forward's connection closed without a word."""
+    `port`, or through a dynamic one (SOCKS5, RFC 1928) to the IPv4 `socks` destination;
+    "" when the forward's connection closed without a word."""
     deadline = time.monotonic() + timeout
     while True:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+                if socks is not None:
+                    conn.sendall(b"\x05\x01\x00")
+                    assert conn.recv(2) == b"\x05\x00"
+                    conn.sendall(b"\x05\x01\x00\x01" + socket.inet_aton(socks[0]) + socks[1].to_bytes(2, "big"))
+                    reply = conn.recv(10)
+                    if reply[1:2] != b"\x00":
+                        return ""
                 return conn.makefile().readline().strip()
         except ConnectionRefusedError:  # ssh is not listening yet
             assert time.monotonic() < deadline, f"nothing listening on {port}"
@@ -378,23 +386,28 @@ def through_forward(port: int, timeout: float = 10) -> str:
             return ""
 
 
-def test_local_forwards_are_judged_by_destination(env: Env) -> None:
+def test_local_and_dynamic_forwards_are_judged_by_destination(env: Env) -> None:
     site, remote = env.site, env.remote
-    allowed_port, refused_port = free_port(), free_port()
+    allowed_port, refused_port, socks_port = free_port(), free_port(), free_port()
+    mark = len(site.records(request="forward"))
     tunnel = site.start_ssh(AGENT, "-N", options=[
         "-L", f"127.0.0.1:{allowed_port}:{remote.ip4}:{remote.port}",
-        "-L", f"127.0.0.1:{refused_port}:127.0.0.1:{remote.port}"])
+        "-L", f"127.0.0.1:{refused_port}:127.0.0.1:{remote.port}", "-D", f"127.0.0.1:{socks_port}"])
     try:
         # dialed by sshd, from inside the namespace: never from the enforcer's host (10.231.0.1)
         assert through_forward(allowed_port).split()[0] == remote.ip4
         assert through_forward(refused_port) == ""
+        assert through_forward(socks_port, (remote.ip4, remote.port)).split()[0] == remote.ip4
+        assert through_forward(socks_port, ("127.0.0.1", remote.port)) == ""
     finally:
         tunnel.terminate()
         tunnel.communicate(timeout=10)
-    forwards = site.wait_records(request="forward", count=2)
-    decisions = {e["operation"]["target"]: (e["decision"], e["rule"]) for e in forwards}
-    assert decisions[f"{remote.ip4}:{remote.port}"] == ("allow", "operator-forward"), decisions
-    assert decisions[f"127.0.0.1:{remote.port}"][0] == "deny", decisions
+    forwards = site.wait_records(request="forward", count=mark + 4)[mark:]
+    decisions = [(e["operation"]["target"], e["decision"], e["rule"]) for e in forwards]
+    allowed, refused_target = f"{remote.ip4}:{remote.port}", f"127.0.0.1:{remote.port}"
+    assert [(target, decision) for target, decision, _ in decisions] == [
+        (allowed, "allow"), (refused_target, "deny"), (allowed, "allow"), (refused_target, "deny")], decisions
+    assert {rule for target, _, rule in decisions if target == allowed} == {"operator-forward"}
 
 
 def test_remote_forwards_are_refused(env: Env) -> None:
