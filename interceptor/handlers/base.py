@@ -14,13 +14,15 @@ import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from interceptor.audit.event import AuditEvent, AuditSink, SharedSummary
 from interceptor.decision import Decision
+from interceptor.errors import Fault, InterceptorError
 from interceptor.flow import FlowContext
 from interceptor.identity.model import Identity
 from interceptor.policy.model import ResourceSpec
+from interceptor.secrets import SecretError
 
 if TYPE_CHECKING:  # asyncio and cryptography machinery the policy side does not need
     from interceptor.approvals.broker import ApprovalBroker
@@ -65,6 +67,7 @@ class SshHostKeys(Protocol):
         names and IP addresses)."""
 
 
+T = TypeVar("T")
 Who = tuple[SharedSummary | None, Identity | None, SharedSummary | None]  # process, identity, its summary
 
 
@@ -111,6 +114,53 @@ class Services:
             operation=operation,
             outcome=outcome,
         )
+
+
+@dataclass(slots=True)
+class FlowEnd:
+    """How a flow ended, for its connection record: the error that ended it (None: it ended
+    normally), whose fault that was, and what the handler adds to the record."""
+
+    error: str | None = None
+    fault: Fault | None = None
+    details: dict[str, object] = field(default_factory=dict)
+
+    def failed(self, error: InterceptorError) -> None:
+        """The flow failed with `error`, unless it had failed already: the first error is
+        the cause, what fails after it (a refusal that cannot be sent, a connection closed
+        meanwhile) its consequence."""
+        if self.error is None:
+            self.error, self.fault = str(error), error.fault
+
+    @property
+    def verdict(self) -> str:
+        """The record's verdict: `allow` without an error, `deny` for the policy's or the
+        agent's fault, `error` for any other."""
+        if self.error is None:
+            return "allow"
+        return "deny" if self.fault in (Fault.POLICY, Fault.CLIENT) else "error"
+
+
+async def resolved_credentials(services: Services, use: Callable[[dict[str, str]], T],
+                               error: type[InterceptorError]) -> T | None:
+    """The resource's credentials (`services.credentials`, a mapping of key to value) as
+    `use` makes them; None when the resource names no credentials. `error` (the handler's
+    credentials error) when the source fails, or when `use` raises `error`; its message names
+    the resource and never quotes a value (a failure of the source other than SecretError is
+    named by its type only)."""
+    name = services.resource.name
+    if not services.resource.credentials:
+        return None
+    try:
+        secrets = await services.credentials()
+    except SecretError as exc:
+        raise error(f"credentials for resource {name!r} are unavailable: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - any failure of the source refuses the flow, never quoting it
+        raise error(f"credentials for resource {name!r} are unavailable: {type(exc).__name__}") from None
+    try:
+        return use(secrets)
+    except error as exc:
+        raise error(f"credentials for resource {name!r}: {exc}") from None
 
 
 def resource_option(resource: ResourceSpec, name: str) -> object:

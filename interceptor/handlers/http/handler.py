@@ -22,13 +22,13 @@ import socket
 import ssl
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from interceptor.certificates import upstream_context
 from interceptor.enforcer.driver import Driver
 from interceptor.errors import AuditUnavailable, ClientProtocolError, Fault, InterceptorError, UpstreamUnavailable
 from interceptor.flow import FlowContext
-from interceptor.handlers.base import Services, resource_option
+from interceptor.handlers.base import FlowEnd, Services, resolved_credentials, resource_option
 from interceptor.handlers.http.credentials import CredentialsError, UpstreamCredentials, upstream_credentials
 from interceptor.handlers.http.bearer import BearerRefused, BearerValidators, FlowDialect
 from interceptor.handlers.http.dialect import Dialect, RequestHead
@@ -36,7 +36,6 @@ from interceptor.handlers.http.headers import head_end, read_head
 from interceptor.handlers.http.session import HttpSession, reply_bytes
 from interceptor.handlers.http.target import parse_target
 from interceptor.handlers.pipe import Pipe
-from interceptor.secrets import SecretError
 
 log = logging.getLogger(__name__)
 
@@ -57,23 +56,11 @@ class AgentTlsUnavailable(InterceptorError):
 
 
 @dataclass(slots=True)
-class _End:
-    """How the flow ended, for its connection record."""
+class _End(FlowEnd):
+    """How the flow ended, and how the agent was let go."""
 
-    error: str | None = None
-    fault: Fault | None = None
     status: int | None = None  # what the agent was answered, when the flow ended in a refusal
     abort: bool = True  # reset the agent at the end; False when every answer went out whole
-    details: dict[str, object] = field(default_factory=dict)
-
-    def failed(self, error: InterceptorError) -> None:
-        self.error, self.fault = str(error), error.fault
-
-    @property
-    def verdict(self) -> str:
-        if self.error is None:
-            return "allow"
-        return "deny" if self.fault in (Fault.POLICY, Fault.CLIENT) else "error"
 
 
 class HttpHandler:
@@ -214,21 +201,11 @@ async def _peek(sock: socket.socket) -> bytes:
 async def _credentials(services: Services) -> UpstreamCredentials:
     """What the resource's credentials send upstream; none when the resource names none.
     CredentialsError (502) when they cannot be had or used; the message quotes no secret."""
-    resource = services.resource
-    if not resource.credentials:
-        return UpstreamCredentials()
-    try:
-        secrets = await services.credentials()
-    except SecretError as exc:
-        raise CredentialsError(f"credentials for resource {resource.name!r} are unavailable: {exc}") from None
-    except Exception as exc:  # noqa: BLE001 - any failure of the source refuses the flow, never quoting it
-        raise CredentialsError(f"credentials for resource {resource.name!r} are unavailable: "
-                               f"{type(exc).__name__}") from None
-    header = resource_option(resource, "token_header")
-    try:
-        return upstream_credentials(secrets, header if isinstance(header, str) else None)
-    except CredentialsError as exc:
-        raise CredentialsError(f"credentials for resource {resource.name!r}: {exc}") from None
+    header = resource_option(services.resource, "token_header")
+    token_header = header if isinstance(header, str) else None
+    credentials = await resolved_credentials(services, lambda secrets: upstream_credentials(secrets, token_header),
+                                             CredentialsError)
+    return credentials if credentials is not None else UpstreamCredentials()
 
 
 def verified_name(flow: FlowContext, services: Services, server_name: str | None) -> str:

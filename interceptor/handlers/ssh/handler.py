@@ -16,14 +16,13 @@ import asyncio
 import logging
 import socket
 import time
-from dataclasses import dataclass, field
 
 import asyncssh
 from asyncssh.packet import PacketDecodeError
 
 from interceptor.errors import AuditUnavailable, Fault, InterceptorError, Refused
 from interceptor.flow import FlowContext
-from interceptor.handlers.base import Services
+from interceptor.handlers.base import FlowEnd, Services
 from interceptor.handlers.ssh import upstream
 from interceptor.handlers.ssh.connection import AgentConnection
 from interceptor.ssh_certificates import resource_names
@@ -40,25 +39,6 @@ class HostCaUnavailable(InterceptorError):
 
     fault = Fault.ENFORCER
     status = 503
-
-
-@dataclass(slots=True)
-class _End:
-    """How the flow ended, for its connection record."""
-
-    error: str | None = None
-    fault: Fault | None = None
-    details: dict[str, object] = field(default_factory=dict)
-
-    def failed(self, error: InterceptorError) -> None:
-        if self.error is None:
-            self.error, self.fault = str(error), error.fault
-
-    @property
-    def verdict(self) -> str:
-        if self.error is None:
-            return "allow"
-        return "deny" if self.fault in (Fault.POLICY, Fault.CLIENT) else "error"
 
 
 def host_key(flow: FlowContext, services: Services) -> tuple[asyncssh.SSHKey, asyncssh.SSHCertificate]:
@@ -84,7 +64,7 @@ class SshHandler:
 
     async def serve(self, flow: FlowContext, client: socket.socket, services: Services) -> None:
         started = time.monotonic()
-        end = _End()
+        end = FlowEnd()
         owner: AgentConnection | None = None
         server: asyncio.Task[asyncssh.SSHClientConnection] | None = None
         client.setblocking(False)
@@ -144,7 +124,7 @@ class SshHandler:
             agent.disconnect(asyncssh.DISC_CONNECTION_LOST, "interceptor: the server closed the connection")
             await agent.wait_closed()
 
-    async def _record(self, flow: FlowContext, services: Services, end: _End, started: float) -> None:
+    async def _record(self, flow: FlowContext, services: Services, end: FlowEnd, started: float) -> None:
         traffic = services.traffic
         try:
             await services.audit.write(services.event(
@@ -157,7 +137,7 @@ class SshHandler:
             log.error("audit unavailable for flow %s: %s", flow.flow_id, exc)
 
 
-def _agent_lost(end: _End, exc: Exception) -> None:
+def _agent_lost(end: FlowEnd, exc: Exception) -> None:
     """The agent's connection ended by `exc`: its fault when it broke the protocol (a
     malformed or oversized packet, a banner flood, no algorithm in common), else an error of
     the connection (it went away, or refused the enforcer's host certificate)."""
@@ -166,7 +146,7 @@ def _agent_lost(end: _End, exc: Exception) -> None:
         end.fault = Fault.CLIENT
 
 
-async def _close_server(server: asyncio.Task[asyncssh.SSHClientConnection], end: _End) -> None:
+async def _close_server(server: asyncio.Task[asyncssh.SSHClientConnection], end: FlowEnd) -> None:
     """Close the server connection, or stop making it; its failure is the flow's error when
     nothing else was."""
     if not server.done():

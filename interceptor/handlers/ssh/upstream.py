@@ -23,9 +23,8 @@ import asyncssh
 
 from interceptor.errors import Fault, InterceptorError, LoginError, Refused, UpstreamUnavailable
 from interceptor.flow import FlowContext
-from interceptor.handlers.base import Services, resource_option
+from interceptor.handlers.base import Services, resolved_credentials, resource_option
 from interceptor.policy.model import ResourceSpec
-from interceptor.secrets import SecretError
 
 KEYS = frozenset({"user", "private_key", "private_key_file", "certificate", "certificate_file", "passphrase",
                   "password"})
@@ -142,21 +141,11 @@ def host_name(flow: FlowContext, resource: ResourceSpec) -> str:
 async def credentials(services: Services) -> Login:
     """The resource's credentials as a Login; SshCredentialsError when they cannot be had
     or used (the message names the resource, never a value)."""
-    name = services.resource.name
-    if not services.resource.credentials:
-        raise SshCredentialsError(f"resource {name!r} has no credentials: the server login needs a user and a key "
-                                  "or password")
-    try:
-        secrets = await services.credentials()
-    except SecretError as exc:
-        raise SshCredentialsError(f"credentials for resource {name!r} are unavailable: {exc}") from None
-    except Exception as exc:  # noqa: BLE001 - any failure of the source refuses the flow, never quoting it
-        raise SshCredentialsError(f"credentials for resource {name!r} are unavailable: "
-                                  f"{type(exc).__name__}") from None
-    try:
-        return login(secrets)
-    except SshCredentialsError as exc:
-        raise SshCredentialsError(f"credentials for resource {name!r}: {exc}") from None
+    account = await resolved_credentials(services, login, SshCredentialsError)
+    if account is None:
+        raise SshCredentialsError(f"resource {services.resource.name!r} has no credentials: the server login needs "
+                                  "a user and a key or password")
+    return account
 
 
 async def connect(flow: FlowContext, services: Services) -> asyncssh.SSHClientConnection:
