@@ -84,7 +84,13 @@ SPAWNERS = frozenset({"vi", "vim", "nvim", "view", "vimdiff", "rvim", "ex", "ed"
                       "proxychains", "proxychains4", "torsocks", "faketime", "fakeroot", "sshpass", "timelimit",
                       "cpulimit", "daemonize", "start-stop-daemon", "dbus-run-session", "xvfb-run", "numactl",
                       "schedtool", "cgexec", "systemd-inhibit", "systemd-cat", "sem", "entr", "perf", "unbuffer",
-                      "run-parts"})
+                      "run-parts", "visudo", "vipw", "vigr", "psql", "mysql", "mariadb", "sqlite3", "nmap"})
+# Subcommands that start $EDITOR (which an agent on stdin can drive to a shell, terminal or not)
+EDITOR_SUBCOMMANDS: Mapping[str, frozenset[str]] = {
+    "systemctl": frozenset({"edit"}), "kubectl": frozenset({"edit"}), "virsh": frozenset({"edit"}),
+    "git": frozenset({"commit", "rebase", "tag", "merge", "notes", "revert", "cherry-pick", "am", "config", "var",
+                      "add", "pull"}),
+}
 # Options that make a program run a command: word prefixes, and letters of a `-abc` cluster
 # (tar's first word also without its dash: `tar xIf`)
 CODE_OPTIONS: Mapping[str, tuple[tuple[str, ...], str]] = {
@@ -95,6 +101,8 @@ CODE_OPTIONS: Mapping[str, tuple[tuple[str, ...], str]] = {
     "git": (("-c", "--config-env", "--exec-path", "--upload-pack", "--receive-pack"), ""),
     "zip": (("--unzip-command",), "T"),
     "tcpdump": ((), "z"),
+    "wget": (("--use-askpass",), ""),
+    "ssh-keygen": (("-D", "-w"), ""),
 }
 
 
@@ -288,9 +296,17 @@ def _code_reasons(argv: tuple[str, ...]) -> list[str]:
             reasons.append(f"{level[0]} -v evaluates array subscripts (code) in bash")
         elif runs_option(name, level):
             reasons.append(f"{level[0]} has an option that runs a command")
+        elif _starts_editor(name, level):
+            reasons.append(f"{level[0]} can start an editor")
         elif _unsandboxed_sed(name, level):
             reasons.append(f"{level[0]} without --sandbox runs commands from its script (e, s///e)")
     return reasons
+
+
+def _starts_editor(name: str, words: Words) -> bool:
+    """Does the command name a subcommand that starts $EDITOR (EDITOR_SUBCOMMANDS)?"""
+    subcommands = EDITOR_SUBCOMMANDS.get(name)
+    return subcommands is not None and any(w is None or w in subcommands for w in words[1:])
 
 
 def _unsandboxed_sed(name: str, words: Words) -> bool:
@@ -779,7 +795,7 @@ def _runs(name: str, words: Words, opaque: list[str]) -> tuple[list[Words], list
     if name in WRAPPERS:
         return _wrapped(name, words, opaque)
     if _INTERPRETER.fullmatch(name) or name in CODE_BUILTINS or name in SPAWNERS or _evaluates_names(name, words) \
-            or _unsandboxed_sed(name, words):
+            or _unsandboxed_sed(name, words) or _starts_editor(name, words):
         opaque.append(f"{name} runs code this reading cannot see")
     elif runs_option(name, words):
         opaque.append(f"{name} has an option that runs a command")

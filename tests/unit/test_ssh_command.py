@@ -172,6 +172,12 @@ def test_shell_constructs_are_shell_class(command: str, why: str) -> None:
     ("nice " * 9 + "ls", "nested more than 8 deep"),
     ("compgen -C id x", "compgen runs"),
     ("sed -n 1p /etc/hosts", "sed without --sandbox"),
+    ("systemctl edit nginx", "can start an editor"),
+    ("git commit", "can start an editor"),
+    ("kubectl edit deploy/x", "can start an editor"),
+    ("visudo", "can start a shell"),
+    ("psql -c x", "can start a shell"),
+    ("wget --use-askpass=/tmp/x http://x/", "has an option"),
     ("sed '1e id' /etc/hosts", "sed without --sandbox"),
     ("mapfile -C id x", "mapfile runs"),
     ("jobs -x id", "jobs runs"),
@@ -204,6 +210,7 @@ def test_commands_that_run_code_are_shell_class(command: str, why: str) -> None:
     "tar -czf /tmp/x.tgz /srv",
     "git log -n 5",
     "sed --sandbox -n 1p /etc/hosts",
+    "systemctl status nginx",
     "test -f /etc/hosts",
 ])
 def test_wrappers_and_harmless_options_are_not_shell_class(command: str) -> None:
