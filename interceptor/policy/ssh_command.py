@@ -12,10 +12,12 @@ session.c do_child; RFC 4254 section 6.5), assumed POSIX (dash, bash: POSIX.1-20
   return, any non-ASCII character), an unterminated quote, a first word holding `=` (an
   assignment), and a command that runs code whatever its words: a shell or an interpreter,
   a builtin that evaluates code or array subscripts, an editor, pager or other program that
-  starts commands, or an option that makes a program run one (`find -exec`,
-  `tar --to-command`, `rsync -e`, `sudo -s`), found at any level of wrappers (`sudo`, `env`,
-  `nice`, `timeout`, ... with their options: WRAPPERS). A wrapper option this module does not
-  know is shell class too (it cannot tell where the inner command starts).
+  starts commands (a subcommand that starts $EDITOR, GNU sed without --sandbox), an option
+  that makes a program run one (`find -exec`, `tar --to-command`, `rsync -e`, `sudo -s`), or
+  a file server (`sftp-server`, `rsync --server`, scp through a wrapper), found at any level
+  of wrappers (`sudo`, `env`, `nice`, `timeout`, ... with their options: WRAPPERS, at most
+  MAX_DEPTH deep). A wrapper option this module does not know is shell class too (it cannot
+  tell where the inner command starts).
 - Lax (what deny rules see): every simple command the shell may run, each as a tuple of words
   where None is a word only known at run time (an expansion, a glob, a tilde, a brace
   expansion, `$'...'`): it stands for any number of words. Lists, pipelines, subshells,
@@ -23,11 +25,17 @@ session.c do_child; RFC 4254 section 6.5), assumed POSIX (dash, bash: POSIX.1-20
   deny rule may match); every level of a wrapper is a command of its own (`sudo rm x`, and
   `rm x`); `sh -c STRING`, `eval`, `su -c`, `watch`, `find -exec` and command substitutions are
   read recursively. What cannot be read (interpreter code, a script file, a shell reading its
-  standard input, a command in an expansion) makes the command *opaque*: every deny rule about
-  commands matches it.
+  standard input, a command name known only at run time, a substitution anywhere, bash's
+  arithmetic, which evaluates the values of the variables it names (`((b))`, `${a[b]}`,
+  `${x:b}`, `a[b]=1`, `${!b}`), `${x@P}`, a substitution in an unquoted here-document, an
+  assignment to PATH, IFS, PS4 and the like) makes the command *opaque*: every deny rule
+  about commands matches it.
 
 Patterns (`commands:` of a rule): split like a POSIX shell (shlex, posix=True) into words, each
 an fnmatchcase glob for one argv word; a last word `**` matches zero or more remaining words.
+A pattern word holding `/` is about a path: for allow rules it covers only an argument in
+normal form (interceptor.policy.mcp_rules.in_normal_form); for deny rules it also matches an
+argument not in normal form and a relative path that may name it.
 
 Legacy scp: the client runs `scp [-v] [-r] [-p] [-d] -t [--] PATH` (upload: the server writes)
 or `... -f [--] PATH` (download: the server reads) on the server (OpenSSH scp.c, "remote"
