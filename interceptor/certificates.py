@@ -342,15 +342,7 @@ def _create(key_path: Path, now: datetime.datetime) -> None:
     pem = (key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
            + certificate.public_bytes(serialization.Encoding.PEM))
-    temporary = key_path.with_name(f".{key_path.name}.{secrets.token_hex(8)}")
-    try:
-        write_new(temporary, pem, 0o600)
-        os.link(temporary, key_path)
-    except FileExistsError:
-        pass  # another process created the CA first: its pair is the one
-    finally:
-        temporary.unlink(missing_ok=True)
-    sync_directory(key_path.parent)
+    create_once(key_path, pem, 0o600)
 
 
 def _load(key_path: Path, now: datetime.datetime) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
@@ -413,7 +405,7 @@ def write_file(path: Path, data: bytes, mode: int, uid: int | None = None) -> No
     """Replace `path` atomically with `data`: a new file beside it (never an existing one,
     never through a symlink) with `mode` and, given `uid`, that owner, synced, then renamed
     over `path`. OSError when any step fails (nothing is left behind then)."""
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
+    temporary = _beside(path)
     try:
         write_new(temporary, data, mode, uid)
         os.replace(temporary, path)
@@ -433,6 +425,29 @@ def write_new(path: Path, data: bytes, mode: int, uid: int | None = None) -> Non
         file.write(data)
         file.flush()
         os.fsync(fd)
+
+
+def create_once(path: Path, data: bytes, mode: int) -> None:
+    """`path` holding `data` with `mode`, made in one atomic step, unless a file (or anything
+    else) is there already or another process puts one there first: then that one stays, so
+    processes creating it at once end up with the same. `data` goes into a new file beside
+    `path` (write_new), which is hard-linked to `path` (link(2) never replaces, and fails with
+    EEXIST when anything is there) and then removed; the directory is synced. OSError when a
+    step other than the link fails (nothing is left behind then)."""
+    temporary = _beside(path)
+    try:
+        write_new(temporary, data, mode)
+        os.link(temporary, path)
+    except FileExistsError:
+        pass  # another process made it first: theirs is the one
+    finally:
+        temporary.unlink(missing_ok=True)
+    sync_directory(path.parent)
+
+
+def _beside(path: Path) -> Path:
+    """A new hidden name in `path`'s directory for a file that will become `path`."""
+    return path.with_name(f".{path.name}.{secrets.token_hex(8)}")
 
 
 def sync_directory(path: Path) -> None:

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import asyncssh
 
-from interceptor.certificates import sync_directory, write_new
+from interceptor.certificates import create_once
 from interceptor.policy.model import ResourceSpec
 
 Clock = Callable[[], float]  # now, seconds since the epoch
@@ -272,17 +272,10 @@ def _create(key_path: Path) -> None:
     if os.path.lexists(key_path):
         return
     key = asyncssh.generate_private_key(KEY_ALGORITHM, comment=COMMENT)
-    temporary = key_path.with_name(f".{key_path.name}.{secrets.token_hex(8)}")
     try:
-        write_new(temporary, key.export_private_key("openssh"), 0o600)
-        os.link(temporary, key_path)
-    except FileExistsError:
-        pass  # another process created the CA first: its key is the one
+        create_once(key_path, key.export_private_key("openssh"), 0o600)
     except OSError as exc:
         raise SshHostCAError(f"cannot create the SSH host CA {key_path}: {exc.strerror}") from exc
-    finally:
-        temporary.unlink(missing_ok=True)
-    sync_directory(key_path.parent)
 
 
 def _load(key_path: Path) -> asyncssh.SSHKey:

@@ -25,7 +25,7 @@ import secrets
 import stat
 from pathlib import Path
 
-from interceptor.certificates import sync_directory, write_new
+from interceptor.certificates import create_once
 
 KEY_BYTES = 32  # SHA-256's output: RFC 2104 section 3 discourages shorter HMAC keys
 
@@ -68,17 +68,10 @@ def _create(path: Path) -> None:
     process puts one there first (then that one stays)."""
     if os.path.lexists(path):
         return
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
     try:
-        write_new(temporary, secrets.token_bytes(KEY_BYTES), 0o600)
-        os.link(temporary, path)
-    except FileExistsError:
-        pass  # another process made the key first: its key is the one
+        create_once(path, secrets.token_bytes(KEY_BYTES), 0o600)
     except OSError as exc:
         raise MaskKeyError(f"cannot create mask key {path}: {exc.strerror}") from exc
-    finally:
-        temporary.unlink(missing_ok=True)
-    sync_directory(path.parent)
 
 
 def _check(path: Path, info: os.stat_result) -> None:
