@@ -29,11 +29,13 @@ MATCH_SCHEMA = {
     "properties": {
         "commands": {**_STRINGS, "description": (
             "Exec command patterns, split like a POSIX shell into words (`systemctl status *`, "
-            "`sudo systemctl restart nginx`); each word is a glob for one argument; a last word `**` matches any "
+            "`sudo systemctl restart nginx`); each word is a glob for one argument (a word holding `/` covers only "
+            "a path in normal form: no `.`, `..` or empty segment); a last word `**` matches any "
             "remaining words. Allow and approve rules must cover the whole command as the shell will run it, "
             "and only plain commands: a command with shell constructs or that runs code (`;`, `|`, `&`, `$`, "
             "backquotes, redirections, globs, `~`, braces, newlines, quotes left open, `NAME=value` first, "
-            "a shell, an interpreter, `eval`, `env`, `xargs`, an editor or pager, `find -exec`, `sudo -s`; "
+            "a shell, an interpreter, `eval`, `env`, `xargs`, an editor or pager, `git commit` or `systemctl edit` "
+            "(they start an editor), `sed` without `--sandbox`, `find -exec`, `sudo -s`, `sftp-server`; "
             "at any depth of wrappers such as sudo, nice, timeout) is shell class: only `shell: true` allows it. "
             "A wrapper is not unwrapped for allow rules: name it (`sudo systemctl restart nginx`). Deny rules "
             "match any command the shell may run: each command of a list or pipeline, the command inside "
