@@ -93,6 +93,9 @@ SPAWNERS = frozenset({"vi", "vim", "nvim", "view", "vimdiff", "rvim", "ex", "ed"
                       "cpulimit", "daemonize", "start-stop-daemon", "dbus-run-session", "xvfb-run", "numactl",
                       "schedtool", "cgexec", "systemd-inhibit", "systemd-cat", "sem", "entr", "perf", "unbuffer",
                       "run-parts", "visudo", "vipw", "vigr", "psql", "mysql", "mariadb", "sqlite3", "nmap"})
+# Programs reached through the kernel's views of processes and files (`/proc/self/exe` is the
+# shell itself, `/dev/fd/3` whatever was opened): their names say nothing
+_HIDDEN_PROGRAMS = ("/proc/", "/dev/")
 # Subcommands that start $EDITOR (which an agent on stdin can drive to a shell, terminal or not)
 EDITOR_SUBCOMMANDS: Mapping[str, frozenset[str]] = {
     "systemctl": frozenset({"edit"}), "kubectl": frozenset({"edit"}), "virsh": frozenset({"edit"}),
@@ -288,7 +291,9 @@ def _code_reasons(argv: tuple[str, ...]) -> list[str]:
     reasons: list[str] = []
     for depth, level in enumerate(_levels_strict(argv, reasons)):
         name = _base(level[0])
-        if name == "scp" and depth:
+        if level[0].startswith(_HIDDEN_PROGRAMS):
+            reasons.append(f"{level[0]} is a program this reading cannot name")
+        elif name == "scp" and depth:
             reasons.append(f"scp run through {argv[0]}: only `scp -t PATH` or `scp -f PATH` is a file transfer")
         elif name == "sftp-server" or (name == "rsync" and "--server" in level[1:]):
             reasons.append(f"{level[0]} serves files unjudged (SFTP is judged file by file)")
@@ -763,6 +768,8 @@ def _add_levels(words: Words, depth: int, commands: list[Words], opaque: list[st
         opaque.append("a command name known only at run time")
         return
     commands.append(words)
+    if head.startswith(_HIDDEN_PROGRAMS):
+        opaque.append(f"{head} is a program this reading cannot name")
     if depth > MAX_DEPTH:
         opaque.append(f"commands nested more than {MAX_DEPTH} levels deep")
         return

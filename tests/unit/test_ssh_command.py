@@ -173,6 +173,8 @@ def test_shell_constructs_are_shell_class(command: str, why: str) -> None:
     ("compgen -C id x", "compgen runs"),
     ("sed -n 1p /etc/hosts", "sed without --sandbox"),
     ("systemctl edit nginx", "can start an editor"),
+    ("/proc/self/exe -c id", "cannot name"),
+    ("/dev/fd/3 x", "cannot name"),
     ("git commit", "can start an editor"),
     ("kubectl edit deploy/x", "can start an editor"),
     ("visudo", "can start a shell"),
@@ -248,7 +250,8 @@ def test_wrappers_and_harmless_options_are_not_shell_class(command: str) -> None
     "b='x[$(rm y)]'; ((b))", "b='x[$(rm y)]'; echo ${a[b]}", "b='x[$(rm y)]'; echo ${x:b}",
     "b='a[$(rm y)]'; echo ${!b}", "p='$(rm y)'; echo ${p@P}", "b='x[$(rm y)]'; a[b]=1", "test -v 'a[$(rm x)]'",
     "printf -v 'a[$(rm x)]' 1", "PS4='$(rm x)'; set -x; true", "echo $[a[$(rm x)]]", "PATH=/tmp/evil; ls",
-    "IFS=_; v=rm_x; $v", "BASH_ENV=/tmp/x bash -c true", "sed '1e rm x' /etc/hosts",
+    "IFS=_; v=rm_x; $v", "BASH_ENV=/tmp/x bash -c true", "sed '1e rm x' /etc/hosts", "/proc/self/exe -c 'rm x'",
+    "sudo /proc/1/root/bin/sh -c 'rm x'", "{rm,x}", "/???/rm x",
 ])
 def test_deny_rules_see_the_command_however_it_is_wrapped(command: str) -> None:
     assert denied_by_rm(command), read_command(command)
