@@ -85,9 +85,12 @@ OPTIONS_SCHEMA = {
             "lines trust a host CA). Required: without host key checking no connection is made.")},
         "host_key_alias": {"type": "string", "minLength": 1, "description": (
             "The name looked up in `known_hosts` instead of the resource's host name or address.")},
-        "host_names": {**_STRINGS, "description": (
-            "More names (or patterns) of the server, put in the host certificate the agent is shown and in the "
-            "`@cert-authority` line `interceptor trust install` writes, besides the resource's addresses.")},
+        "host_names": {"type": "array", "minItems": 1,
+                       "items": {"type": "string", "pattern": "^[A-Za-z0-9_.:%-]{1,253}$"}, "description": (
+            "More names of the server, exact (no wildcards: ssh matches a host certificate's names exactly), "
+            "put in the host certificate the agent is shown and in the `@cert-authority` line `interceptor "
+            "trust install` writes, besides the resource's addresses. A name agents use for a host of a "
+            "network resource must be listed here.")},
         "recording_limit_bytes": {"type": "integer", "minimum": 1024, "description": (
             "Size at which a recorded shell (or exec with a terminal) is ended, in bytes of recording; default "
             "67108864 (64 MiB).")},
