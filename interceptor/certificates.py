@@ -177,12 +177,8 @@ class HostCA:
         together, or the CA expired."""
         tls = state_dir / "tls"
         private = tls / "private"
-        try:
-            state_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise HostCAError(f"cannot create {state_dir}: {exc.strerror}") from exc
-        _directory(tls, 0o755, 0o022)
-        _directory(private, 0o700, 0o077)
+        _PRIVATE.directory(tls, 0o755, 0o022)
+        _PRIVATE.directory(private, 0o700, 0o077)
         key_path = private / "ca.key"
         try:
             if not key_path.exists():
@@ -292,32 +288,64 @@ def _load_chain(context: ssl.SSLContext, pem: bytes) -> None:
         os.close(fd)
 
 
-def _directory(path: Path, mode: int, forbidden: int) -> None:
-    """`path` as a directory of ours (created with `mode` when absent) that no one else can
-    write (and, for `forbidden` 0o077, read); HostCAError otherwise."""
-    try:
-        path.mkdir(mode=mode)
-        os.chmod(path, mode)
-    except FileExistsError:
-        pass
-    except OSError as exc:
-        raise HostCAError(f"cannot create {path}: {exc.strerror}") from exc
-    info = os.lstat(path)
-    _owned(path, info, forbidden, "directory", stat.S_ISDIR(info.st_mode))
+@dataclass(frozen=True, slots=True)
+class PrivateFiles:
+    """The checks on a CA's directories and key file, which only this process's user may
+    hold: a symlink, another type, another owner or a mode open to others is refused with
+    `error`, saying what to do. `owner` names the CA ("the host CA") and `why` says why its
+    key must stay private, in the refusal of a mode."""
+
+    error: type[Exception]
+    owner: str
+    why: str
+
+    def directory(self, path: Path, mode: int, forbidden: int) -> None:
+        """`path` as a directory of ours (created with `mode` when absent, as its parent
+        directories are) that no one else can write (and, for `forbidden` 0o077, read)."""
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise self.error(f"cannot create {path.parent}: {exc.strerror}") from exc
+        try:
+            path.mkdir(mode=mode)
+            os.chmod(path, mode)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise self.error(f"cannot create {path}: {exc.strerror}") from exc
+        info = os.lstat(path)
+        self.check(path, info, forbidden, "directory", stat.S_ISDIR(info.st_mode))
+
+    def check(self, path: Path, info: os.stat_result, forbidden: int, kind: str, right_type: bool) -> None:
+        """`path`, whose status is `info`, as a `kind` of ours with no bit of `forbidden`."""
+        if not right_type:
+            raise self.error(f"{path} is not a {kind} (a symlink or something else): remove it")
+        if info.st_uid != os.geteuid():
+            raise self.error(f"{path} is owned by uid {info.st_uid}, not {os.geteuid()} (this process): {self.owner} "
+                             f"must be the daemon's own; chown {os.geteuid()} {path}")
+        if info.st_mode & forbidden:
+            wanted = stat.S_IMODE(info.st_mode) & ~forbidden
+            which = "readable by root only" if forbidden == 0o077 else "writable by root only"
+            raise self.error(f"{path} has mode {stat.S_IMODE(info.st_mode):04o}: it must be {which} ({self.why}); "
+                             f"chmod {wanted:04o} {path}")
+
+    def read(self, path: Path) -> bytes:
+        """The bytes of the key file `path`, opened without following a symlink and checked
+        (a regular file of ours readable by us only) as the file opened."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise self.error(f"{path} is a symlink: remove it") from exc
+            raise self.error(f"cannot read {path}: {exc.strerror}") from exc
+        with os.fdopen(fd, "rb") as file:
+            info = os.fstat(file.fileno())
+            self.check(path, info, 0o077, "regular file", stat.S_ISREG(info.st_mode))
+            return file.read()
 
 
-def _owned(path: Path, info: os.stat_result, forbidden: int, kind: str, right_type: bool) -> None:
-    if not right_type:
-        raise HostCAError(f"{path} is not a {kind} (a symlink or something else): remove it")
-    if info.st_uid != os.geteuid():
-        raise HostCAError(f"{path} is owned by uid {info.st_uid}, not {os.geteuid()} (this process): the host CA "
-                          f"must be the daemon's own; chown {os.geteuid()} {path}")
-    if info.st_mode & forbidden:
-        wanted = stat.S_IMODE(info.st_mode) & ~forbidden
-        why = "readable by root only" if forbidden == 0o077 else "writable by root only"
-        raise HostCAError(f"{path} has mode {stat.S_IMODE(info.st_mode):04o}: it must be {why} "
-                          f"(the host CA's key signs certificates every process on this host trusts); "
-                          f"chmod {wanted:04o} {path}")
+_PRIVATE = PrivateFiles(HostCAError, "the host CA", "the host CA's key signs certificates every process on this host "
+                                                    "trusts")
 
 
 def _create(key_path: Path, now: datetime.datetime) -> None:
@@ -348,16 +376,7 @@ def _create(key_path: Path, now: datetime.datetime) -> None:
 def _load(key_path: Path, now: datetime.datetime) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     """The CA key and certificate in `key_path`, checked: a regular file of ours readable by
     us only, one EC P-256 key and one CA certificate for it, not expired."""
-    try:
-        fd = os.open(key_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise HostCAError(f"{key_path} is a symlink: remove it") from exc
-        raise HostCAError(f"cannot read {key_path}: {exc.strerror}") from exc
-    with os.fdopen(fd, "rb") as file:
-        info = os.fstat(file.fileno())
-        _owned(key_path, info, 0o077, "regular file", stat.S_ISREG(info.st_mode))
-        data = file.read()
+    data = _PRIVATE.read(key_path)
     blocks = {m.group(1): m.group(0) for m in _PEM_BLOCK.finditer(data)}
     if set(blocks) != {b"PRIVATE KEY", b"CERTIFICATE"} or len(_PEM_BLOCK.findall(data)) != 2:
         raise HostCAError(f"{key_path} must hold one PEM private key and one certificate: remove the directory "

@@ -24,12 +24,10 @@ key, made once per process.
 
 from __future__ import annotations
 
-import errno
 import ipaddress
 import os
 import re
 import secrets
-import stat
 import threading
 import time
 from collections import OrderedDict
@@ -39,7 +37,7 @@ from pathlib import Path
 
 import asyncssh
 
-from interceptor.certificates import create_once
+from interceptor.certificates import PrivateFiles, create_once
 from interceptor.policy.model import ResourceSpec
 
 Clock = Callable[[], float]  # now, seconds since the epoch
@@ -62,6 +60,9 @@ _PATTERN = re.compile(r"[a-z0-9_.:%*?-]{1,253}|\[[a-z0-9_.:%*?-]{1,253}\]:(?!0)[
 
 class SshHostCAError(Exception):
     """The SSH host CA cannot be created or loaded; str() says what is wrong and what to do."""
+
+
+_PRIVATE = PrivateFiles(SshHostCAError, "the SSH host CA", "the SSH host CA's key signs host keys agents' ssh trusts")
 
 
 def host_name(name: str) -> str:
@@ -186,7 +187,7 @@ class SshHostCA:
             raise SshHostCAError(f"no SSH host CA yet ({path}): the daemon creates it when it starts, "
                                  "or run `interceptor trust install`")
         if create:
-            _make_directory(state_dir, path.parent)
+            _PRIVATE.directory(path.parent, 0o700, 0o077)
             _create(path)
         return cls(_load(path), clock=clock, cache_size=cache_size)
 
@@ -236,36 +237,6 @@ class SshHostCA:
         return _Issued(certificate, now, valid_before - RENEW_BEFORE)
 
 
-def _make_directory(state_dir: Path, directory: Path) -> None:
-    """`directory` (0700, created when absent, as `state_dir` is) checked as the CA's own."""
-    try:
-        state_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise SshHostCAError(f"cannot create {state_dir}: {exc.strerror}") from exc
-    try:
-        directory.mkdir(mode=0o700)
-        os.chmod(directory, 0o700)
-    except FileExistsError:
-        pass
-    except OSError as exc:
-        raise SshHostCAError(f"cannot create {directory}: {exc.strerror}") from exc
-    info = os.lstat(directory)
-    _check(directory, info, "directory", stat.S_ISDIR(info.st_mode), 0o700)
-
-
-def _check(path: Path, info: os.stat_result, kind: str, right_type: bool, wanted: int) -> None:
-    """SshHostCAError, with the fix, unless `path` is a `kind` of this process's user that
-    only it can read and write."""
-    if not right_type:
-        raise SshHostCAError(f"{path} is not a {kind} (a symlink or something else): remove it")
-    if info.st_uid != os.geteuid():
-        raise SshHostCAError(f"{path} is owned by uid {info.st_uid}, not {os.geteuid()} (this process): the SSH "
-                             f"host CA must be the daemon's own; chown {os.geteuid()} {path}")
-    if info.st_mode & 0o077:
-        raise SshHostCAError(f"{path} has mode {stat.S_IMODE(info.st_mode):04o}: it must be readable by root only "
-                             f"(the SSH host CA's key signs host keys agents' ssh trusts); chmod {wanted:04o} {path}")
-
-
 def _create(key_path: Path) -> None:
     """A new CA key at `key_path`, unless a file (or anything else) is there already or another
     process puts one there first (then that one stays)."""
@@ -281,16 +252,7 @@ def _create(key_path: Path) -> None:
 def _load(key_path: Path) -> asyncssh.SSHKey:
     """The CA key in `key_path`, checked: a regular file of ours readable by us only, holding
     one Ed25519 private key."""
-    try:
-        fd = os.open(key_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise SshHostCAError(f"{key_path} is a symlink: remove it") from exc
-        raise SshHostCAError(f"cannot read {key_path}: {exc.strerror}") from exc
-    with os.fdopen(fd, "rb") as file:
-        info = os.fstat(file.fileno())
-        _check(key_path, info, "regular file", stat.S_ISREG(info.st_mode), 0o600)
-        data = file.read()
+    data = _PRIVATE.read(key_path)
     remedy = (f"remove {key_path} to make a new SSH host CA (then restart the daemon and run "
               "`interceptor trust install` again)")
     try:
