@@ -9,8 +9,10 @@ it, then runs its sans-IO session on the driver (interceptor.enforcer.driver), w
 
 from __future__ import annotations
 
+import logging
 import socket
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +20,7 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from interceptor.audit.event import AuditEvent, AuditSink, SharedSummary
 from interceptor.decision import Decision
-from interceptor.errors import Fault, InterceptorError
+from interceptor.errors import AuditUnavailable, Fault, InterceptorError
 from interceptor.flow import FlowContext
 from interceptor.identity.model import Identity
 from interceptor.policy.model import ResourceSpec
@@ -67,6 +69,7 @@ class SshHostKeys(Protocol):
         names and IP addresses)."""
 
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 Who = tuple[SharedSummary | None, Identity | None, SharedSummary | None]  # process, identity, its summary
 
@@ -124,6 +127,7 @@ class FlowEnd:
     error: str | None = None
     fault: Fault | None = None
     details: dict[str, object] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)  # when the flow was handed to its handler
 
     def failed(self, error: InterceptorError) -> None:
         """The flow failed with `error`, unless it had failed already: the first error is
@@ -139,6 +143,24 @@ class FlowEnd:
         if self.error is None:
             return "allow"
         return "deny" if self.fault in (Fault.POLICY, Fault.CLIENT) else "error"
+
+    async def record(self, flow: FlowContext, services: Services, protocol: str, *,
+                     operation: dict[str, object] | None = None, outcome: dict[str, object] | None = None) -> None:
+        """Write the flow's connection record (kind `connection`, the connection rule, the
+        verdict, the error as the reason). Its operation: `protocol`, `dst` (the original
+        destination, ip:port) and `operation`; its outcome: `bytes_up` and `bytes_down`
+        (services.traffic), `duration_ms` since `started`, `error`, `fault` and `outcome`.
+        An audit sink that cannot take it is logged: the flow is over, nothing is left to deny."""
+        traffic = services.traffic
+        try:
+            await services.audit.write(services.event(
+                flow, "connection", verdict=self.verdict, rule=flow.connection_rule, reason=self.error,
+                operation={"protocol": protocol, "dst": str(flow.original_dst), **(operation or {})},
+                outcome={"bytes_up": traffic.up, "bytes_down": traffic.down,
+                         "duration_ms": round((time.monotonic() - self.started) * 1000, 3), "error": self.error,
+                         "fault": self.fault.value if self.fault else None, **(outcome or {})}))
+        except AuditUnavailable as exc:
+            log.error("audit unavailable for flow %s: %s", flow.flow_id, exc)
 
 
 async def resolved_credentials(services: Services, use: Callable[[dict[str, str]], T],

@@ -20,13 +20,12 @@ import asyncio
 import logging
 import socket
 import ssl
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from interceptor.certificates import upstream_context
 from interceptor.enforcer.driver import Driver
-from interceptor.errors import AuditUnavailable, ClientProtocolError, Fault, InterceptorError, UpstreamUnavailable
+from interceptor.errors import ClientProtocolError, Fault, InterceptorError, UpstreamUnavailable
 from interceptor.flow import FlowContext
 from interceptor.handlers.base import FlowEnd, Services, resolved_credentials, resource_option
 from interceptor.handlers.http.credentials import CredentialsError, UpstreamCredentials, upstream_credentials
@@ -73,7 +72,6 @@ class HttpHandler:
         self.validators = BearerValidators()  # for resources with `identity: bearer`
 
     async def serve(self, flow: FlowContext, client: socket.socket, services: Services) -> None:
-        started = time.monotonic()
         end = _End()
         pipe: Pipe | None = None
         client.setblocking(False)
@@ -95,7 +93,7 @@ class HttpHandler:
                 pipe.close()
             else:
                 pipe.abort()
-        await self._record(flow, services, end, started)
+        await end.record(flow, services, self.protocol, operation=end.details, outcome={"status": end.status})
 
     async def _accept(self, flow: FlowContext, client: socket.socket, services: Services,
                       end: _End) -> tuple[Pipe | None, str | None]:
@@ -167,18 +165,6 @@ class HttpHandler:
         services.judge.use_identity(identity)
         end.details["identity"] = "bearer"
         return token
-
-    async def _record(self, flow: FlowContext, services: Services, end: _End, started: float) -> None:
-        traffic = services.traffic
-        try:
-            await services.audit.write(services.event(
-                flow, "connection", verdict=end.verdict, rule=flow.connection_rule, reason=end.error,
-                operation={"protocol": self.protocol, "dst": str(flow.original_dst), **end.details},
-                outcome={"bytes_up": traffic.up, "bytes_down": traffic.down, "status": end.status,
-                         "duration_ms": round((time.monotonic() - started) * 1000, 3), "error": end.error,
-                         "fault": end.fault.value if end.fault else None}))
-        except AuditUnavailable as exc:
-            log.error("audit unavailable for flow %s: %s", flow.flow_id, exc)
 
 
 async def _peek(sock: socket.socket) -> bytes:

@@ -15,12 +15,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import time
 
 import asyncssh
 from asyncssh.packet import PacketDecodeError
 
-from interceptor.errors import AuditUnavailable, Fault, InterceptorError, Refused
+from interceptor.errors import Fault, InterceptorError, Refused
 from interceptor.flow import FlowContext
 from interceptor.handlers.base import FlowEnd, Services
 from interceptor.handlers.ssh import upstream
@@ -63,7 +62,6 @@ class SshHandler:
         self.sftp_factory = sftp_factory
 
     async def serve(self, flow: FlowContext, client: socket.socket, services: Services) -> None:
-        started = time.monotonic()
         end = FlowEnd()
         owner: AgentConnection | None = None
         server: asyncio.Task[asyncssh.SSHClientConnection] | None = None
@@ -96,7 +94,7 @@ class SshHandler:
                 end.details["env_refused_count"] = owner.env_count
             if owner.refused_channels:
                 end.details["channels_refused"] = owner.refused_channels
-        await self._record(flow, services, end, started)
+        await end.record(flow, services, self.protocol, outcome=end.details)
 
     async def _run(self, owner: AgentConnection, client: socket.socket,
                    host_key: tuple[asyncssh.SSHKey, asyncssh.SSHCertificate],
@@ -123,18 +121,6 @@ class SshHandler:
         if not agent.is_closed():
             agent.disconnect(asyncssh.DISC_CONNECTION_LOST, "interceptor: the server closed the connection")
             await agent.wait_closed()
-
-    async def _record(self, flow: FlowContext, services: Services, end: FlowEnd, started: float) -> None:
-        traffic = services.traffic
-        try:
-            await services.audit.write(services.event(
-                flow, "connection", verdict=end.verdict, rule=flow.connection_rule, reason=end.error,
-                operation={"protocol": self.protocol, "dst": str(flow.original_dst)},
-                outcome={"bytes_up": traffic.up, "bytes_down": traffic.down,
-                         "duration_ms": round((time.monotonic() - started) * 1000, 3), "error": end.error,
-                         "fault": end.fault.value if end.fault else None, **end.details}))
-        except AuditUnavailable as exc:
-            log.error("audit unavailable for flow %s: %s", flow.flow_id, exc)
 
 
 def _agent_lost(end: FlowEnd, exc: Exception) -> None:
