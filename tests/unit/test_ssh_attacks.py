@@ -317,3 +317,60 @@ def test_writes_of_any_startup_file_need_a_shell_rule(engine: PolicyEngine, name
     path = f"/home/deploy/{name}"
     assert runs_code(path), f"writing {path} makes the server run code"
     assert decide(engine, SshRequest("write", path=path, action="open"))[0] == "deny"
+
+
+# ---- SFTP -------------------------------------------------------------------------------------------
+
+SFTP_RULES = """
+  - {name: srv-files, effect: allow, agents: [bot], resources: [web1], ssh: {read: ["/srv/**"], write: ["/srv/**"]}}
+  - {name: no-app-secret, effect: deny, resources: [web1], ssh: {read: ["/srv/config/secret.env"]}}
+"""
+
+
+def test_renaming_a_directory_moves_a_denied_file_out_from_under_its_deny_glob(tmp_path: Path) -> None:
+    """attack: a deny glob on a file (`read: /srv/config/secret.env`) while the agent may write
+    the tree (`/srv/**`): SFTP rename of the directory (/srv/config -> /srv/moved) is judged on
+    the directory's two paths only, and the file is then read as /srv/moved/secret.env.
+
+    Expected: a rename (or posix-rename) of a directory is refused when a deny glob may match a
+    path below its source or its destination (ssh_rules._below, as for a recursive scp), so no
+    deny glob can be stepped around by moving a directory above it."""
+    async def test(lab: Lab) -> None:
+        (lab.tmp / "server" / "srv" / "config").mkdir()
+        (lab.tmp / "server" / "srv" / "config" / "secret.env").write_text("DB_PASSWORD=hunter2\n")
+        async with lab.agent() as conn, conn.start_sftp_client() as sftp:
+            with pytest.raises(asyncssh.SFTPPermissionDenied):
+                await sftp.open("/srv/config/secret.env", "rb")  # the deny glob holds by name
+            try:
+                await sftp.rename("/srv/config", "/srv/moved")
+            except asyncssh.SFTPPermissionDenied:
+                return
+            async with sftp.open("/srv/moved/secret.env", "rb") as file:
+                stolen = await file.read()
+        raise AssertionError(f"the denied file was read after its directory was renamed: {stolen!r}")
+
+    scenario(test, tmp_path, policy=POLICY + SFTP_RULES)
+
+
+def test_realpath_answers_what_readlink_and_stat_refuse(tmp_path: Path) -> None:
+    """attack: SFTP realpath is passed upstream unjudged, so it tells where a symlink points
+    and whether a path exists in a directory the agent may not read, which readlink and stat
+    (judged as reads) refuse: an oracle around the read globs.
+
+    Expected: realpath is judged as a read of the path (both readings) like stat and readlink,
+    except for the home directory query `.` a client makes first."""
+    async def test(lab: Lab) -> None:
+        async with lab.agent() as conn, conn.start_sftp_client() as sftp:
+            with pytest.raises(asyncssh.SFTPPermissionDenied):
+                await sftp.readlink("/private/link")
+            try:
+                answer = await sftp.realpath("/private/link")
+            except asyncssh.SFTPPermissionDenied:
+                return
+        raise AssertionError(f"realpath told the agent what readlink refused: {answer!r}")
+
+    private = tmp_path / "server" / "private"
+    private.mkdir(parents=True)
+    (private / "q3-layoffs.xlsx").write_text("names\n")
+    (private / "link").symlink_to("q3-layoffs.xlsx")
+    scenario(test, tmp_path)
