@@ -35,9 +35,10 @@ import ssl
 import stat
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Generic, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -53,6 +54,9 @@ BACKDATE = datetime.timedelta(hours=1)  # tolerates agents whose clocks are a li
 RENEW_BEFORE = datetime.timedelta(days=1)  # a cached leaf is reissued once less than this is left
 CACHE_SIZE = 1024  # server names whose contexts are kept
 ALPN = ["http/1.1"]
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+N = TypeVar("N", datetime.datetime, float)  # a clock's time
 _LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z ]+)-----\r?\n.*?-----END \1-----\r?\n?", re.S)
 
@@ -146,11 +150,31 @@ class AgentTLS:
         return self.server_name or self.default_name
 
 
-@dataclass(frozen=True, slots=True)
-class _Leaf:
-    context: ssl.SSLContext
-    issued: datetime.datetime
-    renew_at: datetime.datetime
+class IssuedCache(Generic[K, V, N]):
+    """What a CA issued per key (a leaf's TLS context per server name, a host certificate per
+    set of principals), thread-safe: the same value for a key from its issue until the time
+    it is to be renewed at, and a new one after, or once the clock (`clock`) went back past
+    its issue. The `size` keys used most recently are kept."""
+
+    def __init__(self, clock: Callable[[], N], size: int) -> None:
+        self.clock: Callable[[], N] = clock
+        self.size = size
+        self._entries: OrderedDict[K, tuple[V, N, N]] = OrderedDict()  # value, issued, renew at
+        self._lock = threading.Lock()
+
+    def get(self, key: K, issue: Callable[[K, N], tuple[V, N]]) -> V:
+        """The value for `key`: one issued before while it is to be used, else the one
+        `issue(key, now)` gives with the time to renew it at (what it raises, raised)."""
+        with self._lock:
+            now = self.clock()
+            entry = self._entries.get(key)
+            if entry is None or not entry[1] <= now < entry[2]:  # also when the clock went back
+                value, renew_at = issue(key, now)
+                entry = self._entries[key] = (value, now, renew_at)
+                while len(self._entries) > self.size:
+                    self._entries.popitem(last=False)
+            self._entries.move_to_end(key)
+            return entry[0]
 
 
 class HostCA:
@@ -161,13 +185,10 @@ class HostCA:
                  clock: Clock = _utcnow, cache_size: int = CACHE_SIZE) -> None:
         self.key = key
         self.certificate = certificate
-        self.clock = clock
-        self.cache_size = cache_size
         self._leaf_key = ec.generate_private_key(ec.SECP256R1())
         self._leaf_key_pem = self._leaf_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                                           serialization.NoEncryption())
-        self._leaves: OrderedDict[str, _Leaf] = OrderedDict()
-        self._lock = threading.Lock()
+        self._leaves: IssuedCache[str, ssl.SSLContext, datetime.datetime] = IssuedCache(clock, cache_size)
 
     @classmethod
     def open(cls, state_dir: Path, *, clock: Clock = _utcnow, cache_size: int = CACHE_SIZE) -> HostCA:
@@ -198,17 +219,7 @@ class HostCA:
         """A server-side context presenting a leaf certificate for `server_name` (a hostname or
         an IP address), issued by the host CA; the same context for the same name until it
         is renewed. ClientProtocolError when the name is not a valid hostname or address."""
-        name = _canonical(server_name)
-        with self._lock:
-            leaf = self._leaves.get(name)
-            now = self.clock()
-            if leaf is None or not leaf.issued <= now < leaf.renew_at:  # also when the clock went back
-                leaf = self._issue(name, now)
-                self._leaves[name] = leaf
-                while len(self._leaves) > self.cache_size:
-                    self._leaves.popitem(last=False)
-            self._leaves.move_to_end(name)
-            return leaf.context
+        return self._leaves.get(_canonical(server_name), self._issue)
 
     def agent_context(self, default_name: str) -> AgentTLS:
         """A flow's agent-facing TLS (see AgentTLS): a fresh context per flow whose SNI
@@ -234,8 +245,8 @@ class HostCA:
         context.sni_callback = select
         return AgentTLS(context, default, seen)
 
-    def _issue(self, name: str, now: datetime.datetime) -> _Leaf:
-        """A leaf for the canonical `name` and the context presenting it."""
+    def _issue(self, name: str, now: datetime.datetime) -> tuple[ssl.SSLContext, datetime.datetime]:
+        """The context presenting a new leaf for the canonical `name`, and when to renew it."""
         not_after = min(now + LEAF_VALIDITY, self.certificate.not_valid_after_utc)
         address = parse_server_name(name)
         alt: x509.GeneralName = x509.DNSName(name) if isinstance(address, str) else x509.IPAddress(address)
@@ -259,7 +270,7 @@ class HostCA:
                 .sign(self.key, hashes.SHA256()))
         context = _tls_context(ssl.PROTOCOL_TLS_SERVER)
         _load_chain(context, leaf.public_bytes(serialization.Encoding.PEM) + self._leaf_key_pem)
-        return _Leaf(context, now, not_after - RENEW_BEFORE)
+        return context, not_after - RENEW_BEFORE
 
 
 def fingerprint(certificate: x509.Certificate) -> str:

@@ -28,16 +28,14 @@ import ipaddress
 import os
 import re
 import secrets
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import asyncssh
 
-from interceptor.certificates import PrivateFiles, create_once
+from interceptor.certificates import IssuedCache, PrivateFiles, create_once
 from interceptor.policy.model import ResourceSpec
 
 Clock = Callable[[], float]  # now, seconds since the epoch
@@ -151,13 +149,6 @@ def _octet_patterns(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> l
             for subnet in network.subnets(new_prefix=whole * 8)]
 
 
-@dataclass(frozen=True, slots=True)
-class _Issued:
-    certificate: asyncssh.SSHCertificate
-    issued: float
-    renew_at: float
-
-
 def key_path(state_dir: Path) -> Path:
     """Where the SSH host CA of `state_dir` keeps its key."""
     return state_dir / "ssh" / "host_ca"
@@ -169,11 +160,8 @@ class SshHostCA:
 
     def __init__(self, key: asyncssh.SSHKey, *, clock: Clock = time.time, cache_size: int = CACHE_SIZE) -> None:
         self.key = key
-        self.clock = clock
-        self.cache_size = cache_size
         self.host_key = asyncssh.generate_private_key(KEY_ALGORITHM)
-        self._issued: OrderedDict[tuple[str, ...], _Issued] = OrderedDict()
-        self._lock = threading.Lock()
+        self._issued: IssuedCache[tuple[str, ...], asyncssh.SSHCertificate, float] = IssuedCache(clock, cache_size)
 
     @classmethod
     def open(cls, state_dir: Path, *, create: bool = True, clock: Clock = time.time,
@@ -218,23 +206,14 @@ class SshHostCA:
         names = tuple(sorted({host_name(p) for p in principals}))
         if not names:
             raise ValueError("a host certificate needs at least one principal")
-        with self._lock:
-            now = self.clock()
-            issued = self._issued.get(names)
-            if issued is None or not issued.issued <= now < issued.renew_at:  # also when the clock went back
-                issued = self._issue(names, now)
-                self._issued[names] = issued
-                while len(self._issued) > self.cache_size:
-                    self._issued.popitem(last=False)
-            self._issued.move_to_end(names)
-            return self.host_key, issued.certificate
+        return self.host_key, self._issued.get(names, self._issue)
 
-    def _issue(self, names: tuple[str, ...], now: float) -> _Issued:
+    def _issue(self, names: tuple[str, ...], now: float) -> tuple[asyncssh.SSHCertificate, float]:
         valid_before = int(now) + VALIDITY
         certificate = self.key.generate_host_certificate(
             self.host_key, f"interceptor host certificate for {','.join(names)}", serial=secrets.randbits(64),
             principals=names, valid_after=int(now) - BACKDATE, valid_before=valid_before, comment=COMMENT)
-        return _Issued(certificate, now, valid_before - RENEW_BEFORE)
+        return certificate, valid_before - RENEW_BEFORE
 
 
 def _create(key_path: Path) -> None:
