@@ -374,3 +374,140 @@ def test_realpath_answers_what_readlink_and_stat_refuse(tmp_path: Path) -> None:
     (private / "q3-layoffs.xlsx").write_text("names\n")
     (private / "link").symlink_to("q3-layoffs.xlsx")
     scenario(test, tmp_path)
+
+
+# ==== GUARDS: attacks stopped today ================================================================
+
+@pytest.mark.parametrize("command", [
+    "cat /etc/hostname; id", "cat /etc/hostname && id", "cat /etc/hostname || id", "cat /etc/hostname | sh",
+    "cat /etc/hostname & id", "cat $(id)", "cat `id`", "cat /etc/hostname > /tmp/x", "cat < /etc/shadow",
+    "cat /etc/hostname\nid", "cat /etc/hostname\rid", "cat /etc/hostname\tid", "cat\u00a0/etc/hostname",
+    "cat /etc/hostname\u2028id", "cat /etc/hostname\\\nid", "cat /etc/hostname # x", "IFS=/ cat x",
+    "cat${IFS}/etc/shadow", "cat \"$HOME\"", "cat ~root/.ssh/id_rsa", "cat /etc/*", "cat {a,b}", "cat 'x' \"$(id)\"",
+    "cat $'\\x2fetc'", "cat /etc/hostname '", "tail -n 1 x <<EOF\nEOF", "cat !!", "tail -f x &",
+    "tar --to-command=id -xf a", "tar xIf id a", "tar -cf x --checkpoint-action=exec=id y", "git -c core.pager=id log",
+    "git --exec-path=/tmp log", "git config --global core.pager id", "tail -n1 x --pid=1", "/proc/self/exe -c id",
+])
+def test_guard_shell_constructs_and_known_code_options_are_shell_class(engine: PolicyEngine, command: str) -> None:
+    """An allowed tool (`cat **`, `tail **`, `tar **`, `git **`) with a shell construct, a
+    Unicode or control character, or an option known to run a command: not allowed without
+    `shell: true`."""
+    if command == "tail -n1 x --pid=1":  # plain words: allowed, and harmless
+        assert exec_verdict(engine, command) == "allow"
+        return
+    assert exec_verdict(engine, command) == "deny", command
+
+
+@pytest.mark.parametrize("command", [
+    "/usr/bin/../bin/rm -rf /srv", "//bin/rm -rf /srv", "./rm -rf /srv", "\\rm -rf /srv", "r''m -rf /srv",
+    "\"rm\" -rf /srv", "sudo rm -rf /srv", "sudo -u root -- rm -rf /srv", "env -i rm -rf /srv", "nice -n 5 rm -rf /srv",
+    "timeout 5 rm -rf /srv", "nohup rm -rf /srv", "xargs rm -rf", "sh -c 'rm -rf /srv'", "bash -lc 'rm -rf /srv'",
+    "busybox rm -rf /srv", "find / -exec rm -rf {} +", "$(echo rm) -rf /srv", "eval rm -rf /srv",
+    "cat /etc//shadow", "cat /etc/./shadow", "cat ../../etc/shadow", "cat /etc/sha*", "cat shadow",
+    "echo x | sudo xargs rm", "watch rm -rf /srv", "su -c 'rm -rf /srv'", "command rm -rf /srv", "exec rm -rf /srv",
+    "/lib64/ld-linux-x86-64.so.2 /bin/rm -rf /srv", "sudo sh -c \"rm -rf /srv\"", "setsid -f rm -rf /srv",
+])
+def test_guard_deny_rules_see_through_known_spellings_and_wrappers(engine: PolicyEngine, command: str) -> None:
+    """The break-glass agent (any exec allowed) against `rm **` and `cat /etc/shadow` denies:
+    path spellings of argv0, quoting, known wrappers, `sh -c`, substitutions, path spellings
+    of arguments."""
+    assert decide(engine, SshRequest("exec", command=command), "breakglass") == ("deny", "no-rm"), command
+
+
+def test_guard_a_command_with_nul_or_past_the_limit_is_refused(engine: PolicyEngine) -> None:
+    assert decide(engine, SshRequest("exec", command="cat /etc/hostname\0; id"), "breakglass")[1] == "ssh-bad-command"
+    assert decide(engine, SshRequest("exec", command="cat " + "x" * 70000), "breakglass")[1] == "ssh-bad-command"
+
+
+def test_guard_an_exec_with_a_terminal_is_a_shell(engine: PolicyEngine) -> None:
+    assert decide(engine, SshRequest("exec", command="cat /etc/hostname", pty=True))[0] == "deny"
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.1", "0x7f.1", "2130706433", "017700000001", "127.0.0.2", "0",
+                                  "0.0.0.0", "::1", "[::1]", "::ffff:127.0.0.1", "::ffff:7f00:1", "0:0:0:0:0:0:0:1",
+                                  "localhost", "LOCALHOST.", "::"])
+def test_guard_forward_deny_sees_address_spellings(engine: PolicyEngine, host: str) -> None:
+    """Every numeric spelling of loopback (and of every address) and `localhost` are denied."""
+    assert decide(engine, SshRequest("forward", forward="local", target=f"{host}:22"))[0] == "deny", host
+
+
+@pytest.mark.parametrize("host", ["", "0.0.0.0", "::", "[::]", "0"])
+def test_guard_remote_forward_deny_sees_every_address_spellings(engine: PolicyEngine, host: str) -> None:
+    assert decide(engine, SshRequest("forward", forward="remote", target=f"{host}:8080"))[0] == "deny", host
+
+
+@pytest.mark.parametrize("forward", ["agent", "x11"])
+def test_guard_agent_and_x11_forwarding_are_refused(engine: PolicyEngine, forward: str) -> None:
+    assert decide(engine, SshRequest("forward", forward=forward), "breakglass") == ("deny", "ssh-forwarding")
+
+
+@pytest.mark.parametrize("name", ["SFTP", "sftp ", "shell", "exec", "netconf"])
+def test_guard_subsystems_other_than_sftp_are_refused(engine: PolicyEngine, name: str) -> None:
+    assert decide(engine, SshRequest("subsystem", command=name), "breakglass") == ("deny", "ssh-subsystem")
+
+
+@pytest.mark.parametrize("path", [
+    "/home/deploy/.ssh/authorized_keys", "/home/deploy/.bashrc", "/home/deploy/.profile", "/etc/cron.d/x",
+    "/home/deploy/.config/systemd/user/x.service", "/home/deploy//.bashrc", "/home/deploy/x/../.bashrc",
+    "/home/deploy/.SSH/authorized_keys", "/home/deploy/./.ssh/rc", "/home/deploy/.gitconfig", "home/deploy/.bashrc",
+    "/srv/uploads/locked/x", "/srv/uploads/LOCKED/x", "/srv/uploads/x.php", "/home/deploy/.local/bin/ls",
+])
+def test_guard_writes_that_run_code_or_are_denied(engine: PolicyEngine, path: str) -> None:
+    """Writes allowed under /srv/uploads/** and /home/deploy/** without `shell: true`: the
+    startup files on the list, every spelling of them, and deny globs case-folded."""
+    assert decide(engine, SshRequest("write", path=path, action="open"))[0] == "deny", path
+
+
+def test_guard_environment_requests_are_refused_and_their_values_never_recorded(tmp_path: Path) -> None:
+    async def test(lab: Lab) -> None:
+        async with lab.agent() as conn:
+            result = await conn.run("echo hi", env={"LD_PRELOAD": "/tmp/evil.so", "TOKEN": "s3cr3t-value"})
+            assert result.stdout == "hi\n"
+        assert lab.connection.outcome is not None
+        assert sorted(cast("list[str]", lab.connection.outcome["env_refused"])) == ["LD_PRELOAD", "TOKEN"]
+        assert not any("s3cr3t-value" in str(event) or "evil.so" in str(event) for event in lab.sink.events)
+
+    scenario(test, tmp_path)
+
+
+def test_guard_a_second_exec_on_one_channel_is_refused(tmp_path: Path) -> None:
+    """exec then another exec (or a shell) on the same session channel: asyncssh answers the
+    second with failure, so only the judged command runs."""
+    async def test(lab: Lab) -> None:
+        async with lab.agent() as conn:
+            chan, _ = await conn.create_session(asyncssh.SSHClientSession, "pause", encoding=None)
+            client = cast("asyncssh.SSHClientChannel[bytes]", chan)
+            assert not await client._make_request(b"exec", String("echo second"))
+            assert not await client._make_request(b"shell")
+            client.send_signal("INT")
+            await asyncio.wait_for(client.wait_closed(), 10)
+        assert lab.upstream.commands == ["pause"]
+
+    scenario(test, tmp_path, policy=POLICY + SHELLS)
+
+
+def test_guard_legacy_scp_download_is_judged_by_path_and_runs_nothing_upstream(tmp_path: Path) -> None:
+    async def test(lab: Lab) -> None:
+        async with lab.agent() as conn:
+            result = await asyncio.wait_for(conn.run("scp -f /etc/shadow", input=b"\0\0\0", encoding=None), 10)
+            assert b"permission denied" in cast(bytes, result.stdout) and b"root:" not in cast(bytes, result.stdout)
+        assert lab.upstream.commands == []
+        assert any(e.decision == "deny" and (e.operation or {}).get("path") == "/etc/shadow" for e in lab.kind("ssh"))
+
+    scenario(test, tmp_path)
+
+
+def test_guard_recording_names_and_files_are_private(tmp_path: Path) -> None:
+    """A shell's recording is created 0600, never through a symlink, named by flow and channel."""
+    async def test(lab: Lab) -> None:
+        async with lab.agent() as conn:
+            process = await conn.create_process(term_type="xterm")
+            await process.stdout.readexactly(2)
+            process.stdin.write("exit\r")
+            await process.wait()
+        (end,) = lab.kind("ssh-end")
+        summary = cast("dict[str, object]", (end.outcome or {})["recording"])
+        path = Path(str(summary["path"]))
+        assert path.name == "flow1-1.cast" and (os.stat(path).st_mode & 0o777) == 0o600
+
+    scenario(test, tmp_path, policy=POLICY + SHELLS)
