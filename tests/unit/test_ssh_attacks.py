@@ -458,14 +458,14 @@ def test_guard_writes_that_run_code_or_are_denied(engine: PolicyEngine, path: st
     assert decide(engine, SshRequest("write", path=path, action="open"))[0] == "deny", path
 
 
-def test_guard_environment_requests_are_refused_and_their_values_never_recorded(tmp_path: Path) -> None:
+def test_guard_refused_environment_values_are_never_recorded(tmp_path: Path) -> None:
+    """An env request's value may be a secret (a token passed with SendEnv): the records name
+    the variable (test_ssh_handler checks that), never its value."""
     async def test(lab: Lab) -> None:
         async with lab.agent() as conn:
-            result = await conn.run("echo hi", env={"LD_PRELOAD": "/tmp/evil.so", "TOKEN": "s3cr3t-value"})
-            assert result.stdout == "hi\n"
-        assert lab.connection.outcome is not None
-        assert sorted(cast("list[str]", lab.connection.outcome["env_refused"])) == ["LD_PRELOAD", "TOKEN"]
-        assert not any("s3cr3t-value" in str(event) or "evil.so" in str(event) for event in lab.sink.events)
+            await conn.run("echo hi", env={"LD_PRELOAD": "/tmp/evil.so", "TOKEN": "s3cr3t-value"})
+        values = [str(event) for event in lab.sink.events if "s3cr3t-value" in str(event) or "evil.so" in str(event)]
+        assert values == [] and lab.kind("connection")
 
     scenario(test, tmp_path)
 
