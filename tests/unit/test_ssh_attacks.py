@@ -61,6 +61,7 @@ rules:
     ssh: {forward: ["*:8080", "*:22"], remote_forward: ["*:8080"]}
   - {name: no-rm, effect: deny, reason: files are removed by cleanup jobs, resources: [web],
      ssh: {commands: ["rm **", "cat /etc/shadow"]}}
+  - {name: no-stops, effect: deny, resources: [web], ssh: {commands: ["systemctl stop **", "git push **", "rm -rf **"]}}
   - {name: no-server-itself, effect: deny, resources: [web], ssh: {forward: ["127.0.0.1:*", "::1:*"]}}
   - {name: no-public-listen, effect: deny, resources: [web], ssh: {remote_forward: ["0.0.0.0:*", "::*"]}}
   - {name: no-secret-dir, effect: deny, resources: [web], ssh: {write: ["/srv/uploads/locked/**"]}}
@@ -270,6 +271,58 @@ def test_deny_path_words_see_kernel_aliases_of_the_root(engine: PolicyEngine, pa
     root (and cwd, fd, map_files: anything under /proc or /dev/fd names files elsewhere), so the
     deny rule holds for every spelling the kernel resolves to its path."""
     assert decide(engine, SshRequest("exec", command=f"cat {path}")) == ("deny", "no-rm")
+
+
+@pytest.mark.parametrize(("command", "rule"), [
+    ("systemctl --no-block stop nginx", "no-stops"),  # an option before the subcommand
+    ("systemctl -q stop nginx", "no-stops"),
+    ("git -C /srv/app push origin main", "no-stops"),  # git's global options before the subcommand
+    ("git --no-pager push", "no-stops"),
+])
+def test_deny_patterns_see_options_wherever_the_program_reads_them(engine: PolicyEngine, command: str,
+                                                                   rule: str) -> None:
+    """attack: a deny pattern is matched word by word at fixed positions (`systemctl stop **`,
+    `git push **`), but programs read options anywhere: before the subcommand, permuted
+    after operands (GNU getopt), clustered (`-fr` for `-rf`), long (`--recursive --force`).
+    `systemctl --no-block stop nginx` is the denied stop, and passes.
+
+    Expected: deny patterns are read laxly about options too: a pattern matches when the
+    command's operands (words not starting with `-`) match the pattern's in order with option
+    words allowed anywhere between them, and a pattern's option cluster matches any spelling
+    holding its letters (or long names)."""
+    assert decide(engine, SshRequest("exec", command=command), "breakglass") == ("deny", rule)
+
+
+def test_deny_rm_rf_pattern_sees_its_options_in_any_spelling() -> None:
+    """attack: deny `rm -rf **` (tests/unit/test_policy_ssh.py's policy writes this) evaded by
+    `rm -fr /srv`, `rm -r -f /srv`, `rm --recursive --force /srv`, `rm /srv -rf`: the same
+    command for rm (GNU getopt: clusters, long names, permutation).
+
+    Expected: as test_deny_patterns_see_options_wherever_the_program_reads_them: every
+    spelling of the pattern's options matches a deny pattern."""
+    engine = PolicyEngine(load_policy_text(OPERATOR.replace('"rm **", ', ""), "operator.yaml"))
+    for command in ("rm -fr /srv", "rm -r -f /srv", "rm --recursive --force /srv", "rm /srv -rf", "rm -Rf /srv"):
+        assert decide(engine, SshRequest("exec", command=command), "breakglass") == ("deny", "no-stops"), command
+
+
+def test_a_glob_word_for_a_value_does_not_cover_an_option() -> None:
+    """attack: policy/examples/ssh.yaml allows `systemctl status *` and `journalctl -u * -n *`;
+    the `*` meant for a unit or a line count also covers an option word:
+    `systemctl status -Hroot@10.0.0.9` (systemctl -H runs ssh to another host with the login's
+    own keys: lateral movement), `journalctl -u nginx -n --vacuum-size=1K` (journalctl's `-n`
+    takes an optional argument only when attached, so `--vacuum-size` is an option: it deletes
+    the journal), `journalctl -u nginx -n --file=/etc/shadow`.
+
+    Expected: a pattern word that is a glob not starting with `-` does not cover an argv word
+    starting with `-` (an option is not a value unless the pattern says so: `-n *` covers
+    `-n 100`, and `--lines=*` would name the option), for allow and approve rules."""
+    example = PolicyEngine(load_policy_text((Path(__file__).resolve().parents[2] / "policy" / "examples" /
+                                             "ssh.yaml").read_text(), "ssh.yaml"))
+    for command in ("systemctl status -Hroot@10.0.0.9", "journalctl -u nginx -n --vacuum-size=1K",
+                    "journalctl -u nginx -n --directory=/home/deploy"):
+        decision = example.decide(Request(Subject("ops", None, "/usr/bin/agent", 1001), "web1",
+                                          SshRequest("exec", command=command)))
+        assert decision.verdict.value == "deny", f"{command!r} allowed by {decision.rule}"
 
 
 # ---- forwards -------------------------------------------------------------------------------------
