@@ -24,6 +24,7 @@ import pytest
 from asyncssh.constants import PTY_OP_END
 from asyncssh.packet import Byte, String, UInt32
 
+from interceptor.handlers.ssh.connection import MAX_CHANNELS
 from interceptor.operations import Request, SshRequest, Subject
 from interceptor.policy import PolicyEngine, load_policy_text
 from interceptor.policy.ssh_command import read_command, runs_code
@@ -564,3 +565,24 @@ def test_guard_recording_names_and_files_are_private(tmp_path: Path) -> None:
         assert path.name == "flow1-1.cast" and (os.stat(path).st_mode & 0o777) == 0o600
 
     scenario(test, tmp_path, policy=POLICY + SHELLS)
+
+
+def test_remote_forward_listeners_are_bounded(tmp_path: Path) -> None:
+    """attack: resource exhaustion on the server: remote forwards (tcpip-forward) are judged
+    but never counted, so one connection can make the server open listeners without bound
+    (each a socket and a port on the server), while channels are capped at MAX_CHANNELS.
+
+    Expected: listeners per connection are capped like channels (refused past the limit,
+    counted in the connection record)."""
+    async def test(lab: Lab) -> None:
+        async with lab.agent() as conn:
+            listening = 0
+            for _ in range(MAX_CHANNELS + 16):
+                try:
+                    await conn.forward_remote_port("127.0.0.1", 0, "localhost", 22)
+                except asyncssh.ChannelListenError:
+                    break
+                listening += 1
+        assert listening <= MAX_CHANNELS, f"{listening} listeners opened on the server by one connection"
+
+    scenario(test, tmp_path)
