@@ -196,6 +196,14 @@ RUNS_A_COMMAND = [  # {M}: the marker file the command run creates
      "seq 1 200000 > big && printf '#!/bin/sh\\ntouch M; cat\\n' > c.sh && chmod +x c.sh"),
     ("sdiff --diff-program=./d.sh f1 f2", "sdiff",
      "printf 'a\\n' > f1 && printf 'b\\n' > f2 && printf '#!/bin/sh\\ntouch M\\n' > d.sh && chmod +x d.sh"),
+    # a library loaded by name: the agent uploads it (any file name: `.so` writes are refused by name only)
+    ("openssl req -engine ./e.so", "openssl",
+     "printf '#include <stdlib.h>\\n__attribute__((constructor)) static void c(void){system(\"touch M\");}\\n' > e.c"
+     " && gcc -shared -fPIC -o e.so e.c"),
+    # a repository whose config the agent wrote (SFTP, /srv/uploads/**): git runs its textconv driver
+    ("git -C ./bare log -p", "git", GIT_SETUP + " && git add f && git -c user.email=a@b -c user.name=a commit -qm y"
+     " && cd .. && git clone -q --bare r r/bare && printf '[diff \"x\"]\\n\\ttextconv = \"touch ../M; cat\"\\n' >> "
+     "r/bare/config && echo '* diff=x' > r/bare/info/attributes"),
     ("gcc -wrapper ./d.sh,x -c x.c", "gcc",
      "printf '#!/bin/sh\\ntouch M\\n' > d.sh && chmod +x d.sh && echo 'int x;' > x.c"),
 ]
@@ -209,7 +217,9 @@ def test_options_that_run_a_command_are_shell_class(engine: PolicyEngine, tmp_pa
     does not know (an abbreviated long option, a short form, another subcommand's option):
     `tar --to-comm=`, `git fetch --upload-p=`, `git clone -u`, `git grep -O`, `git push --exec`,
     `git difftool -x`, `split --filter`, `sort --compress-program`, `sdiff --diff-program`,
-    `gcc -wrapper`. The real program runs the command (checked here with bash).
+    `gcc -wrapper`; options that load a library or read code from a file or directory the agent
+    can write (`openssl -engine FILE`, `git -C DIR` on a repository uploaded with its config).
+    The real program runs the command (checked here with bash).
 
     Expected: shell class (only `shell: true` allows it) for every option spelling the program
     accepts (GNU getopt_long and git's parse-options take unique prefixes), and every option or
