@@ -22,6 +22,14 @@ takes it the widest way (interceptor.policy.ssh_command says how a command is re
   match case-folded. A write to a path that makes the server run code (ssh_command.runs_code:
   `.ssh/`, shell startup files, crontabs, programs) is covered only by a rule with a `write`
   glob and `shell: true`; a deny rule with `shell: true` matches it.
+- a tree (a read or write whose action ends in `-tree`, tree_action: a directory renamed,
+  hard-linked or made the target of a symlink over SFTP, whose every entry moves or becomes
+  reachable under another name): the path and everything below it, judged as a recursive scp
+  download's tree is: an allow glob must end in `/**` over the path or a directory above it,
+  and a deny glob matches when it may match any path below it (a deny on
+  `/srv/config/secret.env` refuses moving `/srv/config`). A tree written runs code when its
+  path does (runs_code reads names, segments and prefixes: a name below the path that runs
+  code there runs code anywhere, and was judged so when it was written).
 - legacy scp run on the server (an exec of `scp -f PATH` or `scp -t PATH`, OpenSSH scp.c's
   remote mode): a download is a read of PATH (with `-r`, of everything below it: an allow
   glob must end in `/**` over PATH or a directory above it); an upload lets the client name
@@ -32,8 +40,14 @@ takes it the widest way (interceptor.policy.ssh_command says how a command is re
   (action `scp` too) is one file, judged as above.
 - forward: `forward` globs ("host:port") for local and dynamic forwards (direct-tcpip) by
   their destination, `remote_forward` for remote forwards (tcpip-forward) by where the server
-  listens; hosts lower-cased without a trailing dot or IPv6 brackets. The destination is
-  judged as the client names it: the server resolves names.
+  listens; hosts lower-cased without a trailing dot or IPv6 brackets. The server resolves
+  names, the enforcer cannot: an allow glob covers a name only as written (and an address
+  only in canonical form), while a deny glob naming an address (a literal address in any
+  spelling, `localhost`, every address, or a glob that may match an address's text such as
+  `10.0.*`) matches every destination given by a name, and every spelling of the addresses
+  it names: inet_aton's (`127.1`, `0x7f.0.0.1`, `2130706433`), IPv6 in any form, IPv4-mapped
+  IPv6, and for the server itself (loopback) and every address (`0.0.0.0`, `::`, "", and
+  `*`, which sshd reads as every address for a remote forward) all spellings of both.
 
 Refused whatever the policy (rules named here): agent and X11 forwarding (`ssh-forwarding`),
 subsystems other than sftp (`ssh-subsystem`), a command too long or holding NUL
@@ -78,6 +92,7 @@ BAD_REQUEST_RULE = "ssh-bad-request"
 REQUESTS = frozenset({"exec", "shell", "subsystem", "read", "write", "forward"})
 CASE_KEYS = ("command", "shell", "read", "write", "forward", "remote_forward", "pty")
 _SHOWN = 200  # characters of a command quoted in a refusal
+TREE_SUFFIX = "-tree"  # an action's suffix: the path and everything below it
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +135,13 @@ def parse_ssh_match(raw: Mapping[str, Any], problem: Problem) -> SshMatch:
                     listed("write"), listed("forward"), listed("remote_forward"))
 
 
+def tree_action(action: str) -> str:
+    """The action of a read or write request about `action`'s path and everything below it
+    ("rename" -> "rename-tree"): a directory moved, linked or made reachable under another
+    name (see the module docstring)."""
+    return f"{action}{TREE_SUFFIX}"
+
+
 def ssh_match(rule: Rule) -> SshMatch | None:
     """The rule's `ssh:` block; None for a rule about any operation."""
     return rule.match if isinstance(rule.match, SshMatch) else None
@@ -128,13 +150,15 @@ def ssh_match(rule: Rule) -> SshMatch | None:
 @dataclass(frozen=True, slots=True)
 class _View:
     """What is judged of one request: its `kind` (exec, shell, read, write, forward,
-    remote_forward), the command's reading, the file accessed, the forward's target."""
+    remote_forward), the command's reading, the file accessed (`tree`: and everything below
+    it), the forward's target."""
 
     kind: str
     reading: CommandReading | None = None
     pty: bool = False
     path: str = ""
     target: tuple[str, str] | None = None
+    tree: bool = False
 
 
 def judge_ssh(context: Context, request: Request, operation: SshRequest) -> Decision:
@@ -145,12 +169,34 @@ def judge_ssh(context: Context, request: Request, operation: SshRequest) -> Deci
     rules = context.rules(request, OPERATION_KEY)
     matching = [r for r in rules if r.effect != "mask" and _matches(r, view)]
     judgement = pick(matching, _unmatched(view))
-    reading = view.reading
-    if judgement.verdict is Verdict.DENY and reading is not None and reading.opaque and not any(
-            r.name == judgement.rule and _touched(r, reading) for r in matching):
-        judgement = replace(judgement, reason=f"{judgement.reason} (the command holds what cannot be read before it "
-                                              f"runs: {reading.opaque[0]}; every deny rule about commands matches it)")
+    note = _note(view, [r for r in matching if r.name == judgement.rule]) if judgement.verdict is Verdict.DENY else ""
+    if note:
+        judgement = replace(judgement, reason=f"{judgement.reason} ({note})")
     return judgement.decision()
+
+
+def _note(view: _View, denying: list[Rule]) -> str:
+    """Why a deny rule matched when it does not name what was asked: the command holds an
+    opaque part, the tree holds paths the rule's globs may match, or the forward names a host
+    that may resolve to the rule's addresses; "" else."""
+    reading, target = view.reading, view.target
+    if view.tree and not any(_matches(r, replace(view, tree=False)) for r in denying):
+        return f"{view.path} is judged with everything below it (a directory moved or linked), where the rule may match"
+    if reading is not None and reading.opaque and not any(_touched(r, reading) for r in denying):
+        return (f"the command holds what cannot be read before it runs: {reading.opaque[0]}; every deny rule "
+                "about commands matches it")
+    if target is not None and _name(target[0]) and not any(_by_spelling(r, view.kind, target) for r in denying):
+        return (f"{target[0]} is a name the server resolves, so a deny rule naming an address matches it: forward "
+                "to an address")
+    return ""
+
+
+def _by_spelling(rule: Rule, kind: str, target: tuple[str, str]) -> bool:
+    """Does a deny rule match the forward's target by one of its spellings, not only because
+    it is a name?"""
+    match = ssh_match(rule)
+    patterns = None if match is None else match.forward if kind == "forward" else match.remote_forward
+    return patterns is None or _target(patterns, target, deny=True, names=False)
 
 
 def _touched(rule: Rule, reading: CommandReading) -> bool:
@@ -176,7 +222,8 @@ def _view(operation: SshRequest) -> _View | Decision:
             return Decision.deny(BAD_COMMAND_RULE, reading.refused)
         return _View("exec", reading, operation.pty)
     if kind in ("read", "write"):
-        return _View(kind, path=operation.path if isinstance(operation.path, str) else "")
+        tree = isinstance(operation.action, str) and operation.action.endswith(TREE_SUFFIX)
+        return _View(kind, path=operation.path if isinstance(operation.path, str) else "", tree=tree)
     if operation.forward in ("agent", "x11"):
         return Decision.deny(FORWARDING_RULE, f"{'agent' if operation.forward == 'agent' else 'X11'} forwarding "
                              "is refused whatever the policy")
@@ -199,7 +246,7 @@ def _matches(rule: Rule, view: _View) -> bool:
     if view.kind == "exec":
         return _exec(match, view, deny)
     if view.kind in ("read", "write"):
-        return _file(match, view.kind, view.path, False, False, deny)
+        return _file(match, view.kind, view.path, view.tree, False, deny)
     patterns = match.forward if view.kind == "forward" else match.remote_forward
     return patterns is not None and view.target is not None and _target(patterns, view.target, deny)
 
@@ -345,12 +392,17 @@ def _port(text: str) -> bool:
 
 
 _LOCAL = frozenset({"localhost", "127.0.0.1", "::1"})  # spellings of the server itself
-_EVERY = frozenset({"", "0.0.0.0", "::"})  # every address: connecting to it reaches the server itself
+# Every address (RFC 4254 section 7.1's "", and `*`: OpenSSH's sshd, channels.c
+# channel_fwd_bind_addr); connecting to it reaches the server itself
+_EVERY = frozenset({"", "*", "0.0.0.0", "::"})
+_GLOB_PARTS = re.compile(r"\[!?\]?[^]]*\]|[*?]")  # what fnmatch reads as a wildcard or a set
+_ADDRESS_TEXT = frozenset("0123456789abcdef.:")  # what an IPv4 or IPv6 address is written with
 
 
-def _target(patterns: tuple[str, ...], target: tuple[str, str], deny: bool) -> bool:
+def _target(patterns: tuple[str, ...], target: tuple[str, str], deny: bool, names: bool = True) -> bool:
     """Allow: the host as the client named it, when it is a name or an address in canonical
-    form. Deny: also every spelling of what the server reaches (see _spellings)."""
+    form. Deny: also every spelling of what the server reaches (see _spellings), and (`names`)
+    any name when the pattern names an address (see _names_address)."""
     host, port = target
     if deny:
         hosts = _spellings(host)
@@ -358,17 +410,34 @@ def _target(patterns: tuple[str, ...], target: tuple[str, str], deny: bool) -> b
         return False
     else:
         hosts = {host}
+    resolved = deny and names and _name(host)
     for pattern in patterns:
         split = _split_target(pattern, empty_host=True)
-        if split is not None and fnmatchcase(port, split[1]) and any(fnmatchcase(h, split[0]) for h in hosts):
+        if split is None or not fnmatchcase(port, split[1]):
+            continue
+        if any(fnmatchcase(h, split[0]) for h in hosts) or (resolved and _names_address(split[0])):
             return True
     return False
+
+
+def _name(host: str) -> bool:
+    """Is the host a name the server resolves (neither an address nor every address)?"""
+    return host not in _EVERY and _address(host) is None
+
+
+def _names_address(pattern: str) -> bool:
+    """May a deny pattern's host stand for an address: an address in any spelling, the server
+    itself or every address, or a glob whose other characters may all be an address's?"""
+    if _address(pattern) is not None or pattern in _LOCAL | _EVERY:
+        return True
+    literal = _GLOB_PARTS.sub("", pattern)
+    return literal != pattern and set(literal) <= _ADDRESS_TEXT
 
 
 def _spellings(host: str) -> set[str]:
     """`host`, the address a resolver reads in it (inet_aton's `127.1`, `0x7f.0.0.1`,
     `2130706433`; IPv6 in any spelling; an IPv4-mapped IPv6 address as IPv4), and for the
-    server itself (loopback, `localhost`) or every address (`0.0.0.0`, `::`, "") all the
+    server itself (loopback, `localhost`) or every address (`0.0.0.0`, `::`, "", `*`) all the
     spellings of both."""
     spellings = {host}
     address = _address(host)
@@ -421,6 +490,9 @@ def _unmatched(view: _View) -> str:
                    "`write` glob over it allows it"
         if not _normal(view.path):
             return f"path {view.path!r} is not absolute and in normal form"
+        if view.tree:
+            return (f"no rule allows {view.kind} of {view.path} and everything below it (a directory moved or linked: "
+                    "a glob ending in /** over it does)")
         return f"no rule allows {view.kind} of {view.path}"
     host, port = view.target or ("", "")
     return f"no rule allows {'forwarding' if view.kind == 'forward' else 'remote forwarding'} to {host}:{port}"

@@ -17,6 +17,7 @@ from interceptor.policy import PolicyEngine, load_policy_text
 from interceptor.policy.cases import run_cases
 from interceptor.policy.loader import PolicyError
 from interceptor.policy.model import ResourceSpec
+from interceptor.policy.ssh_rules import tree_action
 from interceptor.protocols.ssh import SPEC
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -191,6 +192,36 @@ def test_files(engine: PolicyEngine, kind: str, path: str, expected: tuple[str, 
     assert access(engine, kind, path) == expected
 
 
+@pytest.mark.parametrize(("kind", "path", "expected"), [
+    ("read", "/var/log/nginx", ("allow", "files")),
+    ("read", "/var/log", ("deny", "no-secrets")),  # the tree holds /var/log/secret
+    ("read", "/srv/data", ("deny", "no-secrets")),  # ... and /srv/data/private.csv
+    ("read", "/SRV/Data", ("deny", "no-secrets")),
+    ("read", "/srv/ax", ("deny", "default-deny")),  # /srv/[ab]x/file does not cover a tree
+    ("read", "/srv/data/a.csv", ("deny", "default-deny")),  # nor does /srv/data/*.csv
+    ("read", "/var/log/x/../secret", ("deny", "no-secrets")),
+    ("write", "/srv/uploads/a", ("allow", "files")),
+    ("write", "/srv/uploads", ("deny", "no-secrets")),  # the tree holds /srv/uploads/locked
+    ("write", "/srv/uploads/Locked", ("deny", "no-secrets")),
+    ("write", "/home/bot/.ssh", ("deny", "default-deny")),  # runs code: needs shell: true
+])
+def test_trees(engine: PolicyEngine, kind: str, path: str, expected: tuple[str, str]) -> None:
+    """A read or write of a path and everything below it (a directory moved or linked over
+    SFTP): allowed by a glob ending in /** over it, denied by a glob that may match below it."""
+    for action in ("rename", "posix-rename", "hardlink", "symlink"):
+        decision = ask(engine, SshRequest(kind, path=path, action=tree_action(action)))
+        assert (decision.verdict.value, decision.rule) == expected, action
+
+
+def test_tree_refusals_say_why(engine: PolicyEngine) -> None:
+    denied = ask(engine, SshRequest("read", path="/var/log", action="rename-tree")).reason
+    assert "/var/log is judged with everything below it" in denied
+    assert "everything below" not in ask(engine, SshRequest("read", path="/var/log/secret", action="rename-tree")).reason
+    unmatched = ask(engine, SshRequest("read", path="/srv/ax", action="rename-tree")).reason
+    assert "no rule allows read of /srv/ax and everything below it" in unmatched and "/**" in unmatched
+    assert tree_action("rename") == "rename-tree"
+
+
 def test_code_writes_need_a_shell_rule_with_a_write_glob(engine: PolicyEngine) -> None:
     assert access(engine, "write", "/home/admin/.ssh/authorized_keys", "admin") == ("allow", "dotfiles")
     assert access(engine, "write", "/home/bot/.ssh/authorized_keys", "admin") == ("deny", "default-deny")
@@ -236,12 +267,9 @@ def test_a_legacy_scp_upload_is_a_shell_matter(engine: PolicyEngine) -> None:
 
 
 @pytest.mark.parametrize(("target", "kind", "expected"), [
-    ("db.internal:5432", "local", ("allow", "forwards")),
-    ("DB.Internal.:5432", "local", ("allow", "forwards")),  # host names are case-insensitive, trailing dot
-    ("db.internal:5433", "local", ("deny", "default-deny")),
-    ("db.internal:05432", "local", ("allow", "forwards")),  # the port as a number
+    ("db.internal:5432", "local", ("deny", "no-metadata")),  # a name may resolve to 127.0.0.1 (see test_names)
     ("10.0.0.9:22", "local", ("allow", "forwards")),
-    ("10.0.0.09:22", "local", ("deny", "default-deny")),  # a resolver reads 09 another way: not canonical
+    ("10.0.0.09:22", "local", ("deny", "no-metadata")),  # not an address to inet_aton: a name
     ("167772169:22", "local", ("deny", "default-deny")),  # 10.0.0.9 spelled as one number
     ("[::1]:8080", "local", ("deny", "no-metadata")),  # loopback is 127.0.0.1 to a deny rule
     ("[0:0::1]:8080", "local", ("deny", "no-metadata")),
@@ -254,7 +282,8 @@ def test_a_legacy_scp_upload_is_a_shell_matter(engine: PolicyEngine) -> None:
     ("[::ffff:10.0.0.9]:22", "local", ("deny", "default-deny")),  # not the canonical spelling for allow
     ("[fe80::1]:8080", "local", ("deny", "default-deny")),
     ("[::2]:8080", "local", ("allow", "forwards")),
-    ("localhost:9000", "remote", ("deny", "default-deny")),
+    ("localhost:9000", "remote", ("deny", "no-public-listen")),  # a name: it may resolve to every address
+    ("*:9000", "remote", ("deny", "no-public-listen")),  # sshd reads * as every address
     ("169.254.169.254:80", "local", ("deny", "no-metadata")),
     ("2852039166:80", "local", ("deny", "no-metadata")),  # inet_aton: 169.254.169.254
     ("0xa9.0xfe.0xa9.0xfe:80", "local", ("deny", "no-metadata")),
@@ -263,10 +292,61 @@ def test_a_legacy_scp_upload_is_a_shell_matter(engine: PolicyEngine) -> None:
     ("0.0.0.0:9000", "remote", ("deny", "no-public-listen")),
     ("[::]:9000", "remote", ("deny", "no-public-listen")),
     (":9000", "remote", ("deny", "no-public-listen")),
-    ("db.internal:5432", "remote", ("deny", "default-deny")),
+    ("db.internal:5432", "remote", ("deny", "no-public-listen")),
+    ("10.0.0.9:5432", "remote", ("deny", "default-deny")),
 ])
 def test_forwards(engine: PolicyEngine, target: str, kind: str, expected: tuple[str, str]) -> None:
     assert forward(engine, target, kind) == expected
+
+
+NAMES = POLICY[:POLICY.index("rules:")] + """rules:
+  - {name: forwards, effect: allow, agents: [bot], resources: [web],
+     ssh: {forward: ["db.internal:5432", "*:22", "*:6379", "*:7000"], remote_forward: ["*:9000", "0.0.0.0:9001"]}}
+  - {name: no-loopback-ssh, effect: deny, resources: [web], ssh: {forward: ["127.0.0.1:22"]}}
+  - {name: no-cache, effect: deny, resources: [web], ssh: {forward: ["cache.internal:6379", "*.prod:6379"]}}
+  - {name: no-private, effect: deny, resources: [web], ssh: {forward: ["10.0.*:7000"]}}
+  - {name: no-public-listen, effect: deny, resources: [web], ssh: {remote_forward: ["0.0.0.0:9000"]}}
+"""
+
+
+@pytest.mark.parametrize(("target", "kind", "expected"), [
+    ("db.internal:5432", "local", ("allow", "forwards")),  # no deny rule names an address on that port
+    ("DB.Internal.:5432", "local", ("allow", "forwards")),  # host names are case-insensitive, trailing dot
+    ("db.internal:05432", "local", ("allow", "forwards")),  # the port as a number
+    ("db.internal:5433", "local", ("deny", "default-deny")),
+    ("web.internal:22", "local", ("deny", "no-loopback-ssh")),  # a name may resolve to 127.0.0.1
+    ("ip6-localhost:22", "local", ("deny", "no-loopback-ssh")),
+    ("anything.localhost:22", "local", ("deny", "no-loopback-ssh")),
+    ("[::1]:22", "local", ("deny", "no-loopback-ssh")),
+    ("10.0.0.5:22", "local", ("allow", "forwards")),  # an address is not a name
+    ("other.internal:6379", "local", ("allow", "forwards")),  # a deny naming a name matches that name only
+    ("CACHE.internal.:6379", "local", ("deny", "no-cache")),
+    ("redis.prod:6379", "local", ("deny", "no-cache")),
+    ("10.0.0.5:6379", "local", ("allow", "forwards")),
+    ("app.internal:7000", "local", ("deny", "no-private")),  # an address glob: every name too
+    ("10.0.3.4:7000", "local", ("deny", "no-private")),
+    ("10.1.3.4:7000", "local", ("allow", "forwards")),
+    ("*:9000", "remote", ("deny", "no-public-listen")),  # sshd reads * as every address
+    ("[::]:9000", "remote", ("deny", "no-public-listen")),
+    ("localhost:9000", "remote", ("deny", "no-public-listen")),  # a name: sshd resolves it
+    ("127.0.0.1:9000", "remote", ("allow", "forwards")),
+    ("0.0.0.0:9001", "remote", ("allow", "forwards")),
+    ("*:9001", "remote", ("deny", "default-deny")),  # an allow glob covers every address only as written
+    (":9001", "remote", ("deny", "default-deny")),
+])
+def test_names(target: str, kind: str, expected: tuple[str, str]) -> None:
+    """The server resolves names, the enforcer cannot: a deny rule naming an address (or a
+    glob over addresses) matches every name; an allow glob covers a name as written."""
+    engine = PolicyEngine(load_policy_text(NAMES, "names.yaml"))
+    assert forward(engine, target, kind) == expected
+
+
+def test_a_name_denied_by_an_address_says_why() -> None:
+    engine = PolicyEngine(load_policy_text(NAMES, "names.yaml"))
+    reason = ask(engine, SshRequest("forward", forward="local", target="web.internal:22")).reason
+    assert "web.internal is a name the server resolves" in reason and "forward to an address" in reason
+    assert "name the server resolves" not in ask(engine, SshRequest("forward", forward="local",
+                                                                    target="localhost:22")).reason
 
 
 @pytest.mark.parametrize(("operation", "rule"), [
