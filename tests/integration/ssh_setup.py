@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import pty
 import select
@@ -27,7 +28,7 @@ import subprocess
 import tempfile
 import termios
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,10 +47,12 @@ def agent_argv(agent: str, argv: Sequence[str], user: str | None = None) -> list
 
 
 def run_as(agent: str, argv: Sequence[str], user: str | None = None, stdin: str | bytes = "",
-           timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """`argv` run as `agent` to its end; stdout and stderr as text (undecodable bytes replaced)."""
+           timeout: float = 60, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`argv` run as `agent` to its end (with the environment variables `env` added); stdout
+    and stderr as text (undecodable bytes replaced)."""
     data = stdin.encode() if isinstance(stdin, str) else stdin
-    done = subprocess.run(agent_argv(agent, argv, user), input=data, capture_output=True, timeout=timeout)
+    done = subprocess.run(agent_argv(agent, argv, user), input=data, capture_output=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
     return subprocess.CompletedProcess(done.args, done.returncode, done.stdout.decode(errors="replace"),
                                        done.stderr.decode(errors="replace"))
 
@@ -87,10 +90,11 @@ class SshSite:
         return ["ssh", *self.options(options, identity), self.target, *command]
 
     def ssh(self, agent: str, *command: str, options: Sequence[str] = (), stdin: str | bytes = "",
-            user: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        """`ssh user@host command...` run by `agent` (as `user`) to its end."""
+            user: str | None = None, timeout: float = 60,
+            env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        """`ssh user@host command...` run by `agent` (as `user`, with `env` added) to its end."""
         return self._shown(run_as(agent, self.ssh_argv(*command, options=options, identity=user is None), user,
-                                  stdin, timeout))
+                                  stdin, timeout, env))
 
     def start_ssh(self, agent: str, *command: str, options: Sequence[str] = ()) -> subprocess.Popen[str]:
         """`ssh user@host command...` started by `agent`: stdin, stdout and stderr piped (text)."""
@@ -110,11 +114,21 @@ class SshSite:
         self.shown += [done.stdout, done.stderr]
         return done
 
+    def events(self, kind: str | None = None) -> list[dict[str, Any]]:
+        """The audit records (of `kind`), read again while the daemon is mid-way through writing
+        one (its last line is not whole yet)."""
+        for _ in range(50):
+            try:
+                return self.daemon.audit_events(kind)
+            except json.JSONDecodeError:
+                time.sleep(0.02)
+        return self.daemon.audit_events(kind)
+
     def records(self, kind: str = "ssh", predicate: Callable[[dict[str, Any]], bool] = lambda _: True,
                 **operation: object) -> list[dict[str, Any]]:
         """The audit records of `kind` ("ssh", "ssh-end", "connection") satisfying `predicate`
         whose operation has the fields `operation`."""
-        return [event for event in self.daemon.audit_events(kind)
+        return [event for event in self.events(kind)
                 if predicate(event) and all((event.get("operation") or {}).get(key) == value
                                             for key, value in operation.items())]
 
@@ -126,7 +140,7 @@ class SshSite:
             found = self.records(kind, predicate, **operation)
             if len(found) >= count or time.monotonic() > deadline:
                 assert len(found) >= count, (f"{len(found)} of {count} {kind} records {operation}; last: "
-                                             f"{self.daemon.audit_events()[-5:]}")
+                                             f"{self.events()[-5:]}")
                 return found
             time.sleep(0.05)
 

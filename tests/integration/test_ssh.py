@@ -310,8 +310,9 @@ def test_scp_uploads_and_downloads_by_path(env: Env, legacy: bool) -> None:
     # outside upload/, spelt directly or through dot segments; and inside it, files that make
     # the server run code (a shell's startup file, authorized_keys): only `shell: true` allows those
     code = [files / "upload" / ".bashrc", files / "upload" / ".ssh" / "authorized_keys"]
-    for target in (files / "pub" / source.name, f"{files}/upload/../pub/{source.name}",
-                   f"{files}/upload/./../private/{source.name}", f"{files}/upload//../pub/{source.name}", *code):
+    for target in (f"{files}/pub/{source.name}", f"{files}/upload/../pub/{source.name}",
+                   f"{files}/upload/./../private/{source.name}", f"{files}/upload//../pub/{source.name}",
+                   *map(str, code)):
         denied = site.scp(AGENT, *mode, str(source), site.remote(target))
         assert denied.returncode != 0, (target, denied)
     assert not (files / "pub" / source.name).exists() and not (files / "private" / source.name).exists()
@@ -366,7 +367,7 @@ def free_port() -> int:
 def through_forward(port: int, socks: tuple[str, int] | None = None, timeout: float = 10) -> str:
     """What the whoami server said (the peer address it saw) through a local forward on
     `port`, or through a dynamic one (SOCKS5, RFC 1928) to the IPv4 `socks` destination;
-    "" when the forward's connection closed without a word."""
+    "" when the forward's connection closed without a word, "timeout" when nothing came."""
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -382,8 +383,21 @@ def through_forward(port: int, socks: tuple[str, int] | None = None, timeout: fl
         except ConnectionRefusedError:  # ssh is not listening yet
             assert time.monotonic() < deadline, f"nothing listening on {port}"
             time.sleep(0.1)
-        except (ConnectionResetError, TimeoutError):
+        except ConnectionResetError:
             return ""
+        except TimeoutError:
+            return "timeout"
+
+
+def ended(process: subprocess.Popen[str]) -> None:
+    """SIGTERM to `process`; AssertionError with what it printed unless it ends within 10 s."""
+    process.terminate()
+    try:
+        process.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        _, err = process.communicate(timeout=10)
+        raise AssertionError(f"{process.args} did not end within 10 s of SIGTERM; it printed:\n{err[-3000:]}")
 
 
 def test_local_and_dynamic_forwards_are_judged_by_destination(env: Env) -> None:
@@ -391,7 +405,7 @@ def test_local_and_dynamic_forwards_are_judged_by_destination(env: Env) -> None:
     allowed_port, refused_port, socks_port = free_port(), free_port(), free_port()
     mark = len(site.records(request="forward"))
     tunnel = site.start_ssh(AGENT, "-N", options=[
-        "-L", f"127.0.0.1:{allowed_port}:{remote.ip4}:{remote.port}",
+        "-v", "-L", f"127.0.0.1:{allowed_port}:{remote.ip4}:{remote.port}",
         "-L", f"127.0.0.1:{refused_port}:127.0.0.1:{remote.port}", "-D", f"127.0.0.1:{socks_port}"])
     try:
         # dialed by sshd, from inside the namespace: never from the enforcer's host (10.231.0.1)
@@ -400,8 +414,7 @@ def test_local_and_dynamic_forwards_are_judged_by_destination(env: Env) -> None:
         assert through_forward(socks_port, (remote.ip4, remote.port)).split()[0] == remote.ip4
         assert through_forward(socks_port, ("127.0.0.1", remote.port)) == ""
     finally:
-        tunnel.terminate()
-        tunnel.communicate(timeout=10)
+        ended(tunnel)
     forwards = site.wait_records(request="forward", count=mark + 4)[mark:]
     decisions = [(e["operation"]["target"], e["decision"], e["rule"]) for e in forwards]
     allowed, refused_target = f"{remote.ip4}:{remote.port}", f"127.0.0.1:{remote.port}"
@@ -433,6 +446,21 @@ def test_agent_forwarding_is_refused(env: Env, tmp_path: Path) -> None:
     assert (done.returncode, done.stdout) == (1, ""), done  # the command ran, with no agent to reach
     [record] = env.site.wait_records(predicate=lambda e: e["operation"].get("forward") == "agent")
     assert record["decision"] == "deny"
+
+
+def test_x11_forwarding_and_other_subsystems_are_refused(env: Env) -> None:
+    site = env.site
+    x11 = site.ssh(AGENT, "echo", "no-display", options=["-X"], env={"DISPLAY": ":99"})
+    assert (x11.returncode, x11.stdout) == (0, "no-display\n"), x11  # the command ran, without X11
+    assert "X11 forwarding request failed" in x11.stderr, x11.stderr
+    [record] = site.wait_records(predicate=lambda e: e["operation"].get("forward") == "x11")
+    assert record["decision"] == "deny"
+    before = site.sessions_started()
+    subsystem = site.ssh(AGENT, "netconf", options=["-s"])
+    assert subsystem.returncode != 0, subsystem
+    [refusal] = site.wait_records(request="subsystem", command="netconf")
+    assert refusal["decision"] == "deny"
+    assert site.sessions_started() == before
 
 
 # ---- the upstream key ----------------------------------------------------------------------

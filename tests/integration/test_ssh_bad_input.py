@@ -150,7 +150,7 @@ def connection_errors(site: SshSite, since: int, count: int, timeout: float = 10
     `count` of them (AssertionError after `timeout` seconds)."""
     deadline = time.monotonic() + timeout
     while True:
-        records = site.daemon.audit_events("connection")[since:]
+        records = site.events("connection")[since:]
         errors = [e for e in records if (e.get("outcome") or {}).get("error")]
         if len(errors) >= count:
             return errors
@@ -159,7 +159,7 @@ def connection_errors(site: SshSite, since: int, count: int, timeout: float = 10
 
 
 def test_malformed_packets_after_a_valid_banner_close_the_flow(site: SshSite, bystander: None) -> None:
-    before, mark = site.sessions_started(), len(site.daemon.audit_events("connection"))
+    before, mark = site.sessions_started(), len(site.events("connection"))
     report = send(site, [{"name": name, "banner": True, "data": data} for name, data in MALFORMED.items()])
     for name, answer in report.items():
         assert answer["server_line"].startswith("SSH-2.0-"), (name, answer)
@@ -173,7 +173,7 @@ def test_malformed_packets_after_a_valid_banner_close_the_flow(site: SshSite, by
 def test_a_version_banner_flood_closes_the_flow(site: SshSite, bystander: None) -> None:
     """RFC 4253 section 4.2 lets only the server send lines before its version: a client's
     100,000 lines, or one line of 1 MB, end the flow."""
-    mark = len(site.daemon.audit_events("connection"))
+    mark = len(site.events("connection"))
     report = send(site, [{"name": "many_lines", "data": "not a version line\r\n", "repeat": 100_000},
                          {"name": "huge_line", "data": "SSH-2.0-" + "x" * 65536, "repeat": 16}])
     for name, answer in report.items():
@@ -195,7 +195,7 @@ def test_a_command_past_the_limit_is_refused(site: SshSite, bystander: None) -> 
 def test_a_1_mb_command_is_refused(site: SshSite, bystander: None) -> None:
     """Past the largest packet SSH implementations take (256 KiB, asyncssh's and OpenSSH's):
     the agent's connection ends, recorded as the agent's fault."""
-    before, mark = site.sessions_started(), len(site.daemon.audit_events("connection"))
+    before, mark = site.sessions_started(), len(site.events("connection"))
     done = site.ssh(AGENT, "echo", *(["a" * 999] * 1000))
     assert done.returncode == 255 and done.stdout == "", done
     assert site.sessions_started() == before
