@@ -24,7 +24,7 @@ import pytest
 from asyncssh.constants import PTY_OP_END
 from asyncssh.packet import Byte, String, UInt32
 
-from interceptor.handlers.ssh.connection import MAX_CHANNELS
+from interceptor.handlers.ssh.connection import MAX_CHANNELS, MAX_LISTENERS, PROTOCOL_RULE
 from interceptor.operations import Request, SshRequest, Subject
 from interceptor.policy import PolicyEngine, load_policy_text
 from interceptor.policy.ssh_command import read_command, runs_code
@@ -122,12 +122,15 @@ def test_a_pty_asked_for_after_the_exec_reaches_the_server_unjudged_and_unrecord
                     break
                 await asyncio.sleep(0.05)
             (pending,) = await approvals.list()
-            await _send_pty_req(cast("asyncssh.SSHClientChannel[bytes]", chan))
+            assert not await _send_pty_req(cast("asyncssh.SSHClientChannel[bytes]", chan))
             await approvals.approve(pending.request_id, ROOT)
             await asyncio.wait_for(chan.wait_closed(), 10)
-        (judged,) = lab.kind("ssh")
+        records = {e.decision: e for e in lab.kind("ssh")}
+        judged, refused = records["approve"], records["deny"]
         assert judged.operation is not None and "pty" not in judged.operation  # judged as an exec without one
-        assert lab.upstream.terminals == [None] or lab.upstream.commands == [], (
+        assert (refused.rule, refused.operation) == (PROTOCOL_RULE, {"kind": "ssh", "request": "exec",
+                                                                     "command": "reboot", "pty": True})
+        assert lab.upstream.terminals == [None] and lab.upstream.commands == ["reboot"], (
             f"the server ran {lab.upstream.commands} on terminal {lab.upstream.terminals} the policy never judged")
 
     scenario(test, tmp_path)
@@ -593,6 +596,6 @@ def test_remote_forward_listeners_are_bounded(tmp_path: Path) -> None:
                 except asyncssh.ChannelListenError:
                     break
                 listening += 1
-        assert listening <= MAX_CHANNELS, f"{listening} listeners opened on the server by one connection"
+        assert listening == MAX_LISTENERS, f"{listening} listeners opened on the server by one connection"
 
     scenario(test, tmp_path)

@@ -24,6 +24,7 @@ from typing import Any, cast
 import asyncssh
 import pytest
 import uvloop
+from asyncssh.packet import Boolean, String, UInt32
 
 from interceptor.approvals import ApprovalBroker, Approver, SqliteStore
 from interceptor.audit.event import AuditEvent
@@ -32,8 +33,10 @@ from interceptor.enforcer.judge import FlowJudge
 from interceptor.flow import Endpoint, FlowContext, ProcessInfo
 from interceptor.handlers.base import Services
 from interceptor.handlers.ssh import HANDLER
-from interceptor.handlers.ssh.connection import MAX_CHANNELS, MAX_COMMAND, PROTOCOL_RULE
+from interceptor.handlers.ssh.connection import MAX_CHANNELS, MAX_COMMAND, MAX_LISTENERS, PROTOCOL_RULE, FlowGate
+from interceptor.handlers.ssh.process import recorded as is_recorded
 from interceptor.handlers.ssh.upstream import SshCredentialsError, login
+from interceptor.operations import SshRequest
 from interceptor.policy import PolicyEngine, load_policy_text
 from interceptor.policy.model import AddressSpec, ResourceSpec
 from interceptor.ssh_certificates import SshHostCA
@@ -708,6 +711,110 @@ def test_channels_past_the_limit_are_refused(tmp_path: Path) -> None:
                 await process.wait()
         assert lab.connection.outcome is not None
         assert (lab.connection.outcome["channels"], lab.connection.outcome["channels_refused"]) == (MAX_CHANNELS + 1, 1)
+
+    scenario(test, tmp_path)
+
+
+def test_requests_after_the_session_started_are_refused_and_recorded(tmp_path: Path) -> None:
+    async def test(lab: Lab) -> None:
+        async with lab.agent() as conn:
+            chan, _ = await conn.create_session(asyncssh.SSHClientSession, "pause", encoding=None)
+            client = cast("asyncssh.SSHClientChannel[bytes]", chan)
+            late: list[tuple[bytes, bytes]] = [
+                (b"pty-req", String("xterm") + UInt32(80) + UInt32(24) + UInt32(0) + UInt32(0) + String(b"\0")),
+                (b"exec", String("echo second")), (b"shell", b""), (b"subsystem", String("sftp")),
+                (b"env", String("LD_PRELOAD") + String("/tmp/x.so")),
+                (b"x11-req", Boolean(False) + String("MIT-MAGIC-COOKIE-1") + String("00") + UInt32(0)),
+                (b"auth-agent-req@openssh.com", b""), (b"made-up@example.com", String("x"))]
+            for name, data in late:
+                assert not await client._make_request(name, data), name
+            client.send_signal("INT")  # still relayed
+            await asyncio.wait_for(client.wait_closed(), 10)
+        assert (lab.upstream.commands, lab.upstream.terminals, lab.upstream.events) == (["pause"], [None],
+                                                                                         ["signal INT"])
+        refused = [(e.rule, e.operation) for e in lab.kind("ssh") if e.decision == "deny"]
+        late_one = {"kind": "ssh", "request": "exec", "command": "pause", "pty": True}
+        assert sorted(refused, key=str) == sorted([
+            (PROTOCOL_RULE, late_one), (PROTOCOL_RULE, {"kind": "ssh", "request": "exec", "command": "echo second"}),
+            (PROTOCOL_RULE, {"kind": "ssh", "request": "shell"}),
+            (PROTOCOL_RULE, {"kind": "ssh", "request": "subsystem", "command": "sftp"}),
+            ("ssh-forwarding", {"kind": "ssh", "request": "forward", "forward": "x11"}),
+            ("ssh-forwarding", {"kind": "ssh", "request": "forward", "forward": "agent"})], key=str)
+        (pty,) = [e for e in lab.kind("ssh") if e.operation == late_one]
+        assert pty.reason == "a 'pty-req' request after the channel's exec request is refused: what runs is what " \
+                             "was judged"
+        assert lab.connection.outcome is not None and lab.connection.outcome["env_refused"] == ["LD_PRELOAD"]
+
+    scenario(test, tmp_path, policy=POLICY + SHELLS)
+
+
+def test_a_shell_class_exec_is_recorded_like_a_shell(tmp_path: Path) -> None:
+    async def test(lab: Lab) -> None:
+        async with lab.agent() as conn:
+            result = await conn.run("cat | cat", input="typed by the agent")
+            assert (result.stdout, result.exit_status) == ("typed by the agent", 0)
+            assert (await conn.run("echo plain")).exit_status == 0
+        ends = {str((e.operation or {})["command"]): e.outcome or {} for e in lab.kind("ssh-end")}
+        assert "recording" not in ends["echo plain"]
+        summary = cast(dict[str, Any], ends["cat | cat"]["recording"])
+        recorded = parse(read_verified(summary["path"], summary["sha256"], summary["bytes"]))
+        assert "env" not in recorded.header  # no terminal: none in the recording either
+        assert "".join(str(e.data) for e in recorded.events if e.kind == "i") == "typed by the agent"
+        assert "".join(str(e.data) for e in recorded.events if e.kind == "o") == "typed by the agent"
+
+    scenario(test, tmp_path, policy=POLICY + SHELLS)
+
+
+@pytest.mark.parametrize(("operation", "recorded"), [
+    (SshRequest("exec", command="bash"), True), (SshRequest("exec", command="python3 -"), True),
+    (SshRequest("exec", command="echo a; id"), True), (SshRequest("exec", command="echo hi", pty=True), True),
+    (SshRequest("shell"), True), (SshRequest("exec", command="echo hi"), False),
+    (SshRequest("subsystem", command="netconf"), False)])
+def test_without_a_recordings_directory_what_would_be_recorded_is_refused(operation: SshRequest,
+                                                                          recorded: bool) -> None:
+    assert is_recorded(operation) is recorded
+    gate = FlowGate(cast(FlowContext, None), cast(Services, None), recordings=False)
+    refusal = gate.fixed(operation)
+    if operation.request == "subsystem":
+        assert refusal is not None and "not served" in refusal.reason
+    else:
+        assert (refusal is not None and refusal.rule == PROTOCOL_RULE) is recorded
+        assert (refusal is not None and "recordings directory" in refusal.reason) is recorded
+
+
+def test_unix_socket_forwards_and_tunnels_are_refused_and_recorded(tmp_path: Path) -> None:
+    async def test(lab: Lab) -> None:
+        async with lab.agent() as conn:
+            with pytest.raises(asyncssh.ChannelOpenError, match="Unix socket .* never allowed"):
+                await conn.open_unix_connection("/var/run/docker.sock")
+            with pytest.raises(asyncssh.ChannelListenError):
+                await conn.forward_remote_path("/run/agent.sock", str(lab.tmp / "local.sock"))
+            with pytest.raises(asyncssh.ChannelOpenError, match="tunnel forwarding .* never allowed"):
+                await conn.open_tun()
+            assert (await conn.run("echo still here")).exit_status == 0
+        refused = [e.operation for e in lab.kind("ssh") if e.decision == "deny"]
+        forward = {"kind": "ssh", "request": "forward"}
+        assert refused == [{**forward, "forward": "unix", "target": "/var/run/docker.sock"},
+                           {**forward, "forward": "remote-unix", "target": "/run/agent.sock"},
+                           {**forward, "forward": "tun", "target": "tun:any"}]
+
+    scenario(test, tmp_path)
+
+
+def test_remote_forwards_past_the_limit_are_refused_and_recorded(tmp_path: Path) -> None:
+    async def test(lab: Lab) -> None:
+        async with lab.agent() as conn:
+            listeners = [await conn.forward_remote_port("127.0.0.1", 0, "localhost", 22)
+                         for _ in range(MAX_LISTENERS)]
+            with pytest.raises(asyncssh.ChannelListenError):
+                await conn.forward_remote_port("127.0.0.1", 0, "localhost", 22)
+            listeners[0].close()  # cancel-tcpip-forward: room for one more
+            await listeners[0].wait_closed()
+            listeners.append(await conn.forward_remote_port("127.0.0.1", 0, "localhost", 22))
+        refused = [e for e in lab.kind("ssh") if e.decision == "deny"]
+        assert [(e.rule, e.reason) for e in refused] == [
+            (PROTOCOL_RULE, f"at most {MAX_LISTENERS} remote forwards may listen at once")]
+        assert len([e for e in lab.kind("ssh") if e.decision == "allow"]) == MAX_LISTENERS + 1
 
     scenario(test, tmp_path)
 

@@ -11,9 +11,20 @@ and the Gate its channels are judged through.
   interceptor.handlers.ssh.forwards.
 - Refused whatever the policy, and recorded: environment variables (section 6.4: LD_PRELOAD,
   BASH_ENV and the like would change what an allowed command runs; their names go into the
-  connection record), agent forwarding, X11 forwarding (section 6.3), subsystems other than
-  sftp, a command longer than MAX_COMMAND bytes, a request that would be recorded when the
-  daemon has no recordings directory. At most MAX_CHANNELS channels are open at once.
+  connection record), agent forwarding, X11 forwarding (section 6.3), Unix socket forwarding
+  both ways (direct-streamlocal@openssh.com, streamlocal-forward@openssh.com) and tunnels
+  (tun@openssh.com; OpenSSH PROTOCOL sections 2.3 and 2.4), subsystems other than sftp, a
+  command longer than MAX_COMMAND bytes, a request that would be recorded when the daemon has
+  no recordings directory.
+- What runs is what was judged: once a session channel's exec, shell or subsystem request is
+  made, every further request on it is refused and recorded except window-change, signal and
+  break (passed on to the server), keepalives and the requests refused at any time above. A
+  late pty-req (which would put the judged command on a terminal), a second exec, shell or
+  subsystem: an "ssh" record of what it would have run; any other request (and one asyncssh
+  does not know, at any time): its name in the connection record.
+- At most MAX_CHANNELS channels are open at once and MAX_LISTENERS remote forwards listen at
+  once; those refused past the limits are counted in the connection record (a refused remote
+  forward also has its "ssh" record).
 """
 
 from __future__ import annotations
@@ -22,10 +33,11 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
-from typing import Any
+from dataclasses import replace
+from typing import Any, NoReturn
 
 import asyncssh
-from asyncssh.packet import SSHPacket
+from asyncssh.packet import PacketDecodeError, SSHPacket
 
 from interceptor.approvals.broker import DISCONNECTED
 from interceptor.decision import Decision, Verdict
@@ -42,7 +54,8 @@ POLICY_ERROR_RULE = "policy-error"
 SQLSTATE = "42501"
 MAX_COMMAND = 64 * 1024  # bytes of an exec's command (UTF-8); longer ones are refused
 MAX_CHANNELS = 64  # channels the agent may have open at once
-MAX_ENV_NAMES = 64  # refused environment variable names the connection record lists
+MAX_LISTENERS = 16  # remote forwards (tcpip-forward) the server may be listening for at once
+MAX_NAMES = 64  # refused environment variable names, and refused request names, the connection record lists
 AUDIT_COMMAND = 1024  # characters of a refused over-long command its record keeps
 WINDOW = 2 * 1024 * 1024  # asyncssh's defaults for a session channel
 PACKET = 32 * 1024
@@ -50,6 +63,18 @@ DEFAULT_RECORDING_LIMIT = 64 * 1024 * 1024
 SFTP_VERSION = 3  # draft-ietf-secsh-filexfer-02, what OpenSSH speaks
 
 Notice = Callable[[str], None]  # tells the agent of one channel something (on its stderr)
+
+# Forwards refused whatever the policy (SshRequest.forward: what it is called in a refusal).
+REFUSED_FORWARDS = {"agent": "agent forwarding", "x11": "X11 forwarding",
+                    "unix": "forwarding to a Unix socket (direct-streamlocal)",
+                    "remote-unix": "forwarding from a Unix socket (streamlocal-forward)",
+                    "tun": "tunnel forwarding (tun/tap)"}
+# Session channel requests taken at any time: relayed to the server (window-change, signal,
+# break), answered by asyncssh (keepalive@openssh.com, eow@openssh.com), or refused and
+# recorded by _Channel at any time (env, x11-req, auth-agent-req@openssh.com).
+ANY_TIME_REQUESTS = frozenset({"window-change", "signal", "break", "keepalive@openssh.com", "eow@openssh.com",
+                               "env", "x11-req", "auth-agent-req@openssh.com"})
+SETUP_REQUESTS = frozenset({"pty-req", "exec", "shell", "subsystem"})  # taken until the session starts
 
 
 def audit_operation(operation: SshRequest) -> dict[str, object]:
@@ -88,12 +113,11 @@ class FlowGate:
                                                 f"{MAX_COMMAND} an exec request may have")
         if operation.request == "subsystem":
             return Decision.deny(PROTOCOL_RULE, f"subsystem {command!r} is not served (only sftp is)")
-        if operation.request == "forward" and operation.forward in ("agent", "x11"):
-            what = "agent forwarding" if operation.forward == "agent" else "X11 forwarding"
-            return Decision.deny(PROTOCOL_RULE, f"{what} is never allowed through the interceptor")
-        if (operation.request == "shell" or operation.pty) and not self.recordings:
-            return Decision.deny(PROTOCOL_RULE, "interactive sessions are recorded, and the daemon has no "
-                                                "recordings directory")
+        if operation.request == "forward" and operation.forward in REFUSED_FORWARDS:
+            return Decision.deny(PROTOCOL_RULE, never_allowed(operation.forward))
+        if process.recorded(operation) and not self.recordings:
+            return Decision.deny(PROTOCOL_RULE, "shells, terminals and shell-class commands are recorded, and the "
+                                                "daemon has no recordings directory")
         return None
 
     async def authorize(self, operation: SshRequest) -> Decision:
@@ -165,14 +189,49 @@ class FlowGate:
                                                             operation=audit_operation(operation), outcome=outcome))
 
 
+def never_allowed(forward: str) -> str:
+    """The refusal of a forward in REFUSED_FORWARDS."""
+    return f"{REFUSED_FORWARDS[forward]} is never allowed through the interceptor"
+
+
 class _Channel(asyncssh.SSHServerChannel[bytes]):
     """A session channel carrying bytes, with no line editor (the server's pty does the
-    editing), that refuses environment variables, agent and X11 forwarding requests."""
+    editing), that refuses environment variables, agent and X11 forwarding requests, and
+    every request that would change its session once it started (see the module docstring)."""
 
-    def __init__(self, conn: asyncssh.SSHServerConnection, owner: AgentConnection) -> None:
+    def __init__(self, conn: asyncssh.SSHServerConnection, owner: AgentConnection, session: _Session) -> None:
         super().__init__(conn, asyncio.get_running_loop(), True, False, False, 0, 1024, None, "strict", WINDOW,
                          PACKET)
         self.owner = owner
+        self.session = session
+
+    def _service_next_request(self) -> None:
+        name, packet, _ = self._request_queue[0]
+        if name in ANY_TIME_REQUESTS or (name in SETUP_REQUESTS and not self._session_started):
+            super()._service_next_request()
+            return
+        late = self._late_operation(name, packet)
+        if late is None:
+            self.owner.request_refused(name)
+        else:
+            self.owner.refused(late, f"a {name!r} request after the channel's {self.session.judged().request} "
+                                     "request is refused: what runs is what was judged")
+        self._report_response(False)
+
+    def _late_operation(self, name: str, packet: SSHPacket) -> SshRequest | None:
+        """What a setup request made after the session started would have run (a pty-req:
+        the session's request on a terminal); None for any other request."""
+        if name == "pty-req":
+            return replace(self.session.judged(), pty=True)
+        if name == "shell":
+            return SshRequest("shell")
+        if name not in ("exec", "subsystem"):
+            return None
+        try:
+            value: str | None = packet.get_string().decode("utf-8", "backslashreplace")
+        except PacketDecodeError:
+            value = None
+        return SshRequest(name, command=value)
 
     def _process_env_request(self, packet: SSHPacket) -> bool:
         name = packet.get_string()
@@ -196,7 +255,7 @@ class _Channel(asyncssh.SSHServerChannel[bytes]):
         if readable(value):
             return then(SSHPacket(rest))
         packet.check_end()
-        self.owner.unreadable(SshRequest(request, command=value.decode("utf-8", "backslashreplace")), reason)
+        self.owner.refused(SshRequest(request, command=value.decode("utf-8", "backslashreplace")), reason)
         return False
 
     def _process_auth_agent_req_at_openssh_dot_com_request(self, packet: SSHPacket) -> None:
@@ -207,6 +266,13 @@ class _Channel(asyncssh.SSHServerChannel[bytes]):
     def _process_x11_req_request(self, packet: SSHPacket) -> bool | None:
         self.owner.refuse("x11")
         return False
+
+
+def _note(names: list[str], name: str) -> None:
+    """Add `name` (cut to 256 characters) to a list the connection record shows, while it
+    holds fewer than MAX_NAMES."""
+    if len(names) < MAX_NAMES:
+        names.append(name[:256])
 
 
 def _utf8(data: bytes) -> bool:
@@ -225,6 +291,10 @@ class _Session(asyncssh.SSHServerProcess[bytes]):
         self.owner = owner
         self.number = number  # the connection's channels opened before it, and it
         self.lost = asyncio.Event()
+
+    def judged(self) -> SshRequest:
+        """The SshRequest of the session's exec, shell or subsystem request (once made)."""
+        return process.request_of(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
@@ -250,8 +320,12 @@ class AgentConnection(asyncssh.SSHServer):
         self.channels = 0  # opened so far
         self.open = 0  # open now
         self.refused_channels = 0  # refused past MAX_CHANNELS
+        self.listening = 0  # remote forwards the server listens for now (or is being asked to)
+        self.refused_listeners = 0  # refused past MAX_LISTENERS
         self.env_names: list[str] = []
         self.env_count = 0
+        self.request_names: list[str] = []  # session channel requests refused by name
+        self.request_count = 0
         self.running: set[asyncio.Task[Any]] = set()  # requests being served: cancelled at the end
         self.records: set[asyncio.Task[None]] = set()  # records being written: waited for at the end
         self.conn: asyncssh.SSHServerConnection | None = None
@@ -289,15 +363,36 @@ class AgentConnection(asyncssh.SSHServer):
 
     def env_refused(self, name: str) -> None:
         self.env_count += 1
-        if len(self.env_names) < MAX_ENV_NAMES:
-            self.env_names.append(name[:256])
+        _note(self.env_names, name)
 
-    def refuse(self, forward: str) -> None:
-        """An agent or X11 forwarding ask: refused, and recorded."""
-        self.spawn(self._refuse(SshRequest("forward", forward=forward)))
+    def request_refused(self, name: str) -> None:
+        """A session channel request refused by its name (for the connection record)."""
+        self.request_count += 1
+        _note(self.request_names, name)
 
-    def unreadable(self, operation: SshRequest, reason: str) -> None:
-        """A request refused because it cannot be read: recorded."""
+    def summary(self) -> dict[str, object]:
+        """The handler's part of the connection record: the user the agent gave, channels
+        opened, refused environment variable names and channel request names (the first
+        MAX_NAMES; the counts when more), channels and remote forwards refused past their limits."""
+        details: dict[str, object] = {"user": self.user, "channels": self.channels, "env_refused": self.env_names}
+        if self.env_count > len(self.env_names):
+            details["env_refused_count"] = self.env_count
+        if self.request_count:
+            details["requests_refused"] = self.request_names
+        if self.request_count > len(self.request_names):
+            details["requests_refused_count"] = self.request_count
+        if self.refused_channels:
+            details["channels_refused"] = self.refused_channels
+        if self.refused_listeners:
+            details["listeners_refused"] = self.refused_listeners
+        return details
+
+    def refuse(self, forward: str, target: str | None = None) -> None:
+        """A forward in REFUSED_FORWARDS: judged (the policy refuses it too), refused, and recorded."""
+        self.spawn(self._refuse(SshRequest("forward", forward=forward, target=target)))
+
+    def refused(self, operation: SshRequest, reason: str) -> None:
+        """A request refused unjudged (unreadable, or what the channel no longer takes): recorded."""
         self.spawn(self.gate.refused(operation, reason))
 
     async def _refuse(self, operation: SshRequest) -> None:
@@ -340,7 +435,8 @@ class AgentConnection(asyncssh.SSHServer):
     def session_requested(self) -> tuple[asyncssh.SSHServerChannel[bytes], asyncssh.SSHServerSession[bytes]]:
         assert self.conn is not None
         self._admit()
-        return _Channel(self.conn, self), _Session(self, self.channels, self.sftp_factory)
+        session = _Session(self, self.channels, self.sftp_factory)
+        return _Channel(self.conn, self, session), session
 
     async def run_process(self, session: asyncssh.SSHServerProcess[bytes]) -> None:
         """The process of an exec, shell or (non-SFTP) subsystem request."""
@@ -363,10 +459,44 @@ class AgentConnection(asyncssh.SSHServer):
                                         self.channel_closed, dest_host, dest_port, orig_host, orig_port)
 
     async def server_requested(self, listen_host: str, listen_port: int) -> asyncssh.SSHListener | bool:
+        """A remote forward: judged and made on the server, at most MAX_LISTENERS at once."""
         assert self.conn is not None
+        if self.listening >= MAX_LISTENERS:
+            self.refused_listeners += 1
+            self.refused(SshRequest("forward", forward="remote", target=forwards.target(listen_host, listen_port)),
+                         f"at most {MAX_LISTENERS} remote forwards may listen at once")
+            return False
+        self.listening += 1
         with self._serving():
             return await forwards.remote(self.gate, await self.server(), self.conn, self.services.traffic,
-                                         self.spawn, listen_host, listen_port)
+                                         self.spawn, self._listener_closed, listen_host, listen_port)
+
+    def _listener_closed(self) -> None:
+        self.listening -= 1
+
+    def unix_connection_requested(self, dest_path: str) -> NoReturn:
+        """`ssh -L PORT:/path/to/socket`: refused and recorded."""
+        self.refuse("unix", dest_path)
+        raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
+                                        f"interceptor: {never_allowed('unix')}")
+
+    def unix_server_requested(self, listen_path: str) -> bool:
+        """`ssh -R /path/to/socket:...`: refused and recorded."""
+        self.refuse("remote-unix", listen_path)
+        return False
+
+    def tun_requested(self, unit: int | None) -> NoReturn:
+        """`ssh -w` (layer 3): refused and recorded, target "tun:UNIT" ("tun:any")."""
+        self._tunnel("tun", unit)
+
+    def tap_requested(self, unit: int | None) -> NoReturn:
+        """`ssh -w` with Tunnel=ethernet (layer 2): refused and recorded, target "tap:UNIT"."""
+        self._tunnel("tap", unit)
+
+    def _tunnel(self, mode: str, unit: int | None) -> NoReturn:
+        self.refuse("tun", f"{mode}:{'any' if unit is None else unit}")
+        raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
+                                        f"interceptor: {never_allowed('tun')}")
 
     # ---- the end -------------------------------------------------------------------------
 

@@ -6,7 +6,9 @@ connection: the enforcer host never dials a forwarded destination itself.
   allowed, the server opens the same channel and the two are bridged.
 - `tcpip-forward` (section 7.1: `ssh -R`): judged as SshRequest("forward", forward="remote",
   target="address:port" where the server is to listen); when allowed the server listens, and
-  each connection it accepts becomes a `forwarded-tcpip` channel to the agent, bridged.
+  each connection it accepts becomes a `forwarded-tcpip` channel to the agent, bridged. The
+  connection is told when the listener stops (the agent cancelled it, or the connection
+  ended), so it can bound how many listen at once.
 
 A refusal answers the channel open (OPEN_ADMINISTRATIVELY_PROHIBITED, the reason as its
 description) or the global request (failure); the Gate records it. Each bridged connection
@@ -156,16 +158,39 @@ async def local(gate: Gate, server: asyncssh.SSHClientConnection, traffic: Traff
     return bridge.up_half
 
 
+class _Listener(asyncssh.SSHListener):
+    """The server's listener of a remote forward; `on_close` runs once when it is closed
+    (asyncssh closes it on cancel-tcpip-forward and at the connection's end)."""
+
+    def __init__(self, listener: asyncssh.SSHListener, on_close: Callable[[], None]) -> None:
+        super().__init__()
+        self.listener = listener
+        self.on_close: Callable[[], None] | None = on_close
+
+    def get_port(self) -> int:
+        return self.listener.get_port()
+
+    def close(self) -> None:
+        if self.on_close is not None:
+            self.on_close()
+            self.on_close = None
+        self.listener.close()
+
+    async def wait_closed(self) -> None:
+        await self.listener.wait_closed()
+
+
 async def remote(gate: Gate, server: asyncssh.SSHClientConnection, agent: asyncssh.SSHServerConnection,
-                 traffic: Traffic, spawn: Spawn, listen_host: str,
+                 traffic: Traffic, spawn: Spawn, on_close: Callable[[], None], listen_host: str,
                  listen_port: int) -> asyncssh.SSHListener | bool:
     """The server's listener for an allowed tcpip-forward, False when refused or when the
-    server will not listen there. Each connection it accepts is opened to the agent as a
-    forwarded-tcpip channel and bridged."""
+    server will not listen there (`on_close` runs then, or when the listener closes). Each
+    connection it accepts is opened to the agent as a forwarded-tcpip channel and bridged."""
     operation = SshRequest("forward", forward="remote", target=target(listen_host, listen_port))
     try:
         decision = await gate.authorize(operation)
     except InterceptorError:
+        on_close()
         return False
 
     async def accept(orig_host: str, orig_port: int) -> asyncssh.SSHTCPSession[bytes]:
@@ -179,8 +204,9 @@ async def remote(gate: Gate, server: asyncssh.SSHClientConnection, agent: asyncs
         return bridge.down_half
 
     try:
-        return await server.create_server(accept, listen_host, listen_port, encoding=None)
+        return _Listener(await server.create_server(accept, listen_host, listen_port, encoding=None), on_close)
     except (asyncssh.ChannelListenError, asyncssh.Error, OSError) as exc:
+        on_close()
         spawn(gate.finished(operation, decision, {"error": f"the server would not listen there: "
                                                            f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"}))
         return False

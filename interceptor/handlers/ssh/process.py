@@ -4,12 +4,16 @@ through the Gate, then run on the server and relayed both ways until it exits.
 - Refused (the policy, a limit, a held request not approved): the agent's stderr gets
   "interceptor: <reason>" and the channel exits with status 126 (as a shell reports a command
   it cannot run), so `ssh host cmd` prints the reason and fails; nothing reaches the server.
-- Allowed: the server runs the same request (the command as sent, the terminal type, size
-  and modes when the agent asked for a pty; no environment variables). Standard input,
+- Allowed: the server runs the request as judged (the command as sent, the terminal type,
+  size and modes the channel had when it was judged; no environment variables: the channel
+  refuses whatever would change the request once it is made, interceptor.handlers.ssh.
+  connection). Standard input,
   output and error are relayed byte for byte with their EOFs; window changes (section 6.7),
   signals (6.9) and breaks (RFC 4335) go on to the server; its exit status or signal
   (6.10) comes back. The "ssh-end" record holds the exit, the bytes each way and the time.
-- An interactive shell, or any request with a pty, is recorded (asciicast v2, input and
+- An interactive shell, any request with a pty, and an exec of a shell-class command (a
+  shell or interpreter reading what the agent types, `ssh host bash`: what only a `shell:
+  true` rule allows, interceptor.policy.ssh_command) are recorded (asciicast v2, input and
   output; interceptor.audit.recording) into the recordings directory; the summary goes into
   the "ssh-end" record. A session that passes the recording's size limit is ended, the
   agent told why on stderr.
@@ -32,6 +36,7 @@ from interceptor.errors import InterceptorError
 from interceptor.handlers.base import Traffic
 from interceptor.handlers.ssh.gate import Gate
 from interceptor.operations import SshRequest
+from interceptor.policy.ssh_command import read_command
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +59,31 @@ class Channel:
     recordings: Path | None
     recording_name: str
     recording_limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class Terminal:
+    """A channel's terminal as it was judged: its type (None: no pty was asked for), size
+    (columns, rows, pixel width, pixel height; zeros when never given) and modes (RFC 4254
+    section 8)."""
+
+    type: str | None
+    size: tuple[int, int, int, int]
+    modes: dict[int, int]
+
+    @classmethod
+    def of(cls, process: asyncssh.SSHServerProcess[bytes]) -> Terminal:
+        return cls(process.term_type, process.term_size, dict(process.term_modes))
+
+
+def recorded(operation: SshRequest) -> bool:
+    """Is `operation` recorded when it runs: a shell, a request with a pty, or an exec whose
+    command is shell class (ssh_command.read_command's `shell`, the reading by which the
+    policy lets only `shell: true` allow it)?"""
+    if operation.request == "shell" or operation.pty:
+        return True
+    return operation.request == "exec" and operation.command is not None and bool(
+        read_command(operation.command).shell)
 
 
 def request_of(process: asyncssh.SSHServerProcess[bytes]) -> SshRequest:
@@ -82,6 +112,7 @@ async def serve(process: asyncssh.SSHServerProcess[bytes], lost: asyncio.Event, 
     """Serve one exec, shell or subsystem request until it ends (`lost`: the agent's channel
     closed). Never raises for what the agent or the server does."""
     operation = request_of(process)
+    terminal = Terminal.of(process)  # what is judged is what runs, whatever the channel says later
     try:
         decision = await channel.gate.authorize(operation)
     except InterceptorError as exc:
@@ -93,10 +124,10 @@ async def serve(process: asyncssh.SSHServerProcess[bytes], lost: asyncio.Event, 
     exit_status: int | None = None
     exit_signal: tuple[str, bool, str, str] | None = None
     try:
-        if operation.request == "shell" or operation.pty:
-            recording = _start_recording(process, channel, relay)
+        if recorded(operation):
+            recording = _start_recording(terminal, channel, relay)
         if relay.ended is None:
-            exit_status, exit_signal = await _run(process, lost, channel, operation, relay, recording)
+            exit_status, exit_signal = await _run(process, lost, channel, operation, terminal, relay, recording)
     finally:
         outcome: dict[str, object] = {"exit_status": exit_status, "exit_signal": exit_signal[0] if exit_signal else None,
                                       "bytes_up": relay.up, "bytes_down": relay.down,
@@ -119,15 +150,15 @@ async def serve(process: asyncssh.SSHServerProcess[bytes], lost: asyncio.Event, 
                 LOST_STATUS)
 
 
-def _start_recording(process: asyncssh.SSHServerProcess[bytes], channel: Channel, relay: _Relay) -> Recording | None:
-    """The recording of a shell or pty session; None (and the session ends) when it cannot be made."""
+def _start_recording(terminal: Terminal, channel: Channel, relay: _Relay) -> Recording | None:
+    """The recording of a session that is recorded; None (and the session ends) when it cannot be made."""
     if channel.recordings is None:  # the gate refuses what would be recorded without a directory
         _end(relay, "the session cannot be recorded: no recordings directory")
         return None
-    width, height, _, _ = process.term_size
+    width, height, _, _ = terminal.size
     try:
         return Recording.start(channel.recordings, channel.recording_name, width=width or 80, height=height or 24,
-                               term=process.term_type, limit=channel.recording_limit)
+                               term=terminal.type, limit=channel.recording_limit)
     except (OSError, ValueError) as exc:
         _end(relay, f"the session cannot be recorded: {exc}")
         return None
@@ -162,14 +193,15 @@ def quietly(action: Callable[[], None]) -> None:
 
 
 async def _run(process: asyncssh.SSHServerProcess[bytes], lost: asyncio.Event, channel: Channel,
-               operation: SshRequest, relay: _Relay,
+               operation: SshRequest, terminal: Terminal, relay: _Relay,
                recording: Recording | None) -> tuple[int | None, tuple[str, bool, str, str] | None]:
-    """Run the request on the server and relay until both of its outputs end (then its exit)
-    or the agent's channel closes or the recording limit is passed (then it is closed)."""
+    """Run the request on the server, on the terminal it was judged with, and relay until
+    both of its outputs end (then its exit) or the agent's channel closes or the recording
+    limit is passed (then it is closed)."""
     try:
         remote = await channel.server.create_process(
-            operation.command, term_type=process.term_type, term_size=process.term_size,
-            term_modes=process.term_modes, encoding=None)
+            operation.command, term_type=terminal.type, term_size=terminal.size, term_modes=terminal.modes,
+            encoding=None)
     except (asyncssh.Error, OSError) as exc:
         relay.error = f"the server refused the session: {_reason(exc)}"
         return None, None
