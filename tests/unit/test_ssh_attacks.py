@@ -344,7 +344,7 @@ def test_a_glob_word_for_a_value_does_not_cover_an_option() -> None:
 @pytest.mark.parametrize("host", ["ip6-localhost", "ip6-loopback", "localhost.localdomain", "localhost6",
                                   "anything.localhost"])
 def test_forward_deny_by_address_sees_names_of_that_address(engine: PolicyEngine, host: str) -> None:
-    """attack: deny `127.0.0.1:*` and `::1:*` (not the server itself) evaded by a name the
+    """was an attack (closed): deny `127.0.0.1:*` and `::1:*` (not the server itself) evaded by a name the
     server resolves to loopback: Debian's /etc/hosts has `ip6-localhost ip6-loopback` for ::1,
     RHEL's `localhost.localdomain localhost6`, and `*.localhost` is loopback (RFC 6761;
     systemd-resolved, nss-myhostname). `ssh -L 9:ip6-localhost:22` reaches the server's sshd.
@@ -356,7 +356,7 @@ def test_forward_deny_by_address_sees_names_of_that_address(engine: PolicyEngine
 
 
 def test_remote_forward_deny_of_every_address_sees_the_star(engine: PolicyEngine) -> None:
-    """attack: deny remote_forward `0.0.0.0:*` and `::*` (no public listener) evaded by
+    """was an attack (closed): deny remote_forward `0.0.0.0:*` and `::*` (no public listener) evaded by
     `ssh -R '*:8080:...'`: OpenSSH's sshd reads a listen address `*` as every address
     (channels.c channel_fwd_bind_addr, with GatewayPorts clientspecified), like "" and 0.0.0.0.
 
@@ -395,7 +395,7 @@ SFTP_RULES = """
 
 
 def test_renaming_a_directory_moves_a_denied_file_out_from_under_its_deny_glob(tmp_path: Path) -> None:
-    """attack: a deny glob on a file (`read: /srv/config/secret.env`) while the agent may write
+    """was an attack (closed): a deny glob on a file (`read: /srv/config/secret.env`) while the agent may write
     the tree (`/srv/**`): SFTP rename of the directory (/srv/config -> /srv/moved) is judged on
     the directory's two paths only, and the file is then read as /srv/moved/secret.env.
 
@@ -420,7 +420,7 @@ def test_renaming_a_directory_moves_a_denied_file_out_from_under_its_deny_glob(t
 
 
 def test_realpath_answers_what_readlink_and_stat_refuse(tmp_path: Path) -> None:
-    """attack: SFTP realpath is passed upstream unjudged, so it tells where a symlink points
+    """was an attack (closed): SFTP realpath is passed upstream unjudged, so it tells where a symlink points
     and whether a path exists in a directory the agent may not read, which readlink and stat
     (judged as reads) refuse: an oracle around the read globs.
 

@@ -197,14 +197,14 @@ def run(tmp_path: Path, scenario: Callable[[Setup], object], gate: FakeGate | No
     return gate
 
 
-def test_normal_form_resolves_dot_segments_as_text():
+def test_normal_form_resolves_dot_segments_as_text() -> None:
     assert normal_form("/a//b/./c/../d/") == "/a/b/d"
     assert normal_form("/../../etc") == "/etc"
     assert normal_form("//") == "/"
     assert normal_form("/a/..") == "/"
 
 
-def test_put_then_get_round_trip_judged_and_counted(tmp_path: Path):
+def test_put_then_get_round_trip_judged_and_counted(tmp_path: Path) -> None:
     data = os.urandom(300_000)
     local = tmp_path / "local.bin"
     local.write_bytes(data)
@@ -224,7 +224,7 @@ def test_put_then_get_round_trip_judged_and_counted(tmp_path: Path):
     assert ("read", {"bytes_read": len(data), "bytes_written": 0}) in outcomes
 
 
-def test_listdir_mkdir_rmdir_remove(tmp_path: Path):
+def test_listdir_mkdir_rmdir_remove(tmp_path: Path) -> None:
     async def scenario(s: Setup) -> None:
         await s.sftp.mkdir("/home/u/d")
         assert sorted(await s.sftp.listdir("/home/u")) == [".", "..", "d", "dangling", "notes.txt"]
@@ -238,7 +238,7 @@ def test_listdir_mkdir_rmdir_remove(tmp_path: Path):
         ("write", "remove", "/home/u/notes.txt")]
 
 
-def test_rename_judges_the_source_as_read_and_write_and_the_destination_as_write(tmp_path: Path):
+def test_rename_judges_the_source_as_read_and_write_and_the_destination_as_write(tmp_path: Path) -> None:
     async def scenario(s: Setup) -> None:
         await s.sftp.rename("/home/u/notes.txt", "/home/u/moved.txt")
         await s.sftp.posix_rename("/home/u/moved.txt", "/home/u/again.txt")
@@ -257,7 +257,7 @@ def test_rename_judges_the_source_as_read_and_write_and_the_destination_as_write
     assert not (tmp_path / "server/secret/planted.txt").exists()
 
 
-def test_symlink_link_path_is_a_write_and_its_target_a_read(tmp_path: Path):
+def test_symlink_link_path_is_a_write_and_its_target_a_read(tmp_path: Path) -> None:
     async def scenario(s: Setup) -> None:
         await s.sftp.symlink("notes.txt", "/home/u/ln")
         assert os.readlink(s.root / "home/u/ln") == "notes.txt"  # the link's text as the agent wrote it
@@ -270,7 +270,7 @@ def test_symlink_link_path_is_a_write_and_its_target_a_read(tmp_path: Path):
     assert ("read", "/secret/key.txt") in [(op.request, op.path) for op in gate.asked]
 
 
-def test_hardlink_judges_both_paths_as_writes(tmp_path: Path):
+def test_hardlink_judges_both_paths_as_writes(tmp_path: Path) -> None:
     async def scenario(s: Setup) -> None:
         await s.sftp.link("/home/u/notes.txt", "/home/u/hard")
         assert (s.root / "home/u/hard").stat().st_ino == (s.root / "home/u/notes.txt").stat().st_ino
@@ -283,7 +283,7 @@ def test_hardlink_judges_both_paths_as_writes(tmp_path: Path):
     assert not (tmp_path / "server/home/u/hard2").exists()
 
 
-def test_denied_read_and_write_answer_permission_denied_with_the_reason(tmp_path: Path):
+def test_denied_read_and_write_answer_permission_denied_with_the_reason(tmp_path: Path) -> None:
     local = tmp_path / "local.txt"
     local.write_bytes(b"planted")
 
@@ -303,7 +303,7 @@ def test_denied_read_and_write_answer_permission_denied_with_the_reason(tmp_path
     assert not (tmp_path / "server/secret/new.txt").exists()
 
 
-def test_dot_dot_is_judged_where_it_leads(tmp_path: Path):
+def test_dot_dot_is_judged_where_it_leads(tmp_path: Path) -> None:
     async def scenario(s: Setup) -> None:
         for path in ("/public/../secret/key.txt", "/home/u/../../secret/./key.txt", "../../secret//key.txt",
                      "/../../secret/key.txt"):
@@ -314,7 +314,7 @@ def test_dot_dot_is_judged_where_it_leads(tmp_path: Path):
     assert set(gate.paths()) == {"/secret/key.txt"}
 
 
-def test_a_symlink_is_judged_by_its_real_target_too(tmp_path: Path):
+def test_a_symlink_is_judged_by_its_real_target_too(tmp_path: Path) -> None:
     async def scenario(s: Setup) -> None:
         for path, mode in (("/public/link", "rb"), ("/public/dirlink/key.txt", "rb"), ("/public/dirlink/new.txt", "wb")):
             with pytest.raises(asyncssh.SFTPPermissionDenied):
@@ -331,7 +331,7 @@ def test_a_symlink_is_judged_by_its_real_target_too(tmp_path: Path):
     assert not (tmp_path / "server/secret/new.txt").exists()
 
 
-def test_allow_must_cover_both_readings_and_a_deny_on_either_refuses(tmp_path: Path):
+def test_allow_must_cover_both_readings_and_a_deny_on_either_refuses(tmp_path: Path) -> None:
     only_public = FakeGate(allow=lambda op: (op.path or "").startswith("/public"))
 
     async def through_link(s: Setup) -> None:
@@ -352,7 +352,7 @@ def test_allow_must_cover_both_readings_and_a_deny_on_either_refuses(tmp_path: P
     run(tmp_path / "b", by_name, deny_the_name)
 
 
-def test_relative_paths_are_taken_against_the_upstream_home(tmp_path: Path):
+def test_relative_paths_are_taken_against_the_upstream_home(tmp_path: Path) -> None:
     async def scenario(s: Setup) -> None:
         async with s.sftp.open("notes.txt", "rb") as f:
             assert await f.read() == NOTES
@@ -361,10 +361,66 @@ def test_relative_paths_are_taken_against_the_upstream_home(tmp_path: Path):
         assert await s.sftp.realpath(".") == "/home/u"
 
     gate = run(tmp_path, scenario)
-    assert gate.paths() == ["/home/u/notes.txt", "/home/u/sub"]  # realpath is not judged
+    assert gate.paths() == ["/home/u/notes.txt", "/home/u/sub"]  # realpath of the home directory is not judged
 
 
-def test_a_handle_opened_for_reading_cannot_write_nor_one_for_writing_read(tmp_path: Path):
+def test_realpath_is_a_read_except_of_the_home_directory(tmp_path: Path) -> None:
+    async def scenario(s: Setup) -> None:
+        for home in (".", "", "/home/u", "/home/u/../u/.", "./"):
+            assert await s.sftp.realpath(home) == "/home/u", home
+        assert await s.sftp.realpath("notes.txt") == "/home/u/notes.txt"
+        assert await s.sftp.realpath("/public/../public/readme.txt") == "/public/readme.txt"
+        for path in ("/public/link", "/public/dirlink", "/secret", "/public/../secret/key.txt", "../../secret"):
+            with pytest.raises(asyncssh.SFTPPermissionDenied, match="rule deny-test refuses read of /secret"):
+                await s.sftp.realpath(path)
+
+    gate = run(tmp_path, scenario)
+    judged = [(op.request, op.action, op.path) for op in gate.asked]
+    assert judged[:3] == [("read", "realpath", "/home/u/notes.txt"), ("read", "realpath", "/public/readme.txt"),
+                          ("read", "realpath", "/public/link")]
+    assert ("read", "realpath", "/secret/key.txt") in judged and "/home/u" not in gate.paths()
+
+
+def test_a_directory_moved_or_linked_is_judged_as_a_tree(tmp_path: Path) -> None:
+    async def scenario(s: Setup) -> None:
+        (s.root / "home/u/d").mkdir()
+        await s.sftp.rename("/home/u/d", "/home/u/e")
+        await s.sftp.posix_rename("/home/u/e", "/home/u/f")
+        await s.sftp.rename("/home/u/notes.txt", "/home/u/n.txt")
+        await s.sftp.symlink("/public", "/home/u/pub")
+        await s.sftp.symlink("n.txt", "/home/u/ln")
+        await s.sftp.symlink("missing", "/home/u/later")  # may become a directory
+
+    gate = run(tmp_path, scenario)
+    assert [(op.request, op.action, op.path) for op in gate.asked] == [
+        ("read", "rename-tree", "/home/u/d"), ("write", "rename-tree", "/home/u/d"),
+        ("write", "rename-tree", "/home/u/e"),
+        ("read", "posix-rename-tree", "/home/u/e"), ("write", "posix-rename-tree", "/home/u/e"),
+        ("write", "posix-rename-tree", "/home/u/f"),
+        ("read", "rename", "/home/u/notes.txt"), ("write", "rename", "/home/u/notes.txt"),
+        ("write", "rename", "/home/u/n.txt"),
+        ("write", "symlink-tree", "/home/u/pub"), ("read", "symlink-tree", "/public"),
+        ("write", "symlink", "/home/u/ln"), ("read", "symlink", "/home/u/n.txt"),
+        ("write", "symlink-tree", "/home/u/later"), ("read", "symlink-tree", "/home/u/missing")]
+
+
+def test_a_refused_tree_moves_nothing(tmp_path: Path) -> None:
+    no_trees = FakeGate(allow=lambda op: not (op.action or "").endswith("-tree"))
+
+    async def scenario(s: Setup) -> None:
+        for move in (s.sftp.rename, s.sftp.posix_rename, s.sftp.link):
+            with pytest.raises(asyncssh.SFTPPermissionDenied, match="refuses read of /public"):
+                await move("/public", "/home/u/moved")
+        with pytest.raises(asyncssh.SFTPPermissionDenied, match="refuses write of /home/u/pub"):
+            await s.sftp.symlink("/public", "/home/u/pub")
+        await s.sftp.rename("/home/u/notes.txt", "/home/u/n.txt")  # a file is no tree
+
+    run(tmp_path, scenario, no_trees)
+    assert (tmp_path / "server/public/readme.txt").exists() and not (tmp_path / "server/home/u/moved").exists()
+    assert not (tmp_path / "server/home/u/pub").is_symlink() and (tmp_path / "server/home/u/n.txt").exists()
+
+
+def test_a_handle_opened_for_reading_cannot_write_nor_one_for_writing_read(tmp_path: Path) -> None:
     async def scenario(s: Setup) -> None:
         async with s.sftp.open("/home/u/notes.txt", "rb") as f:
             with pytest.raises(asyncssh.SFTPPermissionDenied, match="opened for reading only"):
@@ -384,7 +440,7 @@ def test_a_handle_opened_for_reading_cannot_write_nor_one_for_writing_read(tmp_p
                                                       {"bytes_read": 0, "bytes_written": 3}]
 
 
-def test_an_open_for_reading_and_writing_needs_both(tmp_path: Path):
+def test_an_open_for_reading_and_writing_needs_both(tmp_path: Path) -> None:
     read_only = FakeGate(allow=lambda op: op.request == "read")
 
     async def scenario(s: Setup) -> None:
@@ -400,7 +456,7 @@ def test_an_open_for_reading_and_writing_needs_both(tmp_path: Path):
     assert ("write", "setstat") == (gate.asked[-1].request, gate.asked[-1].action)
 
 
-def test_paths_with_nul_or_not_utf8_are_refused_unjudged(tmp_path: Path):
+def test_paths_with_nul_or_not_utf8_are_refused_unjudged(tmp_path: Path) -> None:
     async def scenario(s: Setup) -> None:
         with pytest.raises(asyncssh.SFTPPermissionDenied, match="NUL"):
             await s.sftp.stat(b"/home/u/notes.txt\x00/../../secret/key.txt")
@@ -410,10 +466,10 @@ def test_paths_with_nul_or_not_utf8_are_refused_unjudged(tmp_path: Path):
             await s.sftp.symlink(b"\xfe", b"/home/u/l")
 
     gate = run(tmp_path, scenario)
-    assert gate.paths() == ["/home/u/l"]
+    assert gate.paths() == []
 
 
-def test_upstream_errors_pass_through_with_their_code(tmp_path: Path):
+def test_upstream_errors_pass_through_with_their_code(tmp_path: Path) -> None:
     async def scenario(s: Setup) -> None:
         with pytest.raises(asyncssh.SFTPNoSuchFile) as missing:
             await s.sftp.stat("/home/u/missing")
@@ -424,7 +480,7 @@ def test_upstream_errors_pass_through_with_their_code(tmp_path: Path):
     run(tmp_path, scenario)
 
 
-def test_an_unavailable_audit_fails_the_request(tmp_path: Path):
+def test_an_unavailable_audit_fails_the_request(tmp_path: Path) -> None:
     async def scenario(s: Setup) -> None:
         with pytest.raises(asyncssh.SFTPFailure, match="interceptor: the audit trail is unavailable"):
             await s.sftp.remove("/home/u/notes.txt")
@@ -433,7 +489,7 @@ def test_an_unavailable_audit_fails_the_request(tmp_path: Path):
     run(tmp_path, scenario, FakeGate(unavailable=True))
 
 
-def test_a_new_file_through_a_strict_realpath_takes_the_parent_and_a_dangling_symlink_is_refused(tmp_path: Path):
+def test_a_new_file_through_a_strict_realpath_takes_the_parent_and_a_dangling_symlink_is_refused(tmp_path: Path) -> None:
     local = tmp_path / "local.txt"
     local.write_bytes(b"x")
 
@@ -448,7 +504,7 @@ def test_a_new_file_through_a_strict_realpath_takes_the_parent_and_a_dangling_sy
     assert "/home/u/brand-new.txt" in gate.paths("write")
 
 
-def test_a_dangling_symlink_is_judged_by_where_it_would_create(tmp_path: Path):
+def test_a_dangling_symlink_is_judged_by_where_it_would_create(tmp_path: Path) -> None:
     local = tmp_path / "local.txt"
     local.write_bytes(b"x")
 
@@ -460,7 +516,7 @@ def test_a_dangling_symlink_is_judged_by_where_it_would_create(tmp_path: Path):
     assert not (tmp_path / "server/secret/new.txt").exists()
 
 
-def test_remote_copy_goes_through_the_handles(tmp_path: Path):
+def test_remote_copy_goes_through_the_handles(tmp_path: Path) -> None:
     async def scenario(s: Setup) -> None:
         assert s.sftp.supports_remote_copy
         await s.sftp.remote_copy("/home/u/notes.txt", "/home/u/copy.txt")
@@ -471,7 +527,7 @@ def test_remote_copy_goes_through_the_handles(tmp_path: Path):
     assert {"bytes_read": 0, "bytes_written": len(NOTES)} in [outcome for _, outcome in gate.ended]
 
 
-def test_files_left_open_are_recorded_and_the_upstream_session_ends_with_the_channel(tmp_path: Path):
+def test_files_left_open_are_recorded_and_the_upstream_session_ends_with_the_channel(tmp_path: Path) -> None:
     opened: list[asyncssh.SFTPClient] = []
 
     async def scenario(s: Setup) -> None:
@@ -492,7 +548,7 @@ def test_files_left_open_are_recorded_and_the_upstream_session_ends_with_the_cha
                            {"bytes_read": 0, "bytes_written": 5})]
 
 
-def test_statvfs_and_setstat(tmp_path: Path):
+def test_statvfs_and_setstat(tmp_path: Path) -> None:
     async def scenario(s: Setup) -> None:
         assert (await s.sftp.statvfs("/home/u")).bsize > 0
         await s.sftp.chmod("/home/u/notes.txt", 0o600)
@@ -505,7 +561,7 @@ def test_statvfs_and_setstat(tmp_path: Path):
                                                               ("write", "setstat")]
 
 
-def test_every_sftp_server_method_that_would_touch_the_enforcer_is_overridden():
+def test_every_sftp_server_method_that_would_touch_the_enforcer_is_overridden() -> None:
     """asyncssh's SFTPServer acts on the local file system: none of that may be reached."""
     harmless = {"channel", "connection", "env", "logger", "convert_attrs", "format_longname", "map_path",
                 "reverse_map_path", "lock", "unlock"}
@@ -526,7 +582,7 @@ async def openssh(s: Setup, known_hosts: Path, program: str, *args: str) -> tupl
 
 
 @pytest.mark.skipif(not shutil.which("sftp"), reason="OpenSSH client missing")
-def test_openssh_sftp_batch_client(tmp_path: Path):
+def test_openssh_sftp_batch_client(tmp_path: Path) -> None:
     local = tmp_path / "up.txt"
     local.write_bytes(b"from openssh\n")
     batch = tmp_path / "batch"
@@ -558,7 +614,7 @@ def under(root: Path, directory: str) -> Callable[[SshRequest], bool]:
 
 
 @pytest.mark.skipif(not os.path.exists(SFTP_SERVER), reason="OpenSSH's sftp-server missing")
-def test_openssh_sftp_server_upstream_resolves_dot_dot_after_a_symlink(tmp_path: Path):
+def test_openssh_sftp_server_upstream_resolves_dot_dot_after_a_symlink(tmp_path: Path) -> None:
     """OpenSSH resolves `link/..` physically (the link first, then its parent), where the text
     reads the link's own parent: both readings are judged, and the physical one is denied."""
     root = (tmp_path / "server").resolve()
@@ -593,7 +649,7 @@ def test_openssh_sftp_server_upstream_resolves_dot_dot_after_a_symlink(tmp_path:
     assert not (root / "secret/planted.txt").exists()
 
 
-def test_legacy_scp_served_by_asyncssh_on_the_proxy_is_judged_file_by_file(tmp_path: Path):
+def test_legacy_scp_served_by_asyncssh_on_the_proxy_is_judged_file_by_file(tmp_path: Path) -> None:
     """With allow_scp, asyncssh answers `scp -t` / `scp -f` itself through the SftpProxy: no
     command runs upstream, each file is judged by path."""
     local = tmp_path / "local.txt"
@@ -616,7 +672,7 @@ def test_legacy_scp_served_by_asyncssh_on_the_proxy_is_judged_file_by_file(tmp_p
 
 
 @pytest.mark.skipif(not shutil.which("scp"), reason="OpenSSH client missing")
-def test_openssh_scp_over_sftp_and_legacy(tmp_path: Path):
+def test_openssh_scp_over_sftp_and_legacy(tmp_path: Path) -> None:
     known_hosts = tmp_path / "known_hosts"
 
     async def scenario(s: Setup) -> None:

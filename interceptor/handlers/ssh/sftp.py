@@ -12,19 +12,31 @@ is SFTPError FX_PERMISSION_DENIED "interceptor: <reason>", the reason naming the
 What is judged (SshRequest `request` / `action`):
 
 - read: open with READ, or without WRITE (the server then opens the file read-only)
-  (`open`), a directory listing (`readdir`), `stat`,
-  `lstat`, `statvfs`, `readlink`, the target of a new symlink (`symlink`), and the source
-  of a rename or hard link (`rename`, `posix-rename`, `hardlink`: the content becomes
-  reachable under the new name);
+  (`open`), a directory listing (`readdir`), `stat`, `lstat`, `statvfs`, `readlink`,
+  `realpath` (its answer tells where a symlink points and whether a path exists), the target
+  of a new symlink (`symlink`), and the source of a rename or hard link (`rename`,
+  `posix-rename`, `hardlink`: the content becomes reachable under the new name);
 - write: open with any of WRITE, APPEND, CREAT, TRUNC, EXCL (`open`; an open for reading and
   writing is judged as both), `remove`, `mkdir`, `rmdir`, `setstat`, `lsetstat`, both paths
   of `rename` / `posix-rename`, both paths of `hardlink`, the link path of `symlink`.
+- a directory moved or linked: when the source of a rename or hard link, or the target of a
+  symlink, is a directory or may be one (the upstream's lstat, or stat for a symlink's
+  target, says a directory, an unknown type, or fails), everything below it moves or becomes
+  reachable under the new name. Its paths are judged as trees (action
+  interceptor.policy.ssh_rules.tree_action(...), e.g. `rename-tree`): the source read and
+  written (the target of a symlink read), the destination (the link path) written, each with
+  everything below it, so an allow glob must end in `/**` over each, and a deny glob that
+  may match anything below either refuses it (a deny on `/srv/config/secret.env` refuses
+  renaming `/srv/config`).
+- realpath of the home directory itself (`.`, what sftp and scp ask first, or any path whose
+  two readings are the home directory) is answered unjudged: it tells only the home
+  directory's name, which the proxy asks the upstream for itself. Any other realpath is a
+  read as above, answered with the server's resolution (the path the proxy judged).
 - Through a handle nothing more is judged: reads need a handle judged for reading, writes,
   fsetstat and fsync one judged for writing (else FX_PERMISSION_DENIED); fstat and fstatvfs
   work on any handle. Handles are asyncssh's own, mapped to the proxy's open files, so a
-  handle the proxy did not issue is FX_INVALID_HANDLE before it reaches here.
-- realpath is not judged: it is passed to the upstream and its answer returned (clients
-  call it first, to learn the home directory). An open file's end is recorded with
+  handle the proxy did not issue is FX_INVALID_HANDLE before it reaches here. An open
+  file's end is recorded with
   `gate.finished(op, decision, {"bytes_read": n, "bytes_written": n})`, op being the
   open's last judgement (the write on the resolved path when it was opened for writing).
 - ranges@asyncssh.com (where an open file holds data) is answered "everywhere" without
@@ -46,9 +58,10 @@ allowed (a deny on either refuses):
    not what a symlink there points to (lstat, readlink, remove, rename, mkdir, rmdir,
    lsetstat, both names of rename and hardlink, the new name of symlink) it is the realpath
    of the parent plus the last name (unless that name is `.`, `..` or empty: then the
-   server resolves the whole path, and so does the proxy). For a path that does not exist yet (a new file), the parent's realpath plus
-   the name, after the upstream's lstat has said there is nothing there (a dangling
-   symlink that a strict realpath cannot resolve is refused, not taken for a new name).
+   server resolves the whole path, and so does the proxy). For a path that does not exist
+   yet (a new file), the parent's realpath plus the name, after the upstream's lstat has
+   said there is nothing there (a dangling symlink that a strict realpath cannot resolve is
+   refused, not taken for a new name).
    A resolution that is not absolute and in normal form is refused.
 
 Why both: a rule about the name the agent uses must hold even where that name is a symlink
@@ -63,11 +76,10 @@ asyncssh's legacy scp server (`allow_scp=True`) runs on an SFTPServer too: given
 `scp -t` / `scp -f` are answered by asyncssh through the proxy, every file judged as here,
 and no command runs upstream.
 
-Limits: a symlink swapped between the judgement and the operation (by another channel) is
-not seen; renaming a directory moves everything under it, and only the directory's own two
-paths are judged (a deny on paths below it does not see the rename); the server's file
-system is taken to be case-sensitive and to keep names as sent (Linux): on one that folds
-case or normalises Unicode, a glob holds only for the spellings it names.
+Limits: a symlink swapped, or a file replaced by a directory, between the judgement and the
+operation (by another channel) is not seen; the server's file system is taken to be
+case-sensitive and to keep names as sent (Linux): on one that folds case or normalises
+Unicode, a glob holds only for the spellings it names.
 """
 
 from __future__ import annotations
@@ -80,13 +92,14 @@ from typing import NoReturn, Protocol, cast, runtime_checkable
 
 import asyncssh
 from asyncssh.channel import SSHChannel
-from asyncssh.constants import (FX_PERMISSION_DENIED, FXF_APPEND, FXF_CREAT, FXF_EXCL, FXF_READ, FXF_TRUNC,
-                                FXF_WRITE)
+from asyncssh.constants import (FILEXFER_TYPE_DIRECTORY, FILEXFER_TYPE_UNKNOWN, FX_PERMISSION_DENIED, FXF_APPEND,
+                                FXF_CREAT, FXF_EXCL, FXF_READ, FXF_TRUNC, FXF_WRITE)
 
 from interceptor.decision import Decision
 from interceptor.errors import InterceptorError, Refused
 from interceptor.handlers.ssh.gate import Gate
 from interceptor.operations import SshRequest
+from interceptor.policy.ssh_rules import tree_action
 
 READ = "read"
 WRITE = "write"
@@ -245,6 +258,16 @@ class SftpProxy(asyncssh.SFTPServer):
             raise refusal(f"the server cannot resolve {path!r}, which exists (a dangling or looping symlink?)")
         return resolved
 
+    async def _may_be_directory(self, path: str, follow: bool) -> bool:
+        """Is the resolved `path` a directory, or may it be one: the upstream's stat (lstat
+        unless `follow`) says so or an unknown type, or fails?"""
+        upstream = await self._upstream()
+        try:
+            attrs = await (upstream.stat(path.encode()) if follow else upstream.lstat(path.encode()))
+        except asyncssh.SFTPError:
+            return True
+        return attrs.type in (FILEXFER_TYPE_DIRECTORY, FILEXFER_TYPE_UNKNOWN)
+
     async def _exists(self, path: str) -> bool:
         try:
             await (await self._upstream()).lstat(path.encode())
@@ -381,10 +404,15 @@ class SftpProxy(asyncssh.SFTPServer):
 
     async def _moved(self, oldpath: bytes, newpath: bytes, action: str) -> tuple[Target, Target]:
         """The two paths of a rename or hard link, judged: the source read and written, the
-        destination written."""
-        source = await self._judged(oldpath, READ, action, follow=False)
+        destination written; as trees when the source may be a directory."""
+        source = await self._target(oldpath, follow=False)
+        destination = await self._target(newpath, follow=False)
+        if await self._may_be_directory(source.resolved, follow=False):
+            action = tree_action(action)
+        await self._judge(READ, action, source)
         await self._judge(WRITE, action, source)
-        return source, await self._judged(newpath, WRITE, action, follow=False)
+        await self._judge(WRITE, action, destination)
+        return source, destination
 
     async def rename(self, oldpath: bytes, newpath: bytes) -> None:
         source, destination = await self._moved(oldpath, newpath, "rename")
@@ -400,15 +428,22 @@ class SftpProxy(asyncssh.SFTPServer):
 
     async def symlink(self, oldpath: bytes, newpath: bytes) -> None:
         """A symlink at `newpath` (a write) pointing to `oldpath` (a read, taken against the
-        link's directory when relative); the link's text is sent as the agent wrote it."""
-        link = await self._judged(newpath, WRITE, "symlink", follow=False)
-        await self._judge(READ, "symlink", await self._target(oldpath, True, relative_to=link))
+        link's directory when relative), both as trees when the target may be a directory;
+        the link's text is sent as the agent wrote it."""
+        link = await self._target(newpath, follow=False)
+        target = await self._target(oldpath, True, relative_to=link)
+        action = tree_action("symlink") if await self._may_be_directory(target.resolved, follow=True) else "symlink"
+        await self._judge(WRITE, action, link)
+        await self._judge(READ, action, target)
         await (await self._upstream()).symlink(oldpath, link.wire)
 
     async def realpath(self, path: bytes) -> bytes:
-        """Not judged: the upstream's answer (refused for a path holding NUL or non-UTF-8)."""
-        path_text(path)
-        return await (await self._upstream()).realpath(path)
+        """The server's resolution of `path`, judged as a read unless it is the home directory
+        itself (see the module docstring)."""
+        target = await self._target(path, follow=True)
+        if target.paths != (await self._home_directory(),):
+            await self._judge(READ, "realpath", target)
+        return target.wire
 
     def format_user(self, uid: int | None) -> str:
         """The number: the enforcer's user database says nothing of the server's users."""
