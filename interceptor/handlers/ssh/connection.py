@@ -70,10 +70,12 @@ REFUSED_FORWARDS = {"agent": "agent forwarding", "x11": "X11 forwarding",
                     "remote-unix": "forwarding from a Unix socket (streamlocal-forward)",
                     "tun": "tunnel forwarding (tun/tap)"}
 # Session channel requests taken at any time: relayed to the server (window-change, signal,
-# break), answered by asyncssh (keepalive@openssh.com, eow@openssh.com), or refused and
-# recorded by _Channel at any time (env, x11-req, auth-agent-req@openssh.com).
-ANY_TIME_REQUESTS = frozenset({"window-change", "signal", "break", "keepalive@openssh.com", "eow@openssh.com",
-                               "env", "x11-req", "auth-agent-req@openssh.com"})
+# break), keepalives asyncssh answers with failure as their senders expect (OpenSSH's, PuTTY's
+# window probe) and eow@openssh.com, or refused and recorded by _Channel at any time (env,
+# x11-req, auth-agent-req@openssh.com).
+ANY_TIME_REQUESTS = frozenset({"window-change", "signal", "break", "keepalive@openssh.com",
+                               "winadj@putty.projects.tartarus.org", "eow@openssh.com", "env", "x11-req",
+                               "auth-agent-req@openssh.com"})
 SETUP_REQUESTS = frozenset({"pty-req", "exec", "shell", "subsystem"})  # taken until the session starts
 
 
