@@ -105,7 +105,7 @@ async def _send_pty_req(chan: asyncssh.SSHClientChannel[bytes]) -> bool:
 
 
 def test_a_pty_asked_for_after_the_exec_reaches_the_server_unjudged_and_unrecorded(tmp_path: Path) -> None:
-    """attack: exec judged without a terminal, then a pty-req on the same channel before the
+    """was an attack (closed): exec judged without a terminal, then a pty-req on the same channel before the
     command starts upstream (here while the request is held for approval): the server runs the
     command on a terminal, so a pager or editor in it (systemctl status, journalctl, git log
     -> less -> `!sh`) is a shell, and nothing is recorded.
@@ -137,7 +137,7 @@ def test_a_pty_asked_for_after_the_exec_reaches_the_server_unjudged_and_unrecord
 
 
 def test_an_exec_allowed_only_as_a_shell_is_not_recorded(tmp_path: Path) -> None:
-    """attack: an agent allowed `shell: true` (break-glass: shells are recorded) runs
+    """was an attack (closed): an agent allowed `shell: true` (break-glass: shells are recorded) runs
     `ssh host bash` (no pty: OpenSSH's default for a command) and types its commands on stdin:
     an interactive session, none of it in any recording; the audit has `bash` and byte counts.
 
@@ -161,7 +161,7 @@ def test_an_exec_allowed_only_as_a_shell_is_not_recorded(tmp_path: Path) -> None
 
 
 def test_a_refused_unix_socket_forward_is_recorded(tmp_path: Path) -> None:
-    """attack: `ssh -L 9000:/var/run/docker.sock` (direct-streamlocal@openssh.com, OpenSSH
+    """was an attack (closed): `ssh -L 9000:/var/run/docker.sock` (direct-streamlocal@openssh.com, OpenSSH
     PROTOCOL 2.4) is refused by asyncssh's default, but no record says the agent tried: a refused
     request missing from the audit.
 
@@ -581,7 +581,7 @@ def test_guard_recording_names_and_files_are_private(tmp_path: Path) -> None:
 
 
 def test_remote_forward_listeners_are_bounded(tmp_path: Path) -> None:
-    """attack: resource exhaustion on the server: remote forwards (tcpip-forward) are judged
+    """was an attack (closed): resource exhaustion on the server: remote forwards (tcpip-forward) are judged
     but never counted, so one connection can make the server open listeners without bound
     (each a socket and a port on the server), while channels are capped at MAX_CHANNELS.
 
