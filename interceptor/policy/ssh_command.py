@@ -47,7 +47,7 @@ from __future__ import annotations
 import re
 import shlex
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
 from functools import lru_cache
 
@@ -55,6 +55,7 @@ from interceptor.policy.mcp_rules import in_normal_form
 
 MAX_COMMAND_CHARS = 64 * 1024  # longer commands are refused before parsing
 MAX_DEPTH = 8  # `sh -c` within `sh -c` ...: deeper is opaque
+MAX_LAX_WORDS = 1 << 16  # words in all the commands of a lax reading: more is opaque
 ANY_WORDS = "**"  # a pattern's last word matching zero or more words
 
 Words = tuple[str | None, ...]  # a simple command; None: a word known only at run time
@@ -102,19 +103,74 @@ EDITOR_SUBCOMMANDS: Mapping[str, frozenset[str]] = {
     "git": frozenset({"commit", "rebase", "tag", "merge", "notes", "revert", "cherry-pick", "am", "config", "var",
                       "add", "pull"}),
 }
-# Options that make a program run a command: word prefixes, and letters of a `-abc` cluster
-# (tar's first word also without its dash: `tar xIf`)
-CODE_OPTIONS: Mapping[str, tuple[tuple[str, ...], str]] = {
-    "find": (("-exec", "-execdir", "-ok", "-okdir", "-fprint", "-fls"), ""),
-    "tar": (("--to-command", "--checkpoint-action", "--use-compress-program", "--info-script",
-             "--new-volume-script", "--rsh-command", "--rmt-command"), "IF"),
-    "rsync": (("--rsh", "--rsync-path"), "e"),
-    "git": (("-c", "--config-env", "--exec-path", "--upload-pack", "--receive-pack"), ""),
-    "zip": (("--unzip-command",), "T"),
-    "tcpdump": ((), "z"),
-    "wget": (("--use-askpass",), ""),
-    "ssh-keygen": (("-D", "-w"), ""),
+@dataclass(frozen=True, slots=True)
+class _CodeOptions:
+    """A program's options that run a command (or load code). `longs`: GNU long options
+    (without `--`): any prefix of one matches, with `=VALUE` or the value in the next word
+    (getopt_long and git's parse-options take unique prefixes; an ambiguous one is an error
+    the program reports, so taking it as the option is only stricter), except the program's
+    own options named in `exact` (tar's `--checkpoint` is not `--checkpoint-action`);
+    `words`: option words matched as written by prefix (single-dash long options, find's
+    primaries); `letters`: short options in a `-abc` cluster (tar's first word also without
+    its dash: `tar xIf`); `subcommands`: a first argument that runs code."""
+
+    longs: tuple[str, ...] = ()
+    words: tuple[str, ...] = ()
+    letters: str = ""
+    exact: frozenset[str] = frozenset()
+    subcommands: frozenset[str] = frozenset()
+
+
+_SYSTEMD_HOST = _CodeOptions(("host",), letters="H")  # -H runs ssh to another host with the login's keys
+CODE_OPTIONS: Mapping[str, _CodeOptions] = {
+    "find": _CodeOptions(words=("-exec", "-execdir", "-ok", "-okdir", "-fprint", "-fls")),
+    "tar": _CodeOptions(("to-command", "checkpoint-action", "use-compress-program", "info-script",
+                         "new-volume-script", "rsh-command", "rmt-command"), letters="IF",
+                        exact=frozenset({"checkpoint"})),
+    "rsync": _CodeOptions(("rsh", "rsync-path"), letters="e"),
+    "zip": _CodeOptions(("unzip-command",), letters="T"),
+    "tcpdump": _CodeOptions(letters="z"),
+    "wget": _CodeOptions(("use-askpass", "execute"), letters="e"),
+    "ssh-keygen": _CodeOptions(words=("-D", "-w")),
+    "split": _CodeOptions(("filter",)),
+    "sort": _CodeOptions(("compress-program",)),
+    "sdiff": _CodeOptions(("diff-program",)),
+    "diff3": _CodeOptions(("diff-program",)),
+    "openssl": _CodeOptions(words=("-engine", "-provider", "-provider-path", "-config"),
+                            subcommands=frozenset({"engine"})),
+    "apt": _CodeOptions(("option", "config-file"), letters="oc"),
+    "apt-get": _CodeOptions(("option", "config-file"), letters="oc"),
+    "rpm": _CodeOptions(("eval", "define", "macros", "rcfile", "pipe"), letters="ED"),
+    "coredumpctl": _CodeOptions(("debugger", "debugger-arguments"), letters="A",
+                                subcommands=frozenset({"debug", "gdb"})),
+    **{name: _SYSTEMD_HOST for name in ("systemctl", "loginctl", "hostnamectl", "timedatectl", "localectl",
+                                        "busctl", "systemd-analyze")},
 }
+# Compilers, linkers and build tools: their options and inputs run programs (gcc -wrapper,
+# -B, -fplugin, spec files; build scripts), with an optional target prefix and version
+_COMPILER = re.compile(r"(?:[A-Za-z0-9_.]+-)*(?:gcc|g\+\+|cc|c\+\+|cpp|clang|clang\+\+|clang-cl|ld|ld\.\w+|as|"
+                       r"gfortran|gccgo|gdc|gnat\w*)(?:-[0-9][0-9.]*)?|(?:tcc|icc|icx|rustc|cargo|go|javac|java|"
+                       r"kotlinc?|scalac|ghc|zig|nasm|yasm|swiftc?|dotnet|mvn|gradlew?|ant|cmake|ninja|meson|scons|"
+                       r"bazel|npm|npx|yarn|pnpm|pip[0-9.]*|gem|bundle|composer|dpkg|rustup)[0-9.]*")
+# git subcommands that only read the repository and have no option that runs a command of
+# the caller's choosing; git run anywhere else may run hooks, editors, aliases, transports
+GIT_READ_ONLY = frozenset({"status", "log", "show", "diff", "rev-parse", "rev-list", "branch", "ls-files",
+                           "ls-tree", "describe", "shortlog"})
+# git's global options that change nothing about what runs (every other one is shell class:
+# -c, -C, --git-dir, --work-tree, --exec-path, -p/--paginate, ...)
+GIT_PLAIN_GLOBALS = frozenset({"--no-pager", "-P", "--no-replace-objects", "--literal-pathspecs",
+                               "--glob-pathspecs", "--noglob-pathspecs", "--icase-pathspecs",
+                               "--no-optional-locks", "--version"})
+_GIT_ARG_GLOBALS = frozenset({"-C", "--git-dir", "--work-tree", "--namespace", "--super-prefix", "--attr-source"})
+# Options of git subcommands that run a command (or write a file, or run config drivers):
+# long ones (unique prefixes) and letters per subcommand; subcommands that run commands
+_GIT_CODE = _CodeOptions(("upload-pack", "receive-pack", "exec", "extcmd", "open-files-in-pager", "ext-diff",
+                          "textconv", "to-cmd", "cc-cmd", "sendmail-cmd", "header-cmd", "config", "template",
+                          "tool", "output", "edit-description"), exact=frozenset({"to", "text", "cc"}))
+_GIT_LETTERS = {"clone": "uc", "grep": "O", "ls-remote": "u"}
+_GIT_RUNNERS = frozenset({"filter-branch", "bisect", "submodule", "difftool", "mergetool", "send-email", "daemon",
+                          "instaweb", "web--browse", "help", "credential", "archimport", "cvsimport", "svn", "p4",
+                          "quiltimport"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +249,23 @@ _WATCH = _Wrapper("bcdegptwxr", "nq", "", _longs(
     "interval=n equexit=q"))
 
 
+# Programs the lax reading follows into the commands they run (with the interpreters and
+# compilers: _runs_commands)
+_RUNNER_NAMES = frozenset(SHELLS | WRAPPERS.keys() | SPAWNERS | CODE_BUILTINS | CODE_OPTIONS.keys()
+                          | EDITOR_SUBCOMMANDS.keys() | {"git", "find", "watch", "su", "script", "sed", "gsed",
+                                                         "printf", "test", "[", "scp", "sftp-server", "rsync"})
+
+
+@dataclass(slots=True)
+class _Lax:
+    """What a lax reading found: the simple commands, why parts are opaque, and how many
+    words the commands hold (bounded by MAX_LAX_WORDS)."""
+
+    commands: list[Words] = field(default_factory=list)
+    opaque: list[str] = field(default_factory=list)
+    words: int = 0
+
+
 @dataclass(frozen=True, slots=True)
 class ScpAccess:
     """A legacy scp server command: `mode` "read" (`-f`) or "write" (`-t`), `path` as given,
@@ -241,11 +314,10 @@ def read_command(text: str) -> CommandReading:
             reasons.append(read)
         else:
             scp = read
-    commands: list[Words] = []
-    opaque: list[str] = []
-    _read_lax(text, 0, commands, opaque)
-    return CommandReading(argv, tuple(dict.fromkeys(reasons)), tuple(dict.fromkeys(commands)),
-                          tuple(dict.fromkeys(opaque)), scp)
+    lax = _Lax()
+    _read_lax(text, 0, lax)
+    return CommandReading(argv, tuple(dict.fromkeys(reasons)), tuple(dict.fromkeys(lax.commands)),
+                          tuple(dict.fromkeys(lax.opaque)), scp)
 
 
 def describe_char(char: str) -> str:
@@ -307,6 +379,10 @@ def _code_reasons(argv: tuple[str, ...]) -> list[str]:
             reasons.append(f"{level[0]} can start a shell or other commands")
         elif _evaluates_names(name, level):
             reasons.append(f"{level[0]} -v evaluates array subscripts (code) in bash")
+        elif _COMPILER.fullmatch(name):
+            reasons.append(f"{level[0]} is a compiler or build tool: its options and inputs run programs")
+        elif name == "git":
+            reasons.extend(_git_reasons(level))
         elif runs_option(name, level):
             reasons.append(f"{level[0]} has an option that runs a command")
         elif _starts_editor(name, level):
@@ -334,18 +410,72 @@ def _evaluates_names(name: str, words: Words) -> bool:
 
 
 def runs_option(name: str, words: Words) -> bool:
-    """Does the command (`name` its argv0's last segment) have an option of CODE_OPTIONS? A
-    word known only at run time may be one."""
-    if name not in CODE_OPTIONS:
+    """Does the command (`name` its argv0's last segment) have an option or subcommand of
+    CODE_OPTIONS (for git: _git_runs)? A word known only at run time may be one."""
+    if name == "git":
+        return _git_runs(words) is not None
+    spec = CODE_OPTIONS.get(name)
+    if spec is None:
         return False
-    prefixes, letters = CODE_OPTIONS[name]
-    for i, word in enumerate(words[1:], 1):
-        if word is None or word.startswith(prefixes):
-            return True
-        clustered = word.startswith("-") and not word.startswith("--") or (name == "tar" and i == 1)
-        if clustered and set(word) & set(letters):
-            return True
-    return False
+    if len(words) > 1 and (words[1] is None or words[1] in spec.subcommands):
+        return True
+    return any(word is None or _code_word(spec, word, name == "tar" and i == 1) for i, word in enumerate(words[1:], 1))
+
+
+def _code_word(spec: _CodeOptions, word: str, bare_cluster: bool) -> bool:
+    """Is `word` one of the options of `spec` (see _CodeOptions)?"""
+    if word.startswith(spec.words):
+        return True
+    if word.startswith("--"):
+        name = word[2:].partition("=")[0]
+        return bool(name) and name not in spec.exact and any(long.startswith(name) for long in spec.longs)
+    clustered = (word.startswith("-") or bare_cluster) and len(word) > 1
+    return clustered and any(letter in spec.letters for letter in word.lstrip("-"))
+
+
+def _git_runs(words: Words) -> str | None:
+    """Why a git command runs a command its words name (or that cannot be told): a global
+    `-c`/`--config-env`/`--exec-path`, a subcommand that runs commands (_GIT_RUNNERS), an
+    option of _GIT_CODE or _GIT_LETTERS, a word known only at run time; None otherwise."""
+    i = 1
+    while i < len(words):
+        word = words[i]
+        if word is None:
+            return "git with a word known only at run time"
+        if not word.startswith("-"):
+            break
+        if word.startswith(("-c", "--config-env", "--exec-path")):
+            return f"git {word} sets configuration or the programs git runs"
+        i += 2 if word in _GIT_ARG_GLOBALS else 1
+    if i >= len(words):
+        return None
+    subcommand = words[i]
+    if subcommand is None:
+        return "git with a subcommand known only at run time"
+    if subcommand in _GIT_RUNNERS:
+        return f"git {subcommand} runs commands"
+    spec = replace(_GIT_CODE, letters=_GIT_LETTERS.get(subcommand, ""))
+    found = next((w for w in words[i + 1:] if w is None or _code_word(spec, w, False)), "")
+    return None if found == "" else f"git {subcommand} {found or 'with a word known only at run time'} runs a command"
+
+
+def _git_reasons(argv: tuple[str, ...]) -> list[str]:
+    """Why a git command line is shell class: _git_runs, a global option other than
+    GIT_PLAIN_GLOBALS (-C, --git-dir and --work-tree read a repository's configuration, which
+    runs commands), a subcommand other than GIT_READ_ONLY (hooks, editors, aliases,
+    transports)."""
+    runs = _git_runs(argv)
+    reasons = [runs] if runs is not None else []
+    i = 1
+    while i < len(argv) and argv[i].startswith("-"):
+        if argv[i] not in GIT_PLAIN_GLOBALS:
+            reasons.append(f"git {argv[i]}: a global option that changes the repository, its configuration or "
+                           "what git runs")
+        i += 1
+    if i < len(argv) and argv[i] not in GIT_READ_ONLY:
+        reasons.append(f"git {argv[i]} may run hooks, an editor, aliases or a transport: only read-only "
+                       f"subcommands ({', '.join(sorted(GIT_READ_ONLY))}) are plain words")
+    return reasons
 
 
 def _levels_strict(argv: tuple[str, ...], reasons: list[str]) -> Iterator[tuple[str, ...]]:
@@ -521,8 +651,8 @@ class _Lexer:
     """POSIX shell token recognition (XCU 2.3) widened for deny: words with quote removal,
     operators and redirections as command boundaries, here-document bodies skipped."""
 
-    def __init__(self, text: str, depth: int, commands: list[Words], opaque: list[str]) -> None:
-        self.text, self.depth, self.commands, self.opaque = text, depth, commands, opaque
+    def __init__(self, text: str, depth: int, out: _Lax) -> None:
+        self.text, self.depth, self.out, self.opaque = text, depth, out, out.opaque
         self.i = 0
         self.heredocs: list[tuple[str, bool, bool]] = []  # delimiter, strip tabs, body expanded
 
@@ -542,7 +672,7 @@ class _Lexer:
                 self.i = n if end < 0 else end
             elif text.startswith("\\\n", self.i):
                 self.i += 2
-            elif self._redirection():
+            elif self._redirection(current):
                 continue
             elif text.startswith("((", self.i):
                 self.opaque.append("an arithmetic command")
@@ -564,7 +694,9 @@ class _Lexer:
                 current.append(word)
         self._end(current)
 
-    def _redirection(self) -> bool:
+    def _redirection(self, current: list[_Word]) -> bool:
+        """Past a redirection; its target (a file the command reads or writes) joins the
+        current command's words, a here-document's delimiter is noted."""
         text = self.text
         found = next((r for r in _REDIRECTS if text.startswith(r, self.i)), None)
         if found is None:
@@ -585,6 +717,8 @@ class _Lexer:
                     self.i = len(self.text)
                 else:
                     self.heredocs.append((target.value, found == "<<-", not target.quoted))
+            elif current:
+                current.append(target)
         return True
 
     def _skip_heredocs(self) -> None:
@@ -609,7 +743,7 @@ class _Lexer:
         while words and words[0].prefix and _ASSIGNMENT.match(words[0].prefix):
             _check_assignment(words.pop(0).prefix, self.opaque)
         if words:
-            _add_levels(tuple(None if w.unknown else w.value for w in words), self.depth, self.commands, self.opaque)
+            _add_levels(tuple(None if w.unknown else w.value for w in words), self.depth, self.out, scan=True)
 
     def _word(self) -> _Word:
         text, n = self.text, len(self.text)
@@ -684,7 +818,7 @@ class _Lexer:
             end = _closing(text, self.i + 1, "(", ")")
             inner = text[self.i + 2:end]
             if not arithmetic:
-                _read_lax(inner, self.depth + 1, self.commands, self.opaque)
+                _read_lax(inner, self.depth + 1, self.out)
             self.i, word.unknown = end + 1, True
         elif after == "{":
             end = _closing(text, self.i + 1, "{", "}")
@@ -714,7 +848,7 @@ class _Lexer:
         while end < len(text) and text[end] != "`":
             end += 2 if text[end] == "\\" else 1
         self.opaque.append("a command substitution")
-        _read_lax(text[self.i + 1:end].replace("\\`", "`"), self.depth + 1, self.commands, self.opaque)
+        _read_lax(text[self.i + 1:end].replace("\\`", "`"), self.depth + 1, self.out)
         self.i = end + 1
 
 
@@ -741,11 +875,12 @@ def _closing(text: str, start: int, opening: str, closing: str) -> int:
     return len(text)
 
 
-def _read_lax(text: str, depth: int, commands: list[Words], opaque: list[str]) -> None:
+def _read_lax(text: str, depth: int, out: _Lax) -> None:
     if depth > MAX_DEPTH:
-        opaque.append(f"shell code nested more than {MAX_DEPTH} levels deep")
+        out.opaque.append(f"shell code nested more than {MAX_DEPTH} levels deep")
         return
-    _Lexer(text, depth, commands, opaque).run()
+    if out.words <= MAX_LAX_WORDS:
+        _Lexer(text, depth, out).run()
 
 
 def _check_assignment(word: str, opaque: list[str]) -> None:
@@ -756,8 +891,13 @@ def _check_assignment(word: str, opaque: list[str]) -> None:
         opaque.append(f"an assignment to {name}, which changes what runs")
 
 
-def _add_levels(words: Words, depth: int, commands: list[Words], opaque: list[str]) -> None:
-    """`words` and every command it runs (wrappers, `sh -c`, eval, find -exec) to `commands`."""
+def _add_levels(words: Words, depth: int, out: _Lax, scan: bool = False) -> None:
+    """`words` and every command it runs (wrappers, `sh -c`, eval, find -exec) to `out`;
+    `scan` (a simple command as the shell reads it): also every suffix starting at a word
+    that names a program that runs commands or code (any program may run its arguments as a
+    command: `setarch x86_64 sh -c S`, `eatmydata bash -c S`). Past MAX_LAX_WORDS words in
+    all, the rest is opaque."""
+    opaque = out.opaque
     while words and isinstance(words[0], str) and _ASSIGNMENT.match(words[0]):
         _check_assignment(words[0], opaque)
         words = words[1:]
@@ -767,7 +907,12 @@ def _add_levels(words: Words, depth: int, commands: list[Words], opaque: list[st
     if head is None:
         opaque.append("a command name known only at run time")
         return
-    commands.append(words)
+    if out.words + len(words) > MAX_LAX_WORDS:
+        opaque.append(f"more than {MAX_LAX_WORDS} words in the commands it may run")
+        out.words = MAX_LAX_WORDS + 1  # nothing more is read
+        return
+    out.words += len(words)
+    out.commands.append(words)
     if head.startswith(_HIDDEN_PROGRAMS):
         opaque.append(f"{head} is a program this reading cannot name")
     if depth > MAX_DEPTH:
@@ -779,9 +924,22 @@ def _add_levels(words: Words, depth: int, commands: list[Words], opaque: list[st
         if string is None:
             opaque.append(f"{head} runs a command string known only at run time")
         else:
-            _read_lax(string, depth + 1, commands, opaque)
+            _read_lax(string, depth + 1, out)
     for command in inner:
-        _add_levels(command, depth + 1, commands, opaque)
+        if out.words > MAX_LAX_WORDS:
+            break
+        _add_levels(command, depth + 1, out)
+    for i in range(1, len(words) if scan else 0):
+        word = words[i]
+        if out.words > MAX_LAX_WORDS:
+            break
+        if word is not None and (word.startswith(_HIDDEN_PROGRAMS) or _runs_commands(_base(word))):
+            _add_levels(words[i:], depth + 1, out)
+
+
+def _runs_commands(name: str) -> bool:
+    """Is `name` a program this reading follows into what it runs (or takes as running code)?"""
+    return name in _RUNNER_NAMES or bool(_INTERPRETER.fullmatch(name) or _COMPILER.fullmatch(name))
 
 
 def _runs(name: str, words: Words, opaque: list[str]) -> tuple[list[Words], list[str | None]]:
@@ -789,7 +947,7 @@ def _runs(name: str, words: Words, opaque: list[str]) -> tuple[list[Words], list
     with the words it reads, find's -exec commands; `sh -c S`, `eval A B`, `trap S`, `watch
     A`, `su -c S`, `flock F -c S`); what it runs that cannot be read goes to `opaque`."""
     if name == "find":
-        return list(_find_commands(words)), []
+        return _find_commands(words), []
     if name in SHELLS or (name == "busybox" and len(words) > 1 and words[1] in SHELLS):
         return [], _shell_string(words[1:] if name != "busybox" else words[2:], name, opaque)
     if name == "eval":
@@ -809,7 +967,8 @@ def _runs(name: str, words: Words, opaque: list[str]) -> tuple[list[Words], list
         return [], strings
     if name in WRAPPERS:
         return _wrapped(name, words, opaque)
-    if _INTERPRETER.fullmatch(name) or name in CODE_BUILTINS or name in SPAWNERS or _evaluates_names(name, words) \
+    if _INTERPRETER.fullmatch(name) or _COMPILER.fullmatch(name) or name in CODE_BUILTINS or name in SPAWNERS \
+            or _evaluates_names(name, words) \
             or _unsandboxed_sed(name, words) or _starts_editor(name, words):
         opaque.append(f"{name} runs code this reading cannot see")
     elif runs_option(name, words):
@@ -874,13 +1033,21 @@ def _shell_string(args: Words, shell: str, opaque: list[str]) -> list[str | None
     return []
 
 
-def _find_commands(words: Words) -> Iterator[Words]:
+def _find_commands(words: Words) -> list[Words]:
+    """The commands of find's -exec, -execdir, -ok and -okdir (each up to the next `;` or
+    `+`), `{}` as a word known only at run time; one pass over the words."""
+    commands: list[Words] = []
+    start: int | None = None
     for i, word in enumerate(words):
-        if word in ("-exec", "-execdir", "-ok", "-okdir"):
-            end = next((j for j in range(i + 1, len(words)) if words[j] in (";", "+")), len(words))
-            inner = tuple(None if w is None or "{}" in w else w for w in words[i + 1:end])
+        if start is None and word in ("-exec", "-execdir", "-ok", "-okdir"):
+            start = i + 1
+        elif start is not None and (word in (";", "+") or i == len(words) - 1):
+            end = i + 1 if word not in (";", "+") else i
+            inner = tuple(None if w is None or "{}" in w else w for w in words[start:end])
             if inner:
-                yield inner
+                commands.append(inner)
+            start = None
+    return commands
 
 
 # -- patterns -------------------------------------------------------------------------------------
@@ -900,7 +1067,10 @@ def covers(pattern: tuple[str, ...], argv: tuple[str, ...]) -> bool:
     """Does the pattern cover the whole argv, word by word (allow and approve rules)? A
     pattern word holding `/` is about a path: it covers only a word in normal form (no `.`,
     `..` or empty segment, no backslash, no leading `~`, no percent-encoding: mcp_rules.
-    in_normal_form), so `tail /var/log/*` does not cover `tail /var/log/../../etc/shadow`."""
+    in_normal_form), so `tail /var/log/*` does not cover `tail /var/log/../../etc/shadow`. A
+    pattern word not starting with `-` never covers a word starting with `-` (a value glob is
+    not an option: `systemctl status *` does not cover `systemctl status -Hroot@host`); a last
+    `**` covers any words, options too."""
     if pattern[-1] == ANY_WORDS:
         fixed = pattern[:-1]
         return len(argv) >= len(fixed) and all(_word_covered(w, p) for w, p in zip(argv, fixed, strict=False))
@@ -908,68 +1078,117 @@ def covers(pattern: tuple[str, ...], argv: tuple[str, ...]) -> bool:
 
 
 def _word_covered(word: str, pattern: str) -> bool:
-    return fnmatchcase(word, pattern) and ("/" not in pattern or in_normal_form(word))
+    return fnmatchcase(word, pattern) and ("/" not in pattern or in_normal_form(word)) \
+        and (pattern.startswith("-") or not word.startswith("-"))
+
+
+# Paths through which the kernel names any file: a process's root, cwd, open files and
+# mappings (/proc/PID/root/etc/shadow), the shell's open files (/dev/fd/3, /dev/stdin)
+_KERNEL_ALIASES = ("/proc/", "/dev/fd/", "/dev/stdin", "/dev/stdout", "/dev/stderr")
+_GLOB_CHARS = frozenset("*?[")
 
 
 def _word_touched(word: str, pattern: str) -> bool:
     """Could the word be what a deny pattern word names? A path pattern (holding `/`) also
-    matches a word not in normal form, and a relative path (which the command reads against
-    a directory not known here) when it matches the pattern's last segments."""
+    matches a word not in normal form, a path through the kernel's aliases (anything under
+    /proc or /dev/fd names any file), a relative path (read against a directory not known
+    here) whose last segments match the pattern's last segments, and the value an option
+    word carries (`--file=PATH`, `-fPATH`)."""
     if fnmatchcase(word, pattern):
         return True
-    if "/" not in pattern or word.startswith("-"):
+    if "/" not in pattern:
         return False
-    if not in_normal_form(word):
+    if word.startswith("-"):
+        values = [word.partition("=")[2], word[word.find("/"):] if "/" in word else ""]
+        return any(v and not v.startswith("-") and _word_touched(v, pattern) for v in values)
+    if not in_normal_form(word) or word.startswith(_KERNEL_ALIASES) or word in ("/proc", "/dev/fd"):
         return True
     if word.startswith("/") or not pattern.startswith("/"):
         return False
-    return any(fnmatchcase(word, pattern[i + 1:]) for i, char in enumerate(pattern) if char == "/")
+    if any(fnmatchcase(word, pattern[i + 1:]) for i, char in enumerate(pattern) if char == "/"):
+        return True
+    pattern_segments, word_segments = pattern.split("/"), word.split("/")
+    return any(fnmatchcase("/".join(word_segments[-k:]), "/".join(pattern_segments[-k:]))
+               for k in range(1, min(len(word_segments), len(pattern_segments) - 1) + 1))
 
 
 def touches(pattern: tuple[str, ...], words: Words) -> bool:
-    """Could the simple command be one the pattern matches (deny rules)? A None word stands
-    for any number of words; argv0 is compared as written and by its last path segment."""
-    head, rest = words[0], words[1:]
+    """Could the simple command run what the pattern names (deny rules)? Read laxly: the
+    command may start at any word naming the pattern's program (compared as written and by
+    last path segment: a program not known here may run its arguments, `setarch x86_64 rm`)
+    or at a None word (known only at run time; it also stands for any number of words, any
+    options among them); after it, the pattern's option words (starting with `-`) are met
+    when the command has their letters or long names anywhere (_option_met: `-rf` by `-fr`,
+    `-r -f`, `--recursive --force`, `-Rf`), and its other words must match words of the
+    command in order, other words allowed between and after them (`git push` matches `git
+    -C /srv/app push origin`); `**` adds nothing. Linear in the words."""
     first = pattern[0]
     if first == ANY_WORDS:
         return True
-    if head is not None and not (fnmatchcase(head, first) or fnmatchcase(_base(head), first)
-                                 or fnmatchcase(_base(head), _base(first))):
+    start = next((i + (word is not None) for i, word in enumerate(words)
+                  if word is None or fnmatchcase(word, first) or fnmatchcase(_base(word), first)
+                  or fnmatchcase(_base(word), _base(first))), None)
+    if start is None:
         return False
-    return _touch_rest(pattern[1:], rest)
-
-
-def _touch_rest(pattern: tuple[str, ...], words: Words) -> bool:
-    """The words against the pattern's, as the set of pattern positions reached (linear in
-    the words: a None word reaches every position from the first one reached)."""
-    reached = {0}
-    for word in words:
-        if not reached:
-            return False
-        if any(i < len(pattern) and pattern[i] == ANY_WORDS for i in reached):
-            return True
+    rest = [w for w in pattern[1:] if w != ANY_WORDS]
+    options = [atom for w in rest if w.startswith("-") and w not in ("-", "--") for atom in _atoms(w)]
+    operands = [w for w in rest if not w.startswith("-") or w == "-"]
+    region = words[start:]
+    given = [word for word in region if word is None or word.startswith("-")]
+    if not all(any(_option_met(atom, word) for word in given) for atom in options):
+        return False
+    left = len(operands)
+    for word in reversed(region):
+        if left == 0:
+            break
         if word is None:
-            reached = set(range(min(reached), len(pattern) + 1))
-        else:
-            reached = {i + 1 for i in reached if i < len(pattern) and _word_touched(word, pattern[i])}
-    return any(i == len(pattern) or pattern[i] == ANY_WORDS for i in reached)
+            left = 0
+        elif _word_touched(word, operands[left - 1]):
+            left -= 1
+    return left == 0
+
+
+def _atoms(option: str) -> list[str]:
+    """A pattern's option word as what must each be met: a long option as it is, a glob as
+    it is, a short cluster letter by letter (`-rf`: `-r`, `-f`)."""
+    if option.startswith("--") or _GLOB_CHARS & set(option):
+        return [option]
+    return [f"-{letter}" for letter in option[1:]]
+
+
+def _option_met(atom: str, word: str | None) -> bool:
+    """Does the command word give the pattern's option `atom`? Letters compare case-folded;
+    a short letter is met by a cluster holding it or a long option starting with it, a long
+    option by itself, a unique-prefix spelling of it (with a matching `=VALUE` if the pattern
+    gives one) or a cluster holding its first letter; a glob by a word it matches."""
+    if word is None:
+        return True
+    if not word.startswith("-") or word in ("-", "--"):
+        return False
+    if fnmatchcase(word, atom):
+        return True
+    if _GLOB_CHARS & set(atom):
+        return False
+    folded = word.casefold()
+    if atom.startswith("--"):
+        name, eq, value = atom[2:].casefold().partition("=")
+        if folded.startswith("--"):
+            given, given_eq, given_value = folded[2:].partition("=")
+            return bool(given) and name.startswith(given) and not (eq and given_eq and
+                                                                  not fnmatchcase(given_value, value))
+        return name[:1] in folded[1:]
+    letter = atom[1].casefold()
+    return folded[2:3] == letter if folded.startswith("--") else letter in folded[1:]
 
 
 # -- files that run code ----------------------------------------------------------------------------
 
-# A file of these names (anywhere: the home directory is not known) is read and run by a shell,
-# a login, sshd, a mail delivery, git, an editor, a desktop session or a web server.
-CODE_NAMES = frozenset({
-    ".bashrc", ".bash_profile", ".bash_login", ".bash_logout", ".bash_aliases", ".profile", ".zshrc", ".zshenv",
-    ".zprofile", ".zlogin", ".zlogout", ".kshrc", ".mkshrc", ".cshrc", ".tcshrc", ".login", ".logout",
-    ".pam_environment", ".xprofile", ".xinitrc", ".xsession", ".xsessionrc", ".envrc", ".forward", ".procmailrc",
-    ".mailcap", ".gitconfig", ".vimrc", ".gvimrc", ".exrc", ".nvimrc", ".emacs", ".lesskey", ".wgetrc", ".curlrc",
-    ".pythonrc", ".pythonstartup", ".npmrc", ".yarnrc", ".netrc", ".inputrc", ".screenrc", ".tmux.conf",
-    ".rhosts", ".shosts", ".k5login", ".htaccess", ".user.ini", "authorized_keys", "authorized_keys2",
-})
-# Any path with one of these segments: what is under them is run, or configures what runs
-CODE_SEGMENTS = frozenset({".ssh", ".git", ".config", ".local", ".gnupg", ".docker", ".kube", ".aws", ".cargo",
-                           "bin", "sbin", "systemd", "init.d", "rc.d", "profile.d", "cron.d", "cron.daily",
+# Any path with a segment starting with `.` (a dotfile or dot-directory: what a shell, a login,
+# sshd, git, an editor, an interpreter, a client or a web server reads at start and may run),
+# or with one of these names as its last segment or any segment: what is under them is run,
+# or configures what runs
+CODE_NAMES = frozenset({"authorized_keys", "authorized_keys2"})
+CODE_SEGMENTS = frozenset({"bin", "sbin", "systemd", "init.d", "rc.d", "profile.d", "cron.d", "cron.daily",
                            "cron.hourly", "cron.weekly", "cron.monthly", "site-packages", "dist-packages",
                            "node_modules", "autostart"})
 # Last-segment extensions a web server or a loader runs
@@ -981,13 +1200,14 @@ CODE_PREFIXES = ("/etc/", "/usr/", "/lib/", "/lib32/", "/lib64/", "/libx32/", "/
 
 
 def runs_code(path: str) -> bool:
-    """Does writing `path` make the server run code (a login file, an ssh key, a crontab, a
-    program, a library, system configuration, a page a web server runs)? Compared
+    """Does writing `path` make the server run code (any dotfile or a file in a dot-directory:
+    login and startup files, ssh keys, tool configuration; a crontab, a program, a library,
+    system configuration, a page a web server runs)? Compared
     case-folded, by segment and last segment wherever they are (the user's home directory
     is not known); the root and a path not absolute are taken as running code: fail closed."""
     folded = path.casefold()
     segments = [s for s in folded.split("/") if s]
     if not segments or not folded.startswith("/"):
         return True
-    return (segments[-1] in CODE_NAMES or any(s in CODE_SEGMENTS for s in segments)
+    return (segments[-1] in CODE_NAMES or any(s in CODE_SEGMENTS or s.startswith(".") for s in segments)
             or segments[-1].endswith(CODE_EXTENSIONS) or f"{folded.rstrip('/')}/".startswith(CODE_PREFIXES))
