@@ -3,8 +3,9 @@ certificate of the SSH host CA (principals: the resource's host names, its `host
 option and the original destination address), the server connection made meanwhile
 (interceptor.handlers.ssh.upstream), channels served until either side ends, and one
 connection record: the user the agent gave, channels opened (and refused past the limit),
-environment variables refused, bytes each way (channel payload), the error and whose fault
-it was.
+environment variables and channel requests refused, remote forwards refused past their
+limit (AgentConnection.summary), bytes each way (channel payload), the error and whose
+fault it was.
 
 Bad input from the agent (a malformed packet, a version banner flood, a packet past the
 256 KiB asyncssh takes) ends that flow only: asyncssh disconnects it and the record says why.
@@ -89,11 +90,7 @@ class SshHandler:
         if owner is not None and owner.lost is not None and end.error is None:
             _agent_lost(end, owner.lost)
         if owner is not None:
-            end.details.update(user=owner.user, channels=owner.channels, env_refused=owner.env_names)
-            if owner.env_count > len(owner.env_names):
-                end.details["env_refused_count"] = owner.env_count
-            if owner.refused_channels:
-                end.details["channels_refused"] = owner.refused_channels
+            end.details.update(owner.summary())
         await end.record(flow, services, self.protocol, outcome=end.details)
 
     async def _run(self, owner: AgentConnection, client: socket.socket,
