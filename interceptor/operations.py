@@ -165,12 +165,15 @@ class SshRequest:
     - `subsystem`: a subsystem other than sftp, `command` its name;
     - `read` / `write`: a file access over SFTP (draft-ietf-secsh-filexfer-02) or the legacy
       scp protocol, `path` absolute and in normal form on the server (no `.`, `..` or empty
-      segments), `action` the SFTP request (open, readdir, stat, remove, rename, mkdir,
-      rmdir, setstat, symlink, readlink, realpath) or `scp`;
+      segments), `action` the SFTP request (open, readdir, stat, lstat, statvfs, readlink,
+      realpath, remove, rename, posix-rename, mkdir, rmdir, setstat, lsetstat, symlink,
+      hardlink) or `scp`;
     - `forward`: a forwarded connection, `forward` its kind (`local`: direct-tcpip, which
-      is also how dynamic forwarding arrives; `remote`: tcpip-forward; `agent`, `x11`) and
-      `target` "host:port" (local: where the connection goes; remote: where the server
-      listens; agent and x11: None)."""
+      is also how dynamic forwarding arrives; `remote`: tcpip-forward; `agent`, `x11`;
+      `unix`: direct-streamlocal@openssh.com; `remote-unix`: streamlocal-forward@openssh.com;
+      `tun`: tun@openssh.com) and `target` (local: "host:port" where the connection goes;
+      remote: "address:port" where the server listens; unix and remote-unix: the socket path;
+      tun: "tun:UNIT" or "tap:UNIT", UNIT a number or `any`; agent and x11: None)."""
 
     request: str
     command: str | None = None
