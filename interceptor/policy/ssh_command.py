@@ -12,9 +12,14 @@ session.c do_child; RFC 4254 section 6.5), assumed POSIX (dash, bash: POSIX.1-20
   return, any non-ASCII character), an unterminated quote, a first word holding `=` (an
   assignment), and a command that runs code whatever its words: a shell or an interpreter,
   a builtin that evaluates code or array subscripts, an editor, pager or other program that
-  starts commands (a subcommand that starts $EDITOR, GNU sed without --sandbox), an option
-  that makes a program run one (`find -exec`, `tar --to-command`, `rsync -e`, `sudo -s`), or
-  a file server (`sftp-server`, `rsync --server`, scp through a wrapper), found at any level
+  starts commands (a subcommand that starts $EDITOR, GNU sed without --sandbox), a compiler
+  or build tool (`gcc -wrapper`, `-B`, plugins, build scripts), an option that makes a
+  program run one or load code (`find -exec`, `tar --to-command` in any unique-prefix
+  spelling getopt_long takes, `split --filter`, `sort --compress-program`, `openssl -engine`,
+  `rsync -e`, `sudo -s`: CODE_OPTIONS), git other than a read-only subcommand with plain
+  global options (GIT_READ_ONLY, GIT_PLAIN_GLOBALS; `git -C DIR`, `--git-dir`, `--ext-diff`,
+  `--textconv`, `--output` are shell class), or a file server (`sftp-server`, `rsync
+  --server`, scp through a wrapper), found at any level
   of wrappers (`sudo`, `env`, `nice`, `timeout`, ... with their options: WRAPPERS, at most
   MAX_DEPTH deep). A wrapper option this module does not know is shell class too (it cannot
   tell where the inner command starts).
@@ -23,19 +28,30 @@ session.c do_child; RFC 4254 section 6.5), assumed POSIX (dash, bash: POSIX.1-20
   expansion, `$'...'`): it stands for any number of words. Lists, pipelines, subshells,
   groups, here-documents and redirections are split off (over-splitting only adds commands a
   deny rule may match); every level of a wrapper is a command of its own (`sudo rm x`, and
-  `rm x`); `sh -c STRING`, `eval`, `su -c`, `watch`, `find -exec` and command substitutions are
-  read recursively. What cannot be read (interpreter code, a script file, a shell reading its
+  `rm x`), and so is every suffix of a simple command that starts at a word naming a program
+  that runs commands or code (`setarch x86_64 sh -c S`: a program not known here may run its
+  arguments); `sh -c STRING`, `eval`, `su -c`, `watch`, `find -exec` and command
+  substitutions are read recursively. What cannot be read (interpreter code, a compiler, an
+  option or git subcommand that runs a command, a script file, a shell reading its
   standard input, a command name known only at run time, a substitution anywhere, bash's
   arithmetic, which evaluates the values of the variables it names (`((b))`, `${a[b]}`,
   `${x:b}`, `a[b]=1`, `${!b}`), `${x@P}`, a substitution in an unquoted here-document, an
-  assignment to PATH, IFS, PS4 and the like) makes the command *opaque*: every deny rule
-  about commands matches it.
+  assignment to PATH, IFS, PS4 and the like, more than MAX_LAX_WORDS words to follow) makes the
+  command *opaque*: every deny rule about commands matches it.
 
 Patterns (`commands:` of a rule): split like a POSIX shell (shlex, posix=True) into words, each
 an fnmatchcase glob for one argv word; a last word `**` matches zero or more remaining words.
-A pattern word holding `/` is about a path: for allow rules it covers only an argument in
-normal form (interceptor.policy.mcp_rules.in_normal_form); for deny rules it also matches an
-argument not in normal form and a relative path that may name it.
+Allow and approve rules (`covers`) read a pattern word by word: a pattern word not starting
+with `-` never covers an argument starting with `-` (a value glob is not an option), a last
+`**` covers any words, options too; a pattern word holding `/` is about a path and covers only
+an argument in normal form (interceptor.policy.mcp_rules.in_normal_form). Deny rules
+(`touches`) read a pattern laxly: the command may start at any word naming the pattern's
+program (by last path segment) or known only at run time; the pattern's option words are met
+by their letters or long names anywhere after it (`-rf` by `-fr`, `-r -f`, `--recursive
+--force`), its other words must match the command's in order with any words between and
+after; a path word also matches an argument not in normal form, a path through /proc or
+/dev/fd (the kernel names any file there), a relative path whose last segments match, and a
+path an option carries (`--file=PATH`).
 
 Legacy scp: the client runs `scp [-v] [-r] [-p] [-d] -t [--] PATH` (upload: the server writes)
 or `... -f [--] PATH` (download: the server reads) on the server (OpenSSH scp.c, "remote"

@@ -215,7 +215,7 @@ RUNS_A_COMMAND = [  # {M}: the marker file the command run creates
 @pytest.mark.parametrize(("command", "program", "setup"), RUNS_A_COMMAND)
 def test_options_that_run_a_command_are_shell_class(engine: PolicyEngine, tmp_path: Path, command: str,
                                                     program: str, setup: str) -> None:
-    """attack: a tool allowed with any arguments (`tar **`, `git **`, `split **`, ...) given an
+    """was an attack (closed): a tool allowed with any arguments (`tar **`, `git **`, `split **`, ...) given an
     option or subcommand that runs a command of the agent's choosing, in a spelling the reader
     does not know (an abbreviated long option, a short form, another subcommand's option):
     `tar --to-comm=`, `git fetch --upload-p=`, `git clone -u`, `git grep -O`, `git push --exec`,
@@ -239,7 +239,7 @@ def test_options_that_run_a_command_are_shell_class(engine: PolicyEngine, tmp_pa
 
 
 def test_a_command_run_by_an_option_is_opaque_to_deny_rules(engine: PolicyEngine) -> None:
-    """attack: the break-glass agent (any exec allowed; `rm` denied "however it is wrapped")
+    """was an attack (closed): the break-glass agent (any exec allowed; `rm` denied "however it is wrapped")
     runs rm through an option that runs a shell string: `split --filter='rm -rf /srv' ...`,
     `tar ... --to-comm='rm -rf /srv'`, `git grep -O'rm -rf /srv' x`.
 
@@ -265,7 +265,7 @@ def test_a_command_run_by_an_option_is_opaque_to_deny_rules(engine: PolicyEngine
     "gosu root rm -rf /srv",
 ])
 def test_deny_rules_see_commands_run_by_any_wrapper(engine: PolicyEngine, command: str) -> None:
-    """attack: a deny rule `rm **` ("however it is wrapped", policy/examples/ssh.yaml) evaded by
+    """was an attack (closed): a deny rule `rm **` ("however it is wrapped", policy/examples/ssh.yaml) evaded by
     a program that runs its arguments as a command and is not in WRAPPERS/SPAWNERS.
 
     Expected: the lax reading is lax about wrappers it does not know: any word of a simple
@@ -277,7 +277,7 @@ def test_deny_rules_see_commands_run_by_any_wrapper(engine: PolicyEngine, comman
 @pytest.mark.parametrize("path", ["/proc/self/root/etc/shadow", "/proc/1/root/etc/shadow",
                                   "/proc/thread-self/root/etc/shadow"])
 def test_deny_path_words_see_kernel_aliases_of_the_root(engine: PolicyEngine, path: str) -> None:
-    """attack: deny `cat /etc/shadow` evaded by naming the same file through the kernel's view
+    """was an attack (closed): deny `cat /etc/shadow` evaded by naming the same file through the kernel's view
     of a process's root directory, `/proc/self/root/etc/shadow` (in normal form, absolute, not
     the pattern's spelling).
 
@@ -295,7 +295,7 @@ def test_deny_path_words_see_kernel_aliases_of_the_root(engine: PolicyEngine, pa
 ])
 def test_deny_patterns_see_options_wherever_the_program_reads_them(engine: PolicyEngine, command: str,
                                                                    rule: str) -> None:
-    """attack: a deny pattern is matched word by word at fixed positions (`systemctl stop **`,
+    """was an attack (closed): a deny pattern is matched word by word at fixed positions (`systemctl stop **`,
     `git push **`), but programs read options anywhere: before the subcommand, permuted
     after operands (GNU getopt), clustered (`-fr` for `-rf`), long (`--recursive --force`).
     `systemctl --no-block stop nginx` is the denied stop, and passes.
@@ -308,7 +308,7 @@ def test_deny_patterns_see_options_wherever_the_program_reads_them(engine: Polic
 
 
 def test_deny_rm_rf_pattern_sees_its_options_in_any_spelling() -> None:
-    """attack: deny `rm -rf **` (tests/unit/test_policy_ssh.py's policy writes this) evaded by
+    """was an attack (closed): deny `rm -rf **` (tests/unit/test_policy_ssh.py's policy writes this) evaded by
     `rm -fr /srv`, `rm -r -f /srv`, `rm --recursive --force /srv`, `rm /srv -rf`: the same
     command for rm (GNU getopt: clusters, long names, permutation).
 
@@ -320,7 +320,7 @@ def test_deny_rm_rf_pattern_sees_its_options_in_any_spelling() -> None:
 
 
 def test_a_glob_word_for_a_value_does_not_cover_an_option() -> None:
-    """attack: policy/examples/ssh.yaml allows `systemctl status *` and `journalctl -u * -n *`;
+    """was an attack (closed): policy/examples/ssh.yaml allows `systemctl status *` and `journalctl -u * -n *`;
     the `*` meant for a unit or a line count also covers an option word:
     `systemctl status -Hroot@10.0.0.9` (systemctl -H runs ssh to another host with the login's
     own keys: lateral movement), `journalctl -u nginx -n --vacuum-size=1K` (journalctl's `-n`
@@ -372,7 +372,7 @@ def test_remote_forward_deny_of_every_address_sees_the_star(engine: PolicyEngine
                                   ".emacs.d/init.el", ".ipython/profile_default/startup/x.py",
                                   ".gradle/init.gradle", ".Rprofile"])
 def test_writes_of_any_startup_file_need_a_shell_rule(engine: PolicyEngine, name: str) -> None:
-    """attack: SFTP write (allowed: /home/deploy/**) of a file a program reads at start and runs
+    """was an attack (closed): SFTP write (allowed: /home/deploy/**) of a file a program reads at start and runs
     commands from, not in CODE_NAMES/CODE_SEGMENTS: ~/.bash_completion (sourced by every
     interactive bash through bash-completion, which Debian's /etc/skel/.bashrc loads), psql's
     `\\!` in ~/.psqlrc, mysql's pager in ~/.my.cnf, gdb, mercurial hooks, vim plugins,
