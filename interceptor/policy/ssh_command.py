@@ -671,6 +671,7 @@ class _Lexer:
         self.text, self.depth, self.out, self.opaque = text, depth, out, out.opaque
         self.i = 0
         self.heredocs: list[tuple[str, bool, bool]] = []  # delimiter, strip tabs, body expanded
+        self.targets: list[_Word] = []  # the redirection targets of the command being read
 
     def run(self) -> None:
         text, n = self.text, len(self.text)
@@ -688,7 +689,7 @@ class _Lexer:
                 self.i = n if end < 0 else end
             elif text.startswith("\\\n", self.i):
                 self.i += 2
-            elif self._redirection(current):
+            elif self._redirection():
                 continue
             elif text.startswith("((", self.i):
                 self.opaque.append("an arithmetic command")
@@ -710,9 +711,9 @@ class _Lexer:
                 current.append(word)
         self._end(current)
 
-    def _redirection(self, current: list[_Word]) -> bool:
+    def _redirection(self) -> bool:
         """Past a redirection; its target (a file the command reads or writes) joins the
-        current command's words, a here-document's delimiter is noted."""
+        words of the command it is part of, a here-document's delimiter is noted."""
         text = self.text
         found = next((r for r in _REDIRECTS if text.startswith(r, self.i)), None)
         if found is None:
@@ -733,8 +734,8 @@ class _Lexer:
                     self.i = len(self.text)
                 else:
                     self.heredocs.append((target.value, found == "<<-", not target.quoted))
-            elif current:
-                current.append(target)
+            else:
+                self.targets.append(target)
         return True
 
     def _skip_heredocs(self) -> None:
@@ -754,12 +755,14 @@ class _Lexer:
         self.heredocs.clear()
 
     def _end(self, current: list[_Word]) -> None:
-        words = list(current)
+        words, targets = list(current), self.targets
         current.clear()
+        self.targets = []
         while words and words[0].prefix and _ASSIGNMENT.match(words[0].prefix):
             _check_assignment(words.pop(0).prefix, self.opaque)
         if words:
-            _add_levels(tuple(None if w.unknown else w.value for w in words), self.depth, self.out, scan=True)
+            _add_levels(tuple(None if w.unknown else w.value for w in words + targets), self.depth, self.out,
+                        scan=True)
 
     def _word(self) -> _Word:
         text, n = self.text, len(self.text)

@@ -520,6 +520,18 @@ def test_a_long_hostile_command_is_read_in_bounded_time() -> None:
     assert time.perf_counter() - started < 3
 
 
+@pytest.mark.parametrize(("command", "expected"), [
+    ("cat < /etc/shadow", True), ("cat 3</etc/shadow /dev/fd/3", True), ("cat x 2>/etc/shadow", True),
+    ("< /etc/shadow cat", True), ("cat x; > /etc/shadow", False),  # a redirection alone runs nothing
+    ("cat <<shadow\nx\nshadow", False),  # a here-document's delimiter is not a file
+])
+def test_deny_path_words_see_redirection_targets(command: str, expected: bool) -> None:
+    """A file a command reads or writes through a redirection is one of its words for deny
+    rules (`cat /etc/shadow` matches `cat < /etc/shadow`)."""
+    pattern = parse_pattern("cat /etc/shadow")
+    assert any(touches(pattern, c) for c in read_command(command).commands) is expected
+
+
 def test_the_lax_reading_bounds_the_words_it_follows() -> None:
     """Every suffix at a program that runs commands is followed: MAX_LAX_WORDS bounds the
     words read (counted, not timed), and past it the command is opaque."""
