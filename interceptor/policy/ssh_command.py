@@ -109,7 +109,12 @@ SPAWNERS = frozenset({"vi", "vim", "nvim", "view", "vimdiff", "rvim", "ex", "ed"
                       "proxychains", "proxychains4", "torsocks", "faketime", "fakeroot", "sshpass", "timelimit",
                       "cpulimit", "daemonize", "start-stop-daemon", "dbus-run-session", "xvfb-run", "numactl",
                       "schedtool", "cgexec", "systemd-inhibit", "systemd-cat", "sem", "entr", "perf", "unbuffer",
-                      "run-parts", "visudo", "vipw", "vigr", "psql", "mysql", "mariadb", "sqlite3", "nmap"})
+                      "run-parts", "visudo", "vipw", "vigr", "psql", "mysql", "mariadb", "sqlite3", "nmap",
+                      # programs that run their arguments as a command (what the strict reading
+                      # cannot follow; the lax one reads every suffix at a program's name)
+                      "setarch", "linux32", "linux64", "i386", "x86_64", "uname26", "choom", "ssh-agent",
+                      "eatmydata", "rlwrap", "chronic", "gosu", "su-exec", "chpst", "nocache", "ifne", "vipe",
+                      "tsp", "nq", "dtach", "abduco", "flatpak-spawn", "watchexec", "xe", "rush"})
 # Programs reached through the kernel's views of processes and files (`/proc/self/exe` is the
 # shell itself, `/dev/fd/3` whatever was opened): their names say nothing
 _HIDDEN_PROGRAMS = ("/proc/", "/dev/")
@@ -152,6 +157,7 @@ CODE_OPTIONS: Mapping[str, _CodeOptions] = {
     "sort": _CodeOptions(("compress-program",)),
     "sdiff": _CodeOptions(("diff-program",)),
     "diff3": _CodeOptions(("diff-program",)),
+    "ip": _CodeOptions(words=("exec",)),  # ip netns exec NAME CMD, ip vrf exec NAME CMD
     "openssl": _CodeOptions(words=("-engine", "-provider", "-provider-path", "-config"),
                             subcommands=frozenset({"engine"})),
     "apt": _CodeOptions(("option", "config-file"), letters="oc"),
