@@ -18,6 +18,7 @@ import re
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,7 +117,7 @@ def negotiated_kex(argv: list[str]) -> str | None:
     return found.group(1) if found and done.returncode == 0 else None
 
 
-def summarize(samples: dict[str, list[Sample]], errors: dict[str, str], kex: dict[str, str | None], rounds: int,
+def summarize(samples: dict[str, list[Sample]], errors: dict[str, str], kex: Mapping[str, str | None], rounds: int,
               count: int, logins: int) -> dict[str, Any]:
     rows = []
     for route, label in ROUTES:
