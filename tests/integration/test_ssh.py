@@ -479,9 +479,11 @@ def test_a_non_root_agent_logs_in_but_cannot_read_the_upstream_key(env: Env) -> 
     for path in (key, site.daemon.workdir / "ssh-credentials"):
         read = run_as(AGENT, ["cat", str(path)], user="nobody")
         assert read.returncode != 0 and "Permission denied" in read.stderr, read
-    own = run_as(AGENT, ["ssh", *site.sshd.client_options(), "-o", "BatchMode=yes", site.sshd.target, "true"],
-                 user="nobody")
-    assert own.returncode != 0, own
+        # this sshd shares the enforcer host's files: asking the server for them is refused too
+        copied = env.local / "copied-key"
+        assert site.scp(AGENT, site.remote(path), str(copied)).returncode != 0
+        assert not copied.exists() or copied.read_text() == ""
+        assert site.ssh(AGENT, "cat", str(path)).returncode == 126
 
 
 def test_the_upstream_key_is_in_no_agent_visible_place(env: Env) -> None:
