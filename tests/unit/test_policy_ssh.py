@@ -106,7 +106,7 @@ def forward(engine: PolicyEngine, target: str, kind: str = "local") -> tuple[str
     ("grep x /var/log/syslog | tee /tmp/x", ("deny", "default-deny")),
     ("grep x /var/log/syslog > /tmp/x", ("deny", "default-deny")),
     ("grep x /var/log/syslog &", ("deny", "default-deny")),
-    ("grep x /var/log/*", ("deny", "default-deny")),
+    ("grep x /var/log/*", ("deny", "no-rm")),  # the glob may name a program rm (deny reads any word so)
     ("grep\tx /var/log/syslog", ("deny", "default-deny")),
     ("grep x /var/log/syslog\nid", ("deny", "default-deny")),
     ("FOO=1 uptime", ("deny", "default-deny")),
@@ -244,7 +244,7 @@ def test_code_writes_need_a_shell_rule_with_a_write_glob(engine: PolicyEngine) -
     ("scp -t /srv/uploads/a.csv", ("deny", "default-deny")),  # the client names the files: shell only
     ("scp -t /srv/uploads/locked/a", ("deny", "no-secrets")),
     ("sudo scp -t /srv/uploads/locked/a", ("deny", "no-secrets")),  # deny globs see scp anywhere
-    ("scp -f /var/log/*.log", ("deny", "no-secrets")),  # the server's shell expands it: any path
+    ("scp -f /var/log/*.log", ("deny", "no-rm")),  # the server's shell expands it: any path, any program
     ("scp -S id -f /var/log/x", ("deny", "no-secrets")),  # not a command line scp sends: any path
 ])
 def test_legacy_scp(engine: PolicyEngine, command: str, expected: tuple[str, str]) -> None:
