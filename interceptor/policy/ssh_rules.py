@@ -49,7 +49,8 @@ takes it the widest way (interceptor.policy.ssh_command says how a command is re
   IPv6, and for the server itself (loopback) and every address (`0.0.0.0`, `::`, "", and
   `*`, which sshd reads as every address for a remote forward) all spellings of both.
 
-Refused whatever the policy (rules named here): agent and X11 forwarding (`ssh-forwarding`),
+Refused whatever the policy (rules named here): agent and X11 forwarding, Unix socket forwarding
+both ways and tunnels (`ssh-forwarding`),
 subsystems other than sftp (`ssh-subsystem`), a command too long or holding NUL
 (`ssh-bad-command`), a request of unknown shape (`ssh-bad-request`).
 """
@@ -86,6 +87,9 @@ if TYPE_CHECKING:  # the protocol registry imports this module
 
 OPERATION_KEY = "ssh"
 FORWARDING_RULE = "ssh-forwarding"
+REFUSED_FORWARDS = {"agent": "agent forwarding", "x11": "X11 forwarding",  # SshRequest.forward kinds
+                    "unix": "forwarding to a Unix socket", "remote-unix": "forwarding from a Unix socket",
+                    "tun": "tunnel forwarding (tun/tap)"}
 SUBSYSTEM_RULE = "ssh-subsystem"
 BAD_COMMAND_RULE = "ssh-bad-command"
 BAD_REQUEST_RULE = "ssh-bad-request"
@@ -224,9 +228,8 @@ def _view(operation: SshRequest) -> _View | Decision:
     if kind in ("read", "write"):
         tree = isinstance(operation.action, str) and operation.action.endswith(TREE_SUFFIX)
         return _View(kind, path=operation.path if isinstance(operation.path, str) else "", tree=tree)
-    if operation.forward in ("agent", "x11"):
-        return Decision.deny(FORWARDING_RULE, f"{'agent' if operation.forward == 'agent' else 'X11'} forwarding "
-                             "is refused whatever the policy")
+    if isinstance(operation.forward, str) and operation.forward in REFUSED_FORWARDS:
+        return Decision.deny(FORWARDING_RULE, f"{REFUSED_FORWARDS[operation.forward]} is refused whatever the policy")
     text = operation.target if isinstance(operation.target, str) else ""
     target = _split_target(text, empty_host=operation.forward == "remote")
     if operation.forward not in ("local", "remote") or target is None or not _port(target[1]):

@@ -744,6 +744,7 @@ def test_requests_after_the_session_started_are_refused_and_recorded(tmp_path: P
         assert pty.reason == "a 'pty-req' request after the channel's exec request is refused: what runs is what " \
                              "was judged"
         assert lab.connection.outcome is not None and lab.connection.outcome["env_refused"] == ["LD_PRELOAD"]
+        assert lab.connection.outcome["requests_refused"] == ["made-up@example.com"]
 
     scenario(test, tmp_path, policy=POLICY + SHELLS)
 
@@ -792,6 +793,7 @@ def test_unix_socket_forwards_and_tunnels_are_refused_and_recorded(tmp_path: Pat
             with pytest.raises(asyncssh.ChannelOpenError, match="tunnel forwarding .* never allowed"):
                 await conn.open_tun()
             assert (await conn.run("echo still here")).exit_status == 0
+        assert {e.rule for e in lab.kind("ssh") if e.decision == "deny"} == {"ssh-forwarding"}
         refused = [e.operation for e in lab.kind("ssh") if e.decision == "deny"]
         forward = {"kind": "ssh", "request": "forward"}
         assert refused == [{**forward, "forward": "unix", "target": "/var/run/docker.sock"},
@@ -815,6 +817,7 @@ def test_remote_forwards_past_the_limit_are_refused_and_recorded(tmp_path: Path)
         assert [(e.rule, e.reason) for e in refused] == [
             (PROTOCOL_RULE, f"at most {MAX_LISTENERS} remote forwards may listen at once")]
         assert len([e for e in lab.kind("ssh") if e.decision == "allow"]) == MAX_LISTENERS + 1
+        assert lab.connection.outcome is not None and lab.connection.outcome["listeners_refused"] == 1
 
     scenario(test, tmp_path)
 

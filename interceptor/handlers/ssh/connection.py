@@ -46,6 +46,7 @@ from interceptor.flow import FlowContext
 from interceptor.handlers.base import Services
 from interceptor.handlers.ssh import forwards, process
 from interceptor.operations import SshRequest
+from interceptor.policy.ssh_rules import REFUSED_FORWARDS
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +65,6 @@ SFTP_VERSION = 3  # draft-ietf-secsh-filexfer-02, what OpenSSH speaks
 
 Notice = Callable[[str], None]  # tells the agent of one channel something (on its stderr)
 
-# Forwards refused whatever the policy (SshRequest.forward: what it is called in a refusal).
-REFUSED_FORWARDS = {"agent": "agent forwarding", "x11": "X11 forwarding",
-                    "unix": "forwarding to a Unix socket (direct-streamlocal)",
-                    "remote-unix": "forwarding from a Unix socket (streamlocal-forward)",
-                    "tun": "tunnel forwarding (tun/tap)"}
 # Session channel requests taken at any time: relayed to the server (window-change, signal,
 # break), keepalives asyncssh answers with failure as their senders expect (OpenSSH's, PuTTY's
 # window probe) and eow@openssh.com, or refused and recorded by _Channel at any time (env,
