@@ -53,7 +53,9 @@ MATCH_SCHEMA = {
             "within a path segment, `**` crosses segments, and `/**` also matches the directory itself "
             "(`/var/log/**` covers `/var/log`). A path not in normal form (a `.`, `..` or empty segment, a "
             "backslash, a leading `~`, percent-encoding) matches no allow glob and every deny glob; deny globs "
-            "also match case-folded. A recursive scp download needs a glob ending in `/**` over the path.")},
+            "also match case-folded. A recursive scp download needs a glob ending in `/**` over the path, and so "
+            "does a directory renamed, hard-linked or made the target of a symlink over SFTP (judged with "
+            "everything below it: a deny glob that may match below it refuses the move).")},
         "write": {**_STRINGS, "description": (
             "Globs of the absolute paths the agent may write (create, change, remove, rename, set attributes of) "
             "over SFTP, same dialect as `read`. A path that makes the server run code also needs `shell: true`; "
@@ -61,10 +63,14 @@ MATCH_SCHEMA = {
             "`shell: true`.")},
         "forward": {**_STRINGS, "description": (
             "`HOST:PORT` globs of the destinations of local and dynamic forwards (direct-tcpip: `ssh -L`, "
-            "`ssh -D`), as the client names them (the server resolves names); hosts lower-case, IPv6 without "
-            "brackets. The connection is made by the server, not by the enforcer's host.")},
+            "`ssh -D`); hosts lower-case, IPv6 without brackets. The server resolves names, the enforcer cannot: "
+            "an allow glob covers a name as written and an address in canonical form; a deny glob naming an "
+            "address (in any spelling, `localhost`, every address, or a glob over addresses such as `10.0.*`) "
+            "matches every spelling of it and every destination given by a name. The connection is made by the "
+            "server, not by the enforcer's host.")},
         "remote_forward": {**_STRINGS, "description": (
-            "`ADDRESS:PORT` globs of where remote forwards (tcpip-forward: `ssh -R`) may listen on the server.")},
+            "`ADDRESS:PORT` globs of where remote forwards (tcpip-forward: `ssh -R`) may listen on the server, "
+            "read as `forward`'s; `*`, `0.0.0.0`, `::` and an empty address are every address (sshd's reading).")},
     },
 }
 
