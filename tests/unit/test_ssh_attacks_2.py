@@ -1,0 +1,260 @@
+"""Attacks on the ssh enforcement (issue 17), second round: variations of the kinds the first
+round (test_ssh_attacks) closed by example, and places it did not reach (SFTP error oracles,
+what an approver's terminal shows). The lab, policies and helpers are the first round's.
+
+Two parts:
+
+- FINDINGS: each test fails now and passes once the kind of bypass it names is closed; the first
+  line of its docstring starts with `attack:`, the rest says the expected secure behaviour.
+- GUARDS: attacks that are stopped today; they pass, and keep them stopped.
+
+Real programs (git, ipython3) run only in the test's temporary directory, under `env -i`, and
+only create a marker file there.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import unicodedata
+from pathlib import Path
+from typing import cast
+
+import asyncssh
+import pytest
+
+from interceptor.approvals.cli import _operation
+from interceptor.handlers.ssh.process import recorded
+from interceptor.operations import SshRequest
+from interceptor.policy import PolicyEngine, load_policy_text
+from interceptor.policy.ssh_command import read_command, runs_code
+from test_ssh_attacks import OPERATOR, decide, exec_verdict
+from test_ssh_handler import POLICY, Lab, scenario
+
+
+@pytest.fixture(scope="module")
+def engine() -> PolicyEngine:
+    return PolicyEngine(load_policy_text(OPERATOR, "operator.yaml"))
+
+
+def run_isolated(command: str, cwd: Path, path: str = "/usr/bin:/bin") -> None:
+    """`bash -c COMMAND` in `cwd` with an empty environment (HOME is `cwd`: no user config)."""
+    subprocess.run(["env", "-i", f"PATH={path}", f"HOME={cwd}", "bash", "-c", command], cwd=cwd,
+                   stdin=subprocess.DEVNULL, capture_output=True, timeout=120, check=False)
+
+
+# ==== FINDINGS ===================================================================================
+# ---- git: a repository the agent writes without a dot -------------------------------------------
+
+GIT_BARE_HOME = (  # a bare repository laid out in a directory, its config running a textconv driver
+    "git init -q w && cd w && echo hi > f && git add f && git -c user.email=a@b -c user.name=a commit -qm x && "
+    "echo there >> f && git -c user.email=a@b -c user.name=a commit -qam y && cd .. && "
+    "git clone -q --bare w home && rm -rf home/hooks home/description home/info/exclude && "
+    "printf '[diff \"x\"]\\n\\ttextconv = \"touch ../M; cat\"\\n' >> home/config && "
+    "echo '* diff=x' > home/info/attributes")
+
+
+def test_a_bare_repository_written_into_the_home_directory_makes_plain_git_run_code(engine: PolicyEngine,
+                                                                                     tmp_path: Path) -> None:
+    """attack: git runs what a repository's configuration says (the first round closed `git -C
+    DIR` and writes under `.git/`), but git also finds a *bare* repository in its working
+    directory, and an exec runs in the login's home directory: an agent allowed to write
+    `/home/deploy/**` (without `shell: true`) uploads `config`, `HEAD`, `objects/...`,
+    `packed-refs` and `info/attributes` (no dot anywhere, so runs_code says no), then runs
+    the read-only, plain `git log -p` (allowed by `git **`): git reads the home directory as a
+    bare repository and runs the textconv driver of its config (checked here with real git).
+
+    Expected: writing a file git reads as a repository's configuration or hooks makes the server
+    run code (runs_code: a last segment `config` next to `HEAD`, anything under `hooks/` or
+    `info/`, `HEAD`, `commondir`, `gitdir`... in any directory, not only `.git/`), or git is
+    plain only where no write glob covers its working directory; in either case the chain
+    write + `git log -p` is not allowed without `shell: true`."""
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    run_isolated(GIT_BARE_HOME, tmp_path)
+    run_isolated("cd home && git log -p", tmp_path)
+    assert (tmp_path / "M").exists(), "git log -p in a bare repository ran no textconv driver here"
+    written = sorted(str(p.relative_to(tmp_path / "home")) for p in (tmp_path / "home").rglob("*") if p.is_file())
+    writes = {name: decide(engine, SshRequest("write", path=f"/home/deploy/{name}", action="open"))[0]
+              for name in written}
+    log = exec_verdict(engine, "git log -p")
+    assert not (set(writes.values()) == {"allow"} and log == "allow"), (
+        f"every file of a bare repository may be written into the home directory ({writes}) and `git log -p` "
+        f"is {log}: git runs the uploaded config's commands")
+
+
+# ---- interpreters and multi-call programs: a list, not a kind ------------------------------------
+
+def test_ipython_runs_code_and_is_neither_shell_class_nor_opaque(engine: PolicyEngine, tmp_path: Path) -> None:
+    """attack: the first round made `ssh host bash` (an interpreter reading stdin, allowed by
+    `shell: true`) recorded and shell class; the interpreter list (_INTERPRETER) names
+    `python*` but not `ipython3`, which is on this host and runs Python given with `-c` or on
+    standard input: `ipython3 -c "import os; os.system('rm -rf /srv')"` is plain words to the
+    strict reading (an allow of `ipython3 -c *`... or of `ipython3 **` is a Python shell), not
+    recorded when the break-glass agent runs it, and not opaque to deny rules (no-rm is
+    evaded).
+
+    Expected: interpreters are recognised by kind, not only by the listed names (ipython,
+    bpython, jython, micropython, python3-dbg, php-cgi, ...): shell class, recorded, opaque."""
+    if shutil.which("ipython3", path="/root/.pyenv/shims:/usr/local/bin:/usr/bin:/bin") is None:
+        pytest.skip("ipython3 is not installed")
+    run_isolated("ipython3 -c \"open('M', 'w')\"", tmp_path, path="/root/.pyenv/shims:/usr/local/bin:/usr/bin:/bin")
+    assert (tmp_path / "M").exists(), "ipython3 -c ran no code here"
+    command = "ipython3 -c \"import os; os.system('rm -rf /srv')\""
+    reading = read_command(command)
+    assert reading.shell, f"{command!r} runs interpreter code and reads as plain words {reading.argv}"
+    assert recorded(SshRequest("exec", command="ipython3")), "an interactive ipython3 on stdin is not recorded"
+    assert decide(engine, SshRequest("exec", command=command), "breakglass") == ("deny", "no-rm")
+
+
+@pytest.mark.parametrize("command", [
+    "ipython -c 'import os'", "bpython", "jython -c 'import os'", "micropython -c 'import os'",
+    "python3-dbg -c 'import os'", "php-cgi -r 'system(1);'", "m4 x.m4",  # m4's syscmd/esyscmd
+    "dc -e 1",  # GNU dc runs `!command`
+    "gnuplot -e 'system(1)'", "lftp -c 'x'", "smbclient //h/s -c x", "pwsh -c x", "bpftrace -e x",
+    "toybox sh -c x", "erl -eval x", "ocaml x.ml", "sqlplus x", "duckdb -c x",
+])
+def test_unlisted_interpreters_are_shell_class(command: str) -> None:
+    """attack: as test_ipython_runs_code_and_is_neither_shell_class_nor_opaque, for programs that
+    run commands or code from their arguments or standard input and are in no list
+    (SHELLS, _INTERPRETER, SPAWNERS, CODE_OPTIONS): m4 (`syscmd(rm -rf /srv)`), GNU dc
+    (`!rm -rf /srv`), gnuplot (`system`), lftp and smbclient (`!`), PowerShell, bpftrace
+    (`system()`), toybox (a multi-call binary like busybox: `toybox sh`), Erlang, OCaml,
+    SQL*Plus (`host`), DuckDB (`.shell`).
+
+    Expected: shell class (only `shell: true` allows them, and they are recorded) and opaque
+    to deny rules."""
+    reading = read_command(command)
+    assert reading.shell and reading.opaque, f"{command!r} reads as plain words {reading.argv}: {reading}"
+
+
+def test_a_multi_call_binary_naming_its_program_in_an_option_evades_deny(engine: PolicyEngine) -> None:
+    """attack: the first round made deny rules see a denied program named by any word (unknown
+    wrappers: `setarch x86_64 rm`); a multi-call binary names it inside an option:
+    `coreutils --coreutils-prog=rm -rf /srv` (the single-binary coreutils of Fedora and
+    `./configure --enable-single-binary`) runs rm, and no word is `rm`.
+
+    Expected: a word whose value (after `=`) names a denied program starts a command for deny
+    rules too (or `coreutils` is a wrapper whose `--coreutils-prog=` is the program)."""
+    assert decide(engine, SshRequest("exec", command="coreutils --coreutils-prog=rm -rf /srv"),
+                  "breakglass") == ("deny", "no-rm")
+
+
+# ---- SFTP: what the server's answers tell before the judgement -----------------------------------
+
+def strict_realpath(server: asyncssh.SFTPServer, path: bytes) -> bytes:
+    """OpenSSH sftp-server's realpath (realpath(3)): no such file when the path does not exist,
+    where asyncssh's own server answers the lexical resolution."""
+    local = os.path.realpath(server.map_path(path), strict=False)
+    if not os.path.lexists(local):
+        raise asyncssh.SFTPNoSuchFile(f"No such file: {path!r}")
+    return server.reverse_map_path(os.fsencode(local))
+
+
+def test_sftp_errors_before_the_judgement_tell_which_private_paths_exist(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """attack: the first round closed realpath as an oracle by judging it; but every SFTP
+    request resolves its path on the server (realpath of the path, then of its parent) before
+    the judgement, and the server's error goes back as it came: `stat /private/reports/x` is
+    "permission denied" when /private/reports exists and "no such file" when it does not, so
+    an agent with no read on /private lists its directory tree by probing, and the probes that
+    failed upstream are in no record.
+
+    Expected: a path no rule may read is refused (FX_PERMISSION_DENIED, recorded) whatever
+    the server would say about it: the normal form is judged before the server is asked
+    anything, and a resolution failure is never told to the agent for a path it may not read."""
+    async def test(lab: Lab) -> None:
+        async with lab.agent() as conn, conn.start_sftp_client() as sftp:
+            answers = {}
+            for path in ("/private/reports/q3.xlsx", "/private/nothing-here/q3.xlsx"):
+                try:
+                    await sftp.stat(path)
+                except asyncssh.SFTPError as exc:
+                    answers[path] = type(exc).__name__
+            assert set(answers.values()) == {"SFTPPermissionDenied"}, (
+                f"the answers differ by whether a private directory exists: {answers}")
+
+    (tmp_path / "server" / "private" / "reports").mkdir(parents=True)
+    monkeypatch.setattr(asyncssh.SFTPServer, "realpath", strict_realpath)  # the upstream's; the proxy has its own
+    scenario(test, tmp_path)
+
+
+# ---- approvals: what the approver's terminal shows ------------------------------------------------
+
+APPROVE_SUDO = """
+  - {name: sudo-needs-approval, effect: approve, agents: [ops], resources: [web], ssh: {commands: ["sudo **"]},
+     approval: {groups: [admins], timeout_seconds: 600}}
+"""
+
+
+def test_terminal_escapes_in_a_held_command_rewrite_what_the_approver_sees() -> None:
+    """attack: a command's single-quoted words may hold any character (the strict reading checks
+    only unquoted ones), so a plain command held for approval (`sudo **`) can carry terminal
+    control sequences: `sudo chmod -R 0777 /etc '<ESC>[20Dsystemctl status nginx<ESC>[K<ESC>'` is printed
+    by `interceptor approvals list` as is (60 characters: not cut), and the cursor movement, the
+    erase and the ESC that swallows the closing quote make the row read
+    `ssh: exec sudo systemctl status nginx`; the approver approves `chmod -R 0777 /etc`.
+
+    Expected: what an approver is shown holds no control characters from the request (escaped,
+    e.g. as `\\x1b`), in the list, `--json` aside, and in every other human-readable view of
+    agent-supplied text."""
+    command = "sudo chmod -R 0777 /etc '\x1b[20Dsystemctl status nginx\x1b[K\x1b'"
+    policy = PolicyEngine(load_policy_text(OPERATOR + APPROVE_SUDO, "approve.yaml"))
+    assert decide(policy, SshRequest("exec", command=command))[0] == "approve", "plain words, held for approval"
+    shown = _operation(SshRequest("exec", command=command).summary())
+    controls = sorted({hex(ord(c)) for c in shown if unicodedata.category(c) == "Cc"})
+    assert not controls, f"the approval list prints control characters {controls} the agent chose: {shown!r}"
+
+
+# ==== GUARDS: attacks stopped today ================================================================
+
+@pytest.mark.parametrize("command", [
+    "toybox rm -rf /srv", "echo $\"$(rm -rf /srv)\"", "sudo --preserve-env rm -rf /srv",
+    "timeout -s KILL 5 rm -rf /srv", "sudo -u root -- sh -c 'rm -rf /srv'", "busybox ash -c 'rm -rf /srv'",
+    "nice -5 rm -rf /srv", "env -u X rm -rf /srv", "xargs -I{} rm {}", "cat /proc/self/root/etc/shadow",
+])
+def test_guard_deny_sees_more_wrappers_and_spellings(engine: PolicyEngine, command: str) -> None:
+    """The break-glass agent (any exec) against `rm **` / `cat /etc/shadow`: more wrapper and
+    quoting spellings than the first round's guards."""
+    assert decide(engine, SshRequest("exec", command=command), "breakglass") == ("deny", "no-rm"), command
+
+
+@pytest.mark.parametrize("command", [
+    "sudo -s", "sudo --sh", "sudo -u root --shell", "sudo -i", "sudo --log", "sudo -e /etc/sudoers",
+    "less +!id /etc/hostname", "man -P id ls", "zip -TT id x.zip y", "rsync --rsh=id a b:c", "scp -S id a b:c",
+    "wget --exec=x http://x", "mysql --pager=id", "crontab -", "busybox ash", "ssh-keygen -D x",
+    "tar -cf x --use-compress-prog=id y", "git log --ext-diff", "ex -c x", "rvim x",
+])
+def test_guard_more_code_options_and_spawners_are_shell_class(command: str) -> None:
+    assert read_command(command).shell, command
+
+
+@pytest.mark.parametrize("host", ["::1%lo", "[::1%lo]", "127.0.0.1%lo", "[::ffff:127.0.0.1]", "127.000.000.001",
+                                  "0177.1", "127.0.0.1 ", " 127.0.0.1", "LocalHost"])
+def test_guard_forward_deny_sees_zone_ids_and_padding(engine: PolicyEngine, host: str) -> None:
+    assert decide(engine, SshRequest("forward", forward="local", target=f"{host}:22"))[0] == "deny", host
+
+
+@pytest.mark.parametrize("port", ["+22", " 22", "22 ", "0x16", "65536", "-1", "２２"])
+def test_guard_forward_ports_in_odd_spellings_are_refused(engine: PolicyEngine, port: str) -> None:
+    assert decide(engine, SshRequest("forward", forward="local", target=f"db.internal:{port}"))[0] == "deny", port
+
+
+@pytest.mark.parametrize("path", ["/home/deploy/.git/config", "/home/deploy/x/.git/hooks/post-checkout",
+                                  "/srv/uploads/x.so", "/home/deploy/bin/ls", "/var/spool/cron/crontabs/deploy"])
+def test_guard_git_and_loader_files_with_dots_or_names_run_code(path: str) -> None:
+    assert runs_code(path), path
+
+
+def test_guard_sftp_copy_data_needs_a_handle_opened_for_writing(tmp_path: Path) -> None:
+    """copy-data (asyncssh's extension) reads one handle and writes another through the proxy's
+    own read and write: a handle opened for reading cannot be written through it."""
+    async def test(lab: Lab) -> None:
+        async with lab.agent() as conn, conn.start_sftp_client() as sftp:
+            async with sftp.open("/srv/motd", "rb") as source, sftp.open("/srv/motd", "rb") as target:
+                with pytest.raises(asyncssh.SFTPError):
+                    await sftp._handler.copy_data(cast(bytes, source._handle), 0, 0,  # noqa: SLF001
+                                                  cast(bytes, target._handle), 0)
+
+    scenario(test, tmp_path, policy=POLICY)
