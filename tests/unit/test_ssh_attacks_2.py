@@ -14,6 +14,7 @@ only create a marker file there.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import subprocess
@@ -258,3 +259,49 @@ def test_guard_sftp_copy_data_needs_a_handle_opened_for_writing(tmp_path: Path) 
                                                   cast(bytes, target._handle), 0)
 
     scenario(test, tmp_path, policy=POLICY)
+
+
+# ---- legacy scp: where asyncssh's scp server and the policy's reading differ ----------------------
+
+def private_link(lab: Lab) -> None:
+    """/srv/link (readable by POLICY's /srv/**) -> /private/q3-layoffs.xlsx (no rule reads it)."""
+    private = lab.tmp / "server" / "private"
+    private.mkdir()
+    (private / "q3-layoffs.xlsx").write_text("names\n")
+    (lab.tmp / "server" / "srv" / "link").symlink_to("../private/q3-layoffs.xlsx")
+
+def test_legacy_scp_with_a_leading_space_runs_on_the_server_judged_by_the_link_name(tmp_path: Path) -> None:
+    """attack: legacy scp is judged by its path as written (ssh_rules: `scp -f PATH` is a read
+    of PATH) and served by asyncssh's scp server through the SFTP proxy, which judges the
+    server's resolution too (symlinks). asyncssh takes a command for scp only when it starts
+    with `scp ` (asyncssh.stream: `command.startswith('scp ')`), while the policy's reading
+    skips leading spaces: ` scp -f /srv/link` is judged as a read of /srv/link (allowed by
+    `/srv/**`), then run by the real server, whose scp opens what the link points to
+    (`/private/...`): the symlink resolution the SFTP proxy judges is never judged.
+
+    Expected: every exec the policy reads as legacy scp is served by the proxy (every file
+    judged by both readings) and never reaches the server as a command, or is refused."""
+    async def test(lab: Lab) -> None:
+        private_link(lab)
+        async with lab.agent() as conn:
+            await asyncio.wait_for(conn.run(" scp -f /srv/link", input=b"\0\0\0", encoding=None), 10)
+        judged = [(e.decision, (e.operation or {}).get("path")) for e in lab.kind("ssh")]
+        assert lab.upstream.commands == [], (
+            f"the server ran {lab.upstream.commands} after the policy judged {judged}: its scp follows /srv/link "
+            f"to /private/q3-layoffs.xlsx, which no rule allows reading")
+
+    scenario(test, tmp_path)
+
+
+def test_guard_legacy_scp_through_the_proxy_judges_where_a_link_points(tmp_path: Path) -> None:
+    """`scp -f /srv/link` (as OpenSSH's client sends it) is served by the proxy: the link's
+    resolution, /private/..., is judged and refused; nothing runs on the server."""
+    async def test(lab: Lab) -> None:
+        private_link(lab)
+        async with lab.agent() as conn:
+            result = await asyncio.wait_for(conn.run("scp -f /srv/link", input=b"\0\0\0", encoding=None), 10)
+        assert b"names" not in cast(bytes, result.stdout) and lab.upstream.commands == []
+        assert any(e.decision == "deny" and (e.operation or {}).get("path") == "/private/q3-layoffs.xlsx"
+                   for e in lab.kind("ssh"))
+
+    scenario(test, tmp_path)
