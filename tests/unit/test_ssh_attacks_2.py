@@ -305,3 +305,26 @@ def test_guard_legacy_scp_through_the_proxy_judges_where_a_link_points(tmp_path:
                    for e in lab.kind("ssh"))
 
     scenario(test, tmp_path)
+
+
+NO_SCP = """
+  - {name: no-scp, effect: deny, reason: use SFTP, resources: [web1], ssh: {commands: ["scp **"]}}
+"""
+
+
+def test_a_legacy_scp_exec_is_never_judged_as_a_command(tmp_path: Path) -> None:
+    """attack: asyncssh answers an exec starting with `scp ` with its own scp server before the
+    handler's process runs, so the exec itself never reaches the Gate: a deny rule on the
+    command (`scp **`: "no legacy scp here") is not applied (the file is sent), there is no
+    "ssh" record of the exec, and an upload (`scp -t`), which the policy lets only `shell:
+    true` allow (ssh_rules: the client names its files), runs with a `write` glob alone.
+
+    Expected: a legacy scp exec is judged as the exec it is (the policy's reading: deny
+    `commands`, the read/write of its path, `shell: true` for an upload) before asyncssh's scp
+    server starts, and recorded; only then is each file judged by the proxy."""
+    async def test(lab: Lab) -> None:
+        async with lab.agent() as conn:
+            result = await asyncio.wait_for(conn.run("scp -f /srv/motd", input=b"\0\0\0", encoding=None), 10)
+        assert b"welcome" not in cast(bytes, result.stdout), "the scp the policy denies sent the file"
+
+    scenario(test, tmp_path, policy=POLICY + NO_SCP)
