@@ -328,3 +328,26 @@ def test_a_legacy_scp_exec_is_never_judged_as_a_command(tmp_path: Path) -> None:
         assert b"welcome" not in cast(bytes, result.stdout), "the scp the policy denies sent the file"
 
     scenario(test, tmp_path, policy=POLICY + NO_SCP)
+
+
+# ---- forwards: an allow glob over addresses covers names ------------------------------------------
+
+@pytest.mark.parametrize("host", ["10.0.0.5.nip.io", "10.0.0.1.evil.example", "10.0.0.metadata.internal"])
+def test_an_allow_glob_over_addresses_covers_names_that_resolve_anywhere(host: str) -> None:
+    """attack: `forward: ["10.0.0.*:5432"]` means the databases of one subnet; fnmatch's `*`
+    matches dots and letters, so it also covers `10.0.0.5.nip.io`, `10.0.0.1.evil.example`:
+    names the server resolves (the agent's DNS, wildcard services such as nip.io) to any
+    address, 169.254.169.254 or the server's own 127.0.0.1 among them. The deny side was made
+    to read names widely (a deny naming an address matches every name); the allow side reads
+    this glob narrowly only when the host is an address in another spelling. (The operator
+    policy's deny of 127.0.0.1 hides this; a policy with the allow alone, as here, does not.)
+
+    Expected: an allow glob whose host is made of address characters (an address or an
+    address glob) covers addresses only, never a name."""
+    forwards = 'ssh: {forward: ["*:8080", "*:22"], remote_forward: ["*:8080"]}'
+    assert forwards in OPERATOR
+    policy = "\n".join(line for line in OPERATOR.replace(forwards, 'ssh: {forward: ["10.0.0.*:5432"]}').splitlines()
+                       if "no-server-itself" not in line)
+    engine = PolicyEngine(load_policy_text(policy, "subnet.yaml"))
+    assert decide(engine, SshRequest("forward", forward="local", target="10.0.0.5:5432"))[0] == "allow"
+    assert decide(engine, SshRequest("forward", forward="local", target=f"{host}:5432"))[0] == "deny", host
