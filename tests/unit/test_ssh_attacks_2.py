@@ -26,6 +26,7 @@ import asyncssh
 import pytest
 
 from interceptor.approvals.cli import _operation
+from interceptor.audit.scrub import scrub_event
 from interceptor.handlers.ssh.process import recorded
 from interceptor.operations import SshRequest
 from interceptor.policy import PolicyEngine, load_policy_text
@@ -351,3 +352,20 @@ def test_an_allow_glob_over_addresses_covers_names_that_resolve_anywhere(host: s
     engine = PolicyEngine(load_policy_text(policy, "subnet.yaml"))
     assert decide(engine, SshRequest("forward", forward="local", target="10.0.0.5:5432"))[0] == "allow"
     assert decide(engine, SshRequest("forward", forward="local", target=f"{host}:5432"))[0] == "deny", host
+
+
+# ---- audit: secrets on a command line -------------------------------------------------------------
+
+@pytest.mark.parametrize("command", ["mysqldump --password=hunter2 --all-databases", "curl -u admin:hunter2 https://x",
+                                     "openssl rsa -passin pass:hunter2 -in key.pem", "redis-cli --pass hunter2 ping"])
+def test_a_password_on_an_exec_command_line_reaches_the_trail(command: str) -> None:
+    """attack (secret disclosure): the audit trail is scrubbed before it is chained (a chained
+    record can never be cleaned: interceptor.audit.scrub) of SQL password literals, URL
+    passwords and tokens; an SSH exec's command line is the SSH form of the same thing, and
+    its common credential spellings (`--password=X`, `-u user:X`, `pass:X`, `--pass X`) go into
+    the "ssh" and "ssh-end" records as sent, for every reader of the trail.
+
+    Expected: the scrub knows command-line credentials (a `--password`/`--pass`/`--passwd`
+    option's value, `-u USER:PASS`, openssl's `pass:`), as it knows SQL's `PASSWORD '...'`."""
+    event = {"kind": "ssh", "operation": SshRequest("exec", command=command).summary()}
+    assert "hunter2" not in str(scrub_event(event)), f"the trail keeps the password of {command!r}"
