@@ -369,3 +369,29 @@ def test_a_password_on_an_exec_command_line_reaches_the_trail(command: str) -> N
     option's value, `-u USER:PASS`, openssl's `pass:`), as it knows SQL's `PASSWORD '...'`."""
     event = {"kind": "ssh", "operation": SshRequest("exec", command=command).summary()}
     assert "hunter2" not in str(scrub_event(event)), f"the trail keeps the password of {command!r}"
+
+
+# ---- deny path words: the file system's own aliases -----------------------------------------------
+
+NO_SECRETS = """
+  - {name: no-secrets, effect: deny, resources: [web], ssh: {commands: ["cat /run/secrets/*"]}}
+"""
+
+
+@pytest.mark.parametrize("path", ["/var/run/secrets/db_password"])
+def test_deny_path_words_miss_the_systems_own_symlinks(path: str) -> None:
+    """attack: the first round made a deny path word match the kernel's aliases (/proc/*/root,
+    /dev/fd) and relative paths ending the same way; an absolute path through a symlink every
+    Debian and RHEL system has (`/var/run` -> `/run`, `/var/lock` -> `/run/lock`, merged /usr:
+    `/bin`, `/lib`, `/sbin` -> `/usr/...`; checked on this host), or one the agent makes
+    (`ln -s /run/secrets /tmp/s`), is neither: `cat /var/run/secrets/db_password` reads what
+    deny `cat /run/secrets/*` names.
+
+    Expected: as for relative paths, an absolute path whose last segments match the deny
+    word's last segments is touched (the enforcer cannot see the server's symlinks: fail
+    closed), so every path that may name the file matches."""
+    if not Path("/var/run").is_symlink():
+        pytest.skip("/var/run is not a symlink on this host")
+    assert Path("/var/run").resolve() == Path("/run")
+    engine = PolicyEngine(load_policy_text(OPERATOR + NO_SECRETS, "secrets.yaml"))
+    assert decide(engine, SshRequest("exec", command=f"cat {path}"), "breakglass")[0] == "deny", path
