@@ -32,7 +32,7 @@ from interceptor.operations import SshRequest
 from interceptor.policy import PolicyEngine, load_policy_text
 from interceptor.policy.ssh_command import read_command, runs_code
 from test_ssh_attacks import OPERATOR, decide, exec_verdict
-from test_ssh_handler import POLICY, Lab, scenario
+from test_ssh_handler import POLICY, Lab, UpstreamServer, scenario
 
 
 @pytest.fixture(scope="module")
@@ -395,3 +395,40 @@ def test_deny_path_words_miss_the_systems_own_symlinks(path: str) -> None:
     assert Path("/var/run").resolve() == Path("/run")
     engine = PolicyEngine(load_policy_text(OPERATOR + NO_SECRETS, "secrets.yaml"))
     assert decide(engine, SshRequest("exec", command=f"cat {path}"), "breakglass")[0] == "deny", path
+
+
+# ---- resources: what a connection that says nothing costs the server -----------------------------
+
+def test_a_tcp_connection_that_never_speaks_ssh_logs_in_to_the_server(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """attack (resource exhaustion, amplification): the handler starts the server connection
+    (TCP, key exchange, login with the resource's credentials) as soon as the agent's TCP
+    connection is accepted, before the agent has sent a single SSH byte: an agent that opens
+    connections and stays silent makes the enforcer hold one logged-in server session per
+    connection for LOGIN_SECONDS (60 s), each a sshd process on the server and a login in its
+    auth log that no client asked for; a loop of connect() calls exhausts the server for every
+    other user of it.
+
+    Expected: the server login starts only once the agent has completed its key exchange and
+    asked to authenticate (begin_auth), or the logins a flow (and an agent) may have pending
+    are bounded."""
+    logins: list[str] = []
+
+    def counted(self: asyncssh.SSHServer, username: str) -> bool:
+        logins.append(username)
+        return True
+
+    monkeypatch.setattr(UpstreamServer, "begin_auth", counted, raising=False)
+
+    async def test(lab: Lab) -> None:
+        serving = await lab._serve()  # noqa: SLF001 - the lab's accepted flow, without an SSH client
+        _, writer = await asyncio.open_connection("127.0.0.1", serving.port)
+        for _ in range(40):
+            if logins:
+                break
+            await asyncio.sleep(0.05)
+        writer.close()
+        await serving.done()
+        assert logins == [], f"the enforcer logged in to the server as {logins} for a connection that sent nothing"
+
+    scenario(test, tmp_path)
