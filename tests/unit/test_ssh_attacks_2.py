@@ -24,6 +24,7 @@ from typing import cast
 
 import asyncssh
 import pytest
+from asyncssh.packet import String
 
 from interceptor.approvals.cli import _operation
 from interceptor.audit.scrub import scrub_event
@@ -32,7 +33,7 @@ from interceptor.operations import SshRequest
 from interceptor.policy import PolicyEngine, load_policy_text
 from interceptor.policy.ssh_command import read_command, runs_code
 from test_ssh_attacks import OPERATOR, decide, exec_verdict
-from test_ssh_handler import POLICY, Lab, UpstreamServer, scenario
+from test_ssh_handler import POLICY, SHELLS, Lab, UpstreamServer, scenario
 
 
 @pytest.fixture(scope="module")
@@ -432,3 +433,67 @@ def test_a_tcp_connection_that_never_speaks_ssh_logs_in_to_the_server(tmp_path: 
         assert logins == [], f"the enforcer logged in to the server as {logins} for a connection that sent nothing"
 
     scenario(test, tmp_path)
+
+
+# ---- an exec of nothing: a shell upstream ------------------------------------------------------
+
+ANY_PLAIN = """
+  - {name: any-plain-command, effect: allow, agents: [bot], resources: [web1], ssh: {commands: ["**"]}}
+"""
+
+
+async def exec_empty(conn: asyncssh.SSHClientConnection, monkeypatch: pytest.MonkeyPatch) -> asyncssh.SSHCompletedProcess:
+    """`exec ""` on a session channel (RFC 4254 section 6.5: any string), which asyncssh's
+    client never sends itself (it asks for a shell when the command is empty): this agent's
+    shell request is rewritten to one, then `exit` is typed on its standard input."""
+    original = asyncssh.SSHClientChannel._make_request  # noqa: SLF001
+
+    async def rewritten(self: asyncssh.SSHClientChannel[bytes], request: bytes, *args: bytes) -> bool | None:
+        if request == b"shell" and self.get_connection() is conn:
+            request, args = b"exec", (String(""),)
+        return await original(self, request, *args)
+
+    monkeypatch.setattr(asyncssh.SSHClientChannel, "_make_request", rewritten)
+    return await asyncio.wait_for(conn.run(None, input="echo hi\nexit\n"), 10)
+
+
+def test_an_exec_of_the_empty_command_is_an_unjudged_unrecorded_shell(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """attack: an exec request whose command is "" is judged as an exec of nothing (no words:
+    plain, nothing for deny rules to match, not recorded) and allowed by a rule covering any
+    plain command (`commands: ["**"]`, which covers zero words); the handler then calls
+    asyncssh's create_process(""), and asyncssh asks the server for an interactive *shell*
+    when the command is empty (channel.py: `if command: exec ... else: shell`): the agent
+    types commands to a login shell that no `shell: true` rule allowed, and nothing records it.
+
+    Expected: what runs upstream is what was judged: an exec of "" is run as an exec of ""
+    (sshd: `$SHELL -c ''`, nothing) or refused (bad request), and never becomes a shell
+    upstream; a shell is only ever run when a `shell` request was judged."""
+    async def test(lab: Lab) -> None:
+        async with lab.agent() as conn:
+            await exec_empty(conn, monkeypatch)
+        judged = [(e.decision, e.rule, e.operation) for e in lab.kind("ssh")]
+        assert None not in lab.upstream.commands, (
+            f"the server ran an interactive shell ({lab.upstream.commands}) after the policy judged {judged}")
+
+    scenario(test, tmp_path, policy=POLICY + ANY_PLAIN)
+
+
+def test_an_exec_of_the_empty_command_allowed_by_a_shell_rule_is_not_recorded(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """attack: as test_an_exec_of_the_empty_command_is_an_unjudged_unrecorded_shell, for the
+    break-glass agent (`shell: true`): the first round made execs that only `shell: true`
+    allows recorded like shells, but `exec ""` reads as no words, not shell class, so the
+    interactive shell it becomes upstream is not recorded.
+
+    Expected: every session that runs a shell upstream is recorded (its ssh-end record has
+    the recording)."""
+    async def test(lab: Lab) -> None:
+        async with lab.agent() as conn:
+            await exec_empty(conn, monkeypatch)
+        ends = [e.outcome or {} for e in lab.kind("ssh-end")]
+        if None in lab.upstream.commands:
+            assert all("recording" in end for end in ends), f"a shell ran on the server unrecorded: {ends}"
+
+    no_deny_rules = "\n".join(line for line in POLICY.splitlines() if "no-rm" not in line)
+    scenario(test, tmp_path, policy=no_deny_rules + SHELLS)
