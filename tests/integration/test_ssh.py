@@ -390,14 +390,10 @@ def through_forward(port: int, socks: tuple[str, int] | None = None, timeout: fl
 
 
 def ended(process: subprocess.Popen[str]) -> None:
-    """SIGTERM to `process`; AssertionError with what it printed unless it ends within 10 s."""
-    process.terminate()
-    try:
-        process.communicate(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        _, err = process.communicate(timeout=10)
-        raise AssertionError(f"{process.args} did not end within 10 s of SIGTERM; it printed:\n{err[-3000:]}")
+    """End `process` (an ssh -N) with SIGKILL: OpenSSH 9.2's client loop can take a SIGTERM
+    that arrives just before it enters poll() only when poll() times out, minutes later."""
+    process.kill()
+    process.communicate(timeout=10)
 
 
 def test_local_and_dynamic_forwards_are_judged_by_destination(env: Env) -> None:
@@ -405,7 +401,7 @@ def test_local_and_dynamic_forwards_are_judged_by_destination(env: Env) -> None:
     allowed_port, refused_port, socks_port = free_port(), free_port(), free_port()
     mark = len(site.records(request="forward"))
     tunnel = site.start_ssh(AGENT, "-N", options=[
-        "-v", "-L", f"127.0.0.1:{allowed_port}:{remote.ip4}:{remote.port}",
+        "-L", f"127.0.0.1:{allowed_port}:{remote.ip4}:{remote.port}",
         "-L", f"127.0.0.1:{refused_port}:127.0.0.1:{remote.port}", "-D", f"127.0.0.1:{socks_port}"])
     try:
         # dialed by sshd, from inside the namespace: never from the enforcer's host (10.231.0.1)
