@@ -497,3 +497,38 @@ def test_an_exec_of_the_empty_command_allowed_by_a_shell_rule_is_not_recorded(tm
 
     no_deny_rules = "\n".join(line for line in POLICY.splitlines() if "no-rm" not in line)
     scenario(test, tmp_path, policy=no_deny_rules + SHELLS)
+
+
+# ---- options that write a file of the agent's choosing -------------------------------------------
+
+@pytest.mark.parametrize(("command", "program"), [
+    ("sort -o {T} /srv/uploads/key.pub", "sort"),
+    ("sort --output={T} /srv/uploads/key.pub", "sort"),
+    ("sort --out={T} /srv/uploads/key.pub", "sort"),
+    ("sed --sandbox -i '$r /srv/uploads/key.pub' {T}", "sed"),
+])
+def test_options_that_write_a_file_are_plain(engine: PolicyEngine, tmp_path: Path, command: str,
+                                             program: str) -> None:
+    """attack (writes that run code, through an exec): the first round's code options include
+    options that *write* a file the agent names (`git --output`, find's `-fprint`/`-fls`;
+    sed's `w` is why sed needs `--sandbox`), since the written file may be one the server runs
+    (`~/.ssh/authorized_keys`, `~/.bashrc`: the SFTP side needs `shell: true` for these). The
+    same kind is plain elsewhere: `sort -o FILE` / `--output` / `--out` (allowed by the
+    operator's `sort **`) copies an uploaded public key into ~/.ssh/authorized_keys (a login
+    that bypasses the enforcer), and `sed --sandbox -i` (the spelling the guide makes plain)
+    edits any file in place (checked here: both write the file named).
+
+    Expected: an option that makes a program write a file it names is shell class (as
+    `git --output` and `find -fprint`), in every spelling (unique prefixes)."""
+    if shutil.which(program) is None:
+        pytest.skip(f"{program} is not installed")
+    uploads = tmp_path / "srv" / "uploads"
+    uploads.mkdir(parents=True)
+    (uploads / "key.pub").write_text("ssh-ed25519 AAAA agent\n")
+    target = tmp_path / "authorized_keys"
+    target.write_text("")
+    local = command.replace("/srv/uploads", str(uploads)).format(T=target)
+    run_isolated(local, tmp_path)
+    assert "AAAA agent" in target.read_text(), f"{local!r} wrote nothing here"
+    remote = command.format(T="/home/deploy/.ssh/authorized_keys")
+    assert read_command(remote).shell, f"{remote!r} writes the server's authorized_keys and reads as plain words"
