@@ -505,7 +505,7 @@ def test_an_exec_of_the_empty_command_allowed_by_a_shell_rule_is_not_recorded(tm
     ("sort -o {T} /srv/uploads/key.pub", "sort"),
     ("sort --output={T} /srv/uploads/key.pub", "sort"),
     ("sort --out={T} /srv/uploads/key.pub", "sort"),
-    ("sed --sandbox -i '$r /srv/uploads/key.pub' {T}", "sed"),
+    ("sed --sandbox -i '$a ssh-ed25519 AAAA agent' {T}", "sed"),
 ])
 def test_options_that_write_a_file_are_plain(engine: PolicyEngine, tmp_path: Path, command: str,
                                              program: str) -> None:
@@ -526,7 +526,7 @@ def test_options_that_write_a_file_are_plain(engine: PolicyEngine, tmp_path: Pat
     uploads.mkdir(parents=True)
     (uploads / "key.pub").write_text("ssh-ed25519 AAAA agent\n")
     target = tmp_path / "authorized_keys"
-    target.write_text("")
+    target.write_text("# keys\n")
     local = command.replace("/srv/uploads", str(uploads)).format(T=target)
     run_isolated(local, tmp_path)
     assert "AAAA agent" in target.read_text(), f"{local!r} wrote nothing here"
