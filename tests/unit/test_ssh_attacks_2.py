@@ -532,3 +532,31 @@ def test_options_that_write_a_file_are_plain(engine: PolicyEngine, tmp_path: Pat
     assert "AAAA agent" in target.read_text(), f"{local!r} wrote nothing here"
     remote = command.format(T="/home/deploy/.ssh/authorized_keys")
     assert read_command(remote).shell, f"{remote!r} writes the server's authorized_keys and reads as plain words"
+
+
+# ---- options that load code: binutils plugins and response files ---------------------------------
+
+LIBRARY = ("printf '#include <stdlib.h>\\n__attribute__((constructor)) static void c(void){system(\"touch M\");}\\n'"
+           " > e.c && gcc -shared -fPIC -o e.so e.c && echo 'int x;' > x.c && gcc -c x.c && "
+           "printf -- '--plugin ./e.so\\n' > opts")
+
+
+@pytest.mark.parametrize("command", ["nm --plugin ./e.so x.o", "nm --plug=./e.so x.o", "nm @opts x.o"])
+def test_binutils_plugins_and_response_files_load_code(tmp_path: Path, command: str) -> None:
+    """attack: the first round made options that load a library shell class for openssl
+    (`-engine FILE`); GNU binutils' nm, ar and ranlib load a plugin (a shared library: its
+    constructor runs) with `--plugin FILE` (any unique prefix), and every binutils program
+    reads more options from a response file named `@FILE` (libiberty expandargv), so an
+    uploaded file can hold `--plugin` where no pattern or reader sees it. `nm **` (a read-only
+    symbol lister) runs the agent's code (checked here with real nm and gcc; the library may be
+    uploaded under any name, `.so` is refused by name only).
+
+    Expected: `--plugin` of nm/ar/ranlib (and of every program with one) is a code option, and
+    a word starting with `@` for a program that expands response files (binutils, gcc, ...)
+    is shell class (its options cannot be read)."""
+    if shutil.which("nm") is None or shutil.which("gcc") is None:
+        pytest.skip("nm or gcc is not installed")
+    run_isolated(LIBRARY, tmp_path)
+    run_isolated(command, tmp_path)
+    assert (tmp_path / "M").exists(), f"{command!r} loaded no plugin here"
+    assert read_command(command).shell, f"{command!r} loads the agent's library and reads as plain words"
