@@ -77,7 +77,9 @@ class Daemon:
     def audit_events(self, kind: str | None = None) -> list[dict]:
         if not self.audit_path.exists():
             return []
-        events = [json.loads(line) for line in self.audit_path.read_text().splitlines() if line.strip()]
+        text = self.audit_path.read_text()
+        text = text[:text.rfind("\n") + 1]  # a record being written has no newline yet
+        events = [json.loads(line) for line in text.splitlines() if line.strip()]
         events = [e.get("event", e) for e in events]
         return [e for e in events if kind is None or e.get("kind") == kind]
 
