@@ -4,6 +4,7 @@ import copy
 import enum
 import json
 import pickle
+import time
 
 import pytest
 
@@ -57,8 +58,9 @@ def test_plain_events_come_back_equal_to_the_json_round_trip():
 
 
 def test_strings_shorter_than_any_secret_pattern_are_kept_as_they_are():
-    shortest = "://a:b@"
+    shortest = "key=x"
     assert len(shortest) == SHORTEST_SECRET and scrub_text(shortest) != shortest
+    assert all(scrub_text(text) != text for text in ("://a:b@", "pass:x", "-u a:b", "auth=x"))
     assert scrub_text("x PASSWORD ''") != "x PASSWORD ''" and len("PASSWORD ''") > SHORTEST_SECRET
     assert scrub({"agent": shortest[:-1], "url": shortest}) == {"agent": shortest[:-1], "url": scrub_text(shortest)}
 
@@ -79,3 +81,50 @@ def test_shared_summaries_are_read_only_and_scrubbed_like_any_dict():
     assert copy.deepcopy(summary) == summary and pickle.loads(pickle.dumps(summary)) == summary
     other = SharedSummary({"exe": "/usr/bin/python3"})
     assert scrub_event({"process": other}) == {"process": {"exe": "/usr/bin/python3"}}
+
+
+@pytest.mark.parametrize(("command", "scrubbed"), [
+    ("mysqldump --password=hunter2 --all-databases", "mysqldump --password=[REDACTED] --all-databases"),
+    ("tool --password=-hunter2", "tool --password=[REDACTED]"),
+    ("redis-cli --pass hunter2 ping", "redis-cli --pass [REDACTED] ping"),
+    ("tool --api-key 'hunter 2' x --auth-token=\"hunter2\"", "tool --api-key '[REDACTED]' x --auth-token=\"[REDACTED]\""),
+    ("curl -u admin:hunter2 https://x", "curl -u admin:[REDACTED] https://x"),
+    ("curl -uadmin:hunter2 --proxy-user 'p:hunter2' x", "curl -uadmin:[REDACTED] --proxy-user 'p:[REDACTED]' x"),
+    ("openssl rsa -passin pass:hunter2 -passout 'pass:hunter2'",
+     "openssl rsa -passin pass:[REDACTED] -passout 'pass:[REDACTED]'"),
+    ("mysql -uroot -phunter2 db; ls -p x", "mysql -uroot -p[REDACTED] db; ls -p x"),
+    ("/usr/bin/mariadb-dump -phunter2 db", "/usr/bin/mariadb-dump -p[REDACTED] db"),
+    ("redis-cli -a hunter2 ping && sshpass -p hunter2 ssh h", "redis-cli -a [REDACTED] ping && sshpass -p [REDACTED] ssh h"),
+    ("PGPASSWORD=hunter2 psql; export MYSQL_PWD='hunter2' GITHUB_TOKEN=hunter2",
+     "PGPASSWORD=[REDACTED] psql; export MYSQL_PWD='[REDACTED]' GITHUB_TOKEN=[REDACTED]"),
+    ("curl -H 'Authorization: Bearer hunter2' -H \"X-Api-Key: hunter2\" -H 'Cookie: a=b; c=hunter2' x",
+     "curl -H 'Authorization: Bearer [REDACTED]' -H \"X-Api-Key: [REDACTED]\" -H 'Cookie: [REDACTED]' x"),
+    ("bash -c 'mysql -phunter2 db | gzip'", "bash -c 'mysql -p[REDACTED] db | gzip'"),
+])
+def test_command_line_credentials_are_masked_and_their_names_kept(command, scrubbed):
+    assert scrub_text(command) == scrubbed
+
+
+@pytest.mark.parametrize("command", [
+    "sudo -u root ls", "mkdir -p /srv/x", "ssh -p 22 host", "mysql -p db", "docker login --password-stdin -u x",
+    "psql --no-password db", "tool --token-file /run/t", "openssl rsa -passin env:KEY -passout file:/k",
+    "PWD=/srv ls", "SELECT a -b FROM t", "sort -k 2 -t : f", "curl https://x/a:b",
+])
+def test_command_lines_without_credentials_are_kept(command):
+    assert scrub_text(command) == command
+
+
+def test_an_argv_list_is_scrubbed_with_each_option_beside_its_value():
+    argv = ["curl", "-u", "admin:hunter2", "--password", "hunter2", "-H", "Authorization: Bearer hunter2", "x"]
+    assert scrub(argv) == ["curl", "-u", f"admin:{REDACTED}", "--password", REDACTED, "-H",
+                           f"Authorization: Bearer {REDACTED}", "x"]
+    assert scrub(["mysql", "-phunter2"]) == ["mysql", f"-p{REDACTED}"]
+    assert scrub(["sudo", "-u", "root", "ls"]) == ["sudo", "-u", "root", "ls"]
+
+
+@pytest.mark.parametrize("text", ["--pass \"" * 20000, "Authorization: " * 10000, "mysql " * 20000, "-u " * 30000,
+                                  "key: '" * 20000, "--token=" * 20000, "a:" * 30000])
+def test_command_line_scrubbing_takes_linear_time(text):
+    start = time.perf_counter()
+    scrub_text(text)
+    assert time.perf_counter() - start < 0.5, "a pattern backtracks over the text"

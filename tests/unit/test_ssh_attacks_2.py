@@ -358,9 +358,12 @@ def test_an_allow_glob_over_addresses_covers_names_that_resolve_anywhere(host: s
 # ---- audit: secrets on a command line -------------------------------------------------------------
 
 @pytest.mark.parametrize("command", ["mysqldump --password=hunter2 --all-databases", "curl -u admin:hunter2 https://x",
-                                     "openssl rsa -passin pass:hunter2 -in key.pem", "redis-cli --pass hunter2 ping"])
+                                     "openssl rsa -passin pass:hunter2 -in key.pem", "redis-cli --pass hunter2 ping",
+                                     "mysql -phunter2 db", "redis-cli -a hunter2 ping", "sshpass -p hunter2 ssh h",
+                                     "PGPASSWORD=hunter2 psql", "tool --token=hunter2", "tool --api-key hunter2",
+                                     "curl -H 'Authorization: Bearer hunter2' https://x"])
 def test_a_password_on_an_exec_command_line_reaches_the_trail(command: str) -> None:
-    """attack (secret disclosure): the audit trail is scrubbed before it is chained (a chained
+    """was an attack (closed) (secret disclosure): the audit trail is scrubbed before it is chained (a chained
     record can never be cleaned: interceptor.audit.scrub) of SQL password literals, URL
     passwords and tokens; an SSH exec's command line is the SSH form of the same thing, and
     its common credential spellings (`--password=X`, `-u user:X`, `pass:X`, `--pass X`) go into
