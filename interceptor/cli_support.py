@@ -1,4 +1,5 @@
-"""What every CLI command group shares: calling the daemon over the control socket.
+"""What every CLI command group shares: calling the daemon over the control socket, and
+printing text an agent chose where a person reads it.
 
 A group finds its control client in `ctx.obj["control"]` (set by `interceptor.cli.main`, or by
 a test that invokes the group alone), an object with `call(method, **params)`.
@@ -23,3 +24,12 @@ def call(ctx: click.Context, method: ControlMethod, **params: Any) -> Any:
         return client.call(method, **params)
     except ControlError as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+def escaped(text: str) -> str:
+    """`text` with every character that is not printable written as a Python escape (`\\x1b`,
+    `\\x9b`, `\\u202e`): C0 and C1 controls, DEL, ESC, Unicode format characters (bidi
+    overrides, zero-width ones), separators other than the space, unassigned and private-use
+    code points (str.isprintable). Text an agent supplied cannot move a reader's cursor, erase
+    or reorder what the terminal shows."""
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)

@@ -13,11 +13,12 @@ from typing import Any
 
 import click
 
-from interceptor.cli_support import call
+from interceptor.cli_support import call, escaped
 from interceptor.control import ControlMethod
 from interceptor.identity.approver import read_token
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_HEADER = ("ID", "STATE", "EXPIRES", "AGENT", "REQUESTER", "RESOURCE", "RULE", "OPERATION")
 
 
 def parse_duration(text: str) -> int:
@@ -33,18 +34,20 @@ def _when(timestamp: float | None) -> str:
 
 
 def _operation(operation: dict[str, Any]) -> str:
+    """The held operation on one line, whole (what is cut cannot be judged) and escaped: its
+    kind, then its fields' values; an agent's control characters are shown as `\\x1b`."""
     shown = {k: v for k, v in operation.items() if k not in ("kind", "search_path") and v not in (None, "")}
     text = " ".join(str(v) for v in shown.values())
     if operation.get("search_path") is not None:
         text += f" (search_path {operation['search_path']})"
-    return f"{operation.get('kind')}: {text[:60] + '...' if len(text) > 63 else text}"
+    return escaped(f"{operation.get('kind')}: {text}")
 
 
 def _decision(request: dict[str, Any]) -> str:
     """How a decided request ended: 'approved by bob@example.com', 'denied by bob: not now',
     'withdrawn: the client cancelled the statement', 'expired: no decision before ...'."""
     text = str(request["state"]) + (f" by {request['approver']}" if request.get("approver") else "")
-    return text + (f": {request['decision_reason']}" if request.get("decision_reason") else "")
+    return escaped(text + (f": {request['decision_reason']}" if request.get("decision_reason") else ""))
 
 
 @click.group("approvals")
@@ -59,7 +62,8 @@ def approvals() -> None:
 @click.pass_context
 def list_requests(ctx: click.Context, show_all: bool, as_json: bool) -> None:
     """Requests waiting for a decision (or all of them; a decided one has a second line
-    saying how it ended, e.g. 'withdrawn: the client cancelled the statement')."""
+    saying how it ended, e.g. 'withdrawn: the client cancelled the statement'). Every cell is
+    shown whole, columns as wide as their widest cell, control characters escaped."""
     requests = call(ctx, ControlMethod.APPROVALS_LIST, pending_only=not show_all)["requests"]
     if as_json:
         click.echo(json.dumps(requests, indent=2, sort_keys=True))
@@ -67,15 +71,20 @@ def list_requests(ctx: click.Context, show_all: bool, as_json: bool) -> None:
     if not requests:
         click.echo("no pending approval requests" if not show_all else "no approval requests")
         return
-    click.echo(f"{'ID':8}  {'STATE':9}  {'EXPIRES':19}  {'AGENT':12}  {'REQUESTER':20}  {'RESOURCE':16}  {'RULE':16}  OPERATION")
-    for r in requests:
-        requester = r["requester_user"] or r["requester"] or "-"
-        click.echo(
-            f"{r['request_id']:8}  {r['state']:9}  {_when(r['expires_at']):19}  {r['agent']:12.12}  "
-            f"{requester:20.20}  {r['resource']:16.16}  {r['rule']:16.16}  {_operation(r['operation'])}"
-        )
-        if r["state"] != "pending":
-            click.echo(f"{'':10}{_decision(r)}")
+    rows = [_row(r) for r in requests]
+    widths = [max(len(row[column]) for row in [_HEADER, *rows]) for column in range(len(_HEADER) - 1)]
+    for row, request in zip([_HEADER, *rows], [None, *requests], strict=True):
+        click.echo("  ".join([*(cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)), row[-1]]))
+        if request is not None and request["state"] != "pending":
+            click.echo(f"{'':10}{_decision(request)}")
+
+
+def _row(request: dict[str, Any]) -> tuple[str, ...]:
+    """One request's cells, whole and escaped (columns are as wide as their widest cell)."""
+    requester = request["requester_user"] or request["requester"] or "-"
+    cells = (request["request_id"], request["state"], _when(request["expires_at"]), request["agent"], requester,
+             request["resource"], request["rule"])
+    return (*(escaped(str(cell)) for cell in cells), _operation(request["operation"]))
 
 
 @approvals.command("approve")
@@ -89,7 +98,7 @@ def approve(ctx: click.Context, request_id: str, duration: str | None) -> None:
                     token=read_token())["request"]
     until = f" (identical operations allowed until {_when(request['granted_until'])})" if request["granted_until"] else ""
     glass = " as break-glass root" if request["break_glass"] else ""
-    click.echo(f"approved {request['request_id']}{glass}{until}")
+    click.echo(escaped(f"approved {request['request_id']}{glass}{until}"))
 
 
 @approvals.command("deny")
@@ -100,4 +109,4 @@ def deny(ctx: click.Context, request_id: str, reason: str) -> None:
     """Deny a held operation."""
     request = call(ctx, ControlMethod.APPROVALS_DENY, request_id=request_id, reason=reason,
                     token=read_token())["request"]
-    click.echo(f"denied {request['request_id']}: {request['decision_reason']}")
+    click.echo(escaped(f"denied {request['request_id']}: {request['decision_reason']}"))

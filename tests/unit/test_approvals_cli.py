@@ -142,3 +142,42 @@ def test_list_all_says_how_each_request_ended(daemon):
 @pytest.mark.parametrize("text, seconds", [("90", 90), ("90s", 90), ("15m", 900), ("2h", 7200), ("1D", 86400)])
 def test_durations(text, seconds):
     assert parse_duration(text) == seconds
+
+
+class Listing:
+    """A control client whose daemon holds `requests` (as APPROVALS_LIST answers them)."""
+
+    def __init__(self, *requests: dict) -> None:
+        self.requests = list(requests)
+
+    def call(self, method: ControlMethod, **params) -> dict:
+        assert method is ControlMethod.APPROVALS_LIST
+        return {"requests": self.requests}
+
+
+def held(**fields) -> dict:
+    request = {"request_id": "A1B2C3D4", "state": "pending", "expires_at": 1_800_000_000.0, "agent": "claude",
+               "requester_user": "alice@example.com", "requester": None, "resource": "web-1",
+               "rule": "ops-restart-needs-approval", "approver": None, "decision_reason": None,
+               "operation": {"kind": "ssh", "request": "exec", "command": "systemctl restart nginx"}}
+    return request | fields
+
+
+def test_list_escapes_what_the_agent_chose_and_cuts_nothing():
+    command = "sudo chmod -R 0777 /etc '\x1b[20Dsystemctl status nginx\x1b[K\x1b' \u202e\x9b\x7f" + " x" * 60
+    rows = [held(operation={"kind": "ssh", "request": "exec", "command": command}),
+            held(request_id="E5F6G7H8", state="denied", agent="a\x1b]0;t\x07", approver="bob",
+                 decision_reason="no\x1b[2J")]
+    output = CliRunner().invoke(approvals, ["list", "--all"], obj={"control": Listing(*rows)}).output
+    assert not [c for c in output if not c.isprintable() and c != "\n"], repr(output)
+    assert "'\\x1b[20Dsystemctl status nginx\\x1b[K\\x1b' \\u202e\\x9b\\x7f" + " x" * 60 in output
+    assert "ops-restart-needs-approval" in output and "a\\x1b]0;t\\x07" in output
+    assert output.splitlines()[-1].strip() == "denied by bob: no\\x1b[2J"
+
+
+def test_list_columns_are_as_wide_as_their_widest_cell():
+    rows = [held(), held(request_id="E5F6G7H8", rule="r", resource="a-very-long-resource-name")]
+    header, first, second = CliRunner().invoke(approvals, ["list"], obj={"control": Listing(*rows)}).output.splitlines()
+    assert header.index("RULE") == first.index("ops-restart-needs-approval") == second.index("r  ")
+    assert header.index("OPERATION") == first.index("ssh: exec") == second.index("ssh: exec")
+    assert "a-very-long-resource-name" in second

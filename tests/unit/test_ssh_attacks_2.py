@@ -192,7 +192,7 @@ APPROVE_SUDO = """
 
 
 def test_terminal_escapes_in_a_held_command_rewrite_what_the_approver_sees() -> None:
-    """attack: a command's single-quoted words may hold any character (the strict reading checks
+    """was an attack (closed): a command's single-quoted words may hold any character (the strict reading checks
     only unquoted ones), so a plain command held for approval (`sudo **`) can carry terminal
     control sequences: `sudo chmod -R 0777 /etc '<ESC>[20Dsystemctl status nginx<ESC>[K<ESC>'` is printed
     by `interceptor approvals list` as is (60 characters: not cut), and the cursor movement, the
