@@ -30,19 +30,31 @@ takes it the widest way (interceptor.policy.ssh_command says how a command is re
   `/srv/config/secret.env` refuses moving `/srv/config`). A tree written runs code when its
   path does (runs_code reads names, segments and prefixes: a name below the path that runs
   code there runs code anywhere, and was judged so when it was written).
+- metadata (a read request whose action is in METADATA_ACTIONS: stat, lstat, fstat,
+  realpath): what an SFTP or scp client asks of a path before it reads or writes it (an
+  upload's first stat of its target). Judged as a read; when no rule allows that read and no
+  deny rule matched it, also as a write of the path, and the better of the two wins (an
+  explicit deny of the write over default deny): allowed when reading or writing the path
+  is, so a write-only glob lets the uploader see its target, and a deny on reading the path
+  still refuses it.
 - legacy scp run on the server (an exec of `scp -f PATH` or `scp -t PATH`, OpenSSH scp.c's
-  remote mode): a download is a read of PATH (with `-r`, of everything below it: an allow
-  glob must end in `/**` over PATH or a directory above it); an upload lets the client name
-  the files it writes under PATH (any name, `.bashrc` too), so only `shell: true` allows it.
-  Deny read and write globs also see the scp commands of the lax reading (`sudo scp -t
-  /etc/x`). `commands` patterns do not allow an scp command line: it is judged as the
-  transfer it is (and scp run through a wrapper is shell class). A read or write request
-  (action `scp` too) is one file, judged as above.
+  remote mode): the handler serves it through the SFTP proxy (every file the client names is
+  judged by path there, a `.bashrc` written into PATH as any write), so the exec is judged as
+  the transfer's target: a download is a read of PATH, an upload a write of PATH, each with
+  everything below it for `-r` (and an upload for `-d`, PATH being a directory): an allow
+  glob must end in `/**` over PATH or a directory above it. Deny `commands` rules match it as
+  any command (`scp **` refuses legacy scp), and deny read and write globs also see the scp
+  commands of the lax reading (`sudo scp -t /etc/x`). `commands` patterns do not allow an scp
+  command line: it is judged as the transfer it is (and scp run through a wrapper is shell
+  class). A read or write request (action `scp` too) is one file, judged as above.
 - forward: `forward` globs ("host:port") for local and dynamic forwards (direct-tcpip) by
   their destination, `remote_forward` for remote forwards (tcpip-forward) by where the server
   listens; hosts lower-cased without a trailing dot or IPv6 brackets. The server resolves
   names, the enforcer cannot: an allow glob covers a name only as written (and an address
-  only in canonical form), while a deny glob naming an address (a literal address in any
+  only in canonical form), and an allow glob written for addresses (an address, or a glob
+  whose other characters may all be an address's and hold a digit or `:`, such as
+  `10.0.0.*`) covers addresses only, never a name (`10.0.0.5.nip.io` resolves anywhere),
+  while a deny glob naming an address (a literal address in any
   spelling, `localhost`, every address, or a glob that may match an address's text such as
   `10.0.*`) matches every destination given by a name, and every spelling of the addresses
   it names: inet_aton's (`127.1`, `0x7f.0.0.1`, `2130706433`), IPv6 in any form, IPv4-mapped
@@ -51,8 +63,10 @@ takes it the widest way (interceptor.policy.ssh_command says how a command is re
 
 Refused whatever the policy (rules named here): agent and X11 forwarding, Unix socket forwarding
 both ways and tunnels (`ssh-forwarding`),
-subsystems other than sftp (`ssh-subsystem`), a command too long or holding NUL
-(`ssh-bad-command`), a request of unknown shape (`ssh-bad-request`).
+subsystems other than sftp (`ssh-subsystem`), a command too long, holding NUL, or holding no
+words at all (empty, blank or only comments: asyncssh asks the server for an interactive shell
+when an exec's command is empty; `ssh-bad-command`), a request of unknown shape
+(`ssh-bad-request`).
 """
 
 from __future__ import annotations
@@ -68,7 +82,7 @@ from typing import TYPE_CHECKING, Any
 
 from interceptor.decision import Decision, Verdict
 from interceptor.operations import Request, SshRequest
-from interceptor.policy.judgement import pick
+from interceptor.policy.judgement import DEFAULT_DENY, Judgement, pick, severity
 from interceptor.policy.mcp_rules import in_normal_form
 from interceptor.policy.model import Rule
 from interceptor.policy.ssh_command import (
@@ -94,9 +108,14 @@ SUBSYSTEM_RULE = "ssh-subsystem"
 BAD_COMMAND_RULE = "ssh-bad-command"
 BAD_REQUEST_RULE = "ssh-bad-request"
 REQUESTS = frozenset({"exec", "shell", "subsystem", "read", "write", "forward"})
-CASE_KEYS = ("command", "shell", "read", "write", "forward", "remote_forward", "pty")
+CASE_KEYS = ("command", "shell", "read", "write", "stat", "forward", "remote_forward", "pty")
 _SHOWN = 200  # characters of a command quoted in a refusal
 TREE_SUFFIX = "-tree"  # an action's suffix: the path and everything below it
+# Read actions that ask only about a path's metadata (SFTP stat, lstat, fstat, realpath):
+# allowed when reading or writing the path is (see the module docstring)
+METADATA_ACTIONS = frozenset({"stat", "lstat", "fstat", "realpath"})
+# A command the shell reads as no words: blanks, line continuations and comments only
+_NO_WORDS = re.compile(r"(?:(?:[ \t]|\\\n)*(?:#[^\n]*)?\n)*(?:[ \t]|\\\n)*(?:#[^\n]*)?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +174,7 @@ def ssh_match(rule: Rule) -> SshMatch | None:
 class _View:
     """What is judged of one request: its `kind` (exec, shell, read, write, forward,
     remote_forward), the command's reading, the file accessed (`tree`: and everything below
-    it), the forward's target."""
+    it; `metadata`: a read of its metadata only), the forward's target."""
 
     kind: str
     reading: CommandReading | None = None
@@ -163,6 +182,7 @@ class _View:
     path: str = ""
     target: tuple[str, str] | None = None
     tree: bool = False
+    metadata: bool = False
 
 
 def judge_ssh(context: Context, request: Request, operation: SshRequest) -> Decision:
@@ -170,20 +190,29 @@ def judge_ssh(context: Context, request: Request, operation: SshRequest) -> Deci
     view = _view(operation)
     if isinstance(view, Decision):
         return view
+    judgement = _judgement(context, request, view)
+    if view.metadata and (judgement.verdict is Verdict.APPROVE or judgement.rule == DEFAULT_DENY):
+        written = _judgement(context, request, replace(view, kind="write", metadata=False))
+        if severity(written) < severity(judgement) or (judgement.rule == DEFAULT_DENY and written.rule != DEFAULT_DENY):
+            judgement = written
+    return judgement.decision()
+
+
+def _judgement(context: Context, request: Request, view: _View) -> Judgement:
     rules = context.rules(request, OPERATION_KEY)
     matching = [r for r in rules if r.effect != "mask" and _matches(r, view)]
     judgement = pick(matching, _unmatched(view))
     note = _note(view, [r for r in matching if r.name == judgement.rule]) if judgement.verdict is Verdict.DENY else ""
-    if note:
-        judgement = replace(judgement, reason=f"{judgement.reason} ({note})")
-    return judgement.decision()
+    return replace(judgement, reason=f"{judgement.reason} ({note})") if note else judgement
 
 
 def _note(view: _View, denying: list[Rule]) -> str:
     """Why a deny rule matched when it does not name what was asked: the command holds an
     opaque part, the tree holds paths the rule's globs may match, or the forward names a host
-    that may resolve to the rule's addresses; "" else."""
+    that may resolve to the rule's addresses; "" else (and for default deny: no rule matched)."""
     reading, target = view.reading, view.target
+    if not denying:
+        return ""
     if view.tree and not any(_matches(r, replace(view, tree=False)) for r in denying):
         return f"{view.path} is judged with everything below it (a directory moved or linked), where the rule may match"
     if reading is not None and reading.opaque and not any(_touched(r, reading) for r in denying):
@@ -224,10 +253,14 @@ def _view(operation: SshRequest) -> _View | Decision:
         reading = read_command(operation.command)
         if reading.refused is not None:
             return Decision.deny(BAD_COMMAND_RULE, reading.refused)
+        if _NO_WORDS.fullmatch(operation.command):
+            return Decision.deny(BAD_COMMAND_RULE, "the command holds no words (empty, blank or only a comment): the "
+                                 "server would run nothing, or an interactive shell for an empty one")
         return _View("exec", reading, operation.pty)
     if kind in ("read", "write"):
-        tree = isinstance(operation.action, str) and operation.action.endswith(TREE_SUFFIX)
-        return _View(kind, path=operation.path if isinstance(operation.path, str) else "", tree=tree)
+        action = operation.action if isinstance(operation.action, str) else ""
+        return _View(kind, path=operation.path if isinstance(operation.path, str) else "",
+                     tree=action.endswith(TREE_SUFFIX), metadata=kind == "read" and action in METADATA_ACTIONS)
     if isinstance(operation.forward, str) and operation.forward in REFUSED_FORWARDS:
         return Decision.deny(FORWARDING_RULE, f"{REFUSED_FORWARDS[operation.forward]} is refused whatever the policy")
     text = operation.target if isinstance(operation.target, str) else ""
@@ -249,7 +282,7 @@ def _matches(rule: Rule, view: _View) -> bool:
     if view.kind == "exec":
         return _exec(match, view, deny)
     if view.kind in ("read", "write"):
-        return _file(match, view.kind, view.path, view.tree, False, deny)
+        return _file(match, view.kind, view.path, view.tree, deny)
     patterns = match.forward if view.kind == "forward" else match.remote_forward
     return patterns is not None and view.target is not None and _target(patterns, view.target, deny)
 
@@ -265,16 +298,24 @@ def _exec(match: SshMatch, view: _View, deny: bool) -> bool:
         if match.commands is not None and (reading.opaque or any(
                 touches(p, c) for p in match.commands for c in reading.commands)):
             return True
-        return any(_file(match, access.mode, access.path, access.recursive, True, True)
+        return any(_file(match, access.mode, access.path, access.recursive, True)
                    for access in _scp_accesses(reading))
     if match.shell:
         return True
     if shell_class:
         return False
-    access = reading.scp
+    access = _scp_access(reading.scp, reading.argv)
     if access is None and match.commands is not None and any(covers(p, reading.argv) for p in match.commands):
         return True
-    return access is not None and _file(match, access.mode, access.path, access.recursive, True, False)
+    return access is not None and _file(match, access.mode, access.path, access.recursive, False)
+
+
+def _scp_access(access: ScpAccess | None, words: tuple[str, ...]) -> ScpAccess | None:
+    """The transfer as judged: an upload with `-d` (its path a directory the client writes
+    into) as a tree, as one with `-r`."""
+    if access is None or access.recursive or access.mode != "write" or "-d" not in words:
+        return access
+    return replace(access, recursive=True)
 
 
 def _scp_accesses(reading: CommandReading) -> list[ScpAccess]:
@@ -288,24 +329,21 @@ def _scp_accesses(reading: CommandReading) -> list[ScpAccess]:
         known = tuple(w for w in command if w is not None)
         found = read_scp(known) if len(known) == len(command) else None
         if isinstance(found, ScpAccess):
-            accesses.append(found)
+            accesses.append(_scp_access(found, known) or found)
         else:
             accesses.extend((ScpAccess("read", "", True), ScpAccess("write", "", True)))
     return accesses
 
 
-def _file(match: SshMatch, kind: str, path: str, tree: bool, scp: bool, deny: bool) -> bool:
-    """Does the block cover a read or write of `path` (`tree`: and everything below it; `scp`:
-    by a legacy scp command run on the server)?"""
+def _file(match: SshMatch, kind: str, path: str, tree: bool, deny: bool) -> bool:
+    """Does the block cover a read or write of `path` (`tree`: and everything below it)?"""
     globs = match.read if kind == "read" else match.write
-    code = kind == "write" and (scp or runs_code(path))
+    code = kind == "write" and runs_code(path)
     if deny:
         return (match.shell and code) or (globs is not None and any(
             _path_touches(g, path, tree) for g in globs))
     if globs is None or (code and not match.shell) or not _normal(path):
         return False
-    if kind == "write" and scp:
-        return False  # the client names the files: only `shell: true` (which covers any exec) allows it
     return any(_tree_covered(g, path) if tree else _path_regex(g).fullmatch(path) is not None for g in globs)
 
 
@@ -403,9 +441,10 @@ _ADDRESS_TEXT = frozenset("0123456789abcdef.:")  # what an IPv4 or IPv6 address 
 
 
 def _target(patterns: tuple[str, ...], target: tuple[str, str], deny: bool, names: bool = True) -> bool:
-    """Allow: the host as the client named it, when it is a name or an address in canonical
-    form. Deny: also every spelling of what the server reaches (see _spellings), and (`names`)
-    any name when the pattern names an address (see _names_address)."""
+    """Allow: the host as the client named it, when it is a name (by a pattern not written for
+    addresses: _for_addresses) or an address in canonical form. Deny: also every spelling of
+    what the server reaches (see _spellings), and (`names`) any name when the pattern names an
+    address (see _names_address)."""
     host, port = target
     if deny:
         hosts = _spellings(host)
@@ -417,6 +456,8 @@ def _target(patterns: tuple[str, ...], target: tuple[str, str], deny: bool, name
     for pattern in patterns:
         split = _split_target(pattern, empty_host=True)
         if split is None or not fnmatchcase(port, split[1]):
+            continue
+        if not deny and _name(host) and _for_addresses(split[0]):
             continue
         if any(fnmatchcase(h, split[0]) for h in hosts) or (resolved and _names_address(split[0])):
             return True
@@ -435,6 +476,15 @@ def _names_address(pattern: str) -> bool:
         return True
     literal = _GLOB_PARTS.sub("", pattern)
     return literal != pattern and set(literal) <= _ADDRESS_TEXT
+
+
+def _for_addresses(pattern: str) -> bool:
+    """Is an allow pattern's host written for addresses, so that it covers no name: an
+    address, or a glob whose other characters may all be an address's and hold a digit or `:`
+    (`10.0.0.*`, `fe80::*`; `db*` and `cafe.*`, hex letters only, are about names)?"""
+    literal = _GLOB_PARTS.sub("", pattern)
+    return _address(pattern) is not None or (
+        literal != pattern and set(literal) <= _ADDRESS_TEXT and any(c.isdigit() or c == ":" for c in literal))
 
 
 def _spellings(host: str) -> set[str]:
@@ -484,8 +534,11 @@ def _unmatched(view: _View) -> str:
         if view.reading.shell:
             return (f"command {shown!r} is shell class ({'; '.join(view.reading.shell[:3])}): only a rule with "
                     "`shell: true` allows it")
-        if view.reading.scp is not None and view.reading.scp.mode == "write":
-            return "a legacy scp upload names its own files: only a rule with `shell: true` allows it (use SFTP)"
+        access = _scp_access(view.reading.scp, view.reading.argv)
+        if access is not None:
+            below = " and everything below it (a glob ending in /** over it does)" if access.recursive else ""
+            return (f"no rule allows {access.mode} of {access.path}{below}: a legacy scp "
+                    f"{'download' if access.mode == 'read' else 'upload'} is judged by `{access.mode}` globs")
         return f"no rule allows command {shown!r}"
     if view.kind in ("read", "write"):
         if view.kind == "write" and runs_code(view.path):
@@ -496,6 +549,8 @@ def _unmatched(view: _View) -> str:
         if view.tree:
             return (f"no rule allows {view.kind} of {view.path} and everything below it (a directory moved or linked: "
                     "a glob ending in /** over it does)")
+        if view.metadata:
+            return f"no rule allows read or write of {view.path} (either lets its metadata be read)"
         return f"no rule allows {view.kind} of {view.path}"
     host, port = view.target or ("", "")
     return f"no rule allows {'forwarding' if view.kind == 'forward' else 'remote forwarding'} to {host}:{port}"
@@ -503,8 +558,9 @@ def _unmatched(view: _View) -> str:
 
 def parse_ssh_case(case: Mapping[str, Any]) -> SshRequest:
     """A `policy test` case's request: `ssh: {command: "ls -l", pty: true}` (exec), `{shell:
-    true}`, `{read: PATH}`, `{write: PATH}`, `{forward: "host:port"}`, `{remote_forward:
-    "addr:port"}`. ValueError or TypeError for a bad case."""
+    true}`, `{read: PATH}`, `{write: PATH}`, `{stat: PATH}` (a metadata read, as SFTP's
+    stat), `{forward: "host:port"}`, `{remote_forward: "addr:port"}`. ValueError or TypeError
+    for a bad case."""
     raw = case[OPERATION_KEY]
     if not isinstance(raw, Mapping):
         raise TypeError("ssh: expected a mapping such as {command: \"uptime\"} or {read: /var/log/syslog}")
@@ -526,5 +582,7 @@ def parse_ssh_case(case: Mapping[str, Any]) -> SshRequest:
         return SshRequest("exec", command=value, pty=pty)
     if key in ("read", "write"):
         return SshRequest(key, path=value, action="open")
+    if key == "stat":
+        return SshRequest("read", path=value, action="stat")
     return SshRequest("forward", forward="local" if key == "forward" else "remote", target=value)
 

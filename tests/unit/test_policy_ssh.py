@@ -112,7 +112,10 @@ def forward(engine: PolicyEngine, target: str, kind: str = "local") -> tuple[str
     ("FOO=1 uptime", ("deny", "default-deny")),
     ("sudo -s systemctl restart nginx", ("deny", "default-deny")),
     ("sudo systemctl restart nginx; id", ("deny", "default-deny")),
-    ("", ("deny", "default-deny")),
+    ("", ("deny", "ssh-bad-command")),  # asyncssh asks the server for a shell when the command is empty
+    ("  ", ("deny", "ssh-bad-command")),
+    ("# rm -rf /", ("deny", "ssh-bad-command")),
+    ("\t\\\n # x\n#y", ("deny", "ssh-bad-command")),
 ])
 def test_exec(engine: PolicyEngine, command: str, expected: tuple[str, str]) -> None:
     assert run(engine, command) == expected
@@ -241,7 +244,15 @@ def test_code_writes_need_a_shell_rule_with_a_write_glob(engine: PolicyEngine) -
     ("scp -r -f /var/log", ("deny", "no-secrets")),  # the tree holds /var/log/secret
     ("scp -f /var/log/../../etc/shadow", ("deny", "no-secrets")),
     ("scp -f var/log/x", ("deny", "no-secrets")),
-    ("scp -t /srv/uploads/a.csv", ("deny", "default-deny")),  # the client names the files: shell only
+    ("scp -t /srv/uploads/a.csv", ("allow", "files")),  # the proxy judges each file the client names
+    ("scp -r -t /srv/uploads/inbox", ("allow", "files")),
+    ("scp -d -t /srv/uploads/inbox", ("allow", "files")),
+    ("scp -r -t /srv/uploads", ("deny", "no-secrets")),  # the tree holds /srv/uploads/locked
+    ("scp -d -t /srv/uploads", ("deny", "no-secrets")),
+    ("scp -t /srv/uploads", ("allow", "files")),  # /srv/uploads/** covers the directory itself
+    ("scp -r -t /home/bot", ("allow", "files")),  # the proxy refuses .bashrc in it: the write runs code
+    ("scp -t /srv/uploads/.bashrc", ("deny", "default-deny")),  # runs code: needs shell: true
+    ("scp -t /var/log/x", ("deny", "default-deny")),  # read globs do not allow uploads
     ("scp -t /srv/uploads/locked/a", ("deny", "no-secrets")),
     ("sudo scp -t /srv/uploads/locked/a", ("deny", "no-secrets")),  # deny globs see scp anywhere
     ("scp -f /var/log/*.log", ("deny", "no-rm")),  # the server's shell expands it: any path, any program
@@ -262,9 +273,49 @@ def test_commands_patterns_do_not_allow_file_transfers() -> None:
     assert run(engine, "scp -f /var/log/syslog") == ("allow", "files")
 
 
-def test_a_legacy_scp_upload_is_a_shell_matter(engine: PolicyEngine) -> None:
+def test_a_legacy_scp_exec_is_judged_as_its_target_and_by_deny_commands(engine: PolicyEngine) -> None:
+    """The handler serves legacy scp through the SFTP proxy (each file judged there): the exec
+    is its target read or written, and a deny `commands` rule refuses it as any command."""
     assert run(engine, "scp -t /home/admin/x", "admin") == ("allow", "admin-shell")
-    assert "scp upload" in ask(engine, SshRequest("exec", command="scp -t /srv/uploads/x")).reason
+    denied = ask(engine, SshRequest("exec", command="scp -r -t /srv/other")).reason
+    assert "no rule allows write of /srv/other and everything below it" in denied and "legacy scp upload" in denied
+    assert "legacy scp download" in ask(engine, SshRequest("exec", command="scp -f /etc/shadow")).reason
+    no_scp = PolicyEngine(load_policy_text(POLICY + """
+  - {name: no-scp, effect: deny, resources: [web], ssh: {commands: ["scp **"]}}
+""", "ssh.yaml"))
+    for command in ("scp -f /var/log/syslog", "scp -t /srv/uploads/a.csv", "sudo scp -f /var/log/syslog"):
+        assert run(no_scp, command) == ("deny", "no-scp"), command
+
+
+@pytest.mark.parametrize(("path", "expected"), [
+    ("/srv/uploads/a.csv", ("allow", "files")),  # write-only: an upload's first stat of its target
+    ("/var/log/syslog", ("allow", "files")),
+    ("/var/log/secret/key", ("deny", "no-secrets")),  # a deny on reading still refuses it
+    ("/srv/uploads/locked/a", ("deny", "no-secrets")),  # neither read nor write allowed: the write's deny
+    ("/srv/uploads/.bashrc", ("deny", "default-deny")),  # the write runs code: not allowed without shell
+    ("/etc/shadow", ("deny", "default-deny")),
+    ("/srv/uploads/../../etc/shadow", ("deny", "no-secrets")),  # not in normal form: every deny glob
+])
+def test_metadata_is_read_where_reading_or_writing_is_allowed(engine: PolicyEngine, path: str,
+                                                              expected: tuple[str, str]) -> None:
+    for action in ("stat", "lstat", "fstat", "realpath"):
+        decision = ask(engine, SshRequest("read", path=path, action=action))
+        assert (decision.verdict.value, decision.rule) == expected, action
+    assert access(engine, "read", "/srv/uploads/a.csv") == ("deny", "default-deny")  # its content stays unread
+    assert "no rule allows read or write of /etc/shadow" in ask(engine, SshRequest("read", path="/etc/shadow",
+                                                                                     action="stat")).reason
+
+
+def test_metadata_takes_the_better_of_read_and_write() -> None:
+    engine = PolicyEngine(load_policy_text(POLICY + """
+  - {name: held-read, effect: approve, agents: [bot], resources: [web], ssh: {read: ["/data/**"]},
+     approval: {groups: [sre]}}
+  - {name: opt-write, effect: allow, agents: [bot], resources: [web], ssh: {write: ["/data/drop/**"]}}
+""", "ssh.yaml"))
+    stat = SshRequest("read", path="/data/drop/x", action="stat")
+    assert (ask(engine, stat).verdict.value, ask(engine, stat).rule) == ("allow", "opt-write")
+    other = ask(engine, SshRequest("read", path="/data/x", action="stat"))
+    assert (other.verdict.value, other.rule) == ("approve", "held-read")
 
 
 @pytest.mark.parametrize(("target", "kind", "expected"), [
@@ -348,6 +399,40 @@ def test_a_name_denied_by_an_address_says_why() -> None:
     assert "web.internal is a name the server resolves" in reason and "forward to an address" in reason
     assert "name the server resolves" not in ask(engine, SshRequest("forward", forward="local",
                                                                     target="localhost:22")).reason
+    unmatched = ask(engine, SshRequest("forward", forward="local", target="db.internal:5433"))
+    assert unmatched.rule == "default-deny" and "name the server resolves" not in unmatched.reason
+
+
+def test_default_deny_gives_no_deny_rule_notes(engine: PolicyEngine) -> None:
+    """The notes saying why a deny rule matched are about a rule that matched: none for default deny."""
+    opaque = ask(PolicyEngine(load_policy_text(POLICY.split("  - {name: no-rm")[0], "ssh.yaml")),
+                 SshRequest("exec", command="grep x $(id)"))
+    assert opaque.rule == "default-deny" and "cannot be read before it runs" not in opaque.reason
+    tree = ask(engine, SshRequest("read", path="/srv/ax", action="rename-tree"))
+    assert tree.rule == "default-deny" and "where the rule may match" not in tree.reason
+
+
+SUBNET = POLICY[:POLICY.index("rules:")] + """rules:
+  - {name: subnet, effect: allow, agents: [bot], resources: [web],
+     ssh: {forward: ["10.0.0.*:5432", "fe80::*:80", "10.0.0.9:22", "db*:3306", "*.internal:6379", "1?.*:7000"]}}
+"""
+
+
+@pytest.mark.parametrize(("target", "expected"), [
+    ("10.0.0.5:5432", "allow"),
+    ("10.0.0.5.nip.io:5432", "deny"),  # a name that resolves anywhere (wildcard DNS)
+    ("10.0.0.1.evil.example:5432", "deny"),
+    ("10.0.0.metadata.internal:5432", "deny"),
+    ("[fe80::1]:80", "allow"),
+    ("10.0.0.9:22", "allow"),
+    ("db1.internal:3306", "allow"),  # hex letters only: a glob about names
+    ("cache.internal:6379", "allow"),
+    ("10.1.2.3:7000", "allow"),
+    ("1a.example:7000", "deny"),
+])
+def test_an_allow_glob_written_for_addresses_covers_no_name(target: str, expected: str) -> None:
+    engine = PolicyEngine(load_policy_text(SUBNET, "subnet.yaml"))
+    assert forward(engine, target)[0] == expected
 
 
 @pytest.mark.parametrize(("operation", "rule"), [
@@ -418,6 +503,7 @@ def test_cases() -> None:
     assert case({"shell": True}) == SshRequest("shell")
     assert case({"read": "/x"}) == SshRequest("read", path="/x", action="open")
     assert case({"write": "/x"}) == SshRequest("write", path="/x", action="open")
+    assert case({"stat": "/x"}) == SshRequest("read", path="/x", action="stat")
     assert case({"forward": "a:1"}) == SshRequest("forward", forward="local", target="a:1")
     assert case({"remote_forward": "a:1"}) == SshRequest("forward", forward="remote", target="a:1")
     for bad in ({}, {"command": "ls", "shell": True}, {"shell": False}, {"command": 3}, {"read": "/x", "pty": True},

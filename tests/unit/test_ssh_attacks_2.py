@@ -336,7 +336,7 @@ def test_a_legacy_scp_exec_is_never_judged_as_a_command(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("host", ["10.0.0.5.nip.io", "10.0.0.1.evil.example", "10.0.0.metadata.internal"])
 def test_an_allow_glob_over_addresses_covers_names_that_resolve_anywhere(host: str) -> None:
-    """attack: `forward: ["10.0.0.*:5432"]` means the databases of one subnet; fnmatch's `*`
+    """was an attack (closed): `forward: ["10.0.0.*:5432"]` means the databases of one subnet; fnmatch's `*`
     matches dots and letters, so it also covers `10.0.0.5.nip.io`, `10.0.0.1.evil.example`:
     names the server resolves (the agent's DNS, wildcard services such as nip.io) to any
     address, 169.254.169.254 or the server's own 127.0.0.1 among them. The deny side was made
