@@ -2,25 +2,30 @@
 
 Every command takes `--store PATH|DSN` (default: the `audit:` section of
 /etc/interceptor/interceptor.yaml, else /var/lib/interceptor/audit.db) and, where it prints
-records, `--json` (one JSON object per line).
+records, `--json` (one JSON object per line). Text from the trail is printed with control
+characters escaped; a reader that stops reading (`audit search | head`) ends the command
+quietly with status 141, as a program killed by SIGPIPE.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
+import os
 import re
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
 import click
 
 from interceptor.audit import Query, Record, Store, open_store, verify
 from interceptor.audit.chain import canonical_json
-from interceptor.audit.recording import Cast, RecordingError, parse, read_verified
+from interceptor.audit.recording import Cast, RecordingError, parse, read_verified, recording_path
+from interceptor.cli_support import escaped
 from interceptor.config import ConfigError, Settings, load_settings
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
@@ -81,7 +86,7 @@ def _opened(spec: str | None) -> Iterator[Store]:
         raise click.ClickException(f"cannot open audit store {_redact_dsn(spec)}: {exc}") from exc
     try:
         yield store
-    except click.ClickException:
+    except (click.ClickException, BrokenPipeError):
         raise
     except Exception as exc:
         raise click.ClickException(f"reading audit store {_redact_dsn(spec)} failed: {exc}") from exc
@@ -102,7 +107,15 @@ def _json_option(command: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")(command)
 
 
+_VERBS = ("request", "method", "verb")  # an operation's verb, shown first in a line's "what"
+_OBJECTS = ("command", "path", "target", "action", "tool", "statement", "sql", "text", "resource")
+_WHAT = 60  # characters of an operation's object a line shows
+
+
 def _line(record: Record) -> str:
+    """One record on one line: time, chain#seq, kind, decision, agent, subject, resource, rule,
+    what (the operation's verb and object, cut to _WHAT characters), reason, event id; every
+    value escaped (an agent's text cannot drive the reader's terminal)."""
     event = record.event
     when = event.get("time")
     stamp = datetime.datetime.fromtimestamp(when).isoformat(timespec="milliseconds") \
@@ -112,10 +125,26 @@ def _line(record: Record) -> str:
     parts += [f"{key}={value}" for key, value in (("agent", event.get("agent")), ("subject", subject),
                                                    ("resource", event.get("resource")), ("rule", event.get("rule")))
               if value]
+    what = _what(event.get("operation"))
+    if what:
+        parts.append(f"what={what!r}")
     if event.get("reason"):
         parts.append(f"reason={event['reason']!r}")
     parts.append(str(event.get("event_id")))
-    return " ".join(parts)
+    return escaped(" ".join(parts))
+
+
+def _what(operation: object) -> str:
+    """What a record's operation was about: its verb (an ssh request, HTTP method, Kubernetes
+    verb) and its first object (command, path, target, tool, statement text...), the object
+    cut to _WHAT characters with "..." after."""
+    if not isinstance(operation, dict):
+        return ""
+    verb = next((str(operation[key]) for key in _VERBS if operation.get(key)), "")
+    thing = next((str(operation[key]) for key in _OBJECTS if operation.get(key)), "")
+    if len(thing) > _WHAT:
+        thing = thing[:_WHAT] + "..."
+    return " ".join(part for part in (verb, thing) if part)
 
 
 def _print(records: list[tuple[int, Record]], as_json: bool) -> None:
@@ -123,7 +152,32 @@ def _print(records: list[tuple[int, Record]], as_json: bool) -> None:
         click.echo(canonical_json(record.to_dict()) if as_json else _line(record))
 
 
-@click.group()
+class _AuditGroup(click.Group):
+    """The `audit` group: a command whose stdout's reader has gone ends quietly."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            _reader_gone()
+
+
+def _reader_gone() -> NoReturn:
+    """stdout's reader stopped reading (`audit search | head -5`): no store failed, nothing to
+    say. What is still buffered goes to /dev/null (else the interpreter's last flush would
+    complain), and the status is 141, a program killed by SIGPIPE's (as `git log | head`)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # no file behind it (a test's capture)
+        fd = -1
+    if fd >= 0:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+    sys.exit(141)
+
+
+@click.group(cls=_AuditGroup)
 def audit() -> None:
     """Prove, read and export the audit trail."""
 
@@ -253,26 +307,33 @@ def _export_pcap(store: Store, session: str, output: str | None) -> None:
               help="Never wait longer than this between two events.")
 @click.option("--input/--no-input", "show_input", default=False, show_default=True,
               help="Show what was typed too, marked [input: ...] with control characters escaped.")
+@click.option("--recordings", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+              help="Where the recordings are (default: the recordings directory in the settings' state_dir).")
 @_store_option
 @_json_option
-def replay(event_id: str, speed: float, max_wait: float, show_input: bool, store: str | None, as_json: bool) -> None:
+def replay(event_id: str, speed: float, max_wait: float, show_input: bool, recordings: Path | None,
+           store: str | None, as_json: bool) -> None:
     """Play a recorded SSH shell back (EVENT_ID: its "ssh" or "ssh-end" record), after checking
     the file's size and SHA-256 against the record (exit 1 when it differs or is missing).
 
-    The terminal output goes to stdout with its timing; size changes are not replayed; the
-    limit marker goes to stderr. --json prints the file's header and a summary instead.
-    `audit verify` proves the record itself."""
+    The record names the file (NAME.cast), looked up in the recordings directory
+    (`<state_dir>/recordings`, or --recordings DIR); a name that is not a recording's (a `/`,
+    `..`, NUL) is refused. The terminal output goes to stdout with its timing; size changes
+    are not replayed; the limit marker goes to stderr. --json prints the file's header and a
+    summary instead. `audit verify` proves the record itself."""
     with _opened(store) as opened:
         end = _ssh_end(opened, event_id)
     recording = _recording_of(end)
+    directory = recordings if recordings is not None else _settings().state_dir / "recordings"
     try:
-        cast = parse(read_verified(recording["path"], recording["sha256"], recording["bytes"]))
+        path = recording_path(directory, recording["file"])
+        cast = parse(read_verified(str(path), recording["sha256"], recording["bytes"]))
     except RecordingError as exc:
-        raise click.ClickException(f"refusing to replay event {end.event_id}: {exc}") from exc
+        raise click.ClickException(f"refusing to replay event {end.event_id}: {escaped(str(exc))}") from exc
     if as_json:
         click.echo(json.dumps(_cast_summary(end, recording, cast), sort_keys=True))
         return
-    click.echo(f"replaying event {end.event_id}: {recording['path']} (SHA-256 verified), "
+    click.echo(f"replaying event {end.event_id}: {path} (SHA-256 verified), "
                f"{cast.header['width']}x{cast.header['height']}, {_seconds(cast):.1f} s", err=True)
     _play(cast, speed, max_wait, show_input)
 
@@ -298,7 +359,7 @@ def _end_of_request(store: Store, request: Record) -> Record:
     operation (not denied) can its one "ssh-end" of that operation be told to be this one's."""
     event = request.event
     if event.get("decision") == "deny":
-        raise click.ClickException(f"event {request.event_id} was denied ({event.get('rule')}): "
+        raise click.ClickException(f"event {request.event_id} was denied ({escaped(str(event.get('rule')))}): "
                                    f"nothing ran, nothing was recorded")
     flow, operation = event.get("flow_id"), event.get("operation")
     if not isinstance(flow, str):
@@ -320,7 +381,7 @@ def _end_of_request(store: Store, request: Record) -> Record:
 def _request_text(record: Record) -> str:
     operation = record.event.get("operation")
     summary = operation if isinstance(operation, dict) else {}
-    return " ".join(str(summary[key]) for key in ("request", "command", "path", "target") if summary.get(key))
+    return escaped(" ".join(str(summary[key]) for key in ("request", "command", "path", "target") if summary.get(key)))
 
 
 def _recording_of(end: Record) -> dict[str, Any]:
@@ -329,9 +390,9 @@ def _recording_of(end: Record) -> dict[str, Any]:
     if not isinstance(recording, dict):
         raise click.ClickException(f"event {end.event_id} has no recording: only shells and commands run with "
                                    f"a terminal are recorded")
-    if not (isinstance(recording.get("path"), str) and isinstance(recording.get("sha256"), str)
+    if not (isinstance(recording.get("file"), str) and isinstance(recording.get("sha256"), str)
             and type(recording.get("bytes")) is int):
-        raise click.ClickException(f"event {end.event_id} names its recording without a path, sha256 and bytes: "
+        raise click.ClickException(f"event {end.event_id} names its recording without a file, sha256 and bytes: "
                                    f"{recording!r}")
     return recording
 
@@ -361,13 +422,7 @@ def _play(cast: Cast, speed: float, max_wait: float, show_input: bool) -> None:
         if speed:
             time.sleep(min((event.time - shown) / speed, max_wait))
         shown = event.time
-        text = event.data if event.kind == "o" else f"[input: {_escaped(event.data)}]"
+        text = event.data if event.kind == "o" else f"[input: {escaped(event.data)}]"
         out.write(text.encode("utf-8", "replace"))
         out.flush()
 
-
-def _escaped(text: str) -> str:
-    """`text` with every character that is not printable (control characters, escape
-    sequences' ESC, C1 controls) written as a Python escape, so typed keys cannot drive the
-    replaying terminal."""
-    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)

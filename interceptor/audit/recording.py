@@ -10,9 +10,10 @@ input are decoded as UTF-8, each with its own incremental decoder, so a characte
 across reads stays whole; invalid bytes become U+FFFD.
 
 The ssh handler writes a Recording on the event loop (buffered writes, a running SHA-256, no
-fsync before close) and puts `close().as_dict()` in the channel's "ssh-end" record, written
-after close has synced the file. `interceptor audit replay` reads it back with `read_verified`
-and `parse`.
+fsync before close) and puts the closed recording's summary in the channel's "ssh-end"
+record, written after close has synced the file, with the file's name only (`file`, not the
+directory's path). `interceptor audit replay` finds it with `recording_path`, reads it back
+with `read_verified` and `parse`.
 """
 
 from __future__ import annotations
@@ -187,6 +188,17 @@ class Recording:
     def _check_open(self) -> None:
         if self._closed:
             raise ValueError(f"recording {self._path} is closed")
+
+
+def recording_path(directory: Path, file: str) -> Path:
+    """`<directory>/<file>` for the `file` an "ssh-end" record names: a name `Recording.start`
+    makes (`<name>.cast`, `name` 1 to 200 of [A-Za-z0-9._-]), never a path. Raises
+    RecordingError for anything else (a `/`, `..`, NUL, another suffix or character)."""
+    name = file.removesuffix(".cast")
+    if name == file or not _NAME.fullmatch(name) or ".." in file:
+        raise RecordingError(f"recording file {file!r} is not a recording's name (NAME.cast, NAME 1 to 200 of "
+                             f"A-Z a-z 0-9 . _ -, no '..'): refusing to look outside the recordings directory")
+    return directory / file
 
 
 def read_verified(path: str, sha256: str, size: int) -> bytes:

@@ -3,6 +3,8 @@
 import asyncio
 import json
 import sqlite3
+import subprocess
+import sys
 
 import pytest
 from click.testing import CliRunner
@@ -212,3 +214,40 @@ def test_tail_follow_prints_records_as_they_are_written(db):
         follower.wait()
     assert [r["event"]["event_id"] for r in seen] == [e.event_id for e in later]
     assert [r["seq"] for r in seen] == [7, 8, 9]
+
+
+def test_one_line_records_say_what_and_escape_what_an_agent_chose(tmp_path):
+    path = tmp_path / "audit.db"
+    command = "sudo chmod 0777 /etc '\x1b[20Dsystemctl status nginx\x1b[K' \u202e\x9b" + " x" * 40
+    events = [AuditEvent(kind="ssh", agent="claude\x1b]0;t\x07", decision="approve", rule="ops-restart-needs-approval",
+                         resource="web-1", operation={"kind": "ssh", "request": "exec", "command": command}),
+              AuditEvent(kind="request", decision="allow",
+                         operation={"kind": "http", "method": "GET", "path": "/v1/x"}),
+              AuditEvent(kind="statement", decision="deny", operation={"sql": "DELETE FROM orders WHERE id = 7"}),
+              AuditEvent(kind="ssh", decision="allow", operation={"kind": "ssh", "request": "sftp-open",
+                                                                  "path": "/srv/motd"})]
+
+    async def run():
+        sink = open_sink({"store": "sqlite", "path": str(path), "chain_id": "host-a"})
+        for event in events:
+            await sink.write(event)
+        await sink.close()
+
+    asyncio.run(run())
+    lines = _run("search", "--store", str(path)).output.splitlines()
+    assert len(lines) == 4 and all(line.isprintable() for line in lines), lines
+    assert f"rule=ops-restart-needs-approval what={'exec ' + command[:60] + '...'!r}" in lines[0]
+    assert "agent=claude\\x1b]0;t\\x07" in lines[0]
+    assert "what='GET /v1/x'" in lines[1]
+    assert "what='DELETE FROM orders WHERE id = 7'" in lines[2]
+    assert "what='sftp-open /srv/motd'" in lines[3]
+
+
+def test_a_reader_that_stops_reading_ends_the_command_quietly(db):
+    path, _ = db
+    reader = subprocess.Popen([sys.executable, "-c", "from interceptor.audit.cli import audit; audit()", "search",
+                               "--store", path], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert reader.stdout is not None and reader.stderr is not None
+    reader.stdout.close()  # `| head -0`: nobody reads what search prints
+    assert reader.wait(60) == 141
+    assert reader.stderr.read() == b""

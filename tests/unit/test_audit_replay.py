@@ -1,10 +1,12 @@
 """`interceptor audit replay` through click's CliRunner, on a real SQLite audit store holding
-the "ssh" and "ssh-end" records the ssh handler writes, and recordings tampered with by hand."""
+the "ssh" and "ssh-end" records the ssh handler writes (the recording named by its file name,
+found in the recordings directory), and recordings tampered with by hand."""
 
 import asyncio
 import hashlib
 import json
 import sqlite3
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -13,6 +15,7 @@ from interceptor.audit import AuditEvent, open_sink
 from interceptor.audit import cli as audit_cli
 from interceptor.audit.cli import audit
 from interceptor.audit.recording import Recording
+from interceptor.config import Settings
 
 SHELL = {"kind": "ssh", "request": "shell", "pty": True}
 OUTPUT = [b"\x1b[1;32muser@web1\x1b[0m:~$ ", "ls -l café\r\n".encode(), "😀 ok".encode()[:2],
@@ -30,13 +33,19 @@ def _write(store: str, events: list[AuditEvent]) -> None:
 
 
 def _record(tmp_path, name: str, typed: bytes = b"ls -l caf\xc3\xa9\r") -> dict:
-    rec = Recording.start(tmp_path, name, width=80, height=24, term="xterm", limit=1 << 20)
+    """A recording made in `tmp_path`/recordings, summed up as the ssh handler's "ssh-end"
+    record names it: its file name, never its directory."""
+    directory = tmp_path / "recordings"
+    directory.mkdir(exist_ok=True)
+    rec = Recording.start(directory, name, width=80, height=24, term="xterm", limit=1 << 20)
     rec.output(OUTPUT[0])
     rec.input(typed)
     for chunk in OUTPUT[1:]:
         rec.output(chunk)
     rec.resize(100, 30)
-    return rec.close().as_dict()
+    summary = rec.close()
+    return {"file": f"{name}.cast", "sha256": summary.sha256, "bytes": summary.bytes, "events": summary.events,
+            "limited": summary.limited}
 
 
 def _pair(flow: str, recording: dict | None, operation: dict = SHELL) -> tuple[AuditEvent, AuditEvent]:
@@ -59,8 +68,12 @@ def session(tmp_path):
     return store, request, end, recording
 
 
-def _run(*args: str):
-    return CliRunner().invoke(audit, ["replay", *args])
+def _run(*args: str, state_dir=None):
+    """`audit replay ARGS` with the settings of a daemon whose state_dir is `state_dir`
+    (default: the test's, found from the store's `--store` directory)."""
+    store = args[args.index("--store") + 1] if "--store" in args else "."
+    settings = Settings(state_dir=state_dir or Path(store).parent)
+    return CliRunner().invoke(audit, ["replay", *args], obj={"settings": settings})
 
 
 @pytest.mark.parametrize("by", ["ssh-end", "ssh"])
@@ -69,7 +82,9 @@ def test_speed_0_writes_the_output_exactly(session, by):
     result = _run((end if by == "ssh-end" else request).event_id, "--speed", "0", "--store", store)
     assert result.exit_code == 0, result.output
     assert result.stdout_bytes == b"".join(OUTPUT)
-    assert f"replaying event {end.event_id}: {recording['path']} (SHA-256 verified), 80x24" in result.stderr
+    recordings = Path(store).parent / "recordings"
+    assert f"replaying event {end.event_id}: {recordings / recording['file']} (SHA-256 verified), 80x24" \
+        in result.stderr
 
 
 def test_input_is_shown_marked_and_escaped(tmp_path):
@@ -95,7 +110,7 @@ def test_json_prints_header_and_summary_without_playing(session):
 
 def test_an_edited_recording_is_refused(session):
     store, _, end, recording = session
-    with open(recording["path"], "r+b") as file:
+    with open(Path(store).parent / "recordings" / recording["file"], "r+b") as file:
         data = file.read()
         file.seek(data.index(b"ls -l caf"))
         file.write(b"rm -rf /")
@@ -107,7 +122,7 @@ def test_an_edited_recording_is_refused(session):
 
 def test_a_truncated_recording_is_refused(session):
     store, _, end, recording = session
-    with open(recording["path"], "r+b") as file:
+    with open(Path(store).parent / "recordings" / recording["file"], "r+b") as file:
         file.truncate(recording["bytes"] - 10)
     result = _run(end.event_id, "--speed", "0", "--store", store)
     assert result.exit_code == 1 and result.stdout_bytes == b""
@@ -116,17 +131,17 @@ def test_a_truncated_recording_is_refused(session):
 
 def test_a_missing_recording_is_refused(session, tmp_path):
     store, request, _, recording = session
-    (tmp_path / "flow-a-0.cast").unlink()
+    (tmp_path / "recordings" / "flow-a-0.cast").unlink()
     result = _run(request.event_id, "--speed", "0", "--store", store)
     assert result.exit_code == 1 and result.stdout_bytes == b""
-    assert f"recording {recording['path']} cannot be opened" in result.stderr
+    assert f"recording {tmp_path / 'recordings' / recording['file']} cannot be opened" in result.stderr
 
 
 def test_a_file_put_in_place_with_the_record_edited_too_is_found_by_verify(session):
     store, _, end, recording = session
 
     forged = b'{"version":2,"width":80,"height":24}\n[0.1,"o","nothing happened"]\n'
-    with open(recording["path"], "wb") as file:
+    with open(Path(store).parent / "recordings" / recording["file"], "wb") as file:
         file.write(forged)
     with sqlite3.connect(store) as conn:
         conn.execute("UPDATE audit_records SET event = replace(replace(event, ?, ?), ?, ?)",
@@ -140,10 +155,11 @@ def test_a_file_put_in_place_with_the_record_edited_too_is_found_by_verify(sessi
 def test_waits_follow_the_recording_scaled_and_capped(tmp_path, monkeypatch):
     cast = (b'{"version":2,"width":80,"height":24,"timestamp":1700000000}\n'
             b'[0.5,"o","a"]\n[1.0,"i","x"]\n[1.5,"r","90x30"]\n[11.5,"o","b"]\n[12.0,"m","mark"]\n[12.25,"o","c"]\n')
-    path = tmp_path / "manual.cast"
-    path.write_bytes(cast)
+    (tmp_path / "recordings").mkdir()
+    (tmp_path / "recordings" / "manual.cast").write_bytes(cast)
     store = str(tmp_path / "audit.db")
-    recording = {"path": str(path), "sha256": hashlib.sha256(cast).hexdigest(), "bytes": len(cast), "limited": False}
+    recording = {"file": "manual.cast", "sha256": hashlib.sha256(cast).hexdigest(), "bytes": len(cast),
+                 "limited": False}
     request, end = _pair("flow-c", recording)
     _write(store, [request, end])
     waits: list[float] = []
@@ -226,8 +242,9 @@ def test_other_records_and_unknown_ids_are_refused(session):
     assert missing.exit_code == 1 and f"no audit record with event id {'0' * 32}" in missing.stderr
 
 
-@pytest.mark.parametrize("recording", [{"path": "/x.cast", "sha256": "ab"}, {"path": 3, "sha256": "ab", "bytes": 1},
-                                       {"path": "/x.cast", "sha256": "ab", "bytes": "1"}, "path"])
+@pytest.mark.parametrize("recording", [{"file": "x.cast", "sha256": "ab"}, {"file": 3, "sha256": "ab", "bytes": 1},
+                                       {"file": "x.cast", "sha256": "ab", "bytes": "1"}, "file",
+                                       {"path": "/x.cast", "sha256": "ab", "bytes": 1}])
 def test_a_malformed_recording_field_is_refused(tmp_path, recording):
     store = str(tmp_path / "audit.db")
     _, end = _pair("flow-h", recording)
@@ -240,3 +257,28 @@ def test_a_malformed_recording_field_is_refused(tmp_path, recording):
 def test_negative_speed_is_a_usage_error(session):
     store, _, end, _ = session
     assert _run(end.event_id, "--speed", "-1", "--store", store).exit_code == 2
+
+
+def test_the_recordings_directory_can_be_named(session, tmp_path):
+    store, _, end, recording = session
+    moved = tmp_path / "elsewhere"
+    (tmp_path / "recordings").rename(moved)
+    assert _run(end.event_id, "--speed", "0", "--store", store).exit_code == 1
+    result = _run(end.event_id, "--speed", "0", "--store", store, "--recordings", str(moved))
+    assert result.exit_code == 0, result.output
+    assert result.stdout_bytes == b"".join(OUTPUT) and str(moved / recording["file"]) in result.stderr
+
+
+@pytest.mark.parametrize("file", ["../audit.db", "/etc/passwd", "..cast", "a/../b.cast", "x.cast\x00", "x.txt",
+                                  ".cast", "a b.cast", "x\x1b[2J.cast", "../recordings/flow-a-0.cast",
+                                  "x" * 201 + ".cast"])
+def test_a_file_name_that_is_not_a_recordings_is_refused(tmp_path, file):
+    """The record names a file in the recordings directory; a name that could reach outside
+    it, or that no recording has, is refused before anything is opened."""
+    store = str(tmp_path / "audit.db")
+    (tmp_path / "recordings").mkdir()
+    _, end = _pair("flow-j", {"file": file, "sha256": "ab", "bytes": 1})
+    _write(store, [end])
+    result = _run(end.event_id, "--store", store)
+    assert result.exit_code == 1 and result.stdout_bytes == b""
+    assert "is not a recording's name" in result.stderr and "\x1b" not in result.stderr
