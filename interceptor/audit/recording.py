@@ -48,9 +48,10 @@ class RecordingError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class RecordingSummary:
-    """What the audit record keeps of a closed recording: the file's absolute `path`, the
-    hex SHA-256 and size in `bytes` of the whole file, how many `events` lines follow the
-    header (the limit marker included), and whether the size limit cut it short (`limited`)."""
+    """A closed recording: the file's absolute `path`, the hex SHA-256 and size in `bytes` of
+    the whole file, how many `events` lines follow the header (the limit marker included),
+    and whether the size limit cut it short (`limited`). The audit record keeps the same
+    fields with the file's name (`file`) in place of its path (see `recording_path`)."""
 
     path: str
     sha256: str
@@ -59,7 +60,7 @@ class RecordingSummary:
     limited: bool
 
     def as_dict(self) -> dict[str, object]:
-        """The fields as the "recording" value of an "ssh-end" record's outcome."""
+        """The fields as a dict (`path`, `sha256`, `bytes`, `events`, `limited`)."""
         return asdict(self)
 
 
