@@ -273,7 +273,7 @@ def private_link(lab: Lab) -> None:
     (lab.tmp / "server" / "srv" / "link").symlink_to("../private/q3-layoffs.xlsx")
 
 def test_legacy_scp_with_a_leading_space_runs_on_the_server_judged_by_the_link_name(tmp_path: Path) -> None:
-    """attack: legacy scp is judged by its path as written (ssh_rules: `scp -f PATH` is a read
+    """was an attack (closed): legacy scp is judged by its path as written (ssh_rules: `scp -f PATH` is a read
     of PATH) and served by asyncssh's scp server through the SFTP proxy, which judges the
     server's resolution too (symlinks). asyncssh takes a command for scp only when it starts
     with `scp ` (asyncssh.stream: `command.startswith('scp ')`), while the policy's reading
@@ -315,7 +315,7 @@ NO_SCP = """
 
 
 def test_a_legacy_scp_exec_is_never_judged_as_a_command(tmp_path: Path) -> None:
-    """attack: asyncssh answers an exec starting with `scp ` with its own scp server before the
+    """was an attack (closed): asyncssh answers an exec starting with `scp ` with its own scp server before the
     handler's process runs, so the exec itself never reaches the Gate: a deny rule on the
     command (`scp **`: "no legacy scp here") is not applied (the file is sent), there is no
     "ssh" record of the exec, and an upload (`scp -t`), which the policy lets only `shell:
@@ -326,8 +326,11 @@ def test_a_legacy_scp_exec_is_never_judged_as_a_command(tmp_path: Path) -> None:
     server starts, and recorded; only then is each file judged by the proxy."""
     async def test(lab: Lab) -> None:
         async with lab.agent() as conn:
-            result = await asyncio.wait_for(conn.run("scp -f /srv/motd", input=b"\0\0\0", encoding=None), 10)
+            result = await asyncio.wait_for(run_refusable(conn, "scp -f /srv/motd", b"\0\0\0"), 10)
         assert b"welcome" not in cast(bytes, result.stdout), "the scp the policy denies sent the file"
+        assert b"no-scp" in cast(bytes, result.stderr) and result.exit_status == 126, result
+        [judged] = [e for e in lab.kind("ssh") if (e.operation or {}).get("request") == "exec"]
+        assert (judged.decision, judged.rule) == ("deny", "no-scp")
 
     scenario(test, tmp_path, policy=POLICY + NO_SCP)
 
@@ -405,7 +408,7 @@ def test_deny_path_words_miss_the_systems_own_symlinks(path: str) -> None:
 
 def test_a_tcp_connection_that_never_speaks_ssh_logs_in_to_the_server(tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    """attack (resource exhaustion, amplification): the handler starts the server connection
+    """was an attack (closed) (resource exhaustion, amplification): the handler starts the server connection
     (TCP, key exchange, login with the resource's credentials) as soon as the agent's TCP
     connection is accepted, before the agent has sent a single SSH byte: an agent that opens
     connections and stays silent makes the enforcer hold one logged-in server session per
@@ -445,6 +448,19 @@ ANY_PLAIN = """
 """
 
 
+async def run_refusable(conn: asyncssh.SSHClientConnection, command: str | None,
+                        data: bytes) -> asyncssh.SSHCompletedProcess:
+    """conn.run(command, input=data), where the handler may refuse the request and close the
+    channel before the input is written (asyncssh's run then raises BrokenPipeError)."""
+    process = await conn.create_process(command, encoding=None)
+    try:
+        process.stdin.write(data)
+        process.stdin.write_eof()
+    except BrokenPipeError:
+        pass
+    return await process.wait()
+
+
 async def exec_empty(conn: asyncssh.SSHClientConnection, monkeypatch: pytest.MonkeyPatch) -> asyncssh.SSHCompletedProcess:
     """`exec ""` on a session channel (RFC 4254 section 6.5: any string), which asyncssh's
     client never sends itself (it asks for a shell when the command is empty): this agent's
@@ -457,12 +473,12 @@ async def exec_empty(conn: asyncssh.SSHClientConnection, monkeypatch: pytest.Mon
         return await original(self, request, *args)
 
     monkeypatch.setattr(asyncssh.SSHClientChannel, "_make_request", rewritten)
-    return await asyncio.wait_for(conn.run(None, input="echo hi\nexit\n"), 10)
+    return await asyncio.wait_for(run_refusable(conn, None, b"echo hi\nexit\n"), 10)
 
 
 def test_an_exec_of_the_empty_command_is_an_unjudged_unrecorded_shell(tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    """attack: an exec request whose command is "" is judged as an exec of nothing (no words:
+    """was an attack (closed): an exec request whose command is "" is judged as an exec of nothing (no words:
     plain, nothing for deny rules to match, not recorded) and allowed by a rule covering any
     plain command (`commands: ["**"]`, which covers zero words); the handler then calls
     asyncssh's create_process(""), and asyncssh asks the server for an interactive *shell*
@@ -474,8 +490,9 @@ def test_an_exec_of_the_empty_command_is_an_unjudged_unrecorded_shell(tmp_path: 
     upstream; a shell is only ever run when a `shell` request was judged."""
     async def test(lab: Lab) -> None:
         async with lab.agent() as conn:
-            await exec_empty(conn, monkeypatch)
+            result = await exec_empty(conn, monkeypatch)
         judged = [(e.decision, e.rule, e.operation) for e in lab.kind("ssh")]
+        assert result.exit_status == 126 and [decision for decision, _, _ in judged] == ["deny"], (result, judged)
         assert None not in lab.upstream.commands, (
             f"the server ran an interactive shell ({lab.upstream.commands}) after the policy judged {judged}")
 
@@ -484,7 +501,7 @@ def test_an_exec_of_the_empty_command_is_an_unjudged_unrecorded_shell(tmp_path: 
 
 def test_an_exec_of_the_empty_command_allowed_by_a_shell_rule_is_not_recorded(tmp_path: Path,
                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    """attack: as test_an_exec_of_the_empty_command_is_an_unjudged_unrecorded_shell, for the
+    """was an attack (closed): as test_an_exec_of_the_empty_command_is_an_unjudged_unrecorded_shell, for the
     break-glass agent (`shell: true`): the first round made execs that only `shell: true`
     allows recorded like shells, but `exec ""` reads as no words, not shell class, so the
     interactive shell it becomes upstream is not recorded.

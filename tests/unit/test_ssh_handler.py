@@ -15,6 +15,7 @@ import asyncio
 import ipaddress
 import os
 import socket
+import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -28,14 +29,15 @@ from asyncssh.packet import Boolean, String, UInt32
 
 from interceptor.approvals import ApprovalBroker, Approver, SqliteStore
 from interceptor.audit.event import AuditEvent
-from interceptor.audit.recording import parse, read_verified
+from interceptor.audit.recording import Cast, parse, read_verified
+from interceptor.audit.scrub import scrub_event
 from interceptor.enforcer.judge import FlowJudge
 from interceptor.flow import Endpoint, FlowContext, ProcessInfo
 from interceptor.handlers.base import Services
-from interceptor.handlers.ssh import HANDLER
+from interceptor.handlers.ssh import HANDLER, handler
 from interceptor.handlers.ssh.connection import MAX_CHANNELS, MAX_COMMAND, MAX_LISTENERS, PROTOCOL_RULE, FlowGate
 from interceptor.handlers.ssh.process import recorded as is_recorded
-from interceptor.handlers.ssh.upstream import SshCredentialsError, login
+from interceptor.handlers.ssh.upstream import HOST_KEY_TOLD, SshCredentialsError, login
 from interceptor.operations import SshRequest
 from interceptor.policy import PolicyEngine, load_policy_text
 from interceptor.policy.model import AddressSpec, ResourceSpec
@@ -184,6 +186,7 @@ class Lab:
     broker: ApprovalBroker | None = None
     sink: Sink = field(default_factory=Sink)
     errors: list[BaseException] = field(default_factory=list)
+    flow_id: str = "flow1"
 
     def known_hosts(self, key: asyncssh.SSHKey | None = None, name: str = "web1.internal") -> str:
         path = self.tmp / f"known_hosts-{len(os.listdir(self.tmp))}"
@@ -245,11 +248,16 @@ class Lab:
             conn, peer = await asyncio.get_running_loop().sock_accept(listener)
             listener.close()
             process = ProcessInfo(os.getpid(), 1, 1001, 1001, "/usr/bin/agent", ("agent",), "/agents/bot")
-            flow = FlowContext("flow1", "bot", process, Endpoint(LOOPBACK, self.upstream.port),
+            flow = FlowContext(self.flow_id, "bot", process, Endpoint(LOOPBACK, self.upstream.port),
                                Endpoint(LOOPBACK, peer[1]), "web1", connection_rule="web1-ssh")
             await HANDLER.serve(flow, conn, self.services(flow))
 
         return Serving(port, asyncio.get_running_loop().create_task(accept_and_serve()))
+
+    def recording(self, summary: dict[str, Any]) -> Cast:
+        """The recording an "ssh-end" record's summary names, verified."""
+        path = self.tmp / "recordings" / str(summary["file"])
+        return parse(read_verified(str(path), summary["sha256"], summary["bytes"]))
 
     def kind(self, kind: str) -> list[AuditEvent]:
         return [event for event in self.sink.events if event.kind == kind]
@@ -504,14 +512,16 @@ def test_a_shell_is_recorded_input_and_output(tmp_path: Path) -> None:
         assert end.operation == {"kind": "ssh", "request": "shell", "pty": True}
         assert end.outcome is not None
         summary = cast(dict[str, Any], end.outcome["recording"])
-        cast_file = parse(read_verified(summary["path"], summary["sha256"], summary["bytes"]))
+        assert summary["file"] == f"{lab.flow_id}-1.cast" and "path" not in summary
+        assert scrub_event({"outcome": end.outcome}) == {"outcome": end.outcome}, "the trail keeps the file's name"
+        cast_file = lab.recording(summary)
         assert (cast_file.header["width"], cast_file.header["height"]) == (100, 30)
         kinds = "".join(str(event.data) for event in cast_file.events if event.kind == "i")
         assert kinds == "hello\rexit\r"
         assert any(event.kind == "r" and event.data == "120x40" for event in cast_file.events)
         assert "you said hello" in "".join(str(event.data) for event in cast_file.events if event.kind == "o")
 
-    scenario(test, tmp_path, policy=POLICY + SHELLS)
+    scenario(test, tmp_path, policy=POLICY + SHELLS, flow_id=uuid.uuid4().hex[:16])  # as the daemon names flows
 
 
 def test_shells_opened_together_are_recorded_apart(tmp_path: Path) -> None:
@@ -522,8 +532,8 @@ def test_shells_opened_together_are_recorded_apart(tmp_path: Path) -> None:
                 await shell.stdout.readexactly(2)
                 shell.stdin.write(f"shell {number}\rexit\r")
                 assert (await shell.wait()).exit_status == 0
-        paths = {str(cast(dict[str, Any], (end.outcome or {})["recording"])["path"]) for end in lab.kind("ssh-end")}
-        assert len(paths) == 2 and all(Path(path).exists() for path in paths)
+        names = {str(cast(dict[str, Any], (end.outcome or {})["recording"])["file"]) for end in lab.kind("ssh-end")}
+        assert len(names) == 2 and all((lab.tmp / "recordings" / name).exists() for name in names)
 
     scenario(test, tmp_path, policy=POLICY + SHELLS)
 
@@ -560,6 +570,36 @@ def test_sftp_is_served_by_the_proxy_and_judged_by_path(tmp_path: Path) -> None:
         assert ("allow", "/srv/motd") in judged and ("deny", "/srv/new") in judged
 
     scenario(test, tmp_path)
+
+
+def test_legacy_scp_is_judged_as_its_exec_then_served_by_the_proxy(tmp_path: Path) -> None:
+    async def test(lab: Lab) -> None:
+        async with lab.agent() as conn:
+            await asyncssh.scp((conn, "/srv/motd"), tmp_path / "got")
+            with pytest.raises(asyncssh.SFTPError):
+                await asyncssh.scp((conn, "/srv/../private.txt"), tmp_path / "stolen")
+        assert (tmp_path / "got").read_text() == "welcome\n" and not (tmp_path / "stolen").exists()
+        assert lab.upstream.commands == []  # no scp ran on the server
+        execs = [e for e in lab.kind("ssh") if (e.operation or {}).get("request") == "exec"]
+        assert [(e.decision, (e.operation or {})["command"]) for e in execs] == [
+            ("allow", "scp -f /srv/motd"), ("deny", "scp -f /srv/../private.txt")]
+        reads = [(e.decision, (e.operation or {}).get("path")) for e in lab.kind("ssh")
+                 if (e.operation or {}).get("request") == "read"]
+        assert ("allow", "/srv/motd") in reads
+        [end] = [e for e in lab.kind("ssh-end") if (e.operation or {}).get("request") == "exec"]
+        assert end.outcome is not None and end.outcome["exit_status"] == 0
+        assert cast(int, end.outcome["bytes_down"]) > len("welcome\n") and cast(int, end.outcome["bytes_up"]) > 0
+
+    scenario(test, tmp_path)
+
+
+@pytest.mark.parametrize(("operation", "reason"), [
+    (SshRequest("exec", command=""), "empty command"),
+    (SshRequest("exec", command="scp -f /srv/motd", pty=True), "legacy scp on a terminal"),
+])
+def test_requests_the_handler_never_serves_whatever_the_policy(operation: SshRequest, reason: str) -> None:
+    refusal = FlowGate(cast(FlowContext, None), cast(Services, None), recordings=True).fixed(operation)
+    assert refusal is not None and refusal.rule == PROTOCOL_RULE and reason in refusal.reason
 
 
 # ---- forwards --------------------------------------------------------------------------
@@ -758,7 +798,7 @@ def test_a_shell_class_exec_is_recorded_like_a_shell(tmp_path: Path) -> None:
         ends = {str((e.operation or {})["command"]): e.outcome or {} for e in lab.kind("ssh-end")}
         assert "recording" not in ends["echo plain"]
         summary = cast(dict[str, Any], ends["cat | cat"]["recording"])
-        recorded = parse(read_verified(summary["path"], summary["sha256"], summary["bytes"]))
+        recorded = lab.recording(summary)
         assert "env" not in recorded.header  # no terminal: none in the recording either
         assert "".join(str(e.data) for e in recorded.events if e.kind == "i") == "typed by the agent"
         assert "".join(str(e.data) for e in recorded.events if e.kind == "o") == "typed by the agent"
@@ -849,13 +889,15 @@ def test_bad_input_ends_that_flow_with_a_clear_record(tmp_path: Path, garbage: b
 
 def test_an_untrusted_upstream_host_key_refuses_the_flow(tmp_path: Path) -> None:
     async def test(lab: Lab) -> None:
-        lab.options["known_hosts"] = lab.known_hosts(asyncssh.generate_private_key("ssh-ed25519"))
+        known_hosts = lab.options["known_hosts"] = lab.known_hosts(asyncssh.generate_private_key("ssh-ed25519"))
         refused = await lab.refused_agent()
-        assert "its host key is not trusted for 'web1.internal'" in str(getattr(refused, "reason", refused))
+        assert str(getattr(refused, "reason", refused)) == f"interceptor: {HOST_KEY_TOLD}"  # no path, no name
         connection = lab.connection
         assert connection.decision == "error" and connection.outcome is not None
         assert connection.outcome["fault"] == "server"
-        assert "host key is not trusted" in str(connection.outcome["error"])
+        error = str(connection.outcome["error"])
+        assert f"its host key is not trusted for 'web1.internal' by known_hosts {known_hosts}" in error
+        assert f"ssh-keyscan -t ed25519 -p {lab.upstream.port} web1.internal >> {known_hosts}" in error
 
     scenario(test, tmp_path)
 
@@ -877,6 +919,33 @@ def test_an_unreachable_upstream_refuses_the_flow(tmp_path: Path) -> None:
         refused = await lab.refused_agent()
         assert f"upstream 127.0.0.1:{lab.upstream.port} is unreachable" in str(getattr(refused, "reason", refused))
         assert lab.connection.outcome is not None and lab.connection.outcome["fault"] == "server"
+
+    scenario(test, tmp_path)
+
+
+def test_an_agent_that_never_completes_its_handshake_costs_no_login(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client that sends its version and then nothing is disconnected after the login
+    timeout; the server is never logged in to."""
+    logins: list[str] = []
+
+    def counted(self: asyncssh.SSHServer, username: str) -> bool:
+        logins.append(username)
+        return True
+
+    monkeypatch.setattr(UpstreamServer, "begin_auth", counted, raising=False)
+    monkeypatch.setattr(handler, "LOGIN_SECONDS", 0.5)
+
+    async def test(lab: Lab) -> None:
+        serving = await lab._serve()
+        reader, writer = await asyncio.open_connection("127.0.0.1", serving.port)
+        writer.write(b"SSH-2.0-silent\r\n")
+        assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"SSH-2.0-")
+        await asyncio.wait_for(reader.read(), 5)  # the enforcer hangs up (after its key exchange offer)
+        writer.close()
+        await serving.done()
+        assert logins == [] and lab.connection.decision != "allow"
+        assert "Login timeout expired" in str(lab.connection.reason)
 
     scenario(test, tmp_path)
 
@@ -904,6 +973,27 @@ def test_no_known_hosts_option_refuses_the_flow(tmp_path: Path) -> None:
         assert lab.upstream.commands == []
 
     scenario(test, tmp_path, options={})
+
+
+def test_an_unreadable_known_hosts_file_is_named_in_the_record_only(tmp_path: Path) -> None:
+    async def test(lab: Lab) -> None:
+        missing = lab.options["known_hosts"] = str(lab.tmp / "private-dir" / "known_hosts")
+        refused = str(getattr(await lab.refused_agent(), "reason", None))
+        assert "private-dir" not in refused and "known_hosts for this resource cannot be used" in refused
+        assert f"known_hosts file {missing} cannot be read" in str(lab.connection.reason)
+        assert lab.connection.outcome is not None and lab.connection.outcome["fault"] == "policy"
+
+    scenario(test, tmp_path)
+
+
+def test_unusable_credentials_are_named_in_the_record_only(tmp_path: Path) -> None:
+    async def test(lab: Lab) -> None:
+        refused = str(getattr(await lab.refused_agent(), "reason", None))
+        assert refused == "interceptor: the credentials of this resource cannot be used for the server login; see " \
+                          "the audit trail"
+        assert "private_key_file cannot be read" in str(lab.connection.reason)
+
+    scenario(test, tmp_path, credentials={"user": UPSTREAM_USER, "private_key_file": str(tmp_path / "none")})
 
 
 def test_a_refused_login_never_shows_the_password(tmp_path: Path) -> None:

@@ -2,9 +2,13 @@
 and the Gate its channels are judged through.
 
 - No authentication (begin_auth answers that none is needed): the agent is who the flow says
-  it is, whatever user name it gives (recorded). Login waits for the server connection, so
-  an unreachable server, an untrusted host key or unusable credentials end the agent's
-  connection with a DISCONNECT naming the reason (OpenSSH prints it), never the credentials.
+  it is, whatever user name it gives (recorded). The server connection is started there,
+  once the agent has completed its key exchange and asked to log in (a connection that
+  never speaks SSH costs the server nothing; the agent's whole login is bounded by the
+  handler's login timeout), and login waits for it, so an unreachable server, an untrusted
+  host key or unusable credentials end the agent's connection with a DISCONNECT saying what
+  failed (upstream.told: OpenSSH prints it) without local paths, user names or credentials;
+  the details go to the connection record and the daemon's log.
 - Session channels (RFC 4254 section 6) become exec, shell and subsystem requests
   (interceptor.handlers.ssh.process); SFTP goes to SftpProxy (interceptor.handlers.ssh.sftp),
   which reaches this object as its SftpContext; direct-tcpip and tcpip-forward to
@@ -15,7 +19,9 @@ and the Gate its channels are judged through.
   both ways (direct-streamlocal@openssh.com, streamlocal-forward@openssh.com) and tunnels
   (tun@openssh.com; OpenSSH PROTOCOL sections 2.3 and 2.4), subsystems other than sftp, a
   command longer than MAX_COMMAND bytes, a request that would be recorded when the daemon has
-  no recordings directory.
+  no recordings directory, an exec with an empty command (asyncssh's client would ask the
+  server for a shell), legacy scp on a terminal (scp clients ask for none; it is served by
+  the SFTP proxy, interceptor.handlers.ssh.process, which records no terminal).
 - What runs is what was judged: once a session channel's exec, shell or subsystem request is
   made, every further request on it is refused and recorded except window-change, signal and
   break (passed on to the server), keepalives and the requests refused at any time above. A
@@ -44,7 +50,7 @@ from interceptor.decision import Decision, Verdict
 from interceptor.errors import AuditUnavailable, Refused
 from interceptor.flow import FlowContext
 from interceptor.handlers.base import Services
-from interceptor.handlers.ssh import forwards, process
+from interceptor.handlers.ssh import forwards, process, upstream
 from interceptor.operations import SshRequest
 from interceptor.policy.ssh_rules import REFUSED_FORWARDS
 
@@ -109,6 +115,11 @@ class FlowGate:
         if operation.request == "exec" and command is not None and len(command.encode()) > MAX_COMMAND:
             return Decision.deny(PROTOCOL_RULE, f"the command is {len(command.encode())} bytes, more than the "
                                                 f"{MAX_COMMAND} an exec request may have")
+        if operation.request == "exec" and not command:
+            return Decision.deny(PROTOCOL_RULE, "an exec request with an empty command is not served (use a "
+                                                "shell request for a shell)")
+        if operation.pty and process.scp_of(operation) is not None:
+            return Decision.deny(PROTOCOL_RULE, "legacy scp on a terminal is not served")
         if operation.request == "subsystem":
             return Decision.deny(PROTOCOL_RULE, f"subsystem {command!r} is not served (only sftp is)")
         if operation.request == "forward" and operation.forward in REFUSED_FORWARDS:
@@ -285,7 +296,9 @@ class _Session(asyncssh.SSHServerProcess[bytes]):
     """A session channel's process; `lost` is set when the channel closes."""
 
     def __init__(self, owner: AgentConnection, number: int, sftp_factory: asyncssh.SFTPServerFactory | None) -> None:
-        super().__init__(owner.run_process, sftp_factory, SFTP_VERSION, sftp_factory is not None)
+        # allow_scp off: asyncssh would answer an exec starting with `scp ` itself, unjudged;
+        # the process judges it as the command it is, then serves it (process._serve_scp)
+        super().__init__(owner.run_process, sftp_factory, SFTP_VERSION, False)
         self.owner = owner
         self.number = number  # the connection's channels opened before it, and it
         self.lost = asyncio.Event()
@@ -301,17 +314,20 @@ class _Session(asyncssh.SSHServerProcess[bytes]):
             self.owner.channel_closed()
 
 
-class AgentConnection(asyncssh.SSHServer):
-    """The agent's SSH connection of one flow. `upstream`: the server connection being made
-    (its failure ends the agent's login). Also the SftpContext of SftpProxy: `gate` and
-    `open_sftp()`."""
+Connect = Callable[[], Coroutine[Any, Any, asyncssh.SSHClientConnection]]  # makes the server connection
 
-    def __init__(self, flow: FlowContext, services: Services,
-                 upstream: asyncio.Future[asyncssh.SSHClientConnection],
+
+class AgentConnection(asyncssh.SSHServer):
+    """The agent's SSH connection of one flow. `connect` makes the server connection, started
+    when the agent asks to log in (`upstream`, None until then; its failure ends the
+    agent's login). Also the SftpContext of SftpProxy: `gate` and `open_sftp()`."""
+
+    def __init__(self, flow: FlowContext, services: Services, connect: Connect,
                  sftp_factory: asyncssh.SFTPServerFactory | None = None) -> None:
         self.flow = flow
         self.services = services
-        self.upstream = upstream
+        self.connect = connect
+        self.upstream: asyncio.Task[asyncssh.SSHClientConnection] | None = None
         self.sftp_factory = sftp_factory
         self.gate = FlowGate(flow, services, services.recordings is not None)
         self.user: str | None = None  # the name the agent logged in as
@@ -340,19 +356,26 @@ class AgentConnection(asyncssh.SSHServer):
         self.lost = exc
 
     async def begin_auth(self, username: str) -> bool:
-        """No authentication: the flow says who the agent is. Waits for the server connection
-        first; when it failed, the agent is disconnected with the reason."""
+        """No authentication: the flow says who the agent is. Starts the server connection
+        (once: asyncssh asks again when the agent changes its user name) and waits for it;
+        when it failed, the agent is disconnected, told what failed (upstream.told), and the
+        details are logged (the handler records them)."""
         self.user = username
+        if self.upstream is None:
+            self.upstream = asyncio.get_running_loop().create_task(self.connect())
         try:
             await asyncio.shield(self.upstream)
         except Exception as exc:  # noqa: BLE001 - the handler records the error; the agent is told
+            log.warning("flow %s of %s: the server connection failed: %s", self.flow.flow_id, self.flow.agent, exc)
             if self.conn is not None:
-                self.conn.disconnect(asyncssh.DISC_SERVICE_NOT_AVAILABLE, f"interceptor: {exc}")
+                self.conn.disconnect(asyncssh.DISC_SERVICE_NOT_AVAILABLE, f"interceptor: {upstream.told(exc)}")
             return True
         return False
 
     async def server(self) -> asyncssh.SSHClientConnection:
-        """The server connection (made at login)."""
+        """The server connection (made at login; channels open only after it)."""
+        if self.upstream is None:
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, "interceptor: not logged in")
         return await asyncio.shield(self.upstream)
 
     async def open_sftp(self) -> asyncssh.SFTPClient:
@@ -442,7 +465,8 @@ class AgentConnection(asyncssh.SSHServer):
         gate = self.gate.for_channel(lambda text: process.tell(session, text))
         with self._serving():
             channel = process.Channel(gate, await self.server(), self.services.traffic, self.services.recordings,
-                                      f"{self.flow.flow_id}-{session.number}", self.recording_limit)
+                                      f"{self.flow.flow_id}-{session.number}", self.recording_limit,
+                                      self.sftp_factory)
             await process.serve(session, session.lost, channel)
 
     def connection_requested(self, dest_host: str, dest_port: int, orig_host: str,

@@ -1,7 +1,9 @@
 """asyncio glue of the ssh handler: the agent's SSH connection served by asyncssh with a host
 certificate of the SSH host CA (principals: the resource's host names, its `host_names`
-option and the original destination address), the server connection made meanwhile
-(interceptor.handlers.ssh.upstream), channels served until either side ends, and one
+option and the original destination address), the server connection made once the agent
+has completed its key exchange and asks to log in (interceptor.handlers.ssh.upstream; the
+agent's whole handshake and login are bounded by LOGIN_SECONDS), channels served until
+either side ends, and one
 connection record: the user the agent gave, channels opened (and refused past the limit),
 environment variables and channel requests refused, remote forwards refused past their
 limit (AgentConnection.summary), bytes each way (channel payload), the error and whose
@@ -55,7 +57,7 @@ def host_key(flow: FlowContext, services: Services) -> tuple[asyncssh.SSHKey, as
 
 class SshHandler:
     """The Handler of protocol `ssh`; `sftp_factory` serves the agent's SFTP subsystem, and
-    legacy scp (`scp -t` / `scp -f` execs, which asyncssh then answers itself on it)."""
+    legacy scp execs once judged (interceptor.handlers.ssh.process)."""
 
     protocol = "ssh"
 
@@ -65,13 +67,11 @@ class SshHandler:
     async def serve(self, flow: FlowContext, client: socket.socket, services: Services) -> None:
         end = FlowEnd()
         owner: AgentConnection | None = None
-        server: asyncio.Task[asyncssh.SSHClientConnection] | None = None
         client.setblocking(False)
         try:
             key = host_key(flow, services)
-            server = asyncio.get_running_loop().create_task(upstream.connect(flow, services))
-            owner = AgentConnection(flow, services, server, self.sftp_factory)
-            await self._run(owner, client, key, server)
+            owner = AgentConnection(flow, services, lambda: upstream.connect(flow, services), self.sftp_factory)
+            await self._run(owner, client, key)
         except InterceptorError as exc:
             end.failed(exc)
         except (asyncssh.DisconnectError, PacketDecodeError) as exc:
@@ -84,8 +84,8 @@ class SshHandler:
         finally:
             if owner is not None:
                 await owner.close()
-            if server is not None:
-                await _close_server(server, end)
+            if owner is not None and owner.upstream is not None:
+                await _close_server(owner.upstream, end)
             client.close()
         if owner is not None and owner.lost is not None and end.error is None:
             _agent_lost(end, owner.lost)
@@ -94,20 +94,20 @@ class SshHandler:
         await end.record(flow, services, self.protocol, outcome=end.details)
 
     async def _run(self, owner: AgentConnection, client: socket.socket,
-                   host_key: tuple[asyncssh.SSHKey, asyncssh.SSHCertificate],
-                   server: asyncio.Task[asyncssh.SSHClientConnection]) -> None:
+                   host_key: tuple[asyncssh.SSHKey, asyncssh.SSHCertificate]) -> None:
         """Serve the agent's connection until it ends, or until the server's does (the agent
         is then disconnected, told why)."""
         try:
             agent = await asyncssh.run_server(
                 client, server_factory=lambda: owner, server_host_keys=[host_key], agent_forwarding=False,
-                x11_forwarding=False, login_timeout=LOGIN_SECONDS, keepalive_interval=0)
+                x11_forwarding=False, allow_scp=False, login_timeout=LOGIN_SECONDS, keepalive_interval=0)
         except asyncssh.Error:
-            failure = server.exception() if server.done() and not server.cancelled() else None
+            server = owner.upstream
+            failure = server.exception() if server is not None and server.done() and not server.cancelled() else None
             if isinstance(failure, InterceptorError):
                 raise failure from None  # the reason the agent was sent away
             raise
-        remote = await server
+        remote = await owner.server()
         agent_closed = asyncio.ensure_future(agent.wait_closed())
         remote_closed = asyncio.ensure_future(remote.wait_closed())
         try:

@@ -11,18 +11,31 @@ through the Gate, then run on the server and relayed both ways until it exits.
   output and error are relayed byte for byte with their EOFs; window changes (section 6.7),
   signals (6.9) and breaks (RFC 4335) go on to the server; its exit status or signal
   (6.10) comes back. The "ssh-end" record holds the exit, the bytes each way and the time.
+- An exec with an empty command is never run: asyncssh's client would ask the server for a
+  shell instead (the Gate refuses it; `_run` will not start it whatever the Gate says).
+- Legacy scp: an exec the policy reads as a transfer (`scp [-v -r -p -d] -t|-f [--] PATH`,
+  interceptor.policy.ssh_command.read_command's `scp`), once allowed as the command it is,
+  is served by asyncssh's scp server on the channel's SFTP server (the proxy,
+  interceptor.handlers.ssh.sftp, which judges every file by path) from the words the policy
+  read; it never runs on the server as a command. Its "ssh-end" record holds the exit status
+  asyncssh's scp server sends (0 once the transfer ends, a refused file being told to the
+  client in the scp protocol; 1 when it cannot read the command), the bytes each way and the
+  time.
 - An interactive shell, any request with a pty, and an exec of a shell-class command (a
   shell or interpreter reading what the agent types, `ssh host bash`: what only a `shell:
   true` rule allows, interceptor.policy.ssh_command) are recorded (asciicast v2, input and
-  output; interceptor.audit.recording) into the recordings directory; the summary goes into
-  the "ssh-end" record. A session that passes the recording's size limit is ended, the
+  output; interceptor.audit.recording) into the recordings directory; the summary (the
+  file's name in that directory, its SHA-256, size, events and whether it was cut short)
+  goes into the "ssh-end" record. A session that passes the recording's size limit is ended, the
   agent told why on stderr.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
+import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,13 +43,15 @@ from pathlib import Path
 from typing import Any
 
 import asyncssh
+from asyncssh.scp import run_scp_server
 
 from interceptor.audit.recording import Recording
+from interceptor.decision import Decision
 from interceptor.errors import InterceptorError
 from interceptor.handlers.base import Traffic
 from interceptor.handlers.ssh.gate import Gate
 from interceptor.operations import SshRequest
-from interceptor.policy.ssh_command import read_command
+from interceptor.policy.ssh_command import ScpAccess, read_command
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +65,9 @@ LIMIT_MESSAGE = "the session reached its recording size limit (recording_limit_b
 class Channel:
     """What a process channel needs of its connection: its gate (which tells this channel's
     agent when a request waits for approval), the server connection, the flow's traffic
-    counters, and where and how large a recording may be (`recordings` None: no directory,
-    the Gate refuses what would be recorded)."""
+    counters, where and how large a recording may be (`recordings` None: no directory,
+    the Gate refuses what would be recorded), and the SFTP server legacy scp is served on
+    (None: an scp exec is refused)."""
 
     gate: Gate
     server: asyncssh.SSHClientConnection
@@ -59,6 +75,7 @@ class Channel:
     recordings: Path | None
     recording_name: str
     recording_limit: int
+    sftp_factory: asyncssh.SFTPServerFactory | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +103,13 @@ def recorded(operation: SshRequest) -> bool:
         read_command(operation.command).shell)
 
 
+def scp_of(operation: SshRequest) -> ScpAccess | None:
+    """The legacy scp transfer an exec is, as the policy reads it; None for any other request."""
+    if operation.request != "exec" or not operation.command:
+        return None
+    return read_command(operation.command).scp
+
+
 def request_of(process: asyncssh.SSHServerProcess[bytes]) -> SshRequest:
     """The SshRequest of a session channel's request: exec (the command), a subsystem other
     than sftp (its name), or a shell; `pty` when the agent asked for a terminal."""
@@ -107,6 +131,16 @@ class _Relay:
     error: str | None = None
     stop: asyncio.Event = field(default_factory=asyncio.Event)
 
+    def count_up(self, traffic: Traffic, size: int) -> None:
+        """`size` bytes went from the agent to the server."""
+        self.up += size
+        traffic.up += size
+
+    def count_down(self, traffic: Traffic, size: int) -> None:
+        """`size` bytes went from the server to the agent."""
+        self.down += size
+        traffic.down += size
+
 
 async def serve(process: asyncssh.SSHServerProcess[bytes], lost: asyncio.Event, channel: Channel) -> None:
     """Serve one exec, shell or subsystem request until it ends (`lost`: the agent's channel
@@ -117,6 +151,9 @@ async def serve(process: asyncssh.SSHServerProcess[bytes], lost: asyncio.Event, 
         decision = await channel.gate.authorize(operation)
     except InterceptorError as exc:
         _refuse(process, str(exc))
+        return
+    if scp_of(operation) is not None:
+        await _serve_scp(process, channel, operation, decision)
         return
     started = time.monotonic()
     relay = _Relay()
@@ -150,6 +187,73 @@ async def serve(process: asyncssh.SSHServerProcess[bytes], lost: asyncio.Event, 
                 LOST_STATUS)
 
 
+Count = Callable[[int], None]  # counts bytes relayed one way
+
+
+class _CountedReader(asyncssh.SSHReader[bytes]):
+    """The agent's standard input, what is read of it counted."""
+
+    def __init__(self, process: asyncssh.SSHServerProcess[bytes], count: Count) -> None:
+        super().__init__(process, process.channel)
+        self.count = count
+
+    async def read(self, n: int = -1) -> bytes:
+        data = await super().read(n)
+        self.count(len(data))
+        return data
+
+    async def readline(self) -> bytes:
+        data = await super().readline()
+        self.count(len(data))
+        return data
+
+
+class _CountedWriter(asyncssh.SSHWriter[bytes]):
+    """The agent's standard output, what is written to it counted."""
+
+    def __init__(self, process: asyncssh.SSHServerProcess[bytes], count: Count) -> None:
+        super().__init__(process, process.channel)
+        self.count = count
+
+    def write(self, data: bytes) -> None:
+        self.count(len(data))
+        super().write(data)
+
+
+async def _serve_scp(process: asyncssh.SSHServerProcess[bytes], channel: Channel, operation: SshRequest,
+                     decision: Decision) -> None:
+    """Serve an allowed legacy scp exec with asyncssh's scp server on the channel's SFTP
+    server, from the words the policy read (so asyncssh reads the transfer the policy
+    judged), then record its end. asyncssh's scp server sends the exit status itself."""
+    assert operation.command is not None
+    started = time.monotonic()
+    relay = _Relay()
+    exit_status: int | None = None
+    try:
+        if channel.sftp_factory is None:
+            relay.error = "legacy scp is not served: no SFTP server"
+            _refuse(process, relay.error)
+            return
+        words = shlex.join(read_command(operation.command).argv)
+        served = run_scp_server(channel.sftp_factory(process.channel), words,
+                                _CountedReader(process, lambda size: relay.count_up(channel.traffic, size)),
+                                _CountedWriter(process, lambda size: relay.count_down(channel.traffic, size)),
+                                process.stderr)
+        exit_status = 1
+        if inspect.isawaitable(served):
+            await served
+            exit_status = 0
+    except (asyncssh.Error, OSError) as exc:  # the scp server tells of each file's failure itself
+        relay.error = _reason(exc)
+        _refuse(process, f"legacy scp failed: {relay.error}", 1)
+    finally:
+        outcome: dict[str, object] = {"exit_status": exit_status, "exit_signal": None, "bytes_up": relay.up,
+                                      "bytes_down": relay.down, "seconds": round(time.monotonic() - started, 3)}
+        if relay.error is not None:
+            outcome["error"] = relay.error
+        await channel.gate.finished(operation, decision, outcome)
+
+
 def _start_recording(terminal: Terminal, channel: Channel, relay: _Relay) -> Recording | None:
     """The recording of a session that is recorded; None (and the session ends) when it cannot be made."""
     if channel.recordings is None:  # the gate refuses what would be recorded without a directory
@@ -160,15 +264,21 @@ def _start_recording(terminal: Terminal, channel: Channel, relay: _Relay) -> Rec
         return Recording.start(channel.recordings, channel.recording_name, width=width or 80, height=height or 24,
                                term=terminal.type, limit=channel.recording_limit)
     except (OSError, ValueError) as exc:
-        _end(relay, f"the session cannot be recorded: {exc}")
+        _end(relay, f"the session cannot be recorded: {_local(exc)}")
         return None
 
 
 def _close_recording(recording: Recording) -> dict[str, object]:
+    """The recording's summary for the "ssh-end" record: its `file` name in the recordings
+    directory (never the directory: `audit replay` looks the name up in the daemon's own,
+    and a path could reveal or, when its directory name looks random, be scrubbed as a
+    token), `sha256`, `bytes`, `events`, `limited` (interceptor.audit.recording)."""
     try:
-        return recording.close().as_dict()
+        summary = recording.close()
     except (OSError, ValueError) as exc:
         return {"error": f"the recording could not be completed: {exc}"}
+    return {"file": Path(summary.path).name, "sha256": summary.sha256, "bytes": summary.bytes,
+            "events": summary.events, "limited": summary.limited}
 
 
 def _refuse(process: asyncssh.SSHServerProcess[bytes], message: str, status: int = REFUSED_STATUS) -> None:
@@ -197,7 +307,11 @@ async def _run(process: asyncssh.SSHServerProcess[bytes], lost: asyncio.Event, c
                recording: Recording | None) -> tuple[int | None, tuple[str, bool, str, str] | None]:
     """Run the request on the server, on the terminal it was judged with, and relay until
     both of its outputs end (then its exit) or the agent's channel closes or the recording
-    limit is passed (then it is closed)."""
+    limit is passed (then it is closed). An exec without a command is not started (asyncssh
+    would ask the server for a shell)."""
+    if operation.request == "exec" and not operation.command:
+        relay.error = "an exec request with an empty command is not run (the server would start a shell)"
+        return None, None
     try:
         remote = await channel.server.create_process(
             operation.command, term_type=terminal.type, term_size=terminal.size, term_modes=terminal.modes,
@@ -232,8 +346,7 @@ async def _copy(source: asyncssh.SSHReader[bytes], sink: asyncssh.SSHWriter[byte
         while data := await source.read(CHUNK):
             if not _recorded(relay, recording, "output", data):
                 return
-            relay.down += len(data)
-            traffic.down += len(data)
+            relay.count_down(traffic, len(data))
             sink.write(data)
             await sink.drain()
     except (asyncssh.Error, OSError) as exc:
@@ -270,8 +383,7 @@ async def _agent_event(process: asyncssh.SSHServerProcess[bytes], remote: asyncs
         return False
     if not _recorded(relay, recording, "input", data):
         return False
-    relay.up += len(data)
-    traffic.up += len(data)
+    relay.count_up(traffic, len(data))
     remote.stdin.write(data)
     await remote.stdin.drain()
     return True
@@ -296,9 +408,16 @@ def _kept(relay: _Relay, event: Callable[[], bool]) -> bool:
         if event():
             return True
         _end(relay, LIMIT_MESSAGE)
-    except (OSError, ValueError) as exc:
-        _end(relay, f"the session can no longer be recorded: {exc}")
+    except OSError as exc:
+        _end(relay, f"the session can no longer be recorded: {_local(exc)}")
+    except ValueError:
+        _end(relay, "the session can no longer be recorded: its recording was closed")
     return False
+
+
+def _local(exc: OSError | ValueError) -> str:
+    """What a local failure the agent is told of says, without the file's path."""
+    return (exc.strerror or type(exc).__name__) if isinstance(exc, OSError) else str(exc)
 
 
 def _reason(exc: BaseException) -> str:

@@ -10,6 +10,11 @@ Credentials (a mapping from the resource's `credentials:` source): `user` (requi
 optional `certificate` / `certificate_file` (an OpenSSH user certificate for that key,
 PROTOCOL.certkeys) and `passphrase`; `password` (tried only when no key is given). Any other
 key is refused. No message here quotes a credential's value.
+
+Each failure is an InterceptorError whose message (the connection record's error, and the
+daemon's log) gives the details an administrator needs: the known_hosts file, the name
+looked up, how to fix it. What the agent is told (`told`) holds no local path, no user name
+and no credential: the destination, the resource's name, the server's own words at most.
 """
 
 from __future__ import annotations
@@ -39,6 +44,47 @@ class SshCredentialsError(InterceptorError, ValueError):
     fault = Fault.ENFORCER
     sqlstate = "28000"  # invalid_authorization_specification
     status = 502
+
+
+class HostKeyNotTrusted(UpstreamUnavailable):
+    """The server's host key is not in the resource's known_hosts (or does not match it)."""
+
+
+class KnownHostsUnusable(Refused):
+    """The resource's known_hosts file cannot be read or parsed."""
+
+
+class HandshakeFailed(UpstreamUnavailable):
+    """The server ended the handshake: the message has its words (asyncssh's own texts can
+    name the user and the host), `told` only its kind."""
+
+    def __init__(self, message: str, told: str) -> None:
+        super().__init__(message)
+        self.told = told
+
+
+HOST_KEY_TOLD = ("the upstream server's host key is not trusted (the administrator's known_hosts for this "
+                 "resource); see the audit trail")
+TOLD: dict[type[InterceptorError], str] = {
+    HostKeyNotTrusted: HOST_KEY_TOLD,
+    KnownHostsUnusable: "the administrator's known_hosts for this resource cannot be used; see the audit trail",
+    SshCredentialsError: "the credentials of this resource cannot be used for the server login; see the audit "
+                         "trail",
+}
+SAFE = (UpstreamUnavailable, LoginError, Refused)  # raised below with path-free, user-free messages
+
+
+def told(exc: BaseException) -> str:
+    """What the agent is told of `exc`, a failure of connect(): no local path, no user name,
+    no credential (the details are the error's own message, for the record and the log)."""
+    if isinstance(exc, HandshakeFailed):
+        return exc.told
+    for kind, text in TOLD.items():
+        if isinstance(exc, kind):
+            return text
+    if isinstance(exc, SAFE):
+        return str(exc)
+    return "the server connection failed; see the audit trail"
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,11 +164,11 @@ def known_hosts(resource: ResourceSpec) -> tuple[str, asyncssh.SSHKnownHosts]:
     try:
         return path, asyncssh.read_known_hosts(path)
     except OSError as exc:
-        raise Refused(OPTIONS_SQLSTATE, f"resource {resource.name!r}: known_hosts file {path} cannot be read: "
-                                        f"{exc.strerror}") from None
+        raise KnownHostsUnusable(OPTIONS_SQLSTATE, f"resource {resource.name!r}: known_hosts file {path} cannot be "
+                                                   f"read: {exc.strerror}") from None
     except ValueError as exc:
-        raise Refused(OPTIONS_SQLSTATE, f"resource {resource.name!r}: known_hosts file {path} is not valid: "
-                                        f"{exc}") from None
+        raise KnownHostsUnusable(OPTIONS_SQLSTATE, f"resource {resource.name!r}: known_hosts file {path} is not "
+                                                   f"valid: {exc}") from None
 
 
 def host_name(flow: FlowContext, resource: ResourceSpec) -> str:
@@ -174,12 +220,16 @@ async def connect(flow: FlowContext, services: Services) -> asyncssh.SSHClientCo
             preferred_auth="publickey" if account.key else "keyboard-interactive,password",
             connect_timeout=CONNECT_SECONDS, login_timeout=CONNECT_SECONDS, keepalive_interval=0)
     except asyncssh.HostKeyNotVerifiable as exc:
-        raise UpstreamUnavailable(f"upstream {dst}: its host key is not trusted for {name!r} by known_hosts "
-                                  f"{path}: {exc.reason}") from None
+        port = "" if dst.port == 22 else f" -p {dst.port}"
+        raise HostKeyNotTrusted(f"upstream {dst}: its host key is not trusted for {name!r} by known_hosts {path}: "
+                                f"{exc.reason}; check the fingerprint, then add it: ssh-keyscan -t ed25519{port} "
+                                f"{name} >> {path}") from None
     except asyncssh.PermissionDenied:
         raise LoginError(f"upstream {dst} refused the login with the credentials of resource "
                          f"{services.resource.name!r}") from None
     except asyncssh.DisconnectError as exc:
-        raise UpstreamUnavailable(f"upstream {dst}: SSH handshake failed: {exc.reason}") from None
+        raise HandshakeFailed(f"upstream {dst}: SSH handshake failed: {type(exc).__name__}: {exc.reason}",
+                              f"upstream {dst}: SSH handshake failed ({type(exc).__name__}); see the audit trail") \
+            from None
     except (OSError, TimeoutError, asyncssh.Error) as exc:
         raise UpstreamUnavailable(f"upstream {dst}: SSH handshake failed: {type(exc).__name__}") from None
