@@ -123,7 +123,7 @@ def test_exec(engine: PolicyEngine, command: str, expected: tuple[str, str]) -> 
 
 def test_refusals_say_why(engine: PolicyEngine) -> None:
     decision = ask(engine, SshRequest("exec", command="uptime; id"))
-    assert "shell class" in decision.reason and "(;)" in decision.reason and "shell: true" in decision.reason
+    assert "shell class" in decision.reason and ";" in decision.reason and "shell: true" in decision.reason
     assert "no rule allows command 'uptime -p'" in ask(engine, SshRequest("exec", command="uptime -p")).reason
     assert "terminal" in ask(engine, SshRequest("exec", command="uptime", pty=True)).reason
     assert "interactive shell" in ask(engine, SshRequest("shell")).reason

@@ -157,7 +157,7 @@ def strict_realpath(server: asyncssh.SFTPServer, path: bytes) -> bytes:
 
 def test_sftp_errors_before_the_judgement_tell_which_private_paths_exist(tmp_path: Path,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    """attack: the first round closed realpath as an oracle by judging it; but every SFTP
+    """was an attack (closed): the first round closed realpath as an oracle by judging it; but every SFTP
     request resolves its path on the server (realpath of the path, then of its parent) before
     the judgement, and the server's error goes back as it came: `stat /private/reports/x` is
     "permission denied" when /private/reports exists and "no such file" when it does not, so

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar, cast
 
 import asyncssh
 import pytest
@@ -21,7 +22,9 @@ from asyncssh.constants import FX_NO_SUCH_FILE, FX_PERMISSION_DENIED
 from interceptor.decision import Decision, Verdict
 from interceptor.errors import AuditUnavailable, Refused
 from interceptor.handlers.ssh.sftp import SftpProxy, normal_form
-from interceptor.operations import SshRequest
+from interceptor.operations import Request, SshRequest, Subject
+from interceptor.policy import PolicyEngine, load_policy_text
+from test_policy_ssh import POLICY as SSH_POLICY
 
 HOST_KEY = asyncssh.generate_private_key("ssh-ed25519")
 SFTP_SERVER = "/usr/lib/openssh/sftp-server"
@@ -80,6 +83,16 @@ class Upstream(asyncssh.SFTPServer):
 
 class StrictUpstream(Upstream):
     strict = True
+
+
+class CountingUpstream(StrictUpstream):
+    """A strict upstream that keeps every path it was asked to resolve (class-wide)."""
+
+    resolved: ClassVar[list[bytes]] = []
+
+    def realpath(self, path: bytes) -> bytes:
+        self.resolved.append(path)
+        return super().realpath(path)
 
 
 class Connection(OpenServer):
@@ -148,7 +161,7 @@ def openssh_sftp_server(home: Path) -> dict[str, object]:
 async def proxied(gate: FakeGate, upstream_options: dict[str, object], over_exec: bool,
                   allow_scp: bool) -> AsyncIterator[Setup]:
     upstream_server = await asyncssh.listen("127.0.0.1", 0, server_host_keys=[HOST_KEY], server_factory=OpenServer,
-                                            **upstream_options)  # type: ignore[arg-type]
+                                            **upstream_options)
     upstream = await asyncssh.connect("127.0.0.1", upstream_server.sockets[0].getsockname()[1], known_hosts=None,
                                       username="enforcer", client_keys=None, config=None)
     opened: list[asyncssh.SFTPClient] = []
@@ -355,7 +368,7 @@ def test_allow_must_cover_both_readings_and_a_deny_on_either_refuses(tmp_path: P
 def test_relative_paths_are_taken_against_the_upstream_home(tmp_path: Path) -> None:
     async def scenario(s: Setup) -> None:
         async with s.sftp.open("notes.txt", "rb") as f:
-            assert await f.read() == NOTES
+            assert cast(bytes, await f.read()) == NOTES  # opened "rb": bytes
         await s.sftp.mkdir("sub")
         assert (s.root / "home/u/sub").is_dir()
         assert await s.sftp.realpath(".") == "/home/u"
@@ -392,15 +405,22 @@ def test_a_directory_moved_or_linked_is_judged_as_a_tree(tmp_path: Path) -> None
         await s.sftp.symlink("missing", "/home/u/later")  # may become a directory
 
     gate = run(tmp_path, scenario)
+    # the normal forms first (the server is asked nothing before), then the trees once it says
+    # the source may be a directory
     assert [(op.request, op.action, op.path) for op in gate.asked] == [
+        ("read", "rename", "/home/u/d"), ("write", "rename", "/home/u/d"), ("write", "rename", "/home/u/e"),
         ("read", "rename-tree", "/home/u/d"), ("write", "rename-tree", "/home/u/d"),
         ("write", "rename-tree", "/home/u/e"),
+        ("read", "posix-rename", "/home/u/e"), ("write", "posix-rename", "/home/u/e"),
+        ("write", "posix-rename", "/home/u/f"),
         ("read", "posix-rename-tree", "/home/u/e"), ("write", "posix-rename-tree", "/home/u/e"),
         ("write", "posix-rename-tree", "/home/u/f"),
         ("read", "rename", "/home/u/notes.txt"), ("write", "rename", "/home/u/notes.txt"),
         ("write", "rename", "/home/u/n.txt"),
+        ("write", "symlink", "/home/u/pub"), ("read", "symlink", "/public"),
         ("write", "symlink-tree", "/home/u/pub"), ("read", "symlink-tree", "/public"),
         ("write", "symlink", "/home/u/ln"), ("read", "symlink", "/home/u/n.txt"),
+        ("write", "symlink", "/home/u/later"), ("read", "symlink", "/home/u/missing"),
         ("write", "symlink-tree", "/home/u/later"), ("read", "symlink-tree", "/home/u/missing")]
 
 
@@ -487,6 +507,80 @@ def test_an_unavailable_audit_fails_the_request(tmp_path: Path) -> None:
         assert (s.root / "home/u/notes.txt").exists()
 
     run(tmp_path, scenario, FakeGate(unavailable=True))
+
+
+def test_the_normal_form_is_judged_before_the_server_is_asked(tmp_path: Path) -> None:
+    """A path no rule lets the agent read is refused before the server resolves it: whether
+    /secret/sub exists or not, the agent gets the same refusal."""
+    CountingUpstream.resolved.clear()
+
+    async def scenario(s: Setup) -> None:
+        for path in ("/secret/key.txt", "/secret/sub/x.txt", "/public/../secret/nothing", "/secret"):
+            for probe in (s.sftp.stat, s.sftp.lstat, s.sftp.realpath, s.sftp.listdir, s.sftp.remove):
+                with pytest.raises(asyncssh.SFTPPermissionDenied, match="rule deny-test"):
+                    await probe(path)
+        with pytest.raises(asyncssh.SFTPPermissionDenied, match="rule deny-test"):
+            await s.sftp.rename("/secret/sub/x.txt", "/home/u/x.txt")
+
+    gate = run(tmp_path, scenario, upstream_class=CountingUpstream)
+    assert not [p for p in CountingUpstream.resolved if b"secret" in p], CountingUpstream.resolved
+    assert {path for path in gate.paths() if path} == {"/secret/key.txt", "/secret/sub/x.txt", "/secret/nothing",
+                                                       "/secret"}
+
+
+def test_a_failed_resolution_is_told_only_where_the_agent_may_read(tmp_path: Path) -> None:
+    """When the server cannot resolve a path whose normal form was allowed, its "no such file"
+    reaches the agent only if the agent may read the path: after a read, or a read judged then
+    (action resolve, recorded); else the refusal of that read."""
+    writes_and_public = FakeGate(allow=lambda op: op.request == "write" or op.action == "stat"
+                                 or (op.path or "").startswith("/public"))
+
+    async def scenario(s: Setup) -> None:
+        with pytest.raises(asyncssh.SFTPPermissionDenied, match="refuses read of /home/u/missing/x.txt"):
+            await s.sftp.open("/home/u/missing/x.txt", "wb")  # write-only: the server's answer is not told
+        with pytest.raises(asyncssh.SFTPPermissionDenied, match="refuses read of /home/u/missing/x.txt"):
+            await s.sftp.stat("/home/u/missing/x.txt")  # metadata, allowed by the write: no more
+        with pytest.raises(asyncssh.SFTPNoSuchFile):
+            await s.sftp.stat("/public/missing/x.txt")  # the read of it is allowed: told
+        with pytest.raises(asyncssh.SFTPNoSuchFile):
+            await s.sftp.open("/public/missing/x.txt", "rb")
+
+    gate = run(tmp_path, scenario, writes_and_public, upstream_class=StrictUpstream)
+    resolves = [(op.path, op.action) for op in gate.asked if op.action == "resolve"]
+    assert resolves == [("/home/u/missing/x.txt", "resolve")] * 2 + [("/public/missing/x.txt", "resolve")]
+    assert SshRequest("read", path="/public/missing/x.txt", action="open") in gate.asked
+
+
+UPLOADS_ONLY = SSH_POLICY[:SSH_POLICY.index("rules:")] + """rules:
+  - {name: uploads, effect: allow, agents: [bot], resources: [web], ssh: {write: ["/home/u/**"]}}
+"""
+
+
+def test_uploads_into_a_write_only_glob_see_their_target(tmp_path: Path) -> None:
+    """scp and sftp clients stat an upload's target first: with the real policy, a write-only
+    glob lets them (metadata), refuses reading the content, and records no false denial."""
+    engine = PolicyEngine(load_policy_text(UPLOADS_ONLY, "uploads.yaml"))
+    verdicts: list[tuple[str | None, str | None, str]] = []
+
+    def judged(op: SshRequest) -> bool:
+        decision = engine.decide(Request(Subject("bot", None, "/usr/bin/agent", 1001), "web", op))
+        verdicts.append((op.request, op.action, decision.verdict.value))
+        return decision.verdict is Verdict.ALLOW
+
+    local = tmp_path / "report.csv"
+    local.write_bytes(b"a,b\n")
+
+    async def scenario(s: Setup) -> None:
+        await asyncssh.scp(local, (s.agent, "/home/u/"))
+        await s.sftp.put(str(local), "/home/u/again.csv")
+        assert (await s.sftp.stat("/home/u/report.csv")).size == 4
+        with pytest.raises(asyncssh.SFTPPermissionDenied):
+            await s.sftp.get("/home/u/report.csv", str(tmp_path / "back.csv"))
+
+    run(tmp_path, scenario, FakeGate(allow=judged), upstream_class=StrictUpstream, allow_scp=True)
+    assert (tmp_path / "server/home/u/report.csv").read_bytes() == b"a,b\n"
+    assert [v for v in verdicts if v[2] != "allow"] == [("read", "open", "deny")], verdicts
+    assert ("read", "stat", "allow") in verdicts
 
 
 def test_a_new_file_through_a_strict_realpath_takes_the_parent_and_a_dangling_symlink_is_refused(tmp_path: Path) -> None:
@@ -629,7 +723,7 @@ def test_openssh_sftp_server_upstream_resolves_dot_dot_after_a_symlink(tmp_path:
             await s.sftp.stat(f"{root}/public/sublink/../key.txt")
         assert await s.sftp.readlink(f"{root}/public/link") == "../secret/key.txt"
         async with s.sftp.open("notes.txt", "rb") as f:
-            assert await f.read() == NOTES
+            assert cast(bytes, await f.read()) == NOTES  # opened "rb": bytes
         await s.sftp.symlink("notes.txt", f"{root}/home/u/ln")
         assert os.readlink(root / "home/u/ln") == "notes.txt"
         await s.sftp.link(f"{root}/home/u/notes.txt", f"{root}/home/u/hard")

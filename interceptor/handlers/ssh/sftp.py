@@ -12,20 +12,23 @@ is SFTPError FX_PERMISSION_DENIED "interceptor: <reason>", the reason naming the
 What is judged (SshRequest `request` / `action`):
 
 - read: open with READ, or without WRITE (the server then opens the file read-only)
-  (`open`), a directory listing (`readdir`), `stat`, `lstat`, `statvfs`, `readlink`,
-  `realpath` (its answer tells where a symlink points and whether a path exists), the target
-  of a new symlink (`symlink`), and the source of a rename or hard link (`rename`,
-  `posix-rename`, `hardlink`: the content becomes reachable under the new name);
+  (`open`), a directory listing (`readdir`), `statvfs`, `readlink`, the target of a new
+  symlink (`symlink`), and the source of a rename or hard link (`rename`, `posix-rename`,
+  `hardlink`: the content becomes reachable under the new name); and the metadata reads
+  `stat`, `lstat` and `realpath` (its answer tells where a symlink points and whether a path
+  exists), which the policy allows where reading or writing the path is allowed
+  (interceptor.policy.ssh_rules.METADATA_ACTIONS: an upload's first stat of its target);
 - write: open with any of WRITE, APPEND, CREAT, TRUNC, EXCL (`open`; an open for reading and
   writing is judged as both), `remove`, `mkdir`, `rmdir`, `setstat`, `lsetstat`, both paths
   of `rename` / `posix-rename`, both paths of `hardlink`, the link path of `symlink`.
 - a directory moved or linked: when the source of a rename or hard link, or the target of a
   symlink, is a directory or may be one (the upstream's lstat, or stat for a symlink's
   target, says a directory, an unknown type, or fails), everything below it moves or becomes
-  reachable under the new name. Its paths are judged as trees (action
+  reachable under the new name. Its paths (already judged by their normal forms with the
+  plain action, before the server was asked) are judged again as trees (action
   interceptor.policy.ssh_rules.tree_action(...), e.g. `rename-tree`): the source read and
-  written (the target of a symlink read), the destination (the link path) written, each with
-  everything below it, so an allow glob must end in `/**` over each, and a deny glob that
+  written (the target of a symlink read), the destination (the link path) written, each
+  reading with everything below it, so an allow glob must end in `/**` over each, and a deny glob that
   may match anything below either refuses it (a deny on `/srv/config/secret.env` refuses
   renaming `/srv/config`).
 - realpath of the home directory itself (`.`, what sftp and scp ask first, or any path whose
@@ -48,7 +51,14 @@ What is judged (SshRequest `request` / `action`):
 Paths, as the server will resolve them. A path is bytes on the wire; bytes that are not
 UTF-8, or that hold NUL (the server's C library would cut the path there), are refused.
 Each path is judged twice when its two readings differ, and the operation needs both
-allowed (a deny on either refuses):
+allowed (a deny on either refuses). The normal form is judged first, before the server is
+asked anything about the path, so that its answers (a resolution that fails or not) tell
+nothing of a path no rule lets the agent reach: a refused path gets the same refusal
+whether it exists or not. Only then is it resolved; when the resolution fails (the
+server's "no such file", or the proxy's refusal of what it answered), the error reaches the
+agent only if the agent may read the path: the request was a read (not a metadata read), or
+a read of the normal form, judged then (action `resolve`, recorded), is allowed; else the
+agent gets that read's refusal (FX_PERMISSION_DENIED), never the server's answer.
 
 1. the normal form: absolute (a relative path taken against the upstream's home, its
    realpath('.') asked once), `.`, `..` and empty segments resolved as text; what a
@@ -73,8 +83,9 @@ readings agree) keep deny-by-either and allow-by-both. The request sent upstream
 the resolved path, so what the server acts on is what was judged.
 
 asyncssh's legacy scp server (`allow_scp=True`) runs on an SFTPServer too: given SftpProxy,
-`scp -t` / `scp -f` are answered by asyncssh through the proxy, every file judged as here,
-and no command runs upstream.
+`scp -t` / `scp -f` are answered by asyncssh through the proxy (the exec judged first as its
+target: interceptor.policy.ssh_rules), every file judged as here, and no command runs
+upstream.
 
 Limits: a symlink swapped, or a file replaced by a directory, between the judgement and the
 operation (by another channel) is not seen; the server's file system is taken to be
@@ -99,13 +110,14 @@ from interceptor.decision import Decision
 from interceptor.errors import InterceptorError, Refused
 from interceptor.handlers.ssh.gate import Gate
 from interceptor.operations import SshRequest
-from interceptor.policy.ssh_rules import tree_action
+from interceptor.policy.ssh_rules import METADATA_ACTIONS, tree_action
 
 READ = "read"
 WRITE = "write"
 WRITE_FLAGS = FXF_WRITE | FXF_APPEND | FXF_CREAT | FXF_TRUNC | FXF_EXCL
 OPEN_FLAGS = FXF_READ | WRITE_FLAGS
 LAST_NOT_A_NAME = (b"", b".", b"..")  # a last segment that names no entry of its own
+RESOLVE = "resolve"  # the action of a read judged when the server cannot resolve a path
 
 
 @runtime_checkable
@@ -146,6 +158,12 @@ def normal_form(path: str) -> str:
         elif segment not in ("", "."):
             segments.append(segment)
     return "/" + "/".join(segments)
+
+
+def readable(request: str, action: str) -> bool:
+    """Does allowing `request` / `action` on a path let the agent read it (interceptor.policy.
+    ssh_rules: a metadata action is also allowed by a write glob)?"""
+    return request == READ and action not in METADATA_ACTIONS
 
 
 def child(directory: str, name: str) -> str:
@@ -275,34 +293,59 @@ class SftpProxy(asyncssh.SFTPServer):
             return False
         return True
 
-    async def _target(self, path: bytes, follow: bool, relative_to: Target | None = None) -> Target:
-        """`path` in its two readings; a relative path is taken against the upstream's home,
-        or against the directory of `relative_to` (a symlink's target against the link)."""
+    async def _normal(self, path: bytes, relative_to: str | None = None) -> str:
+        """`path`'s normal form, asking the server nothing about it: a relative path is taken
+        against the upstream's home, or against the directory of `relative_to` (a symlink's
+        target against the link's normal form)."""
         text = path_text(path)
         if text.startswith("/"):
-            return Target(normal_form(text), await self._resolve(path, follow))
-        if relative_to is None:
-            return Target(normal_form(child(await self._home_directory(), text)), await self._resolve(path, follow))
-        normal = normal_form(child(relative_to.normal.rpartition("/")[0], text))
-        resolved = child(relative_to.resolved.rpartition("/")[0], text)
-        return Target(normal, await self._resolve(resolved.encode(), follow))
+            return normal_form(text)
+        base = await self._home_directory() if relative_to is None else relative_to.rpartition("/")[0]
+        return normal_form(child(base, text))
 
-    async def _judge(self, request: str, action: str, target: Target) -> tuple[SshRequest, Decision]:
-        """Both readings of `target` judged; the last judgement. Raises the refusal."""
+    async def _resolved(self, path: bytes, normal: str, follow: bool, may_read: bool,
+                        relative_to: Target | None = None) -> Target:
+        """Both readings of `path`, whose normal form `normal` has been judged (the server is
+        asked about it only now); a relative path against the home, or against the resolved
+        directory of `relative_to`. When the resolution fails, its error (the server's, or the
+        proxy's refusal of what the server answered) reaches the agent only if the agent may
+        read `normal` (`may_read`: a read of it was judged; else a read of it is judged now,
+        action RESOLVE): else the refusal of that read, so that the server's answers tell
+        nothing of paths the agent may not read."""
+        text = path_text(path)
+        asked = path if text.startswith("/") or relative_to is None else \
+            child(relative_to.resolved.rpartition("/")[0], text).encode()
+        try:
+            return Target(normal, await self._resolve(asked, follow))
+        except asyncssh.SFTPError:
+            if not may_read:
+                await self._judge(((READ, RESOLVE),), (normal,))
+            raise
+
+    async def _judge(self, asks: tuple[tuple[str, str], ...], paths: tuple[str, ...]) -> list[tuple[SshRequest,
+                                                                                                   Decision]]:
+        """Each (request, action) of `asks` judged on each of `paths` in turn; the judgements.
+        Raises the refusal."""
         judged: list[tuple[SshRequest, Decision]] = []
-        for path in target.paths:
-            operation = SshRequest(request, path=path, action=action)
-            try:
-                judged.append((operation, await self._context.gate.authorize(operation)))
-            except Refused as exc:
-                raise refusal(str(exc)) from exc
-            except InterceptorError as exc:
-                raise asyncssh.SFTPFailure(f"interceptor: {exc}") from exc
-        return judged[-1]
+        for path in paths:
+            for request, action in asks:
+                operation = SshRequest(request, path=path, action=action)
+                try:
+                    judged.append((operation, await self._context.gate.authorize(operation)))
+                except Refused as exc:
+                    raise refusal(str(exc)) from exc
+                except InterceptorError as exc:
+                    raise asyncssh.SFTPFailure(f"interceptor: {exc}") from exc
+        return judged
 
     async def _judged(self, path: bytes, request: str, action: str, follow: bool) -> Target:
-        target = await self._target(path, follow)
-        await self._judge(request, action, target)
+        """`path` judged for one request: its normal form, then (asked of the server only
+        then) its resolution when that differs."""
+        asks = ((request, action),)
+        normal = await self._normal(path)
+        await self._judge(asks, (normal,))
+        target = await self._resolved(path, normal, follow, readable(request, action))
+        await self._judge(asks, target.paths[1:])
         return target
 
     async def open(self, path: bytes, pflags: int, attrs: asyncssh.SFTPAttrs) -> OpenFile:
@@ -311,14 +354,16 @@ class SftpProxy(asyncssh.SFTPServer):
         for READ|WRITE); unknown flags are refused. The open file the handle maps to."""
         if pflags & ~OPEN_FLAGS:
             raise refusal(f"open flags 0x{pflags:x} hold flags the enforcer does not know")
-        target = await self._target(path, follow=True)
-        readable = bool(pflags & FXF_READ) or not pflags & FXF_WRITE
-        writable = bool(pflags & WRITE_FLAGS)
-        judged = [await self._judge(request, "open", target)
-                  for request, wanted in ((READ, readable), (WRITE, writable)) if wanted]
+        reading = bool(pflags & FXF_READ) or not pflags & FXF_WRITE
+        writing = bool(pflags & WRITE_FLAGS)
+        asks = tuple((request, "open") for request, wanted in ((READ, reading), (WRITE, writing)) if wanted)
+        normal = await self._normal(path)
+        judged = await self._judge(asks, (normal,))
+        target = await self._resolved(path, normal, True, reading)
+        judged += await self._judge(asks, target.paths[1:])
         upstream = await (await self._upstream()).open(target.wire, pflags, attrs, encoding=None)
         operation, decision = judged[-1]
-        return OpenFile(upstream, readable, writable, operation, decision)
+        return OpenFile(upstream, reading, writing, operation, decision)
 
     def open56(self, path: bytes, desired_access: int, flags: int, attrs: asyncssh.SFTPAttrs) -> NoReturn:
         """SFTP version 5 and 6 opens: the proxy serves version 3 only."""
@@ -404,14 +449,22 @@ class SftpProxy(asyncssh.SFTPServer):
 
     async def _moved(self, oldpath: bytes, newpath: bytes, action: str) -> tuple[Target, Target]:
         """The two paths of a rename or hard link, judged: the source read and written, the
-        destination written; as trees when the source may be a directory."""
-        source = await self._target(oldpath, follow=False)
-        destination = await self._target(newpath, follow=False)
+        destination written; their normal forms first, then (once the server has resolved
+        them) their resolutions, and both readings as trees when the source may be a
+        directory."""
+        moved, placed = ((READ, action), (WRITE, action)), ((WRITE, action),)
+        source_normal, destination_normal = await self._normal(oldpath), await self._normal(newpath)
+        await self._judge(moved, (source_normal,))
+        await self._judge(placed, (destination_normal,))
+        source = await self._resolved(oldpath, source_normal, False, True)
+        destination = await self._resolved(newpath, destination_normal, False, False)
         if await self._may_be_directory(source.resolved, follow=False):
-            action = tree_action(action)
-        await self._judge(READ, action, source)
-        await self._judge(WRITE, action, source)
-        await self._judge(WRITE, action, destination)
+            tree = tree_action(action)
+            await self._judge(((READ, tree), (WRITE, tree)), source.paths)
+            await self._judge(((WRITE, tree),), destination.paths)
+        else:
+            await self._judge(moved, source.paths[1:])
+            await self._judge(placed, destination.paths[1:])
         return source, destination
 
     async def rename(self, oldpath: bytes, newpath: bytes) -> None:
@@ -430,19 +483,30 @@ class SftpProxy(asyncssh.SFTPServer):
         """A symlink at `newpath` (a write) pointing to `oldpath` (a read, taken against the
         link's directory when relative), both as trees when the target may be a directory;
         the link's text is sent as the agent wrote it."""
-        link = await self._target(newpath, follow=False)
-        target = await self._target(oldpath, True, relative_to=link)
-        action = tree_action("symlink") if await self._may_be_directory(target.resolved, follow=True) else "symlink"
-        await self._judge(WRITE, action, link)
-        await self._judge(READ, action, target)
+        link_normal = await self._normal(newpath)
+        target_normal = await self._normal(oldpath, relative_to=link_normal)
+        await self._judge(((WRITE, "symlink"),), (link_normal,))
+        await self._judge(((READ, "symlink"),), (target_normal,))
+        link = await self._resolved(newpath, link_normal, False, False)
+        target = await self._resolved(oldpath, target_normal, True, True, relative_to=link)
+        if await self._may_be_directory(target.resolved, follow=True):
+            await self._judge(((WRITE, tree_action("symlink")),), link.paths)
+            await self._judge(((READ, tree_action("symlink")),), target.paths)
+        else:
+            await self._judge(((WRITE, "symlink"),), link.paths[1:])
+            await self._judge(((READ, "symlink"),), target.paths[1:])
         await (await self._upstream()).symlink(oldpath, link.wire)
 
     async def realpath(self, path: bytes) -> bytes:
         """The server's resolution of `path`, judged as a read unless it is the home directory
         itself (see the module docstring)."""
-        target = await self._target(path, follow=True)
-        if target.paths != (await self._home_directory(),):
-            await self._judge(READ, "realpath", target)
+        asks, home = ((READ, "realpath"),), await self._home_directory()
+        normal = await self._normal(path)
+        if normal != home:
+            await self._judge(asks, (normal,))
+        target = await self._resolved(path, normal, True, False)
+        if target.paths != (home,):
+            await self._judge(asks, target.paths if normal == home else target.paths[1:])
         return target.wire
 
     def format_user(self, uid: int | None) -> str:
