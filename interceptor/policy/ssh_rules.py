@@ -304,16 +304,16 @@ def _exec(match: SshMatch, view: _View, deny: bool) -> bool:
         return True
     if shell_class:
         return False
-    access = _scp_access(reading.scp, reading.argv)
+    access = None if reading.scp is None else _scp_judged(reading.scp, reading.argv)
     if access is None and match.commands is not None and any(covers(p, reading.argv) for p in match.commands):
         return True
     return access is not None and _file(match, access.mode, access.path, access.recursive, False)
 
 
-def _scp_access(access: ScpAccess | None, words: tuple[str, ...]) -> ScpAccess | None:
+def _scp_judged(access: ScpAccess, words: tuple[str, ...]) -> ScpAccess:
     """The transfer as judged: an upload with `-d` (its path a directory the client writes
-    into) as a tree, as one with `-r`."""
-    if access is None or access.recursive or access.mode != "write" or "-d" not in words:
+    into; `words` the scp command's) as a tree, as one with `-r`."""
+    if access.recursive or access.mode != "write" or "-d" not in words:
         return access
     return replace(access, recursive=True)
 
@@ -329,7 +329,7 @@ def _scp_accesses(reading: CommandReading) -> list[ScpAccess]:
         known = tuple(w for w in command if w is not None)
         found = read_scp(known) if len(known) == len(command) else None
         if isinstance(found, ScpAccess):
-            accesses.append(_scp_access(found, known) or found)
+            accesses.append(_scp_judged(found, known))
         else:
             accesses.extend((ScpAccess("read", "", True), ScpAccess("write", "", True)))
     return accesses
@@ -534,11 +534,11 @@ def _unmatched(view: _View) -> str:
         if view.reading.shell:
             return (f"command {shown!r} is shell class ({'; '.join(view.reading.shell[:3])}): only a rule with "
                     "`shell: true` allows it")
-        access = _scp_access(view.reading.scp, view.reading.argv)
-        if access is not None:
-            below = " and everything below it (a glob ending in /** over it does)" if access.recursive else ""
-            return (f"no rule allows {access.mode} of {access.path}{below}: a legacy scp "
-                    f"{'download' if access.mode == 'read' else 'upload'} is judged by `{access.mode}` globs")
+        if view.reading.scp is not None:
+            access = _scp_judged(view.reading.scp, view.reading.argv)
+            kind = "download" if access.mode == "read" else "upload"
+            return f"a legacy scp {kind} is judged as the {access.mode} of its path: " + _unmatched(
+                _View(access.mode, path=access.path, tree=access.recursive))
         return f"no rule allows command {shown!r}"
     if view.kind in ("read", "write"):
         if view.kind == "write" and runs_code(view.path):
@@ -547,8 +547,8 @@ def _unmatched(view: _View) -> str:
         if not _normal(view.path):
             return f"path {view.path!r} is not absolute and in normal form"
         if view.tree:
-            return (f"no rule allows {view.kind} of {view.path} and everything below it (a directory moved or linked: "
-                    "a glob ending in /** over it does)")
+            return (f"no rule allows {view.kind} of {view.path} and everything below it (a directory moved, linked "
+                    "or copied whole: a glob ending in /** over it does)")
         if view.metadata:
             return f"no rule allows read or write of {view.path} (either lets its metadata be read)"
         return f"no rule allows {view.kind} of {view.path}"
