@@ -37,7 +37,7 @@ from interceptor.handlers.base import Services
 from interceptor.handlers.ssh import HANDLER, handler
 from interceptor.handlers.ssh.connection import MAX_CHANNELS, MAX_COMMAND, MAX_LISTENERS, PROTOCOL_RULE, FlowGate
 from interceptor.handlers.ssh.process import recorded as is_recorded
-from interceptor.handlers.ssh.upstream import HOST_KEY_TOLD, SshCredentialsError, login
+from interceptor.handlers.ssh.upstream import HOST_KEY_TOLD, HandshakeFailed, SshCredentialsError, login, told
 from interceptor.operations import SshRequest
 from interceptor.policy import PolicyEngine, load_policy_text
 from interceptor.policy.model import AddressSpec, ResourceSpec
@@ -887,7 +887,7 @@ def test_bad_input_ends_that_flow_with_a_clear_record(tmp_path: Path, garbage: b
 # ---- the upstream ----------------------------------------------------------------------
 
 
-def test_an_untrusted_upstream_host_key_refuses_the_flow(tmp_path: Path) -> None:
+def test_an_untrusted_upstream_host_key_refuses_the_flow(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     async def test(lab: Lab) -> None:
         known_hosts = lab.options["known_hosts"] = lab.known_hosts(asyncssh.generate_private_key("ssh-ed25519"))
         refused = await lab.refused_agent()
@@ -898,6 +898,7 @@ def test_an_untrusted_upstream_host_key_refuses_the_flow(tmp_path: Path) -> None
         error = str(connection.outcome["error"])
         assert f"its host key is not trusted for 'web1.internal' by known_hosts {known_hosts}" in error
         assert f"ssh-keyscan -t ed25519 -p {lab.upstream.port} web1.internal >> {known_hosts}" in error
+        assert f"by known_hosts {known_hosts}" in caplog.text  # the daemon's log has the details too
 
     scenario(test, tmp_path)
 
@@ -994,6 +995,15 @@ def test_unusable_credentials_are_named_in_the_record_only(tmp_path: Path) -> No
         assert "private_key_file cannot be read" in str(lab.connection.reason)
 
     scenario(test, tmp_path, credentials={"user": UPSTREAM_USER, "private_key_file": str(tmp_path / "none")})
+
+
+def test_what_the_agent_is_told_of_an_upstream_failure_holds_no_local_detail() -> None:
+    detail = "upstream 10.0.0.1:22: SSH handshake failed: PermissionDenied: no more methods for user deploy"
+    assert told(HandshakeFailed(detail, "upstream 10.0.0.1:22: SSH handshake failed (PermissionDenied)")) == \
+        "upstream 10.0.0.1:22: SSH handshake failed (PermissionDenied)"
+    assert told(SshCredentialsError("private_key_file /root/keys/web1 cannot be read")).startswith(
+        "the credentials of this resource cannot be used")
+    assert "/etc" not in told(RuntimeError("/etc/interceptor/x")), "an unexpected failure is told by kind only"
 
 
 def test_a_refused_login_never_shows_the_password(tmp_path: Path) -> None:
