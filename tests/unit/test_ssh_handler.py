@@ -578,15 +578,18 @@ def test_legacy_scp_is_judged_as_its_exec_then_served_by_the_proxy(tmp_path: Pat
             await asyncssh.scp((conn, "/srv/motd"), tmp_path / "got")
             with pytest.raises(asyncssh.SFTPError):
                 await asyncssh.scp((conn, "/srv/../private.txt"), tmp_path / "stolen")
+            unread = await conn.run("scp -q -f /srv/motd", encoding=None)  # -q: the policy's, not asyncssh's
+            assert unread.exit_status == 1 and b"scp: " in cast(bytes, unread.stderr), unread
         assert (tmp_path / "got").read_text() == "welcome\n" and not (tmp_path / "stolen").exists()
         assert lab.upstream.commands == []  # no scp ran on the server
         execs = [e for e in lab.kind("ssh") if (e.operation or {}).get("request") == "exec"]
         assert [(e.decision, (e.operation or {})["command"]) for e in execs] == [
-            ("allow", "scp -f /srv/motd"), ("deny", "scp -f /srv/../private.txt")]
+            ("allow", "scp -f /srv/motd"), ("deny", "scp -f /srv/../private.txt"), ("allow", "scp -q -f /srv/motd")]
         reads = [(e.decision, (e.operation or {}).get("path")) for e in lab.kind("ssh")
                  if (e.operation or {}).get("request") == "read"]
         assert ("allow", "/srv/motd") in reads
-        [end] = [e for e in lab.kind("ssh-end") if (e.operation or {}).get("request") == "exec"]
+        end, unread_end = [e for e in lab.kind("ssh-end") if (e.operation or {}).get("request") == "exec"]
+        assert unread_end.outcome is not None and unread_end.outcome["exit_status"] == 1
         assert end.outcome is not None and end.outcome["exit_status"] == 0
         assert cast(int, end.outcome["bytes_down"]) > len("welcome\n") and cast(int, end.outcome["bytes_up"]) > 0
 

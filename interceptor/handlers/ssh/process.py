@@ -239,13 +239,13 @@ async def _serve_scp(process: asyncssh.SSHServerProcess[bytes], channel: Channel
                                 _CountedReader(process, lambda size: relay.count_up(channel.traffic, size)),
                                 _CountedWriter(process, lambda size: relay.count_down(channel.traffic, size)),
                                 process.stderr)
-        exit_status = 1
         if inspect.isawaitable(served):
             await served
-            exit_status = 0
+        exit_status = 1 if served is None else 0  # None: it could not read the command, and said so
     except (asyncssh.Error, OSError) as exc:  # the scp server tells of each file's failure itself
         relay.error = _reason(exc)
-        _refuse(process, f"legacy scp failed: {relay.error}", 1)
+        exit_status = 1
+        _refuse(process, f"legacy scp failed: {relay.error}", exit_status)
     finally:
         outcome: dict[str, object] = {"exit_status": exit_status, "exit_signal": None, "bytes_up": relay.up,
                                       "bytes_down": relay.down, "seconds": round(time.monotonic() - started, 3)}
