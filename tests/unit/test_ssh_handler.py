@@ -30,7 +30,7 @@ from asyncssh.packet import Boolean, String, UInt32
 from interceptor.approvals import ApprovalBroker, Approver, SqliteStore
 from interceptor.audit.event import AuditEvent
 from interceptor.audit.recording import Cast, parse, read_verified
-from interceptor.audit.scrub import scrub_event
+from interceptor.audit.scrub import scrub_event, scrub_text
 from interceptor.enforcer.judge import FlowJudge
 from interceptor.flow import Endpoint, FlowContext, ProcessInfo
 from interceptor.handlers.base import Services
@@ -522,6 +522,14 @@ def test_a_shell_is_recorded_input_and_output(tmp_path: Path) -> None:
         assert "you said hello" in "".join(str(event.data) for event in cast_file.events if event.kind == "o")
 
     scenario(test, tmp_path, policy=POLICY + SHELLS, flow_id=uuid.uuid4().hex[:16])  # as the daemon names flows
+
+
+def test_recording_file_names_never_look_like_tokens_to_the_scrub() -> None:
+    """`<flow>-<channel>.cast`, the flow named as the daemon names flows (16 hex digits): too
+    short for a hex or base64 token, and hex never starts a known token's prefix."""
+    for channel in (1, 64):
+        names = [f"{uuid.uuid4().hex[:16]}-{channel}.cast" for _ in range(2000)]
+        assert [name for name in names if scrub_text(name) != name] == []
 
 
 def test_shells_opened_together_are_recorded_apart(tmp_path: Path) -> None:
