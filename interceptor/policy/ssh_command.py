@@ -10,19 +10,30 @@ session.c do_child; RFC 4254 section 6.5), assumed POSIX (dash, bash: POSIX.1-20
   Anything else makes the command *shell class* (`CommandReading.shell` says why): every other
   unquoted character (`; & | < > ( ) $ \\` * ? [ ] ~ { } # !`, a newline, a tab, a carriage
   return, any non-ASCII character), an unterminated quote, a first word holding `=` (an
-  assignment), and a command that runs code whatever its words: a shell or an interpreter,
-  a builtin that evaluates code or array subscripts, an editor, pager or other program that
-  starts commands (a subcommand that starts $EDITOR, GNU sed without --sandbox), a compiler
-  or build tool (`gcc -wrapper`, `-B`, plugins, build scripts), an option that makes a
-  program run one or load code (`find -exec`, `tar --to-command` in any unique-prefix
-  spelling getopt_long takes, `split --filter`, `sort --compress-program`, `openssl -engine`,
-  `rsync -e`, `sudo -s`: CODE_OPTIONS), git other than a read-only subcommand with plain
-  global options (GIT_READ_ONLY, GIT_PLAIN_GLOBALS; `git -C DIR`, `--git-dir`, `--ext-diff`,
-  `--textconv`, `--output` are shell class), or a file server (`sftp-server`, `rsync
-  --server`, scp through a wrapper), found at any level
-  of wrappers (`sudo`, `env`, `nice`, `timeout`, ... with their options: WRAPPERS, at most
-  MAX_DEPTH deep). A wrapper option this module does not know is shell class too (it cannot
-  tell where the inner command starts).
+  assignment), and a command that runs code whatever its words: a shell; an interpreter,
+  known by kind (_INTERPRETER: a family's name with any suffix, `python*`, `ipython3`,
+  `php-cgi`, `node*`, `lua*`, or a name with a version: m4, dc, gnuplot, bpftrace, erl,
+  pwsh...); a multi-call binary (busybox, toybox, coreutils: its arguments name the program
+  it runs, `coreutils --coreutils-prog=rm`); a builtin that evaluates code or array
+  subscripts; an editor, pager, client or other program that starts commands (a subcommand
+  that starts $EDITOR, GNU sed without --sandbox, the `!` of lftp, smbclient, psql, sqlite3);
+  a compiler or build tool (`gcc -wrapper`, `-B`, plugins, build scripts); an option that
+  makes a program run one or load code (`find -exec`, `tar --to-command` in any
+  unique-prefix spelling getopt_long takes, `split --filter`, `sort --compress-program`,
+  `openssl -engine`, `rsync -e`, `sudo -s`, binutils' `nm --plugin` and `@FILE` response
+  files, which may hold it: CODE_OPTIONS, _BINUTILS); an option or operand by which a program
+  that otherwise reads writes a file the agent names (`sort -o`, `sed -i`, `curl -o`,
+  `uniq IN OUT`, `time -o`: WRITE_OPTIONS, OUTPUT_OPERANDS; the file may be one the server
+  runs, ~/.ssh/authorized_keys, and such a write over SFTP needs `shell: true` too; programs
+  whose job is writing, cp, tee, dd, tar, are not shell class: a pattern naming them names
+  a write); git, but for `git --version` (git reads the configuration of the repository it
+  finds, the working directory or one above it, which may be a bare repository the agent
+  wrote into the home directory, and runs the commands it names); or a file server
+  (`sftp-server`, `rsync --server`, scp through a wrapper), found at any level of wrappers
+  (`sudo`, `env`, `nice`, `timeout`, ... with their options: WRAPPERS, at most MAX_DEPTH
+  deep). A wrapper option this module does not know is shell class too (it cannot tell where
+  the inner command starts). Each reason reads as a clause of an English sentence ("it holds
+  `;`, which the shell reads as a list of commands").
 - Lax (what deny rules see): every simple command the shell may run, each as a tuple of words
   where None is a word only known at run time (an expansion, a glob, a tilde, a brace
   expansion, `$'...'`): it stands for any number of words. Lists, pipelines, subshells,
@@ -32,7 +43,8 @@ session.c do_child; RFC 4254 section 6.5), assumed POSIX (dash, bash: POSIX.1-20
   that runs commands or code (`setarch x86_64 sh -c S`: a program not known here may run its
   arguments); `sh -c STRING`, `eval`, `su -c`, `watch`, `find -exec` and command
   substitutions are read recursively. What cannot be read (interpreter code, a compiler, an
-  option or git subcommand that runs a command, a script file, a shell reading its
+  option or git subcommand that runs a command, a plugin or response file, a multi-call
+  binary (whose words are read as a command too), a script file, a shell reading its
   standard input, a command name known only at run time, a substitution anywhere, bash's
   arithmetic, which evaluates the values of the variables it names (`((b))`, `${a[b]}`,
   `${x:b}`, `a[b]=1`, `${!b}`), `${x@P}`, a substitution in an unquoted here-document, an
@@ -50,8 +62,10 @@ program (by last path segment) or known only at run time; the pattern's option w
 by their letters or long names anywhere after it (`-rf` by `-fr`, `-r -f`, `--recursive
 --force`), its other words must match the command's in order with any words between and
 after; a path word also matches an argument not in normal form, a path through /proc or
-/dev/fd (the kernel names any file there), a relative path whose last segments match, and a
-path an option carries (`--file=PATH`).
+/dev/fd (the kernel names any file there), an absolute path through the directory links
+every system of a kind has (_SYSTEM_LINKS: `/var/run` is `/run`, merged /usr's `/bin` is
+`/usr/bin`), a relative path whose last segments match, and a path an option carries
+(`--file=PATH`). Links the agent makes are not seen: making one is a write.
 
 Legacy scp: the client runs `scp [-v] [-r] [-p] [-d] -t [--] PATH` (upload: the server writes)
 or `... -f [--] PATH` (download: the server reads) on the server (OpenSSH scp.c, "remote"
@@ -77,19 +91,39 @@ ANY_WORDS = "**"  # a pattern's last word matching zero or more words
 Words = tuple[str | None, ...]  # a simple command; None: a word known only at run time
 
 _SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_@%+=:,./-")
-_CHAR_NAMES = {
-    ";": "a command list (;)", "&": "a background job or && list (&)", "|": "a pipe or || list (|)",
-    "<": "a redirection (<)", ">": "a redirection (>)", "(": "a subshell or substitution (()",
-    ")": "a subshell or substitution ())", "$": "an expansion ($)", "`": "a command substitution (`)",
-    "\\": "a backslash escape (\\)", "*": "a glob (*)", "?": "a glob (?)", "[": "a glob ([)", "]": "a glob (])",
-    "~": "a tilde expansion (~)", "{": "a brace expansion or group ({)", "}": "a brace expansion or group (})",
-    "#": "a comment (#)", "!": "a history expansion or negation (!)", "\n": "a newline (a second command)",
-    "\r": "a carriage return", "\t": "a tab", "'": "a single quote", '"': "a double quote",
+# What an unquoted character means to the shell (XCU 2.2-2.6), for the reasons a command is
+# shell class
+_CHAR_MEANINGS = {
+    ";": "a list of commands", "&": "a background job or an && list", "|": "a pipe or an || list",
+    "<": "a redirection", ">": "a redirection", "(": "a subshell or a substitution",
+    ")": "a subshell or a substitution", "$": "an expansion", "`": "a command substitution",
+    "\\": "an escape (the next character is taken as it is)", "*": "a glob", "?": "a glob", "[": "a glob",
+    "]": "a glob", "~": "a home directory (tilde expansion)", "{": "a brace expansion or a group",
+    "}": "a brace expansion or a group", "#": "the start of a comment", "!": "a negation or a history expansion",
+}
+_CHAR_SPELLED = {
+    "\n": "a newline, which the shell reads as the end of a command (what follows is another one)",
+    "\r": "a carriage return, which a terminal shows as a return to the line's start (hiding what came before)",
+    "\t": "a tab, which the shell reads as a word separator (only spaces are read here)",
 }
 _ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\[[^\]]*\])?\+?=")
-_INTERPRETER = re.compile(r"(?:python|pypy|perl|ruby|irb|node|nodejs|deno|bun|php|lua|luajit|tclsh|wish|expect|"
-                          r"awk|gawk|mawk|nawk|busybox|Rscript|R|julia|guile|racket|sbcl|ghci|runghc|scala|"
-                          r"groovy|jshell|osascript|gdb|lldb|jrunscript)[0-9.]*|ld(?:-linux)?[-.].*so.*")
+# Interpreters: programs that run the code or the commands their arguments, a script or their
+# standard input give (an interactive one reads a shell escape or `system()` from stdin), by
+# kind: a family's name followed by anything (python3.11-dbg, ipython3, bpython, micropython,
+# php-cgi, nodejs, luajit, ocamlfind, tclsh8.6, wish8.6), or one of the other names with a
+# version or a `-suffix` (gdb-multiarch); and the dynamic loader run as a program
+_INTERPRETER = re.compile(
+    r"(?:[A-Za-z0-9_]*python|pypy|jython|php|perl|j?ruby|irb|pry|node|lua|tclsh|wish|ocaml|guile|racket|julia|"
+    r"pwsh|powershell|octave|maxima|swipl|gforth|bpftrace|gnuplot|Rscript)[A-Za-z0-9_.+-]*"
+    r"|(?:R|deno|bun|expect|awk|gawk|mawk|nawk|sbcl|clisp|ecl|ghci|runghc|runhaskell|scala|groovy|jshell|"
+    r"osascript|gdb|cgdb|lldb|jrunscript|jjs|rhino|qjs|gjs|erl|escript|elixir|iex|utop|m4|gm4|dc|mlr|stap|"
+    r"raku|rakudo|perl6|pike|clojure|clj|bb|hy|janet|fennel|csi|gosh|scheme|chez|petite|kawa|gp|sage|scilab|"
+    r"mongo|mongosh|r2|radare2|pyspark|spark-shell|dotnet-script|ts-node|tsx)"
+    r"(?:[0-9][0-9.]*)?(?:-[A-Za-z0-9_.]+)*"
+    r"|ld(?:-linux)?[-.].*so.*")
+# Multi-call binaries: the program they run is named by argv[0], their first argument or an
+# option (`coreutils --coreutils-prog=rm`), in each one's own way and build
+_MULTI_CALL = re.compile(r"(?:busybox|toybox|coreutils)(?:[-.][A-Za-z0-9_.-]*)?")
 SHELLS = frozenset({"sh", "bash", "dash", "zsh", "ksh", "ksh93", "mksh", "pdksh", "oksh", "loksh", "ash", "yash",
                     "fish", "csh", "tcsh", "rbash", "posh", "rc", "es", "nu", "elvish", "xonsh"})
 # Builtins that run a command string or file, or evaluate array subscripts (`a[$(id)]`), and
@@ -110,6 +144,10 @@ SPAWNERS = frozenset({"vi", "vim", "nvim", "view", "vimdiff", "rvim", "ex", "ed"
                       "cpulimit", "daemonize", "start-stop-daemon", "dbus-run-session", "xvfb-run", "numactl",
                       "schedtool", "cgexec", "systemd-inhibit", "systemd-cat", "sem", "entr", "perf", "unbuffer",
                       "run-parts", "visudo", "vipw", "vigr", "psql", "mysql", "mariadb", "sqlite3", "nmap",
+                      # clients whose own commands (read from arguments or standard input) run a
+                      # shell: `!`, `\\!`, `.shell`, `host`, `system`
+                      "lftp", "smbclient", "rpcclient", "sqlplus", "duckdb", "mysqlsh", "usql", "pgcli", "mycli",
+                      "litecli", "ncftp", "irssi",
                       # programs that run their arguments as a command (what the strict reading
                       # cannot follow; the lax one reads every suffix at a program's name)
                       "setarch", "linux32", "linux64", "i386", "x86_64", "uname26", "choom", "ssh-agent",
@@ -132,14 +170,19 @@ class _CodeOptions:
     the program reports, so taking it as the option is only stricter), except the program's
     own options named in `exact` (tar's `--checkpoint` is not `--checkpoint-action`);
     `words`: option words matched as written by prefix (single-dash long options, find's
-    primaries); `letters`: short options in a `-abc` cluster (tar's first word also without
-    its dash: `tar xIf`); `subcommands`: a first argument that runs code."""
+    primaries); `named`: single-dash option words matched whole or with `=VALUE` (OpenSSL's,
+    which takes no abbreviations); `letters`: short options in a `-abc` cluster (tar's first
+    word also without its dash: `tar xIf`); `subcommands`: a first argument that runs code;
+    `response_files`: any `@FILE` word is one (the program reads more options from FILE:
+    libiberty's expandargv in GNU binutils, LLVM's response files)."""
 
     longs: tuple[str, ...] = ()
     words: tuple[str, ...] = ()
     letters: str = ""
     exact: frozenset[str] = frozenset()
     subcommands: frozenset[str] = frozenset()
+    named: frozenset[str] = frozenset()
+    response_files: bool = False
 
 
 _SYSTEMD_HOST = _CodeOptions(("host",), letters="H")  # -H runs ssh to another host with the login's keys
@@ -151,13 +194,15 @@ CODE_OPTIONS: Mapping[str, _CodeOptions] = {
     "rsync": _CodeOptions(("rsh", "rsync-path"), letters="e"),
     "zip": _CodeOptions(("unzip-command",), letters="T"),
     "tcpdump": _CodeOptions(letters="z"),
-    "wget": _CodeOptions(("use-askpass", "execute"), letters="e"),
+    "wget": _CodeOptions(("use-askpass", "execute", "config"), letters="e"),  # a wgetrc sets use_askpass
     "ssh-keygen": _CodeOptions(words=("-D", "-w")),
     "split": _CodeOptions(("filter",)),
     "sort": _CodeOptions(("compress-program",)),
     "sdiff": _CodeOptions(("diff-program",)),
     "diff3": _CodeOptions(("diff-program",)),
-    "ip": _CodeOptions(words=("exec",)),  # ip netns exec NAME CMD, ip vrf exec NAME CMD
+    # ip netns exec NAME CMD, ip vrf exec NAME CMD; -batch FILE: ip commands (netns exec among
+    # them) from a file, in iproute2's spellings (any prefix of -batch, a leading -- as -)
+    "ip": _CodeOptions(words=("exec",), named=frozenset({d + "-batch"[:n] for n in range(2, 7) for d in ("", "-")})),
     "openssl": _CodeOptions(words=("-engine", "-provider", "-provider-path", "-config"),
                             subcommands=frozenset({"engine"})),
     "apt": _CodeOptions(("option", "config-file"), letters="oc"),
@@ -167,6 +212,59 @@ CODE_OPTIONS: Mapping[str, _CodeOptions] = {
                                 subcommands=frozenset({"debug", "gdb"})),
     **{name: _SYSTEMD_HOST for name in ("systemctl", "loginctl", "hostnamectl", "timedatectl", "localectl",
                                         "busctl", "systemd-analyze")},
+    **{name: _CodeOptions(("photo-viewer", "exec-path", "options", "homedir", "agent-program", "dirmngr-program"))
+       for name in ("gpg", "gpg2")},  # a gpg.conf in another home directory sets a photo viewer
+}
+# GNU binutils and their LLVM counterparts (with a target prefix and a version): `--plugin FILE`
+# (nm, ar, ranlib: a shared library whose constructor runs) and `@FILE` response files, which
+# may hold `--plugin`
+_BINUTILS = re.compile(r"(?:[A-Za-z0-9_.]+-)*(?:nm|ar|ranlib|objdump|readelf|size|strings|strip|objcopy|addr2line|"
+                       r"c\+\+filt|cxxfilt|elfedit|gprof|dwp|dlltool|windres|lld)(?:-[0-9][0-9.]*)?")
+_BINUTILS_CODE = _CodeOptions(("plugin",), response_files=True)
+# Options that make a program that otherwise reads (and prints to standard output) write a file
+# its value names, which may be one the server runs (~/.ssh/authorized_keys, ~/.bashrc): shell
+# class, as a write of such a file over SFTP is (an option value of `-` is standard output).
+# Programs whose job is writing files (cp, mv, dd, tee, tar, install, split, wget without
+# options...) are not here: a pattern that names them names a write
+WRITE_OPTIONS: Mapping[str, _CodeOptions] = {
+    "sort": _CodeOptions(("output",), letters="o"),
+    "shuf": _CodeOptions(("output",), letters="o"),
+    "sed": _CodeOptions(("in-place",), letters="i"),
+    "gsed": _CodeOptions(("in-place",), letters="i"),
+    "iconv": _CodeOptions(("output",), letters="o"),
+    "sdiff": _CodeOptions(("output",), letters="o"),
+    "tcpdump": _CodeOptions(letters="w"),
+    "curl": _CodeOptions(("output", "output-dir", "remote-name", "remote-name-all", "remote-header-name",
+                          "dump-header", "cookie-jar", "trace", "trace-ascii", "stderr", "libcurl", "etag-save",
+                          "hsts", "alt-svc", "config"), letters="oODcJK"),  # a config file names outputs
+    "wget": _CodeOptions(("output-document", "output-file", "append-output", "directory-prefix", "save-cookies",
+                          "warc-file", "rejected-log", "hsts-file"), letters="OoaP"),
+    "gpg": _CodeOptions(("output",), letters="o"),
+    "gpg2": _CodeOptions(("output",), letters="o"),
+    "openssl": _CodeOptions(named=frozenset({
+        "-out", "-keyout", "-outdir", "-writerand", "-sess_out", "-keylogfile", "-msgfile", "-reqout", "-rspout",
+        "-certout", "-chainout", "-extracertsout", "-cacertsout", "-crlout", "-CAcreateserial", "-CAserial",
+        "-signer", "-srpvfile"})),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class _OutputOperand:
+    """A program that writes its `index`-th operand (1-based: `uniq INPUT OUTPUT`, `xxd INFILE
+    OUTFILE`): its short options taking a value (`with_arg`, getopt clusters), its long ones
+    (`longs`, unique prefixes, the value after `=` or in the next word) and its option words
+    taking the next word as value (`value_words`, matched whole: xxd's)."""
+
+    index: int
+    with_arg: str = ""
+    longs: tuple[str, ...] = ()
+    value_words: frozenset[str] = frozenset()
+
+
+OUTPUT_OPERANDS: Mapping[str, _OutputOperand] = {
+    "uniq": _OutputOperand(2, "fsw", ("skip-fields", "skip-chars", "check-chars")),
+    "xxd": _OutputOperand(2, value_words=frozenset({"-c", "-cols", "-g", "-groupsize", "-l", "-len", "-o", "-s",
+                                                    "-seek", "-n", "-name", "-R"})),
 }
 # Compilers, linkers and build tools: their options and inputs run programs (gcc -wrapper,
 # -B, -fplugin, spec files; build scripts), with an optional target prefix and version
@@ -174,15 +272,6 @@ _COMPILER = re.compile(r"(?:[A-Za-z0-9_.]+-)*(?:gcc|g\+\+|cc|c\+\+|cpp|clang|cla
                        r"gfortran|gccgo|gdc|gnat\w*)(?:-[0-9][0-9.]*)?|(?:tcc|icc|icx|rustc|cargo|go|javac|java|"
                        r"kotlinc?|scalac|ghc|zig|nasm|yasm|swiftc?|dotnet|mvn|gradlew?|ant|cmake|ninja|meson|scons|"
                        r"bazel|npm|npx|yarn|pnpm|pip[0-9.]*|gem|bundle|composer|dpkg|rustup)[0-9.]*")
-# git subcommands that only read the repository and have no option that runs a command of
-# the caller's choosing; git run anywhere else may run hooks, editors, aliases, transports
-GIT_READ_ONLY = frozenset({"status", "log", "show", "diff", "rev-parse", "rev-list", "branch", "ls-files",
-                           "ls-tree", "describe", "shortlog"})
-# git's global options that change nothing about what runs (every other one is shell class:
-# -c, -C, --git-dir, --work-tree, --exec-path, -p/--paginate, ...)
-GIT_PLAIN_GLOBALS = frozenset({"--no-pager", "-P", "--no-replace-objects", "--literal-pathspecs",
-                               "--glob-pathspecs", "--noglob-pathspecs", "--icase-pathspecs",
-                               "--no-optional-locks", "--version"})
 _GIT_ARG_GLOBALS = frozenset({"-C", "--git-dir", "--work-tree", "--namespace", "--super-prefix", "--attr-source"})
 # Options of git subcommands that run a command (or write a file, or run config drivers):
 # long ones (unique prefixes) and letters per subcommand; subcommands that run commands
@@ -205,7 +294,8 @@ class _Wrapper:
     (`sudo -l CMD` lists, `command -v CMD` looks up): widest for deny rules, and an
     interpreter there is still shell class. A `shell` option runs a shell; the argument
     of a `string` option is a shell command string; an `opaque` option's argument is a
-    command in another syntax. `assignments`: NAME=VALUE words may come before the command.
+    command in another syntax; a `writes` option's argument is a file the wrapper writes (`time
+    -o FILE`: see WRITE_OPTIONS). `assignments`: NAME=VALUE words may come before the command.
     `digits`: `-N` is an option (nice -5); `dash`: a lone `-` is an option (env's -i)."""
 
     flags: str = ""
@@ -216,6 +306,7 @@ class _Wrapper:
     shell: str = ""
     string: str = ""
     opaque: str = ""
+    writes: str = ""
     assignments: bool = False
     digits: bool = False
     dash: bool = False
@@ -248,7 +339,7 @@ WRAPPERS: Mapping[str, _Wrapper] = {
         "sched-runtime=T sched-period=P sched-deadline=D"), positional=1),
     "taskset": _Wrapper("acp", "", "", _longs("all-tasks=a cpu-list=c pid=p"), positional=1),
     "time": _Wrapper("apqvV", "fo", "", _longs(
-        "append=a portability=p quiet=q verbose=v format=f output=o version=V")),
+        "append=a portability=p quiet=q verbose=v format=f output=o version=V"), writes="o"),
     "command": _Wrapper("pvV"),
     "exec": _Wrapper("cl", "a"),
     "builtin": _Wrapper(),
@@ -261,7 +352,6 @@ WRAPPERS: Mapping[str, _Wrapper] = {
     "flock": _Wrapper("sxnuoF", "wE", "", _longs(
         "shared=s exclusive=x nonblock=n unlock=u close=o no-fork=F timeout=w conflict-exit-code=E command=c "
         "verbose"), positional=1, string="c"),
-    "busybox": _Wrapper(),
     "catchsegv": _Wrapper(),
 }
 
@@ -343,8 +433,13 @@ def read_command(text: str) -> CommandReading:
 
 
 def describe_char(char: str) -> str:
-    """What an unquoted character means to the shell, for a refusal."""
-    return _CHAR_NAMES.get(char, f"the character {char!r}")
+    """An unquoted character and what it means to the shell, as a phrase for a refusal
+    ("`;`, which the shell reads as a list of commands")."""
+    if char in _CHAR_SPELLED:
+        return _CHAR_SPELLED[char]
+    if char in _CHAR_MEANINGS:
+        return f"`{char}`, which the shell reads as {_CHAR_MEANINGS[char]}"
+    return f"the character {char!r}, which is not a plain one (ASCII letters, digits and _@%+=:,./-)"
 
 
 def strict_words(text: str) -> tuple[tuple[str, ...], list[str]]:
@@ -363,20 +458,21 @@ def strict_words(text: str) -> tuple[tuple[str, ...], list[str]]:
         if char in ("'", '"'):
             end = text.find(char, i + 1)
             if end < 0:
-                reasons.append(f"an unterminated quote ({char})")
+                reasons.append(f"it leaves a quote ({char}) open")
                 end = n
             quoted = text[i + 1:end]
             if char == '"':
-                reasons.extend(f"{describe_char(c)} inside double quotes" for c in quoted if c in "$`\\!")
+                reasons.extend(f"it holds `{c}` inside double quotes, where the shell still reads it as "
+                               f"{_CHAR_MEANINGS[c]}" for c in quoted if c in "$`\\!")
             word, i = (word or "") + quoted, end + 1
             continue
         if char not in _SAFE:
-            reasons.append(f"unquoted {describe_char(char)}")
+            reasons.append(f"it holds {describe_char(char)}")
         word, i = (word or "") + char, i + 1
     if word is not None:
         words.append(word)
     if words and "=" in words[0]:
-        reasons.append("an assignment (NAME=value) before the command")
+        reasons.append(f"its first word {words[0]!r} is an assignment (NAME=value) before the command")
     return tuple(words), reasons
 
 
@@ -385,32 +481,41 @@ def _code_reasons(argv: tuple[str, ...]) -> list[str]:
     reasons: list[str] = []
     for depth, level in enumerate(_levels_strict(argv, reasons)):
         name = _base(level[0])
-        if level[0].startswith(_HIDDEN_PROGRAMS):
-            reasons.append(f"{level[0]} is a program this reading cannot name")
+        word = level[0]
+        if word.startswith(_HIDDEN_PROGRAMS):
+            reasons.append(f"{word} is the kernel's view of a process or an open file, not a program this reading "
+                           "can name")
         elif name == "scp" and depth:
-            reasons.append(f"scp run through {argv[0]}: only `scp -t PATH` or `scp -f PATH` is a file transfer")
+            reasons.append(f"it runs scp through {argv[0]}: only `scp -t PATH` or `scp -f PATH` is a file transfer")
         elif name == "sftp-server" or (name == "rsync" and "--server" in level[1:]):
-            reasons.append(f"{level[0]} serves files unjudged (SFTP is judged file by file)")
+            reasons.append(f"{word} serves files unjudged (SFTP is judged file by file)")
         elif name in SHELLS:
-            reasons.append(f"{level[0]} is a shell")
+            reasons.append(f"{word} is a shell")
         elif _INTERPRETER.fullmatch(name):
-            reasons.append(f"{level[0]} runs interpreter code")
+            reasons.append(f"{word} is an interpreter: it runs the code its arguments or its standard input give")
+        elif _MULTI_CALL.fullmatch(name):
+            reasons.append(f"{word} is a multi-call program: its arguments name the program it runs")
         elif name in CODE_BUILTINS or name in ("exec", "command", "builtin", "env", "xargs"):
-            reasons.append(f"{level[0]} runs or evaluates shell code")
+            reasons.append(f"{word} runs or evaluates shell code")
         elif name in SPAWNERS:
-            reasons.append(f"{level[0]} can start a shell or other commands")
+            reasons.append(f"{word} can start a shell or other commands")
         elif _evaluates_names(name, level):
-            reasons.append(f"{level[0]} -v evaluates array subscripts (code) in bash")
+            reasons.append(f"{word} -v evaluates array subscripts, which run code in bash")
         elif _COMPILER.fullmatch(name):
-            reasons.append(f"{level[0]} is a compiler or build tool: its options and inputs run programs")
-        elif name == "git":
-            reasons.extend(_git_reasons(level))
+            reasons.append(f"{word} is a compiler or build tool: its options and inputs run programs")
+        elif name == "git" and (why := _git_reason(level)):
+            reasons.append(why)
+        elif _BINUTILS.fullmatch(name) and any(w.startswith("@") for w in level[1:]):
+            reasons.append(f"{word} reads more options from a file (@FILE), where `--plugin` would load code")
         elif runs_option(name, level):
-            reasons.append(f"{level[0]} has an option that runs a command")
+            reasons.append(f"{word} has an option that runs a command or loads code")
         elif _starts_editor(name, level):
-            reasons.append(f"{level[0]} can start an editor")
+            reasons.append(f"{word} can start an editor")
         elif _unsandboxed_sed(name, level):
-            reasons.append(f"{level[0]} without --sandbox runs commands from its script (e, s///e)")
+            reasons.append(f"{word} without --sandbox runs commands from its script (e, s///e) and writes files (w)")
+        elif (written := written_file(name, level)) is not None:
+            reasons.append(f"{word} writes a file that {written} names, which may be one the server runs (as with "
+                           "such a write over SFTP, only `shell: true` allows it)")
     return reasons
 
 
@@ -433,10 +538,11 @@ def _evaluates_names(name: str, words: Words) -> bool:
 
 def runs_option(name: str, words: Words) -> bool:
     """Does the command (`name` its argv0's last segment) have an option or subcommand of
-    CODE_OPTIONS (for git: _git_runs)? A word known only at run time may be one."""
+    CODE_OPTIONS or of binutils (_BINUTILS_CODE; for git: _git_runs)? A word known only at
+    run time may be one."""
     if name == "git":
         return _git_runs(words) is not None
-    spec = CODE_OPTIONS.get(name)
+    spec = CODE_OPTIONS.get(name, _BINUTILS_CODE if _BINUTILS.fullmatch(name) else None)
     if spec is None:
         return False
     if len(words) > 1 and (words[1] is None or words[1] in spec.subcommands):
@@ -446,13 +552,69 @@ def runs_option(name: str, words: Words) -> bool:
 
 def _code_word(spec: _CodeOptions, word: str, bare_cluster: bool) -> bool:
     """Is `word` one of the options of `spec` (see _CodeOptions)?"""
-    if word.startswith(spec.words):
+    if word.startswith(spec.words) or word.partition("=")[0] in spec.named or (spec.response_files
+                                                                             and word.startswith("@")):
         return True
     if word.startswith("--"):
         name = word[2:].partition("=")[0]
         return bool(name) and name not in spec.exact and any(long.startswith(name) for long in spec.longs)
     clustered = (word.startswith("-") or bare_cluster) and len(word) > 1
     return clustered and any(letter in spec.letters for letter in word.lstrip("-"))
+
+
+def written_file(name: str, words: tuple[str, ...]) -> str | None:
+    """How the command (`name` its argv0's last segment) names a file it writes ("its option
+    -o", "its operand out.txt": WRITE_OPTIONS, OUTPUT_OPERANDS), or None. An option whose
+    value is `-` (standard output: `wget -qO-`, `curl -o -`) writes none."""
+    operand = OUTPUT_OPERANDS.get(name)
+    if operand is not None:
+        written = _output_operand(operand, words)
+        return None if written is None else f"its operand {written}"
+    spec = WRITE_OPTIONS.get(name)
+    if spec is None:
+        return None
+    for i, word in enumerate(words[1:], 1):
+        if word == "--":
+            return None
+        if _code_word(spec, word, False) and _option_value(spec, word, words[i + 1:i + 2]) != "-":
+            return f"its option {word}"
+    return None
+
+
+def _option_value(spec: _CodeOptions, word: str, following: tuple[str, ...]) -> str | None:
+    """The value a write option word of `spec` gives: after `=`, after its letter in a
+    cluster, or the next word (None when there is none)."""
+    if word.startswith("--") or word.partition("=")[0] in spec.named:
+        name, eq, value = word.partition("=")
+        return value if eq else (following[0] if following else None)
+    letter = next((i for i, c in enumerate(word) if i and c in spec.letters), len(word))
+    attached = word[letter + 1:]
+    return attached or (following[0] if following else None)
+
+
+def _output_operand(spec: _OutputOperand, words: tuple[str, ...]) -> str | None:
+    """The operand a program of OUTPUT_OPERANDS writes, if the words give one other than `-`
+    (standard output) (getopt_long's reading: options anywhere, `--` ends them, a lone `-`
+    is an operand)."""
+    operands: list[str] = []
+    i, options = 1, True
+    while i < len(words):
+        word = words[i]
+        i += 1
+        if options and word == "--":
+            options = False
+        elif not options or not word.startswith("-") or word == "-":
+            operands.append(word)
+        elif word in spec.value_words:
+            i += 1
+        elif word.startswith("--"):
+            name, eq, _ = word[2:].partition("=")
+            i += not eq and any(long.startswith(name) for long in spec.longs)
+        else:
+            letter = next((j for j, c in enumerate(word) if j and c in spec.with_arg), len(word))
+            i += letter == len(word) - 1
+    written = operands[spec.index - 1] if len(operands) >= spec.index else "-"
+    return None if written == "-" else written
 
 
 def _git_runs(words: Words) -> str | None:
@@ -481,23 +643,18 @@ def _git_runs(words: Words) -> str | None:
     return None if found == "" else f"git {subcommand} {found or 'with a word known only at run time'} runs a command"
 
 
-def _git_reasons(argv: tuple[str, ...]) -> list[str]:
-    """Why a git command line is shell class: _git_runs, a global option other than
-    GIT_PLAIN_GLOBALS (-C, --git-dir and --work-tree read a repository's configuration, which
-    runs commands), a subcommand other than GIT_READ_ONLY (hooks, editors, aliases,
-    transports)."""
+def _git_reason(argv: tuple[str, ...]) -> str:
+    """Why a git command line is shell class: _git_runs, or else what every git command but
+    `git --version` does (it reads the configuration of the repository it finds, which the
+    agent may have written)."""
     runs = _git_runs(argv)
-    reasons = [runs] if runs is not None else []
-    i = 1
-    while i < len(argv) and argv[i].startswith("-"):
-        if argv[i] not in GIT_PLAIN_GLOBALS:
-            reasons.append(f"git {argv[i]}: a global option that changes the repository, its configuration or "
-                           "what git runs")
-        i += 1
-    if i < len(argv) and argv[i] not in GIT_READ_ONLY:
-        reasons.append(f"git {argv[i]} may run hooks, an editor, aliases or a transport: only read-only "
-                       f"subcommands ({', '.join(sorted(GIT_READ_ONLY))}) are plain words")
-    return reasons
+    if runs is not None:
+        return runs
+    if argv[1:] == ("--version",):
+        return ""
+    return ("git reads the configuration of the repository it finds (the working directory, or any directory above "
+            "it, may be a bare repository the agent wrote), which can make it run commands: only `git --version` "
+            "is plain")
 
 
 def _levels_strict(argv: tuple[str, ...], reasons: list[str]) -> Iterator[tuple[str, ...]]:
@@ -517,6 +674,9 @@ def _levels_strict(argv: tuple[str, ...], reasons: list[str]) -> Iterator[tuple[
             return
         if parsed.shell:
             reasons.append(f"{level[0]} {parsed.shell} runs a shell or an editor")
+        if parsed.written:
+            reasons.append(f"{level[0]} writes a file that its option {parsed.written} names, which may be one the "
+                           "server runs")
         if parsed.assignments:
             reasons.append(f"{level[0]} sets environment variables ({', '.join(parsed.assignments)})")
         if parsed.string is not None or parsed.opaque:
@@ -531,6 +691,7 @@ class _Unwrapped:
     command: Words | None = None  # the inner command (None: no command runs)
     problem: str | None = None  # the options could not be read
     shell: str = ""  # the option that runs a shell
+    written: str = ""  # the option whose argument is a file the wrapper writes
     string: str | None = None  # the shell command string it runs (None: none)
     opaque: bool = False
     assignments: tuple[str, ...] = ()
@@ -597,16 +758,16 @@ def _unwrap(spec: _Wrapper, words: Words) -> _Unwrapped:
         letters.append(spec.string)  # flock FILE -c COMMAND: the option after the file
         values[spec.string] = words[i + 1]
     shell = next((f"-{c}" for c in letters if c in spec.shell), "")
+    written = next((f"-{c}" for c in letters if c in spec.writes and values.get(c) != "-"), "")
     if any(c in spec.string for c in letters):
         string = next(values[c] for c in letters if c in spec.string)
         if string is None:
             return _Unwrapped(problem="a command string known only at run time")
-        return _Unwrapped(string=string, shell=shell, assignments=tuple(assignments))
+        return _Unwrapped(string=string, shell=shell, written=written, assignments=tuple(assignments))
     if any(c in spec.opaque for c in letters):
-        return _Unwrapped(opaque=True, assignments=tuple(assignments))
-    if i >= len(words):
-        return _Unwrapped(shell=shell, assignments=tuple(assignments))
-    return _Unwrapped(command=tuple(words[i:]), shell=shell, assignments=tuple(assignments))
+        return _Unwrapped(opaque=True, written=written, assignments=tuple(assignments))
+    command = tuple(words[i:]) if i < len(words) else None
+    return _Unwrapped(command=command, shell=shell, written=written, assignments=tuple(assignments))
 
 
 def _word_at(words: Words, i: int) -> str | None:
@@ -964,7 +1125,8 @@ def _add_levels(words: Words, depth: int, out: _Lax, scan: bool = False) -> None
 
 def _runs_commands(name: str) -> bool:
     """Is `name` a program this reading follows into what it runs (or takes as running code)?"""
-    return name in _RUNNER_NAMES or bool(_INTERPRETER.fullmatch(name) or _COMPILER.fullmatch(name))
+    return name in _RUNNER_NAMES or any(kind.fullmatch(name) for kind in (_INTERPRETER, _COMPILER, _MULTI_CALL,
+                                                                           _BINUTILS))
 
 
 def _runs(name: str, words: Words, opaque: list[str]) -> tuple[list[Words], list[str | None]]:
@@ -973,8 +1135,11 @@ def _runs(name: str, words: Words, opaque: list[str]) -> tuple[list[Words], list
     A`, `su -c S`, `flock F -c S`); what it runs that cannot be read goes to `opaque`."""
     if name == "find":
         return _find_commands(words), []
-    if name in SHELLS or (name == "busybox" and len(words) > 1 and words[1] in SHELLS):
-        return [], _shell_string(words[1:] if name != "busybox" else words[2:], name, opaque)
+    if name in SHELLS:
+        return [], _shell_string(words[1:], name, opaque)
+    if _MULTI_CALL.fullmatch(name):
+        opaque.append(f"{name} is a multi-call program, which reads the name of the program it runs its own way")
+        return _multi_call(words), []
     if name == "eval":
         return [], [None if None in words[1:] else " ".join(w for w in words[1:] if w is not None)]
     if name == "watch":  # its options aside, the rest is joined and run by `sh -c`
@@ -999,6 +1164,15 @@ def _runs(name: str, words: Words, opaque: list[str]) -> tuple[list[Words], list
     elif runs_option(name, words):
         opaque.append(f"{name} has an option that runs a command")
     return [], []
+
+
+def _multi_call(words: Words) -> list[Words]:
+    """The commands a multi-call binary may run: its other words (`busybox sh -c S`), and
+    the program an option names with the words after it (`coreutils --coreutils-prog=rm x`,
+    `--coreutils-prog-shebang=rm SCRIPT`)."""
+    named = [(word.partition("=")[2], *words[i + 1:]) for i, word in enumerate(words) if i and word is not None
+             and word.startswith("--") and "=" in word]
+    return [words[1:], *named] if len(words) > 1 else []
 
 
 def _wrapped(name: str, words: Words, opaque: list[str]) -> tuple[list[Words], list[str | None]]:
@@ -1116,9 +1290,10 @@ _GLOB_CHARS = frozenset("*?[")
 def _word_touched(word: str, pattern: str) -> bool:
     """Could the word be what a deny pattern word names? A path pattern (holding `/`) also
     matches a word not in normal form, a path through the kernel's aliases (anything under
-    /proc or /dev/fd names any file), a relative path (read against a directory not known
-    here) whose last segments match the pattern's last segments, and the value an option
-    word carries (`--file=PATH`, `-fPATH`)."""
+    /proc or /dev/fd names any file), an absolute path in another spelling through the
+    system's own directory links (_spellings), a relative path (read against a directory not
+    known here) whose last segments match the pattern's last segments, and the value an
+    option word carries (`--file=PATH`, `-fPATH`)."""
     if fnmatchcase(word, pattern):
         return True
     if "/" not in pattern:
@@ -1128,6 +1303,8 @@ def _word_touched(word: str, pattern: str) -> bool:
         return any(v and not v.startswith("-") and _word_touched(v, pattern) for v in values)
     if not in_normal_form(word) or word.startswith(_KERNEL_ALIASES) or word in ("/proc", "/dev/fd"):
         return True
+    if word.startswith("/") and any(fnmatchcase(spelling, pattern) for spelling in _spellings(word)):
+        return True
     if word.startswith("/") or not pattern.startswith("/"):
         return False
     if any(fnmatchcase(word, pattern[i + 1:]) for i, char in enumerate(pattern) if char == "/"):
@@ -1135,6 +1312,32 @@ def _word_touched(word: str, pattern: str) -> bool:
     pattern_segments, word_segments = pattern.split("/"), word.split("/")
     return any(fnmatchcase("/".join(word_segments[-k:]), "/".join(pattern_segments[-k:]))
                for k in range(1, min(len(word_segments), len(pattern_segments) - 1) + 1))
+
+
+# Directories every system of a kind links to another (merged /usr, /var/run; /usr/sbin merged
+# into /usr/bin on Arch and Fedora; /home, /srv, /opt, /root under /var on ostree systems)
+_SYSTEM_LINKS = (("/bin", "/usr/bin"), ("/sbin", "/usr/sbin"), ("/usr/sbin", "/usr/bin"), ("/lib", "/usr/lib"),
+                 ("/lib32", "/usr/lib32"), ("/lib64", "/usr/lib64"), ("/libx32", "/usr/libx32"), ("/var/run", "/run"),
+                 ("/var/lock", "/run/lock"), ("/run/shm", "/dev/shm"), ("/usr/tmp", "/var/tmp"),
+                 ("/var/mail", "/var/spool/mail"), ("/home", "/var/home"), ("/srv", "/var/srv"), ("/opt", "/var/opt"),
+                 ("/mnt", "/var/mnt"), ("/root", "/var/roothome"), ("/usr/local", "/var/usrlocal"),
+                 ("/media", "/run/media"))
+
+
+def _spellings(path: str) -> set[str]:
+    """An absolute path and its other spellings through _SYSTEM_LINKS, either way and
+    chained (`/sbin/x`: `/usr/sbin/x`, `/usr/bin/x`, `/bin/x`)."""
+    found, todo = {path}, [path]
+    while todo:
+        spelled = todo.pop()
+        for one, other in _SYSTEM_LINKS:
+            for link, target in ((one, other), (other, one)):
+                if spelled == link or spelled.startswith(f"{link}/"):
+                    respelled = target + spelled[len(link):]
+                    if respelled not in found:
+                        found.add(respelled)
+                        todo.append(respelled)
+    return found
 
 
 def touches(pattern: tuple[str, ...], words: Words) -> bool:

@@ -58,41 +58,41 @@ def test_plain_commands_split_as_the_shell_splits_them(command: str, argv: tuple
 
 
 @pytest.mark.parametrize(("command", "why"), [
-    ("ls; rm -rf /", "(;)"),
-    ("ls && rm x", "(&)"),
-    ("ls || rm x", "(|)"),
-    ("ls | sh", "(|)"),
-    ("rm x &", "(&)"),
-    ("echo $(id)", "($)"),
-    ("echo `id`", "(`)"),
-    ("rm${IFS}-rf${IFS}/", "($)"),
-    ("rm$IFS/x", "($)"),
-    ("cat /etc/passwd > /tmp/x", "(>)"),
-    ("cat < /etc/shadow", "(<)"),
-    ("echo x >> ~/.bashrc", "(>)"),
-    ("ls 2>&1", "(>)"),
-    ("cat <<EOF\nx\nEOF", "(<)"),
+    ("ls; rm -rf /", "`;`"),
+    ("ls && rm x", "`&`"),
+    ("ls || rm x", "`|`"),
+    ("ls | sh", "`|`"),
+    ("rm x &", "`&`"),
+    ("echo $(id)", "`$`"),
+    ("echo `id`", "```"),
+    ("rm${IFS}-rf${IFS}/", "`$`"),
+    ("rm$IFS/x", "`$`"),
+    ("cat /etc/passwd > /tmp/x", "`>`"),
+    ("cat < /etc/shadow", "`<`"),
+    ("echo x >> ~/.bashrc", "`>`"),
+    ("ls 2>&1", "`>`"),
+    ("cat <<EOF\nx\nEOF", "`<`"),
     ("ls\nrm x", "newline"),
     ("ls\rrm", "carriage return"),
     ("ls\t/tmp", "tab"),
-    ("ls *", "(*)"),
-    ("ls ?", "(?)"),
-    ("ls [ab]", "([)"),
-    ("ls ~", "(~)"),
-    ("ls ~root/.ssh", "(~)"),
-    ("echo {a,b}", "({)"),
-    ("ls # comment", "(#)"),
-    ("! ls", "(!)"),
-    ("ls (x)", "(()"),
-    ("\\rm x", "backslash"),
-    ("ls \\\n-la", "backslash"),
-    ("echo $'\\x72m'", "($)"),
+    ("ls *", "`*`"),
+    ("ls ?", "`?`"),
+    ("ls [ab]", "`[`"),
+    ("ls ~", "`~`"),
+    ("ls ~root/.ssh", "`~`"),
+    ("echo {a,b}", "`{`"),
+    ("ls # comment", "`#`"),
+    ("! ls", "`!`"),
+    ("ls (x)", "`(`"),
+    ("\\rm x", "`\\`"),
+    ("ls \\\n-la", "`\\`"),
+    ("echo $'\\x72m'", "`$`"),
     ('echo "$HOME"', "inside double quotes"),
     ('echo "`id`"', "inside double quotes"),
     ('echo "a\\"b"', "inside double quotes"),
     ('echo "hi!"', "inside double quotes"),
-    ("ls 'x", "unterminated"),
-    ('ls "x', "unterminated"),
+    ("ls 'x", "open"),
+    ('ls "x', "open"),
     ("FOO=bar ls", "assignment"),
     ("LD_PRELOAD=/tmp/x.so ls", "assignment"),
     ("ls café", "'é'"),
@@ -108,7 +108,7 @@ def test_shell_constructs_are_shell_class(command: str, why: str) -> None:
     ("sh -c id", "sh is a shell"),
     ("/bin/sh -c id", "/bin/sh is a shell"),
     ("dash", "dash is a shell"),
-    ("busybox sh", "busybox runs interpreter code"),
+    ("busybox sh", "busybox is a multi-call program"),
     ("env X=1 ls", "env runs or evaluates"),
     ("env -S 'rm x'", "env runs"),
     ("exec ls", "exec runs"),
@@ -131,15 +131,15 @@ def test_shell_constructs_are_shell_class(command: str, why: str) -> None:
     ("tar xIf id x.tar", "tar has an option"),
     ("rsync -e id a b", "rsync has an option"),
     ("git -c core.pager=id log", "git -c sets configuration"),
-    ("awk 'BEGIN{system(\"id\")}'", "awk runs interpreter code"),
-    ("gawk 1 /etc/passwd", "gawk runs"),
-    ("python3 -c 'import os'", "python3 runs"),
-    ("python3.11 x.py", "python3.11 runs"),
-    ("perl -e 'exec q(id)'", "perl runs"),
-    ("ruby -e x", "ruby runs"),
-    ("node -e x", "node runs"),
-    ("php -r x", "php runs"),
-    ("lua5.4 -e x", "lua5.4 runs"),
+    ("awk 'BEGIN{system(\"id\")}'", "awk is an interpreter"),
+    ("gawk 1 /etc/passwd", "gawk is an interpreter"),
+    ("python3 -c 'import os'", "python3 is an interpreter"),
+    ("python3.11 x.py", "python3.11 is an interpreter"),
+    ("perl -e 'exec q(id)'", "perl is an interpreter"),
+    ("ruby -e x", "ruby is an interpreter"),
+    ("node -e x", "node is an interpreter"),
+    ("php -r x", "php is an interpreter"),
+    ("lua5.4 -e x", "lua5.4 is an interpreter"),
     ("vim /etc/hosts", "vim can start"),
     ("less /var/log/syslog", "less can start"),
     ("man ls", "man can start"),
@@ -154,11 +154,11 @@ def test_shell_constructs_are_shell_class(command: str, why: str) -> None:
     ("sudo LD_PRELOAD=/tmp/x.so ls", "sets environment variables (LD_PRELOAD)"),
     ("sudo -Z ls", "unknown option -Z"),
     ("sudo --frobnicate ls", "unknown option --frobnicate"),
-    ("sudo -u root python3 x", "python3 runs"),
+    ("sudo -u root python3 x", "python3 is an interpreter"),
     ("nice -n 5 bash", "bash is a shell"),
     ("timeout 5 sh", "sh is a shell"),
-    ("nohup perl x", "perl runs"),
-    ("stdbuf -oL awk 1", "awk runs"),
+    ("nohup perl x", "perl is an interpreter"),
+    ("stdbuf -oL awk 1", "awk is an interpreter"),
     ("setsid -f sh", "sh is a shell"),
     ("ionice -c 3 sh", "sh is a shell"),
     ("chrt -f 10 sh", "sh is a shell"),
@@ -174,9 +174,9 @@ def test_shell_constructs_are_shell_class(command: str, why: str) -> None:
     ("compgen -C id x", "compgen runs"),
     ("sed -n 1p /etc/hosts", "sed without --sandbox"),
     ("systemctl edit nginx", "can start an editor"),
-    ("/proc/self/exe -c id", "cannot name"),
-    ("/dev/fd/3 x", "cannot name"),
-    ("git commit", "git commit may run hooks, an editor"),
+    ("/proc/self/exe -c id", "not a program this reading can name"),
+    ("/dev/fd/3 x", "not a program this reading can name"),
+    ("git commit", "git reads the configuration"),
     ("kubectl edit deploy/x", "can start an editor"),
     ("visudo", "can start a shell"),
     ("psql -c x", "can start a shell"),
@@ -185,7 +185,7 @@ def test_shell_constructs_are_shell_class(command: str, why: str) -> None:
     ("mapfile -C id x", "mapfile runs"),
     ("jobs -x id", "jobs runs"),
     ("enable -f /tmp/x.so x", "enable runs"),
-    ("/lib64/ld-linux-x86-64.so.2 /bin/sh", "runs interpreter code"),
+    ("/lib64/ld-linux-x86-64.so.2 /bin/sh", "is an interpreter"),
     ("chroot / sh", "chroot can start"),
     ("strace -f ls", "strace can start"),
     ("/usr/lib/openssh/sftp-server", "serves files unjudged"),
@@ -228,17 +228,17 @@ def test_shell_constructs_are_shell_class(command: str, why: str) -> None:
     ("git show --textconv x", "git show --textconv runs a command"),
     ("git diff --output=/home/u/.bashrc", "git diff --output=/home/u/.bashrc runs a command"),
     ("git branch --edit-desc", "git branch --edit-desc runs a command"),
-    ("git -C ./bare log -p", "git -C: a global option"),
-    ("git --git-dir=./bare log", "git --git-dir=./bare: a global option"),
-    ("git --work-tree=/ status", "a global option"),
-    ("git -p log", "git -p: a global option"),
+    ("git -C ./bare log -p", "git reads the configuration"),
+    ("git --git-dir=./bare log", "git reads the configuration"),
+    ("git --work-tree=/ status", "git reads the configuration"),
+    ("git -p log", "git reads the configuration"),
     ("git --exec-path=/tmp log", "git --exec-path=/tmp sets configuration or the programs"),
-    ("git fetch", "git fetch may run hooks"),
-    ("git gc", "git gc may run hooks"),
-    ("git st", "git st may run hooks, an editor, aliases"),
+    ("git fetch", "git reads the configuration"),
+    ("git gc", "git reads the configuration"),
+    ("git st", "git reads the configuration"),
     ("rsync --server -vlogDtpre.iLsfxCIvu . /srv", "serves files unjudged"),
-    ("sudo scp -t /etc/x", "scp run through sudo"),
-    ("nice scp -f /etc/shadow", "scp run through nice"),
+    ("sudo scp -t /etc/x", "it runs scp through sudo"),
+    ("nice scp -f /etc/shadow", "it runs scp through nice"),
     ("scp -t /a /b", "one path"),
     ("scp -x -t /a", "scp option -x"),
     ("scp /a host:/b", "one path"),
@@ -258,15 +258,6 @@ def test_commands_that_run_code_are_shell_class(command: str, why: str) -> None:
     "sudo -l",
     "find /var/log -name x.log -mtime +3",
     "tar -czf /tmp/x.tgz /srv",
-    "git log -n 5",
-    "git --no-pager log --oneline -n 5",
-    "git -P show HEAD:README",
-    "git status --short",
-    "git diff --stat HEAD -- src",
-    "git diff --text --cc",
-    "git rev-parse HEAD",
-    "git branch --list",
-    "git",
     "git --version",
     "tar -cf x --checkpoint=1 y",
     "tar -tvf x.tar --to-stdout",
@@ -511,7 +502,7 @@ def test_a_nul_is_refused() -> None:
 
 
 def test_a_long_hostile_command_is_read_in_bounded_time() -> None:
-    started = time.perf_counter()
+    started = time.process_time()  # CPU time: other processes on the host aside
     pattern = parse_pattern("rm -rfvi --force a b c d e f g h i j /etc/*/shadow")
     for text in ("$(" * 20000, "'" * 60000, "sh -c " * 10000, "a;" * 30000, "`" * 60000, "{" * 60000,
                  "<<x\n" * 10000, "\\" * 60000, "rm " + "$a " * 20000 + "z", "sudo -Z " + "a " * 30000,
@@ -523,7 +514,7 @@ def test_a_long_hostile_command_is_read_in_bounded_time() -> None:
         reading = read_command(text)
         assert reading.refused is None
         any(touches(pattern, c) for c in reading.commands)
-    assert time.perf_counter() - started < 3
+    assert time.process_time() - started < 3
 
 
 @pytest.mark.parametrize(("command", "expected"), [
@@ -536,6 +527,134 @@ def test_deny_path_words_see_redirection_targets(command: str, expected: bool) -
     rules (`cat /etc/shadow` matches `cat < /etc/shadow`)."""
     pattern = parse_pattern("cat /etc/shadow")
     assert any(touches(pattern, c) for c in read_command(command).commands) is expected
+
+
+# -- kinds of programs: interpreters, multi-call binaries, writes, binutils, git ---------------------
+
+@pytest.mark.parametrize("command", [
+    "ipython3 -c x", "bpython", "jython x.py", "micropython -c x", "python3.12-dbg -c x", "pypy3 x.py", "cpython x",
+    "php8.2-cgi -r x", "nodejs -e x", "luajit -e x", "tclsh8.6", "wish x.tcl", "Rscript -e x", "R", "julia-1.10 -e x",
+    "ghci", "erl -eval x", "escript x", "ocaml x.ml", "ocamlfind x", "pwsh -c x", "powershell", "m4 x.m4", "dc -e x",
+    "gnuplot -e x", "bpftrace -e x", "gdb-multiarch -batch -ex x", "expect -c x", "mlr -n put x", "jruby -e x",
+    "lftp -c x", "smbclient //h/s -c x", "sqlite3 x.db", "psql", "mysql", "sqlplus x", "duckdb -c x", "mongosh",
+])
+def test_interpreters_are_recognised_by_kind(command: str) -> None:
+    """A program that runs code or commands from its arguments or standard input, by family
+    name with any suffix or by name with a version: shell class and opaque to deny rules."""
+    reading = read_command(command)
+    assert reading.shell and reading.opaque, reading
+
+
+@pytest.mark.parametrize(("command", "inner"), [
+    ("coreutils --coreutils-prog=rm -rf /srv", ("rm", "-rf", "/srv")),
+    ("coreutils --coreutils-prog-shebang=rm /tmp/script x", ("rm", "/tmp/script", "x")),
+    ("toybox rm -rf /srv", ("rm", "-rf", "/srv")),
+    ("busybox.static rm x", ("rm", "x")),
+    ("toybox sh -c 'rm x'", ("rm", "x")),
+])
+def test_multi_call_binaries_are_wrappers_for_deny_and_shell_class(command: str, inner: Words) -> None:
+    reading = read_command(command)
+    assert "is a multi-call program" in reading.shell[0] and reading.opaque
+    assert inner in reading.commands and denied_by_rm(command)
+
+
+@pytest.mark.parametrize(("command", "written"), [
+    ("sort -o /home/u/.ssh/authorized_keys k.pub", "its option -o"),
+    ("sort -uo/home/u/.bashrc f", "its option -uo/home/u/.bashrc"),
+    ("sort --output=/x f", "its option --output=/x"),
+    ("sort --out /x f", "its option --out"),
+    ("shuf -o /x f", "its option -o"),
+    ("sed --sandbox -i s/a/b/ f", "its option -i"),
+    ("sed --sandbox -ni.bak 1p f", "its option -ni.bak"),
+    ("sed --sandbox --in-pl=.bak s/a/b/ f", "its option --in-pl=.bak"),
+    ("uniq k.pub /home/u/.ssh/authorized_keys", "its operand /home/u/.ssh/authorized_keys"),
+    ("uniq -c -f 1 a b", "its operand b"),
+    ("uniq -- -c b", "its operand b"),
+    ("xxd -r -ps a b", "its operand b"),
+    ("xxd -c 8 -r a b", "its operand b"),
+    ("iconv -f latin1 -t utf8 -o /x f", "its option -o"),
+    ("curl -fsSLo /x http://h/", "its option -fsSLo"),
+    ("curl -O http://h/.bashrc", "its option -O"),
+    ("curl --output-dir /home/u -O http://h/x", "its option --output-dir"),
+    ("curl -K /srv/uploads/cfg http://h/", "its option -K"),
+    ("wget -O /x http://h/", "its option -O"),
+    ("wget --output-doc=/x http://h/", "its option --output-doc=/x"),
+    ("tcpdump -i eth0 -w /x", "its option -w"),
+    ("openssl x509 -in a.pem -out /x", "its option -out"),
+    ("openssl req -new -keyout=/x", "its option -keyout=/x"),
+    ("gpg -o /x -d f.gpg", "its option -o"),
+    ("sdiff -o /x a b", "its option -o"),
+])
+def test_options_that_write_a_file_are_shell_class(command: str, written: str) -> None:
+    """A program that otherwise reads (and prints) given an option or an operand that makes it
+    write a file of the agent's choosing: shell class (not opaque: it runs nothing)."""
+    reading = read_command(command)
+    assert any(f"writes a file that {written} names" in r for r in reading.shell), reading.shell
+    assert reading.opaque == ()
+
+
+@pytest.mark.parametrize("command", [
+    "wget -qO- http://h/", "curl -o - http://h/", "curl -s http://h/", "sort -k 2 -S 16K f", "uniq -c f",
+    "uniq -f 1 f", "uniq f -", "xxd -c 8 f", "xxd -ps f", "openssl x509 -in a.pem -noout -text -outform PEM",
+    "sed --sandbox -n 1p f", "tcpdump -nn -c 10", "iconv -f latin1 -t utf8 f", "time -p ls", "time -o - ls",
+])
+def test_reading_with_output_options_aside_is_plain(command: str) -> None:
+    assert read_command(command).shell == ()
+
+
+def test_a_wrapper_option_that_writes_a_file_is_shell_class() -> None:
+    assert read_command("time -o /home/u/.bashrc ls").shell == (
+        "time writes a file that its option -o names, which may be one the server runs",)
+
+
+@pytest.mark.parametrize("command", [
+    "nm --plugin ./e.so x.o", "nm --plug=./e.so x.o", "nm @opts x.o", "x86_64-linux-gnu-nm --plugin e x.o",
+    "ar --plugin e rcs l.a x.o", "gcc-ar --plugin e rcs l.a", "ranlib --plugin e l.a", "llvm-nm @opts",
+    "objdump @opts", "readelf @opts", "strings @opts", "strip @opts", "objcopy-2.40 @opts",
+])
+def test_binutils_plugins_and_response_files_load_code(command: str) -> None:
+    reading = read_command(command)
+    assert reading.shell and reading.opaque, reading
+
+
+@pytest.mark.parametrize("command", ["nm -D x.o", "objdump -d x.o", "readelf -h x", "strings -a x", "size x.o"])
+def test_binutils_reading_a_file_is_plain(command: str) -> None:
+    assert read_command(command).shell == ()
+
+
+@pytest.mark.parametrize("command", ["git", "git log -n 5", "git --no-pager log --oneline", "git status --short",
+                                     "git rev-parse HEAD", "git version", "git --version --build-options"])
+def test_git_is_shell_class_but_for_its_version(command: str) -> None:
+    """git reads the configuration of the repository it finds, which may be a bare one the
+    agent wrote in the working directory (the home directory): only `git --version` is plain;
+    git is opaque to deny rules only when its words run a command."""
+    reading = read_command(command)
+    assert reading.shell == ("git reads the configuration of the repository it finds (the working directory, or any "
+                             "directory above it, may be a bare repository the agent wrote), which can make it run "
+                             "commands: only `git --version` is plain",) and reading.opaque == ()
+
+
+@pytest.mark.parametrize(("pattern", "word", "expected"), [
+    ("cat /run/secrets/*", "/var/run/secrets/db", True),
+    ("cat /var/run/secrets/*", "/run/secrets/db", True),
+    ("cat /var/lock/x", "/run/lock/x", True),
+    ("cat /usr/lib/x/*", "/lib/x/y", True),
+    ("cat /bin/*", "/usr/sbin/x", True),  # /sbin -> /usr/sbin -> /usr/bin -> /bin (merged sbin)
+    ("cat /home/*/.ssh/*", "/var/home/u/.ssh/id_ed25519", True),  # ostree
+    ("cat /run/secrets/*", "/srv/run/secrets/db", False),
+    ("cat /run/secrets/*", "/runx/secrets/db", False),
+    ("cat /run/secrets/*", "/var/runx/secrets/db", False),
+])
+def test_deny_path_words_see_the_systems_own_links(pattern: str, word: str, expected: bool) -> None:
+    assert touches(parse_pattern(pattern), ("cat", word)) is expected
+
+
+def test_refusal_reasons_read_as_sentences() -> None:
+    assert read_command("ls; id").shell == ("it holds `;`, which the shell reads as a list of commands",)
+    assert read_command('echo "$x"').shell == (
+        "it holds `$` inside double quotes, where the shell still reads it as an expansion",)
+    assert read_command("A=1 ls").shell == ("its first word 'A=1' is an assignment (NAME=value) before the command",)
+    assert read_command("ls 'x").shell == ("it leaves a quote (') open",)
 
 
 def test_the_lax_reading_bounds_the_words_it_follows() -> None:
