@@ -60,7 +60,7 @@ GIT_BARE_HOME = (  # a bare repository laid out in a directory, its config runni
 
 def test_a_bare_repository_written_into_the_home_directory_makes_plain_git_run_code(engine: PolicyEngine,
                                                                                      tmp_path: Path) -> None:
-    """attack: git runs what a repository's configuration says (the first round closed `git -C
+    """was an attack (closed): git runs what a repository's configuration says (the first round closed `git -C
     DIR` and writes under `.git/`), but git also finds a *bare* repository in its working
     directory, and an exec runs in the login's home directory: an agent allowed to write
     `/home/deploy/**` (without `shell: true`) uploads `config`, `HEAD`, `objects/...`,
@@ -90,7 +90,7 @@ def test_a_bare_repository_written_into_the_home_directory_makes_plain_git_run_c
 # ---- interpreters and multi-call programs: a list, not a kind ------------------------------------
 
 def test_ipython_runs_code_and_is_neither_shell_class_nor_opaque(engine: PolicyEngine, tmp_path: Path) -> None:
-    """attack: the first round made `ssh host bash` (an interpreter reading stdin, allowed by
+    """was an attack (closed): the first round made `ssh host bash` (an interpreter reading stdin, allowed by
     `shell: true`) recorded and shell class; the interpreter list (_INTERPRETER) names
     `python*` but not `ipython3`, which is on this host and runs Python given with `-c` or on
     standard input: `ipython3 -c "import os; os.system('rm -rf /srv')"` is plain words to the
@@ -119,7 +119,7 @@ def test_ipython_runs_code_and_is_neither_shell_class_nor_opaque(engine: PolicyE
     "toybox sh -c x", "erl -eval x", "ocaml x.ml", "sqlplus x", "duckdb -c x",
 ])
 def test_unlisted_interpreters_are_shell_class(command: str) -> None:
-    """attack: as test_ipython_runs_code_and_is_neither_shell_class_nor_opaque, for programs that
+    """was an attack (closed): as test_ipython_runs_code_and_is_neither_shell_class_nor_opaque, for programs that
     run commands or code from their arguments or standard input and are in no list
     (SHELLS, _INTERPRETER, SPAWNERS, CODE_OPTIONS): m4 (`syscmd(rm -rf /srv)`), GNU dc
     (`!rm -rf /srv`), gnuplot (`system`), lftp and smbclient (`!`), PowerShell, bpftrace
@@ -133,7 +133,7 @@ def test_unlisted_interpreters_are_shell_class(command: str) -> None:
 
 
 def test_a_multi_call_binary_naming_its_program_in_an_option_evades_deny(engine: PolicyEngine) -> None:
-    """attack: the first round made deny rules see a denied program named by any word (unknown
+    """was an attack (closed): the first round made deny rules see a denied program named by any word (unknown
     wrappers: `setarch x86_64 rm`); a multi-call binary names it inside an option:
     `coreutils --coreutils-prog=rm -rf /srv` (the single-binary coreutils of Fedora and
     `./configure --enable-single-binary`) runs rm, and no word is `rm`.
@@ -387,7 +387,7 @@ NO_SECRETS = """
 
 @pytest.mark.parametrize("path", ["/var/run/secrets/db_password"])
 def test_deny_path_words_miss_the_systems_own_symlinks(path: str) -> None:
-    """attack: the first round made a deny path word match the kernel's aliases (/proc/*/root,
+    """was an attack (closed): the first round made a deny path word match the kernel's aliases (/proc/*/root,
     /dev/fd) and relative paths ending the same way; an absolute path through a symlink every
     Debian and RHEL system has (`/var/run` -> `/run`, `/var/lock` -> `/run/lock`, merged /usr:
     `/bin`, `/lib`, `/sbin` -> `/usr/...`; checked on this host), or one the agent makes
@@ -529,7 +529,7 @@ def test_an_exec_of_the_empty_command_allowed_by_a_shell_rule_is_not_recorded(tm
 ])
 def test_options_that_write_a_file_are_plain(engine: PolicyEngine, tmp_path: Path, command: str,
                                              program: str) -> None:
-    """attack (writes that run code, through an exec): the first round's code options include
+    """was an attack (closed) (writes that run code, through an exec): the first round's code options include
     options that *write* a file the agent names (`git --output`, find's `-fprint`/`-fls`;
     sed's `w` is why sed needs `--sandbox`), since the written file may be one the server runs
     (`~/.ssh/authorized_keys`, `~/.bashrc`: the SFTP side needs `shell: true` for these). The
@@ -563,7 +563,7 @@ LIBRARY = ("printf '#include <stdlib.h>\\n__attribute__((constructor)) static vo
 
 @pytest.mark.parametrize("command", ["nm --plugin ./e.so x.o", "nm --plug=./e.so x.o", "nm @opts x.o"])
 def test_binutils_plugins_and_response_files_load_code(tmp_path: Path, command: str) -> None:
-    """attack: the first round made options that load a library shell class for openssl
+    """was an attack (closed): the first round made options that load a library shell class for openssl
     (`-engine FILE`); GNU binutils' nm, ar and ranlib load a plugin (a shared library: its
     constructor runs) with `--plugin FILE` (any unique prefix), and every binutils program
     reads more options from a response file named `@FILE` (libiberty expandargv), so an
