@@ -25,7 +25,8 @@ MATCH_SCHEMA = {
     "description": (
         "Matches SSH requests; the rule matches a request any of its keys covers. The server's login shell is "
         "assumed POSIX (sh, bash, dash). Agent forwarding, X11 forwarding and subsystems other than sftp are "
-        f"refused whatever the policy, as are commands over {MAX_COMMAND_CHARS} characters or holding NUL."),
+        f"refused whatever the policy, as are commands over {MAX_COMMAND_CHARS} characters, holding NUL, or "
+        "holding no words (empty, blank or only a comment: an empty one would become a shell)."),
     "properties": {
         "commands": {**_STRINGS, "description": (
             "Exec command patterns, split like a POSIX shell into words (`systemctl status *`, "
@@ -55,16 +56,21 @@ MATCH_SCHEMA = {
             "backslash, a leading `~`, percent-encoding) matches no allow glob and every deny glob; deny globs "
             "also match case-folded. A recursive scp download needs a glob ending in `/**` over the path, and so "
             "does a directory renamed, hard-linked or made the target of a symlink over SFTP (judged with "
-            "everything below it: a deny glob that may match below it refuses the move).")},
+            "everything below it: a deny glob that may match below it refuses the move). `stat`, `lstat` and "
+            "`realpath` (what a client asks before an upload) are allowed where `read` or `write` allows the "
+            "path; a deny `read` glob refuses them.")},
         "write": {**_STRINGS, "description": (
             "Globs of the absolute paths the agent may write (create, change, remove, rename, set attributes of) "
-            "over SFTP, same dialect as `read`. A path that makes the server run code also needs `shell: true`; "
-            "a legacy scp upload (`scp -t`), whose client names the files it writes, is allowed only by "
-            "`shell: true`.")},
+            "over SFTP or legacy scp (`scp -t PATH`: a write of PATH, with everything below it for `-r` or "
+            "`-d`, then each file the client sends judged on its own), same dialect as `read`. A path that makes "
+            "the server run code also needs `shell: true`. A deny `commands` rule such as `scp **` refuses "
+            "legacy scp.")},
         "forward": {**_STRINGS, "description": (
             "`HOST:PORT` globs of the destinations of local and dynamic forwards (direct-tcpip: `ssh -L`, "
             "`ssh -D`); hosts lower-case, IPv6 without brackets. The server resolves names, the enforcer cannot: "
-            "an allow glob covers a name as written and an address in canonical form; a deny glob naming an "
+            "an allow glob covers a name as written and an address in canonical form, and one written for "
+            "addresses (`10.0.0.*`: its other characters digits, dots, `:` or hex letters, with a digit or `:`) "
+            "covers addresses only, never a name such as `10.0.0.5.nip.io`; a deny glob naming an "
             "address (in any spelling, `localhost`, every address, or a glob over addresses such as `10.0.*`) "
             "matches every spelling of it and every destination given by a name. The connection is made by the "
             "server, not by the enforcer's host.")},
