@@ -109,17 +109,17 @@ _CHAR_SPELLED = {
 _ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\[[^\]]*\])?\+?=")
 # Interpreters: programs that run the code or the commands their arguments, a script or their
 # standard input give (an interactive one reads a shell escape or `system()` from stdin), by
-# kind: a family's name followed by anything (python3.11-dbg, ipython3, bpython, micropython,
-# php-cgi, nodejs, luajit, ocamlfind, tclsh8.6, wish8.6), or one of the other names with a
-# version or a `-suffix` (gdb-multiarch); and the dynamic loader run as a program
+# kind: a name of one of these families (any prefix to `python`: ipython3, bpython,
+# micropython) with a version and `-suffixes` (python3.11-dbg, php8.2-cgi, tclsh8.6,
+# gdb-multiarch); and the dynamic loader run as a program. (A word such as `node_modules` or
+# `phpinfo.txt` is not one: deny rules take any word naming an interpreter as code.)
 _INTERPRETER = re.compile(
-    r"(?:[A-Za-z0-9_]*python|pypy|jython|php|perl|j?ruby|irb|pry|node|lua|tclsh|wish|ocaml|guile|racket|julia|"
-    r"pwsh|powershell|octave|maxima|swipl|gforth|bpftrace|gnuplot|Rscript)[A-Za-z0-9_.+-]*"
-    r"|(?:R|deno|bun|expect|awk|gawk|mawk|nawk|sbcl|clisp|ecl|ghci|runghc|runhaskell|scala|groovy|jshell|"
-    r"osascript|gdb|cgdb|lldb|jrunscript|jjs|rhino|qjs|gjs|erl|escript|elixir|iex|utop|m4|gm4|dc|mlr|stap|"
-    r"raku|rakudo|perl6|pike|clojure|clj|bb|hy|janet|fennel|csi|gosh|scheme|chez|petite|kawa|gp|sage|scilab|"
-    r"mongo|mongosh|r2|radare2|pyspark|spark-shell|dotnet-script|ts-node|tsx)"
-    r"(?:[0-9][0-9.]*)?(?:-[A-Za-z0-9_.]+)*"
+    r"(?:[A-Za-z0-9]*python|pypy|jython|php|perl|j?ruby|irb|pry|node|nodejs|deno|bun|lua|luajit|tclsh|wish|expect|"
+    r"awk|gawk|mawk|nawk|ocaml|ocamlrun|ocamlfind|utop|guile|racket|sbcl|clisp|ecl|julia|R|Rscript|octave|maxima|"
+    r"ghci|runghc|runhaskell|scala|groovy|jshell|osascript|gdb|cgdb|lldb|jrunscript|jjs|rhino|qjs|gjs|erl|escript|"
+    r"elixir|iex|pwsh|powershell|m4|gm4|dc|gnuplot|bpftrace|stap|mlr|swipl|gforth|raku|rakudo|perl6|pike|"
+    r"clojure|clj|bb|hy|janet|fennel|csi|gosh|scheme|chez|petite|kawa|gp|sage|scilab|mongo|mongosh|r2|radare2|"
+    r"pyspark|spark-shell|dotnet-script|ts-node|tsx)[0-9.]*(?:-[A-Za-z0-9_.]+)*"
     r"|ld(?:-linux)?[-.].*so.*")
 # Multi-call binaries: the program they run is named by argv[0], their first argument or an
 # option (`coreutils --coreutils-prog=rm`), in each one's own way and build

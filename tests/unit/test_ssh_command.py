@@ -318,6 +318,7 @@ def test_deny_rules_see_the_command_however_it_is_wrapped(command: str) -> None:
     "ls -l", "cat <<EOF\nrm x\nEOF", "ls # ; rm x", "echo 'rm x'", "echo '$(rm x)'", "grep 'rm -rf' x",
     "sh -c 'ls -l'", "sudo -l", "cat <<'EOF'\nrm x\nEOF\nls", "cat <<-EOF\n\trm x\n\tEOF\nls",
     "cat <<E\\OF\nrm x\nEOF", "cat <<'EOF'\n$(rm x)\nEOF\nls", "X=1 ls", "ls /srv/rmdir", "echo x-rm",
+    "ls node_modules", "cat phpinfo.txt",  # not names of interpreters
 ])
 def test_deny_rules_do_not_match_what_the_shell_does_not_run(command: str) -> None:
     assert not denied_by_rm(command), read_command(command)
