@@ -16,7 +16,8 @@ session.c do_child; RFC 4254 section 6.5), assumed POSIX (dash, bash: POSIX.1-20
   pwsh...); a multi-call binary (busybox, toybox, coreutils: its arguments name the program
   it runs, `coreutils --coreutils-prog=rm`); a builtin that evaluates code or array
   subscripts; an editor, pager, client or other program that starts commands (a subcommand
-  that starts $EDITOR, GNU sed without --sandbox, the `!` of lftp, smbclient, psql, sqlite3);
+  that starts $EDITOR, GNU sed without --sandbox, the `!` of lftp, smbclient, psql, sqlite3,
+  `openssl` and `virsh` reading their commands from standard input: PROMPTS);
   a compiler or build tool (`gcc -wrapper`, `-B`, plugins, build scripts); an option that
   makes a program run one or load code (`find -exec`, `tar --to-command` in any
   unique-prefix spelling getopt_long takes, `split --filter`, `sort --compress-program`,
@@ -249,22 +250,28 @@ WRITE_OPTIONS: Mapping[str, _CodeOptions] = {
 
 
 @dataclass(frozen=True, slots=True)
-class _OutputOperand:
-    """A program that writes its `index`-th operand (1-based: `uniq INPUT OUTPUT`, `xxd INFILE
-    OUTFILE`): its short options taking a value (`with_arg`, getopt clusters), its long ones
-    (`longs`, unique prefixes, the value after `=` or in the next word) and its option words
-    taking the next word as value (`value_words`, matched whole: xxd's)."""
+class _Operands:
+    """How to tell a program's operands from its options' values: its short options taking a
+    value (`with_arg`, getopt clusters), its long ones (`longs`, unique prefixes, the value
+    after `=` or in the next word) and its option words taking the next word as value
+    (`value_words`, matched whole: xxd's)."""
 
-    index: int
     with_arg: str = ""
     longs: tuple[str, ...] = ()
     value_words: frozenset[str] = frozenset()
 
 
-OUTPUT_OPERANDS: Mapping[str, _OutputOperand] = {
-    "uniq": _OutputOperand(2, "fsw", ("skip-fields", "skip-chars", "check-chars")),
-    "xxd": _OutputOperand(2, value_words=frozenset({"-c", "-cols", "-g", "-groupsize", "-l", "-len", "-o", "-s",
-                                                    "-seek", "-n", "-name", "-R"})),
+# Programs that write their Nth operand (1-based: `uniq INPUT OUTPUT`, `xxd INFILE OUTFILE`)
+OUTPUT_OPERANDS: Mapping[str, tuple[int, _Operands]] = {
+    "uniq": (2, _Operands("fsw", ("skip-fields", "skip-chars", "check-chars"))),
+    "xxd": (2, _Operands(value_words=frozenset({"-c", "-cols", "-g", "-groupsize", "-l", "-len", "-o", "-s", "-seek",
+                                                "-n", "-name", "-R"}))),
+}
+# Programs that read their own commands from standard input when given no operand, commands
+# that load code or start an editor (`engine -pre SO_PATH:...`, `edit DOMAIN`)
+PROMPTS: Mapping[str, _Operands] = {
+    "openssl": _Operands(),
+    "virsh": _Operands("cdlkKe", ("connect", "debug", "log", "keepalive-interval", "keepalive-count", "escape")),
 }
 # Compilers, linkers and build tools: their options and inputs run programs (gcc -wrapper,
 # -B, -fplugin, spec files; build scripts), with an optional target prefix and version
@@ -364,7 +371,7 @@ _WATCH = _Wrapper("bcdegptwxr", "nq", "", _longs(
 # Programs the lax reading follows into the commands they run (with the interpreters and
 # compilers: _runs_commands)
 _RUNNER_NAMES = frozenset(SHELLS | WRAPPERS.keys() | SPAWNERS | CODE_BUILTINS | CODE_OPTIONS.keys()
-                          | EDITOR_SUBCOMMANDS.keys() | {"git", "find", "watch", "su", "script", "sed", "gsed",
+                          | EDITOR_SUBCOMMANDS.keys() | PROMPTS.keys() | {"git", "find", "watch", "su", "script", "sed", "gsed",
                                                          "printf", "test", "[", "scp", "sftp-server", "rsync"})
 
 
@@ -511,6 +518,9 @@ def _code_reasons(argv: tuple[str, ...]) -> list[str]:
             reasons.append(f"{word} has an option that runs a command or loads code")
         elif _starts_editor(name, level):
             reasons.append(f"{word} can start an editor")
+        elif _prompts(name, level):
+            reasons.append(f"{word} with no command reads its commands from standard input, where they can load "
+                           "code or start an editor")
         elif _unsandboxed_sed(name, level):
             reasons.append(f"{word} without --sandbox runs commands from its script (e, s///e) and writes files (w)")
         elif (written := written_file(name, level)) is not None:
@@ -566,10 +576,11 @@ def written_file(name: str, words: tuple[str, ...]) -> str | None:
     """How the command (`name` its argv0's last segment) names a file it writes ("its option
     -o", "its operand out.txt": WRITE_OPTIONS, OUTPUT_OPERANDS), or None. An option whose
     value is `-` (standard output: `wget -qO-`, `curl -o -`) writes none."""
-    operand = OUTPUT_OPERANDS.get(name)
-    if operand is not None:
-        written = _output_operand(operand, words)
-        return None if written is None else f"its operand {written}"
+    if name in OUTPUT_OPERANDS:
+        index, spec_operands = OUTPUT_OPERANDS[name]
+        operands = _operands(spec_operands, words)
+        written = operands[index - 1] if len(operands) >= index else "-"
+        return None if written == "-" else f"its operand {written}"
     spec = WRITE_OPTIONS.get(name)
     if spec is None:
         return None
@@ -592,10 +603,9 @@ def _option_value(spec: _CodeOptions, word: str, following: tuple[str, ...]) -> 
     return attached or (following[0] if following else None)
 
 
-def _output_operand(spec: _OutputOperand, words: tuple[str, ...]) -> str | None:
-    """The operand a program of OUTPUT_OPERANDS writes, if the words give one other than `-`
-    (standard output) (getopt_long's reading: options anywhere, `--` ends them, a lone `-`
-    is an operand)."""
+def _operands(spec: _Operands, words: tuple[str, ...]) -> list[str]:
+    """A command's operands (getopt_long's reading: options anywhere, `--` ends them, a lone
+    `-` is an operand)."""
     operands: list[str] = []
     i, options = 1, True
     while i < len(words):
@@ -613,8 +623,14 @@ def _output_operand(spec: _OutputOperand, words: tuple[str, ...]) -> str | None:
         else:
             letter = next((j for j, c in enumerate(word) if j and c in spec.with_arg), len(word))
             i += letter == len(word) - 1
-    written = operands[spec.index - 1] if len(operands) >= spec.index else "-"
-    return None if written == "-" else written
+    return operands
+
+
+def _prompts(name: str, words: Words) -> bool:
+    """Does the command (a program of PROMPTS) read its commands from standard input (no
+    operand; a word known only at run time may be none)?"""
+    spec = PROMPTS.get(name)
+    return spec is not None and (None in words or not _operands(spec, tuple(w for w in words if w is not None)))
 
 
 def _git_runs(words: Words) -> str | None:
@@ -1159,7 +1175,7 @@ def _runs(name: str, words: Words, opaque: list[str]) -> tuple[list[Words], list
         return _wrapped(name, words, opaque)
     if _INTERPRETER.fullmatch(name) or _COMPILER.fullmatch(name) or name in CODE_BUILTINS or name in SPAWNERS \
             or _evaluates_names(name, words) \
-            or _unsandboxed_sed(name, words) or _starts_editor(name, words):
+            or _unsandboxed_sed(name, words) or _starts_editor(name, words) or _prompts(name, words):
         opaque.append(f"{name} runs code this reading cannot see")
     elif runs_option(name, words):
         opaque.append(f"{name} has an option that runs a command")

@@ -603,6 +603,17 @@ def test_reading_with_output_options_aside_is_plain(command: str) -> None:
     assert read_command(command).shell == ()
 
 
+@pytest.mark.parametrize(("command", "prompt"), [
+    ("openssl", True), ("virsh", True), ("virsh -c qemu:///system", True), ("virsh --connect=qemu:///system", True),
+    ("openssl version", False), ("virsh list --all", False), ("virsh -c qemu:///system list", False),
+])
+def test_a_program_reading_its_commands_from_standard_input_is_shell_class(command: str, prompt: bool) -> None:
+    """openssl and virsh with no command read theirs from standard input (`engine -pre
+    SO_PATH:/x.so`, `edit DOMAIN`): shell class and opaque, as an interpreter is."""
+    reading = read_command(command)
+    assert bool(reading.shell) is prompt and bool(reading.opaque) is prompt, reading
+
+
 def test_a_wrapper_option_that_writes_a_file_is_shell_class() -> None:
     assert read_command("time -o /home/u/.bashrc ls").shell == (
         "time writes a file that its option -o names, which may be one the server runs",)
