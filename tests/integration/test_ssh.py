@@ -268,7 +268,8 @@ def test_a_break_glass_shell_is_recorded_and_replayed(env: Env) -> None:
     assert record["operation"]["pty"] is True
     [end] = site.wait_records("ssh-end", predicate=lambda e: e["agent"] == BREAKGLASS, request="shell")
     recording = end["outcome"]["recording"]
-    path = Path(recording["path"])
+    assert "path" not in recording and "/" not in recording["file"]  # the name only: no directory in the trail
+    path = site.daemon.workdir / "state" / "recordings" / recording["file"]
     assert hashlib.sha256(path.read_bytes()).hexdigest() == recording["sha256"]
     assert path.stat().st_mode & 0o777 == 0o600 and path.stat().st_uid == 0
     header = json.loads(path.read_text().splitlines()[0])

@@ -556,10 +556,16 @@ def test_guard_a_second_exec_on_one_channel_is_refused(tmp_path: Path) -> None:
 def test_guard_legacy_scp_download_is_judged_by_path_and_runs_nothing_upstream(tmp_path: Path) -> None:
     async def test(lab: Lab) -> None:
         async with lab.agent() as conn:
-            result = await asyncio.wait_for(conn.run("scp -f /etc/shadow", input=b"\0\0\0", encoding=None), 10)
-            assert b"permission denied" in cast(bytes, result.stdout) and b"root:" not in cast(bytes, result.stdout)
+            process = await conn.create_process("scp -f /etc/shadow", encoding=None)
+            try:  # the exec is refused as the read it is: the channel may close before the input goes
+                process.stdin.write(b"\0\0\0")
+            except BrokenPipeError:
+                pass
+            result = await asyncio.wait_for(process.wait(), 10)
+            assert b"permission denied" in cast(bytes, result.stderr) and b"root:" not in cast(bytes, result.stdout)
         assert lab.upstream.commands == []
-        assert any(e.decision == "deny" and (e.operation or {}).get("path") == "/etc/shadow" for e in lab.kind("ssh"))
+        assert any(e.decision == "deny" and (e.operation or {}).get("command") == "scp -f /etc/shadow"
+                   for e in lab.kind("ssh"))
 
     scenario(test, tmp_path)
 
@@ -574,7 +580,7 @@ def test_guard_recording_names_and_files_are_private(tmp_path: Path) -> None:
             await process.wait()
         (end,) = lab.kind("ssh-end")
         summary = cast("dict[str, object]", (end.outcome or {})["recording"])
-        path = Path(str(summary["path"]))
+        path = lab.tmp / "recordings" / str(summary["file"])
         assert path.name == "flow1-1.cast" and (os.stat(path).st_mode & 0o777) == 0o600
 
     scenario(test, tmp_path, policy=POLICY + SHELLS)
