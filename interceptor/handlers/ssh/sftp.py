@@ -82,10 +82,10 @@ first, only the normal form the second; two judgements (each recorded, and one w
 readings agree) keep deny-by-either and allow-by-both. The request sent upstream carries
 the resolved path, so what the server acts on is what was judged.
 
-asyncssh's legacy scp server (`allow_scp=True`) runs on an SFTPServer too: given SftpProxy,
-`scp -t` / `scp -f` are answered by asyncssh through the proxy (the exec judged first as its
-target: interceptor.policy.ssh_rules), every file judged as here, and no command runs
-upstream.
+asyncssh's legacy scp server runs on an SFTPServer too: once the handler has judged an scp
+exec as the command it is (interceptor.handlers.ssh.process; asyncssh's own `allow_scp` is
+off), it serves `scp -t` / `scp -f` on SftpProxy, every file judged as here, and no command
+runs upstream.
 
 Limits: a symlink swapped, or a file replaced by a directory, between the judgement and the
 operation (by another channel) is not seen; the server's file system is taken to be
