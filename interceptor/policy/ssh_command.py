@@ -371,8 +371,9 @@ _WATCH = _Wrapper("bcdegptwxr", "nq", "", _longs(
 # Programs the lax reading follows into the commands they run (with the interpreters and
 # compilers: _runs_commands)
 _RUNNER_NAMES = frozenset(SHELLS | WRAPPERS.keys() | SPAWNERS | CODE_BUILTINS | CODE_OPTIONS.keys()
-                          | EDITOR_SUBCOMMANDS.keys() | PROMPTS.keys() | {"git", "find", "watch", "su", "script", "sed", "gsed",
-                                                         "printf", "test", "[", "scp", "sftp-server", "rsync"})
+                          | EDITOR_SUBCOMMANDS.keys() | PROMPTS.keys()
+                          | {"git", "find", "watch", "su", "script", "sed", "gsed", "printf", "test", "[", "scp",
+                             "sftp-server", "rsync"})
 
 
 @dataclass(slots=True)
@@ -524,8 +525,8 @@ def _code_reasons(argv: tuple[str, ...]) -> list[str]:
         elif _unsandboxed_sed(name, level):
             reasons.append(f"{word} without --sandbox runs commands from its script (e, s///e) and writes files (w)")
         elif (written := written_file(name, level)) is not None:
-            reasons.append(f"{word} writes a file that {written} names, which may be one the server runs (as with "
-                           "such a write over SFTP, only `shell: true` allows it)")
+            reasons.append(f"{word} writes a file that {written} names, which may be one the server runs, such as "
+                           "~/.ssh/authorized_keys")
     return reasons
 
 
@@ -668,9 +669,9 @@ def _git_reason(argv: tuple[str, ...]) -> str:
         return runs
     if argv[1:] == ("--version",):
         return ""
-    return ("git reads the configuration of the repository it finds (the working directory, or any directory above "
-            "it, may be a bare repository the agent wrote), which can make it run commands: only `git --version` "
-            "is plain")
+    return ("git reads the configuration of the repository it finds, which may be a bare one the agent wrote in the "
+            "working directory or a directory above it, and runs the commands that configuration names; only "
+            "`git --version` is plain")
 
 
 def _levels_strict(argv: tuple[str, ...], reasons: list[str]) -> Iterator[tuple[str, ...]]:
@@ -686,20 +687,20 @@ def _levels_strict(argv: tuple[str, ...], reasons: list[str]) -> Iterator[tuple[
             return
         parsed = _unwrap(spec, level)
         if parsed.problem is not None:
-            reasons.append(f"{level[0]}: {parsed.problem}")
+            reasons.append(f"{level[0]} has {parsed.problem}, so where its command starts cannot be told")
             return
         if parsed.shell:
             reasons.append(f"{level[0]} {parsed.shell} runs a shell or an editor")
         if parsed.written:
             reasons.append(f"{level[0]} writes a file that its option {parsed.written} names, which may be one the "
-                           "server runs")
+                           "server runs, such as ~/.ssh/authorized_keys")
         if parsed.assignments:
             reasons.append(f"{level[0]} sets environment variables ({', '.join(parsed.assignments)})")
         if parsed.string is not None or parsed.opaque:
             reasons.append(f"{level[0]} runs a command string")
         level = tuple(w for w in parsed.command if w is not None) if parsed.command is not None else None
     if level:
-        reasons.append(f"wrappers nested more than {MAX_DEPTH} deep")
+        reasons.append(f"its wrappers are nested more than {MAX_DEPTH} deep")
 
 
 @dataclass(frozen=True, slots=True)
@@ -744,7 +745,7 @@ def _unwrap(spec: _Wrapper, words: Words) -> _Unwrapped:
             value: str | None = attached
             found = [long for long in spec.longs if long.startswith(name)] if name not in spec.longs else [name]
             if len(found) != 1:
-                return _Unwrapped(problem=f"unknown option {word}")
+                return _Unwrapped(problem=f"an unknown option {word}")
             letter = spec.longs[found[0]]
             if letter and letter in spec.with_arg and not eq:
                 i += 1
@@ -765,7 +766,7 @@ def _unwrap(spec: _Wrapper, words: Words) -> _Unwrapped:
                 values[letter] = value if value is not None or letter in spec.with_arg else ""
                 break
             if letter not in spec.flags:
-                return _Unwrapped(problem=f"unknown option -{letter}")
+                return _Unwrapped(problem=f"an unknown option -{letter}")
             letters.append(letter)
             j += 1
         i += 1
@@ -800,7 +801,7 @@ def read_scp(argv: tuple[str, ...]) -> ScpAccess | str | None:
     if not argv or _base(argv[0]) != "scp":
         return None
     if argv[0] != "scp":
-        return f"scp run as {argv[0]}: only `scp -t PATH` or `scp -f PATH` is read as a file transfer"
+        return f"it runs scp as {argv[0]}: only `scp -t PATH` or `scp -f PATH` is read as a file transfer"
     flags, mode, i = set[str](), "", 1
     while i < len(argv) and argv[i].startswith("-") and argv[i] != "--":
         flag = argv[i]
@@ -809,12 +810,12 @@ def read_scp(argv: tuple[str, ...]) -> ScpAccess | str | None:
         elif flag in ("-v", "-r", "-p", "-d", "-q") and flag not in flags:
             flags.add(flag)
         else:
-            return f"scp option {flag} is not one OpenSSH's scp client sends"
+            return f"its scp option {flag} is not one OpenSSH's scp client sends"
         i += 1
     if i < len(argv) and argv[i] == "--":
         i += 1
     if not mode or len(argv) - i != 1 or not argv[i]:
-        return "an scp command is `scp [-v -r -p -d] -t|-f [--] PATH` with one path"
+        return "it is not `scp [-v -r -p -d] -t|-f [--] PATH` with one path, the only scp command read"
     return ScpAccess("write" if mode == "-t" else "read", argv[i], "-r" in flags)
 
 
@@ -1194,7 +1195,7 @@ def _multi_call(words: Words) -> list[Words]:
 def _wrapped(name: str, words: Words, opaque: list[str]) -> tuple[list[Words], list[str | None]]:
     parsed = _unwrap(WRAPPERS[name], words)
     if parsed.problem is not None:  # every place the command may start
-        opaque.append(f"{words[0]}: {parsed.problem}")
+        opaque.append(f"{words[0]} has {parsed.problem}")
         return [words[i:] for i in _starts(words)], []
     if parsed.opaque:
         opaque.append(f"{words[0]} runs a command string in its own syntax")

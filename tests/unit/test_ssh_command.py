@@ -242,7 +242,7 @@ def test_shell_constructs_are_shell_class(command: str, why: str) -> None:
     ("scp -t /a /b", "one path"),
     ("scp -x -t /a", "scp option -x"),
     ("scp /a host:/b", "one path"),
-    ("/usr/bin/scp -t /a", "scp run as /usr/bin/scp"),
+    ("/usr/bin/scp -t /a", "it runs scp as /usr/bin/scp"),
 ])
 def test_commands_that_run_code_are_shell_class(command: str, why: str) -> None:
     reasons = read_command(command).shell
@@ -616,7 +616,8 @@ def test_a_program_reading_its_commands_from_standard_input_is_shell_class(comma
 
 def test_a_wrapper_option_that_writes_a_file_is_shell_class() -> None:
     assert read_command("time -o /home/u/.bashrc ls").shell == (
-        "time writes a file that its option -o names, which may be one the server runs",)
+        "time writes a file that its option -o names, which may be one the server runs, such as "
+        "~/.ssh/authorized_keys",)
 
 
 @pytest.mark.parametrize("command", [
@@ -641,9 +642,9 @@ def test_git_is_shell_class_but_for_its_version(command: str) -> None:
     agent wrote in the working directory (the home directory): only `git --version` is plain;
     git is opaque to deny rules only when its words run a command."""
     reading = read_command(command)
-    assert reading.shell == ("git reads the configuration of the repository it finds (the working directory, or any "
-                             "directory above it, may be a bare repository the agent wrote), which can make it run "
-                             "commands: only `git --version` is plain",) and reading.opaque == ()
+    assert reading.shell == ("git reads the configuration of the repository it finds, which may be a bare one the "
+                             "agent wrote in the working directory or a directory above it, and runs the commands "
+                             "that configuration names; only `git --version` is plain",) and reading.opaque == ()
 
 
 @pytest.mark.parametrize(("pattern", "word", "expected"), [
