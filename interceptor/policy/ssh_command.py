@@ -215,6 +215,8 @@ CODE_OPTIONS: Mapping[str, _CodeOptions] = {
                                         "busctl", "systemd-analyze")},
     **{name: _CodeOptions(("photo-viewer", "exec-path", "options", "homedir", "agent-program", "dirmngr-program"))
        for name in ("gpg", "gpg2")},  # a gpg.conf in another home directory sets a photo viewer
+    "pandoc": _CodeOptions(("filter", "lua-filter", "pdf-engine", "defaults"), letters="FLd"),
+    "tshark": _CodeOptions(letters="X"),  # -X lua_script:FILE
 }
 # GNU binutils and their LLVM counterparts (with a target prefix and a version): `--plugin FILE`
 # (nm, ar, ranlib: a shared library whose constructor runs) and `@FILE` response files, which
@@ -235,6 +237,9 @@ WRITE_OPTIONS: Mapping[str, _CodeOptions] = {
     "iconv": _CodeOptions(("output",), letters="o"),
     "sdiff": _CodeOptions(("output",), letters="o"),
     "tcpdump": _CodeOptions(letters="w"),
+    "tshark": _CodeOptions(letters="w"),
+    "yq": _CodeOptions(("inplace", "in-place"), letters="i"),
+    "pandoc": _CodeOptions(("output", "extract-media"), letters="o"),
     "curl": _CodeOptions(("output", "output-dir", "remote-name", "remote-name-all", "remote-header-name",
                           "dump-header", "cookie-jar", "trace", "trace-ascii", "stderr", "libcurl", "etag-save",
                           "hsts", "alt-svc", "config"), letters="oODcJK"),  # a config file names outputs

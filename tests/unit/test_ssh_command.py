@@ -208,6 +208,10 @@ def test_shell_constructs_are_shell_class(command: str, why: str) -> None:
     ("apt-get -o APT::Update::Pre-Invoke::=id update", "apt-get has an option"),
     ("coredumpctl debug", "coredumpctl has an option"),
     ("wget -e use_askpass=/tmp/x http://x/", "wget has an option"),
+    ("wget --config=/srv/uploads/rc http://x/", "wget has an option"),
+    ("pandoc --lua-filter=x.lua a.md", "pandoc has an option"),
+    ("tshark -X lua_script:x.lua", "tshark has an option"),
+    ("gpg --homedir /srv/uploads/g --list-keys", "gpg has an option"),
     ("gcc -wrapper ./d.sh,x -c x.c", "gcc is a compiler"),
     ("x86_64-linux-gnu-gcc-12 -c x.c", "is a compiler"),
     ("cc x.c", "cc is a compiler"),
@@ -585,6 +589,9 @@ def test_multi_call_binaries_are_wrappers_for_deny_and_shell_class(command: str,
     ("openssl req -new -keyout=/x", "its option -keyout=/x"),
     ("gpg -o /x -d f.gpg", "its option -o"),
     ("sdiff -o /x a b", "its option -o"),
+    ("tshark -i eth0 -w /x", "its option -w"),
+    ("yq -i .a=1 /x", "its option -i"),
+    ("pandoc -o /x a.md", "its option -o"),
 ])
 def test_options_that_write_a_file_are_shell_class(command: str, written: str) -> None:
     """A program that otherwise reads (and prints) given an option or an operand that makes it
