@@ -1141,7 +1141,9 @@ def _add_levels(words: Words, depth: int, out: _Lax, scan: bool = False) -> None
         word = words[i]
         if out.words > MAX_LAX_WORDS:
             break
-        if word is not None and (word.startswith(_HIDDEN_PROGRAMS) or _runs_commands(_base(word))):
+        # a builtin or reserved word there is no program a wrapper could run (`scp -t /srv/in`)
+        if word is not None and (word.startswith(_HIDDEN_PROGRAMS)
+                                 or (_base(word) not in CODE_BUILTINS and _runs_commands(_base(word)))):
             _add_levels(words[i:], depth + 1, out)
 
 

@@ -764,3 +764,16 @@ def test_deny_rules_see_every_rm_bash_and_dash_run(tmp_path: Path) -> None:
             ran += 1
             assert denied_by_rm(program), (shell, program, read_command(program))
     assert ran > 100
+
+
+@pytest.mark.parametrize("command", ["cat /srv/in", "ls /srv/do", "scp -r -t /srv/uploads/in", "cp a /tmp/for",
+                                     "cat /srv/x/if", "ls ./source"])
+def test_an_argument_named_like_a_builtin_or_reserved_word_is_no_program_a_wrapper_could_run(command: str) -> None:
+    """A wrapper runs programs, and no program is a shell builtin or reserved word: an argument
+    whose last segment is `in`, `do`, `if`, `for` or `source` does not make a command opaque
+    (which every deny `commands` rule would then match)."""
+    assert read_command(command).opaque == ()
+
+
+def test_a_builtin_in_command_position_still_runs_code() -> None:
+    assert read_command("eval x").shell and read_command("eatmydata eval x").opaque
