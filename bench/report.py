@@ -321,9 +321,9 @@ def _ssh_md(result: dict) -> list[str]:
                       "logs in to sshd with its own): " + ", ".join(agreed) + "."]
     lines += ["", f"sshd logged {result['sshd_logins']:,} logins for {result['round_trips']:,} successful round trips "
                   "(each path's, and one per path to read the key exchange): the interceptor keeps no connection to "
-                  "sshd between flows. It can still be quicker than direct: the enforcer starts its own login to sshd "
-                  "as the flow arrives, while the client's handshake with it goes on, and asks the client for no "
-                  "authentication (the flow says who the agent is), where sshd checks the client's key."]
+                  "sshd between flows. It can keep up with direct: the enforcer asks the client for no authentication "
+                  "(the flow says who the agent is), where sshd checks the client's key, and its own login to sshd "
+                  "(started when the client asks to log in, after the key exchange) overlaps the client's side."]
     return lines
 
 
