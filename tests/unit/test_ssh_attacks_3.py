@@ -10,11 +10,15 @@ Two parts:
   of its docstring starts with `attack:`, the rest says the expected secure behaviour.
 - GUARDS: attacks that are stopped today; they pass, and keep them stopped.
 
-Nothing here runs a program: the scrubber, the approvals view and the policy are pure functions.
+Nothing here runs a program: the scrubber, the approvals view and the policy are pure functions, and
+the SFTP test runs the in-process lab (asyncssh's server on a temporary directory).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import asyncssh
 import pytest
 
 from interceptor.approvals.cli import _operation
@@ -22,6 +26,8 @@ from interceptor.audit.scrub import REDACTED, scrub_event, scrub_text
 from interceptor.operations import SshRequest
 from interceptor.policy import PolicyEngine, load_policy_text
 from test_ssh_attacks import OPERATOR, decide, exec_verdict
+from test_ssh_attacks_2 import strict_realpath
+from test_ssh_handler import Lab, scenario
 
 SECRET = "S3cretPw"
 
@@ -204,3 +210,36 @@ def test_guard_command_line_credentials_are_scrubbed(command: str) -> None:
 ])
 def test_guard_paths_naming_pass_are_kept(command: str) -> None:
     assert scrub_text(command) == command
+
+
+# ---- SFTP: a readable link tells whether a private path exists ---------------------------------
+
+def test_a_readable_symlink_tells_whether_its_private_target_exists(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """attack: existence oracle (low): the normal-form-first fix keeps the server's answers
+    about paths the agent may not read from the agent, but not through a symlink the agent may
+    read: `stat /srv/a` (a link to /private/q3.xlsx, which exists) is refused naming
+    /private/q3.xlsx ("no rule allows read or write of ..."), `stat /srv/b` (a link to
+    /private/q4.xlsx, which does not) is refused as "the server cannot resolve ... a dangling
+    or looping symlink": the two refusals differ, so any pre-existing link under a readable
+    directory probes the existence of a private path (sftp_realpath fails on the dangling one).
+
+    Expected: a refusal of a path whose resolution fails says the same as the refusal of a
+    resolved path no rule allows (e.g. judge the dangling link's target text, read by
+    readlink, as the path, or answer both with one message)."""
+    async def test(lab: Lab) -> None:
+        (lab.tmp / "server" / "private").mkdir()
+        (lab.tmp / "server" / "private" / "q3.xlsx").write_text("names\n")
+        (lab.tmp / "server" / "srv" / "a").symlink_to("../private/q3.xlsx")
+        (lab.tmp / "server" / "srv" / "b").symlink_to("../private/q4.xlsx")
+        answers = {}
+        async with lab.agent() as conn, conn.start_sftp_client() as sftp:
+            for path in ("/srv/a", "/srv/b"):
+                try:
+                    await sftp.stat(path)
+                except asyncssh.SFTPError as exc:
+                    answers[path] = (exc.code, exc.reason.replace("q3", "qN").replace("q4", "qN"))
+        assert answers["/srv/a"] == answers["/srv/b"], f"the refusals differ by whether the target exists: {answers}"
+
+    monkeypatch.setattr(asyncssh.SFTPServer, "realpath", strict_realpath)
+    scenario(test, tmp_path)
