@@ -30,6 +30,7 @@ def escaped(text: str) -> str:
     """`text` with every character that is not printable written as a Python escape (`\\x1b`,
     `\\x9b`, `\\u202e`): C0 and C1 controls, DEL, ESC, Unicode format characters (bidi
     overrides, zero-width ones), separators other than the space, unassigned and private-use
-    code points (str.isprintable). Text an agent supplied cannot move a reader's cursor, erase
-    or reorder what the terminal shows."""
-    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+    code points (str.isprintable); and a backslash as `\\\\`, so the escaping is one-to-one (a
+    real newline reads `\\n`, a typed backslash-n `\\\\n`). Text an agent supplied cannot move
+    a reader's cursor, erase or reorder what the terminal shows, nor pass for other text."""
+    return "".join(char if char.isprintable() and char != "\\" else repr(char)[1:-1] for char in text)

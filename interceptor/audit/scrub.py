@@ -9,22 +9,52 @@ before hashing.
 Command-line credentials, scrubbed as values with their names kept:
 
 - an option whose name says so (`--password=X`, `--pass X`, `-passin X`, `--api-key X`,
-  `--auth-token=X`; not `--password-file F`, `--no-password`, `--password-stdin`);
+  `--auth-token=X`, `--db-password=X`; not `--password-file F`, `--no-password`,
+  `--password-stdin`, `--key F`);
 - `USER:PASSWORD` given to `-u`/`-U`/`--user`/`--proxy-user` (curl, wget);
-- `NAME=VALUE` whose name says so (`PGPASSWORD=X psql`, `MYSQL_PWD=X`, `api_token=X`);
+- `NAME=VALUE` whose name says so (`PGPASSWORD=X psql`, `DB_PASSWORD=X`, `api_token=X`);
 - `NAME: VALUE` and `NAME:VALUE` whose name says so: HTTP headers (`Authorization: Bearer X`,
   `X-Api-Key: X`, `Cookie: X`; the scheme word kept) and openssl's `pass:X`;
-- the short options of programs that take a password with them: mysql/mariadb `-pX`,
-  sshpass `-p X`, redis-cli `-a X`.
+- the password options of programs that take one by a short option or a position
+  (_PASSWORD_OPTIONS), searched up to the end of the program's command:
+
+  ==========================================  ==================================================
+  program                                     password options
+  ==========================================  ==================================================
+  mysql, mysqladmin, mysqldump, mariadb*      `-pX` (`-p` alone asks for it)
+  sshpass                                     `-p X`, `-pX`
+  redis-cli                                   `-a X`
+  docker/podman/nerdctl/buildah login         `-p X`
+  smbclient, rpcclient, smbcacls, smbget      `-U USER%X`, `--user USER%X`
+  ldapsearch, ldapmodify, ldapadd, ldap*      `-w X`; ldappasswd also `-a X` (old), `-s X` (new)
+  sqlcmd, bcp, osql, isql                     `-P X`
+  mongo, mongosh, mongodump, mongo*           `-p X`
+  ssh-keygen                                  `-P X` (old passphrase), `-N X` (new)
+  openssl                                     `-k X` (`-pass`, `-passin`: as options above)
+  zip, unzip                                  `-P X`
+  7z, 7za, 7zr                                `-pX` (`-p` alone asks for it)
+  aws configure set NAME VALUE                VALUE, when NAME says so
+  htpasswd -b [FILE] USER PASSWORD            PASSWORD (no FILE with `-n`)
+  ==========================================  ==================================================
 
 A name "says so" when one of its words (split at `-`, `_`, `.`) is pass, passin, passout, pwd,
-key, auth, cookie or authorization, or ends in password, passwd, passphrase, token, secret,
-apikey, accesskey, secretkey, privatekey or credentials; unless another word says the value is
-no secret (file, stdin, env, id, ...).
+auth, cookie or authorization, or it or it joined to the word before ends in password, passwd,
+passphrase, token, secret, apikey, accesskey, secretkey, privatekey, credentials (or the like:
+_TELLING_ENDINGS); `key` alone does not (`sort --key=2`, `curl --key FILE`). A later word can
+say the value is no secret (`password-file`, `token_env`, `access_key_id`: _HARMLESS_WORDS),
+and a name beginning with no, ask or prompt is a flag that takes no value (`--no-password`);
+a word before a telling one never cancels it (`DB_PASSWORD`).
+
+A value never extends past the end of the shell word it is in (quoting as POSIX sh, XCU
+2.2-2.3, with bash's `$'...'`): inside a quoted word it ends at that word's closing quote; a
+quote that opens after the value's start and does not close ends the value there; and no
+value takes in a `;`, `&`, `|` or newline outside quotes, so a credential cannot hide the
+commands after it from the trail.
 """
 
 from __future__ import annotations
 
+import bisect
 import functools
 import math
 import re
@@ -43,9 +73,15 @@ _SECRET_KEY = re.compile(r"pass(word|wd)?$|secret|token$|authorization|api[_-]?k
 _IDENTIFIER_KEYS = frozenset({"event_id", "flow_id", "jti", "cgroup", "session", "sha256"})
 _SQL_PASSWORD = re.compile(r"(\bpassword\s+)'(?:[^']|'')*'", re.IGNORECASE)
 _URL_PASSWORD = re.compile(r"(://[^/:@\s]+:)[^@/\s]+@")
-# A shell word: quoted parts (an unclosed quote runs to the end), escapes and plain characters;
-# NUL separates the words of an argv list joined for scrubbing, so no word crosses it.
-_WORD = re.compile(r"""(?:'[^'\x00]*'?|"(?:[^"\\\x00]|\\[^\x00])*"?|\\[^\x00]|[^\s\x00'"\\;&|<>])+""")
+# A shell word whose quoted parts all close: the longest a value can be. NUL separates the words
+# of an argv list joined for scrubbing, so no word crosses it.
+_WORD = re.compile(r"""(?:'[^'\x00]*'|"(?:[^"\\\x00]|\\[^\x00])*"|\\[^\x00]|[^\s\x00'"\\;&|<>])+""")
+# The quoting of a whole text, one token at a time: quoted parts (group `close` set when they
+# close), comments, separators (outside quotes) and runs of anything else.
+_TOKEN = re.compile(r"""\$?'(?:(?<=\$')(?:[^'\\\x00]|\\[^\x00])*|(?<!\$')[^'\x00]*)(?P<single>')?"""
+                    r"""|"(?:[^"\\\x00]|\\[^\x00])*(?P<double>")?"""
+                    r"""|\\[^\x00]|(?<![^\s;&|(\x00])#[^\n\x00]*|(?P<separator>[;&|\n\x00])|[^'"$\\;&|\n\x00#]+|.""",
+                    re.DOTALL)
 _START = r"""(?<![^\s\x00'"=;&|(])"""  # a name starts a word (or follows a quote, `=` or an operator)
 _VALUE_AFTER = r"(?:=(?=[^\s\x00])|[\s\x00]+(?=[^-\s\x00]))"  # `=VALUE`, or a next word that is no option
 _OPTION = re.compile(_START + r"-{1,2}([A-Za-z][\w.-]*)" + _VALUE_AFTER)
@@ -54,20 +90,49 @@ _ASSIGNMENT = re.compile(_START + r"([A-Za-z_][\w]*)=(?=[^\s\x00])")
 _COLON = re.compile(_START + r"([A-Za-z][\w-]*)(:[ \t]*)(?:(?:Bearer|Basic|Token|Digest|Negotiate|Bot)[ \t]+)?"
                     r"(?=[^\s\x00'\"])", re.IGNORECASE)
 _HEADER_VALUE = re.compile(r"""[^'"\r\n\x00]*""")
-_PROGRAM = re.compile(_START + r"(?:[\w./-]*/)?(mysql\w*|mariadb[\w-]*|sshpass|redis-cli)(?=[\s\x00])")
 _SEGMENT_END = re.compile(r"[;&|\n]")
-_PROGRAM_OPTION = {"sshpass": re.compile(r"[\s\x00]-p[\s\x00]*(?=[^-\s\x00])"),
-                   "redis-cli": re.compile(r"[\s\x00]-a[\s\x00]*(?=[^-\s\x00])")}
-_MYSQL_OPTION = re.compile(r"[\s\x00]-p(?=[^\s\x00])")
 _OPENSSL_SOURCE = re.compile(r"['\"]?(?:(?:pass|env|file|fd):|stdin\b)")  # `pass:X` is the colon pass's
+# How a short option takes its value: "either" the next word or attached (-pX), "attached" only
+# (-p alone asks for the password), "next" word only, "user%" the part after `%` of the next
+# or attached word.
+_TAKES = {"either": r"(?:(?=[^\s\x00])|[\s\x00]+(?=[^-\s\x00]))", "attached": r"(?=[^\s\x00])",
+          "next": r"[\s\x00]+(?=[^-\s\x00])"}
+_TAKES["user%"] = _TAKES["either"]
+# Program (its name, with the words that must follow it) -> its password options; the first
+# program that matches counts. "positional" names a function for values given by position.
+_PASSWORD_OPTIONS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
+    (r"mysql\w*|mariadb[\w-]*", (("-p", "attached"),)),
+    (r"sshpass", (("-p", "either"),)),
+    (r"redis-cli", (("-a", "either"),)),
+    (r"(?:docker|podman|nerdctl|buildah)[\s\x00]+login", (("-p", "either"),)),
+    (r"smbclient|rpcclient|smbcacls|smbget", (("-U", "user%"), ("--user", "user%"))),
+    (r"ldappasswd", (("-w", "either"), ("-a", "either"), ("-s", "either"))),
+    (r"ldap\w+", (("-w", "either"),)),
+    (r"sqlcmd|bcp|osql|isql", (("-P", "either"),)),
+    (r"mongo\w*", (("-p", "either"),)),
+    (r"ssh-keygen", (("-P", "either"), ("-N", "either"))),
+    (r"openssl", (("-k", "next"),)),
+    (r"zip|unzip", (("-P", "next"),)),
+    (r"7z[ar]?", (("-p", "attached"),)),
+    (r"aws[\s\x00]+configure[\s\x00]+set", (("NAME VALUE", "positional"),)),
+    (r"htpasswd", (("-b", "positional"),)),
+)
+_PROGRAM = re.compile(_START + r"(?:[\w./-]*/)?(" + "|".join(name for name, _ in _PASSWORD_OPTIONS)
+                      + r")(?=[\s\x00])")
+_PROGRAMS = tuple((re.compile(name), tuple((re.compile(r"[\s\x00]" + re.escape(option) + _TAKES[how]), how)
+                                           for option, how in options if how != "positional"),
+                   any(how == "positional" for _, how in options)) for name, options in _PASSWORD_OPTIONS)
+_ARGUMENT = re.compile(r"[\s\x00]+([^\s\x00;&|]+)")
 _NAME_WORDS = re.compile(r"[-_.]")
-_TELLING_WORDS = frozenset({"pass", "passin", "passout", "pwd", "key", "auth", "cookie", "authorization"})
+_TELLING_WORDS = frozenset({"pass", "passin", "passout", "pwd", "auth", "cookie", "authorization"})
 _TELLING_ENDINGS = ("password", "passwd", "passphrase", "token", "secret", "apikey", "accesskey", "secretkey",
-                    "privatekey", "credential", "credentials")
-_HARMLESS_WORDS = frozenset({"no", "ask", "file", "stdin", "prompt", "env", "path", "dir", "id", "type", "method",
-                             "source", "db", "database", "sock", "length", "size", "command", "cmd"})
+                    "privatekey", "credential", "credentials", "encryptionkey", "signingkey", "masterkey",
+                    "clientsecret", "licensekey")
+_HARMLESS_WORDS = frozenset({"file", "stdin", "env", "path", "dir", "id", "type", "method", "source", "sock",
+                             "length", "size", "command", "cmd", "jar", "prompt"})
+_FLAG_WORDS = frozenset({"no", "ask", "prompt"})  # a name beginning so takes no value
 # No pattern above (nor api_key, whose tokens are 20+ characters) matches fewer characters
-# than "key=x": shorter strings (agent names, verdicts, kinds) are kept without a look.
+# than "pwd:x": shorter strings (agent names, verdicts, kinds) are kept without a look.
 SHORTEST_SECRET = 5
 
 
@@ -92,89 +157,156 @@ def scrub_text(text: str) -> str:
     return b"".join(out).decode("utf-8", "replace")
 
 
+class _Words:
+    """A command text and its quoting (one left-to-right scan): `limit(position)` is how far a
+    value starting at `position` may reach, `span(start)` the value there."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    @functools.cached_property
+    def _quoting(self) -> tuple[list[int], list[int], list[int]]:
+        """Where quoted parts open and close, and where separators outside quotes are: scanned
+        when a first value is measured (most texts have none)."""
+        opens: list[int] = []
+        closes: list[int] = []
+        separators: list[int] = []
+        for token in _TOKEN.finditer(self.text):
+            if token.group("separator") is not None:
+                separators.append(token.start())
+            elif token.group().startswith(("'", '"', "$'")) and token.end() - token.start() > 1:
+                closed = token.group("single") is not None or token.group("double") is not None
+                opens.append(token.start() + token.group().startswith("$"))
+                closes.append(token.end() - 1 if closed else token.end())
+        return opens, closes, separators
+
+    def limit(self, position: int) -> int:
+        """The closing quote of the quoted part `position` is in (the end of the text, or of
+        the argv word, for one that never closes); outside quotes, the next separator."""
+        opens, closes, separators = self._quoting
+        inner = bisect.bisect_left(opens, position) - 1
+        if inner >= 0 and position <= closes[inner]:
+            return closes[inner]
+        after = bisect.bisect_left(separators, position)
+        return separators[after] if after < len(separators) else len(self.text)
+
+    def span(self, start: int, after: str = "") -> tuple[int, int]:
+        """The span of the value at `start` to redact: the shell word there, up to limit(start),
+        its quotes kept (an unclosed quote at its start is skipped); with `after`, only what
+        follows the first `after` in it (nothing when it has none: `sudo -u root`)."""
+        text, limit = self.text, self.limit(start)
+        if start < limit and text[start] in "'\"" and not _WORD.match(text, start, limit):
+            start += 1
+        word = _WORD.match(text, start, limit)
+        end = word.end() if word else start
+        if after:
+            found = text.find(after, start, end)
+            start = end if found < 0 else found + 1
+        if end - start >= 2 and text[start] in "'\"" and text[end - 1] == text[start]:
+            return start + 1, end - 1
+        if start < end and text[start] in "'\"":
+            start += 1
+        if start < end and text[end - 1] in "'\"":
+            end -= 1
+        return start, end
+
+
 def _command_line(text: str) -> str:
     """`text` with command-line credentials (module docstring) replaced. Each pass finds
     names and measures their values without consuming them, so a value that is not a secret
     (`sh -c '...'`) is still searched; every pass is one left-to-right scan."""
+    words = _Words(text)
     spans: list[tuple[int, int]] = []
     for pattern, value in ((_OPTION, _option_value), (_USER_OPTION, _user_value), (_ASSIGNMENT, _assigned_value),
                            (_COLON, _colon_value)):
         reach = 0  # a name inside a value already redacted is not measured again: one scan per pass
         for match in pattern.finditer(text):
-            if match.start() >= reach and (span := value(text, match)) is not None:
+            if match.start() >= reach and (span := value(words, match)) is not None:
                 spans.append(span)
                 reach = span[1]
-    spans += _program_options(text)
+    spans += _program_options(words)
     return _replaced(text, spans)
 
 
-def _option_value(text: str, match: re.Match[str]) -> tuple[int, int] | None:
-    if not _telling(match.group(1), whole_name_counts=True) or _OPENSSL_SOURCE.match(text, match.end()):
+def _option_value(words: _Words, match: re.Match[str]) -> tuple[int, int] | None:
+    if not _telling(match.group(1), whole_name_counts=True) or _OPENSSL_SOURCE.match(words.text, match.end()):
         return None
-    return _word_span(text, match.end(), after_colon=False)
+    return words.span(match.end())
 
 
-def _user_value(text: str, match: re.Match[str]) -> tuple[int, int] | None:
-    return _word_span(text, match.end(), after_colon=True)
+def _user_value(words: _Words, match: re.Match[str]) -> tuple[int, int] | None:
+    return words.span(match.end(), after=":")
 
 
-def _assigned_value(text: str, match: re.Match[str]) -> tuple[int, int] | None:
-    return _word_span(text, match.end(), after_colon=False) if _telling(match.group(1), whole_name_counts=False) \
-        else None
+def _assigned_value(words: _Words, match: re.Match[str]) -> tuple[int, int] | None:
+    return words.span(match.end()) if _telling(match.group(1), whole_name_counts=False) else None
 
 
 def _telling(name: str, whole_name_counts: bool) -> bool:
-    """Whether the option, variable or header `name` says its value is a credential."""
+    """Whether the option, variable or header `name` says its value is a credential: a telling
+    word no harmless word follows, in a name that does not begin with a flag word."""
     words = _NAME_WORDS.split(name.lower())
-    if not _HARMLESS_WORDS.isdisjoint(words):
+    if words[0] in _FLAG_WORDS or (not whole_name_counts and words == ["pwd"]):  # pwd: the working directory
         return False
-    if not whole_name_counts and words == ["pwd"]:  # the shell's working directory
-        return False
-    return any(word in _TELLING_WORDS or word.endswith(_TELLING_ENDINGS) for word in words)
+    telling = False
+    for index, word in enumerate(words):
+        if word in _HARMLESS_WORDS:
+            telling = False
+        elif word in _TELLING_WORDS or word.endswith(_TELLING_ENDINGS) \
+                or (index > 0 and (words[index - 1] + word).endswith(_TELLING_ENDINGS)):
+            telling = True
+    return telling
 
 
-def _word_span(text: str, start: int, after_colon: bool) -> tuple[int, int]:
-    """The span of the shell word at `start` to redact, its quotes kept; with `after_colon`,
-    only what follows its first `:` (nothing when it has none: `sudo -u root`)."""
-    word = _WORD.match(text, start)
-    end = word.end() if word else start
-    if after_colon:
-        colon = text.find(":", start, end)
-        start = end if colon < 0 else colon + 1
-    if end - start >= 2 and text[start] in "'\"" and text[end - 1] == text[start]:
-        return start + 1, end - 1
-    if start < end and text[start] in "'\"":
-        start += 1
-    if start < end and text[end - 1] in "'\"":
-        end -= 1
-    return start, end
-
-
-def _colon_value(text: str, match: re.Match[str]) -> tuple[int, int] | None:
+def _colon_value(words: _Words, match: re.Match[str]) -> tuple[int, int] | None:
     """A header's value (to the end of its quoted string or line, blanks at its end kept)
     when a blank follows the colon; otherwise one word (`pass:X`)."""
     if not _telling(match.group(1), whole_name_counts=True):
         return None
     if match.group(2) == ":":
-        return _word_span(text, match.end(), after_colon=False)
-    value = _HEADER_VALUE.match(text, match.end())
+        return words.span(match.end())
+    value = _HEADER_VALUE.match(words.text, match.end(), words.limit(match.end()))
     end = value.end() if value else match.end()
-    return match.end(), len(text[match.end():end].rstrip()) + match.end()
+    return match.end(), len(words.text[match.end():end].rstrip()) + match.end()
 
 
-def _program_options(text: str) -> list[tuple[int, int]]:
-    """Password options of the programs in _PROGRAM_OPTION and the mysql family, searched up
-    to the end of each command (`;`, `&`, `|`, newline)."""
+def _program_options(words: _Words) -> list[tuple[int, int]]:
+    """Password options of the programs in _PASSWORD_OPTIONS, searched up to the end of each
+    command (`;`, `&`, `|`, newline)."""
+    text = words.text
     spans: list[tuple[int, int]] = []
     position = 0
     while program := _PROGRAM.search(text, position):
-        name = program.group(1)
         segment = _SEGMENT_END.search(text, program.end())
         position = segment.start() if segment else len(text)
-        option = _PROGRAM_OPTION.get(name, _MYSQL_OPTION)
-        spans += [_word_span(text, found.end(), after_colon=False)
-                  for found in option.finditer(text, program.end(), position)]
+        name, options, positional = next(entry for entry in _PROGRAMS if entry[0].fullmatch(program.group(1)))
+        for option, how in options:
+            spans += [words.span(found.end(), after="%" if how == "user%" else "")
+                      for found in option.finditer(text, program.end(), position)]
+        if positional:
+            spans += _positional(words, name.pattern, program.end(), position)
     return spans
+
+
+def _positional(words: _Words, program: str, start: int, end: int) -> list[tuple[int, int]]:
+    """The password given by position: `aws configure set NAME VALUE` (NAME telling) and
+    `htpasswd -b[n...] [FILE] USER PASSWORD` (htpasswd(1): -C and -r take a value)."""
+    arguments = list(_ARGUMENT.finditer(words.text, start, end))
+    if program.startswith("aws"):
+        if len(arguments) >= 2 and _telling(arguments[0].group(1), whole_name_counts=True):
+            return [words.span(arguments[1].start(1))]
+        return []
+    flags, values, takes_value = "", [], False  # -C COST and -r ROUNDS take the next word
+    for found in arguments:
+        if found.group(1).startswith("-"):
+            flags += found.group(1)[1:]
+            takes_value = found.group(1)[-1] in "Cr"
+        elif takes_value:
+            takes_value = False
+        else:
+            values.append(found)
+    place = 1 if "n" in flags else 2
+    return [words.span(values[place].start(1))] if "b" in flags and len(values) > place else []
 
 
 def _replaced(text: str, spans: list[tuple[int, int]]) -> str:

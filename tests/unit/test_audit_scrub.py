@@ -4,6 +4,7 @@ import copy
 import enum
 import json
 import pickle
+import random
 import time
 
 import pytest
@@ -58,7 +59,7 @@ def test_plain_events_come_back_equal_to_the_json_round_trip():
 
 
 def test_strings_shorter_than_any_secret_pattern_are_kept_as_they_are():
-    shortest = "key=x"
+    shortest = "pwd:x"
     assert len(shortest) == SHORTEST_SECRET and scrub_text(shortest) != shortest
     assert all(scrub_text(text) != text for text in ("://a:b@", "pass:x", "-u a:b", "auth=x"))
     assert scrub_text("x PASSWORD ''") != "x PASSWORD ''" and len("PASSWORD ''") > SHORTEST_SECRET
@@ -124,9 +125,87 @@ def test_an_argv_list_is_scrubbed_with_each_option_beside_its_value():
     assert scrub(["sudo", "-u", "root", "ls"]) == ["sudo", "-u", "root", "ls"]
 
 
-@pytest.mark.parametrize("text", ["--pass \"" * 20000, "Authorization: " * 10000, "mysql " * 20000, "-u " * 30000,
+@pytest.mark.parametrize("text", ["'" + "mysql -pa\" " * 20000, "zip -P '" * 20000, "a=\\'$'" * 20000,
+                                  "--pass \"" * 20000, "Authorization: " * 10000, "mysql " * 20000, "-u " * 30000,
                                   "key: '" * 20000, "--token=" * 20000, "a:" * 30000])
 def test_command_line_scrubbing_takes_linear_time(text):
     start = time.perf_counter()
     scrub_text(text)
     assert time.perf_counter() - start < 0.5, "a pattern backtracks over the text"
+
+
+@pytest.mark.parametrize(("command", "scrubbed"), [
+    ("echo 'password=x'; rm -rf /srv", "echo 'password=[REDACTED]'; rm -rf /srv"),
+    ("curl -H \"X-Api-Key:x\" h; crontab -r", "curl -H \"X-Api-Key:[REDACTED]\" h; crontab -r"),
+    ("bash -c 'echo \"token=x\"; rm -rf /'", "bash -c 'echo \"token=[REDACTED]\"; rm -rf /'"),
+    ("echo $'pass:x\\'; rm -rf /srv", "echo $'pass:[REDACTED]'; rm -rf /srv"),
+    ("tool --password=x'y; rm -rf /srv", "tool --password=[REDACTED]'y; rm -rf /srv"),
+    ("tool --password=x|rm -rf /srv", "tool --password=[REDACTED]|rm -rf /srv"),
+    ("curl -H Authorization:\\ x h; rm -rf /", "curl -H Authorization:[REDACTED] h; rm -rf /"),
+    ("curl -H 'Cookie: a=b; c=d' h; ls", "curl -H 'Cookie: [REDACTED]' h; ls"),
+    ("PGPASSWORD=x'; not a command' psql", "PGPASSWORD=[REDACTED]' psql"),
+])
+def test_a_value_ends_with_its_word_and_never_takes_a_separator(command, scrubbed):
+    assert scrub_text(command) == scrubbed
+
+
+_SAFE_WORDS = ("ls", "-la", "/srv/data", "echo", "x=1", "'a b'", '"c d"', "rm", "-rf", "cat", "f.txt", "--all", "5")
+_SEPARATORS = (" ; ", ";", " && ", " || ", " | ", "|", "\n", " & ")
+_CREDENTIALS = ("--password={}", "--token {}", "'password={}'", '"token={}"', "PGPASSWORD={}", "DB_PASSWORD='{}'",
+                "-H 'Authorization: Bearer {}'", '-H "X-Api-Key:{}"', "pass:{}", '"--password={}"', "mysql -p{}",
+                "sshpass -p {}", "-u bob:{}", "'user=bob&password={}'", "export API_TOKEN=\"{}\"",
+                "docker login -p {}", "smbclient -U bob%{}", "7z a -p{}", "echo $'secret={}'")
+
+
+def _commands(generator, count):
+    """`count` random commands as (prefix, credential word, suffix, secret): safe words and
+    separators around one credential."""
+    def words():
+        text = ""
+        for _ in range(generator.randrange(4)):
+            chosen = generator.choices(_SAFE_WORDS, k=generator.randrange(1, 4))
+            text += generator.choice(_SEPARATORS) + " ".join(chosen)
+        return text
+    for _ in range(count):
+        secret = "".join(generator.choices("abcXYZ019_.+/%", k=generator.randrange(1, 12)))
+        prefix = " ".join(generator.choices(_SAFE_WORDS, k=generator.randrange(3))) + words()
+        yield (prefix + (" " if prefix and prefix[-1] not in ";|&\n" else ""),
+               generator.choice(_CREDENTIALS).format(secret), words() or generator.choice(_SEPARATORS) + "ls", secret)
+
+
+def test_every_separator_and_every_word_after_a_credential_survives_scrubbing():
+    for prefix, credential, suffix, secret in _commands(random.Random(17), 3000):
+        command = prefix + credential + suffix
+        scrubbed = scrub_text(command)
+        assert scrubbed.startswith(prefix) and scrubbed.endswith(suffix), (command, scrubbed)
+        assert REDACTED in scrubbed[len(prefix):len(scrubbed) - len(suffix)], (command, scrubbed)
+        assert len(secret) < 3 or secret not in scrubbed[len(prefix):len(scrubbed) - len(suffix)], (command, scrubbed)
+
+
+@pytest.mark.parametrize("command", [
+    "DB_PASSWORD=hunter2 ./migrate", "DATABASE_PASSWORD=hunter2 ./app", "./app --db-password=hunter2",
+    "export DB_PASS=hunter2", "API_KEY=hunter2", "AWS_SECRET_ACCESS_KEY=hunter2", "tool --private-key=hunter2",
+    "docker login -u bob -p hunter2 r", "podman login -phunter2 r", "smbclient //f/s -U bob%hunter2",
+    "smbclient //f/s --user=bob%hunter2", "ldapmodify -x -w hunter2", "ldapadd -whunter2", "ldappasswd -a hunter2",
+    "ldappasswd -s hunter2", "sqlcmd -S db -P hunter2", "bcp t out f -P hunter2", "mongosh -p hunter2 admin",
+    "mongodump -p hunter2", "ssh-keygen -P hunter2 -f k", "ssh-keygen -N hunter2 -f k", "openssl enc -k hunter2",
+    "openssl aes-256-cbc -pass pass:hunter2", "zip -P hunter2 a.zip f", "unzip -P hunter2 a.zip",
+    "7za x -phunter2 a.7z",
+    "aws configure set aws_secret_access_key hunter2", "aws configure set default.aws_session_token hunter2",
+    "htpasswd -b /etc/h bob hunter2", "htpasswd -nbB bob hunter2", "htpasswd -b -C 12 /etc/h bob hunter2",
+    "mysqladmin -phunter2 status",
+])
+def test_credential_spellings_and_program_password_options_are_masked(command):
+    assert "hunter2" not in scrub_text(command) and REDACTED in scrub_text(command)
+
+
+@pytest.mark.parametrize("command", [
+    "sort -t, --key=2 /var/log/app.csv", "curl --key /etc/ssl/client.key https://h/",
+    "openssl req -new -key /srv/k.pem",
+    "grep -r key: /etc/app", "openssl req -keyout k.pem -new", "docker run -p 8080:80 img", "7z a -p a.7z f",
+    "htpasswd -c /etc/h bob", "aws configure set region eu-west-1", "smbclient -U bob //f/s", "ansible --ask-pass h",
+    "tool --password_env PW", "aws_access_key_id=AKIAEXAMPLE", "curl --cookie-jar /tmp/c https://h", "mongod --port 1",
+    "ssh-keygen -t ed25519 -f k", "zip -r a.zip f", "ssh -p 22 host",
+])
+def test_names_with_key_and_options_of_other_programs_are_kept(command):
+    assert scrub_text(command) == command

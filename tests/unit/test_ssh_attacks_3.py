@@ -56,7 +56,7 @@ def exec_record(command: str) -> str:
     ('app "--password=x"; rm -rf /srv/data', "rm -rf /srv/data"),
 ])
 def test_a_quoted_credential_hides_the_rest_of_the_command_from_the_audit(command: str, hidden: str) -> None:
-    """attack: audit evasion through the scrubber: a credential value that ends at a closing
+    """was an attack (closed): audit evasion through the scrubber: a credential value that ends at a closing
     quote (`echo 'password=x'; rm -rf /srv/data`) is measured by _WORD from inside the quote,
     so the closing quote starts a new, unclosed quoted part that runs to the end of the text:
     the record reads `echo 'password=[REDACTED]` and everything the agent ran after it (the
@@ -78,7 +78,7 @@ def test_a_quoted_credential_hides_the_rest_of_the_command_from_the_audit(comman
     f"export DB_PASS={SECRET}",
 ])
 def test_a_harmless_word_beside_password_keeps_the_password_in_the_trail(command: str) -> None:
-    """attack: credential leak into the trail: _telling lets any "harmless" word veto the name
+    """was an attack (closed): credential leak into the trail: _telling lets any "harmless" word veto the name
     (`db`, `database`, `id`, ...), so `DB_PASSWORD=S3cretPw ./migrate`, `DATABASE_PASSWORD=`,
     `--db-password=` (the commonest spellings there are) are chained in clear.
 
@@ -101,7 +101,7 @@ def test_a_harmless_word_beside_password_keeps_the_password_in_the_trail(command
     f"aws configure set aws_secret_access_key {SECRET}",
 ])
 def test_short_password_options_of_common_programs_reach_the_trail(command: str) -> None:
-    """attack: credential leak into the trail: only mysql/mariadb -p, sshpass -p and redis-cli
+    """was an attack (closed): credential leak into the trail: only mysql/mariadb -p, sshpass -p and redis-cli
     -a are known short password options; docker login -p, smbclient -U USER%PASS, ldapsearch
     -w, sqlcmd -P, mongo -p, ssh-keygen -N/-P, openssl enc -k, zip -P, 7z -pX and `aws
     configure set aws_secret_access_key VALUE` are chained in clear.
@@ -120,7 +120,7 @@ def test_short_password_options_of_common_programs_reach_the_trail(command: str)
     ("grep -r key: /etc/app", "/etc/app"),
 ])
 def test_options_named_key_lose_their_paths_and_numbers(command: str, kept: str) -> None:
-    """attack: record mangling: `key` alone is a telling word, so `sort --key=2`, the key FILE
+    """was an attack (closed): record mangling: `key` alone is a telling word, so `sort --key=2`, the key FILE
     of `curl --key`/`openssl -key` and the path after `grep -r key:` are redacted: the trail
     no longer says which file a command read or which column it sorted (an investigator cannot
     tell `openssl req -key /root/.ssh/id_ed25519` from a harmless one).
@@ -134,7 +134,7 @@ def test_options_named_key_lose_their_paths_and_numbers(command: str, kept: str)
 # ---- approvals list: escaping that two commands share ------------------------------------------
 
 def test_a_held_command_with_a_newline_reads_as_a_literal_backslash_n() -> None:
-    """attack: approver deception: `approvals list` escapes a real newline as `\\n` but leaves
+    """was an attack (closed): approver deception: `approvals list` escapes a real newline as `\\n` but leaves
     a backslash as it is, so the held command `cat /srv/a<NEWLINE>rm -rf /srv` (two commands:
     the second removes /srv) is shown exactly as the harmless `cat '/srv/a\\nrm' -rf /srv`
     (one cat of an odd name) would be: the approver cannot tell them apart.
