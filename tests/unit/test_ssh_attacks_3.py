@@ -16,6 +16,7 @@ the SFTP test runs the in-process lab (asyncssh's server on a temporary director
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import asyncssh
@@ -214,9 +215,16 @@ def test_guard_paths_naming_pass_are_kept(command: str) -> None:
 
 # ---- SFTP: a readable link tells whether a private path exists ---------------------------------
 
+def verbatim_readlink(server: asyncssh.SFTPServer, path: bytes) -> bytes:
+    """OpenSSH sftp-server's readlink: the link's text as it is, where asyncssh's chrooted
+    server resolves a relative text against its own working directory (and then finds no such
+    file)."""
+    return os.readlink(server.map_path(path))
+
+
 def test_a_readable_symlink_tells_whether_its_private_target_exists(tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    """attack: existence oracle (low): the normal-form-first fix keeps the server's answers
+    """was an attack (closed): existence oracle (low): the normal-form-first fix keeps the server's answers
     about paths the agent may not read from the agent, but not through a symlink the agent may
     read: `stat /srv/a` (a link to /private/q3.xlsx, which exists) is refused naming
     /private/q3.xlsx ("no rule allows read or write of ..."), `stat /srv/b` (a link to
@@ -226,20 +234,27 @@ def test_a_readable_symlink_tells_whether_its_private_target_exists(tmp_path: Pa
 
     Expected: a refusal of a path whose resolution fails says the same as the refusal of a
     resolved path no rule allows (e.g. judge the dangling link's target text, read by
-    readlink, as the path, or answer both with one message)."""
+    readlink, as the path, or answer both with one message); so does one whose target lies
+    in a private directory that does not exist (/srv/c), or is reached through one (/srv/d)."""
     async def test(lab: Lab) -> None:
         (lab.tmp / "server" / "private").mkdir()
         (lab.tmp / "server" / "private" / "q3.xlsx").write_text("names\n")
         (lab.tmp / "server" / "srv" / "a").symlink_to("../private/q3.xlsx")
         (lab.tmp / "server" / "srv" / "b").symlink_to("../private/q4.xlsx")
+        (lab.tmp / "server" / "srv" / "c").symlink_to("../private/none/q5.xlsx")
+        (lab.tmp / "server" / "srv" / "d").symlink_to("../private/none/../q6.xlsx")
         answers = {}
         async with lab.agent() as conn, conn.start_sftp_client() as sftp:
-            for path in ("/srv/a", "/srv/b"):
+            for path in ("/srv/a", "/srv/b", "/srv/c", "/srv/d"):
                 try:
                     await sftp.stat(path)
                 except asyncssh.SFTPError as exc:
-                    answers[path] = (exc.code, exc.reason.replace("q3", "qN").replace("q4", "qN"))
-        assert answers["/srv/a"] == answers["/srv/b"], f"the refusals differ by whether the target exists: {answers}"
+                    answers[path] = (exc.code, exc.reason.replace("none/q5", "qN").replace("q3", "qN")
+                                     .replace("q4", "qN").replace("q6", "qN"))
+        assert len(set(answers.values())) == 1 and len(answers) == 4, \
+            f"the refusals differ by whether the target exists: {answers}"
+        assert "no rule allows read or write of /private/qN.xlsx" in answers["/srv/b"][1], answers
 
     monkeypatch.setattr(asyncssh.SFTPServer, "realpath", strict_realpath)
+    monkeypatch.setattr(asyncssh.SFTPServer, "readlink", verbatim_readlink)
     scenario(test, tmp_path)

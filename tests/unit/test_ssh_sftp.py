@@ -583,13 +583,17 @@ def test_uploads_into_a_write_only_glob_see_their_target(tmp_path: Path) -> None
     assert ("read", "stat", "allow") in verdicts
 
 
-def test_a_new_file_through_a_strict_realpath_takes_the_parent_and_a_dangling_symlink_is_refused(tmp_path: Path) -> None:
+def test_a_new_file_through_a_strict_realpath_takes_the_parent_and_a_link_it_cannot_follow_is_refused(
+        tmp_path: Path) -> None:
+    """asyncssh's chrooted server cannot read a relative link's text (it resolves it against its
+    own working directory): the proxy cannot tell where /home/u/dangling points, and refuses
+    it rather than take it for a new name."""
     local = tmp_path / "local.txt"
     local.write_bytes(b"x")
 
     async def scenario(s: Setup) -> None:
         await s.sftp.put(str(local), "/home/u/brand-new.txt")
-        with pytest.raises(asyncssh.SFTPPermissionDenied, match="cannot resolve"):
+        with pytest.raises(asyncssh.SFTPNoSuchFile, match="cannot resolve /home/u/dangling: the server does not tell"):
             await s.sftp.put(str(local), "/home/u/dangling")
 
     gate = run(tmp_path, scenario, upstream_class=StrictUpstream)
@@ -741,6 +745,57 @@ def test_openssh_sftp_server_upstream_resolves_dot_dot_after_a_symlink(tmp_path:
     assert SshRequest("read", path=f"{root}/home/u/notes.txt", action="open") in gate.asked
     assert (root / "home/u/new.txt").read_bytes() == b"abc"
     assert not (root / "secret/planted.txt").exists()
+
+
+@pytest.mark.skipif(not os.path.exists(SFTP_SERVER), reason="OpenSSH's sftp-server missing")
+def test_a_link_that_cannot_be_resolved_is_judged_where_it_leads(tmp_path: Path) -> None:
+    """Where OpenSSH's realpath fails (a loop, a directory on the way missing), the proxy follows
+    the links by their text itself, a missing name kept as a name: a private place is refused
+    naming it whether it exists, is missing or loops; a loop through readable links is one
+    message; a new file through a dangling link to an allowed place is made there."""
+    root = (tmp_path / "server").resolve()
+    gate = FakeGate(allow=under(root, "secret"))
+    local = tmp_path / "local.txt"
+    local.write_bytes(b"x")
+    links = {"public/l1": "l2", "public/l2": "l1", "public/p": "../secret/lp", "secret/lp": "../public/p",
+             "public/q": "../secret/none", "public/m": "../secret/none/../../public/readme.txt",
+             "public/n": "../secret/none/lp", "public/made": "../home/u/made.txt"}
+
+    async def scenario(s: Setup) -> None:
+        for link, text in links.items():
+            (root / link).symlink_to(text)
+        answers = {}
+        for name in ("p", "q", "n"):
+            with pytest.raises(asyncssh.SFTPPermissionDenied) as refused:
+                await s.sftp.stat(f"{root}/public/{name}")
+            answers[name] = refused.value.reason.replace("none/lp", "X").replace("lp", "X").replace("none", "X")
+        assert set(answers.values()) == {f"interceptor: rule deny-test refuses read of {root}/secret/X"}, answers
+        with pytest.raises(asyncssh.SFTPNoSuchFile, match="cannot resolve .*/public/l1: too many levels"):
+            await s.sftp.stat(f"{root}/public/l1")
+        assert (await s.sftp.stat(f"{root}/public/m")).size == len(b"readme\n")
+        for name, place in (("p", "lp"), ("q", "none")):
+            with pytest.raises(asyncssh.SFTPPermissionDenied, match=f"refuses write of {root}/secret/{place}$"):
+                await s.sftp.put(str(local), f"{root}/public/{name}")
+        await s.sftp.put(str(local), f"{root}/public/made")
+
+    run(tmp_path, scenario, gate, openssh=True)
+    assert (root / "home/u/made.txt").read_bytes() == b"x"
+    assert f"{root}/home/u/made.txt" in gate.paths("write")
+    assert not [p for p in os.listdir(root / "secret") if p not in ("key.txt", "lp")]
+
+
+def test_a_move_from_a_private_place_is_refused_alike_whether_it_exists(tmp_path: Path) -> None:
+    """The source's resolution is judged with the plain action before the server is asked its
+    type: a private file and a private name that is not there get the same refusal (a tree's
+    would say more)."""
+    async def scenario(s: Setup) -> None:
+        for name in ("key.txt", "nothing"):
+            with pytest.raises(asyncssh.SFTPPermissionDenied, match=f"refuses read of /secret/{name}$"):
+                await s.sftp.rename(f"/public/dirlink/{name}", "/home/u/moved")
+
+    gate = run(tmp_path, scenario)
+    assert [(op.path, op.action) for op in gate.asked if (op.path or "").startswith("/secret")] == [
+        ("/secret/key.txt", "rename"), ("/secret/nothing", "rename")]
 
 
 def test_legacy_scp_served_by_asyncssh_on_the_proxy_is_judged_file_by_file(tmp_path: Path) -> None:

@@ -24,8 +24,9 @@ What is judged (SshRequest `request` / `action`):
 - a directory moved or linked: when the source of a rename or hard link, or the target of a
   symlink, is a directory or may be one (the upstream's lstat, or stat for a symlink's
   target, says a directory, an unknown type, or fails), everything below it moves or becomes
-  reachable under the new name. Its paths (already judged by their normal forms with the
-  plain action, before the server was asked) are judged again as trees (action
+  reachable under the new name. Its paths (already judged, both readings, with the plain
+  action before the server was asked what they are, so that a refused one gets the same
+  refusal whatever is there) are judged again as trees (action
   interceptor.policy.ssh_rules.tree_action(...), e.g. `rename-tree`): the source read and
   written (the target of a symlink read), the destination (the link path) written, each
   reading with everything below it, so an allow glob must end in `/**` over each, and a deny glob that
@@ -54,11 +55,13 @@ Each path is judged twice when its two readings differ, and the operation needs 
 allowed (a deny on either refuses). The normal form is judged first, before the server is
 asked anything about the path, so that its answers (a resolution that fails or not) tell
 nothing of a path no rule lets the agent reach: a refused path gets the same refusal
-whether it exists or not. Only then is it resolved; when the resolution fails (the
-server's "no such file", or the proxy's refusal of what it answered), the error reaches the
-agent only if the agent may read the path: the request was a read (not a metadata read), or
-a read of the normal form, judged then (action `resolve`, recorded), is allowed; else the
-agent gets that read's refusal (FX_PERMISSION_DENIED), never the server's answer.
+whether it exists or not. Only then is it resolved, and the resolution judged likewise: it
+is the same path whatever exists past it (below). When the server could not resolve it (the
+resolution's directory is missing, its symlinks cannot be followed to an end, or the proxy
+refuses what the server answered), that reaches the agent only if the agent may read the
+path: the request was a read (not a metadata read), or a read of both readings, judged then
+(action `resolve`, recorded), is allowed; else the agent gets that read's refusal
+(FX_PERMISSION_DENIED), never the server's answer.
 
 1. the normal form: absolute (a relative path taken against the upstream's home, its
    realpath('.') asked once), `.`, `..` and empty segments resolved as text; what a
@@ -68,10 +71,18 @@ agent gets that read's refusal (FX_PERMISSION_DENIED), never the server's answer
    not what a symlink there points to (lstat, readlink, remove, rename, mkdir, rmdir,
    lsetstat, both names of rename and hardlink, the new name of symlink) it is the realpath
    of the parent plus the last name (unless that name is `.`, `..` or empty: then the
-   server resolves the whole path, and so does the proxy). For a path that does not exist
-   yet (a new file), the parent's realpath plus the name, after the upstream's lstat has
-   said there is nothing there (a dangling symlink that a strict realpath cannot resolve is
-   refused, not taken for a new name).
+   server resolves the whole path, and so does the proxy). Where the server's realpath
+   fails (OpenSSH's, as realpath(3), fails on a path with a missing directory on the way or a
+   symlink loop, and a strict one on any missing path), the proxy walks the path itself: the
+   parent's resolution plus the name; where the upstream's lstat says a symlink is there (and
+   the request follows it), its target text (the upstream's readlink), taken against the
+   link's directory as the server does, is walked in turn. A name that is not there stays a
+   name, so a dangling symlink resolves to where it points (where a new file would be made)
+   and the resolution is the one the server would give if the missing names were
+   directories: which of a private path's names exist changes nothing. Symlinks that cannot
+   be followed to an end (more than MAX_LINKS, one met twice, a text that is not a path, or
+   one the server does not read) resolve to the last one followed, which is judged as the
+   resolution, then refused (FX_NO_SUCH_FILE, one message per reason).
    A resolution that is not absolute and in normal form is refused.
 
 Why both: a rule about the name the agent uses must hold even where that name is a symlink
@@ -88,9 +99,12 @@ off), it serves `scp -t` / `scp -f` on SftpProxy, every file judged as here, and
 runs upstream.
 
 Limits: a symlink swapped, or a file replaced by a directory, between the judgement and the
-operation (by another channel) is not seen; the server's file system is taken to be
-case-sensitive and to keep names as sent (Linux): on one that folds case or normalises
-Unicode, a glob holds only for the spellings it names.
+operation (by another channel) is not seen; where a path's resolution goes through a
+private symlink to a place the agent may read, the answer (that place's) tells where that
+symlink points, as the server's realpath would; a request through a missing directory
+followed by `..` acts on the path as if the directory were there; the server's file system
+is taken to be case-sensitive and to keep names as sent (Linux): on one that folds case or
+normalises Unicode, a glob holds only for the spellings it names.
 """
 
 from __future__ import annotations
@@ -103,8 +117,8 @@ from typing import NoReturn, Protocol, cast, runtime_checkable
 
 import asyncssh
 from asyncssh.channel import SSHChannel
-from asyncssh.constants import (FILEXFER_TYPE_DIRECTORY, FILEXFER_TYPE_UNKNOWN, FX_PERMISSION_DENIED, FXF_APPEND,
-                                FXF_CREAT, FXF_EXCL, FXF_READ, FXF_TRUNC, FXF_WRITE)
+from asyncssh.constants import (FILEXFER_TYPE_DIRECTORY, FILEXFER_TYPE_SYMLINK, FILEXFER_TYPE_UNKNOWN,
+                                FX_PERMISSION_DENIED, FXF_APPEND, FXF_CREAT, FXF_EXCL, FXF_READ, FXF_TRUNC, FXF_WRITE)
 
 from interceptor.decision import Decision
 from interceptor.errors import InterceptorError, Refused
@@ -118,6 +132,7 @@ WRITE_FLAGS = FXF_WRITE | FXF_APPEND | FXF_CREAT | FXF_TRUNC | FXF_EXCL
 OPEN_FLAGS = FXF_READ | WRITE_FLAGS
 LAST_NOT_A_NAME = (b"", b".", b"..")  # a last segment that names no entry of its own
 RESOLVE = "resolve"  # the action of a read judged when the server cannot resolve a path
+MAX_LINKS = 40  # symlinks a resolution follows before it is taken for a loop (Linux's MAXSYMLINKS)
 
 
 @runtime_checkable
@@ -171,12 +186,45 @@ def child(directory: str, name: str) -> str:
     return f"{directory.rstrip('/')}/{name}"
 
 
+def checked(path: bytes, answer: bytes) -> str:
+    """The server's resolution `answer` of `path` as text. Raises the refusal of one that is
+    not an absolute path in normal form."""
+    text = path_text(answer)
+    if normal_form(text) != text:
+        raise refusal(f"the server resolved {path!r} to {text!r}, not an absolute path in normal form")
+    return text
+
+
+class Unresolvable(Exception):
+    """A path whose symlinks cannot be followed to an end: `link` the last one followed (its
+    resolved location), `reason` why (the same whatever the link points to)."""
+
+    def __init__(self, link: str, reason: str) -> None:
+        super().__init__(reason)
+        self.link = link
+        self.reason = reason
+
+
+@dataclass(slots=True)
+class Walk:
+    """A resolution under way (SftpProxy._walk): the symlinks followed (their resolved
+    locations, in order) and whether the server failed to resolve a path of it."""
+
+    links: list[str]
+    failed: bool = False
+
+
 @dataclass(frozen=True, slots=True)
 class Target:
-    """A path the agent named: `normal` its normal form, `resolved` the server's resolution."""
+    """A path the agent named: `normal` its normal form, `resolved` the server's resolution
+    (SftpProxy._walk); `walked`: the server could not resolve a path on the way;
+    `unresolvable`: why its symlinks could not be followed to an end (then `resolved` is the
+    last one followed)."""
 
     normal: str
     resolved: str
+    walked: bool = False
+    unresolvable: str | None = None
 
     @property
     def paths(self) -> tuple[str, ...]:
@@ -249,32 +297,79 @@ class SftpProxy(asyncssh.SFTPServer):
 
     async def _realpath(self, path: bytes) -> str:
         """The upstream's realpath of `path`, refused unless absolute and in normal form."""
-        answer = await (await self._upstream()).realpath(path)
-        text = path_text(answer)
-        if normal_form(text) != text:
-            raise refusal(f"the server resolved {path!r} to {text!r}, not an absolute path in normal form")
-        return text
+        return checked(path, await (await self._upstream()).realpath(path))
+
+    async def _server_realpath(self, path: bytes) -> str | None:
+        """The upstream's realpath of `path` as _realpath, None when the server cannot resolve it."""
+        upstream = await self._upstream()
+        try:
+            answer = await upstream.realpath(path)
+        except asyncssh.SFTPError:
+            return None
+        return checked(path, answer)
 
     async def _home_directory(self) -> str:
         if self._home is None:
             self._home = await self._realpath(b".")
         return self._home
 
-    async def _resolve(self, path: bytes, follow: bool) -> str:
-        """The server's resolution of `path` (see the module docstring); `follow`: the request
-        acts on what a symlink at the path points to."""
+    async def _walk(self, path: bytes, follow: bool, walk: Walk) -> str:
+        """Where `path` leads on the server (see the module docstring): the upstream's
+        realpath of it (`follow`, or a last segment that is no name) or of its parent plus the
+        last name. Where the server cannot resolve it, the parent's walk plus the last name; a
+        symlink there (when `follow`) is followed through its target text (the upstream's
+        readlink), taken against the link's directory as the server does. A name that is not
+        there stays a name, so the answer does not depend on what exists past it. `walk`: the
+        symlinks followed so far, and whether the server failed to resolve a path. Raises
+        Unresolvable after MAX_LINKS symlinks, at a symlink met twice, one whose target text is
+        not a path, or one the server does not read."""
         parent, slash, name = path.rpartition(b"/")
-        if name in LAST_NOT_A_NAME:
-            return await self._realpath(path)
-        if follow:
-            try:
-                return await self._realpath(path)
-            except asyncssh.SFTPNoSuchFile:
-                pass
-        resolved = child(await self._realpath(parent + slash if slash else b"."), path_text(name))
-        if follow and await self._exists(resolved):
-            raise refusal(f"the server cannot resolve {path!r}, which exists (a dangling or looping symlink?)")
-        return resolved
+        if follow or name in LAST_NOT_A_NAME:
+            resolved = await self._server_realpath(path)
+            if resolved is not None:
+                return resolved
+            walk.failed = True
+        if parent:
+            directory = await self._walk(parent, True, walk)
+        else:
+            directory = "/" if slash else await self._home_directory()
+        if name in (b"", b"."):
+            return directory
+        if name == b"..":
+            return directory.rpartition("/")[0] or "/"
+        entry = child(directory, path_text(name))
+        if not follow:
+            return entry
+        upstream = await self._upstream()
+        try:
+            attrs = await upstream.lstat(entry.encode())
+        except asyncssh.SFTPNoSuchFile:
+            return entry
+        except asyncssh.SFTPError:
+            attrs = asyncssh.SFTPAttrs(type=FILEXFER_TYPE_SYMLINK)  # what is there is unknown: a symlink maybe
+        if attrs.type != FILEXFER_TYPE_SYMLINK:
+            return entry
+        try:
+            text = await upstream.readlink(entry.encode())
+        except asyncssh.SFTPError:
+            raise Unresolvable(entry, "the server does not tell where a symlink on the way points") from None
+        if entry in walk.links or len(walk.links) == MAX_LINKS:
+            raise Unresolvable(walk.links[-1], "too many levels of symbolic links")
+        walk.links.append(entry)
+        if b"\0" in text or not text:
+            raise Unresolvable(entry, "a symlink's target is not a path")
+        try:
+            target = text.decode("utf-8")
+        except UnicodeDecodeError:
+            raise Unresolvable(entry, "a symlink's target is not a path") from None
+        return await self._walk((target if target.startswith("/") else child(directory, target)).encode(), True,
+                                walk)
+
+    async def _missing(self, target: Target) -> bool:
+        """Is the directory of `target`'s resolution missing on the server (asked only when the
+        server could not resolve a path of its walk)?"""
+        directory = target.resolved.rpartition("/")[0] or "/"
+        return target.walked and await self._server_realpath(directory.encode()) != directory
 
     async def _may_be_directory(self, path: str, follow: bool) -> bool:
         """Is the resolved `path` a directory, or may it be one: the upstream's stat (lstat
@@ -285,13 +380,6 @@ class SftpProxy(asyncssh.SFTPServer):
         except asyncssh.SFTPError:
             return True
         return attrs.type in (FILEXFER_TYPE_DIRECTORY, FILEXFER_TYPE_UNKNOWN)
-
-    async def _exists(self, path: str) -> bool:
-        try:
-            await (await self._upstream()).lstat(path.encode())
-        except asyncssh.SFTPNoSuchFile:
-            return False
-        return True
 
     async def _normal(self, path: bytes, relative_to: str | None = None) -> str:
         """`path`'s normal form, asking the server nothing about it: a relative path is taken
@@ -307,20 +395,36 @@ class SftpProxy(asyncssh.SFTPServer):
                         relative_to: Target | None = None) -> Target:
         """Both readings of `path`, whose normal form `normal` has been judged (the server is
         asked about it only now); a relative path against the home, or against the resolved
-        directory of `relative_to`. When the resolution fails, its error (the server's, or the
-        proxy's refusal of what the server answered) reaches the agent only if the agent may
-        read `normal` (`may_read`: a read of it was judged; else a read of it is judged now,
-        action RESOLVE): else the refusal of that read, so that the server's answers tell
-        nothing of paths the agent may not read."""
+        directory of `relative_to`. Symlinks that cannot be followed to an end give the last
+        one followed, marked (_settle refuses it once it is judged). When the server's answer
+        is refused (_realpath), the refusal reaches the agent only if the agent may read
+        `normal` (`may_read`: a read of it was judged; else a read of it is judged now, action
+        RESOLVE): else the refusal of that read."""
         text = path_text(path)
         asked = path if text.startswith("/") or relative_to is None else \
             child(relative_to.resolved.rpartition("/")[0], text).encode()
+        walk = Walk([])
         try:
-            return Target(normal, await self._resolve(asked, follow))
+            return Target(normal, await self._walk(asked, follow, walk), walk.failed)
+        except Unresolvable as exc:
+            return Target(normal, exc.link, True, exc.reason)
         except asyncssh.SFTPError:
             if not may_read:
                 await self._judge(((READ, RESOLVE),), (normal,))
             raise
+
+    async def _settle(self, target: Target, may_read: bool) -> None:
+        """After both readings of `target` were judged: when the server could not resolve it
+        (its symlinks cannot be followed to an end, or the resolution's directory is missing),
+        that reaches the agent only if the agent may read both readings (`may_read`, else a
+        read of each judged now, action RESOLVE); else the refusal of that read. Raises it, or
+        FX_NO_SUCH_FILE for symlinks that cannot be followed (one message per reason, whatever
+        they point to)."""
+        if not may_read and (target.unresolvable is not None or await self._missing(target)):
+            await self._judge(((READ, RESOLVE),), target.paths)
+        if target.unresolvable is not None:
+            raise asyncssh.SFTPNoSuchFile(f"interceptor: the server cannot resolve {target.normal}: "
+                                          f"{target.unresolvable}")
 
     async def _judge(self, asks: tuple[tuple[str, str], ...], paths: tuple[str, ...]) -> list[tuple[SshRequest,
                                                                                                    Decision]]:
@@ -346,6 +450,7 @@ class SftpProxy(asyncssh.SFTPServer):
         await self._judge(asks, (normal,))
         target = await self._resolved(path, normal, follow, readable(request, action))
         await self._judge(asks, target.paths[1:])
+        await self._settle(target, readable(request, action))
         return target
 
     async def open(self, path: bytes, pflags: int, attrs: asyncssh.SFTPAttrs) -> OpenFile:
@@ -361,6 +466,7 @@ class SftpProxy(asyncssh.SFTPServer):
         judged = await self._judge(asks, (normal,))
         target = await self._resolved(path, normal, True, reading)
         judged += await self._judge(asks, target.paths[1:])
+        await self._settle(target, reading)
         upstream = await (await self._upstream()).open(target.wire, pflags, attrs, encoding=None)
         operation, decision = judged[-1]
         return OpenFile(upstream, reading, writing, operation, decision)
@@ -458,13 +564,14 @@ class SftpProxy(asyncssh.SFTPServer):
         await self._judge(placed, (destination_normal,))
         source = await self._resolved(oldpath, source_normal, False, True)
         destination = await self._resolved(newpath, destination_normal, False, False)
+        await self._judge(moved, source.paths[1:])
+        await self._judge(placed, destination.paths[1:])
+        await self._settle(source, True)
+        await self._settle(destination, False)
         if await self._may_be_directory(source.resolved, follow=False):
             tree = tree_action(action)
             await self._judge(((READ, tree), (WRITE, tree)), source.paths)
             await self._judge(((WRITE, tree),), destination.paths)
-        else:
-            await self._judge(moved, source.paths[1:])
-            await self._judge(placed, destination.paths[1:])
         return source, destination
 
     async def rename(self, oldpath: bytes, newpath: bytes) -> None:
@@ -489,12 +596,13 @@ class SftpProxy(asyncssh.SFTPServer):
         await self._judge(((READ, "symlink"),), (target_normal,))
         link = await self._resolved(newpath, link_normal, False, False)
         target = await self._resolved(oldpath, target_normal, True, True, relative_to=link)
+        await self._judge(((WRITE, "symlink"),), link.paths[1:])
+        await self._judge(((READ, "symlink"),), target.paths[1:])
+        await self._settle(link, False)
+        await self._settle(target, True)
         if await self._may_be_directory(target.resolved, follow=True):
             await self._judge(((WRITE, tree_action("symlink")),), link.paths)
             await self._judge(((READ, tree_action("symlink")),), target.paths)
-        else:
-            await self._judge(((WRITE, "symlink"),), link.paths[1:])
-            await self._judge(((READ, "symlink"),), target.paths[1:])
         await (await self._upstream()).symlink(oldpath, link.wire)
 
     async def realpath(self, path: bytes) -> bytes:
@@ -507,6 +615,7 @@ class SftpProxy(asyncssh.SFTPServer):
         target = await self._resolved(path, normal, True, False)
         if target.paths != (home,):
             await self._judge(asks, target.paths if normal == home else target.paths[1:])
+        await self._settle(target, False)
         return target.wire
 
     def format_user(self, uid: int | None) -> str:
