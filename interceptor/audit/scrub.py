@@ -90,6 +90,8 @@ _ASSIGNMENT = re.compile(_START + r"([A-Za-z_][\w]*)=(?=[^\s\x00])")
 _COLON = re.compile(_START + r"([A-Za-z][\w-]*)(:[ \t]*)(?:(?:Bearer|Basic|Token|Digest|Negotiate|Bot)[ \t]+)?"
                     r"(?=[^\s\x00'\"])", re.IGNORECASE)
 _HEADER_VALUE = re.compile(r"""[^'"\r\n\x00]*""")
+_COOKIE = re.compile(_START + r"(?:set-)?cookie:[ \t]+", re.IGNORECASE)
+_COOKIE_PAIR = re.compile(r"""[ \t]*;[ \t]*[^=\s;\x00'"]+=([^\s;\x00'"]*)""")
 _SEGMENT_END = re.compile(r"[;&|\n]")
 _OPENSSL_SOURCE = re.compile(r"['\"]?(?:(?:pass|env|file|fd):|stdin\b)")  # `pass:X` is the colon pass's
 # How a short option takes its value: "either" the next word or attached (-pX), "attached" only
@@ -225,6 +227,7 @@ def _command_line(text: str) -> str:
                 spans.append(span)
                 reach = span[1]
     spans += _program_options(words)
+    spans += _cookie_pairs(words)
     return _replaced(text, spans)
 
 
@@ -268,6 +271,23 @@ def _colon_value(words: _Words, match: re.Match[str]) -> tuple[int, int] | None:
     value = _HEADER_VALUE.match(words.text, match.end(), words.limit(match.end()))
     end = value.end() if value else match.end()
     return match.end(), len(words.text[match.end():end].rstrip()) + match.end()
+
+
+def _cookie_pairs(words: _Words) -> list[tuple[int, int]]:
+    """The values of a cookie header's later `; NAME=VALUE` pairs, which its value stopped
+    short of at the `;` (an argv item `Cookie: a=b; c=X` is no shell text, but may be): each
+    one word, so what a shell would run after the `;` stays in the record."""
+    spans: list[tuple[int, int]] = []
+    position = 0  # a header inside a value already measured is not measured again
+    for header in _COOKIE.finditer(words.text):
+        if header.start() < position:
+            continue
+        value = _HEADER_VALUE.match(words.text, header.end(), words.limit(header.end()))
+        position = value.end() if value else header.end()
+        while pair := _COOKIE_PAIR.match(words.text, position):
+            spans.append(pair.span(1))
+            position = pair.end()
+    return spans
 
 
 def _program_options(words: _Words) -> list[tuple[int, int]]:

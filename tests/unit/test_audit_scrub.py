@@ -123,9 +123,14 @@ def test_an_argv_list_is_scrubbed_with_each_option_beside_its_value():
                            f"Authorization: Bearer {REDACTED}", "x"]
     assert scrub(["mysql", "-phunter2"]) == ["mysql", f"-p{REDACTED}"]
     assert scrub(["sudo", "-u", "root", "ls"]) == ["sudo", "-u", "root", "ls"]
+    cookie = ["curl", "-H", "Cookie: a=b; c=hunter2;d=hunter2", "x"]
+    assert scrub(cookie) == ["curl", "-H", f"Cookie: {REDACTED}; c={REDACTED};d={REDACTED}", "x"]
+    shell = ["sh", "-c", "Cookie: a; c=b rm x; ls", "x"]
+    assert scrub(shell) == ["sh", "-c", f"Cookie: {REDACTED}; c={REDACTED} rm x; ls", "x"]
 
 
-@pytest.mark.parametrize("text", ["'" + "mysql -pa\" " * 20000, "zip -P '" * 20000, "a=\\'$'" * 20000,
+@pytest.mark.parametrize("text", ["'" + "mysql -pa\" " * 20000, "zip -P '" * 20000, "a=\\'$'" * 20000, "Cookie: " * 20000,
+                                  "Cookie: a;b=c" * 10000,
                                   "--pass \"" * 20000, "Authorization: " * 10000, "mysql " * 20000, "-u " * 30000,
                                   "key: '" * 20000, "--token=" * 20000, "a:" * 30000])
 def test_command_line_scrubbing_takes_linear_time(text):
@@ -154,7 +159,8 @@ _SEPARATORS = (" ; ", ";", " && ", " || ", " | ", "|", "\n", " & ")
 _CREDENTIALS = ("--password={}", "--token {}", "'password={}'", '"token={}"', "PGPASSWORD={}", "DB_PASSWORD='{}'",
                 "-H 'Authorization: Bearer {}'", '-H "X-Api-Key:{}"', "pass:{}", '"--password={}"', "mysql -p{}",
                 "sshpass -p {}", "-u bob:{}", "'user=bob&password={}'", "export API_TOKEN=\"{}\"",
-                "docker login -p {}", "smbclient -U bob%{}", "7z a -p{}", "echo $'secret={}'")
+                "docker login -p {}", "smbclient -U bob%{}", "7z a -p{}", "echo $'secret={}'",
+                "-H 'Cookie: a=b; c={}'")
 
 
 def _commands(generator, count):
