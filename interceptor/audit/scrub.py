@@ -14,7 +14,8 @@ Command-line credentials, scrubbed as values with their names kept:
 - `USER:PASSWORD` given to `-u`/`-U`/`--user`/`--proxy-user` (curl, wget);
 - `NAME=VALUE` whose name says so (`PGPASSWORD=X psql`, `DB_PASSWORD=X`, `api_token=X`);
 - `NAME: VALUE` and `NAME:VALUE` whose name says so: HTTP headers (`Authorization: Bearer X`,
-  `X-Api-Key: X`, `Cookie: X`; the scheme word kept) and openssl's `pass:X`;
+  `X-Api-Key: X`, `Cookie: X` and its later `; NAME=X` pairs; the scheme word kept) and
+  openssl's `pass:X`;
 - the password options of programs that take one by a short option or a position
   (_PASSWORD_OPTIONS), searched up to the end of the program's command:
 
