@@ -125,13 +125,14 @@ def _line(record: Record) -> str:
     parts += [f"{key}={value}" for key, value in (("agent", event.get("agent")), ("subject", subject),
                                                    ("resource", event.get("resource")), ("rule", event.get("rule")))
               if value]
+    parts = [escaped(part) for part in parts]
     what = _what(event.get("operation"))
-    if what:
+    if what:  # repr escapes what is not printable, and the backslash, itself
         parts.append(f"what={what!r}")
     if event.get("reason"):
         parts.append(f"reason={event['reason']!r}")
-    parts.append(str(event.get("event_id")))
-    return escaped(" ".join(parts))
+    parts.append(escaped(str(event.get("event_id"))))
+    return " ".join(parts)
 
 
 def _what(operation: object) -> str:
