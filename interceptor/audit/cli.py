@@ -355,34 +355,29 @@ def _ssh_end(store: Store, event_id: str) -> Record:
 
 
 def _end_of_request(store: Store, request: Record) -> Record:
-    """The "ssh-end" record of the channel whose "ssh" record is `request`: records carry no
-    link between the two, so only when the flow has no other "ssh" request of the same
-    operation (not denied) can its one "ssh-end" of that operation be told to be this one's."""
+    """The "ssh-end" record of the channel whose "ssh" record is `request`: the one of its flow
+    whose outcome names it ("request_event", written by the ssh handler's FlowGate.finished).
+    Nothing else is taken for it: none (not ended yet, or written before ends named their
+    request) or more than one (the store was written by something else) is refused."""
     event = request.event
     if event.get("decision") == "deny":
         raise click.ClickException(f"event {request.event_id} was denied ({escaped(str(event.get('rule')))}): "
                                    f"nothing ran, nothing was recorded")
-    flow, operation = event.get("flow_id"), event.get("operation")
+    flow = event.get("flow_id")
     if not isinstance(flow, str):
         raise click.ClickException(f"event {request.event_id} names no flow: replay its \"ssh-end\" record")
-    requests = [r for _, r in store.search(Query(flow_id=flow, kind="ssh"))
-                if r.event.get("operation") == operation and r.event.get("decision") != "deny"]
-    ends = [r for _, r in store.search(Query(flow_id=flow, kind="ssh-end"))]
-    same = [r for r in ends if r.event.get("operation") == operation]
-    if len(requests) == 1 and len(same) == 1:
-        return same[0]
-    recorded = [r for r in ends if isinstance(r.event.get("outcome"), dict) and "recording" in r.event["outcome"]]
-    listed = "; ".join(f"{r.event_id} ({_request_text(r)})" for r in recorded) or "none"
-    raise click.ClickException(f"event {request.event_id} is the \"ssh\" record of a request whose \"ssh-end\" "
-                               f"record cannot be told apart in flow {flow} ({len(requests)} such requests, "
-                               f"{len(same)} ends): replay its \"ssh-end\" record; the recorded ones of the flow: "
-                               f"{listed}")
-
-
-def _request_text(record: Record) -> str:
-    operation = record.event.get("operation")
-    summary = operation if isinstance(operation, dict) else {}
-    return escaped(" ".join(str(summary[key]) for key in ("request", "command", "path", "target") if summary.get(key)))
+    ends = [r for _, r in store.search(Query(flow_id=flow, kind="ssh-end"))
+            if isinstance(r.event.get("outcome"), dict) and r.event["outcome"].get("request_event") == request.event_id]
+    if len(ends) == 1:
+        return ends[0]
+    if ends:
+        listed = "; ".join(str(r.event_id) for r in ends)
+        raise click.ClickException(f"event {request.event_id} is named by {len(ends)} \"ssh-end\" records in flow "
+                                   f"{flow} ({listed}): the audit store holds records the ssh handler did not "
+                                   f"write; replay one of them by its id after `interceptor audit verify`")
+    raise click.ClickException(f"no \"ssh-end\" record in flow {flow} names event {request.event_id} as its "
+                               f"request: it has not ended yet, or its end was recorded before ends named their "
+                               f"request; replay its \"ssh-end\" record")
 
 
 def _recording_of(end: Record) -> dict[str, Any]:

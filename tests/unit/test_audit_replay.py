@@ -51,7 +51,7 @@ def _record(tmp_path, name: str, typed: bytes = b"ls -l caf\xc3\xa9\r") -> dict:
 def _pair(flow: str, recording: dict | None, operation: dict = SHELL) -> tuple[AuditEvent, AuditEvent]:
     request = AuditEvent(kind="ssh", agent="claude", decision="allow", rule="shells", resource="web1",
                          flow_id=flow, operation=operation)
-    outcome = {"exit_status": 0, "bytes_up": 12, "bytes_down": 60}
+    outcome = {"exit_status": 0, "bytes_up": 12, "bytes_down": 60, "request_event": request.event_id}
     if recording is not None:
         outcome["recording"] = recording
     end = AuditEvent(kind="ssh-end", agent="claude", decision="allow", rule="shells", resource="web1",
@@ -176,21 +176,54 @@ def test_waits_follow_the_recording_scaled_and_capped(tmp_path, monkeypatch):
     assert waits == []
 
 
-def test_two_shells_in_one_flow_need_their_end_records(tmp_path):
+def test_two_shells_in_one_flow_are_each_found_by_their_ssh_record(tmp_path):
     store = str(tmp_path / "audit.db")
     first_request, first_end = _pair("flow-d", _record(tmp_path, "flow-d-0"))
     second_request, second_end = _pair("flow-d", _record(tmp_path, "flow-d-1", typed=b"exit\r"))
     exec_request, exec_end = _pair("flow-d", None, {"kind": "ssh", "request": "exec", "command": "uptime"})
     _write(store, [first_request, second_request, exec_request, exec_end, second_end, first_end])
-    result = _run(first_request.event_id, "--speed", "0", "--store", store)
+    for request, end, typed in ((first_request, first_end, "ls -l café"), (second_request, second_end, "exit")):
+        played = _run(request.event_id, "--speed", "0", "--input", "--store", store)
+        assert played.exit_code == 0 and played.stdout.startswith(OUTPUT[0].decode())
+        assert f"replaying event {end.event_id}" in played.stderr and f"[input: {typed}" in played.stdout
+        assert _run(end.event_id, "--speed", "0", "--input", "--store", store).stdout == played.stdout
+
+
+def test_an_end_naming_no_request_is_not_taken_for_one(tmp_path):
+    """An "ssh-end" that names no request (or another one) is never matched by its operation."""
+    store = str(tmp_path / "audit.db")
+    request, end = _pair("flow-j", _record(tmp_path, "flow-j-0"))
+    other, _ = _pair("flow-j", None)
+    unnamed = AuditEvent(kind="ssh-end", decision="allow", rule="shells", flow_id="flow-j", operation=SHELL,
+                         outcome={key: value for key, value in (end.outcome or {}).items() if key != "request_event"})
+    _write(store, [request, other, unnamed, AuditEvent(kind="ssh-end", decision="allow", rule="shells",
+                                                       flow_id="flow-j", operation=SHELL,
+                                                       outcome={**(end.outcome or {}), "request_event": other.event_id})])
+    result = _run(request.event_id, "--speed", "0", "--store", store)
     assert result.exit_code == 1 and result.stdout_bytes == b""
-    assert "cannot be told apart in flow flow-d (2 such requests, 2 ends)" in result.stderr
-    assert exec_end.event_id not in result.stderr  # only the ends that can be replayed are offered
-    assert f"{first_end.event_id} (shell)" in result.stderr and f"{second_end.event_id} (shell)" in result.stderr
-    for end in (first_end, second_end):
-        played = _run(end.event_id, "--speed", "0", "--input", "--store", store)
-        assert played.exit_code == 0 and played.stdout_bytes.startswith(OUTPUT[0])
-    assert "[input: exit\\r]" in _run(second_end.event_id, "--speed", "0", "--input", "--store", store).stdout
+    assert f"no \"ssh-end\" record in flow flow-j names event {request.event_id} as its request" in result.stderr
+    assert _run(unnamed.event_id, "--speed", "0", "--store", store).exit_code == 0
+
+
+def test_an_end_named_in_another_flow_is_not_taken(tmp_path):
+    store = str(tmp_path / "audit.db")
+    request, end = _pair("flow-k", _record(tmp_path, "flow-k-0"))
+    elsewhere = AuditEvent(kind="ssh-end", decision="allow", rule="shells", flow_id="flow-l", operation=SHELL,
+                           outcome=end.outcome)
+    _write(store, [request, elsewhere])
+    result = _run(request.event_id, "--store", store)
+    assert result.exit_code == 1 and "no \"ssh-end\" record in flow flow-k" in result.stderr
+
+
+def test_two_ends_naming_one_request_are_refused(tmp_path):
+    store = str(tmp_path / "audit.db")
+    request, end = _pair("flow-m", _record(tmp_path, "flow-m-0"))
+    twin = AuditEvent(kind="ssh-end", decision="allow", rule="shells", flow_id="flow-m", operation=SHELL,
+                      outcome=end.outcome)
+    _write(store, [request, end, twin])
+    result = _run(request.event_id, "--speed", "0", "--store", store)
+    assert result.exit_code == 1 and result.stdout_bytes == b""
+    assert f"is named by 2 \"ssh-end\" records in flow flow-m ({end.event_id}; {twin.event_id})" in result.stderr
 
 
 def test_an_exec_and_a_shell_in_one_flow_are_told_apart(tmp_path):
@@ -212,7 +245,8 @@ def test_a_shell_whose_end_is_not_recorded_yet(tmp_path):
     _write(store, [request])
     result = _run(request.event_id, "--store", store)
     assert result.exit_code == 1
-    assert "(1 such requests, 0 ends): replay its \"ssh-end\" record; the recorded ones of the flow: none" in result.stderr
+    assert f"no \"ssh-end\" record in flow flow-f names event {request.event_id} as its request: it has not " \
+           f"ended yet" in result.stderr
 
 
 def test_an_ssh_record_without_a_flow_is_not_matched_across_flows(tmp_path):

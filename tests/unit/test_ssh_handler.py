@@ -25,12 +25,16 @@ from typing import Any, cast
 import asyncssh
 import pytest
 import uvloop
+from click.testing import CliRunner
 from asyncssh.packet import Boolean, String, UInt32
 
 from interceptor.approvals import ApprovalBroker, Approver, SqliteStore
+from interceptor.audit import open_sink
+from interceptor.audit.cli import audit
 from interceptor.audit.event import AuditEvent
 from interceptor.audit.recording import Cast, parse, read_verified
 from interceptor.audit.scrub import scrub_event, scrub_text
+from interceptor.config import Settings
 from interceptor.enforcer.judge import FlowJudge
 from interceptor.flow import Endpoint, FlowContext, ProcessInfo
 from interceptor.handlers.base import Services
@@ -533,6 +537,10 @@ def test_recording_file_names_never_look_like_tokens_to_the_scrub() -> None:
 
 
 def test_shells_opened_together_are_recorded_apart(tmp_path: Path) -> None:
+    """Each shell's "ssh-end" names its "ssh" record, so `audit replay` finds each shell's
+    recording from its "ssh" record's id."""
+    ends: dict[str, str] = {}  # "ssh" record's id -> its "ssh-end" record's id
+
     async def test(lab: Lab) -> None:
         async with lab.agent() as conn:
             shells = [await conn.create_process(term_type="vt100") for _ in range(2)]
@@ -542,8 +550,22 @@ def test_shells_opened_together_are_recorded_apart(tmp_path: Path) -> None:
                 assert (await shell.wait()).exit_status == 0
         names = {str(cast(dict[str, Any], (end.outcome or {})["recording"])["file"]) for end in lab.kind("ssh-end")}
         assert len(names) == 2 and all((lab.tmp / "recordings" / name).exists() for name in names)
+        ends.update({str((end.outcome or {})["request_event"]): end.event_id for end in lab.kind("ssh-end")})
+        assert sorted(ends) == sorted(request.event_id for request in lab.kind("ssh"))
+        store = open_sink({"store": "sqlite", "path": str(lab.tmp / "audit.db"), "chain_id": "host-a"})
+        for event in lab.sink.events:
+            await store.write(event)
+        await store.close()
 
     scenario(test, tmp_path, policy=POLICY + SHELLS)
+    said = []
+    for request, end in ends.items():
+        result = CliRunner().invoke(audit, ["replay", request, "--speed", "0", "--store", str(tmp_path / "audit.db")],
+                                    obj={"settings": Settings(state_dir=tmp_path)})
+        assert result.exit_code == 0, result.output
+        assert f"replaying event {end}:" in result.stderr
+        said.append([number for number in (0, 1) if f"you said shell {number}" in result.stdout])
+    assert sorted(said) == [[0], [1]]
 
 
 def test_a_shell_past_its_recording_limit_is_ended_and_the_agent_told(tmp_path: Path) -> None:

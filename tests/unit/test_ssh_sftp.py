@@ -21,6 +21,7 @@ from asyncssh.constants import FX_NO_SUCH_FILE, FX_PERMISSION_DENIED
 
 from interceptor.decision import Decision, Verdict
 from interceptor.errors import AuditUnavailable, Refused
+from interceptor.handlers.ssh.gate import Authorized
 from interceptor.handlers.ssh.sftp import SftpProxy, normal_form
 from interceptor.operations import Request, SshRequest, Subject
 from interceptor.policy import PolicyEngine, load_policy_text
@@ -43,15 +44,15 @@ class FakeGate:
     ended: list[tuple[SshRequest, dict[str, object]]] = field(default_factory=list)
     unavailable: bool = False
 
-    async def authorize(self, operation: SshRequest) -> Decision:
+    async def authorize(self, operation: SshRequest) -> Authorized:
         self.asked.append(operation)
         if self.unavailable:
             raise AuditUnavailable("the audit trail is unavailable")
         if self.allow(operation):
-            return Decision(Verdict.ALLOW, "allow-test")
+            return Authorized(Decision(Verdict.ALLOW, "allow-test"), f"event-{len(self.asked)}")
         raise Refused("42501", f"rule deny-test refuses {operation.request} of {operation.path}")
 
-    async def finished(self, operation: SshRequest, decision: Decision, outcome: dict[str, object]) -> None:
+    async def finished(self, authorized: Authorized, operation: SshRequest, outcome: dict[str, object]) -> None:
         self.ended.append((operation, outcome))
 
     def paths(self, request: str | None = None) -> list[str | None]:

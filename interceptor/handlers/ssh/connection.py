@@ -51,6 +51,7 @@ from interceptor.errors import AuditUnavailable, Refused
 from interceptor.flow import FlowContext
 from interceptor.handlers.base import Services
 from interceptor.handlers.ssh import forwards, process, upstream
+from interceptor.handlers.ssh.gate import Authorized
 from interceptor.operations import SshRequest
 from interceptor.policy.ssh_rules import REFUSED_FORWARDS
 
@@ -129,7 +130,7 @@ class FlowGate:
                                                 "daemon has no recordings directory")
         return None
 
-    async def authorize(self, operation: SshRequest) -> Decision:
+    async def authorize(self, operation: SshRequest) -> Authorized:
         try:
             decision = self.services.judge.decide(operation)
         except Exception as exc:  # noqa: BLE001 - a policy failure denies this request, not the flow
@@ -139,9 +140,9 @@ class FlowGate:
         approval: dict[str, object] | None = None
         if decision.verdict is Verdict.APPROVE:
             decision, approval = await self._hold(operation, decision)
-        await self._record("ssh", operation, decision, {"approval": approval} if approval else None)
+        event_id = await self._record("ssh", operation, decision, {"approval": approval} if approval else None)
         if decision.verdict is Verdict.ALLOW or (approval is not None and approval["approved"] is True):
-            return decision
+            return Authorized(decision, event_id)
         if decision.rule == PROTOCOL_RULE:
             raise Refused(SQLSTATE, decision.reason)
         if approval is not None:
@@ -184,18 +185,21 @@ class FlowGate:
         except AuditUnavailable as exc:
             log.error("audit unavailable for flow %s: %s", self.flow.flow_id, exc)
 
-    async def finished(self, operation: SshRequest, decision: Decision, outcome: dict[str, object]) -> None:
+    async def finished(self, authorized: Authorized, operation: SshRequest, outcome: dict[str, object]) -> None:
         try:
-            await self._record("ssh-end", operation, decision, outcome)
+            await self._record("ssh-end", operation, authorized.decision,
+                               {**outcome, "request_event": authorized.event_id})
         except AuditUnavailable as exc:
             log.error("audit unavailable for flow %s: %s", self.flow.flow_id, exc)
         except Exception:  # noqa: BLE001 - the end of a request is recorded or logged, never raised
             log.exception("flow %s: the end of an ssh %s could not be recorded", self.flow.flow_id, operation.request)
 
     async def _record(self, kind: str, operation: SshRequest, decision: Decision,
-                      outcome: dict[str, object] | None) -> None:
-        await self.services.audit.write(self.services.event(self.flow, kind, decision,
-                                                            operation=audit_operation(operation), outcome=outcome))
+                      outcome: dict[str, object] | None) -> str:
+        """Write the record; its event id."""
+        event = self.services.event(self.flow, kind, decision, operation=audit_operation(operation), outcome=outcome)
+        await self.services.audit.write(event)
+        return event.event_id
 
 
 def never_allowed(forward: str) -> str:

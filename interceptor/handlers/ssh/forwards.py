@@ -23,10 +23,9 @@ from typing import Any
 
 import asyncssh
 
-from interceptor.decision import Decision
 from interceptor.errors import InterceptorError
 from interceptor.handlers.base import Traffic
-from interceptor.handlers.ssh.gate import Gate
+from interceptor.handlers.ssh.gate import Authorized, Gate
 from interceptor.operations import SshRequest
 
 Spawn = Callable[[Coroutine[Any, Any, None]], None]  # runs a coroutine the connection waits for at its end
@@ -93,9 +92,9 @@ class Bridge:
     """A forwarded connection between an agent channel and a server channel, recorded once
     when either end closes (the other is closed with it). `on_close` runs then, once."""
 
-    def __init__(self, gate: Gate, operation: SshRequest, decision: Decision, traffic: Traffic, spawn: Spawn,
+    def __init__(self, gate: Gate, operation: SshRequest, authorized: Authorized, traffic: Traffic, spawn: Spawn,
                  on_close: Callable[[], None] = lambda: None) -> None:
-        self.gate, self.operation, self.decision = gate, operation, decision
+        self.gate, self.operation, self.authorized = gate, operation, authorized
         self.traffic, self.spawn, self.on_close = traffic, spawn, on_close
         self.up_half = _Half(self, True)
         self.down_half = _Half(self, False)
@@ -131,7 +130,7 @@ class Bridge:
                                       "seconds": round(time.monotonic() - self.started, 3)}
         if self.error is not None:
             outcome["error"] = self.error
-        self.spawn(self.gate.finished(self.operation, self.decision, outcome))
+        self.spawn(self.gate.finished(self.authorized, self.operation, outcome))
 
 
 async def local(gate: Gate, server: asyncssh.SSHClientConnection, traffic: Traffic, spawn: Spawn,
@@ -141,11 +140,11 @@ async def local(gate: Gate, server: asyncssh.SSHClientConnection, traffic: Traff
     ChannelOpenError when refused (the reason said) or when the server cannot open it."""
     operation = SshRequest("forward", forward="local", target=target(dest_host, dest_port))
     try:
-        decision = await gate.authorize(operation)
+        authorized = await gate.authorize(operation)
     except InterceptorError as exc:
         on_close()
         raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, f"interceptor: {exc}") from None
-    bridge = Bridge(gate, operation, decision, traffic, spawn, on_close)
+    bridge = Bridge(gate, operation, authorized, traffic, spawn, on_close)
     try:
         await server.create_connection(lambda: bridge.down_half, dest_host, dest_port, orig_host, orig_port)
     except asyncssh.ChannelOpenError as exc:
@@ -188,13 +187,13 @@ async def remote(gate: Gate, server: asyncssh.SSHClientConnection, agent: asyncs
     connection it accepts is opened to the agent as a forwarded-tcpip channel and bridged."""
     operation = SshRequest("forward", forward="remote", target=target(listen_host, listen_port))
     try:
-        decision = await gate.authorize(operation)
+        authorized = await gate.authorize(operation)
     except InterceptorError:
         on_close()
         return False
 
     async def accept(orig_host: str, orig_port: int) -> asyncssh.SSHTCPSession[bytes]:
-        bridge = Bridge(gate, operation, decision, traffic, spawn)
+        bridge = Bridge(gate, operation, authorized, traffic, spawn)
         try:
             await agent.create_connection(lambda: bridge.up_half, listen_host, listen_port, orig_host, orig_port)
         except (asyncssh.Error, OSError) as exc:
@@ -207,7 +206,7 @@ async def remote(gate: Gate, server: asyncssh.SSHClientConnection, agent: asyncs
         return _Listener(await server.create_server(accept, listen_host, listen_port, encoding=None), on_close)
     except (asyncssh.ChannelListenError, asyncssh.Error, OSError) as exc:
         on_close()
-        spawn(gate.finished(operation, decision, {"error": f"the server would not listen there: "
-                                                           f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"}))
+        spawn(gate.finished(authorized, operation, {"error": f"the server would not listen there: "
+                                                             f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"}))
         return False
 

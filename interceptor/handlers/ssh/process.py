@@ -46,10 +46,9 @@ import asyncssh
 from asyncssh.scp import run_scp_server
 
 from interceptor.audit.recording import Recording
-from interceptor.decision import Decision
 from interceptor.errors import InterceptorError
 from interceptor.handlers.base import Traffic
-from interceptor.handlers.ssh.gate import Gate
+from interceptor.handlers.ssh.gate import Authorized, Gate
 from interceptor.operations import SshRequest
 from interceptor.policy.ssh_command import ScpAccess, read_command
 
@@ -148,12 +147,12 @@ async def serve(process: asyncssh.SSHServerProcess[bytes], lost: asyncio.Event, 
     operation = request_of(process)
     terminal = Terminal.of(process)  # what is judged is what runs, whatever the channel says later
     try:
-        decision = await channel.gate.authorize(operation)
+        authorized = await channel.gate.authorize(operation)
     except InterceptorError as exc:
         _refuse(process, str(exc))
         return
     if scp_of(operation) is not None:
-        await _serve_scp(process, channel, operation, decision)
+        await _serve_scp(process, channel, operation, authorized)
         return
     started = time.monotonic()
     relay = _Relay()
@@ -173,7 +172,7 @@ async def serve(process: asyncssh.SSHServerProcess[bytes], lost: asyncio.Event, 
             outcome["error"] = relay.error
         if recording is not None:
             outcome["recording"] = _close_recording(recording)
-        await channel.gate.finished(operation, decision, outcome)
+        await channel.gate.finished(authorized, operation, outcome)
     if lost.is_set():
         return
     if relay.ended is not None:
@@ -221,7 +220,7 @@ class _CountedWriter(asyncssh.SSHWriter[bytes]):
 
 
 async def _serve_scp(process: asyncssh.SSHServerProcess[bytes], channel: Channel, operation: SshRequest,
-                     decision: Decision) -> None:
+                     authorized: Authorized) -> None:
     """Serve an allowed legacy scp exec with asyncssh's scp server on the channel's SFTP
     server, from the words the policy read (so asyncssh reads the transfer the policy
     judged), then record its end. asyncssh's scp server sends the exit status itself."""
@@ -251,7 +250,7 @@ async def _serve_scp(process: asyncssh.SSHServerProcess[bytes], channel: Channel
                                       "bytes_down": relay.down, "seconds": round(time.monotonic() - started, 3)}
         if relay.error is not None:
             outcome["error"] = relay.error
-        await channel.gate.finished(operation, decision, outcome)
+        await channel.gate.finished(authorized, operation, outcome)
 
 
 def _start_recording(terminal: Terminal, channel: Channel, relay: _Relay) -> Recording | None:

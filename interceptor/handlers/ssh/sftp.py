@@ -41,7 +41,7 @@ What is judged (SshRequest `request` / `action`):
   work on any handle. Handles are asyncssh's own, mapped to the proxy's open files, so a
   handle the proxy did not issue is FX_INVALID_HANDLE before it reaches here. An open
   file's end is recorded with
-  `gate.finished(op, decision, {"bytes_read": n, "bytes_written": n})`, op being the
+  `gate.finished(authorized, op, {"bytes_read": n, "bytes_written": n})`, op being the
   open's last judgement (the write on the resolved path when it was opened for writing).
 - ranges@asyncssh.com (where an open file holds data) is answered "everywhere" without
   asking upstream; limits@openssh.com with asyncssh's own limits.
@@ -120,9 +120,8 @@ from asyncssh.channel import SSHChannel
 from asyncssh.constants import (FILEXFER_TYPE_DIRECTORY, FILEXFER_TYPE_SYMLINK, FILEXFER_TYPE_UNKNOWN,
                                 FX_PERMISSION_DENIED, FXF_APPEND, FXF_CREAT, FXF_EXCL, FXF_READ, FXF_TRUNC, FXF_WRITE)
 
-from interceptor.decision import Decision
 from interceptor.errors import InterceptorError, Refused
-from interceptor.handlers.ssh.gate import Gate
+from interceptor.handlers.ssh.gate import Authorized, Gate
 from interceptor.operations import SshRequest
 from interceptor.policy.ssh_rules import METADATA_ACTIONS, tree_action
 
@@ -246,7 +245,7 @@ class OpenFile:
     readable: bool
     writable: bool
     operation: SshRequest
-    decision: Decision
+    authorized: Authorized
     bytes_read: int = 0
     bytes_written: int = 0
 
@@ -427,10 +426,10 @@ class SftpProxy(asyncssh.SFTPServer):
                                           f"{target.unresolvable}")
 
     async def _judge(self, asks: tuple[tuple[str, str], ...], paths: tuple[str, ...]) -> list[tuple[SshRequest,
-                                                                                                   Decision]]:
+                                                                                                   Authorized]]:
         """Each (request, action) of `asks` judged on each of `paths` in turn; the judgements.
         Raises the refusal."""
-        judged: list[tuple[SshRequest, Decision]] = []
+        judged: list[tuple[SshRequest, Authorized]] = []
         for path in paths:
             for request, action in asks:
                 operation = SshRequest(request, path=path, action=action)
@@ -468,8 +467,8 @@ class SftpProxy(asyncssh.SFTPServer):
         judged += await self._judge(asks, target.paths[1:])
         await self._settle(target, reading)
         upstream = await (await self._upstream()).open(target.wire, pflags, attrs, encoding=None)
-        operation, decision = judged[-1]
-        return OpenFile(upstream, reading, writing, operation, decision)
+        operation, authorized = judged[-1]
+        return OpenFile(upstream, reading, writing, operation, authorized)
 
     def open56(self, path: bytes, desired_access: int, flags: int, attrs: asyncssh.SFTPAttrs) -> NoReturn:
         """SFTP version 5 and 6 opens: the proxy serves version 3 only."""
@@ -481,7 +480,7 @@ class SftpProxy(asyncssh.SFTPServer):
         try:
             await file.upstream.close()
         finally:
-            await self._context.gate.finished(file.operation, file.decision,
+            await self._context.gate.finished(file.authorized, file.operation,
                                               {"bytes_read": file.bytes_read, "bytes_written": file.bytes_written})
 
     async def read(self, file_obj: object, offset: int, size: int) -> bytes:
