@@ -71,7 +71,7 @@ _SECRET_KEY = re.compile(r"pass(word|wd)?$|secret|token$|authorization|api[_-]?k
                          re.IGNORECASE)
 # Identifiers and digests that look random by design; masking them would only cost the trail its
 # joins (a recording's sha256 is what `audit replay` checks the file against).
-_IDENTIFIER_KEYS = frozenset({"event_id", "flow_id", "jti", "cgroup", "session", "sha256"})
+_IDENTIFIER_KEYS = frozenset({"event_id", "flow_id", "jti", "cgroup", "session", "sha256", "request_event"})
 _SQL_PASSWORD = re.compile(r"(\bpassword\s+)'(?:[^']|'')*'", re.IGNORECASE)
 _URL_PASSWORD = re.compile(r"(://[^/:@\s]+:)[^@/\s]+@")
 # A shell word whose quoted parts all close: the longest a value can be. NUL separates the words
