@@ -195,7 +195,7 @@ def _ssh_host_ca(state_dir: Path) -> tuple[Check, SshHostCA | None]:
         ca = SshHostCA.open(state_dir, create=False)
     except SshHostCAError as exc:
         as_root = "" if os.geteuid() == 0 else f" (doctor runs as uid {os.geteuid()}: run it as root)"
-        return Check(SSH_CA, False, str(exc), f"as the line above says{as_root}; until the daemon can load it, "
+        return Check(SSH_CA, False, str(exc), f"do as the detail says{as_root}; until the daemon can load it, "
                                                "it refuses every ssh flow", needed_for="resource"), None
     return Check(SSH_CA, True, f"{path}: {ca.key.get_fingerprint('sha256')}", needed_for="resource"), ca
 
@@ -268,7 +268,7 @@ def _known_hosts(resource: ResourceSpec) -> Check:
     except KnownHostsUnusable as exc:
         path = str((resource.options or {})["known_hosts"])
         scans = "; ".join(_keyscan(host, port, path) for host, port in lookups) or _keyscan("HOST", SSH_PORT, path)
-        return Check(name, False, str(exc), "fix or remove the line named above" if os.access(path, os.R_OK) else
+        return Check(name, False, str(exc), "fix or remove the entry the detail quotes" if os.access(path, os.R_OK) else
                      f"make it a file root can read holding the server's host key; after checking its fingerprint: "
                      f"{scans}", needed_for="resource")
     except Refused as exc:
