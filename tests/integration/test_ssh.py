@@ -277,6 +277,9 @@ def test_a_break_glass_shell_is_recorded_and_replayed(env: Env) -> None:
     replayed = site.daemon.cli("audit", "replay", end["event_id"], "--speed", "0")
     assert "typed-42" in replayed.stdout, replayed.stdout
     assert "echo typed-$((6 * 7))" in replayed.stdout  # the terminal echoed what was typed
+    assert end["outcome"]["request_event"] == record["event_id"]  # the end names its request
+    by_request = site.daemon.cli("audit", "replay", record["event_id"], "--speed", "0")
+    assert by_request.stdout == replayed.stdout
 
 
 def test_a_shell_is_refused_to_the_ordinary_agent(env: Env) -> None:
