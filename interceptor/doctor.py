@@ -220,7 +220,11 @@ def _ssh_trust(policy: Policy, ca: SshHostCA | None, root: Path) -> Check:
     if block is None:
         return Check(SSH_TRUST, False, f"{known.path} has no SSH host CA block: agents' ssh does not trust the "
                                        "enforcer's host certificates", fix, needed_for="optional")
-    if ca is None or ca.known_hosts_line(wanted.patterns) not in block.splitlines():
+    if ca is None:
+        return Check(SSH_TRUST, False, f"{known.path} has an SSH host CA block, but no SSH host CA is loaded (see "
+                                       "above): it cannot be for the CA the daemon will use", fix,
+                     needed_for="optional")
+    if ca.known_hosts_line(wanted.patterns) not in block.splitlines():
         return Check(SSH_TRUST, False, f"{known.path}: the SSH host CA block is stale (another CA key or other "
                                        f"host patterns than {', '.join(wanted.patterns)})", fix, needed_for="optional")
     return Check(SSH_TRUST, True, f"{known.path} trusts the SSH host CA for {', '.join(wanted.patterns)}",

@@ -72,6 +72,9 @@ def test_a_current_block_is_ok_and_a_stale_one_is_a_warning(tmp_path: Path) -> N
     other = SshHostCA(asyncssh.generate_private_key("ssh-ed25519"))
     known.replace([other.known_hosts_line(ssh_trust(loaded).patterns)])
     assert "stale" in checks(tmp_path, loaded)[doctor.SSH_TRUST].detail
+    key_path(tmp_path / "state").unlink()
+    orphan = checks(tmp_path, loaded)[doctor.SSH_TRUST]
+    assert not orphan.ok and "no SSH host CA is loaded" in orphan.detail
 
 
 def test_a_damaged_block_is_a_warning(tmp_path: Path) -> None:
