@@ -149,7 +149,7 @@ def doctor(ctx: click.Context, agent: str | None, policy: Path | None, as_json: 
     from interceptor.policy.loader import PolicyError, load_policy
 
     if agent is None:
-        checks = run_checks(_running_mode(ctx), policy or _settings(ctx).policy)
+        checks = run_checks(_running_mode(ctx), policy or _settings(ctx).policy, _settings(ctx).state_dir)
         ok, summary = verdict(checks)
     else:
         try:
@@ -162,7 +162,7 @@ def doctor(ctx: click.Context, agent: str | None, policy: Path | None, as_json: 
         click.echo(json.dumps({"ok": ok, "summary": summary, "checks": [asdict(c) for c in checks]}, indent=2))
     else:
         for c in checks:
-            click.echo(f"{'ok  ' if c.ok else 'FAIL'}  {c.name}: {c.detail}")
+            click.echo(f"{'ok  ' if c.ok else 'warn' if c.needed_for == 'optional' else 'FAIL'}  {c.name}: {c.detail}")
             if not c.ok and c.fix:
                 click.echo(f"      fix: {c.fix}")
         click.echo(summary)
