@@ -12,7 +12,7 @@ editable=${INTERCEPTOR_EDITABLE:-1}
 say() { printf '[install] %s\n' "$*"; }
 
 debian_packages=(
-  python3 python3-venv python3-dev python3-bpfcc libbpfcc bpfcc-tools
+  python3 python3-venv python3-dev gcc python3-bpfcc libbpfcc bpfcc-tools
   linux-headers-amd64 iptables iproute2 conntrack
   postgresql postgresql-contrib pgbouncer haproxy tshark
   wrk
@@ -69,10 +69,16 @@ fi
 "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null
 say "installing Python dependencies"
 if [[ $editable == 0 ]]; then
-  "$venv/bin/python" -m pip install -q "$here"
+  "$venv/bin/python" -m pip install -q "$here[compiled]"
 else
-  "$venv/bin/python" -m pip install -q -e "$here[test,bench]"
+  "$venv/bin/python" -m pip install -q -e "$here[test,bench,compiled]"
 fi
+# The hot modules compiled with Cython, in the package the venv imports (this checkout, or the
+# installed copy): interceptor/compiled.py lists them; a failure to compile fails the install.
+# -I: the package is found through the venv, never through the current directory.
+package=$("$venv/bin/python" -I -c 'import importlib.util; print(importlib.util.find_spec("interceptor").submodule_search_locations[0])')
+say "compiling the hot modules in $package"
+"$venv/bin/python" "$here/scripts/compile_hot.py" --package "$package"
 # Debian's kubectl 1.20 (kubernetes-client) for the Kubernetes tests. Its /usr/bin/kubectl
 # clashes with other kubectl packages a host may have (Google Cloud SDK's), so it is unpacked
 # into the development venv rather than installed; tests/kube_fixture.py looks for it there.

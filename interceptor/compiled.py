@@ -1,0 +1,219 @@
+"""The hot modules compiled with Cython, and the guarantee that none of them runs stale.
+
+`HOT` lists the modules the build (`scripts/compile_hot.py`, run by `scripts/install.sh` and
+`make compiled`) compiles in place: a binary `<name><EXT_SUFFIX>` beside each `<name>.py`, which
+Python's import system prefers to the source. The build records in `MANIFEST` (beside this file)
+the sha256 of the exact source each binary was compiled from. `verify()` runs at
+`import interceptor` and refuses a binary whose source has changed since (or that no build
+recorded), so a binary never silently runs other code than its `.py`. A checkout where the
+build never ran has no binaries and runs every module as pure Python, from the same source;
+`status()` says which modules run compiled (`interceptor doctor`, `interceptor status`).
+
+This module imports nothing from the package: the build script loads it by path, so a tree
+whose binaries are stale can still be rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+import sys
+import sysconfig
+from collections.abc import Callable
+from importlib.machinery import EXTENSION_SUFFIXES
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent
+MANIFEST = "compiled.json"
+
+# Chosen from py-spy profiles of the PostgreSQL path (pgbench through the daemon, 8 clients,
+# prepared statements): the modules the event-loop thread spends its own time in, each kept when
+# it compiles, passes the unit suite and pays.
+HOT: tuple[str, ...] = (
+    "interceptor.handlers.postgres.session",
+    "interceptor.handlers.postgres.frames",
+    "interceptor.handlers.postgres.codec",
+    "interceptor.handlers.postgres.state",
+    "interceptor.enforcer.driver",
+    "interceptor.handlers.pipe",
+    "interceptor.audit.scrub",
+    "interceptor.audit.chain",
+    "interceptor.audit.sink",
+    "interceptor.audit.event",
+)
+
+# Cython's options: what a binary was built with is part of its manifest entry, so a change here
+# rebuilds everything. annotation_typing=False keeps annotations as documentation: with it on,
+# Cython would reject a dict subclass passed where `dict` is annotated, which Python accepts.
+CYTHON_OPTIONS: tuple[str, ...] = ("-3", "-X", "annotation_typing=False")
+# gcc without debug information (the binaries stay small, the build quick); the rest is the
+# interpreter's own flags for extension modules.
+EXTRA_CFLAGS: tuple[str, ...] = ("-g0",)
+
+
+class StaleBuild(ImportError):
+    """A compiled hot module whose binary no longer matches its source; the message names the
+    file and the command that rebuilds it."""
+
+
+def source_path(module: str, package: Path = PACKAGE) -> Path:
+    """The `.py` of a dotted module name under `package` (the directory of `interceptor`)."""
+    return package.joinpath(*module.split(".")[1:]).with_suffix(".py")
+
+
+def binary_path(module: str, package: Path = PACKAGE) -> Path:
+    """Where the build puts a module's binary: beside its source, with this interpreter's
+    extension suffix (e.g. `.cpython-311-x86_64-linux-gnu.so`)."""
+    source = source_path(module, package)
+    return source.with_name(source.stem + EXTENSION_SUFFIXES[0])
+
+
+def _binary(module: str, package: Path) -> Path | None:
+    """The extension file the import system would load for this module instead of its source,
+    if any (the first of this interpreter's extension suffixes that exists)."""
+    source = source_path(module, package)
+    return next((path for path in (source.with_name(source.stem + suffix) for suffix in EXTENSION_SUFFIXES)
+                 if path.exists()), None)
+
+
+def sha256(path: Path) -> str:
+    """The hex sha256 of a file's bytes."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def read_manifest(package: Path = PACKAGE) -> dict[str, dict[str, str]]:
+    """The build's record: module -> {"binary": file name, "source_sha256": hex, "build": the
+    Cython version and options}; empty when no build ran."""
+    try:
+        data: dict[str, dict[str, str]] = json.loads((package / MANIFEST).read_text())
+    except FileNotFoundError:
+        return {}
+    return data
+
+
+def rebuild_command(package: Path = PACKAGE) -> str:
+    """The shell command that rebuilds `package`'s binaries: the checkout's build script when
+    `package` lives in one, else the same script from the checkout it was installed from."""
+    script = package.parent / "scripts" / "compile_hot.py"
+    if script.exists():
+        return f"{shlex.quote(sys.executable)} {shlex.quote(str(script))}"
+    return (f"{shlex.quote(sys.executable)} scripts/compile_hot.py --package {shlex.quote(str(package))}"
+            " (from the interceptor checkout this was installed from)")
+
+
+def verify(package: Path = PACKAGE) -> None:
+    """Raise StaleBuild when a binary of a listed or recorded module is not the build of its
+    current source: the source changed (or is gone) since, or no build recorded the binary.
+    Cost: a stat per listed module and a sha256 of each compiled one's source."""
+    manifest = read_manifest(package)
+    for module in sorted(set(HOT) | set(manifest)):
+        binary = _binary(module, package)
+        if binary is None:
+            continue
+        entry = manifest.get(module)
+        source = source_path(module, package)
+        if entry is None or entry["binary"] != binary.name:
+            problem = f"{binary} was not made by the build (no record of it in {package / MANIFEST})"
+        elif not source.exists() or sha256(source) != entry["source_sha256"]:
+            problem = f"{source} changed since {binary.name} was compiled from it"
+        else:
+            continue
+        raise StaleBuild(f"{problem}: the compiled module would run other code than its source. "
+                         f"Rebuild with: {rebuild_command(package)}")
+
+
+def status(package: Path = PACKAGE) -> dict[str, list[str]]:
+    """{"compiled": [...], "pure_python": [...]}: the listed modules this process runs (or, not
+    imported yet, would import) from a binary, and those it runs from their source."""
+    compiled: list[str] = []
+    pure: list[str] = []
+    for module in HOT:
+        loaded = sys.modules.get(module)
+        origin = getattr(loaded, "__file__", None) if loaded is not None else None
+        binary = origin.endswith(tuple(EXTENSION_SUFFIXES)) if origin else _binary(module, package) is not None
+        (compiled if binary else pure).append(module)
+    return {"compiled": compiled, "pure_python": pure}
+
+
+def build_key() -> str:
+    """The Cython version and options a binary is built with (recorded per module)."""
+    from importlib.metadata import version
+
+    return " ".join((f"cython {version('Cython')}", *CYTHON_OPTIONS, *EXTRA_CFLAGS))
+
+
+def _compile(module: str, package: Path, workdir: Path) -> str:
+    """Compile one module into a binary beside its source (replaced atomically: a running daemon
+    keeps the file it mapped); returns the sha256 of the source it compiled. Raises
+    subprocess.CalledProcessError with the compiler's output."""
+    import subprocess
+
+    source = source_path(module, package)
+    digest = sha256(source)
+    c_file = workdir / (module + ".c")
+    subprocess.run([sys.executable, "-m", "cython", *CYTHON_OPTIONS, "--module-name", module,
+                    str(source), "-o", str(c_file)], check=True, capture_output=True, text=True)
+    built = workdir / (module + EXTENSION_SUFFIXES[0])
+    config = sysconfig.get_config_vars()
+    subprocess.run([*shlex.split(config["LDSHARED"]), *shlex.split(config["CFLAGS"]),
+                    *shlex.split(config["CCSHARED"]), *EXTRA_CFLAGS, f"-I{sysconfig.get_paths()['include']}",
+                    str(c_file), "-o", str(built)], check=True, capture_output=True, text=True)
+    os.replace(built, binary_path(module, package))
+    return digest
+
+
+def build(package: Path = PACKAGE, jobs: int = 2, say: Callable[[str], None] = print) -> None:
+    """Bring `package`'s binaries in line with `HOT` and the sources: compile (`jobs` at a time)
+    each listed module whose binary is missing or was built from another source or with other
+    options, remove the binaries of modules no longer listed, record each in the manifest as it
+    lands. One build at a time per package (a lock on its directory). Raises RuntimeError naming
+    the modules that failed to compile, with the compiler's output."""
+    import fcntl
+    import subprocess
+    import tempfile
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    lock = os.open(package, os.O_RDONLY)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        manifest = read_manifest(package)
+        key = build_key()
+        for module in sorted(set(manifest) - set(HOT)):
+            binary_path(module, package).unlink(missing_ok=True)
+            del manifest[module]
+            say(f"removed the binary of {module} (no longer listed)")
+        stale = [module for module in HOT if not _current(module, package, manifest.get(module), key)]
+        failures: list[str] = []
+        with tempfile.TemporaryDirectory(prefix="compile-hot-") as tmp, ThreadPoolExecutor(jobs) as pool:
+            pending = {pool.submit(_compile, module, package, Path(tmp)): module for module in stale}
+            for done in as_completed(pending):
+                module = pending[done]
+                try:
+                    digest = done.result()
+                except subprocess.CalledProcessError as exc:
+                    failures.append(f"{module}:\n{exc.stdout}{exc.stderr}")
+                    continue
+                manifest[module] = {"binary": binary_path(module, package).name, "source_sha256": digest,
+                                    "build": key}
+                _write_manifest(package, manifest)
+                say(f"compiled {module}")
+        _write_manifest(package, manifest)
+        if failures:
+            raise RuntimeError("Cython could not compile " + "\n".join(failures))
+        say(f"{len(HOT)} hot modules compiled ({len(stale)} rebuilt)")
+    finally:
+        os.close(lock)
+
+
+def _current(module: str, package: Path, entry: dict[str, str] | None, key: str) -> bool:
+    """Is this module's binary the build of its current source with the current options?"""
+    return (entry is not None and entry["build"] == key and binary_path(module, package).exists()
+            and sha256(source_path(module, package)) == entry["source_sha256"])
+
+
+def _write_manifest(package: Path, manifest: dict[str, dict[str, str]]) -> None:
+    temporary = package / (MANIFEST + ".tmp")
+    temporary.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    os.replace(temporary, package / MANIFEST)
