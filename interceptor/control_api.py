@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from interceptor import __version__
+from interceptor import __version__, compiled
 from interceptor.approvals.control import ApprovalControl
 from interceptor.config import Settings
 from interceptor.control import ControlMethod, Method, Peer
@@ -123,8 +123,8 @@ class ControlApi:
 
     def status(self, peer: Peer) -> dict[str, Any]:
         """The daemon (version, pid, uptime_s, redirect mode, cgroup root), its policy (version,
-        path), agents (cgroups, uids, unprotected, identity), resources (protocol, addresses)
-        and the number of open sessions."""
+        path), agents (cgroups, uids, unprotected, identity), resources (protocol, addresses),
+        the number of open sessions and which hot modules it runs compiled (compiled.status())."""
         snap = self.runtime.snapshot
         return {
             "version": __version__,
@@ -142,6 +142,7 @@ class ControlApi:
                                          if snap.plan.resource_names[d.resource_index] == name]}
                           for name, spec in sorted(snap.policy.resources.items())],
             "sessions": len(self.enforcer.sessions),
+            "compiled": compiled.status(),
         }
 
     def sessions(self, peer: Peer) -> list[dict[str, Any]]:

@@ -133,8 +133,26 @@ def _leftovers(running_mode: str | None) -> Check:
                  "daemon stopped, `interceptor uninstall` removes them now", needed_for="optional")
 
 
+COMPILED = "compiled hot modules"
+
+
+def _compiled() -> Check:
+    from interceptor import compiled
+
+    state = compiled.status()
+    if not state["pure_python"]:
+        return Check(COMPILED, True, f"all {len(state['compiled'])} run compiled with Cython", needed_for="optional")
+    if state["compiled"]:
+        pure = ", ".join(module.removeprefix("interceptor.") for module in state["pure_python"])
+        detail = f"{len(state['pure_python'])} of {len(compiled.HOT)} run as pure Python (the same code, slower): {pure}"
+    else:
+        detail = f"none of the {len(compiled.HOT)} is compiled: they run as pure Python (the same code, slower)"
+    return Check(COMPILED, False, detail, f"compile them: {compiled.rebuild_command()} (scripts/install.sh does; it "
+                 "needs gcc, python3-dev and Cython)", needed_for="optional")
+
+
 CHECKS: tuple[Callable[[], Check], ...] = (_root, _cgroup2, _btf, _headers, _bcc_module, _libbpf, _bpf_load,
-                                           _iptables, _node)
+                                           _iptables, _node, _compiled)
 
 
 def _guarded(check: Callable[[], Check], name: str) -> Check:

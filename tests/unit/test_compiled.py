@@ -100,3 +100,17 @@ def test_outside_a_checkout_the_rebuild_names_the_installed_package(tmp_path: Pa
 
 def test_the_rebuild_of_this_checkout_runs_its_script() -> None:
     assert compiled.rebuild_command().endswith(str(compiled.PACKAGE.parent / "scripts" / "compile_hot.py"))
+
+
+def test_doctor_warns_naming_the_modules_that_run_as_pure_python(monkeypatch: pytest.MonkeyPatch) -> None:
+    from interceptor import doctor
+
+    monkeypatch.setattr(compiled, "HOT", ("interceptor.a", "interceptor.b"))
+    monkeypatch.setattr(compiled, "status", lambda: {"compiled": ["interceptor.a"], "pure_python": ["interceptor.b"]})
+    check = doctor._compiled()
+    assert (check.ok, check.needed_for, check.detail) == (
+        False, "optional", "1 of 2 run as pure Python (the same code, slower): b")
+    assert check.fix.startswith(f"compile them: {compiled.rebuild_command()}")
+    monkeypatch.setattr(compiled, "status", lambda: {"compiled": ["interceptor.a", "interceptor.b"], "pure_python": []})
+    assert doctor._compiled() == doctor.Check(doctor.COMPILED, True, "all 2 run compiled with Cython",
+                                              needed_for="optional")
