@@ -18,7 +18,7 @@ from typing import Any
 
 from interceptor.audit.chain import Head, Record, canonical_json
 from interceptor.audit.query import Query, matches
-from interceptor.audit.sink import Chunk, SerialThread
+from interceptor.audit.sink import Chunk
 
 log = logging.getLogger("interceptor.audit")
 
@@ -67,7 +67,6 @@ class JsonlBackend:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._fd: int | None = None
-        self._thread = SerialThread()
 
     def _open(self) -> int:
         if self._fd is None:
@@ -76,7 +75,7 @@ class JsonlBackend:
             _cut_torn_tail(self.path)
         return self._fd
 
-    def _recover(self, chain_id: str, event_ids: list[str]) -> tuple[Head, set[str]]:
+    def recover(self, chain_id: str, event_ids: list[str]) -> tuple[Head, set[str]]:
         self._open()
         head, wanted, stored = Head(), set(event_ids), set()
         for _, value in _lines(self.path):
@@ -87,7 +86,7 @@ class JsonlBackend:
                     stored.add(record.event_id)
         return head, stored
 
-    def _append(self, records: list[Record], chunks: list[Chunk]) -> None:
+    def append(self, records: list[Record], chunks: list[Chunk], head: Head) -> None:
         lines = [canonical_json({"session_bytes": {"flow_id": c.flow_id, "direction": c.direction, "ts": c.ts,
                                                    "data": base64.b64encode(c.data).decode()}}) for c in chunks]
         lines += [canonical_json(record.to_dict()) for record in records]
@@ -98,19 +97,10 @@ class JsonlBackend:
             raise OSError(f"short write to {self.path}: {written} of {len(data)} bytes")
         os.fsync(fd)
 
-    def _close(self) -> None:
+    def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-
-    async def recover(self, chain_id: str, event_ids: list[str]) -> tuple[Head, set[str]]:
-        return await self._thread.call(self._recover, chain_id, event_ids)
-
-    async def append(self, records: list[Record], chunks: list[Chunk], head: Head) -> None:
-        await self._thread.call(self._append, records, chunks)
-
-    async def close(self) -> None:
-        await self._thread.call(self._close)
 
 
 class JsonlReader:

@@ -22,52 +22,53 @@ class ChainBusy(RuntimeError):
 
 
 class PostgresBackend:
+    """Backend for ChainedSink: blocking psycopg calls, made from the sink's writer thread."""
+
     def __init__(self, dsn: str, connect_timeout: int = 5) -> None:
         self.dsn = dsn
         self.connect_timeout = connect_timeout
-        self._conn: psycopg.AsyncConnection | None = None
+        self._conn: psycopg.Connection | None = None
 
-    async def _connect(self, chain_id: str) -> psycopg.AsyncConnection:
-        await self.close()
-        conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True, connect_timeout=self.connect_timeout)
+    def _connect(self, chain_id: str) -> psycopg.Connection:
+        self.close()
+        conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=self.connect_timeout)
         try:
-            async with conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
                 for statement in POSTGRES.schema():
-                    await conn.execute(statement)
-            row = await (await conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (chain_id,))).fetchone()
+                    conn.execute(statement)
+            row = conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (chain_id,)).fetchone()
             if not row or not row[0]:
                 raise ChainBusy(f"audit chain {chain_id!r} is held by another daemon; give each daemon its own chain_id")
         except BaseException:
-            await conn.close()
+            conn.close()
             raise
         self._conn = conn
         return conn
 
-    async def recover(self, chain_id: str, event_ids: list[str]) -> tuple[Head, set[str]]:
-        conn = await self._connect(chain_id)
-        row = await (await conn.execute(POSTGRES.select_head(), (chain_id,))).fetchone()
+    def recover(self, chain_id: str, event_ids: list[str]) -> tuple[Head, set[str]]:
+        conn = self._connect(chain_id)
+        row = conn.execute(POSTGRES.select_head(), (chain_id,)).fetchone()
         stored: set[str] = set()
         if event_ids:
-            cursor = await conn.execute(POSTGRES.select_stored(len(event_ids)), (chain_id, *event_ids))
-            stored = {r[0] for r in await cursor.fetchall()}
+            cursor = conn.execute(POSTGRES.select_stored(len(event_ids)), (chain_id, *event_ids))
+            stored = {r[0] for r in cursor.fetchall()}
         return (Head(row[0], row[1]) if row else Head()), stored
 
-    async def append(self, records: list[Record], chunks: list[Chunk], head: Head) -> None:
+    def append(self, records: list[Record], chunks: list[Chunk], head: Head) -> None:
         if self._conn is None or self._conn.broken or self._conn.closed:
             raise psycopg.OperationalError("no connection to the audit database")
-        async with self._conn.transaction():
-            async with self._conn.cursor() as cursor:
-                if records:
-                    await cursor.executemany(POSTGRES.insert_record(), record_rows(records))
-                    await cursor.execute(POSTGRES.upsert_head(), (records[0].chain_id, head.seq, head.hash))
-                if chunks:
-                    await cursor.executemany(POSTGRES.insert_chunk(), chunk_rows(chunks))
+        with self._conn.transaction(), self._conn.cursor() as cursor:
+            if records:
+                cursor.executemany(POSTGRES.insert_record(), record_rows(records))
+                cursor.execute(POSTGRES.upsert_head(), (records[0].chain_id, head.seq, head.hash))
+            if chunks:
+                cursor.executemany(POSTGRES.insert_chunk(), chunk_rows(chunks))
 
-    async def close(self) -> None:
+    def close(self) -> None:
         if self._conn is not None:
             conn, self._conn = self._conn, None
-            await conn.close()
+            conn.close()
 
 
 def open_reader(dsn: str) -> SqlReader:

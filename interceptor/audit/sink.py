@@ -1,8 +1,11 @@
-"""The sink every store shares: one writer task, group commit, fail closed, never drop.
+"""The sink every store shares: one writer thread, group commit, fail closed, never drop.
 
-`write` masks and normalizes the event and queues it. One writer task drains the queue,
-chains a group of events after the store's head and appends them in one transaction. In
-`strict` mode `write` returns only after the group holding its event is committed; in
+`write` masks and normalizes the event and queues it. One writer thread drains the queue,
+chains a group of events after the store's head and appends them in one transaction; what
+is queued while a group commits is the next group, handed to the store as soon as the one
+before is durable, so a group is as large as the load makes it and a commit never waits for
+the event loop. In `strict` mode `write` returns only after the group holding its event is
+committed (the writer tells the loop the moment it is); in
 `batched` mode it returns once queued and the group is flushed within `batch_ms` (at once
 when `max_batch` records are waiting, so a busy host is not capped at one batch per wait,
 and at once on close). When the store fails, strict writers get AuditUnavailable with the
@@ -15,15 +18,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
+import itertools
 import logging
 import socket
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 from interceptor.audit.chain import Head, Record, link
 from interceptor.audit.event import AuditEvent
@@ -33,7 +36,6 @@ from interceptor.errors import AuditUnavailable
 log = logging.getLogger("interceptor.audit")
 
 DIRECTIONS = ("up", "down")  # up: client to server, down: server to client
-LINK_SLICE = 16  # records chained between two turns of the event loop (~10 us each)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,30 +49,17 @@ class Chunk:
 
 
 class Backend(Protocol):
-    """A store the writer appends to; all calls come from the single writer task."""
+    """A store the writer appends to; every call comes from the sink's one writer thread, so
+    calls (close included) never overlap, and each may block."""
 
-    async def recover(self, chain_id: str, event_ids: list[str]) -> tuple[Head, set[str]]:
+    def recover(self, chain_id: str, event_ids: list[str]) -> tuple[Head, set[str]]:
         """(Re)open the store: the chain's head and which of `event_ids` it already holds
         (a commit whose answer was lost may have landed)."""
 
-    async def append(self, records: list[Record], chunks: list[Chunk], head: Head) -> None:
+    def append(self, records: list[Record], chunks: list[Chunk], head: Head) -> None:
         """Store records, chunks and the new head atomically and durably."""
 
-    async def close(self) -> None: ...
-
-
-T = TypeVar("T")
-
-
-class SerialThread:
-    """One worker thread for a blocking store: calls (close included) never overlap, so a
-    connection or file descriptor is never closed under a write still in flight."""
-
-    def __init__(self) -> None:
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="audit-store")
-
-    async def call(self, function: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(function, *args))
+    def close(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,14 +98,17 @@ class ChainedSink:
     def __init__(self, backend: Backend, options: SinkOptions) -> None:
         self.backend = backend
         self.options = options
-        self._queue: deque[_Item] = deque()
-        self._wake = asyncio.Event()
-        self._flush = asyncio.Event()
-        self._writer: asyncio.Task[None] | None = None
+        self._queue: deque[_Item] = deque()  # appended on the loop, taken off by the writer once stored
+        self._wake = threading.Condition()
+        self._waiting: str | None = None  # what the idle writer waits for: work | batch | retry
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._writer: threading.Thread | None = None
+        self._stopped: asyncio.Future[None] | None = None
         self._head: Head | None = None
         self._failing: str | None = None
         self._retry_at = 0.0
         self._closing = False
+        self._abandoned = False
         self._written = 0
         self._failed = 0
         self._groups = 0
@@ -163,12 +155,20 @@ class ChainedSink:
         if len(self._queue) >= self.options.max_queue:
             raise AuditUnavailable(f"audit queue is full ({len(self._queue)} records not yet written)")
         self._queue.append(item)
-        if len(self._queue) >= self.options.max_batch:
-            self._flush.set()
         if self._writer is None:
-            self._writer = asyncio.get_running_loop().create_task(self._run(), name="audit-writer")
-            self._writer.add_done_callback(self._writer_ended)
-        self._wake.set()
+            self._start()
+        # The writer sets _waiting before it looks at the queue and sleeps: it either sees this
+        # item or is woken here (from a batch's wait only once the batch is full).
+        waiting = self._waiting
+        if waiting is not None and (waiting != "batch" or len(self._queue) >= self.options.max_batch):
+            with self._wake:
+                self._wake.notify()
+
+    def _start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stopped = self._loop.create_future()
+        self._writer = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+        self._writer.start()
 
     def stats(self) -> dict[str, Any]:
         """For metrics: queue_depth is the backlog not yet durable; failed counts records in failed commits."""
@@ -180,24 +180,46 @@ class ChainedSink:
     async def close(self, timeout: float = 10.0) -> None:
         """Flush the queue (for up to `timeout` seconds while the store fails) and close the store."""
         self._closing = True
-        self._wake.set()
-        self._flush.set()
-        if self._writer is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(self._writer), timeout)
-            except TimeoutError:
-                self._writer.cancel()
-                self._abandon()
-        await self.backend.close()
-
-    def _writer_ended(self, task: asyncio.Task[None]) -> None:
-        """A writer that died of a bug must not leave strict writers waiting forever: fail closed."""
-        if task.cancelled() or task.exception() is None:
+        if self._stopped is None:
+            self.backend.close()  # no writer ever started: nothing is open or in flight
             return
-        self._failing = f"audit writer crashed: {task.exception()!r}"
-        self._closing = True
-        log.error("%s", self._failing, exc_info=task.exception())
-        self._abandon()
+        with self._wake:
+            self._wake.notify()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._stopped), timeout)
+        except TimeoutError:
+            self._abandoned = True  # the writer closes the store once its call in flight returns
+            self._abandon()
+
+    # ---- on the event loop, called from the writer thread -----------------------------
+
+    def _on_loop(self, function: Callable[..., None], *args: Any) -> None:
+        loop = self._loop
+        assert loop is not None
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is left to tell
+            loop.call_soon_threadsafe(function, *args)
+
+    @staticmethod
+    def _released(done: list[asyncio.Future[None]]) -> None:
+        for future in done:
+            if not future.done():
+                future.set_result(None)
+
+    @staticmethod
+    def _refused(done: list[asyncio.Future[None]], reason: str) -> None:
+        for future in done:
+            if not future.done():
+                future.set_exception(AuditUnavailable(f"audit record not written: {reason}"))
+
+    def _writer_ended(self, error: BaseException | None) -> None:
+        """A writer that died of a bug must not leave strict writers waiting forever: fail closed."""
+        if error is not None and not self._abandoned:
+            self._failing = f"audit writer crashed: {error!r}"
+            self._closing = True
+            log.error("%s", self._failing, exc_info=error)
+            self._abandon()
+        if self._stopped is not None and not self._stopped.done():
+            self._stopped.set_result(None)
 
     def _abandon(self) -> None:
         """The store stayed down through close: put what is left into the log rather than lose it silently."""
@@ -210,42 +232,58 @@ class ChainedSink:
             if item.done is not None and not item.done.done():
                 item.done.set_exception(AuditUnavailable("audit sink closed before the record was written"))
 
-    async def _run(self) -> None:
-        while self._queue or not self._closing:
-            if not self._queue:
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            if (not self.strict and not self._closing and self._failing is None
-                    and len(self._queue) < self.options.max_batch):
-                self._flush.clear()  # set by a full batch or by close: no need to wait for batch_ms
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._flush.wait(), self.options.batch_ms / 1000)
-            if not await self._commit(list(self._queue)[: self.options.max_batch]):
-                self._wake.clear()  # retry after retry_ms, or at once when closing or a probe arrives
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.options.retry_ms / 1000)
+    # ---- the writer thread ------------------------------------------------------------
 
-    async def _commit(self, group: list[_Item]) -> bool:
-        """Append one group; on failure fail its strict writers and keep the rest queued."""
+    def _wait(self, what: str, ready: Callable[[], bool], timeout: float | None) -> None:
+        """Sleep until closing, `ready()` (checked once _waiting is set: see _enqueue) or the timeout."""
+        with self._wake:
+            self._waiting = what
+            try:
+                self._wake.wait_for(lambda: self._closing or ready(), timeout)
+            finally:
+                self._waiting = None
+
+    def _run(self) -> None:
+        """Group after group: what arrives while one group commits makes the next, handed to
+        the store the moment the one before is durable; the store is closed on the way out."""
+        error: BaseException | None = None
+        options = self.options
+        try:
+            while (self._queue or not self._closing) and not self._abandoned:
+                if not self._queue:
+                    self._wait("work", lambda: bool(self._queue), None)
+                    continue
+                if (not self.strict and not self._closing and self._failing is None
+                        and len(self._queue) < options.max_batch):
+                    self._wait("batch", lambda: len(self._queue) >= options.max_batch, options.batch_ms / 1000)
+                if not self._commit(list(itertools.islice(self._queue, options.max_batch))):
+                    queued = len(self._queue)  # retry after retry_ms, or at once when closing or a probe arrives
+                    self._wait("retry", lambda: len(self._queue) > queued, options.retry_ms / 1000)
+        except BaseException as exc:  # noqa: BLE001 - handed to the loop, which fails closed
+            error = exc
+        finally:
+            try:
+                self.backend.close()
+            except Exception as exc:  # noqa: BLE001 - a store that fails to close has nothing left to lose
+                log.warning("audit store did not close cleanly: %s", exc)
+            self._on_loop(self._writer_ended, error)
+
+    def _commit(self, group: list[_Item]) -> bool:
+        """Append one group; on failure refuse its strict writers and keep the rest queued."""
         started = time.perf_counter()
         chain_id = self.options.chain_id
         try:
             if self._head is None or self._failing is not None:
                 ids = [item.event["event_id"] for item in group if item.event is not None]
-                self._head, stored = await self.backend.recover(chain_id, ids)
+                self._head, stored = self.backend.recover(chain_id, ids)
                 group = self._drop_stored(group, stored)
-            events = [item.event for item in group if item.event is not None]
-            records, head = [], self._head
-            for start in range(0, len(events), LINK_SLICE):
-                if start:
-                    await asyncio.sleep(0)  # sessions run between slices: a batch never stalls them long
-                linked, head = link(head, chain_id, events[start:start + LINK_SLICE])
-                records += linked
-            await self.backend.append(records, [item.chunk for item in group if item.chunk is not None], head)
+            records, head = link(self._head, chain_id, [item.event for item in group if item.event is not None])
+            self.backend.append(records, [item.chunk for item in group if item.chunk is not None], head)
         except Exception as exc:  # any store error: fail closed, never crash the writer
             self._failed_group(group, f"{type(exc).__name__}: {exc}".strip())
             return False
+        if self._abandoned:
+            return True  # close gave up waiting and has told this group's writers so
         self._head = head
         if self._failing is not None:
             log.warning("audit store recovered: writing again")
@@ -253,24 +291,26 @@ class ChainedSink:
         self._latency_ms = (time.perf_counter() - started) * 1000
         self._groups += 1
         self._written += len(records)
-        for _ in group:
-            item = self._queue.popleft()
-            if item.done is not None and not item.done.done():
-                item.done.set_result(None)
+        popleft = self._queue.popleft
+        done = [item.done for item in [popleft() for _ in group] if item.done is not None]
+        if done:
+            self._on_loop(self._released, done)
         return True
 
     def _drop_stored(self, group: list[_Item], stored: set[str]) -> list[_Item]:
         """Items whose record already landed (lost commit answer) are done; return the rest."""
         if not stored:
             return group
-        keep = []
+        keep, done = [], []
         for item in group:
             if item.event is not None and item.event["event_id"] in stored:
                 self._queue.remove(item)
-                if item.done is not None and not item.done.done():
-                    item.done.set_result(None)
+                if item.done is not None:
+                    done.append(item.done)
             else:
                 keep.append(item)
+        if done:
+            self._on_loop(self._released, done)
         return keep
 
     def _failed_group(self, group: list[_Item], reason: str) -> None:
@@ -279,8 +319,10 @@ class ChainedSink:
         self._failing = reason
         self._retry_at = time.monotonic() + self.options.retry_ms / 1000
         self._failed += sum(1 for item in group if item.event is not None)
+        done = []
         for item in group:
             if item.done is not None:
                 self._queue.remove(item)
-                if not item.done.done():
-                    item.done.set_exception(AuditUnavailable(f"audit record not written: {reason}"))
+                done.append(item.done)
+        if done:
+            self._on_loop(self._refused, done, reason)

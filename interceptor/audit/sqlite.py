@@ -13,7 +13,7 @@ import sqlite3
 from pathlib import Path
 
 from interceptor.audit.chain import Head, Record
-from interceptor.audit.sink import Chunk, SerialThread
+from interceptor.audit.sink import Chunk
 from interceptor.audit.sql import ROW_FIELDS, SQLITE, SqlReader, chunk_rows, record_rows
 
 
@@ -49,28 +49,30 @@ MAX_ROWS_PER_INSERT = 1000
 
 
 class SqliteBackend:
-    """Backend for ChainedSink; blocking SQLite calls run in a worker thread, one at a time."""
+    """Backend for ChainedSink: blocking SQLite calls, made from the sink's writer thread."""
 
     def __init__(self, path: str | Path, durability: str = "strict", max_mb: int | None = None) -> None:
         self.path = Path(path)
         self.durability = durability
         self.max_mb = max_mb
         self._conn: sqlite3.Connection | None = None
-        self._thread = SerialThread()
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
             self._conn = connect(self.path, durability=self.durability, max_mb=self.max_mb)
         return self._conn
 
-    def _recover(self, chain_id: str, event_ids: list[str]) -> tuple[Head, set[str]]:
+    def recover(self, chain_id: str, event_ids: list[str]) -> tuple[Head, set[str]]:
+        """Reopens the file (with the settings as they are now: an operator may have raised
+        max_mb after the store filled up)."""
+        self.close()
         conn = self._connection()
         row = conn.execute(SQLITE.select_head(), (chain_id,)).fetchone()
         stored = {r[0] for r in conn.execute(SQLITE.select_stored(len(event_ids)), (chain_id, *event_ids))} \
             if event_ids else set()
         return (Head(row[0], row[1]) if row else Head()), stored
 
-    def _append(self, records: list[Record], chunks: list[Chunk], head: Head) -> None:
+    def append(self, records: list[Record], chunks: list[Chunk], head: Head) -> None:
         """The head follows the records by trigger (HEAD_FOLLOWS), so `head` is not written."""
         conn = self._connection()
         rows = record_rows(records)
@@ -90,19 +92,10 @@ class SqliteBackend:
                 conn.execute("ROLLBACK")
             raise
 
-    def _close(self) -> None:
+    def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
-
-    async def recover(self, chain_id: str, event_ids: list[str]) -> tuple[Head, set[str]]:
-        return await self._thread.call(self._recover, chain_id, event_ids)
-
-    async def append(self, records: list[Record], chunks: list[Chunk], head: Head) -> None:
-        await self._thread.call(self._append, records, chunks, head)
-
-    async def close(self) -> None:
-        await self._thread.call(self._close)
 
 
 def open_reader(path: str | Path) -> SqlReader:

@@ -2,6 +2,7 @@
 
 import asyncio
 import sqlite3
+import time
 
 import pytest
 
@@ -118,33 +119,33 @@ def test_batched_writes_full_batches_and_flushes_on_close_without_waiting(tmp_pa
     assert after["written"] == 12 and verify(open_store(settings["path"])).ok
 
 
-def test_a_batch_is_chained_in_slices_and_sessions_run_between_them(tmp_path, monkeypatch):
-    from interceptor.audit import sink as sink_module
+def test_the_next_group_commits_while_the_loop_runs_on(tmp_path, monkeypatch):
+    """Records queued while a group commits make the next group, written by the writer thread
+    the moment the one before is stored, whether or not the event loop gets a turn."""
+    from interceptor.audit.sqlite import SqliteBackend
 
-    calls: list = []
-    real_link = sink_module.link
+    appended: list[int] = []
+    real_append = SqliteBackend.append
 
-    def spy(head, chain_id, events):
-        calls.append(len(events))
-        return real_link(head, chain_id, events)
+    def slow_append(self, records, chunks, head):
+        appended.append(len(records))
+        time.sleep(0.05)
+        real_append(self, records, chunks, head)
 
-    monkeypatch.setattr(sink_module, "link", spy)
-    settings = _settings(tmp_path, "sqlite", durability="batched", batch_ms=60_000, max_batch=100)
+    monkeypatch.setattr(SqliteBackend, "append", slow_append)
+    settings = _settings(tmp_path, "sqlite")
 
     async def run():
         sink = open_sink(settings)
-        for n in range(100):  # a full batch: written at once
-            sink.submit(_event(n))
-        while sink.stats()["written"] < 100:  # another session's turns
-            calls.append("turn")
-            await asyncio.sleep(0)
+        first = sink.submit(_event(0))
+        while not appended:  # the first group is being stored
+            await asyncio.sleep(0.001)
+        later = [sink.submit(_event(n)) for n in range(1, 6)]
+        await asyncio.gather(first, *later)
         await sink.close()
 
     asyncio.run(run())
-    slices = [c for c in calls if c != "turn"]
-    assert slices == [16] * 6 + [4]
-    first, last = calls.index(16), len(calls) - 1 - calls[::-1].index(4)
-    assert "turn" in calls[first:last]
+    assert appended == [1, 5]
     assert verify(open_store(settings["path"])).ok
 
 
@@ -184,18 +185,18 @@ async def _until(condition, what: str) -> None:
 
 
 def test_batched_backlog_is_kept_and_written_when_the_store_recovers(tmp_path):
-    settings = _settings(tmp_path, "sqlite", durability="batched", batch_ms=0, max_mb=1, retry_ms=20)
+    settings = _settings(tmp_path, "sqlite", durability="batched", batch_ms=300, max_mb=1, retry_ms=20)
 
     async def run():
         sink = open_sink(settings)
-        accepted = [_event(n, reason="y" * 20_000 + str(n)) for n in range(100)]  # 2 MB for a 1 MB store
+        # 2 MB for a 1 MB store, all queued before the batch is written (batch_ms)
+        accepted = [_event(n, reason="y" * 20_000 + str(n)) for n in range(100)]
         for event in accepted:
             await sink.write(event)
         await _until(lambda: sink.stats()["failing"], "store failing")
         with pytest.raises(AuditUnavailable, match="full"):
             await sink.write(_event(-1))
         failing = sink.stats()
-        await sink.backend.close()
         sink.backend.max_mb = 100  # the operator made room; the writer's retry reopens the store
         await _until(lambda: sink.stats()["queue_depth"] == 0, "backlog written")
         await sink.close()
