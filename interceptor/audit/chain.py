@@ -10,7 +10,8 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
-import secrets
+import math
+from _json import make_encoder
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,27 +41,54 @@ def normalize(value: Any) -> Any:
 
 
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+# The C encoder _CANONICAL.encode builds afresh for every call, built once (no circularity
+# check: what is encoded is a tree, copied by the scrubber or parsed from a store).
+_ENCODE = make_encoder(None, _CANONICAL.default, json.encoder.encode_basestring, None, ":", ",", True, False, False)
 
 
 def canonical_json(value: Any) -> str:
     """One text per value: sorted keys, no spaces, UTF-8; what the hash covers."""
-    return _CANONICAL.encode(value)
+    return "".join(_ENCODE(value, 0))
 
 
-_SLOT = secrets.token_hex(16)  # per process: no event can hold this text without knowing it
+_encode_string = json.encoder.encode_basestring  # what _CANONICAL writes a str as (ensure_ascii=False)
+_KEY_TEXT: dict[str, str] = {}  # a key's '"key":', for the handful of keys events have
+
+
+def _key_text(key: str) -> str:
+    text = _KEY_TEXT.get(key)
+    if text is None:
+        text = f"{_encode_string(key)}:"
+        if len(_KEY_TEXT) < 256:
+            _KEY_TEXT[key] = text
+    return text
 
 
 def event_text(event: dict[str, Any]) -> str:
-    """canonical_json(event), with the read-only per-flow summaries it carries encoded once
-    per flow: JSON is compositional, so each summary's text is put where a placeholder
-    string was encoded (a secret-per-process text no event can contain)."""
-    slots = {key: f"{_SLOT}{key}" for key, value in event.items() if type(value) is SharedSummary}
-    if not slots:
-        return canonical_json(event)
-    text = canonical_json({**event, **slots})
-    for key, slot in slots.items():
-        text = text.replace(f'"{slot}"', event[key].derived("canonical_json", canonical_json), 1)
-    return text
+    """canonical_json(event), character for character, written member by member: the
+    read-only per-flow summaries it carries are encoded once per flow (JSON is
+    compositional), strings, numbers and null as json writes them, anything else by
+    canonical_json."""
+    parts = []
+    for key in sorted(event):
+        if type(key) is not str:
+            return canonical_json(event)  # json's own rules for other keys
+        value = event[key]
+        kind = type(value)
+        if kind is str:
+            text = _encode_string(value)
+        elif value is None:
+            text = "null"
+        elif kind is SharedSummary:
+            text = value.derived("canonical_json", canonical_json)
+        elif kind is int:
+            text = int.__repr__(value)
+        elif kind is float and math.isfinite(value):
+            text = float.__repr__(value)
+        else:
+            text = canonical_json(value)
+        parts.append(_key_text(key) + text)
+    return "{" + ",".join(parts) + "}"
 
 
 def record_hash(prev_hash: str, chain_id: str, seq: int, event: dict[str, Any]) -> str:

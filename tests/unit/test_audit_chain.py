@@ -137,3 +137,23 @@ def test_events_with_shared_summaries_hash_as_their_plain_json_would():
         assert record.event_text == canonical_json(plain)
         assert record.hash == record_hash(record.prev_hash, "host-a", record.seq, plain)
     assert verify_records([replace(r, event=json.loads(r.event_text)) for r in records], {"host-a": head}).ok
+
+
+def test_records_are_written_as_the_stdlib_encoder_wrote_them():
+    """Stores written before the encoder was built once keep verifying: canonical_json and the
+    chain's member-by-member event text are json.JSONEncoder's text for every kind of value."""
+    stdlib = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+    summary = SharedSummary({"exe": "/bin/é\x00\"\\", "n": 2 ** 70, "f": -0.0, "l": [1e16, 1e-7, True, None]})
+    values = ["", "é\u2028\x7f😀\n\t/<", 0, -1, 2 ** 70, 1.5, 1e16, 1e-7, -0.0, 1796040772.600637, True, False,
+              None, [], {}, {"b": [1, {"z": 1, "a": None}], "a": "x"}, summary]
+    event = {f"k{n}": value for n, value in enumerate(values)} | {"": 1, "é": 2, "A": 3}
+    plain = json.loads(json.dumps(event))
+    assert canonical_json(plain) == stdlib(plain)
+    assert link(Head(), "host-a", [event])[0][0].event_text == stdlib(plain)
+    for value in values:
+        assert canonical_json(value) == stdlib(value)
+    for bad in (float("nan"), {"x": float("inf")}):
+        with pytest.raises(ValueError):
+            canonical_json(bad)
+        with pytest.raises(ValueError):
+            link(Head(), "host-a", [{"x": bad}])
