@@ -49,8 +49,13 @@ class SharedSummary(dict[str, Any]):
         return SharedSummary, (dict(self),)  # copies and pickles rebuild it whole, not item by item
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AuditEvent:
+    """What a handler reports; the sink copies it (scrubbed) when it is submitted, so what
+    is done to the object afterwards never reaches the trail. Not frozen: a frozen
+    dataclass sets each of its 13 fields through object.__setattr__, twice the cost of
+    building one per record."""
+
     kind: str  # connection | connect_denied | statement | approval | identity | policy | daemon
     agent: str | None = None
     decision: str | None = None  # allow | deny | approve | error
