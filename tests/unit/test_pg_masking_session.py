@@ -363,6 +363,21 @@ def test_an_execute_without_describe_is_described_to_the_enforcer_alone():
     assert values(out) == [[b"****"]]
 
 
+def test_an_execute_after_the_clients_own_describe_of_its_portal_is_not_described_again():
+    s = session()
+    bind = msg(b"B", b"\0p\0" + INT16.pack(0) + INT16.pack(0) + INT16.pack(0))
+    describe, execute = msg(b"D", b"P\0"), msg(b"E", b"\0" + INT32.pack(0))
+    s.from_client(codec.parse("p", "select email from customers") + msg(b"S"))
+    s.from_server(msg(b"1") + codec.ready_for_query(b"I"))
+    for _ in range(2):  # as libpq's PQexecPrepared sends it, again and again
+        to_server = sent(s.from_client(bind + describe + execute + msg(b"S")), "server")
+        assert [kind for kind, _ in frames(to_server)] == [b"B", b"D", b"E", b"S"]
+        out = sent(s.from_server(msg(b"2") + row_description(("email", CUSTOMERS_OID, 3, 25, 0))
+                                 + data_row(EMAIL) + msg(b"C", b"SELECT 1\0") + codec.ready_for_query(b"I")), "client")
+        assert [kind for kind, _ in frames(out)] == [b"2", b"T", b"D", b"C", b"Z"]
+        assert values(out) == [[b"****"]]
+
+
 @pytest.mark.parametrize("sql, rule", [
     # a `*` whose rows are copied or written out carries what it expands to
     ("copy (select * from customers) to stdout", "mask-card"),

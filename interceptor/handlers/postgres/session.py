@@ -201,7 +201,10 @@ class ProxySession:
             if target == "S":
                 self._expect.append(Expect("describe", prepared=self._statements.get(name)))
             else:
-                self._expect.append(Expect("describe", portal=self._portals.get(name)))
+                portal = self._portals.get(name)
+                if portal is not None:
+                    portal.described = portal.decision
+                self._expect.append(Expect("describe", portal=portal))
         elif kind == 0x43:  # C
             target, name = codec.read_target(body, "Close", self._codec)
             table = self._statements if target == "S" else self._portals
@@ -374,9 +377,11 @@ class ProxySession:
                               approval=prepared.approval, prepared=prepared, effects=prepared.effects(portal.decision))
         for effects in statement.effects:
             self._predict(effects)
-        if portal.decision.masks and portal.columns is None and prepared.columns is None:
-            # The client never asked what the result holds: the enforcer asks the server
-            # (Describe of the portal, docs 55.2.3) so its rows are masked by the server's word.
+        if (portal.decision.masks and portal.columns is None and prepared.columns is None
+                and portal.described is not portal.decision):
+            # The client never asked what the result holds (or asked under another decision):
+            # the enforcer asks the server (Describe of the portal, docs 55.2.3) so its rows are
+            # masked by the server's word. A Describe the client sent before is answered first.
             describe = codec.message(b"D", b"P" + bytes(self._client.view[frame[1] + 5:frame[2] - 4]))
             self._client.replace(frame[1], frame[2], [describe, self._client.view[frame[1]:frame[2]]])
             self._expect.append(Expect("describe", portal=portal, internal=True))

@@ -109,6 +109,7 @@ class Portal:
     formats: tuple[int, ...]
     segment: int  # the Sync segment that created it: it ends with that transaction
     columns: tuple[Column, ...] | None = None
+    described: Decision | None = None  # the decision it had when the client's Describe of it went out
 
 
 @dataclass(slots=True)
