@@ -168,30 +168,60 @@ def read_parse(body: bytes | memoryview, encoding: str = "utf-8") -> Parse:
     return Parse(reader.cstring(), reader.cstring())
 
 
+def _cstring_at(data: bytes, pos: int, what: str, encoding: str) -> tuple[str, int]:
+    """The NUL-terminated string at `pos` of a message body and where the next field starts."""
+    end = data.find(b"\0", pos)
+    if end < 0:
+        raise ProtocolViolation(f"{what}: unterminated string")
+    return (text(data[pos:end], what, encoding) if end > pos else ""), end + 1
+
+
+def _overruns(count: int) -> ProtocolViolation:
+    return ProtocolViolation(f"Bind: field of {count} bytes overruns the message")
+
+
 def read_bind(body: bytes | memoryview, encoding: str = "utf-8") -> Bind:
-    reader = Reader(body, "Bind", encoding)
-    portal, statement = reader.cstring(), reader.cstring()
-    reader.skip(2 * reader.int16())
-    parameters = reader.int16()
-    for _ in range(parameters):
-        length = reader.int32()
-        if length > 0:
-            reader.skip(length)
-    formats = tuple(reader.int16() for _ in range(reader.int16()))
+    """A Bind's names, parameter count and result formats; the parameters' values are stepped
+    over (read in one pass: a Bind comes with every execution of a prepared statement)."""
+    data = bytes(body)
+    size = len(data)
+    portal, pos = _cstring_at(data, 0, "Bind", encoding)
+    statement, pos = _cstring_at(data, pos, "Bind", encoding)
+    try:
+        (count,) = INT16.unpack_from(data, pos)
+        if count < 0 or pos + 2 + 2 * count > size:
+            raise _overruns(2 * count)
+        pos += 2 + 2 * count
+        (parameters,) = INT16.unpack_from(data, pos)
+        pos += 2
+        for _ in range(parameters):
+            (length,) = INT32.unpack_from(data, pos)
+            pos += 4
+            if length > 0:
+                if pos + length > size:
+                    raise _overruns(length)
+                pos += length
+        (count,) = INT16.unpack_from(data, pos)
+        formats = tuple(INT16.unpack_from(data, pos + 2 + 2 * i)[0] for i in range(count)) if count > 0 else ()
+    except struct.error:
+        raise ProtocolViolation("Bind: truncated") from None
     return Bind(portal, statement, parameters, formats)
 
 
 def read_target(body: bytes | memoryview, what: str, encoding: str = "utf-8") -> tuple[str, str]:
     """Describe / Close: ('S' or 'P', name)."""
-    reader = Reader(body, what, encoding)
-    kind = chr(reader.byte())
+    data = bytes(body)
+    if not data:
+        raise ProtocolViolation(f"{what}: truncated")
+    kind = chr(data[0])
     if kind not in "SP":
         raise ProtocolViolation(f"{what}: target type {kind!r} is neither 'S' nor 'P'")
-    return kind, reader.cstring()
+    return kind, _cstring_at(data, 1, what, encoding)[0]
 
 
 def read_execute(body: bytes | memoryview, encoding: str = "utf-8") -> str:
-    return Reader(body, "Execute", encoding).cstring()
+    """An Execute's portal name (its row limit is the server's business)."""
+    return _cstring_at(bytes(body), 0, "Execute", encoding)[0]
 
 
 def read_parameter_status(body: bytes | memoryview) -> tuple[str, str]:
