@@ -306,6 +306,18 @@ def test_masked_columns_are_named_by_the_catalog_read_again_for_a_table_it_did_n
     assert b"alice" not in out and frames(out)[1] == (b"D", data_row(b"1", b"****")[5:])
 
 
+def test_the_same_description_is_checked_again_against_a_new_catalog() -> None:
+    catalogs = [Catalog.build([USERS]), Catalog.build([])]  # the table was dropped between two runs
+    s = session(mask_factory=lambda specs, columns, origins, encoding: None, catalog=lambda: catalogs[0])
+    head = row_description(("id", 16400, 1), ("email", 16400, 2))
+    s.from_client(codec.query("SELECT id, email FROM users"))
+    assert not any(isinstance(c, RefreshCatalog) for c in s.from_server(head + msg(b"C", b"SELECT 0\0")
+                                                                        + codec.ready_for_query(b"I")))
+    catalogs.pop(0)
+    s.from_client(codec.query("SELECT id, email FROM users"))
+    assert s.from_server(head) == [RefreshCatalog(after_ddl=False, for_result=True)]
+
+
 def test_masking_failure_withholds_the_row_and_closes() -> None:
     def factory(specs: Sequence[MaskSpec], columns: tuple[Column, ...], origins: Sequence[Origin],
                 encoding: str) -> RowMask:

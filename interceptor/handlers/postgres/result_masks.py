@@ -9,7 +9,6 @@ client encoding: a statement run again and again reuses it.
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 from interceptor.decision import Decision
@@ -31,20 +30,28 @@ class ResultMasks:
         self.factory = factory
         # (id of the decision, statement, columns, catalog version, codec) -> (the decision, its rewriter)
         self._cache: dict[tuple[object, ...], tuple[Decision, RowMask | None]] = {}
+        # the last one asked for: (decision, columns, catalog, index, encoding, rewriter), matched by identity
+        self._last: tuple[object, object, object, int, str, RowMask | None] = (None, None, None, -1, "", None)
 
     def for_columns(self, decision: Decision, columns: tuple[Column, ...], index: int,
                     catalog: Catalog | CatalogUnavailable | None, encoding: str) -> RowMask | None:
         """The rewriter of the rows of the `index`-th statement of `decision`, whose result
         has `columns` (None: they pass as they are); `encoding` is the client's Python codec.
         MaskingError when which column is which, or where one comes from, cannot be told."""
+        last = self._last
+        if (last[0] is decision and last[1] is columns and last[2] is catalog and last[3] == index
+                and last[4] == encoding):  # the same statement's result again: no key to hash
+            return last[5]
         key = (id(decision), index, columns, catalog_version(catalog), encoding)
         cached = self._cache.get(key)
         if cached is not None and cached[0] is decision:
+            self._last = (decision, columns, catalog, index, encoding, cached[1])
             return cached[1]
         mask = self._build(decision, columns, index, catalog if isinstance(catalog, Catalog) else None, encoding)
         if len(self._cache) >= _CACHED:
             self._cache.clear()
         self._cache[key] = (decision, mask)
+        self._last = (decision, columns, catalog, index, encoding, mask)
         return mask
 
     def for_portal(self, portal: Portal, catalog: Catalog | CatalogUnavailable | None,
@@ -80,10 +87,21 @@ def withheld(reason: str) -> RowMask:
     return refuse
 
 
-@functools.lru_cache(maxsize=1024)
-def described(body: bytes) -> tuple[Column, ...]:
-    """A RowDescription's columns (a statement run again sends the same bytes)."""
-    return codec.read_row_description(body)
+_DESCRIBED: dict[bytes | memoryview, tuple[Column, ...]] = {}  # RowDescription bodies read so far, up to _CACHED_DESCRIPTIONS
+_CACHED_DESCRIPTIONS = 1024
+
+
+def described(body: bytes | memoryview) -> tuple[Column, ...]:
+    """A RowDescription's columns; the same bytes give the same tuple (a prepared statement run
+    again sends the same description), looked up without copying them (a read-only memoryview
+    hashes and compares as its bytes)."""
+    columns = _DESCRIBED.get(body)
+    if columns is None:
+        columns = codec.read_row_description(body)
+        if len(_DESCRIBED) >= _CACHED_DESCRIPTIONS:
+            _DESCRIBED.clear()
+        _DESCRIBED[bytes(body)] = columns
+    return columns
 
 
 def _masked_outputs(decision: Decision, index: int, columns: int) -> dict[int, dict[str, Any]]:

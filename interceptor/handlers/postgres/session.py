@@ -36,6 +36,7 @@ from interceptor.handlers.postgres.record import redact_literals, statement_reco
 from interceptor.handlers.postgres.result_masks import ResultMasks, described
 from interceptor.handlers.postgres.state import (
     Context, Expect, Portal, Prepared, Statement, catalog_version, changes_catalog, decision_of, effects_of, quiet,
+    settled,
 )
 from interceptor.operations import SqlQuery
 from interceptor.policy.catalog import Catalog, CatalogUnavailable
@@ -121,6 +122,10 @@ class ProxySession:
         self._stream: StreamId = FRONTEND  # the stream of the input being handled
         self._awaiting_tables = False  # a result waits for the catalog to be read again
         self._tables_reread = False  # it was, for the result now being described
+        # the last RowDescription's columns found whole in this catalog (a prepared statement's
+        # result is described again at every execution: checked once)
+        self._known_columns: tuple[codec.Column, ...] | None = None
+        self._known_catalog: Catalog | CatalogUnavailable | None = None
         self._to_client: list[bytes | memoryview] = []  # enforcer messages waiting for a server frame boundary
         self._row_mask: RowMask | None = None
         self._masks = ResultMasks(mask_factory)
@@ -565,11 +570,14 @@ class ProxySession:
 
     def _ready(self, frame: Frame, status: bytes, head: Expect | None, out: list[Command]) -> None:
         self.status = status
-        self.confirmed.ready(status)
+        if status != b"I" or not settled(self.confirmed):  # settled: ready() would change nothing
+            self.confirmed.ready(status)
         if status == b"I" and head is not None:  # the transaction ended: so did its portals and cursors
-            for name in [n for n, p in self._portals.items() if p.segment <= head.segment]:
-                del self._portals[name]
-            self._cursors.transaction_ended(head.segment)
+            if self._portals:
+                for name in [n for n, p in self._portals.items() if p.segment <= head.segment]:
+                    del self._portals[name]
+            if self._cursors.held:
+                self._cursors.transaction_ended(head.segment)
         if self._reported_encoding is not None:
             confirmed = self.confirmed.get("client_encoding") or self.server_encoding
             if canonical(confirmed) != canonical(self._reported_encoding):
@@ -598,15 +606,18 @@ class ProxySession:
             return
         decision = decision_of(head)
         if decision is not None and decision.masks:
-            columns = described(bytes(body))
+            columns = described(body)
             catalog = self.catalog()
-            known = catalog.by_oid if isinstance(catalog, Catalog) else {}
-            if any(c.table_oid and c.table_oid not in known for c in columns) and not self._tables_reread:
-                self._awaiting_tables = self._tables_reread = True
-                self._server.stop(frame[1])
-                self._send(out, Side.CLIENT, self._server.take())  # what came before stays before
-                out.append(RefreshCatalog(self._stream, after_ddl=False, for_result=True))
-                return
+            if columns is not self._known_columns or catalog is not self._known_catalog:
+                known = catalog.by_oid if isinstance(catalog, Catalog) else {}
+                if not any(c.table_oid and c.table_oid not in known for c in columns):
+                    self._known_columns, self._known_catalog = columns, catalog
+                elif not self._tables_reread:
+                    self._awaiting_tables = self._tables_reread = True
+                    self._server.stop(frame[1])
+                    self._send(out, Side.CLIENT, self._server.take())  # what came before stays before
+                    out.append(RefreshCatalog(self._stream, after_ddl=False, for_result=True))
+                    return
             self._tables_reread = False
             if head.kind == "query":
                 index = head.statement.completed if head.statement else 0

@@ -145,6 +145,13 @@ def quiet(settings: SessionSettings) -> bool:
             and all(v == base and s == base for _, v, s in settings.savepoints))
 
 
+def settled(settings: SessionSettings) -> bool:
+    """No transaction state to end: nothing failed, no savepoint, and what is in force is what
+    the session keeps and what a rollback restores (a ReadyForQuery changes nothing)."""
+    base = settings.base
+    return not settings.failed and not settings.savepoints and settings.values == base and settings.session == base
+
+
 def listed(detail: Mapping[str, object], key: str) -> Sequence[Mapping[str, Any]]:
     """The mappings the policy's analysis lists under `key` in a statement's detail of a
     Decision (`masked_outputs`, `effects`: policy/sql_rules.py builds them), () when none."""
