@@ -95,6 +95,13 @@ def test_row_description_and_command_tags():
         [3, 12, 7, None, None]
 
 
+def test_command_complete_tags_are_read_from_bytes_or_a_view_alike():
+    body = b"INSERT 0 12\0"
+    assert codec.read_command_complete(body) == ("INSERT 0 12", 12)
+    assert codec.read_command_complete(memoryview(b"x" + body)[1:]) == ("INSERT 0 12", 12)
+    assert codec.read_command_complete(b"BEGIN\0") == ("BEGIN", None)
+
+
 def test_error_response_fields_round_trip():
     raw = codec.error_response("42501", "permission denied", detail="rule x")
     assert raw[:1] == b"E" and INT32.unpack_from(raw, 1)[0] == len(raw) - 1

@@ -262,6 +262,24 @@ def read_row_description(body: bytes | memoryview) -> tuple[Column, ...]:
     return tuple(columns)
 
 
+_TAGS: dict[bytes | memoryview, tuple[str, int | None]] = {}  # CommandComplete bodies read so far
+_CACHED_TAGS = 1024
+
+
+def read_command_complete(body: bytes | memoryview) -> tuple[str, int | None]:
+    """A CommandComplete's tag and the rows it reports (`command_rows`); the same bytes are
+    read once (a prepared statement's tag comes back with every execution), looked up without
+    a copy (a read-only memoryview hashes and compares as its bytes)."""
+    found = _TAGS.get(body)
+    if found is None:
+        tag = text(body[:-1], "CommandComplete")
+        found = tag, command_rows(tag)
+        if len(_TAGS) >= _CACHED_TAGS:
+            _TAGS.clear()
+        _TAGS[bytes(body)] = found
+    return found
+
+
 def command_rows(tag: str) -> int | None:
     """Rows a CommandComplete tag reports ('SELECT 3', 'INSERT 0 1', 'COPY 7'), None if none."""
     last = tag.rsplit(" ", 1)[-1]

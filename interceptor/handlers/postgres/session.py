@@ -104,6 +104,8 @@ class ProxySession:
         self.predicted = self.confirmed.copy()
         self._defaults = tuple(self.confirmed.defaults.items())
         self._touched = False  # predicted has changes the server has not confirmed yet
+        self._snapshot_of: dict[str, str | None] = dict(self.predicted.values)  # what `_snapshot` was made of
+        self._snapshot = self.predicted.snapshot()
         self._codec = self._client_codec(self.predicted)
         self._reported_encoding: str | None = None
         self._catalog_stale = False  # DDL was let through: read the catalog before judging more
@@ -416,7 +418,10 @@ class ProxySession:
             self._cursors.clear()
 
     def _context(self) -> Context:
-        return self.epoch(), self.predicted.snapshot(), catalog_version(self.catalog()), self._cursors.version
+        values = self.predicted.values
+        if values != self._snapshot_of:  # the settings' snapshot is made again only when they changed
+            self._snapshot_of, self._snapshot = dict(values), self.predicted.snapshot()
+        return self.epoch(), self._snapshot, catalog_version(self.catalog()), self._cursors.version
 
     def _decide(self, text: str, settings: SessionSettings | None = None) -> Decision:
         state = settings or self.predicted
@@ -533,7 +538,7 @@ class ProxySession:
         elif kind == 0x54:  # T
             self._row_description(frame, body, head, out)
         elif kind == 0x43:  # C
-            self._command_complete(frame, codec.text(body[:-1], "CommandComplete"), head, out)
+            self._command_complete(frame, *codec.read_command_complete(body), head, out)
         elif kind in (0x49, 0x73):  # EmptyQueryResponse, PortalSuspended
             if head is not None and head.kind == "execute":
                 self._finish(frame, out)
@@ -547,12 +552,11 @@ class ProxySession:
                     self._server.replace(start, end, [])
                 self._pop()
 
-    def _command_complete(self, frame: Frame, tag: str, head: Expect | None,
+    def _command_complete(self, frame: Frame, tag: str, rows: int | None, head: Expect | None,
                           out: list[Command]) -> None:
         statement = head.statement if head is not None else None
         if statement is not None:
             statement.command = tag
-            rows = codec.command_rows(tag)
             if rows is not None:
                 statement.rows = (statement.rows or 0) + rows
             if statement.effects:
