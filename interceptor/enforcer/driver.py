@@ -17,6 +17,7 @@ in one write once it is.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections import deque
 from collections.abc import Awaitable
 from dataclasses import dataclass
@@ -87,7 +88,8 @@ class Driver:
         await self._ended
 
     def _attach(self, side: Side, pipe: Pipe) -> bytes:
-        return pipe.attach(lambda data: self._received(side, data), lambda: self._peer_ended(side), self._reading)
+        return pipe.attach(functools.partial(self._received, side), functools.partial(self._peer_ended, side),
+                           self._reading)
 
     def close(self) -> None:
         """Stop every wait of the flow (a held operation is withdrawn and recorded as never run)
@@ -112,20 +114,18 @@ class Driver:
 
     # ---- input ----------------------------------------------------------------------
 
-    def _received(self, side: Side, data: bytes) -> None:
-        traffic = self.services.traffic
-        if side is Side.CLIENT:
-            traffic.up += len(data)
-        else:
-            traffic.down += len(data)
-        self._feed(side, data)
-
-    def _feed(self, side: Side, data: bytes) -> None:
+    def _received(self, side: Side, data: bytes, replayed: bool = False) -> None:
         """Hand `data` (b"": the side's end) to the session, or keep it, in order, while the
-        side's input stream waits."""
+        side's input stream waits; counted as traffic when it arrives (not when `replayed`).
+        The callback every chunk read goes through: kept flat."""
+        if not replayed:
+            if side is Side.CLIENT:
+                self.services.traffic.up += len(data)
+            else:
+                self.services.traffic.down += len(data)
         if self._ended.done():
             return
-        if self._inputs[side] in self._waits:
+        if self._waits and self._inputs[side] in self._waits:
             self._backlog[side].append(data)
             self._backlog_bytes[side] += len(data)
             if self._backlog_bytes[side] > BACKLOG_BYTES:
@@ -144,7 +144,7 @@ class Driver:
             while backlog and stream not in self._waits and not self._ended.done():
                 data = backlog.popleft()
                 self._backlog_bytes[side] -= len(data)
-                self._feed(side, data)
+                self._received(side, data, replayed=True)
         self._reading()
 
     def _peer_ended(self, side: Side) -> None:
@@ -154,7 +154,7 @@ class Driver:
         if side is Side.CLIENT and self._held and self._inputs[side] in self._waits:
             self._end(None)
             return
-        self._feed(side, b"")
+        self._received(side, b"")
 
     # ---- commands -------------------------------------------------------------------
 
@@ -255,7 +255,7 @@ class Driver:
         queued = self._queued.pop(stream, deque())
         try:
             self._carry([*(done.result() or []), *queued])
-        except Exception as exc:  # noqa: BLE001 - as in _feed
+        except Exception as exc:  # noqa: BLE001 - as in _received
             self._end(exc)
             return
         self._replay(stream)

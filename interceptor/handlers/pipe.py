@@ -58,8 +58,9 @@ class Pipe(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        if self._feed is not None:
-            self._feed(data)
+        feed = self._feed
+        if feed is not None:
+            feed(data)
         else:
             self._buffer += data
             self._wake()
