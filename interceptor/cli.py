@@ -207,6 +207,9 @@ def status(ctx: click.Context, as_json: bool) -> None:
     def human(d: dict[str, Any]) -> None:
         click.echo(f"interceptor {d['version']}  pid {d['pid']}  up {d['uptime_s']}s  redirect {d['redirect']}")
         click.echo(f"policy {d['policy']['version']}  ({d['policy']['path']})  sessions {d['sessions']}")
+        compiled, pure = d["compiled"]["compiled"], d["compiled"]["pure_python"]
+        click.echo(f"hot modules compiled {len(compiled)}/{len(compiled) + len(pure)}"
+                   + (f"  (pure Python: {', '.join(pure)})" if pure else ""))
         click.echo("\nagents:")
         now = time.time()
         table([{"name": a["name"], "unprotected": a["unprotected"], **identity_columns(a["identity"], now)}

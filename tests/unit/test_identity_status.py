@@ -190,6 +190,8 @@ class StatusDaemon:
                  "reason": None, "expires_at": now + 2460, "last_checked": now - 30, "next_check": now + 1800}
         self.answer = {"version": "1", "pid": 1, "uptime_s": 3.0, "redirect": "iptables", "sessions": 0,
                        "policy": {"version": "v", "path": "/p.yaml"}, "resources": [],
+                       "compiled": {"compiled": ["interceptor.enforcer.driver"],
+                                    "pure_python": ["interceptor.audit.chain"]},
                        "agents": [{"name": "bot", "unprotected": "deny", "identity": refused},
                                   {"name": "reader", "unprotected": "deny", "identity": valid}]}
 
@@ -209,3 +211,4 @@ def test_status_command_shows_state_reason_and_expiry_as_local_time() -> None:
     assert "2s ago, next in 1s" in bot
     assert time.strftime("%Y-%m-%d %H:%M", time.localtime(now + 2460)) in reader and "(in 41m)" in reader
     assert str(now + 2460) not in result.output and "-" == reader.split()[-1]
+    assert "hot modules compiled 1/2  (pure Python: interceptor.audit.chain)" in result.output
