@@ -121,7 +121,7 @@ def test_batched_writes_full_batches_and_flushes_on_close_without_waiting(tmp_pa
 
 def test_the_next_group_commits_while_the_loop_runs_on(tmp_path, monkeypatch):
     """Records queued while a group commits make the next group, written by the writer thread
-    the moment the one before is stored, whether or not the event loop gets a turn."""
+    the moment the one before is stored; each group's writers are released as soon as it is."""
     from interceptor.audit.sqlite import SqliteBackend
 
     appended: list[int] = []
@@ -129,7 +129,7 @@ def test_the_next_group_commits_while_the_loop_runs_on(tmp_path, monkeypatch):
 
     def slow_append(self, records, chunks, head):
         appended.append(len(records))
-        time.sleep(0.05)
+        time.sleep(0.2)
         real_append(self, records, chunks, head)
 
     monkeypatch.setattr(SqliteBackend, "append", slow_append)
@@ -141,12 +141,64 @@ def test_the_next_group_commits_while_the_loop_runs_on(tmp_path, monkeypatch):
         while not appended:  # the first group is being stored
             await asyncio.sleep(0.001)
         later = [sink.submit(_event(n)) for n in range(1, 6)]
-        await asyncio.gather(first, *later)
+        await first
+        released_alone = not any(future.done() for future in later)  # the next group is still being stored
+        await asyncio.gather(*later)
         await sink.close()
+        return released_alone
 
-    asyncio.run(run())
+    assert asyncio.run(run())
     assert appended == [1, 5]
     assert verify(open_store(settings["path"])).ok
+
+
+class _Bug(BaseException):
+    """Not an Exception: what the writer's store-failure handling does not catch."""
+
+
+def test_a_crashed_writer_fails_closed(tmp_path, monkeypatch):
+    from interceptor.audit.sqlite import SqliteBackend
+
+    def broken(self, records, chunks, head):
+        raise _Bug("writer bug")
+
+    monkeypatch.setattr(SqliteBackend, "append", broken)
+
+    async def run():
+        sink = open_sink(_settings(tmp_path, "sqlite"))
+        with pytest.raises(AuditUnavailable, match="closed before the record was written"):
+            await sink.write(_event(1))
+        with pytest.raises(AuditUnavailable, match="closed"):
+            await sink.write(_event(2))  # nothing more is taken
+        stats = sink.stats()
+        await sink.close()
+        return stats
+
+    assert "audit writer crashed" in asyncio.run(run())["failing"]
+
+
+def test_close_gives_up_on_a_store_that_hangs_and_refuses_what_waits(tmp_path, monkeypatch):
+    from interceptor.audit.sqlite import SqliteBackend
+
+    real_append = SqliteBackend.append
+
+    def hanging(self, records, chunks, head):
+        time.sleep(1)
+        real_append(self, records, chunks, head)
+
+    monkeypatch.setattr(SqliteBackend, "append", hanging)
+
+    async def run():
+        sink = open_sink(_settings(tmp_path, "sqlite"))
+        waiting = sink.submit(_event(1))
+        started = time.monotonic()
+        await sink.close(timeout=0.1)
+        took = time.monotonic() - started
+        with pytest.raises(AuditUnavailable, match="closed before the record was written"):
+            await waiting
+        return took
+
+    assert asyncio.run(run()) < 0.5
 
 
 def test_full_store_fails_closed_and_keeps_what_was_written(tmp_path):
