@@ -264,6 +264,7 @@ def read_row_description(body: bytes | memoryview) -> tuple[Column, ...]:
 
 _TAGS: dict[bytes | memoryview, tuple[str, int | None]] = {}  # CommandComplete bodies read so far
 _CACHED_TAGS = 1024
+_CACHED_TAG_BYTES = 64  # a longer body (no tag the server sends is) is read every time, never kept
 
 
 def read_command_complete(body: bytes | memoryview) -> tuple[str, int | None]:
@@ -274,9 +275,10 @@ def read_command_complete(body: bytes | memoryview) -> tuple[str, int | None]:
     if found is None:
         tag = text(body[:-1], "CommandComplete")
         found = tag, command_rows(tag)
-        if len(_TAGS) >= _CACHED_TAGS:
-            _TAGS.clear()
-        _TAGS[bytes(body)] = found
+        if len(body) <= _CACHED_TAG_BYTES:
+            if len(_TAGS) >= _CACHED_TAGS:
+                _TAGS.clear()
+            _TAGS[bytes(body)] = found
     return found
 
 

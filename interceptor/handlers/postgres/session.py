@@ -341,7 +341,8 @@ class ProxySession:
             self._refuse(prepared.text, decision.rule, decision.reason, frame, bind.parameters)
             return
         portal = Portal(prepared, decision, context, bind.parameters, bind.result_formats, self._segment)
-        self._cursors.replaced(bind.portal)
+        if self._cursors.held:
+            self._cursors.replaced(bind.portal)
         self._expect.append(Expect("bind", change=record(self._portals, bind.portal, portal)))
 
     def _rejudged(self, prepared: Prepared, context: Context, settings: SessionSettings) -> Decision:
@@ -375,7 +376,7 @@ class ProxySession:
             if portal.decision.verdict is Verdict.DENY:
                 self._refuse(prepared.text, portal.decision.rule, portal.decision.reason, frame, portal.parameters)
                 return
-        if prepared.one_shot_spent():
+        if prepared.approval is not None and prepared.one_shot_spent():
             self._refuse(prepared.text, prepared.decision.rule, "the one-shot approval was used by an earlier "
                          "execution; prepare the statement again to ask for a new approval", frame, portal.parameters)
             return
@@ -383,7 +384,8 @@ class ProxySession:
         statement = Statement(prepared.text, portal.decision, "extended", self.clock(), parameters=portal.parameters,
                               approval=prepared.approval, prepared=prepared, effects=prepared.effects(portal.decision))
         for effects in statement.effects:
-            self._predict(effects)
+            if effects:  # most statements change nothing in the session
+                self._predict(effects)
         if (portal.decision.masks and portal.columns is None and prepared.columns is None
                 and portal.described is not portal.decision):
             # The client never asked what the result holds (or asked under another decision):
