@@ -37,9 +37,11 @@ class Side(enum.StrEnum):
         return Side.SERVER if self is Side.CLIENT else Side.CLIENT
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Send:
-    """Write `data` (pieces, written together in one call) to the peer `to`."""
+    """Write `data` (pieces, written together in one call) to the peer `to`. Not frozen, as
+    Record: made for every chunk, and a frozen dataclass sets each field through
+    object.__setattr__; no one changes a command once it is made."""
 
     to: Side
     data: Sequence[bytes | memoryview]
@@ -54,11 +56,11 @@ class Shutdown:
     stream: StreamId = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Record:
     """The audit record of one operation. In strict audit, nothing of its stream that comes
     after it leaves before the record is durable (so an operation's result is released only
-    once it is recorded)."""
+    once it is recorded). Not frozen (made for every statement): see Send."""
 
     decision: Decision
     operation: dict[str, object]

@@ -147,8 +147,8 @@ class Parse:
     query: str
 
 
-@dataclass(frozen=True, slots=True)
-class Bind:
+@dataclass(slots=True)
+class Bind:  # not frozen: read at every execution, and a frozen dataclass sets its fields one call each
     portal: str
     statement: str
     parameters: int

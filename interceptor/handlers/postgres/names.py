@@ -17,9 +17,10 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Change(Generic[T]):
-    """One recorded change: `name` in `table` was `previous` (None: absent) before it."""
+    """One recorded change: `name` in `table` was `previous` (None: absent) before it (not
+    frozen: one is made for every Bind, and a frozen dataclass sets its fields one call each)."""
 
     table: dict[str, T]
     name: str
