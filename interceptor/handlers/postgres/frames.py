@@ -135,8 +135,11 @@ class FrameRelay(FrameReader):
         self.pieces: list[bytes | memoryview] = []
 
     def feed(self, data: bytes) -> None:
-        FrameReader.feed(self, data)
-        self.out = 0
+        """As FrameReader.feed (written out: a chunk's first call), and forwarding restarts at 0."""
+        rest = self.data[self.pos:]
+        self.data = rest + data if rest else bytes(data)
+        self.view = memoryview(self.data)
+        self.pos = self.out = 0
 
     def replace(self, start: int, end: int, new: Sequence[bytes | memoryview]) -> None:
         """Forward `new` in place of the message at [start, end)."""
