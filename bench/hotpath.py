@@ -42,12 +42,15 @@ IDENTITY = Identity("https://idp.example.com/oauth2/default", "agent-bench", "be
 
 
 def _traffic() -> tuple[bytes, bytes]:
-    """What pgbench -M prepared sends and gets back for one -S transaction."""
+    """What pgbench -M prepared (libpq's PQexecPrepared: Bind, Describe of the portal, Execute, Sync) sends
+    and gets back for one -S transaction."""
     bind = message(b"B", b"\0P0_1\0" + INT16.pack(0) + INT16.pack(1) + INT32.pack(5) + b"12345" + INT16.pack(1)
                 + INT16.pack(0))
-    client = bind + message(b"E", b"\0" + INT32.pack(0)) + message(b"S")
-    server = (message(b"2") + message(b"D", INT16.pack(1) + INT32.pack(4) + b"1234") + message(b"C", b"SELECT 1\0")
-              + message(b"Z", b"I"))
+    client = bind + message(b"D", b"P\0") + message(b"E", b"\0" + INT32.pack(0)) + message(b"S")  # PQexecPrepared
+    described = message(b"T", INT16.pack(1) + b"abalance\0" + INT32.pack(16390) + INT16.pack(3) + INT32.pack(23)
+                        + INT16.pack(4) + INT32.pack(-1) + INT16.pack(0))
+    server = (message(b"2") + described + message(b"D", INT16.pack(1) + INT32.pack(4) + b"1234")
+              + message(b"C", b"SELECT 1\0") + message(b"Z", b"I"))
     return client, server
 
 
@@ -102,7 +105,7 @@ def measure(count: int = 20000) -> dict[str, float]:
     simple = (SIMPLE.format(n) for n in itertools.cycle(range(10000, 100000)))
     unseen = (f"SELECT abalance FROM pgbench_accounts_{n} WHERE aid = $1" for n in itertools.count())
     return {
-        "postgres session (sans-IO: Bind/Execute/Sync in, 4 messages out)":
+        "postgres session (sans-IO: Bind/Describe/Execute/Sync in, 5 messages out)":
             _per_op(lambda: (session.from_client(client), session.from_server(server)), count),
         "audit event built (who, what, outcome)": _per_op(event, count),
         "audit event scrubbed and normalized": _per_op(lambda: scrub_event(event().to_dict()), count)
