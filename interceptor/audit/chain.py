@@ -36,7 +36,7 @@ def normalize(value: Any) -> Any:
     """Plain JSON values (dict/list/str/number/bool/None) that survive a store round trip unchanged."""
     try:
         return json.loads(json.dumps(value, default=_jsonable, allow_nan=False))
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise ValueError(f"audit event is not representable as JSON: {exc}") from exc
 
 

@@ -141,14 +141,20 @@ SHORTEST_SECRET = 5
 
 @short_text_cache(maxsize=8192)
 def scrub_text(text: str) -> str:
-    """`text` with password literals, URL passwords and recognised tokens replaced.
+    """`text` with password literals, URL passwords and recognised tokens replaced, and what no
+    store can hold as text replaced by U+FFFD (_storable).
 
     Cached: a trail repeats the same strings (statement texts, exe paths, agent names) in
     record after record, and a pure function of its input needs running once per string."""
+    return _storable(_masked(text))
+
+
+def _masked(text: str) -> str:
+    """`text` with password literals, URL passwords and recognised tokens replaced."""
     text = _SQL_PASSWORD.sub(rf"\1'{REDACTED}'", text)
     text = _URL_PASSWORD.sub(rf"\1{REDACTED}@", text)
     text = _command_line(text)
-    raw = text.encode()
+    raw = text.encode("utf-8", "surrogatepass")
     spans = api_key(raw)
     if not spans:
         return text
@@ -344,12 +350,48 @@ def _replaced(text: str, spans: list[tuple[int, int]]) -> str:
     return "".join(out)
 
 
+_masked_words = short_text_cache(maxsize=1024)(_masked)  # an argv joined by NUL (_scrub_list)
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _storable(text: str) -> str:
+    """`text` with each character no store can hold as text replaced by U+FFFD, as the
+    daemon reads bytes that do not decode: NUL (PostgreSQL's text and jsonb refuse it: one
+    such record stopped its audit store for good) and a lone surrogate (no UTF-8 for it)."""
+    if "\x00" in text or not text.isascii():
+        return _UNSTORABLE.sub("\ufffd", text)
+    return text
+
+
 class NotPlain(ValueError):
-    """A value that is not plain JSON yet (a tuple, set, enum, non-string key, non-finite float)."""
+    """A value that is not plain JSON yet (a tuple, set, enum, non-string key, non-finite float),
+    or not one every store can take (a member name _storable would change, _integer)."""
+
+
+class Unrepresentable(ValueError):
+    """An event no JSON round trip can make storable: nested deeper than MAX_DEPTH."""
+
+
+# Deeper than any event's summaries nest, and well inside what json's encoder and decoder take
+# (Python's recursion limit): the writer, the stores and `audit verify` all read it back.
+MAX_DEPTH = 100
+# json writes an int's digits with int.__repr__, which refuses more than 4300 of them
+# (sys.int_info.default_max_str_digits); `audit verify` reads them back the same way.
+_INT_LIMIT = 10 ** 4300
+
+
+def _integer(value: int) -> int:
+    if -_INT_LIMIT < value < _INT_LIMIT:
+        return value
+    raise NotPlain(f"an integer of {value.bit_length()} bits (json writes at most 4300 digits)")
 
 
 @functools.lru_cache(maxsize=4096)
 def _secret_key(key: str) -> bool:
+    """Whether a member's name says its value is a secret; NotPlain for a name no store can
+    hold (NUL, a lone surrogate): a name is not rewritten, it could then clash with another."""
+    if _UNSTORABLE.search(key) is not None:
+        raise NotPlain(f"member name {key!r} holds a character no audit store can hold as text")
     return _SECRET_KEY.search(key) is not None
 
 
@@ -360,10 +402,12 @@ def _scrub_shared(value: SharedSummary) -> SharedSummary:
 
 
 def _scrubbed_copy(summary: SharedSummary) -> SharedSummary:
-    return SharedSummary(_scrub_dict(summary))
+    return SharedSummary(_scrub_dict(summary, 1))
 
 
-def _scrub_dict(value: dict[Any, Any]) -> dict[str, Any]:
+def _scrub_dict(value: dict[Any, Any], depth: int) -> dict[str, Any]:
+    if depth > MAX_DEPTH:
+        raise Unrepresentable(f"nested deeper than {MAX_DEPTH} levels")
     out: dict[str, Any] = {}
     for key, item in value.items():
         if type(key) is not str:
@@ -374,38 +418,47 @@ def _scrub_dict(value: dict[Any, Any]) -> dict[str, Any]:
         elif kind is SharedSummary:
             out[key] = _scrub_shared(item)
         elif kind is str:
-            out[key] = item if len(item) < SHORTEST_SECRET or key in _IDENTIFIER_KEYS else scrub_text(item)
-        elif kind is int or kind is bool or item is None:
+            out[key] = _storable(item) if len(item) < SHORTEST_SECRET or key in _IDENTIFIER_KEYS else scrub_text(item)
+        elif kind is int:
+            out[key] = _integer(item)
+        elif kind is bool or item is None:
             out[key] = item
         else:
-            out[key] = scrub(item)
+            out[key] = scrub(item, depth + 1)
     return out
 
 
-def _scrub_list(value: list[Any]) -> list[Any]:
+def _scrub_list(value: list[Any], depth: int) -> list[Any]:
     """Each item scrubbed; a list of strings (an argv: ["mysql", "-p", ...]) is scrubbed as
     one text, its items joined by NUL (which no secret's pattern crosses), so an option and
     its value in two items are seen together."""
+    if depth > MAX_DEPTH:
+        raise Unrepresentable(f"nested deeper than {MAX_DEPTH} levels")
     if len(value) > 1 and all(type(item) is str and "\x00" not in item for item in value):
-        items = scrub_text("\x00".join(value)).split("\x00")
+        items = _masked_words("\x00".join(value)).split("\x00")
         if len(items) == len(value):
-            return items
-    return [scrub(item) for item in value]
+            return [_storable(item) for item in items]
+    return [scrub(item, depth + 1) for item in value]
 
 
-def scrub(value: Any) -> Any:
-    """A copy of a plain JSON value with secrets masked (see module docstring); NotPlain
-    for anything a JSON round trip would change."""
+def scrub(value: Any, depth: int = 0) -> Any:
+    """A copy of a plain JSON value with secrets masked (see module docstring), `depth` levels
+    below the top of what is scrubbed, its strings made storable (_storable); NotPlain for
+    anything a JSON round trip would change or no store could take (a member name holding NUL
+    or a lone surrogate, an integer past json's 4300 digits), Unrepresentable for nesting
+    deeper than MAX_DEPTH."""
     kind = type(value)
     if kind is dict:
-        return _scrub_dict(value)
+        return _scrub_dict(value, depth)
     if kind is SharedSummary:
         return _scrub_shared(value)
     if kind is str:
         return scrub_text(value)
     if kind is list:
-        return _scrub_list(value)
-    if kind is int or kind is bool or value is None:
+        return _scrub_list(value, depth)
+    if kind is int:
+        return _integer(value)
+    if kind is bool or value is None:
         return value
     if kind is float and math.isfinite(value):
         return value
@@ -414,10 +467,15 @@ def scrub(value: Any) -> Any:
 
 def scrub_event(event: dict[str, Any]) -> dict[str, Any]:
     """The event as plain JSON with secrets masked. Events nearly always hold plain values,
-    so one walk does both; the rest take the JSON round trip of `normalize` first."""
+    so one walk does both; the rest take the JSON round trip of `normalize` first. ValueError
+    for an event no store can take as it is, so that it is refused when submitted rather than
+    fail the writer's commit (and every commit after it, for a batched sink)."""
     scrubbed: dict[str, Any]
     try:
-        scrubbed = scrub(event)
-    except NotPlain:
-        scrubbed = scrub(normalize(event))
+        try:
+            scrubbed = scrub(event)
+        except NotPlain:
+            scrubbed = scrub(normalize(event))
+    except (NotPlain, Unrepresentable) as exc:
+        raise ValueError(f"audit event is not representable as JSON: {exc}") from None
     return scrubbed

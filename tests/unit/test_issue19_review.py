@@ -1,0 +1,177 @@
+"""Review of issue 19's audit writer thread, canonical text and compiled hot modules: each test
+pins one way a guarantee broke (a record lost or never stored, a sink refusing everything for
+good, a chain that no longer verifies, a binary running other code than its source)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from interceptor.audit import AuditEvent, Query, open_sink, open_store, verify
+from interceptor.errors import AuditUnavailable
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _event(n: int, **fields: Any) -> AuditEvent:
+    return AuditEvent(kind="statement", agent="bot", decision="allow", resource="orders-db",
+                      operation={"sql": f"SELECT {n}"}, **fields)
+
+
+def _settings(tmp_path: Path, store: str = "sqlite", **extra: Any) -> dict[str, Any]:
+    path = tmp_path / ("audit.jsonl" if store == "jsonl" else "audit.db")
+    return {"store": store, "path": str(path), "chain_id": "host-a", **extra}
+
+
+def _nested(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+# Values an event can carry that no store can take as they are: the writer thread failed on each
+# after `submit` had accepted it, for good (batched: the sink refused every operation until a
+# restart and its backlog was never stored; close then crashed logging it).
+UNENCODABLE: dict[str, dict[str, Any]] = {
+    "lone surrogate in a member name": {"\udc80key": 1},
+    "NUL in a member name": {"a\x00b": 1},
+    "integer past json's 4300 digits": {"n": 10 ** 5000},
+    "nesting past json's recursion limit": {"deep": _nested(2000)},
+}
+
+
+@pytest.mark.parametrize("durability", ["strict", "batched"])
+@pytest.mark.parametrize("outcome", list(UNENCODABLE.values()), ids=list(UNENCODABLE))
+def test_an_event_no_store_can_take_is_refused_at_submit_and_the_sink_writes_on(tmp_path, durability, outcome):
+    settings = _settings(tmp_path, durability=durability, batch_ms=1, retry_ms=20)
+
+    async def run() -> dict[str, Any]:
+        sink = open_sink(settings)
+        first = sink.submit(_event(1))
+        with pytest.raises(AuditUnavailable, match="not representable"):
+            sink.submit(_event(0, outcome=outcome))
+        if first is not None:
+            await first  # strict: its group is not refused for the bad record's sake
+        await sink.write(_event(2))
+        await asyncio.sleep(0.05)
+        stats = sink.stats()
+        await sink.close(timeout=2)
+        return stats
+
+    stats = asyncio.run(run())
+    assert stats["failing"] is None and stats["written"] == 2 and stats["queue_depth"] == 0
+    reader = open_store(settings["path"])
+    assert [r.event["operation"]["sql"] for _, r in reader.records()] == ["SELECT 1", "SELECT 2"]
+    assert verify(reader).ok
+
+
+# Text no store can hold as it is (PostgreSQL's text and jsonb refuse NUL: one SSH exec command
+# or MCP tool name holding it stopped a PostgreSQL audit store; no store writes a lone surrogate
+# as UTF-8), kept with U+FFFD in its place as undecodable bytes are.
+UNSTORABLE_TEXT = {"short": "a\x00b", "long": "echo a\x00; rm -rf /", "surrogate": "\ud800",
+                   "long surrogate": "cat /tmp/\udcff-file", "argv": ["sh", "-c", "a\x00b", "\udc80"],
+                   "flow_id": "f\x00"}
+STORED_TEXT = {"short": "a\ufffdb", "long": "echo a\ufffd; rm -rf /", "surrogate": "\ufffd",
+               "long surrogate": "cat /tmp/\ufffd-file", "argv": ["sh", "-c", "a\ufffdb", "\ufffd"],
+               "flow_id": "f\ufffd"}
+
+
+def _write_unstorable_text(settings: dict[str, Any]) -> None:
+    async def run() -> None:
+        for durability in ("strict", "batched"):
+            sink = open_sink({**settings, "durability": durability, "batch_ms": 1, "retry_ms": 20})
+            await sink.write(_event(1, outcome=UNSTORABLE_TEXT))
+            await sink.write(_event(2))
+            await asyncio.sleep(0.05)
+            assert sink.stats()["failing"] is None
+            await sink.close(timeout=2)
+
+    asyncio.run(run())
+    reader = open_store(settings.get("path") or settings["dsn"])
+    records = [r for _, r in reader.records()]
+    assert [r.event.get("outcome") for r in records] == [STORED_TEXT, None, STORED_TEXT, None]
+    assert verify(reader).ok
+
+
+@pytest.mark.parametrize("store", ["sqlite", "jsonl"])
+def test_text_no_store_can_hold_is_kept_with_replacement_characters(tmp_path, store):
+    _write_unstorable_text(_settings(tmp_path, store))
+
+
+def test_text_postgres_cannot_hold_does_not_stop_a_postgres_store():
+    from pg_fixture import PgServer
+
+    with PgServer() as pg:
+        _write_unstorable_text({"store": "postgres", "dsn": pg.dsn(), "chain_id": "host-a"})
+
+
+def test_nesting_deep_enough_to_overflow_the_c_stack_is_refused_not_a_crash(tmp_path):
+    """Compiled, the scrubber recursed without Python's recursion limit: the daemon died of SIGSEGV."""
+    code = textwrap.dedent(f"""
+        import asyncio
+        from interceptor.audit import AuditEvent, open_sink
+        from interceptor.errors import AuditUnavailable
+
+        async def main():
+            sink = open_sink({{"store": "sqlite", "path": {str(tmp_path / 'audit.db')!r}, "chain_id": "h"}})
+            value = []
+            for _ in range(300_000):
+                value = [value]
+            try:
+                sink.submit(AuditEvent(kind="statement", outcome={{"deep": value}}))
+            except AuditUnavailable as exc:
+                print("refused:", exc)
+            await sink.close()
+
+        asyncio.run(main())
+    """)
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "refused: audit event is not representable as JSON" in done.stdout
+
+
+def test_records_written_by_the_code_before_issue_19_verify(tmp_path):
+    """A store written before today's chain and sink (git 104530a^) verifies and is continued."""
+    old = tmp_path / "old"
+    subprocess.run(f"git -C {REPO} archive 104530a^ interceptor | tar -x -C {tmp_path} --one-top-level=old",
+                   shell=True, check=True)
+    settings = _settings(tmp_path, durability="batched")
+    code = textwrap.dedent(f"""
+        import asyncio
+        from interceptor.audit import AuditEvent, open_sink
+        from interceptor.audit.event import SharedSummary
+
+        async def main():
+            sink = open_sink({settings!r})
+            process = SharedSummary({{"exe": "/usr/bin/psql", "argv": ["psql", "-c", "x\\u2028y"], "pid": 7}})
+            for n, outcome in enumerate([{{"f": 0.1}}, {{"z": -0.0}}, {{"i": 2 ** 70}}, {{"s": "\\x00\\x1f\\u2028é"}},
+                                          {{"e": 1e-300, "l": [1, 2.5, None, True]}}]):
+                sink.submit(AuditEvent(kind="statement", flow_id="f1", process=process, outcome=outcome,
+                                       operation={{"sql": f"SELECT {{n}}"}}))
+            await sink.close()
+
+        asyncio.run(main())
+    """)
+    env = {**os.environ, "PYTHONPATH": str(old)}
+    done = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(old)!r})\n" + code],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+    async def more() -> None:
+        sink = open_sink(settings)
+        await sink.write(_event(99, outcome={"f": 0.1, "z": -0.0}))
+        await sink.close()
+
+    asyncio.run(more())
+    reader = open_store(settings["path"])
+    assert [r.seq for _, r in reader.records()] == [1, 2, 3, 4, 5, 6]
+    assert verify(reader).ok
+    assert reader.search(Query(limit=1, newest=True))[0][1].event["outcome"] == {"f": 0.1, "z": -0.0}
