@@ -2,8 +2,8 @@
 
 One record per line (`chain_id`, `seq`, `prev_hash`, `hash`, `event`); captured session
 bytes are lines holding `session_bytes` (data in base64) that verify skips. Each group is
-written with one write() and fsynced. A torn last line (a crash mid-write, never
-acknowledged) is cut off when the file is reopened.
+written with one write() and fsynced. A torn last line (a crash or a failed write mid-group,
+never acknowledged) is cut off when the file is reopened: at start and before each retry.
 """
 
 from __future__ import annotations
@@ -76,6 +76,9 @@ class JsonlBackend:
         return self._fd
 
     def recover(self, chain_id: str, event_ids: list[str]) -> tuple[Head, set[str]]:
+        """Reopens the file, so what a failed append left of its group (a short write on a full
+        disk) is cut off before the retry appends after it, not glued to its first line."""
+        self.close()
         self._open()
         head, wanted, stored = Head(), set(event_ids), set()
         for _, value in _lines(self.path):
