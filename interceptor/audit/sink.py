@@ -190,6 +190,8 @@ class ChainedSink:
         except TimeoutError:
             self._abandoned = True  # the writer closes the store once its call in flight returns
             self._abandon()
+            with self._wake:
+                self._wake.notify()  # a writer waiting to retry stops now
 
     # ---- on the event loop, called from the writer thread -----------------------------
 
@@ -235,11 +237,11 @@ class ChainedSink:
     # ---- the writer thread ------------------------------------------------------------
 
     def _wait(self, what: str, ready: Callable[[], bool], timeout: float | None) -> None:
-        """Sleep until closing, `ready()` (checked once _waiting is set: see _enqueue) or the timeout."""
+        """Sleep until `ready()` (checked once _waiting is set: see _enqueue) or the timeout."""
         with self._wake:
             self._waiting = what
             try:
-                self._wake.wait_for(lambda: self._closing or ready(), timeout)
+                self._wake.wait_for(ready, timeout)
             finally:
                 self._waiting = None
 
@@ -251,14 +253,18 @@ class ChainedSink:
         try:
             while (self._queue or not self._closing) and not self._abandoned:
                 if not self._queue:
-                    self._wait("work", lambda: bool(self._queue), None)
+                    self._wait("work", lambda: self._closing or bool(self._queue), None)
                     continue
                 if (not self.strict and not self._closing and self._failing is None
                         and len(self._queue) < options.max_batch):
-                    self._wait("batch", lambda: len(self._queue) >= options.max_batch, options.batch_ms / 1000)
+                    self._wait("batch", lambda: self._closing or len(self._queue) >= options.max_batch,
+                               options.batch_ms / 1000)
                 if not self._commit(list(itertools.islice(self._queue, options.max_batch))):
-                    queued = len(self._queue)  # retry after retry_ms, or at once when closing or a probe arrives
-                    self._wait("retry", lambda: len(self._queue) > queued, options.retry_ms / 1000)
+                    # Retry after retry_ms, or at once when a probe arrives or close begins (once:
+                    # a store still failing then is retried at retry_ms until close gives up).
+                    queued, closing = len(self._queue), self._closing
+                    self._wait("retry", lambda: (self._abandoned or self._closing != closing
+                                                 or len(self._queue) > queued), options.retry_ms / 1000)
         except BaseException as exc:  # noqa: BLE001 - handed to the loop, which fails closed
             error = exc
         finally:

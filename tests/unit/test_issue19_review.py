@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -175,3 +176,63 @@ def test_records_written_by_the_code_before_issue_19_verify(tmp_path):
     assert [r.seq for _, r in reader.records()] == [1, 2, 3, 4, 5, 6]
     assert verify(reader).ok
     assert reader.search(Query(limit=1, newest=True))[0][1].event["outcome"] == {"f": 0.1, "z": -0.0}
+
+
+def test_a_torn_jsonl_write_is_cut_before_the_retry_so_no_later_record_is_lost(tmp_path, monkeypatch):
+    """A short write (a full disk) left part of a group in the file; the retry appended the next
+    group right after that fragment, so its first record was glued into an unreadable line."""
+    from interceptor.audit import jsonl
+
+    real_write = os.write
+    groups: list[bytes] = []
+
+    def short_write(fd: int, data: bytes) -> int:
+        groups.append(data)
+        if len(groups) == 2:  # the second group: half of it reaches the file
+            return real_write(fd, data[: len(data) // 2])
+        return real_write(fd, data)
+
+    monkeypatch.setattr(jsonl.os, "write", short_write)
+    settings = _settings(tmp_path, "jsonl", retry_ms=10)
+
+    async def run() -> None:
+        sink = open_sink(settings)
+        await sink.write(_event(1))
+        with pytest.raises(AuditUnavailable, match="short write"):
+            await sink.write(_event(2))
+        await asyncio.sleep(0.05)  # past retry_ms: the next write is taken and the store reopened
+        await sink.write(_event(3))
+        await sink.close()
+
+    asyncio.run(run())
+    reader = open_store(settings["path"])
+    assert [r.event.get("operation") for _, r in reader.records()] == [{"sql": "SELECT 1"}, {"sql": "SELECT 3"}]
+    assert verify(reader).ok
+
+
+def test_close_against_a_failing_store_retries_at_retry_ms_not_in_a_tight_loop(tmp_path, monkeypatch):
+    """Once closing, every failed retry was followed by the next at once: the writer spun on
+    the store (reopening it each time) for all of close's timeout."""
+    from interceptor.audit.sqlite import SqliteBackend
+
+    calls: list[float] = []
+    real_recover = SqliteBackend.recover
+
+    def counting_recover(self, chain_id, event_ids):
+        calls.append(time.monotonic())
+        return real_recover(self, chain_id, event_ids)
+
+    def failing_append(self, records, chunks, head):
+        raise OSError("disk I/O error")
+
+    monkeypatch.setattr(SqliteBackend, "recover", counting_recover)
+    monkeypatch.setattr(SqliteBackend, "append", failing_append)
+
+    async def run() -> None:
+        sink = open_sink(_settings(tmp_path, durability="batched", batch_ms=1, retry_ms=200))
+        sink.submit(_event(1))
+        await asyncio.sleep(0.05)  # the first commit failed
+        await sink.close(timeout=0.5)
+
+    asyncio.run(run())
+    assert 2 <= len(calls) <= 6, f"{len(calls)} store reopenings in 0.55 s with retry_ms=200"
