@@ -4,8 +4,10 @@
 `make compiled`) compiles in place: a binary `<name><EXT_SUFFIX>` beside each `<name>.py`, which
 Python's import system prefers to the source. The build records in `MANIFEST` (beside this file)
 the sha256 of the exact source each binary was compiled from. `verify()` runs at
-`import interceptor` and refuses a binary whose source has changed since (or that no build
-recorded), so a binary never silently runs other code than its `.py`. A checkout where the
+`import interceptor` and refuses every binary in the package whose source has changed since (or
+that no build recorded, listed module or not), and checks each binary again as it is imported
+(a handler's modules are imported at its first connection, perhaps after an edit), so a binary
+never silently runs other code than its `.py`. A checkout where the
 build never ran has no binaries and runs every module as pure Python, from the same source;
 `status()` says which modules run compiled (`interceptor doctor`, `interceptor status`).
 
@@ -21,9 +23,11 @@ import os
 import shlex
 import sys
 import sysconfig
-from collections.abc import Callable
-from importlib.machinery import EXTENSION_SUFFIXES
+from collections.abc import Callable, Iterator, Sequence
+from importlib.abc import MetaPathFinder
+from importlib.machinery import EXTENSION_SUFFIXES, ExtensionFileLoader, ModuleSpec, PathFinder
 from pathlib import Path
+from types import ModuleType
 
 PACKAGE = Path(__file__).resolve().parent
 MANIFEST = "compiled.json"
@@ -116,25 +120,69 @@ def rebuild_command(package: Path = PACKAGE) -> str:
             " (from the interceptor checkout this was installed from)")
 
 
+def _binaries(package: Path) -> Iterator[tuple[str, Path]]:
+    """(module, path) of every file under `package` the import system could load as an
+    extension module: any of this interpreter's extension suffixes, listed module or not."""
+    for directory, subdirectories, files in os.walk(package):
+        subdirectories.sort()
+        parts = (package.name, *Path(directory).relative_to(package).parts)
+        for name in sorted(files):
+            suffix = next((suffix for suffix in EXTENSION_SUFFIXES if name.endswith(suffix)), None)
+            stem = name[: -len(suffix)] if suffix else ""
+            if stem and "." not in stem:  # `a.b.so` is no module's binary: none is named `a.b`
+                yield ".".join(parts if stem == "__init__" else (*parts, stem)), Path(directory) / name
+
+
+def _check(module: str, binary: Path, manifest: dict[str, dict[str, str]], package: Path) -> None:
+    """StaleBuild unless `binary` is what the build made of `module`'s current source."""
+    entry = manifest.get(module)
+    source = source_path(module, package)
+    if entry is None or entry["binary"] != binary.name:
+        problem = f"{binary} was not made by the build (no record of it in {package / MANIFEST})"
+    elif not source.exists() or sha256(source) != entry["source_sha256"]:
+        problem = f"{source} changed since {binary.name} was compiled from it"
+    else:
+        return
+    raise StaleBuild(f"{problem}: the compiled module would run other code than its source. "
+                     f"Rebuild with: {rebuild_command(package)}")
+
+
+class _ImportCheck(MetaPathFinder):
+    """Checks a binary of the package the moment it is to be imported: the source may have
+    been edited since `import interceptor` checked them all."""
+
+    def __init__(self, package: Path) -> None:
+        self.package = package
+        self.prefix = f"{package.name}."
+
+    def find_spec(self, fullname: str, path: Sequence[str] | None,
+                  target: ModuleType | None = None) -> ModuleSpec | None:
+        """The spec the path finder gives; StaleBuild when it loads a binary of this package
+        that is not the build of its module's current source."""
+        if not fullname.startswith(self.prefix):
+            return None
+        spec = PathFinder.find_spec(fullname, path, target)
+        if spec is not None and isinstance(spec.loader, ExtensionFileLoader) and spec.origin:
+            binary = Path(spec.origin).resolve()
+            if binary.is_relative_to(self.package):
+                _check(fullname, binary, read_manifest(self.package), self.package)
+        return spec
+
+
 def verify(package: Path = PACKAGE) -> None:
-    """Raise StaleBuild when a binary of a listed or recorded module is not the build of its
+    """Raise StaleBuild when any binary under `package` is not the build of its module's
     current source: the source changed (or is gone) since, or no build recorded the binary.
-    Cost: a stat per listed module and a sha256 of each compiled one's source."""
+    When `package` is the one this process imports, each binary is checked again as it is
+    imported. Cost: a walk of the package and a sha256 of each compiled module's source."""
+    package = package.resolve()
     manifest = read_manifest(package)
-    for module in sorted(set(HOT) | set(manifest)):
-        binary = _binary(module, package)
-        if binary is None:
-            continue
-        entry = manifest.get(module)
-        source = source_path(module, package)
-        if entry is None or entry["binary"] != binary.name:
-            problem = f"{binary} was not made by the build (no record of it in {package / MANIFEST})"
-        elif not source.exists() or sha256(source) != entry["source_sha256"]:
-            problem = f"{source} changed since {binary.name} was compiled from it"
-        else:
-            continue
-        raise StaleBuild(f"{problem}: the compiled module would run other code than its source. "
-                         f"Rebuild with: {rebuild_command(package)}")
+    for module, binary in _binaries(package):
+        _check(module, binary, manifest, package)
+    imported = sys.modules.get(package.name)
+    origin = getattr(imported, "__file__", None)
+    if origin is not None and Path(origin).resolve().parent == package and not any(
+            isinstance(finder, _ImportCheck) and finder.package == package for finder in sys.meta_path):
+        sys.meta_path.insert(0, _ImportCheck(package))
 
 
 def status(package: Path = PACKAGE) -> dict[str, list[str]]:

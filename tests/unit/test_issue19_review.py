@@ -15,8 +15,10 @@ from typing import Any
 
 import pytest
 
+from interceptor import compiled
 from interceptor.audit import AuditEvent, Query, open_sink, open_store, verify
 from interceptor.errors import AuditUnavailable
+from test_compiled import package, quiet  # noqa: F401 - package is a fixture
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -236,3 +238,68 @@ def test_close_against_a_failing_store_retries_at_retry_ms_not_in_a_tight_loop(t
 
     asyncio.run(run())
     assert 2 <= len(calls) <= 6, f"{len(calls)} store reopenings in 0.55 s with retry_ms=200"
+
+
+# ---- compiled hot modules --------------------------------------------------------------------
+
+@pytest.fixture
+def importable(package: Path) -> Path:
+    """test_compiled's one-module package, whose __init__ checks its binaries as the real one does."""
+    (package / "compiled.py").write_bytes((compiled.PACKAGE / "compiled.py").read_bytes())
+    (package / "__init__.py").write_text("from interceptor.compiled import verify\n\nverify()\n")
+    return package
+
+
+def test_a_binary_of_a_module_that_is_not_listed_is_refused(package: Path):
+    """A hand-run cythonize (or a module dropped from HOT whose manifest is gone) left a binary
+    no check looked at: it ran instead of its source, whatever the source became."""
+    (package / "cold.py").write_text("VALUE = 1\n")
+    compiled.binary_path("interceptor.cold", package).write_bytes(b"")
+    with pytest.raises(compiled.StaleBuild, match="cold.*was not made by the build"):
+        compiled.verify(package)
+
+
+def test_a_binary_in_a_subpackage_that_is_not_listed_is_refused(package: Path):
+    (package / "sub").mkdir()
+    (package / "sub" / "__init__.py").write_text("")
+    (package / "sub" / "mod.py").write_text("VALUE = 1\n")
+    (package / "sub" / "mod.abi3.so").write_bytes(b"")
+    with pytest.raises(compiled.StaleBuild, match="mod.abi3.so was not made by the build"):
+        compiled.verify(package)
+
+
+def _run_in(package: Path, code: str) -> subprocess.CompletedProcess[str]:
+    """`code` in a fresh interpreter that imports this `interceptor` package, not the checkout's."""
+    env = {**os.environ, "PYTHONPATH": str(package.parent), "PYTHONDONTWRITEBYTECODE": "1"}
+    return subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(package.parent)!r})\n"
+                           + textwrap.dedent(code)], capture_output=True, text=True, env=env, timeout=60)
+
+
+def test_a_binary_imported_after_its_source_changed_is_refused_at_that_import(importable: Path):
+    """The check ran once, at `import interceptor`; a hot module imported later (the daemon
+    imports a protocol's handler at its first connection) after its source was edited (an
+    upgrade while running) ran the old binary silently."""
+    compiled.build(importable, jobs=1, say=quiet)
+    source = importable / "hot_sample.py"
+    done = _run_in(importable, f"""
+        import pathlib, interceptor
+        pathlib.Path({str(source)!r}).write_text("def double(x: int) -> int:\\n    return 3 * x\\n")
+        try:
+            import interceptor.hot_sample as hot
+        except ImportError as exc:
+            print("refused:", type(exc).__name__, exc)
+        else:
+            print("ran:", hot.double(1), hot.__file__)
+    """)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("refused: StaleBuild"), done.stdout
+    assert f"{source} changed since" in done.stdout
+
+
+def test_a_current_binary_still_imports_compiled(importable: Path):
+    compiled.build(importable, jobs=1, say=quiet)
+    done = _run_in(importable, """
+        import interceptor.hot_sample as hot
+        print(hot.double(21), hot.__file__.endswith(".so"))
+    """)
+    assert (done.returncode, done.stdout) == (0, "42 True\n"), done.stderr
