@@ -3,7 +3,8 @@
 Many hosts share the tables; each daemon appends only to its own chain (`chain_id`,
 default the hostname) and holds a session advisory lock on it, so two daemons configured
 with the same chain id cannot interleave and break each other's chain. A group is one
-transaction; with PostgreSQL's default synchronous_commit its COMMIT is durable.
+transaction, durable when its COMMIT returns: a session whose synchronous_commit the server or
+role sets off has it set on (a stronger setting, such as remote_apply, is kept).
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ class PostgresBackend:
             row = conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (chain_id,)).fetchone()
             if not row or not row[0]:
                 raise ChainBusy(f"audit chain {chain_id!r} is held by another daemon; give each daemon its own chain_id")
+            if conn.execute("SHOW synchronous_commit").fetchone() == ("off",):
+                conn.execute("SET synchronous_commit TO on")  # else COMMIT returns before its WAL is on disk
         except BaseException:
             conn.close()
             raise

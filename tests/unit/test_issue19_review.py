@@ -303,3 +303,19 @@ def test_a_current_binary_still_imports_compiled(importable: Path):
         print(hot.double(21), hot.__file__.endswith(".so"))
     """)
     assert (done.returncode, done.stdout) == (0, "42 True\n"), done.stderr
+
+
+def test_a_postgres_store_commits_durably_where_the_server_says_synchronous_commit_off():
+    """With the server's (or the role's) synchronous_commit off, COMMIT returned before its WAL
+    was flushed: strict writers were released before their records were on disk."""
+    from pg_fixture import PgServer
+
+    async def run(dsn: str) -> str:
+        sink = open_sink({"store": "postgres", "dsn": dsn, "chain_id": "host-a"})
+        await sink.write(_event(1))
+        setting: str = sink.backend._conn.execute("SHOW synchronous_commit").fetchone()[0]
+        await sink.close()
+        return setting
+
+    with PgServer(settings={"synchronous_commit": "off"}) as pg:
+        assert asyncio.run(run(pg.dsn())) == "on"
