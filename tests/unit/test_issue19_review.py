@@ -5,6 +5,7 @@ good, a chain that no longer verifies, a binary running other code than its sour
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import os
 import subprocess
 import sys
@@ -319,3 +320,68 @@ def test_a_postgres_store_commits_durably_where_the_server_says_synchronous_comm
 
     with PgServer(settings={"synchronous_commit": "off"}) as pg:
         assert asyncio.run(run(pg.dsn())) == "on"
+
+
+# ---- what held (kept as tests) -----------------------------------------------------------------
+
+def test_a_strict_writer_is_released_only_once_its_record_reads_back_from_another_connection(tmp_path):
+    settings = _settings(tmp_path)
+    seen: list[bool] = []
+
+    async def run() -> None:
+        sink = open_sink(settings)
+        events = [_event(n) for n in range(50)]
+        futures = [sink.submit(event) for event in events]
+        for event, future in zip(events, futures):
+            assert future is not None
+
+            def released(_: object, event_id: str = event.event_id) -> None:
+                with sqlite3.connect(settings["path"]) as conn:
+                    seen.append(conn.execute("SELECT count(*) FROM audit_records WHERE event_id = ?",
+                                             (event_id,)).fetchone() == (1,))
+
+            future.add_done_callback(released)
+        await asyncio.gather(*futures)
+        await sink.close()
+
+    asyncio.run(run())
+    assert seen == [True] * 50
+
+
+def test_what_is_done_to_an_event_after_submit_never_reaches_the_trail(tmp_path):
+    settings = _settings(tmp_path, durability="batched", batch_ms=50)
+
+    async def run() -> None:
+        sink = open_sink(settings)
+        event = _event(1, outcome={"rows": [1, 2], "tag": {"name": "SELECT"}})
+        sink.submit(event)
+        event.operation["sql"] = "DROP TABLE orders"  # type: ignore[index]
+        event.outcome["rows"].append(3)  # type: ignore[index]
+        event.outcome["tag"]["name"] = "DROP"  # type: ignore[index]
+        event.decision = "deny"
+        await sink.close()
+
+    asyncio.run(run())
+    record = open_store(settings["path"]).search(Query())[0][1]
+    assert (record.event["operation"], record.event["outcome"], record.event["decision"]) == (
+        {"sql": "SELECT 1"}, {"rows": [1, 2], "tag": {"name": "SELECT"}}, "allow")
+
+
+def test_a_write_once_close_has_begun_is_refused_and_all_before_it_are_stored(tmp_path):
+    settings = _settings(tmp_path, durability="batched", batch_ms=10_000)
+
+    async def run() -> list[str]:
+        sink = open_sink(settings)
+        events = [_event(n) for n in range(20)]
+        for event in events:
+            sink.submit(event)
+        closing = asyncio.ensure_future(sink.close())
+        await asyncio.sleep(0)
+        with pytest.raises(AuditUnavailable, match="closed"):
+            sink.submit(_event(99))
+        await closing
+        return [event.event_id for event in events]
+
+    ids = asyncio.run(run())
+    reader = open_store(settings["path"])
+    assert [r.event_id for _, r in reader.records()] == ids and verify(reader).ok
