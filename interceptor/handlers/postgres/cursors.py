@@ -9,7 +9,7 @@ from collections.abc import Callable, Container
 
 from interceptor.decision import Decision, Verdict
 from interceptor.errors import ProtocolViolation
-from interceptor.handlers.postgres.state import Cursor, Statement, listed
+from interceptor.handlers.postgres.state import Cursor, Portal, Statement, listed
 from interceptor.policy.settings import SessionSettings
 
 Decide = Callable[[str, SessionSettings], Decision]  # judges a text with these settings, cursors included
@@ -66,18 +66,28 @@ class Cursors:
         cursor.decision, cursor.epoch = decision, self.epoch()
         return decision
 
-    def closed_by(self, decision: Decision) -> None:
+    def closed_by(self, decision: Decision, portals: dict[str, Portal]) -> None:
         """Cursors a statement let through closes, forgotten now (a CLOSE that fails leaves a
         cursor the enforcer refuses to FETCH from: safe). A DECLARE counts only once the server
-        confirms it (`declared`)."""
+        confirms it (`declared`). Cursors and protocol portals are one namespace in the server
+        (docs, DECLARE): the protocol portal (`portals`) of a name a CLOSE closes (CLOSE ALL:
+        every one) or a DECLARE takes is forgotten too, as the server's portal of that name is
+        no longer the one the enforcer bound (closed, or ended with its transaction and now the
+        cursor): an Execute of it is refused."""
         for detail in decision.details:
-            if detail.get("kind") != "close":
+            kind, name = detail.get("kind"), detail.get("cursor")
+            if kind == "fetch":
                 continue
-            name = detail.get("cursor")
+            if kind != "close":
+                if isinstance(name, str):
+                    portals.pop(name, None)
+                continue
             if isinstance(name, str):
                 self.held.pop(name, None)
+                portals.pop(name, None)
             else:
                 self.held.clear()
+                portals.clear()
             self.version += 1
 
     def declared(self, statement: Statement, segment: int, settings: SessionSettings) -> None:

@@ -308,7 +308,7 @@ class ProxySession:
                 self._deny(statement, frame, codec.parse(name, self.sentinel))
             return
         self._catalog_stale |= changes_catalog(decision)
-        self._cursors.closed_by(decision)
+        self._cursors.closed_by(decision, self._portals)
         if name is None:
             self._expect.append(Expect("query", statement, segment=self._segment))
             for effects in statement.effects:
@@ -387,10 +387,13 @@ class ProxySession:
             if effects:  # most statements change nothing in the session
                 self._predict(effects)
         if (portal.decision.masks and portal.columns is None and prepared.columns is None
-                and portal.described is not portal.decision):
-            # The client never asked what the result holds (or asked under another decision):
-            # the enforcer asks the server (Describe of the portal, docs 55.2.3) so its rows are
-            # masked by the server's word. A Describe the client sent before is answered first.
+                and (portal.described is not portal.decision or portal.segment != self._segment)):
+            # The client never asked what the result holds (or asked under another decision, or
+            # in another segment than the Bind's: after a Sync the server's portal of that name
+            # may be another, a cursor DECLAREd once the Bind's transaction ended, and a Describe
+            # skipped after an error answered nothing): the enforcer asks the server (Describe of
+            # the portal, docs 55.2.3) so its rows are masked by the server's word. A Describe
+            # the client sent in this segment is answered first.
             describe = codec.message(b"D", b"P" + bytes(self._client.view[frame[1] + 5:frame[2] - 4]))
             self._client.replace(frame[1], frame[2], [describe, self._client.view[frame[1]:frame[2]]])
             self._expect.append(Expect("describe", portal=portal, internal=True))

@@ -1,0 +1,88 @@
+"""Review of issue 19's PostgreSQL hot-path changes: where the enforcer's model of the server
+(its portals, cursors and descriptions) and the server's may differ. Each test is a
+conversation that ends on what reached the server or the agent."""
+
+from __future__ import annotations
+
+from interceptor.handlers.postgres import codec
+from interceptor.handlers.postgres.codec import INT16, INT32
+from test_pg_masking_session import CARD, CUSTOMERS_OID, EMAIL, data_row, row_description, session, values
+from test_pg_session import SENTINEL, frames, msg, sent
+
+
+def bind(portal: bytes, statement: bytes) -> bytes:
+    return msg(b"B", portal + b"\0" + statement + b"\0" + INT16.pack(0) + INT16.pack(0) + INT16.pack(0))
+
+
+def execute(portal: bytes) -> bytes:
+    return msg(b"E", portal + b"\0" + INT32.pack(0))
+
+
+def prepared(s, name: bytes, sql: str) -> None:
+    s.from_client(codec.parse(name.decode(), sql) + msg(b"S"))
+    s.from_server(msg(b"1") + codec.ready_for_query(b"I"))
+
+
+def simple(s, sql: str, tag: bytes, status: bytes = b"T") -> None:
+    assert sent(s.from_client(codec.query(sql)), "server") == codec.query(sql), f"{sql!r} was refused"
+    s.from_server(msg(b"C", tag + b"\0") + codec.ready_for_query(status))
+
+
+DECLARE_CARDS = "declare p cursor for select card_number from customers"
+
+
+def test_a_portal_ended_with_its_transaction_is_not_executed_as_the_cursor_declared_after_it():
+    """Bind p; Sync (the implicit transaction ends, and p with it); BEGIN; DECLARE p CURSOR;
+    Execute p, in one pipeline: the server would run the cursor under p, judged and recorded as
+    the statement the enforcer bound under p. Refused: p is not the enforcer's portal any more."""
+    s = session()
+    prepared(s, b"s1", "select 1")
+    pipeline = (bind(b"p", b"s1") + msg(b"S") + codec.query("begin") + codec.query(DECLARE_CARDS)
+                + execute(b"p") + msg(b"S"))
+    to_server = sent(s.from_client(pipeline), "server")
+    assert execute(b"p") not in to_server and to_server.count(SENTINEL.encode()) == 2
+
+
+def test_the_clients_describe_of_an_ended_portal_does_not_describe_the_cursor_that_reuses_its_name():
+    """As above, with libpq's Describe of the portal before its transaction ends (a983842): the
+    description is of another portal than the one the Execute would run."""
+    s = session()
+    prepared(s, b"s1", "select id from customers")
+    pipeline = (bind(b"p", b"s1") + msg(b"D", b"Pp\0") + msg(b"S") + codec.query("begin") + codec.query(DECLARE_CARDS)
+                + execute(b"p") + msg(b"S"))
+    to_server = sent(s.from_client(pipeline), "server")
+    assert execute(b"p") not in to_server
+
+
+def test_a_portal_closed_by_sql_close_is_not_executed_as_the_cursor_declared_after_it():
+    """SQL CLOSE closes a protocol portal too (one namespace), and CLOSE ALL every one; a DECLARE
+    then takes the name."""
+    for close in ("close p", "close all"):
+        s = session()
+        prepared(s, b"s1", "select 1")
+        simple(s, "begin", b"BEGIN")
+        s.from_client(bind(b"p", b"s1") + msg(b"S"))
+        s.from_server(msg(b"2") + codec.ready_for_query(b"T"))
+        simple(s, close, b"CLOSE CURSOR")
+        simple(s, DECLARE_CARDS, b"DECLARE CURSOR")
+        assert execute(b"p") not in sent(s.from_client(execute(b"p") + msg(b"S")), "server")
+
+
+def test_a_describe_the_server_skipped_describes_nothing():
+    """The client's Describe of p is skipped after an error (the server answers nothing); a
+    ROLLBACK TO SAVEPOINT keeps p (bound before the savepoint): its Execute is described by the
+    enforcer, not withheld as never described (a983842 counted the skipped Describe)."""
+    s = session()
+    prepared(s, b"s1", "select email from customers")
+    simple(s, "begin", b"BEGIN")
+    s.from_client(bind(b"p", b"s1") + msg(b"S"))
+    s.from_server(msg(b"2") + codec.ready_for_query(b"T"))
+    simple(s, "savepoint s", b"SAVEPOINT")
+    s.from_client(codec.parse("s1", "select 1") + msg(b"D", b"Pp\0") + msg(b"S"))  # s1 exists: the Parse fails
+    s.from_server(codec.error_response("42P05", 'prepared statement "s1" already exists') + codec.ready_for_query(b"E"))
+    simple(s, "rollback to savepoint s", b"ROLLBACK")
+    to_server = sent(s.from_client(execute(b"p") + msg(b"S")), "server")
+    assert [kind for kind, _ in frames(to_server)] == [b"D", b"E", b"S"]
+    out = sent(s.from_server(row_description(("email", CUSTOMERS_OID, 3, 25, 0)) + data_row(EMAIL)
+                             + msg(b"C", b"SELECT 1\0") + codec.ready_for_query(b"T")), "client")
+    assert values(out) == [[b"****"]]
