@@ -372,9 +372,11 @@ class Unrepresentable(ValueError):
     """An event no JSON round trip can make storable: nested deeper than MAX_DEPTH."""
 
 
-# Deeper than any event's summaries nest, and well inside what json's encoder and decoder take
-# (Python's recursion limit): the writer, the stores and `audit verify` all read it back.
-MAX_DEPTH = 100
+# Deeper than any value the daemon takes from an agent nests (an MCP request's arguments, which
+# handlers/http/mcp.py scrubs too: strict_json refuses past orjson's 253 levels), and well inside
+# what json's encoder and decoder take (Python's recursion limit): the writer, the stores and
+# `audit verify` all read it back.
+MAX_DEPTH = 256
 # json writes an int's digits with int.__repr__, which refuses more than 4300 of them
 # (sys.int_info.default_max_str_digits); `audit verify` reads them back the same way.
 _INT_LIMIT = 10 ** 4300

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -19,7 +20,7 @@ import pytest
 from interceptor import compiled
 from interceptor.audit import AuditEvent, Query, open_sink, open_store, verify
 from interceptor.errors import AuditUnavailable
-from test_compiled import package, quiet  # noqa: F401 - package is a fixture
+from test_compiled import MODULE, package, quiet  # noqa: F401 - package is a fixture
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -245,8 +246,13 @@ def test_close_against_a_failing_store_retries_at_retry_ms_not_in_a_tight_loop(t
 
 @pytest.fixture
 def importable(package: Path) -> Path:
-    """test_compiled's one-module package, whose __init__ checks its binaries as the real one does."""
-    (package / "compiled.py").write_bytes((compiled.PACKAGE / "compiled.py").read_bytes())
+    """test_compiled's one-module package, whose __init__ checks its binaries as the real one does
+    (its compiled.py lists the one module)."""
+    source = (compiled.PACKAGE / "compiled.py").read_text()
+    listed = re.sub(r"^HOT: tuple\[str, \.\.\.\] = \(.*?^\)", f"HOT: tuple[str, ...] = ({MODULE!r},)", source,
+                    count=1, flags=re.M | re.S)
+    assert listed != source
+    (package / "compiled.py").write_text(listed)
     (package / "__init__.py").write_text("from interceptor.compiled import verify\n\nverify()\n")
     return package
 
@@ -255,7 +261,7 @@ def test_a_binary_of_a_module_that_is_not_listed_is_refused(package: Path):
     """A hand-run cythonize (or a module dropped from HOT whose manifest is gone) left a binary
     no check looked at: it ran instead of its source, whatever the source became."""
     (package / "cold.py").write_text("VALUE = 1\n")
-    compiled.binary_path("interceptor.cold", package).write_bytes(b"")
+    compiled.in_place_path("interceptor.cold", package).write_bytes(b"")
     with pytest.raises(compiled.StaleBuild, match="cold.*was not made by the build"):
         compiled.verify(package)
 
@@ -385,3 +391,21 @@ def test_a_write_once_close_has_begun_is_refused_and_all_before_it_are_stored(tm
     ids = asyncio.run(run())
     reader = open_store(settings["path"])
     assert [r.event_id for _, r in reader.records()] == ids and verify(reader).ok
+
+
+def test_arguments_as_deep_as_an_mcp_request_can_nest_are_still_scrubbed_not_refused():
+    """The depth limit must not let an agent hide an MCP call's arguments from the trail
+    (handlers/http/mcp.py records "[not JSON]" for arguments scrub refuses)."""
+    from interceptor.audit.scrub import scrub
+    from interceptor.handlers.http.mcp import strict_json
+
+    deepest = 1
+    while True:
+        try:
+            strict_json(b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":{"a":'
+                        + b"[" * deepest + b"]" * deepest + b"}}}")
+        except ValueError:
+            break
+        deepest += 1
+    arguments = {"a": _nested(deepest), "password": "hunter2"}
+    assert scrub(arguments) == {"a": _nested(deepest), "password": "[REDACTED]"}
