@@ -56,4 +56,4 @@ uninstall:
 	bash scripts/service.sh uninstall
 
 clean:
-	rm -rf $(VENV) tests/oidc/node_modules
+	rm -rf $(VENV) tests/oidc/node_modules interceptor/_build interceptor/compiled.json

@@ -1,15 +1,18 @@
 """The hot modules compiled with Cython, and the guarantee that none of them runs stale.
 
 `HOT` lists the modules the build (`scripts/compile_hot.py`, run by `scripts/install.sh` and
-`make compiled`) compiles in place: a binary `<name><EXT_SUFFIX>` beside each `<name>.py`, which
-Python's import system prefers to the source. The build records in `MANIFEST` (beside this file)
-the sha256 of the exact source each binary was compiled from. `verify()` runs at
-`import interceptor` and refuses every binary in the package whose source has changed since (or
-that no build recorded, listed module or not), and checks each binary again as it is imported
-(a handler's modules are imported at its first connection, perhaps after an edit), so a binary
-never silently runs other code than its `.py`. A checkout where the
-build never ran has no binaries and runs every module as pure Python, from the same source;
-`status()` says which modules run compiled (`interceptor doctor`, `interceptor status`).
+`make compiled`) compiles: a binary `<dotted name><EXT_SUFFIX>` each, in `BUILD_DIR` inside the
+package, a name Python's own import system never loads. The build records in `MANIFEST` (beside
+this file) the sha256 of the exact source each binary was compiled from. `verify()` runs at
+`import interceptor`: it refuses a listed module's binary whose source has changed since, and any
+binary beside a source (which Python's import system would prefer to it, and no build of ours
+makes), then puts the finder that loads a listed module from its binary on `sys.meta_path`; the
+finder checks the binary again at that import (a handler's modules are imported at its first
+connection, perhaps after an edit). So a binary never silently runs other code than its `.py`,
+and a checkout of older code (its own `import interceptor` knows nothing of `BUILD_DIR`) runs its
+own sources. A checkout where the build never ran runs every module as pure Python, from the
+same source; `status()` says which modules run compiled (`interceptor doctor`, `interceptor
+status`).
 
 This module imports nothing from the package: the build script loads it by path, so a tree
 whose binaries are stale can still be rebuilt.
@@ -26,11 +29,13 @@ import sysconfig
 from collections.abc import Callable, Iterator, Sequence
 from importlib.abc import MetaPathFinder
 from importlib.machinery import EXTENSION_SUFFIXES, ExtensionFileLoader, ModuleSpec, PathFinder
+from importlib.util import spec_from_file_location
 from pathlib import Path
 from types import ModuleType
 
 PACKAGE = Path(__file__).resolve().parent
 MANIFEST = "compiled.json"
+BUILD_DIR = "_build"
 
 # Chosen from py-spy profiles of the PostgreSQL path (pgbench through the daemon, 8 clients): the
 # modules the event-loop thread spends its own time in, each kept when it compiles, passes the
@@ -81,18 +86,16 @@ def source_path(module: str, package: Path = PACKAGE) -> Path:
 
 
 def binary_path(module: str, package: Path = PACKAGE) -> Path:
-    """Where the build puts a module's binary: beside its source, with this interpreter's
-    extension suffix (e.g. `.cpython-311-x86_64-linux-gnu.so`)."""
+    """Where the build puts a module's binary: `BUILD_DIR/<dotted name><this interpreter's
+    extension suffix>` (e.g. `_build/interceptor.audit.chain.cpython-311-x86_64-linux-gnu.so`)."""
+    return package / BUILD_DIR / (module + EXTENSION_SUFFIXES[0])
+
+
+def in_place_path(module: str, package: Path = PACKAGE) -> Path:
+    """The binary beside a module's source that Python's import system would load instead of it
+    (where builds before `BUILD_DIR` put theirs)."""
     source = source_path(module, package)
     return source.with_name(source.stem + EXTENSION_SUFFIXES[0])
-
-
-def _binary(module: str, package: Path) -> Path | None:
-    """The extension file the import system would load for this module instead of its source,
-    if any (the first of this interpreter's extension suffixes that exists)."""
-    source = source_path(module, package)
-    return next((path for path in (source.with_name(source.stem + suffix) for suffix in EXTENSION_SUFFIXES)
-                 if path.exists()), None)
 
 
 def sha256(path: Path) -> str:
@@ -120,8 +123,8 @@ def rebuild_command(package: Path = PACKAGE) -> str:
             " (from the interceptor checkout this was installed from)")
 
 
-def _binaries(package: Path) -> Iterator[tuple[str, Path]]:
-    """(module, path) of every file under `package` the import system could load as an
+def _in_place(package: Path) -> Iterator[tuple[str, Path]]:
+    """(module, path) of every file under `package` Python's import system would load as an
     extension module: any of this interpreter's extension suffixes, listed module or not."""
     for directory, subdirectories, files in os.walk(package):
         subdirectories.sort()
@@ -137,7 +140,7 @@ def _check(module: str, binary: Path, manifest: dict[str, dict[str, str]], packa
     """StaleBuild unless `binary` is what the build made of `module`'s current source."""
     entry = manifest.get(module)
     source = source_path(module, package)
-    if entry is None or entry["binary"] != binary.name:
+    if entry is None or binary != binary_path(module, package) or entry["binary"] != binary.name:
         problem = f"{binary} was not made by the build (no record of it in {package / MANIFEST})"
     elif not source.exists() or sha256(source) != entry["source_sha256"]:
         problem = f"{source} changed since {binary.name} was compiled from it"
@@ -147,9 +150,10 @@ def _check(module: str, binary: Path, manifest: dict[str, dict[str, str]], packa
                      f"Rebuild with: {rebuild_command(package)}")
 
 
-class _ImportCheck(MetaPathFinder):
-    """Checks a binary of the package the moment it is to be imported: the source may have
-    been edited since `import interceptor` checked them all."""
+class _CompiledFinder(MetaPathFinder):
+    """Loads a listed module of the package from its binary, checked the moment it is imported
+    (the source may have been edited since `import interceptor` checked them all); refuses a
+    binary beside a source that the path finder would load."""
 
     def __init__(self, package: Path) -> None:
         self.package = package
@@ -157,32 +161,40 @@ class _ImportCheck(MetaPathFinder):
 
     def find_spec(self, fullname: str, path: Sequence[str] | None,
                   target: ModuleType | None = None) -> ModuleSpec | None:
-        """The spec the path finder gives; StaleBuild when it loads a binary of this package
-        that is not the build of its module's current source."""
+        """The spec of a listed module's checked binary; else None (the path finder's spec),
+        after StaleBuild for a binary of this package the path finder would load."""
         if not fullname.startswith(self.prefix):
             return None
+        binary = binary_path(fullname, self.package)
+        if fullname in HOT and binary.exists():
+            _check(fullname, binary, read_manifest(self.package), self.package)
+            return spec_from_file_location(fullname, binary, loader=ExtensionFileLoader(fullname, str(binary)))
         spec = PathFinder.find_spec(fullname, path, target)
         if spec is not None and isinstance(spec.loader, ExtensionFileLoader) and spec.origin:
-            binary = Path(spec.origin).resolve()
-            if binary.is_relative_to(self.package):
-                _check(fullname, binary, read_manifest(self.package), self.package)
-        return spec
+            found = Path(spec.origin).resolve()
+            if found.is_relative_to(self.package):
+                _check(fullname, found, read_manifest(self.package), self.package)
+        return None
 
 
 def verify(package: Path = PACKAGE) -> None:
-    """Raise StaleBuild when any binary under `package` is not the build of its module's
-    current source: the source changed (or is gone) since, or no build recorded the binary.
-    When `package` is the one this process imports, each binary is checked again as it is
+    """Raise StaleBuild when a listed module's binary is not the build of its current source
+    (the source changed or is gone since), or a binary lies beside a source (no build of ours
+    puts one there). When `package` is the one this process imports, its finder is put first on
+    `sys.meta_path`: listed modules load from their binaries, each checked again as it is
     imported. Cost: a walk of the package and a sha256 of each compiled module's source."""
     package = package.resolve()
     manifest = read_manifest(package)
-    for module, binary in _binaries(package):
+    for module, binary in _in_place(package):
         _check(module, binary, manifest, package)
+    for module in HOT:
+        if binary_path(module, package).exists():
+            _check(module, binary_path(module, package), manifest, package)
     imported = sys.modules.get(package.name)
     origin = getattr(imported, "__file__", None)
     if origin is not None and Path(origin).resolve().parent == package and not any(
-            isinstance(finder, _ImportCheck) and finder.package == package for finder in sys.meta_path):
-        sys.meta_path.insert(0, _ImportCheck(package))
+            isinstance(finder, _CompiledFinder) and finder.package == package for finder in sys.meta_path):
+        sys.meta_path.insert(0, _CompiledFinder(package))
 
 
 def status(package: Path = PACKAGE) -> dict[str, list[str]]:
@@ -193,7 +205,7 @@ def status(package: Path = PACKAGE) -> dict[str, list[str]]:
     for module in HOT:
         loaded = sys.modules.get(module)
         origin = getattr(loaded, "__file__", None) if loaded is not None else None
-        binary = origin.endswith(tuple(EXTENSION_SUFFIXES)) if origin else _binary(module, package) is not None
+        binary = origin.endswith(tuple(EXTENSION_SUFFIXES)) if origin else binary_path(module, package).exists()
         (compiled if binary else pure).append(module)
     return {"compiled": compiled, "pure_python": pure}
 
@@ -216,7 +228,7 @@ def _compile(module: str, package: Path, workdir: Path) -> str:
     c_file = workdir / (module + ".c")
     subprocess.run([sys.executable, "-m", "cython", *CYTHON_OPTIONS, "--module-name", module,
                     str(source), "-o", str(c_file)], check=True, capture_output=True, text=True)
-    built = workdir / (module + EXTENSION_SUFFIXES[0])
+    built = workdir / binary_path(module, package).name
     config = sysconfig.get_config_vars()
     subprocess.run([*shlex.split(config["LDSHARED"]), *shlex.split(config["CFLAGS"]),
                     *shlex.split(config["CCSHARED"]), *EXTRA_CFLAGS, f"-I{sysconfig.get_paths()['include']}",
@@ -245,6 +257,9 @@ def build(package: Path = PACKAGE, jobs: int = 2, say: Callable[[str], None] = p
             binary_path(module, package).unlink(missing_ok=True)
             del manifest[module]
             say(f"removed the binary of {module} (no longer listed)")
+        for module in HOT:  # where builds before BUILD_DIR put theirs: the import system would load them
+            in_place_path(module, package).unlink(missing_ok=True)
+        (package / BUILD_DIR).mkdir(exist_ok=True)
         stale = [module for module in HOT if not _current(module, package, manifest.get(module), key)]
         failures: list[str] = []
         with tempfile.TemporaryDirectory(prefix="compile-hot-") as tmp, ThreadPoolExecutor(jobs) as pool:

@@ -72,7 +72,7 @@ def test_a_removed_source_fails_the_check(package: Path) -> None:
 
 
 def test_a_binary_no_build_recorded_is_refused(package: Path) -> None:
-    compiled.binary_path(MODULE, package).write_bytes(b"")
+    compiled.in_place_path(MODULE, package).write_bytes(b"")
     with pytest.raises(compiled.StaleBuild, match="was not made by the build"):
         compiled.verify(package)
 
@@ -114,3 +114,19 @@ def test_doctor_warns_naming_the_modules_that_run_as_pure_python(monkeypatch: py
     monkeypatch.setattr(compiled, "status", lambda: {"compiled": ["interceptor.a", "interceptor.b"], "pure_python": []})
     assert doctor._compiled() == doctor.Check(doctor.COMPILED, True, "all 2 run compiled with Cython",
                                               needed_for="optional")
+
+
+def test_code_that_knows_no_build_dir_runs_its_own_sources(package: Path) -> None:
+    """An older checkout in the same clone (git bisect, a release tried out) imports with the
+    plain import system, which never loads a binary of the build: it runs its own sources."""
+    compiled.build(package, say=quiet)
+    in_place = compiled.in_place_path(MODULE, package)
+    assert compiled.binary_path(MODULE, package).exists() and not in_place.exists()
+    assert not any(path.name.startswith("hot_sample.") and path.suffix == ".so" for path in package.iterdir())
+
+
+def test_a_build_removes_a_binary_an_older_build_put_beside_the_source(package: Path) -> None:
+    compiled.in_place_path(MODULE, package).write_bytes(b"")
+    compiled.build(package, say=quiet)
+    assert not compiled.in_place_path(MODULE, package).exists()
+    compiled.verify(package)
