@@ -6,7 +6,10 @@ from __future__ import annotations
 
 from interceptor.handlers.postgres import codec
 from interceptor.handlers.postgres.codec import INT16, INT32
-from test_pg_masking_session import CARD, CUSTOMERS_OID, EMAIL, data_row, row_description, session, values
+from interceptor.policy import PolicyEngine, load_policy_text
+from test_pg_masking_session import (
+    CUSTOMERS_OID, EMAIL, POLICY, data_row, engine_judge, row_description, session, values,
+)
 from test_pg_session import SENTINEL, frames, msg, sent
 
 
@@ -86,3 +89,34 @@ def test_a_describe_the_server_skipped_describes_nothing():
     out = sent(s.from_server(row_description(("email", CUSTOMERS_OID, 3, 25, 0)) + data_row(EMAIL)
                              + msg(b"C", b"SELECT 1\0") + codec.ready_for_query(b"T")), "client")
     assert values(out) == [[b"****"]]
+
+
+# ---- what held: the client's Describe stands only for the very portal it described ----------
+
+
+EMAIL_COLUMN = ("email", CUSTOMERS_OID, 3, 25, 0)
+
+
+def test_a_describe_of_one_portal_does_not_stand_for_another_or_for_the_same_name_bound_again():
+    for pipeline in (bind(b"a", b"s1") + msg(b"D", b"Pa\0") + bind(b"b", b"s1") + execute(b"b") + msg(b"S"),
+                     bind(b"", b"s1") + msg(b"D", b"P\0") + bind(b"", b"s1") + execute(b"") + msg(b"S"),
+                     msg(b"D", b"Pp\0") + bind(b"p", b"s1") + execute(b"p") + msg(b"S")):
+        s = session()
+        prepared(s, b"s1", "select email from customers")
+        kinds = [kind for kind, _ in frames(sent(s.from_client(pipeline), "server"))]
+        assert kinds[-3:] == [b"D", b"E", b"S"] and kinds.count(b"D") == 2
+
+
+def test_a_policy_reload_between_the_clients_describe_and_the_execute_has_the_enforcer_describe_again():
+    epoch = [1]
+    engines = {1: PolicyEngine(load_policy_text(POLICY)), 2: PolicyEngine(load_policy_text(POLICY))}  # a reload
+    s = session(lambda query: engine_judge(engines[epoch[0]])(query))
+    s.epoch = lambda: epoch[0]
+    prepared(s, b"s1", "select email from customers")
+    s.from_client(bind(b"p", b"s1") + msg(b"D", b"Pp\0"))
+    epoch[0] = 2
+    kinds = [kind for kind, _ in frames(sent(s.from_client(execute(b"p") + msg(b"S")), "server"))]
+    assert kinds == [b"D", b"E", b"S"]
+    out = sent(s.from_server(msg(b"2") + row_description(EMAIL_COLUMN) + row_description(EMAIL_COLUMN)
+                             + data_row(EMAIL) + msg(b"C", b"SELECT 1\0") + codec.ready_for_query(b"I")), "client")
+    assert values(out) == [[b"****"]] and out.count(b"T\0") == 1
