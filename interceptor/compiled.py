@@ -278,7 +278,7 @@ def build(package: Path = PACKAGE, jobs: int = 2, say: Callable[[str], None] = p
         _write_manifest(package, manifest)
         if failures:
             raise RuntimeError("Cython could not compile " + "\n".join(failures))
-        say(f"{len(HOT)} hot modules compiled ({len(stale)} rebuilt)")
+        say(f"{len(HOT)} hot module{'' if len(HOT) == 1 else 's'} compiled ({len(stale)} rebuilt)")
     finally:
         os.close(lock)
 

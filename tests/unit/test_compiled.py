@@ -49,7 +49,7 @@ def test_a_build_compiles_each_listed_module_once_and_records_its_source(package
     built = binary.stat().st_mtime_ns
     compiled.build(package, say=lines.append)
     assert binary.stat().st_mtime_ns == built
-    assert lines == [f"compiled {MODULE}", "1 hot modules compiled (1 rebuilt)", "1 hot modules compiled (0 rebuilt)"]
+    assert lines == [f"compiled {MODULE}", "1 hot module compiled (1 rebuilt)", "1 hot module compiled (0 rebuilt)"]
 
 
 def test_an_edited_source_fails_the_check_naming_the_file_and_the_rebuild_until_rebuilt(package: Path) -> None:
