@@ -237,11 +237,12 @@ async def _until(condition, what: str) -> None:
 
 
 def test_batched_backlog_is_kept_and_written_when_the_store_recovers(tmp_path):
-    settings = _settings(tmp_path, "sqlite", durability="batched", batch_ms=300, max_mb=1, retry_ms=20)
+    # the batch is written once all 100 are queued (max_batch), however slow the host: 2 MB for a 1 MB store
+    settings = _settings(tmp_path, "sqlite", durability="batched", batch_ms=60_000, max_batch=100, max_mb=1,
+                         retry_ms=20)
 
     async def run():
         sink = open_sink(settings)
-        # 2 MB for a 1 MB store, all queued before the batch is written (batch_ms)
         accepted = [_event(n, reason="y" * 20_000 + str(n)) for n in range(100)]
         for event in accepted:
             await sink.write(event)
