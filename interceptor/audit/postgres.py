@@ -16,6 +16,11 @@ from interceptor.audit.sink import Chunk
 from interceptor.audit.sql import POSTGRES, SqlReader, chunk_rows, record_rows
 
 _SCHEMA_LOCK = 0x6175646974  # "audit": serializes CREATE ... IF NOT EXISTS between daemons
+# A server that stops answering (a network black hole) must fail the commit, so strict writers are
+# refused rather than left waiting: TCP keepalives notice a silent peer after ~11 s, and
+# tcp_user_timeout (ms) ends a send the peer never acknowledges (libpq connection parameters).
+LIVENESS = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
+            "tcp_user_timeout": 15_000}
 
 
 class ChainBusy(RuntimeError):
@@ -32,7 +37,7 @@ class PostgresBackend:
 
     def _connect(self, chain_id: str) -> psycopg.Connection:
         self.close()
-        conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=self.connect_timeout)
+        conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=self.connect_timeout, **LIVENESS)
         try:
             with conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))

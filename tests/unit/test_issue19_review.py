@@ -317,15 +317,19 @@ def test_a_postgres_store_commits_durably_where_the_server_says_synchronous_comm
     was flushed: strict writers were released before their records were on disk."""
     from pg_fixture import PgServer
 
-    async def run(dsn: str) -> str:
+    async def run(dsn: str) -> tuple[str, dict[str, str]]:
         sink = open_sink({"store": "postgres", "dsn": dsn, "chain_id": "host-a"})
         await sink.write(_event(1))
         setting: str = sink.backend._conn.execute("SHOW synchronous_commit").fetchone()[0]
+        parameters = sink.backend._conn.info.get_parameters()
         await sink.close()
-        return setting
+        return setting, parameters
 
     with PgServer(settings={"synchronous_commit": "off"}) as pg:
-        assert asyncio.run(run(pg.dsn())) == "on"
+        setting, parameters = asyncio.run(run(pg.dsn()))
+    assert setting == "on"
+    # a server that stops answering fails the commit (strict writers refused, not left waiting)
+    assert (parameters["keepalives"], parameters["tcp_user_timeout"]) == ("1", "15000")
 
 
 # ---- what held (kept as tests) -----------------------------------------------------------------
