@@ -10,6 +10,7 @@ role sets off has it set on (a stronger setting, such as remote_apply, is kept).
 from __future__ import annotations
 
 import psycopg
+from psycopg.conninfo import make_conninfo
 
 from interceptor.audit.chain import Head, Record
 from interceptor.audit.sink import Chunk
@@ -37,7 +38,8 @@ class PostgresBackend:
 
     def _connect(self, chain_id: str) -> psycopg.Connection:
         self.close()
-        conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=self.connect_timeout, **LIVENESS)
+        conn = psycopg.connect(make_conninfo(self.dsn, **LIVENESS), autocommit=True,
+                               connect_timeout=self.connect_timeout)
         try:
             with conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
