@@ -120,3 +120,16 @@ def test_a_policy_reload_between_the_clients_describe_and_the_execute_has_the_en
     out = sent(s.from_server(msg(b"2") + row_description(EMAIL_COLUMN) + row_description(EMAIL_COLUMN)
                              + data_row(EMAIL) + msg(b"C", b"SELECT 1\0") + codec.ready_for_query(b"I")), "client")
     assert values(out) == [[b"****"]] and out.count(b"T\0") == 1
+
+
+def test_an_execute_pipelined_after_its_portals_sync_waits_for_the_server_to_say_whether_the_portal_lives():
+    """Bind p; Sync; Execute p: if the Sync ended p's transaction, the name may be another portal's
+    by the time the Execute runs (a cursor a function OPENed under it). The Execute waits for the
+    ReadyForQuery; an idle one ended p, and the Execute is refused; in a transaction it goes on."""
+    for status in (b"I", b"T"):
+        s = session()
+        prepared(s, b"s1", "select 1")
+        to_server = sent(s.from_client(bind(b"p", b"s1") + msg(b"S") + execute(b"p") + msg(b"S")), "server")
+        assert [kind for kind, _ in frames(to_server)] == [b"B", b"S", b"H"]  # a Flush: the answers come
+        later = sent(s.from_server(msg(b"2") + codec.ready_for_query(status)), "server")
+        assert (execute(b"p") in later) is (status == b"T")

@@ -202,7 +202,7 @@ class ProxySession:
         elif kind == 0x42:  # B
             self._bind(codec.read_bind(body, self._codec), frame)
         elif kind == 0x45:  # E
-            self._execute(codec.read_execute(body, self._codec), frame)
+            self._execute(codec.read_execute(body, self._codec), frame, out)
         elif kind == 0x44:  # D
             target, name = codec.read_target(body, "Describe", self._codec)
             if target == "S":
@@ -360,8 +360,14 @@ class ProxySession:
             prepared.decision, prepared.context = decision, context
         return decision
 
-    def _execute(self, portal_name: str, frame: Frame) -> None:
+    def _execute(self, portal_name: str, frame: Frame, out: list[Command]) -> None:
         portal = self._portals.get(portal_name)
+        if portal is not None and portal.segment != self._segment and self._expect:
+            # Bound before a Sync (or Query) the server has not answered: its transaction may have
+            # ended, and the name be another portal's by then (a cursor a function OPENed): the
+            # Execute waits for the server, whose ReadyForQuery says whether the portal lives on.
+            self._pause(frame, out, "an Execute of a portal whose transaction may have ended")
+            return
         if portal is None:
             self._refuse(f"<Execute of {portal_name or 'the unnamed portal'}>", "unknown-portal",
                          f"portal {portal_name!r} is not one the enforcer judged (never bound through the "
