@@ -4,12 +4,14 @@ conversation that ends on what reached the server or the agent."""
 
 from __future__ import annotations
 
+from interceptor.handlers.commands import Record
 from interceptor.handlers.postgres import codec
 from interceptor.handlers.postgres.codec import INT16, INT32
 from interceptor.policy import PolicyEngine, load_policy_text
 from test_pg_masking_session import (
     CUSTOMERS_OID, EMAIL, POLICY, data_row, engine_judge, row_description, session, values,
 )
+from interceptor.handlers.postgres.session import RefreshCatalog
 from test_pg_session import SENTINEL, frames, msg, sent
 
 
@@ -133,3 +135,36 @@ def test_an_execute_pipelined_after_its_portals_sync_waits_for_the_server_to_say
         assert [kind for kind, _ in frames(to_server)] == [b"B", b"S", b"H"]  # a Flush: the answers come
         later = sent(s.from_server(msg(b"2") + codec.ready_for_query(status)), "server")
         assert (execute(b"p") in later) is (status == b"T")
+
+
+def test_a_message_that_waited_while_the_server_failed_its_segment_is_skipped_as_the_server_skips_it():
+    """The Execute waits (above) while an earlier message of its segment fails: the server then
+    discards everything to the Sync, so the Execute must not be owed an answer, or every answer
+    after it is taken for another statement's (rows masked or recorded as someone else's)."""
+    s = session()
+    prepared(s, b"s1", "select email from customers")
+    simple(s, "begin", b"BEGIN")
+    s.from_client(bind(b"p", b"s1") + msg(b"S"))
+    s.from_server(msg(b"2") + codec.ready_for_query(b"T"))
+    to_server = sent(s.from_client(codec.parse("s1", "select 1") + execute(b"p") + msg(b"S")), "server")
+    assert [kind for kind, _ in frames(to_server)] == [b"P", b"H"]
+    s.from_server(codec.error_response("42P05", 'prepared statement "s1" already exists'))
+    s.from_server(codec.ready_for_query(b"E"))
+    assert sent(s.from_client(codec.query("rollback")), "server") == codec.query("rollback")
+    records = [c for c in s.from_server(msg(b"C", b"ROLLBACK\0") + codec.ready_for_query(b"I")) if isinstance(c, Record)]
+    assert [(r.operation["statement"], r.outcome["command"]) for r in records] == [("rollback", "ROLLBACK")]
+
+
+def test_a_parse_that_waited_for_the_catalog_while_the_server_failed_its_segment_is_skipped_too():
+    """The same kind with the catalog read again for a name it does not hold (mid-segment)."""
+    s = session()
+    prepared(s, b"s1", "select 1")
+    commands = s.from_client(codec.parse("s1", "select 2") + codec.parse("s2", "select * from nowhere") + msg(b"S"))
+    refresh = [c for c in commands if isinstance(c, RefreshCatalog)]
+    assert refresh and [kind for kind, _ in frames(sent(commands, "server"))] == [b"P", b"H"]
+    s.from_server(codec.error_response("42P05", 'prepared statement "s1" already exists'))
+    s.catalog_refreshed(refresh[0])
+    s.from_server(codec.ready_for_query(b"I"))
+    assert sent(s.from_client(codec.query("select 1")), "server") == codec.query("select 1")
+    records = [c for c in s.from_server(msg(b"C", b"SELECT 1\0") + codec.ready_for_query(b"I")) if isinstance(c, Record)]
+    assert [(r.operation["statement"], r.outcome["command"]) for r in records] == [("select ?", "SELECT 1")]

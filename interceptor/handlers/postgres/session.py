@@ -681,6 +681,9 @@ class ProxySession:
                 if expect.change is not None:
                     expect.change.undo()
             self._row_mask = None
+            # No Sync owed: the error is of the segment the client is still sending (a message of
+            # it waited for the server); the server discards the rest of it, and so does the session.
+            self._doomed |= self._in_segment and not self._expect
         if replacement is not None:
             self._server.replace(frame[1], frame[2], [replacement])
 
