@@ -168,3 +168,17 @@ def test_a_parse_that_waited_for_the_catalog_while_the_server_failed_its_segment
     assert sent(s.from_client(codec.query("select 1")), "server") == codec.query("select 1")
     records = [c for c in s.from_server(msg(b"C", b"SELECT 1\0") + codec.ready_for_query(b"I")) if isinstance(c, Record)]
     assert [(r.operation["statement"], r.outcome["command"]) for r in records] == [("select ?", "SELECT 1")]
+
+
+def test_messages_sent_after_an_error_answered_on_a_flush_are_skipped_to_the_sync():
+    """Flush without Sync: the server answers an error at once and discards what the client sends
+    after it until Sync; the session expects no answer for those either."""
+    s = session()
+    prepared(s, b"s1", "select 1")
+    s.from_client(codec.parse("s1", "select 2") + msg(b"H"))
+    s.from_server(codec.error_response("42P05", 'prepared statement "s1" already exists'))
+    s.from_client(bind(b"", b"s1") + execute(b"") + msg(b"S"))
+    s.from_server(codec.ready_for_query(b"I"))
+    assert sent(s.from_client(codec.query("select 1")), "server") == codec.query("select 1")
+    records = [c for c in s.from_server(msg(b"C", b"SELECT 1\0") + codec.ready_for_query(b"I")) if isinstance(c, Record)]
+    assert [(r.operation["statement"], r.outcome["command"]) for r in records] == [("select ?", "SELECT 1")]
