@@ -4,15 +4,16 @@ conversation that ends on what reached the server or the agent."""
 
 from __future__ import annotations
 
-from interceptor.handlers.commands import Record
+from interceptor.handlers.commands import Hold, HoldOutcome, Record
 from interceptor.handlers.postgres import codec
 from interceptor.handlers.postgres.codec import INT16, INT32
 from interceptor.policy import PolicyEngine, load_policy_text
 from test_pg_masking_session import (
     CUSTOMERS_OID, EMAIL, POLICY, data_row, engine_judge, row_description, session, values,
 )
-from interceptor.handlers.postgres.session import RefreshCatalog
+from interceptor.handlers.postgres.session import FRONTEND, RefreshCatalog
 from test_pg_session import SENTINEL, frames, msg, sent
+from test_pg_session import session as pg_session
 
 
 def bind(portal: bytes, statement: bytes) -> bytes:
@@ -182,3 +183,20 @@ def test_messages_sent_after_an_error_answered_on_a_flush_are_skipped_to_the_syn
     assert sent(s.from_client(codec.query("select 1")), "server") == codec.query("select 1")
     records = [c for c in s.from_server(msg(b"C", b"SELECT 1\0") + codec.ready_for_query(b"I")) if isinstance(c, Record)]
     assert [(r.operation["statement"], r.outcome["command"]) for r in records] == [("select ?", "SELECT 1")]
+
+
+# ---- what held: a one-shot approval covers one execution ----------------------------------
+
+
+def test_a_one_shot_approval_at_parse_covers_one_execution_whatever_the_portals():
+    s = pg_session()
+    assert any(isinstance(c, Hold) for c in s.from_client(codec.parse("d", "delete from t") + msg(b"S")))
+    s.approval(FRONTEND, HoldOutcome(True, "R1", "ok", "bob"))
+    s.from_server(msg(b"1") + codec.ready_for_query(b"I"))
+    to_server = sent(s.from_client(bind(b"a", b"d") + bind(b"b", b"d") + execute(b"a") + execute(b"b") + msg(b"S")),
+                     "server")
+    assert to_server.count(execute(b"a")) == 1 and execute(b"b") not in to_server and SENTINEL.encode() in to_server
+    s.from_server(msg(b"2") + msg(b"2") + msg(b"C", b"DELETE 1\0") + codec.error_response("42601", SENTINEL)
+                  + codec.ready_for_query(b"I"))
+    again = sent(s.from_client(bind(b"", b"d") + execute(b"") + msg(b"S")), "server")
+    assert execute(b"") not in again
