@@ -268,6 +268,15 @@ def _why_md(cells: dict, hotpath: object, profiled: dict | None = None) -> list[
         lines += ["", f"The simple protocol sends every statement as text with its own numbers: its decision is found "
                       f"by numeric shape after a tokenize ({shape:.0f} us; a statement never seen costs {unseen:.0f} us "
                       "of sqlglot parsing and analysis), where a prepared statement's was taken once at Parse."]
+    alone = _median(cells.get(("interceptor-batched", 1, "prepared")), "proxy_cpu_us")
+    bouncer_alone = _median(cells.get(("pgbouncer", 1, "prepared")), "proxy_cpu_us")
+    if alone is not None and bouncer_alone:
+        lines += ["", f"Added latency at 1 client: there the daemon spent {alone:.0f} us of CPU per prepared "
+                      f"transaction, most of it in the event loop on the transaction's path (pgbouncer "
+                      f"{bouncer_alone:.0f} us), more than at 8 "
+                      f"clients ({ours:.0f} us): each of its two sends wakes a peer that sleeps (pgbench, the "
+                      "PostgreSQL backend), where at 8 clients the peers are often awake and one loop turn serves "
+                      "several sessions."]
     strict = _median(cells.get(("interceptor-strict", 8, "prepared")), "tps")
     batched = _median(cells.get(("interceptor-batched", 8, "prepared")), "tps")
     slow = _median(cells.get(("interceptor-strict", 1, "prepared")), "latency_avg_ms")

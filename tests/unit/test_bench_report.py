@@ -35,8 +35,8 @@ def _cell(route, clients, mode, tps, avg, cpu=None):
 def test_targets_say_met_or_by_how_much_not():
     results = {
         "pgbench": {"cells": [
-            _cell("direct", 1, "prepared", 12000, 0.080), _cell("pgbouncer", 1, "prepared", 10000, 0.100),
-            _cell("interceptor-batched", 1, "prepared", 5000, 0.200),
+            _cell("direct", 1, "prepared", 12000, 0.080), _cell("pgbouncer", 1, "prepared", 10000, 0.100, cpu=30.0),
+            _cell("interceptor-batched", 1, "prepared", 5000, 0.200, cpu=95.0),
             _cell("pgbouncer", 8, "prepared", 50000, 0.16, cpu=13.0),
             _cell("interceptor-batched", 8, "prepared", 12500, 0.6, cpu=80.0),
         ]},
@@ -56,6 +56,7 @@ def test_targets_say_met_or_by_how_much_not():
     assert "all classifiers on 1 column | 25.0 MB/s | **not met** | 2.0x short |" in text
     assert "2,000 connections at <= 64 KiB RSS each, all answering | 11.4 KiB, all answered: yes | met |" in text
     assert "the daemon spent 80 us of CPU per transaction, pgbouncer 13 us (6.2x)" in text
+    assert "there the daemon spent 95 us of CPU per prepared transaction" in text and "(pgbouncer 30 us)" in text
 
 
 WRK_OUTPUT = """Running 2s test @ http://127.0.0.1:18080/v1/ping
