@@ -464,7 +464,10 @@ class ProxySession:
             decision = Decision(Verdict.DENY, decision.rule, outcome.reason or "not approved", decision.masks,
                                 decision.approval, decision.details)
         self._client.pos = frame[2]
-        self._admit(text, name, frame, decision, info, cancelled)
+        if self._doomed:  # its segment failed on the server while it was held: the server skips it
+            self._discarded(frame[0], frame)
+        else:
+            self._admit(text, name, frame, decision, info, cancelled)
         return self.from_client(b"")
 
     def abandoned(self, stream: StreamId, request_id: str | None, reason: str) -> Record | None:
