@@ -33,3 +33,58 @@ def test_a_statement_approved_after_the_server_failed_its_segment_is_skipped_as_
     s.from_server(codec.error_response("42601", "x") + codec.ready_for_query(b"I"))
     assert sent(s.from_client(codec.query("select 1")), "server") == codec.query("select 1")
     assert _records(s.from_server(msg(b"C", b"SELECT 1\0") + codec.ready_for_query(b"I"))) == [("select ?", "SELECT 1")]
+
+
+# ---- COPY FROM STDIN: the server reads the client's next messages as the copy's ----------------
+
+
+def test_a_message_pipelined_after_copy_from_stdin_is_not_taken_for_a_statement_the_server_runs():
+    """The server in copy-in mode reads every message as the copy's: a Query consumes itself as
+    the copy's error (docs 55.2.6), so it is never run nor answered. A session that owes it an
+    answer takes the next statement's rows for it: a masked table's rows pass as `select 1`'s."""
+    s = pg_session()
+    assert sent(s.from_client(codec.query("copy t from stdin") + codec.query("select 1")), "server")
+    s.from_server(msg(b"G", b"\0" + codec.INT16.pack(0)))
+    assert s.closed  # fail closed: which of the client's messages the server runs cannot be told
+
+
+def test_a_sync_sent_during_copy_in_is_ignored_by_the_server_and_owed_no_answer():
+    """libpq's extended COPY: Parse, Bind, Execute, Sync at once; the server ignores the Sync in
+    copy-in mode, and answers the one sent after CopyDone. The session owes one ReadyForQuery."""
+    s = pg_session()
+    prepared(s, b"c", "copy t from stdin")
+    s.from_client(bind(b"", b"c") + execute(b"") + msg(b"S"))
+    s.from_server(msg(b"2") + msg(b"G", b"\0" + codec.INT16.pack(0)))
+    assert not s.closed
+    s.from_client(msg(b"d", b"1\n") + msg(b"c") + msg(b"S"))
+    copied = s.from_server(msg(b"C", b"COPY 1\0") + codec.ready_for_query(b"I"))
+    assert _records(copied) == [("copy t from stdin", "COPY 1")]
+    assert sent(s.from_client(codec.query("select 1")), "server") == codec.query("select 1")
+    assert _records(s.from_server(msg(b"C", b"SELECT 1\0") + codec.ready_for_query(b"I"))) == [("select ?", "SELECT 1")]
+
+
+def test_the_client_may_send_anything_once_its_copydone_is_sent():
+    """Messages after the client's CopyDone are the server's to run again, whenever G arrives."""
+    s = pg_session()
+    s.from_client(codec.query("copy t from stdin") + msg(b"d", b"1\n") + msg(b"c") + codec.query("select 1"))
+    s.from_server(msg(b"G", b"\0" + codec.INT16.pack(0)))
+    assert not s.closed
+    assert _records(s.from_server(msg(b"C", b"COPY 1\0") + codec.ready_for_query(b"I"))) == [("copy t from stdin", "COPY 1")]
+    assert _records(s.from_server(msg(b"C", b"SELECT 1\0") + codec.ready_for_query(b"I"))) == [("select ?", "SELECT 1")]
+
+
+def test_a_message_sent_while_the_server_copies_in_is_refused_and_copydone_ends_the_copy():
+    """After CopyInResponse, a Query before CopyDone is the copy's error to the server: refused."""
+    s = pg_session()
+    s.from_client(codec.query("copy t from stdin"))
+    s.from_server(msg(b"G", b"\0" + codec.INT16.pack(0)))
+    s.from_client(msg(b"d", b"1\n") + msg(b"H"))
+    assert not s.closed
+    s.from_client(codec.query("select 1"))
+    assert s.closed
+    t = pg_session()
+    t.from_client(codec.query("copy t from stdin"))
+    t.from_server(msg(b"G", b"\0" + codec.INT16.pack(0)))
+    t.from_client(msg(b"d", b"1\n") + msg(b"c"))
+    t.from_server(msg(b"C", b"COPY 1\0") + codec.ready_for_query(b"I"))
+    assert sent(t.from_client(codec.query("select 1")), "server") == codec.query("select 1")

@@ -119,6 +119,7 @@ class ProxySession:
         self._segment = 0  # extended-query segments (and Queries) sent so far
         self._in_segment = False  # an extended-query message came since the last Sync
         self._doomed = False  # a refusal was sent in this segment: the server skips to Sync
+        self._copy_in = False  # the server reads the client's messages as a COPY FROM STDIN's until CopyDone
         self._waiting: str | None = None  # why the client's next message waits for the server
         self._held: tuple[Frame, str | None, str, Decision] | None = None
         self._stream: StreamId = FRONTEND  # the stream of the input being handled
@@ -184,6 +185,9 @@ class ProxySession:
 
     def _client_frame(self, frame: Frame, out: list[Command]) -> None:
         kind, start, end = frame
+        if self._copy_in and kind != 0x58:  # Terminate ends the session as ever
+            self._copying(kind)
+            return
         if kind in _EXTENDED or kind == 0x51:  # a statement may start here: judged in a settled state
             if (kind == 0x51 or not self._in_segment) and not self._settle(frame, out):
                 return
@@ -229,8 +233,21 @@ class ProxySession:
         elif kind == 0x46:  # F: fastpath function calls bypass SQL, so they are refused
             decision = Decision.deny("function-call", "fastpath FunctionCall is not allowed through the enforcer")
             self._deny(Statement("<FunctionCall>", decision, "function", self.clock()), frame, codec.query(self.sentinel))
+        elif kind in (0x63, 0x66) and self._expect:  # CopyDone, CopyFail: where a copy-in would end
+            self._expect.append(Expect("copy-end"))
         elif kind not in (0x48, 0x64, 0x63, 0x66):  # H, CopyData, CopyDone, CopyFail pass
             raise ProtocolViolation(f"invalid frontend message type {chr(kind)!r}")
+
+    def _copying(self, kind: int) -> None:
+        """A message while the server is in copy-in mode: it reads each as the copy's (docs,
+        55.2.6): CopyData and Flush pass, CopyDone and CopyFail end the mode, and any other
+        message the server would consume as the copy's error, never running or answering it
+        (a Sync too, once the server may have left the mode on an error of its own): refused."""
+        if kind in (0x63, 0x66):
+            self._copy_in = False
+        elif kind not in (0x64, 0x48):
+            raise ProtocolViolation(f"message type {chr(kind)!r} during COPY FROM STDIN: the server takes it for "
+                                    "the copy's data, not as a message of its own")
 
     def _discarded(self, kind: int, frame: Frame) -> None:
         """A message after a refusal in the same segment: the server discards every message
@@ -560,11 +577,35 @@ class ProxySession:
             self._error(frame, body, head, out)
         elif kind == 0x5A:  # Z
             self._ready(frame, bytes(body[:1]), head, out)
+        elif kind == 0x47:  # CopyInResponse
+            self._copy_started()
         elif kind in (0x31, 0x32, 0x33, 0x6E):  # ParseComplete, BindComplete, CloseComplete, NoData
             if head is not None and head.kind in ("parse", "bind", "close", "describe"):
                 if head.internal:
                     self._server.replace(start, end, [])
                 self._pop()
+
+    def _copy_started(self) -> None:
+        """The server entered copy-in mode for the statement at the head: it reads what the
+        client sent after that statement, up to its CopyDone or CopyFail, as the copy's. A Sync
+        among them it ignores (libpq sends one after the Execute of a COPY); any other message it
+        consumes as an error without running it, and the session, owing it an answer, would take
+        later answers for it: refused."""
+        if not self._expect:
+            raise ProtocolViolation("CopyInResponse while no statement runs")
+        head, *queued = self._expect
+        ignored = 0  # Syncs the server ignores, then the client's CopyDone if it was sent
+        while ignored < len(queued) and queued[ignored].kind == "sync":
+            ignored += 1
+        ended = ignored < len(queued) and queued[ignored].kind == "copy-end"
+        if ignored < len(queued) and not ended:
+            raise ProtocolViolation(f"a {queued[ignored].kind} message was pipelined after COPY FROM STDIN: the "
+                                    "server takes it for the copy's data, not as a message of its own")
+        self._copy_in = not ended
+        self._in_segment |= self._copy_in and ignored > 0  # the segment goes on past the Syncs it ignores
+        self._expect.clear()
+        self._expect.append(head)
+        self._expect.extend(queued[ignored + ended:])
 
     def _command_complete(self, frame: Frame, tag: str, rows: int | None, head: Expect | None,
                           out: list[Command]) -> None:
@@ -713,6 +754,8 @@ class ProxySession:
 
     def _pop(self) -> Expect:
         head = self._expect.popleft()
+        while self._expect and self._expect[0].kind == "copy-end":
+            self._expect.popleft()  # the client's CopyDone: no answer of its own
         self._activate()
         return head
 

@@ -117,7 +117,7 @@ class Expect:
     """A response the server owes for a forwarded message, in order. Statements and
     portals are captured when the client sends, as pipelined messages may reuse names."""
 
-    kind: str  # query | parse | bind | describe | execute | close | sync
+    kind: str  # query | parse | bind | describe | execute | close | sync | copy-end (no answer: the client's CopyDone)
     statement: Statement | None = None
     prepared: Prepared | None = None  # describe-statement: where its columns go
     portal: Portal | None = None  # describe-portal / execute
