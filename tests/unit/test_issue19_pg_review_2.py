@@ -8,6 +8,7 @@ from interceptor.handlers.commands import Hold, HoldOutcome, Record
 from interceptor.handlers.postgres import codec
 from interceptor.handlers.postgres.session import FRONTEND
 from test_issue19_pg_review import bind, execute, prepared
+from test_pg_masking_session import session
 from test_pg_session import SENTINEL, frames, msg, sent
 from test_pg_session import session as pg_session
 
@@ -88,3 +89,32 @@ def test_a_message_sent_while_the_server_copies_in_is_refused_and_copydone_ends_
     t.from_client(msg(b"d", b"1\n") + msg(b"c"))
     t.from_server(msg(b"C", b"COPY 1\0") + codec.ready_for_query(b"I"))
     assert sent(t.from_client(codec.query("select 1")), "server") == codec.query("select 1")
+
+
+# ---- what held -----------------------------------------------------------------------------------
+
+
+def test_an_error_answered_to_a_query_inside_an_extended_segment_skips_nothing_after_it():
+    """A Query's error ends with its own ReadyForQuery and puts the server in no skip mode (the
+    skip is for extended messages' errors): the Execute sent after it is owed its answer."""
+    s = pg_session()
+    prepared(s, b"s1", "select 1")
+    to_server = sent(s.from_client(bind(b"", b"s1") + codec.query("select nothing") + bind(b"", b"s1")
+                                   + execute(b"") + msg(b"S")), "server")
+    assert execute(b"") in to_server
+    s.from_server(msg(b"2") + codec.error_response("42703", "column nothing does not exist")
+                  + codec.ready_for_query(b"I") + msg(b"2"))
+    records = s.from_server(msg(b"C", b"SELECT 1\0") + codec.ready_for_query(b"I"))
+    assert _records(records) == [("select ?", "SELECT 1")]
+
+
+def test_move_or_fetch_naming_a_protocol_portal_is_refused():
+    """FETCH and MOVE read a cursor the enforcer judged; a protocol portal's name is not one."""
+    for sql in ("fetch all from p", "move all in p"):
+        s = session()
+        prepared(s, b"s1", "select 1")
+        s.from_client(codec.query("begin"))
+        s.from_server(msg(b"C", b"BEGIN\0") + codec.ready_for_query(b"T"))
+        s.from_client(bind(b"p", b"s1") + msg(b"S"))
+        s.from_server(msg(b"2") + codec.ready_for_query(b"T"))
+        assert sent(s.from_client(codec.query(sql)), "server") == codec.query(SENTINEL)
