@@ -7,7 +7,7 @@ from __future__ import annotations
 from interceptor.handlers.commands import Hold, HoldOutcome, Record
 from interceptor.handlers.postgres import codec
 from interceptor.handlers.postgres.session import FRONTEND
-from test_issue19_pg_review import bind, execute, prepared
+from test_issue19_pg_review import DECLARE_CARDS, bind, execute, prepared, simple
 from test_pg_masking_session import session
 from test_pg_session import SENTINEL, frames, msg, sent
 from test_pg_session import session as pg_session
@@ -89,6 +89,20 @@ def test_a_message_sent_while_the_server_copies_in_is_refused_and_copydone_ends_
     t.from_client(msg(b"d", b"1\n") + msg(b"c"))
     t.from_server(msg(b"C", b"COPY 1\0") + codec.ready_for_query(b"I"))
     assert sent(t.from_client(codec.query("select 1")), "server") == codec.query("select 1")
+
+
+# ---- the cursors' and portals' one namespace -------------------------------------------------------
+
+
+def test_a_cursor_closed_by_a_protocol_close_is_not_fetched_from_as_the_enforcer_judged_it():
+    """Close of portal p closes the cursor DECLAREd as p (one namespace): the enforcer forgets
+    it, so a FETCH of p reads no cursor the enforcer holds and is refused."""
+    s = session()
+    simple(s, "begin", b"BEGIN")
+    simple(s, DECLARE_CARDS, b"DECLARE CURSOR")
+    s.from_client(msg(b"C", b"Pp\0") + msg(b"S"))
+    s.from_server(msg(b"3") + codec.ready_for_query(b"T"))
+    assert sent(s.from_client(codec.query("fetch all from p")), "server") == codec.query(SENTINEL)
 
 
 # ---- what held -----------------------------------------------------------------------------------

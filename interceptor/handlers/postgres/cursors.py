@@ -104,7 +104,7 @@ class Cursors:
         self.version += 1
 
     def replaced(self, name: str) -> None:
-        """A portal was bound under `name`: the server holds no cursor of that name now."""
+        """A portal was bound, or closed, under `name`: the server holds no cursor of that name now."""
         if self.held.pop(name, None) is not None:
             self.version += 1
 

@@ -219,6 +219,8 @@ class ProxySession:
         elif kind == 0x43:  # C
             target, name = codec.read_target(body, "Close", self._codec)
             table = self._statements if target == "S" else self._portals
+            if target != "S" and self._cursors.held:
+                self._cursors.replaced(name)  # a cursor of that name is the portal it closes (one namespace)
             self._expect.append(Expect("close", change=record(table, name, None)))
         elif kind == 0x53:  # S
             self._segment += 1
