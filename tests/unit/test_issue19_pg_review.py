@@ -11,7 +11,7 @@ from interceptor.policy import PolicyEngine, load_policy_text
 from test_pg_masking_session import (
     CUSTOMERS_OID, EMAIL, POLICY, data_row, engine_judge, row_description, session, values,
 )
-from interceptor.handlers.postgres.session import FRONTEND, RefreshCatalog
+from interceptor.handlers.postgres.session import FRONTEND, ProxySession, RefreshCatalog
 from test_pg_session import SENTINEL, frames, msg, sent
 from test_pg_session import session as pg_session
 
@@ -156,6 +156,14 @@ def test_a_message_that_waited_while_the_server_failed_its_segment_is_skipped_as
     assert [(r.operation["statement"], r.outcome["command"]) for r in records] == [("rollback", "ROLLBACK")]
 
 
+def assert_in_step(s: ProxySession) -> None:
+    """The session and the server agree again: the next Query goes up as sent, and its answer is
+    recorded as its own."""
+    assert sent(s.from_client(codec.query("select 1")), "server") == codec.query("select 1")
+    records = [c for c in s.from_server(msg(b"C", b"SELECT 1\0") + codec.ready_for_query(b"I")) if isinstance(c, Record)]
+    assert [(r.operation["statement"], r.outcome["command"]) for r in records] == [("select ?", "SELECT 1")]
+
+
 def test_a_parse_that_waited_for_the_catalog_while_the_server_failed_its_segment_is_skipped_too():
     """The same kind with the catalog read again for a name it does not hold (mid-segment)."""
     s = session()
@@ -166,9 +174,7 @@ def test_a_parse_that_waited_for_the_catalog_while_the_server_failed_its_segment
     s.from_server(codec.error_response("42P05", 'prepared statement "s1" already exists'))
     s.catalog_refreshed(refresh[0])
     s.from_server(codec.ready_for_query(b"I"))
-    assert sent(s.from_client(codec.query("select 1")), "server") == codec.query("select 1")
-    records = [c for c in s.from_server(msg(b"C", b"SELECT 1\0") + codec.ready_for_query(b"I")) if isinstance(c, Record)]
-    assert [(r.operation["statement"], r.outcome["command"]) for r in records] == [("select ?", "SELECT 1")]
+    assert_in_step(s)
 
 
 def test_messages_sent_after_an_error_answered_on_a_flush_are_skipped_to_the_sync():
@@ -180,9 +186,7 @@ def test_messages_sent_after_an_error_answered_on_a_flush_are_skipped_to_the_syn
     s.from_server(codec.error_response("42P05", 'prepared statement "s1" already exists'))
     s.from_client(bind(b"", b"s1") + execute(b"") + msg(b"S"))
     s.from_server(codec.ready_for_query(b"I"))
-    assert sent(s.from_client(codec.query("select 1")), "server") == codec.query("select 1")
-    records = [c for c in s.from_server(msg(b"C", b"SELECT 1\0") + codec.ready_for_query(b"I")) if isinstance(c, Record)]
-    assert [(r.operation["statement"], r.outcome["command"]) for r in records] == [("select ?", "SELECT 1")]
+    assert_in_step(s)
 
 
 # ---- what held: a one-shot approval covers one execution ----------------------------------
