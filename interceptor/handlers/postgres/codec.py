@@ -185,14 +185,8 @@ def read_bind(body: bytes | memoryview, encoding: str = "utf-8") -> Bind:
     over (read in one pass: a Bind comes with every execution of a prepared statement)."""
     data = bytes(body)
     size = len(data)
-    first = data.find(b"\0")
-    pos = data.find(b"\0", first + 1) + 1 if first >= 0 else 0
-    if not pos:
-        raise ProtocolViolation("Bind: unterminated string")
-    try:
-        portal, statement = data[:first].decode(encoding), data[first + 1:pos - 1].decode(encoding)
-    except UnicodeDecodeError:  # the error names the field's byte
-        portal, statement = text(data[:first], "Bind", encoding), text(data[first + 1:pos - 1], "Bind", encoding)
+    portal, pos = _cstring_at(data, 0, "Bind", encoding)
+    statement, pos = _cstring_at(data, pos, "Bind", encoding)
     try:
         (count,) = INT16.unpack_from(data, pos)
         if count < 0 or pos + 2 + 2 * count > size:
