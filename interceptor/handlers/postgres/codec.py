@@ -7,11 +7,15 @@ here for the startup phase.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from interceptor.errors import ProtocolViolation
 from interceptor.handlers.postgres.frames import MAX_STARTUP as MAX_STARTUP
 from interceptor.handlers.postgres.frames import split_startup as split_startup
+
+T = TypeVar("T")
 
 INT16 = struct.Struct("!h")
 INT32 = struct.Struct("!i")
@@ -262,24 +266,40 @@ def read_row_description(body: bytes | memoryview) -> tuple[Column, ...]:
     return tuple(columns)
 
 
-_TAGS: dict[bytes | memoryview, tuple[str, int | None]] = {}  # CommandComplete bodies read so far
-_CACHED_TAGS = 1024
-_CACHED_TAG_BYTES = 64  # a longer body (no tag the server sends is) is read every time, never kept
+class BodyMemo(Generic[T]):
+    """`read(body)` kept by the body's bytes, for message bodies that repeat (a prepared
+    statement's RowDescription and CommandComplete come back with every execution): looked up
+    without a copy (a read-only memoryview hashes and compares as its bytes), kept as a copy
+    (never a view of a relay's buffer); bodies over `longest` bytes are read every time, and
+    what is kept is dropped whole at `limit` entries."""
+
+    __slots__ = ("read", "limit", "longest", "_kept")
+
+    def __init__(self, read: Callable[[bytes | memoryview], T], limit: int, longest: int | None = None) -> None:
+        self.read = read
+        self.limit = limit
+        self.longest = longest
+        self._kept: dict[bytes | memoryview, T] = {}
+
+    def __call__(self, body: bytes | memoryview) -> T:
+        found = self._kept.get(body)
+        if found is None:
+            found = self.read(body)
+            if self.longest is None or len(body) <= self.longest:
+                if len(self._kept) >= self.limit:
+                    self._kept.clear()
+                self._kept[bytes(body)] = found
+        return found
 
 
-def read_command_complete(body: bytes | memoryview) -> tuple[str, int | None]:
-    """A CommandComplete's tag and the rows it reports (`command_rows`); the same bytes are
-    read once (a prepared statement's tag comes back with every execution), looked up without
-    a copy (a read-only memoryview hashes and compares as its bytes)."""
-    found = _TAGS.get(body)
-    if found is None:
-        tag = text(body[:-1], "CommandComplete")
-        found = tag, command_rows(tag)
-        if len(body) <= _CACHED_TAG_BYTES:
-            if len(_TAGS) >= _CACHED_TAGS:
-                _TAGS.clear()
-            _TAGS[bytes(body)] = found
-    return found
+def _command_complete(body: bytes | memoryview) -> tuple[str, int | None]:
+    tag = text(body[:-1], "CommandComplete")
+    return tag, command_rows(tag)
+
+
+# A CommandComplete's tag and the rows it reports (`command_rows`), each body read once; a body
+# over 64 bytes (no tag the server sends is that long) is read every time, never kept.
+read_command_complete = BodyMemo(_command_complete, 1024, longest=64)
 
 
 def command_rows(tag: str) -> int | None:

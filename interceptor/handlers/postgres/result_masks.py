@@ -87,21 +87,9 @@ def withheld(reason: str) -> RowMask:
     return refuse
 
 
-_DESCRIBED: dict[bytes | memoryview, tuple[Column, ...]] = {}  # RowDescription bodies read so far, up to _CACHED_DESCRIPTIONS
-_CACHED_DESCRIPTIONS = 1024
-
-
-def described(body: bytes | memoryview) -> tuple[Column, ...]:
-    """A RowDescription's columns; the same bytes give the same tuple (a prepared statement run
-    again sends the same description), looked up without copying them (a read-only memoryview
-    hashes and compares as its bytes)."""
-    columns = _DESCRIBED.get(body)
-    if columns is None:
-        columns = codec.read_row_description(body)
-        if len(_DESCRIBED) >= _CACHED_DESCRIPTIONS:
-            _DESCRIBED.clear()
-        _DESCRIBED[bytes(body)] = columns
-    return columns
+# A RowDescription's columns; the same bytes give the same tuple (a prepared statement run again
+# sends the same description).
+described = codec.BodyMemo(codec.read_row_description, 1024)
 
 
 def _masked_outputs(decision: Decision, index: int, columns: int) -> dict[int, dict[str, Any]]:
