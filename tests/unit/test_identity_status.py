@@ -37,6 +37,11 @@ def expired(server: KeyServer) -> str:
     return sign(claims(server.issuer, iat=now - 600, exp=now - 60))
 
 
+def not_yet_valid(server: KeyServer) -> str:
+    """nbf taken when the case runs, not at import: a long suite may reach it 600 s later."""
+    return sign(claims(server.issuer, nbf=int(time.time()) + 600))
+
+
 def bad_signature(server: KeyServer) -> str:
     return sign(claims(server.issuer), OTHER_KEY, "rsa-1")
 
@@ -60,7 +65,7 @@ CASES: dict[str, tuple[Callable[[KeyServer], str], str, str]] = {
     "issuer_down": (issuer_down, "error", "keys_unavailable: cannot get the issuer's keys"),
     "wrong_issuer": (lambda server: sign(claims("https://evil.example.com/oauth2/default")), "invalid",
                      "wrong_issuer: iss is https://evil.example.com/oauth2/default, expected http://127.0.0.1:"),
-    "not_yet_valid": (forged(nbf=int(time.time()) + 600), "invalid", "not_yet_valid: token is not valid yet"),
+    "not_yet_valid": (not_yet_valid, "invalid", "not_yet_valid: token is not valid yet"),
     "unknown_kid": (forged(header={"kid": "other-issuer-key"}), "invalid",
                     "unknown_kid: key id 'other-issuer-key' is not published by"),
     "wrong_type": (forged(header={"typ": "id_token+jwt"}), "invalid",
