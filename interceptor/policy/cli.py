@@ -63,3 +63,9 @@ def test(file: str, as_json: bool) -> None:
         click.echo(f"{len(results) - len(failed)} passed, {len(failed)} failed")
     if failed:
         raise SystemExit(1)
+
+
+# The commands defined in modules of their own.
+from interceptor.policy.diff_cli import diff_command  # noqa: E402
+
+policy.add_command(diff_command)

@@ -1,0 +1,381 @@
+"""`policy diff CURRENT SUGGESTED`, the logic: what CURRENT grants an agent that it never
+used, and what it used that CURRENT refuses.
+
+"Used" is the grants of SUGGESTED, read as exact values (what `policy suggest` writes: each
+kind, table, column, function, verb, command... is one thing the agent did; a glob in
+SUGGESTED is taken as the name it spells). Each one becomes an operation and CURRENT judges
+it with the engine's own matching: SQL as `Action`s and `Call`s judged by the rules
+interceptor.policy.sql_rules judges a statement's with, every other protocol as its
+operation (interceptor.operations) through `PolicyEngine.decide`. A rule's conditions on
+the agent's identity and process count as met: the comparison is about what the agent may
+do, whoever runs it. A CURRENT allow or approve rule is "used" by the operations it decides.
+"""
+
+from __future__ import annotations
+
+import shlex
+from fnmatch import fnmatchcase
+from collections.abc import Iterator
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from interceptor.decision import Verdict
+from interceptor.operations import (HttpRequest, KubeRequest, McpCall, Operation, Request, SqlQuery, SshRequest,
+                                    Subject, TcpConnect)
+from interceptor.policy.engine import PolicyEngine
+from interceptor.policy.http_rules import HttpMatch
+from interceptor.policy.judgement import DEFAULT_DENY, Judgement, applies
+from interceptor.policy.kube_rules import KubeMatch
+from interceptor.policy.mcp_rules import TOOLS_CALL, McpMatch
+from interceptor.policy.model import Policy, Rule
+from interceptor.policy.sql_rules import OPERATION_KEY as SQL_KEY
+from interceptor.policy.sql_rules import SqlMatch, _action, _call, _column_matches, sql_match
+from interceptor.policy.ssh_rules import SshMatch
+from interceptor.policy.statement import Action, Call, Statement, qualified
+from interceptor.protocols import spec_for
+
+GRANTS = ("allow", "approve")
+
+
+@dataclass(frozen=True, slots=True)
+class Use:
+    """One operation SUGGESTED grants the agent on `resource` (by its rule `grant`, whose
+    effect is `effect`; `operation`: its protocol's operation key, `sql`, `tcp`...), and CURRENT's judgement of it: `verdict` allow | approve | deny by
+    `rule` ("default-deny" or a builtin rule when no rule of CURRENT decided) for `reason`.
+    `what`: the operation in words; `kind`, `table` (schema.table), `columns` (None: all),
+    `function`: what a SQL use is about, None for other protocols."""
+
+    resource: str
+    operation: str
+    grant: str
+    effect: str
+    what: str
+    verdict: str
+    rule: str
+    reason: str
+    kind: str | None = None
+    table: str | None = None
+    columns: tuple[str, ...] | None = None
+    function: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The use as JSON: every field; columns a list or null."""
+        return {"resource": self.resource, "operation": self.operation, "grant": self.grant, "effect": self.effect, "what": self.what,
+                "verdict": self.verdict, "rule": self.rule, "reason": self.reason, "kind": self.kind,
+                "table": self.table, "columns": list(self.columns) if self.columns is not None else None,
+                "function": self.function}
+
+
+@dataclass(slots=True)
+class GrantUse:
+    """One allow or approve rule of CURRENT about the agent and the uses it decided.
+    `grants`: what it grants in words; `leftover`: in words, what it grants beyond those
+    uses (a kind it lists never used, the tables of a glob other than those used, columns
+    of a table beyond those read...); for a SQL rule `kinds_unused`, `tables_used`
+    (schema.table -> the columns used, None: all or unknown) and `functions_used`."""
+
+    rule: str
+    effect: str
+    resources: tuple[str, ...] | None
+    grants: str
+    uses: list[Use] = field(default_factory=list)
+    leftover: list[str] = field(default_factory=list)
+    sql: bool = False
+    kinds_unused: tuple[str, ...] = ()
+    tables_used: dict[str, tuple[str, ...] | None] = field(default_factory=dict)
+    functions_used: tuple[str, ...] = ()
+
+    @property
+    def status(self) -> str:
+        """"unused" (it decided no use), "partly used" (something is left over) or "used"."""
+        return "unused" if not self.uses else "partly used" if self.leftover else "used"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The grant as JSON: rule, effect, resources, grants, status, leftover, uses
+        (Use.to_dict), and for SQL kinds_unused, tables_used, functions_used."""
+        out: dict[str, Any] = {"rule": self.rule, "effect": self.effect,
+                               "resources": list(self.resources) if self.resources is not None else None,
+                               "grants": self.grants, "status": self.status, "leftover": self.leftover,
+                               "uses": [u.to_dict() for u in self.uses]}
+        if self.sql:
+            out.update(kinds_unused=list(self.kinds_unused), functions_used=list(self.functions_used),
+                       tables_used={t: list(c) if c is not None else None for t, c in self.tables_used.items()})
+        return out
+
+
+@dataclass(slots=True)
+class AgentDiff:
+    """The diff for one agent: `grants` (CURRENT's allow/approve rules about it, in policy
+    order), `refused` (uses CURRENT denies), `differs` (uses SUGGESTED allows and CURRENT
+    approves, or the reverse), `uses` (every use), `skipped` (SUGGESTED grants that name
+    no operation to compare: a rule about any operation, an MCP arguments condition)."""
+
+    agent: str
+    grants: list[GrantUse]
+    uses: list[Use]
+    skipped: list[str]
+
+    @property
+    def refused(self) -> list[Use]:
+        return [u for u in self.uses if u.verdict == Verdict.DENY.value]
+
+    @property
+    def differs(self) -> list[Use]:
+        return [u for u in self.uses if u.verdict != Verdict.DENY.value and u.verdict != u.effect]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The agent's diff as JSON: agent, unused (GrantUse.to_dict of the grants not fully
+        used), used (of the others), refused, differs (Use.to_dict), skipped."""
+        return {"agent": self.agent,
+                "unused": [g.to_dict() for g in self.grants if g.status != "used"],
+                "used": [g.to_dict() for g in self.grants if g.status == "used"],
+                "refused": [u.to_dict() for u in self.refused], "differs": [u.to_dict() for u in self.differs],
+                "skipped": self.skipped}
+
+
+class _Unconditional(PolicyEngine):
+    """CURRENT's engine with every rule's identity and process conditions taken as met."""
+
+    def rules(self, request: Request, key: str) -> list[Rule]:
+        return [r for r in self.policy.rules if r.operation in (None, key) and applies(r, request, True, True)]
+
+
+def diff(current: Policy, suggested: Policy, agent: str) -> AgentDiff:
+    """What CURRENT grants `agent` that SUGGESTED's grants (its allow and approve rules about
+    the agent) never used, and how CURRENT judges each of those grants' operations."""
+    engine = _Unconditional(current)
+    uses: list[Use] = []
+    skipped: list[str] = []
+    for rule in suggested.rules:
+        if rule.effect not in GRANTS or (rule.agents is not None and agent not in rule.agents):
+            continue
+        for resource in _resources(suggested, rule):
+            if rule.operation is None:
+                skipped.append(f"{rule.name} on {resource}: grants every operation, nothing to compare")
+                continue
+            if isinstance(rule.match, McpMatch) and rule.match.arguments is not None:
+                skipped.append(f"{rule.name} on {resource}: its arguments condition is compared as no arguments")
+            uses.extend(_judged(engine, agent, resource, rule))
+    grants = [_grant_use(rule, uses) for rule in current.rules
+              if rule.effect in GRANTS and (rule.agents is None or agent in rule.agents)]
+    return AgentDiff(agent, grants, uses, skipped)
+
+
+def _resources(policy: Policy, rule: Rule) -> list[str]:
+    """The resources a rule is about whose protocol its operation block is about."""
+    names = rule.resources if rule.resources is not None else tuple(policy.resources)
+    out = []
+    for name in names:
+        resource = policy.resources.get(name)
+        if resource is None:
+            continue
+        spec = spec_for(resource.protocol)
+        if rule.operation in (None, "tcp", spec.operation_key):
+            out.append(name)
+    return out
+
+
+def _judged(engine: _Unconditional, agent: str, resource: str, rule: Rule) -> Iterator[Use]:
+    match = rule.match
+    if isinstance(match, SqlMatch):
+        yield from _sql_uses(engine, agent, resource, rule, match)
+        return
+    for operation, what in _operations(rule):
+        decision = engine.decide(Request(Subject(agent), resource, operation))
+        yield Use(resource, operation.kind, rule.name, rule.effect, what, decision.verdict.value, decision.rule, decision.reason)
+
+
+def _operations(rule: Rule) -> Iterator[tuple[Operation, str]]:
+    """The operations a non-SQL grant names, each with its words."""
+    match = rule.match
+    if rule.operation == "tcp":
+        yield TcpConnect(), "connect"
+    elif isinstance(match, KubeMatch):
+        yield from _kube_operations(match)
+    elif isinstance(match, SshMatch):
+        yield from _ssh_operations(match)
+    elif isinstance(match, HttpMatch):
+        for method in match.methods or ("GET",):
+            for path in match.paths or ("/",):
+                for host in match.hosts or (None,):
+                    yield HttpRequest(method, path, host=host), f"{method} {path}" + (f" host {host}" if host else "")
+    elif isinstance(match, McpMatch):
+        if match.tools is not None:
+            for tool in match.tools:
+                yield McpCall(TOOLS_CALL, tool), f"{TOOLS_CALL} {tool}"
+        else:
+            for method in match.methods or ():
+                yield McpCall(method), method
+
+
+def _kube_operations(match: KubeMatch) -> Iterator[tuple[Operation, str]]:
+    if match.resources is None and match.non_resource_urls is not None:
+        for verb in match.verbs or ("get",):
+            for url in match.non_resource_urls:
+                yield KubeRequest(verb, url, resource_request=False), f"{verb} {url}"
+        return
+    for verb in match.verbs or ("*",):
+        for group in match.api_groups or ("",):
+            for target in match.resources or ("*",):
+                resource, _, subresource = target.partition("/")
+                for namespace in match.namespaces or ("",):
+                    for name in match.names or ("",):
+                        what = f"{verb} {target}{'.' + group if group else ''}"
+                        what += f' "{name}"' if name else ""
+                        what += f' in namespace "{namespace}"' if namespace else ""
+                        yield KubeRequest(verb, "", api_group=group, resource=resource, subresource=subresource,
+                                          namespace=namespace, name=name), what
+
+
+def _ssh_operations(match: SshMatch) -> Iterator[tuple[Operation, str]]:
+    for words in match.commands or ():
+        command = shlex.join(words)
+        yield SshRequest("exec", command=command), f"exec {command}"
+    if match.shell:
+        yield SshRequest("shell"), "shell"
+    for key in ("read", "write"):
+        for path in getattr(match, key) or ():
+            yield SshRequest(key, path=path, action="open"), f"{key} {path}"
+    for key, kind in (("forward", "local"), ("remote_forward", "remote")):
+        for target in getattr(match, key) or ():
+            yield SshRequest("forward", forward=kind, target=target), f"{key} {target}"
+
+
+def _sql_uses(engine: _Unconditional, agent: str, resource: str, rule: Rule, match: SqlMatch) -> Iterator[Use]:
+    """A SQL grant's actions (each kind on each table, with the columns it lists) and calls
+    (each function), judged as sql_rules judges a statement's."""
+    rules = engine.rules(Request(Subject(agent), resource, SqlQuery("")), SQL_KEY)
+    unknown = _unknown(engine.policy, agent, resource)
+    kinds = match.kinds or ("*",)
+    for name in match.functions or ():
+        schema, _, function = name.rpartition(".")
+        call = Call(function, schema or None)
+        for kind in kinds:
+            judgement = unknown or _call(call, Statement("", kind), rules)
+            yield _use(resource, rule, f"{kind} calling {name}()", judgement, kind=kind, function=name)
+    if match.functions is not None:
+        return
+    for table in match.tables or (None,):
+        columns = _columns(match.columns, table)
+        for kind in kinds:
+            action = Action(kind, table, frozenset(columns) if columns is not None else None)
+            judgement = unknown or _action(action, Statement("", kind), rules)
+            where = qualified(table) if table is not None else "no table"
+            shown = f" ({', '.join(columns)})" if columns else "" if columns is not None else " (all columns)"
+            yield _use(resource, rule, f"{kind} {where}{shown}", judgement, kind=kind,
+                       table=qualified(table) if table is not None else None, columns=columns)
+
+
+def _unknown(policy: Policy, agent: str, resource: str) -> Judgement | None:
+    """The engine's refusal of an agent or resource CURRENT does not name (PolicyEngine.decide's)."""
+    if resource not in policy.resources:
+        return Judgement(Verdict.DENY, DEFAULT_DENY, f"unknown resource {resource!r}")
+    if agent not in policy.agents:
+        return Judgement(Verdict.DENY, DEFAULT_DENY, f"unknown agent {agent!r}")
+    return None
+
+
+def _columns(patterns: tuple[str, ...] | None, table: tuple[str, str] | None) -> tuple[str, ...] | None:
+    """The columns a grant lists for `table`: its bare names and its schema.table.column
+    entries of that table; None when it lists none (all columns)."""
+    if patterns is None:
+        return None
+    out = []
+    for pattern in patterns:
+        parts = pattern.split(".")
+        if len(parts) == 1:
+            out.append(pattern)
+        elif table is not None and (parts[0], parts[1]) == table:
+            out.append(parts[2])
+    return tuple(sorted(set(out)))
+
+
+def _use(resource: str, rule: Rule, what: str, judgement: Judgement, **sql: Any) -> Use:
+    return Use(resource, SQL_KEY, rule.name, rule.effect, what, judgement.verdict.value, judgement.rule, judgement.reason,
+               **sql)
+
+
+def _grant_use(rule: Rule, uses: list[Use]) -> GrantUse:
+    """What of `rule`'s grant the uses it decided exercised, and what is left over."""
+    mine = [u for u in uses if u.rule == rule.name and u.verdict != Verdict.DENY.value
+            and rule.operation in (None, u.operation) and (rule.resources is None or u.resource in rule.resources)]
+    grant = GrantUse(rule.name, rule.effect, rule.resources, describe(rule), mine)
+    match = sql_match(rule)
+    if rule.operation is None and mine:
+        grant.leftover.append("every other operation on its resources")
+    if match is None:
+        return grant
+    grant.sql = True
+    kinds = {u.kind for u in mine if u.kind is not None}
+    grant.kinds_unused = tuple(k for k in match.kinds or () if k not in kinds)
+    tables: dict[str, tuple[str, ...] | None] = {}
+    for use in mine:
+        if use.table is not None:
+            known = tables.get(use.table, ())
+            tables[use.table] = None if use.columns is None or known is None else tuple(
+                sorted(set(known) | set(use.columns)))
+    grant.tables_used = dict(sorted(tables.items()))
+    grant.functions_used = tuple(sorted({u.function for u in mine if u.function is not None}))
+    if mine:
+        grant.leftover.extend(_sql_leftover(match, grant))
+    return grant
+
+
+def _sql_leftover(match: SqlMatch, grant: GrantUse) -> Iterator[str]:
+    """What a SQL grant used at least once grants beyond its uses, in words."""
+    if grant.kinds_unused:
+        yield f"kinds never used: {', '.join(grant.kinds_unused)}"
+    if match.functions is not None:
+        unused = [f for f in match.functions if _glob(f) or f not in grant.functions_used]
+        if unused:
+            yield f"functions never called: {', '.join(unused)} (called: {', '.join(grant.functions_used)})"
+        return
+    used = list(grant.tables_used)
+    if match.tables is None:
+        yield f"every table but {', '.join(used)}" if used else "every table"
+    for schema, table in match.tables or ():
+        pattern = f"{schema}.{table}"
+        hits = [t for t in used if fnmatchcase(t, pattern)]
+        if _glob(pattern):
+            yield f"every table matching {pattern} but {', '.join(hits)}" if hits else \
+                f"every table matching {pattern}"
+        elif not hits:
+            yield f"table {pattern} never used"
+    known = {t: c for t, c in grant.tables_used.items() if c is not None}
+    if match.columns is None:
+        if known:
+            yield "every column but those used: " + "; ".join(f"{t} ({', '.join(c)})" for t, c in known.items())
+        return
+    read = [(tuple(t.split(".", 1)), c) for t, columns in known.items() for c in columns]
+    unused = [p for p in match.columns if _glob(p) or not any(
+        _column_matches((p,), (table[0], table[1]), column) for table, column in read)]
+    if unused:
+        yield f"columns never used: {', '.join(unused)}"
+
+
+def _glob(pattern: str) -> bool:
+    return any(c in pattern for c in "*?[")
+
+
+def describe(rule: Rule) -> str:
+    """What a rule grants in words: `sql: kinds [select], tables [public.*]`, `tcp`, `any
+    operation`, with `on RESOURCES` when it names them."""
+    where = f" on {', '.join(rule.resources)}" if rule.resources is not None else ""
+    if rule.operation is None:
+        return f"any operation{where}"
+    if rule.match is None:
+        return f"{rule.operation}{where}"
+    parts = []
+    for item in fields(rule.match):  # type: ignore[arg-type]  # every parsed block is a dataclass
+        value = getattr(rule.match, item.name)
+        if value is None or value is False or value == ():
+            continue
+        parts.append(item.name if value is True else f"{item.name} [{', '.join(_word(v) for v in value)}]")
+    return f"{rule.operation}: {', '.join(parts)}{where}"
+
+
+def _word(value: object) -> str:
+    """One listed value: a table pattern as schema.table, a command pattern as its words."""
+    if isinstance(value, tuple):
+        return ("." if len(value) == 2 and all(isinstance(v, str) for v in value) else " ").join(map(str, value))
+    return str(value)
