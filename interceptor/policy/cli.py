@@ -67,5 +67,7 @@ def test(file: str, as_json: bool) -> None:
 
 # The commands defined in modules of their own.
 from interceptor.policy.diff_cli import diff_command  # noqa: E402
+from interceptor.policy.suggest_cli import suggest_command  # noqa: E402
 
 policy.add_command(diff_command)
+policy.add_command(suggest_command)

@@ -1,0 +1,663 @@
+"""`interceptor policy suggest`: the least-privilege policy for what an agent did while learning
+(issue 20). Pure functions: the agent's audit events in, the text of a policy file and of its
+`.tests.yaml` out.
+
+An event is a record's `event` dict (interceptor.audit.event.AuditEvent.to_dict()). The ones
+used are the agent's records marked `operation["learn"]` (a learn session's id) and the daemon's
+`policy` records of kind `learn-start` (which resources a session learned). What was refused
+even while learning (a deny rule, a builtin refusal, an approval declined) did not happen: it is
+listed in a comment and granted nothing.
+
+The policy written is the base policy whole (resources, agents, every deny and mask rule, every
+rule about other agents or other resources) without the allow and approve rules that grant the
+agent a learned resource, plus one suggested rule per thing done: SQL kinds per table with the
+columns seen, functions that needed a rule, Kubernetes verbs per namespace and resource, HTTP
+methods and paths, MCP tools and methods, SSH commands, paths and forwards, TCP connections.
+Each suggested rule carries a comment: how many operations it covers, first and last seen (ISO
+UTC) and a few examples. The YAML is written here, rule by rule as JSON flow mappings (JSON is
+YAML), so it can carry those comments; it is loaded again before it is returned.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import re
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from interceptor.policy.cases import CaseResult, run_cases
+from interceptor.policy.loader import PolicyError, compose, load_policy_text
+from interceptor.policy.model import Policy
+from interceptor.protocols import spec_for_key
+
+PLACEHOLDER_GROUP = "policy-reviewers"  # approvers of suggested approve rules when the base names none
+EXAMPLES = 3  # examples per rule comment
+EXAMPLE_CHARS = 120  # characters of one example
+SQL_CASES = 40  # most cases drawn per resource
+UNSEEN_TABLE = "not_learned"  # the table of the "another table" case
+NO_TABLE = "pg_catalog.\0"  # a table glob no relation matches (PostgreSQL names hold no NUL)
+_NO_RULE_NEEDED = ("builtin-",)
+_NAME_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
+_GLOB = re.compile(r"([*?\[])")
+
+
+class SuggestError(ValueError):
+    """The suggestion cannot be made (no learned records, a base policy that does not load) or
+    did not hold (the written policy does not load, a case drawn from what happened fails)."""
+
+
+@dataclass(slots=True)
+class Seen:
+    """How often something happened: count, first and last time (epoch seconds), examples."""
+
+    count: int = 0
+    first: float | None = None
+    last: float | None = None
+    examples: list[str] = field(default_factory=list)
+
+    def add(self, when: float | None, example: str) -> None:
+        self.count += 1
+        if when is not None:
+            self.first = when if self.first is None else min(self.first, when)
+            self.last = when if self.last is None else max(self.last, when)
+        if example and example not in self.examples and len(self.examples) < EXAMPLES:
+            self.examples.append(example)
+
+    def comment(self) -> str:
+        """`N operations, first ... last ...; e.g. ...` on one line."""
+        text = f"{self.count} operation{'s' if self.count != 1 else ''}, first {iso(self.first)}, last {iso(self.last)}"
+        if self.examples:
+            text += "; e.g. " + " | ".join(_one_line(e) for e in self.examples)
+        return text
+
+
+@dataclass(slots=True)
+class Grant:
+    """One suggested rule being gathered: its resource, operation key (`sql`, `kubernetes`...),
+    a label for its name, the fixed part of its block, the listed values seen per block key,
+    the keys left out (a value was unknown: every one is then allowed), and what it covers."""
+
+    resource: str
+    key: str
+    label: str
+    fixed: dict[str, Any] = field(default_factory=dict)
+    lists: dict[str, set[str]] = field(default_factory=dict)
+    unbounded: set[str] = field(default_factory=set)
+    seen: Seen = field(default_factory=Seen)
+
+    def add(self, name: str, values: Iterable[str] | None) -> None:
+        """Values seen for block key `name`; None: unknown, the key is left out of the rule."""
+        if values is None:
+            self.unbounded.add(name)
+        else:
+            self.lists.setdefault(name, set()).update(values)
+
+    def block(self) -> Any:
+        """The rule's operation block (`True` for tcp)."""
+        if self.key == "tcp":
+            return True
+        block = dict(self.fixed)
+        for name, values in sorted(self.lists.items()):
+            if name not in self.unbounded and not (name == "names" and len(values) > KUBE_NAMES):
+                block[name] = sorted(values)
+        return block
+
+
+@dataclass(frozen=True, slots=True)
+class Suggestion:
+    """The policy file's text, its tests file's text (whose `policy:` is `policy_name`), and
+    the number of records used and skipped (reason: count)."""
+
+    policy: str
+    tests: str
+    used: int
+    skipped: Mapping[str, int]
+
+
+def iso(when: float | None) -> str:
+    """Epoch seconds as ISO 8601 UTC (`2026-11-30T14:55:02Z`); `?` for None."""
+    if when is None:
+        return "?"
+    return datetime.datetime.fromtimestamp(when, datetime.timezone.utc).isoformat(timespec="seconds").replace(
+        "+00:00", "Z")
+
+
+def glob_escape(name: str) -> str:
+    """`name` as a glob matching only itself: `*`, `?` and `[` as `[*]`, `[?]`, `[[]`."""
+    return _GLOB.sub(r"[\1]", name)
+
+
+def _one_line(text: str) -> str:
+    """An example fit for a comment: control characters escaped, cut to EXAMPLE_CHARS."""
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return shown if len(shown) <= EXAMPLE_CHARS else shown[:EXAMPLE_CHARS - 3] + "..."
+
+
+def _flow(value: Any) -> str:
+    """A value as YAML flow text (JSON, which YAML reads)."""
+    return json.dumps(value, ensure_ascii=True)
+
+
+# -- reading the records -------------------------------------------------------------------
+
+KUBE_NAMES = 5  # at most this many distinct object names are listed in a rule's `names`
+_KUBE_CASE = ("verb", "path", "api_group", "api_version", "resource", "subresource", "namespace", "name",
+              "label_selector", "field_selector", "dry_run", "command")
+_SSH_FORWARDS = {"local": "forward", "remote": "remote_forward"}
+
+
+@dataclass(slots=True)
+class Learned:
+    """What an agent's learn records say, gathered per resource: the grants, what was refused
+    ((resource, rule, what) -> Seen), the records skipped (reason -> count), the learn sessions,
+    the table-less SELECTs per resource, the statement events per resource and the other
+    operations per resource (operation key, case operation), from which cases are drawn."""
+
+    agent: str
+    protocols: Mapping[str, str]  # resource -> protocol, from the base policy
+    grants: dict[tuple[Any, ...], Grant] = field(default_factory=dict)
+    refused: dict[tuple[str, str, str], Seen] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)
+    sessions: set[str] = field(default_factory=set)
+    used: int = 0
+    tableless: dict[str, Seen] = field(default_factory=dict)
+    statements: dict[str, list[Mapping[str, Any]]] = field(default_factory=dict)
+    operations: dict[str, list[tuple[str, Any]]] = field(default_factory=dict)
+
+    def skip(self, why: str) -> None:
+        self.skipped[why] = self.skipped.get(why, 0) + 1
+
+    def grant(self, resource: str, key: str, ident: tuple[Any, ...], label: str, fixed: dict[str, Any] | None = None
+              ) -> Grant:
+        """The grant `ident` of `resource`, made on first use with `label` and `fixed`."""
+        return self.grants.setdefault((resource, key, *ident), Grant(resource, key, label, dict(fixed or {})))
+
+    def read(self, event: Mapping[str, Any]) -> None:
+        """Take one learn record of the agent."""
+        operation = event.get("operation") or {}
+        resource = str(event.get("resource"))
+        when = event["time"] if isinstance(event.get("time"), (int, float)) else None
+        self.sessions.add(str(operation.get("learn")))
+        approval = (event.get("outcome") or {}).get("approval")
+        if event.get("decision") == "deny" or (isinstance(approval, dict) and approval.get("approved") is False):
+            what = _what(operation)
+            self.refused.setdefault((resource, str(event.get("rule")), what), Seen()).add(when, what)
+            self.skip("refused even while learning: never ran")
+        elif event.get("decision") not in ("allow", "approve"):
+            self.skip(f"decision {event.get('decision')!r}: not a grant")
+        elif resource not in self.protocols:
+            self.skip("resource not in the base policy")
+        elif event.get("kind") == "statement" and operation.get("protocol") == "postgres":
+            self._statement(resource, event, operation, when)
+        elif event.get("kind") == "connection":
+            self._connection(resource, operation, when)
+        elif _no_rule(event.get("rule")):
+            self.skip("allowed without a rule (builtin)")
+        elif operation.get("kind") in _READERS:
+            if _READERS[operation["kind"]](self, resource, operation, when):
+                self.used += 1
+            else:
+                self.skip(f"{operation['kind']} operation with no rule form")
+        else:
+            self.skip(f"record kind {event.get('kind')!r}: nothing to grant")
+
+    def _connection(self, resource: str, operation: Mapping[str, Any], when: float | None) -> None:
+        if self.protocols[resource] != "tcp":
+            self.skip("connection to a non-tcp resource: the rules of its operations allow it")
+            return
+        self.grant(resource, "tcp", (), "tcp").seen.add(when, str(operation.get("dst", "")))
+        self.operations.setdefault(resource, []).append(("tcp", True))
+        self.used += 1
+
+    def _statement(self, resource: str, event: Mapping[str, Any], operation: Mapping[str, Any],
+                   when: float | None) -> None:
+        analysis = operation.get("analysis")
+        if not isinstance(analysis, list):
+            self.skip("statement without analysis")
+            return
+        text = str(operation.get("statement", ""))
+        self.used += 1
+        self.statements.setdefault(resource, []).append(event)
+        for statement in analysis:
+            for judged in statement.get("judged") or ():
+                if _no_rule(judged.get("rule")):
+                    continue
+                if "function" in judged:
+                    names = tuple(sorted(str(n).lower() for n in judged.get("resolves")
+                                         or [judged["function"]]))
+                    grant = self.grant(resource, "sql", ("function", names), "call-" + names[0])
+                    grant.add("kinds", [str(statement.get("kind"))])
+                    grant.add("functions", [glob_escape(n) for n in names])
+                elif judged.get("table") is None:
+                    self.tableless.setdefault(resource, Seen()).add(when, text)
+                    continue
+                else:
+                    kind, table = str(judged.get("action")), str(judged["table"])
+                    grant = self.grant(resource, "sql", ("table", kind, table), f"{kind}-{table}",
+                                       {"kinds": [kind], "tables": [glob_escape(table)]})
+                    columns = judged.get("columns")
+                    grant.add("columns", None if columns is None else [glob_escape(_bare(table, c)) for c in columns])
+                grant.seen.add(when, text)
+
+
+def _kubernetes(learned: Learned, resource: str, operation: Mapping[str, Any], when: float | None) -> bool:
+    verb = str(operation.get("verb", ""))
+    if "resource" not in operation:
+        path = str(operation.get("path", ""))
+        grant = learned.grant(resource, "kubernetes", ("url", path), "url-" + path,
+                              {"non_resource_urls": [glob_escape(path)]})
+    else:
+        namespace, group = str(operation.get("namespace", "")), str(operation.get("api_group", ""))
+        kind = str(operation.get("resource", "")) + (f"/{operation['subresource']}"
+                                                     if operation.get("subresource") else "")
+        grant = learned.grant(resource, "kubernetes", ("resource", namespace, group, kind),
+                              f"{namespace or 'cluster'}-{kind}",
+                              {"api_groups": [glob_escape(group)], "resources": [glob_escape(kind)],
+                               "namespaces": [glob_escape(namespace)]})
+        name = operation.get("name")
+        grant.add("names", [glob_escape(str(name))] if name else None)
+    grant.add("verbs", [verb])
+    grant.seen.add(when, f"{verb} {operation.get('path') or grant.label}")
+    case = {k: operation[k] for k in _KUBE_CASE if operation.get(k) not in ("", None, [], False)}
+    if "resource" in operation:
+        case["resource"] = operation["resource"]
+    learned.operations.setdefault(resource, []).append(("kubernetes", case))
+    return True
+
+
+def _http(learned: Learned, resource: str, operation: Mapping[str, Any], when: float | None) -> bool:
+    method, path, host = str(operation.get("method", "")), str(operation.get("path", "")), operation.get("host")
+    grant = learned.grant(resource, "http", ("path", path), "path-" + path, {"paths": [glob_escape(path)]})
+    grant.add("methods", [method])
+    grant.add("hosts", [glob_escape(str(host))] if host else None)
+    grant.seen.add(when, f"{method} {host or ''}{path}")
+    case: dict[str, Any] = {"method": method, "path": path, **({"host": host} if host else {})}
+    learned.operations.setdefault(resource, []).append(("http", case))
+    return True
+
+
+def _mcp(learned: Learned, resource: str, operation: Mapping[str, Any], when: float | None) -> bool:
+    tool = operation.get("tool")
+    if tool is not None:
+        grant = learned.grant(resource, "mcp", ("tools",), "tools")
+        grant.add("tools", [glob_escape(str(tool))])
+        grant.seen.add(when, f"{tool} {operation.get('arguments', '')}")
+        learned.operations.setdefault(resource, []).append(("mcp", {"tool": tool}))
+        return True
+    method = str(operation.get("method", ""))
+    grant = learned.grant(resource, "mcp", ("methods",), "methods")
+    grant.add("methods", [method])
+    grant.seen.add(when, method)
+    learned.operations.setdefault(resource, []).append(("mcp", {"method": method}))
+    return True
+
+
+def _ssh(learned: Learned, resource: str, operation: Mapping[str, Any], when: float | None) -> bool:
+    """An exec's command, a shell, an SFTP or scp path read or written, a local or remote forward."""
+    request = operation.get("request")
+    if request == "exec" and operation.get("command") and "command_bytes" not in operation:
+        key, value = "commands", str(operation["command"])
+        case: dict[str, Any] = {"command": value}
+    elif request == "shell":
+        key, value, case = "shell", "", {"shell": True}
+    elif request in ("read", "write") and operation.get("path"):
+        key, value = str(request), str(operation["path"])
+        case = {key: value}
+    elif request == "forward" and operation.get("forward") in _SSH_FORWARDS and operation.get("target"):
+        key, value = _SSH_FORWARDS[str(operation["forward"])], str(operation["target"])
+        case = {key: value}
+    else:
+        return False
+    grant = learned.grant(resource, "ssh", (key,), key.replace("_", "-"), {"shell": True} if key == "shell" else {})
+    if key != "shell":
+        grant.add(key, [glob_escape(value)])
+    grant.seen.add(when, value or "shell")
+    learned.operations.setdefault(resource, []).append(("ssh", case))
+    return True
+
+
+_READERS = {"kubernetes": _kubernetes, "http": _http, "mcp": _mcp, "ssh": _ssh}
+
+
+def _no_rule(rule: Any) -> bool:
+    """A rule name that says no policy rule was needed (builtin, empty query, allowed by default)."""
+    return rule in ("", "empty-query", None) or str(rule).startswith(_NO_RULE_NEEDED)
+
+
+def _bare(table: str, column: str) -> str:
+    """A column as the analysis names it (`id` or `public.orders.id`), bare."""
+    return column[len(table) + 1:] if column.startswith(table + ".") else column
+
+
+def _what(operation: Mapping[str, Any]) -> str:
+    for key in ("statement", "command", "path", "tool", "method", "target", "dst", "verb"):
+        if operation.get(key):
+            return str(operation[key])
+    return _flow({k: v for k, v in operation.items() if k != "learn"})
+
+
+# -- the policy ----------------------------------------------------------------------------
+
+
+def suggest(events: Iterable[Mapping[str, Any]], base_text: str, base_name: str, agent: str, *,
+            effect: str = "approve", session: str | None = None, policy_name: str = "suggested.yaml") -> Suggestion:
+    """The suggested policy for `agent` from audit `events` (any order; the agent's learn
+    records, of every session or of `session`, and the daemon's learn-start records are used,
+    the rest ignored), on top of the base policy `base_text` (`base_name` names it in problems).
+    `effect`: approve or allow, of the suggested rules. `policy_name`: what the tests file's
+    `policy:` names (the policy file's name, beside it). SuggestError when no learn record is
+    found, the base does not load or lacks the agent, or what is made does not hold."""
+    if effect not in ("approve", "allow"):
+        raise SuggestError(f"effect must be approve or allow, not {effect!r}")
+    try:
+        base = load_policy_text(base_text, base_name)
+        data, _ = compose(base_text, base_name)
+    except PolicyError as exc:
+        raise SuggestError(f"the base policy does not load:\n{exc}") from None
+    if agent not in base.agents:
+        raise SuggestError(f"agent {agent!r} is not in the base policy {base_name} "
+                           f"(agents: {', '.join(sorted(base.agents)) or 'none'})")
+    learned = Learned(agent, {name: spec.protocol for name, spec in base.resources.items()})
+    starts: dict[str, Mapping[str, Any]] = {}
+    for event in events:
+        operation = event.get("operation") or {}
+        if event.get("kind") == "policy" and operation.get("action") == "learn-start" \
+                and operation.get("agent") == agent:
+            starts[str(operation.get("session"))] = operation
+        elif event.get("agent") == agent and operation.get("learn") and session in (None, operation["learn"]):
+            learned.read(event)
+    if not learned.sessions:
+        raise SuggestError(f"no learn record of agent {agent!r}" + (f" in session {session}" if session else "")
+                           + " in the window read: run `interceptor learn start --agent NAME` first")
+    scope, scope_note = _scope(learned, starts, base)
+    _cover_tableless(learned)
+    groups = _approvers(base, agent)
+    kept, removed = _kept_rules(data["rules"], agent, scope, base)
+    names = {str(rule["name"]) for rule in kept}
+    suggested = [(_unique(names, f"suggest-{g.resource}-{g.label}"), g) for g in _ordered(learned.grants.values())]
+    text = _render(data, kept, suggested, learned, agent, effect, groups, base_name, base, removed, scope_note)
+    try:
+        policy = load_policy_text(text, policy_name)
+    except PolicyError as exc:
+        raise SuggestError(f"the suggested policy does not load (a bug of policy suggest):\n{exc}\n{text}") from None
+    tests = _tests(learned, policy, text, policy_name, effect, {name for name, _ in suggested})
+    return Suggestion(text, tests, learned.used, dict(learned.skipped))
+
+
+def _scope(learned: Learned, starts: Mapping[str, Mapping[str, Any]], base: Policy) -> tuple[set[str], str]:
+    """The resources learned by the sessions read (their learn-start records), and a note on
+    it; without a learn-start record (before the window read), the resources of the records."""
+    scope: set[str] = set()
+    missing = sorted(s for s in learned.sessions if s not in starts)
+    for name in learned.sessions & set(starts):
+        resources = starts[name].get("resources")
+        scope.update(base.resources if resources is None else (str(r) for r in resources))
+    seen = {g.resource for g in learned.grants.values()} | set(learned.statements) | {r for r, _, _ in learned.refused}
+    if missing:
+        scope.update(r for r in seen if r in base.resources)
+        return scope, (f"no learn-start record of session(s) {', '.join(missing)} was read: their scope is taken "
+                       "as the resources their records name")
+    return scope, ""
+
+
+def _cover_tableless(learned: Learned) -> None:
+    """A SELECT without a table (`SELECT 1`, a function call alone) that needed a rule is
+    covered by any select rule with tables; where no suggested rule is one, a rule naming a
+    table no relation can have covers it and nothing else."""
+    for resource, seen in learned.tableless.items():
+        covered = any(g.resource == resource and g.key == "sql" and g.fixed.get("kinds") == ["select"]
+                      and "tables" in g.fixed for g in learned.grants.values())
+        if not covered:
+            grant = learned.grant(resource, "sql", ("select-no-table",), "select-without-table",
+                                  {"kinds": ["select"], "tables": [NO_TABLE]})
+            grant.seen = seen
+
+
+def _approvers(base: Policy, agent: str) -> list[str]:
+    """The groups of the base's approve rules about the agent; [] when there are none."""
+    return sorted({group for rule in base.rules if rule.effect == "approve" and rule.approval is not None
+                   and (rule.agents is None or agent in rule.agents) for group in rule.approval.approver_groups})
+
+
+def _kept_rules(rules: list[dict[str, Any]], agent: str, scope: set[str], base: Policy
+                ) -> tuple[list[dict[str, Any]], list[str]]:
+    """The base's rules without what their allow and approve rules grant `agent` on a learned
+    resource: such a rule keeps its other agents (all the base's others when it listed none),
+    and the agent keeps it on the resources not learned (a rule that named no resources is
+    narrowed to those of its protocol); deny and mask rules are kept whole. Also a line per
+    rule changed, saying how."""
+    kept: list[dict[str, Any]] = []
+    removed: list[str] = []
+    names = {str(r["name"]) for r in rules}
+    for raw in rules:
+        agents = list(raw.get("agents") or base.agents)
+        resources = list(raw.get("resources") or base.resources)
+        if raw["effect"] not in ("allow", "approve") or agent not in agents or not scope.intersection(resources):
+            kept.append(raw)
+            continue
+        others = [a for a in agents if a != agent]
+        spec = next((s for key in raw if (s := spec_for_key(key)) is not None), None)
+        rest = [r for r in resources if r not in scope and (
+            "resources" in raw or spec is None or spec.every_resource or base.resources[r].protocol == spec.name)]
+        changes = []
+        if others:
+            kept.append({**raw, "agents": others})
+            changes.append(f"kept for {', '.join(others)}")
+        if rest:
+            name = _unique(names, f"{raw['name']}-{agent}") if others else str(raw["name"])
+            kept.append({**raw, "name": name, "agents": [agent], "resources": rest})
+            changes.append(f"kept for {agent} on {', '.join(rest)} as {name}")
+        removed.append(f"{raw['name']} ({raw['effect']}): no longer grants {agent} "
+                       f"{', '.join(r for r in resources if r in scope)}" + (f"; {'; '.join(changes)}" if changes else ""))
+    return kept, removed
+
+
+def _unique(names: set[str], wanted: str) -> str:
+    """A rule name: `wanted` with what a name may not hold (and runs of `-`) as one `-`, made unique among `names`
+    (which it joins)."""
+    base = re.sub(r"-{2,}", "-", _NAME_CHARS.sub("-", wanted)).strip("-.") or "suggested"
+    name, n = base, 1
+    while name in names:
+        n += 1
+        name = f"{base}-{n}"
+    names.add(name)
+    return name
+
+
+def _ordered(grants: Iterable[Grant]) -> list[Grant]:
+    return sorted(grants, key=lambda g: (g.resource, g.key, g.label))
+
+
+def _render(data: Mapping[str, Any], kept: list[dict[str, Any]], suggested: list[tuple[str, Grant]],
+            learned: Learned, agent: str, effect: str, groups: list[str], base_name: str, base: Policy,
+            removed: list[str], scope_note: str) -> str:
+    firsts = [g.seen.first for _, g in suggested if g.seen.first is not None]
+    lasts = [g.seen.last for _, g in suggested if g.seen.last is not None]
+    skipped = "; ".join(f"{why}: {n}" for why, n in sorted(learned.skipped.items())) or "none"
+    lines = [f"# Suggested by `interceptor policy suggest` for agent {agent}, from what it did while learning.",
+             f"# Learn sessions: {', '.join(sorted(learned.sessions))}",
+             f"# Window: {iso(min(firsts) if firsts else None)} to {iso(max(lasts) if lasts else None)}",
+             f"# Records used: {learned.used}; skipped: {sum(learned.skipped.values())} ({_one_line(skipped)})",
+             f"# Base: {base_name} (version {base.version}); its deny and mask rules are all kept."]
+    if scope_note:
+        lines.append(f"# Note: {scope_note}")
+    lines += [f"# Changed from the base: {_one_line(line)}" for line in removed]
+    if learned.refused:
+        lines.append("# Seen but refused even while learning (never ran, not granted):")
+        for (resource, rule, _), seen in sorted(learned.refused.items()):
+            lines.append(f"#   {resource}, by rule {rule}: {seen.comment()}")
+    lines.append(f"version: {_flow(data.get('version', 1))}")
+    for section in ("resources", "agents"):
+        lines.append(f"{section}:")
+        lines += [f"  {_flow(name)}: {_flow(value)}" for name, value in data[section].items()]
+    lines.append("rules:" if kept or suggested else "rules: []")
+    lines += [f"  - {_flow(raw)}" for raw in kept]
+    if suggested:
+        lines.append(f"  # Suggested for {agent}: what it did while learning, and nothing else.")
+    if effect == "approve" and not groups:
+        lines.append(f"  # Approvers: {PLACEHOLDER_GROUP} is a placeholder (the base has no approve rule for "
+                     f"{agent}): change it to the group that approves {agent}'s operations.")
+    for name, grant in suggested:
+        suggestion: dict[str, Any] = {"name": name, "effect": effect, "agents": [agent],
+                                      "resources": [grant.resource], grant.key: grant.block()}
+        if effect == "approve":
+            suggestion["approval"] = {"groups": groups or [PLACEHOLDER_GROUP]}
+        lines.append(f"  # {grant.seen.comment()}")
+        if grant.fixed.get("tables") == [NO_TABLE]:
+            lines.append("  # SELECTs without a table need a select rule with tables; this one names a table no "
+                         "relation can have (its name is a NUL), so it allows nothing else.")
+        lines.append(f"  - {_flow(suggestion)}")
+    return "\n".join(lines) + "\n"
+
+
+# -- the tests -----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Case:
+    name: str
+    resource: str
+    key: str
+    operation: Any
+    verdict: str
+    search_path: str | None = None
+
+
+def _tests(learned: Learned, policy: Policy, text: str, policy_name: str, effect: str, suggested: set[str]) -> str:
+    """The tests file: a case per distinct operation observed (its verdict `effect`) and per
+    resource cases that must be denied, each expecting the verdict, rule and masks the
+    suggested policy gives, all run against `text` before they are returned."""
+    catalog = _catalog(learned)
+    cases: list[_Case] = []
+    notes: list[str] = []
+    for resource, events in sorted(learned.statements.items()):
+        cases += _sql_cases(resource, events, catalog, effect, notes)
+    for resource, operations in sorted(learned.operations.items()):
+        distinct = {_flow(operation): (key, operation) for key, operation in operations}
+        for number, (key, operation) in enumerate(distinct.values(), 1):
+            cases.append(_Case(f"{resource}: observed {key} {number}", resource, key, operation, effect))
+        denied = _denied(key, learned.protocols[resource])
+        if denied is None:
+            notes.append(f"{resource}: no case that must be denied (a tcp resource has only its connection)")
+        else:
+            cases.append(_Case(f"{resource}: not learned", resource, denied[0], denied[1], "deny"))
+    header = [f"# Cases drawn from what {learned.agent} did while learning (written by `interceptor policy suggest`).",
+              *[f"# {_one_line(note)}" for note in notes]]
+    first = _tests_text(header, policy_name, catalog, cases, learned.agent, {})
+    results = _run(text, first, policy_name)
+    wrong = [f"{r.name}: expected {r.expected}, got {r.got}" for r in results if not r.passed]
+    wrong += [f"{r.name}: rule {r.got['rule']} is no suggested rule" for r, case in zip(results, cases)
+              if r.passed and case.verdict != "deny" and r.got["rule"] not in suggested
+              and not _no_rule(r.got["rule"])]
+    if wrong:
+        raise SuggestError("cases drawn from what happened do not hold against the suggested policy (a bug of "
+                           "policy suggest):\n" + "\n".join(wrong))
+    got = {case.name: {"rule": r.got["rule"], **({"masks": r.got["masks"]} if r.got["masks"] else {})}
+           for r, case in zip(results, cases)}
+    final = _tests_text(header, policy_name, catalog, cases, learned.agent, got)
+    failed = [r.name for r in _run(text, final, policy_name) if not r.passed]
+    if failed:
+        raise SuggestError(f"the tests written do not pass (a bug of policy suggest): {', '.join(failed)}")
+    return final
+
+
+def _catalog(learned: Learned) -> dict[str, list[str]]:
+    """The short-form catalog of the SQL cases: every table the analyses name, with every
+    column seen (`id` when none was), and the not-learned table of the deny case."""
+    tables: dict[str, set[str]] = {}
+    for events in learned.statements.values():
+        for event in events:
+            for statement in event["operation"]["analysis"]:
+                for judged in statement.get("judged") or ():
+                    if judged.get("table") is not None:
+                        table = str(judged["table"])
+                        tables.setdefault(table, set()).update(_bare(table, c) for c in judged.get("columns") or ())
+    for table in list(tables):
+        unseen = f"{table.partition('.')[0]}.{UNSEEN_TABLE}"
+        tables.setdefault(unseen, {"id"})
+    return {table: sorted(columns or {"id"}) for table, columns in sorted(tables.items())}
+
+
+def _sql_cases(resource: str, events: list[Mapping[str, Any]], catalog: Mapping[str, list[str]], effect: str,
+               notes: list[str]) -> list[_Case]:
+    """A case per distinct statement text that needed a rule (at most SQL_CASES), and the
+    cases that must be denied: a write on a table only read, a read of a table not learned."""
+    texts: dict[str, list[Any]] = {}
+    calls = 0
+    for event in events:
+        analysis = event["operation"]["analysis"]
+        judged = [j for statement in analysis for j in statement.get("judged") or ()]
+        if not any(not _no_rule(j.get("rule")) for j in judged):
+            continue
+        if any("function" in j for j in judged):
+            calls += 1
+            continue
+        texts.setdefault(str(event["operation"].get("statement", "")), judged)
+    if calls:
+        notes.append(f"{resource}: {calls} statement(s) calling functions have no case: the short catalog of "
+                     "this file holds no functions")
+    schemas = sorted({str(j["table"]).partition(".")[0] for js in texts.values() for j in js if j.get("table")}
+                     - {"public", "pg_catalog", "information_schema"})
+    search_path = ", ".join(["public", *schemas]) if schemas else None
+    cases = [_Case(f"{resource}: observed statement {n}", resource, "sql", text, effect, search_path)
+             for n, text in enumerate(list(texts)[:SQL_CASES], 1)]
+    written = {str(j["table"]) for js in texts.values() for j in js if j.get("table") and j.get("action") != "select"}
+    read = sorted({str(j["table"]) for js in texts.values() for j in js if j.get("table")} - written)
+    if read:
+        cases.append(_Case(f"{resource}: a write on {read[0]}, only read", resource, "sql",
+                           f"DELETE FROM {_quoted(read[0])}", "deny"))
+    tables = sorted(t for t in catalog if not t.endswith("." + UNSEEN_TABLE))
+    if tables:
+        unseen = f"{tables[0].partition('.')[0]}.{UNSEEN_TABLE}"
+        cases.append(_Case(f"{resource}: a read of {unseen}, not learned", resource, "sql",
+                           f"SELECT id FROM {_quoted(unseen)}", "deny"))
+    return cases
+
+
+def _quoted(table: str) -> str:
+    return ".".join('"' + part.replace('"', '""') + '"' for part in table.split(".", 1))
+
+
+def _denied(key: str, protocol: str) -> tuple[str, Any] | None:
+    """An operation the agent did not do and the suggested policy must deny, per protocol."""
+    if protocol == "kubernetes":
+        return "kubernetes", {"verb": "delete", "resource": "not-learned", "namespace": "default", "name": "x"}
+    if protocol == "http":
+        return "http", {"method": "DELETE", "path": "/not-learned"}
+    if protocol == "mcp":
+        return "mcp", {"tool": "not-learned"}
+    if protocol == "ssh":
+        return "ssh", {"command": "not-learned"}
+    return None
+
+
+def _tests_text(header: list[str], policy_name: str, catalog: Mapping[str, list[str]], cases: list[_Case],
+                agent: str, got: Mapping[str, Mapping[str, Any]]) -> str:
+    lines = [*header, f"policy: {_flow(Path(policy_name).name)}"]
+    if catalog:
+        lines.append(f"catalog: {_flow(catalog)}")
+    lines.append("cases:" if cases else "cases: []")
+    for case in cases:
+        raw: dict[str, Any] = {"name": case.name, "agent": agent, "resource": case.resource, case.key: case.operation}
+        if case.search_path is not None:
+            raw["search_path"] = case.search_path
+        raw["expect"] = {"verdict": case.verdict, **got.get(case.name, {})}
+        lines.append(f"  - {_flow(raw)}")
+    return "\n".join(lines) + "\n"
+
+
+def _run(policy_text: str, tests_text: str, policy_name: str) -> list[CaseResult]:
+    """Run the tests against the policy, both written to a scratch directory."""
+    with tempfile.TemporaryDirectory(prefix="interceptor-suggest-") as scratch:
+        (Path(scratch) / Path(policy_name).name).write_text(policy_text, encoding="utf-8")
+        tests = Path(scratch) / "suggested.tests.yaml"
+        tests.write_text(tests_text, encoding="utf-8")
+        try:
+            return run_cases(tests)
+        except PolicyError as exc:
+            raise SuggestError(f"the tests written do not load (a bug of policy suggest):\n{exc}\n{tests_text}") \
+                from None

@@ -1,0 +1,65 @@
+"""`interceptor policy suggest --agent NAME`: the least-privilege policy for what NAME did while
+learning, read from the audit trail (interceptor.policy.suggest makes it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from interceptor.audit import Query
+from interceptor.audit.cli import _opened, _settings, _store_option, _Time
+from interceptor.policy.suggest import SuggestError, suggest
+
+
+def tests_path(output: Path) -> Path:
+    """The tests file written beside the policy file `output`: `<stem>.tests.yaml`."""
+    return output.with_name(f"{output.stem}.tests.yaml")
+
+
+@click.command("suggest")
+@click.option("--agent", required=True, help="The agent that learned (a name of the base policy).")
+@click.option("--since", type=_Time(), help="Only records from this time (epoch, ISO 8601 or an age: 2h).")
+@click.option("--until", type=_Time(), help="Only records before this time.")
+@click.option("--session", metavar="ID", help="Only this learn session's records (default: every session).")
+@click.option("--policy", "base", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Base policy [default: the daemon settings' policy].")
+@click.option("--effect", type=click.Choice(["approve", "allow"]), default="approve", show_default=True,
+              help="Effect of the suggested rules.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Policy file to write, its tests beside it as <stem>.tests.yaml [default: the policy on stdout].")
+@_store_option
+@click.pass_context
+def suggest_command(ctx: click.Context, agent: str, since: float | None, until: float | None, session: str | None,
+                    base: Path | None, effect: str, output: Path | None, store: str | None) -> None:
+    """Write the smallest policy that allows what AGENT did while learning, as approve rules by
+    default, with a tests file of cases drawn from it; both are checked before they are written."""
+    base = base or _settings().policy
+    try:
+        base_text = base.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise click.ClickException(f"cannot read the base policy {base}: {exc}") from exc
+    with _opened(store) as opened:
+        events: list[Any] = [record.event for _, record in opened.search(Query(agent=agent, since=since, until=until))]
+        # the learn-start records say what each session learned; they may precede the window
+        events += [record.event for _, record in opened.search(Query(agent=agent, kind="policy"))]
+    name = output.name if output is not None else "suggested.yaml"
+    try:
+        made = suggest(events, base_text, str(base), agent, effect=effect, session=session, policy_name=name)
+    except SuggestError as exc:
+        raise click.ClickException(str(exc)) from exc
+    summary = f"{made.used} records used, {sum(made.skipped.values())} skipped"
+    if output is None:
+        click.echo(made.policy, nl=False)
+        click.echo(f"policy suggest: {summary}; tests not written (give -o FILE to write FILE and its "
+                   f"<stem>.tests.yaml)", err=True)
+        return
+    tests = tests_path(output)
+    try:
+        output.write_text(made.policy, encoding="utf-8")
+        tests.write_text(made.tests, encoding="utf-8")
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {exc.filename}: {exc.strerror}") from exc
+    click.echo(f"policy suggest: {summary}; wrote {output} and its tests {tests} "
+               f"(check: interceptor policy test {tests})", err=True)
