@@ -14,9 +14,9 @@ do, whoever runs it. A CURRENT allow or approve rule is "used" by the operations
 from __future__ import annotations
 
 import shlex
-from fnmatch import fnmatchcase
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
+from fnmatch import fnmatchcase
 from typing import Any
 
 from interceptor.decision import Verdict
@@ -40,8 +40,9 @@ GRANTS = ("allow", "approve")
 @dataclass(frozen=True, slots=True)
 class Use:
     """One operation SUGGESTED grants the agent on `resource` (by its rule `grant`, whose
-    effect is `effect`; `operation`: its protocol's operation key, `sql`, `tcp`...), and CURRENT's judgement of it: `verdict` allow | approve | deny by
-    `rule` ("default-deny" or a builtin rule when no rule of CURRENT decided) for `reason`.
+    effect is `effect`; `operation`: its protocol's operation key, `sql`, `tcp`...), and
+    CURRENT's judgement of it: `verdict` allow | approve | deny by `rule` ("default-deny"
+    or a builtin rule when no rule of CURRENT decided) for `reason`.
     `what`: the operation in words; `kind`, `table` (schema.table), `columns` (None: all),
     `function`: what a SQL use is about, None for other protocols."""
 
@@ -60,10 +61,10 @@ class Use:
 
     def to_dict(self) -> dict[str, Any]:
         """The use as JSON: every field; columns a list or null."""
-        return {"resource": self.resource, "operation": self.operation, "grant": self.grant, "effect": self.effect, "what": self.what,
-                "verdict": self.verdict, "rule": self.rule, "reason": self.reason, "kind": self.kind,
-                "table": self.table, "columns": list(self.columns) if self.columns is not None else None,
-                "function": self.function}
+        out = {item.name: getattr(self, item.name) for item in fields(self)}
+        if self.columns is not None:
+            out["columns"] = list(self.columns)
+        return out
 
 
 @dataclass(slots=True)
@@ -182,7 +183,8 @@ def _judged(engine: _Unconditional, agent: str, resource: str, rule: Rule) -> It
         return
     for operation, what in _operations(rule):
         decision = engine.decide(Request(Subject(agent), resource, operation))
-        yield Use(resource, operation.kind, rule.name, rule.effect, what, decision.verdict.value, decision.rule, decision.reason)
+        yield Use(resource, operation.kind, rule.name, rule.effect, what, decision.verdict.value, decision.rule,
+                  decision.reason)
 
 
 def _operations(rule: Rule) -> Iterator[tuple[Operation, str]]:
@@ -291,8 +293,8 @@ def _columns(patterns: tuple[str, ...] | None, table: tuple[str, str] | None) ->
 
 
 def _use(resource: str, rule: Rule, what: str, judgement: Judgement, **sql: Any) -> Use:
-    return Use(resource, SQL_KEY, rule.name, rule.effect, what, judgement.verdict.value, judgement.rule, judgement.reason,
-               **sql)
+    return Use(resource, SQL_KEY, rule.name, rule.effect, what, judgement.verdict.value, judgement.rule,
+               judgement.reason, **sql)
 
 
 def _grant_use(rule: Rule, uses: list[Use]) -> GrantUse:
@@ -370,12 +372,14 @@ def describe(rule: Rule) -> str:
         value = getattr(rule.match, item.name)
         if value is None or value is False or value == ():
             continue
-        parts.append(item.name if value is True else f"{item.name} [{', '.join(_word(v) for v in value)}]")
+        listed = ", ".join(_word(item.name, v) for v in value) if value is not True else ""
+        parts.append(f"{item.name} [{listed}]" if value is not True else item.name)
     return f"{rule.operation}: {', '.join(parts)}{where}"
 
 
-def _word(value: object) -> str:
-    """One listed value: a table pattern as schema.table, a command pattern as its words."""
+def _word(name: str, value: object) -> str:
+    """One listed value of a block's field `name`: a table pattern as schema.table, a command
+    pattern as its words, an empty string (the core API group, no namespace) as ""."""
     if isinstance(value, tuple):
-        return ("." if len(value) == 2 and all(isinstance(v, str) for v in value) else " ").join(map(str, value))
-    return str(value)
+        return ("." if name == "tables" else " ").join(map(str, value))
+    return str(value) if value != "" else '""'

@@ -139,6 +139,11 @@ def test_every_protocol_is_judged_by_the_engine():
     assert [u.what for u in grants["pods"].uses] == ['get pods in namespace "default"',
                                                      'list pods in namespace "default"']
     assert [u.what for u in grants["uptime"].uses] == ["exec uptime"]
+    assert grants["uptime"].grants == "ssh: commands [uptime, df -h] on box"
+    assert grants["pods"].grants == "kubernetes: verbs [get, list, delete], resources [pods], namespaces " \
+                                    "[default] on k8s"
+    assert grants["rw-sales"].grants == "sql: kinds [select, insert, update], tables [sales.orders], columns [id, " \
+                                        "total, note] on db"
 
 
 def test_nothing_refused_exits_0_and_an_unknown_agent_2(tmp_path):
