@@ -93,14 +93,14 @@ def write(tmp_path, made, name="suggested.yaml"):
 
 def test_the_analyst_gets_exactly_what_it_did(tmp_path):
     made = suggest(analyst(), DEMO, "default.yaml", "demo", policy_name="suggested.yaml")
-    policy = load_policy_text(made.policy)
+    loaded = load_policy_text(made.policy)
     for sql in ("SELECT id, name FROM customers WHERE id = 1", "SELECT sku, price FROM products",
                 "SELECT id, status, total FROM orders WHERE customer_id = 7",
                 "UPDATE orders SET status = 'shipped' WHERE id = 7"):
-        assert decide(policy, sql).verdict.value == "approve", sql
+        assert decide(loaded, sql).verdict.value == "approve", sql
     for sql in ("SELECT id, amount FROM payments", "DELETE FROM orders", "UPDATE customers SET name = 'x'",
                 "SELECT email FROM customers", "UPDATE orders SET total = 0 WHERE id = 7", "DROP TABLE orders"):
-        assert decide(policy, sql).verdict.value == "deny", sql
+        assert decide(loaded, sql).verdict.value == "deny", sql
     rules = rules_of(made.policy)
     assert rules["suggest-demo-db-select-public.customers"]["sql"] == {
         "kinds": ["select"], "tables": ["public.customers"], "columns": ["id", "name"]}
@@ -177,8 +177,7 @@ def test_base_grants_are_narrowed_not_lost():
     assert rules["no-drop"]["sql"] == {"kinds": ["drop"]} and "hide" in rules
     assert rules["suggest-db1-select-public.t"]["approval"] == {"groups": [PLACEHOLDER_GROUP]}
     assert f"{PLACEHOLDER_GROUP} is a placeholder" in made.policy
-    policy = load_policy_text(made.policy)
-    engine = PolicyEngine(policy)
+    engine = PolicyEngine(load_policy_text(made.policy))
     table = Catalog.from_columns({"public.t": ["x", "y", "secret"]})
     assert engine.decide(Request(Subject("a"), "db1", SqlQuery("SELECT x FROM t", catalog=table))).verdict.value \
         == "approve"
