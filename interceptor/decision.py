@@ -40,6 +40,29 @@ class ApprovalSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class Shadow:
+    """What a candidate policy tried in shadow mode (`interceptor policy shadow`) would have
+    decided on the same operation; `session`: the shadow run's id, `policy`: the candidate's
+    version. It decides nothing: the audit record carries it."""
+
+    session: str
+    policy: str
+    verdict: Verdict
+    rule: str
+    reason: str
+
+    def record(self, enforced: Verdict) -> dict[str, object]:
+        """The record's `operation.shadow`: the candidate's verdict and rule, whether it
+        agrees with the `enforced` verdict, and its reason where it does not."""
+        agrees = self.verdict is enforced
+        mark: dict[str, object] = {"session": self.session, "policy": self.policy, "verdict": self.verdict.value,
+                                   "rule": self.rule, "agrees": agrees}
+        if not agrees:
+            mark["reason"] = self.reason
+        return mark
+
+
+@dataclass(frozen=True, slots=True)
 class Decision:
     verdict: Verdict
     rule: str  # the rule's name; "default-deny" when no rule matched
@@ -47,6 +70,7 @@ class Decision:
     masks: tuple[MaskSpec, ...] = ()
     approval: ApprovalSpec | None = None
     details: tuple[dict[str, object], ...] = field(default=())  # per statement, for audit
+    shadow: Shadow | None = None  # what the candidate policy in shadow mode would have decided
 
     @property
     def allowed(self) -> bool:

@@ -3,7 +3,10 @@
 A session asks `FlowJudge.decide(operation)`; the judge builds the Request (the flow's agent,
 its identity now, its process), applies the identity gate (an agent whose identity is
 missing, expired or revoked is denied whatever the rules say) and asks the policy engine in
-force now. A reload swaps the engine between two operations, never during one.
+force now. A reload swaps the engine between two operations, never during one. While the
+agent's operations are shadowed (interceptor.policy.shadow) the candidate policy is asked
+too, and its answer rides on the decision, for the audit record; while they are learned
+(interceptor.policy.learn) the engine in force holds the learning rule.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from interceptor.flow import FlowContext
 from interceptor.identity.model import Identity
 from interceptor.operations import Operation, Request, Subject
 from interceptor.policy.engine import PolicyEngine
+from interceptor.policy.shadow import ShadowRun
 
 IDENTITY_RULE = "identity"
 UNKNOWN_REASON = "expired, revoked or not yet obtained"
@@ -37,13 +41,19 @@ class FlowJudge:
     def __init__(self, flow: FlowContext, engine: Callable[[], PolicyEngine],
                  identity: Callable[[], Identity | None], identity_required: Callable[[], bool],
                  on_decision: Callable[[Decision], None] = lambda decision: None, *,
-                 identity_reason: Callable[[], str] = lambda: UNKNOWN_REASON) -> None:
+                 identity_reason: Callable[[], str] = lambda: UNKNOWN_REASON,
+                 learns: Callable[[str, str | None], str | None] = lambda agent, resource: None,
+                 shadow: Callable[[str], ShadowRun | None] = lambda agent: None) -> None:
+        """`learns(agent, resource)`: the learn session id when the agent's operations on the
+        resource are learned, else None; `shadow(agent)`: the shadow run judging beside."""
         self.flow = flow
         self.engine = engine
         self.identity = identity
         self.identity_required = identity_required
         self.on_decision = on_decision
         self.identity_reason = identity_reason
+        self.learns = learns
+        self.shadow = shadow
 
     def use_identity(self, identity: Identity) -> None:
         """From now on judge the flow's operations as `identity` (one the handler validated
@@ -58,10 +68,23 @@ class FlowJudge:
 
     def decide(self, operation: Operation) -> Decision:
         """The decision for `operation`, identity gate first, by the engine in force now.
-        Raises what the engine raises (a session denies on it)."""
-        decision = self.judged(self.request(operation), self.engine())
+        Raises what the engine raises (a session denies on it); what the shadow candidate
+        raises is recorded in the decision's shadow, never raised."""
+        request = self.request(operation)
+        decision = self.judged(request, self.engine())
+        shadow = self.shadow(self.flow.agent)
+        if shadow is not None:
+            try:
+                candidate: Decision | Exception = self.judged(request, shadow.engine)
+            except Exception as exc:  # noqa: BLE001 - a candidate's failure never changes what is enforced
+                candidate = exc
+            decision = shadow.beside(decision, candidate)
         self.on_decision(decision)
         return decision
+
+    def learning(self) -> str | None:
+        """The learn session id when this flow's operations are learned now, else None."""
+        return self.learns(self.flow.agent, self.flow.resource)
 
     def judged(self, request: Request, engine: PolicyEngine) -> Decision:
         """`request` through the identity gate, then `engine` (the enforcer asks this of a
@@ -69,7 +92,7 @@ class FlowJudge:
         refusal = _identity_refusal(request.subject.identity, self.identity_required(), self.identity_reason)
         return refusal or engine.decide(request)
 
-    def epoch(self) -> tuple[object, object]:
-        """Changes when the policy or the identity does: decisions cached by a session under
-        another epoch are taken again."""
-        return self.engine(), self.identity()
+    def epoch(self) -> tuple[object, object, object]:
+        """Changes when the policy, the identity or the shadow run does: decisions cached by a
+        session under another epoch are taken again."""
+        return self.engine(), self.identity(), self.shadow(self.flow.agent)

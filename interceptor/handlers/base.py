@@ -97,7 +97,11 @@ class Services:
               operation: dict[str, object] | None = None, outcome: dict[str, object] | None = None) -> AuditEvent:
         """An audit event carrying the flow's who and where, so handlers only add the what.
         The process and identity summaries are built once per flow (and identity) and shared
-        by its events; the audit sink copies what it keeps."""
+        by its events; the audit sink copies what it keeps. While the flow is learned or
+        shadowed its operation carries the marks (`marked`)."""
+        learn = self.judge.learning()
+        if learn is not None or (decision is not None and decision.shadow is not None):
+            operation = marked(operation, decision, learn)
         identity = self.judge.identity()
         process, known, summary = self._who
         if process is None or known is not identity:
@@ -117,6 +121,24 @@ class Services:
             operation=operation,
             outcome=outcome,
         )
+
+
+def marked(operation: dict[str, object] | None, decision: Decision | None, learn: str | None) -> dict[str, object]:
+    """A copy of a record's operation with the learn and shadow marks (docs/guide.md, "Learn
+    mode"): `learn`, the learn session id, and for a SQL decision `analysis`, per statement
+    its kind, verdict, rule and how each action and function call was judged (what `policy
+    suggest` reads); `shadow`, what the candidate policy decided (Shadow.record)."""
+    copy = dict(operation or {})
+    if learn is not None:
+        copy["learn"] = learn
+        if decision is not None and decision.details:
+            copy["analysis"] = [{key: detail.get(key) for key in ANALYSIS_KEYS} for detail in decision.details]
+    if decision is not None and decision.shadow is not None:
+        copy["shadow"] = decision.shadow.record(decision.verdict)
+    return copy
+
+
+ANALYSIS_KEYS = ("kind", "verdict", "rule", "judged")
 
 
 @dataclass(slots=True)

@@ -28,7 +28,8 @@ from interceptor.policy.judgement import DEFAULT_DENY, Judgement, pick, severity
 from interceptor.policy.model import MaskRule, Rule
 from interceptor.policy.sql import AnyCatalog, analyse, numeric_shape, shape_holds
 from interceptor.policy.sql_session import BOOTSTRAP_RELATIONS, SESSION_SETTINGS
-from interceptor.policy.statement import Action, Call, ColumnRef, OutputColumn, Statement
+from interceptor.policy.learn import learning_rule
+from interceptor.policy.statement import Action, Call, ColumnRef, OutputColumn, Statement, qualified
 
 if TYPE_CHECKING:  # the protocol registry imports this module
     from interceptor.protocols.spec import Context, Problem
@@ -103,7 +104,8 @@ _BUILTIN_KINDS = {
 }
 _ALWAYS_BUILTIN = frozenset({"transaction", "fetch", "close"})
 _ALWAYS_BUILTIN = frozenset({"transaction", "fetch", "close"})
-StatementJudgement = tuple[Judgement, list[MaskSpec], list[dict[str, Any]]]
+# (the statement's judgement, its masks, its masked outputs, how each action and call was judged)
+StatementJudgement = tuple[Judgement, list[MaskSpec], list[dict[str, Any]], list[dict[str, Any]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,9 +196,9 @@ def _judge(query: SqlQuery, catalog: AnyCatalog, rules: list[Rule], text: str) -
     masks: list[MaskSpec] = []
     details: list[dict[str, object]] = []
     for statement in analyse(text, query.settings, query.defaults, catalog):
-        judgement, statement_masks, masked_outputs = _statement(statement, rules)
+        judgement, statement_masks, masked_outputs, judged = _statement(statement, rules)
         detail: dict[str, object] = {**statement.summary(), "verdict": judgement.verdict.value,
-                                     "rule": judgement.rule, "reason": judgement.reason}
+                                     "rule": judgement.rule, "reason": judgement.reason, "judged": judged}
         detail["effects"] = [effect.to_dict() for effect in statement.effects]
         detail["output_count"] = len(statement.outputs)
         if masked_outputs:
@@ -213,30 +215,47 @@ def _judge(query: SqlQuery, catalog: AnyCatalog, rules: list[Rule], text: str) -
 def _statement(statement: Statement, rules: list[Rule]) -> StatementJudgement:
     if statement.error is not None:
         if statement.rule is not None:
-            return Judgement(Verdict.DENY, statement.rule, f"denied: {statement.error}"), [], []
-        return Judgement(Verdict.DENY, UNPARSED_RULE, f"not understood, denied: {statement.error}"), [], []
+            return Judgement(Verdict.DENY, statement.rule, f"denied: {statement.error}"), [], [], []
+        return Judgement(Verdict.DENY, UNPARSED_RULE, f"not understood, denied: {statement.error}"), [], [], []
     if statement.kind == "empty":
-        return Judgement(Verdict.ALLOW, "empty-query", "no statement"), [], []
+        return Judgement(Verdict.ALLOW, "empty-query", "no statement"), [], [], []
     if statement.opaque:
-        return _opaque(statement, rules), [], []
+        return _opaque(statement, rules), [], [], []
     if statement.kind in _BUILTIN_KINDS and (statement.kind in _ALWAYS_BUILTIN or statement.bootstrap):
         denied = [r for r in rules if r.effect == "deny" and _explicit_kind(r, statement.kind)]
         if denied:
-            return Judgement(Verdict.DENY, denied[0].name, denied[0].reason or f"{statement.kind} denied"), [], []
-        return Judgement(Verdict.ALLOW, *_BUILTIN_KINDS[statement.kind]), [], []
-    judgements = [_action(action, statement, rules) for action in statement.actions]
-    judgements += [_call(call, statement, rules) for call in statement.calls]
-    if not judgements:
-        return Judgement(Verdict.DENY, UNPARSED_RULE, f"{statement.kind}: nothing the analyser can judge"), [], []
-    worst = max(judgements, key=severity)
+            return Judgement(Verdict.DENY, denied[0].name, denied[0].reason or f"{statement.kind} denied"), [], [], []
+        return Judgement(Verdict.ALLOW, *_BUILTIN_KINDS[statement.kind]), [], [], []
+    actions = [_action(action, statement, rules) for action in statement.actions]
+    calls = [_call(call, statement, rules) for call in statement.calls]
+    judged = [_judged_action(a, j) for a, j in zip(statement.actions, actions)]
+    judged += [_judged_call(c, j) for c, j in zip(statement.calls, calls)]
+    if not judged:
+        return Judgement(Verdict.DENY, UNPARSED_RULE, f"{statement.kind}: nothing the analyser can judge"), [], [], []
+    worst = max(actions + calls, key=severity)
     if worst.verdict is Verdict.DENY:
-        return worst, [], []
+        return worst, [], [], judged
     masking = [(r, r.mask) for r in rules if r.effect == "mask" and r.mask is not None
                and _mask_rule_applies(r, statement)]
     masks, outputs, refusal = _masks(statement, masking)
     if refusal is not None:
-        return refusal, [], []
-    return worst, masks, outputs
+        return refusal, [], [], judged
+    return worst, masks, outputs, judged
+
+
+def _judged_action(action: Action, judgement: Judgement) -> dict[str, Any]:
+    """How one action was judged, for audit (`Decision.details[i]["judged"]`): columns None
+    when the action may read any column of its table."""
+    return {"action": action.kind, "table": qualified(action.table) if action.table else None,
+            "columns": sorted(action.columns) if action.columns is not None else None,
+            "rule": judgement.rule, "verdict": judgement.verdict.value}
+
+
+def _judged_call(call: Call, judgement: Judgement) -> dict[str, Any]:
+    """How one function call was judged, for audit: the name as written and the functions
+    it may resolve to (None without a catalog); rule "" when allowed by default."""
+    return {"function": call.display, "resolves": sorted(_qualified(call)) if call.candidates else None,
+            "rule": judgement.rule, "verdict": judgement.verdict.value}
 
 
 def _opaque(statement: Statement, rules: list[Rule]) -> Judgement:
@@ -283,6 +302,10 @@ def _call(call: Call, statement: Statement, rules: list[Rule]) -> Judgement:
     for function in call.candidates or ():
         why = _unsafe(function)
         if why is not None and not (by_default and function.qualified in COLUMN_DEFAULT_FUNCTIONS):
+            learning = learning_rule(rules)
+            if learning is not None:
+                return Judgement(Verdict.ALLOW, learning.name, f"learn mode: function {function.qualified}()"
+                                 f"{_via(call)} is {why}, allowed while learning")
             return Judgement(Verdict.DENY, DEFAULT_DENY, f"function {function.qualified}(){_via(call)} is {why}: "
                              f"denied by default; allow it with sql.functions: [{function.qualified}]")
     return Judgement(Verdict.ALLOW, "", "")

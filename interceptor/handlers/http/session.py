@@ -175,7 +175,8 @@ class HttpSession:
             return self._forward(exchange) + self._next()
         decision = exchange.decision
         reason = outcome.reason or "not approved"
-        exchange.decision = Decision(Verdict.DENY, decision.rule, reason, (), decision.approval, decision.details)
+        exchange.decision = Decision(Verdict.DENY, decision.rule, reason, (), decision.approval, decision.details,
+                                     decision.shadow)
         return self._refuse(exchange, 403, f"request not approved (rule {decision.rule!r}): {reason}",
                             decision.rule) + self._next()
 
@@ -187,7 +188,8 @@ class HttpSession:
             return None
         exchange.phase = "done"
         decision = exchange.decision
-        exchange.decision = Decision(Verdict.DENY, decision.rule, reason, (), decision.approval, decision.details)
+        exchange.decision = Decision(Verdict.DENY, decision.rule, reason, (), decision.approval, decision.details,
+                                     decision.shadow)
         exchange.approval = {"approved": False, "request_id": request_id, "reason": reason, "withdrawn": True}
         return self._record(exchange, None, reason)
 

@@ -54,7 +54,7 @@ class Cursors:
             details[index] = {**detail, "masked_outputs": outputs, "output_count": counted}
             masks += [m for m in judged.masks if m not in masks]
         return Decision(decision.verdict, decision.rule, decision.reason, tuple(masks), decision.approval,
-                        tuple(details))
+                        tuple(details), decision.shadow)
 
     def _decision(self, cursor: Cursor, name: str, decide: Decide) -> Decision:
         """The cursor's judgement, again when the policy or identity changed since its DECLARE."""

@@ -481,7 +481,7 @@ class ProxySession:
                 "approver": outcome.approver, "reason": outcome.reason, **({"cancelled": True} if cancelled else {})}
         if cancelled or not outcome.approved:
             decision = Decision(Verdict.DENY, decision.rule, outcome.reason or "not approved", decision.masks,
-                                decision.approval, decision.details)
+                                decision.approval, decision.details, decision.shadow)
         self._client.pos = frame[2]
         if self._doomed:  # its segment failed on the server while it was held: the server skips it
             self._discarded(frame[0], frame)
@@ -497,7 +497,7 @@ class ProxySession:
         _, name, text, decision = self._held
         self._held = None
         self._stream = stream
-        denied = Decision(Verdict.DENY, decision.rule, reason, (), decision.approval, decision.details)
+        denied = Decision(Verdict.DENY, decision.rule, reason, (), decision.approval, decision.details, decision.shadow)
         statement = Statement(text, denied, "simple" if name is None else "extended", self.clock(), error=reason,
                               approval={"approved": False, "request_id": request_id, "reason": reason,
                                         "withdrawn": True})

@@ -1,0 +1,80 @@
+"""Learn mode (sans-IO): an agent's operations are allowed and recorded so that `interceptor
+policy suggest` can propose the narrowest policy that would have allowed them.
+
+Learning adds one rule to the policy in force, last: `learn:AGENT`, an allow rule about the
+agent (and the learned resources) with no operation block, so it is about every operation.
+Everything that decides before an allow still decides: explicit deny rules, approve rules,
+the protocols' builtin refusals (dangerous SQL functions, opaque statements, masks that
+cannot be guaranteed, unknown relations), and mask rules still mask. A policy rule that
+allows an operation is named in its record, as it comes before the learning rule.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+
+from interceptor.policy.model import Policy, Rule
+
+LEARN_PREFIX = "learn:"  # a rule name no policy can use (names are [A-Za-z0-9][A-Za-z0-9_.-]*)
+
+
+@dataclass(frozen=True, slots=True)
+class LearnSession:
+    """One `interceptor learn start`: `agent` learns on `resources` (None: every resource)
+    from `started` until `until` (epoch seconds; None: until stopped)."""
+
+    agent: str
+    session: str
+    started: float
+    until: float | None = None
+    resources: tuple[str, ...] | None = None
+
+    @classmethod
+    def start(cls, agent: str, now: float, seconds: float | None = None,
+              resources: tuple[str, ...] | None = None) -> LearnSession:
+        """A new session with a fresh id (16 hex digits); `seconds`: how long it lasts."""
+        return cls(agent, secrets.token_hex(8), now, None if seconds is None else now + seconds, resources)
+
+    @property
+    def rule_name(self) -> str:
+        return LEARN_PREFIX + self.agent
+
+    def covers(self, resource: str | None) -> bool:
+        """Are the agent's operations on `resource` learned?"""
+        return self.resources is None or resource in self.resources
+
+    def expired(self, now: float) -> bool:
+        return self.until is not None and now >= self.until
+
+    def rule(self) -> Rule:
+        return Rule(name=self.rule_name, effect="allow", reason=f"learn mode (session {self.session})",
+                    agents=(self.agent,), resources=self.resources)
+
+    def summary(self) -> dict[str, object]:
+        """The session as `interceptor learn status` and the audit record show it."""
+        return {"agent": self.agent, "session": self.session, "started": self.started, "until": self.until,
+                "resources": list(self.resources) if self.resources is not None else None}
+
+
+def with_learning(policy: Policy, sessions: Iterable[LearnSession]) -> Policy:
+    """`policy` with each session's rule appended (the same policy when there is none); its
+    version says it is learning, so decisions kept under the policy's version are not reused."""
+    ordered = sorted(sessions, key=lambda s: s.agent)
+    if not ordered:
+        return policy
+    learning = ".".join(session.session for session in ordered)
+    return replace(policy, rules=policy.rules + tuple(session.rule() for session in ordered),
+                   version=f"{policy.version}+learn.{learning}")
+
+
+def learning_rule(rules: Iterable[Rule]) -> Rule | None:
+    """The learning rule among `rules` (those about one request), None when not learning."""
+    return next((rule for rule in rules if rule.name.startswith(LEARN_PREFIX)), None)
+
+
+def learning_of(sessions: Mapping[str, LearnSession], agent: str, resource: str | None) -> str | None:
+    """The id of the session learning `agent` on `resource`, None when it is not learned."""
+    session = sessions.get(agent)
+    return session.session if session is not None and session.covers(resource) else None
