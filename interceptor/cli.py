@@ -218,8 +218,24 @@ def status(ctx: click.Context, as_json: bool) -> None:
         click.echo("\nresources:")
         table([{"name": r["name"], "protocol": r["protocol"], "addresses": " ".join(r["addresses"])}
                for r in d["resources"]], ["name", "protocol", "addresses"])
+        _show_modes(d)
 
     emit(data, as_json, human)
+
+
+def _show_modes(status: dict[str, Any]) -> None:
+    """The learn and shadow runs of `status`: running ones, and learn runs that ended."""
+    learn, shadows = status["learn"], status["shadow"]
+    if learn["learning"] or learn["ended"]:
+        click.echo("\nlearning:")
+        table([{"agent": r["agent"], "session": r["session"], "resources": ", ".join(r["resources"] or ["all"]),
+                "state": f"ended ({r['why']})" if "ended" in r else "learning",
+                "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r.get("ended") or r["until"]))
+                if r.get("ended") or r["until"] else "stopped"}
+               for r in [*learn["learning"], *learn["ended"]]], ["agent", "session", "resources", "state", "when"])
+    if shadows:
+        click.echo("\nshadow runs:")
+        table(shadows, ["agent", "session", "version", "path"])
 
 
 @main.command()
@@ -328,6 +344,10 @@ def _register_groups() -> None:
     main.add_command(catalog)
     main.add_command(trust)
     main.add_command(kubeconfig)
+
+    from interceptor.learn_cli import learn
+
+    main.add_command(learn)
 
 
 _register_groups()

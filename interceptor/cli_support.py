@@ -7,6 +7,7 @@ a test that invokes the group alone), an object with `call(method, **params)`.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import click
@@ -24,6 +25,16 @@ def call(ctx: click.Context, method: ControlMethod, **params: Any) -> Any:
         return client.call(method, **params)
     except ControlError as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration(text: str) -> float | None:
+    """Seconds of a duration written `90s`, `15m`, `2h` or `7d`; None when `text` is not one."""
+    match = _DURATION.match(text.strip())
+    return float(match.group(1)) * _UNITS[match.group(2)] if match else None
 
 
 def escaped(text: str) -> str:

@@ -39,6 +39,12 @@ class ControlMethod(enum.StrEnum):
     APPROVALS_LIST = "approvals.list"
     APPROVALS_APPROVE = "approvals.approve"
     APPROVALS_DENY = "approvals.deny"
+    LEARN_START = "learn.start"
+    LEARN_STOP = "learn.stop"
+    LEARN_STATUS = "learn.status"
+    SHADOW_START = "policy.shadow.start"
+    SHADOW_STOP = "policy.shadow.stop"
+    SHADOW_STATUS = "policy.shadow.status"
 
 
 @dataclass(frozen=True, slots=True)

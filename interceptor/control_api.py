@@ -24,6 +24,7 @@ from interceptor.control import ControlMethod, Method, Peer
 from interceptor.enforcer.server import Enforcer
 from interceptor.handlers.postgres.catalog import CatalogStore, StoreEntry
 from interceptor.identity.model import Identity
+from interceptor.modes import ModeControl
 from interceptor.policy import ResourceSpec
 from interceptor.protocols import spec_for
 from interceptor.redirect import Redirect
@@ -111,6 +112,7 @@ class ControlApi:
     enforcer: Enforcer
     catalogs: CatalogControl
     approvals: ApprovalControl
+    modes: ModeControl
     started: float
     _logins: dict[str, asyncio.Future[Identity]] = field(default_factory=dict, init=False)  # device logins waiting
 
@@ -119,12 +121,13 @@ class ControlApi:
         return {ControlMethod.STATUS: self.status, ControlMethod.SESSIONS: self.sessions,
                 ControlMethod.POLICY_RELOAD: self.reload, ControlMethod.IDENTITY_STATUS: self.identity_status,
                 ControlMethod.IDENTITY_LOGIN: self.identity_login, **self.catalogs.methods(),
-                **self.approvals.methods()}
+                **self.approvals.methods(), **self.modes.methods()}
 
     def status(self, peer: Peer) -> dict[str, Any]:
         """The daemon (version, pid, uptime_s, redirect mode, cgroup root), its policy (version,
         path), agents (cgroups, uids, unprotected, identity), resources (protocol, addresses),
-        the number of open sessions and which hot modules it runs compiled (compiled.status())."""
+        the number of open sessions, which hot modules it runs compiled (compiled.status()),
+        the learn runs (ModeControl.learn_status) and the shadow runs."""
         snap = self.runtime.snapshot
         return {
             "version": __version__,
@@ -143,6 +146,8 @@ class ControlApi:
                           for name, spec in sorted(snap.policy.resources.items())],
             "sessions": len(self.enforcer.sessions),
             "compiled": compiled.status(),
+            "learn": self.modes.learn_status(peer),
+            "shadow": self.modes.shadow_status(peer),
         }
 
     def sessions(self, peer: Peer) -> list[dict[str, Any]]:

@@ -36,6 +36,7 @@ from interceptor.enforcer.server import Enforcer
 from interceptor.handlers.postgres.catalog import CatalogStore
 from interceptor.identity.manager import IdentityChange
 from interceptor.masking.key import open_mask_key
+from interceptor.modes import ModeControl
 from interceptor.metrics import Gauges, Metrics, MetricsServer, parse_listen
 from interceptor.redirect import DENY_REASONS, DenyEvent, Redirect, cgroups
 from interceptor.runtime import Runtime, write_audit
@@ -186,6 +187,7 @@ class _Running:
     enforcer: Enforcer
     control: ControlServer
     metrics_server: MetricsServer | None
+    modes: ModeControl
 
 
 class Daemon:
@@ -242,9 +244,10 @@ class Daemon:
         await enforcer.start(settings.enforcer_port, settings.refuse_port)
         await runtime.install(redirect, enforcer.close_sessions)
         redirect.on_deny(functools.partial(self._on_deny, asyncio.get_running_loop(), runtime, audit))
+        modes = ModeControl(runtime)
         api = ControlApi(settings, runtime, redirect, enforcer,
                          CatalogControl(self.catalogs, lambda: runtime.snapshot.policy.resources),
-                         ApprovalControl(approvals, ApproverCheck(settings.approvals)), self.started)
+                         ApprovalControl(approvals, ApproverCheck(settings.approvals)), modes, self.started)
         control = ControlServer(settings.control_socket, api.methods(), settings.admin_group)
         await control.start()
         metrics_server = None
@@ -252,10 +255,11 @@ class Daemon:
             metrics_server = MetricsServer(settings.metrics_listen, self.metrics,
                                            functools.partial(_gauges, enforcer, approvals, audit))
             await metrics_server.start()
-        return _Running(audit, runtime, approvals, redirect, enforcer, control, metrics_server)
+        return _Running(audit, runtime, approvals, redirect, enforcer, control, metrics_server, modes)
 
     async def _stop(self, running: _Running) -> None:
         await running.control.stop()
+        running.modes.close()
         if running.metrics_server:
             await running.metrics_server.stop()
         await running.enforcer.stop()

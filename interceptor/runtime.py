@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,8 @@ from interceptor.identity.manager import IdentityChange, IdentityManager
 from interceptor.identity.model import Identity
 from interceptor.operations import Request, Subject, TcpConnect
 from interceptor.policy import AgentSpec, Policy, PolicyEngine, load_policy
+from interceptor.policy.learn import LearnSession, with_learning
+from interceptor.policy.shadow import ShadowRun
 from interceptor.redirect import Redirect, RedirectPlan, cgroups
 from interceptor.redirect.plan import HostAddresses, Indexer, build_plan
 from interceptor.credentials_check import warn_failing
@@ -34,13 +37,33 @@ HOSTNAME_REFRESH_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
+class Modes:
+    """The agents being learned and shadowed (interceptor.modes), by agent name."""
+
+    learning: Mapping[str, LearnSession] = field(default_factory=lambda: MappingProxyType({}))
+    shadows: Mapping[str, ShadowRun] = field(default_factory=lambda: MappingProxyType({}))
+
+    def within(self, policy: Policy) -> tuple[Modes, list[LearnSession | ShadowRun]]:
+        """The modes that still make sense under `policy` (their agent and learned resources
+        are in it) and those that do not."""
+        learning = {a: s for a, s in self.learning.items()
+                    if a in policy.agents and all(r in policy.resources for r in s.resources or ())}
+        shadows = {a: s for a, s in self.shadows.items() if a in policy.agents}
+        dropped: list[LearnSession | ShadowRun] = [s for a, s in self.learning.items() if a not in learning]
+        dropped += [s for a, s in self.shadows.items() if a not in shadows]
+        return Modes(MappingProxyType(learning), MappingProxyType(shadows)), dropped
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """Everything a reload or re-plan swaps at once. Each swap brings a new engine, so the
-    engine's identity tells one policy epoch from the next."""
+    engine's identity tells one policy epoch from the next. `policy`: as its file says;
+    `engine`: judges by it with the learning rules of `modes` added."""
 
     policy: Policy
     engine: PolicyEngine
     plan: RedirectPlan
+    modes: Modes = field(default_factory=Modes)
 
 
 def identity_configs(policy: Policy) -> dict[str, dict[str, Any] | None]:
@@ -103,7 +126,7 @@ class Runtime:
         kernel until `install`. PolicyError, PlanError, CgroupError or IdentityConfigError on
         bad input."""
         async with self._lock:
-            self._snapshot = await asyncio.to_thread(self._load, Path(self.settings.policy))
+            self._snapshot = await asyncio.to_thread(self._load, Path(self.settings.policy), Modes())
             await self._start_identities(self._snapshot.policy)
             await warn_failing(self._snapshot.policy)
             return self._snapshot
@@ -124,7 +147,9 @@ class Runtime:
         async with self._lock:
             old = self.snapshot
             target = path or Path(old.policy.source)
-            loaded = await asyncio.to_thread(self._load, target)
+            policy = await asyncio.to_thread(load_policy, target)
+            modes, dropped = old.modes.within(policy)
+            loaded = await asyncio.to_thread(self._planned, policy, modes)
             if identity_configs(loaded.policy) != identity_configs(old.policy):
                 await self._start_identities(loaded.policy)  # access follows as identities arrive
             snapshot = self._swap(loaded)
@@ -132,6 +157,8 @@ class Runtime:
             kind="policy", decision="allow", rule="reload",
             operation={"path": str(target), "old_version": old.policy.version, "new_version": snapshot.policy.version}))
         log.info("policy %s loaded from %s", snapshot.policy.version, target)
+        for mode in dropped:
+            await self._ended_by_reload(mode)
         await warn_failing(snapshot.policy)
         return snapshot
 
@@ -142,7 +169,7 @@ class Runtime:
         async with self._lock:
             current = self.snapshot
             try:
-                loaded = await asyncio.to_thread(self._load, Path(current.policy.source))
+                loaded = await asyncio.to_thread(self._load, Path(current.policy.source), current.modes)
             except Exception as exc:  # a re-plan is best effort: the running plan stays in force
                 log.warning("re-planning skipped, old plan kept: %s", exc)
                 return
@@ -160,11 +187,34 @@ class Runtime:
         resource, SecretError when they cannot be resolved)."""
         return await resolve_credentials(self.snapshot.policy.resources[resource].credentials)
 
-    def _load(self, path: Path) -> Snapshot:
+    async def change_modes(self, change: Callable[[Modes], Modes]) -> Snapshot:
+        """Swap in the running policy with the modes `change` makes of the running ones (a
+        learn or shadow run started or ended), and its plan: a learned agent may reach the
+        learned resources. What `change` raises is raised, and nothing changes."""
+        async with self._lock:
+            current = self.snapshot
+            modes = change(current.modes)
+            return self._swap(await asyncio.to_thread(self._planned, current.policy, modes))
+
+    async def _ended_by_reload(self, mode: LearnSession | ShadowRun) -> None:
+        """A learn or shadow run the reloaded policy has no place for (its agent or a learned
+        resource is gone) has ended: said in the log and the trail."""
+        action = "learn-stop" if isinstance(mode, LearnSession) else "shadow-stop"
+        log.warning("%s of agent %s (session %s) ended: the reloaded policy no longer has its agent or resources",
+                    "learning" if isinstance(mode, LearnSession) else "shadow run", mode.agent, mode.session)
+        await write_audit(self.audit, AuditEvent(
+            kind="policy", agent=mode.agent, decision="allow", rule=action, reason="ended by a policy reload",
+            operation={"action": action, "agent": mode.agent, "session": mode.session}))
+
+    def _load(self, path: Path, modes: Modes) -> Snapshot:
         """Parse and plan a policy without touching the running one (PolicyError, PlanError,
         CgroupError on bad input). Runs in a worker thread."""
-        policy = load_policy(path)
-        engine = PolicyEngine(policy)
+        return self._planned(load_policy(path), modes)
+
+    def _planned(self, policy: Policy, modes: Modes) -> Snapshot:
+        """The Snapshot of `policy` with `modes` (its plan: as the engine with the learning
+        rules allows); PlanError or CgroupError on bad input. Runs in a worker thread."""
+        engine = PolicyEngine(with_learning(policy, modes.learning.values()))
         managed = cgroups.ensure_agent_cgroups(self.mount, sorted(policy.agents))
         agent_paths = {name: [str(managed[name])] + [str(cgroups.resolve(self.mount, c)) for c in spec.cgroups]
                        for name, spec in policy.agents.items()}
@@ -180,7 +230,7 @@ class Runtime:
                           agent_paths=agent_paths, enforcer_port=self.settings.enforcer_port,
                           refuse_port=self.settings.refuse_port, daemon_tgid=os.getpid(),
                           agents_ix=self._agents_ix, resources_ix=self._resources_ix, resolve=self._hosts)
-        return Snapshot(policy, engine, plan)
+        return Snapshot(policy, engine, plan, modes)
 
     def _swap(self, snapshot: Snapshot) -> Snapshot:
         """Apply the snapshot's plan (once installed) and put it in force; the caller holds the

@@ -25,11 +25,9 @@ import click
 from interceptor.audit import Query, Record, Store, open_store, verify
 from interceptor.audit.chain import canonical_json
 from interceptor.audit.recording import Cast, RecordingError, parse, read_verified, recording_path
-from interceptor.cli_support import escaped
+from interceptor.cli_support import duration, escaped
 from interceptor.config import ConfigError, Settings, load_settings
 
-_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def default_store(settings: Settings) -> str:
@@ -57,9 +55,9 @@ def _settings() -> Settings:
 
 def parse_time(text: str, now: float | None = None) -> float:
     """Epoch seconds, ISO 8601 (`2024-05-01T12:00:00Z`; no zone: local time) or an age (`15m`, `2h`, `7d`)."""
-    relative = _RELATIVE.match(text.strip())
-    if relative:
-        return (time.time() if now is None else now) - float(relative.group(1)) * _UNITS[relative.group(2)]
+    age = duration(text)
+    if age is not None:
+        return (time.time() if now is None else now) - age
     try:
         return float(text)
     except ValueError:

@@ -23,6 +23,7 @@ from interceptor.audit.event import AuditEvent, AuditSink
 from interceptor.decision import Decision, Verdict
 from interceptor.enforcer.attribution import AttributionError, attribute
 from interceptor.enforcer.judge import UNKNOWN_REASON, FlowJudge
+from interceptor.policy.learn import learning_of
 from interceptor.errors import AuditUnavailable
 from interceptor.flow import Endpoint, FlowContext
 from interceptor.handlers import Services, handler_for
@@ -217,7 +218,9 @@ class Enforcer:
                            Endpoint(ipaddress.ip_address(peer[0]), peer[1]), resource)
         judge = FlowJudge(flow, lambda: self.snapshot().engine, lambda: self.identity(flow.agent),
                           lambda: self.identity_required(flow.agent), self.on_decision,
-                          identity_reason=lambda: self.identity_reason(flow.agent))
+                          identity_reason=lambda: self.identity_reason(flow.agent),
+                          learns=lambda agent, resource: learning_of(self.snapshot().modes.learning, agent, resource),
+                          shadow=lambda agent: self.snapshot().modes.shadows.get(agent))
         request = judge.request(TcpConnect())
         decision = self._connection_decision(snap, judge, request)
         if isinstance(decision, Decision) and decision.verdict is Verdict.APPROVE:

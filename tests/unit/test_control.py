@@ -15,6 +15,7 @@ from interceptor.approvals.control import ApprovalControl
 from interceptor.control import ControlClient, ControlError, ControlMethod, ControlServer, Peer
 from interceptor.control_api import CatalogControl, ControlApi
 from interceptor.handlers.postgres.catalog import CatalogStore
+from interceptor.modes import ModeControl
 
 ROOT = Peer(1, 0, 0)
 
@@ -22,7 +23,8 @@ ROOT = Peer(1, 0, 0)
 def test_every_control_method_is_served_and_nothing_else() -> None:
     catalogs = CatalogControl(CatalogStore(), dict)
     approvals = ApprovalControl(None, None)  # type: ignore[arg-type]  # the table only names bound methods
-    api = ControlApi(None, None, None, None, catalogs, approvals, 0.0)  # type: ignore[arg-type]  # likewise
+    modes = ModeControl(None)  # type: ignore[arg-type]  # likewise
+    api = ControlApi(None, None, None, None, catalogs, approvals, modes, 0.0)  # type: ignore[arg-type]  # likewise
     assert sorted(api.methods()) == sorted(ControlMethod)
 
 

@@ -1,0 +1,192 @@
+"""Learn and shadow runs of the daemon: `interceptor learn start|stop|status` and `interceptor
+policy shadow [start]|stop|status`, as control methods.
+
+A run is part of the Snapshot (interceptor.runtime.Modes), so it starts and ends between two
+operations, as a reload does; every start and end is logged and written to the audit trail
+(kind `policy`, rules learn-start, learn-stop, learn-expired, shadow-start, shadow-stop).
+Runs live in the daemon's memory: a restart ends them (the daemon enforces the policy file
+alone again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from interceptor.audit.event import AuditEvent
+from interceptor.control import ControlMethod, Method, Peer
+from interceptor.policy import PolicyEngine, load_policy
+from interceptor.policy.learn import LearnSession
+from interceptor.policy.shadow import ShadowRun
+from interceptor.runtime import Modes, Runtime, write_audit
+
+log = logging.getLogger(__name__)
+
+ENDED_KEPT = 20  # ended learn runs `learn status` and `status` still show
+
+
+@dataclass(slots=True)
+class ModeControl:
+    """Starts and ends the runs of `runtime`; `clock`: epoch seconds."""
+
+    runtime: Runtime
+    clock: Callable[[], float] = time.time
+    ended: list[dict[str, Any]] = field(default_factory=list)  # newest last
+    _timers: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
+    _tasks: set[asyncio.Future[None]] = field(default_factory=set)
+
+    def methods(self) -> dict[ControlMethod, Method]:
+        """The control methods this serves, by name."""
+        return {ControlMethod.LEARN_START: self.learn_start, ControlMethod.LEARN_STOP: self.learn_stop,
+                ControlMethod.LEARN_STATUS: self.learn_status, ControlMethod.SHADOW_START: self.shadow_start,
+                ControlMethod.SHADOW_STOP: self.shadow_stop, ControlMethod.SHADOW_STATUS: self.shadow_status}
+
+    # -- learn ---------------------------------------------------------------------------
+
+    async def learn_start(self, peer: Peer, agent: str, seconds: float | None = None,
+                          resources: list[str] | None = None) -> dict[str, Any]:
+        """Learn `agent`'s operations on `resources` (None: every resource) for `seconds`
+        (None: until stopped): LearnSession.summary(). ValueError for an unknown agent or
+        resource, a duration that is not positive, or an agent learned already."""
+        if seconds is not None and not seconds > 0:
+            raise ValueError(f"learning must last a positive time, not {seconds!r} s")
+        policy = self.runtime.snapshot.policy
+        self._known_agent(agent)
+        for resource in resources or ():
+            if resource not in policy.resources:
+                raise ValueError(f"unknown resource {resource!r} (the policy has: {', '.join(sorted(policy.resources))})")
+        session = LearnSession.start(agent, self.clock(), seconds, tuple(resources) if resources else None)
+
+        def started(modes: Modes) -> Modes:
+            running = modes.learning.get(agent)
+            if running is not None:
+                raise ValueError(f"agent {agent!r} is learned already (session {running.session}): "
+                                 "`interceptor learn stop` it first")
+            return Modes(MappingProxyType({**modes.learning, agent: session}), modes.shadows)
+
+        await self.runtime.change_modes(started)
+        if seconds is not None:
+            self._timers[session.session] = asyncio.get_running_loop().call_later(
+                seconds, self._expire, agent, session.session)
+        log.warning("learn mode started for agent %s (session %s, resources %s, %s): its operations that no rule "
+                    "allows are allowed and recorded", agent, session.session, ", ".join(resources or ["all"]),
+                    f"for {seconds:g} s" if seconds is not None else "until stopped")
+        await self._audit("learn-start", agent, session.summary())
+        return session.summary()
+
+    async def learn_stop(self, peer: Peer, agent: str) -> dict[str, Any]:
+        """End `agent`'s learning: the ended run (summary with `ended` and `why`). ValueError
+        when it is not learned."""
+        ended = await self._end_learning(agent, None, "stopped")
+        if ended is None:
+            raise ValueError(f"agent {agent!r} is not learned")
+        return ended
+
+    def learn_status(self, peer: Peer) -> dict[str, Any]:
+        """{"learning": [running LearnSession summaries], "ended": [the last ENDED_KEPT
+        ended ones, each with `ended` (epoch s) and `why` (stopped, expired)]}."""
+        modes = self.runtime.snapshot.modes
+        return {"learning": [modes.learning[a].summary() for a in sorted(modes.learning)], "ended": list(self.ended)}
+
+    def _expire(self, agent: str, session: str) -> None:
+        task = asyncio.ensure_future(self._expired(agent, session))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _expired(self, agent: str, session: str) -> None:
+        await self._end_learning(agent, session, "expired")
+
+    async def _end_learning(self, agent: str, session: str | None, why: str) -> dict[str, Any] | None:
+        """End the run learning `agent` (only if it is `session`, when given): its summary
+        with `ended` and `why`, or None when there is none to end."""
+        ending: list[LearnSession] = []
+
+        def stopped(modes: Modes) -> Modes:
+            running = modes.learning.get(agent)
+            if running is None or session not in (None, running.session):
+                return modes
+            ending.append(running)
+            return Modes(MappingProxyType({a: s for a, s in modes.learning.items() if a != agent}), modes.shadows)
+
+        await self.runtime.change_modes(stopped)
+        if not ending:
+            return None
+        run = ending[0]
+        timer = self._timers.pop(run.session, None)
+        if timer is not None:
+            timer.cancel()
+        summary = {**run.summary(), "ended": self.clock(), "why": why}
+        self.ended = [*self.ended, summary][-ENDED_KEPT:]
+        log.warning("learn mode for agent %s (session %s) ended: %s", agent, run.session,
+                    "its time ran out" if why == "expired" else why)
+        await self._audit("learn-expired" if why == "expired" else "learn-stop", agent, summary)
+        return summary
+
+    # -- shadow --------------------------------------------------------------------------
+
+    async def shadow_start(self, peer: Peer, agent: str, path: str) -> dict[str, Any]:
+        """Judge `agent`'s operations by the policy at `path` too (a run already shadowing it
+        is replaced): ShadowRun.summary(). PolicyError for a bad file; ValueError when the
+        agent is not in the running policy or not in the candidate."""
+        self._known_agent(agent)
+        candidate = await asyncio.to_thread(load_policy, Path(path))
+        if agent not in candidate.agents:
+            raise ValueError(f"the candidate policy {path} does not name agent {agent!r}: it would deny all of it")
+        run = ShadowRun.start(agent, self.clock(), path, PolicyEngine(candidate))
+        replaced: list[ShadowRun] = []
+
+        def started(modes: Modes) -> Modes:
+            replaced.extend(s for a, s in modes.shadows.items() if a == agent)
+            return Modes(modes.learning, MappingProxyType({**modes.shadows, agent: run}))
+
+        await self.runtime.change_modes(started)
+        for old in replaced:
+            await self._audit("shadow-stop", agent, {**old.summary(), "why": f"replaced by {run.session}"})
+        log.warning("shadow run of policy %s (%s) beside the enforced policy for agent %s (session %s)",
+                    run.version, path, agent, run.session)
+        await self._audit("shadow-start", agent, run.summary())
+        return run.summary()
+
+    async def shadow_stop(self, peer: Peer, agent: str) -> dict[str, Any]:
+        """End the shadow run of `agent`: its summary. ValueError when there is none."""
+        ending: list[ShadowRun] = []
+
+        def stopped(modes: Modes) -> Modes:
+            ending.extend(s for a, s in modes.shadows.items() if a == agent)
+            return Modes(modes.learning, MappingProxyType({a: s for a, s in modes.shadows.items() if a != agent}))
+
+        await self.runtime.change_modes(stopped)
+        if not ending:
+            raise ValueError(f"agent {agent!r} has no shadow run")
+        summary = {**ending[0].summary(), "ended": self.clock()}
+        log.warning("shadow run for agent %s (session %s) ended", agent, ending[0].session)
+        await self._audit("shadow-stop", agent, summary)
+        return summary
+
+    def shadow_status(self, peer: Peer) -> list[dict[str, Any]]:
+        """The running shadow runs (ShadowRun.summary)."""
+        shadows = self.runtime.snapshot.modes.shadows
+        return [shadows[a].summary() for a in sorted(shadows)]
+
+    # -- both ----------------------------------------------------------------------------
+
+    def _known_agent(self, agent: str) -> None:
+        agents = self.runtime.snapshot.policy.agents
+        if agent not in agents:
+            raise ValueError(f"unknown agent {agent!r} (the policy has: {', '.join(sorted(agents)) or 'none'})")
+
+    async def _audit(self, action: str, agent: str, summary: dict[str, Any]) -> None:
+        await write_audit(self.runtime.audit, AuditEvent(
+            kind="policy", agent=agent, decision="allow", rule=action, operation={"action": action, **summary}))
+
+    def close(self) -> None:
+        """Cancel the expiry timers (the daemon is stopping: the runs end with it)."""
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
