@@ -32,6 +32,7 @@ from typing import Any
 from interceptor.policy.cases import CaseResult, run_cases
 from interceptor.policy.loader import PolicyError, compose, load_policy_text
 from interceptor.policy.model import Policy
+from interceptor.policy.ssh_command import read_command, runs_code
 from interceptor.protocols import spec_for_key
 
 PLACEHOLDER_GROUP = "policy-reviewers"  # approvers of suggested approve rules when the base names none
@@ -297,23 +298,33 @@ def _mcp(learned: Learned, resource: str, operation: Mapping[str, Any], when: fl
 
 
 def _ssh(learned: Learned, resource: str, operation: Mapping[str, Any], when: float | None) -> bool:
-    """An exec's command, a shell, an SFTP or scp path read or written, a local or remote forward."""
+    """An exec's command, a shell, an SFTP or scp path read or written, a local or remote
+    forward. What only `shell: true` allows (a shell, an exec of a shell-class command or on
+    a terminal, a write of a file that makes the server run code) goes in rules with it."""
     request = operation.get("request")
+    shell = False
     if request == "exec" and operation.get("command") and "command_bytes" not in operation:
         key, value = "commands", str(operation["command"])
         case: dict[str, Any] = {"command": value}
+        shell = bool(operation.get("pty")) or bool(read_command(value).shell)
     elif request == "shell":
-        key, value, case = "shell", "", {"shell": True}
+        key, value, case, shell = "shell", "", {"shell": True}, True
     elif request in ("read", "write") and operation.get("path"):
         key, value = str(request), str(operation["path"])
         case = {key: value}
+        shell = request == "write" and runs_code(value)
     elif request == "forward" and operation.get("forward") in _SSH_FORWARDS and operation.get("target"):
         key, value = _SSH_FORWARDS[str(operation["forward"])], str(operation["target"])
         case = {key: value}
     else:
         return False
-    grant = learned.grant(resource, "ssh", (key,), key.replace("_", "-"), {"shell": True} if key == "shell" else {})
-    if key != "shell":
+    if shell and key == "commands":
+        grant = learned.grant(resource, "ssh", ("shell",), "shell", {"shell": True})
+    elif shell:
+        grant = learned.grant(resource, "ssh", ("shell", key), f"shell-{key}", {"shell": True})
+    else:
+        grant = learned.grant(resource, "ssh", (key,), key.replace("_", "-"))
+    if key != "shell" and not (shell and key == "commands"):
         grant.add(key, [glob_escape(value)])
     grant.seen.add(when, value or "shell")
     learned.operations.setdefault(resource, []).append(("ssh", case))
@@ -631,7 +642,7 @@ def _denied(key: str, protocol: str) -> tuple[str, Any] | None:
     if protocol == "mcp":
         return "mcp", {"tool": "not-learned"}
     if protocol == "ssh":
-        return "ssh", {"command": "not-learned"}
+        return "ssh", {"read": "/not-learned"}
     return None
 
 

@@ -275,6 +275,7 @@ def test_other_protocols(tmp_path):
                                      "arguments": "{}"}, 7),
         learned("web1", "ssh", {"kind": "ssh", "request": "exec", "command": "systemctl status nginx"}, 8),
         learned("web1", "ssh", {"kind": "ssh", "request": "read", "path": "/var/log/syslog", "action": "open"}, 9),
+        learned("web1", "ssh", {"kind": "ssh", "request": "exec", "command": "journalctl -u nginx | tail"}, 10),
     ]
     made = suggest(events, OTHERS, "others.yaml", "a", effect="allow")
     rules = rules_of(made.policy)
@@ -287,10 +288,12 @@ def test_other_protocols(tmp_path):
     assert rules["suggest-tools-tools"]["mcp"] == {"tools": ["read_file"]}
     assert rules["suggest-web1-commands"]["ssh"] == {"commands": ["systemctl status nginx"]}
     assert rules["suggest-web1-read"]["ssh"] == {"read": ["/var/log/syslog"]}
+    assert rules["suggest-web1-shell"]["ssh"] == {"shell": True}  # a pipeline is shell class
+    assert "e.g. journalctl -u nginx | tail" in made.policy
     assert made.skipped == {"allowed without a rule (builtin)": 1}
     _, tests = write(tmp_path, made)
     results = run_cases(tests)
-    assert len(results) == 12 and all(r.passed for r in results), [r for r in results if not r.passed]
+    assert len(results) == 13 and all(r.passed for r in results), [r for r in results if not r.passed]
 
 
 def _fill_store(path, events):
@@ -324,3 +327,4 @@ def test_the_command_reads_the_trail_and_writes_both_files(tmp_path):
     none = runner.invoke(policy, ["suggest", "--agent", "demo", "--store", str(store), "--policy", str(base),
                                   "--since", str(T0 + 100)])
     assert none.exit_code == 1 and "no learn record of agent 'demo'" in none.output
+
