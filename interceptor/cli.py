@@ -332,6 +332,9 @@ def _register_groups() -> None:
         result = call(ctx, ControlMethod.POLICY_RELOAD, path=str(file.resolve()) if file else None)
         emit(result, as_json, lambda r: click.echo(f"policy {r['version']} loaded from {r['path']}"))
 
+    from interceptor.policy.shadow_cli import shadow
+
+    policy.add_command(shadow)
     main.add_command(policy)
 
     from interceptor.approvals.cli import approvals
