@@ -80,7 +80,8 @@ class Seen:
 class Grant:
     """One suggested rule being gathered: its resource, operation key (`sql`, `kubernetes`...),
     a label for its name, the fixed part of its block, the listed values seen per block key,
-    the keys left out (a value was unknown: every one is then allowed), and what it covers."""
+    the keys left out (a value was unknown: every one is then allowed), what it covers, and
+    the base's approve rules that held some of it for approval while learning (`gates`)."""
 
     resource: str
     key: str
@@ -89,6 +90,7 @@ class Grant:
     lists: dict[str, set[str]] = field(default_factory=dict)
     unbounded: set[str] = field(default_factory=set)
     seen: Seen = field(default_factory=Seen)
+    gates: set[str] = field(default_factory=set)
 
     def add(self, name: str, values: Iterable[str] | None) -> None:
         """Values seen for block key `name`; None: unknown, the key is left out of the rule."""
@@ -195,22 +197,29 @@ class Learned:
         elif event.get("kind") == "statement" and operation.get("protocol") == "postgres":
             self._statement(resource, event, operation, when)
         elif event.get("kind") == "connection":
-            self._connection(resource, operation, when)
+            self._connection(resource, event, operation, when)
         elif _no_rule(event.get("rule")):
             self.skip("allowed without a rule (builtin)")
         elif operation.get("kind") in _READERS:
-            if _READERS[operation["kind"]](self, resource, operation, when):
-                self.used += 1
-            else:
+            grant = _READERS[operation["kind"]](self, resource, operation, when)
+            if grant is None:
                 self.skip(f"{operation['kind']} operation with no rule form")
+                return
+            if event.get("decision") == "approve":
+                grant.gates.add(str(event.get("rule")))
+            self.used += 1
         else:
             self.skip(f"record kind {event.get('kind')!r}: nothing to grant")
 
-    def _connection(self, resource: str, operation: Mapping[str, Any], when: float | None) -> None:
+    def _connection(self, resource: str, event: Mapping[str, Any], operation: Mapping[str, Any],
+                    when: float | None) -> None:
         if self.protocols[resource] != "tcp":
             self.skip("connection to a non-tcp resource: the rules of its operations allow it")
             return
-        self.grant(resource, "tcp", (), "tcp").seen.add(when, str(operation.get("dst", "")))
+        grant = self.grant(resource, "tcp", (), "tcp")
+        grant.seen.add(when, str(operation.get("dst", "")))
+        if event.get("decision") == "approve":
+            grant.gates.add(str(event.get("rule")))
         self.operations.setdefault(resource, []).append(("tcp", True))
         self.used += 1
 
@@ -243,9 +252,11 @@ class Learned:
                     columns = judged.get("columns")
                     grant.add("columns", None if columns is None else [glob_escape(_bare(table, c)) for c in columns])
                 grant.seen.add(when, text)
+                if judged.get("verdict") == "approve":
+                    grant.gates.add(str(judged.get("rule")))
 
 
-def _kubernetes(learned: Learned, resource: str, operation: Mapping[str, Any], when: float | None) -> bool:
+def _kubernetes(learned: Learned, resource: str, operation: Mapping[str, Any], when: float | None) -> Grant | None:
     verb = str(operation.get("verb", ""))
     if "resource" not in operation:
         path = str(operation.get("path", ""))
@@ -267,10 +278,10 @@ def _kubernetes(learned: Learned, resource: str, operation: Mapping[str, Any], w
     if "resource" in operation:
         case["resource"] = operation["resource"]
     learned.operations.setdefault(resource, []).append(("kubernetes", case))
-    return True
+    return grant
 
 
-def _http(learned: Learned, resource: str, operation: Mapping[str, Any], when: float | None) -> bool:
+def _http(learned: Learned, resource: str, operation: Mapping[str, Any], when: float | None) -> Grant | None:
     method, path, host = str(operation.get("method", "")), str(operation.get("path", "")), operation.get("host")
     grant = learned.grant(resource, "http", ("path", path), "path-" + path, {"paths": [glob_escape(path)]})
     grant.add("methods", [method])
@@ -278,26 +289,26 @@ def _http(learned: Learned, resource: str, operation: Mapping[str, Any], when: f
     grant.seen.add(when, f"{method} {host or ''}{path}")
     case: dict[str, Any] = {"method": method, "path": path, **({"host": host} if host else {})}
     learned.operations.setdefault(resource, []).append(("http", case))
-    return True
+    return grant
 
 
-def _mcp(learned: Learned, resource: str, operation: Mapping[str, Any], when: float | None) -> bool:
+def _mcp(learned: Learned, resource: str, operation: Mapping[str, Any], when: float | None) -> Grant | None:
     tool = operation.get("tool")
     if tool is not None:
         grant = learned.grant(resource, "mcp", ("tools",), "tools")
         grant.add("tools", [glob_escape(str(tool))])
         grant.seen.add(when, f"{tool} {operation.get('arguments', '')}")
         learned.operations.setdefault(resource, []).append(("mcp", {"tool": tool}))
-        return True
+        return grant
     method = str(operation.get("method", ""))
     grant = learned.grant(resource, "mcp", ("methods",), "methods")
     grant.add("methods", [method])
     grant.seen.add(when, method)
     learned.operations.setdefault(resource, []).append(("mcp", {"method": method}))
-    return True
+    return grant
 
 
-def _ssh(learned: Learned, resource: str, operation: Mapping[str, Any], when: float | None) -> bool:
+def _ssh(learned: Learned, resource: str, operation: Mapping[str, Any], when: float | None) -> Grant | None:
     """An exec's command, a shell, an SFTP or scp path read or written, a local or remote
     forward. What only `shell: true` allows (a shell, an exec of a shell-class command or on
     a terminal, a write of a file that makes the server run code) goes in rules with it."""
@@ -317,7 +328,7 @@ def _ssh(learned: Learned, resource: str, operation: Mapping[str, Any], when: fl
         key, value = _SSH_FORWARDS[str(operation["forward"])], str(operation["target"])
         case = {key: value}
     else:
-        return False
+        return None
     if shell and key == "commands":
         grant = learned.grant(resource, "ssh", ("shell",), "shell", {"shell": True})
     elif shell:
@@ -328,7 +339,7 @@ def _ssh(learned: Learned, resource: str, operation: Mapping[str, Any], when: fl
         grant.add(key, [glob_escape(value)])
     grant.seen.add(when, value or "shell")
     learned.operations.setdefault(resource, []).append(("ssh", case))
-    return True
+    return grant
 
 
 _READERS = {"kubernetes": _kubernetes, "http": _http, "mcp": _mcp, "ssh": _ssh}
@@ -395,7 +406,8 @@ def suggest(events: Iterable[Mapping[str, Any]], base_text: str, base_name: str,
         policy = load_policy_text(text, policy_name)
     except PolicyError as exc:
         raise SuggestError(f"the suggested policy does not load (a bug of policy suggest):\n{exc}\n{text}") from None
-    tests = _tests(learned, policy, text, policy_name, effect, {name for name, _ in suggested})
+    gated = {name: bool(grant.gates) for name, grant in suggested}
+    tests = _tests(learned, text, policy_name, effect, gated)
     return Suggestion(text, tests, learned.used, dict(learned.skipped))
 
 
@@ -512,12 +524,19 @@ def _render(data: Mapping[str, Any], kept: list[dict[str, Any]], suggested: list
     if effect == "approve" and not groups:
         lines.append(f"  # Approvers: {PLACEHOLDER_GROUP} is a placeholder (the base has no approve rule for "
                      f"{agent}): change it to the group that approves {agent}'s operations.")
+    approvals = {str(raw["name"]): raw["approval"] for raw in data["rules"] if "approval" in raw}
     for name, grant in suggested:
-        suggestion: dict[str, Any] = {"name": name, "effect": effect, "agents": [agent],
+        gates = sorted(gate for gate in grant.gates if gate in approvals)
+        suggestion: dict[str, Any] = {"name": name, "effect": "approve" if gates else effect, "agents": [agent],
                                       "resources": [grant.resource], grant.key: grant.block()}
-        if effect == "approve":
+        if gates:
+            suggestion["approval"] = approvals[gates[0]]
+        elif effect == "approve":
             suggestion["approval"] = {"groups": groups or [PLACEHOLDER_GROUP]}
         lines.append(f"  # {grant.seen.comment()}")
+        if gates:
+            lines.append(f"  # Approve, with the approval of the base's rule {gates[0]}: "
+                         f"{', '.join(gates)} held some of these for approval while learning.")
         if grant.fixed.get("tables") == [NO_TABLE]:
             lines.append("  # SELECTs without a table need a select rule with tables; this one names a table no "
                          "relation can have (its name is a NUL), so it allows nothing else.")
@@ -538,10 +557,11 @@ class _Case:
     search_path: str | None = None
 
 
-def _tests(learned: Learned, policy: Policy, text: str, policy_name: str, effect: str, suggested: set[str]) -> str:
-    """The tests file: a case per distinct operation observed (its verdict `effect`) and per
-    resource cases that must be denied, each expecting the verdict, rule and masks the
-    suggested policy gives, all run against `text` before they are returned."""
+def _tests(learned: Learned, text: str, policy_name: str, effect: str, suggested: Mapping[str, bool]) -> str:
+    """The tests file: a case per distinct operation observed (its verdict `effect`, or
+    approve by a suggested rule that keeps the base's approval: `suggested` maps each rule
+    name to whether it does) and per resource cases that must be denied, each expecting the
+    verdict, rule and masks the suggested policy gives, all run against `text` first."""
     catalog = _catalog(learned)
     cases: list[_Case] = []
     notes: list[str] = []
@@ -551,7 +571,7 @@ def _tests(learned: Learned, policy: Policy, text: str, policy_name: str, effect
         distinct = {_flow(operation): (key, operation) for key, operation in operations}
         for number, (key, operation) in enumerate(distinct.values(), 1):
             cases.append(_Case(f"{resource}: observed {key} {number}", resource, key, operation, effect))
-        denied = _denied(key, learned.protocols[resource])
+        denied = _denied(learned.protocols[resource])
         if denied is None:
             notes.append(f"{resource}: no case that must be denied (a tcp resource has only its connection)")
         else:
@@ -560,14 +580,14 @@ def _tests(learned: Learned, policy: Policy, text: str, policy_name: str, effect
               *[f"# {_one_line(note)}" for note in notes]]
     first = _tests_text(header, policy_name, catalog, cases, learned.agent, {})
     results = _run(text, first, policy_name)
-    wrong = [f"{r.name}: expected {r.expected}, got {r.got}" for r in results if not r.passed]
+    wrong = [f"{r.name}: expected {r.expected}, got {r.got}" for r in results if not r.passed and not (
+             r.expected["verdict"] == "allow" and r.got["verdict"] == "approve" and suggested.get(r.got["rule"]))]
     wrong += [f"{r.name}: rule {r.got['rule']} is no suggested rule" for r, case in zip(results, cases)
-              if r.passed and case.verdict != "deny" and r.got["rule"] not in suggested
-              and not _no_rule(r.got["rule"])]
+              if case.verdict != "deny" and r.got["rule"] not in suggested and not _no_rule(r.got["rule"])]
     if wrong:
         raise SuggestError("cases drawn from what happened do not hold against the suggested policy (a bug of "
                            "policy suggest):\n" + "\n".join(wrong))
-    got = {case.name: {"rule": r.got["rule"], **({"masks": r.got["masks"]} if r.got["masks"] else {})}
+    got = {case.name: {"verdict": r.got["verdict"], "rule": r.got["rule"], **({"masks": r.got["masks"]} if r.got["masks"] else {})}
            for r, case in zip(results, cases)}
     final = _tests_text(header, policy_name, catalog, cases, learned.agent, got)
     failed = [r.name for r in _run(text, final, policy_name) if not r.passed]
@@ -633,7 +653,7 @@ def _quoted(table: str) -> str:
     return ".".join('"' + part.replace('"', '""') + '"' for part in table.split(".", 1))
 
 
-def _denied(key: str, protocol: str) -> tuple[str, Any] | None:
+def _denied(protocol: str) -> tuple[str, Any] | None:
     """An operation the agent did not do and the suggested policy must deny, per protocol."""
     if protocol == "kubernetes":
         return "kubernetes", {"verb": "delete", "resource": "not-learned", "namespace": "default", "name": "x"}

@@ -3,6 +3,7 @@ contract's shape (/tmp/h/contract20.md), checked by loading them, by `policy che
 test`, and by judging what happened and what did not with the engine."""
 
 import asyncio
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -10,12 +11,14 @@ import yaml
 from click.testing import CliRunner
 
 from interceptor.audit import AuditEvent, open_sink
+from interceptor.handlers.postgres.record import redact_literals
 from interceptor.operations import Request, SqlQuery, Subject
 from interceptor.policy.cases import run_cases
 from interceptor.policy.catalog import Catalog
 from interceptor.policy.cli import policy
 from interceptor.policy.engine import PolicyEngine
 from interceptor.policy.loader import load_policy_text
+from interceptor.policy.model import Rule
 from interceptor.policy.suggest import NO_TABLE, PLACEHOLDER_GROUP, SuggestError, glob_escape, iso, suggest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -328,3 +331,34 @@ def test_the_command_reads_the_trail_and_writes_both_files(tmp_path):
                                   "--since", str(T0 + 100)])
     assert none.exit_code == 1 and "no learn record of agent 'demo'" in none.output
 
+
+def test_from_the_engines_own_analysis(tmp_path):
+    """Records as the daemon writes them while learning: the analysis is the learning engine's
+    `Decision.details` (the demo policy plus the rule `learn:demo`), the text redacted."""
+    base = load_policy_text(DEMO)
+    learning = PolicyEngine(replace(base, rules=(*base.rules, Rule("learn:demo", "allow", agents=("demo",),
+                                                                      resources=("demo-db",)))))
+    script = ["SELECT id, name FROM customers WHERE id = 42", "SELECT * FROM products WHERE price > 10.5",
+              "SELECT o.id, o.total, c.name FROM orders o JOIN customers c ON c.id = o.customer_id",
+              "UPDATE orders SET status = 'shipped' WHERE id = 7", "SELECT 1", "BEGIN", "DROP TABLE orders"]
+    events = [start()]
+    for at, sql in enumerate(script):
+        decision = learning.decide(Request(Subject("demo"), "demo-db", SqlQuery(sql, catalog=CATALOG)))
+        record = statement(redact_literals(sql), [], at, decision=decision.verdict.value, rule=decision.rule)
+        record["operation"]["analysis"] = [{key: detail[key] for key in ("kind", "verdict", "rule", "judged")}
+                                           for detail in decision.details]
+        events.append(record)
+    made = suggest(events, DEMO, "default.yaml", "demo", effect="allow")
+    loaded = load_policy_text(made.policy)
+    for sql in script[:-1]:  # the update keeps the demo's approval, whatever --effect says
+        assert decide(loaded, sql).verdict.value == ("approve" if sql.startswith("UPDATE") else "allow"), sql
+    update = rules_of(made.policy)["suggest-demo-db-update-public.orders"]
+    assert update["approval"] == {"groups": ["dba-oncall"], "grant": "one-shot", "timeout_seconds": 300}
+    assert "# Approve, with the approval of the base's rule demo-update-orders" in made.policy
+    for sql in ("SELECT id FROM payments", "DELETE FROM products", "UPDATE orders SET total = 0",
+                "SELECT email FROM customers", "DROP TABLE orders"):
+        assert decide(loaded, sql).verdict.value == "deny", sql
+    assert rules_of(made.policy)["suggest-demo-db-select-public.products"]["sql"]["columns"] == ["price", "sku"]
+    _, tests = write(tmp_path, made)
+    results = run_cases(tests)
+    assert len(results) == 7 and all(r.passed for r in results), [r for r in results if not r.passed]
