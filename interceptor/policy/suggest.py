@@ -167,6 +167,7 @@ class Learned:
     skipped: dict[str, int] = field(default_factory=dict)
     sessions: set[str] = field(default_factory=set)
     used: int = 0
+    window: Seen = field(default_factory=Seen)  # every learn record read
     tableless: dict[str, Seen] = field(default_factory=dict)
     statements: dict[str, list[Mapping[str, Any]]] = field(default_factory=dict)
     operations: dict[str, list[tuple[str, Any]]] = field(default_factory=dict)
@@ -185,6 +186,7 @@ class Learned:
         resource = str(event.get("resource"))
         when = event["time"] if isinstance(event.get("time"), (int, float)) else None
         self.sessions.add(str(operation.get("learn")))
+        self.window.add(when, "")
         approval = (event.get("outcome") or {}).get("approval")
         if event.get("decision") == "deny" or (isinstance(approval, dict) and approval.get("approved") is False):
             what = _what(operation)
@@ -273,7 +275,7 @@ def _kubernetes(learned: Learned, resource: str, operation: Mapping[str, Any], w
         name = operation.get("name")
         grant.add("names", [glob_escape(str(name))] if name else None)
     grant.add("verbs", [verb])
-    grant.seen.add(when, f"{verb} {operation.get('path') or grant.label}")
+    grant.seen.add(when, f"{verb} {operation.get('target') or operation.get('path') or grant.label}")
     case = {k: operation[k] for k in _KUBE_CASE if operation.get(k) not in ("", None, [], False)}
     if "resource" in operation:
         case["resource"] = operation["resource"]
@@ -498,12 +500,10 @@ def _ordered(grants: Iterable[Grant]) -> list[Grant]:
 def _render(data: Mapping[str, Any], kept: list[dict[str, Any]], suggested: list[tuple[str, Grant]],
             learned: Learned, agent: str, effect: str, groups: list[str], base_name: str, base: Policy,
             removed: list[str], scope_note: str) -> str:
-    firsts = [g.seen.first for _, g in suggested if g.seen.first is not None]
-    lasts = [g.seen.last for _, g in suggested if g.seen.last is not None]
     skipped = "; ".join(f"{why}: {n}" for why, n in sorted(learned.skipped.items())) or "none"
     lines = [f"# Suggested by `interceptor policy suggest` for agent {agent}, from what it did while learning.",
              f"# Learn sessions: {', '.join(sorted(learned.sessions))}",
-             f"# Window: {iso(min(firsts) if firsts else None)} to {iso(max(lasts) if lasts else None)}",
+             f"# Window: {iso(learned.window.first)} to {iso(learned.window.last)} ({learned.window.count} learn records)",
              f"# Records used: {learned.used}; skipped: {sum(learned.skipped.values())} ({_one_line(skipped)})",
              f"# Base: {base_name} (version {base.version}); its deny and mask rules are all kept."]
     if scope_note:
