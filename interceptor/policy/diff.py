@@ -69,7 +69,9 @@ class Use:
 
 @dataclass(slots=True)
 class GrantUse:
-    """One allow or approve rule of CURRENT about the agent and the uses it decided.
+    """One allow or approve rule of CURRENT about the agent and the uses it decided;
+    `kept`: SUGGESTED holds the same rule (as `policy suggest` keeps the grants of resources
+    it did not learn), which says nothing of its use.
     `grants`: what it grants in words; `leftover`: in words, what it grants beyond those
     uses (a kind it lists never used, the tables of a glob other than those used, columns
     of a table beyond those read...); for a SQL rule `kinds_unused`, `tables_used`
@@ -80,6 +82,7 @@ class GrantUse:
     resources: tuple[str, ...] | None
     grants: str
     uses: list[Use] = field(default_factory=list)
+    kept: bool = False
     leftover: list[str] = field(default_factory=list)
     sql: bool = False
     kinds_unused: tuple[str, ...] = ()
@@ -88,8 +91,11 @@ class GrantUse:
 
     @property
     def status(self) -> str:
-        """"unused" (it decided no use), "partly used" (something is left over) or "used"."""
-        return "unused" if not self.uses else "partly used" if self.leftover else "used"
+        """"kept" (SUGGESTED holds it as is and no other grant used it), "unused" (it decided
+        no use), "partly used" (something is left over) or "used"."""
+        if not self.uses:
+            return "kept" if self.kept else "unused"
+        return "partly used" if self.leftover else "used"
 
     def to_dict(self) -> dict[str, Any]:
         """The grant as JSON: rule, effect, resources, grants, status, leftover, uses
@@ -107,9 +113,10 @@ class GrantUse:
 @dataclass(slots=True)
 class AgentDiff:
     """The diff for one agent: `grants` (CURRENT's allow/approve rules about it, in policy
-    order), `refused` (uses CURRENT denies), `differs` (uses SUGGESTED allows and CURRENT
-    approves, or the reverse), `uses` (every use), `skipped` (SUGGESTED grants that name
-    no operation to compare: a rule about any operation, an MCP arguments condition)."""
+    order; SUGGESTED's grants equal to one of them are not judged: see GrantUse.kept),
+    `refused` (uses CURRENT denies), `differs` (uses SUGGESTED allows and CURRENT approves,
+    or the reverse), `uses` (every use), `skipped` (SUGGESTED grants that name no operation
+    to compare: a rule about any operation, an MCP arguments condition)."""
 
     agent: str
     grants: list[GrantUse]
@@ -125,11 +132,13 @@ class AgentDiff:
         return [u for u in self.uses if u.verdict != Verdict.DENY.value and u.verdict != u.effect]
 
     def to_dict(self) -> dict[str, Any]:
-        """The agent's diff as JSON: agent, unused (GrantUse.to_dict of the grants not fully
-        used), used (of the others), refused, differs (Use.to_dict), skipped."""
+        """The agent's diff as JSON: agent, unused (GrantUse.to_dict of the grants unused or
+        partly used), used (fully used), kept (held as is by SUGGESTED), refused, differs
+        (Use.to_dict), skipped."""
         return {"agent": self.agent,
-                "unused": [g.to_dict() for g in self.grants if g.status != "used"],
+                "unused": [g.to_dict() for g in self.grants if g.status in ("unused", "partly used")],
                 "used": [g.to_dict() for g in self.grants if g.status == "used"],
+                "kept": [g.to_dict() for g in self.grants if g.status == "kept"],
                 "refused": [u.to_dict() for u in self.refused], "differs": [u.to_dict() for u in self.differs],
                 "skipped": self.skipped}
 
@@ -148,7 +157,8 @@ def diff(current: Policy, suggested: Policy, agent: str) -> AgentDiff:
     uses: list[Use] = []
     skipped: list[str] = []
     for rule in suggested.rules:
-        if rule.effect not in GRANTS or (rule.agents is not None and agent not in rule.agents):
+        if rule.effect not in GRANTS or (rule.agents is not None and agent not in rule.agents) \
+                or rule in current.rules:
             continue
         for resource in _resources(suggested, rule):
             if rule.operation is None:
@@ -157,7 +167,7 @@ def diff(current: Policy, suggested: Policy, agent: str) -> AgentDiff:
             if isinstance(rule.match, McpMatch) and rule.match.arguments is not None:
                 skipped.append(f"{rule.name} on {resource}: its arguments condition is compared as no arguments")
             uses.extend(_judged(engine, agent, resource, rule))
-    grants = [_grant_use(rule, uses) for rule in current.rules
+    grants = [_grant_use(rule, uses, rule in suggested.rules) for rule in current.rules
               if rule.effect in GRANTS and (rule.agents is None or agent in rule.agents)]
     return AgentDiff(agent, grants, uses, skipped)
 
@@ -297,11 +307,11 @@ def _use(resource: str, rule: Rule, what: str, judgement: Judgement, **sql: Any)
                judgement.reason, **sql)
 
 
-def _grant_use(rule: Rule, uses: list[Use]) -> GrantUse:
+def _grant_use(rule: Rule, uses: list[Use], kept: bool) -> GrantUse:
     """What of `rule`'s grant the uses it decided exercised, and what is left over."""
     mine = [u for u in uses if u.rule == rule.name and u.verdict != Verdict.DENY.value
             and rule.operation in (None, u.operation) and (rule.resources is None or u.resource in rule.resources)]
-    grant = GrantUse(rule.name, rule.effect, rule.resources, describe(rule), mine)
+    grant = GrantUse(rule.name, rule.effect, rule.resources, describe(rule), mine, kept)
     match = sql_match(rule)
     if rule.operation is None and mine:
         grant.leftover.append("every other operation on its resources")

@@ -68,7 +68,7 @@ def diff_command(current: str, suggested: str, agent: str | None, as_json: bool)
 
 
 def _print(result: AgentDiff) -> None:
-    unused = [g for g in result.grants if g.status != "used"]
+    unused = [g for g in result.grants if g.status in ("unused", "partly used")]
     click.echo(f"\nagent {escaped(result.agent)}: {len(result.uses)} operations used, "
                f"{len(result.refused)} refused by CURRENT, {len(unused)} of {len(result.grants)} grants "
                "not fully used")
@@ -88,9 +88,11 @@ def _print(result: AgentDiff) -> None:
         for use in result.differs:
             click.echo(f"  {_use(use)}: SUGGESTED {use.effect}s it (rule {escaped(use.grant)}), CURRENT "
                        f"{use.verdict}s it (rule {escaped(use.rule)})")
-    used = [g.rule for g in result.grants if g.status == "used"]
-    if used:
-        click.echo(f"\nfully used grants in CURRENT: {escaped(', '.join(used))}")
+    for status, title in (("used", "fully used grants in CURRENT"),
+                          ("kept", "grants SUGGESTED keeps as they are (not learned: no telling whether used)")):
+        names = [g.rule for g in result.grants if g.status == status]
+        if names:
+            click.echo(f"\n{title}: {escaped(', '.join(names))}")
     for note in result.skipped:
         click.echo(f"not compared: {escaped(note)}")
 

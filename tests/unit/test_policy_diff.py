@@ -167,3 +167,18 @@ def test_a_grant_of_every_operation_is_not_compared():
     suggested = load_policy_text(SUGGESTED + "  - {name: all, effect: allow, agents: [bot], resources: [echo]}\n")
     result = diff(load_policy_text(CURRENT), suggested, "bot")
     assert result.skipped == ["all on echo: grants every operation, nothing to compare"]
+
+
+def test_a_grant_suggested_keeps_as_it_is_is_neither_used_nor_unused(tmp_path):
+    """`policy suggest` keeps the grants of the resources it did not learn: the same rule in
+    both files says nothing of its use."""
+    kept = ANALYST.replace('  demo-db: {protocol: postgres, addresses: ["127.0.0.1:5432"]}\n',
+                           '  demo-db: {protocol: postgres, addresses: ["127.0.0.1:5432"]}\n'
+                           '  demo-echo: {protocol: tcp, addresses: ["127.0.0.1:7007"]}\n')
+    kept += "  - {name: demo-echo, effect: allow, agents: [demo], resources: [demo-echo], tcp: true}\n"
+    result = _run(tmp_path, DEMO.read_text(), kept, "--json")
+    [agent] = json.loads(result.output)["agents"]
+    assert [g["rule"] for g in agent["kept"]] == ["demo-echo"]
+    assert "demo-echo" not in {g["rule"] for g in agent["unused"] + agent["used"]}
+    result = _run(tmp_path, DEMO.read_text(), kept)
+    assert "grants SUGGESTED keeps as they are (not learned: no telling whether used): demo-echo" in result.output
