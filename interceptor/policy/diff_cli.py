@@ -39,7 +39,9 @@ def diff_command(current: str, suggested: str, agent: str | None, as_json: bool)
 
     Sections: "unused grants in CURRENT" (allow/approve rules about the agent that decided
     no use: never used; or partly used: the kinds, tables matching a glob, columns... left
-    over), "used but not allowed by CURRENT", and "allowed in one, approved in the other".
+    over), "used but not allowed by CURRENT", "allowed in one, approved in the other", and
+    the grants SUGGESTED keeps exactly as CURRENT has them (`policy suggest` keeps those of
+    resources it did not learn: nothing tells whether they were used).
 
     Exit status: 0 when CURRENT allows or approves everything used (unused grants do not
     change it: read them with --json); 1 when CURRENT denies something used; 2 when a file
