@@ -43,9 +43,10 @@ def diff_command(current: str, suggested: str, agent: str | None, as_json: bool)
     the grants SUGGESTED keeps exactly as CURRENT has them (`policy suggest` keeps those of
     resources it did not learn: nothing tells whether they were used).
 
-    Exit status: 0 when CURRENT allows or approves everything used (unused grants do not
-    change it: read them with --json); 1 when CURRENT denies something used; 2 when a file
-    cannot be loaded, SUGGESTED does not name --agent, or the command line is wrong.
+    Exit status: 0 when CURRENT allows or approves everything used, whatever it grants
+    beyond (the unused grants are listed, not counted); 1 when CURRENT denies something
+    used; 2 when a file cannot be loaded, SUGGESTED does not name --agent, or the command
+    line is wrong.
     """
     current_policy = _load(current, "CURRENT")
     suggested_policy = _load(suggested, "SUGGESTED")
