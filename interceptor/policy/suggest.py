@@ -32,6 +32,7 @@ from typing import Any
 from interceptor.policy.cases import CaseResult, run_cases
 from interceptor.policy.loader import PolicyError, compose, load_policy_text
 from interceptor.policy.model import Policy
+from interceptor.policy.sql_rules import UNPARSED_RULE
 from interceptor.policy.ssh_command import read_command, runs_code
 from interceptor.protocols import spec_for_key
 
@@ -44,6 +45,7 @@ NO_TABLE = "pg_catalog.\0"  # a table glob no relation matches (PostgreSQL names
 _NO_RULE_NEEDED = ("builtin-",)
 _NAME_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
 _GLOB = re.compile(r"([*?\[])")
+_REDACTED = re.compile(r"\?")  # a literal of a recorded statement (interceptor.handlers.postgres.record)
 
 
 class SuggestError(ValueError):
@@ -235,6 +237,12 @@ class Learned:
         self.used += 1
         self.statements.setdefault(resource, []).append(event)
         for statement in analysis:
+            if not statement.get("judged") and not _no_rule(statement.get("rule")):
+                kind = str(statement.get("kind"))  # a statement opaque to the analyser: only its kind is judged
+                grant = self.grant(resource, "sql", ("kind", kind), f"{kind}-statements", {"kinds": [kind]})
+                grant.seen.add(when, text)
+                if statement.get("verdict") == "approve":
+                    grant.gates.add(str(statement.get("rule")))
             for judged in statement.get("judged") or ():
                 if _no_rule(judged.get("rule")):
                     continue
@@ -477,7 +485,7 @@ def _kept_rules(rules: list[dict[str, Any]], agent: str, scope: set[str], base: 
             kept.append({**raw, "name": name, "agents": [agent], "resources": rest})
             changes.append(f"kept for {agent} on {', '.join(rest)} as {name}")
         removed.append(f"{raw['name']} ({raw['effect']}): no longer grants {agent} "
-                       f"{', '.join(r for r in resources if r in scope)}" + (f"; {'; '.join(changes)}" if changes else ""))
+                       f"{', '.join(r for r in resources if r in scope)}" + "".join(f"; {c}" for c in changes))
     return kept, removed
 
 
@@ -503,7 +511,8 @@ def _render(data: Mapping[str, Any], kept: list[dict[str, Any]], suggested: list
     skipped = "; ".join(f"{why}: {n}" for why, n in sorted(learned.skipped.items())) or "none"
     lines = [f"# Suggested by `interceptor policy suggest` for agent {agent}, from what it did while learning.",
              f"# Learn sessions: {', '.join(sorted(learned.sessions))}",
-             f"# Window: {iso(learned.window.first)} to {iso(learned.window.last)} ({learned.window.count} learn records)",
+             f"# Window: {iso(learned.window.first)} to {iso(learned.window.last)} "
+             f"({learned.window.count} learn records)",
              f"# Records used: {learned.used}; skipped: {sum(learned.skipped.values())} ({_one_line(skipped)})",
              f"# Base: {base_name} (version {base.version}); its deny and mask rules are all kept."]
     if scope_note:
@@ -576,10 +585,8 @@ def _tests(learned: Learned, text: str, policy_name: str, effect: str, suggested
             notes.append(f"{resource}: no case that must be denied (a tcp resource has only its connection)")
         else:
             cases.append(_Case(f"{resource}: not learned", resource, denied[0], denied[1], "deny"))
-    header = [f"# Cases drawn from what {learned.agent} did while learning (written by `interceptor policy suggest`).",
-              *[f"# {_one_line(note)}" for note in notes]]
-    first = _tests_text(header, policy_name, catalog, cases, learned.agent, {})
-    results = _run(text, first, policy_name)
+    title = f"# Cases drawn from what {learned.agent} did while learning (written by `interceptor policy suggest`)."
+    results = _readable(cases, text, [title], policy_name, catalog, learned.agent, notes)
     wrong = [f"{r.name}: expected {r.expected}, got {r.got}" for r in results if not r.passed and not (
              r.expected["verdict"] == "allow" and r.got["verdict"] == "approve" and suggested.get(r.got["rule"]))]
     wrong += [f"{r.name}: rule {r.got['rule']} is no suggested rule" for r, case in zip(results, cases)
@@ -587,13 +594,35 @@ def _tests(learned: Learned, text: str, policy_name: str, effect: str, suggested
     if wrong:
         raise SuggestError("cases drawn from what happened do not hold against the suggested policy (a bug of "
                            "policy suggest):\n" + "\n".join(wrong))
-    got = {case.name: {"verdict": r.got["verdict"], "rule": r.got["rule"], **({"masks": r.got["masks"]} if r.got["masks"] else {})}
-           for r, case in zip(results, cases)}
+    header = [title, *[f"# {_one_line(note)}" for note in notes]]
+    got = {case.name: {"verdict": r.got["verdict"], "rule": r.got["rule"],
+                       **({"masks": r.got["masks"]} if r.got["masks"] else {})} for r, case in zip(results, cases)}
     final = _tests_text(header, policy_name, catalog, cases, learned.agent, got)
     failed = [r.name for r in _run(text, final, policy_name) if not r.passed]
     if failed:
         raise SuggestError(f"the tests written do not pass (a bug of policy suggest): {', '.join(failed)}")
     return final
+
+
+def _readable(cases: list[_Case], text: str, header: list[str], policy_name: str, catalog: Mapping[str, list[str]],
+              agent: str, notes: list[str]) -> list[CaseResult]:
+    """Run the cases; a statement whose recorded text the analyser cannot read with its
+    literals redacted as `?` (`?::int`) is tried again with each `?` as the literal `'0'`,
+    and left out, with a note, when it cannot read that either. The cases, results in order."""
+    for attempt in ("'0'", None):
+        results = _run(text, _tests_text(header, policy_name, catalog, cases, agent, {}), policy_name)
+        unread = {case.name for r, case in zip(results, cases)
+                  if case.key == "sql" and case.verdict != "deny" and r.got["rule"] == UNPARSED_RULE}
+        if not unread:
+            return results
+        for case in cases:
+            if case.name in unread and attempt is not None:
+                case.operation = _REDACTED.sub(attempt, str(case.operation))
+        if attempt is None:
+            notes.append(f"{len(unread)} statement(s) have no case: the analyser cannot read their recorded text "
+                         f"(literals redacted) even with literals in place: {', '.join(sorted(unread))}")
+            cases[:] = [case for case in cases if case.name not in unread]
+    return _run(text, _tests_text(header, policy_name, catalog, cases, agent, {}), policy_name)
 
 
 def _catalog(learned: Learned) -> dict[str, list[str]]:

@@ -362,3 +362,20 @@ def test_from_the_engines_own_analysis(tmp_path):
     _, tests = write(tmp_path, made)
     results = run_cases(tests)
     assert len(results) == 7 and all(r.passed for r in results), [r for r in results if not r.passed]
+
+
+def test_redacted_text_the_analyser_cannot_read_and_opaque_statements(tmp_path):
+    base = BASE.replace("rules:\n", "rules:\n  - {name: maint, effect: allow, agents: [a], resources: [db1], "
+                                    "sql: {kinds: [vacuum]}}\n")
+    events = [start("a", ["db1"]),
+              statement("SELECT x FROM t WHERE x = ?::int", [action("select", "public.t", ["x"])], 1, agent="a",
+                        resource="db1"),
+              statement("VACUUM t", [], 2, kind="vacuum", rule="maint", agent="a", resource="db1")]
+    made = suggest(events, base, "base.yaml", "a", effect="allow")
+    rules = rules_of(made.policy)
+    assert "maint" not in rules and rules["suggest-db1-vacuum-statements"]["sql"] == {"kinds": ["vacuum"]}
+    assert "\"sql\": \"SELECT x FROM t WHERE x = '0'::int\"" in made.tests
+    engine = PolicyEngine(load_policy_text(made.policy))
+    assert engine.decide(Request(Subject("a"), "db1", SqlQuery("VACUUM t"))).verdict.value == "allow"
+    _, tests = write(tmp_path, made)
+    assert all(r.passed for r in run_cases(tests))
