@@ -18,9 +18,11 @@ class _StartByDefault(click.Group):
     """A group whose first argument, when it names no command, is `start`'s: `policy shadow
     --agent A FILE` is `policy shadow start --agent A FILE`."""
 
+    default_command = "start"
+
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
-            args = ["start", *args]
+            args = [self.default_command, *args]
         return super().parse_args(ctx, args)
 
 

@@ -93,6 +93,11 @@ def check_invocation(tokens: list[str]) -> tuple[str, str | None]:
         token = tokens[i]
         if token == "--":
             break
+        default = getattr(command, "default_command", None)
+        if isinstance(command, click.Group) and default and token not in command.commands:
+            command = command.commands[default]  # a group whose first argument, naming no command, is one's
+            path.append(default)
+            continue
         if token.startswith("-") and len(token) > 1:
             name = token.split("=", 1)[0]
             option = _option(command, name)
