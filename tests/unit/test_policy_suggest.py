@@ -379,3 +379,16 @@ def test_redacted_text_the_analyser_cannot_read_and_opaque_statements(tmp_path):
     assert engine.decide(Request(Subject("a"), "db1", SqlQuery("VACUUM t"))).verdict.value == "allow"
     _, tests = write(tmp_path, made)
     assert all(r.passed for r in run_cases(tests))
+
+
+def test_one_session_of_several():
+    other = "fedcba9876543210"
+    second = statement("SELECT y FROM u", [action("select", "public.u", ["y"])], 2, agent="a", resource="db2")
+    second["operation"]["learn"] = other
+    events = [start("a", ["db1"]), start("a", ["db2"], session=other), second,
+              statement("SELECT x FROM t", [action("select", "public.t", ["x"])], 1, agent="a", resource="db1")]
+    rules = rules_of(suggest(events, BASE, "base.yaml", "a", session=SESSION).policy)
+    assert "suggest-db1-select-public.t" in rules and not any("db2-select" in name for name in rules)
+    assert rules["anywhere"]["resources"] == ["db2"]  # db2 was not learned in this session: a keeps it there
+    both = rules_of(suggest(events, BASE, "base.yaml", "a").policy)
+    assert {"suggest-db1-select-public.t", "suggest-db2-select-public.u"} <= set(both) and "anywhere" not in both
