@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from fnmatch import fnmatchcase
 from typing import Any
 
@@ -44,7 +44,8 @@ class Use:
     CURRENT's judgement of it: `verdict` allow | approve | deny by `rule` ("default-deny"
     or a builtin rule when no rule of CURRENT decided) for `reason`.
     `what`: the operation in words; `kind`, `table` (schema.table), `columns` (None: all),
-    `function`: what a SQL use is about, None for other protocols."""
+    `function`: what a SQL use is about, None for other protocols; `request`: what CURRENT
+    was asked, for other protocols (None for SQL, judged action by action)."""
 
     resource: str
     operation: str
@@ -58,10 +59,11 @@ class Use:
     table: str | None = None
     columns: tuple[str, ...] | None = None
     function: str | None = None
+    request: Request | None = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        """The use as JSON: every field; columns a list or null."""
-        out = {item.name: getattr(self, item.name) for item in fields(self)}
+        """The use as JSON: every field but the request; columns a list or null."""
+        out = {item.name: getattr(self, item.name) for item in fields(self) if item.name != "request"}
         if self.columns is not None:
             out["columns"] = list(self.columns)
         return out
@@ -167,7 +169,7 @@ def diff(current: Policy, suggested: Policy, agent: str) -> AgentDiff:
             if isinstance(rule.match, McpMatch) and rule.match.arguments is not None:
                 skipped.append(f"{rule.name} on {resource}: its arguments condition is compared as no arguments")
             uses.extend(_judged(engine, agent, resource, rule))
-    grants = [_grant_use(rule, uses, rule in suggested.rules) for rule in current.rules
+    grants = [_grant_use(current, rule, uses, rule in suggested.rules) for rule in current.rules
               if rule.effect in GRANTS and (rule.agents is None or agent in rule.agents)]
     return AgentDiff(agent, grants, uses, skipped)
 
@@ -192,9 +194,10 @@ def _judged(engine: _Unconditional, agent: str, resource: str, rule: Rule) -> It
         yield from _sql_uses(engine, agent, resource, rule, match)
         return
     for operation, what in _operations(rule):
-        decision = engine.decide(Request(Subject(agent), resource, operation))
+        request = Request(Subject(agent), resource, operation)
+        decision = engine.decide(request)
         yield Use(resource, operation.kind, rule.name, rule.effect, what, decision.verdict.value, decision.rule,
-                  decision.reason)
+                  decision.reason, request=request)
 
 
 def _operations(rule: Rule) -> Iterator[tuple[Operation, str]]:
@@ -307,7 +310,7 @@ def _use(resource: str, rule: Rule, what: str, judgement: Judgement, **sql: Any)
                judgement.reason, **sql)
 
 
-def _grant_use(rule: Rule, uses: list[Use], kept: bool) -> GrantUse:
+def _grant_use(current: Policy, rule: Rule, uses: list[Use], kept: bool) -> GrantUse:
     """What of `rule`'s grant the uses it decided exercised, and what is left over."""
     mine = [u for u in uses if u.rule == rule.name and u.verdict != Verdict.DENY.value
             and rule.operation in (None, u.operation) and (rule.resources is None or u.resource in rule.resources)]
@@ -316,6 +319,8 @@ def _grant_use(rule: Rule, uses: list[Use], kept: bool) -> GrantUse:
     if rule.operation is None and mine:
         grant.leftover.append("every other operation on its resources")
     if match is None:
+        if mine:
+            grant.leftover.extend(_values_unused(current, rule, mine))
         return grant
     grant.sql = True
     kinds = {u.kind for u in mine if u.kind is not None}
@@ -331,6 +336,38 @@ def _grant_use(rule: Rule, uses: list[Use], kept: bool) -> GrantUse:
     if mine:
         grant.leftover.extend(_sql_leftover(match, grant))
     return grant
+
+
+def _values_unused(current: Policy, rule: Rule, uses: list[Use]) -> Iterator[str]:
+    """For a rule about another protocol than SQL: each value a field of its block lists
+    (a verb, a namespace, a command pattern, a path glob...) that decided none of its uses,
+    asked of the engine with the rule narrowed to that one value."""
+    match = rule.match
+    if match is None:
+        return
+    for item in fields(match):  # type: ignore[arg-type]  # every parsed block is a dataclass
+        values = getattr(match, item.name)
+        if not isinstance(values, tuple):
+            continue
+        unused = [value for value in values if not any(
+            _decides(current, _narrowed(rule, item.name, value), use) for use in uses)]
+        if unused:
+            yield f"{item.name} never used: {', '.join(_word(item.name, v) for v in unused)}"
+
+
+def _narrowed(rule: Rule, name: str, value: object) -> Rule:
+    """`rule` with the field `name` of its block listing `value` alone; an `ssh:` block
+    (which matches what any of its keys covers) keeps no other key."""
+    match: Any = rule.match  # a parsed block: a frozen dataclass
+    listed: dict[str, Any] = {name: (value,)}
+    return replace(rule, match=SshMatch(**listed) if isinstance(match, SshMatch) else replace(match, **listed))
+
+
+def _decides(current: Policy, rule: Rule, use: Use) -> bool:
+    """Does `rule`, alone in CURRENT, decide the use?"""
+    if use.request is None:
+        return False
+    return _Unconditional(replace(current, rules=(rule,))).decide(use.request).rule == rule.name
 
 
 def _sql_leftover(match: SqlMatch, grant: GrantUse) -> Iterator[str]:

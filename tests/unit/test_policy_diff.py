@@ -139,6 +139,9 @@ def test_every_protocol_is_judged_by_the_engine():
     assert [u.what for u in grants["pods"].uses] == ['get pods in namespace "default"',
                                                      'list pods in namespace "default"']
     assert [u.what for u in grants["uptime"].uses] == ["exec uptime"]
+    # the values of a block no use needed, found by the engine with the rule narrowed to each one
+    assert grants["pods"].leftover == ["verbs never used: delete"]
+    assert grants["uptime"].leftover == ["commands never used: df -h"]
     assert grants["uptime"].grants == "ssh: commands [uptime, df -h] on box"
     assert grants["pods"].grants == "kubernetes: verbs [get, list, delete], resources [pods], namespaces " \
                                     "[default] on k8s"
