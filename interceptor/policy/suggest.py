@@ -171,6 +171,7 @@ class Learned:
     used: int = 0
     window: Seen = field(default_factory=Seen)  # every learn record read
     tableless: dict[str, Seen] = field(default_factory=dict)
+    connections: dict[str, Seen] = field(default_factory=dict)  # resource (not tcp) -> its connections
     statements: dict[str, list[Mapping[str, Any]]] = field(default_factory=dict)
     operations: dict[str, list[tuple[str, Any]]] = field(default_factory=dict)
 
@@ -218,6 +219,7 @@ class Learned:
     def _connection(self, resource: str, event: Mapping[str, Any], operation: Mapping[str, Any],
                     when: float | None) -> None:
         if self.protocols[resource] != "tcp":
+            self.connections.setdefault(resource, Seen()).add(when, str(operation.get("dst", "")))
             self.skip("connection to a non-tcp resource: the rules of its operations allow it")
             return
         grant = self.grant(resource, "tcp", (), "tcp")
@@ -407,6 +409,7 @@ def suggest(events: Iterable[Mapping[str, Any]], base_text: str, base_name: str,
                            + " in the window read: run `interceptor learn start --agent NAME` first")
     scope, scope_note = _scope(learned, starts, base)
     _cover_tableless(learned)
+    _cover_connections(learned)
     groups = _approvers(base, agent)
     kept, removed = _kept_rules(data["rules"], agent, scope, base)
     names = {str(rule["name"]) for rule in kept}
@@ -448,6 +451,16 @@ def _cover_tableless(learned: Learned) -> None:
             grant = learned.grant(resource, "sql", ("select-no-table",), "select-without-table",
                                   {"kinds": ["select"], "tables": [NO_TABLE]})
             grant.seen = seen
+
+
+def _cover_connections(learned: Learned) -> None:
+    """A resource the agent connected to without doing anything there that needed a rule (a
+    session of bootstrap reads, transaction control) gets `tcp: true`: the connection alone.
+    Elsewhere the rules of its operations allow the connection."""
+    for resource, seen in learned.connections.items():
+        if not any(g.resource == resource for g in learned.grants.values()):
+            learned.grant(resource, "tcp", (), "connection").seen = seen
+            learned.operations.setdefault(resource, []).append(("tcp", True))
 
 
 def _approvers(base: Policy, agent: str) -> list[str]:
@@ -582,7 +595,7 @@ def _tests(learned: Learned, text: str, policy_name: str, effect: str, suggested
             cases.append(_Case(f"{resource}: observed {key} {number}", resource, key, operation, effect))
         denied = _denied(learned.protocols[resource])
         if denied is None:
-            notes.append(f"{resource}: no case that must be denied (a tcp resource has only its connection)")
+            notes.append(f"{resource}: no case that must be denied (a tcp resource: only its connection is judged)")
         else:
             cases.append(_Case(f"{resource}: not learned", resource, denied[0], denied[1], "deny"))
     title = f"# Cases drawn from what {learned.agent} did while learning (written by `interceptor policy suggest`)."
@@ -692,6 +705,8 @@ def _denied(protocol: str) -> tuple[str, Any] | None:
         return "mcp", {"tool": "not-learned"}
     if protocol == "ssh":
         return "ssh", {"read": "/not-learned"}
+    if protocol == "postgres":
+        return "sql", f"SELECT id FROM {_quoted('public.' + UNSEEN_TABLE)}"
     return None
 
 

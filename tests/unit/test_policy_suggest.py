@@ -392,3 +392,20 @@ def test_one_session_of_several():
     assert rules["anywhere"]["resources"] == ["db2"]  # db2 was not learned in this session: a keeps it there
     both = rules_of(suggest(events, BASE, "base.yaml", "a").policy)
     assert {"suggest-db1-select-public.t", "suggest-db2-select-public.u"} <= set(both) and "anywhere" not in both
+
+
+def test_a_connection_where_nothing_needed_a_rule_is_kept(tmp_path):
+    connection = {"kind": "connection", "agent": "a", "resource": "db2", "decision": "allow", "rule": "learn:a",
+                  "time": T0 + 2, "operation": {"protocol": "postgres", "dst": "127.0.0.1:5433", "stage": "session",
+                                                "learn": SESSION}, "outcome": {}}
+    events = [start("a", ["db1", "db2"]), connection, dict(connection, resource="db1"),
+              statement("BEGIN", [], 1, kind="transaction", rule="builtin-transaction-control", agent="a",
+                        resource="db2"),
+              statement("SELECT x FROM t", [action("select", "public.t", ["x"])], 3, agent="a", resource="db1")]
+    made = suggest(events, BASE, "base.yaml", "a", effect="allow")
+    rules = rules_of(made.policy)
+    assert rules["suggest-db2-connection"]["tcp"] is True and "suggest-db1-connection" not in rules
+    engine = PolicyEngine(load_policy_text(made.policy))
+    assert engine.decide(Request(Subject("a"), "db2", SqlQuery("SELECT x FROM t"))).verdict.value == "deny"
+    _, tests = write(tmp_path, made)
+    assert all(r.passed for r in run_cases(tests))
