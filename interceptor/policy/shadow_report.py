@@ -96,17 +96,16 @@ def _by_records(disagreements: Any) -> list[Disagreement]:
     return sorted(disagreements, key=lambda d: (-d.records, d.enforced, d.verdict, d.rule))
 
 
-def summarise(records: Iterator[Record], session: str | None = None) -> list[SessionReport]:
-    """The shadow sessions of `records` (only `session` when given), in the order first seen."""
+def summarise(records: Iterator[Record], session: str | None = None,
+              paths: dict[str, str] | None = None) -> list[SessionReport]:
+    """The shadow sessions of `records` (only `session` when given), in the order first seen;
+    `paths`: the candidate's file by session (`candidates`)."""
     reports: dict[tuple[str, str], SessionReport] = {}
-    paths: dict[str, str] = {}
     for record in records:
         event = record.event
         operation = event.get("operation")
         if not isinstance(operation, dict):
             continue
-        if event.get("kind") == "policy" and operation.get("action") == SHADOW_START:
-            paths[str(operation.get("session"))] = str(operation.get("path"))
         shadow = operation.get("shadow")
         if not isinstance(shadow, dict) or (session is not None and shadow.get("session") != session):
             continue
@@ -116,8 +115,19 @@ def summarise(records: Iterator[Record], session: str | None = None) -> list[Ses
             report = reports[key] = SessionReport(key[0], key[1], str(shadow.get("policy")))
         _count(report, event, operation, shadow)
     for report in reports.values():
-        report.path = paths.get(report.session)
+        report.path = (paths or {}).get(report.session)
     return list(reports.values())
+
+
+def candidates(store: Store, agent: str | None) -> dict[str, str]:
+    """The candidate policy's file of each shadow session of `agent` (every agent: None), from
+    the daemon's shadow-start records, whenever they were written."""
+    paths: dict[str, str] = {}
+    for _, record in store.search(Query(agent=agent, kind="policy")):
+        operation = record.event.get("operation")
+        if isinstance(operation, dict) and operation.get("action") == SHADOW_START:
+            paths[str(operation.get("session"))] = str(operation.get("path"))
+    return paths
 
 
 def _count(report: SessionReport, event: dict[str, Any], operation: dict[str, Any], shadow: dict[str, Any]) -> None:
@@ -210,7 +220,7 @@ def report(agent: str | None, session: str | None, since: float | None, until: f
     cannot be read.
     """
     with _opened(store) as opened:
-        reports = summarise(read(opened, agent, since, until), session)
+        reports = summarise(read(opened, agent, since, until), session, candidates(opened, agent))
     if as_json:
         click.echo(json.dumps({"sessions": [r.to_dict() for r in reports]}, sort_keys=True))
         return

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from interceptor.audit import AuditEvent, open_sink, open_store
-from interceptor.policy.shadow_report import read, report, summarise
+from interceptor.policy.shadow_report import candidates, read, report, summarise
 
 T0 = 1_790_000_000.0
 SESSION, OTHER = "0123456789abcdef", "fedcba9876543210"
@@ -114,13 +114,16 @@ def test_one_session_and_no_session(store):
     assert result.output == "no shadow records of session 0000000000000000\n"
 
 
-def test_since_and_until_bound_the_records_read(store):
+def test_since_and_until_bound_the_records_read_not_the_candidates_file(store):
     opened = open_store(store)
     try:
-        [one] = summarise(read(opened, "demo", T0 + 3, T0 + 6))
+        [one] = summarise(read(opened, "demo", T0 + 3, T0 + 6), paths=candidates(opened, "demo"))
     finally:
         opened.close()
-    assert (one.judged, one.agree, one.path) == (3, 0, None)
+    assert (one.judged, one.agree, one.path) == (3, 0, "/etc/interceptor/suggested.yaml")
+    result = _run("--store", store, "--since", str(T0 + 3), "--until", str(T0 + 6), "--json")
+    [session] = json.loads(result.output)["sessions"]
+    assert (session["judged"], session["path"]) == (3, "/etc/interceptor/suggested.yaml")
 
 
 def test_a_store_that_cannot_be_opened_fails(tmp_path):
