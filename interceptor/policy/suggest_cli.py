@@ -19,7 +19,7 @@ def tests_path(output: Path) -> Path:
 
 
 @click.command("suggest")
-@click.option("--agent", required=True, help="The agent that learned (a name of the base policy).")
+@click.option("--agent", metavar="NAME", required=True, help="The agent that learned (a name of the base policy).")
 @click.option("--since", type=_Time(), help="Only records from this time (epoch, ISO 8601 or an age: 2h).")
 @click.option("--until", type=_Time(), help="Only records before this time.")
 @click.option("--session", metavar="ID", help="Only this learn session's records (default: every session).")
@@ -33,8 +33,10 @@ def tests_path(output: Path) -> Path:
 @click.pass_context
 def suggest_command(ctx: click.Context, agent: str, since: float | None, until: float | None, session: str | None,
                     base: Path | None, effect: str, output: Path | None, store: str | None) -> None:
-    """Write the smallest policy that allows what AGENT did while learning, as approve rules by
-    default, with a tests file of cases drawn from it; both are checked before they are written."""
+    """Write the smallest policy that allows what NAME did while learning: the base policy without
+    its grants of NAME on the learned resources, plus approve rules by default (what a base
+    approve rule held stays approve), with a tests file of cases drawn from what happened; both
+    are checked before they are written."""
     base = base or _settings().policy
     try:
         base_text = base.read_text(encoding="utf-8")
