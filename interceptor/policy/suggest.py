@@ -39,7 +39,7 @@ from interceptor.protocols import spec_for_key
 PLACEHOLDER_GROUP = "policy-reviewers"  # approvers of suggested approve rules when the base names none
 EXAMPLES = 3  # examples per rule comment
 EXAMPLE_CHARS = 120  # characters of one example
-SQL_CASES = 40  # most cases drawn per resource
+CASES = 40  # most cases drawn from what happened, per resource
 UNSEEN_TABLE = "not_learned"  # the table of the "another table" case
 NO_TABLE = "pg_catalog.\0"  # a table glob no relation matches (PostgreSQL names hold no NUL)
 _NO_RULE_NEEDED = ("builtin-",)
@@ -580,10 +580,11 @@ class _Case:
 
 
 def _tests(learned: Learned, text: str, policy_name: str, effect: str, suggested: Mapping[str, bool]) -> str:
-    """The tests file: a case per distinct operation observed (its verdict `effect`, or
-    approve by a suggested rule that keeps the base's approval: `suggested` maps each rule
-    name to whether it does) and per resource cases that must be denied, each expecting the
-    verdict, rule and masks the suggested policy gives, all run against `text` first."""
+    """The tests file: a case per distinct operation observed (at most CASES per resource),
+    whose verdict is `effect` or approve by a suggested rule that keeps the base's approval
+    (`suggested` maps each rule name to whether it does), and per resource cases that must be
+    denied; each expects the verdict, rule and masks the suggested policy gives, all run
+    against `text` before the text is returned."""
     catalog = _catalog(learned)
     cases: list[_Case] = []
     notes: list[str] = []
@@ -591,7 +592,7 @@ def _tests(learned: Learned, text: str, policy_name: str, effect: str, suggested
         cases += _sql_cases(resource, events, catalog, effect, notes)
     for resource, operations in sorted(learned.operations.items()):
         distinct = {_flow(operation): (key, operation) for key, operation in operations}
-        for number, (key, operation) in enumerate(distinct.values(), 1):
+        for number, (key, operation) in enumerate(list(distinct.values())[:CASES], 1):
             cases.append(_Case(f"{resource}: observed {key} {number}", resource, key, operation, effect))
         denied = _denied(learned.protocols[resource])
         if denied is None:
@@ -657,7 +658,7 @@ def _catalog(learned: Learned) -> dict[str, list[str]]:
 
 def _sql_cases(resource: str, events: list[Mapping[str, Any]], catalog: Mapping[str, list[str]], effect: str,
                notes: list[str]) -> list[_Case]:
-    """A case per distinct statement text that needed a rule (at most SQL_CASES), and the
+    """A case per distinct statement text that needed a rule (at most CASES), and the
     cases that must be denied: a write on a table only read, a read of a table not learned."""
     texts: dict[str, list[Any]] = {}
     calls = 0
@@ -677,7 +678,7 @@ def _sql_cases(resource: str, events: list[Mapping[str, Any]], catalog: Mapping[
                      - {"public", "pg_catalog", "information_schema"})
     search_path = ", ".join(["public", *schemas]) if schemas else None
     cases = [_Case(f"{resource}: observed statement {n}", resource, "sql", text, effect, search_path)
-             for n, text in enumerate(list(texts)[:SQL_CASES], 1)]
+             for n, text in enumerate(list(texts)[:CASES], 1)]
     written = {str(j["table"]) for js in texts.values() for j in js if j.get("table") and j.get("action") != "select"}
     read = sorted({str(j["table"]) for js in texts.values() for j in js if j.get("table")} - written)
     if read:
