@@ -4,10 +4,11 @@
 Every record of a shadowed agent carries `operation.shadow` = {session, policy (the
 candidate's version), verdict, rule, agrees, reason}; the daemon's `shadow-start` record
 (kind "policy") names the candidate's file. Per agent and shadow session the report counts
-the records judged and those that agree, and groups the disagreements by (enforced
-decision, candidate verdict, candidate rule), listing each distinct operation (a SQL
-statement as recorded, literals redacted; a Kubernetes request; an SSH request; an HTTP
-request; an MCP call) with its count and when it was first and last seen.
+the records judged and those that agree, lists every operation outside the candidate (that
+it would deny, whatever the policy in force did), and groups the disagreements by (enforced
+decision, candidate verdict, candidate rule); each distinct operation (a SQL statement as
+recorded, literals redacted; a Kubernetes request; an SSH request; an HTTP request; an MCP
+call) with its count and when it was first and last seen.
 """
 
 from __future__ import annotations
@@ -32,19 +33,27 @@ SHADOW_START = "shadow-start"
 
 @dataclass(slots=True)
 class Seen:
-    """One distinct operation of a disagreement: how many records, first and last time
-    (epoch seconds), and the candidate's reason the first time."""
+    """One distinct operation on `resource`, decided `enforced` by the policy in force and
+    judged by the candidate's rule `rule`: how many records, first and last time (epoch
+    seconds), and the candidate's reason the first time (only recorded where it disagrees)."""
 
     resource: str
     what: str
+    enforced: str
+    rule: str
     reason: str
     first: float
     last: float
     count: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"resource": self.resource, "what": self.what, "reason": self.reason, "count": self.count,
-                "first": self.first, "last": self.last}
+        return {"resource": self.resource, "what": self.what, "enforced": self.enforced, "rule": self.rule,
+                "reason": self.reason, "count": self.count, "first": self.first, "last": self.last}
+
+    def seen(self, when: float) -> None:
+        """One more record, at `when`."""
+        self.count += 1
+        self.first, self.last = min(self.first, when), max(self.last, when)
 
 
 @dataclass(slots=True)
@@ -64,14 +73,16 @@ class Disagreement:
     def to_dict(self) -> dict[str, Any]:
         """enforced, verdict, rule, records, operations (Seen.to_dict, first seen first)."""
         return {"enforced": self.enforced, "verdict": self.verdict, "rule": self.rule, "records": self.records,
-                "operations": [s.to_dict() for s in sorted(self.operations.values(), key=lambda s: s.first)]}
+                "operations": [s.to_dict() for s in _by_first(self.operations.values())]}
 
 
 @dataclass(slots=True)
 class SessionReport:
     """One shadow session of one agent: the candidate (`policy` version, `path` from the
     shadow-start record, None when the trail read holds none), the records `judged` and how
-    many `agree`, the time of the first and last (epoch seconds), and the disagreements."""
+    many `agree`, the time of the first and last (epoch seconds), the disagreements, and
+    `outside`: every operation the candidate would deny, agreeing or not, by (resource,
+    what, enforced decision, candidate rule)."""
 
     agent: str
     session: str
@@ -82,14 +93,20 @@ class SessionReport:
     first: float | None = None
     last: float | None = None
     disagreements: dict[tuple[str, str, str], Disagreement] = field(default_factory=dict)
+    outside: dict[tuple[str, str, str, str], Seen] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """agent, session, policy, path, judged, agree, disagree, first, last, disagreements
-        (Disagreement.to_dict, the most records first)."""
+        (Disagreement.to_dict, the most records first), outside (Seen.to_dict, first seen first)."""
         return {"agent": self.agent, "session": self.session, "policy": self.policy, "path": self.path,
                 "judged": self.judged, "agree": self.agree, "disagree": self.judged - self.agree,
                 "first": self.first, "last": self.last,
-                "disagreements": [d.to_dict() for d in _by_records(self.disagreements.values())]}
+                "disagreements": [d.to_dict() for d in _by_records(self.disagreements.values())],
+                "outside": [s.to_dict() for s in _by_first(self.outside.values())]}
+
+
+def _by_first(operations: Any) -> list[Seen]:
+    return sorted(operations, key=lambda s: s.first)
 
 
 def _by_records(disagreements: Any) -> list[Disagreement]:
@@ -136,21 +153,25 @@ def _count(report: SessionReport, event: dict[str, Any], operation: dict[str, An
     report.judged += 1
     report.first = when if report.first is None else min(report.first, when)
     report.last = when if report.last is None else max(report.last, when)
+    resource, enforced, rule = str(event.get("resource")), str(event.get("decision")), str(shadow.get("rule"))
+    what = describe_operation(str(event.get("kind")), operation)
+    reason = str(shadow.get("reason", ""))
+    if shadow.get("verdict") == "deny":
+        _seen(report.outside, (resource, what, enforced, rule),
+              Seen(resource, what, enforced, rule, reason, when, when))
     if shadow.get("agrees") is True:
         report.agree += 1
         return
-    group = (str(event.get("decision")), str(shadow.get("verdict")), str(shadow.get("rule")))
+    group = (enforced, str(shadow.get("verdict")), rule)
     disagreement = report.disagreements.get(group)
     if disagreement is None:
         disagreement = report.disagreements[group] = Disagreement(*group)
-    resource = str(event.get("resource"))
-    what = describe_operation(str(event.get("kind")), operation)
-    seen = disagreement.operations.get((resource, what))
-    if seen is None:
-        seen = disagreement.operations[resource, what] = Seen(resource, what, str(shadow.get("reason", "")),
-                                                              when, when)
-    seen.count += 1
-    seen.first, seen.last = min(seen.first, when), max(seen.last, when)
+    _seen(disagreement.operations, (resource, what), Seen(resource, what, enforced, rule, reason, when, when))
+
+
+def _seen(table: dict[Any, Seen], key: tuple[str, ...], first: Seen) -> None:
+    """One more record of the operation `key` names in `table`; `first` when it is the first."""
+    table.setdefault(key, first).seen(first.first)
 
 
 def describe_operation(kind: str, operation: dict[str, Any]) -> str:
@@ -213,9 +234,10 @@ def report(agent: str | None, session: str | None, since: float | None, until: f
     """What the candidate policy of `policy shadow` would have decided otherwise.
 
     Per agent and shadow session: the records judged, how many the candidate agrees with,
-    and the disagreements grouped by enforced decision -> candidate verdict and rule, each
-    with its distinct operations (SQL statements with literals redacted, Kubernetes, SSH,
-    HTTP and MCP requests), their counts and first and last seen. Exit status 0 when the
+    the operations outside the candidate (it would deny them, whatever was enforced), and
+    the disagreements grouped by enforced decision -> candidate verdict and rule; each
+    distinct operation (SQL statements with literals redacted, Kubernetes, SSH, HTTP and MCP
+    requests) with its count and first and last seen. Exit status 0 when the
     report is printed (disagreements or not: --json gives the counts), 1 when the store
     cannot be read.
     """
@@ -235,15 +257,27 @@ def _print(one: SessionReport) -> None:
     click.echo(f"agent {escaped(one.agent)}, shadow session {escaped(one.session)}, {candidate}: "
                f"{one.judged} records judged from {_time(one.first)} to {_time(one.last)}, {one.agree} agree, "
                f"{one.judged - one.agree} disagree")
+    outside = _by_first(one.outside.values())
+    click.echo(f"  outside the candidate (it would deny them): {sum(s.count for s in outside)} records, "
+               f"{len(outside)} distinct")
+    _print_seen(outside, True)
     for disagreement in _by_records(one.disagreements.values()):
         click.echo(f"  enforced {escaped(disagreement.enforced)} -> candidate {escaped(disagreement.verdict)} by "
                    f"rule {escaped(disagreement.rule)}: {disagreement.records} records, "
                    f"{len(disagreement.operations)} distinct")
-        for seen in sorted(disagreement.operations.values(), key=lambda s: s.first):
-            click.echo(f"    {seen.count:>6}x  {_time(seen.first)} .. {_time(seen.last)}  {escaped(seen.resource)}: "
-                       f"{escaped(seen.what)}")
-            if seen.reason:
-                click.echo(f"             {escaped(seen.reason)}")
+        _print_seen(_by_first(disagreement.operations.values()), False)
+
+
+def _print_seen(operations: list[Seen], decisions: bool) -> None:
+    """Each operation on a line (count, first .. last, resource: what), then, indented, its
+    enforced decision and candidate rule when `decisions`, and the candidate's reason."""
+    for seen in operations:
+        click.echo(f"    {seen.count:>6}x  {_time(seen.first)} .. {_time(seen.last)}  {escaped(seen.resource)}: "
+                   f"{escaped(seen.what)}")
+        notes = [f"enforced {seen.enforced}, candidate rule {seen.rule}"] if decisions else []
+        notes += [seen.reason] if seen.reason else []
+        if notes:
+            click.echo(f"             {escaped('; '.join(notes))}")
 
 
 def _time(when: float | None) -> str:

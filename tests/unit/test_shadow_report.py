@@ -29,6 +29,7 @@ EVENTS = [
     AuditEvent(kind="policy", agent="demo", decision="allow", rule="shadow-start", time=T0,
                operation={"action": "shadow-start", "agent": "demo", "session": SESSION,
                           "path": "/etc/interceptor/suggested.yaml", "version": "cand1234"}),
+    _statement(0.5, "DROP TABLE orders", "deny", "deny", "demo-no-ddl"),  # agrees, and outside the candidate
     _statement(1, "SELECT id, total FROM orders", "allow", "allow", "read-orders"),
     _statement(2, "SELECT id, total FROM orders WHERE id = ?", "allow", "allow", "read-orders"),
     _statement(3, "SELECT * FROM secrets", "allow", "deny", "default-deny"),
@@ -76,8 +77,14 @@ def test_the_report_lists_exactly_the_operations_outside_the_candidate(store):
     [session] = json.loads(result.output)["sessions"]
     assert (session["agent"], session["session"], session["policy"], session["path"]) == (
         "demo", SESSION, "cand1234", "/etc/interceptor/suggested.yaml")
-    assert (session["judged"], session["agree"], session["disagree"]) == (9, 2, 7)
-    assert (session["first"], session["last"]) == (T0 + 1, T0 + 9)
+    assert (session["judged"], session["agree"], session["disagree"]) == (10, 3, 7)
+    assert (session["first"], session["last"]) == (T0 + 0.5, T0 + 9)
+    assert [(o["enforced"], o["rule"], o["what"], o["count"]) for o in session["outside"]] == [
+        ("deny", "demo-no-ddl", "DROP TABLE orders", 1), ("allow", "default-deny", "SELECT * FROM secrets", 2),
+        ("approve", "default-deny", "DELETE FROM items WHERE id = ?", 1),
+        ("allow", "default-deny", "SELECT 1\x1b[2J", 1),
+        ("allow", "default-deny", 'get secrets "db" in namespace "prod"', 1),
+        ("allow", "default-deny", "exec cat /etc/shadow", 1)]
     groups = [(d["enforced"], d["verdict"], d["rule"], d["records"],
                [(o["resource"], o["what"], o["count"], o["first"], o["last"]) for o in d["operations"]])
               for d in session["disagreements"]]
@@ -98,10 +105,16 @@ def test_text_groups_by_decisions_and_escapes_the_agents_text(store):
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert lines[0].startswith(f"agent demo, shadow session {SESSION}, candidate cand1234 "
-                               "(/etc/interceptor/suggested.yaml): 9 records judged from ")
-    assert lines[0].endswith(", 2 agree, 7 disagree")
-    assert lines[1] == "  enforced allow -> candidate deny by rule default-deny: 5 records, 4 distinct"
-    assert lines[2].startswith("         2x  ") and lines[2].endswith("  demo-db: SELECT * FROM secrets")
+                               "(/etc/interceptor/suggested.yaml): 10 records judged from ")
+    assert lines[0].endswith(", 3 agree, 7 disagree")
+    assert lines[1] == "  outside the candidate (it would deny them): 7 records, 6 distinct"
+    assert lines[2].endswith("  demo-db: DROP TABLE orders")
+    assert lines[3] == "             enforced deny, candidate rule demo-no-ddl"
+    assert lines[5] == "             enforced allow, candidate rule default-deny; would deny by rule default-deny"
+    first = lines.index("  enforced allow -> candidate deny by rule default-deny: 5 records, 4 distinct")
+    assert lines[first + 1].startswith("         2x  ")
+    assert lines[first + 1].endswith("  demo-db: SELECT * FROM secrets")
+    assert lines[first + 2] == "             would deny by rule default-deny"
     assert "demo-db: SELECT 1\\x1b[2J" in result.output and "\x1b" not in result.output
     assert f"agent cursor, shadow session {OTHER}, candidate cand1234: 1 records judged" in result.output
 
