@@ -143,8 +143,9 @@ def _one_line(text: str) -> str:
 
 
 def _flow(value: Any) -> str:
-    """A value as YAML flow text (JSON, which YAML reads)."""
-    return json.dumps(value, ensure_ascii=True)
+    """A value as YAML flow text (JSON, which YAML reads); a YAML scalar JSON has no form for
+    (a timestamp) as its text, and the result is loaded again before it is used."""
+    return json.dumps(value, ensure_ascii=True, default=str)
 
 
 # -- reading the records -------------------------------------------------------------------
