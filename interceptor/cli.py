@@ -231,7 +231,7 @@ def _show_modes(status: dict[str, Any]) -> None:
         table([{"agent": r["agent"], "session": r["session"], "resources": ", ".join(r["resources"] or ["all"]),
                 "state": f"ended ({r['why']})" if "ended" in r else "learning",
                 "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r.get("ended") or r["until"]))
-                if r.get("ended") or r["until"] else "stopped"}
+                if r.get("ended") or r["until"] else "until stopped"}
                for r in [*learn["learning"], *learn["ended"]]], ["agent", "session", "resources", "state", "when"])
     if shadows:
         click.echo("\nshadow runs:")

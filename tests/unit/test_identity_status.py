@@ -198,7 +198,13 @@ class StatusDaemon:
                        "compiled": {"compiled": ["interceptor.enforcer.driver"],
                                     "pure_python": ["interceptor.audit.chain"]},
                        "agents": [{"name": "bot", "unprotected": "deny", "identity": refused},
-                                  {"name": "reader", "unprotected": "deny", "identity": valid}]}
+                                  {"name": "reader", "unprotected": "deny", "identity": valid}],
+                       "learn": {"learning": [{"agent": "bot", "session": "aaaa", "started": 0.0, "until": None,
+                                               "resources": None}],
+                                 "ended": [{"agent": "reader", "session": "bbbb", "started": 0.0, "until": 60.0,
+                                            "resources": ["db"], "ended": 60.0, "why": "expired"}]},
+                       "shadow": [{"agent": "reader", "session": "cccc", "started": 0.0, "path": "/c.yaml",
+                                   "version": "c1"}]}
 
     def call(self, method: ControlMethod, **params: object) -> dict[str, object]:
         assert method is ControlMethod.STATUS
@@ -217,3 +223,13 @@ def test_status_command_shows_state_reason_and_expiry_as_local_time() -> None:
     assert time.strftime("%Y-%m-%d %H:%M", time.localtime(now + 2460)) in reader and "(in 41m)" in reader
     assert str(now + 2460) not in result.output and "-" == reader.split()[-1]
     assert "hot modules compiled 1/2  (pure Python: interceptor.audit.chain)" in result.output
+
+
+def test_status_command_shows_the_learn_and_shadow_runs() -> None:
+    result = CliRunner().invoke(status, [], obj={"control": StatusDaemon(time.time())})
+    assert result.exit_code == 0, result.output
+    learning = result.output.split("learning:\n")[1].split("\n")
+    assert learning[1].split() == ["bot", "aaaa", "all", "learning", "until", "stopped"]
+    assert learning[2].split() == ["reader", "bbbb", "db", "ended", "(expired)", "1970-01-01T00:01:00Z"]
+    assert result.output.split("shadow runs:\n")[1].split("\n")[1].split() == ["reader", "cccc", "c1", "/c.yaml"]
+
