@@ -40,7 +40,7 @@ def default_store(settings: Settings) -> str:
     return str(settings.state_dir / "audit.db")
 
 
-def _settings() -> Settings:
+def cli_settings() -> Settings:
     """The settings `interceptor --config` loaded; the default file when run on its own."""
     ctx = click.get_current_context(silent=True)
     obj = ctx.find_root().obj if ctx else None
@@ -68,7 +68,9 @@ def parse_time(text: str, now: float | None = None) -> float:
         raise click.BadParameter(f"{text!r} is not a time: use epoch seconds, ISO 8601 or an age like 15m, 2h, 7d")
 
 
-class _Time(click.ParamType[float]):
+class TimeArg(click.ParamType[float]):
+    """A command line's TIME: what parse_time reads, as epoch seconds."""
+
     name = "TIME"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
@@ -76,8 +78,10 @@ class _Time(click.ParamType[float]):
 
 
 @contextmanager
-def _opened(spec: str | None) -> Iterator[Store]:
-    spec = spec or default_store(_settings())
+def opened_store(spec: str | None) -> Iterator[Store]:
+    """The audit store `spec` names (a path or DSN; None: the one the settings name), closed
+    after; a click.ClickException (DSN password hidden) when it cannot be opened or read."""
+    spec = spec or default_store(cli_settings())
     try:
         store = open_store(spec)
     except Exception as exc:  # a missing file, a refused connection, a file that is no audit store
@@ -96,7 +100,8 @@ def _redact_dsn(spec: str) -> str:
     return re.sub(r"(://[^/:@]+:)[^@/]+@", r"\1***@", spec)
 
 
-def _store_option(command: Callable[..., Any]) -> Callable[..., Any]:
+def store_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The `--store PATH|DSN` option every command reading the trail takes."""
     return click.option("--store", metavar="PATH|DSN",
                         help="SQLite file, .jsonl file or PostgreSQL DSN (default: from interceptor.yaml)")(command)
 
@@ -182,11 +187,11 @@ def audit() -> None:
 
 
 @audit.command("verify")
-@_store_option
+@store_option
 @_json_option
 def verify_command(store: str | None, as_json: bool) -> None:
     """Prove every hash chain; name the first record edited, deleted or reordered (exit 1)."""
-    with _opened(store) as opened:
+    with opened_store(store) as opened:
         result = verify(opened)
     if as_json:
         click.echo(json.dumps(result.to_dict()))
@@ -204,11 +209,11 @@ def verify_command(store: str | None, as_json: bool) -> None:
 @click.option("-n", "count", type=click.IntRange(min=1), default=10, show_default=True, help="How many records.")
 @click.option("-f", "follow", is_flag=True, help="Keep printing records as they are written.")
 @click.option("--interval", type=click.FloatRange(min=0.05), default=0.5, hidden=True)
-@_store_option
+@store_option
 @_json_option
 def tail(count: int, follow: bool, interval: float, store: str | None, as_json: bool) -> None:
     """Print the last records (and, with -f, new ones as they arrive)."""
-    with _opened(store) as opened:
+    with opened_store(store) as opened:
         found = opened.search(Query(limit=count, newest=True))
         _print(found, as_json)
         last = found[-1][0] if found else 0
@@ -222,7 +227,7 @@ def tail(count: int, follow: bool, interval: float, store: str | None, as_json: 
 
 def _filters(command: Callable[..., Any]) -> Callable[..., Any]:
     for name, help_text in (("until", "Only records before this time."), ("since", "Only records from this time on.")):
-        command = click.option(f"--{name}", type=_Time(), help=help_text)(command)
+        command = click.option(f"--{name}", type=TimeArg(), help=help_text)(command)
     for name in ("flow", "kind", "decision", "resource", "subject", "agent"):
         command = click.option(f"--{name}", help=f"Only records with this {name}.")(command)
     return command
@@ -237,21 +242,21 @@ def _query(filters: dict[str, Any], **extra: Any) -> Query:
 @audit.command()
 @_filters
 @click.option("--limit", type=click.IntRange(min=1), help="At most this many (the newest).")
-@_store_option
+@store_option
 @_json_option
 def search(limit: int | None, store: str | None, as_json: bool, **filters: Any) -> None:
     """Records by agent, identity subject, resource, decision, kind, flow and time."""
-    with _opened(store) as opened:
+    with opened_store(store) as opened:
         _print(opened.search(_query(filters, limit=limit, newest=limit is not None)), as_json)
 
 
 @audit.command()
 @click.argument("event_id")
-@_store_option
+@store_option
 @_json_option
 def show(event_id: str, store: str | None, as_json: bool) -> None:
     """One record, whole, with its place in its chain."""
-    with _opened(store) as opened:
+    with opened_store(store) as opened:
         found = opened.search(Query(event_id=event_id, limit=1))
     if not found:
         raise click.ClickException(f"no audit record with event id {event_id}")
@@ -264,10 +269,10 @@ def show(event_id: str, store: str | None, as_json: bool) -> None:
 @click.option("--pcap", "session", metavar="SESSION", help="Write this flow's captured bytes as a pcap file.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), help="File to write (default: stdout).")
 @_filters
-@_store_option
+@store_option
 def export(fmt: str, session: str | None, output: str | None, store: str | None, **filters: Any) -> None:
     """Records as JSON Lines, or one session's bytes as pcap (--pcap SESSION -o FILE)."""
-    with _opened(store) as opened:
+    with opened_store(store) as opened:
         if session is not None:
             _export_pcap(opened, session, output)
             return
@@ -308,7 +313,7 @@ def _export_pcap(store: Store, session: str, output: str | None) -> None:
               help="Show what was typed too, marked [input: ...] with control characters escaped.")
 @click.option("--recordings", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
               help="Where the recordings are (default: the recordings directory in the settings' state_dir).")
-@_store_option
+@store_option
 @_json_option
 def replay(event_id: str, speed: float, max_wait: float, show_input: bool, recordings: Path | None,
            store: str | None, as_json: bool) -> None:
@@ -320,10 +325,10 @@ def replay(event_id: str, speed: float, max_wait: float, show_input: bool, recor
     `..`, NUL) is refused. The terminal output goes to stdout with its timing; size changes
     are not replayed; the limit marker goes to stderr. --json prints the file's header and a
     summary instead. `audit verify` proves the record itself."""
-    with _opened(store) as opened:
+    with opened_store(store) as opened:
         end = _ssh_end(opened, event_id)
     recording = _recording_of(end)
-    directory = recordings if recordings is not None else _settings().state_dir / "recordings"
+    directory = recordings if recordings is not None else cli_settings().state_dir / "recordings"
     try:
         path = recording_path(directory, recording["file"])
         cast = parse(read_verified(str(path), recording["sha256"], recording["bytes"]))

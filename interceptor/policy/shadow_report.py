@@ -22,7 +22,7 @@ from typing import Any
 import click
 
 from interceptor.audit import Query, Record, Store
-from interceptor.audit.cli import _opened, _Time
+from interceptor.audit.cli import TimeArg, opened_store
 from interceptor.cli_support import escaped
 from interceptor.operations import KubeRequest
 from interceptor.policy.kube_rules import describe as describe_kube
@@ -224,8 +224,8 @@ def read(store: Store, agent: str | None, since: float | None, until: float | No
 @click.command("report")
 @click.option("--agent", help="Only this agent's records.")
 @click.option("--session", help="Only this shadow session (the id `policy shadow start` printed).")
-@click.option("--since", type=_Time(), help="Only records from this time on (epoch, ISO 8601 or an age: 2h).")
-@click.option("--until", type=_Time(), help="Only records before this time.")
+@click.option("--since", type=TimeArg(), help="Only records from this time on (epoch, ISO 8601 or an age: 2h).")
+@click.option("--until", type=TimeArg(), help="Only records before this time.")
 @click.option("--store", metavar="PATH|DSN", help="SQLite file, .jsonl file or PostgreSQL DSN (default: from "
               "interceptor.yaml)")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of text.")
@@ -241,7 +241,7 @@ def report(agent: str | None, session: str | None, since: float | None, until: f
     report is printed (disagreements or not: --json gives the counts), 1 when the store
     cannot be read.
     """
-    with _opened(store) as opened:
+    with opened_store(store) as opened:
         reports = summarise(read(opened, agent, since, until), session, candidates(opened, agent))
     if as_json:
         click.echo(json.dumps({"sessions": [r.to_dict() for r in reports]}, sort_keys=True))

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from interceptor.audit import Query
-from interceptor.audit.cli import _opened, _settings, _store_option, _Time
+from interceptor.audit.cli import TimeArg, cli_settings, opened_store, store_option
 from interceptor.policy.suggest import SuggestError, suggest
 
 
@@ -20,8 +20,8 @@ def tests_path(output: Path) -> Path:
 
 @click.command("suggest")
 @click.option("--agent", metavar="NAME", required=True, help="The agent that learned (a name of the base policy).")
-@click.option("--since", type=_Time(), help="Only records from this time (epoch, ISO 8601 or an age: 2h).")
-@click.option("--until", type=_Time(), help="Only records before this time.")
+@click.option("--since", type=TimeArg(), help="Only records from this time (epoch, ISO 8601 or an age: 2h).")
+@click.option("--until", type=TimeArg(), help="Only records before this time.")
 @click.option("--session", metavar="ID", help="Only this learn session's records (default: every session).")
 @click.option("--policy", "base", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Base policy [default: the daemon settings' policy].")
@@ -29,7 +29,7 @@ def tests_path(output: Path) -> Path:
               help="Effect of the suggested rules.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Policy file to write, its tests beside it as <stem>.tests.yaml [default: the policy on stdout].")
-@_store_option
+@store_option
 @click.pass_context
 def suggest_command(ctx: click.Context, agent: str, since: float | None, until: float | None, session: str | None,
                     base: Path | None, effect: str, output: Path | None, store: str | None) -> None:
@@ -37,12 +37,12 @@ def suggest_command(ctx: click.Context, agent: str, since: float | None, until: 
     its grants of NAME on the learned resources, plus approve rules by default (what a base
     approve rule held stays approve), with a tests file of cases drawn from what happened; both
     are checked before they are written."""
-    base = base or _settings().policy
+    base = base or cli_settings().policy
     try:
         base_text = base.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise click.ClickException(f"cannot read the base policy {base}: {exc}") from exc
-    with _opened(store) as opened:
+    with opened_store(store) as opened:
         events: list[Any] = [record.event for _, record in opened.search(Query(agent=agent, since=since, until=until))]
         # the learn-start records say what each session learned; they may precede the window
         events += [record.event for _, record in opened.search(Query(agent=agent, kind="policy"))]
