@@ -29,15 +29,22 @@ PG_BIN = Path("/usr/lib/postgresql/15/bin")
 ISSUER_PORT = 8089
 AUDIENCE = "api://interceptor"
 
+# Loaded at every `up` (as shop_owner), so a database seeded by an older demo gains what it lacks.
 SAMPLE = """
-create table customers (id int primary key, name text not null, email text not null, card_number text not null);
-create table orders (id int primary key, customer_id int not null references customers, amount numeric(10,2),
-                     status text not null default 'new');
+create table if not exists customers (id int primary key, name text not null, email text not null,
+                                      card_number text not null);
+create table if not exists orders (id int primary key, customer_id int not null references customers,
+                                   amount numeric(10,2), status text not null default 'new');
+create table if not exists products (id int primary key, name text not null, price numeric(10,2) not null);
+create table if not exists payments (id int primary key, order_id int not null references orders, iban text not null);
 insert into customers values
   (1, 'Ada Lovelace', 'ada@example.com', '4111 1111 1111 1111'),
   (2, 'Grace Hopper', 'grace@example.com', '5500 0000 0000 0004'),
-  (3, 'Alan Turing', 'alan@example.com', '3400 0000 0000 009');
-insert into orders values (100, 1, 42.00, 'new'), (101, 2, 17.50, 'new'), (102, 3, 99.90, 'shipped');
+  (3, 'Alan Turing', 'alan@example.com', '3400 0000 0000 009') on conflict do nothing;
+insert into orders values (100, 1, 42.00, 'new'), (101, 2, 17.50, 'new'), (102, 3, 99.90, 'shipped')
+  on conflict do nothing;
+insert into products values (1, 'kettle', 30.00), (2, 'teapot', 18.00), (3, 'cosy', 7.50) on conflict do nothing;
+insert into payments values (1, 102, 'DE89 3704 0044 0532 0130 00') on conflict do nothing;
 """
 
 
@@ -88,18 +95,18 @@ def postgres_up() -> int:
         if out.returncode != 0:
             raise SystemExit(f"PostgreSQL did not start: {out.stderr}{(data / 'server.log').read_text()[-800:]}")
     seeded = STATE / "pg.seeded"
+    psql = [str(PG_BIN.parent / "bin" / "psql"), "-h", str(data), "-p", str(port), "-v", "ON_ERROR_STOP=1", "-q"]
     if not seeded.exists():
         password = base64.urlsafe_b64encode(os.urandom(18)).decode()
-        psql = [str(PG_BIN.parent / "bin" / "psql"), "-h", str(data), "-p", str(port), "-v", "ON_ERROR_STOP=1", "-q"]
         out = as_postgres(*psql, "-d", "postgres", "-c", f"create role shop_owner login password '{password}'",
                           "-c", "create database shop owner shop_owner")
         if out.returncode != 0:
             raise SystemExit(f"creating the demo database failed: {out.stderr}")
-        out = as_postgres(*psql, "-d", "shop", "-c", f"set role shop_owner; {SAMPLE}")
-        if out.returncode != 0:
-            raise SystemExit(f"loading sample data failed: {out.stderr}")
         write_private(SECRETS / "demo-db", f"user: shop_owner\npassword: {password}\n".encode())
         seeded.touch()
+    out = as_postgres(*psql, "-d", "shop", "-c", f"set role shop_owner; {SAMPLE}")
+    if out.returncode != 0:
+        raise SystemExit(f"loading sample data failed: {out.stderr}")
     say(f"PostgreSQL with sample data on 127.0.0.1:{port} (database shop)")
     return port
 

@@ -14,7 +14,6 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 INTERCEPTOR = str(BIN / "interceptor")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -59,7 +58,7 @@ def wait_for(predicate, what: str, timeout: float = 30):
     raise DemoFailed(f"timed out waiting for {what}")
 
 
-def story(port: int, settings: Path) -> None:
+def story(port: int, settings: Path, policy: Path) -> None:
     cli = [INTERCEPTOR, "--config", str(settings)]
 
     step("1. The daemon, its agents and resources")
@@ -101,9 +100,63 @@ def story(port: int, settings: Path) -> None:
     if held.returncode != 0 or "UPDATE 1" not in output:
         raise DemoFailed("the approved UPDATE did not run")
 
-    step("5. The audit trail: every step above, hash-chained")
+    learn(port, cli, policy)
+
+    step("10. The audit trail: every step above, hash-chained")
     run(cli + ["audit", "tail", "-n", "15"])
     run(cli + ["audit", "verify"])
+
+
+# The analyst's task: three tables read, one updated (psql goes on after an error).
+ANALYST = ["select id, name, email from customers order by id",
+           "select id, amount, status from orders where status = 'new'",
+           "select name, price from products order by name",
+           "update products set price = 32.50 where id = 1"]
+OUTSIDE = ["select id, iban from payments", "delete from orders where id = 102"]
+
+
+def learn(port: int, cli: list[str], policy: Path) -> None:
+    """Steps 5-9: learn mode, suggest, diff, shadow, and the suggested policy enforced; `policy`: the
+    demo policy the daemon runs."""
+    step("5. Learn mode: the analyst's task runs once while the daemon learns (no rule allows its UPDATE)")
+    run(cli + ["learn", "start", "--agent", "demo", "--for", "10m"])
+    out = run(psql(port, *ANALYST), expect_ok=False)
+    if "UPDATE 1" not in out.stdout or "ada@example.com" in out.stdout:
+        raise DemoFailed("the learned UPDATE did not run, or learn mode showed an unmasked email")
+    run(cli + ["learn", "stop", "--agent", "demo"])
+
+    step("6. The policy that allows exactly what it did (allow rules here; approve rules by default)")
+    work = Path(tempfile.mkdtemp(prefix="interceptor-learn-"))
+    suggested = work / "suggested.yaml"
+    run(cli + ["policy", "suggest", "--agent", "demo", "--effect", "allow", "-o", str(suggested)])
+    print(suggested.read_text().rstrip(), flush=True)
+    run(cli + ["policy", "check", str(suggested)])
+    run(cli + ["policy", "test", str(work / "suggested.tests.yaml")])
+
+    step("7. What the demo policy grants that the task never used, and what it used that the demo policy refuses")
+    out = run(cli + ["policy", "diff", str(policy), str(suggested)], expect_ok=False)
+    if "demo-read-catalog" not in out.stdout or "public.products" not in out.stdout:
+        raise DemoFailed("policy diff did not list the unused catalog grant and the used UPDATE")
+
+    step("8. A shadow run of the suggested policy beside the demo policy: the statements outside it")
+    run(cli + ["policy", "shadow", "--agent", "demo", str(suggested)])
+    run(psql(port, *ANALYST, *OUTSIDE), expect_ok=False)
+    run(cli + ["policy", "shadow", "stop", "--agent", "demo"])
+    out = run(cli + ["policy", "shadow", "report"])
+    if not all(statement.split(" where")[0] in out.stdout.lower() for statement in OUTSIDE):
+        raise DemoFailed("the shadow report did not list the statements outside the suggested policy")
+
+    step("9. The suggested policy enforced: the same task runs unchanged; another table and a write are denied")
+    run(cli + ["policy", "reload", str(suggested)])
+    try:
+        task = run(psql(port, *ANALYST), expect_ok=False)
+        outside = run(psql(port, *OUTSIDE), expect_ok=False)
+    finally:
+        run(cli + ["policy", "reload", str(policy)])
+    if "ERROR" in task.stderr or "UPDATE 1" not in task.stdout:
+        raise DemoFailed("the task did not run unchanged under the suggested policy")
+    if outside.stderr.count("denied") < 2:
+        raise DemoFailed("reading payments or deleting an order was not denied under the suggested policy")
 
 
 def main() -> int:
@@ -119,7 +172,7 @@ def main() -> int:
     log = open(work / "daemon.log", "w")
     daemon = subprocess.Popen([INTERCEPTOR, "--config", str(settings), "run"], stdout=log, stderr=log)
     try:
-        story(port, settings)
+        story(port, settings, policy)
         print("\ndemo: all steps behaved as described", flush=True)
         return 0
     except (DemoFailed, subprocess.TimeoutExpired) as exc:
