@@ -6,7 +6,9 @@ agent (and the learned resources) with no operation block, so it is about every 
 Everything that decides before an allow still decides: explicit deny rules, approve rules,
 the protocols' builtin refusals (dangerous SQL functions, opaque statements, masks that
 cannot be guaranteed, unknown relations), and mask rules still mask. A policy rule that
-allows an operation is named in its record, as it comes before the learning rule.
+allows an operation is named in its record, as it comes before the learning rule. The SQL
+judge keeps the learning rule off DDL and COPY with the server's files or programs
+(sql_rules.NEVER_LEARNED_KINDS), and lets it allow a function refused only by default.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from interceptor.policy.judgement import DEFAULT_DENY, Judgement, pick, severity
 from interceptor.policy.model import MaskRule, Rule
 from interceptor.policy.sql import AnyCatalog, analyse, numeric_shape, shape_holds
 from interceptor.policy.sql_session import BOOTSTRAP_RELATIONS, SESSION_SETTINGS
-from interceptor.policy.learn import learning_rule
+from interceptor.policy.learn import LEARN_PREFIX, learning_rule
 from interceptor.policy.statement import Action, Call, ColumnRef, OutputColumn, Statement, qualified
 
 if TYPE_CHECKING:  # the protocol registry imports this module
@@ -90,6 +90,9 @@ HARMLESS_VOLATILE_FUNCTIONS = frozenset({
 # names it: a serial column's sequence.
 COLUMN_DEFAULT_FUNCTIONS = frozenset({"pg_catalog.nextval"})
 DDL_KINDS = frozenset({"create", "alter", "drop", "comment", "grant", "revoke", "truncate"})
+# What the learning rule (interceptor.policy.learn) does not cover: changes to the database's
+# structure and permissions, and COPY reaching the server's files or programs.
+NEVER_LEARNED_KINDS = DDL_KINDS | {"copy_file", "copy_program"}
 # Statements allowed by default unless a deny rule names their kind: (rule, reason).
 _BUILTIN_KINDS = {
     "transaction": (TRANSACTION_RULE, "transaction control is allowed by default"),
@@ -276,7 +279,10 @@ def _action(action: Action, statement: Statement, rules: list[Rule]) -> Judgemen
     or a SELECT of session functions without FROM) is allowed by default."""
     matching = [r for r in rules if r.effect != "mask" and _action_matches(r, action)]
     where = f" on {action.table[0]}.{action.table[1]}" if action.table else ""
-    judgement = pick(matching, f"no rule allows {action.kind}{where}")
+    unlearned = action.kind in NEVER_LEARNED_KINDS and learning_rule(rules) is not None
+    judgement = pick(matching, f"no rule allows {action.kind}{where}" + (
+        " (learn mode never learns DDL nor COPY with the server's files or programs: a rule must name it)"
+        if unlearned else ""))
     if judgement.rule == DEFAULT_DENY and action.kind == "select" and (
             action.table in BOOTSTRAP_RELATIONS or (action.table is None and statement.bootstrap)):
         return Judgement(Verdict.ALLOW, BOOTSTRAP_RULE, "what drivers read when they connect is allowed by default")
@@ -380,7 +386,7 @@ def _action_matches(rule: Rule, action: Action) -> bool:
     """Does `rule` cover this action? Rules about functions only judge function calls."""
     match = sql_match(rule)
     if match is None:
-        return rule.operation is None
+        return rule.operation is None and not (action.kind in NEVER_LEARNED_KINDS and rule.name.startswith(LEARN_PREFIX))
     return _covers(match, rule.effect == "deny", action)
 
 
