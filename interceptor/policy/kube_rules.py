@@ -62,6 +62,7 @@ from interceptor.decision import Decision, MaskSpec, Verdict
 from interceptor.operations import KubeRequest, Request
 from interceptor.policy.judgement import DEFAULT_DENY, Judgement, pick
 from interceptor.policy.kube_request import CONNECT_SUBRESOURCES, connect, go_query, kube_request
+from interceptor.policy.learn import UNLEARNED_NOTE, is_learning, learning_rule
 from interceptor.policy.model import Rule
 
 if TYPE_CHECKING:  # the protocol registry imports this module
@@ -134,7 +135,8 @@ def judge_kube(context: Context, request: Request, operation: KubeRequest) -> De
     masks of the mask rules the request falls in. Never raises."""
     rules = context.rules(request, OPERATION_KEY)
     deciding = [r for r in rules if r.effect != "mask" and matches(r, operation)]
-    judgement = pick(deciding, f"no rule allows {describe(operation)}")
+    judgement = pick(deciding, f"no rule allows {describe(operation)}" + (
+        UNLEARNED_NOTE if learning_rule(rules) is not None and never_learned(operation) else ""))
     if judgement.rule == DEFAULT_DENY and _discovery(operation):
         judgement = Judgement(Verdict.ALLOW, DISCOVERY_RULE, "discovery reads are allowed by default")
     if judgement.verdict is Verdict.DENY:
@@ -174,7 +176,7 @@ def matches(rule: Rule, operation: KubeRequest) -> bool:
     mask)? A rule without a `kubernetes:` block is about every request."""
     match = kube_match(rule)
     if match is None:
-        return rule.operation is None
+        return rule.operation is None and not (is_learning(rule) and never_learned(operation))
     loose = rule.effect in ("deny", "mask")
     if not _verbs(match.verbs, operation, loose):
         return False
@@ -186,6 +188,26 @@ def matches(rule: Rule, operation: KubeRequest) -> bool:
             and _resource(match.resources, operation, loose)
             and _unless_absent(match.names, operation.name, loose)
             and _unless_absent(match.namespaces, operation.namespace, loose))
+
+
+# What changes permissions: RBAC objects written, and the verbs that act as another user,
+# grant a role or write one beyond the writer's own rights; a certificate signing request approved
+RBAC_GROUP = "rbac.authorization.k8s.io"
+READ_VERBS = frozenset({"get", "list", "watch"})
+PERMISSION_VERBS = frozenset({"impersonate", "bind", "escalate", "approve", "sign"})
+
+
+def never_learned(operation: KubeRequest) -> bool:
+    """What the learning rule (interceptor.policy.learn) does not cover, as a rule naming it
+    alone does: running code in a pod or reaching through the API server (exec, attach,
+    portforward, proxy), and changing permissions (an RBAC object written, impersonate, bind,
+    escalate, a certificate signing request approved)."""
+    if not operation.resource_request:
+        return False
+    return (connect(operation.api_group, operation.resource, operation.subresource) or operation.verb == "proxy"
+            or operation.verb in PERMISSION_VERBS
+            or (operation.api_group == RBAC_GROUP and operation.verb not in READ_VERBS)
+            or (operation.resource, operation.subresource) == ("certificatesigningrequests", "approval"))
 
 
 def _globs(patterns: tuple[str, ...] | None, value: str) -> bool:

@@ -8,7 +8,10 @@ the protocols' builtin refusals (dangerous SQL functions, opaque statements, mas
 cannot be guaranteed, unknown relations), and mask rules still mask. A policy rule that
 allows an operation is named in its record, as it comes before the learning rule. The SQL
 judge keeps the learning rule off DDL and COPY with the server's files or programs
-(sql_rules.NEVER_LEARNED_KINDS), and lets it allow a function refused only by default.
+(sql_rules.NEVER_LEARNED_KINDS), and lets it allow a function refused only by default; the
+SSH judge off shells, shell-class commands, writes that make the server run code and
+forwards (ssh_rules.never_learned); the Kubernetes judge off running code in a pod or reaching
+through the API server, and changes to permissions (kube_rules.never_learned).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from dataclasses import dataclass, replace
 from interceptor.policy.model import Policy, Rule
 
 LEARN_PREFIX = "learn:"  # a rule name no policy can use (names are [A-Za-z0-9][A-Za-z0-9_.-]*)
+# What a refusal of what the learning rule does not cover adds to its reason
+UNLEARNED_NOTE = " (learn mode never learns this: a rule of the policy must name it)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,9 +76,14 @@ def with_learning(policy: Policy, sessions: Iterable[LearnSession]) -> Policy:
                    version=f"{policy.version}+learn.{learning}")
 
 
+def is_learning(rule: Rule) -> bool:
+    """Is `rule` a learning rule (one `with_learning` added)?"""
+    return rule.name.startswith(LEARN_PREFIX)
+
+
 def learning_rule(rules: Iterable[Rule]) -> Rule | None:
     """The learning rule among `rules` (those about one request), None when not learning."""
-    return next((rule for rule in rules if rule.name.startswith(LEARN_PREFIX)), None)
+    return next((rule for rule in rules if is_learning(rule)), None)
 
 
 def learning_of(sessions: Mapping[str, LearnSession], agent: str, resource: str | None) -> str | None:

@@ -28,7 +28,7 @@ from interceptor.policy.judgement import DEFAULT_DENY, Judgement, pick, severity
 from interceptor.policy.model import MaskRule, Rule
 from interceptor.policy.sql import AnyCatalog, analyse, numeric_shape, shape_holds
 from interceptor.policy.sql_session import BOOTSTRAP_RELATIONS, SESSION_SETTINGS
-from interceptor.policy.learn import LEARN_PREFIX, learning_rule
+from interceptor.policy.learn import is_learning, learning_rule
 from interceptor.policy.statement import Action, Call, ColumnRef, OutputColumn, Statement, qualified
 
 if TYPE_CHECKING:  # the protocol registry imports this module
@@ -386,7 +386,7 @@ def _action_matches(rule: Rule, action: Action) -> bool:
     """Does `rule` cover this action? Rules about functions only judge function calls."""
     match = sql_match(rule)
     if match is None:
-        return rule.operation is None and not (action.kind in NEVER_LEARNED_KINDS and rule.name.startswith(LEARN_PREFIX))
+        return rule.operation is None and not (action.kind in NEVER_LEARNED_KINDS and is_learning(rule))
     return _covers(match, rule.effect == "deny", action)
 
 

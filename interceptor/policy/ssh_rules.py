@@ -83,6 +83,7 @@ from typing import TYPE_CHECKING, Any
 from interceptor.decision import Decision, Verdict
 from interceptor.operations import Request, SshRequest
 from interceptor.policy.judgement import DEFAULT_DENY, Judgement, pick, severity
+from interceptor.policy.learn import UNLEARNED_NOTE, is_learning, learning_rule
 from interceptor.policy.mcp_rules import in_normal_form
 from interceptor.policy.model import Rule
 from interceptor.policy.ssh_command import (
@@ -201,7 +202,8 @@ def judge_ssh(context: Context, request: Request, operation: SshRequest) -> Deci
 def _judgement(context: Context, request: Request, view: _View) -> Judgement:
     rules = context.rules(request, OPERATION_KEY)
     matching = [r for r in rules if r.effect != "mask" and _matches(r, view)]
-    judgement = pick(matching, _unmatched(view))
+    judgement = pick(matching, _unmatched(view) + (
+        UNLEARNED_NOTE if learning_rule(rules) is not None and never_learned(view) else ""))
     note = _note(view, [r for r in matching if r.name == judgement.rule]) if judgement.verdict is Verdict.DENY else ""
     return replace(judgement, reason=f"{judgement.reason} ({note})") if note else judgement
 
@@ -275,7 +277,7 @@ def _view(operation: SshRequest) -> _View | Decision:
 def _matches(rule: Rule, view: _View) -> bool:
     match = ssh_match(rule)
     if match is None:
-        return rule.operation is None
+        return rule.operation is None and not (is_learning(rule) and never_learned(view))
     deny = rule.effect == "deny"
     if view.kind == "shell":
         return match.shell
@@ -285,6 +287,29 @@ def _matches(rule: Rule, view: _View) -> bool:
         return _file(match, view.kind, view.path, view.tree, deny)
     patterns = match.forward if view.kind == "forward" else match.remote_forward
     return patterns is not None and view.target is not None and _target(patterns, view.target, deny)
+
+
+def never_learned(view: _View) -> bool:
+    """What the learning rule (interceptor.policy.learn) does not cover, as `shell: true` and
+    forward rules alone do: an interactive shell, a shell-class command or one on a terminal
+    (nothing it runs can be judged), a write (a legacy scp upload too) that makes the server
+    run code or whose path is not absolute and in normal form, and a forward (it carries
+    traffic nothing judges)."""
+    if view.kind == "exec":
+        reading = view.reading
+        if reading is None or reading.shell or reading.opaque or view.pty:
+            return True
+        if reading.scp is None:
+            return False
+        access = _scp_judged(reading.scp, reading.argv)
+        return _unlearned_file(access.mode, access.path)
+    if view.kind in ("read", "write"):
+        return _unlearned_file(view.kind, view.path)
+    return True
+
+
+def _unlearned_file(kind: str, path: str) -> bool:
+    return not _normal(path) or (kind == "write" and runs_code(path))
 
 
 def _exec(match: SshMatch, view: _View, deny: bool) -> bool:
