@@ -11,6 +11,7 @@ import click
 
 from interceptor.cli_support import call, duration
 from interceptor.control import ControlMethod
+from interceptor.policy.learn import learn_seconds
 
 
 def _when(epoch: float | None) -> str:
@@ -32,9 +33,10 @@ class _Duration(click.ParamType[float]):
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
         seconds = duration(str(value))
-        if seconds is None or seconds <= 0:
-            self.fail(f"{value!r} is not a duration: use 90s, 15m, 1h or 2d", param, ctx)
-        return seconds
+        try:
+            return learn_seconds(seconds)
+        except ValueError:
+            self.fail(f"{value!r} is not a duration of at most 366 days: use 90s, 15m, 1h or 2d", param, ctx)
 
 
 @click.group()

@@ -12,23 +12,49 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 from interceptor.audit.event import AuditEvent
 from interceptor.control import ControlMethod, Method, Peer
-from interceptor.policy import PolicyEngine, load_policy
-from interceptor.policy.learn import LearnSession
+from interceptor.policy import Policy, PolicyEngine, PolicyError, load_policy_text
+from interceptor.policy.learn import LearnSession, learn_seconds
 from interceptor.policy.shadow import ShadowRun
 from interceptor.runtime import Modes, Runtime, write_audit
 
 log = logging.getLogger(__name__)
 
 ENDED_KEPT = 20  # ended learn runs `learn status` and `status` still show
+MAX_CANDIDATE_BYTES = 16 * 1024 * 1024  # the largest candidate policy file a shadow run reads
+
+
+def read_candidate(path: object) -> Policy:
+    """The candidate policy in the file at `path`, an absolute path to a regular file of at
+    most MAX_CANDIDATE_BYTES (a device, a FIFO or a huge file would hang or exhaust the
+    daemon); PolicyError for any other, or a file that is no valid policy. Runs in a worker
+    thread."""
+    if not isinstance(path, str) or not os.path.isabs(path):
+        raise PolicyError([f"{path!r}"[:200] + ": the candidate policy must be named by an absolute path"])
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise PolicyError([f"{path}:1:1: cannot read the policy: {exc}"]) from None
+    with os.fdopen(fd, "rb") as file:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise PolicyError([f"{path}:1:1: cannot read the policy: not a regular file"])
+        data = file.read(MAX_CANDIDATE_BYTES + 1)
+    if len(data) > MAX_CANDIDATE_BYTES:
+        raise PolicyError([f"{path}:1:1: the policy is larger than {MAX_CANDIDATE_BYTES} bytes"])
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PolicyError([f"{path}:1:1: cannot read the policy: {exc}"]) from None
+    return load_policy_text(text, path)
 
 
 @dataclass(slots=True)
@@ -53,13 +79,16 @@ class ModeControl:
                           resources: list[str] | None = None) -> dict[str, Any]:
         """Learn `agent`'s operations on `resources` (None: every resource) for `seconds`
         (None: until stopped): LearnSession.summary(). ValueError for an unknown agent or
-        resource, a duration that is not positive, or an agent learned already."""
-        if seconds is not None and not seconds > 0:
-            raise ValueError(f"learning must last a positive time, not {seconds!r} s")
+        resource, resources that are no list of names, a duration that is no number of
+        seconds in (0, MAX_LEARN_SECONDS] (learn_seconds), or an agent learned already."""
+        if seconds is not None:
+            seconds = learn_seconds(seconds)
         policy = self.runtime.snapshot.policy
         self._known_agent(agent)
+        if resources is not None and (not isinstance(resources, list) or not resources):
+            raise ValueError(f"resources must be a list of one or more resource names, not {resources!r}"[:200])
         for resource in resources or ():
-            if resource not in policy.resources:
+            if not isinstance(resource, str) or resource not in policy.resources:
                 raise ValueError(f"unknown resource {resource!r} (the policy has: {', '.join(sorted(policy.resources))})")
         session = LearnSession.start(agent, self.clock(), seconds, tuple(resources) if resources else None)
 
@@ -132,10 +161,10 @@ class ModeControl:
 
     async def shadow_start(self, peer: Peer, agent: str, path: str) -> dict[str, Any]:
         """Judge `agent`'s operations by the policy at `path` too (a run already shadowing it
-        is replaced): ShadowRun.summary(). PolicyError for a bad file; ValueError when the
-        agent is not in the running policy or not in the candidate."""
+        is replaced): ShadowRun.summary(). PolicyError for a bad file (read_candidate);
+        ValueError when the agent is not in the running policy or not in the candidate."""
         self._known_agent(agent)
-        candidate = await asyncio.to_thread(load_policy, Path(path))
+        candidate = await asyncio.to_thread(read_candidate, path)
         if agent not in candidate.agents:
             raise ValueError(f"the candidate policy {path} does not name agent {agent!r}: it would deny all of it")
         run = ShadowRun.start(agent, self.clock(), path, PolicyEngine(candidate))

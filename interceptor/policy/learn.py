@@ -16,6 +16,7 @@ through the API server, and changes to permissions (kube_rules.never_learned).
 
 from __future__ import annotations
 
+import math
 import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -23,8 +24,20 @@ from dataclasses import dataclass, replace
 from interceptor.policy.model import Policy, Rule
 
 LEARN_PREFIX = "learn:"  # a rule name no policy can use (names are [A-Za-z0-9][A-Za-z0-9_.-]*)
+MAX_LEARN_SECONDS = 366 * 86400.0  # the longest a learn run may be asked to last
 # What a refusal of what the learning rule does not cover adds to its reason
 UNLEARNED_NOTE = " (learn mode never learns this: a rule of the policy must name it)"
+
+
+def learn_seconds(value: object) -> float:
+    """`value` as how long a learn run lasts, in seconds: a number, finite, more than 0 and
+    at most MAX_LEARN_SECONDS; ValueError otherwise (a bool, a string, NaN, infinity)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"learning must last a number of seconds, not {value!r}")
+    seconds = float(value) if not isinstance(value, int) or abs(value) < 10 ** 18 else math.inf
+    if not 0 < seconds <= MAX_LEARN_SECONDS:
+        raise ValueError(f"learning must last more than 0 s and at most 366 days, not {value!r} s"[:200])
+    return seconds
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
 from interceptor.audit.event import AuditEvent
 from interceptor.control import Peer
@@ -18,9 +20,10 @@ from interceptor.decision import Decision, Verdict
 from interceptor.enforcer.judge import FlowJudge
 from interceptor.flow import Endpoint, FlowContext, ProcessInfo
 from interceptor.handlers.base import Services
-from interceptor.modes import ModeControl
+from interceptor.learn_cli import learn
+from interceptor.modes import MAX_CANDIDATE_BYTES, ModeControl
 from interceptor.operations import Operation, Request, SqlQuery, Subject, TcpConnect
-from interceptor.policy import PolicyEngine, load_policy_text
+from interceptor.policy import PolicyEngine, PolicyError, load_policy_text
 from interceptor.policy.catalog import Catalog, Function, Relation
 from interceptor.policy.learn import LearnSession, learning_of, with_learning
 from interceptor.policy.model import Policy, ResourceSpec
@@ -307,7 +310,7 @@ def test_learning_is_refused_for_unknown_names_twice_or_for_no_time() -> None:
 
     errors = asyncio.run(scenario())
     assert [e.split(" (")[0].split(":")[0] for e in errors] == [
-        "unknown agent 'ghost'", "unknown resource 'nowhere'", "learning must last a positive time, not 0.0 s",
+        "unknown agent 'ghost'", "unknown resource 'nowhere'", "learning must last more than 0 s and at most 366 days, not 0.0 s",
         "agent 'analyst' is learned already", "agent 'analyst' is not learned"]
 
 
@@ -351,3 +354,58 @@ def test_operations_other_than_sql_carry_no_analysis() -> None:
     decision = flow_judge.decide(operation)
     event = services(flow_judge).event(flow(), "connection", decision, operation={"dst": "x"})
     assert event.operation == {"dst": "x", "learn": "feedfacecafebeef"}
+
+
+# -- the runs' bad input -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("seconds", [math.inf, math.nan, -1.0, 0, 1e20, 10 ** 400, "60", True, [60]], ids=repr)
+def test_learning_refuses_a_duration_that_is_no_positive_bounded_number(seconds: object) -> None:
+    async def scenario() -> None:
+        modes, runtime = control()
+        with pytest.raises(ValueError, match="learning must last"):
+            await modes.learn_start(ROOT, "analyst", seconds=seconds)  # type: ignore[arg-type]
+        assert runtime.snapshot.modes.learning == {} and runtime.audit.events == []
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("resources", [[], "db", [["db"]], [None]], ids=repr)
+def test_learning_refuses_resources_that_are_no_list_of_names(resources: object) -> None:
+    """An empty list would learn every resource: the caller asked for some, not all."""
+    async def scenario() -> None:
+        modes, runtime = control()
+        with pytest.raises(ValueError):
+            await modes.learn_start(ROOT, "analyst", resources=resources)  # type: ignore[arg-type]
+        assert runtime.snapshot.modes.learning == {}
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("text", ["9" * 400 + "d", "100000d", "0s"])
+def test_the_cli_refuses_a_duration_past_the_longest_run(text: str) -> None:
+    """Before it reaches the daemon: `learn status` could not show a run ending past year 9999."""
+    result = CliRunner().invoke(learn, ["start", "--agent", "analyst", "--for", text])
+    assert result.exit_code == 2 and "is not a duration" in result.output
+
+
+@pytest.mark.parametrize("name", ["zero", "fifo", "huge", "relative"])
+def test_a_shadow_candidate_must_be_a_bounded_regular_file(tmp_path: Path, name: str) -> None:
+    if name == "zero":
+        path = "/dev/zero"
+    elif name == "fifo":
+        path = str(tmp_path / "fifo")
+        os.mkfifo(path)
+    elif name == "huge":
+        path = str(tmp_path / "huge.yaml")
+        with open(path, "w") as out:
+            out.write(POLICY + "#" * (MAX_CANDIDATE_BYTES + 1))
+    else:
+        path = "candidate.yaml"
+
+    async def scenario() -> None:
+        modes, runtime = control()
+        with pytest.raises((ValueError, PolicyError)):
+            await asyncio.wait_for(modes.shadow_start(ROOT, "analyst", path), 5)
+        assert runtime.snapshot.modes.shadows == {}
+
+    asyncio.run(scenario())
