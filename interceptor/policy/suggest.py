@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from interceptor.policy.cases import CaseResult, run_cases
+from interceptor.policy.http_rules import host_name
 from interceptor.policy.loader import PolicyError, compose, load_policy_text
 from interceptor.policy.model import Policy
 from interceptor.policy.sql_rules import UNPARSED_RULE
@@ -45,7 +46,8 @@ NO_TABLE = "pg_catalog.\0"  # a table glob no relation matches (PostgreSQL names
 _NO_RULE_NEEDED = ("builtin-",)
 _NAME_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
 _GLOB = re.compile(r"([*?\[])")
-_REDACTED = re.compile(r"\?")  # a literal of a recorded statement (interceptor.handlers.postgres.record)
+_REDACTED = re.compile(r"\?")
+INEXACT = "no rule can allow exactly what it did: never granted"  # a literal of a recorded statement (interceptor.handlers.postgres.record)
 
 
 class SuggestError(ValueError):
@@ -100,6 +102,11 @@ class Grant:
             self.unbounded.add(name)
         else:
             self.lists.setdefault(name, set()).update(values)
+
+    @property
+    def shell(self) -> bool:
+        """An ssh rule with `shell: true`: it allows every exec, not only the commands seen."""
+        return self.key == "ssh" and self.fixed.get("shell") is True
 
     def block(self) -> Any:
         """The rule's operation block (`True` for tcp)."""
@@ -167,6 +174,7 @@ class Learned:
     protocols: Mapping[str, str]  # resource -> protocol, from the base policy
     grants: dict[tuple[Any, ...], Grant] = field(default_factory=dict)
     refused: dict[tuple[str, str, str], Seen] = field(default_factory=dict)
+    inexact: dict[tuple[str, str], Seen] = field(default_factory=dict)  # (resource, why) -> what no rule can say
     skipped: dict[str, int] = field(default_factory=dict)
     sessions: set[str] = field(default_factory=set)
     used: int = 0
@@ -178,6 +186,12 @@ class Learned:
 
     def skip(self, why: str) -> None:
         self.skipped[why] = self.skipped.get(why, 0) + 1
+
+    def unsaid(self, resource: str, why: str, when: float | None, what: str) -> None:
+        """An operation no rule can allow exactly (`why`: which name, and why): granted nothing,
+        listed in the header."""
+        self.inexact.setdefault((resource, why), Seen()).add(when, what)
+        self.skip(INEXACT)
 
     def grant(self, resource: str, key: str, ident: tuple[Any, ...], label: str, fixed: dict[str, Any] | None = None
               ) -> Grant:
@@ -192,7 +206,8 @@ class Learned:
         self.sessions.add(str(operation.get("learn")))
         self.window.add(when, "")
         approval = (event.get("outcome") or {}).get("approval")
-        if event.get("decision") == "deny" or (isinstance(approval, dict) and approval.get("approved") is False):
+        if event.get("decision") == "deny" or (event.get("decision") == "approve" and not (
+                isinstance(approval, dict) and approval.get("approved") is True)):
             what = _what(operation)
             self.refused.setdefault((resource, str(event.get("rule")), what), Seen()).add(when, what)
             self.skip("refused even while learning: never ran")
@@ -207,12 +222,13 @@ class Learned:
         elif _no_rule(event.get("rule")):
             self.skip("allowed without a rule (builtin)")
         elif operation.get("kind") in _READERS:
+            unsaid = self.skipped.get(INEXACT, 0)
             grant = _READERS[operation["kind"]](self, resource, operation, when)
             if grant is None:
-                self.skip(f"{operation['kind']} operation with no rule form")
+                if self.skipped.get(INEXACT, 0) == unsaid:
+                    self.skip(f"{operation['kind']} operation with no rule form")
                 return
-            if event.get("decision") == "approve":
-                grant.gates.add(str(event.get("rule")))
+            grant.gates.add(str(event.get("rule")))  # an approve rule of the base (kept as the gate) or none
             self.used += 1
         else:
             self.skip(f"record kind {event.get('kind')!r}: nothing to grant")
@@ -225,8 +241,7 @@ class Learned:
             return
         grant = self.grant(resource, "tcp", (), "tcp")
         grant.seen.add(when, str(operation.get("dst", "")))
-        if event.get("decision") == "approve":
-            grant.gates.add(str(event.get("rule")))
+        grant.gates.add(str(event.get("rule")))  # a connection held for approval is recorded allowed by its rule
         self.operations.setdefault(resource, []).append(("tcp", True))
         self.used += 1
 
@@ -237,6 +252,11 @@ class Learned:
             self.skip("statement without analysis")
             return
         text = str(operation.get("statement", ""))
+        why = next((w for statement in analysis for judged in statement.get("judged") or ()
+                    if not _no_rule(judged.get("rule")) and (w := _sql_inexact(judged)) is not None), None)
+        if why is not None:
+            self.unsaid(resource, why, when, text)
+            return
         self.used += 1
         self.statements.setdefault(resource, []).append(event)
         for statement in analysis:
@@ -263,7 +283,7 @@ class Learned:
                     grant = self.grant(resource, "sql", ("table", kind, table), f"{kind}-{table}",
                                        {"kinds": [kind], "tables": [glob_escape(table)]})
                     columns = judged.get("columns")
-                    grant.add("columns", None if columns is None else [glob_escape(_bare(table, c)) for c in columns])
+                    grant.add("columns", None if columns is None else [glob_escape(str(c)) for c in columns])
                 grant.seen.add(when, text)
                 if judged.get("verdict") == "approve":
                     grant.gates.add(str(judged.get("rule")))
@@ -285,7 +305,7 @@ def _kubernetes(learned: Learned, resource: str, operation: Mapping[str, Any], w
                                "namespaces": [glob_escape(namespace)]})
         name = operation.get("name")
         grant.add("names", [glob_escape(str(name))] if name else None)
-    grant.add("verbs", [verb])
+    grant.add("verbs", [glob_escape(verb)])
     grant.seen.add(when, f"{verb} {operation.get('target') or operation.get('path') or grant.label}")
     case = {k: operation[k] for k in _KUBE_CASE if operation.get(k) not in ("", None, [], False)}
     if "resource" in operation:
@@ -296,9 +316,14 @@ def _kubernetes(learned: Learned, resource: str, operation: Mapping[str, Any], w
 
 def _http(learned: Learned, resource: str, operation: Mapping[str, Any], when: float | None) -> Grant | None:
     method, path, host = str(operation.get("method", "")), str(operation.get("path", "")), operation.get("host")
+    name = host_name(str(host)) if host else None
+    if not path.startswith("/") or (name is not None and ":" in name):
+        learned.unsaid(resource, f"path {path!r}" if not path.startswith("/") else f"host {name}: a hosts pattern "
+                       "holds no ':'", when, f"{method} {host or ''}{path}")
+        return None
     grant = learned.grant(resource, "http", ("path", path), "path-" + path, {"paths": [glob_escape(path)]})
-    grant.add("methods", [method])
-    grant.add("hosts", [glob_escape(str(host))] if host else None)
+    grant.add("methods", [glob_escape(method)])
+    grant.add("hosts", [glob_escape(name)] if name else None)
     grant.seen.add(when, f"{method} {host or ''}{path}")
     case: dict[str, Any] = {"method": method, "path": path, **({"host": host} if host else {})}
     learned.operations.setdefault(resource, []).append(("http", case))
@@ -315,7 +340,7 @@ def _mcp(learned: Learned, resource: str, operation: Mapping[str, Any], when: fl
         return grant
     method = str(operation.get("method", ""))
     grant = learned.grant(resource, "mcp", ("methods",), "methods")
-    grant.add("methods", [method])
+    grant.add("methods", [glob_escape(method)])
     grant.seen.add(when, method)
     learned.operations.setdefault(resource, []).append(("mcp", {"method": method}))
     return grant
@@ -340,6 +365,11 @@ def _ssh(learned: Learned, resource: str, operation: Mapping[str, Any], when: fl
     elif request == "forward" and operation.get("forward") in _SSH_FORWARDS and operation.get("target"):
         key, value = _SSH_FORWARDS[str(operation["forward"])], str(operation["target"])
         case = {key: value}
+        host = value.rpartition(":")[0]
+        if _GLOB.search(host[1:-1] if host.startswith("[") and host.endswith("]") else host):
+            learned.unsaid(resource, f"forward to {value}: a forward glob cannot escape a glob character "
+                           "(its brackets are an address's)", when, value)
+            return None
     else:
         return None
     if shell and key == "commands":
@@ -349,7 +379,7 @@ def _ssh(learned: Learned, resource: str, operation: Mapping[str, Any], when: fl
     else:
         grant = learned.grant(resource, "ssh", (key,), key.replace("_", "-"))
     if key != "shell" and not (shell and key == "commands"):
-        grant.add(key, [glob_escape(value)])
+        grant.add(key, [value if key in _SSH_FORWARDS.values() else glob_escape(value)])
     grant.seen.add(when, value or "shell")
     learned.operations.setdefault(resource, []).append(("ssh", case))
     return grant
@@ -363,9 +393,23 @@ def _no_rule(rule: Any) -> bool:
     return rule in ("", "empty-query", None) or str(rule).startswith(_NO_RULE_NEEDED)
 
 
-def _bare(table: str, column: str) -> str:
-    """A column as the analysis names it (`id` or `public.orders.id`), bare."""
-    return column[len(table) + 1:] if column.startswith(table + ".") else column
+def _sql_inexact(judged: Mapping[str, Any]) -> str | None:
+    """Why no `sql:` rule can name exactly what one judged action or call was about, None
+    when one can: a table pattern is two dot-separated parts (`schema.table`) and a column
+    pattern one or three, so a name holding a dot has no pattern; function patterns are
+    lower-cased, and a name without its schema (no catalog resolved it) matches the name
+    in every schema."""
+    if "function" in judged:
+        names = [str(n) for n in judged.get("resolves") or [judged["function"]]]
+        odd = [n for n in names if n != n.lower() or "." not in n]
+        return f"function {odd[0]}: a functions pattern is lower case and names the schema" if odd else None
+    table = judged.get("table")
+    if table is None:
+        return None
+    if str(table).count(".") != 1:
+        return f"table {table}: a name holding a dot has no schema.table pattern"
+    dotted = [str(c) for c in judged.get("columns") or () if "." in str(c)]
+    return f"column {table}.{dotted[0]}: a name holding a dot has no column pattern" if dotted else None
 
 
 def _what(operation: Mapping[str, Any]) -> str:
@@ -420,7 +464,8 @@ def suggest(events: Iterable[Mapping[str, Any]], base_text: str, base_name: str,
         policy = load_policy_text(text, policy_name)
     except PolicyError as exc:
         raise SuggestError(f"the suggested policy does not load (a bug of policy suggest):\n{exc}\n{text}") from None
-    gated = {name: bool(grant.gates) for name, grant in suggested}
+    gates = {rule.name for rule in base.rules if rule.effect == "approve"}
+    gated = {name: bool(grant.gates & gates) or grant.shell for name, grant in suggested}
     tests = _tests(learned, text, policy_name, effect, gated)
     return Suggestion(text, tests, learned.used, dict(learned.skipped))
 
@@ -536,6 +581,10 @@ def _render(data: Mapping[str, Any], kept: list[dict[str, Any]], suggested: list
         lines.append("# Seen but refused even while learning (never ran, not granted):")
         for (resource, rule, _), seen in sorted(learned.refused.items()):
             lines.append(f"#   {resource}, by rule {rule}: {seen.comment()}")
+    if learned.inexact:
+        lines.append("# Seen but no rule can allow exactly that (not granted; write a rule by hand if it is needed):")
+        for (resource, why), seen in sorted(learned.inexact.items()):
+            lines.append(f"#   {resource}, {_one_line(why)}: {seen.comment()}")
     lines.append(f"version: {_flow(data.get('version', 1))}")
     for section in ("resources", "agents"):
         lines.append(f"{section}:")
@@ -550,16 +599,19 @@ def _render(data: Mapping[str, Any], kept: list[dict[str, Any]], suggested: list
     approvals = {str(raw["name"]): raw["approval"] for raw in data["rules"] if "approval" in raw}
     for name, grant in suggested:
         gates = sorted(gate for gate in grant.gates if gate in approvals)
-        suggestion: dict[str, Any] = {"name": name, "effect": "approve" if gates else effect, "agents": [agent],
-                                      "resources": [grant.resource], grant.key: grant.block()}
+        suggestion: dict[str, Any] = {"name": name, "effect": "approve" if gates or grant.shell else effect,
+                                      "agents": [agent], "resources": [grant.resource], grant.key: grant.block()}
         if gates:
             suggestion["approval"] = approvals[gates[0]]
-        elif effect == "approve":
+        elif effect == "approve" or grant.shell:
             suggestion["approval"] = {"groups": groups or [PLACEHOLDER_GROUP]}
         lines.append(f"  # {grant.seen.comment()}")
         if gates:
             lines.append(f"  # Approve, with the approval of the base's rule {gates[0]}: "
                          f"{', '.join(gates)} held some of these for approval while learning.")
+        if grant.shell and effect == "allow" and not gates:
+            lines.append("  # Approve whatever --effect says: shell: true allows every command (and every write "
+                         "here), far more than what was seen.")
         if grant.fixed.get("tables") == [NO_TABLE]:
             lines.append("  # SELECTs without a table need a select rule with tables; this one names a table no "
                          "relation can have (its name is a NUL), so it allows nothing else.")
@@ -650,7 +702,7 @@ def _catalog(learned: Learned) -> dict[str, list[str]]:
                 for judged in statement.get("judged") or ():
                     if judged.get("table") is not None:
                         table = str(judged["table"])
-                        tables.setdefault(table, set()).update(_bare(table, c) for c in judged.get("columns") or ())
+                        tables.setdefault(table, set()).update(str(c) for c in judged.get("columns") or ())
     for table in list(tables):
         unseen = f"{table.partition('.')[0]}.{UNSEEN_TABLE}"
         tables.setdefault(unseen, {"id"})

@@ -70,8 +70,8 @@ def analyst():
         statement("SELECT sku, price FROM products", [action("select", "public.products", ["sku", "price"])], 4),
         statement("BEGIN", [], 5, kind="transaction", rule="builtin-transaction-control"),
         statement("UPDATE orders SET status = ? WHERE id = ?",
-                  [action("select", "public.orders", ["public.orders.id"], "demo-read-public"),
-                   action("update", "public.orders", ["public.orders.status"], "demo-update-orders")],
+                  [action("select", "public.orders", ["id"], "demo-read-public"),
+                   action("update", "public.orders", ["status"], "demo-update-orders")],
                   6, kind="update", decision="approve", rule="demo-update-orders",
                   approval={"approved": True, "approver": "alice"}),
         statement("DROP TABLE orders", [], 7, kind="drop", decision="deny", rule="demo-no-ddl"),
@@ -344,7 +344,9 @@ def test_from_the_engines_own_analysis(tmp_path):
     events = [start()]
     for at, sql in enumerate(script):
         decision = learning.decide(Request(Subject("demo"), "demo-db", SqlQuery(sql, catalog=CATALOG)))
-        record = statement(redact_literals(sql), [], at, decision=decision.verdict.value, rule=decision.rule)
+        approved = {"approved": True, "approver": "alice"} if decision.verdict.value == "approve" else None
+        record = statement(redact_literals(sql), [], at, decision=decision.verdict.value, rule=decision.rule,
+                           approval=approved)
         record["operation"]["analysis"] = [{key: detail[key] for key in ("kind", "verdict", "rule", "judged")}
                                            for detail in decision.details]
         events.append(record)

@@ -1,0 +1,155 @@
+"""Issue 20 attacks on `policy suggest`, `policy diff` and `policy shadow report`: records of
+the real shape (the real engine under learn mode decides, `marked` makes the record's
+operation, a real SQLite store holds them), read back by the click commands; what an agent
+controls in the trail (methods, hosts, names) must never widen the suggested policy nor break
+the files written."""
+
+from click.testing import CliRunner
+from test_policy_suggest import _fill_store
+
+from interceptor.handlers.base import marked
+from interceptor.handlers.postgres.record import redact_literals
+from interceptor.operations import HttpRequest, KubeRequest, McpCall, Request, SqlQuery, SshRequest, Subject, TcpConnect
+from interceptor.policy.catalog import Catalog
+from interceptor.policy.cli import policy
+from interceptor.policy.engine import PolicyEngine
+from interceptor.policy.learn import LearnSession, with_learning
+from interceptor.policy.loader import load_policy_text
+
+T0 = 1_796_050_000.0
+BASE = """
+version: 1
+resources:
+  api: {protocol: http, addresses: ["api.example.com:443"]}
+  cluster: {protocol: kubernetes, addresses: ["10.96.0.1:443"]}
+  tools: {protocol: mcp, addresses: ["mcp.example.com:443"]}
+  web1: {protocol: ssh, addresses: ["web1.example.com:22"], options: {known_hosts: /etc/interceptor/ssh/known_hosts}}
+  db: {protocol: postgres, addresses: ["127.0.0.1:5432"]}
+  echo: {protocol: tcp, addresses: ["127.0.0.1:7007"]}
+agents:
+  a: {uids: [1001]}
+  b: {uids: [1002]}
+rules:
+  - {name: b-all, effect: allow, agents: [b]}
+  - {name: echo-held, effect: approve, agents: [a], resources: [echo], tcp: true, approval: {groups: [sre]}}
+"""
+CATALOG = Catalog.from_columns({"public.t": ["id", "x.y", "public.t.secret", "secret"], "public.a.b": ["id"],
+                                "public.p": ["id"]})
+# a base that lets the agent run a shell and forward to any host's 5432 (learn mode learns neither)
+SHELLS = BASE.replace("rules:\n", "rules:\n  - {name: a-web1, effect: allow, agents: [a], resources: [web1], "
+                      "ssh: {shell: true, forward: ['*:5432']}}\n")
+KINDS = {"ssh": "ssh", "http": "request", "kubernetes": "request", "mcp": "request"}
+
+
+def _learned(base, agent, operations):
+    """The records the daemon writes for `operations` [(resource, Operation)] of `agent`
+    learning on every resource: the learn-start record, then each operation decided by
+    the engine under learn mode, its operation marked."""
+    session = LearnSession.start(agent, T0)
+    engine = PolicyEngine(with_learning(load_policy_text(base), [session]))
+    events = [{"kind": "policy", "agent": agent, "decision": "allow", "rule": "learn-start", "time": T0,
+               "operation": {"action": "learn-start", **session.summary()}}]
+    for at, (resource, operation) in enumerate(operations, 1):
+        decision = engine.decide(Request(Subject(agent), resource, operation))
+        kind, verdict, summary = KINDS.get(operation.kind), decision.verdict.value, operation.summary()
+        outcome = {"approval": {"approved": True, "request_id": "R1", "approver": "alice"}} if verdict == "approve" \
+            else {}
+        if isinstance(operation, SqlQuery):
+            kind, summary = "statement", {"protocol": "postgres", "statement": redact_literals(operation.text)}
+        elif isinstance(operation, TcpConnect):  # the tcp handler's record once the connection was let through
+            kind, verdict, summary, outcome = "connection", "allow", {"protocol": "tcp", "dst": "127.0.0.1:7007"}, {}
+        events.append({"kind": kind, "agent": agent, "resource": resource, "decision": verdict,
+                       "rule": decision.rule, "reason": decision.reason, "time": T0 + at,
+                       "operation": marked(summary, decision, session.session), "outcome": outcome})
+    return events
+
+
+def _suggest(tmp_path, base, events, *extra):
+    store = tmp_path / "audit.db"
+    _fill_store(store, events)
+    (tmp_path / "base.yaml").write_text(base)
+    out = tmp_path / "suggested.yaml"
+    result = CliRunner().invoke(policy, ["suggest", "--agent", "a", "--store", str(store), "--policy",
+                                         str(tmp_path / "base.yaml"), "-o", str(out), *extra])
+    return result, out
+
+
+def _verdict(path, agent, resource, operation):
+    engine = PolicyEngine(load_policy_text(path.read_text()))
+    return engine.decide(Request(Subject(agent), resource, operation)).verdict.value
+
+
+def _sql(text):
+    return SqlQuery(text, catalog=CATALOG)
+
+
+def test_a_method_or_verb_the_agent_sends_is_no_glob(tmp_path):
+    """HTTP methods, MCP methods and Kubernetes verbs are tokens an agent chooses: `*` is a
+    valid HTTP method. The suggested rule names the one seen, never every method."""
+    events = _learned(BASE, "a", [("api", HttpRequest("*", "/v1/reports", host="api.example.com")),
+                                  ("tools", McpCall("*")),
+                                  ("cluster", KubeRequest("*", "/metrics", resource_request=False))])
+    result, out = _suggest(tmp_path, BASE, events, "--effect", "allow")
+    assert result.exit_code == 0, result.output
+    assert _verdict(out, "a", "api", HttpRequest("*", "/v1/reports", host="api.example.com")) == "allow"
+    assert _verdict(out, "a", "api", HttpRequest("DELETE", "/v1/reports", host="api.example.com")) == "deny"
+    assert _verdict(out, "a", "tools", McpCall("tools/call", "drop_db", "{}")) == "deny"
+    assert _verdict(out, "a", "tools", McpCall("resources/read")) == "deny"
+    assert _verdict(out, "a", "cluster", KubeRequest("post", "/metrics", resource_request=False)) == "deny"
+    assert _verdict(out, "a", "cluster", KubeRequest("*", "/metrics", resource_request=False)) == "allow"
+
+
+def test_a_host_with_its_port_is_suggested_as_the_host(tmp_path):
+    """The record's host is the Host header (`name:port`); a hosts pattern holds no port."""
+    events = _learned(BASE, "a", [("api", HttpRequest("GET", "/v1/x", host="API.example.com:8443"))])
+    result, out = _suggest(tmp_path, BASE, events, "--effect", "allow")
+    assert result.exit_code == 0, result.output
+    assert _verdict(out, "a", "api", HttpRequest("GET", "/v1/x", host="api.example.com:8443")) == "allow"
+    assert _verdict(out, "a", "api", HttpRequest("GET", "/v1/x", host="other.example.com")) == "deny"
+
+
+def test_what_no_pattern_can_say_exactly_is_listed_not_granted(tmp_path):
+    """A forward to a host holding a glob character (its brackets are an IPv6 address's, so
+    `[*]` is `*`), a table or column whose name holds a dot (a pattern's parts are split at
+    dots; a column named `public.t.secret` is not the column `secret`), a path or host no
+    pattern can hold: each is listed in the header and granted nothing; the rest still is."""
+    events = _learned(SHELLS, "a", [
+        ("web1", SshRequest("forward", forward="local", target="*:5432")),
+        ("db", _sql('SELECT id FROM "a.b"')), ("db", _sql('SELECT "x.y" FROM t')),
+        ("db", _sql('SELECT "public.t.secret" FROM t')), ("db", _sql("SELECT id FROM p")),
+        ("api", HttpRequest("OPTIONS", "*", host="api.example.com")),
+        ("api", HttpRequest("GET", "/v1/x", host="[::1]:8443"))])
+    result, out = _suggest(tmp_path, SHELLS, events, "--effect", "allow")
+    assert result.exit_code == 0, result.output
+    text = out.read_text()
+    assert "# Seen but no rule can allow exactly that" in text
+    for name in ("forward to *:5432", "table public.a.b", "column public.t.x.y", "column public.t.public.t.secret",
+                 "path '*'", "host ::1"):
+        assert name in text, name
+    assert _verdict(out, "a", "web1", SshRequest("forward", forward="local", target="db:5432")) == "deny"
+    assert _verdict(out, "a", "db", _sql("SELECT secret FROM t")) == "deny"
+    assert _verdict(out, "a", "db", _sql("SELECT id FROM p")) == "allow"
+    assert CliRunner().invoke(policy, ["test", str(tmp_path / "suggested.tests.yaml")]).exit_code == 0
+
+
+def test_a_connection_held_for_approval_stays_approve(tmp_path):
+    """The tcp handler records a connection a person approved as allowed by the approve rule:
+    --effect allow must not turn that gate into an allow."""
+    events = _learned(BASE, "a", [("echo", TcpConnect())])
+    assert events[-1]["rule"] == "echo-held"
+    result, out = _suggest(tmp_path, BASE, events, "--effect", "allow")
+    assert result.exit_code == 0, result.output
+    assert _verdict(out, "a", "echo", TcpConnect()) == "approve"
+
+
+def test_shell_true_is_never_an_allow(tmp_path):
+    """One command with a glob (`ls *`) is shell class (allowed by a base rule with `shell:
+    true`), suggested as `shell: true`, which allows every command: under --effect allow it
+    is still approve."""
+    events = _learned(SHELLS, "a", [("web1", SshRequest("exec", command="ls *"))])
+    assert events[-1]["rule"] == "a-web1"
+    result, out = _suggest(tmp_path, SHELLS, events, "--effect", "allow")
+    assert result.exit_code == 0, result.output
+    assert _verdict(out, "a", "web1", SshRequest("exec", command="rm -rf /srv")) == "approve"
+    assert "shell: true allows every command" in out.read_text()
+    assert CliRunner().invoke(policy, ["test", str(tmp_path / "suggested.tests.yaml")]).exit_code == 0
