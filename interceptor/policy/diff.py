@@ -3,7 +3,8 @@ used, and what it used that CURRENT refuses.
 
 "Used" is the grants of SUGGESTED, read as exact values (what `policy suggest` writes: each
 kind, table, column, function, verb, command... is one thing the agent did; a glob in
-SUGGESTED is taken as the name it spells). Each one becomes an operation and CURRENT judges
+SUGGESTED is taken as the name it spells, with suggest's escapes undone: `[*]` is `*`; its
+select rule on the table no relation has, NO_TABLE, is a SELECT without a table). Each one becomes an operation and CURRENT judges
 it with the engine's own matching: SQL as `Action`s and `Call`s judged by the rules
 interceptor.policy.sql_rules judges a statement's with, every other protocol as its
 operation (interceptor.operations) through `PolicyEngine.decide`. A rule's conditions on
@@ -31,6 +32,7 @@ from interceptor.policy.model import Policy, Rule
 from interceptor.policy.sql_rules import OPERATION_KEY as SQL_KEY
 from interceptor.policy.sql_rules import SqlMatch, _action, _call, _column_matches, sql_match
 from interceptor.policy.ssh_rules import SshMatch
+from interceptor.policy.suggest import NO_TABLE, glob_unescape
 from interceptor.policy.statement import Action, Call, Statement, qualified
 from interceptor.protocols import spec_for
 
@@ -210,31 +212,36 @@ def _operations(rule: Rule) -> Iterator[tuple[Operation, str]]:
     elif isinstance(match, SshMatch):
         yield from _ssh_operations(match)
     elif isinstance(match, HttpMatch):
-        for method in match.methods or ("GET",):
-            for path in match.paths or ("/",):
-                for host in match.hosts or (None,):
+        for method in _names(match.methods or ("GET",)):
+            for path in _names(match.paths or ("/",)):
+                for host in _names(match.hosts) if match.hosts is not None else (None,):
                     yield HttpRequest(method, path, host=host), f"{method} {path}" + (f" host {host}" if host else "")
     elif isinstance(match, McpMatch):
         if match.tools is not None:
-            for tool in match.tools:
+            for tool in _names(match.tools):
                 yield McpCall(TOOLS_CALL, tool), f"{TOOLS_CALL} {tool}"
         else:
-            for method in match.methods or ():
+            for method in _names(match.methods or ()):
                 yield McpCall(method), method
+
+
+def _names(patterns: tuple[str, ...]) -> tuple[str, ...]:
+    """The names SUGGESTED's patterns spell (glob_unescape)."""
+    return tuple(glob_unescape(p) for p in patterns)
 
 
 def _kube_operations(match: KubeMatch) -> Iterator[tuple[Operation, str]]:
     if match.resources is None and match.non_resource_urls is not None:
-        for verb in match.verbs or ("get",):
-            for url in match.non_resource_urls:
+        for verb in _names(match.verbs or ("get",)):
+            for url in _names(match.non_resource_urls):
                 yield KubeRequest(verb, url, resource_request=False), f"{verb} {url}"
         return
-    for verb in match.verbs or ("*",):
-        for group in match.api_groups or ("",):
-            for target in match.resources or ("*",):
+    for verb in _names(match.verbs or ("*",)):
+        for group in _names(match.api_groups or ("",)):
+            for target in _names(match.resources or ("*",)):
                 resource, _, subresource = target.partition("/")
-                for namespace in match.namespaces or ("",):
-                    for name in match.names or ("",):
+                for namespace in _names(match.namespaces or ("",)):
+                    for name in _names(match.names or ("",)):
                         what = f"{verb} {target}{'.' + group if group else ''}"
                         what += f' "{name}"' if name else ""
                         what += f' in namespace "{namespace}"' if namespace else ""
@@ -244,12 +251,12 @@ def _kube_operations(match: KubeMatch) -> Iterator[tuple[Operation, str]]:
 
 def _ssh_operations(match: SshMatch) -> Iterator[tuple[Operation, str]]:
     for words in match.commands or ():
-        command = shlex.join(words)
+        command = shlex.join(_names(words))
         yield SshRequest("exec", command=command), f"exec {command}"
     if match.shell:
         yield SshRequest("shell"), "shell"
     for key in ("read", "write"):
-        for path in getattr(match, key) or ():
+        for path in _names(getattr(match, key) or ()):
             yield SshRequest(key, path=path, action="open"), f"{key} {path}"
     for key, kind in (("forward", "local"), ("remote_forward", "remote")):
         for target in getattr(match, key) or ():
@@ -262,7 +269,7 @@ def _sql_uses(engine: _Unconditional, agent: str, resource: str, rule: Rule, mat
     rules = engine.rules(Request(Subject(agent), resource, SqlQuery("")), SQL_KEY)
     unknown = _unknown(engine.policy, agent, resource)
     kinds = match.kinds or ("*",)
-    for name in match.functions or ():
+    for name in _names(match.functions or ()):
         schema, _, function = name.rpartition(".")
         call = Call(function, schema or None)
         for kind in kinds:
@@ -270,7 +277,9 @@ def _sql_uses(engine: _Unconditional, agent: str, resource: str, rule: Rule, mat
             yield _use(resource, rule, f"{kind} calling {name}()", judgement, kind=kind, function=name)
     if match.functions is not None:
         return
-    for table in match.tables or (None,):
+    tables = [None if (s, t) == tuple(NO_TABLE.split(".")) else (glob_unescape(s), glob_unescape(t))
+              for s, t in match.tables or ()]
+    for table in tables or [None]:
         columns = _columns(match.columns, table)
         for kind in kinds:
             action = Action(kind, table, frozenset(columns) if columns is not None else None)
@@ -297,9 +306,9 @@ def _columns(patterns: tuple[str, ...] | None, table: tuple[str, str] | None) ->
         return None
     out = []
     for pattern in patterns:
-        parts = pattern.split(".")
+        parts = [glob_unescape(part) for part in pattern.split(".")]
         if len(parts) == 1:
-            out.append(pattern)
+            out.append(parts[0])
         elif table is not None and (parts[0], parts[1]) == table:
             out.append(parts[2])
     return tuple(sorted(set(out)))

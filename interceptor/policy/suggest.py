@@ -46,6 +46,7 @@ NO_TABLE = "pg_catalog.\0"  # a table glob no relation matches (PostgreSQL names
 _NO_RULE_NEEDED = ("builtin-",)
 _NAME_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
 _GLOB = re.compile(r"([*?\[])")
+_ESCAPED = re.compile(r"\[([*?\[])\]")
 _REDACTED = re.compile(r"\?")
 INEXACT = "no rule can allow exactly what it did: never granted"  # a literal of a recorded statement (interceptor.handlers.postgres.record)
 
@@ -141,6 +142,12 @@ def iso(when: float | None) -> str:
 def glob_escape(name: str) -> str:
     """`name` as a glob matching only itself: `*`, `?` and `[` as `[*]`, `[?]`, `[[]`."""
     return _GLOB.sub(r"[\1]", name)
+
+
+def glob_unescape(pattern: str) -> str:
+    """The name a pattern spells, glob_escape undone: `[*]`, `[?]` and `[[]` (a class of one
+    glob character, which matches only it) as that character; the rest as written."""
+    return _ESCAPED.sub(r"\1", pattern)
 
 
 def _one_line(text: str) -> str:

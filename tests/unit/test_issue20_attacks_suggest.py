@@ -153,3 +153,24 @@ def test_shell_true_is_never_an_allow(tmp_path):
     assert _verdict(out, "a", "web1", SshRequest("exec", command="rm -rf /srv")) == "approve"
     assert "shell: true allows every command" in out.read_text()
     assert CliRunner().invoke(policy, ["test", str(tmp_path / "suggested.tests.yaml")]).exit_code == 0
+
+
+FILES = BASE.replace("rules:\n", "rules:\n  - {name: a-files, effect: allow, agents: [a], resources: [api], "
+                     "http: {paths: ['/files/[*]'], methods: [GET]}}\n  - {name: a-db, effect: allow, agents: [a], "
+                     "resources: [db], sql: {kinds: [select], tables: [public.p]}}\n")
+
+
+def test_diff_reads_what_suggest_wrote_as_what_happened(tmp_path):
+    """suggest escapes a `*` in a name as `[*]` and covers a SELECT without a table by a
+    rule on a table no relation has: diff reads them back as the path `/files/*` and a
+    SELECT without a table, which CURRENT allows; no false refusal, no false "never used"."""
+    events = _learned(FILES, "a", [("api", HttpRequest("GET", "/files/*", host="api.example.com")),
+                                   ("db", _sql("SELECT 1"))])
+    result, out = _suggest(tmp_path, FILES, events)
+    assert result.exit_code == 0, result.output
+    diffed = CliRunner().invoke(policy, ["diff", str(tmp_path / "base.yaml"), str(out), "--agent", "a"])
+    assert diffed.exit_code == 0, diffed.output
+    assert "used but not allowed by CURRENT:\n  (none)" in diffed.output
+    assert "fully used grants in CURRENT: a-files" in diffed.output
+    assert "a-db (allow): sql: kinds [select], tables [public.p] on db\n      partly used: select no table" \
+        in diffed.output
