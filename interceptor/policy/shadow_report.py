@@ -8,7 +8,8 @@ the records judged and those that agree, lists every operation outside the candi
 it would deny, whatever the policy in force did), and groups the disagreements by (enforced
 decision, candidate verdict, candidate rule); each distinct operation (a SQL statement as
 recorded, literals redacted; a Kubernetes request; an SSH request; an HTTP request; an MCP
-call) with its count and when it was first and last seen.
+call) with its count and when it was first and last seen. A record of how an operation ended
+(`ssh-end`, ENDS) carries the operation's decision and marks again: it is not counted.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from interceptor.policy.kube_rules import describe as describe_kube
 
 PAGE = 5000  # records read from the store at a time
 SHADOW_START = "shadow-start"
+# Records of how an operation already recorded ended, carrying its decision (and marks) again
+ENDS = frozenset({"ssh-end"})
 
 
 @dataclass(slots=True)
@@ -124,7 +127,8 @@ def summarise(records: Iterator[Record], session: str | None = None,
         if not isinstance(operation, dict):
             continue
         shadow = operation.get("shadow")
-        if not isinstance(shadow, dict) or (session is not None and shadow.get("session") != session):
+        if not isinstance(shadow, dict) or (session is not None and shadow.get("session") != session) \
+                or event.get("kind") in ENDS:
             continue
         key = (str(event.get("agent")), str(shadow.get("session")))
         report = reports.get(key)

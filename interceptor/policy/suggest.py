@@ -33,6 +33,7 @@ from interceptor.policy.cases import CaseResult, run_cases
 from interceptor.policy.http_rules import host_name
 from interceptor.policy.loader import PolicyError, compose, load_policy_text
 from interceptor.policy.model import Policy
+from interceptor.policy.shadow_report import ENDS
 from interceptor.policy.sql_rules import UNPARSED_RULE
 from interceptor.policy.ssh_command import read_command, runs_code
 from interceptor.protocols import spec_for_key
@@ -213,7 +214,9 @@ class Learned:
         self.sessions.add(str(operation.get("learn")))
         self.window.add(when, "")
         approval = (event.get("outcome") or {}).get("approval")
-        if event.get("decision") == "deny" or (event.get("decision") == "approve" and not (
+        if event.get("kind") in ENDS:
+            self.skip(f"record kind {event.get('kind')!r}: the end of an operation whose own record is read")
+        elif event.get("decision") == "deny" or (event.get("decision") == "approve" and not (
                 isinstance(approval, dict) and approval.get("approved") is True)):
             what = _what(operation)
             self.refused.setdefault((resource, str(event.get("rule")), what), Seen()).add(when, what)

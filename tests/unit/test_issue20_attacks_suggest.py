@@ -4,6 +4,8 @@ operation, a real SQLite store holds them), read back by the click commands; wha
 controls in the trail (methods, hosts, names) must never widen the suggested policy nor break
 the files written."""
 
+import json
+
 from click.testing import CliRunner
 from test_policy_suggest import _fill_store
 
@@ -15,6 +17,8 @@ from interceptor.policy.cli import policy
 from interceptor.policy.engine import PolicyEngine
 from interceptor.policy.learn import LearnSession, with_learning
 from interceptor.policy.loader import load_policy_text
+from interceptor.policy.shadow import ShadowRun
+from interceptor.policy.shadow_report import report
 
 T0 = 1_796_050_000.0
 BASE = """
@@ -174,3 +178,43 @@ def test_diff_reads_what_suggest_wrote_as_what_happened(tmp_path):
     assert "fully used grants in CURRENT: a-files" in diffed.output
     assert "a-db (allow): sql: kinds [select], tables [public.p] on db\n      partly used: select no table" \
         in diffed.output
+
+
+def _ended(events):
+    """Each ssh record followed by its ssh-end record, as the ssh handler writes them: the
+    same operation and decision (marks included), the exit in the outcome."""
+    out = []
+    for event in events:
+        out.append(event)
+        if event["kind"] == "ssh" and event["decision"] != "deny":
+            out.append({**event, "kind": "ssh-end", "time": event["time"] + 0.5,
+                        "outcome": {"exit_status": 0, "request_event": "e1"}})
+    return out
+
+
+def test_the_end_of_an_ssh_request_is_not_a_second_operation(tmp_path):
+    events = _ended(_learned(BASE, "a", [("web1", SshRequest("exec", command="uptime"))]))
+    result, out = _suggest(tmp_path, BASE, events, "--effect", "allow")
+    assert result.exit_code == 0, result.output
+    assert "# 1 operation, first" in out.read_text()
+    assert "1 records used" in result.output
+
+
+def test_shadow_report_counts_an_ssh_request_once(tmp_path):
+    """The ssh-end record carries the request's decision and shadow mark again."""
+    enforced = PolicyEngine(load_policy_text(SHELLS))
+    run = ShadowRun.start("a", T0, "/etc/interceptor/candidate.yaml", PolicyEngine(load_policy_text(BASE)))
+    events = []
+    for at, command in enumerate(("uptime", "uptime", "df -h"), 1):
+        operation = SshRequest("exec", command=command)
+        request = Request(Subject("a"), "web1", operation)
+        decision = run.beside(enforced.decide(request), run.engine.decide(request))
+        events.append({"kind": "ssh", "agent": "a", "resource": "web1", "decision": decision.verdict.value,
+                       "rule": decision.rule, "time": T0 + at, "outcome": {},
+                       "operation": marked(operation.summary(), decision, None)})
+    _fill_store(tmp_path / "audit.db", _ended(events))
+    result = CliRunner().invoke(report, ["--store", str(tmp_path / "audit.db"), "--json"])
+    assert result.exit_code == 0, result.output
+    (session,) = json.loads(result.output)["sessions"]
+    assert (session["judged"], session["agree"], session["disagree"]) == (3, 0, 3)
+    assert [(o["what"], o["count"]) for o in session["outside"]] == [("exec uptime", 2), ("exec df -h", 1)]
