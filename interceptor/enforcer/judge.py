@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from interceptor.decision import Decision
+from interceptor.decision import Decision, Verdict
 from interceptor.flow import FlowContext
 from interceptor.identity.model import Identity
-from interceptor.operations import Operation, Request, Subject
+from interceptor.operations import Operation, Request, Subject, TcpConnect
 from interceptor.policy.engine import PolicyEngine
 from interceptor.policy.shadow import ShadowRun
 
@@ -74,13 +74,26 @@ class FlowJudge:
         decision = self.judged(request, self.engine())
         shadow = self.shadow(self.flow.agent)
         if shadow is not None:
-            try:
-                candidate: Decision | Exception = self.judged(request, shadow.engine)
-            except Exception as exc:  # noqa: BLE001 - a candidate's failure never changes what is enforced
-                candidate = exc
-            decision = shadow.beside(decision, candidate)
+            decision = shadow.beside(decision, self._candidate(request, shadow))
         self.on_decision(decision)
         return decision
+
+    def connection_shadow(self) -> Decision | None:
+        """While the flow's agent is shadowed, the flow's admitted connection (allow, by its
+        connection rule) carrying what the candidate decides of it (TcpConnect), for the
+        connection records, which have no decision of their own; else None."""
+        shadow = self.shadow(self.flow.agent)
+        if shadow is None:
+            return None
+        admitted = Decision(Verdict.ALLOW, self.flow.connection_rule or "")
+        return shadow.beside(admitted, self._candidate(self.request(TcpConnect()), shadow))
+
+    def _candidate(self, request: Request, shadow: ShadowRun) -> Decision | Exception:
+        """What the shadow run's candidate decides of `request`, or what it raised."""
+        try:
+            return self.judged(request, shadow.engine)
+        except Exception as exc:  # noqa: BLE001 - a candidate's failure never changes what is enforced
+            return exc
 
     def learning(self) -> str | None:
         """The learn session id when this flow's operations are learned now, else None."""

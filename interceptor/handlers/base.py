@@ -98,10 +98,12 @@ class Services:
         """An audit event carrying the flow's who and where, so handlers only add the what.
         The process and identity summaries are built once per flow (and identity) and shared
         by its events; the audit sink copies what it keeps. While the flow is learned or
-        shadowed its operation carries the marks (`marked`)."""
+        shadowed its operation carries the marks (`marked`); a connection record without a
+        decision, what the candidate decides of the connection (FlowJudge.connection_shadow)."""
         learn = self.judge.learning()
-        if learn is not None or (decision is not None and decision.shadow is not None):
-            operation = marked(operation, decision, learn)
+        judged = self.judge.connection_shadow() if decision is None and kind == "connection" else decision
+        if learn is not None or (judged is not None and judged.shadow is not None):
+            operation = marked(operation, judged, learn)
         identity = self.judge.identity()
         process, known, summary = self._who
         if process is None or known is not identity:
