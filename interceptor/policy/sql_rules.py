@@ -91,8 +91,16 @@ HARMLESS_VOLATILE_FUNCTIONS = frozenset({
 COLUMN_DEFAULT_FUNCTIONS = frozenset({"pg_catalog.nextval"})
 DDL_KINDS = frozenset({"create", "alter", "drop", "comment", "grant", "revoke", "truncate"})
 # What the learning rule (interceptor.policy.learn) does not cover: changes to the database's
-# structure and permissions, and COPY reaching the server's files or programs.
-NEVER_LEARNED_KINDS = DDL_KINDS | {"copy_file", "copy_program"}
+# structure and permissions, COPY reaching the server's files or programs, and SET of a
+# setting a session may not choose on its own (SESSION_SETTINGS are allowed by default):
+# session_replication_role turns triggers off, default_transaction_read_only a read-only role
+# writable; and reads of relations holding credentials, large objects, or the statements and
+# sampled values of other sessions (the enforcer logs every agent of a resource in as one
+# role, whose sessions pg_stat_activity shows).
+NEVER_LEARNED_KINDS = DDL_KINDS | {"copy_file", "copy_program", "set"}
+NEVER_LEARNED_RELATIONS = STATISTICS_RELATIONS | frozenset(("pg_catalog", name) for name in (
+    "pg_authid", "pg_shadow", "pg_user_mapping", "pg_user_mappings", "pg_subscription", "pg_largeobject",
+    "pg_file_settings", "pg_hba_file_rules", "pg_ident_file_mappings"))
 # Statements allowed by default unless a deny rule names their kind: (rule, reason).
 _BUILTIN_KINDS = {
     "transaction": (TRANSACTION_RULE, "transaction control is allowed by default"),
@@ -279,9 +287,10 @@ def _action(action: Action, statement: Statement, rules: list[Rule]) -> Judgemen
     or a SELECT of session functions without FROM) is allowed by default."""
     matching = [r for r in rules if r.effect != "mask" and _action_matches(r, action)]
     where = f" on {action.table[0]}.{action.table[1]}" if action.table else ""
-    unlearned = action.kind in NEVER_LEARNED_KINDS and learning_rule(rules) is not None
+    unlearned = never_learned(action) and learning_rule(rules) is not None
     judgement = pick(matching, f"no rule allows {action.kind}{where}" + (
-        " (learn mode never learns DDL nor COPY with the server's files or programs: a rule must name it)"
+        " (learn mode never learns DDL, COPY with the server's files or programs, SET of a setting a session "
+        "may not choose, nor reads of credentials or other sessions' statements: a rule must name it)"
         if unlearned else ""))
     if judgement.rule == DEFAULT_DENY and action.kind == "select" and (
             action.table in BOOTSTRAP_RELATIONS or (action.table is None and statement.bootstrap)):
@@ -386,8 +395,16 @@ def _action_matches(rule: Rule, action: Action) -> bool:
     """Does `rule` cover this action? Rules about functions only judge function calls."""
     match = sql_match(rule)
     if match is None:
-        return rule.operation is None and not (action.kind in NEVER_LEARNED_KINDS and is_learning(rule))
+        return rule.operation is None and not (is_learning(rule) and never_learned(action))
     return _covers(match, rule.effect == "deny", action)
+
+
+def never_learned(action: Action) -> bool:
+    """Does the learning rule leave this action to the rules (NEVER_LEARNED_KINDS,
+    NEVER_LEARNED_RELATIONS, and the views of statement texts in any schema)?"""
+    table = action.table
+    return action.kind in NEVER_LEARNED_KINDS or (table is not None and (
+        table in NEVER_LEARNED_RELATIONS or table[1] in STATEMENT_TEXT_RELATIONS))
 
 
 def _covers(m: SqlMatch, deny: bool, action: Action) -> bool:

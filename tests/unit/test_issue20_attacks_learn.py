@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 
 from interceptor.decision import Decision, Verdict
-from interceptor.operations import KubeRequest, Request, SshRequest, Subject
+from interceptor.operations import KubeRequest, Request, SqlQuery, SshRequest, Subject
 from interceptor.policy import PolicyEngine, load_policy_text
+from interceptor.policy.catalog import Catalog, Relation
 from interceptor.policy.learn import LearnSession, with_learning
 
 NOW = 1_700_000_000.0
@@ -102,3 +103,57 @@ def test_kubernetes_requests_are_learned(request_: KubeRequest) -> None:
 def test_secrets_stay_masked_while_learning() -> None:
     decision = ask(kube("get", "secrets"), "cluster")
     assert decision.verdict is Verdict.ALLOW and decision.masks and decision.masks[0].rule == "kubernetes-secret-values"
+
+
+# -- SQL: settings and the catalog's credentials and other sessions' statements ----------------
+
+SQL_POLICY = """
+version: 1
+resources:
+  db: {protocol: postgres, addresses: ["127.0.0.1:5432"]}
+agents:
+  analyst: {}
+rules: []
+"""
+SQL_CATALOG = Catalog.build(
+    [Relation("sales", "orders", "r", ("id", "total")),
+     Relation("pg_catalog", "pg_stat_activity", "v", ("pid", "usename", "query")),
+     Relation("pg_catalog", "pg_statistic", "r", ("starelid", "stavalues1")),
+     Relation("pg_catalog", "pg_authid", "r", ("rolname", "rolpassword")),
+     Relation("pg_catalog", "pg_shadow", "v", ("usename", "passwd")),
+     Relation("pg_catalog", "pg_user_mappings", "v", ("srvname", "umoptions")),
+     Relation("pg_catalog", "pg_subscription", "r", ("subname", "subconninfo")),
+     Relation("pg_catalog", "pg_largeobject", "r", ("loid", "data")),
+     Relation("public", "pg_stat_statements", "v", ("query", "calls")),
+     Relation("pg_catalog", "pg_tables", "v", ("schemaname", "tablename"))],
+    [], schemas=("sales", "public"), default_search_path=("sales",), user="analyst")
+
+
+def ask_sql(sql: str) -> Decision:
+    engine = PolicyEngine(with_learning(load_policy_text(SQL_POLICY), [LearnSession("analyst", "feedfacecafebeef",
+                                                                                     NOW)]))
+    return engine.decide(Request(Subject("analyst", None), "db", SqlQuery(sql, catalog=SQL_CATALOG)))
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT query FROM pg_catalog.pg_stat_activity", "SELECT stavalues1 FROM pg_catalog.pg_statistic",
+    "SELECT rolpassword FROM pg_catalog.pg_authid", "SELECT passwd FROM pg_catalog.pg_shadow",
+    "SELECT umoptions FROM pg_catalog.pg_user_mappings", "SELECT subconninfo FROM pg_catalog.pg_subscription",
+    "SELECT data FROM pg_catalog.pg_largeobject", "SELECT query FROM public.pg_stat_statements",
+    "SET session_replication_role = replica", "SET default_transaction_read_only = off",
+    "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE", "SET work_mem = '1TB'",
+])
+def test_settings_credentials_and_other_sessions_statements_are_never_learned(sql: str) -> None:
+    """Other agents' statements (the enforcer logs every agent of a resource in as the same
+    role, whose sessions pg_stat_activity shows), password hashes, user mappings' passwords,
+    every column's sampled values; and a setting a session may not choose (triggers off,
+    read-only off)."""
+    decision = ask_sql(sql)
+    assert decision.verdict is Verdict.DENY, decision
+    assert "learn mode never learns" in decision.reason
+
+
+@pytest.mark.parametrize("sql", ["SELECT id FROM sales.orders", "SELECT tablename FROM pg_catalog.pg_tables",
+                                 "DELETE FROM sales.orders WHERE id = 1", "SET statement_timeout = 0"])
+def test_tables_and_the_catalogs_other_relations_are_learned(sql: str) -> None:
+    assert ask_sql(sql).verdict is Verdict.ALLOW
