@@ -8,7 +8,7 @@ import pytest
 from interceptor.decision import Decision, Verdict
 from interceptor.operations import KubeRequest, Request, SqlQuery, SshRequest, Subject
 from interceptor.policy import PolicyEngine, load_policy_text
-from interceptor.policy.catalog import Catalog, Relation
+from interceptor.policy.catalog import Catalog, Function, Relation
 from interceptor.policy.learn import LearnSession, with_learning
 
 NOW = 1_700_000_000.0
@@ -157,3 +157,24 @@ def test_settings_credentials_and_other_sessions_statements_are_never_learned(sq
                                  "DELETE FROM sales.orders WHERE id = 1", "SET statement_timeout = 0"])
 def test_tables_and_the_catalogs_other_relations_are_learned(sql: str) -> None:
     assert ask_sql(sql).verdict is Verdict.ALLOW
+
+
+@pytest.mark.parametrize("function", ["pg_logical_slot_get_changes", "lo_get", "pg_stat_reset", "pg_try_advisory_lock"])
+def test_a_volatile_builtin_off_the_dangerous_list_is_not_learned(function: str) -> None:
+    """The dangerous list names the builtins known to reach outside the query's tables; the
+    refusal of every other volatile pg_catalog function is what stops those it misses
+    (pg_logical_slot_get_changes decodes every table's changes): learning relaxes it only for
+    the database's own functions, which a suggestion can name."""
+    catalog = Catalog.build([Relation("sales", "orders", "r", ("id", "total"))],
+                            [Function("pg_catalog", function, volatility="volatile"),
+                             Function("sales", "score", volatility="volatile", language="plpgsql")],
+                            schemas=("sales",), default_search_path=("sales",), user="analyst")
+    engine = PolicyEngine(with_learning(load_policy_text(SQL_POLICY), [LearnSession("analyst", "feedfacecafebeef",
+                                                                                     NOW)]))
+
+    def decide(sql: str) -> Decision:
+        return engine.decide(Request(Subject("analyst", None), "db", SqlQuery(sql, catalog=catalog)))
+
+    builtin = decide(f"SELECT pg_catalog.{function}('x')")
+    assert builtin.verdict is Verdict.DENY and builtin.rule != "learn:analyst", builtin
+    assert decide("SELECT sales.score(id) FROM sales.orders").verdict is Verdict.ALLOW
