@@ -13,8 +13,10 @@ rule about other agents or other resources) without the allow and approve rules 
 agent a learned resource, plus one suggested rule per thing done: SQL kinds per table with the
 columns seen, functions that needed a rule, Kubernetes verbs per namespace and resource, HTTP
 methods and paths, MCP tools and methods, SSH commands, paths and forwards, TCP connections.
-Each suggested rule carries a comment: how many operations it covers, first and last seen (ISO
-UTC) and a few examples. The YAML is written here, rule by rule as JSON flow mappings (JSON is
+What a base rule allowed on conditions on who (`subjects:`) is suggested with them. What no
+rule can name exactly (a name holding a dot, a forward host with a glob character...) is listed
+and granted nothing; names the agent chose are glob-escaped. Each suggested rule carries a
+comment: how many operations it covers, first and last seen (ISO UTC) and a few examples. The YAML is written here, rule by rule as JSON flow mappings (JSON is
 YAML), so it can carry those comments; it is loaded again before it is returned.
 """
 
@@ -87,7 +89,8 @@ class Grant:
     """One suggested rule being gathered: its resource, operation key (`sql`, `kubernetes`...),
     a label for its name, the fixed part of its block, the listed values seen per block key,
     the keys left out (a value was unknown: every one is then allowed), what it covers, and
-    the base's approve rules that held some of it for approval while learning (`gates`)."""
+    the base's approve rules that held some of it for approval while learning (`gates`), and
+    the conditions on who (`subjects`) of the base rule that allowed it, which it keeps."""
 
     resource: str
     key: str
@@ -97,6 +100,7 @@ class Grant:
     unbounded: set[str] = field(default_factory=set)
     seen: Seen = field(default_factory=Seen)
     gates: set[str] = field(default_factory=set)
+    subjects: Any = None  # the `subjects:` of the base rule that allowed what it covers (None: none)
 
     def add(self, name: str, values: Iterable[str] | None) -> None:
         """Values seen for block key `name`; None: unknown, the key is left out of the rule."""
@@ -180,6 +184,9 @@ class Learned:
 
     agent: str
     protocols: Mapping[str, str]  # resource -> protocol, from the base policy
+    conditions: Mapping[str, Any] = field(default_factory=dict)  # base rule -> its `subjects:`
+    rule: str = ""  # the rule that decided the record being read
+    subject: dict[str, Any] = field(default_factory=dict)  # its identity and process, as a case says them
     grants: dict[tuple[Any, ...], Grant] = field(default_factory=dict)
     refused: dict[tuple[str, str, str], Seen] = field(default_factory=dict)
     inexact: dict[tuple[str, str], Seen] = field(default_factory=dict)  # (resource, why) -> what no rule can say
@@ -189,8 +196,9 @@ class Learned:
     window: Seen = field(default_factory=Seen)  # every learn record read
     tableless: dict[str, Seen] = field(default_factory=dict)
     connections: dict[str, Seen] = field(default_factory=dict)  # resource (not tcp) -> its connections
+    connected: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)  # its first one's rule, subject
     statements: dict[str, list[Mapping[str, Any]]] = field(default_factory=dict)
-    operations: dict[str, list[tuple[str, Any]]] = field(default_factory=dict)
+    operations: dict[str, list[tuple[str, Any, dict[str, Any]]]] = field(default_factory=dict)
 
     def skip(self, why: str) -> None:
         self.skipped[why] = self.skipped.get(why, 0) + 1
@@ -201,16 +209,23 @@ class Learned:
         self.inexact.setdefault((resource, why), Seen()).add(when, what)
         self.skip(INEXACT)
 
-    def grant(self, resource: str, key: str, ident: tuple[Any, ...], label: str, fixed: dict[str, Any] | None = None
-              ) -> Grant:
-        """The grant `ident` of `resource`, made on first use with `label` and `fixed`."""
-        return self.grants.setdefault((resource, key, *ident), Grant(resource, key, label, dict(fixed or {})))
+    def grant(self, resource: str, key: str, ident: tuple[Any, ...], label: str, fixed: dict[str, Any] | None = None,
+              rule: str | None = None) -> Grant:
+        """The grant `ident` of `resource`, made on first use with `label` and `fixed`; what
+        the base rule `rule` (default: the record's) allowed on conditions on who is a grant
+        of its own, which keeps them."""
+        subjects = self.conditions.get(self.rule if rule is None else rule)
+        if subjects is not None:
+            ident, label = (*ident, _flow(subjects)), f"{label}-subjects"
+        return self.grants.setdefault((resource, key, *ident),
+                                      Grant(resource, key, label, dict(fixed or {}), subjects=subjects))
 
     def read(self, event: Mapping[str, Any]) -> None:
         """Take one learn record of the agent."""
         operation = event.get("operation") or {}
         resource = str(event.get("resource"))
         when = event["time"] if isinstance(event.get("time"), (int, float)) else None
+        self.rule, self.subject = str(event.get("rule")), case_subject(event)
         self.sessions.add(str(operation.get("learn")))
         self.window.add(when, "")
         approval = (event.get("outcome") or {}).get("approval")
@@ -247,12 +262,13 @@ class Learned:
                     when: float | None) -> None:
         if self.protocols[resource] != "tcp":
             self.connections.setdefault(resource, Seen()).add(when, str(operation.get("dst", "")))
+            self.connected.setdefault(resource, (self.rule, self.subject))
             self.skip("connection to a non-tcp resource: the rules of its operations allow it")
             return
         grant = self.grant(resource, "tcp", (), "tcp")
         grant.seen.add(when, str(operation.get("dst", "")))
         grant.gates.add(str(event.get("rule")))  # a connection held for approval is recorded allowed by its rule
-        self.operations.setdefault(resource, []).append(("tcp", True))
+        self.operations.setdefault(resource, []).append(("tcp", True, self.subject))
         self.used += 1
 
     def _statement(self, resource: str, event: Mapping[str, Any], operation: Mapping[str, Any],
@@ -272,7 +288,8 @@ class Learned:
         for statement in analysis:
             if not statement.get("judged") and not _no_rule(statement.get("rule")):
                 kind = str(statement.get("kind"))  # a statement opaque to the analyser: only its kind is judged
-                grant = self.grant(resource, "sql", ("kind", kind), f"{kind}-statements", {"kinds": [kind]})
+                grant = self.grant(resource, "sql", ("kind", kind), f"{kind}-statements", {"kinds": [kind]},
+                                   str(statement.get("rule")))
                 grant.seen.add(when, text)
                 if statement.get("verdict") == "approve":
                     grant.gates.add(str(statement.get("rule")))
@@ -282,7 +299,8 @@ class Learned:
                 if "function" in judged:
                     names = tuple(sorted(str(n).lower() for n in judged.get("resolves")
                                          or [judged["function"]]))
-                    grant = self.grant(resource, "sql", ("function", names), "call-" + names[0])
+                    grant = self.grant(resource, "sql", ("function", names), "call-" + names[0],
+                                       rule=str(judged.get("rule")))
                     grant.add("kinds", [str(statement.get("kind"))])
                     grant.add("functions", [glob_escape(n) for n in names])
                 elif judged.get("table") is None:
@@ -291,7 +309,7 @@ class Learned:
                 else:
                     kind, table = str(judged.get("action")), str(judged["table"])
                     grant = self.grant(resource, "sql", ("table", kind, table), f"{kind}-{table}",
-                                       {"kinds": [kind], "tables": [glob_escape(table)]})
+                                       {"kinds": [kind], "tables": [glob_escape(table)]}, str(judged.get("rule")))
                     columns = judged.get("columns")
                     grant.add("columns", None if columns is None else [glob_escape(str(c)) for c in columns])
                 grant.seen.add(when, text)
@@ -320,7 +338,7 @@ def _kubernetes(learned: Learned, resource: str, operation: Mapping[str, Any], w
     case = {k: operation[k] for k in _KUBE_CASE if operation.get(k) not in ("", None, [], False)}
     if "resource" in operation:
         case["resource"] = operation["resource"]
-    learned.operations.setdefault(resource, []).append(("kubernetes", case))
+    learned.operations.setdefault(resource, []).append(("kubernetes", case, learned.subject))
     return grant
 
 
@@ -336,7 +354,7 @@ def _http(learned: Learned, resource: str, operation: Mapping[str, Any], when: f
     grant.add("hosts", [glob_escape(name)] if name else None)
     grant.seen.add(when, f"{method} {host or ''}{path}")
     case: dict[str, Any] = {"method": method, "path": path, **({"host": host} if host else {})}
-    learned.operations.setdefault(resource, []).append(("http", case))
+    learned.operations.setdefault(resource, []).append(("http", case, learned.subject))
     return grant
 
 
@@ -346,13 +364,13 @@ def _mcp(learned: Learned, resource: str, operation: Mapping[str, Any], when: fl
         grant = learned.grant(resource, "mcp", ("tools",), "tools")
         grant.add("tools", [glob_escape(str(tool))])
         grant.seen.add(when, f"{tool} {operation.get('arguments', '')}")
-        learned.operations.setdefault(resource, []).append(("mcp", {"tool": tool}))
+        learned.operations.setdefault(resource, []).append(("mcp", {"tool": tool}, learned.subject))
         return grant
     method = str(operation.get("method", ""))
     grant = learned.grant(resource, "mcp", ("methods",), "methods")
     grant.add("methods", [glob_escape(method)])
     grant.seen.add(when, method)
-    learned.operations.setdefault(resource, []).append(("mcp", {"method": method}))
+    learned.operations.setdefault(resource, []).append(("mcp", {"method": method}, learned.subject))
     return grant
 
 
@@ -391,11 +409,26 @@ def _ssh(learned: Learned, resource: str, operation: Mapping[str, Any], when: fl
     if key != "shell" and not (shell and key == "commands"):
         grant.add(key, [value if key in _SSH_FORWARDS.values() else glob_escape(value)])
     grant.seen.add(when, value or "shell")
-    learned.operations.setdefault(resource, []).append(("ssh", case))
+    learned.operations.setdefault(resource, []).append(("ssh", case, learned.subject))
     return grant
 
 
 _READERS = {"kubernetes": _kubernetes, "http": _http, "mcp": _mcp, "ssh": _ssh}
+
+
+def case_subject(event: Mapping[str, Any]) -> dict[str, Any]:
+    """A record's identity and process as a test case gives them (`identity: {subject, groups,
+    ...}`, `process: {exe, uid}`); {} for what it lacks."""
+    out: dict[str, Any] = {}
+    identity, process = event.get("identity"), event.get("process")
+    if isinstance(identity, dict) and identity.get("subject"):
+        out["identity"] = {k: identity[k] for k in ("issuer", "subject", "client_id", "scopes", "groups")
+                           if identity.get(k) is not None}
+    if isinstance(process, dict):
+        known = {k: process[k] for k in ("exe", "uid") if process.get(k) is not None}
+        if known:
+            out["process"] = known
+    return out
 
 
 def _no_rule(rule: Any) -> bool:
@@ -450,7 +483,8 @@ def suggest(events: Iterable[Mapping[str, Any]], base_text: str, base_name: str,
     if agent not in base.agents:
         raise SuggestError(f"agent {agent!r} is not in the base policy {base_name} "
                            f"(agents: {', '.join(sorted(base.agents)) or 'none'})")
-    learned = Learned(agent, {name: spec.protocol for name, spec in base.resources.items()})
+    learned = Learned(agent, {name: spec.protocol for name, spec in base.resources.items()},
+                      {str(raw["name"]): raw["subjects"] for raw in data["rules"] if "subjects" in raw})
     starts: dict[str, Mapping[str, Any]] = {}
     for event in events:
         operation = event.get("operation") or {}
@@ -502,10 +536,10 @@ def _cover_tableless(learned: Learned) -> None:
     table no relation can have covers it and nothing else."""
     for resource, seen in learned.tableless.items():
         covered = any(g.resource == resource and g.key == "sql" and g.fixed.get("kinds") == ["select"]
-                      and "tables" in g.fixed for g in learned.grants.values())
+                      and "tables" in g.fixed and g.subjects is None for g in learned.grants.values())
         if not covered:
             grant = learned.grant(resource, "sql", ("select-no-table",), "select-without-table",
-                                  {"kinds": ["select"], "tables": [NO_TABLE]})
+                                  {"kinds": ["select"], "tables": [NO_TABLE]}, rule="")
             grant.seen = seen
 
 
@@ -515,8 +549,9 @@ def _cover_connections(learned: Learned) -> None:
     Elsewhere the rules of its operations allow the connection."""
     for resource, seen in learned.connections.items():
         if not any(g.resource == resource for g in learned.grants.values()):
-            learned.grant(resource, "tcp", (), "connection").seen = seen
-            learned.operations.setdefault(resource, []).append(("tcp", True))
+            rule, subject = learned.connected[resource]
+            learned.grant(resource, "tcp", (), "connection", rule=rule).seen = seen
+            learned.operations.setdefault(resource, []).append(("tcp", True, subject))
 
 
 def _approvers(base: Policy, agent: str) -> list[str]:
@@ -611,6 +646,8 @@ def _render(data: Mapping[str, Any], kept: list[dict[str, Any]], suggested: list
         gates = sorted(gate for gate in grant.gates if gate in approvals)
         suggestion: dict[str, Any] = {"name": name, "effect": "approve" if gates or grant.shell else effect,
                                       "agents": [agent], "resources": [grant.resource], grant.key: grant.block()}
+        if grant.subjects is not None:
+            suggestion["subjects"] = grant.subjects
         if gates:
             suggestion["approval"] = approvals[gates[0]]
         elif effect == "approve" or grant.shell:
@@ -640,6 +677,7 @@ class _Case:
     operation: Any
     verdict: str
     search_path: str | None = None
+    subject: Mapping[str, Any] = field(default_factory=dict)  # identity and process (case_subject)
 
 
 def _tests(learned: Learned, text: str, policy_name: str, effect: str, suggested: Mapping[str, bool]) -> str:
@@ -654,9 +692,12 @@ def _tests(learned: Learned, text: str, policy_name: str, effect: str, suggested
     for resource, events in sorted(learned.statements.items()):
         cases += _sql_cases(resource, events, catalog, effect, notes)
     for resource, operations in sorted(learned.operations.items()):
-        distinct = {_flow(operation): (key, operation) for key, operation in operations}
-        for number, (key, operation) in enumerate(list(distinct.values())[:CASES], 1):
-            cases.append(_Case(f"{resource}: observed {key} {number}", resource, key, operation, effect))
+        distinct: dict[str, tuple[str, Any, dict[str, Any]]] = {}
+        for key, operation, subject in operations:
+            distinct.setdefault(_flow([operation, subject]), (key, operation, subject))
+        for number, (key, operation, subject) in enumerate(list(distinct.values())[:CASES], 1):
+            cases.append(_Case(f"{resource}: observed {key} {number}", resource, key, operation, effect,
+                               subject=subject))
         denied = _denied(learned.protocols[resource])
         if denied is None:
             notes.append(f"{resource}: no case that must be denied (a tcp resource: only its connection is judged)")
@@ -724,6 +765,7 @@ def _sql_cases(resource: str, events: list[Mapping[str, Any]], catalog: Mapping[
     """A case per distinct statement text that needed a rule (at most CASES), and the
     cases that must be denied: a write on a table only read, a read of a table not learned."""
     texts: dict[str, list[Any]] = {}
+    subjects: dict[str, dict[str, Any]] = {}
     calls = 0
     for event in events:
         analysis = event["operation"]["analysis"]
@@ -733,14 +775,16 @@ def _sql_cases(resource: str, events: list[Mapping[str, Any]], catalog: Mapping[
         if any("function" in j for j in judged):
             calls += 1
             continue
-        texts.setdefault(str(event["operation"].get("statement", "")), judged)
+        text = str(event["operation"].get("statement", ""))
+        texts.setdefault(text, judged)
+        subjects.setdefault(text, case_subject(event))
     if calls:
         notes.append(f"{resource}: {calls} statement(s) calling functions have no case: the short catalog of "
                      "this file holds no functions")
     schemas = sorted({str(j["table"]).partition(".")[0] for js in texts.values() for j in js if j.get("table")}
                      - {"public", "pg_catalog", "information_schema"})
     search_path = ", ".join(["public", *schemas]) if schemas else None
-    cases = [_Case(f"{resource}: observed statement {n}", resource, "sql", text, effect, search_path)
+    cases = [_Case(f"{resource}: observed statement {n}", resource, "sql", text, effect, search_path, subjects[text])
              for n, text in enumerate(list(texts)[:CASES], 1)]
     written = {str(j["table"]) for js in texts.values() for j in js if j.get("table") and j.get("action") != "select"}
     read = sorted({str(j["table"]) for js in texts.values() for j in js if j.get("table")} - written)
@@ -781,7 +825,8 @@ def _tests_text(header: list[str], policy_name: str, catalog: Mapping[str, list[
         lines.append(f"catalog: {_flow(catalog)}")
     lines.append("cases:" if cases else "cases: []")
     for case in cases:
-        raw: dict[str, Any] = {"name": case.name, "agent": agent, "resource": case.resource, case.key: case.operation}
+        raw: dict[str, Any] = {"name": case.name, "agent": agent, **case.subject, "resource": case.resource,
+                               case.key: case.operation}
         if case.search_path is not None:
             raw["search_path"] = case.search_path
         raw["expect"] = {"verdict": case.verdict, **got.get(case.name, {})}

@@ -45,16 +45,16 @@ SHELLS = BASE.replace("rules:\n", "rules:\n  - {name: a-web1, effect: allow, age
 KINDS = {"ssh": "ssh", "http": "request", "kubernetes": "request", "mcp": "request"}
 
 
-def _learned(base, agent, operations):
+def _learned(base, agent, operations, exe=None):
     """The records the daemon writes for `operations` [(resource, Operation)] of `agent`
-    learning on every resource: the learn-start record, then each operation decided by
-    the engine under learn mode, its operation marked."""
+    (run by the program `exe`) learning on every resource: the learn-start record, then each
+    operation decided by the engine under learn mode, its operation marked."""
     session = LearnSession.start(agent, T0)
     engine = PolicyEngine(with_learning(load_policy_text(base), [session]))
     events = [{"kind": "policy", "agent": agent, "decision": "allow", "rule": "learn-start", "time": T0,
                "operation": {"action": "learn-start", **session.summary()}}]
     for at, (resource, operation) in enumerate(operations, 1):
-        decision = engine.decide(Request(Subject(agent), resource, operation))
+        decision = engine.decide(Request(Subject(agent, None, exe, 1001), resource, operation))
         kind, verdict, summary = KINDS.get(operation.kind), decision.verdict.value, operation.summary()
         outcome = {"approval": {"approved": True, "request_id": "R1", "approver": "alice"}} if verdict == "approve" \
             else {}
@@ -64,7 +64,8 @@ def _learned(base, agent, operations):
             kind, verdict, summary, outcome = "connection", "allow", {"protocol": "tcp", "dst": "127.0.0.1:7007"}, {}
         events.append({"kind": kind, "agent": agent, "resource": resource, "decision": verdict,
                        "rule": decision.rule, "reason": decision.reason, "time": T0 + at,
-                       "operation": marked(summary, decision, session.session), "outcome": outcome})
+                       "operation": marked(summary, decision, session.session), "outcome": outcome,
+                       "process": {"pid": 7, "uid": 1001, "exe": exe, "cmdline": [exe or "?"]}})
     return events
 
 
@@ -78,9 +79,9 @@ def _suggest(tmp_path, base, events, *extra):
     return result, out
 
 
-def _verdict(path, agent, resource, operation):
+def _verdict(path, agent, resource, operation, exe=None):
     engine = PolicyEngine(load_policy_text(path.read_text()))
-    return engine.decide(Request(Subject(agent), resource, operation)).verdict.value
+    return engine.decide(Request(Subject(agent, None, exe, 1001), resource, operation)).verdict.value
 
 
 def _sql(text):
@@ -218,3 +219,21 @@ def test_shadow_report_counts_an_ssh_request_once(tmp_path):
     (session,) = json.loads(result.output)["sessions"]
     assert (session["judged"], session["agree"], session["disagree"]) == (3, 0, 3)
     assert [(o["what"], o["count"]) for o in session["outside"]] == [("exec uptime", 2), ("exec df -h", 1)]
+
+
+PSQL = BASE.replace("rules:\n", "rules:\n  - {name: a-psql, effect: allow, agents: [a], resources: [db], "
+                    "subjects: {exe: [/usr/bin/psql]}, sql: {kinds: [select], tables: [public.*]}}\n")
+
+
+def test_a_base_rules_conditions_on_who_are_kept(tmp_path):
+    """What a base rule allowed only to psql (`subjects: {exe: ...}`) is suggested for psql
+    only, not for any program of the agent; what learn mode allowed has no such condition."""
+    events = _learned(PSQL, "a", [("db", _sql("SELECT id FROM p"))], exe="/usr/bin/psql")
+    events += _learned(PSQL, "a", [("db", _sql("SELECT id FROM t"))], exe="/usr/bin/python3")[1:]
+    assert [e["rule"] for e in events[1:]] == ["a-psql", "learn:a"]
+    result, out = _suggest(tmp_path, PSQL, events, "--effect", "allow")
+    assert result.exit_code == 0, result.output
+    assert _verdict(out, "a", "db", _sql("SELECT id FROM p"), "/usr/bin/psql") == "allow"
+    assert _verdict(out, "a", "db", _sql("SELECT id FROM p"), "/usr/bin/python3") == "deny"
+    assert _verdict(out, "a", "db", _sql("SELECT id FROM t"), "/usr/bin/python3") == "allow"
+    assert CliRunner().invoke(policy, ["test", str(tmp_path / "suggested.tests.yaml")]).exit_code == 0
