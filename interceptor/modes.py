@@ -65,6 +65,7 @@ class ModeControl:
     clock: Callable[[], float] = time.time
     ended: list[dict[str, Any]] = field(default_factory=list)  # newest last
     _timers: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
+    _started: dict[str, LearnSession] = field(default_factory=dict)  # the runs this started, by session id
     _tasks: set[asyncio.Future[None]] = field(default_factory=set)
 
     def methods(self) -> dict[ControlMethod, Method]:
@@ -99,7 +100,9 @@ class ModeControl:
                                  "`interceptor learn stop` it first")
             return Modes(MappingProxyType({**modes.learning, agent: session}), modes.shadows)
 
+        self._reconcile()
         await self.runtime.change_modes(started)
+        self._started[session.session] = session
         if seconds is not None:
             self._timers[session.session] = asyncio.get_running_loop().call_later(
                 seconds, self._expire, agent, session.session)
@@ -119,9 +122,28 @@ class ModeControl:
 
     def learn_status(self, peer: Peer) -> dict[str, Any]:
         """{"learning": [running LearnSession summaries], "ended": [the last ENDED_KEPT
-        ended ones, each with `ended` (epoch s) and `why` (stopped, expired)]}."""
+        ended ones, each with `ended` (epoch s) and `why` (stopped, expired, ended by a policy
+        reload)]}."""
+        self._reconcile()
         modes = self.runtime.snapshot.modes
         return {"learning": [modes.learning[a].summary() for a in sorted(modes.learning)], "ended": list(self.ended)}
+
+    def _reconcile(self) -> None:
+        """The runs a policy reload ended (Runtime.reload logs and audits it) listed as ended,
+        with the time it was noticed, and their timers cancelled."""
+        running = {run.session for run in self.runtime.snapshot.modes.learning.values()}
+        for run in [run for session, run in self._started.items() if session not in running]:
+            self._ended(run, "ended by a policy reload")
+
+    def _ended(self, run: LearnSession, why: str) -> dict[str, Any]:
+        """Forget the run `run` and keep its summary (with `ended` and `why`) among the ended."""
+        self._started.pop(run.session, None)
+        timer = self._timers.pop(run.session, None)
+        if timer is not None:
+            timer.cancel()
+        summary = {**run.summary(), "ended": self.clock(), "why": why}
+        self.ended = [*self.ended, summary][-ENDED_KEPT:]
+        return summary
 
     def _expire(self, agent: str, session: str) -> None:
         task = asyncio.ensure_future(self._expired(agent, session))
@@ -147,11 +169,7 @@ class ModeControl:
         if not ending:
             return None
         run = ending[0]
-        timer = self._timers.pop(run.session, None)
-        if timer is not None:
-            timer.cancel()
-        summary = {**run.summary(), "ended": self.clock(), "why": why}
-        self.ended = [*self.ended, summary][-ENDED_KEPT:]
+        summary = self._ended(run, why)
         log.warning("learn mode for agent %s (session %s) ended: %s", agent, run.session,
                     "its time ran out" if why == "expired" else why)
         await self._audit("learn-expired" if why == "expired" else "learn-stop", agent, summary)

@@ -427,3 +427,15 @@ def test_a_shadowed_flows_connection_record_says_what_the_candidate_would_decide
     assert services(agreeing).event(flow(), "connection", verdict="allow", operation={}).operation == {
         "shadow": {"session": "0123456789abcdef", "policy": agreeing.shadow("analyst").version,  # type: ignore[union-attr]
                    "verdict": "allow", "rule": "all", "agrees": True}}
+
+
+def test_a_run_a_reload_ended_is_listed_as_ended_and_its_timer_cancelled() -> None:
+    async def scenario() -> tuple[dict[str, Any], ModeControl]:
+        modes, runtime = control()
+        await modes.learn_start(ROOT, "analyst", seconds=3600.0)
+        await runtime.change_modes(lambda running: Modes())  # what Runtime.reload does to a run it has no room for
+        return modes.learn_status(ROOT), modes
+
+    status, modes = asyncio.run(scenario())
+    assert status["learning"] == [] and [r["why"] for r in status["ended"]] == ["ended by a policy reload"]
+    assert modes._timers == {}
