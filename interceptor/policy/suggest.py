@@ -318,6 +318,9 @@ class Learned:
 
 
 def _kubernetes(learned: Learned, resource: str, operation: Mapping[str, Any], when: float | None) -> Grant | None:
+    """A resource request's grant is per namespace, API group, resource, verb and whether it
+    named an object (its names listed: a delete of one pod and a list of all do not make a
+    delete of every pod); a non-resource request's per path (its verbs listed)."""
     verb = str(operation.get("verb", ""))
     if "resource" not in operation:
         path = str(operation.get("path", ""))
@@ -327,11 +330,11 @@ def _kubernetes(learned: Learned, resource: str, operation: Mapping[str, Any], w
         namespace, group = str(operation.get("namespace", "")), str(operation.get("api_group", ""))
         kind = str(operation.get("resource", "")) + (f"/{operation['subresource']}"
                                                      if operation.get("subresource") else "")
-        grant = learned.grant(resource, "kubernetes", ("resource", namespace, group, kind),
-                              f"{namespace or 'cluster'}-{kind}",
+        name = operation.get("name")
+        grant = learned.grant(resource, "kubernetes", ("resource", namespace, group, kind, verb, bool(name)),
+                              f"{namespace or 'cluster'}-{kind}-{verb}",
                               {"api_groups": [glob_escape(group)], "resources": [glob_escape(kind)],
                                "namespaces": [glob_escape(namespace)]})
-        name = operation.get("name")
         grant.add("names", [glob_escape(str(name))] if name else None)
     grant.add("verbs", [glob_escape(verb)])
     grant.seen.add(when, f"{verb} {operation.get('target') or operation.get('path') or grant.label}")
@@ -343,13 +346,15 @@ def _kubernetes(learned: Learned, resource: str, operation: Mapping[str, Any], w
 
 
 def _http(learned: Learned, resource: str, operation: Mapping[str, Any], when: float | None) -> Grant | None:
+    """A grant per path and host, its methods listed (a GET on one host and a DELETE on another
+    do not make a DELETE on both)."""
     method, path, host = str(operation.get("method", "")), str(operation.get("path", "")), operation.get("host")
     name = host_name(str(host)) if host else None
     if not path.startswith("/") or (name is not None and ":" in name):
         learned.unsaid(resource, f"path {path!r}" if not path.startswith("/") else f"host {name}: a hosts pattern "
                        "holds no ':'", when, f"{method} {host or ''}{path}")
         return None
-    grant = learned.grant(resource, "http", ("path", path), "path-" + path, {"paths": [glob_escape(path)]})
+    grant = learned.grant(resource, "http", ("path", path, name), "path-" + path, {"paths": [glob_escape(path)]})
     grant.add("methods", [glob_escape(method)])
     grant.add("hosts", [glob_escape(name)] if name else None)
     grant.seen.add(when, f"{method} {host or ''}{path}")

@@ -237,3 +237,21 @@ def test_a_base_rules_conditions_on_who_are_kept(tmp_path):
     assert _verdict(out, "a", "db", _sql("SELECT id FROM p"), "/usr/bin/python3") == "deny"
     assert _verdict(out, "a", "db", _sql("SELECT id FROM t"), "/usr/bin/python3") == "allow"
     assert CliRunner().invoke(policy, ["test", str(tmp_path / "suggested.tests.yaml")]).exit_code == 0
+
+
+def test_a_grant_is_no_cross_product_of_what_was_seen(tmp_path):
+    """A delete of one pod and a list of all pods do not make a delete of every pod; a GET on
+    one host and a DELETE on another do not make a DELETE on the first."""
+    events = _learned(BASE, "a", [
+        ("cluster", KubeRequest("delete", "/api/v1/namespaces/prod/pods/web-1", api_version="v1", resource="pods",
+                                namespace="prod", name="web-1")),
+        ("cluster", KubeRequest("list", "/api/v1/namespaces/prod/pods", api_version="v1", resource="pods",
+                                namespace="prod")),
+        ("api", HttpRequest("GET", "/v1/x", host="api.example.com")),
+        ("api", HttpRequest("DELETE", "/v1/x", host="scratch.example.com"))])
+    result, out = _suggest(tmp_path, BASE, events, "--effect", "allow")
+    assert result.exit_code == 0, result.output
+    delete = KubeRequest("delete", "", api_version="v1", resource="pods", namespace="prod", name="db-0")
+    assert _verdict(out, "a", "cluster", delete) == "deny"
+    assert _verdict(out, "a", "api", HttpRequest("DELETE", "/v1/x", host="api.example.com")) == "deny"
+    assert _verdict(out, "a", "api", HttpRequest("DELETE", "/v1/x", host="scratch.example.com")) == "allow"

@@ -286,8 +286,10 @@ def test_other_protocols(tmp_path):
     assert rules["suggest-echo-tcp"]["tcp"] is True
     assert rules["suggest-api-path-v1-reports"]["http"] == {"paths": ["/v1/reports"], "hosts": ["api.example.com"],
                                                             "methods": ["GET", "POST"]}
-    assert rules["suggest-cluster-prod-pods"]["kubernetes"] == {
-        "api_groups": [""], "resources": ["pods"], "namespaces": ["prod"], "verbs": ["get", "list"]}
+    assert rules["suggest-cluster-prod-pods-get"]["kubernetes"] == {
+        "api_groups": [""], "resources": ["pods"], "namespaces": ["prod"], "names": ["web-1"], "verbs": ["get"]}
+    assert rules["suggest-cluster-prod-pods-list"]["kubernetes"] == {
+        "api_groups": [""], "resources": ["pods"], "namespaces": ["prod"], "verbs": ["list"]}
     assert rules["suggest-tools-tools"]["mcp"] == {"tools": ["read_file"]}
     assert rules["suggest-web1-commands"]["ssh"] == {"commands": ["systemctl status nginx"]}
     assert rules["suggest-web1-read"]["ssh"] == {"read": ["/var/log/syslog"]}
