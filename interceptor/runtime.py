@@ -190,11 +190,24 @@ class Runtime:
     async def change_modes(self, change: Callable[[Modes], Modes]) -> Snapshot:
         """Swap in the running policy with the modes `change` makes of the running ones (a
         learn or shadow run started or ended), and its plan: a learned agent may reach the
-        learned resources. What `change` raises is raised, and nothing changes."""
+        learned resources. What `change` raises is raised, and nothing changes. A plan that
+        cannot be made or applied (PlanError, CgroupError, the redirect's error) is raised,
+        and nothing changes, unless the change only ends learn runs: then they end all the
+        same (the engine without their rules is put in force) and the old plan stays, its wider
+        access reaching only the enforcer, which refuses it; the failure is logged."""
         async with self._lock:
             current = self.snapshot
             modes = change(current.modes)
-            return self._swap(await asyncio.to_thread(self._planned, current.policy, modes))
+            try:
+                return self._swap(await asyncio.to_thread(self._planned, current.policy, modes))
+            except Exception as exc:
+                if not set(modes.learning.values()) < set(current.modes.learning.values()):
+                    raise
+                log.error("the kernel plan cannot follow the end of a learn run (%s): the old plan stays, and the "
+                          "enforcer judges by the policy without the run", exc)
+                engine = PolicyEngine(with_learning(current.policy, modes.learning.values()))
+                self._snapshot = Snapshot(current.policy, engine, current.plan, modes)
+                return self._snapshot
 
     async def _ended_by_reload(self, mode: LearnSession | ShadowRun) -> None:
         """A learn or shadow run the reloaded policy has no place for (its agent or a learned

@@ -439,3 +439,36 @@ def test_a_run_a_reload_ended_is_listed_as_ended_and_its_timer_cancelled() -> No
     status, modes = asyncio.run(scenario())
     assert status["learning"] == [] and [r["why"] for r in status["ended"]] == ["ended by a policy reload"]
     assert modes._timers == {}
+
+
+def test_a_run_ends_even_when_the_kernel_plan_cannot_follow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An expiry (a timer, once) whose re-plan failed left the agent learning for good; the
+    old plan's wider access only reaches the enforcer, which judges by the policy alone."""
+    from interceptor.config import Settings
+    from interceptor.redirect.plan import PlanError
+    from interceptor.runtime import Runtime as RealRuntime
+
+    path = tmp_path / "policy.yaml"
+    path.write_text(POLICY)
+    runtime = RealRuntime(Settings(policy=path), tmp_path, Audit(), lambda change: None)  # type: ignore[arg-type]
+    run = learning()
+
+    async def scenario() -> Snapshot:
+        await runtime.start()
+        await runtime.change_modes(lambda modes: Modes({"analyst": run}, modes.shadows))
+        learning_plan = runtime.snapshot.plan
+
+        def failing(policy: Policy, modes: Modes) -> Snapshot:
+            raise PlanError("cgroup gone")
+
+        monkeypatch.setattr(runtime, "_planned", failing)
+        ended = await runtime.change_modes(lambda modes: Modes())
+        assert ended.plan is learning_plan
+        with pytest.raises(PlanError):
+            await runtime.change_modes(lambda modes: Modes({"analyst": run}, modes.shadows))
+        return ended
+
+    ended = asyncio.run(scenario())
+    assert runtime.snapshot is ended and dict(ended.modes.learning) == {}
+    assert ended.engine.policy.version == ended.policy.version
+    assert ask(ended.engine, "DELETE FROM sales.orders").verdict is Verdict.DENY
