@@ -37,7 +37,9 @@ from interceptor.policy.loader import PolicyError, compose, load_policy_text
 from interceptor.policy.model import Policy
 from interceptor.policy.shadow_report import ENDS
 from interceptor.policy.sql_rules import UNPARSED_RULE
-from interceptor.policy.ssh_command import read_command, runs_code
+from interceptor.policy.mcp_rules import in_normal_form
+from interceptor.policy.ssh_command import covers, parse_pattern, read_command, read_scp, runs_code
+from interceptor.policy.ssh_rules import TREE_SUFFIX
 from interceptor.protocols import spec_for_key
 
 PLACEHOLDER_GROUP = "policy-reviewers"  # approvers of suggested approve rules when the base names none
@@ -398,12 +400,11 @@ def _ssh(learned: Learned, resource: str, operation: Mapping[str, Any], when: fl
     elif request == "forward" and operation.get("forward") in _SSH_FORWARDS and operation.get("target"):
         key, value = _SSH_FORWARDS[str(operation["forward"])], str(operation["target"])
         case = {key: value}
-        host = value.rpartition(":")[0]
-        if _GLOB.search(host[1:-1] if host.startswith("[") and host.endswith("]") else host):
-            learned.unsaid(resource, f"forward to {value}: a forward glob cannot escape a glob character "
-                           "(its brackets are an address's)", when, value)
-            return None
     else:
+        return None
+    why = None if shell else _ssh_inexact(key, value, str(operation.get("action") or ""))
+    if why is not None:
+        learned.unsaid(resource, why, when, value)
         return None
     if shell and key == "commands":
         grant = learned.grant(resource, "ssh", ("shell",), "shell", {"shell": True})
@@ -416,6 +417,32 @@ def _ssh(learned: Learned, resource: str, operation: Mapping[str, Any], when: fl
     grant.seen.add(when, value or "shell")
     learned.operations.setdefault(resource, []).append(("ssh", case, learned.subject))
     return grant
+
+
+def _ssh_inexact(key: str, value: str, action: str) -> str | None:
+    """Why no `ssh:` rule without `shell: true` allows exactly this command, path or forward,
+    None when one does: a command whose pattern (the command, glob-escaped) does not cover
+    it word for word (a path word not in normal form, `/tmp/`: interceptor.policy.ssh_command.
+    covers) or that is an scp transfer (judged as the files it moves); a read or write of a
+    tree (a directory renamed: only a `/**` glob over it allows that) or of a path not in
+    normal form; a forward to a host holding a glob character (its brackets are an IPv6
+    address's, so no character is escaped)."""
+    if key == "commands":
+        argv = read_command(value).argv
+        try:
+            covered = covers(parse_pattern(glob_escape(value)), argv)
+        except ValueError:
+            covered = False
+        if not covered or read_scp(argv) is not None:
+            return f"command {value}: no pattern covers it word for word (a path not in normal form, an scp transfer)"
+    elif key in ("read", "write"):
+        if action.endswith(TREE_SUFFIX) or not value.startswith("/") or not in_normal_form(value):
+            return f"{key} of {value} ({action}): a path glob covers a tree or a path not in normal form only by **"
+    elif key in _SSH_FORWARDS.values():
+        host = value.rpartition(":")[0]
+        if _GLOB.search(host[1:-1] if host.startswith("[") and host.endswith("]") else host):
+            return f"forward to {value}: a forward glob cannot escape a glob character (its brackets are an address's)"
+    return None
 
 
 _READERS = {"kubernetes": _kubernetes, "http": _http, "mcp": _mcp, "ssh": _ssh}

@@ -255,3 +255,21 @@ def test_a_grant_is_no_cross_product_of_what_was_seen(tmp_path):
     assert _verdict(out, "a", "cluster", delete) == "deny"
     assert _verdict(out, "a", "api", HttpRequest("DELETE", "/v1/x", host="api.example.com")) == "deny"
     assert _verdict(out, "a", "api", HttpRequest("DELETE", "/v1/x", host="scratch.example.com")) == "allow"
+
+
+def test_an_ssh_request_no_rule_allows_exactly_does_not_stop_the_suggestion(tmp_path):
+    """A command with a path not in normal form (`..`, a trailing `/`: a pattern word holding
+    `/` covers only a path in normal form) and a directory renamed (a tree: only a `/**` glob
+    allows it) were learned, and made suggest fail for everything: they are listed instead."""
+    events = _learned(BASE, "a", [("web1", SshRequest("exec", command="cat /srv/x/../y")),
+                                  ("web1", SshRequest("exec", command="ls -la /tmp/")),
+                                  ("web1", SshRequest("write", path="/srv/old", action="rename-tree")),
+                                  ("web1", SshRequest("exec", command="uptime"))])
+    assert [e["decision"] for e in events[1:]] == ["allow"] * 4
+    result, out = _suggest(tmp_path, BASE, events, "--effect", "allow")
+    assert result.exit_code == 0, result.output
+    text = out.read_text()
+    for what in ("command cat /srv/x/../y", "command ls -la /tmp/", "write of /srv/old (rename-tree)"):
+        assert what in text, what
+    assert _verdict(out, "a", "web1", SshRequest("exec", command="uptime")) == "allow"
+    assert _verdict(out, "a", "web1", SshRequest("write", path="/srv/old/x", action="open")) == "deny"
