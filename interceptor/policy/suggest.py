@@ -718,11 +718,12 @@ def _tests(learned: Learned, text: str, policy_name: str, effect: str, suggested
     (`suggested` maps each rule name to whether it does), and per resource cases that must be
     denied; each expects the verdict, rule and masks the suggested policy gives, all run
     against `text` before the text is returned."""
-    catalog = _catalog(learned)
+    unseen = _fresh(UNSEEN_TABLE, _flow(sorted(learned.statements.items())))
+    catalog = _catalog(learned, unseen)
     cases: list[_Case] = []
     notes: list[str] = []
     for resource, events in sorted(learned.statements.items()):
-        cases += _sql_cases(resource, events, catalog, effect, notes)
+        cases += _sql_cases(resource, events, catalog, effect, notes, unseen)
     for resource, operations in sorted(learned.operations.items()):
         distinct: dict[str, tuple[str, Any, dict[str, Any]]] = {}
         for key, operation, subject in operations:
@@ -730,7 +731,7 @@ def _tests(learned: Learned, text: str, policy_name: str, effect: str, suggested
         for number, (key, operation, subject) in enumerate(list(distinct.values())[:CASES], 1):
             cases.append(_Case(f"{resource}: observed {key} {number}", resource, key, operation, effect,
                                subject=subject))
-        denied = _denied(learned.protocols[resource])
+        denied = _denied(learned.protocols[resource], _fresh("not-learned", _flow(operations)), unseen)
         if denied is None:
             notes.append(f"{resource}: no case that must be denied (a tcp resource: only its connection is judged)")
         else:
@@ -775,7 +776,17 @@ def _readable(cases: list[_Case], text: str, header: list[str], policy_name: str
     return _run(text, _tests_text(header, policy_name, catalog, cases, agent, {}), policy_name)
 
 
-def _catalog(learned: Learned) -> dict[str, list[str]]:
+def _fresh(name: str, taken: str) -> str:
+    """`name`, or `name-N` (`_N` when it holds `_`), whichever first does not occur in
+    `taken` (what was seen, as text): the must-deny cases name what the agent never did."""
+    sep, n, fresh = "_" if "_" in name else "-", 1, name
+    while fresh in taken:
+        n += 1
+        fresh = f"{name}{sep}{n}"
+    return fresh
+
+
+def _catalog(learned: Learned, unseen_table: str) -> dict[str, list[str]]:
     """The short-form catalog of the SQL cases: every table the analyses name, with every
     column seen (`id` when none was), and the not-learned table of the deny case."""
     tables: dict[str, set[str]] = {}
@@ -787,13 +798,13 @@ def _catalog(learned: Learned) -> dict[str, list[str]]:
                         table = str(judged["table"])
                         tables.setdefault(table, set()).update(str(c) for c in judged.get("columns") or ())
     for table in list(tables):
-        unseen = f"{table.partition('.')[0]}.{UNSEEN_TABLE}"
+        unseen = f"{table.partition('.')[0]}.{unseen_table}"
         tables.setdefault(unseen, {"id"})
     return {table: sorted(columns or {"id"}) for table, columns in sorted(tables.items())}
 
 
 def _sql_cases(resource: str, events: list[Mapping[str, Any]], catalog: Mapping[str, list[str]], effect: str,
-               notes: list[str]) -> list[_Case]:
+               notes: list[str], unseen_table: str) -> list[_Case]:
     """A case per distinct statement text that needed a rule (at most CASES), and the
     cases that must be denied: a write on a table only read, a read of a table not learned."""
     texts: dict[str, list[Any]] = {}
@@ -823,9 +834,9 @@ def _sql_cases(resource: str, events: list[Mapping[str, Any]], catalog: Mapping[
     if read:
         cases.append(_Case(f"{resource}: a write on {read[0]}, only read", resource, "sql",
                            f"DELETE FROM {_quoted(read[0])}", "deny"))
-    tables = sorted(t for t in catalog if not t.endswith("." + UNSEEN_TABLE))
+    tables = sorted(t for t in catalog if not t.endswith("." + unseen_table))
     if tables:
-        unseen = f"{tables[0].partition('.')[0]}.{UNSEEN_TABLE}"
+        unseen = f"{tables[0].partition('.')[0]}.{unseen_table}"
         cases.append(_Case(f"{resource}: a read of {unseen}, not learned", resource, "sql",
                            f"SELECT id FROM {_quoted(unseen)}", "deny"))
     return cases
@@ -835,18 +846,19 @@ def _quoted(table: str) -> str:
     return ".".join('"' + part.replace('"', '""') + '"' for part in table.split(".", 1))
 
 
-def _denied(protocol: str) -> tuple[str, Any] | None:
-    """An operation the agent did not do and the suggested policy must deny, per protocol."""
+def _denied(protocol: str, name: str, table: str) -> tuple[str, Any] | None:
+    """An operation the agent did not do and the suggested policy must deny, per protocol:
+    about `name` (a name none of its operations holds), for SQL a read of `table`."""
     if protocol == "kubernetes":
-        return "kubernetes", {"verb": "delete", "resource": "not-learned", "namespace": "default", "name": "x"}
+        return "kubernetes", {"verb": "delete", "resource": name, "namespace": "default", "name": "x"}
     if protocol == "http":
-        return "http", {"method": "DELETE", "path": "/not-learned"}
+        return "http", {"method": "DELETE", "path": f"/{name}"}
     if protocol == "mcp":
-        return "mcp", {"tool": "not-learned"}
+        return "mcp", {"tool": name}
     if protocol == "ssh":
-        return "ssh", {"read": "/not-learned"}
+        return "ssh", {"read": f"/{name}"}
     if protocol == "postgres":
-        return "sql", f"SELECT id FROM {_quoted('public.' + UNSEEN_TABLE)}"
+        return "sql", f"SELECT id FROM {_quoted('public.' + table)}"
     return None
 
 

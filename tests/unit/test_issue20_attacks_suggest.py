@@ -273,3 +273,16 @@ def test_an_ssh_request_no_rule_allows_exactly_does_not_stop_the_suggestion(tmp_
         assert what in text, what
     assert _verdict(out, "a", "web1", SshRequest("exec", command="uptime")) == "allow"
     assert _verdict(out, "a", "web1", SshRequest("write", path="/srv/old/x", action="open")) == "deny"
+
+
+def test_the_agent_cannot_do_the_case_that_must_be_denied(tmp_path):
+    """The must-deny cases named a fixed path, tool and file (`/not-learned`): an agent that
+    did exactly that while learning made every suggestion fail."""
+    events = _learned(BASE, "a", [("api", HttpRequest("DELETE", "/not-learned", host="api.example.com")),
+                                  ("tools", McpCall("tools/call", "not-learned", "{}")),
+                                  ("web1", SshRequest("read", path="/not-learned", action="open"))])
+    result, out = _suggest(tmp_path, BASE, events, "--effect", "allow")
+    assert result.exit_code == 0, result.output
+    tests = (tmp_path / "suggested.tests.yaml").read_text()
+    assert '"path": "/not-learned-2"' in tests and '"tool": "not-learned-2"' in tests
+    assert CliRunner().invoke(policy, ["test", str(tmp_path / "suggested.tests.yaml")]).exit_code == 0
