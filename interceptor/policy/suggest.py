@@ -45,6 +45,7 @@ from interceptor.protocols import spec_for_key
 PLACEHOLDER_GROUP = "policy-reviewers"  # approvers of suggested approve rules when the base names none
 EXAMPLES = 3  # examples per rule comment
 EXAMPLE_CHARS = 120  # characters of one example
+NAME_CHARS = 80  # characters of a suggested rule's name before its -N (an agent chooses paths and names)
 CASES = 40  # most cases drawn from what happened, per resource
 UNSEEN_TABLE = "not_learned"  # the table of the "another table" case
 NO_TABLE = "pg_catalog.\0"  # a table glob no relation matches (PostgreSQL names hold no NUL)
@@ -626,9 +627,9 @@ def _kept_rules(rules: list[dict[str, Any]], agent: str, scope: set[str], base: 
 
 
 def _unique(names: set[str], wanted: str) -> str:
-    """A rule name: `wanted` with what a name may not hold (and runs of `-`) as one `-`, made unique among `names`
-    (which it joins)."""
-    base = re.sub(r"-{2,}", "-", _NAME_CHARS.sub("-", wanted)).strip("-.") or "suggested"
+    """A rule name: `wanted` with what a name may not hold (and runs of `-`) as one `-`, cut to NAME_CHARS,
+    made unique among `names` (which it joins)."""
+    base = re.sub(r"-{2,}", "-", _NAME_CHARS.sub("-", wanted))[:NAME_CHARS].strip("-.") or "suggested"
     name, n = base, 1
     while name in names:
         n += 1

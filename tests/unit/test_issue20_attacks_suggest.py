@@ -286,3 +286,12 @@ def test_the_agent_cannot_do_the_case_that_must_be_denied(tmp_path):
     tests = (tmp_path / "suggested.tests.yaml").read_text()
     assert '"path": "/not-learned-2"' in tests and '"tool": "not-learned-2"' in tests
     assert CliRunner().invoke(policy, ["test", str(tmp_path / "suggested.tests.yaml")]).exit_code == 0
+
+
+def test_a_long_name_makes_no_long_rule_name(tmp_path):
+    events = _learned(BASE, "a", [("api", HttpRequest("GET", "/" + "a" * 5000, host="api.example.com")),
+                                  ("api", HttpRequest("GET", "/" + "a" * 5001, host="api.example.com"))])
+    result, out = _suggest(tmp_path, BASE, events, "--effect", "allow")
+    assert result.exit_code == 0, result.output
+    names = [rule.name for rule in load_policy_text(out.read_text()).rules]
+    assert max(len(name) for name in names) <= 82 and len(set(names)) == len(names)
