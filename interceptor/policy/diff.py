@@ -4,8 +4,10 @@ used, and what it used that CURRENT refuses.
 "Used" is the grants of SUGGESTED, read as exact values (what `policy suggest` writes: each
 kind, table, column, function, verb, command... is one thing the agent did; a glob in
 SUGGESTED is taken as the name it spells, with suggest's escapes undone: `[*]` is `*`; its
-select rule on the table no relation has, NO_TABLE, is a SELECT without a table). Each one becomes an operation and CURRENT judges
-it with the engine's own matching: SQL as `Action`s and `Call`s judged by the rules
+select rule on the table no relation has, NO_TABLE, is a SELECT without a table). A rule of
+SUGGESTED that is a rule of CURRENT kept for other agents or resources (`policy suggest`
+keeps them under the same name or NAME-N, narrowed) is no use. Each use becomes an operation
+and CURRENT judges it with the engine's own matching: SQL as `Action`s and `Call`s judged by the rules
 interceptor.policy.sql_rules judges a statement's with, every other protocol as its
 operation (interceptor.operations) through `PolicyEngine.decide`. A rule's conditions on
 the agent's identity and process count as met: the comparison is about what the agent may
@@ -74,8 +76,9 @@ class Use:
 @dataclass(slots=True)
 class GrantUse:
     """One allow or approve rule of CURRENT about the agent and the uses it decided;
-    `kept`: SUGGESTED holds the same rule (as `policy suggest` keeps the grants of resources
-    it did not learn), which says nothing of its use.
+    `kept`: SUGGESTED holds the same rule on every resource it has (as `policy suggest` keeps
+    the grants of resources it did not learn), which says nothing of its use; `kept_on`: the
+    resources SUGGESTED keeps it on (where nothing tells whether it was used).
     `grants`: what it grants in words; `leftover`: in words, what it grants beyond those
     uses (a kind it lists never used, the tables of a glob other than those used, columns
     of a table beyond those read...); for a SQL rule `kinds_unused`, `tables_used`
@@ -87,6 +90,7 @@ class GrantUse:
     grants: str
     uses: list[Use] = field(default_factory=list)
     kept: bool = False
+    kept_on: tuple[str, ...] = ()
     leftover: list[str] = field(default_factory=list)
     sql: bool = False
     kinds_unused: tuple[str, ...] = ()
@@ -102,11 +106,12 @@ class GrantUse:
         return "partly used" if self.leftover else "used"
 
     def to_dict(self) -> dict[str, Any]:
-        """The grant as JSON: rule, effect, resources, grants, status, leftover, uses
+        """The grant as JSON: rule, effect, resources, grants, status, kept_on, leftover, uses
         (Use.to_dict), and for SQL kinds_unused, tables_used, functions_used."""
         out: dict[str, Any] = {"rule": self.rule, "effect": self.effect,
                                "resources": list(self.resources) if self.resources is not None else None,
-                               "grants": self.grants, "status": self.status, "leftover": self.leftover,
+                               "grants": self.grants, "status": self.status, "kept_on": list(self.kept_on),
+                               "leftover": self.leftover,
                                "uses": [u.to_dict() for u in self.uses]}
         if self.sql:
             out.update(kinds_unused=list(self.kinds_unused), functions_used=list(self.functions_used),
@@ -160,9 +165,11 @@ def diff(current: Policy, suggested: Policy, agent: str) -> AgentDiff:
     engine = _Unconditional(current)
     uses: list[Use] = []
     skipped: list[str] = []
+    copies = [(copy, kept.name) for copy in suggested.rules for kept in current.rules if _copy_of(copy, kept)
+              and (copy.agents is None or agent in copy.agents)]
     for rule in suggested.rules:
         if rule.effect not in GRANTS or (rule.agents is not None and agent not in rule.agents) \
-                or rule in current.rules:
+                or any(copy.name == rule.name for copy, _ in copies):
             continue
         for resource in _resources(suggested, rule):
             if rule.operation is None:
@@ -171,9 +178,21 @@ def diff(current: Policy, suggested: Policy, agent: str) -> AgentDiff:
             if isinstance(rule.match, McpMatch) and rule.match.arguments is not None:
                 skipped.append(f"{rule.name} on {resource}: its arguments condition is compared as no arguments")
             uses.extend(_judged(engine, agent, resource, rule))
-    grants = [_grant_use(current, rule, uses, rule in suggested.rules) for rule in current.rules
-              if rule.effect in GRANTS and (rule.agents is None or agent in rule.agents)]
+    grants = []
+    for rule in current.rules:
+        if rule.effect in GRANTS and (rule.agents is None or agent in rule.agents):
+            kept = {r for copy, name in copies if name == rule.name for r in _resources(suggested, copy)}
+            where = _resources(current, rule)
+            grants.append(_grant_use(current, rule, uses, set(where) <= kept, tuple(r for r in where if r in kept)))
     return AgentDiff(agent, grants, uses, skipped)
+
+
+def _copy_of(copy: Rule, rule: Rule) -> bool:
+    """Is `copy` (of SUGGESTED) `rule` (of CURRENT) kept as `policy suggest` keeps a grant of
+    what was not learned: the same rule under its name or NAME-N, its agents and resources
+    aside?"""
+    return (copy.name == rule.name or copy.name.startswith(rule.name + "-")) and \
+        replace(copy, name=rule.name, agents=None, resources=None) == replace(rule, agents=None, resources=None)
 
 
 def _resources(policy: Policy, rule: Rule) -> list[str]:
@@ -319,11 +338,12 @@ def _use(resource: str, rule: Rule, what: str, judgement: Judgement, **sql: Any)
                judgement.reason, **sql)
 
 
-def _grant_use(current: Policy, rule: Rule, uses: list[Use], kept: bool) -> GrantUse:
-    """What of `rule`'s grant the uses it decided exercised, and what is left over."""
+def _grant_use(current: Policy, rule: Rule, uses: list[Use], kept: bool, kept_on: tuple[str, ...]) -> GrantUse:
+    """What of `rule`'s grant the uses it decided exercised, and what is left over; `kept`,
+    `kept_on`: GrantUse's."""
     mine = [u for u in uses if u.rule == rule.name and u.verdict != Verdict.DENY.value
             and rule.operation in (None, u.operation) and (rule.resources is None or u.resource in rule.resources)]
-    grant = GrantUse(rule.name, rule.effect, rule.resources, describe(rule), mine, kept)
+    grant = GrantUse(rule.name, rule.effect, rule.resources, describe(rule), mine, kept, kept_on=kept_on)
     match = sql_match(rule)
     if rule.operation is None and mine:
         grant.leftover.append("every other operation on its resources")

@@ -102,8 +102,10 @@ def _print(result: AgentDiff) -> None:
 
 def _print_grant(grant: GrantUse) -> None:
     click.echo(f"  {escaped(grant.rule)} ({grant.effect}): {escaped(grant.grants)}")
+    if grant.kept_on:
+        click.echo(f"      kept on {escaped(', '.join(grant.kept_on))} (not learned: no telling whether used there)")
     if not grant.uses:
-        click.echo("      never used")
+        click.echo("      never used" + (" elsewhere" if grant.kept_on else ""))
         return
     click.echo(f"      partly used: {'; '.join(sorted({escaped(u.what) for u in grant.uses}))}")
     for leftover in grant.leftover:

@@ -45,11 +45,11 @@ SHELLS = BASE.replace("rules:\n", "rules:\n  - {name: a-web1, effect: allow, age
 KINDS = {"ssh": "ssh", "http": "request", "kubernetes": "request", "mcp": "request"}
 
 
-def _learned(base, agent, operations, exe=None):
+def _learned(base, agent, operations, exe=None, resources=None):
     """The records the daemon writes for `operations` [(resource, Operation)] of `agent`
     (run by the program `exe`) learning on every resource: the learn-start record, then each
     operation decided by the engine under learn mode, its operation marked."""
-    session = LearnSession.start(agent, T0)
+    session = LearnSession.start(agent, T0, resources=resources)
     engine = PolicyEngine(with_learning(load_policy_text(base), [session]))
     events = [{"kind": "policy", "agent": agent, "decision": "allow", "rule": "learn-start", "time": T0,
                "operation": {"action": "learn-start", **session.summary()}}]
@@ -295,3 +295,37 @@ def test_a_long_name_makes_no_long_rule_name(tmp_path):
     assert result.exit_code == 0, result.output
     names = [rule.name for rule in load_policy_text(out.read_text()).rules]
     assert max(len(name) for name in names) <= 82 and len(set(names)) == len(names)
+
+
+KEPT = """
+version: 1
+resources:
+  db: {protocol: postgres, addresses: ["127.0.0.1:5432"]}
+  db2: {protocol: postgres, addresses: ["127.0.0.2:5432"]}
+  echo: {protocol: tcp, addresses: ["127.0.0.1:7007"]}
+agents:
+  a: {uids: [1001]}
+  b: {uids: [1002]}
+rules:
+  - {name: all-sql, effect: allow, sql: {kinds: [select], tables: [public.*]}}
+  - {name: tcp-all, effect: allow, tcp: true}
+  - {name: any-a, effect: allow, agents: [a]}
+"""
+
+
+def test_diff_takes_no_kept_grant_for_a_use(tmp_path):
+    """suggest keeps CURRENT's grants on the resources not learned, narrowed and renamed
+    (tcp-all-a): diff took them for uses, so tcp-all was "fully used" though the agent only
+    read one table on db; it is unused where it was learned, kept (no telling) elsewhere."""
+    events = _learned(KEPT, "a", [("db", _sql("SELECT id FROM p"))], resources=("db",))
+    result, out = _suggest(tmp_path, KEPT, events)
+    assert result.exit_code == 0, result.output
+    diffed = CliRunner().invoke(policy, ["diff", str(tmp_path / "base.yaml"), str(out), "--agent", "a", "--json"])
+    assert diffed.exit_code == 0, diffed.output
+    (agent,) = json.loads(diffed.output)["agents"]
+    assert agent["used"] == []
+    unused = {grant["rule"]: grant for grant in agent["unused"]}
+    assert unused["tcp-all"]["status"] == "unused" and unused["tcp-all"]["kept_on"] == ["db2", "echo"]
+    assert unused["any-a"]["status"] == "unused"
+    assert unused["all-sql"]["status"] == "partly used" and unused["all-sql"]["kept_on"] == ["db2"]
+    assert [use["what"] for use in unused["all-sql"]["uses"]] == ["select public.p (id)"]
