@@ -86,6 +86,8 @@ def kube(verb: str, resource: str, subresource: str = "", group: str = "", names
     kube("bind", "clusterroles", group="rbac.authorization.k8s.io", namespace=""),
     kube("escalate", "roles", group="rbac.authorization.k8s.io"),
     kube("update", "certificatesigningrequests", "approval", group="certificates.k8s.io", namespace=""),
+    KubeRequest("get", "/logs/auth.log", resource_request=False), KubeRequest("get", "/logs/", resource_request=False),
+    KubeRequest("get", "/debug/pprof/heap", resource_request=False),
 ], ids=repr)
 def test_kubernetes_code_in_pods_and_permissions_are_never_learned(request_: KubeRequest) -> None:
     assert_never_learned(request_, "cluster")
@@ -94,6 +96,7 @@ def test_kubernetes_code_in_pods_and_permissions_are_never_learned(request_: Kub
 @pytest.mark.parametrize("request_", [
     kube("get", "pods"), kube("list", "deployments", group="apps"), kube("get", "pods", "log"),
     kube("list", "rolebindings", group="rbac.authorization.k8s.io"), kube("delete", "configmaps"),
+    KubeRequest("get", "/healthz", resource_request=False), KubeRequest("get", "/metrics", resource_request=False),
 ], ids=repr)
 def test_kubernetes_requests_are_learned(request_: KubeRequest) -> None:
     decision = ask(request_, "cluster")
