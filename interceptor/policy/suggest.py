@@ -123,7 +123,7 @@ class Grant:
             return True
         block = dict(self.fixed)
         for name, values in sorted(self.lists.items()):
-            if name not in self.unbounded and not (name == "names" and len(values) > KUBE_NAMES):
+            if name not in self.unbounded:
                 block[name] = sorted(values)
         return block
 
@@ -172,7 +172,6 @@ def _flow(value: Any) -> str:
 
 # -- reading the records -------------------------------------------------------------------
 
-KUBE_NAMES = 5  # at most this many distinct object names are listed in a rule's `names`
 _KUBE_CASE = ("verb", "path", "api_group", "api_version", "resource", "subresource", "namespace", "name",
               "label_selector", "field_selector", "dry_run", "command")
 _SSH_FORWARDS = {"local": "forward", "remote": "remote_forward"}

@@ -329,3 +329,16 @@ def test_diff_takes_no_kept_grant_for_a_use(tmp_path):
     assert unused["any-a"]["status"] == "unused"
     assert unused["all-sql"]["status"] == "partly used" and unused["all-sql"]["kept_on"] == ["db2"]
     assert [use["what"] for use in unused["all-sql"]["uses"]] == ["select public.p (id)"]
+
+
+def test_every_object_name_is_listed(tmp_path):
+    """Six secrets read were suggested as every secret of the namespace (names were left out
+    past five)."""
+    names = [f"db-{n}" for n in range(6)]
+    events = _learned(BASE, "a", [("cluster", KubeRequest("get", f"/api/v1/namespaces/prod/secrets/{name}",
+                                                          api_version="v1", resource="secrets", namespace="prod",
+                                                          name=name)) for name in names])
+    result, out = _suggest(tmp_path, BASE, events, "--effect", "allow")
+    assert result.exit_code == 0, result.output
+    other = KubeRequest("get", "", api_version="v1", resource="secrets", namespace="prod", name="admin-token")
+    assert _verdict(out, "a", "cluster", other) == "deny"
