@@ -10,6 +10,7 @@ import click
 
 from interceptor.audit import Query
 from interceptor.audit.cli import TimeArg, cli_settings, opened_store, store_option
+from interceptor.cli_support import escaped
 from interceptor.policy.suggest import SuggestError, suggest
 
 
@@ -49,8 +50,8 @@ def suggest_command(ctx: click.Context, agent: str, since: float | None, until: 
     name = output.name if output is not None else "suggested.yaml"
     try:
         made = suggest(events, base_text, str(base), agent, effect=effect, session=session, policy_name=name)
-    except SuggestError as exc:
-        raise click.ClickException(str(exc)) from exc
+    except SuggestError as exc:  # it may quote what the agent sent (a case's reason): escaped, line by line
+        raise click.ClickException("\n".join(escaped(line) for line in str(exc).splitlines())) from exc
     summary = f"{made.used} records used, {sum(made.skipped.values())} skipped"
     if output is None:
         click.echo(made.policy, nl=False)

@@ -342,3 +342,17 @@ def test_every_object_name_is_listed(tmp_path):
     assert result.exit_code == 0, result.output
     other = KubeRequest("get", "", api_version="v1", resource="secrets", namespace="prod", name="admin-token")
     assert _verdict(out, "a", "cluster", other) == "deny"
+
+
+def test_a_failure_quoting_the_agent_reaches_the_terminal_escaped(tmp_path, monkeypatch):
+    """A SuggestError may quote a case's reason, which holds what the agent sent."""
+    import interceptor.policy.suggest_cli as suggest_cli
+
+    def failing(*args, **kwargs):
+        raise suggest_cli.SuggestError("cases do not hold:\nno rule allows GET /x\x1b]52;c;evil\x07\u202e")
+
+    monkeypatch.setattr(suggest_cli, "suggest", failing)
+    result, _ = _suggest(tmp_path, BASE, _learned(BASE, "a", [("api", HttpRequest("GET", "/x"))]))
+    assert result.exit_code == 1
+    assert "\x1b" not in result.output and "\u202e" not in result.output and "\x07" not in result.output
+    assert "cases do not hold:\nno rule allows GET /x\\x1b]52;c;evil\\x07\\u202e" in result.output
