@@ -98,10 +98,13 @@ class Services:
         """An audit event carrying the flow's who and where, so handlers only add the what.
         The process and identity summaries are built once per flow (and identity) and shared
         by its events; the audit sink copies what it keeps. While the flow is learned or
-        shadowed its operation carries the marks (`marked`); a connection record without a
-        decision, what the candidate decides of the connection (FlowJudge.connection_shadow)."""
+        shadowed its operation carries the marks (`marked`); the connection record of a `tcp`
+        flow (whose only operation is its connection; every other protocol's operations carry
+        their own), what the candidate decides of the connection (FlowJudge.connection_shadow)."""
         learn = self.judge.learning()
-        judged = self.judge.connection_shadow() if decision is None and kind == "connection" else decision
+        judged = decision
+        if decision is None and kind == "connection" and self.resource.protocol == "tcp":
+            judged = self.judge.connection_shadow()
         if learn is not None or (judged is not None and judged.shadow is not None):
             operation = marked(operation, judged, learn)
         identity = self.judge.identity()

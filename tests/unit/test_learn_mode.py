@@ -163,8 +163,8 @@ def judge(engine: PolicyEngine, learns: str | None = None, shadow: ShadowRun | N
                      learns=lambda agent, resource: learns, shadow=lambda agent: shadow)
 
 
-def services(flow_judge: FlowJudge) -> Services:
-    spec = ResourceSpec("db", "postgres", ())
+def services(flow_judge: FlowJudge, protocol: str = "postgres") -> Services:
+    spec = ResourceSpec("db", protocol, ())
 
     async def credentials() -> dict[str, str]:
         return {}
@@ -413,20 +413,22 @@ def test_a_shadow_candidate_must_be_a_bounded_regular_file(tmp_path: Path, name:
 
 def test_a_shadowed_flows_connection_record_says_what_the_candidate_would_decide_of_the_connection() -> None:
     """A tcp resource's only operation is its connection: without this the report would find
-    no disagreement for a candidate that refuses the resource outright."""
+    no disagreement for a candidate that refuses the resource outright. Another protocol's
+    operations carry their own."""
     run = candidate("  - {name: only-other, effect: allow, resources: [other]}\n")
     flow_judge = judge(PolicyEngine(policy()), shadow=run)
-    record = services(flow_judge).event(flow(), "connection", verdict="allow", rule="read-orders",
+    record = services(flow_judge, "tcp").event(flow(), "connection", verdict="allow", rule="read-orders",
                                         operation={"dst": "x"})
     assert record.operation == {"dst": "x", "shadow": {
         "session": "0123456789abcdef", "policy": run.version, "verdict": "deny", "rule": "default-deny",
         "agrees": False, "reason": "no rule allows this agent to reach this resource"}}
-    errored = services(flow_judge).event(flow(), "connection", verdict="error", operation={})
+    errored = services(flow_judge, "tcp").event(flow(), "connection", verdict="error", operation={})
     assert errored.operation is not None and errored.operation["shadow"]["agrees"] is False  # type: ignore[index]
     agreeing = judge(PolicyEngine(policy()), shadow=candidate("  - {name: all, effect: allow}\n"))
-    assert services(agreeing).event(flow(), "connection", verdict="allow", operation={}).operation == {
+    assert services(agreeing, "tcp").event(flow(), "connection", verdict="allow", operation={}).operation == {
         "shadow": {"session": "0123456789abcdef", "policy": agreeing.shadow("analyst").version,  # type: ignore[union-attr]
                    "verdict": "allow", "rule": "all", "agrees": True}}
+    assert services(flow_judge).event(flow(), "connection", verdict="allow", operation={}).operation == {}
 
 
 def test_a_run_a_reload_ended_is_listed_as_ended_and_its_timer_cancelled() -> None:
