@@ -20,6 +20,7 @@ from interceptor.decision import Decision, Verdict
 from interceptor.enforcer.judge import FlowJudge
 from interceptor.flow import Endpoint, FlowContext, ProcessInfo
 from interceptor.handlers.base import Services
+from interceptor.handlers.postgres.cursors import Cursors
 from interceptor.learn_cli import learn
 from interceptor.modes import MAX_CANDIDATE_BYTES, ModeControl
 from interceptor.operations import Operation, Request, SqlQuery, Subject, TcpConnect
@@ -27,6 +28,7 @@ from interceptor.policy import PolicyEngine, PolicyError, load_policy_text
 from interceptor.policy.catalog import Catalog, Function, Relation
 from interceptor.policy.learn import LearnSession, learning_of, with_learning
 from interceptor.policy.model import Policy, ResourceSpec
+from interceptor.policy.settings import SessionSettings
 from interceptor.policy.shadow import CANDIDATE_ERROR_RULE, ShadowRun
 from interceptor.runtime import Modes, Snapshot
 
@@ -474,3 +476,15 @@ def test_a_run_ends_even_when_the_kernel_plan_cannot_follow(tmp_path: Path, monk
     assert runtime.snapshot is ended and dict(ended.modes.learning) == {}
     assert ended.engine.policy.version == ended.policy.version
     assert ask(ended.engine, "DELETE FROM sales.orders").verdict is Verdict.DENY
+
+
+def test_a_fetch_of_an_undeclared_cursor_keeps_the_candidates_mark() -> None:
+    """The session turns the FETCH's decision into a refusal; the refusal's record still says
+    what the candidate decided, so `policy shadow report` counts it."""
+    run = candidate("  - {name: all, effect: allow}\n")
+    flow_judge = judge(PolicyEngine(policy()), shadow=run)
+    fetch = flow_judge.decide(SqlQuery("FETCH 1 FROM ghost", catalog=CATALOG))
+    refused = Cursors(lambda: None).judged("FETCH 1 FROM ghost", fetch, SessionSettings.of((), ()), (),
+                                           lambda text, settings: fetch)
+    assert (refused.verdict, refused.rule) == (Verdict.DENY, "unknown-cursor")
+    assert refused.shadow is fetch.shadow is not None

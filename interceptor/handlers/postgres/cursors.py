@@ -44,11 +44,12 @@ class Cursors:
                 continue
             cursor = declared.get(name) or self.held.get(name)
             if cursor is None or name in portals:  # a protocol portal shares the cursors' names
-                return Decision.deny("unknown-cursor", f"cursor {name!r} was not declared through the enforcer (or "
-                                                       "was closed, or ended with its transaction)")
+                return Decision(Verdict.DENY, "unknown-cursor", f"cursor {name!r} was not declared through the "
+                                "enforcer (or was closed, or ended with its transaction)", shadow=decision.shadow)
             judged = self._decision(cursor, name, decide)
             if judged.verdict is not Verdict.ALLOW:
-                return Decision.deny(judged.rule, f"cursor {name!r}: {judged.reason or 'denied'}")
+                return Decision(Verdict.DENY, judged.rule, f"cursor {name!r}: {judged.reason or 'denied'}",
+                                shadow=decision.shadow)
             outputs = [o for d in judged.details if d.get("cursor") == name for o in listed(d, "masked_outputs")]
             counted = next((d.get("output_count") for d in judged.details if d.get("cursor") == name), None)
             details[index] = {**detail, "masked_outputs": outputs, "output_count": counted}

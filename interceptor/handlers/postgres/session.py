@@ -373,8 +373,9 @@ class ProxySession:
         decision = self._decide(prepared.text, settings)
         if decision.verdict is Verdict.APPROVE and not (prepared.approval and prepared.approval.get("approved")
                                                        and decision.rule == prepared.decision.rule):
-            decision = Decision.deny(decision.rule, "this statement now needs approval (the policy, identity or "
-                                                    "session changed since it was prepared); prepare it again")
+            decision = Decision(Verdict.DENY, decision.rule, "this statement now needs approval (the policy, "
+                                "identity or session changed since it was prepared); prepare it again",
+                                details=decision.details, shadow=decision.shadow)
         if settings is self.predicted:
             prepared.decision, prepared.context = decision, context
         return decision
