@@ -244,7 +244,7 @@ class Daemon:
         await enforcer.start(settings.enforcer_port, settings.refuse_port)
         await runtime.install(redirect, enforcer.close_sessions)
         redirect.on_deny(functools.partial(self._on_deny, asyncio.get_running_loop(), runtime, audit))
-        modes = ModeControl(runtime)
+        modes = ModeControl(runtime, close_flows=enforcer.close_sessions)
         api = ControlApi(settings, runtime, redirect, enforcer,
                          CatalogControl(self.catalogs, lambda: runtime.snapshot.policy.resources),
                          ApprovalControl(approvals, ApproverCheck(settings.approvals)), modes, self.started)

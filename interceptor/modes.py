@@ -59,10 +59,13 @@ def read_candidate(path: object) -> Policy:
 
 @dataclass(slots=True)
 class ModeControl:
-    """Starts and ends the runs of `runtime`; `clock`: epoch seconds."""
+    """Starts and ends the runs of `runtime`; `clock`: epoch seconds; `close_flows(agent,
+    reason, rule)` cuts the agent's open flows whose connection `rule` allowed, returning how
+    many (Enforcer.close_sessions): a flow only the learning rule let open ends with its run."""
 
     runtime: Runtime
     clock: Callable[[], float] = time.time
+    close_flows: Callable[[str, str, str], int] = lambda agent, reason, rule: 0
     ended: list[dict[str, Any]] = field(default_factory=list)  # newest last
     _timers: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
     _started: dict[str, LearnSession] = field(default_factory=dict)  # the runs this started, by session id
@@ -169,9 +172,10 @@ class ModeControl:
         if not ending:
             return None
         run = ending[0]
-        summary = self._ended(run, why)
-        log.warning("learn mode for agent %s (session %s) ended: %s", agent, run.session,
-                    "its time ran out" if why == "expired" else why)
+        summary = {**self._ended(run, why),
+                   "flows_closed": self.close_flows(agent, f"learn mode ended ({why})", run.rule_name)}
+        log.warning("learn mode for agent %s (session %s) ended: %s; %d flow(s) only it let open closed", agent,
+                    run.session, "its time ran out" if why == "expired" else why, summary["flows_closed"])
         await self._audit("learn-expired" if why == "expired" else "learn-stop", agent, summary)
         return summary
 

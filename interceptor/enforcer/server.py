@@ -243,11 +243,12 @@ class Enforcer:
         finally:
             del self.sessions[flow.flow_id]
 
-    def close_sessions(self, agent: str, reason: str) -> int:
-        """Cut an agent's open flows (identity `on_invalid: close`); returns how many."""
+    def close_sessions(self, agent: str, reason: str, rule: str | None = None) -> int:
+        """Cut an agent's open flows (identity `on_invalid: close`), or only those whose
+        connection `rule` allowed (a learn run that ended); returns how many."""
         closed = 0
         for session in list(self.sessions.values()):
-            if session.flow.agent == agent:
+            if session.flow.agent == agent and rule in (None, session.flow.connection_rule):
                 log.info("closing flow %s of agent %s: %s", session.flow.flow_id, agent, reason)
                 try:
                     session.client.shutdown(socket.SHUT_RDWR)

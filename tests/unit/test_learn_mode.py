@@ -488,3 +488,26 @@ def test_a_fetch_of_an_undeclared_cursor_keeps_the_candidates_mark() -> None:
                                            lambda text, settings: fetch)
     assert (refused.verdict, refused.rule) == (Verdict.DENY, "unknown-cursor")
     assert refused.shadow is fetch.shadow is not None
+
+
+def test_the_flows_only_the_learning_rule_let_open_end_with_the_run() -> None:
+    """A connection-level flow (tcp, an upgraded HTTP connection, a watch) judged once when it
+    opened would outlive the run that allowed it: ending the run cuts those, and only those."""
+    cut: list[tuple[str, str, str]] = []
+
+    def close_flows(agent: str, reason: str, rule: str) -> int:
+        cut.append((agent, reason, rule))
+        return 2
+
+    async def scenario() -> dict[str, Any]:
+        runtime = Runtime()
+        modes = ModeControl(runtime, close_flows=close_flows)  # type: ignore[arg-type]
+        await modes.learn_start(ROOT, "analyst", seconds=0.05)
+        await asyncio.sleep(0.2)
+        await modes.learn_start(ROOT, "analyst")
+        return await modes.learn_stop(ROOT, "analyst")
+
+    stopped = asyncio.run(scenario())
+    assert cut == [("analyst", "learn mode ended (expired)", "learn:analyst"),
+                   ("analyst", "learn mode ended (stopped)", "learn:analyst")]
+    assert stopped["flows_closed"] == 2
