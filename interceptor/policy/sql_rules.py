@@ -285,13 +285,13 @@ def _opaque(statement: Statement, rules: list[Rule]) -> Judgement:
 def _action(action: Action, statement: Statement, rules: list[Rule]) -> Judgement:
     """What the rules say; with none, a bootstrap read (a type-lookup catalog relation,
     or a SELECT of session functions without FROM) is allowed by default."""
-    matching = [r for r in rules if r.effect != "mask" and _action_matches(r, action)]
+    matching = [r for r in rules if r.effect != "mask" and _action_matches(r, action, statement)]
     where = f" on {action.table[0]}.{action.table[1]}" if action.table else ""
-    unlearned = never_learned(action) and learning_rule(rules) is not None
+    unlearned = learning_rule(rules) is not None and never_learned(action, statement)
     judgement = pick(matching, f"no rule allows {action.kind}{where}" + (
         " (learn mode never learns DDL, COPY with the server's files or programs, SET of a setting a session "
-        "may not choose, nor reads of credentials or other sessions' statements: a rule must name it)"
-        if unlearned else ""))
+        "may not choose, nor reads of credentials or other sessions' statements, directly or through a view: "
+        "a rule must name it)" if unlearned else ""))
     if judgement.rule == DEFAULT_DENY and action.kind == "select" and (
             action.table in BOOTSTRAP_RELATIONS or (action.table is None and statement.bootstrap)):
         return Judgement(Verdict.ALLOW, BOOTSTRAP_RULE, "what drivers read when they connect is allowed by default")
@@ -391,20 +391,27 @@ def _kind_ok(kinds: tuple[str, ...] | None, kind: str) -> bool:
     return kinds is None or kind in kinds or "*" in kinds or (kind in DDL_KINDS and "ddl" in kinds)
 
 
-def _action_matches(rule: Rule, action: Action) -> bool:
-    """Does `rule` cover this action? Rules about functions only judge function calls."""
+def _action_matches(rule: Rule, action: Action, statement: Statement) -> bool:
+    """Does `rule` cover this action of `statement`? Rules about functions only judge
+    function calls."""
     match = sql_match(rule)
     if match is None:
-        return rule.operation is None and not (is_learning(rule) and never_learned(action))
+        return rule.operation is None and not (is_learning(rule) and never_learned(action, statement))
     return _covers(match, rule.effect == "deny", action)
 
 
-def never_learned(action: Action) -> bool:
-    """Does the learning rule leave this action to the rules (NEVER_LEARNED_KINDS,
-    NEVER_LEARNED_RELATIONS, and the views of statement texts in any schema)?"""
-    table = action.table
-    return action.kind in NEVER_LEARNED_KINDS or (table is not None and (
-        table in NEVER_LEARNED_RELATIONS or table[1] in STATEMENT_TEXT_RELATIONS))
+def never_learned(action: Action, statement: Statement) -> bool:
+    """Does the learning rule leave this action of `statement` to the rules: its kind is
+    one of NEVER_LEARNED_KINDS, or the statement reads a relation of NEVER_LEARNED_RELATIONS
+    or a view of statement texts (in any schema), itself or through the definition of a view
+    it reads (Statement.filters holds what those definitions read: a view over
+    pg_stat_statements is no innocent table)?"""
+    return action.kind in NEVER_LEARNED_KINDS or _unlearned_relation(action.table) or any(
+        _unlearned_relation((ref[0], ref[1])) for ref in statement.filters)
+
+
+def _unlearned_relation(table: tuple[str, str] | None) -> bool:
+    return table is not None and (table in NEVER_LEARNED_RELATIONS or table[1] in STATEMENT_TEXT_RELATIONS)
 
 
 def _covers(m: SqlMatch, deny: bool, action: Action) -> bool:
