@@ -87,16 +87,13 @@ class ModeControl:
         seconds in (0, MAX_LEARN_SECONDS] (learn_seconds), or an agent learned already."""
         if seconds is not None:
             seconds = learn_seconds(seconds)
-        policy = self.runtime.snapshot.policy
-        self._known_agent(agent)
         if resources is not None and (not isinstance(resources, list) or not resources):
             raise ValueError(f"resources must be a list of one or more resource names, not {resources!r}"[:200])
-        for resource in resources or ():
-            if not isinstance(resource, str) or resource not in policy.resources:
-                raise ValueError(f"unknown resource {resource!r} (the policy has: {', '.join(sorted(policy.resources))})")
+        self._learnable(agent, resources)
         session = LearnSession.start(agent, self.clock(), seconds, tuple(resources) if resources else None)
 
         def started(modes: Modes) -> Modes:
+            self._learnable(agent, resources)  # again under the lock: a reload may have swapped the policy since
             running = modes.learning.get(agent)
             if running is not None:
                 raise ValueError(f"agent {agent!r} is learned already (session {running.session}): "
@@ -114,6 +111,14 @@ class ModeControl:
                     f"for {seconds:g} s" if seconds is not None else "until stopped")
         await self._audit("learn-start", agent, session.summary())
         return session.summary()
+
+    def _learnable(self, agent: str, resources: list[str] | None) -> None:
+        """ValueError unless the policy in force names `agent` and each of `resources`."""
+        self._known_agent(agent)
+        policy = self.runtime.snapshot.policy
+        for resource in resources or ():
+            if not isinstance(resource, str) or resource not in policy.resources:
+                raise ValueError(f"unknown resource {resource!r} (the policy has: {', '.join(sorted(policy.resources))})")
 
     async def learn_stop(self, peer: Peer, agent: str) -> dict[str, Any]:
         """End `agent`'s learning: the ended run (summary with `ended` and `why`). ValueError
@@ -193,6 +198,7 @@ class ModeControl:
         replaced: list[ShadowRun] = []
 
         def started(modes: Modes) -> Modes:
+            self._known_agent(agent)  # again under the lock: a reload may have swapped the policy since
             replaced.extend(s for a, s in modes.shadows.items() if a == agent)
             return Modes(modes.learning, MappingProxyType({**modes.shadows, agent: run}))
 

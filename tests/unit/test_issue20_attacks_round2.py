@@ -5,13 +5,20 @@ from __future__ import annotations
 
 import pytest
 
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
 from test_issue20_attacks_learn import NOW, SQL_POLICY
+from test_learn_mode import POLICY, ROOT, Runtime
 
 from interceptor.decision import Decision, Verdict
+from interceptor.modes import ModeControl
 from interceptor.operations import Request, SqlQuery, Subject
 from interceptor.policy import PolicyEngine, load_policy_text
 from interceptor.policy.catalog import Catalog, Relation
 from interceptor.policy.learn import LearnSession, with_learning
+from interceptor.runtime import Modes, Snapshot
 
 
 def learned_sql(sql: str, catalog: Catalog) -> Decision:
@@ -55,3 +62,58 @@ def test_a_view_over_what_is_never_learned_is_not_learned(sql: str) -> None:
 def test_a_view_over_tables_is_learned() -> None:
     decision = learned_sql("SELECT total FROM public.order_totals", VIEWS)
     assert (decision.verdict, decision.rule) == (Verdict.ALLOW, "learn:analyst")
+
+
+# -- a run started while a reload takes its agent or resource away ----------------------------
+
+class ReloadingRuntime(Runtime):
+    """A runtime whose policy a reload replaces while a run's start waits for its lock
+    (Runtime.change_modes runs the change under the lock, after the reload's swap)."""
+
+    def __init__(self, reloaded: str) -> None:
+        super().__init__()
+        self.reloaded = load_policy_text(reloaded)
+
+    async def change_modes(self, change: Callable[[Modes], Modes]) -> Snapshot:
+        if self.snapshot.policy is not self.reloaded:
+            await asyncio.sleep(0)
+            self.snapshot = Snapshot(self.reloaded, PolicyEngine(self.reloaded), None,  # type: ignore[arg-type]
+                                     self.snapshot.modes.within(self.reloaded)[0])
+        return await super().change_modes(change)
+
+
+WITHOUT_DB = POLICY.replace('  db: {protocol: postgres, addresses: ["127.0.0.1:5432"]}\n', "")
+WITHOUT_ANALYST = POLICY.replace("  analyst: {}\n", "").replace("agents: [analyst]", "agents: [bystander]")
+
+
+@pytest.mark.parametrize("reloaded, resources", [(WITHOUT_ANALYST, None), (WITHOUT_DB, ["db"])],
+                         ids=["agent removed", "resource removed"])
+def test_a_run_started_during_a_reload_that_removes_its_agent_or_resource_does_not_start(
+        reloaded: str, resources: list[str] | None) -> None:
+    """The start checked the agent and the resources against the policy before it waited for
+    the reload to finish, then put the run in force under the reloaded policy: a run the
+    reload would have ended (its agent or resource gone) stayed running and learning."""
+    runtime = ReloadingRuntime(reloaded)
+    modes = ModeControl(runtime)  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        with pytest.raises(ValueError, match="unknown"):
+            await modes.learn_start(ROOT, "analyst", seconds=60, resources=resources)
+
+    asyncio.run(scenario())
+    assert dict(runtime.snapshot.modes.learning) == {} and modes._timers == {} and modes._started == {}
+    assert modes.learn_status(ROOT) == {"learning": [], "ended": []}
+
+
+def test_a_shadow_run_started_during_a_reload_that_removes_its_agent_does_not_start(tmp_path: Path) -> None:
+    candidate = tmp_path / "candidate.yaml"
+    candidate.write_text(POLICY)
+    runtime = ReloadingRuntime(WITHOUT_ANALYST)
+    modes = ModeControl(runtime)  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        with pytest.raises(ValueError, match="unknown"):
+            await modes.shadow_start(ROOT, "analyst", str(candidate))
+
+    asyncio.run(scenario())
+    assert dict(runtime.snapshot.modes.shadows) == {}
