@@ -125,7 +125,7 @@ class ControlApi:
 
     def status(self, peer: Peer) -> dict[str, Any]:
         """The daemon (version, pid, uptime_s, redirect mode, cgroup root), its policy (version,
-        path), agents (cgroups, uids, unprotected, identity), resources (protocol, addresses),
+        the path of the file it was loaded from: the settings' or a reload's), agents (cgroups, uids, unprotected, identity), resources (protocol, addresses),
         the number of open sessions, which hot modules it runs compiled (compiled.status()),
         the learn runs (ModeControl.learn_status) and the shadow runs."""
         snap = self.runtime.snapshot
@@ -135,7 +135,7 @@ class ControlApi:
             "uptime_s": round(time.time() - self.started, 1),
             "redirect": self.redirect.mode,
             "cgroup_root": str(self.runtime.mount),
-            "policy": {"version": snap.policy.version, "path": str(self.settings.policy)},
+            "policy": {"version": snap.policy.version, "path": snap.policy.source},
             "agents": [{"name": a.name, "cgroups": list(a.cgroup_paths), "uids": list(a.uids),
                         "unprotected": "allow" if a.unprotected_allow else "deny",
                         "identity": self._identity_summary(a.name)} for a in snap.plan.agents],

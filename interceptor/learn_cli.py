@@ -52,13 +52,13 @@ def learn() -> None:
 
 @learn.command()
 @click.option("--agent", required=True, help="Agent name from the policy.")
-@click.option("--for", "seconds", type=_Duration(), help="End by itself after this long (90s, 15m, 1h, 2d) "
-                                                          "[default: until `learn stop`].")
+@click.option("--for", "seconds", type=_Duration(), default="1h", show_default=True,
+              help="End by itself after this long (90s, 15m, 1h, 2d; at most 366d), or earlier with `learn stop`.")
 @click.option("--resource", "resources", multiple=True, help="Learn only on this resource (repeatable) "
                                                              "[default: every resource].")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def start(ctx: click.Context, agent: str, seconds: float | None, resources: tuple[str, ...], as_json: bool) -> None:
+def start(ctx: click.Context, agent: str, seconds: float, resources: tuple[str, ...], as_json: bool) -> None:
     """Start learning AGENT's operations."""
     run = call(ctx, ControlMethod.LEARN_START, agent=agent, seconds=seconds, resources=list(resources) or None)
     click.echo(json.dumps(run) if as_json else f"learning: {_run(run)}")

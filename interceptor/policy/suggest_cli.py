@@ -11,7 +11,30 @@ import click
 from interceptor.audit import Query
 from interceptor.audit.cli import TimeArg, cli_settings, opened_store, store_option
 from interceptor.cli_support import escaped
+from interceptor.control import ControlError, ControlMethod
+from interceptor.policy.loader import PolicyError, load_policy_text
 from interceptor.policy.suggest import SuggestError, suggest
+
+
+def _running_policy(ctx: click.Context) -> tuple[str, str] | None:
+    """The running daemon's policy: (the file it was loaded from, its version); None when no
+    daemon answers."""
+    client = (ctx.find_root().obj or {}).get("control")
+    if client is None:
+        return None
+    try:
+        policy = client.call(ControlMethod.STATUS)["policy"]
+    except ControlError:
+        return None
+    return str(policy["path"]), str(policy["version"])
+
+
+def _version(text: str, name: str) -> str | None:
+    """The version of the policy `text`; None when it does not load (suggest says why)."""
+    try:
+        return load_policy_text(text, name).version
+    except PolicyError:
+        return None
 
 
 def tests_path(output: Path) -> Path:
@@ -25,7 +48,8 @@ def tests_path(output: Path) -> Path:
 @click.option("--until", type=TimeArg(), help="Only records before this time.")
 @click.option("--session", metavar="ID", help="Only this learn session's records (default: every session).")
 @click.option("--policy", "base", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Base policy [default: the daemon settings' policy].")
+              help="Base policy [default: the file the running daemon loaded its policy from; without a "
+                   "daemon, the settings' policy].")
 @click.option("--effect", type=click.Choice(["approve", "allow"]), default="approve", show_default=True,
               help="Effect of the suggested rules.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
@@ -38,11 +62,17 @@ def suggest_command(ctx: click.Context, agent: str, since: float | None, until: 
     its grants of NAME on the learned resources, plus approve rules by default (what a base
     approve rule held stays approve), with a tests file of cases drawn from what happened; both
     are checked before they are written."""
-    base = base or cli_settings().policy
+    running = _running_policy(ctx) if base is None else None
+    base = base or (Path(running[0]) if running else cli_settings().policy)
     try:
         base_text = base.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise click.ClickException(f"cannot read the base policy {base}: {exc}") from exc
+    if running is not None and _version(base_text, str(base)) != running[1]:
+        click.echo(f"warning: {base} changed since the daemon loaded it (running version {running[1]}); the "
+                   "suggestion is based on the file as it is now", err=True)
+    elif running is None and ctx.params.get("base") is None:
+        click.echo(f"note: no daemon answers; the base is the settings' policy {base} (give --policy FILE)", err=True)
     with opened_store(store) as opened:
         events: list[Any] = [record.event for _, record in opened.search(Query(agent=agent, since=since, until=until))]
         # the learn-start records say what each session learned; they may precede the window

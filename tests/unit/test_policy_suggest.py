@@ -11,6 +11,7 @@ import yaml
 from click.testing import CliRunner
 
 from interceptor.audit import AuditEvent, open_sink
+from interceptor.control import ControlMethod
 from interceptor.handlers.postgres.record import redact_literals
 from interceptor.operations import Request, SqlQuery, Subject
 from interceptor.policy.cases import run_cases
@@ -413,3 +414,30 @@ def test_a_connection_where_nothing_needed_a_rule_is_kept(tmp_path):
     assert engine.decide(Request(Subject("a"), "db2", SqlQuery("SELECT x FROM t"))).verdict.value == "deny"
     _, tests = write(tmp_path, made)
     assert all(r.passed for r in run_cases(tests))
+
+
+class _Daemon:
+    """What `policy suggest` asks the running daemon: the file its policy was loaded from."""
+
+    def __init__(self, path, version):
+        self.answer = {"policy": {"path": str(path), "version": version}}
+
+    def call(self, method, **params):
+        assert method is ControlMethod.STATUS
+        return self.answer
+
+
+def test_the_base_is_the_policy_the_daemon_runs_and_a_changed_file_is_said(tmp_path):
+    """Not the settings' file: a daemon started with --policy, or reloaded from another file,
+    runs that one, and a suggestion from another base would move its resources."""
+    store = tmp_path / "audit.db"
+    _fill_store(store, analyst())
+    running = tmp_path / "running.yaml"
+    running.write_text(DEMO)
+    version = load_policy_text(DEMO).version
+    args = ["suggest", "--agent", "demo", "--store", str(store)]
+    result = CliRunner().invoke(policy, args, obj={"control": _Daemon(running, version)})
+    assert result.exit_code == 0, result.output
+    assert f"# Base: {running} (version {version})" in result.output and "warning" not in result.output
+    changed = CliRunner().invoke(policy, args, obj={"control": _Daemon(running, "0ld")})
+    assert f"warning: {running} changed since the daemon loaded it (running version 0ld)" in changed.output
