@@ -190,26 +190,35 @@ def matches(rule: Rule, operation: KubeRequest) -> bool:
             and _unless_absent(match.namespaces, operation.namespace, loose))
 
 
-# What changes permissions (never learned, never_learned): RBAC objects written, and the verbs
+# What changes permissions (never learned, never_learned): RBAC objects and admission control
+# (webhooks that see and rewrite every request, policies that refuse) written, and the verbs
 # that act as another user, grant a role or write one beyond the writer's own rights
 RBAC_GROUP = "rbac.authorization.k8s.io"
+ADMISSION_GROUP = "admissionregistration.k8s.io"
 READ_VERBS = frozenset({"get", "list", "watch"})
 PERMISSION_VERBS = frozenset({"impersonate", "bind", "escalate", "approve", "sign"})
+# Subresources whose writes issue a credential or run code in a running pod: a certificate
+# signing request approved or its certificate written, an ephemeral container (what
+# `kubectl debug` runs, as exec does)
+UNLEARNED_SUBRESOURCES = frozenset({("certificatesigningrequests", "approval"), ("certificatesigningrequests", "status"),
+                                    ("pods", "ephemeralcontainers")})
 HOST_PATHS = ("/logs", "/logs/*", "/debug", "/debug/*")  # non-resource URLs of the API server's host
 
 
 def never_learned(operation: KubeRequest) -> bool:
     """What the learning rule (interceptor.policy.learn) does not cover, as a rule naming it
     alone does: running code in a pod or reaching through the API server (exec, attach,
-    portforward, proxy), and changing permissions (an RBAC object written, impersonate, bind,
-    escalate, a certificate signing request approved); and the API server's own host files and
-    memory (`/logs`: its /var/log; `/debug`: profiles, heap dumps holding tokens)."""
+    portforward, proxy, an ephemeral container written), issuing a credential (a certificate
+    approved or signed), and changing permissions (an RBAC or admission object written,
+    impersonate, bind, escalate); and the API server's own host
+    files and memory (`/logs`: its /var/log; `/debug`: profiles, heap dumps holding tokens)."""
     if not operation.resource_request:
         return _urls(HOST_PATHS, operation.path, loose=True)
     return (connect(operation.api_group, operation.resource, operation.subresource) or operation.verb == "proxy"
             or operation.verb in PERMISSION_VERBS
-            or (operation.api_group == RBAC_GROUP and operation.verb not in READ_VERBS)
-            or (operation.resource, operation.subresource) == ("certificatesigningrequests", "approval"))
+            or (operation.api_group in (RBAC_GROUP, ADMISSION_GROUP) and operation.verb not in READ_VERBS)
+            or ((operation.resource, operation.subresource) in UNLEARNED_SUBRESOURCES
+                and operation.verb not in READ_VERBS))
 
 
 def _globs(patterns: tuple[str, ...] | None, value: str) -> bool:

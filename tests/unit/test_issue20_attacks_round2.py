@@ -9,12 +9,12 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
-from test_issue20_attacks_learn import NOW, SQL_POLICY
+from test_issue20_attacks_learn import NOW, SQL_POLICY, ask, assert_never_learned, kube
 from test_learn_mode import POLICY, ROOT, Runtime
 
 from interceptor.decision import Decision, Verdict
 from interceptor.modes import ModeControl
-from interceptor.operations import Request, SqlQuery, Subject
+from interceptor.operations import KubeRequest, Request, SqlQuery, Subject
 from interceptor.policy import PolicyEngine, load_policy_text
 from interceptor.policy.catalog import Catalog, Relation
 from interceptor.policy.learn import LearnSession, with_learning
@@ -117,3 +117,31 @@ def test_a_shadow_run_started_during_a_reload_that_removes_its_agent_does_not_st
 
     asyncio.run(scenario())
     assert dict(runtime.snapshot.modes.shadows) == {}
+
+
+# -- Kubernetes: code run in a running pod, a credential issued, every request intercepted ----
+
+@pytest.mark.parametrize("request_", [
+    kube("patch", "pods", "ephemeralcontainers"), kube("update", "pods", "ephemeralcontainers"),
+    kube("update", "certificatesigningrequests", "status", group="certificates.k8s.io", namespace=""),
+    kube("create", "mutatingwebhookconfigurations", group="admissionregistration.k8s.io", namespace=""),
+    kube("patch", "validatingwebhookconfigurations", group="admissionregistration.k8s.io", namespace=""),
+    kube("delete", "validatingadmissionpolicies", group="admissionregistration.k8s.io", namespace=""),
+], ids=repr)
+def test_kubernetes_debug_containers_certificates_and_admission_are_never_learned(request_: KubeRequest) -> None:
+    """An ephemeral container runs code in a running pod (its service account, its volumes)
+    as exec does, a certificate written into a request's status issues a credential, and an
+    admission webhook sees (Secrets whole) and rewrites every request it names, and an
+    admission policy removed lets in what it refused: all were learned, and suggested as a
+    `patch pods/ephemeralcontainers` or `create mutatingwebhookconfigurations` rule."""
+    assert_never_learned(request_, "cluster")
+
+
+@pytest.mark.parametrize("request_", [
+    kube("create", "serviceaccounts", "token", name="default"), kube("get", "pods", "ephemeralcontainers"),
+    kube("list", "mutatingwebhookconfigurations", group="admissionregistration.k8s.io", namespace="", name=""),
+    kube("create", "certificatesigningrequests", group="certificates.k8s.io", namespace="", name=""),
+], ids=repr)
+def test_kubernetes_reads_of_them_are_learned(request_: KubeRequest) -> None:
+    decision = ask(request_, "cluster")
+    assert (decision.verdict, decision.rule) == (Verdict.ALLOW, "learn:analyst")
