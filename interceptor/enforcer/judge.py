@@ -89,11 +89,9 @@ class FlowJudge:
         return shadow.beside(admitted, self._candidate(self.request(TcpConnect()), shadow))
 
     def _candidate(self, request: Request, shadow: ShadowRun) -> Decision | Exception:
-        """What the shadow run's candidate decides of `request`, or what it raised."""
-        try:
-            return self.judged(request, shadow.engine)
-        except Exception as exc:  # noqa: BLE001 - a candidate's failure never changes what is enforced
-            return exc
+        """What the shadow run's candidate decides of `request`, or what it raised (a
+        candidate too slow once is no longer asked: ShadowRun.candidate)."""
+        return shadow.candidate(lambda: self.judged(request, shadow.engine))
 
     def learning(self) -> str | None:
         """The learn session id when this flow's operations are learned now, else None."""

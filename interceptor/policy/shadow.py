@@ -4,30 +4,67 @@ would have done (`interceptor policy shadow`, `policy shadow report`)."""
 
 from __future__ import annotations
 
+import logging
 import secrets
-from dataclasses import dataclass, replace
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
 from interceptor.decision import Decision, Shadow, Verdict
 from interceptor.policy.engine import PolicyEngine
 
+log = logging.getLogger(__name__)
+
 CANDIDATE_ERROR_RULE = "shadow-candidate-error"
+# The longest the candidate may take to decide one operation (seconds; a decision takes tens of
+# microseconds): it decides on the event loop every flow shares, so one that took longer (tens
+# of thousands of rules, a glob that backtracks on a long path) is not asked again
+CANDIDATE_BUDGET_S = 0.02
+
+
+class CandidateTooSlow(Exception):
+    """The candidate took longer than CANDIDATE_BUDGET_S to decide an operation once, and is
+    no longer asked."""
 
 
 @dataclass(frozen=True, slots=True)
 class ShadowRun:
     """One `interceptor policy shadow`: `agent`'s operations are judged by `engine` (the
-    candidate, loaded from `path`) too, from `started` (epoch seconds)."""
+    candidate, loaded from `path`) too, from `started` (epoch seconds), until one of its
+    decisions takes longer than CANDIDATE_BUDGET_S (`too_slow` then holds how long, in
+    seconds); `clock`: seconds, for timing its decisions."""
 
     agent: str
     session: str
     started: float
     path: str
     engine: PolicyEngine
+    too_slow: list[float] = field(default_factory=list, compare=False, repr=False)
+    clock: Callable[[], float] = field(default=time.perf_counter, compare=False, repr=False)
 
     @classmethod
     def start(cls, agent: str, now: float, path: str, engine: PolicyEngine) -> ShadowRun:
         """A new run with a fresh id (16 hex digits)."""
         return cls(agent, secrets.token_hex(8), now, path, engine)
+
+    def candidate(self, decide: Callable[[], Decision]) -> Decision | Exception:
+        """What the candidate decides (`decide` asks it), or what it raised; CandidateTooSlow,
+        without asking, once a decision took longer than CANDIDATE_BUDGET_S."""
+        if self.too_slow:
+            return CandidateTooSlow(f"it took {self.too_slow[0] * 1000:.0f} ms to decide an operation once (more "
+                                    f"than {CANDIDATE_BUDGET_S * 1000:.0f} ms, on the loop every flow shares), and is "
+                                    "no longer asked: stop the run and make the candidate smaller")
+        started = self.clock()
+        try:
+            return decide()
+        except Exception as exc:  # noqa: BLE001 - a candidate's failure never changes what is enforced
+            return exc
+        finally:
+            spent = self.clock() - started
+            if spent > CANDIDATE_BUDGET_S and not self.too_slow:
+                self.too_slow.append(spent)
+                log.warning("shadow run %s (agent %s): the candidate policy took %.0f ms to decide an operation; it "
+                            "is no longer asked", self.session, self.agent, spent * 1000)
 
     def beside(self, enforced: Decision, candidate: Decision | Exception) -> Decision:
         """`enforced`, carrying what the candidate decided (a candidate that failed to decide
@@ -44,6 +81,7 @@ class ShadowRun:
         return self.engine.policy.version
 
     def summary(self) -> dict[str, object]:
-        """The run as `interceptor policy shadow status` and the audit record show it."""
+        """The run as `interceptor policy shadow status` and the audit record show it
+        (`too_slow_ms`: how long the decision took that stopped the candidate being asked)."""
         return {"agent": self.agent, "session": self.session, "started": self.started, "path": self.path,
-                "version": self.version}
+                "version": self.version, "too_slow_ms": round(self.too_slow[0] * 1000, 3) if self.too_slow else None}

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from test_issue20_attacks_learn import NOW, SQL_POLICY, ask, assert_never_learned, kube
-from test_learn_mode import POLICY, ROOT, Runtime
+from test_learn_mode import CATALOG, POLICY, ROOT, Runtime, judge
 
 from interceptor.decision import Decision, Verdict
 from interceptor.modes import ModeControl
@@ -18,6 +18,7 @@ from interceptor.operations import KubeRequest, Request, SqlQuery, Subject
 from interceptor.policy import PolicyEngine, load_policy_text
 from interceptor.policy.catalog import Catalog, Relation
 from interceptor.policy.learn import LearnSession, with_learning
+from interceptor.policy.shadow import CANDIDATE_ERROR_RULE, ShadowRun
 from interceptor.runtime import Modes, Snapshot
 
 
@@ -145,3 +146,43 @@ def test_kubernetes_debug_containers_certificates_and_admission_are_never_learne
 def test_kubernetes_reads_of_them_are_learned(request_: KubeRequest) -> None:
     decision = ask(request_, "cluster")
     assert (decision.verdict, decision.rule) == (Verdict.ALLOW, "learn:analyst")
+
+
+# -- a candidate too slow to decide is not asked again ---------------------------------------
+
+class CountingEngine(PolicyEngine):
+    asked = 0
+
+    def decide(self, request: Request) -> Decision:
+        CountingEngine.asked += 1
+        return super().decide(request)
+
+
+def test_a_candidate_too_slow_to_decide_is_asked_no_more() -> None:
+    """The candidate decides on the event loop every flow shares: 50,000 HTTP rules (an 8 MB
+    file, under the 16 MiB a candidate may be; or what policy suggest writes for an agent that
+    sent 50,000 paths while learning) took 1.1 s per operation, an ssh glob /**/a/**/b/**/c/**
+    52 s for a 2,400-character path; every operation of the shadowed agent stalled every flow."""
+    ticks = iter([0.0, 5.0, 5.0, 5.0])
+    run = ShadowRun("analyst", "0123456789abcdef", NOW, "/etc/candidate.yaml",
+                    CountingEngine(load_policy_text(POLICY)), clock=lambda: next(ticks))
+    flow_judge = judge(PolicyEngine(load_policy_text(POLICY)), shadow=run)
+    first = flow_judge.decide(SqlQuery("SELECT id FROM sales.orders", catalog=CATALOG))
+    assert first.shadow is not None and first.shadow.rule == "read-orders"  # decided, slowly
+    second = flow_judge.decide(SqlQuery("SELECT id FROM sales.orders", catalog=CATALOG))
+    assert CountingEngine.asked == 1
+    assert second.verdict is Verdict.ALLOW and second.shadow is not None
+    assert (second.shadow.verdict, second.shadow.rule) == (Verdict.DENY, CANDIDATE_ERROR_RULE)
+    assert "5000 ms" in second.shadow.reason and "no longer asked" in second.shadow.reason
+    assert run.summary()["too_slow_ms"] == 5000.0
+
+
+def test_a_candidate_quick_to_decide_is_always_asked() -> None:
+    ticks = iter([0.0, 0.001] * 3)
+    run = ShadowRun("analyst", "0123456789abcdef", NOW, "/etc/candidate.yaml", PolicyEngine(load_policy_text(POLICY)),
+                    clock=lambda: next(ticks))
+    flow_judge = judge(PolicyEngine(load_policy_text(POLICY)), shadow=run)
+    for _ in range(3):
+        decided = flow_judge.decide(SqlQuery("SELECT id FROM sales.orders", catalog=CATALOG))
+        assert decided.shadow is not None and decided.shadow.rule == "read-orders"
+    assert run.summary()["too_slow_ms"] is None
