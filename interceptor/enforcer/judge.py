@@ -71,10 +71,13 @@ class FlowJudge:
         Raises what the engine raises (a session denies on it); what the shadow candidate
         raises is recorded in the decision's shadow, never raised."""
         request = self.request(operation)
-        decision = self.judged(request, self.engine())
         shadow = self.shadow(self.flow.agent)
-        if shadow is not None:
-            decision = shadow.beside(decision, self._candidate(request, shadow))
+        if shadow is None:
+            decision = self.judged(request, self.engine())
+        else:
+            started = shadow.clock()
+            decision = self.judged(request, self.engine())
+            decision = shadow.beside(decision, self._candidate(request, shadow, shadow.clock() - started))
         self.on_decision(decision)
         return decision
 
@@ -88,10 +91,11 @@ class FlowJudge:
         admitted = Decision(Verdict.ALLOW, self.flow.connection_rule or "")
         return shadow.beside(admitted, self._candidate(self.request(TcpConnect()), shadow))
 
-    def _candidate(self, request: Request, shadow: ShadowRun) -> Decision | Exception:
+    def _candidate(self, request: Request, shadow: ShadowRun, enforced: float = 0.0) -> Decision | Exception:
         """What the shadow run's candidate decides of `request`, or what it raised (a
-        candidate too slow once is no longer asked: ShadowRun.candidate)."""
-        return shadow.candidate(lambda: self.judged(request, shadow.engine))
+        candidate too slow once is no longer asked: ShadowRun.candidate; `enforced`: the
+        seconds the engine in force took to decide it)."""
+        return shadow.candidate(lambda: self.judged(request, shadow.engine), enforced)
 
     def learning(self) -> str | None:
         """The learn session id when this flow's operations are learned now, else None."""

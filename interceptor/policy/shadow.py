@@ -16,14 +16,17 @@ from interceptor.policy.engine import PolicyEngine
 log = logging.getLogger(__name__)
 
 CANDIDATE_ERROR_RULE = "shadow-candidate-error"
-# The longest the candidate may take to decide one operation (seconds; a decision takes tens of
-# microseconds): it decides on the event loop every flow shares, so one that took longer (tens
-# of thousands of rules, a glob that backtracks on a long path) is not asked again
+# How long the candidate may take to decide one operation: CANDIDATE_BUDGET_S (seconds; a
+# decision takes tens of microseconds), or SLOWER times what the policy in force took (a long
+# statement's analysis takes both a while). It decides on the event loop every flow shares,
+# so one that took longer (tens of thousands of rules, a glob that backtracks on a long path)
+# is not asked again.
 CANDIDATE_BUDGET_S = 0.02
+SLOWER = 10
 
 
 class CandidateTooSlow(Exception):
-    """The candidate took longer than CANDIDATE_BUDGET_S to decide an operation once, and is
+    """The candidate took too long to decide an operation once (ShadowRun.candidate), and is
     no longer asked."""
 
 
@@ -31,8 +34,8 @@ class CandidateTooSlow(Exception):
 class ShadowRun:
     """One `interceptor policy shadow`: `agent`'s operations are judged by `engine` (the
     candidate, loaded from `path`) too, from `started` (epoch seconds), until one of its
-    decisions takes longer than CANDIDATE_BUDGET_S (`too_slow` then holds how long, in
-    seconds); `clock`: seconds, for timing its decisions."""
+    decisions takes too long (`candidate`; `too_slow` then holds how long, in seconds);
+    `clock`: seconds, for timing decisions."""
 
     agent: str
     session: str
@@ -47,13 +50,15 @@ class ShadowRun:
         """A new run with a fresh id (16 hex digits)."""
         return cls(agent, secrets.token_hex(8), now, path, engine)
 
-    def candidate(self, decide: Callable[[], Decision]) -> Decision | Exception:
+    def candidate(self, decide: Callable[[], Decision], enforced: float = 0.0) -> Decision | Exception:
         """What the candidate decides (`decide` asks it), or what it raised; CandidateTooSlow,
-        without asking, once a decision took longer than CANDIDATE_BUDGET_S."""
+        without asking, once a decision took longer than CANDIDATE_BUDGET_S and SLOWER times
+        `enforced` (seconds the policy in force took to decide the same operation)."""
         if self.too_slow:
             return CandidateTooSlow(f"it took {self.too_slow[0] * 1000:.0f} ms to decide an operation once (more "
-                                    f"than {CANDIDATE_BUDGET_S * 1000:.0f} ms, on the loop every flow shares), and is "
-                                    "no longer asked: stop the run and make the candidate smaller")
+                                    f"than {CANDIDATE_BUDGET_S * 1000:.0f} ms and {SLOWER} times the policy in force, "
+                                    "on the loop every flow shares), and is no longer asked: stop the run and make the "
+                                    "candidate smaller")
         started = self.clock()
         try:
             return decide()
@@ -61,7 +66,7 @@ class ShadowRun:
             return exc
         finally:
             spent = self.clock() - started
-            if spent > CANDIDATE_BUDGET_S and not self.too_slow:
+            if spent > max(CANDIDATE_BUDGET_S, SLOWER * enforced) and not self.too_slow:
                 self.too_slow.append(spent)
                 log.warning("shadow run %s (agent %s): the candidate policy took %.0f ms to decide an operation; it "
                             "is no longer asked", self.session, self.agent, spent * 1000)

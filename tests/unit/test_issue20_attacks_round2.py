@@ -158,18 +158,31 @@ class CountingEngine(PolicyEngine):
         return super().decide(request)
 
 
+def clock(*spans: tuple[float, float]) -> Callable[[], float]:
+    """A clock for decisions each taking (enforced, candidate) seconds: the enforced one is
+    timed first, then the candidate's."""
+    ticks: list[float] = []
+    now = 0.0
+    for enforced, candidate in spans:
+        ticks += [now, now + enforced, now + enforced, now + enforced + candidate]
+        now += enforced + candidate
+    return iter(ticks).__next__
+
+
+def shadowed(spans: list[tuple[float, float]], engine: PolicyEngine | None = None) -> tuple[ShadowRun, list[Decision]]:
+    run = ShadowRun("analyst", "0123456789abcdef", NOW, "/etc/candidate.yaml",
+                    engine or PolicyEngine(load_policy_text(POLICY)), clock=clock(*spans))
+    flow_judge = judge(PolicyEngine(load_policy_text(POLICY)), shadow=run)
+    return run, [flow_judge.decide(SqlQuery("SELECT id FROM sales.orders", catalog=CATALOG)) for _ in spans]
+
+
 def test_a_candidate_too_slow_to_decide_is_asked_no_more() -> None:
     """The candidate decides on the event loop every flow shares: 50,000 HTTP rules (an 8 MB
     file, under the 16 MiB a candidate may be; or what policy suggest writes for an agent that
     sent 50,000 paths while learning) took 1.1 s per operation, an ssh glob /**/a/**/b/**/c/**
     52 s for a 2,400-character path; every operation of the shadowed agent stalled every flow."""
-    ticks = iter([0.0, 5.0, 5.0, 5.0])
-    run = ShadowRun("analyst", "0123456789abcdef", NOW, "/etc/candidate.yaml",
-                    CountingEngine(load_policy_text(POLICY)), clock=lambda: next(ticks))
-    flow_judge = judge(PolicyEngine(load_policy_text(POLICY)), shadow=run)
-    first = flow_judge.decide(SqlQuery("SELECT id FROM sales.orders", catalog=CATALOG))
+    run, (first, second) = shadowed([(0.0001, 5.0), (0.0001, 0.0)], CountingEngine(load_policy_text(POLICY)))
     assert first.shadow is not None and first.shadow.rule == "read-orders"  # decided, slowly
-    second = flow_judge.decide(SqlQuery("SELECT id FROM sales.orders", catalog=CATALOG))
     assert CountingEngine.asked == 1
     assert second.verdict is Verdict.ALLOW and second.shadow is not None
     assert (second.shadow.verdict, second.shadow.rule) == (Verdict.DENY, CANDIDATE_ERROR_RULE)
@@ -177,12 +190,9 @@ def test_a_candidate_too_slow_to_decide_is_asked_no_more() -> None:
     assert run.summary()["too_slow_ms"] == 5000.0
 
 
-def test_a_candidate_quick_to_decide_is_always_asked() -> None:
-    ticks = iter([0.0, 0.001] * 3)
-    run = ShadowRun("analyst", "0123456789abcdef", NOW, "/etc/candidate.yaml", PolicyEngine(load_policy_text(POLICY)),
-                    clock=lambda: next(ticks))
-    flow_judge = judge(PolicyEngine(load_policy_text(POLICY)), shadow=run)
-    for _ in range(3):
-        decided = flow_judge.decide(SqlQuery("SELECT id FROM sales.orders", catalog=CATALOG))
-        assert decided.shadow is not None and decided.shadow.rule == "read-orders"
+@pytest.mark.parametrize("spans", [[(0.0001, 0.001)] * 3, [(0.3, 0.5)] * 3], ids=["quick", "a long statement"])
+def test_a_candidate_as_quick_as_the_policy_is_always_asked(spans: list[tuple[float, float]]) -> None:
+    """A long statement's analysis takes both policies a while (an 11 kB query 130 ms)."""
+    run, decided = shadowed(spans)
+    assert all(d.shadow is not None and d.shadow.rule == "read-orders" for d in decided)
     assert run.summary()["too_slow_ms"] is None
