@@ -349,16 +349,18 @@ def _kubernetes(learned: Learned, resource: str, operation: Mapping[str, Any], w
 
 def _http(learned: Learned, resource: str, operation: Mapping[str, Any], when: float | None) -> Grant | None:
     """A grant per path and host, its methods listed (a GET on one host and a DELETE on another
-    do not make a DELETE on both)."""
+    do not make a DELETE on both). A request that named no host has none: only a rule naming
+    no hosts allows it, and that allows the path on every host."""
     method, path, host = str(operation.get("method", "")), str(operation.get("path", "")), operation.get("host")
     name = host_name(str(host)) if host else None
-    if not path.startswith("/") or (name is not None and ":" in name):
-        learned.unsaid(resource, f"path {path!r}" if not path.startswith("/") else f"host {name}: a hosts pattern "
-                       "holds no ':'", when, f"{method} {host or ''}{path}")
+    if name is None or ":" in name or not path.startswith("/"):
+        why = (f"path {path!r}" if not path.startswith("/") else "no Host: a rule naming no hosts allows every host"
+               if name is None else f"host {name}: a hosts pattern holds no ':'")
+        learned.unsaid(resource, why, when, f"{method} {host or ''}{path}")
         return None
     grant = learned.grant(resource, "http", ("path", path, name), "path-" + path, {"paths": [glob_escape(path)]})
     grant.add("methods", [glob_escape(method)])
-    grant.add("hosts", [glob_escape(name)] if name else None)
+    grant.add("hosts", [glob_escape(name)])
     grant.seen.add(when, f"{method} {host or ''}{path}")
     case: dict[str, Any] = {"method": method, "path": path, **({"host": host} if host else {})}
     learned.operations.setdefault(resource, []).append(("http", case, learned.subject))

@@ -10,11 +10,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from test_issue20_attacks_learn import NOW, SQL_POLICY, ask, assert_never_learned, kube
+from test_issue20_attacks_suggest import BASE, _learned, _suggest, _verdict
 from test_learn_mode import CATALOG, POLICY, ROOT, Runtime, judge
 
 from interceptor.decision import Decision, Verdict
 from interceptor.modes import ModeControl
-from interceptor.operations import KubeRequest, Request, SqlQuery, Subject
+from interceptor.operations import HttpRequest, KubeRequest, Request, SqlQuery, Subject
 from interceptor.policy import PolicyEngine, load_policy_text
 from interceptor.policy.catalog import Catalog, Relation
 from interceptor.policy.learn import LearnSession, with_learning
@@ -196,3 +197,19 @@ def test_a_candidate_as_quick_as_the_policy_is_always_asked(spans: list[tuple[fl
     run, decided = shadowed(spans)
     assert all(d.shadow is not None and d.shadow.rule == "read-orders" for d in decided)
     assert run.summary()["too_slow_ms"] is None
+
+
+# -- policy suggest: a request without a Host is no request to every host ----------------------
+
+def test_a_request_without_a_host_is_listed_not_granted_on_every_host(tmp_path: Path) -> None:
+    """A request that named no host (HTTP/1.0 without Host, behind agent-facing TLS whose SNI
+    picked the upstream's Host) was suggested as a rule naming no hosts: the same path on
+    every host the resource serves (admin.example.com too), where the agent reached one."""
+    events = _learned(BASE, "a", [("api", HttpRequest("GET", "/v1/users")),
+                                  ("api", HttpRequest("GET", "/v1/reports", host="api.example.com"))])
+    result, out = _suggest(tmp_path, BASE, events, "--effect", "allow")
+    assert result.exit_code == 0, result.output
+    assert _verdict(out, "a", "api", HttpRequest("GET", "/v1/users", host="admin.example.com")) == "deny"
+    assert _verdict(out, "a", "api", HttpRequest("GET", "/v1/users", host="api.example.com")) == "deny"
+    assert _verdict(out, "a", "api", HttpRequest("GET", "/v1/reports", host="api.example.com")) == "allow"
+    assert "GET /v1/users" in out.read_text() and "no Host" in out.read_text()
