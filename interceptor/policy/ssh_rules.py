@@ -369,42 +369,86 @@ def _file(match: SshMatch, kind: str, path: str, tree: bool, deny: bool) -> bool
             _path_touches(g, path, tree) for g in globs))
     if globs is None or (code and not match.shell) or not _normal(path):
         return False
-    return any(_tree_covered(g, path) if tree else _path_regex(g).fullmatch(path) is not None for g in globs)
+    return any(_tree_covered(g, path) if tree else _path_match(g, path) for g in globs)
 
 
 def _normal(path: str) -> bool:
     return path.startswith("/") and in_normal_form(path)
 
 
+PathToken = tuple[str, re.Pattern[str] | str | None]  # (kind, its character class or literal)
+
+
 @lru_cache(maxsize=1024)
-def _path_regex(glob: str) -> re.Pattern[str]:
-    """A path glob as a regex: `*` and `?` within a segment, `[...]` a character of a segment,
-    `**` across segments, `/**` also matching nothing (the directory itself)."""
-    out: list[str] = []
+def _path_tokens(glob: str) -> tuple[PathToken, ...]:
+    """A path glob as tokens: `*` and `?` within a segment ("seg", "one"), `[...]` a character
+    of a segment ("one" with its class; `[!]`, an empty one, is no class), `**` across
+    segments ("any"), `/**` also matching nothing, the directory itself ("dirs"), any other
+    character itself ("lit"). re.error for a class no regex can hold (`[b-a]`)."""
+    out: list[PathToken] = []
     i, n = 0, len(glob)
     while i < n:
         if glob.startswith("/**", i) and (i + 3 == n or glob[i + 3] == "/"):
-            out.append("(?:/.*)?")
+            out.append(("dirs", None))
             i += 3
         elif glob.startswith("**", i):
-            out.append(".*")
+            out.append(("any", None))
             i += 2
         elif glob[i] == "*":
-            out.append("[^/]*")
+            out.append(("seg", None))
             i += 1
         elif glob[i] == "?":
-            out.append("[^/]")
+            out.append(("one", None))
             i += 1
-        elif glob[i] == "[" and (end := glob.find("]", i + 2)) > 0:
+        elif glob[i] == "[" and (end := glob.find("]", i + 2)) > 0 and glob[i + 1:end] != "!":
             body = glob[i + 1:end]
             negate = body[:1] == "!"
             body = body[1:] if negate else body
-            out.append(f"(?!/)[{'^' if negate else ''}{re.escape(body).replace(chr(92) + '-', '-')}]")
+            out.append(("one", re.compile(f"[{'^' if negate else ''}{re.escape(body).replace(chr(92) + '-', '-')}]",
+                                          re.DOTALL)))
             i = end + 1
         else:
-            out.append(re.escape(glob[i]))
+            out.append(("lit", glob[i]))
             i += 1
-    return re.compile("".join(out), re.DOTALL)
+    return tuple(out)
+
+
+def _path_match(glob: str, path: str) -> bool:
+    """Does the path glob (_path_tokens) match all of `path`? The positions of `path` each
+    token can end at, token by token (a set, as an NFA runs): time in proportion to the
+    glob's length times the path's, never backtracking (a glob like `/**/a/**/b/**/*.txt`
+    on a long path took a regex engine minutes)."""
+    n = len(path)
+    at = {0}
+    for kind, arg in _path_tokens(glob):
+        if kind == "lit":
+            at = {p + 1 for p in at if p < n and path[p] == arg}
+        elif kind == "one":
+            at = {p + 1 for p in at if p < n and path[p] != "/"
+                  and (not isinstance(arg, re.Pattern) or arg.fullmatch(path[p]))}
+        elif kind == "any":
+            at = set(range(min(at), n + 1))
+        elif kind == "seg":
+            at = _segment_ends(path, at)
+        else:  # dirs: nothing, or "/" and then anything
+            slashes = [p for p in at if p < n and path[p] == "/"]
+            at = at | (set(range(min(slashes) + 1, n + 1)) if slashes else set())
+        if not at:
+            return False
+    return n in at
+
+
+def _segment_ends(path: str, starts: set[int]) -> set[int]:
+    """Every position `[^/]*` can end at from one of `starts`."""
+    reach: set[int] = set()
+    for p in sorted(starts):
+        if p in reach:
+            continue  # an earlier start in the same segment reached through to its end
+        reach.add(p)
+        while p < len(path) and path[p] != "/":
+            p += 1
+            reach.add(p)
+    return reach
 
 
 def _tree_covered(glob: str, path: str) -> bool:
@@ -412,9 +456,9 @@ def _tree_covered(glob: str, path: str) -> bool:
     a directory above it)?"""
     if not glob.endswith("/**"):
         return False
-    base = _path_regex(glob[:-3] or "/")
+    base = glob[:-3] or "/"
     parts = path.rstrip("/").split("/")
-    return any(base.fullmatch("/".join(parts[:i]) or "/") for i in range(1, len(parts) + 1))
+    return any(_path_match(base, "/".join(parts[:i]) or "/") for i in range(1, len(parts) + 1))
 
 
 def _path_touches(glob: str, path: str, tree: bool) -> bool:
@@ -422,7 +466,7 @@ def _path_touches(glob: str, path: str, tree: bool) -> bool:
     path as is or case-folded, or (`tree`) some path below it?"""
     if not _normal(path):
         return True
-    if _path_regex(glob).fullmatch(path) or _path_regex(glob.casefold()).fullmatch(path.casefold()):
+    if _path_match(glob, path) or _path_match(glob.casefold(), path.casefold()):
         return True
     return tree and _below(glob.casefold(), path.casefold())
 
