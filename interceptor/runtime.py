@@ -100,7 +100,7 @@ class Runtime:
         self._lock = asyncio.Lock()
         self._snapshot: Snapshot | None = None
         self._redirect: Redirect | None = None
-        self._close_sessions: Callable[[str, str], object] | None = None
+        self._close_sessions: Callable[[str, str, str | None], object] | None = None
         self._identities: IdentityManager | None = None
         self._identity_start: asyncio.Future[None] | None = None
         self._replans: set[asyncio.Future[None]] = set()
@@ -131,10 +131,12 @@ class Runtime:
             await warn_failing(self._snapshot.policy)
             return self._snapshot
 
-    async def install(self, redirect: Redirect, close_sessions: Callable[[str, str], object]) -> None:
+    async def install(self, redirect: Redirect, close_sessions: Callable[[str, str, str | None], object]) -> None:
         """Put the plan in force in the kernel through `redirect`; every later swap reaches it
         too, and an agent whose identity turns unusable has its open flows cut by
-        `close_sessions(agent, reason)` when its identity config says `on_invalid: close`."""
+        `close_sessions(agent, reason, None)` when its identity config says `on_invalid: close`; a
+        learn run a reload ends has the flows only its rule let open cut by `close_sessions(agent,
+        reason, rule)`."""
         async with self._lock:
             redirect.apply(self.snapshot.plan)
             self._redirect = redirect
@@ -159,6 +161,8 @@ class Runtime:
         log.info("policy %s loaded from %s", snapshot.policy.version, target)
         for mode in dropped:
             await self._ended_by_reload(mode)
+            if isinstance(mode, LearnSession) and self._close_sessions is not None:
+                self._close_sessions(mode.agent, "learn mode ended (ended by a policy reload)", mode.rule_name)
         await warn_failing(snapshot.policy)
         return snapshot
 
@@ -298,7 +302,7 @@ class Runtime:
         self._on_identity_change(change)
         closing = change.identity is None and self.identities.on_invalid(change.agent) == "close"
         if closing and self._close_sessions is not None:
-            self._close_sessions(change.agent, change.reason)
+            self._close_sessions(change.agent, change.reason, None)
         # Before `install` too: the plan it puts in the kernel then knows the identities so far.
         replan = asyncio.ensure_future(self.replan())
         self._replans.add(replan)

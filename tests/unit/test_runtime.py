@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from types import MappingProxyType
 
 import pytest
 
@@ -12,7 +13,8 @@ from interceptor.config import Settings
 from interceptor.identity.manager import IdentityChange
 from interceptor.policy import PolicyError
 from interceptor.redirect import RedirectPlan
-from interceptor.runtime import Runtime
+from interceptor.policy.learn import LearnSession
+from interceptor.runtime import Modes, Runtime
 
 POLICY = """version: 1
 resources:
@@ -44,6 +46,9 @@ class Sink:
         self.events.append(event)
 
 
+cut: list[tuple[str, str, str | None]] = []  # the flows the runtime had cut: (agent, reason, rule)
+
+
 def started(tmp_path: Path, address: str = "10.0.0.5:5432") -> tuple[Runtime, Path, Kernel, Sink]:
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY.format(address=address))
@@ -54,7 +59,7 @@ def started(tmp_path: Path, address: str = "10.0.0.5:5432") -> tuple[Runtime, Pa
 
     async def start() -> None:
         await runtime.start()
-        await runtime.install(kernel, lambda agent, reason: None)  # type: ignore[arg-type]  # a redirect that only applies
+        await runtime.install(kernel, lambda agent, reason, rule: cut.append((agent, reason, rule)))  # type: ignore[arg-type]  # a redirect that only applies
 
     asyncio.run(start())
     return runtime, policy, kernel, sink
@@ -96,3 +101,17 @@ def test_a_replan_keeps_an_unchanged_plan_and_leaves_an_edited_file_for_reload(t
     policy.write_text(POLICY.format(address="10.0.0.6:5432"))
     asyncio.run(runtime.replan())
     assert runtime.snapshot is old and kernel.plans == [old.plan]
+
+
+def test_a_reload_that_ends_a_learn_run_cuts_the_flows_only_its_rule_let_open(tmp_path: Path) -> None:
+    runtime, policy, _, sink = started(tmp_path)
+    run = LearnSession.start("bot", 0.0, None, ("db",))
+    asyncio.run(runtime.change_modes(lambda modes: Modes(MappingProxyType({"bot": run}), modes.shadows)))
+    cut.clear()
+    policy.write_text(POLICY.replace("db:", "other:").replace("resources: [db]", "resources: [other]").format(
+        address="10.0.0.5:5432"))
+    asyncio.run(runtime.reload())
+    assert dict(runtime.snapshot.modes.learning) == {}
+    assert cut == [("bot", "learn mode ended (ended by a policy reload)", "learn:bot")]
+    assert [e.rule for e in sink.events] == ["reload", "learn-stop"]
+
