@@ -63,7 +63,8 @@ def stop(ctx: click.Context, agent: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def status(ctx: click.Context, as_json: bool) -> None:
-    """The shadow runs now: agent, session, candidate version and file."""
+    """The shadow runs now: agent, session, candidate version and file, and whether the
+    candidate was too slow to be asked any more."""
     runs = call(ctx, ControlMethod.SHADOW_STATUS)
     if as_json:
         click.echo(json.dumps(runs))
@@ -71,7 +72,8 @@ def status(ctx: click.Context, as_json: bool) -> None:
     if not runs:
         click.echo("no shadow run")
     for run in runs:
-        click.echo(f"agent {run['agent']}  session {run['session']}  policy {run['version']}  {run['path']}")
+        slow = f"  too slow ({run['too_slow_ms']} ms): no longer asked" if run.get("too_slow_ms") else ""
+        click.echo(f"agent {run['agent']}  session {run['session']}  policy {run['version']}  {run['path']}{slow}")
 
 
 shadow.add_command(report)

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from click.testing import CliRunner
 
 from interceptor.audit.event import AuditEvent
 from interceptor.control import Peer
@@ -30,6 +31,7 @@ from interceptor.policy.learn import LearnSession, learning_of, with_learning
 from interceptor.policy.model import Policy, ResourceSpec
 from interceptor.policy.settings import SessionSettings
 from interceptor.policy.shadow import CANDIDATE_ERROR_RULE, ShadowRun
+from interceptor.policy.shadow_cli import shadow
 from interceptor.runtime import Modes, Snapshot
 
 POLICY = """
@@ -511,3 +513,16 @@ def test_the_flows_only_the_learning_rule_let_open_end_with_the_run() -> None:
     assert cut == [("analyst", "learn mode ended (expired)", "learn:analyst"),
                    ("analyst", "learn mode ended (stopped)", "learn:analyst")]
     assert stopped["flows_closed"] == 2
+
+
+class _ShadowDaemon:
+    def call(self, method: Any, **params: object) -> list[dict[str, object]]:
+        return [{"agent": "analyst", "session": "s1", "version": "v1", "path": "/c.yaml", "too_slow_ms": 1100.0},
+                {"agent": "bystander", "session": "s2", "version": "v2", "path": "/d.yaml"}]
+
+
+def test_shadow_status_says_which_candidate_is_no_longer_asked() -> None:
+    result = CliRunner().invoke(shadow, ["status"], obj={"control": _ShadowDaemon()})
+    assert result.output.splitlines() == [
+        "agent analyst  session s1  policy v1  /c.yaml  too slow (1100.0 ms): no longer asked",
+        "agent bystander  session s2  policy v2  /d.yaml"]
