@@ -435,6 +435,25 @@ def _glob(pattern: str) -> bool:
     return any(c in pattern for c in "*?[")
 
 
+def definitions(current: Policy, suggested: Policy) -> list[str]:
+    """How SUGGESTED defines its resources and agents otherwise than CURRENT, one sentence
+    each (`resource db: addresses differ`): loaded, it would change where the agents'
+    connections go, with which credentials, or which processes are which agent."""
+    changes: list[str] = []
+    for what, ours, theirs in (("resource", current.resources, suggested.resources),
+                               ("agent", current.agents, suggested.agents)):
+        for name in sorted(set(ours) | set(theirs)):
+            if name not in theirs:
+                changes.append(f"{what} {name}: only in CURRENT")
+            elif name not in ours:
+                changes.append(f"{what} {name}: only in SUGGESTED")
+            elif ours[name] != theirs[name]:
+                fields = [f for f in type(ours[name]).__dataclass_fields__
+                          if getattr(ours[name], f) != getattr(theirs[name], f)]
+                changes.append(f"{what} {name}: {', '.join(fields)} differ")
+    return changes
+
+
 def describe(rule: Rule) -> str:
     """What a rule grants in words: `sql: kinds [select], tables [public.*]`, `tcp`, `any
     operation`, with `on RESOURCES` when it names them."""

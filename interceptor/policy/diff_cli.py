@@ -8,7 +8,7 @@ import json
 import click
 
 from interceptor.cli_support import escaped
-from interceptor.policy.diff import AgentDiff, GrantUse, Use, diff
+from interceptor.policy.diff import AgentDiff, GrantUse, Use, definitions, diff
 from interceptor.policy.loader import PolicyError, load_policy
 from interceptor.policy.model import Policy
 
@@ -43,9 +43,13 @@ def diff_command(current: str, suggested: str, agent: str | None, as_json: bool)
     the grants SUGGESTED keeps exactly as CURRENT has them (`policy suggest` keeps those of
     resources it did not learn: nothing tells whether they were used).
 
+    First, the resources and agents SUGGESTED defines otherwise than CURRENT (addresses,
+    credentials, options; cgroups, uids, identity): loading it would change where connections
+    go or who is which agent, which a suggestion never should.
+
     Exit status: 0 when CURRENT allows or approves everything used, whatever it grants
-    beyond (the unused grants are listed, not counted); 1 when CURRENT denies something
-    used; 2 when a file cannot be loaded, SUGGESTED does not name --agent, or the command
+    beyond (the unused grants are listed, not counted), and both define the same resources
+    and agents; 1 when CURRENT denies something used or the definitions differ; 2 when a file cannot be loaded, SUGGESTED does not name --agent, or the command
     line is wrong.
     """
     current_policy = _load(current, "CURRENT")
@@ -56,17 +60,22 @@ def diff_command(current: str, suggested: str, agent: str | None, as_json: bool)
     agents = [agent] if agent is not None else list(suggested_policy.agents)
     diffs = [diff(current_policy, suggested_policy, name) for name in agents]
     refused = sum(len(d.refused) for d in diffs)
+    changed = definitions(current_policy, suggested_policy)
     if as_json:
         click.echo(json.dumps({
             "current": {"path": current, "version": current_policy.version},
             "suggested": {"path": suggested, "version": suggested_policy.version},
-            "refused": refused, "agents": [d.to_dict() for d in diffs]}, sort_keys=True))
+            "refused": refused, "definitions": changed, "agents": [d.to_dict() for d in diffs]}, sort_keys=True))
     else:
         click.echo(f"CURRENT {escaped(current)} (version {current_policy.version}), "
                    f"SUGGESTED {escaped(suggested)} (version {suggested_policy.version})")
+        if changed:
+            click.echo("\nresources and agents SUGGESTED defines otherwise (check before loading it):")
+            for line in changed:
+                click.echo(f"  {escaped(line)}")
         for agent_diff in diffs:
             _print(agent_diff)
-    if refused:
+    if refused or changed:
         raise SystemExit(EXIT_REFUSED)
 
 

@@ -150,7 +150,7 @@ def test_every_protocol_is_judged_by_the_engine():
 
 
 def test_nothing_refused_exits_0_and_an_unknown_agent_2(tmp_path):
-    suggested = SUGGESTED.split("  - {name: s2")[0]
+    suggested = SUGGESTED.split("  - {name: s2")[0].replace("  bot: {}\n", "  bot: {}\n  other: {}\n")
     result = _run(tmp_path, CURRENT, suggested)
     assert result.exit_code == 0, result.output
     assert "used but not allowed by CURRENT:\n  (none)" in result.output
@@ -185,3 +185,19 @@ def test_a_grant_suggested_keeps_as_it_is_is_neither_used_nor_unused(tmp_path):
     assert "demo-echo" not in {g["rule"] for g in agent["unused"] + agent["used"]}
     result = _run(tmp_path, DEMO.read_text(), kept)
     assert "grants SUGGESTED keeps as they are (not learned: no telling whether used): demo-echo" in result.output
+
+
+def test_a_suggestion_that_moves_a_resource_or_changes_an_agent_is_said_and_fails(tmp_path):
+    """A suggestion built from another file than the running policy moved the database to
+    another port (the newcomer's run): loading it sends the credentials elsewhere."""
+    current = tmp_path / "current.yaml"
+    current.write_text(DEMO.read_text())
+    moved = tmp_path / "moved.yaml"
+    moved.write_text(DEMO.read_text().replace("127.0.0.1:5432", "127.0.0.1:5433").replace("unprotected: deny",
+                                                                              "unprotected: allow"))
+    result = CliRunner().invoke(policy, ["diff", str(current), str(moved)])
+    assert result.exit_code == 1
+    assert "resources and agents SUGGESTED defines otherwise" in result.output
+    assert "resource demo-db: addresses differ" in result.output and "agent demo: unprotected differ" in result.output
+    same = CliRunner().invoke(policy, ["diff", str(current), str(current), "--json"])
+    assert same.exit_code == 0 and json.loads(same.output)["definitions"] == []
