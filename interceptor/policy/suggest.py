@@ -499,6 +499,10 @@ def _what(operation: Mapping[str, Any]) -> str:
 # -- the policy ----------------------------------------------------------------------------
 
 
+def _float(value: object) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
 def suggest(events: Iterable[Mapping[str, Any]], base_text: str, base_name: str, agent: str, *,
             effect: str = "approve", session: str | None = None, policy_name: str = "suggested.yaml") -> Suggestion:
     """The suggested policy for `agent` from audit `events` (any order; the agent's learn
@@ -528,8 +532,12 @@ def suggest(events: Iterable[Mapping[str, Any]], base_text: str, base_name: str,
         elif event.get("agent") == agent and operation.get("learn") and session in (None, operation["learn"]):
             learned.read(event)
     if not learned.sessions:
+        runs = ", ".join(f"{run} (started {iso(_float(start.get('started')))})" for run, start in sorted(
+            starts.items(), key=lambda item: _float(item[1].get("started")) or 0.0))
         raise SuggestError(f"no learn record of agent {agent!r}" + (f" in session {session}" if session else "")
-                           + " in the window read: run `interceptor learn start --agent NAME` first")
+                           + " in the window read: " + (
+                               f"the trail has its learn runs {runs}: widen --since/--until or give --session"
+                               if runs else f"run `interceptor learn start --agent {agent}` first"))
     scope, scope_note = _scope(learned, starts, base)
     _cover_tableless(learned)
     _cover_connections(learned)

@@ -333,6 +333,7 @@ def test_the_command_reads_the_trail_and_writes_both_files(tmp_path):
     none = runner.invoke(policy, ["suggest", "--agent", "demo", "--store", str(store), "--policy", str(base),
                                   "--since", str(T0 + 100)])
     assert none.exit_code == 1 and "no learn record of agent 'demo'" in none.output
+    assert f"the trail has its learn runs {SESSION} (started " in none.output and "widen --since/--until" in none.output
 
 
 def test_from_the_engines_own_analysis(tmp_path):
