@@ -67,9 +67,6 @@ class LearnSession:
         """Are the agent's operations on `resource` learned?"""
         return self.resources is None or resource in self.resources
 
-    def expired(self, now: float) -> bool:
-        return self.until is not None and now >= self.until
-
     def rule(self) -> Rule:
         return Rule(name=self.rule_name, effect="allow", reason=f"learn mode (session {self.session})",
                     agents=(self.agent,), resources=self.resources)
