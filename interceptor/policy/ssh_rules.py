@@ -135,7 +135,8 @@ class SshMatch:
 def parse_ssh_match(raw: Mapping[str, Any], problem: Problem) -> SshMatch:
     """A schema-valid `ssh:` block as an SshMatch, reporting to `problem` a command pattern
     that does not split as a shell would (or has `**` before its last word), a path glob that
-    is not absolute, and a forward glob without `:PORT`."""
+    is not absolute or holds a class no character can match as is or case-folded (`[b-a]`,
+    `[Z-a]`), and a forward glob without `:PORT`."""
     patterns: list[tuple[str, ...]] = []
     for i, text in enumerate(raw.get("commands", ())):
         try:
@@ -146,6 +147,11 @@ def parse_ssh_match(raw: Mapping[str, Any], problem: Problem) -> SshMatch:
         for i, glob in enumerate(raw.get(key, ())):
             if not glob.startswith("/"):
                 problem((key, i), f"path glob {glob!r}: expected an absolute path glob such as /var/log/**")
+            try:
+                _path_tokens(glob)
+                _path_tokens(glob.casefold())  # deny globs are also matched case-folded
+            except re.error as exc:
+                problem((key, i), f"path glob {glob!r}: a character class no path can match ({exc})")
     for key in ("forward", "remote_forward"):
         for i, glob in enumerate(raw.get(key, ())):
             if _split_target(glob) is None:
@@ -414,10 +420,16 @@ def _path_tokens(glob: str) -> tuple[PathToken, ...]:
 
 
 def _path_match(glob: str, path: str) -> bool:
-    """Does the path glob (_path_tokens) match all of `path`? The positions of `path` each
-    token can end at, token by token (a set, as an NFA runs): time in proportion to the
-    glob's length times the path's, never backtracking (a glob like `/**/a/**/b/**/*.txt`
-    on a long path took a regex engine minutes)."""
+    """Does the path glob (_path_tokens) match all of `path`?"""
+    return len(path) in _match_ends(glob, path)
+
+
+def _match_ends(glob: str, path: str) -> set[int]:
+    """The positions q where the path glob (_path_tokens) matches `path[:q]`: the positions
+    each token can end at, token by token (a set, as an NFA runs; no token looks past the
+    position it ends at): time in proportion to the glob's length times the path's, never
+    backtracking (a glob like `/**/a/**/b/**/*.txt` on a long path took a regex engine
+    minutes)."""
     n = len(path)
     at = {0}
     for kind, arg in _path_tokens(glob):
@@ -434,8 +446,8 @@ def _path_match(glob: str, path: str) -> bool:
             slashes = [p for p in at if p < n and path[p] == "/"]
             at = at | (set(range(min(slashes) + 1, n + 1)) if slashes else set())
         if not at:
-            return False
-    return n in at
+            break
+    return at
 
 
 def _segment_ends(path: str, starts: set[int]) -> set[int]:
@@ -457,8 +469,9 @@ def _tree_covered(glob: str, path: str) -> bool:
     if not glob.endswith("/**"):
         return False
     base = glob[:-3] or "/"
-    parts = path.rstrip("/").split("/")
-    return any(_path_match(base, "/".join(parts[:i]) or "/") for i in range(1, len(parts) + 1))
+    path = path.rstrip("/")
+    ends = _match_ends(base, path)  # each directory above is a prefix of the path: matched once, not apart
+    return _path_match(base, "/") or any(q in ends for q in range(1, len(path) + 1) if q == len(path) or path[q] == "/")
 
 
 def _path_touches(glob: str, path: str, tree: bool) -> bool:
