@@ -28,7 +28,7 @@ from interceptor.policy.judgement import DEFAULT_DENY, Judgement, pick, severity
 from interceptor.policy.model import MaskRule, Rule
 from interceptor.policy.sql import AnyCatalog, analyse, numeric_shape, shape_holds
 from interceptor.policy.sql_session import BOOTSTRAP_RELATIONS, SESSION_SETTINGS
-from interceptor.policy.learn import is_learning, learning_rule
+from interceptor.policy.learn import UNLEARNED_NOTE, is_learning, learning_rule
 from interceptor.policy.statement import Action, Call, ColumnRef, OutputColumn, Statement, qualified
 
 if TYPE_CHECKING:  # the protocol registry imports this module
@@ -46,7 +46,8 @@ MASK_FAILSAFE_RULE = "mask-fail-closed"
 STATISTICS_RELATIONS = frozenset(("pg_catalog", name) for name in (
     "pg_statistic", "pg_stats", "pg_statistic_ext_data", "pg_stats_ext", "pg_stats_ext_exprs",
     "pg_stat_activity"))  # and the text of every session's statement now, literals included
-# Views of statements' texts in whatever schema their extension lives (pg_stat_statements)
+# Views of statements' texts in whatever schema their extension lives (pg_stat_statements),
+# and the set-returning functions of the same names they are defined over: never learned
 STATEMENT_TEXT_RELATIONS = frozenset({"pg_stat_statements", "pg_stat_statements_info"})
 
 # Functions that reach outside the query's tables: files, programs, other servers, other
@@ -318,11 +319,12 @@ def _call(call: Call, statement: Statement, rules: list[Rule]) -> Judgement:
         why = _unsafe(function)
         if why is not None and not (by_default and function.qualified in COLUMN_DEFAULT_FUNCTIONS):
             learning = learning_rule(rules) if function.schema != "pg_catalog" else None
-            if learning is not None:
+            if learning is not None and function.name not in STATEMENT_TEXT_RELATIONS:
                 return Judgement(Verdict.ALLOW, learning.name, f"learn mode: function {function.qualified}()"
                                  f"{_via(call)} is {why}, allowed while learning")
             return Judgement(Verdict.DENY, DEFAULT_DENY, f"function {function.qualified}(){_via(call)} is {why}: "
-                             f"denied by default; allow it with sql.functions: [{function.qualified}]")
+                             f"denied by default; allow it with sql.functions: [{function.qualified}]"
+                             + (UNLEARNED_NOTE if learning is not None else ""))
     return Judgement(Verdict.ALLOW, "", "")
 
 

@@ -9,8 +9,13 @@ import time
 
 import pytest
 
-from interceptor.operations import Request, SshRequest, Subject
+from test_issue20_attacks_learn import NOW, SQL_POLICY
+
+from interceptor.decision import Decision, Verdict
+from interceptor.operations import Request, SqlQuery, SshRequest, Subject
 from interceptor.policy import PolicyEngine, load_policy_text
+from interceptor.policy.catalog import Catalog, Function, Relation
+from interceptor.policy.learn import LearnSession, with_learning
 from interceptor.policy.loader import PolicyError
 from interceptor.policy.ssh_rules import _path_match, _tree_covered
 
@@ -69,3 +74,40 @@ def test_a_tree_is_covered_as_each_directory_above_it_was_matched_apart() -> Non
         base = glob[:-3] or "/"
         meaning = any(_path_match(base, "/".join(parts[:i]) or "/") for i in range(1, len(parts) + 1))
         assert _tree_covered(glob, path) == meaning, (glob, path)
+
+
+# -- learn mode: the statements' texts through the extension's functions ----------------------
+
+STATEMENT_TEXTS = Catalog.build(
+    [Relation("sales", "orders", "r", ("id", "total")),
+     Relation("public", "slow_calls", "v", ("query",), functions=("public.pg_stat_statements",)),
+     Relation("public", "order_report", "v", ("total",), functions=("public.report_rows",),
+              definition_reads=("sales.orders.total",))],
+    [Function("public", "pg_stat_statements", ("boolean",), "volatile", returns_set=True),
+     Function("public", "pg_stat_statements_info", (), "volatile"),
+     Function("public", "report_rows", (), "volatile", returns_set=True)],
+    schemas=("public", "sales"), user="analyst")
+LEARNING = PolicyEngine(with_learning(load_policy_text(SQL_POLICY), [LearnSession("analyst", "feedfacecafebeef", NOW)]))
+
+
+def learned_sql(sql: str) -> Decision:
+    return LEARNING.decide(Request(Subject("analyst", None), "db", SqlQuery(sql, catalog=STATEMENT_TEXTS)))
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT query FROM public.pg_stat_statements(true)", "SELECT * FROM pg_stat_statements(false)",
+    "SELECT pg_stat_statements_info()", "SELECT query FROM public.slow_calls",
+])
+def test_the_statement_texts_read_by_the_extensions_function_are_not_learned(sql: str) -> None:
+    """pg_stat_statements is a view over the set-returning function of the same name
+    (volatile, outside pg_catalog): the view was never learned, the function it reads, called
+    or behind a view of the DBA's, was allowed while learning and suggest granted it."""
+    decision = learned_sql(sql)
+    assert decision.verdict is Verdict.DENY and decision.rule != "learn:analyst", decision
+    assert "learn mode never learns" in decision.reason
+
+
+def test_a_function_of_the_databases_own_is_still_learned() -> None:
+    for sql in ("SELECT * FROM public.report_rows()", "SELECT total FROM public.order_report"):
+        decision = learned_sql(sql)
+        assert (decision.verdict, decision.rule) == (Verdict.ALLOW, "learn:analyst"), (sql, decision)
