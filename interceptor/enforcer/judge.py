@@ -94,8 +94,17 @@ class FlowJudge:
     def _candidate(self, request: Request, shadow: ShadowRun, enforced: float = 0.0) -> Decision | Exception:
         """What the shadow run's candidate decides of `request`, or what it raised (a
         candidate too slow once is no longer asked: ShadowRun.candidate; `enforced`: the
-        seconds the engine in force took to decide it)."""
-        return shadow.candidate(lambda: self.judged(request, shadow.engine), enforced)
+        seconds the engine in force took to decide it, perhaps only looking it up)."""
+        return shadow.candidate(lambda: self.judged(request, shadow.engine), enforced,
+                                lambda: self._afresh(request, shadow.clock))
+
+    def _afresh(self, request: Request, clock: Callable[[], float]) -> float:
+        """Seconds (by `clock`) the policy in force takes to decide `request` with none of the
+        decisions its engine kept: a new engine of its policy and catalog, thrown away."""
+        engine = self.engine()
+        started = clock()
+        self.judged(request, PolicyEngine(engine.policy, engine.catalog))
+        return clock() - started
 
     def learning(self) -> str | None:
         """The learn session id when this flow's operations are learned now, else None."""

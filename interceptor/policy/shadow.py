@@ -50,10 +50,14 @@ class ShadowRun:
         """A new run with a fresh id (16 hex digits)."""
         return cls(agent, secrets.token_hex(8), now, path, engine)
 
-    def candidate(self, decide: Callable[[], Decision], enforced: float = 0.0) -> Decision | Exception:
+    def candidate(self, decide: Callable[[], Decision], enforced: float = 0.0,
+                  afresh: Callable[[], float] | None = None) -> Decision | Exception:
         """What the candidate decides (`decide` asks it), or what it raised; CandidateTooSlow,
         without asking, once a decision took longer than CANDIDATE_BUDGET_S and SLOWER times
-        `enforced` (seconds the policy in force took to decide the same operation)."""
+        `enforced` (seconds the policy in force took to decide the same operation) and than
+        SLOWER times what `afresh` returns, asked only then: the seconds the policy in force
+        takes to decide it without the decisions it kept (the candidate starts with none, so a
+        decision the policy in force only looked up is no measure of it)."""
         if self.too_slow:
             return CandidateTooSlow(f"it took {self.too_slow[0] * 1000:.0f} ms to decide an operation once (more "
                                     f"than {CANDIDATE_BUDGET_S * 1000:.0f} ms and {SLOWER} times the policy in force, "
@@ -66,7 +70,8 @@ class ShadowRun:
             return exc
         finally:
             spent = self.clock() - started
-            if spent > max(CANDIDATE_BUDGET_S, SLOWER * enforced) and not self.too_slow:
+            if not self.too_slow and spent > max(CANDIDATE_BUDGET_S, SLOWER * enforced) and (
+                    afresh is None or spent > SLOWER * afresh()):
                 self.too_slow.append(spent)
                 log.warning("shadow run %s (agent %s): the candidate policy took %.0f ms to decide an operation; it "
                             "is no longer asked", self.session, self.agent, spent * 1000)

@@ -10,12 +10,16 @@ import time
 import pytest
 
 from test_issue20_attacks_learn import NOW, SQL_POLICY
+from test_learn_mode import CATALOG as LEARN_CATALOG
+from test_learn_mode import POLICY as LEARN_POLICY
+from test_learn_mode import judge
 
 from interceptor.decision import Decision, Verdict
 from interceptor.operations import Request, SqlQuery, SshRequest, Subject
 from interceptor.policy import PolicyEngine, load_policy_text
 from interceptor.policy.catalog import Catalog, Function, Relation
 from interceptor.policy.learn import LearnSession, with_learning
+from interceptor.policy.shadow import ShadowRun
 from interceptor.policy.loader import PolicyError
 from interceptor.policy.ssh_rules import _path_match, _tree_covered
 
@@ -111,3 +115,25 @@ def test_a_function_of_the_databases_own_is_still_learned() -> None:
     for sql in ("SELECT * FROM public.report_rows()", "SELECT total FROM public.order_report"):
         decision = learned_sql(sql)
         assert (decision.verdict, decision.rule) == (Verdict.ALLOW, "learn:analyst"), (sql, decision)
+
+
+# -- shadow: a candidate timed against a decision the policy in force only looked up -----------
+
+def test_a_candidate_deciding_afresh_what_the_policy_in_force_kept_is_not_too_slow() -> None:
+    """The policy in force keeps its decisions (by the statement's text); a candidate starts
+    with none. A long statement the agent sent before the run (or any the application
+    repeats) took the policy in force microseconds, looked up, and the candidate its whole
+    analysis (tens of ms): a sound candidate was 'too slow' on its first operation and never
+    asked again, so the agent's next operations were never compared, on purpose or not."""
+    enforced = PolicyEngine(load_policy_text(LEARN_POLICY))
+    sql = "SELECT id FROM sales.orders WHERE " + " OR ".join(f"(id = {i} AND total > {i})" for i in range(400))
+    query = SqlQuery(sql, catalog=LEARN_CATALOG)
+    run = ShadowRun("analyst", "0123456789abcdef", NOW, "/etc/candidate.yaml",
+                    PolicyEngine(load_policy_text(LEARN_POLICY)))
+    flow_judge = judge(enforced, shadow=run)
+    enforced.decide(flow_judge.request(query))  # sent before the run: kept
+    first = flow_judge.decide(query)
+    then = flow_judge.decide(SqlQuery("SELECT id FROM sales.orders", catalog=LEARN_CATALOG))
+    assert run.summary()["too_slow_ms"] is None
+    assert first.shadow is not None and first.shadow.rule == "read-orders"
+    assert then.shadow is not None and then.shadow.rule == "read-orders"
