@@ -155,14 +155,15 @@ class Runtime:
             if identity_configs(loaded.policy) != identity_configs(old.policy):
                 await self._start_identities(loaded.policy)  # access follows as identities arrive
             snapshot = self._swap(loaded)
+            for mode in dropped:  # at once, under the lock: nothing relays for it, no new run of the agent yet
+                if isinstance(mode, LearnSession) and self._close_sessions is not None:
+                    self._close_sessions(mode.agent, "learn mode ended (ended by a policy reload)", mode.rule_name)
         await write_audit(self.audit, AuditEvent(
             kind="policy", decision="allow", rule="reload",
             operation={"path": str(target), "old_version": old.policy.version, "new_version": snapshot.policy.version}))
         log.info("policy %s loaded from %s", snapshot.policy.version, target)
         for mode in dropped:
             await self._ended_by_reload(mode)
-            if isinstance(mode, LearnSession) and self._close_sessions is not None:
-                self._close_sessions(mode.agent, "learn mode ended (ended by a policy reload)", mode.rule_name)
         await warn_failing(snapshot.policy)
         return snapshot
 

@@ -4,8 +4,11 @@ definitions check."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
+from pathlib import Path
+from types import MappingProxyType
 
 import pytest
 
@@ -13,13 +16,18 @@ from test_issue20_attacks_learn import NOW, SQL_POLICY
 from test_learn_mode import CATALOG as LEARN_CATALOG
 from test_learn_mode import POLICY as LEARN_POLICY
 from test_learn_mode import judge
+from test_runtime import POLICY as RUNTIME_POLICY
+from test_runtime import cut as runtime_cut
+from test_runtime import started
 
+from interceptor.audit.event import AuditEvent
 from interceptor.decision import Decision, Verdict
 from interceptor.operations import Request, SqlQuery, SshRequest, Subject
 from interceptor.policy import PolicyEngine, load_policy_text
 from interceptor.policy.catalog import Catalog, Function, Relation
 from interceptor.policy.learn import LearnSession, with_learning
 from interceptor.policy.shadow import ShadowRun
+from interceptor.runtime import Modes
 from interceptor.policy.loader import PolicyError
 from interceptor.policy.ssh_rules import _path_match, _tree_covered
 
@@ -137,3 +145,30 @@ def test_a_candidate_deciding_afresh_what_the_policy_in_force_kept_is_not_too_sl
     assert run.summary()["too_slow_ms"] is None
     assert first.shadow is not None and first.shadow.rule == "read-orders"
     assert then.shadow is not None and then.shadow.rule == "read-orders"
+
+
+# -- a learn run a reload ends: its flows cut before anything is awaited ------------------------
+
+def test_a_reload_cuts_the_learned_flows_before_it_writes_its_records(tmp_path: Path) -> None:
+    """The reload put the policy without the run in force, then awaited its records (a
+    strict trail: on disk first) before cutting the flows only the run let open: meanwhile
+    they relayed bytes no rule allowed, and a learn start of the same agent could put a new
+    run in force whose flows (same rule, learn:AGENT) the late cut then took for the old run's."""
+    runtime, policy, _, sink = started(tmp_path)
+    seen: list[int] = []  # how many cuts were made when each record was written
+    write = sink.write
+
+    async def counting(event: AuditEvent) -> None:
+        seen.append(len(runtime_cut))
+        await write(event)
+
+    sink.write = counting  # type: ignore[method-assign]
+    run = LearnSession.start("bot", 0.0, None, ("db",))
+    asyncio.run(runtime.change_modes(lambda modes: Modes(MappingProxyType({"bot": run}), modes.shadows)))
+    runtime_cut.clear()
+    seen.clear()
+    policy.write_text(RUNTIME_POLICY.replace("db:", "other:").replace("resources: [db]", "resources: [other]").format(
+        address="10.0.0.5:5432"))
+    asyncio.run(runtime.reload())
+    assert runtime_cut == [("bot", "learn mode ended (ended by a policy reload)", "learn:bot")]
+    assert seen == [1, 1]
