@@ -36,7 +36,9 @@ def _identity_refusal(identity: Identity | None, required: bool, reason: Callabl
 
 class FlowJudge:
     """Judges the operations of one flow. `engine` and `identity` are read at each decision
-    (the policy and the token in force now); `on_decision` sees every decision (metrics)."""
+    (the policy and the token in force now); `on_decision` sees every decision (metrics);
+    `allowed_by`: the rules that allowed or approved one of its operations so far (a learn
+    run that ends cuts the flows its rule allowed something in: Enforcer.close_sessions)."""
 
     def __init__(self, flow: FlowContext, engine: Callable[[], PolicyEngine],
                  identity: Callable[[], Identity | None], identity_required: Callable[[], bool],
@@ -54,6 +56,7 @@ class FlowJudge:
         self.identity_reason = identity_reason
         self.learns = learns
         self.shadow = shadow
+        self.allowed_by: set[str] = set()
 
     def use_identity(self, identity: Identity) -> None:
         """From now on judge the flow's operations as `identity` (one the handler validated
@@ -78,6 +81,8 @@ class FlowJudge:
             started = shadow.clock()
             decision = self.judged(request, self.engine())
             decision = shadow.beside(decision, self._candidate(request, shadow, shadow.clock() - started))
+        if decision.verdict is not Verdict.DENY:
+            self.allowed_by.add(decision.rule)
         self.on_decision(decision)
         return decision
 

@@ -44,11 +44,12 @@ REFUSALS_ATTRIBUTED_AT_ONCE = 16
 
 @dataclass(slots=True)
 class Session:
-    """A live flow, for `interceptor sessions`."""
+    """A live flow, for `interceptor sessions`, and its judge (None: not judged yet)."""
 
     flow: FlowContext
     client: socket.socket
     traffic: Traffic
+    judge: FlowJudge | None = None
     started: float = field(default_factory=time.time)
 
 
@@ -236,7 +237,7 @@ class Enforcer:
                             scan_errors=self.scan_errors, mask_key=self.mask_key, ssh_host_ca=self.ssh_host_ca,
                             recordings=self.recordings)
         self.on_connection(flow.agent, resource, "allow")
-        session = Session(flow, conn, services.traffic)
+        session = Session(flow, conn, services.traffic, judge)
         self.sessions[flow.flow_id] = session
         try:
             await handler_for(spec.protocol).serve(flow, conn, services)
@@ -244,11 +245,14 @@ class Enforcer:
             del self.sessions[flow.flow_id]
 
     def close_sessions(self, agent: str, reason: str, rule: str | None = None) -> int:
-        """Cut an agent's open flows (identity `on_invalid: close`), or only those whose
-        connection `rule` allowed (a learn run that ended); returns how many."""
+        """Cut an agent's open flows (identity `on_invalid: close`), or only those in which
+        `rule` allowed the connection or an operation (a learn run that ended: an upgraded
+        HTTP connection, a watch or a command judged once goes on relaying until cut, whatever
+        rule let the connection open); returns how many."""
         closed = 0
         for session in list(self.sessions.values()):
-            if session.flow.agent == agent and rule in (None, session.flow.connection_rule):
+            if session.flow.agent == agent and (rule in (None, session.flow.connection_rule) or (
+                    session.judge is not None and rule in session.judge.allowed_by)):
                 log.info("closing flow %s of agent %s: %s", session.flow.flow_id, agent, reason)
                 try:
                     session.client.shutdown(socket.SHUT_RDWR)

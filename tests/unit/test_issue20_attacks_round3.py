@@ -5,7 +5,9 @@ definitions check."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
+import socket
 import time
 from pathlib import Path
 from types import MappingProxyType
@@ -22,6 +24,8 @@ from test_runtime import started
 
 from interceptor.audit.event import AuditEvent
 from interceptor.decision import Decision, Verdict
+from interceptor.enforcer.server import Enforcer, Session
+from interceptor.handlers.base import Traffic
 from interceptor.operations import Request, SqlQuery, SshRequest, Subject
 from interceptor.policy import PolicyEngine, load_policy_text
 from interceptor.policy.catalog import Catalog, Function, Relation
@@ -172,3 +176,32 @@ def test_a_reload_cuts_the_learned_flows_before_it_writes_its_records(tmp_path: 
     asyncio.run(runtime.reload())
     assert runtime_cut == [("bot", "learn mode ended (ended by a policy reload)", "learn:bot")]
     assert seen == [1, 1]
+
+
+# -- a learn run that ends: the flows in which only it allowed something still running --------
+
+def test_a_run_that_ends_cuts_a_flow_your_rules_opened_where_only_it_allowed_an_operation() -> None:
+    """The connection of an HTTP or Kubernetes resource is allowed by the first rule about
+    the agent and resource (one path, one verb): a WebSocket upgrade or a watch that only the
+    learning rule allowed inside it was judged once and relayed on after the run ended,
+    for as long as the agent kept it open; only flows whose connection rule was learn:AGENT
+    were cut."""
+    enforcer = Enforcer(redirect=None, audit=None, snapshot=None, identity=None,  # type: ignore[arg-type]
+                        identity_required=None, credentials=None)  # type: ignore[arg-type]
+    engine = PolicyEngine(with_learning(load_policy_text(LEARN_POLICY), [LearnSession("analyst", "feedfacecafebeef",
+                                                                                       NOW)]))
+    learned_in_it, untouched = judge(engine, learns="feedfacecafebeef"), judge(engine, learns="feedfacecafebeef")
+    assert learned_in_it.decide(SqlQuery("SELECT id FROM sales.customers", catalog=LEARN_CATALOG)).rule == \
+        "learn:analyst"
+    assert untouched.decide(SqlQuery("SELECT id FROM sales.orders", catalog=LEARN_CATALOG)).rule == "read-orders"
+    sockets = [socket.socketpair() for _ in range(2)]
+    try:
+        for (client, _), flow_judge, flow_id in zip(sockets, (learned_in_it, untouched), ("a", "b")):
+            flow = dataclasses.replace(flow_judge.flow, flow_id=flow_id, connection_rule="read-orders")
+            enforcer.sessions[flow_id] = Session(flow, client, Traffic(), flow_judge)
+        assert enforcer.close_sessions("analyst", "learn mode ended (stopped)", "learn:analyst") == 1
+        assert sockets[0][1].recv(1) == b"" and sockets[1][1].send(b"x") == 1
+    finally:
+        for pair in sockets:
+            for end in pair:
+                end.close()
