@@ -438,7 +438,10 @@ def _glob(pattern: str) -> bool:
 def definitions(current: Policy, suggested: Policy) -> list[str]:
     """How SUGGESTED defines its resources and agents otherwise than CURRENT, one sentence
     each (`resource db: addresses differ`): loaded, it would change where the agents'
-    connections go, with which credentials, or which processes are which agent."""
+    connections go, with which credentials, or which processes are which agent; and the
+    deny and mask rules of CURRENT it has not as they are (`deny rule no-ddl: differs`,
+    `mask rule card: only in CURRENT`): `policy suggest` keeps every one, and one dropped
+    or changed (its subjects, resources, columns...) would refuse or mask less."""
     changes: list[str] = []
     for what, ours, theirs in (("resource", current.resources, suggested.resources),
                                ("agent", current.agents, suggested.agents)):
@@ -451,6 +454,13 @@ def definitions(current: Policy, suggested: Policy) -> list[str]:
                 fields = [f for f in type(ours[name]).__dataclass_fields__
                           if getattr(ours[name], f) != getattr(theirs[name], f)]
                 changes.append(f"{what} {name}: {', '.join(fields)} differ")
+    for effect in ("deny", "mask"):
+        kept = {r.name: r for r in suggested.rules if r.effect == effect}
+        for rule in sorted((r for r in current.rules if r.effect == effect), key=lambda r: r.name):
+            if rule.name not in kept:
+                changes.append(f"{effect} rule {rule.name}: only in CURRENT")
+            elif kept[rule.name] != rule:
+                changes.append(f"{effect} rule {rule.name}: differs")
     return changes
 
 

@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import random
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import MappingProxyType
 
 import pytest
+from click.testing import CliRunner
 
 from test_issue20_attacks_learn import NOW, SQL_POLICY
 from test_learn_mode import CATALOG as LEARN_CATALOG
@@ -28,6 +31,7 @@ from interceptor.enforcer.server import Enforcer, Session
 from interceptor.handlers.base import Traffic
 from interceptor.operations import Request, SqlQuery, SshRequest, Subject
 from interceptor.policy import PolicyEngine, load_policy_text
+from interceptor.policy.cli import policy as policy_cli
 from interceptor.policy.catalog import Catalog, Function, Relation
 from interceptor.policy.learn import LearnSession, with_learning
 from interceptor.policy.shadow import ShadowRun
@@ -205,3 +209,31 @@ def test_a_run_that_ends_cuts_a_flow_your_rules_opened_where_only_it_allowed_an_
         for pair in sockets:
             for end in pair:
                 end.close()
+
+
+# -- policy diff: what SUGGESTED would refuse or mask no more ----------------------------------
+
+DEMO_POLICY = Path(__file__).resolve().parents[2] / "policy" / "default.yaml"
+
+
+@pytest.mark.parametrize(("edit", "said"), [
+    (lambda text: text.replace("    mask: {columns: [public.customers.card_number], style: partial}\n",
+                               "    mask: {columns: [public.customers.card_numbers], style: partial}\n"),
+     "mask rule demo-mask-card: differs"),
+    (lambda text: text.replace("  - name: demo-no-ddl\n    effect: deny\n", "  - name: demo-no-ddl\n    effect: deny\n"
+                               "    subjects: {exe: [/nonexistent]}\n"), "deny rule demo-no-ddl: differs"),
+    (lambda text: text.replace("  - name: demo-mask-email\n", "  - name: demo-mask-email-gone\n").replace(
+        "    mask: {columns: [public.customers.email], style: redact}\n", "    mask: {columns: [x.y.z]}\n"),
+     "mask rule demo-mask-email: only in CURRENT"),
+], ids=["mask-column", "deny-subject", "mask-gone"])
+def test_a_suggestion_that_refuses_or_masks_less_is_said_and_fails(tmp_path: Path, edit: Callable[[str], str],
+                                                                    said: str) -> None:
+    """policy suggest keeps every deny and mask rule as it is: one a suggestion drops, or
+    narrows (a mask's column misspelt, a deny made about a process that never runs), is
+    access the agent gains once it is loaded, and diff said nothing and exited 0."""
+    current, suggested = tmp_path / "current.yaml", tmp_path / "suggested.yaml"
+    current.write_text(DEMO_POLICY.read_text())
+    suggested.write_text(edit(DEMO_POLICY.read_text()))
+    result = CliRunner().invoke(policy_cli, ["diff", str(current), str(suggested), "--json"])
+    assert result.exit_code == 1, result.output
+    assert said in json.loads(result.output)["definitions"]

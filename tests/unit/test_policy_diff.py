@@ -107,6 +107,7 @@ rules:
 SUGGESTED = RESOURCES + """agents:
   bot: {}
 rules:
+  - {name: no-secrets, effect: deny, agents: [bot], resources: [db], sql: {tables: [private.*]}}
   - {name: s1, effect: allow, agents: [bot], resources: [db],
      sql: {kinds: [select], tables: [sales.orders], columns: [id, total]}}
   - {name: s2, effect: allow, agents: [bot], resources: [db], sql: {kinds: [select], tables: [private.keys],
