@@ -19,7 +19,7 @@ takes it the widest way (interceptor.policy.ssh_command says how a command is re
   (`/srv/uploads/**` covers `/srv/uploads`). A path not in normal form (a `.`, `..` or empty
   segment, a backslash, a leading `~`, percent-encoding, NUL: interceptor.policy.mcp_rules.
   in_normal_form) or not absolute matches no allow glob and every deny glob; deny globs also
-  match case-folded. A write to a path that makes the server run code (ssh_command.runs_code:
+  match case-folded and Unicode-normalized (_folded). A write to a path that makes the server run code (ssh_command.runs_code:
   `.ssh/`, shell startup files, crontabs, programs) is covered only by a rule with a `write`
   glob and `shell: true`; a deny rule with `shell: true` matches it.
 - a tree (a read or write whose action ends in `-tree`, tree_action: a directory renamed,
@@ -74,6 +74,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from fnmatch import fnmatchcase
@@ -149,7 +150,7 @@ def parse_ssh_match(raw: Mapping[str, Any], problem: Problem) -> SshMatch:
                 problem((key, i), f"path glob {glob!r}: expected an absolute path glob such as /var/log/**")
             try:
                 _path_tokens(glob)
-                _path_tokens(glob.casefold())  # deny globs are also matched case-folded
+                _path_tokens(_folded(glob))  # deny globs are also matched folded
             except re.error as exc:
                 problem((key, i), f"path glob {glob!r}: a character class no path can match ({exc})")
     for key in ("forward", "remote_forward"):
@@ -479,9 +480,16 @@ def _path_touches(glob: str, path: str, tree: bool) -> bool:
     path as is or case-folded, or (`tree`) some path below it?"""
     if not _normal(path):
         return True
-    if _path_match(glob, path) or _path_match(glob.casefold(), path.casefold()):
+    if _path_match(glob, path) or _path_match(_folded(glob), _folded(path)):
         return True
-    return tree and _below(glob.casefold(), path.casefold())
+    return tree and _below(_folded(glob), _folded(path))
+
+
+def _folded(text: str) -> str:
+    """`text` as a case- and normalization-insensitive file system compares it: case-folded,
+    precomposed (NFC, so a class `[é]` still stands for one character; macOS reads `é` and
+    `e` U+0301 as one name)."""
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFD", text).casefold())
 
 
 def _below(glob: str, path: str) -> bool:

@@ -237,3 +237,17 @@ def test_a_suggestion_that_refuses_or_masks_less_is_said_and_fails(tmp_path: Pat
     result = CliRunner().invoke(policy_cli, ["diff", str(current), str(suggested), "--json"])
     assert result.exit_code == 1, result.output
     assert said in json.loads(result.output)["definitions"]
+
+
+@pytest.mark.parametrize("path", ["/secret/cafe\u0301/key", "/secret/CAFE\u0301/key", "/secret/caf\u00e9/key"])
+def test_a_deny_glob_matches_every_unicode_spelling_of_its_name(path: str) -> None:
+    """Deny globs match case-folded (case-insensitive file systems); macOS's are also
+    insensitive to Unicode normalization: `café` written decomposed (e + U+0301) names the
+    same directory as the precomposed é the rule holds, and matched no deny."""
+    engine = PolicyEngine(load_policy_text(SSH_POLICY.format(glob='"/secret/caf\u00e9/**"'), "ssh.yaml"))
+    subject = Subject("bot", None, "/usr/bin/agent", 1001)
+    for action in ("open", "rename"):
+        decision = engine.decide(Request(subject, "web", SshRequest("read", path=path, action=action)))
+        assert decision.rule == "secrets", (path, action, decision)
+    moved = engine.decide(Request(subject, "web", SshRequest("read", path="/secret", action="rename-tree")))
+    assert moved.rule == "secrets"
