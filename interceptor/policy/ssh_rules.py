@@ -18,7 +18,7 @@ takes it the widest way (interceptor.policy.ssh_command says how a command is re
   form; `*` and `?` do not cross `/`, `**` does, and `/**` also matches the directory itself
   (`/srv/uploads/**` covers `/srv/uploads`). A path not in normal form (a `.`, `..` or empty
   segment, a backslash, a leading `~`, percent-encoding, NUL: interceptor.policy.mcp_rules.
-  in_normal_form) or not absolute matches no allow glob and every deny glob; deny globs also
+  in_normal_form), longer than MAX_PATH or not absolute matches no allow glob and every deny glob; deny globs also
   match case-folded and Unicode-normalized (_folded). A write to a path that makes the server run code (ssh_command.runs_code:
   `.ssh/`, shell startup files, crontabs, programs) is covered only by a rule with a `write`
   glob and `shell: true`; a deny rule with `shell: true` matches it.
@@ -112,6 +112,9 @@ BAD_REQUEST_RULE = "ssh-bad-request"
 REQUESTS = frozenset({"exec", "shell", "subsystem", "read", "write", "forward"})
 CASE_KEYS = ("command", "shell", "read", "write", "stat", "forward", "remote_forward", "pty")
 _SHOWN = 200  # characters of a command quoted in a refusal
+# The longest path a server opens (Linux PATH_MAX, in bytes, so at most as many characters);
+# a longer one is not in normal form: no allow glob covers it, every deny glob does
+MAX_PATH = 4096
 TREE_SUFFIX = "-tree"  # an action's suffix: the path and everything below it
 # Read actions that ask only about a path's metadata (SFTP stat, lstat, fstat, realpath):
 # allowed when reading or writing the path is (see the module docstring)
@@ -380,7 +383,10 @@ def _file(match: SshMatch, kind: str, path: str, tree: bool, deny: bool) -> bool
 
 
 def _normal(path: str) -> bool:
-    return path.startswith("/") and in_normal_form(path)
+    """Absolute, in normal form, and no longer than a server opens (MAX_PATH): a longer
+    one, which an SFTP packet may carry (MiBs), would be matched against each glob on the
+    loop every flow shares for nothing."""
+    return path.startswith("/") and len(path) <= MAX_PATH and in_normal_form(path)
 
 
 PathToken = tuple[str, re.Pattern[str] | str | None]  # (kind, its character class or literal)

@@ -251,3 +251,18 @@ def test_a_deny_glob_matches_every_unicode_spelling_of_its_name(path: str) -> No
         assert decision.rule == "secrets", (path, action, decision)
     moved = engine.decide(Request(subject, "web", SshRequest("read", path="/secret", action="rename-tree")))
     assert moved.rule == "secrets"
+
+
+def test_a_path_longer_than_any_server_opens_is_refused_not_matched() -> None:
+    """Matching is linear, but an SFTP path may be as long as a packet (hundreds of kB):
+    a 240 kB path took each deny glob with a few `**` a quarter of a second on the loop
+    every flow shares. No server opens a path of more than PATH_MAX (4096 bytes on Linux),
+    so a longer one is not in normal form: no allow glob, every deny glob."""
+    engine = PolicyEngine(load_policy_text(SSH_POLICY.format(glob='"/**/a/**/b/**/c/**/*.txt"'), "ssh.yaml"))
+    subject = Subject("bot", None, "/usr/bin/agent", 1001)
+    started = time.perf_counter()
+    decision = engine.decide(Request(subject, "web", SshRequest("read", path="/" + "a/b/c/" * 40000 + "x",
+                                                                action="open")))
+    assert decision.rule == "secrets" and time.perf_counter() - started < 0.05
+    fits = "/" + "d/" * 2000 + "x"
+    assert engine.decide(Request(subject, "web", SshRequest("read", path=fits, action="open"))).rule == "files"
