@@ -44,8 +44,9 @@ def diff_command(current: str, suggested: str, agent: str | None, as_json: bool)
     resources it did not learn: nothing tells whether they were used).
 
     First, the resources and agents SUGGESTED defines otherwise than CURRENT (addresses,
-    credentials, options; cgroups, uids, identity): loading it would change where connections
-    go or who is which agent, which a suggestion never should.
+    credentials, options; cgroups, uids, identity), and the deny and mask rules of CURRENT it
+    drops or changes: loading it would change where connections go, who is which agent, or
+    refuse or mask less, which a suggestion never should.
 
     Exit status: 0 when CURRENT allows or approves everything used, whatever it grants
     beyond (the unused grants are listed, not counted), and both define the same resources
@@ -70,7 +71,8 @@ def diff_command(current: str, suggested: str, agent: str | None, as_json: bool)
         click.echo(f"CURRENT {escaped(current)} (version {current_policy.version}), "
                    f"SUGGESTED {escaped(suggested)} (version {suggested_policy.version})")
         if changed:
-            click.echo("\nresources and agents SUGGESTED defines otherwise (check before loading it):")
+            click.echo("\nresources, agents, deny and mask rules SUGGESTED defines otherwise (check before "
+                       "loading it):")
             for line in changed:
                 click.echo(f"  {escaped(line)}")
         for agent_diff in diffs:

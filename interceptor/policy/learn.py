@@ -8,8 +8,8 @@ the protocols' builtin refusals (dangerous SQL functions, opaque statements, mas
 cannot be guaranteed, unknown relations), and mask rules still mask. A policy rule that
 allows an operation is named in its record, as it comes before the learning rule. The SQL
 judge keeps the learning rule off DDL, COPY with the server's files or programs, SET of a
-setting a session may not choose, and reads of credentials or other sessions' statements
-(sql_rules.never_learned), and lets it allow a function of the database's own (not
+setting a session may not choose, and reads of credentials or other sessions' statements,
+nor the pg_stat_statements functions (sql_rules.never_learned), and lets it allow a function of the database's own (not
 pg_catalog's) refused only by default; the SSH judge off shells, shell-class commands,
 writes that make the server run code and forwards (ssh_rules.never_learned); the Kubernetes
 judge off running code in a pod or reaching through the API server, and changes to

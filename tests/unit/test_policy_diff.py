@@ -198,7 +198,7 @@ def test_a_suggestion_that_moves_a_resource_or_changes_an_agent_is_said_and_fail
                                                                               "unprotected: allow"))
     result = CliRunner().invoke(policy, ["diff", str(current), str(moved)])
     assert result.exit_code == 1
-    assert "resources and agents SUGGESTED defines otherwise" in result.output
+    assert "resources, agents, deny and mask rules SUGGESTED defines otherwise" in result.output
     assert "resource demo-db: addresses differ" in result.output and "agent demo: unprotected differ" in result.output
     same = CliRunner().invoke(policy, ["diff", str(current), str(current), "--json"])
     assert same.exit_code == 0 and json.loads(same.output)["definitions"] == []
