@@ -9,6 +9,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 
+from audit_fixture import fill_store
 from interceptor.audit import AuditEvent, open_sink
 from interceptor.audit.cli import audit, default_store, parse_time
 from interceptor.config import load_settings
@@ -226,14 +227,7 @@ def test_one_line_records_say_what_and_escape_what_an_agent_chose(tmp_path):
               AuditEvent(kind="statement", decision="deny", operation={"sql": "DELETE FROM orders WHERE id = 7"}),
               AuditEvent(kind="ssh", decision="allow", operation={"kind": "ssh", "request": "sftp-open",
                                                                   "path": "/srv/motd"})]
-
-    async def run():
-        sink = open_sink({"store": "sqlite", "path": str(path), "chain_id": "host-a"})
-        for event in events:
-            await sink.write(event)
-        await sink.close()
-
-    asyncio.run(run())
+    fill_store(path, events)
     lines = _run("search", "--store", str(path)).output.splitlines()
     assert len(lines) == 4 and all(line.isprintable() for line in lines), lines
     assert f"rule=ops-restart-needs-approval what={'exec ' + command[:60] + '...'!r}" in lines[0]

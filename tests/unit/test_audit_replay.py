@@ -2,7 +2,6 @@
 the "ssh" and "ssh-end" records the ssh handler writes (the recording named by its file name,
 found in the recordings directory), and recordings tampered with by hand."""
 
-import asyncio
 import hashlib
 import json
 import sqlite3
@@ -11,7 +10,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from interceptor.audit import AuditEvent, open_sink
+from audit_fixture import fill_store
+from interceptor.audit import AuditEvent
 from interceptor.audit import cli as audit_cli
 from interceptor.audit.cli import audit
 from interceptor.audit.recording import Recording
@@ -20,16 +20,6 @@ from interceptor.config import Settings
 SHELL = {"kind": "ssh", "request": "shell", "pty": True}
 OUTPUT = [b"\x1b[1;32muser@web1\x1b[0m:~$ ", "ls -l café\r\n".encode(), "😀 ok".encode()[:2],
           "😀 ok".encode()[2:] + b"\r\n"]
-
-
-def _write(store: str, events: list[AuditEvent]) -> None:
-    async def run():
-        sink = open_sink({"store": "sqlite", "path": store, "chain_id": "host-a"})
-        for event in events:
-            await sink.write(event)
-        await sink.close()
-
-    asyncio.run(run())
 
 
 def _record(tmp_path, name: str, typed: bytes = b"ls -l caf\xc3\xa9\r") -> dict:
@@ -64,7 +54,7 @@ def session(tmp_path):
     store = str(tmp_path / "audit.db")
     recording = _record(tmp_path, "flow-a-0")
     request, end = _pair("flow-a", recording)
-    _write(store, [AuditEvent(kind="connection", decision="allow", flow_id="flow-a"), request, end])
+    fill_store(store, [AuditEvent(kind="connection", decision="allow", flow_id="flow-a"), request, end])
     return store, request, end, recording
 
 
@@ -90,7 +80,7 @@ def test_speed_0_writes_the_output_exactly(session, by):
 def test_input_is_shown_marked_and_escaped(tmp_path):
     store = str(tmp_path / "audit.db")
     request, end = _pair("flow-b", _record(tmp_path, "flow-b-0", typed=b"\x1b[A\x03q\xc2\x9b"))
-    _write(store, [request, end])
+    fill_store(store, [request, end])
     shown = _run(end.event_id, "--speed", "0", "--input", "--store", store).stdout_bytes.decode()
     assert shown.startswith("\x1b[1;32muser@web1\x1b[0m:~$ [input: \\x1b[A\\x03q\\x9b]ls -l café\r\n")
     assert "[input" not in _run(end.event_id, "--speed", "0", "--store", store).stdout
@@ -161,7 +151,7 @@ def test_waits_follow_the_recording_scaled_and_capped(tmp_path, monkeypatch):
     recording = {"file": "manual.cast", "sha256": hashlib.sha256(cast).hexdigest(), "bytes": len(cast),
                  "limited": False}
     request, end = _pair("flow-c", recording)
-    _write(store, [request, end])
+    fill_store(store, [request, end])
     waits: list[float] = []
     monkeypatch.setattr(audit_cli.time, "sleep", waits.append)
     result = _run(end.event_id, "--speed", "2", "--max-wait", "3", "--store", store)
@@ -181,7 +171,7 @@ def test_two_shells_in_one_flow_are_each_found_by_their_ssh_record(tmp_path):
     first_request, first_end = _pair("flow-d", _record(tmp_path, "flow-d-0"))
     second_request, second_end = _pair("flow-d", _record(tmp_path, "flow-d-1", typed=b"exit\r"))
     exec_request, exec_end = _pair("flow-d", None, {"kind": "ssh", "request": "exec", "command": "uptime"})
-    _write(store, [first_request, second_request, exec_request, exec_end, second_end, first_end])
+    fill_store(store, [first_request, second_request, exec_request, exec_end, second_end, first_end])
     for request, end, typed in ((first_request, first_end, "ls -l café"), (second_request, second_end, "exit")):
         played = _run(request.event_id, "--speed", "0", "--input", "--store", store)
         assert played.exit_code == 0 and played.stdout.startswith(OUTPUT[0].decode())
@@ -196,7 +186,7 @@ def test_an_end_naming_no_request_is_not_taken_for_one(tmp_path):
     other, _ = _pair("flow-j", None)
     unnamed = AuditEvent(kind="ssh-end", decision="allow", rule="shells", flow_id="flow-j", operation=SHELL,
                          outcome={key: value for key, value in (end.outcome or {}).items() if key != "request_event"})
-    _write(store, [request, other, unnamed, AuditEvent(kind="ssh-end", decision="allow", rule="shells",
+    fill_store(store, [request, other, unnamed, AuditEvent(kind="ssh-end", decision="allow", rule="shells",
                                                        flow_id="flow-j", operation=SHELL,
                                                        outcome={**(end.outcome or {}), "request_event": other.event_id})])
     result = _run(request.event_id, "--speed", "0", "--store", store)
@@ -210,7 +200,7 @@ def test_an_end_named_in_another_flow_is_not_taken(tmp_path):
     request, end = _pair("flow-k", _record(tmp_path, "flow-k-0"))
     elsewhere = AuditEvent(kind="ssh-end", decision="allow", rule="shells", flow_id="flow-l", operation=SHELL,
                            outcome=end.outcome)
-    _write(store, [request, elsewhere])
+    fill_store(store, [request, elsewhere])
     result = _run(request.event_id, "--store", store)
     assert result.exit_code == 1 and "no \"ssh-end\" record in flow flow-k" in result.stderr
 
@@ -220,7 +210,7 @@ def test_two_ends_naming_one_request_are_refused(tmp_path):
     request, end = _pair("flow-m", _record(tmp_path, "flow-m-0"))
     twin = AuditEvent(kind="ssh-end", decision="allow", rule="shells", flow_id="flow-m", operation=SHELL,
                       outcome=end.outcome)
-    _write(store, [request, end, twin])
+    fill_store(store, [request, end, twin])
     result = _run(request.event_id, "--speed", "0", "--store", store)
     assert result.exit_code == 1 and result.stdout_bytes == b""
     assert f"is named by 2 \"ssh-end\" records in flow flow-m ({end.event_id}; {twin.event_id})" in result.stderr
@@ -230,7 +220,7 @@ def test_an_exec_and_a_shell_in_one_flow_are_told_apart(tmp_path):
     store = str(tmp_path / "audit.db")
     exec_request, exec_end = _pair("flow-e", None, {"kind": "ssh", "request": "exec", "command": "uptime"})
     request, end = _pair("flow-e", _record(tmp_path, "flow-e-0"))
-    _write(store, [exec_request, request, exec_end, end])
+    fill_store(store, [exec_request, request, exec_end, end])
     result = _run(request.event_id, "--speed", "0", "--store", store)
     assert result.exit_code == 0 and f"replaying event {end.event_id}" in result.stderr
     refused = _run(exec_request.event_id, "--store", store)
@@ -242,7 +232,7 @@ def test_an_exec_and_a_shell_in_one_flow_are_told_apart(tmp_path):
 def test_a_shell_whose_end_is_not_recorded_yet(tmp_path):
     store = str(tmp_path / "audit.db")
     request, _ = _pair("flow-f", None)
-    _write(store, [request])
+    fill_store(store, [request])
     result = _run(request.event_id, "--store", store)
     assert result.exit_code == 1
     assert f"no \"ssh-end\" record in flow flow-f names event {request.event_id} as its request: it has not " \
@@ -253,7 +243,7 @@ def test_an_ssh_record_without_a_flow_is_not_matched_across_flows(tmp_path):
     store = str(tmp_path / "audit.db")
     request = AuditEvent(kind="ssh", decision="allow", rule="shells", operation=SHELL)
     _, end = _pair("flow-i", _record(tmp_path, "flow-i-0"))
-    _write(store, [request, end])
+    fill_store(store, [request, end])
     result = _run(request.event_id, "--store", store)
     assert result.exit_code == 1 and "names no flow: replay its \"ssh-end\" record" in result.stderr
 
@@ -261,7 +251,7 @@ def test_an_ssh_record_without_a_flow_is_not_matched_across_flows(tmp_path):
 def test_a_denied_shell_has_nothing_to_replay(tmp_path):
     store = str(tmp_path / "audit.db")
     denied = AuditEvent(kind="ssh", decision="deny", rule="default-deny", flow_id="flow-g", operation=SHELL)
-    _write(store, [denied])
+    fill_store(store, [denied])
     result = _run(denied.event_id, "--store", store)
     assert result.exit_code == 1 and "was denied (default-deny): nothing ran, nothing was recorded" in result.stderr
 
@@ -269,7 +259,7 @@ def test_a_denied_shell_has_nothing_to_replay(tmp_path):
 def test_other_records_and_unknown_ids_are_refused(session):
     store, _, _, _ = session
     other = AuditEvent(kind="statement", decision="allow", operation={"sql": "SELECT 1"})
-    _write(store, [other])
+    fill_store(store, [other])
     result = _run(other.event_id, "--store", store)
     assert result.exit_code == 1 and "is a statement record: replay takes the \"ssh\" or \"ssh-end\"" in result.stderr
     missing = _run("0" * 32, "--store", store)
@@ -282,7 +272,7 @@ def test_other_records_and_unknown_ids_are_refused(session):
 def test_a_malformed_recording_field_is_refused(tmp_path, recording):
     store = str(tmp_path / "audit.db")
     _, end = _pair("flow-h", recording)
-    _write(store, [end])
+    fill_store(store, [end])
     result = _run(end.event_id, "--store", store)
     assert result.exit_code == 1 and result.stdout_bytes == b""
     assert f"event {end.event_id}" in result.stderr
@@ -312,7 +302,7 @@ def test_a_file_name_that_is_not_a_recordings_is_refused(tmp_path, file):
     store = str(tmp_path / "audit.db")
     (tmp_path / "recordings").mkdir()
     _, end = _pair("flow-j", {"file": file, "sha256": "ab", "bytes": 1})
-    _write(store, [end])
+    fill_store(store, [end])
     result = _run(end.event_id, "--store", store)
     assert result.exit_code == 1 and result.stdout_bytes == b""
     assert "is not a recording's name" in result.stderr and "\x1b" not in result.stderr

@@ -7,7 +7,7 @@ the files written."""
 import json
 
 from click.testing import CliRunner
-from test_policy_suggest import _fill_store
+from audit_fixture import fill_store
 
 from interceptor.handlers.base import marked
 from interceptor.handlers.postgres.record import redact_literals
@@ -71,7 +71,7 @@ def _learned(base, agent, operations, exe=None, resources=None):
 
 def _suggest(tmp_path, base, events, *extra):
     store = tmp_path / "audit.db"
-    _fill_store(store, events)
+    fill_store(store, events)
     (tmp_path / "base.yaml").write_text(base)
     out = tmp_path / "suggested.yaml"
     result = CliRunner().invoke(policy, ["suggest", "--agent", "a", "--store", str(store), "--policy",
@@ -213,7 +213,7 @@ def test_shadow_report_counts_an_ssh_request_once(tmp_path):
         events.append({"kind": "ssh", "agent": "a", "resource": "web1", "decision": decision.verdict.value,
                        "rule": decision.rule, "time": T0 + at, "outcome": {},
                        "operation": marked(operation.summary(), decision, None)})
-    _fill_store(tmp_path / "audit.db", _ended(events))
+    fill_store(tmp_path / "audit.db", _ended(events))
     result = CliRunner().invoke(report, ["--store", str(tmp_path / "audit.db"), "--json"])
     assert result.exit_code == 0, result.output
     (session,) = json.loads(result.output)["sessions"]

@@ -2,7 +2,6 @@
 contract's shape (/tmp/h/contract20.md), checked by loading them, by `policy check` and `policy
 test`, and by judging what happened and what did not with the engine."""
 
-import asyncio
 from dataclasses import replace
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from interceptor.audit import AuditEvent, open_sink
+from audit_fixture import fill_store
 from interceptor.control import ControlMethod
 from interceptor.handlers.postgres.record import redact_literals
 from interceptor.operations import Request, SqlQuery, Subject
@@ -302,19 +301,9 @@ def test_other_protocols(tmp_path):
     assert len(results) == 13 and all(r.passed for r in results), [r for r in results if not r.passed]
 
 
-def _fill_store(path, events):
-    async def run():
-        sink = open_sink({"store": "sqlite", "path": str(path), "chain_id": "host-a"})
-        for event in events:
-            await sink.write(AuditEvent(**event))
-        await sink.close()
-
-    asyncio.run(run())
-
-
 def test_the_command_reads_the_trail_and_writes_both_files(tmp_path):
     store = tmp_path / "audit.db"
-    _fill_store(store, analyst())
+    fill_store(store, analyst())
     base = tmp_path / "base.yaml"
     base.write_text(DEMO)
     out = tmp_path / "out" / "suggested.yaml"
@@ -432,7 +421,7 @@ def test_the_base_is_the_policy_the_daemon_runs_and_a_changed_file_is_said(tmp_p
     """Not the settings' file: a daemon started with --policy, or reloaded from another file,
     runs that one, and a suggestion from another base would move its resources."""
     store = tmp_path / "audit.db"
-    _fill_store(store, analyst())
+    fill_store(store, analyst())
     running = tmp_path / "running.yaml"
     running.write_text(DEMO)
     version = load_policy_text(DEMO).version

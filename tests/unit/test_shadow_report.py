@@ -1,13 +1,13 @@
 """`interceptor policy shadow report` on a real SQLite audit store holding records of the
 shape the daemon writes in shadow mode (operation.shadow)."""
 
-import asyncio
 import json
 
 import pytest
 from click.testing import CliRunner
 
-from interceptor.audit import AuditEvent, open_sink, open_store
+from audit_fixture import fill_store
+from interceptor.audit import AuditEvent, open_store
 from interceptor.policy.shadow_report import candidates, read, report, summarise
 
 T0 = 1_790_000_000.0
@@ -56,14 +56,7 @@ EVENTS = [
 @pytest.fixture
 def store(tmp_path):
     path = str(tmp_path / "audit.db")
-
-    async def fill():
-        sink = open_sink({"store": "sqlite", "path": path, "chain_id": "host-a"})
-        for event in EVENTS:
-            await sink.write(event)
-        await sink.close()
-
-    asyncio.run(fill())
+    fill_store(path, EVENTS)
     return path
 
 
