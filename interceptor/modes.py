@@ -17,7 +17,6 @@ import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Any
 
 from interceptor.audit.event import AuditEvent
@@ -98,7 +97,7 @@ class ModeControl:
             if running is not None:
                 raise ValueError(f"agent {agent!r} is learned already (session {running.session}): "
                                  "`interceptor learn stop` it first")
-            return Modes(MappingProxyType({**modes.learning, agent: session}), modes.shadows)
+            return modes.learned(agent, session)
 
         self._reconcile()
         await self.runtime.change_modes(started)
@@ -171,7 +170,7 @@ class ModeControl:
             if running is None or session not in (None, running.session):
                 return modes
             ending.append(running)
-            return Modes(MappingProxyType({a: s for a, s in modes.learning.items() if a != agent}), modes.shadows)
+            return modes.learned(agent, None)
 
         await self.runtime.change_modes(stopped)
         if not ending:
@@ -200,7 +199,7 @@ class ModeControl:
         def started(modes: Modes) -> Modes:
             self._known_agent(agent)  # again under the lock: a reload may have swapped the policy since
             replaced.extend(s for a, s in modes.shadows.items() if a == agent)
-            return Modes(modes.learning, MappingProxyType({**modes.shadows, agent: run}))
+            return modes.shadowed(agent, run)
 
         await self.runtime.change_modes(started)
         for old in replaced:
@@ -216,7 +215,7 @@ class ModeControl:
 
         def stopped(modes: Modes) -> Modes:
             ending.extend(s for a, s in modes.shadows.items() if a == agent)
-            return Modes(modes.learning, MappingProxyType({a: s for a, s in modes.shadows.items() if a != agent}))
+            return modes.shadowed(agent, None)
 
         await self.runtime.change_modes(stopped)
         if not ending:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from interceptor.audit.event import AuditEvent, AuditSink
 from interceptor.config import Settings
@@ -34,6 +34,7 @@ from interceptor.secrets import resolve_credentials
 log = logging.getLogger(__name__)
 
 HOSTNAME_REFRESH_S = 30.0
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +54,22 @@ class Modes:
         dropped += [s for a, s in self.shadows.items() if a not in shadows]
         return Modes(MappingProxyType(learning), MappingProxyType(shadows)), dropped
 
+    def learned(self, agent: str, run: LearnSession | None) -> Modes:
+        """These modes with `agent` learned by `run` (None: not learned)."""
+        return Modes(_with(self.learning, agent, run), self.shadows)
+
+    def shadowed(self, agent: str, run: ShadowRun | None) -> Modes:
+        """These modes with `agent` shadowed by `run` (None: not shadowed)."""
+        return Modes(self.learning, _with(self.shadows, agent, run))
+
+
+def _with(runs: Mapping[str, T], agent: str, run: T | None) -> Mapping[str, T]:
+    """`runs` (read-only) with `agent`'s replaced by `run`, or removed when `run` is None."""
+    changed = {name: value for name, value in runs.items() if name != agent}
+    if run is not None:
+        changed[agent] = run
+    return MappingProxyType(changed)
+
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
@@ -64,6 +81,11 @@ class Snapshot:
     engine: PolicyEngine
     plan: RedirectPlan
     modes: Modes = field(default_factory=Modes)
+
+
+def _engine(policy: Policy, modes: Modes) -> PolicyEngine:
+    """The engine judging by `policy` with the learning rules of `modes` added."""
+    return PolicyEngine(with_learning(policy, modes.learning.values()))
 
 
 def identity_configs(policy: Policy) -> dict[str, dict[str, Any] | None]:
@@ -210,8 +232,7 @@ class Runtime:
                     raise
                 log.error("the kernel plan cannot follow the end of a learn run (%s): the old plan stays, and the "
                           "enforcer judges by the policy without the run", exc)
-                engine = PolicyEngine(with_learning(current.policy, modes.learning.values()))
-                self._snapshot = Snapshot(current.policy, engine, current.plan, modes)
+                self._snapshot = Snapshot(current.policy, _engine(current.policy, modes), current.plan, modes)
                 return self._snapshot
 
     async def _ended_by_reload(self, mode: LearnSession | ShadowRun) -> None:
@@ -232,7 +253,7 @@ class Runtime:
     def _planned(self, policy: Policy, modes: Modes) -> Snapshot:
         """The Snapshot of `policy` with `modes` (its plan: as the engine with the learning
         rules allows); PlanError or CgroupError on bad input. Runs in a worker thread."""
-        engine = PolicyEngine(with_learning(policy, modes.learning.values()))
+        engine = _engine(policy, modes)
         managed = cgroups.ensure_agent_cgroups(self.mount, sorted(policy.agents))
         agent_paths = {name: [str(managed[name])] + [str(cgroups.resolve(self.mount, c)) for c in spec.cgroups]
                        for name, spec in policy.agents.items()}

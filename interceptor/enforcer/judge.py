@@ -75,11 +75,9 @@ class FlowJudge:
         raises is recorded in the decision's shadow, never raised."""
         request = self.request(operation)
         shadow = self.shadow(self.flow.agent)
-        if shadow is None:
-            decision = self.judged(request, self.engine())
-        else:
-            started = shadow.clock()
-            decision = self.judged(request, self.engine())
+        started = shadow.clock() if shadow is not None else 0.0
+        decision = self.judged(request, self.engine())
+        if shadow is not None:
             decision = shadow.beside(decision, self._candidate(request, shadow, shadow.clock() - started))
         if decision.verdict is not Verdict.DENY:
             self.allowed_by.add(decision.rule)
