@@ -20,7 +20,7 @@ import click
 
 from interceptor import __version__
 from interceptor.config import ConfigError, Settings, load_settings
-from interceptor.cli_support import call
+from interceptor.cli_support import call, utc
 from interceptor.control import ControlClient, ControlError, ControlMethod
 from interceptor.identity.display import identity_columns
 
@@ -230,7 +230,7 @@ def _show_modes(status: dict[str, Any]) -> None:
         click.echo("\nlearning:")
         table([{"agent": r["agent"], "session": r["session"], "resources": ", ".join(r["resources"] or ["all"]),
                 "state": f"ended ({r['why']})" if "ended" in r else "learning",
-                "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r.get("ended") or r["until"]))
+                "when": utc(r.get("ended") or r["until"])
                 if r.get("ended") or r["until"] else "until stopped"}
                for r in [*learn["learning"], *learn["ended"]]], ["agent", "session", "resources", "state", "when"])
     if shadows:

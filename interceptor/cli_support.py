@@ -7,6 +7,7 @@ a test that invokes the group alone), an object with `call(method, **params)`.
 
 from __future__ import annotations
 
+import datetime
 import re
 from typing import Any
 
@@ -35,6 +36,11 @@ def duration(text: str) -> float | None:
     """Seconds of a duration written `90s`, `15m`, `2h` or `7d`; None when `text` is not one."""
     match = _DURATION.match(text.strip())
     return float(match.group(1)) * _UNITS[match.group(2)] if match else None
+
+
+def utc(epoch: float) -> str:
+    """Epoch seconds as ISO 8601 UTC to the second: `2026-11-30T14:55:02Z`."""
+    return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def escaped(text: str) -> str:

@@ -3,21 +3,18 @@ the daemon (interceptor.modes); `interceptor policy suggest` then reads what was
 
 from __future__ import annotations
 
-import datetime
 import json
 from typing import Any
 
 import click
 
-from interceptor.cli_support import call, duration
+from interceptor.cli_support import call, duration, utc
 from interceptor.control import ControlMethod
 from interceptor.policy.learn import learn_seconds
 
 
 def _when(epoch: float | None) -> str:
-    if epoch is None:
-        return "-"
-    return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return "-" if epoch is None else utc(epoch)
 
 
 def _run(run: dict[str, Any]) -> str:

@@ -22,7 +22,6 @@ YAML), so it can carry those comments; it is loaded again before it is returned.
 
 from __future__ import annotations
 
-import datetime
 import json
 import re
 import tempfile
@@ -31,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from interceptor.cli_support import utc
 from interceptor.policy.cases import CaseResult, run_cases
 from interceptor.policy.http_rules import host_name
 from interceptor.policy.loader import PolicyError, compose, load_policy_text
@@ -141,10 +141,7 @@ class Suggestion:
 
 def iso(when: float | None) -> str:
     """Epoch seconds as ISO 8601 UTC (`2026-11-30T14:55:02Z`); `?` for None."""
-    if when is None:
-        return "?"
-    return datetime.datetime.fromtimestamp(when, datetime.timezone.utc).isoformat(timespec="seconds").replace(
-        "+00:00", "Z")
+    return "?" if when is None else utc(when)
 
 
 def glob_escape(name: str) -> str:
@@ -547,7 +544,7 @@ def suggest(events: Iterable[Mapping[str, Any]], base_text: str, base_name: str,
     suggested = [(_unique(names, f"suggest-{g.resource}-{g.label}"), g) for g in _ordered(learned.grants.values())]
     text = _render(data, kept, suggested, learned, agent, effect, groups, base_name, base, removed, scope_note)
     try:
-        policy = load_policy_text(text, policy_name)
+        load_policy_text(text, policy_name)  # it must load as written
     except PolicyError as exc:
         raise SuggestError(f"the suggested policy does not load (a bug of policy suggest):\n{exc}\n{text}") from None
     gates = {rule.name for rule in base.rules if rule.effect == "approve"}
