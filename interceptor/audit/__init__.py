@@ -6,6 +6,8 @@ The daemon opens its sink with `open_sink(settings["audit"])`; the CLI reads a s
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,7 +25,7 @@ _KEYS = {"sqlite": _COMMON | {"path", "max_mb"}, "postgres": _COMMON | {"dsn", "
          "jsonl": _COMMON | {"path"}}
 
 __all__ = ["AuditEvent", "AuditSink", "AuditUnavailable", "ChainedSink", "Chunk", "Head", "Problem", "Query",
-           "Record", "Store", "VerifyResult", "open_sink", "open_store", "verify"]
+           "Record", "Store", "VerifyResult", "open_sink", "open_store", "search_all", "verify"]
 
 
 class Store(Protocol):
@@ -86,6 +88,18 @@ def open_store(spec: str | Path) -> Store:
     from interceptor.audit.sqlite import open_reader as open_sqlite
 
     return open_sqlite(text)
+
+
+def search_all(store: Store, query: Query, page: int = 5000) -> Iterator[tuple[int, Record]]:
+    """Every (storage position, record) `query` matches (its after_id and limit aside), read
+    `page` records at a time so a large trail is never held whole."""
+    after = query.after_id
+    while True:
+        found = store.search(replace(query, after_id=after, limit=page))
+        yield from found
+        if len(found) < page:
+            return
+        after = found[-1][0]
 
 
 def verify(store: Store) -> VerifyResult:

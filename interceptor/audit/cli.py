@@ -22,7 +22,7 @@ from typing import Any, NoReturn
 
 import click
 
-from interceptor.audit import Query, Record, Store, open_store, verify
+from interceptor.audit import Query, Record, Store, open_store, search_all, verify
 from interceptor.audit.chain import canonical_json
 from interceptor.audit.recording import Cast, RecordingError, parse, read_verified, recording_path
 from interceptor.cli_support import duration, escaped
@@ -278,14 +278,8 @@ def export(fmt: str, session: str | None, output: str | None, store: str | None,
             return
         out = click.open_file(output or "-", "w")
         try:
-            after = 0
-            while True:
-                page = opened.search(_query(filters, after_id=after, limit=5000))
-                for _, record in page:
-                    out.write(canonical_json(record.to_dict()) + "\n")
-                if len(page) < 5000:
-                    break
-                after = page[-1][0]
+            for _, record in search_all(opened, _query(filters)):
+                out.write(canonical_json(record.to_dict()) + "\n")
         finally:
             if output:
                 out.close()

@@ -22,13 +22,12 @@ from typing import Any
 
 import click
 
-from interceptor.audit import Query, Record, Store
+from interceptor.audit import Query, Record, Store, search_all
 from interceptor.audit.cli import TimeArg, opened_store
 from interceptor.cli_support import escaped
 from interceptor.operations import KubeRequest
 from interceptor.policy.kube_rules import describe as describe_kube
 
-PAGE = 5000  # records read from the store at a time
 SHADOW_START = "shadow-start"
 # Records of how an operation already recorded ended, carrying its decision (and marks) again
 ENDS = frozenset({"ssh-end"})
@@ -215,14 +214,7 @@ def _kube_request(operation: dict[str, Any]) -> KubeRequest:
 def read(store: Store, agent: str | None, since: float | None, until: float | None) -> Iterator[Record]:
     """The store's records of `agent` (every agent: None) between `since` and `until`, a
     page at a time."""
-    after = 0
-    while True:
-        page = store.search(Query(agent=agent, since=since, until=until, after_id=after, limit=PAGE))
-        for _, record in page:
-            yield record
-        if len(page) < PAGE:
-            return
-        after = page[-1][0]
+    return (record for _, record in search_all(store, Query(agent=agent, since=since, until=until)))
 
 
 @click.command("report")

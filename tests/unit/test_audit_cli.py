@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from audit_fixture import fill_store
-from interceptor.audit import AuditEvent, open_sink
+from interceptor.audit import AuditEvent, Query, open_sink, open_store, search_all
 from interceptor.audit.cli import audit, default_store, parse_time
 from interceptor.config import load_settings
 
@@ -245,3 +245,15 @@ def test_a_reader_that_stops_reading_ends_the_command_quietly(db):
     reader.stdout.close()  # `| head -0`: nobody reads what search prints
     assert reader.wait(60) == 141
     assert reader.stderr.read() == b""
+
+
+def test_search_all_reads_every_match_a_page_at_a_time(tmp_path):
+    path = tmp_path / "audit.db"
+    fill_store(path, [AuditEvent(kind="statement", agent="a" if i % 2 else "b", decision="allow", rule=str(i))
+                      for i in range(9)])
+    store = open_store(str(path))
+    try:
+        rules = [record.event["rule"] for _, record in search_all(store, Query(agent="a"), page=2)]
+    finally:
+        store.close()
+    assert rules == ["1", "3", "5", "7"]
