@@ -254,7 +254,7 @@ class IdentityManager:
 
     async def _step(self, slot: _Slot) -> None:
         """Do whatever is due for one agent: fetch, re-read, refresh, re-check or expire."""
-        now = slot.last_checked = self.clock()
+        now = slot.last_checked = slot.next_check = self.clock()  # the next step is this one, under way
         source = slot.config.source
         if source == "client_credentials" and now >= slot.next_refresh:
             await self._obtain(slot, {"grant_type": "client_credentials", "scope": " ".join(slot.config.scopes)})

@@ -89,6 +89,27 @@ async def run_for(manager: IdentityManager, seconds: float) -> list[dict[str, ob
         await manager.stop()
 
 
+def test_the_next_check_is_never_before_the_last_one_even_while_a_step_runs(keys: KeyServer, tmp_path: Path) -> None:
+    """While a step is under way its start is `last_checked`; the step the loop slept until
+    (`next_check`) is that one, not a time before it (status read mid-step said so)."""
+    token_file = tmp_path / "agent.token"
+    token_file.write_text(CASES["wrong_audience"][0](keys))
+    manager = manager_for(keys, token_file, ListSink())
+
+    async def sample() -> list[tuple[object, object]]:
+        seen: list[tuple[object, object]] = []
+        task = asyncio.ensure_future(run_for(manager, 0.5))
+        while not task.done():
+            (row,) = manager.status()
+            seen.append((row["last_checked"], row["next_check"]))
+            await asyncio.sleep(0)
+        await task
+        return seen
+
+    seen = [(last, after) for last, after in asyncio.run(sample()) if last is not None]
+    assert seen and all(isinstance(after, float) and after >= last for last, after in seen), seen  # type: ignore[operator]
+
+
 def warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records
             if r.levelno == logging.WARNING and r.name == "interceptor.identity.manager"]
